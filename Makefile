@@ -1,0 +1,55 @@
+# SliceWise: every entry point a user needs. Only `python3` must exist; everything else is installed here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The install is skipped when requirements.txt is unchanged since the last successful install.
+REQ_HASH := $(shell cat requirements.txt 2>/dev/null | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(REQ_HASH)
+# DVC stages call .venv/bin/python; putting the venv first on PATH also serves tools they start.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export MPLBACKEND := Agg
+
+PROFILE ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup run test serve mlflow-ui prefect-ui worker bench lock clean-data
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+	@echo "dependencies installed into $(VENV)"
+
+# `make run PROFILE=baseline` switches the profile in params.yaml first; DVC then reruns what depends on it.
+run: setup
+	@if [ -n "$(PROFILE)" ]; then $(BIN)/python -m tasks set profile=$(PROFILE); fi
+	$(BIN)/dvc repro
+	@$(BIN)/python -m tasks summary
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+serve: setup
+	$(BIN)/python -m serve
+
+mlflow-ui: setup
+	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts \
+		--host 127.0.0.1 --port 5000
+
+prefect-ui: setup
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+bench: setup
+	$(BIN)/python -m bench
+
+# Regenerate the pinned lock from requirements.in (run on a machine like CI's).
+lock:
+	$(BIN)/python -m pip install -q -r requirements.in
+	$(BIN)/python -m pip freeze --exclude-editable > requirements.txt
+
+clean-data:
+	rm -rf data checkpoints exports reports/training reports/plots

@@ -1,0 +1,104 @@
+"""`python -m tasks <step>`: the CLI that dvc.yaml calls, a thin layer over each step's `main(settings)`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from tasks import STEPS, paths
+from tasks.config import load_settings, set_params
+from tasks.errors import SliceWiseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
+console = Console(stderr=True)
+
+# Step name -> module holding its `main(settings)`; the three training stages share tasks/train.py.
+STEP_MODULES = {step: f"tasks.{step}" for step in STEPS} | {
+    "train_seg": "tasks.train",
+    "train_cls": "tasks.train",
+    "train_joint": "tasks.train",
+}
+
+
+def run_step(step: str, params: Path = paths.PARAMS) -> dict:
+    """Run one step with the parsed params; the same entry point the Prefect flow uses."""
+    settings = load_settings(params)
+    module = importlib.import_module(STEP_MODULES[step])
+    if module.__name__ == "tasks.train":
+        return module.main(settings, stage=step.removeprefix("train_"))
+    return module.main(settings)
+
+
+def _fail(exc: SliceWiseError) -> None:
+    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _make_step_command(step: str):
+    def command(params: Path = typer.Option(paths.PARAMS, help="parameters file")) -> None:
+        try:
+            result = run_step(step, params)
+        except SliceWiseError as exc:
+            _fail(exc)
+        if result:
+            typer.echo(json.dumps(result, indent=2, default=str))
+
+    command.__doc__ = f"Run the `{step}` step."
+    return command
+
+
+for _step in STEPS:
+    app.command(name=_step)(_make_step_command(_step))
+
+
+@app.command("set")
+def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VALUE, e.g. profile=baseline")) -> None:
+    """Change params.yaml (comments kept), e.g. `set profile=baseline data.source=local`."""
+    import yaml
+
+    updates = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(SliceWiseError(f"expected KEY=VALUE, got {item!r}"))
+        updates[key] = yaml.safe_load(value)
+    try:
+        set_params(updates)
+    except (SliceWiseError, KeyError) as exc:
+        _fail(exc if isinstance(exc, SliceWiseError) else SliceWiseError(f"unknown key {exc}", paths.PARAMS))
+
+
+@app.command("lineage")
+def lineage_command(ref: Optional[str] = typer.Argument("champion", help="a version number or an alias")) -> None:
+    """Print registry version → MLflow run → git commit → data/params hashes → ONNX sha256 → Prefect run."""
+    try:
+        from tasks.lineage import print_lineage
+
+        print_lineage(load_settings(), ref)
+    except SliceWiseError as exc:
+        _fail(exc)
+
+
+@app.command("summary")
+def summary_command() -> None:
+    """Print where the results are, the headline metrics with their intervals and the promotion decision."""
+    from tasks.summary import print_summary
+
+    print_summary()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

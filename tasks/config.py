@@ -1,0 +1,226 @@
+"""params.yaml, parsed in exactly one place into typed, validated settings.
+
+Every other module receives the part it needs (`settings.slice`, `settings.active`, ...). Unknown keys
+are rejected so that a typo in params.yaml fails loudly instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks import paths
+from tasks.errors import SliceWiseError
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSettings(_Section):
+    source: Literal["synthetic", "local", "kaggle"] = "synthetic"
+    brats_dir: Path | None = None
+    kaggle_dir: Path | None = None
+
+
+class ModelSize(_Section):
+    base_channels: int = Field(8, ge=2)
+    depth: int = Field(3, ge=2, le=6)
+
+
+class Epochs(_Section):
+    seg: int = Field(8, ge=1)
+    cls: int = Field(4, ge=1)
+    joint: int = Field(4, ge=1)
+
+
+class ProfileSettings(_Section):
+    synthetic_patients: int = Field(24, ge=3)
+    synthetic_kaggle_images: int = Field(120, ge=2)
+    patient_fraction: float = Field(1.0, gt=0, le=1)
+    image_size: int = Field(128, ge=32)
+    slice_stride: int = Field(2, ge=1)
+    model: ModelSize = ModelSize()
+    epochs: Epochs = Epochs()
+
+
+class SliceSettings(_Section):
+    modalities: tuple[str, ...] = ("flair",)
+    min_brain_fraction: float = Field(0.05, ge=0, lt=1)
+    workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _known_modalities(self) -> "SliceSettings":
+        unknown = set(self.modalities) - set(MODALITIES)
+        if unknown or not self.modalities:
+            raise ValueError(f"slice.modalities must be a non-empty subset of {MODALITIES}, got {self.modalities}")
+        return self
+
+
+class SplitSettings(_Section):
+    train: float = 0.70
+    val: float = 0.15
+    test: float = 0.15
+    phash_max_distance: int = Field(4, ge=0)
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> "SplitSettings":
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6 or min(self.train, self.val, self.test) <= 0:
+            raise ValueError("split.train + split.val + split.test must be positive and sum to 1")
+        return self
+
+
+class Augment(_Section):
+    flip: bool = True
+    rotate_degrees: float = Field(10, ge=0, le=180)
+    intensity_jitter: float = Field(0.1, ge=0, le=1)
+
+
+class TrainSettings(_Section):
+    batch_size: int = Field(16, ge=1)
+    num_workers: int = Field(0, ge=0)
+    patience: int = Field(3, ge=1)
+    augment: Augment = Augment()
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp_bf16: bool = True
+    channels_last: bool = True
+    compile: bool = False
+
+
+class SegStageSettings(_Section):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    tumour_slices_only: bool = False
+
+
+class ClsStageSettings(_Section):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    brats_fraction: float = Field(1.0, ge=0, le=1)
+
+
+class JointStageSettings(_Section):
+    encoder_lr: float = Field(1e-4, gt=0)
+    head_lr: float = Field(3e-4, gt=0)
+    cls_weight: float = Field(0.5, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+class EvaluateSettings(_Section):
+    threshold_rule: Literal["youden", "target_sensitivity"] = "youden"
+    target_sensitivity: float = Field(0.9, gt=0, le=1)
+    bootstrap: int = Field(1000, ge=10)
+    gradcam_examples: int = Field(8, ge=1)
+    overlay_examples: int = Field(8, ge=1)
+
+
+class ExportSettings(_Section):
+    opset: int = Field(17, ge=13)
+    parity_atol: float = Field(1e-4, gt=0)
+    parity_min_dice: float = Field(0.999, gt=0, le=1)
+    latency_runs: int = Field(30, ge=3)
+
+
+class TrackingSettings(_Section):
+    enabled: bool = True
+    experiment: str = "slicewise"
+
+
+class PromotionSettings(_Section):
+    min_accuracy: float = Field(0.85, ge=0, le=1)
+    min_sensitivity: float = Field(0.80, ge=0, le=1)
+    max_accuracy_drop: float = Field(0.0, ge=0, le=1)
+
+
+class RegistrySettings(_Section):
+    model_name: str = "slicewise"
+    alias: str = "champion"
+    challenger_alias: str = "challenger"
+
+
+class ScheduleSettings(_Section):
+    cron: str = "0 3 * * 1"
+    timezone: str = "UTC"
+
+
+class Settings(_Section):
+    profile: str = "quick"
+    seed: int = 42
+    data: DataSettings = DataSettings()
+    profiles: dict[str, ProfileSettings]
+    slice: SliceSettings = SliceSettings()
+    split: SplitSettings = SplitSettings()
+    train: TrainSettings = TrainSettings()
+    train_seg: SegStageSettings = SegStageSettings()
+    train_cls: ClsStageSettings = ClsStageSettings()
+    train_joint: JointStageSettings = JointStageSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    export: ExportSettings = ExportSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    registry: RegistrySettings = RegistrySettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> "Settings":
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} is not one of profiles: {sorted(self.profiles)}")
+        return self
+
+    @property
+    def active(self) -> ProfileSettings:
+        """The block of the selected profile: data size, image size, model size, epochs."""
+        return self.profiles[self.profile]
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.slice.modalities)
+
+
+def load_settings(path: Path | str = paths.PARAMS) -> Settings:
+    """Read and validate params.yaml; a bad file raises SliceWiseError naming the file and the reason."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise SliceWiseError("parameters file not found", path) from exc
+    except yaml.YAMLError as exc:
+        raise SliceWiseError(f"not valid YAML: {exc}", path) from exc
+    try:
+        return Settings.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SliceWiseError(f"invalid parameters: {problems}", path) from exc
+
+
+def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> None:
+    """Write dotted-key updates into params.yaml keeping its comments, as `dvc exp run -S` would.
+
+    Used to switch profile or data source so that DVC sees the change and reruns what depends on it.
+    The result is validated before it replaces the file, so a bad value never lands.
+    """
+    from ruamel.yaml import YAML  # DVC's own YAML library: round-trips comments
+
+    path = Path(path)
+    rt = YAML()
+    doc = rt.load(path.read_text())
+    for dotted, value in updates.items():
+        node = doc
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    tmp = path.with_suffix(".yaml.tmp")
+    with tmp.open("w") as fh:
+        rt.dump(doc, fh)
+    try:
+        load_settings(tmp)
+    except SliceWiseError:
+        tmp.unlink()
+        raise
+    tmp.replace(path)

@@ -1,0 +1,20 @@
+"""The one exception type for problems a user can cause (bad data, missing credentials, bad uploads)."""
+
+from pathlib import Path
+
+
+class SliceWiseError(Exception):
+    """A user-facing error: the CLI prints it as one red line and exits non-zero, never a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, reason: str, path: Path | str | None = None):
+        self.reason = reason
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+class CredentialsError(SliceWiseError):
+    """Missing or unusable credentials (Kaggle); exit code 2 as for a usage error."""
+
+    exit_code = 2

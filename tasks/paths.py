@@ -1,0 +1,56 @@
+"""Every path the pipeline reads or writes, mirroring ../shared/CONTRACT.md.
+
+All paths are relative to the project root (the working directory of `dvc repro`, the Prefect flow and
+`python -m tasks`), so the same names appear here, in dvc.yaml and in the README.
+"""
+
+from pathlib import Path
+
+ROOT = Path(".")
+PARAMS = ROOT / "params.yaml"
+
+RAW = ROOT / "data" / "raw"
+RAW_BRATS = RAW / "brats"
+RAW_KAGGLE = RAW / "kaggle"
+DOWNLOADS = ROOT / "data" / "downloads"  # Kaggle archives, kept outside data/raw so a rerun can resume them
+
+PROCESSED = ROOT / "data" / "processed"
+MANIFEST = PROCESSED / "manifest.csv"
+REJECTED = PROCESSED / "rejected.csv"
+
+SPLITS = ROOT / "data" / "splits"
+
+CHECKPOINTS = ROOT / "checkpoints"
+STAGES = ("seg", "cls", "joint")
+
+REPORTS = ROOT / "reports"
+METRICS = REPORTS / "metrics.json"
+PLOTS = REPORTS / "plots"
+EXPORT_REPORT = REPORTS / "export.json"
+REGISTER_REPORT = REPORTS / "register.json"
+
+EXPORTS = ROOT / "exports"
+ONNX_MODEL = EXPORTS / "model.onnx"
+
+MLFLOW_DB_URI = "sqlite:///mlflow.db"
+MLARTIFACTS = ROOT / "mlartifacts"
+
+
+def checkpoint_dir(stage: str) -> Path:
+    """`checkpoints/<stage>/` for one of the three training stages."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown training stage {stage!r}; expected one of {STAGES}")
+    return CHECKPOINTS / stage
+
+
+def best_checkpoint(stage: str) -> Path:
+    return checkpoint_dir(stage) / "best.pt"
+
+
+def last_checkpoint(stage: str) -> Path:
+    return checkpoint_dir(stage) / "last.pt"
+
+
+def history_file(stage: str) -> Path:
+    """Per-epoch metrics of a stage, declared as DVC plots."""
+    return REPORTS / "training" / f"{stage}.csv"

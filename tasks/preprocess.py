@@ -1,0 +1,95 @@
+"""Turning raw intensities into model inputs: the one implementation, used by slicing, evaluation and serving.
+
+Numpy + Pillow only (no torch), so the slim serving image can import it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+# Foreground of a 2D photo-like image (Kaggle JPEG/PNG): pixels above this fraction of the image maximum.
+FOREGROUND_FRACTION = 0.05
+
+
+def axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice `z` of an (X, Y, Z) volume in display orientation (anterior up), as radiologists view it.
+
+    BraTS volumes are stored x-by-y; rotating by 90° gives the same orientation as the Kaggle images.
+    """
+    return np.rot90(volume[:, :, z])
+
+
+def zscore(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Z-score over the foreground (brain) voxels; background set to 0. Works for 2D slices and 3D volumes."""
+    image = image.astype(np.float32, copy=False)
+    values = image[foreground]
+    if values.size < 2:
+        return np.zeros_like(image, dtype=np.float32)
+    std = float(values.std())
+    out = (image - float(values.mean())) / (std if std > 1e-6 else 1.0)
+    out[~foreground] = 0.0
+    return out
+
+
+def zscore_volume(volume: np.ndarray) -> np.ndarray:
+    """Z-score a skull-stripped MRI volume over its brain (non-zero) voxels."""
+    return zscore(volume, volume > 0)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a float 2D image to size x size."""
+    if image.shape == (size, size):
+        return image.astype(np.float32, copy=False)
+    return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a binary 2D mask to size x size."""
+    if mask.shape == (size, size):
+        return mask.astype(np.uint8, copy=False)
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
+
+
+def pad_to_square(image: np.ndarray) -> np.ndarray:
+    """Centre a 2D image on a square zero canvas so resizing keeps its aspect ratio."""
+    h, w = image.shape
+    side = max(h, w)
+    out = np.zeros((side, side), dtype=image.dtype)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = image
+    return out
+
+
+def prepare_photo(image: Image.Image, size: int) -> np.ndarray:
+    """A 2D JPEG/PNG (any mode, any size) → (1, size, size) float32, z-scored over its foreground."""
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    square = pad_to_square(gray)
+    resized = resize_image(square, size)
+    foreground = resized > FOREGROUND_FRACTION * max(float(resized.max()), 1e-6)
+    return zscore(resized, foreground)[None]
+
+
+def prepare_array_slice(array: np.ndarray, size: int) -> np.ndarray:
+    """A raw 2D (H, W) or (C, H, W) intensity slice (e.g. from .npy) → (C, size, size), z-scored per channel."""
+    if array.ndim == 2:
+        array = array[None]
+    channels = []
+    for ch in array.astype(np.float32):
+        resized = resize_image(pad_to_square(ch), size)
+        channels.append(zscore(resized, resized != 0))
+    return np.stack(channels)
+
+
+def prepare_volume_slices(volumes: list[np.ndarray], size: int) -> np.ndarray:
+    """Co-registered (X, Y, Z) modality volumes → (Z, C, size, size) float32, z-scored per volume.
+
+    The same normalisation the slice step applies, so a volume uploaded to the API matches training data.
+    """
+    normalised = [zscore_volume(v) for v in volumes]
+    depth = volumes[0].shape[2]
+    out = np.empty((depth, len(volumes), size, size), dtype=np.float32)
+    for z in range(depth):
+        for c, vol in enumerate(normalised):
+            out[z, c] = resize_image(axial_slice(vol, z), size)
+    return out

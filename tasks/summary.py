@@ -1,0 +1,61 @@
+"""What `make run` prints at the end: where everything landed, headline metrics, the release decision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tasks import paths
+
+OUTPUTS = [
+    ("raw data", paths.RAW),
+    ("processed shards + manifest", paths.PROCESSED),
+    ("rejected inputs", paths.REJECTED),
+    ("splits", paths.SPLITS),
+    ("checkpoints", paths.CHECKPOINTS),
+    ("metrics", paths.METRICS),
+    ("plots", paths.PLOTS),
+    ("ONNX model", paths.ONNX_MODEL),
+    ("export report", paths.EXPORT_REPORT),
+    ("MLflow store", Path("mlflow.db")),
+]
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def print_summary(console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title="SliceWise results", show_header=True)
+    table.add_column("what")
+    table.add_column("where")
+    for label, path in OUTPUTS:
+        if path.exists():
+            table.add_row(label, str(path))
+    console.print(table)
+
+    if metrics := _read_json(paths.METRICS):
+        ci = metrics.get("ci95", {})
+        headline = Table(title="Test split (95 % CI, patients resampled)")
+        for column in ("metric", "value", "95 % CI"):
+            headline.add_column(column)
+        for section, key in [("classification", "accuracy"), ("classification", "sensitivity"),
+                             ("classification", "specificity"), ("classification", "roc_auc"),
+                             ("segmentation", "dice"), ("segmentation", "hd95"), ("segmentation_volume", "dice")]:
+            value = metrics.get(section, {}).get(key)
+            if value is None:
+                continue
+            lo_hi = ci.get(f"{section}.{key}")
+            interval = f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else ""
+            headline.add_row(f"{section}.{key}", f"{value:.3f}", interval)
+        console.print(headline)
+
+    if decision := _read_json(paths.REGISTER_REPORT):
+        verdict = "[green]PROMOTED to champion[/]" if decision.get("promoted") else "[yellow]not promoted[/]"
+        console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: {verdict}")
+        console.print(f"reason: {decision.get('reason')}")
+        console.print("lineage: .venv/bin/python -m tasks lineage champion")

@@ -1,0 +1,48 @@
+"""The tracker hook: the only way training and evaluation reach an experiment tracker.
+
+Steps receive a `Tracker`; with tracking disabled they get `NullTracker`, so everything runs without MLflow.
+The MLflow implementation lives in tasks/mlflow_tracking.py and is chosen by `make_tracker`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+
+class Tracker(Protocol):
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """Accepts everything, records nothing: used when `tracking.enabled` is false and in unit tests."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def make_tracker(settings, step: str) -> Tracker:
+    """A tracker for one step (a child run of the pipeline's parent run), or NullTracker when disabled."""
+    if not settings.tracking.enabled:
+        return NullTracker()
+    try:
+        from tasks.mlflow_tracking import MlflowTracker
+    except ImportError:  # the MLflow tracker lands with the release issue; until then nothing is tracked
+        return NullTracker()
+    return MlflowTracker.for_step(settings, step)

@@ -1,0 +1,95 @@
+"""Slicing real (tiny) NIfTI folders: good patients become shards, bad ones are listed with a reason."""
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.config import SliceSettings
+from tasks.errors import SliceWiseError
+from tasks.shards import read_manifest, read_shard
+from tasks.slice import slice_dataset
+from tests.nifti_factory import SHAPE, write_kaggle, write_patient
+
+CFG = SliceSettings(modalities=("flair",), min_brain_fraction=0.05, workers=2)
+
+
+def make_raw(tmp_path, n=3):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw"
+    for i in range(n):
+        write_patient(raw / "brats", f"BraTS20_Training_{i + 1:03d}", rng)
+    write_kaggle(raw / "kaggle", rng)
+    return raw
+
+
+def test_slices_good_patients_into_one_shard_each(tmp_path):
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+
+    manifest = read_manifest(out / "manifest.csv")
+    assert sorted(p.name for p in (out / "brats").glob("*.npz")) == [f"BraTS20_Training_00{i}.npz" for i in (1, 2, 3)]
+    assert result["patients"] == 3 and result["rejected"] == 0
+    shard = read_shard(out / "brats" / "BraTS20_Training_001.npz")
+    assert shard.images.shape[1:] == (1, 32, 32) and shard.images.dtype == np.float16
+    assert 0 not in shard.slice_index and 1 not in shard.slice_index  # brainless slices dropped
+    assert shard.labels.sum() > 0 and (shard.labels == (shard.masks.reshape(len(shard), -1).max(1) > 0)).all()
+    np.testing.assert_allclose(shard.spacing, [40 / 32, 40 / 32])
+    brain = shard.images[:, 0][shard.images[:, 0] != 0].astype(np.float32)
+    assert abs(brain.mean()) < 0.5 and 0.5 < brain.std() < 1.5  # z-scored over the brain
+    kaggle = manifest[manifest["source"] == "kaggle"]
+    assert len(kaggle) == 6 and set(kaggle["label"]) == {0, 1} and not kaggle["has_mask"].any()
+
+
+def test_multiple_modalities_become_channels(tmp_path):
+    raw, out = make_raw(tmp_path, n=1), tmp_path / "processed"
+    slice_dataset(raw, out, SliceSettings(modalities=("flair", "t1ce"), workers=1), image_size=24, stride=2)
+    shard = read_shard(out / "brats" / "BraTS20_Training_001.npz")
+    assert shard.images.shape[1] == 2
+    assert set(shard.slice_index % 2) == {0}
+
+
+def test_bad_inputs_are_rejected_with_reasons(tmp_path):
+    raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
+    rng = np.random.default_rng(5)
+    truncated = write_patient(raw / "brats", "BraTS20_Training_010", rng)
+    flair = truncated / "BraTS20_Training_010_flair.nii.gz"
+    flair.write_bytes(flair.read_bytes()[:200])
+    write_patient(raw / "brats", "BraTS20_Training_011", rng, parts=("t1", "t2", "seg"))  # no FLAIR
+    write_patient(raw / "brats", "BraTS20_Training_012", rng, shape=(40, 40, 12), parts=("flair",))
+    write_patient(tmp_path / "other", "x", rng, shape=(30, 30, 12), parts=("seg",))
+    (tmp_path / "other" / "x" / "x_seg.nii.gz").rename(raw / "brats" / "BraTS20_Training_012" / "BraTS20_Training_012_seg.nii.gz")
+    (raw / "kaggle" / "yes" / "broken.jpg").write_bytes(b"not an image")
+
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+
+    rejected = pd.read_csv(out / "rejected.csv")
+    reasons = dict(zip(rejected["file"].map(lambda f: f.split("/")[-1]), rejected["reason"]))
+    assert "unreadable NIfTI" in reasons["BraTS20_Training_010_flair.nii.gz"]
+    assert reasons["BraTS20_Training_011"] == "missing modality flair"
+    assert "shape mismatch" in reasons["BraTS20_Training_012"]
+    assert "unreadable image" in reasons["broken.jpg"]
+    assert result["patients"] == 2 and result["rejected"] == 4
+    assert set(read_manifest(out / "manifest.csv")["patient"]).isdisjoint({"BraTS20_Training_010", "BraTS20_Training_011"})
+
+
+def test_nothing_usable_is_a_clear_error(tmp_path):
+    raw = tmp_path / "raw"
+    write_patient(raw / "brats", "BraTS20_Training_001", np.random.default_rng(0), parts=("t1", "seg"))
+    with pytest.raises(SliceWiseError, match="no usable BraTS patient"):
+        slice_dataset(raw, tmp_path / "processed", CFG, image_size=32, stride=1)
+    assert (tmp_path / "processed" / "rejected.csv").exists()
+
+
+def test_rerun_reslices_only_new_patients(tmp_path):
+    raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
+    slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    before = (out / "brats" / "BraTS20_Training_001.npz").stat().st_mtime_ns
+    write_patient(raw / "brats", "BraTS20_Training_003", np.random.default_rng(9))
+
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+
+    assert result["resliced"] == 1 and result["patients"] == 3
+    assert (out / "brats" / "BraTS20_Training_001.npz").stat().st_mtime_ns == before
+    assert slice_dataset(raw, out, CFG, image_size=24, stride=1)["resliced"] == 3  # a changed spec redoes all

@@ -1,0 +1,63 @@
+"""Patient-level, seeded, stratified splits with leakage checks."""
+
+import numpy as np
+import pytest
+
+from tasks.config import SliceSettings, SplitSettings
+from tasks.errors import SliceWiseError
+from tasks.slice import slice_dataset
+from tasks.split import check_no_leakage, near_duplicate_pairs, split_dataset, split_sizes
+from tests.nifti_factory import write_kaggle, write_patient
+
+
+@pytest.fixture
+def processed(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw"
+    for i in range(10):
+        write_patient(raw / "brats", f"BraTS20_Training_{i + 1:03d}", rng, parts=("flair", "seg"))
+    write_kaggle(raw / "kaggle", rng, n_per_class=6)
+    # an exact duplicate of a Kaggle image under another name: must stay in the same split as its twin
+    (raw / "kaggle" / "yes" / "Y0 copy.jpg").write_bytes((raw / "kaggle" / "yes" / "Y0.jpg").read_bytes())
+    out = tmp_path / "processed"
+    slice_dataset(raw, out, SliceSettings(workers=1), image_size=32, stride=1)
+    return out
+
+
+def test_split_is_patient_level_disjoint_and_complete(processed, tmp_path):
+    summary = split_dataset(processed, tmp_path / "splits", SplitSettings(), seed=42)
+    lists = {n: (tmp_path / "splits" / f"{n}.txt").read_text().split("\n")[:-1] for n in ("train", "val", "test")}
+    everything = [p for ids in lists.values() for p in ids]
+    assert len(everything) == len(set(everything)) == 10 + 13
+    assert [summary[n]["brats_patients"] for n in ("train", "val", "test")] == list(split_sizes(10, SplitSettings()))
+    assert summary["near_duplicate_pairs"] >= 1
+    split_of = {p: n for n, ids in lists.items() for p in ids}
+    assert split_of["kaggle_yes_Y0"] == split_of["kaggle_yes_Y0 copy"]
+
+
+def test_split_is_seeded(processed, tmp_path):
+    split_dataset(processed, tmp_path / "a", SplitSettings(), seed=1)
+    split_dataset(processed, tmp_path / "b", SplitSettings(), seed=1)
+    split_dataset(processed, tmp_path / "c", SplitSettings(), seed=2)
+    read = lambda d: [(d / f"{n}.txt").read_text() for n in ("train", "val", "test")]  # noqa: E731
+    assert read(tmp_path / "a") == read(tmp_path / "b")
+    assert read(tmp_path / "a") != read(tmp_path / "c")
+
+
+def test_leakage_is_detected():
+    with pytest.raises(SliceWiseError, match="in both"):
+        check_no_leakage({"train": ["p1", "p2"], "val": ["p2"], "test": []}, [])
+    with pytest.raises(SliceWiseError, match="cross splits"):
+        check_no_leakage({"train": ["a"], "val": ["b"], "test": []}, [("a", "b")])
+
+
+def test_near_duplicate_pairs_by_hamming_distance():
+    hashes = {"a": 0b0, "b": 0b111, "c": (1 << 64) - 1}
+    assert near_duplicate_pairs(hashes, 3) == [("a", "b")]
+    assert near_duplicate_pairs(hashes, 2) == []
+
+
+def test_split_sizes_need_three():
+    assert split_sizes(20, SplitSettings()) == (14, 3, 3)
+    with pytest.raises(SliceWiseError):
+        split_sizes(2, SplitSettings())
