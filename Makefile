@@ -30,7 +30,11 @@ run: setup
 	$(BIN)/dvc repro
 	@$(BIN)/python -m tasks summary
 
+# The end-to-end tests start real PostgreSQL, MLflow, Prefect, a DVC S3 remote and a headless Chromium:
+# the two scripts install the Debian packages they need when missing (a no-op when present).
 test: setup
+	@scripts/install_services.sh
+	@scripts/install_browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 serve: setup
@@ -42,6 +46,11 @@ mlflow-ui: setup
 
 prefect-ui: setup
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+# A Prefect worker on the process pool `slicewise-pool` (created when missing) running the pipeline deployment
+# `slicewise-pipeline/worker`; needs a Prefect server (`make prefect-ui`, or PREFECT_API_URL).
+worker: setup
+	SLICEWISE_PYTHON=$(CURDIR)/$(BIN)/python scripts/prefect_worker.sh
 
 bench: setup
 	$(BIN)/python -m bench

@@ -90,6 +90,8 @@ class TrainSettings(_Section):
     amp_bf16: bool = True
     channels_last: bool = True
     compile: bool = False
+    threads: int = Field(0, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
 
 
 class SegStageSettings(_Section):
@@ -102,12 +104,14 @@ class ClsStageSettings(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     brats_fraction: float = Field(1.0, ge=0, le=1)
+    kaggle_share: float | None = Field(0.5, gt=0, lt=1)
 
 
 class JointStageSettings(_Section):
     encoder_lr: float = Field(1e-4, gt=0)
     head_lr: float = Field(3e-4, gt=0)
     cls_weight: float = Field(0.5, ge=0)
+    kaggle_share: float | None = Field(0.5, gt=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
 
 
@@ -124,11 +128,15 @@ class ExportSettings(_Section):
     parity_atol: float = Field(1e-4, gt=0)
     parity_min_dice: float = Field(0.999, gt=0, le=1)
     latency_runs: int = Field(30, ge=3)
+    latency_threads: int = Field(1, ge=0)
 
 
 class TrackingSettings(_Section):
     enabled: bool = True
     experiment: str = "slicewise"
+    max_attempts: int = Field(3, ge=1)
+    backoff_seconds: float = Field(0.5, ge=0)
+    request_timeout_seconds: float = Field(10, gt=0)
 
 
 class PromotionSettings(_Section):
@@ -148,6 +156,17 @@ class ScheduleSettings(_Section):
     timezone: str = "UTC"
 
 
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_slice_mb: float = Field(10, gt=0)
+    max_volume_mb: float = Field(300, gt=0)
+    max_batch_files: int = Field(50, ge=1)
+    max_image_side: int = Field(4096, ge=32)
+    poll_seconds: float = Field(30, ge=0)
+    ood_threshold: float = Field(0.5, gt=0, le=1)
+
+
 class Settings(_Section):
     profile: str = "quick"
     seed: int = 42
@@ -165,6 +184,7 @@ class Settings(_Section):
     promotion: PromotionSettings = PromotionSettings()
     registry: RegistrySettings = RegistrySettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    serve: ServeSettings = ServeSettings()
 
     @model_validator(mode="after")
     def _profile_exists(self) -> "Settings":

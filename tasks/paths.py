@@ -34,6 +34,11 @@ ONNX_MODEL = EXPORTS / "model.onnx"
 
 MLFLOW_DB_URI = "sqlite:///mlflow.db"
 MLARTIFACTS = ROOT / "mlartifacts"
+# Which MLflow parent run the steps of the current pipeline run log under (see tasks/mlflow_tracking.py).
+MLFLOW_PARENT_RUN = REPORTS / ".mlflow_parent_run"
+EXPORT_METADATA = EXPORTS / "model.json"
+# The served champion's files, one folder per registry version, so a restart needs no download (serve/).
+SERVE_CACHE = ROOT / ".serve_cache"
 
 
 def checkpoint_dir(stage: str) -> Path:

@@ -1,0 +1,108 @@
+"""`python -m flows run` (the pipeline once, through Prefect) and `python -m flows serve` (the scheduled deployment)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import urllib.request
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from tasks import paths
+from tasks.errors import SliceWiseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline through Prefect.")
+console = Console(stderr=True)
+LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # what `make prefect-ui` starts
+
+
+class DataSource(str, Enum):
+    synthetic = "synthetic"
+    local = "local"
+    kaggle = "kaggle"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _require_project_root() -> None:
+    # Every path in the pipeline is relative to the project root, as for `dvc repro`.
+    if not (paths.PARAMS.exists() and Path("dvc.yaml").exists()):
+        _fail(f"run this from the project root (no params.yaml and dvc.yaml in {Path.cwd()})")
+
+
+@app.command()
+def run(
+    profile: Optional[str] = typer.Option(None, help="quick | baseline | production (written into params.yaml)"),
+    data_source: Optional[DataSource] = typer.Option(None, help="data.source (written into params.yaml)"),
+    brats_dir: Optional[Path] = typer.Option(None, help="data.brats_dir, for --data-source local"),
+    kaggle_dir: Optional[Path] = typer.Option(None, help="data.kaggle_dir, for --data-source local"),
+) -> None:
+    """Run the pipeline once; stages DVC finds up to date are Cached."""
+    _require_project_root()
+    from flows.pipeline import slicewise_pipeline
+
+    state = slicewise_pipeline(
+        profile=profile, data_source=data_source.value if data_source else None,
+        brats_dir=str(brats_dir) if brats_dir else None, kaggle_dir=str(kaggle_dir) if kaggle_dir else None,
+        return_state=True,
+    )
+    if not state.is_completed():
+        _fail(state.message or "the flow run failed")
+    table = Table(title="SliceWise flow run")
+    table.add_column("stage")
+    table.add_column("state")
+    table.add_column("dvc.lock entry")
+    table.add_column("why it ran")
+    for stage, outcome in state.result().items():
+        table.add_row(stage, outcome["state"], outcome.get("lock_sha256", "")[:12], outcome.get("reason", ""))
+    Console().print(table)
+    from tasks.summary import print_summary
+
+    print_summary()
+
+
+@app.command()
+def serve() -> None:
+    """Serve the `slicewise-weekly` deployment (cron from params.yaml) until Ctrl-C."""
+    _require_project_root()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deploy import DEPLOYMENT_NAME, serve as serve_deployment
+    from tasks.config import load_settings
+
+    # A deployment served against Prefect's throw-away ephemeral server would be invisible: default to the
+    # local server instead, and say how to start it when it is not there.
+    api_url = PREFECT_API_URL.value() or LOCAL_PREFECT_API
+    try:
+        urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=5).close()
+    except OSError:
+        _fail(f"no Prefect server at {api_url}; start one with `make prefect-ui` or set PREFECT_API_URL")
+    try:
+        settings = load_settings()
+    except SliceWiseError as exc:
+        _fail(str(exc), exc.exit_code)
+    console.print(f"serving slicewise-pipeline/{DEPLOYMENT_NAME} on {api_url}, cron {settings.schedule.cron!r} "
+                  f"({settings.schedule.timezone}); trigger it now with "
+                  f"`prefect deployment run 'slicewise-pipeline/{DEPLOYMENT_NAME}'`")
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        serve_deployment(settings)
+
+
+def main() -> None:
+    handler = RichHandler(console=console, show_path=False)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API request otherwise
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

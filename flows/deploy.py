@@ -1,0 +1,39 @@
+"""Scheduled retraining: the pipeline flow as a deployment on the cron in params.yaml (`schedule` section).
+
+`python -m flows serve` serves it from this process: the deployment `slicewise-pipeline/slicewise-weekly`
+appears in the Prefect UI, runs on its schedule, and can be started by hand ("Quick run", or
+`prefect deployment run slicewise-pipeline/slicewise-weekly`). A scheduled run whose raw data and parameters
+have not changed finds every stage Cached in DVC and finishes in seconds without registering anything.
+Each run executes in a fresh process in the serving directory (the project root), like `dvc repro`.
+(scripts/prefect_worker.sh deploys the same flow onto a work pool instead, for a worker in docker compose.)
+"""
+
+from __future__ import annotations
+
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.schedules import Cron
+
+from flows.pipeline import slicewise_pipeline
+from tasks.config import Settings
+
+DEPLOYMENT_NAME = "slicewise-weekly"
+
+
+def build_deployment(settings: Settings, name: str = DEPLOYMENT_NAME) -> RunnerDeployment:
+    """The deployment object (nothing is sent to a server until it is served or applied)."""
+    schedule = settings.schedule
+    return slicewise_pipeline.to_deployment(
+        name=name,
+        schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
+        description=f"Retrain when data or parameters changed; cron {schedule.cron!r} ({schedule.timezone})",
+        tags=["slicewise", "retraining"],
+        # Imported as flows.pipeline, not loaded from its file: Prefect would put flows/ itself on sys.path.
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Serve the deployment until interrupted; one run at a time, as runs share data/ and dvc.lock."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(build_deployment(settings), limit=1)

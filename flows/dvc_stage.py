@@ -1,0 +1,118 @@
+"""The DVC bridge: DVC alone decides whether a stage is fresh, and records what a step produced.
+
+A Prefect task asks `stage_changes(stage)` before doing any work; an empty answer means the stage's deps,
+params, cmd and outs all match dvc.lock, exactly what `dvc status` / `dvc repro` would conclude. After the
+step has run in-process, `commit_stage(stage)` writes the stage's dvc.lock entry and copies its outputs into
+the DVC cache, the same entry `dvc repro` writes (tests/test_flows.py compares the two). Because both front
+doors read and write the same dvc.lock, they can never disagree about what is up to date.
+
+No Prefect here: this module only speaks to DVC, through its Python API (`dvc.repo.Repo`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from tasks import paths
+
+DVC_YAML = paths.ROOT / "dvc.yaml"
+DVC_LOCK = paths.ROOT / "dvc.lock"
+
+
+def _repo():
+    from dvc.repo import Repo  # imported on use: DVC takes a second to import
+
+    return Repo(str(paths.ROOT))
+
+
+def pipeline_stages(dvc_yaml: Path = DVC_YAML) -> list[str]:
+    """Stage names declared in dvc.yaml, in file order."""
+    return list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
+
+
+def stage_changes(stage: str) -> list:
+    """What DVC finds changed for this one stage (empty when up to date); upstream stages are not checked.
+
+    Same answer as `dvc status <stage>`: e.g. [{"changed deps": {"params.yaml": {"split": "modified"}}}],
+    ["changed command"] for a stage that never ran, [{"changed outs": {"data/splits": "deleted"}}].
+    """
+    with _repo() as repo:
+        return repo.status(targets=[stage]).get(stage, [])
+
+
+def stale_stages() -> dict[str, list]:
+    """Every stage DVC finds changed, as `dvc status` lists them (empty when the whole pipeline is fresh)."""
+    with _repo() as repo:
+        return repo.status()
+
+
+def clear_or_restore(stage: str, use_run_cache: bool = True) -> bool:
+    """What `dvc repro` does before running a stale stage; True when the run is not needed after all.
+
+    It deletes the stage's outputs (those marked `persist` stay), so no stale file from an earlier run can
+    slip into the new output, then checks out the outputs from DVC's run cache when this exact cmd, deps and
+    params ran before (e.g. a parameter set back to an earlier value). `use_run_cache=False` is `repro -f`.
+    """
+    from dvc.stage.cache import RunCacheNotFoundError
+
+    with _repo() as repo, repo.lock:
+        (stage_obj,) = repo.stage.collect(stage)
+        stage_obj.remove_outs(ignore_remove=False, force=False)
+        if not use_run_cache:
+            return False
+        try:
+            repo.stage_cache.restore(stage_obj)
+        except RunCacheNotFoundError:
+            return False
+        return True
+
+
+def commit_stage(stage: str) -> str:
+    """Record the stage's current deps, params and outs in dvc.lock and the cache; returns its fingerprint.
+
+    The same entry `dvc repro` writes after running the stage (also into its run cache), and, like repro,
+    outputs are added to .gitignore and dvc.lock is staged when `core.autostage` is on. `force=True` only
+    skips DVC's "are you sure" prompt: the step that produced the outputs has just succeeded.
+    """
+    with _repo() as repo, repo.scm_context:
+        repo.commit(stage, force=True)
+    return lock_fingerprint(stage)
+
+
+def lock_fingerprint(stage: str, lock: Path = DVC_LOCK) -> str:
+    """sha256 of the stage's dvc.lock entry (cmd, deps, params, outs with their hashes); '' without one."""
+    entry = lock_entry(stage, lock)
+    if entry is None:
+        return ""
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+
+
+def lock_entry(stage: str, lock: Path = DVC_LOCK) -> dict | None:
+    if not lock.exists():
+        return None
+    return ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).get(stage)
+
+
+def describe_changes(changes: list) -> str:
+    """One line for logs and state messages, e.g. "changed deps: params.yaml (split: modified)"."""
+    parts = []
+    for change in changes:
+        if isinstance(change, str):
+            parts.append(change)
+            continue
+        for kind, items in change.items():
+            if isinstance(items, dict):
+                parts.append(f"{kind}: " + ", ".join(_describe_item(path, what) for path, what in items.items()))
+            else:
+                parts.append(f"{kind}: {items}")
+    return "; ".join(parts) or "no recorded run"
+
+
+def _describe_item(path: str, what: object) -> str:
+    if isinstance(what, dict):  # params: {key: "modified" | "new" | "deleted"}
+        return f"{path} (" + ", ".join(f"{key}: {state}" for key, state in what.items()) + ")"
+    return f"{path} ({what})"

@@ -1,0 +1,91 @@
+"""Lineage of a flow run: tags in Prefect, the flow run id for MLflow, and the MLflow parent run.
+
+- The flow run is tagged `profile:<p>`, `source:<s>` and `git:<commit>` so the Prefect UI filters by them.
+- `SLICEWISE_PREFECT_FLOW_RUN_ID` is exported for the run's duration; the steps run in this process, and the
+  MLflow tracker tags runs and registry versions with it (`prefect_flow_run_id`).
+- When tracking is on and some stage will run, the MLflow parent run is opened up front
+  (tasks.mlflow_tracking.open_parent_run) and exported as `SLICEWISE_PARENT_RUN_ID`, so every step's child
+  run hangs under it. `register` ends the parent itself; if the flow fails first, or `register` did not run
+  (it was Cached, or is not in dvc.yaml yet), the parent is ended here (FAILED / FINISHED) so none stays
+  RUNNING. A run where everything is Cached opens no parent at all: it trained nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from tasks import provenance
+from tasks.config import Settings
+
+log = logging.getLogger(__name__)
+
+FLOW_RUN_ENV = "SLICEWISE_PREFECT_FLOW_RUN_ID"
+PARENT_RUN_ENV = "SLICEWISE_PARENT_RUN_ID"  # the name tasks/mlflow_tracking.py reads
+
+
+def flow_run_tags(settings: Settings) -> list[str]:
+    return [f"profile:{settings.profile}", f"source:{settings.data.source}", f"git:{provenance.git_commit()[:12]}"]
+
+
+def tag_flow_run(flow_run_id: str, tags: list[str]) -> None:
+    """Add tags to the running flow run, keeping those it already has (e.g. from its deployment)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        existing = client.read_flow_run(flow_run_id).tags or []
+        client.update_flow_run(flow_run_id, tags=sorted(set(existing) | set(tags)))
+
+
+@contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """Set an environment variable for the block only, so one flow run never leaks into the next."""
+    previous = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+@contextmanager
+def pipeline_run(settings: Settings, flow_run_id: str, work_pending: bool) -> Iterator[str | None]:
+    """The block in which the stages run; yields the MLflow parent run id (None when none was opened)."""
+    parent = open_parent(settings) if work_pending and settings.tracking.enabled else None
+    with _env(FLOW_RUN_ENV, flow_run_id), _env(PARENT_RUN_ENV, parent):
+        try:
+            yield parent
+        except BaseException:
+            if parent:
+                end_parent_if_running(settings, parent, "FAILED")
+            raise
+    if parent:
+        end_parent_if_running(settings, parent, "FINISHED")
+
+
+def open_parent(settings: Settings) -> str:
+    from tasks.mlflow_tracking import open_parent_run
+
+    run_id = open_parent_run(settings)
+    log.info("MLflow parent run %s", run_id)
+    return run_id
+
+
+def end_parent_if_running(settings: Settings, run_id: str, status: str) -> None:
+    """End the parent unless `register` already did; never let this hide the flow's own error."""
+    from tasks.mlflow_tracking import close_parent_run, make_client, retrying
+
+    try:
+        client = make_client(settings.tracking)
+        if retrying(settings.tracking, "get run", client.get_run, run_id).info.status == "RUNNING":
+            close_parent_run(settings, run_id, status)
+    except Exception as exc:
+        if status == "FINISHED":
+            raise
+        log.warning("could not end MLflow parent run %s as %s: %s", run_id, status, exc)

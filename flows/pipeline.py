@@ -1,0 +1,98 @@
+"""The SliceWise pipeline as a Prefect flow: the same nine DVC stages, the same dvc.lock, one more front door.
+
+    fetch → slice → split → train_seg → train_cls → train_joint → evaluate → export → register
+
+Each task is one DVC stage (flows/stage_task.py): DVC says whether it is stale, the step runs in-process
+only then, and its result is committed to dvc.lock, so `dvc repro` and this flow never disagree about what
+is up to date. Only `fetch` and `register` talk to the network, so only they retry.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows import artifacts, dvc_stage, lineage
+from flows.source_inventory import local_source_drift
+from flows.stage_task import forward_step_logs, stage_task
+from tasks import paths
+from tasks.config import Settings, load_settings, set_params
+
+MINUTE, HOUR = 60, 3600
+
+
+def _source_drift() -> str | None:
+    return local_source_drift(load_settings())
+
+
+# Timeouts are generous ceilings for the production profile on one GPU; they exist to stop a hung run.
+fetch = stage_task("fetch", timeout_seconds=4 * HOUR, network=True, force_check=_source_drift)
+slice_ = stage_task("slice", timeout_seconds=2 * HOUR)
+split = stage_task("split", timeout_seconds=20 * MINUTE)
+train_seg = stage_task("train_seg", timeout_seconds=8 * HOUR)
+train_cls = stage_task("train_cls", timeout_seconds=4 * HOUR)
+train_joint = stage_task("train_joint", timeout_seconds=8 * HOUR)
+evaluate = stage_task("evaluate", timeout_seconds=1 * HOUR)
+export = stage_task("export", timeout_seconds=30 * MINUTE)
+register = stage_task("register", timeout_seconds=20 * MINUTE, network=True)
+STAGE_TASKS = (fetch, slice_, split, train_seg, train_cls, train_joint, evaluate, export, register)
+
+
+class StepFailed(RuntimeError):
+    """A stage failed; the message names it, so the flow run's final state says which step and why."""
+
+
+@flow(name="slicewise-pipeline", persist_result=False)
+def slicewise_pipeline(
+    profile: str | None = None,
+    data_source: Literal["synthetic", "local", "kaggle"] | None = None,
+    brats_dir: str | None = None,
+    kaggle_dir: str | None = None,
+) -> dict[str, dict]:
+    """Run every stale stage of the DVC pipeline; returns stage → {"state": Cached | Completed | Skipped, ...}."""
+    forward_step_logs()
+    settings = apply_parameters(profile=profile, data_source=data_source, brats_dir=brats_dir, kaggle_dir=kaggle_dir)
+    lineage.tag_flow_run(flow_run.id, lineage.flow_run_tags(settings))
+    warn_about_stages_without_task()
+
+    outcomes = {}
+    with lineage.pipeline_run(settings, flow_run.id, work_pending=something_to_do()) as parent_run_id:
+        for stage in STAGE_TASKS:
+            outcomes[stage.name] = run_stage(stage)
+    artifacts.publish(settings, parent_run_id)
+    return outcomes
+
+
+def run_stage(stage) -> dict:
+    """Run one stage task; a failure stops the flow with the stage's name and its error."""
+    state = stage(return_state=True)
+    if state.is_completed():
+        return {"state": state.name, **state.result()}
+    error = state.result(raise_on_failure=False)
+    why = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
+    get_run_logger().error("step %r failed: %s", stage.name, why)
+    raise StepFailed(f"step {stage.name!r} failed: {why}")
+
+
+def something_to_do() -> bool:
+    """Whether any stage will run (DVC finds one stale, or the local source changed); else all are Cached."""
+    return bool(dvc_stage.stale_stages()) or _source_drift() is not None
+
+
+def warn_about_stages_without_task() -> None:
+    if unknown := set(dvc_stage.pipeline_stages()) - {task.name for task in STAGE_TASKS}:
+        get_run_logger().warning("dvc.yaml stages without a task in this flow (run them with dvc repro): %s",
+                                 sorted(unknown))
+
+
+def apply_parameters(**values: str | None) -> Settings:
+    """Write the given flow parameters into params.yaml first, as `dvc exp run -S` would, so DVC sees them."""
+    keys = {"profile": "profile", "data_source": "data.source", "brats_dir": "data.brats_dir",
+            "kaggle_dir": "data.kaggle_dir"}
+    updates = {keys[name]: value for name, value in values.items() if value is not None}
+    if updates:
+        set_params(updates)
+        get_run_logger().info("params.yaml updated: %s", updates)
+    return load_settings(paths.PARAMS)

@@ -1,0 +1,134 @@
+"""A 2D multitask U-Net: one encoder shared by a segmentation decoder and a classification head.
+
+    image (N, C, H, W) ─ encoder ─┬─ seg_decoder (skip connections) ─ "seg": whole-tumour logits (N, 1, H, W)
+                                  └─ cls_head (avg + max pooled bottleneck) ─ "cls": tumour logit (N,)
+
+The blocks are MONAI's nnU-Net building blocks (two 3×3 conv + norm + LeakyReLU; transposed-conv up blocks).
+Downsampling is a stride-2 conv inside each encoder block, so H and W must be divisible by 2 ** (depth - 1).
+Pure torch: no I/O, no configuration parsing. The graph has no data-dependent control flow, so it exports to
+ONNX; `TwoHeadOutputs` wraps it with a plain (seg, cls) tuple output for exporters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from monai.networks.blocks import UnetBasicBlock, UnetOutBlock, UnetUpBlock
+from torch import Tensor, nn
+
+HEADS = ("seg", "cls")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 1  # one per MRI modality (FLAIR by default)
+    base_channels: int = 8  # width of the first level; doubled at every level below
+    depth: int = 3  # resolution levels, the last one being the bottleneck
+    norm: str = "batch"  # "batch" or "instance"; batch norm is ~2x faster on CPU and folds into ONNX convs
+    cls_dropout: float = 0.2
+
+    def channels(self) -> list[int]:
+        return [self.base_channels * 2**level for level in range(self.depth)]
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this."""
+        return 2 ** (self.depth - 1)
+
+
+def _norm(cfg: UNetConfig) -> tuple:
+    return ("instance", {"affine": True}) if cfg.norm == "instance" else ("batch", {})
+
+
+class Encoder(nn.Module):
+    """`depth` conv blocks; every block after the first halves the resolution. Returns every level's features."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        widths = cfg.channels()
+        inputs = [cfg.in_channels] + widths[:-1]
+        self.levels = nn.ModuleList(
+            UnetBasicBlock(2, c_in, c_out, kernel_size=3, stride=1 if level == 0 else 2, norm_name=_norm(cfg))
+            for level, (c_in, c_out) in enumerate(zip(inputs, widths))
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features = []
+        for level in self.levels:
+            x = level(x)
+            features.append(x)
+        return features
+
+
+class SegDecoder(nn.Module):
+    """Upsamples the bottleneck back to full resolution through the skip connections; one logit per pixel."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        widths = cfg.channels()
+        self.ups = nn.ModuleList(
+            UnetUpBlock(2, widths[level], widths[level - 1], kernel_size=3, stride=1, upsample_kernel_size=2,
+                        norm_name=_norm(cfg))
+            for level in range(cfg.depth - 1, 0, -1)
+        )
+        self.out = UnetOutBlock(2, widths[0], 1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        x = features[-1]
+        for up, skip in zip(self.ups, reversed(features[:-1])):
+            x = up(x, skip)
+        return self.out(x)
+
+
+class ClsHead(nn.Module):
+    """A conv block of its own on the bottleneck, then average and max pooling (max keeps small tumours
+    visible) → MLP → one logit. The conv block lets the classifier learn features the frozen encoder lacks
+    (Kaggle images have skulls and other contrasts than BraTS FLAIR) in the train_cls stage."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        width = cfg.channels()[-1]
+        self.features = UnetBasicBlock(2, width, 2 * width, kernel_size=3, stride=2, norm_name=_norm(cfg))
+        self.mlp = nn.Sequential(
+            nn.Linear(4 * width, width), nn.ReLU(inplace=True), nn.Dropout(cfg.cls_dropout), nn.Linear(width, 1)
+        )
+
+    def forward(self, bottleneck: Tensor) -> Tensor:
+        x = self.features(bottleneck)
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return self.mlp(pooled).squeeze(1)
+
+
+class MultitaskUNet(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.seg_decoder = SegDecoder(cfg)
+        self.cls_head = ClsHead(cfg)
+        # Grad-CAM target: the bottleneck block, whose output the classification head pools.
+        self.gradcam_layer = f"encoder.levels.{cfg.depth - 1}"
+
+    def forward(self, x: Tensor, heads: tuple[str, ...] = HEADS) -> dict[str, Tensor]:
+        """Logits of the requested heads: "seg" (N, 1, H, W) and/or "cls" (N,)."""
+        features = self.encoder(x)
+        out = {}
+        if "seg" in heads:
+            out["seg"] = self.seg_decoder(features)
+        if "cls" in heads:
+            out["cls"] = self.cls_head(features[-1])
+        return out
+
+
+class TwoHeadOutputs(nn.Module):
+    """Both heads as a (seg_logits, cls_logits) tuple: a fixed output signature for ONNX export."""
+
+    def __init__(self, model: MultitaskUNet):
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # a fresh module starts in training mode; mirror the model (dropout!)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(x, heads=HEADS)
+        return out["seg"], out["cls"]

@@ -1,0 +1,71 @@
+"""`python -m serve`: the REST API and web UI on 127.0.0.1:8000 (params.yaml `serve:`), serving the champion.
+
+    python -m serve                                   # models:/<registry.model_name>@<registry.alias>
+    python -m serve --model-file exports/model.onnx   # an exported file instead (no registry needed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from tasks import paths
+from tasks.config import load_settings
+from tasks.errors import SliceWiseError
+
+console = Console(stderr=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-file", type=Path, help="serve this ONNX file instead of the registry's champion")
+    parser.add_argument("--checkpoint", type=Path, default=paths.best_checkpoint("joint"),
+                        help="torch checkpoint for Grad-CAM with --model-file (default: %(default)s)")
+    parser.add_argument("--metrics", type=Path, default=paths.METRICS,
+                        help="metrics shown with --model-file (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=paths.PARAMS, help="parameters file (default: %(default)s)")
+    parser.add_argument("--host", help="bind address (default: serve.host)")
+    parser.add_argument("--port", type=int, help="port (default: serve.port)")
+    parser.add_argument("--poll-seconds", type=float, help="registry polling interval, 0 = off (default: serve.poll_seconds)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+def build_app(args: argparse.Namespace):
+    from serve.api import create_app
+    from serve.model_source import FileSource, RegistrySource
+
+    settings = load_settings(args.params)
+    cfg = settings.serve
+    if args.poll_seconds is not None:
+        cfg = cfg.model_copy(update={"poll_seconds": args.poll_seconds})
+    if args.model_file:
+        source = FileSource(args.model_file, args.checkpoint, args.metrics)
+    else:
+        source = RegistrySource(settings.registry, settings.tracking, paths.SERVE_CACHE)
+    return create_app(source, cfg), cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+    try:
+        app, cfg = build_app(args)
+    except SliceWiseError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    import uvicorn
+
+    uvicorn.run(app, host=args.host or cfg.host, port=args.port or cfg.port, log_level=args.log_level,
+                log_config=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Grad-CAM for the served model, built on first use: torch and MONAI load only when someone asks for it.
+
+Grad-CAM needs gradients, which the ONNX model cannot give, so it runs tasks/gradcam.py on the torch model
+rebuilt from the checkpoint the registry version carries (a self-describing checkpoint, or a bare state dict
+with the model settings the ONNX metadata records). Without torch (the slim API image) or without a
+checkpoint the API answers `gradcam=true` with a 409 that says which of the two is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from serve.model_source import ServedModel
+from serve.uploads import UploadError
+
+log = logging.getLogger(__name__)
+
+_build_lock = threading.Lock()
+
+
+class GradCam:
+    """Grad-CAM maps of one served model. MONAI's GradCAM keeps activations on the instance: one call at a time."""
+
+    def __init__(self, checkpoint: Path, model_config: dict):
+        from tasks.gradcam import GradCamExplainer
+
+        self.explainer = GradCamExplainer(load_torch_model(checkpoint, model_config))
+        self.lock = threading.Lock()
+
+    def maps(self, inputs: np.ndarray) -> np.ndarray:
+        """(N, C, S, S) preprocessed slices → (N, S, S) maps in [0, 1]."""
+        with self.lock:
+            return self.explainer.explain(inputs)
+
+
+def load_torch_model(checkpoint: Path, model_config: dict):
+    """The MultitaskUNet of a checkpoint; a bare state dict is rebuilt with the ONNX metadata's model settings."""
+    import torch
+
+    from models.unet import MultitaskUNet, UNetConfig
+    from tasks.checkpoints import load_model
+    from tasks.errors import SliceWiseError
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model_config" in state:
+        return load_model(checkpoint)[0]
+    if not model_config:
+        raise SliceWiseError("a bare state dict, and the ONNX model records no model_config to rebuild it", checkpoint)
+    model = MultitaskUNet(UNetConfig(**model_config))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def gradcam_for(model: ServedModel) -> GradCam:
+    """The served model's Grad-CAM, built once; UploadError(409) when this installation or model cannot."""
+    if model.gradcam is not None:
+        return model.gradcam
+    if model.gradcam_error:
+        raise UploadError(409, model.gradcam_error)
+    if model.checkpoint is None:
+        raise UploadError(409, "Grad-CAM is not available: the served model has no torch checkpoint (the registry "
+                               "version logged none; with --model-file pass --checkpoint)")
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise UploadError(409, "Grad-CAM is not available: this installation has no torch (slim API image)") from exc
+    with _build_lock:
+        if model.gradcam is None:
+            try:
+                model.gradcam = GradCam(model.checkpoint, model.model_config)
+            except Exception as exc:  # a checkpoint that does not fit the model: say so, keep serving predictions
+                model.gradcam_error = f"Grad-CAM is not available: the checkpoint cannot be loaded ({exc})"
+                log.warning("%s (%s)", model.gradcam_error, model.checkpoint)
+                raise UploadError(409, model.gradcam_error) from exc
+    return model.gradcam

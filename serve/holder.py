@@ -1,0 +1,115 @@
+"""The model being served right now, swapped without a restart when the champion changes.
+
+Requests read `holder.model` once and use that object to the end, so a swap mid-request is harmless: the old
+model finishes the requests it started. A poller thread (every `serve.poll_seconds`) and `POST /model/reload`
+both call `refresh()`, which asks the source for the current key and loads only when it changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from serve.model_source import ModelSource, ServedModel
+from tasks.errors import SliceWiseError
+
+log = logging.getLogger(__name__)
+
+NO_MODEL_HINT = ("train and register one (`make run`), or serve an exported file: "
+                 "`python -m serve --model-file exports/model.onnx`")
+
+
+class ModelHolder:
+    def __init__(self, source: ModelSource):
+        self.source = source
+        self.model: ServedModel | None = None
+        self.key: str | None = None
+        self.detail = "starting"
+        self.last_check: float | None = None
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, poll_seconds: float) -> None:
+        """Serve the cached champion at once when there is one, and check the source in the background;
+        with nothing cached, check now, so the start-up log says what is (not) served."""
+        cached = None
+        try:
+            cached = self.source.cached()
+        except SliceWiseError as exc:
+            log.warning("ignoring the local model cache: %s", exc)
+        if cached is not None:
+            self._swap(*cached, how="from the local cache")
+            self.detail += "; checking the registry for a newer champion"
+            first_check_delay = 0.0
+        else:
+            self.refresh()
+            first_check_delay = poll_seconds
+        if poll_seconds > 0 or cached is not None:
+            self._thread = threading.Thread(target=self._poll, args=(poll_seconds, first_check_delay),
+                                            name="champion-poller", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _poll(self, every: float, first_delay: float) -> None:
+        if self._stop.wait(first_delay):
+            return
+        while True:
+            self.refresh()
+            if every <= 0 or self._stop.wait(every):
+                return
+
+    def refresh(self) -> dict:
+        """Ask the source which model is current; load it when it differs from the served one."""
+        with self._refresh_lock:
+            self.last_check = time.time()
+            try:
+                key = self.source.current_key()
+            except SliceWiseError as exc:
+                return self._unreachable(exc)
+            if key is None:
+                return self._no_model()
+            if key == self.key and self.model is not None:
+                self.detail = self._serving_detail()
+                return {"changed": False, "key": key}
+            try:
+                model = self.source.load(key)
+            except SliceWiseError as exc:
+                return self._unreachable(exc)
+            previous = self.key
+            self._swap(key, model, how="" if previous is None else f"(replacing {previous})")
+            return {"changed": True, "key": key, "previous": previous}
+
+    def _swap(self, key: str, model: ServedModel, how: str) -> None:
+        self.model, self.key = model, key
+        self.detail = self._serving_detail()
+        log.info("%s %s", self.detail, how)
+
+    def _serving_detail(self) -> str:
+        card = self.model.card if self.model else {}
+        if card.get("source") == "registry":
+            what = f"models:/{card['name']}/{card['version']} ({card['alias']})"
+        else:
+            what = f"file {card.get('path')}"
+        return f"serving {what}"
+
+    def _no_model(self) -> dict:
+        if self.model is not None:
+            log.warning("%s no longer names a model; stopped serving %s", self.source.description, self.key)
+        self.model, self.key = None, None
+        self.detail = f"no model: {self.source.description} does not exist; {NO_MODEL_HINT}"
+        log.warning(self.detail)
+        return {"changed": False, "key": None}
+
+    def _unreachable(self, exc: SliceWiseError) -> dict:
+        if self.model is None:
+            self.detail = f"no model: {exc}; {NO_MODEL_HINT}"
+        else:
+            self.detail = f"{self._serving_detail()}; the last check of {self.source.description} failed: {exc}"
+        log.warning("model check failed: %s", exc)
+        return {"changed": False, "key": self.key, "error": str(exc)}

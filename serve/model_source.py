@@ -1,0 +1,286 @@
+"""Where the served model comes from: the registry's champion (cached locally by version) or a file.
+
+A source answers two questions: which model is current (`current_key`, cheap, asked by the poller) and how to
+load it (`load`). The registry source keeps every champion it served under `.serve_cache/<name>/v<version>-<run>/`
+(ONNX model, torch checkpoint for Grad-CAM, metrics, the registry card) and remembers the last one, so a restart
+serves it at once, before the registry is even asked (`cached`), and a registry outage does not stop serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tasks.config import RegistrySettings, TrackingSettings
+from tasks.errors import SliceWiseError
+from tasks.predict import OnnxPredictor
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+CHECKPOINT_FILE = "checkpoint.pt"
+METADATA_FILE = "model.json"  # the export step's metadata, shipped beside the ONNX file
+METRICS_FILE = "metrics.json"
+CARD_FILE = "card.json"  # written last: a version folder without it is incomplete and ignored
+DEFAULT_THRESHOLD = 0.5
+# Artifacts of the registering run that serving wants besides the ONNX model (searched this deep).
+ARTIFACT_SEARCH_DEPTH = 3
+
+
+@dataclass
+class ServedModel:
+    """The ONNX predictor plus what the API needs to preprocess inputs and to describe the model."""
+
+    predictor: OnnxPredictor
+    image_size: int
+    in_channels: int
+    modalities: tuple[str, ...]
+    threshold: float
+    mask_threshold: float
+    card: dict  # /model/info: name, version, alias, metrics, tags, source
+    checkpoint: Path | None = None  # torch checkpoint (or bare state dict) for Grad-CAM
+    model_config: dict = field(default_factory=dict)  # UNetConfig fields, for a bare state dict
+    gradcam: Any = field(default=None, repr=False)  # serve.explain.GradCam, built on first use
+    gradcam_error: str | None = None  # why Grad-CAM could not be built, so it is not retried per request
+
+
+def embedded_metadata(predictor: OnnxPredictor) -> dict:
+    """The JSON the export step embeds in the ONNX file (`slicewise` metadata property); {} when absent."""
+    raw = predictor.session.get_modelmeta().custom_metadata_map.get("slicewise")
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+
+
+def read_json(path: Path | None) -> dict:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        log.warning("ignoring %s: not valid JSON", path)
+        return {}
+
+
+def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = None, metrics: dict | None = None,
+                      sidecar_metadata: dict | None = None) -> ServedModel:
+    """Open the ONNX model and settle its input size, modalities and decision threshold.
+
+    The metadata the export step embeds in the ONNX file wins; then a model.json beside it; then what the
+    graph itself says (input shape) and the evaluated threshold in metrics.json.
+    """
+    try:
+        predictor = OnnxPredictor(onnx_path)
+    except Exception as exc:  # onnxruntime raises its own types for a broken or foreign file
+        raise SliceWiseError(f"cannot load the ONNX model ({type(exc).__name__}: {exc})", onnx_path) from exc
+    meta = embedded_metadata(predictor) or sidecar_metadata or {}
+    shape = predictor.session.get_inputs()[0].shape
+    image_size = meta.get("image_size") or (shape[-1] if isinstance(shape[-1], int) else None)
+    if not image_size:
+        raise SliceWiseError("the model states no image size (no metadata and a dynamic input shape)", onnx_path)
+    in_channels = shape[1] if isinstance(shape[1], int) else len(meta.get("modalities", ["flair"]))
+    threshold = meta.get("threshold", (metrics or {}).get("classification", {}).get("threshold", DEFAULT_THRESHOLD))
+    card = {**card, "metrics": metrics or card.get("metrics") or {},
+            "model": {k: meta[k] for k in ("name", "opset", "image_size", "modalities", "model_config", "versions")
+                      if k in meta}}
+    return ServedModel(
+        predictor=predictor, image_size=int(image_size), in_channels=int(in_channels),
+        modalities=tuple(meta.get("modalities", ["flair"] * int(in_channels))), threshold=float(threshold),
+        mask_threshold=float(meta.get("mask_threshold", 0.5)), card=card, checkpoint=checkpoint,
+        model_config=dict(meta.get("model_config") or {}),
+    )
+
+
+class ModelSource(Protocol):
+    description: str
+
+    def cached(self) -> tuple[str, ServedModel] | None: ...
+
+    def current_key(self) -> str | None: ...
+
+    def load(self, key: str) -> ServedModel: ...
+
+
+class FileSource:
+    """An ONNX file given on the command line (`python -m serve --model-file exports/model.onnx`)."""
+
+    def __init__(self, onnx_path: Path, checkpoint: Path | None = None, metrics_path: Path | None = None):
+        self.onnx_path = Path(onnx_path)
+        self.checkpoint = checkpoint
+        self.metrics_path = metrics_path
+        self.description = f"file {self.onnx_path}"
+
+    def cached(self) -> None:
+        return None
+
+    def current_key(self) -> str | None:
+        """Changes when the file is replaced (export writes a new file and renames it over the old one)."""
+        try:
+            stat = self.onnx_path.stat()
+        except FileNotFoundError:
+            return None
+        return f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}"
+
+    def load(self, key: str) -> ServedModel:
+        from tasks.provenance import sha256_file
+
+        checkpoint = self.checkpoint if self.checkpoint and self.checkpoint.is_file() else None
+        card = {"source": "file", "path": str(self.onnx_path), "name": self.onnx_path.name, "version": None,
+                "alias": None, "tags": {"onnx_sha256": sha256_file(self.onnx_path)}}
+        return load_served_model(self.onnx_path, card, checkpoint, read_json(self.metrics_path),
+                                 read_json(self.onnx_path.with_suffix(".json")))
+
+
+class RegistrySource:
+    """`models:/<name>@<alias>` from the MLflow registry, every version cached under `cache_dir`."""
+
+    def __init__(self, registry: RegistrySettings, tracking: TrackingSettings, cache_dir: Path):
+        from tasks.mlflow_tracking import tracking_uri
+
+        self.registry = registry
+        self.tracking = tracking
+        self.uri = tracking_uri()
+        self.cache_dir = Path(cache_dir) / registry.model_name
+        self.pointer = self.cache_dir / f"{registry.alias}.json"
+        self.description = f"models:/{registry.model_name}@{registry.alias} in {self.uri}"
+
+    # ------------------------------------------------------------ the cache (no MLflow import: fast start-up)
+
+    def cached(self) -> tuple[str, ServedModel] | None:
+        """The champion served last time from this same store, if its files are complete."""
+        pointer = read_json(self.pointer)
+        if pointer.get("tracking_uri") != self.uri or not pointer.get("key"):
+            return None
+        folder = self.cache_dir / pointer["key"]
+        if not (folder / CARD_FILE).is_file():
+            return None
+        return pointer["key"], self._load_folder(folder)
+
+    def _load_folder(self, folder: Path) -> ServedModel:
+        checkpoint = folder / CHECKPOINT_FILE
+        return load_served_model(folder / ONNX_FILE, read_json(folder / CARD_FILE),
+                                 checkpoint if checkpoint.is_file() else None, read_json(folder / METRICS_FILE),
+                                 read_json(folder / METADATA_FILE))
+
+    def _remember(self, key: str) -> None:
+        tmp = self.pointer.with_name(self.pointer.name + ".tmp")
+        tmp.write_text(json.dumps({"tracking_uri": self.uri, "key": key}) + "\n")
+        os.replace(tmp, self.pointer)
+
+    # ------------------------------------------------------------ the registry
+
+    def _client(self):
+        from tasks.mlflow_tracking import make_client
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        return make_client(self.tracking)
+
+    def champion_version(self):
+        """The model version the alias points at, or None when there is no such model or alias."""
+        from mlflow.exceptions import MlflowException
+
+        from tasks.mlflow_tracking import retrying
+
+        client = self._client()
+        try:
+            return retrying(self.tracking, "get champion", client.get_model_version_by_alias,
+                            self.registry.model_name, self.registry.alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise SliceWiseError(f"registry query failed: {exc}", self.uri) from exc
+
+    def current_key(self) -> str | None:
+        version = self.champion_version()
+        return None if version is None else version_key(version)
+
+    def load(self, key: str) -> ServedModel:
+        folder = self.cache_dir / key
+        if not (folder / CARD_FILE).is_file():
+            self._download(key, folder)
+        model = self._load_folder(folder)
+        self._remember(key)
+        return model
+
+    def _download(self, key: str, folder: Path) -> None:
+        """Fetch the champion's files into a temporary folder, then rename it into place (never half a cache)."""
+        import mlflow
+
+        version = self.champion_version()
+        if version is None or version_key(version) != key:
+            raise SliceWiseError(f"the champion changed while loading {key}; the next poll picks up the new one",
+                                 self.uri)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
+        try:
+            log.info("downloading %s version %s into %s", self.registry.model_name, version.version, folder)
+            model_dir = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.registry.model_name}/{version.version}",
+                dst_path=str(staging / "model"), tracking_uri=self.uri))
+            if not take_file(model_dir, "*.onnx", staging / ONNX_FILE):
+                raise SliceWiseError(f"registry version {version.version} holds no .onnx file", self.uri)
+            # The register step ships the torch checkpoint and model.json as the logged model's extra files.
+            take_file(model_dir, "*.pt", staging / CHECKPOINT_FILE)
+            take_file(model_dir, METADATA_FILE, staging / METADATA_FILE)
+            run_files = self._fetch_run_artifacts(version.run_id, staging)
+            card = self._card(version, run_files)
+            (staging / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+            shutil.rmtree(staging / "model", ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an interrupted download
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _fetch_run_artifacts(self, run_id: str | None, staging: Path) -> dict[str, str]:
+        """The registering run's metrics.json (the test-split metrics /model/info shows), when it logged one."""
+        if not run_id:
+            return {}
+        import mlflow
+
+        found = find_artifact(self._client(), run_id, METRICS_FILE)
+        if found is None:
+            return {}
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=found, dst_path=str(staging / "run"),
+                                                    tracking_uri=self.uri)
+        shutil.move(local, staging / METRICS_FILE)
+        shutil.rmtree(staging / "run", ignore_errors=True)
+        return {"metrics": found}
+
+    def _card(self, version, run_files: dict[str, str]) -> dict:
+        return {"source": "registry", "tracking_uri": self.uri, "name": self.registry.model_name,
+                "version": str(version.version), "alias": self.registry.alias, "run_id": version.run_id,
+                "registered_at_ms": version.creation_timestamp, "description": version.description or "",
+                "tags": dict(version.tags or {}), "artifacts": run_files}
+
+
+def version_key(version) -> str:
+    """Cache folder name of a registry version: its number and run, so two stores' "v1" never collide."""
+    return f"v{version.version}-{(version.run_id or 'norun')[:8]}"
+
+
+def take_file(folder: Path, pattern: str, target: Path) -> bool:
+    """Move the first file matching `pattern` anywhere under `folder` to `target`; False when there is none."""
+    matches = sorted(folder.rglob(pattern))
+    if matches:
+        shutil.move(matches[0], target)
+    return bool(matches)
+
+
+def find_artifact(client, run_id: str, filename: str) -> str | None:
+    """The shallowest artifact path of the run named `filename` (searched ARTIFACT_SEARCH_DEPTH folders deep)."""
+    todo, found = [("", 0)], []
+    while todo:
+        path, depth = todo.pop()
+        for item in client.list_artifacts(run_id, path or None):
+            if item.is_dir and depth < ARTIFACT_SEARCH_DEPTH:
+                todo.append((item.path, depth + 1))
+            elif not item.is_dir and item.path.rsplit("/", 1)[-1] == filename:
+                found.append(item.path)
+    return min(found, key=len) if found else None

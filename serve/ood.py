@@ -1,0 +1,140 @@
+"""Out-of-distribution guard: is an upload plausibly what the model was trained on, a brain MRI slice?
+
+The model only ever saw skull-stripped BraTS slices and Kaggle MRI photos: grayscale, a head on a dark
+background, intensities that are magnitudes (non-negative). Each check below scores one way an input can be
+far from that, from 0 (typical of training data) to 1 (certainly not); the input's score is the highest one,
+and from `serve.ood_threshold` on the API answers with a warning instead of a tumour decision. Cheap numpy
+checks on purpose: they run on every request and explain themselves, which a learned detector would not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.preprocess import FOREGROUND_FRACTION
+
+BORDER_FRACTION = 0.04  # width of the frame around the image that must be mostly background
+MIN_FOREGROUND = 0.02  # below this share of foreground pixels an image is blank
+OUTLIER_Z = 10.0  # |z-score| beyond which a pixel is an outlier (tumour in FLAIR: a few SD above the brain)
+
+
+@dataclass(frozen=True)
+class OodResult:
+    score: float  # max over the checks, 0 = like training data, 1 = certainly not
+    checks: dict[str, float]  # every check's score, for /v1 answers and debugging
+    reasons: tuple[str, ...]  # human-readable, for checks at or above the threshold
+
+    def is_ood(self, threshold: float) -> bool:
+        return self.score >= threshold
+
+    def warning(self, threshold: float) -> str | None:
+        if not self.is_ood(threshold):
+            return None
+        return (f"out of distribution (score {self.score:.2f} >= {threshold:g}): " + "; ".join(self.reasons)
+                + ". The model was trained on brain MRI slices; no tumour decision is given for this input.")
+
+
+def _ramp(value: float, start: float, full: float) -> float:
+    """0 at `start`, 1 at `full`, linear in between."""
+    return float(np.clip((value - start) / (full - start), 0.0, 1.0))
+
+
+def _foreground(gray: np.ndarray, zero_background: bool) -> np.ndarray:
+    """The head, not the air. Raw and already-normalised arrays (NPY, NIfTI) of skull-stripped scans mark the
+    background with exact zeros; otherwise (photos, JPEG noise) it is what lies within a small fraction of the
+    image's range above its minimum."""
+    if zero_background and (gray == 0).mean() > 0.05:
+        return gray != 0
+    lo, hi = float(gray.min()), float(gray.max())
+    return gray > lo + FOREGROUND_FRACTION * (hi - lo)
+
+
+def blank_score(gray: np.ndarray, zero_background: bool) -> tuple[float, str]:
+    fg = _foreground(gray, zero_background).mean() if gray.max() > gray.min() else 0.0
+    return (1.0 if fg < MIN_FOREGROUND else 0.0), f"blank image ({fg:.1%} of pixels above background)"
+
+
+def colour_score(rgb: np.ndarray | None) -> tuple[float, str]:
+    """MRI is grayscale, sometimes with one tint over the whole scan; a photograph has many colours.
+
+    Chromaticity (each pixel's share of red, green and blue) is the same everywhere in a tinted grayscale
+    image, whatever the tint, so its spread over the lit pixels measures colour, not tint.
+    """
+    if rgb is None:
+        return 0.0, ""
+    rgb = rgb.reshape(-1, 3).astype(np.float32)
+    total = rgb.sum(axis=1)
+    lit = total > 0.1 * 3 * 255
+    if lit.sum() < 2:
+        return 0.0, ""
+    spread = float((rgb[lit] / total[lit, None]).std(axis=0).mean())
+    return _ramp(spread, 0.01, 0.03), f"colour image (chromaticity spread {spread:.3f}; MRI is grayscale)"
+
+
+def border_score(gray: np.ndarray, zero_background: bool) -> tuple[float, str]:
+    """A head sits on a dark background; a photo or a crop of texture fills the frame to its edges."""
+    bright = float(_foreground(gray, zero_background)[_border_mask(gray.shape)].mean()) if gray.max() > gray.min() else 0.0
+    return _ramp(bright, 0.35, 0.75), f"no dark background around a head ({bright:.0%} of the image border is bright)"
+
+
+def _border_mask(shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    h, w = shape
+    b = max(1, round(BORDER_FRACTION * min(h, w)))
+    mask[:b], mask[-b:], mask[:, :b], mask[:, -b:] = True, True, True, True
+    return mask
+
+
+def intensity_score(raw: np.ndarray | None) -> tuple[float, str]:
+    """Raw intensities (NPY, NIfTI) are magnitudes: many negative values mean a wrong range, unless the slice was
+    already z-scored the way preprocessing does it (zero background, brain at mean 0 and unit spread)."""
+    if raw is None:
+        return 0.0, ""
+    negative = float((raw < 0).mean())
+    if negative <= 0.01:
+        return 0.0, ""
+    foreground = raw[raw != 0]
+    if foreground.size > 1 and abs(float(foreground.mean())) < 0.25 and abs(float(foreground.std()) - 1) < 0.25:
+        return 0.0, ""
+    return _ramp(negative, 0.01, 0.05), f"wrong intensity range ({negative:.0%} negative values; MRI is non-negative)"
+
+
+def outlier_score(model_input: np.ndarray) -> tuple[float, str]:
+    """After z-scoring, training slices keep almost every pixel within a few SD; hot pixels or clipping do not."""
+    values = model_input[model_input != 0]
+    if values.size < 2:
+        return 0.0, ""
+    share = float((np.abs(values) > OUTLIER_Z).mean())
+    return _ramp(share, 0.01, 0.05), f"extreme intensities ({share:.1%} of pixels beyond {OUTLIER_Z:g} SD)"
+
+
+def combine(scored: dict[str, tuple[float, str]], threshold: float) -> OodResult:
+    checks = {name: round(score, 4) for name, (score, _) in scored.items()}
+    reasons = tuple(reason for score, reason in scored.values() if score >= threshold and reason)
+    return OodResult(score=max(checks.values(), default=0.0), checks=checks, reasons=reasons)
+
+
+def score_slice(gray: np.ndarray, model_input: np.ndarray, rgb: np.ndarray | None, raw: np.ndarray | None,
+                threshold: float) -> OodResult:
+    """gray: (H, W) upload as displayed; model_input: (C, S, S) preprocessed; rgb: a photo's pixels; raw: NPY values."""
+    return combine({
+        "blank": blank_score(gray, raw is not None),
+        "colour": colour_score(rgb),
+        "border": border_score(gray, raw is not None),
+        "intensity": intensity_score(raw),
+        "outliers": outlier_score(model_input),
+    }, threshold)
+
+
+def score_volume(volume: np.ndarray, model_input: np.ndarray, threshold: float) -> OodResult:
+    """A whole (X, Y, Z) volume; the border check looks at the axial slice with the most foreground."""
+    fg_per_slice = (volume > 0).sum(axis=(0, 1))
+    fullest = volume[:, :, int(np.argmax(fg_per_slice))]
+    return combine({
+        "blank": blank_score(volume.reshape(volume.shape[0], -1), True),
+        "border": border_score(fullest, True),
+        "intensity": intensity_score(volume),
+        "outliers": outlier_score(model_input),
+    }, threshold)

@@ -1,0 +1,115 @@
+"""`python -m tasks lineage [VERSION|ALIAS]`: where a registered model came from.
+
+registry version → MLflow run (and its step runs) → git commit → data and params hashes → ONNX sha256
+(→ Prefect flow run when Prefect ran the pipeline). Read-only: works whether or not tracking is enabled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.tree import Tree
+
+from tasks.config import Settings
+from tasks.errors import SliceWiseError
+from tasks.mlflow_tracking import make_client, retrying, tracking_uri
+
+
+def resolve_version(client, settings: Settings, ref: str):
+    """A version number ("3") or an alias ("champion") of registry.model_name."""
+    from mlflow.exceptions import MlflowException
+
+    name, cfg = settings.registry.model_name, settings.tracking
+    try:
+        if ref.isdigit():
+            return retrying(cfg, "get version", client.get_model_version, name, ref)
+        return retrying(cfg, "get alias", client.get_model_version_by_alias, name, ref)
+    except MlflowException as exc:
+        raise SliceWiseError(f"model {name!r} has no version or alias {ref!r} ({exc.error_code}); run the "
+                             "pipeline (make run) to register one", tracking_uri()) from exc
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """One registry version downloaded for serving: the ONNX model, the torch weights (Grad-CAM) and metadata."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    tags: dict[str, str]  # promotion, promotion_reason, git_commit, data_hash, ... (../shared/CONTRACT.md)
+    onnx_path: Path
+    checkpoint_path: Path  # joint best.pt: tasks.checkpoints.load_model rebuilds the torch model from it
+    metadata: dict  # exports/model.json of that export: input, outputs, threshold, preprocessing, versions
+
+
+def fetch_model(settings: Settings, ref: str, dst: Path) -> RegisteredModel:
+    """Download version `ref` ("3") or alias ("champion") of registry.model_name into `dst`."""
+    import mlflow
+
+    from tasks.mlflow_tracking import fluent_store
+
+    client = make_client(settings.tracking)
+    version = resolve_version(client, settings, ref)
+    uri = f"models:/{version.name}/{version.version}"
+    with fluent_store():
+        local = Path(retrying(settings.tracking, "download model", mlflow.artifacts.download_artifacts,
+                              artifact_uri=uri, dst_path=str(dst)))
+    extra = local / "extra_files"
+    return RegisteredModel(version.name, str(version.version), list(version.aliases or []), dict(version.tags),
+                           local / "model.onnx", extra / "best.pt", json.loads((extra / "model.json").read_text()))
+
+
+def lineage(settings: Settings, ref: str) -> dict:
+    """The chain as plain data (also what `print_lineage` shows)."""
+    from mlflow.exceptions import MlflowException
+
+    client, cfg = make_client(settings.tracking), settings.tracking
+    version = resolve_version(client, settings, ref)
+    tags = dict(version.tags)
+    run_id = tags.get("mlflow_run_id") or version.run_id
+    run_info = {"run_id": run_id}
+    if run_id:
+        try:
+            run = retrying(cfg, "get run", client.get_run, run_id)
+            steps = retrying(cfg, "find step runs", client.search_runs, [run.info.experiment_id],
+                             filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=100)
+            run_info |= {"name": run.info.run_name, "status": run.info.status,
+                         "steps": sorted({s.data.tags.get("step", s.info.run_name) for s in steps})}
+            tags = run.data.tags | tags  # the version's own tags win
+        except MlflowException as exc:  # a deleted run: the version's tags still tell the story
+            run_info["status"] = f"not found ({exc.error_code})"
+    return {"model_name": version.name, "version": str(version.version), "aliases": list(version.aliases or []),
+            "run": run_info, "tags": tags}
+
+
+def _tag(tags: dict, key: str) -> str:
+    return tags.get(key, "[dim]unknown[/]")
+
+
+def print_lineage(settings: Settings, ref: str | None = "champion", console: Console | None = None) -> dict:
+    console = console or Console()
+    info = lineage(settings, ref or settings.registry.alias)
+    tags, run = info["tags"], info["run"]
+    aliases = " ".join(f"@{a}" for a in info["aliases"]) or "no alias"
+    verdict = tags.get("promotion", "unknown")
+    colour = "green" if verdict == "promoted" else "yellow"
+    root = Tree(f"[bold]{info['model_name']}[/] version {info['version']}  {aliases}  [{colour}]{verdict}[/]")
+    if reason := tags.get("promotion_reason"):
+        root.add(f"[dim]{reason}[/]")
+    node = root.add(f"MLflow run [cyan]{run.get('run_id')}[/] {run.get('name', '')} ({run.get('status', '?')})")
+    if run.get("steps"):
+        node.add("step runs: " + ", ".join(run["steps"]))
+    dirty = tags.get("git_dirty")
+    node = node.add(f"git commit [cyan]{_tag(tags, 'git_commit')}[/]"
+                    + (" [red](uncommitted changes)[/]" if dirty == "true" else ""))
+    node = node.add(f"data hash [cyan]{_tag(tags, 'data_hash')}[/]  splits [cyan]{_tag(tags, 'splits_hash')}[/]  "
+                    f"params hash [cyan]{_tag(tags, 'params_hash')}[/]  profile {_tag(tags, 'profile')}")
+    node = node.add(f"ONNX sha256 [cyan]{_tag(tags, 'onnx_sha256')}[/]")
+    if flow_run := tags.get("prefect_flow_run_id"):
+        node.add(f"Prefect flow run [cyan]{flow_run}[/]")
+    console.print(root)
+    console.print(f"[dim]store: {tracking_uri()}[/]")
+    return info

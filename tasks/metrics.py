@@ -1,0 +1,262 @@
+"""Metric functions of the evaluate step: classification at a threshold, segmentation overlap and distance,
+calibration, and the patient-level bootstrap. Numpy in, plain floats / arrays out; no I/O.
+
+Conventions (documented here because they decide what a number means):
+- A slice is called positive when its tumour probability is >= the threshold (the same rule as sklearn's
+  `roc_curve`), and a pixel when its probability is >= `MASK_THRESHOLD`.
+- Empty ground truth and empty prediction: Dice = IoU = 1 and HD95 = 0 (a correct "no tumour"); exactly one of
+  them empty: Dice = IoU = 0 and HD95 = the image diagonal in mm, the largest distance possible in the image,
+  so an empty prediction of a real tumour is never NaN or infinite and is never rewarded.
+- A metric that is undefined on the data (ROC-AUC with one class only) is NaN here; the report writes it as null.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from typing import Callable, Literal, Mapping
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
+
+MASK_THRESHOLD = 0.5
+CALIBRATION_BINS = 10
+# BraTS volumes are resampled to 1 mm isotropic voxels, so one source slice is 1 mm thick and a volume re-stacked
+# from every `stride`-th slice has `stride` mm between its planes.
+SOURCE_SLICE_THICKNESS_MM = 1.0
+
+
+# --- classification ---------------------------------------------------------------------------------------------
+
+
+def choose_threshold(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    rule: Literal["youden", "target_sensitivity"] = "youden",
+    target_sensitivity: float = 0.9,
+) -> float:
+    """Decision threshold from (validation) scores.
+
+    youden: maximises Youden's J = sensitivity + specificity - 1.
+    target_sensitivity: the highest threshold whose sensitivity reaches the target, i.e. the best specificity
+    that still meets it. With a single class the ROC is undefined and 0.5 is returned.
+    """
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=np.float64)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, thresholds = roc_curve(labels, probabilities, drop_intermediate=False)
+    if rule == "youden":
+        best = int(np.argmax(tpr - fpr))  # first maximum = highest threshold among ties
+    elif rule == "target_sensitivity":
+        best = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])
+    else:
+        raise ValueError(f"unknown threshold rule {rule!r}")
+    return float(min(thresholds[best], 1.0))  # roc_curve's first threshold is +inf ("nothing positive")
+
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, sample_weight: np.ndarray | None = None
+) -> dict:
+    """Accuracy, sensitivity, specificity, precision, F1, ROC-AUC, PR-AUC and the confusion matrix
+    [[tn, fp], [fn, tp]] at `threshold`. Ratios with a zero denominator are 0 (sklearn's zero_division=0)."""
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    predicted = (probabilities >= threshold).astype(int)
+    (tn, fp), (fn, tp) = confusion_matrix(labels, predicted, labels=[0, 1], sample_weight=sample_weight)
+    sensitivity, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
+    # ROC-AUC and PR-AUC are undefined with one class only (NaN here, null in metrics.json)
+    auc, ap = np.nan, np.nan
+    if len(np.unique(labels)) == 2:
+        auc = float(roc_auc_score(labels, probabilities, sample_weight=sample_weight))
+        ap = float(average_precision_score(labels, probabilities, sample_weight=sample_weight))
+    return {
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+        "sensitivity": sensitivity,
+        "specificity": _ratio(tn, tn + fp),
+        "precision": precision,
+        "f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
+        "roc_auc": auc,
+        "pr_auc": ap,
+        "threshold": float(threshold),
+        "confusion_matrix": [[int(round(tn)), int(round(fp))], [int(round(fn)), int(round(tp))]],
+        "n": int(len(labels)),
+    }
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator > 0 else 0.0
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE with equal-width bins: sum over bins of (bin share) x |fraction positive - mean probability|."""
+    labels, probabilities = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
+    if len(labels) == 0:
+        return 0.0
+    bins = np.minimum((probabilities * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in np.unique(bins):
+        in_bin = bins == b
+        ece += in_bin.mean() * abs(labels[in_bin].mean() - probabilities[in_bin].mean())
+    return float(ece)
+
+
+# --- segmentation -----------------------------------------------------------------------------------------------
+
+
+def segmentation_scores(predicted: np.ndarray, truth: np.ndarray, spacing: np.ndarray) -> dict[str, np.ndarray]:
+    """Dice, IoU and HD95 (mm) of each item of a batch of binary masks, 2D (N, H, W) or 3D (N, D, H, W).
+
+    `spacing` is the voxel size in mm along the spatial axes, (ndim,) for all items or (N, ndim) per item.
+    MONAI computes the metrics; the empty-mask cases follow the module docstring.
+    """
+    predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
+    if predicted.shape != truth.shape:
+        raise ValueError(f"prediction {predicted.shape} and truth {truth.shape} differ in shape")
+    n, spatial = predicted.shape[0], predicted.shape[1:]
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (n, len(spatial)))
+    y_pred = torch.from_numpy(predicted[:, None].astype(np.float32))
+    y = torch.from_numpy(truth[:, None].astype(np.float32))
+    dice = compute_dice(y_pred, y, include_background=True, ignore_empty=False)[:, 0].numpy()
+    iou = compute_iou(y_pred, y, include_background=True, ignore_empty=False)[:, 0].numpy()
+
+    pred_empty = ~predicted.reshape(n, -1).any(axis=1)
+    truth_empty = ~truth.reshape(n, -1).any(axis=1)
+    diagonal = np.sqrt(((np.array(spatial) * spacing) ** 2).sum(axis=1))
+    hd95 = np.where(pred_empty & truth_empty, 0.0, diagonal)
+    both = np.flatnonzero(~pred_empty & ~truth_empty)
+    if len(both):
+        with warnings.catch_warnings():  # MONAI 1.6 warns about its own deprecated internal argument
+            warnings.simplefilter("ignore", FutureWarning)
+            distances = compute_hausdorff_distance(
+                y_pred[both], y[both], include_background=True, percentile=95, spacing=spacing[both].tolist()
+            )
+        hd95[both] = distances[:, 0].numpy()
+    return {"dice": dice.astype(np.float64), "iou": iou.astype(np.float64), "hd95": hd95.astype(np.float64)}
+
+
+def pixel_spacing(shard_spacing: np.ndarray) -> tuple[float, float]:
+    """(row, column) pixel size in mm of a slice. Shards store the source's (x, y) spacing; the axial slice is
+    rotated by 90° for display (tasks/preprocess.axial_slice), so rows run along y and columns along x."""
+    x, y = (float(s) for s in shard_spacing[:2])
+    return y, x
+
+
+def slice_step(slice_index: np.ndarray) -> int:
+    """The stride the slices were taken with, read from the data: the greatest common divisor of the gaps
+    between their axial indices (slices dropped for lack of brain only leave gaps that are multiples of it)."""
+    gaps = np.diff(np.unique(np.asarray(slice_index, dtype=np.int64)))
+    return int(np.gcd.reduce(gaps)) if len(gaps) else 1
+
+
+def stack_volume(masks: np.ndarray, slice_index: np.ndarray, stride: int) -> np.ndarray:
+    """Re-stack (n, H, W) slices into a (D, H, W) volume ordered by `slice_index`, one plane every `stride` source
+    slices; the planes of slices that the slice step dropped (too little brain) stay empty, so distances between
+    the kept planes stay true."""
+    slice_index = np.asarray(slice_index, dtype=np.int64)
+    position = np.rint((slice_index - slice_index.min()) / stride).astype(np.int64)
+    volume = np.zeros((int(position.max()) + 1, *masks.shape[1:]), dtype=masks.dtype)
+    volume[position] = masks
+    return volume
+
+
+def volume_spacing(shard_spacing: np.ndarray, stride: int) -> tuple[float, float, float]:
+    """(through-plane, row, column) voxel size in mm of a re-stacked volume."""
+    return (stride * SOURCE_SLICE_THICKNESS_MM, *pixel_spacing(shard_spacing))
+
+
+# --- bootstrap ----------------------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    groups: np.ndarray,
+    statistic: Callable[[np.ndarray], Mapping[str, float]],
+    n_resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap interval of each value `statistic` returns, resampling GROUPS (patients).
+
+    `groups[i]` is the patient of item i. Each resample draws as many patients as there are, with replacement;
+    `statistic` receives one weight per item (how often its patient was drawn, 0 when not drawn) so that it can
+    evaluate weighted metrics without copying data. Resamples where a value is undefined (NaN) are skipped for
+    that value. Same seed, same intervals.
+    """
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    if n_groups == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = defaultdict(list)
+    for _ in range(n_resamples):
+        drawn = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+        for name, value in statistic(drawn[codes].astype(np.float64)).items():
+            samples[name].append(value)
+    alpha = (1 - level) / 2 * 100
+    intervals = {}
+    for name, values in samples.items():
+        values = np.asarray(values, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if len(values):
+            intervals[name] = [float(np.percentile(values, alpha)), float(np.percentile(values, 100 - alpha))]
+    return intervals
+
+
+def weighted_mean_statistic(values: Mapping[str, np.ndarray]) -> Callable[[np.ndarray], dict[str, float]]:
+    """A bootstrap statistic: the weighted mean of each per-item value (e.g. per-slice Dice)."""
+
+    def statistic(weights: np.ndarray) -> dict[str, float]:
+        total = weights.sum()
+        return {name: float(weights @ v / total) if total > 0 else np.nan for name, v in values.items()}
+
+    return statistic
+
+
+class WeightedClassification:
+    """The classification metrics of fixed scores under many weightings: the bootstrap statistic.
+
+    Equal to `classification_metrics(..., sample_weight=w)` (tests check it against scikit-learn), but the sort
+    and the checks are done once instead of once per resample: scikit-learn's input validation made 1000
+    resamples take tens of seconds. ROC-AUC is the trapezoidal area under the weighted ROC curve and PR-AUC the
+    step-wise average precision, both over distinct scores as in scikit-learn, so ties are handled alike.
+    """
+
+    names = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
+
+    def __init__(self, labels: np.ndarray, probabilities: np.ndarray, threshold: float):
+        labels = np.asarray(labels).astype(bool)
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        predicted = probabilities >= threshold
+        self.cells = np.stack([~labels & ~predicted, ~labels & predicted, labels & ~predicted, labels & predicted])
+        self.order = np.argsort(-probabilities, kind="stable")
+        ranked = probabilities[self.order]
+        # last position of each distinct score, in descending order of score: the ROC / PR operating points
+        self.ends = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+        self.ranked_labels = labels[self.order]
+
+    def __call__(self, weights: np.ndarray) -> dict[str, float]:
+        tn, fp, fn, tp = self.cells.astype(np.float64) @ weights
+        sensitivity, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
+        values = {
+            "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+            "sensitivity": sensitivity,
+            "specificity": _ratio(tn, tn + fp),
+            "precision": precision,
+            "f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
+        }
+        return values | self._ranking(weights[self.order])
+
+    def _ranking(self, w: np.ndarray) -> dict[str, float]:
+        tps = np.cumsum(w * self.ranked_labels)[self.ends]
+        fps = np.cumsum(w * ~self.ranked_labels)[self.ends]
+        if tps[-1] <= 0 or fps[-1] <= 0:
+            return {"roc_auc": np.nan, "pr_auc": np.nan}  # one class only in this resample
+        tpr, fpr = np.r_[0.0, tps / tps[-1]], np.r_[0.0, fps / fps[-1]]
+        precision = np.divide(tps, tps + fps, out=np.zeros_like(tps), where=(tps + fps) > 0)
+        return {"roc_auc": float(np.trapezoid(tpr, fpr)), "pr_auc": float(np.sum(np.diff(tpr) * precision))}
+
+
+def classification_statistic(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> Callable:
+    """A bootstrap statistic: the classification metrics at a FIXED threshold (chosen once on validation)."""
+    return WeightedClassification(labels, probabilities, threshold)

@@ -1,0 +1,302 @@
+"""MLflow behind the tracker hook: one parent run per pipeline run, one child run per step.
+
+Store: `MLFLOW_TRACKING_URI` when set, else `sqlite:///mlflow.db` with artifacts under `mlartifacts/` (the same
+store `make mlflow-ui` serves). Every MLflow call is retried with exponential backoff
+(`tracking.max_attempts`, `tracking.backoff_seconds`); MLflow's own HTTP retries are turned down so an
+unreachable server gives a SliceWiseError within seconds instead of minutes.
+
+Steps run as separate processes (DVC starts `python -m tasks <step>` once per stage), so the parent run is found
+again in each process:
+1. `SLICEWISE_PARENT_RUN_ID` when set: the Prefect flow opens the parent with `open_parent_run` and sets it.
+2. otherwise `reports/.mlflow_parent_run`, written by the first step of a pipeline run. It is reused while its
+   key (tracking URI, experiment, git commit, uncommitted source diff, params hash) equals the current one AND
+   the run is still RUNNING. `register`, the last step, logs into the parent itself and ends it (FINISHED, or
+   FAILED when it fails), which removes the file: the next `dvc repro` opens a new parent even with unchanged
+   code, while rerunning after a failed training step continues the same parent. A parent left RUNNING by a
+   pipeline run whose code or params have since changed is ended as KILLED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+from tasks import paths, provenance
+from tasks.config import Settings, TrackingSettings
+from tasks.errors import SliceWiseError
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "SLICEWISE_PARENT_RUN_ID"
+PARENT_STEPS = ("register",)  # steps that log into the parent run itself; register also ends it
+MAX_PARAM_LENGTH = 6000  # MLflow's limit for a parameter value
+# MLflow error codes that no retry can fix (a wrong name or id, a conflicting value).
+PERMANENT_ERRORS = {"RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE",
+                    "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "NOT_FOUND",
+                    "ALREADY_EXISTS", "CUSTOMER_UNAUTHORIZED"}
+T = TypeVar("T")
+
+
+def _absolute(uri: str) -> str:
+    """sqlite:///mlflow.db → sqlite:////abs/mlflow.db: MLflow caches one database engine per URI string, so a
+    relative URI would keep using the first working directory's file after a chdir (tests, notebooks)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def tracking_uri() -> str:
+    return _absolute(os.environ.get("MLFLOW_TRACKING_URI") or paths.MLFLOW_DB_URI)
+
+
+def registry_uri() -> str:
+    return _absolute(os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri())
+
+
+@contextmanager
+def fluent_store() -> Iterator[None]:
+    """Point MLflow's module-level API (log_model, register_model, models:/ URIs) at the project's store for the
+    block, then restore what was there: mlflow.set_tracking_uri also sets environment variables, which would
+    otherwise leak into everything that runs later in this process."""
+    import mlflow
+
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_registry_uri(registry_uri())
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None unsets it
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
+def is_local_store(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+def configure_http(cfg: TrackingSettings) -> None:
+    """Fail fast against an unreachable server: our retry loop does the backoff (env values a user set win)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(cfg.request_timeout_seconds))))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars would drown the step's log
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: a connection problem, a timeout, a locked database, a server error."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code not in PERMANENT_ERRORS
+    return isinstance(exc, (RequestException, ConnectionError, TimeoutError)) or type(exc).__name__ == "OperationalError"
+
+
+def retrying(cfg: TrackingSettings, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call fn with exponential backoff on transient errors; give up with a SliceWiseError naming the store."""
+    for attempt in range(1, cfg.max_attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == cfg.max_attempts:
+                detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise SliceWiseError(
+                    f"MLflow {what} failed after {attempt} attempt(s): {detail}. Is the tracking store reachable? "
+                    "Start it with `make mlflow-ui`, unset MLFLOW_TRACKING_URI to use sqlite:///mlflow.db, "
+                    "or set tracking.enabled: false", tracking_uri()) from exc
+            delay = cfg.backoff_seconds * 2 ** (attempt - 1)
+            log.warning("MLflow %s failed (%s); retry %d/%d in %.1f s", what, type(exc).__name__, attempt,
+                        cfg.max_attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def make_client(cfg: TrackingSettings):
+    """An MlflowClient on the project's store (tracking and registry alike); makes no request yet."""
+    from mlflow import MlflowClient
+
+    configure_http(cfg)
+    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=registry_uri())
+
+
+def ensure_experiment(client, cfg: TrackingSettings, name: str) -> str:
+    """The experiment's id, created on first use; a local store keeps its artifacts under mlartifacts/."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = retrying(cfg, "get experiment", client.get_experiment_by_name, name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if is_local_store(tracking_uri()):  # a server stores artifacts where its --artifacts-destination says
+        location = (paths.MLARTIFACTS.resolve() / name).as_uri()
+    try:
+        return retrying(cfg, "create experiment", client.create_experiment, name, artifact_location=location)
+    except MlflowException:  # another process created it in between
+        return retrying(cfg, "get experiment", client.get_experiment_by_name, name).experiment_id
+
+
+def pipeline_key(settings: Settings) -> str:
+    """What makes two step processes part of the same pipeline run (see the module docstring)."""
+    diff = provenance.source_diff() or ""
+    parts = [tracking_uri(), settings.tracking.experiment, provenance.git_commit(),
+             hashlib.sha256(diff.encode()).hexdigest(), provenance.params_hash(settings)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _read_pointer() -> dict:
+    try:
+        return json.loads(paths.MLFLOW_PARENT_RUN.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_pointer(run_id: str, key: str) -> None:
+    paths.MLFLOW_PARENT_RUN.parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths.MLFLOW_PARENT_RUN.with_name(paths.MLFLOW_PARENT_RUN.name + ".tmp")
+    tmp.write_text(json.dumps({"run_id": run_id, "key": key, "tracking_uri": tracking_uri()}) + "\n")
+    os.replace(tmp, paths.MLFLOW_PARENT_RUN)
+
+
+def _forget_pointer(run_id: str) -> None:
+    if _read_pointer().get("run_id") == run_id:
+        paths.MLFLOW_PARENT_RUN.unlink(missing_ok=True)
+
+
+def _run_status(client, cfg: TrackingSettings, run_id: str) -> str | None:
+    """The run's status, or None when it does not exist in this store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return retrying(cfg, "get run", client.get_run, run_id).info.status
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
+
+
+def _create_parent(client, settings: Settings, experiment_id: str, tags: Mapping[str, str]) -> str:
+    name = f"pipeline-{settings.profile}-{tags.get('git_commit', 'unknown')[:8]}"
+    run = retrying(settings.tracking, "create parent run", client.create_run, experiment_id, run_name=name,
+                   tags={**tags, "slicewise.role": "pipeline"})
+    MlflowTracker(client, run.info.run_id, settings.tracking).log_params(provenance.flat_params(settings))
+    log.info("MLflow: parent run %s (%s)", run.info.run_id, name)
+    return run.info.run_id
+
+
+def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Mapping[str, str]) -> str:
+    """The parent run of the current pipeline run: from the environment, the pointer file, or a new one."""
+    cfg = settings.tracking
+    if run_id := os.environ.get(PARENT_RUN_ENV):
+        if _run_status(client, cfg, run_id) is None:
+            raise SliceWiseError(f"{PARENT_RUN_ENV}={run_id} names no run in this MLflow store", tracking_uri())
+        return run_id
+    key = pipeline_key(settings)
+    pointer = _read_pointer()
+    if pointer.get("run_id") and pointer.get("tracking_uri") == tracking_uri():
+        status = _run_status(client, cfg, pointer["run_id"])
+        if status == "RUNNING" and pointer.get("key") == key:
+            return pointer["run_id"]
+        if status == "RUNNING":  # a pipeline run whose code or params have changed since: it will never finish
+            retrying(cfg, "end stale parent run", client.set_terminated, pointer["run_id"], "KILLED")
+    run_id = _create_parent(client, settings, experiment_id, tags)
+    _write_pointer(run_id, key)
+    return run_id
+
+
+def open_parent_run(settings: Settings) -> str:
+    """Start a parent run for an orchestrator (the Prefect flow), which then sets SLICEWISE_PARENT_RUN_ID."""
+    client = make_client(settings.tracking)
+    experiment_id = ensure_experiment(client, settings.tracking, settings.tracking.experiment)
+    return _create_parent(client, settings, experiment_id, provenance.run_tags(settings))
+
+
+def close_parent_run(settings: Settings, run_id: str, status: str = "FAILED") -> None:
+    """End a parent run from the orchestrator (e.g. FAILED when a step failed before `register` could)."""
+    client = make_client(settings.tracking)
+    retrying(settings.tracking, "end parent run", client.set_terminated, run_id, status)
+    _forget_pointer(run_id)
+
+
+class MlflowTracker:
+    """The Tracker protocol on one MLflow run: a step's child run, or the parent run for `register`."""
+
+    def __init__(self, client, run_id: str, cfg: TrackingSettings, parent_run_id: str | None = None):
+        self.client = client
+        self.run_id = run_id
+        self.cfg = cfg
+        self.parent_run_id = parent_run_id  # None: this tracker is on the parent run itself
+        self.experiment_id = None
+
+    @classmethod
+    def for_step(cls, settings: Settings, step: str) -> "MlflowTracker":
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        cfg = settings.tracking
+        client = make_client(cfg)
+        experiment_id = ensure_experiment(client, cfg, cfg.experiment)
+        tags = provenance.run_tags(settings)
+        parent_id = resolve_parent_run(client, settings, experiment_id, tags)
+        parent = cls(client, parent_id, cfg)
+        parent.set_tags(tags)  # the data hash may have become known since the parent was opened
+        if step in PARENT_STEPS:
+            tracker = parent
+        else:
+            run = retrying(cfg, "create run", client.create_run, experiment_id, run_name=step,
+                           tags={**tags, MLFLOW_PARENT_RUN_ID: parent_id, "step": step})
+            tracker = cls(client, run.info.run_id, cfg, parent_run_id=parent_id)
+        tracker.experiment_id = experiment_id
+        return tracker
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            retrying(self.cfg, "log params", self.client.log_batch, self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), now, step or 0) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+        for start in range(0, len(items), 1000):
+            retrying(self.cfg, "log metrics", self.client.log_batch, self.run_id, metrics=items[start : start + 1000])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if not path.exists():  # a missing plot must not fail a training run; say so instead
+            log.warning("MLflow: not logging %s, it does not exist", path)
+            return
+        upload = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+        retrying(self.cfg, f"log artifact {path.name}", upload, self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        if items:
+            retrying(self.cfg, "set tags", self.client.log_batch, self.run_id, tags=items)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run. Ending a failed run is best effort: its error must not hide the step's own error."""
+        try:
+            retrying(self.cfg, "end run", self.client.set_terminated, self.run_id, status)
+        except Exception as exc:
+            if status == "FINISHED":
+                raise
+            log.warning("MLflow: could not mark run %s %s: %s", self.run_id, status, exc)
+        if self.parent_run_id is None:
+            _forget_pointer(self.run_id)

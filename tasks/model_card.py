@@ -1,0 +1,102 @@
+"""The model card: markdown written into each registry version's description (and logged with its run).
+
+Data and split sizes, profile, test metrics with their 95 % intervals, ONNX parity and latency, the gate's
+decision, lineage, intended use and limitations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.evaluate import split_rows
+from tasks.split import read_split
+
+METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
+               ("classification", "precision"), ("classification", "f1"), ("classification", "roc_auc"),
+               ("classification", "pr_auc"), ("segmentation", "dice"), ("segmentation", "iou"),
+               ("segmentation", "hd95"), ("segmentation_volume", "dice"), ("segmentation_volume", "hd95")]
+LINEAGE_TAGS = ("git_commit", "git_dirty", "data_hash", "data_raw_hash", "splits_hash", "params_hash", "onnx_sha256",
+                "mlflow_run_id", "prefect_flow_run_id")
+
+
+def split_summary(processed: Path, splits_dir: Path) -> dict[str, dict[str, int]]:
+    """Patients (a Kaggle image counts as its own patient), slices and tumour slices per split."""
+    summary = {}
+    for name in ("train", "val", "test"):
+        rows = split_rows(processed, read_split(name, splits_dir))
+        summary[name] = {"patients": int(rows["patient"].nunique()), "slices": int(len(rows)),
+                         "tumour_slices": int(rows["label"].sum()),
+                         "brats_patients": int(rows.loc[rows["source"] == "brats", "patient"].nunique())}
+    return summary
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _metrics_table(metrics: dict) -> list[str]:
+    lines = ["| metric | value | 95 % CI |", "|---|---|---|"]
+    intervals = metrics.get("ci95", {})
+    for section, name in METRIC_ROWS:
+        value = metrics.get(section, {}).get(name)
+        interval = intervals.get(f"{section}.{name}")
+        shown = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "n/a"
+        lines.append(f"| {section}.{name} | {_fmt(value)} | {shown} |")
+    return lines
+
+
+def _data_section(splits: dict, profile: str, data_source: str, image_size: int, modalities: list[str]) -> list[str]:
+    lines = [f"Profile `{profile}`, data source `{data_source}`, {image_size}x{image_size} slices, "
+             f"modalities {', '.join(modalities)}.", "",
+             "| split | patients | of which BraTS | slices | tumour slices |", "|---|---|---|---|---|"]
+    for name, s in splits.items():
+        lines.append(f"| {name} | {s['patients']} | {s['brats_patients']} | {s['slices']} | {s['tumour_slices']} |")
+    return lines
+
+
+def _export_section(export_report: dict) -> list[str]:
+    parity, latency = export_report["parity"], export_report.get("latency", {})
+    lines = [f"ONNX opset {export_report['onnx']['opset']}; parity with torch on {parity['n_slices']} test slices: "
+             f"max |logit difference| {parity['max_abs_diff']:.2e}, {parity['decision_mismatches']} decision "
+             f"mismatches, mask Dice {parity['mask_dice']:.5f}."]
+    if latency:
+        lines += ["", "| engine (CPU) | batch 1 p50 / p95 ms | batch 8 p50 / p95 ms per slice |", "|---|---|---|"]
+        for engine, batches in latency.items():
+            b1, b8 = batches["batch_1"], batches["batch_8"]
+            lines.append(f"| {engine} | {b1['p50_ms']:.2f} / {b1['p95_ms']:.2f} | {b8['p50_ms']:.2f} / {b8['p95_ms']:.2f} |")
+    return lines
+
+
+def render_model_card(*, model_name: str, version: str | None, profile: str, data_source: str, image_size: int,
+                      modalities: list[str], splits: dict, metrics: dict, export_report: dict, decision,
+                      tags: dict[str, str]) -> str:
+    """Markdown model card; `decision` is a gate.GateDecision."""
+    title = f"# {model_name}" + (f" version {version}" if version else "")
+    threshold = metrics["classification"].get("threshold")
+    synthetic = data_source == "synthetic"
+    lines = [
+        title, "",
+        "Multitask 2D U-Net: whole-tumour segmentation of axial brain MRI slices and a tumour / no-tumour decision "
+        f"per slice (tumour when the probability >= {_fmt(threshold)}, the threshold chosen on the validation split).",
+        "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",
+        "Splits are patient-level (no patient in two splits); near-duplicate Kaggle images stay in one split.",
+        "", "## Test metrics", "", "Intervals: percentile bootstrap resampling patients.", "",
+        *_metrics_table(metrics), "",
+        "## Export", "", *_export_section(export_report), "",
+        "## Promotion gate", "", f"**{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}**", "",
+        *[f"- {criterion}" for criterion in decision.criteria], "",
+        "## Lineage", "", *[f"- {key}: `{tags[key]}`" for key in LINEAGE_TAGS if key in tags], "",
+        "## Intended use", "",
+        "Research and teaching: a worked example of a reproducible MRI pipeline (data versioning, tracking, "
+        "registry, serving). Input: skull-stripped axial MRI slices preprocessed as described in the model's "
+        "metadata (model.json).", "",
+        "## Limitations", "",
+        "- **Not a medical device.** Not validated clinically; must not be used for diagnosis or treatment decisions.",
+        ("- **Trained and tested on synthetic data** (the default `data.source: synthetic`): generated BraTS-like "
+         "volumes and Kaggle-like images. The metrics say nothing about real scans." if synthetic else
+         f"- Trained on `{data_source}` data; performance on other scanners, protocols or populations is unknown."),
+        "- 2D slices only: no 3D context; whole tumour only (no sub-regions).",
+        "- Small test split: see the width of the 95 % intervals before trusting a difference between versions.",
+        "- Kaggle-style images have no masks: segmentation metrics come from BraTS-style patients only.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,105 @@
+"""The one predictor: used by evaluation and by serving, so both see exactly the same numbers.
+
+`TorchPredictor` runs a `MultitaskUNet` (evaluation, Grad-CAM); `OnnxPredictor` runs the exported model
+(serving). Both take preprocessed slices (N, C, H, W) float32 — see tasks/preprocess.py — and return
+probabilities. No torch import at module level, so a slim serving image without torch can use
+`OnnxPredictor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+# Output names given by the ONNX export helper; fallback is the order of outputs (seg first, then cls).
+ONNX_SEG_OUTPUT = "seg_logits"
+ONNX_CLS_OUTPUT = "cls_logits"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    tumour_probability: np.ndarray  # (N,) probability that each slice shows a tumour
+    mask_probability: np.ndarray  # (N, H, W) per-pixel tumour probability
+
+    def __len__(self) -> int:
+        return len(self.tumour_probability)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (no overflow warnings for large negative logits)."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    positive = x >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-x[positive]))
+    exp_x = np.exp(x[~positive])
+    out[~positive] = exp_x / (1.0 + exp_x)
+    return out
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (N, C, H, W), got {images.shape}")
+    return images
+
+
+def _predict_in_batches(images: np.ndarray, batch_size: int, run_batch: Callable[[np.ndarray], tuple]) -> Prediction:
+    """Split into batches (bounded memory: float16 shards are converted one batch at a time), run, join, sigmoid."""
+    images = _check_images(images)
+    n, _, h, w = images.shape
+    seg_logits = np.empty((n, h, w), dtype=np.float32)
+    cls_logits = np.empty(n, dtype=np.float32)
+    for start in range(0, n, batch_size):
+        seg, cls = run_batch(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
+        stop = start + len(cls)
+        seg_logits[start:stop] = np.asarray(seg, dtype=np.float32).reshape(-1, h, w)
+        cls_logits[start:stop] = np.asarray(cls, dtype=np.float32).reshape(-1)
+    return Prediction(tumour_probability=sigmoid(cls_logits), mask_probability=sigmoid(seg_logits))
+
+
+class TorchPredictor:
+    """Runs a MultitaskUNet-like module: forward(x) -> {"seg": (N,1,H,W), "cls": (N,)} logits."""
+
+    def __init__(self, model: Any, device: str = "cpu", batch_size: int = 32):
+        import torch  # lazily: serving with ONNX only must not need torch
+
+        self._torch = torch
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+
+    def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(batch).to(self.device))
+        return out["seg"].float().cpu().numpy(), out["cls"].float().cpu().numpy()
+
+    def predict(self, images: np.ndarray) -> Prediction:
+        return _predict_in_batches(images, self.batch_size, self._run_batch)
+
+
+class OnnxPredictor:
+    """Runs the exported ONNX model (input "image" → outputs "seg_logits", "cls_logits") with onnxruntime."""
+
+    def __init__(self, onnx_model: Path | str | bytes, providers: Sequence[str] | None = None, batch_size: int = 32):
+        import onnxruntime as ort
+
+        source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+        self.session = ort.InferenceSession(source, providers=list(providers or ort.get_available_providers()))
+        self.input_name = self.session.get_inputs()[0].name
+        names = [o.name for o in self.session.get_outputs()]
+        if ONNX_SEG_OUTPUT in names and ONNX_CLS_OUTPUT in names:
+            self.output_names = [ONNX_SEG_OUTPUT, ONNX_CLS_OUTPUT]
+        else:  # an export without names: the export wrapper returns (seg, cls) in this order
+            self.output_names = names[:2]
+        self.batch_size = batch_size
+
+    def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seg, cls = self.session.run(self.output_names, {self.input_name: batch})
+        return seg, cls
+
+    def predict(self, images: np.ndarray) -> Prediction:
+        return _predict_in_batches(images, self.batch_size, self._run_batch)

@@ -1,0 +1,144 @@
+"""Where a model came from: git commit, parameters hash, data hash, Prefect flow run.
+
+These values tag the MLflow runs, the registry versions and the model card, and `python -m tasks lineage`
+prints them back. Every function answers "unknown" rather than failing when its source is missing
+(no git repository, no dvc.lock yet), so tracking never stops a pipeline run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tasks import paths
+
+UNKNOWN = "unknown"
+DVC_LOCK = paths.ROOT / "dvc.lock"
+# Source files whose uncommitted edits make a run "dirty". dvc.lock and the DVC metrics files are left out:
+# DVC rewrites them while the pipeline runs, and the pipeline must not look dirty halfway through.
+SOURCE_PATHSPEC = (":(glob)**/*.py", "params.yaml", "dvc.yaml", "requirements.txt")
+# dvc.lock outs that identify the data, tag name -> (stage, out path).
+DATA_OUTS = {
+    "data_raw_hash": ("fetch", "data/raw"),
+    "data_hash": ("slice", "data/processed"),
+    "splits_hash": ("split", "data/splits"),
+}
+
+
+def _git(*args: str) -> str | None:
+    try:
+        result = subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def git_commit() -> str:
+    out = _git("rev-parse", "HEAD")
+    return out.strip() if out else UNKNOWN
+
+
+def source_diff() -> str | None:
+    """Uncommitted changes of the source files (None outside a git repository)."""
+    return _git("diff", "HEAD", "--", *SOURCE_PATHSPEC)
+
+
+def git_dirty() -> str:
+    """"true" when source files differ from the commit, "false" when not, "unknown" outside git."""
+    diff = source_diff()
+    return UNKNOWN if diff is None else str(bool(diff.strip())).lower()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def params_hash(settings) -> str:
+    """Hash of the parsed parameters (comments and key order do not matter)."""
+    canonical = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def flat_params(settings) -> dict[str, object]:
+    """Every parameter as dotted keys (what the parent MLflow run records); of the profiles only the active one."""
+    dumped = settings.model_dump(mode="json")
+    dumped["profiles"] = {settings.profile: dumped["profiles"][settings.profile]}
+
+    def flatten(node: dict, prefix: str = "") -> dict[str, object]:
+        flat = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                flat |= flatten(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    return flatten(dumped)
+
+
+def _md5_of_files(files: list[Path]) -> str | None:
+    if not files or not all(f.exists() for f in files):
+        return None
+    digest = hashlib.md5()
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def data_hashes(lock_path: Path = DVC_LOCK, manifest: Path = paths.MANIFEST, splits_dir: Path = paths.SPLITS) -> dict[str, str]:
+    """The md5 DVC recorded for the raw data, the processed shards and the splits.
+
+    Without a dvc.lock entry (steps run outside DVC before any `dvc repro`), data_hash and splits_hash fall back
+    to the md5 of the manifest and of the split lists, prefixed "manifest:" / "lists:" so that they are never
+    mistaken for DVC's hashes.
+    """
+    outs: dict[tuple[str, str], str] = {}
+    if lock_path.exists():
+        try:
+            stages = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
+        except yaml.YAMLError:
+            stages = {}
+        for stage, entry in stages.items():
+            for out in entry.get("outs", []) or []:
+                if "md5" in out:
+                    outs[(stage, out["path"])] = out["md5"].removesuffix(".dir")
+    hashes = {tag: outs.get(key, UNKNOWN) for tag, key in DATA_OUTS.items()}
+    fallbacks = {"data_hash": ("manifest:", [manifest]),
+                 "splits_hash": ("lists:", [splits_dir / f"{name}.txt" for name in ("train", "val", "test")])}
+    for tag, (prefix, files) in fallbacks.items():
+        if hashes[tag] == UNKNOWN and (md5 := _md5_of_files(files)):
+            hashes[tag] = prefix + md5
+    return hashes
+
+
+def prefect_flow_run_id() -> str | None:
+    """The Prefect flow run driving this process, if any (env from a Prefect worker, or the in-process runtime)."""
+    if flow_run_id := os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return flow_run_id
+    if "prefect" not in sys.modules:  # importing Prefect costs seconds; it is loaded only when Prefect runs us
+        return None
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id) if flow_run.id else None
+    except Exception:  # Prefect's runtime raises various errors outside a run context
+        return None
+
+
+def run_tags(settings) -> dict[str, str]:
+    """Tags every MLflow run and registry version of this pipeline run carries."""
+    tags = {"git_commit": git_commit(), "git_dirty": git_dirty(), "profile": settings.profile,
+            "data_source": settings.data.source, "params_hash": params_hash(settings), **data_hashes()}
+    if flow_run_id := prefect_flow_run_id():
+        tags["prefect_flow_run_id"] = flow_run_id
+    return tags

@@ -1,0 +1,373 @@
+"""The embedded synthetic data set, the pipeline's default source: BraTS-2020-like patients and Kaggle-like images.
+
+Each patient is the MNI152 brain (shipped offline by nilearn) warped, resized and tilted, with a nested, irregular
+glioma (necrotic core inside an enhancing rim inside oedema), a mass effect, white-matter hyperintensities that are
+not tumour, a bias field and Rician noise, rendered with per-patient contrast as FLAIR, T1, T1ce and T2.
+Patient i draws from its own generator `default_rng([seed, i])`, so serial and parallel runs write identical files.
+Geometry lives in tasks/synthetic_shapes.py; this module turns it into intensities and files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+from rich.progress import Progress
+from scipy import ndimage
+
+from tasks.preprocess import axial_slice
+from tasks.synthetic_shapes import (BRATS_SHAPE, Anatomy, Pose, SmoothField, Template, Tumour, brain_region, load_template,
+                                    push_tissue, ramp, sample_pose, sample_tumour, sub_box, tumour_maps, warp_anatomy)
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+# BraTS 2020 stores LPS voxels at 1 mm with this affine (SRI24 space).
+BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+# Mean relative intensity of (CSF, grey matter, white matter): T1 WM > GM > CSF, T2 the reverse, FLAIR dark CSF.
+TISSUE = {"flair": (0.15, 0.66, 0.46), "t1": (0.30, 0.62, 0.88), "t1ce": (0.30, 0.62, 0.88), "t2": (1.00, 0.52, 0.36)}
+# Typical scanner units of a relative intensity of 1, per modality (BraTS intensities are not calibrated).
+SCALE_RANGE = {"flair": (250, 700), "t1": (300, 1000), "t1ce": (300, 1500), "t2": (800, 3000)}
+PATIENT_ID = "BraTS20_Training_{:03d}"
+KAGGLE_TAG = 7_919  # separates the Kaggle images' random streams from the patients'
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """How one modality shows each tissue for one patient (relative units; WM on T1 is about 0.9)."""
+
+    tissue: np.ndarray  # (3,) CSF, GM, WM
+    oedema: float  # added to the underlying tissue: oedematous tissue stays faintly visible
+    enhancing: float
+    necrotic: float
+    hyperintensity: float  # added inside white-matter hyperintensities (distractors, not tumour)
+    rim: float  # added along the ventricles (FLAIR's bright ependymal rim)
+    vessels: float  # added in bright vessels / choroid plexus (T1ce)
+    noise: float  # Rician noise sigma
+    bias: float  # amplitude of the smooth multiplicative bias field
+    scale: float  # scanner units per relative unit
+
+
+def sample_contrasts(rng: np.random.Generator) -> dict[str, Contrast]:
+    """Per-patient contrast; tumour conspicuity varies, from obvious to subtle."""
+    strength = rng.uniform(0.35, 1.0)
+    wmh = rng.uniform(0.2, 0.5)
+    tumour = {  # (oedema, enhancing, necrotic)
+        "flair": (strength * rng.uniform(0.35, 0.55), rng.uniform(0.65, 0.9), rng.uniform(0.3, 0.8)),
+        "t1": (-0.15 * strength, rng.uniform(0.55, 0.7), rng.uniform(0.2, 0.35)),
+        "t1ce": (-0.15 * strength, rng.uniform(1.05, 1.45), rng.uniform(0.2, 0.35)),
+        "t2": (strength * rng.uniform(0.3, 0.5), rng.uniform(0.55, 0.75), rng.uniform(0.85, 1.05)),
+    }
+    # (white-matter hyperintensity, ventricle rim, vessels / CSF-flow artefacts): bright, but not tumour.
+    extras = {"flair": (wmh, rng.uniform(0.15, 0.4), rng.uniform(0.2, 0.7)), "t1": (-0.3 * wmh, 0.0, 0.0),
+              "t1ce": (-0.3 * wmh, 0.0, rng.uniform(0.3, 0.8)), "t2": (0.8 * wmh, 0.0, 0.0)}
+    return {
+        m: Contrast(
+            tissue=np.array(TISSUE[m]) * rng.uniform(0.94, 1.06, 3),
+            oedema=tumour[m][0], enhancing=tumour[m][1], necrotic=tumour[m][2],
+            hyperintensity=extras[m][0], rim=extras[m][1], vessels=extras[m][2],
+            noise=rng.uniform(0.015, 0.06), bias=rng.uniform(0.05, 0.3), scale=rng.uniform(*SCALE_RANGE[m]),
+        )
+        for m in MODALITIES
+    }
+
+
+@dataclass(frozen=True)
+class Hyperintensity:
+    centre: np.ndarray  # output voxel
+    radius_mm: float
+
+
+@dataclass
+class Patient:
+    """Everything random about one patient, drawn up front so any grid renders the same person."""
+
+    pose: Pose
+    tumour: Tumour | None
+    contrasts: dict[str, Contrast]
+    hyperintensities: list[Hyperintensity]
+    bias: SmoothField  # one component per modality
+    vessels: SmoothField
+    noise_seed: int
+    texture: float = field(default=0.06)
+
+
+def sample_patient(rng: np.random.Generator, template: Template, with_tumour: bool = True,
+                   small_fraction: float = 0.2) -> Patient:
+    pose = sample_pose(rng, template)
+    tumour = sample_tumour(rng, template, pose, small_fraction) if with_tumour else None
+    n_wmh = int(rng.integers(1, 13)) if rng.random() < 0.8 else 0
+    sites = template.wmh_sites[rng.integers(len(template.wmh_sites), size=n_wmh)]
+    wmh = [Hyperintensity(pose.to_output(s[None])[0], float(rng.uniform(1.5, 7.0))) for s in sites]
+    hi = np.array(BRATS_SHAPE) - 1
+    return Patient(
+        pose=pose, tumour=tumour, contrasts=sample_contrasts(rng), hyperintensities=wmh,
+        bias=SmoothField(rng, (0, 0, 0), hi, (3, 3, 3), components=len(MODALITIES)),
+        vessels=SmoothField(rng, (0, 0, 0), hi, (40, 40, 26)),
+        noise_seed=int(rng.integers(2**31)), texture=float(rng.uniform(0.03, 0.1)),
+    )
+
+
+def render(patient: Patient, template: Template, grid: tuple[np.ndarray, ...],
+           modalities: tuple[str, ...] = MODALITIES) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Render a patient on a grid: labels (uint8 BraTS codes), brain mask, and per modality the intensities of
+    the brain voxels (1-D float32, in `brain`'s C order; everything else is background, exactly 0).
+
+    Intensities are computed on brain voxels only: half the cost of whole-grid arrays.
+    """
+    anatomy = patient_anatomy(patient, template, grid)
+    brain = anatomy.brain
+    tumour = tumour_maps(patient.tumour, anatomy, grid) if patient.tumour is not None else None
+    seg = np.zeros(brain.shape, np.uint8)
+    if tumour is not None:
+        box = seg[tumour.box]
+        box[tumour.whole > 0.5] = 2
+        box[tumour.core > 0.5] = 4
+        box[tumour.necrotic > 0.5] = 1
+    tissue = [m[brain] for m in (anatomy.csf, anatomy.gm, anatomy.wm)]
+    vessels = (np.clip(patient.vessels(*grid)[0] - 1.6, 0, 1) * anatomy.csf)[brain]
+    extras = (anatomy.rim[brain], vessels, _hyperintensity_map(patient.hyperintensities, anatomy, grid)[brain])
+    parts = _tumour_vectors(tumour, brain) if tumour is not None else None
+    bias = patient.bias(*grid)
+    noise_rng = np.random.default_rng(patient.noise_seed)
+    values = {}
+    for index, modality in enumerate(MODALITIES):
+        c = patient.contrasts[modality]
+        noise = noise_rng.standard_normal((2, len(tissue[0])), dtype=np.float32) * np.float32(c.noise)
+        if modality not in modalities:
+            continue
+        image = sum(np.float32(w) * m for w, m in zip(c.tissue, tissue))
+        image += sum(np.float32(w) * m for w, m in zip((c.rim, c.vessels, c.hyperintensity), extras))
+        if parts is not None:
+            _add_tumour(image, parts, c, patient.texture)
+        image *= np.exp(np.float32(c.bias) * bias[index][brain])
+        # Rician noise: the magnitude of a complex signal with Gaussian noise in both channels.
+        values[modality] = np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2) * np.float32(c.scale)
+    return values, seg, brain
+
+
+def _tumour_vectors(tumour, brain: np.ndarray) -> dict[str, np.ndarray]:
+    """The tumour's soft maps as brain-voxel vectors (zero outside its box)."""
+    n = int(brain.sum())
+    position = np.full(brain.shape, -1, np.int64)
+    position[brain] = np.arange(n)
+    inside = brain[tumour.box]
+    where = position[tumour.box][inside]
+    vectors = {}
+    for name in ("necrotic", "core", "oedema_level", "texture"):
+        vector = np.zeros(n, np.float32)
+        vector[where] = getattr(tumour, name)[inside]
+        vectors[name] = vector
+    return vectors
+
+
+def patient_anatomy(patient: Patient, template: Template, grid: tuple[np.ndarray, ...]) -> Anatomy:
+    """The patient's tissue maps on a grid: the template posed, deformed and pushed aside by the tumour."""
+    coords = patient.pose.template_coordinates(*grid)
+    if patient.tumour is not None:
+        push_tissue(coords, grid, patient.tumour)
+    return warp_anatomy(template, coords)
+
+
+def _add_tumour(image: np.ndarray, parts: dict[str, np.ndarray], c: Contrast, texture: float) -> None:
+    """Blend the tumour in: oedema adds to the tissue (which stays faintly visible); the core replaces it."""
+    heterogeneity = 1 + np.float32(texture) * parts["texture"]
+    image *= 1 - parts["core"]
+    image += parts["oedema_level"] * np.float32(c.oedema) * (2 * heterogeneity - 1)
+    image += ((parts["core"] - parts["necrotic"]) * np.float32(c.enhancing)
+              + parts["necrotic"] * np.float32(c.necrotic)) * heterogeneity
+
+
+def _hyperintensity_map(spots: list[Hyperintensity], anatomy: Anatomy, grid) -> np.ndarray:
+    """Small white-matter blobs, bright on FLAIR and T2 like the tumour's oedema, but not labelled."""
+    out = np.zeros(anatomy.brain.shape, np.float32)
+    for spot in spots:
+        box = sub_box(grid, spot.centre, spot.radius_mm + 2)
+        axes = [ax[b] - c for ax, b, c in zip(grid, box, spot.centre)]
+        distance = np.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2)
+        np.maximum(out[box], ramp(distance / spot.radius_mm, 1.0, spot.radius_mm) * anatomy.wm[box], out=out[box])
+    return out
+
+
+def patient_grid(seed: int, index: int) -> tuple[Patient, tuple[slice, ...], tuple[np.ndarray, ...]]:
+    """Patient `index` of data set `seed`, and the part of the 240x240x155 volume its brain can occupy."""
+    template = load_template()
+    patient = sample_patient(np.random.default_rng([seed, index]), template)
+    region = brain_region(patient.pose, template)
+    return patient, region, tuple(np.arange(s.start, s.stop, dtype=np.float32) for s in region)
+
+
+def synthesize_patient(seed: int, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Full 240x240x155 volumes of patient `index`: int16 modalities (0 outside the brain) and uint8 labels."""
+    patient, region, grid = patient_grid(seed, index)
+    values, seg, brain = render(patient, load_template(), grid)
+    volumes = {}
+    for modality, vector in values.items():
+        full = np.zeros(BRATS_SHAPE, np.int16)
+        # Brain voxels stay >= 1 so "non-zero" means "brain", as in skull-stripped BraTS volumes.
+        full[region][brain] = np.clip(np.rint(vector), 1, np.iinfo(np.int16).max)
+        volumes[modality] = full
+    labels = np.zeros(BRATS_SHAPE, np.uint8)
+    labels[region] = seg
+    return volumes, labels
+
+
+def write_patient(out_dir: Path, name: str, volumes: dict[str, np.ndarray], labels: np.ndarray) -> Path:
+    """Write into a hidden temp folder, then rename: a killed run never leaves a half patient that looks complete."""
+    final = out_dir / name
+    tmp = out_dir / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for suffix, data in [*volumes.items(), ("seg", labels)]:
+        image = nib.Nifti1Image(data, BRATS_AFFINE)
+        image.header.set_xyzt_units("mm", "sec")
+        image.set_qform(BRATS_AFFINE, code=1)
+        image.set_sform(BRATS_AFFINE, code=1)
+        nib.save(image, tmp / f"{name}_{suffix}.nii.gz")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _generate_one(out_dir: Path, seed: int, index: int) -> Path:
+    volumes, labels = synthesize_patient(seed, index)
+    return write_patient(out_dir, PATIENT_ID.format(index), volumes, labels)
+
+
+def generate_brats(out_dir: Path, n_patients: int, seed: int, workers: int = 1) -> list[Path]:
+    """Writes out_dir/BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii.gz (NNN = 001..).
+
+    Returns the patient folders in order. Output depends only on (seed, patient number), not on `workers`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    indices = range(1, n_patients + 1)
+    log.info("generating %d synthetic BraTS patients in %s (%d workers)", n_patients, out_dir, workers)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("synthetic BraTS patients", total=n_patients)
+        load_template()  # once here: forked workers inherit it
+        if workers <= 1:
+            paths = []
+            for i in indices:
+                paths.append(_generate_one(out_dir, seed, i))
+                progress.advance(task)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=load_template) as pool:
+                futures = [pool.submit(_generate_one, out_dir, seed, i) for i in indices]
+                for future in futures:
+                    future.result()
+                    progress.advance(task)
+                paths = [f.result() for f in futures]
+    log.info("wrote %d synthetic patients", len(paths))
+    return paths
+
+
+# Kaggle "brain-mri-images-for-brain-tumor-detection": axial slices with skull, mixed sequences, sizes, modes, names.
+KAGGLE_MODALITY_ODDS = {"flair": 0.25, "t1ce": 0.35, "t2": 0.4}
+YES_NAMES = ("Y{}.jpg", "Y{}.jpg", "Y{}.JPG", "Y{}.jpeg")
+NO_NAMES = ("No{}.jpg", "no {}.jpg", "{} no.jpg", "N{}.JPG", "No{}.jpeg")
+
+
+def generate_kaggle(out_dir: Path, n_per_class: int, seed: int) -> dict[str, int]:
+    """Writes out_dir/yes/* and out_dir/no/* 2D images (JPEG and PNG); returns counts per class.
+
+    'yes' images cut through a tumour, 'no' images come from tumour-free synthetic brains.
+    """
+    out_dir = Path(out_dir)
+    template = load_template()
+    counts = {}
+    with Progress(transient=True) as progress:
+        task = progress.add_task("synthetic Kaggle images", total=2 * n_per_class)
+        for label, folder in ((1, "yes"), (0, "no")):
+            tmp = out_dir / f".tmp-{folder}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for k in range(n_per_class):
+                rng = np.random.default_rng([seed, KAGGLE_TAG, label, k])
+                head, _ = kaggle_slice(rng, template, with_tumour=bool(label))
+                _save_photo(rng, _frame(rng, head), tmp, (YES_NAMES if label else NO_NAMES), k + 1)
+                progress.advance(task)
+            shutil.rmtree(out_dir / folder, ignore_errors=True)
+            os.replace(tmp, out_dir / folder)
+            counts[folder] = n_per_class
+    log.info("wrote synthetic Kaggle images to %s: %s", out_dir, counts)
+    return counts
+
+
+def kaggle_slice(rng: np.random.Generator, template: Template, with_tumour: bool) -> tuple[np.ndarray, int]:
+    """One axial slice with scalp and skull, in display orientation, and how many of its pixels are tumour."""
+    patient = sample_patient(rng, template, with_tumour, small_fraction=0.0)
+    modality = str(rng.choice(list(KAGGLE_MODALITY_ODDS), p=list(KAGGLE_MODALITY_ODDS.values())))
+    if patient.tumour is not None:
+        z = patient.tumour.centre[2] + rng.uniform(-0.3, 0.3) * patient.tumour.core_mm
+    else:
+        z = patient.pose.out_centre[2] + rng.uniform(-20, 40)
+    grid = (np.arange(BRATS_SHAPE[0], dtype=np.float32), np.arange(BRATS_SHAPE[1], dtype=np.float32),
+            np.array([np.clip(round(z), 0, BRATS_SHAPE[2] - 1)], dtype=np.float32))
+    values, seg, brain = render(patient, template, grid, (modality,))
+    image = np.zeros(brain.shape, np.float32)
+    image[brain] = values[modality]
+    head = _add_head(rng, axial_slice(image, 0), axial_slice(brain, 0), patient.contrasts[modality])
+    return head, int((seg > 0).sum())
+
+
+def _add_head(rng: np.random.Generator, image: np.ndarray, brain: np.ndarray, c: Contrast) -> np.ndarray:
+    """Surround the skull-stripped brain with CSF, dark cortical bone, bright marrow/scalp fat and skin."""
+    hull = ndimage.binary_fill_holes(ndimage.gaussian_filter(brain.astype(np.float32), 3) > 0.2)
+    outside = ndimage.distance_transform_edt(~hull).astype(np.float32)
+    wobble = SmoothField(rng, (0, 0, 0), (*image.shape, 1), (6, 6, 2))(*(np.arange(n) for n in image.shape), [0])[0, ..., 0]
+    outside *= 1 + 0.15 * wobble  # skull thickness varies around the head
+    bone, fat = rng.uniform(2, 5), rng.uniform(3, 8)
+    layers = [(0.0, c.tissue[0]), (bone, 0.05), (bone + fat, rng.uniform(0.8, 1.1)), (bone + fat + 2, 0.35)]
+    head = np.zeros_like(image)
+    for limit, level in reversed(layers):
+        head[(outside <= limit) & ~brain] = level * c.scale
+    head[brain] = image[brain]
+    noise = np.abs(rng.normal(0, c.noise * c.scale, image.shape)).astype(np.float32)
+    return head + noise
+
+
+def _frame(rng: np.random.Generator, head: np.ndarray) -> Image.Image:
+    """Window to 8 bit, crop with random margins and resize to a random size (150-700 px, not always square)."""
+    reference = np.percentile(head[head > 0.1 * head.max()], 99.5)
+    gray = (np.clip(head / reference, 0, 1) ** rng.uniform(0.8, 1.25) * rng.uniform(215, 255)).astype(np.uint8)
+    rows, cols = np.nonzero(gray > 20)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    size = max(bottom - top, right - left)
+    margins = (rng.uniform(0.0, 0.25, 4) * size).astype(int)
+    padded = np.pad(gray, size)  # room for margins beyond the 240x240 canvas
+    crop = padded[top + size - margins[0] : bottom + size + margins[1], left + size - margins[2] : right + size + margins[3]]
+    width = int(np.exp(rng.uniform(np.log(150), np.log(700))))
+    height = int(width * rng.uniform(0.85, 1.2))
+    return Image.fromarray(crop).resize((width, height), Image.BICUBIC)
+
+
+def _save_photo(rng: np.random.Generator, image: Image.Image, folder: Path, names: tuple[str, ...], number: int) -> None:
+    """Save in a random colour mode and format, named like the real data set's files."""
+    kind = rng.random()
+    if kind < 0.4:
+        photo, fmt = image, "JPEG"
+    elif kind < 0.7:
+        photo, fmt = image.convert("RGB"), "JPEG"
+    elif kind < 0.8:  # some scans in the real set carry a coloured tint
+        tint = rng.uniform(0.8, 1.0, 3)
+        photo, fmt = Image.fromarray((np.asarray(image.convert("RGB")) * tint).astype(np.uint8)), "JPEG"
+    elif kind < 0.9:
+        photo, fmt = image.convert("RGBA"), "PNG"
+    else:
+        photo, fmt = image.convert("RGB"), "PNG"
+    if fmt == "PNG":
+        name = names[0].format(number).rsplit(".", 1)[0] + ".png"
+        photo.save(folder / name)
+    else:
+        photo.save(folder / names[rng.integers(len(names))].format(number), quality=int(rng.integers(70, 96)))

@@ -1,0 +1,266 @@
+"""`train_seg`, `train_cls`, `train_joint`: the three training stages of the multitask U-Net.
+
+    seg    segmentation warm-up on BraTS slices, Dice + BCE loss           metric: val Dice
+    cls    encoder and decoder frozen (from seg best), classification head
+           on Kaggle images + BraTS slice labels, BCE loss                 metric: val ROC-AUC (accuracy if undefined)
+    joint  everything trainable (from cls best), L = L_seg + λ·L_cls with
+           L_seg on the samples that have a mask; encoder LR < heads' LR   metric: mean of val Dice and val accuracy
+Val Dice is pooled over all validation slices (2·Σ|P∩T| / (Σ|P| + Σ|T|)), so empty slices neither divide by
+zero nor dominate; accuracy uses the 0.5 probability threshold (evaluation tunes the threshold later).
+
+Each epoch writes checkpoints/<stage>/last.pt (model, optimizer, epoch, best metric, history, RNG states,
+params) and, when the metric improves, best.pt. Started again, a stage resumes from last.pt when the run
+key matches (params that change what is learned, the data, the starting checkpoint), else starts fresh.
+Early stopping after `train.patience` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from models.unet import MultitaskUNet, UNetConfig
+from tasks import paths
+from tasks.checkpoints import architecture_digest, load_checkpoint, load_weights, model_config_of, save_checkpoint
+from tasks.config import ClsStageSettings, JointStageSettings, SegStageSettings, Settings, TrainSettings
+from tasks.datasets import SliceSet, data_fingerprint, stage_data, training_loader
+from tasks.errors import SliceWiseError
+from tasks.tracking import NullTracker, Tracker, make_tracker
+from tasks.train_steps import StageLoss, StageRunner, make_optimizer, metric_of, pick_device, place_model
+
+log = logging.getLogger(__name__)
+
+PREVIOUS_STAGE = {"seg": None, "cls": "seg", "joint": "cls"}
+METRIC_NAME = {"seg": "val_dice", "cls": "val_roc_auc", "joint": "val_dice_accuracy_mean"}
+# Settings that change speed, not what is learned: a run may resume with different values.
+RUNTIME_ONLY = ("patience", "device", "amp_bf16", "channels_last", "compile", "num_workers", "threads")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything one stage needs, already resolved from settings and paths."""
+
+    stage: str
+    epochs: int
+    seed: int
+    train: TrainSettings
+    stage_params: SegStageSettings | ClsStageSettings | JointStageSettings
+    model: UNetConfig
+    processed: Path
+    splits_dir: Path
+    checkpoint_dir: Path
+    history_path: Path
+    init_checkpoint: Path | None  # the previous stage's best.pt
+
+    def params(self) -> dict:
+        return {
+            "stage": self.stage,
+            "seed": self.seed,
+            "epochs": self.epochs,
+            "train": self.train.model_dump(mode="json"),
+            f"train_{self.stage}": self.stage_params.model_dump(mode="json"),
+            "model": asdict(self.model),
+        }
+
+    def run_key(self) -> dict:
+        """What must match for last.pt to be resumed: params minus epochs and runtime switches, data, start.
+
+        train_stage adds the model's architecture, so a change of model code starts fresh too."""
+        key = self.params()
+        key.pop("epochs")
+        key["train"] = {k: v for k, v in key["train"].items() if k not in RUNTIME_ONLY}
+        key["data"] = data_fingerprint(self.processed, self.splits_dir)
+        key["init"] = _file_digest(self.init_checkpoint) if self.init_checkpoint else None
+        return key
+
+
+@dataclass
+class StageState:
+    """The resumable part of a run besides model and optimizer."""
+
+    epoch: int = 0
+    best_metric: float = -math.inf
+    epochs_since_best: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def plan_stage(settings: Settings, stage: str) -> StagePlan:
+    previous = PREVIOUS_STAGE[stage]
+    return StagePlan(
+        stage=stage,
+        epochs=getattr(settings.active.epochs, stage),
+        seed=settings.seed,
+        train=settings.train,
+        stage_params=getattr(settings, f"train_{stage}"),
+        model=UNetConfig(settings.in_channels, settings.active.model.base_channels, settings.active.model.depth),
+        processed=paths.PROCESSED,
+        splits_dir=paths.SPLITS,
+        checkpoint_dir=paths.checkpoint_dir(stage),
+        history_path=paths.history_file(stage),
+        init_checkpoint=paths.best_checkpoint(previous) if previous else None,
+    )
+
+
+def train_stage(plan: StagePlan, tracker: Tracker = NullTracker()) -> dict:
+    """Train one stage (resuming when possible); returns best metric, epochs run and seconds."""
+    started = time.perf_counter()
+    torch.set_num_threads(plan.train.threads or len(os.sched_getaffinity(0)))
+    torch.manual_seed(plan.seed)
+    device = pick_device(plan.train.device)
+    train_set, val_set = stage_data(plan.stage, plan.processed, plan.splits_dir, plan.stage_params, plan.seed)
+    _check_shapes(plan, train_set)
+
+    model = place_model(_initial_model(plan), device, plan.train)
+    optimizer = make_optimizer(model, plan.stage, plan.stage_params)
+    generator = torch.Generator().manual_seed(plan.seed)
+    run_key = {**plan.run_key(), "architecture": architecture_digest(model)}
+    state = _resume(plan, run_key, model, optimizer, generator)
+    first_epoch = state.epoch + 1
+    tracker.log_params(_flatten(plan.params()))
+
+    steps = StageRunner(model, optimizer, StageLoss(plan.stage, plan.stage_params), plan.stage, plan.train, device,
+                        generator)
+    loader = training_loader(train_set, plan.train.batch_size, generator, plan.train.num_workers,
+                             getattr(plan.stage_params, "kaggle_share", None))
+    metric_name = METRIC_NAME[plan.stage]
+    with _progress() as progress:
+        bar = progress.add_task(f"train_{plan.stage}", total=max(plan.epochs - state.epoch, 0) * len(loader),
+                                loss=math.nan, metric=f"{metric_name} -")
+        for epoch in range(first_epoch, plan.epochs + 1):
+            if state.epochs_since_best >= plan.train.patience:
+                log.info("train_%s: early stop after epoch %d (no improvement for %d epochs)", plan.stage,
+                         state.epoch, state.epochs_since_best)
+                break
+            epoch_started = time.perf_counter()
+            train_loss = steps.train_epoch(loader, epoch, plan.epochs,
+                                           on_batch=lambda loss: progress.update(bar, advance=1, loss=loss))
+            row = {"epoch": epoch, "train_loss": train_loss, **steps.evaluate(val_set)}
+            row["seconds"] = round(time.perf_counter() - epoch_started, 2)
+            _end_epoch(plan, state, row, metric_of(plan.stage, row), model, optimizer, generator, run_key)
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            progress.update(bar, metric=f"{metric_name} {state.best_metric:.4f} (best)")
+    _write_history(plan.history_path, state.history)
+    tracker.log_artifact(plan.history_path, "training")
+    tracker.log_artifact(plan.checkpoint_dir / "best.pt", f"checkpoints/{plan.stage}")
+    return {
+        "stage": plan.stage,
+        "metric": metric_name,
+        "best_metric": round(state.best_metric, 4),
+        "epochs_run": state.epoch,
+        "resumed_from_epoch": first_epoch - 1,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _check_shapes(plan: StagePlan, data: SliceSet) -> None:
+    channels, height, width = data.image_shape
+    if channels != plan.model.in_channels:
+        raise SliceWiseError(f"processed slices have {channels} channel(s) but slice.modalities lists "
+                             f"{plan.model.in_channels}; rerun the slice step", plan.processed)
+    multiple = plan.model.size_multiple
+    if height % multiple or width % multiple:
+        raise SliceWiseError(f"image size {height}x{width} is not a multiple of {multiple}, as model depth "
+                             f"{plan.model.depth} needs", paths.PARAMS)
+
+
+def _initial_model(plan: StagePlan) -> MultitaskUNet:
+    """Seeded fresh weights for seg; the previous stage's best weights for cls and joint."""
+    model = MultitaskUNet(plan.model)
+    if plan.init_checkpoint is not None:
+        previous = load_checkpoint(plan.init_checkpoint)
+        if model_config_of(previous) != plan.model:
+            raise SliceWiseError(f"model settings differ from those of {previous['stage']} "
+                                 f"({model_config_of(previous)}); rerun train_{previous['stage']}", plan.init_checkpoint)
+        load_weights(model, previous, plan.init_checkpoint)
+    return model
+
+
+def _resume(plan: StagePlan, run_key: dict, model, optimizer, generator: torch.Generator) -> StageState:
+    last, best = plan.checkpoint_dir / "last.pt", plan.checkpoint_dir / "best.pt"
+    if not (last.exists() and best.exists()):
+        return StageState()
+    try:
+        checkpoint = load_checkpoint(last)
+    except SliceWiseError as exc:
+        log.warning("train_%s: starting fresh, %s", plan.stage, exc)
+        return StageState()
+    extra = checkpoint["extra"]
+    if extra.get("run_key") != run_key:
+        log.info("train_%s: params, data or starting checkpoint changed since %s; starting fresh", plan.stage, last)
+        return StageState()
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    generator.set_state(extra["generator_state"])
+    torch.set_rng_state(extra["torch_rng_state"])
+    log.info("train_%s: resuming after epoch %d from %s", plan.stage, checkpoint["epoch"], last)
+    return StageState(checkpoint["epoch"], checkpoint["best_metric"], extra["epochs_since_best"], extra["history"])
+
+
+def _end_epoch(plan, state: StageState, row: dict, metric: float, model, optimizer, generator, run_key) -> None:
+    """Record the epoch, then write best.pt (if improved) before last.pt, so last.pt never points past best."""
+    state.epoch = row["epoch"]
+    state.history.append(row)
+    improved = metric > state.best_metric + 1e-6
+    state.best_metric = max(state.best_metric, metric)
+    state.epochs_since_best = 0 if improved else state.epochs_since_best + 1
+    common = dict(model=model, model_config=plan.model, epoch=state.epoch, best_metric=state.best_metric,
+                  metric_name=METRIC_NAME[plan.stage], params=plan.params(), stage=plan.stage)
+    if improved:
+        save_checkpoint(plan.checkpoint_dir / "best.pt", optimizer=None, extra={"metrics": row}, **common)
+    extra = {"run_key": run_key, "history": state.history, "epochs_since_best": state.epochs_since_best,
+             "generator_state": generator.get_state(), "torch_rng_state": torch.get_rng_state()}
+    save_checkpoint(plan.checkpoint_dir / "last.pt", optimizer=optimizer, extra=extra, **common)
+    _write_history(plan.history_path, state.history)
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(path)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[metric]}"),
+                    TimeElapsedColumn(), console=Console(stderr=True))
+
+
+def _flatten(params: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _file_digest(path: Path) -> str:
+    if not path.exists():
+        raise SliceWiseError("checkpoint of the previous stage not found (run that stage first)", path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def main(settings: Settings, stage: str) -> dict:
+    if stage not in PREVIOUS_STAGE:
+        raise SliceWiseError(f"unknown training stage {stage!r}; expected one of {tuple(PREVIOUS_STAGE)}")
+    tracker = make_tracker(settings, f"train_{stage}")
+    try:
+        result = train_stage(plan_stage(settings, stage), tracker)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close()
+    log.info("train_%s: %s", stage, result)
+    return result

@@ -1,0 +1,135 @@
+"""Shared fixtures: a tiny processed data set in the real on-disk format, and the real params.yaml shrunk.
+
+The data set mirrors the project layout under tmp_path (data/processed/, data/splits/), so a test can
+`monkeypatch.chdir(tiny_data.root)` and call any step's `main(settings)` exactly as `python -m tasks` would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import paths
+from tasks.config import Settings, load_settings
+from tasks.shards import MANIFEST_COLUMNS, Shard, manifest_rows, write_shard
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TinyData:
+    root: Path  # plays the project root: processed data and splits at their usual relative paths
+    processed: Path
+    splits: Path
+    manifest: pd.DataFrame
+
+
+def _brain_slice(rng: np.random.Generator, size: int, channels: int, tumour: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy elliptic 'brain' on a zero background, with a bright disc as tumour; (image C×H×W, mask H×W)."""
+    yy, xx = np.mgrid[:size, :size] / size
+    brain = ((yy - 0.5) / 0.42) ** 2 + ((xx - 0.5) / 0.36) ** 2 < 1
+    image = np.where(brain, rng.normal(0, 0.5, (channels, size, size)), 0.0)
+    mask = np.zeros((size, size), dtype=np.uint8)
+    if tumour:
+        cy, cx, r = rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65), rng.uniform(0.08, 0.16)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2).astype(np.uint8)
+        image = image + 2.5 * mask
+    return image.astype(np.float16), mask
+
+
+def make_tiny_processed(root: Path, *, n_patients: int = 5, slices: int = 8, kaggle_per_class: int = 4,
+                        size: int = 32, channels: int = 1, seed: int = 0) -> TinyData:
+    """BraTS-like patients (every other slice with tumour) + Kaggle-like images, a manifest and splits.
+
+    Splits: the last two patients are val and test, the rest train; Kaggle images go 2:1:1 to train/val/test.
+    """
+    rng = np.random.default_rng(seed)
+    processed, splits_dir = root / paths.PROCESSED, root / paths.SPLITS
+    rows, splits = [], {"train": [], "val": [], "test": []}
+    for p in range(n_patients):
+        patient = f"BraTS20_Training_{p + 1:03d}"
+        pairs = [_brain_slice(rng, size, channels, tumour=i % 2 == 1) for i in range(slices)]
+        masks = np.stack([m for _, m in pairs])
+        shard = Shard(images=np.stack([im for im, _ in pairs]), masks=masks, has_mask=np.ones(slices, dtype=bool),
+                      labels=masks.reshape(slices, -1).max(1).astype(np.uint8),
+                      slice_index=np.arange(10, 10 + slices, dtype=np.int16), spacing=np.array([1.0, 1.0], np.float32))
+        write_shard(processed / "brats" / f"{patient}.npz", shard)
+        rows += manifest_rows(patient, "brats", f"brats/{patient}.npz", shard)
+        splits["val" if p == n_patients - 2 else "test" if p == n_patients - 1 else "train"].append(patient)
+    for label, name in ((1, "yes"), (0, "no")):
+        images = np.stack([_brain_slice(rng, size, channels, tumour=bool(label))[0] for _ in range(kaggle_per_class)])
+        n = kaggle_per_class
+        shard = Shard(images=images, masks=np.zeros((n, size, size), np.uint8), has_mask=np.zeros(n, dtype=bool),
+                      labels=np.full(n, label, np.uint8), slice_index=np.full(n, -1, np.int16),
+                      spacing=np.array([np.nan, np.nan], np.float32))
+        write_shard(processed / "kaggle" / f"{name}.npz", shard)
+        for row in manifest_rows("", "kaggle", f"kaggle/{name}.npz", shard):
+            row["patient"] = f"kaggle_{name}_{row['row']}"
+            row["tumour_area_px"] = 0  # masks of photos are unknown
+            rows.append(row)
+            splits[("train", "train", "val", "test")[row["row"] % 4]].append(row["patient"])
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest.to_csv(processed / paths.MANIFEST.name, index=False)
+    splits_dir.mkdir(parents=True, exist_ok=True)
+    for name, ids in splits.items():
+        (splits_dir / f"{name}.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
+    return TinyData(root, processed, splits_dir, manifest)
+
+
+def shrink_settings(settings: Settings, **profile_updates) -> Settings:
+    """The given settings on CPU, tiny model, one epoch per stage, 32-pixel images, no tracking."""
+    profile = settings.active
+    profile = profile.model_copy(update={
+        "image_size": 32, "synthetic_patients": 5, "synthetic_kaggle_images": 4,
+        "model": profile.model.model_copy(update={"base_channels": 4, "depth": 2}),
+        "epochs": profile.epochs.model_copy(update={"seg": 1, "cls": 1, "joint": 1}),
+        **profile_updates,
+    })
+    return settings.model_copy(update={
+        "profiles": {**settings.profiles, settings.profile: profile},
+        "train": settings.train.model_copy(update={"batch_size": 8, "device": "cpu", "threads": 1}),
+        "tracking": settings.tracking.model_copy(update={"enabled": False}),
+        "evaluate": settings.evaluate.model_copy(update={"bootstrap": 20}),
+        "export": settings.export.model_copy(update={"latency_runs": 3}),
+    })
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP threads waiting for each
+    other make every op many times slower; training tests pin threads through train.threads as well."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> TinyData:
+    return make_tiny_processed(tmp_path)
+
+
+@pytest.fixture
+def tiny_settings() -> Settings:
+    """The real params.yaml, shrunk for tests (see shrink_settings)."""
+    return shrink_settings(load_settings(REPO / "params.yaml"))
+
+
+@pytest.fixture
+def untrained_checkpoint(tmp_path, tiny_settings) -> Path:
+    """A best.pt-style checkpoint of a seeded, untrained model sized like tiny_settings."""
+    import torch
+
+    from models.unet import MultitaskUNet, UNetConfig
+    from tasks.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(tiny_settings.in_channels, tiny_settings.active.model.base_channels, tiny_settings.active.model.depth)
+    return save_checkpoint(tmp_path / "untrained.pt", model=MultitaskUNet(cfg), optimizer=None, model_config=cfg, epoch=0,
+                           best_metric=0.0, metric_name="none", params={}, stage="joint")

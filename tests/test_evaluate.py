@@ -1,0 +1,134 @@
+"""The evaluate step: threshold from validation, contract-shaped metrics.json, and a tiny end-to-end run."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import evaluate, metrics
+from tasks.config import EvaluateSettings
+
+CONTRACT_KEYS = {
+    "classification": {"accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc",
+                       "threshold", "confusion_matrix", "n"},
+    "segmentation": {"dice", "iou", "hd95", "n_slices"},
+    "segmentation_volume": {"dice", "hd95", "n_patients"},
+}
+
+
+def predictions(neg_probs, pos_probs, seg_dice=(), n_patients=4, seed=0) -> evaluate.SplitPredictions:
+    """Slices spread over `n_patients` patients; per-slice segmentation scores with the given Dice values."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(len(neg_probs), int), np.ones(len(pos_probs), int)]
+    patients = [f"p{i % n_patients}" for i in range(len(labels))]
+    slices = pd.DataFrame({"patient": patients, "source": "brats", "label": labels,
+                           "probability": np.r_[neg_probs, pos_probs]})
+    seg = pd.DataFrame({"patient": [f"p{i % n_patients}" for i in range(len(seg_dice))], "dice": list(seg_dice),
+                        "iou": list(seg_dice), "hd95": rng.uniform(1, 5, len(seg_dice))})
+    volumes = seg.groupby("patient", as_index=False)[["dice", "iou", "hd95"]].mean()
+    return evaluate.SplitPredictions(slices, seg.assign(slice_index=0), volumes)
+
+
+def test_threshold_is_chosen_on_validation_not_test():
+    # validation scores are low, test scores high: the best threshold differs between the two splits
+    val = predictions(np.linspace(0.05, 0.25, 10), np.linspace(0.30, 0.50, 10))
+    test = predictions(np.linspace(0.40, 0.60, 10), np.linspace(0.70, 0.90, 10), seg_dice=[0.5, 0.7])
+    report = evaluate.build_report(val, test, EvaluateSettings(bootstrap=20), seed=0)
+    val_best = metrics.choose_threshold(val.slices["label"], val.slices["probability"], "youden")
+    test_best = metrics.choose_threshold(test.slices["label"], test.slices["probability"], "youden")
+    assert report["classification"]["threshold"] == pytest.approx(val_best) == pytest.approx(0.30)
+    assert test_best == pytest.approx(0.70)
+    # at the validation threshold every test slice is called tumour
+    assert report["classification"]["confusion_matrix"] == [[0, 10], [0, 10]]
+
+
+def test_target_sensitivity_rule_is_applied_to_validation():
+    val = predictions(np.linspace(0.0, 0.4, 5), np.array([0.1, 0.5, 0.6, 0.7, 0.8]))
+    test = predictions(np.array([0.05, 0.2]), np.array([0.3, 0.9]))
+    cfg = EvaluateSettings(threshold_rule="target_sensitivity", target_sensitivity=1.0, bootstrap=10)
+    assert evaluate.build_report(val, test, cfg, seed=0)["classification"]["threshold"] == pytest.approx(0.1)
+
+
+def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
+    rng = np.random.default_rng(3)
+    val = predictions(rng.uniform(0, 0.6, 30), rng.uniform(0.4, 1, 30))
+    test = predictions(rng.uniform(0, 0.6, 40), rng.uniform(0.4, 1, 40), seg_dice=rng.uniform(0.3, 0.9, 24),
+                       n_patients=8)
+    path = tmp_path / "reports" / "metrics.json"
+    evaluate.write_json_atomic(evaluate.build_report(val, test, EvaluateSettings(bootstrap=100), seed=1), path)
+    written = json.loads(path.read_text())
+    assert set(written) == set(CONTRACT_KEYS) | {"ci95"}
+    for section, keys in CONTRACT_KEYS.items():
+        assert set(written[section]) == keys
+    cm = written["classification"]["confusion_matrix"]
+    assert np.array(cm).shape == (2, 2) and sum(map(sum, cm)) == written["classification"]["n"] == 80
+    assert written["segmentation"]["n_slices"] == 24 and written["segmentation_volume"]["n_patients"] == 8
+    for key in ("classification.accuracy", "segmentation.dice"):
+        lo, hi = written["ci95"][key]
+        section, name = key.split(".")
+        assert lo <= written[section][name] <= hi
+    assert not list(tmp_path.glob("reports/*.tmp"))
+
+
+def test_bootstrap_intervals_are_seeded():
+    rng = np.random.default_rng(4)
+    val = predictions(rng.uniform(0, 0.6, 20), rng.uniform(0.4, 1, 20))
+    test = predictions(rng.uniform(0, 0.6, 20), rng.uniform(0.4, 1, 20), seg_dice=rng.uniform(0, 1, 12))
+    cfg = EvaluateSettings(bootstrap=50)
+    first = evaluate.build_report(val, test, cfg, seed=5)["ci95"]
+    assert first == evaluate.build_report(val, test, cfg, seed=5)["ci95"]
+    assert first != evaluate.build_report(val, test, cfg, seed=6)["ci95"]
+
+
+def test_no_tumour_slice_gives_null_not_nan():
+    val = predictions(np.array([0.1, 0.2]), np.array([0.8, 0.9]))
+    test = predictions(np.array([0.1, 0.3]), np.array([0.7, 0.6]))  # no segmentation scores at all
+    report = evaluate.build_report(val, test, EvaluateSettings(bootstrap=10), seed=0)
+    text = json.dumps(report, allow_nan=False)  # raises on NaN or infinity
+    assert report["segmentation"] == {"dice": None, "iou": None, "hd95": None, "n_slices": 0}
+    assert json.loads(text)["ci95"]["segmentation.dice"] is None
+
+
+def test_score_patient_of_a_perfect_prediction():
+    truth = np.zeros((4, 16, 16), dtype=bool)
+    truth[1:3, 4:8, 4:8] = True
+    per_slice, volume = evaluate.score_patient(truth.copy(), truth, np.array([20, 22, 24, 26]), np.array([1.0, 1.0]))
+    assert per_slice["slice_index"].tolist() == [22, 24]  # only slices whose truth has tumour
+    assert per_slice["dice"].tolist() == [1.0, 1.0] and per_slice["hd95"].tolist() == [0.0, 0.0]
+    assert volume == {"dice": 1.0, "iou": 1.0, "hd95": 0.0}
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end_on_tiny_data(tiny_data, tiny_settings, untrained_checkpoint, monkeypatch):
+    from tasks import paths
+
+    monkeypatch.chdir(tiny_data.root)
+    for stage in ("seg", "joint"):  # histories of two stages; the cls one is missing and must be skipped
+        paths.history_file(stage).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.8], "val_loss": [1.1, 0.9], "val_dice": [0.2, 0.3]}
+                     ).to_csv(paths.history_file(stage), index=False)
+    paths.best_checkpoint("joint").parent.mkdir(parents=True)
+    shutil.copy(untrained_checkpoint, paths.best_checkpoint("joint"))
+
+    result = evaluate.main(tiny_settings)
+
+    written = json.loads(paths.METRICS.read_text())
+    test_ids = set(paths.SPLITS.joinpath("test.txt").read_text().split())
+    test_rows = tiny_data.manifest[tiny_data.manifest["patient"].isin(test_ids)]
+    assert written["classification"]["n"] == len(test_rows)
+    brats = test_rows[test_rows["source"] == "brats"]
+    assert written["segmentation"]["n_slices"] == int(brats["label"].sum())
+    assert written["segmentation_volume"]["n_patients"] == brats["patient"].nunique()
+    assert result["headline"]["classification.accuracy"]["value"] == written["classification"]["accuracy"]
+    for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "training_curves.png", "overlays.png",
+                 "gradcam.png"):
+        assert (paths.PLOTS / name).stat().st_size > 1000, name
+    assert list(pd.read_csv(paths.PLOTS / "roc.csv").columns) == ["fpr", "tpr"]
+    assert list(pd.read_csv(paths.PLOTS / "pr.csv").columns) == ["recall", "precision"]
+    confusion = pd.read_csv(paths.PLOTS / "confusion.csv")
+    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == len(test_rows)
+    predicted_positive = int(confusion["predicted"].sum())
+    cm = written["classification"]["confusion_matrix"]
+    assert predicted_positive == cm[0][1] + cm[1][1]

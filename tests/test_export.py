@@ -1,0 +1,122 @@
+"""`export`: a valid ONNX file with both heads and a dynamic batch, parity with torch, and no file on failure."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tasks import export, paths
+from tasks.errors import SliceWiseError
+from tasks.predict import OnnxPredictor, TorchPredictor
+
+from tests.release_factory import make_release_project, write_metrics
+
+
+@pytest.fixture
+def project(tmp_path, tiny_settings, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return make_release_project(tmp_path, tiny_settings)
+
+
+def test_export_writes_checked_model_metadata_and_report(project, tiny_settings):
+    result = export.main(tiny_settings)
+
+    onnx.checker.check_model(str(paths.ONNX_MODEL), full_check=True)
+    report = json.loads(paths.EXPORT_REPORT.read_text())
+    metadata = json.loads(paths.EXPORT_METADATA.read_text())
+    parity = report["parity"]
+    assert parity["passed"] and result["parity"]["passed"]
+    assert parity["max_abs_diff"] <= tiny_settings.export.parity_atol
+    assert parity["decision_mismatches"] == 0 and parity["mask_dice"] >= tiny_settings.export.parity_min_dice
+    test_slices = sum(len(batch) for batch in export.iter_test_slices(paths.PROCESSED, paths.SPLITS))
+    assert parity["n_slices"] == test_slices > 0
+    for engine in ("onnxruntime", "torch_eager"):
+        for batch in ("batch_1", "batch_8"):
+            timing = report["latency"][engine][batch]
+            assert 0 < timing["p50_ms"] <= timing["p95_ms"]
+    assert report["speedup_p50"]["batch_1"] > 0
+    size = tiny_settings.active.image_size
+    assert metadata["input"] == {"name": "image", "shape": ["batch", 1, size, size], "dtype": "float32"}
+    assert [o["name"] for o in metadata["outputs"]] == ["seg_logits", "cls_logits"]
+    assert metadata["threshold"] == json.loads(paths.METRICS.read_text())["classification"]["threshold"]
+    assert metadata["modalities"] == list(tiny_settings.slice.modalities)
+    assert metadata["onnx_sha256"] == report["onnx"]["sha256"] == result["sha256"]
+    embedded = {p.key: p.value for p in onnx.load(str(paths.ONNX_MODEL)).metadata_props}
+    assert json.loads(embedded["slicewise"])["threshold"] == metadata["threshold"]
+    assert not list(paths.EXPORTS.glob("*.tmp"))
+
+
+def test_exported_model_has_dynamic_batch_and_matches_torch_predictor(project, tiny_settings):
+    from tasks.checkpoints import load_model
+
+    export.main(tiny_settings)
+    model, _ = load_model(paths.best_checkpoint("joint"))
+    size = tiny_settings.active.image_size
+    images = np.random.default_rng(3).normal(size=(5, 1, size, size)).astype(np.float32)
+    expected = TorchPredictor(model).predict(images)
+    for batch_size in (1, 2, 5):  # 5 = 2 + 2 + 1: three different batch sizes through one session
+        got = OnnxPredictor(paths.ONNX_MODEL, providers=["CPUExecutionProvider"], batch_size=batch_size).predict(images)
+        np.testing.assert_allclose(got.tumour_probability, expected.tumour_probability, atol=1e-5)
+        np.testing.assert_allclose(got.mask_probability, expected.mask_probability, atol=1e-5)
+
+
+def test_parity_failure_fails_the_step_and_leaves_no_model(project, tiny_settings, monkeypatch):
+    """A model whose ONNX differs from torch (weights perturbed while exporting) must not be exported."""
+    real_export = export.export_onnx
+
+    def export_perturbed(model, path, *args):
+        import copy
+
+        perturbed = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in perturbed.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        real_export(perturbed, path, *args)
+
+    paths.EXPORTS.mkdir()
+    paths.ONNX_MODEL.write_bytes(b"an export of an earlier run")
+    monkeypatch.setattr(export, "export_onnx", export_perturbed)
+    with pytest.raises(SliceWiseError, match="parity failed"):
+        export.main(tiny_settings)
+    assert not paths.ONNX_MODEL.exists() and not paths.EXPORT_METADATA.exists()
+    assert not list(paths.EXPORTS.glob("*.tmp"))
+    assert json.loads(paths.EXPORT_REPORT.read_text())["parity"]["passed"] is False
+
+
+def test_parity_counts_flipped_decisions(project, tiny_settings):
+    """With the threshold exactly at a slice's probability, a tiny difference flips it; parity must notice."""
+    from tasks.checkpoints import load_model
+
+    model, _ = load_model(paths.best_checkpoint("joint"))
+    batch = next(export.iter_test_slices(paths.PROCESSED, paths.SPLITS))
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(batch))["cls"].numpy()
+
+    class ShiftedSession:  # onnxruntime stand-in whose classification logits are 1e-3 lower
+        def run(self, names, feeds):
+            with torch.inference_mode():
+                out = model(torch.from_numpy(feeds["image"]))
+            return [out["seg"].numpy(), out["cls"].numpy() - 1e-3]
+
+    threshold = float(1 / (1 + np.exp(-logits[0])))
+    parity = export.check_parity(model, ShiftedSession(), iter([batch]), threshold, tiny_settings.export)
+    assert not parity["passed"]
+    assert parity["decision_mismatches"] >= 1 and parity["max_abs_diff_cls"] == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_export_needs_metrics(project, tiny_settings):
+    paths.METRICS.unlink()
+    with pytest.raises(SliceWiseError, match="evaluate"):
+        export.main(tiny_settings)
+    write_metrics(project, 0.9, 0.9)
+    assert export.main(tiny_settings)["parity"]["passed"]
+
+
+def test_export_refuses_slices_of_another_size(project, tiny_settings):
+    profile = tiny_settings.active.model_copy(update={"image_size": 64})
+    bigger = tiny_settings.model_copy(update={"profiles": {tiny_settings.profile: profile}})
+    with pytest.raises(SliceWiseError, match="rerun the slice step"):
+        export.main(bigger)
+    assert not paths.ONNX_MODEL.exists()

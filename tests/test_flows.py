@@ -1,0 +1,363 @@
+"""The Prefect flow against real DVC on a tiny copy of the project: DVC decides, both front doors agree.
+
+One Prefect test server for the whole session (it takes ~15 s to start). The pipeline tests keep only the DVC
+stages that produce data (fetch, slice, split), so they stay fast and never train; the other tasks are Skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from prefect import flow, get_client
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import TaskRunSort
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Failed
+from prefect.testing.utilities import prefect_test_harness
+
+from flows import artifacts, dvc_stage, lineage
+from flows.deploy import DEPLOYMENT_NAME, build_deployment
+from flows.pipeline import STAGE_TASKS, slicewise_pipeline
+from flows.source_inventory import local_source_drift
+from flows.stage_task import worth_retrying
+from tasks import STEPS
+from tasks.config import load_settings, set_params
+from tasks.errors import CredentialsError, SliceWiseError
+from tasks.local_import import import_brats, import_kaggle
+from tests.nifti_factory import write_kaggle, write_patient
+from tests.project_copy import ROOT, copy_project, dvc
+
+DATA_STAGES = ["fetch", "slice", "split"]
+SMALL = {"profiles.quick.synthetic_patients": 3, "profiles.quick.synthetic_kaggle_images": 4}
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A git + DVC copy of the project with the data stages only and tiny params; the working directory."""
+    root = copy_project(tmp_path / "project", stages=DATA_STAGES, **SMALL)
+    monkeypatch.chdir(root)
+    return root
+
+
+def run_flow(**params):
+    """Run the flow in-process; returns (final state, stage → outcome or None when it failed)."""
+    state = slicewise_pipeline(**params, return_state=True)
+    return state, state.result() if state.is_completed() else None
+
+
+def states_of(outcomes: dict) -> dict[str, str]:
+    return {stage: outcome["state"] for stage, outcome in outcomes.items() if outcome["state"] != "Skipped"}
+
+
+def task_runs(state) -> dict:
+    # limit and sort spelled out: Prefect 3.8.8's client sends nulls for them, which its server rejects (422).
+    with get_client(sync_client=True) as client:
+        this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        runs = client.read_task_runs(flow_run_filter=this_run, sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
+    return {run.name: run for run in runs}
+
+
+def flow_run_logs(state) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs go to the server in batches; send what is queued
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])),
+                                limit=200, offset=0, sort=LogSort.TIMESTAMP_ASC)
+    return [log.message for log in logs]
+
+
+def lock_stages(root) -> dict:
+    return yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+
+
+def clean(root) -> bool:
+    status = dvc(root, "status")
+    return status.returncode == 0 and "up to date" in status.stdout
+
+
+# ---- configuration (no server needed) -------------------------------------------------------------------------
+
+
+def test_one_task_per_step_with_retries_only_where_the_network_is():
+    assert [t.name for t in STAGE_TASKS] == list(STEPS)
+    for task in STAGE_TASKS:
+        assert task.cache_policy is NO_CACHE and task.persist_result is False
+        assert task.timeout_seconds and task.timeout_seconds > 0
+        if task.name in ("fetch", "register"):
+            assert task.retries == 3
+            assert task.retry_delay_seconds == [10, 20, 40]  # exponential backoff
+            assert task.retry_condition_fn is worth_retrying
+        else:
+            assert task.retries == 0, f"{task.name} is deterministic and must not retry"
+
+
+def test_user_errors_are_not_retried_but_transient_ones_are():
+    def wrapped_connection_error():
+        try:
+            raise ConnectionError("reset by peer")
+        except ConnectionError as exc:
+            raise SliceWiseError("MLflow log failed after 3 attempt(s)") from exc
+
+    try:
+        wrapped_connection_error()
+    except SliceWiseError as exc:
+        wrapped = exc
+    decide = lambda exc: worth_retrying(None, None, Failed(data=exc))  # noqa: E731
+    assert decide(ConnectionError("reset")) and decide(TimeoutError()) and decide(wrapped)
+    assert not decide(SliceWiseError("data.brats_dir is not a folder", "/nowhere"))
+    assert not decide(CredentialsError("no kaggle.json"))
+
+
+def test_deployment_uses_the_cron_in_params(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    set_params({"schedule.cron": "15 4 * * 2", "schedule.timezone": "Europe/Paris"}, params)
+    deployment = build_deployment(load_settings(params))
+    assert deployment.name == DEPLOYMENT_NAME and deployment.flow_name == "slicewise-pipeline"
+    (schedule,) = deployment.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("15 4 * * 2", "Europe/Paris")
+    assert deployment.entrypoint == "flows.pipeline.slicewise_pipeline"
+
+
+def test_metrics_rows_and_model_card_carry_intervals_and_decision():
+    metrics = {"classification": {"accuracy": 0.91, "sensitivity": 0.8, "confusion_matrix": [[5, 1], [2, 7]], "n": 15},
+               "segmentation": {"dice": 0.72}, "segmentation_volume": {"dice": 0.75, "n_patients": 2},
+               "ci95": {"classification.accuracy": [0.85, 0.96], "segmentation.dice": [0.6, 0.8]}}
+    rows = {row["metric"]: row for row in artifacts.metrics_rows(metrics)}
+    assert rows["classification.accuracy"] == {"metric": "classification.accuracy", "value": 0.91,
+                                               "ci95_low": 0.85, "ci95_high": 0.96}
+    assert rows["segmentation_volume.dice"]["ci95_low"] is None
+    assert "classification.confusion_matrix" not in rows
+    card = artifacts.model_card_markdown({"version": "7", "promoted": False, "reason": "accuracy 0.70 < 0.85"},
+                                         {"image_size": 128}, metrics)
+    assert "version 7**: not promoted" in card and "accuracy 0.70 < 0.85" in card
+    assert "| classification.accuracy | 0.91 | [0.85, 0.96] |" in card and "TN 5, FP 1, FN 2, TP 7" in card
+    unregistered = {"version": None, "promoted": False, "reason": "not registered (tracking.enabled is false)"}
+    assert "**slicewise**: not registered" in artifacts.model_card_markdown(unregistered, None, None)
+
+
+def test_local_source_drift_compares_the_source_with_data_raw(tmp_path):
+    rng = np.random.default_rng(0)
+    source, kaggle, raw = tmp_path / "brats", tmp_path / "kaggle", tmp_path / "raw"
+    for i in range(3):
+        write_patient(source / "nested", f"BraTS20_Training_00{i + 1}", rng)
+    write_kaggle(kaggle, rng, n_per_class=2)
+    import_brats(source, raw / "brats")
+    import_kaggle(kaggle, raw / "kaggle")
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    set_params({"data.source": "local", "data.brats_dir": str(source), "data.kaggle_dir": str(kaggle)}, params)
+    settings = load_settings(params)
+
+    assert local_source_drift(settings, raw) is None
+    write_patient(source / "nested", "BraTS20_Training_004", rng)
+    drift = local_source_drift(settings, raw)
+    assert drift and "5 new" in drift and "BraTS20_Training_004" in drift  # the patient's five NIfTI files
+    (kaggle / "no" / "0 no.PNG").unlink()
+    assert "1 removed" in local_source_drift(settings, raw)
+    set_params({"data.source": "synthetic"}, params)
+    assert local_source_drift(load_settings(params), raw) is None  # DVC's params cover the synthetic source
+
+
+def test_dvc_changes_are_described_in_one_line():
+    changes = [{"changed deps": {"params.yaml": {"split": "modified"}, "tasks/split.py": "modified"}},
+               {"changed outs": {"data/splits": "deleted"}}, "always changed"]
+    line = dvc_stage.describe_changes(changes)
+    assert line == ("changed deps: params.yaml (split: modified), tasks/split.py (modified); "
+                    "changed outs: data/splits (deleted); always changed")
+
+
+# ---- the flow against real DVC ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_flow_agrees_with_dvc_repro_in_both_directions(project, prefect_server, monkeypatch):
+    repro = dvc(project, "repro")
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    lock_after_repro = (project / "dvc.lock").read_text()
+
+    # 1. After `dvc repro` the flow recomputes nothing: every stage is Cached with its dvc.lock fingerprint.
+    state, outcomes = run_flow()
+    assert state.is_completed(), state.message
+    assert states_of(outcomes) == dict.fromkeys(DATA_STAGES, "Cached")
+    assert {name: run.state.name for name, run in task_runs(state).items() if name in DATA_STAGES} == \
+        dict.fromkeys(DATA_STAGES, "Cached")  # as the server (and the UI) records them
+    for stage in DATA_STAGES:
+        assert outcomes[stage]["lock_sha256"] == dvc_stage.lock_fingerprint(stage) != ""
+    assert (project / "dvc.lock").read_text() == lock_after_repro
+
+    # 2. A failing step fails the flow with its name; it commits nothing, and the lineage env var was set.
+    original_splits = {p.name: p.read_bytes() for p in (project / "data" / "splits").iterdir()}
+    set_params({"split.val": 0.2, "split.train": 0.65})
+    seen = {}
+
+    def broken_split(settings):
+        seen["flow_run_id"] = os.environ.get(lineage.FLOW_RUN_ENV)
+        raise RuntimeError("disk on fire")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("tasks.split.main", broken_split)
+        failed, _ = run_flow()
+    assert failed.is_failed()
+    assert "step 'split' failed" in failed.message and "disk on fire" in failed.message
+    assert seen["flow_run_id"] == str(failed.state_details.flow_run_id)
+    assert lineage.FLOW_RUN_ENV not in os.environ
+    assert lock_stages(project)["split"]["params"]["params.yaml"]["split"]["val"] == 0.15  # the old entry stays
+    with get_client(sync_client=True) as client:
+        tags = client.read_flow_run(failed.state_details.flow_run_id).tags
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout
+    assert {"profile:quick", "source:synthetic", f"git:{commit[:12]}"} <= set(tags)
+
+    # 3. A changed split parameter reruns split only; afterwards DVC finds everything up to date ...
+    state, outcomes = run_flow()
+    assert states_of(outcomes) == {"fetch": "Cached", "slice": "Cached", "split": "Completed"}
+    assert "params.yaml (split: modified)" in outcomes["split"]["reason"]
+    assert clean(project)
+    # ... and the lock entry the flow committed is byte for byte the one `dvc repro` writes for that run.
+    entry_by_flow = lock_stages(project)["split"]
+    forced = dvc(project, "repro", "--force", "--single-item", "split")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert lock_stages(project)["split"] == entry_by_flow
+
+    # 4. Setting the parameter back restores the earlier splits from DVC's run cache, as `dvc repro` would.
+    set_params({"split.val": 0.15, "split.train": 0.7})
+    state, outcomes = run_flow()
+    assert states_of(outcomes) == dict.fromkeys(DATA_STAGES, "Cached")
+    assert "run cache" in outcomes["split"]["reason"]
+    assert {p.name: p.read_bytes() for p in (project / "data" / "splits").iterdir()} == original_splits
+    assert clean(project)
+
+
+@pytest.mark.slow
+def test_new_local_patient_triggers_fetch_and_reslices_only_it(project, tmp_path, prefect_server):
+    rng = np.random.default_rng(1)
+    source = tmp_path / "source"
+    for i in range(4):
+        write_patient(source / "brats", f"BraTS20_Training_00{i + 1}", rng)
+    write_kaggle(source / "kaggle", rng, n_per_class=2)
+
+    # Flow parameters land in params.yaml (like `dvc exp run -S`), so dvc.lock records the local source.
+    state, outcomes = run_flow(data_source="local", brats_dir=str(source / "brats"), kaggle_dir=str(source / "kaggle"))
+    assert state.is_completed(), state.message
+    assert states_of(outcomes) == dict.fromkeys(DATA_STAGES, "Completed")
+    assert outcomes["slice"]["result"]["patients"] == 4
+    assert lock_stages(project)["fetch"]["params"]["params.yaml"]["data"]["source"] == "local"
+    assert clean(project)  # a flow run from scratch leaves DVC with nothing to do
+    assert any(line.startswith("fetch: {'source': 'local'") for line in flow_run_logs(state))  # the step's own log
+
+    write_patient(source / "brats", "BraTS20_Training_005", rng)
+    assert clean(project)  # DVC alone cannot see the new folder ...
+    state, outcomes = run_flow()  # ... the fetch task's source check can
+    assert states_of(outcomes)["fetch"] == "Completed"
+    assert "local source folders changed" in outcomes["fetch"]["reason"] and "5 new" in outcomes["fetch"]["reason"]
+    assert outcomes["slice"]["state"] == "Completed" and outcomes["slice"]["result"]["resliced"] == 1
+    assert outcomes["slice"]["result"]["patients"] == 5
+    assert clean(project)
+
+    state, outcomes = run_flow()  # nothing changed: a scheduled run finds everything Cached
+    assert states_of(outcomes) == dict.fromkeys(DATA_STAGES, "Cached")
+
+
+@pytest.mark.slow
+def test_user_error_in_fetch_fails_at_once_and_commits_nothing(project, tmp_path, prefect_server):
+    state, _ = run_flow(data_source="local", brats_dir=str(tmp_path / "missing"))
+    assert state.is_failed()
+    assert "step 'fetch' failed" in state.message and "data.brats_dir is not a folder" in state.message
+    assert task_runs(state)["fetch"].run_count == 1  # a user error is not retried
+    assert "slice" not in task_runs(state)  # nothing after the failed step ran
+    assert not (project / "dvc.lock").exists()
+
+
+@pytest.mark.slow
+def test_cli_reports_the_failed_step_in_one_line(project, tmp_path, prefect_server):
+    from typer.testing import CliRunner
+
+    from flows.__main__ import app
+
+    result = CliRunner().invoke(app, ["run", "--data-source", "local", "--brats-dir", str(tmp_path / "missing")])
+    assert result.exit_code == 1
+    assert "step 'fetch' failed" in result.output and "Traceback" not in result.output
+    assert load_settings(project / "params.yaml").data.source == "local"  # the option went into params.yaml
+
+
+@pytest.mark.slow
+def test_flow_run_shows_metrics_model_card_and_mlflow_link(tmp_path, monkeypatch, prefect_server):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports").mkdir()
+    metrics = {"classification": {"accuracy": 0.9, "sensitivity": 0.85}, "segmentation": {"dice": 0.7},
+               "segmentation_volume": {"dice": 0.72}, "ci95": {"classification.accuracy": [0.8, 0.95]}}
+    (tmp_path / "reports" / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "reports" / "register.json").write_text(
+        json.dumps({"version": 3, "promoted": True, "reason": "gate passed", "mlflow_run_id": "abc123"}))
+
+    @flow
+    def publishing():
+        return artifacts.publish(load_settings(ROOT / "params.yaml"))
+
+    state = publishing(return_state=True)
+    assert set(state.result()) == set(artifacts.KEYS.values())
+    # Straight to the REST API: Prefect 3.8.8's client sends nulls for filters its own server rejects (422).
+    body = {"artifacts": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}}, "limit": 10, "offset": 0,
+            "sort": "ID_DESC"}
+    found = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body).raise_for_status().json()
+    by_key = {a["key"]: a["data"] for a in found}
+    table = json.loads(by_key[artifacts.KEYS["metrics"]])
+    assert {"metric": "classification.accuracy", "value": 0.9, "ci95_low": 0.8, "ci95_high": 0.95} in table
+    assert "version 3**: promoted to champion" in by_key[artifacts.KEYS["card"]]
+    assert "127.0.0.1:5000/#/runs/abc123" in by_key[artifacts.KEYS["mlflow"]]
+
+
+@pytest.mark.slow
+def test_deployment_is_registered_with_its_schedule(prefect_server):
+    deployment = build_deployment(load_settings(ROOT / "params.yaml"))
+    deployment_id = deployment.apply()
+    with get_client(sync_client=True) as client:
+        stored = client.read_deployment(deployment_id)
+    assert stored.name == DEPLOYMENT_NAME
+    assert [s.schedule.cron for s in stored.schedules] == [load_settings(ROOT / "params.yaml").schedule.cron]
+
+
+@pytest.mark.slow
+def test_mlflow_parent_run_is_opened_up_front_and_always_ended(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    settings = load_settings(ROOT / "params.yaml")
+    settings = settings.model_copy(update={"tracking": settings.tracking.model_copy(update={"enabled": True})})
+
+    with lineage.pipeline_run(settings, "flow-run-1", work_pending=True) as parent:
+        assert os.environ[lineage.PARENT_RUN_ENV] == parent and os.environ[lineage.FLOW_RUN_ENV] == "flow-run-1"
+    assert MlflowClient(uri).get_run(parent).info.status == "FINISHED"  # register was not there to end it
+    with pytest.raises(RuntimeError), lineage.pipeline_run(settings, "flow-run-2", work_pending=True) as failed:
+        raise RuntimeError("train_seg failed")
+    assert MlflowClient(uri).get_run(failed).info.status == "FAILED"
+    assert lineage.PARENT_RUN_ENV not in os.environ and lineage.FLOW_RUN_ENV not in os.environ
+    with lineage.pipeline_run(settings, "flow-run-3", work_pending=False) as none:
+        assert none is None  # everything Cached: no empty parent run
+
+    # The flow run's model card is the registry version's own description when MLflow has it.
+    client = MlflowClient(uri)
+    client.create_registered_model("slicewise")
+    version = client.create_model_version("slicewise", str(tmp_path), run_id=parent, description="# slicewise\ncard")
+    decision = {"registered": True, "model_name": "slicewise", "version": version.version, "promoted": True,
+                "reason": "gate passed"}
+    assert artifacts.registry_model_card(settings, decision) == "# slicewise\ncard"
+    assert artifacts.registry_model_card(settings, {**decision, "version": "99"}) is None  # a warning, not a failure

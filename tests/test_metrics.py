@@ -1,0 +1,205 @@
+"""Metric functions against cases small enough to compute by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tasks import metrics
+
+
+def masks(shape, *boxes):
+    """A stack of binary masks; box i = (row0, row1, col0, col1) or None for an empty mask."""
+    out = np.zeros((len(boxes), *shape), dtype=bool)
+    for i, box in enumerate(boxes):
+        if box is not None:
+            r0, r1, c0, c1 = box
+            out[i, r0:r1, c0:c1] = True
+    return out
+
+
+# --- classification -----------------------------------------------------------------------------------------------
+
+
+def test_classification_metrics_by_hand():
+    labels = np.array([1, 1, 1, 0, 0])
+    probs = np.array([0.9, 0.6, 0.2, 0.7, 0.1])
+    m = metrics.classification_metrics(labels, probs, threshold=0.5)
+    # predicted [1, 1, 0, 1, 0]: tp=2, fn=1, fp=1, tn=1
+    assert m["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(1 / 2)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["roc_auc"] == pytest.approx(4 / 6)  # 4 of the 6 (positive, negative) pairs are ranked right
+    assert m["n"] == 5 and m["threshold"] == 0.5
+
+
+def test_threshold_is_inclusive():
+    m = metrics.classification_metrics(np.array([1, 0]), np.array([0.5, 0.49]), threshold=0.5)
+    assert m["confusion_matrix"] == [[1, 0], [0, 1]]
+
+
+def test_single_class_gives_no_nan_ratios_and_undefined_auc():
+    m = metrics.classification_metrics(np.zeros(4, dtype=int), np.array([0.1, 0.2, 0.7, 0.3]), threshold=0.5)
+    assert m["sensitivity"] == 0.0 and m["precision"] == 0.0 and m["f1"] == 0.0
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert math.isnan(m["roc_auc"])
+
+
+def test_youden_threshold_separates_perfectly_separable_scores():
+    labels, probs = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.6, 0.7])
+    assert metrics.choose_threshold(labels, probs, "youden") == pytest.approx(0.6)
+
+
+def test_target_sensitivity_takes_the_highest_threshold_reaching_it():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.3, 0.55, 0.2, 0.5, 0.8, 0.9])
+    # sensitivity 3/4 is first reached at 0.5; 1.0 needs 0.2
+    assert metrics.choose_threshold(labels, probs, "target_sensitivity", 0.75) == pytest.approx(0.5)
+    assert metrics.choose_threshold(labels, probs, "target_sensitivity", 1.0) == pytest.approx(0.2)
+
+
+def test_threshold_with_one_class_falls_back_to_half():
+    assert metrics.choose_threshold(np.ones(3), np.array([0.2, 0.4, 0.9])) == 0.5
+
+
+def test_expected_calibration_error_by_hand():
+    assert metrics.expected_calibration_error(np.array([0, 1, 0, 1]), np.full(4, 0.5)) == pytest.approx(0.0)
+    assert metrics.expected_calibration_error(np.zeros(3), np.full(3, 0.95)) == pytest.approx(0.95)
+    # two bins of two: |0.5 - 0.15| and |1 - 0.85|, each half of the data
+    ece = metrics.expected_calibration_error(np.array([0, 1, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]), n_bins=2)
+    assert ece == pytest.approx(0.5 * 0.35 + 0.5 * 0.15)
+
+
+# --- segmentation -------------------------------------------------------------------------------------------------
+
+
+def test_perfect_and_disjoint_predictions():
+    truth = masks((16, 16), (2, 6, 2, 6), (2, 6, 2, 6))
+    pred = masks((16, 16), (2, 6, 2, 6), (10, 14, 10, 14))
+    s = metrics.segmentation_scores(pred, truth, (1.0, 1.0))
+    assert s["dice"].tolist() == [1.0, 0.0]
+    assert s["iou"].tolist() == [1.0, 0.0]
+    assert s["hd95"][0] == 0.0 and s["hd95"][1] > 0
+
+
+def test_partial_overlap_dice_and_iou_by_hand():
+    truth = masks((8, 8), (0, 2, 0, 2))  # 4 pixels
+    pred = masks((8, 8), (0, 2, 0, 1))  # 2 of them
+    s = metrics.segmentation_scores(pred, truth, (1.0, 1.0))
+    assert s["dice"][0] == pytest.approx(2 * 2 / (4 + 2))
+    assert s["iou"][0] == pytest.approx(2 / 4)
+
+
+def test_empty_masks_never_give_nan():
+    truth = masks((10, 20), None, (1, 3, 1, 3), None)
+    pred = masks((10, 20), None, None, (1, 3, 1, 3))
+    s = metrics.segmentation_scores(pred, truth, (0.5, 2.0))
+    for values in s.values():
+        assert np.isfinite(values).all()
+    assert s["dice"].tolist() == [1.0, 0.0, 0.0]  # both empty = correct "no tumour"
+    assert s["hd95"][0] == 0.0
+    diagonal_mm = math.hypot(10 * 0.5, 20 * 2.0)
+    assert s["hd95"][1] == pytest.approx(diagonal_mm)  # missed tumour: the image diagonal, documented fallback
+    assert s["hd95"][2] == pytest.approx(diagonal_mm)
+
+
+def test_hd95_is_in_millimetres():
+    truth = masks((16, 16), (4, 5, 4, 5))
+    pred = masks((16, 16), (7, 8, 4, 5))  # one pixel, 3 rows away
+    assert metrics.segmentation_scores(pred, truth, (1.0, 1.0))["hd95"][0] == pytest.approx(3.0)
+    assert metrics.segmentation_scores(pred, truth, (2.0, 0.5))["hd95"][0] == pytest.approx(6.0)  # rows are 2 mm
+    assert metrics.segmentation_scores(pred, truth, (0.5, 9.0))["hd95"][0] == pytest.approx(1.5)
+
+
+def test_per_item_spacing():
+    truth = masks((16, 16), (4, 5, 4, 5), (4, 5, 4, 5))
+    pred = masks((16, 16), (4, 5, 8, 9), (4, 5, 8, 9))  # 4 columns away
+    hd = metrics.segmentation_scores(pred, truth, np.array([[1.0, 1.0], [1.0, 0.25]]))["hd95"]
+    assert hd.tolist() == pytest.approx([4.0, 1.0])
+
+
+def test_shapes_must_match():
+    with pytest.raises(ValueError):
+        metrics.segmentation_scores(np.zeros((1, 4, 4)), np.zeros((1, 4, 5)), (1, 1))
+
+
+def test_spacing_of_rotated_slices_and_strided_volumes():
+    shard_spacing = np.array([0.8, 1.2], dtype=np.float32)  # source (x, y)
+    assert metrics.pixel_spacing(shard_spacing) == pytest.approx((1.2, 0.8))  # rows run along y
+    assert metrics.volume_spacing(shard_spacing, stride=3) == pytest.approx((3.0, 1.2, 0.8))
+
+
+def test_stack_volume_orders_slices_and_keeps_gaps():
+    slices = np.stack([np.full((2, 2), v, dtype=np.uint8) for v in (3, 1, 4)])
+    volume = metrics.stack_volume(slices, np.array([10, 4, 12]), stride=2)
+    assert volume.shape == (5, 2, 2)  # planes 4, 6, 8, 10, 12
+    assert volume[:, 0, 0].tolist() == [1, 0, 0, 3, 4]
+
+
+def test_volume_hd95_uses_through_plane_spacing():
+    truth = np.zeros((1, 5, 8, 8), dtype=bool)
+    pred = np.zeros_like(truth)
+    truth[0, 0, 3, 3] = pred[0, 2, 3, 3] = True  # two planes apart
+    hd = metrics.segmentation_scores(pred, truth, metrics.volume_spacing(np.array([1.0, 1.0]), stride=2))["hd95"]
+    assert hd[0] == pytest.approx(4.0)  # 2 planes x 2 mm
+
+
+# --- bootstrap ----------------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_resamples_whole_patients():
+    groups = np.array(["a"] * 5 + ["b"] * 2 + ["c"])
+    seen = []
+
+    def record(weights):
+        seen.append(weights.copy())
+        return {"x": 0.0}
+
+    metrics.bootstrap_ci(groups, record, n_resamples=50, seed=0)
+    for weights in seen:
+        for patient in "abc":
+            assert len(set(weights[groups == patient])) == 1  # all slices of a patient drawn together
+        assert sum(weights[groups == p][0] for p in "abc") == 3  # as many patients drawn as there are
+
+
+def test_bootstrap_ci_contains_estimate_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(30), 4)
+    values = rng.normal(0.7, 0.1, size=30).repeat(4) + rng.normal(0, 0.02, size=120)
+    statistic = metrics.weighted_mean_statistic({"dice": values})
+    first = metrics.bootstrap_ci(groups, statistic, n_resamples=300, seed=7)
+    assert first == metrics.bootstrap_ci(groups, statistic, n_resamples=300, seed=7)
+    assert first != metrics.bootstrap_ci(groups, statistic, n_resamples=300, seed=8)
+    lo, hi = first["dice"]
+    assert lo < values.mean() < hi
+    assert hi - lo < 0.2
+
+
+def test_classification_bootstrap_skips_undefined_resamples():
+    # two patients, one of each class: many resamples hold a single class, where ROC-AUC is undefined
+    groups = np.array(["p", "p", "q", "q"])
+    statistic = metrics.classification_statistic(np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.2, 0.1]), 0.5)
+    ci = metrics.bootstrap_ci(groups, statistic, n_resamples=100, seed=0)
+    assert ci["roc_auc"] == [1.0, 1.0]
+    assert all(np.isfinite(bounds).all() for bounds in ci.values())
+
+
+def test_slice_step_is_read_from_the_indices():
+    assert metrics.slice_step(np.array([12, 4, 8, 20])) == 4  # 16 missing: a dropped slice leaves a gap
+    assert metrics.slice_step(np.array([7])) == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_bootstrap_statistic_equals_sklearn_with_weights(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 60)
+    probs = np.round(rng.uniform(0, 1, 60) * 0.5 + labels * 0.3, 1)  # rounding makes many ties
+    weights = rng.integers(0, 4, 60).astype(float)  # bootstrap weights: 0 = patient not drawn
+    fast = metrics.classification_statistic(labels, probs, threshold=0.5)(weights)
+    drawn = weights > 0
+    reference = metrics.classification_metrics(labels[drawn], probs[drawn], 0.5, sample_weight=weights[drawn])
+    for name in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc"):
+        assert fast[name] == pytest.approx(reference[name], abs=1e-12), name

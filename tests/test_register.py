@@ -1,0 +1,267 @@
+"""`register` and the promotion gate against a real MLflow store (sqlite in tmp_path; one test on a real server)."""
+
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import mlflow
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from tasks import export, paths, register
+from tasks.checkpoints import load_model
+from tasks.errors import SliceWiseError
+from tasks.gate import ChampionScore, PromotionGate
+from tasks.lineage import fetch_model, print_lineage
+from tasks.mlflow_tracking import fluent_store, tracking_uri
+from tasks.split import read_split
+
+from tests.conftest import make_tiny_processed
+from tests.release_factory import fresh_mlflow_store, make_release_project, tracked, write_checkpoint, write_metrics
+
+CONTRACT_TAGS = ("promotion", "promotion_reason", "git_commit", "data_hash", "params_hash", "onnx_sha256", "mlflow_run_id")
+
+
+@pytest.fixture
+def project(tmp_path, tiny_settings, monkeypatch):
+    """A project root with data, a joint checkpoint, metrics.json, an export and an empty default MLflow store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make_release_project(tmp_path, tiny_settings)
+    fresh_mlflow_store(tmp_path)
+    export.main(tracked(tiny_settings))
+    return tmp_path
+
+
+def client() -> MlflowClient:
+    return MlflowClient(tracking_uri(), tracking_uri())
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def onnx_outputs(path: Path, images: np.ndarray) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})
+
+
+def test_gate_criteria_and_boundaries():
+    gate = PromotionGate(min_accuracy=0.85, min_sensitivity=0.80, max_accuracy_drop=0.02)
+    assert gate.decide(0.85, 0.80, True).promoted  # thresholds are inclusive
+    low = gate.decide(0.84, 0.90, True)
+    assert not low.promoted and "accuracy 0.840 < 0.850 [FAIL]" in low.reason
+    assert not gate.decide(0.95, 0.95, False, "max diff 1e-2").promoted
+    assert not gate.decide(None, 0.9, True).promoted
+    assert gate.decide(0.90, 0.9, True, champion=ChampionScore("3", 0.92, "same test data")).promoted  # within 0.02
+    worse = gate.decide(0.89, 0.9, True, champion=ChampionScore("3", 0.92, "same test data"))
+    assert not worse.promoted and "vs champion v3" in worse.reason
+    assert not gate.decide(0.99, 0.99, True, champion=ChampionScore("3", None, "recorded")).promoted
+
+
+def test_good_model_becomes_champion_with_tags_card_and_artifacts(project, tiny_settings):
+    settings = tracked(tiny_settings)
+    result = register.main(settings)
+
+    assert result["promoted"] and result["alias"] == "champion" and result["version"] == "1"
+    assert json.loads(paths.REGISTER_REPORT.read_text()) == result
+    version = client().get_model_version("slicewise", "1")
+    assert set(CONTRACT_TAGS) <= set(version.tags)
+    assert version.tags["promotion"] == "promoted"
+    assert version.tags["onnx_sha256"] == json.loads(paths.EXPORT_REPORT.read_text())["onnx"]["sha256"]
+    assert version.tags["mlflow_run_id"] == version.run_id == result["mlflow_run_id"]
+    assert "accuracy 0.900 >= 0.850 [pass]" in version.tags["promotion_reason"]
+    for section in ("## Data", "## Test metrics", "95 % CI", "## Promotion gate", "## Limitations", "synthetic"):
+        assert section in version.description
+    test_patients = len(read_split("test", paths.SPLITS))
+    assert f"| test | {test_patients} |" in version.description
+
+    parent = client().get_run(result["mlflow_run_id"])
+    assert parent.info.status == "FINISHED" and not paths.MLFLOW_PARENT_RUN.exists()
+    steps = client().search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert [run.data.tags["step"] for run in steps] == ["export"]
+    logged = {a.path for a in client().list_artifacts(parent.info.run_id)}
+    assert {"model_card.md", "reports"} <= logged
+
+
+def test_champion_loads_back_and_matches_the_exported_file(project, tiny_settings, tmp_path):
+    settings = tracked(tiny_settings)
+    register.main(settings)
+    size = tiny_settings.active.image_size
+    images = np.random.default_rng(0).normal(size=(3, 1, size, size)).astype(np.float32)
+    expected_seg, expected_cls = onnx_outputs(paths.ONNX_MODEL, images)
+
+    with fluent_store():  # models:/ URIs resolve against the project's store
+        served = mlflow.pyfunc.load_model("models:/slicewise@champion").predict(images)
+        info = mlflow.models.get_model_info("models:/slicewise@champion")
+    np.testing.assert_array_equal(served["seg_logits"], expected_seg)
+    np.testing.assert_array_equal(served["cls_logits"], expected_cls)
+    assert info.metadata["threshold"] == 0.5 and info.signature.inputs.inputs[0].shape == (-1, 1, size, size)
+
+    fetched = fetch_model(settings, "champion", tmp_path / "download")  # what serving uses
+    assert fetched.version == "1" and fetched.aliases == ["champion"] and fetched.tags["promotion"] == "promoted"
+    assert fetched.metadata == json.loads(paths.EXPORT_METADATA.read_text())
+    np.testing.assert_array_equal(onnx_outputs(fetched.onnx_path, images)[1], expected_cls)
+    # The torch weights travel with the model (Grad-CAM at serving time) and rebuild the same network.
+    model, _ = load_model(fetched.checkpoint_path)
+    import torch
+
+    with torch.inference_mode():
+        np.testing.assert_allclose(model(torch.from_numpy(images))["cls"].numpy(), expected_cls, atol=1e-5)
+
+
+def test_model_below_thresholds_becomes_challenger_and_champion_stays(project, tiny_settings):
+    settings = tracked(tiny_settings)
+    assert register.main(settings)["alias"] == "champion"
+    write_metrics(project, accuracy=0.9, sensitivity=0.5)
+
+    result = register.main(settings)
+    assert not result["promoted"] and result["alias"] == "challenger" and result["version"] == "2"
+    assert "sensitivity 0.500 < 0.800 [FAIL]" in result["reason"]
+    assert alias_version("slicewise", "champion") == "1" and alias_version("slicewise", "challenger") == "2"
+    assert client().get_model_version("slicewise", "2").tags["promotion"] == "rejected"
+
+
+def test_worse_challenger_never_displaces_a_better_champion(project, tiny_settings):
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.95, sensitivity=0.9)
+    assert register.main(settings)["promoted"]
+    write_metrics(project, accuracy=0.90, sensitivity=0.9)  # above every threshold, but worse than the champion
+
+    result = register.main(settings)
+    assert not result["promoted"]
+    assert "accuracy vs champion v1 0.900 < 0.950 - 0.000 (same test data) [FAIL]" in result["reason"]
+    assert alias_version("slicewise", "champion") == "1"
+
+
+def test_champion_is_rescored_when_the_test_data_changed(project, tiny_settings):
+    """A champion tested on other data is re-scored on this test split, not compared by its old number."""
+    settings = tracked(tiny_settings)
+    write_checkpoint(project, settings, cls_bias=-30.0)  # says "no tumour" to every slice
+    write_metrics(project, accuracy=0.99, sensitivity=0.99)  # what it claims on its (old) test data
+    export.main(settings)
+    assert register.main(settings)["promoted"]
+
+    data = make_tiny_processed(project, n_patients=3, slices=4, kaggle_per_class=4,
+                               size=settings.active.image_size, seed=7)
+    write_checkpoint(project, settings, seed=1)
+    write_metrics(project, accuracy=0.9, sensitivity=0.9)
+    export.main(settings)
+    result = register.main(settings)
+
+    test = data.manifest[data.manifest["patient"].isin(read_split("test", paths.SPLITS))]
+    all_negative_accuracy = float((test["label"] == 0).mean())
+    assert f"0.900 >= {all_negative_accuracy:.3f} - 0.000 (re-scored on this test split)" in result["reason"]
+    assert result["promoted"] and alias_version("slicewise", "champion") == "2"
+
+
+def test_unverifiable_version_is_removed_and_gets_no_alias(project, tiny_settings, monkeypatch):
+    settings = tracked(tiny_settings)
+    register.main(settings)
+    real_log_model = mlflow.onnx.log_model
+
+    def log_then_corrupt(*args, **kwargs):  # an upload that went wrong: the stored model.onnx is not the export
+        info = real_log_model(*args, **kwargs)
+        location = Path(unquote(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path))
+        (location / "model.onnx").write_bytes(b"half an upload")
+        return info
+
+    monkeypatch.setattr(mlflow.onnx, "log_model", log_then_corrupt)
+    with pytest.raises(SliceWiseError, match="does not hold the exported model.onnx"):
+        register.main(settings)
+    versions = [str(v.version) for v in client().search_model_versions("name='slicewise'")]
+    assert versions == ["1"]
+    assert alias_version("slicewise", "champion") == "1" and alias_version("slicewise", "challenger") is None
+    assert not paths.REGISTER_REPORT.exists()
+    failed = client().search_runs([client().get_experiment_by_name("slicewise").experiment_id],
+                                  "attributes.status = 'FAILED'")
+    assert len(failed) == 1
+
+
+def test_unreachable_tracking_server_fails_fast_and_clearly(project, tiny_settings, monkeypatch):
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(SliceWiseError, match=r"failed after 3 attempt\(s\).*tracking store reachable") as error:
+        register.main(tracked(tiny_settings))
+    assert time.monotonic() - started < 60  # not MLflow's default of minutes of HTTP retries
+    assert f"127.0.0.1:{port}" in str(error.value)
+    assert not paths.REGISTER_REPORT.exists()
+
+
+def test_tracking_disabled_runs_the_gate_and_registers_nothing(project, tiny_settings):
+    (project / "mlflow.db").unlink()
+    result = register.main(tiny_settings)
+    assert result["registered"] is False and result["version"] is None and not result["promoted"]
+    assert "tracking.enabled is false" in result["reason"] and "accuracy 0.900 >= 0.850" in result["reason"]
+    assert not (project / "mlflow.db").exists()
+
+
+def test_lineage_prints_the_chain(project, tiny_settings):
+    import subprocess
+
+    from rich.console import Console
+
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    settings = tracked(tiny_settings)
+    result = register.main(settings)
+
+    console = Console(record=True, width=400)
+    info = print_lineage(settings, "champion", console)
+    text = console.export_text()
+    assert info["version"] == "1" and info["run"]["run_id"] == result["mlflow_run_id"]
+    for expected in ("version 1", "@champion", result["mlflow_run_id"], commit, result["onnx_sha256"],
+                     info["tags"]["data_hash"], info["tags"]["params_hash"]):
+        assert expected in text
+    with pytest.raises(SliceWiseError, match="no version or alias '7'"):
+        print_lineage(settings, "7", console)
+
+
+@pytest.mark.slow
+def test_register_against_a_real_mlflow_server(tmp_path, tiny_settings, monkeypatch):
+    from tests.service_processes import free_port, http_ok, running
+
+    port, server_dir = free_port(), tmp_path / "server"
+    server_dir.mkdir()
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+           f"sqlite:///{server_dir / 'mlflow.db'}", "--artifacts-destination", str(server_dir / "artifacts"),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running(cmd, tmp_path / "server.log", lambda: http_ok(f"http://127.0.0.1:{port}/health"), cwd=server_dir,
+                 timeout=180):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        root = tmp_path / "project"
+        root.mkdir()
+        monkeypatch.chdir(root)
+        settings = tracked(tiny_settings)
+        make_release_project(root, settings)
+        export.main(settings)
+        assert register.main(settings)["alias"] == "champion"
+        write_metrics(root, accuracy=0.7, sensitivity=0.9)
+        rejected = register.main(settings)
+        assert rejected["alias"] == "challenger" and "accuracy 0.700 < 0.850 [FAIL]" in rejected["reason"]
+
+        assert alias_version("slicewise", "champion") == "1"
+        size = settings.active.image_size
+        images = np.random.default_rng(1).normal(size=(2, 1, size, size)).astype(np.float32)
+        with fluent_store():
+            served = mlflow.pyfunc.load_model("models:/slicewise@champion").predict(images)
+        np.testing.assert_array_equal(served["cls_logits"], onnx_outputs(paths.ONNX_MODEL, images)[1])
+        # Artifacts went through the server into its --artifacts-destination, not into the project folder.
+        assert list((server_dir / "artifacts").rglob("model.onnx")) and not (root / "mlartifacts").exists()
+        runs = pd.DataFrame([r.data.tags for r in client().search_runs(
+            [client().get_experiment_by_name("slicewise").experiment_id])])
+        assert set(runs["step"].dropna()) == {"export"}

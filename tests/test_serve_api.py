@@ -1,0 +1,248 @@
+"""Every route of the API through FastAPI's TestClient, over a transparent ONNX model whose right answers are
+known (bright regions are 'tumour', see tests/serve_factory.py), and every kind of bad input as a 4xx."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.serve_factory import (SIZE, brain_slice, brain_volume, decode_png, export_tiny_onnx, file_app, jpeg_bytes,
+                                 make_served_files, nifti_bytes, npy_bytes, png_bytes)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return make_served_files(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="module")
+def client(files):
+    with TestClient(file_app(files)) as client:
+        yield client
+
+
+def predict(client, data: bytes, name: str = "slice.png", **params):
+    return client.post("/v1/predict", files={"file": (name, data)}, params=params)
+
+
+# ---------------------------------------------------------------- routes
+
+
+def test_healthz_says_what_is_served(client, files):
+    body = client.get("/healthz").json()
+    assert body["status"] == "ok" and body["model_loaded"] is True
+    assert str(files.onnx) in body["detail"]
+
+
+def test_model_info_shows_metrics_threshold_and_lineage(client, files):
+    info = client.get("/model/info").json()
+    assert info["source"] == "file" and info["name"] == files.onnx.name
+    assert info["metrics"]["classification"]["accuracy"] == pytest.approx(0.91)
+    assert info["served"]["image_size"] == SIZE and info["served"]["threshold"] == 0.5
+    assert len(info["tags"]["onnx_sha256"]) == 64
+
+
+@pytest.mark.parametrize("encode", [png_bytes, jpeg_bytes, lambda a: npy_bytes(a.astype(np.float32) * 7)],
+                         ids=["png", "jpeg", "npy"])
+def test_predict_finds_the_bright_disc_in_every_format(client, encode):
+    body = predict(client, encode(brain_slice(tumour=True))).json()
+    assert body["has_tumor"] is True and body["tumor_probability"] > 0.9
+    mask = decode_png(body["mask_png"])
+    assert mask.shape == (SIZE, SIZE) and body["tumor_area_px"] == int((mask > 127).sum()) > 0
+    assert decode_png(body["image_png"]).shape == (SIZE, SIZE)
+    assert body["ood_score"] < 0.5 and body["warning"] is None
+    assert "gradcam_png" not in body
+
+
+def test_predict_mask_lies_where_the_tumour_is(client):
+    body = predict(client, png_bytes(brain_slice(size=SIZE, tumour=True, centre=(0.35, 0.65)))).json()
+    rows, cols = np.nonzero(decode_png(body["mask_png"]) > 127)
+    assert abs(rows.mean() / SIZE - 0.35) < 0.08 and abs(cols.mean() / SIZE - 0.65) < 0.08
+
+
+def test_predict_without_tumour(client):
+    body = predict(client, png_bytes(brain_slice(tumour=False))).json()
+    assert body["has_tumor"] is False and body["tumor_probability"] < 0.1 and body["tumor_area_px"] == 0
+
+
+def test_gradcam_overlay_on_request(client):
+    body = predict(client, png_bytes(brain_slice()), gradcam="true").json()
+    overlay = decode_png(body["gradcam_png"])
+    assert overlay.shape == (SIZE, SIZE, 3)
+    assert np.ptp(overlay[..., 0].astype(int) - overlay[..., 2].astype(int)) > 0  # coloured, not gray
+
+
+def test_gradcam_without_checkpoint_is_a_409(files):
+    no_checkpoint = type(files)(files.onnx, files.onnx.with_name("missing.pt"), files.metrics)
+    with TestClient(file_app(no_checkpoint)) as client:
+        response = predict(client, png_bytes(brain_slice()), gradcam="true")
+        assert response.status_code == 409 and "checkpoint" in response.json()["detail"]
+        assert predict(client, png_bytes(brain_slice())).status_code == 200
+
+
+def test_batch_answers_each_file_in_order(client):
+    uploads = [("files", (f"s{i}.png", png_bytes(brain_slice(tumour=i % 2 == 1)))) for i in range(5)]
+    body = client.post("/v1/predict/batch", files=uploads).json()
+    assert [r["filename"] for r in body] == [f"s{i}.png" for i in range(5)]
+    assert [r["has_tumor"] for r in body] == [i % 2 == 1 for i in range(5)]
+
+
+def test_volume_mask_restacked_on_the_input_grid(client):
+    volume, truth = brain_volume()
+    data, affine = nifti_bytes(volume, spacing=(1.0, 1.5, 2.0))
+    body = client.post("/v1/predict/volume", files={"file": ("patient.nii.gz", data)}).json()
+    assert [s["slice"] for s in body["slices"]] == list(range(volume.shape[2]))
+    assert body["tumor_slices"] == [4, 5, 6]
+    mask_image = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(body["mask_nifti"])))
+    mask = np.asarray(mask_image.dataobj)
+    assert mask.shape == volume.shape and np.allclose(mask_image.affine, affine)
+    dice = 2 * (mask * truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.7  # orientation undone: a rotated or flipped mask would miss the off-centre box
+    assert body["tumor_volume_cm3"] == pytest.approx(mask.sum() * 1.0 * 1.5 * 2.0 / 1000, abs=1e-4)
+    assert body["mask_nifti_filename"] == "patient_mask.nii.gz"
+    assert "image_png" not in body["slices"][0]
+
+
+def test_volume_uncompressed_with_slice_images(client):
+    volume, _ = brain_volume()
+    data, _ = nifti_bytes(volume, compress=False)
+    body = client.post("/v1/predict/volume", files={"file": ("p.nii", data)}, params={"images": "true"}).json()
+    assert decode_png(body["slices"][5]["mask_png"]).max() == 255
+    assert decode_png(body["slices"][0]["image_png"]).shape == (SIZE, SIZE)
+
+
+def test_web_ui_and_its_assets_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "SliceWise" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+
+
+def test_reload_picks_up_a_replaced_model_file(tmp_path):
+    files = make_served_files(tmp_path)
+    with TestClient(file_app(files)) as client:
+        assert client.post("/model/reload").json()["changed"] is False
+        assert client.get("/model/info").json()["served"]["threshold"] == 0.5
+        replacement = export_tiny_onnx(tmp_path / "new.onnx", threshold=0.9)
+        os.replace(replacement, files.onnx)  # as the export step does: a new file renamed over the old one
+        assert client.post("/model/reload").json()["changed"] is True
+        assert client.get("/model/info").json()["served"]["threshold"] == 0.9
+
+
+def test_missing_model_file_is_reported_not_served(tmp_path):
+    files = make_served_files(tmp_path)
+    files.onnx.unlink()
+    with TestClient(file_app(files)) as client:
+        health = client.get("/healthz").json()
+        assert health["status"] == "ok" and health["model_loaded"] is False and "no model" in health["detail"]
+        response = predict(client, png_bytes(brain_slice()))
+        assert response.status_code == 503 and "--model-file" in response.json()["detail"]
+
+
+# ---------------------------------------------------------------- bad input: a 4xx that names the problem
+
+
+def nifti_with_shape(shape) -> bytes:
+    return nib.Nifti1Image(np.ones(shape, dtype=np.float32), np.eye(4)).to_bytes()
+
+
+def tiff_bytes() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(brain_slice()).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+BAD_SLICES = [
+    ("text", b"hello, I am not an image", 415, "unsupported file type"),
+    ("tiff", tiff_bytes(), 415, "unsupported file type"),
+    ("nifti to slice route", nifti_with_shape((16, 16, 4)), 415, "unsupported file type"),
+    ("empty", b"", 422, "empty"),
+    ("truncated png", png_bytes(brain_slice())[:60], 422, "undecodable"),
+    ("corrupt jpeg", b"\xff\xd8\xff\xe0" + b"\x00" * 200, 422, "undecodable"),
+    ("corrupt npy", b"\x93NUMPY\x01\x00garbage", 422, "undecodable"),
+    ("pickled npy", npy_bytes(np.array([{"a": 1}], dtype=object)), 422, "undecodable"),
+    ("1d npy", npy_bytes(np.zeros(100, np.float32)), 422, "dimensions"),
+    ("4d npy", npy_bytes(np.zeros((1, 1, 32, 32), np.float32)), 422, "dimensions"),
+    ("wrong channels", npy_bytes(np.zeros((3, 32, 32), np.float32)), 422, "channel"),
+    ("complex npy", npy_bytes(np.zeros((32, 32), np.complex64)), 422, "dtype"),
+    ("nan npy", npy_bytes(np.full((32, 32), np.nan, np.float32)), 422, "NaN"),
+    ("tiny image", png_bytes(np.zeros((4, 4), np.uint8)), 422, "too small"),
+    ("huge values", npy_bytes(np.full((32, 32), 3e38, np.float32) * np.eye(32, dtype=np.float32)), 422, "out of range"),
+]
+
+
+@pytest.mark.parametrize(("data", "status", "words"), [b[1:] for b in BAD_SLICES], ids=[b[0] for b in BAD_SLICES])
+def test_bad_slices_are_4xx_with_a_reason(client, data, status, words):
+    for route, field in (("/v1/predict", "file"), ("/v1/predict/batch", "files")):
+        response = client.post(route, files={field: ("upload.bin", data)})
+        assert response.status_code == status, response.text
+        assert words.lower() in response.json()["detail"].lower()
+
+
+def test_slice_over_the_size_limit_is_413(files):
+    with TestClient(file_app(files, max_slice_mb=0.01)) as client:
+        response = predict(client, npy_bytes(np.zeros((64, 64), np.float32)))  # 16 kB
+        assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_image_over_the_side_limit_is_413(files):
+    with TestClient(file_app(files, max_image_side=64)) as client:
+        response = predict(client, png_bytes(np.zeros((65, 70), np.uint8)))
+        assert response.status_code == 413 and "64 pixels" in response.json()["detail"]
+
+
+def test_body_larger_than_the_route_allows_is_refused_before_parsing(files):
+    with TestClient(file_app(files, max_slice_mb=0.01)) as client:
+        response = predict(client, b"\x00" * (2 * 1024 * 1024))
+        assert response.status_code == 413 and "request body" in response.json()["detail"]
+
+
+def test_too_many_files_is_413(files):
+    with TestClient(file_app(files, max_batch_files=3)) as client:
+        uploads = [("files", (f"s{i}.png", png_bytes(brain_slice()))) for i in range(4)]
+        response = client.post("/v1/predict/batch", files=uploads)
+        assert response.status_code == 413 and "too many files" in response.json()["detail"]
+
+
+def test_missing_field_and_bad_query_are_422_sentences(client):
+    missing = client.post("/v1/predict")
+    assert missing.status_code == 422 and "missing multipart field 'file'" in missing.json()["detail"]
+    wrong_field = client.post("/v1/predict", files={"image": ("a.png", png_bytes(brain_slice()))})
+    assert wrong_field.status_code == 422
+    bad_query = predict(client, png_bytes(brain_slice()), gradcam="maybe")
+    assert bad_query.status_code == 422 and "gradcam" in bad_query.json()["detail"]
+
+
+BAD_VOLUMES = [
+    ("png", png_bytes(brain_slice()), 415, "not a NIfTI"),
+    ("empty", b"", 422, "empty"),
+    ("bad gzip", b"\x1f\x8b\x08\x00" + b"\x01" * 100, 422, "gzip"),
+    ("truncated gzip", gzip.compress(nifti_with_shape((16, 16, 4)))[:-20], 422, "truncated"),
+    ("2d", nifti_with_shape((32, 32)), 422, "dimensions"),
+    ("4d", nifti_with_shape((16, 16, 4, 3)), 422, "dimensions"),
+    ("truncated nifti", nifti_with_shape((32, 32, 8))[:2000], 422, "undecodable"),
+    ("nan", nib.Nifti1Image(np.full((16, 16, 4), np.nan, np.float32), np.eye(4)).to_bytes(), 422, "NaN"),
+]
+
+
+@pytest.mark.parametrize(("data", "status", "words"), [b[1:] for b in BAD_VOLUMES], ids=[b[0] for b in BAD_VOLUMES])
+def test_bad_volumes_are_4xx_with_a_reason(client, data, status, words):
+    response = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", data)})
+    assert response.status_code == status, response.text
+    assert words.lower() in response.json()["detail"].lower()
+
+
+def test_gzip_bomb_is_413(files):
+    bomb = gzip.compress(nifti_with_shape((64, 64, 64)))  # ~1 MB inflated from a few kB
+    with TestClient(file_app(files, max_volume_mb=0.5)) as client:
+        response = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", bomb)})
+        assert response.status_code == 413 and "decompressed" in response.json()["detail"]

@@ -1,0 +1,105 @@
+"""The out-of-distribution guard: MRI slices like the training data pass; photos, blank images and wrong
+intensity ranges come back with a warning and a score instead of a tumour decision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from serve.ood import colour_score
+from tests.serve_factory import (brain_slice, brain_volume, file_app, jpeg_bytes, make_served_files, nifti_bytes,
+                                 npy_bytes, png_bytes)
+
+THRESHOLD = 0.5
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with TestClient(file_app(make_served_files(tmp_path_factory.mktemp("ood")), ood_threshold=THRESHOLD)) as client:
+        yield client
+
+
+def answer(client, data: bytes, name: str = "upload") -> dict:
+    response = client.post("/v1/predict", files={"file": (name, data)})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def assert_in_distribution(body: dict) -> None:
+    assert body["ood_score"] < THRESHOLD and body["warning"] is None, body["ood_checks"]
+    assert isinstance(body["has_tumor"], bool)
+
+
+def assert_flagged(body: dict, reason: str) -> None:
+    assert body["ood_score"] >= THRESHOLD, body["ood_checks"]
+    assert body["has_tumor"] is None  # no confident answer
+    assert reason in body["warning"] and "out of distribution" in body["warning"]
+    assert 0 <= body["tumor_probability"] <= 1  # the number stays available, the decision does not
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    return getattr(data, name)()
+
+
+@pytest.mark.slow
+def test_synthetic_kaggle_like_mri_photos_pass(client, tmp_path):
+    from tasks.synthetic import generate_kaggle
+
+    generate_kaggle(tmp_path, n_per_class=3, seed=11)  # JPEG/PNG, RGB/RGBA/gray, tinted: the project's own data
+    photos = sorted(p for p in tmp_path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    assert len(photos) == 6
+    for photo in photos:
+        assert_in_distribution(answer(client, photo.read_bytes(), photo.name))
+
+
+@pytest.mark.parametrize("encode", [png_bytes, jpeg_bytes, lambda a: npy_bytes(a.astype(np.int16) * 5)])
+def test_mri_like_slices_pass(client, encode):
+    assert_in_distribution(answer(client, encode(brain_slice(size=96))))
+
+
+def test_an_already_normalised_slice_passes(client):
+    raw = brain_slice(size=64, tumour=True).astype(np.float32)
+    brain = raw > 0
+    zscored = np.where(brain, (raw - raw[brain].mean()) / raw[brain].std(), 0).astype(np.float32)
+    assert_in_distribution(answer(client, npy_bytes(zscored)))
+
+
+@pytest.mark.parametrize(("photo", "reason"), [("astronaut", "colour"), ("camera", "background"),
+                                               ("coffee", "colour")])
+def test_photographs_are_flagged(client, photo, reason):
+    assert_flagged(answer(client, png_bytes(skimage_photo(photo))), reason)
+
+
+@pytest.mark.parametrize("value", [0, 128])
+def test_blank_images_are_flagged(client, value):
+    assert_flagged(answer(client, png_bytes(np.full((64, 64), value, np.uint8))), "blank")
+
+
+def test_wrong_intensity_range_is_flagged(client):
+    shifted = brain_slice(size=64).astype(np.float32) - 1000.0  # negative magnitudes
+    assert_flagged(answer(client, npy_bytes(shifted)), "intensity range")
+
+
+def test_flagged_volume_has_no_decisions(client):
+    volume, _ = brain_volume()
+    body = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(-volume)[0])}).json()
+    assert body["ood_score"] >= THRESHOLD and "intensity range" in body["warning"]
+    assert body["has_tumor"] is None and all(s["has_tumor"] is None for s in body["slices"])
+
+
+def test_normal_volume_is_not_flagged(client):
+    volume, _ = brain_volume()
+    body = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(volume)[0])}).json()
+    assert body["warning"] is None and body["has_tumor"] is True
+
+
+def test_a_tint_is_not_colour():
+    gray = np.repeat(brain_slice(size=64)[..., None], 3, axis=2).astype(np.float32)
+    tinted = (gray * np.array([1.0, 0.85, 0.8])).astype(np.uint8)
+    assert colour_score(tinted)[0] == 0.0
+    rainbow = tinted.copy()
+    rainbow[:, :32, 0] = 0  # half the image a different hue
+    assert colour_score(rainbow)[0] == 1.0

@@ -1,0 +1,68 @@
+"""The API as `make serve` runs it: a real uvicorn process on 127.0.0.1 and a free port, real HTTP, and 20
+clients at once (a bounded number of requests; the speed targets live in bench/bench_api.py)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.serve_factory import brain_slice, brain_volume, make_served_files, nifti_bytes, npy_bytes, png_bytes, running_server
+
+pytestmark = pytest.mark.slow
+CLIENTS = 20
+REQUESTS_PER_CLIENT = 5
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("process")
+    with running_server(make_served_files(folder), folder / "serve.log") as url:
+        yield url
+
+
+def no_proxy_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # loopback only: never through a proxy from the environment
+    return session
+
+
+def test_routes_over_real_http(server):
+    http = no_proxy_session()
+    assert http.get(f"{server}/healthz", timeout=10).json()["model_loaded"] is True
+    assert "SliceWise" in http.get(server, timeout=10).text
+    slice_answer = http.post(f"{server}/v1/predict", files={"file": ("a.npy", npy_bytes(brain_slice() * 3.0))},
+                             timeout=30).json()
+    assert slice_answer["has_tumor"] is True
+    volume, _ = brain_volume()
+    volume_answer = http.post(f"{server}/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(volume)[0])},
+                              timeout=60).json()
+    assert volume_answer["tumor_volume_cm3"] > 0
+    bad = http.post(f"{server}/v1/predict", files={"file": ("a.txt", b"not an image")}, timeout=10)
+    assert bad.status_code == 415 and "unsupported" in bad.json()["detail"]
+
+
+def test_twenty_concurrent_clients_get_no_errors(server):
+    slices = [png_bytes(brain_slice(tumour=i % 2 == 0)) for i in range(4)]
+
+    def client(index: int) -> list[tuple[int, bool | None]]:
+        http = no_proxy_session()
+        answers = []
+        for k in range(REQUESTS_PER_CLIENT):
+            if (index + k) % 5 == 4:
+                response = http.post(f"{server}/v1/predict/batch", timeout=60,
+                                     files=[("files", (f"{j}.png", s)) for j, s in enumerate(slices)])
+                decisions = [r["has_tumor"] for r in response.json()]
+                answers.append((response.status_code, decisions == [True, False, True, False]))
+            else:
+                data = slices[(index + k) % 4]
+                response = http.post(f"{server}/v1/predict", files={"file": ("s.png", data)}, timeout=60)
+                answers.append((response.status_code, response.json()["has_tumor"] == ((index + k) % 4 % 2 == 0)))
+        return answers
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = [answer for answers in pool.map(client, range(CLIENTS)) for answer in answers]
+    assert len(results) == CLIENTS * REQUESTS_PER_CLIENT
+    assert all(status == 200 for status, _ in results), sorted({status for status, _ in results})
+    assert all(correct is True for _, correct in results)  # no answer mixed up between concurrent requests

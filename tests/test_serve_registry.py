@@ -1,0 +1,107 @@
+"""Serving the MLflow registry's champion: a real registry (sqlite + artifact folder) in a temporary directory,
+versions logged as the register step logs them, and the champion changed under a running app."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serve.api import create_app
+from serve.holder import ModelHolder
+from serve.model_source import CARD_FILE, CHECKPOINT_FILE, METADATA_FILE, METRICS_FILE, ONNX_FILE, RegistrySource
+from tasks.config import load_settings
+from tasks.errors import SliceWiseError
+from tests.serve_factory import (REPO, brain_slice, export_tiny_onnx, png_bytes, register_version,
+                                 write_gradcam_checkpoint, write_metrics)
+
+pytestmark = pytest.mark.slow
+LINEAGE = {"git_commit": "0123abc", "data_hash": "d4t4", "params_hash": "p4r4", "onnx_sha256": "5ha",
+           "promotion_reason": "promoted: accuracy 0.910 >= 0.850"}
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A registry whose champion is version 1 (with checkpoint, metrics and lineage tags)."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        onnx_path = export_tiny_onnx(root / "v1.onnx")
+        version = register_version(uri, onnx_path, checkpoint=write_gradcam_checkpoint(root / "best.pt"),
+                                   metrics=write_metrics(root / "metrics.json"), tags=LINEAGE)
+        yield {"root": root, "uri": uri, "first_version": version}
+
+
+def source(registry, tmp_path, model_name: str = "slicewise") -> RegistrySource:
+    settings = load_settings(REPO / "params.yaml")
+    return RegistrySource(settings.registry.model_copy(update={"model_name": model_name}), settings.tracking,
+                          tmp_path / "cache")
+
+
+def app_for(src: RegistrySource, poll_seconds: float = 0):
+    cfg = load_settings(REPO / "params.yaml").serve.model_copy(update={"poll_seconds": poll_seconds})
+    return create_app(src, cfg)
+
+
+def test_champion_served_with_card_and_cached_by_version(registry, tmp_path):
+    src = source(registry, tmp_path)
+    with TestClient(app_for(src)) as client:
+        info = client.get("/model/info").json()
+        assert (info["name"], info["version"], info["alias"]) == ("slicewise", registry["first_version"], "champion")
+        assert {k: info["tags"][k] for k in LINEAGE} == LINEAGE and info["tags"]["promotion"] == "promoted"
+        assert info["metrics"]["classification"]["sensitivity"] == pytest.approx(0.88)
+        assert client.get("/healthz").json()["version"] == registry["first_version"]
+        body = client.post("/v1/predict", files={"file": ("a.png", png_bytes(brain_slice()))},
+                           params={"gradcam": "true"}).json()
+        assert body["has_tumor"] is True and body["gradcam_png"]  # the checkpoint came from the registry too
+    folders = [p for p in src.cache_dir.iterdir() if p.is_dir()]
+    assert len(folders) == 1 and folders[0].name.startswith(f"v{registry['first_version']}-")
+    assert {p.name for p in folders[0].iterdir()} == {ONNX_FILE, CHECKPOINT_FILE, METADATA_FILE, METRICS_FILE,
+                                                       CARD_FILE}
+
+
+def test_restart_serves_the_cache_even_when_the_registry_is_down(registry, tmp_path):
+    ModelHolder(source(registry, tmp_path)).refresh()  # the first start downloads
+    src = source(registry, tmp_path)
+
+    def unreachable():
+        raise SliceWiseError("connection refused", src.uri)
+
+    src.champion_version = unreachable
+    holder = ModelHolder(src)
+    holder.start(poll_seconds=0)
+    deadline = time.monotonic() + 10
+    while "failed" not in holder.detail and time.monotonic() < deadline:
+        time.sleep(0.05)
+    holder.stop()
+    assert holder.model is not None and holder.model.card["version"] == registry["first_version"]
+    assert "connection refused" in holder.detail
+
+
+def test_a_new_champion_is_picked_up_without_restart(registry, tmp_path):
+    with TestClient(app_for(source(registry, tmp_path), poll_seconds=0.5)) as client:
+        assert client.get("/model/info").json()["served"]["threshold"] == 0.5
+        challenger = export_tiny_onnx(registry["root"] / "v2.onnx", threshold=0.8)
+        new_version = register_version(registry["uri"], challenger, tags=LINEAGE)
+        deadline = time.monotonic() + 60
+        while client.get("/healthz").json()["version"] != new_version and time.monotonic() < deadline:
+            time.sleep(0.25)
+        info = client.get("/model/info").json()
+        assert info["version"] == new_version and info["served"]["threshold"] == 0.8
+        # Back to the first version by hand: the reload endpoint does not wait for the poller.
+        from mlflow import MlflowClient
+
+        MlflowClient(registry["uri"]).set_registered_model_alias("slicewise", "champion", registry["first_version"])
+        assert client.post("/model/reload").json()["key"].startswith(f"v{registry['first_version']}-")
+        assert client.get("/model/info").json()["version"] == registry["first_version"]
+
+
+def test_no_champion_is_said_clearly(registry, tmp_path):
+    with TestClient(app_for(source(registry, tmp_path, model_name="never-registered"))) as client:
+        health = client.get("/healthz").json()
+        assert health["status"] == "ok" and health["model_loaded"] is False
+        assert "models:/never-registered@champion" in health["detail"] and "make run" in health["detail"]
+        info = client.get("/model/info")
+        assert info.status_code == 503 and "no model" in info.json()["detail"]

@@ -1,0 +1,165 @@
+"""The embedded synthetic data set: real BraTS/Kaggle formats, anatomy-like contrast, nested labels, determinism."""
+
+from __future__ import annotations
+
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from tasks import synthetic
+from tasks.synthetic_shapes import BRATS_SHAPE, load_template, sample_pose, sample_tumour
+
+SEED = 11
+KINDS = ("flair", "t1", "t1ce", "t2", "seg")
+
+
+def load_patient(folder) -> dict[str, np.ndarray]:
+    return {kind: np.asarray(nib.load(folder / f"{folder.name}_{kind}.nii.gz").dataobj) for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def brats(tmp_path_factory):
+    out = tmp_path_factory.mktemp("brats")
+    folders = synthetic.generate_brats(out, n_patients=2, seed=SEED)
+    return out, folders, [load_patient(f) for f in folders]
+
+
+def test_brats_layout_and_format(brats):
+    out, folders, _ = brats
+    assert [f.name for f in folders] == ["BraTS20_Training_001", "BraTS20_Training_002"]
+    assert sorted(p.name for p in out.iterdir()) == [f.name for f in folders]  # no temp folders left behind
+    for folder in folders:
+        for kind in KINDS:
+            image = nib.load(folder / f"{folder.name}_{kind}.nii.gz")
+            assert image.shape == BRATS_SHAPE
+            assert image.get_data_dtype() == (np.uint8 if kind == "seg" else np.int16)
+            assert np.allclose(image.header.get_zooms(), 1.0)
+            assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
+
+
+def test_labels_are_brats_codes_and_all_present(brats):
+    for volumes in brats[2]:
+        assert set(np.unique(volumes["seg"])) == {0, 1, 2, 4}
+
+
+def test_labels_nest_core_inside_rim_inside_oedema(brats):
+    for volumes in brats[2]:
+        seg, brain = volumes["seg"], volumes["flair"] > 0
+        necrotic, core, whole = seg == 1, np.isin(seg, (1, 4)), seg > 0
+        around_necrosis = ndimage.binary_dilation(necrotic) & ~necrotic & brain
+        assert core[around_necrosis].mean() > 0.98  # necrosis is wrapped in enhancing tumour
+        around_core = ndimage.binary_dilation(core) & ~core & brain
+        assert whole[around_core].mean() > 0.98  # the core is wrapped in oedema
+        components, n = ndimage.label(whole)
+        assert np.bincount(components.ravel())[1:].max() > 0.95 * whole.sum()  # one tumour, not scattered blobs
+
+
+def test_skull_stripped_and_tumour_inside_brain(brats):
+    for volumes in brats[2]:
+        brain = volumes["flair"] > 0
+        assert 1.0e6 < brain.sum() < 2.0e6  # about 1.1-1.7 litres of brain at 1 mm
+        for kind in ("t1", "t1ce", "t2"):
+            assert np.array_equal(volumes[kind] > 0, brain)  # background exactly 0 in every modality
+        assert brain[volumes["seg"] > 0].all()
+
+
+def test_tissue_and_tumour_contrast(brats):
+    _, _, patients = brats
+    for index, volumes in enumerate(patients, start=1):
+        patient, region, grid = synthetic.patient_grid(SEED, index)
+        anatomy = synthetic.patient_anatomy(patient, load_template(), grid)
+        seg = volumes["seg"][region]
+        far = ~ndimage.binary_dilation(seg > 0, iterations=5)
+        wm, gm, csf = ((m > 0.9) & far & anatomy.brain for m in (anatomy.wm, anatomy.gm, anatomy.csf))
+        mean = {kind: {name: volumes[kind][region][mask].mean() for name, mask in
+                       (("wm", wm), ("gm", gm), ("csf", csf), ("oedema", seg == 2), ("enh", seg == 4), ("nec", seg == 1))}
+                for kind in ("flair", "t1", "t1ce", "t2")}
+        assert mean["t1"]["wm"] > mean["t1"]["gm"] > mean["t1"]["csf"]
+        assert mean["t2"]["csf"] > mean["t2"]["gm"] > mean["t2"]["wm"]
+        assert mean["flair"]["gm"] > mean["flair"]["wm"] > mean["flair"]["csf"]
+        assert mean["flair"]["oedema"] > mean["flair"]["wm"]
+        assert mean["t2"]["oedema"] > mean["t2"]["wm"]
+        assert mean["t1"]["oedema"] < mean["t1"]["wm"]
+        assert mean["t1ce"]["enh"] > mean["t1ce"]["nec"]
+        assert mean["t1ce"]["enh"] > mean["t1ce"]["wm"]
+        assert mean["t2"]["nec"] > mean["t2"]["wm"]
+
+
+def test_patients_differ(brats):
+    first, second = brats[2]
+    assert not np.array_equal(first["seg"], second["seg"])
+    assert not np.array_equal(first["flair"] > 0, second["flair"] > 0)  # different head shape and pose
+
+
+@pytest.mark.slow  # spawns a process pool and writes two more patients (~10 s on 2 cores)
+def test_serial_and_parallel_runs_are_identical(brats, tmp_path):
+    _, serial_folders, serial = brats
+    parallel_folders = synthetic.generate_brats(tmp_path, n_patients=2, seed=SEED, workers=2)
+    assert [f.name for f in parallel_folders] == [f.name for f in serial_folders]
+    for expected, folder in zip(serial, parallel_folders):
+        got = load_patient(folder)
+        for kind in KINDS:
+            np.testing.assert_array_equal(got[kind], expected[kind])
+
+
+def test_interrupted_write_leaves_no_complete_looking_patient(tmp_path, monkeypatch):
+    volumes = {m: np.ones((4, 4, 4), np.int16) for m in synthetic.MODALITIES}
+    saved = []
+
+    def failing_save(image, path):
+        saved.append(path)
+        if len(saved) == 3:
+            raise KeyboardInterrupt  # as if the run were killed mid-patient
+        path.write_bytes(b"partial")
+
+    monkeypatch.setattr(synthetic.nib, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.write_patient(tmp_path, "BraTS20_Training_001", volumes, np.zeros((4, 4, 4), np.uint8))
+    assert not (tmp_path / "BraTS20_Training_001").exists()
+    assert all(p.name.startswith(".tmp-") for p in tmp_path.iterdir())  # only the hidden temp folder
+
+
+def test_tumours_vary_in_size_and_location():
+    template = load_template()
+    rng = np.random.default_rng(0)
+    tumours = [sample_tumour(rng, template, sample_pose(rng, template)) for _ in range(200)]
+    cores = np.array([t.core_mm for t in tumours])
+    centres = np.array([t.centre for t in tumours])
+    assert (cores < 9).mean() > 0.1 and (cores > 18).mean() > 0.1
+    assert 0.25 < (centres[:, 0] < 119.5).mean() < 0.75  # both hemispheres
+    assert np.ptp(centres[:, 1]) > 60 and np.ptp(centres[:, 2]) > 40  # front to back, low to high
+
+
+def test_kaggle_images(tmp_path):
+    counts = synthetic.generate_kaggle(tmp_path, n_per_class=8, seed=SEED)
+    assert counts == {"yes": 8, "no": 8}
+    files = {folder: sorted((tmp_path / folder).iterdir()) for folder in ("yes", "no")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["no", "yes"]
+    images = [Image.open(p) for p in files["yes"] + files["no"]]
+    for image in images:
+        image.load()
+        assert 100 <= min(image.size) and max(image.size) <= 900
+    assert len({image.size for image in images}) > 1
+    assert len({image.mode for image in images}) > 1
+    assert {image.format for image in images} >= {"JPEG"}
+    assert all(re.fullmatch(r"Y\d+\.(jpg|JPG|jpeg|png)", p.name) for p in files["yes"])
+    assert all(re.search(r"(?i)\bno?\b|^No?\d", p.name) for p in files["no"])
+    again = tmp_path / "again"
+    synthetic.generate_kaggle(again, n_per_class=8, seed=SEED)
+    for folder, paths in files.items():
+        assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in sorted((again / folder).iterdir())]
+
+
+def test_kaggle_yes_slices_cut_through_the_tumour():
+    template = load_template()
+    rng = np.random.default_rng(SEED)
+    for _ in range(4):
+        yes, tumour_px = synthetic.kaggle_slice(rng, template, with_tumour=True)
+        no, no_tumour_px = synthetic.kaggle_slice(rng, template, with_tumour=False)
+        assert tumour_px > 150 and no_tumour_px == 0
+        for head in (yes, no):
+            assert head.shape == (240, 240) and (head > 0).mean() > 0.2  # a whole head, scalp included

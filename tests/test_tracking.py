@@ -1,0 +1,179 @@
+"""The MLflow tracker: one parent run per pipeline run across processes, child runs per step, tags, retries."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+from tasks import paths, provenance
+from tasks.errors import SliceWiseError
+from tasks.mlflow_tracking import (PARENT_RUN_ENV, MlflowTracker, close_parent_run, open_parent_run, retrying,
+                                   tracking_uri)
+from tasks.tracking import NullTracker, make_tracker
+
+from tests.conftest import REPO
+from tests.release_factory import fresh_mlflow_store, tracked
+
+DVC_LOCK = {"schema": "2.0", "stages": {
+    "fetch": {"cmd": "x", "outs": [{"path": "data/raw", "hash": "md5", "md5": "aaa111.dir"}]},
+    "slice": {"cmd": "x", "outs": [{"path": "data/processed", "hash": "md5", "md5": "bbb222.dir"}]},
+    "split": {"cmd": "x", "outs": [{"path": "data/splits", "hash": "md5", "md5": "ccc333.dir"}]},
+}}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty default store (sqlite:///mlflow.db) in a project root with a dvc.lock."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    fresh_mlflow_store(tmp_path)
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(DVC_LOCK))
+    return tmp_path
+
+
+def client() -> MlflowClient:
+    return MlflowClient(tracking_uri())
+
+
+def test_steps_share_one_parent_with_tagged_child_runs(store, tiny_settings):
+    settings = tracked(tiny_settings)
+    train = make_tracker(settings, "train_seg")
+    train.log_params({"lr": 0.001, "augment.flip": True})
+    for epoch in (1, 2):
+        train.log_metrics({"val_dice": 0.1 * epoch, "skipped": math.nan}, step=epoch)
+    (store / "history.csv").write_text("epoch,val_dice\n1,0.1\n")
+    train.log_artifact(store / "history.csv", "training")
+    train.log_artifact(store / "missing.png")  # a missing file is skipped, never fatal
+    train.close()
+    evaluate = MlflowTracker.for_step(settings, "evaluate")
+    evaluate.close("FAILED")
+
+    assert isinstance(train, MlflowTracker) and train.parent_run_id == evaluate.parent_run_id
+    run = client().get_run(train.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == train.parent_run_id and run.data.tags["step"] == "train_seg"
+    assert run.data.params == {"lr": "0.001", "augment.flip": "True"}
+    assert [m.value for m in client().get_metric_history(train.run_id, "val_dice")] == [0.1, 0.2]
+    assert "skipped" not in run.data.metrics
+    assert [a.path for a in client().list_artifacts(train.run_id, "training")] == ["training/history.csv"]
+    assert run.info.status == "FINISHED" and client().get_run(evaluate.run_id).info.status == "FAILED"
+    parent = client().get_run(train.parent_run_id)
+    assert parent.info.status == "RUNNING"  # only register ends the parent
+    for tags in (run.data.tags, parent.data.tags):
+        assert tags["data_hash"] == "bbb222" and tags["data_raw_hash"] == "aaa111" and tags["splits_hash"] == "ccc333"
+        assert tags["profile"] == settings.profile and tags["params_hash"] == provenance.params_hash(settings)
+        assert {"git_commit", "git_dirty"} <= set(tags)
+    experiment = client().get_experiment(run.info.experiment_id)
+    assert experiment.name == "slicewise" and experiment.artifact_location.startswith((store / "mlartifacts").as_uri())
+
+
+def test_separate_processes_find_the_same_parent_and_register_ends_it(store):
+    """DVC starts one process per stage: the pointer file carries the parent run from one to the next."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["tracking"] |= {"enabled": True}
+    (store / "params.yaml").write_text(yaml.safe_dump(params))
+    code = ("import sys; from tasks.config import load_settings; from tasks.mlflow_tracking import MlflowTracker\n"
+            "t = MlflowTracker.for_step(load_settings('params.yaml'), sys.argv[1]); t.close()\n"
+            "print(t.run_id, t.parent_run_id)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def step(name: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, env=env, timeout=180)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    child, parent = step("train_seg")
+    assert child != parent
+    assert json.loads(paths.MLFLOW_PARENT_RUN.read_text())["run_id"] == parent
+    registered, none = step("register")  # register logs into the parent itself and ends it
+    assert registered == parent and none == "None"
+    assert client().get_run(parent).info.status == "FINISHED" and not paths.MLFLOW_PARENT_RUN.exists()
+
+
+def test_new_parent_after_register_or_changed_params(store, tiny_settings):
+    settings = tracked(tiny_settings)
+    first = MlflowTracker.for_step(settings, "train_seg").parent_run_id
+    changed = settings.model_copy(update={"seed": settings.seed + 1})
+    second = MlflowTracker.for_step(changed, "train_seg").parent_run_id
+    assert second != first
+    assert client().get_run(first).info.status == "KILLED"  # its pipeline run can never finish now
+    MlflowTracker.for_step(changed, "register").close()
+    third = MlflowTracker.for_step(changed, "train_seg").parent_run_id
+    assert third not in (first, second) and client().get_run(second).info.status == "FINISHED"
+
+
+def test_parent_from_the_environment(store, tiny_settings, monkeypatch):
+    settings = tracked(tiny_settings)
+    parent = open_parent_run(settings)
+    monkeypatch.setenv(PARENT_RUN_ENV, parent)
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "flow-run-123")
+    tracker = MlflowTracker.for_step(settings, "train_cls")
+    assert tracker.parent_run_id == parent and not paths.MLFLOW_PARENT_RUN.exists()
+    assert client().get_run(tracker.run_id).data.tags["prefect_flow_run_id"] == "flow-run-123"
+    close_parent_run(settings, parent, "FAILED")
+    assert client().get_run(parent).info.status == "FAILED"
+    monkeypatch.setenv(PARENT_RUN_ENV, "0123456789abcdef0123456789abcdef")
+    with pytest.raises(SliceWiseError, match="names no run"):
+        MlflowTracker.for_step(settings, "train_cls")
+
+
+def test_disabled_tracking_gives_null_tracker(store, tiny_settings):
+    (store / "mlflow.db").unlink()
+    assert isinstance(make_tracker(tiny_settings, "train_seg"), NullTracker)
+    assert not (store / "mlflow.db").exists()
+
+
+def test_retrying_backs_off_on_transient_errors_only(tiny_settings):
+    cfg = tiny_settings.tracking.model_copy(update={"max_attempts": 3, "backoff_seconds": 0.01})
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise MlflowException("database is locked")  # INTERNAL_ERROR: worth another try
+        return "ok"
+
+    assert retrying(cfg, "flaky call", flaky) == "ok" and len(calls) == 3
+    assert calls[2] - calls[1] >= calls[1] - calls[0] >= 0.01  # exponential backoff
+    calls.clear()
+
+    def missing():
+        calls.append(1)
+        raise MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    with pytest.raises(MlflowException):
+        retrying(cfg, "missing", missing)
+    assert len(calls) == 1
+    with pytest.raises(SliceWiseError, match="failed after 3 attempt"):
+        retrying(cfg, "broken", lambda: (_ for _ in ()).throw(ConnectionError("refused")))
+
+
+def test_unreachable_server_fails_a_training_step_quickly(store, tiny_settings, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(SliceWiseError, match="tracking store reachable"):
+        make_tracker(tracked(tiny_settings), "train_seg")
+    assert time.monotonic() - started < 60
+
+
+def test_data_hash_falls_back_to_the_manifest_without_dvc_lock(tmp_path):
+    manifest, splits = tmp_path / "manifest.csv", tmp_path / "splits"
+    manifest.write_text("patient,label\na,1\n")
+    hashes = provenance.data_hashes(tmp_path / "no.lock", manifest, splits)
+    assert hashes["data_hash"].startswith("manifest:") and hashes["data_raw_hash"] == "unknown"
+    assert hashes["splits_hash"] == "unknown"
+    manifest.write_text("patient,label\na,0\n")
+    assert provenance.data_hashes(tmp_path / "no.lock", manifest, splits)["data_hash"] != hashes["data_hash"]

@@ -1,0 +1,221 @@
+"""The three training stages on a tiny processed set: resume, determinism, freezing, checkpoints, collate, augment."""
+
+import argparse
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from models.unet import MultitaskUNet, UNetConfig
+from tasks import paths, train
+from tasks.augment import augment_batch
+from tasks.checkpoints import load_checkpoint, load_model, save_checkpoint
+from tasks.config import Augment
+from tasks.datasets import collate_slices, stage_data
+from tasks.errors import SliceWiseError
+from tasks.train_steps import StageLoss, make_optimizer
+from tests.conftest import make_tiny_processed
+
+
+def with_epochs(settings, **epochs):
+    profile = settings.active.model_copy(update={"epochs": settings.active.epochs.model_copy(update=epochs)})
+    return settings.model_copy(update={"profiles": {**settings.profiles, settings.profile: profile}})
+
+
+def with_section(settings, section, **updates):
+    return settings.model_copy(update={section: getattr(settings, section).model_copy(update=updates)})
+
+
+def metrics_only(history: pd.DataFrame) -> pd.DataFrame:
+    return history.drop(columns="seconds")
+
+
+@pytest.fixture
+def in_project(tiny_data, monkeypatch):
+    monkeypatch.chdir(tiny_data.root)
+    return tiny_data
+
+
+def test_collate_fills_missing_masks_and_flags_them(in_project, tiny_settings):
+    train_set, _ = stage_data("joint", paths.PROCESSED, paths.SPLITS, tiny_settings.train_joint, seed=0)
+    kaggle = int(torch.nonzero(~train_set.has_mask)[0])
+    brats = int(torch.nonzero(train_set.has_mask & (train_set.labels == 1))[0])
+    assert train_set[kaggle]["mask"] is None
+    batch = collate_slices([train_set[brats], train_set[kaggle]])
+    assert batch["image"].shape == (2, 1, 32, 32) and batch["mask"].shape == (2, 1, 32, 32)
+    assert batch["has_mask"].tolist() == [True, False]
+    assert batch["mask"][0].sum() > 0 and batch["mask"][1].sum() == 0
+    assert batch["label"].tolist() == [1.0, train_set.labels[kaggle].item()]
+
+
+def test_joint_seg_loss_ignores_samples_without_a_mask(tiny_settings):
+    torch.manual_seed(0)
+    out = {"seg": torch.randn(4, 1, 8, 8), "cls": torch.randn(4)}
+    batch = {"image": torch.zeros(4, 1, 8, 8), "mask": torch.zeros(4, 1, 8, 8),
+             "has_mask": torch.tensor([True, True, False, False]), "label": torch.tensor([1.0, 0, 1, 0])}
+    loss = StageLoss("joint", tiny_settings.train_joint)
+    before = loss(out, batch)
+    batch["mask"][2:] = 1  # what a mask-less sample carries must not matter
+    assert loss(out, batch) == before
+    batch["mask"][0] = 1
+    assert loss(out, batch) != before
+
+
+def test_augmentation_moves_mask_with_image_and_keeps_background_zero():
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.zeros(6, 1, 32, 32)
+    mask[:, :, 4:14, 6:12] = 1  # off-centre, so flips and rotations move it
+    image, moved = augment_batch(mask.clone(), mask.clone(), Augment(flip=True, rotate_degrees=20, intensity_jitter=0),
+                                 generator)
+    assert not torch.equal(moved, mask)
+    agreement = ((image > 0.5) == (moved > 0.5)).float().mean()
+    assert agreement > 0.97
+    jittered, _ = augment_batch(mask.clone(), mask.clone(), Augment(flip=False, rotate_degrees=0, intensity_jitter=0.5),
+                                generator)
+    assert torch.all(jittered[mask == 0] == 0) and not torch.equal(jittered, mask)
+
+
+def test_three_stages_write_checkpoints_and_history(in_project, tiny_settings):
+    settings = with_epochs(tiny_settings, seg=2, cls=2, joint=2)
+    results = {stage: train.main(settings, stage) for stage in ("seg", "cls", "joint")}
+    for stage, result in results.items():
+        history = pd.read_csv(paths.history_file(stage))
+        assert list(history["epoch"]) == [1, 2] and {"train_loss", "val_loss"} <= set(history.columns)
+        assert result["epochs_run"] == 2
+        best = load_checkpoint(paths.best_checkpoint(stage))
+        assert best["stage"] == stage and best["metric_name"] == result["metric"]
+        assert math.isclose(best["best_metric"], history[result["metric"]].max(), abs_tol=1e-4)
+        assert paths.last_checkpoint(stage).exists() and not list(paths.checkpoint_dir(stage).glob("*.tmp"))
+    assert {"val_dice", "val_accuracy", "val_roc_auc"} <= set(pd.read_csv(paths.history_file("joint")).columns)
+
+
+def test_frozen_encoder_and_decoder_are_unchanged_by_train_cls(in_project, tiny_settings):
+    train.main(tiny_settings, "seg")
+    train.main(with_epochs(tiny_settings, cls=2), "cls")
+    seg = load_checkpoint(paths.best_checkpoint("seg"))["model"]
+    cls = load_checkpoint(paths.last_checkpoint("cls"))["model"]
+    for name, tensor in seg.items():
+        if name.startswith(("encoder.", "seg_decoder.")):
+            assert torch.equal(tensor, cls[name]), name
+    assert any(not torch.equal(seg[n], cls[n]) for n in seg if n.startswith("cls_head."))
+
+
+def test_joint_stage_gives_the_encoder_its_own_lower_learning_rate(tiny_settings):
+    model = MultitaskUNet(UNetConfig(1, 4, 2))
+    optimizer = make_optimizer(model, "joint", tiny_settings.train_joint)
+    encoder_group, head_group = optimizer.param_groups
+    assert encoder_group["lr"] == tiny_settings.train_joint.encoder_lr < head_group["lr"] == tiny_settings.train_joint.head_lr
+    assert {id(p) for p in encoder_group["params"]} == {id(p) for p in model.encoder.parameters()}
+
+
+def test_two_seeded_runs_give_identical_metrics(tiny_data, tmp_path, tiny_settings, monkeypatch):
+    other = make_tiny_processed(tmp_path / "other")
+    settings = with_epochs(tiny_settings, seg=2)
+    histories = []
+    for root in (tiny_data.root, other.root):
+        monkeypatch.chdir(root)
+        train.main(settings, "seg")
+        histories.append(metrics_only(pd.read_csv(paths.history_file("seg"))))
+    pd.testing.assert_frame_equal(*histories)
+
+
+def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one(tiny_data, tmp_path, tiny_settings,
+                                                                                   monkeypatch):
+    settings = with_epochs(tiny_settings, seg=3)
+    uninterrupted = make_tiny_processed(tmp_path / "uninterrupted")
+    monkeypatch.chdir(uninterrupted.root)
+    train.main(settings, "seg")
+    expected = metrics_only(pd.read_csv(paths.history_file("seg")))
+
+    monkeypatch.chdir(tiny_data.root)
+    real_epoch, calls = train.StageRunner.train_epoch, []
+
+    def crash_in_second_epoch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.StageRunner, "train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(settings, "seg")
+    assert load_checkpoint(paths.last_checkpoint("seg"))["epoch"] == 1
+    monkeypatch.setattr(train.StageRunner, "train_epoch", real_epoch)
+
+    result = train.main(settings, "seg")
+    assert result["resumed_from_epoch"] == 1 and result["epochs_run"] == 3
+    pd.testing.assert_frame_equal(metrics_only(pd.read_csv(paths.history_file("seg"))), expected)
+
+
+def test_more_epochs_continue_but_changed_params_start_fresh(in_project, tiny_settings):
+    train.main(tiny_settings, "seg")
+    assert train.main(with_epochs(tiny_settings, seg=2), "seg")["resumed_from_epoch"] == 1
+    assert len(pd.read_csv(paths.history_file("seg"))) == 2
+    changed = with_section(with_epochs(tiny_settings, seg=2), "train_seg", lr=5e-4)
+    assert train.main(changed, "seg")["resumed_from_epoch"] == 0
+
+
+def test_early_stopping_ends_a_stage_that_stops_improving(in_project, tiny_settings):
+    frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1)
+    result = train.main(with_epochs(frozen, seg=5), "seg")
+    assert result["epochs_run"] == 2  # epoch 1 sets the best, epoch 2 cannot beat it
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
+    torch.manual_seed(0)
+    cfg = UNetConfig(2, 4, 3)
+    model = MultitaskUNet(cfg).eval()
+    path = save_checkpoint(tmp_path / "ckpt" / "best.pt", model=model, optimizer=None, model_config=cfg, epoch=3,
+                           best_metric=0.5, metric_name="val_dice", params={"seed": 1}, stage="seg")
+    loaded, checkpoint = load_model(path)
+    x = torch.randn(2, 2, 32, 32)
+    assert not loaded.training and checkpoint["epoch"] == 3 and checkpoint["params"] == {"seed": 1}
+    with torch.no_grad():
+        for head in ("seg", "cls"):
+            torch.testing.assert_close(loaded(x)[head], model(x)[head], rtol=0, atol=0)
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_loading_refuses_pickled_code_and_names_missing_files(tmp_path):
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": argparse.Namespace(x=1)}, hostile)  # any class outside the allow-list
+    with pytest.raises(SliceWiseError, match="unreadable checkpoint"):
+        load_checkpoint(hostile)
+    with pytest.raises(SliceWiseError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_cls_before_seg_is_a_clear_error(in_project, tiny_settings):
+    with pytest.raises(SliceWiseError, match="checkpoint"):
+        train.main(tiny_settings, "cls")
+
+
+def test_image_size_must_suit_the_model_depth(tmp_path, tiny_settings, monkeypatch):
+    data = make_tiny_processed(tmp_path / "odd", size=36)
+    monkeypatch.chdir(data.root)
+    deep = tiny_settings.active.model_copy(update={"model": tiny_settings.active.model.model_copy(update={"depth": 4})})
+    settings = tiny_settings.model_copy(update={"profiles": {tiny_settings.profile: deep}})
+    with pytest.raises(SliceWiseError, match="multiple of 8"):
+        train.main(settings, "seg")
+
+
+def test_tracker_receives_params_metrics_and_artifacts(in_project, tiny_settings):
+    class Recorder:
+        def __init__(self):
+            self.params, self.metrics, self.artifacts = {}, [], []
+
+        def log_params(self, params):
+            self.params.update(params)
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.append((step, dict(metrics)))
+
+        def log_artifact(self, path, artifact_path=None):
+            self.artifacts.append(path)
+
+    recorder = Recorder()
+    train.train_stage(train.plan_stage(with_epochs(tiny_settings, seg=2), "seg"), recorder)
+    assert recorder.params["train_seg.lr"] == tiny_settings.train_seg.lr and recorder.params["model.base_channels"] == 4
+    assert [step for step, _ in recorder.metrics] == [1, 2] and "val_dice" in recorder.metrics[0][1]
+    assert paths.best_checkpoint("seg") in recorder.artifacts and paths.history_file("seg") in recorder.artifacts

@@ -1,0 +1,78 @@
+"""The multitask U-Net: head shapes, head subsets, Grad-CAM layer, learning, ONNX export."""
+
+import numpy as np
+import pytest
+import torch
+from monai.losses import DiceCELoss
+
+from models.unet import MultitaskUNet, TwoHeadOutputs, UNetConfig
+
+
+@pytest.mark.parametrize("cfg", [UNetConfig(1, 4, 2), UNetConfig(2, 4, 3), UNetConfig(1, 2, 4, norm="instance")])
+def test_every_head_has_its_shape(cfg):
+    model = MultitaskUNet(cfg).eval()
+    x = torch.randn(3, cfg.in_channels, 32, 32)
+    both = model(x)
+    assert both["seg"].shape == (3, 1, 32, 32) and both["cls"].shape == (3,)
+    assert set(model(x, heads=("seg",))) == {"seg"}
+    assert set(model(x, heads=("cls",))) == {"cls"}
+    torch.testing.assert_close(model(x, heads=("cls",))["cls"], both["cls"])
+
+
+def test_width_and_depth_are_configurable():
+    small, wide, deep = (MultitaskUNet(UNetConfig(1, c, d)) for c, d in ((4, 2), (8, 2), (4, 4)))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(small) < count(wide) and count(small) < count(deep)
+    assert len(deep.encoder.levels) == 4 and len(deep.seg_decoder.ups) == 3
+
+
+def test_gradcam_layer_is_the_bottleneck_the_classifier_pools():
+    model = MultitaskUNet(UNetConfig(1, 4, 3)).eval()
+    layer = dict(model.named_modules())[model.gradcam_layer]
+    seen = []
+    layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    model(torch.randn(2, 1, 32, 32), heads=("cls",))
+    assert seen[0].shape == (2, 16, 8, 8)  # base 4 × 2², at 32 / 2²
+
+
+def test_a_few_steps_overfit_one_batch():
+    torch.manual_seed(0)
+    model = MultitaskUNet(UNetConfig(1, 4, 2))
+    x = torch.randn(4, 1, 32, 32)
+    mask = torch.zeros(4, 1, 32, 32)
+    mask[:2, :, 8:20, 10:22] = 1
+    x = x + 2 * mask
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    seg_loss, cls_loss = DiceCELoss(sigmoid=True), torch.nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(40):
+        out = model(x)
+        loss = seg_loss(out["seg"], mask) + cls_loss(out["cls"], labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_two_head_wrapper_returns_the_same_tensors_as_a_tuple():
+    model = MultitaskUNet(UNetConfig(1, 4, 2)).eval()
+    x = torch.randn(2, 1, 32, 32)
+    seg, cls = TwoHeadOutputs(model)(x)
+    torch.testing.assert_close(seg, model(x)["seg"])
+    torch.testing.assert_close(cls, model(x)["cls"])
+
+
+def test_exports_to_onnx_with_both_outputs_and_a_dynamic_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = MultitaskUNet(UNetConfig(1, 4, 2)).eval()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(TwoHeadOutputs(model), (torch.randn(1, 1, 32, 32),), str(path), input_names=["image"],
+                      output_names=["seg_logits", "cls_logits"], dynamic_axes={"image": {0: "n"}}, dynamo=False)
+    x = torch.randn(3, 1, 32, 32)
+    seg, cls = ort.InferenceSession(str(path)).run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        expected = model(x)
+    np.testing.assert_allclose(seg, expected["seg"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(cls, expected["cls"].numpy(), atol=1e-4)
