@@ -45,7 +45,7 @@ mlflow-ui: setup
 		--host 127.0.0.1 --port 5000
 
 prefect-ui: setup
-	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 # A Prefect worker on the process pool `slicewise-pool` (created when missing) running the pipeline deployment
 # `slicewise-pipeline/worker`; needs a Prefect server (`make prefect-ui`, or PREFECT_API_URL).

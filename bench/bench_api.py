@@ -37,6 +37,9 @@ CLIENTS = 20
 REQUESTS_PER_CLIENT = 10
 STARTUP_TARGET_S = 5.0
 RATIO_TARGET = 1.15
+# Pause between timed calls: onnxruntime's worker threads keep spinning for a moment after a run, and the other
+# process's call must not start while they still hold the cores (both processes share this machine's cores).
+SETTLE_S = 0.05
 
 
 def production_model(folder: Path, params: Path) -> Path:
@@ -130,9 +133,11 @@ def latency(url: str, model_path: Path, png: bytes, runs: int) -> dict:
         started = time.perf_counter()
         session.run(None, {name: x})
         bare = time.perf_counter() - started
+        time.sleep(SETTLE_S)
         started = time.perf_counter()
         response = http.post(f"{url}/v1/predict", files={"file": ("slice.png", png, "image/png")})
         api = time.perf_counter() - started
+        time.sleep(SETTLE_S)
         response.raise_for_status()
         if i >= WARMUP:
             times["bare_onnxruntime"].append(bare)

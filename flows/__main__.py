@@ -33,6 +33,14 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _server_up(api_url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
 def _require_project_root() -> None:
     # Every path in the pipeline is relative to the project root, as for `dvc repro`.
     if not (paths.PARAMS.exists() and Path("dvc.yaml").exists()):
@@ -48,13 +56,19 @@ def run(
 ) -> None:
     """Run the pipeline once; stages DVC finds up to date are Cached."""
     _require_project_root()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from flows.pipeline import slicewise_pipeline
 
-    state = slicewise_pipeline(
-        profile=profile, data_source=data_source.value if data_source else None,
-        brats_dir=str(brats_dir) if brats_dir else None, kaggle_dir=str(kaggle_dir) if kaggle_dir else None,
-        return_state=True,
-    )
+    # Without a configured server, report to `make prefect-ui`'s when it is up (the run shows in its UI),
+    # else Prefect starts a throw-away server for this run alone.
+    api_url = PREFECT_API_URL.value() or (LOCAL_PREFECT_API if _server_up(LOCAL_PREFECT_API) else None)
+    with temporary_settings({PREFECT_API_URL: api_url} if api_url else {}):
+        state = slicewise_pipeline(
+            profile=profile, data_source=data_source.value if data_source else None,
+            brats_dir=str(brats_dir) if brats_dir else None, kaggle_dir=str(kaggle_dir) if kaggle_dir else None,
+            return_state=True,
+        )
     if not state.is_completed():
         _fail(state.message or "the flow run failed")
     table = Table(title="SliceWise flow run")
@@ -82,9 +96,7 @@ def serve() -> None:
     # A deployment served against Prefect's throw-away ephemeral server would be invisible: default to the
     # local server instead, and say how to start it when it is not there.
     api_url = PREFECT_API_URL.value() or LOCAL_PREFECT_API
-    try:
-        urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=5).close()
-    except OSError:
+    if not _server_up(api_url):
         _fail(f"no Prefect server at {api_url}; start one with `make prefect-ui` or set PREFECT_API_URL")
     try:
         settings = load_settings()

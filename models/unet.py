@@ -25,7 +25,7 @@ class UNetConfig:
     in_channels: int = 1  # one per MRI modality (FLAIR by default)
     base_channels: int = 8  # width of the first level; doubled at every level below
     depth: int = 3  # resolution levels, the last one being the bottleneck
-    norm: str = "batch"  # "batch" or "instance"; batch norm is ~2x faster on CPU and folds into ONNX convs
+    norm: str = "instance"  # or "batch"; instance norm has no running statistics for Kaggle and BraTS to fight over
     cls_dropout: float = 0.2
 
     def channels(self) -> list[int]:
@@ -38,6 +38,8 @@ class UNetConfig:
 
 
 def _norm(cfg: UNetConfig) -> tuple:
+    if cfg.norm == "group":
+        return ("group", {"num_groups": cfg.base_channels})
     return ("instance", {"affine": True}) if cfg.norm == "instance" else ("batch", {})
 
 

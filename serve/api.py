@@ -76,7 +76,7 @@ class BodySizeLimit:
 
 
 def too_large(size: int, limit: int) -> str:
-    return f"request body of {size / MB:.1f} MB exceeds this route's limit of {limit / MB:.0f} MB"
+    return f"request body of {size / MB:.1f} MB exceeds this route's limit of {limit / MB:.1f} MB"
 
 
 def validation_detail(exc: RequestValidationError) -> str:

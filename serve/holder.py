@@ -37,7 +37,7 @@ class ModelHolder:
         cached = None
         try:
             cached = self.source.cached()
-        except SliceWiseError as exc:
+        except Exception as exc:  # a damaged cache is only a slower start: the registry has the files
             log.warning("ignoring the local model cache: %s", exc)
         if cached is not None:
             self._swap(*cached, how="from the local cache")
@@ -70,7 +70,7 @@ class ModelHolder:
             self.last_check = time.time()
             try:
                 key = self.source.current_key()
-            except SliceWiseError as exc:
+            except Exception as exc:  # any failure of the store: keep serving what is loaded, say why
                 return self._unreachable(exc)
             if key is None:
                 return self._no_model()
@@ -79,7 +79,7 @@ class ModelHolder:
                 return {"changed": False, "key": key}
             try:
                 model = self.source.load(key)
-            except SliceWiseError as exc:
+            except Exception as exc:  # a broken download or model file must not stop serving the current one
                 return self._unreachable(exc)
             previous = self.key
             self._swap(key, model, how="" if previous is None else f"(replacing {previous})")
@@ -106,10 +106,11 @@ class ModelHolder:
         log.warning(self.detail)
         return {"changed": False, "key": None}
 
-    def _unreachable(self, exc: SliceWiseError) -> dict:
+    def _unreachable(self, exc: Exception) -> dict:
+        reason = str(exc) if isinstance(exc, SliceWiseError) else f"{type(exc).__name__}: {exc}"
         if self.model is None:
-            self.detail = f"no model: {exc}; {NO_MODEL_HINT}"
+            self.detail = f"no model: {reason}; {NO_MODEL_HINT}"
         else:
-            self.detail = f"{self._serving_detail()}; the last check of {self.source.description} failed: {exc}"
-        log.warning("model check failed: %s", exc)
-        return {"changed": False, "key": self.key, "error": str(exc)}
+            self.detail = f"{self._serving_detail()}; the last check of {self.source.description} failed: {reason}"
+        log.warning(self.detail)
+        return {"changed": False, "key": self.key, "error": reason}

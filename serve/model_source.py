@@ -23,9 +23,8 @@ from tasks.predict import OnnxPredictor
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-CHECKPOINT_FILE = "checkpoint.pt"
-METADATA_FILE = "model.json"  # the export step's metadata, shipped beside the ONNX file
+MODEL_DIR = "model"  # the MLflow model folder as downloaded: the .onnx with any external-data files beside it
+METADATA_FILE = "model.json"  # the export step's metadata, shipped as an extra file of the logged model
 METRICS_FILE = "metrics.json"
 CARD_FILE = "card.json"  # written last: a version folder without it is incomplete and ignored
 DEFAULT_THRESHOLD = 0.5
@@ -132,6 +131,8 @@ class FileSource:
         from tasks.provenance import sha256_file
 
         checkpoint = self.checkpoint if self.checkpoint and self.checkpoint.is_file() else None
+        if checkpoint is None:
+            log.info("no torch checkpoint at %s: Grad-CAM is unavailable (pass --checkpoint)", self.checkpoint)
         card = {"source": "file", "path": str(self.onnx_path), "name": self.onnx_path.name, "version": None,
                 "alias": None, "tags": {"onnx_sha256": sha256_file(self.onnx_path)}}
         return load_served_model(self.onnx_path, card, checkpoint, read_json(self.metrics_path),
@@ -164,10 +165,10 @@ class RegistrySource:
         return pointer["key"], self._load_folder(folder)
 
     def _load_folder(self, folder: Path) -> ServedModel:
-        checkpoint = folder / CHECKPOINT_FILE
-        return load_served_model(folder / ONNX_FILE, read_json(folder / CARD_FILE),
-                                 checkpoint if checkpoint.is_file() else None, read_json(folder / METRICS_FILE),
-                                 read_json(folder / METADATA_FILE))
+        card = read_json(folder / CARD_FILE)
+        files = {kind: folder / name for kind, name in card.get("files", {}).items() if name}
+        return load_served_model(files["onnx"], card, files.get("checkpoint"), read_json(folder / METRICS_FILE),
+                                 read_json(files.get("metadata")))
 
     def _remember(self, key: str) -> None:
         tmp = self.pointer.with_name(self.pointer.name + ".tmp")
@@ -179,6 +180,9 @@ class RegistrySource:
     def _client(self):
         from tasks.mlflow_tracking import make_client
 
+        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
+            # Asking would create an empty store as a side effect of serving.
+            raise SliceWiseError("no MLflow store here yet", self.uri)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         return make_client(self.tracking)
 
@@ -213,6 +217,8 @@ class RegistrySource:
         """Fetch the champion's files into a temporary folder, then rename it into place (never half a cache)."""
         import mlflow
 
+        from tasks.mlflow_tracking import fluent_store
+
         version = self.champion_version()
         if version is None or version_key(version) != key:
             raise SliceWiseError(f"the champion changed while loading {key}; the next poll picks up the new one",
@@ -221,18 +227,17 @@ class RegistrySource:
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
         try:
             log.info("downloading %s version %s into %s", self.registry.model_name, version.version, folder)
-            model_dir = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.registry.model_name}/{version.version}",
-                dst_path=str(staging / "model"), tracking_uri=self.uri))
-            if not take_file(model_dir, "*.onnx", staging / ONNX_FILE):
-                raise SliceWiseError(f"registry version {version.version} holds no .onnx file", self.uri)
+            with fluent_store():  # models:/ URIs resolve against the project's tracking and registry stores
+                mlflow.artifacts.download_artifacts(f"models:/{self.registry.model_name}/{version.version}",
+                                                    dst_path=str(staging / MODEL_DIR))
             # The register step ships the torch checkpoint and model.json as the logged model's extra files.
-            take_file(model_dir, "*.pt", staging / CHECKPOINT_FILE)
-            take_file(model_dir, METADATA_FILE, staging / METADATA_FILE)
+            files = {kind: first_file(staging, MODEL_DIR, pattern)
+                     for kind, pattern in (("onnx", "*.onnx"), ("checkpoint", "*.pt"), ("metadata", METADATA_FILE))}
+            if files["onnx"] is None:
+                raise SliceWiseError(f"registry version {version.version} holds no .onnx file", self.uri)
             run_files = self._fetch_run_artifacts(version.run_id, staging)
-            card = self._card(version, run_files)
+            card = self._card(version, run_files) | {"files": files}
             (staging / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-            shutil.rmtree(staging / "model", ignore_errors=True)
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an interrupted download
             os.replace(staging, folder)
         finally:
@@ -265,12 +270,10 @@ def version_key(version) -> str:
     return f"v{version.version}-{(version.run_id or 'norun')[:8]}"
 
 
-def take_file(folder: Path, pattern: str, target: Path) -> bool:
-    """Move the first file matching `pattern` anywhere under `folder` to `target`; False when there is none."""
-    matches = sorted(folder.rglob(pattern))
-    if matches:
-        shutil.move(matches[0], target)
-    return bool(matches)
+def first_file(root: Path, folder: str, pattern: str) -> str | None:
+    """Path, relative to `root`, of the first file matching `pattern` anywhere under root/folder."""
+    matches = sorted((root / folder).rglob(pattern))
+    return str(matches[0].relative_to(root)) if matches else None
 
 
 def find_artifact(client, run_id: str, filename: str) -> str | None:

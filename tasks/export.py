@@ -32,7 +32,7 @@ from tasks.predict import ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT, sigmoid
 from tasks.provenance import sha256_file
 from tasks.shards import read_shard
 from tasks.split import read_split
-from tasks.tracking import NullTracker, Tracker, make_tracker
+from tasks.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,8 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
                 "no model exported", checkpoint_path)
         report |= measure_latency(model, session, sample, cfg.latency_runs)
         report["latency_setup"] = {"device": "cpu", "threads": threads, "runs": cfg.latency_runs,
-                                   "unit": "milliseconds per slice", "processor": platform.processor() or platform.machine()}
+                                   "unit": "milliseconds per slice",
+                                   "processor": platform.processor() or platform.machine()}
         write_json_atomic(metadata | {"onnx_sha256": report["onnx"]["sha256"]}, metadata_path)
         write_json_atomic(report, report_path)
         os.replace(tmp, onnx_path)  # last: a model.onnx in place means everything above passed

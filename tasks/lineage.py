@@ -18,6 +18,14 @@ from tasks.errors import SliceWiseError
 from tasks.mlflow_tracking import make_client, retrying, tracking_uri
 
 
+def existing_client(settings: Settings):
+    """A client on the project's store; a local store that does not exist yet is an error, not created empty."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise SliceWiseError("no MLflow store yet; run the pipeline (make run) first", uri)
+    return make_client(settings.tracking)
+
+
 def resolve_version(client, settings: Settings, ref: str):
     """A version number ("3") or an alias ("champion") of registry.model_name."""
     from mlflow.exceptions import MlflowException
@@ -51,7 +59,7 @@ def fetch_model(settings: Settings, ref: str, dst: Path) -> RegisteredModel:
 
     from tasks.mlflow_tracking import fluent_store
 
-    client = make_client(settings.tracking)
+    client = existing_client(settings)
     version = resolve_version(client, settings, ref)
     uri = f"models:/{version.name}/{version.version}"
     with fluent_store():
@@ -66,7 +74,7 @@ def lineage(settings: Settings, ref: str) -> dict:
     """The chain as plain data (also what `print_lineage` shows)."""
     from mlflow.exceptions import MlflowException
 
-    client, cfg = make_client(settings.tracking), settings.tracking
+    client, cfg = existing_client(settings), settings.tracking
     version = resolve_version(client, settings, ref)
     tags = dict(version.tags)
     run_id = tags.get("mlflow_run_id") or version.run_id

@@ -99,7 +99,9 @@ def is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, MlflowException):
         return exc.error_code not in PERMANENT_ERRORS
-    return isinstance(exc, (RequestException, ConnectionError, TimeoutError)) or type(exc).__name__ == "OperationalError"
+    if isinstance(exc, (RequestException, ConnectionError, TimeoutError)):
+        return True
+    return type(exc).__name__ == "OperationalError"  # sqlalchemy's "database is locked" and kin
 
 
 def retrying(cfg: TrackingSettings, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

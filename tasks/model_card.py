@@ -63,7 +63,8 @@ def _export_section(export_report: dict) -> list[str]:
         lines += ["", "| engine (CPU) | batch 1 p50 / p95 ms | batch 8 p50 / p95 ms per slice |", "|---|---|---|"]
         for engine, batches in latency.items():
             b1, b8 = batches["batch_1"], batches["batch_8"]
-            lines.append(f"| {engine} | {b1['p50_ms']:.2f} / {b1['p95_ms']:.2f} | {b8['p50_ms']:.2f} / {b8['p95_ms']:.2f} |")
+            lines.append(f"| {engine} | {b1['p50_ms']:.2f} / {b1['p95_ms']:.2f} "
+                         f"| {b8['p50_ms']:.2f} / {b8['p95_ms']:.2f} |")
     return lines
 
 

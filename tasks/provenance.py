@@ -95,7 +95,8 @@ def _md5_of_files(files: list[Path]) -> str | None:
     return digest.hexdigest()
 
 
-def data_hashes(lock_path: Path = DVC_LOCK, manifest: Path = paths.MANIFEST, splits_dir: Path = paths.SPLITS) -> dict[str, str]:
+def data_hashes(lock_path: Path = DVC_LOCK, manifest: Path = paths.MANIFEST,
+                splits_dir: Path = paths.SPLITS) -> dict[str, str]:
     """The md5 DVC recorded for the raw data, the processed shards and the splits.
 
     Without a dvc.lock entry (steps run outside DVC before any `dvc repro`), data_hash and splits_hash fall back
@@ -123,7 +124,8 @@ def data_hashes(lock_path: Path = DVC_LOCK, manifest: Path = paths.MANIFEST, spl
 
 def prefect_flow_run_id() -> str | None:
     """The Prefect flow run driving this process, if any (env from a Prefect worker, or the in-process runtime)."""
-    if flow_run_id := os.environ.get("PREFECT__FLOW_RUN_ID"):
+    # Set by our flow (flows/lineage.py) for its steps, or by a Prefect worker for the flow's own process.
+    if flow_run_id := os.environ.get("SLICEWISE_PREFECT_FLOW_RUN_ID") or os.environ.get("PREFECT__FLOW_RUN_ID"):
         return flow_run_id
     if "prefect" not in sys.modules:  # importing Prefect costs seconds; it is loaded only when Prefect runs us
         return None

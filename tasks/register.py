@@ -5,9 +5,9 @@
     3. log the ONNX model (mlflow.onnx flavour, signature, input example; best.pt and model.json as extra files,
        so Grad-CAM at serving time has the torch weights) into the pipeline's parent run
     4. create a version of registry.model_name with the contract's tags and the model card as description
-    5. verify it: download the version, its model.onnx must have the exported sha256 and give the same outputs.
-       A version that fails is deleted, so no alias ever points at a broken version
-    6. move an alias: `champion` when the gate passed, `challenger` when not; end the parent run
+    5. verify it: download the version, its model.onnx must have the exported sha256 and give the same outputs
+    6. move an alias: `champion` when the gate passed, `challenger` when not; end the parent run.
+       A version that fails 5 or 6 is deleted, so no alias ever points at a broken version
 With tracking.enabled false nothing is registered; the gate still runs and reports/register.json says so.
 """
 
@@ -67,7 +67,8 @@ def read_release(onnx_path: Path, metadata_path: Path, checkpoint_path: Path, me
                       _read_json(export_report_path, "export"), _read_json(metadata_path, "export"),
                       provenance.sha256_file(onnx_path))
     if release.export_report.get("onnx", {}).get("sha256") != release.onnx_sha256:
-        raise SliceWiseError("the export report describes another model file; rerun the export step", export_report_path)
+        raise SliceWiseError("the export report describes another model file; rerun the export step",
+                             export_report_path)
     return release
 
 
@@ -184,22 +185,29 @@ def verify_version(model_name: str, version: str, release: Release, example: np.
     import mlflow
     import onnxruntime as ort
 
+    def outputs(onnx_file: Path) -> list[np.ndarray]:
+        return ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]).run(None, {"image": example})
+
+    def same_file(path: Path, sha256: str) -> bool:
+        return path.exists() and provenance.sha256_file(path) == sha256
+
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp))
         onnx_file, checkpoint = local / "model.onnx", local / "extra_files" / CHECKPOINT_FILE
-        if not onnx_file.exists() or provenance.sha256_file(onnx_file) != release.onnx_sha256:
+        if not same_file(onnx_file, release.onnx_sha256):
             raise SliceWiseError(f"registered version {version} does not hold the exported model.onnx", onnx_file)
-        if not checkpoint.exists() or provenance.sha256_file(checkpoint) != provenance.sha256_file(release.checkpoint_path):
+        if not same_file(checkpoint, provenance.sha256_file(release.checkpoint_path)):
             raise SliceWiseError(f"registered version {version} does not hold the joint checkpoint", checkpoint)
-        registered = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]).run(None, {"image": example})
-    exported = ort.InferenceSession(str(release.onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": example})
-    if not all(np.array_equal(a, b) for a, b in zip(registered, exported)):
-        raise SliceWiseError(f"registered version {version} gives other outputs than the exported model", release.onnx_path)
+        registered = outputs(onnx_file)
+    if not all(np.array_equal(a, b) for a, b in zip(registered, outputs(release.onnx_path))):
+        raise SliceWiseError(f"registered version {version} gives other outputs than the exported model",
+                             release.onnx_path)
 
 
 def create_verified_version(client, cfg, model_name: str, model_uri: str, tags: dict, card: str,
-                            release: Release, example: np.ndarray) -> str:
-    """Register, describe, verify; a version that fails any of it is deleted before the error is raised."""
+                            release: Release, example: np.ndarray, alias: str) -> str:
+    """Register, describe, verify, then point the alias at it. A version that fails any of it is deleted before
+    the error is raised, so no version stays behind half-registered (without artifact, card or its alias)."""
     import mlflow
 
     version = str(retrying(cfg, "register model", mlflow.register_model, model_uri, model_name, tags=tags).version)
@@ -207,6 +215,7 @@ def create_verified_version(client, cfg, model_name: str, model_uri: str, tags: 
         retrying(cfg, "describe version", client.update_model_version, model_name, version,
                  description=card.replace(f"# {model_name}\n", f"# {model_name} version {version}\n", 1))
         verify_version(model_name, version, release, example)
+        retrying(cfg, "set alias", client.set_registered_model_alias, model_name, alias, version)
     except Exception as exc:
         try:
             client.delete_model_version(model_name, version)
@@ -246,9 +255,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
                              tags=version_tags)
     example = input_example(processed, splits_dir)
     model_uri = retrying(cfg, "log model", log_model, release, example, tracker, card)
-    version = create_verified_version(tracker.client, cfg, name, model_uri, version_tags, card, release, example)
     alias = reg.alias if decision.promoted else reg.challenger_alias
-    retrying(cfg, "set alias", tracker.client.set_registered_model_alias, name, alias, version)
+    version = create_verified_version(tracker.client, cfg, name, model_uri, version_tags, card, release, example,
+                                      alias)
     tracker.set_tags({"registered_version": version, "promotion": version_tags["promotion"]})
     log.info("register: %s version %s -> @%s (%s)", name, version, alias, decision.reason)
     return {"registered": True, "model_name": name, "version": version, "promoted": decision.promoted, "alias": alias,

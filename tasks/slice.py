@@ -53,8 +53,15 @@ class SliceSpec:
 
 
 def patient_fingerprint(patient_dir: Path, spec_digest: str) -> str:
-    """Cheap identity of a patient's inputs: names, sizes and modification times of its files + the spec."""
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(patient_dir.iterdir()) if p.is_file()]
+    """Identity of a patient's inputs: names, sizes and content hashes of its files + the spec.
+
+    Content, not modification times: DVC re-links files from its cache and a re-fetch hard-links them from
+    the source again, so times change while the data does not.
+    """
+    stats = []
+    for path in sorted(p for p in patient_dir.iterdir() if p.is_file()):
+        with path.open("rb") as fh:
+            stats.append((path.name, path.stat().st_size, hashlib.file_digest(fh, "sha1").hexdigest()))
     return hashlib.sha256(json.dumps([stats, spec_digest]).encode()).hexdigest()[:16]
 
 

@@ -57,10 +57,10 @@ class Contrast:
 
 def sample_contrasts(rng: np.random.Generator) -> dict[str, Contrast]:
     """Per-patient contrast; tumour conspicuity varies, from obvious to subtle."""
-    strength = rng.uniform(0.35, 1.0)
+    strength = rng.uniform(0.4, 1.0)
     wmh = rng.uniform(0.2, 0.5)
     tumour = {  # (oedema, enhancing, necrotic)
-        "flair": (strength * rng.uniform(0.35, 0.55), rng.uniform(0.65, 0.9), rng.uniform(0.3, 0.8)),
+        "flair": (strength * rng.uniform(0.35, 0.55), rng.uniform(0.65, 0.9), rng.uniform(0.2, 0.6)),
         "t1": (-0.15 * strength, rng.uniform(0.55, 0.7), rng.uniform(0.2, 0.35)),
         "t1ce": (-0.15 * strength, rng.uniform(1.05, 1.45), rng.uniform(0.2, 0.35)),
         "t2": (strength * rng.uniform(0.3, 0.5), rng.uniform(0.55, 0.75), rng.uniform(0.85, 1.05)),
@@ -73,7 +73,7 @@ def sample_contrasts(rng: np.random.Generator) -> dict[str, Contrast]:
             tissue=np.array(TISSUE[m]) * rng.uniform(0.94, 1.06, 3),
             oedema=tumour[m][0], enhancing=tumour[m][1], necrotic=tumour[m][2],
             hyperintensity=extras[m][0], rim=extras[m][1], vessels=extras[m][2],
-            noise=rng.uniform(0.015, 0.06), bias=rng.uniform(0.05, 0.3), scale=rng.uniform(*SCALE_RANGE[m]),
+            noise=rng.uniform(0.015, 0.06), bias=rng.uniform(0.05, 0.25), scale=rng.uniform(*SCALE_RANGE[m]),
         )
         for m in MODALITIES
     }

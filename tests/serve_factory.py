@@ -28,10 +28,18 @@ THRESHOLD = 0.5
 
 
 class BrightRegionNet(torch.nn.Module):
-    """seg_logits = 6 (x - 1.5) per pixel; cls_logits = 6 (max x - 1.5): bright regions are 'tumour'."""
+    """seg_logits = 6 (x - 1.5) per pixel; cls_logits = 6 (max x - 1.5): bright regions are 'tumour'.
+
+    The per-pixel gain (all 6) is a weight tensor, so the graph has an initializer large enough for MLflow to
+    store it as ONNX external data, as it does with a real model's weights.
+    """
+
+    def __init__(self, size: int = SIZE):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.full((1, 1, size, size), 6.0), requires_grad=False)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seg = 6.0 * (image[:, :1] - BRIGHT_Z)
+        seg = self.gain * (image[:, :1] - BRIGHT_Z)
         cls = 6.0 * (image.amax(dim=(1, 2, 3)) - BRIGHT_Z)
         return seg, cls
 
@@ -43,7 +51,7 @@ def export_tiny_onnx(path: Path, size: int = SIZE, channels: int = 1, metadata: 
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(BrightRegionNet().eval(), (torch.zeros(1, channels, size, size),), str(path), opset_version=17,
+    torch.onnx.export(BrightRegionNet(size).eval(), (torch.zeros(1, channels, size, size),), str(path), opset_version=17,
                       dynamo=False, input_names=["image"], output_names=["seg_logits", "cls_logits"],
                       dynamic_axes={n: {0: "batch"} for n in ("image", "seg_logits", "cls_logits")})
     if metadata is None:
@@ -193,13 +201,15 @@ def decode_png(b64: str) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def running_server(files: ServedFiles, log: Path, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
-    """`python -m serve --model-file …` as `make serve` runs it, on 127.0.0.1 and a free port; yields its URL."""
+def running_server(files: ServedFiles | None, log: Path) -> Iterator[str]:
+    """`python -m serve` as `make serve` runs it, on 127.0.0.1 and a free port; yields its URL.
+    With `files`, it serves them (--model-file); without, the registry's champion of the project."""
     from tests.service_processes import free_port, http_ok, running, service_env
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "serve", "--model-file", str(files.onnx), "--checkpoint", str(files.checkpoint),
-               "--metrics", str(files.metrics), "--port", str(port), "--poll-seconds", "0", *extra_args]
+    command = [sys.executable, "-m", "serve", "--port", str(port), "--poll-seconds", "0"]
+    if files is not None:
+        command += ["--model-file", str(files.onnx), "--checkpoint", str(files.checkpoint), "--metrics", str(files.metrics)]
     with running(command, log, lambda: http_ok(f"{url}/healthz"), env=service_env(), cwd=REPO, timeout=90):
         yield url

@@ -26,7 +26,8 @@ from tasks.split import read_split
 from tests.conftest import make_tiny_processed
 from tests.release_factory import fresh_mlflow_store, make_release_project, tracked, write_checkpoint, write_metrics
 
-CONTRACT_TAGS = ("promotion", "promotion_reason", "git_commit", "data_hash", "params_hash", "onnx_sha256", "mlflow_run_id")
+CONTRACT_TAGS = ("promotion", "promotion_reason", "git_commit", "data_hash", "params_hash", "onnx_sha256",
+                 "mlflow_run_id")
 
 
 @pytest.fixture
@@ -265,3 +266,11 @@ def test_register_against_a_real_mlflow_server(tmp_path, tiny_settings, monkeypa
         runs = pd.DataFrame([r.data.tags for r in client().search_runs(
             [client().get_experiment_by_name("slicewise").experiment_id])])
         assert set(runs["step"].dropna()) == {"export"}
+
+
+def test_lineage_without_a_store_says_so(tmp_path, tiny_settings, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SliceWiseError, match="no MLflow store yet"):
+        print_lineage(tiny_settings, "champion")
+    assert not (tmp_path / "mlflow.db").exists()

@@ -206,6 +206,19 @@ def test_body_larger_than_the_route_allows_is_refused_before_parsing(files):
         assert response.status_code == 413 and "request body" in response.json()["detail"]
 
 
+def test_chunked_body_is_counted_as_it_arrives(files):
+    def body():  # no Content-Length: the limit must hold while the bytes stream in
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.npy"\r\n\r\n'
+        for _ in range(40):
+            yield b"\x00" * 65536
+        yield b"\r\n--xyz--\r\n"
+
+    with TestClient(file_app(files, max_slice_mb=0.5)) as client:
+        response = client.post("/v1/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+        assert response.request.headers.get("transfer-encoding") == "chunked"
+        assert response.status_code == 413 and "exceeds this route's limit of 1.5 MB" in response.json()["detail"]
+
+
 def test_too_many_files_is_413(files):
     with TestClient(file_app(files, max_batch_files=3)) as client:
         uploads = [("files", (f"s{i}.png", png_bytes(brain_slice()))) for i in range(4)]
@@ -239,6 +252,12 @@ def test_bad_volumes_are_4xx_with_a_reason(client, data, status, words):
     response = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", data)})
     assert response.status_code == status, response.text
     assert words.lower() in response.json()["detail"].lower()
+
+
+def test_volume_over_the_size_limit_is_413(files):
+    with TestClient(file_app(files, max_volume_mb=0.05)) as client:
+        response = client.post("/v1/predict/volume", files={"file": ("v.nii", nifti_with_shape((40, 40, 10)))})
+        assert response.status_code == 413 and "the limit is 0.05 MB" in response.json()["detail"]
 
 
 def test_gzip_bomb_is_413(files):

@@ -3,18 +3,22 @@ scripts/install_browser.sh when missing): upload a slice, a batch and a volume, 
 
     SLICEWISE_SCREENSHOT=docs/screenshot-ui.png   also save the Patient view there (the README's screenshot);
                                                  the volume is then a synthetic BraTS-like FLAIR scan
-    SLICEWISE_UI_MODEL=exports/model.onnx         serve this model instead of the test's stand-in
+    SLICEWISE_UI_MODEL=champion                   serve the project's registry champion instead of the test's
+                                                 stand-in model (or an ONNX file: SLICEWISE_UI_MODEL=exports/model.onnx)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tasks import paths
 from tests.serve_factory import (REPO, ServedFiles, brain_slice, brain_volume, make_served_files, nifti_bytes,
                                  png_bytes, running_server)
 
@@ -50,13 +54,20 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
+def served_files(folder: Path) -> ServedFiles | None:
+    """The test's stand-in model, or what SLICEWISE_UI_MODEL names (None: the registry's champion)."""
+    model = os.environ.get("SLICEWISE_UI_MODEL")
+    if not model:
+        return make_served_files(folder)
+    if model == "champion":
+        return None
+    return ServedFiles(Path(model).resolve(), REPO / paths.best_checkpoint("joint"), REPO / paths.METRICS)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ui")
-    files = make_served_files(folder)
-    if model := os.environ.get("SLICEWISE_UI_MODEL"):
-        files = ServedFiles(Path(model).resolve(), files.checkpoint, files.metrics)
-    with running_server(files, folder / "serve.log") as url:
+    with running_server(served_files(folder), folder / "serve.log") as url:
         yield url
 
 
@@ -105,12 +116,17 @@ def test_ui_renders_results_for_a_slice_a_batch_and_a_volume(browser, server, tm
         slices[-1].write_bytes(png_bytes(brain_slice(size=128, tumour=i != 1)))
     browser.get(server)
     wait_visible(browser, "model-version")
+    with urllib.request.urlopen(f"{server}/model/info", timeout=10) as response:
+        gradcam = json.load(response)["served"]["gradcam_checkpoint"]
+    assert gradcam or os.environ.get("SLICEWISE_UI_MODEL")  # the stand-in model always has its checkpoint
 
-    # Classification, with Grad-CAM
-    browser.find_element(By.ID, "cls-gradcam").click()
+    # Classification, with Grad-CAM where the served model has a torch checkpoint
+    if gradcam:
+        browser.find_element(By.ID, "cls-gradcam").click()
     browser.find_element(By.ID, "cls-file").send_keys(str(slices[0]))
     wait_visible(browser, "cls-result")
-    wait_visible(browser, "cls-gradcam-figure")
+    if gradcam:
+        wait_visible(browser, "cls-gradcam-figure")
     assert browser.find_element(By.ID, "cls-probability").text.endswith("%")
     assert browser.find_element(By.ID, "cls-decision").text in {"tumour", "no tumour", "uncertain: out of distribution"}
 

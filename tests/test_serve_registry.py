@@ -3,6 +3,7 @@ versions logged as the register step logs them, and the champion changed under a
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from serve.api import create_app
 from serve.holder import ModelHolder
-from serve.model_source import CARD_FILE, CHECKPOINT_FILE, METADATA_FILE, METRICS_FILE, ONNX_FILE, RegistrySource
+from serve.model_source import CARD_FILE, METRICS_FILE, MODEL_DIR, RegistrySource
 from tasks.config import load_settings
 from tasks.errors import SliceWiseError
 from tests.serve_factory import (REPO, brain_slice, export_tiny_onnx, png_bytes, register_version,
@@ -58,8 +59,10 @@ def test_champion_served_with_card_and_cached_by_version(registry, tmp_path):
         assert body["has_tumor"] is True and body["gradcam_png"]  # the checkpoint came from the registry too
     folders = [p for p in src.cache_dir.iterdir() if p.is_dir()]
     assert len(folders) == 1 and folders[0].name.startswith(f"v{registry['first_version']}-")
-    assert {p.name for p in folders[0].iterdir()} == {ONNX_FILE, CHECKPOINT_FILE, METADATA_FILE, METRICS_FILE,
-                                                       CARD_FILE}
+    assert {p.name for p in folders[0].iterdir()} == {MODEL_DIR, METRICS_FILE, CARD_FILE}
+    card = json.loads((folders[0] / CARD_FILE).read_text())
+    assert card["files"]["checkpoint"].endswith("best.pt") and card["files"]["metadata"].endswith("model.json")
+    assert list((folders[0] / MODEL_DIR).glob("*.data"))  # the ONNX weights as external data, served all the same
 
 
 def test_restart_serves_the_cache_even_when_the_registry_is_down(registry, tmp_path):
@@ -105,3 +108,42 @@ def test_no_champion_is_said_clearly(registry, tmp_path):
         assert "models:/never-registered@champion" in health["detail"] and "make run" in health["detail"]
         info = client.get("/model/info")
         assert info.status_code == 503 and "no model" in info.json()["detail"]
+
+
+def test_serves_what_the_register_step_registered(tmp_path, tiny_settings, monkeypatch):
+    """The real export and register steps on a tiny project, then the API on their champion."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tasks import export, paths, register
+    from tasks.predict import OnnxPredictor
+    from tasks.preprocess import prepare_photo
+    from tests.release_factory import fresh_mlflow_store, make_release_project, tracked
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make_release_project(tmp_path, tiny_settings)
+    fresh_mlflow_store(tmp_path)
+    settings = tracked(tiny_settings)
+    export.main(settings)
+    registered = register.main(settings)
+    assert registered["alias"] == "champion"
+
+    src = RegistrySource(settings.registry, settings.tracking, paths.SERVE_CACHE)
+    png = png_bytes(brain_slice(size=48))
+    with TestClient(app_for(src)) as client:
+        info = client.get("/model/info").json()
+        assert info["version"] == registered["version"] and info["alias"] == "champion"
+        assert {"promotion", "promotion_reason", "git_commit", "data_hash", "params_hash", "onnx_sha256",
+                "mlflow_run_id"} <= set(info["tags"])
+        assert info["metrics"]["classification"]["accuracy"] == pytest.approx(0.9)
+        assert info["served"]["image_size"] == tiny_settings.active.image_size and info["served"]["gradcam_checkpoint"]
+        body = client.post("/v1/predict", files={"file": ("s.png", png)}, params={"gradcam": "true"}).json()
+    assert body["gradcam_png"]
+    exported = OnnxPredictor(paths.ONNX_MODEL).predict(prepare_photo(Image.open(io.BytesIO(png)),
+                                                                     tiny_settings.active.image_size)[None])
+    assert body["tumor_probability"] == pytest.approx(float(exported.tumour_probability[0]), abs=1e-6)
+    assert body["tumor_area_px"] == int((exported.mask_probability[0] >= 0.5).sum())
+    assert np.isfinite(body["ood_score"])

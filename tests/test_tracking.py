@@ -114,7 +114,7 @@ def test_parent_from_the_environment(store, tiny_settings, monkeypatch):
     settings = tracked(tiny_settings)
     parent = open_parent_run(settings)
     monkeypatch.setenv(PARENT_RUN_ENV, parent)
-    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "flow-run-123")
+    monkeypatch.setenv("SLICEWISE_PREFECT_FLOW_RUN_ID", "flow-run-123")  # what flows/lineage.py exports
     tracker = MlflowTracker.for_step(settings, "train_cls")
     assert tracker.parent_run_id == parent and not paths.MLFLOW_PARENT_RUN.exists()
     assert client().get_run(tracker.run_id).data.tags["prefect_flow_run_id"] == "flow-run-123"
