@@ -44,13 +44,12 @@ SETTLE_S = 0.05
 
 def production_model(folder: Path, params: Path) -> Path:
     """An untrained production-profile MultitaskUNet exported to ONNX at 256², with its metadata embedded."""
-    from models.unet import MultitaskUNet, UNetConfig
-    from tasks.checkpoints import save_checkpoint
+    from models.unet import MultitaskUNet
+    from tasks.checkpoints import model_config_for, save_checkpoint
     from tasks.export import check_onnx, export_onnx, model_metadata
 
     settings = load_settings(params)
-    size = settings.profiles["production"].model
-    cfg = UNetConfig(in_channels=settings.in_channels, base_channels=size.base_channels, depth=size.depth)
+    cfg = model_config_for(settings, "production")
     model = MultitaskUNet(cfg).eval()
     checkpoint = save_checkpoint(folder / "best.pt", model=model, optimizer=None, model_config=cfg, epoch=0,
                                  best_metric=0.0, metric_name="none", params={}, stage="joint")

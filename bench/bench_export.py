@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.unet import MultitaskUNet, UNetConfig
+from models.unet import MultitaskUNet
 from tasks import paths
+from tasks.checkpoints import model_config_for
 from tasks.config import load_settings
 from tasks.export import export_onnx, measure_latency, ort_session
 
@@ -32,8 +33,7 @@ def model_for(settings, profile: str) -> MultitaskUNet:
 
         return load_model(paths.best_checkpoint("joint"))[0]
     torch.manual_seed(0)
-    size = settings.profiles[profile].model
-    return MultitaskUNet(UNetConfig(settings.in_channels, size.base_channels, size.depth)).eval()
+    return MultitaskUNet(model_config_for(settings, profile)).eval()
 
 
 def bench_profile(settings, profile: str, threads: int, runs: int) -> dict:

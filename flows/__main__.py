@@ -28,6 +28,11 @@ class DataSource(str, Enum):
     kaggle = "kaggle"
 
 
+class SliceRunner(str, Enum):  # flows.dask_slicing.SliceRunner
+    processes = "processes"
+    dask = "dask"
+
+
 def _fail(message: str, code: int = 1) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -53,9 +58,15 @@ def run(
     data_source: Optional[DataSource] = typer.Option(None, help="data.source (written into params.yaml)"),
     brats_dir: Optional[Path] = typer.Option(None, help="data.brats_dir, for --data-source local"),
     kaggle_dir: Optional[Path] = typer.Option(None, help="data.kaggle_dir, for --data-source local"),
+    slice_runner: SliceRunner = typer.Option(SliceRunner.processes, help="where the slice step's per-patient jobs "
+                                             "run: a local process pool, or Dask (not a param: same output)"),
+    dask_address: Optional[str] = typer.Option(None, help="for --slice-runner dask: an existing cluster's scheduler "
+                                               "(tcp://host:8786); default a local cluster of slice.workers processes"),
 ) -> None:
     """Run the pipeline once; stages DVC finds up to date are Cached."""
     _require_project_root()
+    if dask_address and slice_runner is not SliceRunner.dask:
+        _fail("--dask-address needs --slice-runner dask")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.pipeline import slicewise_pipeline
@@ -67,7 +78,7 @@ def run(
         state = slicewise_pipeline(
             profile=profile, data_source=data_source.value if data_source else None,
             brats_dir=str(brats_dir) if brats_dir else None, kaggle_dir=str(kaggle_dir) if kaggle_dir else None,
-            return_state=True,
+            slice_runner=slice_runner.value, dask_address=dask_address, return_state=True,
         )
     if not state.is_completed():
         _fail(state.message or "the flow run failed")

@@ -5,18 +5,22 @@
 Each task is one DVC stage (flows/stage_task.py): DVC says whether it is stale, the step runs in-process
 only then, and its result is committed to dvc.lock, so `dvc repro` and this flow never disagree about what
 is up to date. Only `fetch` and `register` talk to the network, so only they retry.
+
+`slice_runner="dask"` runs the slice step's per-patient jobs on a Dask cluster (flows/dask_slicing.py).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows import artifacts, dvc_stage, lineage
+from flows.dask_slicing import SliceRunner, slice_on_dask
 from flows.source_inventory import local_source_drift
-from flows.stage_task import forward_step_logs, stage_task
+from flows.stage_task import StepRun, forward_step_logs, stage_task
 from tasks import paths
 from tasks.config import Settings, load_settings, set_params
 
@@ -50,9 +54,17 @@ def slicewise_pipeline(
     data_source: Literal["synthetic", "local", "kaggle"] | None = None,
     brats_dir: str | None = None,
     kaggle_dir: str | None = None,
+    slice_runner: SliceRunner = "processes",
+    dask_address: str | None = None,
 ) -> dict[str, dict]:
-    """Run every stale stage of the DVC pipeline; returns stage → {"state": Cached | Completed | Skipped, ...}."""
+    """Run every stale stage of the DVC pipeline; returns stage → {"state": Cached | Completed | Skipped, ...}.
+
+    The first four parameters go into params.yaml (DVC sees them). `slice_runner` and `dask_address` do not:
+    they choose where the slice step's per-patient jobs run (a local process pool, or Dask: a local cluster, or
+    the scheduler at `dask_address`), which does not change its output, so it is no reason to rerun it.
+    """
     forward_step_logs()
+    step_runs = step_runs_for(slice_runner, dask_address)
     settings = apply_parameters(profile=profile, data_source=data_source, brats_dir=brats_dir, kaggle_dir=kaggle_dir)
     lineage.tag_flow_run(flow_run.id, lineage.flow_run_tags(settings))
     warn_about_stages_without_task()
@@ -60,20 +72,29 @@ def slicewise_pipeline(
     outcomes = {}
     with lineage.pipeline_run(settings, flow_run.id, work_pending=something_to_do()) as parent_run_id:
         for stage in STAGE_TASKS:
-            outcomes[stage.name] = run_stage(stage)
+            outcomes[stage.name] = run_stage(stage, step_runs.get(stage.name))
     artifacts.publish(settings, parent_run_id)
     return outcomes
 
 
-def run_stage(stage) -> dict:
+def run_stage(stage, run: StepRun | None = None) -> dict:
     """Run one stage task; a failure stops the flow with the stage's name and its error."""
-    state = stage(return_state=True)
+    state = stage(run, return_state=True)
     if state.is_completed():
         return {"state": state.name, **state.result()}
     error = state.result(raise_on_failure=False)
     why = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
     get_run_logger().error("step %r failed: %s", stage.name, why)
     raise StepFailed(f"step {stage.name!r} failed: {why}")
+
+
+def step_runs_for(slice_runner: SliceRunner, dask_address: str | None) -> dict[str, StepRun]:
+    """Stage → how to run its step, where that differs from `run_step(stage)` (what `dvc repro` runs)."""
+    if slice_runner == "dask":
+        return {"slice": partial(slice_on_dask, dask_address)}
+    if dask_address:
+        raise ValueError(f"dask_address={dask_address!r} needs slice_runner='dask'")
+    return {}
 
 
 def something_to_do() -> bool:

@@ -31,6 +31,7 @@ NETWORK_RETRIES = 3
 NETWORK_BACKOFF_SECONDS = 10  # 10 s, 20 s, 40 s: a flaky download or registry gets a minute to come back
 
 ForceCheck = Callable[[], "str | None"]  # returns why the stage must run although DVC finds it fresh
+StepRun = Callable[[], dict]  # runs the stage's step another way than run_step(stage) (flows/dask_slicing.py)
 STEP_LOGGER = "tasks"  # the steps log through logging.getLogger("tasks.<module>")
 
 
@@ -61,8 +62,8 @@ def worth_retrying(task: Task, task_run: Any, state: State) -> bool:
 def stage_task(stage: str, *, timeout_seconds: float, network: bool = False, force_check: ForceCheck | None = None):
     """The Prefect task for DVC stage `stage`; `network` stages get retries with exponential backoff."""
 
-    def run_stage() -> State:
-        return run_if_stale(stage, force_check)
+    def run_stage(run: StepRun | None = None) -> State:
+        return run_if_stale(stage, force_check, run)
 
     # A name of its own per stage: Prefect keys tasks by function name and source, which all stages share.
     run_stage.__name__ = run_stage.__qualname__ = f"stage_{stage}"
@@ -80,7 +81,8 @@ def stage_task(stage: str, *, timeout_seconds: float, network: bool = False, for
     )
 
 
-def run_if_stale(stage: str, force_check: ForceCheck | None = None) -> State:
+def run_if_stale(stage: str, force_check: ForceCheck | None = None, run: StepRun | None = None) -> State:
+    """Ask DVC; when the stage is stale, run its step (`run_step(stage)`, or `run` when given) and commit it."""
     logger = get_run_logger()
     if stage not in dvc_stage.pipeline_stages():
         logger.warning("dvc.yaml has no stage %r yet: skipped", stage)
@@ -103,7 +105,8 @@ def run_if_stale(stage: str, force_check: ForceCheck | None = None) -> State:
                          data={"stage": stage, "cached": True, "lock_sha256": fingerprint, "reason": reason})
 
     logger.info("%s: running (%s)", stage, reason)
-    result = run_step(stage)  # raises on failure: nothing below runs, so dvc.lock keeps the last good entry
+    # Raises on failure: nothing below runs, so dvc.lock keeps the last good entry.
+    result = run() if run else run_step(stage)
     fingerprint = dvc_stage.commit_stage(stage)
     logger.info("%s: done, recorded in dvc.lock (%s)", stage, fingerprint[:12])
     return Completed(message=f"ran ({reason}); dvc.lock entry sha256:{fingerprint}",

@@ -11,6 +11,7 @@ ONNX; `TwoHeadOutputs` wraps it with a plain (seg, cls) tuple output for exporte
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,10 @@ class UNetConfig:
     in_channels: int = 1  # one per MRI modality (FLAIR by default)
     base_channels: int = 8  # width of the first level; doubled at every level below
     depth: int = 3  # resolution levels, the last one being the bottleneck
-    norm: str = "instance"  # or "batch"; instance norm has no running statistics for Kaggle and BraTS to fight over
+    # "batch" or "instance". Batch norm folds into the ONNX convs (onnxruntime 1.6x torch eager at batch 1, against
+    # 0.8x with instance norm) and scored better on the quick profile (accuracy 0.915 vs 0.887, Dice 0.786 vs 0.760).
+    # Instance norm normalises each slice alone, which DDP on CPU needs for exact equivalence (no SyncBatchNorm there).
+    norm: str = "batch"
     cls_dropout: float = 0.2
 
     def channels(self) -> list[int]:
@@ -121,6 +125,35 @@ class MultitaskUNet(nn.Module):
         if "cls" in heads:
             out["cls"] = self.cls_head(features[-1])
         return out
+
+
+class TwoStageInstanceNorm(nn.Module):
+    """nn.InstanceNorm2d (affine, no running statistics) with its means taken row by row, then over the rows.
+
+    Same function; different arithmetic once exported. onnxruntime's InstanceNormalization and ReduceMean sum the
+    16k pixels of a 128² map in one float32 run, which is off by ~3e-4 after a z-scored MRI slice's first conv,
+    and the error grows through the network to ~1e-3 on the logits. Two short reductions of 128 values keep
+    onnxruntime within ~1e-5 of torch (measured), for ~10 % more latency.
+    """
+
+    def __init__(self, norm: nn.InstanceNorm2d):
+        super().__init__()
+        self.eps, self.weight, self.bias = norm.eps, norm.weight, norm.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        centred = x - x.mean(3, keepdim=True).mean(2, keepdim=True)
+        variance = (centred * centred).mean(3, keepdim=True).mean(2, keepdim=True)
+        return centred * torch.rsqrt(variance + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def with_export_norms(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose instance norms are TwoStageInstanceNorm (weights shared, outputs equal)."""
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.InstanceNorm2d) and child.affine and not child.track_running_stats:
+                setattr(parent, name, TwoStageInstanceNorm(child))
+    return model
 
 
 class TwoHeadOutputs(nn.Module):

@@ -70,6 +70,12 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise SliceWiseError(f"unreadable checkpoint ({type(exc).__name__}: {exc})", path) from exc
 
 
+def model_config_for(settings, profile: str | None = None) -> UNetConfig:
+    """The U-Net a profile trains (the active one by default): size and norm from params.yaml, inputs from slice."""
+    size = (settings.profiles[profile] if profile else settings.active).model
+    return UNetConfig(settings.in_channels, size.base_channels, size.depth, norm=size.norm)
+
+
 def model_config_of(checkpoint: dict) -> UNetConfig:
     return UNetConfig(**checkpoint["model_config"])
 
@@ -87,6 +93,16 @@ def architecture_digest(model: torch.nn.Module) -> str:
     """Identity of the model's structure: parameter and buffer names and shapes."""
     layout = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
     return hashlib.sha256(repr(layout).encode()).hexdigest()[:16]
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """Identity of a model's weights (names and exact values, whatever the memory layout): equal digests mean
+    bitwise-equal models, e.g. the processes of a DDP run at its end, or a checkpoint and the model that wrote it."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_model(path: Path | str, map_location: str | torch.device = "cpu") -> tuple[MultitaskUNet, dict]:

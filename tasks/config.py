@@ -31,6 +31,7 @@ class DataSettings(_Section):
 class ModelSize(_Section):
     base_channels: int = Field(8, ge=2)
     depth: int = Field(3, ge=2, le=6)
+    norm: Literal["batch", "instance"] = "batch"
 
 
 class Epochs(_Section):
@@ -90,6 +91,7 @@ class TrainSettings(_Section):
     amp_bf16: bool = True
     channels_last: bool = True
     compile: bool = False
+    pin_memory: bool = True
     threads: int = Field(0, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
 

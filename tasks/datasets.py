@@ -67,11 +67,13 @@ def collate_slices(samples: list[dict]) -> dict[str, Tensor]:
 
 
 def training_loader(data: SliceSet, batch_size: int, generator: torch.Generator, num_workers: int = 0,
-                    kaggle_share: float | None = None) -> DataLoader:
+                    kaggle_share: float | None = None, pin_memory: bool = False) -> DataLoader:
     """Shuffled batches; with `kaggle_share`, each epoch draws that share of its samples from the Kaggle images.
 
     The Kaggle images are few next to the BraTS slices; drawn at their natural rate the classifier barely sees
     them. Drawing with replacement keeps the epoch length (and cost) unchanged. Kaggle = the samples without mask.
+    `pin_memory` puts each batch in page-locked memory, so its copy to a GPU can overlap compute (CUDA only).
+    The order depends only on `generator`: processes of a DDP run that seed it alike draw the same batches.
     """
     sampler = None
     kaggle = ~data.has_mask
@@ -79,7 +81,8 @@ def training_loader(data: SliceSet, batch_size: int, generator: torch.Generator,
         weights = torch.where(kaggle, kaggle_share / kaggle.sum(), (1 - kaggle_share) / (~kaggle).sum()).double()
         sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True, generator=generator)
     return DataLoader(data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
-                      collate_fn=collate_slices, num_workers=num_workers, drop_last=len(data) > batch_size)
+                      collate_fn=collate_slices, num_workers=num_workers, drop_last=len(data) > batch_size,
+                      pin_memory=pin_memory)
 
 
 def load_slices(processed: Path, patients: list[str], sources: tuple[str, ...]) -> SliceSet:

@@ -54,9 +54,10 @@ PREPROCESSING = (
 
 def export_onnx(model: torch.nn.Module, path: Path, in_channels: int, image_size: int, opset: int) -> None:
     """Trace both heads to ONNX with a dynamic batch axis and fixed input/output names."""
-    from models.unet import TwoHeadOutputs
+    from models.unet import TwoHeadOutputs, with_export_norms
 
-    wrapper = TwoHeadOutputs(model.eval()).eval()
+    # Numerically stable instance norms for onnxruntime (see TwoStageInstanceNorm); parity checks the result.
+    wrapper = TwoHeadOutputs(with_export_norms(model.eval())).eval()
     dummy = torch.zeros(1, in_channels, image_size, image_size)
     with warnings.catch_warnings():
         # Benign for this graph: the shape checks inside instance norm are constant, and instance norm always

@@ -4,7 +4,9 @@ BraTS: each modality volume is z-scored over its brain voxels, axial slices are 
 slices, slices with (almost) no brain are dropped, and everything is resized to the profile's image size
 with a binary whole-tumour mask (labels 1, 2 and 4). Kaggle images: grayscale, same size and normalisation,
 label from their folder, one shard per class. Bad inputs are skipped and listed in rejected.csv (file,
-reason). Patients are processed in parallel, one volume set in memory per worker.
+reason). Patients are processed in parallel, one volume set in memory per worker: by default on a local process
+pool; the caller may pass another `map_jobs` (the Prefect flow's Dask cluster, flows/dask_slicing.py), which
+changes where the per-patient jobs run, never what they produce.
 
 data/processed is a persistent DVC output: a patient whose files and slicing parameters are unchanged
 keeps its shard (matched by a fingerprint), so new patients are sliced without redoing the old ones.
@@ -19,6 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import nibabel as nib
 import numpy as np
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 
 BRATS_LABELS = {0, 1, 2, 4}
 FINGERPRINTS = "fingerprints.json"
+
+# Runs fn(*args) for every args tuple of jobs, wherever it likes; yields the results in the order of jobs.
+JobMap = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
 
 
 @dataclass(frozen=True)
@@ -167,8 +173,24 @@ def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int) -> tuple[list[dict]
     return rows, rejected
 
 
-def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: int, stride: int) -> dict:
-    """Slice every patient under raw_dir/brats and every image under raw_dir/kaggle into out_dir."""
+def map_on_processes(workers: int) -> JobMap:
+    """The default JobMap: the jobs on a pool of `workers` local processes."""
+
+    def map_jobs(fn: Callable[..., Any], jobs: list[tuple]) -> Iterable[Any]:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(fn, *zip(*jobs))
+
+    return map_jobs
+
+
+def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: int, stride: int,
+                  map_jobs: JobMap | None = None) -> dict:
+    """Slice every patient under raw_dir/brats and every image under raw_dir/kaggle into out_dir.
+
+    `map_jobs` runs the per-patient jobs (default: `map_on_processes(cfg.workers)`). Each job writes its own
+    shard and returns its manifest rows; everything else (manifest, rejected.csv, fingerprints) is written
+    here, in job order, so the output is the same whichever JobMap ran the jobs.
+    """
     spec = SliceSpec(tuple(cfg.modalities), image_size, stride, cfg.min_brain_fraction)
     patient_dirs = sorted(p for p in (raw_dir / "brats").glob("*") if p.is_dir())
     if not patient_dirs:
@@ -185,11 +207,10 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
             todo.append((patient_dir, shard_path))
     log.info("slicing %d patients (%d unchanged and reused)", len(todo), len(patient_dirs) - len(todo))
 
-    with ProcessPoolExecutor(max_workers=cfg.workers) as pool, Progress() as progress:
+    map_jobs = map_jobs or map_on_processes(cfg.workers)
+    with Progress() as progress:
         bar = progress.add_task("slicing patients", total=len(todo))
-        jobs = [pool.submit(_slice_patient_job, d, s, spec) for d, s in todo]
-        for job in jobs:
-            name, outcome = job.result()
+        for name, outcome in map_jobs(_slice_patient_job, [(d, s, spec) for d, s in todo]):
             if isinstance(outcome, dict):
                 rejected.append(outcome)
                 fingerprints.pop(name)
@@ -244,9 +265,10 @@ def _write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
     tmp.replace(path)
 
 
-def main(settings: Settings) -> dict:
+def main(settings: Settings, map_jobs: JobMap | None = None) -> dict:
     started = time.perf_counter()
-    result = slice_dataset(paths.RAW, paths.PROCESSED, settings.slice, settings.active.image_size, settings.active.slice_stride)
+    result = slice_dataset(paths.RAW, paths.PROCESSED, settings.slice, settings.active.image_size,
+                           settings.active.slice_stride, map_jobs)
     result["seconds"] = round(time.perf_counter() - started, 1)
     log.info("slice: %s", result)
     return result

@@ -12,6 +12,9 @@ Each epoch writes checkpoints/<stage>/last.pt (model, optimizer, epoch, best met
 params) and, when the metric improves, best.pt. Started again, a stage resumes from last.pt when the run
 key matches (params that change what is learned, the data, the starting checkpoint), else starts fresh.
 Early stopping after `train.patience` epochs without improvement.
+
+Launched by `torchrun --nproc_per_node=N -m tasks train_<stage>`, a stage trains as N DDP processes that take the
+same steps as one process would (tasks/distributed.py); rank 0 alone writes files and talks to the tracker.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
@@ -31,9 +35,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from models.unet import MultitaskUNet, UNetConfig
 from tasks import paths
-from tasks.checkpoints import architecture_digest, load_checkpoint, load_weights, model_config_of, save_checkpoint
+from tasks.checkpoints import (architecture_digest, load_checkpoint, load_weights, model_config_for, model_config_of,
+                               save_checkpoint, weights_digest)
 from tasks.config import ClsStageSettings, JointStageSettings, SegStageSettings, Settings, TrainSettings
 from tasks.datasets import SliceSet, data_fingerprint, stage_data, training_loader
+from tasks.distributed import Ranks, launched_rank, training_processes
 from tasks.errors import SliceWiseError
 from tasks.tracking import NullTracker, Tracker, make_tracker
 from tasks.train_steps import StageLoss, StageRunner, make_optimizer, metric_of, pick_device, place_model
@@ -43,7 +49,8 @@ log = logging.getLogger(__name__)
 PREVIOUS_STAGE = {"seg": None, "cls": "seg", "joint": "cls"}
 METRIC_NAME = {"seg": "val_dice", "cls": "val_roc_auc", "joint": "val_dice_accuracy_mean"}
 # Settings that change speed, not what is learned: a run may resume with different values.
-RUNTIME_ONLY = ("patience", "device", "amp_bf16", "channels_last", "compile", "num_workers", "threads")
+# dvc.yaml's training stages list the other train keys, and patience (it decides which epoch best.pt is from).
+RUNTIME_ONLY = ("patience", "device", "amp_bf16", "channels_last", "compile", "pin_memory", "num_workers", "threads")
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,15 @@ class StageState:
     epochs_since_best: int = 0
     history: list[dict] = field(default_factory=list)
 
+    def record(self, row: dict, metric: float) -> bool:
+        """Add an epoch's metrics; whether its metric beat the best so far."""
+        self.epoch = row["epoch"]
+        self.history.append(row)
+        improved = metric > self.best_metric + 1e-6
+        self.best_metric = max(self.best_metric, metric)
+        self.epochs_since_best = 0 if improved else self.epochs_since_best + 1
+        return improved
+
 
 def plan_stage(settings: Settings, stage: str) -> StagePlan:
     previous = PREVIOUS_STAGE[stage]
@@ -102,7 +118,7 @@ def plan_stage(settings: Settings, stage: str) -> StagePlan:
         seed=settings.seed,
         train=settings.train,
         stage_params=getattr(settings, f"train_{stage}"),
-        model=UNetConfig(settings.in_channels, settings.active.model.base_channels, settings.active.model.depth),
+        model=model_config_for(settings),
         processed=paths.PROCESSED,
         splits_dir=paths.SPLITS,
         checkpoint_dir=paths.checkpoint_dir(stage),
@@ -112,13 +128,20 @@ def plan_stage(settings: Settings, stage: str) -> StagePlan:
 
 
 def train_stage(plan: StagePlan, tracker: Tracker = NullTracker()) -> dict:
-    """Train one stage (resuming when possible); returns best metric, epochs run and seconds."""
+    """Train one stage (resuming when possible); returns best metric, epochs run, seconds and a weights digest.
+
+    Under torchrun this process is one of several (DDP); otherwise it trains alone."""
+    with training_processes(pick_device(plan.train.device)) as (ranks, device):
+        return _train(plan, tracker if ranks.is_main else NullTracker(), ranks, device)
+
+
+def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device) -> dict:
     started = time.perf_counter()
-    torch.set_num_threads(plan.train.threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(plan.train.threads or max(1, len(os.sched_getaffinity(0)) // ranks.local_world))
     torch.manual_seed(plan.seed)
-    device = pick_device(plan.train.device)
     train_set, val_set = stage_data(plan.stage, plan.processed, plan.splits_dir, plan.stage_params, plan.seed)
     _check_shapes(plan, train_set)
+    ranks.check_batch(plan.train.batch_size, len(train_set))
 
     model = place_model(_initial_model(plan), device, plan.train)
     optimizer = make_optimizer(model, plan.stage, plan.stage_params)
@@ -128,12 +151,14 @@ def train_stage(plan: StagePlan, tracker: Tracker = NullTracker()) -> dict:
     first_epoch = state.epoch + 1
     tracker.log_params(_flatten(plan.params()))
 
+    # Wrapping in DDP (inside StageRunner) waits for every process: none writes last.pt before all have read it.
     steps = StageRunner(model, optimizer, StageLoss(plan.stage, plan.stage_params), plan.stage, plan.train, device,
-                        generator)
+                        generator, ranks)
     loader = training_loader(train_set, plan.train.batch_size, generator, plan.train.num_workers,
-                             getattr(plan.stage_params, "kaggle_share", None))
+                             getattr(plan.stage_params, "kaggle_share", None),
+                             pin_memory=plan.train.pin_memory and device.type == "cuda")
     metric_name = METRIC_NAME[plan.stage]
-    with _progress() as progress:
+    with _progress(visible=ranks.is_main) as progress:
         bar = progress.add_task(f"train_{plan.stage}", total=max(plan.epochs - state.epoch, 0) * len(loader),
                                 loss=math.nan, metric=f"{metric_name} -")
         for epoch in range(first_epoch, plan.epochs + 1):
@@ -142,14 +167,20 @@ def train_stage(plan: StagePlan, tracker: Tracker = NullTracker()) -> dict:
                          state.epoch, state.epochs_since_best)
                 break
             epoch_started = time.perf_counter()
+            # Dropout noise: seeded per epoch and process, so a resumed run draws what an uninterrupted one would,
+            # and the processes of a DDP run draw different masks for their different samples.
+            torch.manual_seed(_noise_seed(plan.seed, epoch, ranks.rank))
             train_loss = steps.train_epoch(loader, epoch, plan.epochs,
                                            on_batch=lambda loss: progress.update(bar, advance=1, loss=loss))
             row = {"epoch": epoch, "train_loss": train_loss, **steps.evaluate(val_set)}
             row["seconds"] = round(time.perf_counter() - epoch_started, 2)
-            _end_epoch(plan, state, row, metric_of(plan.stage, row), model, optimizer, generator, run_key)
+            improved = state.record(row, metric_of(plan.stage, row))
+            if ranks.is_main:
+                _save_epoch(plan, state, improved, model, optimizer, generator, run_key)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             progress.update(bar, metric=f"{metric_name} {state.best_metric:.4f} (best)")
-    _write_history(plan.history_path, state.history)
+    if ranks.is_main:
+        _write_history(plan.history_path, state.history)
     tracker.log_artifact(plan.history_path, "training")
     tracker.log_artifact(plan.checkpoint_dir / "best.pt", f"checkpoints/{plan.stage}")
     return {
@@ -159,6 +190,9 @@ def train_stage(plan: StagePlan, tracker: Tracker = NullTracker()) -> dict:
         "epochs_run": state.epoch,
         "resumed_from_epoch": first_epoch - 1,
         "seconds": round(time.perf_counter() - started, 1),
+        "processes": ranks.world,
+        "rank": ranks.rank,
+        "weights_digest": weights_digest(model.state_dict()),  # the last epoch's weights, as in last.pt
     }
 
 
@@ -201,24 +235,18 @@ def _resume(plan: StagePlan, run_key: dict, model, optimizer, generator: torch.G
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     generator.set_state(extra["generator_state"])
-    torch.set_rng_state(extra["torch_rng_state"])
     log.info("train_%s: resuming after epoch %d from %s", plan.stage, checkpoint["epoch"], last)
     return StageState(checkpoint["epoch"], checkpoint["best_metric"], extra["epochs_since_best"], extra["history"])
 
 
-def _end_epoch(plan, state: StageState, row: dict, metric: float, model, optimizer, generator, run_key) -> None:
-    """Record the epoch, then write best.pt (if improved) before last.pt, so last.pt never points past best."""
-    state.epoch = row["epoch"]
-    state.history.append(row)
-    improved = metric > state.best_metric + 1e-6
-    state.best_metric = max(state.best_metric, metric)
-    state.epochs_since_best = 0 if improved else state.epochs_since_best + 1
+def _save_epoch(plan, state: StageState, improved: bool, model, optimizer, generator, run_key) -> None:
+    """Write best.pt (if improved) before last.pt, so last.pt never points past best, then the history."""
     common = dict(model=model, model_config=plan.model, epoch=state.epoch, best_metric=state.best_metric,
                   metric_name=METRIC_NAME[plan.stage], params=plan.params(), stage=plan.stage)
     if improved:
-        save_checkpoint(plan.checkpoint_dir / "best.pt", optimizer=None, extra={"metrics": row}, **common)
+        save_checkpoint(plan.checkpoint_dir / "best.pt", optimizer=None, extra={"metrics": state.history[-1]}, **common)
     extra = {"run_key": run_key, "history": state.history, "epochs_since_best": state.epochs_since_best,
-             "generator_state": generator.get_state(), "torch_rng_state": torch.get_rng_state()}
+             "generator_state": generator.get_state()}
     save_checkpoint(plan.checkpoint_dir / "last.pt", optimizer=optimizer, extra=extra, **common)
     _write_history(plan.history_path, state.history)
 
@@ -230,10 +258,14 @@ def _write_history(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _progress() -> Progress:
+def _progress(visible: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[metric]}"),
-                    TimeElapsedColumn(), console=Console(stderr=True))
+                    TimeElapsedColumn(), console=Console(stderr=True), disable=not visible)
+
+
+def _noise_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def _flatten(params: dict, prefix: str = "") -> dict:
@@ -255,7 +287,8 @@ def _file_digest(path: Path) -> str:
 def main(settings: Settings, stage: str) -> dict:
     if stage not in PREVIOUS_STAGE:
         raise SliceWiseError(f"unknown training stage {stage!r}; expected one of {tuple(PREVIOUS_STAGE)}")
-    tracker = make_tracker(settings, f"train_{stage}")
+    # Under torchrun only rank 0 opens a tracker run; the others train without one.
+    tracker = make_tracker(settings, f"train_{stage}") if launched_rank() == 0 else NullTracker()
     try:
         result = train_stage(plan_stage(settings, stage), tracker)
     except BaseException:

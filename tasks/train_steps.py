@@ -1,4 +1,9 @@
-"""The pieces of one training epoch: device, which parameters each stage trains, losses, validation metrics."""
+"""The pieces of one training epoch: device, which parameters each stage trains, losses, validation metrics.
+
+Under `torchrun` (see tasks/distributed.py) every process draws the same global batch and its augmentation and
+keeps its share; the loss is computed from sums that add up over the shares, so the averaged gradient, and with it
+each optimizer step, is the one a single process takes on the whole batch.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,16 @@ from typing import Callable
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from models.unet import MultitaskUNet
 from tasks.augment import augment_batch
-from tasks.datasets import SliceSet, collate_slices
 from tasks.config import TrainSettings
+from tasks.datasets import SliceSet, collate_slices
+from tasks.distributed import Ranks
 from tasks.errors import SliceWiseError
 
 STAGE_HEADS = {"seg": ("seg",), "cls": ("cls",), "joint": ("seg", "cls")}
@@ -40,9 +46,9 @@ def place_model(model: MultitaskUNet, device: torch.device, train_cfg) -> Multit
     return model
 
 
-def compiled(model: MultitaskUNet, device: torch.device, train_cfg) -> nn.Module:
-    """The module that runs the steps: torch.compile'd on CUDA when asked, else the model itself."""
-    return torch.compile(model) if train_cfg.compile and device.type == "cuda" else model
+def compiled(module: nn.Module, device: torch.device, train_cfg) -> nn.Module:
+    """The module torch.compile'd on CUDA when asked (`train.compile`), else the module itself."""
+    return torch.compile(module) if train_cfg.compile and device.type == "cuda" else module
 
 
 def native_cpu_bf16() -> bool:
@@ -58,12 +64,15 @@ def autocast(device: torch.device, train_cfg):
 
 
 def make_optimizer(model: MultitaskUNet, stage: str, params) -> torch.optim.Optimizer:
-    """AdamW over what the stage trains; cls freezes encoder and decoder, joint gives the encoder a lower LR."""
+    """AdamW over what the stage trains, the rest frozen (seg: the unused head; cls: encoder and decoder);
+    joint gives the encoder a lower LR. DDP needs the freezing: it expects a gradient for every trainable weight."""
+    trained = {"seg": (model.encoder, model.seg_decoder), "cls": (model.cls_head,), "joint": (model,)}[stage]
+    model.requires_grad_(False)
+    for part in trained:
+        part.requires_grad_(True)
     if stage == "seg":
         groups = [{"params": [*model.encoder.parameters(), *model.seg_decoder.parameters()], "base_lr": params.lr}]
     elif stage == "cls":
-        model.encoder.requires_grad_(False)
-        model.seg_decoder.requires_grad_(False)
         groups = [{"params": list(model.cls_head.parameters()), "base_lr": params.lr}]
     else:
         groups = [
@@ -82,30 +91,55 @@ def set_train_mode(model: MultitaskUNet, stage: str) -> None:
 
 
 class StageLoss:
-    """seg: Dice + BCE on the pixels; cls: BCE on the labels; joint: L_seg (masked samples only) + λ·L_cls."""
+    """seg: Dice + BCE on the pixels; cls: BCE on the labels; joint: L_seg (masked samples only) + λ·L_cls.
+
+    The seg term is MONAI's DiceCELoss(sigmoid=True, batch=True): Dice pooled over the batch, so slices without
+    tumour do not each add an ill-defined Dice term. Everything is computed from sums over the batch (overlap,
+    areas, BCE terms and their counts), because sums add up over the shares of a DDP run: the loss of a whole batch
+    is `from_sums(sums(out, batch))` and equally `from_sums(sum of sums(out, share) over the shares)`.
+    """
+
+    SMOOTH = 1e-5  # MONAI's smooth_nr and smooth_dr
 
     def __init__(self, stage: str, params):
         self.heads = STAGE_HEADS[stage]
         self.cls_weight = getattr(params, "cls_weight", 1.0)
-        # batch=True pools Dice over the batch: slices without tumour do not each add an ill-defined Dice term.
-        self.seg_loss = DiceCELoss(sigmoid=True, batch=True)
-        self.cls_loss = nn.BCEWithLogitsLoss()
 
     def __call__(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
-        loss = torch.zeros((), device=batch["image"].device)
-        has_mask = batch["has_mask"]
-        if "seg" in out and has_mask.any():  # a batch of Kaggle images only has no segmentation term
-            loss = loss + self.seg_loss(out["seg"][has_mask].float(), batch["mask"][has_mask])
+        return self.from_sums(self.sums(out, batch))
+
+    def sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        """[overlap, predicted area, true area, seg BCE sum, seg pixels, cls BCE sum, cls samples] of a batch."""
+        zero = torch.zeros((), device=batch["image"].device)
+        seg, cls = [zero] * 5, [zero] * 2
+        if "seg" in out:  # samples without a mask (Kaggle) get weight 0: no segmentation term from them
+            logits = out["seg"].float()
+            weight = batch["has_mask"].view(-1, 1, 1, 1).to(logits.dtype)
+            probability, truth = torch.sigmoid(logits) * weight, batch["mask"] * weight
+            bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * weight
+            seg = [(probability * truth).sum(), probability.sum(), truth.sum(), bce.sum(),
+                   weight.sum() * logits[0].numel()]
         if "cls" in out:
-            loss = loss + self.cls_weight * self.cls_loss(out["cls"].float(), batch["label"])
+            cls = [F.binary_cross_entropy_with_logits(out["cls"].float(), batch["label"], reduction="sum"),
+                   torch.full((), float(len(batch["label"])), device=zero.device)]
+        return torch.stack(seg + cls)
+
+    def from_sums(self, sums: Tensor) -> Tensor:
+        overlap, predicted, actual, seg_bce, pixels, cls_bce, samples = sums.unbind()
+        loss = self.cls_weight * cls_bce / samples.clamp(min=1) if "cls" in self.heads else torch.zeros_like(overlap)
+        if "seg" in self.heads:  # with no masked sample: 1 - SMOOTH / SMOOTH = 0 and 0 / 1, no segmentation term
+            dice = 1 - (2 * overlap + self.SMOOTH) / (predicted + actual + self.SMOOTH)
+            loss = loss + dice + seg_bce / pixels.clamp(min=1)
         return loss
 
 
-def _to_device(batch: dict[str, Tensor], device: torch.device, channels_last: bool) -> dict[str, Tensor]:
-    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if channels_last:
-        moved["image"] = moved["image"].contiguous(memory_format=torch.channels_last)
-    return moved
+def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _layout(image: Tensor, channels_last: bool) -> Tensor:
+    """NHWC when `train.channels_last` (the model's weights are NHWC too, see place_model)."""
+    return image.contiguous(memory_format=torch.channels_last) if channels_last else image
 
 
 def scheduled_lr_factor(progress: float, schedule: str) -> float:
@@ -118,7 +152,11 @@ def scheduled_lr_factor(progress: float, schedule: str) -> float:
 
 @dataclass
 class StageRunner:
-    """A stage's model, optimizer and loss on one device: runs training epochs and validation passes."""
+    """A stage's model, optimizer and loss on one device: runs training epochs and validation passes.
+
+    With several processes (`ranks`), training steps run through DDP, and validation runs on rank 0, whose metrics
+    every process then takes.
+    """
 
     model: MultitaskUNet
     optimizer: torch.optim.Optimizer
@@ -126,11 +164,16 @@ class StageRunner:
     stage: str
     train_cfg: TrainSettings
     device: torch.device
-    generator: torch.Generator  # shuffling and augmentation
-    module: nn.Module = field(init=False)  # what runs the steps: the model, or its torch.compile'd version
+    generator: torch.Generator  # shuffling and augmentation: seeded alike in every process
+    ranks: Ranks = Ranks()
+    module: nn.Module = field(init=False)  # runs validation: the model, or its torch.compile'd version
+    trainer: nn.Module = field(init=False)  # runs training steps: the same, wrapped in DDP across processes
 
     def __post_init__(self):
         self.module = compiled(self.model, self.device, self.train_cfg)
+        # torch.compile over DDP (not the reverse) lets the compiler split its graphs at DDP's gradient buckets.
+        self.trainer = self.module if self.ranks.world == 1 else \
+            compiled(self.ranks.wrap(self.model, self.device), self.device, self.train_cfg)
 
     def train_epoch(self, loader: DataLoader, epoch: int, epochs: int, on_batch: Callable[[float], None]) -> float:
         """One pass over the training data with augmentation; returns the mean training loss."""
@@ -140,21 +183,26 @@ class StageRunner:
             factor = scheduled_lr_factor((epoch - 1 + i / len(loader)) / epochs, self.train_cfg.lr_schedule)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-            batch = _to_device(batch, self.device, self.train_cfg.channels_last)
+            # Every process augments the whole global batch, drawing what a single process draws, then keeps its share.
+            batch = _to_device(batch, self.device)
             batch["image"], batch["mask"] = augment_batch(batch["image"], batch["mask"], self.train_cfg.augment,
                                                           self.generator)
+            size = len(batch["label"])
+            batch = self.ranks.share(batch)
             with autocast(self.device, self.train_cfg):
-                out = self.module(batch["image"], heads=self.loss_fn.heads)
-            loss = self.loss_fn(out, batch)
+                out = self.trainer(_layout(batch["image"], self.train_cfg.channels_last), heads=self.loss_fn.heads)
+            # The global batch's loss in every process: DDP's average of their gradients is the whole batch's.
+            loss = self.loss_fn.from_sums(self.ranks.sum(self.loss_fn.sums(out, batch)))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total, count = total + loss.item() * len(batch["label"]), count + len(batch["label"])
+            total, count = total + loss.item() * size, count + size
             on_batch(loss.item())
         return total / max(count, 1)
 
     def evaluate(self, data: SliceSet) -> dict[str, float]:
-        return evaluate(self.module, data, self.loss_fn, self.train_cfg, self.device)
+        row = evaluate(self.module, data, self.loss_fn, self.train_cfg, self.device) if self.ranks.is_main else None
+        return self.ranks.from_main(row)
 
 
 @torch.no_grad()
@@ -165,9 +213,9 @@ def evaluate(module: nn.Module, data: SliceSet, loss_fn: StageLoss, train_cfg: T
     loader = DataLoader(data, batch_size=train_cfg.batch_size * 2, shuffle=False, collate_fn=collate_slices)
     total, overlap, predicted, actual, probabilities = 0.0, 0.0, 0.0, 0.0, []
     for batch in loader:
-        batch = _to_device(batch, device, train_cfg.channels_last)
+        batch = _to_device(batch, device)
         with autocast(device, train_cfg):
-            out = module(batch["image"], heads=loss_fn.heads)
+            out = module(_layout(batch["image"], train_cfg.channels_last), heads=loss_fn.heads)
         total += loss_fn(out, batch).item() * len(batch["label"])
         if "seg" in out:
             pred = (out["seg"][batch["has_mask"]] > 0).float()

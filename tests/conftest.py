@@ -98,6 +98,17 @@ def shrink_settings(settings: Settings, **profile_updates) -> Settings:
     })
 
 
+def with_epochs(settings: Settings, **epochs: int) -> Settings:
+    """The settings with other epoch counts for the active profile, e.g. with_epochs(s, seg=2)."""
+    profile = settings.active.model_copy(update={"epochs": settings.active.epochs.model_copy(update=epochs)})
+    return settings.model_copy(update={"profiles": {**settings.profiles, settings.profile: profile}})
+
+
+def with_section(settings: Settings, section: str, **updates) -> Settings:
+    """The settings with some keys of one section changed, e.g. with_section(s, "train", patience=1)."""
+    return settings.model_copy(update={section: getattr(settings, section).model_copy(update=updates)})
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tiny tensors gain nothing from threads, and on a busy 2-core machine OpenMP threads waiting for each
@@ -126,10 +137,10 @@ def untrained_checkpoint(tmp_path, tiny_settings) -> Path:
     """A best.pt-style checkpoint of a seeded, untrained model sized like tiny_settings."""
     import torch
 
-    from models.unet import MultitaskUNet, UNetConfig
-    from tasks.checkpoints import save_checkpoint
+    from models.unet import MultitaskUNet
+    from tasks.checkpoints import model_config_for, save_checkpoint
 
     torch.manual_seed(0)
-    cfg = UNetConfig(tiny_settings.in_channels, tiny_settings.active.model.base_channels, tiny_settings.active.model.depth)
+    cfg = model_config_for(tiny_settings)
     return save_checkpoint(tmp_path / "untrained.pt", model=MultitaskUNet(cfg), optimizer=None, model_config=cfg, epoch=0,
                            best_metric=0.0, metric_name="none", params={}, stage="joint")

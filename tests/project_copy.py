@@ -25,10 +25,11 @@ TINY = {
 }
 
 
-def copy_project(dest: Path, stages: list[str] | None = None, **updates: object) -> Path:
+def copy_project(dest: Path, stages: list[str] | None = None, tiny: bool = True, **updates: object) -> Path:
     """Copy the tracked and new (not ignored) files to `dest`, make it a git + DVC repo, shrink params.
 
-    `stages` keeps only those DVC stages, for tests of part of the pipeline.
+    `stages` keeps only those DVC stages, for tests of part of the pipeline; `tiny=False` keeps the profiles
+    as params.yaml has them (benchmarks).
     """
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
@@ -46,7 +47,7 @@ def copy_project(dest: Path, stages: list[str] | None = None, **updates: object)
         pipeline = yaml.safe_load((dest / "dvc.yaml").read_text())
         pipeline["stages"] = {k: v for k, v in pipeline["stages"].items() if k in stages}
         (dest / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
-    set_params({**TINY, "tracking.enabled": False, **updates}, dest / "params.yaml")
+    set_params({**(TINY if tiny else {}), "tracking.enabled": False, **updates}, dest / "params.yaml")
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run(git + ["init", "-q"], cwd=dest, check=True)
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)

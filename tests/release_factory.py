@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from models.unet import MultitaskUNet, UNetConfig
+from models.unet import MultitaskUNet
 from tasks import paths
-from tasks.checkpoints import save_checkpoint
+from tasks.checkpoints import model_config_for, save_checkpoint
 from tasks.config import Settings
 
 from tests.conftest import make_tiny_processed
@@ -44,7 +44,7 @@ def write_metrics(root: Path, accuracy: float, sensitivity: float, threshold: fl
 def write_checkpoint(root: Path, settings: Settings, seed: int = 0, cls_bias: float | None = None) -> Path:
     """checkpoints/joint/best.pt of a seeded untrained model sized like `settings` (optionally a fixed cls bias)."""
     torch.manual_seed(seed)
-    cfg = UNetConfig(settings.in_channels, settings.active.model.base_channels, settings.active.model.depth)
+    cfg = model_config_for(settings)
     model = MultitaskUNet(cfg)
     if cls_bias is not None:
         with torch.no_grad():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 
 import httpx
@@ -23,8 +24,9 @@ from prefect.states import Failed
 from prefect.testing.utilities import prefect_test_harness
 
 from flows import artifacts, dvc_stage, lineage
+from flows.dask_slicing import dask_task_runner
 from flows.deploy import DEPLOYMENT_NAME, build_deployment
-from flows.pipeline import STAGE_TASKS, slicewise_pipeline
+from flows.pipeline import STAGE_TASKS, slicewise_pipeline, step_runs_for
 from flows.source_inventory import local_source_drift
 from flows.stage_task import worth_retrying
 from tasks import STEPS
@@ -68,6 +70,17 @@ def task_runs(state) -> dict:
         this_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         runs = client.read_task_runs(flow_run_filter=this_run, sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
     return {run.name: run for run in runs}
+
+
+def subflow_runs(state) -> list:
+    """(flow name, flow run) of the flow runs started inside this one's tasks (e.g. slice-on-dask)."""
+    from prefect.client.schemas.filters import FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        parent = FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=parent), limit=10, offset=0,
+                                     sort="EXPECTED_START_TIME_ASC")
+        return [(client.read_flow(run.flow_id).name, run) for run in runs]
 
 
 def flow_run_logs(state) -> list[str]:
@@ -183,6 +196,26 @@ def test_dvc_changes_are_described_in_one_line():
                     "changed outs: data/splits (deleted); always changed")
 
 
+def test_slice_runner_is_a_flow_parameter_not_a_dvc_param(monkeypatch):
+    assert step_runs_for("processes", None) == {}  # run_step("slice"): what dvc repro runs
+    assert set(step_runs_for("dask", "tcp://10.0.0.5:8786")) == {"slice"}
+    with pytest.raises(ValueError, match="needs slice_runner='dask'"):
+        step_runs_for("processes", "tcp://10.0.0.5:8786")
+    assert dask_task_runner("tcp://10.0.0.5:8786", workers=2).address == "tcp://10.0.0.5:8786"
+    local = dask_task_runner(None, workers=3)
+    assert local.address is None and local.cluster_kwargs["n_workers"] == 3
+    assert local.cluster_kwargs["processes"] and local.cluster_kwargs["threads_per_worker"] == 1
+    assert "slice_runner" not in (ROOT / "params.yaml").read_text()  # DVC must not see it
+
+    from typer.testing import CliRunner
+
+    from flows.__main__ import app
+
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(app, ["run", "--dask-address", "tcp://10.0.0.5:8786"])
+    assert result.exit_code == 1 and "--dask-address needs --slice-runner dask" in result.output
+
+
 # ---- the flow against real DVC ---------------------------------------------------------------------------------
 
 
@@ -275,6 +308,33 @@ def test_new_local_patient_triggers_fetch_and_reslices_only_it(project, tmp_path
 
     state, outcomes = run_flow()  # nothing changed: a scheduled run finds everything Cached
     assert states_of(outcomes) == dict.fromkeys(DATA_STAGES, "Cached")
+
+
+@pytest.mark.slow
+def test_slicing_on_a_dask_cluster_gives_the_serial_result(project, prefect_server):
+    state, outcomes = run_flow()  # slice on the local process pool, as dvc repro does
+    assert state.is_completed(), state.message
+    processed = project / "data" / "processed"
+    serial = {p.relative_to(processed): p.read_bytes() for p in processed.rglob("*") if p.is_file()}
+    lock_serial = (project / "dvc.lock").read_text()
+
+    # Slice again, on Dask: without its output and DVC's run cache, DVC finds slice stale and cannot restore it.
+    shutil.rmtree(processed)
+    shutil.rmtree(project / ".dvc" / "cache" / "runs")
+    state, outcomes = run_flow(slice_runner="dask")
+    assert state.is_completed(), state.message
+    assert states_of(outcomes) == {"fetch": "Cached", "slice": "Completed", "split": "Cached"}  # same data/processed
+    assert outcomes["slice"]["result"]["resliced"] == 3
+    assert {p.relative_to(processed): p.read_bytes() for p in processed.rglob("*") if p.is_file()} == serial
+    assert (project / "dvc.lock").read_text() == lock_serial and clean(project)
+
+    # The per-patient jobs were tasks of the subflow, run on the workers of a local Dask cluster.
+    ((flow_name, subflow),) = subflow_runs(state)
+    assert flow_name == "slice-on-dask" and subflow.state.is_completed()
+    sliced = {name: run.state.name for name, run in task_runs(subflow.state).items()}
+    assert sliced == {f"slice BraTS20_Training_00{i}": "Completed" for i in (1, 2, 3)}
+    on_workers = [line for line in flow_run_logs(subflow.state) if " on Dask worker tcp://" in line]
+    assert len(on_workers) == 3 and not any(f"(pid {os.getpid()})" in line for line in on_workers)
 
 
 @pytest.mark.slow

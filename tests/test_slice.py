@@ -93,3 +93,28 @@ def test_rerun_reslices_only_new_patients(tmp_path):
     assert result["resliced"] == 1 and result["patients"] == 3
     assert (out / "brats" / "BraTS20_Training_001.npz").stat().st_mtime_ns == before
     assert slice_dataset(raw, out, CFG, image_size=24, stride=1)["resliced"] == 3  # a changed spec redoes all
+
+
+def test_where_the_jobs_run_does_not_change_the_output(tmp_path):
+    """Any JobMap (here: in this process, in reverse) gives the process pool's manifest and arrays."""
+    raw = make_raw(tmp_path, n=3)
+    write_patient(raw / "brats", "BraTS20_Training_009", np.random.default_rng(3), parts=("t1", "seg"))  # rejected
+    ran = []
+
+    def in_process_backwards(fn, jobs):
+        results = {args: fn(*args) for args in reversed(jobs)}  # a different completion order ...
+        ran.extend(args[0].name for args in jobs)
+        return [results[args] for args in jobs]  # ... results still in job order, as a JobMap promises
+
+    pooled, local = tmp_path / "pooled", tmp_path / "local"
+    assert slice_dataset(raw, pooled, CFG, image_size=32, stride=2) == \
+        slice_dataset(raw, local, CFG, image_size=32, stride=2, map_jobs=in_process_backwards)
+    assert ran == [f"BraTS20_Training_00{i}" for i in (1, 2, 3, 9)]
+    for name in ("manifest.csv", "rejected.csv", "fingerprints.json"):
+        assert (pooled / name).read_bytes() == (local / name).read_bytes()
+    shards = sorted(p.relative_to(pooled) for p in pooled.rglob("*.npz"))
+    assert shards == sorted(p.relative_to(local) for p in local.rglob("*.npz")) and len(shards) == 5
+    for shard in shards:
+        a, b = read_shard(pooled / shard), read_shard(local / shard)
+        for field in a.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{shard} {field}")

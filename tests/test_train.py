@@ -6,25 +6,19 @@ import math
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
+from monai.losses import DiceCELoss
 
 from models.unet import MultitaskUNet, UNetConfig
 from tasks import paths, train
 from tasks.augment import augment_batch
 from tasks.checkpoints import load_checkpoint, load_model, save_checkpoint
-from tasks.config import Augment
-from tasks.datasets import collate_slices, stage_data
+from tasks.config import Augment, TrainSettings
+from tasks.datasets import SliceSet, collate_slices, stage_data, training_loader
 from tasks.errors import SliceWiseError
-from tasks.train_steps import StageLoss, make_optimizer
-from tests.conftest import make_tiny_processed
-
-
-def with_epochs(settings, **epochs):
-    profile = settings.active.model_copy(update={"epochs": settings.active.epochs.model_copy(update=epochs)})
-    return settings.model_copy(update={"profiles": {**settings.profiles, settings.profile: profile}})
-
-
-def with_section(settings, section, **updates):
-    return settings.model_copy(update={section: getattr(settings, section).model_copy(update=updates)})
+from tasks.train_steps import StageLoss, StageRunner, make_optimizer, place_model
+from tests.conftest import REPO, make_tiny_processed, with_epochs, with_section
 
 
 def metrics_only(history: pd.DataFrame) -> pd.DataFrame:
@@ -60,6 +54,42 @@ def test_joint_seg_loss_ignores_samples_without_a_mask(tiny_settings):
     assert loss(out, batch) == before
     batch["mask"][0] = 1
     assert loss(out, batch) != before
+
+
+def test_stage_loss_is_monais_dice_ce_plus_weighted_bce(tiny_settings):
+    """StageLoss computes from sums (so DDP shares add up), but is the loss MONAI and torch define."""
+    torch.manual_seed(0)
+    out = {"seg": torch.randn(6, 1, 16, 16) * 3, "cls": torch.randn(6)}
+    batch = {"image": torch.zeros(6, 1, 16, 16), "mask": (torch.rand(6, 1, 16, 16) > 0.7).float(),
+             "has_mask": torch.tensor([True] * 4 + [False] * 2), "label": torch.tensor([1.0, 0, 1, 0, 1, 0])}
+    dice_ce, bce, lam = DiceCELoss(sigmoid=True, batch=True), F.binary_cross_entropy_with_logits, 0.5
+    joint = StageLoss("joint", tiny_settings.train_joint.model_copy(update={"cls_weight": lam}))
+    all_masked = batch | {"has_mask": torch.ones(6, dtype=torch.bool)}
+    torch.testing.assert_close(StageLoss("seg", tiny_settings.train_seg)(out, all_masked),
+                               dice_ce(out["seg"], batch["mask"]))
+    torch.testing.assert_close(joint(out, batch),
+                               dice_ce(out["seg"][:4], batch["mask"][:4]) + lam * bce(out["cls"], batch["label"]))
+    kaggle = {k: v[4:] for k, v in batch.items()}
+    kaggle_out = {k: v[4:] for k, v in out.items()}
+    torch.testing.assert_close(joint(kaggle_out, kaggle), lam * bce(kaggle_out["cls"], kaggle["label"]))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_train_channels_last_reaches_weights_and_inputs_of_training_and_validation(tiny_settings, channels_last):
+    cfg = tiny_settings.train.model_copy(update={"channels_last": channels_last})
+    nhwc = torch.channels_last
+    data = SliceSet(torch.randn(8, 2, 16, 16).half(), torch.zeros(8, 16, 16, dtype=torch.uint8),
+                    torch.ones(8, dtype=torch.bool), torch.zeros(8, dtype=torch.uint8))  # 2 channels: NHWC != NCHW
+    model = place_model(MultitaskUNet(UNetConfig(2, 4, 2)), torch.device("cpu"), cfg)
+    inputs = []
+    model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].is_contiguous(memory_format=nhwc)))
+    runner = StageRunner(model, make_optimizer(model, "seg", tiny_settings.train_seg),
+                         StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"),
+                         torch.Generator().manual_seed(0))
+    runner.train_epoch(training_loader(data, 4, runner.generator), 1, 1, on_batch=lambda loss: None)
+    runner.evaluate(data)
+    assert model.encoder.levels[0].conv1.conv.weight.is_contiguous(memory_format=nhwc) == channels_last
+    assert inputs == [channels_last] * 3  # two training batches, one validation batch
 
 
 def test_augmentation_moves_mask_with_image_and_keeps_background_zero():
@@ -219,3 +249,23 @@ def test_tracker_receives_params_metrics_and_artifacts(in_project, tiny_settings
     assert recorder.params["train_seg.lr"] == tiny_settings.train_seg.lr and recorder.params["model.base_channels"] == 4
     assert [step for step, _ in recorder.metrics] == [1, 2] and "val_dice" in recorder.metrics[0][1]
     assert paths.best_checkpoint("seg") in recorder.artifacts and paths.history_file("seg") in recorder.artifacts
+
+
+def test_dvc_reruns_training_for_the_train_keys_that_change_what_is_learned():
+    """Runtime-only switches (device, bf16, compile, pin_memory, ...) are no DVC params; every other train key is.
+    patience is both: a run may resume with another value, but it decides which epoch best.pt holds."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    expected = {f"train.{key}" for key in TrainSettings.model_fields if key not in train.RUNTIME_ONLY}
+    for stage in ("train_seg", "train_cls", "train_joint"):
+        listed = {p for p in stages[stage]["params"] if isinstance(p, str) and p.startswith("train.")}
+        assert listed == expected | {"train.patience"}, stage
+
+
+@pytest.mark.parametrize("norm, layer", [("batch", torch.nn.BatchNorm2d), ("instance", torch.nn.InstanceNorm2d)])
+def test_the_profile_chooses_the_norm_the_stage_trains(tiny_settings, norm, layer):
+    profile = tiny_settings.active.model_copy(
+        update={"model": tiny_settings.active.model.model_copy(update={"norm": norm})})
+    settings = tiny_settings.model_copy(update={"profiles": {**tiny_settings.profiles, tiny_settings.profile: profile}})
+    plan = train.plan_stage(settings, "seg")
+    norms = {type(m) for m in MultitaskUNet(plan.model).modules() if "Norm" in type(m).__name__}
+    assert norms == {layer}

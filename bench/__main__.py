@@ -1,0 +1,140 @@
+"""`make bench`: every benchmark of the project in one run → reports/bench.json and the README's table.
+
+The pipeline benchmark builds a throw-away copy of the project and runs the quick pipeline in it; the slicing
+and export benchmarks then measure that copy's data and trained model, so nothing of the project's own data,
+checkpoints or registry is touched. Each figure is a ratio measured side by side in this run, or a wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+REPORT = REPO / "reports" / "bench.json"
+README = REPO / "README.md"
+TABLE_START, TABLE_END = "<!-- bench:start -->", "<!-- bench:end -->"
+console = Console()
+
+
+@contextmanager
+def inside(folder: Path):
+    """Run a benchmark from `folder` (every project path is relative to the working directory)."""
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def run_all(skip: set[str]) -> dict:
+    from bench import bench_api, bench_export, bench_gpu, bench_pipeline, bench_slice
+
+    report: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                                "python": platform.python_version()},
+                    "date": time.strftime("%Y-%m-%d")}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        console.rule("quick pipeline, no-op dvc repro, cached Prefect flow")
+        report["pipeline"] = bench_pipeline.run(keep=Path(tmp) / "project")
+        project = Path(report["pipeline"].pop("project"))
+        with inside(project):
+            console.rule("slicing versus a bare nibabel load")
+            report["slice"] = bench_slice.run(project / "data" / "raw" / "brats")
+            console.rule("onnxruntime versus torch eager (the quick model just trained)")
+            report["export"] = bench_export.run([report["pipeline"]["profile"]], [1, 0], 50)
+        shutil.rmtree(project, ignore_errors=True)
+    if "api" not in skip:
+        console.rule("API overhead over a bare onnxruntime call, 20 concurrent clients, start-up")
+        report["api"] = bench_api.run()
+    if "gpu" not in skip:
+        console.rule("GPU training throughput")
+        report["gpu"] = bench_gpu.run()
+    return report
+
+
+def rows(report: dict) -> list[tuple[str, str, str]]:
+    """(figure, measured, meaning) for the README table."""
+    pipe, prefect = report["pipeline"], report["pipeline"]["prefect"]
+    stages = ", ".join(f"{k} {v:.0f}" for k, v in pipe["stage_seconds"].items())
+    out = [
+        ("quick pipeline, from scratch", f"{pipe['pipeline_seconds']:.0f} s", f"`dvc repro` stage by stage: {stages}"),
+        ("no-op `dvc repro`", f"{pipe['noop_dvc_repro_seconds']:.1f} s", "everything up to date"),
+        ("cached Prefect flow / bare flow", f"{prefect['cached_over_bare_ratio']:.2f}×",
+         f"{prefect['cached_flow_seconds']:.2f} s for the 9 Cached stages vs {prefect['bare_flow_seconds']:.2f} s "
+         f"for 9 no-op tasks, same server"),
+        ("slicing / bare nibabel load", f"{report['slice']['slice_over_load_ratio']:.2f}×",
+         f"{report['slice']['slice_s_per_patient']:.2f} s per patient; peak "
+         f"{report['slice']['peak_rss_mib_per_worker']:.0f} MiB per worker"),
+    ]
+    for name, result in report["export"].items():
+        ms = result["latency"]
+        out.append((f"onnxruntime speed-up over torch eager, batch 1 ({name})",
+                    f"{result['speedup_p50']['batch_1']:.2f}×",
+                    f"p50 {ms['onnxruntime']['batch_1']['p50_ms']:.2f} ms vs {ms['torch_eager']['batch_1']['p50_ms']:.2f} ms; "
+                    f"batch 8 {result['speedup_p50']['batch_8']:.2f}×"))
+    if api := report.get("api"):
+        lat, conc = api["latency"], api["concurrency"]
+        out.append(("API p50 / bare onnxruntime p50 (256² slice)", f"{api['p50_ratio_api_over_bare']:.2f}×",
+                    f"{lat['api']['p50_ms']:.1f} ms vs {lat['bare_onnxruntime']['p50_ms']:.1f} ms; "
+                    f"{conc['clients']} clients: {conc['errors']} errors in {conc['requests']} requests"))
+        if start := api.get("startup"):
+            out.append(("API start-up, champion cached", f"{start['registry_cached_start_s']:.1f} s",
+                        f"first start (download) {start['registry_first_start_s']:.1f} s"))
+    gpu = report.get("gpu") or {}
+    if gpu.get("measured"):
+        for name, ratio in gpu["ratios"].items():
+            out.append((f"GPU {name} ({gpu['device']})", f"{ratio:.2f}×", "training step throughput"))
+    else:
+        out.append(("GPU figures", "not measured", gpu.get("reason", "skipped")))
+    return out
+
+
+def markdown(report: dict) -> str:
+    machine = report["machine"]
+    lines = [f"Measured by `make bench` on {report['date']}: {machine['cpus']} CPU cores ({machine['processor']}), "
+             f"Python {machine['python']}; raw figures in `reports/bench.json`.", "",
+             "| figure | measured | detail |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(report)]
+    return "\n".join(lines)
+
+
+def update_readme(table: str) -> bool:
+    text = README.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        return False
+    head, rest = text.split(TABLE_START, 1)
+    README.write_text(f"{head}{TABLE_START}\n{table}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}")
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["api", "gpu"], help="benchmarks to leave out")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
+    args = parser.parse_args()
+    report = run_all(set(args.skip))
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(report, indent=2))
+    table = Table(title=f"SliceWise benchmarks ({REPORT.relative_to(REPO)})")
+    for column in ("figure", "measured", "detail"):
+        table.add_column(column)
+    for row in rows(report):
+        table.add_row(*row)
+    console.print(table)
+    if not args.no_readme and update_readme(markdown(report)):
+        console.print(f"README.md table updated between {TABLE_START} and {TABLE_END}")
+
+
+if __name__ == "__main__":
+    main()
