@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.tree import Tree
 
 from tasks.config import Settings
@@ -106,7 +107,7 @@ def print_lineage(settings: Settings, ref: str | None = "champion", console: Con
     colour = "green" if verdict == "promoted" else "yellow"
     root = Tree(f"[bold]{info['model_name']}[/] version {info['version']}  {aliases}  [{colour}]{verdict}[/]")
     if reason := tags.get("promotion_reason"):
-        root.add(f"[dim]{reason}[/]")
+        root.add(f"[dim]{escape(reason)}[/]")  # escaped: "[pass]" / "[FAIL]" are not markup
     node = root.add(f"MLflow run [cyan]{run.get('run_id')}[/] {run.get('name', '')} ({run.get('status', '?')})")
     if run.get("steps"):
         node.add("step runs: " + ", ".join(run["steps"]))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tasks import paths
@@ -57,5 +58,5 @@ def print_summary(console: Console | None = None) -> None:
     if decision := _read_json(paths.REGISTER_REPORT):
         verdict = "[green]PROMOTED to champion[/]" if decision.get("promoted") else "[yellow]not promoted[/]"
         console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: {verdict}")
-        console.print(f"reason: {decision.get('reason')}")
+        console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
         console.print("lineage: .venv/bin/python -m tasks lineage champion")

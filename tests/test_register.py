@@ -226,7 +226,7 @@ def test_lineage_prints_the_chain(project, tiny_settings):
     text = console.export_text()
     assert info["version"] == "1" and info["run"]["run_id"] == result["mlflow_run_id"]
     for expected in ("version 1", "@champion", result["mlflow_run_id"], commit, result["onnx_sha256"],
-                     info["tags"]["data_hash"], info["tags"]["params_hash"]):
+                     info["tags"]["data_hash"], info["tags"]["params_hash"], "0.850 [pass]"):
         assert expected in text
     with pytest.raises(SliceWiseError, match="no version or alias '7'"):
         print_lineage(settings, "7", console)
