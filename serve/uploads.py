@@ -73,6 +73,9 @@ def _check_side(height: int, width: int, max_side: int, name: str) -> None:
         raise UploadError(422, f"{name}: {width}x{height} pixels is too small for a slice (at least {MIN_SIDE})")
 
 
+GRAYSCALE_MODES = ("1", "L", "LA")
+
+
 def decode_image(data: bytes, name: str, max_side: int) -> DecodedSlice:
     """PNG/JPEG → an 8-bit photo (prepare_photo), or raw intensities for 16-bit/float grayscale PNGs."""
     try:
@@ -87,7 +90,8 @@ def decode_image(data: bytes, name: str, max_side: int) -> DecodedSlice:
         raise UploadError(422, f"{name}: an animated/multi-frame image; send one slice per file")
     if image.mode in RAW_INTENSITY_MODES:
         return DecodedSlice("array", None, _as_array(np.asarray(image), name, max_side), None)
-    rgb = np.asarray(image.convert("RGB"))
+    # A grayscale file cannot be a colour photograph: no colour check (it costs ~2.5 ms per 256² slice).
+    rgb = None if image.mode in GRAYSCALE_MODES else np.asarray(image.convert("RGB"))
     return DecodedSlice("photo", image, None, rgb)
 
 
