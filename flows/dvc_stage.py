@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 
 from tasks import paths
+from tasks.provenance import DVC_LOCK
 
 DVC_YAML = paths.ROOT / "dvc.yaml"
-DVC_LOCK = paths.ROOT / "dvc.lock"
 
 
 def _repo():

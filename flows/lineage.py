@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from tasks import provenance
+from tasks.mlflow_tracking import PARENT_RUN_ENV
+from tasks.provenance import FLOW_RUN_ENV
 from tasks.config import Settings
 
 log = logging.getLogger(__name__)
 
-FLOW_RUN_ENV = "SLICEWISE_PREFECT_FLOW_RUN_ID"
-PARENT_RUN_ENV = "SLICEWISE_PARENT_RUN_ID"  # the name tasks/mlflow_tracking.py reads
 
 
 def flow_run_tags(settings: Settings) -> list[str]:

@@ -42,8 +42,6 @@ class UNetConfig:
 
 
 def _norm(cfg: UNetConfig) -> tuple:
-    if cfg.norm == "group":
-        return ("group", {"num_groups": cfg.base_channels})
     return ("instance", {"affine": True}) if cfg.norm == "instance" else ("batch", {})
 
 

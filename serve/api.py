@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 FORM_OVERHEAD = 1 * MB  # multipart boundaries and headers around the files
-SLICE_ROUTES = ("/v1/predict", "/v1/predict/batch")
 VOLUME_ROUTE = "/v1/predict/volume"
 
 
@@ -146,8 +145,9 @@ def create_app(source: ModelSource, cfg: ServeSettings) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> dict:
         """Liveness: the process answers. `model_loaded` and `detail` say what it serves (or why nothing)."""
-        card = holder.model.card if holder.model else {}
-        return {"status": "ok", "model_loaded": holder.model is not None, "detail": holder.detail,
+        model = holder.model  # read once: a reload may swap it meanwhile
+        card = model.card if model else {}
+        return {"status": "ok", "model_loaded": model is not None, "detail": holder.detail,
                 "version": card.get("version")}
 
     @app.get("/model/info")

@@ -42,12 +42,14 @@ def load_torch_model(checkpoint: Path, model_config: dict):
     import torch
 
     from models.unet import MultitaskUNet, UNetConfig
-    from tasks.checkpoints import load_model
+    from tasks.checkpoints import load_weights, model_config_of
     from tasks.errors import SliceWiseError
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model_config" in state:
-        return load_model(checkpoint)[0]
+    if isinstance(state, dict) and "model_config" in state:  # a project checkpoint: rebuild from what was read
+        model = MultitaskUNet(model_config_of(state))
+        load_weights(model, state, checkpoint)
+        return model.eval()
     if not model_config:
         raise SliceWiseError("a bare state dict, and the ONNX model records no model_config to rebuild it", checkpoint)
     model = MultitaskUNet(UNetConfig(**model_config))

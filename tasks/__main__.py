@@ -72,8 +72,8 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
         updates[key] = yaml.safe_load(value)
     try:
         set_params(updates)
-    except (SliceWiseError, KeyError) as exc:
-        _fail(exc if isinstance(exc, SliceWiseError) else SliceWiseError(f"unknown key {exc}", paths.PARAMS))
+    except SliceWiseError as exc:
+        _fail(exc)
 
 
 @app.command("lineage")

@@ -235,6 +235,8 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> N
         node = doc
         *parents, leaf = dotted.split(".")
         for key in parents:
+            if key not in node:
+                raise SliceWiseError(f"unknown key {dotted!r}: no {key!r} there", path)
             node = node[key]
         node[leaf] = value
     tmp = path.with_suffix(".yaml.tmp")

@@ -10,6 +10,7 @@ previous export is removed first, so a failed export never leaves an exports/mod
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -232,7 +233,8 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     metadata = model_metadata(checkpoint, modalities, image_size, threshold, cfg.opset)
-    sample = next(iter_test_slices(processed, splits_dir))
+    test_slices = iter_test_slices(processed, splits_dir)
+    sample = next(test_slices)  # the first shard: checked here, then the first of the parity run
     expected_shape = (checkpoint["model_config"]["in_channels"], image_size, image_size)
     if sample.shape[1:] != expected_shape:
         raise SliceWiseError(f"test slices have shape {sample.shape[1:]} but the model expects {expected_shape}; "
@@ -241,7 +243,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
         export_onnx(model, tmp, checkpoint["model_config"]["in_channels"], image_size, cfg.opset)
         check_onnx(tmp, metadata)
         session = ort_session(tmp, threads)
-        parity = check_parity(model, session, iter_test_slices(processed, splits_dir), threshold, cfg)
+        parity = check_parity(model, session, itertools.chain([sample], test_slices), threshold, cfg)
         report = {"onnx": {"path": str(onnx_path), "opset": cfg.opset, "size_bytes": tmp.stat().st_size,
                            "sha256": sha256_file(tmp), "checker": "passed"},
                   "parity": parity}

@@ -22,7 +22,6 @@ from tasks.errors import SliceWiseError
 
 log = logging.getLogger(__name__)
 
-BRATS_PARTS = ("flair", "t1", "t1ce", "t2", "seg")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 # Longest names first so that `_t1ce` is never taken for `_t1`.

@@ -222,8 +222,6 @@ class WeightedClassification:
     step-wise average precision, both over distinct scores as in scikit-learn, so ties are handled alike.
     """
 
-    names = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
-
     def __init__(self, labels: np.ndarray, probabilities: np.ndarray, threshold: float):
         labels = np.asarray(labels).astype(bool)
         probabilities = np.asarray(probabilities, dtype=np.float64)

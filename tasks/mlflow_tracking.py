@@ -239,7 +239,6 @@ class MlflowTracker:
         self.run_id = run_id
         self.cfg = cfg
         self.parent_run_id = parent_run_id  # None: this tracker is on the parent run itself
-        self.experiment_id = None
 
     @classmethod
     def for_step(cls, settings: Settings, step: str) -> "MlflowTracker":
@@ -258,7 +257,6 @@ class MlflowTracker:
             run = retrying(cfg, "create run", client.create_run, experiment_id, run_name=step,
                            tags={**tags, MLFLOW_PARENT_RUN_ID: parent_id, "step": step})
             tracker = cls(client, run.info.run_id, cfg, parent_run_id=parent_id)
-        tracker.experiment_id = experiment_id
         return tracker
 
     def log_params(self, params: Mapping[str, Any]) -> None:

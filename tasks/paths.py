@@ -11,7 +11,6 @@ PARAMS = ROOT / "params.yaml"
 
 RAW = ROOT / "data" / "raw"
 RAW_BRATS = RAW / "brats"
-RAW_KAGGLE = RAW / "kaggle"
 DOWNLOADS = ROOT / "data" / "downloads"  # Kaggle archives, kept outside data/raw so a rerun can resume them
 
 PROCESSED = ROOT / "data" / "processed"

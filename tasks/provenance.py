@@ -20,6 +20,7 @@ from tasks import paths
 
 UNKNOWN = "unknown"
 DVC_LOCK = paths.ROOT / "dvc.lock"
+FLOW_RUN_ENV = "SLICEWISE_PREFECT_FLOW_RUN_ID"  # set by flows/lineage.py for the steps it runs
 # Source files whose uncommitted edits make a run "dirty". dvc.lock and the DVC metrics files are left out:
 # DVC rewrites them while the pipeline runs, and the pipeline must not look dirty halfway through.
 SOURCE_PATHSPEC = (":(glob)**/*.py", "params.yaml", "dvc.yaml", "requirements.txt")
@@ -73,17 +74,18 @@ def flat_params(settings) -> dict[str, object]:
     """Every parameter as dotted keys (what the parent MLflow run records); of the profiles only the active one."""
     dumped = settings.model_dump(mode="json")
     dumped["profiles"] = {settings.profile: dumped["profiles"][settings.profile]}
-
-    def flatten(node: dict, prefix: str = "") -> dict[str, object]:
-        flat = {}
-        for key, value in node.items():
-            if isinstance(value, dict):
-                flat |= flatten(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value
-        return flat
-
     return flatten(dumped)
+
+
+def flatten(node: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dicts as one dict of dotted keys."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _md5_of_files(files: list[Path]) -> str | None:
@@ -125,7 +127,7 @@ def data_hashes(lock_path: Path = DVC_LOCK, manifest: Path = paths.MANIFEST,
 def prefect_flow_run_id() -> str | None:
     """The Prefect flow run driving this process, if any (env from a Prefect worker, or the in-process runtime)."""
     # Set by our flow (flows/lineage.py) for its steps, or by a Prefect worker for the flow's own process.
-    if flow_run_id := os.environ.get("SLICEWISE_PREFECT_FLOW_RUN_ID") or os.environ.get("PREFECT__FLOW_RUN_ID"):
+    if flow_run_id := os.environ.get(FLOW_RUN_ENV) or os.environ.get("PREFECT__FLOW_RUN_ID"):
         return flow_run_id
     if "prefect" not in sys.modules:  # importing Prefect costs seconds; it is loaded only when Prefect runs us
         return None

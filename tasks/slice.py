@@ -197,7 +197,8 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
         raise SliceWiseError("no BraTS patient folders to slice (run the fetch step first)", raw_dir / "brats")
 
     previous = _previous_state(out_dir)
-    fingerprints = {p.name: patient_fingerprint(p, spec.digest()) for p in patient_dirs}
+    spec_digest = spec.digest()  # hashes the slicing code: once, not once per patient
+    fingerprints = {p.name: patient_fingerprint(p, spec_digest) for p in patient_dirs}
     rows, rejected, todo = [], [], []
     for patient_dir in patient_dirs:
         name, shard_path = patient_dir.name, out_dir / "brats" / f"{patient_dir.name}.npz"

@@ -22,13 +22,13 @@ from PIL import Image
 from rich.progress import Progress
 from scipy import ndimage
 
+from tasks.config import MODALITIES
 from tasks.preprocess import axial_slice
 from tasks.synthetic_shapes import (BRATS_SHAPE, Anatomy, Pose, SmoothField, Template, Tumour, brain_region, load_template,
                                     push_tissue, ramp, sample_pose, sample_tumour, sub_box, tumour_maps, warp_anatomy)
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("flair", "t1", "t1ce", "t2")
 # BraTS 2020 stores LPS voxels at 1 mm with this affine (SRI24 space).
 BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
 # Mean relative intensity of (CSF, grey matter, white matter): T1 WM > GM > CSF, T2 the reverse, FLAIR dark CSF.

@@ -41,8 +41,6 @@ def make_tracker(settings, step: str) -> Tracker:
     """A tracker for one step (a child run of the pipeline's parent run), or NullTracker when disabled."""
     if not settings.tracking.enabled:
         return NullTracker()
-    try:
-        from tasks.mlflow_tracking import MlflowTracker
-    except ImportError:  # the MLflow tracker lands with the release issue; until then nothing is tracked
-        return NullTracker()
+    from tasks.mlflow_tracking import MlflowTracker  # on use: MLflow is imported only when tracking is on
+
     return MlflowTracker.for_step(settings, step)

@@ -19,7 +19,6 @@ same steps as one process would (tasks/distributed.py); rank 0 alone writes file
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -41,6 +40,7 @@ from tasks.config import ClsStageSettings, JointStageSettings, SegStageSettings,
 from tasks.datasets import SliceSet, data_fingerprint, stage_data, training_loader
 from tasks.distributed import Ranks, launched_rank, training_processes
 from tasks.errors import SliceWiseError
+from tasks.provenance import flatten, sha256_file
 from tasks.tracking import NullTracker, Tracker, make_tracker
 from tasks.train_steps import StageLoss, StageRunner, make_optimizer, metric_of, pick_device, place_model
 
@@ -149,7 +149,7 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
     run_key = {**plan.run_key(), "architecture": architecture_digest(model)}
     state = _resume(plan, run_key, model, optimizer, generator)
     first_epoch = state.epoch + 1
-    tracker.log_params(_flatten(plan.params()))
+    tracker.log_params(flatten(plan.params()))
 
     # Wrapping in DDP (inside StageRunner) waits for every process: none writes last.pt before all have read it.
     steps = StageRunner(model, optimizer, StageLoss(plan.stage, plan.stage_params), plan.stage, plan.train, device,
@@ -268,20 +268,10 @@ def _noise_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def _flatten(params: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _file_digest(path: Path) -> str:
     if not path.exists():
         raise SliceWiseError("checkpoint of the previous stage not found (run that stage first)", path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 def main(settings: Settings, stage: str) -> dict:

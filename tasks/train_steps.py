@@ -196,8 +196,9 @@ class StageRunner:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total, count = total + loss.item() * size, count + size
-            on_batch(loss.item())
+            value = loss.item()  # one device sync per step
+            total, count = total + value * size, count + size
+            on_batch(value)
         return total / max(count, 1)
 
     def evaluate(self, data: SliceSet) -> dict[str, float]:
