@@ -39,7 +39,7 @@ def inside(folder: Path):
 
 
 def run_all(skip: set[str]) -> dict:
-    from bench import bench_api, bench_export, bench_gpu, bench_pipeline, bench_slice
+    from bench import bench_api, bench_export, bench_gpu, bench_peer, bench_pipeline, bench_seeds, bench_slice
 
     report: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                                 "python": platform.python_version()},
@@ -53,13 +53,34 @@ def run_all(skip: set[str]) -> dict:
             report["slice"] = bench_slice.run(project / "data" / "raw" / "brats")
             console.rule("onnxruntime versus torch eager (the quick model just trained)")
             report["export"] = bench_export.run([report["pipeline"]["profile"]], [1, 0], 50)
+        if "peer" not in skip:
+            console.rule("equal-time peer: MONAI BasicUNet for as long as the quick model trained")
+            report["peer"] = bench_peer.run(project)
         shutil.rmtree(project, ignore_errors=True)
+    if "seeds" not in skip:
+        console.rule("quality across seeds: the quick pipeline as DVC experiments")
+        report["seeds"] = bench_seeds.run()
     if "api" not in skip:
         console.rule("API overhead over a bare onnxruntime call, 20 concurrent clients, start-up")
         report["api"] = bench_api.run()
     if "gpu" not in skip:
         console.rule("GPU training throughput")
         report["gpu"] = bench_gpu.run()
+    return report
+
+
+def run_some(names: list[str]) -> dict:
+    """Rerun some benchmarks and keep every other figure of the last full run."""
+    from bench import bench_peer, bench_seeds
+
+    report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    report.setdefault("machine", {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                                  "python": platform.python_version()})
+    report.setdefault("date", time.strftime("%Y-%m-%d"))
+    if "seeds" in names:
+        report["seeds"] = bench_seeds.run()
+    if "peer" in names:
+        report["peer"] = bench_peer.run(REPO)
     return report
 
 
@@ -91,6 +112,18 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
         if start := api.get("startup"):
             out.append(("API start-up, champion cached", f"{start['registry_cached_start_s']:.1f} s",
                         f"first start (download) {start['registry_first_start_s']:.1f} s"))
+    if peer := report.get("peer"):
+        out.append(("quick slice Dice / equal-time MONAI BasicUNet", f"{peer['dice_ratio_quick_over_peer']:.2f}×",
+                    f"{peer['quick']['test_slice_dice']:.3f} vs {peer['peer']['test_slice_dice']:.3f} after "
+                    f"{peer['budget_seconds']:.0f} s of training each ({peer['peer']['epochs']} peer epochs)"))
+    if seeds := report.get("seeds"):
+        summary, cpu = seeds["summary"], seeds["cpu"]
+        bf16 = "bf16 autocast on" if cpu["bf16_autocast"] else "fp32 (no native bf16)"
+        for name, label in (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("slice_dice", "slice Dice"),
+                            ("volume_dice", "volume Dice"), ("hd95_mm", "HD95 per slice (mm)")):
+            s = summary[name]
+            out.append((f"quick, {len(seeds['seeds'])} seeds: {label} min / median / max",
+                        f"{s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}", f"{cpu['model']}, {bf16}"))
     gpu = report.get("gpu") or {}
     if gpu.get("measured"):
         for name, ratio in gpu["ratios"].items():
@@ -120,10 +153,14 @@ def update_readme(table: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["api", "gpu"], help="benchmarks to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["api", "gpu", "peer", "seeds"],
+                        help="benchmarks to leave out")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
+    parser.add_argument("--only", nargs="+", choices=["seeds", "peer"],
+                        help="run only these (peer: on this project's own trained model, after `make run`) and "
+                             "merge them into the existing reports/bench.json")
     args = parser.parse_args()
-    report = run_all(set(args.skip))
+    report = run_some(args.only) if args.only else run_all(set(args.skip))
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=2))
     table = Table(title=f"SliceWise benchmarks ({REPORT.relative_to(REPO)})")

@@ -100,9 +100,22 @@ def json_response(content) -> Response:
     return Response(json.dumps(content, allow_nan=False), media_type="application/json")
 
 
+def gate_verdict(tags: dict) -> dict | None:
+    """The promotion gate's verdict on each criterion (accuracy, sensitivity, slice and volume Dice, parity, ...),
+    from the version's tags; None for a model that did not come through the registry."""
+    if "promotion" not in tags:
+        return None
+    try:
+        criteria = json.loads(tags.get("promotion_gate", "[]"))
+    except ValueError:
+        criteria = []
+    return {"verdict": tags["promotion"], "reason": tags.get("promotion_reason", ""), "criteria": criteria}
+
+
 def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> dict:
     return {
         **model.card,
+        "gate": gate_verdict(model.card.get("tags", {})),
         "served": {"image_size": model.image_size, "in_channels": model.in_channels,
                    "modalities": list(model.modalities), "threshold": model.threshold,
                    "mask_threshold": model.mask_threshold, "gradcam_checkpoint": model.checkpoint is not None},

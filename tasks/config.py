@@ -86,6 +86,9 @@ class TrainSettings(_Section):
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0)
     patience: int = Field(3, ge=1)
+    min_epochs: int = Field(1, ge=1)  # early stopping never ends a stage before this many epochs
+    warmup_epochs: float = Field(0.0, ge=0)  # linear LR warm-up, in epochs, at the start of each stage
+    floor_margin: float = Field(0.05, ge=0, le=1)  # a metric within this of its floor after training is "stuck"
     augment: Augment = Augment()
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp_bf16: bool = True
@@ -100,6 +103,7 @@ class SegStageSettings(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     tumour_slices_only: bool = False
+    foreground_share: float = Field(0.33, ge=0, le=1)  # at least this share of each batch has tumour
 
 
 class ClsStageSettings(_Section):
@@ -114,6 +118,7 @@ class JointStageSettings(_Section):
     head_lr: float = Field(3e-4, gt=0)
     cls_weight: float = Field(0.5, ge=0)
     kaggle_share: float | None = Field(0.5, gt=0, lt=1)
+    foreground_share: float = Field(0.33, ge=0, le=1)  # of each batch's BraTS part, as in train_seg
     weight_decay: float = Field(1e-4, ge=0)
 
 
@@ -144,6 +149,9 @@ class TrackingSettings(_Section):
 class PromotionSettings(_Section):
     min_accuracy: float = Field(0.85, ge=0, le=1)
     min_sensitivity: float = Field(0.80, ge=0, le=1)
+    min_dice: float = Field(0.70, ge=0, le=1)  # whole tumour, per tumour slice (segmentation.dice)
+    min_volume_dice: float = Field(0.70, ge=0, le=1)  # whole tumour, per re-stacked patient volume
+    use_lower_bound: bool = False  # compare the 95 % bootstrap interval's lower bound, not the point estimate
     max_accuracy_drop: float = Field(0.0, ge=0, le=1)
 
 

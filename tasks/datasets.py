@@ -10,13 +10,15 @@ zero masks plus a `has_mask` flag, so losses can ignore the masks that are unkno
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tasks import paths
 from tasks.errors import SliceWiseError
@@ -66,22 +68,59 @@ def collate_slices(samples: list[dict]) -> dict[str, Tensor]:
     }
 
 
-def training_loader(data: SliceSet, batch_size: int, generator: torch.Generator, num_workers: int = 0,
-                    kaggle_share: float | None = None, pin_memory: bool = False) -> DataLoader:
-    """Shuffled batches; with `kaggle_share`, each epoch draws that share of its samples from the Kaggle images.
+class ComposedBatches(Sampler[list[int]]):
+    """Batches with fixed quotas, so every step sees what the stage must learn from.
 
-    The Kaggle images are few next to the BraTS slices; drawn at their natural rate the classifier barely sees
-    them. Drawing with replacement keeps the epoch length (and cost) unchanged. Kaggle = the samples without mask.
-    `pin_memory` puts each batch in page-locked memory, so its copy to a GPU can overlap compute (CUDA only).
-    The order depends only on `generator`: processes of a DDP run that seed it alike draw the same batches.
+    - `kaggle_share`: that share of each batch comes from the Kaggle images (the samples without a mask); they are
+      few next to the BraTS slices, and drawn at their natural rate the classifier barely sees them.
+      None: no quota, the rest of the batch is drawn from every sample.
+    - `foreground_share`: at least that share of each batch's BraTS part are slices with tumour, nnU-Net's
+      foreground oversampling (it forces a third of each batch to contain foreground). Most pixels of most slices
+      are background; a batch without tumour teaches the segmentation head only "predict nothing".
+    Each pool (Kaggle, tumour slices, the rest) is walked in a fresh random order, without replacement until it is
+    used up, then reshuffled; each batch is shuffled, so the processes of a DDP run, which take contiguous shares of
+    it, each get a mix. An epoch has as many batches as plain shuffling would (the last partial batch dropped).
+    Everything is drawn from `generator`: processes that seed it alike draw the same batches.
     """
-    sampler = None
-    kaggle = ~data.has_mask
-    if kaggle_share is not None and 0 < int(kaggle.sum()) < len(data):
-        weights = torch.where(kaggle, kaggle_share / kaggle.sum(), (1 - kaggle_share) / (~kaggle).sum()).double()
-        sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True, generator=generator)
-    return DataLoader(data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
-                      collate_fn=collate_slices, num_workers=num_workers, drop_last=len(data) > batch_size,
+
+    def __init__(self, has_mask: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator,
+                 kaggle_share: float | None = None, foreground_share: float = 0.0):
+        self.generator, n = generator, len(labels)
+        self.batch_size = min(batch_size, n)
+        self.batches = max(n // batch_size, 1)
+        kaggle, brats = torch.nonzero(~has_mask).flatten(), torch.nonzero(has_mask).flatten()
+        foreground = torch.nonzero(has_mask & (labels == 1)).flatten()
+        quota = kaggle_share is not None and len(kaggle) > 0 and len(brats) > 0
+        n_kaggle = round(kaggle_share * self.batch_size) if quota else 0
+        n_foreground = math.ceil(foreground_share * (self.batch_size - n_kaggle)) if len(foreground) else 0
+        rest = brats if quota else torch.arange(n)
+        self.quotas = [(pool, size) for pool, size in ((kaggle, n_kaggle), (foreground, n_foreground),
+                                                        (rest, self.batch_size - n_kaggle - n_foreground)) if size]
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        streams = [(_endless_shuffle(pool, self.generator), size) for pool, size in self.quotas]
+        for _ in range(self.batches):
+            batch = torch.cat([torch.stack([next(stream) for _ in range(size)]) for stream, size in streams])
+            yield batch[torch.randperm(len(batch), generator=self.generator)].tolist()
+
+
+def _endless_shuffle(pool: Tensor, generator: torch.Generator) -> Iterator[Tensor]:
+    while True:
+        yield from pool[torch.randperm(len(pool), generator=generator)]
+
+
+def training_loader(data: SliceSet, batch_size: int, generator: torch.Generator, num_workers: int = 0,
+                    kaggle_share: float | None = None, foreground_share: float = 0.0,
+                    pin_memory: bool = False) -> DataLoader:
+    """Training batches composed by `ComposedBatches` (Kaggle quota, foreground oversampling).
+
+    `pin_memory` puts each batch in page-locked memory, so its copy to a GPU can overlap compute (CUDA only).
+    """
+    sampler = ComposedBatches(data.has_mask, data.labels, batch_size, generator, kaggle_share, foreground_share)
+    return DataLoader(data, batch_sampler=sampler, collate_fn=collate_slices, num_workers=num_workers,
                       pin_memory=pin_memory)
 
 

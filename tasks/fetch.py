@@ -32,7 +32,7 @@ def fetch_raw(
         from tasks.synthetic import generate_brats, generate_kaggle
 
         n_patients = len(generate_brats(brats_out, profile.synthetic_patients, seed, workers=workers))
-        kaggle_counts = generate_kaggle(kaggle_out, profile.synthetic_kaggle_images, seed)
+        kaggle_counts = generate_kaggle(kaggle_out, profile.synthetic_kaggle_images, seed, workers=workers)
     else:
         brats_dir, kaggle_dir = _source_folders(data, downloads)
         from tasks.local_import import import_brats, import_kaggle

@@ -1,12 +1,17 @@
 """The promotion gate: may a newly registered model become the `champion`?
 
-All of these must hold (thresholds in params.yaml `promotion:`):
-    accuracy     >= promotion.min_accuracy                      (test split, from reports/metrics.json)
-    sensitivity  >= promotion.min_sensitivity
-    parity       ONNX and torch agreed (reports/export.json)
-    vs champion  accuracy >= champion's accuracy - promotion.max_accuracy_drop   (only when a champion exists)
+All of these must hold (thresholds in params.yaml `promotion:`), so both heads are guarded: a model that
+classifies well but cannot segment is never champion.
+    accuracy      >= promotion.min_accuracy                     (test split, from reports/metrics.json)
+    sensitivity   >= promotion.min_sensitivity
+    slice Dice    >= promotion.min_dice          whole tumour, mean over the test slices with tumour
+    volume Dice   >= promotion.min_volume_dice   whole tumour, mean over the re-stacked test patient volumes
+    parity        ONNX and torch agreed (reports/export.json)
+    vs champion   accuracy >= champion's accuracy - promotion.max_accuracy_drop   (only when a champion exists)
+With promotion.use_lower_bound the four quality criteria compare the lower end of the metric's 95 % bootstrap
+interval (patients resampled) instead of the point estimate. A missing metric fails its criterion.
 Pure logic on numbers: register.py gathers them and moves the aliases. The reason names every criterion with
-its value, so a registry version's `promotion_reason` tag says exactly why it was or was not promoted.
+its value and limit, so a registry version's `promotion_reason` tag says exactly why it was or was not promoted.
 """
 
 from __future__ import annotations
@@ -56,41 +61,61 @@ class GateDecision:
                 "criteria": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.criteria]}
 
 
+# (criterion name, metrics.json section, key, PromotionSettings field with the minimum)
+QUALITY_CRITERIA = (("accuracy", "classification", "accuracy", "min_accuracy"),
+                    ("sensitivity", "classification", "sensitivity", "min_sensitivity"),
+                    ("slice Dice", "segmentation", "dice", "min_dice"),
+                    ("volume Dice", "segmentation_volume", "dice", "min_volume_dice"))
+
+
 def _at_least(name: str, value: float | None, minimum: float) -> Criterion:
-    if value is None:
+    if value is None or value != value:  # missing or NaN: nothing shows the model is good enough
         return Criterion(name, False, f"missing, needs >= {minimum:.3f}")
     passed = value >= minimum - EPSILON
     return Criterion(name, passed, f"{value:.3f} {'>=' if passed else '<'} {minimum:.3f}")
 
 
+def quality_values(metrics: dict, use_lower_bound: bool) -> dict[str, float | None]:
+    """criterion name → the number the gate compares: the point estimate, or its interval's lower bound."""
+    values = {}
+    for name, section, key, _ in QUALITY_CRITERIA:
+        if use_lower_bound:
+            interval = metrics.get("ci95", {}).get(f"{section}.{key}")
+            values[name] = float(interval[0]) if interval else None
+        else:
+            value = metrics.get(section, {}).get(key)
+            values[name] = None if value is None else float(value)
+    return values
+
+
 @dataclass(frozen=True)
 class PromotionGate:
-    min_accuracy: float
-    min_sensitivity: float
-    max_accuracy_drop: float
+    settings: PromotionSettings
 
     @classmethod
     def from_settings(cls, cfg: PromotionSettings) -> "PromotionGate":
-        return cls(cfg.min_accuracy, cfg.min_sensitivity, cfg.max_accuracy_drop)
+        return cls(cfg)
 
-    def decide(self, accuracy: float | None, sensitivity: float | None, parity_passed: bool,
-               parity_detail: str = "", champion: ChampionScore | None = None) -> GateDecision:
-        criteria = [
-            _at_least("accuracy", accuracy, self.min_accuracy),
-            _at_least("sensitivity", sensitivity, self.min_sensitivity),
-            Criterion("onnx parity", bool(parity_passed), parity_detail or ("passed" if parity_passed else "failed")),
-        ]
+    def decide(self, metrics: dict, parity_passed: bool, parity_detail: str = "",
+               champion: ChampionScore | None = None) -> GateDecision:
+        """`metrics` is reports/metrics.json's content."""
+        values = quality_values(metrics, self.settings.use_lower_bound)
+        suffix = " (95 % CI lower bound)" if self.settings.use_lower_bound else ""
+        criteria = [_at_least(name + suffix, values[name], getattr(self.settings, minimum))
+                    for name, _, _, minimum in QUALITY_CRITERIA]
+        criteria.append(Criterion("onnx parity", bool(parity_passed),
+                                  parity_detail or ("passed" if parity_passed else "failed")))
         if champion is not None:
-            criteria.append(self._versus_champion(accuracy, champion))
+            criteria.append(self._versus_champion(metrics.get("classification", {}).get("accuracy"), champion))
         return GateDecision(tuple(criteria))
 
     def _versus_champion(self, accuracy: float | None, champion: ChampionScore) -> Criterion:
         name = f"accuracy vs champion v{champion.version}"
         if champion.accuracy is None:  # cannot show the challenger is not worse: keep the champion
             return Criterion(name, False, f"champion accuracy unknown ({champion.basis})")
-        floor = champion.accuracy - self.max_accuracy_drop
+        floor = champion.accuracy - self.settings.max_accuracy_drop
         if accuracy is None:
             return Criterion(name, False, f"missing, champion {champion.accuracy:.3f} ({champion.basis})")
         passed = accuracy >= floor - EPSILON
         return Criterion(name, passed, f"{accuracy:.3f} {'>=' if passed else '<'} {champion.accuracy:.3f} - "
-                                       f"{self.max_accuracy_drop:.3f} ({champion.basis})")
+                                       f"{self.settings.max_accuracy_drop:.3f} ({champion.basis})")

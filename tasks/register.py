@@ -243,9 +243,12 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     decision = decide(settings, release, score)
     version_tags = tags | {
         "promotion": "promoted" if decision.promoted else "rejected", "promotion_reason": decision.reason,
+        "promotion_gate": json.dumps(decision.as_dict()["criteria"]),  # machine-readable: /model/info shows it
         "onnx_sha256": release.onnx_sha256, "mlflow_run_id": tracker.run_id,
         "test_accuracy": str(release.metrics["classification"]["accuracy"]),
         "test_sensitivity": str(release.metrics["classification"]["sensitivity"]),
+        "test_dice": str(release.metrics.get("segmentation", {}).get("dice")),
+        "test_volume_dice": str(release.metrics.get("segmentation_volume", {}).get("dice")),
         "threshold": str(release.metrics["classification"]["threshold"]),
     }
     card = render_model_card(model_name=name, version=None, profile=settings.profile,
@@ -267,10 +270,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
 
 
 def decide(settings: Settings, release: Release, champion: ChampionScore | None) -> GateDecision:
-    cls = release.metrics.get("classification", {})
     parity = release.export_report.get("parity", {})
     return PromotionGate.from_settings(settings.promotion).decide(
-        cls.get("accuracy"), cls.get("sensitivity"), bool(parity.get("passed")), parity_detail(parity), champion)
+        release.metrics, bool(parity.get("passed")), parity_detail(parity), champion)
 
 
 def main(settings: Settings) -> dict:

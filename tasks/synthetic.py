@@ -278,30 +278,35 @@ YES_NAMES = ("Y{}.jpg", "Y{}.jpg", "Y{}.JPG", "Y{}.jpeg")
 NO_NAMES = ("No{}.jpg", "no {}.jpg", "{} no.jpg", "N{}.JPG", "No{}.jpeg")
 
 
-def generate_kaggle(out_dir: Path, n_per_class: int, seed: int) -> dict[str, int]:
+def generate_kaggle(out_dir: Path, n_per_class: int, seed: int, workers: int = 1) -> dict[str, int]:
     """Writes out_dir/yes/* and out_dir/no/* 2D images (JPEG and PNG); returns counts per class.
 
-    'yes' images cut through a tumour, 'no' images come from tumour-free synthetic brains.
+    'yes' images cut through a tumour, 'no' images come from tumour-free synthetic brains. Image k of a class draws
+    from its own generator, so the files do not depend on `workers`.
     """
     out_dir = Path(out_dir)
-    template = load_template()
+    load_template()  # once here: forked workers inherit it
     counts = {}
-    with Progress(transient=True) as progress:
+    with Progress(transient=True) as progress, ProcessPoolExecutor(max_workers=workers) as pool:
         task = progress.add_task("synthetic Kaggle images", total=2 * n_per_class)
         for label, folder in ((1, "yes"), (0, "no")):
             tmp = out_dir / f".tmp-{folder}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            for k in range(n_per_class):
-                rng = np.random.default_rng([seed, KAGGLE_TAG, label, k])
-                head, _ = kaggle_slice(rng, template, with_tumour=bool(label))
-                _save_photo(rng, _frame(rng, head), tmp, (YES_NAMES if label else NO_NAMES), k + 1)
+            for _ in pool.map(_write_kaggle_image, [(tmp, seed, label, k) for k in range(n_per_class)]):
                 progress.advance(task)
             shutil.rmtree(out_dir / folder, ignore_errors=True)
             os.replace(tmp, out_dir / folder)
             counts[folder] = n_per_class
     log.info("wrote synthetic Kaggle images to %s: %s", out_dir, counts)
     return counts
+
+
+def _write_kaggle_image(job: tuple[Path, int, int, int]) -> None:
+    folder, seed, label, k = job
+    rng = np.random.default_rng([seed, KAGGLE_TAG, label, k])
+    head, _ = kaggle_slice(rng, load_template(), with_tumour=bool(label))
+    _save_photo(rng, _frame(rng, head), folder, (YES_NAMES if label else NO_NAMES), k + 1)
 
 
 def kaggle_slice(rng: np.random.Generator, template: Template, with_tumour: bool) -> tuple[np.ndarray, int]:

@@ -50,7 +50,11 @@ PREVIOUS_STAGE = {"seg": None, "cls": "seg", "joint": "cls"}
 METRIC_NAME = {"seg": "val_dice", "cls": "val_roc_auc", "joint": "val_dice_accuracy_mean"}
 # Settings that change speed, not what is learned: a run may resume with different values.
 # dvc.yaml's training stages list the other train keys, and patience (it decides which epoch best.pt is from).
-RUNTIME_ONLY = ("patience", "device", "amp_bf16", "channels_last", "compile", "pin_memory", "num_workers", "threads")
+RUNTIME_ONLY = ("patience", "min_epochs", "floor_margin", "device", "amp_bf16", "channels_last", "compile",
+                "pin_memory", "num_workers", "threads")
+# Each stage's "nothing learned" value: a stage whose best validation value stays within train.floor_margin of it
+# is reported as stuck (a seg head predicting no tumour anywhere has val Dice 0; a guessing classifier ROC-AUC 0.5).
+FLOORS = {"seg": ("val_dice", 0.0), "cls": ("val_roc_auc", 0.5), "joint": ("val_dice", 0.0)}
 
 
 @dataclass(frozen=True)
@@ -156,13 +160,13 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
                         generator, ranks)
     loader = training_loader(train_set, plan.train.batch_size, generator, plan.train.num_workers,
                              getattr(plan.stage_params, "kaggle_share", None),
-                             pin_memory=plan.train.pin_memory and device.type == "cuda")
+                             getattr(plan.stage_params, "foreground_share", 0.0), pin_memory=plan.train.pin_memory and device.type == "cuda")
     metric_name = METRIC_NAME[plan.stage]
     with _progress(visible=ranks.is_main) as progress:
         bar = progress.add_task(f"train_{plan.stage}", total=max(plan.epochs - state.epoch, 0) * len(loader),
                                 loss=math.nan, metric=f"{metric_name} -")
         for epoch in range(first_epoch, plan.epochs + 1):
-            if state.epochs_since_best >= plan.train.patience:
+            if state.epoch >= plan.train.min_epochs and state.epochs_since_best >= plan.train.patience:
                 log.info("train_%s: early stop after epoch %d (no improvement for %d epochs)", plan.stage,
                          state.epoch, state.epochs_since_best)
                 break
@@ -181,6 +185,10 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
             progress.update(bar, metric=f"{metric_name} {state.best_metric:.4f} (best)")
     if ranks.is_main:
         _write_history(plan.history_path, state.history)
+    stuck = stuck_at_floor(plan.stage, state.history, plan.train.floor_margin)
+    if stuck:
+        log.error("train_%s: STUCK AT ITS FLOOR: %s", plan.stage, stuck)
+        tracker.set_tags({"stuck_at_floor": "true", "stuck_reason": stuck})
     tracker.log_artifact(plan.history_path, "training")
     tracker.log_artifact(plan.checkpoint_dir / "best.pt", f"checkpoints/{plan.stage}")
     return {
@@ -193,7 +201,18 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
         "processes": ranks.world,
         "rank": ranks.rank,
         "weights_digest": weights_digest(model.state_dict()),  # the last epoch's weights, as in last.pt
+        "stuck_at_floor": stuck,
     }
+
+
+def stuck_at_floor(stage: str, history: list[dict], margin: float) -> str | None:
+    """Why the stage learned nothing (its floor metric never rose more than `margin` above the floor), or None."""
+    name, floor = FLOORS[stage]
+    values = [row[name] for row in history if not math.isnan(row.get(name, math.nan))]
+    if not values or max(values) > floor + margin:
+        return None
+    return (f"best {name} {max(values):.4f} after {len(values)} epochs is within {margin} of its floor {floor}; "
+            f"this model learned nothing on that head and the promotion gate will reject it")
 
 
 def _check_shapes(plan: StagePlan, data: SliceSet) -> None:

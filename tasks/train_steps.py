@@ -142,12 +142,18 @@ def _layout(image: Tensor, channels_last: bool) -> Tensor:
     return image.contiguous(memory_format=torch.channels_last) if channels_last else image
 
 
-def scheduled_lr_factor(progress: float, schedule: str) -> float:
-    """Cosine decay from 1 to 5 % over the stage's planned epochs (a function of progress only, so a resumed
-    run follows the same curve), or constant."""
+def scheduled_lr_factor(progress: float, schedule: str, warmup: float = 0.0) -> float:
+    """Cosine decay from 1 to 5 % over the stage's planned epochs, or constant, after a linear warm-up over the
+    first `warmup` of them (all fractions of the stage). A function of progress only, so a resumed run follows
+    the same curve.
+
+    Why the warm-up: Adam's first steps at full LR push a freshly initialised, narrow network with batch norm into
+    "predict background everywhere", where the Dice gradient vanishes; measured on the quick profile (seed 42,
+    AMD EPYC): val Dice 0.000 for 4 epochs at LR 1e-3 without warm-up, and 0.54 at LR 3e-4."""
+    ramp = min(1.0, (progress + 1e-9) / warmup) if warmup > 0 else 1.0
     if schedule == "constant":
-        return 1.0
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return ramp
+    return ramp * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 @dataclass
@@ -180,7 +186,8 @@ class StageRunner:
         set_train_mode(self.model, self.stage)
         total, count = 0.0, 0
         for i, batch in enumerate(loader):
-            factor = scheduled_lr_factor((epoch - 1 + i / len(loader)) / epochs, self.train_cfg.lr_schedule)
+            factor = scheduled_lr_factor((epoch - 1 + i / len(loader)) / epochs, self.train_cfg.lr_schedule,
+                                         self.train_cfg.warmup_epochs / epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             # Every process augments the whole global batch, drawing what a single process draws, then keeps its share.

@@ -20,7 +20,8 @@ from tasks.config import Settings
 from tests.conftest import make_tiny_processed
 
 
-def write_metrics(root: Path, accuracy: float, sensitivity: float, threshold: float = 0.5) -> Path:
+def write_metrics(root: Path, accuracy: float, sensitivity: float, threshold: float = 0.5, dice: float = 0.81,
+                  volume_dice: float = 0.86) -> Path:
     """reports/metrics.json in the contract's shape with the given headline scores."""
     n = 40
     tp = round(sensitivity * 20)
@@ -29,11 +30,12 @@ def write_metrics(root: Path, accuracy: float, sensitivity: float, threshold: fl
         "classification": {"accuracy": accuracy, "sensitivity": sensitivity, "specificity": tn / 20,
                            "precision": 0.9, "f1": 0.9, "roc_auc": 0.95, "pr_auc": 0.94, "threshold": threshold,
                            "confusion_matrix": [[tn, 20 - tn], [20 - tp, tp]], "n": n},
-        "segmentation": {"dice": 0.71, "iou": 0.6, "hd95": 4.2, "n_slices": 12},
-        "segmentation_volume": {"dice": 0.74, "hd95": 5.0, "n_patients": 1},
+        "segmentation": {"dice": dice, "iou": 0.6, "hd95": 4.2, "n_slices": 12},
+        "segmentation_volume": {"dice": volume_dice, "hd95": 5.0, "n_patients": 1},
         "ci95": {"classification.accuracy": [accuracy - 0.05, min(accuracy + 0.05, 1.0)],
                  "classification.sensitivity": [sensitivity - 0.1, min(sensitivity + 0.1, 1.0)],
-                 "segmentation.dice": [0.6, 0.8]},
+                 "segmentation.dice": [dice - 0.1, min(dice + 0.1, 1.0)],
+                 "segmentation_volume.dice": [volume_dice - 0.05, min(volume_dice + 0.05, 1.0)]},
     }
     path = root / paths.METRICS
     path.parent.mkdir(parents=True, exist_ok=True)

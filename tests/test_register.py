@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from tasks import export, paths, register
 from tasks.checkpoints import load_model
 from tasks.errors import SliceWiseError
+from tasks.config import PromotionSettings
 from tasks.gate import ChampionScore, PromotionGate
 from tasks.lineage import fetch_model, print_lineage
 from tasks.mlflow_tracking import fluent_store, tracking_uri
@@ -56,17 +57,55 @@ def onnx_outputs(path: Path, images: np.ndarray) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})
 
 
+def gate_metrics(accuracy=0.9, sensitivity=0.9, dice=0.8, volume_dice=0.85, lower=None) -> dict:
+    """A metrics.json with these point estimates; `lower` sets every interval's lower bound."""
+    metrics = {"classification": {"accuracy": accuracy, "sensitivity": sensitivity},
+               "segmentation": {"dice": dice}, "segmentation_volume": {"dice": volume_dice}}
+    if lower is not None:
+        metrics["ci95"] = {key: [lower, 1.0] for key in ("classification.accuracy", "classification.sensitivity",
+                                                         "segmentation.dice", "segmentation_volume.dice")}
+    return metrics
+
+
+def make_gate(**changes) -> PromotionGate:
+    base = dict(min_accuracy=0.85, min_sensitivity=0.80, min_dice=0.70, min_volume_dice=0.70, max_accuracy_drop=0.02)
+    return PromotionGate(PromotionSettings(**(base | changes)))
+
+
 def test_gate_criteria_and_boundaries():
-    gate = PromotionGate(min_accuracy=0.85, min_sensitivity=0.80, max_accuracy_drop=0.02)
-    assert gate.decide(0.85, 0.80, True).promoted  # thresholds are inclusive
-    low = gate.decide(0.84, 0.90, True)
+    gate = make_gate()
+    assert gate.decide(gate_metrics(0.85, 0.80, 0.70, 0.70), True).promoted  # thresholds are inclusive
+    low = gate.decide(gate_metrics(accuracy=0.84), True)
     assert not low.promoted and "accuracy 0.840 < 0.850 [FAIL]" in low.reason
-    assert not gate.decide(0.95, 0.95, False, "max diff 1e-2").promoted
-    assert not gate.decide(None, 0.9, True).promoted
-    assert gate.decide(0.90, 0.9, True, champion=ChampionScore("3", 0.92, "same test data")).promoted  # within 0.02
-    worse = gate.decide(0.89, 0.9, True, champion=ChampionScore("3", 0.92, "same test data"))
+    assert not gate.decide(gate_metrics(), False, "max diff 1e-2").promoted
+    assert not gate.decide(gate_metrics(accuracy=None), True).promoted
+    champion = ChampionScore("3", 0.92, "same test data")
+    assert gate.decide(gate_metrics(accuracy=0.90), True, champion=champion).promoted  # within 0.02
+    worse = gate.decide(gate_metrics(accuracy=0.89), True, champion=champion)
     assert not worse.promoted and "vs champion v3" in worse.reason
-    assert not gate.decide(0.99, 0.99, True, champion=ChampionScore("3", None, "recorded")).promoted
+    assert not gate.decide(gate_metrics(0.99, 0.99), True, champion=ChampionScore("3", None, "recorded")).promoted
+
+
+def test_gate_rejects_a_model_that_cannot_segment_even_when_classification_passes():
+    """The model of the bug report: accuracy 0.919 and sensitivity 0.846 pass, Dice 0.027 must not."""
+    decision = make_gate().decide(gate_metrics(0.919, 0.846, dice=0.027, volume_dice=0.041), True)
+    assert not decision.promoted
+    assert "slice Dice 0.027 < 0.700 [FAIL]" in decision.reason
+    assert "volume Dice 0.041 < 0.700 [FAIL]" in decision.reason
+    assert "accuracy 0.919 >= 0.850 [pass]" in decision.reason  # every criterion is reported, passed or not
+    assert not make_gate().decide(gate_metrics(dice=float("nan")), True).promoted  # NaN is no evidence
+    only_volume = make_gate().decide(gate_metrics(volume_dice=0.5), True)
+    assert not only_volume.promoted and "volume Dice 0.500 < 0.700 [FAIL]" in only_volume.reason
+
+
+def test_gate_on_interval_lower_bounds():
+    """use_lower_bound compares the 95 % interval's lower end: a good point estimate with a wide interval fails."""
+    wide = gate_metrics(0.92, 0.86, 0.80, 0.86, lower=0.60)
+    assert make_gate().decide(wide, True).promoted
+    strict = make_gate(use_lower_bound=True).decide(wide, True)
+    assert not strict.promoted and "accuracy (95 % CI lower bound) 0.600 < 0.850 [FAIL]" in strict.reason
+    assert make_gate(use_lower_bound=True).decide(gate_metrics(lower=0.9), True).promoted
+    assert not make_gate(use_lower_bound=True).decide(gate_metrics(), True).promoted  # no interval: missing
 
 
 def test_good_model_becomes_champion_with_tags_card_and_artifacts(project, tiny_settings):
@@ -130,6 +169,21 @@ def test_model_below_thresholds_becomes_challenger_and_champion_stays(project, t
     assert "sensitivity 0.500 < 0.800 [FAIL]" in result["reason"]
     assert alias_version("slicewise", "champion") == "1" and alias_version("slicewise", "challenger") == "2"
     assert client().get_model_version("slicewise", "2").tags["promotion"] == "rejected"
+
+
+def test_model_that_cannot_segment_is_never_champion_and_the_registry_says_why(project, tiny_settings):
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.919, sensitivity=0.846, dice=0.027, volume_dice=0.041)
+    result = register.main(settings)
+    assert not result["promoted"] and result["alias"] == "challenger"
+    tags = client().get_model_version("slicewise", result["version"]).tags
+    assert tags["promotion"] == "rejected" and "slice Dice 0.027 < 0.700 [FAIL]" in tags["promotion_reason"]
+    assert "volume Dice 0.041 < 0.700 [FAIL]" in tags["promotion_reason"]
+    assert tags["test_dice"] == "0.027"
+    with pytest.raises(MlflowException):
+        client().get_model_version_by_alias("slicewise", "champion")
+    gate = {c["name"]: c for c in result["gate"]}
+    assert not gate["slice Dice"]["passed"] and gate["accuracy"]["passed"]
 
 
 def test_worse_challenger_never_displaces_a_better_champion(project, tiny_settings):

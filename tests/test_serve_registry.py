@@ -19,7 +19,9 @@ from tests.serve_factory import (REPO, brain_slice, export_tiny_onnx, png_bytes,
 
 pytestmark = pytest.mark.slow
 LINEAGE = {"git_commit": "0123abc", "data_hash": "d4t4", "params_hash": "p4r4", "onnx_sha256": "5ha",
-           "promotion_reason": "promoted: accuracy 0.910 >= 0.850"}
+           "promotion_reason": "promoted: accuracy 0.910 >= 0.850 [pass]; slice Dice 0.812 >= 0.700 [pass]",
+           "promotion_gate": json.dumps([{"name": "accuracy", "passed": True, "detail": "0.910 >= 0.850"},
+                                         {"name": "slice Dice", "passed": True, "detail": "0.812 >= 0.700"}])}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,9 @@ def test_champion_served_with_card_and_cached_by_version(registry, tmp_path):
         assert (info["name"], info["version"], info["alias"]) == ("slicewise", registry["first_version"], "champion")
         assert {k: info["tags"][k] for k in LINEAGE} == LINEAGE and info["tags"]["promotion"] == "promoted"
         assert info["metrics"]["classification"]["sensitivity"] == pytest.approx(0.88)
+        assert info["gate"]["verdict"] == "promoted"  # the gate's verdict on each head, with numbers and limits
+        assert {c["name"]: c["detail"] for c in info["gate"]["criteria"]}["slice Dice"] == "0.812 >= 0.700"
+        assert "segmentation" in info["metrics"] and "segmentation_volume" in info["metrics"]
         assert client.get("/healthz").json()["version"] == registry["first_version"]
         body = client.post("/v1/predict", files={"file": ("a.png", png_bytes(brain_slice()))},
                            params={"gradcam": "true"}).json()

@@ -15,8 +15,9 @@ from tasks import paths, train
 from tasks.augment import augment_batch
 from tasks.checkpoints import load_checkpoint, load_model, save_checkpoint
 from tasks.config import Augment, TrainSettings
-from tasks.datasets import SliceSet, collate_slices, stage_data, training_loader
+from tasks.datasets import ComposedBatches, SliceSet, collate_slices, stage_data, training_loader
 from tasks.errors import SliceWiseError
+from tasks.tracking import NullTracker
 from tasks.train_steps import StageLoss, StageRunner, make_optimizer, place_model
 from tests.conftest import REPO, make_tiny_processed, with_epochs, with_section
 
@@ -187,9 +188,75 @@ def test_more_epochs_continue_but_changed_params_start_fresh(in_project, tiny_se
 
 
 def test_early_stopping_ends_a_stage_that_stops_improving(in_project, tiny_settings):
-    frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1)
+    frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1, min_epochs=1)
     result = train.main(with_epochs(frozen, seg=5), "seg")
     assert result["epochs_run"] == 2  # epoch 1 sets the best, epoch 2 cannot beat it
+
+
+@pytest.mark.parametrize("min_epochs", [3, 4])
+def test_early_stopping_never_ends_a_stage_before_the_minimum_epochs(in_project, tiny_settings, min_epochs):
+    frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1,
+                          min_epochs=min_epochs)
+    result = train.main(with_epochs(frozen, seg=6), "seg")
+    assert result["epochs_run"] == min_epochs  # no improvement after epoch 1, so it stops right at the minimum
+    assert len(pd.read_csv(paths.history_file("seg"))) == min_epochs
+
+
+def test_a_stage_stuck_at_its_floor_says_so_in_log_result_and_tracker(in_project, tiny_settings, monkeypatch, caplog):
+    """A seg head that predicts no tumour anywhere (val Dice 0) must be reported, not pass silently."""
+    initial = train._initial_model
+
+    def predicts_nothing(plan):
+        model = initial(plan)
+        torch.nn.init.constant_(model.seg_decoder.out.conv.conv.bias, -50.0)  # every pixel far below 0.5
+        return model
+
+    monkeypatch.setattr(train, "_initial_model", predicts_nothing)
+    tags = {}
+
+    class Recorder(NullTracker):
+        def set_tags(self, new):
+            tags.update(new)
+
+    settings = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", min_epochs=2, patience=1)
+    plan = train.plan_stage(with_epochs(settings, seg=2), "seg")
+    with caplog.at_level("ERROR"):
+        result = train.train_stage(plan, Recorder())
+    assert result["stuck_at_floor"] and "val_dice 0.0000 after 2 epochs" in result["stuck_at_floor"]
+    assert "STUCK AT ITS FLOOR" in caplog.text and tags["stuck_at_floor"] == "true"
+    assert train.stuck_at_floor("seg", [{"val_dice": 0.01}, {"val_dice": 0.3}], 0.05) is None
+    assert train.stuck_at_floor("cls", [{"val_roc_auc": 0.52}], 0.05)  # a guessing classifier
+    assert train.stuck_at_floor("cls", [{"val_roc_auc": 0.9}], 0.05) is None
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5])
+def test_foreground_sampling_puts_the_configured_share_of_tumour_slices_in_every_batch(share):
+    """nnU-Net-style oversampling: with 10 % tumour slices, each batch still has ceil(share * batch) of them."""
+    labels = torch.zeros(400, dtype=torch.uint8)
+    labels[::10] = 1
+    data = SliceSet(torch.zeros(400, 1, 4, 4).half(), torch.zeros(400, 4, 4, dtype=torch.uint8),
+                    torch.ones(400, dtype=torch.bool), labels)
+    loader = training_loader(data, 16, torch.Generator().manual_seed(0), foreground_share=share)
+    per_batch = [int(batch["label"].sum()) for batch in loader]
+    assert len(per_batch) == 400 // 16
+    assert min(per_batch) >= math.ceil(share * 16)
+    natural = [int(batch["label"].sum()) for batch in training_loader(data, 16, torch.Generator().manual_seed(0))]
+    assert sum(natural) / (16 * len(natural)) < 0.2 < sum(per_batch) / (16 * len(per_batch))
+
+
+def test_kaggle_quota_and_foreground_share_compose_in_one_batch():
+    has_mask = torch.tensor([True] * 300 + [False] * 20)
+    labels = torch.tensor([1] * 30 + [0] * 270 + [1] * 10 + [0] * 10, dtype=torch.uint8)
+    sampler = ComposedBatches(has_mask, labels, 16, torch.Generator().manual_seed(1), kaggle_share=0.5,
+                              foreground_share=0.5)
+    batches = list(sampler)
+    assert len(batches) == 320 // 16
+    for batch in batches:
+        kaggle = [i for i in batch if not has_mask[i]]
+        tumour = [i for i in batch if has_mask[i] and labels[i] == 1]
+        assert len(kaggle) == 8 and len(tumour) >= 4
+    again = list(ComposedBatches(has_mask, labels, 16, torch.Generator().manual_seed(1), 0.5, 0.5))
+    assert again == batches  # the generator alone decides: DDP processes draw the same global batches
 
 
 def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
@@ -253,12 +320,13 @@ def test_tracker_receives_params_metrics_and_artifacts(in_project, tiny_settings
 
 def test_dvc_reruns_training_for_the_train_keys_that_change_what_is_learned():
     """Runtime-only switches (device, bf16, compile, pin_memory, ...) are no DVC params; every other train key is.
-    patience is both: a run may resume with another value, but it decides which epoch best.pt holds."""
+    patience and min_epochs are both: a run may resume with another value, but they decide which epoch best.pt
+    holds."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     expected = {f"train.{key}" for key in TrainSettings.model_fields if key not in train.RUNTIME_ONLY}
     for stage in ("train_seg", "train_cls", "train_joint"):
         listed = {p for p in stages[stage]["params"] if isinstance(p, str) and p.startswith("train.")}
-        assert listed == expected | {"train.patience"}, stage
+        assert listed == expected | {"train.patience", "train.min_epochs"}, stage
 
 
 @pytest.mark.parametrize("norm, layer", [("batch", torch.nn.BatchNorm2d), ("instance", torch.nn.InstanceNorm2d)])

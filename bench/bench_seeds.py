@@ -1,0 +1,115 @@
+"""Quality across seeds: the quick pipeline for several seeds as DVC experiments, min / median / max of each metric.
+
+Usage: .venv/bin/python -m bench.bench_seeds [--seeds 42 1 2 3 4] [--keep DIR]
+
+One figure from one run is an anecdote: training is seeded but bimodal (a narrow network can stay in "predict
+nothing"), and CPUs with and without native bf16 take different kernels. So quality is claimed from this sweep.
+Each seed is one `dvc exp run -S seed=N` in a throw-away copy of the project (the seed drives the synthetic data,
+the split, the initial weights and the batches), and the results are read back with `dvc exp show --json`.
+Experiments run one after another in the copy's workspace: a queued experiment runs in a temporary clone that has
+no `.venv`, and two at once would fight over 2 cores. The CPU and whether bf16 autocast ran are recorded with
+the figures, since both change the trained weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DVC = REPO / ".venv" / "bin" / "dvc"
+DEFAULT_SEEDS = (42, 1, 2, 3, 4)
+# (name in the report, metrics.json section, key); targets from the quick profile's quality goals.
+FIGURES = (("accuracy", "classification", "accuracy"), ("sensitivity", "classification", "sensitivity"),
+           ("slice_dice", "segmentation", "dice"), ("volume_dice", "segmentation_volume", "dice"),
+           ("hd95_mm", "segmentation", "hd95"))
+TARGETS = {"accuracy": 0.90, "slice_dice": 0.80, "volume_dice": 0.85}
+
+
+def cpu_description() -> dict:
+    """Model name and the bf16-relevant features of this CPU (they decide which kernels training takes)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    from tasks.train_steps import native_cpu_bf16
+
+    return {"model": model, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "bf16_autocast": native_cpu_bf16()}
+
+
+def experiment_metrics(show: list[dict]) -> dict[str, dict]:
+    """experiment name → reports/metrics.json, from `dvc exp show --json` (DVC 3's layout)."""
+    found = {}
+    for commit in show:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                metrics = (data.get("metrics") or {}).get("reports/metrics.json", {}).get("data")
+                if rev.get("name") and metrics:
+                    found[rev["name"]] = metrics
+    return found
+
+
+def summarise(per_seed: dict[int, dict]) -> dict:
+    """min / median / max of each figure over the seeds, and whether every seed met the targets."""
+    summary = {}
+    for name, section, key in FIGURES:
+        values = [m[section][key] for m in per_seed.values()]
+        summary[name] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
+    summary["every_seed_meets_targets"] = all(
+        m[section][key] >= TARGETS[name] for m in per_seed.values() for name, section, key in FIGURES
+        if name in TARGETS)
+    return summary
+
+
+def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None) -> dict:
+    sys.path.insert(0, str(REPO))
+    from tests.project_copy import copy_project
+
+    folder = keep or Path(tempfile.mkdtemp(prefix="bench-seeds-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    project = copy_project(folder, tiny=False)  # tracking off: register only runs the gate
+    seconds = {}
+    for seed in seeds:
+        started = time.perf_counter()
+        done = subprocess.run([str(DVC), "exp", "run", "-S", f"seed={seed}", "-n", f"seed-{seed}"], cwd=project,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"dvc exp run for seed {seed} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        seconds[seed] = round(time.perf_counter() - started, 1)
+        print(f"seed {seed}: {seconds[seed]} s", flush=True)
+    show = subprocess.run([str(DVC), "exp", "show", "--json"], cwd=project, capture_output=True, text=True, check=True)
+    by_name = experiment_metrics(json.loads(show.stdout))
+    per_seed = {seed: by_name[f"seed-{seed}"] for seed in seeds}
+    if keep is None:
+        subprocess.run(["rm", "-rf", str(folder)], check=False)
+    return {
+        "cpu": cpu_description(),
+        "seeds": list(seeds),
+        "pipeline_seconds": seconds,
+        "per_seed": {str(seed): {name: m[section][key] for name, section, key in FIGURES}
+                     for seed, m in per_seed.items()},
+        "summary": summarise(per_seed),
+        "targets": TARGETS,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    parser.add_argument("--keep", type=Path, help="build the project copy here and keep it")
+    args = parser.parse_args()
+    report = run(tuple(args.seeds), args.keep)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
