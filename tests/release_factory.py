@@ -14,7 +14,7 @@ import torch
 
 from models.unet import MultitaskUNet
 from tasks import paths
-from tasks.checkpoints import model_config_for, save_checkpoint
+from tasks.inference.checkpoints import model_config_for, save_checkpoint
 from tasks.config import Settings
 
 from tests.conftest import make_tiny_processed

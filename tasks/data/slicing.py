@@ -1,4 +1,4 @@
-"""`slice`: raw volumes and images → z-scored 2D axial slices in one compressed shard per patient + a manifest.
+"""Raw volumes and images → z-scored 2D axial slices in one compressed shard per patient + a manifest (`slice`).
 
 BraTS: each modality volume is z-scored over its brain voxels, axial slices are taken every `slice_stride`
 slices, slices with (almost) no brain are dropped, and everything is resized to the profile's image size
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,13 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from rich.progress import Progress
 
-from tasks import paths, preprocess
-from tasks.config import Settings, SliceSettings
+from tasks import paths
+from tasks.config import SliceSettings
+from tasks.data import preprocess
+from tasks.data.local_import import IMAGE_SUFFIXES, nifti_extension
+from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, write_shard
 from tasks.errors import SliceWiseError
-from tasks.local_import import IMAGE_SUFFIXES, nifti_extension
-from tasks.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, read_shard, write_shard
+from tasks.io import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     _remove_stale_shards(out_dir, {r["shard"] for r in rows + kaggle_rows})
     _write_table(out_dir / paths.MANIFEST.name, rows + kaggle_rows, MANIFEST_COLUMNS)
     _write_table(out_dir / paths.REJECTED.name, rejected, ["file", "reason"])
-    (out_dir / FINGERPRINTS).write_text(json.dumps(fingerprints, indent=1, sort_keys=True))
+    write_text_atomic(json.dumps(fingerprints, indent=1, sort_keys=True), out_dir / FINGERPRINTS)
     brats = [r for r in rows if r["source"] == "brats"]
     return {
         "patients": len({r["patient"] for r in brats}),
@@ -260,16 +261,5 @@ def _remove_stale_shards(out_dir: Path, keep: set[str]) -> None:
 
 def _write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
     """Atomic CSV write: the manifest is the marker of a complete run, so it must never be half written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def main(settings: Settings, map_jobs: JobMap | None = None) -> dict:
-    started = time.perf_counter()
-    result = slice_dataset(paths.RAW, paths.PROCESSED, settings.slice, settings.active.image_size,
-                           settings.active.slice_stride, map_jobs)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    log.info("slice: %s", result)
-    return result
+    with atomic_write(path) as tmp:
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)

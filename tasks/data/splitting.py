@@ -1,4 +1,4 @@
-"""`split`: patient-level train/val/test lists, seeded and stratified, with leakage checks.
+"""Patient-level train/val/test lists, seeded and stratified, with leakage checks (`split`).
 
 BraTS patients are split whole (all their slices go to one split), stratified by tumour burden. Kaggle
 images are split on their own, after grouping near-duplicates by perceptual hash so that two copies of
@@ -20,13 +20,13 @@ from scipy.cluster.hierarchy import DisjointSet
 from sklearn.model_selection import train_test_split
 
 from tasks import paths
-from tasks.config import Settings, SplitSettings
+from tasks.config import SplitSettings
+from tasks.data.shards import read_manifest, read_shard
+from tasks.data.splits import SPLITS, write_split
 from tasks.errors import SliceWiseError
-from tasks.shards import read_manifest, read_shard
+from tasks.io import write_text_atomic
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 def split_sizes(n: int, cfg: SplitSettings) -> tuple[int, int, int]:
@@ -127,11 +127,10 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
             splits[name] = splits[name] + ids
     check_no_leakage(splits, pairs)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
-        (out_dir / f"{name}.txt").write_text("".join(f"{p}\n" for p in splits[name]))
+        write_split(name, splits[name], out_dir)
     summary = _summary(manifest, splits, len(pairs))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(json.dumps(summary, indent=2), out_dir / "summary.json")
     return summary
 
 
@@ -147,14 +146,3 @@ def _summary(manifest: pd.DataFrame, splits: dict[str, list[str]], n_pairs: int)
         }
     return summary
 
-
-def main(settings: Settings) -> dict:
-    return split_dataset(paths.PROCESSED, paths.SPLITS, settings.split, settings.seed)
-
-
-def read_split(name: str, splits_dir: Path = paths.SPLITS) -> list[str]:
-    """The patient ids of one split (train, val or test)."""
-    path = splits_dir / f"{name}.txt"
-    if not path.exists():
-        raise SliceWiseError("split list not found (run the split step first)", path)
-    return [line for line in path.read_text().splitlines() if line]

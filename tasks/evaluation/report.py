@@ -1,4 +1,4 @@
-"""`evaluate`: the joint model on the TEST split, with a decision threshold chosen on the VALIDATION split.
+"""A model on the TEST split, with a decision threshold chosen on the VALIDATION split (`evaluate`).
 
     classification  every test slice (BraTS slices and Kaggle images) at the validation threshold
     segmentation    Dice, IoU, HD95 (mm) per BraTS test slice whose ground truth has tumour
@@ -10,27 +10,24 @@ atomically to reports/metrics.json in the contract's shape; plots and their DVC 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich.progress import Progress
 
-from tasks import metrics, paths, plots
-from tasks.config import EvaluateSettings, Settings
-from tasks.errors import SliceWiseError
-from tasks.predict import TorchPredictor
-from tasks.shards import read_manifest, read_shard
-from tasks.split import read_split
-from tasks.tracking import NullTracker, Tracker, make_tracker
+from tasks import paths
+from tasks.config import EvaluateSettings
+from tasks.data.splits import read_split, split_rows
+from tasks.evaluation import metrics, plots
+from tasks.evaluation.scoring import SplitPredictions, predict_split
+from tasks.inference.predictor import TorchPredictor
+from tasks.io import write_json_atomic
+from tasks.tracking.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
 
-EVALUATED_STAGE = "joint"  # the last training stage: the model that export and register ship
 CLASSIFICATION_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 CI_KEYS = tuple(f"classification.{k}" for k in CLASSIFICATION_KEYS) + (
     "segmentation.dice", "segmentation.iou", "segmentation.hd95",
@@ -54,78 +51,6 @@ class EvaluationPaths:
     def of_project(cls) -> "EvaluationPaths":
         return cls(paths.PROCESSED, paths.SPLITS, paths.METRICS, paths.PLOTS,
                    {stage: paths.history_file(stage) for stage in paths.STAGES})
-
-
-@dataclass(frozen=True)
-class SplitPredictions:
-    """What the metrics need from one split: one row per slice with its tumour probability, and the segmentation
-    scores per tumour slice and per BraTS patient volume (empty for the validation split)."""
-
-    slices: pd.DataFrame  # manifest columns + probability
-    slice_scores: pd.DataFrame  # patient, slice_index, dice, iou, hd95
-    volume_scores: pd.DataFrame  # patient, dice, iou, hd95
-
-
-def split_rows(processed: Path, patients: list[str]) -> pd.DataFrame:
-    """The manifest rows of these patients (BraTS patients and Kaggle images alike)."""
-    manifest_path = processed / paths.MANIFEST.name
-    if not manifest_path.exists():
-        raise SliceWiseError("manifest not found (run the slice step first)", manifest_path)
-    rows = read_manifest(manifest_path)
-    rows = rows[rows["patient"].isin(set(patients))].reset_index(drop=True)
-    if rows.empty:
-        raise SliceWiseError("no processed slice belongs to this split", processed)
-    return rows
-
-
-def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: bool,
-                  description: str = "predicting") -> SplitPredictions:
-    """Predict every row, one shard at a time; with `segmentation`, score the masks of BraTS shards."""
-    probability = np.empty(len(rows), dtype=np.float64)
-    slice_scores, volume_scores = [], []
-    groups = rows.groupby("shard", sort=False)
-    with Progress(transient=True) as progress:
-        bar = progress.add_task(description, total=len(rows))
-        for shard_name, shard_rows in groups:
-            shard = read_shard(processed / shard_name)
-            take = shard_rows["row"].to_numpy()
-            prediction = predictor.predict(shard.images[take])
-            probability[shard_rows.index.to_numpy()] = prediction.tumour_probability
-            if segmentation and shard.has_mask[take].all():
-                predicted = prediction.mask_probability >= metrics.MASK_THRESHOLD
-                for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
-                    at = shard_rows.index.get_indexer(rows_of_patient.index)
-                    scores = score_patient(predicted[at], shard.masks[take[at]] > 0,
-                                           shard.slice_index[take[at]], shard.spacing)
-                    slice_scores.append(scores[0].assign(patient=patient))
-                    volume_scores.append(scores[1] | {"patient": patient})
-            progress.advance(bar, len(shard_rows))
-    return SplitPredictions(
-        slices=rows.assign(probability=probability),
-        slice_scores=pd.concat(slice_scores, ignore_index=True) if slice_scores
-        else pd.DataFrame(columns=["patient", "slice_index", "dice", "iou", "hd95"]),
-        volume_scores=pd.DataFrame(volume_scores, columns=["patient", "dice", "iou", "hd95"]),
-    )
-
-
-def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndarray,
-                  spacing: np.ndarray) -> tuple[pd.DataFrame, dict]:
-    """Per-slice scores of the slices whose truth has tumour, and the scores of the re-stacked volume.
-
-    In-plane spacing comes from the shard; through-plane spacing is the slice stride (read from the slice
-    indices) x 1 mm, the BraTS voxel size, so HD95 of a volume sliced every 2nd slice is still in mm."""
-    tumour = truth.reshape(len(truth), -1).any(axis=1)
-    per_slice = {"dice": [], "iou": [], "hd95": []}
-    if tumour.any():
-        per_slice = metrics.segmentation_scores(predicted[tumour], truth[tumour], metrics.pixel_spacing(spacing))
-    order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
-    volume = metrics.segmentation_scores(
-        metrics.stack_volume(predicted[order], slice_index[order], stride)[None],
-        metrics.stack_volume(truth[order], slice_index[order], stride)[None],
-        metrics.volume_spacing(spacing, stride),
-    )
-    return (pd.DataFrame({"slice_index": slice_index[tumour], **per_slice}),
-            {name: float(values[0]) for name, values in volume.items()})
 
 
 def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSettings, seed: int) -> dict:
@@ -182,13 +107,6 @@ def _finite_or_null(value):
     return value
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def write_plots(test: SplitPredictions, report: dict, model, predictor, where: EvaluationPaths,
                 cfg: EvaluateSettings, seed: int, device: str = "cpu") -> tuple[list[Path], float]:
     """Every figure and DVC plot file; returns the files written and the expected calibration error."""
@@ -211,7 +129,7 @@ def write_plots(test: SplitPredictions, report: dict, model, predictor, where: E
 def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateSettings, seed: int,
                         tracker: Tracker = NullTracker(), device: str = "cpu") -> dict:
     """Evaluate one checkpoint; writes metrics.json and the plots, logs both to `tracker`, returns the report."""
-    from tasks.checkpoints import load_model
+    from tasks.inference.checkpoints import load_model
 
     model, _ = load_model(checkpoint, map_location=device)
     predictor = TorchPredictor(model, device=device)
@@ -252,18 +170,3 @@ def headline(report: dict) -> dict:
         out[key] = {"value": report[section].get(name), "ci95": report["ci95"].get(key)}
     return out
 
-
-def main(settings: Settings) -> dict:
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tracker = make_tracker(settings, "evaluate")
-    try:
-        report = evaluate_checkpoint(paths.best_checkpoint(EVALUATED_STAGE), EvaluationPaths.of_project(),
-                                     settings.evaluate, settings.seed, tracker, device)
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    tracker.close()
-    return {"metrics": str(paths.METRICS), "threshold": report["classification"]["threshold"],
-            "calibration_ece": round(report["calibration_ece"], 4), "headline": headline(report)}

@@ -5,7 +5,7 @@ All of these must hold (thresholds in params.yaml `promotion:`):
     sensitivity  >= promotion.min_sensitivity
     parity       ONNX and torch agreed (reports/export.json)
     vs champion  accuracy >= champion's accuracy - promotion.max_accuracy_drop   (only when a champion exists)
-Pure logic on numbers: register.py gathers them and moves the aliases. The reason names every criterion with
+Pure logic on numbers: registration.py gathers them and moves the aliases. The reason names every criterion with
 its value, so a registry version's `promotion_reason` tag says exactly why it was or was not promoted.
 """
 
@@ -31,7 +31,7 @@ class Criterion:
 
 @dataclass(frozen=True)
 class ChampionScore:
-    """The current champion's accuracy, measured as comparably as possible (see register.champion_score)."""
+    """The current champion's accuracy, measured as comparably as possible (see registration.champion_score)."""
 
     version: str
     accuracy: float | None

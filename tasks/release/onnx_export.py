@@ -1,4 +1,4 @@
-"""`export`: the joint model to ONNX, checked for parity with torch on every test slice, with latency figures.
+"""A model to ONNX, checked for parity with torch on every test slice, with latency figures (`export`).
 
     exports/model.onnx   input "image" (batch, C, H, W) float32 → "seg_logits" (batch, 1, H, W), "cls_logits" (batch,)
     exports/model.json   what serving needs to use it: names, shapes, modalities, preprocessing, threshold, versions
@@ -25,24 +25,21 @@ import torch
 from rich.progress import Progress
 
 from tasks import paths
-from tasks.config import ExportSettings, Settings
+from tasks.config import ExportSettings
+from tasks.data.splits import iter_test_slices
 from tasks.errors import SliceWiseError
-from tasks.evaluate import split_rows, write_json_atomic
-from tasks.metrics import MASK_THRESHOLD
-from tasks.predict import ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT, sigmoid
-from tasks.provenance import sha256_file
-from tasks.shards import read_shard
-from tasks.split import read_split
-from tasks.tracking import Tracker, make_tracker
+from tasks.inference.predictor import MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT, sigmoid
+from tasks.io import atomic_write, read_json, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 ONNX_INPUT = "image"
-EXPORTED_STAGE = "joint"
 LATENCY_BATCHES = (1, 8)
 WARMUP_RUNS = 2  # per block
 LATENCY_ROUNDS = 3
 PARITY_BATCH = 16
+# Embedded in model.onnx and model.json: kept word for word (its path predates tasks/data/), as any edit changes
+# the exported file's sha256 and with it every registered version's identity.
 PREPROCESSING = (
     "One input channel per MRI modality, in the order of `modalities`, float32 NCHW of image_size x image_size. "
     "MRI volumes: z-score over the brain (non-zero) voxels of each volume, axial slice in display orientation, "
@@ -96,14 +93,6 @@ def ort_session(path: Path, threads: int):
     # and from other processes on a shared machine, for no gain at these model sizes.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def iter_test_slices(processed: Path, splits_dir: Path) -> Iterator[np.ndarray]:
-    """The test split's slices (float32 NCHW), one shard at a time so memory stays bounded."""
-    rows = split_rows(processed, read_split("test", splits_dir))
-    for shard_name, shard_rows in rows.groupby("shard", sort=False):
-        images = read_shard(processed / shard_name).images[shard_rows["row"].to_numpy()]
-        yield np.ascontiguousarray(images, dtype=np.float32)
 
 
 def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], threshold: float,
@@ -210,10 +199,9 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
 
 
 def read_threshold(metrics_path: Path) -> float:
+    metrics = read_json(metrics_path, "evaluate")
     try:
-        return float(json.loads(metrics_path.read_text())["classification"]["threshold"])
-    except FileNotFoundError as exc:
-        raise SliceWiseError("metrics not found (run the evaluate step first)", metrics_path) from exc
+        return float(metrics["classification"]["threshold"])
     except (ValueError, KeyError, TypeError) as exc:
         raise SliceWiseError(f"no classification.threshold in the metrics ({exc})", metrics_path) from exc
 
@@ -222,7 +210,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
                  metadata_path: Path, report_path: Path, cfg: ExportSettings, modalities: list[str],
                  image_size: int) -> dict:
     """Export, check, verify parity, measure latency; returns the content of reports/export.json."""
-    from tasks.checkpoints import load_model
+    from tasks.inference.checkpoints import load_model
 
     threshold = read_threshold(metrics_path)
     model, checkpoint = load_model(checkpoint_path)
@@ -230,8 +218,6 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
     torch.set_num_threads(threads)
     for stale in (onnx_path, metadata_path):  # a failed export must not leave the previous model looking current
         stale.unlink(missing_ok=True)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
     metadata = model_metadata(checkpoint, modalities, image_size, threshold, cfg.opset)
     test_slices = iter_test_slices(processed, splits_dir)
     sample = next(test_slices)  # the first shard: checked here, then the first of the parity run
@@ -239,7 +225,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
     if sample.shape[1:] != expected_shape:
         raise SliceWiseError(f"test slices have shape {sample.shape[1:]} but the model expects {expected_shape}; "
                              "rerun the slice step and training after changing image size or modalities", processed)
-    try:
+    with atomic_write(onnx_path) as tmp:  # renamed last: a model.onnx in place means everything below passed
         export_onnx(model, tmp, checkpoint["model_config"]["in_channels"], image_size, cfg.opset)
         check_onnx(tmp, metadata)
         session = ort_session(tmp, threads)
@@ -260,40 +246,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
                                    "processor": platform.processor() or platform.machine()}
         write_json_atomic(metadata | {"onnx_sha256": report["onnx"]["sha256"]}, metadata_path)
         write_json_atomic(report, report_path)
-        os.replace(tmp, onnx_path)  # last: a model.onnx in place means everything above passed
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("export: parity passed (max |diff| %.1e, Dice %.5f); batch-1 speedup of onnxruntime over torch %.2fx",
              parity["max_abs_diff"], parity["mask_dice"], report["speedup_p50"]["batch_1"])
     return report
 
-
-def main(settings: Settings) -> dict:
-    tracker: Tracker = make_tracker(settings, "export")
-    try:
-        report = export_model(
-            paths.best_checkpoint(EXPORTED_STAGE), paths.PROCESSED, paths.SPLITS, paths.METRICS, paths.ONNX_MODEL,
-            paths.EXPORT_METADATA, paths.EXPORT_REPORT, settings.export, list(settings.slice.modalities),
-            settings.active.image_size,
-        )
-        log_export(tracker, settings.export, report)
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    tracker.close()
-    return {"onnx": str(paths.ONNX_MODEL), "sha256": report["onnx"]["sha256"],
-            "parity": {k: report["parity"][k] for k in ("passed", "max_abs_diff", "decision_mismatches", "mask_dice")},
-            "speedup_p50": report["speedup_p50"]}
-
-
-def log_export(tracker: Tracker, cfg: ExportSettings, report: dict) -> None:
-    tracker.log_params({f"export.{k}": v for k, v in cfg.model_dump().items()})
-    parity = report["parity"]
-    metrics = {f"parity.{k}": float(parity[k]) for k in ("max_abs_diff", "decision_mismatches", "mask_dice")}
-    for engine, batches in report["latency"].items():
-        for batch, values in batches.items():
-            metrics |= {f"latency.{engine}.{batch}.{k}": v for k, v in values.items()}
-    metrics |= {f"speedup_p50.{k}": v for k, v in report["speedup_p50"].items()}
-    tracker.log_metrics(metrics)
-    tracker.log_artifact(paths.EXPORT_REPORT)
-    tracker.log_artifact(paths.EXPORT_METADATA)

@@ -1,4 +1,4 @@
-"""`register`: the exported model into the MLflow registry, through the promotion gate (tasks/gate.py).
+"""The exported model into the MLflow registry, through the promotion gate (tasks/release/gate.py): `register`.
 
     1. read reports/metrics.json, reports/export.json, exports/model.onnx (+ model.json) and the joint best.pt
     2. decide: thresholds, ONNX parity, and "not worse than the champion" (see champion_score)
@@ -13,7 +13,6 @@ With tracking.enabled false nothing is registered; the gate still runs and repor
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -21,19 +20,21 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks import paths, provenance
+from tasks import paths
 from tasks.config import Settings
+from tasks.data.splits import iter_test_slices, read_split, split_rows
 from tasks.errors import SliceWiseError
-from tasks.evaluate import write_json_atomic
-from tasks.gate import ChampionScore, GateDecision, PromotionGate
-from tasks.mlflow_tracking import MlflowTracker, fluent_store, retrying, tracking_uri
-from tasks.model_card import render_model_card, split_summary
+from tasks.io import read_json, sha256_file
+from tasks.release.gate import ChampionScore, GateDecision, PromotionGate
+from tasks.release.model_card import render_model_card, split_summary
+from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, ModelRegistry
+from tasks.tracking import provenance
+from tasks.tracking.mlflow_runs import MlflowTracker
+from tasks.tracking.store import fluent_store, retrying, tracking_uri
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"  # name of the logged model; its extra_files/ hold best.pt and model.json
-CHECKPOINT_FILE = "best.pt"
-METADATA_FILE = "model.json"
 
 
 @dataclass(frozen=True)
@@ -49,23 +50,14 @@ class Release:
     onnx_sha256: str
 
 
-def _read_json(path: Path, producer: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise SliceWiseError(f"not found (run the {producer} step first)", path) from exc
-    except ValueError as exc:
-        raise SliceWiseError(f"not valid JSON: {exc}", path) from exc
-
-
 def read_release(onnx_path: Path, metadata_path: Path, checkpoint_path: Path, metrics_path: Path,
                  export_report_path: Path) -> Release:
     for path, producer in ((onnx_path, "export"), (checkpoint_path, "train_joint")):
         if not path.exists():
             raise SliceWiseError(f"not found (run the {producer} step first)", path)
-    release = Release(onnx_path, checkpoint_path, metadata_path, _read_json(metrics_path, "evaluate"),
-                      _read_json(export_report_path, "export"), _read_json(metadata_path, "export"),
-                      provenance.sha256_file(onnx_path))
+    release = Release(onnx_path, checkpoint_path, metadata_path, read_json(metrics_path, "evaluate"),
+                      read_json(export_report_path, "export"), read_json(metadata_path, "export"),
+                      sha256_file(onnx_path))
     if release.export_report.get("onnx", {}).get("sha256") != release.onnx_sha256:
         raise SliceWiseError("the export report describes another model file; rerun the export step",
                              export_report_path)
@@ -81,41 +73,29 @@ def parity_detail(parity: dict) -> str:
             f"(min {parity['min_mask_dice']})")
 
 
-def current_champion(client, cfg, model_name: str, alias: str):
-    """The version the alias points at, or None (no such model or alias yet)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return retrying(cfg, "get champion", client.get_model_version_by_alias, model_name, alias)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-
-
-def rescore_champion(model_uri: str, processed: Path, splits_dir: Path) -> float | None:
+def rescore_champion(registry: ModelRegistry, version: str, processed: Path, splits_dir: Path) -> float | None:
     """The champion's accuracy on the current test split at its own threshold; None if its input does not fit."""
-    import mlflow
-
-    from tasks.evaluate import predict_split, split_rows
-    from tasks.predict import OnnxPredictor
-    from tasks.shards import read_shard
-    from tasks.split import read_split
+    from tasks.data.shards import read_shard
+    from tasks.evaluation.scoring import predict_split
+    from tasks.inference.predictor import OnnxPredictor
 
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        metadata = json.loads((local / "extra_files" / METADATA_FILE).read_text())
+        local = registry.download(version, Path(tmp))
+        metadata = read_json(local / EXTRA_FILES / METADATA_FILE, default=None)
+        if metadata is None:
+            raise ValueError(f"no readable {METADATA_FILE}")
         rows = split_rows(processed, read_split("test", splits_dir))
         image_shape = list(read_shard(processed / rows["shard"].iloc[0]).images.shape[1:])
         if metadata["input"]["shape"][1:] != image_shape:
             return None
-        predictor = OnnxPredictor(local / "model.onnx", providers=["CPUExecutionProvider"])
+        predictor = OnnxPredictor(local / ONNX_FILE, providers=["CPUExecutionProvider"])
         slices = predict_split(predictor, processed, rows, segmentation=False, description="re-scoring champion").slices
     decisions = slices["probability"].to_numpy() >= metadata["threshold"]
     return float((decisions == slices["label"].to_numpy().astype(bool)).mean())
 
 
-def champion_score(champion, data_tags: dict[str, str], processed: Path, splits_dir: Path) -> ChampionScore:
+def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str], processed: Path,
+                   splits_dir: Path) -> ChampionScore:
     """The champion's test accuracy, as comparable with the challenger's as possible:
     recorded when it was tested on the same data (same data and split hashes), else re-scored on this test split,
     else (its input does not fit the current data, e.g. another image size) the recorded one, marked as such."""
@@ -126,7 +106,7 @@ def champion_score(champion, data_tags: dict[str, str], processed: Path, splits_
     if same_data:
         return ChampionScore(version, recorded, "same test data")
     try:
-        rescored = rescore_champion(f"models:/{champion.name}/{version}", processed, splits_dir)
+        rescored = rescore_champion(registry, version, processed, splits_dir)
     except (OSError, KeyError, ValueError) as exc:  # an old or foreign version without our metadata
         log.warning("register: cannot re-score champion v%s (%s)", version, exc)
         rescored = None
@@ -146,8 +126,6 @@ def model_signature(channels: int, size: int):
 
 
 def input_example(processed: Path, splits_dir: Path) -> np.ndarray:
-    from tasks.export import iter_test_slices
-
     return next(iter_test_slices(processed, splits_dir))[:1]
 
 
@@ -180,41 +158,18 @@ def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, car
     return info.model_uri
 
 
-def verify_version(model_name: str, version: str, release: Release, example: np.ndarray) -> None:
-    """The registered files are the exported ones and run: sha256 of model.onnx and best.pt, same outputs."""
-    import mlflow
-    import onnxruntime as ort
-
-    def outputs(onnx_file: Path) -> list[np.ndarray]:
-        return ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]).run(None, {"image": example})
-
-    def same_file(path: Path, sha256: str) -> bool:
-        return path.exists() and provenance.sha256_file(path) == sha256
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp))
-        onnx_file, checkpoint = local / "model.onnx", local / "extra_files" / CHECKPOINT_FILE
-        if not same_file(onnx_file, release.onnx_sha256):
-            raise SliceWiseError(f"registered version {version} does not hold the exported model.onnx", onnx_file)
-        if not same_file(checkpoint, provenance.sha256_file(release.checkpoint_path)):
-            raise SliceWiseError(f"registered version {version} does not hold the joint checkpoint", checkpoint)
-        registered = outputs(onnx_file)
-    if not all(np.array_equal(a, b) for a, b in zip(registered, outputs(release.onnx_path))):
-        raise SliceWiseError(f"registered version {version} gives other outputs than the exported model",
-                             release.onnx_path)
-
-
-def create_verified_version(client, cfg, model_name: str, model_uri: str, tags: dict, card: str,
-                            release: Release, example: np.ndarray, alias: str) -> str:
+def create_verified_version(registry: ModelRegistry, model_uri: str, tags: dict, card: str, release: Release,
+                            example: np.ndarray, alias: str) -> str:
     """Register, describe, verify, then point the alias at it. A version that fails any of it is deleted before
     the error is raised, so no version stays behind half-registered (without artifact, card or its alias)."""
     import mlflow
 
+    client, cfg, model_name = registry.client, registry.cfg, registry.model_name
     version = str(retrying(cfg, "register model", mlflow.register_model, model_uri, model_name, tags=tags).version)
     try:
         retrying(cfg, "describe version", client.update_model_version, model_name, version,
                  description=card.replace(f"# {model_name}\n", f"# {model_name} version {version}\n", 1))
-        verify_version(model_name, version, release, example)
+        registry.verify(version, release.onnx_path, release.onnx_sha256, release.checkpoint_path, example)
         retrying(cfg, "set alias", client.set_registered_model_alias, model_name, alias, version)
     except Exception as exc:
         try:
@@ -238,8 +193,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
                       splits_dir: Path) -> dict:
     name, cfg, reg = settings.registry.model_name, settings.tracking, settings.registry
     tags = provenance.run_tags(settings)
-    champion = current_champion(tracker.client, cfg, name, reg.alias)
-    score = champion_score(champion, tags, processed, splits_dir) if champion is not None else None
+    registry = ModelRegistry(cfg, name, tracker.client)
+    champion = registry.by_alias(reg.alias)
+    score = champion_score(registry, champion, tags, processed, splits_dir) if champion is not None else None
     decision = decide(settings, release, score)
     version_tags = tags | {
         "promotion": "promoted" if decision.promoted else "rejected", "promotion_reason": decision.reason,
@@ -256,8 +212,7 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     example = input_example(processed, splits_dir)
     model_uri = retrying(cfg, "log model", log_model, release, example, tracker, card)
     alias = reg.alias if decision.promoted else reg.challenger_alias
-    version = create_verified_version(tracker.client, cfg, name, model_uri, version_tags, card, release, example,
-                                      alias)
+    version = create_verified_version(registry, model_uri, version_tags, card, release, example, alias)
     tracker.set_tags({"registered_version": version, "promotion": version_tags["promotion"]})
     log.info("register: %s version %s -> @%s (%s)", name, version, alias, decision.reason)
     return {"registered": True, "model_name": name, "version": version, "promoted": decision.promoted, "alias": alias,
@@ -272,23 +227,3 @@ def decide(settings: Settings, release: Release, champion: ChampionScore | None)
     return PromotionGate.from_settings(settings.promotion).decide(
         cls.get("accuracy"), cls.get("sensitivity"), bool(parity.get("passed")), parity_detail(parity), champion)
 
-
-def main(settings: Settings) -> dict:
-    paths.REGISTER_REPORT.unlink(missing_ok=True)  # a failed run must not leave the previous decision looking current
-    release = read_release(paths.ONNX_MODEL, paths.EXPORT_METADATA, paths.best_checkpoint("joint"), paths.METRICS,
-                           paths.EXPORT_REPORT)
-    if not settings.tracking.enabled:
-        decision = decide(settings, release, None)
-        result = {"registered": False, "model_name": settings.registry.model_name, "version": None,
-                  "promoted": False, "alias": None, "gate": decision.as_dict()["criteria"],
-                  "reason": f"not registered (tracking.enabled is false); the gate alone says {decision.reason}"}
-    else:
-        tracker = MlflowTracker.for_step(settings, "register")  # the parent run: register ends it
-        try:
-            result = register_release(settings, release, tracker, paths.PROCESSED, paths.SPLITS)
-        except BaseException:
-            tracker.close("FAILED")
-            raise
-        tracker.close()
-    write_json_atomic(result, paths.REGISTER_REPORT)
-    return result

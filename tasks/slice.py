@@ -1,0 +1,27 @@
+"""`slice`: data/raw → data/processed, z-scored 2D axial slices in one compressed shard per patient + a manifest.
+
+BraTS patients are sliced in parallel (one patient in memory per worker), Kaggle images go into one shard per
+class, and every input that cannot be used is listed with its reason in rejected.csv. data/processed is a
+persistent DVC output: a patient whose files and slicing parameters are unchanged keeps its shard.
+The work is tasks/data/slicing.py's; `map_jobs` lets the Prefect flow run the per-patient jobs on Dask.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tasks import paths
+from tasks.config import Settings
+from tasks.data.slicing import JobMap, slice_dataset
+
+log = logging.getLogger(__name__)
+
+
+def main(settings: Settings, map_jobs: JobMap | None = None) -> dict:
+    started = time.perf_counter()
+    result = slice_dataset(paths.RAW, paths.PROCESSED, settings.slice, settings.active.image_size,
+                           settings.active.slice_stride, map_jobs)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    log.info("slice: %s", result)
+    return result

@@ -1,0 +1,9 @@
+"""Tracking: the tracker hook every step logs through, MLflow behind it, and the lineage tags.
+
+Plumbing: nothing here changes what a step writes into its outputs (tests/test_dvc_deps.py relies on it).
+
+    tracker.py      the Tracker protocol, NullTracker, and `tracked_step` that opens and ends a step's run
+    mlflow_runs.py  the MLflow tracker: one parent run per pipeline run, a child run per step
+    store.py        the MLflow store: its URI, retries with backoff, a client
+    provenance.py   git commit, params and data hashes, Prefect flow run: the tags of runs and versions
+"""
