@@ -141,8 +141,8 @@ def nifti_bytes(volume: np.ndarray, spacing=(1.0, 1.5, 2.0), compress: bool = Tr
 
 def register_version(tracking_uri: str, onnx_path: Path, model_name: str = "slicewise", alias: str | None = "champion",
                      checkpoint: Path | None = None, metrics: Path | None = None, tags: dict | None = None) -> str:
-    """Log the ONNX file as a new version of `model_name` as tasks/release/registration.py does (ONNX flavour with the torch
-    checkpoint and model.json as extra files, metrics.json under the run's reports/, lineage tags on the
+    """Log the ONNX file as a new version of `model_name` as tasks/release/registration.py does (ONNX flavour with
+    the torch checkpoint and model.json as extra files, metrics.json under the run's reports/, lineage tags on the
     version); optionally move `alias` to it."""
     import mlflow
     import onnx

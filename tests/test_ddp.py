@@ -15,9 +15,9 @@ import yaml
 
 from models.unet import MultitaskUNet
 from tasks import paths, train_cls, train_seg
+from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, model_config_for, weights_digest
 from tasks.training.distributed import Ranks
-from tasks.errors import SliceWiseError
 from tasks.training.steps import StageLoss
 from tests.conftest import REPO, make_tiny_processed, with_epochs, with_section
 

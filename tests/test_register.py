@@ -16,13 +16,13 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tasks import export, paths, register
-from tasks.inference.checkpoints import load_model
+from tasks.data.splits import read_split
 from tasks.errors import SliceWiseError
+from tasks.inference.checkpoints import load_model
 from tasks.release.gate import ChampionScore, PromotionGate
 from tasks.release.lineage import print_lineage
 from tasks.release.registry import ModelRegistry
 from tasks.tracking.store import fluent_store, tracking_uri
-from tasks.data.splits import read_split
 
 from tests.conftest import make_tiny_processed
 from tests.release_factory import fresh_mlflow_store, make_release_project, tracked, write_checkpoint, write_metrics

@@ -104,7 +104,8 @@ class ModelRegistry:
         import onnxruntime as ort
 
         def outputs(onnx_file: Path) -> list[np.ndarray]:
-            return ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]).run(None, {"image": example})
+            session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+            return session.run(None, {"image": example})
 
         def same_file(path: Path, sha256: str) -> bool:
             return path.exists() and sha256_file(path) == sha256

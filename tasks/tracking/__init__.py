@@ -1,6 +1,7 @@
 """Tracking: the tracker hook every step logs through, MLflow behind it, and the lineage tags.
 
-Plumbing: nothing here changes what a step writes into its outputs (tests/test_dvc_deps.py relies on it).
+Plumbing: nothing here changes what a step writes into its outputs, so tests/test_dvc_deps.py needs no stage
+to list it; register lists it all the same, its output being the registry itself.
 
     tracker.py      the Tracker protocol, NullTracker, and `tracked_step` that opens and ends a step's run
     mlflow_runs.py  the MLflow tracker: one parent run per pipeline run, a child run per step
