@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.config import load_settings
-from tasks.preprocess import prepare_photo
+from tasks.data.preprocess import prepare_photo
 
 REPO = Path(__file__).resolve().parents[1]
 SLICE_SIDE = 256
@@ -45,8 +45,8 @@ SETTLE_S = 0.05
 def production_model(folder: Path, params: Path) -> Path:
     """An untrained production-profile MultitaskUNet exported to ONNX at 256², with its metadata embedded."""
     from models.unet import MultitaskUNet
-    from tasks.checkpoints import model_config_for, save_checkpoint
-    from tasks.export import check_onnx, export_onnx, model_metadata
+    from tasks.inference.checkpoints import model_config_for, save_checkpoint
+    from tasks.release.onnx_export import check_onnx, export_onnx, model_metadata
 
     settings = load_settings(params)
     cfg = model_config_for(settings, "production")

@@ -4,7 +4,7 @@ against the 1.5x target.
 Usage: .venv/bin/python -m bench.bench_export [--profiles quick baseline production] [--threads 1 0] [--runs 50]
 Uses checkpoints/joint/best.pt for the active profile when it exists, otherwise a seeded untrained model of each
 profile's size (latency does not depend on the weights). --threads 0 means every core this process may use.
-Timing is tasks/export.py's own `measure_latency`, so the numbers compare with reports/export.json.
+Timing is tasks/release/onnx_export.py's own `measure_latency`, so the numbers compare with reports/export.json.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import torch
 
 from models.unet import MultitaskUNet
 from tasks import paths
-from tasks.checkpoints import model_config_for
 from tasks.config import load_settings
-from tasks.export import export_onnx, measure_latency, ort_session
+from tasks.inference.checkpoints import model_config_for
+from tasks.release.onnx_export import export_onnx, measure_latency, ort_session
 
 TARGET_SPEEDUP = 1.5
 
 
 def model_for(settings, profile: str) -> MultitaskUNet:
     if profile == settings.profile and paths.best_checkpoint("joint").exists():
-        from tasks.checkpoints import load_model
+        from tasks.inference.checkpoints import load_model
 
         return load_model(paths.best_checkpoint("joint"))[0]
     torch.manual_seed(0)

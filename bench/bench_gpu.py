@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from models.unet import MultitaskUNet, UNetConfig
-from tasks.checkpoints import model_config_for
 from tasks.config import Settings, TrainSettings, load_settings
-from tasks.datasets import SliceSet, training_loader
-from tasks.train_steps import StageLoss, StageRunner, make_optimizer, place_model
+from tasks.data.datasets import SliceSet, training_loader
+from tasks.inference.checkpoints import model_config_for
+from tasks.training.steps import StageLoss, StageRunner, make_optimizer, place_model
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> the train switches it sets; pin_memory stays as params.yaml has it in all three.

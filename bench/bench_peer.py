@@ -70,9 +70,9 @@ def train_peer(images: Tensor, masks: Tensor, seconds: float, seed: int) -> tupl
 
 def test_slice_dice(model: nn.Module, processed: Path, splits: Path) -> float:
     """Mean Dice over the BraTS test slices with tumour, exactly as `evaluate` computes it."""
-    from tasks.evaluate import predict_split, split_rows
-    from tasks.predict import TorchPredictor
-    from tasks.split import read_split
+    from tasks.data.splits import read_split, split_rows
+    from tasks.evaluation.scoring import predict_split
+    from tasks.inference.predictor import TorchPredictor
 
     rows = split_rows(processed, read_split("test", splits))
     rows = rows[rows["source"] == "brats"].reset_index(drop=True)
@@ -81,10 +81,10 @@ def test_slice_dice(model: nn.Module, processed: Path, splits: Path) -> float:
 
 
 def run(project: Path = REPO, seconds: float | None = None) -> dict:
-    from tasks.checkpoints import load_model
     from tasks.config import load_settings
-    from tasks.datasets import load_slices
-    from tasks.split import read_split
+    from tasks.data.datasets import load_slices
+    from tasks.data.splits import read_split
+    from tasks.inference.checkpoints import load_model
 
     previous = Path.cwd()
     os.chdir(project)

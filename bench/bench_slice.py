@@ -18,7 +18,7 @@ import numpy as np
 
 from tasks import paths
 from tasks.config import load_settings
-from tasks.slice import SliceSpec, find_part, slice_patient
+from tasks.data.slicing import SliceSpec, find_part, slice_patient
 
 
 def _bare_load(patient_dir: Path, parts: tuple[str, ...]) -> float:

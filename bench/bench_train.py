@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from tasks import paths
-from tasks.checkpoints import load_model
 from tasks.config import Settings, load_settings
-from tasks.datasets import load_slices
-from tasks.split import read_split
-from tasks.train import PREVIOUS_STAGE, plan_stage, train_stage
-from tasks.train_steps import StageLoss, evaluate
+from tasks.data.datasets import load_slices
+from tasks.data.splits import read_split
+from tasks.inference.checkpoints import load_model
+from tasks.training.stage import PREVIOUS_STAGE, plan_stage, train_stage
+from tasks.training.steps import StageLoss, evaluate
 
 QUICK_BUDGET_S = 120.0
 

@@ -90,7 +90,7 @@ def run(
     for stage, outcome in state.result().items():
         table.add_row(stage, outcome["state"], outcome.get("lock_sha256", "")[:12], outcome.get("reason", ""))
     Console().print(table)
-    from tasks.summary import print_summary
+    from tasks.release.summary import print_summary
 
     print_summary()
 

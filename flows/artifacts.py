@@ -3,31 +3,24 @@
 Built from the files the steps wrote (reports/metrics.json from `evaluate`, exports/model.json from
 `export`, reports/register.json from `register`), so a run where every stage was Cached still shows the
 model that is current. A file that does not exist yet (its stage has not run) is left out. The model card is
-the registry version's own description (tasks/model_card.py) when MLflow has it, else a summary of the files.
+the registry version's own description (tasks/release/model_card.py) when MLflow has it, else a summary of the files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from tasks import paths
 from tasks.config import Settings
-from tasks.mlflow_tracking import is_local_store, make_client, tracking_uri
+from tasks.io import read_json
+from tasks.tracking.store import is_local_store, make_client, tracking_uri
 
 log = logging.getLogger(__name__)
 
 METRIC_SECTIONS = ("classification", "segmentation", "segmentation_volume")
 LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"  # where `make mlflow-ui` serves the local store
 KEYS = {"metrics": "slicewise-metrics", "card": "slicewise-model-card", "mlflow": "slicewise-mlflow-run"}
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def metrics_rows(metrics: dict) -> list[dict]:
@@ -101,7 +94,7 @@ def publish(settings: Settings, parent_run_id: str | None = None) -> list[str]:
     """Create the flow run's artifacts from whatever reports exist; returns the keys created."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-    metrics, decision = read_json(paths.METRICS), read_json(paths.REGISTER_REPORT)
+    metrics, decision = read_json(paths.METRICS, default=None), read_json(paths.REGISTER_REPORT, default=None)
     created = []
     if metrics:
         create_table_artifact(metrics_rows(metrics), key=KEYS["metrics"],
@@ -110,7 +103,7 @@ def publish(settings: Settings, parent_run_id: str | None = None) -> list[str]:
     if decision or metrics:
         card = registry_model_card(settings, decision)
         markdown = decision_markdown(decision, card) if card else model_card_markdown(
-            decision, read_json(paths.EXPORT_METADATA), metrics)
+            decision, read_json(paths.EXPORT_METADATA, default=None), metrics)
         create_markdown_artifact(markdown, key=KEYS["card"], description="Model card and promotion decision")
         created.append(KEYS["card"])
     # This run's own MLflow parent run when it opened one (register logs into it), else the run that registered

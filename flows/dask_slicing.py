@@ -1,7 +1,7 @@
 """The `slice` step across Dask workers: its per-patient jobs as Prefect tasks on a `DaskTaskRunner`.
 
 `python -m flows run --slice-runner dask` (or the flow parameter `slice_runner="dask"`) runs the step as the
-subflow `slice-on-dask`: tasks/slice.py plans, finalises and writes the manifest exactly as it does under
+subflow `slice-on-dask`: tasks/data/slicing.py plans, finalises and writes the manifest exactly as it does under
 `dvc repro`; only its per-patient jobs (`map_jobs`) become one task each on a Dask cluster, a local one with
 `slice.workers` single-threaded worker processes by default, or the one at `dask_address`. Their results come
 back in job order, so the output is the one the local process pool writes.
@@ -60,7 +60,7 @@ def slice_subflow(project_root: str) -> dict:
     settings = load_settings(paths.PARAMS)
 
     def map_as_tasks(job: Callable[..., Any], jobs: list[tuple]) -> Iterable[Any]:
-        # Everything is submitted at once; results are collected in job order, as tasks/slice.py expects.
+        # Everything is submitted at once; results are collected in job order, as tasks/data/slicing.py expects.
         futures = [run_job.submit(job, args, project_root, label=Path(args[0]).name) for args in jobs]
         return (future.result() for future in futures)
 

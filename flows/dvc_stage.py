@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from tasks import paths
-from tasks.provenance import DVC_LOCK
+from tasks.tracking.provenance import DVC_LOCK
 
 DVC_YAML = paths.ROOT / "dvc.yaml"
 

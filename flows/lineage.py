@@ -4,7 +4,7 @@
 - `SLICEWISE_PREFECT_FLOW_RUN_ID` is exported for the run's duration; the steps run in this process, and the
   MLflow tracker tags runs and registry versions with it (`prefect_flow_run_id`).
 - When tracking is on and some stage will run, the MLflow parent run is opened up front
-  (tasks.mlflow_tracking.open_parent_run) and exported as `SLICEWISE_PARENT_RUN_ID`, so every step's child
+  (tasks.tracking.mlflow_runs.open_parent_run) and exported as `SLICEWISE_PARENT_RUN_ID`, so every step's child
   run hangs under it. `register` ends the parent itself; if the flow fails first, or `register` did not run
   (it was Cached, or is not in dvc.yaml yet), the parent is ended here (FAILED / FINISHED) so none stays
   RUNNING. A run where everything is Cached opens no parent at all: it trained nothing.
@@ -17,10 +17,10 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-from tasks import provenance
-from tasks.mlflow_tracking import PARENT_RUN_ENV
-from tasks.provenance import FLOW_RUN_ENV
 from tasks.config import Settings
+from tasks.tracking import provenance
+from tasks.tracking.mlflow_runs import PARENT_RUN_ENV
+from tasks.tracking.provenance import FLOW_RUN_ENV
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def pipeline_run(settings: Settings, flow_run_id: str, work_pending: bool) -> It
 
 
 def open_parent(settings: Settings) -> str:
-    from tasks.mlflow_tracking import open_parent_run
+    from tasks.tracking.mlflow_runs import open_parent_run
 
     run_id = open_parent_run(settings)
     log.info("MLflow parent run %s", run_id)
@@ -79,7 +79,8 @@ def open_parent(settings: Settings) -> str:
 
 def end_parent_if_running(settings: Settings, run_id: str, status: str) -> None:
     """End the parent unless `register` already did; never let this hide the flow's own error."""
-    from tasks.mlflow_tracking import close_parent_run, make_client, retrying
+    from tasks.tracking.mlflow_runs import close_parent_run
+    from tasks.tracking.store import make_client, retrying
 
     try:
         client = make_client(settings.tracking)

@@ -3,7 +3,7 @@
 DVC cannot see a folder outside the repository, so its `fetch` stage stays "up to date" when a new patient
 appears under `data.brats_dir`. Instead of keeping a record of the source (a file that the two front doors
 would have to keep in step), this compares the source with data/raw itself: the files `fetch` would import
-now (same discovery, same seeded patient_fraction subset, same target names as tasks/local_import.py) against
+now (same discovery, same seeded patient_fraction subset, same target names as tasks/data/local_import.py) against
 the files data/raw holds, by relative path and size. It is stateless, so it gives the same answer after a
 `dvc repro` as after a flow run. Sizes, not mtimes: `dvc checkout` restores files with new mtimes.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks import paths
 from tasks.config import Settings
-from tasks.local_import import choose_fraction, find_brats_patients, find_kaggle_images, nifti_extension
+from tasks.data.local_import import choose_fraction, find_brats_patients, find_kaggle_images, nifti_extension
 
 RAW_PARTS = ("brats", "kaggle")  # the only subfolders of data/raw that the local import writes
 

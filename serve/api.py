@@ -1,4 +1,4 @@
-"""The REST API and web UI (routes in ../shared/CONTRACT.md): FastAPI over the model holder.
+"""The REST API and web UI (routes in docs/CONTRACT.md): FastAPI over the model holder.
 
 Route handlers are plain `def`s, so FastAPI runs them in its thread pool and onnxruntime works on several
 requests at once. Every problem a client can cause is a 4xx with a JSON `detail` naming it: uploads are

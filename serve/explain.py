@@ -1,6 +1,6 @@
 """Grad-CAM for the served model, built on first use: torch and MONAI load only when someone asks for it.
 
-Grad-CAM needs gradients, which the ONNX model cannot give, so it runs tasks/gradcam.py on the torch model
+Grad-CAM needs gradients, which the ONNX model cannot give, so it runs tasks/inference/gradcam.py on the torch model
 rebuilt from the checkpoint the registry version carries (a self-describing checkpoint, or a bare state dict
 with the model settings the ONNX metadata records). Without torch (the slim API image) or without a
 checkpoint the API answers `gradcam=true` with a 409 that says which of the two is missing.
@@ -26,7 +26,7 @@ class GradCam:
     """Grad-CAM maps of one served model. MONAI's GradCAM keeps activations on the instance: one call at a time."""
 
     def __init__(self, checkpoint: Path, model_config: dict):
-        from tasks.gradcam import GradCamExplainer
+        from tasks.inference.gradcam import GradCamExplainer
 
         self.explainer = GradCamExplainer(load_torch_model(checkpoint, model_config))
         self.lock = threading.Lock()
@@ -42,7 +42,7 @@ def load_torch_model(checkpoint: Path, model_config: dict):
     import torch
 
     from models.unet import MultitaskUNet, UNetConfig
-    from tasks.checkpoints import load_weights, model_config_of
+    from tasks.inference.checkpoints import load_weights, model_config_of
     from tasks.errors import SliceWiseError
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -1,7 +1,7 @@
 """Decoded uploads → model inputs → the JSON answers of the /v1 routes.
 
-Preprocessing is tasks/preprocess.py's, the very functions the slice step uses (prepare_photo for PNG/JPEG,
-prepare_array_slice for NPY, prepare_volume_slices for NIfTI), and prediction is tasks/predict.py's
+Preprocessing is tasks/data/preprocess.py's, the very functions the slice step uses (prepare_photo for PNG/JPEG,
+prepare_array_slice for NPY, prepare_volume_slices for NIfTI), and prediction is tasks/inference/predictor.py's
 OnnxPredictor, which evaluation also uses: served inputs and outputs match the evaluated ones.
 """
 
@@ -18,8 +18,8 @@ from serve.images import gradcam_overlay, mask_pixels, png_base64, to_display
 from serve.model_source import ServedModel
 from serve.ood import OodResult, score_slice, score_volume
 from serve.uploads import DecodedSlice, UploadError, nifti_bytes
-from tasks.predict import Prediction
-from tasks.preprocess import prepare_array_slice, prepare_photo, prepare_volume_slices
+from tasks.data.preprocess import prepare_array_slice, prepare_photo, prepare_volume_slices
+from tasks.inference.predictor import Prediction
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
 def mask_to_volume_grid(mask_probability: np.ndarray, shape: tuple[int, int, int], threshold: float) -> np.ndarray:
     """(Z, S, S) probabilities on display-oriented slices → (X, Y, Z) uint8 mask on the input's voxel grid.
 
-    Undoes tasks.preprocess.axial_slice (a 90° rotation) and the resize: probabilities are resized bilinearly,
+    Undoes tasks.data.preprocess.axial_slice (a 90° rotation) and the resize: probabilities are resized bilinearly,
     then thresholded, so the mask's edge is as smooth at the input's resolution as at the model's.
     """
     x, y, depth = shape

@@ -4,6 +4,7 @@ A source answers two questions: which model is current (`current_key`, cheap, as
 load it (`load`). The registry source keeps every champion it served under `.serve_cache/<name>/v<version>-<run>/`
 (ONNX model, torch checkpoint for Grad-CAM, metrics, the registry card) and remembers the last one, so a restart
 serves it at once, before the registry is even asked (`cached`), and a registry outage does not stop serving.
+The registry is reached only through its client, tasks/release/registry.py.
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ from typing import Any, Protocol
 
 from tasks.config import RegistrySettings, TrackingSettings
 from tasks.errors import SliceWiseError
-from tasks.predict import OnnxPredictor
+from tasks.inference.predictor import OnnxPredictor
+from tasks.io import read_json, sha256_file, write_text_atomic
+from tasks.release.registry import METADATA_FILE, ModelRegistry
+from tasks.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # the MLflow model folder as downloaded: the .onnx with any external-data files beside it
-METADATA_FILE = "model.json"  # the export step's metadata, shipped as an extra file of the logged model
 METRICS_FILE = "metrics.json"
 CARD_FILE = "card.json"  # written last: a version folder without it is incomplete and ignored
 DEFAULT_THRESHOLD = 0.5
-# Artifacts of the registering run that serving wants besides the ONNX model (searched this deep).
-ARTIFACT_SEARCH_DEPTH = 3
 
 
 @dataclass
@@ -58,14 +59,9 @@ def embedded_metadata(predictor: OnnxPredictor) -> dict:
         return {}
 
 
-def read_json(path: Path | None) -> dict:
-    if path is None or not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        log.warning("ignoring %s: not valid JSON", path)
-        return {}
+def read_optional_json(path: Path | None) -> dict:
+    """A sidecar file's JSON, {} when there is no such file or it is unreadable (the model still serves)."""
+    return {} if path is None else read_json(path, default={})
 
 
 def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = None, metrics: dict | None = None,
@@ -128,23 +124,19 @@ class FileSource:
         return f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}"
 
     def load(self, key: str) -> ServedModel:
-        from tasks.provenance import sha256_file
-
         checkpoint = self.checkpoint if self.checkpoint and self.checkpoint.is_file() else None
         if checkpoint is None:
             log.info("no torch checkpoint at %s: Grad-CAM is unavailable (pass --checkpoint)", self.checkpoint)
         card = {"source": "file", "path": str(self.onnx_path), "name": self.onnx_path.name, "version": None,
                 "alias": None, "tags": {"onnx_sha256": sha256_file(self.onnx_path)}}
-        return load_served_model(self.onnx_path, card, checkpoint, read_json(self.metrics_path),
-                                 read_json(self.onnx_path.with_suffix(".json")))
+        return load_served_model(self.onnx_path, card, checkpoint, read_optional_json(self.metrics_path),
+                                 read_optional_json(self.onnx_path.with_suffix(".json")))
 
 
 class RegistrySource:
     """`models:/<name>@<alias>` from the MLflow registry, every version cached under `cache_dir`."""
 
     def __init__(self, registry: RegistrySettings, tracking: TrackingSettings, cache_dir: Path):
-        from tasks.mlflow_tracking import tracking_uri
-
         self.registry = registry
         self.tracking = tracking
         self.uri = tracking_uri()
@@ -156,7 +148,7 @@ class RegistrySource:
 
     def cached(self) -> tuple[str, ServedModel] | None:
         """The champion served last time from this same store, if its files are complete."""
-        pointer = read_json(self.pointer)
+        pointer = read_optional_json(self.pointer)
         if pointer.get("tracking_uri") != self.uri or not pointer.get("key"):
             return None
         folder = self.cache_dir / pointer["key"]
@@ -165,41 +157,23 @@ class RegistrySource:
         return pointer["key"], self._load_folder(folder)
 
     def _load_folder(self, folder: Path) -> ServedModel:
-        card = read_json(folder / CARD_FILE)
+        card = read_optional_json(folder / CARD_FILE)
         files = {kind: folder / name for kind, name in card.get("files", {}).items() if name}
-        return load_served_model(files["onnx"], card, files.get("checkpoint"), read_json(folder / METRICS_FILE),
-                                 read_json(files.get("metadata")))
+        return load_served_model(files["onnx"], card, files.get("checkpoint"),
+                                 read_optional_json(folder / METRICS_FILE), read_optional_json(files.get("metadata")))
 
     def _remember(self, key: str) -> None:
-        tmp = self.pointer.with_name(self.pointer.name + ".tmp")
-        tmp.write_text(json.dumps({"tracking_uri": self.uri, "key": key}) + "\n")
-        os.replace(tmp, self.pointer)
+        write_text_atomic(json.dumps({"tracking_uri": self.uri, "key": key}) + "\n", self.pointer)
 
     # ------------------------------------------------------------ the registry
 
-    def _client(self):
-        from tasks.mlflow_tracking import make_client
-
-        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
-            # Asking would create an empty store as a side effect of serving.
-            raise SliceWiseError("no MLflow store here yet", self.uri)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        return make_client(self.tracking)
+    def _registry(self) -> ModelRegistry:
+        # A local store that does not exist yet is an error: asking would create it empty as a side effect.
+        return ModelRegistry.existing(self.tracking, self.registry.model_name)
 
     def champion_version(self):
         """The model version the alias points at, or None when there is no such model or alias."""
-        from mlflow.exceptions import MlflowException
-
-        from tasks.mlflow_tracking import retrying
-
-        client = self._client()
-        try:
-            return retrying(self.tracking, "get champion", client.get_model_version_by_alias,
-                            self.registry.model_name, self.registry.alias)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-                return None
-            raise SliceWiseError(f"registry query failed: {exc}", self.uri) from exc
+        return self._registry().by_alias(self.registry.alias)
 
     def current_key(self) -> str | None:
         version = self.champion_version()
@@ -215,10 +189,6 @@ class RegistrySource:
 
     def _download(self, key: str, folder: Path) -> None:
         """Fetch the champion's files into a temporary folder, then rename it into place (never half a cache)."""
-        import mlflow
-
-        from tasks.mlflow_tracking import fluent_store
-
         version = self.champion_version()
         if version is None or version_key(version) != key:
             raise SliceWiseError(f"the champion changed while loading {key}; the next poll picks up the new one",
@@ -227,9 +197,7 @@ class RegistrySource:
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
         try:
             log.info("downloading %s version %s into %s", self.registry.model_name, version.version, folder)
-            with fluent_store():  # models:/ URIs resolve against the project's tracking and registry stores
-                mlflow.artifacts.download_artifacts(f"models:/{self.registry.model_name}/{version.version}",
-                                                    dst_path=str(staging / MODEL_DIR))
+            self._registry().download(str(version.version), staging / MODEL_DIR)
             # The register step ships the torch checkpoint and model.json as the logged model's extra files.
             files = {kind: first_file(staging, MODEL_DIR, pattern)
                      for kind, pattern in (("onnx", "*.onnx"), ("checkpoint", "*.pt"), ("metadata", METADATA_FILE))}
@@ -247,13 +215,10 @@ class RegistrySource:
         """The registering run's metrics.json (the test-split metrics /model/info shows), when it logged one."""
         if not run_id:
             return {}
-        import mlflow
-
-        found = find_artifact(self._client(), run_id, METRICS_FILE)
-        if found is None:
+        downloaded = self._registry().download_run_file(run_id, METRICS_FILE, staging / "run")
+        if downloaded is None:
             return {}
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=found, dst_path=str(staging / "run"),
-                                                    tracking_uri=self.uri)
+        found, local = downloaded
         shutil.move(local, staging / METRICS_FILE)
         shutil.rmtree(staging / "run", ignore_errors=True)
         return {"metrics": found}
@@ -275,15 +240,3 @@ def first_file(root: Path, folder: str, pattern: str) -> str | None:
     matches = sorted((root / folder).rglob(pattern))
     return str(matches[0].relative_to(root)) if matches else None
 
-
-def find_artifact(client, run_id: str, filename: str) -> str | None:
-    """The shallowest artifact path of the run named `filename` (searched ARTIFACT_SEARCH_DEPTH folders deep)."""
-    todo, found = [("", 0)], []
-    while todo:
-        path, depth = todo.pop()
-        for item in client.list_artifacts(run_id, path or None):
-            if item.is_dir and depth < ARTIFACT_SEARCH_DEPTH:
-                todo.append((item.path, depth + 1))
-            elif not item.is_dir and item.path.rsplit("/", 1)[-1] == filename:
-                found.append(item.path)
-    return min(found, key=len) if found else None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.preprocess import FOREGROUND_FRACTION
+from tasks.data.preprocess import FOREGROUND_FRACTION
 
 BORDER_FRACTION = 0.04  # width of the frame around the image that must be mostly background
 MIN_FOREGROUND = 0.02  # below this share of foreground pixels an image is blank

@@ -39,8 +39,8 @@ class UploadError(Exception):
 @dataclass(frozen=True)
 class DecodedSlice:
     kind: str  # "photo" (PNG/JPEG) or "array" (NPY, 16-bit PNG)
-    photo: Image.Image | None  # the decoded 8-bit image, for tasks.preprocess.prepare_photo
-    array: np.ndarray | None  # (C, H, W) float32 intensities, for tasks.preprocess.prepare_array_slice
+    photo: Image.Image | None  # the decoded 8-bit image, for tasks.data.preprocess.prepare_photo
+    array: np.ndarray | None  # (C, H, W) float32 intensities, for tasks.data.preprocess.prepare_array_slice
     rgb: np.ndarray | None  # (H, W, 3) uint8 of a photo: colour tells a photograph from an MRI slice
 
     @property

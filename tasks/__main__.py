@@ -20,21 +20,10 @@ from tasks.errors import SliceWiseError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
 console = Console(stderr=True)
 
-# Step name -> module holding its `main(settings)`; the three training stages share tasks/train.py.
-STEP_MODULES = {step: f"tasks.{step}" for step in STEPS} | {
-    "train_seg": "tasks.train",
-    "train_cls": "tasks.train",
-    "train_joint": "tasks.train",
-}
-
-
 def run_step(step: str, params: Path = paths.PARAMS) -> dict:
-    """Run one step with the parsed params; the same entry point the Prefect flow uses."""
+    """Run one step (`tasks/<step>.py`'s `main`) with the parsed params; the entry point the Prefect flow uses too."""
     settings = load_settings(params)
-    module = importlib.import_module(STEP_MODULES[step])
-    if module.__name__ == "tasks.train":
-        return module.main(settings, stage=step.removeprefix("train_"))
-    return module.main(settings)
+    return importlib.import_module(f"tasks.{step}").main(settings)
 
 
 def _fail(exc: SliceWiseError) -> None:
@@ -80,7 +69,7 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
 def lineage_command(ref: Optional[str] = typer.Argument("champion", help="a version number or an alias")) -> None:
     """Print registry version → MLflow run → git commit → data/params hashes → ONNX sha256 → Prefect run."""
     try:
-        from tasks.lineage import print_lineage
+        from tasks.release.lineage import print_lineage
 
         print_lineage(load_settings(), ref)
     except SliceWiseError as exc:
@@ -90,7 +79,7 @@ def lineage_command(ref: Optional[str] = typer.Argument("champion", help="a vers
 @app.command("summary")
 def summary_command() -> None:
     """Print where the results are, the headline metrics with their intervals and the promotion decision."""
-    from tasks.summary import print_summary
+    from tasks.release.summary import print_summary
 
     print_summary()
 

@@ -177,7 +177,9 @@ class ServeSettings(_Section):
     ood_threshold: float = Field(0.5, gt=0, le=1)
 
 
-class Settings(_Section):
+class _ModelSettings(_Section):
+    """What making the model reads, fetch to export, with the profile that sizes it."""
+
     profile: str = "quick"
     seed: int = 42
     data: DataSettings = DataSettings()
@@ -190,14 +192,9 @@ class Settings(_Section):
     train_joint: JointStageSettings = JointStageSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     export: ExportSettings = ExportSettings()
-    tracking: TrackingSettings = TrackingSettings()
-    promotion: PromotionSettings = PromotionSettings()
-    registry: RegistrySettings = RegistrySettings()
-    schedule: ScheduleSettings = ScheduleSettings()
-    serve: ServeSettings = ServeSettings()
 
     @model_validator(mode="after")
-    def _profile_exists(self) -> "Settings":
+    def _profile_exists(self) -> "_ModelSettings":
         if self.profile not in self.profiles:
             raise ValueError(f"profile {self.profile!r} is not one of profiles: {sorted(self.profiles)}")
         return self
@@ -210,6 +207,17 @@ class Settings(_Section):
     @property
     def in_channels(self) -> int:
         return len(self.slice.modalities)
+
+
+class Settings(_ModelSettings):
+    """All of params.yaml: making the model, then tracking, the promotion gate, the registry, the retraining
+    schedule and serving."""
+
+    tracking: TrackingSettings = TrackingSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    registry: RegistrySettings = RegistrySettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    serve: ServeSettings = ServeSettings()
 
 
 def load_settings(path: Path | str = paths.PARAMS) -> Settings:

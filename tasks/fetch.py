@@ -9,13 +9,13 @@ The result is built next to data/raw and swapped in at the end, so a killed fetc
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
 from tasks import paths
 from tasks.config import DataSettings, ProfileSettings, Settings
 from tasks.errors import SliceWiseError
+from tasks.io import staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -24,30 +24,25 @@ def fetch_raw(
     data: DataSettings, profile: ProfileSettings, seed: int, out_dir: Path, downloads: Path, workers: int = 1
 ) -> dict:
     """Fill `out_dir` with `brats/<patient>/` and `kaggle/{yes,no}/` from the configured source."""
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    brats_out, kaggle_out = staging / "brats", staging / "kaggle"
+    with staged_folder(out_dir, out_dir.with_name(out_dir.name + ".partial")) as staging:
+        brats_out, kaggle_out = staging / "brats", staging / "kaggle"
+        if data.source == "synthetic":
+            from tasks.data.synthetic import generate_brats, generate_kaggle
 
-    if data.source == "synthetic":
-        from tasks.synthetic import generate_brats, generate_kaggle
+            n_patients = len(generate_brats(brats_out, profile.synthetic_patients, seed, workers=workers))
+            kaggle_counts = generate_kaggle(kaggle_out, profile.synthetic_kaggle_images, seed, workers=workers)
+        else:
+            brats_dir, kaggle_dir = _source_folders(data, downloads)
+            from tasks.data.local_import import import_brats, import_kaggle
 
-        n_patients = len(generate_brats(brats_out, profile.synthetic_patients, seed, workers=workers))
-        kaggle_counts = generate_kaggle(kaggle_out, profile.synthetic_kaggle_images, seed, workers=workers)
-    else:
-        brats_dir, kaggle_dir = _source_folders(data, downloads)
-        from tasks.local_import import import_brats, import_kaggle
-
-        n_patients = import_brats(brats_dir, brats_out, profile.patient_fraction, seed)
-        kaggle_counts = import_kaggle(kaggle_dir, kaggle_out, profile.patient_fraction, seed) if kaggle_dir else {}
-
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+            n_patients = import_brats(brats_dir, brats_out, profile.patient_fraction, seed)
+            kaggle_counts = import_kaggle(kaggle_dir, kaggle_out, profile.patient_fraction, seed) if kaggle_dir else {}
     return {"source": data.source, "brats_patients": n_patients, "kaggle_images": kaggle_counts}
 
 
 def _source_folders(data: DataSettings, downloads: Path) -> tuple[Path, Path | None]:
     if data.source == "kaggle":
-        from tasks.kaggle_download import BRATS_DATASET, KAGGLE_IMAGES_DATASET, download_dataset
+        from tasks.data.kaggle_download import BRATS_DATASET, KAGGLE_IMAGES_DATASET, download_dataset
 
         return download_dataset(BRATS_DATASET, downloads), download_dataset(KAGGLE_IMAGES_DATASET, downloads)
     if data.brats_dir is None:

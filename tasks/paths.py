@@ -1,4 +1,4 @@
-"""Every path the pipeline reads or writes, mirroring ../shared/CONTRACT.md.
+"""Every path the pipeline reads or writes, mirroring docs/CONTRACT.md.
 
 All paths are relative to the project root (the working directory of `dvc repro`, the Prefect flow and
 `python -m tasks`), so the same names appear here, in dvc.yaml and in the README.
@@ -33,7 +33,7 @@ ONNX_MODEL = EXPORTS / "model.onnx"
 
 MLFLOW_DB_URI = "sqlite:///mlflow.db"
 MLARTIFACTS = ROOT / "mlartifacts"
-# Which MLflow parent run the steps of the current pipeline run log under (see tasks/mlflow_tracking.py).
+# Which MLflow parent run the steps of the current pipeline run log under (see tasks/tracking/mlflow_runs.py).
 MLFLOW_PARENT_RUN = REPORTS / ".mlflow_parent_run"
 EXPORT_METADATA = EXPORTS / "model.json"
 # The served champion's files, one folder per registry version, so a restart needs no download (serve/).

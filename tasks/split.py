@@ -1,160 +1,16 @@
-"""`split`: patient-level train/val/test lists, seeded and stratified, with leakage checks.
+"""`split`: data/processed → data/splits, patient-level train/val/test lists, seeded and stratified.
 
-BraTS patients are split whole (all their slices go to one split), stratified by tumour burden. Kaggle
-images are split on their own, after grouping near-duplicates by perceptual hash so that two copies of
-the same scan can never land in different splits. The step then re-checks both properties and fails
-loudly if either is violated.
+BraTS patients are split whole, stratified by tumour burden; Kaggle images are split on their own after
+near-duplicates (perceptual hash) are grouped, so no copy of a scan crosses splits. Both properties are checked
+again before anything is written. The work is tasks/data/splitting.py's.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
-
-import imagehash
-import numpy as np
-import pandas as pd
-from PIL import Image
-from scipy.cluster.hierarchy import DisjointSet
-from sklearn.model_selection import train_test_split
-
 from tasks import paths
-from tasks.config import Settings, SplitSettings
-from tasks.errors import SliceWiseError
-from tasks.shards import read_manifest, read_shard
-
-log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-
-
-def split_sizes(n: int, cfg: SplitSettings) -> tuple[int, int, int]:
-    """Counts per split, each at least one."""
-    n_val, n_test = max(1, round(n * cfg.val)), max(1, round(n * cfg.test))
-    n_train = n - n_val - n_test
-    if n_train < 1:
-        raise SliceWiseError(f"need at least 3 patients or image groups to split, got {n}")
-    return n_train, n_val, n_test
-
-
-def _stratified_split(ids: list[str], strata: list, sizes: tuple[int, int, int], seed: int) -> dict[str, list[str]]:
-    """Seeded split into the given sizes, stratified when every stratum is large enough, random otherwise."""
-
-    def cut(items, labels, test_size):
-        try:
-            return train_test_split(items, labels, test_size=test_size, random_state=seed, stratify=labels)
-        except ValueError:  # a stratum too small for the requested sizes
-            return train_test_split(items, labels, test_size=test_size, random_state=seed)
-
-    train, rest, _, rest_strata = cut(ids, strata, sizes[1] + sizes[2])
-    val, test, _, _ = cut(rest, rest_strata, sizes[2])
-    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
-
-
-def tumour_burden_strata(manifest: pd.DataFrame, patients: list[str]) -> list[int]:
-    """Tercile of each patient's total tumour area: small, medium and large tumours spread over all splits."""
-    burden = manifest.groupby("patient")["tumour_area_px"].sum().reindex(patients)
-    return pd.qcut(burden.rank(method="first"), q=min(3, len(patients)), labels=False).astype(int).tolist()
-
-
-def perceptual_hashes(processed: Path, kaggle: pd.DataFrame) -> dict[str, int]:
-    """64-bit pHash of each processed Kaggle image, as an integer."""
-    hashes = {}
-    for shard_name, rows in kaggle.groupby("shard"):
-        images = read_shard(processed / shard_name).images
-        for patient, row in zip(rows["patient"], rows["row"]):
-            image = images[row, 0].astype(np.float32)
-            span = float(image.max() - image.min()) or 1.0
-            pixels = ((image - image.min()) / span * 255).astype(np.uint8)
-            bits = imagehash.phash(Image.fromarray(pixels)).hash.flatten()
-            hashes[patient] = int("".join("1" if b else "0" for b in bits), 2)
-    return hashes
-
-
-def near_duplicate_pairs(hashes: dict[str, int], max_distance: int) -> list[tuple[str, str]]:
-    names = list(hashes)
-    values = np.array([hashes[n] for n in names], dtype=np.uint64)
-    pairs = []
-    for i in range(len(names) - 1):
-        xor = np.bitwise_xor(values[i], values[i + 1 :])
-        distance = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-        pairs.extend((names[i], names[i + 1 + j]) for j in np.flatnonzero(distance <= max_distance))
-    return pairs
-
-
-def split_kaggle(kaggle: pd.DataFrame, pairs: list[tuple[str, str]], cfg: SplitSettings, seed: int) -> dict[str, list[str]]:
-    """Split Kaggle images by near-duplicate group, stratified by label."""
-    groups = DisjointSet(kaggle["patient"].tolist())
-    for a, b in pairs:
-        groups.merge(a, b)
-    subsets = [sorted(s) for s in groups.subsets()]
-    label_of = dict(zip(kaggle["patient"], kaggle["label"]))
-    keys = [s[0] for s in subsets]
-    strata = [round(np.mean([label_of[m] for m in s])) for s in subsets]
-    by_key = _stratified_split(keys, strata, split_sizes(len(keys), cfg), seed)
-    members = dict(zip(keys, subsets))
-    return {name: sorted(m for k in ks for m in members[k]) for name, ks in by_key.items()}
-
-
-def check_no_leakage(splits: dict[str, list[str]], pairs: list[tuple[str, str]]) -> None:
-    """Fail loudly if a patient or a near-duplicate pair crosses splits."""
-    where: dict[str, str] = {}
-    for name, ids in splits.items():
-        for patient in ids:
-            if patient in where:
-                raise SliceWiseError(f"patient {patient} is in both {where[patient]} and {name}", paths.SPLITS)
-            where[patient] = name
-    for a, b in pairs:
-        if where.get(a) != where.get(b):
-            raise SliceWiseError(f"near-duplicate images {a} ({where.get(a)}) and {b} ({where.get(b)}) cross splits", paths.SPLITS)
-
-
-def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int) -> dict:
-    manifest_path = processed / paths.MANIFEST.name
-    if not manifest_path.exists():
-        raise SliceWiseError("manifest not found (run the slice step first)", manifest_path)
-    manifest = read_manifest(manifest_path)
-    brats = manifest[manifest["source"] == "brats"]
-    kaggle = manifest[manifest["source"] == "kaggle"]
-
-    patients = sorted(brats["patient"].unique())
-    splits = _stratified_split(patients, tumour_burden_strata(brats, patients), split_sizes(len(patients), cfg), seed)
-    pairs: list[tuple[str, str]] = []
-    if len(kaggle):
-        pairs = near_duplicate_pairs(perceptual_hashes(processed, kaggle), cfg.phash_max_distance)
-        for name, ids in split_kaggle(kaggle, pairs, cfg, seed).items():
-            splits[name] = splits[name] + ids
-    check_no_leakage(splits, pairs)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        (out_dir / f"{name}.txt").write_text("".join(f"{p}\n" for p in splits[name]))
-    summary = _summary(manifest, splits, len(pairs))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-
-
-def _summary(manifest: pd.DataFrame, splits: dict[str, list[str]], n_pairs: int) -> dict:
-    summary: dict = {"near_duplicate_pairs": n_pairs}
-    for name, ids in splits.items():
-        rows = manifest[manifest["patient"].isin(ids)]
-        summary[name] = {
-            "brats_patients": int(rows.loc[rows["source"] == "brats", "patient"].nunique()),
-            "kaggle_images": int((rows["source"] == "kaggle").sum()),
-            "slices": int(len(rows)),
-            "positive_fraction": round(float(rows["label"].mean()), 3) if len(rows) else 0.0,
-        }
-    return summary
+from tasks.config import Settings
+from tasks.data.splitting import split_dataset
 
 
 def main(settings: Settings) -> dict:
     return split_dataset(paths.PROCESSED, paths.SPLITS, settings.split, settings.seed)
-
-
-def read_split(name: str, splits_dir: Path = paths.SPLITS) -> list[str]:
-    """The patient ids of one split (train, val or test)."""
-    path = splits_dir / f"{name}.txt"
-    if not path.exists():
-        raise SliceWiseError("split list not found (run the split step first)", path)
-    return [line for line in path.read_text().splitlines() if line]

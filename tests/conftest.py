@@ -15,7 +15,7 @@ import pytest
 
 from tasks import paths
 from tasks.config import Settings, load_settings
-from tasks.shards import MANIFEST_COLUMNS, Shard, manifest_rows, write_shard
+from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def untrained_checkpoint(tmp_path, tiny_settings) -> Path:
     import torch
 
     from models.unet import MultitaskUNet
-    from tasks.checkpoints import model_config_for, save_checkpoint
+    from tasks.inference.checkpoints import model_config_for, save_checkpoint
 
     torch.manual_seed(0)
     cfg = model_config_for(tiny_settings)

@@ -3,13 +3,14 @@ docker/requirements-api.in brings in (linked from this venv), and the modules se
 
 from __future__ import annotations
 
-import ast
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+
+from tests.import_graph import direct_imports, module_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,31 +84,11 @@ def requirement_closure(requirements_file: Path) -> set[str]:
     return seen
 
 
-LOCAL_PACKAGES = ("serve", "tasks", "models")
 # Imported lazily by shared task modules on paths serving never takes.
 NOT_ON_SERVING_PATHS = {
-    "prefect": "tasks.provenance asks Prefect for the flow run id only when Prefect already runs the code",
+    "prefect": "tasks.tracking.provenance asks Prefect for the flow run id only when Prefect already runs the code",
     "ruamel": "tasks.config.set_params rewrites params.yaml, a CLI path",
 }
-
-
-def local_module_file(module: str) -> Path | None:
-    path = REPO.joinpath(*module.split("."))
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imports_in(file: Path) -> set[str]:
-    """Every module `file` imports, at module level or inside functions (lazy imports too)."""
-    found = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-    return found
 
 
 def modules_serve_imports() -> list[str]:
@@ -115,15 +96,13 @@ def modules_serve_imports() -> list[str]:
     files = sorted((REPO / "serve").glob("*.py"))
     if not any(f.stem not in {"__init__", "__main__"} for f in files):
         pytest.skip("serve/ has no modules yet")
-    todo = ["serve" if f.stem == "__init__" else f"serve.{f.stem}" for f in files]
+    todo = [module_name(f) for f in files]
     seen: set[str] = set()
     while todo:
         module = todo.pop()
         if module in seen or module.partition(".")[0] in NOT_ON_SERVING_PATHS:
             continue
         seen.add(module)
-        file = local_module_file(module) if module.partition(".")[0] in LOCAL_PACKAGES else None
-        if file is not None:
-            todo += imports_in(file)
+        todo += direct_imports(module)  # a project module's imports, lazy ones too; nothing for the others
     # __main__ is scanned for its imports but not imported: that would start the server.
     return sorted(m for m in seen if m.partition(".")[0] not in sys.stdlib_module_names and m != "serve.__main__")

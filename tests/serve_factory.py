@@ -67,7 +67,7 @@ def export_tiny_onnx(path: Path, size: int = SIZE, channels: int = 1, metadata: 
 def write_gradcam_checkpoint(path: Path, channels: int = 1) -> Path:
     """A self-describing checkpoint of a seeded, untrained tiny MultitaskUNet (Grad-CAM needs a real model)."""
     from models.unet import MultitaskUNet, UNetConfig
-    from tasks.checkpoints import save_checkpoint
+    from tasks.inference.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     cfg = UNetConfig(in_channels=channels, base_channels=4, depth=2)
@@ -141,8 +141,8 @@ def nifti_bytes(volume: np.ndarray, spacing=(1.0, 1.5, 2.0), compress: bool = Tr
 
 def register_version(tracking_uri: str, onnx_path: Path, model_name: str = "slicewise", alias: str | None = "champion",
                      checkpoint: Path | None = None, metrics: Path | None = None, tags: dict | None = None) -> str:
-    """Log the ONNX file as a new version of `model_name` as tasks/register.py does (ONNX flavour with the torch
-    checkpoint and model.json as extra files, metrics.json under the run's reports/, lineage tags on the
+    """Log the ONNX file as a new version of `model_name` as tasks/release/registration.py does (ONNX flavour with
+    the torch checkpoint and model.json as extra files, metrics.json under the run's reports/, lineage tags on the
     version); optionally move `alias` to it."""
     import mlflow
     import onnx

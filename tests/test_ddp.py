@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from models.unet import MultitaskUNet
-from tasks import paths, train
-from tasks.checkpoints import load_checkpoint, model_config_for, weights_digest
-from tasks.distributed import Ranks
+from tasks import paths, train_cls, train_seg
 from tasks.errors import SliceWiseError
-from tasks.train_steps import StageLoss
+from tasks.inference.checkpoints import load_checkpoint, model_config_for, weights_digest
+from tasks.training.distributed import Ranks
+from tasks.training.steps import StageLoss
 from tests.conftest import REPO, make_tiny_processed, with_epochs, with_section
 
 # Max abs weight difference allowed between the DDP and the single-process run after 2 epochs (6 Adam steps, fp32);
@@ -84,7 +84,7 @@ def test_torchrun_processes_agree_and_learn_what_one_process_learns(tmp_path, ti
 
     ranks = _run([*TORCHRUN, "-m", "tasks", "train_seg"], ddp)
     monkeypatch.chdir(single)
-    alone = train.main(settings, "seg")  # what `python -m tasks train_seg` runs, in this process
+    alone = train_seg.main(settings)  # what `python -m tasks train_seg` runs, in this process
 
     assert [(r["rank"], r["processes"], r["epochs_run"]) for r in ranks] == [(0, 2, 2), (1, 2, 2)]
     assert alone["epochs_run"] == 2 and alone["processes"] == 1
@@ -103,7 +103,7 @@ def test_torchrun_processes_agree_and_learn_what_one_process_learns(tmp_path, ti
     # joint trains everything on mixed BraTS/Kaggle batches (shares with and without masks) with dropout drawn per
     # process, so it matches one process only in distribution; the processes must still agree.
     monkeypatch.chdir(ddp)
-    train.main(settings, "cls")  # joint starts from cls's best.pt
+    train_cls.main(settings)  # joint starts from cls's best.pt
     ranks = _run([*TORCHRUN, "-m", "tasks", "train_joint"], ddp)
     assert ranks[0]["weights_digest"] == ranks[1]["weights_digest"] and ranks[0]["epochs_run"] == 1
     assert weights_digest(load_checkpoint(ddp / paths.last_checkpoint("joint"))["model"]) == ranks[0]["weights_digest"]

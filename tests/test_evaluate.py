@@ -7,8 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import evaluate, metrics
+from tasks import evaluate
 from tasks.config import EvaluateSettings
+from tasks.evaluation import metrics, scoring
+from tasks.evaluation import report as evaluation_report
+from tasks.io import write_json_atomic
 
 CONTRACT_KEYS = {
     "classification": {"accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc",
@@ -18,7 +21,7 @@ CONTRACT_KEYS = {
 }
 
 
-def predictions(neg_probs, pos_probs, seg_dice=(), n_patients=4, seed=0) -> evaluate.SplitPredictions:
+def predictions(neg_probs, pos_probs, seg_dice=(), n_patients=4, seed=0) -> scoring.SplitPredictions:
     """Slices spread over `n_patients` patients; per-slice segmentation scores with the given Dice values."""
     rng = np.random.default_rng(seed)
     labels = np.r_[np.zeros(len(neg_probs), int), np.ones(len(pos_probs), int)]
@@ -28,14 +31,14 @@ def predictions(neg_probs, pos_probs, seg_dice=(), n_patients=4, seed=0) -> eval
     seg = pd.DataFrame({"patient": [f"p{i % n_patients}" for i in range(len(seg_dice))], "dice": list(seg_dice),
                         "iou": list(seg_dice), "hd95": rng.uniform(1, 5, len(seg_dice))})
     volumes = seg.groupby("patient", as_index=False)[["dice", "iou", "hd95"]].mean()
-    return evaluate.SplitPredictions(slices, seg.assign(slice_index=0), volumes)
+    return scoring.SplitPredictions(slices, seg.assign(slice_index=0), volumes)
 
 
 def test_threshold_is_chosen_on_validation_not_test():
     # validation scores are low, test scores high: the best threshold differs between the two splits
     val = predictions(np.linspace(0.05, 0.25, 10), np.linspace(0.30, 0.50, 10))
     test = predictions(np.linspace(0.40, 0.60, 10), np.linspace(0.70, 0.90, 10), seg_dice=[0.5, 0.7])
-    report = evaluate.build_report(val, test, EvaluateSettings(bootstrap=20), seed=0)
+    report = evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=20), seed=0)
     val_best = metrics.choose_threshold(val.slices["label"], val.slices["probability"], "youden")
     test_best = metrics.choose_threshold(test.slices["label"], test.slices["probability"], "youden")
     assert report["classification"]["threshold"] == pytest.approx(val_best) == pytest.approx(0.30)
@@ -48,7 +51,7 @@ def test_target_sensitivity_rule_is_applied_to_validation():
     val = predictions(np.linspace(0.0, 0.4, 5), np.array([0.1, 0.5, 0.6, 0.7, 0.8]))
     test = predictions(np.array([0.05, 0.2]), np.array([0.3, 0.9]))
     cfg = EvaluateSettings(threshold_rule="target_sensitivity", target_sensitivity=1.0, bootstrap=10)
-    assert evaluate.build_report(val, test, cfg, seed=0)["classification"]["threshold"] == pytest.approx(0.1)
+    assert evaluation_report.build_report(val, test, cfg, seed=0)["classification"]["threshold"] == pytest.approx(0.1)
 
 
 def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
@@ -57,7 +60,7 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     test = predictions(rng.uniform(0, 0.6, 40), rng.uniform(0.4, 1, 40), seg_dice=rng.uniform(0.3, 0.9, 24),
                        n_patients=8)
     path = tmp_path / "reports" / "metrics.json"
-    evaluate.write_json_atomic(evaluate.build_report(val, test, EvaluateSettings(bootstrap=100), seed=1), path)
+    write_json_atomic(evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=100), seed=1), path)
     written = json.loads(path.read_text())
     assert set(written) == set(CONTRACT_KEYS) | {"ci95"}
     for section, keys in CONTRACT_KEYS.items():
@@ -77,15 +80,15 @@ def test_bootstrap_intervals_are_seeded():
     val = predictions(rng.uniform(0, 0.6, 20), rng.uniform(0.4, 1, 20))
     test = predictions(rng.uniform(0, 0.6, 20), rng.uniform(0.4, 1, 20), seg_dice=rng.uniform(0, 1, 12))
     cfg = EvaluateSettings(bootstrap=50)
-    first = evaluate.build_report(val, test, cfg, seed=5)["ci95"]
-    assert first == evaluate.build_report(val, test, cfg, seed=5)["ci95"]
-    assert first != evaluate.build_report(val, test, cfg, seed=6)["ci95"]
+    first = evaluation_report.build_report(val, test, cfg, seed=5)["ci95"]
+    assert first == evaluation_report.build_report(val, test, cfg, seed=5)["ci95"]
+    assert first != evaluation_report.build_report(val, test, cfg, seed=6)["ci95"]
 
 
 def test_no_tumour_slice_gives_null_not_nan():
     val = predictions(np.array([0.1, 0.2]), np.array([0.8, 0.9]))
     test = predictions(np.array([0.1, 0.3]), np.array([0.7, 0.6]))  # no segmentation scores at all
-    report = evaluate.build_report(val, test, EvaluateSettings(bootstrap=10), seed=0)
+    report = evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=10), seed=0)
     text = json.dumps(report, allow_nan=False)  # raises on NaN or infinity
     assert report["segmentation"] == {"dice": None, "iou": None, "hd95": None, "n_slices": 0}
     assert json.loads(text)["ci95"]["segmentation.dice"] is None
@@ -94,7 +97,7 @@ def test_no_tumour_slice_gives_null_not_nan():
 def test_score_patient_of_a_perfect_prediction():
     truth = np.zeros((4, 16, 16), dtype=bool)
     truth[1:3, 4:8, 4:8] = True
-    per_slice, volume = evaluate.score_patient(truth.copy(), truth, np.array([20, 22, 24, 26]), np.array([1.0, 1.0]))
+    per_slice, volume = scoring.score_patient(truth.copy(), truth, np.array([20, 22, 24, 26]), np.array([1.0, 1.0]))
     assert per_slice["slice_index"].tolist() == [22, 24]  # only slices whose truth has tumour
     assert per_slice["dice"].tolist() == [1.0, 1.0] and per_slice["hd95"].tolist() == [0.0, 0.0]
     assert volume == {"dice": 1.0, "iou": 1.0, "hd95": 0.0}

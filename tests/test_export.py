@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from tasks import export, paths
+from tasks.data.splits import iter_test_slices
 from tasks.errors import SliceWiseError
-from tasks.predict import OnnxPredictor, TorchPredictor
+from tasks.inference.predictor import OnnxPredictor, TorchPredictor
+from tasks.release import onnx_export
 
 from tests.release_factory import make_release_project, write_metrics
 
@@ -30,7 +32,7 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
     assert parity["passed"] and result["parity"]["passed"]
     assert parity["max_abs_diff"] <= tiny_settings.export.parity_atol
     assert parity["decision_mismatches"] == 0 and parity["mask_dice"] >= tiny_settings.export.parity_min_dice
-    test_slices = sum(len(batch) for batch in export.iter_test_slices(paths.PROCESSED, paths.SPLITS))
+    test_slices = sum(len(batch) for batch in iter_test_slices(paths.PROCESSED, paths.SPLITS))
     assert parity["n_slices"] == test_slices > 0
     for engine in ("onnxruntime", "torch_eager"):
         for batch in ("batch_1", "batch_8"):
@@ -49,7 +51,7 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
 
 
 def test_exported_model_has_dynamic_batch_and_matches_torch_predictor(project, tiny_settings):
-    from tasks.checkpoints import load_model
+    from tasks.inference.checkpoints import load_model
 
     export.main(tiny_settings)
     model, _ = load_model(paths.best_checkpoint("joint"))
@@ -64,7 +66,7 @@ def test_exported_model_has_dynamic_batch_and_matches_torch_predictor(project, t
 
 def test_parity_failure_fails_the_step_and_leaves_no_model(project, tiny_settings, monkeypatch):
     """A model whose ONNX differs from torch (weights perturbed while exporting) must not be exported."""
-    real_export = export.export_onnx
+    real_export = onnx_export.export_onnx
 
     def export_perturbed(model, path, *args):
         import copy
@@ -77,7 +79,7 @@ def test_parity_failure_fails_the_step_and_leaves_no_model(project, tiny_setting
 
     paths.EXPORTS.mkdir()
     paths.ONNX_MODEL.write_bytes(b"an export of an earlier run")
-    monkeypatch.setattr(export, "export_onnx", export_perturbed)
+    monkeypatch.setattr(onnx_export, "export_onnx", export_perturbed)
     with pytest.raises(SliceWiseError, match="parity failed"):
         export.main(tiny_settings)
     assert not paths.ONNX_MODEL.exists() and not paths.EXPORT_METADATA.exists()
@@ -87,10 +89,10 @@ def test_parity_failure_fails_the_step_and_leaves_no_model(project, tiny_setting
 
 def test_parity_counts_flipped_decisions(project, tiny_settings):
     """With the threshold exactly at a slice's probability, a tiny difference flips it; parity must notice."""
-    from tasks.checkpoints import load_model
+    from tasks.inference.checkpoints import load_model
 
     model, _ = load_model(paths.best_checkpoint("joint"))
-    batch = next(export.iter_test_slices(paths.PROCESSED, paths.SPLITS))
+    batch = next(iter_test_slices(paths.PROCESSED, paths.SPLITS))
     with torch.inference_mode():
         logits = model(torch.from_numpy(batch))["cls"].numpy()
 
@@ -101,7 +103,7 @@ def test_parity_counts_flipped_decisions(project, tiny_settings):
             return [out["seg"].numpy(), out["cls"].numpy() - 1e-3]
 
     threshold = float(1 / (1 + np.exp(-logits[0])))
-    parity = export.check_parity(model, ShiftedSession(), iter([batch]), threshold, tiny_settings.export)
+    parity = onnx_export.check_parity(model, ShiftedSession(), iter([batch]), threshold, tiny_settings.export)
     assert not parity["passed"]
     assert parity["decision_mismatches"] >= 1 and parity["max_abs_diff_cls"] == pytest.approx(1e-3, rel=1e-2)
 
@@ -146,7 +148,7 @@ def test_export_norms_keep_onnxruntime_close_to_float64(tmp_path):
     path = tmp_path / "norm.onnx"
     torch.onnx.export(with_export_norms(model), (images,), str(path), opset_version=17, dynamo=False,
                       input_names=["image"])
-    (onnx_out,) = export.ort_session(path, threads=1).run(None, {"image": images.numpy()})
+    (onnx_out,) = onnx_export.ort_session(path, threads=1).run(None, {"image": images.numpy()})
     with torch.no_grad():
         reference = model.double()(images.double()).numpy()
     assert np.abs(onnx_out - reference).max() <= 1e-5

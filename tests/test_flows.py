@@ -31,8 +31,8 @@ from flows.source_inventory import local_source_drift
 from flows.stage_task import worth_retrying
 from tasks import STEPS
 from tasks.config import load_settings, set_params
+from tasks.data.local_import import import_brats, import_kaggle
 from tasks.errors import CredentialsError, SliceWiseError
-from tasks.local_import import import_brats, import_kaggle
 from tests.nifti_factory import write_kaggle, write_patient
 from tests.project_copy import ROOT, copy_project, dvc
 
@@ -301,8 +301,8 @@ def test_new_local_patient_triggers_fetch_and_reslices_only_it(project, tmp_path
     assert "local source folders changed" in outcomes["fetch"]["reason"] and "5 new" in outcomes["fetch"]["reason"]
     assert outcomes["slice"]["state"] == "Completed"
     assert outcomes["slice"]["result"]["resliced"] == 1, (
-        "slice re-sliced unchanged patients: tasks/slice.py's patient fingerprint must not use mtimes, which change "
-        "when DVC moves a new file into its cache and links it back (dvc repro does the same)")
+        "slice re-sliced unchanged patients: tasks/data/slicing.py's patient fingerprint must not use mtimes, which "
+        "change when DVC moves a new file into its cache and links it back (dvc repro does the same)")
     assert outcomes["slice"]["result"]["patients"] == 5
     assert clean(project)
 

@@ -6,8 +6,8 @@ import zipfile
 
 import pytest
 
+from tasks.data.kaggle_download import credentials_source, safe_extract
 from tasks.errors import CredentialsError, SliceWiseError
-from tasks.kaggle_download import credentials_source, safe_extract
 
 
 def test_missing_credentials_raise_with_help(tmp_path):

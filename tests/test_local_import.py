@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tasks.local_import import classify_brats_file, find_brats_patients, import_brats, import_kaggle
+from tasks.data.local_import import classify_brats_file, find_brats_patients, import_brats, import_kaggle
 from tests.nifti_factory import write_kaggle, write_patient
 
 

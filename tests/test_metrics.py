@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks import metrics
+from tasks.evaluation import metrics
 
 
 def masks(shape, *boxes):

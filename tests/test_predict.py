@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.unet import MultitaskUNet, TwoHeadOutputs, UNetConfig
-from tasks.predict import OnnxPredictor, Prediction, TorchPredictor, sigmoid
+from tasks.inference.predictor import OnnxPredictor, Prediction, TorchPredictor, sigmoid
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_onnx_predictor_runs_without_torch(onnx_file):
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
         "import numpy as np\n"
-        "from tasks.predict import OnnxPredictor\n"
+        "from tasks.inference.predictor import OnnxPredictor\n"
         f"p = OnnxPredictor({str(onnx_file)!r}).predict(np.zeros((2, 1, 16, 16), np.float32))\n"
         "print(p.tumour_probability.shape, p.mask_probability.shape)\n"
     )

@@ -16,13 +16,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tasks import export, paths, register
-from tasks.checkpoints import load_model
-from tasks.errors import SliceWiseError
+from tasks.data.splits import read_split
 from tasks.config import PromotionSettings
-from tasks.gate import ChampionScore, PromotionGate
-from tasks.lineage import fetch_model, print_lineage
-from tasks.mlflow_tracking import fluent_store, tracking_uri
-from tasks.split import read_split
+from tasks.errors import SliceWiseError
+from tasks.inference.checkpoints import load_model
+from tasks.release.gate import ChampionScore, PromotionGate
+from tasks.release.lineage import print_lineage
+from tasks.release.registry import ModelRegistry
+from tasks.tracking.store import fluent_store, tracking_uri
 
 from tests.conftest import make_tiny_processed
 from tests.release_factory import fresh_mlflow_store, make_release_project, tracked, write_checkpoint, write_metrics
@@ -147,7 +148,8 @@ def test_champion_loads_back_and_matches_the_exported_file(project, tiny_setting
     np.testing.assert_array_equal(served["cls_logits"], expected_cls)
     assert info.metadata["threshold"] == 0.5 and info.signature.inputs.inputs[0].shape == (-1, 1, size, size)
 
-    fetched = fetch_model(settings, "champion", tmp_path / "download")  # what serving uses
+    registry = ModelRegistry.existing(settings.tracking, settings.registry.model_name)  # the client serving uses
+    fetched = registry.fetch("champion", tmp_path / "download")
     assert fetched.version == "1" and fetched.aliases == ["champion"] and fetched.tags["promotion"] == "promoted"
     assert fetched.metadata == json.loads(paths.EXPORT_METADATA.read_text())
     np.testing.assert_array_equal(onnx_outputs(fetched.onnx_path, images)[1], expected_cls)

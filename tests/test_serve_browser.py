@@ -96,7 +96,7 @@ def red_pixels(driver, canvas_id: str) -> int:
 
 def patient_volume(folder: Path) -> Path:
     if os.environ.get("SLICEWISE_SCREENSHOT"):
-        from tasks.synthetic import synthesize_patient
+        from tasks.data.synthetic import synthesize_patient
 
         volume = synthesize_patient(42, 0)[0]["flair"]
         data, _ = nifti_bytes(volume, spacing=(1.0, 1.0, 1.0))

@@ -123,8 +123,8 @@ def test_serves_what_the_register_step_registered(tmp_path, tiny_settings, monke
     from PIL import Image
 
     from tasks import export, paths, register
-    from tasks.predict import OnnxPredictor
-    from tasks.preprocess import prepare_photo
+    from tasks.inference.predictor import OnnxPredictor
+    from tasks.data.preprocess import prepare_photo
     from tests.release_factory import fresh_mlflow_store, make_release_project, tracked
 
     monkeypatch.chdir(tmp_path)

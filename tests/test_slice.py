@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from tasks.config import SliceSettings
+from tasks.data.shards import read_manifest, read_shard
+from tasks.data.slicing import slice_dataset
 from tasks.errors import SliceWiseError
-from tasks.shards import read_manifest, read_shard
-from tasks.slice import slice_dataset
 from tests.nifti_factory import SHAPE, write_kaggle, write_patient
 
 CFG = SliceSettings(modalities=("flair",), min_brain_fraction=0.05, workers=2)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from tasks.config import SliceSettings, SplitSettings
+from tasks.data.slicing import slice_dataset
+from tasks.data.splitting import check_no_leakage, near_duplicate_pairs, split_dataset, split_sizes
 from tasks.errors import SliceWiseError
-from tasks.slice import slice_dataset
-from tasks.split import check_no_leakage, near_duplicate_pairs, split_dataset, split_sizes
 from tests.nifti_factory import write_kaggle, write_patient
 
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from tasks import synthetic
-from tasks.synthetic_shapes import BRATS_SHAPE, load_template, sample_pose, sample_tumour
+from tasks.data import synthetic
+from tasks.data.synthetic_shapes import BRATS_SHAPE, load_template, sample_pose, sample_tumour
 
 SEED = 11
 KINDS = ("flair", "t1", "t1ce", "t2", "seg")

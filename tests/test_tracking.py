@@ -13,11 +13,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from tasks import paths, provenance
+from tasks import paths
 from tasks.errors import SliceWiseError
-from tasks.mlflow_tracking import (PARENT_RUN_ENV, MlflowTracker, close_parent_run, open_parent_run, retrying,
-                                   tracking_uri)
-from tasks.tracking import NullTracker, make_tracker
+from tasks.tracking import provenance
+from tasks.tracking.mlflow_runs import PARENT_RUN_ENV, MlflowTracker, close_parent_run, open_parent_run
+from tasks.tracking.store import retrying, tracking_uri
+from tasks.tracking.tracker import NullTracker, make_tracker
 
 from tests.conftest import REPO
 from tests.release_factory import fresh_mlflow_store, tracked
@@ -80,7 +81,7 @@ def test_separate_processes_find_the_same_parent_and_register_ends_it(store):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["tracking"] |= {"enabled": True}
     (store / "params.yaml").write_text(yaml.safe_dump(params))
-    code = ("import sys; from tasks.config import load_settings; from tasks.mlflow_tracking import MlflowTracker\n"
+    code = ("import sys; from tasks.config import load_settings; from tasks.tracking.mlflow_runs import MlflowTracker\n"
             "t = MlflowTracker.for_step(load_settings('params.yaml'), sys.argv[1]); t.close()\n"
             "print(t.run_id, t.parent_run_id)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -11,14 +11,15 @@ import yaml
 from monai.losses import DiceCELoss
 
 from models.unet import MultitaskUNet, UNetConfig
-from tasks import paths, train
-from tasks.augment import augment_batch
-from tasks.checkpoints import load_checkpoint, load_model, save_checkpoint
+from tasks import paths, train_cls, train_joint, train_seg
 from tasks.config import Augment, TrainSettings
-from tasks.datasets import ComposedBatches, SliceSet, collate_slices, stage_data, training_loader
+from tasks.data.augment import augment_batch
+from tasks.data.datasets import ComposedBatches, SliceSet, collate_slices, stage_data, training_loader
 from tasks.errors import SliceWiseError
-from tasks.tracking import NullTracker
-from tasks.train_steps import StageLoss, StageRunner, make_optimizer, place_model
+from tasks.inference.checkpoints import load_checkpoint, load_model, save_checkpoint
+from tasks.training import stage as training_stage
+from tasks.tracking.tracker import NullTracker
+from tasks.training.steps import StageLoss, StageRunner, make_optimizer, place_model
 from tests.conftest import REPO, make_tiny_processed, with_epochs, with_section
 
 
@@ -109,7 +110,8 @@ def test_augmentation_moves_mask_with_image_and_keeps_background_zero():
 
 def test_three_stages_write_checkpoints_and_history(in_project, tiny_settings):
     settings = with_epochs(tiny_settings, seg=2, cls=2, joint=2)
-    results = {stage: train.main(settings, stage) for stage in ("seg", "cls", "joint")}
+    steps = {"seg": train_seg, "cls": train_cls, "joint": train_joint}
+    results = {stage: step.main(settings) for stage, step in steps.items()}
     for stage, result in results.items():
         history = pd.read_csv(paths.history_file(stage))
         assert list(history["epoch"]) == [1, 2] and {"train_loss", "val_loss"} <= set(history.columns)
@@ -122,8 +124,8 @@ def test_three_stages_write_checkpoints_and_history(in_project, tiny_settings):
 
 
 def test_frozen_encoder_and_decoder_are_unchanged_by_train_cls(in_project, tiny_settings):
-    train.main(tiny_settings, "seg")
-    train.main(with_epochs(tiny_settings, cls=2), "cls")
+    train_seg.main(tiny_settings)
+    train_cls.main(with_epochs(tiny_settings, cls=2))
     seg = load_checkpoint(paths.best_checkpoint("seg"))["model"]
     cls = load_checkpoint(paths.last_checkpoint("cls"))["model"]
     for name, tensor in seg.items():
@@ -146,7 +148,7 @@ def test_two_seeded_runs_give_identical_metrics(tiny_data, tmp_path, tiny_settin
     histories = []
     for root in (tiny_data.root, other.root):
         monkeypatch.chdir(root)
-        train.main(settings, "seg")
+        train_seg.main(settings)
         histories.append(metrics_only(pd.read_csv(paths.history_file("seg"))))
     pd.testing.assert_frame_equal(*histories)
 
@@ -156,11 +158,11 @@ def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one
     settings = with_epochs(tiny_settings, seg=3)
     uninterrupted = make_tiny_processed(tmp_path / "uninterrupted")
     monkeypatch.chdir(uninterrupted.root)
-    train.main(settings, "seg")
+    train_seg.main(settings)
     expected = metrics_only(pd.read_csv(paths.history_file("seg")))
 
     monkeypatch.chdir(tiny_data.root)
-    real_epoch, calls = train.StageRunner.train_epoch, []
+    real_epoch, calls = training_stage.StageRunner.train_epoch, []
 
     def crash_in_second_epoch(self, *args, **kwargs):
         calls.append(1)
@@ -168,28 +170,28 @@ def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one
             raise KeyboardInterrupt("killed")
         return real_epoch(self, *args, **kwargs)
 
-    monkeypatch.setattr(train.StageRunner, "train_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(training_stage.StageRunner, "train_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train.main(settings, "seg")
+        train_seg.main(settings)
     assert load_checkpoint(paths.last_checkpoint("seg"))["epoch"] == 1
-    monkeypatch.setattr(train.StageRunner, "train_epoch", real_epoch)
+    monkeypatch.setattr(training_stage.StageRunner, "train_epoch", real_epoch)
 
-    result = train.main(settings, "seg")
+    result = train_seg.main(settings)
     assert result["resumed_from_epoch"] == 1 and result["epochs_run"] == 3
     pd.testing.assert_frame_equal(metrics_only(pd.read_csv(paths.history_file("seg"))), expected)
 
 
 def test_more_epochs_continue_but_changed_params_start_fresh(in_project, tiny_settings):
-    train.main(tiny_settings, "seg")
-    assert train.main(with_epochs(tiny_settings, seg=2), "seg")["resumed_from_epoch"] == 1
+    train_seg.main(tiny_settings)
+    assert train_seg.main(with_epochs(tiny_settings, seg=2))["resumed_from_epoch"] == 1
     assert len(pd.read_csv(paths.history_file("seg"))) == 2
     changed = with_section(with_epochs(tiny_settings, seg=2), "train_seg", lr=5e-4)
-    assert train.main(changed, "seg")["resumed_from_epoch"] == 0
+    assert train_seg.main(changed)["resumed_from_epoch"] == 0
 
 
 def test_early_stopping_ends_a_stage_that_stops_improving(in_project, tiny_settings):
     frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1, min_epochs=1)
-    result = train.main(with_epochs(frozen, seg=5), "seg")
+    result = train_seg.main(with_epochs(frozen, seg=5))
     assert result["epochs_run"] == 2  # epoch 1 sets the best, epoch 2 cannot beat it
 
 
@@ -197,21 +199,21 @@ def test_early_stopping_ends_a_stage_that_stops_improving(in_project, tiny_setti
 def test_early_stopping_never_ends_a_stage_before_the_minimum_epochs(in_project, tiny_settings, min_epochs):
     frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1,
                           min_epochs=min_epochs)
-    result = train.main(with_epochs(frozen, seg=6), "seg")
+    result = train_seg.main(with_epochs(frozen, seg=6))
     assert result["epochs_run"] == min_epochs  # no improvement after epoch 1, so it stops right at the minimum
     assert len(pd.read_csv(paths.history_file("seg"))) == min_epochs
 
 
 def test_a_stage_stuck_at_its_floor_says_so_in_log_result_and_tracker(in_project, tiny_settings, monkeypatch, caplog):
     """A seg head that predicts no tumour anywhere (val Dice 0) must be reported, not pass silently."""
-    initial = train._initial_model
+    initial = training_stage._initial_model
 
     def predicts_nothing(plan):
         model = initial(plan)
         torch.nn.init.constant_(model.seg_decoder.out.conv.conv.bias, -50.0)  # every pixel far below 0.5
         return model
 
-    monkeypatch.setattr(train, "_initial_model", predicts_nothing)
+    monkeypatch.setattr(training_stage, "_initial_model", predicts_nothing)
     tags = {}
 
     class Recorder(NullTracker):
@@ -219,14 +221,14 @@ def test_a_stage_stuck_at_its_floor_says_so_in_log_result_and_tracker(in_project
             tags.update(new)
 
     settings = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", min_epochs=2, patience=1)
-    plan = train.plan_stage(with_epochs(settings, seg=2), "seg")
+    plan = training_stage.plan_stage(with_epochs(settings, seg=2), "seg")
     with caplog.at_level("ERROR"):
-        result = train.train_stage(plan, Recorder())
+        result = training_stage.train_stage(plan, Recorder())
     assert result["stuck_at_floor"] and "val_dice 0.0000 after 2 epochs" in result["stuck_at_floor"]
     assert "STUCK AT ITS FLOOR" in caplog.text and tags["stuck_at_floor"] == "true"
-    assert train.stuck_at_floor("seg", [{"val_dice": 0.01}, {"val_dice": 0.3}], 0.05) is None
-    assert train.stuck_at_floor("cls", [{"val_roc_auc": 0.52}], 0.05)  # a guessing classifier
-    assert train.stuck_at_floor("cls", [{"val_roc_auc": 0.9}], 0.05) is None
+    assert training_stage.stuck_at_floor("seg", [{"val_dice": 0.01}, {"val_dice": 0.3}], 0.05) is None
+    assert training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.52}], 0.05)  # a guessing classifier
+    assert training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.9}], 0.05) is None
 
 
 @pytest.mark.parametrize("share", [0.25, 0.5])
@@ -285,7 +287,7 @@ def test_loading_refuses_pickled_code_and_names_missing_files(tmp_path):
 
 def test_cls_before_seg_is_a_clear_error(in_project, tiny_settings):
     with pytest.raises(SliceWiseError, match="checkpoint"):
-        train.main(tiny_settings, "cls")
+        train_cls.main(tiny_settings)
 
 
 def test_image_size_must_suit_the_model_depth(tmp_path, tiny_settings, monkeypatch):
@@ -294,7 +296,7 @@ def test_image_size_must_suit_the_model_depth(tmp_path, tiny_settings, monkeypat
     deep = tiny_settings.active.model_copy(update={"model": tiny_settings.active.model.model_copy(update={"depth": 4})})
     settings = tiny_settings.model_copy(update={"profiles": {tiny_settings.profile: deep}})
     with pytest.raises(SliceWiseError, match="multiple of 8"):
-        train.main(settings, "seg")
+        train_seg.main(settings)
 
 
 def test_tracker_receives_params_metrics_and_artifacts(in_project, tiny_settings):
@@ -312,7 +314,7 @@ def test_tracker_receives_params_metrics_and_artifacts(in_project, tiny_settings
             self.artifacts.append(path)
 
     recorder = Recorder()
-    train.train_stage(train.plan_stage(with_epochs(tiny_settings, seg=2), "seg"), recorder)
+    training_stage.train_stage(training_stage.plan_stage(with_epochs(tiny_settings, seg=2), "seg"), recorder)
     assert recorder.params["train_seg.lr"] == tiny_settings.train_seg.lr and recorder.params["model.base_channels"] == 4
     assert [step for step, _ in recorder.metrics] == [1, 2] and "val_dice" in recorder.metrics[0][1]
     assert paths.best_checkpoint("seg") in recorder.artifacts and paths.history_file("seg") in recorder.artifacts
@@ -323,7 +325,7 @@ def test_dvc_reruns_training_for_the_train_keys_that_change_what_is_learned():
     patience and min_epochs are both: a run may resume with another value, but they decide which epoch best.pt
     holds."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    expected = {f"train.{key}" for key in TrainSettings.model_fields if key not in train.RUNTIME_ONLY}
+    expected = {f"train.{key}" for key in TrainSettings.model_fields if key not in training_stage.RUNTIME_ONLY}
     for stage in ("train_seg", "train_cls", "train_joint"):
         listed = {p for p in stages[stage]["params"] if isinstance(p, str) and p.startswith("train.")}
         assert listed == expected | {"train.patience", "train.min_epochs"}, stage
@@ -334,6 +336,6 @@ def test_the_profile_chooses_the_norm_the_stage_trains(tiny_settings, norm, laye
     profile = tiny_settings.active.model_copy(
         update={"model": tiny_settings.active.model.model_copy(update={"norm": norm})})
     settings = tiny_settings.model_copy(update={"profiles": {**tiny_settings.profiles, tiny_settings.profile: profile}})
-    plan = train.plan_stage(settings, "seg")
+    plan = training_stage.plan_stage(settings, "seg")
     norms = {type(m) for m in MultitaskUNet(plan.model).modules() if "Norm" in type(m).__name__}
     assert norms == {layer}

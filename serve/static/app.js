@@ -94,14 +94,25 @@ for (const tab of document.querySelectorAll(".tab")) {
   });
 }
 
-// ---------------------------------------------------------------- classification
-async function classify() {
-  const file = $("cls-file").files[0];
+// The file chosen in the view's `<view>-file` input, posted to `url`: `render` fills in the answer, then the result
+// is shown and `drawn` draws what needs it visible; an error is shown instead of a result.
+async function predictChosenFile(view, url, render, drawn = () => {}) {
+  const file = $(`${view}-file`).files[0];
   if (!file) return;
-  const gradcam = $("cls-gradcam").checked;
-  showError("cls", null);
+  showError(view, null);
   try {
-    const result = await postFiles(`/v1/predict?gradcam=${gradcam}`, "file", [file]);
+    await render(await postFiles(url, "file", [file]));
+    show(`${view}-result`, true);
+    drawn();
+  } catch (error) {
+    showError(view, error);
+    show(`${view}-result`, false);
+  }
+}
+
+// ---------------------------------------------------------------- classification
+function classify() {
+  return predictChosenFile("cls", `/v1/predict?gradcam=${$("cls-gradcam").checked}`, (result) => {
     $("cls-probability").textContent = pct(result.tumor_probability);
     $("cls-bar").style.width = pct(result.tumor_probability).replace(" ", "");
     $("cls-threshold-mark").style.left = (220 * result.threshold) + "px";
@@ -113,34 +124,21 @@ async function classify() {
     $("cls-image").src = "data:image/png;base64," + result.image_png;
     if (result.gradcam_png) $("cls-gradcam-image").src = "data:image/png;base64," + result.gradcam_png;
     show("cls-gradcam-figure", Boolean(result.gradcam_png));
-    show("cls-result", true);
-  } catch (error) {
-    showError("cls", error);
-    show("cls-result", false);
-  }
+  });
 }
 $("cls-file").addEventListener("change", classify);
 $("cls-gradcam").addEventListener("change", classify);
 
 // ---------------------------------------------------------------- segmentation
 const segState = {};
-async function segment() {
-  const file = $("seg-file").files[0];
-  if (!file) return;
-  showError("seg", null);
-  try {
-    const result = await postFiles("/v1/predict", "file", [file]);
+function segment() {
+  return predictChosenFile("seg", "/v1/predict", async (result) => {
     segState.image = await loadImage(result.image_png);
     segState.mask = redMask(await loadImage(result.mask_png));
     $("seg-area").textContent = result.tumor_area_px;
     $("seg-probability").textContent = pct(result.tumor_probability);
     showWarning("seg-warning", result.warning);
-    show("seg-result", true);
-    drawSegmentation();
-  } catch (error) {
-    showError("seg", error);
-    show("seg-result", false);
-  }
+  }, drawSegmentation);
 }
 function drawSegmentation() {
   if (segState.image) drawOverlay($("seg-canvas"), segState.image, segState.mask, $("seg-opacity").value / 100);
@@ -211,12 +209,8 @@ $("batch-csv").addEventListener("click", () => {
 
 // ---------------------------------------------------------------- patient (volume)
 const patient = { slices: [], images: [], masks: [] };
-async function predictVolume() {
-  const file = $("vol-file").files[0];
-  if (!file) return;
-  showError("vol", null);
-  try {
-    const result = await postFiles("/v1/predict/volume?images=true", "file", [file]);
+function predictVolume() {
+  return predictChosenFile("vol", "/v1/predict/volume?images=true", async (result) => {
     patient.result = result;
     patient.slices = result.slices;
     patient.images = await Promise.all(result.slices.map((s) => loadImage(s.image_png)));
@@ -229,12 +223,7 @@ async function predictVolume() {
     const best = result.slices.reduce((a, b) => (b.tumor_probability > a.tumor_probability ? b : a));
     $("vol-slider").max = result.slices.length - 1;
     $("vol-slider").value = best.slice;
-    show("vol-result", true);
-    drawSlice();
-  } catch (error) {
-    showError("vol", error);
-    show("vol-result", false);
-  }
+  }, drawSlice);
 }
 function drawSlice() {
   if (!patient.slices.length) return;

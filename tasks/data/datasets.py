@@ -21,9 +21,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tasks import paths
+from tasks.data.shards import read_manifest, read_shard
+from tasks.data.splits import read_split
 from tasks.errors import SliceWiseError
-from tasks.shards import read_manifest, read_shard
-from tasks.split import read_split
 
 STAGE_SOURCES = {"seg": ("brats",), "cls": ("brats", "kaggle"), "joint": ("brats", "kaggle")}
 

@@ -1,4 +1,5 @@
-"""`train_seg`, `train_cls`, `train_joint`: the three training stages of the multitask U-Net.
+"""The three training stages of the multitask U-Net, each run by its step (tasks/train_seg.py, train_cls.py,
+train_joint.py) through `run_stage`.
 
     seg    segmentation warm-up on BraTS slices, Dice + BCE loss           metric: val Dice
     cls    encoder and decoder frozen (from seg best), classification head
@@ -14,7 +15,8 @@ key matches (params that change what is learned, the data, the starting checkpoi
 Early stopping after `train.patience` epochs without improvement.
 
 Launched by `torchrun --nproc_per_node=N -m tasks train_<stage>`, a stage trains as N DDP processes that take the
-same steps as one process would (tasks/distributed.py); rank 0 alone writes files and talks to the tracker.
+same steps as one process would (tasks/training/distributed.py); rank 0 alone writes files and talks to the
+tracker.
 """
 
 from __future__ import annotations
@@ -34,15 +36,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from models.unet import MultitaskUNet, UNetConfig
 from tasks import paths
-from tasks.checkpoints import (architecture_digest, load_checkpoint, load_weights, model_config_for, model_config_of,
-                               save_checkpoint, weights_digest)
 from tasks.config import ClsStageSettings, JointStageSettings, SegStageSettings, Settings, TrainSettings
-from tasks.datasets import SliceSet, data_fingerprint, stage_data, training_loader
-from tasks.distributed import Ranks, launched_rank, training_processes
+from tasks.data.datasets import SliceSet, data_fingerprint, stage_data, training_loader
 from tasks.errors import SliceWiseError
-from tasks.provenance import flatten, sha256_file
-from tasks.tracking import NullTracker, Tracker, make_tracker
-from tasks.train_steps import StageLoss, StageRunner, make_optimizer, metric_of, pick_device, place_model
+from tasks.inference.checkpoints import (architecture_digest, load_checkpoint, load_weights, model_config_for,
+                                         model_config_of, save_checkpoint, weights_digest)
+from tasks.io import atomic_write, sha256_file
+from tasks.tracking.provenance import flatten
+from tasks.tracking.tracker import NullTracker, Tracker, tracked_step
+from tasks.training.distributed import Ranks, launched_rank, training_processes
+from tasks.training.steps import StageLoss, StageRunner, make_optimizer, metric_of, pick_device, place_model
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +274,8 @@ def _save_epoch(plan, state: StageState, improved: bool, model, optimizer, gener
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.6g")
 
 
 def _progress(visible: bool) -> Progress:
@@ -293,16 +294,12 @@ def _file_digest(path: Path) -> str:
     return sha256_file(path)[:16]
 
 
-def main(settings: Settings, stage: str) -> dict:
+def run_stage(settings: Settings, stage: str) -> dict:
+    """One training stage as its step runs it: planned from `settings`, in its own tracker run."""
     if stage not in PREVIOUS_STAGE:
         raise SliceWiseError(f"unknown training stage {stage!r}; expected one of {tuple(PREVIOUS_STAGE)}")
     # Under torchrun only rank 0 opens a tracker run; the others train without one.
-    tracker = make_tracker(settings, f"train_{stage}") if launched_rank() == 0 else NullTracker()
-    try:
+    with tracked_step(settings, f"train_{stage}", enabled=launched_rank() == 0) as tracker:
         result = train_stage(plan_stage(settings, stage), tracker)
-    except BaseException:
-        tracker.close("FAILED")
-        raise
-    tracker.close()
     log.info("train_%s: %s", stage, result)
     return result

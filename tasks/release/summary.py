@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -10,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tasks import paths
+from tasks.io import read_json
 
 OUTPUTS = [
     ("raw data", paths.RAW),
@@ -25,10 +25,6 @@ OUTPUTS = [
 ]
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def print_summary(console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title="SliceWise results", show_header=True)
@@ -39,7 +35,7 @@ def print_summary(console: Console | None = None) -> None:
             table.add_row(label, str(path))
     console.print(table)
 
-    if metrics := _read_json(paths.METRICS):
+    if metrics := read_json(paths.METRICS, default=None):
         ci = metrics.get("ci95", {})
         headline = Table(title="Test split (95 % CI, patients resampled)")
         for column in ("metric", "value", "95 % CI"):
@@ -55,7 +51,7 @@ def print_summary(console: Console | None = None) -> None:
             headline.add_row(f"{section}.{key}", f"{value:.3f}", interval)
         console.print(headline)
 
-    if decision := _read_json(paths.REGISTER_REPORT):
+    if decision := read_json(paths.REGISTER_REPORT, default=None):
         verdict = "[green]PROMOTED to champion[/]" if decision.get("promoted") else "[yellow]not promoted[/]"
         console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: {verdict}")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup

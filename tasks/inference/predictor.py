@@ -1,7 +1,7 @@
 """The one predictor: used by evaluation and by serving, so both see exactly the same numbers.
 
 `TorchPredictor` runs a `MultitaskUNet` (evaluation, Grad-CAM); `OnnxPredictor` runs the exported model
-(serving). Both take preprocessed slices (N, C, H, W) float32 — see tasks/preprocess.py — and return
+(serving). Both take preprocessed slices (N, C, H, W) float32 — see tasks/data/preprocess.py — and return
 probabilities. No torch import at module level, so a slim serving image without torch can use
 `OnnxPredictor`.
 """
@@ -17,6 +17,8 @@ import numpy as np
 # Output names given by the ONNX export helper; fallback is the order of outputs (seg first, then cls).
 ONNX_SEG_OUTPUT = "seg_logits"
 ONNX_CLS_OUTPUT = "cls_logits"
+# A pixel is tumour when its probability is >= this (evaluation, export's parity check and serving alike).
+MASK_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)

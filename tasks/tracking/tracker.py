@@ -1,13 +1,15 @@
 """The tracker hook: the only way training and evaluation reach an experiment tracker.
 
 Steps receive a `Tracker`; with tracking disabled they get `NullTracker`, so everything runs without MLflow.
-The MLflow implementation lives in tasks/mlflow_tracking.py and is chosen by `make_tracker`.
+The MLflow implementation lives in tasks/tracking/mlflow_runs.py and is chosen by `make_tracker`; a step opens
+its run with `tracked_step`.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 
 class Tracker(Protocol):
@@ -41,6 +43,19 @@ def make_tracker(settings, step: str) -> Tracker:
     """A tracker for one step (a child run of the pipeline's parent run), or NullTracker when disabled."""
     if not settings.tracking.enabled:
         return NullTracker()
-    from tasks.mlflow_tracking import MlflowTracker  # on use: MLflow is imported only when tracking is on
+    from tasks.tracking.mlflow_runs import MlflowTracker  # on use: MLflow is imported only when tracking is on
 
     return MlflowTracker.for_step(settings, step)
+
+
+@contextmanager
+def tracked_step(settings, step: str, enabled: bool = True) -> Iterator[Tracker]:
+    """The step's tracker run for the block (NullTracker when not `enabled`): ended FINISHED when the block
+    completes, FAILED when it raises, and the error goes on."""
+    tracker = make_tracker(settings, step) if enabled else NullTracker()
+    try:
+        yield tracker
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close()

@@ -10,7 +10,7 @@ classifies well but cannot segment is never champion.
     vs champion   accuracy >= champion's accuracy - promotion.max_accuracy_drop   (only when a champion exists)
 With promotion.use_lower_bound the four quality criteria compare the lower end of the metric's 95 % bootstrap
 interval (patients resampled) instead of the point estimate. A missing metric fails its criterion.
-Pure logic on numbers: register.py gathers them and moves the aliases. The reason names every criterion with
+Pure logic on numbers: release/registration.py gathers them and moves the aliases. The reason names every criterion with
 its value and limit, so a registry version's `promotion_reason` tag says exactly why it was or was not promoted.
 """
 
@@ -36,7 +36,7 @@ class Criterion:
 
 @dataclass(frozen=True)
 class ChampionScore:
-    """The current champion's accuracy, measured as comparably as possible (see register.champion_score)."""
+    """The current champion's accuracy, measured as comparably as possible (see registration.champion_score)."""
 
     version: str
     accuracy: float | None

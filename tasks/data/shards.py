@@ -12,12 +12,13 @@ One shard per patient keeps the number of files DVC hashes small; the manifest h
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from tasks.io import atomic_write
 
 MANIFEST_COLUMNS = ["patient", "source", "shard", "row", "slice_index", "label", "tumour_area_px", "has_mask"]
 
@@ -37,11 +38,8 @@ class Shard:
 
 def write_shard(path: Path, shard: Shard) -> None:
     """Write atomically (temp file + rename) so a killed run never leaves a half shard that looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **shard.__dict__)
-    os.replace(tmp, path)
 
 
 def read_shard(path: Path) -> Shard:

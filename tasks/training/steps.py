@@ -1,6 +1,6 @@
 """The pieces of one training epoch: device, which parameters each stage trains, losses, validation metrics.
 
-Under `torchrun` (see tasks/distributed.py) every process draws the same global batch and its augmentation and
+Under `torchrun` (see tasks/training/distributed.py) every process draws the same global batch and its augmentation and
 keeps its share; the loss is computed from sums that add up over the shares, so the averaged gradient, and with it
 each optimizer step, is the one a single process takes on the whole batch.
 """
@@ -19,11 +19,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from models.unet import MultitaskUNet
-from tasks.augment import augment_batch
 from tasks.config import TrainSettings
-from tasks.datasets import SliceSet, collate_slices
-from tasks.distributed import Ranks
+from tasks.data.augment import augment_batch
+from tasks.data.datasets import SliceSet, collate_slices
 from tasks.errors import SliceWiseError
+from tasks.training.distributed import Ranks
 
 STAGE_HEADS = {"seg": ("seg",), "cls": ("cls",), "joint": ("seg", "cls")}
 

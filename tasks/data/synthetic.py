@@ -4,7 +4,7 @@ Each patient is the MNI152 brain (shipped offline by nilearn) warped, resized an
 glioma (necrotic core inside an enhancing rim inside oedema), a mass effect, white-matter hyperintensities that are
 not tumour, a bias field and Rician noise, rendered with per-patient contrast as FLAIR, T1, T1ce and T2.
 Patient i draws from its own generator `default_rng([seed, i])`, so serial and parallel runs write identical files.
-Geometry lives in tasks/synthetic_shapes.py; this module turns it into intensities and files.
+Geometry lives in tasks/data/synthetic_shapes.py; this module turns it into intensities and files.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from rich.progress import Progress
 from scipy import ndimage
 
 from tasks.config import MODALITIES
-from tasks.preprocess import axial_slice
-from tasks.synthetic_shapes import (BRATS_SHAPE, Anatomy, Pose, SmoothField, Template, Tumour, brain_region, load_template,
-                                    push_tissue, ramp, sample_pose, sample_tumour, sub_box, tumour_maps, warp_anatomy)
+from tasks.data.preprocess import axial_slice
+from tasks.data.synthetic_shapes import (BRATS_SHAPE, Anatomy, Pose, SmoothField, Template, Tumour, brain_region,
+                                         load_template, push_tissue, ramp, sample_pose, sample_tumour, sub_box,
+                                         tumour_maps, warp_anatomy)
+from tasks.io import staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +224,13 @@ def synthesize_patient(seed: int, index: int) -> tuple[dict[str, np.ndarray], np
 def write_patient(out_dir: Path, name: str, volumes: dict[str, np.ndarray], labels: np.ndarray) -> Path:
     """Write into a hidden temp folder, then rename: a killed run never leaves a half patient that looks complete."""
     final = out_dir / name
-    tmp = out_dir / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for suffix, data in [*volumes.items(), ("seg", labels)]:
-        image = nib.Nifti1Image(data, BRATS_AFFINE)
-        image.header.set_xyzt_units("mm", "sec")
-        image.set_qform(BRATS_AFFINE, code=1)
-        image.set_sform(BRATS_AFFINE, code=1)
-        nib.save(image, tmp / f"{name}_{suffix}.nii.gz")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with staged_folder(final, out_dir / f".tmp-{name}-{os.getpid()}") as tmp:
+        for suffix, data in [*volumes.items(), ("seg", labels)]:
+            image = nib.Nifti1Image(data, BRATS_AFFINE)
+            image.header.set_xyzt_units("mm", "sec")
+            image.set_qform(BRATS_AFFINE, code=1)
+            image.set_sform(BRATS_AFFINE, code=1)
+            nib.save(image, tmp / f"{name}_{suffix}.nii.gz")
     return final
 
 
@@ -290,13 +287,9 @@ def generate_kaggle(out_dir: Path, n_per_class: int, seed: int, workers: int = 1
     with Progress(transient=True) as progress, ProcessPoolExecutor(max_workers=workers) as pool:
         task = progress.add_task("synthetic Kaggle images", total=2 * n_per_class)
         for label, folder in ((1, "yes"), (0, "no")):
-            tmp = out_dir / f".tmp-{folder}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for _ in pool.map(_write_kaggle_image, [(tmp, seed, label, k) for k in range(n_per_class)]):
-                progress.advance(task)
-            shutil.rmtree(out_dir / folder, ignore_errors=True)
-            os.replace(tmp, out_dir / folder)
+            with staged_folder(out_dir / folder) as tmp:
+                for _ in pool.map(_write_kaggle_image, [(tmp, seed, label, k) for k in range(n_per_class)]):
+                    progress.advance(task)
             counts[folder] = n_per_class
     log.info("wrote synthetic Kaggle images to %s: %s", out_dir, counts)
     return counts

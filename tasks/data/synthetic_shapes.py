@@ -4,7 +4,7 @@ Everything is evaluated on a rectilinear grid given by three 1-D arrays of outpu
 so the same code renders a whole 240x240x155 volume or only the few axial slices a 2D image needs.
 Smooth random fields are separable (a coarse random lattice, Gaussian-interpolated along each axis), which
 makes them matrix products instead of 3-D interpolation: the cheap way to vary anatomy per patient.
-`tasks/synthetic.py` turns this geometry into MRI intensities.
+`tasks/data/synthetic.py` turns this geometry into MRI intensities.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
-MASK_THRESHOLD = 0.5
+from tasks.inference.predictor import MASK_THRESHOLD  # noqa: F401  (re-exported: the metrics' pixel rule)
+
 CALIBRATION_BINS = 10
 # BraTS volumes are resampled to 1 mm isotropic voxels, so one source slice is 1 mm thick and a volume re-stacked
 # from every `stride`-th slice has `stride` mm between its planes.
@@ -138,7 +139,7 @@ def segmentation_scores(predicted: np.ndarray, truth: np.ndarray, spacing: np.nd
 
 def pixel_spacing(shard_spacing: np.ndarray) -> tuple[float, float]:
     """(row, column) pixel size in mm of a slice. Shards store the source's (x, y) spacing; the axial slice is
-    rotated by 90° for display (tasks/preprocess.axial_slice), so rows run along y and columns along x."""
+    rotated by 90° for display (tasks/data/preprocess.axial_slice), so rows run along y and columns along x."""
     x, y = (float(s) for s in shard_spacing[:2])
     return y, x
 

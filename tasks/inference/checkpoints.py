@@ -17,6 +17,7 @@ import torch
 
 from models.unet import MultitaskUNet, UNetConfig
 from tasks.errors import SliceWiseError
+from tasks.io import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -36,7 +37,6 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically. `params` and `extra` must hold only plain types and tensors."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "format_version": FORMAT_VERSION,
         "stage": stage,
@@ -50,12 +50,10 @@ def save_checkpoint(
         "extra": extra or {},
         "torch_version": str(torch.__version__),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         torch.save(state, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return path
 
 

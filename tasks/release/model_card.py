@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.evaluate import split_rows
-from tasks.split import read_split
+from tasks.data.splits import read_split, split_rows
 
 METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
                ("classification", "precision"), ("classification", "f1"), ("classification", "roc_auc"),

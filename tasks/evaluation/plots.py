@@ -1,7 +1,7 @@
 """Evaluation figures (PNG, matplotlib Agg) and the CSV files that `dvc plots show` renders.
 
 Every function writes into a given folder and returns the paths it wrote; none of them computes a metric that
-the report relies on (those live in tasks/metrics.py).
+the report relies on (those live in tasks/evaluation/metrics.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pandas as pd  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from tasks.metrics import CALIBRATION_BINS, MASK_THRESHOLD  # noqa: E402
-from tasks.shards import read_shard  # noqa: E402
+from tasks.data.shards import read_shard  # noqa: E402
+from tasks.evaluation.metrics import CALIBRATION_BINS, MASK_THRESHOLD  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -191,7 +191,7 @@ def overlay_examples_plot(slices: pd.DataFrame, processed: Path, predictor, coun
 def gradcam_examples_plot(slices: pd.DataFrame, processed: Path, model, count: int, seed: int, out_dir: Path,
                           device: str = "cpu") -> list[Path]:
     """Grad-CAM of the classification head on `count` slices, tumour and tumour-free."""
-    from tasks.gradcam import GradCamExplainer  # torch and MONAI only when this figure is drawn
+    from tasks.inference.gradcam import GradCamExplainer  # torch and MONAI only when this figure is drawn
 
     rows = pick_gradcam_examples(slices, count, seed)
     if rows.empty:

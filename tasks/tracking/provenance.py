@@ -56,14 +56,6 @@ def git_dirty() -> str:
     return UNKNOWN if diff is None else str(bool(diff.strip())).lower()
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def params_hash(settings) -> str:
     """Hash of the parsed parameters (comments and key order do not matter)."""
     canonical = json.dumps(settings.model_dump(mode="json"), sort_keys=True)

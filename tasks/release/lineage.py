@@ -6,77 +6,22 @@ registry version → MLflow run (and its step runs) → git commit → data and 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
 from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
 
 from tasks.config import Settings
-from tasks.errors import SliceWiseError
-from tasks.mlflow_tracking import make_client, retrying, tracking_uri
-
-
-def existing_client(settings: Settings):
-    """A client on the project's store; a local store that does not exist yet is an error, not created empty."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise SliceWiseError("no MLflow store yet; run the pipeline (make run) first", uri)
-    return make_client(settings.tracking)
-
-
-def resolve_version(client, settings: Settings, ref: str):
-    """A version number ("3") or an alias ("champion") of registry.model_name."""
-    from mlflow.exceptions import MlflowException
-
-    name, cfg = settings.registry.model_name, settings.tracking
-    try:
-        if ref.isdigit():
-            return retrying(cfg, "get version", client.get_model_version, name, ref)
-        return retrying(cfg, "get alias", client.get_model_version_by_alias, name, ref)
-    except MlflowException as exc:
-        raise SliceWiseError(f"model {name!r} has no version or alias {ref!r} ({exc.error_code}); run the "
-                             "pipeline (make run) to register one", tracking_uri()) from exc
-
-
-@dataclass(frozen=True)
-class RegisteredModel:
-    """One registry version downloaded for serving: the ONNX model, the torch weights (Grad-CAM) and metadata."""
-
-    name: str
-    version: str
-    aliases: list[str]
-    tags: dict[str, str]  # promotion, promotion_reason, git_commit, data_hash, ... (../shared/CONTRACT.md)
-    onnx_path: Path
-    checkpoint_path: Path  # joint best.pt: tasks.checkpoints.load_model rebuilds the torch model from it
-    metadata: dict  # exports/model.json of that export: input, outputs, threshold, preprocessing, versions
-
-
-def fetch_model(settings: Settings, ref: str, dst: Path) -> RegisteredModel:
-    """Download version `ref` ("3") or alias ("champion") of registry.model_name into `dst`."""
-    import mlflow
-
-    from tasks.mlflow_tracking import fluent_store
-
-    client = existing_client(settings)
-    version = resolve_version(client, settings, ref)
-    uri = f"models:/{version.name}/{version.version}"
-    with fluent_store():
-        local = Path(retrying(settings.tracking, "download model", mlflow.artifacts.download_artifacts,
-                              artifact_uri=uri, dst_path=str(dst)))
-    extra = local / "extra_files"
-    return RegisteredModel(version.name, str(version.version), list(version.aliases or []), dict(version.tags),
-                           local / "model.onnx", extra / "best.pt", json.loads((extra / "model.json").read_text()))
+from tasks.release.registry import ModelRegistry
+from tasks.tracking.store import retrying, tracking_uri
 
 
 def lineage(settings: Settings, ref: str) -> dict:
     """The chain as plain data (also what `print_lineage` shows)."""
     from mlflow.exceptions import MlflowException
 
-    client, cfg = existing_client(settings), settings.tracking
-    version = resolve_version(client, settings, ref)
+    registry = ModelRegistry.existing(settings.tracking, settings.registry.model_name)
+    client, cfg = registry.client, settings.tracking
+    version = registry.resolve(ref)
     tags = dict(version.tags)
     run_id = tags.get("mlflow_run_id") or version.run_id
     run_info = {"run_id": run_id}

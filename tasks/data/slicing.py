@@ -1,0 +1,265 @@
+"""Raw volumes and images → z-scored 2D axial slices in one compressed shard per patient + a manifest (`slice`).
+
+BraTS: each modality volume is z-scored over its brain voxels, axial slices are taken every `slice_stride`
+slices, slices with (almost) no brain are dropped, and everything is resized to the profile's image size
+with a binary whole-tumour mask (labels 1, 2 and 4). Kaggle images: grayscale, same size and normalisation,
+label from their folder, one shard per class. Bad inputs are skipped and listed in rejected.csv (file,
+reason). Patients are processed in parallel, one volume set in memory per worker: by default on a local process
+pool; the caller may pass another `map_jobs` (the Prefect flow's Dask cluster, flows/dask_slicing.py), which
+changes where the per-patient jobs run, never what they produce.
+
+data/processed is a persistent DVC output: a patient whose files and slicing parameters are unchanged
+keeps its shard (matched by a fingerprint), so new patients are sliced without redoing the old ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from rich.progress import Progress
+
+from tasks import paths
+from tasks.config import SliceSettings
+from tasks.data import preprocess
+from tasks.data.local_import import IMAGE_SUFFIXES, nifti_extension
+from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, write_shard
+from tasks.errors import SliceWiseError
+from tasks.io import atomic_write, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+BRATS_LABELS = {0, 1, 2, 4}
+FINGERPRINTS = "fingerprints.json"
+
+# Runs fn(*args) for every args tuple of jobs, wherever it likes; yields the results in the order of jobs.
+JobMap = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    """Everything that determines a shard besides its input files."""
+
+    modalities: tuple[str, ...]
+    image_size: int
+    stride: int
+    min_brain_fraction: float
+
+    def digest(self) -> str:
+        code = b"".join(Path(mod.__file__).read_bytes() for mod in (preprocess,)) + Path(__file__).read_bytes()
+        return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
+
+
+def patient_fingerprint(patient_dir: Path, spec_digest: str) -> str:
+    """Identity of a patient's inputs: names, sizes and content hashes of its files + the spec.
+
+    Content, not modification times: DVC re-links files from its cache and a re-fetch hard-links them from
+    the source again, so times change while the data does not.
+    """
+    stats = []
+    for path in sorted(p for p in patient_dir.iterdir() if p.is_file()):
+        with path.open("rb") as fh:
+            stats.append((path.name, path.stat().st_size, hashlib.file_digest(fh, "sha1").hexdigest()))
+    return hashlib.sha256(json.dumps([stats, spec_digest]).encode()).hexdigest()[:16]
+
+
+def find_part(patient_dir: Path, part: str) -> Path:
+    for path in sorted(patient_dir.iterdir()):
+        ext = nifti_extension(path)
+        if ext and path.name[: -len(ext)].lower().endswith(f"_{part}"):
+            return path
+    what = "segmentation" if part == "seg" else f"modality {part}"
+    raise SliceWiseError(f"missing {what}", patient_dir)
+
+
+def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Voxel data (float32) and spacing; truncated or corrupt files raise SliceWiseError naming the file."""
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel, gzip and zlib raise many types for damaged files
+        raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
+    if data.ndim != 3:
+        raise SliceWiseError(f"expected a 3D volume, got shape {data.shape}", path)
+    return data, tuple(float(z) for z in image.header.get_zooms()[:3])
+
+
+def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
+    """One BraTS patient folder → a Shard of its brain-containing axial slices."""
+    volumes, spacing = [], None
+    for modality in spec.modalities:
+        volume, spacing = load_volume(find_part(patient_dir, modality))
+        volumes.append(volume)
+    seg_path = find_part(patient_dir, "seg")
+    seg, _ = load_volume(seg_path)
+    for name, volume in zip(spec.modalities + ("seg",), volumes + [seg]):
+        if volume.shape != volumes[0].shape:
+            raise SliceWiseError(f"shape mismatch: {name} {volume.shape} vs {spec.modalities[0]} {volumes[0].shape}", patient_dir)
+    if unexpected := set(np.unique(seg).astype(int)) - BRATS_LABELS:
+        raise SliceWiseError(f"unexpected segmentation labels {sorted(unexpected)}", seg_path)
+
+    brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)
+    normalised = [preprocess.zscore(v, v > 0) for v in volumes]
+    tumour = seg > 0
+    keep = [z for z in range(0, brain.shape[2], spec.stride) if brain[:, :, z].mean() >= spec.min_brain_fraction]
+    if not keep:
+        raise SliceWiseError("no slice contains brain tissue (all-zero volume?)", patient_dir)
+
+    size = spec.image_size
+    images = np.empty((len(keep), len(volumes), size, size), dtype=np.float16)
+    masks = np.empty((len(keep), size, size), dtype=np.uint8)
+    for i, z in enumerate(keep):
+        for c, volume in enumerate(normalised):
+            images[i, c] = preprocess.resize_image(preprocess.axial_slice(volume, z), size)
+        masks[i] = preprocess.resize_mask(preprocess.axial_slice(tumour, z), size)
+    in_plane = np.array(spacing[:2], dtype=np.float32) * (brain.shape[0] / size)
+    return Shard(
+        images=images,
+        masks=masks,
+        has_mask=np.ones(len(keep), dtype=bool),
+        labels=(masks.reshape(len(keep), -1).max(axis=1) > 0).astype(np.uint8),
+        slice_index=np.array(keep, dtype=np.int16),
+        spacing=in_plane,
+    )
+
+
+def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> tuple[str, list[dict] | dict]:
+    """Worker: slice one patient and write its shard; returns manifest rows, or a rejected.csv row."""
+    try:
+        shard = slice_patient(patient_dir, spec)
+    except SliceWiseError as exc:
+        return patient_dir.name, {"file": exc.path or str(patient_dir), "reason": exc.reason}
+    write_shard(shard_path, shard)
+    return patient_dir.name, manifest_rows(patient_dir.name, "brats", shard_path.relative_to(shard_path.parents[1]).as_posix(), shard)
+
+
+def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int) -> tuple[list[dict], list[dict]]:
+    """Kaggle yes/no images → one shard per class; returns (manifest rows, rejected rows)."""
+    rows, rejected = [], []
+    for label_name, label in (("yes", 1), ("no", 0)):
+        files = sorted(p for p in (kaggle_dir / label_name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images, patients = [], []
+        for path in files:
+            try:
+                with Image.open(path) as image:
+                    images.append(preprocess.prepare_photo(image, size))
+                patients.append(f"kaggle_{label_name}_{path.stem}")
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                rejected.append({"file": str(path), "reason": f"unreadable image ({type(exc).__name__}: {exc})"})
+        if not images:
+            continue
+        n = len(images)
+        shard = Shard(
+            images=np.stack(images).astype(np.float16),
+            masks=np.zeros((n, size, size), dtype=np.uint8),
+            has_mask=np.zeros(n, dtype=bool),
+            labels=np.full(n, label, dtype=np.uint8),
+            slice_index=np.full(n, -1, dtype=np.int16),
+            spacing=np.array([np.nan, np.nan], dtype=np.float32),  # photos have no known pixel size
+        )
+        shard_name = f"kaggle/{label_name}.npz"
+        write_shard(out_dir / shard_name, shard)
+        for row in manifest_rows("", "kaggle", shard_name, shard):
+            row["patient"] = patients[row["row"]]
+            rows.append(row)
+    return rows, rejected
+
+
+def map_on_processes(workers: int) -> JobMap:
+    """The default JobMap: the jobs on a pool of `workers` local processes."""
+
+    def map_jobs(fn: Callable[..., Any], jobs: list[tuple]) -> Iterable[Any]:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield from pool.map(fn, *zip(*jobs))
+
+    return map_jobs
+
+
+def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: int, stride: int,
+                  map_jobs: JobMap | None = None) -> dict:
+    """Slice every patient under raw_dir/brats and every image under raw_dir/kaggle into out_dir.
+
+    `map_jobs` runs the per-patient jobs (default: `map_on_processes(cfg.workers)`). Each job writes its own
+    shard and returns its manifest rows; everything else (manifest, rejected.csv, fingerprints) is written
+    here, in job order, so the output is the same whichever JobMap ran the jobs.
+    """
+    spec = SliceSpec(tuple(cfg.modalities), image_size, stride, cfg.min_brain_fraction)
+    patient_dirs = sorted(p for p in (raw_dir / "brats").glob("*") if p.is_dir())
+    if not patient_dirs:
+        raise SliceWiseError("no BraTS patient folders to slice (run the fetch step first)", raw_dir / "brats")
+
+    previous = _previous_state(out_dir)
+    spec_digest = spec.digest()  # hashes the slicing code: once, not once per patient
+    fingerprints = {p.name: patient_fingerprint(p, spec_digest) for p in patient_dirs}
+    rows, rejected, todo = [], [], []
+    for patient_dir in patient_dirs:
+        name, shard_path = patient_dir.name, out_dir / "brats" / f"{patient_dir.name}.npz"
+        if previous["fingerprints"].get(name) == fingerprints[name] and shard_path.exists() and name in previous["rows"]:
+            rows.extend(previous["rows"][name])  # unchanged since the last run: keep its shard
+        else:
+            todo.append((patient_dir, shard_path))
+    log.info("slicing %d patients (%d unchanged and reused)", len(todo), len(patient_dirs) - len(todo))
+
+    map_jobs = map_jobs or map_on_processes(cfg.workers)
+    with Progress() as progress:
+        bar = progress.add_task("slicing patients", total=len(todo))
+        for name, outcome in map_jobs(_slice_patient_job, [(d, s, spec) for d, s in todo]):
+            if isinstance(outcome, dict):
+                rejected.append(outcome)
+                fingerprints.pop(name)
+            else:
+                rows.extend(outcome)
+            progress.advance(bar)
+
+    kaggle_rows, kaggle_rejected = slice_kaggle(raw_dir / "kaggle", out_dir, image_size)
+    rejected.extend(kaggle_rejected)
+    if not any(r["source"] == "brats" for r in rows):
+        _write_table(out_dir / paths.REJECTED.name, rejected, ["file", "reason"])
+        raise SliceWiseError(f"no usable BraTS patient ({len(rejected)} rejected, see {paths.REJECTED})", raw_dir)
+    _remove_stale_shards(out_dir, {r["shard"] for r in rows + kaggle_rows})
+    _write_table(out_dir / paths.MANIFEST.name, rows + kaggle_rows, MANIFEST_COLUMNS)
+    _write_table(out_dir / paths.REJECTED.name, rejected, ["file", "reason"])
+    write_text_atomic(json.dumps(fingerprints, indent=1, sort_keys=True), out_dir / FINGERPRINTS)
+    brats = [r for r in rows if r["source"] == "brats"]
+    return {
+        "patients": len({r["patient"] for r in brats}),
+        "brats_slices": len(brats),
+        "tumour_slices": sum(r["label"] for r in brats),
+        "kaggle_images": len(kaggle_rows),
+        "rejected": len(rejected),
+        "resliced": len(todo),
+    }
+
+
+def _previous_state(out_dir: Path) -> dict:
+    """Fingerprints and manifest rows of the last completed run (empty when there is none)."""
+    fp_file, manifest = out_dir / FINGERPRINTS, out_dir / paths.MANIFEST.name
+    if not (fp_file.exists() and manifest.exists()):
+        return {"fingerprints": {}, "rows": {}}
+    table = read_manifest(manifest)
+    table = table[table["source"] == "brats"]
+    return {
+        "fingerprints": json.loads(fp_file.read_text()),
+        "rows": {p: g.to_dict("records") for p, g in table.groupby("patient")},
+    }
+
+
+def _remove_stale_shards(out_dir: Path, keep: set[str]) -> None:
+    for shard in out_dir.rglob("*.npz"):
+        if shard.relative_to(out_dir).as_posix() not in keep:
+            shard.unlink()
+
+
+def _write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Atomic CSV write: the manifest is the marker of a complete run, so it must never be half written."""
+    with atomic_write(path) as tmp:
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)

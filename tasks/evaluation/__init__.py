@@ -1,0 +1,7 @@
+"""Evaluation on the test split: predictions scored per slice and per volume, the report, the figures.
+
+    scoring.py  predict a split shard by shard, score the masks per slice and per re-stacked volume
+    metrics.py  classification, segmentation, calibration and the patient bootstrap (numbers in, numbers out)
+    report.py   reports/metrics.json: threshold from validation, metrics and intervals from test; the figures
+    plots.py    the figures and the CSV files of `dvc plots`
+"""

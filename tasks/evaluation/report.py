@@ -1,0 +1,172 @@
+"""A model on the TEST split, with a decision threshold chosen on the VALIDATION split (`evaluate`).
+
+    classification  every test slice (BraTS slices and Kaggle images) at the validation threshold
+    segmentation    Dice, IoU, HD95 (mm) per BraTS test slice whose ground truth has tumour
+    volume          Dice, HD95 (mm) per BraTS test patient, slices re-stacked by slice_index
+    ci95            percentile bootstrap resampling patients (a Kaggle image is its own patient)
+Slices are predicted one shard at a time, so memory stays bounded by the largest shard. The report is written
+atomically to reports/metrics.json in the contract's shape; plots and their DVC data files go to reports/plots/.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks import paths
+from tasks.config import EvaluateSettings
+from tasks.data.splits import read_split, split_rows
+from tasks.evaluation import metrics, plots
+from tasks.evaluation.scoring import SplitPredictions, predict_split
+from tasks.inference.predictor import TorchPredictor
+from tasks.io import write_json_atomic
+from tasks.tracking.tracker import NullTracker, Tracker
+
+log = logging.getLogger(__name__)
+
+CLASSIFICATION_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
+CI_KEYS = tuple(f"classification.{k}" for k in CLASSIFICATION_KEYS) + (
+    "segmentation.dice", "segmentation.iou", "segmentation.hd95",
+    "segmentation_volume.dice", "segmentation_volume.hd95",
+)
+HEADLINE = ("classification.accuracy", "classification.sensitivity", "classification.specificity",
+            "classification.roc_auc", "segmentation.dice", "segmentation.hd95", "segmentation_volume.dice")
+
+
+@dataclass(frozen=True)
+class EvaluationPaths:
+    """Where evaluation reads (processed data, split lists, training histories) and writes (metrics, plots)."""
+
+    processed: Path
+    splits: Path
+    metrics: Path
+    plots: Path
+    histories: dict[str, Path]
+
+    @classmethod
+    def of_project(cls) -> "EvaluationPaths":
+        return cls(paths.PROCESSED, paths.SPLITS, paths.METRICS, paths.PLOTS,
+                   {stage: paths.history_file(stage) for stage in paths.STAGES})
+
+
+def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSettings, seed: int) -> dict:
+    """metrics.json's content: the threshold comes from `val` only, every number from `test`."""
+    threshold = metrics.choose_threshold(val.slices["label"].to_numpy(), val.slices["probability"].to_numpy(),
+                                         cfg.threshold_rule, cfg.target_sensitivity)
+    labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
+    seg, vol = test.slice_scores, test.volume_scores
+    report = {
+        "classification": metrics.classification_metrics(labels, probability, threshold),
+        "segmentation": {"dice": _mean(seg["dice"]), "iou": _mean(seg["iou"]), "hd95": _mean(seg["hd95"]),
+                         "n_slices": int(len(seg))},
+        "segmentation_volume": {"dice": _mean(vol["dice"]), "hd95": _mean(vol["hd95"]), "n_patients": int(len(vol))},
+    }
+    intervals = confidence_intervals(test, threshold, cfg.bootstrap, seed)
+    # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
+    report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
+    return _finite_or_null(report)
+
+
+def confidence_intervals(test: SplitPredictions, threshold: float, n_resamples: int, seed: int) -> dict:
+    """Bootstrap 95 % intervals resampling patients: all test patients for classification (a Kaggle image is its
+    own patient), the BraTS patients with tumour slices for the per-slice and per-volume segmentation scores."""
+    labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
+    seg, vol = test.slice_scores, test.volume_scores
+    families = [
+        ("classification", test.slices["patient"], metrics.classification_statistic(labels, probability, threshold)),
+        ("segmentation", seg["patient"], _means_of(seg, ("dice", "iou", "hd95"))),
+        ("segmentation_volume", vol["patient"], _means_of(vol, ("dice", "hd95"))),
+    ]
+    intervals = {}
+    for prefix, groups, statistic in families:
+        ci = metrics.bootstrap_ci(groups.to_numpy(), statistic, n_resamples, seed)
+        intervals |= {f"{prefix}.{name}": bounds for name, bounds in ci.items()}
+    return intervals
+
+
+def _means_of(scores: pd.DataFrame, columns: tuple[str, ...]):
+    return metrics.weighted_mean_statistic({name: scores[name].to_numpy(dtype=float) for name in columns})
+
+
+def _mean(values: pd.Series) -> float:
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _finite_or_null(value):
+    """JSON has no NaN: an undefined metric (e.g. no tumour slice in the test split) is written as null."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def write_plots(test: SplitPredictions, report: dict, model, predictor, where: EvaluationPaths,
+                cfg: EvaluateSettings, seed: int, device: str = "cpu") -> tuple[list[Path], float]:
+    """Every figure and DVC plot file; returns the files written and the expected calibration error."""
+    labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
+    cls, out_dir = report["classification"], where.plots
+    ece = metrics.expected_calibration_error(labels, probability)
+    written = plots.confusion_plot(labels, probability >= cls["threshold"], cls["confusion_matrix"],
+                                   cls["threshold"], out_dir)
+    if len(np.unique(labels)) == 2:  # ROC, PR and calibration need both classes
+        written += plots.roc_plot(labels, probability, cls["roc_auc"], out_dir)
+        written += plots.pr_plot(labels, probability, cls["pr_auc"], out_dir)
+        written += plots.calibration_plot(labels, probability, ece, out_dir)
+    written += plots.training_curves_plot(where.histories, out_dir)
+    written += plots.overlay_examples_plot(test.slices, where.processed, predictor, cfg.overlay_examples, out_dir)
+    written += plots.gradcam_examples_plot(test.slices, where.processed, model, cfg.gradcam_examples, seed, out_dir,
+                                           device)
+    return written, ece
+
+
+def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateSettings, seed: int,
+                        tracker: Tracker = NullTracker(), device: str = "cpu") -> dict:
+    """Evaluate one checkpoint; writes metrics.json and the plots, logs both to `tracker`, returns the report."""
+    from tasks.inference.checkpoints import load_model
+
+    model, _ = load_model(checkpoint, map_location=device)
+    predictor = TorchPredictor(model, device=device)
+    val = predict_split(predictor, where.processed, split_rows(where.processed, read_split("val", where.splits)),
+                        segmentation=False, description="validation (threshold)")
+    test = predict_split(predictor, where.processed, split_rows(where.processed, read_split("test", where.splits)),
+                         segmentation=True, description="test")
+    report = build_report(val, test, cfg, seed)
+    write_json_atomic(report, where.metrics)
+    written, ece = write_plots(test, report, model, predictor, where, cfg, seed, device)
+
+    tracker.log_metrics(flatten_metrics(report) | {"calibration.ece": ece})
+    tracker.log_artifact(where.metrics)
+    for path in written:
+        tracker.log_artifact(path, "plots")
+    log.info("evaluate: threshold %.3f, accuracy %.3f, slice Dice %s, ECE %.3f", report["classification"]["threshold"],
+             report["classification"]["accuracy"], report["segmentation"]["dice"], ece)
+    return report | {"calibration_ece": ece}
+
+
+def flatten_metrics(report: dict) -> dict[str, float]:
+    """Numeric leaves as dotted names (ci95 bounds as `ci95.<metric>.lo/.hi`); lists and nulls are left out."""
+    flat = {}
+    for section, values in report.items():
+        for name, value in values.items():
+            if section == "ci95" and value is not None:
+                flat[f"ci95.{name}.lo"], flat[f"ci95.{name}.hi"] = value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[f"{section}.{name}"] = float(value)
+    return flat
+
+
+def headline(report: dict) -> dict:
+    """The numbers `make run` prints: each headline metric with its 95 % interval."""
+    out = {}
+    for key in HEADLINE:
+        section, name = key.split(".")
+        out[key] = {"value": report[section].get(name), "ci95": report["ci95"].get(key)}
+    return out
+

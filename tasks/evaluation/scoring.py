@@ -1,0 +1,76 @@
+"""Predictions of one split, shard by shard, and the masks scored per tumour slice and per re-stacked volume.
+
+What evaluation reports on (tasks/evaluation/report.py), and what register re-scores a champion with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.progress import Progress
+
+from tasks.data.shards import read_shard
+from tasks.evaluation import metrics
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    """What the metrics need from one split: one row per slice with its tumour probability, and the segmentation
+    scores per tumour slice and per BraTS patient volume (empty for the validation split)."""
+
+    slices: pd.DataFrame  # manifest columns + probability
+    slice_scores: pd.DataFrame  # patient, slice_index, dice, iou, hd95
+    volume_scores: pd.DataFrame  # patient, dice, iou, hd95
+
+
+def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: bool,
+                  description: str = "predicting") -> SplitPredictions:
+    """Predict every row, one shard at a time; with `segmentation`, score the masks of BraTS shards."""
+    probability = np.empty(len(rows), dtype=np.float64)
+    slice_scores, volume_scores = [], []
+    groups = rows.groupby("shard", sort=False)
+    with Progress(transient=True) as progress:
+        bar = progress.add_task(description, total=len(rows))
+        for shard_name, shard_rows in groups:
+            shard = read_shard(processed / shard_name)
+            take = shard_rows["row"].to_numpy()
+            prediction = predictor.predict(shard.images[take])
+            probability[shard_rows.index.to_numpy()] = prediction.tumour_probability
+            if segmentation and shard.has_mask[take].all():
+                predicted = prediction.mask_probability >= metrics.MASK_THRESHOLD
+                for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
+                    at = shard_rows.index.get_indexer(rows_of_patient.index)
+                    scores = score_patient(predicted[at], shard.masks[take[at]] > 0,
+                                           shard.slice_index[take[at]], shard.spacing)
+                    slice_scores.append(scores[0].assign(patient=patient))
+                    volume_scores.append(scores[1] | {"patient": patient})
+            progress.advance(bar, len(shard_rows))
+    return SplitPredictions(
+        slices=rows.assign(probability=probability),
+        slice_scores=pd.concat(slice_scores, ignore_index=True) if slice_scores
+        else pd.DataFrame(columns=["patient", "slice_index", "dice", "iou", "hd95"]),
+        volume_scores=pd.DataFrame(volume_scores, columns=["patient", "dice", "iou", "hd95"]),
+    )
+
+
+def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndarray,
+                  spacing: np.ndarray) -> tuple[pd.DataFrame, dict]:
+    """Per-slice scores of the slices whose truth has tumour, and the scores of the re-stacked volume.
+
+    In-plane spacing comes from the shard; through-plane spacing is the slice stride (read from the slice
+    indices) x 1 mm, the BraTS voxel size, so HD95 of a volume sliced every 2nd slice is still in mm."""
+    tumour = truth.reshape(len(truth), -1).any(axis=1)
+    per_slice = {"dice": [], "iou": [], "hd95": []}
+    if tumour.any():
+        per_slice = metrics.segmentation_scores(predicted[tumour], truth[tumour], metrics.pixel_spacing(spacing))
+    order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
+    volume = metrics.segmentation_scores(
+        metrics.stack_volume(predicted[order], slice_index[order], stride)[None],
+        metrics.stack_volume(truth[order], slice_index[order], stride)[None],
+        metrics.volume_spacing(spacing, stride),
+    )
+    return (pd.DataFrame({"slice_index": slice_index[tumour], **per_slice}),
+            {name: float(values[0]) for name, values in volume.items()})

@@ -1,0 +1,252 @@
+"""A model to ONNX, checked for parity with torch on every test slice, with latency figures (`export`).
+
+    exports/model.onnx   input "image" (batch, C, H, W) float32 → "seg_logits" (batch, 1, H, W), "cls_logits" (batch,)
+    exports/model.json   what serving needs to use it: names, shapes, modalities, preprocessing, threshold, versions
+    reports/export.json  parity (max |logit difference|, decision mismatches, mask Dice) and latency (p50/p95 per
+                         slice at batch 1 and 8, onnxruntime and torch eager, measured interleaved in one run)
+The model is written to a temporary file and renamed only after `onnx.checker` and the parity check pass, and a
+previous export is removed first, so a failed export never leaves an exports/model.onnx that looks valid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from tasks import paths
+from tasks.config import ExportSettings
+from tasks.data.splits import iter_test_slices
+from tasks.errors import SliceWiseError
+from tasks.inference.predictor import MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT, sigmoid
+from tasks.io import atomic_write, read_json, sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+ONNX_INPUT = "image"
+LATENCY_BATCHES = (1, 8)
+WARMUP_RUNS = 2  # per block
+LATENCY_ROUNDS = 3
+PARITY_BATCH = 16
+# Embedded in model.onnx and model.json: kept word for word (its path predates tasks/data/), as any edit changes
+# the exported file's sha256 and with it every registered version's identity.
+PREPROCESSING = (
+    "One input channel per MRI modality, in the order of `modalities`, float32 NCHW of image_size x image_size. "
+    "MRI volumes: z-score over the brain (non-zero) voxels of each volume, axial slice in display orientation, "
+    "bilinear resize. 2D images (PNG/JPEG): grayscale, zero-padded to a square, bilinear resize, z-score over "
+    "pixels above 5 % of the maximum. Implemented in tasks/preprocess.py (prepare_volume_slices, prepare_photo, "
+    "prepare_array_slice). Outputs are logits: apply a sigmoid; a slice has a tumour when its probability >= "
+    "threshold, a pixel when its probability >= mask_threshold."
+)
+
+
+def export_onnx(model: torch.nn.Module, path: Path, in_channels: int, image_size: int, opset: int) -> None:
+    """Trace both heads to ONNX with a dynamic batch axis and fixed input/output names."""
+    from models.unet import TwoHeadOutputs, with_export_norms
+
+    # Numerically stable instance norms for onnxruntime (see TwoStageInstanceNorm); parity checks the result.
+    wrapper = TwoHeadOutputs(with_export_norms(model.eval())).eval()
+    dummy = torch.zeros(1, in_channels, image_size, image_size)
+    with warnings.catch_warnings():
+        # Benign for this graph: the shape checks inside instance norm are constant, and instance norm always
+        # normalises with the statistics of its input (no running statistics), which is what "train=True" means.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*instance_norm.*train=True")
+        torch.onnx.export(
+            wrapper, (dummy,), str(path), opset_version=opset, dynamo=False, do_constant_folding=True,
+            input_names=[ONNX_INPUT], output_names=[ONNX_SEG_OUTPUT, ONNX_CLS_OUTPUT],
+            dynamic_axes={name: {0: "batch"} for name in (ONNX_INPUT, ONNX_SEG_OUTPUT, ONNX_CLS_OUTPUT)},
+        )
+
+
+def check_onnx(path: Path, metadata: dict) -> None:
+    """onnx.checker on the file, then embed the metadata so the .onnx alone says how to use it."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise SliceWiseError(f"exported model fails onnx.checker: {exc}", path) from exc
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {"slicewise": json.dumps(metadata, sort_keys=True)})
+    proto.doc_string = "SliceWise multitask U-Net: tumour segmentation + slice classification logits"
+    onnx.save(proto, str(path))
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    # Idle worker threads sleep instead of spinning: spinning steals the CPU from torch while it is being timed
+    # and from other processes on a shared machine, for no gain at these model sizes.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], threshold: float,
+                 cfg: ExportSettings) -> dict:
+    """Compare torch and onnxruntime logits, tumour decisions and masks on every slice."""
+    max_seg = max_cls = 0.0
+    n = mismatches = overlap = area_torch = area_onnx = 0
+    with Progress(transient=True) as progress, torch.inference_mode():
+        bar = progress.add_task("parity: torch vs onnxruntime", total=None)
+        for images in shards:
+            for start in range(0, len(images), PARITY_BATCH):
+                batch = images[start : start + PARITY_BATCH]
+                out = model(torch.from_numpy(batch))
+                seg_t, cls_t = out["seg"].numpy(), out["cls"].numpy()
+                seg_o, cls_o = session.run([ONNX_SEG_OUTPUT, ONNX_CLS_OUTPUT], {ONNX_INPUT: batch})
+                max_seg = max(max_seg, float(np.abs(seg_t - seg_o).max()))
+                max_cls = max(max_cls, float(np.abs(cls_t - cls_o.reshape(cls_t.shape)).max()))
+                mismatches += int(((sigmoid(cls_t) >= threshold) != (sigmoid(cls_o.reshape(-1)) >= threshold)).sum())
+                mask_t, mask_o = sigmoid(seg_t) >= MASK_THRESHOLD, sigmoid(seg_o) >= MASK_THRESHOLD
+                overlap += int((mask_t & mask_o).sum())
+                area_torch, area_onnx = area_torch + int(mask_t.sum()), area_onnx + int(mask_o.sum())
+                n += len(batch)
+                progress.advance(bar, len(batch))
+    if n == 0:
+        raise SliceWiseError("the test split has no slices to check parity on", paths.SPLITS)
+    dice = 1.0 if area_torch + area_onnx == 0 else 2 * overlap / (area_torch + area_onnx)
+    max_diff = max(max_seg, max_cls)
+    passed = max_diff <= cfg.parity_atol and mismatches == 0 and dice >= cfg.parity_min_dice
+    return {"passed": passed, "n_slices": n, "max_abs_diff": max_diff, "max_abs_diff_seg": max_seg,
+            "max_abs_diff_cls": max_cls, "atol": cfg.parity_atol, "decision_mismatches": mismatches,
+            "threshold": threshold, "mask_dice": dice, "min_mask_dice": cfg.parity_min_dice}
+
+
+def _percentiles_ms(seconds: list[float], batch: int) -> dict:
+    per_slice = np.asarray(seconds) * 1000 / batch
+    return {"p50_ms": round(float(np.percentile(per_slice, 50)), 4),
+            "p95_ms": round(float(np.percentile(per_slice, 95)), 4)}
+
+
+def _time_block(engine, warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        engine()
+    seconds = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        engine()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def measure_latency(model: torch.nn.Module, session, sample: np.ndarray, runs: int) -> dict:
+    """Per-slice latency of onnxruntime and torch eager (CPU, fp32) on the same input in the same process.
+
+    The engines alternate in blocks (LATENCY_ROUNDS each), not run by run: switching after every run would let one
+    engine's sleeping worker threads slow the other down, while blocks still share any drift in machine load.
+    """
+    latency: dict[str, dict] = {"onnxruntime": {}, "torch_eager": {}}
+    speedup = {}
+    for batch in LATENCY_BATCHES:
+        x = np.ascontiguousarray(np.resize(sample, (batch, *sample.shape[1:])), dtype=np.float32)
+        x_torch = torch.from_numpy(x)
+        engines = {"onnxruntime": lambda: session.run(None, {ONNX_INPUT: x}), "torch_eager": lambda: model(x_torch)}
+        times: dict[str, list[float]] = {name: [] for name in engines}
+        with torch.inference_mode():
+            for round_ in range(LATENCY_ROUNDS):
+                block = runs // LATENCY_ROUNDS + (round_ < runs % LATENCY_ROUNDS)
+                for name, engine in engines.items():
+                    times[name] += _time_block(engine, WARMUP_RUNS, block)
+        for name in engines:
+            latency[name][f"batch_{batch}"] = _percentiles_ms(times[name], batch)
+        speedup[f"batch_{batch}"] = round(latency["torch_eager"][f"batch_{batch}"]["p50_ms"]
+                                          / latency["onnxruntime"][f"batch_{batch}"]["p50_ms"], 3)
+    return {"latency": latency, "speedup_p50": speedup}
+
+
+def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, threshold: float, opset: int) -> dict:
+    """The model card's machine-readable half (MONAI bundle metadata.json idea): everything serving needs."""
+    import monai
+    import onnx
+    import onnxruntime
+
+    channels = checkpoint["model_config"]["in_channels"]
+    return {
+        "name": "slicewise-multitask-unet",
+        "format": "onnx",
+        "opset": opset,
+        "input": {"name": ONNX_INPUT, "shape": ["batch", channels, image_size, image_size], "dtype": "float32"},
+        "outputs": [
+            {"name": ONNX_SEG_OUTPUT, "shape": ["batch", 1, image_size, image_size], "activation": "sigmoid",
+             "meaning": "whole-tumour logit per pixel"},
+            {"name": ONNX_CLS_OUTPUT, "shape": ["batch"], "activation": "sigmoid", "meaning": "tumour logit per slice"},
+        ],
+        "image_size": image_size,
+        "modalities": list(modalities),
+        "preprocessing": PREPROCESSING,
+        "threshold": threshold,
+        "mask_threshold": MASK_THRESHOLD,
+        "model_config": checkpoint["model_config"],
+        "checkpoint": {"stage": checkpoint.get("stage"), "epoch": checkpoint.get("epoch"),
+                       "metric": checkpoint.get("metric_name"), "best_metric": checkpoint.get("best_metric")},
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "monai": monai.__version__, "python": platform.python_version()},
+    }
+
+
+def read_threshold(metrics_path: Path) -> float:
+    metrics = read_json(metrics_path, "evaluate")
+    try:
+        return float(metrics["classification"]["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SliceWiseError(f"no classification.threshold in the metrics ({exc})", metrics_path) from exc
+
+
+def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
+                 metadata_path: Path, report_path: Path, cfg: ExportSettings, modalities: list[str],
+                 image_size: int) -> dict:
+    """Export, check, verify parity, measure latency; returns the content of reports/export.json."""
+    from tasks.inference.checkpoints import load_model
+
+    threshold = read_threshold(metrics_path)
+    model, checkpoint = load_model(checkpoint_path)
+    threads = cfg.latency_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    for stale in (onnx_path, metadata_path):  # a failed export must not leave the previous model looking current
+        stale.unlink(missing_ok=True)
+    metadata = model_metadata(checkpoint, modalities, image_size, threshold, cfg.opset)
+    test_slices = iter_test_slices(processed, splits_dir)
+    sample = next(test_slices)  # the first shard: checked here, then the first of the parity run
+    expected_shape = (checkpoint["model_config"]["in_channels"], image_size, image_size)
+    if sample.shape[1:] != expected_shape:
+        raise SliceWiseError(f"test slices have shape {sample.shape[1:]} but the model expects {expected_shape}; "
+                             "rerun the slice step and training after changing image size or modalities", processed)
+    with atomic_write(onnx_path) as tmp:  # renamed last: a model.onnx in place means everything below passed
+        export_onnx(model, tmp, checkpoint["model_config"]["in_channels"], image_size, cfg.opset)
+        check_onnx(tmp, metadata)
+        session = ort_session(tmp, threads)
+        parity = check_parity(model, session, itertools.chain([sample], test_slices), threshold, cfg)
+        report = {"onnx": {"path": str(onnx_path), "opset": cfg.opset, "size_bytes": tmp.stat().st_size,
+                           "sha256": sha256_file(tmp), "checker": "passed"},
+                  "parity": parity}
+        if not parity["passed"]:
+            write_json_atomic(report, report_path)
+            raise SliceWiseError(
+                f"ONNX parity failed on {parity['n_slices']} test slices: max |logit difference| "
+                f"{parity['max_abs_diff']:.2e} (allowed {cfg.parity_atol:.0e}), {parity['decision_mismatches']} "
+                f"tumour decisions differ, mask Dice {parity['mask_dice']:.5f} (needs >= {cfg.parity_min_dice}); "
+                "no model exported", checkpoint_path)
+        report |= measure_latency(model, session, sample, cfg.latency_runs)
+        report["latency_setup"] = {"device": "cpu", "threads": threads, "runs": cfg.latency_runs,
+                                   "unit": "milliseconds per slice",
+                                   "processor": platform.processor() or platform.machine()}
+        write_json_atomic(metadata | {"onnx_sha256": report["onnx"]["sha256"]}, metadata_path)
+        write_json_atomic(report, report_path)
+    log.info("export: parity passed (max |diff| %.1e, Dice %.5f); batch-1 speedup of onnxruntime over torch %.2fx",
+             parity["max_abs_diff"], parity["mask_dice"], report["speedup_p50"]["batch_1"])
+    return report
+

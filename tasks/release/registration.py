@@ -1,0 +1,232 @@
+"""The exported model into the MLflow registry, through the promotion gate (tasks/release/gate.py): `register`.
+
+    1. read reports/metrics.json, reports/export.json, exports/model.onnx (+ model.json) and the joint best.pt
+    2. decide: thresholds, ONNX parity, and "not worse than the champion" (see champion_score)
+    3. log the ONNX model (mlflow.onnx flavour, signature, input example; best.pt and model.json as extra files,
+       so Grad-CAM at serving time has the torch weights) into the pipeline's parent run
+    4. create a version of registry.model_name with the contract's tags and the model card as description
+    5. verify it: download the version, its model.onnx must have the exported sha256 and give the same outputs
+    6. move an alias: `champion` when the gate passed, `challenger` when not; end the parent run.
+       A version that fails 5 or 6 is deleted, so no alias ever points at a broken version
+With tracking.enabled false nothing is registered; the gate still runs and reports/register.json says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks import paths
+from tasks.config import Settings
+from tasks.data.splits import iter_test_slices, read_split, split_rows
+from tasks.errors import SliceWiseError
+from tasks.io import read_json, sha256_file
+from tasks.release.gate import ChampionScore, GateDecision, PromotionGate
+from tasks.release.model_card import render_model_card, split_summary
+from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, ModelRegistry
+from tasks.tracking import provenance
+from tasks.tracking.mlflow_runs import MlflowTracker
+from tasks.tracking.store import fluent_store, retrying, tracking_uri
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"  # name of the logged model; its extra_files/ hold best.pt and model.json
+
+
+@dataclass(frozen=True)
+class Release:
+    """Everything `register` ships, read from the files the earlier steps wrote."""
+
+    onnx_path: Path
+    checkpoint_path: Path
+    metadata_path: Path
+    metrics: dict
+    export_report: dict
+    metadata: dict
+    onnx_sha256: str
+
+
+def read_release(onnx_path: Path, metadata_path: Path, checkpoint_path: Path, metrics_path: Path,
+                 export_report_path: Path) -> Release:
+    for path, producer in ((onnx_path, "export"), (checkpoint_path, "train_joint")):
+        if not path.exists():
+            raise SliceWiseError(f"not found (run the {producer} step first)", path)
+    release = Release(onnx_path, checkpoint_path, metadata_path, read_json(metrics_path, "evaluate"),
+                      read_json(export_report_path, "export"), read_json(metadata_path, "export"),
+                      sha256_file(onnx_path))
+    if release.export_report.get("onnx", {}).get("sha256") != release.onnx_sha256:
+        raise SliceWiseError("the export report describes another model file; rerun the export step",
+                             export_report_path)
+    return release
+
+
+def parity_detail(parity: dict) -> str:
+    """The numbers behind the parity verdict, with their limits."""
+    if "max_abs_diff" not in parity:
+        return "no parity result in the export report"
+    return (f"max |logit diff| {parity['max_abs_diff']:.1e} (limit {parity['atol']:.0e}), "
+            f"{parity['decision_mismatches']} decision mismatches, mask Dice {parity['mask_dice']:.4f} "
+            f"(min {parity['min_mask_dice']})")
+
+
+def rescore_champion(registry: ModelRegistry, version: str, processed: Path, splits_dir: Path) -> float | None:
+    """The champion's accuracy on the current test split at its own threshold; None if its input does not fit."""
+    from tasks.data.shards import read_shard
+    from tasks.evaluation.scoring import predict_split
+    from tasks.inference.predictor import OnnxPredictor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = registry.download(version, Path(tmp))
+        metadata = read_json(local / EXTRA_FILES / METADATA_FILE, default=None)
+        if metadata is None:
+            raise ValueError(f"no readable {METADATA_FILE}")
+        rows = split_rows(processed, read_split("test", splits_dir))
+        image_shape = list(read_shard(processed / rows["shard"].iloc[0]).images.shape[1:])
+        if metadata["input"]["shape"][1:] != image_shape:
+            return None
+        predictor = OnnxPredictor(local / ONNX_FILE, providers=["CPUExecutionProvider"])
+        slices = predict_split(predictor, processed, rows, segmentation=False, description="re-scoring champion").slices
+    decisions = slices["probability"].to_numpy() >= metadata["threshold"]
+    return float((decisions == slices["label"].to_numpy().astype(bool)).mean())
+
+
+def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str], processed: Path,
+                   splits_dir: Path) -> ChampionScore:
+    """The champion's test accuracy, as comparable with the challenger's as possible:
+    recorded when it was tested on the same data (same data and split hashes), else re-scored on this test split,
+    else (its input does not fit the current data, e.g. another image size) the recorded one, marked as such."""
+    tags, version = champion.tags, str(champion.version)
+    recorded = float(tags["test_accuracy"]) if "test_accuracy" in tags else None
+    same_data = all(tags.get(k) == v and v != provenance.UNKNOWN for k, v in data_tags.items()
+                    if k in ("data_hash", "splits_hash"))
+    if same_data:
+        return ChampionScore(version, recorded, "same test data")
+    try:
+        rescored = rescore_champion(registry, version, processed, splits_dir)
+    except (OSError, KeyError, ValueError) as exc:  # an old or foreign version without our metadata
+        log.warning("register: cannot re-score champion v%s (%s)", version, exc)
+        rescored = None
+    if rescored is not None:
+        return ChampionScore(version, rescored, "re-scored on this test split")
+    return ChampionScore(version, recorded, "recorded on other test data")
+
+
+def model_signature(channels: int, size: int):
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    f32 = np.dtype(np.float32)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, channels, size, size), "image")]),
+        outputs=Schema([TensorSpec(f32, (-1, 1, size, size), "seg_logits"), TensorSpec(f32, (-1,), "cls_logits")]))
+
+
+def input_example(processed: Path, splits_dir: Path) -> np.ndarray:
+    return next(iter_test_slices(processed, splits_dir))[:1]
+
+
+def serving_requirements() -> list[str]:
+    """The pinned packages that run the model. Listing them also spares MLflow from inferring them (a subprocess
+    that loads the model: most of the time `register` took)."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("onnx", "onnxruntime", "numpy")]
+
+
+def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, card: str) -> str:
+    """Log the ONNX flavour (+ best.pt, model.json) and the reports into the parent run; returns the model URI."""
+    import mlflow
+    import mlflow.onnx
+    import onnx
+
+    _, channels, size, _ = example.shape
+    with tempfile.TemporaryDirectory() as tmp:
+        card_path = Path(tmp) / "model_card.md"
+        card_path.write_text(card)
+        with mlflow.start_run(run_id=tracker.run_id):
+            info = mlflow.onnx.log_model(
+                onnx.load(str(release.onnx_path)), name=MODEL_ARTIFACT, signature=model_signature(channels, size),
+                input_example=example, metadata=release.metadata, save_as_external_data=False,
+                onnx_execution_providers=["CPUExecutionProvider"], pip_requirements=serving_requirements(),
+                extra_files=[str(release.checkpoint_path.resolve()), str(release.metadata_path.resolve())])
+        for path, folder in ((card_path, None), (paths.METRICS, "reports"), (paths.EXPORT_REPORT, "reports")):
+            tracker.log_artifact(path, folder)
+    return info.model_uri
+
+
+def create_verified_version(registry: ModelRegistry, model_uri: str, tags: dict, card: str, release: Release,
+                            example: np.ndarray, alias: str) -> str:
+    """Register, describe, verify, then point the alias at it. A version that fails any of it is deleted before
+    the error is raised, so no version stays behind half-registered (without artifact, card or its alias)."""
+    import mlflow
+
+    client, cfg, model_name = registry.client, registry.cfg, registry.model_name
+    version = str(retrying(cfg, "register model", mlflow.register_model, model_uri, model_name, tags=tags).version)
+    try:
+        retrying(cfg, "describe version", client.update_model_version, model_name, version,
+                 description=card.replace(f"# {model_name}\n", f"# {model_name} version {version}\n", 1))
+        registry.verify(version, release.onnx_path, release.onnx_sha256, release.checkpoint_path, example)
+        retrying(cfg, "set alias", client.set_registered_model_alias, model_name, alias, version)
+    except Exception as exc:
+        try:
+            client.delete_model_version(model_name, version)
+        except Exception as cleanup:  # the store is gone too: the version has no alias, say so
+            log.error("register: could not delete unverified version %s: %s", version, cleanup)
+        if isinstance(exc, SliceWiseError):
+            raise
+        raise SliceWiseError(f"registering version {version} failed and it was removed: {exc}", model_uri) from exc
+    return version
+
+
+def register_release(settings: Settings, release: Release, tracker: MlflowTracker, processed: Path,
+                     splits_dir: Path) -> dict:
+    """Gate, log, register, verify, alias. Returns the content of reports/register.json."""
+    with fluent_store():
+        return _register_release(settings, release, tracker, processed, splits_dir)
+
+
+def _register_release(settings: Settings, release: Release, tracker: MlflowTracker, processed: Path,
+                      splits_dir: Path) -> dict:
+    name, cfg, reg = settings.registry.model_name, settings.tracking, settings.registry
+    tags = provenance.run_tags(settings)
+    registry = ModelRegistry(cfg, name, tracker.client)
+    champion = registry.by_alias(reg.alias)
+    score = champion_score(registry, champion, tags, processed, splits_dir) if champion is not None else None
+    decision = decide(settings, release, score)
+    version_tags = tags | {
+        "promotion": "promoted" if decision.promoted else "rejected", "promotion_reason": decision.reason,
+        "promotion_gate": json.dumps(decision.as_dict()["criteria"]),  # machine-readable: /model/info shows it
+        "onnx_sha256": release.onnx_sha256, "mlflow_run_id": tracker.run_id,
+        "test_accuracy": str(release.metrics["classification"]["accuracy"]),
+        "test_sensitivity": str(release.metrics["classification"]["sensitivity"]),
+        "test_dice": str(release.metrics.get("segmentation", {}).get("dice")),
+        "test_volume_dice": str(release.metrics.get("segmentation_volume", {}).get("dice")),
+        "threshold": str(release.metrics["classification"]["threshold"]),
+    }
+    card = render_model_card(model_name=name, version=None, profile=settings.profile,
+                             data_source=settings.data.source, image_size=settings.active.image_size,
+                             modalities=list(settings.slice.modalities), splits=split_summary(processed, splits_dir),
+                             metrics=release.metrics, export_report=release.export_report, decision=decision,
+                             tags=version_tags)
+    example = input_example(processed, splits_dir)
+    model_uri = retrying(cfg, "log model", log_model, release, example, tracker, card)
+    alias = reg.alias if decision.promoted else reg.challenger_alias
+    version = create_verified_version(registry, model_uri, version_tags, card, release, example, alias)
+    tracker.set_tags({"registered_version": version, "promotion": version_tags["promotion"]})
+    log.info("register: %s version %s -> @%s (%s)", name, version, alias, decision.reason)
+    return {"registered": True, "model_name": name, "version": version, "promoted": decision.promoted, "alias": alias,
+            "reason": decision.reason, "gate": decision.as_dict()["criteria"], "mlflow_run_id": tracker.run_id,
+            "model_uri": f"models:/{name}/{version}", "onnx_sha256": release.onnx_sha256,
+            "tracking_uri": tracking_uri()}
+
+
+def decide(settings: Settings, release: Release, champion: ChampionScore | None) -> GateDecision:
+    parity = release.export_report.get("parity", {})
+    return PromotionGate.from_settings(settings.promotion).decide(
+        release.metrics, bool(parity.get("passed")), parity_detail(parity), champion)
+

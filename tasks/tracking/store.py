@@ -1,0 +1,117 @@
+"""The project's MLflow store: where it is, how to reach it (retried, failing fast), a client on it.
+
+Store: `MLFLOW_TRACKING_URI` when set, else `sqlite:///mlflow.db` with artifacts under `mlartifacts/` (the same
+store `make mlflow-ui` serves). Every MLflow call is retried with exponential backoff
+(`tracking.max_attempts`, `tracking.backoff_seconds`); MLflow's own HTTP retries are turned down so an
+unreachable server gives a SliceWiseError within seconds instead of minutes. MLflow is imported on use only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from tasks import paths
+from tasks.config import TrackingSettings
+from tasks.errors import SliceWiseError
+
+log = logging.getLogger(__name__)
+
+# MLflow error codes that no retry can fix (a wrong name or id, a conflicting value).
+PERMANENT_ERRORS = {"RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_PARAMETER_VALUE",
+                    "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "NOT_FOUND",
+                    "ALREADY_EXISTS", "CUSTOMER_UNAUTHORIZED"}
+T = TypeVar("T")
+
+
+def _absolute(uri: str) -> str:
+    """sqlite:///mlflow.db → sqlite:////abs/mlflow.db: MLflow caches one database engine per URI string, so a
+    relative URI would keep using the first working directory's file after a chdir (tests, notebooks)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def tracking_uri() -> str:
+    return _absolute(os.environ.get("MLFLOW_TRACKING_URI") or paths.MLFLOW_DB_URI)
+
+
+def registry_uri() -> str:
+    return _absolute(os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri())
+
+
+@contextmanager
+def fluent_store() -> Iterator[None]:
+    """Point MLflow's module-level API (log_model, register_model, models:/ URIs) at the project's store for the
+    block, then restore what was there: mlflow.set_tracking_uri also sets environment variables, which would
+    otherwise leak into everything that runs later in this process."""
+    import mlflow
+
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_registry_uri(registry_uri())
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # None unsets it
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
+def is_local_store(uri: str) -> bool:
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
+def configure_http(cfg: TrackingSettings) -> None:
+    """Fail fast against an unreachable server: our retry loop does the backoff (env values a user set win)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(cfg.request_timeout_seconds))))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars would drown the step's log
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: a connection problem, a timeout, a locked database, a server error."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    if isinstance(exc, MlflowException):
+        return exc.error_code not in PERMANENT_ERRORS
+    if isinstance(exc, (RequestException, ConnectionError, TimeoutError)):
+        return True
+    return type(exc).__name__ == "OperationalError"  # sqlalchemy's "database is locked" and kin
+
+
+def retrying(cfg: TrackingSettings, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call fn with exponential backoff on transient errors; give up with a SliceWiseError naming the store."""
+    for attempt in range(1, cfg.max_attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if attempt == cfg.max_attempts:
+                detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise SliceWiseError(
+                    f"MLflow {what} failed after {attempt} attempt(s): {detail}. Is the tracking store reachable? "
+                    "Start it with `make mlflow-ui`, unset MLFLOW_TRACKING_URI to use sqlite:///mlflow.db, "
+                    "or set tracking.enabled: false", tracking_uri()) from exc
+            delay = cfg.backoff_seconds * 2 ** (attempt - 1)
+            log.warning("MLflow %s failed (%s); retry %d/%d in %.1f s", what, type(exc).__name__, attempt,
+                        cfg.max_attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def make_client(cfg: TrackingSettings):
+    """An MlflowClient on the project's store (tracking and registry alike); makes no request yet."""
+    from mlflow import MlflowClient
+
+    configure_http(cfg)
+    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=registry_uri())

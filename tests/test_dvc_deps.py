@@ -1,0 +1,84 @@
+"""dvc.yaml's code deps cannot drift from the code: `dvc repro` reruns exactly the stages a code change affects.
+
+For every stage, from the module its `cmd` runs (`python -m tasks <stage>` runs tasks/<stage>.py's `main`), every
+import is followed, at module level and inside functions (tests/import_graph.py). Each project module reached
+must lie under a code dep of the stage (a file, or a folder), unless it is plumbing listed below; and each code
+dep must be imported: a file dep reached, and every module of a folder dep reached (else an edit of a module the
+stage never runs would rerun it).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tests.import_graph import REPO, PROJECT_PACKAGES, is_docstring_only, module_file, modules_under, reachable
+
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+CMD = re.compile(r"^\.venv/bin/python -m tasks (\w+)$")
+
+# Reached by the steps, but nothing in them can change what a stage writes into its outputs, so no stage needs
+# them among its deps (a stage may still list one it imports). Package markers (docstring-only __init__.py
+# files) need no listing either: they are checked to hold nothing else.
+PLUMBING = {
+    "tasks": "the list of step names, for the CLI",
+    "tasks.__main__": "the CLI: parses the arguments, calls the step's main, prints its result or its error",
+    "tasks.errors": "the exception type and its exit codes",
+    "tasks.tracking.tracker": "tracking: the tracker hook and the run around each step",
+    "tasks.tracking.mlflow_runs": "tracking: MLflow runs, params, metrics, artifacts",
+    "tasks.tracking.store": "tracking: where the MLflow store is, retries",
+    "tasks.tracking.provenance": "tracking: git commit, params and data hashes as run tags",
+}
+
+
+def code_deps(stage: str) -> list[str]:
+    """The stage's deps that are code: files or folders of the project's packages (data and models are not)."""
+    deps = [dep if isinstance(dep, str) else next(iter(dep)) for dep in STAGES[stage].get("deps", [])]
+    return [dep for dep in deps if dep.split("/")[0] in PROJECT_PACKAGES]
+
+
+def entry_module(stage: str) -> str:
+    match = CMD.match(STAGES[stage]["cmd"])
+    assert match and match.group(1) == stage, f"{stage}: cmd should be `.venv/bin/python -m tasks {stage}`"
+    return f"tasks.{stage}"
+
+
+def covered(module: str, deps: list[str]) -> bool:
+    file = module_file(module).relative_to(REPO).as_posix()
+    return any(file == dep or file.startswith(dep.rstrip("/") + "/") for dep in deps)
+
+
+def test_the_plumbing_list_names_real_modules_and_markers_are_empty():
+    assert all(module_file(module) for module in PLUMBING), "a PLUMBING entry names no module"
+    markers = {module for module in modules_under(REPO / "tasks") if module_file(module).name == "__init__.py"}
+    for marker in markers - {"tasks"}:
+        assert is_docstring_only(marker), f"{marker}: a package's __init__.py holds only its docstring"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_deps_cover_every_module_the_stage_imports(stage):
+    reached = reachable(entry_module(stage))
+    deps = code_deps(stage)
+    missing = sorted(module for module in reached
+                     if module not in PLUMBING and not is_docstring_only(module) and not covered(module, deps))
+    assert not missing, (f"dvc.yaml stage {stage!r} imports {missing} but lists none of them among its deps: "
+                         f"an edit there would not rerun it")
+    assert f"tasks/{stage}.py" in deps, f"{stage}: its own step module must be a dep"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_code_dep_is_imported_by_the_stage(stage):
+    reached = reachable(entry_module(stage))
+    for dep in code_deps(stage):
+        path = REPO / dep
+        assert path.exists(), f"{stage}: dep {dep} does not exist"
+        if path.is_dir():
+            unused = sorted(modules_under(path) - reached)
+            assert not unused, (f"{stage}: lists the folder {dep} but never imports {unused}; "
+                                "list the files it uses instead")
+        else:
+            assert dep.endswith(".py"), f"{stage}: code dep {dep} is neither a folder nor a module"
+            assert any(module_file(m) == path for m in reached), f"{stage}: lists {dep} but never imports it"
