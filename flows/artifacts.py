@@ -14,6 +14,7 @@ import logging
 from tasks import paths
 from tasks.config import Settings
 from tasks.io import read_json
+from tasks.redaction import redact
 from tasks.tracking.store import is_local_store, make_client, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def decision_markdown(decision: dict, card: str) -> str:
 def mlflow_run_url(run_id: str, uri: str | None = None) -> str:
     """The run's page in the MLflow UI (a tracking server's own address, else `make mlflow-ui`'s)."""
     uri = uri or tracking_uri()
-    base = LOCAL_MLFLOW_UI if is_local_store(uri) else uri.rstrip("/")
+    base = LOCAL_MLFLOW_UI if is_local_store(uri) else redact(uri).rstrip("/")
     return f"{base}/#/runs/{run_id}"
 
 

@@ -1,9 +1,15 @@
 """The REST API and web UI (routes in docs/CONTRACT.md): FastAPI over the model holder.
 
-Route handlers are plain `def`s, so FastAPI runs them in its thread pool and onnxruntime works on several
-requests at once. Every problem a client can cause is a 4xx with a JSON `detail` naming it: uploads are
-decoded and checked in serve/uploads.py, request bodies are capped before they are read (413), and FastAPI's
-own validation errors are rewritten from lists into one sentence.
+Every problem a client can cause is a 4xx with a JSON `detail` naming it, and no upload can take more memory
+than it is granted:
+- the body is capped before it is read (413, serve/guards.py) and read as it streams in, part by part, with the
+  file count and each file's size checked on the way (serve/multipart.py);
+- an upload's cost is judged from its header (image size, NIfTI dims and dtype: serve/uploads.py,
+  serve/volumes.py) and reserved from the memory budget shared by all requests in flight (serve/budget.py)
+  before it is decoded;
+- decoding and inference run in the thread pool, so onnxruntime works on several requests at once;
+- Host/Origin checks and the token of state-changing routes are serve/guards.py's; FastAPI's own validation
+  errors are rewritten from lists into one sentence.
 """
 
 from __future__ import annotations
@@ -13,15 +19,20 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
+from serve.budget import MemoryBudget
+from serve.guards import BodySizeLimit, HostOriginGuard, admin_router, admin_token
 from serve.holder import ModelHolder
-from serve.inference import prepare_slice, slice_results, volume_result
+from serve.inference import PreparedSlice, prepare_slice, slice_results, volume_result
 from serve.model_source import ModelSource, ServedModel
-from serve.uploads import MB, UploadError, decode_slice, decode_volume
+from serve.multipart import FilePart, close_parts, read_file_parts
+from serve.uploads import HEAD_BYTES, MB, UploadError, decode_slice, slice_memory_bytes
+from serve.volumes import probe_volume, read_volume
 from tasks.config import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -29,6 +40,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 FORM_OVERHEAD = 1 * MB  # multipart boundaries and headers around the files
 VOLUME_ROUTE = "/v1/predict/volume"
+LIMITS = ("max_slice_mb", "max_volume_mb", "max_voxels", "max_slices", "max_batch_files", "max_image_side",
+          "memory_budget_mb")  # shown by /model/info
 
 
 def body_limits(cfg: ServeSettings) -> dict[str, int]:
@@ -39,43 +52,13 @@ def body_limits(cfg: ServeSettings) -> dict[str, int]:
     }
 
 
-class BodySizeLimit:
-    """ASGI middleware: refuse a request body larger than its route allows before it is parsed or spooled.
-
-    Content-Length is checked up front; the bytes actually received are counted too (chunked uploads, or a
-    client that lies), and FastAPI turns the HTTPException raised while reading into the 413 answer.
-    """
-
-    def __init__(self, app, limits: dict[str, int], default: int = FORM_OVERHEAD):
-        self.app = app
-        self.limits = limits
-        self.default = default
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.limits.get(scope["path"].rstrip("/") or "/", self.default)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length", b"").decode("latin-1")
-        if declared.isdigit() and int(declared) > limit:
-            response = JSONResponse({"detail": too_large(int(declared), limit)}, status_code=413)
-            return await response(scope, receive, send)
-        received = 0
-
-        async def counting_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise HTTPException(413, too_large(received, limit))
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-
-def too_large(size: int, limit: int) -> str:
-    return f"request body of {size / MB:.1f} MB exceeds this route's limit of {limit / MB:.1f} MB"
+def multipart_body(field: str, description: str, many: bool = False) -> dict:
+    """The OpenAPI description of a multipart upload (the routes read their bodies themselves)."""
+    binary = {"type": "string", "format": "binary"}
+    schema = {"type": "object", "required": [field], "properties": {
+        field: {"type": "array", "items": binary, "description": description} if many else
+        {**binary, "description": description}}}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
 def validation_detail(exc: RequestValidationError) -> str:
@@ -88,11 +71,6 @@ def validation_detail(exc: RequestValidationError) -> str:
         else:
             problems.append(f"{where}: {error.get('msg', 'invalid')}")
     return "; ".join(problems) or "invalid request"
-
-
-def read_upload(upload: UploadFile, limit_mb: float) -> bytes:
-    """The upload's bytes, reading at most one byte past the limit (decode_* then reports the 413)."""
-    return upload.file.read(int(limit_mb * MB) + 1)
 
 
 def json_response(content) -> Response:
@@ -119,16 +97,21 @@ def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> d
         "served": {"image_size": model.image_size, "in_channels": model.in_channels,
                    "modalities": list(model.modalities), "threshold": model.threshold,
                    "mask_threshold": model.mask_threshold, "gradcam_checkpoint": model.checkpoint is not None},
-        "limits": {"max_slice_mb": cfg.max_slice_mb, "max_volume_mb": cfg.max_volume_mb,
-                   "max_batch_files": cfg.max_batch_files, "max_image_side": cfg.max_image_side},
+        "limits": {key: getattr(cfg, key) for key in LIMITS},
         "ood_threshold": cfg.ood_threshold,
         "detail": holder.detail,
         "last_check": holder.last_check,
     }
 
 
-def create_app(source: ModelSource, cfg: ServeSettings) -> FastAPI:
+def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = None,
+               token: str | None = None) -> FastAPI:
+    """The app serving `source`. `bind_host` (default `serve.host`) decides the Host check and whether the
+    state-changing routes exist without a token; `token` defaults to SLICEWISE_ADMIN_TOKEN."""
     holder = ModelHolder(source)
+    budget = MemoryBudget(cfg.memory_budget_mb * MB, cfg.queue_seconds)
+    bind_host = bind_host or cfg.host
+    token = token if token is not None else admin_token()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -139,7 +122,9 @@ def create_app(source: ModelSource, cfg: ServeSettings) -> FastAPI:
     app = FastAPI(title="SliceWise", summary="Brain-tumour MRI slice classification and segmentation",
                   lifespan=lifespan)
     app.state.holder = holder
-    app.add_middleware(BodySizeLimit, limits=body_limits(cfg))
+    app.state.budget = budget
+    app.add_middleware(BodySizeLimit, limits=body_limits(cfg), default=FORM_OVERHEAD)
+    app.add_middleware(HostOriginGuard, bind_host=bind_host, allowed_hosts=cfg.allowed_hosts)
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
@@ -155,6 +140,15 @@ def create_app(source: ModelSource, cfg: ServeSettings) -> FastAPI:
             raise HTTPException(503, holder.detail)
         return model
 
+    def prepared(part: FilePart, model: ServedModel) -> PreparedSlice:
+        """One uploaded slice, decoded and prepared within its share of the memory budget (a worker thread)."""
+        name = part.filename or part.field
+        part.file.seek(0)
+        need = slice_memory_bytes(part.file.read(HEAD_BYTES), part.size, name, cfg.max_image_side)
+        with budget.reserve(need, name):
+            decoded = decode_slice(part.read(), name, cfg.max_slice_mb, cfg.max_image_side)
+            return prepare_slice(decoded, model, name, cfg.ood_threshold)
+
     @app.get("/healthz")
     def healthz() -> dict:
         """Liveness: the process answers. `model_loaded` and `detail` say what it serves (or why nothing)."""
@@ -168,40 +162,65 @@ def create_app(source: ModelSource, cfg: ServeSettings) -> FastAPI:
         """Name, version, alias, metrics and lineage tags of the model being served."""
         return model_info(holder, served_model(), cfg)
 
-    @app.post("/model/reload")
-    def reload() -> dict:
-        """Check the registry now (the poller does it every `serve.poll_seconds`) and load a changed champion."""
-        result = holder.refresh()
-        return {**result, "detail": holder.detail}
+    admin = admin_router(token, bind_host)
+    if admin is None:
+        log.warning("POST /model/reload is off: this server is reachable beyond localhost and no token is set "
+                    "(set %s to enable it); the registry is still polled every %g s", "SLICEWISE_ADMIN_TOKEN",
+                    cfg.poll_seconds)
+    else:
+        @admin.post("/model/reload")
+        def reload() -> dict:
+            """Check the registry now (the poller does it every `serve.poll_seconds`) and load a changed champion."""
+            result = holder.refresh()
+            return {**result, "detail": holder.detail}
 
-    @app.post("/v1/predict")
-    def predict(file: UploadFile = File(..., description="PNG, JPEG or NPY slice"),
-                gradcam: bool = Query(False, description="add a Grad-CAM overlay of the classification")) -> Response:
-        model = served_model()
-        name = file.filename or "upload"
-        decoded = decode_slice(read_upload(file, cfg.max_slice_mb), name, cfg.max_slice_mb, cfg.max_image_side)
-        prepared = prepare_slice(decoded, model, name, cfg.ood_threshold)
-        return json_response(slice_results(model, [prepared], cfg.ood_threshold, gradcam)[0])
+        app.include_router(admin)
 
-    @app.post("/v1/predict/batch")
-    def predict_batch(files: list[UploadFile] = File(..., description="up to serve.max_batch_files slices")) -> Response:
+    @app.post("/v1/predict", openapi_extra=multipart_body("file", "PNG, JPEG or NPY slice"))
+    async def predict(request: Request, gradcam: bool = Query(False, description="add a Grad-CAM overlay of the "
+                                                                                 "classification")) -> Response:
         model = served_model()
-        if len(files) > cfg.max_batch_files:
-            raise UploadError(413, f"too many files: {len(files)}; at most {cfg.max_batch_files} per batch")
-        prepared = []
-        for index, upload in enumerate(files):
-            name = upload.filename or f"files[{index}]"
-            decoded = decode_slice(read_upload(upload, cfg.max_slice_mb), name, cfg.max_slice_mb, cfg.max_image_side)
-            prepared.append(prepare_slice(decoded, model, name, cfg.ood_threshold))
-        return json_response(slice_results(model, prepared, cfg.ood_threshold))
+        parts = await read_file_parts(request, "file", 1, cfg.max_slice_mb, "request (use "
+                                      "/v1/predict/batch for several)")
+        try:
+            item = await run_in_threadpool(prepared, parts[0], model)
+        finally:
+            close_parts(parts)
+        results = await run_in_threadpool(slice_results, model, [item], cfg.ood_threshold, gradcam)
+        return json_response(results[0])
 
-    @app.post(VOLUME_ROUTE)
-    def predict_volume(file: UploadFile = File(..., description=".nii or .nii.gz FLAIR volume"),
-                       images: bool = Query(False, description="add every slice and its mask as PNG (web UI)")) -> Response:
+    @app.post("/v1/predict/batch", openapi_extra=multipart_body(
+        "files", "up to serve.max_batch_files slices", many=True))
+    async def predict_batch(request: Request) -> Response:
         model = served_model()
-        name = file.filename or "volume.nii.gz"
-        volume, image = decode_volume(read_upload(file, cfg.max_volume_mb), name, cfg.max_volume_mb)
-        return json_response(volume_result(volume, image, model, name, cfg.ood_threshold, images))
+        items: list[PreparedSlice] = []
+
+        async def on_file(part: FilePart) -> None:  # decoded while the next file streams in
+            try:
+                items.append(await run_in_threadpool(prepared, part, model))
+            finally:
+                close_parts([part])
+
+        await read_file_parts(request, "files", cfg.max_batch_files, cfg.max_slice_mb, "batch", on_file)
+        return json_response(await run_in_threadpool(slice_results, model, items, cfg.ood_threshold))
+
+    @app.post(VOLUME_ROUTE, openapi_extra=multipart_body("file", ".nii or .nii.gz FLAIR volume"))
+    async def predict_volume(request: Request, images: bool = Query(
+            False, description="add every slice and its mask as PNG (web UI)")) -> Response:
+        model = served_model()
+        parts = await read_file_parts(request, "file", 1, cfg.max_volume_mb, "request")
+        try:
+            return json_response(await run_in_threadpool(predict_volume_file, parts[0], model, images))
+        finally:
+            close_parts(parts)
+
+    def predict_volume_file(part: FilePart, model: ServedModel, with_images: bool) -> dict:
+        name = part.filename or "volume.nii.gz"
+        upload = probe_volume(part.file, name, cfg.max_volume_mb, cfg.max_voxels, cfg.max_slices)
+        need = upload.header.memory_bytes(model.image_size, model.in_channels)
+        with budget.reserve(need, name):
+            volume, image = read_volume(upload, cfg.max_volume_mb)
+            return volume_result(volume, image, model, name, cfg.ood_threshold, with_images)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -13,6 +13,7 @@ import time
 
 from serve.model_source import ModelSource, ServedModel
 from tasks.errors import SliceWiseError
+from tasks.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ModelHolder:
         try:
             cached = self.source.cached()
         except Exception as exc:  # a damaged cache is only a slower start: the registry has the files
-            log.warning("ignoring the local model cache: %s", exc)
+            log.warning("ignoring the local model cache: %s", redact(exc))
         if cached is not None:
             self._swap(*cached, how="from the local cache")
             self.detail += "; checking the registry for a newer champion"
@@ -107,7 +108,8 @@ class ModelHolder:
         return {"changed": False, "key": None}
 
     def _unreachable(self, exc: Exception) -> dict:
-        reason = str(exc) if isinstance(exc, SliceWiseError) else f"{type(exc).__name__}: {exc}"
+        # Store errors may quote the store's URI, credentials and all: /healthz shows this to anyone.
+        reason = redact(str(exc) if isinstance(exc, SliceWiseError) else f"{type(exc).__name__}: {exc}")
         if self.model is None:
             self.detail = f"no model: {reason}; {NO_MODEL_HINT}"
         else:

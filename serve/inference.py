@@ -17,7 +17,8 @@ from serve.explain import gradcam_for
 from serve.images import gradcam_overlay, mask_pixels, png_base64, to_display
 from serve.model_source import ServedModel
 from serve.ood import OodResult, score_slice, score_volume
-from serve.uploads import DecodedSlice, UploadError, nifti_bytes
+from serve.uploads import DecodedSlice, UploadError
+from serve.volumes import VolumeImage, nifti_bytes
 from tasks.data.preprocess import prepare_array_slice, prepare_photo, prepare_volume_slices
 from tasks.inference.predictor import Prediction
 
@@ -111,7 +112,7 @@ def mask_to_volume_grid(mask_probability: np.ndarray, shape: tuple[int, int, int
     return out
 
 
-def volume_result(volume: np.ndarray, image, model: ServedModel, name: str, ood_threshold: float,
+def volume_result(volume: np.ndarray, image: VolumeImage, model: ServedModel, name: str, ood_threshold: float,
                   with_images: bool = False) -> dict:
     """Every axial slice of an (X, Y, Z) FLAIR volume: per-slice answers, the mask as NIfTI and its volume."""
     if model.in_channels != 1:
@@ -155,7 +156,7 @@ def volume_result(volume: np.ndarray, image, model: ServedModel, name: str, ood_
     }
 
 
-def nifti_b64(mask: np.ndarray, like) -> str:
+def nifti_b64(mask: np.ndarray, like: VolumeImage) -> str:
     return base64.b64encode(nifti_bytes(mask, like)).decode("ascii")
 
 

@@ -22,6 +22,7 @@ from tasks.config import RegistrySettings, TrackingSettings
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import OnnxPredictor
 from tasks.io import read_json, sha256_file, write_text_atomic
+from tasks.redaction import redact
 from tasks.release.registry import METADATA_FILE, ModelRegistry
 from tasks.tracking.store import tracking_uri
 
@@ -139,7 +140,7 @@ class RegistrySource:
     def __init__(self, registry: RegistrySettings, tracking: TrackingSettings, cache_dir: Path):
         self.registry = registry
         self.tracking = tracking
-        self.uri = tracking_uri()
+        self.uri = redact(tracking_uri())  # what the cache, /healthz and /model/info may show: no credentials
         self.cache_dir = Path(cache_dir) / registry.model_name
         self.pointer = self.cache_dir / f"{registry.alias}.json"
         self.description = f"models:/{registry.model_name}@{registry.alias} in {self.uri}"

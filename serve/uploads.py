@@ -2,14 +2,13 @@
 
 The type is read from the file's first bytes (PNG, JPEG and NPY have magic numbers), never trusted from the
 file name or the client's content type. Everything happens in memory: nothing of an upload touches the disk
-here (Starlette spools large multipart parts to temporary files and removes them when the request ends).
+here (serve/multipart.py spools large parts to temporary files and removes them when the request ends).
+NIfTI volumes are serve/volumes.py's.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,15 +54,15 @@ def check_size(data: bytes, limit_mb: float, what: str, name: str) -> None:
         raise UploadError(422, f"{name}: the file is empty")
 
 
-def sniff_slice_type(data: bytes) -> str:
+def sniff_slice_type(data: bytes, name: str) -> str:
     if data.startswith(PNG_MAGIC):
         return "png"
     if data.startswith(JPEG_MAGIC):
         return "jpeg"
     if data.startswith(NPY_MAGIC):
         return "npy"
-    raise UploadError(415, "unsupported file type: expected a PNG, JPEG or NPY slice (for a NIfTI volume use "
-                           "/v1/predict/volume)")
+    raise UploadError(415, f"{name}: unsupported file type: expected a PNG, JPEG or NPY slice (for a NIfTI volume "
+                           "use /v1/predict/volume)")
 
 
 def _check_side(height: int, width: int, max_side: int, name: str) -> None:
@@ -125,62 +124,38 @@ def decode_npy(data: bytes, name: str, max_side: int) -> DecodedSlice:
 def decode_slice(data: bytes, name: str, limit_mb: float, max_side: int) -> DecodedSlice:
     """One uploaded slice (PNG, JPEG or NPY) in memory → DecodedSlice, or UploadError (4xx)."""
     check_size(data, limit_mb, "the slice", name)
-    kind = sniff_slice_type(data)
+    kind = sniff_slice_type(data, name)
     return decode_npy(data, name, max_side) if kind == "npy" else decode_image(data, name, max_side)
 
 
-def gunzip_bounded(data: bytes, limit_bytes: int, name: str) -> bytes:
-    """Decompress a .gz in memory, refusing to inflate beyond `limit_bytes` (a gzip bomb stays a 413)."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+# Bytes held per pixel while a slice is decoded and prepared (the decoded image, its RGB copy for the colour
+# check, the float32 grayscale), and per pixel of the square it is padded to before resizing.
+BYTES_PER_PIXEL = 16
+BYTES_PER_SQUARE_PIXEL = 8
+HEAD_BYTES = 64 * 1024  # where PNG, JPEG and NPY headers say how large the image is
+
+
+def slice_memory_bytes(head: bytes, size: int, name: str, max_side: int) -> int:
+    """What decoding and preparing a slice of `size` bytes will hold in memory, judged from its first bytes
+    (`head`, HEAD_BYTES of them) alone; the largest slice allowed when they do not tell."""
+    if not head:
+        return 0  # empty: decode_slice says so
+    kind = sniff_slice_type(head, name)
     try:
-        out = inflater.decompress(data, limit_bytes + 1)
-    except zlib.error as exc:
-        raise UploadError(422, f"{name}: undecodable gzip data ({exc})") from exc
-    if len(out) > limit_bytes:
-        raise UploadError(413, f"{name}: the volume is larger than {limit_bytes / MB:g} MB once decompressed")
-    if not inflater.eof:
-        raise UploadError(422, f"{name}: truncated gzip data")
-    return out
-
-
-def decode_volume(data: bytes, name: str, limit_mb: float):
-    """An uploaded .nii or .nii.gz in memory → (volume (X, Y, Z) float32, nibabel image for affine and spacing)."""
-    import nibabel as nib
-
-    check_size(data, limit_mb, "the volume", name)
-    if data.startswith(GZIP_MAGIC):
-        data = gunzip_bounded(data, int(limit_mb * MB), name)
-    if not (data[344:348] in NIFTI1_MAGICS or data[4:8] == NIFTI2_MAGIC):
-        raise UploadError(415, f"{name}: not a NIfTI volume (.nii or .nii.gz); slices go to /v1/predict")
-    image_class = nib.Nifti2Image if data[4:8] == NIFTI2_MAGIC else nib.Nifti1Image
-    try:
-        image = image_class.from_bytes(data)
-        volume = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel raises many types for a damaged header or short data
-        raise UploadError(422, f"{name}: undecodable NIfTI volume ({type(exc).__name__}: {exc})") from exc
-    if volume.ndim == 4 and volume.shape[3] == 1:
-        volume = volume[..., 0]
-    if volume.ndim != 3:
-        raise UploadError(422, f"{name}: volume of shape {volume.shape} has {volume.ndim} dimensions; expected one "
-                               "3D (X, Y, Z) FLAIR volume")
-    if min(volume.shape[:2]) < MIN_SIDE or volume.shape[2] < 1:
-        raise UploadError(422, f"{name}: volume of shape {volume.shape} is too small (at least {MIN_SIDE}x{MIN_SIDE} "
-                               "pixels per axial slice)")
-    if not np.isfinite(volume).all():
-        raise UploadError(422, f"{name}: the volume holds NaN or infinite values")
-    spacing = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
-    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
-        raise UploadError(422, f"{name}: invalid voxel spacing {spacing.tolist()} in the header (pixdim); the tumour "
-                               "volume needs positive sizes in millimetres")
-    return volume, image
-
-
-def nifti_bytes(data: np.ndarray, like) -> bytes:
-    """`data` as a gzipped NIfTI with the affine and spacing of the uploaded image `like`."""
-    header = like.header.copy()
-    header.set_data_dtype(data.dtype)
-    header.set_slope_inter(1.0, 0.0)  # the input's intensity scaling must not rescale the mask
-    out = type(like)(data, like.affine, header)
-    out.set_qform(like.affine, code=int(like.header["qform_code"]) or 1)
-    out.set_sform(like.affine, code=int(like.header["sform_code"]) or 1)
-    return gzip.compress(out.to_bytes(), compresslevel=6)
+        if kind == "npy":
+            stream = io.BytesIO(head)
+            version = np.lib.format.read_magic(stream)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape = tuple(int(s) for s in read_header(stream)[0])
+            channels, height, width = (1, *shape) if len(shape) == 2 else shape if len(shape) == 3 else (1, 1, 1)
+        else:
+            with Image.open(io.BytesIO(head)) as image:
+                channels, (width, height) = len(image.getbands()), image.size
+    except Exception:  # noqa: BLE001 - the header is not within `head`, or damaged (decode_slice answers that)
+        if size <= len(head):
+            return size
+        channels, height, width = 4, max_side, max_side
+    side = min(max(height, width), max_side)
+    height, width = min(height, max_side), min(width, max_side)  # larger ones are refused before decoding
+    return size + max(channels, 1) * (BYTES_PER_PIXEL * height * width + BYTES_PER_SQUARE_PIXEL * side * side)

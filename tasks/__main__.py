@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from tasks import STEPS, paths
 from tasks.config import load_settings, set_params
 from tasks.errors import SliceWiseError
+from tasks.redaction import install_log_redaction
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
 console = Console(stderr=True)
@@ -85,6 +86,7 @@ def summary_command() -> None:
 
 
 def main() -> None:
+    install_log_redaction()
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     app()
 

@@ -170,9 +170,18 @@ class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_slice_mb: float = Field(10, gt=0)
-    max_volume_mb: float = Field(300, gt=0)
+    max_volume_mb: float = Field(300, gt=0)  # per volume upload, and its voxel data once decompressed
+    max_voxels: int = Field(16_777_216, ge=512)  # per volume, judged from its header before any allocation
+    max_slices: int = Field(512, ge=1)  # axial slices per volume
     max_batch_files: int = Field(50, ge=1)
     max_image_side: int = Field(4096, ge=32)
+    memory_budget_mb: float = Field(768, gt=0)  # decoded uploads of all requests in flight together
+    queue_seconds: float = Field(30, ge=0)  # how long a request waits for the budget before a 503
+    header_timeout_seconds: float = Field(10, gt=0)  # a request's headers must arrive within this
+    body_timeout_seconds: float = Field(120, gt=0)  # ... and its body within this after them
+    keep_alive_seconds: float = Field(5, gt=0)  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(64, ge=1)  # connections or requests in flight beyond this get a 503
+    allowed_hosts: tuple[str, ...] = ()  # Host/Origin names accepted besides localhost and the bind address
     poll_seconds: float = Field(30, ge=0)
     ood_threshold: float = Field(0.5, gt=0, le=1)
 

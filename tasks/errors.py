@@ -2,16 +2,20 @@
 
 from pathlib import Path
 
+from tasks.redaction import redact
+
 
 class SliceWiseError(Exception):
-    """A user-facing error: the CLI prints it as one red line and exits non-zero, never a traceback."""
+    """A user-facing error: the CLI prints it as one red line and exits non-zero, never a traceback.
+
+    Reason and path are redacted (tasks/redaction.py): a store URI with a password in it is shown as `user:***@`."""
 
     exit_code = 1
 
     def __init__(self, reason: str, path: Path | str | None = None):
-        self.reason = reason
-        self.path = str(path) if path is not None else None
-        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+        self.reason = redact(reason)
+        self.path = redact(path) if path is not None else None
+        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
 
 
 class CredentialsError(SliceWiseError):

@@ -12,6 +12,7 @@ from rich.tree import Tree
 
 from tasks.config import Settings
 from tasks.release.registry import ModelRegistry
+from tasks.redaction import redact
 from tasks.tracking.store import retrying, tracking_uri
 
 
@@ -65,5 +66,5 @@ def print_lineage(settings: Settings, ref: str | None = "champion", console: Con
     if flow_run := tags.get("prefect_flow_run_id"):
         node.add(f"Prefect flow run [cyan]{flow_run}[/]")
     console.print(root)
-    console.print(f"[dim]store: {tracking_uri()}[/]")
+    console.print(f"[dim]store: {escape(redact(tracking_uri()))}[/]")
     return info

@@ -31,6 +31,7 @@ from tasks.release.model_card import render_model_card, split_summary
 from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, ModelRegistry
 from tasks.tracking import provenance
 from tasks.tracking.mlflow_runs import MlflowTracker
+from tasks.redaction import redact
 from tasks.tracking.store import fluent_store, retrying, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     return {"registered": True, "model_name": name, "version": version, "promoted": decision.promoted, "alias": alias,
             "reason": decision.reason, "gate": decision.as_dict()["criteria"], "mlflow_run_id": tracker.run_id,
             "model_uri": f"models:/{name}/{version}", "onnx_sha256": release.onnx_sha256,
-            "tracking_uri": tracking_uri()}
+            "tracking_uri": redact(tracking_uri())}
 
 
 def decide(settings: Settings, release: Release, champion: ChampionScore | None) -> GateDecision:

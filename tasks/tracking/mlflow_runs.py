@@ -28,6 +28,7 @@ from tasks import paths
 from tasks.config import Settings, TrackingSettings
 from tasks.errors import SliceWiseError
 from tasks.io import read_json, write_text_atomic
+from tasks.redaction import redact
 from tasks.tracking import provenance
 from tasks.tracking.store import is_local_store, make_client, retrying, tracking_uri
 
@@ -57,7 +58,7 @@ def ensure_experiment(client, cfg: TrackingSettings, name: str) -> str:
 def pipeline_key(settings: Settings) -> str:
     """What makes two step processes part of the same pipeline run (see the module docstring)."""
     diff = provenance.source_diff() or ""
-    parts = [tracking_uri(), settings.tracking.experiment, provenance.git_commit(),
+    parts = [redact(tracking_uri()), settings.tracking.experiment, provenance.git_commit(),
              hashlib.sha256(diff.encode()).hexdigest(), provenance.params_hash(settings)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
@@ -67,7 +68,7 @@ def _read_pointer() -> dict:
 
 
 def _write_pointer(run_id: str, key: str) -> None:
-    write_text_atomic(json.dumps({"run_id": run_id, "key": key, "tracking_uri": tracking_uri()}) + "\n",
+    write_text_atomic(json.dumps({"run_id": run_id, "key": key, "tracking_uri": redact(tracking_uri())}) + "\n",
                       paths.MLFLOW_PARENT_RUN)
 
 
@@ -106,7 +107,7 @@ def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Map
         return run_id
     key = pipeline_key(settings)
     pointer = _read_pointer()
-    if pointer.get("run_id") and pointer.get("tracking_uri") == tracking_uri():
+    if pointer.get("run_id") and pointer.get("tracking_uri") == redact(tracking_uri()):
         status = _run_status(client, cfg, pointer["run_id"])
         if status == "RUNNING" and pointer.get("key") == key:
             return pointer["run_id"]

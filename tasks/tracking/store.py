@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from tasks import paths
 from tasks.config import TrackingSettings
 from tasks.errors import SliceWiseError
+from tasks.redaction import install_log_redaction
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def fluent_store() -> Iterator[None]:
     otherwise leak into everything that runs later in this process."""
     import mlflow
 
+    install_log_redaction()
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(registry_uri())
@@ -113,5 +115,6 @@ def make_client(cfg: TrackingSettings):
     """An MlflowClient on the project's store (tracking and registry alike); makes no request yet."""
     from mlflow import MlflowClient
 
+    install_log_redaction()  # MLflow's own log lines and errors may quote the store's URI
     configure_http(cfg)
     return MlflowClient(tracking_uri=tracking_uri(), registry_uri=registry_uri())

@@ -1,0 +1,45 @@
+"""A memory budget shared by the requests in flight: each reserves what its upload will cost before allocating it.
+
+An upload's cost is known from its header before anything is decoded (image side × side, NIfTI dims × dtype);
+a request reserves that many bytes for as long as it holds the arrays, waits its turn when the budget is taken
+(at most `serve.queue_seconds`, then 503), and is refused outright (413) when it alone would exceed the budget.
+So however many uploads arrive at once, and whatever their headers claim, the arrays of the requests in flight
+never add up to more than `serve.memory_budget_mb`.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from serve.uploads import MB, UploadError
+
+
+class MemoryBudget:
+    def __init__(self, total_bytes: int, wait_seconds: float):
+        self.total = int(total_bytes)
+        self.wait_seconds = wait_seconds
+        self.in_use = 0
+        self.peak = 0  # the most ever reserved at once (tests and benchmarks read it)
+        self._free = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str) -> Iterator[None]:
+        """Hold `nbytes` of the budget for the block: 413 when more than the whole budget, 503 after waiting
+        `wait_seconds` in vain."""
+        nbytes = max(int(nbytes), 0)
+        if nbytes > self.total:
+            raise UploadError(413, f"{what}: processing it needs about {nbytes / MB:.0f} MB of memory; this server "
+                                   f"allows {self.total / MB:.0f} MB for all requests in flight (serve.memory_budget_mb)")
+        with self._free:
+            if not self._free.wait_for(lambda: self.in_use + nbytes <= self.total, timeout=self.wait_seconds):
+                raise UploadError(503, f"{what}: the server is busy with other uploads; try again in a moment")
+            self.in_use += nbytes
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._free:
+                self.in_use -= nbytes
+                self._free.notify_all()

@@ -1,0 +1,134 @@
+"""What stands between a request and the routes: body size, Host and Origin, and the token of state-changing routes.
+
+- `BodySizeLimit` refuses a body larger than its route allows before it is parsed or spooled (413).
+- `HostOriginGuard`: bound beyond localhost, a request must name one of `serve.allowed_hosts` (or the bind address)
+  in its Host header (400), against DNS rebinding; a state-changing request (POST) from a web page must come from
+  an allowed origin (403), so another site cannot make a visitor's browser post to the API.
+- `admin_router`: `POST /model/reload` and any later state-changing route. With `SLICEWISE_ADMIN_TOKEN` set they
+  require `Authorization: Bearer <token>` (401); without it they exist only on a server bound to localhost.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from serve.uploads import MB
+
+ADMIN_TOKEN_ENV = "SLICEWISE_ADMIN_TOKEN"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def hostname(value: str) -> str | None:
+    """'Example.org:8000' → 'example.org', '[::1]:8000' → '::1'; None when it is no host."""
+    try:
+        return urlsplit(f"//{value}").hostname
+    except ValueError:
+        return None
+
+
+def too_large(size: int, limit: int) -> str:
+    return f"request body of {size / MB:.1f} MB exceeds this route's limit of {limit / MB:.1f} MB"
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse a request body larger than its route allows before it is parsed or spooled.
+
+    Content-Length is checked up front; the bytes actually received are counted too (chunked uploads, or a
+    client that lies), and FastAPI turns the HTTPException raised while reading into the 413 answer.
+    """
+
+    def __init__(self, app, limits: dict[str, int], default: int):
+        self.app = app
+        self.limits = limits
+        self.default = default
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limits.get(scope["path"].rstrip("/") or "/", self.default)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > limit:
+            response = JSONResponse({"detail": too_large(int(declared), limit)}, status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, too_large(received, limit))
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+class HostOriginGuard:
+    """ASGI middleware: the Host check (when bound beyond localhost) and the Origin check of POSTs."""
+
+    def __init__(self, app, bind_host: str, allowed_hosts: tuple[str, ...]):
+        self.app = app
+        names = {h.lower().strip("[]") for h in allowed_hosts}
+        self.any_host = "*" in names
+        self.check_host = not is_loopback(bind_host) and not self.any_host
+        wildcard_bind = bind_host in ("", "0.0.0.0", "::")
+        self.allowed = names | LOOPBACK_NAMES | (set() if wildcard_bind else {bind_host.lower().strip("[]")})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            host = hostname(headers.get(b"host", b"").decode("latin-1"))
+            if self.check_host and host not in self.allowed:
+                return await self._refuse(400, f"Host {host!r} is not served here: add it to serve.allowed_hosts",
+                                          scope, receive, send)
+            origin = headers.get(b"origin")
+            if origin is not None and scope["method"] not in SAFE_METHODS and not self.any_host:
+                origin_host = hostname(urlsplit(origin.decode("latin-1")).netloc) if b"://" in origin else None
+                if origin_host not in self.allowed:
+                    return await self._refuse(403, f"cross-origin request from {origin.decode('latin-1')!r} refused: "
+                                                   "add its host to serve.allowed_hosts", scope, receive, send)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(status: int, detail: str, scope, receive, send):
+        await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+
+
+def admin_token() -> str | None:
+    return os.environ.get(ADMIN_TOKEN_ENV) or None
+
+
+def admin_router(token: str | None, bind_host: str) -> APIRouter | None:
+    """The router for state-changing routes: token-protected when a token is set, open on a localhost-only server,
+    and None (the routes do not exist) on a server reachable from elsewhere without a token."""
+    if token is None and not is_loopback(bind_host):
+        return None
+
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HTTPException(401, f"this route needs 'Authorization: Bearer <token>' with the token in "
+                                     f"{ADMIN_TOKEN_ENV}", headers={"WWW-Authenticate": "Bearer"})
+
+    return APIRouter(dependencies=[Depends(check_token)])
