@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 from tasks import paths
 from tasks.config import load_settings
 from tasks.errors import SliceWiseError
+from tasks.redaction import install_log_redaction
 
 console = Console(stderr=True)
 
@@ -44,15 +45,18 @@ def build_app(args: argparse.Namespace):
     cfg = settings.serve
     if args.poll_seconds is not None:
         cfg = cfg.model_copy(update={"poll_seconds": args.poll_seconds})
+    if args.host:
+        cfg = cfg.model_copy(update={"host": args.host})
     if args.model_file:
         source = FileSource(args.model_file, args.checkpoint, args.metrics)
     else:
         source = RegistrySource(settings.registry, settings.tracking, paths.SERVE_CACHE)
-    return create_app(source, cfg), cfg
+    return create_app(source, cfg, bind_host=cfg.host), cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    install_log_redaction()  # a tracking URI's password never reaches the log
     logging.basicConfig(level=args.log_level.upper(), format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
     try:
@@ -62,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     import uvicorn
 
-    uvicorn.run(app, host=args.host or cfg.host, port=args.port or cfg.port, log_level=args.log_level,
-                log_config=None)
+    from serve.server import uvicorn_options
+
+    uvicorn.run(app, host=cfg.host, port=args.port or cfg.port, log_level=args.log_level, log_config=None,
+                **uvicorn_options(cfg))
     return 0
 
 

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from serve.budget import MemoryBudget
 from serve.guards import BodySizeLimit, HostOriginGuard, admin_router, admin_token
 from serve.holder import ModelHolder
-from serve.inference import PreparedSlice, prepare_slice, slice_results, volume_result
+from serve.inference import PreparedSlice, inference_bytes, prepare_slice, slice_results, volume_result
 from serve.model_source import ModelSource, ServedModel
 from serve.multipart import FilePart, close_parts, read_file_parts
 from serve.uploads import HEAD_BYTES, MB, UploadError, decode_slice, slice_memory_bytes
@@ -149,6 +149,11 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             decoded = decode_slice(part.read(), name, cfg.max_slice_mb, cfg.max_image_side)
             return prepare_slice(decoded, model, name, cfg.ood_threshold)
 
+    def predicted(model: ServedModel, items: list[PreparedSlice], gradcam: bool = False) -> list[dict]:
+        """Inference on prepared slices within its share of the memory budget (a worker thread)."""
+        with budget.reserve(inference_bytes(model, len(items)) * (2 if gradcam else 1), items[0].name):
+            return slice_results(model, items, cfg.ood_threshold, gradcam)
+
     @app.get("/healthz")
     def healthz() -> dict:
         """Liveness: the process answers. `model_loaded` and `detail` say what it serves (or why nothing)."""
@@ -186,8 +191,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             item = await run_in_threadpool(prepared, parts[0], model)
         finally:
             close_parts(parts)
-        results = await run_in_threadpool(slice_results, model, [item], cfg.ood_threshold, gradcam)
-        return json_response(results[0])
+        return json_response((await run_in_threadpool(predicted, model, [item], gradcam))[0])
 
     @app.post("/v1/predict/batch", openapi_extra=multipart_body(
         "files", "up to serve.max_batch_files slices", many=True))
@@ -202,7 +206,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                 close_parts([part])
 
         await read_file_parts(request, "files", cfg.max_batch_files, cfg.max_slice_mb, "batch", on_file)
-        return json_response(await run_in_threadpool(slice_results, model, items, cfg.ood_threshold))
+        return json_response(await run_in_threadpool(predicted, model, items))
 
     @app.post(VOLUME_ROUTE, openapi_extra=multipart_body("file", ".nii or .nii.gz FLAIR volume"))
     async def predict_volume(request: Request, images: bool = Query(
@@ -217,7 +221,8 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
     def predict_volume_file(part: FilePart, model: ServedModel, with_images: bool) -> dict:
         name = part.filename or "volume.nii.gz"
         upload = probe_volume(part.file, name, cfg.max_volume_mb, cfg.max_voxels, cfg.max_slices)
-        need = upload.header.memory_bytes(model.image_size, model.in_channels)
+        slices = upload.header.shape[2]
+        need = upload.header.memory_bytes(model.image_size, model.in_channels) + inference_bytes(model, slices)
         with budget.reserve(need, name):
             volume, image = read_volume(upload, cfg.max_volume_mb)
             return volume_result(volume, image, model, name, cfg.ood_threshold, with_images)

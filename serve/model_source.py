@@ -32,6 +32,10 @@ MODEL_DIR = "model"  # the MLflow model folder as downloaded: the .onnx with any
 METRICS_FILE = "metrics.json"
 CARD_FILE = "card.json"  # written last: a version folder without it is incomplete and ignored
 DEFAULT_THRESHOLD = 0.5
+# Slices per onnxruntime run: a volume's slices go through in batches of this many. Smaller than evaluation's 32:
+# onnxruntime's workspace grows with the batch (about 140 MB for 32 slices of 128² on the quick model) and stays
+# reserved, and the memory budget must cover it for every volume in flight.
+SERVE_BATCH = 8
 
 
 @dataclass
@@ -73,7 +77,7 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
     graph itself says (input shape) and the evaluated threshold in metrics.json.
     """
     try:
-        predictor = OnnxPredictor(onnx_path)
+        predictor = OnnxPredictor(onnx_path, batch_size=SERVE_BATCH)
     except Exception as exc:  # onnxruntime raises its own types for a broken or foreign file
         raise SliceWiseError(f"cannot load the ONNX model ({type(exc).__name__}: {exc})", onnx_path) from exc
     meta = embedded_metadata(predictor) or sidecar_metadata or {}

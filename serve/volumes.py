@@ -25,13 +25,13 @@ from serve.uploads import GZIP_MAGIC, MB, MIN_SIDE, NIFTI1_MAGICS, NIFTI2_MAGIC,
 HEADER_BYTES = {nib.Nifti1Image: 348, nib.Nifti2Image: 540}
 CHUNK = 1 * MB  # read and inflate this much at a time
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip format
-# Bytes per voxel held while a volume is decoded and predicted, besides the raw data: the float32 volume, the
-# z-scored copy and the foreground masks (preprocessing), the OOD checks' temporaries and the uint8 result mask.
-# Measured with tracemalloc on a 240×240×155 volume: 21 bytes per voxel at the peak; 24 leaves a margin.
-BYTES_PER_VOXEL = 24
-# Bytes per pixel of a model-sized slice: the (Z, C, S, S) input, the seg/cls logits and probabilities, the
-# per-slice resize buffers, and the PNGs of the web UI's answer (`images=true`).
-BYTES_PER_MODEL_PIXEL = 32
+# Bytes per voxel held while a volume is decoded and predicted, besides its raw data: the float32 volume, the
+# z-scored copy, the foreground masks and the uint8 result mask. And per pixel of the model-sized slices: the
+# (Z, C, S, S) input, the seg probabilities and the per-slice buffers. Measured on the quick model (peak RSS of a
+# fresh process, 240×240×155 int16 to 256³ float32 and 8×8×512): the estimate with onnxruntime's workspace
+# (serve/inference.py) was 1.3–1.8× the measured peak, never below it.
+BYTES_PER_VOXEL = 12
+BYTES_PER_MODEL_PIXEL = 24
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class VolumeHeader:
         return self.voxels * self.dtype.itemsize
 
     def memory_bytes(self, image_size: int, channels: int = 1) -> int:
-        """Peak memory of decoding this volume and predicting every axial slice at `image_size`."""
+        """Memory for decoding this volume and holding its slices at the model's `image_size` (onnxruntime's
+        workspace comes on top: serve.inference.inference_bytes)."""
         model_pixels = self.shape[2] * channels * image_size * image_size
         return self.data_bytes + BYTES_PER_VOXEL * self.voxels + BYTES_PER_MODEL_PIXEL * model_pixels
 
@@ -107,17 +108,6 @@ class _Inflater:
         self.input_done = not block
         self.pending += block
         return bool(block)
-
-    def read_into(self, buffer: memoryview) -> int:
-        """Fill `buffer` as far as the data goes; returns the bytes written."""
-        filled = 0
-        while filled < len(buffer):
-            block = self.read(min(CHUNK, len(buffer) - filled))
-            if not block:
-                break
-            buffer[filled:filled + len(block)] = block
-            filled += len(block)
-        return filled
 
     def drain(self, limit: int) -> None:
         """Inflate the rest without keeping it, so that each member's checksum is checked: a corrupt or truncated
@@ -193,6 +183,12 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
     if offset + probe.data_bytes > size_limit_mb * MB:
         raise UploadError(413, f"{name}: the header declares {probe.data_bytes / MB:.1f} MB of voxel data; the limit "
                                f"is {size_limit_mb:g} MB once decompressed")
+    if not gzipped and size < offset + probe.data_bytes:
+        raise short_data(probe, size)
+    spacing = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise UploadError(422, f"{name}: invalid voxel spacing {spacing.tolist()} in the header (pixdim); the tumour "
+                               "volume needs positive sizes in millimetres")
     _check_affine(probe)
     return VolumeUpload(probe, stream, head)
 
@@ -212,24 +208,26 @@ def _check_affine(probe: VolumeHeader) -> None:
         raise UploadError(422, f"{probe.name}: the header cannot be written back ({type(exc).__name__}: {exc})") from exc
 
 
+def short_data(probe: VolumeHeader, got: int) -> UploadError:
+    return UploadError(422, f"{probe.name}: undecodable NIfTI volume, truncated or forged: the header declares "
+                            f"{probe.data_bytes:,} bytes of voxel data ({'x'.join(map(str, probe.shape))} "
+                            f"{probe.dtype}), the file holds {max(got - probe.data_offset, 0):,}")
+
+
 def read_volume(upload: VolumeUpload, size_limit_mb: float) -> tuple[np.ndarray, VolumeImage]:
     """The voxels the probed header declares → (X, Y, Z) float32 and what the answer needs of the header; a short
     stream is a 422, and nothing is allocated beyond the declared size."""
     probe, stream, head = upload.header, upload.stream, upload.head
     need = probe.data_offset + probe.data_bytes
-    raw = bytearray(need)
-    view = memoryview(raw)
-    got = min(len(head), need)
-    view[:got] = head[:got]
-    got += stream.read_into(view[got:])
-    if got < need:
-        raise UploadError(422, f"{probe.name}: undecodable NIfTI volume, truncated or forged: the header declares "
-                               f"{probe.data_bytes:,} bytes of voxel data ({'x'.join(map(str, probe.shape))} "
-                               f"{probe.dtype}), the file holds {max(got - probe.data_offset, 0):,}")
+    raw = bytearray(head[:need])  # grows only as the data arrives: a header that lies allocates nothing
+    while len(raw) < need and (block := stream.read(min(CHUNK, need - len(raw)))):
+        raw += block
+    if len(raw) < need:
+        raise short_data(probe, len(raw))
     stream.drain(int(size_limit_mb * MB) - need)
     voxels = np.frombuffer(raw, dtype=probe.dtype, count=probe.voxels, offset=probe.data_offset)
     volume = voxels.reshape(probe.shape, order="F").astype(np.float32)
-    del voxels, view, raw
+    del voxels, raw
     try:
         slope, inter = probe.image.header.get_slope_inter()
     except Exception as exc:
@@ -241,10 +239,6 @@ def read_volume(upload: VolumeUpload, size_limit_mb: float) -> tuple[np.ndarray,
             volume += np.float32(inter)
     if not np.isfinite(volume).all():
         raise UploadError(422, f"{probe.name}: the volume holds NaN or infinite values")
-    spacing = np.asarray(probe.image.header.get_zooms()[:3], dtype=np.float64)
-    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
-        raise UploadError(422, f"{probe.name}: invalid voxel spacing {spacing.tolist()} in the header (pixdim); the "
-                               "tumour volume needs positive sizes in millimetres")
     return volume, probe.image
 
 

@@ -184,14 +184,15 @@ def make_served_files(folder: Path) -> ServedFiles:
                        write_metrics(folder / "metrics.json"))
 
 
-def file_app(files: ServedFiles, **serve_overrides):
-    """The FastAPI app serving `files` (no registry), with params.yaml's `serve:` settings, optionally changed."""
+def file_app(files: ServedFiles, bind_host: str | None = None, token: str | None = None, **serve_overrides):
+    """The FastAPI app serving `files` (no registry), with params.yaml's `serve:` settings, optionally changed;
+    `bind_host` and `token` as create_app takes them."""
     from serve.api import create_app
     from serve.model_source import FileSource
     from tasks.config import load_settings
 
     cfg = load_settings(REPO / "params.yaml").serve.model_copy(update={"poll_seconds": 0, **serve_overrides})
-    return create_app(FileSource(files.onnx, files.checkpoint, files.metrics), cfg)
+    return create_app(FileSource(files.onnx, files.checkpoint, files.metrics), cfg, bind_host=bind_host, token=token)
 
 
 def decode_png(b64: str) -> np.ndarray:
@@ -213,3 +214,58 @@ def running_server(files: ServedFiles | None, log: Path) -> Iterator[str]:
         command += ["--model-file", str(files.onnx), "--checkpoint", str(files.checkpoint), "--metrics", str(files.metrics)]
     with running(command, log, lambda: http_ok(f"{url}/healthz"), env=service_env(), cwd=REPO, timeout=90):
         yield url
+
+
+# ---------------------------------------------------------------- hostile uploads and an in-process server
+
+
+def forged_nifti_gz(shape, dtype=np.float32, data_bytes: int = 0, affine: np.ndarray | None = None,
+                    header_changes: dict | None = None) -> bytes:
+    """A .nii.gz whose header says `shape` and `dtype` but which holds only `data_bytes` zero bytes of voxels
+    (compressed as they stream, so a claimed 128 MB costs the test no 128 MB)."""
+    import zlib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_zooms((1.0,) * len(shape))
+    header.set_sform(np.eye(4) if affine is None else affine, code=1)
+    header.set_qform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    for key, value in (header_changes or {}).items():
+        header[key] = value
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [deflate.compress(header.binaryblock + b"\0" * 4)]
+    zeros = bytes(1 << 20)
+    while data_bytes > 0:
+        out.append(deflate.compress(zeros[: min(data_bytes, len(zeros))]))
+        data_bytes -= len(zeros)
+    return b"".join(out) + deflate.flush()
+
+
+@contextlib.contextmanager
+def served_in_thread(app, cfg) -> Iterator[str]:
+    """`app` behind uvicorn with the options `python -m serve` uses (serve/server.py), in a thread of this process
+    on 127.0.0.1 and a free port; yields its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from serve.server import uvicorn_options
+    from tests.service_processes import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, **uvicorn_options(cfg)))
+    thread = threading.Thread(target=server.run, name="uvicorn-under-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

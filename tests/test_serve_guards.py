@@ -1,0 +1,176 @@
+"""Slow clients, too many connections, foreign hosts and origins, and the state-changing route (issue 13).
+
+The deadlines and the connection cap live in uvicorn's protocol (serve/server.py), so those tests run the app
+behind uvicorn, in a thread, with the options `python -m serve` uses, and talk raw HTTP over sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from urllib.parse import urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.serve_factory import brain_slice, file_app, make_served_files, png_bytes, served_in_thread
+
+TOKEN = "s3cret-admin-token"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return make_served_files(tmp_path_factory.mktemp("guards"))
+
+
+def cfg(**changes):
+    from tasks.config import load_settings
+    from tests.serve_factory import REPO
+
+    return load_settings(REPO / "params.yaml").serve.model_copy(update={"poll_seconds": 0, **changes})
+
+
+def connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=10)
+
+
+def read_until_closed(sock: socket.socket, limit_s: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took (limit_s at most)."""
+    started, data = time.monotonic(), b""
+    sock.settimeout(0.2)
+    while time.monotonic() - started < limit_s:
+        try:
+            block = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        if not block:
+            break
+        data += block
+    return data, time.monotonic() - started
+
+
+# ---------------------------------------------------------------- finding 7: deadlines and a connection cap
+
+
+@pytest.fixture(scope="module")
+def strict_server(files):
+    settings = cfg(header_timeout_seconds=1.0, body_timeout_seconds=1.5, max_connections=4, keep_alive_seconds=1.0)
+    with served_in_thread(file_app(files), settings) as url:
+        yield url
+
+
+def trickle(sock: socket.socket, limit_s: float) -> tuple[bytes, float]:
+    """Send one byte every 0.2 s, as a slowloris client does, until the server answers or closes; returns what it
+    sent back and after how long."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - started < limit_s:
+        try:
+            sock.sendall(b"x")
+            answer = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return b"", time.monotonic() - started
+        return answer, time.monotonic() - started
+    return b"", limit_s
+
+
+def test_headers_trickling_in_are_cut_off(strict_server):
+    with connect(strict_server) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        answer, elapsed = trickle(sock, 8)
+    assert elapsed < 4, f"connection still open after {elapsed:.1f} s"
+    assert answer.startswith(b"HTTP/1.1 408") or answer == b""
+
+
+def test_a_silent_connection_is_answered_408_and_closed(strict_server):
+    with connect(strict_server) as sock:
+        data, elapsed = read_until_closed(sock, 6)
+    assert elapsed < 3 and data.startswith(b"HTTP/1.1 408") and b"headers did not arrive within 1 s" in data
+
+
+def test_a_body_trickling_in_is_cut_off(strict_server):
+    with connect(strict_server) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+        answer, elapsed = trickle(sock, 8)
+    assert elapsed < 5, f"connection still open after {elapsed:.1f} s"
+    assert answer.startswith(b"HTTP/1.1 408") or answer == b""
+
+
+def test_connections_beyond_the_cap_get_503_until_idle_ones_are_closed(strict_server):
+    idle = [connect(strict_server) for _ in range(4)]  # hold every slot without sending a byte
+    try:
+        time.sleep(0.2)
+        with connect(strict_server) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            refused, _ = read_until_closed(sock, 5)
+        assert refused.startswith(b"HTTP/1.1 503")
+        time.sleep(1.5)  # past the header deadline: the idle ones are gone
+        with connect(strict_server) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            served, _ = read_until_closed(sock, 5)
+        assert served.startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_normal_requests_are_unaffected(strict_server):
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    for _ in range(3):  # keep-alive reuse within the idle timeout
+        response = session.post(f"{strict_server}/v1/predict", files={"file": ("s.png", png_bytes(brain_slice()))},
+                                timeout=30)
+        assert response.status_code == 200 and response.json()["has_tumor"] is True
+
+
+# ---------------------------------------------------------------- finding 10: reload token, Host and Origin
+
+
+def test_reload_requires_the_token_when_one_is_set(files):
+    with TestClient(file_app(files, token=TOKEN)) as client:
+        assert client.post("/model/reload").status_code == 401
+        wrong = client.post("/model/reload", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "SLICEWISE_ADMIN_TOKEN" in wrong.json()["detail"]
+        right = client.post("/model/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert right.status_code == 200 and right.json()["changed"] is False
+
+
+def test_reload_token_comes_from_the_environment(files, monkeypatch):
+    monkeypatch.setenv("SLICEWISE_ADMIN_TOKEN", TOKEN)
+    with TestClient(file_app(files)) as client:
+        assert client.post("/model/reload").status_code == 401
+        assert client.post("/model/reload", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_without_a_token_reload_does_not_exist_beyond_localhost(files, monkeypatch):
+    monkeypatch.delenv("SLICEWISE_ADMIN_TOKEN", raising=False)
+    with TestClient(file_app(files, bind_host="0.0.0.0"), base_url="http://127.0.0.1") as client:
+        assert client.post("/model/reload").status_code == 404
+        assert client.get("/healthz").status_code == 200
+
+
+def test_host_must_be_allowed_when_bound_beyond_localhost(files):
+    app = file_app(files, bind_host="0.0.0.0", allowed_hosts=("mri.example.org",))
+    with TestClient(app, base_url="http://evil.example.com") as client:
+        refused = client.get("/")
+        assert refused.status_code == 400 and "serve.allowed_hosts" in refused.json()["detail"]
+    for base in ("http://mri.example.org:8000", "http://127.0.0.1:8000", "http://localhost"):
+        with TestClient(app, base_url=base) as client:
+            assert client.get("/").status_code == 200, base
+
+
+def test_cross_origin_posts_are_refused(files):
+    with TestClient(file_app(files)) as client:
+        upload = {"file": ("s.png", png_bytes(brain_slice()))}
+        foreign = client.post("/v1/predict", files=upload, headers={"Origin": "http://evil.example.com"})
+        assert foreign.status_code == 403 and "cross-origin" in foreign.json()["detail"]
+        assert client.post("/v1/predict", files=upload, headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
+        assert client.get("/healthz", headers={"Origin": "http://evil.example.com"}).status_code == 200

@@ -1,0 +1,266 @@
+"""Hostile and broken uploads (issue 13): every upload is bounded before it is allocated, and every bad one is a 4xx
+with a `detail` naming the file and the reason.
+
+Memory is measured with tracemalloc (numpy and bytearray allocations are traced): a header that lies must cost
+what its bytes are, not what it claims.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+from fastapi.testclient import TestClient
+
+from tests.serve_factory import (brain_slice, brain_volume, file_app, forged_nifti_gz, make_served_files, nifti_bytes,
+                                 png_bytes, served_in_thread)
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return make_served_files(tmp_path_factory.mktemp("limits"))
+
+
+@pytest.fixture(scope="module")
+def client(files):
+    with TestClient(file_app(files)) as client:
+        yield client
+
+
+def post_volume(client, data: bytes, name: str = "v.nii.gz"):
+    return client.post("/v1/predict/volume", files={"file": (name, data)})
+
+
+def traced_peak(call) -> tuple[object, int]:
+    """(call's result, the most memory traced at once while it ran)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+# ---------------------------------------------------------------- finding 1: the header does not decide the allocation
+
+
+def test_a_header_that_claims_more_than_the_file_holds_allocates_nothing(files):
+    """68 bytes of .nii.gz claiming 400×400×400 float32 (256 MB): a 422 before anything of that size exists."""
+    bomb = forged_nifti_gz((400, 400, 400))
+    assert len(bomb) < 100
+    with TestClient(file_app(files, max_voxels=10**9, max_volume_mb=1000, memory_budget_mb=4000)) as client:
+        response, peak = traced_peak(lambda: post_volume(client, bomb, "bomb.nii.gz"))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "bomb.nii.gz" in detail and "truncated or forged" in detail and "400x400x400" in detail
+    assert peak < 8 * MB, f"{peak / MB:.0f} MB traced for a 68-byte upload"
+
+
+def test_the_bomb_of_the_report_is_refused_by_its_header(client):
+    """1000×1000×500 float32 in 62 bytes: over serve.max_voxels, judged from the header alone."""
+    response, peak = traced_peak(lambda: post_volume(client, forged_nifti_gz((1000, 1000, 500))))
+    assert response.status_code == 413 and "serve.max_voxels" in response.json()["detail"]
+    assert peak < 8 * MB
+
+
+def test_truncated_data_of_a_plain_nifti_is_refused_before_reading(client):
+    raw = nib.Nifti1Image(np.ones((64, 64, 32), np.float32), np.eye(4)).to_bytes()
+    response, peak = traced_peak(lambda: post_volume(client, raw[:4000], "short.nii"))
+    assert response.status_code == 422 and "truncated or forged" in response.json()["detail"]
+
+
+# ---------------------------------------------------------------- finding 2: voxels and slices are limited
+
+
+@pytest.mark.parametrize(("shape", "dtype", "limit"), [((8, 8, 5000), np.float32, "serve.max_slices"),
+                                                       ((4000, 4000, 8), np.uint8, "serve.max_voxels")],
+                         ids=["8x8x5000", "4000x4000x8"])
+def test_volumes_beyond_the_voxel_or_slice_limit_are_413_at_once(client, shape, dtype, limit):
+    data = forged_nifti_gz(shape, dtype, data_bytes=int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    assert len(data) < 200_000  # the small uploads of the report: 1 KB and 124 KB
+    response, peak = traced_peak(lambda: post_volume(client, data))
+    assert response.status_code == 413, response.text
+    assert limit in response.json()["detail"]
+    assert peak < 8 * MB
+
+
+def test_concurrent_volumes_share_the_memory_budget(files):
+    """More volumes at once than the budget holds: they take turns (all 200), and the reservations in flight never
+    exceed the budget; a volume that alone needs more than the budget is a 413 that names the setting."""
+    volume, _ = brain_volume(shape=(96, 96, 24), tumour_box=((30, 50), (40, 60), (8, 16)))
+    data, _ = nifti_bytes(volume)
+    app = file_app(files, memory_budget_mb=20, queue_seconds=120)
+    with served_in_thread(app, _cfg()) as url:
+        def send(_: int) -> int:
+            session = requests.Session()
+            session.trust_env = False
+            return session.post(f"{url}/v1/predict/volume", files={"file": ("v.nii.gz", data)}, timeout=300).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(send, range(6)))
+        budget = app.state.budget
+        assert statuses == [200] * 6
+        assert 0 < budget.peak <= budget.total and budget.in_use == 0
+        big = forged_nifti_gz((256, 256, 64), np.float32, data_bytes=256 * 256 * 64 * 4)
+        session = requests.Session()
+        session.trust_env = False
+        refused = session.post(f"{url}/v1/predict/volume", files={"file": ("big.nii.gz", big)}, timeout=60)
+        assert refused.status_code == 413 and "serve.memory_budget_mb" in refused.json()["detail"]
+
+
+def _cfg(**changes):
+    from tasks.config import load_settings
+    from tests.serve_factory import REPO
+
+    return load_settings(REPO / "params.yaml").serve.model_copy(update={"poll_seconds": 0, **changes})
+
+
+def test_a_slice_waits_for_the_budget_then_gets_a_503(files):
+    """While the budget is taken, a request waits `serve.queue_seconds`, then is told to come back (503)."""
+    app = file_app(files, queue_seconds=0.2)
+    with TestClient(app) as client:
+        budget = app.state.budget
+        with budget.reserve(budget.total, "everything"):
+            response = client.post("/v1/predict", files={"file": ("s.png", png_bytes(brain_slice()))})
+        assert response.status_code == 503 and "busy" in response.json()["detail"]
+        assert client.post("/v1/predict", files={"file": ("s.png", png_bytes(brain_slice()))}).status_code == 200
+
+
+# ---------------------------------------------------------------- finding 3: a degenerate affine is a 422 before inference
+
+
+def nan_qform() -> dict:
+    return {"qform_code": 1, "sform_code": 0, "quatern_b": np.nan}
+
+
+@pytest.mark.parametrize("changes", [
+    {"srow_x": [np.nan, 0, 0, 0]},                                              # NaN sform
+    {"srow_x": [0, 0, 0, 0], "srow_y": [0, 0, 0, 0], "srow_z": [0, 0, 0, 0]},  # all-zero sform
+    nan_qform(),                                                               # NaN qform
+], ids=["nan-sform", "zero-sform", "nan-qform"])
+def test_degenerate_affine_is_422_before_inference(files, changes):
+    shape = (32, 32, 6)
+    data = forged_nifti_gz(shape, data_bytes=32 * 32 * 6 * 4, header_changes=changes)
+    app = file_app(files)
+    with TestClient(app) as client:
+        predictor = app.state.holder.model.predictor
+        calls = []
+        original = predictor.predict
+        predictor.predict = lambda images: calls.append(len(images)) or original(images)
+        try:
+            response = post_volume(client, data, "tilted.nii.gz")
+        finally:
+            predictor.predict = original
+    assert response.status_code == 422, response.text
+    assert "tilted.nii.gz" in response.json()["detail"] and "affine" in response.json()["detail"]
+    assert calls == []  # refused before any inference ran
+
+
+# ---------------------------------------------------------------- finding 10: gzip members, names in batch errors
+
+
+def test_multi_member_gzip_volume_is_accepted(client):
+    volume, _ = brain_volume()
+    raw = nib.Nifti1Image(volume, np.diag([1.0, 1.5, 2.0, 1.0])).to_bytes()
+    single = post_volume(client, gzip.compress(raw)).json()
+    multi = post_volume(client, gzip.compress(raw[:1000]) + gzip.compress(raw[1000:5000]) + gzip.compress(raw[5000:]))
+    assert multi.status_code == 200, multi.text
+    assert multi.json()["tumor_slices"] == single["tumor_slices"] == [4, 5, 6]
+    assert multi.json()["tumor_volume_cm3"] == single["tumor_volume_cm3"]
+
+
+def test_a_corrupt_second_gzip_member_is_a_422(client):
+    volume, _ = brain_volume()
+    raw = nib.Nifti1Image(volume, np.eye(4)).to_bytes()
+    second = bytearray(gzip.compress(raw[1000:]))
+    second[-6] ^= 0xFF  # the member's CRC no longer matches
+    response = post_volume(client, gzip.compress(raw[:1000]) + bytes(second))
+    assert response.status_code == 422 and "gzip" in response.json()["detail"]
+
+
+def test_unsupported_file_in_a_batch_names_the_file(client):
+    uploads = [("files", ("good.png", png_bytes(brain_slice()))), ("files", ("notes.txt", b"just some text"))]
+    response = client.post("/v1/predict/batch", files=uploads)
+    assert response.status_code == 415 and response.json()["detail"].startswith("notes.txt: unsupported file type")
+
+
+# ---------------------------------------------------------------- finding 6: batch limits hold while the body streams
+
+
+def multipart_head(boundary: bytes, name: str) -> bytes:
+    return (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="' + name.encode()
+            + b'"\r\nContent-Type: image/png\r\n\r\n')
+
+
+def answer_while_sending(url: str, parts, boundary: bytes = b"xyzBOUNDARY") -> tuple[int, str, int]:
+    """POST a chunked multipart body part by part over a raw socket, reading for an answer between parts.
+    Returns (status, body, how many parts were sent before the answer came)."""
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/predict/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n\r\n")
+        sent = 0
+        sock.setblocking(False)
+        answer = b""
+        for chunk in parts:
+            try:
+                answer += sock.recv(65536)
+            except BlockingIOError:
+                pass
+            if answer:
+                break
+            for start in range(0, len(chunk), 65536):
+                piece = chunk[start:start + 65536]
+                try:
+                    sock.setblocking(True)
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                finally:
+                    sock.setblocking(False)
+            sent += 1
+            threading.Event().wait(0.05)
+        sock.setblocking(True)
+        sock.settimeout(30)
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 10:
+            block = sock.recv(65536)
+            if not block:
+                break
+            answer += block
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+    return status, json.loads(body.decode().strip().split("\r\n")[0])["detail"], sent
+
+
+def test_batch_over_the_file_count_is_refused_while_the_body_streams(files):
+    cfg = _cfg(max_batch_files=3)
+    with served_in_thread(file_app(files, max_batch_files=3), cfg) as url:
+        png = png_bytes(brain_slice())
+        parts = [multipart_head(b"xyzBOUNDARY", f"s{i}.png") + png + b"\r\n" for i in range(40)]
+        status, detail, sent = answer_while_sending(url, parts)
+    assert status == 413 and "too many files" in detail
+    assert sent < 10, f"the answer came only after {sent} of 40 parts"
+
+
+def test_batch_file_over_the_size_limit_is_refused_while_it_streams(files):
+    cfg = _cfg(max_slice_mb=1)
+    with served_in_thread(file_app(files, max_slice_mb=1), cfg) as url:
+        huge = [multipart_head(b"xyzBOUNDARY", "huge.npy")] + [b"\0" * (256 * 1024)] * 40  # 10 MB in 40 pieces
+        status, detail, sent = answer_while_sending(url, huge)
+    assert status == 413 and "huge.npy" in detail and "1 MB per file" in detail
+    assert sent < 15, f"the answer came only after {sent} of 41 pieces"
