@@ -27,6 +27,7 @@ PLUMBING = {
     "tasks": "the list of step names, for the CLI",
     "tasks.__main__": "the CLI: parses the arguments, calls the step's main, prints its result or its error",
     "tasks.errors": "the exception type and its exit codes",
+    "tasks.redaction": "credentials masked in error messages and log lines",
     "tasks.tracking.tracker": "tracking: the tracker hook and the run around each step",
     "tasks.tracking.mlflow_runs": "tracking: MLflow runs, params, metrics, artifacts",
     "tasks.tracking.store": "tracking: where the MLflow store is, retries",

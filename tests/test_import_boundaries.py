@@ -18,7 +18,7 @@ SERVE = sorted(modules_under(REPO / "serve"))
 
 # Everything of tasks/ and models/ that serving may reach.
 SERVING_MAY_REACH = {
-    "tasks", "tasks.config", "tasks.paths", "tasks.errors", "tasks.io",
+    "tasks", "tasks.config", "tasks.paths", "tasks.errors", "tasks.redaction", "tasks.io",
     "tasks.data", "tasks.data.preprocess",  # the slice step's preprocessing, numpy + Pillow only
     "tasks.inference", "tasks.inference.predictor", "tasks.inference.checkpoints",
     "tasks.inference.gradcam",  # Grad-CAM, built on first use where torch is installed

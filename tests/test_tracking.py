@@ -67,7 +67,11 @@ def test_steps_share_one_parent_with_tagged_child_runs(store, tiny_settings):
     assert [a.path for a in client().list_artifacts(train.run_id, "training")] == ["training/history.csv"]
     assert run.info.status == "FINISHED" and client().get_run(evaluate.run_id).info.status == "FAILED"
     parent = client().get_run(train.parent_run_id)
-    assert parent.info.status == "RUNNING"  # only register ends the parent
+    assert parent.info.status == "FAILED" and parent.data.tags["failed_step"] == "evaluate"  # none left RUNNING
+    again = MlflowTracker.for_step(settings, "evaluate")  # the failed step's next attempt continues the same parent
+    assert again.parent_run_id == train.parent_run_id
+    assert client().get_run(train.parent_run_id).info.status == "RUNNING"
+    again.close()
     for tags in (run.data.tags, parent.data.tags):
         assert tags["data_hash"] == "bbb222" and tags["data_raw_hash"] == "aaa111" and tags["splits_hash"] == "ccc333"
         assert tags["profile"] == settings.profile and tags["params_hash"] == provenance.params_hash(settings)

@@ -12,12 +12,15 @@ One shard per patient keeps the number of files DVC hashes small; the manifest h
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tasks.errors import SliceWiseError
 from tasks.io import atomic_write
 
 MANIFEST_COLUMNS = ["patient", "source", "shard", "row", "slice_index", "label", "tumour_area_px", "has_mask"]
@@ -42,9 +45,36 @@ def write_shard(path: Path, shard: Shard) -> None:
         np.savez_compressed(fh, **shard.__dict__)
 
 
+# What a damaged or foreign .npz raises while it is read: a truncated zip, a bad CRC, a bad deflate stream, a
+# missing array, a member that is no array.
+UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, ValueError)
+
+
 def read_shard(path: Path) -> Shard:
-    with np.load(path) as npz:
-        return Shard(**{name: npz[name] for name in Shard.__dataclass_fields__})
+    """The shard at `path`; a damaged one is a SliceWiseError naming it (rerun `slice` to rebuild it)."""
+    try:
+        with np.load(path) as npz:
+            return Shard(**{name: npz[name] for name in Shard.__dataclass_fields__})
+    except UNREADABLE as exc:
+        raise SliceWiseError(f"unreadable shard ({type(exc).__name__}: {exc}); run `dvc repro slice` (or "
+                             "`python -m tasks slice`) to slice its patient again", path) from exc
+
+
+def shard_problem(path: Path, rows: int, channels: int, size: int) -> str | None:
+    """Why the shard at `path` cannot be reused for `rows` slices of `channels` × `size` × `size`, or None when
+    it can. Reads every array, so every zip member's CRC is checked: a truncated or altered file is found."""
+    if not path.is_file():
+        return "missing"
+    try:
+        shard = read_shard(path)
+    except SliceWiseError as exc:
+        return exc.reason.split(";")[0]
+    expected = {"images": (rows, channels, size, size), "masks": (rows, size, size), "has_mask": (rows,),
+                "labels": (rows,), "slice_index": (rows,), "spacing": (2,)}
+    for name, shape in expected.items():
+        if getattr(shard, name).shape != shape:
+            return f"{name} has shape {getattr(shard, name).shape}, expected {shape}"
+    return None
 
 
 def manifest_rows(patient: str, source: str, shard_name: str, shard: Shard) -> list[dict]:

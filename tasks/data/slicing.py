@@ -32,7 +32,7 @@ from tasks import paths
 from tasks.config import SliceSettings
 from tasks.data import preprocess
 from tasks.data.local_import import IMAGE_SUFFIXES, nifti_extension
-from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, write_shard
+from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
 from tasks.errors import SliceWiseError
 from tasks.io import atomic_write, write_text_atomic
 
@@ -200,14 +200,19 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     previous = _previous_state(out_dir)
     spec_digest = spec.digest()  # hashes the slicing code: once, not once per patient
     fingerprints = {p.name: patient_fingerprint(p, spec_digest) for p in patient_dirs}
-    rows, rejected, todo = [], [], []
+    rows, rejected, todo, damaged = [], [], [], []
     for patient_dir in patient_dirs:
         name, shard_path = patient_dir.name, out_dir / "brats" / f"{patient_dir.name}.npz"
         if previous["fingerprints"].get(name) == fingerprints[name] and shard_path.exists() and name in previous["rows"]:
-            rows.extend(previous["rows"][name])  # unchanged since the last run: keep its shard
-        else:
-            todo.append((patient_dir, shard_path))
-    log.info("slicing %d patients (%d unchanged and reused)", len(todo), len(patient_dirs) - len(todo))
+            problem = shard_problem(shard_path, len(previous["rows"][name]), len(spec.modalities), spec.image_size)
+            if problem is None:
+                rows.extend(previous["rows"][name])  # unchanged since the last run, and intact: keep its shard
+                continue
+            log.warning("%s: %s; slicing %s again", shard_path, problem, name)
+            damaged.append(str(shard_path))
+        todo.append((patient_dir, shard_path))
+    log.info("slicing %d patients (%d unchanged and reused, %d damaged shards replaced)", len(todo),
+             len(patient_dirs) - len(todo), len(damaged))
 
     map_jobs = map_jobs or map_on_processes(cfg.workers)
     with Progress() as progress:
@@ -237,6 +242,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
         "kaggle_images": len(kaggle_rows),
         "rejected": len(rejected),
         "resliced": len(todo),
+        "damaged_shards": damaged,
     }
 
 

@@ -7,10 +7,11 @@ again in each process:
 1. `SLICEWISE_PARENT_RUN_ID` when set: the Prefect flow opens the parent with `open_parent_run` and sets it.
 2. otherwise `reports/.mlflow_parent_run`, written by the first step of a pipeline run. It is reused while its
    key (tracking URI, experiment, git commit, uncommitted source diff, params hash) equals the current one AND
-   the run is still RUNNING. `register`, the last step, logs into the parent itself and ends it (FINISHED, or
-   FAILED when it fails), which removes the file: the next `dvc repro` opens a new parent even with unchanged
-   code, while rerunning after a failed training step continues the same parent. A parent left RUNNING by a
-   pipeline run whose code or params have since changed is ended as KILLED.
+   the run is still RUNNING, or FAILED by a step that failed. `register`, the last step, logs into the parent
+   itself and ends it (FINISHED, or FAILED when it fails), which removes the file: the next `dvc repro` opens a
+   new parent even with unchanged code. A failed step ends its own run and the parent FAILED (tag `failed_step`),
+   so no run is left RUNNING; rerunning it reopens the same parent. A parent left RUNNING by a pipeline run whose
+   code or params have since changed is ended as KILLED.
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Map
     pointer = _read_pointer()
     if pointer.get("run_id") and pointer.get("tracking_uri") == redact(tracking_uri()):
         status = _run_status(client, cfg, pointer["run_id"])
-        if status == "RUNNING" and pointer.get("key") == key:
+        if status in ("RUNNING", "FAILED") and pointer.get("key") == key:
+            if status == "FAILED":  # a step failed and is run again: the pipeline run goes on
+                retrying(cfg, "reopen parent run", client.update_run, pointer["run_id"], "RUNNING")
             return pointer["run_id"]
         if status == "RUNNING":  # a pipeline run whose code or params have changed since: it will never finish
             retrying(cfg, "end stale parent run", client.set_terminated, pointer["run_id"], "KILLED")
@@ -192,12 +195,20 @@ class MlflowTracker:
             retrying(self.cfg, "set tags", self.client.log_batch, self.run_id, tags=items)
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the run. Ending a failed run is best effort: its error must not hide the step's own error."""
-        try:
-            retrying(self.cfg, "end run", self.client.set_terminated, self.run_id, status)
-        except Exception as exc:
-            if status == "FINISHED":
-                raise
-            log.warning("MLflow: could not mark run %s %s: %s", self.run_id, status, exc)
+        """End the run. A failed step's run ends FAILED and so does its pipeline's parent run (tagged with the
+        step), which the step's next attempt reopens (resolve_parent_run). Ending a failed run is best effort: its
+        error must not hide the step's own error."""
+        runs = [self.run_id] if status != "FAILED" or self.parent_run_id is None else [self.run_id, self.parent_run_id]
+        for run_id in runs:
+            try:
+                if run_id == self.parent_run_id:
+                    step = retrying(self.cfg, "get run", self.client.get_run, self.run_id).data.tags.get("step", "")
+                    retrying(self.cfg, "tag parent run", self.client.set_tag, run_id, "failed_step", step)
+                retrying(self.cfg, "end run", self.client.set_terminated, run_id, status)
+            except Exception as exc:
+                if status == "FINISHED":
+                    raise
+                log.warning("MLflow: could not mark run %s %s: %s", run_id, status, exc)
+                break
         if self.parent_run_id is None:
             _forget_pointer(self.run_id)
