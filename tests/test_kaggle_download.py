@@ -66,3 +66,106 @@ def test_fetch_cli_without_credentials_prints_one_line_and_exits_2(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "KAGGLE_USERNAME" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- issue 13: archive limits, network failures
+
+
+def test_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(3):
+            zf.writestr(f"zeros{i}.bin", b"\0" * (4 * 1024 * 1024))  # 12 MB that compress to a few kB
+    assert archive.stat().st_size < 100_000
+    with pytest.raises(SliceWiseError, match=r"refusing to extract 12.0 MB \(at most 8.0 MB: MAX_EXTRACTED_BYTES.*zip bomb"):
+        safe_extract(archive, tmp_path / "out", max_bytes=8 * 1024 * 1024)
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_many_members_are_refused(tmp_path):
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(30):
+            zf.writestr(f"f{i}.txt", "x")
+    with pytest.raises(SliceWiseError, match="refusing to extract 30 members.*MAX_ARCHIVE_MEMBERS"):
+        safe_extract(archive, tmp_path / "out", max_members=20)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_archive_larger_than_the_free_disk_is_refused(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    archive = tmp_path / "ok.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.bin", b"\0" * 1000)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 500, 500))
+    with pytest.raises(SliceWiseError, match="free some space"):
+        safe_extract(archive, tmp_path / "out")
+
+
+FAKE_KAGGLE = '''
+import requests
+import urllib3
+
+
+class KaggleApi:
+    def authenticate(self):
+        pass
+
+    def dataset_download_files(self, dataset, **kwargs):
+        # what requests raises without a network: a ConnectionError wrapping urllib3's retries and DNS failure
+        pool = urllib3.HTTPSConnectionPool("api.kaggle.com", 443)
+        reason = urllib3.exceptions.NameResolutionError(
+            "api.kaggle.com", None, OSError(-3, "Temporary failure in name resolution"))
+        raise requests.exceptions.ConnectionError(
+            urllib3.exceptions.MaxRetryError(pool, "/api/v1/datasets/download/" + dataset, reason))
+'''
+
+
+def fake_kaggle_package(root):
+    """A `kaggle` package whose API fails as the real one does without a network (Kaggle cannot be reached here)."""
+    api = root / "kaggle" / "api"
+    api.mkdir(parents=True)
+    (root / "kaggle" / "__init__.py").write_text("")
+    (api / "__init__.py").write_text("")
+    (api / "kaggle_api_extended.py").write_text(FAKE_KAGGLE)
+    return root
+
+
+def test_network_failure_is_one_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from tasks.data.kaggle_download import BRATS_DATASET, download_dataset
+
+    monkeypatch.syspath_prepend(str(fake_kaggle_package(tmp_path / "fake")))
+    for name in [m for m in sys.modules if m == "kaggle" or m.startswith("kaggle.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setenv("KAGGLE_USERNAME", "me")
+    monkeypatch.setenv("KAGGLE_KEY", "k3y-value-not-shown")
+    with pytest.raises(SliceWiseError) as error:
+        download_dataset(BRATS_DATASET, tmp_path / "downloads")
+    message = str(error.value)
+    assert "\n" not in message and BRATS_DATASET in message and "network error" in message
+    assert "NameResolutionError" in message and "Check the internet connection" in message
+    assert "k3y-value-not-shown" not in message
+    assert error.value.__cause__ is not None  # the Prefect flow still retries it (flows/stage_task.py)
+
+
+def test_fetch_cli_network_failure_prints_one_line(tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).parents[1]
+    params = tmp_path / "params.yaml"
+    params.write_text((repo / "params.yaml").read_text().replace("source: synthetic", "source: kaggle"))
+    fake = fake_kaggle_package(tmp_path / "fake")
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "KAGGLE_USERNAME": "me", "KAGGLE_KEY": "k3y-value",
+           "PYTHONPATH": f"{fake}:{repo}", "COLUMNS": "400"}
+    proc = subprocess.run([sys.executable, "-m", "tasks", "fetch", "--params", str(params)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
+    assert "from Kaggle failed (network error: NameResolutionError" in errors[0]
+    assert "run the step again" in errors[0] and "k3y-value" not in proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -18,6 +19,11 @@ log = logging.getLogger(__name__)
 
 BRATS_DATASET = "awsaf49/brats20-dataset-training-validation"
 KAGGLE_IMAGES_DATASET = "navoneel/brain-mri-images-for-brain-tumor-detection"
+# What an archive may unpack to (a zip bomb is refused before anything is written). The BraTS 2020 archive holds
+# about 2,500 files and unpacks to tens of GB; raise these here for a larger data set.
+MAX_ARCHIVE_MEMBERS = 100_000
+MAX_EXTRACTED_BYTES = 128 * 1024**3
+FREE_DISK_MARGIN = 1024**3  # left free on the target's disk after extracting
 
 CREDENTIALS_HELP = (
     "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY, or save kaggle.json "
@@ -54,8 +60,14 @@ def unsafe_reason(member: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def safe_extract(archive: Path, target: Path) -> int:
-    """Extract a zip so that no member can land outside `target`; refuses the whole archive otherwise."""
+def safe_extract(archive: Path, target: Path, max_members: int = MAX_ARCHIVE_MEMBERS,
+                 max_bytes: int = MAX_EXTRACTED_BYTES) -> int:
+    """Extract a zip so that no member can land outside `target` and the whole fits its limits and the disk;
+    refuses the whole archive otherwise, before writing anything.
+
+    The sizes are the ones the archive declares: zipfile never writes more than a member's declared size (a
+    member that inflates beyond it fails its CRC check), so the declared total bounds what lands on disk.
+    """
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
@@ -67,23 +79,50 @@ def safe_extract(archive: Path, target: Path) -> int:
                 destination = (target / member.filename).resolve()
                 if not destination.is_relative_to(target):  # belt and braces after the checks above
                     raise SliceWiseError(f"member {member.filename!r} escapes the target folder", archive)
+            check_extracted_size(archive, target, members, max_members, max_bytes)
             zf.extractall(target)
             return len(members)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise SliceWiseError(f"not a valid zip archive ({exc}); delete it to download again", archive) from exc
+
+
+def check_extracted_size(archive: Path, target: Path, members: list[zipfile.ZipInfo], max_members: int,
+                         max_bytes: int) -> None:
+    """Refuse an archive with too many members, too many bytes once extracted, or more than the disk has free."""
+    total = sum(member.file_size for member in members)
+    if len(members) > max_members:
+        raise SliceWiseError(f"refusing to extract {len(members):,} members (at most {max_members:,}: "
+                             "MAX_ARCHIVE_MEMBERS in tasks/data/kaggle_download.py)", archive)
+    if total > max_bytes:
+        raise SliceWiseError(f"refusing to extract {_size(total)} (at most {_size(max_bytes)}: MAX_EXTRACTED_BYTES in "
+                             "tasks/data/kaggle_download.py); a zip bomb?", archive)
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if total > free - FREE_DISK_MARGIN:
+        raise SliceWiseError(f"extracting needs {_size(total)} but {existing} has {_size(free)} free; free some space "
+                             "and run the step again", archive)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1024**3:.1f} GB" if nbytes >= 1024**3 else f"{nbytes / 1024**2:.1f} MB"
 
 
 def download_dataset(dataset: str, downloads: Path) -> Path:
     """Download (or resume) one Kaggle data set archive into `downloads`; returns the extracted folder."""
     source = credentials_source()
     log.info("downloading %s (credentials from %s)", dataset, source)
-    from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: authenticates at import
-
-    api = KaggleApi()
-    api.authenticate()
     downloads.mkdir(parents=True, exist_ok=True)
-    # force=False: kaggle skips a complete archive and resumes a partial one (it keeps a .kaggle-partial marker).
-    api.dataset_download_files(dataset, path=str(downloads), force=False, quiet=False, unzip=False)
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: authenticates at import
+
+        api = KaggleApi()
+        api.authenticate()
+        # force=False: kaggle skips a complete archive and resumes a partial one (it keeps a .kaggle-partial marker).
+        api.dataset_download_files(dataset, path=str(downloads), force=False, quiet=False, unzip=False)
+    except SliceWiseError:
+        raise
+    except (Exception, SystemExit) as exc:  # requests, urllib3, the Kaggle SDK (which may call exit())
+        raise download_failure(dataset, source, exc) from exc
     archive = downloads / f"{dataset.split('/')[1]}.zip"
     extracted = downloads / archive.stem
     done_marker = extracted / ".extracted"
@@ -91,3 +130,34 @@ def download_dataset(dataset: str, downloads: Path) -> Path:
         safe_extract(archive, extracted)
         done_marker.touch()
     return extracted
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception behind `exc` (requests wraps urllib3, which wraps the socket error)."""
+    seen = {id(exc)}
+    while True:
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def download_failure(dataset: str, source: str, exc: BaseException) -> SliceWiseError:
+    """One line for a failed download: what failed, why, and what to do."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403):
+        return CredentialsError(f"Kaggle refused the credentials from {source} (HTTP {status}) while downloading "
+                                f"{dataset}: check KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json, and that you accepted "
+                                "the data set's rules on its Kaggle page")
+    if status == 404:
+        return SliceWiseError(f"Kaggle has no data set {dataset} (HTTP 404)")
+    cause = root_cause(exc)
+    lines = str(cause).strip().splitlines()
+    detail = f"{type(cause).__name__}: {lines[0][:200]}" if lines else type(cause).__name__
+    where = f"HTTP {status}" if status else "network error"
+    return SliceWiseError(f"downloading {dataset} from Kaggle failed ({where}: {detail}). Check the internet "
+                          "connection (and HTTPS_PROXY behind a proxy), then run the step again: the partial "
+                          "download resumes")
