@@ -330,3 +330,75 @@ def test_lineage_without_a_store_says_so(tmp_path, tiny_settings, monkeypatch):
     with pytest.raises(SliceWiseError, match="no MLflow store yet"):
         print_lineage(tiny_settings, "champion")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------- issue 13: retries, interruptions, a lost store
+
+
+def logged_models_of(run_id: str) -> list:
+    experiment = client().get_experiment_by_name("slicewise")
+    return client().search_logged_models([experiment.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+
+
+def model_folders(root: Path) -> list[Path]:
+    return [p for p in (root / "mlartifacts").rglob("m-*") if p.is_dir() and p.parent.name == "models"]
+
+
+def test_a_lost_answer_to_register_model_creates_no_second_version(project, tiny_settings, monkeypatch):
+    """The server created the version but its answer never arrived: the retry finds that version."""
+    settings = tracked(tiny_settings)
+    real_register = mlflow.register_model
+    calls = []
+
+    def register_then_lose_the_answer(*args, **kwargs):
+        calls.append(1)
+        version = real_register(*args, **kwargs)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset by peer (the answer was lost)")
+        return version
+
+    monkeypatch.setattr(mlflow, "register_model", register_then_lose_the_answer)
+    result = register.main(settings)
+    assert len(calls) == 1  # the retry asked first, and found version 1
+    assert result["version"] == "1" and result["alias"] == "champion"
+    assert [str(v.version) for v in client().search_model_versions("name='slicewise'")] == ["1"]
+    assert len(logged_models_of(result["mlflow_run_id"])) == 1
+
+
+def test_an_interrupted_register_removes_what_it_logged(project, tiny_settings, monkeypatch):
+    settings = tracked(tiny_settings)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ModelRegistry, "verify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        register.main(settings)
+    assert client().search_model_versions("name='slicewise'") == []
+    runs = client().search_runs([client().get_experiment_by_name("slicewise").experiment_id])
+    run = next(r for r in runs if r.data.tags.get("slicewise.role") == "pipeline")  # register logs into the parent
+    assert run.info.status == "FAILED"
+    assert logged_models_of(run.info.run_id) == [] and model_folders(project) == []
+    assert not paths.REGISTER_REPORT.exists()
+
+
+def test_a_store_lost_during_register_is_one_clear_error(project, tiny_settings, monkeypatch, capfd, caplog):
+    """The tracking store is deleted while register runs: one error naming the store, a few lines of log (not
+    MLflow's tracebacks for every retry), and no logged model left behind in mlartifacts/."""
+    settings = tracked(tiny_settings)
+    real_register = mlflow.register_model
+
+    def lose_the_store(*args, **kwargs):
+        (project / "mlflow.db").unlink()
+        return real_register(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "register_model", lose_the_store)
+    caplog.set_level("INFO")
+    with pytest.raises(SliceWiseError, match="MLflow store disappeared during register model") as error:
+        register.main(settings)
+    assert "mlflow.db" in str(error.value) and "\n" not in str(error.value)
+    out, err = capfd.readouterr()
+    lines = out.splitlines() + err.splitlines() + caplog.text.splitlines()
+    assert len(lines) < 40, "\n".join(lines[:80])
+    assert "Traceback" not in caplog.text + err
+    assert model_folders(project) == []

@@ -8,6 +8,10 @@
     5. verify it: download the version, its model.onnx must have the exported sha256 and give the same outputs
     6. move an alias: `champion` when the gate passed, `challenger` when not; end the parent run.
        A version that fails 5 or 6 is deleted, so no alias ever points at a broken version
+Retries are idempotent: a version is created only after asking whether this run already registered this ONNX
+file (a retry after a lost response, or a rerun of an interrupted register, finds it). A register that fails or
+is interrupted removes the logged models it left in the run (and their local artifact folders), so nothing
+half-registered stays behind; a store lost meanwhile gives one error line, not MLflow's tracebacks.
 With tracking.enabled false nothing is registered; the gate still runs and reports/register.json says so.
 """
 
@@ -15,9 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
@@ -139,8 +145,15 @@ def serving_requirements() -> list[str]:
     return [f"{package}=={version(package)}" for package in ("onnx", "onnxruntime", "numpy")]
 
 
-def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, card: str) -> str:
-    """Log the ONNX flavour (+ best.pt, model.json) and the reports into the parent run; returns the model URI."""
+@dataclass(frozen=True)
+class LoggedModel:
+    model_id: str
+    model_uri: str
+    artifact_location: str
+
+
+def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, card: str) -> LoggedModel:
+    """Log the ONNX flavour (+ best.pt, model.json) and the reports into the parent run."""
     import mlflow
     import mlflow.onnx
     import onnx
@@ -155,9 +168,58 @@ def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, car
                 input_example=example, metadata=release.metadata, save_as_external_data=False,
                 onnx_execution_providers=["CPUExecutionProvider"], pip_requirements=serving_requirements(),
                 extra_files=[str(release.checkpoint_path.resolve()), str(release.metadata_path.resolve())])
+        logged = LoggedModel(info.model_id, info.model_uri,
+                             retrying(tracker.cfg, "get logged model", tracker.client.get_logged_model,
+                                      info.model_id).artifact_location)
         for path, folder in ((card_path, None), (paths.METRICS, "reports"), (paths.EXPORT_REPORT, "reports")):
             tracker.log_artifact(path, folder)
-    return info.model_uri
+    return logged
+
+
+def find_or_create_version(registry: ModelRegistry, model_uri: str, tags: dict, run_id: str) -> str:
+    """The version of this run for this ONNX file when an earlier attempt created one (its answer lost, or the
+    attempt interrupted before verifying it), else a new one: so a retry never registers the model twice."""
+    import mlflow
+
+    versions = registry.client.search_model_versions(f"name = '{registry.model_name}' and run_id = '{run_id}'")
+    mine = [v for v in versions if (v.tags or {}).get("onnx_sha256") == tags["onnx_sha256"]]
+    if mine:
+        version = max(mine, key=lambda v: int(v.version))
+        log.warning("register: version %s of this run already holds this model (an earlier attempt created it); "
+                    "completing it instead of creating another", version.version)
+        return str(version.version)
+    return str(mlflow.register_model(model_uri, registry.model_name, tags=tags).version)
+
+
+def discard_logged_models(tracker: MlflowTracker, known: LoggedModel | None, search: bool = True) -> None:
+    """Remove what a failed register logged: the run's logged models (the known one, and with `search` any whose
+    creation answer was lost) and their local artifact folders. Best effort: the store may be why it failed."""
+    client, models = tracker.client, {}
+    if known is not None:
+        models[known.model_id] = known.artifact_location
+    if search:
+        models |= _logged_models_of_run(tracker)
+    for model_id, location in models.items():
+        try:
+            client.delete_logged_model(model_id)
+        except Exception as exc:
+            log.warning("register: could not delete logged model %s (%s)", model_id, type(exc).__name__)
+        if location and location.startswith("file:"):
+            folder = Path(unquote(urlparse(location).path))
+            folder = folder.parent if folder.parent.name == model_id else folder  # .../models/<id>/artifacts
+            shutil.rmtree(folder, ignore_errors=True)
+        log.info("register: removed logged model %s", model_id)
+
+
+def _logged_models_of_run(tracker: MlflowTracker) -> dict[str, str]:
+    client = tracker.client
+    try:
+        experiment_id = client.get_run(tracker.run_id).info.experiment_id
+        found = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{tracker.run_id}'")
+    except Exception as exc:  # the store is gone or unreachable: remove what we know of
+        log.warning("register: cannot list the logged models of run %s (%s)", tracker.run_id, type(exc).__name__)
+        return {}
+    return {m.model_id: m.artifact_location for m in found}
 
 
 def create_verified_version(registry: ModelRegistry, model_uri: str, tags: dict, card: str, release: Release,
@@ -167,18 +229,18 @@ def create_verified_version(registry: ModelRegistry, model_uri: str, tags: dict,
     import mlflow
 
     client, cfg, model_name = registry.client, registry.cfg, registry.model_name
-    version = str(retrying(cfg, "register model", mlflow.register_model, model_uri, model_name, tags=tags).version)
+    version = retrying(cfg, "register model", find_or_create_version, registry, model_uri, tags, tags["mlflow_run_id"])
     try:
         retrying(cfg, "describe version", client.update_model_version, model_name, version,
                  description=card.replace(f"# {model_name}\n", f"# {model_name} version {version}\n", 1))
         registry.verify(version, release.onnx_path, release.onnx_sha256, release.checkpoint_path, example)
         retrying(cfg, "set alias", client.set_registered_model_alias, model_name, alias, version)
-    except Exception as exc:
+    except BaseException as exc:  # an interrupt too: no half-registered version stays behind
         try:
             client.delete_model_version(model_name, version)
         except Exception as cleanup:  # the store is gone too: the version has no alias, say so
-            log.error("register: could not delete unverified version %s: %s", version, cleanup)
-        if isinstance(exc, SliceWiseError):
+            log.error("register: could not delete unverified version %s: %s", version, type(cleanup).__name__)
+        if isinstance(exc, (SliceWiseError, KeyboardInterrupt, SystemExit)):
             raise
         raise SliceWiseError(f"registering version {version} failed and it was removed: {exc}", model_uri) from exc
     return version
@@ -215,9 +277,16 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
                              metrics=release.metrics, export_report=release.export_report, decision=decision,
                              tags=version_tags)
     example = input_example(processed, splits_dir)
-    model_uri = retrying(cfg, "log model", log_model, release, example, tracker, card)
     alias = reg.alias if decision.promoted else reg.challenger_alias
-    version = create_verified_version(registry, model_uri, version_tags, card, release, example, alias)
+    logged = None
+    try:
+        logged = retrying(cfg, "log model", log_model, release, example, tracker, card)
+        version = create_verified_version(registry, logged.model_uri, version_tags, card, release, example, alias)
+    except BaseException:
+        discard_logged_models(tracker, logged)
+        raise
+    if registry.client.get_model_version(name, version).source != logged.model_uri:
+        discard_logged_models(tracker, logged, search=False)  # an earlier attempt's model was completed instead
     tracker.set_tags({"registered_version": version, "promotion": version_tags["promotion"]})
     log.info("register: %s version %s -> @%s (%s)", name, version, alias, decision.reason)
     return {"registered": True, "model_name": name, "version": version, "promoted": decision.promoted, "alias": alias,

@@ -54,6 +54,7 @@ def fluent_store() -> Iterator[None]:
     import mlflow
 
     install_log_redaction()
+    quiet_store_errors()
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(registry_uri())
@@ -69,6 +70,20 @@ def fluent_store() -> Iterator[None]:
 
 def is_local_store(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "databricks"))
+
+
+class _StoreErrorsOnce(logging.Filter):
+    """MLflow logs every database error with its traceback, then raises it; `retrying` reports it once, as one
+    line (a lost store gave ~1,800 lines of these)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+def quiet_store_errors() -> None:
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _StoreErrorsOnce) for f in logger.filters):
+        logger.addFilter(_StoreErrorsOnce())
 
 
 def configure_http(cfg: TrackingSettings) -> None:
@@ -90,9 +105,27 @@ def is_transient(exc: BaseException) -> bool:
     return type(exc).__name__ == "OperationalError"  # sqlalchemy's "database is locked" and kin
 
 
+_SEEN_STORES: set[Path] = set()  # local store files this process has seen: one that vanishes was lost, not new
+
+
+def check_store_present(what: str) -> None:
+    """A local sqlite store that existed and is gone (deleted or moved while a step ran) is a SliceWiseError:
+    asking MLflow again would create an empty store in its place, and retries would only add noise."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        _SEEN_STORES.add(path)
+    elif path in _SEEN_STORES:
+        raise SliceWiseError(f"the MLflow store disappeared during {what} (deleted or moved?); restore the file, "
+                             "or rerun the step to start a new store", uri)
+
+
 def retrying(cfg: TrackingSettings, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call fn with exponential backoff on transient errors; give up with a SliceWiseError naming the store."""
     for attempt in range(1, cfg.max_attempts + 1):
+        check_store_present(what)
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
@@ -116,5 +149,6 @@ def make_client(cfg: TrackingSettings):
     from mlflow import MlflowClient
 
     install_log_redaction()  # MLflow's own log lines and errors may quote the store's URI
+    quiet_store_errors()
     configure_http(cfg)
     return MlflowClient(tracking_uri=tracking_uri(), registry_uri=registry_uri())
