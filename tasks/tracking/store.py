@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from tasks import paths
 from tasks.config import TrackingSettings
 from tasks.errors import SliceWiseError
-from tasks.redaction import install_log_redaction
+from tasks.redaction import install_log_redaction, redact
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ def configure_http(cfg: TrackingSettings) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(cfg.request_timeout_seconds))))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars would drown the step's log
+    if redact(tracking_uri()) != tracking_uri():  # MLflow prints "View run ... at: <the URI, password and all>"
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def is_transient(exc: BaseException) -> bool:
