@@ -224,7 +224,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         slices = upload.header.shape[2]
         need = upload.header.memory_bytes(model.image_size, model.in_channels) + inference_bytes(model, slices)
         with budget.reserve(need, name):
-            volume, image = read_volume(upload, cfg.max_volume_mb)
+            volume, image = read_volume(upload)
             return volume_result(volume, image, model, name, cfg.ood_threshold, with_images)
 
     @app.get("/", include_in_schema=False)

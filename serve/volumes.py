@@ -3,9 +3,10 @@
 A NIfTI header states the volume's shape and data type, and nibabel allocates what the header says before it
 finds the data short: a 62-byte .nii.gz that claims 1000×1000×500 float32 costs 1.9 GB. So the header is read
 first (only its bytes are decompressed) and judged on its own: dimensions, `serve.max_voxels`, `serve.max_slices`,
-the bytes it implies against `serve.max_volume_mb`, the affine the result will carry. Only then is the rest
-inflated, chunk by chunk from the spooled upload (plain, or gzip of any number of members), into one buffer of
-exactly the declared size; a stream that ends early is a 422 before any array exists. `VolumeHeader.memory_bytes`
+the bytes it implies against `serve.max_volume_mb`, the affine the result will carry. Then the bytes it implies are
+checked against what the upload really holds (the file's size, or for gzip of any number of members a counting
+pass that inflates chunk by chunk and keeps nothing, checksums included): a header that lies is a 422 before any
+memory is reserved or allocated for it. Only then are the voxels inflated into one buffer of the declared size. `VolumeHeader.memory_bytes`
 is what the request reserves from the memory budget (serve/budget.py) for decoding and inference together.
 """
 
@@ -190,7 +191,24 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
         raise UploadError(422, f"{name}: invalid voxel spacing {spacing.tolist()} in the header (pixdim); the tumour "
                                "volume needs positive sizes in millimetres")
     _check_affine(probe)
+    if gzipped:  # count what the stream really inflates to, keeping none of it: a lie costs CPU, never memory
+        _count_inflated(fileobj, probe, size_limit_mb)
+        fileobj.seek(0)
+        stream = _Inflater(fileobj, gzipped, name)
+        head = stream.read(len(head))
     return VolumeUpload(probe, stream, head)
+
+
+def _count_inflated(fileobj: BinaryIO, probe: VolumeHeader, size_limit_mb: float) -> None:
+    """Inflate the whole upload, keeping nothing: fewer bytes than the header declares is a 422, a corrupt or
+    truncated member too (every member's checksum is checked), more than the limit a 413."""
+    fileobj.seek(0)
+    stream, need, got = _Inflater(fileobj, True, probe.name), probe.data_offset + probe.data_bytes, 0
+    while got < need and (block := stream.read(min(CHUNK, need - got))):
+        got += len(block)
+    if got < need:
+        raise short_data(probe, got)
+    stream.drain(int(size_limit_mb * MB) - need)
 
 
 def _check_affine(probe: VolumeHeader) -> None:
@@ -214,7 +232,7 @@ def short_data(probe: VolumeHeader, got: int) -> UploadError:
                             f"{probe.dtype}), the file holds {max(got - probe.data_offset, 0):,}")
 
 
-def read_volume(upload: VolumeUpload, size_limit_mb: float) -> tuple[np.ndarray, VolumeImage]:
+def read_volume(upload: VolumeUpload) -> tuple[np.ndarray, VolumeImage]:
     """The voxels the probed header declares → (X, Y, Z) float32 and what the answer needs of the header; a short
     stream is a 422, and nothing is allocated beyond the declared size."""
     probe, stream, head = upload.header, upload.stream, upload.head
@@ -222,9 +240,8 @@ def read_volume(upload: VolumeUpload, size_limit_mb: float) -> tuple[np.ndarray,
     raw = bytearray(head[:need])  # grows only as the data arrives: a header that lies allocates nothing
     while len(raw) < need and (block := stream.read(min(CHUNK, need - len(raw)))):
         raw += block
-    if len(raw) < need:
+    if len(raw) < need:  # a plain file shorter than its header was refused by probe_volume; this is a race
         raise short_data(probe, len(raw))
-    stream.drain(int(size_limit_mb * MB) - need)
     voxels = np.frombuffer(raw, dtype=probe.dtype, count=probe.voxels, offset=probe.data_offset)
     volume = voxels.reshape(probe.shape, order="F").astype(np.float32)
     del voxels, raw
