@@ -2,9 +2,14 @@
 
     model_source.py  where the model comes from: the MLflow champion (cached by version) or an ONNX file
     holder.py        the model served right now; polling and reload swap it without a restart
-    uploads.py       uploaded bytes → arrays, every bad upload a 4xx naming the problem
+    multipart.py     upload bodies read part by part, with the count and size limits applied as they stream
+    uploads.py       uploaded slices → arrays, every bad upload a 4xx naming the problem
+    volumes.py       uploaded NIfTI volumes, judged by their header before anything is allocated
+    budget.py        the memory budget the requests in flight share
     ood.py           out-of-distribution guard: a warning and a score instead of a confident answer
     inference.py     preprocessing (tasks/data/preprocess.py) → OnnxPredictor → JSON answers
     explain.py       Grad-CAM on the torch checkpoint, built on first use
+    guards.py        body size, Host/Origin checks, the token of state-changing routes
+    server.py        uvicorn with header/body deadlines and a connection cap
     api.py           FastAPI routes; static/ holds the web UI
 """
