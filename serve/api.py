@@ -149,10 +149,11 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             decoded = decode_slice(part.read(), name, cfg.max_slice_mb, cfg.max_image_side)
             return prepare_slice(decoded, model, name, cfg.ood_threshold)
 
-    def predicted(model: ServedModel, items: list[PreparedSlice], gradcam: bool = False) -> list[dict]:
-        """Inference on prepared slices within its share of the memory budget (a worker thread)."""
+    def predicted(model: ServedModel, items: list[PreparedSlice], gradcam: bool = False, one: bool = False) -> Response:
+        """Inference on prepared slices and its JSON answer, within a share of the memory budget (a worker thread)."""
         with budget.reserve(inference_bytes(model, len(items)) * (2 if gradcam else 1), items[0].name):
-            return slice_results(model, items, cfg.ood_threshold, gradcam)
+            results = slice_results(model, items, cfg.ood_threshold, gradcam)
+            return json_response(results[0] if one else results)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -191,7 +192,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             item = await run_in_threadpool(prepared, parts[0], model)
         finally:
             close_parts(parts)
-        return json_response((await run_in_threadpool(predicted, model, [item], gradcam))[0])
+        return await run_in_threadpool(predicted, model, [item], gradcam, True)
 
     @app.post("/v1/predict/batch", openapi_extra=multipart_body(
         "files", "up to serve.max_batch_files slices", many=True))
@@ -206,7 +207,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                 close_parts([part])
 
         await read_file_parts(request, "files", cfg.max_batch_files, cfg.max_slice_mb, "batch", on_file)
-        return json_response(await run_in_threadpool(predicted, model, items))
+        return await run_in_threadpool(predicted, model, items)
 
     @app.post(VOLUME_ROUTE, openapi_extra=multipart_body("file", ".nii or .nii.gz FLAIR volume"))
     async def predict_volume(request: Request, images: bool = Query(
@@ -214,18 +215,19 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         model = served_model()
         parts = await read_file_parts(request, "file", 1, cfg.max_volume_mb, "request")
         try:
-            return json_response(await run_in_threadpool(predict_volume_file, parts[0], model, images))
+            return await run_in_threadpool(predict_volume_file, parts[0], model, images)
         finally:
             close_parts(parts)
 
-    def predict_volume_file(part: FilePart, model: ServedModel, with_images: bool) -> dict:
+    def predict_volume_file(part: FilePart, model: ServedModel, with_images: bool) -> Response:
+        """Judge the header, reserve what the volume costs, decode, predict, answer (a worker thread)."""
         name = part.filename or "volume.nii.gz"
         upload = probe_volume(part.file, name, cfg.max_volume_mb, cfg.max_voxels, cfg.max_slices)
         slices = upload.header.shape[2]
         need = upload.header.memory_bytes(model.image_size, model.in_channels) + inference_bytes(model, slices)
         with budget.reserve(need, name):
             volume, image = read_volume(upload)
-            return volume_result(volume, image, model, name, cfg.ood_threshold, with_images)
+            return json_response(volume_result(volume, image, model, name, cfg.ood_threshold, with_images))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
