@@ -68,7 +68,7 @@ def slicewise_pipeline(
     step_runs = step_runs_for(slice_runner, dask_address)
     settings = apply_parameters(profile=profile, data_source=data_source, brats_dir=brats_dir, kaggle_dir=kaggle_dir)
     with provenance.git_asked_once():  # the commit and the diff cannot change during the run: ask git once
-        lineage.tag_flow_run(flow_run.id, lineage.flow_run_tags(settings))
+        lineage.tag_flow_run(flow_run.id, lineage.flow_run_tags(settings), existing=list(flow_run.tags))
         status = dvc_stage.PipelineStatus.read()  # DVC is asked once about all stages, not once per stage
         warn_about_stages_without_task(status.stages)
 
