@@ -52,6 +52,7 @@ def run_all(skip: set[str]) -> dict:
         with inside(project):
             console.rule("slicing versus a bare nibabel load")
             report["slice"] = bench_slice.run(project / "data" / "raw" / "brats")
+            report["slice_incremental"] = bench_slice.incremental(project / "data" / "raw" / "brats")
             console.rule("onnxruntime versus torch eager (the quick model just trained)")
             report["export"] = bench_export.run([report["pipeline"]["profile"]], [1, 0], 50)
         if "peer" not in skip:
@@ -99,6 +100,13 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
          f"{report['slice']['slice_s_per_patient']:.2f} s per patient; peak "
          f"{report['slice']['peak_rss_mib_per_worker']:.0f} MiB per worker"),
     ]
+    if inc := report.get("slice_incremental"):
+        out.append(("slicing rerun: nothing changed / one new patient", f"{inc['rerun_nothing_changed_seconds']:.2f} s / "
+                    f"{inc['one_new_patient_seconds']:.1f} s", f"{inc['patients_sliced']} patients sliced in "
+                    f"{inc['slice_all_seconds']:.1f} s; {inc['rerun_hashed_files']} raw files re-hashed on the rerun"))
+        out.append((f"recognising {inc['fingerprinted_patients']} unchanged patients",
+                    f"{inc['fingerprint_known_by_stat_seconds']:.2f} s",
+                    f"by size/mtime/inode; {inc['fingerprint_all_hashed_seconds']:.1f} s hashing every file"))
     for name, result in report["export"].items():
         ms = result["latency"]
         out.append((f"onnxruntime speed-up over torch eager, batch 1 ({name})",
