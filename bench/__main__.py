@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "bench.json"
 README = REPO / "README.md"
 TABLE_START, TABLE_END = "<!-- bench:start -->", "<!-- bench:end -->"
+SEEDS_START, SEEDS_END = "<!-- seeds:start -->", "<!-- seeds:end -->"
 console = Console()
 
 
@@ -51,6 +52,7 @@ def run_all(skip: set[str]) -> dict:
         with inside(project):
             console.rule("slicing versus a bare nibabel load")
             report["slice"] = bench_slice.run(project / "data" / "raw" / "brats")
+            report["slice_incremental"] = bench_slice.incremental(project / "data" / "raw" / "brats")
             console.rule("onnxruntime versus torch eager (the quick model just trained)")
             report["export"] = bench_export.run([report["pipeline"]["profile"]], [1, 0], 50)
         if "peer" not in skip:
@@ -98,6 +100,13 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
          f"{report['slice']['slice_s_per_patient']:.2f} s per patient; peak "
          f"{report['slice']['peak_rss_mib_per_worker']:.0f} MiB per worker"),
     ]
+    if inc := report.get("slice_incremental"):
+        out.append(("slicing rerun: nothing changed / one new patient", f"{inc['rerun_nothing_changed_seconds']:.2f} s / "
+                    f"{inc['one_new_patient_seconds']:.1f} s", f"{inc['patients_sliced']} patients sliced in "
+                    f"{inc['slice_all_seconds']:.1f} s; {inc['rerun_hashed_files']} raw files re-hashed on the rerun"))
+        out.append((f"recognising {inc['fingerprinted_patients']} unchanged patients",
+                    f"{inc['fingerprint_known_by_stat_seconds']:.2f} s",
+                    f"by size/mtime/inode; {inc['fingerprint_all_hashed_seconds']:.1f} s hashing every file"))
     for name, result in report["export"].items():
         ms = result["latency"]
         out.append((f"onnxruntime speed-up over torch eager, batch 1 ({name})",
@@ -142,12 +151,42 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(table: str) -> bool:
-    text = README.read_text()
-    if TABLE_START not in text or TABLE_END not in text:
+def seeds_markdown(seeds: dict) -> str:
+    """The seed sweep as a README table: one row per seed, then min / median / max, with the CPU it ran on."""
+    cpu = seeds["cpu"]
+    precision = "bf16 autocast" if cpu["bf16_autocast"] else "fp32 (no native bf16: neither AMX nor AVX512-BF16)"
+    lines = [f"Measured by `python -m bench.bench_seeds` on a {cpu['model']} (2 cores), {precision}; targets: "
+             f"accuracy ≥ {seeds['targets']['accuracy']}, slice Dice ≥ {seeds['targets']['slice_dice']}, volume Dice ≥ "
+             f"{seeds['targets']['volume_dice']} on every seed.", "",
+             "| seed | accuracy | sensitivity | slice Dice | volume Dice | HD95 per slice (mm) | pipeline (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for seed, row in seeds["per_seed"].items():
+        lines.append(f"| {seed} | {row['accuracy']:.3f} | {row['sensitivity']:.3f} | {row['slice_dice']:.3f} | "
+                     f"{row['volume_dice']:.3f} | {row['hd95_mm']:.1f} | {seeds['pipeline_seconds'][seed]:.0f} |")
+    summary = seeds["summary"]
+    cells = [f"{summary[k]['min']:.3f} / {summary[k]['median']:.3f} / {summary[k]['max']:.3f}"
+             for k in ("accuracy", "sensitivity", "slice_dice", "volume_dice")]
+    hd = summary["hd95_mm"]
+    lines.append(f"| min / median / max | {' | '.join(cells)} | {hd['min']:.1f} / {hd['median']:.1f} / {hd['max']:.1f} | |")
+    verdict = "met" if summary["every_seed_meets_targets"] else "not met"
+    lines += ["", f"Every seed meets the targets: **{verdict}**."]
+    return "\n".join(lines)
+
+
+def replace_between(text: str, start: str, end: str, body: str) -> str | None:
+    if start not in text or end not in text:
+        return None
+    head, rest = text.split(start, 1)
+    return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
+
+
+def update_readme(table: str, seeds: dict | None = None) -> bool:
+    text = replace_between(README.read_text(), TABLE_START, TABLE_END, table)
+    if text is None:
         return False
-    head, rest = text.split(TABLE_START, 1)
-    README.write_text(f"{head}{TABLE_START}\n{table}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}")
+    if seeds:
+        text = replace_between(text, SEEDS_START, SEEDS_END, seeds_markdown(seeds)) or text
+    README.write_text(text)
     return True
 
 
@@ -169,7 +208,7 @@ def main() -> None:
     for row in rows(report):
         table.add_row(*row)
     console.print(table)
-    if not args.no_readme and update_readme(markdown(report)):
+    if not args.no_readme and update_readme(markdown(report), report.get("seeds")):
         console.print(f"README.md table updated between {TABLE_START} and {TABLE_END}")
 
 

@@ -1,12 +1,16 @@
-"""Slicing cost versus a bare nibabel load of the same volumes, and peak memory per slicing worker.
+"""Slicing cost versus a bare nibabel load of the same volumes, and peak memory per slicing worker; with
+`--incremental`, what a rerun costs: nothing changed, one new patient, and recognising 369 unchanged patients.
 
-Usage: .venv/bin/python -m bench.bench_slice [RAW_BRATS_DIR]   (default data/raw/brats; run `make run` first)
+Usage: .venv/bin/python -m bench.bench_slice [RAW_BRATS_DIR] [--incremental]
+(default data/raw/brats; run `make run` first)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,7 +22,10 @@ import numpy as np
 
 from tasks import paths
 from tasks.config import load_settings
-from tasks.data.slicing import SliceSpec, find_part, slice_patient
+from tasks.data.file_digests import FileDigests
+from tasks.data.slicing import SliceSpec, find_part, patient_fingerprint, slice_dataset, slice_patient
+
+PRODUCTION_PATIENTS = 369  # BraTS 2020 training set
 
 
 def _bare_load(patient_dir: Path, parts: tuple[str, ...]) -> float:
@@ -61,5 +68,72 @@ def run(raw_brats: Path = paths.RAW_BRATS, max_patients: int = 6) -> dict:
     return report
 
 
+def _link_patients(sources: list[Path], dest: Path, n: int, first: int = 0) -> list[Path]:
+    """n patient folders under dest, hard links to the source patients' files in turn (no data copied)."""
+    made = []
+    for i in range(first, first + n):
+        folder = dest / f"BraTS20_Training_{i + 1:03d}"
+        folder.mkdir(parents=True)
+        for f in sources[i % len(sources)].iterdir():
+            os.link(f, folder / f.name)
+        made.append(folder)
+    return made
+
+
+def _seconds(fn) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def incremental(raw_brats: Path = paths.RAW_BRATS, n_sliced: int = 12, n_known: int = PRODUCTION_PATIENTS) -> dict:
+    """Rerun costs: slice n_sliced patients, rerun with nothing changed, add one patient; then fingerprint
+    n_known patients cold (every file hashed) and warm (recognised by size, mtime and inode), and time
+    `dvc status` on a DVC-tracked folder of n_known patients. Patients are hard links to the ones in raw_brats."""
+    settings = load_settings()
+    sources = sorted(p for p in raw_brats.glob("*") if p.is_dir())
+    if not sources:
+        raise SystemExit(f"{raw_brats}: no patients; run `make run` first")
+    size, stride = settings.active.image_size, settings.active.slice_stride
+    report: dict = {"image_size": size, "stride": stride, "modalities": list(settings.slice.modalities)}
+    with tempfile.TemporaryDirectory(prefix="bench-slice-") as tmp:
+        raw, out = Path(tmp) / "raw", Path(tmp) / "processed"
+        _link_patients(sources, raw / "brats", n_sliced)
+        full_s, _ = _seconds(lambda: slice_dataset(raw, out, settings.slice, size, stride))
+        noop_s, noop = _seconds(lambda: slice_dataset(raw, out, settings.slice, size, stride))
+        _link_patients(sources, raw / "brats", 1, first=n_sliced)
+        one_s, one = _seconds(lambda: slice_dataset(raw, out, settings.slice, size, stride))
+        report |= {"patients_sliced": n_sliced, "slice_all_seconds": round(full_s, 2),
+                   "rerun_nothing_changed_seconds": round(noop_s, 2), "rerun_hashed_files": noop["raw_files_hashed"],
+                   "one_new_patient_seconds": round(one_s, 2), "one_new_patient_resliced": one["resliced"]}
+
+        known = _link_patients(sources, Path(tmp) / "known" / "brats", n_known)
+        spec_digest = SliceSpec(tuple(settings.slice.modalities), size, stride, 0.0).digest()
+        digests = FileDigests(Path(tmp) / "known.digests.json")
+        cold_s, _ = _seconds(lambda: [patient_fingerprint(p, spec_digest, digests) for p in known])
+        digests.save()
+        warm = FileDigests(Path(tmp) / "known.digests.json")
+        warm_s, _ = _seconds(lambda: [patient_fingerprint(p, spec_digest, warm) for p in known])
+        report |= {"fingerprinted_patients": n_known, "fingerprint_all_hashed_seconds": round(cold_s, 2),
+                   "fingerprint_known_by_stat_seconds": round(warm_s, 2), "files_hashed_when_known": warm.hashed,
+                   **_dvc_status_seconds(Path(tmp) / "known")}
+    return report
+
+
+def _dvc_status_seconds(project: Path) -> dict:
+    """A one-stage DVC pipeline that depends on `brats` (as `slice` depends on data/raw) in a fresh git + DVC
+    repository: `dvc repro` hashes the folder once, then `dvc status` (best of two, DVC's state warm)."""
+    dvc = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "dvc")
+    run = lambda *args: subprocess.run(args, cwd=project, capture_output=True, text=True, check=True)  # noqa: E731
+    run("git", "init", "-q")
+    run(dvc, "init", "-q")
+    run(dvc, "stage", "add", "-q", "-n", "slice", "-d", "brats", "true")
+    repro_s, _ = _seconds(lambda: run(dvc, "repro", "-q"))
+    status_s = min(_seconds(lambda: run(dvc, "status"))[0] for _ in range(2))
+    return {"dvc_repro_hashing_seconds": round(repro_s, 1), "dvc_status_seconds": round(status_s, 2)}
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(Path(sys.argv[1]) if len(sys.argv) > 1 else paths.RAW_BRATS), indent=2))
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    raw_dir = Path(args[0]) if args else paths.RAW_BRATS
+    print(json.dumps(incremental(raw_dir) if "--incremental" in sys.argv else run(raw_dir), indent=2))

@@ -6,6 +6,10 @@ step has run in-process, `commit_stage(stage)` writes the stage's dvc.lock entry
 the DVC cache, the same entry `dvc repro` writes (tests/test_flows.py compares the two). Because both front
 doors read and write the same dvc.lock, they can never disagree about what is up to date.
 
+A flow run asks once for the whole pipeline (`PipelineStatus.read()`: one `Repo`, one status call, one parse of
+dvc.yaml and dvc.lock) and its tasks answer from that snapshot until the first step changes the workspace; from
+then on each task asks DVC about its own stage again. A flow run that finds everything cached asks DVC once.
+
 No Prefect here: this module only speaks to DVC, through its Python API (`dvc.repo.Repo`).
 """
 
@@ -21,6 +25,9 @@ from tasks import paths
 from tasks.tracking.provenance import DVC_LOCK
 
 DVC_YAML = paths.ROOT / "dvc.yaml"
+# libyaml when PyYAML has it: dvc.lock grows with every output file's hash, and the pure-Python parser takes
+# a quarter of a second for the quick pipeline's.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _repo():
@@ -31,7 +38,7 @@ def _repo():
 
 def pipeline_stages(dvc_yaml: Path = DVC_YAML) -> list[str]:
     """Stage names declared in dvc.yaml, in file order."""
-    return list((yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}))
+    return list((_load_yaml(dvc_yaml) or {}).get("stages", {}))
 
 
 def stage_changes(stage: str) -> list:
@@ -48,6 +55,43 @@ def stale_stages() -> dict[str, list]:
     """Every stage DVC finds changed, as `dvc status` lists them (empty when the whole pipeline is fresh)."""
     with _repo() as repo:
         return repo.status()
+
+
+class PipelineStatus:
+    """DVC's view of every stage at one moment: the stages of dvc.yaml, their dvc.lock entries, what `dvc status` finds.
+
+    Read once per flow run. It stays true while nothing writes to the workspace; `workspace_changed()` (called
+    before a step runs or outputs are restored) retires it, and from then on each question goes to DVC again,
+    for that stage alone, because a stage that ran changes what its downstream stages depend on.
+    """
+
+    def __init__(self, stages: list[str], stale: dict[str, list], lock: dict[str, dict]):
+        self.stages, self._stale, self._lock, self.current = stages, stale, lock, True
+
+    @classmethod
+    def read(cls) -> PipelineStatus:
+        """One `Repo`, one status call for all stages, one parse of dvc.yaml and of dvc.lock."""
+        with _repo() as repo:
+            stale = repo.status()
+        return cls(pipeline_stages(), stale, lock_entries())
+
+    @property
+    def stale(self) -> dict[str, list]:
+        """stage → changes, for the stages DVC found changed when the snapshot was read."""
+        return self._stale
+
+    def workspace_changed(self) -> None:
+        self.current = False
+
+    def changes(self, stage: str) -> list:
+        """What `stage_changes(stage)` answers, from the snapshot while it is current."""
+        return self._stale.get(stage, []) if self.current else stage_changes(stage)
+
+    def lock_entry(self, stage: str) -> dict | None:
+        return self._lock.get(stage) if self.current else lock_entry(stage)
+
+    def fingerprint(self, stage: str) -> str:
+        return entry_fingerprint(self.lock_entry(stage))
 
 
 def clear_or_restore(stage: str, use_run_cache: bool = True) -> bool:
@@ -85,16 +129,26 @@ def commit_stage(stage: str) -> str:
 
 def lock_fingerprint(stage: str, lock: Path = DVC_LOCK) -> str:
     """sha256 of the stage's dvc.lock entry (cmd, deps, params, outs with their hashes); '' without one."""
-    entry = lock_entry(stage, lock)
-    if entry is None:
-        return ""
-    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+    return entry_fingerprint(lock_entry(stage, lock))
+
+
+def entry_fingerprint(entry: dict | None) -> str:
+    return "" if entry is None else hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 
 
 def lock_entry(stage: str, lock: Path = DVC_LOCK) -> dict | None:
+    return lock_entries(lock).get(stage)
+
+
+def lock_entries(lock: Path = DVC_LOCK) -> dict[str, dict]:
+    """stage → its dvc.lock entry (empty without a dvc.lock)."""
     if not lock.exists():
-        return None
-    return ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).get(stage)
+        return {}
+    return (_load_yaml(lock) or {}).get("stages") or {}
+
+
+def _load_yaml(path: Path):
+    return yaml.load(path.read_text(), Loader=_YAML_LOADER)
 
 
 def describe_changes(changes: list) -> str:

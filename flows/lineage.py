@@ -30,13 +30,19 @@ def flow_run_tags(settings: Settings) -> list[str]:
     return [f"profile:{settings.profile}", f"source:{settings.data.source}", f"git:{provenance.git_commit()[:12]}"]
 
 
-def tag_flow_run(flow_run_id: str, tags: list[str]) -> None:
-    """Add tags to the running flow run, keeping those it already has (e.g. from its deployment)."""
+def tag_flow_run(flow_run_id: str, tags: list[str], existing: list[str] | None = None) -> None:
+    """Add tags to the running flow run, keeping those it already has (e.g. from its deployment).
+
+    `existing`: the run's tags as its context already knows them (`prefect.runtime.flow_run.tags`), which saves
+    asking the server for them; None asks.
+    """
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
-        existing = client.read_flow_run(flow_run_id).tags or []
-        client.update_flow_run(flow_run_id, tags=sorted(set(existing) | set(tags)))
+        if existing is None:
+            existing = client.read_flow_run(flow_run_id).tags or []
+        if missing := set(tags) - set(existing):
+            client.update_flow_run(flow_run_id, tags=sorted(set(existing) | missing))
 
 
 @contextmanager

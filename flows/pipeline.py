@@ -23,12 +23,13 @@ from flows.source_inventory import local_source_drift
 from flows.stage_task import StepRun, forward_step_logs, stage_task
 from tasks import paths
 from tasks.config import Settings, load_settings, set_params
+from tasks.tracking import provenance
 
 MINUTE, HOUR = 60, 3600
 
 
-def _source_drift() -> str | None:
-    return local_source_drift(load_settings())
+def _source_drift(settings: Settings | None = None) -> str | None:
+    return local_source_drift(settings or load_settings())
 
 
 # Timeouts are generous ceilings for the production profile on one GPU; they exist to stop a hung run.
@@ -66,20 +67,22 @@ def slicewise_pipeline(
     forward_step_logs()
     step_runs = step_runs_for(slice_runner, dask_address)
     settings = apply_parameters(profile=profile, data_source=data_source, brats_dir=brats_dir, kaggle_dir=kaggle_dir)
-    lineage.tag_flow_run(flow_run.id, lineage.flow_run_tags(settings))
-    warn_about_stages_without_task()
+    with provenance.git_asked_once():  # the commit and the diff cannot change during the run: ask git once
+        lineage.tag_flow_run(flow_run.id, lineage.flow_run_tags(settings), existing=list(flow_run.tags))
+        status = dvc_stage.PipelineStatus.read()  # DVC is asked once about all stages, not once per stage
+        warn_about_stages_without_task(status.stages)
 
-    outcomes = {}
-    with lineage.pipeline_run(settings, flow_run.id, work_pending=something_to_do()) as parent_run_id:
-        for stage in STAGE_TASKS:
-            outcomes[stage.name] = run_stage(stage, step_runs.get(stage.name))
-    artifacts.publish(settings, parent_run_id)
+        outcomes, pending = {}, something_to_do(status, settings)
+        with lineage.pipeline_run(settings, flow_run.id, work_pending=pending) as parent_run_id:
+            for stage in STAGE_TASKS:
+                outcomes[stage.name] = run_stage(stage, step_runs.get(stage.name), status)
+        artifacts.publish(settings, parent_run_id)
     return outcomes
 
 
-def run_stage(stage, run: StepRun | None = None) -> dict:
+def run_stage(stage, run: StepRun | None = None, status: dvc_stage.PipelineStatus | None = None) -> dict:
     """Run one stage task; a failure stops the flow with the stage's name and its error."""
-    state = stage(run, return_state=True)
+    state = stage(run, status, return_state=True)
     if state.is_completed():
         return {"state": state.name, **state.result()}
     error = state.result(raise_on_failure=False)
@@ -97,13 +100,13 @@ def step_runs_for(slice_runner: SliceRunner, dask_address: str | None) -> dict[s
     return {}
 
 
-def something_to_do() -> bool:
+def something_to_do(status: dvc_stage.PipelineStatus, settings: Settings) -> bool:
     """Whether any stage will run (DVC finds one stale, or the local source changed); else all are Cached."""
-    return bool(dvc_stage.stale_stages()) or _source_drift() is not None
+    return bool(status.stale) or _source_drift(settings) is not None
 
 
-def warn_about_stages_without_task() -> None:
-    if unknown := set(dvc_stage.pipeline_stages()) - {task.name for task in STAGE_TASKS}:
+def warn_about_stages_without_task(stages: list[str]) -> None:
+    if unknown := set(stages) - {task.name for task in STAGE_TASKS}:
         get_run_logger().warning("dvc.yaml stages without a task in this flow (run them with dvc repro): %s",
                                  sorted(unknown))
 

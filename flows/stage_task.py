@@ -62,8 +62,8 @@ def worth_retrying(task: Task, task_run: Any, state: State) -> bool:
 def stage_task(stage: str, *, timeout_seconds: float, network: bool = False, force_check: ForceCheck | None = None):
     """The Prefect task for DVC stage `stage`; `network` stages get retries with exponential backoff."""
 
-    def run_stage(run: StepRun | None = None) -> State:
-        return run_if_stale(stage, force_check, run)
+    def run_stage(run: StepRun | None = None, status: dvc_stage.PipelineStatus | None = None) -> State:
+        return run_if_stale(stage, force_check, run, status)
 
     # A name of its own per stage: Prefect keys tasks by function name and source, which all stages share.
     run_stage.__name__ = run_stage.__qualname__ = f"stage_{stage}"
@@ -81,22 +81,29 @@ def stage_task(stage: str, *, timeout_seconds: float, network: bool = False, for
     )
 
 
-def run_if_stale(stage: str, force_check: ForceCheck | None = None, run: StepRun | None = None) -> State:
-    """Ask DVC; when the stage is stale, run its step (`run_step(stage)`, or `run` when given) and commit it."""
+def run_if_stale(stage: str, force_check: ForceCheck | None = None, run: StepRun | None = None,
+                 status: dvc_stage.PipelineStatus | None = None) -> State:
+    """Ask DVC; when the stage is stale, run its step (`run_step(stage)`, or `run` when given) and commit it.
+
+    `status` is the flow run's snapshot of the whole pipeline (read once, flows/dvc_stage.py); without one the
+    task reads its own.
+    """
     logger = get_run_logger()
-    if stage not in dvc_stage.pipeline_stages():
+    status = status or dvc_stage.PipelineStatus.read()
+    if stage not in status.stages:
         logger.warning("dvc.yaml has no stage %r yet: skipped", stage)
         return Completed(name="Skipped", message=f"dvc.yaml has no stage {stage!r}", data={"stage": stage})
 
     forced = force_check() if force_check else None
-    changes = dvc_stage.stage_changes(stage)
+    changes = status.changes(stage)
     if not changes and not forced:
-        fingerprint = dvc_stage.lock_fingerprint(stage)
+        fingerprint = status.fingerprint(stage)
         logger.info("%s: up to date with dvc.lock (%s), nothing to do", stage, fingerprint[:12])
         return Completed(name="Cached", message=f"up to date with dvc.lock entry sha256:{fingerprint}",
                          data={"stage": stage, "cached": True, "lock_sha256": fingerprint})
 
-    reason = forced or _why(stage, changes)
+    reason = forced or (dvc_stage.describe_changes(changes) if status.lock_entry(stage) else "no dvc.lock entry yet")
+    status.workspace_changed()  # from here on this stage's outputs and dvc.lock change: later stages ask DVC again
     if dvc_stage.clear_or_restore(stage, use_run_cache=not forced):
         fingerprint = dvc_stage.commit_stage(stage)
         reason = f"restored from the DVC run cache ({reason})"
@@ -112,9 +119,3 @@ def run_if_stale(stage: str, force_check: ForceCheck | None = None, run: StepRun
     return Completed(message=f"ran ({reason}); dvc.lock entry sha256:{fingerprint}",
                      data={"stage": stage, "cached": False, "lock_sha256": fingerprint, "reason": reason,
                            "result": result})
-
-
-def _why(stage: str, changes: list) -> str:
-    if dvc_stage.lock_entry(stage) is None:
-        return "no dvc.lock entry yet"
-    return dvc_stage.describe_changes(changes)

@@ -80,7 +80,8 @@ def write_metrics(path: Path, accuracy: float = 0.91, sensitivity: float = 0.88)
     path.write_text(json.dumps({
         "classification": {"accuracy": accuracy, "sensitivity": sensitivity, "specificity": 0.93, "roc_auc": 0.95,
                            "threshold": THRESHOLD},
-        "segmentation": {"dice": 0.74, "iou": 0.6, "hd95": 4.2, "n_slices": 12}}))
+        "segmentation": {"dice": 0.74, "iou": 0.6, "hd95": 4.2, "n_slices": 12},
+        "segmentation_volume": {"dice": 0.81, "hd95": 6.0, "n_patients": 2}}))
     return path
 
 

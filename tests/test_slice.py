@@ -1,6 +1,7 @@
 """Slicing real (tiny) NIfTI folders: good patients become shards, bad ones are listed with a reason."""
 
 import gzip
+import os
 
 import numpy as np
 import pandas as pd
@@ -93,6 +94,25 @@ def test_rerun_reslices_only_new_patients(tmp_path):
     assert result["resliced"] == 1 and result["patients"] == 3
     assert (out / "brats" / "BraTS20_Training_001.npz").stat().st_mtime_ns == before
     assert slice_dataset(raw, out, CFG, image_size=24, stride=1)["resliced"] == 3  # a changed spec redoes all
+
+
+def test_unchanged_raw_files_are_known_by_size_and_time_not_rehashed(tmp_path):
+    raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
+    files = lambda patient: sorted(p for p in (raw / "brats" / patient).iterdir() if p.is_file())  # noqa: E731
+    first = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert first["raw_files_hashed"] == 2 * len(files("BraTS20_Training_001"))
+    output = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    again = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert (again["raw_files_hashed"], again["resliced"]) == (0, 0)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == output  # no times inside
+
+    touched = files("BraTS20_Training_001")[0]  # what a DVC checkout does: same bytes, new mtime
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    write_patient(raw / "brats", "BraTS20_Training_003", np.random.default_rng(9))
+    third = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert third["raw_files_hashed"] == 1 + len(files("BraTS20_Training_003"))
+    assert third["resliced"] == 1 and third["patients"] == 3  # the touched patient's content is unchanged
 
 
 def test_where_the_jobs_run_does_not_change_the_output(tmp_path):

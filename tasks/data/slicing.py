@@ -31,6 +31,7 @@ from rich.progress import Progress
 from tasks import paths
 from tasks.config import SliceSettings
 from tasks.data import preprocess
+from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.local_import import IMAGE_SUFFIXES, nifti_extension
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
 from tasks.errors import SliceWiseError
@@ -59,16 +60,21 @@ class SliceSpec:
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
 
 
-def patient_fingerprint(patient_dir: Path, spec_digest: str) -> str:
+def patient_fingerprint(patient_dir: Path, spec_digest: str, digests: FileDigests | None = None) -> str:
     """Identity of a patient's inputs: names, sizes and content hashes of its files + the spec.
 
     Content, not modification times: DVC re-links files from its cache and a re-fetch hard-links them from
-    the source again, so times change while the data does not.
+    the source again, so times change while the data does not. Times only decide whether `digests` may reuse
+    the content hash it recorded for a file last time.
     """
     stats = []
     for path in sorted(p for p in patient_dir.iterdir() if p.is_file()):
-        with path.open("rb") as fh:
-            stats.append((path.name, path.stat().st_size, hashlib.file_digest(fh, "sha1").hexdigest()))
+        if digests is not None:
+            sha1 = digests.sha1(path)
+        else:
+            with path.open("rb") as fh:
+                sha1 = hashlib.file_digest(fh, "sha1").hexdigest()
+        stats.append((path.name, path.stat().st_size, sha1))
     return hashlib.sha256(json.dumps([stats, spec_digest]).encode()).hexdigest()[:16]
 
 
@@ -199,7 +205,8 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
 
     previous = _previous_state(out_dir)
     spec_digest = spec.digest()  # hashes the slicing code: once, not once per patient
-    fingerprints = {p.name: patient_fingerprint(p, spec_digest) for p in patient_dirs}
+    digests = FileDigests(digest_record(out_dir))
+    fingerprints = {p.name: patient_fingerprint(p, spec_digest, digests) for p in patient_dirs}
     rows, rejected, todo, damaged = [], [], [], []
     for patient_dir in patient_dirs:
         name, shard_path = patient_dir.name, out_dir / "brats" / f"{patient_dir.name}.npz"
@@ -211,8 +218,8 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
             log.warning("%s: %s; slicing %s again", shard_path, problem, name)
             damaged.append(str(shard_path))
         todo.append((patient_dir, shard_path))
-    log.info("slicing %d patients (%d unchanged and reused, %d damaged shards replaced)", len(todo),
-             len(patient_dirs) - len(todo), len(damaged))
+    log.info("slicing %d patients (%d unchanged and reused, %d damaged shards replaced; %d raw files hashed, the "
+             "others known by size and time)", len(todo), len(patient_dirs) - len(todo), len(damaged), digests.hashed)
 
     map_jobs = map_jobs or map_on_processes(cfg.workers)
     with Progress() as progress:
@@ -234,6 +241,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     _write_table(out_dir / paths.MANIFEST.name, rows + kaggle_rows, MANIFEST_COLUMNS)
     _write_table(out_dir / paths.REJECTED.name, rejected, ["file", "reason"])
     write_text_atomic(json.dumps(fingerprints, indent=1, sort_keys=True), out_dir / FINGERPRINTS)
+    digests.save()
     brats = [r for r in rows if r["source"] == "brats"]
     return {
         "patients": len({r["patient"] for r in brats}),
@@ -242,6 +250,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
         "kaggle_images": len(kaggle_rows),
         "rejected": len(rejected),
         "resliced": len(todo),
+        "raw_files_hashed": digests.hashed,
         "damaged_shards": damaged,
     }
 

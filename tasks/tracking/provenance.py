@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -32,7 +34,37 @@ DATA_OUTS = {
 }
 
 
+_asked: dict[tuple[str, ...], str | None] | None = None  # git's answers inside git_asked_once(), else None
+
+
+@contextmanager
+def git_asked_once() -> Iterator[None]:
+    """Within the block, each git question (commit, diff) is asked once and its answer reused.
+
+    For a pipeline run in one process (the Prefect flow): its lineage tags and every step's MLflow tags ask the
+    same questions, and neither the commit nor the source diff changes while it runs (dvc.lock, which it does
+    write, is not among SOURCE_PATHSPEC). Nested blocks share the outer block's answers.
+    """
+    global _asked
+    if _asked is not None:
+        yield
+        return
+    _asked = {}
+    try:
+        yield
+    finally:
+        _asked = None
+
+
 def _git(*args: str) -> str | None:
+    if _asked is None:
+        return _ask_git(*args)
+    if args not in _asked:
+        _asked[args] = _ask_git(*args)
+    return _asked[args]
+
+
+def _ask_git(*args: str) -> str | None:
     try:
         result = subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
