@@ -42,23 +42,24 @@ RATIO_TARGET = 1.15
 SETTLE_S = 0.05
 
 
-def production_model(folder: Path, params: Path) -> Path:
-    """An untrained production-profile MultitaskUNet exported to ONNX at 256², with its metadata embedded."""
+def untrained_model(folder: Path, params: Path, profile: str = "production", side: int = SLICE_SIDE) -> Path:
+    """An untrained, seeded MultitaskUNet of `profile` exported to ONNX at side², with its metadata embedded."""
+    import torch
+
     from models.unet import MultitaskUNet
     from tasks.inference.checkpoints import model_config_for, save_checkpoint
     from tasks.release.onnx_export import check_onnx, export_onnx, model_metadata
 
     settings = load_settings(params)
-    cfg = model_config_for(settings, "production")
+    torch.manual_seed(0)
+    cfg = model_config_for(settings, profile)
     model = MultitaskUNet(cfg).eval()
     checkpoint = save_checkpoint(folder / "best.pt", model=model, optimizer=None, model_config=cfg, epoch=0,
                                  best_metric=0.0, metric_name="none", params={}, stage="joint")
     path = folder / "model.onnx"
-    export_onnx(model, path, cfg.in_channels, SLICE_SIDE, settings.export.opset)
-    import torch
-
+    export_onnx(model, path, cfg.in_channels, side, settings.export.opset)
     check_onnx(path, model_metadata(torch.load(checkpoint, weights_only=True), list(settings.slice.modalities),
-                                    SLICE_SIDE, 0.5, settings.export.opset))
+                                    side, 0.5, settings.export.opset))
     return path
 
 
@@ -200,7 +201,7 @@ def run(model: Path | None = None, runs: int = 60, with_startup: bool = True) ->
         folder = Path(tmp)
         params = folder / "params.yaml"  # one snapshot: every process of the run reads the same parameters
         shutil.copyfile(REPO / "params.yaml", params)
-        model_path = model.resolve() if model else production_model(folder, params)
+        model_path = model.resolve() if model else untrained_model(folder, params)
         png = mri_like_png()
         report = {"model": str(model) if model else "untrained production-profile MultitaskUNet", "slice": "256x256 PNG"}
         args = ["--model-file", str(model_path), "--poll-seconds", "0", "--params", str(params)]

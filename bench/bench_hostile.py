@@ -41,24 +41,9 @@ MiB = 1024 * 1024
 
 def quick_model(folder: Path, params: Path) -> Path:
     """An untrained quick-profile MultitaskUNet exported to ONNX with its metadata embedded, as `export` does."""
-    import torch
+    from bench.bench_api import untrained_model
 
-    from models.unet import MultitaskUNet
-    from tasks.config import load_settings
-    from tasks.inference.checkpoints import model_config_for, save_checkpoint
-    from tasks.release.onnx_export import check_onnx, export_onnx, model_metadata
-
-    settings = load_settings(params)
-    torch.manual_seed(0)
-    cfg = model_config_for(settings, "quick")
-    model = MultitaskUNet(cfg).eval()
-    checkpoint = save_checkpoint(folder / "best.pt", model=model, optimizer=None, model_config=cfg, epoch=0,
-                                 best_metric=0.0, metric_name="none", params={}, stage="joint")
-    path = folder / "model.onnx"
-    export_onnx(model, path, cfg.in_channels, IMAGE_SIZE, settings.export.opset)
-    check_onnx(path, model_metadata(torch.load(checkpoint, weights_only=True), list(settings.slice.modalities),
-                                    IMAGE_SIZE, 0.5, settings.export.opset))
-    return path
+    return untrained_model(folder, params, "quick", IMAGE_SIZE)
 
 
 # ---------------------------------------------------------------- inputs
