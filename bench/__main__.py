@@ -40,7 +40,8 @@ def inside(folder: Path):
 
 
 def run_all(skip: set[str]) -> dict:
-    from bench import bench_api, bench_export, bench_gpu, bench_peer, bench_pipeline, bench_seeds, bench_slice
+    from bench import (bench_api, bench_export, bench_gpu, bench_hostile, bench_peer, bench_pipeline, bench_seeds,
+                       bench_slice)
 
     report: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                                 "python": platform.python_version()},
@@ -65,6 +66,9 @@ def run_all(skip: set[str]) -> dict:
     if "api" not in skip:
         console.rule("API overhead over a bare onnxruntime call, 20 concurrent clients, start-up")
         report["api"] = bench_api.run()
+    if "hostile" not in skip:
+        console.rule("hostile load: 30 clients x 10 mixed requests, then with bomb uploads mixed in")
+        report["hostile"] = bench_hostile.run()
     if "gpu" not in skip:
         console.rule("GPU training throughput")
         report["gpu"] = bench_gpu.run()
@@ -121,6 +125,11 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
         if start := api.get("startup"):
             out.append(("API start-up, champion cached", f"{start['registry_cached_start_s']:.1f} s",
                         f"first start (download) {start['registry_first_start_s']:.1f} s"))
+    if hostile := report.get("hostile"):
+        plain, bombs = hostile["plain"], hostile["with_bombs"]
+        out.append(("hostile load: peak RSS with bombs / without", f"{hostile['ratios']['peak_rss_bombs_over_plain']:.2f}×",
+                    f"{bombs['peak_rss_mb']:.0f} vs {plain['peak_rss_mb']:.0f} MB; p95 {bombs['p95_ms'] / 1000:.1f} s vs "
+                    f"{plain['p95_ms'] / 1000:.1f} s; errors {bombs['errors']} / {plain['errors']}"))
     if peer := report.get("peer"):
         out.append(("quick slice Dice / equal-time MONAI BasicUNet", f"{peer['dice_ratio_quick_over_peer']:.2f}×",
                     f"{peer['quick']['test_slice_dice']:.3f} vs {peer['peer']['test_slice_dice']:.3f} after "
@@ -192,7 +201,7 @@ def update_readme(table: str, seeds: dict | None = None) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["api", "gpu", "peer", "seeds"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["api", "gpu", "hostile", "peer", "seeds"],
                         help="benchmarks to leave out")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
     parser.add_argument("--only", nargs="+", choices=["seeds", "peer"],
