@@ -68,7 +68,7 @@ def train_peer(images: Tensor, masks: Tensor, seconds: float, seed: int) -> tupl
                         "seconds": round(elapsed, 1), "parameters": sum(p.numel() for p in net.parameters())}
 
 
-def test_slice_dice(model: nn.Module, processed: Path, splits: Path) -> float:
+def mean_test_slice_dice(model: nn.Module, processed: Path, splits: Path) -> float:
     """Mean Dice over the BraTS test slices with tumour, exactly as `evaluate` computes it."""
     from tasks.data.splits import read_split, split_rows
     from tasks.evaluation.scoring import predict_split
@@ -95,8 +95,8 @@ def run(project: Path = REPO, seconds: float | None = None) -> dict:
         train = load_slices(processed, read_split("train", splits), ("brats",))
         peer, peer_run = train_peer(train.images, train.masks, budget, settings.seed)
         quick, _ = load_model(Path("checkpoints/joint/best.pt"))
-        quick_dice = test_slice_dice(quick, processed, splits)
-        peer_dice = test_slice_dice(SegmentationOnly(peer), processed, splits)
+        quick_dice = mean_test_slice_dice(quick, processed, splits)
+        peer_dice = mean_test_slice_dice(SegmentationOnly(peer), processed, splits)
     finally:
         os.chdir(previous)
     return {"budget_seconds": round(budget, 1), "peer": {"model": "monai BasicUNet (defaults)", **peer_run,
