@@ -1,6 +1,6 @@
 """A 2D multitask U-Net: one encoder shared by a segmentation decoder and a classification head.
 
-    image (N, C, H, W) ─ encoder ─┬─ seg_decoder (skip connections) ─ "seg": whole-tumour logits (N, 1, H, W)
+    image (N, C, H, W) ─ encoder ─┬─ seg_decoder (skip connections) ─ "seg": region logits (N, R, H, W)
                                   └─ cls_head (avg + max pooled bottleneck) ─ "cls": tumour logit (N,)
 
 The blocks are MONAI's nnU-Net building blocks (two 3×3 conv + norm + LeakyReLU; transposed-conv up blocks).
@@ -31,6 +31,9 @@ class UNetConfig:
     # Instance norm normalises each slice alone, which DDP on CPU needs for exact equivalence (no SyncBatchNorm there).
     norm: str = "batch"
     cls_dropout: float = 0.2
+    # Segmentation outputs: 1 = whole tumour; 3 = the nested BraTS regions WT, TC, ET (one sigmoid each,
+    # region-based training as nnU-Net does for BraTS).
+    seg_channels: int = 1
 
     def channels(self) -> list[int]:
         return [self.base_channels * 2**level for level in range(self.depth)]
@@ -66,7 +69,7 @@ class Encoder(nn.Module):
 
 
 class SegDecoder(nn.Module):
-    """Upsamples the bottleneck back to full resolution through the skip connections; one logit per pixel."""
+    """Upsamples the bottleneck back to full resolution through the skip connections; one logit per pixel and region."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -76,7 +79,7 @@ class SegDecoder(nn.Module):
                         norm_name=_norm(cfg))
             for level in range(cfg.depth - 1, 0, -1)
         )
-        self.out = UnetOutBlock(2, widths[0], 1)
+        self.out = UnetOutBlock(2, widths[0], cfg.seg_channels)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         x = features[-1]
@@ -115,7 +118,7 @@ class MultitaskUNet(nn.Module):
         self.gradcam_layer = f"encoder.levels.{cfg.depth - 1}"
 
     def forward(self, x: Tensor, heads: tuple[str, ...] = HEADS) -> dict[str, Tensor]:
-        """Logits of the requested heads: "seg" (N, 1, H, W) and/or "cls" (N,)."""
+        """Logits of the requested heads: "seg" (N, seg_channels, H, W) and/or "cls" (N,)."""
         features = self.encoder(x)
         out = {}
         if "seg" in heads:

@@ -24,7 +24,12 @@ MASK_THRESHOLD = 0.5
 @dataclass(frozen=True)
 class Prediction:
     tumour_probability: np.ndarray  # (N,) probability that each slice shows a tumour
-    mask_probability: np.ndarray  # (N, H, W) per-pixel tumour probability
+    region_probability: np.ndarray  # (N, R, H, W) per-pixel probability of each region: WT (, TC, ET)
+
+    @property
+    def mask_probability(self) -> np.ndarray:
+        """(N, H, W) per-pixel whole-tumour probability (the first region)."""
+        return self.region_probability[:, 0]
 
     def __len__(self) -> int:
         return len(self.tumour_probability)
@@ -52,18 +57,23 @@ def _predict_in_batches(images: np.ndarray, batch_size: int, run_batch: Callable
     """Split into batches (bounded memory: float16 shards are converted one batch at a time), run, join, sigmoid."""
     images = _check_images(images)
     n, _, h, w = images.shape
-    seg_logits = np.empty((n, h, w), dtype=np.float32)
+    seg_logits: np.ndarray | None = None  # (N, R, H, W) once the first batch says R
     cls_logits = np.empty(n, dtype=np.float32)
     for start in range(0, n, batch_size):
         seg, cls = run_batch(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
+        seg = np.asarray(seg, dtype=np.float32)
+        if seg_logits is None:
+            seg_logits = np.empty((n, seg.shape[1], h, w), dtype=np.float32)
         stop = start + len(cls)
-        seg_logits[start:stop] = np.asarray(seg, dtype=np.float32).reshape(-1, h, w)
+        seg_logits[start:stop] = seg
         cls_logits[start:stop] = np.asarray(cls, dtype=np.float32).reshape(-1)
-    return Prediction(tumour_probability=sigmoid(cls_logits), mask_probability=sigmoid(seg_logits))
+    if seg_logits is None:  # no images
+        seg_logits = np.empty((0, 1, h, w), dtype=np.float32)
+    return Prediction(tumour_probability=sigmoid(cls_logits), region_probability=sigmoid(seg_logits))
 
 
 class TorchPredictor:
-    """Runs a MultitaskUNet-like module: forward(x) -> {"seg": (N,1,H,W), "cls": (N,)} logits."""
+    """Runs a MultitaskUNet-like module: forward(x) -> {"seg": (N,R,H,W), "cls": (N,)} logits."""
 
     def __init__(self, model: Any, device: str = "cpu", batch_size: int = 32):
         import torch  # lazily: serving with ONNX only must not need torch
