@@ -26,6 +26,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from serve.budget import MemoryBudget
+from serve.compare import comparison, gate_verdict
+from serve.examples import find_example, listing, predict_slice_example, volume_upload, with_volume_truth
 from serve.guards import BodySizeLimit, HostOriginGuard, admin_router, admin_token
 from serve.holder import ModelHolder
 from serve.inference import PreparedSlice, inference_bytes, prepare_slice, slice_results, volume_result
@@ -76,18 +78,6 @@ def validation_detail(exc: RequestValidationError) -> str:
 def json_response(content) -> Response:
     # Plain json.dumps: faster than FastAPI's encoder walk for answers holding long base64 strings.
     return Response(json.dumps(content, allow_nan=False), media_type="application/json")
-
-
-def gate_verdict(tags: dict) -> dict | None:
-    """The promotion gate's verdict on each criterion (accuracy, sensitivity, slice and volume Dice, parity, ...),
-    from the version's tags; None for a model that did not come through the registry."""
-    if "promotion" not in tags:
-        return None
-    try:
-        criteria = json.loads(tags.get("promotion_gate", "[]"))
-    except ValueError:
-        criteria = []
-    return {"verdict": tags["promotion"], "reason": tags.get("promotion_reason", ""), "criteria": criteria}
 
 
 def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> dict:
@@ -228,6 +218,41 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         with budget.reserve(need, name):
             volume, image = read_volume(upload)
             return json_response(volume_result(volume, image, model, name, cfg.ood_threshold, with_images))
+
+    @app.get("/v1/examples")
+    def examples() -> dict:
+        """The served model's bundled examples (test-split slices with truth, an out-of-distribution photo, one
+        test patient volume), each with an id for POST /v1/examples/{id}/predict and a thumbnail."""
+        return listing(served_model())
+
+    @app.post("/v1/examples/{example_id}/predict")
+    async def predict_example(example_id: str, images: bool = Query(
+            True, description="volume examples: add every slice, its overlays and the truth as PNG")) -> Response:
+        """The /v1/predict (or /v1/predict/volume) answer for one example, plus the truth overlay when known."""
+        model = served_model()
+        entry = find_example(model, example_id)
+        if entry["kind"] != "volume":
+            return await run_in_threadpool(predicted_example, model, entry)
+        name, handle, size = volume_upload(entry, model.examples)
+        try:  # the volume route's own handler, as if the example's FLAIR file had been uploaded
+            answer = await run_in_threadpool(predict_volume_file, FilePart("file", name, handle, size), model, images)
+        finally:
+            handle.close()
+        return json_response(await run_in_threadpool(with_volume_truth, answer.body, model, entry))
+
+    def predicted_example(model: ServedModel, entry: dict) -> Response:
+        with budget.reserve(inference_bytes(model, 1), entry["id"]):
+            return json_response(predict_slice_example(model, entry, cfg.ood_threshold, cfg.max_slice_mb,
+                                                       cfg.max_image_side))
+
+    @app.get("/model/compare")
+    def compare() -> Response:
+        """The champion beside the latest challenger: metrics with intervals, gate verdicts, lineage, and the
+        champion's example slices predicted by both."""
+        model = served_model()
+        with budget.reserve(2 * inference_bytes(model, 1), "model comparison"):
+            return json_response(comparison(model, holder.source, cfg.ood_threshold, cfg.max_slice_mb,
+                                            cfg.max_image_side))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

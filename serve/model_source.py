@@ -2,9 +2,10 @@
 
 A source answers two questions: which model is current (`current_key`, cheap, asked by the poller) and how to
 load it (`load`). The registry source keeps every champion it served under `.serve_cache/<name>/v<version>-<run>/`
-(ONNX model, torch checkpoint for Grad-CAM, metrics, the registry card) and remembers the last one, so a restart
+(ONNX model, torch checkpoint for Grad-CAM, metrics, the bundled examples unpacked, the registry card) and remembers the last one, so a restart
 serves it at once, before the registry is even asked (`cached`), and a registry outage does not stop serving.
-The registry is reached only through its client, tasks/release/registry.py.
+The registry is reached only through its client, tasks/release/registry.py. `challenger()` loads the latest
+challenger the same way, for the web UI's side-by-side comparison (GET /model/compare).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,13 +26,14 @@ from tasks.errors import SliceWiseError
 from tasks.inference.predictor import OnnxPredictor
 from tasks.io import read_json, sha256_file, write_text_atomic
 from tasks.redaction import redact
-from tasks.release.registry import METADATA_FILE, ModelRegistry
+from tasks.release.registry import EXAMPLES_ARCHIVE, METADATA_FILE, ModelRegistry
 from tasks.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # the MLflow model folder as downloaded: the .onnx with any external-data files beside it
 METRICS_FILE = "metrics.json"
+EXAMPLES_DIR = "examples"  # examples.zip of the registered model, unpacked (serve/examples.py reads it)
 CARD_FILE = "card.json"  # written last: a version folder without it is incomplete and ignored
 DEFAULT_THRESHOLD = 0.5
 # Slices per onnxruntime run: a volume's slices go through in batches of this many. Smaller than evaluation's 32:
@@ -53,6 +57,7 @@ class ServedModel:
     model_config: dict = field(default_factory=dict)  # UNetConfig fields, for a bare state dict
     gradcam: Any = field(default=None, repr=False)  # serve.explain.GradCam, built on first use
     gradcam_error: str | None = None  # why Grad-CAM could not be built, so it is not retried per request
+    examples: Path | None = None  # folder of the examples bundled with the model (index.json), None for an older one
 
 
 def embedded_metadata(predictor: OnnxPredictor) -> dict:
@@ -70,7 +75,7 @@ def read_optional_json(path: Path | None) -> dict:
 
 
 def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = None, metrics: dict | None = None,
-                      sidecar_metadata: dict | None = None) -> ServedModel:
+                      sidecar_metadata: dict | None = None, examples: Path | None = None) -> ServedModel:
     """Open the ONNX model and settle its input size, modalities and decision threshold.
 
     The metadata the export step embeds in the ONNX file wins; then a model.json beside it; then what the
@@ -94,7 +99,7 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
         predictor=predictor, image_size=int(image_size), in_channels=int(in_channels),
         modalities=tuple(meta.get("modalities", ["flair"] * int(in_channels))), threshold=float(threshold),
         mask_threshold=float(meta.get("mask_threshold", 0.5)), card=card, checkpoint=checkpoint,
-        model_config=dict(meta.get("model_config") or {}),
+        model_config=dict(meta.get("model_config") or {}), examples=examples,
     )
 
 
@@ -111,10 +116,12 @@ class ModelSource(Protocol):
 class FileSource:
     """An ONNX file given on the command line (`python -m serve --model-file exports/model.onnx`)."""
 
-    def __init__(self, onnx_path: Path, checkpoint: Path | None = None, metrics_path: Path | None = None):
+    def __init__(self, onnx_path: Path, checkpoint: Path | None = None, metrics_path: Path | None = None,
+                 examples: Path | None = None):
         self.onnx_path = Path(onnx_path)
         self.checkpoint = checkpoint
         self.metrics_path = metrics_path
+        self.examples = examples  # a folder with index.json (tasks/release/examples.py), for tests and demos
         self.description = f"file {self.onnx_path}"
 
     def cached(self) -> None:
@@ -135,7 +142,7 @@ class FileSource:
         card = {"source": "file", "path": str(self.onnx_path), "name": self.onnx_path.name, "version": None,
                 "alias": None, "tags": {"onnx_sha256": sha256_file(self.onnx_path)}}
         return load_served_model(self.onnx_path, card, checkpoint, read_optional_json(self.metrics_path),
-                                 read_optional_json(self.onnx_path.with_suffix(".json")))
+                                 read_optional_json(self.onnx_path.with_suffix(".json")), self.examples)
 
 
 class RegistrySource:
@@ -148,6 +155,8 @@ class RegistrySource:
         self.cache_dir = Path(cache_dir) / registry.model_name
         self.pointer = self.cache_dir / f"{registry.alias}.json"
         self.description = f"models:/{registry.model_name}@{registry.alias} in {self.uri}"
+        self._challengers: dict[str, ServedModel] = {}  # loaded challengers by cache key (a few at most)
+        self._challenger_lock = threading.Lock()
 
     # ------------------------------------------------------------ the cache (no MLflow import: fast start-up)
 
@@ -164,8 +173,10 @@ class RegistrySource:
     def _load_folder(self, folder: Path) -> ServedModel:
         card = read_optional_json(folder / CARD_FILE)
         files = {kind: folder / name for kind, name in card.get("files", {}).items() if name}
+        examples = folder / EXAMPLES_DIR
         return load_served_model(files["onnx"], card, files.get("checkpoint"),
-                                 read_optional_json(folder / METRICS_FILE), read_optional_json(files.get("metadata")))
+                                 read_optional_json(folder / METRICS_FILE), read_optional_json(files.get("metadata")),
+                                 examples if examples.is_dir() else None)
 
     def _remember(self, key: str) -> None:
         write_text_atomic(json.dumps({"tracking_uri": self.uri, "key": key}) + "\n", self.pointer)
@@ -193,11 +204,14 @@ class RegistrySource:
         return model
 
     def _download(self, key: str, folder: Path) -> None:
-        """Fetch the champion's files into a temporary folder, then rename it into place (never half a cache)."""
         version = self.champion_version()
         if version is None or version_key(version) != key:
             raise SliceWiseError(f"the champion changed while loading {key}; the next poll picks up the new one",
                                  self.uri)
+        self._download_version(version, folder)
+
+    def _download_version(self, version, folder: Path) -> None:
+        """Fetch a version's files into a temporary folder, then rename it into place (never half a cache)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
         try:
@@ -208,6 +222,10 @@ class RegistrySource:
                      for kind, pattern in (("onnx", "*.onnx"), ("checkpoint", "*.pt"), ("metadata", METADATA_FILE))}
             if files["onnx"] is None:
                 raise SliceWiseError(f"registry version {version.version} holds no .onnx file", self.uri)
+            examples = first_file(staging, MODEL_DIR, EXAMPLES_ARCHIVE)
+            if examples is not None:
+                with zipfile.ZipFile(staging / examples) as archive:  # our own artifact; names are flat
+                    archive.extractall(staging / EXAMPLES_DIR)
             run_files = self._fetch_run_artifacts(version.run_id, staging)
             card = self._card(version, run_files) | {"files": files}
             (staging / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
@@ -233,6 +251,35 @@ class RegistrySource:
                 "version": str(version.version), "alias": self.registry.alias, "run_id": version.run_id,
                 "registered_at_ms": version.creation_timestamp, "description": version.description or "",
                 "tags": dict(version.tags or {}), "artifacts": run_files}
+
+
+    # ------------------------------------------------------------ the challenger (GET /model/compare)
+
+    def challenger_version(self):
+        """The version `registry.challenger_alias` points at (the latest the gate rejected), else the newest
+        version other than the champion (e.g. the previous champion); None when the champion is all there is."""
+        registry = self._registry()
+        champion = registry.by_alias(self.registry.alias)
+        version = registry.by_alias(self.registry.challenger_alias)
+        if version is not None and (champion is None or version.version != champion.version):
+            return version
+        others = [v for v in registry.client.search_model_versions(f"name = '{self.registry.model_name}'")
+                  if champion is None or v.version != champion.version]
+        return max(others, key=lambda v: int(v.version)) if others else None
+
+    def challenger(self) -> tuple[object, ServedModel] | None:
+        """(registry version, loaded model) of the challenger, downloaded into the cache once."""
+        version = self.challenger_version()
+        if version is None:
+            return None
+        key = version_key(version)
+        with self._challenger_lock:
+            if key not in self._challengers:
+                folder = self.cache_dir / key
+                if not (folder / CARD_FILE).is_file():
+                    self._download_version(version, folder)
+                self._challengers = {key: self._load_folder(folder)}  # keep only the latest one in memory
+            return version, self._challengers[key]
 
 
 def version_key(version) -> str:

@@ -3,7 +3,8 @@
     1. read reports/metrics.json, reports/export.json, exports/model.onnx (+ model.json) and the joint best.pt
     2. decide: thresholds, ONNX parity, and "not worse than the champion" (see champion_score)
     3. log the ONNX model (mlflow.onnx flavour, signature, input example; best.pt and model.json as extra files,
-       so Grad-CAM at serving time has the torch weights) into the pipeline's parent run
+       so Grad-CAM at serving time has the torch weights; examples.zip, test-split inputs to try: examples.py)
+       into the pipeline's parent run
     4. create a version of registry.model_name with the contract's tags and the model card as description
     5. verify it: download the version, its model.onnx must have the exported sha256 and give the same outputs
     6. move an alias: `champion` when the gate passed, `challenger` when not; end the parent run.
@@ -32,6 +33,7 @@ from tasks.config import Settings
 from tasks.data.splits import iter_test_slices, read_split, split_rows
 from tasks.errors import SliceWiseError
 from tasks.io import read_json, sha256_file
+from tasks.release.examples import bundle_examples
 from tasks.release.gate import ChampionScore, GateDecision, PromotionGate
 from tasks.release.model_card import render_model_card, split_summary
 from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, ModelRegistry
@@ -152,8 +154,9 @@ class LoggedModel:
     artifact_location: str
 
 
-def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, card: str) -> LoggedModel:
-    """Log the ONNX flavour (+ best.pt, model.json) and the reports into the parent run."""
+def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, card: str,
+              examples: Path | None = None) -> LoggedModel:
+    """Log the ONNX flavour (+ best.pt, model.json, the bundled examples) and the reports into the parent run."""
     import mlflow
     import mlflow.onnx
     import onnx
@@ -167,7 +170,8 @@ def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, car
                 onnx.load(str(release.onnx_path)), name=MODEL_ARTIFACT, signature=model_signature(channels, size),
                 input_example=example, metadata=release.metadata, save_as_external_data=False,
                 onnx_execution_providers=["CPUExecutionProvider"], pip_requirements=serving_requirements(),
-                extra_files=[str(release.checkpoint_path.resolve()), str(release.metadata_path.resolve())])
+                extra_files=[str(release.checkpoint_path.resolve()), str(release.metadata_path.resolve())]
+                + ([str(examples.resolve())] if examples is not None else []))
         logged = LoggedModel(info.model_id, info.model_uri,
                              retrying(tracker.cfg, "get logged model", tracker.client.get_logged_model,
                                       info.model_id).artifact_location)
@@ -280,7 +284,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     alias = reg.alias if decision.promoted else reg.challenger_alias
     logged = None
     try:
-        logged = retrying(cfg, "log model", log_model, release, example, tracker, card)
+        with tempfile.TemporaryDirectory() as tmp:  # test-split examples the served model carries (serve/examples.py)
+            examples = bundle_examples(processed, splits_dir, paths.RAW_BRATS, settings.slice.modalities, Path(tmp))
+            logged = retrying(cfg, "log model", log_model, release, example, tracker, card, examples)
         version = create_verified_version(registry, logged.model_uri, version_tags, card, release, example, alias)
     except BaseException:
         discard_logged_models(tracker, logged)

@@ -1,0 +1,90 @@
+"""Why this model: the champion's gate verdict and lineage, and the champion beside the latest challenger (GET
+/model/compare), as MLflow's compare view shows runs: metrics with their 95 % intervals, and the same bundled
+example slices predicted by both models through the same predictor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from serve.examples import entries, prepared_example, public, truth_mask_png
+from serve.inference import slice_results
+from serve.model_source import ServedModel
+from serve.uploads import UploadError
+from tasks.errors import SliceWiseError
+from tasks.redaction import redact
+
+log = logging.getLogger(__name__)
+
+LINEAGE_TAGS = ("git_commit", "data_hash", "splits_hash", "params_hash", "prefect_flow_run_id", "mlflow_run_id",
+                "onnx_sha256")
+SHOWN = ("tumor_probability", "has_tumor", "tumor_area_px", "mask_png", "warning")
+
+
+def gate_verdict(tags: dict) -> dict | None:
+    """The promotion gate's verdict on each criterion (accuracy, sensitivity, slice and volume Dice, parity, ...),
+    from the version's tags; None for a model that did not come through the registry."""
+    if "promotion" not in tags:
+        return None
+    try:
+        criteria = json.loads(tags.get("promotion_gate", "[]"))
+    except ValueError:
+        criteria = []
+    return {"verdict": tags["promotion"], "reason": tags.get("promotion_reason", ""), "criteria": criteria}
+
+
+def model_summary(model: ServedModel, role: str, aliases: list[str] | None = None) -> dict:
+    card = model.card
+    tags = card.get("tags", {})
+    return {"role": role, "source": card.get("source"), "name": card.get("name"), "version": card.get("version"),
+            "aliases": aliases if aliases is not None else [a for a in (card.get("alias"),) if a],
+            "registered_at_ms": card.get("registered_at_ms"), "metrics": card.get("metrics", {}),
+            "gate": gate_verdict(tags), "lineage": {k: tags[k] for k in LINEAGE_TAGS if k in tags},
+            "served": {"image_size": model.image_size, "modalities": list(model.modalities),
+                       "threshold": model.threshold}}
+
+
+def find_challenger(source) -> tuple[tuple | None, str | None]:
+    """((registry version, model) or None, why there is none)."""
+    challenger = getattr(source, "challenger", None)
+    if challenger is None:
+        return None, "the model is served from a file, not from the registry: there is no challenger to compare"
+    try:
+        found = challenger()
+    except (SliceWiseError, OSError) as exc:
+        return None, f"the challenger could not be loaded: {redact(str(exc))}"
+    except Exception as exc:  # the store's own errors: the comparison is optional, the page must still answer
+        log.warning("GET /model/compare: loading the challenger failed: %s", redact(f"{type(exc).__name__}: {exc}"))
+        return None, f"the challenger could not be loaded ({type(exc).__name__})"
+    if found is None:
+        return None, "the registry holds no version besides the champion yet"
+    return found, None
+
+
+def predicted_by(model: ServedModel, entry: dict, folder, ood_threshold: float, max_slice_mb: float,
+                 max_side: int) -> dict:
+    try:
+        item = prepared_example(model, entry, folder, ood_threshold, max_slice_mb, max_side)
+        result = slice_results(model, [item], ood_threshold)[0]
+    except UploadError as exc:  # e.g. a challenger that takes other channels than the examples have
+        return {"error": exc.detail}
+    return {key: result[key] for key in SHOWN} | {"image_png": result["image_png"]}
+
+
+def comparison(champion: ServedModel, source, ood_threshold: float, max_slice_mb: float, max_side: int) -> dict:
+    """The champion and the latest challenger side by side, and the champion's slice examples predicted by both."""
+    found, detail = find_challenger(source)
+    challenger = found[1] if found else None
+    rows = []
+    for entry in entries(champion):
+        if entry["kind"] != "slice":
+            continue
+        row = public(entry) | {"truth_png": truth_mask_png(champion.examples, entry, champion.image_size)}
+        for role, model in (("champion", champion), ("challenger", challenger)):
+            if model is not None:
+                row[role] = predicted_by(model, entry, champion.examples, ood_threshold, max_slice_mb, max_side)
+        rows.append(row)
+    return {"champion": model_summary(champion, "champion"),
+            "challenger": model_summary(challenger, "challenger", list(found[0].aliases or [])) if found else None,
+            "detail": detail, "examples": rows}

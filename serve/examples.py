@@ -1,0 +1,154 @@
+"""The example inputs bundled with the served model (tasks/release/examples.py packs them at register time, serving
+unpacks them with the model): their listing with thumbnails, a prediction on one, and the truth to overlay.
+
+A slice example is the test-split slice exactly as the model was evaluated on it (the processed (C, S, S) array),
+so its answer is the evaluated one; the out-of-distribution photo goes through the upload path as a PNG would.
+A volume example is predicted by the /v1/predict/volume handler itself (serve/api.py passes its FLAIR file as the
+upload), and its segmentation adds the truth overlay per slice and the true per-region volumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+from serve.images import png_base64, to_display
+from serve.inference import PreparedSlice, prepare_slice, slice_results
+from serve.model_source import ServedModel
+from serve.ood import score_slice
+from serve.uploads import UploadError, decode_slice
+from tasks.data.preprocess import axial_slice, prepare_array_slice
+
+INDEX_FILE = "index.json"  # written by tasks/release/examples.py
+THUMBNAIL = 96
+# RGBA of the BraTS labels, as in the volume answer's labels_png: 1 NCR red, 2 oedema green, 4 (or 3) ET yellow.
+LABEL_RGBA = {1: (230, 40, 40, 255), 2: (40, 200, 70, 255), 3: (250, 220, 40, 255), 4: (250, 220, 40, 255)}
+REGION_LABELS = {"wt": (1, 2, 3, 4), "tc": (1, 3, 4), "et": (3, 4)}
+NO_EXAMPLES = ("this model was registered before examples were bundled with models, so it carries none; upload a "
+               "file of your own, or register a new version (make run) to get them")
+
+
+@functools.lru_cache(maxsize=8)
+def read_index(folder: Path) -> tuple[dict, ...]:
+    try:
+        return tuple(json.loads((folder / INDEX_FILE).read_text()).get("examples", []))
+    except (OSError, ValueError):
+        return ()
+
+
+def entries(model: ServedModel) -> tuple[dict, ...]:
+    return () if model.examples is None else read_index(model.examples)
+
+
+def find_example(model: ServedModel, example_id: str) -> dict:
+    for entry in entries(model):
+        if entry["id"] == example_id:
+            return entry
+    known = ", ".join(e["id"] for e in entries(model)) or "none: " + NO_EXAMPLES
+    raise UploadError(404, f"no example {example_id!r} with the served model (examples: {known})")
+
+
+def public(entry: dict) -> dict:
+    """What the UI shows of an example (no file names of the bundle)."""
+    return {"id": entry["id"], "kind": entry["kind"], "title": entry["title"], "truth": bool(entry.get("truth")),
+            "patient": entry.get("patient"), "expected": entry.get("expected")}
+
+
+def listing(model: ServedModel) -> dict:
+    """GET /v1/examples: each example with a thumbnail; `detail` says why there are none."""
+    found = entries(model)
+    items = [public(e) | {"thumbnail_png": thumbnail(model.examples, e["id"])} for e in found]
+    return {"version": model.card.get("version"), "examples": items, "detail": None if items else NO_EXAMPLES}
+
+
+@functools.lru_cache(maxsize=64)
+def thumbnail(folder: Path, example_id: str) -> str:
+    entry = next(e for e in read_index(folder) if e["id"] == example_id)
+    if entry["kind"] == "volume":
+        volume = np.asarray(nib.load(folder / entry["files"]["flair"]).dataobj, dtype=np.float32)
+        z = int(np.argmax((volume > 0).sum(axis=(0, 1)))) if entry.get("truth") is None else \
+            int(np.argmax((np.asarray(nib.load(folder / entry["truth"]).dataobj) > 0).sum(axis=(0, 1))))
+        pixels = to_display(axial_slice(volume, z))
+    elif entry["file"].endswith(".npy"):
+        pixels = to_display(np.load(folder / entry["file"])[0])
+    else:
+        pixels = np.asarray(Image.open(folder / entry["file"]).convert("RGB"))
+    image = Image.fromarray(pixels)
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return png_base64(np.asarray(image))
+
+
+def prepared_example(model: ServedModel, entry: dict, folder: Path, ood_threshold: float, max_slice_mb: float,
+                     max_side: int) -> PreparedSlice:
+    """A slice example as model input: the processed array as it is (resized for a model of another size)."""
+    path = folder / entry["file"]
+    if path.suffix != ".npy":
+        decoded = decode_slice(path.read_bytes(), path.name, max_slice_mb, max_side)
+        return prepare_slice(decoded, model, entry["id"], ood_threshold)
+    array = np.load(path).astype(np.float32)
+    if array.shape[0] != model.in_channels:
+        raise UploadError(422, f"example {entry['id']}: {array.shape[0]} channel(s), but the served model takes "
+                               f"{model.in_channels} ({', '.join(model.modalities)})")
+    if array.shape[1:] != (model.image_size, model.image_size):
+        array = prepare_array_slice(array, model.image_size)
+    # Processed slices are z-scored per volume, not per slice: judged as displayed, not as raw intensities.
+    ood = score_slice(to_display(array[0]).astype(np.float32), array, None, None, ood_threshold)
+    return PreparedSlice(entry["id"], np.ascontiguousarray(array), ood)
+
+
+def truth_mask_png(folder: Path, entry: dict, size: int) -> str | None:
+    """The slice's true whole-tumour mask (0/255 PNG) at the model's size, or None when unknown."""
+    if not entry.get("truth"):
+        return None
+    mask = Image.open(folder / entry["truth"]).convert("L")
+    return png_base64(np.asarray(mask.resize((size, size), Image.NEAREST)))
+
+
+def predict_slice_example(model: ServedModel, entry: dict, ood_threshold: float, max_slice_mb: float,
+                          max_side: int) -> dict:
+    """The /v1/predict answer for a slice example, with `truth_png` (when known) and `example`."""
+    item = prepared_example(model, entry, model.examples, ood_threshold, max_slice_mb, max_side)
+    result = slice_results(model, [item], ood_threshold)[0]
+    return result | {"truth_png": truth_mask_png(model.examples, entry, model.image_size), "example": public(entry)}
+
+
+def labels_rgba(labels: np.ndarray) -> np.ndarray:
+    """(H, W) BraTS label map → (H, W, 4) uint8 overlay, transparent background."""
+    out = np.zeros(labels.shape + (4,), dtype=np.uint8)
+    for label, rgba in LABEL_RGBA.items():
+        out[labels == label] = rgba
+    return out
+
+
+def with_volume_truth(answer: bytes, model: ServedModel, entry: dict) -> dict:
+    """The /v1/predict/volume answer for a volume example, with per-slice `truth_png` (labels RGBA at the model's
+    size, in the orientation of `image_png`), `truth_region_volumes_cm3` and `example`."""
+    result = json.loads(answer)
+    result["example"] = public(entry)
+    if not entry.get("truth"):
+        return result
+    image = nib.load(model.examples / entry["truth"])
+    seg = np.asarray(image.dataobj).astype(np.uint8)
+    voxel_mm3 = float(np.prod(image.header.get_zooms()[:3]))
+    result["truth_region_volumes_cm3"] = {
+        region: round(float(np.isin(seg, labels).sum()) * voxel_mm3 / 1000.0, 4)
+        for region, labels in REGION_LABELS.items()}
+    size = model.image_size
+    for item in result.get("slices", []):
+        z = item["slice"]
+        if 0 <= z < seg.shape[2] and "image_png" in item:
+            labels = np.asarray(Image.fromarray(np.ascontiguousarray(axial_slice(seg, z))).resize((size, size),
+                                                                                                 Image.NEAREST))
+            item["truth_png"] = png_base64(labels_rgba(labels)) if labels.any() else None
+    return result
+
+
+def volume_upload(entry: dict, folder: Path):
+    """The example's FLAIR file, opened as the volume route's upload would be: (file name, file object, size)."""
+    path = folder / entry["files"]["flair"]
+    return path.name, open(path, "rb"), path.stat().st_size

@@ -1,0 +1,111 @@
+"""Examples bundled with the registered model (tasks/release/examples.py) and the routes that serve them:
+GET /v1/examples, POST /v1/examples/{id}/predict, GET /model/compare."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from serve.api import create_app
+from serve.model_source import FileSource, RegistrySource
+from tasks import paths
+from tasks.data.splits import read_split
+from tasks.release.examples import INDEX_FILE, bundle_examples, colour_photo
+from tests.serve_factory import REPO, decode_png, file_app, make_served_files
+from tests.ui_factory import add_raw_test_patient, inside, registered_project
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def bundle(tmp_path, tiny_settings):
+    from tests.release_factory import make_release_project
+
+    root = tmp_path / "project"
+    make_release_project(root, tiny_settings)
+    patient = add_raw_test_patient(root)
+    archive = bundle_examples(root / paths.PROCESSED, root / paths.SPLITS, root / paths.RAW_BRATS, ("flair",),
+                              tmp_path / "bundle")
+    return {"root": root, "patient": patient, "archive": archive, "folder": archive.parent / "examples"}
+
+
+def test_bundle_holds_test_split_slices_a_photo_and_a_test_volume(bundle):
+    index = json.loads((bundle["folder"] / INDEX_FILE).read_text())["examples"]
+    test = set(read_split("test", bundle["root"] / paths.SPLITS))
+    slices = [e for e in index if e["kind"] == "slice" and e["patient"]]
+    assert {e["expected"] for e in slices} == {"tumour", "clear"}
+    assert all(e["patient"] in test for e in slices)  # never a training or validation patient
+    assert [e["patient"] for e in index if e["kind"] == "volume"] == [bundle["patient"]]
+    assert any(e["expected"] == "out of distribution" for e in index)
+    for entry in slices:
+        array = np.load(bundle["folder"] / entry["file"])
+        assert array.dtype == np.float32 and array.shape == (1, 32, 32)
+    with zipfile.ZipFile(bundle["archive"]) as archive:
+        assert INDEX_FILE in archive.namelist() and f"{bundle['patient']}_seg.nii.gz" in archive.namelist()
+    assert colour_photo().std(axis=2).mean() > 20  # a colour picture, not a grey one
+
+
+def test_examples_list_and_predict(bundle, tmp_path):
+    files = make_served_files(tmp_path / "model")
+    app = file_app(files)
+    app.state.holder.source.examples = bundle["folder"]
+    with TestClient(app) as client:
+        listing = client.get("/v1/examples").json()
+        kinds = {e["id"]: e for e in listing["examples"]}
+        assert listing["detail"] is None and {e["kind"] for e in kinds.values()} == {"slice", "volume"}
+        assert all(decode_png(e["thumbnail_png"]).shape[0] > 0 for e in kinds.values())
+
+        tumour = next(e for e in listing["examples"] if e["expected"] == "tumour")
+        answer = client.post(f"/v1/examples/{tumour['id']}/predict").json()
+        truth, mask = decode_png(answer["truth_png"]) > 0, decode_png(answer["mask_png"]) > 0
+        assert answer["has_tumor"] is True and (truth & mask).sum() > 0  # the stand-in finds the bright disc
+        assert answer["example"]["id"] == tumour["id"]
+
+        photo = client.post("/v1/examples/ood-photo/predict").json()
+        assert photo["has_tumor"] is None and "colour" in photo["warning"]
+
+        volume = client.post(f"/v1/examples/volume-{bundle['patient']}/predict").json()
+        assert volume["shape"] == [48, 48, 12] and volume["truth_region_volumes_cm3"]["wt"] > 0
+        truths = [s for s in volume["slices"] if s.get("truth_png")]
+        assert truths and decode_png(truths[0]["truth_png"]).shape == (32, 32, 4)
+        assert volume["mask_nifti"] and volume["example"]["kind"] == "volume"
+
+        missing = client.post("/v1/examples/nope/predict")
+        assert missing.status_code == 404 and "slice-1" in missing.json()["detail"]
+
+
+def test_a_model_without_examples_says_so(tmp_path):
+    with TestClient(file_app(make_served_files(tmp_path))) as client:
+        listing = client.get("/v1/examples").json()
+        assert listing["examples"] == [] and "registered before examples" in listing["detail"]
+        assert "registered before examples" in client.post("/v1/examples/slice-1-tumour/predict").json()["detail"]
+        compare = client.get("/model/compare").json()
+        assert compare["challenger"] is None and "file" in compare["detail"]
+
+
+def test_registered_champion_carries_examples_and_compares_with_the_challenger(tmp_path, tiny_settings):
+    root = tmp_path / "project"
+    root.mkdir()
+    with inside(root):
+        project = registered_project(root, tiny_settings)
+        settings = project["settings"]
+        source = RegistrySource(settings.registry, settings.tracking, root / paths.SERVE_CACHE)
+        cfg = settings.serve.model_copy(update={"poll_seconds": 0})
+        with TestClient(create_app(source, cfg)) as client:
+            info = client.get("/model/info").json()
+            assert info["version"] == "1" and info["gate"]["verdict"] == "promoted"
+            ids = [e["id"] for e in client.get("/v1/examples").json()["examples"]]
+            assert f"volume-{project['patient']}" in ids and "ood-photo" in ids
+            compare = client.get("/model/compare").json()
+    assert compare["champion"]["version"] == "1" and compare["challenger"]["version"] == "2"
+    assert compare["challenger"]["aliases"] == ["challenger"] and compare["challenger"]["gate"]["verdict"] == "rejected"
+    assert "sensitivity 0.500 < 0.800 [FAIL]" in compare["challenger"]["gate"]["reason"]
+    assert compare["champion"]["lineage"]["onnx_sha256"] == project["champion"]["onnx_sha256"]
+    assert compare["champion"]["metrics"]["ci95"]["classification.accuracy"][0] < 0.9
+    rows = compare["examples"]
+    assert rows and all("tumor_probability" in r["champion"] and "tumor_probability" in r["challenger"]
+                        for r in rows if r["id"] != "ood-photo")

@@ -1,0 +1,53 @@
+"""A project registered for real, as the web UI serves it: tiny processed data, a raw BraTS test patient, an export
+and two runs of the real `register` step (a champion, then a rejected challenger), each carrying its bundled
+examples (tasks/release/examples.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from tasks import export, paths, register
+from tasks.config import Settings
+from tasks.data.splits import read_split
+from tests.nifti_factory import write_patient
+from tests.release_factory import fresh_mlflow_store, make_release_project, tracked, write_metrics
+
+VOLUME_SHAPE = (48, 48, 12)
+
+
+def add_raw_test_patient(root: Path) -> str:
+    """The first test patient's raw FLAIR and segmentation (labels 1/2/4) under data/raw/brats/."""
+    patient = read_split("test", root / paths.SPLITS)[0]
+    write_patient(root / paths.RAW_BRATS, patient, np.random.default_rng(3), parts=("flair", "seg"), shape=VOLUME_SHAPE)
+    return patient
+
+
+@contextlib.contextmanager
+def inside(root: Path) -> Iterator[None]:
+    """Work in `root` with the project's default MLflow store there (no MLFLOW_TRACKING_URI)."""
+    previous, uri = Path.cwd(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(root)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+        if uri is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
+def registered_project(root: Path, settings: Settings) -> dict:
+    """Champion v1 (passes the gate), challenger v2 (sensitivity 0.5: rejected); call inside(root)."""
+    settings = tracked(settings)
+    make_release_project(root, settings)
+    patient = add_raw_test_patient(root)
+    fresh_mlflow_store(root)
+    export.main(settings)
+    champion = register.main(settings)
+    write_metrics(root, accuracy=0.9, sensitivity=0.5)
+    challenger = register.main(settings)
+    return {"settings": settings, "patient": patient, "champion": champion, "challenger": challenger}
