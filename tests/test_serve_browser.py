@@ -1,33 +1,39 @@
 """The web UI in a real headless Chromium (Debian's chromium + chromium-driver, installed by
-scripts/install_browser.sh when missing): upload a slice, a batch and a volume, and check that results render.
+scripts/install_browser.sh when missing), at 1280×800, serving a champion registered by the real `register` step
+(with its gate verdict, lineage and bundled examples) and a rejected challenger beside it.
 
-    SLICEWISE_SCREENSHOT=docs/screenshot-ui.png   also save the Patient view there (the README's screenshot);
-                                                 the volume is then a synthetic BraTS-like FLAIR scan
-    SLICEWISE_UI_MODEL=champion                   serve the project's registry champion instead of the test's
-                                                 stand-in model (or an ONNX file: SLICEWISE_UI_MODEL=exports/model.onnx)
+Every tab is driven as a newcomer would, without a file of their own: an example runs a prediction, the patient
+viewer scrolls, the Model tab explains the champion; a bad upload shows the API's reason. A screenshot of each tab
+is written to the test's temporary folder, and also to $SLICEWISE_SCREENSHOTS when set (the README's pictures):
+
+    SLICEWISE_SCREENSHOTS=docs/screenshots .venv/bin/python -m pytest tests/test_serve_browser.py
+    SLICEWISE_UI_PROJECT=/path/to/project   register that project's trained export instead of a tiny untrained one
+                                            (its exports/, checkpoints/joint/best.pt, reports/, data/)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from serve.api import create_app
+from serve.model_source import RegistrySource
 from tasks import paths
-from tests.serve_factory import (REPO, ServedFiles, brain_slice, brain_volume, make_served_files, nifti_bytes,
-                                 png_bytes, running_server)
+from tasks.config import load_settings
+from tests.conftest import shrink_settings
+from tests.serve_factory import REPO, brain_slice, png_bytes, served_in_thread
+from tests.ui_factory import inside, registered_project, registered_copy
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--window-size=1280,1000")
-WAIT_SECONDS = 60
+                  "--no-first-run", "--window-size=1280,800")
+WAIT_SECONDS = 90
 
 
 def ensure_browser() -> None:
@@ -54,129 +60,192 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-def served_files(folder: Path) -> ServedFiles | None:
-    """The test's stand-in model, or what SLICEWISE_UI_MODEL names (None: the registry's champion)."""
-    model = os.environ.get("SLICEWISE_UI_MODEL")
-    if not model:
-        return make_served_files(folder)
-    if model == "champion":
-        return None
-    return ServedFiles(Path(model).resolve(), REPO / paths.best_checkpoint("joint"), REPO / paths.METRICS)
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    with inside(root):
+        source = os.environ.get("SLICEWISE_UI_PROJECT")
+        if source:
+            registered = registered_copy(Path(source), root, load_settings(Path(source) / paths.PARAMS))
+        else:
+            registered = registered_project(root, shrink_settings(load_settings(REPO / "params.yaml")))
+        yield registered | {"root": root}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ui")
-    with running_server(served_files(folder), folder / "serve.log") as url:
-        yield url
+def server(project):
+    settings = project["settings"]
+    cfg = settings.serve.model_copy(update={"poll_seconds": 0})
+    with inside(project["root"]):
+        app = create_app(RegistrySource(settings.registry, settings.tracking, project["root"] / paths.SERVE_CACHE), cfg)
+        with served_in_thread(app, cfg) as url:
+            yield url
 
 
-def wait_visible(driver, element_id: str):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    """Saves a screenshot of the page; returns its path."""
+    folder = tmp_path_factory.mktemp("screenshots")
+    target = os.environ.get("SLICEWISE_SCREENSHOTS")
+
+    def save(driver, name: str) -> Path:
+        path = folder / f"{name}.png"
+        assert driver.save_screenshot(str(path)) and path.stat().st_size > 10_000
+        if target:
+            Path(target).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, Path(target) / path.name)
+        return path
+
+    return save
+
+
+def wait(driver, condition):
+    """`condition` met within WAIT_SECONDS; else a failure that quotes the error messages the page shows."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_SECONDS).until(ec.visibility_of_element_located((By.ID, element_id)))
+    try:
+        return WebDriverWait(driver, WAIT_SECONDS).until(condition)
+    except TimeoutException:
+        shown = driver.execute_script(
+            "return [...document.querySelectorAll('.error, .notice, #model-info')].filter((e) => !e.hidden)"
+            ".map((e) => e.id + ': ' + e.textContent)")
+        raise AssertionError(f"the page did not get there; it shows {shown}") from None
 
 
-def wait_text(driver, element_id: str, text: str) -> None:
+def visible(driver, element_id: str):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, WAIT_SECONDS).until(ec.text_to_be_present_in_element((By.ID, element_id), text))
+    return wait(driver, ec.visibility_of_element_located((By.ID, element_id)))
 
 
-def red_pixels(driver, canvas_id: str) -> int:
+def canvas_sum(driver, canvas_id: str) -> int:
+    """A fingerprint of what the canvas shows: the sum of its RGB values, weighted by position."""
     return driver.execute_script(
         "const c = document.getElementById(arguments[0]); const d = c.getContext('2d')"
-        ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
-        "for (let i = 0; i < d.length; i += 4) if (d[i] > d[i + 1] + 60) n++; return n;", canvas_id)
+        ".getImageData(0, 0, c.width, c.height).data; let s = 0;"
+        "for (let i = 0; i < d.length; i += 4) s += (d[i] + 2 * d[i + 1] + 3 * d[i + 2]) * (1 + (i % 997)); return s;",
+        canvas_id)
 
 
-def patient_volume(folder: Path) -> Path:
-    if os.environ.get("SLICEWISE_SCREENSHOT"):
-        from tasks.data.synthetic import synthesize_patient
-
-        volume = synthesize_patient(42, 0)[0]["flair"]
-        data, _ = nifti_bytes(volume, spacing=(1.0, 1.0, 1.0))
-    else:
-        data, _ = nifti_bytes(brain_volume(shape=(64, 64, 16), tumour_box=((14, 26), (36, 50), (5, 11)))[0])
-    path = folder / "patient_flair.nii.gz"
-    path.write_bytes(data)
-    return path
+def open_page(driver, url: str, view: str = "examples") -> None:
+    driver.set_window_size(1280, 800)
+    driver.get("about:blank")  # a fresh page: the same URL with another #view would not reload it
+    driver.get(f"{url}/#{view}")
+    visible(driver, "model-version")
 
 
-def test_ui_renders_results_for_a_slice_a_batch_and_a_volume(browser, server, tmp_path):
+def by_css(driver, selector: str):
     from selenium.webdriver.common.by import By
 
-    slices = []
-    for i in range(3):
-        slices.append(tmp_path / f"slice_{i}.png")
-        slices[-1].write_bytes(png_bytes(brain_slice(size=128, tumour=i != 1)))
-    browser.get(server)
-    wait_visible(browser, "model-version")
-    with urllib.request.urlopen(f"{server}/model/info", timeout=10) as response:
-        gradcam = json.load(response)["served"]["gradcam_checkpoint"]
-    assert gradcam or os.environ.get("SLICEWISE_UI_MODEL")  # the stand-in model always has its checkpoint
+    return driver.find_elements(By.CSS_SELECTOR, selector)
 
-    # Classification, with Grad-CAM where the served model has a torch checkpoint
-    if gradcam:
-        browser.find_element(By.ID, "cls-gradcam").click()
-    browser.find_element(By.ID, "cls-file").send_keys(str(slices[0]))
-    wait_visible(browser, "cls-result")
-    if gradcam:
-        wait_visible(browser, "cls-gradcam-figure")
-    assert browser.find_element(By.ID, "cls-probability").text.endswith("%")
-    assert browser.find_element(By.ID, "cls-decision").text in {"tumour", "no tumour", "uncertain: out of distribution"}
 
-    # Segmentation: the mask is drawn in red over the slice, and the opacity slider changes it
-    browser.find_element(By.ID, "tab-segmentation").click()
-    browser.find_element(By.ID, "seg-file").send_keys(str(slices[0]))
-    wait_visible(browser, "seg-result")
-    if not os.environ.get("SLICEWISE_UI_MODEL"):  # the stand-in model is known to find the bright disc
-        assert red_pixels(browser, "seg-canvas") > 0
+def test_an_example_runs_in_one_click(browser, server, shots):
+    open_page(browser, server)
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    kinds = {b.get_attribute("data-kind") for b in by_css(browser, "#examples-gallery .example")}
+    assert kinds == {"slice", "volume"}
+    shots(browser, "examples")
+    tumour = next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text)
+    tumour.click()
+    visible(browser, "slice-result")
+    assert browser.find_element("id", "slice-title").text.startswith("example: tumour")
+    assert browser.find_element("id", "slice-probability").text.endswith("%")
+    assert browser.find_element("id", "slice-decision").text in {"tumour", "no tumour", "uncertain: out of distribution"}
+    assert browser.find_element("id", "slice-truth-toggle").is_displayed()  # the test split's truth comes along
+    before = canvas_sum(browser, "slice-canvas")
+    browser.find_element("id", "slice-show-truth").click()  # hiding the truth outline changes the picture
+    assert canvas_sum(browser, "slice-canvas") != before
+    browser.find_element("id", "slice-show-truth").click()
+    shots(browser, "slice")
 
-    # Batch: one row per file, sortable
-    browser.find_element(By.ID, "tab-batch").click()
-    browser.find_element(By.ID, "batch-files").send_keys("\n".join(str(p) for p in slices))
-    wait_visible(browser, "batch-table")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#batch-table tbody tr")
-    assert sorted(r.find_element(By.TAG_NAME, "td").text for r in rows) == [p.name for p in slices]
-    browser.find_element(By.CSS_SELECTOR, "#batch-table th[data-key='filename']").click()
-    first = browser.find_element(By.CSS_SELECTOR, "#batch-table tbody tr td").text
-    assert first in (slices[0].name, slices[-1].name)
-    assert browser.find_element(By.ID, "batch-csv").is_enabled()
+    browser.find_element("id", "tab-examples").click()
+    next(b for b in by_css(browser, "#examples-gallery .example") if "photograph" in b.text).click()
+    wait(browser, lambda d: "photograph" in d.find_element("id", "slice-title").text)
+    assert "out of distribution" in browser.find_element("id", "slice-decision").text
+    assert "colour image" in browser.find_element("id", "slice-warning").text
 
-    # Patient: a volume → tumour volume, slice scrubber, per-slice probability plot
-    volume_path = patient_volume(tmp_path)
-    browser.find_element(By.ID, "tab-patient").click()
-    browser.find_element(By.ID, "vol-file").send_keys(str(volume_path))
-    wait_visible(browser, "vol-result")
-    wait_text(browser, "vol-volume", "cm³")
-    slider = browser.find_element(By.ID, "vol-slider")
+
+def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(browser, server, "patient")
+    visible(browser, "vol-example").click()
+    visible(browser, "vol-result")
+    slider = browser.find_element("id", "vol-slider")
     n_slices = int(slider.get_attribute("max")) + 1
-    points = browser.find_element(By.CSS_SELECTOR, "#vol-plot polyline").get_attribute("points").split()
+    points = by_css(browser, "#vol-plot polyline")[0].get_attribute("points").split()
     assert len(points) == n_slices > 1
-    assert browser.find_element(By.ID, "vol-slice-label").text.startswith(slider.get_attribute("value"))
-    if not os.environ.get("SLICEWISE_UI_MODEL"):
-        assert red_pixels(browser, "vol-canvas") > 0  # scrubbed to the most likely tumour slice
-    assert not browser.find_element(By.ID, "vol-error").is_displayed()
+    assert browser.find_element("id", "vol-truth-toggle").is_displayed()
+    assert "cm³" in browser.find_element("id", "vol-regions").text
+    assert browser.find_element("id", "vol-labels-link").get_attribute("href").startswith("blob:")
 
-    screenshot = tmp_path / "screenshot-ui.png"
-    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
-    if target := os.environ.get("SLICEWISE_SCREENSHOT"):
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(screenshot, target)
+    shown, label = canvas_sum(browser, "vol-canvas"), browser.find_element("id", "vol-slice-label").text
+    z = int(slider.get_attribute("value"))
+    canvas = browser.find_element("id", "vol-canvas")
+    canvas.send_keys(Keys.ARROW_DOWN if z > 0 else Keys.ARROW_UP)  # the keyboard scrolls the volume
+    assert int(slider.get_attribute("value")) == (z - 1 if z > 0 else z + 1)
+    assert browser.find_element("id", "vol-slice-label").text != label
+    assert canvas_sum(browser, "vol-canvas") != shown
+    canvas.send_keys(Keys.HOME)
+    assert slider.get_attribute("value") == "0"
+    browser.execute_script("const s = document.getElementById('vol-slider'); s.value = arguments[0];"
+                           "s.dispatchEvent(new Event('input'));", z)  # back to the most likely tumour slice
+    assert browser.find_element("id", "vol-slice-label").text == label
+    shots(browser, "patient")
+
+    browser.set_window_size(420, 800)  # a narrow window: nothing runs off the side
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shots(browser, "patient-narrow")
 
 
-def test_ui_shows_the_reason_for_a_bad_upload(browser, server, tmp_path):
-    from selenium.webdriver.common.by import By
+def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots, tmp_path):
+    from tasks.release.examples import colour_photo
 
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"slice_{i}.png")
+        files[-1].write_bytes(png_bytes(brain_slice(size=128, tumour=i != 1)))
+    files.append(tmp_path / "holiday.png")
+    files[-1].write_bytes(png_bytes(colour_photo()))
+    open_page(browser, server, "batch")
+    browser.find_element("id", "batch-files").send_keys("\n".join(str(p) for p in files))
+    visible(browser, "batch-table")
+    rows = by_css(browser, "#batch-table tbody tr")
+    assert sorted(r.find_element("css selector", "td.name").text for r in rows) == sorted(p.name for p in files)
+    assert all(r.find_element("css selector", "img.thumb").get_attribute("src").startswith("data:image/png") for r in rows)
+    ood = [r for r in rows if "out of distribution" in r.text]
+    assert [r.find_element("css selector", "td.name").text for r in ood] == ["holiday.png"]
+    by_css(browser, "#batch-table th[data-key='filename'] button")[0].click()
+    names = [r.find_element("css selector", "td.name").text for r in by_css(browser, "#batch-table tbody tr")]
+    assert names in (sorted(names), sorted(names, reverse=True))
+    assert browser.find_element("id", "batch-csv").is_enabled()
+    shots(browser, "batch")
+
+
+def test_model_tab_explains_the_champion(browser, server, project, shots):
+    open_page(browser, server, "model")
+    visible(browser, "model-content")
+    wait(browser, lambda d: len(by_css(d, "#compare-examples canvas")) >= 2)
+    gate = browser.find_element("id", "gate-table").text
+    assert "accuracy" in gate and "pass" in gate and ">=" in gate  # every criterion with its numbers
+    assert browser.find_element("id", "gate-badge").text == "promoted"
+    lineage = browser.find_element("id", "lineage-table").text
+    assert project["champion"]["onnx_sha256"] in lineage and "git commit" in lineage and "params hash" in lineage
+    compare = browser.find_element("id", "compare-table").text
+    assert f"challenger v{project['challenger']['version']}" in compare and "accuracy" in compare and "[" in compare
+    assert "FAIL" in browser.find_element("id", "compare-detail").text  # why the challenger lost
+    assert "Promotion gate" in browser.find_element("id", "model-card").text
+    shots(browser, "model")
+
+
+def test_an_api_error_is_shown_as_a_message(browser, server, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"this is text, not a PNG")
-    browser.get(server)
-    browser.find_element(By.ID, "cls-file").send_keys(str(bad))
-    wait_visible(browser, "cls-error")
-    assert "unsupported file type" in browser.find_element(By.ID, "cls-error").text
-    assert not browser.find_element(By.ID, "cls-result").is_displayed()
+    open_page(browser, server, "slice")
+    browser.find_element("id", "slice-file").send_keys(str(bad))
+    visible(browser, "slice-error")
+    assert "unsupported file type" in browser.find_element("id", "slice-error").text
+    assert not browser.find_element("id", "slice-result").is_displayed()

@@ -51,3 +51,31 @@ def registered_project(root: Path, settings: Settings) -> dict:
     write_metrics(root, accuracy=0.9, sensitivity=0.5)
     challenger = register.main(settings)
     return {"settings": settings, "patient": patient, "champion": champion, "challenger": challenger}
+
+
+def registered_copy(source: Path, root: Path, settings: Settings) -> dict:
+    """Like registered_project, over another project's trained export (the README's screenshots): its exports,
+    joint checkpoint, reports and data (linked, read only) registered into a fresh store under `root`."""
+    import json
+    import shutil
+
+    settings = tracked(settings)
+    for part in (paths.EXPORTS, paths.best_checkpoint("joint"), paths.METRICS, paths.EXPORT_REPORT):
+        (root / part).parent.mkdir(parents=True, exist_ok=True)
+        copy = shutil.copytree if (source / part).is_dir() else shutil.copyfile
+        copy(source / part, root / part)
+    for part in (paths.PROCESSED, paths.SPLITS):
+        (root / part).parent.mkdir(parents=True, exist_ok=True)
+        (root / part).symlink_to((source / part).resolve())
+    test = read_split("test", source / paths.SPLITS)
+    for patient in test:
+        if (source / paths.RAW_BRATS / patient).is_dir():
+            (root / paths.RAW_BRATS).mkdir(parents=True, exist_ok=True)
+            (root / paths.RAW_BRATS / patient).symlink_to((source / paths.RAW_BRATS / patient).resolve())
+    fresh_mlflow_store(root)
+    champion = register.main(settings)
+    metrics = json.loads((root / paths.METRICS).read_text())
+    metrics["classification"]["sensitivity"] = 0.5  # the same model, reported worse: the gate rejects it
+    (root / paths.METRICS).write_text(json.dumps(metrics))
+    challenger = register.main(settings)
+    return {"settings": settings, "patient": None, "champion": champion, "challenger": challenger}

@@ -1,0 +1,88 @@
+// Batch: many slices → a sortable table with thumbnails and the OOD flag, and the same rows as CSV.
+import { $, busy, decisionText, fmt, pct, pngSrc, postFiles, show } from "./common.js";
+
+const batch = { rows: [], key: "tumor_probability", descending: true, limit: 50 };
+const CSV_COLUMNS = ["filename", "tumor_probability", "has_tumor", "threshold", "tumor_area_px", "ood_score",
+  "out_of_distribution", "warning"];
+
+const isOod = (row) => row.has_tumor === null;
+
+function cell(content, className = "") {
+  const td = document.createElement("td");
+  if (content instanceof Node) td.appendChild(content); else td.textContent = content;
+  if (className) td.className = className;
+  return td;
+}
+
+function renderBatch() {
+  const { key, descending } = batch;
+  const value = (row) => (row[key] === null ? -1 : row[key]);
+  const rows = [...batch.rows].sort((a, b) => {
+    const order = value(a) < value(b) ? -1 : value(a) > value(b) ? 1 : 0;
+    return descending ? -order : order;
+  });
+  $("batch-table").querySelector("tbody").replaceChildren(...rows.map((row) => {
+    const tr = document.createElement("tr");
+    const thumb = document.createElement("img");
+    thumb.className = "thumb";
+    thumb.alt = `slice ${row.filename}`;
+    thumb.src = pngSrc(row.image_png);
+    const [decision, style] = decisionText(row);
+    const badge = document.createElement("span");
+    badge.className = "badge small-badge " + style;
+    badge.textContent = decision;
+    const ood = document.createElement("span");
+    ood.className = isOod(row) ? "flag ood" : "flag";
+    ood.textContent = isOod(row) ? `⚠ ${fmt(row.ood_score, 2)} out of distribution` : fmt(row.ood_score, 2);
+    tr.append(cell(thumb), cell(row.filename, "name"), cell(pct(row.tumor_probability)), cell(badge),
+      cell(String(row.tumor_area_px)), cell(ood));
+    if (row.warning) tr.title = row.warning;
+    if (isOod(row)) tr.classList.add("ood-row");
+    return tr;
+  }));
+  for (const th of $("batch-table").querySelectorAll("th[data-key]")) {
+    const sorted = th.dataset.key === key;
+    th.className = sorted ? (descending ? "sorted-desc" : "sorted-asc") : "";
+    th.setAttribute("aria-sort", sorted ? (descending ? "descending" : "ascending") : "none");
+  }
+  show("batch-table", true);
+}
+
+async function predictBatch() {
+  const files = Array.from($("batch-files").files);
+  if (!files.length) return;
+  const limit = Number($("batch-limit").textContent) || batch.limit;
+  if (files.length > limit) {
+    $("batch-error").textContent = `${files.length} files: at most ${limit} per batch`;
+    show("batch-error", true);
+    return;
+  }
+  await busy("batch", async () => {
+    batch.rows = await postFiles("/v1/predict/batch", "files", files);
+    renderBatch();
+    $("batch-csv").disabled = false;
+  });
+}
+
+function downloadCsv() {
+  const quote = (v) => (v === null || v === undefined ? "" : `"${String(v).replaceAll('"', '""')}"`);
+  const lines = [CSV_COLUMNS.join(","), ...batch.rows.map((row) =>
+    CSV_COLUMNS.map((c) => quote(c === "out_of_distribution" ? isOod(row) : row[c])).join(","))];
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+  link.download = "slicewise-batch.csv";
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+export function setupBatch() {
+  for (const th of document.querySelectorAll("#batch-table th[data-key]")) {
+    th.querySelector("button").addEventListener("click", () => {
+      batch.descending = batch.key === th.dataset.key ? !batch.descending : th.dataset.key !== "filename";
+      batch.key = th.dataset.key;
+      renderBatch();
+    });
+  }
+  $("batch-files").addEventListener("change", predictBatch);
+  $("batch-csv").addEventListener("click", downloadCsv);
+}

@@ -1,0 +1,132 @@
+// Shared helpers of the web UI: the API client (every error becomes a readable message), images and overlays.
+export const $ = (id) => document.getElementById(id);
+export const pct = (p) => (100 * p).toFixed(1) + " %";
+export const esc = (text) => String(text ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+export const fmt = (value, digits = 3) => (typeof value === "number" ? value.toFixed(digits) : "n/a");
+
+// JSON from the API, or an Error whose message says what went wrong (the API's `detail`, else the status).
+export async function api(url, options = {}) {
+  let response;
+  try {
+    response = await fetch(url, options);
+  } catch (error) {
+    throw new Error(`cannot reach the SliceWise server (${error.message}); is it still running?`);
+  }
+  const text = await response.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { body = null; }
+  if (!response.ok) {
+    const detail = body && body.detail !== undefined ? body.detail : text.slice(0, 200) || response.statusText;
+    throw new Error(`${response.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
+  }
+  if (body === null) throw new Error(`the server answered ${url} with something that is not JSON`);
+  return body;
+}
+
+export function postFiles(url, field, files) {
+  const form = new FormData();
+  for (const file of files) form.append(field, file, file.name);
+  return api(url, { method: "POST", body: form });
+}
+
+export function show(id, visible) { $(id).hidden = !visible; }
+export function showError(prefix, error) {
+  $(prefix + "-error").textContent = error ? String(error.message || error) : "";
+  show(prefix + "-error", Boolean(error));
+}
+export function showWarning(id, warning) { $(id).textContent = warning || ""; show(id, Boolean(warning)); }
+
+// Runs `work` with the view's busy note shown and its error box filled on failure; returns whether it worked.
+export async function busy(prefix, work) {
+  showError(prefix, null);
+  show(prefix + "-busy", true);
+  try {
+    await work();
+    return true;
+  } catch (error) {
+    showError(prefix, error);
+    return false;
+  } finally {
+    show(prefix + "-busy", false);
+  }
+}
+
+export function decisionText(result) {
+  if (result.has_tumor === null) return ["uncertain: out of distribution", "uncertain"];
+  return result.has_tumor ? ["tumour", "tumour"] : ["no tumour", "clear"];
+}
+
+export function pngSrc(base64) { return "data:image/png;base64," + base64; }
+
+export function loadImage(base64) {
+  return new Promise((resolve, reject) => {
+    if (!base64) { resolve(null); return; }
+    const image = new Image();
+    image.onload = () => resolve(image);
+    image.onerror = () => reject(new Error("the server sent an image the browser cannot decode"));
+    image.src = pngSrc(base64);
+  });
+}
+
+function pixelsOf(image) {
+  const canvas = document.createElement("canvas");
+  canvas.width = image.width;
+  canvas.height = image.height;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(image, 0, 0);
+  return [canvas, ctx, ctx.getImageData(0, 0, canvas.width, canvas.height)];
+}
+
+// A binary mask PNG (0/255) as a coloured, transparent-elsewhere layer.
+export function tinted(maskImage, rgb) {
+  if (!maskImage) return null;
+  const [canvas, ctx, pixels] = pixelsOf(maskImage);
+  const d = pixels.data;
+  for (let i = 0; i < d.length; i += 4) d.set(d[i] > 127 ? [...rgb, 255] : [0, 0, 0, 0], i);
+  ctx.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+// Only the edge of each coloured region of a layer (RGBA labels, or a 0/255 mask painted `rgb`): the truth is
+// drawn as an outline over the filled prediction, as radiology viewers do.
+export function outline(image, rgb = null) {
+  if (!image) return null;
+  const [canvas, ctx, pixels] = pixelsOf(image);
+  const { width: w, height: h } = canvas;
+  const d = pixels.data;
+  const on = (x, y) => x >= 0 && y >= 0 && x < w && y < h && (rgb ? d[4 * (y * w + x)] > 127 : d[4 * (y * w + x) + 3] > 0);
+  const key = (x, y) => (rgb ? 1 : d[4 * (y * w + x)] * 65536 + d[4 * (y * w + x) + 1] * 256 + d[4 * (y * w + x) + 2]);
+  const out = ctx.createImageData(w, h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (!on(x, y)) continue;
+      const k = key(x, y);
+      const edge = [[1, 0], [-1, 0], [0, 1], [0, -1]].some(([dx, dy]) => !on(x + dx, y + dy) || key(x + dx, y + dy) !== k);
+      if (edge) out.data.set(rgb ? [...rgb, 255] : [d[4 * (y * w + x)], d[4 * (y * w + x) + 1], d[4 * (y * w + x) + 2], 255], 4 * (y * w + x));
+    }
+  }
+  ctx.putImageData(out, 0, 0);
+  return canvas;
+}
+
+// The slice and its layers ([{image, opacity}], null images skipped), scaled to the canvas without smoothing.
+export function drawLayers(canvas, base, layers) {
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.globalAlpha = 1;
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  if (base) ctx.drawImage(base, 0, 0, canvas.width, canvas.height);
+  for (const { image, opacity } of layers) {
+    if (!image || opacity <= 0) continue;
+    ctx.globalAlpha = opacity;
+    ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
+  }
+  ctx.globalAlpha = 1;
+}
+
+// Switch to a view (the tab's click handler, set up in app.js).
+export function openView(view) { $("tab-" + view).click(); }
+
+export const PRED_RGB = [230, 40, 40];
+export const TRUTH_RGB = [40, 220, 90];

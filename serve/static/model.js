@@ -1,0 +1,156 @@
+// Why this model: the champion's gate verdict with every criterion, its lineage, the champion beside the latest
+// challenger (metrics with 95 % intervals, the same example slices predicted by both) and its model card.
+import { $, PRED_RGB, TRUTH_RGB, api, decisionText, drawLayers, esc, fmt, loadImage, outline, show, tinted } from "./common.js";
+
+const LINEAGE = [["git_commit", "git commit"], ["git_dirty", "uncommitted changes"], ["data_hash", "data hash"],
+  ["data_raw_hash", "raw data hash"], ["splits_hash", "splits hash"], ["params_hash", "params hash"],
+  ["prefect_flow_run_id", "Prefect flow run"], ["mlflow_run_id", "MLflow run"], ["onnx_sha256", "ONNX sha256"]];
+const METRICS = [["classification.accuracy", "accuracy"], ["classification.sensitivity", "sensitivity"],
+  ["classification.specificity", "specificity"], ["classification.roc_auc", "ROC AUC"],
+  ["segmentation.dice", "slice Dice (WT)"], ["segmentation.hd95", "slice HD95 (mm)", true],
+  ["segmentation_volume.dice", "volume Dice (WT)"], ["segmentation_regions.wt.dice", "Dice WT"],
+  ["segmentation_regions.tc.dice", "Dice TC"], ["segmentation_regions.et.dice", "Dice ET"]];
+let loaded = null;
+
+const get = (object, path) => path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), object);
+
+// The model card's Markdown (headings, tables, lists, bold, code) as HTML; everything escaped first.
+export function markdown(text) {
+  const inline = (s) => esc(s).replace(/`([^`]+)`/g, "<code>$1</code>").replace(/\*\*([^*]+)\*\*/g, "<b>$1</b>");
+  const out = [];
+  let table = null;
+  let list = null;
+  const flush = () => {
+    if (table) out.push(`<table class="compact">${table.join("")}</table>`);
+    if (list) out.push(`<ul>${list.join("")}</ul>`);
+    table = list = null;
+  };
+  for (const line of text.split("\n")) {
+    const heading = /^(#{1,4})\s+(.*)$/.exec(line);
+    if (line.startsWith("|")) {
+      if (/^\|[\s|:-]+\|$/.test(line)) continue;
+      if (!table) { flush(); table = []; }
+      const cells = line.slice(1, -1).split("|").map((c) => c.trim());
+      const tag = table.length ? "td" : "th";
+      table.push(`<tr>${cells.map((c) => `<${tag}>${inline(c)}</${tag}>`).join("")}</tr>`);
+    } else if (line.startsWith("- ")) {
+      if (!list) { flush(); list = []; }
+      list.push(`<li>${inline(line.slice(2))}</li>`);
+    } else {
+      flush();
+      if (heading) out.push(`<h${heading[1].length + 2}>${inline(heading[2])}</h${heading[1].length + 2}>`);
+      else if (line.trim()) out.push(`<p>${inline(line)}</p>`);
+    }
+  }
+  flush();
+  return out.join("\n");
+}
+
+function gateSection(info) {
+  const gate = info.gate;
+  $("gate-badge").textContent = gate ? gate.verdict : "no gate";
+  $("gate-badge").className = "badge " + (gate ? (gate.verdict === "promoted" ? "clear" : "tumour") : "uncertain");
+  $("gate-reason").textContent = gate ? gate.reason :
+    "This model was not registered through the promotion gate (it is served from a file).";
+  $("gate-table").querySelector("tbody").innerHTML = (gate ? gate.criteria : []).map((c) =>
+    `<tr class="${c.passed ? "pass" : "fail"}"><th scope="row">${esc(c.name)}</th>` +
+    `<td>${c.passed ? "✔ pass" : "✘ fail"}</td><td>${esc(c.detail)}</td></tr>`).join("");
+}
+
+function lineageSection(info) {
+  const tags = info.tags || {};
+  const rows = [["model", info.source === "registry" ? `${info.name} version ${info.version} (@${info.alias})` : info.path],
+    ["registered", info.registered_at_ms ? new Date(info.registered_at_ms).toISOString().replace("T", " ").slice(0, 19) + " UTC" : null],
+    ...LINEAGE.map(([key, label]) => [label, tags[key]])];
+  $("lineage-table").querySelector("tbody").innerHTML = rows.map(([label, value]) =>
+    `<tr><th scope="row">${esc(label)}</th><td><code class="hash">${value ? esc(value) : "—"}</code></td></tr>`).join("");
+}
+
+function metricCell(metrics, key, lowerIsBetter, other) {
+  const value = get(metrics, key);
+  if (typeof value !== "number") return "<td class=\"muted\">—</td>";
+  const ci = get(metrics, "ci95") ? metrics.ci95[key] : undefined;
+  const interval = ci ? ` <span class="ci">[${fmt(ci[0])}, ${fmt(ci[1])}]</span>` : "";
+  const otherValue = get(other, key);
+  const better = typeof otherValue === "number" && (lowerIsBetter ? value < otherValue : value > otherValue);
+  return `<td class="${better ? "better" : ""}">${fmt(value)}${interval}</td>`;
+}
+
+function compareSection(compare) {
+  const { champion, challenger } = compare;
+  $("compare-detail").textContent = compare.detail ||
+    `Champion v${champion.version} against challenger v${challenger.version} (${challenger.gate ? challenger.gate.verdict : "no gate"}` +
+    `${challenger.gate ? ": " + challenger.gate.reason : ""}). Bold is better; intervals are 95 % bootstrap intervals.`;
+  const head = `<tr><th>metric (test split)</th><th>champion v${esc(champion.version ?? "")}</th>` +
+    (challenger ? `<th>challenger v${esc(challenger.version)}</th>` : "") + "</tr>";
+  const rows = METRICS.filter(([key]) => typeof get(champion.metrics, key) === "number" ||
+    (challenger && typeof get(challenger.metrics, key) === "number"))
+    .map(([key, label, lower]) => `<tr><th scope="row">${esc(label)}</th>` +
+      metricCell(champion.metrics, key, lower, challenger && challenger.metrics) +
+      (challenger ? metricCell(challenger.metrics, key, lower, champion.metrics) : "") + "</tr>");
+  $("compare-table").querySelector("thead").innerHTML = head;
+  $("compare-table").querySelector("tbody").innerHTML = rows.join("");
+  return compareExamples(compare);
+}
+
+async function panel(row, role) {
+  const answer = row[role];
+  const figure = document.createElement("figure");
+  if (!answer) return figure;
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 160;
+  const caption = document.createElement("figcaption");
+  if (answer.error) {
+    caption.textContent = `${role}: ${answer.error}`;
+  } else {
+    const base = await loadImage(answer.image_png);
+    const truth = row.truth_png ? outline(await loadImage(row.truth_png), TRUTH_RGB) : null;
+    drawLayers(canvas, base, [{ image: tinted(await loadImage(answer.mask_png), PRED_RGB), opacity: 0.55 },
+      { image: truth, opacity: 1 }]);
+    caption.textContent = `${role}: p = ${fmt(answer.tumor_probability)} · ${decisionText(answer)[0]}`;
+    figure.appendChild(canvas);
+  }
+  figure.appendChild(caption);
+  return figure;
+}
+
+async function compareExamples(compare) {
+  const box = $("compare-examples");
+  box.replaceChildren();
+  if (!compare.examples.length) {
+    box.innerHTML = "<p class=\"small\">No example slices: this champion was registered before examples were bundled.</p>";
+    return;
+  }
+  for (const row of compare.examples) {
+    const item = document.createElement("div");
+    item.className = "compare-row";
+    item.innerHTML = `<div class="subtitle">${esc(row.title)}${row.truth ? " · truth outlined in green" : ""}</div>`;
+    const figures = document.createElement("div");
+    figures.className = "pair";
+    figures.append(await panel(row, "champion"), await panel(row, "challenger"));
+    item.appendChild(figures);
+    box.appendChild(item);
+  }
+}
+
+async function load() {
+  const [info, compare] = await Promise.all([api("/model/info"), api("/model/compare")]);
+  gateSection(info);
+  lineageSection(info);
+  $("model-card").innerHTML = info.description ? markdown(info.description) :
+    "<p class=\"small\">No model card: the model is served from a file, not from the registry.</p>";
+  show("model-content", true);
+  await compareSection(compare);
+}
+
+export function loadModelView() {
+  if (!loaded) {
+    $("model-error").hidden = true;
+    loaded = load().catch((error) => {
+      loaded = null;  // try again next time the tab opens
+      $("model-error").textContent = "the model's details could not be loaded: " + error.message;
+      show("model-error", true);
+    });
+  }
+  return loaded;
+}

@@ -1,0 +1,165 @@
+// Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
+// scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice probability plot.
+import { $, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, postFiles, show, showWarning,
+  tinted } from "./common.js";
+
+const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
+const LABEL_LEGEND = [["#e62828", "necrotic core (1)"], ["#28c846", "oedema (2)"], ["#fadc28", "enhancing (4)"]];
+const patient = { result: null, slices: [], base: [], pred: [], truth: [], unc: [], urls: [] };
+
+function blobUrl(base64, type = "application/gzip") {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  const url = URL.createObjectURL(new Blob([bytes], { type }));
+  patient.urls.push(url);
+  return url;
+}
+
+async function layers(result) {
+  const all = (field, then = (x) => x) => Promise.all(result.slices.map(async (s) => then(await loadImage(s[field]))));
+  const hasLabels = result.slices.some((s) => s.labels_png);
+  patient.base = await all("image_png");
+  patient.pred = hasLabels ? await all("labels_png") : await all("mask_png", (m) => tinted(m, PRED_RGB));
+  patient.truth = await all("truth_png", (t) => outline(t));
+  patient.unc = await all("uncertainty_png");
+  return hasLabels;
+}
+
+async function render(result, title) {
+  if (!result.slices.length || !result.slices[0].image_png) throw new Error("the answer holds no slice images");
+  patient.urls.forEach((url) => URL.revokeObjectURL(url));
+  patient.urls = [];
+  patient.result = result;
+  patient.slices = result.slices;
+  const hasLabels = await layers(result);
+  $("vol-title").textContent = `${title} · ${result.shape.join(" × ")} voxels of ` +
+    `${result.voxel_spacing_mm.map((s) => s.toFixed(2)).join(" × ")} mm`;
+  showWarning("vol-warning", result.warning);
+  show("vol-truth-toggle", patient.truth.some(Boolean));
+  show("vol-unc-toggle", patient.unc.some(Boolean));
+  $("vol-legend").innerHTML = (hasLabels ? LABEL_LEGEND : [["#e62828", "whole tumour (predicted)"]])
+    .map(([colour, name]) => `<span><i style="background:${colour}"></i>${esc(name)}</span>`).join("") +
+    (patient.truth.some(Boolean) ? "<span><i class=\"outline\"></i>truth: outline in the label's colour</span>" : "");
+  regionTable(result);
+  $("vol-summary").textContent = `${result.tumor_slices.length} of ${result.slices.length} slices with tumour · ` +
+    `max probability ${fmt(result.max_tumor_probability)} · OOD score ${fmt(result.ood_score, 2)}`;
+  const labels = result.label_map_nifti ? [result.label_map_nifti, result.label_map_nifti_filename] :
+    [result.mask_nifti, result.mask_nifti_filename];
+  $("vol-labels-link").href = blobUrl(labels[0]);
+  $("vol-labels-link").download = labels[1];
+  $("vol-labels-link").textContent = result.label_map_nifti ? "download label map (NIfTI)" : "download tumour mask (NIfTI)";
+  show("vol-unc-link", Boolean(result.uncertainty_nifti));
+  if (result.uncertainty_nifti) {
+    $("vol-unc-link").href = blobUrl(result.uncertainty_nifti);
+    $("vol-unc-link").download = result.uncertainty_nifti_filename;
+  }
+  const best = result.slices.reduce((a, b) => (b.tumor_probability > a.tumor_probability ? b : a));
+  $("vol-slider").max = result.slices.length - 1;
+  $("vol-slider").value = best.slice;
+  show("vol-result", true);
+  drawSlice();
+}
+
+function regionTable(result) {
+  const predicted = result.region_volumes_cm3 || { wt: result.tumor_volume_cm3 };
+  const truth = result.truth_region_volumes_cm3;
+  const regions = (result.regions || Object.keys(predicted)).filter((r) => r in REGION_NAMES);
+  const shown = truth ? Object.keys(REGION_NAMES) : regions;
+  $("vol-regions").querySelector("thead").innerHTML =
+    `<tr><th>region</th><th>predicted</th>${truth ? "<th>truth</th>" : ""}</tr>`;
+  $("vol-regions").querySelector("tbody").innerHTML = shown.map((r) => {
+    const value = predicted[r];
+    const cell = value === null || value === undefined ? "<td class=\"muted\">not predicted</td>" :
+      `<td id="vol-volume-${r}">${fmt(value, 2)} cm³</td>`;
+    return `<tr><th scope="row">${REGION_NAMES[r]} (${r.toUpperCase()})</th>${cell}` +
+      (truth ? `<td>${fmt(truth[r], 2)} cm³</td>` : "") + "</tr>";
+  }).join("");
+}
+
+function drawSlice() {
+  if (!patient.slices.length) return;
+  const z = Number($("vol-slider").value);
+  const s = patient.slices[z];
+  const opacity = $("vol-opacity").value / 100;
+  drawLayers($("vol-canvas"), patient.base[z], [
+    { image: $("vol-show-unc").checked ? patient.unc[z] : null, opacity },
+    { image: $("vol-show-pred").checked ? patient.pred[z] : null, opacity },
+    { image: $("vol-show-truth").checked ? patient.truth[z] : null, opacity: 1 },
+  ]);
+  const area = s.tumor_area_mm2 === undefined ? "" : ` · ${s.tumor_area_mm2.toFixed(0)} mm²`;
+  $("vol-slice-label").textContent = `${z} / ${patient.slices.length - 1} · p = ${s.tumor_probability.toFixed(3)}${area}`;
+  drawPlot(z);
+}
+
+const PLOT = { w: 480, h: 120, left: 30, right: 8, top: 8, bottom: 18 };
+const plotX = (z) => PLOT.left + ((PLOT.w - PLOT.left - PLOT.right) * z) / Math.max(patient.slices.length - 1, 1);
+const plotY = (p) => PLOT.top + (PLOT.h - PLOT.top - PLOT.bottom) * (1 - p);
+
+function drawPlot(current) {
+  const { w, h, left, right } = PLOT;
+  const points = patient.slices.map((s) => `${plotX(s.slice).toFixed(1)},${plotY(s.tumor_probability).toFixed(1)}`);
+  const truthTicks = patient.slices.filter((s, i) => patient.truth[i])
+    .map((s) => `<line class="truth-tick" x1="${plotX(s.slice)}" y1="${h - 16}" x2="${plotX(s.slice)}" y2="${h - 12}"/>`);
+  const threshold = patient.result.threshold;
+  $("vol-plot").innerHTML = `
+    <line class="axis" x1="${left}" y1="${plotY(0)}" x2="${w - right}" y2="${plotY(0)}"/>
+    <line class="axis" x1="${left}" y1="${plotY(0)}" x2="${left}" y2="${plotY(1)}"/>
+    <text x="2" y="${plotY(1) + 8}">1.0</text><text x="2" y="${plotY(0)}">0.0</text>
+    <text x="${w / 2 - 60}" y="${h - 2}">tumour probability per slice</text>
+    <line class="threshold" x1="${left}" y1="${plotY(threshold)}" x2="${w - right}" y2="${plotY(threshold)}"/>
+    ${truthTicks.join("")}
+    <polyline class="line" points="${points.join(" ")}"/>
+    <line class="cursor" x1="${plotX(current)}" y1="${plotY(0)}" x2="${plotX(current)}" y2="${plotY(1)}"/>`;
+}
+
+function step(delta) {
+  const slider = $("vol-slider");
+  slider.value = Math.min(Math.max(Number(slider.value) + delta, 0), Number(slider.max));
+  drawSlice();
+}
+
+export async function openVolumeExample(example) {
+  openView("patient");
+  const ok = await busy("vol", async () => render(
+    await api(`/v1/examples/${encodeURIComponent(example.id)}/predict?images=true`, { method: "POST" }),
+    "example: " + example.title));
+  if (!ok) show("vol-result", false);
+}
+
+async function predictVolumeFile() {
+  const file = $("vol-file").files[0];
+  if (!file) return;
+  const ok = await busy("vol", async () => render(await postFiles("/v1/predict/volume?images=true", "file", [file]), file.name));
+  if (!ok) show("vol-result", false);
+}
+
+export function setupPatient() {
+  $("vol-file").addEventListener("change", predictVolumeFile);
+  for (const id of ["vol-slider", "vol-opacity", "vol-show-pred", "vol-show-truth", "vol-show-unc"]) {
+    $(id).addEventListener("input", drawSlice);
+  }
+  $("vol-canvas").addEventListener("keydown", (event) => {
+    const delta = { ArrowUp: 1, ArrowRight: 1, ArrowDown: -1, ArrowLeft: -1, PageUp: 10, PageDown: -10 }[event.key];
+    if (event.key === "Home" || event.key === "End") {
+      $("vol-slider").value = event.key === "Home" ? 0 : $("vol-slider").max;
+      drawSlice();
+    } else if (delta !== undefined) {
+      step(delta);
+    } else {
+      return;
+    }
+    event.preventDefault();
+  });
+  $("vol-canvas").addEventListener("wheel", (event) => {
+    if (!patient.slices.length) return;
+    event.preventDefault();
+    step(event.deltaY > 0 ? -1 : 1);
+  }, { passive: false });
+  $("vol-plot").addEventListener("click", (event) => {
+    if (!patient.slices.length) return;
+    const box = $("vol-plot").getBoundingClientRect();
+    const x = ((event.clientX - box.left) / box.width) * PLOT.w;
+    const fraction = (x - PLOT.left) / (PLOT.w - PLOT.left - PLOT.right);
+    $("vol-slider").value = Math.round(Math.min(Math.max(fraction, 0), 1) * (patient.slices.length - 1));
+    drawSlice();
+  });
+}
