@@ -63,10 +63,11 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
+    source = os.environ.get("SLICEWISE_UI_PROJECT")
+    source = Path(source).resolve() if source else None  # before moving into the test's project folder
     with inside(root):
-        source = os.environ.get("SLICEWISE_UI_PROJECT")
         if source:
-            registered = registered_copy(Path(source), root, load_settings(Path(source) / paths.PARAMS))
+            registered = registered_copy(source, root, load_settings(source / paths.PARAMS))
         else:
             registered = registered_project(root, shrink_settings(load_settings(REPO / "params.yaml")))
         yield registered | {"root": root}
@@ -87,13 +88,14 @@ def shots(tmp_path_factory):
     """Saves a screenshot of the page; returns its path."""
     folder = tmp_path_factory.mktemp("screenshots")
     target = os.environ.get("SLICEWISE_SCREENSHOTS")
+    target = REPO / target if target else None  # relative to the repository: the tests run in the project's folder
 
     def save(driver, name: str) -> Path:
         path = folder / f"{name}.png"
         assert driver.save_screenshot(str(path)) and path.stat().st_size > 10_000
         if target:
-            Path(target).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, Path(target) / path.name)
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target / path.name)
         return path
 
     return save
@@ -194,6 +196,7 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
     browser.execute_script("const s = document.getElementById('vol-slider'); s.value = arguments[0];"
                            "s.dispatchEvent(new Event('input'));", z)  # back to the most likely tumour slice
     assert browser.find_element("id", "vol-slice-label").text == label
+    browser.execute_script("document.getElementById('vol-result').scrollIntoView()")
     shots(browser, "patient")
 
     browser.set_window_size(420, 800)  # a narrow window: nothing runs off the side
@@ -239,6 +242,8 @@ def test_model_tab_explains_the_champion(browser, server, project, shots):
     assert "FAIL" in browser.find_element("id", "compare-detail").text  # why the challenger lost
     assert "Promotion gate" in browser.find_element("id", "model-card").text
     shots(browser, "model")
+    browser.execute_script("document.getElementById('compare-table').closest('.card').scrollIntoView()")
+    shots(browser, "model-compare")
 
 
 def test_an_api_error_is_shown_as_a_message(browser, server, tmp_path):

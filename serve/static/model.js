@@ -50,7 +50,7 @@ function gateSection(info) {
   const gate = info.gate;
   $("gate-badge").textContent = gate ? gate.verdict : "no gate";
   $("gate-badge").className = "badge " + (gate ? (gate.verdict === "promoted" ? "clear" : "tumour") : "uncertain");
-  $("gate-reason").textContent = gate ? gate.reason :
+  $("gate-reason").textContent = gate ? (gate.criteria.length ? "Every criterion the promotion gate checked, with its numbers:" : gate.reason) :
     "This model was not registered through the promotion gate (it is served from a file).";
   $("gate-table").querySelector("tbody").innerHTML = (gate ? gate.criteria : []).map((c) =>
     `<tr class="${c.passed ? "pass" : "fail"}"><th scope="row">${esc(c.name)}</th>` +
@@ -79,8 +79,9 @@ function metricCell(metrics, key, lowerIsBetter, other) {
 function compareSection(compare) {
   const { champion, challenger } = compare;
   $("compare-detail").textContent = compare.detail ||
-    `Champion v${champion.version} against challenger v${challenger.version} (${challenger.gate ? challenger.gate.verdict : "no gate"}` +
-    `${challenger.gate ? ": " + challenger.gate.reason : ""}). Bold is better; intervals are 95 % bootstrap intervals.`;
+    `Champion v${champion.version} against challenger v${challenger.version} ` +
+    `(${challenger.gate ? challenger.gate.reason : "registered without the gate"}). ` +
+    "Bold is better; intervals are 95 % bootstrap intervals.";
   const head = `<tr><th>metric (test split)</th><th>champion v${esc(champion.version ?? "")}</th>` +
     (challenger ? `<th>challenger v${esc(challenger.version)}</th>` : "") + "</tr>";
   const rows = METRICS.filter(([key]) => typeof get(champion.metrics, key) === "number" ||
