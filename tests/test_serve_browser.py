@@ -204,6 +204,62 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
     shots(browser, "patient-narrow")
 
 
+def with_region_fields(answer: dict) -> dict:
+    """Today's volume answer with the fields of the shared volume format it may lack (docs: regions WT/TC/ET,
+    labels_png, uncertainty_png, label map and uncertainty NIfTI), filled from its whole-tumour mask."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def png(pixels) -> str:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    for item in answer["slices"]:
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(item["mask_png"])))) > 0
+        labels = np.zeros(mask.shape + (4,), np.uint8)
+        labels[mask] = (250, 220, 40, 255)  # all enhancing tumour (label 4)
+        heat = np.zeros(mask.shape + (4,), np.uint8)
+        heat[..., 2], heat[..., 3] = 255, 160  # uncertain everywhere: blue
+        item["labels_png"], item["uncertainty_png"] = png(labels), png(heat)
+    stem = answer["mask_nifti_filename"].removesuffix("_mask.nii.gz")
+    return answer | {"regions": ["wt", "tc", "et"],
+                     "region_volumes_cm3": {"wt": answer["tumor_volume_cm3"], "tc": 1.5, "et": 0.25},
+                     "label_map_nifti": answer["mask_nifti"], "label_map_nifti_filename": f"{stem}_labels.nii.gz",
+                     "uncertainty_nifti": answer["mask_nifti"], "uncertainty_nifti_filename": f"{stem}_uncertainty.nii.gz",
+                     "uncertainty": {"kind": "entropy", "mean": 0.1, "mean_in_tumour": 0.2, "p95": 0.3}}
+
+
+def test_patient_viewer_shows_regions_and_uncertainty_when_the_answer_has_them(browser, server):
+    import json
+    import urllib.request
+
+    open_page(browser, server, "patient")
+    example = visible(browser, "vol-example")
+    listing = json.load(urllib.request.urlopen(f"{server}/v1/examples", timeout=60))
+    volume = next(e for e in listing["examples"] if e["kind"] == "volume")
+    request = urllib.request.Request(f"{server}/v1/examples/{volume['id']}/predict?images=true", method="POST")
+    answer = with_region_fields(json.load(urllib.request.urlopen(request, timeout=300)))
+    browser.execute_script(  # the page gets the richer answer the volume route gives once it predicts regions
+        "const answer = arguments[0], real = window.fetch;"
+        "window.fetch = (url, options) => String(url).includes('/v1/examples/volume') ?"
+        "  Promise.resolve(new Response(JSON.stringify(answer), {status: 200})) : real(url, options);", answer)
+    example.click()
+    visible(browser, "vol-unc-toggle")
+    regions = browser.find_element("id", "vol-regions").text
+    assert "tumour core (TC)" in regions and "1.50 cm³" in regions and "0.25 cm³" in regions
+    assert "enhancing (4)" in browser.find_element("id", "vol-legend").text
+    link = browser.find_element("id", "vol-labels-link")
+    assert link.text == "download label map (NIfTI)" and link.get_attribute("download").endswith("_labels.nii.gz")
+    assert browser.find_element("id", "vol-unc-link").is_displayed()
+    before = canvas_sum(browser, "vol-canvas")
+    browser.find_element("id", "vol-show-unc").click()
+    assert canvas_sum(browser, "vol-canvas") != before  # the uncertainty heat map is drawn over the slice
+
+
 def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots, tmp_path):
     from tasks.release.examples import colour_photo
 

@@ -109,3 +109,21 @@ def test_registered_champion_carries_examples_and_compares_with_the_challenger(t
     rows = compare["examples"]
     assert rows and all("tumor_probability" in r["champion"] and "tumor_probability" in r["challenger"]
                         for r in rows if r["id"] != "ood-photo")
+
+
+def test_the_page_loads_only_its_own_assets(tmp_path):
+    """No build step and no network: every script and stylesheet the page names (ES module imports included) is
+    served by the app itself, and no static file points at another host."""
+    import re
+
+    static = REPO / "serve" / "static"
+    with TestClient(file_app(make_served_files(tmp_path))) as client:
+        page = client.get("/").text
+        assets = set(re.findall(r'(?:src|href)="(/static/[^"]+)"', page))
+        for script in static.glob("*.js"):
+            assets |= {f"/static/{name}" for name in re.findall(r'from "\./([\w.-]+\.js)"', script.read_text())}
+        assert {"/static/app.js", "/static/common.js", "/static/patient.js", "/static/style.css"} <= assets
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
+    for path in [static / "index.html", *static.glob("*.js"), *static.glob("*.css")]:
+        assert not re.search(r"(?:src|href|url|import)\W+(?:https?:)?//", path.read_text()), path.name
