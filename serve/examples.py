@@ -68,12 +68,13 @@ def listing(model: ServedModel) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def thumbnail(folder: Path, example_id: str) -> str:
+    """A small PNG of the example: the slice as the model sees it, the photo, or a volume's slice with the most
+    tumour (the most brain without a truth)."""
     entry = next(e for e in read_index(folder) if e["id"] == example_id)
     if entry["kind"] == "volume":
         volume = np.asarray(nib.load(folder / entry["files"]["flair"]).dataobj, dtype=np.float32)
-        z = int(np.argmax((volume > 0).sum(axis=(0, 1)))) if entry.get("truth") is None else \
-            int(np.argmax((np.asarray(nib.load(folder / entry["truth"]).dataobj) > 0).sum(axis=(0, 1))))
-        pixels = to_display(axial_slice(volume, z))
+        where = np.asarray(nib.load(folder / entry["truth"]).dataobj) if entry.get("truth") else volume
+        pixels = to_display(axial_slice(volume, int(np.argmax((where > 0).sum(axis=(0, 1))))))
     elif entry["file"].endswith(".npy"):
         pixels = to_display(np.load(folder / entry["file"])[0])
     else:

@@ -199,9 +199,11 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
     browser.execute_script("document.getElementById('vol-result').scrollIntoView()")
     shots(browser, "patient")
 
-    browser.set_window_size(420, 800)  # a narrow window: nothing runs off the side
-    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    browser.set_window_size(420, 800)  # a narrow window: nothing runs off the side, in any view
     shots(browser, "patient-narrow")
+    for view in ("patient", "examples", "slice", "batch", "model"):
+        browser.find_element("id", f"tab-{view}").click()
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), view
 
 
 def with_region_fields(answer: dict) -> dict:
@@ -302,10 +304,15 @@ def test_model_tab_explains_the_champion(browser, server, project, shots):
     shots(browser, "model-compare")
 
 
-def test_an_api_error_is_shown_as_a_message(browser, server, tmp_path):
-    bad = tmp_path / "notes.png"
+def test_an_upload_with_grad_cam_and_an_api_error_shown_as_a_message(browser, server, tmp_path):
+    good, bad = tmp_path / "slice.png", tmp_path / "notes.png"
+    good.write_bytes(png_bytes(brain_slice(size=128)))
     bad.write_bytes(b"this is text, not a PNG")
     open_page(browser, server, "slice")
+    browser.find_element("id", "slice-gradcam").click()  # the champion carries its torch checkpoint
+    browser.find_element("id", "slice-file").send_keys(str(good))
+    visible(browser, "slice-gradcam-figure")
+    assert browser.find_element("id", "slice-title").text == "slice.png"
     browser.find_element("id", "slice-file").send_keys(str(bad))
     visible(browser, "slice-error")
     assert "unsupported file type" in browser.find_element("id", "slice-error").text
