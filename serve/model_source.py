@@ -2,7 +2,8 @@
 
 A source answers two questions: which model is current (`current_key`, cheap, asked by the poller) and how to
 load it (`load`). The registry source keeps every champion it served under `.serve_cache/<name>/v<version>-<run>/`
-(ONNX model, torch checkpoint for Grad-CAM, metrics, the bundled examples unpacked, the registry card) and remembers the last one, so a restart
+(ONNX model, torch checkpoint for Grad-CAM, metrics, the bundled examples unpacked, the registry card) and
+remembers the last one, so a restart
 serves it at once, before the registry is even asked (`cached`), and a registry outage does not stop serving.
 The registry is reached only through its client, tasks/release/registry.py. `challenger()` loads the latest
 challenger the same way, for the web UI's side-by-side comparison (GET /model/compare).

@@ -155,7 +155,8 @@ def test_an_example_runs_in_one_click(browser, server, shots):
     visible(browser, "slice-result")
     assert browser.find_element("id", "slice-title").text.startswith("example: tumour")
     assert browser.find_element("id", "slice-probability").text.endswith("%")
-    assert browser.find_element("id", "slice-decision").text in {"tumour", "no tumour", "uncertain: out of distribution"}
+    decisions = {"tumour", "no tumour", "uncertain: out of distribution"}
+    assert browser.find_element("id", "slice-decision").text in decisions
     assert browser.find_element("id", "slice-truth-toggle").is_displayed()  # the test split's truth comes along
     before = canvas_sum(browser, "slice-canvas")
     browser.find_element("id", "slice-show-truth").click()  # hiding the truth outline changes the picture
@@ -231,7 +232,8 @@ def with_region_fields(answer: dict) -> dict:
     return answer | {"regions": ["wt", "tc", "et"],
                      "region_volumes_cm3": {"wt": answer["tumor_volume_cm3"], "tc": 1.5, "et": 0.25},
                      "label_map_nifti": answer["mask_nifti"], "label_map_nifti_filename": f"{stem}_labels.nii.gz",
-                     "uncertainty_nifti": answer["mask_nifti"], "uncertainty_nifti_filename": f"{stem}_uncertainty.nii.gz",
+                     "uncertainty_nifti": answer["mask_nifti"],
+                     "uncertainty_nifti_filename": f"{stem}_uncertainty.nii.gz",
                      "uncertainty": {"kind": "entropy", "mean": 0.1, "mean_in_tumour": 0.2, "p95": 0.3}}
 
 
@@ -276,7 +278,8 @@ def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots,
     visible(browser, "batch-table")
     rows = by_css(browser, "#batch-table tbody tr")
     assert sorted(r.find_element("css selector", "td.name").text for r in rows) == sorted(p.name for p in files)
-    assert all(r.find_element("css selector", "img.thumb").get_attribute("src").startswith("data:image/png") for r in rows)
+    thumbnails = [r.find_element("css selector", "img.thumb").get_attribute("src") for r in rows]
+    assert all(src.startswith("data:image/png") for src in thumbnails)
     ood = [r for r in rows if "out of distribution" in r.text]
     assert [r.find_element("css selector", "td.name").text for r in ood] == ["holiday.png"]
     by_css(browser, "#batch-table th[data-key='filename'] button")[0].click()

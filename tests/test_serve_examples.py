@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from serve.api import create_app
 from serve.model_source import FileSource, RegistrySource
 from tasks import paths
+from tasks.config import load_settings
 from tasks.data.splits import read_split
 from tasks.release.examples import INDEX_FILE, bundle_examples, colour_photo
 from tests.serve_factory import REPO, decode_png, file_app, make_served_files
@@ -51,9 +52,9 @@ def test_bundle_holds_test_split_slices_a_photo_and_a_test_volume(bundle):
 
 def test_examples_list_and_predict(bundle, tmp_path):
     files = make_served_files(tmp_path / "model")
-    app = file_app(files)
-    app.state.holder.source.examples = bundle["folder"]
-    with TestClient(app) as client:
+    cfg = load_settings(REPO / "params.yaml").serve.model_copy(update={"poll_seconds": 0})
+    source = FileSource(files.onnx, files.checkpoint, files.metrics, examples=bundle["folder"])
+    with TestClient(create_app(source, cfg)) as client:
         listing = client.get("/v1/examples").json()
         kinds = {e["id"]: e for e in listing["examples"]}
         assert listing["detail"] is None and {e["kind"] for e in kinds.values()} == {"slice", "volume"}

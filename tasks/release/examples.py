@@ -61,7 +61,8 @@ def pick_test_slices(processed: Path, splits_dir: Path, tumour: int = TUMOUR_SLI
     rows = split_rows(processed, read_split("test", splits_dir))
     masked = rows[rows["has_mask"].astype(bool)]
     rows = masked if not masked.empty else rows
-    with_tumour = rows[rows["label"] == 1].sort_values(["tumour_area_px", "patient", "row"], ascending=[False, True, True])
+    with_tumour = rows[rows["label"] == 1].sort_values(["tumour_area_px", "patient", "row"],
+                                                       ascending=[False, True, True])
     # Slices without tumour nearest the middle of their patient's volume: a full brain, not its top or bottom.
     centre = rows.groupby("patient")["slice_index"].transform("median")
     without = rows.assign(off_centre=(rows["slice_index"] - centre).abs())
