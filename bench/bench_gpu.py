@@ -52,7 +52,8 @@ def images_per_second(settings: Settings, train: TrainSettings, model_cfg: UNetC
     generator = torch.Generator().manual_seed(0)
     runner = StageRunner(model, optimizer, StageLoss("seg", settings.train_seg), "seg", train, device, generator)
     pin = train.pin_memory and device.type == "cuda"
-    loaders = [training_loader(part, train.batch_size, generator, train.num_workers, pin_memory=pin)
+    loaders = [training_loader(part, train.batch_size, generator, train.num_workers, pin_memory=pin,
+                               augment=train.augment)
                for part in (warmup, data)]
     started = time.perf_counter()
     runner.train_epoch(loaders[0], 1, 1, on_batch=lambda loss: None)

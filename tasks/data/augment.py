@@ -2,9 +2,11 @@
 intensity jitter, with every mask moved by exactly the same transform as its image.
 
 Equivalent to a torchvision.transforms.v2 pipeline over (Image, tv_tensors.Mask) pairs, but one `grid_sample`
-call per batch instead of one transform per sample: the same randomness per sample, far less Python per step,
-and it runs on the training device. The random draws come from a CPU `torch.Generator`, so a seeded run (and a
-resumed one, which restores the generator) sees the same augmentations.
+call per batch instead of one transform per sample: the same randomness per sample, far less Python per step.
+Training applies it where batches are read (tasks/data/datasets.py: AugmentedSlices), in the DataLoader's worker
+processes when `train.num_workers` > 0. The random draws come from a CPU `torch.Generator` seeded per batch from
+the run's generator, so a seeded run (and a resumed one, which restores the generator) sees the same
+augmentations, with any number of workers.
 """
 
 from __future__ import annotations
@@ -49,3 +51,13 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
         shift = _uniform(n, cfg.intensity_jitter, generator).to(images.device).view(n, 1, 1, 1)
         images = images * scale + shift * (images != 0)  # the background stays 0, as at inference
     return images, masks
+
+
+def augment_samples(samples: list[dict], cfg: Augment, generator: torch.Generator) -> list[dict]:
+    """`augment_batch` over a list of samples {"image", "mask" (None: unknown), "label"}; unknown masks stay None."""
+    images = torch.stack([s["image"] for s in samples])
+    blank = torch.zeros_like(images[0, :1])
+    masks = torch.stack([blank if s["mask"] is None else s["mask"] for s in samples])
+    images, masks = augment_batch(images, masks, cfg, generator)
+    return [{**s, "image": image, "mask": None if s["mask"] is None else mask}
+            for s, image, mask in zip(samples, images, masks)]
