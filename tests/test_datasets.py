@@ -132,3 +132,12 @@ def test_a_manifest_that_does_not_match_its_shards_is_a_clear_error(tmp_path):
     (processed / "brats" / "P000.npz").unlink()
     with pytest.raises(SliceWiseError, match="missing"):
         stream_slices(processed, patients, ("brats",), ShardRowReader(0))
+
+
+def test_affine_grid_is_torchs_affine_grid():
+    from tasks.data.augment import affine_grid, random_affines
+
+    theta = random_affines(5, Augment(flip=True, rotate_degrees=30), torch.Generator().manual_seed(3))
+    theta[:, :, 2] = torch.rand(5, 2)  # a translation too
+    expected = torch.nn.functional.affine_grid(theta, [5, 1, 12, 20], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, 12, 20), expected)

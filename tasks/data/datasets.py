@@ -25,11 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from tasks import paths
 from tasks.config import Augment
-from tasks.data.augment import augment_samples
+from tasks.data.augment import augment_batch
 from tasks.data.shards import ShardRowReader, read_manifest, read_shard
 from tasks.data.splits import read_split
 from tasks.errors import SliceWiseError
@@ -55,6 +55,11 @@ class SliceSet(Dataset):
             "mask": self.masks[i][None].float() if self.has_mask[i] else None,
             "label": self.labels[i].float(),
         }
+
+    def batch(self, rows: list[int]) -> tuple[Tensor, Tensor]:
+        """Images float (n, C, H, W) and masks float (n, 1, H, W) of these rows, one tensor each."""
+        take = torch.as_tensor(rows, dtype=torch.long)
+        return self.images[take].float(), self.masks[take][:, None].float()
 
     def subset(self, rows: np.ndarray | Tensor) -> "SliceSet":
         rows = torch.as_tensor(rows, dtype=torch.long)
@@ -84,6 +89,15 @@ class ShardSlices(Dataset):
             "label": self.labels[i].float(),
         }
 
+    def batch(self, rows: list[int]) -> tuple[Tensor, Tensor]:
+        """Images float (n, C, H, W) and masks float (n, 1, H, W) of these rows, read into one buffer each."""
+        images = np.empty((len(rows), *self.image_shape), np.float16)
+        masks = np.empty((len(rows), *images.shape[2:]), np.uint8)
+        for j, i in enumerate(rows):
+            self.reader.row(self.processed / self.shard_names[self.shard_ids[i]], int(self.rows[i]),
+                            out=(images[j], masks[j]))
+        return torch.from_numpy(images).float(), torch.from_numpy(masks)[:, None].float()
+
     def subset(self, rows: np.ndarray | Tensor) -> "ShardSlices":
         rows = torch.as_tensor(rows, dtype=torch.long)
         take = rows.numpy()
@@ -98,12 +112,14 @@ class ShardSlices(Dataset):
 
 
 def collate_slices(samples: list[dict]) -> dict[str, Tensor]:
-    """Stack samples into a batch; a missing mask becomes zeros with has_mask False."""
-    images = torch.stack([s["image"] for s in samples])
+    """Stack samples into a batch; a missing mask becomes zeros with has_mask False.
+
+    `default_collate` stacks as torch.stack does, but in a loader worker straight into shared memory (no copy)."""
+    images = default_collate([s["image"] for s in samples])
     blank = torch.zeros((1, *images.shape[2:]), dtype=images.dtype)
     return {
         "image": images,
-        "mask": torch.stack([blank if s["mask"] is None else s["mask"] for s in samples]),
+        "mask": default_collate([blank if s["mask"] is None else s["mask"] for s in samples]),
         "has_mask": torch.tensor([s["mask"] is not None for s in samples]),
         "label": torch.stack([s["label"] for s in samples]),
     }
@@ -172,7 +188,7 @@ class AugmentedSlices(Dataset):
     """Training samples read and augmented a whole batch at a time (DataLoader's `__getitems__`), with the batch's
     seed: the same augmentation whether the main process or a worker draws the batch."""
 
-    def __init__(self, data: Dataset, cfg: Augment):
+    def __init__(self, data: ShardSlices | SliceSet, cfg: Augment):
         self.data, self.cfg = data, cfg
 
     def __len__(self) -> int:
@@ -180,7 +196,10 @@ class AugmentedSlices(Dataset):
 
     def __getitems__(self, batch: tuple[int, list[int]]) -> list[dict]:
         seed, rows = batch
-        return augment_samples([self.data[i] for i in rows], self.cfg, torch.Generator().manual_seed(seed))
+        images, masks = augment_batch(*self.data.batch(rows), self.cfg, torch.Generator().manual_seed(seed))
+        has_mask, labels = self.data.has_mask[rows].tolist(), self.data.labels[rows].float()
+        return [{"image": images[j], "mask": masks[j] if has_mask[j] else None, "label": labels[j]}
+                for j in range(len(rows))]
 
 
 def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,

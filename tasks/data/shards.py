@@ -180,21 +180,30 @@ class ShardRowReader:
     def members(self, path: Path) -> dict[str, Member]:
         return self._open(path)[1]
 
-    def row(self, path: Path, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """(image C×H×W, mask H×W) of one row."""
+    def row(self, path: Path, row: int, out: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+        """(image C×H×W, mask H×W) of one row; read into `out` (e.g. rows of a batch buffer) when given."""
         fd, members = self._open(path)
-        return tuple(self._read(path, fd, name, members[name], row) for name in ROW_ARRAYS)
+        return tuple(self._read(path, fd, name, members[name], row, target)
+                     for name, target in zip(ROW_ARRAYS, out or (None, None)))
 
-    def _read(self, path: Path, fd: int, name: str, member: Member, row: int) -> np.ndarray:
+    def _read(self, path: Path, fd: int, name: str, member: Member, row: int, out: np.ndarray | None) -> np.ndarray:
         if not 0 <= row < member.shape[0]:
             raise SliceWiseError(f"row {row} of {name} is out of range (the shard has {member.shape[0]}); the "
                                  "manifest does not match its shards: rerun the slice step", path)
-        if member.offset is None:
-            return self._cached(path, name)[row]
-        data = os.pread(fd, member.row_bytes, member.offset + row * member.row_bytes)
-        if len(data) != member.row_bytes:
+        if member.offset is None or (out is not None and (out.dtype, out.shape) != (member.dtype, member.shape[1:])):
+            source = self._cached(path, name)[row] if member.offset is None else self._read(path, fd, name, member,
+                                                                                           row, None)
+            if out is None:
+                return source
+            out[...] = source
+            return out
+        if out is None:
+            out = np.empty(member.shape[1:], member.dtype)
+        # Straight into `out`: no intermediate bytes object.
+        if os.preadv(fd, [out], member.offset + row * member.row_bytes) != member.row_bytes:
             raise SliceWiseError(f"shard is truncated (row {row} of {name}); rerun the slice step", path)
-        return np.frombuffer(data, member.dtype).reshape(member.shape[1:])
+        return out
 
     def _cached(self, path: Path, name: str) -> np.ndarray:
         key = (path, name)
