@@ -167,9 +167,12 @@ def loader_rows(loader: dict) -> list[tuple[str, str, str]]:
     a100 = "–".join(f"{v:,}" for v in loader["a100_images_per_s"])
     return [
         ("loader: slices per CPU-second (4×256², batch 32, augmented)", f"{loader['per_core_slices_per_s']:.0f}",
-         f"× 16 cores: {loader['projected_16_cores_slices_per_s']:,}/s (goal {loader['goal_slices_per_s']:,}; an "
-         f"A100 trains on {a100}/s); wall clock 0 workers {stored['slices_per_s']:.0f}/s, {scaling}, on "
-         f"{loader['cpu_cores_here']} cores at load {loader['load_average_1min']}"),
+         f"{loader['workers_slices_per_cpu_second']:.0f} with 2 workers; × 16 cores: "
+         f"{loader['projected_16_cores_slices_per_s']:,}/s (goal {loader['goal_slices_per_s']:,}; an "
+         f"A100 trains on {a100}/s); training process CPU per batch {stored['main_cpu_ms_per_batch']:.0f} ms alone, "
+         f"{runs['stored_2_workers']['main_cpu_ms_per_batch']:.0f} ms with 2 workers; wall clock 0 workers "
+         f"{stored['slices_per_s']:.0f}/s, {scaling}, on {loader['cpu_cores_here']} cores at load "
+         f"{loader['load_average_1min']}"),
         ("loader memory: streamed / compressed in RAM", f"+{stored['main_peak_rss_mib'] - stored['rss_before_loading_mib']}"
          f" / +{fits['main_peak_rss_mib'] - fits['rss_before_loading_mib']} MiB",
          f"peak RSS over the process before loading, {loader['set']['slices']} slices ({disk['stored']['mib']:.0f} MiB "
