@@ -58,12 +58,13 @@ def _patient(rng: np.random.Generator, slices: int) -> "Shard":
                  slice_index=np.arange(slices, dtype=np.int16), spacing=np.full(2, 0.9375, np.float32))
 
 
-def write_sets(root: Path, patients: int, slices: int, seed: int = 0) -> dict[str, Path]:
-    """The same patients written as two processed sets, {"stored": ..., "compressed": ...}."""
+def write_sets(root: Path, patients: int, slices: int, seed: int = 0,
+               kinds: tuple[str, ...] = ("stored", "compressed")) -> dict[str, Path]:
+    """The same patients written as processed sets of these kinds, {"stored": ..., "compressed": ...}."""
     from tasks.data.shards import MANIFEST_COLUMNS, manifest_rows, write_shard
 
     rng, rows = np.random.default_rng(seed), []
-    sets = {"stored": root / "stored", "compressed": root / "compressed"}
+    sets = {kind: root / kind for kind in kinds}
     for p in range(patients):
         name, shard = f"BraTS20_Training_{p + 1:03d}", _patient(rng, slices)
         for kind, folder in sets.items():
@@ -184,18 +185,65 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
     }
 
 
+def stage_peak_rss(patient_counts: tuple[int, ...] = (3, 11), slices: int = 140) -> dict:
+    """Peak RSS of a real `python -m tasks train_seg` (one epoch, production image size and channels, the quick
+    profile's small U-Net so that it ends in minutes on a CPU) on processed sets of different sizes: streaming
+    makes it independent of the data size. One patient validates, the others train."""
+    import yaml
+
+    results = {}
+    for count in patient_counts:
+        with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:
+            root = Path(tmp)
+            write_sets(root / "data", count, slices, kinds=("stored",))["stored"].rename(root / "data" / "processed")
+            patients = [f"BraTS20_Training_{p + 1:03d}" for p in range(count)]
+            splits = {"train": patients[:-1], "val": patients[-1:], "test": patients[-1:]}
+            (root / "data" / "splits").mkdir()
+            for name, ids in splits.items():
+                (root / "data" / "splits" / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+            params = yaml.safe_load((REPO / "params.yaml").read_text())
+            quick_model = params["profiles"]["quick"]["model"]
+            params["profile"] = "production"
+            params["profiles"]["production"].update(model=quick_model, epochs={"seg": 1, "cls": 1, "joint": 1})
+            params["slice"]["modalities"] = ["flair", "t1", "t1ce", "t2"]
+            params["train"].update(min_epochs=1, device="cpu")
+            params["tracking"]["enabled"] = False
+            (root / "params.yaml").write_text(yaml.safe_dump(params))
+            started = time.perf_counter()
+            child = subprocess.Popen([sys.executable, "-m", "tasks", "train_seg"], cwd=root,
+                                     env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+            peak = 0.0
+            while child.poll() is None:
+                peak = max(peak, _peak_mib(child.pid))
+                time.sleep(0.2)
+            if child.returncode != 0:
+                raise RuntimeError(child.stderr.read()[-3000:])
+            data_mib = sum(p.stat().st_size for p in (root / "data" / "processed").rglob("*.npz")) / 2**20
+            results[count] = {"train_slices": (count - 1) * slices, "data_mib": round(data_mib),
+                              "peak_rss_mib": round(peak), "seconds": round(time.perf_counter() - started, 1)}
+            print(f"  train_seg on {count} patients ({data_mib:.0f} MiB of shards): peak RSS {peak:.0f} MiB, "
+                  f"{results[count]['seconds']} s", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patients", type=int, default=4)
     parser.add_argument("--slices", type=int, default=140, help="slices per patient (BraTS keeps about 140)")
     parser.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (worker start-up)")
+    parser.add_argument("--stage-rss", action="store_true",
+                        help="instead: peak RSS of a real train_seg epoch on 3 and on 11 patients")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--cache-mb", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, args.workers, args.cache_mb, args.batches, args.warmup)))
+        return
+    if args.stage_rss:
+        print(json.dumps(stage_peak_rss()))
         return
     report = run(args.patients, args.slices, args.batches, args.warmup)
     print(f"per core {report['per_core_slices_per_s']:.0f} slices per CPU-second ("
