@@ -81,6 +81,8 @@ def _peak_mib(pid: int | str = "self") -> float:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0.0
+    if "VmHWM:" not in status:  # a process that has exited but not yet been reaped
+        return 0.0
     return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
