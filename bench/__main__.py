@@ -172,7 +172,7 @@ def loader_rows(loader: dict) -> list[tuple[str, str, str]]:
          f"A100 trains on {a100}/s); training process CPU per batch {stored['main_cpu_ms_per_batch']:.0f} ms alone, "
          f"{runs['stored_2_workers']['main_cpu_ms_per_batch']:.0f} ms with 2 workers; wall clock 0 workers "
          f"{stored['slices_per_s']:.0f}/s, {scaling}, on {loader['cpu_cores_here']} cores at load "
-         f"{loader['load_average_1min']}"),
+         f"{loader['load_average_1min']} ({loader.get('date', 'undated')})"),
         ("loader memory: streamed / compressed in RAM", f"+{stored['main_peak_rss_mib'] - stored['rss_before_loading_mib']}"
          f" / +{fits['main_peak_rss_mib'] - fits['rss_before_loading_mib']} MiB",
          f"peak RSS over the process before loading, {loader['set']['slices']} slices ({disk['stored']['mib']:.0f} MiB "

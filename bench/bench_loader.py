@@ -171,6 +171,7 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
     per_core = runs["stored_0_workers"]["slices_per_cpu_second"]
     wall = runs["stored_0_workers"]["slices_per_s"]
     return {
+        "date": time.strftime("%Y-%m-%d"),
         "set": {"patients": patients, "slices": patients * slices, "shape": [CHANNELS, SIZE, SIZE],
                 "batch_size": BATCH, "disk": disk},
         "runs": runs,

@@ -52,6 +52,15 @@ def test_rows_read_in_place_are_the_rows_of_the_shard(tmp_path, compress):
     assert np.array_equal(read_shard(tmp_path / "a.npz").images, shard.images)  # read_shard reads both formats
 
 
+def test_more_shards_than_open_files_are_read_right(tmp_path):
+    processed, patients = _processed(tmp_path, shards=5, rows=3, compress=False)
+    reader = ShardRowReader(cache_bytes=0, max_open=2)
+    for p in (0, 3, 1, 4, 0, 2):
+        image, mask = reader.row(processed / "brats" / f"P{p:03d}.npz", 2)
+        assert np.array_equal(image, _shard(3, seed=p).images[2]) and np.array_equal(mask, _shard(3, seed=p).masks[2])
+    assert len(reader._files) == 2
+
+
 def test_streamed_slices_are_the_slices_held_in_memory(tiny_data):
     streamed, _ = stage_data("joint", tiny_data.processed, tiny_data.splits, None, seed=0)
     in_memory = load_slices(tiny_data.processed, read_split("train", tiny_data.splits), ("brats", "kaggle"))

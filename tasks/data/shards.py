@@ -158,15 +158,17 @@ def _npy_header(fh) -> tuple[tuple[int, ...], bool, np.dtype]:
 class ShardRowReader:
     """Single rows of the `images` and `masks` of any shard, read without loading the rest of the shard.
 
-    Stored members: one `os.pread` per row and array, nothing kept. Deflated members: decompressed whole on first
+    Stored members: one `os.preadv` per row and array, nothing kept. Deflated members: decompressed whole on first
     use into an LRU cache whose accounted bytes (`cached_bytes`) stay within `cache_bytes` (one array more than the
-    bound only while an array larger than the whole cache is in use). Open files are kept (at most `max_open`).
-    One reader per process: a pickled copy (a DataLoader worker under spawn) starts empty.
+    bound only while an array larger than the whole cache is in use). Open files are kept (at most `max_open`, the
+    least recently used closed first); a forked DataLoader worker shares them safely, as `preadv` moves no file
+    position. A pickled copy (a worker under spawn) starts empty.
     """
 
-    def __init__(self, cache_bytes: int, max_open: int = 64):
+    def __init__(self, cache_bytes: int, max_open: int = 256):
         self.cache_bytes, self.max_open = cache_bytes, max_open
         self._files: OrderedDict[Path, tuple[int, dict[str, Member]]] = OrderedDict()
+        self._layouts: dict[Path, dict[str, Member]] = {}
         self._arrays: OrderedDict[tuple[Path, str], np.ndarray] = OrderedDict()
         self.cached_bytes = 0
         self.peak_cached_bytes = 0
@@ -224,7 +226,9 @@ class ShardRowReader:
             return self._files[path]
         if not path.exists():
             raise SliceWiseError("shard listed in the manifest is missing (rerun the slice step)", path)
-        entry = (os.open(path, os.O_RDONLY), shard_members(path))
+        if path not in self._layouts:  # a few hundred bytes per shard: kept for every shard, read once
+            self._layouts[path] = shard_members(path)
+        entry = (os.open(path, os.O_RDONLY), self._layouts[path])
         self._files[path] = entry
         while len(self._files) > self.max_open:
             os.close(self._files.popitem(last=False)[1][0])
@@ -234,6 +238,7 @@ class ShardRowReader:
         for fd, _ in self._files.values():
             os.close(fd)
         self._files.clear()
+        self._layouts.clear()
         self._arrays.clear()
         self.cached_bytes = 0
 
