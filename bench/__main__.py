@@ -40,8 +40,8 @@ def inside(folder: Path):
 
 
 def run_all(skip: set[str]) -> dict:
-    from bench import (bench_api, bench_export, bench_gpu, bench_hostile, bench_peer, bench_pipeline, bench_seeds,
-                       bench_slice)
+    from bench import (bench_api, bench_export, bench_gpu, bench_hostile, bench_loader, bench_peer, bench_pipeline,
+                       bench_seeds, bench_slice)
 
     report: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                                 "python": platform.python_version()},
@@ -69,6 +69,9 @@ def run_all(skip: set[str]) -> dict:
     if "hostile" not in skip:
         console.rule("hostile load: 30 clients x 10 mixed requests, then with bomb uploads mixed in")
         report["hostile"] = bench_hostile.run()
+    if "loader" not in skip:
+        console.rule("data path: production-size augmented batches through the training loader")
+        report["loader"] = bench_loader.run()
     if "gpu" not in skip:
         console.rule("GPU training throughput")
         report["gpu"] = bench_gpu.run()
@@ -77,7 +80,7 @@ def run_all(skip: set[str]) -> dict:
 
 def run_some(names: list[str]) -> dict:
     """Rerun some benchmarks and keep every other figure of the last full run."""
-    from bench import bench_peer, bench_seeds
+    from bench import bench_loader, bench_peer, bench_seeds
 
     report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
     report.setdefault("machine", {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -87,6 +90,8 @@ def run_some(names: list[str]) -> dict:
         report["seeds"] = bench_seeds.run()
     if "peer" in names:
         report["peer"] = bench_peer.run(REPO)
+    if "loader" in names:
+        report["loader"] = bench_loader.run()
     return report
 
 
@@ -142,6 +147,8 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
             s = summary[name]
             out.append((f"quick, {len(seeds['seeds'])} seeds: {label} min / median / max",
                         f"{s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}", f"{cpu['model']}, {bf16}"))
+    if loader := report.get("loader"):
+        out += loader_rows(loader)
     gpu = report.get("gpu") or {}
     if gpu.get("measured"):
         for name, ratio in gpu["ratios"].items():
@@ -149,6 +156,29 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
     else:
         out.append(("GPU figures", "not measured", gpu.get("reason", "skipped")))
     return out
+
+
+def loader_rows(loader: dict) -> list[tuple[str, str, str]]:
+    """The data path (bench.bench_loader): per-core rate, worker scaling, memory of stored vs compressed shards."""
+    runs, disk = loader["runs"], loader["set"]["disk"]
+    stored, fits, quarter = runs["stored_0_workers"], runs["compressed_cache_fits"], runs["compressed_cache_quarter"]
+    scaling = ", ".join(f"{w} workers {runs[f'stored_{w}_workers']['slices_per_s']:.0f}/s "
+                        f"({loader['scaling'][f'{w}_workers_over_0']:.2f}×)" for w in (1, 2))
+    a100 = "–".join(f"{v:,}" for v in loader["a100_images_per_s"])
+    return [
+        ("loader: slices per CPU-second (4×256², batch 32, augmented)", f"{loader['per_core_slices_per_s']:.0f}",
+         f"{loader['workers_slices_per_cpu_second']:.0f} with 2 workers; × 16 cores: "
+         f"{loader['projected_16_cores_slices_per_s']:,}/s (goal {loader['goal_slices_per_s']:,}; an "
+         f"A100 trains on {a100}/s); training process CPU per batch {stored['main_cpu_ms_per_batch']:.0f} ms alone, "
+         f"{runs['stored_2_workers']['main_cpu_ms_per_batch']:.0f} ms with 2 workers; wall clock 0 workers "
+         f"{stored['slices_per_s']:.0f}/s, {scaling}, on {loader['cpu_cores_here']} cores at load "
+         f"{loader['load_average_1min']} ({loader.get('date', 'undated')})"),
+        ("loader memory: streamed / compressed in RAM", f"+{stored['main_peak_rss_mib'] - stored['rss_before_loading_mib']}"
+         f" / +{fits['main_peak_rss_mib'] - fits['rss_before_loading_mib']} MiB",
+         f"peak RSS over the process before loading, {loader['set']['slices']} slices ({disk['stored']['mib']:.0f} MiB "
+         f"stored, {disk['compressed']['mib']:.0f} MiB compressed); compressed with a cache of a quarter of the set: "
+         f"{quarter['slices_per_s']:.1f} slices/s"),
+    ]
 
 
 def markdown(report: dict) -> str:
@@ -201,10 +231,10 @@ def update_readme(table: str, seeds: dict | None = None) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["api", "gpu", "hostile", "peer", "seeds"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["api", "gpu", "hostile", "loader", "peer", "seeds"],
                         help="benchmarks to leave out")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
-    parser.add_argument("--only", nargs="+", choices=["seeds", "peer"],
+    parser.add_argument("--only", nargs="+", choices=["seeds", "peer", "loader"],
                         help="run only these (peer: on this project's own trained model, after `make run`) and "
                              "merge them into the existing reports/bench.json")
     args = parser.parse_args()

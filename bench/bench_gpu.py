@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def images_per_second(settings: Settings, train: TrainSettings, model_cfg: UNetC
     generator = torch.Generator().manual_seed(0)
     runner = StageRunner(model, optimizer, StageLoss("seg", settings.train_seg), "seg", train, device, generator)
     pin = train.pin_memory and device.type == "cuda"
-    loaders = [training_loader(part, train.batch_size, generator, train.num_workers, pin_memory=pin)
+    loaders = [training_loader(part, train.batch_size, generator, train.num_workers, pin_memory=pin,
+                               augment=train.augment)
                for part in (warmup, data)]
     started = time.perf_counter()
     runner.train_epoch(loaders[0], 1, 1, on_batch=lambda loss: None)
@@ -91,7 +93,9 @@ def run(profile: str = "production", batch_size: int | None = None, steps: int =
               "model": {"base_channels": model_cfg.base_channels, "depth": model_cfg.depth},
               "batch_size": batch, "timed_steps": steps, "images_per_s": {}, "peak_mib": {}, "warmup_s": {}}
     for name, switches in VARIANTS.items():
-        train = settings.train.model_copy(update={**switches, "batch_size": batch})
+        # Augmentation runs in the loader's processes (CPU): one worker per spare core keeps the GPU fed.
+        workers = settings.train.num_workers or max(1, len(os.sched_getaffinity(0)) - 1)
+        train = settings.train.model_copy(update={**switches, "batch_size": batch, "num_workers": workers})
         rate, peak, warmup_s = images_per_second(settings, train, model_cfg, data, warm, target)
         report["images_per_s"][name], report["peak_mib"][name] = round(rate, 1), round(peak)
         report["warmup_s"][name] = round(warmup_s, 1)

@@ -85,6 +85,7 @@ class Augment(_Section):
 class TrainSettings(_Section):
     batch_size: int = Field(16, ge=1)
     num_workers: int = Field(0, ge=0)
+    cache_mb: int = Field(256, ge=0)  # decompressed compressed shards kept per stage, shared by its loader processes
     patience: int = Field(3, ge=1)
     min_epochs: int = Field(1, ge=1)  # early stopping never ends a stage before this many epochs
     warmup_epochs: float = Field(0.0, ge=0)  # linear LR warm-up, in epochs, at the start of each stage

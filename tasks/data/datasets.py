@@ -1,10 +1,16 @@
-"""The slices each training stage learns from, held in memory as tensors (the processed sets are small).
+"""The slices each training stage learns from, streamed from their shards (`ShardSlices`).
 
     seg    BraTS slices (every slice, or only those with tumour: train_seg.tumour_slices_only)
     cls    Kaggle images + a share of the BraTS slices (train_cls.brats_fraction), validated on both
     joint  every BraTS slice and Kaggle image
+A stage holds only the manifest's columns (shard, row, has_mask, label) in memory; images and masks are read row by
+row when a batch is drawn (tasks/data/shards.py: ShardRowReader), so its memory does not grow with the data set.
+Training batches are augmented where they are read (`AugmentedSlices`): in the DataLoader's worker processes when
+`train.num_workers` > 0, each batch with its own seed drawn in the main process, so a seeded run draws the same
+batches and augmentations with any number of workers.
 Kaggle images have no mask: a sample's mask is `None` and `collate_slices` turns a batch of mixed samples into
 zero masks plus a `has_mask` flag, so losses can ignore the masks that are unknown.
+`SliceSet` holds slices as tensors in memory: for tests and benchmarks that build their own.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from tasks import paths
-from tasks.data.shards import read_manifest, read_shard
+from tasks.config import Augment
+from tasks.data.augment import augment_batch
+from tasks.data.shards import ShardRowReader, read_manifest, read_shard
 from tasks.data.splits import read_split
 from tasks.errors import SliceWiseError
 
@@ -47,6 +56,11 @@ class SliceSet(Dataset):
             "label": self.labels[i].float(),
         }
 
+    def batch(self, rows: list[int]) -> tuple[Tensor, Tensor]:
+        """Images float (n, C, H, W) and masks float (n, 1, H, W) of these rows, one tensor each."""
+        take = torch.as_tensor(rows, dtype=torch.long)
+        return self.images[take].float(), self.masks[take][:, None].float()
+
     def subset(self, rows: np.ndarray | Tensor) -> "SliceSet":
         rows = torch.as_tensor(rows, dtype=torch.long)
         return SliceSet(self.images[rows], self.masks[rows], self.has_mask[rows], self.labels[rows])
@@ -56,13 +70,56 @@ class SliceSet(Dataset):
         return tuple(self.images.shape[1:])
 
 
+class ShardSlices(Dataset):
+    """Slices read from their shards on demand: in memory only which shard and row each one is, has_mask, labels."""
+
+    def __init__(self, processed: Path, shard_names: list[str], shard_ids: np.ndarray, rows: np.ndarray,
+                 has_mask: Tensor, labels: Tensor, reader: ShardRowReader):
+        self.processed, self.shard_names, self.reader = processed, shard_names, reader
+        self.shard_ids, self.rows, self.has_mask, self.labels = shard_ids, rows, has_mask, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self.reader.row(self.processed / self.shard_names[self.shard_ids[i]], int(self.rows[i]))
+        return {
+            "image": torch.from_numpy(image.astype(np.float32)),
+            "mask": torch.from_numpy(mask.astype(np.float32))[None] if self.has_mask[i] else None,
+            "label": self.labels[i].float(),
+        }
+
+    def batch(self, rows: list[int]) -> tuple[Tensor, Tensor]:
+        """Images float (n, C, H, W) and masks float (n, 1, H, W) of these rows, read into one buffer each."""
+        images = np.empty((len(rows), *self.image_shape), np.float16)
+        masks = np.empty((len(rows), *images.shape[2:]), np.uint8)
+        for j, i in enumerate(rows):
+            self.reader.row(self.processed / self.shard_names[self.shard_ids[i]], int(self.rows[i]),
+                            out=(images[j], masks[j]))
+        return torch.from_numpy(images).float(), torch.from_numpy(masks)[:, None].float()
+
+    def subset(self, rows: np.ndarray | Tensor) -> "ShardSlices":
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        take = rows.numpy()
+        return ShardSlices(self.processed, self.shard_names, self.shard_ids[take], self.rows[take],
+                           self.has_mask[rows], self.labels[rows], self.reader)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        if not self.shard_names:
+            return (1, 1, 1)
+        return tuple(self.reader.members(self.processed / self.shard_names[0])["images"].shape[1:])
+
+
 def collate_slices(samples: list[dict]) -> dict[str, Tensor]:
-    """Stack samples into a batch; a missing mask becomes zeros with has_mask False."""
-    images = torch.stack([s["image"] for s in samples])
+    """Stack samples into a batch; a missing mask becomes zeros with has_mask False.
+
+    `default_collate` stacks as torch.stack does, but in a loader worker straight into shared memory (no copy)."""
+    images = default_collate([s["image"] for s in samples])
     blank = torch.zeros((1, *images.shape[2:]), dtype=images.dtype)
     return {
         "image": images,
-        "mask": torch.stack([blank if s["mask"] is None else s["mask"] for s in samples]),
+        "mask": default_collate([blank if s["mask"] is None else s["mask"] for s in samples]),
         "has_mask": torch.tensor([s["mask"] is not None for s in samples]),
         "label": torch.stack([s["label"] for s in samples]),
     }
@@ -112,25 +169,88 @@ def _endless_shuffle(pool: Tensor, generator: torch.Generator) -> Iterator[Tenso
         yield from pool[torch.randperm(len(pool), generator=generator)]
 
 
-def training_loader(data: SliceSet, batch_size: int, generator: torch.Generator, num_workers: int = 0,
+class SeededBatches(Sampler[tuple[int, list[int]]]):
+    """The batches of `batches`, each paired with a seed for its augmentation, drawn after it from the same
+    generator: the draws happen in the main process, whichever worker then reads and augments the batch."""
+
+    def __init__(self, batches: ComposedBatches, generator: torch.Generator):
+        self.batches, self.generator = batches, generator
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
+        for batch in self.batches:
+            yield int(torch.randint(2**62, (), generator=self.generator)), batch
+
+
+class AugmentedSlices(Dataset):
+    """Training samples read and augmented a whole batch at a time (DataLoader's `__getitems__`), with the batch's
+    seed: the same augmentation whether the main process or a worker draws the batch."""
+
+    def __init__(self, data: ShardSlices | SliceSet, cfg: Augment):
+        self.data, self.cfg = data, cfg
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitems__(self, batch: tuple[int, list[int]]) -> list[dict]:
+        seed, rows = batch
+        images, masks = augment_batch(*self.data.batch(rows), self.cfg, torch.Generator().manual_seed(seed))
+        has_mask, labels = self.data.has_mask[rows].tolist(), self.data.labels[rows].float()
+        return [{"image": images[j], "mask": masks[j] if has_mask[j] else None, "label": labels[j]}
+                for j in range(len(rows))]
+
+
+def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,
                     kaggle_share: float | None = None, foreground_share: float = 0.0,
-                    pin_memory: bool = False) -> DataLoader:
-    """Training batches composed by `ComposedBatches` (Kaggle quota, foreground oversampling).
+                    pin_memory: bool = False, augment: Augment | None = None) -> DataLoader:
+    """Training batches composed by `ComposedBatches` (Kaggle quota, foreground oversampling), augmented with
+    `augment` (None: as stored) where they are read: in `num_workers` worker processes (kept across epochs), or in
+    this one when 0.
 
     `pin_memory` puts each batch in page-locked memory, so its copy to a GPU can overlap compute (CUDA only).
     """
     sampler = ComposedBatches(data.has_mask, data.labels, batch_size, generator, kaggle_share, foreground_share)
+    if augment is not None:
+        data, sampler = AugmentedSlices(data, augment), SeededBatches(sampler, generator)
     return DataLoader(data, batch_sampler=sampler, collate_fn=collate_slices, num_workers=num_workers,
-                      pin_memory=pin_memory)
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
 
-def load_slices(processed: Path, patients: list[str], sources: tuple[str, ...]) -> SliceSet:
-    """Every manifest row of these patients from these sources, in manifest order, each shard read once."""
+def _manifest_rows(processed: Path, patients: list[str], sources: tuple[str, ...]):
     manifest_path = processed / paths.MANIFEST.name
     if not manifest_path.exists():
         raise SliceWiseError("manifest not found (run the slice step first)", manifest_path)
     manifest = read_manifest(manifest_path)
-    rows = manifest[manifest["patient"].isin(set(patients)) & manifest["source"].isin(sources)]
+    return manifest[manifest["patient"].isin(set(patients)) & manifest["source"].isin(sources)]
+
+
+def stream_slices(processed: Path, patients: list[str], sources: tuple[str, ...],
+                  reader: ShardRowReader) -> ShardSlices:
+    """Every manifest row of these patients from these sources, in manifest order, read from the shards on demand.
+
+    Checks now what would otherwise fail mid-epoch: every shard exists, and has the rows and channels listed."""
+    rows = _manifest_rows(processed, patients, sources)
+    shard_ids, shard_names = pd.factorize(rows["shard"])
+    shapes = set()
+    for name, last_row in zip(shard_names, rows.groupby("shard", sort=False)["row"].max()):
+        images = reader.members(processed / name)["images"]
+        if images.shape[0] <= last_row:
+            raise SliceWiseError(f"the manifest lists row {last_row} but the shard has {images.shape[0]} rows "
+                                 "(rerun the slice step)", processed / name)
+        shapes.add(images.shape[1:])
+    if len(shapes) > 1:
+        raise SliceWiseError(f"shards of different image shapes {sorted(shapes)} (rerun the slice step)", processed)
+    return ShardSlices(processed, list(shard_names), shard_ids.astype(np.int32), rows["row"].to_numpy(np.int64),
+                       torch.tensor(rows["has_mask"].to_numpy(bool)),
+                       torch.tensor(rows["label"].to_numpy(np.uint8)), reader)
+
+
+def load_slices(processed: Path, patients: list[str], sources: tuple[str, ...]) -> SliceSet:
+    """Every manifest row of these patients from these sources, in manifest order, each shard read once, in memory
+    (for benchmarks and tools on small sets; training streams them: `stream_slices`)."""
+    rows = _manifest_rows(processed, patients, sources)
     parts = []
     for shard_name, shard_rows in rows.groupby("shard", sort=False):
         shard_path = processed / shard_name
@@ -146,11 +266,13 @@ def load_slices(processed: Path, patients: list[str], sources: tuple[str, ...]) 
                     torch.from_numpy(has_mask.astype(bool)), torch.from_numpy(labels.astype(np.uint8)))
 
 
-def stage_data(stage: str, processed: Path, splits_dir: Path, stage_params, seed: int) -> tuple[SliceSet, SliceSet]:
-    """(train, val) slices of one training stage; fails with SliceWiseError when either is empty."""
-    sources = STAGE_SOURCES[stage]
-    train = load_slices(processed, read_split("train", splits_dir), sources)
-    val = load_slices(processed, read_split("val", splits_dir), sources)
+def stage_data(stage: str, processed: Path, splits_dir: Path, stage_params, seed: int,
+               cache_bytes: int = 256 * 2**20) -> tuple[ShardSlices, ShardSlices]:
+    """(train, val) slices of one training stage, streamed through one ShardRowReader that keeps at most
+    `cache_bytes` of decompressed (legacy, compressed) shards; fails with SliceWiseError when either is empty."""
+    sources, reader = STAGE_SOURCES[stage], ShardRowReader(cache_bytes)
+    train = stream_slices(processed, read_split("train", splits_dir), sources, reader)
+    val = stream_slices(processed, read_split("val", splits_dir), sources, reader)
     if stage == "seg" and stage_params.tumour_slices_only:
         train = train.subset(torch.nonzero(train.labels == 1).flatten())
     if stage == "cls" and stage_params.brats_fraction < 1:
@@ -161,7 +283,7 @@ def stage_data(stage: str, processed: Path, splits_dir: Path, stage_params, seed
     return train, val
 
 
-def _drop_brats_share(data: SliceSet, share: float, seed: int) -> SliceSet:
+def _drop_brats_share(data: ShardSlices, share: float, seed: int) -> ShardSlices:
     """Seeded: remove `share` of the BraTS slices (those with masks), keep every Kaggle image."""
     brats = torch.nonzero(data.has_mask).flatten().numpy()
     dropped = np.random.default_rng(seed).choice(brats, size=round(share * len(brats)), replace=False)

@@ -37,7 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from models.unet import MultitaskUNet, UNetConfig
 from tasks import paths
 from tasks.config import ClsStageSettings, JointStageSettings, SegStageSettings, Settings, TrainSettings
-from tasks.data.datasets import SliceSet, data_fingerprint, stage_data, training_loader
+from tasks.data.datasets import ShardSlices, data_fingerprint, stage_data, training_loader
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import (architecture_digest, load_checkpoint, load_weights, model_config_for,
                                          model_config_of, save_checkpoint, weights_digest)
@@ -54,7 +54,7 @@ METRIC_NAME = {"seg": "val_dice", "cls": "val_roc_auc", "joint": "val_dice_accur
 # Settings that change speed, not what is learned: a run may resume with different values.
 # dvc.yaml's training stages list the other train keys, and patience (it decides which epoch best.pt is from).
 RUNTIME_ONLY = ("patience", "min_epochs", "floor_margin", "device", "amp_bf16", "channels_last", "compile",
-                "pin_memory", "num_workers", "threads")
+                "pin_memory", "num_workers", "threads", "cache_mb")
 # Each stage's "nothing learned" value: a stage whose best validation value stays within train.floor_margin of it
 # is reported as stuck (a seg head predicting no tumour anywhere has val Dice 0; a guessing classifier ROC-AUC 0.5).
 FLOORS = {"seg": ("val_dice", 0.0), "cls": ("val_roc_auc", 0.5), "joint": ("val_dice", 0.0)}
@@ -146,7 +146,10 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
     started = time.perf_counter()
     torch.set_num_threads(plan.train.threads or max(1, len(os.sched_getaffinity(0)) // ranks.local_world))
     torch.manual_seed(plan.seed)
-    train_set, val_set = stage_data(plan.stage, plan.processed, plan.splits_dir, plan.stage_params, plan.seed)
+    # Each loader process (the main one and every worker) has its own reader: they share the cache budget.
+    cache_bytes = plan.train.cache_mb * 2**20 // (plan.train.num_workers + 1)
+    train_set, val_set = stage_data(plan.stage, plan.processed, plan.splits_dir, plan.stage_params, plan.seed,
+                                    cache_bytes)
     _check_shapes(plan, train_set)
     ranks.check_batch(plan.train.batch_size, len(train_set))
 
@@ -163,7 +166,8 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
                         generator, ranks)
     loader = training_loader(train_set, plan.train.batch_size, generator, plan.train.num_workers,
                              getattr(plan.stage_params, "kaggle_share", None),
-                             getattr(plan.stage_params, "foreground_share", 0.0), pin_memory=plan.train.pin_memory and device.type == "cuda")
+                             getattr(plan.stage_params, "foreground_share", 0.0),
+                             pin_memory=plan.train.pin_memory and device.type == "cuda", augment=plan.train.augment)
     metric_name = METRIC_NAME[plan.stage]
     with _progress(visible=ranks.is_main) as progress:
         bar = progress.add_task(f"train_{plan.stage}", total=max(plan.epochs - state.epoch, 0) * len(loader),
@@ -218,7 +222,7 @@ def stuck_at_floor(stage: str, history: list[dict], margin: float) -> str | None
             f"this model learned nothing on that head and the promotion gate will reject it")
 
 
-def _check_shapes(plan: StagePlan, data: SliceSet) -> None:
+def _check_shapes(plan: StagePlan, data: ShardSlices) -> None:
     channels, height, width = data.image_shape
     if channels != plan.model.in_channels:
         raise SliceWiseError(f"processed slices have {channels} channel(s) but slice.modalities lists "

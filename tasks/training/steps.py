@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 
 from models.unet import MultitaskUNet
 from tasks.config import TrainSettings
-from tasks.data.augment import augment_batch
 from tasks.data.datasets import SliceSet, collate_slices
 from tasks.errors import SliceWiseError
 from tasks.training.distributed import Ranks
@@ -182,7 +181,8 @@ class StageRunner:
             compiled(self.ranks.wrap(self.model, self.device), self.device, self.train_cfg)
 
     def train_epoch(self, loader: DataLoader, epoch: int, epochs: int, on_batch: Callable[[float], None]) -> float:
-        """One pass over the training data with augmentation; returns the mean training loss."""
+        """One pass over the training data (augmented by the loader: datasets.training_loader); returns the mean
+        training loss."""
         set_train_mode(self.model, self.stage)
         total, count = 0.0, 0
         for i, batch in enumerate(loader):
@@ -190,10 +190,9 @@ class StageRunner:
                                          self.train_cfg.warmup_epochs / epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-            # Every process augments the whole global batch, drawing what a single process draws, then keeps its share.
+            # Every process reads the whole global batch, augmented by the loader as a single process's would be,
+            # then keeps its share.
             batch = _to_device(batch, self.device)
-            batch["image"], batch["mask"] = augment_batch(batch["image"], batch["mask"], self.train_cfg.augment,
-                                                          self.generator)
             size = len(batch["label"])
             batch = self.ranks.share(batch)
             with autocast(self.device, self.train_cfg):

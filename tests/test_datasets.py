@@ -1,0 +1,152 @@
+"""Streaming training data (tasks/data/datasets.py, tasks/data/shards.py): rows read in place, a bounded cache for
+compressed shards, memory that does not grow with the data, and the same augmented batches with any number of
+loader workers."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tasks import paths
+from tasks.config import Augment
+from tasks.data.datasets import load_slices, stage_data, stream_slices, training_loader
+from tasks.data.shards import MANIFEST_COLUMNS, Shard, ShardRowReader, manifest_rows, read_shard, write_shard
+from tasks.data.splits import read_split
+from tests.conftest import REPO
+
+
+def _shard(rows: int, channels: int = 2, size: int = 16, seed: int = 0) -> Shard:
+    rng = np.random.default_rng(seed)
+    masks = rng.integers(0, 2, (rows, size, size)).astype(np.uint8)
+    return Shard(images=rng.normal(size=(rows, channels, size, size)).astype(np.float16), masks=masks,
+                 has_mask=np.ones(rows, bool), labels=masks.reshape(rows, -1).max(1).astype(np.uint8),
+                 slice_index=np.arange(rows, dtype=np.int16), spacing=np.ones(2, np.float32))
+
+
+def _processed(root, shards: int, rows: int, compress: bool, **shape) -> tuple:
+    """`shards` patients in data/processed under root, and their names."""
+    processed, manifest, patients = root / "processed", [], []
+    for p in range(shards):
+        patient, shard = f"P{p:03d}", _shard(rows, seed=p, **shape)
+        write_shard(processed / "brats" / f"{patient}.npz", shard, compress=compress)
+        manifest += manifest_rows(patient, "brats", f"brats/{patient}.npz", shard)
+        patients.append(patient)
+    pd.DataFrame(manifest, columns=MANIFEST_COLUMNS).to_csv(processed / paths.MANIFEST.name, index=False)
+    return processed, patients
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_rows_read_in_place_are_the_rows_of_the_shard(tmp_path, compress):
+    shard = _shard(7, channels=3, size=8)
+    write_shard(tmp_path / "a.npz", shard, compress=compress)
+    reader = ShardRowReader(cache_bytes=2**20)
+    for row in (0, 3, 6):
+        image, mask = reader.row(tmp_path / "a.npz", row)
+        assert np.array_equal(image, shard.images[row]) and np.array_equal(mask, shard.masks[row])
+    assert (reader.members(tmp_path / "a.npz")["images"].offset is None) == compress
+    assert (reader.cached_bytes > 0) == compress  # only a compressed shard is decompressed into the cache
+    assert np.array_equal(read_shard(tmp_path / "a.npz").images, shard.images)  # read_shard reads both formats
+
+
+def test_more_shards_than_open_files_are_read_right(tmp_path):
+    processed, patients = _processed(tmp_path, shards=5, rows=3, compress=False)
+    reader = ShardRowReader(cache_bytes=0, max_open=2)
+    for p in (0, 3, 1, 4, 0, 2):
+        image, mask = reader.row(processed / "brats" / f"P{p:03d}.npz", 2)
+        assert np.array_equal(image, _shard(3, seed=p).images[2]) and np.array_equal(mask, _shard(3, seed=p).masks[2])
+    assert len(reader._files) == 2
+
+
+def test_streamed_slices_are_the_slices_held_in_memory(tiny_data):
+    streamed, _ = stage_data("joint", tiny_data.processed, tiny_data.splits, None, seed=0)
+    in_memory = load_slices(tiny_data.processed, read_split("train", tiny_data.splits), ("brats", "kaggle"))
+    assert len(streamed) == len(in_memory) > 0 and streamed.image_shape == in_memory.image_shape
+    assert torch.equal(streamed.labels, in_memory.labels) and torch.equal(streamed.has_mask, in_memory.has_mask)
+    for i in range(len(streamed)):
+        a, b = streamed[i], in_memory[i]
+        assert torch.equal(a["image"], b["image"]) and a["label"] == b["label"]
+        assert (a["mask"] is None and b["mask"] is None) or torch.equal(a["mask"], b["mask"])
+
+
+def test_compressed_shards_stay_within_the_cache_while_a_larger_set_streams(tmp_path):
+    processed, patients = _processed(tmp_path, shards=6, rows=20, compress=True, channels=4, size=32)
+    per_shard = 20 * 4 * 32 * 32 * 2 + 20 * 32 * 32  # images float16 + masks uint8
+    reader = ShardRowReader(cache_bytes=2 * per_shard)
+    data = stream_slices(processed, patients, ("brats",), reader)
+    loader = training_loader(data, 8, torch.Generator().manual_seed(0), augment=Augment())
+    seen = sum(len(batch["label"]) for _ in range(2) for batch in loader)
+    assert seen == 2 * (len(data) // 8) * 8 and 6 * per_shard > 2 * reader.cache_bytes
+    assert 0 < reader.peak_cached_bytes <= reader.cache_bytes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads peak RSS from /proc")
+def test_streaming_a_set_keeps_memory_flat(tmp_path):
+    """A fresh process streams 100 MB of stored shards twice: its peak RSS grows by far less than the data; then it
+    keeps every row it reads (what holding the set in RAM costs), and its peak RSS grows by about the data."""
+    processed, patients = _processed(tmp_path, shards=14, rows=48, compress=False, channels=4, size=128)
+    data_mb = sum(p.stat().st_size for p in processed.rglob("*.npz")) / 2**20
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from tasks.data.shards import ShardRowReader, read_manifest
+        # VmHWM: this process's peak RSS (ru_maxrss would start from the parent's peak, inherited across exec)
+        peak_mb = lambda: int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+        reader, processed = ShardRowReader(0), Path({str(processed)!r})
+        rows = [(processed / shard, int(row)) for shard, row in
+                read_manifest(processed / "manifest.csv")[["shard", "row"]].to_records(index=False)]
+        reader.row(*rows[0])
+        start = peak_mb()
+        total = sum(float(reader.row(*row)[0][0, 0, 0]) for _ in range(2) for row in rows)
+        streamed = peak_mb()
+        held = [reader.row(*row) for row in rows]
+        print(streamed - start, peak_mb() - streamed)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    streamed_mb, held_mb = map(float, done.stdout.split()[-2:])
+    assert data_mb > 90 and streamed_mb < 16 and held_mb > 0.8 * data_mb, (data_mb, streamed_mb, held_mb)
+
+
+def test_same_seed_same_augmented_batches_with_or_without_workers(tmp_path):
+    processed, patients = _processed(tmp_path, shards=3, rows=10, compress=False)
+    batches, states = {}, {}
+    for workers in (0, 2):
+        data = stream_slices(processed, patients, ("brats",), ShardRowReader(0))
+        generator = torch.Generator().manual_seed(7)
+        loader = training_loader(data, 6, generator, num_workers=workers, foreground_share=0.5,
+                                 augment=Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2))
+        batches[workers] = [batch for _ in range(2) for batch in loader]
+        states[workers] = generator.get_state()
+    assert len(batches[0]) == 2 * (30 // 6) and torch.equal(states[0], states[2])
+    for a, b in zip(batches[0], batches[2]):
+        assert all(torch.equal(a[key], b[key]) for key in ("image", "mask", "label", "has_mask"))
+    plain = next(iter(training_loader(stream_slices(processed, patients, ("brats",), ShardRowReader(0)), 6,
+                                      torch.Generator().manual_seed(7), foreground_share=0.5)))
+    assert not torch.equal(plain["image"], batches[0][0]["image"])  # augmentation did change the images
+
+
+def test_a_manifest_that_does_not_match_its_shards_is_a_clear_error(tmp_path):
+    from tasks.errors import SliceWiseError
+
+    processed, patients = _processed(tmp_path, shards=2, rows=5, compress=False)
+    manifest = pd.read_csv(processed / paths.MANIFEST.name)
+    manifest.loc[manifest.index[-1], "row"] = 9
+    manifest.to_csv(processed / paths.MANIFEST.name, index=False)
+    with pytest.raises(SliceWiseError, match="lists row 9 but the shard has 5 rows") as error:
+        stream_slices(processed, patients, ("brats",), ShardRowReader(0))
+    assert "P001.npz" in str(error.value)
+    (processed / "brats" / "P000.npz").unlink()
+    with pytest.raises(SliceWiseError, match="missing"):
+        stream_slices(processed, patients, ("brats",), ShardRowReader(0))
+
+
+def test_affine_grid_is_torchs_affine_grid():
+    from tasks.data.augment import affine_grid, random_affines
+
+    theta = random_affines(5, Augment(flip=True, rotate_degrees=30), torch.Generator().manual_seed(3))
+    theta[:, :, 2] = torch.rand(5, 2)  # a translation too
+    expected = torch.nn.functional.affine_grid(theta, [5, 1, 12, 20], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, 12, 20), expected)
