@@ -155,3 +155,14 @@ def test_bad_flips_are_refused():
 def test_prediction_type_is_returned():
     prediction = predict_slices_tta(TorchPredictor(Bright(1)), np.zeros((3, 1, 8, 8), np.float32), [[], [3]])
     assert isinstance(prediction, Prediction) and prediction.region_probability.shape == (3, 1, 8, 8)
+
+
+def test_uncertainty_is_zero_outside_the_brain():
+    volume = np.zeros((20, 24, 6), dtype=np.float32)
+    volume[2:18, 3:21, 1:] = 100.0  # slice 0 has no brain
+    volume[4:9, 5:12, 2:5] = 400.0
+    # at z = 0 (the background after preprocessing) region 1's probability is sigmoid(-2) = 0.12: 0.53 bits
+    result = predict_volume(TorchPredictor(Bright(levels=(0.05, 5.0, 6.0))), [volume], 16)
+    outside = (volume == 0) & ~result.whole_tumour
+    assert outside[:, :, 0].all() and not result.uncertainty[outside].any()
+    assert result.uncertainty[volume > 0].max() > 0.3

@@ -14,7 +14,9 @@ scores on the test patients' raw volumes), so both see the same numbers.
                  have the input's voxel grid, so a NIfTI written with the input's affine overlays it.
     uncertainty  the binary entropy (bits, 0..1) of the TTA-averaged probability of each region, the largest over
                  the regions, per voxel ("entropy": the predictive entropy; with TTA it grows where the flips
-                 disagree, without TTA it is the model's own doubt). 0 = certain, 1 = a coin flip.
+                 disagree, without TTA it is the model's own doubt). 0 = certain, 1 = a coin flip. Outside the
+                 brain (every modality 0, the background preprocessing zeroes) and the predicted tumour it is 0:
+                 the model's faint probabilities there are no question anyone asked.
 
 Numpy + Pillow only (the predictor may be ONNX), so the slim serving image can import it.
 """
@@ -177,6 +179,8 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     flips = check_flips(flips)
     prediction = predict_slices_tta(predictor, inputs, flips)
     masks, uncertainty = to_volume_grid(prediction.region_probability, shape, threshold)
+    outside = ~np.any([v > 0 for v in volumes if v is not None], axis=0) & ~masks.any(axis=0)
+    uncertainty[outside] = 0.0  # no brain, no tumour predicted: nothing to be unsure about
     n_regions = len(masks)
     return VolumePrediction(
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),
