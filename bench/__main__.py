@@ -137,7 +137,7 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
                     f"batch {volume['batch']}, {volume['runs']} runs"))
         out.append(("volume inference, TTA on / TTA off", f"{volume['tta_on_over_off_ratio']:.2f}×",
                     f"flips {volume['tta_flips']} in one batched run per chunk; p50 {p50['tta_on']:.1f} s vs "
-                    f"{p50['tta_off']:.1f} s"))
+                    f"{p50['tta_off']:.1f} s" + (f"; {volume['note']}" if volume.get("note") else "")))
     if hostile := report.get("hostile"):
         plain, bombs = hostile["plain"], hostile["with_bombs"]
         out.append(("hostile load: peak RSS with bombs / without", f"{hostile['ratios']['peak_rss_bombs_over_plain']:.2f}×",
