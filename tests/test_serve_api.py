@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 import os
 
 import nibabel as nib
@@ -138,10 +139,21 @@ def test_volume_answer_has_label_map_uncertainty_and_regions_with_the_input_affi
 @pytest.fixture(scope="module")
 def regions_client(tmp_path_factory):
     folder = tmp_path_factory.mktemp("regions")
-    files = ServedFiles(export_regions_onnx(folder / "model.onnx"), folder / "none.pt",
-                        write_metrics(folder / "metrics.json"))
+    metrics = write_metrics(folder / "metrics.json")
+    report = json.loads(metrics.read_text())
+    report["segmentation_regions"] = {"wt": {"dice": 0.88, "hd95": 6.1}, "tc": {"dice": 0.81, "hd95": 8.0},
+                                      "et": {"dice": 0.77, "hd95": 9.5}}
+    metrics.write_text(json.dumps(report))
+    files = ServedFiles(export_regions_onnx(folder / "model.onnx"), folder / "none.pt", metrics)
     with TestClient(file_app(files)) as client:
         yield client
+
+
+def test_model_info_shows_the_three_regions_and_their_metrics(regions_client):
+    info = regions_client.get("/model/info").json()
+    assert info["served"]["regions"] == ["wt", "tc", "et"] and info["served"]["in_channels"] == 4
+    assert info["model"]["regions"] == ["wt", "tc", "et"]
+    assert info["metrics"]["segmentation_regions"]["et"] == {"dice": 0.77, "hd95": 9.5}
 
 
 def modality_volumes():
