@@ -201,6 +201,18 @@ def test_flair_alone_and_4d_upload_for_a_four_modality_model(regions_client):
     assert four_d["region_volumes_cm3"]["et"] > 0
 
 
+def test_four_volumes_reserve_more_of_the_memory_budget_than_one(regions_client):
+    volume = nifti_bytes(modality_volumes()["flair"][0])[0]
+    budget = regions_client.app.state.budget
+    budget.peak = 0
+    assert regions_client.post("/v1/predict/volume", files={"flair": ("f.nii.gz", volume)}).status_code == 200
+    one = budget.peak
+    budget.peak = 0
+    four = regions_client.post("/v1/predict/volume", files={m: (f"{m}.nii.gz", volume) for m in
+                                                            ("flair", "t1", "t1ce", "t2")})
+    assert four.status_code == 200 and budget.peak > one > 0 and budget.in_use == 0
+
+
 def test_volume_tta_flag_runs_the_configured_flips(regions_client):
     volume = nifti_bytes(modality_volumes()["flair"][0])[0]
     plain = regions_client.post("/v1/predict/volume", files={"flair": ("f.nii.gz", volume)},
