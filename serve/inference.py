@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from serve.explain import gradcam_for
 from serve.images import gradcam_overlay, label_overlay, mask_pixels, png_base64, to_display, uncertainty_overlay

@@ -164,7 +164,8 @@ def test_regions_report_shape_intervals_and_null_regions():
     assert section["tc"] == {"dice": None, "hd95": None} and section["et"] == {"dice": None, "hd95": None}
     lo, hi = intervals["segmentation_regions.wt.dice"]
     assert lo <= 0.8 <= hi and lo >= 0.7 - 1e-9 and hi <= 0.9 + 1e-9
-    assert uncertainty["auroc"] == pytest.approx(0.85) and uncertainty["mean_on_errors"] > uncertainty["mean_on_correct"]
+    assert uncertainty["auroc"] == pytest.approx(0.85)
+    assert uncertainty["mean_on_errors"] > uncertainty["mean_on_correct"]
 
 
 def test_uncertainty_on_errors_auroc():

@@ -83,7 +83,8 @@ def region_scores(predicted_labels: np.ndarray, truth_labels: np.ndarray, spacin
     out = {}
     for i, region in enumerate(REGIONS):
         if region in regions:
-            out[region] = {"dice": brats_dice(predicted[i], truth[i]), "hd95": brats_hd95(predicted[i], truth[i], spacing)}
+            out[region] = {"dice": brats_dice(predicted[i], truth[i]),
+                           "hd95": brats_hd95(predicted[i], truth[i], spacing)}
     return out
 
 
