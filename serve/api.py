@@ -267,8 +267,8 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         main = probed[fields.index("file" if "file" in fields else "flair")]
         check_same_grid(probed, main)
         spatial = main.header.voxels // main.header.channels
-        need = sum(u.header.memory_bytes(model.image_size, model.in_channels if u is main else 1) for u in probed) \
-            + inference_bytes(model, main.header.shape[2]) + volume_output_bytes(spatial)
+        need = sum(u.header.memory_bytes(model.image_size, first=u is main) for u in probed) \
+            + inference_bytes(model, main.header.shape[2]) + volume_output_bytes(model, spatial)
         with budget.reserve(need, main.header.name):
             uploads, image = {}, None
             for part, upload in zip(parts, probed):

@@ -32,18 +32,22 @@ from tasks.inference.volume import NO_TTA, binary_entropy, predict_volume, prepa
 # 8 slices of 128² at 8 base channels (the quick model), measured as the peak RSS of a fresh process.
 WORKSPACE_BYTES_PER_PIXEL_CHANNEL = 64
 DEFAULT_BASE_CHANNELS = 32  # for a model whose metadata does not say (the production width)
-# Per voxel of the input grid: R (≤ 3) region masks + the label map + the float32 uncertainty, then the NIfTI
-# answers (uncompressed copy, gzip, base64) of the three maps: an upper bound from their sizes, not a measurement.
-VOLUME_OUTPUT_BYTES_PER_VOXEL = 24
+# Per voxel of the input grid, beyond the one-byte mask serve/volumes.py's BYTES_PER_VOXEL already counts: the R
+# region masks (bool) and the float32 uncertainty. With these, the estimate of a whole request was 1.8x (one FLAIR
+# volume, 1-channel 1-region model) and 1.7x (four modalities, 4-channel 3-region model, TTA) the measured peak RSS
+# growth of a fresh process (240x240x155 int16 volumes, 192² U-Net of 16 base channels: 412 and 646 MB measured).
+VOLUME_OUTPUT_BYTES_PER_VOXEL = 4
 
 
 def inference_bytes(model: ServedModel, slices: int) -> int:
     """Memory one prediction of `slices` slices holds: onnxruntime's workspace for one batch of them (batches run
-    one after another), the inputs and outputs, and the answer's PNGs."""
+    one after another; it grows with the U-Net's width, not with its input channels), the inputs and outputs (4
+    bytes per further input channel and per further region), and the answer's PNGs."""
     batch = min(max(slices, 1), model.predictor.batch_size)
     base = int(model.model_config.get("base_channels") or DEFAULT_BASE_CHANNELS)
-    pixels = model.in_channels * model.image_size ** 2
-    return WORKSPACE_BYTES_PER_PIXEL_CHANNEL * base * batch * pixels + 32 * slices * pixels
+    pixels = model.image_size ** 2
+    per_slice_pixel = 32 + 4 * (model.in_channels - 1) + 4 * (len(model.regions) - 1)
+    return WORKSPACE_BYTES_PER_PIXEL_CHANNEL * base * batch * pixels + per_slice_pixel * slices * pixels
 
 
 @dataclass(frozen=True)
@@ -126,10 +130,10 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
     return results
 
 
-def volume_output_bytes(voxels: int) -> int:
-    """Memory the answer's maps hold on the input's grid, besides the decoded volumes: region masks, label map,
-    uncertainty, and the NIfTI bytes written from them (raw, gzipped, base64)."""
-    return VOLUME_OUTPUT_BYTES_PER_VOXEL * voxels
+def volume_output_bytes(model: ServedModel, voxels: int) -> int:
+    """Memory the answer's maps hold on the input's grid beyond what the decoded volume's estimate counts: the
+    region masks and the uncertainty map."""
+    return (len(model.regions) + VOLUME_OUTPUT_BYTES_PER_VOXEL) * voxels
 
 
 def model_channels(model: ServedModel, uploads: dict[str, np.ndarray], name: str) -> list[np.ndarray | None]:

@@ -66,11 +66,15 @@ class VolumeHeader:
     def data_bytes(self) -> int:
         return self.voxels * self.dtype.itemsize
 
-    def memory_bytes(self, image_size: int, channels: int = 1) -> int:
+    def memory_bytes(self, image_size: int, first: bool = True) -> int:
         """Memory for decoding this volume (each of its channels) and holding its slices at the model's
         `image_size`; the maps of the answer (serve.inference.volume_output_bytes) and onnxruntime's workspace
-        (serve.inference.inference_bytes) come on top, once per request."""
-        model_pixels = self.shape[2] * max(channels, self.channels) * image_size * image_size
+        (serve.inference.inference_bytes) come on top, once per request. A further modality of the same request
+        (`first=False`) adds only what it keeps: its raw bytes, its float32 voxels and its prepared slices; its
+        z-scored copy and masks are made after the first one's are gone (tasks/inference/volume.prepare_channels)."""
+        model_pixels = self.shape[2] * self.channels * image_size * image_size
+        if not first:
+            return self.data_bytes + 4 * self.voxels + 4 * model_pixels
         return self.data_bytes + BYTES_PER_VOXEL * self.voxels + BYTES_PER_MODEL_PIXEL * model_pixels
 
 
