@@ -13,7 +13,7 @@ export MPLBACKEND := Agg
 PROFILE ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test serve mlflow-ui prefect-ui worker bench lock clean-data
+.PHONY: setup run test serve mlflow-ui prefect-ui worker bench lock clean-data brats-env
 
 setup: $(STAMP)
 
@@ -32,10 +32,23 @@ run: setup
 
 # The end-to-end tests start real PostgreSQL, MLflow, Prefect, a DVC S3 remote and a headless Chromium:
 # the two scripts install the Debian packages they need when missing (a no-op when present).
-test: setup
+test: setup brats-env
 	@scripts/install_services.sh
 	@scripts/install_browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The organisers' BraTS evaluation (brats-evaluation, panoptica) needs pandas<3; the project pins pandas 3, so it gets
+# its own virtualenv, used only to cross-check our region metrics (tests/test_brats_eval.py, and evaluate when present).
+BRATS_VENV := .venv-brats
+BRATS_STAMP := $(BRATS_VENV)/.installed-$(shell cat requirements-brats.txt 2>/dev/null | sha256sum | cut -c1-16)
+
+brats-env: $(BRATS_STAMP)
+
+$(BRATS_STAMP): requirements-brats.txt
+	@test -x $(BRATS_VENV)/bin/python || $(PYTHON) -m venv $(BRATS_VENV)
+	$(BRATS_VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements-brats.txt
+	@rm -f $(BRATS_VENV)/.installed-* && touch $@
+	@echo "brats-evaluation installed into $(BRATS_VENV)"
 
 serve: setup
 	$(BIN)/python -m serve

@@ -41,7 +41,7 @@ def inside(folder: Path):
 
 def run_all(skip: set[str]) -> dict:
     from bench import (bench_api, bench_export, bench_gpu, bench_hostile, bench_loader, bench_peer, bench_pipeline,
-                       bench_seeds, bench_slice)
+                       bench_seeds, bench_slice, bench_volume)
 
     report: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                                 "python": platform.python_version()},
@@ -66,6 +66,9 @@ def run_all(skip: set[str]) -> dict:
     if "api" not in skip:
         console.rule("API overhead over a bare onnxruntime call, 20 concurrent clients, start-up")
         report["api"] = bench_api.run()
+    if "volume" not in skip:
+        console.rule("volume inference: 155 slices of 4x256², ONNX on CPU, TTA off and on")
+        report["volume"] = bench_volume.run()
     if "hostile" not in skip:
         console.rule("hostile load: 30 clients x 10 mixed requests, then with bomb uploads mixed in")
         report["hostile"] = bench_hostile.run()
@@ -80,7 +83,7 @@ def run_all(skip: set[str]) -> dict:
 
 def run_some(names: list[str]) -> dict:
     """Rerun some benchmarks and keep every other figure of the last full run."""
-    from bench import bench_loader, bench_peer, bench_seeds
+    from bench import bench_loader, bench_peer, bench_seeds, bench_volume
 
     report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
     report.setdefault("machine", {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -92,6 +95,8 @@ def run_some(names: list[str]) -> dict:
         report["peer"] = bench_peer.run(REPO)
     if "loader" in names:
         report["loader"] = bench_loader.run()
+    if "volume" in names:
+        report["volume"] = bench_volume.run()
     return report
 
 
@@ -130,6 +135,14 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
         if start := api.get("startup"):
             out.append(("API start-up, champion cached", f"{start['registry_cached_start_s']:.1f} s",
                         f"first start (download) {start['registry_first_start_s']:.1f} s"))
+    if volume := report.get("volume"):
+        p50 = volume["p50_s"]
+        out.append(("volume inference p50, 155 slices of 4×256², ONNX CPU, TTA off", f"{p50['tta_off']:.1f} s",
+                    f"{volume['slices_per_s_tta_off']:.1f} slices/s, untrained production-size 3-region U-Net, "
+                    f"batch {volume['batch']}, {volume['runs']} runs"))
+        out.append(("volume inference, TTA on / TTA off", f"{volume['tta_on_over_off_ratio']:.2f}×",
+                    f"flips {volume['tta_flips']} in one batched run per chunk; p50 {p50['tta_on']:.1f} s vs "
+                    f"{p50['tta_off']:.1f} s" + (f"; {volume['note']}" if volume.get("note") else "")))
     if hostile := report.get("hostile"):
         plain, bombs = hostile["plain"], hostile["with_bombs"]
         out.append(("hostile load: peak RSS with bombs / without", f"{hostile['ratios']['peak_rss_bombs_over_plain']:.2f}×",
@@ -231,10 +244,11 @@ def update_readme(table: str, seeds: dict | None = None) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["api", "gpu", "hostile", "loader", "peer", "seeds"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["api", "gpu", "hostile", "loader", "peer", "seeds",
+                                                                "volume"],
                         help="benchmarks to leave out")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
-    parser.add_argument("--only", nargs="+", choices=["seeds", "peer", "loader"],
+    parser.add_argument("--only", nargs="+", choices=["seeds", "peer", "loader", "volume"],
                         help="run only these (peer: on this project's own trained model, after `make run`) and "
                              "merge them into the existing reports/bench.json")
     args = parser.parse_args()

@@ -19,6 +19,8 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
+
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -30,18 +32,23 @@ from serve.compare import comparison, gate_verdict
 from serve.examples import find_example, listing, predict_slice_example, volume_upload, with_volume_truth
 from serve.guards import BodySizeLimit, HostOriginGuard, admin_router, admin_token
 from serve.holder import ModelHolder
-from serve.inference import PreparedSlice, inference_bytes, prepare_slice, slice_results, volume_result
+from serve.inference import (PreparedSlice, inference_bytes, prepare_slice, slice_results, volume_output_bytes,
+                             volume_result)
 from serve.model_source import ModelSource, ServedModel
 from serve.multipart import FilePart, close_parts, read_file_parts
 from serve.uploads import HEAD_BYTES, MB, UploadError, decode_slice, slice_memory_bytes
-from serve.volumes import probe_volume, read_volume
+from serve.volumes import VolumeUpload, probe_volume, read_volume
 from tasks.config import ServeSettings
+from tasks.inference.volume import NO_TTA
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 FORM_OVERHEAD = 1 * MB  # multipart boundaries and headers around the files
 VOLUME_ROUTE = "/v1/predict/volume"
+# The volume route's fields: `file` (a FLAIR volume, or a 4D volume of the model's modalities), or the modalities
+# one file each (FLAIR required; a modality not sent is a zero channel).
+VOLUME_FIELDS = ("file", "flair", "t1", "t1ce", "t2")
 LIMITS = ("max_slice_mb", "max_volume_mb", "max_voxels", "max_slices", "max_batch_files", "max_image_side",
           "memory_budget_mb")  # shown by /model/info
 
@@ -61,6 +68,27 @@ def multipart_body(field: str, description: str, many: bool = False) -> dict:
         field: {"type": "array", "items": binary, "description": description} if many else
         {**binary, "description": description}}}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def volume_body() -> dict:
+    """The OpenAPI description of the volume route's multipart upload."""
+    binary = {"type": "string", "format": "binary"}
+    properties = {"file": {**binary, "description": ".nii or .nii.gz: FLAIR, or one 4D volume of the model's "
+                                                    "modalities in its order"}}
+    properties |= {m: {**binary, "description": f"{m.upper()} volume (instead of `file`; FLAIR required)"}
+                   for m in VOLUME_FIELDS[1:]}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "properties": properties}}}}}
+
+
+def check_same_grid(uploads: list[VolumeUpload], main: VolumeUpload) -> None:
+    """Modalities sent as separate files must share the main one's grid: same spatial shape and affine."""
+    for upload in uploads:
+        shape, affine = upload.header.shape[:3], upload.header.image.affine
+        if shape != main.header.shape[:3] or not np.allclose(affine, main.header.image.affine, atol=1e-3):
+            raise UploadError(422, f"{upload.header.name}: shape {list(shape)} and affine differ from "
+                                   f"{main.header.name}'s {list(main.header.shape[:3])}; the modalities must be "
+                                   "co-registered on one grid")
 
 
 def validation_detail(exc: RequestValidationError) -> str:
@@ -85,7 +113,8 @@ def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> d
         **model.card,
         "gate": gate_verdict(model.card.get("tags", {})),
         "served": {"image_size": model.image_size, "in_channels": model.in_channels,
-                   "modalities": list(model.modalities), "threshold": model.threshold,
+                   "modalities": list(model.modalities), "regions": list(model.regions),
+                   "threshold": model.threshold,
                    "mask_threshold": model.mask_threshold, "gradcam_checkpoint": model.checkpoint is not None},
         "limits": {key: getattr(cfg, key) for key in LIMITS},
         "ood_threshold": cfg.ood_threshold,
@@ -199,25 +228,50 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         await read_file_parts(request, "files", cfg.max_batch_files, cfg.max_slice_mb, "batch", on_file)
         return await run_in_threadpool(predicted, model, items)
 
-    @app.post(VOLUME_ROUTE, openapi_extra=multipart_body("file", ".nii or .nii.gz FLAIR volume"))
+    @app.post(VOLUME_ROUTE, openapi_extra=volume_body())
     async def predict_volume(request: Request, images: bool = Query(
-            False, description="add every slice and its mask as PNG (web UI)")) -> Response:
+            False, description="add every slice, its masks and its uncertainty as PNG (web UI)"), tta: bool = Query(
+            False, description="flip test-time augmentation (the flips of serve.tta_flips, in one batched run)")
+    ) -> Response:
         model = served_model()
-        parts = await read_file_parts(request, "file", 1, cfg.max_volume_mb, "request")
+        parts = await read_file_parts(request, VOLUME_FIELDS, len(VOLUME_FIELDS), cfg.max_volume_mb, "request")
         try:
-            return await run_in_threadpool(predict_volume_file, parts[0], model, images)
+            return await run_in_threadpool(predict_volume_files, parts, model, images, tta)
         finally:
             close_parts(parts)
 
-    def predict_volume_file(part: FilePart, model: ServedModel, with_images: bool) -> Response:
-        """Judge the header, reserve what the volume costs, decode, predict, answer (a worker thread)."""
-        name = part.filename or "volume.nii.gz"
-        upload = probe_volume(part.file, name, cfg.max_volume_mb, cfg.max_voxels, cfg.max_slices)
-        slices = upload.header.shape[2]
-        need = upload.header.memory_bytes(model.image_size, model.in_channels) + inference_bytes(model, slices)
-        with budget.reserve(need, name):
-            volume, image = read_volume(upload)
-            return json_response(volume_result(volume, image, model, name, cfg.ood_threshold, with_images))
+    def predict_volume_files(parts: list[FilePart], model: ServedModel, with_images: bool, tta: bool) -> Response:
+        """Judge every header, reserve what the volumes cost together, decode, predict, answer (a worker thread)."""
+        fields = [part.field for part in parts]
+        if len(set(fields)) < len(fields) or ("file" in fields and len(fields) > 1):
+            raise UploadError(422, f"volume fields {fields}: send `file` alone, or each of flair, t1, t1ce, t2 "
+                                   "at most once")
+        if not {"file", "flair"} & set(fields):
+            raise UploadError(422, f"no FLAIR volume among {fields}: send `file` (FLAIR, or a 4D volume of the "
+                                   "model's modalities) or `flair`, with any of t1, t1ce, t2")
+        probed = []
+        for part in parts:
+            channels = model.in_channels if part.field == "file" else 1
+            probed.append(probe_volume(part.file, part.filename or part.field, cfg.max_volume_mb, cfg.max_voxels,
+                                       cfg.max_slices, channels))
+        main = probed[fields.index("file" if "file" in fields else "flair")]
+        check_same_grid(probed, main)
+        spatial = main.header.voxels // main.header.channels
+        need = sum(u.header.memory_bytes(model.image_size, first=u is main) for u in probed) \
+            + inference_bytes(model, main.header.shape[2]) + volume_output_bytes(model, spatial)
+        with budget.reserve(need, main.header.name):
+            uploads, image = {}, None
+            for part, upload in zip(parts, probed):
+                volume, read_image = read_volume(upload)
+                if upload is main:
+                    image = read_image
+                if volume.ndim == 4:  # one 4D volume: its channels are the model's modalities, in order
+                    uploads |= {m: volume[..., c] for c, m in enumerate(model.modalities)}
+                else:
+                    uploads["flair" if part.field == "file" else part.field] = volume
+            flips = cfg.tta_flips if tta else NO_TTA
+            return json_response(volume_result(uploads, image, model, main.header.name, cfg.ood_threshold,
+                                               with_images, flips))
 
     @app.get("/v1/examples")
     def examples() -> dict:

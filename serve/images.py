@@ -47,3 +47,24 @@ def gradcam_overlay(display: np.ndarray, heatmap: np.ndarray, opacity: float = G
     gray = np.repeat(display[..., None].astype(np.float32), 3, axis=2)
     blended = (1 - opacity) * gray + opacity * jet(heatmap).astype(np.float32)
     return blended.round().astype(np.uint8)
+
+
+# BraTS label colours of the label overlay (RGBA): 1 necrosis red, 2 oedema green, 4 enhancing tumour yellow.
+LABEL_COLOURS = {1: (230, 40, 40, 170), 2: (40, 200, 60, 140), 4: (250, 220, 30, 190)}
+UNCERTAINTY_FLOOR = 0.02  # uncertainty (bits) below this is shown transparent
+
+
+def label_overlay(labels: np.ndarray) -> np.ndarray:
+    """(H, W) label map 0/1/2/4 → (H, W, 4) uint8 RGBA, transparent where 0."""
+    out = np.zeros((*labels.shape, 4), dtype=np.uint8)
+    for label, colour in LABEL_COLOURS.items():
+        out[labels == label] = colour
+    return out
+
+
+def uncertainty_overlay(uncertainty: np.ndarray) -> np.ndarray:
+    """(H, W) uncertainty in [0, 1] → (H, W, 4) uint8 RGBA heat map ('jet'), opacity growing with the uncertainty,
+    transparent where it is about 0."""
+    u = np.clip(np.asarray(uncertainty, dtype=np.float32), 0, 1)
+    alpha = np.where(u >= UNCERTAINTY_FLOOR, 80 + 175 * u, 0).astype(np.uint8)
+    return np.concatenate([jet(u), alpha[..., None]], axis=-1)

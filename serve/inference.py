@@ -2,40 +2,52 @@
 
 Preprocessing is tasks/data/preprocess.py's, the very functions the slice step uses (prepare_photo for PNG/JPEG,
 prepare_array_slice for NPY, prepare_volume_slices for NIfTI), and prediction is tasks/inference/predictor.py's
-OnnxPredictor, which evaluation also uses: served inputs and outputs match the evaluated ones.
+OnnxPredictor, which evaluation also uses: served inputs and outputs match the evaluated ones. A whole volume goes
+through tasks/inference/volume.py, as in evaluation (every slice, optional batched flip TTA, the uncertainty map).
+A model with several input channels (modalities) gets a single-channel image or a FLAIR-only volume in its FLAIR
+channel (channel 0) and zeros in the others, as modality dropout trained it to take them.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from serve.explain import gradcam_for
-from serve.images import gradcam_overlay, mask_pixels, png_base64, to_display
+from serve.images import gradcam_overlay, label_overlay, mask_pixels, png_base64, to_display, uncertainty_overlay
 from serve.model_source import ServedModel
 from serve.ood import OodResult, score_slice, score_volume
 from serve.uploads import DecodedSlice, UploadError
 from serve.volumes import VolumeImage, nifti_bytes
-from tasks.data.preprocess import prepare_array_slice, prepare_photo, prepare_volume_slices
+from tasks.data.preprocess import prepare_array_slice, prepare_photo
+from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.inference.predictor import Prediction
+from tasks.inference.volume import NO_TTA, binary_entropy, predict_volume, prepare_channels
 
 
 # onnxruntime's workspace per input pixel of one batch element, per base channel of the U-Net: 64 MB for a batch of
 # 8 slices of 128² at 8 base channels (the quick model), measured as the peak RSS of a fresh process.
 WORKSPACE_BYTES_PER_PIXEL_CHANNEL = 64
 DEFAULT_BASE_CHANNELS = 32  # for a model whose metadata does not say (the production width)
+# Per voxel of the input grid, beyond the one-byte mask serve/volumes.py's BYTES_PER_VOXEL already counts: the R
+# region masks (bool) and the float32 uncertainty. With these, the estimate of a whole request was 1.8x (one FLAIR
+# volume, 1-channel 1-region model) and 1.7x (four modalities, 4-channel 3-region model, TTA) the measured peak RSS
+# growth of a fresh process (240x240x155 int16 volumes, 192² U-Net of 16 base channels: 412 and 646 MB measured).
+VOLUME_OUTPUT_BYTES_PER_VOXEL = 4
 
 
 def inference_bytes(model: ServedModel, slices: int) -> int:
     """Memory one prediction of `slices` slices holds: onnxruntime's workspace for one batch of them (batches run
-    one after another), the inputs and outputs, and the answer's PNGs."""
+    one after another; it grows with the U-Net's width, not with its input channels), the inputs and outputs (4
+    bytes per further input channel and per further region), and the answer's PNGs."""
     batch = min(max(slices, 1), model.predictor.batch_size)
     base = int(model.model_config.get("base_channels") or DEFAULT_BASE_CHANNELS)
-    pixels = model.in_channels * model.image_size ** 2
-    return WORKSPACE_BYTES_PER_PIXEL_CHANNEL * base * batch * pixels + 32 * slices * pixels
+    pixels = model.image_size ** 2
+    per_slice_pixel = 32 + 4 * (model.in_channels - 1) + 4 * (len(model.regions) - 1)
+    return WORKSPACE_BYTES_PER_PIXEL_CHANNEL * base * batch * pixels + per_slice_pixel * slices * pixels
 
 
 @dataclass(frozen=True)
@@ -48,21 +60,27 @@ class PreparedSlice:
 def prepare_slice(decoded: DecodedSlice, model: ServedModel, name: str, ood_threshold: float) -> PreparedSlice:
     """One decoded slice → model input, checked against what the served model expects, with its OOD score."""
     if decoded.kind == "photo":
-        if model.in_channels != 1:
-            raise UploadError(422, f"{name}: the served model takes {model.in_channels} channels ({', '.join(model.modalities)}); "
-                                   "a PNG/JPEG has one, send an NPY array (C, H, W) instead")
         model_input = prepare_photo(decoded.photo, model.image_size)  # 8-bit: cannot overflow
         gray = np.asarray(decoded.photo.convert("L"), dtype=np.float32)
     else:
-        if decoded.channels != model.in_channels:
+        if decoded.channels not in (1, model.in_channels):
             raise UploadError(422, f"{name}: {decoded.channels} channel(s), but the served model takes "
-                                   f"{model.in_channels} ({', '.join(model.modalities)})")
+                                   f"{model.in_channels} ({', '.join(model.modalities)}), or 1 (FLAIR alone)")
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow → the 422 below
             model_input = prepare_array_slice(decoded.array, model.image_size)
         gray = decoded.array[0]
     _check_finite(model_input, name)
     ood = score_slice(gray, model_input, decoded.rgb, decoded.array, ood_threshold)
-    return PreparedSlice(name, np.ascontiguousarray(model_input, dtype=np.float32), ood)
+    return PreparedSlice(name, np.ascontiguousarray(in_flair_channel(model_input, model.in_channels)), ood)
+
+
+def in_flair_channel(model_input: np.ndarray, channels: int) -> np.ndarray:
+    """A (1, S, S) input for a model of `channels` modalities: FLAIR (channel 0) holds it, the others are zero."""
+    if len(model_input) == channels:
+        return model_input.astype(np.float32, copy=False)
+    out = np.zeros((channels, *model_input.shape[1:]), dtype=np.float32)
+    out[0] = model_input[0]
+    return out
 
 
 def _check_finite(values: np.ndarray, name: str) -> None:
@@ -112,73 +130,103 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
     return results
 
 
-def mask_to_volume_grid(mask_probability: np.ndarray, shape: tuple[int, int, int], threshold: float) -> np.ndarray:
-    """(Z, S, S) probabilities on display-oriented slices → (X, Y, Z) uint8 mask on the input's voxel grid.
-
-    Undoes tasks.data.preprocess.axial_slice (a 90° rotation) and the resize: probabilities are resized bilinearly,
-    then thresholded, so the mask's edge is as smooth at the input's resolution as at the model's.
-    """
-    x, y, depth = shape
-    out = np.zeros(shape, dtype=np.uint8)
-    for z in range(depth):
-        resized = np.asarray(Image.fromarray(mask_probability[z].astype(np.float32), mode="F").resize(
-            (x, y), Image.BILINEAR))  # (Y, X), like axial_slice(volume, z)
-        out[:, :, z] = np.rot90(resized >= threshold, k=-1)
-    return out
+def volume_output_bytes(model: ServedModel, voxels: int) -> int:
+    """Memory the answer's maps hold on the input's grid beyond what the decoded volume's estimate counts: the
+    region masks and the uncertainty map."""
+    return (len(model.regions) + VOLUME_OUTPUT_BYTES_PER_VOXEL) * voxels
 
 
-def volume_result(volume: np.ndarray, image: VolumeImage, model: ServedModel, name: str, ood_threshold: float,
-                  with_images: bool = False) -> dict:
-    """Every axial slice of an (X, Y, Z) FLAIR volume: per-slice answers, the mask as NIfTI and its volume."""
-    if model.in_channels != 1:
-        raise UploadError(422, f"{name}: the served model takes {model.in_channels} modalities "
-                               f"({', '.join(model.modalities)}); this route accepts one FLAIR volume")
+def model_channels(model: ServedModel, uploads: dict[str, np.ndarray], name: str) -> list[np.ndarray | None]:
+    """The uploaded modality volumes in the model's channel order, None for a modality not sent (a zero channel).
+    `uploads` maps a modality (flair, t1, t1ce, t2) to its (X, Y, Z) volume; FLAIR is required."""
+    if "flair" not in uploads:
+        raise UploadError(422, f"{name}: no FLAIR volume; send `file` (FLAIR, or a 4D volume of the model's "
+                               f"{len(model.modalities)} modalities) or the field `flair` with any of t1, t1ce, t2")
+    unused = sorted(set(uploads) - set(model.modalities))
+    if unused:
+        raise UploadError(422, f"{name}: the served model takes {', '.join(model.modalities)}; it has no channel "
+                               f"for {', '.join(unused)}")
+    shapes = {m: v.shape for m, v in uploads.items()}
+    if len(set(shapes.values())) > 1:
+        raise UploadError(422, f"{name}: the modality volumes differ in shape ({shapes}); they must be co-registered "
+                               "on one grid")
+    return [uploads.get(modality) for modality in model.modalities]
+
+
+def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: ServedModel, name: str,
+                  ood_threshold: float, with_images: bool = False,
+                  flips: Sequence[Sequence[int]] = NO_TTA) -> dict:
+    """Every axial slice of an (X, Y, Z) volume set (FLAIR, and any of the model's other modalities): per-slice
+    answers, the whole-tumour mask, the label map and the uncertainty map as NIfTI, cm³ per region. `flips`: the
+    TTA flips (NO_TTA = none), run batched by tasks/inference/volume.py."""
+    volumes = model_channels(model, uploads, name)
+    flair = uploads["flair"]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow → the 422 below
-        inputs = prepare_volume_slices([volume], model.image_size)
+        inputs = prepare_channels(volumes, model.image_size)
     _check_finite(inputs, name)
-    ood = score_volume(volume, inputs, ood_threshold)
-    prediction = predict(model, inputs, name)
-    mask = mask_to_volume_grid(prediction.mask_probability, volume.shape, model.mask_threshold)
+    ood = score_volume(flair, inputs[:, :1], ood_threshold)
+    result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs)
+    _check_finite(result.tumour_probability, name)
+    _check_finite(result.slice_probability, name)
     spacing = [float(s) for s in image.header.get_zooms()[:3]]
-    pixel_mm2, voxel_mm3 = spacing[0] * spacing[1], spacing[0] * spacing[1] * spacing[2]
-    area_px = mask.sum(axis=(0, 1))
+    pixel_mm2 = spacing[0] * spacing[1]
+    area_px = result.whole_tumour.sum(axis=(0, 1))
     display = to_display(inputs[:, 0]) if with_images else None
     slices = []
-    for z, probability in enumerate(prediction.tumour_probability.tolist()):
+    for z, probability in enumerate(result.tumour_probability.tolist()):
         item = {"slice": z, "tumor_probability": round(probability, 6),
                 "has_tumor": decision(probability, model.threshold, ood, ood_threshold),
                 "tumor_area_px": int(area_px[z]), "tumor_area_mm2": round(float(area_px[z]) * pixel_mm2, 3)}
         if display is not None:
-            item["image_png"] = png_base64(display[z])
-            item["mask_png"] = png_base64(mask_pixels(prediction.mask_probability[z] >= model.mask_threshold))
+            item |= slice_images(display[z], result.slice_probability[z], model.mask_threshold)
         slices.append(item)
-    probabilities = prediction.tumour_probability
+    probabilities = result.tumour_probability
+    region_cm3 = result.region_volumes_cm3(spacing)
     return {
         "filename": name,
-        "shape": list(volume.shape),
+        "shape": list(flair.shape),
         "voxel_spacing_mm": spacing,
         "threshold": model.threshold,
         "max_tumor_probability": round(float(probabilities.max()), 6),
         "has_tumor": decision(float(probabilities.max()), model.threshold, ood, ood_threshold),
         "tumor_slices": [s["slice"] for s in slices if s["has_tumor"]],
-        "tumor_volume_cm3": round(float(mask.sum()) * voxel_mm3 / 1000.0, 4),
+        "tumor_volume_cm3": round(region_cm3[result.regions[0]], 4),
         "ood_score": ood.score,
         "ood_checks": ood.checks,
         "warning": ood.warning(ood_threshold),
         "slices": slices,
-        "mask_nifti": nifti_b64(mask, image),
-        "mask_nifti_filename": mask_filename(name),
+        "mask_nifti": nifti_b64(result.whole_tumour.astype(np.uint8), image),
+        "mask_nifti_filename": output_filename(name, "mask"),
+        "regions": list(model.regions),
+        "region_volumes_cm3": {region: (round(region_cm3[region], 4) if region in region_cm3 else None)
+                               for region in REGIONS},
+        "label_map_nifti": nifti_b64(result.label_map, image),
+        "label_map_nifti_filename": output_filename(name, "labels"),
+        "uncertainty_nifti": nifti_b64(result.uncertainty, image),
+        "uncertainty_nifti_filename": output_filename(name, "uncertainty"),
+        "uncertainty": result.uncertainty_summary(),
     }
+
+
+def slice_images(display: np.ndarray, region_probability: np.ndarray, threshold: float) -> dict[str, str]:
+    """One slice's PNGs on the model's grid: the FLAIR channel, the whole-tumour mask, the label overlay, the
+    uncertainty overlay."""
+    masks = region_probability >= threshold
+    uncertainty = binary_entropy(region_probability).max(axis=0)
+    return {"image_png": png_base64(display), "mask_png": png_base64(mask_pixels(masks[0])),
+            "labels_png": png_base64(label_overlay(labels_from_regions(masks))),
+            "uncertainty_png": png_base64(uncertainty_overlay(uncertainty))}
 
 
 def nifti_b64(mask: np.ndarray, like: VolumeImage) -> str:
     return base64.b64encode(nifti_bytes(mask, like)).decode("ascii")
 
 
-def mask_filename(name: str) -> str:
+def output_filename(name: str, kind: str) -> str:
+    """`<stem>_<kind>.nii.gz` for an upload named `<stem>.nii(.gz)`."""
     stem = name.rsplit("/", 1)[-1]
     for suffix in (".nii.gz", ".nii", ".gz"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    return f"{stem or 'volume'}_mask.nii.gz"
+    return f"{stem or 'volume'}_{kind}.nii.gz"

@@ -59,6 +59,7 @@ class ServedModel:
     gradcam: Any = field(default=None, repr=False)  # serve.explain.GradCam, built on first use
     gradcam_error: str | None = None  # why Grad-CAM could not be built, so it is not retried per request
     examples: Path | None = None  # folder of the examples bundled with the model (index.json), None for an older one
+    regions: tuple[str, ...] = ("wt",)  # what the segmentation head predicts (ONNX metadata `regions`)
 
 
 def embedded_metadata(predictor: OnnxPredictor) -> dict:
@@ -94,14 +95,24 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
     in_channels = shape[1] if isinstance(shape[1], int) else len(meta.get("modalities", ["flair"]))
     threshold = meta.get("threshold", (metrics or {}).get("classification", {}).get("threshold", DEFAULT_THRESHOLD))
     card = {**card, "metrics": metrics or card.get("metrics") or {},
-            "model": {k: meta[k] for k in ("name", "opset", "image_size", "modalities", "model_config", "versions")
+            "model": {k: meta[k] for k in ("name", "opset", "image_size", "modalities", "regions", "model_config",
+                                               "versions")
                       if k in meta}}
     return ServedModel(
         predictor=predictor, image_size=int(image_size), in_channels=int(in_channels),
         modalities=tuple(meta.get("modalities", ["flair"] * int(in_channels))), threshold=float(threshold),
         mask_threshold=float(meta.get("mask_threshold", 0.5)), card=card, checkpoint=checkpoint,
-        model_config=dict(meta.get("model_config") or {}), examples=examples,
+        model_config=dict(meta.get("model_config") or {}), examples=examples, regions=served_regions(meta, predictor),
     )
+
+
+def served_regions(meta: dict, predictor: OnnxPredictor) -> tuple[str, ...]:
+    """The model's regions: its metadata `regions`; else three when seg_logits has 3 channels; else whole tumour."""
+    if meta.get("regions"):
+        return tuple(str(r) for r in meta["regions"])
+    seg = next((o for o in predictor.session.get_outputs() if o.name == predictor.output_names[0]), None)
+    channels = seg.shape[1] if seg is not None and len(seg.shape) > 1 else None
+    return ("wt", "tc", "et") if channels == 3 else ("wt",)
 
 
 class ModelSource(Protocol):

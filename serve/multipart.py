@@ -39,15 +39,18 @@ class FilePart:
         return self.file.read()
 
 
-def missing_field(name: str) -> UploadError:
-    return UploadError(422, f"missing multipart field '{name}' (send the upload as multipart/form-data)")
+def missing_field(name: str | tuple[str, ...]) -> UploadError:
+    shown = name if isinstance(name, str) else "' or '".join(name)
+    return UploadError(422, f"missing multipart field '{shown}' (send the upload as multipart/form-data)")
 
 
 class _Reader:
     """The parser's callbacks: collects headers, counts parts, writes data, enforces the limits."""
 
-    def __init__(self, field_name: str, max_files: int, max_file_mb: float, what: str):
+    def __init__(self, field_name: str | tuple[str, ...], max_files: int, max_file_mb: float, what: str):
         self.field_name, self.max_files, self.max_file_mb, self.what = field_name, max_files, max_file_mb, what
+        self.field_names = (field_name,) if isinstance(field_name, str) else tuple(field_name)
+        self.shown = "', '".join(self.field_names)
         self.max_file_bytes = int(max_file_mb * MB)
         self.header_name = self.header_value = b""
         self.disposition = b""
@@ -73,10 +76,10 @@ class _Reader:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self.disposition)
         name = options.get(b"name", b"").decode("utf-8", "replace")
-        if name != self.field_name or b"filename" not in options:
+        if name not in self.field_names or b"filename" not in options:
             self.others += 1
             if self.others > MAX_OTHER_PARTS:
-                raise UploadError(413, f"too many form fields besides '{self.field_name}' (at most {MAX_OTHER_PARTS})")
+                raise UploadError(413, f"too many form fields besides '{self.shown}' (at most {MAX_OTHER_PARTS})")
             return
         self.files += 1
         if self.files > self.max_files:
@@ -91,7 +94,7 @@ class _Reader:
             return  # a field we do not use: its bytes are not kept
         part.size += end - start
         if part.size > self.max_file_bytes:
-            raise UploadError(413, f"{part.filename or self.field_name}: more than {self.max_file_mb:g} MB; "
+            raise UploadError(413, f"{part.filename or part.field}: more than {self.max_file_mb:g} MB; "
                                    f"the limit is {self.max_file_mb:g} MB per file")
         self.to_write.append((part, data[start:end]))
 
@@ -101,10 +104,11 @@ class _Reader:
         self.current = None
 
 
-async def read_file_parts(request: Request, field_name: str, max_files: int, max_file_mb: float, what: str,
-                          on_file: Callable[[FilePart], Awaitable[None]] | None = None) -> list[FilePart]:
-    """Stream the request's multipart body; each file part of `field_name` goes to `on_file` as soon as it is
-    complete. Returns the parts (a 422 when there is none); the caller closes them (`close_parts`)."""
+async def read_file_parts(request: Request, field_name: str | tuple[str, ...], max_files: int, max_file_mb: float,
+                          what: str, on_file: Callable[[FilePart], Awaitable[None]] | None = None) -> list[FilePart]:
+    """Stream the request's multipart body; each file part of `field_name` (or of any of several names) goes to
+    `on_file` as soon as it is complete. Returns the parts (a 422 when there is none); the caller closes them
+    (`close_parts`)."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise missing_field(field_name)

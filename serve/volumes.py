@@ -49,22 +49,32 @@ class VolumeHeader:
     name: str
     gzipped: bool
     image: VolumeImage
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # (X, Y, Z), or (X, Y, Z, C) for a 4D upload holding the model's C modalities
     dtype: np.dtype
     data_offset: int
 
     @property
     def voxels(self) -> int:
+        """Every stored value (all channels of a 4D upload)."""
         return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def channels(self) -> int:
+        return self.shape[3] if len(self.shape) == 4 else 1
 
     @property
     def data_bytes(self) -> int:
         return self.voxels * self.dtype.itemsize
 
-    def memory_bytes(self, image_size: int, channels: int = 1) -> int:
-        """Memory for decoding this volume and holding its slices at the model's `image_size` (onnxruntime's
-        workspace comes on top: serve.inference.inference_bytes)."""
-        model_pixels = self.shape[2] * channels * image_size * image_size
+    def memory_bytes(self, image_size: int, first: bool = True) -> int:
+        """Memory for decoding this volume (each of its channels) and holding its slices at the model's
+        `image_size`; the maps of the answer (serve.inference.volume_output_bytes) and onnxruntime's workspace
+        (serve.inference.inference_bytes) come on top, once per request. A further modality of the same request
+        (`first=False`) adds only what it keeps: its raw bytes, its float32 voxels and its prepared slices; its
+        z-scored copy and masks are made after the first one's are gone (tasks/inference/volume.prepare_channels)."""
+        model_pixels = self.shape[2] * self.channels * image_size * image_size
+        if not first:
+            return self.data_bytes + 4 * self.voxels + 4 * model_pixels
         return self.data_bytes + BYTES_PER_VOXEL * self.voxels + BYTES_PER_MODEL_PIXEL * model_pixels
 
 
@@ -134,9 +144,11 @@ class VolumeUpload:
     head: bytes  # the (decompressed) bytes already read: the header and perhaps the first voxels
 
 
-def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels: int, max_slices: int) -> VolumeUpload:
+def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels: int, max_slices: int,
+                 channels: int = 1) -> VolumeUpload:
     """Read and judge the header of an uploaded .nii / .nii.gz (a 4xx naming the problem), allocating nothing
-    for its voxels yet."""
+    for its voxels yet. With `channels` > 1, a 4D (X, Y, Z, channels) upload is accepted too (one modality per
+    channel); `max_voxels` applies per channel."""
     fileobj.seek(0, io.SEEK_END)
     size = fileobj.tell()
     fileobj.seek(0)
@@ -167,18 +179,19 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
         raise UploadError(422, f"{name}: the header puts the voxel data at byte {offset}, inside the header")
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
-    if len(shape) != 3:
+    if not (len(shape) == 3 or (len(shape) == 4 and channels > 1 and shape[3] == channels)):
+        four_d = f", or one 4D (X, Y, Z, {channels}) volume of the model's modalities" if channels > 1 else ""
         raise UploadError(422, f"{name}: volume of shape {shape} has {len(shape)} dimensions; expected one 3D "
-                               "(X, Y, Z) FLAIR volume")
+                               f"(X, Y, Z) volume{four_d}")
     if min(shape[:2]) < MIN_SIDE or shape[2] < 1:
         raise UploadError(422, f"{name}: volume of shape {shape} is too small (at least {MIN_SIDE}x{MIN_SIDE} "
                                "pixels per axial slice)")
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise UploadError(422, f"{name}: voxels of type {dtype}; expected integers or floats")
     probe = VolumeHeader(name, gzipped, VolumeImage(image_class, header, affine), shape, dtype, offset)
-    if probe.voxels > max_voxels:
-        raise UploadError(413, f"{name}: {'x'.join(map(str, shape))} = {probe.voxels:,} voxels; the limit is "
-                               f"{max_voxels:,} (serve.max_voxels)")
+    if probe.voxels // probe.channels > max_voxels:
+        raise UploadError(413, f"{name}: {'x'.join(map(str, shape[:3]))} = {probe.voxels // probe.channels:,} voxels; "
+                               f"the limit is {max_voxels:,} (serve.max_voxels)")
     if shape[2] > max_slices:
         raise UploadError(413, f"{name}: {shape[2]} axial slices; the limit is {max_slices} (serve.max_slices)")
     if offset + probe.data_bytes > size_limit_mb * MB:
@@ -233,8 +246,8 @@ def short_data(probe: VolumeHeader, got: int) -> UploadError:
 
 
 def read_volume(upload: VolumeUpload) -> tuple[np.ndarray, VolumeImage]:
-    """The voxels the probed header declares → (X, Y, Z) float32 and what the answer needs of the header; a short
-    stream is a 422, and nothing is allocated beyond the declared size."""
+    """The voxels the probed header declares → (X, Y, Z) float32 ((X, Y, Z, C) for a 4D upload) and what the answer
+    needs of the header; a short stream is a 422, and nothing is allocated beyond the declared size."""
     probe, stream, head = upload.header, upload.stream, upload.head
     need = probe.data_offset + probe.data_bytes
     raw = bytearray(head[:need])  # grows only as the data arrives: a header that lies allocates nothing

@@ -185,6 +185,7 @@ class ServeSettings(_Section):
     allowed_hosts: tuple[str, ...] = ()  # Host/Origin names accepted besides localhost and the bind address
     poll_seconds: float = Field(30, ge=0)
     ood_threshold: float = Field(0.5, gt=0, le=1)
+    tta_flips: tuple[tuple[Literal[2, 3], ...], ...] = ((), (3,))  # /v1/predict/volume?tta=true (volume.py)
 
 
 class _ModelSettings(_Section):

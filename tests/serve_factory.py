@@ -44,6 +44,34 @@ class BrightRegionNet(torch.nn.Module):
         return seg, cls
 
 
+class BrightRegionsNet(torch.nn.Module):
+    """Four modalities, three regions: region r (WT, TC, ET) is where channel r (FLAIR, T1, T1ce) is bright, as
+    BrightRegionNet decides it; the slice is tumour where FLAIR is. Not flip-equivariant it needs not be: it is."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seg = 6.0 * (image[:, :3] - BRIGHT_Z)
+        cls = 6.0 * (image[:, 0].amax(dim=(1, 2)) - BRIGHT_Z)
+        return seg, cls
+
+
+def export_regions_onnx(path: Path, size: int = SIZE, with_metadata: bool = True) -> Path:
+    """BrightRegionsNet as ONNX: 4 input channels (flair, t1, t1ce, t2), seg_logits (N, 3, H, W)."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(BrightRegionsNet().eval(), (torch.zeros(1, 4, size, size),), str(path), opset_version=17,
+                      dynamo=False, input_names=["image"], output_names=["seg_logits", "cls_logits"],
+                      dynamic_axes={n: {0: "batch"} for n in ("image", "seg_logits", "cls_logits")})
+    if with_metadata:
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, {"slicewise": json.dumps({
+            "image_size": size, "modalities": ["flair", "t1", "t1ce", "t2"], "regions": ["wt", "tc", "et"],
+            "threshold": THRESHOLD, "mask_threshold": 0.5,
+            "model_config": {"in_channels": 4, "base_channels": 4, "depth": 2, "seg_channels": 3}})})
+        onnx.save(proto, str(path))
+    return path
+
+
 def export_tiny_onnx(path: Path, size: int = SIZE, channels: int = 1, metadata: dict | None = None,
                      threshold: float = THRESHOLD) -> Path:
     """BrightRegionNet as ONNX (input "image", outputs "seg_logits", "cls_logits", dynamic batch), with the

@@ -18,6 +18,8 @@ CONTRACT_KEYS = {
                        "threshold", "confusion_matrix", "n"},
     "segmentation": {"dice", "iou", "hd95", "n_slices"},
     "segmentation_volume": {"dice", "hd95", "n_patients"},
+    "segmentation_regions": {"wt", "tc", "et"},
+    "volume_uncertainty": {"kind", "n_patients", "mean_on_errors", "mean_on_correct", "auroc"},
 }
 
 
@@ -65,6 +67,7 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     assert set(written) == set(CONTRACT_KEYS) | {"ci95"}
     for section, keys in CONTRACT_KEYS.items():
         assert set(written[section]) == keys
+    assert written["segmentation_regions"]["wt"] == {"dice": None, "hd95": None}  # no volume scored
     cm = written["classification"]["confusion_matrix"]
     assert np.array(cm).shape == (2, 2) and sum(map(sum, cm)) == written["classification"]["n"] == 80
     assert written["segmentation"]["n_slices"] == 24 and written["segmentation_volume"]["n_patients"] == 8
@@ -73,6 +76,27 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
         section, name = key.split(".")
         assert lo <= written[section][name] <= hi
     assert not list(tmp_path.glob("reports/*.tmp"))
+
+
+def test_region_scores_land_in_metrics_json_with_intervals():
+    rng = np.random.default_rng(5)
+    val = predictions(rng.uniform(0, 0.6, 10), rng.uniform(0.4, 1, 10))
+    test = predictions(rng.uniform(0, 0.6, 10), rng.uniform(0.4, 1, 10), seg_dice=[0.5, 0.7])
+    regions = pd.DataFrame({"patient": ["p0", "p1", "p2", "p3"], **{
+        f"{r}_{m}": rng.uniform(0.2, 0.9, 4) for r in ("wt", "tc", "et") for m in ("dice", "hd95")},
+        "uncertainty_mean_on_errors": [0.4] * 4, "uncertainty_mean_on_correct": [0.01] * 4,
+        "uncertainty_auroc": [0.9, 0.8, 0.85, 0.95]})
+    report = evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=50), seed=0, region_scores=regions)
+    json.dumps(report, allow_nan=False)
+    for region in ("wt", "tc", "et"):
+        assert report["segmentation_regions"][region]["dice"] == pytest.approx(regions[f"{region}_dice"].mean())
+        lo, hi = report["ci95"][f"segmentation_regions.{region}.dice"]
+        assert lo <= report["segmentation_regions"][region]["dice"] <= hi
+    assert report["volume_uncertainty"]["auroc"] == pytest.approx(0.875)
+    flat = evaluation_report.flatten_metrics(report)
+    assert flat["segmentation_regions.et.hd95"] == report["segmentation_regions"]["et"]["hd95"]
+    assert evaluation_report.headline(report)["segmentation_regions.tc.dice"]["value"] == pytest.approx(
+        regions["tc_dice"].mean())
 
 
 def test_bootstrap_intervals_are_seeded():

@@ -20,7 +20,9 @@ SERVE = sorted(modules_under(REPO / "serve"))
 SERVING_MAY_REACH = {
     "tasks", "tasks.config", "tasks.paths", "tasks.errors", "tasks.redaction", "tasks.io",
     "tasks.data", "tasks.data.preprocess",  # the slice step's preprocessing, numpy + Pillow only
+    "tasks.data.regions",  # BraTS labels <-> WT/TC/ET regions, numpy only
     "tasks.inference", "tasks.inference.predictor", "tasks.inference.checkpoints",
+    "tasks.inference.volume",  # whole-volume inference, TTA, uncertainty: what evaluation scores, numpy + Pillow
     "tasks.inference.gradcam",  # Grad-CAM, built on first use where torch is installed
     "tasks.release", "tasks.release.registry",  # the registry client
     "tasks.tracking", "tasks.tracking.store",  # the MLflow store the registry client talks to

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import json
 import os
 
 import nibabel as nib
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.serve_factory import (SIZE, brain_slice, brain_volume, decode_png, export_tiny_onnx, file_app, jpeg_bytes,
-                                 make_served_files, nifti_bytes, npy_bytes, png_bytes)
+from tests.serve_factory import (SIZE, ServedFiles, brain_slice, brain_volume, decode_png, export_regions_onnx,
+                                 export_tiny_onnx, file_app, jpeg_bytes, make_served_files, nifti_bytes, npy_bytes,
+                                 png_bytes, write_metrics)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,140 @@ def test_volume_mask_restacked_on_the_input_grid(client):
     assert body["tumor_volume_cm3"] == pytest.approx(mask.sum() * 1.0 * 1.5 * 2.0 / 1000, abs=1e-4)
     assert body["mask_nifti_filename"] == "patient_mask.nii.gz"
     assert "image_png" not in body["slices"][0]
+
+
+def decode_nifti(b64: str) -> nib.Nifti1Image:
+    return nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(b64)))
+
+
+def test_volume_answer_has_label_map_uncertainty_and_regions_with_the_input_affine(client):
+    volume, truth = brain_volume()
+    data, affine = nifti_bytes(volume, spacing=(1.0, 1.5, 2.0))
+    body = client.post("/v1/predict/volume", files={"file": ("patient.nii.gz", data)}).json()
+    labels, uncertainty = decode_nifti(body["label_map_nifti"]), decode_nifti(body["uncertainty_nifti"])
+    for image in (labels, uncertainty):
+        assert image.shape == volume.shape and np.allclose(image.affine, affine)
+        assert image.header.get_zooms()[:3] == pytest.approx((1.0, 1.5, 2.0))
+    label_map = np.asarray(labels.dataobj)
+    assert label_map.dtype == np.uint8 and set(np.unique(label_map)) == {0, 2}  # a WT-only model: all oedema
+    assert np.asarray(uncertainty.dataobj).dtype == np.float32
+    assert body["regions"] == ["wt"] and body["region_volumes_cm3"]["tc"] is None
+    assert body["region_volumes_cm3"]["wt"] == pytest.approx((label_map > 0).sum() * 3.0 / 1000, abs=1e-4)
+    assert body["label_map_nifti_filename"] == "patient_labels.nii.gz"
+    assert body["uncertainty_nifti_filename"] == "patient_uncertainty.nii.gz"
+    summary = body["uncertainty"]
+    assert summary["kind"] == "entropy" and summary["tta_flips"] == [[]]
+    assert 0 <= summary["mean"] <= 1 and 0 < summary["p95"] <= 1 and summary["mean_in_tumour"] > summary["mean"]
+
+
+@pytest.fixture(scope="module")
+def regions_client(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("regions")
+    metrics = write_metrics(folder / "metrics.json")
+    report = json.loads(metrics.read_text())
+    report["segmentation_regions"] = {"wt": {"dice": 0.88, "hd95": 6.1}, "tc": {"dice": 0.81, "hd95": 8.0},
+                                      "et": {"dice": 0.77, "hd95": 9.5}}
+    metrics.write_text(json.dumps(report))
+    files = ServedFiles(export_regions_onnx(folder / "model.onnx"), folder / "none.pt", metrics)
+    with TestClient(file_app(files)) as client:
+        yield client
+
+
+def test_model_info_shows_the_three_regions_and_their_metrics(regions_client):
+    info = regions_client.get("/model/info").json()
+    assert info["served"]["regions"] == ["wt", "tc", "et"] and info["served"]["in_channels"] == 4
+    assert info["model"]["regions"] == ["wt", "tc", "et"]
+    assert info["metrics"]["segmentation_regions"]["et"] == {"dice": 0.77, "hd95": 9.5}
+
+
+def modality_volumes():
+    """FLAIR with a large bright box (WT), T1 a smaller one (TC), T1ce a smaller one still (ET); T2 plain."""
+    boxes = {"flair": ((8, 18), (24, 36), (3, 8)), "t1": ((10, 16), (26, 34), (4, 7)),
+             "t1ce": ((11, 15), (28, 32), (4, 6)), "t2": ((0, 0), (0, 0), (0, 0))}
+    return {m: brain_volume(tumour_box=box) for m, box in boxes.items()}
+
+
+def test_four_modality_upload_gives_three_regions_and_their_cm3(regions_client):
+    volumes = modality_volumes()
+    uploads, affine = {}, None
+    for modality, (volume, _) in volumes.items():
+        data, affine = nifti_bytes(volume, spacing=(1.0, 1.5, 2.0))
+        uploads[modality] = (f"p_{modality}.nii.gz", data)
+    body = regions_client.post("/v1/predict/volume", files=uploads).json()
+    assert body["regions"] == ["wt", "tc", "et"] and body["filename"] == "p_flair.nii.gz"
+    labels = decode_nifti(body["label_map_nifti"])
+    assert np.allclose(labels.affine, affine)
+    label_map = np.asarray(labels.dataobj)
+    assert set(np.unique(label_map)) == {0, 1, 2, 4}
+    voxel_cm3 = 1.0 * 1.5 * 2.0 / 1000
+    hand_count = {"wt": np.isin(label_map, (1, 2, 4)).sum(), "tc": np.isin(label_map, (1, 4)).sum(),
+                  "et": (label_map == 4).sum()}
+    for region, count in hand_count.items():
+        assert body["region_volumes_cm3"][region] == pytest.approx(count * voxel_cm3, abs=1e-4)
+    for region, modality in (("wt", "flair"), ("tc", "t1"), ("et", "t1ce")):  # each region where its box is
+        truth = volumes[modality][1].astype(bool)
+        predicted = np.isin(label_map, {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,)}[region])
+        assert 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum()) > 0.6, region
+    assert body["tumor_volume_cm3"] == body["region_volumes_cm3"]["wt"]
+
+
+def test_flair_alone_and_4d_upload_for_a_four_modality_model(regions_client):
+    volumes = modality_volumes()
+    flair_only = regions_client.post("/v1/predict/volume", files={
+        "file": ("f.nii.gz", nifti_bytes(volumes["flair"][0])[0])}).json()
+    assert flair_only["region_volumes_cm3"]["wt"] > 0  # T1 and T1ce are zero channels: no core, no ET
+    assert flair_only["region_volumes_cm3"]["tc"] == 0 and flair_only["region_volumes_cm3"]["et"] == 0
+    stacked = np.stack([volumes[m][0] for m in ("flair", "t1", "t1ce", "t2")], axis=-1)
+    data, affine = nifti_bytes(stacked, spacing=(1.0, 1.5, 2.0))
+    four_d = regions_client.post("/v1/predict/volume", files={"file": ("all.nii.gz", data)}).json()
+    labels = decode_nifti(four_d["label_map_nifti"])
+    assert labels.shape == stacked.shape[:3] and np.allclose(labels.affine, affine)
+    assert four_d["region_volumes_cm3"]["et"] > 0
+
+
+def test_four_volumes_reserve_more_of_the_memory_budget_than_one(regions_client):
+    volume = nifti_bytes(modality_volumes()["flair"][0])[0]
+    budget = regions_client.app.state.budget
+    budget.peak = 0
+    assert regions_client.post("/v1/predict/volume", files={"flair": ("f.nii.gz", volume)}).status_code == 200
+    one = budget.peak
+    budget.peak = 0
+    four = regions_client.post("/v1/predict/volume", files={m: (f"{m}.nii.gz", volume) for m in
+                                                            ("flair", "t1", "t1ce", "t2")})
+    assert four.status_code == 200 and budget.peak > one > 0 and budget.in_use == 0
+
+
+def test_volume_tta_flag_runs_the_configured_flips(regions_client):
+    volume = nifti_bytes(modality_volumes()["flair"][0])[0]
+    plain = regions_client.post("/v1/predict/volume", files={"flair": ("f.nii.gz", volume)},
+                                params={"tta": "false"}).json()
+    tta = regions_client.post("/v1/predict/volume", files={"flair": ("f.nii.gz", volume)},
+                              params={"tta": "true", "images": "true"}).json()
+    assert plain["uncertainty"]["tta_flips"] == [[]] and tta["uncertainty"]["tta_flips"] == [[], [3]]
+    # the stand-in model is pointwise, so flipped copies agree once flipped back: TTA changes nothing
+    assert tta["region_volumes_cm3"] == plain["region_volumes_cm3"]
+    item = tta["slices"][5]
+    assert decode_png(item["labels_png"]).shape == (SIZE, SIZE, 4)
+    overlay = decode_png(item["uncertainty_png"])
+    assert overlay.shape == (SIZE, SIZE, 4) and overlay[..., 3].min() == 0  # transparent where certain
+
+
+def test_single_channel_slice_goes_to_the_flair_channel_of_a_four_modality_model(regions_client):
+    body = regions_client.post("/v1/predict", files={"file": ("s.png", png_bytes(brain_slice()))}).json()
+    assert body["has_tumor"] is True and body["tumor_area_px"] > 0
+
+
+@pytest.mark.parametrize(("files", "words"), [
+    ({"t1": "a"}, "no flair"),
+    ({"file": "a", "flair": "b"}, "at most once"),
+    ({"flair": "a", "t1": "small"}, "co-registered"),
+])
+def test_bad_modality_uploads_are_422(regions_client, files, words):
+    volume, _ = brain_volume()
+    small, _ = brain_volume(shape=(40, 48, 8), tumour_box=((8, 16), (26, 34), (4, 7)))
+    data = {"a": nifti_bytes(volume)[0], "b": nifti_bytes(volume)[0], "small": nifti_bytes(small)[0]}
+    response = regions_client.post("/v1/predict/volume", files={k: (f"{k}.nii.gz", data[v]) for k, v in files.items()})
+    assert response.status_code == 422 and words in response.json()["detail"].lower(), response.text
 
 
 def test_volume_uncompressed_with_slice_images(client):

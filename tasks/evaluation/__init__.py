@@ -4,4 +4,6 @@
     metrics.py  classification, segmentation, calibration and the patient bootstrap (numbers in, numbers out)
     report.py   reports/metrics.json: threshold from validation, metrics and intervals from test; the figures
     plots.py    the figures and the CSV files of `dvc plots`
+    brats.py    WT/TC/ET Dice and HD95 per test patient on the raw volumes (BraTS rules), uncertainty vs errors
+    brats_reference.py  the organisers' brats-evaluation package, run in its own virtualenv (.venv-brats)
 """

@@ -3,6 +3,9 @@
     classification  every test slice (BraTS slices and Kaggle images) at the validation threshold
     segmentation    Dice, IoU, HD95 (mm) per BraTS test slice whose ground truth has tumour
     volume          Dice, HD95 (mm) per BraTS test patient, slices re-stacked by slice_index
+    regions         WT, TC, ET Dice and HD95 per BraTS test patient on the raw volume at native resolution, every
+                    slice, BraTS rule for empty regions (tasks/evaluation/brats.py); and whether the voxel
+                    uncertainty is higher on the wrong voxels (`volume_uncertainty`)
     ci95            percentile bootstrap resampling patients (a Kaggle image is its own patient)
 Slices are predicted one shard at a time, so memory stays bounded by the largest shard. The report is written
 atomically to reports/metrics.json in the contract's shape; plots and their DVC data files go to reports/plots/.
@@ -11,6 +14,7 @@ atomically to reports/metrics.json in the contract's shape; plots and their DVC 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +23,9 @@ import pandas as pd
 
 from tasks import paths
 from tasks.config import EvaluateSettings
+from tasks.data.regions import REGIONS
 from tasks.data.splits import read_split, split_rows
-from tasks.evaluation import metrics, plots
+from tasks.evaluation import brats, metrics, plots
 from tasks.evaluation.scoring import SplitPredictions, predict_split
 from tasks.inference.predictor import TorchPredictor
 from tasks.io import write_json_atomic
@@ -32,9 +37,10 @@ CLASSIFICATION_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f
 CI_KEYS = tuple(f"classification.{k}" for k in CLASSIFICATION_KEYS) + (
     "segmentation.dice", "segmentation.iou", "segmentation.hd95",
     "segmentation_volume.dice", "segmentation_volume.hd95",
-)
+) + tuple(f"segmentation_regions.{region}.{name}" for region in REGIONS for name in brats.REGION_METRICS)
 HEADLINE = ("classification.accuracy", "classification.sensitivity", "classification.specificity",
-            "classification.roc_auc", "segmentation.dice", "segmentation.hd95", "segmentation_volume.dice")
+            "classification.roc_auc", "segmentation.dice", "segmentation.hd95", "segmentation_volume.dice",
+            "segmentation_regions.wt.dice", "segmentation_regions.tc.dice", "segmentation_regions.et.dice")
 
 
 @dataclass(frozen=True)
@@ -46,15 +52,26 @@ class EvaluationPaths:
     metrics: Path
     plots: Path
     histories: dict[str, Path]
+    raw_brats: Path | None = None  # the raw patient folders: the BraTS-style volume evaluation reads them
 
     @classmethod
     def of_project(cls) -> "EvaluationPaths":
         return cls(paths.PROCESSED, paths.SPLITS, paths.METRICS, paths.PLOTS,
-                   {stage: paths.history_file(stage) for stage in paths.STAGES})
+                   {stage: paths.history_file(stage) for stage in paths.STAGES}, paths.RAW_BRATS)
 
 
-def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSettings, seed: int) -> dict:
-    """metrics.json's content: the threshold comes from `val` only, every number from `test`."""
+@dataclass(frozen=True)
+class VolumeInputs:
+    """What the BraTS-style volume evaluation needs to prepare a raw volume as the model was trained."""
+
+    modalities: tuple[str, ...] = ("flair",)
+    image_size: int = 128
+
+
+def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSettings, seed: int,
+                 region_scores: pd.DataFrame | None = None) -> dict:
+    """metrics.json's content: the threshold comes from `val` only, every number from `test`. `region_scores`:
+    one row per test patient volume (tasks/evaluation/brats.score_patients); None or empty → null regions."""
     threshold = metrics.choose_threshold(val.slices["label"].to_numpy(), val.slices["probability"].to_numpy(),
                                          cfg.threshold_rule, cfg.target_sensitivity)
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
@@ -65,7 +82,11 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
                          "n_slices": int(len(seg))},
         "segmentation_volume": {"dice": _mean(vol["dice"]), "hd95": _mean(vol["hd95"]), "n_patients": int(len(vol))},
     }
-    intervals = confidence_intervals(test, threshold, cfg.bootstrap, seed)
+    regions, region_intervals, uncertainty = brats.regions_report(
+        region_scores if region_scores is not None else pd.DataFrame(), cfg.bootstrap, seed)
+    report["segmentation_regions"] = regions
+    report["volume_uncertainty"] = uncertainty
+    intervals = confidence_intervals(test, threshold, cfg.bootstrap, seed) | region_intervals
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
     return _finite_or_null(report)
@@ -127,7 +148,8 @@ def write_plots(test: SplitPredictions, report: dict, model, predictor, where: E
 
 
 def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateSettings, seed: int,
-                        tracker: Tracker = NullTracker(), device: str = "cpu") -> dict:
+                        tracker: Tracker = NullTracker(), device: str = "cpu",
+                        volume_inputs: VolumeInputs = VolumeInputs()) -> dict:
     """Evaluate one checkpoint; writes metrics.json and the plots, logs both to `tracker`, returns the report."""
     from tasks.inference.checkpoints import load_model
 
@@ -137,7 +159,17 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
                         segmentation=False, description="validation (threshold)")
     test = predict_split(predictor, where.processed, split_rows(where.processed, read_split("test", where.splits)),
                          segmentation=True, description="test")
-    report = build_report(val, test, cfg, seed)
+    region_scores, organisers = None, None
+    if where.raw_brats is not None:
+        with tempfile.TemporaryDirectory() as label_maps:
+            region_scores = brats.score_patients(predictor, where.raw_brats, read_split("test", where.splits),
+                                                 volume_inputs.modalities, volume_inputs.image_size, Path(label_maps))
+            if len(region_scores):
+                regions = [r for r in REGIONS if f"{r}_dice" in region_scores]
+                organisers = brats.organisers_report(Path(label_maps), regions)
+    report = build_report(val, test, cfg, seed, region_scores)
+    if organisers is not None:
+        report["segmentation_regions_brats_evaluation"] = _finite_or_null(organisers)
     write_json_atomic(report, where.metrics)
     written, ece = write_plots(test, report, model, predictor, where, cfg, seed, device)
 
@@ -157,6 +189,9 @@ def flatten_metrics(report: dict) -> dict[str, float]:
         for name, value in values.items():
             if section == "ci95" and value is not None:
                 flat[f"ci95.{name}.lo"], flat[f"ci95.{name}.hi"] = value
+            elif isinstance(value, dict):  # segmentation_regions.<region>.<metric>
+                flat |= {f"{section}.{name}.{k}": float(v) for k, v in value.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)}
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 flat[f"{section}.{name}"] = float(value)
     return flat
@@ -166,7 +201,9 @@ def headline(report: dict) -> dict:
     """The numbers `make run` prints: each headline metric with its 95 % interval."""
     out = {}
     for key in HEADLINE:
-        section, name = key.split(".")
-        out[key] = {"value": report[section].get(name), "ci95": report["ci95"].get(key)}
+        value = report
+        for part in key.split("."):
+            value = (value or {}).get(part)
+        out[key] = {"value": value, "ci95": report["ci95"].get(key)}
     return out
 

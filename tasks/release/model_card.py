@@ -1,7 +1,8 @@
 """The model card: markdown written into each registry version's description (and logged with its run).
 
-Data and split sizes, profile, test metrics with their 95 % intervals, ONNX parity and latency, the gate's
-decision, lineage, intended use and limitations.
+Data and split sizes, profile, test metrics with their 95 % intervals (WT, TC and ET per patient volume among
+them, and the organisers' package's figures when evaluate ran it), ONNX parity and latency, the gate's decision,
+lineage, intended use and limitations.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from tasks.data.splits import read_split, split_rows
 METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
                ("classification", "precision"), ("classification", "f1"), ("classification", "roc_auc"),
                ("classification", "pr_auc"), ("segmentation", "dice"), ("segmentation", "iou"),
-               ("segmentation", "hd95"), ("segmentation_volume", "dice"), ("segmentation_volume", "hd95")]
+               ("segmentation", "hd95"), ("segmentation_volume", "dice"), ("segmentation_volume", "hd95"),
+               *[("segmentation_regions", f"{region}.{name}") for region in ("wt", "tc", "et")
+                 for name in ("dice", "hd95")]]
 LINEAGE_TAGS = ("git_commit", "git_dirty", "data_hash", "data_raw_hash", "splits_hash", "params_hash", "onnx_sha256",
                 "mlflow_run_id", "prefect_flow_run_id")
 
@@ -37,10 +40,28 @@ def _metrics_table(metrics: dict) -> list[str]:
     lines = ["| metric | value | 95 % CI |", "|---|---|---|"]
     intervals = metrics.get("ci95", {})
     for section, name in METRIC_ROWS:
-        value = metrics.get(section, {}).get(name)
+        value = metrics.get(section)
+        for part in name.split("."):  # segmentation_regions.<region>.<metric> is nested
+            value = value.get(part) if isinstance(value, dict) else None
         interval = intervals.get(f"{section}.{name}")
         shown = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "n/a"
         lines.append(f"| {section}.{name} | {_fmt(value)} | {shown} |")
+    return lines
+
+
+def _organisers_section(metrics: dict) -> list[str]:
+    """The organisers' package's figures (global and lesion-wise), when evaluate could run it."""
+    organisers = metrics.get("segmentation_regions_brats_evaluation") or {}
+    if not organisers.get("available"):
+        return []
+    lines = ["", "BraTS organisers' `brats-evaluation` (panoptica, gli config) on the same label maps, mean over "
+             f"{organisers.get('n_patients')} test patients:", "",
+             "| region | Dice | HD95 mm | NSD | lesion-wise Dice | lesion-wise HD95 mm | lesion-wise NSD |",
+             "|---|---|---|---|---|---|---|"]
+    for region in ("wt", "tc", "et"):
+        if values := organisers.get(region):
+            cells = [_fmt(values.get(k)) for k in ("dice", "hd95", "nsd", "lesion_dice", "lesion_hd95", "lesion_nsd")]
+            lines.append(f"| {region.upper()} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -81,7 +102,7 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",
         "Splits are patient-level (no patient in two splits); near-duplicate Kaggle images stay in one split.",
         "", "## Test metrics", "", "Intervals: percentile bootstrap resampling patients.", "",
-        *_metrics_table(metrics), "",
+        *_metrics_table(metrics), *_organisers_section(metrics), "",
         "## Export", "", *_export_section(export_report), "",
         "## Promotion gate", "", f"**{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}**", "",
         *[f"- {criterion}" for criterion in decision.criteria], "",
@@ -95,7 +116,9 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         ("- **Trained and tested on synthetic data** (the default `data.source: synthetic`): generated BraTS-like "
          "volumes and Kaggle-like images. The metrics say nothing about real scans." if synthetic else
          f"- Trained on `{data_source}` data; performance on other scanners, protocols or populations is unknown."),
-        "- 2D slices only: no 3D context; whole tumour only (no sub-regions).",
+        "- 2D slices only: no 3D context. Regions: whole tumour (WT), and tumour core (TC) and enhancing tumour (ET) "
+        "when the model predicts them (`segmentation_regions`: per patient volume, native resolution, BraTS rule for "
+        "empty regions: both empty Dice 1 / HD95 0, one empty Dice 0 / HD95 373.13 mm).",
         "- Small test split: see the width of the 95 % intervals before trusting a difference between versions.",
         "- Kaggle-style images have no masks: segmentation metrics come from BraTS-style patients only.",
     ]

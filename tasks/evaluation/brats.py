@@ -1,0 +1,183 @@
+"""BraTS-style evaluation: per region (WT, TC, ET), per test patient, on the whole 3D volume at native resolution.
+
+The model runs on the patient's RAW volumes (data/raw/brats/<patient>/) through tasks/inference/volume.py, the code
+that serves /v1/predict/volume: every axial slice (stride 1), the resize undone. Labels are mapped to the 2020
+convention (`to_brats2020_labels`, so a 2023-style segmentation with ET = 3 scores alike).
+
+Metrics, as the organisers' `brats-evaluation` package (panoptica, `gli` config) computes the global ones:
+    Dice   2|P∩T| / (|P| + |T|) (MONAI's `compute_dice`)
+    HD95   the 95th percentile of the POOLED surface distances, prediction→truth and truth→prediction, surfaces
+           being the voxels removed by one binary erosion (face connectivity), distances in mm from the voxel
+           spacing. (MONAI's `compute_hausdorff_distance` takes the larger of the two directed percentiles instead,
+           which gives other numbers, so this one is scipy's distance transform, as panoptica does.)
+    empty  both empty → Dice 1, HD95 0; one empty → Dice 0, HD95 373.13 mm (the BraTS rule)
+tests/test_brats_eval.py checks both against an independent implementation, and against the package itself when
+its separate environment (.venv-brats) is there.
+
+Whether the voxel uncertainty marks the mistakes: per patient, over the brain's voxels, the mean uncertainty on
+wrongly labelled voxels (label map ≠ truth) and on correct ones, and the AUROC of uncertainty as a detector of
+errors (0.5 = no better than chance).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.metrics import compute_dice
+from rich.progress import Progress
+from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+from sklearn.metrics import roc_auc_score
+
+from tasks.data.regions import REGIONS, regions_from_labels, to_brats2020_labels
+from tasks.data.slicing import find_part, load_volume
+from tasks.evaluation import metrics
+from tasks.evaluation.brats_reference import reference_python, reference_scores
+from tasks.inference.volume import NO_TTA, SlicePredictor, predict_volume
+
+log = logging.getLogger(__name__)
+
+EMPTY_HD95_MM = 373.13  # BraTS: one of prediction and truth empty (the diagonal of the 240x240x155 1 mm volume)
+REGION_METRICS = ("dice", "hd95")
+
+
+def brats_dice(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary volumes with the BraTS rule for empty ones."""
+    predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
+    if not predicted.any() and not truth.any():
+        return 1.0
+    if not predicted.any() or not truth.any():
+        return 0.0
+    y_pred = torch.from_numpy(predicted[None, None]).float()
+    return float(compute_dice(y_pred, torch.from_numpy(truth[None, None]).float(), include_background=True)[0, 0])
+
+
+def surface_distances(source: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Distance (mm) from each surface voxel of `source` to the nearest surface voxel of `target`."""
+    footprint = generate_binary_structure(source.ndim, 1)
+    source_border = source ^ binary_erosion(source, structure=footprint, iterations=1)
+    target_border = target ^ binary_erosion(target, structure=footprint, iterations=1)
+    return distance_transform_edt(~target_border, sampling=spacing)[source_border]
+
+
+def brats_hd95(predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
+    """HD95 (mm) of two binary volumes, pooled over both directions, with the BraTS rule for empty ones."""
+    predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
+    if not predicted.any() and not truth.any():
+        return 0.0
+    if not predicted.any() or not truth.any():
+        return EMPTY_HD95_MM
+    spacing = tuple(float(s) for s in spacing[: predicted.ndim])
+    pooled = np.hstack((surface_distances(predicted, truth, spacing), surface_distances(truth, predicted, spacing)))
+    return float(np.percentile(pooled, 95))
+
+
+def region_scores(predicted_labels: np.ndarray, truth_labels: np.ndarray, spacing: Sequence[float],
+                  regions: Sequence[str] = REGIONS) -> dict[str, dict[str, float]]:
+    """{region: {dice, hd95}} of two 2020-convention label maps, for the regions the model predicts."""
+    predicted, truth = regions_from_labels(predicted_labels), regions_from_labels(truth_labels)
+    out = {}
+    for i, region in enumerate(REGIONS):
+        if region in regions:
+            out[region] = {"dice": brats_dice(predicted[i], truth[i]),
+                           "hd95": brats_hd95(predicted[i], truth[i], spacing)}
+    return out
+
+
+def uncertainty_on_errors(uncertainty: np.ndarray, wrong: np.ndarray, brain: np.ndarray) -> dict[str, float]:
+    """Mean uncertainty on wrong and on correct brain voxels, and the AUROC of uncertainty for errors
+    (NaN when the brain has no error or no correct voxel)."""
+    u, w = uncertainty[brain], wrong[brain]
+    if not w.any() or w.all():
+        return {"mean_on_errors": float(u[w].mean()) if w.any() else float("nan"),
+                "mean_on_correct": float(u[~w].mean()) if (~w).any() else float("nan"), "auroc": float("nan")}
+    return {"mean_on_errors": float(u[w].mean()), "mean_on_correct": float(u[~w].mean()),
+            "auroc": float(roc_auc_score(w, u))}
+
+
+def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: Sequence[str], image_size: int,
+                     flips: Sequence[Sequence[int]] = NO_TTA) -> dict:
+    """One raw BraTS patient folder → its per-region scores and its uncertainty-on-errors figures."""
+    volumes = [load_volume(find_part(patient_dir, modality))[0] for modality in modalities]
+    truth_volume, spacing = load_volume(find_part(patient_dir, "seg"))
+    truth = to_brats2020_labels(np.rint(truth_volume).astype(np.int16))
+    result = predict_volume(predictor, volumes, image_size, flips)
+    brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)
+    scores = region_scores(result.label_map, truth, spacing, result.regions)
+    errors = uncertainty_on_errors(result.uncertainty, result.label_map != truth, brain | (truth > 0))
+    return {"patient": patient_dir.name, "regions": scores, "uncertainty": errors, "label_map": result.label_map,
+            "truth": truth, "spacing": spacing}
+
+
+def score_patients(predictor: SlicePredictor, raw_brats: Path, patients: Sequence[str], modalities: Sequence[str],
+                   image_size: int, flips: Sequence[Sequence[int]] = NO_TTA,
+                   keep_label_maps: Path | None = None) -> pd.DataFrame:
+    """One row per BraTS patient of `patients` found under `raw_brats` (others, e.g. Kaggle images, are skipped):
+    patient, <region>_dice, <region>_hd95, uncertainty columns. With `keep_label_maps`, each patient's predicted
+    and true label maps are written there as NIfTI (for the organisers' package)."""
+    found = [p for p in patients if (raw_brats / p).is_dir()]
+    rows = []
+    with Progress(transient=True) as progress:
+        bar = progress.add_task("test volumes (BraTS regions)", total=len(found))
+        for patient in found:
+            scored = evaluate_patient(predictor, raw_brats / patient, modalities, image_size, flips)
+            row = {"patient": patient}
+            for region, values in scored["regions"].items():
+                row |= {f"{region}_{name}": value for name, value in values.items()}
+            row |= {f"uncertainty_{name}": value for name, value in scored["uncertainty"].items()}
+            rows.append(row)
+            if keep_label_maps is not None:
+                write_label_maps(keep_label_maps, patient, scored)
+            progress.advance(bar)
+    return pd.DataFrame(rows)
+
+
+def write_label_maps(folder: Path, patient: str, scored: dict) -> None:
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*scored["spacing"][:3], 1.0])
+    for kind in ("label_map", "truth"):
+        nib.save(nib.Nifti1Image(scored[kind].astype(np.uint8), affine), folder / f"{patient}_{kind}.nii.gz")
+
+
+def regions_report(scores: pd.DataFrame, n_resamples: int, seed: int) -> tuple[dict, dict, dict]:
+    """(segmentation_regions, their ci95 entries, the uncertainty summary) for metrics.json. A region the model
+    does not predict is null; intervals resample patients (tasks/evaluation/metrics.bootstrap_ci)."""
+    section, intervals = {}, {}
+    for region in REGIONS:
+        columns = [f"{region}_{name}" for name in REGION_METRICS]
+        if scores.empty or not set(columns) <= set(scores.columns):
+            section[region] = {"dice": None, "hd95": None}
+            continue
+        section[region] = {name: float(scores[f"{region}_{name}"].mean()) for name in REGION_METRICS}
+        statistic = metrics.weighted_mean_statistic({name: scores[f"{region}_{name}"].to_numpy(dtype=float)
+                                                     for name in REGION_METRICS})
+        ci = metrics.bootstrap_ci(scores["patient"].to_numpy(), statistic, n_resamples, seed)
+        intervals |= {f"segmentation_regions.{region}.{name}": ci.get(name) for name in REGION_METRICS}
+    uncertainty = {"kind": "entropy", "n_patients": int(len(scores))}
+    for name in ("mean_on_errors", "mean_on_correct", "auroc"):
+        column = f"uncertainty_{name}"
+        uncertainty[name] = float(np.nanmean(scores[column])) if column in scores and scores[column].notna().any() \
+            else None
+    return section, intervals, uncertainty
+
+
+def organisers_report(label_maps: Path, regions: Sequence[str]) -> dict:
+    """The organisers' package's means over the patients whose label maps `score_patients` kept: global Dice, HD95
+    and NSD, lesion-wise Dice, HD95 and NSD per region. Without .venv-brats (make brats-env) it says so."""
+    python = reference_python()
+    if python is None:
+        return {"available": False, "note": "the brats-evaluation environment is missing: make brats-env"}
+    per_case = reference_scores(label_maps, python)
+    out: dict = {"available": True, "package": "brats-evaluation (panoptica, gli config)",
+                 "n_patients": len(per_case)}
+    for region in regions:
+        values = pd.DataFrame([case[region] for case in per_case.values()], dtype=float)
+        out[region] = {name: (float(values[name].mean()) if values[name].notna().any() else None)
+                       for name in values.columns} if len(values) else None
+    return out

@@ -1,0 +1,176 @@
+"""BraTS-style volume evaluation (tasks/evaluation/brats.py): the empty-region rule, an independent Dice/HD95 on
+hand-made volumes, the organisers' package (brats-evaluation, in .venv-brats) agreeing to 1e-3, the raw-patient
+path through volume inference, and metrics.json's region section."""
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+
+from tasks.data.preprocess import zscore_volume
+from tasks.data.regions import regions_from_labels
+from tasks.evaluation import brats
+from tasks.evaluation.brats_reference import reference_python, reference_scores
+from tasks.inference.predictor import TorchPredictor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def hand_made_cases() -> dict[str, tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]:
+    """(prediction, truth, spacing) label maps in the 2020 convention: overlaps, a missed lesion, empty regions."""
+    shape = (28, 30, 16)
+    truth = np.zeros(shape, np.uint8)
+    truth[4:16, 5:17, 3:11] = 2
+    truth[6:13, 7:14, 4:10] = 1
+    truth[8:11, 9:12, 5:8] = 4
+    truth[20:25, 21:27, 9:13] = 2  # a second lesion, oedema only
+    shifted = np.zeros_like(truth)
+    shifted[5:17, 5:18, 3:12] = 2
+    shifted[6:12, 7:15, 4:10] = 1
+    shifted[8:12, 9:11, 5:9] = 4
+    no_et = np.where(shifted == 4, 1, shifted).astype(np.uint8)
+    only_core = np.zeros_like(truth)
+    only_core[6:13, 7:14, 4:10] = 1
+    return {
+        "shifted": (shifted, truth, (1.0, 1.0, 1.0)),
+        "perfect": (truth.copy(), truth, (1.0, 1.0, 1.0)),
+        "missed_et": (no_et, truth, (1.0, 1.0, 1.0)),  # ET truth present, prediction empty
+        "spurious_et": (shifted, np.where(truth == 4, 1, truth).astype(np.uint8), (1.0, 1.0, 1.0)),
+        "core_only": (only_core, only_core.copy(), (1.0, 1.0, 1.0)),  # ET empty in both
+    }
+
+
+def independent_hd95(predicted: np.ndarray, truth: np.ndarray, spacing) -> float:
+    """Brute force: surface = mask voxels with a face neighbour outside the mask (or the array); all pairwise
+    distances in mm; the 95th percentile of both directions' nearest distances pooled."""
+    def surface(mask):
+        padded = np.pad(mask, 1)
+        inner = padded[1:-1, 1:-1, 1:-1].copy()
+        for axis in range(3):
+            for step in (1, -1):
+                inner &= np.roll(padded, step, axis=axis)[1:-1, 1:-1, 1:-1]
+        return np.argwhere(mask & ~inner) * np.asarray(spacing)
+
+    a, b = surface(predicted), surface(truth)
+    distances = cdist(a, b)
+    return float(np.percentile(np.r_[distances.min(axis=1), distances.min(axis=0)], 95))
+
+
+def test_empty_region_rule():
+    empty, full = np.zeros((8, 8, 4), bool), np.zeros((8, 8, 4), bool)
+    full[2:5, 2:5, 1:3] = True
+    assert brats.brats_dice(empty, empty) == 1.0 and brats.brats_hd95(empty, empty, (1, 1, 1)) == 0.0
+    assert brats.brats_dice(full, empty) == 0.0 and brats.brats_hd95(full, empty, (1, 1, 1)) == 373.13
+    assert brats.brats_dice(empty, full) == 0.0 and brats.brats_hd95(empty, full, (1, 1, 1)) == 373.13
+    scores = brats.region_scores(hand_made_cases()["missed_et"][0], hand_made_cases()["missed_et"][1], (1, 1, 1))
+    assert scores["et"] == {"dice": 0.0, "hd95": 373.13}
+    assert brats.region_scores(*hand_made_cases()["core_only"])["et"] == {"dice": 1.0, "hd95": 0.0}
+
+
+@pytest.mark.parametrize("case", ["shifted", "perfect", "missed_et", "spurious_et"])
+def test_region_scores_match_an_independent_dice_and_hd95(case):
+    predicted, truth, spacing = hand_made_cases()[case]
+    if case == "shifted":
+        spacing = (1.0, 1.5, 2.0)  # anisotropic voxels: distances in mm
+    scores = brats.region_scores(predicted, truth, spacing)
+    for i, region in enumerate(("wt", "tc", "et")):
+        p, t = regions_from_labels(predicted)[i], regions_from_labels(truth)[i]
+        if p.any() and t.any():
+            assert scores[region]["dice"] == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()), abs=1e-6)
+            assert scores[region]["hd95"] == pytest.approx(independent_hd95(p, t, spacing), abs=1e-6)
+    assert 0 < scores["wt"]["dice"] < 1 or case == "perfect"
+
+
+def brats_env_python():
+    python = reference_python(REPO / ".venv-brats")
+    if python is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the cross-check: .venv-brats is missing (make brats-env)")
+        pytest.skip(".venv-brats not created (make brats-env)")
+    return python
+
+
+def test_global_dice_and_hd95_agree_with_the_organisers_package(tmp_path):
+    python = brats_env_python()
+    cases = hand_made_cases()
+    ours = {}
+    for case, (predicted, truth, _) in cases.items():
+        scored = {"label_map": predicted, "truth": truth, "spacing": (1.0, 1.0, 1.0)}
+        brats.write_label_maps(tmp_path, case, scored)
+        ours[case] = brats.region_scores(predicted, truth, (1.0, 1.0, 1.0))
+    theirs = reference_scores(tmp_path, python)
+    assert set(theirs) == set(cases)
+    for case in cases:
+        for region in ("wt", "tc", "et"):
+            reference = theirs[case][region]
+            if reference["dice"] is None:  # empty in both: the package says NaN, BraTS' rule says 1 and 0
+                assert ours[case][region] == {"dice": 1.0, "hd95": 0.0}
+                continue
+            assert ours[case][region]["dice"] == pytest.approx(reference["dice"], abs=1e-3), (case, region)
+            assert ours[case][region]["hd95"] == pytest.approx(reference["hd95"], abs=1e-3), (case, region)
+    # the multi-lesion case: lesion-wise Dice (BraTS' ranking since 2023) differs from the global one
+    assert theirs["shifted"]["wt"]["lesion_dice"] != pytest.approx(theirs["shifted"]["wt"]["dice"], abs=1e-3)
+
+
+class Bright(torch.nn.Module):
+    """Pointwise stand-in model: three nested regions from channel 0's z-score (above each of `levels`)."""
+
+    def __init__(self, levels):
+        super().__init__()
+        self.levels = levels
+
+    def forward(self, x):
+        seg = torch.cat([30.0 * (x[:, :1] - level) for level in self.levels], dim=1)
+        return {"seg": seg, "cls": x[:, 0].amax(dim=(1, 2)) - 1.0}
+
+
+def write_raw_patient(root, name, seg_labels, volume):
+    folder = root / name
+    folder.mkdir(parents=True)
+    for part in ("flair", "t1", "t1ce", "t2"):
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / f"{name}_{part}.nii.gz")
+    nib.save(nib.Nifti1Image(seg_labels, np.eye(4)), folder / f"{name}_seg.nii.gz")
+
+
+def test_score_patients_on_raw_volumes_2020_and_2023_conventions(tmp_path):
+    truth = hand_made_cases()["shifted"][1]
+    volume = np.where(np.ones(truth.shape, bool), 100.0, 0.0).astype(np.float32)
+    volume[truth == 2], volume[truth == 1], volume[truth == 4] = 300.0, 500.0, 800.0
+    write_raw_patient(tmp_path, "BraTS20_Training_001", truth, volume)
+    write_raw_patient(tmp_path, "BraTS23_002", np.where(truth == 4, 3, truth).astype(np.uint8), volume)
+    z = zscore_volume(volume)
+    brain, oedema, core, et = (float(z[np.nonzero(truth == label)][0]) for label in (0, 2, 1, 4))
+    levels = ((brain + oedema) / 2, (oedema + core) / 2, (core + et) / 2)
+    scores = brats.score_patients(TorchPredictor(Bright(levels)), tmp_path, ["BraTS20_Training_001", "BraTS23_002",
+                                                                       "kaggle_no_1"], ["flair"], 32)
+    assert scores["patient"].tolist() == ["BraTS20_Training_001", "BraTS23_002"]  # the Kaggle image is skipped
+    first, second = scores.drop(columns="patient").to_numpy()
+    np.testing.assert_allclose(first, second)  # ET = 3 (2023) scores as ET = 4 (2020)
+    assert {"wt_dice", "tc_dice", "et_dice", "wt_hd95", "uncertainty_auroc"} <= set(scores.columns)
+    assert (scores[["wt_dice", "tc_dice", "et_dice"]] > 0.5).all().all()
+
+
+def test_regions_report_shape_intervals_and_null_regions():
+    scores = pd.DataFrame({"patient": ["a", "b", "c"], "wt_dice": [0.8, 0.9, 0.7], "wt_hd95": [3.0, 2.0, 5.0],
+                           "uncertainty_mean_on_errors": [0.5, 0.6, 0.4],
+                           "uncertainty_mean_on_correct": [0.01, 0.02, 0.01], "uncertainty_auroc": [0.9, 0.8, np.nan]})
+    section, intervals, uncertainty = brats.regions_report(scores, 200, seed=0)
+    assert section["wt"] == {"dice": pytest.approx(0.8), "hd95": pytest.approx(10 / 3)}
+    assert section["tc"] == {"dice": None, "hd95": None} and section["et"] == {"dice": None, "hd95": None}
+    lo, hi = intervals["segmentation_regions.wt.dice"]
+    assert lo <= 0.8 <= hi and lo >= 0.7 - 1e-9 and hi <= 0.9 + 1e-9
+    assert uncertainty["auroc"] == pytest.approx(0.85)
+    assert uncertainty["mean_on_errors"] > uncertainty["mean_on_correct"]
+
+
+def test_uncertainty_on_errors_auroc():
+    uncertainty = np.array([0.9, 0.8, 0.1, 0.2, 0.05, 0.7])
+    wrong = np.array([True, True, False, False, False, False])
+    result = brats.uncertainty_on_errors(uncertainty, wrong, np.ones(6, bool))
+    assert result["auroc"] == pytest.approx(1.0)
+    assert result["mean_on_errors"] == pytest.approx(0.85) and result["mean_on_correct"] == pytest.approx(0.2625)

@@ -1,0 +1,35 @@
+"""The model card shows WT, TC and ET with their intervals, and the organisers' figures when evaluate had them."""
+
+from types import SimpleNamespace
+
+from tasks.release.model_card import render_model_card
+
+EXPORT = {"onnx": {"opset": 17}, "parity": {"n_slices": 4, "max_abs_diff": 1e-6, "decision_mismatches": 0,
+                                            "mask_dice": 1.0}}
+
+
+def card(metrics: dict) -> str:
+    return render_model_card(model_name="slicewise", version="3", profile="quick", data_source="synthetic",
+                             image_size=128, modalities=["flair", "t1", "t1ce", "t2"], splits={}, metrics=metrics,
+                             export_report=EXPORT, decision=SimpleNamespace(promoted=True, criteria=["ok"]), tags={})
+
+
+def test_card_shows_the_three_regions_with_intervals_and_the_organisers_figures():
+    metrics = {"classification": {"threshold": 0.5},
+               "segmentation_regions": {"wt": {"dice": 0.876, "hd95": 5.5}, "tc": {"dice": 0.712, "hd95": 9.25},
+                                        "et": {"dice": None, "hd95": None}},
+               "ci95": {"segmentation_regions.wt.dice": [0.81, 0.92]},
+               "segmentation_regions_brats_evaluation": {"available": True, "n_patients": 4,
+                                                         "wt": {"dice": 0.87, "hd95": 5.4, "nsd": 0.9,
+                                                                "lesion_dice": 0.7, "lesion_hd95": 40.0,
+                                                                "lesion_nsd": 0.6}}}
+    text = card(metrics)
+    assert "| segmentation_regions.wt.dice | 0.876 | [0.810, 0.920] |" in text
+    assert "| segmentation_regions.tc.hd95 | 9.250 | n/a |" in text
+    assert "| segmentation_regions.et.dice | n/a | n/a |" in text
+    assert "| WT | 0.870 | 5.400 | 0.900 | 0.700 | 40.000 | 0.600 |" in text
+
+
+def test_card_without_regions_or_organisers_still_renders():
+    text = card({"classification": {"threshold": 0.5}})
+    assert "segmentation_regions.wt.dice | n/a" in text and "brats-evaluation" not in text

@@ -1,0 +1,168 @@
+"""Volume inference (tasks/inference/volume.py): TTA, the flips undone, the native grid, regions and uncertainty."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.unet import MultitaskUNet, UNetConfig
+from tasks.data.preprocess import axial_slice, zscore_volume
+from tasks.data.regions import regions_from_labels
+from tasks.inference.predictor import Prediction, TorchPredictor
+from tasks.inference.volume import (binary_entropy, check_flips, predict_slices_tta, predict_volume,
+                                    prepare_channels, to_volume_grid)
+
+
+class FixedLeftHalf(torch.nn.Module):
+    """Not flip-equivariant: 'tumour' in the left half of every slice, whatever the input."""
+
+    def forward(self, x):
+        seg = torch.full((len(x), 1, *x.shape[2:]), -20.0)
+        seg[..., : x.shape[3] // 2] = 20.0
+        return {"seg": seg, "cls": torch.zeros(len(x))}
+
+
+class Bright(torch.nn.Module):
+    """Pointwise, so flip-equivariant: region r is where channel 0 exceeds r + 0.5 (nested, like WT ⊇ TC ⊇ ET)."""
+
+    def __init__(self, regions: int = 3, levels=(0.5, 1.5, 2.5)):
+        super().__init__()
+        self.levels = levels[:regions]
+
+    def forward(self, x):
+        seg = torch.cat([40.0 * (x[:, :1] - level) for level in self.levels], dim=1)
+        return {"seg": seg, "cls": x[:, 0].amax(dim=(1, 2)) - 1.0}
+
+
+class CountingPredictor:
+    """A predictor that records the batch sizes it is called with."""
+
+    def __init__(self, inner):
+        self.inner, self.batch_size, self.calls = inner, inner.batch_size, []
+
+    def predict(self, images):
+        self.calls.append(len(images))
+        return self.inner.predict(images)
+
+
+@pytest.fixture(scope="module")
+def unet3():
+    torch.manual_seed(0)
+    return MultitaskUNet(UNetConfig(in_channels=4, base_channels=4, depth=2, seg_channels=3)).eval()
+
+
+def asymmetric_volume(shape=(20, 24, 6), seed=0):
+    rng = np.random.default_rng(seed)
+    volume = np.where(rng.random(shape) > 0.3, 100.0, 0.0)
+    volume[3:9, 4:15, :] = 400.0  # a bright box away from the centre: left-right asymmetric
+    volume[4:6, 6:9, 2:4] = 900.0
+    return volume.astype(np.float32)
+
+
+def test_identity_tta_equals_no_tta_on_a_three_region_unet(unet3):
+    volumes = [asymmetric_volume(seed=s) for s in range(4)]
+    predictor = TorchPredictor(unet3, batch_size=4)
+    plain = predict_volume(predictor, volumes, 16)
+    identity = predict_volume(predictor, volumes, 16, flips=[[], []])
+    np.testing.assert_array_equal(identity.slice_probability, plain.slice_probability)
+    np.testing.assert_array_equal(identity.label_map, plain.label_map)
+    np.testing.assert_array_equal(identity.uncertainty, plain.uncertainty)
+    assert plain.regions == ("wt", "tc", "et") and plain.masks.shape == (3, 20, 24, 6)
+    assert set(np.unique(plain.label_map)) <= {0, 1, 2, 4}
+    direct = predictor.predict(prepare_channels(volumes, 16))
+    np.testing.assert_allclose(plain.slice_probability, direct.region_probability, atol=1e-6)
+
+
+def test_tta_with_flips_differs_from_no_tta_on_a_real_unet(unet3):
+    volumes = [asymmetric_volume(seed=s) for s in range(4)]
+    predictor = TorchPredictor(unet3, batch_size=8)
+    plain = predict_volume(predictor, volumes, 16)
+    tta = predict_volume(predictor, volumes, 16, flips=[[], [3], [2, 3]])
+    assert not np.allclose(tta.slice_probability, plain.slice_probability)
+    assert tta.uncertainty_summary()["tta_flips"] == [[], [3], [2, 3]]
+
+
+def test_flips_are_undone_for_a_model_that_is_not_flip_equivariant():
+    inputs = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    predictor = TorchPredictor(FixedLeftHalf())
+    plain = predict_slices_tta(predictor, inputs).region_probability
+    left_right = predict_slices_tta(predictor, inputs, [[], [3]]).region_probability
+    up_down = predict_slices_tta(predictor, inputs, [[], [2]]).region_probability
+    # flipped back, the left-right copy says "right half": the average is 0.5 everywhere (not flipped back: left)
+    np.testing.assert_allclose(left_right, 0.5, atol=1e-6)
+    np.testing.assert_allclose(up_down, plain, atol=1e-6)  # an up-down flip leaves a left half where it was
+
+
+def test_flip_equivariant_model_gives_the_same_result_through_tta():
+    volume = asymmetric_volume()
+    predictor = TorchPredictor(Bright())
+    plain = predict_volume(predictor, [volume], 16)
+    tta = predict_volume(predictor, [volume], 16, flips=[[], [2], [3], [2, 3]])
+    np.testing.assert_allclose(tta.slice_probability, plain.slice_probability, atol=1e-5)
+    np.testing.assert_array_equal(tta.label_map, plain.label_map)
+
+
+def test_tta_is_one_batched_run_per_chunk_not_one_pass_per_flip():
+    inputs = np.zeros((10, 1, 8, 8), dtype=np.float32)
+    predictor = CountingPredictor(TorchPredictor(Bright(1), batch_size=8))
+    predict_slices_tta(predictor, inputs, [[], [2], [3], [2, 3]])
+    assert predictor.calls == [8, 8, 8, 8, 8]  # 2 slices x 4 flips per run, 10 slices → 5 runs (not 4 x 10 / 8)
+
+
+def test_native_grid_masks_match_the_truth_and_volumes_count_voxels():
+    volume = np.where(np.ones((32, 32, 4)), 100.0, 0.0).astype(np.float32)
+    truth = np.zeros((32, 32, 4), dtype=np.uint8)
+    truth[4:14, 18:30, 1:3] = 2
+    truth[6:12, 20:28, 1:3] = 1
+    truth[8:10, 22:26, 1:3] = 4
+    volume[truth > 0] = 500.0
+    volume[np.isin(truth, (1, 4))] = 900.0
+    volume[truth == 4] = 2000.0
+    z = zscore_volume(volume)  # Bright's levels: halfway between the z-scores of brain, oedema, core, ET
+    brain, oedema, core, et = (float(z[np.nonzero(truth == label)][0]) for label in (0, 2, 1, 4))
+    levels = ((brain + oedema) / 2, (oedema + core) / 2, (core + et) / 2)
+    result = predict_volume(TorchPredictor(Bright(levels=levels)), [volume], 32)
+    np.testing.assert_array_equal(result.masks, regions_from_labels(truth))
+    np.testing.assert_array_equal(result.label_map, truth)
+    volumes = result.region_volumes_cm3((1.0, 1.5, 2.0))
+    assert volumes == pytest.approx({r: float(m.sum()) * 3.0 / 1000 for r, m in zip("wt tc et".split(),
+                                                                                    regions_from_labels(truth))})
+
+
+def test_missing_modalities_are_zero_channels():
+    flair = asymmetric_volume()
+    inputs = prepare_channels([flair, None, None, None], 16)
+    assert inputs.shape == (6, 4, 16, 16) and not inputs[:, 1:].any() and inputs[:, 0].any()
+    np.testing.assert_array_equal(prepare_channels([flair], 16)[:, 0], inputs[:, 0])
+
+
+def test_uncertainty_is_entropy_and_peaks_at_one_half():
+    assert binary_entropy(np.array([0.0, 0.5, 1.0])) == pytest.approx([0.0, 1.0, 0.0], abs=1e-5)
+    probability = np.zeros((1, 2, 8, 8), dtype=np.float32)
+    probability[0, 1, 2, 3] = 0.5  # a coin flip in the second region only
+    masks, uncertainty = to_volume_grid(probability, (8, 8, 1))
+    assert uncertainty.max() == pytest.approx(1.0, abs=1e-4)
+    x, y = np.unravel_index(np.argmax(uncertainty[:, :, 0]), (8, 8))
+    assert axial_slice(uncertainty, 0)[2, 3] == pytest.approx(1.0, abs=1e-4) and (x, y) != (2, 3)
+
+
+def test_bad_flips_are_refused():
+    with pytest.raises(ValueError, match="axes must be among"):
+        check_flips([[1]])
+    with pytest.raises(ValueError, match="at least one flip"):
+        check_flips([])
+
+
+def test_prediction_type_is_returned():
+    prediction = predict_slices_tta(TorchPredictor(Bright(1)), np.zeros((3, 1, 8, 8), np.float32), [[], [3]])
+    assert isinstance(prediction, Prediction) and prediction.region_probability.shape == (3, 1, 8, 8)
+
+
+def test_uncertainty_is_zero_outside_the_brain():
+    volume = np.zeros((20, 24, 6), dtype=np.float32)
+    volume[2:18, 3:21, 1:] = 100.0  # slice 0 has no brain
+    volume[4:9, 5:12, 2:5] = 400.0
+    # at z = 0 (the background after preprocessing) region 1's probability is sigmoid(-2) = 0.12: 0.53 bits
+    result = predict_volume(TorchPredictor(Bright(levels=(0.05, 5.0, 6.0))), [volume], 16)
+    outside = (volume == 0) & ~result.whole_tumour
+    assert outside[:, :, 0].all() and not result.uncertainty[outside].any()
+    assert result.uncertainty[volume > 0].max() > 0.3
