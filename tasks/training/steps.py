@@ -22,8 +22,10 @@ from models.unet import MultitaskUNet
 from tasks.config import TrainSettings
 from tasks.data.augment import augment_batch
 from tasks.data.datasets import SliceSet, collate_slices
+from tasks.data.regions import REGION_LABELS, REGIONS
 from tasks.errors import SliceWiseError
 from tasks.training.distributed import Ranks
+from tasks.training.modality_dropout import drop_modalities
 
 STAGE_HEADS = {"seg": ("seg",), "cls": ("cls",), "joint": ("seg", "cls")}
 
@@ -90,13 +92,26 @@ def set_train_mode(model: MultitaskUNet, stage: str) -> None:
     model.cls_head.train()
 
 
-class StageLoss:
-    """seg: Dice + BCE on the pixels; cls: BCE on the labels; joint: L_seg (masked samples only) + λ·L_cls.
+def region_targets(labels: Tensor, regions: int = len(REGIONS)) -> Tensor:
+    """(N, 1, H, W) BraTS 2020 label maps (0/1/2/4, any dtype) → (N, regions, H, W) float masks WT, TC, ET: the
+    torch twin of tasks/data/regions.py's regions_from_labels, run on the batch's device after augmentation (nearest
+    neighbour keeps the labels exact)."""
+    codes = labels[:, 0].round().long()
+    masks = [torch.isin(codes, torch.tensor(REGION_LABELS[name], device=codes.device)) for name in REGIONS[:regions]]
+    return torch.stack(masks, dim=1).float()
 
-    The seg term is MONAI's DiceCELoss(sigmoid=True, batch=True): Dice pooled over the batch, so slices without
-    tumour do not each add an ill-defined Dice term. Everything is computed from sums over the batch (overlap,
-    areas, BCE terms and their counts), because sums add up over the shares of a DDP run: the loss of a whole batch
-    is `from_sums(sums(out, batch))` and equally `from_sums(sum of sums(out, share) over the shares)`.
+
+class StageLoss:
+    """seg: Dice + BCE on the region channels; cls: BCE on the labels; joint: L_seg (masked samples only) + λ·L_cls.
+
+    The seg term is MONAI's DiceLoss(sigmoid=True, batch=True) + BCE over the R region channels (WT, TC, ET: one
+    sigmoid each, nnU-Net's region-based training for BraTS and its DC_and_BCE_loss): per region a Dice pooled over
+    the batch, so slices without tumour do not each add an ill-defined Dice term, averaged over the regions, plus BCE
+    over every pixel and region. (MONAI's DiceCELoss is this for one channel, but takes a softmax cross-entropy for
+    several, which nested regions do not fit.)
+    The targets are built from the batch's label maps (`region_targets`). Everything is computed from sums over the
+    batch (overlaps, areas, BCE terms and their counts), because sums add up over the shares of a DDP run: the loss
+    of a whole batch is `from_sums(sums(out, batch))` and equally `from_sums(sum of sums(out, share) over shares)`.
     """
 
     SMOOTH = 1e-5  # MONAI's smooth_nr and smooth_dr
@@ -109,27 +124,30 @@ class StageLoss:
         return self.from_sums(self.sums(out, batch))
 
     def sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
-        """[overlap, predicted area, true area, seg BCE sum, seg pixels, cls BCE sum, cls samples] of a batch."""
+        """[cls BCE sum, cls samples, seg BCE sum, seg elements, overlap × R, predicted area × R, true area × R]."""
         zero = torch.zeros((), device=batch["image"].device)
-        seg, cls = [zero] * 5, [zero] * 2
-        if "seg" in out:  # samples without a mask (Kaggle) get weight 0: no segmentation term from them
-            logits = out["seg"].float()
-            weight = batch["has_mask"].view(-1, 1, 1, 1).to(logits.dtype)
-            probability, truth = torch.sigmoid(logits) * weight, batch["mask"] * weight
-            bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * weight
-            seg = [(probability * truth).sum(), probability.sum(), truth.sum(), bce.sum(),
-                   weight.sum() * logits[0].numel()]
+        cls, seg = [zero] * 2, [zero] * 2
         if "cls" in out:
             cls = [F.binary_cross_entropy_with_logits(out["cls"].float(), batch["label"], reduction="sum"),
                    torch.full((), float(len(batch["label"])), device=zero.device)]
-        return torch.stack(seg + cls)
+        if "seg" in out:  # samples without a mask (Kaggle) get weight 0: no segmentation term from them
+            logits = out["seg"].float()
+            weight = batch["has_mask"].view(-1, 1, 1, 1).to(logits.dtype)
+            truth = region_targets(batch["mask"], logits.shape[1]) * weight
+            probability = torch.sigmoid(logits) * weight
+            bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * weight
+            per_region = [(probability * truth).sum(dim=(0, 2, 3)), probability.sum(dim=(0, 2, 3)),
+                          truth.sum(dim=(0, 2, 3))]
+            seg = [bce.sum(), weight.sum() * logits[0].numel(), *torch.cat(per_region).unbind()]
+        return torch.stack(cls + seg)
 
     def from_sums(self, sums: Tensor) -> Tensor:
-        overlap, predicted, actual, seg_bce, pixels, cls_bce, samples = sums.unbind()
-        loss = self.cls_weight * cls_bce / samples.clamp(min=1) if "cls" in self.heads else torch.zeros_like(overlap)
+        cls_bce, samples, seg_bce, elements = sums[:4].unbind()
+        loss = self.cls_weight * cls_bce / samples.clamp(min=1) if "cls" in self.heads else torch.zeros_like(cls_bce)
         if "seg" in self.heads:  # with no masked sample: 1 - SMOOTH / SMOOTH = 0 and 0 / 1, no segmentation term
+            overlap, predicted, actual = sums[4:].view(3, -1)
             dice = 1 - (2 * overlap + self.SMOOTH) / (predicted + actual + self.SMOOTH)
-            loss = loss + dice + seg_bce / pixels.clamp(min=1)
+            loss = loss + dice.mean() + seg_bce / elements.clamp(min=1)
         return loss
 
 
@@ -194,6 +212,7 @@ class StageRunner:
             batch = _to_device(batch, self.device)
             batch["image"], batch["mask"] = augment_batch(batch["image"], batch["mask"], self.train_cfg.augment,
                                                           self.generator)
+            batch["image"] = drop_modalities(batch["image"], self.train_cfg.augment.modality_dropout, self.generator)
             size = len(batch["label"])
             batch = self.ranks.share(batch)
             with autocast(self.device, self.train_cfg):
@@ -219,7 +238,7 @@ def evaluate(module: nn.Module, data: SliceSet, loss_fn: StageLoss, train_cfg: T
     """Validation loss and metrics of the heads this stage trains (no augmentation, eval mode)."""
     module.eval()
     loader = DataLoader(data, batch_size=train_cfg.batch_size * 2, shuffle=False, collate_fn=collate_slices)
-    total, overlap, predicted, actual, probabilities = 0.0, 0.0, 0.0, 0.0, []
+    total, areas, probabilities = 0.0, 0.0, []  # areas: (3, R) overlap, predicted, true area per region
     for batch in loader:
         batch = _to_device(batch, device)
         with autocast(device, train_cfg):
@@ -227,17 +246,29 @@ def evaluate(module: nn.Module, data: SliceSet, loss_fn: StageLoss, train_cfg: T
         total += loss_fn(out, batch).item() * len(batch["label"])
         if "seg" in out:
             pred = (out["seg"][batch["has_mask"]] > 0).float()
-            truth = batch["mask"][batch["has_mask"]]
-            overlap, predicted, actual = overlap + (pred * truth).sum().item(), predicted + pred.sum().item(), actual + truth.sum().item()
+            truth = region_targets(batch["mask"][batch["has_mask"]], pred.shape[1])
+            areas = areas + torch.stack([(pred * truth).sum(dim=(0, 2, 3)), pred.sum(dim=(0, 2, 3)),
+                                         truth.sum(dim=(0, 2, 3))]).double().cpu()
         if "cls" in out:
             probabilities.append(torch.sigmoid(out["cls"].float()).cpu())
     row = {"val_loss": total / len(data)}
     if "seg" in loss_fn.heads:
-        row["val_dice"] = 2 * overlap / (predicted + actual) if predicted + actual else 1.0
+        row.update(_region_dice(areas))
     if "cls" in loss_fn.heads:
         row.update(_classification_metrics(torch.cat(probabilities).numpy(), data.labels.numpy()))
     if loss_fn.heads == ("seg", "cls"):
         row["val_dice_accuracy_mean"] = (row["val_dice"] + row["val_accuracy"]) / 2
+    return row
+
+
+def _region_dice(areas: Tensor | float) -> dict[str, float]:
+    """Pooled Dice per region: `val_dice` is the whole tumour (what early stopping, best.pt, the floors and earlier
+    runs compare), `val_dice_tc` and `val_dice_et` the nested regions. Nothing predicted and nothing true: 1."""
+    if not isinstance(areas, Tensor):  # no masked validation slice
+        return {"val_dice": 1.0}
+    row = {}
+    for name, (overlap, predicted, actual) in zip(REGIONS, areas.T.tolist()):
+        row["val_dice" if name == "wt" else f"val_dice_{name}"] = 2 * overlap / (predicted + actual) if predicted + actual else 1.0
     return row
 
 
