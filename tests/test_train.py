@@ -269,17 +269,23 @@ def test_more_epochs_continue_but_changed_params_start_fresh(in_project, tiny_se
     assert train_seg.main(changed)["resumed_from_epoch"] == 0
 
 
+def frozen_seg(settings, min_epochs: int):
+    """A seg stage that cannot learn: LR 1e-12 and instance norm (batch norm's running statistics would keep moving,
+    and the val Dice with them), patience 1."""
+    frozen = with_section(with_section(settings, "train_seg", lr=1e-12), "train", patience=1, min_epochs=min_epochs)
+    profile = frozen.active.model_copy(update={"model": frozen.active.model.model_copy(update={"norm": "instance"})})
+    return frozen.model_copy(update={"profiles": {**frozen.profiles, frozen.profile: profile}})
+
+
 def test_early_stopping_ends_a_stage_that_stops_improving(in_project, tiny_settings):
-    frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1, min_epochs=1)
+    frozen = frozen_seg(tiny_settings, min_epochs=1)
     result = train_seg.main(with_epochs(frozen, seg=5))
     assert result["epochs_run"] == 2  # epoch 1 sets the best, epoch 2 cannot beat it
 
 
 @pytest.mark.parametrize("min_epochs", [3, 4])
 def test_early_stopping_never_ends_a_stage_before_the_minimum_epochs(in_project, tiny_settings, min_epochs):
-    frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1,
-                          min_epochs=min_epochs)
-    result = train_seg.main(with_epochs(frozen, seg=6))
+    result = train_seg.main(with_epochs(frozen_seg(tiny_settings, min_epochs), seg=6))
     assert result["epochs_run"] == min_epochs  # no improvement after epoch 1, so it stops right at the minimum
     assert len(pd.read_csv(paths.history_file("seg"))) == min_epochs
 
