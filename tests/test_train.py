@@ -144,8 +144,10 @@ def test_modality_dropout_reaches_training_steps_but_not_the_4_channel_inference
     assert (training.flatten(2).ne(0).any(2).sum(1) < 4).all()  # share 1.0: every training sample thinned
 
     seen.clear()
-    runner.evaluate(data)
-    torch.testing.assert_close(torch.cat(seen), images.float())  # validation: every channel, untouched
+    row = runner.evaluate(data)  # one batch: the slices as they are, then FLAIR alone (what 1 channel costs)
+    torch.testing.assert_close(seen[0], images.float())  # validation: every channel, untouched
+    torch.testing.assert_close(seen[1], images.float() * torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1))
+    assert {"val_dice", "val_dice_tc", "val_dice_et", "val_dice_flair_only", "val_dice_et_flair_only"} <= set(row)
     seen.clear()
     model.eval()
     prediction = TorchPredictor(model).predict(images.float().numpy())
@@ -171,7 +173,7 @@ def test_train_channels_last_reaches_weights_and_inputs_of_training_and_validati
     runner.train_epoch(training_loader(data, 4, runner.generator), 1, 1, on_batch=lambda loss: None)
     runner.evaluate(data)
     assert model.encoder.levels[0].conv1.conv.weight.is_contiguous(memory_format=nhwc) == channels_last
-    assert inputs == [channels_last] * 3  # two training batches, one validation batch
+    assert inputs == [channels_last] * 4  # two training batches, one validation batch as it is and FLAIR alone
 
 
 def test_augmentation_moves_mask_with_image_and_keeps_background_zero():

@@ -13,7 +13,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -22,12 +21,11 @@ from models.unet import MultitaskUNet
 from tasks.config import TrainSettings
 from tasks.data.augment import augment_batch
 from tasks.data.datasets import SliceSet, collate_slices
-from tasks.data.regions import REGION_LABELS, REGIONS
+from tasks.data.regions import REGIONS
 from tasks.errors import SliceWiseError
 from tasks.training.distributed import Ranks
+from tasks.training.loss import StageLoss, region_targets
 from tasks.training.modality_dropout import drop_modalities
-
-STAGE_HEADS = {"seg": ("seg",), "cls": ("cls",), "joint": ("seg", "cls")}
 
 
 def pick_device(choice: str) -> torch.device:
@@ -90,65 +88,6 @@ def set_train_mode(model: MultitaskUNet, stage: str) -> None:
     """cls keeps the frozen parts in eval mode, so no normalisation statistic of theirs moves either."""
     model.train(stage != "cls")
     model.cls_head.train()
-
-
-def region_targets(labels: Tensor, regions: int = len(REGIONS)) -> Tensor:
-    """(N, 1, H, W) BraTS 2020 label maps (0/1/2/4, any dtype) → (N, regions, H, W) float masks WT, TC, ET: the
-    torch twin of tasks/data/regions.py's regions_from_labels, run on the batch's device after augmentation (nearest
-    neighbour keeps the labels exact)."""
-    codes = labels[:, 0].round().long()
-    masks = [torch.isin(codes, torch.tensor(REGION_LABELS[name], device=codes.device)) for name in REGIONS[:regions]]
-    return torch.stack(masks, dim=1).float()
-
-
-class StageLoss:
-    """seg: Dice + BCE on the region channels; cls: BCE on the labels; joint: L_seg (masked samples only) + λ·L_cls.
-
-    The seg term is MONAI's DiceLoss(sigmoid=True, batch=True) + BCE over the R region channels (WT, TC, ET: one
-    sigmoid each, nnU-Net's region-based training for BraTS and its DC_and_BCE_loss): per region a Dice pooled over
-    the batch, so slices without tumour do not each add an ill-defined Dice term, averaged over the regions, plus BCE
-    over every pixel and region. (MONAI's DiceCELoss is this for one channel, but takes a softmax cross-entropy for
-    several, which nested regions do not fit.)
-    The targets are built from the batch's label maps (`region_targets`). Everything is computed from sums over the
-    batch (overlaps, areas, BCE terms and their counts), because sums add up over the shares of a DDP run: the loss
-    of a whole batch is `from_sums(sums(out, batch))` and equally `from_sums(sum of sums(out, share) over shares)`.
-    """
-
-    SMOOTH = 1e-5  # MONAI's smooth_nr and smooth_dr
-
-    def __init__(self, stage: str, params):
-        self.heads = STAGE_HEADS[stage]
-        self.cls_weight = getattr(params, "cls_weight", 1.0)
-
-    def __call__(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
-        return self.from_sums(self.sums(out, batch))
-
-    def sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
-        """[cls BCE sum, cls samples, seg BCE sum, seg elements, overlap × R, predicted area × R, true area × R]."""
-        zero = torch.zeros((), device=batch["image"].device)
-        cls, seg = [zero] * 2, [zero] * 2
-        if "cls" in out:
-            cls = [F.binary_cross_entropy_with_logits(out["cls"].float(), batch["label"], reduction="sum"),
-                   torch.full((), float(len(batch["label"])), device=zero.device)]
-        if "seg" in out:  # samples without a mask (Kaggle) get weight 0: no segmentation term from them
-            logits = out["seg"].float()
-            weight = batch["has_mask"].view(-1, 1, 1, 1).to(logits.dtype)
-            truth = region_targets(batch["mask"], logits.shape[1]) * weight
-            probability = torch.sigmoid(logits) * weight
-            bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * weight
-            per_region = [(probability * truth).sum(dim=(0, 2, 3)), probability.sum(dim=(0, 2, 3)),
-                          truth.sum(dim=(0, 2, 3))]
-            seg = [bce.sum(), weight.sum() * logits[0].numel(), *torch.cat(per_region).unbind()]
-        return torch.stack(cls + seg)
-
-    def from_sums(self, sums: Tensor) -> Tensor:
-        cls_bce, samples, seg_bce, elements = sums[:4].unbind()
-        loss = self.cls_weight * cls_bce / samples.clamp(min=1) if "cls" in self.heads else torch.zeros_like(cls_bce)
-        if "seg" in self.heads:  # with no masked sample: 1 - SMOOTH / SMOOTH = 0 and 0 / 1, no segmentation term
-            overlap, predicted, actual = sums[4:].view(3, -1)
-            dice = 1 - (2 * overlap + self.SMOOTH) / (predicted + actual + self.SMOOTH)
-            loss = loss + dice.mean() + seg_bce / elements.clamp(min=1)
-        return loss
 
 
 def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -235,30 +174,47 @@ class StageRunner:
 @torch.no_grad()
 def evaluate(module: nn.Module, data: SliceSet, loss_fn: StageLoss, train_cfg: TrainSettings,
              device: torch.device) -> dict[str, float]:
-    """Validation loss and metrics of the heads this stage trains (no augmentation, eval mode)."""
+    """Validation loss and metrics of the heads this stage trains (no augmentation, eval mode).
+
+    With several input channels, the segmentation is scored a second time on the FLAIR channel alone (the others
+    zero, as serving fills missing modalities): `val_dice*_flair_only`, what a single-channel input costs, measured
+    in every run."""
     module.eval()
     loader = DataLoader(data, batch_size=train_cfg.batch_size * 2, shuffle=False, collate_fn=collate_slices)
-    total, areas, probabilities = 0.0, 0.0, []  # areas: (3, R) overlap, predicted, true area per region
+    total, probabilities = 0.0, []
+    areas = {"": 0.0, "_flair_only": 0.0}  # per input: (3, R) overlap, predicted and true area per region
     for batch in loader:
         batch = _to_device(batch, device)
         with autocast(device, train_cfg):
             out = module(_layout(batch["image"], train_cfg.channels_last), heads=loss_fn.heads)
         total += loss_fn(out, batch).item() * len(batch["label"])
         if "seg" in out:
-            pred = (out["seg"][batch["has_mask"]] > 0).float()
-            truth = region_targets(batch["mask"][batch["has_mask"]], pred.shape[1])
-            areas = areas + torch.stack([(pred * truth).sum(dim=(0, 2, 3)), pred.sum(dim=(0, 2, 3)),
-                                         truth.sum(dim=(0, 2, 3))]).double().cpu()
+            areas[""] = areas[""] + _region_areas(out["seg"], batch)
+            if batch["image"].shape[1] > 1:
+                flair = batch["image"] * (torch.arange(batch["image"].shape[1], device=device) == 0).view(1, -1, 1, 1)
+                with autocast(device, train_cfg):
+                    flair_out = module(_layout(flair, train_cfg.channels_last), heads=("seg",))
+                areas["_flair_only"] = areas["_flair_only"] + _region_areas(flair_out["seg"], batch)
         if "cls" in out:
             probabilities.append(torch.sigmoid(out["cls"].float()).cpu())
     row = {"val_loss": total / len(data)}
     if "seg" in loss_fn.heads:
-        row.update(_region_dice(areas))
+        row.update(_region_dice(areas[""]))
+        if isinstance(areas["_flair_only"], Tensor):
+            row.update({f"{k}_flair_only": v for k, v in _region_dice(areas["_flair_only"]).items()})
     if "cls" in loss_fn.heads:
         row.update(_classification_metrics(torch.cat(probabilities).numpy(), data.labels.numpy()))
     if loss_fn.heads == ("seg", "cls"):
         row["val_dice_accuracy_mean"] = (row["val_dice"] + row["val_accuracy"]) / 2
     return row
+
+
+def _region_areas(seg_logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """(3, R) float64 on the CPU: overlap, predicted and true area of each region over the batch's masked slices."""
+    pred = (seg_logits[batch["has_mask"]] > 0).float()
+    truth = region_targets(batch["mask"][batch["has_mask"]], pred.shape[1])
+    dims = (0, 2, 3)
+    return torch.stack([(pred * truth).sum(dim=dims), pred.sum(dim=dims), truth.sum(dim=dims)]).double().cpu()
 
 
 def _region_dice(areas: Tensor | float) -> dict[str, float]:
