@@ -1,12 +1,12 @@
 """Raw volumes and images → z-scored 2D axial slices in one compressed shard per patient + a manifest (`slice`).
 
 BraTS: each modality volume is z-scored over its brain voxels, axial slices are taken every `slice_stride`
-slices, slices with (almost) no brain are dropped, and everything is resized to the profile's image size
-with its label map (nearest neighbour) in the BraTS 2020 convention (0/1/2/4; a 2023-style segmentation, with
-enhancing tumour 3, is mapped per patient by tasks/data/regions.py, and an unknown label set is rejected naming the
-labels found). Kaggle images: grayscale of unknown sequence, same size and normalisation, in the FLAIR channel
-(channel 0) with the other channels all zero, label from their folder, one shard per class. Bad inputs are skipped and listed in rejected.csv (file,
-reason). Patients are processed in parallel, one volume set in memory per worker: by default on a local process
+slices, slices with (almost) no brain are dropped, and everything is resized to the profile's image size with
+its label map (nearest neighbour) in the BraTS 2020 convention, 0/1/2/4 (a 2023-style segmentation, enhancing
+tumour 3, is mapped per patient by tasks/data/regions.py; an unknown label set is rejected naming the labels).
+Kaggle images: grayscale of unknown sequence, same size and normalisation, in the FLAIR channel (channel 0) with
+the other channels all zero, label from their folder, one shard per class. Bad inputs are skipped and listed in
+rejected.csv (file, reason). Patients are processed in parallel, one volume set in memory per worker: by default on a local process
 pool; the caller may pass another `map_jobs` (the Prefect flow's Dask cluster, flows/dask_slicing.py), which
 changes where the per-patient jobs run, never what they produce.
 
@@ -35,7 +35,6 @@ from tasks.config import SliceSettings
 from tasks.data import preprocess, regions
 from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.local_import import IMAGE_SUFFIXES, nifti_extension
-from tasks.data.regions import UnknownLabels, to_brats2020_labels
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
 from tasks.errors import SliceWiseError
 from tasks.io import atomic_write, write_text_atomic
@@ -143,8 +142,8 @@ def brats2020_labels(seg: np.ndarray, seg_path: Path) -> np.ndarray:
     if not np.array_equal(seg, np.round(seg)):
         raise SliceWiseError("segmentation holds non-integer values (resampled with interpolation?)", seg_path)
     try:
-        return to_brats2020_labels(seg.astype(np.int64))
-    except UnknownLabels as exc:
+        return regions.to_brats2020_labels(seg.astype(np.int64))
+    except regions.UnknownLabels as exc:
         raise SliceWiseError(f"unknown segmentation labels {exc.found}: neither BraTS 2017-2021 (0, 1, 2, 4) nor "
                              "BraTS 2023+ (0, 1, 2, 3)", seg_path) from exc
 

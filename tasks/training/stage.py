@@ -7,11 +7,9 @@ train_joint.py) through `run_stage`.
            on Kaggle images + BraTS slice labels, BCE loss                 metric: val ROC-AUC (accuracy if undefined)
     joint  everything trainable (from cls best), L = L_seg + λ·L_cls with
            L_seg on the samples that have a mask; encoder LR < heads' LR   metric: mean of val Dice and val accuracy
-Val Dice is the whole tumour's (WT, as before the regions came, so floors and earlier runs stay comparable), pooled
-over all validation slices (2·Σ|P∩T| / (Σ|P| + Σ|T|)), so empty slices neither divide by zero nor dominate;
-val_dice_tc and val_dice_et are logged beside it, and with several modalities the same three on FLAIR alone
-(`*_flair_only`). Accuracy uses the 0.5 probability threshold (evaluation tunes the threshold later). Training
-batches go through augmentation and, with several modalities, modality dropout (tasks/training/modality_dropout.py).
+Val Dice is the whole tumour's (WT: floors and earlier runs stay comparable; TC, ET and FLAIR-alone figures are
+logged beside it), pooled over all validation slices (2·Σ|P∩T| / (Σ|P| + Σ|T|)), so empty slices neither divide
+by zero nor dominate; accuracy uses the 0.5 probability threshold (evaluation tunes the threshold later).
 
 Each epoch writes checkpoints/<stage>/last.pt (model, optimizer, epoch, best metric, history, RNG states,
 params) and, when the metric improves, best.pt. Started again, a stage resumes from last.pt when the run
