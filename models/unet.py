@@ -80,6 +80,16 @@ class SegDecoder(nn.Module):
             for level in range(cfg.depth - 1, 0, -1)
         )
         self.out = UnetOutBlock(2, widths[0], cfg.seg_channels)
+        # Every region output starts as the same detector (the first one's random weights): the regions are nested,
+        # so each begins at "whole tumour" and specialises from there. With independent random rows, one row often
+        # started anti-aligned with the tumour features the others pulled the shared decoder towards, and Adam takes
+        # hundreds of steps to turn it round. Measured on the quick profile's data (FLAIR, 128 px, seed 42, 2 CPU
+        # cores), val WT Dice after epochs 1 and 2: 0.14 / 0.14 with independent rows, 0.43 / 0.49 with shared ones
+        # (the single-output head of before: 0.48 / 0.56).
+        with torch.no_grad():
+            weight, bias = self.out.conv.conv.weight, self.out.conv.conv.bias
+            weight.copy_(weight[:1].expand_as(weight))
+            bias.fill_(float(bias[0]))
 
     def forward(self, features: list[Tensor]) -> Tensor:
         x = features[-1]

@@ -40,7 +40,19 @@ class Epochs(_Section):
     joint: int = Field(4, ge=1)
 
 
+def _check_modalities(modalities: tuple[str, ...], key: str) -> tuple[str, ...]:
+    """A non-empty subset of MODALITIES in their canonical order, so FLAIR, when used, is always channel 0 (where
+    single-channel images go)."""
+    if not modalities or set(modalities) - set(MODALITIES) or len(set(modalities)) != len(modalities) \
+            or list(modalities) != [m for m in MODALITIES if m in modalities]:
+        raise ValueError(f"{key} must be a non-empty subset of {MODALITIES}, in that order; got {modalities}")
+    return modalities
+
+
 class ProfileSettings(_Section):
+    # Input channels, one per modality, each z-scored over the brain. A single-channel image (Kaggle, an uploaded
+    # slice, a FLAIR-only volume) is the FLAIR channel with the others all zero (see train.augment.modality_dropout).
+    modalities: tuple[str, ...] = ("flair",)
     synthetic_patients: int = Field(24, ge=3)
     synthetic_kaggle_images: int = Field(120, ge=2)
     patient_fraction: float = Field(1.0, gt=0, le=1)
@@ -49,17 +61,22 @@ class ProfileSettings(_Section):
     model: ModelSize = ModelSize()
     epochs: Epochs = Epochs()
 
+    @model_validator(mode="after")
+    def _known_modalities(self) -> "ProfileSettings":
+        _check_modalities(self.modalities, "profiles.<name>.modalities")
+        return self
+
 
 class SliceSettings(_Section):
+    # Not a params.yaml key: filled in from the active profile's `modalities` (see _ModelSettings), so the slice
+    # step receives everything it needs in one object.
     modalities: tuple[str, ...] = ("flair",)
     min_brain_fraction: float = Field(0.05, ge=0, lt=1)
     workers: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _known_modalities(self) -> "SliceSettings":
-        unknown = set(self.modalities) - set(MODALITIES)
-        if unknown or not self.modalities:
-            raise ValueError(f"slice.modalities must be a non-empty subset of {MODALITIES}, got {self.modalities}")
+        _check_modalities(self.modalities, "slice.modalities")
         return self
 
 
@@ -80,6 +97,9 @@ class Augment(_Section):
     flip: bool = True
     rotate_degrees: float = Field(10, ge=0, le=180)
     intensity_jitter: float = Field(0.1, ge=0, le=1)
+    # Share of training samples with some input channels blanked (zeroed); no effect with one channel.
+    # See tasks/training/modality_dropout.py.
+    modality_dropout: float = Field(0.5, ge=0, le=1)
 
 
 class TrainSettings(_Section):
@@ -204,6 +224,23 @@ class _ModelSettings(_Section):
     evaluate: EvaluateSettings = EvaluateSettings()
     export: ExportSettings = ExportSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _modalities_from_profile(cls, raw):
+        """`slice.modalities` is the active profile's `modalities`: quick may stay FLAIR-only for its time budget
+        while baseline and production read four. Set it there, not under `slice:`."""
+        if not isinstance(raw, dict):
+            return raw
+        section = raw.get("slice") or {}
+        profile = (raw.get("profiles") or {}).get(raw.get("profile", "quick"))
+        if not (isinstance(section, dict) and isinstance(profile, dict)):
+            return raw
+        wanted = tuple(profile.get("modalities", ("flair",)))
+        if "modalities" in section and tuple(section["modalities"]) != wanted:  # a dumped Settings has both, equal
+            raise ValueError("slice.modalities is set from profiles.<name>.modalities (one list per profile); "
+                             "set it there")
+        return {**raw, "slice": {**section, "modalities": wanted}}
+
     @model_validator(mode="after")
     def _profile_exists(self) -> "_ModelSettings":
         if self.profile not in self.profiles:
@@ -216,8 +253,13 @@ class _ModelSettings(_Section):
         return self.profiles[self.profile]
 
     @property
+    def modalities(self) -> tuple[str, ...]:
+        """The input channels of the active profile, in order (FLAIR first when used)."""
+        return self.active.modalities
+
+    @property
     def in_channels(self) -> int:
-        return len(self.slice.modalities)
+        return len(self.modalities)
 
 
 class Settings(_ModelSettings):

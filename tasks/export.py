@@ -21,7 +21,7 @@ def main(settings: Settings) -> dict:
     with tracked_step(settings, "export") as tracker:
         report = export_model(
             paths.best_checkpoint(EXPORTED_STAGE), paths.PROCESSED, paths.SPLITS, paths.METRICS, paths.ONNX_MODEL,
-            paths.EXPORT_METADATA, paths.EXPORT_REPORT, settings.export, list(settings.slice.modalities),
+            paths.EXPORT_METADATA, paths.EXPORT_REPORT, settings.export, list(settings.modalities),
             settings.active.image_size,
         )
         log_export(tracker, settings.export, report)

@@ -29,9 +29,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 def test_shares_cover_the_global_batch_and_their_loss_sums_give_its_loss(tiny_settings):
     torch.manual_seed(0)
-    batch = {"image": torch.zeros(8, 1, 16, 16), "mask": (torch.rand(8, 1, 16, 16) > 0.7).float(),
+    labels = torch.tensor([0.0, 1, 2, 4])[torch.randint(0, 4, (8, 1, 16, 16))]  # BraTS label maps
+    batch = {"image": torch.zeros(8, 1, 16, 16), "mask": labels,
              "has_mask": torch.tensor([True, False] * 4), "label": torch.tensor([1.0, 0] * 4)}
-    out = {"seg": torch.randn(8, 1, 16, 16), "cls": torch.randn(8)}
+    out = {"seg": torch.randn(8, 3, 16, 16), "cls": torch.randn(8)}  # WT, TC, ET logits
     ranks = [Ranks(rank, 3) for rank in range(3)]  # 8 samples over 3 processes: 2, 3, 3
     assert torch.equal(torch.cat([r.share(batch)["label"] for r in ranks]), batch["label"])
     loss = StageLoss("joint", tiny_settings.train_joint)

@@ -42,11 +42,17 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
     size = tiny_settings.active.image_size
     assert metadata["input"] == {"name": "image", "shape": ["batch", 1, size, size], "dtype": "float32"}
     assert [o["name"] for o in metadata["outputs"]] == ["seg_logits", "cls_logits"]
+    assert metadata["outputs"][0]["shape"] == ["batch", 3, size, size]
     assert metadata["threshold"] == json.loads(paths.METRICS.read_text())["classification"]["threshold"]
-    assert metadata["modalities"] == list(tiny_settings.slice.modalities)
+    assert metadata["modalities"] == list(tiny_settings.modalities)
+    assert metadata["regions"] == ["wt", "tc", "et"]
+    assert set(parity["mask_dice_per_region"]) == {"wt", "tc", "et"}
+    assert "tasks/data/preprocess.py" in metadata["preprocessing"] and "tasks/preprocess.py" not in metadata["preprocessing"]
     assert metadata["onnx_sha256"] == report["onnx"]["sha256"] == result["sha256"]
     embedded = {p.key: p.value for p in onnx.load(str(paths.ONNX_MODEL)).metadata_props}
     assert json.loads(embedded["slicewise"])["threshold"] == metadata["threshold"]
+    assert json.loads(embedded["slicewise"])["regions"] == ["wt", "tc", "et"]
+    assert [d.dim_value for d in onnx.load(str(paths.ONNX_MODEL)).graph.output[0].type.tensor_type.shape.dim][1] == 3
     assert not list(paths.EXPORTS.glob("*.tmp"))
 
 
@@ -61,7 +67,8 @@ def test_exported_model_has_dynamic_batch_and_matches_torch_predictor(project, t
     for batch_size in (1, 2, 5):  # 5 = 2 + 2 + 1: three different batch sizes through one session
         got = OnnxPredictor(paths.ONNX_MODEL, providers=["CPUExecutionProvider"], batch_size=batch_size).predict(images)
         np.testing.assert_allclose(got.tumour_probability, expected.tumour_probability, atol=1e-5)
-        np.testing.assert_allclose(got.mask_probability, expected.mask_probability, atol=1e-5)
+        np.testing.assert_allclose(got.region_probability, expected.region_probability, atol=1e-5)
+        assert got.region_probability.shape == (5, 3, size, size)
 
 
 def test_parity_failure_fails_the_step_and_leaves_no_model(project, tiny_settings, monkeypatch):
@@ -106,6 +113,36 @@ def test_parity_counts_flipped_decisions(project, tiny_settings):
     parity = onnx_export.check_parity(model, ShiftedSession(), iter([batch]), threshold, tiny_settings.export)
     assert not parity["passed"]
     assert parity["decision_mismatches"] >= 1 and parity["max_abs_diff_cls"] == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_parity_checks_every_region_channel_on_its_own(project, tiny_settings):
+    """An ONNX model wrong on the enhancing-tumour channel alone fails parity, even though WT, TC and the pooled
+    pixels of all three agree almost everywhere."""
+    from tasks.inference.checkpoints import load_model
+
+    model, _ = load_model(paths.best_checkpoint("joint"))
+    batch = next(iter_test_slices(paths.PROCESSED, paths.SPLITS))
+
+    class WrongEtSession:  # onnxruntime stand-in: ET says "tumour" on a few pixels where torch says none
+        def run(self, names, feeds):
+            with torch.inference_mode():
+                out = model(torch.from_numpy(feeds["image"]))
+            seg = out["seg"].numpy().copy()
+            seg[:, 2] = -20.0
+            seg[0, 2, :2, :2] = 20.0
+            seg[:, :2] = np.where(np.abs(seg[:, :2]) < 1e-3, 1.0, seg[:, :2])  # no WT/TC pixel at the threshold
+            return [seg, out["cls"].numpy()]
+
+    class TorchEmptyEt(torch.nn.Module):  # the torch side: the same model with an empty ET channel
+        def forward(self, x):
+            out = model(x)
+            return {"seg": torch.cat([out["seg"][:, :2], torch.full_like(out["seg"][:, 2:], -20.0)], 1),
+                    "cls": out["cls"]}
+
+    cfg = tiny_settings.export.model_copy(update={"parity_atol": 1e3})  # only the masks decide here
+    parity = onnx_export.check_parity(TorchEmptyEt(), WrongEtSession(), iter([batch]), 0.5, cfg)
+    assert parity["mask_dice_per_region"]["et"] == 0.0 and parity["mask_dice_per_region"]["wt"] > 0.99
+    assert parity["mask_dice"] == 0.0 and not parity["passed"]
 
 
 def test_export_needs_metrics(project, tiny_settings):

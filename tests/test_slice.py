@@ -138,3 +138,75 @@ def test_where_the_jobs_run_does_not_change_the_output(tmp_path):
         a, b = read_shard(pooled / shard), read_shard(local / shard)
         for field in a.__dataclass_fields__:
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{shard} {field}")
+
+
+def _relabel(patient_dir, mapping: dict[int, int]) -> None:
+    """Rewrite a patient's segmentation with some labels renamed (e.g. {4: 3}: the BraTS 2023 convention)."""
+    import nibabel as nib
+
+    seg_path = next(patient_dir.glob("*_seg.nii.gz"))
+    image = nib.load(seg_path)
+    seg = np.asarray(image.dataobj).copy()
+    original = seg.copy()
+    for source, target in mapping.items():
+        seg[original == source] = target
+    nib.save(nib.Nifti1Image(seg, image.affine), seg_path)
+
+
+def test_shards_hold_brats2020_label_maps_and_the_manifest_the_whole_tumour_area(tmp_path):
+    raw, out = make_raw(tmp_path, n=1), tmp_path / "processed"
+    slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    shard = read_shard(out / "brats" / "BraTS20_Training_001.npz")
+    assert shard.masks.dtype == np.uint8 and shard.masks.shape == (len(shard), 32, 32)
+    assert set(np.unique(shard.masks)) == {0, 1, 2, 4}  # nearest neighbour: no blended label such as 3
+    rows = read_manifest(out / "manifest.csv").query("source == 'brats'").sort_values("row")
+    assert rows["tumour_area_px"].tolist() == [int((m > 0).sum()) for m in shard.masks]
+    assert (shard.labels == (shard.masks.reshape(len(shard), -1) > 0).any(1)).all()
+
+
+def test_a_brats2023_segmentation_is_mapped_and_an_unknown_label_set_rejected(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "processed"
+    for i in (1, 2, 3):  # three copies of the same patient
+        write_patient(raw / "brats", f"BraTS20_Training_00{i}", np.random.default_rng(7))
+    _relabel(raw / "brats" / "BraTS20_Training_002", {4: 3})  # BraTS 2023+: enhancing tumour is 3
+    _relabel(raw / "brats" / "BraTS20_Training_003", {2: 5})  # no BraTS release uses 5
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+
+    assert result["patients"] == 2 and result["rejected"] == 1
+    np.testing.assert_array_equal(read_shard(out / "brats" / "BraTS20_Training_002.npz").masks,
+                                  read_shard(out / "brats" / "BraTS20_Training_001.npz").masks)
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert rejected["file"].tolist() == [str(raw / "brats" / "BraTS20_Training_003" / "BraTS20_Training_003_seg.nii.gz")]
+    assert "unknown segmentation labels [0, 1, 4, 5]" in rejected["reason"][0]
+    assert not (out / "brats" / "BraTS20_Training_003.npz").exists()
+
+
+def test_four_modalities_are_four_channels_and_kaggle_images_fill_the_flair_channel(tmp_path):
+    raw, out = make_raw(tmp_path, n=1), tmp_path / "processed"
+    four = SliceSettings(modalities=("flair", "t1", "t1ce", "t2"), workers=1)
+    slice_dataset(raw, out, four, image_size=32, stride=1)
+    brats = read_shard(out / "brats" / "BraTS20_Training_001.npz").images.astype(np.float32)
+    assert brats.shape[1] == 4
+    for channel in brats.transpose(1, 0, 2, 3):  # each modality z-scored over the brain on its own
+        brain = channel[channel != 0]
+        assert abs(brain.mean()) < 0.5 and 0.5 < brain.std() < 1.5
+    kaggle = read_shard(out / "kaggle" / "yes.npz").images
+    assert kaggle.shape[1] == 4 and (kaggle[:, 1:] == 0).all() and (kaggle[:, 0] != 0).any(axis=(1, 2)).all()
+
+
+def test_modalities_come_from_the_profile_and_keep_flair_first(tmp_path):
+    from tasks.config import load_settings, set_params
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    assert load_settings(params).slice.modalities == ("flair",)  # quick: FLAIR only, for its time budget
+    set_params({"profile": "baseline"}, params)
+    baseline = load_settings(params)
+    assert baseline.slice.modalities == baseline.modalities == ("flair", "t1", "t1ce", "t2")
+    assert baseline.in_channels == 4
+    with pytest.raises(SliceWiseError, match="in that order"):
+        set_params({"profiles.baseline.modalities": ["t1", "flair"]}, params)
+    with pytest.raises(SliceWiseError, match="profiles.<name>.modalities"):
+        params.write_text(params.read_text().replace("slice:", "slice:\n  modalities: [t2]", 1))
+        load_settings(params)

@@ -89,6 +89,30 @@ def test_tissue_and_tumour_contrast(brats):
         assert mean["t2"]["nec"] > mean["t2"]["wm"]
 
 
+def test_each_region_shows_on_the_modality_that_shows_it_in_real_mri(brats):
+    """What the model sees (each volume z-scored over the brain), in effect sizes (difference of means over the
+    pooled standard deviation): the enhancing rim is bright on T1ce (contrast uptake: brighter than on T1), necrosis
+    dark on T1ce, oedema bright on FLAIR and T2. So each BraTS region is learnable from the modality that shows it,
+    and ET is told apart from oedema by T1ce, not by FLAIR, as in real scans (why 4 channels serve TC and ET)."""
+    from tasks.data.preprocess import zscore_volume
+
+    for volumes in brats[2]:
+        seg, brain = volumes["seg"], volumes["flair"] > 0
+        where = {"normal": brain & ~ndimage.binary_dilation(seg > 0, iterations=5), "ed": seg == 2, "et": seg == 4,
+                 "ncr": seg == 1}
+        z = {kind: zscore_volume(volumes[kind].astype(np.float32)) for kind in ("flair", "t1", "t1ce", "t2")}
+
+        def effect(kind: str, a: str, b: str) -> float:
+            x, y = z[kind][where[a]], z[kind][where[b]]
+            return float((x.mean() - y.mean()) / np.sqrt((x.var() + y.var()) / 2))
+
+        assert effect("t1ce", "et", "normal") > 1.0 and effect("t1ce", "et", "ncr") > 2.0
+        assert effect("t1ce", "et", "normal") > effect("t1", "et", "normal") + 1.0  # enhancement: T1ce, not T1
+        assert effect("t1ce", "ncr", "normal") < -0.5  # necrosis dark on T1ce
+        assert effect("flair", "ed", "normal") > 1.0 and effect("t2", "ed", "normal") > 0.3  # oedema bright
+        assert abs(effect("t1ce", "et", "ed")) > 1.0 + abs(effect("flair", "et", "ed"))
+
+
 def test_patients_differ(brats):
     first, second = brats[2]
     assert not np.array_equal(first["seg"], second["seg"])

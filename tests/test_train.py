@@ -3,23 +3,27 @@
 import argparse
 import math
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 
 from models.unet import MultitaskUNet, UNetConfig
 from tasks import paths, train_cls, train_joint, train_seg
 from tasks.config import Augment, TrainSettings
 from tasks.data.augment import augment_batch
 from tasks.data.datasets import ComposedBatches, SliceSet, collate_slices, stage_data, training_loader
+from tasks.data.regions import regions_from_labels
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, load_model, save_checkpoint
 from tasks.training import stage as training_stage
 from tasks.tracking.tracker import NullTracker
-from tasks.training.steps import StageLoss, StageRunner, make_optimizer, place_model
+from tasks.training.modality_dropout import drop_modalities
+from tasks.training.steps import StageLoss, StageRunner, make_optimizer, place_model, region_targets
 from tests.conftest import REPO, make_tiny_processed, with_epochs, with_section
 
 
@@ -47,7 +51,7 @@ def test_collate_fills_missing_masks_and_flags_them(in_project, tiny_settings):
 
 def test_joint_seg_loss_ignores_samples_without_a_mask(tiny_settings):
     torch.manual_seed(0)
-    out = {"seg": torch.randn(4, 1, 8, 8), "cls": torch.randn(4)}
+    out = {"seg": torch.randn(4, 3, 8, 8), "cls": torch.randn(4)}
     batch = {"image": torch.zeros(4, 1, 8, 8), "mask": torch.zeros(4, 1, 8, 8),
              "has_mask": torch.tensor([True, True, False, False]), "label": torch.tensor([1.0, 0, 1, 0])}
     loss = StageLoss("joint", tiny_settings.train_joint)
@@ -58,22 +62,100 @@ def test_joint_seg_loss_ignores_samples_without_a_mask(tiny_settings):
     assert loss(out, batch) != before
 
 
-def test_stage_loss_is_monais_dice_ce_plus_weighted_bce(tiny_settings):
-    """StageLoss computes from sums (so DDP shares add up), but is the loss MONAI and torch define."""
+def test_region_targets_are_regions_from_labels_on_the_batch():
+    labels = torch.from_numpy(np.random.default_rng(0).choice([0, 1, 2, 4], size=(5, 1, 12, 12)).astype(np.float32))
+    expected = regions_from_labels(labels[:, 0].numpy()).transpose(1, 0, 2, 3)  # (3, N, H, W) → (N, 3, H, W)
+    np.testing.assert_array_equal(region_targets(labels).numpy(), expected.astype(np.float32))
+    np.testing.assert_array_equal(region_targets(labels, 1).numpy(), expected[:, :1].astype(np.float32))
+    assert region_targets(labels)[:, 0].sum() > region_targets(labels)[:, 1].sum() > region_targets(labels)[:, 2].sum()
+
+
+def test_stage_loss_is_monais_dice_ce_over_the_regions_plus_weighted_bce(tiny_settings):
+    """StageLoss computes from sums (so DDP shares add up), but is the loss MONAI and torch define: MONAI's DiceLoss
+    plus torch's BCE over the WT, TC and ET channels (nnU-Net's DC_and_BCE_loss for regions; MONAI's DiceCELoss would
+    apply a softmax cross-entropy to more than one channel), with targets from the label maps in the batch."""
     torch.manual_seed(0)
-    out = {"seg": torch.randn(6, 1, 16, 16) * 3, "cls": torch.randn(6)}
-    batch = {"image": torch.zeros(6, 1, 16, 16), "mask": (torch.rand(6, 1, 16, 16) > 0.7).float(),
+    out = {"seg": torch.randn(6, 3, 16, 16) * 3, "cls": torch.randn(6)}
+    labels = torch.from_numpy(np.random.default_rng(1).choice([0, 0, 0, 1, 2, 4], size=(6, 1, 16, 16))).float()
+    batch = {"image": torch.zeros(6, 1, 16, 16), "mask": labels,
              "has_mask": torch.tensor([True] * 4 + [False] * 2), "label": torch.tensor([1.0, 0, 1, 0, 1, 0])}
-    dice_ce, bce, lam = DiceCELoss(sigmoid=True, batch=True), F.binary_cross_entropy_with_logits, 0.5
+    regions = torch.from_numpy(regions_from_labels(labels[:, 0].numpy()).transpose(1, 0, 2, 3).astype(np.float32))
+    bce, lam = F.binary_cross_entropy_with_logits, 0.5
+    dice_ce = lambda logits, truth: DiceLoss(sigmoid=True, batch=True)(logits, truth) + bce(logits, truth)  # noqa: E731
     joint = StageLoss("joint", tiny_settings.train_joint.model_copy(update={"cls_weight": lam}))
     all_masked = batch | {"has_mask": torch.ones(6, dtype=torch.bool)}
-    torch.testing.assert_close(StageLoss("seg", tiny_settings.train_seg)(out, all_masked),
-                               dice_ce(out["seg"], batch["mask"]))
+    torch.testing.assert_close(StageLoss("seg", tiny_settings.train_seg)(out, all_masked), dice_ce(out["seg"], regions))
+    one = {"seg": out["seg"][:, :1], "cls": out["cls"]}  # one channel: exactly MONAI's DiceCELoss, as before
+    torch.testing.assert_close(StageLoss("seg", tiny_settings.train_seg)(one, all_masked),
+                               DiceCELoss(sigmoid=True, batch=True)(one["seg"], regions[:, :1]))
     torch.testing.assert_close(joint(out, batch),
-                               dice_ce(out["seg"][:4], batch["mask"][:4]) + lam * bce(out["cls"], batch["label"]))
+                               dice_ce(out["seg"][:4], regions[:4]) + lam * bce(out["cls"], batch["label"]))
     kaggle = {k: v[4:] for k, v in batch.items()}
     kaggle_out = {k: v[4:] for k, v in out.items()}
     torch.testing.assert_close(joint(kaggle_out, kaggle), lam * bce(kaggle_out["cls"], kaggle["label"]))
+    # an ET error costs what a WT error costs: each region is one Dice term of three, not a share of pooled pixels
+    only_et = {"seg": torch.full((6, 3, 16, 16), 20.0), "cls": out["cls"]}
+    only_et["seg"][:, 2] = -20.0
+    seg_loss = StageLoss("seg", tiny_settings.train_seg)
+    wt_tc_dice = [2 * float(r.sum()) / (r.numel() + float(r.sum())) for r in (regions[:, 0], regions[:, 1])]
+    expected_dice = (2 - sum(wt_tc_dice) + 1) / 3  # WT, TC predicted everywhere; ET nowhere: Dice 0
+    assert seg_loss(only_et, all_masked).item() == pytest.approx(
+        expected_dice + bce(only_et["seg"], regions).item(), rel=1e-4)
+
+
+def test_modality_dropout_blanks_channels_but_never_all_that_carry_signal():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(4000, 4, 2, 2)
+    images[:1000, 1:] = 0  # Kaggle-like: the image in the FLAIR channel, the other modalities missing
+    dropped = drop_modalities(images, 0.5, generator)
+    kept = dropped.flatten(2).ne(0).any(2)
+    assert kept.any(1).all()  # no sample is left without signal
+    assert kept[:1000, 0].all()  # a single-channel image keeps its only channel
+    four = kept[1000:]
+    thinned = ~four.all(1)
+    assert 0.35 < thinned.float().mean() < 0.6  # about modality_dropout of the 4-channel samples
+    flair_only = (four == torch.tensor([True, False, False, False])).all(1)
+    assert flair_only.sum() > 0.4 * thinned.sum()  # the single-channel case serving sees most
+    assert four[thinned].sum(0).min() > 0 and (four.sum(1) == 2).any() and (four.sum(1) == 3).any()
+    torch.testing.assert_close(dropped[kept[:, :, None, None].expand_as(images)], images[kept[:, :, None, None].expand_as(images)])
+    assert torch.equal(drop_modalities(images, 0.0, generator), images)
+    assert torch.equal(drop_modalities(images[:, :1], 1.0, generator), images[:, :1])  # one channel: nothing to drop
+
+
+def test_modality_dropout_reaches_training_steps_but_not_the_4_channel_inference_path(tiny_settings):
+    """Training batches lose channels; validation, and the predictor that evaluation and serving use, see every
+    channel of every slice, and the predictor's output is the plain network's on the 4-channel input."""
+    from tasks.inference.predictor import TorchPredictor
+
+    cfg = tiny_settings.train.model_copy(update={"channels_last": False, "augment": Augment(
+        flip=False, rotate_degrees=0, intensity_jitter=0, modality_dropout=1.0)})
+    torch.manual_seed(0)
+    images = torch.randn(16, 4, 16, 16).half()
+    data = SliceSet(images, torch.zeros(16, 16, 16, dtype=torch.uint8), torch.ones(16, dtype=torch.bool),
+                    torch.zeros(16, dtype=torch.uint8))
+    model = place_model(MultitaskUNet(UNetConfig(4, 4, 2, seg_channels=3)), torch.device("cpu"), cfg)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    runner = StageRunner(model, make_optimizer(model, "seg", tiny_settings.train_seg),
+                         StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"),
+                         torch.Generator().manual_seed(0))
+    runner.train_epoch(training_loader(data, 8, runner.generator), 1, 1, on_batch=lambda loss: None)
+    training = torch.cat(seen)
+    assert (training.flatten(2).ne(0).any(2).sum(1) < 4).all()  # share 1.0: every training sample thinned
+
+    seen.clear()
+    row = runner.evaluate(data)  # one batch: the slices as they are, then FLAIR alone (what 1 channel costs)
+    torch.testing.assert_close(seen[0], images.float())  # validation: every channel, untouched
+    torch.testing.assert_close(seen[1], images.float() * torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1))
+    assert {"val_dice", "val_dice_tc", "val_dice_et", "val_dice_flair_only", "val_dice_et_flair_only"} <= set(row)
+    seen.clear()
+    model.eval()
+    prediction = TorchPredictor(model).predict(images.float().numpy())
+    torch.testing.assert_close(torch.cat(seen), images.float())
+    with torch.no_grad():
+        plain = torch.sigmoid(model(images.float(), heads=("seg",))["seg"])
+    np.testing.assert_allclose(prediction.region_probability, plain.numpy(), atol=1e-6)
+    assert prediction.region_probability.shape == (16, 3, 16, 16)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -91,7 +173,7 @@ def test_train_channels_last_reaches_weights_and_inputs_of_training_and_validati
     runner.train_epoch(training_loader(data, 4, runner.generator), 1, 1, on_batch=lambda loss: None)
     runner.evaluate(data)
     assert model.encoder.levels[0].conv1.conv.weight.is_contiguous(memory_format=nhwc) == channels_last
-    assert inputs == [channels_last] * 3  # two training batches, one validation batch
+    assert inputs == [channels_last] * 4  # two training batches, one validation batch as it is and FLAIR alone
 
 
 def test_augmentation_moves_mask_with_image_and_keeps_background_zero():
@@ -189,17 +271,23 @@ def test_more_epochs_continue_but_changed_params_start_fresh(in_project, tiny_se
     assert train_seg.main(changed)["resumed_from_epoch"] == 0
 
 
+def frozen_seg(settings, min_epochs: int):
+    """A seg stage that cannot learn: LR 1e-12 and instance norm (batch norm's running statistics would keep moving,
+    and the val Dice with them), patience 1."""
+    frozen = with_section(with_section(settings, "train_seg", lr=1e-12), "train", patience=1, min_epochs=min_epochs)
+    profile = frozen.active.model_copy(update={"model": frozen.active.model.model_copy(update={"norm": "instance"})})
+    return frozen.model_copy(update={"profiles": {**frozen.profiles, frozen.profile: profile}})
+
+
 def test_early_stopping_ends_a_stage_that_stops_improving(in_project, tiny_settings):
-    frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1, min_epochs=1)
+    frozen = frozen_seg(tiny_settings, min_epochs=1)
     result = train_seg.main(with_epochs(frozen, seg=5))
     assert result["epochs_run"] == 2  # epoch 1 sets the best, epoch 2 cannot beat it
 
 
 @pytest.mark.parametrize("min_epochs", [3, 4])
 def test_early_stopping_never_ends_a_stage_before_the_minimum_epochs(in_project, tiny_settings, min_epochs):
-    frozen = with_section(with_section(tiny_settings, "train_seg", lr=1e-12), "train", patience=1,
-                          min_epochs=min_epochs)
-    result = train_seg.main(with_epochs(frozen, seg=6))
+    result = train_seg.main(with_epochs(frozen_seg(tiny_settings, min_epochs), seg=6))
     assert result["epochs_run"] == min_epochs  # no improvement after epoch 1, so it stops right at the minimum
     assert len(pd.read_csv(paths.history_file("seg"))) == min_epochs
 

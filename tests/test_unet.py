@@ -44,7 +44,7 @@ def test_a_few_steps_overfit_one_batch():
     x = x + 2 * mask
     labels = torch.tensor([1.0, 1.0, 0.0, 0.0])
     seg_loss, cls_loss = DiceCELoss(sigmoid=True), torch.nn.BCEWithLogitsLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # Adam's first step is lr · sign(gradient): alike
     losses = []
     for _ in range(40):
         out = model(x)
@@ -76,3 +76,23 @@ def test_exports_to_onnx_with_both_outputs_and_a_dynamic_batch(tmp_path):
         expected = model(x)
     np.testing.assert_allclose(seg, expected["seg"].numpy(), atol=1e-4)
     np.testing.assert_allclose(cls, expected["cls"].numpy(), atol=1e-4)
+
+
+def test_region_outputs_start_as_one_detector_and_then_specialise():
+    """The three region logits (WT, TC, ET) are equal on any input at initialisation (see SegDecoder), and one
+    training step on nested targets makes them differ."""
+    torch.manual_seed(0)
+    model = MultitaskUNet(UNetConfig(in_channels=4, base_channels=4, depth=2, seg_channels=3))
+    x = torch.randn(2, 4, 16, 16)
+    seg = model(x, heads=("seg",))["seg"]
+    assert seg.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(seg[:, 1], seg[:, 0])
+    torch.testing.assert_close(seg[:, 2], seg[:, 0])
+    targets = torch.zeros(2, 3, 16, 16)
+    targets[:, 0, 4:12, 4:12], targets[:, 1, 6:10, 6:10], targets[:, 2, 7:9, 7:9] = 1, 1, 1  # ET ⊂ TC ⊂ WT
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)  # Adam's first step is lr · sign(gradient): alike
+    torch.nn.functional.binary_cross_entropy_with_logits(seg, targets).backward()
+    optimizer.step()
+    model.eval()
+    after = model(x, heads=("seg",))["seg"]
+    assert not torch.allclose(after[:, 0], after[:, 1]) and not torch.allclose(after[:, 1], after[:, 2])

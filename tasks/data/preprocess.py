@@ -51,6 +51,14 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
 
 
+def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a uint8 2D label map (0/1/2/4) to size x size: no label is ever blended."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    if labels.shape == (size, size):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((size, size), Image.NEAREST))
+
+
 def pad_to_square(image: np.ndarray) -> np.ndarray:
     """Centre a 2D image on a square zero canvas so resizing keeps its aspect ratio."""
     h, w = image.shape

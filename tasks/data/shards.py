@@ -2,7 +2,7 @@
 
 A shard is an uncompressed `.npz` (`np.savez`: a zip of `.npy` members, stored, not deflated) with
     images       float16 (N, C, H, W)  z-scored slices, C = len(slice.modalities)
-    masks        uint8   (N, H, W)     binary whole-tumour mask (all zeros for Kaggle images: no mask known)
+    masks        uint8   (N, H, W)     BraTS 2020 label map 0/1/2/4 (tasks/data/regions.py; all zeros for Kaggle)
     has_mask     bool    (N,)          False for Kaggle images, whose masks are unknown
     labels       uint8   (N,)          1 = tumour present
     slice_index  int16   (N,)          axial index in the source volume (-1 for Kaggle images)
@@ -97,7 +97,7 @@ def manifest_rows(patient: str, source: str, shard_name: str, shard: Shard) -> l
             "row": row,
             "slice_index": int(shard.slice_index[row]),
             "label": int(shard.labels[row]),
-            "tumour_area_px": int(shard.masks[row].sum()),
+            "tumour_area_px": int((shard.masks[row] > 0).sum()),  # whole tumour: masks hold labels 0/1/2/4
             "has_mask": bool(shard.has_mask[row]),
         }
         for row in range(len(shard))

@@ -1,10 +1,12 @@
 """Raw volumes and images → z-scored 2D axial slices in one compressed shard per patient + a manifest (`slice`).
 
 BraTS: each modality volume is z-scored over its brain voxels, axial slices are taken every `slice_stride`
-slices, slices with (almost) no brain are dropped, and everything is resized to the profile's image size
-with a binary whole-tumour mask (labels 1, 2 and 4). Kaggle images: grayscale, same size and normalisation,
-label from their folder, one shard per class. Bad inputs are skipped and listed in rejected.csv (file,
-reason). Patients are processed in parallel, one volume set in memory per worker: by default on a local process
+slices, slices with (almost) no brain are dropped, and everything is resized to the profile's image size with
+its label map (nearest neighbour) in the BraTS 2020 convention, 0/1/2/4 (a 2023-style segmentation, enhancing
+tumour 3, is mapped per patient by tasks/data/regions.py; an unknown label set is rejected naming the labels).
+Kaggle images: grayscale of unknown sequence, same size and normalisation, in the FLAIR channel (channel 0) with
+the other channels all zero, label from their folder, one shard per class. Bad inputs are skipped and listed in
+rejected.csv (file, reason). Patients are processed in parallel, one volume set in memory per worker: by default on a local process
 pool; the caller may pass another `map_jobs` (the Prefect flow's Dask cluster, flows/dask_slicing.py), which
 changes where the per-patient jobs run, never what they produce.
 
@@ -30,7 +32,7 @@ from rich.progress import Progress
 
 from tasks import paths
 from tasks.config import SliceSettings
-from tasks.data import preprocess
+from tasks.data import preprocess, regions
 from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.local_import import IMAGE_SUFFIXES, nifti_extension
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
@@ -39,7 +41,6 @@ from tasks.io import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-BRATS_LABELS = {0, 1, 2, 4}
 FINGERPRINTS = "fingerprints.json"
 
 # Runs fn(*args) for every args tuple of jobs, wherever it likes; yields the results in the order of jobs.
@@ -56,7 +57,7 @@ class SliceSpec:
     min_brain_fraction: float
 
     def digest(self) -> str:
-        code = b"".join(Path(mod.__file__).read_bytes() for mod in (preprocess,)) + Path(__file__).read_bytes()
+        code = b"".join(Path(mod.__file__).read_bytes() for mod in (preprocess, regions)) + Path(__file__).read_bytes()
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
 
 
@@ -110,12 +111,10 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     for name, volume in zip(spec.modalities + ("seg",), volumes + [seg]):
         if volume.shape != volumes[0].shape:
             raise SliceWiseError(f"shape mismatch: {name} {volume.shape} vs {spec.modalities[0]} {volumes[0].shape}", patient_dir)
-    if unexpected := set(np.unique(seg).astype(int)) - BRATS_LABELS:
-        raise SliceWiseError(f"unexpected segmentation labels {sorted(unexpected)}", seg_path)
+    labels = brats2020_labels(seg, seg_path)
 
     brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)
     normalised = [preprocess.zscore(v, v > 0) for v in volumes]
-    tumour = seg > 0
     keep = [z for z in range(0, brain.shape[2], spec.stride) if brain[:, :, z].mean() >= spec.min_brain_fraction]
     if not keep:
         raise SliceWiseError("no slice contains brain tissue (all-zero volume?)", patient_dir)
@@ -126,7 +125,7 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     for i, z in enumerate(keep):
         for c, volume in enumerate(normalised):
             images[i, c] = preprocess.resize_image(preprocess.axial_slice(volume, z), size)
-        masks[i] = preprocess.resize_mask(preprocess.axial_slice(tumour, z), size)
+        masks[i] = preprocess.resize_labels(preprocess.axial_slice(labels, z), size)
     in_plane = np.array(spacing[:2], dtype=np.float32) * (brain.shape[0] / size)
     return Shard(
         images=images,
@@ -136,6 +135,17 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
         slice_index=np.array(keep, dtype=np.int16),
         spacing=in_plane,
     )
+
+
+def brats2020_labels(seg: np.ndarray, seg_path: Path) -> np.ndarray:
+    """A patient's segmentation as uint8 labels in the 2020 convention, whichever BraTS release it comes from."""
+    if not np.array_equal(seg, np.round(seg)):
+        raise SliceWiseError("segmentation holds non-integer values (resampled with interpolation?)", seg_path)
+    try:
+        return regions.to_brats2020_labels(seg.astype(np.int64))
+    except regions.UnknownLabels as exc:
+        raise SliceWiseError(f"unknown segmentation labels {exc.found}: neither BraTS 2017-2021 (0, 1, 2, 4) nor "
+                             "BraTS 2023+ (0, 1, 2, 3)", seg_path) from exc
 
 
 def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> tuple[str, list[dict] | dict]:
@@ -148,8 +158,11 @@ def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> 
     return patient_dir.name, manifest_rows(patient_dir.name, "brats", shard_path.relative_to(shard_path.parents[1]).as_posix(), shard)
 
 
-def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int) -> tuple[list[dict], list[dict]]:
-    """Kaggle yes/no images → one shard per class; returns (manifest rows, rejected rows)."""
+def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) -> tuple[list[dict], list[dict]]:
+    """Kaggle yes/no images → one shard per class; returns (manifest rows, rejected rows).
+
+    An image of unknown sequence fills channel 0 (FLAIR's, see config.MODALITIES' order), the other `channels - 1`
+    are all zero: a missing modality, as the model learns it through modality dropout."""
     rows, rejected = [], []
     for label_name, label in (("yes", 1), ("no", 0)):
         files = sorted(p for p in (kaggle_dir / label_name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -164,8 +177,10 @@ def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int) -> tuple[list[dict]
         if not images:
             continue
         n = len(images)
+        stacked = np.zeros((len(images), channels, size, size), dtype=np.float16)
+        stacked[:, :1] = np.stack(images)
         shard = Shard(
-            images=np.stack(images).astype(np.float16),
+            images=stacked,
             masks=np.zeros((n, size, size), dtype=np.uint8),
             has_mask=np.zeros(n, dtype=bool),
             labels=np.full(n, label, dtype=np.uint8),
@@ -232,7 +247,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
                 rows.extend(outcome)
             progress.advance(bar)
 
-    kaggle_rows, kaggle_rejected = slice_kaggle(raw_dir / "kaggle", out_dir, image_size)
+    kaggle_rows, kaggle_rejected = slice_kaggle(raw_dir / "kaggle", out_dir, image_size, len(spec.modalities))
     rejected.extend(kaggle_rejected)
     if not any(r["source"] == "brats" for r in rows):
         _write_table(out_dir / paths.REJECTED.name, rejected, ["file", "reason"])

@@ -169,7 +169,7 @@ def read_examples(processed: Path, rows: pd.DataFrame) -> tuple[np.ndarray, np.n
     for shard_name, row in zip(rows["shard"], rows["row"]):
         shard = shards.setdefault(shard_name, read_shard(processed / shard_name))
         images.append(shard.images[row].astype(np.float32))
-        masks.append(shard.masks[row])
+        masks.append(shard.masks[row] > 0)  # whole tumour: shards hold BraTS labels 0/1/2/4
     return np.stack(images), np.stack(masks)
 
 

@@ -20,6 +20,9 @@ from tasks.errors import SliceWiseError
 from tasks.io import atomic_write
 
 FORMAT_VERSION = 1
+# The segmentation head's outputs on every profile: WT, TC, ET (tasks/data/regions.py REGIONS; not imported here,
+# as serving reaches this module and tests/test_import_boundaries.py lists what it may reach).
+SEG_REGIONS = 3
 
 
 def save_checkpoint(
@@ -69,9 +72,11 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 
 
 def model_config_for(settings, profile: str | None = None) -> UNetConfig:
-    """The U-Net a profile trains (the active one by default): size and norm from params.yaml, inputs from slice."""
-    size = (settings.profiles[profile] if profile else settings.active).model
-    return UNetConfig(settings.in_channels, size.base_channels, size.depth, norm=size.norm)
+    """The U-Net a profile trains (the active one by default): size, norm and input modalities from its profile
+    block; the segmentation head predicts the three BraTS regions WT, TC, ET on every profile."""
+    chosen = settings.profiles[profile] if profile else settings.active
+    return UNetConfig(len(chosen.modalities), chosen.model.base_channels, chosen.model.depth, norm=chosen.model.norm,
+                      seg_channels=SEG_REGIONS)
 
 
 def model_config_of(checkpoint: dict) -> UNetConfig:

@@ -4,8 +4,9 @@ All of these must hold (thresholds in params.yaml `promotion:`), so both heads a
 classifies well but cannot segment is never champion.
     accuracy      >= promotion.min_accuracy                     (test split, from reports/metrics.json)
     sensitivity   >= promotion.min_sensitivity
-    slice Dice    >= promotion.min_dice          whole tumour, mean over the test slices with tumour
-    volume Dice   >= promotion.min_volume_dice   whole tumour, mean over the re-stacked test patient volumes
+    slice Dice    >= promotion.min_dice          whole tumour (WT), mean over the test slices with tumour
+    volume Dice   >= promotion.min_volume_dice   whole tumour (WT), mean over the re-stacked test patient volumes
+(WT is the first of the segmentation head's regions WT, TC, ET: metrics `segmentation` and `segmentation_volume`.)
     parity        ONNX and torch agreed (reports/export.json)
     vs champion   accuracy >= champion's accuracy - promotion.max_accuracy_drop   (only when a champion exists)
 With promotion.use_lower_bound the four quality criteria compare the lower end of the metric's 95 % bootstrap

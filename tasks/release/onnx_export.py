@@ -1,8 +1,10 @@
 """A model to ONNX, checked for parity with torch on every test slice, with latency figures (`export`).
 
-    exports/model.onnx   input "image" (batch, C, H, W) float32 → "seg_logits" (batch, 1, H, W), "cls_logits" (batch,)
-    exports/model.json   what serving needs to use it: names, shapes, modalities, preprocessing, threshold, versions
-    reports/export.json  parity (max |logit difference|, decision mismatches, mask Dice) and latency (p50/p95 per
+    exports/model.onnx   input "image" (batch, C, H, W) float32 → "seg_logits" (batch, R, H, W: WT, TC, ET),
+                         "cls_logits" (batch,)
+    exports/model.json   what serving needs to use it: names, shapes, modalities, regions, preprocessing, threshold,
+                         versions (also embedded in model.onnx's metadata as "slicewise")
+    reports/export.json  parity (max |logit difference|, decision mismatches, mask Dice per region) and latency (p50/p95 per
                          slice at batch 1 and 8, onnxruntime and torch eager, measured interleaved in one run)
 The model is written to a temporary file and renamed only after `onnx.checker` and the parity check pass, and a
 previous export is removed first, so a failed export never leaves an exports/model.onnx that looks valid.
@@ -38,16 +40,23 @@ LATENCY_BATCHES = (1, 8)
 WARMUP_RUNS = 2  # per block
 LATENCY_ROUNDS = 3
 PARITY_BATCH = 16
-# Embedded in model.onnx and model.json: kept word for word (its path predates tasks/data/), as any edit changes
-# the exported file's sha256 and with it every registered version's identity.
+# Embedded in model.onnx and model.json: an edit changes the exported file's sha256, and with it the identity of
+# every version registered after it (the 3-region head changed it anyway).
 PREPROCESSING = (
-    "One input channel per MRI modality, in the order of `modalities`, float32 NCHW of image_size x image_size. "
+    "One input channel per MRI modality, in the order of `modalities`, float32 NCHW of image_size x image_size; "
+    "a modality not available is an all-zero channel (the model is trained with modality dropout), and a "
+    "single-channel image (PNG/JPEG/NPY slice, FLAIR-only volume) is channel 0. "
     "MRI volumes: z-score over the brain (non-zero) voxels of each volume, axial slice in display orientation, "
     "bilinear resize. 2D images (PNG/JPEG): grayscale, zero-padded to a square, bilinear resize, z-score over "
-    "pixels above 5 % of the maximum. Implemented in tasks/preprocess.py (prepare_volume_slices, prepare_photo, "
-    "prepare_array_slice). Outputs are logits: apply a sigmoid; a slice has a tumour when its probability >= "
-    "threshold, a pixel when its probability >= mask_threshold."
+    "pixels above 5 % of the maximum. Implemented in tasks/data/preprocess.py (prepare_volume_slices, "
+    "prepare_photo, prepare_array_slice). Outputs are logits: apply a sigmoid; a slice has a tumour when its "
+    "probability >= threshold; seg_logits has one channel per region in `regions` (wt: labels 1, 2, 4; tc: 1, 4; "
+    "et: 4), a pixel is in a region when its probability >= mask_threshold; tasks/data/regions.py "
+    "labels_from_regions turns the regions into BraTS labels 0/1/2/4."
 )
+REGION_MEANING = {"wt": "whole tumour (labels 1, 2, 4)", "tc": "tumour core (labels 1, 4)",
+                  "et": "enhancing tumour (label 4)"}
+REGION_ORDER = ("wt", "tc", "et")  # tasks/data/regions.py REGIONS, the seg_logits channels in order
 
 
 def export_onnx(model: torch.nn.Module, path: Path, in_channels: int, image_size: int, opset: int) -> None:
@@ -99,7 +108,8 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                  cfg: ExportSettings) -> dict:
     """Compare torch and onnxruntime logits, tumour decisions and masks on every slice."""
     max_seg = max_cls = 0.0
-    n = mismatches = overlap = area_torch = area_onnx = 0
+    n = mismatches = 0
+    overlap = area_torch = area_onnx = 0  # per region channel (numpy arrays once the first batch is in)
     with Progress(transient=True) as progress, torch.inference_mode():
         bar = progress.add_task("parity: torch vs onnxruntime", total=None)
         for images in shards:
@@ -112,18 +122,21 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                 max_cls = max(max_cls, float(np.abs(cls_t - cls_o.reshape(cls_t.shape)).max()))
                 mismatches += int(((sigmoid(cls_t) >= threshold) != (sigmoid(cls_o.reshape(-1)) >= threshold)).sum())
                 mask_t, mask_o = sigmoid(seg_t) >= MASK_THRESHOLD, sigmoid(seg_o) >= MASK_THRESHOLD
-                overlap += int((mask_t & mask_o).sum())
-                area_torch, area_onnx = area_torch + int(mask_t.sum()), area_onnx + int(mask_o.sum())
+                overlap = overlap + (mask_t & mask_o).sum(axis=(0, 2, 3))  # every region channel, each on its own
+                area_torch, area_onnx = area_torch + mask_t.sum(axis=(0, 2, 3)), area_onnx + mask_o.sum(axis=(0, 2, 3))
                 n += len(batch)
                 progress.advance(bar, len(batch))
     if n == 0:
         raise SliceWiseError("the test split has no slices to check parity on", paths.SPLITS)
-    dice = 1.0 if area_torch + area_onnx == 0 else 2 * overlap / (area_torch + area_onnx)
+    region_dice = [1.0 if t + o == 0 else 2 * float(v) / float(t + o) for v, t, o in zip(overlap, area_torch, area_onnx)]
+    dice = min(region_dice)  # every region channel must agree, not just their pooled pixels
     max_diff = max(max_seg, max_cls)
     passed = max_diff <= cfg.parity_atol and mismatches == 0 and dice >= cfg.parity_min_dice
     return {"passed": passed, "n_slices": n, "max_abs_diff": max_diff, "max_abs_diff_seg": max_seg,
             "max_abs_diff_cls": max_cls, "atol": cfg.parity_atol, "decision_mismatches": mismatches,
-            "threshold": threshold, "mask_dice": dice, "min_mask_dice": cfg.parity_min_dice}
+            "threshold": threshold, "mask_dice": dice,
+            "mask_dice_per_region": dict(zip(REGION_ORDER, region_dice)) if len(region_dice) > 1 else {"wt": dice},
+            "min_mask_dice": cfg.parity_min_dice}
 
 
 def _percentiles_ms(seconds: list[float], batch: int) -> dict:
@@ -175,18 +188,20 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
     import onnxruntime
 
     channels = checkpoint["model_config"]["in_channels"]
+    regions = list(REGION_ORDER[: checkpoint["model_config"].get("seg_channels", 1)])
     return {
         "name": "slicewise-multitask-unet",
         "format": "onnx",
         "opset": opset,
         "input": {"name": ONNX_INPUT, "shape": ["batch", channels, image_size, image_size], "dtype": "float32"},
         "outputs": [
-            {"name": ONNX_SEG_OUTPUT, "shape": ["batch", 1, image_size, image_size], "activation": "sigmoid",
-             "meaning": "whole-tumour logit per pixel"},
+            {"name": ONNX_SEG_OUTPUT, "shape": ["batch", len(regions), image_size, image_size], "activation": "sigmoid",
+             "meaning": "logit per pixel of each region: " + "; ".join(f"{r}: {REGION_MEANING[r]}" for r in regions)},
             {"name": ONNX_CLS_OUTPUT, "shape": ["batch"], "activation": "sigmoid", "meaning": "tumour logit per slice"},
         ],
         "image_size": image_size,
         "modalities": list(modalities),
+        "regions": regions,
         "preprocessing": PREPROCESSING,
         "threshold": threshold,
         "mask_threshold": MASK_THRESHOLD,

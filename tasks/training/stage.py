@@ -1,13 +1,15 @@
 """The three training stages of the multitask U-Net, each run by its step (tasks/train_seg.py, train_cls.py,
 train_joint.py) through `run_stage`.
 
-    seg    segmentation warm-up on BraTS slices, Dice + BCE loss           metric: val Dice
+    seg    segmentation warm-up on BraTS slices, Dice + BCE loss over the
+           regions WT, TC, ET (tasks/training/loss.py)                     metric: val Dice (whole tumour)
     cls    encoder and decoder frozen (from seg best), classification head
            on Kaggle images + BraTS slice labels, BCE loss                 metric: val ROC-AUC (accuracy if undefined)
     joint  everything trainable (from cls best), L = L_seg + λ·L_cls with
            L_seg on the samples that have a mask; encoder LR < heads' LR   metric: mean of val Dice and val accuracy
-Val Dice is pooled over all validation slices (2·Σ|P∩T| / (Σ|P| + Σ|T|)), so empty slices neither divide by
-zero nor dominate; accuracy uses the 0.5 probability threshold (evaluation tunes the threshold later).
+Val Dice is the whole tumour's (WT: floors and earlier runs stay comparable; TC, ET and FLAIR-alone figures are
+logged beside it), pooled over all validation slices (2·Σ|P∩T| / (Σ|P| + Σ|T|)), so empty slices neither divide
+by zero nor dominate; accuracy uses the 0.5 probability threshold (evaluation tunes the threshold later).
 
 Each epoch writes checkpoints/<stage>/last.pt (model, optimizer, epoch, best metric, history, RNG states,
 params) and, when the metric improves, best.pt. Started again, a stage resumes from last.pt when the run

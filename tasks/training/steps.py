@@ -13,7 +13,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -21,10 +20,11 @@ from torch.utils.data import DataLoader
 from models.unet import MultitaskUNet
 from tasks.config import TrainSettings
 from tasks.data.datasets import SliceSet, collate_slices
+from tasks.data.regions import REGIONS
 from tasks.errors import SliceWiseError
 from tasks.training.distributed import Ranks
-
-STAGE_HEADS = {"seg": ("seg",), "cls": ("cls",), "joint": ("seg", "cls")}
+from tasks.training.loss import StageLoss, region_targets
+from tasks.training.modality_dropout import drop_modalities
 
 
 def pick_device(choice: str) -> torch.device:
@@ -89,49 +89,6 @@ def set_train_mode(model: MultitaskUNet, stage: str) -> None:
     model.cls_head.train()
 
 
-class StageLoss:
-    """seg: Dice + BCE on the pixels; cls: BCE on the labels; joint: L_seg (masked samples only) + λ·L_cls.
-
-    The seg term is MONAI's DiceCELoss(sigmoid=True, batch=True): Dice pooled over the batch, so slices without
-    tumour do not each add an ill-defined Dice term. Everything is computed from sums over the batch (overlap,
-    areas, BCE terms and their counts), because sums add up over the shares of a DDP run: the loss of a whole batch
-    is `from_sums(sums(out, batch))` and equally `from_sums(sum of sums(out, share) over the shares)`.
-    """
-
-    SMOOTH = 1e-5  # MONAI's smooth_nr and smooth_dr
-
-    def __init__(self, stage: str, params):
-        self.heads = STAGE_HEADS[stage]
-        self.cls_weight = getattr(params, "cls_weight", 1.0)
-
-    def __call__(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
-        return self.from_sums(self.sums(out, batch))
-
-    def sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
-        """[overlap, predicted area, true area, seg BCE sum, seg pixels, cls BCE sum, cls samples] of a batch."""
-        zero = torch.zeros((), device=batch["image"].device)
-        seg, cls = [zero] * 5, [zero] * 2
-        if "seg" in out:  # samples without a mask (Kaggle) get weight 0: no segmentation term from them
-            logits = out["seg"].float()
-            weight = batch["has_mask"].view(-1, 1, 1, 1).to(logits.dtype)
-            probability, truth = torch.sigmoid(logits) * weight, batch["mask"] * weight
-            bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * weight
-            seg = [(probability * truth).sum(), probability.sum(), truth.sum(), bce.sum(),
-                   weight.sum() * logits[0].numel()]
-        if "cls" in out:
-            cls = [F.binary_cross_entropy_with_logits(out["cls"].float(), batch["label"], reduction="sum"),
-                   torch.full((), float(len(batch["label"])), device=zero.device)]
-        return torch.stack(seg + cls)
-
-    def from_sums(self, sums: Tensor) -> Tensor:
-        overlap, predicted, actual, seg_bce, pixels, cls_bce, samples = sums.unbind()
-        loss = self.cls_weight * cls_bce / samples.clamp(min=1) if "cls" in self.heads else torch.zeros_like(overlap)
-        if "seg" in self.heads:  # with no masked sample: 1 - SMOOTH / SMOOTH = 0 and 0 / 1, no segmentation term
-            dice = 1 - (2 * overlap + self.SMOOTH) / (predicted + actual + self.SMOOTH)
-            loss = loss + dice + seg_bce / pixels.clamp(min=1)
-        return loss
-
-
 def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -193,6 +150,7 @@ class StageRunner:
             # Every process reads the whole global batch, augmented by the loader as a single process's would be,
             # then keeps its share.
             batch = _to_device(batch, self.device)
+            batch["image"] = drop_modalities(batch["image"], self.train_cfg.augment.modality_dropout, self.generator)
             size = len(batch["label"])
             batch = self.ranks.share(batch)
             with autocast(self.device, self.train_cfg):
@@ -215,28 +173,57 @@ class StageRunner:
 @torch.no_grad()
 def evaluate(module: nn.Module, data: SliceSet, loss_fn: StageLoss, train_cfg: TrainSettings,
              device: torch.device) -> dict[str, float]:
-    """Validation loss and metrics of the heads this stage trains (no augmentation, eval mode)."""
+    """Validation loss and metrics of the heads this stage trains (no augmentation, eval mode).
+
+    With several input channels, the segmentation is scored a second time on the FLAIR channel alone (the others
+    zero, as serving fills missing modalities): `val_dice*_flair_only`, what a single-channel input costs, measured
+    in every run."""
     module.eval()
     loader = DataLoader(data, batch_size=train_cfg.batch_size * 2, shuffle=False, collate_fn=collate_slices)
-    total, overlap, predicted, actual, probabilities = 0.0, 0.0, 0.0, 0.0, []
+    total, probabilities = 0.0, []
+    areas = {"": 0.0, "_flair_only": 0.0}  # per input: (3, R) overlap, predicted and true area per region
     for batch in loader:
         batch = _to_device(batch, device)
         with autocast(device, train_cfg):
             out = module(_layout(batch["image"], train_cfg.channels_last), heads=loss_fn.heads)
         total += loss_fn(out, batch).item() * len(batch["label"])
         if "seg" in out:
-            pred = (out["seg"][batch["has_mask"]] > 0).float()
-            truth = batch["mask"][batch["has_mask"]]
-            overlap, predicted, actual = overlap + (pred * truth).sum().item(), predicted + pred.sum().item(), actual + truth.sum().item()
+            areas[""] = areas[""] + _region_areas(out["seg"], batch)
+            if batch["image"].shape[1] > 1:
+                flair = batch["image"] * (torch.arange(batch["image"].shape[1], device=device) == 0).view(1, -1, 1, 1)
+                with autocast(device, train_cfg):
+                    flair_out = module(_layout(flair, train_cfg.channels_last), heads=("seg",))
+                areas["_flair_only"] = areas["_flair_only"] + _region_areas(flair_out["seg"], batch)
         if "cls" in out:
             probabilities.append(torch.sigmoid(out["cls"].float()).cpu())
     row = {"val_loss": total / len(data)}
     if "seg" in loss_fn.heads:
-        row["val_dice"] = 2 * overlap / (predicted + actual) if predicted + actual else 1.0
+        row.update(_region_dice(areas[""]))
+        if isinstance(areas["_flair_only"], Tensor):
+            row.update({f"{k}_flair_only": v for k, v in _region_dice(areas["_flair_only"]).items()})
     if "cls" in loss_fn.heads:
         row.update(_classification_metrics(torch.cat(probabilities).numpy(), data.labels.numpy()))
     if loss_fn.heads == ("seg", "cls"):
         row["val_dice_accuracy_mean"] = (row["val_dice"] + row["val_accuracy"]) / 2
+    return row
+
+
+def _region_areas(seg_logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """(3, R) float64 on the CPU: overlap, predicted and true area of each region over the batch's masked slices."""
+    pred = (seg_logits[batch["has_mask"]] > 0).float()
+    truth = region_targets(batch["mask"][batch["has_mask"]], pred.shape[1])
+    dims = (0, 2, 3)
+    return torch.stack([(pred * truth).sum(dim=dims), pred.sum(dim=dims), truth.sum(dim=dims)]).double().cpu()
+
+
+def _region_dice(areas: Tensor | float) -> dict[str, float]:
+    """Pooled Dice per region: `val_dice` is the whole tumour (what early stopping, best.pt, the floors and earlier
+    runs compare), `val_dice_tc` and `val_dice_et` the nested regions. Nothing predicted and nothing true: 1."""
+    if not isinstance(areas, Tensor):  # no masked validation slice
+        return {"val_dice": 1.0}
+    row = {}
+    for name, (overlap, predicted, actual) in zip(REGIONS, areas.T.tolist()):
+        row["val_dice" if name == "wt" else f"val_dice_{name}"] = 2 * overlap / (predicted + actual) if predicted + actual else 1.0
     return row
 
 

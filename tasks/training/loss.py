@@ -1,0 +1,71 @@
+"""Each training stage's loss, computed from sums so that it splits across the processes of a DDP run, and the
+region targets (WT, TC, ET) it builds from the label maps in a batch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tasks.data.regions import REGION_LABELS, REGIONS
+
+STAGE_HEADS = {"seg": ("seg",), "cls": ("cls",), "joint": ("seg", "cls")}
+
+
+def region_targets(labels: Tensor, regions: int = len(REGIONS)) -> Tensor:
+    """(N, 1, H, W) BraTS 2020 label maps (0/1/2/4, any dtype) → (N, regions, H, W) float masks WT, TC, ET: the
+    torch twin of tasks/data/regions.py's regions_from_labels, run on the batch's device after augmentation (nearest
+    neighbour keeps the labels exact)."""
+    codes = labels[:, 0].round().long()
+    masks = [torch.isin(codes, torch.tensor(REGION_LABELS[name], device=codes.device)) for name in REGIONS[:regions]]
+    return torch.stack(masks, dim=1).float()
+
+
+class StageLoss:
+    """seg: Dice + BCE on the region channels; cls: BCE on the labels; joint: L_seg (masked samples only) + λ·L_cls.
+
+    The seg term is MONAI's DiceLoss(sigmoid=True, batch=True) + BCE over the R region channels (WT, TC, ET: one
+    sigmoid each, nnU-Net's region-based training for BraTS and its DC_and_BCE_loss): per region a Dice pooled over
+    the batch, so slices without tumour do not each add an ill-defined Dice term, averaged over the regions, plus BCE
+    over every pixel and region. (MONAI's DiceCELoss is this for one channel, but takes a softmax cross-entropy for
+    several, which nested regions do not fit.)
+    The targets are built from the batch's label maps (`region_targets`). Everything is computed from sums over the
+    batch (overlaps, areas, BCE terms and their counts), because sums add up over the shares of a DDP run: the loss
+    of a whole batch is `from_sums(sums(out, batch))` and equally `from_sums(sum of sums(out, share) over shares)`.
+    """
+
+    SMOOTH = 1e-5  # MONAI's smooth_nr and smooth_dr
+
+    def __init__(self, stage: str, params):
+        self.heads = STAGE_HEADS[stage]
+        self.cls_weight = getattr(params, "cls_weight", 1.0)
+
+    def __call__(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        return self.from_sums(self.sums(out, batch))
+
+    def sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        """[cls BCE sum, cls samples, seg BCE sum, seg elements, overlap × R, predicted area × R, true area × R]."""
+        zero = torch.zeros((), device=batch["image"].device)
+        cls, seg = [zero] * 2, [zero] * 2
+        if "cls" in out:
+            cls = [F.binary_cross_entropy_with_logits(out["cls"].float(), batch["label"], reduction="sum"),
+                   torch.full((), float(len(batch["label"])), device=zero.device)]
+        if "seg" in out:  # samples without a mask (Kaggle) get weight 0: no segmentation term from them
+            logits = out["seg"].float()
+            weight = batch["has_mask"].view(-1, 1, 1, 1).to(logits.dtype)
+            truth = region_targets(batch["mask"], logits.shape[1]) * weight
+            probability = torch.sigmoid(logits) * weight
+            bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * weight
+            per_region = [(probability * truth).sum(dim=(0, 2, 3)), probability.sum(dim=(0, 2, 3)),
+                          truth.sum(dim=(0, 2, 3))]
+            seg = [bce.sum(), weight.sum() * logits[0].numel(), *torch.cat(per_region).unbind()]
+        return torch.stack(cls + seg)
+
+    def from_sums(self, sums: Tensor) -> Tensor:
+        cls_bce, samples, seg_bce, elements = sums[:4].unbind()
+        loss = self.cls_weight * cls_bce / samples.clamp(min=1) if "cls" in self.heads else torch.zeros_like(cls_bce)
+        if "seg" in self.heads:  # with no masked sample: 1 - SMOOTH / SMOOTH = 0 and 0 / 1, no segmentation term
+            overlap, predicted, actual = sums[4:].view(3, -1)
+            dice = 1 - (2 * overlap + self.SMOOTH) / (predicted + actual + self.SMOOTH)
+            loss = loss + dice.mean() + seg_bce / elements.clamp(min=1)
+        return loss
