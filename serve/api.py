@@ -289,7 +289,8 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             return await run_in_threadpool(predicted_example, model, entry)
         name, handle, size = volume_upload(entry, model.examples)
         try:  # the volume route's own handler, as if the example's FLAIR file had been uploaded
-            answer = await run_in_threadpool(predict_volume_file, FilePart("file", name, handle, size), model, images)
+            answer = await run_in_threadpool(predict_volume_files, [FilePart("flair", name, handle, size)], model,
+                                             images, False)
         finally:
             handle.close()
         return json_response(await run_in_threadpool(with_volume_truth, answer.body, model, entry))
