@@ -34,6 +34,16 @@ def nifti_extension(path: Path) -> str:
     return match.group(0).lower() if match else ""
 
 
+def find_part(patient_dir: Path, part: str) -> Path:
+    """The NIfTI file of one modality (or `seg`) in a BraTS patient folder (`<patient>_flair.nii.gz`, ...)."""
+    for path in sorted(patient_dir.iterdir()):
+        ext = nifti_extension(path)
+        if ext and path.name[: -len(ext)].lower().endswith(f"_{part}"):
+            return path
+    what = "segmentation" if part == "seg" else f"modality {part}"
+    raise SliceWiseError(f"missing {what}", patient_dir)
+
+
 def classify_brats_file(path: Path) -> str | None:
     """Which BraTS part (flair, t1, t1ce, t2, seg) a NIfTI file is, or None for anything else."""
     if not nifti_extension(path):

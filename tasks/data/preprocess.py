@@ -44,13 +44,6 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of a binary 2D mask to size x size."""
-    if mask.shape == (size, size):
-        return mask.astype(np.uint8, copy=False)
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 127
-
-
 def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
     """Nearest-neighbour resize of a uint8 2D label map (0/1/2/4) to size x size: no label is ever blended."""
     labels = np.asarray(labels, dtype=np.uint8)

@@ -34,7 +34,7 @@ from tasks import paths
 from tasks.config import SliceSettings
 from tasks.data import preprocess, regions
 from tasks.data.file_digests import FileDigests, digest_record
-from tasks.data.local_import import IMAGE_SUFFIXES, nifti_extension
+from tasks.data.local_import import IMAGE_SUFFIXES, find_part, nifti_extension
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
 from tasks.errors import SliceWiseError
 from tasks.io import atomic_write, write_text_atomic
@@ -77,15 +77,6 @@ def patient_fingerprint(patient_dir: Path, spec_digest: str, digests: FileDigest
                 sha1 = hashlib.file_digest(fh, "sha1").hexdigest()
         stats.append((path.name, path.stat().st_size, sha1))
     return hashlib.sha256(json.dumps([stats, spec_digest]).encode()).hexdigest()[:16]
-
-
-def find_part(patient_dir: Path, part: str) -> Path:
-    for path in sorted(patient_dir.iterdir()):
-        ext = nifti_extension(path)
-        if ext and path.name[: -len(ext)].lower().endswith(f"_{part}"):
-            return path
-    what = "segmentation" if part == "seg" else f"modality {part}"
-    raise SliceWiseError(f"missing {what}", patient_dir)
 
 
 def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:

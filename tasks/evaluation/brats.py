@@ -2,7 +2,7 @@
 
 The model runs on the patient's RAW volumes (data/raw/brats/<patient>/) through tasks/inference/volume.py, the code
 that serves /v1/predict/volume: every axial slice (stride 1), the resize undone. Labels are mapped to the 2020
-convention (`to_brats2020_labels`, so a 2023-style segmentation with ET = 3 scores alike).
+convention (checked and mapped as the slice step does, so a 2023-style segmentation with ET = 3 scores alike).
 
 Metrics, as the organisers' `brats-evaluation` package (panoptica, `gli` config) computes the global ones:
     Dice   2|P∩T| / (|P| + |T|) (MONAI's `compute_dice`)
@@ -33,8 +33,8 @@ from rich.progress import Progress
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 from sklearn.metrics import roc_auc_score
 
-from tasks.data.regions import REGIONS, regions_from_labels, to_brats2020_labels
-from tasks.data.slicing import find_part, load_volume
+from tasks.data.regions import REGIONS, regions_from_labels
+from tasks.data.slicing import brats2020_labels, find_part, load_volume
 from tasks.evaluation import metrics
 from tasks.evaluation.brats_reference import reference_python, reference_scores
 from tasks.inference.volume import NO_TTA, SlicePredictor, predict_volume
@@ -103,8 +103,9 @@ def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: S
                      flips: Sequence[Sequence[int]] = NO_TTA) -> dict:
     """One raw BraTS patient folder → its per-region scores and its uncertainty-on-errors figures."""
     volumes = [load_volume(find_part(patient_dir, modality))[0] for modality in modalities]
-    truth_volume, spacing = load_volume(find_part(patient_dir, "seg"))
-    truth = to_brats2020_labels(np.rint(truth_volume).astype(np.int16))
+    seg_path = find_part(patient_dir, "seg")
+    truth_volume, spacing = load_volume(seg_path)
+    truth = brats2020_labels(truth_volume, seg_path)  # mapped and checked as the slice step does
     result = predict_volume(predictor, volumes, image_size, flips)
     brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)
     scores = region_scores(result.label_map, truth, spacing, result.regions)

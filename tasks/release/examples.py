@@ -30,8 +30,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from tasks.data.local_import import find_part, nifti_extension
 from tasks.data.shards import read_shard
 from tasks.data.splits import read_split, split_rows
+from tasks.errors import SliceWiseError
 from tasks.release.registry import EXAMPLES_ARCHIVE
 
 log = logging.getLogger(__name__)
@@ -108,13 +110,11 @@ def write_ood_example(out: Path) -> dict:
 
 
 def raw_file(folder: Path, part: str) -> Path | None:
-    """The patient's NIfTI file of one modality (or `seg`), named as in BraTS (`<patient>_flair.nii.gz`)."""
-    found = sorted(p for p in folder.glob("*.nii*") if p.name.lower().split(".nii")[0].endswith(f"_{part}"))
-    return found[0] if found else None
-
-
-def nifti_suffix(path: Path) -> str:
-    return ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    """The patient's NIfTI file of one modality (or `seg`), or None when it has none."""
+    try:
+        return find_part(folder, part)
+    except SliceWiseError:
+        return None
 
 
 def write_volume_example(processed: Path, splits_dir: Path, raw_brats: Path, modalities: tuple[str, ...],
@@ -126,17 +126,19 @@ def write_volume_example(processed: Path, splits_dir: Path, raw_brats: Path, mod
     wanted = ("flair",) + tuple(m for m in modalities if m != "flair")
     for patient in order.index:
         folder = raw_brats / patient
+        if not folder.is_dir():
+            continue
         files = {m: raw_file(folder, m) for m in wanted}
-        if not folder.is_dir() or any(f is None for f in files.values()):
+        if any(f is None for f in files.values()):
             continue
         names = {}
         for modality, path in files.items():
-            names[modality] = f"{patient}_{modality}{nifti_suffix(path)}"
+            names[modality] = f"{patient}_{modality}{nifti_extension(path)}"
             shutil.copyfile(path, out / names[modality])
         seg = raw_file(folder, "seg")
         truth = None
         if seg is not None:
-            truth = f"{patient}_seg{nifti_suffix(seg)}"
+            truth = f"{patient}_seg{nifti_extension(seg)}"
             shutil.copyfile(seg, out / truth)
         return {"id": f"volume-{patient}", "kind": "volume", "title": f"patient volume · {patient}",
                 "files": names, "truth": truth, "patient": patient, "slice_index": -1, "label": None,
