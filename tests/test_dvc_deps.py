@@ -83,3 +83,16 @@ def test_every_code_dep_is_imported_by_the_stage(stage):
         else:
             assert dep.endswith(".py"), f"{stage}: code dep {dep} is neither a folder nor a module"
             assert any(module_file(m) == path for m in reached), f"{stage}: lists {dep} but never imports it"
+
+
+@pytest.mark.parametrize("profile", ["quick", "baseline", "production"])
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_params_key_of_a_stage_exists_in_params_yaml(stage, profile):
+    """`dvc repro` refuses a stage whose params name a key params.yaml does not have (a moved key, a typo)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for entry in STAGES[stage].get("params", []):
+        for key in ([entry] if isinstance(entry, str) else next(iter(entry.values()))):
+            node = params
+            for part in key.replace("${profile}", profile).split("."):
+                assert isinstance(node, dict) and part in node, f"{stage}: params key {key} is not in params.yaml"
+                node = node[part]
