@@ -163,7 +163,8 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     if where.raw_brats is not None:
         with tempfile.TemporaryDirectory() as label_maps:
             region_scores = brats.score_patients(predictor, where.raw_brats, read_split("test", where.splits),
-                                                 volume_inputs.modalities, volume_inputs.image_size, Path(label_maps))
+                                                 volume_inputs.modalities, volume_inputs.image_size,
+                                                 keep_label_maps=Path(label_maps))
             if len(region_scores):
                 regions = [r for r in REGIONS if f"{r}_dice" in region_scores]
                 organisers = brats.organisers_report(Path(label_maps), regions)
