@@ -210,16 +210,22 @@ def seeds_markdown(seeds: dict) -> str:
     lines = [f"Measured by `python -m bench.bench_seeds` on a {cpu['model']} (2 cores), {precision}; targets: "
              f"accuracy ≥ {seeds['targets']['accuracy']}, slice Dice ≥ {seeds['targets']['slice_dice']}, volume Dice ≥ "
              f"{seeds['targets']['volume_dice']} on every seed.", "",
-             "| seed | accuracy | sensitivity | slice Dice | volume Dice | HD95 per slice (mm) | pipeline (s) |",
-             "|---|---|---|---|---|---|---|"]
+             "| seed | accuracy | sensitivity | slice Dice (WT) | volume Dice (WT) | HD95 per slice (mm) | TC / ET Dice "
+             "(native volumes) | pipeline (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    regions = lambda row: (f"{row['tc_dice']:.3f} / {row['et_dice']:.3f}" if "tc_dice" in row else "–")  # noqa: E731
     for seed, row in seeds["per_seed"].items():
         lines.append(f"| {seed} | {row['accuracy']:.3f} | {row['sensitivity']:.3f} | {row['slice_dice']:.3f} | "
-                     f"{row['volume_dice']:.3f} | {row['hd95_mm']:.1f} | {seeds['pipeline_seconds'][seed]:.0f} |")
+                     f"{row['volume_dice']:.3f} | {row['hd95_mm']:.1f} | {regions(row)} | "
+                     f"{seeds['pipeline_seconds'][str(seed)]:.0f} |")
     summary = seeds["summary"]
     cells = [f"{summary[k]['min']:.3f} / {summary[k]['median']:.3f} / {summary[k]['max']:.3f}"
              for k in ("accuracy", "sensitivity", "slice_dice", "volume_dice")]
     hd = summary["hd95_mm"]
-    lines.append(f"| min / median / max | {' | '.join(cells)} | {hd['min']:.1f} / {hd['median']:.1f} / {hd['max']:.1f} | |")
+    tc_et = (f"{summary['tc_dice']['median']:.3f} / {summary['et_dice']['median']:.3f} (medians)"
+             if "tc_dice" in summary else "–")
+    lines.append(f"| min / median / max | {' | '.join(cells)} | {hd['min']:.1f} / {hd['median']:.1f} / "
+                 f"{hd['max']:.1f} | {tc_et} | |")
     verdict = "met" if summary["every_seed_meets_targets"] else "not met"
     lines += ["", f"Every seed meets the targets: **{verdict}**."]
     return "\n".join(lines)

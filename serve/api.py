@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from serve.budget import MemoryBudget
 from serve.compare import comparison, gate_verdict
-from serve.examples import find_example, listing, predict_slice_example, volume_upload, with_volume_truth
+from serve.examples import find_example, listing, predict_slice_example, volume_uploads, with_volume_truth
 from serve.guards import BodySizeLimit, HostOriginGuard, admin_router, admin_token
 from serve.holder import ModelHolder
 from serve.inference import (PreparedSlice, inference_bytes, prepare_slice, slice_results, volume_output_bytes,
@@ -287,12 +287,13 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         entry = find_example(model, example_id)
         if entry["kind"] != "volume":
             return await run_in_threadpool(predicted_example, model, entry)
-        name, handle, size = volume_upload(entry, model.examples)
-        try:  # the volume route's own handler, as if the example's FLAIR file had been uploaded
-            answer = await run_in_threadpool(predict_volume_files, [FilePart("flair", name, handle, size)], model,
-                                             images, False)
+        parts = [FilePart(field, name, open(path, "rb"), path.stat().st_size)
+                 for field, name, path in volume_uploads(entry, model.examples, model.modalities)]
+        try:  # the volume route's own handler, as if the example's files had been uploaded
+            answer = await run_in_threadpool(predict_volume_files, parts, model, images, False)
         finally:
-            handle.close()
+            for part in parts:
+                part.file.close()
         return json_response(await run_in_threadpool(with_volume_truth, answer.body, model, entry))
 
     def predicted_example(model: ServedModel, entry: dict) -> Response:

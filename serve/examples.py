@@ -149,7 +149,10 @@ def with_volume_truth(answer: bytes, model: ServedModel, entry: dict) -> dict:
     return result
 
 
-def volume_upload(entry: dict, folder: Path):
-    """The example's FLAIR file, opened as the volume route's upload would be: (file name, file object, size)."""
-    path = folder / entry["files"]["flair"]
-    return path.name, open(path, "rb"), path.stat().st_size
+def volume_uploads(entry: dict, folder: Path, modalities: tuple[str, ...]) -> list[tuple[str, str, Path]]:
+    """The example's files for the served model's modalities, FLAIR first, as the volume route's form fields
+    would carry them: (field, file name, path). A model trained on four modalities gets all four (the bundle holds
+    those of the model it was registered with); FLAIR alone when the bundle lacks the others."""
+    files = entry["files"]
+    wanted = ["flair", *(m for m in modalities if m != "flair" and m in files)]
+    return [(m, (folder / files[m]).name, folder / files[m]) for m in wanted]

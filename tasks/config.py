@@ -196,7 +196,7 @@ class ServeSettings(_Section):
     max_slices: int = Field(512, ge=1)  # axial slices per volume
     max_batch_files: int = Field(50, ge=1)
     max_image_side: int = Field(4096, ge=32)
-    memory_budget_mb: float = Field(768, gt=0)  # decoded uploads of all requests in flight together
+    memory_budget_mb: float = Field(2048, gt=0)  # decoded uploads of all requests in flight together
     queue_seconds: float = Field(30, ge=0)  # how long a request waits for the budget before a 503
     header_timeout_seconds: float = Field(10, gt=0)  # a request's headers must arrive within this
     body_timeout_seconds: float = Field(120, gt=0)  # ... and its body within this after them

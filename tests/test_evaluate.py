@@ -159,3 +159,25 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data, tiny_settings, untrained_ch
     predicted_positive = int(confusion["predicted"].sum())
     cm = written["classification"]["confusion_matrix"]
     assert predicted_positive == cm[0][1] + cm[1][1]
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_raw_test_volumes_per_region(tiny_data, tiny_settings, untrained_checkpoint, monkeypatch):
+    """With raw BraTS volumes on disk (as after `make run`), evaluate scores WT/TC/ET on them at native resolution;
+    this path once failed with a TypeError that the tests above, which have no raw data, could not see."""
+    from tasks import paths
+    from tests.ui_factory import add_raw_test_patient
+
+    monkeypatch.chdir(tiny_data.root)
+    patient = add_raw_test_patient(tiny_data.root)
+    paths.best_checkpoint("joint").parent.mkdir(parents=True)
+    shutil.copy(untrained_checkpoint, paths.best_checkpoint("joint"))
+
+    evaluate.main(tiny_settings)
+
+    written = json.loads(paths.METRICS.read_text())
+    regions = written["segmentation_regions"]
+    assert "wt" in regions and set(regions) <= {"wt", "tc", "et"}
+    assert 0.0 <= regions["wt"]["dice"] <= 1.0 and regions["wt"]["hd95"] >= 0.0
+    assert written["volume_uncertainty"]["n_patients"] == 1  # the one test patient whose raw volume is on disk
+    assert patient in paths.SPLITS.joinpath("test.txt").read_text().split()

@@ -128,3 +128,15 @@ def test_the_page_loads_only_its_own_assets(tmp_path):
             assert client.get(asset).status_code == 200, asset
     for path in [static / "index.html", *static.glob("*.js"), *static.glob("*.css")]:
         assert not re.search(r"(?:src|href|url|import)\W+(?:https?:)?//", path.read_text()), path.name
+
+
+def test_a_volume_example_sends_every_modality_the_model_takes(tmp_path):
+    from serve.examples import volume_uploads
+
+    entry = {"files": {m: f"p_{m}.nii.gz" for m in ("t2", "flair", "t1ce", "t1")}}
+    four = volume_uploads(entry, tmp_path, ("flair", "t1", "t1ce", "t2"))
+    assert [field for field, _, _ in four] == ["flair", "t1", "t1ce", "t2"]
+    assert four[2][1:] == ("p_t1ce.nii.gz", tmp_path / "p_t1ce.nii.gz")
+    assert [field for field, _, _ in volume_uploads(entry, tmp_path, ("flair",))] == ["flair"]
+    flair_only_bundle = {"files": {"flair": "p_flair.nii.gz"}}  # a bundle made for a FLAIR model, served by a 4-channel one
+    assert [f for f, _, _ in volume_uploads(flair_only_bundle, tmp_path, ("flair", "t1", "t1ce", "t2"))] == ["flair"]

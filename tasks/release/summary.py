@@ -40,10 +40,14 @@ def print_summary(console: Console | None = None) -> None:
         headline = Table(title="Test split (95 % CI, patients resampled)")
         for column in ("metric", "value", "95 % CI"):
             headline.add_column(column)
-        for section, key in [("classification", "accuracy"), ("classification", "sensitivity"),
-                             ("classification", "specificity"), ("classification", "roc_auc"),
-                             ("segmentation", "dice"), ("segmentation", "hd95"), ("segmentation_volume", "dice")]:
-            value = metrics.get(section, {}).get(key)
+        rows = [("classification", "accuracy"), ("classification", "sensitivity"),
+                ("classification", "specificity"), ("classification", "roc_auc"),
+                ("segmentation", "dice"), ("segmentation", "hd95"), ("segmentation_volume", "dice")]
+        # BraTS-style, per region on the raw test volumes (present when they were on disk at evaluation)
+        rows += [(f"segmentation_regions.{region}", key) for region in metrics.get("segmentation_regions", {})
+                 for key in ("dice", "hd95")]
+        for section, key in rows:
+            value = _section(metrics, section).get(key)
             if value is None:
                 continue
             lo_hi = ci.get(f"{section}.{key}")
@@ -56,3 +60,10 @@ def print_summary(console: Console | None = None) -> None:
         console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: {verdict}")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
         console.print("lineage: .venv/bin/python -m tasks lineage champion")
+
+
+def _section(metrics: dict, dotted: str) -> dict:
+    """metrics["segmentation_regions"]["wt"] for "segmentation_regions.wt"; {} where absent."""
+    for part in dotted.split("."):
+        metrics = metrics.get(part) or {}
+    return metrics

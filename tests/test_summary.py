@@ -1,0 +1,30 @@
+"""What `make run` prints last (tasks/release/summary.py): the headline figures, per-region ones, the decision."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from rich.console import Console
+
+from tasks import paths
+from tasks.release.summary import print_summary
+
+
+def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.METRICS.write_text(json.dumps({
+        "classification": {"accuracy": 0.9125},
+        "segmentation": {"dice": 0.75},
+        "segmentation_regions": {"wt": {"dice": 0.8125, "hd95": 12.5}, "tc": {"dice": 0.4375, "hd95": 30.0}},
+        "ci95": {"segmentation_regions.tc.dice": [0.25, 0.625]},
+    }))
+    paths.REGISTER_REPORT.write_text(json.dumps({"model_name": "slicewise", "version": 3, "promoted": False,
+                                                 "reason": "rejected: volume Dice 0.600 < 0.700 [FAIL]"}))
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console)
+    out = console.file.getvalue()
+    assert "segmentation_regions.wt.dice │ 0.812" in out and "segmentation_regions.tc.hd95 │ 30.000" in out
+    assert "[0.250, 0.625]" in out and "segmentation_regions.et" not in out
+    assert "version 3: not promoted" in out and "volume Dice 0.600 < 0.700 [FAIL]" in out
