@@ -174,3 +174,20 @@ def test_uncertainty_on_errors_auroc():
     result = brats.uncertainty_on_errors(uncertainty, wrong, np.ones(6, bool))
     assert result["auroc"] == pytest.approx(1.0)
     assert result["mean_on_errors"] == pytest.approx(0.85) and result["mean_on_correct"] == pytest.approx(0.2625)
+
+
+def test_hd95_on_the_cropped_box_equals_the_whole_volume_computation():
+    """brats_hd95 crops to both masks' box before the distance transform: same figure as without, also for masks
+    touching the volume's border (where the erosion must still see the edge as outside)."""
+    rng = np.random.default_rng(11)
+    for touching in (False, True):
+        truth = np.zeros((40, 36, 30), dtype=bool)
+        truth[12:25, 10:22, 8:20] = True
+        predicted = np.roll(truth, 2, axis=0) & (rng.random(truth.shape) > 0.2)
+        predicted[30:33, 3:5, 2:4] = True  # a stray blob far away
+        if touching:
+            truth[0:6, 0:5, 0:4] = True
+        spacing = (1.0, 1.2, 2.0)
+        whole = np.percentile(np.hstack((brats.surface_distances(predicted, truth, spacing),
+                                         brats.surface_distances(truth, predicted, spacing))), 95)
+        assert brats.brats_hd95(predicted, truth, spacing) == pytest.approx(whole, abs=1e-9)

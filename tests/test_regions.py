@@ -38,3 +38,14 @@ def test_label_map_round_trips_through_regions():
 def test_whole_tumour_alone_becomes_oedema_labels():
     wt = np.array([[True, False]])
     assert labels_from_regions(wt[None]).tolist() == [[2, 0]]
+
+
+def test_label_set_counts_what_np_unique_finds_in_any_layout():
+    from tasks.data.regions import label_set
+
+    rng = np.random.default_rng(0)
+    volume = np.asfortranarray(rng.choice([0, 1, 2, 4], size=(12, 10, 8)).astype(np.int64))  # nibabel's order
+    assert label_set(volume) == {0, 1, 2, 4}
+    assert label_set(volume[:, :, :1] * 0) == {0}
+    for odd in (np.array([-1, 0, 3]), np.array([0, 5000]), np.array([0.0, 2.0, 4.0])):  # fall back to np.unique
+        assert label_set(odd) == {int(v) for v in np.unique(odd)}

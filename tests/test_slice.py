@@ -3,6 +3,7 @@
 import gzip
 import os
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,3 +211,19 @@ def test_modalities_come_from_the_profile_and_keep_flair_first(tmp_path):
     with pytest.raises(SliceWiseError, match="profiles.<name>.modalities"):
         params.write_text(params.read_text().replace("slice:", "slice:\n  modalities: [t2]", 1))
         load_settings(params)
+
+
+def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_path):
+    """slice_patient normalises only the slices it keeps, with the volume's brain statistics: the result must be the
+    z-scored volume's slices, resized, to the bit (processed data must not change with the speed-up)."""
+    from tasks.data import preprocess
+    from tasks.data.slicing import SliceSpec, slice_patient
+
+    write_patient(tmp_path, "P1", np.random.default_rng(5), parts=("flair", "t1", "seg"))
+    shard = slice_patient(tmp_path / "P1", SliceSpec(("flair", "t1"), 32, 2, 0.05))
+    for c, modality in enumerate(("flair", "t1")):
+        volume = np.asarray(nib.load(next((tmp_path / "P1").glob(f"*_{modality}.nii*"))).dataobj, dtype=np.float32)
+        whole = preprocess.zscore_volume(volume)
+        for i, z in enumerate(shard.slice_index):
+            expected = preprocess.resize_image(preprocess.axial_slice(whole, int(z)), 32).astype(np.float16)
+            assert np.array_equal(shard.images[i, c], expected), (modality, z)

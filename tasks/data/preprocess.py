@@ -22,12 +22,25 @@ def axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
 
 def zscore(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """Z-score over the foreground (brain) voxels; background set to 0. Works for 2D slices and 3D volumes."""
-    image = image.astype(np.float32, copy=False)
-    values = image[foreground]
+    return apply_zscore(image, foreground, foreground_stats(image, foreground))
+
+
+def foreground_stats(image: np.ndarray, foreground: np.ndarray) -> tuple[float, float] | None:
+    """Mean and standard deviation (1 when ~0) of the foreground voxels; None with fewer than two."""
+    values = image.astype(np.float32, copy=False)[foreground]
     if values.size < 2:
-        return np.zeros_like(image, dtype=np.float32)
+        return None
     std = float(values.std())
-    out = (image - float(values.mean())) / (std if std > 1e-6 else 1.0)
+    return float(values.mean()), (std if std > 1e-6 else 1.0)
+
+
+def apply_zscore(image: np.ndarray, foreground: np.ndarray, stats: tuple[float, float] | None) -> np.ndarray:
+    """`image` z-scored with a volume's `foreground_stats`, background 0. Applied slice by slice it gives exactly
+    the slices of the z-scored volume, without computing the slices that are then dropped."""
+    image = image.astype(np.float32, copy=False)
+    if stats is None:
+        return np.zeros_like(image, dtype=np.float32)
+    out = (image - stats[0]) / stats[1]
     out[~foreground] = 0.0
     return out
 

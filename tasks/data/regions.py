@@ -33,9 +33,19 @@ class UnknownLabels(ValueError):
                          "or {0, 1, 2, 3} (BraTS 2023+)")
 
 
+def label_set(labels: np.ndarray) -> set[int]:
+    """The distinct values of an integer label map. Counting with bincount over the small non-negative range that
+    label maps use is ~10x faster than np.unique's sort or hash of 8.9 M voxels (it was half of slicing a patient);
+    anything else (negative or large values, a hostile file) falls back to np.unique."""
+    flat = np.asarray(labels).ravel(order="K")  # no copy of the Fortran-ordered arrays nibabel returns
+    if flat.size and np.issubdtype(flat.dtype, np.integer) and 0 <= flat.min() and flat.max() < 1024:
+        return {int(v) for v in np.flatnonzero(np.bincount(flat))}
+    return {int(v) for v in np.unique(flat)}
+
+
 def detect_convention(labels: np.ndarray) -> str:
     """The convention a segmentation's label set belongs to. A set without 3 or 4 fits both: mapping is the same."""
-    found = {int(v) for v in np.unique(labels)}
+    found = label_set(labels)
     for name, (allowed, _) in CONVENTIONS.items():
         if found <= allowed:
             return name

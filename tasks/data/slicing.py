@@ -105,7 +105,8 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     labels = brats2020_labels(seg, seg_path)
 
     brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)
-    normalised = [preprocess.zscore(v, v > 0) for v in volumes]
+    # Each modality is z-scored over its own brain voxels, slice by slice: only the kept slices are computed.
+    stats = [preprocess.foreground_stats(v, v > 0) for v in volumes]
     keep = [z for z in range(0, brain.shape[2], spec.stride) if brain[:, :, z].mean() >= spec.min_brain_fraction]
     if not keep:
         raise SliceWiseError("no slice contains brain tissue (all-zero volume?)", patient_dir)
@@ -114,8 +115,9 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     images = np.empty((len(keep), len(volumes), size, size), dtype=np.float16)
     masks = np.empty((len(keep), size, size), dtype=np.uint8)
     for i, z in enumerate(keep):
-        for c, volume in enumerate(normalised):
-            images[i, c] = preprocess.resize_image(preprocess.axial_slice(volume, z), size)
+        for c, (volume, volume_stats) in enumerate(zip(volumes, stats)):
+            plane = preprocess.axial_slice(volume, z)
+            images[i, c] = preprocess.resize_image(preprocess.apply_zscore(plane, plane > 0, volume_stats), size)
         masks[i] = preprocess.resize_labels(preprocess.axial_slice(labels, z), size)
     in_plane = np.array(spacing[:2], dtype=np.float32) * (brain.shape[0] / size)
     return Shard(

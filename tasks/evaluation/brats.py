@@ -72,8 +72,22 @@ def brats_hd95(predicted: np.ndarray, truth: np.ndarray, spacing: Sequence[float
     if not predicted.any() or not truth.any():
         return EMPTY_HD95_MM
     spacing = tuple(float(s) for s in spacing[: predicted.ndim])
+    predicted, truth = _crop_to_both(predicted, truth)
     pooled = np.hstack((surface_distances(predicted, truth, spacing), surface_distances(truth, predicted, spacing)))
     return float(np.percentile(pooled, 95))
+
+
+def _crop_to_both(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to the box around either's voxels, one voxel wider where the volume allows. Every surface voxel
+    of both lies inside, so each nearest-surface distance is the same as on the whole volume, and the erosion finds
+    the same surfaces (the margin keeps the cut from making new ones); the distance transform then covers a tumour's
+    box instead of the 240x240x155 volume (it took 22 of evaluate's 60 s on the quick profile's four test patients)."""
+    box = []
+    for axis in range(a.ndim):
+        others = tuple(i for i in range(a.ndim) if i != axis)
+        present = np.flatnonzero(a.any(axis=others) | b.any(axis=others))
+        box.append(slice(max(int(present[0]) - 1, 0), int(present[-1]) + 2))
+    return a[tuple(box)], b[tuple(box)]
 
 
 def region_scores(predicted_labels: np.ndarray, truth_labels: np.ndarray, spacing: Sequence[float],
