@@ -78,7 +78,9 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     return summary
 
 
-def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None) -> dict:
+def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overrides: tuple[str, ...] = ()) -> dict:
+    """`overrides`: params.yaml KEY=VALUE set in every experiment besides the seed (e.g. train.amp_bf16=false, to
+    sweep fp32 on a CPU that would take bf16)."""
     sys.path.insert(0, str(REPO))
     from tests.project_copy import copy_project
 
@@ -88,7 +90,8 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None) -> dic
     seconds = {}
     for seed in seeds:
         started = time.perf_counter()
-        done = subprocess.run([str(DVC), "exp", "run", "-S", f"seed={seed}", "-n", f"seed-{seed}"], cwd=project,
+        sets = [arg for item in (f"seed={seed}", *overrides) for arg in ("-S", item)]
+        done = subprocess.run([str(DVC), "exp", "run", *sets, "-n", f"seed-{seed}"], cwd=project,
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"dvc exp run for seed {seed} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -99,8 +102,12 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None) -> dic
     per_seed = {seed: by_name[f"seed-{seed}"] for seed in seeds}
     if keep is None:
         subprocess.run(["rm", "-rf", str(folder)], check=False)
+    cpu = cpu_description()
+    if "train.amp_bf16=false" in overrides:
+        cpu["bf16_autocast"] = False
     return {
-        "cpu": cpu_description(),
+        "cpu": cpu,
+        "overrides": list(overrides),
         "seeds": list(seeds),
         "pipeline_seconds": {str(seed): s for seed, s in seconds.items()},  # str keys, as JSON gives them back
         "per_seed": {str(seed): {name: figure(m, section, key) for name, section, key in FIGURES}
@@ -114,8 +121,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
     parser.add_argument("--keep", type=Path, help="build the project copy here and keep it")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params.yaml value for every experiment, e.g. --set train.amp_bf16=false")
     args = parser.parse_args()
-    report = run(tuple(args.seeds), args.keep)
+    report = run(tuple(args.seeds), args.keep, tuple(args.overrides))
     print(json.dumps(report, indent=2))
 
 

@@ -227,3 +227,17 @@ def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_p
         for i, z in enumerate(shard.slice_index):
             expected = preprocess.resize_image(preprocess.axial_slice(whole, int(z)), 32).astype(np.float16)
             assert np.array_equal(shard.images[i, c], expected), (modality, z)
+
+
+@pytest.mark.parametrize("value, reason", [(2.5, "non-integer"), (70000.0, "unknown segmentation labels [0, 70000]"),
+                                           (3.0, None), (4.0, None)])
+def test_segmentation_values_are_checked_before_labels_are_mapped(value, reason, tmp_path):
+    from tasks.data.slicing import brats2020_labels
+
+    seg = np.zeros((6, 6, 4), dtype=np.float32)
+    seg[2:4, 2:4, 1] = value
+    if reason is None:  # 2023's ET (3) maps to 2020's 4; 4 stays
+        assert set(np.unique(brats2020_labels(seg, tmp_path / "seg.nii.gz"))) == {0, 4}
+        return
+    with pytest.raises(SliceWiseError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        brats2020_labels(seg, tmp_path / "seg.nii.gz")

@@ -16,6 +16,8 @@ keeps its shard (matched by a fingerprint), so new patients are sliced without r
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import logging
@@ -104,9 +106,10 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
             raise SliceWiseError(f"shape mismatch: {name} {volume.shape} vs {spec.modalities[0]} {volumes[0].shape}", patient_dir)
     labels = brats2020_labels(seg, seg_path)
 
-    brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)
+    positive = [v > 0 for v in volumes]  # each modality's brain; the union is the brain the slices are kept by
+    brain = functools.reduce(np.logical_or, positive)
     # Each modality is z-scored over its own brain voxels, slice by slice: only the kept slices are computed.
-    stats = [preprocess.foreground_stats(v, v > 0) for v in volumes]
+    stats = [preprocess.foreground_stats(v, mask) for v, mask in zip(volumes, positive)]
     keep = [z for z in range(0, brain.shape[2], spec.stride) if brain[:, :, z].mean() >= spec.min_brain_fraction]
     if not keep:
         raise SliceWiseError("no slice contains brain tissue (all-zero volume?)", patient_dir)
@@ -132,10 +135,13 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
 
 def brats2020_labels(seg: np.ndarray, seg_path: Path) -> np.ndarray:
     """A patient's segmentation as uint8 labels in the 2020 convention, whichever BraTS release it comes from."""
-    if not np.array_equal(seg, np.round(seg)):
-        raise SliceWiseError("segmentation holds non-integer values (resampled with interpolation?)", seg_path)
+    codes = seg.astype(np.int16)  # label maps are small integers: one cast and one comparison (np.round cost more)
+    if not np.array_equal(codes, seg):
+        if not np.array_equal(seg, np.round(seg)):
+            raise SliceWiseError("segmentation holds non-integer values (resampled with interpolation?)", seg_path)
+        codes = seg.astype(np.int64)  # integers beyond int16: reported below as unknown labels
     try:
-        return regions.to_brats2020_labels(seg.astype(np.int64))
+        return regions.to_brats2020_labels(codes)
     except regions.UnknownLabels as exc:
         raise SliceWiseError(f"unknown segmentation labels {exc.found}: neither BraTS 2017-2021 (0, 1, 2, 4) nor "
                              "BraTS 2023+ (0, 1, 2, 3)", seg_path) from exc
