@@ -193,15 +193,16 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
     assert browser.find_element("id", "vol-slice-label").text != label
     canvas.send_keys(Keys.HOME)
     assert slider.get_attribute("value") == "0"
+    browser.execute_script("const s = document.getElementById('vol-slider'); s.value = arguments[0];"
+                           "s.dispatchEvent(new Event('input'));", z)  # back to the most likely tumour slice
+    assert browser.find_element("id", "vol-slice-label").text == label
     # The tiny test volume's slices can draw alike under an untrained model's overlays; the overlays themselves
-    # must reach the canvas: hiding the prediction changes what it shows.
+    # must reach the canvas: hiding the prediction changes what it shows. (On the most likely tumour slice: a
+    # trained model predicts nothing on the volume's first slice, an untrained one something everywhere.)
     drawn = canvas_sum(browser, "vol-canvas")
     browser.find_element("id", "vol-show-pred").click()
     assert canvas_sum(browser, "vol-canvas") != drawn
     browser.find_element("id", "vol-show-pred").click()
-    browser.execute_script("const s = document.getElementById('vol-slider'); s.value = arguments[0];"
-                           "s.dispatchEvent(new Event('input'));", z)  # back to the most likely tumour slice
-    assert browser.find_element("id", "vol-slice-label").text == label
     browser.execute_script("document.getElementById('vol-result').scrollIntoView()")
     shots(browser, "patient")
 
