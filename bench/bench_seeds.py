@@ -61,9 +61,9 @@ def experiment_metrics(show: list[dict]) -> dict[str, dict]:
 
 
 def figure(metrics: dict, section: str, key: str) -> float:
-    for part in section.split("."):
-        metrics = metrics[part]
-    return metrics[key]
+    from tasks.io import nested_value
+
+    return nested_value(metrics, f"{section}.{key}")
 
 
 def summarise(per_seed: dict[int, dict]) -> dict:

@@ -236,11 +236,12 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         model = served_model()
         parts = await read_file_parts(request, VOLUME_FIELDS, len(VOLUME_FIELDS), cfg.max_volume_mb, "request")
         try:
-            return await run_in_threadpool(predict_volume_files, parts, model, images, tta)
+            # Serialised in the worker thread too: a volume answer with images is megabytes of JSON.
+            return await run_in_threadpool(lambda: json_response(predict_volume_files(parts, model, images, tta)))
         finally:
             close_parts(parts)
 
-    def predict_volume_files(parts: list[FilePart], model: ServedModel, with_images: bool, tta: bool) -> Response:
+    def predict_volume_files(parts: list[FilePart], model: ServedModel, with_images: bool, tta: bool) -> dict:
         """Judge every header, reserve what the volumes cost together, decode, predict, answer (a worker thread)."""
         fields = [part.field for part in parts]
         if len(set(fields)) < len(fields) or ("file" in fields and len(fields) > 1):
@@ -270,8 +271,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                 else:
                     uploads["flair" if part.field == "file" else part.field] = volume
             flips = cfg.tta_flips if tta else NO_TTA
-            return json_response(volume_result(uploads, image, model, main.header.name, cfg.ood_threshold,
-                                               with_images, flips))
+            return volume_result(uploads, image, model, main.header.name, cfg.ood_threshold, with_images, flips)
 
     @app.get("/v1/examples")
     def examples() -> dict:
@@ -292,9 +292,8 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         try:  # the volume route's own handler, as if the example's files had been uploaded
             answer = await run_in_threadpool(predict_volume_files, parts, model, images, False)
         finally:
-            for part in parts:
-                part.file.close()
-        return json_response(await run_in_threadpool(with_volume_truth, answer.body, model, entry))
+            close_parts(parts)
+        return json_response(await run_in_threadpool(with_volume_truth, answer, model, entry))
 
     def predicted_example(model: ServedModel, entry: dict) -> Response:
         with budget.reserve(inference_bytes(model, 1), entry["id"]):

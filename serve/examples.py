@@ -126,10 +126,9 @@ def labels_rgba(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def with_volume_truth(answer: bytes, model: ServedModel, entry: dict) -> dict:
+def with_volume_truth(result: dict, model: ServedModel, entry: dict) -> dict:
     """The /v1/predict/volume answer for a volume example, with per-slice `truth_png` (labels RGBA at the model's
     size, in the orientation of `image_png`), `truth_region_volumes_cm3` and `example`."""
-    result = json.loads(answer)
     result["example"] = public(entry)
     if not entry.get("truth"):
         return result

@@ -48,7 +48,7 @@ class _Reader:
     """The parser's callbacks: collects headers, counts parts, writes data, enforces the limits."""
 
     def __init__(self, field_name: str | tuple[str, ...], max_files: int, max_file_mb: float, what: str):
-        self.field_name, self.max_files, self.max_file_mb, self.what = field_name, max_files, max_file_mb, what
+        self.max_files, self.max_file_mb, self.what = max_files, max_file_mb, what
         self.field_names = (field_name,) if isinstance(field_name, str) else tuple(field_name)
         self.shown = "', '".join(self.field_names)
         self.max_file_bytes = int(max_file_mb * MB)

@@ -80,6 +80,14 @@ def read_json(path: Path, producer: str | None = None, default: Any = _REQUIRED)
         raise SliceWiseError(reason, path) from exc
 
 
+def nested_value(data: dict, dotted: str) -> Any:
+    """data["a"]["b"]["c"] for "a.b.c" (metrics.json's sections nest: segmentation_regions.<region>.<metric>);
+    None where any part is missing."""
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

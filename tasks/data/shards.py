@@ -212,13 +212,17 @@ class ShardRowReader:
         if key in self._arrays:
             self._arrays.move_to_end(key)
             return self._arrays[key]
-        array = getattr(read_shard(path), name)  # damaged: a SliceWiseError naming the file
-        while self._arrays and self.cached_bytes + array.nbytes > self.cache_bytes:
-            self.cached_bytes -= self._arrays.popitem(last=False)[1].nbytes
-        self._arrays[key] = array
-        self.cached_bytes += array.nbytes
-        self.peak_cached_bytes = max(self.peak_cached_bytes, self.cached_bytes)
-        return array
+        shard = read_shard(path)  # damaged: a SliceWiseError naming the file
+        # Decompressing the shard unpacks every array: keep both row arrays (a row read wants the other one next),
+        # the one asked for last so that it is the most recently used.
+        for other in [n for n in ROW_ARRAYS if n != name and (path, n) not in self._arrays] + [name]:
+            array = getattr(shard, other)
+            while self._arrays and self.cached_bytes + array.nbytes > self.cache_bytes:
+                self.cached_bytes -= self._arrays.popitem(last=False)[1].nbytes
+            self._arrays[(path, other)] = array
+            self.cached_bytes += array.nbytes
+            self.peak_cached_bytes = max(self.peak_cached_bytes, self.cached_bytes)
+        return self._arrays[key]
 
     def _open(self, path: Path) -> tuple[int, dict[str, Member]]:
         if path in self._files:

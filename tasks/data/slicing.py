@@ -17,7 +17,6 @@ keeps its shard (matched by a fingerprint), so new patients are sliced without r
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import json
 import logging
@@ -118,9 +117,10 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     images = np.empty((len(keep), len(volumes), size, size), dtype=np.float16)
     masks = np.empty((len(keep), size, size), dtype=np.uint8)
     for i, z in enumerate(keep):
-        for c, (volume, volume_stats) in enumerate(zip(volumes, stats)):
-            plane = preprocess.axial_slice(volume, z)
-            images[i, c] = preprocess.resize_image(preprocess.apply_zscore(plane, plane > 0, volume_stats), size)
+        for c, (volume, mask, volume_stats) in enumerate(zip(volumes, positive, stats)):
+            plane = preprocess.apply_zscore(preprocess.axial_slice(volume, z), preprocess.axial_slice(mask, z),
+                                            volume_stats)
+            images[i, c] = preprocess.resize_image(plane, size)
         masks[i] = preprocess.resize_labels(preprocess.axial_slice(labels, z), size)
     in_plane = np.array(spacing[:2], dtype=np.float32) * (brain.shape[0] / size)
     return Shard(

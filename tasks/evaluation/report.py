@@ -28,7 +28,7 @@ from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
 from tasks.evaluation.scoring import SplitPredictions, predict_split
 from tasks.inference.predictor import TorchPredictor
-from tasks.io import write_json_atomic
+from tasks.io import nested_value, write_json_atomic
 from tasks.tracking.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -202,9 +202,6 @@ def headline(report: dict) -> dict:
     """The numbers `make run` prints: each headline metric with its 95 % interval."""
     out = {}
     for key in HEADLINE:
-        value = report
-        for part in key.split("."):
-            value = (value or {}).get(part)
-        out[key] = {"value": value, "ci95": report["ci95"].get(key)}
+        out[key] = {"value": nested_value(report, key), "ci95": report["ci95"].get(key)}
     return out
 

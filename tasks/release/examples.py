@@ -75,7 +75,9 @@ def pick_test_slices(processed: Path, splits_dir: Path, tumour: int = TUMOUR_SLI
 def write_slice_examples(rows: pd.DataFrame, processed: Path, out: Path) -> list[dict]:
     entries, shards = [], {}
     for n, row in enumerate(rows.itertuples(index=False)):
-        shard = shards.setdefault(row.shard, read_shard(processed / row.shard))
+        if row.shard not in shards:  # each shard read once, however many examples it gives
+            shards[row.shard] = read_shard(processed / row.shard)
+        shard = shards[row.shard]
         kind = "tumour" if row.label == 1 else "clear"
         example_id = f"slice-{n + 1}-{kind}"
         np.save(out / f"{example_id}.npy", np.asarray(shard.images[row.row], dtype=np.float32))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.data.splits import read_split, split_rows
+from tasks.io import nested_value
 
 METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
                ("classification", "precision"), ("classification", "f1"), ("classification", "roc_auc"),
@@ -40,9 +41,7 @@ def _metrics_table(metrics: dict) -> list[str]:
     lines = ["| metric | value | 95 % CI |", "|---|---|---|"]
     intervals = metrics.get("ci95", {})
     for section, name in METRIC_ROWS:
-        value = metrics.get(section)
-        for part in name.split("."):  # segmentation_regions.<region>.<metric> is nested
-            value = value.get(part) if isinstance(value, dict) else None
+        value = nested_value(metrics, f"{section}.{name}")  # segmentation_regions.<region>.<metric> is nested
         interval = intervals.get(f"{section}.{name}")
         shown = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "n/a"
         lines.append(f"| {section}.{name} | {_fmt(value)} | {shown} |")

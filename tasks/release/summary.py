@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tasks import paths
-from tasks.io import read_json
+from tasks.io import nested_value, read_json
 
 OUTPUTS = [
     ("raw data", paths.RAW),
@@ -47,7 +47,7 @@ def print_summary(console: Console | None = None) -> None:
         rows += [(f"segmentation_regions.{region}", key) for region in metrics.get("segmentation_regions", {})
                  for key in ("dice", "hd95")]
         for section, key in rows:
-            value = _section(metrics, section).get(key)
+            value = nested_value(metrics, f"{section}.{key}")
             if value is None:
                 continue
             lo_hi = ci.get(f"{section}.{key}")
@@ -60,10 +60,3 @@ def print_summary(console: Console | None = None) -> None:
         console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: {verdict}")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
         console.print("lineage: .venv/bin/python -m tasks lineage champion")
-
-
-def _section(metrics: dict, dotted: str) -> dict:
-    """metrics["segmentation_regions"]["wt"] for "segmentation_regions.wt"; {} where absent."""
-    for part in dotted.split("."):
-        metrics = metrics.get(part) or {}
-    return metrics
