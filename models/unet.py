@@ -3,7 +3,11 @@
     image (N, C, H, W) ─ encoder ─┬─ seg_decoder (skip connections) ─ "seg": region logits (N, R, H, W)
                                   └─ cls_head (avg + max pooled bottleneck) ─ "cls": tumour logit (N,)
 
-The blocks are MONAI's nnU-Net building blocks (two 3×3 conv + norm + LeakyReLU; transposed-conv up blocks).
+The blocks are nnU-Net's (two 3×3 conv + norm + LeakyReLU; transposed-conv up blocks), laid out as MONAI's
+UnetBasicBlock / UnetUpBlock / UnetOutBlock are, down to the state-dict keys and the order weights are initialised in,
+so MONAI-built checkpoints load and a seed gives the same weights. They are written here, not imported: `import monai`
+loads every MONAI subpackage (torchvision, torch._dynamo, MLflow handlers...), 3.7 s of start-up in each of the five
+steps that build a model, for three small modules.
 Downsampling is a stride-2 conv inside each encoder block, so H and W must be divisible by 2 ** (depth - 1).
 Pure torch: no I/O, no configuration parsing. The graph has no data-dependent control flow, so it exports to
 ONNX; `TwoHeadOutputs` wraps it with a plain (seg, cls) tuple output for exporters.
@@ -12,10 +16,10 @@ ONNX; `TwoHeadOutputs` wraps it with a plain (seg, cls) tuple output for exporte
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-from monai.networks.blocks import UnetBasicBlock, UnetOutBlock, UnetUpBlock
 from torch import Tensor, nn
 
 HEADS = ("seg", "cls")
@@ -44,8 +48,52 @@ class UNetConfig:
         return 2 ** (self.depth - 1)
 
 
-def _norm(cfg: UNetConfig) -> tuple:
-    return ("instance", {"affine": True}) if cfg.norm == "instance" else ("batch", {})
+def _norm(cfg: UNetConfig, channels: int) -> nn.Module:
+    return nn.InstanceNorm2d(channels, affine=True) if cfg.norm == "instance" else nn.BatchNorm2d(channels)
+
+
+def _wrapped(conv: nn.Module) -> nn.Sequential:
+    """`conv` under the name MONAI's Convolution gives it: state-dict keys `<layer>.conv.weight`."""
+    return nn.Sequential(OrderedDict(conv=conv))
+
+
+class UnetBasicBlock(nn.Module):
+    """conv 3×3 (stride 1 or 2) → norm → LeakyReLU(0.01) → conv 3×3 → norm → LeakyReLU(0.01); convs without bias."""
+
+    def __init__(self, cfg: UNetConfig, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = _wrapped(nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False))
+        self.conv2 = _wrapped(nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False))
+        self.lrelu = nn.LeakyReLU(negative_slope=0.01, inplace=True)
+        self.norm1 = _norm(cfg, out_channels)
+        self.norm2 = _norm(cfg, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.lrelu(self.norm1(self.conv1(x)))
+        return self.lrelu(self.norm2(self.conv2(x)))
+
+
+class UnetUpBlock(nn.Module):
+    """2×2 transposed conv (stride 2, no bias), concatenated with the skip connection, then a basic block."""
+
+    def __init__(self, cfg: UNetConfig, in_channels: int, out_channels: int):
+        super().__init__()
+        self.transp_conv = _wrapped(nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False))
+        self.conv_block = UnetBasicBlock(cfg, 2 * out_channels, out_channels)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.conv_block(torch.cat((self.transp_conv(x), skip), dim=1))
+
+
+class UnetOutBlock(nn.Module):
+    """1×1 conv with bias: one logit per pixel and output channel."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = _wrapped(nn.Conv2d(in_channels, out_channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
 
 
 class Encoder(nn.Module):
@@ -56,7 +104,7 @@ class Encoder(nn.Module):
         widths = cfg.channels()
         inputs = [cfg.in_channels] + widths[:-1]
         self.levels = nn.ModuleList(
-            UnetBasicBlock(2, c_in, c_out, kernel_size=3, stride=1 if level == 0 else 2, norm_name=_norm(cfg))
+            UnetBasicBlock(cfg, c_in, c_out, stride=1 if level == 0 else 2)
             for level, (c_in, c_out) in enumerate(zip(inputs, widths))
         )
 
@@ -75,11 +123,10 @@ class SegDecoder(nn.Module):
         super().__init__()
         widths = cfg.channels()
         self.ups = nn.ModuleList(
-            UnetUpBlock(2, widths[level], widths[level - 1], kernel_size=3, stride=1, upsample_kernel_size=2,
-                        norm_name=_norm(cfg))
+            UnetUpBlock(cfg, widths[level], widths[level - 1])
             for level in range(cfg.depth - 1, 0, -1)
         )
-        self.out = UnetOutBlock(2, widths[0], cfg.seg_channels)
+        self.out = UnetOutBlock(widths[0], cfg.seg_channels)
         # Every region output starts as the same detector (the first one's random weights): the regions are nested,
         # so each begins at "whole tumour" and specialises from there. With independent random rows, one row often
         # started anti-aligned with the tumour features the others pulled the shared decoder towards, and Adam takes
@@ -106,7 +153,7 @@ class ClsHead(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         width = cfg.channels()[-1]
-        self.features = UnetBasicBlock(2, width, 2 * width, kernel_size=3, stride=2, norm_name=_norm(cfg))
+        self.features = UnetBasicBlock(cfg, width, 2 * width, stride=2)
         self.mlp = nn.Sequential(
             nn.Linear(4 * width, width), nn.ReLU(inplace=True), nn.Dropout(cfg.cls_dropout), nn.Linear(width, 1)
         )

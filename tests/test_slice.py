@@ -241,3 +241,39 @@ def test_segmentation_values_are_checked_before_labels_are_mapped(value, reason,
         return
     with pytest.raises(SliceWiseError, match=reason.replace("[", r"\[").replace("]", r"\]")):
         brats2020_labels(seg, tmp_path / "seg.nii.gz")
+
+
+@pytest.mark.parametrize("stored, slope, expected_dtype", [(np.uint8, None, np.uint8), (np.int16, None, np.int16),
+                                                           (np.float32, None, np.float32), (np.uint8, 2.0, np.float32)])
+def test_label_maps_are_read_as_stored_integers_unless_scaled(stored, slope, expected_dtype, tmp_path):
+    """An unscaled integer segmentation is read as it is stored (no float copy); a float or scaled one as float32,
+    so the rounding check still sees what the scaling made of it. The labels come out the same either way."""
+    from tasks.data.slicing import brats2020_labels, load_volume
+
+    seg = np.zeros((6, 6, 4), dtype=stored)
+    seg[2:4, 2:4, 1] = 2
+    seg[2, 2, 1] = 4 if slope is None else 2  # stored 2 with slope 2.0 reads as 4
+    image = nib.Nifti1Image(seg, np.eye(4))
+    if slope is not None:
+        image.header.set_slope_inter(slope, 0.0)
+    nib.save(image, tmp_path / "seg.nii.gz")
+    data, _ = load_volume(tmp_path / "seg.nii.gz", labels=True)
+    assert data.dtype == expected_dtype
+    labels = brats2020_labels(data, tmp_path / "seg.nii.gz")
+    assert labels.dtype == np.uint8 and labels[2, 2, 1] == 4 and labels[3, 3, 1] == (2 if slope is None else 4)
+
+
+def _numerical_threads(_=None) -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info()]
+
+
+def test_data_step_workers_run_their_numerical_libraries_single_threaded():
+    """Two workers on two cores each with a core's worth of BLAS threads spin on each other's core (2.5x slower
+    synthetic images, measured): the pools of fetch and slice limit every worker to one thread."""
+    from tasks.data.process_pool import process_pool
+
+    with process_pool(2) as pool:
+        threads = list(pool.map(_numerical_threads, range(4)))
+    assert threads and all(t and set(t) == {1} for t in threads), threads

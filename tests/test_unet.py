@@ -5,6 +5,7 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
+from models import unet
 from models.unet import MultitaskUNet, TwoHeadOutputs, UNetConfig
 
 
@@ -17,6 +18,31 @@ def test_every_head_has_its_shape(cfg):
     assert set(model(x, heads=("seg",))) == {"seg"}
     assert set(model(x, heads=("cls",))) == {"cls"}
     torch.testing.assert_close(model(x, heads=("cls",))["cls"], both["cls"])
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_blocks_are_monais_to_the_weight_keys_initial_weights_and_outputs(norm):
+    """The blocks are written out to spare every step `import monai`; they must stay MONAI's nnU-Net blocks, so
+    checkpoints built with MONAI load and a seed initialises the same weights."""
+    from monai.networks.blocks import UnetBasicBlock, UnetOutBlock, UnetUpBlock
+
+    cfg, monai_norm = UNetConfig(norm=norm), ("instance", {"affine": True}) if norm == "instance" else ("batch", {})
+    pairs = [
+        (lambda: UnetBasicBlock(2, 4, 8, kernel_size=3, stride=2, norm_name=monai_norm),
+         lambda: unet.UnetBasicBlock(cfg, 4, 8, stride=2), (torch.randn(2, 4, 16, 16),)),
+        (lambda: UnetUpBlock(2, 16, 8, kernel_size=3, stride=1, upsample_kernel_size=2, norm_name=monai_norm),
+         lambda: unet.UnetUpBlock(cfg, 16, 8), (torch.randn(2, 16, 8, 8), torch.randn(2, 8, 16, 16))),
+        (lambda: UnetOutBlock(2, 8, 3), lambda: unet.UnetOutBlock(8, 3), (torch.randn(2, 8, 16, 16),)),
+    ]
+    for make_theirs, make_ours, inputs in pairs:
+        torch.manual_seed(0)
+        theirs = make_theirs()
+        torch.manual_seed(0)
+        ours = make_ours()
+        theirs_state, ours_state = theirs.state_dict(), ours.state_dict()
+        assert list(theirs_state) == list(ours_state)
+        assert all(torch.equal(theirs_state[k], ours_state[k]) for k in theirs_state)
+        assert torch.equal(theirs(*inputs), ours(*inputs))
 
 
 def test_width_and_depth_are_configurable():

@@ -20,6 +20,11 @@ def axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
     return np.rot90(volume[:, :, z])
 
 
+def axial_slices(volume: np.ndarray, zs: list[int]) -> np.ndarray:
+    """Axial slices `zs` of an (X, Y, Z) volume as one contiguous (len(zs), H, W) stack, each as `axial_slice`."""
+    return np.ascontiguousarray(np.moveaxis(np.rot90(volume[:, :, zs]), -1, 0))
+
+
 def zscore(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """Z-score over the foreground (brain) voxels; background set to 0. Works for 2D slices and 3D volumes."""
     return apply_zscore(image, foreground, foreground_stats(image, foreground))
@@ -52,9 +57,10 @@ def zscore_volume(volume: np.ndarray) -> np.ndarray:
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of a float 2D image to size x size."""
+    image = image.astype(np.float32, copy=False)
     if image.shape == (size, size):
-        return image.astype(np.float32, copy=False)
-    return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
+        return image
+    return np.asarray(Image.fromarray(image, mode="F").resize((size, size), Image.BILINEAR))
 
 
 def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:

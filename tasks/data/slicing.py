@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -36,6 +35,7 @@ from tasks.config import SliceSettings
 from tasks.data import preprocess, regions
 from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.local_import import IMAGE_SUFFIXES, find_part, nifti_extension
+from tasks.data.process_pool import process_pool
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
 from tasks.errors import SliceWiseError
 from tasks.io import atomic_write, write_text_atomic
@@ -46,6 +46,8 @@ FINGERPRINTS = "fingerprints.json"
 
 # Runs fn(*args) for every args tuple of jobs, wherever it likes; yields the results in the order of jobs.
 JobMap = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
+
+SLICES_PER_STACK = 16  # kept slices z-scored in one numpy call
 
 
 @dataclass(frozen=True)
@@ -80,16 +82,28 @@ def patient_fingerprint(patient_dir: Path, spec_digest: str, digests: FileDigest
     return hashlib.sha256(json.dumps([stats, spec_digest]).encode()).hexdigest()[:16]
 
 
-def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Voxel data (float32) and spacing; truncated or corrupt files raise SliceWiseError naming the file."""
+def load_volume(path: Path, labels: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Voxel data and spacing; truncated or corrupt files raise SliceWiseError naming the file.
+
+    Intensities come as float32. A label map (`labels=True`) comes in the integer type it is stored in when it has
+    no scaling, so `brats2020_labels` needs neither a float copy nor a rounding check (BraTS stores uint8 or int16).
+    """
     try:
         image = nib.load(path)
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        if labels and np.issubdtype(image.get_data_dtype(), np.integer) and _unscaled(image):
+            data = np.asanyarray(image.dataobj)
+        else:
+            data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel, gzip and zlib raise many types for damaged files
         raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
     if data.ndim != 3:
         raise SliceWiseError(f"expected a 3D volume, got shape {data.shape}", path)
     return data, tuple(float(z) for z in image.header.get_zooms()[:3])
+
+
+def _unscaled(image) -> bool:
+    slope, intercept = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
+    return slope == 1 and intercept == 0
 
 
 def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
@@ -99,7 +113,7 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
         volume, spacing = load_volume(find_part(patient_dir, modality))
         volumes.append(volume)
     seg_path = find_part(patient_dir, "seg")
-    seg, _ = load_volume(seg_path)
+    seg, _ = load_volume(seg_path, labels=True)
     for name, volume in zip(spec.modalities + ("seg",), volumes + [seg]):
         if volume.shape != volumes[0].shape:
             raise SliceWiseError(f"shape mismatch: {name} {volume.shape} vs {spec.modalities[0]} {volumes[0].shape}", patient_dir)
@@ -107,21 +121,24 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
 
     positive = [v > 0 for v in volumes]  # each modality's brain; the union is the brain the slices are kept by
     brain = functools.reduce(np.logical_or, positive)
-    # Each modality is z-scored over its own brain voxels, slice by slice: only the kept slices are computed.
-    stats = [preprocess.foreground_stats(v, mask) for v, mask in zip(volumes, positive)]
     keep = [z for z in range(0, brain.shape[2], spec.stride) if brain[:, :, z].mean() >= spec.min_brain_fraction]
     if not keep:
         raise SliceWiseError("no slice contains brain tissue (all-zero volume?)", patient_dir)
 
+    # Each modality is z-scored over its own brain voxels (the same arithmetic, voxel by voxel, as z-scoring the whole
+    # volume) in stacks of kept slices, then resized slice by slice. Stacks save per-slice numpy calls; bounding them
+    # bounds the memory they take.
     size = spec.image_size
     images = np.empty((len(keep), len(volumes), size, size), dtype=np.float16)
-    masks = np.empty((len(keep), size, size), dtype=np.uint8)
-    for i, z in enumerate(keep):
-        for c, (volume, mask, volume_stats) in enumerate(zip(volumes, positive, stats)):
-            plane = preprocess.apply_zscore(preprocess.axial_slice(volume, z), preprocess.axial_slice(mask, z),
-                                            volume_stats)
-            images[i, c] = preprocess.resize_image(plane, size)
-        masks[i] = preprocess.resize_labels(preprocess.axial_slice(labels, z), size)
+    for c, (volume, mask) in enumerate(zip(volumes, positive)):
+        stats = preprocess.foreground_stats(volume, mask)
+        for start in range(0, len(keep), SLICES_PER_STACK):
+            zs = keep[start:start + SLICES_PER_STACK]
+            planes = preprocess.apply_zscore(preprocess.axial_slices(volume, zs), preprocess.axial_slices(mask, zs),
+                                             stats)
+            for i, plane in enumerate(planes, start):
+                images[i, c] = preprocess.resize_image(plane, size)
+    masks = np.stack([preprocess.resize_labels(plane, size) for plane in preprocess.axial_slices(labels, keep)])
     in_plane = np.array(spacing[:2], dtype=np.float32) * (brain.shape[0] / size)
     return Shard(
         images=images,
@@ -135,11 +152,14 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
 
 def brats2020_labels(seg: np.ndarray, seg_path: Path) -> np.ndarray:
     """A patient's segmentation as uint8 labels in the 2020 convention, whichever BraTS release it comes from."""
-    codes = seg.astype(np.int16)  # label maps are small integers: one cast and one comparison (np.round cost more)
-    if not np.array_equal(codes, seg):
-        if not np.array_equal(seg, np.round(seg)):
-            raise SliceWiseError("segmentation holds non-integer values (resampled with interpolation?)", seg_path)
-        codes = seg.astype(np.int64)  # integers beyond int16: reported below as unknown labels
+    if np.issubdtype(seg.dtype, np.integer):
+        codes = seg  # stored as integers (load_volume(..., labels=True)): nothing to check before mapping
+    else:
+        codes = seg.astype(np.int16)  # label maps are small integers: one cast and one comparison (np.round cost more)
+        if not np.array_equal(codes, seg):
+            if not np.array_equal(seg, np.round(seg)):
+                raise SliceWiseError("segmentation holds non-integer values (resampled with interpolation?)", seg_path)
+            codes = seg.astype(np.int64)  # integers beyond int16: reported below as unknown labels
     try:
         return regions.to_brats2020_labels(codes)
     except regions.UnknownLabels as exc:
@@ -198,7 +218,7 @@ def map_on_processes(workers: int) -> JobMap:
     """The default JobMap: the jobs on a pool of `workers` local processes."""
 
     def map_jobs(fn: Callable[..., Any], jobs: list[tuple]) -> Iterable[Any]:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             yield from pool.map(fn, *zip(*jobs))
 
     return map_jobs

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from scipy import ndimage
 
 from tasks.config import MODALITIES
 from tasks.data.preprocess import axial_slice
+from tasks.data.process_pool import process_pool
 from tasks.data.synthetic_shapes import (BRATS_SHAPE, Anatomy, Pose, SmoothField, Template, Tumour, brain_region,
                                          load_template, push_tissue, ramp, sample_pose, sample_tumour, sub_box,
                                          tumour_maps, warp_anatomy)
@@ -259,7 +259,7 @@ def generate_brats(out_dir: Path, n_patients: int, seed: int, workers: int = 1) 
                 paths.append(_generate_one(out_dir, seed, i))
                 progress.advance(task)
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=load_template) as pool:
+            with process_pool(workers, initializer=load_template) as pool:
                 futures = [pool.submit(_generate_one, out_dir, seed, i) for i in indices]
                 for future in futures:
                     future.result()
@@ -284,7 +284,7 @@ def generate_kaggle(out_dir: Path, n_per_class: int, seed: int, workers: int = 1
     out_dir = Path(out_dir)
     load_template()  # once here: forked workers inherit it
     counts = {}
-    with Progress(transient=True) as progress, ProcessPoolExecutor(max_workers=workers) as pool:
+    with Progress(transient=True) as progress, process_pool(workers) as pool:
         task = progress.add_task("synthetic Kaggle images", total=2 * n_per_class)
         for label, folder in ((1, "yes"), (0, "no")):
             with staged_folder(out_dir / folder) as tmp:
