@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.data.preprocess import axial_slice  # noqa: E402
 from tasks.data.regions import to_brats2020_labels  # noqa: E402
-from tasks.data.slicing import find_part, load_volume  # noqa: E402
+from tasks.data.local_import import find_part  # noqa: E402
+from tasks.data.volumes import load_volume  # noqa: E402
 from tasks.evaluation.brats import region_scores, uncertainty_on_errors  # noqa: E402
 from tasks.inference.predictor import OnnxPredictor  # noqa: E402
 from tasks.inference.volume import NO_TTA, predict_volume  # noqa: E402

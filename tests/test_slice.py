@@ -232,7 +232,7 @@ def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_p
 @pytest.mark.parametrize("value, reason", [(2.5, "non-integer"), (70000.0, "unknown segmentation labels [0, 70000]"),
                                            (3.0, None), (4.0, None)])
 def test_segmentation_values_are_checked_before_labels_are_mapped(value, reason, tmp_path):
-    from tasks.data.slicing import brats2020_labels
+    from tasks.data.volumes import brats2020_labels
 
     seg = np.zeros((6, 6, 4), dtype=np.float32)
     seg[2:4, 2:4, 1] = value
@@ -248,7 +248,7 @@ def test_segmentation_values_are_checked_before_labels_are_mapped(value, reason,
 def test_label_maps_are_read_as_stored_integers_unless_scaled(stored, slope, expected_dtype, tmp_path):
     """An unscaled integer segmentation is read as it is stored (no float copy); a float or scaled one as float32,
     so the rounding check still sees what the scaling made of it. The labels come out the same either way."""
-    from tasks.data.slicing import brats2020_labels, load_volume
+    from tasks.data.volumes import brats2020_labels, load_volume
 
     seg = np.zeros((6, 6, 4), dtype=stored)
     seg[2:4, 2:4, 1] = 2

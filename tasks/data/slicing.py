@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
@@ -32,11 +31,12 @@ from rich.progress import Progress
 
 from tasks import paths
 from tasks.config import SliceSettings
-from tasks.data import preprocess, regions
+from tasks.data import preprocess, regions, volumes
 from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.local_import import IMAGE_SUFFIXES, find_part, nifti_extension
 from tasks.data.process_pool import process_pool
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
+from tasks.data.volumes import brats2020_labels, load_volume
 from tasks.errors import SliceWiseError
 from tasks.io import atomic_write, write_text_atomic
 
@@ -60,7 +60,7 @@ class SliceSpec:
     min_brain_fraction: float
 
     def digest(self) -> str:
-        code = b"".join(Path(mod.__file__).read_bytes() for mod in (preprocess, regions)) + Path(__file__).read_bytes()
+        code = b"".join(Path(mod.__file__).read_bytes() for mod in (preprocess, regions, volumes)) + Path(__file__).read_bytes()
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
 
 
@@ -80,30 +80,6 @@ def patient_fingerprint(patient_dir: Path, spec_digest: str, digests: FileDigest
                 sha1 = hashlib.file_digest(fh, "sha1").hexdigest()
         stats.append((path.name, path.stat().st_size, sha1))
     return hashlib.sha256(json.dumps([stats, spec_digest]).encode()).hexdigest()[:16]
-
-
-def load_volume(path: Path, labels: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Voxel data and spacing; truncated or corrupt files raise SliceWiseError naming the file.
-
-    Intensities come as float32. A label map (`labels=True`) comes in the integer type it is stored in when it has
-    no scaling, so `brats2020_labels` needs neither a float copy nor a rounding check (BraTS stores uint8 or int16).
-    """
-    try:
-        image = nib.load(path)
-        if labels and np.issubdtype(image.get_data_dtype(), np.integer) and _unscaled(image):
-            data = np.asanyarray(image.dataobj)
-        else:
-            data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel, gzip and zlib raise many types for damaged files
-        raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
-    if data.ndim != 3:
-        raise SliceWiseError(f"expected a 3D volume, got shape {data.shape}", path)
-    return data, tuple(float(z) for z in image.header.get_zooms()[:3])
-
-
-def _unscaled(image) -> bool:
-    slope, intercept = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
-    return slope == 1 and intercept == 0
 
 
 def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
@@ -148,23 +124,6 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
         slice_index=np.array(keep, dtype=np.int16),
         spacing=in_plane,
     )
-
-
-def brats2020_labels(seg: np.ndarray, seg_path: Path) -> np.ndarray:
-    """A patient's segmentation as uint8 labels in the 2020 convention, whichever BraTS release it comes from."""
-    if np.issubdtype(seg.dtype, np.integer):
-        codes = seg  # stored as integers (load_volume(..., labels=True)): nothing to check before mapping
-    else:
-        codes = seg.astype(np.int16)  # label maps are small integers: one cast and one comparison (np.round cost more)
-        if not np.array_equal(codes, seg):
-            if not np.array_equal(seg, np.round(seg)):
-                raise SliceWiseError("segmentation holds non-integer values (resampled with interpolation?)", seg_path)
-            codes = seg.astype(np.int64)  # integers beyond int16: reported below as unknown labels
-    try:
-        return regions.to_brats2020_labels(codes)
-    except regions.UnknownLabels as exc:
-        raise SliceWiseError(f"unknown segmentation labels {exc.found}: neither BraTS 2017-2021 (0, 1, 2, 4) nor "
-                             "BraTS 2023+ (0, 1, 2, 3)", seg_path) from exc
 
 
 def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> tuple[str, list[dict] | dict]:

@@ -33,8 +33,9 @@ from rich.progress import Progress
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 from sklearn.metrics import roc_auc_score
 
+from tasks.data.local_import import find_part
 from tasks.data.regions import REGIONS, regions_from_labels
-from tasks.data.slicing import brats2020_labels, find_part, load_volume
+from tasks.data.volumes import brats2020_labels, load_volume
 from tasks.evaluation import metrics
 from tasks.evaluation.brats_reference import reference_python, reference_scores
 from tasks.inference.volume import NO_TTA, SlicePredictor, predict_volume

@@ -1,0 +1,55 @@
+"""Reading BraTS NIfTI volumes: intensities as float32, label maps as BraTS 2020 labels, damaged files named.
+
+Shared by the slice step and the evaluation of whole volumes, which must read a patient the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from tasks.data import regions
+from tasks.errors import SliceWiseError
+
+
+def load_volume(path: Path, labels: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Voxel data and spacing; truncated or corrupt files raise SliceWiseError naming the file.
+
+    Intensities come as float32. A label map (`labels=True`) comes in the integer type it is stored in when it has
+    no scaling, so `brats2020_labels` needs neither a float copy nor a rounding check (BraTS stores uint8 or int16).
+    """
+    try:
+        image = nib.load(path)
+        if labels and np.issubdtype(image.get_data_dtype(), np.integer) and _unscaled(image):
+            data = np.asanyarray(image.dataobj)
+        else:
+            data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel, gzip and zlib raise many types for damaged files
+        raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
+    if data.ndim != 3:
+        raise SliceWiseError(f"expected a 3D volume, got shape {data.shape}", path)
+    return data, tuple(float(z) for z in image.header.get_zooms()[:3])
+
+
+def _unscaled(image) -> bool:
+    slope, intercept = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
+    return slope == 1 and intercept == 0
+
+
+def brats2020_labels(seg: np.ndarray, seg_path: Path) -> np.ndarray:
+    """A patient's segmentation as uint8 labels in the 2020 convention, whichever BraTS release it comes from."""
+    if np.issubdtype(seg.dtype, np.integer):
+        codes = seg  # stored as integers (load_volume(..., labels=True)): nothing to check before mapping
+    else:
+        codes = seg.astype(np.int16)  # label maps are small integers: one cast and one comparison (np.round cost more)
+        if not np.array_equal(codes, seg):
+            if not np.array_equal(seg, np.round(seg)):
+                raise SliceWiseError("segmentation holds non-integer values (resampled with interpolation?)", seg_path)
+            codes = seg.astype(np.int64)  # integers beyond int16: reported below as unknown labels
+    try:
+        return regions.to_brats2020_labels(codes)
+    except regions.UnknownLabels as exc:
+        raise SliceWiseError(f"unknown segmentation labels {exc.found}: neither BraTS 2017-2021 (0, 1, 2, 4) nor "
+                             "BraTS 2023+ (0, 1, 2, 3)", seg_path) from exc
