@@ -3,6 +3,8 @@ region targets (WT, TC, ET) it builds from the label maps in a batch."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,9 +17,10 @@ STAGE_HEADS = {"seg": ("seg",), "cls": ("cls",), "joint": ("seg", "cls")}
 def region_targets(labels: Tensor, regions: int = len(REGIONS)) -> Tensor:
     """(N, 1, H, W) BraTS 2020 label maps (0/1/2/4, any dtype) → (N, regions, H, W) float masks WT, TC, ET: the
     torch twin of tasks/data/regions.py's regions_from_labels, run on the batch's device after augmentation (nearest
-    neighbour keeps the labels exact)."""
-    codes = labels[:, 0].round().long()
-    masks = [torch.isin(codes, torch.tensor(REGION_LABELS[name], device=codes.device)) for name in REGIONS[:regions]]
+    neighbour keeps the labels exact). Plain comparisons: `torch.isin` was 7x slower (1.5 s of a quick train_seg)."""
+    codes = labels[:, 0].round()
+    masks = [functools.reduce(torch.logical_or, [codes == code for code in REGION_LABELS[name]])
+             for name in REGIONS[:regions]]
     return torch.stack(masks, dim=1).float()
 
 
