@@ -64,7 +64,7 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     path = tmp_path / "reports" / "metrics.json"
     write_json_atomic(evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=100), seed=1), path)
     written = json.loads(path.read_text())
-    assert set(written) == set(CONTRACT_KEYS) | {"ci95"}
+    assert set(written) == set(CONTRACT_KEYS) | {"ci95", "classification_by_source", "sensitivity_by_tumour_area"}
     for section, keys in CONTRACT_KEYS.items():
         assert set(written[section]) == keys
     assert written["segmentation_regions"]["wt"] == {"dice": None, "hd95": None}  # no volume scored
@@ -76,6 +76,28 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
         section, name = key.split(".")
         assert lo <= written[section][name] <= hi
     assert not list(tmp_path.glob("reports/*.tmp"))
+
+
+def test_subgroups_say_where_the_classifier_errs():
+    """Per source and per tumour size, at the validation threshold: a model that misses the small tumours and the
+    Kaggle tumours must show it there, whatever its overall accuracy."""
+    slices = pd.DataFrame({
+        "source": ["brats"] * 8 + ["kaggle"] * 4,
+        "label": [0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1],
+        "probability": [0.1, 0.9, 0.2, 0.3, 0.8, 0.9, 0.9, 0.9, 0.1, 0.2, 0.3, 0.9],
+        "tumour_area_mm2": [0, 0, 20, 80, 300, 700, 1500, 5000, np.nan, np.nan, np.nan, np.nan],
+    })
+    groups = metrics.subgroup_metrics(slices, threshold=0.5)
+    brats, kaggle = groups["classification_by_source"]["brats"], groups["classification_by_source"]["kaggle"]
+    assert (brats["n"], brats["positives"]) == (8, 6)
+    assert brats["sensitivity"] == pytest.approx(4 / 6) and brats["specificity"] == pytest.approx(0.5)
+    assert brats["accuracy"] == pytest.approx(5 / 8)
+    assert kaggle["sensitivity"] == pytest.approx(0.5) and kaggle["specificity"] == 1.0
+    by_area = groups["sensitivity_by_tumour_area"]
+    assert list(by_area) == ["0_to_100_mm2", "100_to_500_mm2", "500_to_2000_mm2", "over_2000_mm2"]
+    assert by_area["0_to_100_mm2"] == {"n": 2, "sensitivity": 0.0}
+    assert by_area["500_to_2000_mm2"] == {"n": 2, "sensitivity": 1.0}
+    assert sum(b["n"] for b in by_area.values()) == 6  # Kaggle tumours have no area: not binned
 
 
 def test_region_scores_land_in_metrics_json_with_intervals():

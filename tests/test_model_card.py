@@ -33,3 +33,16 @@ def test_card_shows_the_three_regions_with_intervals_and_the_organisers_figures(
 def test_card_without_regions_or_organisers_still_renders():
     text = card({"classification": {"threshold": 0.5}})
     assert "segmentation_regions.wt.dice | n/a" in text and "brats-evaluation" not in text
+
+
+def test_card_shows_where_the_classifier_errs():
+    metrics = {"classification": {"threshold": 0.5},
+               "classification_by_source": {"brats": {"n": 248, "positives": 126, "accuracy": 0.903,
+                                                      "sensitivity": 0.85, "specificity": 0.9},
+                                            "kaggle": {"n": 35, "positives": 17, "accuracy": 0.771,
+                                                       "sensitivity": 0.588, "specificity": 0.944}},
+               "sensitivity_by_tumour_area": {"0_to_100_mm2": {"n": 12, "sensitivity": 0.25},
+                                              "over_2000_mm2": {"n": 0, "sensitivity": 0.0}}}
+    text = card(metrics)
+    assert "| kaggle | 35 | 17 | 0.771 | 0.588 | 0.944 |" in text
+    assert "| 0–100 mm² | 12 | 0.250 |" in text and "| ≥ 2000 mm² | 0 | n/a |" in text

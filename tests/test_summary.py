@@ -19,6 +19,10 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
         "segmentation": {"dice": 0.75},
         "segmentation_regions": {"wt": {"dice": 0.8125, "hd95": 12.5}, "tc": {"dice": 0.4375, "hd95": 30.0}},
         "ci95": {"segmentation_regions.tc.dice": [0.25, 0.625]},
+        "classification_by_source": {"kaggle": {"n": 35, "positives": 17, "accuracy": 0.771, "sensitivity": 0.588,
+                                                "specificity": 0.944}},
+        "sensitivity_by_tumour_area": {"0_to_100_mm2": {"n": 12, "sensitivity": 0.25},
+                                       "over_2000_mm2": {"n": 0, "sensitivity": 0.0}},
     }))
     paths.REGISTER_REPORT.write_text(json.dumps({"model_name": "slicewise", "version": 3, "promoted": False,
                                                  "reason": "rejected: volume Dice 0.600 < 0.700 [FAIL]"}))
@@ -27,4 +31,6 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     out = console.file.getvalue()
     assert "segmentation_regions.wt.dice │ 0.812" in out and "segmentation_regions.tc.hd95 │ 30.000" in out
     assert "[0.250, 0.625]" in out and "segmentation_regions.et" not in out
+    assert "kaggle accuracy 0.771, sensitivity 0.588 (35 slices)" in out
+    assert "0-100 mm² 0.25 (12)" in out and "2000" not in out  # an empty size bin is left out
     assert "version 3: not promoted" in out and "volume Dice 0.600 < 0.700 [FAIL]" in out

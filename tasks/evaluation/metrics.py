@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Callable, Literal, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
@@ -84,6 +85,36 @@ def classification_metrics(
         "confusion_matrix": [[int(round(tn)), int(round(fp))], [int(round(fn)), int(round(tp))]],
         "n": int(len(labels)),
     }
+
+
+# Tumour slices grouped by how much of the slice is tumour (whole tumour, mm² in the slice plane): where a slice
+# classifier loses tumours is at the top and bottom of a tumour, where its cross-section is small.
+TUMOUR_AREA_BINS_MM2 = (0.0, 100.0, 500.0, 2000.0, float("inf"))
+
+
+def subgroup_metrics(slices: pd.DataFrame, threshold: float) -> dict[str, dict]:
+    """Where the classifier is right and wrong, at `threshold`: per source (BraTS slices, Kaggle images) the counts,
+    accuracy, sensitivity and specificity; per tumour-area bin of the BraTS tumour slices the share detected.
+
+    `slices` needs label, probability, source and, for the area bins, tumour_area_mm2."""
+    predicted = slices["probability"].to_numpy() >= threshold
+    labels = slices["label"].to_numpy().astype(bool)
+    by_source = {}
+    for source in sorted(slices["source"].unique()):
+        at = (slices["source"] == source).to_numpy()
+        tp, tn = int((predicted & labels & at).sum()), int((~predicted & ~labels & at).sum())
+        positives, negatives = int((labels & at).sum()), int((~labels & at).sum())
+        by_source[source] = {"n": int(at.sum()), "positives": positives, "accuracy": _ratio(tp + tn, at.sum()),
+                             "sensitivity": _ratio(tp, positives), "specificity": _ratio(tn, negatives)}
+    by_area = {}
+    if "tumour_area_mm2" in slices:
+        area = slices["tumour_area_mm2"].to_numpy(dtype=float)
+        tumour = labels & (slices["source"] == "brats").to_numpy()
+        for low, high in zip(TUMOUR_AREA_BINS_MM2[:-1], TUMOUR_AREA_BINS_MM2[1:]):
+            at = tumour & (area >= low) & (area < high)
+            name = f"{low:g}_to_{high:g}_mm2" if np.isfinite(high) else f"over_{low:g}_mm2"
+            by_area[name] = {"n": int(at.sum()), "sensitivity": _ratio(int((predicted & at).sum()), at.sum())}
+    return {"classification_by_source": by_source, "sensitivity_by_tumour_area": by_area}
 
 
 def _ratio(numerator: float, denominator: float) -> float:

@@ -6,6 +6,8 @@
     regions         WT, TC, ET Dice and HD95 per BraTS test patient on the raw volume at native resolution, every
                     slice, BraTS rule for empty regions (tasks/evaluation/brats.py); and whether the voxel
                     uncertainty is higher on the wrong voxels (`volume_uncertainty`)
+    subgroups       accuracy, sensitivity, specificity per source (BraTS slices, Kaggle images), and the share of
+                    BraTS tumour slices detected per tumour-area bin (where the classifier loses tumours)
     ci95            percentile bootstrap resampling patients (a Kaggle image is its own patient)
 Slices are predicted one shard at a time, so memory stays bounded by the largest shard. The report is written
 atomically to reports/metrics.json in the contract's shape; plots and their DVC data files go to reports/plots/.
@@ -82,6 +84,7 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
                          "n_slices": int(len(seg))},
         "segmentation_volume": {"dice": _mean(vol["dice"]), "hd95": _mean(vol["hd95"]), "n_patients": int(len(vol))},
     }
+    report |= metrics.subgroup_metrics(test.slices, threshold)
     regions, region_intervals, uncertainty = brats.regions_report(
         region_scores if region_scores is not None else pd.DataFrame(), cfg.bootstrap, seed)
     report["segmentation_regions"] = regions

@@ -21,7 +21,7 @@ class SplitPredictions:
     """What the metrics need from one split: one row per slice with its tumour probability, and the segmentation
     scores per tumour slice and per BraTS patient volume (empty for the validation split)."""
 
-    slices: pd.DataFrame  # manifest columns + probability
+    slices: pd.DataFrame  # manifest columns + probability + tumour_area_mm2 (NaN for photos)
     slice_scores: pd.DataFrame  # patient, slice_index, dice, iou, hd95
     volume_scores: pd.DataFrame  # patient, dice, iou, hd95
 
@@ -30,6 +30,7 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
                   description: str = "predicting") -> SplitPredictions:
     """Predict every row, one shard at a time; with `segmentation`, score the masks of BraTS shards."""
     probability = np.empty(len(rows), dtype=np.float64)
+    pixel_area = np.full(len(rows), np.nan)
     slice_scores, volume_scores = [], []
     groups = rows.groupby("shard", sort=False)
     with Progress(transient=True) as progress:
@@ -39,6 +40,7 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
             take = shard_rows["row"].to_numpy()
             prediction = predictor.predict(shard.images[take])
             probability[shard_rows.index.to_numpy()] = prediction.tumour_probability
+            pixel_area[shard_rows.index.to_numpy()] = float(np.prod(shard.spacing))  # NaN for photos
             if segmentation and shard.has_mask[take].all():
                 predicted = prediction.mask_probability >= metrics.MASK_THRESHOLD
                 for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
@@ -49,7 +51,8 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
                     volume_scores.append(scores[1] | {"patient": patient})
             progress.advance(bar, len(shard_rows))
     return SplitPredictions(
-        slices=rows.assign(probability=probability),
+        slices=rows.assign(probability=probability, tumour_area_mm2=rows["tumour_area_px"] * pixel_area)
+        if "tumour_area_px" in rows else rows.assign(probability=probability),
         slice_scores=pd.concat(slice_scores, ignore_index=True) if slice_scores
         else pd.DataFrame(columns=["patient", "slice_index", "dice", "iou", "hd95"]),
         volume_scores=pd.DataFrame(volume_scores, columns=["patient", "dice", "iou", "hd95"]),

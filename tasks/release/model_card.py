@@ -64,6 +64,24 @@ def _organisers_section(metrics: dict) -> list[str]:
     return lines
 
 
+def _subgroups_section(metrics: dict) -> list[str]:
+    """Where the classifier errs: per source, and the tumour slices it detects by tumour size."""
+    by_source, by_area = metrics.get("classification_by_source") or {}, metrics.get("sensitivity_by_tumour_area") or {}
+    if not by_source:
+        return []
+    lines = ["", "Where the classifier errs (test split, same threshold):", "",
+             "| source | slices | with tumour | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|"]
+    for source, m in by_source.items():
+        lines.append(f"| {source} | {m['n']} | {m['positives']} | {_fmt(m['accuracy'])} | {_fmt(m['sensitivity'])} "
+                     f"| {_fmt(m['specificity'])} |")
+    if by_area:
+        lines += ["", "| BraTS tumour slices by tumour area | slices | detected |", "|---|---|---|"]
+        for name, m in by_area.items():
+            lines.append(f"| {name.replace('_to_', '–').replace('_mm2', ' mm²').replace('over_', '≥ ')} | {m['n']} "
+                         f"| {_fmt(m['sensitivity']) if m['n'] else 'n/a'} |")
+    return lines
+
+
 def _data_section(splits: dict, profile: str, data_source: str, image_size: int, modalities: list[str]) -> list[str]:
     lines = [f"Profile `{profile}`, data source `{data_source}`, {image_size}x{image_size} slices, "
              f"modalities {', '.join(modalities)}.", "",
@@ -101,7 +119,7 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",
         "Splits are patient-level (no patient in two splits); near-duplicate Kaggle images stay in one split.",
         "", "## Test metrics", "", "Intervals: percentile bootstrap resampling patients.", "",
-        *_metrics_table(metrics), *_organisers_section(metrics), "",
+        *_metrics_table(metrics), *_subgroups_section(metrics), *_organisers_section(metrics), "",
         "## Export", "", *_export_section(export_report), "",
         "## Promotion gate", "", f"**{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}**", "",
         *[f"- {criterion}" for criterion in decision.criteria], "",

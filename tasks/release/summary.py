@@ -54,9 +54,27 @@ def print_summary(console: Console | None = None) -> None:
             interval = f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else ""
             headline.add_row(f"{section}.{key}", f"{value:.3f}", interval)
         console.print(headline)
+        if where := _where_it_errs(metrics):
+            console.print(where)
 
     if decision := read_json(paths.REGISTER_REPORT, default=None):
         verdict = "[green]PROMOTED to champion[/]" if decision.get("promoted") else "[yellow]not promoted[/]"
         console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: {verdict}")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
         console.print("lineage: .venv/bin/python -m tasks lineage champion")
+
+
+def _where_it_errs(metrics: dict) -> str:
+    """One line per subgroup family: accuracy and sensitivity per source, tumour slices detected by size."""
+    by_source = metrics.get("classification_by_source") or {}
+    by_area = metrics.get("sensitivity_by_tumour_area") or {}
+    lines = []
+    if by_source:
+        lines.append("classifier by source: " + "; ".join(
+            f"{source} accuracy {m['accuracy']:.3f}, sensitivity {m['sensitivity']:.3f} ({m['n']} slices)"
+            for source, m in by_source.items()))
+    if by_area:
+        lines.append("BraTS tumour slices detected, by tumour area: " + "; ".join(
+            f"{name.replace('_to_', '-').replace('_mm2', ' mm²').replace('over_', '>= ')} {m['sensitivity']:.2f} "
+            f"({m['n']})" for name, m in by_area.items() if m["n"]))
+    return "\n".join(lines)
