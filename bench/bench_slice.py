@@ -9,12 +9,14 @@ Usage: .venv/bin/python -m bench.bench_slice [RAW_BRATS_DIR] [--incremental]
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -73,8 +75,9 @@ def run(raw_brats: Path = paths.RAW_BRATS, max_patients: int = 6) -> dict:
     with process_pool(1) as pool:
         load_s, slice_s = pool.submit(_timed_in_one_worker, patients, spec, parts).result()
     peaks = []
-    for patient in patients:  # one fresh process per patient so each peak RSS is that patient's alone
-        with process_pool(1) as pool:
+    for patient in patients:  # one fresh process per patient so each peak RSS is that patient's alone; spawned, not
+        # forked, so it does not count the pages of this process (torch, Prefect... when `make bench` runs it)
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             peaks.append(pool.submit(_peak_rss_mib, patient, spec).result())
     report = {
         "patients": len(patients),

@@ -121,7 +121,7 @@ class TrainSettings(_Section):
 
 
 class SegStageSettings(_Section):
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)  # as params.yaml (README: 5e-4 left the logits too timid)
     weight_decay: float = Field(1e-4, ge=0)
     tumour_slices_only: bool = False
     foreground_share: float = Field(0.33, ge=0, le=1)  # at least this share of each batch has tumour
