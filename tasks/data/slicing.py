@@ -60,7 +60,8 @@ class SliceSpec:
     min_brain_fraction: float
 
     def digest(self) -> str:
-        code = b"".join(Path(mod.__file__).read_bytes() for mod in (preprocess, regions, volumes)) + Path(__file__).read_bytes()
+        modules = (preprocess, regions, volumes)
+        code = b"".join(Path(mod.__file__).read_bytes() for mod in modules) + Path(__file__).read_bytes()
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
 
 

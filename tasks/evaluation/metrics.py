@@ -97,15 +97,15 @@ def subgroup_metrics(slices: pd.DataFrame, threshold: float) -> dict[str, dict]:
     accuracy, sensitivity and specificity; per tumour-area bin of the BraTS tumour slices the share detected.
 
     `slices` needs label, probability, source and, for the area bins, tumour_area_mm2."""
-    predicted = slices["probability"].to_numpy() >= threshold
+    probability = slices["probability"].to_numpy()
+    predicted = probability >= threshold
     labels = slices["label"].to_numpy().astype(bool)
     by_source = {}
     for source in sorted(slices["source"].unique()):
         at = (slices["source"] == source).to_numpy()
-        tp, tn = int((predicted & labels & at).sum()), int((~predicted & ~labels & at).sum())
-        positives, negatives = int((labels & at).sum()), int((~labels & at).sum())
-        by_source[source] = {"n": int(at.sum()), "positives": positives, "accuracy": _ratio(tp + tn, at.sum()),
-                             "sensitivity": _ratio(tp, positives), "specificity": _ratio(tn, negatives)}
+        scores = classification_metrics(labels[at], probability[at], threshold)  # one class only: AUCs NaN, unused
+        by_source[source] = {"n": scores["n"], "positives": int(labels[at].sum()),
+                             **{k: scores[k] for k in ("accuracy", "sensitivity", "specificity")}}
     by_area = {}
     if "tumour_area_mm2" in slices:
         area = slices["tumour_area_mm2"].to_numpy(dtype=float)

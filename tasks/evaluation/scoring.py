@@ -51,8 +51,7 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
                     volume_scores.append(scores[1] | {"patient": patient})
             progress.advance(bar, len(shard_rows))
     return SplitPredictions(
-        slices=rows.assign(probability=probability, tumour_area_mm2=rows["tumour_area_px"] * pixel_area)
-        if "tumour_area_px" in rows else rows.assign(probability=probability),
+        slices=rows.assign(probability=probability, tumour_area_mm2=rows["tumour_area_px"] * pixel_area),
         slice_scores=pd.concat(slice_scores, ignore_index=True) if slice_scores
         else pd.DataFrame(columns=["patient", "slice_index", "dice", "iou", "hd95"]),
         volume_scores=pd.DataFrame(volume_scores, columns=["patient", "dice", "iou", "hd95"]),
