@@ -183,7 +183,8 @@ def measure_latency(model: torch.nn.Module, session, sample: np.ndarray, runs: i
 
 def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, threshold: float, opset: int) -> dict:
     """The model card's machine-readable half (MONAI bundle metadata.json idea): everything serving needs."""
-    import monai
+    from importlib.metadata import version  # not `import monai`: it loads every MONAI subpackage, 4 s for a string
+
     import onnx
     import onnxruntime
 
@@ -209,7 +210,7 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
         "checkpoint": {"stage": checkpoint.get("stage"), "epoch": checkpoint.get("epoch"),
                        "metric": checkpoint.get("metric_name"), "best_metric": checkpoint.get("best_metric")},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                     "monai": monai.__version__, "python": platform.python_version()},
+                     "monai": version("monai"), "python": platform.python_version()},
     }
 
 
