@@ -35,9 +35,9 @@ class ModelSize(_Section):
 
 
 class Epochs(_Section):
-    seg: int = Field(8, ge=1)
+    seg: int = Field(3, ge=1)
     cls: int = Field(4, ge=1)
-    joint: int = Field(4, ge=1)
+    joint: int = Field(2, ge=1)
 
 
 def _check_modalities(modalities: tuple[str, ...], key: str) -> tuple[str, ...]:
@@ -53,7 +53,7 @@ class ProfileSettings(_Section):
     # Input channels, one per modality, each z-scored over the brain. A single-channel image (Kaggle, an uploaded
     # slice, a FLAIR-only volume) is the FLAIR channel with the others all zero (see train.augment.modality_dropout).
     modalities: tuple[str, ...] = ("flair",)
-    synthetic_patients: int = Field(24, ge=3)
+    synthetic_patients: int = Field(48, ge=3)
     synthetic_kaggle_images: int = Field(120, ge=2)
     patient_fraction: float = Field(1.0, gt=0, le=1)
     image_size: int = Field(128, ge=32)
