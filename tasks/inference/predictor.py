@@ -76,7 +76,8 @@ class TorchPredictor:
     """Runs a MultitaskUNet-like module: forward(x) -> {"seg": (N,R,H,W), "cls": (N,)} logits.
 
     In float32 (as the exported model serves), with weights and inputs in NHWC (channels_last): the same numbers to
-    about 1e-7, and 1.6x faster convolutions on CPU than NCHW (evaluation predicts about 1,200 slices per run)."""
+    about 1e-7, and 1.6x faster convolutions on CPU than NCHW (evaluation predicts about 2,000 slices per run).
+    Module.to converts in place: the caller's model is NHWC afterwards (Grad-CAM on it works the same)."""
 
     def __init__(self, model: Any, device: str = "cpu", batch_size: int = 32):
         import torch  # lazily: serving with ONNX only must not need torch
