@@ -166,3 +166,18 @@ def test_uncertainty_is_zero_outside_the_brain():
     outside = (volume == 0) & ~result.whole_tumour
     assert outside[:, :, 0].all() and not result.uncertainty[outside].any()
     assert result.uncertainty[volume > 0].max() > 0.3
+
+
+def test_predict_volume_drops_a_speck_far_smaller_than_the_tumour():
+    """The served volume is cleaned (tasks/inference/postprocess.py): a bright voxel alone is not a second tumour,
+    unless the clean-up is turned off."""
+    volume = np.full((24, 24, 8), 100.0, dtype=np.float32)
+    volume[4:14, 4:14, 1:7] = 400.0  # the tumour: 600 voxels
+    volume[20, 20, 4] = 400.0  # a speck far from it
+    predictor = TorchPredictor(Bright(regions=1, levels=(1.0,)))
+    truth = volume > 200
+    cleaned = predict_volume(predictor, [volume], image_size=24)
+    assert not cleaned.whole_tumour[20, 20, 4] and cleaned.whole_tumour[4:14, 4:14, 1:7].all()
+    raw = predict_volume(predictor, [volume], image_size=24, min_component_share=0)
+    assert raw.whole_tumour[20, 20, 4]
+    np.testing.assert_array_equal(raw.whole_tumour & ~truth, np.zeros_like(truth))

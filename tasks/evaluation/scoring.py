@@ -14,6 +14,7 @@ from rich.progress import Progress
 
 from tasks.data.shards import read_shard
 from tasks.evaluation import metrics
+from tasks.inference.postprocess import drop_small_components
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
 
 def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndarray,
                   spacing: np.ndarray) -> tuple[pd.DataFrame, dict]:
-    """Per-slice scores of the slices whose truth has tumour, and the scores of the re-stacked volume.
+    """Per-slice scores of the slices whose truth has tumour, and the scores of the re-stacked volume, cleaned up as
+    /v1/predict/volume cleans its volumes (tasks/inference/postprocess.py; a single slice is scored as predicted).
 
     In-plane spacing comes from the shard; through-plane spacing is the slice stride (read from the slice
     indices) x 1 mm, the BraTS voxel size, so HD95 of a volume sliced every 2nd slice is still in mm."""
@@ -70,7 +72,7 @@ def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndar
         per_slice = metrics.segmentation_scores(predicted[tumour], truth[tumour], metrics.pixel_spacing(spacing))
     order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
     volume = metrics.segmentation_scores(
-        metrics.stack_volume(predicted[order], slice_index[order], stride)[None],
+        drop_small_components(metrics.stack_volume(predicted[order], slice_index[order], stride))[None],
         metrics.stack_volume(truth[order], slice_index[order], stride)[None],
         metrics.volume_spacing(spacing, stride),
     )

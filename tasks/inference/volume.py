@@ -12,13 +12,14 @@ scores on the test patients' raw volumes), so both see the same numbers.
     native grid  the averaged region probabilities are resized back bilinearly, the 90° display rotation undone,
                  then thresholded: masks, a 0/1/2/4 label map (`labels_from_regions`) and the uncertainty map
                  have the input's voxel grid, so a NIfTI written with the input's affine overlays it.
+    clean-up     components much smaller than the largest are dropped from the masks (tasks/inference/postprocess.py).
     uncertainty  the binary entropy (bits, 0..1) of the TTA-averaged probability of each region, the largest over
                  the regions, per voxel ("entropy": the predictive entropy; with TTA it grows where the flips
                  disagree, without TTA it is the model's own doubt). 0 = certain, 1 = a coin flip. Outside the
                  brain (every modality 0, the background preprocessing zeroes) and the predicted tumour it is 0:
                  the model's faint probabilities there are no question anyone asked.
 
-Numpy + Pillow only (the predictor may be ONNX), so the slim serving image can import it.
+Numpy, Pillow and scipy only (the predictor may be ONNX), so the slim serving image can import it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from PIL import Image
 
 from tasks.data.preprocess import prepare_volume_slices
 from tasks.data.regions import REGIONS, labels_from_regions
+from tasks.inference.postprocess import MIN_COMPONENT_SHARE, clean_regions
 from tasks.inference.predictor import MASK_THRESHOLD, Prediction
 
 UNCERTAINTY_KIND = "entropy"
@@ -169,7 +171,8 @@ def to_volume_grid(slice_probability: np.ndarray, shape: tuple[int, int, int],
 
 def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | None], image_size: int,
                    flips: Sequence[Sequence[int]] = NO_TTA, threshold: float = MASK_THRESHOLD,
-                   inputs: np.ndarray | None = None) -> VolumePrediction:
+                   inputs: np.ndarray | None = None,
+                   min_component_share: float = MIN_COMPONENT_SHARE) -> VolumePrediction:
     """Every axial slice of a volume (one (X, Y, Z) array per model channel, None where missing) → VolumePrediction.
 
     `inputs` may pass the already prepared (Z, C, S, S) slices (serving prepares them first, for its OOD check)."""
@@ -179,6 +182,7 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     flips = check_flips(flips)
     prediction = predict_slices_tta(predictor, inputs, flips)
     masks, uncertainty = to_volume_grid(prediction.region_probability, shape, threshold)
+    masks = clean_regions(masks, min_component_share)
     outside = ~np.any([v > 0 for v in volumes if v is not None], axis=0) & ~masks.any(axis=0)
     uncertainty[outside] = 0.0  # no brain, no tumour predicted: nothing to be unsure about
     n_regions = len(masks)
