@@ -46,3 +46,10 @@ def test_card_shows_where_the_classifier_errs():
     text = card(metrics)
     assert "| kaggle | 35 | 17 | 0.771 | 0.588 | 0.944 |" in text
     assert "| 0–100 mm² | 12 | 0.250 |" in text and "| ≥ 2000 mm² | 0 | n/a |" in text
+
+
+def test_card_says_how_predicted_volumes_are_cleaned():
+    from tasks.inference.postprocess import MIN_COMPONENT_SHARE
+
+    text = card({"classification": {"threshold": 0.5}})
+    assert f"smaller than {MIN_COMPONENT_SHARE} x the largest are dropped" in text

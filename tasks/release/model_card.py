@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.data.splits import read_split, split_rows
+from tasks.inference.postprocess import MIN_COMPONENT_SHARE
 from tasks.io import nested_value
 
 METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
@@ -136,6 +137,8 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         "- 2D slices only: no 3D context. Regions: whole tumour (WT), and tumour core (TC) and enhancing tumour (ET) "
         "when the model predicts them (`segmentation_regions`: per patient volume, native resolution, BraTS rule for "
         "empty regions: both empty Dice 1 / HD95 0, one empty Dice 0 / HD95 373.13 mm).",
+        f"- Predicted volumes are cleaned: connected components smaller than {MIN_COMPONENT_SHARE} x the largest "
+        "are dropped (a second lesion smaller than that is deleted too); single slices are returned as predicted.",
         "- Small test split: see the width of the 95 % intervals before trusting a difference between versions.",
         "- Kaggle-style images have no masks: segmentation metrics come from BraTS-style patients only.",
     ]
