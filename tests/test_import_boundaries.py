@@ -22,7 +22,7 @@ SERVING_MAY_REACH = {
     "tasks.data", "tasks.data.preprocess",  # the slice step's preprocessing, numpy + Pillow only
     "tasks.data.regions",  # BraTS labels <-> WT/TC/ET regions, numpy only
     "tasks.inference", "tasks.inference.predictor", "tasks.inference.checkpoints",
-    "tasks.inference.volume",  # whole-volume inference, TTA, uncertainty: what evaluation scores, numpy + Pillow
+    "tasks.inference.volume",  # whole-volume inference, TTA, uncertainty: what evaluation scores, numpy + Pillow + scipy
     "tasks.inference.postprocess",  # the clean-up of a predicted volume, scipy
     "tasks.inference.gradcam",  # Grad-CAM, built on first use where torch is installed
     "tasks.release", "tasks.release.registry",  # the registry client
