@@ -178,7 +178,7 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
                 "has_tumor": decision(probability, model.threshold, ood, ood_threshold),
                 "tumor_area_px": int(area_px[z]), "tumor_area_mm2": round(float(area_px[z]) * pixel_mm2, 3)}
         if display is not None:
-            item |= slice_images(display[z], result.slice_probability[z], model.mask_threshold)
+            item |= slice_images(display[z], result.slice_probability[z], result.slice_masks[z])
         slices.append(item)
     probabilities = result.tumour_probability
     region_cm3 = result.region_volumes_cm3(spacing)
@@ -208,10 +208,9 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     }
 
 
-def slice_images(display: np.ndarray, region_probability: np.ndarray, threshold: float) -> dict[str, str]:
-    """One slice's PNGs on the model's grid: the FLAIR channel, the whole-tumour mask, the label overlay, the
-    uncertainty overlay."""
-    masks = region_probability >= threshold
+def slice_images(display: np.ndarray, region_probability: np.ndarray, masks: np.ndarray) -> dict[str, str]:
+    """One slice's PNGs on the model's grid: the FLAIR channel, the whole-tumour mask and the label overlay (from
+    the volume's cleaned masks, as the NIfTI), the uncertainty overlay (from the probabilities)."""
     uncertainty = binary_entropy(region_probability).max(axis=0)
     return {"image_png": png_base64(display), "mask_png": png_base64(mask_pixels(masks[0])),
             "labels_png": png_base64(label_overlay(labels_from_regions(masks))),

@@ -180,4 +180,9 @@ def test_predict_volume_drops_a_speck_far_smaller_than_the_tumour():
     assert not cleaned.whole_tumour[20, 20, 4] and cleaned.whole_tumour[4:14, 4:14, 1:7].all()
     raw = predict_volume(predictor, [volume], image_size=24, min_component_share=0)
     assert raw.whole_tumour[20, 20, 4]
+    # the slice overlays (model grid, display orientation) follow the same rule: only the speck's pixel goes
+    speck = np.zeros((24, 24), dtype=bool)
+    speck[20, 20] = True
+    np.testing.assert_array_equal(raw.slice_masks[4, 0] & ~cleaned.slice_masks[4, 0], np.rot90(speck))
+    np.testing.assert_array_equal(cleaned.slice_masks[:, 0], raw.slice_masks[:, 0] & ~np.rot90(speck)[None])
     np.testing.assert_array_equal(raw.whole_tumour & ~truth, np.zeros_like(truth))

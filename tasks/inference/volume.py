@@ -56,6 +56,7 @@ class VolumePrediction:
     uncertainty: np.ndarray  # (X, Y, Z) float32, see the module docstring
     tumour_probability: np.ndarray  # (Z,) per-slice tumour probability (TTA-averaged)
     slice_probability: np.ndarray  # (Z, R, S, S) TTA-averaged region probabilities on the model's slices
+    slice_masks: np.ndarray  # (Z, R, S, S) bool, thresholded and cleaned by the same rule on the model's grid
     flips: tuple[tuple[int, ...], ...]
     uncertainty_kind: str = UNCERTAINTY_KIND
 
@@ -183,6 +184,10 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     prediction = predict_slices_tta(predictor, inputs, flips)
     masks, uncertainty = to_volume_grid(prediction.region_probability, shape, threshold)
     masks = clean_regions(masks, min_component_share)
+    # The model-grid masks (the slice overlays a client draws) are cleaned by the same rule, so an overlay never shows
+    # a component the returned volume dropped. (R, Z, S, S): Z is a spatial axis like the others here.
+    slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
+                                            min_component_share), 0, 1)
     outside = ~np.any([v > 0 for v in volumes if v is not None], axis=0) & ~masks.any(axis=0)
     uncertainty[outside] = 0.0  # no brain, no tumour predicted: nothing to be unsure about
     n_regions = len(masks)
@@ -190,4 +195,4 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),
         masks=masks, label_map=labels_from_regions(masks), uncertainty=uncertainty,
         tumour_probability=prediction.tumour_probability, slice_probability=prediction.region_probability,
-        flips=flips)
+        slice_masks=slice_masks, flips=flips)
