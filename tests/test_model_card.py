@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+from tasks.inference.postprocess import MIN_COMPONENT_SHARE
 from tasks.release.model_card import render_model_card
 
 EXPORT = {"onnx": {"opset": 17}, "parity": {"n_slices": 4, "max_abs_diff": 1e-6, "decision_mismatches": 0,
@@ -49,7 +50,5 @@ def test_card_shows_where_the_classifier_errs():
 
 
 def test_card_says_how_predicted_volumes_are_cleaned():
-    from tasks.inference.postprocess import MIN_COMPONENT_SHARE
-
     text = card({"classification": {"threshold": 0.5}})
     assert f"smaller than {MIN_COMPONENT_SHARE} x the largest are dropped" in text
