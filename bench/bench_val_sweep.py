@@ -1,7 +1,7 @@
 """Compare training recipes on the VALIDATION splits of several seeds, never on test.
 
 Usage: .venv/bin/python -m bench.bench_val_sweep --name NAME [--stages train_seg ...] [--set KEY=VALUE ...]
-       [--seeds 42 1 2 3 4] [--workdir DIR]
+       [--data-set KEY=VALUE ...] [--seeds 42 1 2 3 4] [--workdir DIR]
 
 The seed sweep (`bench.bench_seeds`) reports test figures, so it must not be what a recipe is chosen on. This is
 what one is chosen on: per seed, a copy of the project whose fetch, slice and split ran once (kept in --workdir and
@@ -28,8 +28,9 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 STAGE_CHECKPOINT = {"train_seg": "seg", "train_cls": "cls", "train_joint": "joint"}
 
 
-def prepared_project(workdir: Path, seed: int) -> Path:
-    """workdir/seed-N with the processed data and the split of seed N (built once)."""
+def prepared_project(workdir: Path, seed: int, data_overrides: dict) -> Path:
+    """workdir/seed-N with the processed data and the split of seed N (built once, with `data_overrides` applied to
+    its params.yaml first: a recipe that changes the data, such as the modalities, needs a workdir of its own)."""
     sys.path.insert(0, str(REPO))
     from tests.project_copy import copy_project, dvc
 
@@ -39,6 +40,10 @@ def prepared_project(workdir: Path, seed: int) -> Path:
     shutil.rmtree(project, ignore_errors=True)
     project.mkdir(parents=True)
     copy_project(project, tiny=False, seed=seed)  # tracking off
+    if data_overrides:
+        from tasks.config import set_params
+
+        set_params(data_overrides, project / "params.yaml")
     done = dvc(project, "repro", "split")
     if done.returncode != 0:
         raise SystemExit(f"dvc repro split for seed {seed} failed:\n{done.stderr[-3000:]}")
@@ -84,28 +89,31 @@ def train(project: Path, stages: list[str], overrides: dict, name: str) -> float
 
 
 def main() -> None:
-    import yaml
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True)
     parser.add_argument("--stages", nargs="+", default=list(STAGE_CHECKPOINT), choices=list(STAGE_CHECKPOINT))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--data-set", dest="data_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="applied before fetch/slice/split when a seed's project is first prepared")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/slicewise-val-sweep"))
     args = parser.parse_args()
-    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.overrides)}
     sys.path.insert(0, str(REPO))
+    from tasks.config import parse_assignments
+
+    overrides, data_overrides = parse_assignments(args.overrides), parse_assignments(args.data_overrides)
 
     per_seed = {}
     for seed in args.seeds:
-        project = prepared_project(args.workdir, seed)
+        project = prepared_project(args.workdir, seed, data_overrides)
         seconds = train(project, args.stages, overrides, args.name)
         checkpoint = project / "checkpoints" / STAGE_CHECKPOINT[args.stages[-1]] / "best.pt"
         per_seed[seed] = validation_scores(checkpoint, project) | {"train_seconds": round(seconds, 1)}
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in per_seed[seed].items()), flush=True)
     summary = {key: {"mean": statistics.mean(v[key] for v in per_seed.values()),
                      "min": min(v[key] for v in per_seed.values())} for key in next(iter(per_seed.values()))}
-    line = {"name": args.name, "stages": args.stages, "overrides": args.overrides, "per_seed": per_seed,
+    line = {"name": args.name, "stages": args.stages, "overrides": args.overrides,
+            "data_overrides": args.data_overrides, "per_seed": per_seed,
             "summary": summary}
     args.workdir.mkdir(parents=True, exist_ok=True)
     with (args.workdir / "results.jsonl").open("a") as out:

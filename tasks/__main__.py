@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from tasks import STEPS, paths
-from tasks.config import load_settings, set_params
+from tasks.config import load_settings, parse_assignments, set_params
 from tasks.errors import SliceWiseError
 from tasks.redaction import install_log_redaction
 
@@ -52,16 +52,8 @@ for _step in STEPS:
 @app.command("set")
 def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VALUE, e.g. profile=baseline")) -> None:
     """Change params.yaml (comments kept), e.g. `set profile=baseline data.source=local`."""
-    import yaml
-
-    updates = {}
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(SliceWiseError(f"expected KEY=VALUE, got {item!r}"))
-        updates[key] = yaml.safe_load(value)
     try:
-        set_params(updates)
+        set_params(parse_assignments(assignments))
     except SliceWiseError as exc:
         _fail(exc)
 

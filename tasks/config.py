@@ -289,6 +289,20 @@ def load_settings(path: Path | str = paths.PARAMS) -> Settings:
         raise SliceWiseError(f"invalid parameters: {problems}", path) from exc
 
 
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
+    """`["train.lr=0.001", "profiles.quick.modalities=[flair,t2]"]` → dotted keys to YAML-typed values, as
+    `dvc exp run -S` reads them; an item without `=` is a SliceWiseError naming it."""
+    import yaml
+
+    updates = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SliceWiseError(f"expected KEY=VALUE, got {item!r}")
+        updates[key] = yaml.safe_load(value)
+    return updates
+
+
 def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> None:
     """Write dotted-key updates into params.yaml keeping its comments, as `dvc exp run -S` would.
 

@@ -213,6 +213,16 @@ def test_modalities_come_from_the_profile_and_keep_flair_first(tmp_path):
         load_settings(params)
 
 
+def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
+    from tasks.config import parse_assignments
+
+    parsed = parse_assignments(["profiles.quick.modalities=[flair,t2]", "train.lr=0.002", "seed=7", "data.brats_dir=a=b"])
+    assert parsed == {"profiles.quick.modalities": ["flair", "t2"], "train.lr": 0.002, "seed": 7,
+                      "data.brats_dir": "a=b"}
+    with pytest.raises(SliceWiseError, match="expected KEY=VALUE, got 'seed'"):
+        parse_assignments(["seed"])
+
+
 def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_path):
     """slice_patient normalises only the slices it keeps, with the volume's brain statistics: the result must be the
     z-scored volume's slices, resized, to the bit (processed data must not change with the speed-up)."""
