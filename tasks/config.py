@@ -7,7 +7,7 @@ are rejected so that a typo in params.yaml fails loudly instead of silently usin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -146,6 +146,9 @@ class JointStageSettings(_Section):
 class EvaluateSettings(_Section):
     threshold_rule: Literal["youden", "target_sensitivity"] = "youden"
     target_sensitivity: float = Field(0.9, gt=0, le=1)
+    # Segmentation: a pixel is tumour when its probability >= this; "validation" picks it on the validation patients
+    # (tasks/evaluation/scoring.py, choose_mask_threshold), as threshold_rule picks the classification threshold.
+    mask_threshold: Annotated[float, Field(gt=0, lt=1)] | Literal["validation"] = 0.5
     bootstrap: int = Field(1000, ge=10)
     gradcam_examples: int = Field(8, ge=1)
     overlay_examples: int = Field(8, ge=1)

@@ -64,7 +64,9 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     path = tmp_path / "reports" / "metrics.json"
     write_json_atomic(evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=100), seed=1), path)
     written = json.loads(path.read_text())
-    assert set(written) == set(CONTRACT_KEYS) | {"ci95", "classification_by_source", "sensitivity_by_tumour_area"}
+    assert set(written) == set(CONTRACT_KEYS) | {"ci95", "classification_by_source", "sensitivity_by_tumour_area",
+                                                 "segmentation_threshold"}
+    assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
     for section, keys in CONTRACT_KEYS.items():
         assert set(written[section]) == keys
     assert written["segmentation_regions"]["wt"] == {"dice": None, "hd95": None}  # no volume scored
@@ -203,3 +205,45 @@ def test_evaluate_scores_the_raw_test_volumes_per_region(tiny_data, tiny_setting
     assert 0.0 <= regions["wt"]["dice"] <= 1.0 and regions["wt"]["hd95"] >= 0.0
     assert written["volume_uncertainty"]["n_patients"] == 1  # the one test patient whose raw volume is on disk
     assert patient in paths.SPLITS.joinpath("test.txt").read_text().split()
+
+
+def test_mask_threshold_on_validation_keeps_the_tumour_and_drops_a_fainter_false_lesion(tmp_path):
+    """A patient whose tumour the model gives p = 0.68 and a same-sized false lesion on tumour-free slices p = 0.57:
+    every cut up to 0.55 keeps the false lesion (volume Dice falls), every cut from 0.7 loses the tumour. 0.6 and 0.65
+    tie; the choice is the one nearer 0.5, and the test split is then scored at it."""
+    from tasks.data.shards import Shard, write_shard
+    from tasks.inference.predictor import Prediction
+
+    n, size = 8, 16
+    masks = np.zeros((n, size, size), np.uint8)
+    masks[1:4, 4:10, 4:10] = 2
+    probability = np.full((n, 1, size, size), 0.1, np.float32)
+    probability[1:4, 0, 4:10, 4:10] = 0.68
+    probability[5:8, 0, 4:10, 4:10] = 0.57  # no tumour there
+    images = probability.astype(np.float16)  # the fake predictor below reads its answer from the images
+    write_shard(tmp_path / "p1.npz", Shard(images, masks, np.ones(n, bool), masks.reshape(n, -1).any(1).astype(np.uint8),
+                                           np.arange(0, 2 * n, 2, dtype=np.int16), np.array([1.0, 1.0], np.float32)))
+    rows = pd.DataFrame({"patient": "p1", "shard": "p1.npz", "row": np.arange(n), "label": masks.reshape(n, -1).any(1),
+                         "tumour_area_px": (masks > 0).sum(axis=(1, 2))})
+
+    class EchoPredictor:
+        def predict(self, batch):
+            batch = np.asarray(batch, np.float32)
+            return Prediction(tumour_probability=batch.reshape(len(batch), -1).max(1), region_probability=batch)
+
+    table = scoring.mask_threshold_table(EchoPredictor(), tmp_path, rows)
+    at = table.set_index("threshold")
+    assert at.loc[0.5, "slice_dice"] == at.loc[0.6, "slice_dice"] == 1.0  # slices with tumour: same at both cuts
+    assert at.loc[0.5, "volume_dice"] == pytest.approx(2 / 3) and at.loc[0.6, "volume_dice"] == 1.0  # 2·108 / (216 + 108)
+    assert at.loc[0.65, "volume_dice"] == 1.0 and at.loc[0.7, "slice_dice"] == at.loc[0.7, "volume_dice"] == 0.0
+    assert scoring.choose_mask_threshold(table) == 0.6
+
+    section = evaluation_report.resolve_mask_threshold(EvaluateSettings(mask_threshold="validation"), EchoPredictor(),
+                                                       tmp_path, rows)
+    assert section["value"] == 0.6 and section["rule"] == "validation" and len(section["validation"]) == 13
+    assert evaluation_report.resolve_mask_threshold(EvaluateSettings(), EchoPredictor(), tmp_path, rows) == \
+        {"value": 0.5, "rule": "fixed"}
+    at_05 = scoring.predict_split(EchoPredictor(), tmp_path, rows, segmentation=True)
+    at_06 = scoring.predict_split(EchoPredictor(), tmp_path, rows, segmentation=True, mask_threshold=0.6)
+    assert at_05.volume_scores["dice"].iloc[0] == pytest.approx(2 / 3) and at_06.volume_scores["dice"].iloc[0] == 1.0
+    assert scoring.choose_mask_threshold(table.assign(slice_dice=np.nan, volume_dice=np.nan)) == 0.5

@@ -189,3 +189,18 @@ def test_export_norms_keep_onnxruntime_close_to_float64(tmp_path):
     with torch.no_grad():
         reference = model.double()(images.double()).numpy()
     assert np.abs(onnx_out - reference).max() <= 1e-5
+
+
+def test_export_cuts_masks_at_the_threshold_evaluation_chose(project, tiny_settings):
+    metrics_path = write_metrics(project, 0.9, 0.9)
+    report = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps(report | {"segmentation_threshold": {"value": 1.5, "rule": "validation"}}))
+    with pytest.raises(SliceWiseError, match=r"segmentation_threshold.value 1.5 is not in \(0, 1\)") as failure:
+        export.main(tiny_settings)
+    assert "metrics.json" in str(failure.value) and not paths.ONNX_MODEL.exists()
+
+    metrics_path.write_text(json.dumps(report | {"segmentation_threshold": {"value": 0.7, "rule": "validation"}}))
+    export.main(tiny_settings)
+    metadata = json.loads(paths.EXPORT_METADATA.read_text())
+    assert metadata["mask_threshold"] == 0.7  # what serving cuts its masks at (serve/model_source.py)
+    assert json.loads(paths.EXPORT_REPORT.read_text())["parity"]["mask_threshold"] == 0.7

@@ -38,6 +38,7 @@ from tasks.data.regions import REGIONS, regions_from_labels
 from tasks.data.volumes import brats2020_labels, load_volume
 from tasks.evaluation import metrics
 from tasks.evaluation.brats_reference import reference_python, reference_scores
+from tasks.inference.predictor import MASK_THRESHOLD
 from tasks.inference.volume import NO_TTA, SlicePredictor, predict_volume
 
 log = logging.getLogger(__name__)
@@ -115,13 +116,13 @@ def uncertainty_on_errors(uncertainty: np.ndarray, wrong: np.ndarray, brain: np.
 
 
 def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: Sequence[str], image_size: int,
-                     flips: Sequence[Sequence[int]] = NO_TTA) -> dict:
+                     flips: Sequence[Sequence[int]] = NO_TTA, threshold: float = MASK_THRESHOLD) -> dict:
     """One raw BraTS patient folder → its per-region scores and its uncertainty-on-errors figures."""
     volumes = [load_volume(find_part(patient_dir, modality))[0] for modality in modalities]
     seg_path = find_part(patient_dir, "seg")
     truth_volume, spacing = load_volume(seg_path)
     truth = brats2020_labels(truth_volume, seg_path)  # mapped and checked as the slice step does
-    result = predict_volume(predictor, volumes, image_size, flips)
+    result = predict_volume(predictor, volumes, image_size, flips, threshold)
     brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)
     scores = region_scores(result.label_map, truth, spacing, result.regions)
     errors = uncertainty_on_errors(result.uncertainty, result.label_map != truth, brain | (truth > 0))
@@ -131,7 +132,7 @@ def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: S
 
 def score_patients(predictor: SlicePredictor, raw_brats: Path, patients: Sequence[str], modalities: Sequence[str],
                    image_size: int, flips: Sequence[Sequence[int]] = NO_TTA,
-                   keep_label_maps: Path | None = None) -> pd.DataFrame:
+                   keep_label_maps: Path | None = None, threshold: float = MASK_THRESHOLD) -> pd.DataFrame:
     """One row per BraTS patient of `patients` found under `raw_brats` (others, e.g. Kaggle images, are skipped):
     patient, <region>_dice, <region>_hd95, uncertainty columns. With `keep_label_maps`, each patient's predicted
     and true label maps are written there as NIfTI (for the organisers' package)."""
@@ -140,7 +141,7 @@ def score_patients(predictor: SlicePredictor, raw_brats: Path, patients: Sequenc
     with Progress(transient=True) as progress:
         bar = progress.add_task("test volumes (BraTS regions)", total=len(found))
         for patient in found:
-            scored = evaluate_patient(predictor, raw_brats / patient, modalities, image_size, flips)
+            scored = evaluate_patient(predictor, raw_brats / patient, modalities, image_size, flips, threshold)
             row = {"patient": patient}
             for region, values in scored["regions"].items():
                 row |= {f"{region}_{name}": value for name, value in values.items()}

@@ -178,13 +178,14 @@ def _title(row) -> str:
     return f"{row.patient}{where} label={row.label} p={row.probability:.2f}"
 
 
-def overlay_examples_plot(slices: pd.DataFrame, processed: Path, predictor, count: int, out_dir: Path) -> list[Path]:
+def overlay_examples_plot(slices: pd.DataFrame, processed: Path, predictor, count: int, out_dir: Path,
+                          mask_threshold: float = MASK_THRESHOLD) -> list[Path]:
     """Overlays of `count` tumour slices; `slices` are manifest rows with a `probability` column."""
     rows = pick_overlay_examples(slices, count)
     if rows.empty:
         return []
     images, truths = read_examples(processed, rows)
-    predicted = predictor.predict(images).mask_probability >= MASK_THRESHOLD
+    predicted = predictor.predict(images).mask_probability >= mask_threshold
     return overlay_grid_plot(images[:, 0], truths, predicted, [_title(r) for r in rows.itertuples()], out_dir)
 
 

@@ -9,6 +9,8 @@
     subgroups       accuracy, sensitivity, specificity per source (BraTS slices, Kaggle images), and the share of
                     BraTS tumour slices detected per tumour-area bin (where the classifier loses tumours)
     ci95            percentile bootstrap resampling patients (a Kaggle image is its own patient)
+    segmentation_threshold  the pixel threshold every mask above was cut at: `evaluate.mask_threshold`, or chosen on
+                    the validation patients (with the table it was chosen from)
 Slices are predicted one shard at a time, so memory stays bounded by the largest shard. The report is written
 atomically to reports/metrics.json in the contract's shape; plots and their DVC data files go to reports/plots/.
 """
@@ -28,7 +30,7 @@ from tasks.config import EvaluateSettings
 from tasks.data.regions import REGIONS
 from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
-from tasks.evaluation.scoring import SplitPredictions, predict_split
+from tasks.evaluation.scoring import SplitPredictions, choose_mask_threshold, mask_threshold_table, predict_split
 from tasks.inference.predictor import TorchPredictor
 from tasks.io import nested_value, write_json_atomic
 from tasks.tracking.tracker import NullTracker, Tracker
@@ -71,9 +73,10 @@ class VolumeInputs:
 
 
 def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSettings, seed: int,
-                 region_scores: pd.DataFrame | None = None) -> dict:
-    """metrics.json's content: the threshold comes from `val` only, every number from `test`. `region_scores`:
-    one row per test patient volume (tasks/evaluation/brats.score_patients); None or empty → null regions."""
+                 region_scores: pd.DataFrame | None = None, mask_threshold: dict | None = None) -> dict:
+    """metrics.json's content: the thresholds come from `val` only, every number from `test`. `region_scores`:
+    one row per test patient volume (tasks/evaluation/brats.score_patients); None or empty → null regions.
+    `mask_threshold`: the `segmentation_threshold` section (resolve_mask_threshold); None → the fixed default."""
     threshold = metrics.choose_threshold(val.slices["label"].to_numpy(), val.slices["probability"].to_numpy(),
                                          cfg.threshold_rule, cfg.target_sensitivity)
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
@@ -92,7 +95,18 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     intervals = confidence_intervals(test, threshold, cfg.bootstrap, seed) | region_intervals
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
+    report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
     return _finite_or_null(report)
+
+
+def resolve_mask_threshold(cfg: EvaluateSettings, predictor, processed: Path, val_rows: pd.DataFrame) -> dict:
+    """The `segmentation_threshold` section: `evaluate.mask_threshold` as given, or, for "validation", the candidate
+    with the best mean of validation slice and volume Dice, with every candidate's two figures."""
+    if cfg.mask_threshold != "validation":
+        return {"value": float(cfg.mask_threshold), "rule": "fixed"}
+    table = mask_threshold_table(predictor, processed, val_rows)
+    return {"value": choose_mask_threshold(table), "rule": "validation",
+            "validation": table.round(4).to_dict(orient="records")}
 
 
 def confidence_intervals(test: SplitPredictions, threshold: float, n_resamples: int, seed: int) -> dict:
@@ -144,7 +158,8 @@ def write_plots(test: SplitPredictions, report: dict, model, predictor, where: E
         written += plots.pr_plot(labels, probability, cls["pr_auc"], out_dir)
         written += plots.calibration_plot(labels, probability, ece, out_dir)
     written += plots.training_curves_plot(where.histories, out_dir)
-    written += plots.overlay_examples_plot(test.slices, where.processed, predictor, cfg.overlay_examples, out_dir)
+    written += plots.overlay_examples_plot(test.slices, where.processed, predictor, cfg.overlay_examples, out_dir,
+                                           report["segmentation_threshold"]["value"])
     written += plots.gradcam_examples_plot(test.slices, where.processed, model, cfg.gradcam_examples, seed, out_dir,
                                            device)
     return written, ece
@@ -158,20 +173,22 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
 
     model, _ = load_model(checkpoint, map_location=device)
     predictor = TorchPredictor(model, device=device)
-    val = predict_split(predictor, where.processed, split_rows(where.processed, read_split("val", where.splits)),
-                        segmentation=False, description="validation (threshold)")
+    val_rows = split_rows(where.processed, read_split("val", where.splits))
+    val = predict_split(predictor, where.processed, val_rows, segmentation=False, description="validation (threshold)")
+    mask_threshold = resolve_mask_threshold(cfg, predictor, where.processed, val_rows)
     test = predict_split(predictor, where.processed, split_rows(where.processed, read_split("test", where.splits)),
-                         segmentation=True, description="test")
+                         segmentation=True, description="test", mask_threshold=mask_threshold["value"])
     region_scores, organisers = None, None
     if where.raw_brats is not None:
         with tempfile.TemporaryDirectory() as label_maps:
             region_scores = brats.score_patients(predictor, where.raw_brats, read_split("test", where.splits),
                                                  volume_inputs.modalities, volume_inputs.image_size,
-                                                 keep_label_maps=Path(label_maps))
+                                                 keep_label_maps=Path(label_maps),
+                                                 threshold=mask_threshold["value"])
             if len(region_scores):
                 regions = [r for r in REGIONS if f"{r}_dice" in region_scores]
                 organisers = brats.organisers_report(Path(label_maps), regions)
-    report = build_report(val, test, cfg, seed, region_scores)
+    report = build_report(val, test, cfg, seed, region_scores, mask_threshold)
     if organisers is not None:
         report["segmentation_regions_brats_evaluation"] = _finite_or_null(organisers)
     write_json_atomic(report, where.metrics)
@@ -181,8 +198,9 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     tracker.log_artifact(where.metrics)
     for path in written:
         tracker.log_artifact(path, "plots")
-    log.info("evaluate: threshold %.3f, accuracy %.3f, slice Dice %s, ECE %.3f", report["classification"]["threshold"],
-             report["classification"]["accuracy"], report["segmentation"]["dice"], ece)
+    log.info("evaluate: threshold %.3f, accuracy %.3f, slice Dice %s (mask threshold %.2f, %s), ECE %.3f",
+             report["classification"]["threshold"], report["classification"]["accuracy"],
+             report["segmentation"]["dice"], mask_threshold["value"], mask_threshold["rule"], ece)
     return report | {"calibration_ece": ece}
 
 

@@ -28,8 +28,9 @@ class SplitPredictions:
 
 
 def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: bool,
-                  description: str = "predicting") -> SplitPredictions:
-    """Predict every row, one shard at a time; with `segmentation`, score the masks of BraTS shards."""
+                  description: str = "predicting", mask_threshold: float = metrics.MASK_THRESHOLD) -> SplitPredictions:
+    """Predict every row, one shard at a time; with `segmentation`, score the masks of BraTS shards (a pixel is
+    tumour when its probability >= `mask_threshold`)."""
     probability = np.empty(len(rows), dtype=np.float64)
     pixel_area = np.full(len(rows), np.nan)
     slice_scores, volume_scores = [], []
@@ -43,7 +44,7 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
             probability[shard_rows.index.to_numpy()] = prediction.tumour_probability
             pixel_area[shard_rows.index.to_numpy()] = float(np.prod(shard.spacing))  # NaN for photos
             if segmentation and shard.has_mask[take].all():
-                predicted = prediction.mask_probability >= metrics.MASK_THRESHOLD
+                predicted = prediction.mask_probability >= mask_threshold
                 for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
                     at = shard_rows.index.get_indexer(rows_of_patient.index)
                     scores = score_patient(predicted[at], shard.masks[take[at]] > 0,
@@ -78,3 +79,53 @@ def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndar
     )
     return (pd.DataFrame({"slice_index": slice_index[tumour], **per_slice}),
             {name: float(values[0]) for name, values in volume.items()})
+
+
+# Candidates for a mask threshold chosen on validation: 0.30, 0.35, ..., 0.90.
+MASK_THRESHOLD_CANDIDATES = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))
+
+
+def mask_threshold_table(predictor, processed: Path, rows: pd.DataFrame,
+                         candidates: tuple[float, ...] = MASK_THRESHOLD_CANDIDATES) -> pd.DataFrame:
+    """For each candidate threshold, the mean WT Dice over the tumour slices of the BraTS rows and over their
+    re-stacked, cleaned-up patient volumes (the two figures the gate checks), from one prediction per shard."""
+    slice_dice = {t: [] for t in candidates}
+    volume_dice = {t: [] for t in candidates}
+    for shard_name, shard_rows in rows.groupby("shard", sort=False):
+        shard = read_shard(processed / shard_name)
+        take = shard_rows["row"].to_numpy()
+        if not shard.has_mask[take].all():
+            continue
+        probability = predictor.predict(shard.images[take]).mask_probability
+        for _, rows_of_patient in shard_rows.groupby("patient", sort=False):
+            at = shard_rows.index.get_indexer(rows_of_patient.index)
+            truth, index = shard.masks[take[at]] > 0, shard.slice_index[take[at]]
+            tumour = truth.reshape(len(truth), -1).any(axis=1)
+            order, stride = np.argsort(index), metrics.slice_step(index)
+            true_volume = metrics.stack_volume(truth[order], index[order], stride)
+            for t in candidates:
+                predicted = probability[at] >= t
+                slice_dice[t] += [_dice(p, q) for p, q in zip(predicted[tumour], truth[tumour])]
+                volume = drop_small_components(metrics.stack_volume(predicted[order], index[order], stride))
+                volume_dice[t].append(_dice(volume, true_volume))
+    return pd.DataFrame({"threshold": list(candidates),
+                         "slice_dice": [float(np.mean(slice_dice[t])) if slice_dice[t] else np.nan for t in candidates],
+                         "volume_dice": [float(np.mean(volume_dice[t])) if volume_dice[t] else np.nan
+                                         for t in candidates]})
+
+
+def choose_mask_threshold(table: pd.DataFrame) -> float:
+    """The candidate with the best mean of slice and volume Dice; on a tie the one nearest 0.5 (the untuned cut).
+    A table without any tumour (NaN everywhere) gives 0.5."""
+    objective = (table["slice_dice"] + table["volume_dice"]) / 2
+    if objective.isna().all():
+        return metrics.MASK_THRESHOLD
+    best = objective.max()
+    tied = table.loc[np.isclose(objective, best), "threshold"]
+    return float(tied.iloc[np.argmin(np.abs(tied.to_numpy() - metrics.MASK_THRESHOLD))])
+
+
+def _dice(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks; 1 when both are empty, as metrics.segmentation_scores scores that case."""
+    total = int(predicted.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(predicted, truth).sum()) / total

@@ -105,7 +105,7 @@ def ort_session(path: Path, threads: int):
 
 
 def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], threshold: float,
-                 cfg: ExportSettings) -> dict:
+                 cfg: ExportSettings, mask_threshold: float = MASK_THRESHOLD) -> dict:
     """Compare torch and onnxruntime logits, tumour decisions and masks on every slice."""
     max_seg = max_cls = 0.0
     n = mismatches = 0
@@ -121,7 +121,7 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                 max_seg = max(max_seg, float(np.abs(seg_t - seg_o).max()))
                 max_cls = max(max_cls, float(np.abs(cls_t - cls_o.reshape(cls_t.shape)).max()))
                 mismatches += int(((sigmoid(cls_t) >= threshold) != (sigmoid(cls_o.reshape(-1)) >= threshold)).sum())
-                mask_t, mask_o = sigmoid(seg_t) >= MASK_THRESHOLD, sigmoid(seg_o) >= MASK_THRESHOLD
+                mask_t, mask_o = sigmoid(seg_t) >= mask_threshold, sigmoid(seg_o) >= mask_threshold
                 overlap = overlap + (mask_t & mask_o).sum(axis=(0, 2, 3))  # every region channel, each on its own
                 area_torch, area_onnx = area_torch + mask_t.sum(axis=(0, 2, 3)), area_onnx + mask_o.sum(axis=(0, 2, 3))
                 n += len(batch)
@@ -134,7 +134,7 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
     passed = max_diff <= cfg.parity_atol and mismatches == 0 and dice >= cfg.parity_min_dice
     return {"passed": passed, "n_slices": n, "max_abs_diff": max_diff, "max_abs_diff_seg": max_seg,
             "max_abs_diff_cls": max_cls, "atol": cfg.parity_atol, "decision_mismatches": mismatches,
-            "threshold": threshold, "mask_dice": dice,
+            "threshold": threshold, "mask_threshold": mask_threshold, "mask_dice": dice,
             "mask_dice_per_region": dict(zip(REGION_ORDER, region_dice)) if len(region_dice) > 1 else {"wt": dice},
             "min_mask_dice": cfg.parity_min_dice}
 
@@ -181,7 +181,8 @@ def measure_latency(model: torch.nn.Module, session, sample: np.ndarray, runs: i
     return {"latency": latency, "speedup_p50": speedup}
 
 
-def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, threshold: float, opset: int) -> dict:
+def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, threshold: float, opset: int,
+                   mask_threshold: float = MASK_THRESHOLD) -> dict:
     """The model card's machine-readable half (MONAI bundle metadata.json idea): everything serving needs."""
     from importlib.metadata import version  # not `import monai`: it loads every MONAI subpackage, 4 s for a string
 
@@ -205,7 +206,7 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
         "regions": regions,
         "preprocessing": PREPROCESSING,
         "threshold": threshold,
-        "mask_threshold": MASK_THRESHOLD,
+        "mask_threshold": mask_threshold,
         "model_config": checkpoint["model_config"],
         "checkpoint": {"stage": checkpoint.get("stage"), "epoch": checkpoint.get("epoch"),
                        "metric": checkpoint.get("metric_name"), "best_metric": checkpoint.get("best_metric")},
@@ -214,12 +215,21 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
     }
 
 
-def read_threshold(metrics_path: Path) -> float:
+def read_thresholds(metrics_path: Path) -> tuple[float, float]:
+    """The classification threshold and the mask threshold evaluation used (0.5 for metrics written before the
+    mask threshold was recorded)."""
     metrics = read_json(metrics_path, "evaluate")
     try:
-        return float(metrics["classification"]["threshold"])
+        threshold = float(metrics["classification"]["threshold"])
     except (ValueError, KeyError, TypeError) as exc:
         raise SliceWiseError(f"no classification.threshold in the metrics ({exc})", metrics_path) from exc
+    try:
+        mask_threshold = float(metrics.get("segmentation_threshold", {}).get("value", MASK_THRESHOLD))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise SliceWiseError(f"unreadable segmentation_threshold.value in the metrics ({exc})", metrics_path) from exc
+    if not 0 < mask_threshold < 1:
+        raise SliceWiseError(f"segmentation_threshold.value {mask_threshold} is not in (0, 1)", metrics_path)
+    return threshold, mask_threshold
 
 
 def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
@@ -228,13 +238,13 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
     """Export, check, verify parity, measure latency; returns the content of reports/export.json."""
     from tasks.inference.checkpoints import load_model
 
-    threshold = read_threshold(metrics_path)
+    threshold, mask_threshold = read_thresholds(metrics_path)
     model, checkpoint = load_model(checkpoint_path)
     threads = cfg.latency_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     for stale in (onnx_path, metadata_path):  # a failed export must not leave the previous model looking current
         stale.unlink(missing_ok=True)
-    metadata = model_metadata(checkpoint, modalities, image_size, threshold, cfg.opset)
+    metadata = model_metadata(checkpoint, modalities, image_size, threshold, cfg.opset, mask_threshold)
     test_slices = iter_test_slices(processed, splits_dir)
     sample = next(test_slices)  # the first shard: checked here, then the first of the parity run
     expected_shape = (checkpoint["model_config"]["in_channels"], image_size, image_size)
@@ -245,7 +255,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
         export_onnx(model, tmp, checkpoint["model_config"]["in_channels"], image_size, cfg.opset)
         check_onnx(tmp, metadata)
         session = ort_session(tmp, threads)
-        parity = check_parity(model, session, itertools.chain([sample], test_slices), threshold, cfg)
+        parity = check_parity(model, session, itertools.chain([sample], test_slices), threshold, cfg, mask_threshold)
         report = {"onnx": {"path": str(onnx_path), "opset": cfg.opset, "size_bytes": tmp.stat().st_size,
                            "sha256": sha256_file(tmp), "checker": "passed"},
                   "parity": parity}
