@@ -52,3 +52,9 @@ def test_card_shows_where_the_classifier_errs():
 def test_card_says_how_predicted_volumes_are_cleaned():
     text = card({"classification": {"threshold": 0.5}})
     assert f"smaller than {MIN_COMPONENT_SHARE} x the largest are dropped" in text
+
+
+def test_card_says_where_masks_are_cut():
+    assert "a pixel is tumour when its probability >= 0.500, fixed" in card({"classification": {"threshold": 0.5}})
+    chosen = card({"classification": {"threshold": 0.5}, "segmentation_threshold": {"value": 0.65, "rule": "validation"}})
+    assert "a pixel is tumour when its probability >= 0.650, chosen on the validation split" in chosen

@@ -112,11 +112,14 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
     """Markdown model card; `decision` is a gate.GateDecision."""
     title = f"# {model_name}" + (f" version {version}" if version else "")
     threshold = metrics["classification"].get("threshold")
+    cut = metrics.get("segmentation_threshold", {"value": 0.5, "rule": "fixed"})
+    cut_origin = "chosen on the validation split" if cut.get("rule") == "validation" else "fixed"
     synthetic = data_source == "synthetic"
     lines = [
         title, "",
         "Multitask 2D U-Net: whole-tumour segmentation of axial brain MRI slices and a tumour / no-tumour decision "
-        f"per slice (tumour when the probability >= {_fmt(threshold)}, the threshold chosen on the validation split).",
+        f"per slice (tumour when the probability >= {_fmt(threshold)}, the threshold chosen on the validation split; "
+        f"a pixel is tumour when its probability >= {_fmt(cut.get('value'))}, {cut_origin}).",
         "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",
         "Splits are patient-level (no patient in two splits); near-duplicate Kaggle images stay in one split.",
         "", "## Test metrics", "", "Intervals: percentile bootstrap resampling patients.", "",
