@@ -4,7 +4,8 @@ evaluate run it (tasks/inference/volume.py), with and without flip TTA.
 Usage: .venv/bin/python scripts/volume_figure.py --model exports/model.onnx --raw data/raw/brats \
            --patients BraTS20_Training_006 ... [--figure docs/volume-uncertainty.png] [--flips "[[], [3]]"]
 Prints per patient and region Dice / HD95 (BraTS rules, native resolution) and the uncertainty-on-errors figures,
-TTA off and on; draws the first patient's slice with the most tumour: FLAIR, truth, prediction, uncertainty.
+TTA off and on, scored by evaluation's own `evaluate_patient` at the model's mask threshold (the seconds include
+loading the volumes); draws the first patient's slice with the most tumour: FLAIR, truth, prediction, uncertainty.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.data.preprocess import axial_slice  # noqa: E402
-from tasks.data.regions import to_brats2020_labels  # noqa: E402
 from tasks.data.local_import import find_part  # noqa: E402
+from tasks.data.preprocess import axial_slice  # noqa: E402
 from tasks.data.volumes import load_volume  # noqa: E402
-from tasks.evaluation.brats import region_scores, uncertainty_on_errors  # noqa: E402
-from tasks.inference.predictor import OnnxPredictor  # noqa: E402
-from tasks.inference.volume import NO_TTA, predict_volume  # noqa: E402
+from tasks.evaluation.brats import evaluate_patient  # noqa: E402
+from tasks.inference.predictor import MASK_THRESHOLD, OnnxPredictor  # noqa: E402
+from tasks.inference.volume import NO_TTA  # noqa: E402
 
 COLOURS = {1: (0.9, 0.15, 0.15), 2: (0.15, 0.8, 0.25), 4: (1.0, 0.85, 0.1)}
 
@@ -51,26 +51,21 @@ def main() -> None:
     predictor = OnnxPredictor(args.model, providers=["CPUExecutionProvider"], batch_size=8)
     meta = json.loads(predictor.session.get_modelmeta().custom_metadata_map.get("slicewise", "{}"))
     modalities, size = meta.get("modalities", ["flair"]), int(meta["image_size"])
+    mask_threshold = float(meta.get("mask_threshold", MASK_THRESHOLD))
     flips = [tuple(f) for f in json.loads(args.flips)]
     rows, drawn = [], False
     for patient in args.patients:
-        folder = args.raw / patient
-        volumes = [load_volume(find_part(folder, m))[0] for m in modalities]
-        seg, spacing = load_volume(find_part(folder, "seg"))
-        truth = to_brats2020_labels(np.rint(seg).astype(np.int16))
-        brain = np.any(np.stack([v > 0 for v in volumes]), axis=0) | (truth > 0)
         for name, chosen in (("tta_off", NO_TTA), ("tta_on", flips)):
-            started = time.perf_counter()
-            result = predict_volume(predictor, volumes, size, chosen)
+            started = time.perf_counter()  # evaluation's own code path: load, predict, clean up, score
+            scored = evaluate_patient(predictor, args.raw / patient, modalities, size, chosen, mask_threshold)
             seconds = time.perf_counter() - started
-            scores = region_scores(result.label_map, truth, spacing, result.regions)
-            errors = uncertainty_on_errors(result.uncertainty, result.label_map != truth, brain)
             rows.append({"patient": patient, "tta": name, "seconds": round(seconds, 2),
-                         **{f"{r}_{k}": round(v, 4) for r, m in scores.items() for k, v in m.items()},
-                         **{f"uncertainty_{k}": round(v, 4) for k, v in errors.items()}})
+                         **{f"{r}_{k}": round(v, 4) for r, m in scored["regions"].items() for k, v in m.items()},
+                         **{f"uncertainty_{k}": round(v, 4) for k, v in scored["uncertainty"].items()}})
             print(json.dumps(rows[-1]))
             if args.figure and name == "tta_on" and not drawn:
-                draw(args.figure, volumes[0], truth, result, patient, flips)
+                flair = load_volume(find_part(args.raw / patient, modalities[0]))[0]
+                draw(args.figure, flair, scored["truth"], scored["prediction"], patient, flips)
                 drawn = True
     for name in ("tta_off", "tta_on"):
         chosen = [r for r in rows if r["tta"] == name]

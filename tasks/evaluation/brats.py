@@ -127,7 +127,7 @@ def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: S
     scores = region_scores(result.label_map, truth, spacing, result.regions)
     errors = uncertainty_on_errors(result.uncertainty, result.label_map != truth, brain | (truth > 0))
     return {"patient": patient_dir.name, "regions": scores, "uncertainty": errors, "label_map": result.label_map,
-            "truth": truth, "spacing": spacing}
+            "truth": truth, "spacing": spacing, "prediction": result}
 
 
 def score_patients(predictor: SlicePredictor, raw_brats: Path, patients: Sequence[str], modalities: Sequence[str],
