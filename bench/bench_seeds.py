@@ -35,7 +35,9 @@ FIGURES = (("accuracy", "classification", "accuracy"), ("sensitivity", "classifi
            # where the classifier errs: BraTS slices and Kaggle-style photos apart
            ("brats_accuracy", "classification_by_source.brats", "accuracy"),
            ("photo_accuracy", "classification_by_source.kaggle", "accuracy"),
-           ("photo_sensitivity", "classification_by_source.kaggle", "sensitivity"))
+           ("photo_sensitivity", "classification_by_source.kaggle", "sensitivity"),
+           # the pixel cut the masks were scored at (evaluate.mask_threshold: fixed, or chosen on validation)
+           ("mask_threshold", "segmentation_threshold", "value"))
 TARGETS = {"accuracy": 0.90, "slice_dice": 0.80, "volume_dice": 0.85}
 
 
