@@ -81,16 +81,22 @@ def make_tiny_processed(root: Path, *, n_patients: int = 5, slices: int = 8, kag
 
 
 def shrink_settings(settings: Settings, **profile_updates) -> Settings:
-    """The given settings on CPU, tiny model, one epoch per stage, 32-pixel images, no tracking."""
+    """The given settings on CPU, tiny model, one epoch per stage, 32-pixel images, no tracking, FLAIR only.
+
+    FLAIR only because make_tiny_processed writes one channel by default (a test of several passes
+    `modalities=...` and `channels=...`); the project copies of the end-to-end tests (tests/project_copy.py) keep
+    the quick profile's own modalities."""
     profile = settings.active
+    modalities = tuple(profile_updates.pop("modalities", ("flair",)))
     profile = profile.model_copy(update={
-        "image_size": 32, "synthetic_patients": 5, "synthetic_kaggle_images": 4,
+        "image_size": 32, "synthetic_patients": 5, "synthetic_kaggle_images": 4, "modalities": modalities,
         "model": profile.model.model_copy(update={"base_channels": 4, "depth": 2}),
         "epochs": profile.epochs.model_copy(update={"seg": 1, "cls": 1, "joint": 1}),
         **profile_updates,
     })
     return settings.model_copy(update={
         "profiles": {**settings.profiles, settings.profile: profile},
+        "slice": settings.slice.model_copy(update={"modalities": modalities}),
         "train": settings.train.model_copy(update={"batch_size": 8, "device": "cpu", "threads": 1}),
         "tracking": settings.tracking.model_copy(update={"enabled": False}),
         "evaluate": settings.evaluate.model_copy(update={"bootstrap": 20}),

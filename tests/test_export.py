@@ -40,7 +40,8 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
             assert 0 < timing["p50_ms"] <= timing["p95_ms"]
     assert report["speedup_p50"]["batch_1"] > 0
     size = tiny_settings.active.image_size
-    assert metadata["input"] == {"name": "image", "shape": ["batch", 1, size, size], "dtype": "float32"}
+    channels = tiny_settings.in_channels
+    assert metadata["input"] == {"name": "image", "shape": ["batch", channels, size, size], "dtype": "float32"}
     assert [o["name"] for o in metadata["outputs"]] == ["seg_logits", "cls_logits"]
     assert metadata["outputs"][0]["shape"] == ["batch", 3, size, size]
     assert metadata["threshold"] == json.loads(paths.METRICS.read_text())["classification"]["threshold"]
@@ -62,7 +63,7 @@ def test_exported_model_has_dynamic_batch_and_matches_torch_predictor(project, t
     export.main(tiny_settings)
     model, _ = load_model(paths.best_checkpoint("joint"))
     size = tiny_settings.active.image_size
-    images = np.random.default_rng(3).normal(size=(5, 1, size, size)).astype(np.float32)
+    images = np.random.default_rng(3).normal(size=(5, tiny_settings.in_channels, size, size)).astype(np.float32)
     expected = TorchPredictor(model).predict(images)
     for batch_size in (1, 2, 5):  # 5 = 2 + 2 + 1: three different batch sizes through one session
         got = OnnxPredictor(paths.ONNX_MODEL, providers=["CPUExecutionProvider"], batch_size=batch_size).predict(images)

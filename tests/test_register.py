@@ -138,7 +138,8 @@ def test_champion_loads_back_and_matches_the_exported_file(project, tiny_setting
     settings = tracked(tiny_settings)
     register.main(settings)
     size = tiny_settings.active.image_size
-    images = np.random.default_rng(0).normal(size=(3, 1, size, size)).astype(np.float32)
+    channels = tiny_settings.in_channels
+    images = np.random.default_rng(0).normal(size=(3, channels, size, size)).astype(np.float32)
     expected_seg, expected_cls = onnx_outputs(paths.ONNX_MODEL, images)
 
     with fluent_store():  # models:/ URIs resolve against the project's store
@@ -146,7 +147,7 @@ def test_champion_loads_back_and_matches_the_exported_file(project, tiny_setting
         info = mlflow.models.get_model_info("models:/slicewise@champion")
     np.testing.assert_array_equal(served["seg_logits"], expected_seg)
     np.testing.assert_array_equal(served["cls_logits"], expected_cls)
-    assert info.metadata["threshold"] == 0.5 and info.signature.inputs.inputs[0].shape == (-1, 1, size, size)
+    assert info.metadata["threshold"] == 0.5 and info.signature.inputs.inputs[0].shape == (-1, channels, size, size)
 
     registry = ModelRegistry.existing(settings.tracking, settings.registry.model_name)  # the client serving uses
     fetched = registry.fetch("champion", tmp_path / "download")
@@ -313,7 +314,7 @@ def test_register_against_a_real_mlflow_server(tmp_path, tiny_settings, monkeypa
 
         assert alias_version("slicewise", "champion") == "1"
         size = settings.active.image_size
-        images = np.random.default_rng(1).normal(size=(2, 1, size, size)).astype(np.float32)
+        images = np.random.default_rng(1).normal(size=(2, settings.in_channels, size, size)).astype(np.float32)
         with fluent_store():
             served = mlflow.pyfunc.load_model("models:/slicewise@champion").predict(images)
         np.testing.assert_array_equal(served["cls_logits"], onnx_outputs(paths.ONNX_MODEL, images)[1])

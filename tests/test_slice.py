@@ -201,7 +201,9 @@ def test_modalities_come_from_the_profile_and_keep_flair_first(tmp_path):
 
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text())
-    assert load_settings(params).slice.modalities == ("flair",)  # quick: FLAIR only, for its time budget
+    assert load_settings(params).slice.modalities == ("flair", "t1", "t1ce", "t2")  # quick: all four (README, "Recipes")
+    set_params({"profiles.quick.modalities": ["flair"]}, params)
+    assert load_settings(params).slice.modalities == ("flair",) and load_settings(params).in_channels == 1
     set_params({"profile": "baseline"}, params)
     baseline = load_settings(params)
     assert baseline.slice.modalities == baseline.modalities == ("flair", "t1", "t1ce", "t2")
