@@ -197,6 +197,10 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         "slices": slices,
         "mask_nifti": nifti_b64(result.whole_tumour.astype(np.uint8), image),
         "mask_nifti_filename": output_filename(name, "mask"),
+        # Which channels were real and which were zero-filled: the model reads a missing modality as all-zero, and
+        # FLAIR alone costs most on the tumour core and the enhancing tumour (README, "Modalities and regions").
+        "modalities": {"sent": [m for m, v in zip(model.modalities, volumes) if v is not None],
+                       "missing": [m for m, v in zip(model.modalities, volumes) if v is None]},
         "regions": list(model.regions),
         "region_volumes_cm3": {region: (round(region_cm3[region], 4) if region in region_cm3 else None)
                                for region in REGIONS},

@@ -326,3 +326,35 @@ def test_an_upload_with_grad_cam_and_an_api_error_shown_as_a_message(browser, se
     visible(browser, "slice-error")
     assert "unsupported file type" in browser.find_element("id", "slice-error").text
     assert not browser.find_element("id", "slice-result").is_displayed()
+
+
+def test_patient_files_go_to_the_api_as_the_modalities_their_names_say(browser, server, project, tmp_path):
+    patient, takes = project["patient"], project["settings"].modalities  # FLAIR alone, or four (a trained export)
+    flair = project["root"] / paths.RAW_BRATS / patient / f"{patient}_flair.nii.gz"
+    named = {m: tmp_path / f"P_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")}
+    for path in named.values():
+        shutil.copyfile(flair, path)
+
+    open_page(browser, server, "patient")  # FLAIR alone: the note names what a multi-modality model did not get
+    browser.find_element("id", "vol-file").send_keys(str(named["flair"]))
+    visible(browser, "vol-result")
+    assert browser.find_element("id", "vol-title").text.startswith("P_flair.nii.gz")
+    note = browser.find_element("id", "vol-modalities")
+    assert note.is_displayed() == (len(takes) > 1)
+    if len(takes) > 1:
+        assert note.text.startswith("Predicted without T1, T1ce, T2")
+
+    open_page(browser, server, "patient")  # four files in one selection: one field per modality, by name
+    browser.find_element("id", "vol-file").send_keys("\n".join(str(p) for p in named.values()))
+    if takes == ("flair",):  # the API names the fields it was sent and cannot use
+        assert "takes flair; it has no channel for t1, t1ce, t2" in visible(browser, "vol-error").text
+    else:
+        visible(browser, "vol-result")
+        assert browser.find_element("id", "vol-title").text.startswith("P_flair.nii.gz + P_t1.nii.gz")
+        assert not browser.find_element("id", "vol-modalities").is_displayed()
+
+    open_page(browser, server, "patient")  # names that say no modality: refused before anything is sent
+    other = tmp_path / "scan.nii.gz"
+    shutil.copyfile(flair, other)
+    browser.find_element("id", "vol-file").send_keys(f"{named['flair']}\n{other}")
+    assert "scan.nii.gz: with several files" in visible(browser, "vol-error").text

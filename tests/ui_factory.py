@@ -67,15 +67,17 @@ def registered_copy(source: Path, root: Path, settings: Settings) -> dict:
     for part in (paths.PROCESSED, paths.SPLITS):
         (root / part).parent.mkdir(parents=True, exist_ok=True)
         (root / part).symlink_to((source / part).resolve())
-    test = read_split("test", source / paths.SPLITS)
-    for patient in test:
+    linked = []
+    for patient in read_split("test", source / paths.SPLITS):
         if (source / paths.RAW_BRATS / patient).is_dir():
             (root / paths.RAW_BRATS).mkdir(parents=True, exist_ok=True)
             (root / paths.RAW_BRATS / patient).symlink_to((source / paths.RAW_BRATS / patient).resolve())
+            linked.append(patient)
     fresh_mlflow_store(root)
     champion = register.main(settings)
     metrics = json.loads((root / paths.METRICS).read_text())
     metrics["classification"]["sensitivity"] = 0.5  # the same model, reported worse: the gate rejects it
     (root / paths.METRICS).write_text(json.dumps(metrics))
     challenger = register.main(settings)
-    return {"settings": settings, "patient": None, "champion": champion, "challenger": challenger}
+    return {"settings": settings, "patient": linked[0] if linked else None, "champion": champion,
+            "challenger": challenger}

@@ -1,9 +1,12 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice probability plot.
-import { $, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, postFiles, show, showWarning,
+import { $, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, show, showWarning,
   tinted } from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
+const MODALITY_NAMES = { flair: "FLAIR", t1: "T1", t1ce: "T1ce", t2: "T2" };
+// BraTS names each modality's file <patient>_<modality>.nii[.gz]; t1ce before t1, or "_t1ce" would read as T1.
+const MODALITY_SUFFIX = /_(flair|t1ce|t1|t2)\.nii(\.gz)?$/i;
 const LABEL_LEGEND = [["#e62828", "necrotic core (1)"], ["#28c846", "oedema (2)"], ["#fadc28", "enhancing (4)"]];
 const patient = { result: null, slices: [], base: [], pred: [], truth: [], unc: [], urls: [] };
 
@@ -34,6 +37,12 @@ async function render(result, title) {
   $("vol-title").textContent = `${title} · ${result.shape.join(" × ")} voxels of ` +
     `${result.voxel_spacing_mm.map((s) => s.toFixed(2)).join(" × ")} mm`;
   showWarning("vol-warning", result.warning);
+  const missing = (result.modalities || {}).missing || [];
+  $("vol-modalities").textContent = missing.length ?
+    `Predicted without ${missing.map((m) => MODALITY_NAMES[m] || m).join(", ")}: this model also reads ` +
+    "them, and a modality not sent is an all-zero channel, which costs the tumour core and the enhancing tumour " +
+    "most. Select every modality file at once for the full prediction." : "";
+  show("vol-modalities", missing.length > 0);
   show("vol-truth-toggle", patient.truth.some(Boolean));
   show("vol-unc-toggle", patient.unc.some(Boolean));
   $("vol-legend").innerHTML = (hasLabels ? LABEL_LEGEND : [["#e62828", "whole tumour (predicted)"]])
@@ -125,10 +134,36 @@ export async function openVolumeExample(example) {
   if (!ok) show("vol-result", false);
 }
 
+// One file goes as `file` (FLAIR, or a 4D volume of the model's modalities); several go one field per modality,
+// told apart by their BraTS names. Returns the form, or throws an error that names the file it could not place.
+export function volumeForm(files) {
+  const form = new FormData();
+  if (files.length === 1) {
+    form.append("file", files[0], files[0].name);
+    return form;
+  }
+  const seen = {};
+  for (const file of files) {
+    const match = MODALITY_SUFFIX.exec(file.name);
+    if (!match) {
+      throw new Error(`${file.name}: with several files, each must be named like BraTS's ` +
+        "<patient>_flair / _t1 / _t1ce / _t2 .nii.gz, so the viewer knows which modality it holds");
+    }
+    const modality = match[1].toLowerCase();
+    if (seen[modality]) throw new Error(`${file.name} and ${seen[modality]} are both ${MODALITY_NAMES[modality]}`);
+    seen[modality] = file.name;
+    form.append(modality, file, file.name);
+  }
+  if (!seen.flair) throw new Error(`no FLAIR file among ${Object.values(seen).join(", ")}: FLAIR is required`);
+  return form;
+}
+
 async function predictVolumeFile() {
-  const file = $("vol-file").files[0];
-  if (!file) return;
-  const ok = await busy("vol", async () => render(await postFiles("/v1/predict/volume?images=true", "file", [file]), file.name));
+  const files = [...$("vol-file").files];
+  if (!files.length) return;
+  const title = files.length === 1 ? files[0].name : files.map((f) => f.name).join(" + ");
+  const ok = await busy("vol", async () => render(
+    await api("/v1/predict/volume?images=true", { method: "POST", body: volumeForm(files) }), title));
   if (!ok) show("vol-result", false);
 }
 
