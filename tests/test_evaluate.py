@@ -49,6 +49,16 @@ def test_threshold_is_chosen_on_validation_not_test():
     assert report["classification"]["confusion_matrix"] == [[0, 10], [0, 10]]
 
 
+def test_the_fixed_rule_keeps_its_threshold_whatever_validation_says():
+    val = predictions(np.linspace(0.05, 0.25, 10), np.linspace(0.30, 0.50, 10))  # Youden would pick 0.30
+    test = predictions(np.linspace(0.40, 0.60, 10), np.linspace(0.70, 0.90, 10))
+    for fixed in (0.5, 0.8):
+        cfg = EvaluateSettings(threshold_rule="fixed", fixed_threshold=fixed, bootstrap=10)
+        report = evaluation_report.build_report(val, test, cfg, seed=0)
+        assert report["classification"]["threshold"] == fixed
+    assert report["classification"]["confusion_matrix"] == [[10, 0], [5, 5]]  # 5 of the positives (0.70-0.90) < 0.8
+
+
 def test_target_sensitivity_rule_is_applied_to_validation():
     val = predictions(np.linspace(0.0, 0.4, 5), np.array([0.1, 0.5, 0.6, 0.7, 0.8]))
     test = predictions(np.array([0.05, 0.2]), np.array([0.3, 0.9]))

@@ -203,3 +203,9 @@ def test_fast_bootstrap_statistic_equals_sklearn_with_weights(seed):
     reference = metrics.classification_metrics(labels[drawn], probs[drawn], 0.5, sample_weight=weights[drawn])
     for name in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc"):
         assert fast[name] == pytest.approx(reference[name], abs=1e-12), name
+
+
+def test_the_fixed_rule_ignores_the_scores():
+    labels, probs = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.6, 0.7])
+    assert metrics.choose_threshold(labels, probs, "fixed", fixed=0.42) == 0.42
+    assert metrics.choose_threshold(np.ones(3), np.array([0.2, 0.4, 0.9]), "fixed", fixed=0.42) == 0.42

@@ -36,15 +36,19 @@ SOURCE_SLICE_THICKNESS_MM = 1.0
 def choose_threshold(
     labels: np.ndarray,
     probabilities: np.ndarray,
-    rule: Literal["youden", "target_sensitivity"] = "youden",
+    rule: Literal["fixed", "youden", "target_sensitivity"] = "youden",
     target_sensitivity: float = 0.9,
+    fixed: float = 0.5,
 ) -> float:
     """Decision threshold from (validation) scores.
 
+    fixed: `fixed`, whatever the scores.
     youden: maximises Youden's J = sensitivity + specificity - 1.
     target_sensitivity: the highest threshold whose sensitivity reaches the target, i.e. the best specificity
     that still meets it. With a single class the ROC is undefined and 0.5 is returned.
     """
+    if rule == "fixed":
+        return float(fixed)
     labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=np.float64)
     if len(np.unique(labels)) < 2:
         return 0.5

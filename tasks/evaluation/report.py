@@ -78,7 +78,7 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     one row per test patient volume (tasks/evaluation/brats.score_patients); None or empty → null regions.
     `mask_threshold`: the `segmentation_threshold` section (resolve_mask_threshold); None → the fixed default."""
     threshold = metrics.choose_threshold(val.slices["label"].to_numpy(), val.slices["probability"].to_numpy(),
-                                         cfg.threshold_rule, cfg.target_sensitivity)
+                                         cfg.threshold_rule, cfg.target_sensitivity, cfg.fixed_threshold)
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     seg, vol = test.slice_scores, test.volume_scores
     report = {
