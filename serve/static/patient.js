@@ -136,7 +136,7 @@ export async function openVolumeExample(example) {
 
 // One file goes as `file` (FLAIR, or a 4D volume of the model's modalities); several go one field per modality,
 // told apart by their BraTS names. Returns the form, or throws an error that names the file it could not place.
-export function volumeForm(files) {
+function volumeForm(files) {
   const form = new FormData();
   if (files.length === 1) {
     form.append("file", files[0], files[0].name);
