@@ -135,26 +135,22 @@ export async function openVolumeExample(example) {
 }
 
 // One file goes as `file` (FLAIR, or a 4D volume of the model's modalities); several go one field per modality,
-// told apart by their BraTS names. Returns the form, or throws an error that names the file it could not place.
+// told apart by their BraTS names. A missing FLAIR or a modality sent twice is the API's to refuse (its message is
+// shown); only a name that says no modality is refused here, since only the page reads names.
 function volumeForm(files) {
   const form = new FormData();
   if (files.length === 1) {
     form.append("file", files[0], files[0].name);
     return form;
   }
-  const seen = {};
   for (const file of files) {
     const match = MODALITY_SUFFIX.exec(file.name);
     if (!match) {
       throw new Error(`${file.name}: with several files, each must be named like BraTS's ` +
         "<patient>_flair / _t1 / _t1ce / _t2 .nii.gz, so the viewer knows which modality it holds");
     }
-    const modality = match[1].toLowerCase();
-    if (seen[modality]) throw new Error(`${file.name} and ${seen[modality]} are both ${MODALITY_NAMES[modality]}`);
-    seen[modality] = file.name;
-    form.append(modality, file, file.name);
+    form.append(match[1].toLowerCase(), file, file.name);
   }
-  if (!seen.flair) throw new Error(`no FLAIR file among ${Object.values(seen).join(", ")}: FLAIR is required`);
   return form;
 }
 
