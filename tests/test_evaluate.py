@@ -241,19 +241,18 @@ def test_mask_threshold_on_validation_keeps_the_tumour_and_drops_a_fainter_false
             batch = np.asarray(batch, np.float32)
             return Prediction(tumour_probability=batch.reshape(len(batch), -1).max(1), region_probability=batch)
 
-    table = scoring.mask_threshold_table(EchoPredictor(), tmp_path, rows)
+    tally = scoring.MaskThresholdTally()  # filled by the pass that predicts the split anyway, as evaluate does
+    at_05 = scoring.predict_split(EchoPredictor(), tmp_path, rows, segmentation=True, tally=tally)
+    table = tally.table()
     at = table.set_index("threshold")
     assert at.loc[0.5, "slice_dice"] == at.loc[0.6, "slice_dice"] == 1.0  # slices with tumour: same at both cuts
     assert at.loc[0.5, "volume_dice"] == pytest.approx(2 / 3) and at.loc[0.6, "volume_dice"] == 1.0  # 2·108 / (216 + 108)
     assert at.loc[0.65, "volume_dice"] == 1.0 and at.loc[0.7, "slice_dice"] == at.loc[0.7, "volume_dice"] == 0.0
     assert scoring.choose_mask_threshold(table) == 0.6
 
-    section = evaluation_report.resolve_mask_threshold(EvaluateSettings(mask_threshold="validation"), EchoPredictor(),
-                                                       tmp_path, rows)
+    section = evaluation_report.mask_threshold_section(EvaluateSettings(mask_threshold="validation"), tally)
     assert section["value"] == 0.6 and section["rule"] == "validation" and len(section["validation"]) == 13
-    assert evaluation_report.resolve_mask_threshold(EvaluateSettings(), EchoPredictor(), tmp_path, rows) == \
-        {"value": 0.5, "rule": "fixed"}
-    at_05 = scoring.predict_split(EchoPredictor(), tmp_path, rows, segmentation=True)
+    assert evaluation_report.mask_threshold_section(EvaluateSettings(), None) == {"value": 0.5, "rule": "fixed"}
     at_06 = scoring.predict_split(EchoPredictor(), tmp_path, rows, segmentation=True, mask_threshold=0.6)
     assert at_05.volume_scores["dice"].iloc[0] == pytest.approx(2 / 3) and at_06.volume_scores["dice"].iloc[0] == 1.0
     assert scoring.choose_mask_threshold(table.assign(slice_dice=np.nan, volume_dice=np.nan)) == 0.5

@@ -30,7 +30,7 @@ from tasks.config import EvaluateSettings
 from tasks.data.regions import REGIONS
 from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
-from tasks.evaluation.scoring import SplitPredictions, choose_mask_threshold, mask_threshold_table, predict_split
+from tasks.evaluation.scoring import MaskThresholdTally, SplitPredictions, choose_mask_threshold, predict_split
 from tasks.inference.predictor import TorchPredictor
 from tasks.io import nested_value, write_json_atomic
 from tasks.tracking.tracker import NullTracker, Tracker
@@ -76,7 +76,7 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
                  region_scores: pd.DataFrame | None = None, mask_threshold: dict | None = None) -> dict:
     """metrics.json's content: the thresholds come from `val` only, every number from `test`. `region_scores`:
     one row per test patient volume (tasks/evaluation/brats.score_patients); None or empty → null regions.
-    `mask_threshold`: the `segmentation_threshold` section (resolve_mask_threshold); None → the fixed default."""
+    `mask_threshold`: the `segmentation_threshold` section (mask_threshold_section); None → the fixed default."""
     threshold = metrics.choose_threshold(val.slices["label"].to_numpy(), val.slices["probability"].to_numpy(),
                                          cfg.threshold_rule, cfg.target_sensitivity, cfg.fixed_threshold)
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
@@ -99,12 +99,13 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     return _finite_or_null(report)
 
 
-def resolve_mask_threshold(cfg: EvaluateSettings, predictor, processed: Path, val_rows: pd.DataFrame) -> dict:
+def mask_threshold_section(cfg: EvaluateSettings, validation: MaskThresholdTally | None) -> dict:
     """The `segmentation_threshold` section: `evaluate.mask_threshold` as given, or, for "validation", the candidate
-    with the best mean of validation slice and volume Dice, with every candidate's two figures."""
+    with the best mean of validation slice and volume Dice (`validation`: the tally the validation pass filled),
+    with every candidate's two figures."""
     if cfg.mask_threshold != "validation":
         return {"value": float(cfg.mask_threshold), "rule": "fixed"}
-    table = mask_threshold_table(predictor, processed, val_rows)
+    table = validation.table()
     return {"value": choose_mask_threshold(table), "rule": "validation",
             "validation": table.round(4).to_dict(orient="records")}
 
@@ -174,8 +175,10 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     model, _ = load_model(checkpoint, map_location=device)
     predictor = TorchPredictor(model, device=device)
     val_rows = split_rows(where.processed, read_split("val", where.splits))
-    val = predict_split(predictor, where.processed, val_rows, segmentation=False, description="validation (threshold)")
-    mask_threshold = resolve_mask_threshold(cfg, predictor, where.processed, val_rows)
+    tally = MaskThresholdTally() if cfg.mask_threshold == "validation" else None
+    val = predict_split(predictor, where.processed, val_rows, segmentation=False, description="validation (thresholds)",
+                        tally=tally)
+    mask_threshold = mask_threshold_section(cfg, tally)
     test = predict_split(predictor, where.processed, split_rows(where.processed, read_split("test", where.splits)),
                          segmentation=True, description="test", mask_threshold=mask_threshold["value"])
     region_scores, organisers = None, None

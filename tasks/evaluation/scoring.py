@@ -28,9 +28,11 @@ class SplitPredictions:
 
 
 def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: bool,
-                  description: str = "predicting", mask_threshold: float = metrics.MASK_THRESHOLD) -> SplitPredictions:
+                  description: str = "predicting", mask_threshold: float = metrics.MASK_THRESHOLD,
+                  tally: MaskThresholdTally | None = None) -> SplitPredictions:
     """Predict every row, one shard at a time; with `segmentation`, score the masks of BraTS shards (a pixel is
-    tumour when its probability >= `mask_threshold`)."""
+    tumour when its probability >= `mask_threshold`); with `tally`, feed it every BraTS patient's mask probabilities
+    from the same predictions (so choosing a mask threshold on a split costs no second pass over it)."""
     probability = np.empty(len(rows), dtype=np.float64)
     pixel_area = np.full(len(rows), np.nan)
     slice_scores, volume_scores = [], []
@@ -43,14 +45,17 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
             prediction = predictor.predict(shard.images[take])
             probability[shard_rows.index.to_numpy()] = prediction.tumour_probability
             pixel_area[shard_rows.index.to_numpy()] = float(np.prod(shard.spacing))  # NaN for photos
-            if segmentation and shard.has_mask[take].all():
-                predicted = prediction.mask_probability >= mask_threshold
+            if (segmentation or tally is not None) and shard.has_mask[take].all():
                 for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
                     at = shard_rows.index.get_indexer(rows_of_patient.index)
-                    scores = score_patient(predicted[at], shard.masks[take[at]] > 0,
-                                           shard.slice_index[take[at]], shard.spacing)
-                    slice_scores.append(scores[0].assign(patient=patient))
-                    volume_scores.append(scores[1] | {"patient": patient})
+                    truth, index = shard.masks[take[at]] > 0, shard.slice_index[take[at]]
+                    if tally is not None:
+                        tally.add(prediction.mask_probability[at], truth, index)
+                    if segmentation:
+                        scores = score_patient(prediction.mask_probability[at] >= mask_threshold, truth, index,
+                                               shard.spacing)
+                        slice_scores.append(scores[0].assign(patient=patient))
+                        volume_scores.append(scores[1] | {"patient": patient})
             progress.advance(bar, len(shard_rows))
     return SplitPredictions(
         slices=rows.assign(probability=probability, tumour_area_mm2=rows["tumour_area_px"] * pixel_area),
@@ -85,33 +90,34 @@ def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndar
 MASK_THRESHOLD_CANDIDATES = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))
 
 
-def mask_threshold_table(predictor, processed: Path, rows: pd.DataFrame,
-                         candidates: tuple[float, ...] = MASK_THRESHOLD_CANDIDATES) -> pd.DataFrame:
-    """For each candidate threshold, the mean WT Dice over the tumour slices of the BraTS rows and over their
-    re-stacked, cleaned-up patient volumes (the two figures the gate checks), from one prediction per shard."""
-    slice_dice = {t: [] for t in candidates}
-    volume_dice = {t: [] for t in candidates}
-    for shard_name, shard_rows in rows.groupby("shard", sort=False):
-        shard = read_shard(processed / shard_name)
-        take = shard_rows["row"].to_numpy()
-        if not shard.has_mask[take].all():
-            continue
-        probability = predictor.predict(shard.images[take]).mask_probability
-        for _, rows_of_patient in shard_rows.groupby("patient", sort=False):
-            at = shard_rows.index.get_indexer(rows_of_patient.index)
-            truth, index = shard.masks[take[at]] > 0, shard.slice_index[take[at]]
-            tumour = truth.reshape(len(truth), -1).any(axis=1)
-            order, stride = np.argsort(index), metrics.slice_step(index)
-            true_volume = metrics.stack_volume(truth[order], index[order], stride)
-            for t in candidates:
-                predicted = probability[at] >= t
-                slice_dice[t] += [_dice(p, q) for p, q in zip(predicted[tumour], truth[tumour])]
-                volume = drop_small_components(metrics.stack_volume(predicted[order], index[order], stride))
-                volume_dice[t].append(_dice(volume, true_volume))
-    return pd.DataFrame({"threshold": list(candidates),
-                         "slice_dice": [float(np.mean(slice_dice[t])) if slice_dice[t] else np.nan for t in candidates],
-                         "volume_dice": [float(np.mean(volume_dice[t])) if volume_dice[t] else np.nan
-                                         for t in candidates]})
+class MaskThresholdTally:
+    """For each candidate threshold, the WT Dice of every tumour slice and of every re-stacked, cleaned-up patient
+    volume fed to it (the two figures the gate checks); `table()` gives their means."""
+
+    def __init__(self, candidates: tuple[float, ...] = MASK_THRESHOLD_CANDIDATES):
+        self.candidates = candidates
+        self.slice_dice: dict[float, list[float]] = {t: [] for t in candidates}
+        self.volume_dice: dict[float, list[float]] = {t: [] for t in candidates}
+
+    def add(self, probability: np.ndarray, truth: np.ndarray, slice_index: np.ndarray) -> None:
+        """One patient's (N, H, W) mask probabilities, boolean truth and slice indices."""
+        tumour = truth.reshape(len(truth), -1).any(axis=1)
+        order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
+        true_volume = metrics.stack_volume(truth[order], slice_index[order], stride)
+        for t in self.candidates:
+            predicted = probability >= t
+            self.slice_dice[t] += [_dice(p, q) for p, q in zip(predicted[tumour], truth[tumour])]
+            volume = drop_small_components(metrics.stack_volume(predicted[order], slice_index[order], stride))
+            self.volume_dice[t].append(_dice(volume, true_volume))
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({"threshold": list(self.candidates),
+                             "slice_dice": [_mean_or_nan(self.slice_dice[t]) for t in self.candidates],
+                             "volume_dice": [_mean_or_nan(self.volume_dice[t]) for t in self.candidates]})
+
+
+def _mean_or_nan(values: list[float]) -> float:
+    return float(np.mean(values)) if values else np.nan
 
 
 def choose_mask_threshold(table: pd.DataFrame) -> float:
