@@ -178,7 +178,8 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
                 "has_tumor": decision(probability, model.threshold, ood, ood_threshold),
                 "tumor_area_px": int(area_px[z]), "tumor_area_mm2": round(float(area_px[z]) * pixel_mm2, 3)}
         if display is not None:
-            item |= slice_images(display[z], result.slice_probability[z], result.slice_masks[z])
+            item |= slice_images(display[z], result.slice_probability[z], result.slice_masks[z],
+                                 brain=np.any(inputs[z] != 0, axis=0))
         slices.append(item)
     probabilities = result.tumour_probability
     region_cm3 = result.region_volumes_cm3(spacing)
@@ -212,10 +213,13 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     }
 
 
-def slice_images(display: np.ndarray, region_probability: np.ndarray, masks: np.ndarray) -> dict[str, str]:
+def slice_images(display: np.ndarray, region_probability: np.ndarray, masks: np.ndarray,
+                 brain: np.ndarray) -> dict[str, str]:
     """One slice's PNGs on the model's grid: the FLAIR channel, the whole-tumour mask and the label overlay (from
-    the volume's cleaned masks, as the NIfTI), the uncertainty overlay (from the probabilities)."""
+    the volume's cleaned masks, as the NIfTI), the uncertainty overlay (from the probabilities; 0 outside the
+    `brain` (any input channel non-zero) where no tumour is predicted, as the uncertainty NIfTI is)."""
     uncertainty = binary_entropy(region_probability).max(axis=0)
+    uncertainty[~brain & ~masks.any(axis=0)] = 0.0
     return {"image_png": png_base64(display), "mask_png": png_base64(mask_pixels(masks[0])),
             "labels_png": png_base64(label_overlay(labels_from_regions(masks))),
             "uncertainty_png": png_base64(uncertainty_overlay(uncertainty))}

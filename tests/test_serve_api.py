@@ -403,3 +403,17 @@ def test_gzip_bomb_is_413(files):
     with TestClient(file_app(files, max_volume_mb=0.5)) as client:
         response = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", bomb)})
         assert response.status_code == 413 and "decompressed" in response.json()["detail"]
+
+
+def test_uncertainty_png_is_blank_outside_the_brain_as_the_uncertainty_nifti_is():
+    from serve.inference import slice_images
+
+    unsure = np.full((1, SIZE, SIZE), 0.5, np.float32)  # maximal entropy everywhere
+    brain = np.zeros((SIZE, SIZE), bool)
+    brain[:, : SIZE // 2] = True
+    masks = np.zeros((1, SIZE, SIZE), bool)
+    masks[0, :4, -4:] = True  # a predicted tumour outside the brain keeps its uncertainty
+    alpha = decode_png(slice_images(np.zeros((SIZE, SIZE), np.uint8), unsure, masks, brain)["uncertainty_png"])[..., 3]
+    assert (alpha[:, : SIZE // 2] > 0).all() and (alpha[:4, -4:] > 0).all()
+    outside = ~brain & ~masks[0]
+    assert (alpha[outside] == 0).all()
