@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from tasks.inference.postprocess import MIN_COMPONENT_SHARE
+from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE
 from tasks.release.model_card import render_model_card
 
 EXPORT = {"onnx": {"opset": 17}, "parity": {"n_slices": 4, "max_abs_diff": 1e-6, "decision_mismatches": 0,
@@ -51,7 +51,8 @@ def test_card_shows_where_the_classifier_errs():
 
 def test_card_says_how_predicted_volumes_are_cleaned():
     text = card({"classification": {"threshold": 0.5}})
-    assert f"smaller than {MIN_COMPONENT_SHARE} x the largest are dropped" in text
+    assert f"smaller than {MIN_COMPONENT_SHARE} x the largest kept" in text
+    assert f"median tumour probability over the slices it spans is below {MIN_SLICE_EVIDENCE}" in text
 
 
 def test_card_says_where_masks_are_cut():

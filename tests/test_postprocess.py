@@ -59,3 +59,53 @@ def test_evaluation_cleans_the_volume_but_scores_each_slice_as_predicted():
     slices, volume = score_patient(speck_on_tumour_slice, truth, slice_index, np.array([1.0, 1.0, 1.0]))
     assert volume["dice"] == 1.0
     assert slices["dice"].min() < 1.0  # the slice itself keeps its speck
+
+
+# The seed-4 failure (README, "Post-processing"): a false lesion larger than a small true tumour, on slices the
+# classifier calls tumour-free. Size alone keeps the false one and drops the tumour.
+SMALL_TUMOUR = (slice(2, 6), slice(5, 12), slice(5, 12))  # 196 voxels on planes 2-5
+FALSE_LESION = (slice(10, 18), slice(16, 26), slice(16, 26))  # 800 voxels on planes 10-17
+
+
+def _evidence(confirmed_planes: range, depth: int = 20, low: float = 0.2, high: float = 0.95) -> np.ndarray:
+    evidence = np.full(depth, low)
+    evidence[list(confirmed_planes)] = high
+    return evidence
+
+
+def test_a_larger_lesion_the_classifier_does_not_confirm_is_dropped_and_the_tumour_kept():
+    both = _volume_with(SMALL_TUMOUR, FALSE_LESION)
+    np.testing.assert_array_equal(drop_small_components(both), _volume_with(FALSE_LESION))  # size alone: wrong one
+    cleaned = drop_small_components(both, slice_probability=_evidence(range(2, 6)))
+    np.testing.assert_array_equal(cleaned, _volume_with(SMALL_TUMOUR))
+    # the veto alone (no size rule) gives the same here; min_evidence 0 turns it off
+    np.testing.assert_array_equal(drop_small_components(both, 0, _evidence(range(2, 6))), _volume_with(SMALL_TUMOUR))
+    np.testing.assert_array_equal(drop_small_components(both, 0, _evidence(range(2, 6)), min_evidence=0), both)
+
+
+def test_the_veto_reads_the_median_over_the_planes_a_component_spans():
+    lesion = _volume_with(FALSE_LESION)  # planes 10-17: 8 planes
+    mostly_confirmed = _evidence(range(10, 15))  # 5 of its 8 planes above 0.5
+    np.testing.assert_array_equal(drop_small_components(lesion, slice_probability=mostly_confirmed), lesion)
+    barely = _evidence(range(10, 13))  # 3 of 8: one confident plane does not carry a component
+    assert not drop_small_components(lesion, slice_probability=barely).any()
+
+
+def test_the_slice_axis_may_be_the_last_one():
+    """The native grid is (X, Y, Z): the classifier's planes are along the last axis."""
+    both = np.moveaxis(_volume_with(SMALL_TUMOUR, FALSE_LESION), 0, -1)
+    cleaned = drop_small_components(both, slice_probability=_evidence(range(2, 6)), slice_axis=2)
+    np.testing.assert_array_equal(cleaned, np.moveaxis(_volume_with(SMALL_TUMOUR), 0, -1))
+    regions = clean_regions(np.stack([both, both]), slice_probability=_evidence(range(2, 6)), slice_axis=2)
+    np.testing.assert_array_equal(regions[1], cleaned)
+
+
+def test_evaluation_volumes_use_the_classifier_as_evidence_on_the_restacked_planes():
+    truth, predicted = _volume_with(SMALL_TUMOUR), _volume_with(SMALL_TUMOUR, FALSE_LESION)
+    slice_index = np.arange(len(truth)) * 2 + 10  # stride 2, starting at source slice 10
+    shuffled = np.random.default_rng(0).permutation(len(truth))  # shards need not be in slice order
+    evidence = _evidence(range(2, 6))
+    _, sized = score_patient(predicted[shuffled], truth[shuffled], slice_index[shuffled], np.ones(3))
+    _, vetoed = score_patient(predicted[shuffled], truth[shuffled], slice_index[shuffled], np.ones(3),
+                              evidence[shuffled])
+    assert sized["dice"] == 0.0 and vetoed["dice"] == 1.0

@@ -186,3 +186,27 @@ def test_predict_volume_drops_a_speck_far_smaller_than_the_tumour():
     np.testing.assert_array_equal(raw.slice_masks[4, 0] & ~cleaned.slice_masks[4, 0], np.rot90(speck))
     np.testing.assert_array_equal(cleaned.slice_masks[:, 0], raw.slice_masks[:, 0] & ~np.rot90(speck)[None])
     np.testing.assert_array_equal(raw.whole_tumour & ~truth, np.zeros_like(truth))
+
+
+class SecondChannelSays(torch.nn.Module):
+    """Segments where channel 0 is bright; the classifier looks only at channel 1 (tumour when it is bright)."""
+
+    def forward(self, x):
+        return {"seg": 40.0 * (x[:, :1] - 0.5), "cls": 10.0 * (x[:, 1].amax(dim=(1, 2)) - 1.0)}
+
+
+def test_predict_volume_drops_a_lesion_the_classifier_does_not_confirm():
+    """A bright lesion larger than the tumour, on slices the classifier calls tumour-free, is not returned: not in
+    the native-grid masks, not in the slice overlays (tasks/inference/postprocess.py)."""
+    seg = np.full((24, 24, 12), 100.0, dtype=np.float32)
+    seg[3:8, 3:8, 1:4] = 400.0  # the tumour: 75 voxels on slices 1-3
+    seg[12:22, 12:22, 6:11] = 400.0  # a false lesion: 500 voxels on slices 6-10
+    evidence = np.full_like(seg, 100.0)
+    evidence[:, :, 1:4] = 400.0  # the classifier's channel is bright on the tumour's slices only
+    predictor = TorchPredictor(SecondChannelSays())
+    result = predict_volume(predictor, [seg, evidence], image_size=24)
+    assert result.tumour_probability[1:4].min() > 0.5 and result.tumour_probability[6:11].max() < 0.5
+    assert result.whole_tumour[3:8, 3:8, 1:4].all() and result.whole_tumour.sum() == 75
+    assert not result.slice_masks[6:11].any() and result.slice_masks[1:4].any()
+    sized_only = predict_volume(predictor, [seg, evidence], image_size=24, min_slice_evidence=0)
+    assert sized_only.whole_tumour[12:22, 12:22, 6:11].all() and not sized_only.whole_tumour[3:8, 3:8, 1:4].any()

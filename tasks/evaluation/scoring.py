@@ -49,11 +49,12 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
                 for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
                     at = shard_rows.index.get_indexer(rows_of_patient.index)
                     truth, index = shard.masks[take[at]] > 0, shard.slice_index[take[at]]
+                    evidence = prediction.tumour_probability[at]
                     if tally is not None:
-                        tally.add(prediction.mask_probability[at], truth, index)
+                        tally.add(prediction.mask_probability[at], truth, index, evidence)
                     if segmentation:
                         scores = score_patient(prediction.mask_probability[at] >= mask_threshold, truth, index,
-                                               shard.spacing)
+                                               shard.spacing, evidence)
                         slice_scores.append(scores[0].assign(patient=patient))
                         volume_scores.append(scores[1] | {"patient": patient})
             progress.advance(bar, len(shard_rows))
@@ -66,9 +67,10 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
 
 
 def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndarray,
-                  spacing: np.ndarray) -> tuple[pd.DataFrame, dict]:
+                  spacing: np.ndarray, slice_probability: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
     """Per-slice scores of the slices whose truth has tumour, and the scores of the re-stacked volume, cleaned up as
-    /v1/predict/volume cleans its volumes (tasks/inference/postprocess.py; a single slice is scored as predicted).
+    /v1/predict/volume cleans its volumes (tasks/inference/postprocess.py, with the classifier's `slice_probability`
+    of each slice as its evidence; a single slice is scored as predicted).
 
     In-plane spacing comes from the shard; through-plane spacing is the slice stride (read from the slice
     indices) x 1 mm, the BraTS voxel size, so HD95 of a volume sliced every 2nd slice is still in mm."""
@@ -78,12 +80,24 @@ def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndar
         per_slice = metrics.segmentation_scores(predicted[tumour], truth[tumour], metrics.pixel_spacing(spacing))
     order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
     volume = metrics.segmentation_scores(
-        drop_small_components(metrics.stack_volume(predicted[order], slice_index[order], stride))[None],
+        cleaned_volume(predicted, slice_index, slice_probability)[None],
         metrics.stack_volume(truth[order], slice_index[order], stride)[None],
         metrics.volume_spacing(spacing, stride),
     )
     return (pd.DataFrame({"slice_index": slice_index[tumour], **per_slice}),
             {name: float(values[0]) for name, values in volume.items()})
+
+
+def cleaned_volume(predicted: np.ndarray, slice_index: np.ndarray,
+                   slice_probability: np.ndarray | None = None) -> np.ndarray:
+    """(N, H, W) slice masks re-stacked by `slice_index` and cleaned up; each plane's evidence is its slice's
+    classifier probability (0 on the planes the slice step dropped: nothing there to confirm)."""
+    order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
+    evidence = None
+    if slice_probability is not None:
+        evidence = metrics.stack_volume(np.asarray(slice_probability)[order], slice_index[order], stride)
+    volume = metrics.stack_volume(predicted[order], slice_index[order], stride)
+    return drop_small_components(volume, slice_probability=evidence)
 
 
 # Candidates for a mask threshold chosen on validation: 0.30, 0.35, ..., 0.90.
@@ -99,16 +113,17 @@ class MaskThresholdTally:
         self.slice_dice: dict[float, list[float]] = {t: [] for t in candidates}
         self.volume_dice: dict[float, list[float]] = {t: [] for t in candidates}
 
-    def add(self, probability: np.ndarray, truth: np.ndarray, slice_index: np.ndarray) -> None:
-        """One patient's (N, H, W) mask probabilities, boolean truth and slice indices."""
+    def add(self, probability: np.ndarray, truth: np.ndarray, slice_index: np.ndarray,
+            slice_probability: np.ndarray | None = None) -> None:
+        """One patient's (N, H, W) mask probabilities, boolean truth, slice indices and the classifier's (N,) slice
+        tumour probabilities (the clean-up's evidence; None: size rule alone)."""
         tumour = truth.reshape(len(truth), -1).any(axis=1)
         order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
         true_volume = metrics.stack_volume(truth[order], slice_index[order], stride)
         for t in self.candidates:
             predicted = probability >= t
             self.slice_dice[t] += [_dice(p, q) for p, q in zip(predicted[tumour], truth[tumour])]
-            volume = drop_small_components(metrics.stack_volume(predicted[order], slice_index[order], stride))
-            self.volume_dice[t].append(_dice(volume, true_volume))
+            self.volume_dice[t].append(_dice(cleaned_volume(predicted, slice_index, slice_probability), true_volume))
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame({"threshold": list(self.candidates),

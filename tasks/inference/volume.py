@@ -12,7 +12,8 @@ scores on the test patients' raw volumes), so both see the same numbers.
     native grid  the averaged region probabilities are resized back bilinearly, the 90° display rotation undone,
                  then thresholded: masks, a 0/1/2/4 label map (`labels_from_regions`) and the uncertainty map
                  have the input's voxel grid, so a NIfTI written with the input's affine overlays it.
-    clean-up     components much smaller than the largest are dropped from the masks (tasks/inference/postprocess.py).
+    clean-up     components the classifier does not confirm on their slices, and those much smaller than the largest,
+                 are dropped from the masks (tasks/inference/postprocess.py).
     uncertainty  the binary entropy (bits, 0..1) of the TTA-averaged probability of each region, the largest over
                  the regions, per voxel ("entropy": the predictive entropy; with TTA it grows where the flips
                  disagree, without TTA it is the model's own doubt). 0 = certain, 1 = a coin flip. Outside the
@@ -32,7 +33,7 @@ from PIL import Image
 
 from tasks.data.preprocess import prepare_volume_slices
 from tasks.data.regions import REGIONS, labels_from_regions
-from tasks.inference.postprocess import MIN_COMPONENT_SHARE, clean_regions
+from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, clean_regions
 from tasks.inference.predictor import MASK_THRESHOLD, Prediction
 
 UNCERTAINTY_KIND = "entropy"
@@ -173,7 +174,8 @@ def to_volume_grid(slice_probability: np.ndarray, shape: tuple[int, int, int],
 def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | None], image_size: int,
                    flips: Sequence[Sequence[int]] = NO_TTA, threshold: float = MASK_THRESHOLD,
                    inputs: np.ndarray | None = None,
-                   min_component_share: float = MIN_COMPONENT_SHARE) -> VolumePrediction:
+                   min_component_share: float = MIN_COMPONENT_SHARE,
+                   min_slice_evidence: float = MIN_SLICE_EVIDENCE) -> VolumePrediction:
     """Every axial slice of a volume (one (X, Y, Z) array per model channel, None where missing) → VolumePrediction.
 
     `inputs` may pass the already prepared (Z, C, S, S) slices (serving prepares them first, for its OOD check)."""
@@ -183,11 +185,13 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     flips = check_flips(flips)
     prediction = predict_slices_tta(predictor, inputs, flips)
     masks, uncertainty = to_volume_grid(prediction.region_probability, shape, threshold)
-    masks = clean_regions(masks, min_component_share)
+    # The classifier's slice probabilities are the clean-up's evidence (tasks/inference/postprocess.py).
+    evidence = prediction.tumour_probability
+    masks = clean_regions(masks, min_component_share, evidence, slice_axis=2, min_evidence=min_slice_evidence)
     # The model-grid masks (the slice overlays a client draws) are cleaned by the same rule, so an overlay never shows
     # a component the returned volume dropped. (R, Z, S, S): Z is a spatial axis like the others here.
     slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
-                                            min_component_share), 0, 1)
+                                            min_component_share, evidence, 0, min_slice_evidence), 0, 1)
     outside = ~np.any([v > 0 for v in volumes if v is not None], axis=0) & ~masks.any(axis=0)
     uncertainty[outside] = 0.0  # no brain, no tumour predicted: nothing to be unsure about
     n_regions = len(masks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.data.splits import read_split, split_rows
-from tasks.inference.postprocess import MIN_COMPONENT_SHARE
+from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE
 from tasks.io import nested_value
 
 METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
@@ -140,8 +140,10 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         "- 2D slices only: no 3D context. Regions: whole tumour (WT), and tumour core (TC) and enhancing tumour (ET) "
         "when the model predicts them (`segmentation_regions`: per patient volume, native resolution, BraTS rule for "
         "empty regions: both empty Dice 1 / HD95 0, one empty Dice 0 / HD95 373.13 mm).",
-        f"- Predicted volumes are cleaned: connected components smaller than {MIN_COMPONENT_SHARE} x the largest "
-        "are dropped (a second lesion smaller than that is deleted too); single slices are returned as predicted.",
+        f"- Predicted volumes are cleaned: a connected component is dropped when the classifier's median tumour "
+        f"probability over the slices it spans is below {MIN_SLICE_EVIDENCE}, and so is one smaller than "
+        f"{MIN_COMPONENT_SHARE} x the largest kept (a second lesion smaller than that is deleted too); single slices "
+        "are returned as predicted.",
         "- Small test split: see the width of the 95 % intervals before trusting a difference between versions.",
         "- Kaggle-style images have no masks: segmentation metrics come from BraTS-style patients only.",
     ]
