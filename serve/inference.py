@@ -25,7 +25,7 @@ from serve.volumes import VolumeImage, nifti_bytes
 from tasks.data.preprocess import prepare_array_slice, prepare_photo
 from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.inference.predictor import Prediction
-from tasks.inference.volume import NO_TTA, binary_entropy, predict_volume, prepare_channels
+from tasks.inference.volume import NO_TTA, binary_entropy, predict_volume, prepare_channels, quiet_outside_brain
 
 
 # onnxruntime's workspace per input pixel of one batch element, per base channel of the U-Net: 64 MB for a batch of
@@ -218,8 +218,7 @@ def slice_images(display: np.ndarray, region_probability: np.ndarray, masks: np.
     """One slice's PNGs on the model's grid: the FLAIR channel, the whole-tumour mask and the label overlay (from
     the volume's cleaned masks, as the NIfTI), the uncertainty overlay (from the probabilities; 0 outside the
     `brain` (any input channel non-zero) where no tumour is predicted, as the uncertainty NIfTI is)."""
-    uncertainty = binary_entropy(region_probability).max(axis=0)
-    uncertainty[~brain & ~masks.any(axis=0)] = 0.0
+    uncertainty = quiet_outside_brain(binary_entropy(region_probability).max(axis=0), brain, masks)
     return {"image_png": png_base64(display), "mask_png": png_base64(mask_pixels(masks[0])),
             "labels_png": png_base64(label_overlay(labels_from_regions(masks))),
             "uncertainty_png": png_base64(uncertainty_overlay(uncertainty))}

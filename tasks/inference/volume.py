@@ -155,6 +155,14 @@ def slice_to_grid(image: np.ndarray, x: int, y: int) -> np.ndarray:
     return np.rot90(resized, k=-1)
 
 
+def quiet_outside_brain(uncertainty: np.ndarray, brain: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """`uncertainty` set to 0 in place, and returned, where there is no `brain` and no region of `masks` (R, ...) is
+    predicted: the model's faint probabilities there are no question anyone asked. The volume's uncertainty map
+    and serving's per-slice overlay both go through here."""
+    uncertainty[~brain & ~masks.any(axis=0)] = 0.0
+    return uncertainty
+
+
 def to_volume_grid(slice_probability: np.ndarray, shape: tuple[int, int, int],
                    threshold: float = MASK_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
     """(Z, R, S, S) region probabilities → (R, X, Y, Z) bool masks and the (X, Y, Z) uncertainty, slice by slice
@@ -192,8 +200,7 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     # a component the returned volume dropped. (R, Z, S, S): Z is a spatial axis like the others here.
     slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
                                             min_component_share, evidence, 0, min_slice_evidence), 0, 1)
-    outside = ~np.any([v > 0 for v in volumes if v is not None], axis=0) & ~masks.any(axis=0)
-    uncertainty[outside] = 0.0  # no brain, no tumour predicted: nothing to be unsure about
+    quiet_outside_brain(uncertainty, np.any([v > 0 for v in volumes if v is not None], axis=0), masks)
     n_regions = len(masks)
     return VolumePrediction(
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),
