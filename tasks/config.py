@@ -99,7 +99,7 @@ class Augment(_Section):
     intensity_jitter: float = Field(0.1, ge=0, le=1)
     # Share of training samples with some input channels blanked (zeroed); no effect with one channel.
     # See tasks/training/modality_dropout.py.
-    modality_dropout: float = Field(0.5, ge=0, le=1)
+    modality_dropout: float = Field(0.25, ge=0, le=1)
 
 
 class TrainSettings(_Section):
