@@ -14,7 +14,7 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from models.unet import MultitaskUNet, UNetConfig
 from tasks import paths, train_cls, train_joint, train_seg
-from tasks.config import Augment, TrainSettings
+from tasks.config import Augment, TrainSettings, load_settings
 from tasks.data.augment import augment_batch
 from tasks.data.datasets import ComposedBatches, SliceSet, collate_slices, stage_data, training_loader
 from tasks.data.regions import regions_from_labels
@@ -24,7 +24,8 @@ from tasks.training import stage as training_stage
 from tasks.tracking.tracker import NullTracker
 from tasks.training.modality_dropout import drop_modalities
 from tasks.training.steps import StageLoss, StageRunner, make_optimizer, place_model, region_targets
-from tests.conftest import REPO, make_tiny_processed, with_epochs, with_section
+from tests.conftest import (REPO, make_tiny_processed, shrink_settings, with_epochs,
+                            with_section)
 
 
 def metrics_only(history: pd.DataFrame) -> pd.DataFrame:
@@ -144,10 +145,13 @@ def test_modality_dropout_reaches_training_steps_but_not_the_4_channel_inference
     assert (training.flatten(2).ne(0).any(2).sum(1) < 4).all()  # share 1.0: every training sample thinned
 
     seen.clear()
-    row = runner.evaluate(data)  # one batch: the slices as they are, then FLAIR alone (what 1 channel costs)
+    row = runner.evaluate(data)  # one batch: the slices as they are
+    assert len(seen) == 1
     torch.testing.assert_close(seen[0], images.float())  # validation: every channel, untouched
+    assert {"val_dice", "val_dice_tc", "val_dice_et"} <= set(row) and not any("flair" in k for k in row)
+    flair = runner.evaluate_flair_only(data)  # then FLAIR alone (what 1 channel costs), a pass of its own
     torch.testing.assert_close(seen[1], images.float() * torch.tensor([1.0, 0, 0, 0]).view(1, 4, 1, 1))
-    assert {"val_dice", "val_dice_tc", "val_dice_et", "val_dice_flair_only", "val_dice_et_flair_only"} <= set(row)
+    assert set(flair) == {"val_dice_flair_only", "val_dice_tc_flair_only", "val_dice_et_flair_only"}
     seen.clear()
     model.eval()
     prediction = TorchPredictor(model).predict(images.float().numpy())
@@ -317,6 +321,23 @@ def test_a_stage_stuck_at_its_floor_says_so_in_log_result_and_tracker(in_project
     assert training_stage.stuck_at_floor("seg", [{"val_dice": 0.01}, {"val_dice": 0.3}], 0.05) is None
     assert training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.52}], 0.05)  # a guessing classifier
     assert training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.9}], 0.05) is None
+
+
+@pytest.mark.parametrize("min_epochs, patience, rows_run", [(9, 3, 3), (2, 0, 2)])
+def test_what_flair_alone_costs_is_scored_once_after_the_stages_last_epoch(tmp_path, tiny_settings, monkeypatch,
+                                                                            min_epochs, patience, rows_run):
+    """The FLAIR-only pass is a second pass over the validation set: it runs after the stage's last epoch (the last
+    of `epochs`, or the one early stopping ends on), not every epoch, and its time counts in that epoch's seconds."""
+    data = make_tiny_processed(tmp_path, channels=4)
+    monkeypatch.chdir(data.root)
+    settings = shrink_settings(load_settings(REPO / "params.yaml"), modalities=("flair", "t1", "t1ce", "t2"))
+    settings = with_section(with_epochs(settings, seg=3), "train", min_epochs=min_epochs, patience=patience)
+    training_stage.train_stage(training_stage.plan_stage(settings, "seg"))
+    history = pd.read_csv(paths.history_file("seg"))
+    assert list(history["epoch"]) == list(range(1, rows_run + 1))
+    flair = history[["val_dice_flair_only", "val_dice_tc_flair_only", "val_dice_et_flair_only"]]
+    assert flair.iloc[-1].notna().all() and flair.iloc[:-1].isna().all().all()
+    assert history["val_dice"].notna().all()
 
 
 @pytest.mark.parametrize("share", [0.25, 0.5])

@@ -7,8 +7,8 @@ train_joint.py) through `run_stage`.
            on Kaggle images + BraTS slice labels, BCE loss                 metric: val ROC-AUC (accuracy if undefined)
     joint  everything trainable (from cls best), L = L_seg + λ·L_cls with
            L_seg on the samples that have a mask; encoder LR < heads' LR   metric: mean of val Dice and val accuracy
-Val Dice is the whole tumour's (WT: floors and earlier runs stay comparable; TC, ET and FLAIR-alone figures are
-logged beside it), pooled over all validation slices (2·Σ|P∩T| / (Σ|P| + Σ|T|)), so empty slices neither divide
+Val Dice is the whole tumour's (WT: floors and earlier runs stay comparable; TC and ET are logged beside it, and
+after the stage's last epoch the FLAIR-alone figures, a second validation pass), pooled over all validation slices (2·Σ|P∩T| / (Σ|P| + Σ|T|)), so empty slices neither divide
 by zero nor dominate; accuracy uses the 0.5 probability threshold (evaluation tunes the threshold later).
 
 Each epoch writes checkpoints/<stage>/last.pt (model, optimizer, epoch, best metric, history, RNG states,
@@ -175,7 +175,7 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
         bar = progress.add_task(f"train_{plan.stage}", total=max(plan.epochs - state.epoch, 0) * len(loader),
                                 loss=math.nan, metric=f"{metric_name} -")
         for epoch in range(first_epoch, plan.epochs + 1):
-            if state.epoch >= plan.train.min_epochs and state.epochs_since_best >= plan.train.patience:
+            if _stops_early(plan, state):
                 log.info("train_%s: early stop after epoch %d (no improvement for %d epochs)", plan.stage,
                          state.epoch, state.epochs_since_best)
                 break
@@ -186,8 +186,10 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
             train_loss = steps.train_epoch(loader, epoch, plan.epochs,
                                            on_batch=lambda loss: progress.update(bar, advance=1, loss=loss))
             row = {"epoch": epoch, "train_loss": train_loss, **steps.evaluate(val_set)}
-            row["seconds"] = round(time.perf_counter() - epoch_started, 2)
             improved = state.record(row, metric_of(plan.stage, row))
+            if "seg" in steps.loss_fn.heads and (epoch == plan.epochs or _stops_early(plan, state)):
+                row.update(steps.evaluate_flair_only(val_set))  # the stage's last epoch: what FLAIR alone costs
+            row["seconds"] = round(time.perf_counter() - epoch_started, 2)  # with the validation passes
             if ranks.is_main:
                 _save_epoch(plan, state, improved, model, optimizer, generator, run_key)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -212,6 +214,11 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
         "weights_digest": weights_digest(model.state_dict()),  # the last epoch's weights, as in last.pt
         "stuck_at_floor": stuck,
     }
+
+
+def _stops_early(plan: StagePlan, state: StageState) -> bool:
+    """Early stopping: `train.patience` epochs without improvement, never before `train.min_epochs`."""
+    return state.epoch >= plan.train.min_epochs and state.epochs_since_best >= plan.train.patience
 
 
 def stuck_at_floor(stage: str, history: list[dict], margin: float) -> str | None:

@@ -169,43 +169,58 @@ class StageRunner:
         row = evaluate(self.module, data, self.loss_fn, self.train_cfg, self.device) if self.ranks.is_main else None
         return self.ranks.from_main(row)
 
+    def evaluate_flair_only(self, data: SliceSet) -> dict[str, float]:
+        row = flair_only_dice(self.module, data, self.train_cfg, self.device) if self.ranks.is_main else None
+        return self.ranks.from_main(row)
+
 
 @torch.no_grad()
 def evaluate(module: nn.Module, data: SliceSet, loss_fn: StageLoss, train_cfg: TrainSettings,
              device: torch.device) -> dict[str, float]:
-    """Validation loss and metrics of the heads this stage trains (no augmentation, eval mode).
-
-    With several input channels, the segmentation is scored a second time on the FLAIR channel alone (the others
-    zero, as serving fills missing modalities): `val_dice*_flair_only`, what a single-channel input costs, measured
-    in every run."""
+    """Validation loss and metrics of the heads this stage trains (no augmentation, eval mode)."""
     module.eval()
-    loader = DataLoader(data, batch_size=train_cfg.batch_size * 2, shuffle=False, collate_fn=collate_slices)
-    total, probabilities = 0.0, []
-    areas = {"": 0.0, "_flair_only": 0.0}  # per input: (3, R) overlap, predicted and true area per region
-    for batch in loader:
-        batch = _to_device(batch, device)
+    total, probabilities, areas = 0.0, [], 0.0  # areas: (3, R) overlap, predicted and true area per region
+    for batch in _validation_batches(data, train_cfg, device):
         with autocast(device, train_cfg):
             out = module(_layout(batch["image"], train_cfg.channels_last), heads=loss_fn.heads)
         total += loss_fn(out, batch).item() * len(batch["label"])
         if "seg" in out:
-            areas[""] = areas[""] + _region_areas(out["seg"], batch)
-            if batch["image"].shape[1] > 1:
-                flair = batch["image"] * (torch.arange(batch["image"].shape[1], device=device) == 0).view(1, -1, 1, 1)
-                with autocast(device, train_cfg):
-                    flair_out = module(_layout(flair, train_cfg.channels_last), heads=("seg",))
-                areas["_flair_only"] = areas["_flair_only"] + _region_areas(flair_out["seg"], batch)
+            areas = areas + _region_areas(out["seg"], batch)
         if "cls" in out:
             probabilities.append(torch.sigmoid(out["cls"].float()).cpu())
     row = {"val_loss": total / len(data)}
     if "seg" in loss_fn.heads:
-        row.update(_region_dice(areas[""]))
-        if isinstance(areas["_flair_only"], Tensor):
-            row.update({f"{k}_flair_only": v for k, v in _region_dice(areas["_flair_only"]).items()})
+        row.update(_region_dice(areas))
     if "cls" in loss_fn.heads:
         row.update(_classification_metrics(torch.cat(probabilities).numpy(), data.labels.numpy()))
     if loss_fn.heads == ("seg", "cls"):
         row["val_dice_accuracy_mean"] = (row["val_dice"] + row["val_accuracy"]) / 2
     return row
+
+
+@torch.no_grad()
+def flair_only_dice(module: nn.Module, data: SliceSet, train_cfg: TrainSettings,
+                    device: torch.device) -> dict[str, float]:
+    """The segmentation scored on the FLAIR channel alone, the others zero as serving fills missing modalities:
+    `val_dice*_flair_only`, what a single-channel input costs. A second pass over the validation set, so a stage
+    runs it once, after its last epoch (tasks/training/stage.py), not every epoch; {} with one input channel."""
+    if data.image_shape[0] < 2:
+        return {}
+    module.eval()
+    areas = 0.0
+    for batch in _validation_batches(data, train_cfg, device):
+        flair = batch["image"] * (torch.arange(batch["image"].shape[1], device=device) == 0).view(1, -1, 1, 1)
+        with autocast(device, train_cfg):
+            out = module(_layout(flair, train_cfg.channels_last), heads=("seg",))
+        areas = areas + _region_areas(out["seg"], batch)
+    if not isinstance(areas, Tensor):  # no masked validation slice
+        return {}
+    return {f"{k}_flair_only": v for k, v in _region_dice(areas).items()}
+
+
+def _validation_batches(data: SliceSet, train_cfg: TrainSettings, device: torch.device):
+    loader = DataLoader(data, batch_size=train_cfg.batch_size * 2, shuffle=False, collate_fn=collate_slices)
+    return (_to_device(batch, device) for batch in loader)
 
 
 def _region_areas(seg_logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
