@@ -8,8 +8,9 @@ train_joint.py) through `run_stage`.
     joint  everything trainable (from cls best), L = L_seg + λ·L_cls with
            L_seg on the samples that have a mask; encoder LR < heads' LR   metric: mean of val Dice and val accuracy
 Val Dice is the whole tumour's (WT: floors and earlier runs stay comparable; TC and ET are logged beside it, and
-after the stage's last epoch the FLAIR-alone figures, a second validation pass), pooled over all validation slices (2·Σ|P∩T| / (Σ|P| + Σ|T|)), so empty slices neither divide
-by zero nor dominate; accuracy uses the 0.5 probability threshold (evaluation tunes the threshold later).
+after the stage's last epoch the FLAIR-alone figures, a second validation pass), pooled over all validation slices
+(2·Σ|P∩T| / (Σ|P| + Σ|T|)), so empty slices neither divide by zero nor dominate; accuracy uses the 0.5 probability
+threshold (evaluation tunes the threshold later).
 
 Each epoch writes checkpoints/<stage>/last.pt (model, optimizer, epoch, best metric, history, RNG states,
 params) and, when the metric improves, best.pt. Started again, a stage resumes from last.pt when the run
