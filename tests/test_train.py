@@ -176,6 +176,7 @@ def test_train_channels_last_reaches_weights_and_inputs_of_training_and_validati
                          torch.Generator().manual_seed(0))
     runner.train_epoch(training_loader(data, 4, runner.generator), 1, 1, on_batch=lambda loss: None)
     runner.evaluate(data)
+    runner.evaluate_flair_only(data)
     assert model.encoder.levels[0].conv1.conv.weight.is_contiguous(memory_format=nhwc) == channels_last
     assert inputs == [channels_last] * 4  # two training batches, one validation batch as it is and FLAIR alone
 
