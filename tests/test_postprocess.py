@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tasks.evaluation.scoring import score_patient
-from tasks.inference.postprocess import clean_regions, drop_small_components
+from tasks.inference.postprocess import clean_regions, drop_stray_components
 
 
 def _volume_with(*boxes: tuple[slice, slice, slice]) -> np.ndarray:
@@ -21,22 +21,22 @@ SECOND_LESION = (slice(5, 13), slice(20, 28), slice(20, 28))  # 512 voxels, half
 
 
 def test_a_speck_far_smaller_than_the_lesion_is_dropped():
-    cleaned = drop_small_components(_volume_with(LESION, SPECK), min_share=0.3)
+    cleaned = drop_stray_components(_volume_with(LESION, SPECK), min_share=0.3)
     np.testing.assert_array_equal(cleaned, _volume_with(LESION))
 
 
 def test_a_second_lesion_of_comparable_size_is_kept():
     both = _volume_with(LESION, SECOND_LESION)
-    np.testing.assert_array_equal(drop_small_components(both, min_share=0.3), both)
+    np.testing.assert_array_equal(drop_stray_components(both, min_share=0.3), both)
     # ... and dropped once the share asks for more than it has (0.512 of the largest)
-    np.testing.assert_array_equal(drop_small_components(both, min_share=0.6), _volume_with(LESION))
+    np.testing.assert_array_equal(drop_stray_components(both, min_share=0.6), _volume_with(LESION))
 
 
 def test_share_zero_and_empty_masks_pass_through():
     speckled = _volume_with(LESION, SPECK)
-    np.testing.assert_array_equal(drop_small_components(speckled, min_share=0), speckled)
+    np.testing.assert_array_equal(drop_stray_components(speckled, min_share=0), speckled)
     empty = np.zeros((4, 4, 4), dtype=bool)
-    assert not drop_small_components(empty).any()
+    assert not drop_stray_components(empty).any()
 
 
 def test_nested_regions_stay_inside_the_cleaned_whole_tumour():
@@ -75,26 +75,26 @@ def _evidence(confirmed_planes: range, depth: int = 20, low: float = 0.2, high: 
 
 def test_a_larger_lesion_the_classifier_does_not_confirm_is_dropped_and_the_tumour_kept():
     both = _volume_with(SMALL_TUMOUR, FALSE_LESION)
-    np.testing.assert_array_equal(drop_small_components(both), _volume_with(FALSE_LESION))  # size alone: wrong one
-    cleaned = drop_small_components(both, slice_probability=_evidence(range(2, 6)))
+    np.testing.assert_array_equal(drop_stray_components(both), _volume_with(FALSE_LESION))  # size alone: wrong one
+    cleaned = drop_stray_components(both, slice_probability=_evidence(range(2, 6)))
     np.testing.assert_array_equal(cleaned, _volume_with(SMALL_TUMOUR))
     # the veto alone (no size rule) gives the same here; min_evidence 0 turns it off
-    np.testing.assert_array_equal(drop_small_components(both, 0, _evidence(range(2, 6))), _volume_with(SMALL_TUMOUR))
-    np.testing.assert_array_equal(drop_small_components(both, 0, _evidence(range(2, 6)), min_evidence=0), both)
+    np.testing.assert_array_equal(drop_stray_components(both, 0, _evidence(range(2, 6))), _volume_with(SMALL_TUMOUR))
+    np.testing.assert_array_equal(drop_stray_components(both, 0, _evidence(range(2, 6)), min_evidence=0), both)
 
 
 def test_the_veto_reads_the_median_over_the_planes_a_component_spans():
     lesion = _volume_with(FALSE_LESION)  # planes 10-17: 8 planes
     mostly_confirmed = _evidence(range(10, 15))  # 5 of its 8 planes above 0.5
-    np.testing.assert_array_equal(drop_small_components(lesion, slice_probability=mostly_confirmed), lesion)
+    np.testing.assert_array_equal(drop_stray_components(lesion, slice_probability=mostly_confirmed), lesion)
     barely = _evidence(range(10, 13))  # 3 of 8: one confident plane does not carry a component
-    assert not drop_small_components(lesion, slice_probability=barely).any()
+    assert not drop_stray_components(lesion, slice_probability=barely).any()
 
 
 def test_the_slice_axis_may_be_the_last_one():
     """The native grid is (X, Y, Z): the classifier's planes are along the last axis."""
     both = np.moveaxis(_volume_with(SMALL_TUMOUR, FALSE_LESION), 0, -1)
-    cleaned = drop_small_components(both, slice_probability=_evidence(range(2, 6)), slice_axis=2)
+    cleaned = drop_stray_components(both, slice_probability=_evidence(range(2, 6)), slice_axis=2)
     np.testing.assert_array_equal(cleaned, np.moveaxis(_volume_with(SMALL_TUMOUR), 0, -1))
     regions = clean_regions(np.stack([both, both]), slice_probability=_evidence(range(2, 6)), slice_axis=2)
     np.testing.assert_array_equal(regions[1], cleaned)

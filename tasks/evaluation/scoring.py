@@ -14,7 +14,7 @@ from rich.progress import Progress
 
 from tasks.data.shards import read_shard
 from tasks.evaluation import metrics
-from tasks.inference.postprocess import drop_small_components
+from tasks.inference.postprocess import drop_stray_components
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,16 @@ def cleaned_volume(predicted: np.ndarray, slice_index: np.ndarray,
                    slice_probability: np.ndarray | None = None) -> np.ndarray:
     """(N, H, W) slice masks re-stacked by `slice_index` and cleaned up; each plane's evidence is its slice's
     classifier probability (0 on the planes the slice step dropped: nothing there to confirm)."""
-    order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
-    evidence = None
-    if slice_probability is not None:
-        evidence = metrics.stack_volume(np.asarray(slice_probability)[order], slice_index[order], stride)
-    volume = metrics.stack_volume(predicted[order], slice_index[order], stride)
-    return drop_small_components(volume, slice_probability=evidence)
+    return drop_stray_components(stacked(predicted, slice_index),
+                                 slice_probability=stacked(slice_probability, slice_index))
+
+
+def stacked(per_slice: np.ndarray | None, slice_index: np.ndarray) -> np.ndarray | None:
+    """(N, ...) per-slice values re-stacked by `slice_index` (metrics.stack_volume); None stays None."""
+    if per_slice is None:
+        return None
+    order = np.argsort(slice_index)
+    return metrics.stack_volume(np.asarray(per_slice)[order], slice_index[order], metrics.slice_step(slice_index))
 
 
 # Candidates for a mask threshold chosen on validation: 0.30, 0.35, ..., 0.90.
@@ -118,12 +122,13 @@ class MaskThresholdTally:
         """One patient's (N, H, W) mask probabilities, boolean truth, slice indices and the classifier's (N,) slice
         tumour probabilities (the clean-up's evidence; None: size rule alone)."""
         tumour = truth.reshape(len(truth), -1).any(axis=1)
-        order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
-        true_volume = metrics.stack_volume(truth[order], slice_index[order], stride)
-        for t in self.candidates:
+        true_volume = stacked(truth, slice_index)
+        probability_volume, evidence = stacked(probability, slice_index), stacked(slice_probability, slice_index)
+        for t in self.candidates:  # stacked once; each candidate only cuts and cleans
             predicted = probability >= t
             self.slice_dice[t] += [_dice(p, q) for p, q in zip(predicted[tumour], truth[tumour])]
-            self.volume_dice[t].append(_dice(cleaned_volume(predicted, slice_index, slice_probability), true_volume))
+            volume = drop_stray_components(probability_volume >= t, slice_probability=evidence)
+            self.volume_dice[t].append(_dice(volume, true_volume))
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame({"threshold": list(self.candidates),

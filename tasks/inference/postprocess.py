@@ -31,7 +31,7 @@ MIN_COMPONENT_SHARE = 0.3
 MIN_SLICE_EVIDENCE = 0.5
 
 
-def drop_small_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
+def drop_stray_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
                           slice_probability: np.ndarray | None = None, slice_axis: int = 0,
                           min_evidence: float = MIN_SLICE_EVIDENCE) -> np.ndarray:
     """A boolean mask without its unconfirmed and its small face-connected components.
@@ -63,8 +63,8 @@ def drop_small_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHA
 def clean_regions(masks: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
                   slice_probability: np.ndarray | None = None, slice_axis: int = 0,
                   min_evidence: float = MIN_SLICE_EVIDENCE) -> np.ndarray:
-    """(R, ...) region masks, whole tumour first → the whole tumour cleaned (`drop_small_components`; `slice_axis`
+    """(R, ...) region masks, whole tumour first → the whole tumour cleaned (`drop_stray_components`; `slice_axis`
     counts the axes of one region's mask), every other region kept inside it."""
     masks = np.asarray(masks, dtype=bool)
-    whole = drop_small_components(masks[0], min_share, slice_probability, slice_axis, min_evidence)
+    whole = drop_stray_components(masks[0], min_share, slice_probability, slice_axis, min_evidence)
     return np.concatenate([whole[None], masks[1:] & whole[None]])
