@@ -17,18 +17,16 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from serve.images import png_base64, to_display
+from serve.images import label_overlay, png_base64, to_display
 from serve.inference import PreparedSlice, prepare_slice, slice_results
 from serve.model_source import ServedModel
 from serve.ood import score_slice
 from serve.uploads import UploadError, decode_slice
 from tasks.data.preprocess import axial_slice, prepare_array_slice
+from tasks.data.regions import REGION_LABELS, UnknownLabels, to_brats2020_labels
 
 INDEX_FILE = "index.json"  # written by tasks/release/examples.py
 THUMBNAIL = 96
-# RGBA of the BraTS labels, as in the volume answer's labels_png: 1 NCR red, 2 oedema green, 4 (or 3) ET yellow.
-LABEL_RGBA = {1: (230, 40, 40, 255), 2: (40, 200, 70, 255), 3: (250, 220, 40, 255), 4: (250, 220, 40, 255)}
-REGION_LABELS = {"wt": (1, 2, 3, 4), "tc": (1, 3, 4), "et": (3, 4)}
 NO_EXAMPLES = ("this model was registered before examples were bundled with models, so it carries none; upload a "
                "file of your own, or register a new version (make run) to get them")
 
@@ -118,14 +116,6 @@ def predict_slice_example(model: ServedModel, entry: dict, ood_threshold: float,
     return result | {"truth_png": truth_mask_png(model.examples, entry, model.image_size), "example": public(entry)}
 
 
-def labels_rgba(labels: np.ndarray) -> np.ndarray:
-    """(H, W) BraTS label map → (H, W, 4) uint8 overlay, transparent background."""
-    out = np.zeros(labels.shape + (4,), dtype=np.uint8)
-    for label, rgba in LABEL_RGBA.items():
-        out[labels == label] = rgba
-    return out
-
-
 def with_volume_truth(result: dict, model: ServedModel, entry: dict) -> dict:
     """The /v1/predict/volume answer for a volume example, with per-slice `truth_png` (labels RGBA at the model's
     size, in the orientation of `image_png`), `truth_region_volumes_cm3` and `example`."""
@@ -133,7 +123,10 @@ def with_volume_truth(result: dict, model: ServedModel, entry: dict) -> dict:
     if not entry.get("truth"):
         return result
     image = nib.load(model.examples / entry["truth"])
-    seg = np.asarray(image.dataobj).astype(np.uint8)
+    try:  # in the 2020 convention (ET 4) whichever release the example came from, as the predictions are
+        seg = to_brats2020_labels(np.asarray(image.dataobj))
+    except UnknownLabels:
+        return result
     voxel_mm3 = float(np.prod(image.header.get_zooms()[:3]))
     result["truth_region_volumes_cm3"] = {
         region: round(float(np.isin(seg, labels).sum()) * voxel_mm3 / 1000.0, 4)
@@ -144,7 +137,7 @@ def with_volume_truth(result: dict, model: ServedModel, entry: dict) -> dict:
         if 0 <= z < seg.shape[2] and "image_png" in item:
             labels = np.asarray(Image.fromarray(np.ascontiguousarray(axial_slice(seg, z))).resize((size, size),
                                                                                                  Image.NEAREST))
-            item["truth_png"] = png_base64(labels_rgba(labels)) if labels.any() else None
+            item["truth_png"] = png_base64(label_overlay(labels)) if labels.any() else None
     return result
 
 

@@ -32,5 +32,5 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     assert "segmentation_regions.wt.dice │ 0.812" in out and "segmentation_regions.tc.hd95 │ 30.000" in out
     assert "[0.250, 0.625]" in out and "segmentation_regions.et" not in out
     assert "kaggle accuracy 0.771, sensitivity 0.588 (35 slices)" in out
-    assert "0-100 mm² 0.25 (12)" in out and "2000" not in out  # an empty size bin is left out
+    assert "0–100 mm² 0.25 (12)" in out and "2000" not in out  # an empty size bin is left out
     assert "version 3: not promoted" in out and "volume Dice 0.600 < 0.700 [FAIL]" in out

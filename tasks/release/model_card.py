@@ -34,6 +34,11 @@ def split_summary(processed: Path, splits_dir: Path) -> dict[str, dict[str, int]
     return summary
 
 
+def area_bin_title(name: str) -> str:
+    """A tumour-area bin's key in metrics.json (`100_to_500_mm2`, `over_2000_mm2`) as people read it."""
+    return name.replace("_to_", "–").replace("_mm2", " mm²").replace("over_", "≥ ")
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -78,7 +83,7 @@ def _subgroups_section(metrics: dict) -> list[str]:
     if by_area:
         lines += ["", "| BraTS tumour slices by tumour area | slices | detected |", "|---|---|---|"]
         for name, m in by_area.items():
-            lines.append(f"| {name.replace('_to_', '–').replace('_mm2', ' mm²').replace('over_', '≥ ')} | {m['n']} "
+            lines.append(f"| {area_bin_title(name)} | {m['n']} "
                          f"| {_fmt(m['sensitivity']) if m['n'] else 'n/a'} |")
     return lines
 

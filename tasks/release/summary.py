@@ -10,6 +10,7 @@ from rich.table import Table
 
 from tasks import paths
 from tasks.io import nested_value, read_json
+from tasks.release.model_card import area_bin_title
 
 OUTPUTS = [
     ("raw data", paths.RAW),
@@ -75,6 +76,6 @@ def _where_it_errs(metrics: dict) -> str:
             for source, m in by_source.items()))
     if by_area:
         lines.append("BraTS tumour slices detected, by tumour area: " + "; ".join(
-            f"{name.replace('_to_', '-').replace('_mm2', ' mm²').replace('over_', '>= ')} {m['sensitivity']:.2f} "
+            f"{area_bin_title(name)} {m['sensitivity']:.2f} "
             f"({m['n']})" for name, m in by_area.items() if m["n"]))
     return "\n".join(lines)
