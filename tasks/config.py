@@ -98,7 +98,7 @@ class Augment(_Section):
     rotate_degrees: float = Field(10, ge=0, le=180)
     intensity_jitter: float = Field(0.1, ge=0, le=1)
     # Share of training samples with some input channels blanked (zeroed); no effect with one channel.
-    # See tasks/training/modality_dropout.py.
+    # See tasks/data/modality_dropout.py.
     modality_dropout: float = Field(0.25, ge=0, le=1)
 
 

@@ -110,22 +110,43 @@ def test_streaming_a_set_keeps_memory_flat(tmp_path):
     assert data_mb > 90 and streamed_mb < 16 and held_mb > 0.8 * data_mb, (data_mb, streamed_mb, held_mb)
 
 
+AUGMENT = Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_dropout=0.5)
+KEYS = ("image", "mask", "label", "has_mask")
+
+
+def _epochs(processed, patients, workers: int = 0, part: tuple[int, int] = (0, 1), augment=AUGMENT) -> tuple:
+    """Two epochs of augmented training batches (seed 7), and the run generator's state after them."""
+    data = stream_slices(processed, patients, ("brats",), ShardRowReader(0))
+    generator = torch.Generator().manual_seed(7)
+    loader = training_loader(data, 6, generator, num_workers=workers, foreground_share=0.5, augment=augment, part=part)
+    return [batch for _ in range(2) for batch in loader], generator.get_state()
+
+
 def test_same_seed_same_augmented_batches_with_or_without_workers(tmp_path):
     processed, patients = _processed(tmp_path, shards=3, rows=10, compress=False)
-    batches, states = {}, {}
-    for workers in (0, 2):
-        data = stream_slices(processed, patients, ("brats",), ShardRowReader(0))
-        generator = torch.Generator().manual_seed(7)
-        loader = training_loader(data, 6, generator, num_workers=workers, foreground_share=0.5,
-                                 augment=Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2))
-        batches[workers] = [batch for _ in range(2) for batch in loader]
-        states[workers] = generator.get_state()
-    assert len(batches[0]) == 2 * (30 // 6) and torch.equal(states[0], states[2])
-    for a, b in zip(batches[0], batches[2]):
-        assert all(torch.equal(a[key], b[key]) for key in ("image", "mask", "label", "has_mask"))
-    plain = next(iter(training_loader(stream_slices(processed, patients, ("brats",), ShardRowReader(0)), 6,
-                                      torch.Generator().manual_seed(7), foreground_share=0.5)))
-    assert not torch.equal(plain["image"], batches[0][0]["image"])  # augmentation did change the images
+    (alone, state), (with_workers, workers_state) = (_epochs(processed, patients, workers) for workers in (0, 2))
+    assert len(alone) == 2 * (30 // 6) and torch.equal(state, workers_state)
+    for a, b in zip(alone, with_workers):
+        assert all(torch.equal(a[key], b[key]) for key in KEYS)
+    plain, _ = _epochs(processed, patients, augment=None)
+    assert not torch.equal(plain[0]["image"], alone[0]["image"])  # augmentation did change the images
+    channels_kept = torch.cat([b["image"] for b in alone]).flatten(2).ne(0).any(2).sum(1)
+    assert (channels_kept == 1).any() and (channels_kept == 2).any()  # modality dropout thinned some samples
+
+
+def test_each_ddp_process_reads_its_share_of_the_batch_that_one_process_reads(tmp_path):
+    """A process of 2 (training_loader's `part`) reads and augments only its half of each global batch, and the
+    halves are exactly the samples one process gets: same rows, augmentation and modality dropout."""
+    processed, patients = _processed(tmp_path, shards=3, rows=10, compress=False)
+    alone, state = _epochs(processed, patients)
+    first, first_state = _epochs(processed, patients, part=(0, 2))
+    second, _ = _epochs(processed, patients, workers=1, part=(1, 2))
+    assert torch.equal(state, first_state)  # every process draws the whole batch's randomness
+    for whole, a, b in zip(alone, first, second):
+        assert len(a["label"]) == len(b["label"]) == 3
+        assert all(torch.equal(whole[key], torch.cat([a[key], b[key]])) for key in KEYS)
+    plain = [_epochs(processed, patients, part=part, augment=None)[0][0] for part in ((0, 1), (0, 2), (1, 2))]
+    assert all(torch.equal(plain[0][key], torch.cat([plain[1][key], plain[2][key]])) for key in KEYS)
 
 
 def test_a_manifest_that_does_not_match_its_shards_is_a_clear_error(tmp_path):

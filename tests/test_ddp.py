@@ -15,6 +15,7 @@ import yaml
 
 from models.unet import MultitaskUNet
 from tasks import paths, train_cls, train_seg
+from tasks.data.datasets import share_bounds
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, model_config_for, weights_digest
 from tasks.training.distributed import Ranks
@@ -33,10 +34,11 @@ def test_shares_cover_the_global_batch_and_their_loss_sums_give_its_loss(tiny_se
     batch = {"image": torch.zeros(8, 1, 16, 16), "mask": labels,
              "has_mask": torch.tensor([True, False] * 4), "label": torch.tensor([1.0, 0] * 4)}
     out = {"seg": torch.randn(8, 3, 16, 16), "cls": torch.randn(8)}  # WT, TC, ET logits
-    ranks = [Ranks(rank, 3) for rank in range(3)]  # 8 samples over 3 processes: 2, 3, 3
-    assert torch.equal(torch.cat([r.share(batch)["label"] for r in ranks]), batch["label"])
+    shares = [slice(*share_bounds(8, rank, 3)) for rank in range(3)]  # 8 samples over 3 processes: 2, 3, 3
+    assert [s.stop - s.start for s in shares] == [2, 3, 3]
+    assert torch.equal(torch.cat([batch["label"][s] for s in shares]), batch["label"])
     loss = StageLoss("joint", tiny_settings.train_joint)
-    summed = sum(loss.sums(r.share(out), r.share(batch)) for r in ranks)
+    summed = sum(loss.sums({k: v[s] for k, v in out.items()}, {k: v[s] for k, v in batch.items()}) for s in shares)
     torch.testing.assert_close(loss.from_sums(summed), loss(out, batch))
 
 

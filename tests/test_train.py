@@ -17,12 +17,12 @@ from tasks import paths, train_cls, train_joint, train_seg
 from tasks.config import Augment, TrainSettings, load_settings
 from tasks.data.augment import augment_batch
 from tasks.data.datasets import ComposedBatches, SliceSet, collate_slices, stage_data, training_loader
+from tasks.data.modality_dropout import draw_modality_dropout, drop_modalities
 from tasks.data.regions import regions_from_labels
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, load_model, save_checkpoint
 from tasks.training import stage as training_stage
 from tasks.tracking.tracker import NullTracker
-from tasks.training.modality_dropout import drop_modalities
 from tasks.training.steps import StageLoss, StageRunner, make_optimizer, place_model, region_targets
 from tests.conftest import (REPO, make_tiny_processed, shrink_settings, with_epochs,
                             with_section)
@@ -108,7 +108,7 @@ def test_modality_dropout_blanks_channels_but_never_all_that_carry_signal():
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(4000, 4, 2, 2)
     images[:1000, 1:] = 0  # Kaggle-like: the image in the FLAIR channel, the other modalities missing
-    dropped = drop_modalities(images, 0.5, generator)
+    dropped = drop_modalities(images, draw_modality_dropout(len(images), 4, 0.5, generator))
     kept = dropped.flatten(2).ne(0).any(2)
     assert kept.any(1).all()  # no sample is left without signal
     assert kept[:1000, 0].all()  # a single-channel image keeps its only channel
@@ -119,8 +119,10 @@ def test_modality_dropout_blanks_channels_but_never_all_that_carry_signal():
     assert flair_only.sum() > 0.4 * thinned.sum()  # the single-channel case serving sees most
     assert four[thinned].sum(0).min() > 0 and (four.sum(1) == 2).any() and (four.sum(1) == 3).any()
     torch.testing.assert_close(dropped[kept[:, :, None, None].expand_as(images)], images[kept[:, :, None, None].expand_as(images)])
-    assert torch.equal(drop_modalities(images, 0.0, generator), images)
-    assert torch.equal(drop_modalities(images[:, :1], 1.0, generator), images[:, :1])  # one channel: nothing to drop
+    before = generator.get_state()
+    assert draw_modality_dropout(len(images), 4, 0.0, generator) is None
+    assert draw_modality_dropout(len(images), 1, 1.0, generator) is None  # one channel: nothing to drop
+    assert torch.equal(generator.get_state(), before) and torch.equal(drop_modalities(images, None), images)
 
 
 def test_modality_dropout_reaches_training_steps_but_not_the_4_channel_inference_path(tiny_settings):
@@ -140,7 +142,8 @@ def test_modality_dropout_reaches_training_steps_but_not_the_4_channel_inference
     runner = StageRunner(model, make_optimizer(model, "seg", tiny_settings.train_seg),
                          StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"),
                          torch.Generator().manual_seed(0))
-    runner.train_epoch(training_loader(data, 8, runner.generator), 1, 1, on_batch=lambda loss: None)
+    runner.train_epoch(training_loader(data, 8, runner.generator, augment=cfg.augment), 1, 1,
+                       on_batch=lambda loss: None)
     training = torch.cat(seen)
     assert (training.flatten(2).ne(0).any(2).sum(1) < 4).all()  # share 1.0: every training sample thinned
 
@@ -238,6 +241,18 @@ def test_two_seeded_runs_give_identical_metrics(tiny_data, tmp_path, tiny_settin
         train_seg.main(settings)
         histories.append(metrics_only(pd.read_csv(paths.history_file("seg"))))
     pd.testing.assert_frame_equal(*histories)
+
+
+def test_loader_workers_change_nothing_that_is_learned(tmp_path, tiny_settings, monkeypatch):
+    """Batches, augmentation and the model's dropout noise are drawn alike with 0 or 2 loader workers, so the weights
+    are the same bit for bit (train_cls: two epochs, dropout in the classification head)."""
+    digests = []
+    for workers in (0, 2):
+        monkeypatch.chdir(make_tiny_processed(tmp_path / f"workers{workers}").root)
+        settings = with_section(with_epochs(tiny_settings, cls=2), "train", num_workers=workers)
+        train_seg.main(settings)
+        digests.append(train_cls.main(settings)["weights_digest"])
+    assert digests[0] == digests[1]
 
 
 def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one(tiny_data, tmp_path, tiny_settings,

@@ -49,11 +49,17 @@ def affine_grid(theta: Tensor, height: int, width: int) -> Tensor:
     return grid
 
 
-def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Augmented copies of float images (N, C, H, W) and float masks (N, 1, H, W)."""
+def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.Generator,
+                  part_of: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """Augmented copies of float images (N, C, H, W) and float masks (N, 1, H, W).
+
+    `part_of=(start, total)`: the N samples are samples start..start+N-1 of a batch of `total` (a DDP process's
+    share); the draws are the whole batch's and each sample gets its own, as when the whole batch is augmented."""
     n = images.shape[0]
+    start, total = part_of or (0, n)
+    part = slice(start, start + n)
     if cfg.flip or cfg.rotate_degrees > 0:
-        theta = random_affines(n, cfg, generator).to(images.device, images.dtype)
+        theta = random_affines(total, cfg, generator)[part].to(images.device, images.dtype)
         grid = affine_grid(theta, *images.shape[2:])
         # Zero padding matches the z-scored background, which the slice step sets to 0.
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -61,8 +67,8 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
     else:
         images = images.clone()  # jittered in place below
     if cfg.intensity_jitter > 0:
-        scale = 1 + _uniform(n, cfg.intensity_jitter, generator).to(images.device).view(n, 1, 1, 1)
-        shift = _uniform(n, cfg.intensity_jitter, generator).to(images.device).view(n, 1, 1, 1)
+        scale = 1 + _uniform(total, cfg.intensity_jitter, generator)[part].to(images.device).view(n, 1, 1, 1)
+        shift = _uniform(total, cfg.intensity_jitter, generator)[part].to(images.device).view(n, 1, 1, 1)
         # The background stays 0, as at inference; in place, as fresh temporaries cost more than the arithmetic.
         background = images == 0
         images.mul_(scale).add_(shift).masked_fill_(background, 0)

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tasks import paths
 from tasks.config import Augment
 from tasks.data.augment import augment_batch
+from tasks.data.modality_dropout import ModalityDraws, draw_modality_dropout, drop_modalities
 from tasks.data.shards import ShardRowReader, read_manifest, read_shard
 from tasks.data.splits import read_split
 from tasks.errors import SliceWiseError
@@ -169,53 +170,114 @@ def _endless_shuffle(pool: Tensor, generator: torch.Generator) -> Iterator[Tenso
         yield from pool[torch.randperm(len(pool), generator=generator)]
 
 
-class SeededBatches(Sampler[tuple[int, list[int]]]):
-    """The batches of `batches`, each paired with a seed for its augmentation, drawn after it from the same
-    generator: the draws happen in the main process, whichever worker then reads and augments the batch."""
+def share_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Process `rank` of `world`'s contiguous share of a batch of n samples: [start, stop); all of it for one."""
+    return n * rank // world, n * (rank + 1) // world
 
-    def __init__(self, batches: ComposedBatches, generator: torch.Generator):
+
+@dataclass(frozen=True)
+class DrawnBatch:
+    """A batch's sample indices with everything random about it, drawn in the main process in this order: the
+    batch, its augmentation seed, its modality-dropout draws (None when there is nothing to drop)."""
+
+    rows: list[int]
+    seed: int
+    modality_draws: ModalityDraws | None
+
+
+class SeededBatches(Sampler[DrawnBatch]):
+    """The batches of `batches`, each with its augmentation seed and modality-dropout draws, drawn after it from the
+    same generator: the draws happen in the main process, whichever worker then reads and augments the batch."""
+
+    def __init__(self, batches: ComposedBatches, generator: torch.Generator, channels: int = 1,
+                 modality_dropout: float = 0.0):
         self.batches, self.generator = batches, generator
+        self.channels, self.modality_dropout = channels, modality_dropout
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
+    def __iter__(self) -> Iterator[DrawnBatch]:
         for batch in self.batches:
-            yield int(torch.randint(2**62, (), generator=self.generator)), batch
+            seed = int(torch.randint(2**62, (), generator=self.generator))
+            draws = draw_modality_dropout(len(batch), self.channels, self.modality_dropout, self.generator)
+            yield DrawnBatch(batch, seed, draws)
 
 
 class AugmentedSlices(Dataset):
-    """Training samples read and augmented a whole batch at a time (DataLoader's `__getitems__`), with the batch's
-    seed: the same augmentation whether the main process or a worker draws the batch."""
+    """Training samples read and augmented a whole batch at a time (DataLoader's `__getitems__`) with the batch's
+    seed, then thinned by its modality-dropout draws: the same samples whether the main process or a worker reads
+    the batch. With `part=(rank, world)` only that process's share of each batch is read and augmented (a DDP
+    process), each sample exactly as a single process would have it."""
 
-    def __init__(self, data: ShardSlices | SliceSet, cfg: Augment):
-        self.data, self.cfg = data, cfg
+    def __init__(self, data: ShardSlices | SliceSet, cfg: Augment, part: tuple[int, int] = (0, 1)):
+        self.data, self.cfg, self.part = data, cfg, part
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitems__(self, batch: tuple[int, list[int]]) -> list[dict]:
-        seed, rows = batch
-        images, masks = augment_batch(*self.data.batch(rows), self.cfg, torch.Generator().manual_seed(seed))
+    def __getitems__(self, batch: DrawnBatch) -> list[dict]:
+        start, stop = share_bounds(len(batch.rows), *self.part)
+        rows = batch.rows[start:stop]
+        images, masks = augment_batch(*self.data.batch(rows), self.cfg, torch.Generator().manual_seed(batch.seed),
+                                      part_of=(start, len(batch.rows)))
+        if batch.modality_draws is not None:
+            images = drop_modalities(images, batch.modality_draws.part(start, stop))
         has_mask, labels = self.data.has_mask[rows].tolist(), self.data.labels[rows].float()
         return [{"image": images[j], "mask": masks[j] if has_mask[j] else None, "label": labels[j]}
                 for j in range(len(rows))]
 
 
+class BatchShares(Sampler[list[int]]):
+    """Process `rank` of `world`'s share of each batch of `batches` (unaugmented loading under DDP)."""
+
+    def __init__(self, batches: ComposedBatches, part: tuple[int, int]):
+        self.batches, self.part = batches, part
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            start, stop = share_bounds(len(batch), *self.part)
+            yield batch[start:stop]
+
+
 def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,
                     kaggle_share: float | None = None, foreground_share: float = 0.0,
-                    pin_memory: bool = False, augment: Augment | None = None) -> DataLoader:
+                    pin_memory: bool = False, augment: Augment | None = None,
+                    part: tuple[int, int] = (0, 1)) -> DataLoader:
     """Training batches composed by `ComposedBatches` (Kaggle quota, foreground oversampling), augmented with
-    `augment` (None: as stored) where they are read: in `num_workers` worker processes (kept across epochs), or in
-    this one when 0.
+    `augment` (None: as stored; its `modality_dropout` included) where they are read: in `num_workers` worker
+    processes (kept across epochs), or in this one when 0.
 
-    `pin_memory` puts each batch in page-locked memory, so its copy to a GPU can overlap compute (CUDA only).
+    `part=(rank, world)`: every process draws the same global batches (`batch_size` samples) and reads only its
+    share of each (DDP, tasks/training/distributed.py). `pin_memory` puts each batch in page-locked memory, so its
+    copy to a GPU can overlap compute (CUDA only).
     """
     sampler = ComposedBatches(data.has_mask, data.labels, batch_size, generator, kaggle_share, foreground_share)
     if augment is not None:
-        data, sampler = AugmentedSlices(data, augment), SeededBatches(sampler, generator)
-    return DataLoader(data, batch_sampler=sampler, collate_fn=collate_slices, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
+        data, sampler = (AugmentedSlices(data, augment, part),
+                         SeededBatches(sampler, generator, data.image_shape[0], augment.modality_dropout))
+    elif part != (0, 1):
+        sampler = BatchShares(sampler, part)
+    return _TrainingLoader(data, batch_sampler=sampler, collate_fn=collate_slices, num_workers=num_workers,
+                           pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
+class _TrainingLoader(DataLoader):
+    """A DataLoader whose epochs take the same draws from torch's global generator with 0 or N workers.
+
+    A fresh iterator (every epoch with 0 workers) draws its workers' base seed from the global generator; a persistent
+    workers' iterator, reused from the second epoch on, draws nothing. The model's dropout noise comes after it from
+    that generator (seeded per epoch, tasks/training/stage.py), so a reused iterator takes the same one draw here."""
+
+    def __iter__(self):
+        reused = self.persistent_workers and self.num_workers > 0 and self._iterator is not None
+        batches = super().__iter__()
+        if reused:
+            torch.empty((), dtype=torch.int64).random_()  # what a fresh iterator's base seed would have taken
+        return batches
 
 
 def _manifest_rows(processed: Path, patients: list[str], sources: tuple[str, ...]):

@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node=N -m tasks train_seg     (gloo on CPU, nccl with one GPU per process)
 
 Every process draws the same global batch of `train.batch_size` and the same augmentation from identically seeded
-generators, and keeps its contiguous share (`Ranks.share`). The loss is a function of sums over the batch that
+generators, and reads and augments only its contiguous share (`Ranks.part`, the loader's `part`). The loss is a function of sums over the batch that
 `Ranks.sum` adds up over the processes, so every process computes the global batch's loss; DDP averages the
 gradients, which makes each step the one a single process takes on the whole batch (up to float rounding).
 Rank 0 alone validates, writes checkpoints and metrics and talks to the tracker; its metrics reach every process
@@ -51,12 +51,10 @@ class Ranks:
         if samples < self.world:
             raise SliceWiseError(f"{samples} training samples cannot be shared by {self.world} processes")
 
-    def share(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """This process's contiguous part of a global batch, or of any dict of per-sample tensors (all of it in a
-        single process)."""
-        n = len(next(iter(batch.values())))
-        start, stop = n * self.rank // self.world, n * (self.rank + 1) // self.world
-        return batch if self.world == 1 else {key: value[start:stop] for key, value in batch.items()}
+    @property
+    def part(self) -> tuple[int, int]:
+        """(rank, world): which share of each global batch this process reads (datasets.training_loader's `part`)."""
+        return self.rank, self.world
 
     def sum(self, tensor: Tensor) -> Tensor:
         """The sum over every process, differentiable (the gradient is summed the same way)."""

@@ -170,7 +170,8 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
     loader = training_loader(train_set, plan.train.batch_size, generator, plan.train.num_workers,
                              getattr(plan.stage_params, "kaggle_share", None),
                              getattr(plan.stage_params, "foreground_share", 0.0),
-                             pin_memory=plan.train.pin_memory and device.type == "cuda", augment=plan.train.augment)
+                             pin_memory=plan.train.pin_memory and device.type == "cuda", augment=plan.train.augment,
+                             part=ranks.part)
     metric_name = METRIC_NAME[plan.stage]
     with _progress(visible=ranks.is_main) as progress:
         bar = progress.add_task(f"train_{plan.stage}", total=max(plan.epochs - state.epoch, 0) * len(loader),

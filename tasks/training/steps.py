@@ -1,7 +1,7 @@
 """The pieces of one training epoch: device, which parameters each stage trains, losses, validation metrics.
 
-Under `torchrun` (see tasks/training/distributed.py) every process draws the same global batch and its augmentation and
-keeps its share; the loss is computed from sums that add up over the shares, so the averaged gradient, and with it
+Under `torchrun` (see tasks/training/distributed.py) every process draws the same global batch and its augmentation, and
+reads and augments only its share; the loss is computed from sums that add up over the shares, so the averaged gradient, and with it
 each optimizer step, is the one a single process takes on the whole batch.
 """
 
@@ -24,7 +24,6 @@ from tasks.data.regions import REGIONS
 from tasks.errors import SliceWiseError
 from tasks.training.distributed import Ranks
 from tasks.training.loss import StageLoss, region_targets
-from tasks.training.modality_dropout import drop_modalities
 
 
 def pick_device(choice: str) -> torch.device:
@@ -147,12 +146,10 @@ class StageRunner:
                                          self.train_cfg.warmup_epochs / epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
-            # Every process reads the whole global batch, augmented by the loader as a single process's would be,
-            # then keeps its share.
+            # The loader gave this process its share of the global batch, augmented (modality dropout included)
+            # as a single process's would be (training_loader's `part`).
             batch = _to_device(batch, self.device)
-            batch["image"] = drop_modalities(batch["image"], self.train_cfg.augment.modality_dropout, self.generator)
-            size = len(batch["label"])
-            batch = self.ranks.share(batch)
+            size = len(batch["label"]) * self.ranks.world  # the global batch's, which weights the mean loss
             with autocast(self.device, self.train_cfg):
                 out = self.trainer(_layout(batch["image"], self.train_cfg.channels_last), heads=self.loss_fn.heads)
             # The global batch's loss in every process: DDP's average of their gradients is the whole batch's.

@@ -1,0 +1,66 @@
+"""Modality dropout: training samples lose some input channels, so one network serves 4-channel volumes and
+single-channel images (Kaggle images, uploaded slices, FLAIR-only volumes).
+
+A missing modality is an all-zero channel: z-scored inputs are 0 on the background, and serving fills every
+modality it was not given with zeros. With probability `share` (train.augment.modality_dropout) a sample is
+thinned: half of those keep the FLAIR channel (channel 0) alone, the single-channel case serving sees most, and the
+other half keep a uniformly drawn non-empty subset of their channels. A draw that would leave a sample without any
+signal (a Kaggle image holds channel 0 only) leaves it as it was. Training only: validation, evaluation, export
+and serving never call this, so the 4-channel inference path is the plain network.
+
+The draws (`draw_modality_dropout`) are made for a whole batch in the main process, from the run's generator, right
+after the batch and its augmentation seed (tasks/data/datasets.py: SeededBatches); they are applied where the batch
+is read and augmented (`drop_modalities`), in a loader worker or not. So a seeded run drops the same channels with any
+number of workers, and a DDP process applies to its share of the global batch exactly what one process would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+FLAIR_ONLY_SHARE = 0.5  # of the thinned samples
+
+
+@dataclass(frozen=True)
+class ModalityDraws:
+    """One batch's draws, per sample: thinned or not, FLAIR alone or not, and the channels kept otherwise (bits)."""
+
+    thinned: Tensor
+    flair_only: Tensor
+    subset: Tensor
+
+    def part(self, start: int, stop: int) -> "ModalityDraws":
+        """The draws of samples start..stop-1 (a DDP process's share of the batch)."""
+        return ModalityDraws(self.thinned[start:stop], self.flair_only[start:stop], self.subset[start:stop])
+
+
+def draw_modality_dropout(n: int, channels: int, share: float, generator: torch.Generator) -> ModalityDraws | None:
+    """The draws for a batch of `n` samples of `channels` channels; None (nothing drawn) when nothing can be dropped."""
+    if channels == 1 or share <= 0:
+        return None
+    thinned = torch.rand(n, generator=generator) < share
+    flair_only = torch.rand(n, generator=generator) < FLAIR_ONLY_SHARE
+    subset = torch.randint(1, 2**channels, (n,), generator=generator)  # a non-empty subset of the channels, as bits
+    return ModalityDraws(thinned, flair_only, subset)
+
+
+def modality_keep_mask(present: Tensor, draws: ModalityDraws) -> Tensor:
+    """(N, C) bool: which channels each sample keeps, given which hold any signal (`present`, (N, C) bool, CPU)."""
+    channels = present.shape[1]
+    keep = ((draws.subset[:, None] >> torch.arange(channels)) & 1).bool()
+    keep[draws.flair_only] = torch.arange(channels) == 0
+    keep[~draws.thinned] = True
+    keep[~(keep & present).any(dim=1)] = True  # never blank every channel that carries signal
+    return keep
+
+
+def drop_modalities(images: Tensor, draws: ModalityDraws | None) -> Tensor:
+    """Images (N, C, H, W) with the channels `draws` drop zeroed per sample; unchanged when `draws` is None."""
+    if draws is None:
+        return images
+    present = images.detach().flatten(2).ne(0).any(dim=2).cpu()
+    keep = modality_keep_mask(present, draws)
+    return images * keep.to(images.device, images.dtype)[:, :, None, None]
