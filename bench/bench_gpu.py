@@ -51,7 +51,7 @@ def images_per_second(settings: Settings, train: TrainSettings, model_cfg: UNetC
     model = place_model(MultitaskUNet(model_cfg), device, train)
     optimizer = make_optimizer(model, "seg", settings.train_seg)
     generator = torch.Generator().manual_seed(0)
-    runner = StageRunner(model, optimizer, StageLoss("seg", settings.train_seg), "seg", train, device, generator)
+    runner = StageRunner(model, optimizer, StageLoss("seg", settings.train_seg), "seg", train, device)
     pin = train.pin_memory and device.type == "cuda"
     loaders = [training_loader(part, train.batch_size, generator, train.num_workers, pin_memory=pin,
                                augment=train.augment)

@@ -5,6 +5,7 @@ loader workers."""
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import torch
 
 from tasks import paths
 from tasks.config import Augment
-from tasks.data.datasets import load_slices, stage_data, stream_slices, training_loader
+from tasks.data.datasets import ShardSlices, load_slices, stage_data, stream_slices, training_loader
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, ShardRowReader, manifest_rows, read_shard, write_shard
 from tasks.data.splits import read_split
 from tests.conftest import REPO
@@ -139,9 +140,12 @@ def test_each_ddp_process_reads_its_share_of_the_batch_that_one_process_reads(tm
     halves are exactly the samples one process gets: same rows, augmentation and modality dropout."""
     processed, patients = _processed(tmp_path, shards=3, rows=10, compress=False)
     alone, state = _epochs(processed, patients)
-    first, first_state = _epochs(processed, patients, part=(0, 2))
+    read, real_batch = [], ShardSlices.batch
+    with mock.patch.object(ShardSlices, "batch", lambda self, rows: read.append(list(rows)) or real_batch(self, rows)):
+        first, first_state = _epochs(processed, patients, part=(0, 2))
     second, _ = _epochs(processed, patients, workers=1, part=(1, 2))
     assert torch.equal(state, first_state)  # every process draws the whole batch's randomness
+    assert len(read) == len(first) and all(len(rows) == 3 for rows in read)  # it read its 3 rows of each 6, no more
     for whole, a, b in zip(alone, first, second):
         assert len(a["label"]) == len(b["label"]) == 3
         assert all(torch.equal(whole[key], torch.cat([a[key], b[key]])) for key in KEYS)

@@ -125,9 +125,10 @@ def test_modality_dropout_blanks_channels_but_never_all_that_carry_signal():
     assert torch.equal(generator.get_state(), before) and torch.equal(drop_modalities(images, None), images)
 
 
-def test_modality_dropout_reaches_training_steps_but_not_the_4_channel_inference_path(tiny_settings):
-    """Training batches lose channels; validation, and the predictor that evaluation and serving use, see every
-    channel of every slice, and the predictor's output is the plain network's on the 4-channel input."""
+def test_modality_dropout_reaches_training_batches_but_not_the_4_channel_inference_path(tiny_settings):
+    """Training batches lose channels (the loader thins them); validation, and the predictor that evaluation and
+    serving use, see every channel of every slice, and the predictor's output is the plain network's on the 4-channel
+    input."""
     from tasks.inference.predictor import TorchPredictor
 
     cfg = tiny_settings.train.model_copy(update={"channels_last": False, "augment": Augment(
@@ -140,9 +141,8 @@ def test_modality_dropout_reaches_training_steps_but_not_the_4_channel_inference
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     runner = StageRunner(model, make_optimizer(model, "seg", tiny_settings.train_seg),
-                         StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"),
-                         torch.Generator().manual_seed(0))
-    runner.train_epoch(training_loader(data, 8, runner.generator, augment=cfg.augment), 1, 1,
+                         StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"))
+    runner.train_epoch(training_loader(data, 8, torch.Generator().manual_seed(0), augment=cfg.augment), 1, 1,
                        on_batch=lambda loss: None)
     training = torch.cat(seen)
     assert (training.flatten(2).ne(0).any(2).sum(1) < 4).all()  # share 1.0: every training sample thinned
@@ -175,9 +175,8 @@ def test_train_channels_last_reaches_weights_and_inputs_of_training_and_validati
     inputs = []
     model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].is_contiguous(memory_format=nhwc)))
     runner = StageRunner(model, make_optimizer(model, "seg", tiny_settings.train_seg),
-                         StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"),
-                         torch.Generator().manual_seed(0))
-    runner.train_epoch(training_loader(data, 4, runner.generator), 1, 1, on_batch=lambda loss: None)
+                         StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"))
+    runner.train_epoch(training_loader(data, 4, torch.Generator().manual_seed(0)), 1, 1, on_batch=lambda loss: None)
     runner.evaluate(data)
     runner.evaluate_flair_only(data)
     assert model.encoder.levels[0].conv1.conv.weight.is_contiguous(memory_format=nhwc) == channels_last
@@ -243,16 +242,21 @@ def test_two_seeded_runs_give_identical_metrics(tiny_data, tmp_path, tiny_settin
     pd.testing.assert_frame_equal(*histories)
 
 
-def test_loader_workers_change_nothing_that_is_learned(tmp_path, tiny_settings, monkeypatch):
-    """Batches, augmentation and the model's dropout noise are drawn alike with 0 or 2 loader workers, so the weights
-    are the same bit for bit (train_cls: two epochs, dropout in the classification head)."""
-    digests = []
-    for workers in (0, 2):
-        monkeypatch.chdir(make_tiny_processed(tmp_path / f"workers{workers}").root)
-        settings = with_section(with_epochs(tiny_settings, cls=2), "train", num_workers=workers)
-        train_seg.main(settings)
-        digests.append(train_cls.main(settings)["weights_digest"])
-    assert digests[0] == digests[1]
+def test_loader_workers_change_nothing_that_is_learned(tmp_path, monkeypatch):
+    """Batches, augmentation, modality dropout and the model's dropout noise are drawn alike with 0 or 2 loader
+    workers, so the weights are the same bit for bit (4 channels; train_cls: two epochs, dropout in the head). The
+    stages do thin their inputs: without modality dropout they learn other weights."""
+    four = with_epochs(shrink_settings(load_settings(REPO / "params.yaml"), modalities=("flair", "t1", "t1ce", "t2")),
+                       cls=2)
+    assert four.train.augment.modality_dropout > 0
+    digests = {}
+    for workers, dropout in ((0, True), (2, True), (0, False)):
+        augment = four.train.augment.model_copy(update={} if dropout else {"modality_dropout": 0.0})
+        settings = with_section(four, "train", num_workers=workers, augment=augment)
+        monkeypatch.chdir(make_tiny_processed(tmp_path / f"workers{workers}-{dropout}", channels=4).root)
+        digests[workers, dropout] = tuple(step.main(settings)["weights_digest"] for step in (train_seg, train_cls))
+    assert digests[0, True] == digests[2, True]
+    assert digests[0, False][0] != digests[0, True][0] and digests[0, False][1] != digests[0, True][1]
 
 
 def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one(tiny_data, tmp_path, tiny_settings,

@@ -5,9 +5,10 @@
     joint  every BraTS slice and Kaggle image
 A stage holds only the manifest's columns (shard, row, has_mask, label) in memory; images and masks are read row by
 row when a batch is drawn (tasks/data/shards.py: ShardRowReader), so its memory does not grow with the data set.
-Training batches are augmented where they are read (`AugmentedSlices`): in the DataLoader's worker processes when
-`train.num_workers` > 0, each batch with its own seed drawn in the main process, so a seeded run draws the same
-batches and augmentations with any number of workers.
+Training batches are augmented where they are read (`AugmentedSlices`), modality dropout included: in the DataLoader's
+worker processes when `train.num_workers` > 0, each batch with its own seed and dropout draws made in the main
+process, so a seeded run draws the same batches and augmentations with any number of workers. A DDP process reads only
+its share of each global batch (`training_loader`'s `part`).
 Kaggle images have no mask: a sample's mask is `None` and `collate_slices` turns a batch of mixed samples into
 zero masks plus a `has_mask` flag, so losses can ignore the masks that are unknown.
 `SliceSet` holds slices as tensors in memory: for tests and benchmarks that build their own.
@@ -273,7 +274,8 @@ class _TrainingLoader(DataLoader):
     that generator (seeded per epoch, tasks/training/stage.py), so a reused iterator takes the same one draw here."""
 
     def __iter__(self):
-        reused = self.persistent_workers and self.num_workers > 0 and self._iterator is not None
+        reused = self.persistent_workers and self.num_workers > 0 and self._iterator is not None \
+            and self.generator is None  # the base seed comes from torch's global generator only without a generator
         batches = super().__iter__()
         if reused:
             torch.empty((), dtype=torch.int64).random_()  # what a fresh iterator's base seed would have taken

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,11 +27,13 @@ FLAIR_ONLY_SHARE = 0.5  # of the thinned samples
 
 @dataclass(frozen=True)
 class ModalityDraws:
-    """One batch's draws, per sample: thinned or not, FLAIR alone or not, and the channels kept otherwise (bits)."""
+    """One batch's draws, per sample: thinned or not, FLAIR alone or not, and the channels kept otherwise (bits).
+    Numpy arrays: they travel to the loader workers with the batch by value (a tensor would take a shared-memory
+    file per batch)."""
 
-    thinned: Tensor
-    flair_only: Tensor
-    subset: Tensor
+    thinned: np.ndarray
+    flair_only: np.ndarray
+    subset: np.ndarray
 
     def part(self, start: int, stop: int) -> "ModalityDraws":
         """The draws of samples start..stop-1 (a DDP process's share of the batch)."""
@@ -44,15 +47,16 @@ def draw_modality_dropout(n: int, channels: int, share: float, generator: torch.
     thinned = torch.rand(n, generator=generator) < share
     flair_only = torch.rand(n, generator=generator) < FLAIR_ONLY_SHARE
     subset = torch.randint(1, 2**channels, (n,), generator=generator)  # a non-empty subset of the channels, as bits
-    return ModalityDraws(thinned, flair_only, subset)
+    return ModalityDraws(thinned.numpy(), flair_only.numpy(), subset.numpy())
 
 
 def modality_keep_mask(present: Tensor, draws: ModalityDraws) -> Tensor:
     """(N, C) bool: which channels each sample keeps, given which hold any signal (`present`, (N, C) bool, CPU)."""
     channels = present.shape[1]
-    keep = ((draws.subset[:, None] >> torch.arange(channels)) & 1).bool()
-    keep[draws.flair_only] = torch.arange(channels) == 0
-    keep[~draws.thinned] = True
+    subset, flair_only, thinned = (torch.from_numpy(a) for a in (draws.subset, draws.flair_only, draws.thinned))
+    keep = ((subset[:, None] >> torch.arange(channels)) & 1).bool()
+    keep[flair_only] = torch.arange(channels) == 0
+    keep[~thinned] = True
     keep[~(keep & present).any(dim=1)] = True  # never blank every channel that carries signal
     return keep
 

@@ -3,9 +3,10 @@
     torchrun --standalone --nproc_per_node=N -m tasks train_seg     (gloo on CPU, nccl with one GPU per process)
 
 Every process draws the same global batch of `train.batch_size` and the same augmentation from identically seeded
-generators, and reads and augments only its contiguous share (`Ranks.part`, the loader's `part`). The loss is a function of sums over the batch that
-`Ranks.sum` adds up over the processes, so every process computes the global batch's loss; DDP averages the
-gradients, which makes each step the one a single process takes on the whole batch (up to float rounding).
+generators, and reads and augments only its contiguous share (`Ranks.part`, the loader's `part`). The loss is a
+function of sums over the batch that `Ranks.sum` adds up over the processes, so every process computes the global
+batch's loss; DDP averages the gradients, which makes each step the one a single process takes on the whole batch
+(up to float rounding).
 Rank 0 alone validates, writes checkpoints and metrics and talks to the tracker; its metrics reach every process
 (`Ranks.from_main`), so all of them stop at the same epoch with the same weights. Batch norm becomes SyncBatchNorm
 on CUDA; on CPU (no SyncBatchNorm) each process normalises its own share, so use `norm: instance` there for equality.

@@ -166,7 +166,7 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
 
     # Wrapping in DDP (inside StageRunner) waits for every process: none writes last.pt before all have read it.
     steps = StageRunner(model, optimizer, StageLoss(plan.stage, plan.stage_params), plan.stage, plan.train, device,
-                        generator, ranks)
+                        ranks)
     loader = training_loader(train_set, plan.train.batch_size, generator, plan.train.num_workers,
                              getattr(plan.stage_params, "kaggle_share", None),
                              getattr(plan.stage_params, "foreground_share", 0.0),

@@ -1,8 +1,8 @@
 """The pieces of one training epoch: device, which parameters each stage trains, losses, validation metrics.
 
-Under `torchrun` (see tasks/training/distributed.py) every process draws the same global batch and its augmentation, and
-reads and augments only its share; the loss is computed from sums that add up over the shares, so the averaged gradient, and with it
-each optimizer step, is the one a single process takes on the whole batch.
+Under `torchrun` (see tasks/training/distributed.py) every process draws the same global batch and its augmentation,
+and reads and augments only its share; the loss is computed from sums that add up over the shares, so the averaged
+gradient, and with it each optimizer step, is the one a single process takes on the whole batch.
 """
 
 from __future__ import annotations
@@ -125,7 +125,6 @@ class StageRunner:
     stage: str
     train_cfg: TrainSettings
     device: torch.device
-    generator: torch.Generator  # shuffling and augmentation: seeded alike in every process
     ranks: Ranks = Ranks()
     module: nn.Module = field(init=False)  # runs validation: the model, or its torch.compile'd version
     trainer: nn.Module = field(init=False)  # runs training steps: the same, wrapped in DDP across processes
@@ -149,7 +148,7 @@ class StageRunner:
             # The loader gave this process its share of the global batch, augmented (modality dropout included)
             # as a single process's would be (training_loader's `part`).
             batch = _to_device(batch, self.device)
-            size = len(batch["label"]) * self.ranks.world  # the global batch's, which weights the mean loss
+            size = len(batch["label"])
             with autocast(self.device, self.train_cfg):
                 out = self.trainer(_layout(batch["image"], self.train_cfg.channels_last), heads=self.loss_fn.heads)
             # The global batch's loss in every process: DDP's average of their gradients is the whole batch's.
