@@ -12,6 +12,7 @@ from pathlib import Path
 from tasks.data.splits import read_split, split_rows
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE
 from tasks.io import nested_value
+from tasks.release.summary import area_bin_title
 
 METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
                ("classification", "precision"), ("classification", "f1"), ("classification", "roc_auc"),
@@ -32,11 +33,6 @@ def split_summary(processed: Path, splits_dir: Path) -> dict[str, dict[str, int]
                          "tumour_slices": int(rows["label"].sum()),
                          "brats_patients": int(rows.loc[rows["source"] == "brats", "patient"].nunique())}
     return summary
-
-
-def area_bin_title(name: str) -> str:
-    """A tumour-area bin's key in metrics.json (`100_to_500_mm2`, `over_2000_mm2`) as people read it."""
-    return name.replace("_to_", "–").replace("_mm2", " mm²").replace("over_", "≥ ")
 
 
 def _fmt(value) -> str:

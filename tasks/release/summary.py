@@ -10,7 +10,6 @@ from rich.table import Table
 
 from tasks import paths
 from tasks.io import nested_value, read_json
-from tasks.release.model_card import area_bin_title
 
 OUTPUTS = [
     ("raw data", paths.RAW),
@@ -63,6 +62,12 @@ def print_summary(console: Console | None = None) -> None:
         console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: {verdict}")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
         console.print("lineage: .venv/bin/python -m tasks lineage champion")
+
+
+def area_bin_title(name: str) -> str:
+    """A tumour-area bin's key in metrics.json (`100_to_500_mm2`, `over_2000_mm2`) as people read it; the model card
+    titles its table rows with it too. Here, not there: the run summary must not import what the card needs."""
+    return name.replace("_to_", "–").replace("_mm2", " mm²").replace("over_", "≥ ")
 
 
 def _where_it_errs(metrics: dict) -> str:
