@@ -48,7 +48,7 @@ def run_all(skip: set[str]) -> dict:
     report |= pipeline_figures(peer="peer" not in skip)
     if "seeds" not in skip:
         console.rule("quality across seeds: the quick pipeline as DVC experiments")
-        report["seeds"] = bench_seeds.run()
+        record_by_cpu(report, "seeds", bench_seeds.run())
     if "api" not in skip:
         console.rule("API overhead over a bare onnxruntime call, 20 concurrent clients, start-up")
         report["api"] = bench_api.run()
@@ -85,7 +85,7 @@ def pipeline_figures(peer: bool) -> dict:
             report["export"] = bench_export.run([report["pipeline"]["profile"]], [1, 0], 50)
         if peer:
             console.rule("equal-time peer: MONAI BasicUNet for as long as the quick model trained")
-            report["peer"] = bench_peer.run(project)
+            record_by_cpu(report, "peer", bench_peer.run(project))
         shutil.rmtree(project, ignore_errors=True)
     return report
 
@@ -101,14 +101,57 @@ def run_some(names: list[str]) -> dict:
     if "pipeline" in names:  # with peer too, the peer gets the from-scratch run's training time (a quiet machine's)
         report |= pipeline_figures(peer="peer" in names) | {"pipeline_date": time.strftime("%Y-%m-%d")}
     if "seeds" in names:
-        report["seeds"] = bench_seeds.run()
+        record_by_cpu(report, "seeds", bench_seeds.run())
     if "peer" in names and "pipeline" not in names:
-        report["peer"] = bench_peer.run(REPO)
+        record_by_cpu(report, "peer", bench_peer.run(REPO))
     if "loader" in names:
         report["loader"] = bench_loader.run()
     if "volume" in names:
         report["volume"] = bench_volume.run()
     return report
+
+
+def record_by_cpu(report: dict, kind: str, result: dict) -> None:
+    """`result` of a seed sweep or peer run ("seeds", "peer") as the latest one, and as the latest of this CPU family
+    in `by_cpu`: trained weights depend on the CPU's kernels (README, "Quality across seeds and CPUs"), so the table
+    keeps one of each family instead of letting the last machine overwrite the others."""
+    from bench.bench_seeds import cpu_family
+
+    report[kind] = result
+    if not result.get("overrides"):  # a variant of the recipe (e.g. fp32) is not the recipe's figure
+        report.setdefault("by_cpu", {}).setdefault(cpu_family(result["cpu"]["model"]), {})[kind] = result
+
+
+def quality_by_cpu(report: dict) -> dict[str, dict]:
+    """CPU family → {"seeds": ..., "peer": ...}; a report from before `by_cpu` counts as its sweep's CPU."""
+    from bench.bench_seeds import cpu_family
+
+    if "by_cpu" in report:
+        return report["by_cpu"]
+    found = {kind: report[kind] for kind in ("seeds", "peer") if kind in report}
+    cpu = (found.get("seeds") or found.get("peer") or {}).get("cpu", {}).get("model", "this machine")
+    return {cpu_family(cpu): found} if found else {}
+
+
+def quality_rows(report: dict) -> list[tuple[str, str, str]]:
+    """The equal-time peer ratio and the seed sweep's min / median / max, one set of rows per CPU family."""
+    out = []
+    for family, found in quality_by_cpu(report).items():
+        if peer := found.get("peer"):
+            out.append((f"quick slice Dice / equal-time MONAI BasicUNet, {family}",
+                        f"{peer['dice_ratio_quick_over_peer']:.2f}×",
+                        f"{peer['quick']['test_slice_dice']:.3f} vs {peer['peer']['test_slice_dice']:.3f} after "
+                        f"{peer['budget_seconds']:.0f} s of training each ({peer['peer']['epochs']} peer epochs)"))
+        if seeds := found.get("seeds"):
+            summary, cpu = seeds["summary"], seeds["cpu"]
+            bf16 = "bf16 autocast on" if cpu["bf16_autocast"] else "fp32 (no native bf16)"
+            for name, label in (("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
+                                ("slice_dice", "slice Dice"), ("volume_dice", "volume Dice"),
+                                ("hd95_mm", "HD95 per slice (mm)")):
+                s = summary[name]
+                out.append((f"quick, {len(seeds['seeds'])} seeds, {family}: {label} min / median / max",
+                            f"{s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}", f"{cpu['model']}, {bf16}"))
+    return out
 
 
 def rows(report: dict) -> list[tuple[str, str, str]]:
@@ -161,18 +204,7 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
         out.append(("hostile load: peak RSS with bombs / without", f"{hostile['ratios']['peak_rss_bombs_over_plain']:.2f}×",
                     f"{bombs['peak_rss_mb']:.0f} vs {plain['peak_rss_mb']:.0f} MB; p95 {bombs['p95_ms'] / 1000:.1f} s vs "
                     f"{plain['p95_ms'] / 1000:.1f} s; errors {bombs['errors']} / {plain['errors']}"))
-    if peer := report.get("peer"):
-        out.append(("quick slice Dice / equal-time MONAI BasicUNet", f"{peer['dice_ratio_quick_over_peer']:.2f}×",
-                    f"{peer['quick']['test_slice_dice']:.3f} vs {peer['peer']['test_slice_dice']:.3f} after "
-                    f"{peer['budget_seconds']:.0f} s of training each ({peer['peer']['epochs']} peer epochs)"))
-    if seeds := report.get("seeds"):
-        summary, cpu = seeds["summary"], seeds["cpu"]
-        bf16 = "bf16 autocast on" if cpu["bf16_autocast"] else "fp32 (no native bf16)"
-        for name, label in (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("slice_dice", "slice Dice"),
-                            ("volume_dice", "volume Dice"), ("hd95_mm", "HD95 per slice (mm)")):
-            s = summary[name]
-            out.append((f"quick, {len(seeds['seeds'])} seeds: {label} min / median / max",
-                        f"{s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}", f"{cpu['model']}, {bf16}"))
+    out += quality_rows(report)
     if loader := report.get("loader"):
         out += loader_rows(loader)
     gpu = report.get("gpu") or {}

@@ -99,7 +99,9 @@ def run(project: Path = REPO, seconds: float | None = None) -> dict:
         peer_dice = mean_test_slice_dice(SegmentationOnly(peer), processed, splits)
     finally:
         os.chdir(previous)
-    return {"budget_seconds": round(budget, 1), "peer": {"model": "monai BasicUNet (defaults)", **peer_run,
+    from bench.bench_seeds import cpu_description
+
+    return {"cpu": cpu_description(), "budget_seconds": round(budget, 1), "peer": {"model": "monai BasicUNet (defaults)", **peer_run,
                                                          "test_slice_dice": round(peer_dice, 4)},
             "quick": {"parameters": sum(p.numel() for p in quick.parameters()),
                       "test_slice_dice": round(quick_dice, 4)},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,13 @@ def cpu_description() -> dict:
 
     return {"model": model, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "bf16_autocast": native_cpu_bf16()}
+
+
+def cpu_family(model: str) -> str:
+    """The vendor and product line of a CPU model name ("AMD EPYC 9R14 96-Core Processor" → "AMD EPYC",
+    "Intel(R) Xeon(R) Platinum 8488C" → "Intel Xeon"): what the README's table keeps one sweep of each."""
+    words = re.sub(r"\((R|TM)\)", "", model).split()
+    return " ".join(words[:2]) if words else "unknown CPU"
 
 
 def experiment_metrics(show: list[dict]) -> dict[str, dict]:

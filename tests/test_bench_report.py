@@ -1,0 +1,64 @@
+"""The benchmark report keeps one seed sweep and one peer run per CPU family, and the README table shows each.
+
+Quality depends on the CPU's kernels, so a sweep on one machine must not erase another machine's from the table.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench.__main__ import REPORT, markdown, quality_rows, record_by_cpu
+from bench.bench_seeds import cpu_family
+
+
+def sweep(model: str, slice_dice_min: float, overrides: tuple[str, ...] = ()) -> dict:
+    figure = {"min": slice_dice_min, "median": 0.85, "max": 0.9}
+    names = ("accuracy", "sensitivity", "slice_dice", "volume_dice", "hd95_mm")
+    return {"cpu": {"model": model, "bf16_autocast": True}, "overrides": list(overrides), "seeds": [42, 1],
+            "summary": {name: figure for name in names}}
+
+
+def peer(model: str, ratio: float) -> dict:
+    return {"cpu": {"model": model}, "dice_ratio_quick_over_peer": ratio, "budget_seconds": 300.0,
+            "quick": {"test_slice_dice": 0.84}, "peer": {"test_slice_dice": 0.8, "epochs": 1.5}}
+
+
+def test_cpu_family_groups_model_names_by_vendor_and_line():
+    assert cpu_family("AMD EPYC 9R14 96-Core Processor") == "AMD EPYC"
+    assert cpu_family("Intel(R) Xeon(R) Platinum 8488C") == cpu_family("Intel(R) Xeon(R) Processor") == "Intel Xeon"
+
+
+def test_a_sweep_on_another_cpu_family_keeps_the_first_one():
+    report: dict = {}
+    record_by_cpu(report, "seeds", sweep("AMD EPYC 9R14", 0.805))
+    record_by_cpu(report, "peer", peer("AMD EPYC 9R14", 1.03))
+    record_by_cpu(report, "seeds", sweep("Intel(R) Xeon(R) Processor", 0.799))
+    assert set(report["by_cpu"]) == {"AMD EPYC", "Intel Xeon"}
+    assert report["seeds"]["cpu"]["model"].startswith("Intel")  # the latest sweep, for the README's seed table
+    labels = [label for label, _, _ in quality_rows(report)]
+    assert "quick, 2 seeds, AMD EPYC: slice Dice min / median / max" in labels
+    assert "quick, 2 seeds, Intel Xeon: slice Dice min / median / max" in labels
+    assert "quick slice Dice / equal-time MONAI BasicUNet, AMD EPYC" in labels
+    cells = {label: value for label, value, _ in quality_rows(report)}
+    assert cells["quick, 2 seeds, Intel Xeon: slice Dice min / median / max"].startswith("0.799")
+
+
+def test_a_recipe_variant_is_not_the_cpus_figure():
+    report: dict = {}
+    record_by_cpu(report, "seeds", sweep("AMD EPYC 9R14", 0.805))
+    record_by_cpu(report, "seeds", sweep("AMD EPYC 9R14", 0.6, overrides=("train.amp_bf16=false",)))
+    assert report["by_cpu"]["AMD EPYC"]["seeds"]["summary"]["slice_dice"]["min"] == 0.805
+
+
+def test_a_report_from_before_by_cpu_still_renders_its_sweep():
+    report = {"seeds": sweep("AMD EPYC", 0.805), "peer": peer("AMD EPYC", 1.03)}
+    labels = [label for label, _, _ in quality_rows(report)]
+    assert labels[0] == "quick slice Dice / equal-time MONAI BasicUNet, AMD EPYC"
+    assert len(labels) == 6
+
+
+def test_the_committed_report_renders_every_cpu_family():
+    report = json.loads(REPORT.read_text())
+    table = markdown(report)
+    for family in report.get("by_cpu", {}):
+        assert f"seeds, {family}: slice Dice" in table
