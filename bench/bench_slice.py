@@ -8,12 +8,12 @@ Usage: .venv/bin/python -m bench.bench_slice [RAW_BRATS_DIR] [--incremental]
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -156,7 +156,15 @@ def _dvc_status_seconds(project: Path) -> dict:
     return {"dvc_repro_hashing_seconds": round(repro_s, 1), "dvc_status_seconds": round(status_s, 2)}
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("raw_brats_dir", nargs="?", type=Path, default=paths.RAW_BRATS,
+                        help="BraTS patient folders to slice (default: data/raw/brats; run `make run` first)")
+    parser.add_argument("--incremental", action="store_true",
+                        help="what a rerun costs: nothing changed, one new patient, 369 unchanged patients recognised")
+    args = parser.parse_args()
+    print(json.dumps(incremental(args.raw_brats_dir) if args.incremental else run(args.raw_brats_dir), indent=2))
+
+
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    raw_dir = Path(args[0]) if args else paths.RAW_BRATS
-    print(json.dumps(incremental(raw_dir) if "--incremental" in sys.argv else run(raw_dir), indent=2))
+    main()

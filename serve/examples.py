@@ -3,8 +3,8 @@ unpacks them with the model): their listing with thumbnails, a prediction on one
 
 A slice example is the test-split slice exactly as the model was evaluated on it (the processed (C, S, S) array),
 so its answer is the evaluated one; the out-of-distribution photo goes through the upload path as a PNG would.
-A volume example is predicted by the /v1/predict/volume handler itself (serve/api.py passes its FLAIR file as the
-upload), and its segmentation adds the truth overlay per slice and the true per-region volumes.
+A volume example is predicted by the /v1/predict/volume handler itself (serve/api.py passes its file of every modality
+the model reads as the uploads), and its segmentation adds the truth overlay per slice and the true per-region volumes.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ for a request's headers or body: a client sending one byte a second keeps its co
 `GuardedH11Protocol` adds both at the protocol level: a connection whose request headers are not complete within
 `serve.header_timeout_seconds` of its first byte (or of the connection) is answered 408 and closed, and so is one
 whose body is not complete within `serve.body_timeout_seconds` of its headers. Header lines are capped by h11 at
-MAX_HEADER_BYTES (431 beyond).
+MAX_HEADER_BYTES (a longer head is answered 400 by uvicorn).
 """
 
 from __future__ import annotations

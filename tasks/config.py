@@ -234,8 +234,8 @@ class _ModelSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _modalities_from_profile(cls, raw):
-        """`slice.modalities` is the active profile's `modalities`: quick may stay FLAIR-only for its time budget
-        while baseline and production read four. Set it there, not under `slice:`."""
+        """`slice.modalities` is the active profile's `modalities` (each profile lists its own input channels).
+        Set it there, not under `slice:`."""
         if not isinstance(raw, dict):
             return raw
         section = raw.get("slice") or {}

@@ -1,6 +1,7 @@
 """`export`: the joint model to ONNX, checked for parity with torch on every test slice, with latency figures.
 
-    exports/model.onnx   input "image" (batch, C, H, W) float32 → "seg_logits" (batch, 1, H, W), "cls_logits" (batch,)
+    exports/model.onnx   input "image" (batch, C, H, W) float32 → "seg_logits" (batch, R, H, W), one map per region
+                         (WT, TC, ET), "cls_logits" (batch,)
     exports/model.json   what serving needs to use it: names, shapes, modalities, preprocessing, threshold, versions
     reports/export.json  parity (max |logit difference|, decision mismatches, mask Dice) and latency (p50/p95 per
                          slice at batch 1 and 8, onnxruntime and torch eager, measured interleaved in one run)

@@ -1,4 +1,4 @@
-"""`slice`: data/raw → data/processed, z-scored 2D axial slices in one compressed shard per patient + a manifest.
+"""`slice`: data/raw → data/processed, z-scored 2D axial slices in one shard per patient + a manifest.
 
 One channel per modality of the active profile (profiles.<name>.modalities); each slice's BraTS labels (2020
 convention, 0/1/2/4) as its mask.

@@ -1,4 +1,4 @@
-"""Training as several DDP processes (tasks/distributed.py): shares of a batch add up to the batch, and under
+"""Training as several DDP processes (tasks/training/distributed.py): shares of a batch add up to the batch, and under
 `torchrun` (gloo, 2 CPU processes, the real CLI) the processes end with the same weights, which are the weights a
 single process learns from the same data within TOLERANCE."""
 
@@ -80,7 +80,7 @@ def test_torchrun_processes_agree_and_learn_what_one_process_learns(tmp_path, ti
     # single process rounds the whole batch's once; Adam turns that into weight differences up to the learning rate
     # (measured 1.0e-3 here), which says nothing about the sharding. Augmentation stays on: it is part of the rule.
     # Instance norm: batch norm would normalise each process's share with its own statistics on CPU, where
-    # SyncBatchNorm does not exist (on CUDA, tasks/distributed.py converts batch norm to SyncBatchNorm).
+    # SyncBatchNorm does not exist (on CUDA, tasks/training/distributed.py converts batch norm to SyncBatchNorm).
     settings = with_section(with_epochs(with_norm(tiny_settings, "instance"), seg=2, cls=1, joint=1), "train",
                             amp_bf16=False)
     ddp, single = _project(tmp_path / "ddp", settings), _project(tmp_path / "single", settings)

@@ -3,7 +3,8 @@ calibration, and the patient-level bootstrap. Numpy in, plain floats / arrays ou
 
 Conventions (documented here because they decide what a number means):
 - A slice is called positive when its tumour probability is >= the threshold (the same rule as sklearn's
-  `roc_curve`), and a pixel when its probability is >= `MASK_THRESHOLD`.
+  `roc_curve`), and a pixel when its probability is >= the mask threshold: `MASK_THRESHOLD` (0.5) unless the
+  caller passes another (evaluate passes `evaluate.mask_threshold`, by default the cut chosen on validation).
 - Empty ground truth and empty prediction: Dice = IoU = 1 and HD95 = 0 (a correct "no tumour"); exactly one of
   them empty: Dice = IoU = 0 and HD95 = the image diagonal in mm, the largest distance possible in the image,
   so an empty prediction of a real tumour is never NaN or infinite and is never rewarded.

@@ -236,7 +236,7 @@ def stuck_at_floor(stage: str, history: list[dict], margin: float) -> str | None
 def _check_shapes(plan: StagePlan, data: ShardSlices) -> None:
     channels, height, width = data.image_shape
     if channels != plan.model.in_channels:
-        raise SliceWiseError(f"processed slices have {channels} channel(s) but slice.modalities lists "
+        raise SliceWiseError(f"processed slices have {channels} channel(s) but profiles.<profile>.modalities lists "
                              f"{plan.model.in_channels}; rerun the slice step", plan.processed)
     multiple = plan.model.size_multiple
     if height % multiple or width % multiple:
