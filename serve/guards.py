@@ -1,9 +1,12 @@
 """What stands between a request and the routes: body size, Host and Origin, and the token of state-changing routes.
 
 - `BodySizeLimit` refuses a body larger than its route allows before it is parsed or spooled (413).
-- `HostOriginGuard`: bound beyond localhost, a request must name one of `serve.allowed_hosts` (or the bind address)
-  in its Host header (400), against DNS rebinding; a state-changing request (POST) from a web page must come from
-  an allowed origin (403), so another site cannot make a visitor's browser post to the API.
+- `HostOriginGuard`: a request must name localhost, the bind address or one of `serve.allowed_hosts` in its Host
+  header (400), against DNS rebinding: a page on attacker.example whose name resolves to 127.0.0.1 reaches a
+  localhost-bound server too, but its requests name attacker.example. A state-changing request (POST) from a web page
+  must come from the page the API serves itself (Origin = the Host it was sent to) or from one of
+  `serve.allowed_hosts` (403), so another site, or another program's page on another localhost port, cannot make a
+  visitor's browser post to the API.
 - `admin_router`: `POST /model/reload` and any later state-changing route. With `SLICEWISE_ADMIN_TOKEN` set they
   require `Authorization: Bearer <token>` (401); without it they exist only on a server bound to localhost.
 """
@@ -39,6 +42,16 @@ def hostname(value: str) -> str | None:
     """'Example.org:8000' → 'example.org', '[::1]:8000' → '::1'; None when it is no host."""
     try:
         return urlsplit(f"//{value}").hostname
+    except ValueError:
+        return None
+
+
+def origin_netloc(origin: str) -> str | None:
+    """'http://Example.org:8000' → 'example.org:8000' (what a Host header of the same origin says); None for 'null',
+    a malformed origin or one without a host."""
+    try:
+        parts = urlsplit(origin)
+        return parts.netloc.lower() if parts.scheme and parts.hostname else None
     except ValueError:
         return None
 
@@ -83,27 +96,30 @@ class BodySizeLimit:
 
 
 class HostOriginGuard:
-    """ASGI middleware: the Host check (when bound beyond localhost) and the Origin check of POSTs."""
+    """ASGI middleware: the Host check of every request and the Origin check of POSTs (`serve.allowed_hosts: ['*']`
+    turns both off)."""
 
     def __init__(self, app, bind_host: str, allowed_hosts: tuple[str, ...]):
         self.app = app
-        names = {h.lower().strip("[]") for h in allowed_hosts}
-        self.any_host = "*" in names
-        self.check_host = not is_loopback(bind_host) and not self.any_host
+        self.origin_hosts = {h.lower().strip("[]") for h in allowed_hosts}  # pages elsewhere that may post
+        self.any_host = "*" in self.origin_hosts
         wildcard_bind = bind_host in ("", "0.0.0.0", "::")
-        self.allowed = names | LOOPBACK_NAMES | (set() if wildcard_bind else {bind_host.lower().strip("[]")})
+        self.allowed = (self.origin_hosts | LOOPBACK_NAMES
+                        | (set() if wildcard_bind else {bind_host.lower().strip("[]")}))
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not self.any_host:
             headers = dict(scope.get("headers") or [])
-            host = hostname(headers.get(b"host", b"").decode("latin-1"))
-            if self.check_host and host not in self.allowed:
+            host_header = headers.get(b"host", b"").decode("latin-1")
+            host = hostname(host_header)
+            if host not in self.allowed:
                 return await self._refuse(400, f"Host {host!r} is not served here: add it to serve.allowed_hosts",
                                           scope, receive, send)
             origin = headers.get(b"origin")
-            if origin is not None and scope["method"] not in SAFE_METHODS and not self.any_host:
-                origin_host = hostname(urlsplit(origin.decode("latin-1")).netloc) if b"://" in origin else None
-                if origin_host not in self.allowed:
+            if origin is not None and scope["method"] not in SAFE_METHODS:
+                netloc = origin_netloc(origin.decode("latin-1"))
+                same_origin = netloc is not None and netloc == host_header.lower()
+                if not same_origin and (netloc is None or hostname(netloc) not in self.origin_hosts):
                     return await self._refuse(403, f"cross-origin request from {origin.decode('latin-1')!r} refused: "
                                                    "add its host to serve.allowed_hosts", scope, receive, send)
         await self.app(scope, receive, send)

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
@@ -133,6 +133,10 @@ async def read_file_parts(request: Request, field_name: str | tuple[str, ...], m
                 if on_file is not None:
                     await on_file(part)
         _feed(parser, None)
+        if parser.state != MultipartState.END:  # python-multipart's finalize() accepts a body cut short
+            cut = reader.current.filename or reader.current.field if reader.current else None
+            raise UploadError(422, (f"{cut}: " if cut else "") + "upload truncated: the multipart body ends before "
+                                   "its closing boundary, so files may be missing")
     except BaseException as exc:
         close_parts(parts + ([reader.current] if reader.current else []))
         if isinstance(exc, ClientDisconnect):

@@ -5,8 +5,8 @@ beyond `serve.max_connections` connections or requests in flight (its `limit_con
 for a request's headers or body: a client sending one byte a second keeps its connection, and its slot, forever.
 `GuardedH11Protocol` adds both at the protocol level: a connection whose request headers are not complete within
 `serve.header_timeout_seconds` of its first byte (or of the connection) is answered 408 and closed, and so is one
-whose body is not complete within `serve.body_timeout_seconds` of its headers. Header lines are capped by h11 at
-MAX_HEADER_BYTES (a longer head is answered 400 by uvicorn).
+whose body is not complete within `serve.body_timeout_seconds` of its headers. A request line and headers longer
+than MAX_HEADER_BYTES are answered 431 and the connection closed, however they arrive.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers; h11's own default, set explicitly
 
 
-def timeout_response(detail: str) -> bytes:
+def closing_response(status: int, reason: str, detail: str) -> bytes:
+    """A JSON error answer written straight to the transport, before the request reached the app."""
     body = json.dumps({"detail": detail}).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+HEAD_END = b"\r\n\r\n"
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -40,12 +44,31 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+        self._head_bytes, self._head_tail = 0, b""  # bytes of the request head so far, and its last 3 bytes
         super().connection_made(transport)
         self._arm("headers", self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
+            detail = f"the request line and headers exceed {MAX_HEADER_BYTES // 1024} KB"
+            log.warning("closing the connection of %s: %s", self._client(), detail)
+            self.transport.write(closing_response(431, "Request Header Fields Too Large", detail))
+            self.transport.close()
+            return
         super().data_received(data)
         self._follow_state()
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """Count the bytes of a request head as they arrive. h11's own limit (`h11_max_incomplete_event_size`) only
+        applies while a head is incomplete in its buffer: a 100 KB head that arrives in one read passes it."""
+        end = (self._head_tail + data).find(HEAD_END)
+        if end >= 0:
+            size = self._head_bytes - len(self._head_tail) + end + len(HEAD_END)
+            self._head_bytes, self._head_tail = 0, b""  # the next request's head starts after this one's body
+            return size > MAX_HEADER_BYTES
+        self._head_bytes += len(data)
+        self._head_tail = (self._head_tail + data)[-(len(HEAD_END) - 1):]
+        return self._head_bytes > MAX_HEADER_BYTES
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle time until the next request
@@ -81,12 +104,14 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline, self._phase = None, None
         if self.transport.is_closing():
             return
-        client = "%s:%d" % self.client if self.client else "a client"
         detail = f"the request {phase} did not arrive within {seconds:g} s"
-        log.warning("closing the connection of %s: %s", client, detail)
+        log.warning("closing the connection of %s: %s", self._client(), detail)
         if self.cycle is None or self.cycle.response_started is False:
-            self.transport.write(timeout_response(detail))
+            self.transport.write(closing_response(408, "Request Timeout", detail))
         self.transport.close()
+
+    def _client(self) -> str:
+        return "%s:%d" % self.client if self.client else "a client"
 
 
 def guarded_protocol(cfg: ServeSettings) -> type[GuardedH11Protocol]:

@@ -9,6 +9,7 @@ NIfTI volumes are serve/volumes.py's.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,7 +112,35 @@ def _as_array(array: np.ndarray, name: str, max_side: int) -> np.ndarray:
     return out
 
 
+def _check_npy_header(data: bytes, name: str, max_side: int) -> None:
+    """Judge an NPY file by its header before numpy allocates what the header declares: np.load reserves the whole
+    array first (a 100-byte file claiming (10**10, 8) float64 asks for 596 GiB), so the shape, the type and the
+    bytes the shape implies are checked against the upload here."""
+    from numpy.lib import format as npy
+
+    stream = io.BytesIO(data)
+    try:
+        version = npy.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):  # 3.0 exists only for structured types with unicode field names
+            raise ValueError(f"NPY format version {version[0]}.{version[1]}")
+        read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+    except Exception as exc:  # numpy raises ValueError, and tokenize or syntax errors for a damaged header dict
+        raise UploadError(422, f"{name}: undecodable NPY file ({type(exc).__name__}: {exc})") from exc
+    if dtype.kind not in "biuf":
+        raise UploadError(422, f"{name}: array of dtype {dtype}; expected numbers (integer or float)")
+    if len(shape) not in (2, 3):
+        raise UploadError(422, f"{name}: array of shape {shape} has {len(shape)} dimensions; expected a 2D slice "
+                               "(H, W) or (C, H, W) with one channel per modality")
+    _check_side(shape[-2], shape[-1], max_side, name)
+    declared, held = math.prod(shape) * dtype.itemsize, len(data) - stream.tell()
+    if declared > held:
+        raise UploadError(422, f"{name}: undecodable NPY file, truncated or forged: its header declares {shape} "
+                               f"{dtype} ({declared:,} bytes), the file holds {held:,}")
+
+
 def decode_npy(data: bytes, name: str, max_side: int) -> DecodedSlice:
+    _check_npy_header(data, name, max_side)
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)  # never unpickle what a client sent
     except (ValueError, OSError, EOFError) as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -25,6 +26,9 @@ from serve.uploads import GZIP_MAGIC, MB, MIN_SIDE, NIFTI1_MAGICS, NIFTI2_MAGIC,
 
 HEADER_BYTES = {nib.Nifti1Image: 348, nib.Nifti2Image: 540}
 CHUNK = 1 * MB  # read and inflate this much at a time
+INFLATE_INPUT = 64 * 1024  # compressed bytes handed to zlib at once
+HEADER_MEMBERS = 16  # gzip members allowed before the header is read and says how much data follows
+MIN_MEMBER_BYTES = 4096  # allowed members: one per this many declared bytes (bgzip's hold about 64 KB each), + 1
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip format
 # Bytes per voxel held while a volume is decoded and predicted, besides its raw data: the float32 volume, the
 # z-scored copy, the foreground masks and the uint8 result mask. And per pixel of the model-sized slices: the
@@ -56,7 +60,7 @@ class VolumeHeader:
     @property
     def voxels(self) -> int:
         """Every stored value (all channels of a 4D upload)."""
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # Python ints: a forged NIfTI-2 shape must not wrap to a small or negative count
 
     @property
     def channels(self) -> int:
@@ -65,6 +69,10 @@ class VolumeHeader:
     @property
     def data_bytes(self) -> int:
         return self.voxels * self.dtype.itemsize
+
+    @property
+    def max_gzip_members(self) -> int:
+        return 1 + (self.data_offset + self.data_bytes) // MIN_MEMBER_BYTES
 
     def memory_bytes(self, image_size: int, first: bool = True) -> int:
         """Memory for decoding this volume (each of its channels) and holding its slices at the model's
@@ -79,12 +87,18 @@ class VolumeHeader:
 
 
 class _Inflater:
-    """The upload's bytes, decompressed on the way when it is gzip (every member of a multi-member file)."""
+    """The upload's bytes, decompressed on the way when it is gzip (every member of a multi-member file).
 
-    def __init__(self, fileobj: BinaryIO, gzipped: bool, name: str):
-        self.fileobj, self.gzipped, self.name = fileobj, gzipped, name
+    zlib gets the compressed bytes INFLATE_INPUT at a time and the position in them is an offset, so the end of a
+    member copies at most that much (zlib's `unused_data`), whatever the member's size. A real .nii.gz has one member
+    (bgzip writes one per 64 KB of data); more than `max_members` is a 422: thousands of empty members would
+    otherwise cost seconds of CPU per MB while inflating nothing."""
+
+    def __init__(self, fileobj: BinaryIO, gzipped: bool, name: str, max_members: int = HEADER_MEMBERS):
+        self.fileobj, self.gzipped, self.name, self.max_members = fileobj, gzipped, name, max_members
         self.inflater = zlib.decompressobj(wbits=GZIP_WBITS)
-        self.pending = b""  # compressed bytes read but not inflated yet
+        self.buffer, self.pos = b"", 0  # compressed bytes read; those before `pos` are inflated
+        self.members = 0  # members inflated to their end
         self.input_done = False
         self.in_member = False  # inside a gzip member whose end has not been seen
         self.ended = False  # nothing more to read: end of input, or bytes after the last member that are no gzip
@@ -95,29 +109,39 @@ class _Inflater:
             return self.fileobj.read(n)
         out, wanted = [], n
         while wanted > 0 and not self.ended:
-            if not self.pending and not self._refill():
+            if self.pos == len(self.buffer) and not self._refill():
                 self.ended = True
                 break
+            piece = memoryview(self.buffer)[self.pos : self.pos + INFLATE_INPUT]
             try:
-                data = self.inflater.decompress(self.pending, min(wanted, CHUNK))
+                data = self.inflater.decompress(piece, min(wanted, CHUNK))
             except zlib.error as exc:
                 raise UploadError(422, f"{self.name}: undecodable gzip data ({exc})") from exc
             self.in_member = True
-            self.pending = self.inflater.unconsumed_tail
-            if self.inflater.eof:  # the end of a member: another may follow
-                self.pending = self.inflater.unused_data + self.pending
-                self.inflater, self.in_member = zlib.decompressobj(wbits=GZIP_WBITS), False
-                while len(self.pending) < len(GZIP_MAGIC) and self._refill():
-                    pass
-                self.ended = not self.pending.startswith(GZIP_MAGIC)  # trailing bytes are ignored, as by gzip(1)
+            if self.inflater.eof:  # the end of a member: another may follow (unconsumed_tail may be stale now)
+                self.pos += len(piece) - len(self.inflater.unused_data)
+                self._next_member()
+            else:
+                self.pos += len(piece) - len(self.inflater.unconsumed_tail)
             out.append(data)
             wanted -= len(data)
         return b"".join(out)
 
+    def _next_member(self) -> None:
+        self.members += 1
+        self.inflater, self.in_member = zlib.decompressobj(wbits=GZIP_WBITS), False
+        while len(self.buffer) - self.pos < len(GZIP_MAGIC) and self._refill():
+            pass
+        self.ended = not self.buffer.startswith(GZIP_MAGIC, self.pos)  # trailing bytes are ignored, as by gzip(1)
+        if not self.ended and self.members >= self.max_members:
+            raise UploadError(422, f"{self.name}: more than {self.max_members:,} gzip members for the data its header "
+                                   "declares (a .nii.gz has one; bgzip writes one per 64 KB)")
+
     def _refill(self) -> bool:
         block = b"" if self.input_done else self.fileobj.read(CHUNK)
         self.input_done = not block
-        self.pending += block
+        if block:
+            self.buffer, self.pos = self.buffer[self.pos :] + block, 0
         return bool(block)
 
     def drain(self, limit: int) -> None:
@@ -207,7 +231,7 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
     if gzipped:  # count what the stream really inflates to, keeping none of it: a lie costs CPU, never memory
         _count_inflated(fileobj, probe, size_limit_mb)
         fileobj.seek(0)
-        stream = _Inflater(fileobj, gzipped, name)
+        stream = _Inflater(fileobj, gzipped, name, probe.max_gzip_members)
         head = stream.read(len(head))
     return VolumeUpload(probe, stream, head)
 
@@ -216,7 +240,8 @@ def _count_inflated(fileobj: BinaryIO, probe: VolumeHeader, size_limit_mb: float
     """Inflate the whole upload, keeping nothing: fewer bytes than the header declares is a 422, a corrupt or
     truncated member too (every member's checksum is checked), more than the limit a 413."""
     fileobj.seek(0)
-    stream, need, got = _Inflater(fileobj, True, probe.name), probe.data_offset + probe.data_bytes, 0
+    stream = _Inflater(fileobj, True, probe.name, probe.max_gzip_members)
+    need, got = probe.data_offset + probe.data_bytes, 0
     while got < need and (block := stream.read(min(CHUNK, need - got))):
         got += len(block)
     if got < need:

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from tasks.errors import SliceWiseError
 from tasks.redaction import redact
@@ -83,7 +82,7 @@ def test_no_output_holds_the_tracking_password(tmp_path, tiny_settings, monkeypa
     from tasks import export, paths, register
     from tasks.config import load_settings
     from tests.release_factory import make_release_project, tracked
-    from tests.serve_factory import REPO, brain_slice, png_bytes
+    from tests.serve_factory import REPO, brain_slice, local_client, png_bytes
     from tests.service_processes import free_port, http_ok, running
 
     port, server_dir, root = free_port(), tmp_path / "server", tmp_path / "project"
@@ -108,7 +107,7 @@ def test_no_output_holds_the_tracking_password(tmp_path, tiny_settings, monkeypa
 
         serve_cfg = load_settings(REPO / "params.yaml").serve.model_copy(update={"poll_seconds": 0})
         source = RegistrySource(settings.registry, settings.tracking, root / paths.SERVE_CACHE)
-        with TestClient(create_app(source, serve_cfg)) as client:
+        with local_client(create_app(source, serve_cfg)) as client:
             answers = [client.get("/healthz"), client.get("/model/info"), client.post("/model/reload"),
                        client.post("/v1/predict", files={"file": ("s.png", png_bytes(brain_slice(size=64)))})]
             assert [a.status_code for a in answers] == [200, 200, 200, 200]
@@ -122,7 +121,7 @@ def test_no_output_holds_the_tracking_password(tmp_path, tiny_settings, monkeypa
             update={"max_attempts": 1})}))
     texts.append(str(error.value))
     source = RegistrySource(settings.registry, settings.tracking, tmp_path / "empty-cache")
-    with TestClient(create_app(source, serve_cfg)) as client:
+    with local_client(create_app(source, serve_cfg)) as client:
         health = client.get("/healthz").json()
         assert health["model_loaded"] is False and "***" in health["detail"]
         texts.append(str(health))

@@ -293,6 +293,14 @@ def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots,
     assert names in (sorted(names), sorted(names, reverse=True))
     assert browser.find_element("id", "batch-csv").is_enabled()
     shots(browser, "batch")
+    # The CSV the button downloads, for a file name a spreadsheet would run as a formula (CSV injection)
+    csv = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('/static/batch.js').then((m) => done(m.batchCsv([{filename: '=HYPERLINK(\"http://x\").png', "
+        "tumor_probability: 0.25, has_tumor: false}])));")
+    header, row = csv.splitlines()
+    assert header.startswith("filename,tumor_probability,has_tumor")
+    assert row.startswith('"\'=HYPERLINK(""http://x"").png","0.25","false"'), row
 
 
 def test_model_tab_explains_the_champion(browser, server, project, shots):

@@ -8,7 +8,6 @@ import zipfile
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from serve.api import create_app
 from serve.model_source import FileSource, RegistrySource
@@ -16,7 +15,7 @@ from tasks import paths
 from tasks.config import load_settings
 from tasks.data.splits import read_split
 from tasks.release.examples import INDEX_FILE, bundle_examples, colour_photo
-from tests.serve_factory import REPO, decode_png, file_app, make_served_files
+from tests.serve_factory import REPO, decode_png, file_app, local_client, make_served_files
 from tests.ui_factory import add_raw_test_patient, inside, registered_project
 
 pytestmark = pytest.mark.slow
@@ -54,7 +53,7 @@ def test_examples_list_and_predict(bundle, tmp_path):
     files = make_served_files(tmp_path / "model")
     cfg = load_settings(REPO / "params.yaml").serve.model_copy(update={"poll_seconds": 0})
     source = FileSource(files.onnx, files.checkpoint, files.metrics, examples=bundle["folder"])
-    with TestClient(create_app(source, cfg)) as client:
+    with local_client(create_app(source, cfg)) as client:
         listing = client.get("/v1/examples").json()
         kinds = {e["id"]: e for e in listing["examples"]}
         assert listing["detail"] is None and {e["kind"] for e in kinds.values()} == {"slice", "volume"}
@@ -80,7 +79,7 @@ def test_examples_list_and_predict(bundle, tmp_path):
 
 
 def test_a_model_without_examples_says_so(tmp_path):
-    with TestClient(file_app(make_served_files(tmp_path))) as client:
+    with local_client(file_app(make_served_files(tmp_path))) as client:
         listing = client.get("/v1/examples").json()
         assert listing["examples"] == [] and "registered before examples" in listing["detail"]
         assert "registered before examples" in client.post("/v1/examples/slice-1-tumour/predict").json()["detail"]
@@ -96,7 +95,7 @@ def test_registered_champion_carries_examples_and_compares_with_the_challenger(t
         settings = project["settings"]
         source = RegistrySource(settings.registry, settings.tracking, root / paths.SERVE_CACHE)
         cfg = settings.serve.model_copy(update={"poll_seconds": 0})
-        with TestClient(create_app(source, cfg)) as client:
+        with local_client(create_app(source, cfg)) as client:
             info = client.get("/model/info").json()
             assert info["version"] == "1" and info["gate"]["verdict"] == "promoted"
             ids = [e["id"] for e in client.get("/v1/examples").json()["examples"]]
@@ -118,7 +117,7 @@ def test_the_page_loads_only_its_own_assets(tmp_path):
     import re
 
     static = REPO / "serve" / "static"
-    with TestClient(file_app(make_served_files(tmp_path))) as client:
+    with local_client(file_app(make_served_files(tmp_path))) as client:
         page = client.get("/").text
         assets = set(re.findall(r'(?:src|href)="(/static/[^"]+)"', page))
         for script in static.glob("*.js"):

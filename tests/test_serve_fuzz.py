@@ -13,14 +13,13 @@ import struct
 import nibabel as nib
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from serve.uploads import GZIP_MAGIC, JPEG_MAGIC, NPY_MAGIC, PNG_MAGIC
-from tests.serve_factory import file_app, make_served_files, npy_bytes
+from tests.serve_factory import file_app, local_client, make_served_files, npy_bytes
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])
@@ -30,7 +29,7 @@ ROUTES = [("/v1/predict", "file"), ("/v1/predict/batch", "files"), ("/v1/predict
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    with TestClient(file_app(make_served_files(tmp_path_factory.mktemp("fuzz")))) as client:
+    with local_client(file_app(make_served_files(tmp_path_factory.mktemp("fuzz")))) as client:
         yield client
 
 

@@ -11,9 +11,8 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from fastapi.testclient import TestClient
 
-from tests.serve_factory import brain_slice, file_app, make_served_files, png_bytes, served_in_thread
+from tests.serve_factory import brain_slice, file_app, local_client, make_served_files, png_bytes, served_in_thread
 
 TOKEN = "s3cret-admin-token"
 
@@ -131,11 +130,34 @@ def test_normal_requests_are_unaffected(strict_server):
         assert response.status_code == 200 and response.json()["has_tumor"] is True
 
 
+@pytest.mark.parametrize("pieces", [1, 9])
+def test_a_request_head_over_16_kb_is_a_431_however_it_arrives(strict_server, pieces):
+    """h11's own limit only held for a head split over several reads: 100 KB of headers sent at once passed. Whole
+    (one send of a complete 20 KB head) or in 2 KB pieces of an unfinished one, the answer is a 431 past 16 KB."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(
+        b"X-Filler-%d: %s\r\n" % (i, b"a" * 1000) for i in range(20)) + b"\r\n"
+    with connect(strict_server) as sock:
+        if pieces == 1:
+            sock.sendall(head)
+        else:  # 18 KB of a head that never ends, sent as it would trickle in; nothing sent after the answer
+            for start in range(0, 18 * 1024, 2048):
+                sock.sendall(head[start : start + 2048])
+                time.sleep(0.02)
+        answer, _ = read_until_closed(sock, 5)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b'"detail": "the request line and headers exceed 16 KB"' in answer
+    with connect(strict_server) as sock:  # a head just under the limit, then a second one on the same connection
+        small = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: " + b"a" * 15000 + b"\r\n\r\n"
+        sock.sendall(small + small.replace(b"GET", b"GET", 1)[:-2] + b"Connection: close\r\n\r\n")
+        answer, _ = read_until_closed(sock, 5)
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:300]
+
+
 # ---------------------------------------------------------------- finding 10: reload token, Host and Origin
 
 
 def test_reload_requires_the_token_when_one_is_set(files):
-    with TestClient(file_app(files, token=TOKEN)) as client:
+    with local_client(file_app(files, token=TOKEN)) as client:
         assert client.post("/model/reload").status_code == 401
         wrong = client.post("/model/reload", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and "SLICEWISE_ADMIN_TOKEN" in wrong.json()["detail"]
@@ -145,32 +167,52 @@ def test_reload_requires_the_token_when_one_is_set(files):
 
 def test_reload_token_comes_from_the_environment(files, monkeypatch):
     monkeypatch.setenv("SLICEWISE_ADMIN_TOKEN", TOKEN)
-    with TestClient(file_app(files)) as client:
+    with local_client(file_app(files)) as client:
         assert client.post("/model/reload").status_code == 401
         assert client.post("/model/reload", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
 def test_without_a_token_reload_does_not_exist_beyond_localhost(files, monkeypatch):
     monkeypatch.delenv("SLICEWISE_ADMIN_TOKEN", raising=False)
-    with TestClient(file_app(files, bind_host="0.0.0.0"), base_url="http://127.0.0.1") as client:
+    with local_client(file_app(files, bind_host="0.0.0.0"), base_url="http://127.0.0.1") as client:
         assert client.post("/model/reload").status_code == 404
         assert client.get("/healthz").status_code == 200
 
 
 def test_host_must_be_allowed_when_bound_beyond_localhost(files):
     app = file_app(files, bind_host="0.0.0.0", allowed_hosts=("mri.example.org",))
-    with TestClient(app, base_url="http://evil.example.com") as client:
+    with local_client(app, base_url="http://evil.example.com") as client:
         refused = client.get("/")
         assert refused.status_code == 400 and "serve.allowed_hosts" in refused.json()["detail"]
     for base in ("http://mri.example.org:8000", "http://127.0.0.1:8000", "http://localhost"):
-        with TestClient(app, base_url=base) as client:
+        with local_client(app, base_url=base) as client:
             assert client.get("/").status_code == 200, base
 
 
 def test_cross_origin_posts_are_refused(files):
-    with TestClient(file_app(files)) as client:
-        upload = {"file": ("s.png", png_bytes(brain_slice()))}
+    upload = {"file": ("s.png", png_bytes(brain_slice()))}
+    with local_client(file_app(files), base_url="http://127.0.0.1:8000") as client:
         foreign = client.post("/v1/predict", files=upload, headers={"Origin": "http://evil.example.com"})
         assert foreign.status_code == 403 and "cross-origin" in foreign.json()["detail"]
         assert client.post("/v1/predict", files=upload, headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
         assert client.get("/healthz", headers={"Origin": "http://evil.example.com"}).status_code == 200
+        # another program's page on another localhost port is another origin too
+        other_port = client.post("/model/reload", headers={"Origin": "http://localhost:9999"})
+        assert other_port.status_code == 403
+        for malformed in ("http://[zz", "null", "http://"):  # refused with a reason, never a 500
+            answer = client.post("/v1/predict", files=upload, headers={"Origin": malformed})
+            assert answer.status_code == 403 and "cross-origin" in answer.json()["detail"], malformed
+    allowed = file_app(files, allowed_hosts=("ui.example.org",))
+    with local_client(allowed, base_url="http://127.0.0.1:8000") as client:
+        assert client.post("/v1/predict", files=upload, headers={"Origin": "https://ui.example.org"}).status_code == 200
+
+
+def test_a_localhost_server_refuses_foreign_host_names(files):
+    """DNS rebinding: a page on attacker.example whose name now resolves to 127.0.0.1 reaches a server bound to
+    localhost, but its requests name attacker.example, and must not read the model's details or predict."""
+    with local_client(file_app(files, bind_host="127.0.0.1"), base_url="http://attacker.example:8000") as client:
+        refused = client.get("/model/info")
+        assert refused.status_code == 400 and "serve.allowed_hosts" in refused.json()["detail"]
+    for base in ("http://localhost:8000", "http://127.0.0.1:8000", "http://[::1]:8000"):
+        with local_client(file_app(files, bind_host="127.0.0.1"), base_url=base) as client:
+            assert client.get("/model/info").status_code == 200, base

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,10 +17,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
-from fastapi.testclient import TestClient
 
-from tests.serve_factory import (brain_slice, brain_volume, file_app, forged_nifti_gz, make_served_files, nifti_bytes,
-                                 png_bytes, served_in_thread)
+from tests.serve_factory import (brain_slice, brain_volume, file_app, forged_nifti_gz, local_client, make_served_files,
+    nifti_bytes, png_bytes, served_in_thread)
 
 MB = 1024 * 1024
 
@@ -31,7 +31,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(files):
-    with TestClient(file_app(files)) as client:
+    with local_client(file_app(files)) as client:
         yield client
 
 
@@ -57,7 +57,7 @@ def test_a_header_that_claims_more_than_the_file_holds_allocates_nothing(files):
     """68 bytes of .nii.gz claiming 400×400×400 float32 (256 MB): a 422 before anything of that size exists."""
     bomb = forged_nifti_gz((400, 400, 400))
     assert len(bomb) < 100
-    with TestClient(file_app(files, max_voxels=10**9, max_volume_mb=1000, memory_budget_mb=4000)) as client:
+    with local_client(file_app(files, max_voxels=10**9, max_volume_mb=1000, memory_budget_mb=4000)) as client:
         response, peak = traced_peak(lambda: post_volume(client, bomb, "bomb.nii.gz"))
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
@@ -127,7 +127,7 @@ def _cfg(**changes):
 def test_a_slice_waits_for_the_budget_then_gets_a_503(files):
     """While the budget is taken, a request waits `serve.queue_seconds`, then is told to come back (503)."""
     app = file_app(files, queue_seconds=0.2)
-    with TestClient(app) as client:
+    with local_client(app) as client:
         budget = app.state.budget
         with budget.reserve(budget.total, "everything"):
             response = client.post("/v1/predict", files={"file": ("s.png", png_bytes(brain_slice()))})
@@ -151,7 +151,7 @@ def test_degenerate_affine_is_422_before_inference(files, changes):
     shape = (32, 32, 6)
     data = forged_nifti_gz(shape, data_bytes=32 * 32 * 6 * 4, header_changes=changes)
     app = file_app(files)
-    with TestClient(app) as client:
+    with local_client(app) as client:
         predictor = app.state.holder.model.predictor
         calls = []
         original = predictor.predict
@@ -264,3 +264,70 @@ def test_batch_file_over_the_size_limit_is_refused_while_it_streams(files):
         status, detail, sent = answer_while_sending(url, huge)
     assert status == 413 and "huge.npy" in detail and "1 MB per file" in detail
     assert sent < 15, f"the answer came only after {sent} of 41 pieces"
+
+
+# ---------------------------------------------------------------- review 2026-12-02: headers that lie, cut bodies
+
+
+def npy_with_header(header: str, payload: bytes = b"\0" * 64) -> bytes:
+    """An NPY v1.0 file with the given header dict text (padded as numpy pads it) and `payload` as data."""
+    text = header.encode("latin-1")
+    text += b" " * (63 - (10 + len(text)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + payload
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("{'descr': '<f8', 'fortran_order': False, 'shape': (10000000000, 8), }", 413),  # 596 GiB declared
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 64, 64), }", 422),  # 16 KB declared, 64 bytes held
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (64, 64),", 422),  # the dict is not closed
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 64, 64), }", 413),  # channels: beyond the budget
+])
+def test_an_npy_header_is_judged_before_numpy_allocates_it(client, header, expected):
+    response = client.post("/v1/predict", files={"file": ("forged.npy", npy_with_header(header))})
+    assert response.status_code == expected, response.text
+    assert response.json()["detail"].startswith("forged.npy: ")
+
+
+def nifti2_header(shape: tuple[int, ...]) -> bytes:
+    """A NIfTI-2 header (540 bytes + 4 of 'no extensions') declaring `shape` int16, with no voxel data."""
+    header = nib.Nifti2Header()
+    header.set_data_dtype(np.int16)
+    header["dim"][: len(shape) + 1] = [len(shape), *shape]
+    header["vox_offset"] = 544
+    return header.binaryblock + b"\0" * 4
+
+
+def test_nifti2_dimensions_whose_product_overflows_are_a_413(client):
+    response = post_volume(client, nifti2_header((2**32, 2**32, 1)), "big.nii")
+    assert response.status_code == 413 and "serve.max_voxels" in response.json()["detail"], response.text
+
+
+def test_thousands_of_empty_gzip_members_are_refused_quickly(client):
+    """A valid .nii.gz followed by 200,000 empty gzip members: inflating nothing must not hold a worker for seconds
+    (it took 4.6 s before members were counted)."""
+    volume, _ = brain_volume()
+    data = gzip.compress(nib.Nifti1Image(volume, np.eye(4)).to_bytes()) + gzip.compress(b"") * 200_000
+    started = time.perf_counter()
+    response = post_volume(client, data)
+    assert response.status_code == 422 and "gzip members" in response.json()["detail"], response.text
+    assert time.perf_counter() - started < 30  # a bound, not a benchmark: the refusal comes after a few members
+
+
+def multipart_body(files: list[tuple[str, str, bytes]], boundary: bytes = b"BB") -> bytes:
+    parts = [b"--" + boundary + b'\r\nContent-Disposition: form-data; name="' + field.encode() + b'"; filename="'
+             + name.encode() + b'"\r\nContent-Type: application/octet-stream\r\n\r\n' + data + b"\r\n"
+             for field, name, data in files]
+    return b"".join(parts) + b"--" + boundary + b"--\r\n"
+
+
+def test_a_multipart_body_cut_short_is_a_422_not_fewer_files(client):
+    slices = [("files", f"{c}.png", png_bytes(brain_slice())) for c in "abc"]
+    body = multipart_body(slices)
+    headers = {"Content-Type": "multipart/form-data; boundary=BB"}
+    whole = client.post("/v1/predict/batch", content=body, headers=headers)
+    assert whole.status_code == 200 and [r["filename"] for r in whole.json()] == ["a.png", "b.png", "c.png"]
+    cut_in_a_file = body[: body.index(b'filename="c.png"') + 200]
+    for cut, blamed in ((cut_in_a_file, "c.png: "), (body[: -len(b"--BB--\r\n")], "")):
+        response = client.post("/v1/predict/batch", content=cut, headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"].startswith(blamed) and "truncated" in response.json()["detail"]

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from serve.ood import colour_score
-from tests.serve_factory import (brain_slice, brain_volume, file_app, jpeg_bytes, make_served_files, nifti_bytes,
-                                 npy_bytes, png_bytes)
+from tests.serve_factory import (brain_slice, brain_volume, file_app, jpeg_bytes, local_client, make_served_files,
+    nifti_bytes, npy_bytes, png_bytes)
 
 THRESHOLD = 0.5
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    with TestClient(file_app(make_served_files(tmp_path_factory.mktemp("ood")), ood_threshold=THRESHOLD)) as client:
+    with local_client(file_app(make_served_files(tmp_path_factory.mktemp("ood")), ood_threshold=THRESHOLD)) as client:
         yield client
 
 

@@ -7,15 +7,14 @@ import json
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
 from serve.api import create_app
 from serve.holder import ModelHolder
 from serve.model_source import CARD_FILE, METRICS_FILE, MODEL_DIR, RegistrySource
 from tasks.config import load_settings
 from tasks.errors import SliceWiseError
-from tests.serve_factory import (REPO, brain_slice, export_tiny_onnx, png_bytes, register_version,
-                                 write_gradcam_checkpoint, write_metrics)
+from tests.serve_factory import (REPO, brain_slice, export_tiny_onnx, local_client, png_bytes, register_version,
+    write_gradcam_checkpoint, write_metrics)
 
 pytestmark = pytest.mark.slow
 LINEAGE = {"git_commit": "0123abc", "data_hash": "d4t4", "params_hash": "p4r4", "onnx_sha256": "5ha",
@@ -50,7 +49,7 @@ def app_for(src: RegistrySource, poll_seconds: float = 0):
 
 def test_champion_served_with_card_and_cached_by_version(registry, tmp_path):
     src = source(registry, tmp_path)
-    with TestClient(app_for(src)) as client:
+    with local_client(app_for(src)) as client:
         info = client.get("/model/info").json()
         assert (info["name"], info["version"], info["alias"]) == ("slicewise", registry["first_version"], "champion")
         assert {k: info["tags"][k] for k in LINEAGE} == LINEAGE and info["tags"]["promotion"] == "promoted"
@@ -89,7 +88,7 @@ def test_restart_serves_the_cache_even_when_the_registry_is_down(registry, tmp_p
 
 
 def test_a_new_champion_is_picked_up_without_restart(registry, tmp_path):
-    with TestClient(app_for(source(registry, tmp_path), poll_seconds=0.5)) as client:
+    with local_client(app_for(source(registry, tmp_path), poll_seconds=0.5)) as client:
         assert client.get("/model/info").json()["served"]["threshold"] == 0.5
         challenger = export_tiny_onnx(registry["root"] / "v2.onnx", threshold=0.8)
         new_version = register_version(registry["uri"], challenger, tags=LINEAGE)
@@ -107,7 +106,7 @@ def test_a_new_champion_is_picked_up_without_restart(registry, tmp_path):
 
 
 def test_no_champion_is_said_clearly(registry, tmp_path):
-    with TestClient(app_for(source(registry, tmp_path, model_name="never-registered"))) as client:
+    with local_client(app_for(source(registry, tmp_path, model_name="never-registered"))) as client:
         health = client.get("/healthz").json()
         assert health["status"] == "ok" and health["model_loaded"] is False
         assert "models:/never-registered@champion" in health["detail"] and "make run" in health["detail"]
@@ -138,7 +137,7 @@ def test_serves_what_the_register_step_registered(tmp_path, tiny_settings, monke
 
     src = RegistrySource(settings.registry, settings.tracking, paths.SERVE_CACHE)
     png = png_bytes(brain_slice(size=48))
-    with TestClient(app_for(src)) as client:
+    with local_client(app_for(src)) as client:
         info = client.get("/model/info").json()
         assert info["version"] == registered["version"] and info["alias"] == "champion"
         assert {"promotion", "promotion_reason", "git_commit", "data_hash", "params_hash", "onnx_sha256",

@@ -64,12 +64,25 @@ async function predictBatch() {
   });
 }
 
+// A text cell a spreadsheet would run as a formula (a file named "=HYPERLINK(...).png") gets a leading quote, as
+// OWASP advises against CSV injection; numbers and booleans are written as they are.
+const FORMULA_START = /^[=+\-@\t\r]/;
+
+function csvCell(value) {
+  if (value === null || value === undefined) return "";
+  const text = typeof value === "string" && FORMULA_START.test(value) ? `'${value}` : String(value);
+  return `"${text.replaceAll('"', '""')}"`;
+}
+
+export function batchCsv(rows) {
+  const lines = [CSV_COLUMNS.join(","), ...rows.map((row) =>
+    CSV_COLUMNS.map((c) => csvCell(c === "out_of_distribution" ? isOod(row) : row[c])).join(","))];
+  return lines.join("\n") + "\n";
+}
+
 function downloadCsv() {
-  const quote = (v) => (v === null || v === undefined ? "" : `"${String(v).replaceAll('"', '""')}"`);
-  const lines = [CSV_COLUMNS.join(","), ...batch.rows.map((row) =>
-    CSV_COLUMNS.map((c) => quote(c === "out_of_distribution" ? isOod(row) : row[c])).join(","))];
   const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+  link.href = URL.createObjectURL(new Blob([batchCsv(batch.rows)], { type: "text/csv" }));
   link.download = "slicewise-batch.csv";
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
