@@ -174,7 +174,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             results = slice_results(model, items, cfg.ood_threshold, gradcam)
             return json_response(results[0] if one else results)
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: what many load balancers' health checks send
     def healthz() -> dict:
         """Liveness: the process answers. `model_loaded` and `detail` say what it serves (or why nothing)."""
         model = holder.model  # read once: a reload may swap it meanwhile

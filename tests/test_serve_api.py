@@ -41,6 +41,8 @@ def test_healthz_says_what_is_served(client, files):
     body = client.get("/healthz").json()
     assert body["status"] == "ok" and body["model_loaded"] is True
     assert str(files.onnx) in body["detail"]
+    head = client.head("/healthz")  # a load balancer's health check
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_model_info_shows_metrics_threshold_and_lineage(client, files):
