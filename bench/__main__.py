@@ -42,10 +42,12 @@ def inside(folder: Path):
 def run_all(skip: set[str]) -> dict:
     from bench import bench_api, bench_gpu, bench_hostile, bench_loader, bench_seeds, bench_volume
 
+    previous = json.loads(REPORT.read_text()) if REPORT.exists() else {}
     report: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                                 "python": platform.python_version()},
-                    "date": time.strftime("%Y-%m-%d")}
-    report |= pipeline_figures(peer="peer" not in skip)
+                    "date": time.strftime("%Y-%m-%d"),
+                    "by_cpu": previous.get("by_cpu", {})}  # other machines' sweeps stay; this one's are replaced
+    merge_pipeline_figures(report, peer="peer" not in skip)
     if "seeds" not in skip:
         console.rule("quality across seeds: the quick pipeline as DVC experiments")
         record_by_cpu(report, "seeds", bench_seeds.run())
@@ -85,9 +87,17 @@ def pipeline_figures(peer: bool) -> dict:
             report["export"] = bench_export.run([report["pipeline"]["profile"]], [1, 0], 50)
         if peer:
             console.rule("equal-time peer: MONAI BasicUNet for as long as the quick model trained")
-            record_by_cpu(report, "peer", bench_peer.run(project))
+            report["peer"] = bench_peer.run(project)
         shutil.rmtree(project, ignore_errors=True)
     return report
+
+
+def merge_pipeline_figures(report: dict, peer: bool) -> None:
+    """The throw-away project's figures into `report`; its peer run as this CPU family's (record_by_cpu)."""
+    figures = pipeline_figures(peer)
+    if "peer" in figures:
+        record_by_cpu(report, "peer", figures.pop("peer"))
+    report |= figures
 
 
 def run_some(names: list[str]) -> dict:
@@ -99,7 +109,8 @@ def run_some(names: list[str]) -> dict:
                                   "python": platform.python_version()})
     report.setdefault("date", time.strftime("%Y-%m-%d"))
     if "pipeline" in names:  # with peer too, the peer gets the from-scratch run's training time (a quiet machine's)
-        report |= pipeline_figures(peer="peer" in names) | {"pipeline_date": time.strftime("%Y-%m-%d")}
+        merge_pipeline_figures(report, peer="peer" in names)
+        report["pipeline_date"] = time.strftime("%Y-%m-%d")
     if "seeds" in names:
         record_by_cpu(report, "seeds", bench_seeds.run())
     if "peer" in names and "pipeline" not in names:

@@ -32,7 +32,10 @@ def closing_response(status: int, reason: str, detail: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
-HEAD_END = b"\r\n\r\n"
+def head_bytes(request: h11.Request) -> int:
+    """The size of a parsed request head as sent: request line and header lines with their line ends."""
+    line = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n")
+    return line + sum(len(name) + len(value) + len(b": \r\n") for name, value in request.headers) + 2
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -44,31 +47,39 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
-        self._head_bytes, self._head_tail = 0, b""  # bytes of the request head so far, and its last 3 bytes
         super().connection_made(transport)
+        self.conn.next_event = self._head_within_limit(self.conn.next_event)
         self._arm("headers", self.header_timeout)
 
-    def data_received(self, data: bytes) -> None:
-        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
-            detail = f"the request line and headers exceed {MAX_HEADER_BYTES // 1024} KB"
-            log.warning("closing the connection of %s: %s", self._client(), detail)
+    def _head_within_limit(self, next_event):
+        """h11's `next_event`, answering 431 for a request head beyond MAX_HEADER_BYTES. h11's own limit only holds a
+        head while it is incomplete in its buffer: one that arrives whole in a read, or pipelined behind another
+        request, passes it whatever its size. So the size of every parsed request head is checked too."""
+
+        def checked():
+            try:
+                event = next_event()
+            except h11.RemoteProtocolError as exc:
+                if exc.error_status_hint != 431:  # h11's "Receive buffer too long": a head still incomplete
+                    raise
+                return self._refuse_head()
+            if isinstance(event, h11.Request) and head_bytes(event) > MAX_HEADER_BYTES:
+                return self._refuse_head()
+            return event
+
+        return checked
+
+    def _refuse_head(self):
+        detail = f"the request line and headers exceed {MAX_HEADER_BYTES // 1024} KB"
+        log.warning("closing the connection of %s: %s", self._client(), detail)
+        if not self.transport.is_closing():
             self.transport.write(closing_response(431, "Request Header Fields Too Large", detail))
             self.transport.close()
-            return
+        return h11.NEED_DATA  # uvicorn's event loop stops here; the connection is closing
+
+    def data_received(self, data: bytes) -> None:
         super().data_received(data)
         self._follow_state()
-
-    def _head_too_large(self, data: bytes) -> bool:
-        """Count the bytes of a request head as they arrive. h11's own limit (`h11_max_incomplete_event_size`) only
-        applies while a head is incomplete in its buffer: a 100 KB head that arrives in one read passes it."""
-        end = (self._head_tail + data).find(HEAD_END)
-        if end >= 0:
-            size = self._head_bytes - len(self._head_tail) + end + len(HEAD_END)
-            self._head_bytes, self._head_tail = 0, b""  # the next request's head starts after this one's body
-            return size > MAX_HEADER_BYTES
-        self._head_bytes += len(data)
-        self._head_tail = (self._head_tail + data)[-(len(HEAD_END) - 1):]
-        return self._head_bytes > MAX_HEADER_BYTES
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle time until the next request

@@ -28,7 +28,7 @@ HEADER_BYTES = {nib.Nifti1Image: 348, nib.Nifti2Image: 540}
 CHUNK = 1 * MB  # read and inflate this much at a time
 INFLATE_INPUT = 64 * 1024  # compressed bytes handed to zlib at once
 HEADER_MEMBERS = 16  # gzip members allowed before the header is read and says how much data follows
-MIN_MEMBER_BYTES = 4096  # allowed members: one per this many declared bytes (bgzip's hold about 64 KB each), + 1
+MIN_MEMBER_BYTES = 4096  # allowed members: one per this many declared bytes (bgzip's hold about 64 KB each), + 2
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip format
 # Bytes per voxel held while a volume is decoded and predicted, besides its raw data: the float32 volume, the
 # z-scored copy, the foreground masks and the uint8 result mask. And per pixel of the model-sized slices: the
@@ -72,7 +72,7 @@ class VolumeHeader:
 
     @property
     def max_gzip_members(self) -> int:
-        return 1 + (self.data_offset + self.data_bytes) // MIN_MEMBER_BYTES
+        return 2 + (self.data_offset + self.data_bytes) // MIN_MEMBER_BYTES  # + bgzip's empty end-of-file member
 
     def memory_bytes(self, image_size: int, first: bool = True) -> int:
         """Memory for decoding this volume (each of its channels) and holding its slices at the model's

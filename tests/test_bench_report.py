@@ -62,3 +62,16 @@ def test_the_committed_report_renders_every_cpu_family():
     table = markdown(report)
     for family in report.get("by_cpu", {}):
         assert f"seeds, {family}: slice Dice" in table
+
+
+def test_the_pipeline_figures_peer_joins_the_other_families(monkeypatch):
+    import bench.__main__ as bench_main
+
+    report: dict = {}
+    record_by_cpu(report, "peer", peer("AMD EPYC 9R14", 1.03))
+    monkeypatch.setattr(bench_main, "pipeline_figures",
+                        lambda peer_too: {"pipeline": {"pipeline_seconds": 600}, "peer": peer("Intel(R) Xeon(R)", 0.98)})
+    bench_main.merge_pipeline_figures(report, peer=True)
+    assert report["pipeline"] == {"pipeline_seconds": 600}
+    assert {family: found["peer"]["dice_ratio_quick_over_peer"] for family, found in report["by_cpu"].items()} == {
+        "AMD EPYC": 1.03, "Intel Xeon": 0.98}
