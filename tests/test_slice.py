@@ -289,3 +289,24 @@ def test_data_step_workers_run_their_numerical_libraries_single_threaded():
     with process_pool(2) as pool:
         threads = list(pool.map(_numerical_threads, range(4)))
     assert threads and all(t and set(t) == {1} for t in threads), threads
+
+
+def test_the_slicers_identity_ignores_comments_and_docstrings_but_not_code(tmp_path):
+    """Shards are matched by a fingerprint that includes the slicing code: an edited comment must not reslice every
+    patient (and rerun every stage after slice), a changed line of code must."""
+    from tasks.data.slicing import code_identity
+
+    source = '"""A module."""\n\nSTACK = 16  # slices per call\n\n\ndef f(x):\n    """Twice x."""\n    return 2 * x\n'
+    variants = {
+        "comment": source.replace("# slices per call", "# kept slices z-scored in one numpy call"),
+        "docstrings": source.replace("A module.", "The slicer.").replace("Twice x.", "x doubled."),
+        "no docstring": source.replace('    """Twice x."""\n', ""),
+        "code": source.replace("2 * x", "3 * x"),
+        "constant": source.replace("STACK = 16", "STACK = 17"),
+    }
+    identity = {}
+    for name, text in {"original": source, **variants}.items():
+        (tmp_path / f"{name}.py").write_text(text)
+        identity[name] = code_identity(tmp_path / f"{name}.py")
+    assert identity["comment"] == identity["docstrings"] == identity["no docstring"] == identity["original"]
+    assert identity["code"] != identity["original"] and identity["constant"] != identity["original"]

@@ -1,4 +1,4 @@
-"""Raw volumes and images → z-scored 2D axial slices in one compressed shard per patient + a manifest (`slice`).
+"""Raw volumes and images → z-scored 2D axial slices in one shard per patient + a manifest (`slice`).
 
 BraTS: each modality volume is z-scored over its brain voxels, axial slices are taken every `slice_stride`
 slices, slices with (almost) no brain are dropped, and everything is resized to the profile's image size with
@@ -16,6 +16,7 @@ keeps its shard (matched by a fingerprint), so new patients are sliced without r
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -60,9 +61,23 @@ class SliceSpec:
     min_brain_fraction: float
 
     def digest(self) -> str:
-        modules = (preprocess, regions, volumes)
-        code = b"".join(Path(mod.__file__).read_bytes() for mod in modules) + Path(__file__).read_bytes()
+        code = b"".join(code_identity(Path(mod.__file__)) for mod in (preprocess, regions, volumes))
+        code += code_identity(Path(__file__))
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
+
+
+def code_identity(path: Path) -> bytes:
+    """What a module computes, without its comments and docstrings: its syntax tree, docstrings removed. An edited
+    comment then keeps every patient's shard (and data/processed, so no stage after slice reruns); a changed line of
+    code reslices everything, as it may change the output."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 def patient_fingerprint(patient_dir: Path, spec_digest: str, digests: FileDigests | None = None) -> str:
