@@ -57,8 +57,14 @@ def cpu_description() -> dict:
 def cpu_family(model: str) -> str:
     """The vendor and product line of a CPU model name ("AMD EPYC 9R14 96-Core Processor" → "AMD EPYC",
     "Intel(R) Xeon(R) Platinum 8488C" → "Intel Xeon"): what the README's table keeps one sweep of each."""
-    words = re.sub(r"\((R|TM)\)", "", model).split()
+    for line, family in KNOWN_CPU_LINES.items():  # however the vendor capitalises it
+        if line in model.lower():
+            return family
+    words = re.sub(r"\((R|TM)\)", "", model, flags=re.IGNORECASE).split()
     return " ".join(words[:2]) if words else "unknown CPU"
+
+
+KNOWN_CPU_LINES = {"epyc": "AMD EPYC", "xeon": "Intel Xeon", "ryzen": "AMD Ryzen", "core(tm)": "Intel Core"}
 
 
 def experiment_metrics(show: list[dict]) -> dict[str, dict]:

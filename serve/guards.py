@@ -101,7 +101,8 @@ class HostOriginGuard:
 
     def __init__(self, app, bind_host: str, allowed_hosts: tuple[str, ...]):
         self.app = app
-        self.origin_hosts = {h.lower().strip("[]") for h in allowed_hosts}  # pages elsewhere that may post
+        # pages elsewhere that may post; an entry written with a port ("mri.example.org:443") names its host
+        self.origin_hosts = {hostname(h.strip()) or h.strip().lower().strip("[]") for h in allowed_hosts}
         self.any_host = "*" in self.origin_hosts
         wildcard_bind = bind_host in ("", "0.0.0.0", "::")
         self.allowed = (self.origin_hosts | LOOPBACK_NAMES

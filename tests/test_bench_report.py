@@ -26,6 +26,8 @@ def peer(model: str, ratio: float) -> dict:
 def test_cpu_family_groups_model_names_by_vendor_and_line():
     assert cpu_family("AMD EPYC 9R14 96-Core Processor") == "AMD EPYC"
     assert cpu_family("Intel(R) Xeon(R) Platinum 8488C") == cpu_family("Intel(R) Xeon(R) Processor") == "Intel Xeon"
+    assert cpu_family("INTEL(R) XEON(R) GOLD 6348") == "Intel Xeon"
+    assert cpu_family("Ampere Altra Q80-30") == "Ampere Altra"
 
 
 def test_a_sweep_on_another_cpu_family_keeps_the_first_one():
