@@ -250,6 +250,11 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         if not {"file", "flair"} & set(fields):
             raise UploadError(422, f"no FLAIR volume among {fields}: send `file` (FLAIR, or a 4D volume of the "
                                    "model's modalities) or `flair`, with any of t1, t1ce, t2")
+        unused = sorted((p for p in parts if p.field not in ("file", *model.modalities)), key=lambda p: p.field)
+        if unused:  # named before anything is decoded: the files the model has no channel for
+            raise UploadError(422, f"{', '.join(p.filename or p.field for p in unused)}: the served model takes "
+                                   f"{', '.join(model.modalities)}; it has no channel for "
+                                   f"{', '.join(p.field for p in unused)}")
         probed = []
         for part in parts:
             channels = model.in_channels if part.field == "file" else 1

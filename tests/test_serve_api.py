@@ -250,6 +250,16 @@ def test_bad_modality_uploads_are_422(regions_client, files, words):
     assert response.status_code == 422 and words in response.json()["detail"].lower(), response.text
 
 
+def test_modalities_a_flair_model_cannot_read_are_named_by_their_files(client):
+    volume, _ = brain_volume()
+    data = nifti_bytes(volume)[0]
+    uploads = {"flair": ("p_flair.nii.gz", data), "t2": ("p_t2.nii.gz", data), "t1": ("p_t1.nii.gz", data)}
+    response = client.post("/v1/predict/volume", files=uploads)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == ("p_t1.nii.gz, p_t2.nii.gz: the served model takes flair; it has no channel "
+                                         "for t1, t2")
+
+
 def test_volume_uncompressed_with_slice_images(client):
     volume, _ = brain_volume()
     data, _ = nifti_bytes(volume, compress=False)
