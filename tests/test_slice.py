@@ -310,3 +310,30 @@ def test_the_slicers_identity_ignores_comments_and_docstrings_but_not_code(tmp_p
         identity[name] = code_identity(tmp_path / f"{name}.py")
     assert identity["comment"] == identity["docstrings"] == identity["no docstring"] == identity["original"]
     assert identity["code"] != identity["original"] and identity["constant"] != identity["original"]
+
+
+def test_a_photos_exif_orientation_is_applied_before_it_is_prepared(tmp_path):
+    """Slicing and serving prepare photos with the same function: a JPEG stored sideways with EXIF orientation 6
+    (rotate 90° clockwise to view) gives the input of the upright picture."""
+    import io
+
+    from PIL import Image
+
+    from tasks.data.preprocess import prepare_photo
+
+    upright = np.zeros((60, 40), np.uint8)
+    upright[5:25, 5:35] = 220  # a bright block at the top: asymmetric, so a wrong rotation shows
+    upright[30:55, 15:25] = 120
+    stored = Image.fromarray(np.rot90(upright, k=1))  # what the camera wrote: rotated 90° counter-clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    jpeg = io.BytesIO()
+    stored.save(jpeg, format="JPEG", quality=100, exif=exif.tobytes())
+    with Image.open(io.BytesIO(jpeg.getvalue())) as photo:
+        from_exif = prepare_photo(photo, 32)
+    plain = io.BytesIO()
+    Image.fromarray(upright).save(plain, format="JPEG", quality=100)
+    with Image.open(io.BytesIO(plain.getvalue())) as photo:
+        expected = prepare_photo(photo, 32)
+    assert np.abs(from_exif - expected).max() < 0.15  # the same picture, up to JPEG rounding
+    assert np.abs(np.rot90(from_exif, axes=(1, 2)) - expected).max() > 1  # and not left sideways

@@ -6,7 +6,7 @@ Numpy + Pillow only (no torch), so the slim serving image can import it.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Foreground of a 2D photo-like image (Kaggle JPEG/PNG): pixels above this fraction of the image maximum.
 FOREGROUND_FRACTION = 0.05
@@ -82,8 +82,9 @@ def pad_to_square(image: np.ndarray) -> np.ndarray:
 
 
 def prepare_photo(image: Image.Image, size: int) -> np.ndarray:
-    """A 2D JPEG/PNG (any mode, any size) → (1, size, size) float32, z-scored over its foreground."""
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    """A 2D JPEG/PNG (any mode, any size) → (1, size, size) float32, z-scored over its foreground. A photo's EXIF
+    orientation is applied first (a phone stores a portrait shot sideways and says so there), as viewers show it."""
+    gray = np.asarray(ImageOps.exif_transpose(image).convert("L"), dtype=np.float32)
     square = pad_to_square(gray)
     resized = resize_image(square, size)
     foreground = resized > FOREGROUND_FRACTION * max(float(resized.max()), 1e-6)
