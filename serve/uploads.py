@@ -86,7 +86,8 @@ def decode_image(data: bytes, name: str, max_side: int) -> DecodedSlice:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
         raise UploadError(422, f"{name}: undecodable image ({exc})") from exc
-    if getattr(image, "n_frames", 1) > 1:
+    # A camera's MPO JPEG holds the picture and a preview or second view: the first frame is the picture.
+    if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
         raise UploadError(422, f"{name}: an animated/multi-frame image; send one slice per file")
     if image.mode in RAW_INTENSITY_MODES:
         return DecodedSlice("array", None, _as_array(np.asarray(image), name, max_side), None)

@@ -12,6 +12,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 from fastapi.testclient import TestClient
 
 from tests.serve_factory import (SIZE, ServedFiles, brain_slice, brain_volume, decode_png, export_regions_onnx,
@@ -248,6 +249,21 @@ def test_bad_modality_uploads_are_422(regions_client, files, words):
     data = {"a": nifti_bytes(volume)[0], "b": nifti_bytes(volume)[0], "small": nifti_bytes(small)[0]}
     response = regions_client.post("/v1/predict/volume", files={k: (f"{k}.nii.gz", data[v]) for k, v in files.items()})
     assert response.status_code == 422 and words in response.json()["detail"].lower(), response.text
+
+
+def test_a_cameras_mpo_jpeg_is_its_first_picture_and_an_animation_is_refused(client):
+    picture = Image.fromarray(brain_slice()).convert("RGB")
+    preview = Image.fromarray(np.zeros((32, 32), np.uint8)).convert("RGB")
+    mpo, jpeg, gif = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    picture.save(mpo, format="MPO", save_all=True, append_images=[preview], quality=95)
+    picture.save(jpeg, format="JPEG", quality=95)
+    picture.save(gif, format="GIF", save_all=True, append_images=[preview])
+    from_mpo = client.post("/v1/predict", files={"file": ("camera.jpg", mpo.getvalue())})
+    from_jpeg = client.post("/v1/predict", files={"file": ("camera.jpg", jpeg.getvalue())}).json()
+    assert from_mpo.status_code == 200, from_mpo.text
+    assert from_mpo.json()["tumor_probability"] == pytest.approx(from_jpeg["tumor_probability"], abs=1e-6)
+    animated = client.post("/v1/predict", files={"file": ("cine.gif", gif.getvalue())})
+    assert animated.status_code in (415, 422) and animated.json()["detail"].startswith("cine.gif: ")
 
 
 def test_modalities_a_flair_model_cannot_read_are_named_by_their_files(client):
