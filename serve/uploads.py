@@ -15,16 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from tasks.data.preprocess import MIN_SIDE, RAW_INTENSITY_MODES
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 NPY_MAGIC = b"\x93NUMPY"
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI1_MAGICS = (b"n+1\x00", b"ni1\x00")  # at byte 344 of a NIfTI-1 header
 NIFTI2_MAGIC = b"n+2\x00"  # at byte 4 of a NIfTI-2 header
-MIN_SIDE = 8  # below this a slice holds no anatomy worth a prediction
 MB = 1024 * 1024
-# 16-bit and float images carry raw intensities, like an NPY slice; 8-bit ones are photos like Kaggle's.
-RAW_INTENSITY_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
 
 
 class UploadError(Exception):

@@ -1,8 +1,10 @@
 """A quirky local BraTS/Kaggle download is found recursively and normalised into the raw layout."""
 
 import numpy as np
+import pytest
 
 from tasks.data.local_import import classify_brats_file, find_brats_patients, import_brats, import_kaggle
+from tasks.errors import SliceWiseError
 from tests.nifti_factory import write_kaggle, write_patient
 
 
@@ -35,15 +37,65 @@ def test_import_brats_finds_nested_patients_and_renames_odd_seg(tmp_path):
     assert not list(out.rglob("*.csv"))
 
 
-def test_import_fraction_is_seeded_subset(tmp_path):
+def test_import_fraction_is_a_seeded_subset_that_adding_a_patient_keeps(tmp_path):
     rng = np.random.default_rng(1)
-    for i in range(6):
+    for i in range(12):
         write_patient(tmp_path / "src", f"BraTS20_Training_{i:03d}", rng, parts=("flair", "seg"))
     first = import_brats(tmp_path / "src", tmp_path / "a", fraction=0.5, seed=3)
     import_brats(tmp_path / "src", tmp_path / "b", fraction=0.5, seed=3)
-    assert first == 3
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(p.name for p in (tmp_path / "b").iterdir())
-    assert len(find_brats_patients(tmp_path / "src")) == 6
+    chosen = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert 1 <= first < 12 and len(chosen) == first
+    assert chosen == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert len(find_brats_patients(tmp_path / "src")) == 12
+    # One more patient in the folder: the patients chosen before stay chosen (only the new one may join them)
+    write_patient(tmp_path / "src", "BraTS20_Training_012", rng, parts=("flair", "seg"))
+    import_brats(tmp_path / "src", tmp_path / "c", fraction=0.5, seed=3)
+    again = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert set(chosen) <= set(again) and set(again) - set(chosen) <= {"BraTS20_Training_012"}
+    assert import_brats(tmp_path / "src", tmp_path / "d", fraction=0.01, seed=3) == 1  # never none
+
+
+def test_brats_2023_names_and_macos_shadow_files(tmp_path):
+    rng = np.random.default_rng(4)
+    source = tmp_path / "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData"
+    write_patient(source, "BraTS-GLI-00000-000", rng)
+    for part, name in (("flair", "t2f"), ("t1", "t1n"), ("t1ce", "t1c"), ("t2", "t2w")):
+        (source / "BraTS-GLI-00000-000" / f"BraTS-GLI-00000-000_{part}.nii.gz").rename(
+            source / "BraTS-GLI-00000-000" / f"BraTS-GLI-00000-000-{name}.nii.gz")
+    (source / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000_seg.nii.gz").rename(
+        source / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-seg.nii.gz")
+    (source / "BraTS-GLI-00000-000" / "._BraTS-GLI-00000-000-t2f.nii.gz").write_bytes(b"\0\x05\x16\x07")  # AppleDouble
+    (source / "__MACOSX" / "BraTS-GLI-00000-000").mkdir(parents=True)
+    (source / "__MACOSX" / "BraTS-GLI-00000-000" / "._BraTS-GLI-00000-000-seg.nii.gz").write_bytes(b"\0")
+    found = find_brats_patients(source)
+    assert set(found) == {"BraTS-GLI-00000-000"}
+    assert {part: path.name for part, path in found["BraTS-GLI-00000-000"].items()} == {
+        "flair": "BraTS-GLI-00000-000-t2f.nii.gz", "t1": "BraTS-GLI-00000-000-t1n.nii.gz",
+        "t1ce": "BraTS-GLI-00000-000-t1c.nii.gz", "t2": "BraTS-GLI-00000-000-t2w.nii.gz",
+        "seg": "BraTS-GLI-00000-000-seg.nii.gz"}
+
+
+def test_one_patient_name_in_two_folders_is_an_error_naming_both(tmp_path):
+    rng = np.random.default_rng(5)
+    write_patient(tmp_path / "src" / "site_a", "BraTS20_Training_002", rng, parts=("flair", "t1", "seg"))
+    write_patient(tmp_path / "src" / "site_b", "BraTS20_Training_002", rng)
+    with pytest.raises(SliceWiseError, match="two folders hold patient BraTS20_Training_002") as error:
+        import_brats(tmp_path / "src", tmp_path / "out")
+    assert "site_a" in str(error.value) and "site_b" in str(error.value)
+    assert not (tmp_path / "out").exists()  # nothing half-imported
+
+
+def test_patient_folders_linked_in_are_found_and_archives_are_named(tmp_path, caplog):
+    rng = np.random.default_rng(6)
+    write_patient(tmp_path / "elsewhere", "BraTS20_Training_009", rng)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "BraTS20_Training_009").symlink_to(tmp_path / "elsewhere" / "BraTS20_Training_009")
+    (tmp_path / "src" / "loop").symlink_to(tmp_path / "src")  # a link loop must not hang the walk
+    (tmp_path / "src" / "BraTS20_Training_010.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    with caplog.at_level("WARNING"):
+        assert import_brats(tmp_path / "src", tmp_path / "out") == 1
+    assert (tmp_path / "out" / "BraTS20_Training_009" / "BraTS20_Training_009_flair.nii.gz").exists()
+    assert "BraTS20_Training_010.zip" in caplog.text and "not extracted" in caplog.text
 
 
 def test_import_kaggle_takes_yes_no_folders_any_case(tmp_path):

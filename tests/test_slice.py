@@ -337,3 +337,46 @@ def test_a_photos_exif_orientation_is_applied_before_it_is_prepared(tmp_path):
         expected = prepare_photo(photo, 32)
     assert np.abs(from_exif - expected).max() < 0.15  # the same picture, up to JPEG rounding
     assert np.abs(np.rot90(from_exif, axes=(1, 2)) - expected).max() > 1  # and not left sideways
+
+
+def test_odd_real_world_inputs_are_rejected_or_read_as_serving_reads_them(tmp_path):
+    """Infinite intensities, NaN background, a decompression-bomb-sized PNG, a 1x1 image and a 16-bit PNG: each is
+    rejected with its reason or read as serving reads it, and none stops the step."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from tasks.data.preprocess import prepare_array_slice
+
+    raw, out = make_raw(tmp_path, n=1), tmp_path / "processed"
+    rng = np.random.default_rng(7)
+    for name, value in (("BraTS20_Training_020", np.inf), ("BraTS20_Training_021", np.nan)):
+        folder = write_patient(raw / "brats", name, rng)
+        flair = nib.load(folder / f"{name}_flair.nii.gz")
+        data = np.asarray(flair.dataobj, dtype=np.float32)
+        data[0, 0, :] = value  # outside the brain
+        nib.save(nib.Nifti1Image(data, flair.affine), folder / f"{name}_flair.nii.gz")
+    kaggle = raw / "kaggle"
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(kaggle / "yes" / "dot.png")
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)  # a header claiming 400 megapixels
+    chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + body)))
+    (kaggle / "no" / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    wide = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 15).astype(np.uint16)  # 0..61425: 16 bits used
+    Image.fromarray(wide).save(kaggle / "yes" / "sixteen.png")
+
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+
+    rejected = pd.read_csv(out / "rejected.csv")
+    reasons = dict(zip(rejected["file"].map(lambda f: f.split("/")[-1]), rejected["reason"]))
+    assert "infinite values" in reasons["BraTS20_Training_020_flair.nii.gz"]
+    assert "at least 8" in reasons["dot.png"] and "DecompressionBomb" in reasons["bomb.png"]
+    manifest = read_manifest(out / "manifest.csv")
+    assert "BraTS20_Training_021" in set(manifest["patient"])  # NaN outside the brain is background
+    assert np.isfinite(read_shard(out / "brats" / "BraTS20_Training_021.npz").images.astype(np.float32)).all()
+    row = manifest[manifest["patient"] == "kaggle_yes_sixteen"].iloc[0]
+    stored = read_shard(out / row["shard"]).images[row["row"]].astype(np.float32)
+    expected = prepare_array_slice(wide.astype(np.float32), 32)  # as /v1/predict reads a 16-bit PNG
+    assert np.abs(stored - expected).max() < 0.01 and len(np.unique(stored.round(3))) > 100
+    assert result["patients"] == 2

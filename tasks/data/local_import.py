@@ -1,8 +1,10 @@
 """Import a downloaded BraTS 2020 training folder and a Kaggle yes/no folder into the canonical raw layout.
 
 Real downloads are messy: nested folders, `.nii` next to `.nii.gz`, upper-case extensions, CSV files lying
-around, and patient 355 whose segmentation is called `W39_1998.09.19_Segm.nii`. Everything is found
-recursively and linked (or copied across file systems) into
+around, patient 355 whose segmentation is called `W39_1998.09.19_Segm.nii`, BraTS 2023's names
+(`BraTS-GLI-00000-000-t2f.nii.gz`: t2f, t1n, t1c, t2w for FLAIR, T1, T1ce, T2), macOS's `._*` shadow files and
+`__MACOSX` folders from an archive, folders linked in by symlink. Everything is found recursively (following
+folder links) and linked (or copied across file systems) into
     data/raw/brats/<patient>/<patient>_<modality>.nii[.gz]   and   data/raw/kaggle/{yes,no}/<image>
 Nothing is judged here: a patient with a missing modality is still imported, and the slice step rejects it
 with a reason in rejected.csv, so the user sees every problem in one place.
@@ -10,22 +12,26 @@ with a reason in rejected.csv, so the user sees every problem in one place.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from tasks.errors import SliceWiseError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-# Longest names first so that `_t1ce` is never taken for `_t1`.
-_PART_PATTERNS = [(part, re.compile(rf"_{part}\.nii(\.gz)?$", re.IGNORECASE)) for part in ("t1ce", "flair", "t1", "t2", "seg")]
+# Each part's names: BraTS 2017-2021 (`_flair`), then BraTS 2023+ (`-t2f`); the name must end right before the
+# extension, so `_t1ce` is never taken for `_t1`, nor `-t1c` for `-t1n`.
+PART_NAMES = {"flair": ("flair", "t2f"), "t1ce": ("t1ce", "t1c"), "t1": ("t1", "t1n"), "t2": ("t2", "t2w"),
+              "seg": ("seg",)}
+_PART_PATTERNS = [(part, re.compile(rf"[-_](?:{'|'.join(names)})\.nii(\.gz)?$", re.IGNORECASE))
+                  for part, names in PART_NAMES.items()]
 _ODD_SEG = re.compile(r"seg", re.IGNORECASE)  # e.g. BraTS20_Training_355's `W39_1998.09.19_Segm.nii`
 
 
@@ -54,26 +60,66 @@ def classify_brats_file(path: Path) -> str | None:
     return "seg" if _ODD_SEG.search(path.name) else None
 
 
-def find_brats_patients(root: Path) -> dict[str, dict[str, Path]]:
-    """Patient folder name → {part: file}, for every folder under `root` holding at least one BraTS NIfTI."""
-    patients: dict[str, dict[str, Path]] = {}
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or (part := classify_brats_file(path)) is None:
+def is_shadow(path: Path) -> bool:
+    """macOS's AppleDouble `._name` files and `__MACOSX/` folders (from an archive made on a Mac): metadata, never
+    data, yet named like the file they shadow."""
+    return path.name.startswith("._") or "__MACOSX" in path.parts
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every file under `root`, sorted, following folder links (a data set assembled with symlinks) but never into
+    a folder twice (a link loop), and leaving out macOS shadow files."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
             continue
-        parts = patients.setdefault(path.parent.name, {})
+        seen.add(real)
+        found += [Path(folder) / name for name in files]
+    return sorted(p for p in found if not is_shadow(p.relative_to(root)))
+
+
+def find_brats_patients(root: Path) -> dict[str, dict[str, Path]]:
+    """Patient folder name → {part: file}, for every folder under `root` holding at least one BraTS NIfTI.
+
+    Two different folders with one patient name are an error naming both: merging their files would build one
+    patient from two (a T2 from one site, the rest from another), and keeping either would hide the other."""
+    patients: dict[str, dict[str, Path]] = {}
+    folders: dict[str, Path] = {}
+    for path in walk_files(root):
+        if (part := classify_brats_file(path)) is None:
+            continue
+        name = path.parent.name
+        if folders.setdefault(name, path.parent) != path.parent:
+            raise SliceWiseError(f"two folders hold patient {name}: {folders[name]} and {path.parent}; keep one "
+                                 "(or rename one folder)", root)
+        parts = patients.setdefault(name, {})
         # Prefer a regular `_seg` file over an odd name, and never let a second copy overwrite the first.
         if part not in parts or (part == "seg" and _PART_PATTERNS[-1][1].search(path.name)):
             parts[part] = path
     return patients
 
 
+def unextracted_archives(root: Path) -> list[Path]:
+    """Archives lying in a data folder: whatever they hold is not imported until they are extracted."""
+    return [p for p in walk_files(root) if p.name.lower().endswith(ARCHIVE_SUFFIXES)]
+
+
 def find_kaggle_images(root: Path) -> dict[str, list[Path]]:
-    """{'yes': [...], 'no': [...]} from the first folders named yes/no (any case) under `root`."""
+    """{'yes': [...], 'no': [...]} from the first folders named yes/no (any case) under `root`. Other files in them
+    (not JPEG/PNG) are listed in a warning, not silently left out."""
     found: dict[str, list[Path]] = {"yes": [], "no": []}
-    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+    skipped: list[Path] = []
+    for folder in sorted({p.parent for p in walk_files(root)}):
         label = folder.name.lower()
         if label in found and not found[label]:
-            found[label] = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in folder.iterdir() if p.is_file() and not is_shadow(p))
+            found[label] = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            skipped += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if skipped:
+        log.warning("left out %d file(s) in the yes/no folders that are not JPEG or PNG images: %s", len(skipped),
+                    ", ".join(str(p) for p in skipped[:10]) + (", ..." if len(skipped) > 10 else ""))
     return found
 
 
@@ -87,20 +133,32 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def choose_fraction(names: list[str], fraction: float, seed: int) -> list[str]:
-    """A seeded subset of `names` (at least one), so smaller profiles use fewer patients reproducibly."""
+    """A seeded subset of `names` (at least one), so smaller profiles use fewer patients reproducibly. Each name is
+    in or out on its own (a hash of seed and name below `fraction`), so adding a patient to the folder never
+    changes which of the others are used: the slice step then reslices only the new one."""
     if fraction >= 1.0:
         return names
-    count = max(1, round(len(names) * fraction))
-    picked = np.random.default_rng(seed).choice(len(names), size=count, replace=False)
-    return [names[i] for i in sorted(picked)]
+    draw = {name: _uniform(seed, name) for name in names}
+    picked = [name for name in names if draw[name] < fraction]
+    return picked or [min(names, key=draw.get)]
+
+
+def _uniform(seed: int, name: str) -> float:
+    """A number in [0, 1) fixed by (seed, name)."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def import_brats(source: Path, out_dir: Path, fraction: float = 1.0, seed: int = 0) -> int:
     if not source.is_dir():
         raise SliceWiseError("data.brats_dir is not a folder", source)
     patients = find_brats_patients(source)
+    if archives := unextracted_archives(source):
+        log.warning("%d archive(s) under %s are not extracted, so nothing in them is imported: %s", len(archives),
+                    source, ", ".join(str(p) for p in archives[:10]))
     if not patients:
-        raise SliceWiseError("no BraTS NIfTI files (*_flair.nii[.gz], ...) found under this folder", source)
+        raise SliceWiseError("no BraTS NIfTI files (*_flair.nii[.gz], ... or BraTS 2023's *-t2f.nii.gz, ...) found "
+                             "under this folder" + (" (extract its archives first)" if archives else ""), source)
     chosen = choose_fraction(sorted(patients), fraction, seed)
     for patient in chosen:
         for part, src in patients[patient].items():

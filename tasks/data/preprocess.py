@@ -10,6 +10,9 @@ from PIL import Image, ImageOps
 
 # Foreground of a 2D photo-like image (Kaggle JPEG/PNG): pixels above this fraction of the image maximum.
 FOREGROUND_FRACTION = 0.05
+MIN_SIDE = 8  # below this an image holds no anatomy worth learning from or predicting on
+# 16-bit and float images carry raw intensities, like an NPY slice; 8-bit ones are photos like Kaggle's.
+RAW_INTENSITY_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
@@ -89,6 +92,14 @@ def prepare_photo(image: Image.Image, size: int) -> np.ndarray:
     resized = resize_image(square, size)
     foreground = resized > FOREGROUND_FRACTION * max(float(resized.max()), 1e-6)
     return zscore(resized, foreground)[None]
+
+
+def prepare_image(image: Image.Image, size: int) -> np.ndarray:
+    """A 2D image file's picture → (1, size, size): a 16-bit or float one as raw intensities (prepare_array_slice,
+    as serving reads such a PNG: 8 bits would flatten it), any other as a photo (prepare_photo)."""
+    if image.mode in RAW_INTENSITY_MODES:
+        return prepare_array_slice(np.asarray(image, dtype=np.float32), size)
+    return prepare_photo(image, size)
 
 
 def prepare_array_slice(array: np.ndarray, size: int) -> np.ndarray:

@@ -100,11 +100,12 @@ def patient_fingerprint(patient_dir: Path, spec_digest: str, digests: FileDigest
 
 def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     """One BraTS patient folder → a Shard of its brain-containing axial slices."""
+    modality_paths = [find_part(patient_dir, modality) for modality in spec.modalities]
+    seg_path = find_part(patient_dir, "seg")  # every file found before any is read: a missing one costs nothing
     volumes, spacing = [], None
-    for modality in spec.modalities:
-        volume, spacing = load_volume(find_part(patient_dir, modality))
+    for path in modality_paths:
+        volume, spacing = load_volume(path)
         volumes.append(volume)
-    seg_path = find_part(patient_dir, "seg")
     seg, _ = load_volume(seg_path, labels=True)
     for name, volume in zip(spec.modalities + ("seg",), volumes + [seg]):
         if volume.shape != volumes[0].shape:
@@ -164,9 +165,13 @@ def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) 
         for path in files:
             try:
                 with Image.open(path) as image:
-                    images.append(preprocess.prepare_photo(image, size))
+                    if min(image.size) < preprocess.MIN_SIDE:
+                        rejected.append({"file": str(path), "reason": f"image of {image.width}x{image.height} "
+                                                                      f"pixels (at least {preprocess.MIN_SIDE})"})
+                        continue
+                    images.append(preprocess.prepare_image(image, size))
                 patients.append(f"kaggle_{label_name}_{path.stem}")
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
                 rejected.append({"file": str(path), "reason": f"unreadable image ({type(exc).__name__}: {exc})"})
         if not images:
             continue

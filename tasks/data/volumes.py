@@ -30,6 +30,12 @@ def load_volume(path: Path, labels: bool = False) -> tuple[np.ndarray, tuple[flo
         raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
     if data.ndim != 3:
         raise SliceWiseError(f"expected a 3D volume, got shape {data.shape}", path)
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        if labels:
+            raise SliceWiseError("the segmentation holds NaN or infinite values", path)
+        if np.isinf(data).any():  # it would pass as brain (> 0) and make every z-score NaN
+            raise SliceWiseError(f"the volume holds {int(np.isinf(data).sum()):,} infinite values", path)
+        data = np.nan_to_num(data, nan=0.0)  # NaN: outside the brain, as 0 is (it never counted as brain)
     return data, tuple(float(z) for z in image.header.get_zooms()[:3])
 
 
