@@ -34,7 +34,9 @@ class SliceRunner(str, Enum):  # flows.dask_slicing.SliceRunner
 
 
 def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from tasks.redaction import redact
+
+    console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

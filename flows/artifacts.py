@@ -26,13 +26,14 @@ KEYS = {"metrics": "slicewise-metrics", "card": "slicewise-model-card", "mlflow"
 
 def metrics_rows(metrics: dict) -> list[dict]:
     """One row per scalar metric of the test split, with its 95 % bootstrap interval where evaluate gave one."""
-    ci95 = metrics.get("ci95", {})
+    ci95 = metrics.get("ci95") or {}
     rows = []
     for section in METRIC_SECTIONS:
         for name, value in (metrics.get(section) or {}).items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue  # the confusion matrix is a table of its own in the model card
-            low, high = ci95.get(f"{section}.{name}", (None, None))
+            interval = ci95.get(f"{section}.{name}")  # null when the bootstrap could not compute it
+            low, high = interval if isinstance(interval, (list, tuple)) and len(interval) == 2 else (None, None)
             rows.append({"metric": f"{section}.{name}", "value": round(float(value), 4),
                          "ci95_low": None if low is None else round(float(low), 4),
                          "ci95_high": None if high is None else round(float(high), 4)})

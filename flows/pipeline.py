@@ -23,6 +23,7 @@ from flows.source_inventory import local_source_drift
 from flows.stage_task import StepRun, forward_step_logs, stage_task
 from tasks import paths
 from tasks.config import Settings, load_settings, set_params
+from tasks.redaction import redact
 from tasks.tracking import provenance
 
 MINUTE, HOUR = 60, 3600
@@ -86,7 +87,8 @@ def run_stage(stage, run: StepRun | None = None, status: dvc_stage.PipelineStatu
     if state.is_completed():
         return {"state": state.name, **state.result()}
     error = state.result(raise_on_failure=False)
-    why = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message
+    # redacted: a raw MLflow or requests error carries the store URI with its password (tasks/redaction.py)
+    why = redact(f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message)
     get_run_logger().error("step %r failed: %s", stage.name, why)
     raise StepFailed(f"step {stage.name!r} failed: {why}")
 

@@ -25,7 +25,7 @@ from prefect.tasks import Task, exponential_backoff
 
 from flows import dvc_stage
 from tasks.__main__ import run_step
-from tasks.errors import SliceWiseError
+from tasks.errors import CredentialsError, SliceWiseError
 
 NETWORK_RETRIES = 3
 NETWORK_BACKOFF_SECONDS = 10  # 10 s, 20 s, 40 s: a flaky download or registry gets a minute to come back
@@ -51,12 +51,24 @@ def forward_step_logs() -> None:
 def worth_retrying(task: Task, task_run: Any, state: State) -> bool:
     """Retry transient trouble (network, a server error), not a problem only the user can fix.
 
-    A SliceWiseError raised without an underlying exception is such a problem (missing folder or credentials,
-    no usable patient): retrying it would only delay the message. One wrapping a cause (e.g. "MLflow ...
-    failed after 3 attempts" from a connection error) may well succeed a minute later.
+    Transient: a connection or timeout error, a locked database, a server error (HTTP 5xx or 429), raised or behind
+    a SliceWiseError (e.g. "MLflow ... failed after 3 attempts" from a connection error). Not transient: a
+    SliceWiseError of its own (missing folder, no usable patient), refused credentials, and anything else (a bad
+    parameter, a missing or broken metrics.json, a KeyError): a retry would only delay the message by minutes.
     """
+    from tasks.data.kaggle_download import root_cause
+    from tasks.tracking.store import is_transient
+
     exc = state.data if isinstance(state.data, BaseException) else None
-    return not (isinstance(exc, SliceWiseError) and exc.__cause__ is None)
+    if exc is None or isinstance(exc, CredentialsError):
+        return False
+    cause = exc.__cause__ if isinstance(exc, SliceWiseError) else exc
+    if cause is None:
+        return False
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    return is_transient(cause) or is_transient(root_cause(cause))
 
 
 def stage_task(stage: str, *, timeout_seconds: float, network: bool = False, force_check: ForceCheck | None = None):

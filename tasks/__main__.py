@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +17,7 @@ from rich.logging import RichHandler
 from tasks import STEPS, paths
 from tasks.config import load_settings, parse_assignments, set_params
 from tasks.errors import SliceWiseError
-from tasks.redaction import install_log_redaction
+from tasks.redaction import install_log_redaction, redact
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
 console = Console(stderr=True)
@@ -38,6 +39,10 @@ def _make_step_command(step: str):
             result = run_step(step, params)
         except SliceWiseError as exc:
             _fail(exc)
+        except Exception as exc:  # a bug or a raw library error: its traceback, with store passwords masked
+            console.print(redact("".join(traceback.format_exception(exc))), highlight=False, soft_wrap=True,
+                          markup=False)
+            raise typer.Exit(1) from None
         if result:
             typer.echo(json.dumps(result, indent=2, default=str))
 

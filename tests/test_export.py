@@ -116,6 +116,23 @@ def test_parity_counts_flipped_decisions(project, tiny_settings):
     assert parity["decision_mismatches"] >= 1 and parity["max_abs_diff_cls"] == pytest.approx(1e-3, rel=1e-2)
 
 
+def test_parity_fails_when_onnxruntime_answers_nan(project, tiny_settings):
+    """NaN logits compare as "no difference" under max() and give empty masks and "no tumour" on both sides."""
+    from tasks.inference.checkpoints import load_model
+
+    model, _ = load_model(paths.best_checkpoint("joint"))
+    batch = next(iter_test_slices(paths.PROCESSED, paths.SPLITS))
+
+    class NanSession:
+        def run(self, names, feeds):
+            with torch.inference_mode():
+                out = model(torch.from_numpy(feeds["image"]))
+            return [np.full_like(out["seg"].numpy(), np.nan), np.full_like(out["cls"].numpy(), np.nan)]
+
+    parity = onnx_export.check_parity(model, NanSession(), iter([batch]), 0.5, tiny_settings.export)
+    assert not parity["passed"] and parity["max_abs_diff"] == float("inf")
+
+
 def test_parity_checks_every_region_channel_on_its_own(project, tiny_settings):
     """An ONNX model wrong on the enhancing-tumour channel alone fails parity, even though WT, TC and the pooled
     pixels of all three agree almost everywhere."""

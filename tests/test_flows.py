@@ -136,6 +136,25 @@ def test_user_errors_are_not_retried_but_transient_ones_are():
     assert not decide(SliceWiseError("data.brats_dir is not a folder", "/nowhere"))
     assert not decide(CredentialsError("no kaggle.json"))
 
+    def wrapped(cause: BaseException, error: type = SliceWiseError) -> SliceWiseError:
+        try:
+            raise error("step failed") from cause
+        except SliceWiseError as exc:
+            return exc
+
+    class HttpError(Exception):
+        def __init__(self, status: int):
+            super().__init__(f"HTTP {status}")
+            self.response = type("Response", (), {"status_code": status})()
+
+    # what only the user can fix: a bad parameter, a missing metrics.json, a bug, refused credentials
+    assert not decide(KeyError("accuracy")) and not decide(wrapped(FileNotFoundError("reports/metrics.json")))
+    assert not decide(wrapped(ValueError("profile 'quik' is not defined")))
+    assert not decide(wrapped(HttpError(403), CredentialsError)) and not decide(wrapped(HttpError(404)))
+    # what a minute may fix: a server error, rate limiting, a socket error deep inside a library's own exception
+    assert decide(wrapped(HttpError(503))) and decide(wrapped(HttpError(429)))
+    assert decide(wrapped(RuntimeError(ConnectionResetError("reset by peer"))))
+
 
 def test_deployment_uses_the_cron_in_params(tmp_path):
     params = tmp_path / "params.yaml"
@@ -163,6 +182,14 @@ def test_metrics_rows_and_model_card_carry_intervals_and_decision():
     assert "| classification.accuracy | 0.91 | [0.85, 0.96] |" in card and "TN 5, FP 1, FN 2, TP 7" in card
     unregistered = {"version": None, "promoted": False, "reason": "not registered (tracking.enabled is false)"}
     assert "**slicewise**: not registered" in artifacts.model_card_markdown(unregistered, None, None)
+
+
+def test_metrics_rows_survive_a_null_interval():
+    metrics = {"classification": {"accuracy": 0.91}, "segmentation": {"hd95": 30.0},
+               "ci95": {"classification.accuracy": None, "segmentation.hd95": [None, 40.0]}}
+    rows = {row["metric"]: row for row in artifacts.metrics_rows(metrics)}
+    assert rows["classification.accuracy"]["ci95_low"] is None and rows["segmentation.hd95"]["ci95_high"] == 40.0
+    assert artifacts.metrics_rows({"classification": {"accuracy": 0.9}, "ci95": None})[0]["ci95_low"] is None
 
 
 def test_local_source_drift_compares_the_source_with_data_raw(tmp_path):

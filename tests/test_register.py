@@ -109,6 +109,19 @@ def test_gate_on_interval_lower_bounds():
     assert not make_gate(use_lower_bound=True).decide(gate_metrics(), True).promoted  # no interval: missing
 
 
+@pytest.mark.parametrize(("broken", "use_lower_bound"), [
+    ({"classification": None}, False), ({"classification": {"accuracy": "0.9", "sensitivity": 0.9}}, False),
+    ({"classification": {"accuracy": True, "sensitivity": 0.9}}, False),
+    ({"segmentation": {"dice": float("inf")}}, False),
+    ({"ci95": None}, True), ({"ci95": {"classification.accuracy": [None, 1.0]}}, True),
+    ({"ci95": {"segmentation.dice": []}}, True),
+])
+def test_a_malformed_metrics_json_fails_its_criteria_and_never_crashes(broken, use_lower_bound):
+    """A null section, a string, a bool or infinity is no evidence: rejected with a reason, not a crash."""
+    decision = make_gate(use_lower_bound=use_lower_bound).decide(gate_metrics(lower=0.9) | broken, True)
+    assert not decision.promoted and "missing" in decision.reason, (broken, decision.reason)
+
+
 def test_good_model_becomes_champion_with_tags_card_and_artifacts(project, tiny_settings):
     settings = tracked(tiny_settings)
     result = register.main(settings)
@@ -172,6 +185,18 @@ def test_model_below_thresholds_becomes_challenger_and_champion_stays(project, t
     assert "sensitivity 0.500 < 0.800 [FAIL]" in result["reason"]
     assert alias_version("slicewise", "champion") == "1" and alias_version("slicewise", "challenger") == "2"
     assert client().get_model_version("slicewise", "2").tags["promotion"] == "rejected"
+
+
+def test_a_metric_missing_from_metrics_json_is_a_challenger_not_a_crash(project, tiny_settings):
+    settings = tracked(tiny_settings)
+    path = write_metrics(project, accuracy=0.9, sensitivity=0.9)
+    metrics = json.loads(path.read_text())
+    del metrics["classification"]["accuracy"]
+    path.write_text(json.dumps(metrics))
+    result = register.main(settings)
+    assert not result["promoted"] and result["alias"] == "challenger"
+    assert "accuracy missing, needs >= 0.850 [FAIL]" in result["reason"]
+    assert client().get_model_version("slicewise", result["version"]).tags["test_accuracy"] == "None"
 
 
 def test_model_that_cannot_segment_is_never_champion_and_the_registry_says_why(project, tiny_settings):

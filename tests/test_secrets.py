@@ -153,3 +153,20 @@ def test_the_server_process_never_logs_or_answers_the_password(tmp_path):
         reload = session.post(f"http://127.0.0.1:{port}/model/reload", timeout=60).text
     assert "***@127.0.0.1" in health
     assert not leaks([health, reload, log.read_text()], [tmp_path]), log.read_text()[-3000:]
+
+
+def test_a_raw_library_error_in_a_step_prints_its_traceback_without_the_password(monkeypatch):
+    """Not every MLflow or requests error is wrapped in a SliceWiseError: the CLI's traceback of one is masked too,
+    and so is the flow's one-line failure of a stage."""
+    from typer.testing import CliRunner
+
+    import tasks.__main__ as cli
+
+    def failing_step(step, params):
+        raise RuntimeError("API request to http://alice:Hunter2Secret@mlflow.example:5000/api failed")
+
+    monkeypatch.setattr(cli, "run_step", failing_step)
+    result = CliRunner().invoke(cli.app, ["register"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.output and "RuntimeError" in result.output and "failing_step" in result.output
+    assert "Hunter2Secret" not in result.output and "alice:***@mlflow.example" in result.output

@@ -17,6 +17,8 @@ its value and limit, so a registry version's `promotion_reason` tag says exactly
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from tasks.config import PromotionSettings
@@ -70,7 +72,7 @@ QUALITY_CRITERIA = (("accuracy", "classification", "accuracy", "min_accuracy"),
 
 
 def _at_least(name: str, value: float | None, minimum: float) -> Criterion:
-    if value is None or value != value:  # missing or NaN: nothing shows the model is good enough
+    if value is None or not math.isfinite(value):  # missing, NaN or infinite: nothing shows it is good enough
         return Criterion(name, False, f"missing, needs >= {minimum:.3f}")
     passed = value >= minimum - EPSILON
     return Criterion(name, passed, f"{value:.3f} {'>=' if passed else '<'} {minimum:.3f}")
@@ -81,12 +83,24 @@ def quality_values(metrics: dict, use_lower_bound: bool) -> dict[str, float | No
     values = {}
     for name, section, key, _ in QUALITY_CRITERIA:
         if use_lower_bound:
-            interval = metrics.get("ci95", {}).get(f"{section}.{key}")
-            values[name] = float(interval[0]) if interval else None
+            interval = _section(metrics, "ci95").get(f"{section}.{key}")
+            values[name] = _number(interval[0]) if isinstance(interval, (list, tuple)) and interval else None
         else:
-            value = metrics.get(section, {}).get(key)
-            values[name] = None if value is None else float(value)
+            values[name] = _number(_section(metrics, section).get(key))
     return values
+
+
+def _section(metrics: dict, name: str) -> dict:
+    """A metrics.json section; a null or malformed one is empty (its criteria then fail as missing)."""
+    section = metrics.get(name)
+    return section if isinstance(section, dict) else {}
+
+
+def _number(value) -> float | None:
+    """A real number, or None for anything else (null, a string, a bool): never a crash, never a pass."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,8 @@ class PromotionGate:
         criteria.append(Criterion("onnx parity", bool(parity_passed),
                                   parity_detail or ("passed" if parity_passed else "failed")))
         if champion is not None:
-            criteria.append(self._versus_champion(metrics.get("classification", {}).get("accuracy"), champion))
+            criteria.append(self._versus_champion(_number(_section(metrics, "classification").get("accuracy")),
+                                                  champion))
         return GateDecision(tuple(criteria))
 
     def _versus_champion(self, accuracy: float | None, champion: ChampionScore) -> Criterion:

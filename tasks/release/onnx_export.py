@@ -118,8 +118,9 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                 out = model(torch.from_numpy(batch))
                 seg_t, cls_t = out["seg"].numpy(), out["cls"].numpy()
                 seg_o, cls_o = session.run([ONNX_SEG_OUTPUT, ONNX_CLS_OUTPUT], {ONNX_INPUT: batch})
-                max_seg = max(max_seg, float(np.abs(seg_t - seg_o).max()))
-                max_cls = max(max_cls, float(np.abs(cls_t - cls_o.reshape(cls_t.shape)).max()))
+                # A NaN difference is infinite (max(0.0, nan) is 0.0): non-finite logits on either side fail parity.
+                max_seg = max(max_seg, _largest_difference(seg_t, seg_o))
+                max_cls = max(max_cls, _largest_difference(cls_t, cls_o.reshape(cls_t.shape)))
                 mismatches += int(((sigmoid(cls_t) >= threshold) != (sigmoid(cls_o.reshape(-1)) >= threshold)).sum())
                 mask_t, mask_o = sigmoid(seg_t) >= mask_threshold, sigmoid(seg_o) >= mask_threshold
                 overlap = overlap + (mask_t & mask_o).sum(axis=(0, 2, 3))  # every region channel, each on its own
@@ -137,6 +138,13 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
             "threshold": threshold, "mask_threshold": mask_threshold, "mask_dice": dice,
             "mask_dice_per_region": dict(zip(REGION_ORDER, region_dice)) if len(region_dice) > 1 else {"wt": dice},
             "min_mask_dice": cfg.parity_min_dice}
+
+
+def _largest_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|; infinity when either holds a NaN or an infinity (they can never be "close")."""
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
+    return float(np.abs(a - b).max()) if a.size else 0.0
 
 
 def _percentiles_ms(seconds: list[float], batch: int) -> dict:

@@ -195,15 +195,21 @@ def find_or_create_version(registry: ModelRegistry, model_uri: str, tags: dict, 
     return str(mlflow.register_model(model_uri, registry.model_name, tags=tags).version)
 
 
-def discard_logged_models(tracker: MlflowTracker, known: LoggedModel | None, search: bool = True) -> None:
+def discard_logged_models(tracker: MlflowTracker, known: LoggedModel | None, search: bool = True,
+                          keep: frozenset[str] = frozenset()) -> None:
     """Remove what a failed register logged: the run's logged models (the known one, and with `search` any whose
-    creation answer was lost) and their local artifact folders. Best effort: the store may be why it failed."""
+    creation answer was lost) and their local artifact folders, except those in `keep` (the models behind versions
+    that hold an alias: a retried register must never delete the champion an earlier attempt promoted). Best
+    effort: the store may be why it failed."""
     client, models = tracker.client, {}
     if known is not None:
         models[known.model_id] = known.artifact_location
     if search:
         models |= _logged_models_of_run(tracker)
     for model_id, location in models.items():
+        if model_id in keep:
+            log.info("register: kept logged model %s, which a version with an alias uses", model_id)
+            continue
         try:
             client.delete_logged_model(model_id)
         except Exception as exc:
@@ -213,6 +219,24 @@ def discard_logged_models(tracker: MlflowTracker, known: LoggedModel | None, sea
             folder = folder.parent if folder.parent.name == model_id else folder  # .../models/<id>/artifacts
             shutil.rmtree(folder, ignore_errors=True)
         log.info("register: removed logged model %s", model_id)
+
+
+def _holds_alias(registry: ModelRegistry, version: str) -> bool:
+    try:
+        return bool(registry.client.get_model_version(registry.model_name, version).aliases)
+    except Exception:
+        return False
+
+
+def aliased_model_ids(registry: ModelRegistry) -> frozenset[str]:
+    """The logged models behind the versions that hold an alias (champion, challenger); empty when the store
+    cannot say (then nothing can be deleted from it either)."""
+    client, name = registry.client, registry.model_name
+    try:  # the registered model's alias map: a version search leaves its versions' aliases empty
+        versions = [client.get_model_version(name, v) for v in set(client.get_registered_model(name).aliases.values())]
+    except Exception:
+        return frozenset()
+    return frozenset(v.model_id or v.source.rsplit("/", 1)[-1] for v in versions)
 
 
 def _logged_models_of_run(tracker: MlflowTracker) -> dict[str, str]:
@@ -240,13 +264,16 @@ def create_verified_version(registry: ModelRegistry, model_uri: str, tags: dict,
         registry.verify(version, release.onnx_path, release.onnx_sha256, release.checkpoint_path, example)
         retrying(cfg, "set alias", client.set_registered_model_alias, model_name, alias, version)
     except BaseException as exc:  # an interrupt too: no half-registered version stays behind
-        try:
-            client.delete_model_version(model_name, version)
-        except Exception as cleanup:  # the store is gone too: the version has no alias, say so
-            log.error("register: could not delete unverified version %s: %s", version, type(cleanup).__name__)
+        kept = _holds_alias(registry, version)  # an earlier attempt completed it (a retried register): keep it
+        if not kept:
+            try:
+                client.delete_model_version(model_name, version)
+            except Exception as cleanup:  # the store is gone too: the version has no alias, say so
+                log.error("register: could not delete unverified version %s: %s", version, type(cleanup).__name__)
         if isinstance(exc, (SliceWiseError, KeyboardInterrupt, SystemExit)):
             raise
-        raise SliceWiseError(f"registering version {version} failed and it was removed: {exc}", model_uri) from exc
+        what = "it keeps the alias an earlier attempt gave it" if kept else "it was removed"
+        raise SliceWiseError(f"registering version {version} failed and {what}: {exc}", model_uri) from exc
     return version
 
 
@@ -269,11 +296,12 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         "promotion": "promoted" if decision.promoted else "rejected", "promotion_reason": decision.reason,
         "promotion_gate": json.dumps(decision.as_dict()["criteria"]),  # machine-readable: /model/info shows it
         "onnx_sha256": release.onnx_sha256, "mlflow_run_id": tracker.run_id,
-        "test_accuracy": str(release.metrics["classification"]["accuracy"]),
-        "test_sensitivity": str(release.metrics["classification"]["sensitivity"]),
-        "test_dice": str(release.metrics.get("segmentation", {}).get("dice")),
-        "test_volume_dice": str(release.metrics.get("segmentation_volume", {}).get("dice")),
-        "threshold": str(release.metrics["classification"]["threshold"]),
+        # .get: a metric missing from metrics.json fails its gate criterion (above), it must not crash the tags
+        "test_accuracy": str((release.metrics.get("classification") or {}).get("accuracy")),
+        "test_sensitivity": str((release.metrics.get("classification") or {}).get("sensitivity")),
+        "test_dice": str((release.metrics.get("segmentation") or {}).get("dice")),
+        "test_volume_dice": str((release.metrics.get("segmentation_volume") or {}).get("dice")),
+        "threshold": str((release.metrics.get("classification") or {}).get("threshold")),
     }
     card = render_model_card(model_name=name, version=None, profile=settings.profile,
                              data_source=settings.data.source, image_size=settings.active.image_size,
@@ -289,10 +317,11 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
             logged = retrying(cfg, "log model", log_model, release, example, tracker, card, examples)
         version = create_verified_version(registry, logged.model_uri, version_tags, card, release, example, alias)
     except BaseException:
-        discard_logged_models(tracker, logged)
+        discard_logged_models(tracker, logged, keep=aliased_model_ids(registry))
         raise
-    if registry.client.get_model_version(name, version).source != logged.model_uri:
-        discard_logged_models(tracker, logged, search=False)  # an earlier attempt's model was completed instead
+    registered = retrying(cfg, "read version", registry.client.get_model_version, name, version)
+    if registered.source != logged.model_uri:  # an earlier attempt's model was completed instead
+        discard_logged_models(tracker, logged, search=False, keep=aliased_model_ids(registry))
     tracker.set_tags({"registered_version": version, "promotion": version_tags["promotion"]})
     log.info("register: %s version %s -> @%s (%s)", name, version, alias, decision.reason)
     return {"registered": True, "model_name": name, "version": version, "promoted": decision.promoted, "alias": alias,

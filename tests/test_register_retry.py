@@ -1,0 +1,96 @@
+"""A retried `register` (Prefect retries it: the store is on the network) must never break the champion that an
+earlier attempt promoted: neither delete the version holding the alias nor the logged model behind it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tasks.config import TrackingSettings
+from tasks.errors import SliceWiseError
+from tasks.io import sha256_file
+
+
+def tiny_onnx(path: Path, k: float) -> Path:
+    """image (N, 1, 8, 8) → seg_logits = k * image, cls_logits = mean of seg_logits."""
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, 8, 8])
+    seg = helper.make_tensor_value_info("seg_logits", TensorProto.FLOAT, [None, 1, 8, 8])
+    cls = helper.make_tensor_value_info("cls_logits", TensorProto.FLOAT, [None])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["image", "k"], ["seg_logits"]),
+         helper.make_node("ReduceMean", ["seg_logits"], ["mean"], keepdims=0),
+         helper.make_node("Reshape", ["mean", "shape"], ["cls_logits"])],
+        "tiny", [image], [seg, cls],
+        initializer=[helper.make_tensor("k", TensorProto.FLOAT, [1], [k]),
+                     helper.make_tensor("shape", TensorProto.INT64, [1], [-1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    from tasks.release import registration
+    from tasks.release.registry import ModelRegistry
+    from tasks.tracking.mlflow_runs import MlflowTracker
+    from tasks.tracking.store import fluent_store, make_client
+
+    cfg = TrackingSettings(max_attempts=1, backoff_seconds=0)
+    client = make_client(cfg)
+    experiment = client.create_experiment("retry", artifact_location=(tmp_path / "artifacts").as_uri())
+    (tmp_path / "best.pt").write_bytes(b"weights")
+    (tmp_path / "model.json").write_text("{}")
+    registry = ModelRegistry(cfg, "slicewise", client)
+    example = np.ones((1, 1, 8, 8), np.float32)
+
+    def attempt(run_id: str, k: float):
+        onnx_path = tiny_onnx(tmp_path / f"m{k}.onnx", k)
+        release = registration.Release(onnx_path, tmp_path / "best.pt", tmp_path / "model.json", {}, {}, {},
+                                       sha256_file(onnx_path))
+        tracker = MlflowTracker(client, run_id, cfg)
+        tags = {"onnx_sha256": release.onnx_sha256, "mlflow_run_id": run_id}
+        with fluent_store():
+            logged = registration.log_model(release, example, tracker, "# slicewise\ncard")
+            version = registration.create_verified_version(registry, logged.model_uri, tags, "# slicewise\ncard",
+                                                           release, example, "champion")
+        return version, tracker, release
+
+    run = lambda: client.create_run(experiment).info.run_id  # noqa: E731
+    return registration, registry, attempt, run, example
+
+
+def test_a_retry_that_fails_to_log_keeps_the_champions_model(store, tmp_path):
+    registration, registry, attempt, run, _ = store
+    attempt(run(), 1.0)
+    version, tracker, _ = attempt(run(), 2.0)  # attempt 1 of a pipeline run: promoted, then something later failed
+    assert registry.by_alias("champion").version == int(version)
+    # attempt 2 fails while logging: what register's cleanup does then
+    registration.discard_logged_models(tracker, None, keep=registration.aliased_model_ids(registry))
+    champion = registry.by_alias("champion")
+    assert champion.version == int(version)
+    downloaded = registry.download(str(champion.version), tmp_path / "download")
+    assert any(p.suffix == ".onnx" for p in downloaded.rglob("*"))  # its files are all still there
+
+
+def test_a_retry_that_fails_to_verify_keeps_the_version_holding_the_alias(store):
+    registration, registry, attempt, run, example = store
+    attempt(run(), 1.0)
+    pipeline_run = run()
+    version, _, release = attempt(pipeline_run, 2.0)
+
+    def failing_verify(*args, **kwargs):
+        raise SliceWiseError("download failed after 3 attempt(s)")
+
+    registry.verify = failing_verify  # attempt 2 finds the same version (same run, same ONNX) and cannot verify it
+    with pytest.raises(SliceWiseError):
+        registration.create_verified_version(registry, "models:/whatever", {"onnx_sha256": release.onnx_sha256,
+                                             "mlflow_run_id": pipeline_run}, "# slicewise\ncard", release, example,
+                                             "champion")
+    assert registry.by_alias("champion").version == int(version)
