@@ -238,12 +238,18 @@ class _ModelSettings(_Section):
         Set it there, not under `slice:`."""
         if not isinstance(raw, dict):
             return raw
-        section = raw.get("slice") or {}
-        profile = (raw.get("profiles") or {}).get(raw.get("profile", "quick"))
-        if not (isinstance(section, dict) and isinstance(profile, dict)):
+        section, profiles, name = raw.get("slice") or {}, raw.get("profiles") or {}, raw.get("profile", "quick")
+        if not (isinstance(section, dict) and isinstance(profiles, dict) and isinstance(name, str)):
+            return raw  # the field validators name what is wrong (a TypeError here would be a traceback)
+        profile = profiles.get(name)
+        if not isinstance(profile, dict):
             return raw
-        wanted = tuple(profile.get("modalities", ("flair",)))
-        if "modalities" in section and tuple(section["modalities"]) != wanted:  # a dumped Settings has both, equal
+        modalities = profile.get("modalities", ("flair",))
+        if not isinstance(modalities, (list, tuple)):
+            raise ValueError(f"profiles.{name}.modalities must be a list, e.g. [flair, t1, t1ce, t2]; got "
+                             f"{modalities!r}")
+        wanted = tuple(modalities)
+        if "modalities" in section and tuple(section["modalities"] or ()) != wanted:  # a dumped Settings has both
             raise ValueError("slice.modalities is set from profiles.<name>.modalities (one list per profile); "
                              "set it there")
         return {**raw, "slice": {**section, "modalities": wanted}}
@@ -292,7 +298,8 @@ def load_settings(path: Path | str = paths.PARAMS) -> Settings:
     try:
         return Settings.model_validate(raw or {})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+                             + e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise SliceWiseError(f"invalid parameters: {problems}", path) from exc
 
 
@@ -306,7 +313,10 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SliceWiseError(f"expected KEY=VALUE, got {item!r}")
-        updates[key] = yaml.safe_load(value)
+        try:
+            updates[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SliceWiseError(f"{item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from exc
     return updates
 
 
@@ -325,16 +335,20 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> N
         node = doc
         *parents, leaf = dotted.split(".")
         for key in parents:
-            if key not in node:
+            if not isinstance(node, dict) or key not in node:
                 raise SliceWiseError(f"unknown key {dotted!r}: no {key!r} there", path)
             node = node[key]
+        if not isinstance(node, dict):  # e.g. `profile.x=1`: `profile` holds a value, not keys
+            raise SliceWiseError(f"unknown key {dotted!r}: {'.'.join(parents)} holds a value, not keys", path)
         node[leaf] = value
     tmp = path.with_suffix(".yaml.tmp")
-    with tmp.open("w") as fh:
-        rt.dump(doc, fh)
     try:
-        load_settings(tmp)
-    except SliceWiseError:
-        tmp.unlink()
-        raise
-    tmp.replace(path)
+        with tmp.open("w") as fh:
+            rt.dump(doc, fh)
+        try:
+            load_settings(tmp)
+        except SliceWiseError as exc:  # name the file the user edits, not the temporary copy
+            raise SliceWiseError(exc.reason, path) from exc
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a bad value never lands, and leaves no params.yaml.tmp behind

@@ -225,6 +225,30 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
         parse_assignments(["seed"])
 
 
+@pytest.mark.parametrize(("updates", "words"), [
+    ({"profile": ["quick"]}, "profile: Input should be a valid string"),
+    ({"profiles.quick.modalities": 3}, "profiles.quick.modalities must be a list"),
+    ({"profiles.quick.modalities": "flair"}, "profiles.quick.modalities must be a list"),
+    ({"profile": "quik"}, "profile 'quik' is not one of profiles"),
+    ({"profile.x": 1}, "profile holds a value, not keys"),
+    ({"data.source.x": 1}, "holds a value, not keys"),
+])
+def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, updates, words):
+    """Wrong types reached a validator that raised TypeError (a traceback); `tasks set` left params.yaml.tmp."""
+    from tasks.config import parse_assignments, set_params
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    before = params.read_text()
+    with pytest.raises(SliceWiseError) as error:
+        set_params(updates, params)
+    assert str(error.value).startswith(f"{params}: ") and words in str(error.value), str(error.value)
+    assert params.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
+    with pytest.raises(SliceWiseError, match="not valid YAML"):
+        parse_assignments(["promotion.min_accuracy=[1"])
+
+
 def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_path):
     """slice_patient normalises only the slices it keeps, with the volume's brain statistics: the result must be the
     z-scored volume's slices, resized, to the bit (processed data must not change with the speed-up)."""

@@ -115,6 +115,18 @@ def test_new_parent_after_register_or_changed_params(store, tiny_settings):
     assert third not in (first, second) and client().get_run(second).info.status == "FINISHED"
 
 
+def test_a_failed_register_is_rerun_in_the_same_pipeline_run(store, tiny_settings):
+    """`dvc repro` after a failed register: the rerun goes on in the parent run that holds the step runs."""
+    settings = tracked(tiny_settings)
+    step = MlflowTracker.for_step(settings, "train_seg")
+    step.close()
+    MlflowTracker.for_step(settings, "register").close("FAILED")
+    assert client().get_run(step.parent_run_id).info.status == "FAILED"
+    again = MlflowTracker.for_step(settings, "register")
+    assert again.run_id == step.parent_run_id  # the register tracker is on the parent run itself
+    assert client().get_run(step.parent_run_id).info.status == "RUNNING"
+
+
 def test_parent_from_the_environment(store, tiny_settings, monkeypatch):
     settings = tracked(tiny_settings)
     parent = open_parent_run(settings)

@@ -210,5 +210,5 @@ class MlflowTracker:
                     raise
                 log.warning("MLflow: could not mark run %s %s: %s", run_id, status, exc)
                 break
-        if self.parent_run_id is None:
+        if self.parent_run_id is None and status == "FINISHED":  # a failed register's rerun must find its run
             _forget_pointer(self.run_id)
