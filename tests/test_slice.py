@@ -375,6 +375,10 @@ def test_odd_real_world_inputs_are_rejected_or_read_as_serving_reads_them(tmp_pa
 
     raw, out = make_raw(tmp_path, n=1), tmp_path / "processed"
     rng = np.random.default_rng(7)
+    four_d = write_patient(raw / "brats", "BraTS20_Training_022", rng)  # its FLAIR stored as (X, Y, Z, 1)
+    flair = nib.load(four_d / "BraTS20_Training_022_flair.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(flair.dataobj)[..., None], flair.affine),
+             four_d / "BraTS20_Training_022_flair.nii.gz")
     for name, value in (("BraTS20_Training_020", np.inf), ("BraTS20_Training_021", np.nan)):
         folder = write_patient(raw / "brats", name, rng)
         flair = nib.load(folder / f"{name}_flair.nii.gz")
@@ -398,9 +402,10 @@ def test_odd_real_world_inputs_are_rejected_or_read_as_serving_reads_them(tmp_pa
     assert "at least 8" in reasons["dot.png"] and "DecompressionBomb" in reasons["bomb.png"]
     manifest = read_manifest(out / "manifest.csv")
     assert "BraTS20_Training_021" in set(manifest["patient"])  # NaN outside the brain is background
+    assert "BraTS20_Training_022" in set(manifest["patient"])  # a trailing axis of one is a 3D volume
     assert np.isfinite(read_shard(out / "brats" / "BraTS20_Training_021.npz").images.astype(np.float32)).all()
     row = manifest[manifest["patient"] == "kaggle_yes_sixteen"].iloc[0]
     stored = read_shard(out / row["shard"]).images[row["row"]].astype(np.float32)
     expected = prepare_array_slice(wide.astype(np.float32), 32)  # as /v1/predict reads a 16-bit PNG
     assert np.abs(stored - expected).max() < 0.01 and len(np.unique(stored.round(3))) > 100
-    assert result["patients"] == 2
+    assert result["patients"] == 3

@@ -28,6 +28,8 @@ def load_volume(path: Path, labels: bool = False) -> tuple[np.ndarray, tuple[flo
             data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel, gzip and zlib raise many types for damaged files
         raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
+    if data.ndim == 4 and data.shape[3] == 1:  # a 3D volume stored with a trailing time axis of one
+        data = data[..., 0]
     if data.ndim != 3:
         raise SliceWiseError(f"expected a 3D volume, got shape {data.shape}", path)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
