@@ -46,6 +46,15 @@ def hostname(value: str) -> str | None:
         return None
 
 
+def _host_entry(entry: str) -> str:
+    """An `allowed_hosts` entry as a host name: 'mri.example.org:443' → 'mri.example.org', '[::1]:8000' → '::1';
+    a bare IPv6 address ('2001:db8::1') stays whole (its colons are no port)."""
+    entry = entry.strip().lower()
+    if entry.count(":") > 1 and not entry.startswith("["):
+        return entry
+    return hostname(entry) or entry.strip("[]")
+
+
 def origin_netloc(origin: str) -> str | None:
     """'http://Example.org:8000' → 'example.org:8000' (what a Host header of the same origin says); None for 'null',
     a malformed origin or one without a host."""
@@ -102,7 +111,7 @@ class HostOriginGuard:
     def __init__(self, app, bind_host: str, allowed_hosts: tuple[str, ...]):
         self.app = app
         # pages elsewhere that may post; an entry written with a port ("mri.example.org:443") names its host
-        self.origin_hosts = {hostname(h.strip()) or h.strip().lower().strip("[]") for h in allowed_hosts}
+        self.origin_hosts = {_host_entry(h) for h in allowed_hosts}
         self.any_host = "*" in self.origin_hosts
         wildcard_bind = bind_host in ("", "0.0.0.0", "::")
         self.allowed = (self.origin_hosts | LOOPBACK_NAMES

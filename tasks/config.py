@@ -249,7 +249,8 @@ class _ModelSettings(_Section):
             raise ValueError(f"profiles.{name}.modalities must be a list, e.g. [flair, t1, t1ce, t2]; got "
                              f"{modalities!r}")
         wanted = tuple(modalities)
-        if "modalities" in section and tuple(section["modalities"] or ()) != wanted:  # a dumped Settings has both
+        given = section.get("modalities", wanted)
+        if not isinstance(given, (list, tuple)) or tuple(given) != wanted:  # a dumped Settings has both, equal
             raise ValueError("slice.modalities is set from profiles.<name>.modalities (one list per profile); "
                              "set it there")
         return {**raw, "slice": {**section, "modalities": wanted}}

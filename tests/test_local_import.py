@@ -1,5 +1,7 @@
 """A quirky local BraTS/Kaggle download is found recursively and normalised into the raw layout."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -92,10 +94,29 @@ def test_patient_folders_linked_in_are_found_and_archives_are_named(tmp_path, ca
     (tmp_path / "src" / "BraTS20_Training_009").symlink_to(tmp_path / "elsewhere" / "BraTS20_Training_009")
     (tmp_path / "src" / "loop").symlink_to(tmp_path / "src")  # a link loop must not hang the walk
     (tmp_path / "src" / "BraTS20_Training_010.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    linked = write_patient(tmp_path / "elsewhere", "BraTS20_Training_011", rng)  # files linked one by one
+    (tmp_path / "src" / "BraTS20_Training_011").mkdir()
+    for file in linked.iterdir():
+        (tmp_path / "src" / "BraTS20_Training_011" / file.name).symlink_to(os.path.relpath(file, tmp_path / "src" /
+                                                                                            "BraTS20_Training_011"))
+    (tmp_path / "src" / "BraTS20_Training_011" / "BraTS20_Training_011_t2.nii.gz").unlink()
+    (tmp_path / "src" / "BraTS20_Training_011" / "BraTS20_Training_011_t2.nii.gz").symlink_to("/nonexistent/t2")
     with caplog.at_level("WARNING"):
-        assert import_brats(tmp_path / "src", tmp_path / "out") == 1
+        assert import_brats(tmp_path / "src", tmp_path / "out") == 2
     assert (tmp_path / "out" / "BraTS20_Training_009" / "BraTS20_Training_009_flair.nii.gz").exists()
     assert "BraTS20_Training_010.zip" in caplog.text and "not extracted" in caplog.text
+    imported = tmp_path / "out" / "BraTS20_Training_011"
+    assert all(not p.is_symlink() and p.is_file() for p in imported.iterdir())  # the files, not links to them
+    assert not (imported / "BraTS20_Training_011_t2.nii.gz").exists()  # a dangling link is no file: t2 missing
+
+
+def test_a_fraction_of_a_kaggle_folder_with_only_one_class(tmp_path):
+    write_kaggle(tmp_path / "archive", np.random.default_rng(3))
+    for image in (tmp_path / "archive" / "no").iterdir():
+        image.unlink()
+    (tmp_path / "archive" / "no").rmdir()
+    counts = import_kaggle(tmp_path / "archive", tmp_path / "out", fraction=0.5, seed=1)
+    assert counts["no"] == 0 and counts["yes"] >= 1
 
 
 def test_import_kaggle_takes_yes_no_folders_any_case(tmp_path):

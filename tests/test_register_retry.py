@@ -72,7 +72,7 @@ def test_a_retry_that_fails_to_log_keeps_the_champions_model(store, tmp_path):
     version, tracker, _ = attempt(run(), 2.0)  # attempt 1 of a pipeline run: promoted, then something later failed
     assert registry.by_alias("champion").version == int(version)
     # attempt 2 fails while logging: what register's cleanup does then
-    registration.discard_logged_models(tracker, None, keep=registration.aliased_model_ids(registry))
+    registration.discard_logged_models(tracker, None, keep=registration.registered_model_ids(registry))
     champion = registry.by_alias("champion")
     assert champion.version == int(version)
     downloaded = registry.download(str(champion.version), tmp_path / "download")
@@ -94,3 +94,26 @@ def test_a_retry_that_fails_to_verify_keeps_the_version_holding_the_alias(store)
                                              "mlflow_run_id": pipeline_run}, "# slicewise\ncard", release, example,
                                              "champion")
     assert registry.by_alias("champion").version == int(version)
+
+
+def test_when_the_store_cannot_say_what_is_registered_only_the_known_model_goes(store, tmp_path):
+    """A store that fails mid-cleanup: nothing found by search is deleted, and no artifact folder is removed
+    whose model the store did not let go."""
+    registration, registry, attempt, run, _ = store
+    version, tracker, _ = attempt(run(), 1.0)
+
+    class Flaky:  # the registry's and the run's client, with the deletes and the lookups failing
+        def __init__(self, client):
+            self.client = client
+
+        def __getattr__(self, name):
+            if name in ("search_model_versions", "delete_logged_model", "get_model_version"):
+                raise ConnectionError("database is locked")
+            return getattr(self.client, name)
+
+    registry.client = tracker.client = Flaky(tracker.client)
+    assert registration.registered_model_ids(registry) is None and registration._holds_alias(registry, version)
+    registration.discard_logged_models(tracker, None, keep=registration.registered_model_ids(registry))
+    registry.client = tracker.client = tracker.client.client
+    downloaded = registry.download(version, tmp_path / "download")
+    assert any(p.suffix == ".onnx" for p in downloaded.rglob("*"))

@@ -220,9 +220,13 @@ def test_cross_origin_posts_are_refused(files):
         for malformed in ("http://[zz", "null", "http://"):  # refused with a reason, never a 500
             answer = client.post("/v1/predict", files=upload, headers={"Origin": malformed})
             assert answer.status_code == 403 and "cross-origin" in answer.json()["detail"], malformed
-    allowed = file_app(files, allowed_hosts=("ui.example.org:443",))  # a port in the entry is ignored
+    allowed = file_app(files, allowed_hosts=("ui.example.org:443", "2001:db8::1"))  # a port in an entry is ignored
     with local_client(allowed, base_url="http://127.0.0.1:8000") as client:
         assert client.post("/v1/predict", files=upload, headers={"Origin": "https://ui.example.org"}).status_code == 200
+    with local_client(allowed, base_url="http://[2001:db8::1]:8000") as client:  # a bare IPv6 entry stays whole
+        assert client.get("/healthz").status_code == 200
+    with local_client(allowed, base_url="http://2001:8000") as client:
+        assert client.get("/healthz").status_code == 400
 
 
 def test_a_localhost_server_refuses_foreign_host_names(files):

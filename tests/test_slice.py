@@ -232,6 +232,7 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
     ({"profile": "quik"}, "profile 'quik' is not one of profiles"),
     ({"profile.x": 1}, "profile holds a value, not keys"),
     ({"data.source.x": 1}, "holds a value, not keys"),
+    ({"slice.modalities": 3}, "slice.modalities is set from profiles.<name>.modalities"),
 ])
 def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, updates, words):
     """Wrong types reached a validator that raised TypeError (a traceback); `tasks set` left params.yaml.tmp."""

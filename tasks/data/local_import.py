@@ -77,7 +77,8 @@ def walk_files(root: Path) -> list[Path]:
             continue
         seen.add(real)
         found += [Path(folder) / name for name in files]
-    return sorted(p for p in found if not is_shadow(p.relative_to(root)))
+    # a dangling link is no file (rglob + is_file() skipped it too); a link to a file counts as that file
+    return sorted(p for p in found if not is_shadow(p.relative_to(root)) and p.is_file())
 
 
 def find_brats_patients(root: Path) -> dict[str, dict[str, Path]]:
@@ -126,6 +127,7 @@ def find_kaggle_images(root: Path) -> dict[str, list[Path]]:
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link when possible (no extra disk for multi-GB data sets), copy otherwise."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    src = Path(os.path.realpath(src))  # a symlinked file: its target (os.link would link the link itself)
     try:
         os.link(src, dst)
     except OSError:
@@ -136,7 +138,7 @@ def choose_fraction(names: list[str], fraction: float, seed: int) -> list[str]:
     """A seeded subset of `names` (at least one), so smaller profiles use fewer patients reproducibly. Each name is
     in or out on its own (a hash of seed and name below `fraction`), so adding a patient to the folder never
     changes which of the others are used: the slice step then reslices only the new one."""
-    if fraction >= 1.0:
+    if fraction >= 1.0 or not names:
         return names
     draw = {name: _uniform(seed, name) for name in names}
     picked = [name for name in names if draw[name] < fraction]

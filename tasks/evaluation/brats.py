@@ -120,7 +120,7 @@ def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: S
     """One raw BraTS patient folder → its per-region scores and its uncertainty-on-errors figures."""
     volumes = [load_volume(find_part(patient_dir, modality))[0] for modality in modalities]
     seg_path = find_part(patient_dir, "seg")
-    truth_volume, spacing = load_volume(seg_path)
+    truth_volume, spacing = load_volume(seg_path, labels=True)  # as stored: a NaN label is an error, not 0
     truth = brats2020_labels(truth_volume, seg_path)  # mapped and checked as the slice step does
     result = predict_volume(predictor, volumes, image_size, flips, threshold)
     brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)

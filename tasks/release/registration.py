@@ -40,7 +40,7 @@ from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, ModelR
 from tasks.tracking import provenance
 from tasks.tracking.mlflow_runs import MlflowTracker
 from tasks.redaction import redact
-from tasks.tracking.store import fluent_store, retrying, tracking_uri
+from tasks.tracking.store import check_store_present, fluent_store, retrying, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -196,24 +196,27 @@ def find_or_create_version(registry: ModelRegistry, model_uri: str, tags: dict, 
 
 
 def discard_logged_models(tracker: MlflowTracker, known: LoggedModel | None, search: bool = True,
-                          keep: frozenset[str] = frozenset()) -> None:
+                          keep: frozenset[str] | None = frozenset()) -> None:
     """Remove what a failed register logged: the run's logged models (the known one, and with `search` any whose
-    creation answer was lost) and their local artifact folders, except those in `keep` (the models behind versions
-    that hold an alias: a retried register must never delete the champion an earlier attempt promoted). Best
-    effort: the store may be why it failed."""
+    creation answer was lost) and their local artifact folders, except those in `keep`: the models behind
+    registered versions (a retried register must never delete the champion an earlier attempt promoted). `keep`
+    None means the store could not say which those are: then only the known model goes. Best effort: the store may
+    be why it failed, and a folder is only removed once the store has let its model go."""
     client, models = tracker.client, {}
     if known is not None:
         models[known.model_id] = known.artifact_location
-    if search:
+    if search and keep is not None:
         models |= _logged_models_of_run(tracker)
     for model_id, location in models.items():
-        if model_id in keep:
-            log.info("register: kept logged model %s, which a version with an alias uses", model_id)
+        if keep and model_id in keep:
+            log.info("register: kept logged model %s, which a registered version uses", model_id)
             continue
         try:
             client.delete_logged_model(model_id)
         except Exception as exc:
             log.warning("register: could not delete logged model %s (%s)", model_id, type(exc).__name__)
+            if not _store_lost():  # the store may still list it (the champion?): its files stay with it
+                continue
         if location and location.startswith("file:"):
             folder = Path(unquote(urlparse(location).path))
             folder = folder.parent if folder.parent.name == model_id else folder  # .../models/<id>/artifacts
@@ -221,21 +224,31 @@ def discard_logged_models(tracker: MlflowTracker, known: LoggedModel | None, sea
         log.info("register: removed logged model %s", model_id)
 
 
+def _store_lost() -> bool:
+    """The local store file that this process used is gone: no version can point at the files left behind."""
+    try:
+        check_store_present("register clean-up")
+    except SliceWiseError:
+        return True
+    return False
+
+
 def _holds_alias(registry: ModelRegistry, version: str) -> bool:
+    """Whether the version holds an alias; True when the store cannot say (keeping a version errs safe, deleting
+    the champion's would not)."""
     try:
         return bool(registry.client.get_model_version(registry.model_name, version).aliases)
     except Exception:
-        return False
+        return True
 
 
-def aliased_model_ids(registry: ModelRegistry) -> frozenset[str]:
-    """The logged models behind the versions that hold an alias (champion, challenger); empty when the store
-    cannot say (then nothing can be deleted from it either)."""
-    client, name = registry.client, registry.model_name
-    try:  # the registered model's alias map: a version search leaves its versions' aliases empty
-        versions = [client.get_model_version(name, v) for v in set(client.get_registered_model(name).aliases.values())]
+def registered_model_ids(registry: ModelRegistry) -> frozenset[str] | None:
+    """The logged models behind the registered versions (champion, challenger, any other); None when the store
+    cannot say."""
+    try:
+        versions = registry.client.search_model_versions(f"name = '{registry.model_name}'")
     except Exception:
-        return frozenset()
+        return None
     return frozenset(v.model_id or v.source.rsplit("/", 1)[-1] for v in versions)
 
 
@@ -317,11 +330,11 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
             logged = retrying(cfg, "log model", log_model, release, example, tracker, card, examples)
         version = create_verified_version(registry, logged.model_uri, version_tags, card, release, example, alias)
     except BaseException:
-        discard_logged_models(tracker, logged, keep=aliased_model_ids(registry))
+        discard_logged_models(tracker, logged, keep=registered_model_ids(registry))
         raise
     registered = retrying(cfg, "read version", registry.client.get_model_version, name, version)
     if registered.source != logged.model_uri:  # an earlier attempt's model was completed instead
-        discard_logged_models(tracker, logged, search=False, keep=aliased_model_ids(registry))
+        discard_logged_models(tracker, logged, search=False, keep=registered_model_ids(registry))
     tracker.set_tags({"registered_version": version, "promotion": version_tags["promotion"]})
     log.info("register: %s version %s -> @%s (%s)", name, version, alias, decision.reason)
     return {"registered": True, "model_name": name, "version": version, "promoted": decision.promoted, "alias": alias,
