@@ -81,14 +81,15 @@ def walk_files(root: Path) -> list[Path]:
     return sorted(p for p in found if not is_shadow(p.relative_to(root)) and p.is_file())
 
 
-def find_brats_patients(root: Path) -> dict[str, dict[str, Path]]:
+def find_brats_patients(root: Path, files: list[Path] | None = None) -> dict[str, dict[str, Path]]:
     """Patient folder name → {part: file}, for every folder under `root` holding at least one BraTS NIfTI.
 
     Two different folders with one patient name are an error naming both: merging their files would build one
-    patient from two (a T2 from one site, the rest from another), and keeping either would hide the other."""
+    patient from two (a T2 from one site, the rest from another), and keeping either would hide the other.
+    `files`: `walk_files(root)`, when the caller has it already."""
     patients: dict[str, dict[str, Path]] = {}
     folders: dict[str, Path] = {}
-    for path in walk_files(root):
+    for path in walk_files(root) if files is None else files:
         if (part := classify_brats_file(path)) is None:
             continue
         name = path.parent.name
@@ -102,9 +103,9 @@ def find_brats_patients(root: Path) -> dict[str, dict[str, Path]]:
     return patients
 
 
-def unextracted_archives(root: Path) -> list[Path]:
-    """Archives lying in a data folder: whatever they hold is not imported until they are extracted."""
-    return [p for p in walk_files(root) if p.name.lower().endswith(ARCHIVE_SUFFIXES)]
+def unextracted_archives(files: list[Path]) -> list[Path]:
+    """Archives among a data folder's files: whatever they hold is not imported until they are extracted."""
+    return [p for p in files if p.name.lower().endswith(ARCHIVE_SUFFIXES)]
 
 
 def find_kaggle_images(root: Path) -> dict[str, list[Path]]:
@@ -154,8 +155,9 @@ def _uniform(seed: int, name: str) -> float:
 def import_brats(source: Path, out_dir: Path, fraction: float = 1.0, seed: int = 0) -> int:
     if not source.is_dir():
         raise SliceWiseError("data.brats_dir is not a folder", source)
-    patients = find_brats_patients(source)
-    if archives := unextracted_archives(source):
+    files = walk_files(source)  # one walk of a folder that may hold thousands of files
+    patients = find_brats_patients(source, files)
+    if archives := unextracted_archives(files):
         log.warning("%d archive(s) under %s are not extracted, so nothing in them is imported: %s", len(archives),
                     source, ", ".join(str(p) for p in archives[:10]))
     if not patients:
