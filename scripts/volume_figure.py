@@ -64,7 +64,7 @@ def main() -> None:
                          **{f"uncertainty_{k}": round(v, 4) for k, v in scored["uncertainty"].items()}})
             print(json.dumps(rows[-1]))
             if args.figure and name == "tta_on" and not drawn:
-                flair = load_volume(find_part(args.raw / patient, modalities[0]))[0]
+                flair = load_volume(find_part(args.raw / patient, modalities[0])).data
                 draw(args.figure, flair, scored["truth"], scored["prediction"], patient, flips)
                 drawn = True
     for name in ("tta_off", "tta_on"):

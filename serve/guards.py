@@ -3,7 +3,9 @@
 - `BodySizeLimit` refuses a body larger than its route allows before it is parsed or spooled (413).
 - `HostOriginGuard`: a request must name localhost, the bind address or one of `serve.allowed_hosts` in its Host
   header (400), against DNS rebinding: a page on attacker.example whose name resolves to 127.0.0.1 reaches a
-  localhost-bound server too, but its requests name attacker.example. A state-changing request (POST) from a web page
+  localhost-bound server too, but its requests name attacker.example. On a wildcard bind (0.0.0.0, ::) a Host that
+  is an IP address is accepted too: rebinding needs a name, and a browser that sends an address reached the server
+  by that address (a Kubernetes probe sends the pod's IP). A state-changing request (POST) from a web page
   must come from the page the API serves itself (Origin = the Host it was sent to) or from one of
   `serve.allowed_hosts` (403), so another site, or another program's page on another localhost port, cannot make a
   visitor's browser post to the API.
@@ -34,6 +36,14 @@ def is_loopback(host: str) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
     except ValueError:
         return False
 
@@ -113,16 +123,21 @@ class HostOriginGuard:
         # pages elsewhere that may post; an entry written with a port ("mri.example.org:443") names its host
         self.origin_hosts = {_host_entry(h) for h in allowed_hosts}
         self.any_host = "*" in self.origin_hosts
-        wildcard_bind = bind_host in ("", "0.0.0.0", "::")
+        self.wildcard_bind = bind_host in ("", "0.0.0.0", "::")
         self.allowed = (self.origin_hosts | LOOPBACK_NAMES
-                        | (set() if wildcard_bind else {bind_host.lower().strip("[]")}))
+                        | (set() if self.wildcard_bind else {bind_host.lower().strip("[]")}))
+
+    def _serves(self, host: str | None) -> bool:
+        # On a wildcard bind the server answers on every address it has; which ones it has can change (a pod's IP),
+        # so any address literal is taken: only a name can be rebound to another address.
+        return host in self.allowed or (self.wildcard_bind and host is not None and is_ip_address(host))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and not self.any_host:
             headers = dict(scope.get("headers") or [])
             host_header = headers.get(b"host", b"").decode("latin-1")
             host = hostname(host_header)
-            if host not in self.allowed:
+            if not self._serves(host):
                 return await self._refuse(400, f"Host {host!r} is not served here: add it to serve.allowed_hosts",
                                           scope, receive, send)
             origin = headers.get(b"origin")

@@ -207,6 +207,21 @@ def test_host_must_be_allowed_when_bound_beyond_localhost(files):
             assert client.get("/").status_code == 200, base
 
 
+def test_a_server_bound_to_all_interfaces_answers_on_its_addresses(files):
+    """A Kubernetes probe names the pod's IP, which no config knows in advance; an address cannot be rebound, so a
+    wildcard bind accepts any IP literal, while names still have to be listed, and a localhost bind stays strict."""
+    wildcard = file_app(files, bind_host="0.0.0.0")
+    for base in ("http://10.1.2.3:8000", "http://[fd00::5]:8000", "http://192.168.0.7"):
+        with local_client(wildcard, base_url=base) as client:
+            assert client.get("/healthz").status_code == 200, base
+            assert client.head("/healthz").status_code == 200, base
+    for base in ("http://attacker.example:8000", "http://10.1.2.3.nip.io:8000"):
+        with local_client(wildcard, base_url=base) as client:
+            assert client.get("/healthz").status_code == 400, base
+    with local_client(file_app(files, bind_host="127.0.0.1"), base_url="http://10.1.2.3:8000") as client:
+        assert client.get("/healthz").status_code == 400
+
+
 def test_cross_origin_posts_are_refused(files):
     upload = {"file": ("s.png", png_bytes(brain_slice()))}
     with local_client(file_app(files), base_url="http://127.0.0.1:8000") as client:

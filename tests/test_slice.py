@@ -76,6 +76,39 @@ def test_bad_inputs_are_rejected_with_reasons(tmp_path):
     assert set(read_manifest(out / "manifest.csv")["patient"]).isdisjoint({"BraTS20_Training_010", "BraTS20_Training_011"})
 
 
+def test_a_modality_on_another_grid_is_rejected_by_name(tmp_path):
+    """Same shape, other place: a T1 shifted by 2 mm (or flipped) would pair each FLAIR voxel with other anatomy,
+    so the patient is rejected, naming the file; float32 rounding of the affine is not a different grid."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    rng = np.random.default_rng(0)
+    for name in ("BraTS20_Training_020", "BraTS20_Training_021", "BraTS20_Training_022"):
+        write_patient(raw / "brats", name, rng)
+    for name, change in (("BraTS20_Training_020", "flipped"), ("BraTS20_Training_021", "shifted"),
+                         ("BraTS20_Training_022", "rounded")):
+        path = raw / "brats" / name / f"{name}_t1.nii.gz"
+        image = nib.load(path)
+        affine = image.affine.copy()
+        if change == "flipped":
+            affine = affine @ np.diag([-1.0, 1.0, 1.0, 1.0])
+        elif change == "shifted":
+            affine[0, 3] += 2.0  # mm
+        else:
+            affine[:3, :3] += 1e-5  # header rounding: the same grid
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), affine), path)
+    write_kaggle(raw / "kaggle", rng, n_per_class=2)
+
+    four = SliceSettings(modalities=("flair", "t1", "t1ce", "t2"), min_brain_fraction=0.05, workers=2)
+    result = slice_dataset(raw, out, four, image_size=32, stride=1)
+
+    rejected = pd.read_csv(out / "rejected.csv")
+    reasons = dict(zip(rejected["file"].map(lambda f: f.split("/")[-1]), rejected["reason"]))
+    for name in ("BraTS20_Training_020", "BraTS20_Training_021"):
+        assert f"{name}_t1.nii.gz is not on {name}_flair.nii.gz's grid" in reasons[name]
+    assert "BraTS20_Training_022" not in reasons
+    assert set(read_manifest(out / "manifest.csv")["patient"]) >= {"BraTS20_Training_022"}
+    assert result["rejected"] == 2
+
+
 def test_nothing_usable_is_a_clear_error(tmp_path):
     raw = tmp_path / "raw"
     write_patient(raw / "brats", "BraTS20_Training_001", np.random.default_rng(0), parts=("t1", "seg"))
@@ -294,7 +327,7 @@ def test_label_maps_are_read_as_stored_integers_unless_scaled(stored, slope, exp
     if slope is not None:
         image.header.set_slope_inter(slope, 0.0)
     nib.save(image, tmp_path / "seg.nii.gz")
-    data, _ = load_volume(tmp_path / "seg.nii.gz", labels=True)
+    data = load_volume(tmp_path / "seg.nii.gz", labels=True).data
     assert data.dtype == expected_dtype
     labels = brats2020_labels(data, tmp_path / "seg.nii.gz")
     assert labels.dtype == np.uint8 and labels[2, 2, 1] == 4 and labels[3, 3, 1] == (2 if slope is None else 4)

@@ -37,7 +37,7 @@ from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.local_import import IMAGE_SUFFIXES, find_part, nifti_extension
 from tasks.data.process_pool import process_pool
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
-from tasks.data.volumes import brats2020_labels, load_volume
+from tasks.data.volumes import brats2020_labels, load_volume, same_grid
 from tasks.errors import SliceWiseError
 from tasks.io import atomic_write, write_text_atomic
 
@@ -102,14 +102,16 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     """One BraTS patient folder → a Shard of its brain-containing axial slices."""
     modality_paths = [find_part(patient_dir, modality) for modality in spec.modalities]
     seg_path = find_part(patient_dir, "seg")  # every file found before any is read: a missing one costs nothing
-    volumes, spacing = [], None
-    for path in modality_paths:
-        volume, spacing = load_volume(path)
-        volumes.append(volume)
-    seg, _ = load_volume(seg_path, labels=True)
-    for name, volume in zip(spec.modalities + ("seg",), volumes + [seg]):
-        if volume.shape != volumes[0].shape:
-            raise SliceWiseError(f"shape mismatch: {name} {volume.shape} vs {spec.modalities[0]} {volumes[0].shape}", patient_dir)
+    loaded = [load_volume(path) for path in modality_paths] + [load_volume(seg_path, labels=True)]
+    first = loaded[0]
+    for name, path, volume in zip(spec.modalities + ("seg",), modality_paths + [seg_path], loaded):
+        if volume.data.shape != first.data.shape:
+            raise SliceWiseError(f"shape mismatch: {name} {volume.data.shape} vs {spec.modalities[0]} "
+                                 f"{first.data.shape}", patient_dir)
+        if not same_grid(volume.affine, first.affine):  # same shape, other place: its voxels are other anatomy
+            raise SliceWiseError(f"{path.name} is not on {modality_paths[0].name}'s grid (their affines differ: "
+                                 "shifted, flipped or resampled); co-register the modalities first", patient_dir)
+    volumes, seg, spacing = [v.data for v in loaded[:-1]], loaded[-1].data, first.spacing
     labels = brats2020_labels(seg, seg_path)
 
     positive = [v > 0 for v in volumes]  # each modality's brain; the union is the brain the slices are kept by

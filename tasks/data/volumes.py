@@ -6,6 +6,7 @@ Shared by the slice step and the evaluation of whole volumes, which must read a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -14,8 +15,23 @@ from tasks.data import regions
 from tasks.errors import SliceWiseError
 
 
-def load_volume(path: Path, labels: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Voxel data and spacing; truncated or corrupt files raise SliceWiseError naming the file.
+# Two files are on one grid when their affines agree to this (mm for the origin, direction cosines × spacing):
+# float32 header rounding passes, a shift, flip or resampling does not. The serving API checks uploads the same way.
+GRID_TOLERANCE = 1e-3
+
+
+class Volume(NamedTuple):
+    data: np.ndarray
+    spacing: tuple[float, ...]
+    affine: np.ndarray  # voxel → world (mm): which grid the voxels lie on
+
+
+def same_grid(affine: np.ndarray, other: np.ndarray) -> bool:
+    return bool(np.allclose(affine, other, atol=GRID_TOLERANCE))
+
+
+def load_volume(path: Path, labels: bool = False) -> Volume:
+    """Voxel data, spacing and affine; truncated or corrupt files raise SliceWiseError naming the file.
 
     Intensities come as float32. A label map (`labels=True`) comes in the integer type it is stored in when it has
     no scaling, so `brats2020_labels` needs neither a float copy nor a rounding check (BraTS stores uint8 or int16).
@@ -38,7 +54,7 @@ def load_volume(path: Path, labels: bool = False) -> tuple[np.ndarray, tuple[flo
         if np.isinf(data).any():  # it would pass as brain (> 0) and make every z-score NaN
             raise SliceWiseError(f"the volume holds {int(np.isinf(data).sum()):,} infinite values", path)
         data = np.nan_to_num(data, nan=0.0)  # NaN: outside the brain, as 0 is (it never counted as brain)
-    return data, tuple(float(z) for z in image.header.get_zooms()[:3])
+    return Volume(data, tuple(float(z) for z in image.header.get_zooms()[:3]), image.affine)
 
 
 def _unscaled(image) -> bool:

@@ -118,9 +118,9 @@ def uncertainty_on_errors(uncertainty: np.ndarray, wrong: np.ndarray, brain: np.
 def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: Sequence[str], image_size: int,
                      flips: Sequence[Sequence[int]] = NO_TTA, threshold: float = MASK_THRESHOLD) -> dict:
     """One raw BraTS patient folder → its per-region scores and its uncertainty-on-errors figures."""
-    volumes = [load_volume(find_part(patient_dir, modality))[0] for modality in modalities]
+    volumes = [load_volume(find_part(patient_dir, modality)).data for modality in modalities]
     seg_path = find_part(patient_dir, "seg")
-    truth_volume, spacing = load_volume(seg_path, labels=True)  # as stored: a NaN label is an error, not 0
+    truth_volume, spacing, _ = load_volume(seg_path, labels=True)  # as stored: a NaN label is an error, not 0
     truth = brats2020_labels(truth_volume, seg_path)  # mapped and checked as the slice step does
     result = predict_volume(predictor, volumes, image_size, flips, threshold)
     brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)
