@@ -16,6 +16,7 @@ DOWNLOADS = ROOT / "data" / "downloads"  # Kaggle archives, kept outside data/ra
 PROCESSED = ROOT / "data" / "processed"
 MANIFEST = PROCESSED / "manifest.csv"
 REJECTED = PROCESSED / "rejected.csv"
+FINGERPRINTS = PROCESSED / "fingerprints.json"  # per patient: its raw files' digests and the slicing spec's
 
 SPLITS = ROOT / "data" / "splits"
 

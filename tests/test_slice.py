@@ -130,6 +130,55 @@ def test_rerun_reslices_only_new_patients(tmp_path):
     assert slice_dataset(raw, out, CFG, image_size=24, stride=1)["resliced"] == 3  # a changed spec redoes all
 
 
+def test_a_run_killed_halfway_leaves_no_shard_a_later_run_would_trust(tmp_path):
+    """Slice with T1, start again with T2 and kill it after one patient, go back to T1: every shard must hold T1
+    again (the killed run's new shard must not pass under the old fingerprint)."""
+    raw, out = make_raw(tmp_path, n=3), tmp_path / "processed"
+    with_t1 = SliceSettings(modalities=("flair", "t1"), min_brain_fraction=0.05, workers=1)
+    with_t2 = SliceSettings(modalities=("flair", "t2"), min_brain_fraction=0.05, workers=1)
+    slice_dataset(raw, out, with_t1, image_size=32, stride=1)
+
+    def killed_after_one(fn, jobs):
+        yield fn(*jobs[0])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        slice_dataset(raw, out, with_t2, image_size=32, stride=1, map_jobs=killed_after_one)
+    again = slice_dataset(raw, out, with_t1, image_size=32, stride=1)
+
+    assert again["resliced"] >= 1  # at least the patient the killed run overwrote
+    fresh = tmp_path / "fresh"
+    slice_dataset(raw, fresh, with_t1, image_size=32, stride=1)
+    for shard in sorted((fresh / "brats").glob("*.npz")):
+        np.testing.assert_array_equal(read_shard(out / "brats" / shard.name).images, read_shard(shard).images,
+                                      err_msg=shard.name)
+    for name in ("manifest.csv", "fingerprints.json"):  # what a fresh run writes, rows in the same order
+        assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+
+
+def test_training_resume_key_sees_resliced_intensities_of_the_same_size(tmp_path):
+    """A corrected FLAIR (same shape, other values) reslices into a shard of exactly the same size: the key a
+    training stage resumes by must still change, or it would resume weights trained on the old intensities."""
+    from tasks.data.datasets import data_fingerprint
+
+    raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
+    slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    sizes, key = {p.name: p.stat().st_size for p in out.rglob("*.npz")}, data_fingerprint(out, tmp_path / "splits")
+    assert data_fingerprint(out, tmp_path / "splits") == key  # stable while nothing changes
+
+    flair = raw / "brats" / "BraTS20_Training_001" / "BraTS20_Training_001_flair.nii.gz"
+    image = nib.load(flair)
+    data = np.asanyarray(image.dataobj)
+    noise = np.random.default_rng(5).integers(0, 30, size=data.shape)
+    nib.save(nib.Nifti1Image(np.where(data > 0, data + noise, 0).astype(data.dtype), image.affine), flair)
+    before = (out / "brats" / "BraTS20_Training_001.npz").read_bytes()
+    assert slice_dataset(raw, out, CFG, image_size=32, stride=1)["resliced"] == 1
+
+    assert (out / "brats" / "BraTS20_Training_001.npz").read_bytes() != before
+    assert {p.name: p.stat().st_size for p in out.rglob("*.npz")} == sizes
+    assert data_fingerprint(out, tmp_path / "splits") != key
+
+
 def test_unchanged_raw_files_are_known_by_size_and_time_not_rehashed(tmp_path):
     raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
     files = lambda patient: sorted(p for p in (raw / "brats" / patient).iterdir() if p.is_file())  # noqa: E731

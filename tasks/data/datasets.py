@@ -355,11 +355,17 @@ def _drop_brats_share(data: ShardSlices, share: float, seed: int) -> ShardSlices
 
 
 def data_fingerprint(processed: Path, splits_dir: Path) -> str:
-    """Cheap identity of the processed data and splits: manifest, split lists and shard sizes."""
+    """Identity of the processed data and splits, for resuming: manifest, split lists, the slice step's
+    per-patient fingerprints (what each BraTS shard was made from: raw file digests and the slicing spec and code)
+    and the Kaggle shards' bytes (remade every run; small). Shard sizes alone would not do: an uncompressed shard's
+    size depends only on its shapes, so resliced intensities would resume weights trained on the old ones."""
     digest = hashlib.sha256()
-    manifest_path = processed / paths.MANIFEST.name
-    for path in [manifest_path, *(splits_dir / f"{name}.txt" for name in ("train", "val", "test"))]:
+    for path in [processed / paths.MANIFEST.name, processed / paths.FINGERPRINTS.name,
+                 *(splits_dir / f"{name}.txt" for name in ("train", "val", "test"))]:
         digest.update(path.read_bytes() if path.exists() else b"-")
     for shard in sorted(processed.rglob("*.npz")):
         digest.update(f"{shard.relative_to(processed)}:{shard.stat().st_size}".encode())
+        if shard.parent.name == "kaggle":
+            with shard.open("rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha1").digest())
     return digest.hexdigest()[:16]

@@ -32,7 +32,7 @@ from rich.progress import Progress
 
 from tasks import paths
 from tasks.config import SliceSettings
-from tasks.data import preprocess, regions, volumes
+from tasks.data import local_import, preprocess, regions, shards, volumes
 from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.local_import import IMAGE_SUFFIXES, find_part, nifti_extension
 from tasks.data.process_pool import process_pool
@@ -43,7 +43,7 @@ from tasks.io import atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-FINGERPRINTS = "fingerprints.json"
+FINGERPRINTS = paths.FINGERPRINTS.name
 
 # Runs fn(*args) for every args tuple of jobs, wherever it likes; yields the results in the order of jobs.
 JobMap = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
@@ -61,7 +61,10 @@ class SliceSpec:
     min_brain_fraction: float
 
     def digest(self) -> str:
-        code = b"".join(code_identity(Path(mod.__file__)) for mod in (preprocess, regions, volumes))
+        # every module that shapes a shard or its manifest rows: reading, preprocessing, labels, the shard format
+        # and manifest rows, which file is which modality
+        code = b"".join(code_identity(Path(mod.__file__))
+                        for mod in (preprocess, regions, volumes, shards, local_import))
         code += code_identity(Path(__file__))
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
 
@@ -237,6 +240,12 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     log.info("slicing %d patients (%d unchanged and reused, %d damaged shards replaced; %d raw files hashed, the "
              "others known by size and time)", len(todo), len(patient_dirs) - len(todo), len(damaged), digests.hashed)
 
+    if todo and previous["fingerprints"]:
+        # The jobs overwrite shards in place: first forget their old fingerprints, so a run killed halfway never
+        # leaves a new shard under a fingerprint that a later run (with the old settings back) would trust.
+        redoing = {d.name for d, _ in todo}
+        write_text_atomic(json.dumps({k: v for k, v in previous["fingerprints"].items() if k not in redoing},
+                                     indent=1, sort_keys=True), out_dir / FINGERPRINTS)
     map_jobs = map_jobs or map_on_processes(cfg.workers)
     with Progress() as progress:
         bar = progress.add_task("slicing patients", total=len(todo))
@@ -248,6 +257,10 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
                 rows.extend(outcome)
             progress.advance(bar)
 
+    # Patients in folder order, whichever were reused: an incremental run writes the manifest a fresh one writes
+    # (training draws its batches in manifest order, so the order is part of what the model learns from).
+    position = {d.name: i for i, d in enumerate(patient_dirs)}
+    rows.sort(key=lambda row: position[row["patient"]])
     kaggle_rows, kaggle_rejected = slice_kaggle(raw_dir / "kaggle", out_dir, image_size, len(spec.modalities))
     rejected.extend(kaggle_rejected)
     if not any(r["source"] == "brats" for r in rows):
