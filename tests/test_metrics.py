@@ -61,6 +61,14 @@ def test_target_sensitivity_takes_the_highest_threshold_reaching_it():
     assert metrics.choose_threshold(labels, probs, "target_sensitivity", 1.0) == pytest.approx(0.2)
 
 
+def test_a_nothing_positive_threshold_keeps_a_probability_of_exactly_one_negative():
+    """Anti-correlated scores: Youden's J is never positive, the rule picks roc_curve's "nothing positive" point,
+    and a float32 sigmoid that saturated at exactly 1.0 must not be called positive by `p >= threshold`."""
+    labels, probs = np.array([0, 0, 1, 1]), np.array([1.0, 0.9, 0.2, 0.1], dtype=np.float32)
+    threshold = metrics.choose_threshold(labels, probs, "youden")
+    assert threshold > 1.0 and not (probs >= threshold).any()
+
+
 def test_threshold_with_one_class_falls_back_to_half():
     assert metrics.choose_threshold(np.ones(3), np.array([0.2, 0.4, 0.9])) == 0.5
 

@@ -161,6 +161,8 @@ def test_champion_loads_back_and_matches_the_exported_file(project, tiny_setting
     np.testing.assert_array_equal(served["seg_logits"], expected_seg)
     np.testing.assert_array_equal(served["cls_logits"], expected_cls)
     assert info.metadata["threshold"] == 0.5 and info.signature.inputs.inputs[0].shape == (-1, channels, size, size)
+    outputs = {spec.name: spec.shape for spec in info.signature.outputs.inputs}  # what the ONNX graph really gives
+    assert outputs["seg_logits"] == (-1, expected_seg.shape[1], size, size) and outputs["cls_logits"] == (-1,)
 
     registry = ModelRegistry.existing(settings.tracking, settings.registry.model_name)  # the client serving uses
     fetched = registry.fetch("champion", tmp_path / "download")
@@ -224,6 +226,21 @@ def test_worse_challenger_never_displaces_a_better_champion(project, tiny_settin
     assert not result["promoted"]
     assert "accuracy vs champion v1 0.900 < 0.950 - 0.000 (same test data) [FAIL]" in result["reason"]
     assert alias_version("slicewise", "champion") == "1"
+
+
+def test_a_champion_without_a_readable_accuracy_tag_is_rescored_not_trusted(project, tiny_settings):
+    """A hand-aliased or foreign champion whose test_accuracy tag is missing or not a number: re-scored on this test
+    split, instead of blocking every challenger ("accuracy unknown") or crashing register."""
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.9, sensitivity=0.9)
+    assert register.main(settings)["promoted"]
+    for value in ("None", "n/a", None):
+        if value is None:
+            client().delete_model_version_tag("slicewise", alias_version("slicewise", "champion"), "test_accuracy")
+        else:
+            client().set_model_version_tag("slicewise", alias_version("slicewise", "champion"), "test_accuracy", value)
+        result = register.main(settings)
+        assert "re-scored on this test split" in result["reason"] and "unknown" not in result["reason"], value
 
 
 def test_champion_is_rescored_when_the_test_data_changed(project, tiny_settings):

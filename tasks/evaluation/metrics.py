@@ -60,7 +60,9 @@ def choose_threshold(
         best = int(np.flatnonzero(tpr >= target_sensitivity - 1e-12)[0])
     else:
         raise ValueError(f"unknown threshold rule {rule!r}")
-    return float(min(thresholds[best], 1.0))  # roc_curve's first threshold is +inf ("nothing positive")
+    # roc_curve's first threshold is +inf ("nothing positive"): the float32 just above 1, so that `p >= threshold`
+    # stays false for a float32 sigmoid that saturated at exactly 1.0, compared in float32 or float64
+    return float(min(thresholds[best], np.nextafter(np.float32(1.0), np.float32(2.0))))
 
 
 def classification_metrics(

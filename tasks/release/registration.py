@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -110,10 +111,10 @@ def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str],
     recorded when it was tested on the same data (same data and split hashes), else re-scored on this test split,
     else (its input does not fit the current data, e.g. another image size) the recorded one, marked as such."""
     tags, version = champion.tags, str(champion.version)
-    recorded = float(tags["test_accuracy"]) if "test_accuracy" in tags else None
+    recorded = _number(tags.get("test_accuracy"))
     same_data = all(tags.get(k) == v and v != provenance.UNKNOWN for k, v in data_tags.items()
                     if k in ("data_hash", "splits_hash"))
-    if same_data:
+    if same_data and recorded is not None:
         return ChampionScore(version, recorded, "same test data")
     try:
         rescored = rescore_champion(registry, version, processed, splits_dir)
@@ -125,14 +126,25 @@ def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str],
     return ChampionScore(version, recorded, "recorded on other test data")
 
 
-def model_signature(channels: int, size: int):
+def _number(tag: str | None) -> float | None:
+    """A numeric registry tag; None when it is missing or not a finite number (a hand-set or foreign version)."""
+    try:
+        value = float(tag)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def model_signature(channels: int, size: int, regions: int):
+    """The ONNX model's tensors: `regions` segmentation channels (WT, TC, ET; one for a whole-tumour model)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     f32 = np.dtype(np.float32)
     return ModelSignature(
         inputs=Schema([TensorSpec(f32, (-1, channels, size, size), "image")]),
-        outputs=Schema([TensorSpec(f32, (-1, 1, size, size), "seg_logits"), TensorSpec(f32, (-1,), "cls_logits")]))
+        outputs=Schema([TensorSpec(f32, (-1, regions, size, size), "seg_logits"),
+                        TensorSpec(f32, (-1,), "cls_logits")]))
 
 
 def input_example(processed: Path, splits_dir: Path) -> np.ndarray:
@@ -167,7 +179,7 @@ def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, car
         card_path.write_text(card)
         with mlflow.start_run(run_id=tracker.run_id):
             info = mlflow.onnx.log_model(
-                onnx.load(str(release.onnx_path)), name=MODEL_ARTIFACT, signature=model_signature(channels, size),
+                onnx.load(str(release.onnx_path)), name=MODEL_ARTIFACT, signature=model_signature(channels, size, len(release.metadata["regions"])),
                 input_example=example, metadata=release.metadata, save_as_external_data=False,
                 onnx_execution_providers=["CPUExecutionProvider"], pip_requirements=serving_requirements(),
                 extra_files=[str(release.checkpoint_path.resolve()), str(release.metadata_path.resolve())]
