@@ -174,8 +174,11 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             results = slice_results(model, items, cfg.ood_threshold, gradcam)
             return json_response(results[0] if one else results)
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])  # HEAD: what many load balancers' health checks send
-    def healthz() -> dict:
+    # HEAD: what many load balancers' health checks send. `async`: it runs on the event loop, never queued behind
+    # volume requests that hold every worker thread while they wait for the memory budget (a probe would time out
+    # and restart a server that is only busy).
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    async def healthz() -> dict:
         """Liveness: the process answers. `model_loaded` and `detail` say what it serves (or why nothing)."""
         model = holder.model  # read once: a reload may swap it meanwhile
         card = model.card if model else {}

@@ -24,6 +24,7 @@ from serve.ood import score_slice
 from serve.uploads import UploadError, decode_slice
 from tasks.data.preprocess import axial_slice, prepare_array_slice
 from tasks.data.regions import REGION_LABELS, UnknownLabels, to_brats2020_labels
+from tasks.data.volumes import spacing_mm
 
 INDEX_FILE = "index.json"  # written by tasks/release/examples.py
 THUMBNAIL = 96
@@ -127,7 +128,7 @@ def with_volume_truth(result: dict, model: ServedModel, entry: dict) -> dict:
         seg = to_brats2020_labels(np.asarray(image.dataobj))
     except UnknownLabels:
         return result
-    voxel_mm3 = float(np.prod(image.header.get_zooms()[:3]))
+    voxel_mm3 = float(np.prod(spacing_mm(image.header)))
     result["truth_region_volumes_cm3"] = {
         region: round(float(np.isin(seg, labels).sum()) * voxel_mm3 / 1000.0, 4)
         for region, labels in REGION_LABELS.items()}

@@ -24,6 +24,7 @@ from serve.uploads import DecodedSlice, UploadError
 from serve.volumes import VolumeImage, nifti_bytes
 from tasks.data.preprocess import prepare_array_slice, prepare_photo
 from tasks.data.regions import REGIONS, labels_from_regions
+from tasks.data.volumes import spacing_mm
 from tasks.inference.predictor import Prediction
 from tasks.inference.volume import NO_TTA, binary_entropy, predict_volume, prepare_channels, quiet_outside_brain
 
@@ -168,7 +169,7 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs)
     _check_finite(result.tumour_probability, name)
     _check_finite(result.slice_probability, name)
-    spacing = [float(s) for s in image.header.get_zooms()[:3]]
+    spacing = list(spacing_mm(image.header))
     pixel_mm2 = spacing[0] * spacing[1]
     area_px = result.whole_tumour.sum(axis=(0, 1))
     display = to_display(inputs[:, 0]) if with_images else None

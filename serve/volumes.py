@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from serve.uploads import GZIP_MAGIC, MB, MIN_SIDE, NIFTI1_MAGICS, NIFTI2_MAGIC, UploadError
+from tasks.data.volumes import spacing_mm
 
 HEADER_BYTES = {nib.Nifti1Image: 348, nib.Nifti2Image: 540}
 CHUNK = 1 * MB  # read and inflate this much at a time
@@ -223,7 +224,7 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
                                f"is {size_limit_mb:g} MB once decompressed")
     if not gzipped and size < offset + probe.data_bytes:
         raise short_data(probe, size)
-    spacing = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    spacing = np.asarray(spacing_mm(header), dtype=np.float64)
     if not (np.isfinite(spacing).all() and (spacing > 0).all()):
         raise UploadError(422, f"{name}: invalid voxel spacing {spacing.tolist()} in the header (pixdim); the tumour "
                                "volume needs positive sizes in millimetres")
@@ -292,8 +293,11 @@ def read_volume(upload: VolumeUpload) -> tuple[np.ndarray, VolumeImage]:
             volume *= np.float32(slope)
         if inter:
             volume += np.float32(inter)
-    if not np.isfinite(volume).all():
-        raise UploadError(422, f"{probe.name}: the volume holds NaN or infinite values")
+    if not np.isfinite(volume).all():  # as the slice step reads a volume (tasks/data/volumes.py load_volume)
+        infinite = int(np.isinf(volume).sum())
+        if infinite:  # it would pass as brain (> 0) and make every z-score NaN
+            raise UploadError(422, f"{probe.name}: the volume holds {infinite:,} infinite values")
+        np.nan_to_num(volume, copy=False, nan=0.0)  # NaN: outside the brain, as 0 is
     return volume, probe.image
 
 

@@ -115,6 +115,30 @@ def test_volume_mask_restacked_on_the_input_grid(client):
     assert "image_png" not in body["slices"][0]
 
 
+def test_voxel_sizes_in_metres_or_microns_are_converted_to_millimetres(client):
+    """pixdim is in the header's xyzt unit: the same voxels stated in metres are 1000× larger in each axis."""
+    volume, _ = brain_volume()
+    answers = {}
+    for unit, scale in (("mm", 1.0), ("meter", 0.001), ("micron", 1000.0)):
+        image = nib.Nifti1Image(volume, np.diag([1.0 * scale, 1.5 * scale, 2.0 * scale, 1.0]))
+        image.header.set_xyzt_units(unit)
+        answers[unit] = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", gzip.compress(image.to_bytes()))}).json()
+    for unit in ("meter", "micron"):
+        assert answers[unit]["voxel_spacing_mm"] == pytest.approx([1.0, 1.5, 2.0]), unit
+        assert answers[unit]["tumor_volume_cm3"] == pytest.approx(answers["mm"]["tumor_volume_cm3"]), unit
+    assert answers["mm"]["tumor_volume_cm3"] > 0
+
+
+def test_a_nan_background_reads_as_zero_as_the_slice_step_reads_it(client):
+    volume, _ = brain_volume()
+    with_nan = np.where(volume > 0, volume, np.nan).astype(np.float32)
+    answers = [client.post("/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(v)[0])})
+               for v in (volume.astype(np.float32), with_nan)]
+    assert [a.status_code for a in answers] == [200, 200], answers[1].text
+    assert answers[1].json()["tumor_slices"] == answers[0].json()["tumor_slices"]
+    assert answers[1].json()["tumor_volume_cm3"] == answers[0].json()["tumor_volume_cm3"]
+
+
 def decode_nifti(b64: str) -> nib.Nifti1Image:
     return nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(b64)))
 
@@ -409,7 +433,7 @@ BAD_VOLUMES = [
     ("2d", nifti_with_shape((32, 32)), 422, "dimensions"),
     ("4d", nifti_with_shape((16, 16, 4, 3)), 422, "dimensions"),
     ("truncated nifti", nifti_with_shape((32, 32, 8))[:2000], 422, "undecodable"),
-    ("nan", nib.Nifti1Image(np.full((16, 16, 4), np.nan, np.float32), np.eye(4)).to_bytes(), 422, "NaN"),
+    ("inf", nib.Nifti1Image(np.full((16, 16, 4), np.inf, np.float32), np.eye(4)).to_bytes(), 422, "infinite"),
 ]
 
 

@@ -361,6 +361,17 @@ def test_patient_files_go_to_the_api_as_the_modalities_their_names_say(browser, 
         assert browser.find_element("id", "vol-title").text.startswith("P_flair.nii.gz + P_t1.nii.gz")
         assert not browser.find_element("id", "vol-modalities").is_displayed()
 
+    brats_2023 = {m: tmp_path / f"BraTS-GLI-00000-000-{m}.nii.gz" for m in ("t2f", "t1n", "t1c", "t2w")}
+    for path in brats_2023.values():
+        shutil.copyfile(flair, path)
+    open_page(browser, server, "patient")  # BraTS 2023's names: the same fields (t2f is FLAIR, t1c is T1ce, ...)
+    browser.find_element("id", "vol-file").send_keys("\n".join(str(p) for p in brats_2023.values()))
+    if takes == ("flair",):
+        assert "takes flair; it has no channel for t1, t1ce, t2" in visible(browser, "vol-error").text
+    else:
+        visible(browser, "vol-result")
+        assert not browser.find_element("id", "vol-modalities").is_displayed()
+
     open_page(browser, server, "patient")  # names that say no modality: refused before anything is sent
     other = tmp_path / "scan.nii.gz"
     shutil.copyfile(flair, other)

@@ -222,6 +222,18 @@ def test_a_server_bound_to_all_interfaces_answers_on_its_addresses(files):
         assert client.get("/healthz").status_code == 400
 
 
+def test_health_is_answered_on_the_event_loop_not_behind_busy_worker_threads(files):
+    """Volume requests waiting for the memory budget hold worker threads; a liveness probe queued behind them would
+    time out and get a busy server restarted. /healthz must be a coroutine (FastAPI runs a plain def in a thread)."""
+    import inspect
+
+    app = file_app(files)
+    endpoint = next(route.endpoint for route in app.routes if getattr(route, "path", None) == "/healthz")
+    assert inspect.iscoroutinefunction(endpoint)
+    with local_client(app) as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+
+
 def test_cross_origin_posts_are_refused(files):
     upload = {"file": ("s.png", png_bytes(brain_slice()))}
     with local_client(file_app(files), base_url="http://127.0.0.1:8000") as client:

@@ -5,8 +5,11 @@ import { $, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outl
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
 const MODALITY_NAMES = { flair: "FLAIR", t1: "T1", t1ce: "T1ce", t2: "T2" };
-// BraTS names each modality's file <patient>_<modality>.nii[.gz]; t1ce before t1, or "_t1ce" would read as T1.
-const MODALITY_SUFFIX = /_(flair|t1ce|t1|t2)\.nii(\.gz)?$/i;
+// BraTS names each modality's file <patient>_<modality>.nii[.gz] (2020: flair, t1, t1ce, t2; 2023:
+// <patient>-t2f, -t1n, -t1c, -t2w), as tasks/data/local_import.py PART_NAMES reads them; t1ce before t1, or "_t1ce"
+// would read as T1.
+const MODALITY_SUFFIX = /[-_](flair|t1ce|t1|t2|t2f|t1c|t1n|t2w)\.nii(\.gz)?$/i;
+const BRATS_2023_NAMES = { t2f: "flair", t1c: "t1ce", t1n: "t1", t2w: "t2" };
 const LABEL_LEGEND = [["#e62828", "necrotic core (1)"], ["#28c846", "oedema (2)"], ["#fadc28", "enhancing (4)"]];
 const patient = { result: null, slices: [], base: [], pred: [], truth: [], unc: [], urls: [] };
 
@@ -147,9 +150,11 @@ function volumeForm(files) {
     const match = MODALITY_SUFFIX.exec(file.name);
     if (!match) {
       throw new Error(`${file.name}: with several files, each must be named like BraTS's ` +
-        "<patient>_flair / _t1 / _t1ce / _t2 .nii.gz, so the viewer knows which modality it holds");
+        "<patient>_flair / _t1 / _t1ce / _t2 .nii.gz (or 2023's -t2f / -t1n / -t1c / -t2w), so the viewer " +
+        "knows which modality it holds");
     }
-    form.append(match[1].toLowerCase(), file, file.name);
+    const name = match[1].toLowerCase();
+    form.append(BRATS_2023_NAMES[name] || name, file, file.name);
   }
   return form;
 }

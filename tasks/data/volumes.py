@@ -26,6 +26,17 @@ class Volume(NamedTuple):
     affine: np.ndarray  # voxel → world (mm): which grid the voxels lie on
 
 
+# NIfTI's xyzt_units: the unit pixdim is in. "unknown" (0) is read as millimetres, as every tool does.
+MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
+
+
+def spacing_mm(header) -> tuple[float, float, float]:
+    """The voxel size in millimetres along x, y, z, whatever unit the header states it in."""
+    unit = header.get_xyzt_units()[0]
+    scale = MM_PER_UNIT.get(unit, 1.0)
+    return tuple(float(z) * scale for z in header.get_zooms()[:3])
+
+
 def same_grid(affine: np.ndarray, other: np.ndarray) -> bool:
     return bool(np.allclose(affine, other, atol=GRID_TOLERANCE))
 
@@ -54,7 +65,7 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
         if np.isinf(data).any():  # it would pass as brain (> 0) and make every z-score NaN
             raise SliceWiseError(f"the volume holds {int(np.isinf(data).sum()):,} infinite values", path)
         data = np.nan_to_num(data, nan=0.0)  # NaN: outside the brain, as 0 is (it never counted as brain)
-    return Volume(data, tuple(float(z) for z in image.header.get_zooms()[:3]), image.affine)
+    return Volume(data, spacing_mm(image.header), image.affine)
 
 
 def _unscaled(image) -> bool:
