@@ -22,7 +22,7 @@ from serve.model_source import ServedModel
 from serve.ood import OodResult, score_slice, score_volume
 from serve.uploads import DecodedSlice, UploadError
 from serve.volumes import VolumeImage, nifti_bytes
-from tasks.data.preprocess import prepare_array_slice, prepare_photo
+from tasks.data.preprocess import photo_gray, prepare_array_slice, prepare_photo
 from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.data.volumes import spacing_mm
 from tasks.inference.predictor import Prediction
@@ -62,7 +62,7 @@ def prepare_slice(decoded: DecodedSlice, model: ServedModel, name: str, ood_thre
     """One decoded slice → model input, checked against what the served model expects, with its OOD score."""
     if decoded.kind == "photo":
         model_input = prepare_photo(decoded.photo, model.image_size)  # 8-bit: cannot overflow
-        gray = np.asarray(decoded.photo.convert("L"), dtype=np.float32)
+        gray = photo_gray(decoded.photo)
     else:
         if decoded.channels not in (1, model.in_channels):
             raise UploadError(422, f"{name}: {decoded.channels} channel(s), but the served model takes "

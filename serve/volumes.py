@@ -306,7 +306,13 @@ def nifti_bytes(data: np.ndarray, like: VolumeImage) -> bytes:
     header = like.header.copy()
     header.set_data_dtype(data.dtype)
     header.set_slope_inter(1.0, 0.0)  # the input's intensity scaling must not rescale the mask
+    header["cal_min"], header["cal_max"] = 0, 0  # the input's display window would hide a 0..4 label map
+    header["intent_code"], header["descrip"] = 0, b"SliceWise prediction"
     out = like.image_class(data, like.affine, header)
-    out.set_qform(like.affine, code=int(like.header["qform_code"]) or 1)
-    out.set_sform(like.affine, code=int(like.header["sform_code"]) or 1)
+    # qform and sform as the input has them: they may differ (scanner space vs a registered space), and a viewer
+    # that reads the qform must place the overlay where it places the input
+    qform, qform_code = like.header.get_qform(coded=True)
+    sform, sform_code = like.header.get_sform(coded=True)
+    out.set_qform(qform if qform is not None else like.affine, code=int(qform_code) or 1)
+    out.set_sform(sform if sform is not None else like.affine, code=int(sform_code) or 1)
     return gzip.compress(out.to_bytes(), compresslevel=6)

@@ -139,6 +139,27 @@ def test_a_nan_background_reads_as_zero_as_the_slice_step_reads_it(client):
     assert answers[1].json()["tumor_volume_cm3"] == answers[0].json()["tumor_volume_cm3"]
 
 
+def test_outputs_keep_the_inputs_qform_and_sform_and_drop_its_display_window(client):
+    """Scanner space in the qform, a registered space in the sform: each output keeps both as they were, so any
+    viewer places the overlay where it places the input; a 0..3000 window would show a 0..4 label map black."""
+    volume, _ = brain_volume()
+    image = nib.Nifti1Image(volume, None)
+    qform, sform = np.diag([-1.0, -1.5, 2.0, 1.0]), np.diag([-1.0, -1.5, 2.0, 1.0])
+    qform[:3, 3], sform[:3, 3] = [10.0, 220.0, -30.0], [-90.0, 126.0, -72.0]
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=2)
+    image.header["cal_min"], image.header["cal_max"] = 0, 3000
+    body = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", gzip.compress(image.to_bytes()))}).json()
+    for key in ("mask_nifti", "label_map_nifti", "uncertainty_nifti"):
+        out = decode_nifti(body[key])
+        q, q_code = out.header.get_qform(coded=True)
+        s, s_code = out.header.get_sform(coded=True)
+        assert (int(q_code), int(s_code)) == (1, 2), key
+        np.testing.assert_allclose(q, qform, atol=1e-4, err_msg=key)
+        np.testing.assert_allclose(s, sform, atol=1e-4, err_msg=key)
+        assert (float(out.header["cal_min"]), float(out.header["cal_max"])) == (0.0, 0.0), key
+
+
 def decode_nifti(b64: str) -> nib.Nifti1Image:
     return nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(b64)))
 

@@ -446,6 +446,38 @@ def test_a_photos_exif_orientation_is_applied_before_it_is_prepared(tmp_path):
     assert np.abs(np.rot90(from_exif, axes=(1, 2)) - expected).max() > 1  # and not left sideways
 
 
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "P"])
+def test_a_transparent_background_is_black_not_the_colour_hidden_under_it(mode):
+    """A PNG whose background is white at alpha 0 shows black in a viewer: prepared as the opaque scan on black,
+    not as a white frame around it (which would z-score the scan into the dark and hide the tumour)."""
+    import io
+
+    from PIL import Image
+
+    from tasks.data.preprocess import prepare_photo
+
+    scan = np.zeros((48, 48), np.uint8)
+    scan[8:40, 8:40] = 120
+    scan[18:26, 20:30] = 230
+    inside = scan > 0
+    gray = np.where(inside, scan, 255).astype(np.uint8)  # white under the transparent background
+    alpha = np.where(inside, 255, 0).astype(np.uint8)
+    if mode == "LA":
+        image = Image.fromarray(np.stack([gray, alpha], -1), "LA")
+    elif mode == "RGBA":
+        image = Image.fromarray(np.stack([gray, gray, gray, alpha], -1), "RGBA")
+    else:  # a palette PNG, grey levels as entries, entry 255 (white) transparent
+        image = Image.fromarray(gray, "P")
+        image.putpalette([i for i in range(256) for _ in range(3)])
+        image.info["transparency"] = 255
+    stored = io.BytesIO()
+    image.save(stored, format="PNG")
+    with Image.open(io.BytesIO(stored.getvalue())) as photo:
+        transparent = prepare_photo(photo, 32)
+    expected = prepare_photo(Image.fromarray(scan), 32)
+    assert np.abs(transparent - expected).max() < 1e-4, mode
+
+
 def test_odd_real_world_inputs_are_rejected_or_read_as_serving_reads_them(tmp_path):
     """Infinite intensities, NaN background, a decompression-bomb-sized PNG, a 1x1 image and a 16-bit PNG: each is
     rejected with its reason or read as serving reads it, and none stops the step."""

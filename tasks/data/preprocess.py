@@ -84,10 +84,21 @@ def pad_to_square(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def photo_gray(image: Image.Image) -> np.ndarray:
+    """A photo's grey levels as a viewer shows it: its EXIF orientation applied (a phone stores a portrait shot
+    sideways and says so there) and any transparency laid on black (what lies under alpha 0, often white, is no
+    picture, and a scan's background is black)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return np.asarray(image.convert("L"), dtype=np.float32)
+
+
 def prepare_photo(image: Image.Image, size: int) -> np.ndarray:
-    """A 2D JPEG/PNG (any mode, any size) → (1, size, size) float32, z-scored over its foreground. A photo's EXIF
-    orientation is applied first (a phone stores a portrait shot sideways and says so there), as viewers show it."""
-    gray = np.asarray(ImageOps.exif_transpose(image).convert("L"), dtype=np.float32)
+    """A 2D JPEG/PNG (any mode, any size) → (1, size, size) float32, z-scored over its foreground, as
+    `photo_gray` sees it."""
+    gray = photo_gray(image)
     square = pad_to_square(gray)
     resized = resize_image(square, size)
     foreground = resized > FOREGROUND_FRACTION * max(float(resized.max()), 1e-6)
