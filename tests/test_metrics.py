@@ -193,6 +193,8 @@ def test_classification_bootstrap_skips_undefined_resamples():
     ci = metrics.bootstrap_ci(groups, statistic, n_resamples=100, seed=0)
     assert ci["roc_auc"] == [1.0, 1.0]
     assert all(np.isfinite(bounds).all() for bounds in ci.values())
+    # a perfect classifier: a resample without tumour has no sensitivity (nor precision), not a sensitivity of 0
+    assert ci["sensitivity"] == [1.0, 1.0] and ci["precision"] == [1.0, 1.0] and ci["specificity"] == [1.0, 1.0]
 
 
 def test_slice_step_is_read_from_the_indices():

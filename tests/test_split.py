@@ -2,10 +2,13 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tasks.config import SliceSettings, SplitSettings
 from tasks.data.slicing import slice_dataset
-from tasks.data.splitting import check_no_leakage, near_duplicate_pairs, split_dataset, split_sizes
+from tasks.data.shards import read_manifest
+from tasks.data.splitting import (check_no_leakage, near_duplicate_pairs, perceptual_hashes, split_dataset,
+                                  split_sizes)
 from tasks.errors import SliceWiseError
 from tests.nifti_factory import write_kaggle, write_patient
 
@@ -59,5 +62,36 @@ def test_near_duplicate_pairs_by_hamming_distance():
 
 def test_split_sizes_need_three():
     assert split_sizes(20, SplitSettings()) == (14, 3, 3)
-    with pytest.raises(SliceWiseError):
+    with pytest.raises(SliceWiseError, match="2 patients or image groups: at least 3 are needed"):
         split_sizes(2, SplitSettings())
+
+
+def test_too_few_kaggle_groups_say_so_and_name_the_manifest(tmp_path):
+    """Ten BraTS patients but two Kaggle images: the error says which source is short, and why images merge."""
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw"
+    for i in range(10):
+        write_patient(raw / "brats", f"BraTS20_Training_{i + 1:03d}", rng, parts=("flair", "seg"))
+    write_kaggle(raw / "kaggle", rng, n_per_class=1)
+    out = tmp_path / "processed"
+    slice_dataset(raw, out, SliceSettings(workers=1), image_size=32, stride=1)
+    with pytest.raises(SliceWiseError, match=r"2 Kaggle image groups \(2 images; near-duplicates") as caught:
+        split_dataset(out, tmp_path / "splits", SplitSettings(), seed=42)
+    assert caught.value.path == str(out / "manifest.csv")
+
+
+def test_two_kaggle_files_of_one_stem_are_two_images_with_two_ids(tmp_path):
+    """Y1.jpg and Y1.png: two ids (their suffixes kept), so the near-duplicate check sees both."""
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw"
+    for i in range(3):
+        write_patient(raw / "brats", f"BraTS20_Training_{i + 1:03d}", rng, parts=("flair", "seg"))
+    write_kaggle(raw / "kaggle", rng, n_per_class=3)
+    Image.open(raw / "kaggle" / "yes" / "Y1.jpg").save(raw / "kaggle" / "yes" / "Y1.png")
+    out = tmp_path / "processed"
+    slice_dataset(raw, out, SliceSettings(workers=1), image_size=32, stride=1)
+    ids = read_manifest(out / "manifest.csv").query("source == 'kaggle'")["patient"].tolist()
+    assert len(ids) == len(set(ids)) == 7
+    assert {"kaggle_yes_Y1.jpg", "kaggle_yes_Y1.png", "kaggle_yes_Y0"} <= set(ids)  # other stems keep their ids
+    pairs = near_duplicate_pairs(perceptual_hashes(out, read_manifest(out / "manifest.csv").query("source == 'kaggle'")), 4)
+    assert ("kaggle_yes_Y1.jpg", "kaggle_yes_Y1.png") in pairs

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -166,6 +167,9 @@ def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) 
     rows, rejected = [], []
     for label_name, label in (("yes", 1), ("no", 0)):
         files = sorted(p for p in (kaggle_dir / label_name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        # An image is its own patient, named by its stem; two files of one stem (Y1.jpg, Y1.png) keep their
+        # suffixes, or they would share one id and the near-duplicate check would see only one of them.
+        stems = Counter(p.stem for p in files)
         images, patients = [], []
         for path in files:
             try:
@@ -175,7 +179,7 @@ def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) 
                                                                       f"pixels (at least {preprocess.MIN_SIDE})"})
                         continue
                     images.append(preprocess.prepare_image(image, size))
-                patients.append(f"kaggle_{label_name}_{path.stem}")
+                patients.append(f"kaggle_{label_name}_{path.stem if stems[path.stem] == 1 else path.name}")
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
                 rejected.append({"file": str(path), "reason": f"unreadable image ({type(exc).__name__}: {exc})"})
         if not images:

@@ -29,12 +29,13 @@ from tasks.io import write_text_atomic
 log = logging.getLogger(__name__)
 
 
-def split_sizes(n: int, cfg: SplitSettings) -> tuple[int, int, int]:
-    """Counts per split, each at least one."""
+def split_sizes(n: int, cfg: SplitSettings, what: str = "patients or image groups",
+                where: Path | None = None) -> tuple[int, int, int]:
+    """Counts per split, each at least one; `what` and `where` name the units and their file in the error."""
     n_val, n_test = max(1, round(n * cfg.val)), max(1, round(n * cfg.test))
     n_train = n - n_val - n_test
     if n_train < 1:
-        raise SliceWiseError(f"need at least 3 patients or image groups to split, got {n}")
+        raise SliceWiseError(f"{n} {what}: at least 3 are needed, one per split at the least", where)
     return n_train, n_val, n_test
 
 
@@ -83,7 +84,8 @@ def near_duplicate_pairs(hashes: dict[str, int], max_distance: int) -> list[tupl
     return pairs
 
 
-def split_kaggle(kaggle: pd.DataFrame, pairs: list[tuple[str, str]], cfg: SplitSettings, seed: int) -> dict[str, list[str]]:
+def split_kaggle(kaggle: pd.DataFrame, pairs: list[tuple[str, str]], cfg: SplitSettings, seed: int,
+                 where: Path | None = None) -> dict[str, list[str]]:
     """Split Kaggle images by near-duplicate group, stratified by label."""
     groups = DisjointSet(kaggle["patient"].tolist())
     for a, b in pairs:
@@ -92,7 +94,9 @@ def split_kaggle(kaggle: pd.DataFrame, pairs: list[tuple[str, str]], cfg: SplitS
     label_of = dict(zip(kaggle["patient"], kaggle["label"]))
     keys = [s[0] for s in subsets]
     strata = [round(np.mean([label_of[m] for m in s])) for s in subsets]
-    by_key = _stratified_split(keys, strata, split_sizes(len(keys), cfg), seed)
+    what = (f"Kaggle image groups ({len(kaggle)} images; near-duplicates, pHash distance <= "
+            f"{cfg.phash_max_distance}, form one group)")
+    by_key = _stratified_split(keys, strata, split_sizes(len(keys), cfg, what, where), seed)
     members = dict(zip(keys, subsets))
     return {name: sorted(m for k in ks for m in members[k]) for name, ks in by_key.items()}
 
@@ -119,11 +123,12 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
     kaggle = manifest[manifest["source"] == "kaggle"]
 
     patients = sorted(brats["patient"].unique())
-    splits = _stratified_split(patients, tumour_burden_strata(brats, patients), split_sizes(len(patients), cfg), seed)
+    splits = _stratified_split(patients, tumour_burden_strata(brats, patients),
+                               split_sizes(len(patients), cfg, "BraTS patients", manifest_path), seed)
     pairs: list[tuple[str, str]] = []
     if len(kaggle):
         pairs = near_duplicate_pairs(perceptual_hashes(processed, kaggle), cfg.phash_max_distance)
-        for name, ids in split_kaggle(kaggle, pairs, cfg, seed).items():
+        for name, ids in split_kaggle(kaggle, pairs, cfg, seed, manifest_path).items():
             splits[name] = splits[name] + ids
     check_no_leakage(splits, pairs)
 

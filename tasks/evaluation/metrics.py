@@ -128,6 +128,10 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator > 0 else 0.0
 
 
+def _ratio_or_nan(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator > 0 else np.nan
+
+
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = CALIBRATION_BINS) -> float:
     """ECE with equal-width bins: sum over bins of (bin share) x |fraction positive - mean probability|."""
     labels, probabilities = np.asarray(labels, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
@@ -274,13 +278,16 @@ class WeightedClassification:
 
     def __call__(self, weights: np.ndarray) -> dict[str, float]:
         tn, fp, fn, tp = self.cells.astype(np.float64) @ weights
-        sensitivity, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
+        # A ratio with nothing to count (no tumour drawn, nothing called positive) is undefined in that resample,
+        # not 0: NaN, which bootstrap_ci skips, as it skips ROC-AUC there (0 would drag the lower bound down).
+        sensitivity, precision = _ratio_or_nan(tp, tp + fn), _ratio_or_nan(tp, tp + fp)
         values = {
-            "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+            "accuracy": _ratio_or_nan(tp + tn, tp + tn + fp + fn),
             "sensitivity": sensitivity,
-            "specificity": _ratio(tn, tn + fp),
+            "specificity": _ratio_or_nan(tn, tn + fp),
             "precision": precision,
-            "f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
+            "f1": _ratio(2 * precision * sensitivity, precision + sensitivity)
+            if np.isfinite(precision) and np.isfinite(sensitivity) else np.nan,
         }
         return values | self._ranking(weights[self.order])
 
