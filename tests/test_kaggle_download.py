@@ -56,6 +56,26 @@ def test_safe_archive_extracts(tmp_path):
     assert (tmp_path / "out" / "brain_tumor_dataset" / "yes" / "Y1.jpg").exists()
 
 
+def test_a_new_version_of_the_archive_is_extracted_again_into_a_fresh_folder(tmp_path):
+    """Kaggle downloads a data set's new version over the same .zip: the old extraction's marker must not keep the
+    old files, and none of them may mix with the new version's."""
+    from tasks.data.kaggle_download import extracted_archive
+
+    archive = tmp_path / "brain-mri-images-for-brain-tumor-detection.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("yes/Y1.jpg", "old")
+        zf.writestr("no/N1.jpg", "old")
+    folder = extracted_archive(archive)
+    assert (folder / "yes" / "Y1.jpg").read_text() == "old"
+    marker_time = (folder / ".extracted").stat().st_mtime_ns
+    assert extracted_archive(archive) == folder and (folder / ".extracted").stat().st_mtime_ns == marker_time
+
+    with zipfile.ZipFile(archive, "w") as zf:  # the new version: other content, one file gone
+        zf.writestr("yes/Y1.jpg", "new version")
+    assert extracted_archive(archive) == folder
+    assert (folder / "yes" / "Y1.jpg").read_text() == "new version" and not (folder / "no" / "N1.jpg").exists()
+
+
 def test_fetch_cli_without_credentials_prints_one_line_and_exits_2(tmp_path):
     params = tmp_path / "params.yaml"
     original = (__import__("pathlib").Path(__file__).parents[1] / "params.yaml").read_text()

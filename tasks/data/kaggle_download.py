@@ -123,12 +123,24 @@ def download_dataset(dataset: str, downloads: Path) -> Path:
         raise
     except (Exception, SystemExit) as exc:  # requests, urllib3, the Kaggle SDK (which may call exit())
         raise download_failure(dataset, source, exc) from exc
-    archive = downloads / f"{dataset.split('/')[1]}.zip"
-    extracted = downloads / archive.stem
+    return extracted_archive(downloads / f"{dataset.split('/')[1]}.zip")
+
+
+def extracted_archive(archive: Path) -> Path:
+    """The folder `archive` is extracted in, next to it; extracted again, into a fresh folder, when the archive is
+    not the one extracted last (Kaggle downloads a new version of a data set over the same .zip)."""
+    extracted = archive.with_suffix("")
     done_marker = extracted / ".extracted"
-    if not done_marker.exists():
-        safe_extract(archive, extracted)
-        done_marker.touch()
+    info = archive.stat()
+    identity = f"{info.st_size}:{info.st_mtime_ns}"
+    if done_marker.exists() and done_marker.read_text() == identity:
+        return extracted
+    staging = extracted.with_name(extracted.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    safe_extract(archive, staging)
+    shutil.rmtree(extracted, ignore_errors=True)  # the old version's files must not mix with the new one's
+    staging.rename(extracted)
+    done_marker.write_text(identity)
     return extracted
 
 
