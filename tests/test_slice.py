@@ -109,6 +109,20 @@ def test_a_modality_on_another_grid_is_rejected_by_name(tmp_path):
     assert result["rejected"] == 2
 
 
+def test_a_non_square_slice_gets_each_axis_own_pixel_size(tmp_path):
+    """A 40 x 30 slice at 1.0 x 2.0 mm stretched to 32 x 32: x pixels are 40/32 mm, y pixels 2 * 30/32 mm."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    rng = np.random.default_rng(0)
+    folder = write_patient(raw / "brats", "BraTS20_Training_030", rng, shape=(40, 30, 12))
+    for path in folder.iterdir():
+        image = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), np.diag([1.0, 2.0, 1.0, 1.0])), path)
+    write_kaggle(raw / "kaggle", rng, n_per_class=2)
+    slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    spacing = read_shard(out / "brats" / "BraTS20_Training_030.npz").spacing
+    np.testing.assert_allclose(spacing, [40 / 32, 2.0 * 30 / 32], rtol=1e-6)
+
+
 def test_nothing_usable_is_a_clear_error(tmp_path):
     raw = tmp_path / "raw"
     write_patient(raw / "brats", "BraTS20_Training_001", np.random.default_rng(0), parts=("t1", "seg"))

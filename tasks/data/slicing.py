@@ -138,7 +138,8 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
             for i, plane in enumerate(planes, start):
                 images[i, c] = preprocess.resize_image(plane, size)
     masks = np.stack([preprocess.resize_labels(plane, size) for plane in preprocess.axial_slices(labels, keep)])
-    in_plane = np.array(spacing[:2], dtype=np.float32) * (brain.shape[0] / size)
+    # each axis resized from its own length to `size` (a non-square slice is stretched, not padded)
+    in_plane = np.array(spacing[:2], dtype=np.float32) * np.array([n / size for n in brain.shape[:2]], np.float32)
     return Shard(
         images=images,
         masks=masks,
