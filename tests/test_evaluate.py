@@ -11,7 +11,7 @@ from tasks import evaluate
 from tasks.config import EvaluateSettings
 from tasks.evaluation import metrics, scoring
 from tasks.evaluation import report as evaluation_report
-from tasks.io import write_json_atomic
+from tasks.io import sha256_file, write_json_atomic
 
 CONTRACT_KEYS = {
     "classification": {"accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc",
@@ -183,6 +183,7 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data, tiny_settings, untrained_ch
     assert written["segmentation"]["n_slices"] == int(brats["label"].sum())
     assert written["segmentation_volume"]["n_patients"] == brats["patient"].nunique()
     assert result["headline"]["classification.accuracy"]["value"] == written["classification"]["accuracy"]
+    assert written["model"]["checkpoint_sha256"] == sha256_file(paths.best_checkpoint("joint"))  # what register checks
     for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "training_curves.png", "overlays.png",
                  "gradcam.png"):
         assert (paths.PLOTS / name).stat().st_size > 1000, name

@@ -11,6 +11,7 @@ from tasks import export, paths
 from tasks.data.splits import iter_test_slices
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import OnnxPredictor, TorchPredictor
+from tasks.io import sha256_file
 from tasks.release import onnx_export
 
 from tests.release_factory import make_release_project, write_metrics
@@ -30,6 +31,7 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
     metadata = json.loads(paths.EXPORT_METADATA.read_text())
     parity = report["parity"]
     assert parity["passed"] and result["parity"]["passed"]
+    assert metadata["checkpoint"]["sha256"] == sha256_file(paths.best_checkpoint("joint"))  # what register checks
     assert parity["max_abs_diff"] <= tiny_settings.export.parity_atol
     assert parity["decision_mismatches"] == 0 and parity["mask_dice"] >= tiny_settings.export.parity_min_dice
     test_slices = sum(len(batch) for batch in iter_test_slices(paths.PROCESSED, paths.SPLITS))

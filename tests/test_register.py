@@ -1,6 +1,7 @@
 """`register` and the promotion gate against a real MLflow store (sqlite in tmp_path; one test on a real server)."""
 
 import json
+import re
 import socket
 import sys
 import time
@@ -175,6 +176,28 @@ def test_champion_loads_back_and_matches_the_exported_file(project, tiny_setting
 
     with torch.inference_mode():
         np.testing.assert_allclose(model(torch.from_numpy(images))["cls"].numpy(), expected_cls, atol=1e-5)
+
+
+def test_register_refuses_numbers_and_files_of_different_models(project, tiny_settings):
+    """Steps run by hand out of order: the gate must not judge one model and ship another. Each mismatch names
+    the step to rerun, and nothing is registered."""
+    settings = tracked(tiny_settings)
+    evaluated = json.loads(paths.METRICS.read_text())
+    cases = {
+        "retrained after export": (lambda: write_checkpoint(project, settings, seed=5), "rerun the export step"),
+        "evaluated other weights": (lambda: paths.METRICS.write_text(json.dumps(
+            evaluated | {"model": {"checkpoint_sha256": "0" * 64}})), "rerun the evaluate step"),
+        "evaluated again, other threshold": (lambda: write_metrics(project, 0.9, 0.9, threshold=0.7),
+                                             "decision threshold in metrics.json (0.7)"),
+    }
+    for case, (change, words) in cases.items():
+        make_release_project(project, tiny_settings)
+        export.main(settings)
+        change()
+        with pytest.raises(SliceWiseError, match=re.escape(words)):
+            register.main(settings)
+    with pytest.raises(MlflowException):  # nothing was registered
+        client().get_registered_model("slicewise")
 
 
 def test_model_below_thresholds_becomes_challenger_and_champion_stays(project, tiny_settings):

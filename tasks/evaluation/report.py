@@ -32,7 +32,7 @@ from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
 from tasks.evaluation.scoring import MaskThresholdTally, SplitPredictions, choose_mask_threshold, predict_split
 from tasks.inference.predictor import TorchPredictor
-from tasks.io import nested_value, write_json_atomic
+from tasks.io import nested_value, sha256_file, write_json_atomic
 from tasks.tracking.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,8 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
                 regions = [r for r in REGIONS if f"{r}_dice" in region_scores]
                 organisers = brats.organisers_report(Path(label_maps), regions)
     report = build_report(val, test, cfg, seed, region_scores, mask_threshold)
+    # which weights these numbers are about: register refuses to ship other ones under them
+    report["model"] = {"checkpoint_sha256": sha256_file(checkpoint)}
     if organisers is not None:
         report["segmentation_regions_brats_evaluation"] = _finite_or_null(organisers)
     write_json_atomic(report, where.metrics)

@@ -253,6 +253,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
     for stale in (onnx_path, metadata_path):  # a failed export must not leave the previous model looking current
         stale.unlink(missing_ok=True)
     metadata = model_metadata(checkpoint, modalities, image_size, threshold, cfg.opset, mask_threshold)
+    metadata["checkpoint"]["sha256"] = sha256_file(checkpoint_path)  # register checks it against best.pt
     test_slices = iter_test_slices(processed, splits_dir)
     sample = next(test_slices)  # the first shard: checked here, then the first of the parity run
     expected_shape = (checkpoint["model_config"]["in_channels"], image_size, image_size)

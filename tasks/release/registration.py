@@ -72,7 +72,31 @@ def read_release(onnx_path: Path, metadata_path: Path, checkpoint_path: Path, me
     if release.export_report.get("onnx", {}).get("sha256") != release.onnx_sha256:
         raise SliceWiseError("the export report describes another model file; rerun the export step",
                              export_report_path)
+    check_one_model(release, metrics_path)
     return release
+
+
+def check_one_model(release: Release, metrics_path: Path) -> None:
+    """The gate judges metrics.json and the registry ships model.onnx and best.pt: all three must be one model.
+    A step run by hand out of order (evaluate again after export, or train again after evaluate) would otherwise
+    promote one model on another's numbers."""
+    weights = sha256_file(release.checkpoint_path)
+    evaluated = (release.metrics.get("model") or {}).get("checkpoint_sha256")
+    if evaluated is not None and evaluated != weights:
+        raise SliceWiseError(f"metrics.json evaluated other weights than {release.checkpoint_path}; rerun the "
+                             "evaluate step (then export)", metrics_path)
+    exported = (release.metadata.get("checkpoint") or {}).get("sha256")
+    if exported is not None and exported != weights:
+        raise SliceWiseError(f"model.onnx was exported from other weights than {release.checkpoint_path}; rerun the "
+                             "export step", release.metadata_path)
+    pairs = {"decision threshold": ((release.metrics.get("classification") or {}).get("threshold"),
+                                    release.metadata.get("threshold")),
+             "mask threshold": ((release.metrics.get("segmentation_threshold") or {}).get("value"),
+                                release.metadata.get("mask_threshold"))}
+    for name, (judged, shipped) in pairs.items():
+        if None not in (_number(judged), _number(shipped)) and not math.isclose(_number(judged), _number(shipped)):
+            raise SliceWiseError(f"the {name} in metrics.json ({judged}) is not the exported model's ({shipped}): "
+                                 "rerun the export step", release.metadata_path)
 
 
 def parity_detail(parity: dict) -> str:
@@ -126,8 +150,9 @@ def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str],
     return ChampionScore(version, recorded, "recorded on other test data")
 
 
-def _number(tag: str | None) -> float | None:
-    """A numeric registry tag; None when it is missing or not a finite number (a hand-set or foreign version)."""
+def _number(tag) -> float | None:
+    """A number from a registry tag or a JSON field; None when it is missing or not a finite number (a hand-set
+    or foreign version, a damaged file)."""
     try:
         value = float(tag)
     except (TypeError, ValueError):
@@ -179,7 +204,7 @@ def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, car
         card_path.write_text(card)
         with mlflow.start_run(run_id=tracker.run_id):
             info = mlflow.onnx.log_model(
-                onnx.load(str(release.onnx_path)), name=MODEL_ARTIFACT, signature=model_signature(channels, size, len(release.metadata["regions"])),
+                onnx.load(str(release.onnx_path)), name=MODEL_ARTIFACT, signature=model_signature(channels, size, len(release.metadata.get("regions", ["wt"]))),
                 input_example=example, metadata=release.metadata, save_as_external_data=False,
                 onnx_execution_providers=["CPUExecutionProvider"], pip_requirements=serving_requirements(),
                 extra_files=[str(release.checkpoint_path.resolve()), str(release.metadata_path.resolve())]
