@@ -295,6 +295,18 @@ def test_more_epochs_continue_but_changed_params_start_fresh(in_project, tiny_se
     assert train_seg.main(changed)["resumed_from_epoch"] == 0
 
 
+def test_a_fresh_start_never_leaves_an_earlier_runs_best_checkpoint_as_its_own(in_project, tiny_settings,
+                                                                               monkeypatch):
+    """dvc.yaml persists best.pt (resuming needs it), so a run that starts fresh must remove the earlier one: with a
+    metric that never improves (NaN), no epoch would overwrite it and DVC would commit it as this run's output."""
+    train_seg.main(tiny_settings)
+    assert paths.best_checkpoint("seg").exists()
+    changed = with_section(tiny_settings, "train_seg", lr=2e-4)  # another run key: starts fresh
+    monkeypatch.setattr(training_stage, "metric_of", lambda stage, row: math.nan)
+    train_seg.main(changed)
+    assert not paths.best_checkpoint("seg").exists()
+
+
 def frozen_seg(settings, min_epochs: int):
     """A seg stage that cannot learn: LR 1e-12 and instance norm (batch norm's running statistics would keep moving,
     and the val Dice with them), patience 1."""

@@ -161,6 +161,10 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
     generator = torch.Generator().manual_seed(plan.seed)
     run_key = {**plan.run_key(), "architecture": architecture_digest(model)}
     state = _resume(plan, run_key, model, optimizer, generator)
+    if state.epoch == 0:
+        # Starting fresh: dvc.yaml keeps best.pt between runs (persist) so that a killed run can resume, so a best.pt
+        # of an earlier run must go now, or an epoch-1 metric that never improves (NaN) would leave it as this run's.
+        (plan.checkpoint_dir / "best.pt").unlink(missing_ok=True)
     first_epoch = state.epoch + 1
     tracker.log_params(flatten(plan.params()))
 
