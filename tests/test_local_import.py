@@ -87,6 +87,56 @@ def test_one_patient_name_in_two_folders_is_an_error_naming_both(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-imported
 
 
+def test_a_folder_holding_several_patients_files_is_an_error_naming_it(tmp_path):
+    """All patients' files in one folder, or another patient's segmentation strayed into a folder missing its own:
+    the folder would import as one patient built from several. An error names the folder and two of the files."""
+    rng = np.random.default_rng(6)
+    flat = tmp_path / "flat"
+    for i in (1, 2, 3):
+        for path in write_patient(tmp_path / "tmp", f"BraTS20_Training_00{i}", rng).iterdir():
+            flat.mkdir(exist_ok=True)
+            path.rename(flat / path.name)
+    with pytest.raises(SliceWiseError, match="holds files of more than one patient") as error:
+        import_brats(flat, tmp_path / "out")
+    assert error.value.path == str(flat) and "BraTS20_Training_001_" in str(error.value)
+
+    stray = tmp_path / "stray"
+    write_patient(stray, "BraTS20_Training_001", rng, parts=("flair", "t1", "t1ce", "t2"))
+    write_patient(stray, "BraTS20_Training_002", rng)
+    (stray / "BraTS20_Training_002" / "BraTS20_Training_002_seg.nii.gz").rename(
+        stray / "BraTS20_Training_001" / "BraTS20_Training_002_seg.nii.gz")
+    with pytest.raises(SliceWiseError, match="BraTS20_Training_002_seg.nii.gz"):
+        import_brats(stray, tmp_path / "out2")
+
+    renamed = tmp_path / "renamed"  # one patient's files in a folder of another name: fine, the folder names it
+    write_patient(renamed, "BraTS20_Training_004", rng)
+    (renamed / "BraTS20_Training_004").rename(renamed / "patient_a")
+    assert set(find_brats_patients(renamed)) == {"patient_a"}
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder whatever its mode")
+def test_an_unreadable_folder_is_an_error_naming_it(tmp_path):
+    write_patient(tmp_path / "src", "BraTS20_Training_001", np.random.default_rng(0))
+    locked = tmp_path / "src" / "locked"
+    write_patient(locked, "BraTS20_Training_002", np.random.default_rng(1))
+    locked.chmod(0)
+    try:
+        with pytest.raises(SliceWiseError, match="cannot read this folder"):
+            import_brats(tmp_path / "src", tmp_path / "out")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_os_walk_errors_other_than_a_vanished_folder_stop_the_walk(tmp_path):
+    """Running as root (as here) no folder is unreadable: the hook os.walk calls is checked directly."""
+    from tasks.data import local_import
+
+    with pytest.raises(SliceWiseError, match="cannot read this folder") as error:
+        local_import._unreadable_folder(PermissionError(13, "Permission denied", str(tmp_path / "locked")))
+    assert error.value.path == str(tmp_path / "locked")
+    local_import._unreadable_folder(FileNotFoundError(2, "No such file", str(tmp_path / "gone")))  # no error
+
+
 def test_patient_folders_linked_in_are_found_and_archives_are_named(tmp_path, caplog):
     rng = np.random.default_rng(6)
     write_patient(tmp_path / "elsewhere", "BraTS20_Training_009", rng)

@@ -66,11 +66,18 @@ def is_shadow(path: Path) -> bool:
     return path.name.startswith("._") or "__MACOSX" in path.parts
 
 
+def _unreadable_folder(exc: OSError) -> None:
+    """os.walk's error hook: a folder it cannot list would silently take its patients with it."""
+    if not isinstance(exc, FileNotFoundError):  # gone meanwhile, or a dangling link: nothing was in it
+        raise SliceWiseError(f"cannot read this folder ({exc.strerror or exc}); its files would be left out",
+                             exc.filename) from exc
+
+
 def walk_files(root: Path) -> list[Path]:
     """Every file under `root`, sorted, following folder links (a data set assembled with symlinks) but never into
-    a folder twice (a link loop), and leaving out macOS shadow files."""
+    a folder twice (a link loop), and leaving out macOS shadow files. An unreadable folder is an error naming it."""
     found, seen = [], set()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=_unreadable_folder):
         real = os.path.realpath(folder)
         if real in seen:
             subfolders[:] = []
@@ -81,14 +88,26 @@ def walk_files(root: Path) -> list[Path]:
     return sorted(p for p in found if not is_shadow(p.relative_to(root)) and p.is_file())
 
 
+def patient_id_of(path: Path) -> str | None:
+    """The patient a BraTS file names before its part (`BraTS20_Training_001` of `BraTS20_Training_001_flair.nii`,
+    `BraTS-GLI-00000-000` of `BraTS-GLI-00000-000-t2f.nii.gz`); None for an odd name that says none."""
+    for _, pattern in _PART_PATTERNS:
+        if match := pattern.search(path.name):
+            return path.name[: match.start()] or None
+    return None
+
+
 def find_brats_patients(root: Path, files: list[Path] | None = None) -> dict[str, dict[str, Path]]:
     """Patient folder name → {part: file}, for every folder under `root` holding at least one BraTS NIfTI.
 
     Two different folders with one patient name are an error naming both: merging their files would build one
-    patient from two (a T2 from one site, the rest from another), and keeping either would hide the other.
+    patient from two (a T2 from one site, the rest from another), and keeping either would hide the other. So is a
+    folder whose files name several patients (all patients in one folder, or another patient's file strayed in):
+    the folder is the patient, and its parts must be one person's.
     `files`: `walk_files(root)`, when the caller has it already."""
     patients: dict[str, dict[str, Path]] = {}
     folders: dict[str, Path] = {}
+    named: dict[Path, dict[str, Path]] = {}  # folder → {patient id in a file name: one such file}
     for path in walk_files(root) if files is None else files:
         if (part := classify_brats_file(path)) is None:
             continue
@@ -96,6 +115,14 @@ def find_brats_patients(root: Path, files: list[Path] | None = None) -> dict[str
         if folders.setdefault(name, path.parent) != path.parent:
             raise SliceWiseError(f"two folders hold patient {name}: {folders[name]} and {path.parent}; keep one "
                                  "(or rename one folder)", root)
+        if (patient_id := patient_id_of(path)) is not None:
+            ids = named.setdefault(path.parent, {})
+            ids.setdefault(patient_id, path)
+            if len(ids) > 1:
+                first, second = list(ids.values())[:2]
+                raise SliceWiseError(f"this folder holds files of more than one patient ({first.name}, "
+                                     f"{second.name}); put each patient's files in a folder of its own",
+                                     path.parent)
         parts = patients.setdefault(name, {})
         # Prefer a regular `_seg` file over an odd name, and never let a second copy overwrite the first.
         if part not in parts or (part == "seg" and _PART_PATTERNS[-1][1].search(path.name)):
