@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import asynccontextmanager
+from typing import Callable
 from pathlib import Path
 
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from serve.budget import MemoryBudget
@@ -106,6 +108,23 @@ def validation_detail(exc: RequestValidationError) -> str:
 def json_response(content) -> Response:
     # Plain json.dumps: faster than FastAPI's encoder walk for answers holding long base64 strings.
     return Response(json.dumps(content, allow_nan=False), media_type="application/json")
+
+
+SEND_CHUNK = 1 * MB
+
+
+def sent_then(response: Response, done: Callable[[], None]) -> StreamingResponse:
+    """`response`'s body sent in pieces, `done` called once the last one is handed to the connection. Sent whole,
+    the body would sit in the connection's write buffer after the handler returned; in pieces, each next piece
+    waits until the client has read enough (uvicorn's flow control), so what `done` releases is truly sent."""
+    body = response.body
+
+    async def pieces():
+        for start in range(0, len(body), SEND_CHUNK):
+            yield body[start:start + SEND_CHUNK]
+
+    return StreamingResponse(pieces(), status_code=response.status_code, media_type=response.media_type,
+                             headers={"content-length": str(len(body))}, background=BackgroundTask(done))
 
 
 def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> dict:
@@ -221,15 +240,22 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
     async def predict_batch(request: Request) -> Response:
         model = served_model()
         items: list[PreparedSlice] = []
+        held = 0  # the prepared inputs wait for the rest of the body (up to serve.body_timeout_seconds): budgeted
 
         async def on_file(part: FilePart) -> None:  # decoded while the next file streams in
+            nonlocal held
             try:
+                name = part.filename or part.field
+                held += await run_in_threadpool(budget.acquire, model.in_channels * model.image_size ** 2 * 4, name)
                 items.append(await run_in_threadpool(prepared, part, model))
             finally:
                 close_parts([part])
 
-        await read_file_parts(request, "files", cfg.max_batch_files, cfg.max_slice_mb, "batch", on_file)
-        return await run_in_threadpool(predicted, model, items)
+        try:
+            await read_file_parts(request, "files", cfg.max_batch_files, cfg.max_slice_mb, "batch", on_file)
+            return await run_in_threadpool(predicted, model, items)
+        finally:
+            budget.release(held)
 
     @app.post(VOLUME_ROUTE, openapi_extra=volume_body())
     async def predict_volume(request: Request, images: bool = Query(
@@ -239,13 +265,20 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         model = served_model()
         parts = await read_file_parts(request, VOLUME_FIELDS, len(VOLUME_FIELDS), cfg.max_volume_mb, "request")
         try:
-            # Serialised in the worker thread too: a volume answer with images is megabytes of JSON.
-            return await run_in_threadpool(lambda: json_response(predict_volume_files(parts, model, images, tta)))
+            # Serialised in the worker thread, within the reservation: a volume answer is megabytes of JSON. Its
+            # bytes stay budgeted until they are sent (a client that reads slowly holds them that long).
+            response, sending = await run_in_threadpool(predict_volume_files, parts, model, images, tta,
+                                                        json_response)
         finally:
             close_parts(parts)
+        return sent_then(response, lambda: budget.release(sending))
 
-    def predict_volume_files(parts: list[FilePart], model: ServedModel, with_images: bool, tta: bool) -> dict:
-        """Judge every header, reserve what the volumes cost together, decode, predict, answer (a worker thread)."""
+    def predict_volume_files(parts: list[FilePart], model: ServedModel, with_images: bool, tta: bool,
+                             finish: Callable[[dict], Response] | None = None) -> dict | tuple[Response, int]:
+        """Judge every header, reserve what the volumes cost together, decode, predict, answer (a worker thread).
+
+        With `finish` the answer is turned into the response within the reservation, and the part of the budget
+        its body takes stays held: (response, bytes held), for the caller to release once it is sent."""
         fields = [part.field for part in parts]
         if len(set(fields)) < len(fields) or ("file" in fields and len(fields) > 1):
             raise UploadError(422, f"volume fields {fields}: send `file` alone, or each of flair, t1, t1ce, t2 "
@@ -268,7 +301,8 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         spatial = main.header.voxels // main.header.channels
         need = sum(u.header.memory_bytes(model.image_size, first=u is main) for u in probed) \
             + inference_bytes(model, main.header.shape[2]) + volume_output_bytes(model, spatial)
-        with budget.reserve(need, main.header.name):
+        held, kept = budget.acquire(need, main.header.name), 0
+        try:
             uploads, image = {}, None
             for part, upload in zip(parts, probed):
                 volume, read_image = read_volume(upload)
@@ -279,7 +313,14 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                 else:
                     uploads["flair" if part.field == "file" else part.field] = volume
             flips = cfg.tta_flips if tta else NO_TTA
-            return volume_result(uploads, image, model, main.header.name, cfg.ood_threshold, with_images, flips)
+            answer = volume_result(uploads, image, model, main.header.name, cfg.ood_threshold, with_images, flips)
+            if finish is None:
+                return answer
+            response = finish(answer)
+            kept = min(len(response.body), held)  # what stays in memory until it is sent
+            return response, kept
+        finally:
+            budget.release(held - kept)
 
     @app.get("/v1/examples")
     def examples() -> dict:

@@ -24,10 +24,9 @@ class MemoryBudget:
         self.peak = 0  # the most ever reserved at once (tests and benchmarks read it)
         self._free = threading.Condition()
 
-    @contextmanager
-    def reserve(self, nbytes: int, what: str) -> Iterator[None]:
-        """Hold `nbytes` of the budget for the block: 413 when more than the whole budget, 503 after waiting
-        `wait_seconds` in vain."""
+    def acquire(self, nbytes: int, what: str) -> int:
+        """Take `nbytes` of the budget (413 when more than the whole budget, 503 after waiting `wait_seconds` in
+        vain) until `release`; returns what was taken. For memory that outlives one block: an answer being sent."""
         nbytes = max(int(nbytes), 0)
         if nbytes > self.total:
             raise UploadError(413, f"{what}: processing it needs about {nbytes / MB:.0f} MB of memory; this server "
@@ -37,9 +36,18 @@ class MemoryBudget:
                 raise UploadError(503, f"{what}: the server is busy with other uploads; try again in a moment")
             self.in_use += nbytes
             self.peak = max(self.peak, self.in_use)
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._free:
+            self.in_use -= max(int(nbytes), 0)
+            self._free.notify_all()
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str) -> Iterator[None]:
+        """Hold `nbytes` of the budget for the block (`acquire`'s errors)."""
+        held = self.acquire(nbytes, what)
         try:
             yield
         finally:
-            with self._free:
-                self.in_use -= nbytes
-                self._free.notify_all()
+            self.release(held)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.serve_factory import (brain_slice, brain_volume, file_app, forged_nifti_gz, local_client, make_served_files,
+from tests.serve_factory import (SIZE, brain_slice, brain_volume, file_app, forged_nifti_gz, local_client, make_served_files,
     nifti_bytes, png_bytes, served_in_thread)
 
 MB = 1024 * 1024
@@ -274,6 +274,84 @@ def test_batch_file_over_the_size_limit_is_refused_while_it_streams(files):
         status, detail, sent = answer_while_sending(url, huge)
     assert status == 413 and "huge.npy" in detail and "1 MB per file" in detail
     assert sent < 15, f"the answer came only after {sent} of 41 pieces"
+
+
+def test_a_batch_keeps_its_prepared_slices_in_the_budget_while_the_rest_of_its_body_is_awaited(files):
+    """Prepared slices wait for the rest of the batch (up to serve.body_timeout_seconds): they must be counted in
+    the memory budget meanwhile, or clients that hold back their last file take memory no budget sees."""
+    import socket
+    from urllib.parse import urlsplit
+
+    app = file_app(files)
+    png = png_bytes(brain_slice())
+    parts = [multipart_head(b"xyzBOUNDARY", f"s{i}.png") + png + b"\r\n" for i in range(5)]
+    with served_in_thread(app, _cfg()) as url:
+        budget = app.state.budget
+        with socket.create_connection((urlsplit(url).hostname, urlsplit(url).port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/predict/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                         b"Content-Type: multipart/form-data; boundary=xyzBOUNDARY\r\n\r\n")
+            for part in parts[:4]:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            deadline = time.monotonic() + 20  # a part is complete when the next one's boundary arrives: three are
+            while budget.in_use < 3 * SIZE * SIZE * 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            waiting = budget.in_use
+            rest = parts[4] + b"--xyzBOUNDARY--\r\n"
+            sock.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert waiting >= 3 * SIZE * SIZE * 4  # three prepared (1, 32, 32) float32 inputs of the served model
+        deadline = time.monotonic() + 10
+        while budget.in_use and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert budget.in_use == 0
+
+
+def test_a_volume_answer_stays_in_the_budget_until_it_is_sent(files):
+    """The answer's JSON (megabytes of base64 NIfTI) is made within the volume's reservation and its bytes stay
+    budgeted until sent: with a client that does not read, they are still counted."""
+    import socket
+    from urllib.parse import urlsplit
+
+    volume, _ = brain_volume(shape=(256, 256, 96), tumour_box=((60, 120), (80, 140), (20, 60)))
+    noisy = volume + np.random.default_rng(0).integers(0, 400, volume.shape) * (volume > 0)  # a noisy answer: MBs
+    data, _ = nifti_bytes(noisy.astype(np.int16))
+    app = file_app(files, memory_budget_mb=4000)
+    boundary = b"volBOUNDARY"
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="v.nii.gz"\r\n'
+            b"Content-Type: application/gzip\r\n\r\n" + data + b"\r\n--" + boundary + b"--\r\n")
+    with served_in_thread(app, _cfg()) as url:
+        budget = app.state.budget
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+            sock.settimeout(60)
+            sock.connect((urlsplit(url).hostname, urlsplit(url).port))
+            sock.sendall(b"POST /v1/predict/volume?images=true HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\nContent-Type: multipart/form-data; boundary=" + boundary
+                         + b"\r\n\r\n" + body)
+            deadline = time.monotonic() + 60  # answered, but not read: the body waits in the server's buffers
+            while (budget.peak == 0 or budget.in_use == budget.peak) and time.monotonic() < deadline:
+                time.sleep(0.05)  # until the volume's reservation shrinks to what its answer holds
+            time.sleep(1)
+            held_while_unread = budget.in_use
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += sock.recv(65536)
+            length = int(received.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            head = received.split(b"\r\n\r\n", 1)[0]
+            got = len(received) - len(head) - 4
+            while got < length:
+                block = sock.recv(1 << 20)
+                if not block:
+                    break
+                got += len(block)
+        assert head.startswith(b"HTTP/1.1 200") and got == length
+        assert held_while_unread > 0 and held_while_unread <= length, (held_while_unread, length, budget.peak)
+        deadline = time.monotonic() + 10
+        while budget.in_use and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert budget.in_use == 0
 
 
 # ---------------------------------------------------------------- review 2026-12-02: headers that lie, cut bodies
