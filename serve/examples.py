@@ -94,11 +94,12 @@ def prepared_example(model: ServedModel, entry: dict, folder: Path, ood_threshol
     if array.shape[0] != model.in_channels:
         raise UploadError(422, f"example {entry['id']}: {array.shape[0]} channel(s), but the served model takes "
                                f"{model.in_channels} ({', '.join(model.modalities)})")
+    side = max(array.shape[1:])
     if array.shape[1:] != (model.image_size, model.image_size):
         array = prepare_array_slice(array, model.image_size)
     # Processed slices are z-scored per volume, not per slice: judged as displayed, not as raw intensities.
     ood = score_slice(to_display(array[0]).astype(np.float32), array, None, None, ood_threshold)
-    return PreparedSlice(entry["id"], np.ascontiguousarray(array), ood)
+    return PreparedSlice(entry["id"], np.ascontiguousarray(array), ood, side)
 
 
 def truth_mask_png(folder: Path, entry: dict, size: int) -> str | None:

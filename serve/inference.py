@@ -56,6 +56,7 @@ class PreparedSlice:
     name: str
     model_input: np.ndarray  # (C, S, S) float32, as the model's training data
     ood: OodResult
+    side: int  # the upload's longer side: zero-padded to side x side, then resized to S x S
 
 
 def prepare_slice(decoded: DecodedSlice, model: ServedModel, name: str, ood_threshold: float) -> PreparedSlice:
@@ -72,7 +73,8 @@ def prepare_slice(decoded: DecodedSlice, model: ServedModel, name: str, ood_thre
         gray = decoded.array[0]
     _check_finite(model_input, name)
     ood = score_slice(gray, model_input, decoded.rgb, decoded.array, ood_threshold)
-    return PreparedSlice(name, np.ascontiguousarray(in_flair_channel(model_input, model.in_channels)), ood)
+    return PreparedSlice(name, np.ascontiguousarray(in_flair_channel(model_input, model.in_channels)), ood,
+                         max(gray.shape[-2:]))
 
 
 def in_flair_channel(model_input: np.ndarray, channels: int) -> np.ndarray:
@@ -118,7 +120,8 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
             "tumor_probability": round(probability, 6),
             "has_tumor": decision(probability, model.threshold, item.ood, ood_threshold),
             "threshold": model.threshold,
-            "tumor_area_px": int(mask.sum()),
+            # in the upload's pixels, as the volume route counts them: a model pixel covers (side / S)² of them
+            "tumor_area_px": int(round(float(mask.sum()) * (item.side / mask.shape[-1]) ** 2)),
             "mask_png": png_base64(mask_pixels(mask)),
             "image_png": png_base64(display),
             "ood_score": item.ood.score,

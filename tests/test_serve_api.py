@@ -60,7 +60,8 @@ def test_predict_finds_the_bright_disc_in_every_format(client, encode):
     body = predict(client, encode(brain_slice(tumour=True))).json()
     assert body["has_tumor"] is True and body["tumor_probability"] > 0.9
     mask = decode_png(body["mask_png"])
-    assert mask.shape == (SIZE, SIZE) and body["tumor_area_px"] == int((mask > 127).sum()) > 0
+    # the PNGs are on the model's grid; the area counts the upload's pixels (64 x 64 here: 4 per model pixel)
+    assert mask.shape == (SIZE, SIZE) and body["tumor_area_px"] == int((mask > 127).sum()) * (64 // SIZE) ** 2 > 0
     assert decode_png(body["image_png"]).shape == (SIZE, SIZE)
     assert body["ood_score"] < 0.5 and body["warning"] is None
     assert "gradcam_png" not in body
@@ -158,6 +159,17 @@ def test_outputs_keep_the_inputs_qform_and_sform_and_drop_its_display_window(cli
         np.testing.assert_allclose(q, qform, atol=1e-4, err_msg=key)
         np.testing.assert_allclose(s, sform, atol=1e-4, err_msg=key)
         assert (float(out.header["cal_min"]), float(out.header["cal_max"])) == (0.0, 0.0), key
+
+
+def test_a_slices_tumour_area_is_in_the_uploads_pixels_whatever_its_size_or_shape(client):
+    """The same picture at 64² and 128²: four times the pixels, as the volume route counts them on the input's grid;
+    the 64² picture inside a 64 x 128 frame: the same disc, so about the same pixels (the pad holds no tumour)."""
+    small = predict(client, png_bytes(brain_slice(size=64))).json()["tumor_area_px"]
+    large = predict(client, png_bytes(brain_slice(size=128))).json()["tumor_area_px"]
+    assert small > 0 and large == pytest.approx(4 * small, rel=0.15)
+    wide = np.zeros((64, 128), np.uint8)
+    wide[:, 32:96] = brain_slice(size=64)
+    assert predict(client, png_bytes(wide)).json()["tumor_area_px"] == pytest.approx(small, rel=0.25)  # same disc
 
 
 def decode_nifti(b64: str) -> nib.Nifti1Image:
