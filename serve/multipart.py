@@ -10,9 +10,11 @@ A part is spooled to a temporary file beyond SPOOL_BYTES, so the memory a reques
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
+from urllib.parse import unquote
 
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +25,7 @@ from serve.uploads import MB, UploadError
 SPOOL_BYTES = 1 * MB  # a part larger than this goes to a temporary file
 MAX_HEADER_BYTES = 8 * 1024  # per part header line
 MAX_OTHER_PARTS = 16  # form fields besides the upload(s): a client has no reason to send more
+EXTENDED_FILENAME = re.compile(rb"filename\*\s*=\s*([A-Za-z0-9._-]*)'[^']*'([^;\s]+)", re.IGNORECASE)
 
 
 @dataclass
@@ -76,7 +79,9 @@ class _Reader:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self.disposition)
         name = options.get(b"name", b"").decode("utf-8", "replace")
-        if name not in self.field_names or b"filename" not in options:
+        # One of our fields is a file whatever its disposition says of a name: `filename*=UTF-8''...` alone (RFC
+        # 5987, older urllib3), or no filename at all (curl -F 'file=<scan.png'); only other fields are skipped.
+        if name not in self.field_names:
             self.others += 1
             if self.others > MAX_OTHER_PARTS:
                 raise UploadError(413, f"too many form fields besides '{self.shown}' (at most {MAX_OTHER_PARTS})")
@@ -85,8 +90,7 @@ class _Reader:
         if self.files > self.max_files:
             raise UploadError(413, f"too many files: more than {self.max_files}; at most {self.max_files} per "
                                    f"{self.what}")
-        filename = options[b"filename"].decode("utf-8", "replace")
-        self.current = FilePart(name, filename, tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))
+        self.current = FilePart(name, _filename(options, self.disposition), tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self.current
@@ -159,3 +163,18 @@ def _feed(parser: MultipartParser, chunk: bytes | None) -> None:
 def close_parts(parts: list[FilePart]) -> None:
     for part in parts:
         part.file.close()
+
+
+def _filename(options: dict[bytes, bytes], disposition: bytes) -> str:
+    """A part's file name: `filename`, else RFC 5987's `filename*=charset''percent-encoded` (which
+    parse_options_header drops), else ''."""
+    if b"filename" in options:
+        return options[b"filename"].decode("utf-8", "replace")
+    extended = EXTENDED_FILENAME.search(disposition)
+    if extended is None:
+        return ""
+    charset, quoted = extended.group(1).decode("latin-1"), extended.group(2).decode("latin-1")
+    try:
+        return unquote(quoted, encoding=charset or "utf-8", errors="replace")
+    except LookupError:  # an unknown charset
+        return unquote(quoted, errors="replace")

@@ -172,6 +172,18 @@ def test_a_slices_tumour_area_is_in_the_uploads_pixels_whatever_its_size_or_shap
     assert predict(client, png_bytes(wide)).json()["tumor_area_px"] == pytest.approx(small, rel=0.25)  # same disc
 
 
+@pytest.mark.parametrize(("disposition", "filename"), [
+    (b'form-data; name="file"; filename*=UTF-8\'\'%C3%A9t%C3%A9.png', "\u00e9t\u00e9.png"),  # RFC 5987 alone
+    (b'form-data; name="file"', None),  # no filename at all: curl -F 'file=<scan.png'
+], ids=["filename-star", "no-filename"])
+def test_a_file_field_without_a_plain_filename_is_still_the_file(client, disposition, filename):
+    body = (b"--b0und\r\nContent-Disposition: " + disposition + b"\r\nContent-Type: image/png\r\n\r\n"
+            + png_bytes(brain_slice()) + b"\r\n--b0und--\r\n")
+    answer = client.post("/v1/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=b0und"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["filename"] == (filename or "file")
+
+
 def decode_nifti(b64: str) -> nib.Nifti1Image:
     return nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(b64)))
 
