@@ -56,7 +56,11 @@ def test_the_fixed_rule_keeps_its_threshold_whatever_validation_says():
         cfg = EvaluateSettings(threshold_rule="fixed", fixed_threshold=fixed, bootstrap=10)
         report = evaluation_report.build_report(val, test, cfg, seed=0)
         assert report["classification"]["threshold"] == fixed
+        assert report["classification_threshold"] == {"value": fixed, "rule": "fixed"}
     assert report["classification"]["confusion_matrix"] == [[10, 0], [5, 5]]  # 5 of the positives (0.70-0.90) < 0.8
+    one_class = predictions(np.array([]), np.linspace(0.30, 0.50, 10))  # validation without a tumour-free slice
+    report = evaluation_report.build_report(one_class, test, EvaluateSettings(bootstrap=10), seed=0)
+    assert report["classification_threshold"]["rule"].startswith("fallback")
 
 
 def test_target_sensitivity_rule_is_applied_to_validation():
@@ -75,8 +79,9 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     write_json_atomic(evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=100), seed=1), path)
     written = json.loads(path.read_text())
     assert set(written) == set(CONTRACT_KEYS) | {"ci95", "classification_by_source", "sensitivity_by_tumour_area",
-                                                 "segmentation_threshold"}
+                                                 "segmentation_threshold", "classification_threshold"}
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
+    assert written["classification_threshold"] == {"value": written["classification"]["threshold"], "rule": "youden"}
     for section, keys in CONTRACT_KEYS.items():
         assert set(written[section]) == keys
     assert written["segmentation_regions"]["wt"] == {"dice": None, "hd95": None}  # no volume scored

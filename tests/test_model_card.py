@@ -55,6 +55,14 @@ def test_card_says_how_predicted_volumes_are_cleaned():
     assert f"median tumour probability over the slices it spans is below {MIN_SLICE_EVIDENCE}" in text
 
 
+def test_card_says_how_the_decision_threshold_came_about():
+    for rule, words in (("youden", "the threshold chosen on the validation split (Youden's J)"),
+                        ("fixed", "a fixed threshold (evaluate.threshold_rule: fixed)"),
+                        ("fallback: the validation split holds one class only", "0.5 by default")):
+        text = card({"classification": {"threshold": 0.5}, "classification_threshold": {"value": 0.5, "rule": rule}})
+        assert f"tumour when the probability >= 0.500, {words}" in text, rule
+
+
 def test_card_says_where_masks_are_cut():
     assert "a pixel is tumour when its probability >= 0.500, fixed" in card({"classification": {"threshold": 0.5}})
     chosen = card({"classification": {"threshold": 0.5}, "segmentation_threshold": {"value": 0.65, "rule": "validation"}})

@@ -96,7 +96,17 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
+    report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(val, cfg)}
     return _finite_or_null(report)
+
+
+def threshold_origin(val: SplitPredictions, cfg: EvaluateSettings) -> str:
+    """How the decision threshold came about, for the model card: the rule, or why it fell back to 0.5."""
+    if cfg.threshold_rule == "fixed":
+        return "fixed"
+    if val.slices["label"].nunique() < 2:
+        return "fallback: the validation split holds one class only"
+    return cfg.threshold_rule
 
 
 def mask_threshold_section(cfg: EvaluateSettings, validation: MaskThresholdTally | None) -> dict:

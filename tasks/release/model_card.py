@@ -107,19 +107,30 @@ def _export_section(export_report: dict) -> list[str]:
     return lines
 
 
+# metrics.json's classification_threshold.rule, as the card words it (older metrics: the validation wording)
+THRESHOLD_ORIGINS = {
+    "youden": "the threshold chosen on the validation split (Youden's J)",
+    "target_sensitivity": "the threshold chosen on the validation split (the highest reaching the target sensitivity)",
+    "fixed": "a fixed threshold (evaluate.threshold_rule: fixed)",
+    "fallback: the validation split holds one class only": "0.5 by default: the validation split holds one class only",
+}
+
+
 def render_model_card(*, model_name: str, version: str | None, profile: str, data_source: str, image_size: int,
                       modalities: list[str], splits: dict, metrics: dict, export_report: dict, decision,
                       tags: dict[str, str]) -> str:
     """Markdown model card; `decision` is a gate.GateDecision."""
     title = f"# {model_name}" + (f" version {version}" if version else "")
     threshold = metrics["classification"].get("threshold")
+    threshold_origin = THRESHOLD_ORIGINS.get((metrics.get("classification_threshold") or {}).get("rule"),
+                                             "the threshold chosen on the validation split")
     cut = metrics.get("segmentation_threshold", {"value": 0.5, "rule": "fixed"})
     cut_origin = "chosen on the validation split" if cut.get("rule") == "validation" else "fixed"
     synthetic = data_source == "synthetic"
     lines = [
         title, "",
         "Multitask 2D U-Net: whole-tumour segmentation of axial brain MRI slices and a tumour / no-tumour decision "
-        f"per slice (tumour when the probability >= {_fmt(threshold)}, the threshold chosen on the validation split; "
+        f"per slice (tumour when the probability >= {_fmt(threshold)}, {threshold_origin}; "
         f"a pixel is tumour when its probability >= {_fmt(cut.get('value'))}, {cut_origin}).",
         "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",
         "Splits are patient-level (no patient in two splits); near-duplicate Kaggle images stay in one split.",
