@@ -287,6 +287,28 @@ def test_champion_is_rescored_when_the_test_data_changed(project, tiny_settings)
     assert result["promoted"] and alias_version("slicewise", "champion") == "2"
 
 
+def test_a_champion_is_never_re_scored_on_patients_it_was_trained_or_tuned_on(project, tiny_settings):
+    """Patients added to the data set redraw the split: some of the champion's training patients can land in
+    today's test split, where it would look better than it is. The registered model lists the patients it has seen,
+    and re-scoring leaves them out (here every test patient was seen: nothing to re-score on)."""
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.95, sensitivity=0.95)
+    assert register.main(settings)["promoted"]
+    registry = ModelRegistry.existing(settings.tracking, settings.registry.model_name)
+    seen = json.loads((registry.fetch("champion", project / "got").checkpoint_path.parent
+                       / "seen_patients.json").read_text())
+    assert sorted(seen) == sorted(read_split("train", paths.SPLITS) + read_split("val", paths.SPLITS))
+
+    train, test = read_split("train", paths.SPLITS), read_split("test", paths.SPLITS)
+    (paths.SPLITS / "test.txt").write_text("\n".join(train) + "\n")  # a redrawn split: its training patients in test
+    (paths.SPLITS / "train.txt").write_text("\n".join(test) + "\n")
+    from tasks.release.registration import champion_score
+
+    score = champion_score(registry, registry.by_alias("champion"), {"data_hash": "other", "splits_hash": "other"},
+                           paths.PROCESSED, paths.SPLITS)
+    assert score.basis == "recorded on other test data" and score.accuracy == pytest.approx(0.95)
+
+
 def test_unverifiable_version_is_removed_and_gets_no_alias(project, tiny_settings, monkeypatch):
     settings = tracked(tiny_settings)
     register.main(settings)

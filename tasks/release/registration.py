@@ -37,7 +37,7 @@ from tasks.io import read_json, sha256_file
 from tasks.release.examples import bundle_examples
 from tasks.release.gate import ChampionScore, GateDecision, PromotionGate
 from tasks.release.model_card import render_model_card, split_summary
-from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, ModelRegistry
+from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, SEEN_PATIENTS_FILE, ModelRegistry
 from tasks.tracking import provenance
 from tasks.tracking.mlflow_runs import MlflowTracker
 from tasks.redaction import redact
@@ -109,7 +109,9 @@ def parity_detail(parity: dict) -> str:
 
 
 def rescore_champion(registry: ModelRegistry, version: str, processed: Path, splits_dir: Path) -> float | None:
-    """The champion's accuracy on the current test split at its own threshold; None if its input does not fit."""
+    """The champion's accuracy on the current test split at its own threshold, leaving out the patients it was
+    trained or tuned on (a split redrawn after patients were added can put them in today's test split, where it
+    would shine); None if its input does not fit or no test patient is new to it."""
     from tasks.data.shards import read_shard
     from tasks.evaluation.scoring import predict_split
     from tasks.inference.predictor import OnnxPredictor
@@ -119,7 +121,14 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
         metadata = read_json(local / EXTRA_FILES / METADATA_FILE, default=None)
         if metadata is None:
             raise ValueError(f"no readable {METADATA_FILE}")
-        rows = split_rows(processed, read_split("test", splits_dir))
+        seen = set(read_json(local / EXTRA_FILES / SEEN_PATIENTS_FILE, default=[]))  # older versions: none known
+        test = [patient for patient in read_split("test", splits_dir) if patient not in seen]
+        if not test:
+            return None
+        if len(test) < len(read_split("test", splits_dir)):
+            log.info("register: re-scoring champion v%s without the %d test patients it was trained or tuned on",
+                     version, len(read_split("test", splits_dir)) - len(test))
+        rows = split_rows(processed, test)
         image_shape = list(read_shard(processed / rows["shard"].iloc[0]).images.shape[1:])
         if metadata["input"]["shape"][1:] != image_shape:
             return None
@@ -192,8 +201,9 @@ class LoggedModel:
 
 
 def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, card: str,
-              examples: Path | None = None) -> LoggedModel:
-    """Log the ONNX flavour (+ best.pt, model.json, the bundled examples) and the reports into the parent run."""
+              examples: Path | None = None, seen_patients: Path | None = None) -> LoggedModel:
+    """Log the ONNX flavour (+ best.pt, model.json, the bundled examples, the patients it has seen) and the reports
+    into the parent run."""
     import mlflow
     import mlflow.onnx
     import onnx
@@ -204,11 +214,12 @@ def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, car
         card_path.write_text(card)
         with mlflow.start_run(run_id=tracker.run_id):
             info = mlflow.onnx.log_model(
-                onnx.load(str(release.onnx_path)), name=MODEL_ARTIFACT, signature=model_signature(channels, size, len(release.metadata.get("regions", ["wt"]))),
+                onnx.load(str(release.onnx_path)), name=MODEL_ARTIFACT,
+                signature=model_signature(channels, size, len(release.metadata.get("regions", ["wt"]))),
                 input_example=example, metadata=release.metadata, save_as_external_data=False,
                 onnx_execution_providers=["CPUExecutionProvider"], pip_requirements=serving_requirements(),
                 extra_files=[str(release.checkpoint_path.resolve()), str(release.metadata_path.resolve())]
-                + ([str(examples.resolve())] if examples is not None else []))
+                + [str(extra.resolve()) for extra in (examples, seen_patients) if extra is not None])
         logged = LoggedModel(info.model_id, info.model_uri,
                              retrying(tracker.cfg, "get logged model", tracker.client.get_logged_model,
                                       info.model_id).artifact_location)
@@ -364,7 +375,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     try:
         with tempfile.TemporaryDirectory() as tmp:  # test-split examples the served model carries (serve/examples.py)
             examples = bundle_examples(processed, splits_dir, paths.RAW_BRATS, settings.slice.modalities, Path(tmp))
-            logged = retrying(cfg, "log model", log_model, release, example, tracker, card, examples)
+            seen = Path(tmp) / SEEN_PATIENTS_FILE  # so that a later register never re-scores it on them
+            seen.write_text(json.dumps(sorted(read_split("train", splits_dir) + read_split("val", splits_dir))))
+            logged = retrying(cfg, "log model", log_model, release, example, tracker, card, examples, seen)
         version = create_verified_version(registry, logged.model_uri, version_tags, card, release, example, alias)
     except BaseException:
         discard_logged_models(tracker, logged, keep=registered_model_ids(registry))

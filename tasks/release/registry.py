@@ -24,6 +24,7 @@ EXTRA_FILES = "extra_files"
 CHECKPOINT_FILE = "best.pt"
 METADATA_FILE = "model.json"
 EXAMPLES_ARCHIVE = "examples.zip"  # example inputs (tasks/release/examples.py), served with the model
+SEEN_PATIENTS_FILE = "seen_patients.json"  # the patients the model was trained and tuned on (train + val splits)
 # What MLflow answers when a model, version or alias does not exist (yet).
 NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 # Run artifacts are searched this many folders deep.
