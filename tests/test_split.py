@@ -13,18 +13,25 @@ from tasks.errors import SliceWiseError
 from tests.nifti_factory import write_kaggle, write_patient
 
 
-@pytest.fixture
-def processed(tmp_path):
+def sliced(tmp_path, n_patients: int, kaggle_per_class: int, add_to_kaggle=None):
+    """`n_patients` FLAIR-only BraTS patients and Kaggle images, sliced; `add_to_kaggle(folder)` adds files first."""
     rng = np.random.default_rng(0)
     raw = tmp_path / "raw"
-    for i in range(10):
+    for i in range(n_patients):
         write_patient(raw / "brats", f"BraTS20_Training_{i + 1:03d}", rng, parts=("flair", "seg"))
-    write_kaggle(raw / "kaggle", rng, n_per_class=6)
-    # an exact duplicate of a Kaggle image under another name: must stay in the same split as its twin
-    (raw / "kaggle" / "yes" / "Y0 copy.jpg").write_bytes((raw / "kaggle" / "yes" / "Y0.jpg").read_bytes())
+    write_kaggle(raw / "kaggle", rng, n_per_class=kaggle_per_class)
+    if add_to_kaggle is not None:
+        add_to_kaggle(raw / "kaggle")
     out = tmp_path / "processed"
     slice_dataset(raw, out, SliceSettings(workers=1), image_size=32, stride=1)
     return out
+
+
+@pytest.fixture
+def processed(tmp_path):
+    # an exact duplicate of a Kaggle image under another name: must stay in the same split as its twin
+    return sliced(tmp_path, 10, 6, lambda kaggle: (kaggle / "yes" / "Y0 copy.jpg").write_bytes(
+        (kaggle / "yes" / "Y0.jpg").read_bytes()))
 
 
 def test_split_is_patient_level_disjoint_and_complete(processed, tmp_path):
@@ -68,13 +75,7 @@ def test_split_sizes_need_three():
 
 def test_too_few_kaggle_groups_say_so_and_name_the_manifest(tmp_path):
     """Ten BraTS patients but two Kaggle images: the error says which source is short, and why images merge."""
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "raw"
-    for i in range(10):
-        write_patient(raw / "brats", f"BraTS20_Training_{i + 1:03d}", rng, parts=("flair", "seg"))
-    write_kaggle(raw / "kaggle", rng, n_per_class=1)
-    out = tmp_path / "processed"
-    slice_dataset(raw, out, SliceSettings(workers=1), image_size=32, stride=1)
+    out = sliced(tmp_path, 10, 1)
     with pytest.raises(SliceWiseError, match=r"2 Kaggle image groups \(2 images; near-duplicates") as caught:
         split_dataset(out, tmp_path / "splits", SplitSettings(), seed=42)
     assert caught.value.path == str(out / "manifest.csv")
@@ -82,16 +83,10 @@ def test_too_few_kaggle_groups_say_so_and_name_the_manifest(tmp_path):
 
 def test_two_kaggle_files_of_one_stem_are_two_images_with_two_ids(tmp_path):
     """Y1.jpg and Y1.png: two ids (their suffixes kept), so the near-duplicate check sees both."""
-    rng = np.random.default_rng(0)
-    raw = tmp_path / "raw"
-    for i in range(3):
-        write_patient(raw / "brats", f"BraTS20_Training_{i + 1:03d}", rng, parts=("flair", "seg"))
-    write_kaggle(raw / "kaggle", rng, n_per_class=3)
-    Image.open(raw / "kaggle" / "yes" / "Y1.jpg").save(raw / "kaggle" / "yes" / "Y1.png")
-    out = tmp_path / "processed"
-    slice_dataset(raw, out, SliceSettings(workers=1), image_size=32, stride=1)
+    out = sliced(tmp_path, 3, 3, lambda kaggle: Image.open(kaggle / "yes" / "Y1.jpg").save(kaggle / "yes" / "Y1.png"))
     ids = read_manifest(out / "manifest.csv").query("source == 'kaggle'")["patient"].tolist()
     assert len(ids) == len(set(ids)) == 7
     assert {"kaggle_yes_Y1.jpg", "kaggle_yes_Y1.png", "kaggle_yes_Y0"} <= set(ids)  # other stems keep their ids
-    pairs = near_duplicate_pairs(perceptual_hashes(out, read_manifest(out / "manifest.csv").query("source == 'kaggle'")), 4)
+    kaggle = read_manifest(out / "manifest.csv").query("source == 'kaggle'")
+    pairs = near_duplicate_pairs(perceptual_hashes(out, kaggle), 4)
     assert ("kaggle_yes_Y1.jpg", "kaggle_yes_Y1.png") in pairs
