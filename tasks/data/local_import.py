@@ -153,7 +153,7 @@ def find_kaggle_images(root: Path) -> dict[str, list[Path]]:
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link when possible (no extra disk for multi-GB data sets), copy otherwise."""
+    """Hard-link when possible (no extra disk for data/raw itself; DVC's cache still keeps a copy), copy otherwise."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     src = Path(os.path.realpath(src))  # a symlinked file: its target (os.link would link the link itself)
     try:
