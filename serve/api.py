@@ -14,6 +14,7 @@ than it is granted:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -25,7 +26,6 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from serve.budget import MemoryBudget
@@ -113,18 +113,32 @@ def json_response(content) -> Response:
 SEND_CHUNK = 1 * MB
 
 
-def sent_then(response: Response, done: Callable[[], None]) -> StreamingResponse:
-    """`response`'s body sent in pieces, `done` called once the last one is handed to the connection. Sent whole,
-    the body would sit in the connection's write buffer after the handler returned; in pieces, each next piece
-    waits until the client has read enough (uvicorn's flow control), so what `done` releases is truly sent."""
-    body = response.body
+class PacedAnswer(StreamingResponse):
+    """A finished response's body sent in pieces, `done` called once the last one is handed to the connection or
+    the client has failed to read it all within `deadline` seconds (then the connection is dropped). Sent whole, the
+    body would sit in the connection's write buffer after the handler returned, outside any budget; in pieces, each
+    next piece waits until the client has read enough (uvicorn's flow control), so what `done` releases is truly
+    sent, and a client that never reads holds it no longer than the deadline."""
 
-    async def pieces():
-        for start in range(0, len(body), SEND_CHUNK):
-            yield body[start:start + SEND_CHUNK]
+    def __init__(self, response: Response, done: Callable[[], None], deadline: float):
+        body = response.body
 
-    return StreamingResponse(pieces(), status_code=response.status_code, media_type=response.media_type,
-                             headers={"content-length": str(len(body))}, background=BackgroundTask(done))
+        async def pieces():
+            for start in range(0, len(body), SEND_CHUNK):
+                yield body[start:start + SEND_CHUNK]
+
+        super().__init__(pieces(), status_code=response.status_code, media_type=response.media_type,
+                         headers={"content-length": str(len(body))})
+        self.done, self.deadline = done, deadline
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await asyncio.wait_for(super().__call__(scope, receive, send), self.deadline)
+        except TimeoutError:  # uvicorn closes a connection whose response the app left unfinished
+            log.warning("a volume answer was not read within %g s (serve.answer_timeout_seconds); connection dropped",
+                        self.deadline)
+        finally:
+            self.done()
 
 
 def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> dict:
@@ -187,9 +201,13 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             decoded = decode_slice(part.read(), name, cfg.max_slice_mb, cfg.max_image_side)
             return prepare_slice(decoded, model, name, cfg.ood_threshold)
 
-    def predicted(model: ServedModel, items: list[PreparedSlice], gradcam: bool = False, one: bool = False) -> Response:
-        """Inference on prepared slices and its JSON answer, within a share of the memory budget (a worker thread)."""
-        with budget.reserve(inference_bytes(model, len(items)) * (2 if gradcam else 1), items[0].name):
+    def predicted(model: ServedModel, items: list[PreparedSlice], gradcam: bool = False, one: bool = False,
+                  inputs_held: int = 0) -> Response:
+        """Inference on prepared slices and its JSON answer, within a share of the memory budget (a worker thread).
+        `inputs_held`: what the caller already holds of the budget for the prepared inputs, which the estimate
+        counts too."""
+        need = inference_bytes(model, len(items)) * (2 if gradcam else 1)
+        with budget.reserve(max(need - inputs_held, 0), items[0].name):
             results = slice_results(model, items, cfg.ood_threshold, gradcam)
             return json_response(results[0] if one else results)
 
@@ -253,7 +271,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
 
         try:
             await read_file_parts(request, "files", cfg.max_batch_files, cfg.max_slice_mb, "batch", on_file)
-            return await run_in_threadpool(predicted, model, items)
+            return await run_in_threadpool(predicted, model, items, False, False, held)
         finally:
             budget.release(held)
 
@@ -271,7 +289,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                                                         json_response)
         finally:
             close_parts(parts)
-        return sent_then(response, lambda: budget.release(sending))
+        return PacedAnswer(response, lambda: budget.release(sending), cfg.answer_timeout_seconds)
 
     def predict_volume_files(parts: list[FilePart], model: ServedModel, with_images: bool, tta: bool,
                              finish: Callable[[dict], Response] | None = None) -> dict | tuple[Response, int]:

@@ -207,6 +207,7 @@ class ServeSettings(_Section):
     queue_seconds: float = Field(30, ge=0)  # how long a request waits for the budget before a 503
     header_timeout_seconds: float = Field(10, gt=0)  # a request's headers must arrive within this
     body_timeout_seconds: float = Field(120, gt=0)  # ... and its body within this after them
+    answer_timeout_seconds: float = Field(120, gt=0)  # a volume answer must be read within this (else: closed)
     keep_alive_seconds: float = Field(5, gt=0)  # an idle keep-alive connection is closed after this
     max_connections: int = Field(64, ge=1)  # connections or requests in flight beyond this get a 503
     allowed_hosts: tuple[str, ...] = ()  # Host/Origin names accepted besides localhost and the bind address

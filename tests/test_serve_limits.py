@@ -354,6 +354,55 @@ def test_a_volume_answer_stays_in_the_budget_until_it_is_sent(files):
         assert budget.in_use == 0
 
 
+def test_a_batch_is_not_refused_for_counting_its_own_inputs_twice(files):
+    """The prepared inputs a batch holds are part of what its inference needs: a batch whose inference fits the
+    budget runs on an idle server, instead of waiting for budget it holds itself and ending in a 503."""
+    from serve.inference import inference_bytes
+    from serve.uploads import HEAD_BYTES, slice_memory_bytes
+
+    n, png = 20, png_bytes(brain_slice())
+    with local_client(file_app(files)) as client:
+        model = client.app.state.holder.model
+    held = n * model.in_channels * model.image_size ** 2 * 4
+    decode = slice_memory_bytes(png[:HEAD_BYTES], len(png), "s.png", 4096)
+    budget_bytes = max(inference_bytes(model, n), held + decode) + held // 2
+    app = file_app(files, memory_budget_mb=budget_bytes / MB, queue_seconds=2)
+    with local_client(app) as client:
+        answer = client.post("/v1/predict/batch", files=[("files", (f"s{i}.png", png)) for i in range(n)])
+        assert answer.status_code == 200, answer.text
+        assert app.state.budget.in_use == 0
+
+
+def test_a_client_that_never_reads_its_volume_answer_loses_it_after_the_deadline(files):
+    """serve.answer_timeout_seconds: the answer's share of the budget is not held for as long as a silent client
+    keeps its connection open; the connection is dropped and the budget given back."""
+    import socket
+    from urllib.parse import urlsplit
+
+    volume, _ = brain_volume(shape=(256, 256, 96), tumour_box=((60, 120), (80, 140), (20, 60)))
+    noisy = volume + np.random.default_rng(0).integers(0, 400, volume.shape) * (volume > 0)
+    data, _ = nifti_bytes(noisy.astype(np.int16))
+    app = file_app(files, memory_budget_mb=4000, answer_timeout_seconds=2)
+    body = (b'--vb\r\nContent-Disposition: form-data; name="file"; filename="v.nii.gz"\r\n\r\n' + data
+            + b"\r\n--vb--\r\n")
+    with served_in_thread(app, _cfg(answer_timeout_seconds=2)) as url:
+        budget = app.state.budget
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(60)
+            sock.connect((urlsplit(url).hostname, urlsplit(url).port))
+            sock.sendall(b"POST /v1/predict/volume?images=true HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\nContent-Type: multipart/form-data; boundary=vb\r\n\r\n"
+                         + body)
+            deadline = time.monotonic() + 60
+            while budget.peak == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            deadline = time.monotonic() + 30  # never reading: released once answer_timeout_seconds have passed
+            while budget.in_use and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert budget.in_use == 0 and budget.peak > 0
+
+
 # ---------------------------------------------------------------- review 2026-12-02: headers that lie, cut bodies
 
 
