@@ -40,7 +40,7 @@ from serve.multipart import FilePart, close_parts, read_file_parts
 from serve.uploads import HEAD_BYTES, MB, UploadError, decode_slice, slice_memory_bytes
 from serve.volumes import VolumeUpload, probe_volume, read_volume
 from tasks.config import ServeSettings
-from tasks.data.volumes import same_grid
+from tasks.data.volumes import affine_mm, same_grid
 from tasks.inference.volume import NO_TTA
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,10 @@ def volume_body() -> dict:
 def check_same_grid(uploads: list[VolumeUpload], main: VolumeUpload) -> None:
     """Modalities sent as separate files must share the main one's grid: same spatial shape and affine."""
     for upload in uploads:
-        shape, affine = upload.header.shape[:3], upload.header.image.affine
-        if shape != main.header.shape[:3] or not same_grid(affine, main.header.image.affine):
+        image, reference = upload.header.image, main.header.image
+        shape = upload.header.shape[:3]
+        if shape != main.header.shape[:3] or not same_grid(affine_mm(image.header, image.affine),
+                                                           affine_mm(reference.header, reference.affine)):
             raise UploadError(422, f"{upload.header.name}: shape {list(shape)} and affine differ from "
                                    f"{main.header.name}'s {list(main.header.shape[:3])}; the modalities must be "
                                    "co-registered on one grid")

@@ -197,6 +197,12 @@ def test_classification_bootstrap_skips_undefined_resamples():
     assert ci["sensitivity"] == [1.0, 1.0] and ci["precision"] == [1.0, 1.0] and ci["specificity"] == [1.0, 1.0]
 
 
+def test_a_classifier_that_calls_nothing_has_f1_zero_not_undefined():
+    """Tumours present, none called: precision is undefined, but F1 = 2tp / (2tp + fp + fn) = 0 is not."""
+    values = metrics.classification_statistic(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.3, 0.4]), 0.9)(np.ones(4))
+    assert np.isnan(values["precision"]) and values["f1"] == 0.0 and values["sensitivity"] == 0.0
+
+
 def test_slice_step_is_read_from_the_indices():
     assert metrics.slice_step(np.array([12, 4, 8, 20])) == 4  # 16 missing: a dropped slice leaves a gap
     assert metrics.slice_step(np.array([7])) == 1

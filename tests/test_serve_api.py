@@ -124,7 +124,10 @@ def test_voxel_sizes_in_metres_or_microns_are_converted_to_millimetres(client):
         image = nib.Nifti1Image(volume, np.diag([1.0 * scale, 1.5 * scale, 2.0 * scale, 1.0]))
         image.header.set_xyzt_units(unit)
         answers[unit] = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", gzip.compress(image.to_bytes()))}).json()
-    for unit in ("meter", "micron"):
+    odd = nib.Nifti1Image(volume, np.diag([1.0, 1.5, 2.0, 1.0]))
+    odd.header["xyzt_units"] = 4  # a space-unit code NIfTI does not define: read as unknown, i.e. mm
+    answers["odd"] = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", gzip.compress(odd.to_bytes()))}).json()
+    for unit in ("meter", "micron", "odd"):
         assert answers[unit]["voxel_spacing_mm"] == pytest.approx([1.0, 1.5, 2.0]), unit
         assert answers[unit]["tumor_volume_cm3"] == pytest.approx(answers["mm"]["tumor_volume_cm3"]), unit
     assert answers["mm"]["tumor_volume_cm3"] > 0

@@ -123,6 +123,18 @@ def test_a_non_square_slice_gets_each_axis_own_pixel_size(tmp_path):
     np.testing.assert_allclose(spacing, [40 / 32, 2.0 * 30 / 32], rtol=1e-6)
 
 
+def test_grids_compare_in_millimetres_whatever_unit_the_header_uses():
+    """The one-grid tolerance is 0.001 mm: a header in metres must not let a 0.9 mm shift pass as float noise."""
+    from tasks.data.volumes import affine_mm, same_grid
+
+    metres = nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.diag([0.001, 0.001, 0.001, 1.0])).header
+    metres.set_xyzt_units("meter")
+    shifted = np.diag([0.001, 0.001, 0.001, 1.0])
+    shifted[0, 3] = 0.0009  # 0.9 mm
+    assert not same_grid(affine_mm(metres, np.diag([0.001, 0.001, 0.001, 1.0])), affine_mm(metres, shifted))
+    np.testing.assert_allclose(affine_mm(metres, shifted)[0, 3], 0.9)
+
+
 def test_nothing_usable_is_a_clear_error(tmp_path):
     raw = tmp_path / "raw"
     write_patient(raw / "brats", "BraTS20_Training_001", np.random.default_rng(0), parts=("t1", "seg"))

@@ -30,11 +30,27 @@ class Volume(NamedTuple):
 MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
 
 
+def mm_per_unit(header) -> float:
+    """How many millimetres one unit of the header's pixdim and affine is (1 for mm, and for a unit code nibabel
+    does not know, which it refuses with a KeyError: read as unknown)."""
+    try:
+        unit = header.get_xyzt_units()[0]
+    except KeyError:
+        unit = "unknown"
+    return MM_PER_UNIT.get(unit, 1.0)
+
+
 def spacing_mm(header) -> tuple[float, float, float]:
     """The voxel size in millimetres along x, y, z, whatever unit the header states it in."""
-    unit = header.get_xyzt_units()[0]
-    scale = MM_PER_UNIT.get(unit, 1.0)
+    scale = mm_per_unit(header)
     return tuple(float(z) * scale for z in header.get_zooms()[:3])
+
+
+def affine_mm(header, affine: np.ndarray) -> np.ndarray:
+    """`affine` (voxel → world in the header's unit) in millimetres, so that grids compare in mm."""
+    scaled = np.array(affine, dtype=np.float64)
+    scaled[:3] *= mm_per_unit(header)
+    return scaled
 
 
 def same_grid(affine: np.ndarray, other: np.ndarray) -> bool:
@@ -65,7 +81,7 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
         if np.isinf(data).any():  # it would pass as brain (> 0) and make every z-score NaN
             raise SliceWiseError(f"the volume holds {int(np.isinf(data).sum()):,} infinite values", path)
         data = np.nan_to_num(data, nan=0.0)  # NaN: outside the brain, as 0 is (it never counted as brain)
-    return Volume(data, spacing_mm(image.header), image.affine)
+    return Volume(data, spacing_mm(image.header), affine_mm(image.header, image.affine))
 
 
 def _unscaled(image) -> bool:

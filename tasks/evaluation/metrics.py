@@ -286,8 +286,7 @@ class WeightedClassification:
             "sensitivity": sensitivity,
             "specificity": _ratio_or_nan(tn, tn + fp),
             "precision": precision,
-            "f1": _ratio(2 * precision * sensitivity, precision + sensitivity)
-            if np.isfinite(precision) and np.isfinite(sensitivity) else np.nan,
+            "f1": _ratio_or_nan(2 * tp, 2 * tp + fp + fn),  # 0 when tumours were drawn and none was called
         }
         return values | self._ranking(weights[self.order])
 
