@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.data.local_import import find_part  # noqa: E402
+from tasks.data.brats_files import find_part  # noqa: E402
 from tasks.data.preprocess import axial_slice  # noqa: E402
 from tasks.data.volumes import load_volume  # noqa: E402
 from tasks.evaluation.brats import evaluate_patient  # noqa: E402

@@ -75,6 +75,11 @@ def test_a_new_version_of_the_archive_is_extracted_again_into_a_fresh_folder(tmp
     assert extracted_archive(archive) == folder
     assert (folder / "yes" / "Y1.jpg").read_text() == "new version" and not (folder / "no" / "N1.jpg").exists()
 
+    (folder / ".extracted").write_text("")  # an older version's empty marker, written after the archive: kept
+    (folder / "yes" / "Y1.jpg").write_text("already extracted")
+    assert extracted_archive(archive) == folder and (folder / "yes" / "Y1.jpg").read_text() == "already extracted"
+    assert (folder / ".extracted").read_text() != ""  # upgraded to the archive's identity
+
 
 def test_fetch_cli_without_credentials_prints_one_line_and_exits_2(tmp_path):
     params = tmp_path / "params.yaml"

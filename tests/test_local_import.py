@@ -135,6 +135,8 @@ def test_os_walk_errors_other_than_a_vanished_folder_stop_the_walk(tmp_path):
         local_import._unreadable_folder(PermissionError(13, "Permission denied", str(tmp_path / "locked")))
     assert error.value.path == str(tmp_path / "locked")
     local_import._unreadable_folder(FileNotFoundError(2, "No such file", str(tmp_path / "gone")))  # no error
+    for system in ("lost+found", ".Trashes", "System Volume Information"):  # a drive's root: never data
+        local_import._unreadable_folder(PermissionError(13, "Permission denied", str(tmp_path / system)))
 
 
 def test_patient_folders_linked_in_are_found_and_archives_are_named(tmp_path, caplog):

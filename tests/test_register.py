@@ -287,7 +287,7 @@ def test_champion_is_rescored_when_the_test_data_changed(project, tiny_settings)
     assert result["promoted"] and alias_version("slicewise", "champion") == "2"
 
 
-def test_a_champion_is_never_re_scored_on_patients_it_was_trained_or_tuned_on(project, tiny_settings):
+def test_a_champion_is_never_re_scored_on_patients_it_was_trained_or_tuned_on(project, tiny_settings, monkeypatch):
     """Patients added to the data set redraw the split: some of the champion's training patients can land in
     today's test split, where it would look better than it is. The registered model lists the patients it has seen,
     and re-scoring leaves them out (here every test patient was seen: nothing to re-score on)."""
@@ -302,8 +302,13 @@ def test_a_champion_is_never_re_scored_on_patients_it_was_trained_or_tuned_on(pr
     train, test = read_split("train", paths.SPLITS), read_split("test", paths.SPLITS)
     (paths.SPLITS / "test.txt").write_text("\n".join(train) + "\n")  # a redrawn split: its training patients in test
     (paths.SPLITS / "train.txt").write_text("\n".join(test) + "\n")
+    from tasks.evaluation import scoring
     from tasks.release.registration import champion_score
 
+    def never(*args, **kwargs):  # nothing is left to re-score on: predicting anything would be the bug
+        raise AssertionError("the champion was re-scored on patients it has seen")
+
+    monkeypatch.setattr(scoring, "predict_split", never)
     score = champion_score(registry, registry.by_alias("champion"), {"data_hash": "other", "splits_hash": "other"},
                            paths.PROCESSED, paths.SPLITS)
     assert score.basis == "recorded on other test data" and score.accuracy == pytest.approx(0.95)

@@ -2,6 +2,7 @@
 
     synthetic.py, synthetic_shapes.py   the embedded synthetic BraTS-like and Kaggle-like data (fetch)
     local_import.py, kaggle_download.py  a downloaded BraTS/Kaggle folder; the Kaggle download (fetch)
+    brats_files.py                       which file of a raw patient folder is which part
     preprocess.py                        intensities → model inputs: slicing, evaluation and serving share it
     shards.py                            the processed format: one shard per patient + the manifest
     slicing.py                           raw volumes and images → shards (slice)

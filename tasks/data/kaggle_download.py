@@ -133,12 +133,20 @@ def extracted_archive(archive: Path) -> Path:
     done_marker = extracted / ".extracted"
     info = archive.stat()
     identity = f"{info.st_size}:{info.st_mtime_ns}"
-    if done_marker.exists() and done_marker.read_text() == identity:
-        return extracted
+    if done_marker.exists():
+        recorded = done_marker.read_text()
+        # an empty marker is an older version's: it stands when the archive is older than the extraction
+        if recorded == identity:
+            return extracted
+        if not recorded and info.st_mtime_ns <= done_marker.stat().st_mtime_ns:
+            done_marker.write_text(identity)
+            return extracted
+    # The old version's files go first: they must not mix with the new one's, and a data set of tens of GB
+    # should not need room for two extractions (the archive stays, so nothing is lost if this one fails).
+    shutil.rmtree(extracted, ignore_errors=True)
     staging = extracted.with_name(extracted.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     safe_extract(archive, staging)
-    shutil.rmtree(extracted, ignore_errors=True)  # the old version's files must not mix with the new one's
     staging.rename(extracted)
     done_marker.write_text(identity)
     return extracted

@@ -19,13 +19,12 @@ import re
 import shutil
 from pathlib import Path
 
+from tasks.data.brats_files import IMAGE_SUFFIXES, find_part, nifti_extension  # noqa: F401  (re-exported)
 from tasks.errors import SliceWiseError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 # Each part's names: BraTS 2017-2021 (`_flair`), then BraTS 2023+ (`-t2f`); the name must end right before the
 # extension, so `_t1ce` is never taken for `_t1`, nor `-t1c` for `-t1n`.
 PART_NAMES = {"flair": ("flair", "t2f"), "t1ce": ("t1ce", "t1c"), "t1": ("t1", "t1n"), "t2": ("t2", "t2w"),
@@ -33,21 +32,6 @@ PART_NAMES = {"flair": ("flair", "t2f"), "t1ce": ("t1ce", "t1c"), "t1": ("t1", "
 _PART_PATTERNS = [(part, re.compile(rf"[-_](?:{'|'.join(names)})\.nii(\.gz)?$", re.IGNORECASE))
                   for part, names in PART_NAMES.items()]
 _ODD_SEG = re.compile(r"seg", re.IGNORECASE)  # e.g. BraTS20_Training_355's `W39_1998.09.19_Segm.nii`
-
-
-def nifti_extension(path: Path) -> str:
-    match = _NIFTI.search(path.name)
-    return match.group(0).lower() if match else ""
-
-
-def find_part(patient_dir: Path, part: str) -> Path:
-    """The NIfTI file of one modality (or `seg`) in a BraTS patient folder (`<patient>_flair.nii.gz`, ...)."""
-    for path in sorted(patient_dir.iterdir()):
-        ext = nifti_extension(path)
-        if ext and path.name[: -len(ext)].lower().endswith(f"_{part}"):
-            return path
-    what = "segmentation" if part == "seg" else f"modality {part}"
-    raise SliceWiseError(f"missing {what}", patient_dir)
 
 
 def classify_brats_file(path: Path) -> str | None:
@@ -66,11 +50,21 @@ def is_shadow(path: Path) -> bool:
     return path.name.startswith("._") or "__MACOSX" in path.parts
 
 
+# Folders a file system or an OS keeps for itself, unreadable to users on a drive's root: never data.
+SYSTEM_FOLDERS = {"lost+found", "$recycle.bin", "system volume information", ".trashes", ".spotlight-v100",
+                  ".fseventsd", ".documentrevisions-v100", ".temporaryitems"}
+
+
 def _unreadable_folder(exc: OSError) -> None:
-    """os.walk's error hook: a folder it cannot list would silently take its patients with it."""
-    if not isinstance(exc, FileNotFoundError):  # gone meanwhile, or a dangling link: nothing was in it
-        raise SliceWiseError(f"cannot read this folder ({exc.strerror or exc}); its files would be left out",
-                             exc.filename) from exc
+    """os.walk's error hook: a folder it cannot list would silently take its patients with it. A system folder
+    (lost+found, .Trashes, ...) is skipped with a warning; a folder gone meanwhile or a dangling link held nothing."""
+    if isinstance(exc, FileNotFoundError):
+        return
+    if Path(str(exc.filename)).name.lower() in SYSTEM_FOLDERS:
+        log.warning("skipped the system folder %s (%s)", exc.filename, exc.strerror or exc)
+        return
+    raise SliceWiseError(f"cannot read this folder ({exc.strerror or exc}); its files would be left out",
+                         exc.filename) from exc
 
 
 def walk_files(root: Path) -> list[Path]:

@@ -33,9 +33,9 @@ from rich.progress import Progress
 
 from tasks import paths
 from tasks.config import SliceSettings
-from tasks.data import local_import, preprocess, regions, shards, volumes
+from tasks.data import brats_files, preprocess, regions, shards, volumes
 from tasks.data.file_digests import FileDigests, digest_record
-from tasks.data.local_import import IMAGE_SUFFIXES, find_part, nifti_extension
+from tasks.data.brats_files import IMAGE_SUFFIXES, find_part, nifti_extension
 from tasks.data.process_pool import process_pool
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
 from tasks.data.volumes import brats2020_labels, load_volume, same_grid
@@ -65,7 +65,7 @@ class SliceSpec:
         # every module that shapes a shard or its manifest rows: reading, preprocessing, labels, the shard format
         # and manifest rows, which file is which modality
         code = b"".join(code_identity(Path(mod.__file__))
-                        for mod in (preprocess, regions, volumes, shards, local_import))
+                        for mod in (preprocess, regions, volumes, shards, brats_files))
         code += code_identity(Path(__file__))
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
 

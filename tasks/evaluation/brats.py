@@ -33,7 +33,7 @@ from rich.progress import Progress
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 from sklearn.metrics import roc_auc_score
 
-from tasks.data.local_import import find_part
+from tasks.data.brats_files import find_part
 from tasks.data.regions import REGIONS, regions_from_labels
 from tasks.data.volumes import brats2020_labels, load_volume
 from tasks.evaluation import metrics

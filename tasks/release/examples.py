@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tasks.data.local_import import find_part, nifti_extension
+from tasks.data.brats_files import find_part, nifti_extension
 from tasks.data.shards import read_shard
 from tasks.data.splits import read_split, split_rows
 from tasks.errors import SliceWiseError

@@ -1,0 +1,30 @@
+"""The names of files in the raw layout (data/raw/brats/<patient>/<patient>_<part>.nii[.gz], data/raw/kaggle/...):
+which file of a patient folder is which part. The slice step, evaluation and the release's examples read the raw
+layout through these; the slicer's code identity covers this module (not the whole importer), so an edit to how a
+download is imported does not reslice every patient.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tasks.errors import SliceWiseError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+
+
+def nifti_extension(path: Path) -> str:
+    match = _NIFTI.search(path.name)
+    return match.group(0).lower() if match else ""
+
+
+def find_part(patient_dir: Path, part: str) -> Path:
+    """The NIfTI file of one modality (or `seg`) in a BraTS patient folder (`<patient>_flair.nii.gz`, ...)."""
+    for path in sorted(patient_dir.iterdir()):
+        ext = nifti_extension(path)
+        if ext and path.name[: -len(ext)].lower().endswith(f"_{part}"):
+            return path
+    what = "segmentation" if part == "seg" else f"modality {part}"
+    raise SliceWiseError(f"missing {what}", patient_dir)
