@@ -18,9 +18,8 @@ import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Callable
 from pathlib import Path
-
+from typing import Callable
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -85,11 +84,10 @@ def volume_body() -> dict:
 
 def check_same_grid(uploads: list[VolumeUpload], main: VolumeUpload) -> None:
     """Modalities sent as separate files must share the main one's grid: same spatial shape and affine."""
+    reference = affine_mm(main.header.image.header, main.header.image.affine)
     for upload in uploads:
-        image, reference = upload.header.image, main.header.image
-        shape = upload.header.shape[:3]
-        if shape != main.header.shape[:3] or not same_grid(affine_mm(image.header, image.affine),
-                                                           affine_mm(reference.header, reference.affine)):
+        image, shape = upload.header.image, upload.header.shape[:3]
+        if shape != main.header.shape[:3] or not same_grid(affine_mm(image.header, image.affine), reference):
             raise UploadError(422, f"{upload.header.name}: shape {list(shape)} and affine differ from "
                                    f"{main.header.name}'s {list(main.header.shape[:3])}; the modalities must be "
                                    "co-registered on one grid")
@@ -284,21 +282,24 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
     ) -> Response:
         model = served_model()
         parts = await read_file_parts(request, VOLUME_FIELDS, len(VOLUME_FIELDS), cfg.max_volume_mb, "request")
+        return await volume_answer(parts, model, images, tta, json_response)
+
+    async def volume_answer(parts: list[FilePart], model: ServedModel, with_images: bool, tta: bool,
+                            finish: Callable[[dict], Response]) -> Response:
+        """The volume route's answer for `parts` (closed here), `finish` making the response of the answer dict.
+        Serialised in a worker thread, within the reservation: a volume answer is megabytes of JSON. Its bytes stay
+        budgeted until they are sent (a client that reads slowly holds them that long)."""
         try:
-            # Serialised in the worker thread, within the reservation: a volume answer is megabytes of JSON. Its
-            # bytes stay budgeted until they are sent (a client that reads slowly holds them that long).
-            response, sending = await run_in_threadpool(predict_volume_files, parts, model, images, tta,
-                                                        json_response)
+            response, sending = await run_in_threadpool(predict_volume_files, parts, model, with_images, tta, finish)
         finally:
             close_parts(parts)
         return PacedAnswer(response, lambda: budget.release(sending), cfg.answer_timeout_seconds)
 
     def predict_volume_files(parts: list[FilePart], model: ServedModel, with_images: bool, tta: bool,
-                             finish: Callable[[dict], Response] | None = None) -> dict | tuple[Response, int]:
+                             finish: Callable[[dict], Response]) -> tuple[Response, int]:
         """Judge every header, reserve what the volumes cost together, decode, predict, answer (a worker thread).
-
-        With `finish` the answer is turned into the response within the reservation, and the part of the budget
-        its body takes stays held: (response, bytes held), for the caller to release once it is sent."""
+        The answer becomes its response within the reservation, and the part of the budget its body takes stays
+        held: (response, bytes held), for the caller to release once it is sent."""
         fields = [part.field for part in parts]
         if len(set(fields)) < len(fields) or ("file" in fields and len(fields) > 1):
             raise UploadError(422, f"volume fields {fields}: send `file` alone, or each of flair, t1, t1ce, t2 "
@@ -333,10 +334,8 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                 else:
                     uploads["flair" if part.field == "file" else part.field] = volume
             flips = cfg.tta_flips if tta else NO_TTA
-            answer = volume_result(uploads, image, model, main.header.name, cfg.ood_threshold, with_images, flips)
-            if finish is None:
-                return answer
-            response = finish(answer)
+            response = finish(volume_result(uploads, image, model, main.header.name, cfg.ood_threshold,
+                                            with_images, flips))
             kept = min(len(response.body), held)  # what stays in memory until it is sent
             return response, kept
         finally:
@@ -358,11 +357,9 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             return await run_in_threadpool(predicted_example, model, entry)
         parts = [FilePart(field, name, open(path, "rb"), path.stat().st_size)
                  for field, name, path in volume_uploads(entry, model.examples, model.modalities)]
-        try:  # the volume route's own handler, as if the example's files had been uploaded
-            answer = await run_in_threadpool(predict_volume_files, parts, model, images, False)
-        finally:
-            close_parts(parts)
-        return json_response(await run_in_threadpool(with_volume_truth, answer, model, entry))
+        # the volume route's own handler, as if the example's files had been uploaded, plus the truth
+        return await volume_answer(parts, model, images, False,
+                                   lambda answer: json_response(with_volume_truth(answer, model, entry)))
 
     def predicted_example(model: ServedModel, entry: dict) -> Response:
         with budget.reserve(inference_bytes(model, 1), entry["id"]):

@@ -90,7 +90,8 @@ class _Reader:
         if self.files > self.max_files:
             raise UploadError(413, f"too many files: more than {self.max_files}; at most {self.max_files} per "
                                    f"{self.what}")
-        self.current = FilePart(name, _filename(options, self.disposition), tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))
+        self.current = FilePart(name, _filename(options, self.disposition),
+                                tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self.current

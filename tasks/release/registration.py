@@ -94,7 +94,8 @@ def check_one_model(release: Release, metrics_path: Path) -> None:
              "mask threshold": ((release.metrics.get("segmentation_threshold") or {}).get("value"),
                                 release.metadata.get("mask_threshold"))}
     for name, (judged, shipped) in pairs.items():
-        if None not in (_number(judged), _number(shipped)) and not math.isclose(_number(judged), _number(shipped)):
+        a, b = _finite_number(judged), _finite_number(shipped)
+        if a is not None and b is not None and not math.isclose(a, b):
             raise SliceWiseError(f"the {name} in metrics.json ({judged}) is not the exported model's ({shipped}): "
                                  "rerun the export step", release.metadata_path)
 
@@ -122,12 +123,13 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
         if metadata is None:
             raise ValueError(f"no readable {METADATA_FILE}")
         seen = set(read_json(local / EXTRA_FILES / SEEN_PATIENTS_FILE, default=[]))  # older versions: none known
-        test = [patient for patient in read_split("test", splits_dir) if patient not in seen]
+        today = read_split("test", splits_dir)
+        test = [patient for patient in today if patient not in seen]
         if not test:
             return None
-        if len(test) < len(read_split("test", splits_dir)):
+        if len(test) < len(today):
             log.info("register: re-scoring champion v%s without the %d test patients it was trained or tuned on",
-                     version, len(read_split("test", splits_dir)) - len(test))
+                     version, len(today) - len(test))
         rows = split_rows(processed, test)
         image_shape = list(read_shard(processed / rows["shard"].iloc[0]).images.shape[1:])
         if metadata["input"]["shape"][1:] != image_shape:
@@ -144,7 +146,7 @@ def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str],
     recorded when it was tested on the same data (same data and split hashes), else re-scored on this test split,
     else (its input does not fit the current data, e.g. another image size) the recorded one, marked as such."""
     tags, version = champion.tags, str(champion.version)
-    recorded = _number(tags.get("test_accuracy"))
+    recorded = _finite_number(tags.get("test_accuracy"))
     same_data = all(tags.get(k) == v and v != provenance.UNKNOWN for k, v in data_tags.items()
                     if k in ("data_hash", "splits_hash"))
     if same_data and recorded is not None:
@@ -159,7 +161,7 @@ def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str],
     return ChampionScore(version, recorded, "recorded on other test data")
 
 
-def _number(tag) -> float | None:
+def _finite_number(tag) -> float | None:
     """A number from a registry tag or a JSON field; None when it is missing or not a finite number (a hand-set
     or foreign version, a damaged file)."""
     try:
