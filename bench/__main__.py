@@ -130,7 +130,8 @@ def record_by_cpu(report: dict, kind: str, result: dict) -> None:
 
     report[kind] = result
     if not result.get("overrides"):  # a variant of the recipe (e.g. fp32) is not the recipe's figure
-        report.setdefault("by_cpu", {}).setdefault(cpu_family(result["cpu"]["model"]), {})[kind] = result
+        cpu = result["cpu"]
+        report.setdefault("by_cpu", {}).setdefault(cpu_family(cpu["model"], cpu.get("amx", False)), {})[kind] = result
 
 
 def quality_by_cpu(report: dict) -> dict[str, dict]:
@@ -140,8 +141,8 @@ def quality_by_cpu(report: dict) -> dict[str, dict]:
     if "by_cpu" in report:
         return report["by_cpu"]
     found = {kind: report[kind] for kind in ("seeds", "peer") if kind in report}
-    cpu = (found.get("seeds") or found.get("peer") or {}).get("cpu", {}).get("model", "this machine")
-    return {cpu_family(cpu): found} if found else {}
+    cpu = (found.get("seeds") or found.get("peer") or {}).get("cpu", {})
+    return {cpu_family(cpu.get("model", "this machine"), cpu.get("amx", False)): found} if found else {}
 
 
 def quality_rows(report: dict) -> list[tuple[str, str, str]]:
@@ -262,7 +263,8 @@ def markdown(report: dict) -> str:
 def seeds_markdown(seeds: dict) -> str:
     """The seed sweep as a README table: one row per seed, then min / median / max, with the CPU it ran on."""
     cpu = seeds["cpu"]
-    precision = "bf16 autocast" if cpu["bf16_autocast"] else "fp32 (no native bf16: neither AMX nor AVX512-BF16)"
+    precision = ("fp32 (no native bf16: neither AMX nor AVX512-BF16)" if not cpu["bf16_autocast"]
+                 else "bf16 autocast (AMX)" if cpu.get("amx") else "bf16 autocast (AVX512-BF16, no AMX)")
     lines = [f"Measured by `python -m bench.bench_seeds` on a {cpu['model']} (2 cores), {precision}; targets: "
              f"accuracy ≥ {seeds['targets']['accuracy']}, slice Dice ≥ {seeds['targets']['slice_dice']}, volume Dice ≥ "
              f"{seeds['targets']['volume_dice']} on every seed.", "",

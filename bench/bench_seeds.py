@@ -54,14 +54,15 @@ def cpu_description() -> dict:
             "bf16_autocast": native_cpu_bf16()}
 
 
-def cpu_family(model: str) -> str:
+def cpu_family(model: str, amx: bool = False) -> str:
     """The vendor and product line of a CPU model name ("AMD EPYC 9R14 96-Core Processor" → "AMD EPYC",
-    "Intel(R) Xeon(R) Platinum 8488C" → "Intel Xeon"): what the README's table keeps one sweep of each."""
-    for line, family in KNOWN_CPU_LINES.items():  # however the vendor capitalises it
-        if line in model.lower():
-            return family
-    words = re.sub(r"\((R|TM)\)", "", model, flags=re.IGNORECASE).split()
-    return " ".join(words[:2]) if words else "unknown CPU"
+    "Intel(R) Xeon(R) Platinum 8488C" → "Intel Xeon"), "with AMX" when it has AMX tiles (bf16 matrix multiplies
+    take other kernels there): what the README's table keeps one sweep of each."""
+    family = next((family for line, family in KNOWN_CPU_LINES.items() if line in model.lower()), None)
+    if family is None:  # however the vendor capitalises it
+        words = re.sub(r"\((R|TM)\)", "", model, flags=re.IGNORECASE).split()
+        family = " ".join(words[:2]) if words else "unknown CPU"
+    return f"{family} with AMX" if amx else family
 
 
 KNOWN_CPU_LINES = {"epyc": "AMD EPYC", "xeon": "Intel Xeon", "ryzen": "AMD Ryzen", "core(tm)": "Intel Core"}

@@ -147,7 +147,7 @@ def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> d
         "gate": gate_verdict(model.card.get("tags", {})),
         "served": {"image_size": model.image_size, "in_channels": model.in_channels,
                    "modalities": list(model.modalities), "regions": list(model.regions),
-                   "threshold": model.threshold,
+                   "threshold": model.threshold, "slice_score": model.predictor.slice_score,
                    "mask_threshold": model.mask_threshold, "gradcam_checkpoint": model.checkpoint is not None},
         "limits": {key: getattr(cfg, key) for key in LIMITS},
         "ood_threshold": cfg.ood_threshold,

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from tasks.config import RegistrySettings, TrackingSettings
 from tasks.errors import SliceWiseError
-from tasks.inference.predictor import OnnxPredictor
+from tasks.inference.predictor import LEGACY_SLICE_SCORE, OnnxPredictor, check_slice_score
 from tasks.io import read_json, sha256_file, write_text_atomic
 from tasks.redaction import redact
 from tasks.release.registry import EXAMPLES_ARCHIVE, METADATA_FILE, ModelRegistry
@@ -94,6 +94,11 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
         raise SliceWiseError("the model states no image size (no metadata and a dynamic input shape)", onnx_path)
     in_channels = shape[1] if isinstance(shape[1], int) else len(meta.get("modalities", ["flair"]))
     threshold = meta.get("threshold", (metrics or {}).get("classification", {}).get("threshold", DEFAULT_THRESHOLD))
+    try:  # what the threshold applies to, as evaluation measured it (a model exported before it was recorded: the
+        # classifier alone)
+        predictor.slice_score = check_slice_score(meta.get("slice_score", LEGACY_SLICE_SCORE))
+    except ValueError as exc:
+        raise SliceWiseError(f"the model's metadata: {exc}", onnx_path) from exc
     card = {**card, "metrics": metrics or card.get("metrics") or {},
             "model": {k: meta[k] for k in ("name", "opset", "image_size", "modalities", "regions", "model_config",
                                                "versions")
@@ -169,6 +174,9 @@ class RegistrySource:
         self.description = f"models:/{registry.model_name}@{registry.alias} in {self.uri}"
         self._challengers: dict[str, ServedModel] = {}  # loaded challengers by cache key (a few at most)
         self._challenger_lock = threading.Lock()
+        # The champion's reload (the poller) and /model/compare can want the same version at once, e.g. the
+        # challenger just promoted: one downloads, the other finds it done.
+        self._download_lock = threading.Lock()
 
     # ------------------------------------------------------------ the cache (no MLflow import: fast start-up)
 
@@ -224,6 +232,11 @@ class RegistrySource:
 
     def _download_version(self, version, folder: Path) -> None:
         """Fetch a version's files into a temporary folder, then rename it into place (never half a cache)."""
+        with self._download_lock:
+            if not (folder / CARD_FILE).is_file():  # else another thread brought it while this one waited
+                self._download_into(version, folder)
+
+    def _download_into(self, version, folder: Path) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
         try:
@@ -241,8 +254,14 @@ class RegistrySource:
             run_files = self._fetch_run_artifacts(version.run_id, staging)
             card = self._card(version, run_files) | {"files": files}
             (staging / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an interrupted download
-            os.replace(staging, folder)
+            if not (folder / CARD_FILE).is_file():  # never remove a complete one another server process may read
+                shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an interrupted download
+            try:
+                os.replace(staging, folder)
+            except OSError:
+                if not (folder / CARD_FILE).is_file():
+                    raise
+                log.info("%s was completed by another process meanwhile", folder)  # the same files: keep theirs
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -150,6 +150,9 @@ class EvaluateSettings(_Section):
     threshold_rule: Literal["youden", "target_sensitivity", "fixed"] = "youden"
     fixed_threshold: float = Field(0.5, gt=0, lt=1)
     target_sensitivity: float = Field(0.9, gt=0, le=1)
+    # What the threshold is applied to: the classification head's probability, or "fused" with the segmentation
+    # head's largest pixel probability (tasks/inference/predictor.py, SLICE_SCORES; README, "Evaluation").
+    slice_score: Literal["classifier", "fused"] = "fused"
     # Segmentation: a pixel is tumour when its probability >= this; "validation" picks it on the validation patients
     # (tasks/evaluation/scoring.py, choose_mask_threshold), as threshold_rule picks the classification threshold.
     mask_threshold: Annotated[float, Field(gt=0, lt=1)] | Literal["validation"] = 0.5

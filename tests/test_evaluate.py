@@ -56,7 +56,7 @@ def test_the_fixed_rule_keeps_its_threshold_whatever_validation_says():
         cfg = EvaluateSettings(threshold_rule="fixed", fixed_threshold=fixed, bootstrap=10)
         report = evaluation_report.build_report(val, test, cfg, seed=0)
         assert report["classification"]["threshold"] == fixed
-        assert report["classification_threshold"] == {"value": fixed, "rule": "fixed"}
+        assert report["classification_threshold"] == {"value": fixed, "rule": "fixed", "slice_score": "fused"}
     assert report["classification"]["confusion_matrix"] == [[10, 0], [5, 5]]  # 5 of the positives (0.70-0.90) < 0.8
     one_class = predictions(np.array([]), np.linspace(0.30, 0.50, 10))  # validation without a tumour-free slice
     report = evaluation_report.build_report(one_class, test, EvaluateSettings(bootstrap=10), seed=0)
@@ -81,7 +81,8 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     assert set(written) == set(CONTRACT_KEYS) | {"ci95", "classification_by_source", "sensitivity_by_tumour_area",
                                                  "segmentation_threshold", "classification_threshold"}
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
-    assert written["classification_threshold"] == {"value": written["classification"]["threshold"], "rule": "youden"}
+    assert written["classification_threshold"] == {"value": written["classification"]["threshold"], "rule": "youden",
+                                                   "slice_score": "fused"}
     for section, keys in CONTRACT_KEYS.items():
         assert set(written[section]) == keys
     assert written["segmentation_regions"]["wt"] == {"dice": None, "hd95": None}  # no volume scored
@@ -199,6 +200,25 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data, tiny_settings, untrained_ch
     predicted_positive = int(confusion["predicted"].sum())
     cm = written["classification"]["confusion_matrix"]
     assert predicted_positive == cm[0][1] + cm[1][1]
+    # the decisions are the configured slice score's, at the recorded threshold
+    assert written["classification_threshold"]["slice_score"] == tiny_settings.evaluate.slice_score == "fused"
+    from tasks.data.splits import read_split, split_rows
+    from tasks.evaluation.scoring import predict_split
+    from tasks.inference.checkpoints import load_model
+    from tasks.inference.predictor import TorchPredictor
+
+    fused = TorchPredictor(load_model(paths.best_checkpoint("joint"))[0], slice_score="fused")
+    scored = predict_split(fused, paths.PROCESSED, split_rows(paths.PROCESSED, read_split("test", paths.SPLITS)),
+                           segmentation=False).slices
+    threshold = written["classification"]["threshold"]
+    np.testing.assert_array_equal(confusion["predicted"].to_numpy(), scored["probability"].to_numpy() >= threshold)
+    from sklearn.metrics import roc_auc_score
+
+    classifier = predict_split(TorchPredictor(fused.model), paths.PROCESSED, scored, segmentation=False).slices
+    auc = {name: roc_auc_score(frame["label"], frame["probability"]) for name, frame in
+           (("fused", scored), ("classifier", classifier))}
+    assert written["classification"]["roc_auc"] == pytest.approx(auc["fused"])
+    assert abs(auc["fused"] - auc["classifier"]) > 1e-6  # else this test could not tell the two apart
 
 
 @pytest.mark.slow
@@ -245,7 +265,7 @@ def test_mask_threshold_on_validation_keeps_the_tumour_and_drops_a_fainter_false
     class EchoPredictor:
         def predict(self, batch):
             batch = np.asarray(batch, np.float32)
-            return Prediction(tumour_probability=batch.reshape(len(batch), -1).max(1), region_probability=batch)
+            return Prediction(classifier_probability=batch.reshape(len(batch), -1).max(1), region_probability=batch)
 
     tally = scoring.MaskThresholdTally()  # filled by the pass that predicts the split anyway, as evaluate does
     at_05 = scoring.predict_split(EchoPredictor(), tmp_path, rows, segmentation=True, tally=tally)

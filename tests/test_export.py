@@ -224,3 +224,50 @@ def test_export_cuts_masks_at_the_threshold_evaluation_chose(project, tiny_setti
     metadata = json.loads(paths.EXPORT_METADATA.read_text())
     assert metadata["mask_threshold"] == 0.7  # what serving cuts its masks at (serve/model_source.py)
     assert json.loads(paths.EXPORT_REPORT.read_text())["parity"]["mask_threshold"] == 0.7
+
+
+def test_export_hands_the_slice_score_evaluation_used_to_serving(project, tiny_settings):
+    metrics_path = write_metrics(project, 0.9, 0.9)
+    report = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps(report | {"classification_threshold": {"value": 0.5, "rule": "youden",
+                                                                              "slice_score": "max"}}))
+    with pytest.raises(SliceWiseError, match="classification_threshold.slice_score 'max' is not one of") as failure:
+        export.main(tiny_settings)
+    assert "metrics.json" in str(failure.value) and not paths.ONNX_MODEL.exists()
+
+    metrics_path.write_text(json.dumps(report | {"classification_threshold": {"value": 0.5, "rule": "youden",
+                                                                              "slice_score": "fused"}}))
+    export.main(tiny_settings)
+    assert json.loads(paths.EXPORT_METADATA.read_text())["slice_score"] == "fused"
+    embedded = {p.key: p.value for p in onnx.load(str(paths.ONNX_MODEL)).metadata_props}
+    assert json.loads(embedded["slicewise"])["slice_score"] == "fused"
+    assert json.loads(paths.EXPORT_REPORT.read_text())["parity"]["slice_score"] == "fused"
+
+    metrics_path.write_text(json.dumps(report))  # written before the slice score was recorded: the classifier's
+    export.main(tiny_settings)
+    assert json.loads(paths.EXPORT_METADATA.read_text())["slice_score"] == "classifier"
+
+
+def test_parity_compares_fused_decisions(project, tiny_settings):
+    """Under the fused score a segmentation logit that differs moves the decision too; parity must count it."""
+    from tasks.inference.checkpoints import load_model
+    from tasks.inference.predictor import sigmoid, slice_probability
+
+    model, _ = load_model(paths.best_checkpoint("joint"))
+    batch = next(iter_test_slices(paths.PROCESSED, paths.SPLITS))
+    with torch.inference_mode():
+        out = model(torch.from_numpy(batch))
+    seg, cls = out["seg"].numpy(), out["cls"].numpy()
+
+    class SegShiftedSession:  # onnxruntime stand-in whose segmentation logits are 0.05 lower, classifier exact
+        def run(self, names, feeds):
+            return [seg - 0.05, cls]
+
+    largest = sigmoid(seg)[:, 0].reshape(len(seg), -1).max(axis=1)
+    at = int(np.argmin(np.abs(largest - 0.5)))  # a slice whose largest pixel is not saturated: the shift moves it
+    assert 0.01 < largest[at] < 0.99
+    threshold = float(slice_probability(sigmoid(cls).reshape(-1), sigmoid(seg), "fused")[at])
+    fused = onnx_export.check_parity(model, SegShiftedSession(), iter([batch]), threshold, tiny_settings.export,
+                                     slice_score="fused")
+    plain = onnx_export.check_parity(model, SegShiftedSession(), iter([batch]), threshold, tiny_settings.export)
+    assert fused["decision_mismatches"] >= 1 and plain["decision_mismatches"] == 0

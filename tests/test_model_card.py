@@ -60,7 +60,16 @@ def test_card_says_how_the_decision_threshold_came_about():
                         ("fixed", "a fixed threshold (evaluate.threshold_rule: fixed)"),
                         ("fallback: the validation split holds one class only", "0.5 by default")):
         text = card({"classification": {"threshold": 0.5}, "classification_threshold": {"value": 0.5, "rule": rule}})
-        assert f"tumour when the probability >= 0.500, {words}" in text, rule
+        assert f"tumour when the classification head's probability >= 0.500, {words}" in text, rule
+
+
+def test_card_says_what_the_threshold_applies_to():
+    fused = card({"classification": {"threshold": 0.4},
+                  "classification_threshold": {"value": 0.4, "rule": "youden", "slice_score": "fused"}})
+    assert ("tumour when the mean of the classification head's probability and the segmentation head's largest pixel "
+            "probability in the slice >= 0.400") in fused
+    assert "tumour when the classification head's probability >= 0.400" in card(
+        {"classification": {"threshold": 0.4}, "classification_threshold": {"value": 0.4, "rule": "youden"}})
 
 
 def test_card_says_where_masks_are_cut():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.unet import MultitaskUNet, TwoHeadOutputs, UNetConfig
-from tasks.inference.predictor import OnnxPredictor, Prediction, TorchPredictor, sigmoid
+from tasks.inference.predictor import OnnxPredictor, Prediction, TorchPredictor, sigmoid, slice_probability
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,34 @@ def test_torch_predictor_shapes_ranges_and_batching(tiny_model):
     np.testing.assert_allclose(whole.tumour_probability, expected, atol=1e-6)
 
 
+def test_fused_slice_score_is_the_mean_of_both_heads(tiny_model):
+    x = images(6, seed=2)
+    classifier = TorchPredictor(tiny_model).predict(x)
+    fused = TorchPredictor(tiny_model, slice_score="fused").predict(x)
+    assert classifier.slice_score == "classifier" and fused.slice_score == "fused"
+    with torch.inference_mode():
+        out = tiny_model(torch.from_numpy(x))
+    cls, largest = torch.sigmoid(out["cls"]).numpy(), torch.sigmoid(out["seg"][:, 0]).amax(dim=(1, 2)).numpy()
+    np.testing.assert_allclose(classifier.tumour_probability, cls, atol=1e-6)
+    np.testing.assert_allclose(fused.tumour_probability, (cls + largest) / 2, atol=1e-6)
+    # the classifier's own probability stays at hand (the volume clean-up's evidence) whatever the slice score
+    np.testing.assert_allclose(fused.classifier_probability, classifier.tumour_probability, atol=1e-7)
+    assert not np.allclose(fused.tumour_probability, classifier.tumour_probability)
+
+
+def test_slice_probability_rules():
+    cls = np.array([0.2, 0.9], np.float32)
+    regions = np.zeros((2, 3, 4, 4), np.float32)
+    regions[0, 0, 1, 2], regions[1, 1] = 0.8, 1.0  # slice 1: only a TC pixel, which the WT rule does not read
+    np.testing.assert_allclose(slice_probability(cls, regions, "fused"), [0.5, 0.45])
+    assert slice_probability(cls, regions, "classifier") is cls
+    assert slice_probability(cls[:0], regions[:0], "fused").shape == (0,)
+    with pytest.raises(ValueError, match="unknown slice score 'max'"):
+        slice_probability(cls, regions, "max")
+    with pytest.raises(ValueError, match="unknown slice score"):
+        TorchPredictor(torch.nn.Identity(), slice_score="both")
+
+
 def test_predictor_rejects_wrong_rank(tiny_model):
     with pytest.raises(ValueError, match="N, C, H, W"):
         TorchPredictor(tiny_model).predict(np.zeros((16, 16), dtype=np.float32))
@@ -64,6 +92,9 @@ def test_onnx_and_torch_predictors_agree(tiny_model, onnx_file):
         onnx_prediction = OnnxPredictor(source, providers=["CPUExecutionProvider"], batch_size=4).predict(x)
         np.testing.assert_allclose(onnx_prediction.tumour_probability, torch_prediction.tumour_probability, atol=1e-4)
         np.testing.assert_allclose(onnx_prediction.mask_probability, torch_prediction.mask_probability, atol=1e-4)
+    fused_torch = TorchPredictor(tiny_model, slice_score="fused").predict(x)
+    fused_onnx = OnnxPredictor(onnx_file, providers=["CPUExecutionProvider"], slice_score="fused").predict(x)
+    np.testing.assert_allclose(fused_onnx.tumour_probability, fused_torch.tumour_probability, atol=1e-4)
 
 
 def test_onnx_predictor_runs_without_torch(onnx_file):

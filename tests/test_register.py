@@ -189,6 +189,9 @@ def test_register_refuses_numbers_and_files_of_different_models(project, tiny_se
             evaluated | {"model": {"checkpoint_sha256": "0" * 64}})), "rerun the evaluate step"),
         "evaluated again, other threshold": (lambda: write_metrics(project, 0.9, 0.9, threshold=0.7),
                                              "decision threshold in metrics.json (0.7)"),
+        "evaluated again, other slice score": (lambda: paths.METRICS.write_text(json.dumps(evaluated | {
+            "classification_threshold": {"value": 0.5, "rule": "youden", "slice_score": "fused"}})),
+            "metrics.json scored slices by 'fused', the exported model by 'classifier'"),
     }
     for case, (change, words) in cases.items():
         make_release_project(project, tiny_settings)

@@ -374,6 +374,27 @@ def test_reload_picks_up_a_replaced_model_file(tmp_path):
         assert client.get("/model/info").json()["served"]["threshold"] == 0.9
 
 
+def test_the_model_says_what_its_threshold_applies_to(tmp_path):
+    """model.json's `slice_score` is how evaluation scored slices; serving scores them the same way, and an older
+    model without it is the classifier's."""
+    from serve.model_source import load_served_model
+    from tasks.errors import SliceWiseError
+
+    meta = {"image_size": SIZE, "modalities": ["flair"], "threshold": 0.5, "mask_threshold": 0.5,
+            "model_config": {"in_channels": 1, "base_channels": 4, "depth": 2}}
+    fused = load_served_model(export_tiny_onnx(tmp_path / "fused.onnx", metadata=meta | {"slice_score": "fused"}), {})
+    older = load_served_model(export_tiny_onnx(tmp_path / "older.onnx", metadata=meta), {})
+    assert fused.predictor.slice_score == "fused" and older.predictor.slice_score == "classifier"
+    bad = export_tiny_onnx(tmp_path / "bad.onnx", metadata=meta | {"slice_score": "loudest"})
+    with pytest.raises(SliceWiseError, match="unknown slice score 'loudest'") as failure:
+        load_served_model(bad, {})
+    assert "bad.onnx" in str(failure.value)
+    files = make_served_files(tmp_path)
+    export_tiny_onnx(files.onnx, metadata=meta | {"slice_score": "fused"})
+    with local_client(file_app(files)) as client:
+        assert client.get("/model/info").json()["served"]["slice_score"] == "fused"
+
+
 def test_missing_model_file_is_reported_not_served(tmp_path):
     files = make_served_files(tmp_path)
     files.onnx.unlink()

@@ -69,6 +69,46 @@ def test_champion_served_with_card_and_cached_by_version(registry, tmp_path):
     assert list((folders[0] / MODEL_DIR).glob("*.data"))  # the ONNX weights as external data, served all the same
 
 
+def test_two_loads_of_one_version_at_once_download_it_once(registry, tmp_path, monkeypatch):
+    """The poller's champion reload and /model/compare can ask for the same version together (the challenger was
+    just promoted). Before, each downloaded it and the later one removed the folder the first was reading."""
+    import threading
+
+    from tasks.release.registry import ModelRegistry
+
+    downloads, started = [], threading.Barrier(2)
+    original = ModelRegistry.download
+
+    def slow_download(self, version, dst):
+        downloads.append(version)
+        time.sleep(0.5)  # long enough for the other thread to arrive
+        return original(self, version, dst)
+
+    monkeypatch.setattr(ModelRegistry, "download", slow_download)
+    src = source(registry, tmp_path)
+    version = src.champion_version()
+    key, results = src.current_key(), {}
+
+    def load(name, action):
+        started.wait()
+        try:
+            results[name] = action()
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            results[name] = exc
+
+    threads = [threading.Thread(target=load, args=("champion", lambda: src.load(key))),
+               threading.Thread(target=load, args=("direct", lambda: src._download_version(version,
+                                                                                          src.cache_dir / key)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(isinstance(r, Exception) for r in results.values()), results
+    assert downloads == [str(version.version)]  # one download; the other found it complete
+    assert results["champion"].threshold == 0.5 and (src.cache_dir / key / CARD_FILE).is_file()
+    assert not list(src.cache_dir.glob(".download-*"))
+
+
 def test_restart_serves_the_cache_even_when_the_registry_is_down(registry, tmp_path):
     ModelHolder(source(registry, tmp_path)).refresh()  # the first start downloads
     src = source(registry, tmp_path)

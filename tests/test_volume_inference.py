@@ -210,3 +210,21 @@ def test_predict_volume_drops_a_lesion_the_classifier_does_not_confirm():
     assert not result.slice_masks[6:11].any() and result.slice_masks[1:4].any()
     sized_only = predict_volume(predictor, [seg, evidence], image_size=24, min_slice_evidence=0)
     assert sized_only.whole_tumour[12:22, 12:22, 6:11].all() and not sized_only.whole_tumour[3:8, 3:8, 1:4].any()
+
+
+def test_a_fused_slice_score_does_not_let_a_false_lesion_vouch_for_itself():
+    """With the fused slice score the false lesion's own pixels lift its slices' tumour probability to about 0.5, but
+    the clean-up still asks the classifier alone, so the lesion goes as before."""
+    seg = np.full((24, 24, 12), 100.0, dtype=np.float32)
+    seg[3:8, 3:8, 1:4] = 400.0
+    seg[12:22, 12:22, 6:11] = 400.0
+    evidence = np.full_like(seg, 100.0)
+    evidence[:, :, 1:4] = 400.0
+    plain = predict_volume(TorchPredictor(SecondChannelSays()), [seg, evidence], image_size=24)
+    fused = predict_volume(TorchPredictor(SecondChannelSays(), slice_score="fused"), [seg, evidence], image_size=24)
+    assert fused.tumour_probability[6:11].min() > plain.tumour_probability[6:11].max() + 0.4
+    np.testing.assert_array_equal(fused.masks, plain.masks)
+    np.testing.assert_array_equal(fused.slice_masks, plain.slice_masks)
+    tta = predict_slices_tta(TorchPredictor(Bright(1), slice_score="fused"), np.zeros((3, 1, 8, 8), np.float32),
+                             [[], [3]])
+    assert tta.slice_score == "fused"

@@ -96,7 +96,9 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
-    report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(val, cfg)}
+    # what the threshold is applied to: export hands it to serving with the threshold (model.json `slice_score`)
+    report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(val, cfg),
+                                           "slice_score": cfg.slice_score}
     return _finite_or_null(report)
 
 
@@ -183,7 +185,7 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     from tasks.inference.checkpoints import load_model
 
     model, _ = load_model(checkpoint, map_location=device)
-    predictor = TorchPredictor(model, device=device)
+    predictor = TorchPredictor(model, device=device, slice_score=cfg.slice_score)
     val_rows = split_rows(where.processed, read_split("val", where.splits))
     tally = MaskThresholdTally() if cfg.mask_threshold == "validation" else None
     val = predict_split(predictor, where.processed, val_rows, segmentation=False, description="validation (thresholds)",

@@ -49,7 +49,7 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
                 for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
                     at = shard_rows.index.get_indexer(rows_of_patient.index)
                     truth, index = shard.masks[take[at]] > 0, shard.slice_index[take[at]]
-                    evidence = prediction.tumour_probability[at]
+                    evidence = prediction.classifier_probability[at]  # the clean-up's, as serving's
                     if tally is not None:
                         tally.add(prediction.mask_probability[at], truth, index, evidence)
                     if segmentation:

@@ -9,6 +9,7 @@ probabilities. No torch import at module level, so a slim serving image without 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,12 +20,40 @@ ONNX_SEG_OUTPUT = "seg_logits"
 ONNX_CLS_OUTPUT = "cls_logits"
 # A pixel is tumour when its probability is >= this (evaluation, export's parity check and serving alike).
 MASK_THRESHOLD = 0.5
+# What a slice's tumour probability is made of (`evaluate.slice_score`; README, "Evaluation"):
+#   classifier  the classification head's probability alone;
+#   fused       the mean of it and the segmentation head's largest whole-tumour pixel probability in the slice: both
+#               heads' evidence, which ranked validation slices better than the classifier alone on every seed.
+SLICE_SCORES = ("classifier", "fused")
+# What a model whose metadata names no rule was evaluated with (every model exported before the rule was recorded).
+LEGACY_SLICE_SCORE = "classifier"
+
+
+def check_slice_score(rule: str) -> str:
+    if rule not in SLICE_SCORES:
+        raise ValueError(f"unknown slice score {rule!r}: expected one of {', '.join(SLICE_SCORES)}")
+    return rule
+
+
+def slice_probability(classifier_probability: np.ndarray, region_probability: np.ndarray, rule: str) -> np.ndarray:
+    """(N,) tumour probability of each slice by `rule` (SLICE_SCORES), from the classifier's (N,) probabilities and
+    the (N, R, H, W) region probabilities."""
+    if check_slice_score(rule) == "classifier" or len(classifier_probability) == 0:
+        return classifier_probability
+    largest_pixel = region_probability[:, 0].reshape(len(region_probability), -1).max(axis=1)
+    return ((classifier_probability + largest_pixel) / 2).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class Prediction:
-    tumour_probability: np.ndarray  # (N,) probability that each slice shows a tumour
+    classifier_probability: np.ndarray  # (N,) the classification head's probability that each slice shows a tumour
     region_probability: np.ndarray  # (N, R, H, W) per-pixel probability of each region: WT (, TC, ET)
+    slice_score: str = LEGACY_SLICE_SCORE  # how tumour_probability is made (SLICE_SCORES)
+
+    @cached_property
+    def tumour_probability(self) -> np.ndarray:
+        """(N,) probability that each slice shows a tumour: what the decision threshold is applied to."""
+        return slice_probability(self.classifier_probability, self.region_probability, self.slice_score)
 
     @property
     def mask_probability(self) -> np.ndarray:
@@ -32,7 +61,7 @@ class Prediction:
         return self.region_probability[:, 0]
 
     def __len__(self) -> int:
-        return len(self.tumour_probability)
+        return len(self.classifier_probability)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -53,7 +82,8 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _predict_in_batches(images: np.ndarray, batch_size: int, run_batch: Callable[[np.ndarray], tuple]) -> Prediction:
+def _predict_in_batches(images: np.ndarray, batch_size: int, run_batch: Callable[[np.ndarray], tuple],
+                        slice_score: str) -> Prediction:
     """Split into batches (bounded memory: float16 shards are converted one batch at a time), run, join, sigmoid."""
     images = _check_images(images)
     n, _, h, w = images.shape
@@ -69,7 +99,8 @@ def _predict_in_batches(images: np.ndarray, batch_size: int, run_batch: Callable
         cls_logits[start:stop] = np.asarray(cls, dtype=np.float32).reshape(-1)
     if seg_logits is None:  # no images
         seg_logits = np.empty((0, 1, h, w), dtype=np.float32)
-    return Prediction(tumour_probability=sigmoid(cls_logits), region_probability=sigmoid(seg_logits))
+    return Prediction(classifier_probability=sigmoid(cls_logits), region_probability=sigmoid(seg_logits),
+                      slice_score=slice_score)
 
 
 class TorchPredictor:
@@ -79,13 +110,14 @@ class TorchPredictor:
     about 1e-7, and 1.6x faster convolutions on CPU than NCHW (evaluation predicts about 2,000 slices per run).
     Module.to converts in place: the caller's model is NHWC afterwards (Grad-CAM on it works the same)."""
 
-    def __init__(self, model: Any, device: str = "cpu", batch_size: int = 32):
+    def __init__(self, model: Any, device: str = "cpu", batch_size: int = 32, slice_score: str = LEGACY_SLICE_SCORE):
         import torch  # lazily: serving with ONNX only must not need torch
 
         self._torch = torch
         self.device = torch.device(device)
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.batch_size = batch_size
+        self.slice_score = check_slice_score(slice_score)
 
     def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
@@ -94,13 +126,14 @@ class TorchPredictor:
         return out["seg"].float().cpu().numpy(), out["cls"].float().cpu().numpy()
 
     def predict(self, images: np.ndarray) -> Prediction:
-        return _predict_in_batches(images, self.batch_size, self._run_batch)
+        return _predict_in_batches(images, self.batch_size, self._run_batch, self.slice_score)
 
 
 class OnnxPredictor:
     """Runs the exported ONNX model (input "image" → outputs "seg_logits", "cls_logits") with onnxruntime."""
 
-    def __init__(self, onnx_model: Path | str | bytes, providers: Sequence[str] | None = None, batch_size: int = 32):
+    def __init__(self, onnx_model: Path | str | bytes, providers: Sequence[str] | None = None, batch_size: int = 32,
+                 slice_score: str = LEGACY_SLICE_SCORE):
         import onnxruntime as ort
 
         source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
@@ -112,10 +145,11 @@ class OnnxPredictor:
         else:  # an export without names: the export wrapper returns (seg, cls) in this order
             self.output_names = names[:2]
         self.batch_size = batch_size
+        self.slice_score = check_slice_score(slice_score)  # the model's own rule: model.json's `slice_score`
 
     def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         seg, cls = self.session.run(self.output_names, {self.input_name: batch})
         return seg, cls
 
     def predict(self, images: np.ndarray) -> Prediction:
-        return _predict_in_batches(images, self.batch_size, self._run_batch)
+        return _predict_in_batches(images, self.batch_size, self._run_batch, self.slice_score)

@@ -34,7 +34,7 @@ from PIL import Image
 from tasks.data.preprocess import prepare_volume_slices
 from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, clean_regions
-from tasks.inference.predictor import MASK_THRESHOLD, Prediction
+from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD, Prediction
 
 UNCERTAINTY_KIND = "entropy"
 FLIP_AXES = (2, 3)  # the spatial axes of an (N, C, H, W) batch
@@ -123,22 +123,24 @@ def predict_slices_tta(predictor: SlicePredictor, inputs: np.ndarray,
     flips = check_flips(flips)
     n = len(inputs)
     chunk = max(1, int(getattr(predictor, "batch_size", 32)) // len(flips))
-    tumour = np.empty(n, dtype=np.float32)
+    classifier = np.empty(n, dtype=np.float32)
     regions: np.ndarray | None = None
+    slice_score = LEGACY_SLICE_SCORE  # the predictor's own rule, once its first prediction says it
     for start in range(0, n, chunk):
         part = inputs[start : start + chunk]
         stacked = np.concatenate([np.flip(part, axis=f) if f else part for f in flips])
         prediction = predictor.predict(np.ascontiguousarray(stacked, dtype=np.float32))
-        k = len(part)
+        k, slice_score = len(part), prediction.slice_score
         probs = prediction.region_probability.reshape(len(flips), k, *prediction.region_probability.shape[1:])
         unflipped = sum(np.flip(p, axis=f) if f else p for p, f in zip(probs, flips)) / len(flips)
         if regions is None:
             regions = np.empty((n, *unflipped.shape[1:]), dtype=np.float32)
         regions[start : start + k] = unflipped
-        tumour[start : start + k] = prediction.tumour_probability.reshape(len(flips), k).mean(axis=0)
+        classifier[start : start + k] = prediction.classifier_probability.reshape(len(flips), k).mean(axis=0)
     if regions is None:
         regions = np.empty((0, 1, *inputs.shape[2:]), dtype=np.float32)
-    return Prediction(tumour_probability=tumour, region_probability=regions)
+    # the slice score (a fused one included) is made from the TTA-averaged probabilities
+    return Prediction(classifier_probability=classifier, region_probability=regions, slice_score=slice_score)
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -193,8 +195,9 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     flips = check_flips(flips)
     prediction = predict_slices_tta(predictor, inputs, flips)
     masks, uncertainty = to_volume_grid(prediction.region_probability, shape, threshold)
-    # The classifier's slice probabilities are the clean-up's evidence (tasks/inference/postprocess.py).
-    evidence = prediction.tumour_probability
+    # The classifier's slice probabilities are the clean-up's evidence (tasks/inference/postprocess.py): the classifier
+    # alone, even when the slice decision is fused, so a false lesion cannot vouch for itself.
+    evidence = prediction.classifier_probability
     masks = clean_regions(masks, min_component_share, evidence, slice_axis=2, min_evidence=min_slice_evidence)
     # The model-grid masks (the slice overlays a client draws) are cleaned by the same rule, so an overlay never shows
     # a component the returned volume dropped. (R, Z, S, S): Z is a spatial axis like the others here.

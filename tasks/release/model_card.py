@@ -114,6 +114,12 @@ THRESHOLD_ORIGINS = {
     "fixed": "a fixed threshold (evaluate.threshold_rule: fixed)",
     "fallback: the validation split holds one class only": "0.5 by default: the validation split holds one class only",
 }
+# metrics.json's classification_threshold.slice_score: what the probability is (older metrics: the classifier's)
+SLICE_SCORE_WORDS = {
+    "classifier": "the classification head's probability",
+    "fused": "the mean of the classification head's probability and the segmentation head's largest pixel "
+             "probability in the slice",
+}
 
 
 def render_model_card(*, model_name: str, version: str | None, profile: str, data_source: str, image_size: int,
@@ -122,15 +128,16 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
     """Markdown model card; `decision` is a gate.GateDecision."""
     title = f"# {model_name}" + (f" version {version}" if version else "")
     threshold = metrics["classification"].get("threshold")
-    threshold_origin = THRESHOLD_ORIGINS.get((metrics.get("classification_threshold") or {}).get("rule"),
-                                             "the threshold chosen on the validation split")
+    decision_rule = metrics.get("classification_threshold") or {}
+    threshold_origin = THRESHOLD_ORIGINS.get(decision_rule.get("rule"), "the threshold chosen on the validation split")
+    score = SLICE_SCORE_WORDS.get(decision_rule.get("slice_score"), SLICE_SCORE_WORDS["classifier"])
     cut = metrics.get("segmentation_threshold", {"value": 0.5, "rule": "fixed"})
     cut_origin = "chosen on the validation split" if cut.get("rule") == "validation" else "fixed"
     synthetic = data_source == "synthetic"
     lines = [
         title, "",
         "Multitask 2D U-Net: whole-tumour segmentation of axial brain MRI slices and a tumour / no-tumour decision "
-        f"per slice (tumour when the probability >= {_fmt(threshold)}, {threshold_origin}; "
+        f"per slice (tumour when {score} >= {_fmt(threshold)}, {threshold_origin}; "
         f"a pixel is tumour when its probability >= {_fmt(cut.get('value'))}, {cut_origin}).",
         "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",
         "Splits are patient-level (no patient in two splits); near-duplicate Kaggle images stay in one split.",

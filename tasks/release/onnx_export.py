@@ -19,6 +19,7 @@ import os
 import platform
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -30,7 +31,8 @@ from tasks import paths
 from tasks.config import ExportSettings
 from tasks.data.splits import iter_test_slices
 from tasks.errors import SliceWiseError
-from tasks.inference.predictor import MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT, sigmoid
+from tasks.inference.predictor import (LEGACY_SLICE_SCORE, MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT,
+                                       SLICE_SCORES, sigmoid, slice_probability)
 from tasks.io import atomic_write, read_json, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,10 @@ def ort_session(path: Path, threads: int):
 
 
 def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], threshold: float,
-                 cfg: ExportSettings, mask_threshold: float = MASK_THRESHOLD) -> dict:
-    """Compare torch and onnxruntime logits, tumour decisions and masks on every slice."""
+                 cfg: ExportSettings, mask_threshold: float = MASK_THRESHOLD,
+                 slice_score: str = LEGACY_SLICE_SCORE) -> dict:
+    """Compare torch and onnxruntime logits, tumour decisions (`threshold` on the `slice_score` of each slice) and
+    masks on every slice."""
     max_seg = max_cls = 0.0
     n = mismatches = 0
     overlap = area_torch = area_onnx = 0  # per region channel (numpy arrays once the first batch is in)
@@ -121,8 +125,11 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                 # A NaN difference is infinite (max(0.0, nan) is 0.0): non-finite logits on either side fail parity.
                 max_seg = max(max_seg, _largest_difference(seg_t, seg_o))
                 max_cls = max(max_cls, _largest_difference(cls_t, cls_o.reshape(cls_t.shape)))
-                mismatches += int(((sigmoid(cls_t) >= threshold) != (sigmoid(cls_o.reshape(-1)) >= threshold)).sum())
-                mask_t, mask_o = sigmoid(seg_t) >= mask_threshold, sigmoid(seg_o) >= mask_threshold
+                prob_t, prob_o = sigmoid(seg_t), sigmoid(seg_o)
+                score_t = slice_probability(sigmoid(cls_t).reshape(-1), prob_t, slice_score)
+                score_o = slice_probability(sigmoid(cls_o).reshape(-1), prob_o, slice_score)
+                mismatches += int(((score_t >= threshold) != (score_o >= threshold)).sum())
+                mask_t, mask_o = prob_t >= mask_threshold, prob_o >= mask_threshold
                 overlap = overlap + (mask_t & mask_o).sum(axis=(0, 2, 3))  # every region channel, each on its own
                 area_torch, area_onnx = area_torch + mask_t.sum(axis=(0, 2, 3)), area_onnx + mask_o.sum(axis=(0, 2, 3))
                 n += len(batch)
@@ -135,7 +142,7 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
     passed = max_diff <= cfg.parity_atol and mismatches == 0 and dice >= cfg.parity_min_dice
     return {"passed": passed, "n_slices": n, "max_abs_diff": max_diff, "max_abs_diff_seg": max_seg,
             "max_abs_diff_cls": max_cls, "atol": cfg.parity_atol, "decision_mismatches": mismatches,
-            "threshold": threshold, "mask_threshold": mask_threshold, "mask_dice": dice,
+            "threshold": threshold, "slice_score": slice_score, "mask_threshold": mask_threshold, "mask_dice": dice,
             "mask_dice_per_region": dict(zip(REGION_ORDER, region_dice)) if len(region_dice) > 1 else {"wt": dice},
             "min_mask_dice": cfg.parity_min_dice}
 
@@ -190,7 +197,7 @@ def measure_latency(model: torch.nn.Module, session, sample: np.ndarray, runs: i
 
 
 def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, threshold: float, opset: int,
-                   mask_threshold: float = MASK_THRESHOLD) -> dict:
+                   mask_threshold: float = MASK_THRESHOLD, slice_score: str = LEGACY_SLICE_SCORE) -> dict:
     """The model card's machine-readable half (MONAI bundle metadata.json idea): everything serving needs."""
     from importlib.metadata import version  # not `import monai`: it loads every MONAI subpackage, 4 s for a string
 
@@ -214,6 +221,7 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
         "regions": regions,
         "preprocessing": PREPROCESSING,
         "threshold": threshold,
+        "slice_score": slice_score,  # what `threshold` applies to (tasks/inference/predictor.py, SLICE_SCORES)
         "mask_threshold": mask_threshold,
         "model_config": checkpoint["model_config"],
         "checkpoint": {"stage": checkpoint.get("stage"), "epoch": checkpoint.get("epoch"),
@@ -223,9 +231,18 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
     }
 
 
-def read_thresholds(metrics_path: Path) -> tuple[float, float]:
-    """The classification threshold and the mask threshold evaluation used (0.5 for metrics written before the
-    mask threshold was recorded)."""
+@dataclass(frozen=True)
+class Decisions:
+    """How evaluation turned the model's outputs into answers, and serving must too."""
+
+    threshold: float  # on each slice's tumour probability
+    mask_threshold: float  # on each pixel's region probability
+    slice_score: str  # what a slice's tumour probability is (SLICE_SCORES)
+
+
+def read_decisions(metrics_path: Path) -> Decisions:
+    """The decision threshold, the mask threshold and the slice score evaluation used (0.5 for metrics written
+    before the mask threshold was recorded, the classifier alone for those written before the slice score was)."""
     metrics = read_json(metrics_path, "evaluate")
     try:
         threshold = float(metrics["classification"]["threshold"])
@@ -237,7 +254,11 @@ def read_thresholds(metrics_path: Path) -> tuple[float, float]:
         raise SliceWiseError(f"unreadable segmentation_threshold.value in the metrics ({exc})", metrics_path) from exc
     if not 0 < mask_threshold < 1:
         raise SliceWiseError(f"segmentation_threshold.value {mask_threshold} is not in (0, 1)", metrics_path)
-    return threshold, mask_threshold
+    slice_score = (metrics.get("classification_threshold") or {}).get("slice_score", LEGACY_SLICE_SCORE)
+    if slice_score not in SLICE_SCORES:
+        raise SliceWiseError(f"classification_threshold.slice_score {slice_score!r} is not one of "
+                             f"{', '.join(SLICE_SCORES)}", metrics_path)
+    return Decisions(threshold, mask_threshold, slice_score)
 
 
 def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
@@ -246,13 +267,14 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
     """Export, check, verify parity, measure latency; returns the content of reports/export.json."""
     from tasks.inference.checkpoints import load_model
 
-    threshold, mask_threshold = read_thresholds(metrics_path)
+    decisions = read_decisions(metrics_path)
     model, checkpoint = load_model(checkpoint_path)
     threads = cfg.latency_threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     for stale in (onnx_path, metadata_path):  # a failed export must not leave the previous model looking current
         stale.unlink(missing_ok=True)
-    metadata = model_metadata(checkpoint, modalities, image_size, threshold, cfg.opset, mask_threshold)
+    metadata = model_metadata(checkpoint, modalities, image_size, decisions.threshold, cfg.opset,
+                              decisions.mask_threshold, decisions.slice_score)
     metadata["checkpoint"]["sha256"] = sha256_file(checkpoint_path)  # register checks it against best.pt
     test_slices = iter_test_slices(processed, splits_dir)
     sample = next(test_slices)  # the first shard: checked here, then the first of the parity run
@@ -264,7 +286,8 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
         export_onnx(model, tmp, checkpoint["model_config"]["in_channels"], image_size, cfg.opset)
         check_onnx(tmp, metadata)
         session = ort_session(tmp, threads)
-        parity = check_parity(model, session, itertools.chain([sample], test_slices), threshold, cfg, mask_threshold)
+        parity = check_parity(model, session, itertools.chain([sample], test_slices), decisions.threshold, cfg,
+                              decisions.mask_threshold, decisions.slice_score)
         report = {"onnx": {"path": str(onnx_path), "opset": cfg.opset, "size_bytes": tmp.stat().st_size,
                            "sha256": sha256_file(tmp), "checker": "passed"},
                   "parity": parity}

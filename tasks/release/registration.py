@@ -33,6 +33,7 @@ from tasks import paths
 from tasks.config import Settings
 from tasks.data.splits import iter_test_slices, read_split, split_rows
 from tasks.errors import SliceWiseError
+from tasks.inference.predictor import LEGACY_SLICE_SCORE
 from tasks.io import read_json, sha256_file
 from tasks.release.examples import bundle_examples
 from tasks.release.gate import ChampionScore, GateDecision, PromotionGate
@@ -98,6 +99,11 @@ def check_one_model(release: Release, metrics_path: Path) -> None:
         if a is not None and b is not None and not math.isclose(a, b):
             raise SliceWiseError(f"the {name} in metrics.json ({judged}) is not the exported model's ({shipped}): "
                                  "rerun the export step", release.metadata_path)
+    judged = (release.metrics.get("classification_threshold") or {}).get("slice_score", LEGACY_SLICE_SCORE)
+    shipped = release.metadata.get("slice_score", LEGACY_SLICE_SCORE)
+    if judged != shipped:
+        raise SliceWiseError(f"metrics.json scored slices by {judged!r}, the exported model by {shipped!r}: rerun the "
+                             "export step", release.metadata_path)
 
 
 def parity_detail(parity: dict) -> str:
@@ -134,7 +140,8 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
         image_shape = list(read_shard(processed / rows["shard"].iloc[0]).images.shape[1:])
         if metadata["input"]["shape"][1:] != image_shape:
             return None
-        predictor = OnnxPredictor(local / ONNX_FILE, providers=["CPUExecutionProvider"])
+        predictor = OnnxPredictor(local / ONNX_FILE, providers=["CPUExecutionProvider"],
+                                  slice_score=metadata.get("slice_score", LEGACY_SLICE_SCORE))  # its own rule
         slices = predict_split(predictor, processed, rows, segmentation=False, description="re-scoring champion").slices
     decisions = slices["probability"].to_numpy() >= metadata["threshold"]
     return float((decisions == slices["label"].to_numpy().astype(bool)).mean())
