@@ -57,12 +57,15 @@ def validation_scores(checkpoint: Path, project: Path) -> dict[str, float]:
     from tasks.data.splits import read_split, split_rows
     from tasks.evaluation.scoring import predict_split
     from tasks.inference.checkpoints import load_model
+    from tasks.config import load_settings
     from tasks.inference.predictor import TorchPredictor
 
     processed = project / "data" / "processed"
     model, _ = load_model(checkpoint)
     rows = split_rows(processed, read_split("val", project / "data" / "splits"))
-    val = predict_split(TorchPredictor(model), processed, rows, segmentation=True, description="validation")
+    rule = load_settings(project / "params.yaml").evaluate.slice_score  # slices scored as evaluate scores them
+    val = predict_split(TorchPredictor(model, slice_score=rule), processed, rows, segmentation=True,
+                        description="validation")
     labels, probability = val.slices["label"].to_numpy(), val.slices["probability"].to_numpy()
     photo = (val.slices["source"] == "kaggle").to_numpy()  # where the classifier errs most (README, "Quality")
     return {"slice_dice": float(val.slice_scores["dice"].mean()), "volume_dice": float(val.volume_scores["dice"].mean()),

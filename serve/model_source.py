@@ -11,6 +11,7 @@ challenger the same way, for the web UI's side-by-side comparison (GET /model/co
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ MODEL_DIR = "model"  # the MLflow model folder as downloaded: the .onnx with any
 METRICS_FILE = "metrics.json"
 EXAMPLES_DIR = "examples"  # examples.zip of the registered model, unpacked (serve/examples.py reads it)
 CARD_FILE = "card.json"  # written last: a version folder without it is incomplete and ignored
+DOWNLOAD_LOCK = ".download.lock"  # in the cache folder: one download at a time, whichever process
 DEFAULT_THRESHOLD = 0.5
 # Slices per onnxruntime run: a volume's slices go through in batches of this many. Smaller than evaluation's 32:
 # onnxruntime's workspace grows with the batch (about 140 MB for 32 slices of 128² on the quick model) and stays
@@ -94,11 +96,14 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
         raise SliceWiseError("the model states no image size (no metadata and a dynamic input shape)", onnx_path)
     in_channels = shape[1] if isinstance(shape[1], int) else len(meta.get("modalities", ["flair"]))
     threshold = meta.get("threshold", (metrics or {}).get("classification", {}).get("threshold", DEFAULT_THRESHOLD))
-    try:  # what the threshold applies to, as evaluation measured it (a model exported before it was recorded: the
-        # classifier alone)
-        predictor.slice_score = check_slice_score(meta.get("slice_score", LEGACY_SLICE_SCORE))
+    # What the threshold applies to, as evaluation measured it: from where the threshold came (a model exported
+    # before the rule was recorded: the classifier alone).
+    evaluated = ((metrics or {}).get("classification_threshold") or {}).get("slice_score", LEGACY_SLICE_SCORE)
+    try:
+        predictor.slice_score = check_slice_score(meta.get("slice_score", LEGACY_SLICE_SCORE) if "threshold" in meta
+                                                  else evaluated)
     except ValueError as exc:
-        raise SliceWiseError(f"the model's metadata: {exc}", onnx_path) from exc
+        raise SliceWiseError(f"the model's slice score: {exc}", onnx_path) from exc
     card = {**card, "metrics": metrics or card.get("metrics") or {},
             "model": {k: meta[k] for k in ("name", "opset", "image_size", "modalities", "regions", "model_config",
                                                "versions")
@@ -174,9 +179,6 @@ class RegistrySource:
         self.description = f"models:/{registry.model_name}@{registry.alias} in {self.uri}"
         self._challengers: dict[str, ServedModel] = {}  # loaded challengers by cache key (a few at most)
         self._challenger_lock = threading.Lock()
-        # The champion's reload (the poller) and /model/compare can want the same version at once, e.g. the
-        # challenger just promoted: one downloads, the other finds it done.
-        self._download_lock = threading.Lock()
 
     # ------------------------------------------------------------ the cache (no MLflow import: fast start-up)
 
@@ -231,13 +233,18 @@ class RegistrySource:
         self._download_version(version, folder)
 
     def _download_version(self, version, folder: Path) -> None:
-        """Fetch a version's files into a temporary folder, then rename it into place (never half a cache)."""
-        with self._download_lock:
-            if not (folder / CARD_FILE).is_file():  # else another thread brought it while this one waited
+        """Fetch a version's files into a temporary folder, then rename it into place (never half a cache).
+
+        One download at a time per cache folder, across threads and processes (a file lock): the champion's reload
+        and /model/compare can want the same version at once (the challenger just promoted), and so can the
+        workers of one server at start-up. The later one finds it done instead of replacing a folder in use."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_dir / DOWNLOAD_LOCK, "a") as lock:  # each call its own open file: flock works between
+            fcntl.flock(lock, fcntl.LOCK_EX)  # threads too; released when the file closes
+            if not (folder / CARD_FILE).is_file():
                 self._download_into(version, folder)
 
     def _download_into(self, version, folder: Path) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
         try:
             log.info("downloading %s version %s into %s", self.registry.model_name, version.version, folder)
@@ -254,14 +261,8 @@ class RegistrySource:
             run_files = self._fetch_run_artifacts(version.run_id, staging)
             card = self._card(version, run_files) | {"files": files}
             (staging / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
-            if not (folder / CARD_FILE).is_file():  # never remove a complete one another server process may read
-                shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an interrupted download
-            try:
-                os.replace(staging, folder)
-            except OSError:
-                if not (folder / CARD_FILE).is_file():
-                    raise
-                log.info("%s was completed by another process meanwhile", folder)  # the same files: keep theirs
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an interrupted download
+            os.replace(staging, folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

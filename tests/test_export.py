@@ -261,7 +261,9 @@ def test_parity_compares_fused_decisions(project, tiny_settings):
 
     class SegShiftedSession:  # onnxruntime stand-in whose segmentation logits are 0.05 lower, classifier exact
         def run(self, names, feeds):
-            return [seg - 0.05, cls]
+            with torch.inference_mode():
+                out = model(torch.from_numpy(feeds["image"]))
+            return [out["seg"].numpy() - 0.05, out["cls"].numpy()]
 
     largest = sigmoid(seg)[:, 0].reshape(len(seg), -1).max(axis=1)
     at = int(np.argmin(np.abs(largest - 0.5)))  # a slice whose largest pixel is not saturated: the shift moves it

@@ -385,6 +385,11 @@ def test_the_model_says_what_its_threshold_applies_to(tmp_path):
     fused = load_served_model(export_tiny_onnx(tmp_path / "fused.onnx", metadata=meta | {"slice_score": "fused"}), {})
     older = load_served_model(export_tiny_onnx(tmp_path / "older.onnx", metadata=meta), {})
     assert fused.predictor.slice_score == "fused" and older.predictor.slice_score == "classifier"
+    # an ONNX file without metadata takes its threshold from metrics.json, and the rule with it
+    bare = export_tiny_onnx(tmp_path / "bare.onnx", metadata={})
+    metrics = {"classification": {"threshold": 0.4}, "classification_threshold": {"value": 0.4, "slice_score": "fused"}}
+    assert load_served_model(bare, {}, metrics=metrics).predictor.slice_score == "fused"
+    assert load_served_model(bare, {}, metrics={"classification": {"threshold": 0.4}}).predictor.slice_score == "classifier"
     bad = export_tiny_onnx(tmp_path / "bad.onnx", metadata=meta | {"slice_score": "loudest"})
     with pytest.raises(SliceWiseError, match="unknown slice score 'loudest'") as failure:
         load_served_model(bad, {})

@@ -171,6 +171,9 @@ def test_serves_what_the_register_step_registered(tmp_path, tiny_settings, monke
     make_release_project(tmp_path, tiny_settings)
     fresh_mlflow_store(tmp_path)
     settings = tracked(tiny_settings)
+    evaluated = json.loads(paths.METRICS.read_text())  # evaluated under the fused slice score, as by default
+    paths.METRICS.write_text(json.dumps(evaluated | {"classification_threshold": {
+        "value": evaluated["classification"]["threshold"], "rule": "youden", "slice_score": "fused"}}))
     export.main(settings)
     registered = register.main(settings)
     assert registered["alias"] == "champion"
@@ -184,11 +187,14 @@ def test_serves_what_the_register_step_registered(tmp_path, tiny_settings, monke
                 "mlflow_run_id"} <= set(info["tags"])
         assert info["metrics"]["classification"]["accuracy"] == pytest.approx(0.9)
         assert info["served"]["image_size"] == tiny_settings.active.image_size and info["served"]["gradcam_checkpoint"]
+        assert info["served"]["slice_score"] == "fused"
         body = client.post("/v1/predict", files={"file": ("s.png", png)}, params={"gradcam": "true"}).json()
     assert body["gradcam_png"]
-    exported = OnnxPredictor(paths.ONNX_MODEL).predict(prepare_photo(Image.open(io.BytesIO(png)),
-                                                                     tiny_settings.active.image_size)[None])
+    image = prepare_photo(Image.open(io.BytesIO(png)), tiny_settings.active.image_size)[None]
+    exported = OnnxPredictor(paths.ONNX_MODEL, slice_score="fused").predict(image)
     assert body["tumor_probability"] == pytest.approx(float(exported.tumour_probability[0]), abs=1e-6)
+    classifier_only = float(exported.classifier_probability[0])
+    assert abs(body["tumor_probability"] - classifier_only) > 1e-3  # the answer is the fused score, not the classifier's
     side = tiny_settings.active.image_size
     assert body["tumor_area_px"] == round(int((exported.mask_probability[0] >= 0.5).sum()) * (48 / side) ** 2)
     assert np.isfinite(body["ood_score"])

@@ -213,8 +213,9 @@ def test_predict_volume_drops_a_lesion_the_classifier_does_not_confirm():
 
 
 def test_a_fused_slice_score_does_not_let_a_false_lesion_vouch_for_itself():
-    """With the fused slice score the false lesion's own pixels lift its slices' tumour probability to about 0.5, but
-    the clean-up still asks the classifier alone, so the lesion goes as before."""
+    """With the fused slice score the false lesion's own pixels would lift its slices' tumour probability to about
+    0.5, but the clean-up still asks the classifier alone, so the lesion goes as before; and once it is gone, its
+    slices are not called tumour on its strength either."""
     seg = np.full((24, 24, 12), 100.0, dtype=np.float32)
     seg[3:8, 3:8, 1:4] = 400.0
     seg[12:22, 12:22, 6:11] = 400.0
@@ -222,7 +223,11 @@ def test_a_fused_slice_score_does_not_let_a_false_lesion_vouch_for_itself():
     evidence[:, :, 1:4] = 400.0
     plain = predict_volume(TorchPredictor(SecondChannelSays()), [seg, evidence], image_size=24)
     fused = predict_volume(TorchPredictor(SecondChannelSays(), slice_score="fused"), [seg, evidence], image_size=24)
-    assert fused.tumour_probability[6:11].min() > plain.tumour_probability[6:11].max() + 0.4
+    kept = predict_volume(TorchPredictor(SecondChannelSays(), slice_score="fused"), [seg, evidence], image_size=24,
+                          min_slice_evidence=0)  # no veto: the lesion stays, and its slices' fused score with it
+    assert kept.tumour_probability[6:11].min() > plain.tumour_probability[6:11].max() + 0.4
+    np.testing.assert_allclose(fused.tumour_probability[6:11], plain.tumour_probability[6:11] / 2, atol=0.01)
+    assert fused.tumour_probability[1:4].min() > 0.9  # the tumour's slices: both heads agree
     np.testing.assert_array_equal(fused.masks, plain.masks)
     np.testing.assert_array_equal(fused.slice_masks, plain.slice_masks)
     tta = predict_slices_tta(TorchPredictor(Bright(1), slice_score="fused"), np.zeros((3, 1, 8, 8), np.float32),

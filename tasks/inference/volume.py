@@ -34,7 +34,7 @@ from PIL import Image
 from tasks.data.preprocess import prepare_volume_slices
 from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, clean_regions
-from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD, Prediction
+from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD, Prediction, slice_probability
 
 UNCERTAINTY_KIND = "entropy"
 FLIP_AXES = (2, 3)  # the spatial axes of an (N, C, H, W) batch
@@ -181,6 +181,18 @@ def to_volume_grid(slice_probability: np.ndarray, shape: tuple[int, int, int],
     return masks, uncertainty
 
 
+def scores_after_cleanup(prediction: Prediction, slice_masks: np.ndarray, threshold: float) -> np.ndarray:
+    """(Z,) slice scores of a cleaned volume: a fused score reads its segmentation half from the whole-tumour
+    probabilities without the components the clean-up dropped, so a slice is never called tumour on the strength
+    of a lesion the answer does not show. `slice_masks`: (Z, R, S, S) cleaned masks cut at `threshold`."""
+    whole_tumour = prediction.mask_probability
+    dropped = (whole_tumour >= threshold) & ~slice_masks[:, 0]
+    if not dropped.any():
+        return prediction.tumour_probability
+    kept = np.where(dropped, np.float32(0), whole_tumour)[:, None]
+    return slice_probability(prediction.classifier_probability, kept, prediction.slice_score)
+
+
 def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | None], image_size: int,
                    flips: Sequence[Sequence[int]] = NO_TTA, threshold: float = MASK_THRESHOLD,
                    inputs: np.ndarray | None = None,
@@ -203,10 +215,11 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     # a component the returned volume dropped. (R, Z, S, S): Z is a spatial axis like the others here.
     slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
                                             min_component_share, evidence, 0, min_slice_evidence), 0, 1)
+    tumour_probability = scores_after_cleanup(prediction, slice_masks, threshold)
     quiet_outside_brain(uncertainty, np.any([v > 0 for v in volumes if v is not None], axis=0), masks)
     n_regions = len(masks)
     return VolumePrediction(
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),
         masks=masks, label_map=labels_from_regions(masks), uncertainty=uncertainty,
-        tumour_probability=prediction.tumour_probability, slice_probability=prediction.region_probability,
+        tumour_probability=tumour_probability, slice_probability=prediction.region_probability,
         slice_masks=slice_masks, flips=flips)
