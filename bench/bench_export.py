@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from models.unet import MultitaskUNet
 from tasks import paths
 from tasks.config import load_settings
 from tasks.inference.checkpoints import model_config_for
+from tasks.io import usable_cores
 from tasks.release.onnx_export import export_onnx, measure_latency, ort_session
 
 TARGET_SPEEDUP = 1.5
@@ -38,7 +38,7 @@ def model_for(settings, profile: str) -> MultitaskUNet:
 
 def bench_profile(settings, profile: str, threads: int, runs: int) -> dict:
     """Latency of both engines for one profile's model and image size at one thread count."""
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or usable_cores()
     torch.set_num_threads(threads)
     model = model_for(settings, profile)
     size = settings.profiles[profile].image_size

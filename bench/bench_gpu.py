@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from models.unet import MultitaskUNet, UNetConfig
 from tasks.config import Settings, TrainSettings, load_settings
 from tasks.data.datasets import SliceSet, training_loader
 from tasks.inference.checkpoints import model_config_for
+from tasks.io import usable_cores
 from tasks.training.steps import StageLoss, StageRunner, make_optimizer, place_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def run(profile: str = "production", batch_size: int | None = None, steps: int =
               "batch_size": batch, "timed_steps": steps, "images_per_s": {}, "peak_mib": {}, "warmup_s": {}}
     for name, switches in VARIANTS.items():
         # Augmentation runs in the loader's processes (CPU): one worker per spare core keeps the GPU fed.
-        workers = settings.train.num_workers or max(1, len(os.sched_getaffinity(0)) - 1)
+        workers = settings.train.num_workers or max(1, usable_cores() - 1)
         train = settings.train.model_copy(update={**switches, "batch_size": batch, "num_workers": workers})
         rate, peak, warmup_s = images_per_second(settings, train, model_cfg, data, warm, target)
         report["images_per_s"][name], report["peak_mib"][name] = round(rate, 1), round(peak)

@@ -154,6 +154,8 @@ def _measure_in(processed: Path, workers: int, cache_mb: int, batches: int, warm
 
 
 def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2) -> dict:
+    from tasks.io import usable_cores
+
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         started = time.perf_counter()
         sets = write_sets(Path(tmp), patients, slices)
@@ -183,7 +185,7 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
         "projected_16_cores_slices_per_s": round(runs["stored_2_workers"]["slices_per_cpu_second"] * GOAL_CORES),
         "goal_slices_per_s": GOAL_SLICES_PER_S,
         "a100_images_per_s": list(A100_IMAGES_PER_S),
-        "cpu_cores_here": len(os.sched_getaffinity(0)),
+        "cpu_cores_here": usable_cores(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
 

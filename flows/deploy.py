@@ -27,6 +27,7 @@ def build_deployment(settings: Settings, name: str = DEPLOYMENT_NAME) -> RunnerD
         schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
         description=f"Retrain when data or parameters changed; cron {schedule.cron!r} ({schedule.timezone})",
         tags=["slicewise", "retraining"],
+        concurrency_limit=1,  # runs share data/ and dvc.lock; tasks/run_lock.py refuses a second one anyway
         # Imported as flows.pipeline, not loaded from its file: Prefect would put flows/ itself on sys.path.
         entrypoint_type=EntrypointType.MODULE_PATH,
     )

@@ -118,12 +118,18 @@ def clear_or_restore(stage: str, use_run_cache: bool = True) -> bool:
 def commit_stage(stage: str) -> str:
     """Record the stage's current deps, params and outs in dvc.lock and the cache; returns its fingerprint.
 
-    The same entry `dvc repro` writes after running the stage (also into its run cache), and, like repro,
-    outputs are added to .gitignore and dvc.lock is staged when `core.autostage` is on. `force=True` only
-    skips DVC's "are you sure" prompt: the step that produced the outputs has just succeeded.
+    The same entry `dvc repro` writes after running the stage, and, like repro, outputs are added to .gitignore
+    and dvc.lock is staged when `core.autostage` is on. Into DVC's run cache only as repro puts it there: not for a
+    stage with an uncached output that is neither a metric nor a plot (register's register.json, evaluate's plots
+    folder). Restoring such a stage from the run cache would skip what it does besides its files (register
+    registers a model and moves the champion alias), so `dvc repro` never records it, and neither may the flow.
     """
-    with _repo() as repo, repo.scm_context:
-        repo.commit(stage, force=True)
+    with _repo() as repo, repo.lock, repo.scm_context:
+        (stage_obj,) = repo.stage.collect(stage)
+        uncached = any(not out.use_cache for out in stage_obj.outs if not (out.is_metric or out.is_plot))
+        stage_obj.save(run_cache=not uncached)
+        stage_obj.commit()
+        stage_obj.dvcfile.dump_stages([stage_obj], update_pipeline=False)
     return lock_fingerprint(stage)
 
 

@@ -24,6 +24,7 @@ from flows.stage_task import StepRun, forward_step_logs, stage_task
 from tasks import paths
 from tasks.config import Settings, load_settings, set_params
 from tasks.redaction import redact
+from tasks.run_lock import pipeline_lock
 from tasks.tracking import provenance
 
 MINUTE, HOUR = 60, 3600
@@ -67,6 +68,13 @@ def slicewise_pipeline(
     """
     forward_step_logs()
     step_runs = step_runs_for(slice_runner, dask_address)
+    # before params.yaml changes: a run already working in this project (a flow, or a `dvc repro` step) is told
+    with pipeline_lock(f"Prefect flow run {flow_run.id}"):
+        return _run_pipeline(step_runs, profile, data_source, brats_dir, kaggle_dir)
+
+
+def _run_pipeline(step_runs: dict[str, StepRun], profile: str | None, data_source: str | None, brats_dir: str | None,
+                  kaggle_dir: str | None) -> dict[str, dict]:
     settings = apply_parameters(profile=profile, data_source=data_source, brats_dir=brats_dir, kaggle_dir=kaggle_dir)
     with provenance.git_asked_once():  # the commit and the diff cannot change during the run: ask git once
         lineage.tag_flow_run(flow_run.id, lineage.flow_run_tags(settings), existing=list(flow_run.tags))

@@ -59,8 +59,11 @@ def worth_retrying(task: Task, task_run: Any, state: State) -> bool:
     from tasks.data.kaggle_download import root_cause
     from tasks.tracking.store import is_transient
 
+    from prefect.task_engine import TaskRunTimeoutError
+
     exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None or isinstance(exc, CredentialsError):
+    # A task's own timeout is a TimeoutError too, but it is there to stop a hung step, not to start it again.
+    if exc is None or isinstance(exc, (CredentialsError, TaskRunTimeoutError)):
         return False
     cause = exc.__cause__ if isinstance(exc, SliceWiseError) else exc
     if cause is None:

@@ -18,6 +18,7 @@ from tasks import STEPS, paths
 from tasks.config import load_settings, parse_assignments, set_params
 from tasks.errors import SliceWiseError
 from tasks.redaction import install_log_redaction, redact
+from tasks.run_lock import pipeline_lock
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
 console = Console(stderr=True)
@@ -36,7 +37,8 @@ def _fail(exc: SliceWiseError) -> None:
 def _make_step_command(step: str):
     def command(params: Path = typer.Option(paths.PARAMS, help="parameters file")) -> None:
         try:
-            result = run_step(step, params)
+            with pipeline_lock(f"python -m tasks {step}"):
+                result = run_step(step, params)
         except SliceWiseError as exc:
             _fail(exc)
         except Exception as exc:  # a bug or a raw library error: its traceback, with store passwords masked

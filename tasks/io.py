@@ -6,6 +6,7 @@ killed run never leaves a half-written file (or folder) that looks like a finish
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -94,3 +95,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def code_identity(path: Path) -> bytes:
+    """What a module computes, without its comments and docstrings: its syntax tree, docstrings removed. An edited
+    comment then keeps every patient's shard (slicing) and a resumable last.pt (training); a changed line of code
+    redoes them, as it may change the output."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask on Linux: a container's or taskset's share, not the
+    machine's count); elsewhere (macOS has no affinity call) all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -133,6 +133,9 @@ def test_user_errors_are_not_retried_but_transient_ones_are():
         wrapped = exc
     decide = lambda exc: worth_retrying(None, None, Failed(data=exc))  # noqa: E731
     assert decide(ConnectionError("reset")) and decide(TimeoutError()) and decide(wrapped)
+    from prefect.task_engine import TaskRunTimeoutError  # the task's own timeout: it stops a hung step, for good
+
+    assert not decide(TaskRunTimeoutError("Task run exceeded timeout of 14400 second(s)"))
     assert not decide(SliceWiseError("data.brats_dir is not a folder", "/nowhere"))
     assert not decide(CredentialsError("no kaggle.json"))
 
@@ -244,6 +247,31 @@ def test_slice_runner_is_a_flow_parameter_not_a_dvc_param(monkeypatch):
 
 
 # ---- the flow against real DVC ---------------------------------------------------------------------------------
+
+
+def test_the_flow_keeps_register_like_stages_out_of_dvcs_run_cache(tmp_path, monkeypatch):
+    """`dvc repro` does not record a stage with an uncached output that is no metric or plot in its run cache, so
+    it is never "restored" instead of run (register must register, whatever its files say). The flow's commit
+    follows the same rule; a stage with cached outputs is recorded, as repro records it."""
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    assert dvc(tmp_path, "init", "-q").returncode == 0
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "make": {"cmd": "echo made > made.txt", "deps": ["source.txt"], "outs": ["made.txt"]},
+        "announce": {"cmd": "echo done > announce.json", "deps": ["made.txt"],
+                     "outs": [{"announce.json": {"cache": False}}]}}}))
+    runs = tmp_path / ".dvc" / "cache" / "runs"
+    entries = lambda: sorted(p for p in runs.rglob("*") if p.is_file()) if runs.exists() else []  # noqa: E731
+
+    (tmp_path / "source.txt").write_text("source\n")
+    (tmp_path / "made.txt").write_text("made\n")
+    dvc_stage.commit_stage("make")
+    assert len(entries()) == 1
+    (tmp_path / "announce.json").write_text("done\n")
+    dvc_stage.commit_stage("announce")
+    assert len(entries()) == 1  # no entry for announce
+    assert set(yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]) == {"make", "announce"}
+    assert dvc(tmp_path, "status").stdout.strip() == "Data and pipelines are up to date."
 
 
 @pytest.mark.slow

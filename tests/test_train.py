@@ -287,12 +287,58 @@ def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one
     pd.testing.assert_frame_equal(metrics_only(pd.read_csv(paths.history_file("seg"))), expected)
 
 
-def test_more_epochs_continue_but_changed_params_start_fresh(in_project, tiny_settings):
-    train_seg.main(tiny_settings)
-    assert train_seg.main(with_epochs(tiny_settings, seg=2))["resumed_from_epoch"] == 1
+def test_more_epochs_continue_a_constant_schedule_but_changed_params_start_fresh(in_project, tiny_settings):
+    constant = with_section(tiny_settings, "train", lr_schedule="constant")  # the LR does not depend on the epochs
+    train_seg.main(constant)
+    assert train_seg.main(with_epochs(constant, seg=2))["resumed_from_epoch"] == 1
     assert len(pd.read_csv(paths.history_file("seg"))) == 2
-    changed = with_section(with_epochs(tiny_settings, seg=2), "train_seg", lr=2e-4)
+    # fewer epochs than were trained: a fresh run would have stopped sooner (and kept another best.pt)
+    assert train_seg.main(with_epochs(constant, seg=1))["resumed_from_epoch"] == 0
+    changed = with_section(with_epochs(constant, seg=2), "train_seg", lr=2e-4)
     assert train_seg.main(changed)["resumed_from_epoch"] == 0
+
+
+def test_the_cosine_schedule_starts_fresh_for_other_epochs(in_project, tiny_settings):
+    """Cosine decay runs over the planned epochs: epoch 1 of a 1-epoch plan ends at 5 % of the LR, of a 2-epoch plan
+    at half of it, so a longer plan cannot continue a shorter one."""
+    assert tiny_settings.train.lr_schedule == "cosine"
+    train_seg.main(tiny_settings)
+    assert train_seg.main(with_epochs(tiny_settings, seg=2))["resumed_from_epoch"] == 0
+
+
+def test_changed_training_code_starts_fresh(in_project, tiny_settings, monkeypatch):
+    """DVC reruns a training stage when its code changes; resuming last.pt would then train no epoch and keep the
+    old code's weights under the new code's dvc.lock."""
+    train_seg.main(tiny_settings)
+    assert train_seg.main(tiny_settings)["resumed_from_epoch"] == 1  # same code: nothing left to train
+    monkeypatch.setattr(training_stage, "training_code_digest", lambda: "edited-loss-py")
+    result = train_seg.main(tiny_settings)
+    assert result["resumed_from_epoch"] == 0 and result["epochs_run"] == 1
+
+
+def test_code_identity_ignores_comments_but_not_code(tmp_path):
+    from tasks.io import code_identity
+
+    base = tmp_path / "a.py"
+    base.write_text('"""Doc."""\n\ndef f(x):\n    return x + 1  # one\n')
+    comment = tmp_path / "b.py"
+    comment.write_text('"""Other doc."""\n\ndef f(x):\n    # why\n    return x + 1\n')
+    code = tmp_path / "c.py"
+    code.write_text('"""Doc."""\n\ndef f(x):\n    return x + 2\n')
+    assert code_identity(base) == code_identity(comment) != code_identity(code)
+    assert len(training_stage.training_code_digest()) == 16
+
+
+def test_less_patience_than_a_finished_run_had_starts_fresh_and_more_continues(in_project, tiny_settings):
+    """A run that trained on where today's patience would have stopped holds another epoch's best.pt than a fresh
+    run would: it starts fresh. More patience continues it, as a fresh run would have gone on."""
+    patient = with_epochs(with_section(frozen_seg(tiny_settings, min_epochs=1), "train", patience=3), seg=4)
+    assert train_seg.main(patient)["epochs_run"] == 4  # no improvement after epoch 1; stops at the last epoch
+    impatient = with_section(patient, "train", patience=1)
+    result = train_seg.main(impatient)
+    assert result["resumed_from_epoch"] == 0 and result["epochs_run"] == 2
+    result = train_seg.main(patient)  # more patience again: continues the 2-epoch run
+    assert result["resumed_from_epoch"] == 2 and result["epochs_run"] == 4
 
 
 def test_a_fresh_start_never_leaves_an_earlier_runs_best_checkpoint_as_its_own(in_project, tiny_settings,

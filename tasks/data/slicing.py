@@ -16,7 +16,6 @@ keeps its shard (matched by a fingerprint), so new patients are sliced without r
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import json
@@ -40,7 +39,7 @@ from tasks.data.process_pool import process_pool
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
 from tasks.data.volumes import brats2020_labels, load_volume, same_grid
 from tasks.errors import SliceWiseError
-from tasks.io import atomic_write, write_text_atomic
+from tasks.io import atomic_write, code_identity, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +67,6 @@ class SliceSpec:
                         for mod in (preprocess, regions, volumes, shards, brats_files))
         code += code_identity(Path(__file__))
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
-
-
-def code_identity(path: Path) -> bytes:
-    """What a module computes, without its comments and docstrings: its syntax tree, docstrings removed. An edited
-    comment then keeps every patient's shard (and data/processed, so no stage after slice reruns); a changed line of
-    code reslices everything, as it may change the output."""
-    tree = ast.parse(path.read_bytes(), filename=str(path))
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree).encode()
 
 
 def patient_fingerprint(patient_dir: Path, spec_digest: str, digests: FileDigests | None = None) -> str:

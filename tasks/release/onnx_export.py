@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import platform
 import time
 import warnings
@@ -33,7 +32,7 @@ from tasks.data.splits import iter_test_slices
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import (LEGACY_SLICE_SCORE, MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT,
                                        SLICE_SCORES, sigmoid, slice_probability)
-from tasks.io import atomic_write, read_json, sha256_file, write_json_atomic
+from tasks.io import atomic_write, read_json, sha256_file, usable_cores, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +268,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
 
     decisions = read_decisions(metrics_path)
     model, checkpoint = load_model(checkpoint_path)
-    threads = cfg.latency_threads or len(os.sched_getaffinity(0))
+    threads = cfg.latency_threads or usable_cores()
     torch.set_num_threads(threads)
     for stale in (onnx_path, metadata_path):  # a failed export must not leave the previous model looking current
         stale.unlink(missing_ok=True)

@@ -24,9 +24,10 @@ tracker.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from tasks.data.datasets import ShardSlices, data_fingerprint, stage_data, train
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import (architecture_digest, load_checkpoint, load_weights, model_config_for,
                                          model_config_of, save_checkpoint, weights_digest)
-from tasks.io import atomic_write, sha256_file
+from tasks.io import atomic_write, code_identity, sha256_file, usable_cores
 from tasks.tracking.provenance import flatten
 from tasks.tracking.tracker import NullTracker, Tracker, tracked_step
 from tasks.training.distributed import Ranks, launched_rank, training_processes
@@ -90,14 +91,18 @@ class StagePlan:
         }
 
     def run_key(self) -> dict:
-        """What must match for last.pt to be resumed: params minus epochs and runtime switches, data, start.
+        """What must match for last.pt to be resumed: params minus runtime switches, data, start, the training code.
 
-        train_stage adds the model's architecture, so a change of model code starts fresh too."""
+        The planned epochs count only under the cosine schedule, whose learning rate depends on them: with a
+        constant one, more epochs continue a finished run exactly as a fresh run would go. train_stage adds the
+        model's architecture."""
         key = self.params()
-        key.pop("epochs")
+        if self.train.lr_schedule == "constant":
+            key.pop("epochs")
         key["train"] = {k: v for k, v in key["train"].items() if k not in RUNTIME_ONLY}
         key["data"] = data_fingerprint(self.processed, self.splits_dir)
         key["init"] = _file_digest(self.init_checkpoint) if self.init_checkpoint else None
+        key["code"] = training_code_digest()
         return key
 
 
@@ -118,6 +123,19 @@ class StageState:
         self.best_metric = max(self.best_metric, metric)
         self.epochs_since_best = 0 if improved else self.epochs_since_best + 1
         return improved
+
+
+# The modules whose code decides what a stage learns (dvc.yaml lists them as the stages' deps): DVC reruns a stage
+# when one changes, and then last.pt is another code's run, which must not be resumed (it would train no epoch).
+TRAINING_CODE = ("models.unet", "tasks.data.datasets", "tasks.data.augment", "tasks.data.modality_dropout",
+                 "tasks.data.regions", "tasks.data.shards", "tasks.inference.checkpoints", "tasks.training.distributed",
+                 "tasks.training.loss", "tasks.training.steps", "tasks.training.stage")
+
+
+def training_code_digest() -> str:
+    """The training code's identity (tasks/io.code_identity: comments and docstrings do not count)."""
+    code = b"".join(code_identity(Path(importlib.import_module(name).__file__)) for name in TRAINING_CODE)
+    return hashlib.sha256(code).hexdigest()[:16]
 
 
 def plan_stage(settings: Settings, stage: str) -> StagePlan:
@@ -147,10 +165,10 @@ def train_stage(plan: StagePlan, tracker: Tracker = NullTracker()) -> dict:
 
 def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device) -> dict:
     started = time.perf_counter()
-    torch.set_num_threads(plan.train.threads or max(1, len(os.sched_getaffinity(0)) // ranks.local_world))
+    torch.set_num_threads(plan.train.threads or max(1, usable_cores() // ranks.local_world))
     torch.manual_seed(plan.seed)
     # Each loader process (the main one and every worker) has its own reader: they share the cache budget.
-    cache_bytes = plan.train.cache_mb * 2**20 // (plan.train.num_workers + 1)
+    cache_bytes = plan.train.cache_mb * 2**20 // ((plan.train.num_workers + 1) * ranks.local_world)
     train_set, val_set = stage_data(plan.stage, plan.processed, plan.splits_dir, plan.stage_params, plan.seed,
                                     cache_bytes)
     _check_shapes(plan, train_set)
@@ -271,13 +289,30 @@ def _resume(plan: StagePlan, run_key: dict, model, optimizer, generator: torch.G
         return StageState()
     extra = checkpoint["extra"]
     if extra.get("run_key") != run_key:
-        log.info("train_%s: params, data or starting checkpoint changed since %s; starting fresh", plan.stage, last)
+        log.info("train_%s: params, data, code or starting checkpoint changed since %s; starting fresh", plan.stage,
+                 last)
+        return StageState()
+    if (overrun := _trained_past_today_s_stop(plan, checkpoint["epoch"], extra["history"])) is not None:
+        log.info("train_%s: %s ran %d epochs, where today's epochs, patience and min_epochs stop after %d; starting "
+                 "fresh", plan.stage, last, checkpoint["epoch"], overrun)
         return StageState()
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     generator.set_state(extra["generator_state"])
     log.info("train_%s: resuming after epoch %d from %s", plan.stage, checkpoint["epoch"], last)
     return StageState(checkpoint["epoch"], checkpoint["best_metric"], extra["epochs_since_best"], extra["history"])
+
+
+def _trained_past_today_s_stop(plan: StagePlan, epoch: int, history: list[dict]) -> int | None:
+    """The epoch at which a fresh run with today's epochs, patience and min_epochs would have stopped, when that is
+    before `epoch`, the last one a resumable run trained; None when it is not (more epochs or more patience continue
+    it as a fresh run would go on, but fewer would have kept another epoch's best.pt)."""
+    replay = StageState()
+    for row in history[:-1]:
+        replay.record(row, metric_of(plan.stage, row))
+        if replay.epoch >= plan.epochs or _stops_early(plan, replay):
+            return replay.epoch
+    return None
 
 
 def _save_epoch(plan, state: StageState, improved: bool, model, optimizer, generator, run_key) -> None:

@@ -1,0 +1,39 @@
+"""One pipeline run at a time in a project: `dvc repro`'s steps and a Prefect flow run share data/, checkpoints/,
+params.yaml and dvc.lock, and two at once would overwrite each other's outputs.
+
+Each step run through the CLI (what dvc.yaml calls) holds the lock while it runs; a flow run holds it from start to
+end (its steps run in its own process). A second run asking for it fails at once with a message naming the holder,
+instead of waiting hours or interleaving. An advisory `flock` on a file in the project folder: released by the
+kernel when its holder exits, however it exits, so a killed run never leaves it stale.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from tasks import paths
+from tasks.errors import SliceWiseError
+
+LOCK_FILE = ".slicewise.lock"
+
+
+@contextmanager
+def pipeline_lock(holder: str) -> Iterator[None]:
+    """Hold the project's pipeline lock as `holder` (what a refused run is told); SliceWiseError when taken."""
+    path = paths.ROOT / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            other = handle.read().strip() or "another process"
+            raise SliceWiseError(f"another pipeline run is working in this project ({other}); wait for it to end: "
+                                 "two at once would overwrite each other's outputs", path) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{holder}, pid {os.getpid()}\n")
+        handle.flush()
+        yield

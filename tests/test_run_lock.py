@@ -1,0 +1,37 @@
+"""One pipeline run at a time per project: a second one (a `dvc repro` step or a flow run) is refused at once,
+naming the run that holds the project, and nothing it would have written is touched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tasks.errors import SliceWiseError
+from tasks.run_lock import LOCK_FILE, pipeline_lock
+from tests.project_copy import ROOT
+
+
+def test_a_second_run_is_refused_with_the_holders_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pipeline_lock("Prefect flow run 1234"):
+        with pytest.raises(SliceWiseError, match=r"another pipeline run .*\(Prefect flow run 1234, pid \d+\)") as refused:
+            with pipeline_lock("python -m tasks split"):
+                pytest.fail("two runs held the project at once")
+        assert LOCK_FILE in str(refused.value)
+    with pipeline_lock("python -m tasks split"):  # released when its holder is done
+        pass
+
+
+def test_a_dvc_step_is_refused_while_a_flow_run_holds_the_project(tmp_path, monkeypatch):
+    """What dvc.yaml runs (`python -m tasks <step>`) fails fast while a flow run holds the project, before the step
+    reads params.yaml or writes anything."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("this is not read: the lock comes first\n")
+    with pipeline_lock("Prefect flow run abcd"):
+        done = subprocess.run([sys.executable, "-m", "tasks", "split"], cwd=tmp_path, capture_output=True, text=True,
+                              env={"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert done.returncode != 0
+    assert "another pipeline run is working in this project (Prefect flow run abcd" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, "params.yaml"]
