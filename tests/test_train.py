@@ -21,6 +21,7 @@ from tasks.data.modality_dropout import draw_modality_dropout, drop_modalities
 from tasks.data.regions import regions_from_labels
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, load_model, save_checkpoint
+from tasks.io import sha256_file
 from tasks.training import stage as training_stage
 from tasks.tracking.tracker import NullTracker
 from tasks.training.steps import StageLoss, StageRunner, make_optimizer, place_model, region_targets
@@ -234,12 +235,15 @@ def test_joint_stage_gives_the_encoder_its_own_lower_learning_rate(tiny_settings
 def test_two_seeded_runs_give_identical_metrics(tiny_data, tmp_path, tiny_settings, monkeypatch):
     other = make_tiny_processed(tmp_path / "other")
     settings = with_epochs(tiny_settings, seg=2)
-    histories = []
+    histories, best = [], []
     for root in (tiny_data.root, other.root):
         monkeypatch.chdir(root)
         train_seg.main(settings)
         histories.append(metrics_only(pd.read_csv(paths.history_file("seg"))))
+        best.append(sha256_file(paths.best_checkpoint("seg")))
     pd.testing.assert_frame_equal(*histories)
+    # best.pt byte for byte (no wall-clock seconds in it), so model.onnx, which records its sha256, is too
+    assert best[0] == best[1]
 
 
 def test_loader_workers_change_nothing_that_is_learned(tmp_path, monkeypatch):

@@ -319,8 +319,9 @@ def _save_epoch(plan, state: StageState, improved: bool, model, optimizer, gener
     """Write best.pt (if improved) before last.pt, so last.pt never points past best, then the history."""
     common = dict(model=model, model_config=plan.model, epoch=state.epoch, best_metric=state.best_metric,
                   metric_name=METRIC_NAME[plan.stage], params=plan.params(), stage=plan.stage)
-    if improved:
-        save_checkpoint(plan.checkpoint_dir / "best.pt", optimizer=None, extra={"metrics": state.history[-1]}, **common)
+    if improved:  # without the epoch's wall seconds: same seed, machine and code give the same best.pt, byte for byte
+        metrics = {k: v for k, v in state.history[-1].items() if k != "seconds"}  # (and model.onnx, which names it)
+        save_checkpoint(plan.checkpoint_dir / "best.pt", optimizer=None, extra={"metrics": metrics}, **common)
     extra = {"run_key": run_key, "history": state.history, "epochs_since_best": state.epochs_since_best,
              "generator_state": generator.get_state()}
     save_checkpoint(plan.checkpoint_dir / "last.pt", optimizer=optimizer, extra=extra, **common)
