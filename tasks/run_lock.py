@@ -22,7 +22,12 @@ LOCK_FILE = ".slicewise.lock"
 
 @contextmanager
 def pipeline_lock(holder: str) -> Iterator[None]:
-    """Hold the project's pipeline lock as `holder` (what a refused run is told); SliceWiseError when taken."""
+    """Hold the project's pipeline lock as `holder` (what a refused run is told); SliceWiseError when taken.
+
+    Under `torchrun` the processes of one stage are one run: local rank 0 holds the lock for all of them."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        yield
+        return
     path = paths.ROOT / LOCK_FILE
     with open(path, "a+") as handle:
         try:

@@ -24,6 +24,20 @@ def test_a_second_run_is_refused_with_the_holders_name(tmp_path, monkeypatch):
         pass
 
 
+def test_the_processes_of_one_torchrun_stage_are_one_run(tmp_path, monkeypatch):
+    """torchrun starts `python -m tasks train_seg` once per process: local rank 0 holds the lock for them all."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pipeline_lock("python -m tasks train_seg"):
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        with pipeline_lock("python -m tasks train_seg"):
+            pass
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        with pytest.raises(SliceWiseError, match="another pipeline run"):
+            with pipeline_lock("python -m tasks train_seg"):
+                pass
+
+
 def test_a_dvc_step_is_refused_while_a_flow_run_holds_the_project(tmp_path, monkeypatch):
     """What dvc.yaml runs (`python -m tasks <step>`) fails fast while a flow run holds the project, before the step
     reads params.yaml or writes anything."""
