@@ -60,7 +60,8 @@ for _step in STEPS:
 def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VALUE, e.g. profile=baseline")) -> None:
     """Change params.yaml (comments kept), e.g. `set profile=baseline data.source=local`."""
     try:
-        set_params(parse_assignments(assignments))
+        with pipeline_lock("python -m tasks set"):  # a running flow reloads params.yaml at every step
+            set_params(parse_assignments(assignments))
     except SliceWiseError as exc:
         _fail(exc)
 

@@ -25,14 +25,14 @@ def test_a_second_run_is_refused_with_the_holders_name(tmp_path, monkeypatch):
 
 
 def test_the_processes_of_one_torchrun_stage_are_one_run(tmp_path, monkeypatch):
-    """torchrun starts `python -m tasks train_seg` once per process: local rank 0 holds the lock for them all."""
+    """torchrun starts `python -m tasks train_seg` once per process: rank 0 holds the lock for them all."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
     with pipeline_lock("python -m tasks train_seg"):
-        monkeypatch.setenv("LOCAL_RANK", "1")
+        monkeypatch.setenv("RANK", "1")
         with pipeline_lock("python -m tasks train_seg"):
             pass
-        monkeypatch.setenv("LOCAL_RANK", "0")
+        monkeypatch.setenv("RANK", "0")
         with pytest.raises(SliceWiseError, match="another pipeline run"):
             with pipeline_lock("python -m tasks train_seg"):
                 pass
@@ -49,3 +49,23 @@ def test_a_dvc_step_is_refused_while_a_flow_run_holds_the_project(tmp_path, monk
     assert done.returncode != 0
     assert "another pipeline run is working in this project (Prefect flow run abcd" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, "params.yaml"]
+
+
+def test_a_project_folder_that_cannot_hold_the_lock_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / LOCK_FILE).mkdir()  # something that cannot be opened as the lock file, whoever runs this
+    with pytest.raises(SliceWiseError, match="cannot open the pipeline lock file") as refused:
+        with pipeline_lock("python -m tasks split"):
+            pass
+    assert LOCK_FILE in str(refused.value)
+
+
+def test_params_are_not_changed_under_a_running_flow(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("profile: quick\n")
+    with pipeline_lock("Prefect flow run abcd"):
+        done = subprocess.run([sys.executable, "-m", "tasks", "set", "profile=baseline"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120,
+                              env={"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin"})
+    assert done.returncode != 0 and "Prefect flow run abcd" in done.stderr
+    assert (tmp_path / "params.yaml").read_text() == "profile: quick\n"

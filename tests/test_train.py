@@ -292,7 +292,8 @@ def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one
 
 
 def test_more_epochs_continue_a_constant_schedule_but_changed_params_start_fresh(in_project, tiny_settings):
-    constant = with_section(tiny_settings, "train", lr_schedule="constant")  # the LR does not depend on the epochs
+    # with no warm-up, a constant schedule's LR does not depend on the planned epochs
+    constant = with_section(tiny_settings, "train", lr_schedule="constant", warmup_epochs=0)
     train_seg.main(constant)
     assert train_seg.main(with_epochs(constant, seg=2))["resumed_from_epoch"] == 1
     assert len(pd.read_csv(paths.history_file("seg"))) == 2
@@ -308,6 +309,11 @@ def test_the_cosine_schedule_starts_fresh_for_other_epochs(in_project, tiny_sett
     assert tiny_settings.train.lr_schedule == "cosine"
     train_seg.main(tiny_settings)
     assert train_seg.main(with_epochs(tiny_settings, seg=2))["resumed_from_epoch"] == 0
+    # a warm-up is a fraction of the planned epochs in the LR's arithmetic too (its last bits differ)
+    warm = with_section(tiny_settings, "train", lr_schedule="constant")
+    assert warm.train.warmup_epochs > 0
+    train_seg.main(warm)
+    assert train_seg.main(with_epochs(warm, seg=2))["resumed_from_epoch"] == 0
 
 
 def test_changed_training_code_starts_fresh(in_project, tiny_settings, monkeypatch):

@@ -93,11 +93,12 @@ class StagePlan:
     def run_key(self) -> dict:
         """What must match for last.pt to be resumed: params minus runtime switches, data, start, the training code.
 
-        The planned epochs count only under the cosine schedule, whose learning rate depends on them: with a
-        constant one, more epochs continue a finished run exactly as a fresh run would go. train_stage adds the
-        model's architecture."""
+        The planned epochs count unless the learning rate does not depend on them: under the cosine schedule it
+        does, and so does the warm-up's last bit of rounding (a fraction of the planned epochs); with a constant
+        schedule and no warm-up, more epochs continue a finished run exactly as a fresh run would go. train_stage
+        adds the model's architecture."""
         key = self.params()
-        if self.train.lr_schedule == "constant":
+        if self.train.lr_schedule == "constant" and self.train.warmup_epochs == 0:
             key.pop("epochs")
         key["train"] = {k: v for k, v in key["train"].items() if k not in RUNTIME_ONLY}
         key["data"] = data_fingerprint(self.processed, self.splits_dir)
@@ -128,8 +129,8 @@ class StageState:
 # The modules whose code decides what a stage learns (dvc.yaml lists them as the stages' deps): DVC reruns a stage
 # when one changes, and then last.pt is another code's run, which must not be resumed (it would train no epoch).
 TRAINING_CODE = ("models.unet", "tasks.data.datasets", "tasks.data.augment", "tasks.data.modality_dropout",
-                 "tasks.data.regions", "tasks.data.shards", "tasks.inference.checkpoints", "tasks.training.distributed",
-                 "tasks.training.loss", "tasks.training.steps", "tasks.training.stage")
+                 "tasks.data.regions", "tasks.data.shards", "tasks.data.splits", "tasks.inference.checkpoints",
+                 "tasks.training.distributed", "tasks.training.loss", "tasks.training.steps", "tasks.training.stage")
 
 
 def training_code_digest() -> str:
