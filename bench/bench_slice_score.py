@@ -29,15 +29,13 @@ DVC = REPO / ".venv" / "bin" / "dvc"
 HALVINGS = 40
 
 
-def split_probabilities(project: Path, split: str, rule: str):
+def split_probabilities(model, project: Path, split: str, rule: str):
     """One row per slice of `split` (manifest columns + probability) under `rule`."""
     from tasks.data.splits import read_split, split_rows
     from tasks.evaluation.scoring import predict_split
-    from tasks.inference.checkpoints import load_model
     from tasks.inference.predictor import TorchPredictor
 
     processed = project / "data" / "processed"
-    model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
     rows = split_rows(processed, read_split(split, project / "data" / "splits"))
     return predict_split(TorchPredictor(model, slice_score=rule), processed, rows, segmentation=False,
                          description=f"{split} ({rule})").slices
@@ -91,9 +89,12 @@ def seed_report(project: Path, seed: int, rules: tuple[str, ...]) -> dict:
     done = subprocess.run([str(DVC), "exp", "apply", f"seed-{seed}"], cwd=project, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"dvc exp apply seed-{seed} failed in {project}:\n{done.stderr[-2000:]}")
+    from tasks.inference.checkpoints import load_model
+
+    model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
     report = {}
     for rule in rules:
-        val, test = split_probabilities(project, "val", rule), split_probabilities(project, "test", rule)
+        val, test = (split_probabilities(model, project, split, rule) for split in ("val", "test"))
         report[rule] = {"validation": roc_aucs(val) | {"acc_cv": halved_accuracy(val, seed)},
                         "test": test_figures(val, test)}
     return report

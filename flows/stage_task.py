@@ -56,10 +56,10 @@ def worth_retrying(task: Task, task_run: Any, state: State) -> bool:
     SliceWiseError of its own (missing folder, no usable patient), refused credentials, and anything else (a bad
     parameter, a missing or broken metrics.json, a KeyError): a retry would only delay the message by minutes.
     """
+    from prefect.task_engine import TaskRunTimeoutError
+
     from tasks.data.kaggle_download import root_cause
     from tasks.tracking.store import is_transient
-
-    from prefect.task_engine import TaskRunTimeoutError
 
     exc = state.data if isinstance(state.data, BaseException) else None
     # A task's own timeout is a TimeoutError too, but it is there to stop a hung step, not to start it again.

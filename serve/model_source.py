@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from tasks.config import RegistrySettings, TrackingSettings
 from tasks.errors import SliceWiseError
-from tasks.inference.predictor import LEGACY_SLICE_SCORE, OnnxPredictor, check_slice_score
+from tasks.inference.predictor import LEGACY_SLICE_SCORE, OnnxPredictor, check_slice_score, evaluated_slice_score
 from tasks.io import read_json, sha256_file, write_text_atomic
 from tasks.redaction import redact
 from tasks.release.registry import EXAMPLES_ARCHIVE, METADATA_FILE, ModelRegistry
@@ -96,12 +96,11 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
         raise SliceWiseError("the model states no image size (no metadata and a dynamic input shape)", onnx_path)
     in_channels = shape[1] if isinstance(shape[1], int) else len(meta.get("modalities", ["flair"]))
     threshold = meta.get("threshold", (metrics or {}).get("classification", {}).get("threshold", DEFAULT_THRESHOLD))
-    # What the threshold applies to, as evaluation measured it: from where the threshold came (a model exported
-    # before the rule was recorded: the classifier alone).
-    evaluated = ((metrics or {}).get("classification_threshold") or {}).get("slice_score", LEGACY_SLICE_SCORE)
+    # What the threshold applies to, from where the threshold came (a model exported before the rule was recorded:
+    # the classifier alone).
+    rule = meta.get("slice_score", LEGACY_SLICE_SCORE) if "threshold" in meta else evaluated_slice_score(metrics)
     try:
-        predictor.slice_score = check_slice_score(meta.get("slice_score", LEGACY_SLICE_SCORE) if "threshold" in meta
-                                                  else evaluated)
+        predictor.slice_score = check_slice_score(rule)
     except ValueError as exc:
         raise SliceWiseError(f"the model's slice score: {exc}", onnx_path) from exc
     card = {**card, "metrics": metrics or card.get("metrics") or {},

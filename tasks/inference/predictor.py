@@ -29,6 +29,12 @@ SLICE_SCORES = ("classifier", "fused")
 LEGACY_SLICE_SCORE = "classifier"
 
 
+def evaluated_slice_score(metrics: dict | None) -> str:
+    """The slice score a metrics.json was evaluated with (`classification_threshold.slice_score`; the classifier's
+    for metrics written before it was recorded). Not checked: callers say which file was wrong."""
+    return ((metrics or {}).get("classification_threshold") or {}).get("slice_score", LEGACY_SLICE_SCORE)
+
+
 def check_slice_score(rule: str) -> str:
     if rule not in SLICE_SCORES:
         raise ValueError(f"unknown slice score {rule!r}: expected one of {', '.join(SLICE_SCORES)}")

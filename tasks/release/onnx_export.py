@@ -31,7 +31,7 @@ from tasks.config import ExportSettings
 from tasks.data.splits import iter_test_slices
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import (LEGACY_SLICE_SCORE, MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT,
-                                       SLICE_SCORES, sigmoid, slice_probability)
+                                       SLICE_SCORES, evaluated_slice_score, sigmoid, slice_probability)
 from tasks.io import atomic_write, read_json, sha256_file, usable_cores, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def read_decisions(metrics_path: Path) -> Decisions:
         raise SliceWiseError(f"unreadable segmentation_threshold.value in the metrics ({exc})", metrics_path) from exc
     if not 0 < mask_threshold < 1:
         raise SliceWiseError(f"segmentation_threshold.value {mask_threshold} is not in (0, 1)", metrics_path)
-    slice_score = (metrics.get("classification_threshold") or {}).get("slice_score", LEGACY_SLICE_SCORE)
+    slice_score = evaluated_slice_score(metrics)
     if slice_score not in SLICE_SCORES:
         raise SliceWiseError(f"classification_threshold.slice_score {slice_score!r} is not one of "
                              f"{', '.join(SLICE_SCORES)}", metrics_path)

@@ -33,7 +33,7 @@ from tasks import paths
 from tasks.config import Settings
 from tasks.data.splits import iter_test_slices, read_split, split_rows
 from tasks.errors import SliceWiseError
-from tasks.inference.predictor import LEGACY_SLICE_SCORE
+from tasks.inference.predictor import LEGACY_SLICE_SCORE, evaluated_slice_score
 from tasks.io import read_json, sha256_file
 from tasks.release.examples import bundle_examples
 from tasks.release.gate import ChampionScore, GateDecision, PromotionGate
@@ -99,7 +99,7 @@ def check_one_model(release: Release, metrics_path: Path) -> None:
         if a is not None and b is not None and not math.isclose(a, b):
             raise SliceWiseError(f"the {name} in metrics.json ({judged}) is not the exported model's ({shipped}): "
                                  "rerun the export step", release.metadata_path)
-    judged = (release.metrics.get("classification_threshold") or {}).get("slice_score", LEGACY_SLICE_SCORE)
+    judged = evaluated_slice_score(release.metrics)
     shipped = release.metadata.get("slice_score", LEGACY_SLICE_SCORE)
     if judged != shipped:
         raise SliceWiseError(f"metrics.json scored slices by {judged!r}, the exported model by {shipped!r}: rerun the "

@@ -293,7 +293,7 @@ def _resume(plan: StagePlan, run_key: dict, model, optimizer, generator: torch.G
         log.info("train_%s: params, data, code or starting checkpoint changed since %s; starting fresh", plan.stage,
                  last)
         return StageState()
-    if (overrun := _trained_past_today_s_stop(plan, checkpoint["epoch"], extra["history"])) is not None:
+    if (overrun := _trained_past_today_s_stop(plan, extra["history"])) is not None:
         log.info("train_%s: %s ran %d epochs, where today's epochs, patience and min_epochs stop after %d; starting "
                  "fresh", plan.stage, last, checkpoint["epoch"], overrun)
         return StageState()
@@ -304,9 +304,9 @@ def _resume(plan: StagePlan, run_key: dict, model, optimizer, generator: torch.G
     return StageState(checkpoint["epoch"], checkpoint["best_metric"], extra["epochs_since_best"], extra["history"])
 
 
-def _trained_past_today_s_stop(plan: StagePlan, epoch: int, history: list[dict]) -> int | None:
+def _trained_past_today_s_stop(plan: StagePlan, history: list[dict]) -> int | None:
     """The epoch at which a fresh run with today's epochs, patience and min_epochs would have stopped, when that is
-    before `epoch`, the last one a resumable run trained; None when it is not (more epochs or more patience continue
+    before the last one a resumable run trained (its `history`); None when it is not (more epochs or more patience continue
     it as a fresh run would go on, but fewer would have kept another epoch's best.pt)."""
     replay = StageState()
     for row in history[:-1]:
