@@ -82,6 +82,8 @@ def pipeline_figures(peer: bool) -> dict:
         with inside(project):
             console.rule("slicing versus a bare nibabel load")
             report["slice"] = bench_slice.run(project / "data" / "raw" / "brats")
+            # the goal (≤ 2×) is stated for production: four modalities, 256², stride 1, same full-size volumes
+            report["slice_production"] = bench_slice.run(project / "data" / "raw" / "brats", profile="production")
             report["slice_incremental"] = bench_slice.incremental(project / "data" / "raw" / "brats")
             console.rule("onnxruntime versus torch eager (the quick model just trained)")
             report["export"] = bench_export.run([report["pipeline"]["profile"]], [1, 0], 50)
@@ -178,10 +180,14 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
         ("cached Prefect flow / bare flow", f"{prefect['cached_over_bare_ratio']:.2f}×",
          f"{prefect['cached_flow_seconds']:.2f} s for the 9 Cached stages vs {prefect['bare_flow_seconds']:.2f} s "
          f"for 9 no-op tasks, same server"),
-        ("slicing / bare nibabel load", f"{report['slice']['slice_over_load_ratio']:.2f}×",
-         f"{report['slice']['slice_s_per_patient']:.2f} s per patient; peak "
-         f"{report['slice']['peak_rss_mib_per_worker']:.0f} MiB per worker"),
     ]
+    for key, spec in (("slice", "quick spec"), ("slice_production", "production spec")):
+        if sliced := report.get(key):
+            stride = f", stride {sliced['slice_stride']}" if "slice_stride" in sliced else ""
+            out.append((f"slicing / bare nibabel load, {spec}", f"{sliced['slice_over_load_ratio']:.2f}×",
+                        f"{sliced['slice_s_per_patient']:.2f} s vs {sliced['bare_nibabel_load_s_per_patient']:.2f} s "
+                        f"per patient ({len(sliced['modalities'])} modalities, {sliced['image_size']}²{stride}); peak "
+                        f"{sliced['peak_rss_mib_per_worker']:.0f} MiB per worker"))
     if inc := report.get("slice_incremental"):
         out.append(("slicing rerun: nothing changed / one new patient", f"{inc['rerun_nothing_changed_seconds']:.2f} s / "
                     f"{inc['one_new_patient_seconds']:.1f} s", f"{inc['patients_sliced']} patients sliced in "

@@ -63,6 +63,8 @@ for module in modules:
 print(json.dumps(failed))
 """
 GRADCAM_ONLY = "torch,monai"
+# Imported where the API image does without it: tasks/data/gzip_nifti.py falls back to the standard library's gzip.
+NOT_IN_API_IMAGE = "isal"
 
 
 def requirement_closure(requirements_file: Path) -> set[str]:

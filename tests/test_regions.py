@@ -47,5 +47,7 @@ def test_label_set_counts_what_np_unique_finds_in_any_layout():
     volume = np.asfortranarray(rng.choice([0, 1, 2, 4], size=(12, 10, 8)).astype(np.int64))  # nibabel's order
     assert label_set(volume) == {0, 1, 2, 4}
     assert label_set(volume[:, :, :1] * 0) == {0}
-    for odd in (np.array([-1, 0, 3]), np.array([0, 5000]), np.array([0.0, 2.0, 4.0])):  # fall back to np.unique
+    # a wider range (counted), then what falls back to np.unique
+    for odd in (np.array([0, 17, 300], dtype=np.uint16), np.array([-1, 0, 3]), np.array([0, 5000]),
+                np.array([0.0, 2.0, 4.0])):
         assert label_set(odd) == {int(v) for v in np.unique(odd)}

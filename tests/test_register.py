@@ -135,6 +135,9 @@ def test_good_model_becomes_champion_with_tags_card_and_artifacts(project, tiny_
     assert version.tags["onnx_sha256"] == json.loads(paths.EXPORT_REPORT.read_text())["onnx"]["sha256"]
     assert version.tags["mlflow_run_id"] == version.run_id == result["mlflow_run_id"]
     assert "accuracy 0.900 >= 0.850 [pass]" in version.tags["promotion_reason"]
+    # what the threshold tag applies to; the factory's metrics.json records no rule: the classifier's, as exported
+    exported = json.loads(paths.EXPORT_REPORT.read_text())["parity"]
+    assert version.tags["slice_score"] == "classifier" == exported["slice_score"]
     for section in ("## Data", "## Test metrics", "95 % CI", "## Promotion gate", "## Limitations", "synthetic"):
         assert section in version.description
     test_patients = len(read_split("test", paths.SPLITS))

@@ -550,3 +550,63 @@ def test_odd_real_world_inputs_are_rejected_or_read_as_serving_reads_them(tmp_pa
     expected = prepare_array_slice(wide.astype(np.float32), 32)  # as /v1/predict reads a 16-bit PNG
     assert np.abs(stored - expected).max() < 0.01 and len(np.unique(stored.round(3))) > 100
     assert result["patients"] == 3
+
+
+@pytest.mark.parametrize("image_class, endianness", [(nib.Nifti1Image, "<"), (nib.Nifti1Image, ">"),
+                                                     (nib.Nifti2Image, "<")])
+def test_gzipped_nifti_is_read_and_written_as_nibabel_reads_and_writes_it(image_class, endianness, tmp_path):
+    """The fast .nii.gz path (ISA-L) reads the voxels, affine and header nibabel reads, in either NIfTI version and
+    byte order, and writes the bytes nib.save would gzip, the same file every time."""
+    from tasks.data.gzip_nifti import read_nifti, write_nifti_gz
+
+    data = np.random.default_rng(3).integers(-500, 3000, size=(9, 8, 5)).astype(np.int16)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = [4.0, 239.0, -2.5]
+    image = image_class(data, affine, header=image_class.header_class(endianness=endianness))
+    image.set_data_dtype(np.int16)  # a given header would otherwise store float32
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, tmp_path / "nibabel.nii.gz")
+    write_nifti_gz(image, tmp_path / "fast.nii.gz")
+    first = (tmp_path / "fast.nii.gz").read_bytes()
+    write_nifti_gz(image, tmp_path / "fast.nii.gz")
+    assert (tmp_path / "fast.nii.gz").read_bytes() == first  # no timestamp in the gzip header
+    assert gzip.decompress(first) == gzip.decompress((tmp_path / "nibabel.nii.gz").read_bytes())
+    # bytes after the gzip stream (gzip(1) ignores them, so does nibabel): read as nibabel reads the file
+    (tmp_path / "tail.nii.gz").write_bytes(first + b"\0" * 64 + b"trailing garbage")
+    for name in ("nibabel.nii.gz", "fast.nii.gz", "tail.nii.gz"):
+        fast, reference = read_nifti(tmp_path / name), nib.load(tmp_path / name)
+        assert type(fast) is type(reference) is image_class
+        assert fast.header.endianness == endianness
+        assert np.array_equal(np.asanyarray(fast.dataobj), data) and np.asanyarray(fast.dataobj).dtype.kind == "i"
+        assert np.array_equal(fast.affine, reference.affine) and fast.header.get_zooms() == reference.header.get_zooms()
+
+
+def test_a_damaged_gzip_stream_is_an_unreadable_nifti_naming_the_file(tmp_path):
+    from tasks.data.volumes import load_volume
+
+    path = tmp_path / "P_flair.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 4), np.int16), np.eye(4)), path)
+    whole = path.read_bytes()
+    for damaged in (whole[: len(whole) // 2], whole[:10] + bytes(len(whole) - 10), b"\x1f\x8b" + b"junk" * 8):
+        path.write_bytes(damaged)
+        with pytest.raises(SliceWiseError, match="unreadable NIfTI") as error:
+            load_volume(path)
+        assert error.value.path == str(path)
+
+
+def test_brain_statistics_are_those_of_the_voxels_gathered_in_place_to_the_bit():
+    """foreground_stats gathers the brain from its bounding box in C order: the values, their order and so the
+    float32 sums must be exactly those of indexing the Fortran-ordered volume nibabel returns."""
+    from tasks.data.preprocess import bounding_box, foreground_stats
+
+    rng = np.random.default_rng(11)
+    volume = np.asfortranarray((rng.random((40, 36, 22)) * 900 + rng.normal(0, 50, (40, 36, 22))).astype(np.float32))
+    brain = np.zeros(volume.shape, dtype=bool)
+    brain[5:31, 8:30, 3:19] = rng.random((26, 22, 16)) > 0.2
+    values = volume[brain]
+    assert foreground_stats(volume, np.asfortranarray(brain)) == (float(values.mean()), float(values.std()))
+    assert bounding_box(brain) == (slice(5, 31), slice(8, 30), slice(3, 19))
+    assert foreground_stats(volume, np.zeros_like(brain)) is None and bounding_box(np.zeros_like(brain)) is None
+    single = np.zeros_like(brain)
+    single[7, 9, 4] = True
+    assert foreground_stats(volume, single) is None  # fewer than two voxels

@@ -140,7 +140,7 @@ def test_interrupted_write_leaves_no_complete_looking_patient(tmp_path, monkeypa
             raise KeyboardInterrupt  # as if the run were killed mid-patient
         path.write_bytes(b"partial")
 
-    monkeypatch.setattr(synthetic.nib, "save", failing_save)
+    monkeypatch.setattr(synthetic, "write_nifti_gz", failing_save)
     with pytest.raises(KeyboardInterrupt):
         synthetic.write_patient(tmp_path, "BraTS20_Training_001", volumes, np.zeros((4, 4, 4), np.uint8))
     assert not (tmp_path / "BraTS20_Training_001").exists()

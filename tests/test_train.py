@@ -536,3 +536,68 @@ def test_the_profile_chooses_the_norm_the_stage_trains(tiny_settings, norm, laye
     plan = training_stage.plan_stage(settings, "seg")
     norms = {type(m) for m in MultitaskUNet(plan.model).modules() if "Norm" in type(m).__name__}
     assert norms == {layer}
+
+
+def test_a_diverged_loss_stops_the_stage_with_its_epoch_and_keeps_the_last_good_checkpoint(in_project, tiny_settings,
+                                                                                          monkeypatch):
+    """A NaN loss stops training at that step with a clear error, before the poisoned weights are saved: last.pt
+    still holds the last whole epoch, so nothing already trained is lost."""
+    real_from_sums, calls = StageLoss.from_sums, []
+    calls_per_epoch = None  # training steps and validation batches
+
+    def nan_in_second_epoch(self, sums):
+        calls.append(1)
+        loss = real_from_sums(self, sums)
+        return loss * math.nan if calls_per_epoch is not None and len(calls) == calls_per_epoch + 2 else loss
+
+    monkeypatch.setattr(StageLoss, "from_sums", nan_in_second_epoch)
+    settings = with_epochs(tiny_settings, seg=3)
+    train_seg.main(with_epochs(tiny_settings, seg=1))  # how many steps an epoch has
+    calls_per_epoch, calls[:] = len(calls), []
+    paths.last_checkpoint("seg").unlink()
+    with pytest.raises(SliceWiseError, match=r"train_seg: the training loss became nan at epoch 2, step 2 of \d+: "
+                                             r"the weights diverged"):
+        train_seg.main(settings)
+    last = load_checkpoint(paths.last_checkpoint("seg"))
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("tumour_slices, words", [(0, "hold no tumour"), (3, "some repeat within a batch"),
+                                                  (40, None)])
+def test_a_foreground_quota_the_training_set_cannot_fill_is_said(tumour_slices, words, caplog):
+    labels = torch.zeros(200, dtype=torch.uint8)
+    labels[:tumour_slices] = 1
+    with caplog.at_level("WARNING", logger="tasks.data.datasets"):
+        ComposedBatches(torch.ones(200, dtype=torch.bool), labels, 16, torch.Generator().manual_seed(0),
+                        foreground_share=0.33)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tasks.data.datasets"]
+    assert (words in warnings[0]) if words else not warnings, warnings
+
+
+def test_weights_poisoned_by_an_epochs_last_step_are_caught_before_they_are_saved(in_project, tiny_settings,
+                                                                                 monkeypatch):
+    """The loss of a step is computed before its update: an update that poisons the weights in the last step of an
+    epoch shows in no loss of that epoch, so the weights are checked before validation and last.pt see them."""
+    real_epoch, calls = training_stage.StageRunner.train_epoch, []
+
+    def poison_after_second_epoch(self, loader, epoch, *args, **kwargs):
+        calls.append(epoch)
+        if epoch == 2:
+            real_step = self.optimizer.step
+            steps_left = [len(loader)]
+
+            def step(*a, **k):
+                real_step(*a, **k)
+                steps_left[0] -= 1
+                if not steps_left[0]:  # the epoch's last update
+                    with torch.no_grad():
+                        next(self.model.parameters()).fill_(math.inf)
+
+            monkeypatch.setattr(self.optimizer, "step", step)
+        return real_epoch(self, loader, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(training_stage.StageRunner, "train_epoch", poison_after_second_epoch)
+    with pytest.raises(SliceWiseError, match="the weights became non-finite in the last step of epoch 2"):
+        train_seg.main(with_epochs(tiny_settings, seg=3))
+    assert calls == [1, 2] and load_checkpoint(paths.last_checkpoint("seg"))["epoch"] == 1

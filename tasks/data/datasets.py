@@ -17,6 +17,7 @@ zero masks plus a `has_mask` flag, so losses can ignore the masks that are unkno
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from tasks.data.modality_dropout import ModalityDraws, draw_modality_dropout, dr
 from tasks.data.shards import ShardRowReader, read_manifest, read_shard
 from tasks.data.splits import read_split
 from tasks.errors import SliceWiseError
+
+log = logging.getLogger(__name__)
 
 STAGE_SOURCES = {"seg": ("brats",), "cls": ("brats", "kaggle"), "joint": ("brats", "kaggle")}
 
@@ -143,7 +146,7 @@ class ComposedBatches(Sampler[list[int]]):
     """
 
     def __init__(self, has_mask: Tensor, labels: Tensor, batch_size: int, generator: torch.Generator,
-                 kaggle_share: float | None = None, foreground_share: float = 0.0):
+                 kaggle_share: float | None = None, foreground_share: float = 0.0, warn: bool = True):
         self.generator, n = generator, len(labels)
         self.batch_size = min(batch_size, n)
         self.batches = max(n // batch_size, 1)
@@ -152,6 +155,15 @@ class ComposedBatches(Sampler[list[int]]):
         quota = kaggle_share is not None and len(kaggle) > 0 and len(brats) > 0
         n_kaggle = round(kaggle_share * self.batch_size) if quota else 0
         n_foreground = math.ceil(foreground_share * (self.batch_size - n_kaggle)) if len(foreground) else 0
+        if not warn:  # every DDP process builds the same sampler: one of them says what is wrong with it
+            pass
+        elif foreground_share > 0 and not len(foreground):
+            log.warning("foreground_share %.2f: the training slices hold no tumour, so the batches have none either; "
+                        "the segmentation head can only learn \"no tumour\" (check the split and data/processed)",
+                        foreground_share)
+        elif 0 < len(foreground) < n_foreground:
+            log.warning("foreground_share %.2f asks for %d tumour slices per batch but the training set has %d: "
+                        "some repeat within a batch", foreground_share, n_foreground, len(foreground))
         rest = brats if quota else torch.arange(n)
         self.quotas = [(pool, size) for pool, size in ((kaggle, n_kaggle), (foreground, n_foreground),
                                                         (rest, self.batch_size - n_kaggle - n_foreground)) if size]
@@ -256,7 +268,8 @@ def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, 
     share of each (DDP, tasks/training/distributed.py). `pin_memory` puts each batch in page-locked memory, so its
     copy to a GPU can overlap compute (CUDA only).
     """
-    sampler = ComposedBatches(data.has_mask, data.labels, batch_size, generator, kaggle_share, foreground_share)
+    sampler = ComposedBatches(data.has_mask, data.labels, batch_size, generator, kaggle_share, foreground_share,
+                              warn=part[0] == 0)
     if augment is not None:
         data, sampler = (AugmentedSlices(data, augment, part),
                          SeededBatches(sampler, generator, data.image_shape[0], augment.modality_dropout))

@@ -34,12 +34,31 @@ def zscore(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
 
 
 def foreground_stats(image: np.ndarray, foreground: np.ndarray) -> tuple[float, float] | None:
-    """Mean and standard deviation (1 when ~0) of the foreground voxels; None with fewer than two."""
-    values = image.astype(np.float32, copy=False)[foreground]
+    """Mean and standard deviation (1 when ~0) of the foreground voxels; None with fewer than two.
+
+    The voxels are gathered from the foreground's bounding box copied to C order. Boolean indexing yields them in C
+    order whatever the memory layout, so the values, their order and the float32 sums are the same to the bit; but
+    gathering them in place from nibabel's Fortran-ordered volumes took 55 ms per 240×240×155 modality, 20 ms so.
+    """
+    box = bounding_box(foreground)
+    if box is None:
+        return None
+    values = np.ascontiguousarray(image[box]).astype(np.float32, copy=False)[np.ascontiguousarray(foreground[box])]
     if values.size < 2:
         return None
     std = float(values.std())
     return float(values.mean()), (std if std > 1e-6 else 1.0)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box (one slice per axis) holding every True of a boolean `mask`; None when it holds none."""
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not hits.size:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 def apply_zscore(image: np.ndarray, foreground: np.ndarray, stats: tuple[float, float] | None) -> np.ndarray:

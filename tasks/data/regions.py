@@ -33,13 +33,21 @@ class UnknownLabels(ValueError):
                          "or {0, 1, 2, 3} (BraTS 2023+)")
 
 
+SMALL_LABEL_RANGE = 16  # up to this many candidate values, one comparison pass per value beats counting them all
+
+
 def label_set(labels: np.ndarray) -> set[int]:
-    """The distinct values of an integer label map. Counting with bincount over the small non-negative range that
-    label maps use is ~10x faster than np.unique's sort or hash of 8.9 M voxels (it was half of slicing a patient);
-    anything else (negative or large values, a hostile file) falls back to np.unique."""
+    """The distinct values of an integer label map, without np.unique's sort of 8.9 M voxels (it was half of slicing
+    a patient). A label map's values lie in a small non-negative range: one vectorised comparison per candidate value
+    (BraTS: five, 5 ms) or, for a wider range, bincount (50 ms: it widens every voxel to 64 bits); anything else
+    (negative or large values, a hostile file) falls back to np.unique."""
     flat = np.asarray(labels).ravel(order="K")  # no copy of the Fortran-ordered arrays nibabel returns
-    if flat.size and np.issubdtype(flat.dtype, np.integer) and 0 <= flat.min() and flat.max() < 1024:
-        return {int(v) for v in np.flatnonzero(np.bincount(flat))}
+    if flat.size and np.issubdtype(flat.dtype, np.integer) and 0 <= flat.min():
+        top = int(flat.max())
+        if top < SMALL_LABEL_RANGE:
+            return {value for value in range(top + 1) if (flat == value).any()}
+        if top < 1024:
+            return {int(v) for v in np.flatnonzero(np.bincount(flat))}
     return {int(v) for v in np.unique(flat)}
 
 

@@ -32,7 +32,7 @@ from rich.progress import Progress
 
 from tasks import paths
 from tasks.config import SliceSettings
-from tasks.data import brats_files, preprocess, regions, shards, volumes
+from tasks.data import brats_files, gzip_nifti, preprocess, regions, shards, volumes
 from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.brats_files import IMAGE_SUFFIXES, find_part, nifti_extension
 from tasks.data.process_pool import process_pool
@@ -64,7 +64,7 @@ class SliceSpec:
         # every module that shapes a shard or its manifest rows: reading, preprocessing, labels, the shard format
         # and manifest rows, which file is which modality
         code = b"".join(code_identity(Path(mod.__file__))
-                        for mod in (preprocess, regions, volumes, shards, brats_files))
+                        for mod in (preprocess, regions, volumes, gzip_nifti, shards, brats_files))
         code += code_identity(Path(__file__))
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
 
@@ -118,8 +118,8 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
         stats = preprocess.foreground_stats(volume, mask)
         for start in range(0, len(keep), SLICES_PER_STACK):
             zs = keep[start:start + SLICES_PER_STACK]
-            planes = preprocess.apply_zscore(preprocess.axial_slices(volume, zs), preprocess.axial_slices(mask, zs),
-                                             stats)
+            stack = preprocess.axial_slices(volume, zs)
+            planes = preprocess.apply_zscore(stack, stack > 0, stats)  # `mask`'s slices, cheaper than copying them
             for i, plane in enumerate(planes, start):
                 images[i, c] = preprocess.resize_image(plane, size)
     masks = np.stack([preprocess.resize_labels(plane, size) for plane in preprocess.axial_slices(labels, keep)])

@@ -22,6 +22,7 @@ from rich.progress import Progress
 from scipy import ndimage
 
 from tasks.config import MODALITIES
+from tasks.data.gzip_nifti import write_nifti_gz
 from tasks.data.preprocess import axial_slice
 from tasks.data.process_pool import process_pool
 from tasks.data.synthetic_shapes import (BRATS_SHAPE, Anatomy, Pose, SmoothField, Template, Tumour, brain_region,
@@ -230,7 +231,7 @@ def write_patient(out_dir: Path, name: str, volumes: dict[str, np.ndarray], labe
             image.header.set_xyzt_units("mm", "sec")
             image.set_qform(BRATS_AFFINE, code=1)
             image.set_sform(BRATS_AFFINE, code=1)
-            nib.save(image, tmp / f"{name}_{suffix}.nii.gz")
+            write_nifti_gz(image, tmp / f"{name}_{suffix}.nii.gz")
     return final
 
 

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from tasks.data import regions
+from tasks.data.gzip_nifti import read_nifti
 from tasks.errors import SliceWiseError
 
 
@@ -64,18 +65,20 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
     no scaling, so `brats2020_labels` needs neither a float copy nor a rounding check (BraTS stores uint8 or int16).
     """
     try:
-        image = nib.load(path)
-        if labels and np.issubdtype(image.get_data_dtype(), np.integer) and _unscaled(image):
+        image = read_nifti(path)
+        stored_integers = np.issubdtype(image.get_data_dtype(), np.integer) and _unscaled(image)
+        if labels and stored_integers:
             data = np.asanyarray(image.dataobj)
         else:
             data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel, gzip and zlib raise many types for damaged files
+    except Exception as exc:  # nibabel, gzip, zlib and ISA-L raise many types for damaged files
         raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
     if data.ndim == 4 and data.shape[3] == 1:  # a 3D volume stored with a trailing time axis of one
         data = data[..., 0]
     if data.ndim != 3:
         raise SliceWiseError(f"expected a 3D volume, got shape {data.shape}", path)
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
+    # unscaled integers (what BraTS stores) are finite as float32 too: only a float or scaled file needs the check
+    if data.dtype.kind == "f" and not stored_integers and not np.isfinite(data).all():
         if labels:
             raise SliceWiseError("the segmentation holds NaN or infinite values", path)
         if np.isinf(data).any():  # it would pass as brain (> 0) and make every z-score NaN

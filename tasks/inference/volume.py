@@ -25,6 +25,8 @@ Numpy, Pillow and scipy only (the predictor may be ONNX), so the slim serving im
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -216,7 +218,9 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
                                             min_component_share, evidence, 0, min_slice_evidence), 0, 1)
     tumour_probability = scores_after_cleanup(prediction, slice_masks, threshold)
-    quiet_outside_brain(uncertainty, np.any([v > 0 for v in volumes if v is not None], axis=0), masks)
+    # the brain: a voxel any modality has; reduce, not np.any over a list, which stacks the volumes into a copy first
+    brain = functools.reduce(np.logical_or, (v > 0 for v in volumes if v is not None))
+    quiet_outside_brain(uncertainty, brain, masks)
     n_regions = len(masks)
     return VolumePrediction(
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),

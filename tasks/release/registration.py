@@ -372,6 +372,7 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         "test_dice": str((release.metrics.get("segmentation") or {}).get("dice")),
         "test_volume_dice": str((release.metrics.get("segmentation_volume") or {}).get("dice")),
         "threshold": str((release.metrics.get("classification") or {}).get("threshold")),
+        "slice_score": evaluated_slice_score(release.metrics),  # what the threshold applies to
     }
     card = render_model_card(model_name=name, version=None, profile=settings.profile,
                              data_source=settings.data.source, image_size=settings.active.image_size,

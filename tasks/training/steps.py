@@ -157,9 +157,21 @@ class StageRunner:
             loss.backward()
             self.optimizer.step()
             value = loss.item()  # one device sync per step
+            if not math.isfinite(value):  # the global batch's loss: every DDP process sees it and stops at this step
+                self._diverged(f"the training loss became {value} at epoch {epoch}, step {i + 1} of {len(loader)}")
             total, count = total + value * size, count + size
             on_batch(value)
+        # A step's loss is computed before its update: the last update of the epoch is checked on the weights, which
+        # every DDP process holds alike, before validation and last.pt see them.
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self._diverged(f"the weights became non-finite in the last step of epoch {epoch}")
         return total / max(count, 1)
+
+    def _diverged(self, what: str) -> None:
+        raise SliceWiseError(
+            f"train_{self.stage}: {what}: the weights diverged. Nothing of this epoch is saved (last.pt and best.pt "
+            f"hold the epochs before it); lower train_{self.stage}'s learning rate or lengthen train.warmup_epochs, "
+            "then run the stage again")
 
     def evaluate(self, data: SliceSet) -> dict[str, float]:
         row = evaluate(self.module, data, self.loss_fn, self.train_cfg, self.device) if self.ranks.is_main else None
