@@ -9,6 +9,7 @@ the process's heap); compressing 38 ms instead of zlib's 288 ms at level 1, and 
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -18,6 +19,8 @@ try:
     from isal import igzip as gzip_codec
 except ImportError:  # an environment without the wheel reads and writes the same format with the standard library
     import gzip as gzip_codec
+
+log = logging.getLogger(__name__)
 
 # A single-file NIfTI's first four bytes, sizeof_hdr, say which version it is (in the file's byte order).
 NIFTI_BY_HEADER_SIZE = {348: nib.Nifti1Image, 540: nib.Nifti2Image}
@@ -32,8 +35,8 @@ def read_nifti(path: Path) -> nib.spatialimages.SpatialImage:
     if path.name.lower().endswith(".nii.gz"):
         try:
             return _read_single_file(path)
-        except Exception:  # noqa: BLE001 (nib.load below decides, and reports, what this path could not take)
-            pass
+        except Exception as exc:  # noqa: BLE001 (nib.load below decides, and reports, what this path did not take)
+            log.debug("%s: read by nib.load (%s: %s)", path, type(exc).__name__, exc)
     return nib.load(path)
 
 

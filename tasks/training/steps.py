@@ -7,6 +7,7 @@ gradient, and with it each optimizer step, is the one a single process takes on 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -163,15 +164,16 @@ class StageRunner:
             on_batch(value)
         # A step's loss is computed before its update: the last update of the epoch is checked on the weights, which
         # every DDP process holds alike, before validation and last.pt see them.
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+        state = [t for t in itertools.chain(self.model.parameters(), self.model.buffers()) if t.is_floating_point()]
+        if not all(bool(torch.isfinite(t).all()) for t in state):  # weights and batch-norm statistics, as saved
             self._diverged(f"the weights became non-finite in the last step of epoch {epoch}")
         return total / max(count, 1)
 
     def _diverged(self, what: str) -> None:
         raise SliceWiseError(
             f"train_{self.stage}: {what}: the weights diverged. Nothing of this epoch is saved (last.pt and best.pt "
-            f"hold the epochs before it); lower train_{self.stage}'s learning rate or lengthen train.warmup_epochs, "
-            "then run the stage again")
+            f"are still those of the epochs before it, if any); lower train_{self.stage}'s learning rate or lengthen "
+            "train.warmup_epochs, then run the stage again")
 
     def evaluate(self, data: SliceSet) -> dict[str, float]:
         row = evaluate(self.module, data, self.loss_fn, self.train_cfg, self.device) if self.ranks.is_main else None
