@@ -155,15 +155,8 @@ class ComposedBatches(Sampler[list[int]]):
         quota = kaggle_share is not None and len(kaggle) > 0 and len(brats) > 0
         n_kaggle = round(kaggle_share * self.batch_size) if quota else 0
         n_foreground = math.ceil(foreground_share * (self.batch_size - n_kaggle)) if len(foreground) else 0
-        if not warn:  # every DDP process builds the same sampler: one of them says what is wrong with it
-            pass
-        elif foreground_share > 0 and not len(foreground):
-            log.warning("foreground_share %.2f: the training slices hold no tumour, so the batches have none either; "
-                        "the segmentation head can only learn \"no tumour\" (check the split and data/processed)",
-                        foreground_share)
-        elif 0 < len(foreground) < n_foreground:
-            log.warning("foreground_share %.2f asks for %d tumour slices per batch but the training set has %d: "
-                        "some repeat within a batch", foreground_share, n_foreground, len(foreground))
+        if warn:  # every DDP process builds the same sampler: one of them says what is wrong with it
+            _warn_unfilled_quota(foreground_share, n_foreground, len(foreground))
         rest = brats if quota else torch.arange(n)
         self.quotas = [(pool, size) for pool, size in ((kaggle, n_kaggle), (foreground, n_foreground),
                                                         (rest, self.batch_size - n_kaggle - n_foreground)) if size]
@@ -176,6 +169,17 @@ class ComposedBatches(Sampler[list[int]]):
         for _ in range(self.batches):
             batch = torch.cat([torch.stack([next(stream) for _ in range(size)]) for stream, size in streams])
             yield batch[torch.randperm(len(batch), generator=self.generator)].tolist()
+
+
+def _warn_unfilled_quota(foreground_share: float, n_foreground: int, tumour_slices: int) -> None:
+    """Say when the foreground quota cannot be filled: no tumour slice at all, or fewer than a batch asks for."""
+    if foreground_share > 0 and not tumour_slices:
+        log.warning("foreground_share %.2f: the training slices hold no tumour, so the batches have none either; "
+                    "the segmentation head can only learn \"no tumour\" (check the split and data/processed)",
+                    foreground_share)
+    elif 0 < tumour_slices < n_foreground:
+        log.warning("foreground_share %.2f asks for %d tumour slices per batch but the training set has %d: "
+                    "some repeat within a batch", foreground_share, n_foreground, tumour_slices)
 
 
 def _endless_shuffle(pool: Tensor, generator: torch.Generator) -> Iterator[Tensor]:

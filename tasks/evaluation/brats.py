@@ -39,7 +39,7 @@ from tasks.data.volumes import brats2020_labels, load_volume
 from tasks.evaluation import metrics
 from tasks.evaluation.brats_reference import reference_python, reference_scores
 from tasks.inference.predictor import MASK_THRESHOLD
-from tasks.inference.volume import NO_TTA, SlicePredictor, predict_volume
+from tasks.inference.volume import NO_TTA, SlicePredictor, brain_of, predict_volume
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: S
     truth_volume, spacing, _ = load_volume(seg_path, labels=True)  # as stored: a NaN label is an error, not 0
     truth = brats2020_labels(truth_volume, seg_path)  # mapped and checked as the slice step does
     result = predict_volume(predictor, volumes, image_size, flips, threshold)
-    brain = np.any(np.stack([v > 0 for v in volumes]), axis=0)
+    brain = brain_of(volumes)
     scores = region_scores(result.label_map, truth, spacing, result.regions)
     errors = uncertainty_on_errors(result.uncertainty, result.label_map != truth, brain | (truth > 0))
     return {"patient": patient_dir.name, "regions": scores, "uncertainty": errors, "label_map": result.label_map,

@@ -26,7 +26,6 @@ Numpy, Pillow and scipy only (the predictor may be ONNX), so the slim serving im
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -159,6 +158,12 @@ def slice_to_grid(image: np.ndarray, x: int, y: int) -> np.ndarray:
     return np.rot90(resized, k=-1)
 
 
+def brain_of(volumes: Sequence[np.ndarray | None]) -> np.ndarray:
+    """The brain of co-registered modality volumes: a voxel any of them has (None: a missing modality). One
+    logical_or per volume: np.any over a list would stack the volumes into a copy first."""
+    return functools.reduce(np.logical_or, (v > 0 for v in volumes if v is not None))
+
+
 def quiet_outside_brain(uncertainty: np.ndarray, brain: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """`uncertainty` set to 0 in place, and returned, where there is no `brain` and no region of `masks` (R, ...) is
     predicted: the model's faint probabilities there are no question anyone asked. The volume's uncertainty map
@@ -218,9 +223,7 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
                                             min_component_share, evidence, 0, min_slice_evidence), 0, 1)
     tumour_probability = scores_after_cleanup(prediction, slice_masks, threshold)
-    # the brain: a voxel any modality has; reduce, not np.any over a list, which stacks the volumes into a copy first
-    brain = functools.reduce(np.logical_or, (v > 0 for v in volumes if v is not None))
-    quiet_outside_brain(uncertainty, brain, masks)
+    quiet_outside_brain(uncertainty, brain_of(volumes), masks)
     n_regions = len(masks)
     return VolumePrediction(
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),
