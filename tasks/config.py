@@ -157,6 +157,10 @@ class EvaluateSettings(_Section):
     # (tasks/evaluation/scoring.py, choose_mask_threshold), as threshold_rule picks the classification threshold.
     mask_threshold: Annotated[float, Field(gt=0, lt=1)] | Literal["validation"] = 0.5
     bootstrap: int = Field(1000, ge=10)
+    # The organisers' package (brats-evaluation, in .venv-brats: `make brats-env`) scores the test volumes beside our
+    # region metrics. A declared switch, not "when the environment happens to exist": metrics.json must follow from
+    # the code, data and params DVC sees (true without the environment is an error that names the fix).
+    organisers_check: bool = False
     gradcam_examples: int = Field(8, ge=1)
     overlay_examples: int = Field(8, ge=1)
 

@@ -191,3 +191,20 @@ def test_hd95_on_the_cropped_box_equals_the_whole_volume_computation():
         whole = np.percentile(np.hstack((brats.surface_distances(predicted, truth, spacing),
                                          brats.surface_distances(truth, predicted, spacing))), 95)
         assert brats.brats_hd95(predicted, truth, spacing) == pytest.approx(whole, abs=1e-9)
+
+
+def test_organisers_check_without_its_environment_stops_before_any_work(tmp_path, monkeypatch):
+    """`evaluate.organisers_check: true` and no .venv-brats: one error naming the fix, before the checkpoint is even
+    read (the checkpoint here does not exist), not a metrics.json that silently lacks the organisers' figures."""
+    from tasks.config import EvaluateSettings
+    from tasks.errors import SliceWiseError
+    from tasks.evaluation.report import EvaluationPaths, evaluate_checkpoint
+
+    monkeypatch.chdir(tmp_path)  # .venv-brats is looked up in the project folder: none here
+    where = EvaluationPaths(tmp_path, tmp_path, tmp_path / "metrics.json", tmp_path / "plots", {}, tmp_path / "brats")
+    with pytest.raises(SliceWiseError, match="make brats-env") as caught:
+        evaluate_checkpoint(tmp_path / "absent.pt", where, EvaluateSettings(organisers_check=True), seed=0)
+    assert ".venv-brats" in str(caught.value)
+    assert not (tmp_path / "metrics.json").exists()
+    with pytest.raises(SliceWiseError, match="checkpoint not found"):  # switched off, the call goes on to the weights
+        evaluate_checkpoint(tmp_path / "absent.pt", where, EvaluateSettings(organisers_check=False), seed=0)

@@ -184,6 +184,8 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     """Evaluate one checkpoint; writes metrics.json and the plots, logs both to `tracker`, returns the report."""
     from tasks.inference.checkpoints import load_model
 
+    if cfg.organisers_check and where.raw_brats is not None:
+        brats.organisers_python()  # missing: said now, not after the minutes of scoring before it is needed
     model, _ = load_model(checkpoint, map_location=device)
     predictor = TorchPredictor(model, device=device, slice_score=cfg.slice_score)
     val_rows = split_rows(where.processed, read_split("val", where.splits))
@@ -198,9 +200,9 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
         with tempfile.TemporaryDirectory() as label_maps:
             region_scores = brats.score_patients(predictor, where.raw_brats, read_split("test", where.splits),
                                                  volume_inputs.modalities, volume_inputs.image_size,
-                                                 keep_label_maps=Path(label_maps),
+                                                 keep_label_maps=Path(label_maps) if cfg.organisers_check else None,
                                                  threshold=mask_threshold["value"])
-            if len(region_scores):
+            if cfg.organisers_check and len(region_scores):
                 regions = [r for r in REGIONS if f"{r}_dice" in region_scores]
                 organisers = brats.organisers_report(Path(label_maps), regions)
     report = build_report(val, test, cfg, seed, region_scores, mask_threshold)
