@@ -9,7 +9,7 @@ from tasks.data.preprocess import axial_slice, zscore_volume
 from tasks.data.regions import regions_from_labels
 from tasks.inference.predictor import Prediction, TorchPredictor
 from tasks.inference.volume import (binary_entropy, check_flips, predict_slices_tta, predict_volume,
-                                    prepare_channels, to_volume_grid)
+                                    prepare_channels, slice_to_grid, to_volume_grid)
 
 
 class FixedLeftHalf(torch.nn.Module):
@@ -233,3 +233,17 @@ def test_a_fused_slice_score_does_not_let_a_false_lesion_vouch_for_itself():
     tta = predict_slices_tta(TorchPredictor(Bright(1), slice_score="fused"), np.zeros((3, 1, 8, 8), np.float32),
                              [[], [3]])
     assert tta.slice_score == "fused"
+
+
+def test_volume_grid_is_each_slice_resized_back_and_laid_out_x_y_z():
+    """to_volume_grid fills z-major buffers and lays them out once: the result must be, voxel for voxel, each slice
+    brought back by slice_to_grid, thresholded, and the largest entropy over the regions, in C order (X, Y, Z)."""
+    probability = np.random.default_rng(3).random((5, 3, 16, 16), dtype=np.float32)
+    masks, uncertainty = to_volume_grid(probability, (20, 24, 5), threshold=0.4)
+    assert masks.shape == (3, 20, 24, 5) and uncertainty.shape == (20, 24, 5)
+    assert masks.flags.c_contiguous and uncertainty.flags.c_contiguous
+    for z in range(5):
+        native = [slice_to_grid(probability[z, r], 20, 24) for r in range(3)]
+        for r in range(3):
+            np.testing.assert_array_equal(masks[r, :, :, z], native[r] >= 0.4)
+        np.testing.assert_array_equal(uncertainty[:, :, z], np.max([binary_entropy(n) for n in native], axis=0))

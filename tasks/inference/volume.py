@@ -168,24 +168,26 @@ def quiet_outside_brain(uncertainty: np.ndarray, brain: np.ndarray, masks: np.nd
     """`uncertainty` set to 0 in place, and returned, where there is no `brain` and no region of `masks` (R, ...) is
     predicted: the model's faint probabilities there are no question anyone asked. The volume's uncertainty map
     and serving's per-slice overlay both go through here."""
-    uncertainty[~brain & ~masks.any(axis=0)] = 0.0
+    # `brain` comes from nibabel's Fortran-ordered volumes, `masks` are C-ordered: one layout before combining them
+    uncertainty[~(np.ascontiguousarray(brain) | masks.any(axis=0))] = 0.0
     return uncertainty
 
 
 def to_volume_grid(slice_probability: np.ndarray, shape: tuple[int, int, int],
                    threshold: float = MASK_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
     """(Z, R, S, S) region probabilities → (R, X, Y, Z) bool masks and the (X, Y, Z) uncertainty, slice by slice
-    (the native-grid probabilities are never held whole)."""
+    (the native-grid probabilities are never held whole). Each slice is written to a z-major buffer, one contiguous
+    plane, then the buffers are laid out (X, Y, Z) once: writing planes strided by Z took twice as long."""
     x, y, depth = shape
     n_regions = slice_probability.shape[1]
-    masks = np.zeros((n_regions, x, y, depth), dtype=bool)
-    uncertainty = np.zeros(shape, dtype=np.float32)
+    masks = np.zeros((n_regions, depth, x, y), dtype=bool)
+    uncertainty = np.zeros((depth, x, y), dtype=np.float32)
     for z in range(depth):
         for r in range(n_regions):
             native = slice_to_grid(slice_probability[z, r], x, y)
-            masks[r, :, :, z] = native >= threshold
-            np.maximum(uncertainty[:, :, z], binary_entropy(native), out=uncertainty[:, :, z])
-    return masks, uncertainty
+            masks[r, z] = native >= threshold
+            np.maximum(uncertainty[z], binary_entropy(native), out=uncertainty[z])
+    return np.ascontiguousarray(np.moveaxis(masks, 1, -1)), np.ascontiguousarray(np.moveaxis(uncertainty, 0, -1))
 
 
 def scores_after_cleanup(prediction: Prediction, slice_masks: np.ndarray, threshold: float) -> np.ndarray:
