@@ -121,7 +121,10 @@ async def read_file_parts(request: Request, field_name: str | tuple[str, ...], m
     callbacks = {name: getattr(reader, name) for name in (
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
         "on_part_data", "on_part_end")}
-    parser = MultipartParser(params[b"boundary"], callbacks, max_header_size=MAX_HEADER_BYTES)
+    try:
+        parser = MultipartParser(params[b"boundary"], callbacks, max_header_size=MAX_HEADER_BYTES)
+    except Exception as exc:  # python-multipart refuses a boundary it cannot use (over 256 bytes): the client's error
+        raise UploadError(422, f"malformed multipart body ({exc})") from exc
     parts: list[FilePart] = []
     try:
         async for chunk in request.stream():

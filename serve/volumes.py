@@ -275,13 +275,18 @@ def read_volume(upload: VolumeUpload) -> tuple[np.ndarray, VolumeImage]:
     """The voxels the probed header declares → (X, Y, Z) float32 ((X, Y, Z, C) for a 4D upload) and what the answer
     needs of the header; a short stream is a 422, and nothing is allocated beyond the declared size."""
     probe, stream, head = upload.header, upload.stream, upload.head
-    need = probe.data_offset + probe.data_bytes
-    raw = bytearray(head[:need])  # grows only as the data arrives: a header that lies allocates nothing
-    while len(raw) < need and (block := stream.read(min(CHUNK, need - len(raw)))):
+    # The bytes between the header and vox_offset (extensions, or padding a forged header asks for) are read past,
+    # never kept: only the voxels are held, which is what the memory budget reserves (VolumeHeader.memory_bytes).
+    to_skip = probe.data_offset - len(head)
+    while to_skip > 0 and (block := stream.read(min(CHUNK, to_skip))):
+        to_skip -= len(block)
+    raw = bytearray(head[probe.data_offset:probe.data_offset + probe.data_bytes])  # grows only as the data arrives
+    while to_skip <= 0 and len(raw) < probe.data_bytes and (
+            block := stream.read(min(CHUNK, probe.data_bytes - len(raw)))):
         raw += block
-    if len(raw) < need:  # a plain file shorter than its header was refused by probe_volume; this is a race
-        raise short_data(probe, len(raw))
-    voxels = np.frombuffer(raw, dtype=probe.dtype, count=probe.voxels, offset=probe.data_offset)
+    if len(raw) < probe.data_bytes:  # a plain file shorter than its header was refused by probe_volume; a race
+        raise short_data(probe, probe.data_offset - max(to_skip, 0) + len(raw))
+    voxels = np.frombuffer(raw, dtype=probe.dtype, count=probe.voxels)
     volume = voxels.reshape(probe.shape, order="F").astype(np.float32)
     del voxels, raw
     try:
@@ -313,6 +318,14 @@ def nifti_bytes(data: np.ndarray, like: VolumeImage) -> bytes:
     # that reads the qform must place the overlay where it places the input
     qform, qform_code = like.header.get_qform(coded=True)
     sform, sform_code = like.header.get_sform(coded=True)
+    if not (qform_code or sform_code):
+        # Neither is set: every reader places the input by its own fallback (nifti1.h method 1: pixdim alone, no
+        # flip, no centring; nibabel's differs). Codes written here would pin nibabel's fallback on the outputs, and a
+        # viewer using method 1 would show them mirrored and shifted against the input: leave both unset as well.
+        out.set_qform(None)
+        out.set_sform(None)
+        out.header.set_zooms(like.header.get_zooms()[:len(data.shape)])
+        return gzip.compress(out.to_bytes(), compresslevel=6)
     out.set_qform(qform if qform is not None else like.affine, code=int(qform_code) or 1)
     out.set_sform(sform if sform is not None else like.affine, code=int(sform_code) or 1)
     return gzip.compress(out.to_bytes(), compresslevel=6)

@@ -164,6 +164,27 @@ def test_outputs_keep_the_inputs_qform_and_sform_and_drop_its_display_window(cli
         assert (float(out.header["cal_min"]), float(out.header["cal_max"])) == (0.0, 0.0), key
 
 
+def test_an_input_without_qform_or_sform_gives_outputs_without_them(client):
+    """Both codes 0: each reader places the input by its own fallback (nifti1.h's method 1 uses pixdim alone;
+    nibabel's flips x and centres). Outputs written with nibabel's fallback as codes 1/1 showed mirrored and shifted
+    in ITK-based viewers; with both codes 0 too, every reader places them as it places the input."""
+    volume, _ = brain_volume()
+    header = nib.Nifti1Header()
+    header.set_data_shape(volume.shape)
+    header.set_data_dtype(np.float32)
+    header.set_zooms((1.0, 1.2, 2.0))
+    header["qform_code"], header["sform_code"], header["vox_offset"] = 0, 0, 352
+    data = header.binaryblock + b"\0" * 4 + volume.astype(np.float32).tobytes(order="F")
+    uploaded = nib.Nifti1Image.from_bytes(data)
+    response = client.post("/v1/predict/volume", files={"file": ("noform.nii", data)})
+    assert response.status_code == 200, response.text
+    for key in ("mask_nifti", "label_map_nifti", "uncertainty_nifti"):
+        out = decode_nifti(response.json()[key])
+        assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (0, 0), key
+        assert out.header.get_zooms()[:3] == pytest.approx((1.0, 1.2, 2.0)), key
+        np.testing.assert_allclose(out.affine, uploaded.affine, atol=1e-6, err_msg=key)  # nibabel: the same place
+
+
 def test_a_slices_tumour_area_is_in_the_uploads_pixels_whatever_its_size_or_shape(client):
     """The same picture at 64² and 128²: four times the pixels, as the volume route counts them on the input's grid;
     the 64² picture inside a 64 x 128 frame: the same disc, so about the same pixels (the pad holds no tumour)."""

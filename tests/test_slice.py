@@ -472,6 +472,54 @@ def test_a_photos_exif_orientation_is_applied_before_it_is_prepared(tmp_path):
     assert np.abs(np.rot90(from_exif, axes=(1, 2)) - expected).max() > 1  # and not left sideways
 
 
+def damaged_exif_jpeg(picture: np.ndarray, orientation: int = 6) -> bytes:
+    """A JPEG whose EXIF block has an Orientation and one tag of the wrong type (Make's entry renamed to 0x0152,
+    a SHORT tag, still typed ASCII): Pillow reads the orientation, but writing the block back raises."""
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = orientation, "Cam"
+    block = exif.tobytes()
+    damaged = block.replace(b"\x01\x0f\x00\x02", b"\x01\x52\x00\x02")
+    assert damaged != block  # the entry was found (little-endian, as Pillow writes it)
+    out = io.BytesIO()
+    Image.fromarray(picture).save(out, format="JPEG", quality=100, exif=damaged)
+    return out.getvalue()
+
+
+def test_a_photo_whose_exif_cannot_be_rewritten_is_still_turned_upright_and_sliced(tmp_path):
+    """Pillow's exif_transpose rewrites the EXIF block and raised struct.error on such a photo: a crash of the slice
+    step (and a 500 in serving). The orientation is still applied, and the slice step keeps the image."""
+    import io
+
+    from PIL import Image
+
+    from tasks.data.preprocess import prepare_photo
+    from tasks.data.slicing import slice_kaggle
+
+    upright = np.zeros((60, 40), np.uint8)
+    upright[5:25, 5:35] = 220
+    upright[30:55, 15:25] = 120
+    data = damaged_exif_jpeg(np.rot90(upright, k=1))
+    with Image.open(io.BytesIO(data)) as photo, pytest.raises(Exception):
+        from PIL import ImageOps
+        ImageOps.exif_transpose(photo)  # the library path that crashed: still broken on this photo
+    with Image.open(io.BytesIO(data)) as photo:
+        from_exif = prepare_photo(photo, 32)
+    plain = io.BytesIO()
+    Image.fromarray(upright).save(plain, format="JPEG", quality=100)
+    with Image.open(io.BytesIO(plain.getvalue())) as photo:
+        expected = prepare_photo(photo, 32)
+    assert np.abs(from_exif - expected).max() < 0.15
+    for label in ("yes", "no"):
+        (tmp_path / "kaggle" / label).mkdir(parents=True)
+    (tmp_path / "kaggle" / "yes" / "phone.jpg").write_bytes(data)
+    rows, rejected = slice_kaggle(tmp_path / "kaggle", tmp_path / "out", 32)
+    assert len(rows) == 1 and rejected == []
+
+
 @pytest.mark.parametrize("mode", ["LA", "RGBA", "P"])
 def test_a_transparent_background_is_black_not_the_colour_hidden_under_it(mode):
     """A PNG whose background is white at alpha 0 shows black in a viewer: prepared as the opaque scan on black,

@@ -6,7 +6,7 @@ Numpy + Pillow only (no torch), so the slim serving image can import it.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
 # Foreground of a 2D photo-like image (Kaggle JPEG/PNG): pixels above this fraction of the image maximum.
 FOREGROUND_FRACTION = 0.05
@@ -104,11 +104,30 @@ def pad_to_square(image: np.ndarray) -> np.ndarray:
     return out
 
 
+# EXIF Orientation → the transpose that shows the picture upright (as Pillow's ImageOps.exif_transpose maps them)
+ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                         4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                         6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` turned as its EXIF Orientation says. Not ImageOps.exif_transpose: it also writes the EXIF block back
+    without the tag, and a block with one odd tag type (phones and editors write them) makes that raise struct.error,
+    TypeError or AttributeError, a crash for a picture that decodes fine. An EXIF block Pillow cannot read at all
+    counts as no orientation."""
+    image.load()
+    try:
+        method = ORIENTATION_TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # noqa: BLE001 - any damage to the metadata block: the pixels stand as stored
+        method = None
+    return image.transpose(method) if method is not None else image
+
+
 def photo_gray(image: Image.Image) -> np.ndarray:
     """A photo's grey levels as a viewer shows it: its EXIF orientation applied (a phone stores a portrait shot
     sideways and says so there) and any transparency laid on black (what lies under alpha 0, often white, is no
     picture, and a scan's background is black)."""
-    image = ImageOps.exif_transpose(image)
+    image = upright(image)
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
