@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from tasks import paths
@@ -36,7 +37,7 @@ class SliceRunner(str, Enum):  # flows.dask_slicing.SliceRunner
 def _fail(message: str, code: int = 1) -> None:
     from tasks.redaction import redact
 
-    console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -75,7 +76,11 @@ def run(
 
     # Without a configured server, report to `make prefect-ui`'s when it is up (the run shows in its UI),
     # else Prefect starts a throw-away server for this run alone.
-    api_url = PREFECT_API_URL.value() or (LOCAL_PREFECT_API if _server_up(LOCAL_PREFECT_API) else None)
+    configured = PREFECT_API_URL.value()
+    if configured and not _server_up(configured):
+        _fail(f"no Prefect server answers at PREFECT_API_URL={configured}; start it, or unset PREFECT_API_URL to run "
+              "against a throw-away server")
+    api_url = configured or (LOCAL_PREFECT_API if _server_up(LOCAL_PREFECT_API) else None)
     with temporary_settings({PREFECT_API_URL: api_url} if api_url else {}):
         state = slicewise_pipeline(
             profile=profile, data_source=data_source.value if data_source else None,
@@ -103,7 +108,7 @@ def serve() -> None:
     _require_project_root()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deploy import DEPLOYMENT_NAME, serve as serve_deployment
+    from flows.deploy import DEPLOYMENT_NAME, retraining_schedule, serve as serve_deployment
     from tasks.config import load_settings
 
     # A deployment served against Prefect's throw-away ephemeral server would be invisible: default to the
@@ -113,6 +118,7 @@ def serve() -> None:
         _fail(f"no Prefect server at {api_url}; start one with `make prefect-ui` or set PREFECT_API_URL")
     try:
         settings = load_settings()
+        retraining_schedule(settings)
     except SliceWiseError as exc:
         _fail(str(exc), exc.exit_code)
     console.print(f"serving slicewise-pipeline/{DEPLOYMENT_NAME} on {api_url}, cron {settings.schedule.cron!r} "

@@ -10,13 +10,34 @@ Each run executes in a fresh process in the serving directory (the project root)
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
 from flows.pipeline import slicewise_pipeline
+from tasks import paths
 from tasks.config import Settings
+from tasks.errors import SliceWiseError
 
 DEPLOYMENT_NAME = "slicewise-weekly"
+
+
+def retraining_schedule(settings: Settings) -> Cron:
+    """The `schedule` section as a Prefect schedule; a cron string or time zone Prefect refuses is a SliceWiseError
+    naming params.yaml's key (it was a pydantic traceback from deep inside `flows serve`)."""
+    schedule = settings.schedule
+    try:
+        ZoneInfo(schedule.timezone)  # Prefect takes any name here and fails later, in the scheduler
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise SliceWiseError(f"schedule.timezone {schedule.timezone!r} is not a time zone name (e.g. 'UTC', "
+                             "'Europe/Paris')", paths.PARAMS) from exc
+    try:
+        return Cron(schedule.cron, timezone=schedule.timezone)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        reason = getattr(exc, "errors", lambda: [{"msg": str(exc)}])()[0]["msg"]
+        raise SliceWiseError(f"schedule.cron {schedule.cron!r} ({schedule.timezone}) is not a schedule Prefect "
+                             f"accepts: {reason}; e.g. '0 3 * * 1' (Mondays 03:00)", paths.PARAMS) from exc
 
 
 def build_deployment(settings: Settings, name: str = DEPLOYMENT_NAME) -> RunnerDeployment:
@@ -24,7 +45,7 @@ def build_deployment(settings: Settings, name: str = DEPLOYMENT_NAME) -> RunnerD
     schedule = settings.schedule
     return slicewise_pipeline.to_deployment(
         name=name,
-        schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
+        schedules=[retraining_schedule(settings)],
         description=f"Retrain when data or parameters changed; cron {schedule.cron!r} ({schedule.timezone})",
         tags=["slicewise", "retraining"],
         concurrency_limit=1,  # runs share data/ and dvc.lock; tasks/run_lock.py refuses a second one anyway

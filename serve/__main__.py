@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from tasks import paths
 from tasks.config import load_settings
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app, cfg = build_app(args)
     except SliceWiseError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     import uvicorn
 

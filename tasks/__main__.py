@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from tasks import STEPS, paths
 from tasks.config import load_settings, parse_assignments, set_params
@@ -30,7 +31,7 @@ def run_step(step: str, params: Path = paths.PARAMS) -> dict:
 
 
 def _fail(exc: SliceWiseError) -> None:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # "[flair, t1]" is text
     raise typer.Exit(exc.exit_code)
 
 

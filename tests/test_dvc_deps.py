@@ -107,3 +107,13 @@ def test_a_training_stage_keeps_both_checkpoints_between_runs_so_a_killed_run_re
     for name in ("best.pt", "last.pt"):
         out = outs[f"checkpoints/{folder}/{name}"]
         assert isinstance(out, dict) and next(iter(out.values())).get("persist") is True, f"{stage}: {name}"
+
+
+def test_no_stage_reruns_for_a_setting_that_only_says_how_mlflow_is_reached():
+    """Retries, back-off and request timeouts change how patiently MLflow is reached, never a result: a stage that
+    listed them would rerun when they change, and `register` would register a copy of the same model (it did: one
+    ONNX file under seven versions) and move the champion alias to it."""
+    plumbing = {"tracking", "tracking.max_attempts", "tracking.backoff_seconds", "tracking.request_timeout_seconds"}
+    for name, stage in STAGES.items():
+        listed = {key for entry in stage.get("params", []) for key in ([entry] if isinstance(entry, str) else entry)}
+        assert not listed & plumbing, (name, sorted(listed & plumbing))

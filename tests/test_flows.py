@@ -170,6 +170,47 @@ def test_deployment_uses_the_cron_in_params(tmp_path):
     assert deployment.entrypoint == "flows.pipeline.slicewise_pipeline"
 
 
+def test_a_cron_prefect_refuses_is_one_error_naming_the_key(tmp_path, monkeypatch):
+    """`tasks set` takes any string; Prefect refused "0 3 * *" with a pydantic traceback from inside `flows serve`.
+    Now the deployment says which key and why, and `flows serve` stops on it before serving."""
+    from flows.deploy import retraining_schedule
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    set_params({"schedule.cron": "0 3 * *"}, params)
+    with pytest.raises(SliceWiseError, match=r"schedule.cron '0 3 \* \*'.*not a schedule Prefect accepts"):
+        build_deployment(load_settings(params))
+    set_params({"schedule.cron": "0 3 * * 1", "schedule.timezone": "Mars/Olympus"}, params)
+    with pytest.raises(SliceWiseError, match="Mars/Olympus"):
+        retraining_schedule(load_settings(params))
+
+
+def test_flows_cli_errors_are_one_line_with_their_brackets_and_a_down_server_is_named(tmp_path, monkeypatch):
+    """An error's text is printed as text: Rich markup swallowed "[flair, t1, t1ce, t2]" from the example in a
+    message. And `flows run` against a PREFECT_API_URL where nothing answers says so, instead of Prefect's
+    traceback."""
+    import typer
+    from typer.testing import CliRunner
+
+    import flows.__main__ as cli
+
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=200))
+    with pytest.raises(typer.Exit):
+        cli._fail("profiles.quick.modalities must be a list, e.g. [flair, t1]; got 'flair'")
+    assert "e.g. [flair, t1]; got 'flair'" in cli.console.file.getvalue()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        result = CliRunner().invoke(cli.app, ["run"])
+    printed = " ".join(cli.console.file.getvalue().split())
+    assert result.exit_code == 1 and "no Prefect server answers at PREFECT_API_URL=http://127.0.0.1:9/api" in printed
+
+
 def test_metrics_rows_and_model_card_carry_intervals_and_decision():
     metrics = {"classification": {"accuracy": 0.91, "sensitivity": 0.8, "confusion_matrix": [[5, 1], [2, 7]], "n": 15},
                "segmentation": {"dice": 0.72}, "segmentation_volume": {"dice": 0.75, "n_patients": 2},

@@ -34,3 +34,18 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     assert "kaggle accuracy 0.771, sensitivity 0.588 (35 slices)" in out
     assert "0–100 mm² 0.25 (12)" in out and "2000" not in out  # an empty size bin is left out
     assert "version 3: not promoted" in out and "volume Dice 0.600 < 0.700 [FAIL]" in out
+
+
+def test_summary_without_tracking_says_not_registered_and_offers_no_lineage(tmp_path, monkeypatch):
+    """tracking.enabled false: register.json has no version; "version None: not promoted" and a lineage command for
+    a champion that may not exist told the user nothing true."""
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.REGISTER_REPORT.write_text(json.dumps({
+        "registered": False, "model_name": "slicewise", "version": None, "promoted": False,
+        "reason": "not registered (tracking.enabled is false); the gate alone says promoted: accuracy 0.9 [pass]"}))
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console)
+    out = console.file.getvalue()
+    assert "not registered (tracking.enabled is false)" in out and "[pass]" in out
+    assert "version None" not in out and "lineage" not in out
