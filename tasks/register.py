@@ -31,5 +31,9 @@ def main(settings: Settings) -> dict:
     else:
         with tracked_step(settings, "register") as tracker:  # the parent run: register ends it
             result = register_release(settings, release, tracker, paths.PROCESSED, paths.SPLITS)
+            # written before the parent run ends: if this write fails, the rerun reopens the same run and finds
+            # its version, instead of registering the model again
+            write_json_atomic(result, paths.REGISTER_REPORT)
+        return result
     write_json_atomic(result, paths.REGISTER_REPORT)
     return result

@@ -127,6 +127,24 @@ def test_a_failed_register_is_rerun_in_the_same_pipeline_run(store, tiny_setting
     assert client().get_run(step.parent_run_id).info.status == "RUNNING"
 
 
+def test_a_register_cut_off_after_its_parent_ended_reruns_in_that_parent(store, tiny_settings):
+    """register logs the model through mlflow.start_run, which ended the parent FINISHED mid-register; killed after
+    that (or its last write failing), the rerun opened a new parent, did not find the version the first attempt
+    made (versions are looked up by run), and registered the same model twice. The pointer file still naming the
+    run is what says register did not complete: the rerun reopens that run."""
+    settings = tracked(tiny_settings)
+    step = MlflowTracker.for_step(settings, "train_seg")
+    step.close()
+    cut_off = MlflowTracker.for_step(settings, "register")
+    client().set_terminated(cut_off.run_id, "FINISHED")  # what leaving mlflow.start_run's block does; then killed
+    assert paths.MLFLOW_PARENT_RUN.exists()
+    again = MlflowTracker.for_step(settings, "register")
+    assert again.run_id == step.parent_run_id == cut_off.run_id
+    assert client().get_run(again.run_id).info.status == "RUNNING"
+    again.close()  # a register that completes forgets the pointer: the next pipeline run gets a new parent
+    assert MlflowTracker.for_step(settings, "train_seg").parent_run_id != step.parent_run_id
+
+
 def test_parent_from_the_environment(store, tiny_settings, monkeypatch):
     settings = tracked(tiny_settings)
     parent = open_parent_run(settings)

@@ -229,6 +229,8 @@ def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, car
                 onnx_execution_providers=["CPUExecutionProvider"], pip_requirements=serving_requirements(),
                 extra_files=[str(release.checkpoint_path.resolve()), str(release.metadata_path.resolve())]
                 + [str(extra.resolve()) for extra in (examples, seen_patients) if extra is not None])
+        # leaving mlflow.start_run's block ended the parent run FINISHED, in the middle of register: it runs on
+        retrying(tracker.cfg, "reopen parent run", tracker.client.update_run, tracker.run_id, "RUNNING")
         logged = LoggedModel(info.model_id, info.model_uri,
                              retrying(tracker.cfg, "get logged model", tracker.client.get_logged_model,
                                       info.model_id).artifact_location)

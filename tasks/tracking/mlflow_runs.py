@@ -110,8 +110,11 @@ def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Map
     pointer = _read_pointer()
     if pointer.get("run_id") and pointer.get("tracking_uri") == redact(tracking_uri()):
         status = _run_status(client, cfg, pointer["run_id"])
-        if status in ("RUNNING", "FAILED") and pointer.get("key") == key:
-            if status == "FAILED":  # a step failed and is run again: the pipeline run goes on
+        # FINISHED with its pointer still here: `register` ended it but was cut off before forgetting the pointer
+        # (killed, or its last write failed). Its rerun must come back to this run, where it finds the version it
+        # made, or it would register the same model again under a new parent.
+        if status in ("RUNNING", "FAILED", "FINISHED") and pointer.get("key") == key:
+            if status != "RUNNING":  # a step failed, or register was cut off, and is run again: the run goes on
                 retrying(cfg, "reopen parent run", client.update_run, pointer["run_id"], "RUNNING")
             return pointer["run_id"]
         if status == "RUNNING":  # a pipeline run whose code or params have changed since: it will never finish
