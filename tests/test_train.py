@@ -458,6 +458,38 @@ def test_kaggle_quota_and_foreground_share_compose_in_one_batch():
     assert again == batches  # the generator alone decides: DDP processes draw the same global batches
 
 
+@pytest.mark.parametrize("share, expected", [(0.02, 1), (0.97, 15), (0.5, 8)])
+def test_a_kaggle_share_never_rounds_a_source_out_of_the_batches(share, expected, caplog):
+    """0.02 x 16 rounds to 0 and 0.97 x 16 to 16: either the Kaggle images or the BraTS slices (every mask of a
+    joint batch) were never drawn, silently. Each batch keeps at least one of each, and the log says so."""
+    has_mask = torch.tensor([True] * 300 + [False] * 40)
+    labels = torch.tensor([1] * 30 + [0] * 270 + [1] * 20 + [0] * 20, dtype=torch.uint8)
+    with caplog.at_level("WARNING"):
+        batches = list(ComposedBatches(has_mask, labels, 16, torch.Generator().manual_seed(2), kaggle_share=share))
+    assert all(sum(1 for i in batch if not has_mask[i]) == expected for batch in batches)
+    assert ("holds both sources" in caplog.text) == (share != 0.5)
+
+
+def test_the_foreground_quota_is_not_pushed_up_by_floating_point():
+    """0.28 x 25 is 7.000000000000001 in floating point: the ceiling took 8 tumour slices for a quota of 7."""
+    labels = torch.tensor([1] * 100 + [0] * 300, dtype=torch.uint8)
+    sampler = ComposedBatches(torch.ones(400, dtype=torch.bool), labels, 25, torch.Generator().manual_seed(0),
+                              foreground_share=0.28)
+    assert [size for _, size in sampler.quotas] == [7, 18]
+
+
+def test_the_best_metric_is_the_one_best_pt_scored():
+    """A gain under the 1e-6 tolerance is no improvement, so it must not raise best_metric either: it ratcheted
+    up, the state described a best epoch that best.pt does not hold, and gains adding up past the tolerance were
+    never counted (0.5, 0.5000008, 0.5000016: the third beats best.pt's 0.5 by 1.6e-6)."""
+    from tasks.training.stage import StageState
+
+    state = StageState()
+    assert [state.record({"epoch": 1}, 0.5), state.record({"epoch": 2}, 0.5000008)] == [True, False]
+    assert state.best_metric == 0.5 and state.epochs_since_best == 1
+    assert state.record({"epoch": 3}, 0.5000016) and state.best_metric == 0.5000016 and state.epochs_since_best == 0
+
+
 def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path):
     torch.manual_seed(0)
     cfg = UNetConfig(2, 4, 3)

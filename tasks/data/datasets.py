@@ -153,8 +153,9 @@ class ComposedBatches(Sampler[list[int]]):
         kaggle, brats = torch.nonzero(~has_mask).flatten(), torch.nonzero(has_mask).flatten()
         foreground = torch.nonzero(has_mask & (labels == 1)).flatten()
         quota = kaggle_share is not None and len(kaggle) > 0 and len(brats) > 0
-        n_kaggle = round(kaggle_share * self.batch_size) if quota else 0
-        n_foreground = math.ceil(foreground_share * (self.batch_size - n_kaggle)) if len(foreground) else 0
+        n_kaggle = kaggle_quota(kaggle_share, self.batch_size, warn) if quota else 0
+        # rounded before the ceiling: 0.28 * 25 is 7.000000000000001 in floating point, and must give 7, not 8
+        n_foreground = math.ceil(round(foreground_share * (self.batch_size - n_kaggle), 9)) if len(foreground) else 0
         if warn:  # every DDP process builds the same sampler: one of them says what is wrong with it
             _warn_unfilled_quota(foreground_share, n_foreground, len(foreground))
         rest = brats if quota else torch.arange(n)
@@ -169,6 +170,18 @@ class ComposedBatches(Sampler[list[int]]):
         for _ in range(self.batches):
             batch = torch.cat([torch.stack([next(stream) for _ in range(size)]) for stream, size in streams])
             yield batch[torch.randperm(len(batch), generator=self.generator)].tolist()
+
+
+def kaggle_quota(kaggle_share: float, batch_size: int, warn: bool = True) -> int:
+    """Kaggle images per batch for `kaggle_share`: rounded, but never 0 or the whole batch while the batch can hold
+    both sources. Rounded alone, a small share dropped the Kaggle images from every batch (fewer than at their
+    natural rate) and a large one dropped the BraTS slices, and with them every mask of train_joint's batches."""
+    wanted = round(kaggle_share * batch_size)
+    n = min(max(wanted, 1), batch_size - 1) if batch_size > 1 else wanted
+    if warn and n != wanted:
+        log.warning("kaggle_share %.3f of a batch of %d rounds to %d Kaggle images; taking %d so that each batch "
+                    "holds both sources", kaggle_share, batch_size, wanted, n)
+    return n
 
 
 def _warn_unfilled_quota(foreground_share: float, n_foreground: int, tumour_slices: int) -> None:

@@ -121,7 +121,8 @@ class StageState:
         self.epoch = row["epoch"]
         self.history.append(row)
         improved = metric > self.best_metric + 1e-6
-        self.best_metric = max(self.best_metric, metric)
+        if improved:  # best_metric stays what best.pt scored: gains under the tolerance must not ratchet it up
+            self.best_metric = metric
         self.epochs_since_best = 0 if improved else self.epochs_since_best + 1
         return improved
 
