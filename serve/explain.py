@@ -16,6 +16,7 @@ import numpy as np
 
 from serve.model_source import ServedModel
 from serve.uploads import UploadError
+from tasks.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,14 @@ def gradcam_for(model: ServedModel) -> GradCam:
         raise UploadError(409, "Grad-CAM is not available: this installation has no torch (slim API image)") from exc
     with _build_lock:
         if model.gradcam is None:
+            if model.checkpoint_sha256 and sha256_file(model.checkpoint) != model.checkpoint_sha256:
+                # e.g. train_joint reran and export has not yet, or --checkpoint names another run's weights: the
+                # maps would explain another network than the one whose probabilities the answer gives
+                model.gradcam_error = (f"Grad-CAM is not available: {model.checkpoint.name} is not the checkpoint the "
+                                       f"served ONNX model was exported from (sha256 {model.checkpoint_sha256[:12]}); "
+                                       "export again, or pass --checkpoint with that model's weights")
+                log.warning("%s (%s)", model.gradcam_error, model.checkpoint)
+                raise UploadError(409, model.gradcam_error)
             try:
                 model.gradcam = GradCam(model.checkpoint, model.model_config)
             except Exception as exc:  # a checkpoint that does not fit the model: say so, keep serving predictions

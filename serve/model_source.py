@@ -62,6 +62,7 @@ class ServedModel:
     gradcam_error: str | None = None  # why Grad-CAM could not be built, so it is not retried per request
     examples: Path | None = None  # folder of the examples bundled with the model (index.json), None for an older one
     regions: tuple[str, ...] = ("wt",)  # what the segmentation head predicts (ONNX metadata `regions`)
+    checkpoint_sha256: str | None = None  # of the checkpoint the ONNX model was exported from (its metadata)
 
 
 def embedded_metadata(predictor: OnnxPredictor) -> dict:
@@ -112,6 +113,7 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
         modalities=tuple(meta.get("modalities", ["flair"] * int(in_channels))), threshold=float(threshold),
         mask_threshold=float(meta.get("mask_threshold", 0.5)), card=card, checkpoint=checkpoint,
         model_config=dict(meta.get("model_config") or {}), examples=examples, regions=served_regions(meta, predictor),
+        checkpoint_sha256=(meta.get("checkpoint") or {}).get("sha256"),
     )
 
 

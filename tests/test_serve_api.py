@@ -93,6 +93,25 @@ def test_gradcam_without_checkpoint_is_a_409(files):
         assert predict(client, png_bytes(brain_slice())).status_code == 200
 
 
+def test_gradcam_from_a_checkpoint_the_model_was_not_exported_from_is_a_409(files, tmp_path):
+    """The ONNX metadata records the sha256 of the checkpoint it was exported from. Another checkpoint (train_joint
+    reran, export has not; or a --checkpoint of another run) would explain another network than the one whose
+    probabilities the answer gives: refused with the reason, predictions still served."""
+    from tasks.io import sha256_file
+
+    metadata = {"image_size": SIZE, "modalities": ["flair"], "threshold": 0.5, "mask_threshold": 0.5,
+                "model_config": {"in_channels": 1, "base_channels": 4, "depth": 2}}
+    for sha, expected in (("0" * 64, 409), (sha256_file(files.checkpoint), 200)):
+        onnx_path = export_tiny_onnx(tmp_path / sha[:4] / "model.onnx",
+                                     metadata=metadata | {"checkpoint": {"sha256": sha}})
+        with local_client(file_app(ServedFiles(onnx_path, files.checkpoint, files.metrics))) as client:
+            response = predict(client, png_bytes(brain_slice()), gradcam="true")
+            assert response.status_code == expected, response.text
+            if expected == 409:
+                assert "not the checkpoint the served ONNX model was exported from" in response.json()["detail"]
+                assert predict(client, png_bytes(brain_slice())).status_code == 200
+
+
 def test_batch_answers_each_file_in_order(client):
     uploads = [("files", (f"s{i}.png", png_bytes(brain_slice(tumour=i % 2 == 1)))) for i in range(5)]
     body = client.post("/v1/predict/batch", files=uploads).json()

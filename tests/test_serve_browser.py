@@ -352,6 +352,10 @@ def test_patient_files_go_to_the_api_as_the_modalities_their_names_say(browser, 
     if len(takes) > 1:
         assert note.text.startswith("Predicted without T1, T1ce, T2")
 
+    open_page(browser, server, "patient")  # one file named as another modality: sent as that one, never as FLAIR
+    browser.find_element("id", "vol-file").send_keys(str(named["t1ce"]))
+    assert "no FLAIR volume among ['t1ce']" in visible(browser, "vol-error").text
+
     open_page(browser, server, "patient")  # four files in one selection: one field per modality, by name
     browser.find_element("id", "vol-file").send_keys("\n".join(str(p) for p in named.values()))
     if takes == ("flair",):  # the API names the fields it was sent and cannot use

@@ -137,13 +137,17 @@ export async function openVolumeExample(example) {
   if (!ok) show("vol-result", false);
 }
 
-// One file goes as `file` (FLAIR, or a 4D volume of the model's modalities); several go one field per modality,
-// told apart by their BraTS names. A missing FLAIR or a modality sent twice is the API's to refuse (its message is
-// shown); only a name that says no modality is refused here, since only the page reads names.
+// One file goes as `file` (FLAIR, or a 4D volume of the model's modalities) unless its BraTS name says another
+// modality: then it goes under that name, and the API says FLAIR is missing, rather than predict on T1ce data as if
+// it were FLAIR. Several go one field per modality, told apart by their BraTS names. A missing FLAIR or a modality
+// sent twice is the API's to refuse (its message is shown); only a name that says no modality is refused here, since
+// only the page reads names.
 function volumeForm(files) {
   const form = new FormData();
   if (files.length === 1) {
-    form.append("file", files[0], files[0].name);
+    const match = MODALITY_SUFFIX.exec(files[0].name);
+    const name = match ? BRATS_2023_NAMES[match[1].toLowerCase()] || match[1].toLowerCase() : "flair";
+    form.append(name === "flair" ? "file" : name, files[0], files[0].name);
     return form;
   }
   for (const file of files) {
