@@ -320,6 +320,34 @@ def test_a_champion_is_never_re_scored_on_patients_it_was_trained_or_tuned_on(pr
     assert score.basis == "recorded on other test data" and score.accuracy == pytest.approx(0.95)
 
 
+def test_a_champion_re_scored_on_part_of_the_test_split_meets_the_challenger_on_the_same_slices(project,
+                                                                                                   tiny_settings):
+    """Re-scored without the patients it has seen, the champion was compared with the challenger's metrics.json
+    accuracy over the whole test split: two populations. The challenger is now scored on the champion's slices."""
+    from tasks.data.splits import split_rows
+    from tasks.release.registration import champion_score, onnx_accuracy, read_release
+
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.95, sensitivity=0.95)
+    assert register.main(settings)["promoted"]
+    train, test = read_split("train", paths.SPLITS), read_split("test", paths.SPLITS)
+    (paths.SPLITS / "test.txt").write_text("\n".join(test + train[:1]) + "\n")  # a seen patient joins the test split
+    write_checkpoint(project, settings, seed=1)
+    write_metrics(project, accuracy=0.99, sensitivity=0.99)  # metrics.json: the whole split (a made-up 0.99 here)
+    export.main(settings)
+    release = read_release(paths.ONNX_MODEL, paths.EXPORT_METADATA, paths.best_checkpoint("joint"), paths.METRICS,
+                           paths.EXPORT_REPORT)
+    registry = ModelRegistry.existing(settings.tracking, settings.registry.model_name)
+    score = champion_score(registry, registry.by_alias("champion"), {"data_hash": "other", "splits_hash": "other"},
+                           paths.PROCESSED, paths.SPLITS, release)
+    same_slices = split_rows(paths.PROCESSED, test)
+    mine = onnx_accuracy(paths.ONNX_MODEL, release.metadata, paths.PROCESSED, same_slices, "check")
+    assert score.basis == f"both scored on the {len(test)} test patients new to the champion"
+    assert score.challenger_accuracy == pytest.approx(mine) and mine != pytest.approx(0.99)
+    gate = PromotionGate.from_settings(settings.promotion)
+    assert gate.decide(release.metrics, True, champion=score).criteria[-1].detail.startswith(f"{mine:.3f} ")
+
+
 def test_unverifiable_version_is_removed_and_gets_no_alias(project, tiny_settings, monkeypatch):
     settings = tracked(tiny_settings)
     register.main(settings)

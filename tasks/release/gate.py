@@ -43,7 +43,11 @@ class ChampionScore:
 
     version: str
     accuracy: float | None
-    basis: str  # "same test data" | "re-scored on this test split" | "recorded on other test data"
+    basis: str  # "same test data" | "re-scored on this test split" | "both scored on the N test patients new to the
+    #             champion" | "recorded on other test data"
+    # The challenger's accuracy on the same slices, when the champion was re-scored on part of the test split only
+    # (the patients it never saw): metrics.json's accuracy covers the whole split, another population.
+    challenger_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,9 @@ class PromotionGate:
         criteria.append(Criterion("onnx parity", bool(parity_passed),
                                   parity_detail or ("passed" if parity_passed else "failed")))
         if champion is not None:
-            criteria.append(self._versus_champion(_number(_section(metrics, "classification").get("accuracy")),
-                                                  champion))
+            accuracy = champion.challenger_accuracy if champion.challenger_accuracy is not None \
+                else _number(_section(metrics, "classification").get("accuracy"))
+            criteria.append(self._versus_champion(accuracy, champion))
         return GateDecision(tuple(criteria))
 
     def _versus_champion(self, accuracy: float | None, champion: ChampionScore) -> Criterion:

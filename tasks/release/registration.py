@@ -115,13 +115,14 @@ def parity_detail(parity: dict) -> str:
             f"(min {parity['min_mask_dice']})")
 
 
-def rescore_champion(registry: ModelRegistry, version: str, processed: Path, splits_dir: Path) -> float | None:
+def rescore_champion(registry: ModelRegistry, version: str, processed: Path, splits_dir: Path,
+                     challenger: Release | None = None) -> tuple[float, list[str], float | None] | None:
     """The champion's accuracy on the current test split at its own threshold, leaving out the patients it was
     trained or tuned on (a split redrawn after patients were added can put them in today's test split, where it
-    would shine); None if its input does not fit or no test patient is new to it."""
+    would shine), the patients it was scored on, and, when that is part of the split only, `challenger`'s accuracy
+    on the same slices (its metrics.json figure covers the whole split: another population). None if its input does
+    not fit or no test patient is new to it."""
     from tasks.data.shards import read_shard
-    from tasks.evaluation.scoring import predict_split
-    from tasks.inference.predictor import OnnxPredictor
 
     with tempfile.TemporaryDirectory() as tmp:
         local = registry.download(version, Path(tmp))
@@ -133,24 +134,37 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
         test = [patient for patient in today if patient not in seen]
         if not test:
             return None
-        if len(test) < len(today):
-            log.info("register: re-scoring champion v%s without the %d test patients it was trained or tuned on",
-                     version, len(today) - len(test))
         rows = split_rows(processed, test)
         image_shape = list(read_shard(processed / rows["shard"].iloc[0]).images.shape[1:])
         if metadata["input"]["shape"][1:] != image_shape:
             return None
-        predictor = OnnxPredictor(local / ONNX_FILE, providers=["CPUExecutionProvider"],
-                                  slice_score=metadata.get("slice_score", LEGACY_SLICE_SCORE))  # its own rule
-        slices = predict_split(predictor, processed, rows, segmentation=False, description="re-scoring champion").slices
+        accuracy = onnx_accuracy(local / ONNX_FILE, metadata, processed, rows, "re-scoring champion")
+    if len(test) == len(today):
+        return accuracy, test, None
+    log.info("register: re-scoring champion v%s and this model without the %d test patients the champion was "
+             "trained or tuned on", version, len(today) - len(test))
+    mine = onnx_accuracy(challenger.onnx_path, challenger.metadata, processed, rows, "scoring this model alike") \
+        if challenger is not None else None
+    return accuracy, test, mine
+
+
+def onnx_accuracy(onnx_path: Path, metadata: dict, processed: Path, rows, description: str) -> float:
+    """An exported model's slice accuracy on `rows` at its own threshold and slice score."""
+    from tasks.evaluation.scoring import predict_split
+    from tasks.inference.predictor import OnnxPredictor
+
+    predictor = OnnxPredictor(onnx_path, providers=["CPUExecutionProvider"],
+                              slice_score=metadata.get("slice_score", LEGACY_SLICE_SCORE))  # its own rule
+    slices = predict_split(predictor, processed, rows, segmentation=False, description=description).slices
     decisions = slices["probability"].to_numpy() >= metadata["threshold"]
     return float((decisions == slices["label"].to_numpy().astype(bool)).mean())
 
 
 def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str], processed: Path,
-                   splits_dir: Path) -> ChampionScore:
+                   splits_dir: Path, challenger: Release | None = None) -> ChampionScore:
     """The champion's test accuracy, as comparable with the challenger's as possible:
-    recorded when it was tested on the same data (same data and split hashes), else re-scored on this test split,
+    recorded when it was tested on the same data (same data and split hashes), else re-scored on this test split
+    (on its patients new to the champion, with `challenger` scored on the same slices when that leaves some out),
     else (its input does not fit the current data, e.g. another image size) the recorded one, marked as such."""
     tags, version = champion.tags, str(champion.version)
     recorded = _finite_number(tags.get("test_accuracy"))
@@ -159,13 +173,17 @@ def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str],
     if same_data and recorded is not None:
         return ChampionScore(version, recorded, "same test data")
     try:
-        rescored = rescore_champion(registry, version, processed, splits_dir)
+        rescored = rescore_champion(registry, version, processed, splits_dir, challenger)
     except (OSError, KeyError, ValueError) as exc:  # an old or foreign version without our metadata
         log.warning("register: cannot re-score champion v%s (%s)", version, exc)
         rescored = None
-    if rescored is not None:
-        return ChampionScore(version, rescored, "re-scored on this test split")
-    return ChampionScore(version, recorded, "recorded on other test data")
+    if rescored is None:
+        return ChampionScore(version, recorded, "recorded on other test data")
+    accuracy, patients, mine = rescored
+    if mine is None:
+        return ChampionScore(version, accuracy, "re-scored on this test split")
+    return ChampionScore(version, accuracy, f"both scored on the {len(patients)} test patients new to the champion",
+                         challenger_accuracy=mine)
 
 
 def _finite_number(tag) -> float | None:
@@ -362,7 +380,8 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     tags = provenance.run_tags(settings)
     registry = ModelRegistry(cfg, name, tracker.client)
     champion = registry.by_alias(reg.alias)
-    score = champion_score(registry, champion, tags, processed, splits_dir) if champion is not None else None
+    score = champion_score(registry, champion, tags, processed, splits_dir, release) if champion is not None \
+        else None
     decision = decide(settings, release, score)
     version_tags = tags | {
         "promotion": "promoted" if decision.promoted else "rejected", "promotion_reason": decision.reason,
