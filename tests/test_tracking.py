@@ -115,6 +115,18 @@ def test_new_parent_after_register_or_changed_params(store, tiny_settings):
     assert third not in (first, second) and client().get_run(second).info.status == "FINISHED"
 
 
+def test_a_complete_pipeline_run_that_registered_nothing_ends_finished_not_killed(store, tiny_settings):
+    """Training reran and reproduced best.pt, so register (which ends the parent under `dvc repro`) did not run:
+    every step of that pipeline run finished, and the next run's new parent ends it FINISHED, not KILLED."""
+    settings = tracked(tiny_settings)
+    for step in ("train_seg", "evaluate"):
+        tracker = MlflowTracker.for_step(settings, step)
+        tracker.close()
+    changed = settings.model_copy(update={"seed": settings.seed + 1})
+    assert MlflowTracker.for_step(changed, "train_seg").parent_run_id != tracker.parent_run_id
+    assert client().get_run(tracker.parent_run_id).info.status == "FINISHED"
+
+
 def test_a_failed_register_is_rerun_in_the_same_pipeline_run(store, tiny_settings):
     """`dvc repro` after a failed register: the rerun goes on in the parent run that holds the step runs."""
     settings = tracked(tiny_settings)

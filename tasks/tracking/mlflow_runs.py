@@ -99,6 +99,16 @@ def _create_parent(client, settings: Settings, experiment_id: str, tags: Mapping
     return run.info.run_id
 
 
+def end_stale_parent(client, cfg: TrackingSettings, experiment_id: str, run_id: str) -> None:
+    """End a parent run that no step will come back to. FINISHED when every step it holds finished: under
+    `dvc repro`, register ends the parent, but it does not run when its inputs came out the same (a retraining
+    that reproduced best.pt), and such a complete run showed as KILLED. KILLED when a step was cut off or failed."""
+    children = retrying(cfg, "list step runs", client.search_runs, [experiment_id],
+                        f"tags.mlflow.parentRunId = '{run_id}'")
+    finished = bool(children) and all(child.info.status == "FINISHED" for child in children)
+    retrying(cfg, "end stale parent run", client.set_terminated, run_id, "FINISHED" if finished else "KILLED")
+
+
 def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Mapping[str, str]) -> str:
     """The parent run of the current pipeline run: from the environment, the pointer file, or a new one."""
     cfg = settings.tracking
@@ -118,7 +128,7 @@ def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Map
                 retrying(cfg, "reopen parent run", client.update_run, pointer["run_id"], "RUNNING")
             return pointer["run_id"]
         if status == "RUNNING":  # a pipeline run whose code or params have changed since: it will never finish
-            retrying(cfg, "end stale parent run", client.set_terminated, pointer["run_id"], "KILLED")
+            end_stale_parent(client, cfg, experiment_id, pointer["run_id"])
     run_id = _create_parent(client, settings, experiment_id, tags)
     _write_pointer(run_id, key)
     return run_id
