@@ -90,3 +90,18 @@ def test_two_kaggle_files_of_one_stem_are_two_images_with_two_ids(tmp_path):
     kaggle = read_manifest(out / "manifest.csv").query("source == 'kaggle'")
     pairs = near_duplicate_pairs(perceptual_hashes(out, kaggle), 4)
     assert ("kaggle_yes_Y1.jpg", "kaggle_yes_Y1.png") in pairs
+
+
+def test_the_classification_bootstrap_resamples_a_near_duplicate_pair_as_one_unit(processed):
+    """The split keeps copies of one scan together; evaluation's bootstrap must resample them together too, or two
+    copies count as two independent patients and the interval comes out narrower than the data allow."""
+    from tasks.evaluation.report import resampling_units
+
+    slices = read_manifest(processed / "manifest.csv")
+    units = resampling_units(slices, processed, max_distance=4)
+    unit_of = dict(zip(slices["patient"], units))
+    assert unit_of["kaggle_yes_Y0"] == unit_of["kaggle_yes_Y0 copy"]
+    kaggle = slices[slices["source"] == "kaggle"]["patient"]
+    assert len({unit_of[p] for p in kaggle}) == len(kaggle) - 1  # the twins share one unit; every other image its own
+    brats = slices[slices["source"] == "brats"]
+    assert (units[brats.index] == brats["patient"]).all()  # a BraTS patient is its own unit, all its slices

@@ -84,13 +84,18 @@ def near_duplicate_pairs(hashes: dict[str, int], max_distance: int) -> list[tupl
     return pairs
 
 
+def near_duplicate_groups(images: list[str], pairs: list[tuple[str, str]]) -> list[list[str]]:
+    """The images joined by near-duplicate pairs (transitively): each group sorted, one per scan."""
+    groups = DisjointSet(images)
+    for a, b in pairs:
+        groups.merge(a, b)
+    return [sorted(s) for s in groups.subsets()]
+
+
 def split_kaggle(kaggle: pd.DataFrame, pairs: list[tuple[str, str]], cfg: SplitSettings, seed: int,
                  where: Path | None = None) -> dict[str, list[str]]:
     """Split Kaggle images by near-duplicate group, stratified by label."""
-    groups = DisjointSet(kaggle["patient"].tolist())
-    for a, b in pairs:
-        groups.merge(a, b)
-    subsets = [sorted(s) for s in groups.subsets()]
+    subsets = near_duplicate_groups(kaggle["patient"].tolist(), pairs)
     label_of = dict(zip(kaggle["patient"], kaggle["label"]))
     keys = [s[0] for s in subsets]
     strata = [round(np.mean([label_of[m] for m in s])) for s in subsets]

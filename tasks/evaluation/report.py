@@ -28,6 +28,7 @@ import pandas as pd
 from tasks import paths
 from tasks.config import EvaluateSettings
 from tasks.data.regions import REGIONS
+from tasks.data import splitting
 from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
 from tasks.evaluation.scoring import MaskThresholdTally, SplitPredictions, choose_mask_threshold, predict_split
@@ -73,7 +74,8 @@ class VolumeInputs:
 
 
 def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSettings, seed: int,
-                 region_scores: pd.DataFrame | None = None, mask_threshold: dict | None = None) -> dict:
+                 region_scores: pd.DataFrame | None = None, mask_threshold: dict | None = None,
+                 units: pd.Series | None = None) -> dict:
     """metrics.json's content: the thresholds come from `val` only, every number from `test`. `region_scores`:
     one row per test patient volume (tasks/evaluation/brats.score_patients); None or empty → null regions.
     `mask_threshold`: the `segmentation_threshold` section (mask_threshold_section); None → the fixed default."""
@@ -92,7 +94,7 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
         region_scores if region_scores is not None else pd.DataFrame(), cfg.bootstrap, seed)
     report["segmentation_regions"] = regions
     report["volume_uncertainty"] = uncertainty
-    intervals = confidence_intervals(test, threshold, cfg.bootstrap, seed) | region_intervals
+    intervals = confidence_intervals(test, threshold, cfg.bootstrap, seed, units) | region_intervals
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
@@ -122,13 +124,30 @@ def mask_threshold_section(cfg: EvaluateSettings, validation: MaskThresholdTally
             "validation": table.round(4).to_dict(orient="records")}
 
 
-def confidence_intervals(test: SplitPredictions, threshold: float, n_resamples: int, seed: int) -> dict:
+def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -> pd.Series:
+    """What the classification bootstrap resamples, per slice: its BraTS patient, or its Kaggle image's near-duplicate
+    group (pHash distance <= `max_distance`, as the split step groups them: copies of one scan, kept in one split).
+    Resampled one by one, copies counted as independent patients and narrowed the interval."""
+    units = slices["patient"].astype(str)
+    kaggle = slices[slices["source"] == "kaggle"]
+    if len(kaggle) > 1:
+        pairs = splitting.near_duplicate_pairs(splitting.perceptual_hashes(processed, kaggle), max_distance)
+        group_of = {image: group[0] for group in splitting.near_duplicate_groups(kaggle["patient"].tolist(), pairs)
+                    for image in group}
+        units = units.where(slices["source"] != "kaggle", slices["patient"].map(group_of))
+    return units
+
+
+def confidence_intervals(test: SplitPredictions, threshold: float, n_resamples: int, seed: int,
+                         units: pd.Series | None = None) -> dict:
     """Bootstrap 95 % intervals resampling patients: all test patients for classification (a Kaggle image is its
-    own patient), the BraTS patients with tumour slices for the per-slice and per-volume segmentation scores."""
+    own patient, near-duplicates one together when `units` says so: `resampling_units`), the BraTS patients with
+    tumour slices for the per-slice and per-volume segmentation scores."""
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     seg, vol = test.slice_scores, test.volume_scores
     families = [
-        ("classification", test.slices["patient"], metrics.classification_statistic(labels, probability, threshold)),
+        ("classification", test.slices["patient"] if units is None else units,
+         metrics.classification_statistic(labels, probability, threshold)),
         ("segmentation", seg["patient"], _means_of(seg, ("dice", "iou", "hd95"))),
         ("segmentation_volume", vol["patient"], _means_of(vol, ("dice", "hd95"))),
     ]
@@ -180,8 +199,11 @@ def write_plots(test: SplitPredictions, report: dict, model, predictor, where: E
 
 def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateSettings, seed: int,
                         tracker: Tracker = NullTracker(), device: str = "cpu",
-                        volume_inputs: VolumeInputs = VolumeInputs()) -> dict:
-    """Evaluate one checkpoint; writes metrics.json and the plots, logs both to `tracker`, returns the report."""
+                        volume_inputs: VolumeInputs = VolumeInputs(),
+                        near_duplicate_distance: int | None = None) -> dict:
+    """Evaluate one checkpoint; writes metrics.json and the plots, logs both to `tracker`, returns the report.
+    `near_duplicate_distance`: the split's pHash distance (split.phash_max_distance), so the classification
+    intervals resample near-duplicate Kaggle images together; None: each image alone."""
     from tasks.inference.checkpoints import load_model
 
     if cfg.organisers_check and where.raw_brats is not None:
@@ -205,7 +227,9 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
             if cfg.organisers_check and len(region_scores):
                 regions = [r for r in REGIONS if f"{r}_dice" in region_scores]
                 organisers = brats.organisers_report(Path(label_maps), regions)
-    report = build_report(val, test, cfg, seed, region_scores, mask_threshold)
+    units = None if near_duplicate_distance is None else \
+        resampling_units(test.slices, where.processed, near_duplicate_distance)
+    report = build_report(val, test, cfg, seed, region_scores, mask_threshold, units)
     # which weights these numbers are about: register refuses to ship other ones under them
     report["model"] = {"checkpoint_sha256": sha256_file(checkpoint)}
     if organisers is not None:
