@@ -17,8 +17,10 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
+# A venv whose python has no pip is one `python3 -m venv` left half made (Debian without python3-venv): made anew.
 $(STAMP): requirements.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+		echo "$(PYTHON) -m venv failed: on Debian/Ubuntu install python3-venv, then run make again" >&2; exit 1; }; }
 	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $@
@@ -45,7 +47,8 @@ BRATS_STAMP := $(BRATS_VENV)/.installed-$(shell cat requirements-brats.txt 2>/de
 brats-env: $(BRATS_STAMP)
 
 $(BRATS_STAMP): requirements-brats.txt
-	@test -x $(BRATS_VENV)/bin/python || $(PYTHON) -m venv $(BRATS_VENV)
+	@$(BRATS_VENV)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(BRATS_VENV); \
+		$(PYTHON) -m venv $(BRATS_VENV) || { rm -rf $(BRATS_VENV); echo "$(PYTHON) -m venv failed" >&2; exit 1; }; }
 	$(BRATS_VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements-brats.txt
 	@rm -f $(BRATS_VENV)/.installed-* && touch $@
 	@echo "brats-evaluation installed into $(BRATS_VENV)"
@@ -68,10 +71,14 @@ worker: setup
 bench: setup
 	$(BIN)/python -m bench
 
-# Regenerate the pinned lock from requirements.in (run on a machine like CI's).
-lock:
+# Regenerate the pinned lock from requirements.in (run on a machine like CI's). A package installed from a local
+# file or URL would freeze as `name @ file:///...`, which no other machine can install: refused.
+lock: setup
 	$(BIN)/python -m pip install -q -r requirements.in
-	$(BIN)/python -m pip freeze --exclude-editable > requirements.txt
+	$(BIN)/python -m pip freeze --exclude-editable > requirements.txt.new
+	@if grep -n ' @ ' requirements.txt.new; then rm -f requirements.txt.new; echo "make lock: the lines above point \
+		at local files or URLs; reinstall those packages from the registry first" >&2; exit 1; fi
+	mv requirements.txt.new requirements.txt
 
 clean-data:
 	rm -rf data checkpoints exports reports/training reports/plots

@@ -42,11 +42,13 @@ def inside(folder: Path):
 def run_all(skip: set[str]) -> dict:
     from bench import bench_api, bench_gpu, bench_hostile, bench_loader, bench_seeds, bench_volume
 
+    # Every recorded figure stays unless this run measures it again: the README cites experiments recorded by hand
+    # (variants, other CPUs' sweeps in by_cpu), which a full run does not repeat.
     previous = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    report: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                                "python": platform.python_version()},
-                    "date": time.strftime("%Y-%m-%d"),
-                    "by_cpu": previous.get("by_cpu", {})}  # other machines' sweeps stay; this one's are replaced
+    report: dict = previous | {"machine": {"cpus": os.cpu_count(),
+                                           "processor": platform.processor() or platform.machine(),
+                                           "python": platform.python_version()},
+                               "date": time.strftime("%Y-%m-%d"), "by_cpu": previous.get("by_cpu", {})}
     merge_pipeline_figures(report, peer="peer" not in skip)
     if "seeds" not in skip:
         console.rule("quality across seeds: the quick pipeline as DVC experiments")
@@ -104,7 +106,7 @@ def merge_pipeline_figures(report: dict, peer: bool) -> None:
 
 def run_some(names: list[str]) -> dict:
     """Rerun some benchmarks and keep every other figure of the last full run."""
-    from bench import bench_loader, bench_peer, bench_seeds, bench_volume
+    from bench import bench_api, bench_hostile, bench_loader, bench_peer, bench_seeds, bench_volume
 
     report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
     report.setdefault("machine", {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -121,6 +123,10 @@ def run_some(names: list[str]) -> dict:
         report["loader"] = bench_loader.run()
     if "volume" in names:
         report["volume"] = bench_volume.run()
+    if "api" in names:
+        report["api"] = bench_api.run()
+    if "hostile" in names:
+        report["hostile"] = bench_hostile.run()
     return report
 
 
@@ -318,7 +324,8 @@ def main() -> None:
                                                                 "volume"],
                         help="benchmarks to leave out")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
-    parser.add_argument("--only", nargs="+", choices=["pipeline", "seeds", "peer", "loader", "volume"],
+    parser.add_argument("--only", nargs="+",
+                        choices=["pipeline", "seeds", "peer", "loader", "volume", "api", "hostile"],
                         help="run only these (pipeline: the quick pipeline, slicing and export figures; peer: on this "
                              "project's own trained model, after `make run`) and "
                              "merge them into the existing reports/bench.json")

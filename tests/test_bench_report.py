@@ -89,3 +89,19 @@ def test_the_pipeline_figures_peer_joins_the_other_families(monkeypatch):
     assert report["pipeline"] == {"pipeline_seconds": 600}
     assert {family: found["peer"]["dice_ratio_quick_over_peer"] for family, found in report["by_cpu"].items()} == {
         "AMD EPYC": 1.03, "Intel Xeon": 0.98}
+
+
+def test_a_full_bench_run_keeps_the_figures_it_does_not_measure_again(monkeypatch, tmp_path):
+    """`make bench` started from an empty report: it dropped every figure recorded by hand (recipe variants, other
+    CPUs' experiments) that the README cites as evidence. It now replaces only what it measures."""
+    import bench.__main__ as bench_main
+
+    report_file = tmp_path / "bench.json"
+    report_file.write_text(json.dumps({"slice_score_amx": {"auc": 0.97}, "pipeline": {"pipeline_seconds": 900},
+                                       "by_cpu": {"AMD EPYC": {"seeds": sweep("AMD EPYC 9R14", 0.8)}}}))
+    monkeypatch.setattr(bench_main, "REPORT", report_file)
+    monkeypatch.setattr(bench_main, "merge_pipeline_figures",
+                        lambda report, peer: report.update(pipeline={"pipeline_seconds": 600}))
+    report = bench_main.run_all({"api", "gpu", "hostile", "loader", "peer", "seeds", "volume"})
+    assert report["slice_score_amx"] == {"auc": 0.97} and "AMD EPYC" in report["by_cpu"]
+    assert report["pipeline"] == {"pipeline_seconds": 600}  # what it measured is replaced

@@ -204,8 +204,28 @@ def test_build_context_keeps_sources_and_drops_local_state_and_secrets():
                    "scripts/prefect_worker.sh", "docker/requirements-api.in", "README.md"]:  # fmt: skip
         assert not dockerignored(needed, patterns), needed
     for dropped in [".venv/bin/python", "data/raw/brats/x.nii.gz", "mlflow.db", ".env", "docker/.env",
-                    ".git/HEAD", "tasks/__pycache__/config.cpython-311.pyc", "kaggle.json"]:  # fmt: skip
+                    ".git/HEAD", "tasks/__pycache__/config.cpython-311.pyc", "kaggle.json",
+                    ".venv-brats/bin/python", ".serve_cache/slicewise/1/model.onnx"]:  # fmt: skip
         assert dockerignored(dropped, patterns), dropped
+
+
+def test_the_training_image_runs_dvc_without_the_git_repository_it_leaves_out(tmp_path):
+    """The build context drops .git, and DVC refuses a project that is neither a git repository nor marked as having
+    none: every flow run in the worker image failed at its first `dvc status`. The image marks it (core.no_scm in
+    .dvc/config.local); here the same files in a folder without git must let DVC answer."""
+    dockerfile = (DOCKER / "Dockerfile.train").read_text()
+    assert "no_scm = true" in dockerfile and "/app/.dvc/config.local" in dockerfile
+    project = tmp_path / "app"
+    (project / ".dvc").mkdir(parents=True)
+    shutil.copyfile(REPO / ".dvc" / "config", project / ".dvc" / "config")
+    (project / ".dvc" / "config.local").write_text("[core]\n    no_scm = true\n")
+    (project / "dvc.yaml").write_text("stages:\n  hello:\n    cmd: echo hello\n")
+    dvc = Path(sys.executable).parent / "dvc"
+    done = subprocess.run([str(dvc), "status"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (project / ".dvc" / "config.local").unlink()  # what the image did before: refused
+    refused = subprocess.run([str(dvc), "status"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "not a git repository" in refused.stderr + refused.stdout
 
 
 def test_hadolint_passes():

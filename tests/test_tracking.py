@@ -224,3 +224,13 @@ def test_data_hash_falls_back_to_the_manifest_without_dvc_lock(tmp_path):
     assert hashes["splits_hash"] == "unknown"
     manifest.write_text("patient,label\na,0\n")
     assert provenance.data_hashes(tmp_path / "no.lock", manifest, splits)["data_hash"] != hashes["data_hash"]
+
+
+def test_git_commit_outside_a_repository_is_the_one_the_image_was_built_from(monkeypatch):
+    """The training image has no .git: registry versions made there carried git_commit 'unknown' although its build
+    passes the commit in (SLICEWISE_GIT_COMMIT)."""
+    monkeypatch.setattr(provenance, "_git", lambda *args: None)
+    monkeypatch.setenv("SLICEWISE_GIT_COMMIT", "0123abc")
+    assert provenance.git_commit() == "0123abc"
+    monkeypatch.setenv("SLICEWISE_GIT_COMMIT", "unknown")  # the build's default when no commit was given
+    assert provenance.git_commit() == provenance.UNKNOWN

@@ -73,8 +73,13 @@ def _ask_git(*args: str) -> str | None:
 
 
 def git_commit() -> str:
+    """HEAD's commit; outside a git repository (the training image has no .git) the one the image was built from,
+    which its build passes in as SLICEWISE_GIT_COMMIT."""
     out = _git("rev-parse", "HEAD")
-    return out.strip() if out else UNKNOWN
+    if out:
+        return out.strip()
+    built_from = os.environ.get("SLICEWISE_GIT_COMMIT", "").strip()
+    return built_from if built_from and built_from != UNKNOWN else UNKNOWN
 
 
 def source_diff() -> str | None:
