@@ -105,3 +105,31 @@ def test_the_classification_bootstrap_resamples_a_near_duplicate_pair_as_one_uni
     assert len({unit_of[p] for p in kaggle}) == len(kaggle) - 1  # the twins share one unit; every other image its own
     brats = slices[slices["source"] == "brats"]
     assert (units[brats.index] == brats["patient"]).all()  # a BraTS patient is its own unit, all its slices
+
+
+def test_the_timepoints_of_one_brats_2023_subject_share_a_split(tmp_path):
+    """BraTS 2023 names scans BraTS-GLI-<subject>-<timepoint>: a subject scanned twice is one person, and split folder
+    by folder its timepoints landed in train and test (5 of 20 subjects in a review's run)."""
+    from tasks.data.splitting import subject_of
+
+    rng = np.random.default_rng(1)
+    raw = tmp_path / "raw"
+    for subject in range(10):
+        for timepoint in range(2):
+            write_patient(raw / "brats", f"BraTS-GLI-{subject:05d}-{timepoint:03d}", rng, parts=("flair", "seg"))
+    write_kaggle(raw / "kaggle", rng, n_per_class=6)
+    slice_dataset(raw, tmp_path / "processed", SliceSettings(workers=1), image_size=32, stride=1)
+    for seed in (0, 1, 2):
+        split_dataset(tmp_path / "processed", tmp_path / f"splits{seed}", SplitSettings(), seed=seed)
+        split_of = {}
+        for name in ("train", "val", "test"):
+            for patient in (tmp_path / f"splits{seed}" / f"{name}.txt").read_text().split():
+                split_of[patient] = name
+        brats = [p for p in split_of if p.startswith("BraTS-")]
+        assert len(brats) == 20
+        for patient in brats:
+            assert split_of[patient] == split_of[subject_of(patient) + "-000"], (seed, patient)
+    assert subject_of("BraTS-GLI-00008-001") == "BraTS-GLI-00008" and subject_of("BraTS20_Training_008") == \
+        "BraTS20_Training_008"
+    with pytest.raises(SliceWiseError, match="timepoints of one subject"):
+        check_no_leakage({"train": ["BraTS-GLI-00008-000"], "val": [], "test": ["BraTS-GLI-00008-001"]}, [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import imagehash
@@ -27,6 +28,16 @@ from tasks.errors import SliceWiseError
 from tasks.io import write_text_atomic
 
 log = logging.getLogger(__name__)
+
+# BraTS 2023 and later name a scan BraTS-<cohort>-<subject>-<timepoint> (BraTS-GLI-00008-000, BraTS-GLI-00008-001):
+# the timepoints of one subject are one person, so they go to one split together.
+SUBJECT_TIMEPOINT = re.compile(r"^(BraTS-[A-Za-z]+-\d+)-\d+$")
+
+
+def subject_of(patient: str) -> str:
+    """The person a patient folder is of: its subject for a BraTS 2023-style name, else the folder itself."""
+    match = SUBJECT_TIMEPOINT.match(patient)
+    return match.group(1) if match else patient
 
 
 def split_sizes(n: int, cfg: SplitSettings, what: str = "patients or image groups",
@@ -107,13 +118,18 @@ def split_kaggle(kaggle: pd.DataFrame, pairs: list[tuple[str, str]], cfg: SplitS
 
 
 def check_no_leakage(splits: dict[str, list[str]], pairs: list[tuple[str, str]]) -> None:
-    """Fail loudly if a patient or a near-duplicate pair crosses splits."""
+    """Fail loudly if a patient, a subject's timepoints or a near-duplicate pair crosses splits."""
     where: dict[str, str] = {}
+    subject_in: dict[str, tuple[str, str]] = {}
     for name, ids in splits.items():
         for patient in ids:
             if patient in where:
                 raise SliceWiseError(f"patient {patient} is in both {where[patient]} and {name}", paths.SPLITS)
             where[patient] = name
+            other = subject_in.setdefault(subject_of(patient), (patient, name))
+            if other[1] != name:
+                raise SliceWiseError(f"{other[0]} ({other[1]}) and {patient} ({name}) are timepoints of one subject "
+                                     "in two splits", paths.SPLITS)
     for a, b in pairs:
         if where.get(a) != where.get(b):
             raise SliceWiseError(f"near-duplicate images {a} ({where.get(a)}) and {b} ({where.get(b)}) cross splits", paths.SPLITS)
@@ -128,8 +144,11 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
     kaggle = manifest[manifest["source"] == "kaggle"]
 
     patients = sorted(brats["patient"].unique())
-    splits = _stratified_split(patients, tumour_burden_strata(brats, patients),
-                               split_sizes(len(patients), cfg, "BraTS patients", manifest_path), seed)
+    by_subject = brats.assign(patient=brats["patient"].map(subject_of))  # BraTS 2020 names: each its own subject
+    subjects = sorted(by_subject["patient"].unique())
+    subject_splits = _stratified_split(subjects, tumour_burden_strata(by_subject, subjects),
+                                       split_sizes(len(subjects), cfg, "BraTS patients", manifest_path), seed)
+    splits = {name: sorted(p for p in patients if subject_of(p) in set(ids)) for name, ids in subject_splits.items()}
     pairs: list[tuple[str, str]] = []
     if len(kaggle):
         pairs = near_duplicate_pairs(perceptual_hashes(processed, kaggle), cfg.phash_max_distance)

@@ -125,10 +125,10 @@ def mask_threshold_section(cfg: EvaluateSettings, validation: MaskThresholdTally
 
 
 def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -> pd.Series:
-    """What the classification bootstrap resamples, per slice: its BraTS patient, or its Kaggle image's near-duplicate
+    """What the classification bootstrap resamples, per slice: its BraTS subject, or its Kaggle image's near-duplicate
     group (pHash distance <= `max_distance`, as the split step groups them: copies of one scan, kept in one split).
     Resampled one by one, copies counted as independent patients and narrowed the interval."""
-    units = slices["patient"].astype(str)
+    units = slices["patient"].astype(str).map(splitting.subject_of)  # a subject's timepoints: one person
     kaggle = slices[slices["source"] == "kaggle"]
     if len(kaggle) > 1:
         pairs = splitting.near_duplicate_pairs(splitting.perceptual_hashes(processed, kaggle), max_distance)
