@@ -14,14 +14,15 @@ from pathlib import Path
 
 from tasks import paths
 from tasks.config import Settings
-from tasks.data.local_import import choose_fraction, find_brats_patients, find_kaggle_images, nifti_extension
+from tasks.data.local_import import (choose_fraction, find_brats_patients, find_kaggle_images, labelled_patients,
+                                     nifti_extension)
 
 RAW_PARTS = ("brats", "kaggle")  # the only subfolders of data/raw that the local import writes
 
 
 def planned_raw_files(brats_dir: Path, kaggle_dir: Path | None, fraction: float, seed: int) -> dict[str, int]:
     """Relative path under data/raw → size, for what `fetch` would import from the local folders right now."""
-    patients = find_brats_patients(brats_dir)
+    patients = labelled_patients(find_brats_patients(brats_dir))  # what import_brats imports
     planned = {}
     for patient in choose_fraction(sorted(patients), fraction, seed):
         for part, src in patients[patient].items():

@@ -25,6 +25,18 @@ def test_credentials_source_never_reveals_the_key(tmp_path):
     assert credentials_source(env={}, home=tmp_path).endswith("kaggle.json")
 
 
+@pytest.mark.parametrize("name", ["access_token", "access_token.txt", "credentials.json"])
+def test_kaggles_newer_token_files_are_credentials_too(tmp_path, name):
+    """The pinned kaggle package also signs in with ~/.kaggle/access_token (what Kaggle's API page now hands out)
+    and with `kaggle auth login`'s credentials.json; refusing them up front stopped users who followed Kaggle."""
+    with pytest.raises(CredentialsError, match="access_token"):
+        credentials_source(env={}, home=tmp_path)
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / name).write_text("KGAT_s3cr3t")
+    source = credentials_source(env={}, home=tmp_path)
+    assert source.endswith(name) and "s3cr3t" not in source
+
+
 @pytest.mark.parametrize("member", ["../evil.txt", "/etc/evil.txt", "a/../../evil.txt"])
 def test_zip_slip_member_is_refused_and_nothing_extracted(tmp_path, member):
     archive = tmp_path / "bad.zip"

@@ -39,6 +39,28 @@ def test_import_brats_finds_nested_patients_and_renames_odd_seg(tmp_path):
     assert not list(out.rglob("*.csv"))
 
 
+def test_unlabelled_cases_beside_the_training_set_are_left_out_and_counted(tmp_path, caplog):
+    """The Kaggle download of BraTS 2020 holds the 125 validation cases (no segmentation) next to the 369 training
+    ones: imported, each became a rejected.csv row and took a place in patient_fraction's choice."""
+    from flows.source_inventory import planned_raw_files
+
+    rng = np.random.default_rng(2)
+    root = tmp_path / "download" / "BraTS2020"
+    for i in range(3):
+        write_patient(root / "BraTS2020_TrainingData", f"BraTS20_Training_{i:03d}", rng, parts=("flair", "seg"))
+    for i in range(2):
+        write_patient(root / "BraTS2020_ValidationData", f"BraTS20_Validation_{i:03d}", rng, parts=("flair", "t1"))
+    with caplog.at_level("WARNING"):
+        assert import_brats(tmp_path / "download", tmp_path / "raw") == 3
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [f"BraTS20_Training_{i:03d}" for i in range(3)]
+    assert "2 patient folder(s)" in caplog.text and "BraTS20_Validation_000" in caplog.text
+    # the flow's data-change trigger plans the same import: no drift right after it
+    assert {k.split("/")[1] for k in planned_raw_files(tmp_path / "download", None, 1.0, 0)} == \
+        {f"BraTS20_Training_{i:03d}" for i in range(3)}
+    with pytest.raises(SliceWiseError, match="none of the 2 BraTS patient folders"):
+        import_brats(root / "BraTS2020_ValidationData", tmp_path / "raw2")
+
+
 def test_import_fraction_is_a_seeded_subset_that_adding_a_patient_keeps(tmp_path):
     rng = np.random.default_rng(1)
     for i in range(12):

@@ -26,9 +26,13 @@ MAX_EXTRACTED_BYTES = 128 * 1024**3
 FREE_DISK_MARGIN = 1024**3  # left free on the target's disk after extracting
 
 CREDENTIALS_HELP = (
-    "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY, or save kaggle.json "
-    "(Kaggle → Settings → API → Create New Token) to ~/.kaggle/kaggle.json with mode 600"
+    "Kaggle credentials not found: save an API token (Kaggle → Settings → API) to ~/.kaggle/access_token, or "
+    "kaggle.json to ~/.kaggle/kaggle.json with mode 600, or set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY, "
+    "or sign in with `kaggle auth login`"
 )
+# What the pinned kaggle package reads besides kaggle.json (kagglesdk's kaggle_env and kaggle_creds): an API token
+# file, and the OAuth credentials `kaggle auth login` saves. Always under ~/.kaggle, whatever KAGGLE_CONFIG_DIR says.
+TOKEN_FILES = ("access_token", "access_token.txt", "credentials.json")
 
 
 def credentials_source(env: dict[str, str] | None = None, home: Path | None = None) -> str:
@@ -41,6 +45,9 @@ def credentials_source(env: dict[str, str] | None = None, home: Path | None = No
     config_dir = Path(env["KAGGLE_CONFIG_DIR"]) if env.get("KAGGLE_CONFIG_DIR") else (home or Path.home()) / ".kaggle"
     if (config_dir / "kaggle.json").is_file():
         return str(config_dir / "kaggle.json")
+    for name in TOKEN_FILES:
+        if (found := (home or Path.home()) / ".kaggle" / name).is_file():
+            return str(found)
     raise CredentialsError(CREDENTIALS_HELP)
 
 

@@ -124,6 +124,19 @@ def find_brats_patients(root: Path, files: list[Path] | None = None) -> dict[str
     return patients
 
 
+def labelled_patients(patients: dict[str, dict[str, Path]], source: Path | None = None) -> dict[str, dict[str, Path]]:
+    """The patients with a segmentation. A folder without one is an unlabelled case: BraTS ships its validation and
+    test sets so, and the Kaggle download of BraTS 2020 holds 125 validation cases next to the 369 training ones.
+    Imported, each would be a `rejected.csv` row and take a place in `patient_fraction`'s choice; with `source`, the
+    log says how many were left out."""
+    labelled = {name: parts for name, parts in patients.items() if "seg" in parts}
+    if source is not None and (unlabelled := sorted(patients.keys() - labelled.keys())):
+        log.warning("%d patient folder(s) under %s hold no segmentation (unlabelled cases, e.g. BraTS's validation "
+                    "set) and are not imported: %s%s", len(unlabelled), source, ", ".join(unlabelled[:5]),
+                    ", ..." if len(unlabelled) > 5 else "")
+    return labelled
+
+
 def unextracted_archives(files: list[Path]) -> list[Path]:
     """Archives among a data folder's files: whatever they hold is not imported until they are extracted."""
     return [p for p in files if p.name.lower().endswith(ARCHIVE_SUFFIXES)]
@@ -184,6 +197,12 @@ def import_brats(source: Path, out_dir: Path, fraction: float = 1.0, seed: int =
     if not patients:
         raise SliceWiseError("no BraTS NIfTI files (*_flair.nii[.gz], ... or BraTS 2023's *-t2f.nii.gz, ...) found "
                              "under this folder" + (" (extract its archives first)" if archives else ""), source)
+    found = len(patients)
+    patients = labelled_patients(patients, source)
+    if not patients:
+        raise SliceWiseError(f"none of the {found} BraTS patient folders under this folder holds a segmentation "
+                             "(*_seg.nii[.gz]): unlabelled cases (a validation or test set?) cannot be trained on",
+                             source)
     chosen = choose_fraction(sorted(patients), fraction, seed)
     for patient in chosen:
         for part, src in patients[patient].items():
