@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 
 import nibabel as nib
@@ -128,6 +129,14 @@ def test_serial_and_parallel_runs_are_identical(brats, tmp_path):
         got = load_patient(folder)
         for kind in KINDS:
             np.testing.assert_array_equal(got[kind], expected[kind])
+    # the same bytes, not only the same voxels: a file's bytes are its identity for DVC and the slice fingerprints
+    # (ISA-L's deflate wrote other bytes from one run to the next in the pool's workers, and every refetch retrained)
+    for serial_folder, folder in zip(serial_folders, parallel_folders):
+        for kind in KINDS:
+            name = f"{folder.name}_{kind}.nii.gz"
+            assert (folder / name).read_bytes() == (serial_folder / name).read_bytes(), name
+    written = (parallel_folders[0] / f"{parallel_folders[0].name}_flair.nii.gz").read_bytes()
+    assert written == gzip.compress(gzip.decompress(written), 1, mtime=0)  # zlib's deterministic stream
 
 
 def test_interrupted_write_leaves_no_complete_looking_patient(tmp_path, monkeypatch):

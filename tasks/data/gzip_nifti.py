@@ -4,7 +4,10 @@ Inflating and deflating are most of the cost of reading a BraTS patient and of w
 (`isal`, a pinned dependency of the pipeline; the API image does without it) produces and accepts standard gzip
 streams: the voxels read are the same, and files it writes open in every NIfTI tool. Measured on 2 cores (one
 patient's five files): reading in about 60 % of nibabel's time (0.11–0.17 s against 0.18–0.30 s, with the state of
-the process's heap); compressing 38 ms instead of zlib's 288 ms at level 1, and 6 % smaller.
+the process's heap). Writing uses the standard library's zlib: ISA-L's deflate is not deterministic in a
+long-lived process (the fetch step's pool workers wrote other bytes for the same voxels from one run to the next,
+0–2 files of 240 per run, measured 2026-12-02), and a file's bytes are its identity for DVC and for the slice step's
+fingerprints: every refetch then changed `data/raw`'s hash and retrained the model on the same voxels.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from pathlib import Path
 
 import nibabel as nib
 
+import gzip
+
 try:
     from isal import igzip as gzip_codec
-except ImportError:  # an environment without the wheel reads and writes the same format with the standard library
-    import gzip as gzip_codec
+except ImportError:  # an environment without the wheel reads the same format with the standard library
+    gzip_codec = gzip
 
 log = logging.getLogger(__name__)
 
@@ -61,5 +66,5 @@ def _read_single_file(path: Path) -> nib.spatialimages.SpatialImage:
 
 def write_nifti_gz(image: nib.Nifti1Image, path: Path) -> None:
     """`nib.save(image, path)` for a .nii.gz: the same NIfTI bytes, gzipped with a zero timestamp as nibabel does, so
-    the same image always gives the same file."""
-    path.write_bytes(gzip_codec.compress(image.to_bytes(), COMPRESS_LEVEL, mtime=0))
+    the same image always gives the same file (zlib, not ISA-L: see the module docstring)."""
+    path.write_bytes(gzip.compress(image.to_bytes(), COMPRESS_LEVEL, mtime=0))

@@ -16,9 +16,11 @@ RAW_INTENSITY_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
-    """Axial slice `z` of an (X, Y, Z) volume in display orientation (anterior up), as radiologists view it.
+    """Axial slice `z` of an (X, Y, Z) volume, rotated by 90° as stored (the affine is not consulted).
 
-    BraTS volumes are stored x-by-y; rotating by 90° gives the same orientation as the Kaggle images.
+    For BraTS's LPS storage this shows the brain posterior up, patient's left on the right; a photo is usually
+    anterior up. README, "Known limit: slice orientation": reorienting changes every processed slice, so it waits for
+    a retraining with new seed sweeps.
     """
     return np.rot90(volume[:, :, z])
 
