@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.config import load_settings
+from serve.inference import in_flair_channel
 from tasks.data.preprocess import prepare_photo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,9 @@ def latency(url: str, model_path: Path, png: bytes, runs: int) -> dict:
 
     session = ort.InferenceSession(str(model_path), providers=ort.get_available_providers())
     name = session.get_inputs()[0].name
-    x = prepare_photo(Image.open(io.BytesIO(png)), SLICE_SIDE)[None].astype(np.float32)
+    # what serving feeds the model: the photo in the FLAIR channel of as many channels as the model takes
+    channels = session.get_inputs()[0].shape[1]
+    x = in_flair_channel(prepare_photo(Image.open(io.BytesIO(png)), SLICE_SIDE), channels)[None]
     http = http_session()
     times = {"api": [], "bare_onnxruntime": []}
     for i in range(WARMUP + runs):

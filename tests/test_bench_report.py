@@ -105,3 +105,16 @@ def test_a_full_bench_run_keeps_the_figures_it_does_not_measure_again(monkeypatc
     report = bench_main.run_all({"api", "gpu", "hostile", "loader", "peer", "seeds", "volume"})
     assert report["slice_score_amx"] == {"auc": 0.97} and "AMD EPYC" in report["by_cpu"]
     assert report["pipeline"] == {"pipeline_seconds": 600}  # what it measured is replaced
+
+
+def test_a_full_run_without_a_gpu_keeps_a_measured_gpu_figure_and_drops_the_partial_run_note(monkeypatch, tmp_path):
+    import bench.__main__ as bench_main
+    import bench.bench_gpu as bench_gpu
+
+    report_file = tmp_path / "bench.json"
+    report_file.write_text(json.dumps({"gpu": {"measured": True, "images_per_s": 1200}, "pipeline_date": "2026-12-01"}))
+    monkeypatch.setattr(bench_main, "REPORT", report_file)
+    monkeypatch.setattr(bench_main, "merge_pipeline_figures", lambda report, peer: None)
+    monkeypatch.setattr(bench_gpu, "run", lambda: {"measured": False, "reason": "no CUDA device"})
+    report = bench_main.run_all({"api", "hostile", "loader", "peer", "seeds", "volume"})
+    assert report["gpu"] == {"measured": True, "images_per_s": 1200} and "pipeline_date" not in report
