@@ -118,6 +118,28 @@ def test_subgroups_say_where_the_classifier_errs():
     assert sum(b["n"] for b in by_area.values()) == 6  # Kaggle tumours have no area: not binned
 
 
+def test_a_subgroup_ratio_without_a_denominator_is_undefined_not_zero():
+    """A source without tumours has no sensitivity, an empty area bin detects nothing: 0.0 read like a measured miss
+    in metrics.json, MLflow and the model card. NaN here, null in metrics.json, 'n/a' where it is printed."""
+    import io
+
+    from rich.console import Console
+
+    from tasks.release.summary import _where_it_errs
+
+    slices = pd.DataFrame({"source": ["brats"] * 3 + ["kaggle"] * 3, "label": [1, 1, 0, 0, 0, 0],
+                           "probability": [0.9, 0.2, 0.1, 0.1, 0.7, 0.2], "tumour_area_mm2": [300, 3000] + [0] * 4})
+    groups = metrics.subgroup_metrics(slices, threshold=0.5)
+    kaggle = groups["classification_by_source"]["kaggle"]
+    assert np.isnan(kaggle["sensitivity"]) and kaggle["specificity"] == pytest.approx(2 / 3)
+    assert np.isnan(groups["sensitivity_by_tumour_area"]["0_to_100_mm2"]["sensitivity"])
+    written = json.loads(json.dumps(evaluation_report._finite_or_null(groups)))
+    assert written["classification_by_source"]["kaggle"]["sensitivity"] is None
+    console = Console(file=io.StringIO(), width=300)
+    console.print(_where_it_errs(written))
+    assert "kaggle accuracy 0.667, sensitivity n/a (3 slices)" in console.file.getvalue()
+
+
 def test_region_scores_land_in_metrics_json_with_intervals():
     rng = np.random.default_rng(5)
     val = predictions(rng.uniform(0, 0.6, 10), rng.uniform(0.4, 1, 10))

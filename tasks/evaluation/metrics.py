@@ -110,9 +110,13 @@ def subgroup_metrics(slices: pd.DataFrame, threshold: float) -> dict[str, dict]:
     by_source = {}
     for source in sorted(slices["source"].unique()):
         at = (slices["source"] == source).to_numpy()
-        scores = classification_metrics(labels[at], probability[at], threshold)  # one class only: AUCs NaN, unused
-        by_source[source] = {"n": scores["n"], "positives": int(labels[at].sum()),
-                             **{k: scores[k] for k in ("accuracy", "sensitivity", "specificity")}}
+        positives, negatives = int(labels[at].sum()), int((~labels[at]).sum())
+        # a source with no tumour has no sensitivity (and one with only tumours no specificity): NaN, null in
+        # metrics.json, never a 0.0 that reads like a measured miss
+        by_source[source] = {"n": int(at.sum()), "positives": positives,
+                             "accuracy": _ratio_or_nan(int((predicted[at] == labels[at]).sum()), int(at.sum())),
+                             "sensitivity": _ratio_or_nan(int((predicted[at] & labels[at]).sum()), positives),
+                             "specificity": _ratio_or_nan(int((~predicted[at] & ~labels[at]).sum()), negatives)}
     by_area = {}
     if "tumour_area_mm2" in slices:
         area = slices["tumour_area_mm2"].to_numpy(dtype=float)
@@ -120,7 +124,7 @@ def subgroup_metrics(slices: pd.DataFrame, threshold: float) -> dict[str, dict]:
         for low, high in zip(TUMOUR_AREA_BINS_MM2[:-1], TUMOUR_AREA_BINS_MM2[1:]):
             at = tumour & (area >= low) & (area < high)
             name = f"{low:g}_to_{high:g}_mm2" if np.isfinite(high) else f"over_{low:g}_mm2"
-            by_area[name] = {"n": int(at.sum()), "sensitivity": _ratio(int((predicted & at).sum()), at.sum())}
+            by_area[name] = {"n": int(at.sum()), "sensitivity": _ratio_or_nan(int((predicted & at).sum()), at.sum())}
     return {"classification_by_source": by_source, "sensitivity_by_tumour_area": by_area}
 
 

@@ -75,6 +75,12 @@ def area_bin_title(name: str) -> str:
     return name.replace("_to_", "–").replace("_mm2", " mm²").replace("over_", "≥ ")
 
 
+def _share(value: float | None, decimals: int) -> str:
+    """A ratio as text; n/a where it is undefined (null in metrics.json: e.g. the sensitivity of a source without
+    tumours)."""
+    return "n/a" if value is None else f"{value:.{decimals}f}"
+
+
 def _where_it_errs(metrics: dict) -> str:
     """One line per subgroup family: accuracy and sensitivity per source, tumour slices detected by size."""
     by_source = metrics.get("classification_by_source") or {}
@@ -82,10 +88,10 @@ def _where_it_errs(metrics: dict) -> str:
     lines = []
     if by_source:
         lines.append("classifier by source: " + "; ".join(
-            f"{source} accuracy {m['accuracy']:.3f}, sensitivity {m['sensitivity']:.3f} ({m['n']} slices)"
+            f"{source} accuracy {_share(m['accuracy'], 3)}, sensitivity {_share(m['sensitivity'], 3)} ({m['n']} slices)"
             for source, m in by_source.items()))
     if by_area:
         lines.append("BraTS tumour slices detected, by tumour area: " + "; ".join(
-            f"{area_bin_title(name)} {m['sensitivity']:.2f} "
+            f"{area_bin_title(name)} {_share(m['sensitivity'], 2)} "
             f"({m['n']})" for name, m in by_area.items() if m["n"]))
     return "\n".join(lines)
