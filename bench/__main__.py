@@ -115,6 +115,8 @@ def run_some(names: list[str]) -> dict:
     report.setdefault("machine", {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                                   "python": platform.python_version()})
     report.setdefault("date", time.strftime("%Y-%m-%d"))
+    for name in names:  # what this partial run measured, and when (the header's date is the last full run's)
+        report.setdefault("rerun_dates", {})[name] = time.strftime("%Y-%m-%d")
     if "pipeline" in names:  # with peer too, the peer gets the from-scratch run's training time (a quiet machine's)
         merge_pipeline_figures(report, peer="peer" in names)
         report["pipeline_date"] = time.strftime("%Y-%m-%d")
@@ -268,7 +270,9 @@ def loader_rows(loader: dict) -> list[tuple[str, str, str]]:
 
 def markdown(report: dict) -> str:
     machine = report["machine"]
-    lines = [f"Measured by `make bench` on {report['date']}: {machine['cpus']} CPU cores ({machine['processor']}), "
+    # `make bench --only ...` reruns some rows and keeps the others: the date is the last full run's, not every row's
+    lines = [f"Measured by `make bench` (last full run {report['date']}; rows rerun since with `--only` say so, or "
+             f"their entry in `reports/bench.json` does): {machine['cpus']} CPU cores ({machine['processor']}), "
              f"Python {machine['python']}; raw figures in `reports/bench.json`.", "",
              "| figure | measured | detail |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(report)]
