@@ -155,6 +155,25 @@ def test_score_patients_on_raw_volumes_2020_and_2023_conventions(tmp_path):
     assert (scores[["wt_dice", "tc_dice", "et_dice"]] > 0.5).all().all()
 
 
+def test_a_whole_tumour_models_errors_are_whole_tumour_errors(tmp_path):
+    """A 1-region model labels all it finds 2: compared label by label with the truth, every correctly found
+    necrosis or enhancing voxel (1, 4) counted as an error of its uncertainty figures."""
+    truth = hand_made_cases()["shifted"][1]
+    volume = np.where(np.ones(truth.shape, bool), 100.0, 0.0).astype(np.float32)
+    volume[truth == 2], volume[truth == 1], volume[truth == 4] = 300.0, 500.0, 800.0
+    write_raw_patient(tmp_path, "BraTS20_Training_001", truth, volume)
+    z = zscore_volume(volume)
+    brain, oedema = (float(z[np.nonzero(truth == label)][0]) for label in (0, 2))
+    scored = brats.evaluate_patient(TorchPredictor(Bright([(brain + oedema) / 2])), tmp_path / "BraTS20_Training_001",
+                                    ["flair"], 32)
+    assert scored["prediction"].regions == ("wt",) and scored["regions"]["wt"]["dice"] > 0.9
+    found = (scored["label_map"] > 0) & (scored["truth"] > 0)
+    assert ((scored["truth"] != 2) & found).any()  # core voxels found, labelled 2 by a whole-tumour model
+    wrong = (scored["label_map"] > 0) != (scored["truth"] > 0)
+    brain_mask = np.ones(truth.shape, bool)
+    assert scored["uncertainty"] == brats.uncertainty_on_errors(scored["prediction"].uncertainty, wrong, brain_mask)
+
+
 def test_regions_report_shape_intervals_and_null_regions():
     scores = pd.DataFrame({"patient": ["a", "b", "c"], "wt_dice": [0.8, 0.9, 0.7], "wt_hd95": [3.0, 2.0, 5.0],
                            "uncertainty_mean_on_errors": [0.5, 0.6, 0.4],

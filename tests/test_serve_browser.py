@@ -270,6 +270,28 @@ def test_patient_viewer_shows_regions_and_uncertainty_when_the_answer_has_them(b
     assert canvas_sum(browser, "vol-canvas") != before  # the uncertainty heat map is drawn over the slice
 
 
+def test_a_whole_tumour_model_is_drawn_as_the_whole_tumour_not_as_oedema(browser, server):
+    """A 1-region model's label map calls all it finds oedema (2): the viewer showed it so, under a legend of labels
+    that model cannot predict. Its answer now draws the whole tumour, with that legend."""
+    import json
+    import urllib.request
+
+    open_page(browser, server, "patient")
+    example = visible(browser, "vol-example")
+    listing = json.load(urllib.request.urlopen(f"{server}/v1/examples", timeout=60))
+    volume = next(e for e in listing["examples"] if e["kind"] == "volume")
+    request = urllib.request.Request(f"{server}/v1/examples/{volume['id']}/predict?images=true", method="POST")
+    answer = with_region_fields(json.load(urllib.request.urlopen(request, timeout=300))) | {"regions": ["wt"]}
+    browser.execute_script(
+        "const answer = arguments[0], real = window.fetch;"
+        "window.fetch = (url, options) => String(url).includes('/v1/examples/volume') ?"
+        "  Promise.resolve(new Response(JSON.stringify(answer), {status: 200})) : real(url, options);", answer)
+    example.click()
+    visible(browser, "vol-result")
+    legend = browser.find_element("id", "vol-legend").text
+    assert "whole tumour (predicted)" in legend and "enhancing" not in legend and "oedema" not in legend
+
+
 def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots, tmp_path):
     from tasks.release.examples import colour_photo
 

@@ -22,7 +22,9 @@ function blobUrl(base64, type = "application/gzip") {
 
 async function layers(result) {
   const all = (field, then = (x) => x) => Promise.all(result.slices.map(async (s) => then(await loadImage(s[field]))));
-  const hasLabels = result.slices.some((s) => s.labels_png);
+  // the label overlay and its legend for a model of the three BraTS regions; a whole-tumour model's label map calls
+  // everything it finds oedema (2), so its mask is drawn as the whole tumour instead
+  const hasLabels = (result.regions || []).length > 1 && result.slices.some((s) => s.labels_png);
   patient.base = await all("image_png");
   patient.pred = hasLabels ? await all("labels_png") : await all("mask_png", (m) => tinted(m, PRED_RGB));
   patient.truth = await all("truth_png", (t) => outline(t));

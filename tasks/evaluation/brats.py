@@ -126,7 +126,9 @@ def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: S
     result = predict_volume(predictor, volumes, image_size, flips, threshold)
     brain = brain_of(volumes)
     scores = region_scores(result.label_map, truth, spacing, result.regions)
-    errors = uncertainty_on_errors(result.uncertainty, result.label_map != truth, brain | (truth > 0))
+    # a whole-tumour-only model labels all it finds 2: its errors are whole-tumour errors, not label mismatches
+    wrong = (result.label_map > 0) != (truth > 0) if len(result.regions) == 1 else result.label_map != truth
+    errors = uncertainty_on_errors(result.uncertainty, wrong, brain | (truth > 0))
     return {"patient": patient_dir.name, "regions": scores, "uncertainty": errors, "label_map": result.label_map,
             "truth": truth, "spacing": spacing, "prediction": result}
 
