@@ -349,22 +349,24 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
 
     @app.post("/v1/examples/{example_id}/predict")
     async def predict_example(example_id: str, images: bool = Query(
-            True, description="volume examples: add every slice, its overlays and the truth as PNG")) -> Response:
+            True, description="volume examples: add every slice, its overlays and the truth as PNG"),
+            gradcam: bool = Query(False, description="slice examples: add a Grad-CAM overlay, as /v1/predict does")
+            ) -> Response:
         """The /v1/predict (or /v1/predict/volume) answer for one example, plus the truth overlay when known."""
         model = served_model()
         entry = find_example(model, example_id)
         if entry["kind"] != "volume":
-            return await run_in_threadpool(predicted_example, model, entry)
+            return await run_in_threadpool(predicted_example, model, entry, gradcam)
         parts = [FilePart(field, name, open(path, "rb"), path.stat().st_size)
                  for field, name, path in volume_uploads(entry, model.examples, model.modalities)]
         # the volume route's own handler, as if the example's files had been uploaded, plus the truth
         return await volume_answer(parts, model, images, False,
                                    lambda answer: json_response(with_volume_truth(answer, model, entry)))
 
-    def predicted_example(model: ServedModel, entry: dict) -> Response:
-        with budget.reserve(inference_bytes(model, 1), entry["id"]):
+    def predicted_example(model: ServedModel, entry: dict, gradcam: bool = False) -> Response:
+        with budget.reserve(inference_bytes(model, 1) * (2 if gradcam else 1), entry["id"]):
             return json_response(predict_slice_example(model, entry, cfg.ood_threshold, cfg.max_slice_mb,
-                                                       cfg.max_image_side))
+                                                       cfg.max_image_side, gradcam))
 
     @app.get("/model/compare")
     def compare() -> Response:

@@ -111,10 +111,11 @@ def truth_mask_png(folder: Path, entry: dict, size: int) -> str | None:
 
 
 def predict_slice_example(model: ServedModel, entry: dict, ood_threshold: float, max_slice_mb: float,
-                          max_side: int) -> dict:
-    """The /v1/predict answer for a slice example, with `truth_png` (when known) and `example`."""
+                          max_side: int, gradcam: bool = False) -> dict:
+    """The /v1/predict answer for a slice example (with its Grad-CAM overlay on request), with `truth_png` (when
+    known) and `example`."""
     item = prepared_example(model, entry, model.examples, ood_threshold, max_slice_mb, max_side)
-    result = slice_results(model, [item], ood_threshold)[0]
+    result = slice_results(model, [item], ood_threshold, gradcam)[0]
     return result | {"truth_png": truth_mask_png(model.examples, entry, model.image_size), "example": public(entry)}
 
 

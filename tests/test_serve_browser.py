@@ -357,6 +357,18 @@ def test_an_upload_with_grad_cam_and_an_api_error_shown_as_a_message(browser, se
     assert "unsupported file type" in browser.find_element("id", "slice-error").text
     assert not browser.find_element("id", "slice-result").is_displayed()
 
+    # an example after the upload: the Grad-CAM box re-runs the example (it re-sent the old upload, and the example
+    # route gave no Grad-CAM at all)
+    browser.find_element("id", "slice-gradcam").click()  # off
+    browser.find_element("id", "tab-examples").click()
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
+    wait(browser, lambda d: d.find_element("id", "slice-title").text.startswith("example: tumour"))
+    assert not browser.find_element("id", "slice-gradcam-figure").is_displayed()
+    browser.find_element("id", "slice-gradcam").click()  # on: the same example, explained
+    visible(browser, "slice-gradcam-figure")
+    assert browser.find_element("id", "slice-title").text.startswith("example: tumour")
+
 
 def test_patient_files_go_to_the_api_as_the_modalities_their_names_say(browser, server, project, tmp_path):
     patient, takes = project["patient"], project["settings"].modalities  # FLAIR alone, or four (a trained export)

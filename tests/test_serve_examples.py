@@ -63,7 +63,10 @@ def test_examples_list_and_predict(bundle, tmp_path):
         answer = client.post(f"/v1/examples/{tumour['id']}/predict").json()
         truth, mask = decode_png(answer["truth_png"]) > 0, decode_png(answer["mask_png"]) > 0
         assert answer["has_tumor"] is True and (truth & mask).sum() > 0  # the stand-in finds the bright disc
-        assert answer["example"]["id"] == tumour["id"]
+        assert answer["example"]["id"] == tumour["id"] and "gradcam_png" not in answer
+        # the page's Grad-CAM box on an example: the example route takes the switch /v1/predict takes
+        explained = client.post(f"/v1/examples/{tumour['id']}/predict?gradcam=true").json()
+        assert decode_png(explained["gradcam_png"]).shape[-1] == 3 and explained["has_tumor"] is True
 
         photo = client.post("/v1/examples/ood-photo/predict").json()
         assert photo["has_tumor"] is None and "colour" in photo["warning"]

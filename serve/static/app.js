@@ -123,9 +123,12 @@ function drawSlice() {
   ]);
 }
 
+let lastSliceExample = null;  // what the Grad-CAM box re-runs: the example shown last, or else the chosen file
+
 async function predictSliceFile() {
   const file = $("slice-file").files[0];
   if (!file) return;
+  lastSliceExample = null;
   const ok = await busy("slice", async () =>
     showSlice(await postFiles(`/v1/predict?gradcam=${$("slice-gradcam").checked}`, "file", [file]), file.name));
   if (!ok) show("slice-result", false);
@@ -133,14 +136,16 @@ async function predictSliceFile() {
 
 async function runSliceExample(example) {
   openView("slice");
+  lastSliceExample = example;
+  const url = `/v1/examples/${encodeURIComponent(example.id)}/predict?gradcam=${$("slice-gradcam").checked}`;
   const ok = await busy("slice", async () =>
-    showSlice(await api(`/v1/examples/${encodeURIComponent(example.id)}/predict`, { method: "POST" }),
-      "example: " + example.title));
+    showSlice(await api(url, { method: "POST" }), "example: " + example.title));
   if (!ok) show("slice-result", false);
 }
 
 $("slice-file").addEventListener("change", predictSliceFile);
-$("slice-gradcam").addEventListener("change", predictSliceFile);
+$("slice-gradcam").addEventListener("change", () =>
+  (lastSliceExample ? runSliceExample(lastSliceExample) : predictSliceFile()));
 for (const id of ["slice-opacity", "slice-show-pred", "slice-show-truth"]) $(id).addEventListener("input", drawSlice);
 
 // ---------------------------------------------------------------- start
