@@ -292,6 +292,35 @@ def test_a_whole_tumour_model_is_drawn_as_the_whole_tumour_not_as_oedema(browser
     assert "whole tumour (predicted)" in legend and "enhancing" not in legend and "oedema" not in legend
 
 
+def test_the_page_follows_a_new_champion_without_a_reload(browser, server):
+    """The server swaps in a new champion while the page stays open: the header, the examples (bundled with each
+    model) and the Model tab followed it only on a reload, describing the old model beside the new one's answers."""
+    open_page(browser, server, "examples")
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    shown = browser.find_element("id", "model-version").text
+    browser.execute_script(  # from now on /model/info names another version; count what the page asks for again
+        "window.asked = []; const real = window.fetch;"
+        "window.fetch = async (url, options) => { window.asked.push(String(url));"
+        "  const answer = await real(url, options);"
+        "  if (!String(url).endsWith('/model/info')) return answer;"
+        "  const info = await answer.json();"
+        "  info.version = '999'; info.tags = {...(info.tags || {}), onnx_sha256: 'new'}; info.source = 'registry';"
+        "  info.alias = info.alias || 'champion';"
+        "  return new Response(JSON.stringify(info), {status: 200}); };"
+        "document.dispatchEvent(new Event('visibilitychange'));")
+    header = "return (document.getElementById('model-version') || {}).textContent || ''"  # rewritten in place
+    wait(browser, lambda d: "v999" in d.execute_script(header))
+    assert browser.execute_script(header) != shown
+    wait(browser, lambda d: any(u.endswith("/v1/examples") for u in d.execute_script("return window.asked")))
+    asked = browser.execute_script("return window.asked")
+    browser.execute_script("window.asked = []; document.dispatchEvent(new Event('visibilitychange'));")
+    wait(browser, lambda d: any(u.endswith("/model/info") for u in d.execute_script("return window.asked")))
+    import time
+
+    time.sleep(1)  # what the page would do after that answer: nothing, the model is the same
+    assert not any(u.endswith("/v1/examples") for u in browser.execute_script("return window.asked")), asked
+
+
 def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots, tmp_path):
     from tasks.release.examples import colour_photo
 

@@ -2,7 +2,7 @@
 import { $, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage, openView, outline, pct,
   pngSrc, postFiles, show, showWarning, tinted } from "./common.js";
 import { setupBatch } from "./batch.js";
-import { loadModelView } from "./model.js";
+import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
 
 const state = { info: null, examples: [] };
@@ -38,11 +38,15 @@ window.addEventListener("hashchange", () => {
 });
 
 // ---------------------------------------------------------------- header: the served model
+// Which model is served: the server swaps in a new champion while the page stays open (serve.poll_seconds).
+const identity = (info) => (info ? `${info.name}|${info.version}|${(info.tags || {}).onnx_sha256 || ""}` : "none");
+
 async function loadModelInfo() {
   const box = $("model-info");
   try {
     const info = await api("/model/info");
     state.info = info;
+    state.identity = identity(info);
     $("batch-limit").textContent = (info.limits || {}).max_batch_files ?? 50;
     const name = info.source === "registry" ? `${info.name} v${info.version} (${info.alias})` : `file ${info.name}`;
     const cls = (info.metrics || {}).classification || {};
@@ -53,8 +57,22 @@ async function loadModelInfo() {
       metric("sensitivity", cls.sensitivity) + metric("Dice", seg.dice) + gate;
     box.title = info.detail || "";
   } catch (error) {
+    state.info = null;
+    state.identity = identity(null);
     box.innerHTML = `<span class="none" id="model-unavailable">no model served: ${esc(error.message)}</span>`;
   }
+}
+
+// Asked again every minute and when the page comes back into view: a new model refreshes the header, the examples
+// (bundled with each model) and the Model tab, instead of describing the old one beside the new one's predictions.
+async function watchModel() {
+  const before = state.identity;
+  await loadModelInfo();
+  if (state.identity === before) return;
+  forgetModelView();
+  $("examples-error").hidden = true;
+  await loadExamples();
+  if (location.hash === "#model") loadModelView();
 }
 
 // ---------------------------------------------------------------- examples gallery
@@ -155,3 +173,5 @@ const initial = tabs.find((t) => "#" + t.dataset.view === location.hash) || tabs
 selectTab(initial);
 loadModelInfo();
 loadExamples();
+setInterval(watchModel, 60_000);
+document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") watchModel(); });

@@ -144,6 +144,11 @@ async function load() {
   await compareSection(compare);
 }
 
+// The served model changed (the server swapped in a new champion): the next visit loads the new one's details.
+export function forgetModelView() {
+  loaded = null;
+}
+
 export function loadModelView() {
   if (!loaded) {
     $("model-error").hidden = true;
