@@ -62,12 +62,14 @@ def images_per_second(settings: Settings, train: TrainSettings, model_cfg: UNetC
     warmup_seconds = time.perf_counter() - started
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    runner.train_epoch(loaders[1], 1, 1, on_batch=lambda loss: None)  # loss.item() per step syncs as training does
+    steps_done: list[float] = []  # loss.item() per step syncs as training does, so each time is a finished step
+    runner.train_epoch(loaders[1], 1, 1, on_batch=lambda loss: steps_done.append(time.perf_counter()))
     _synchronize(device)
-    seconds = time.perf_counter() - started
+    # timed from the end of the first step: before it, the new loader starts its workers and fills their first
+    # prefetch, a fixed cost that would pull every variant's rate, and their ratios, towards the loader's
+    seconds = time.perf_counter() - steps_done[0]
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    return len(loaders[1]) * train.batch_size / seconds, peak, warmup_seconds
+    return (len(steps_done) - 1) * train.batch_size / seconds, peak, warmup_seconds
 
 
 def _synchronize(device: torch.device) -> None:
@@ -85,8 +87,10 @@ def run(profile: str = "production", batch_size: int | None = None, steps: int =
     model_cfg = model_config_for(settings, profile)
     batch = batch_size or settings.train.batch_size
     # + 1 sample: more samples than one batch makes the loader drop the incomplete last batch, as in training.
-    data = random_slices(batch * steps + 1, size.image_size, settings.in_channels, seed=1)
-    warm = random_slices(batch * warmup + 1, size.image_size, settings.in_channels, seed=2)
+    # the timed profile's channels (the active profile may read other modalities); one more step than timed: the
+    # first one's end starts the clock
+    data = random_slices(batch * (steps + 1) + 1, size.image_size, model_cfg.in_channels, seed=1)
+    warm = random_slices(batch * warmup + 1, size.image_size, model_cfg.in_channels, seed=2)
     target = torch.device(device)
     report = {"measured": True, "device": torch.cuda.get_device_name(target) if target.type == "cuda" else "cpu",
               "torch": torch.__version__, "profile": profile, "image_size": size.image_size,
