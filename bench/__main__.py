@@ -50,6 +50,8 @@ def run_all(skip: set[str]) -> dict:
                                            "python": platform.python_version()},
                                "date": time.strftime("%Y-%m-%d"), "by_cpu": previous.get("by_cpu", {})}
     report.pop("pipeline_date", None)  # the pipeline rows are measured again below, by this full run
+    # a partial run's date stays only for what this full run skips (slicing is part of the pipeline rows)
+    report["rerun_dates"] = {name: day for name, day in report.get("rerun_dates", {}).items() if name in skip}
     merge_pipeline_figures(report, peer="peer" not in skip)
     if "seeds" not in skip:
         console.rule("quality across seeds: the quick pipeline as DVC experiments")

@@ -29,7 +29,7 @@ def retraining_schedule(settings: Settings) -> Cron:
     schedule = settings.schedule
     try:
         ZoneInfo(schedule.timezone)  # Prefect takes any name here and fails later, in the scheduler
-    except (ValueError, ZoneInfoNotFoundError) as exc:
+    except (ValueError, OSError, ZoneInfoNotFoundError) as exc:  # "Europe" is a folder of zones: IsADirectoryError
         raise SliceWiseError(f"schedule.timezone {schedule.timezone!r} is not a time zone name (e.g. 'UTC', "
                              "'Europe/Paris')", paths.PARAMS) from exc
     try:

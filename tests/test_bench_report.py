@@ -98,13 +98,15 @@ def test_a_full_bench_run_keeps_the_figures_it_does_not_measure_again(monkeypatc
 
     report_file = tmp_path / "bench.json"
     report_file.write_text(json.dumps({"slice_score_amx": {"auc": 0.97}, "pipeline": {"pipeline_seconds": 900},
-                                       "by_cpu": {"AMD EPYC": {"seeds": sweep("AMD EPYC 9R14", 0.8)}}}))
+                                       "by_cpu": {"AMD EPYC": {"seeds": sweep("AMD EPYC 9R14", 0.8)}},
+                                       "rerun_dates": {"slice": "2026-12-01", "api": "2026-12-01"}}))
     monkeypatch.setattr(bench_main, "REPORT", report_file)
     monkeypatch.setattr(bench_main, "merge_pipeline_figures",
                         lambda report, peer: report.update(pipeline={"pipeline_seconds": 600}))
     report = bench_main.run_all({"api", "gpu", "hostile", "loader", "peer", "seeds", "volume"})
     assert report["slice_score_amx"] == {"auc": 0.97} and "AMD EPYC" in report["by_cpu"]
     assert report["pipeline"] == {"pipeline_seconds": 600}  # what it measured is replaced
+    assert report["rerun_dates"] == {"api": "2026-12-01"}  # slicing was measured again; the skipped API was not
 
 
 def test_a_full_run_without_a_gpu_keeps_a_measured_gpu_figure_and_drops_the_partial_run_note(monkeypatch, tmp_path):

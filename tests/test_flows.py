@@ -180,9 +180,10 @@ def test_a_cron_prefect_refuses_is_one_error_naming_the_key(tmp_path, monkeypatc
     set_params({"schedule.cron": "0 3 * *"}, params)
     with pytest.raises(SliceWiseError, match=r"schedule.cron '0 3 \* \*'.*not a schedule Prefect accepts"):
         build_deployment(load_settings(params))
-    set_params({"schedule.cron": "0 3 * * 1", "schedule.timezone": "Mars/Olympus"}, params)
-    with pytest.raises(SliceWiseError, match="Mars/Olympus"):
-        retraining_schedule(load_settings(params))
+    for zone in ("Mars/Olympus", "Europe"):  # no such zone; a folder of zones (IsADirectoryError, an OSError)
+        set_params({"schedule.cron": "0 3 * * 1", "schedule.timezone": zone}, params)
+        with pytest.raises(SliceWiseError, match=zone):
+            retraining_schedule(load_settings(params))
 
 
 def test_flows_cli_errors_are_one_line_with_their_brackets_and_a_down_server_is_named(tmp_path, monkeypatch):

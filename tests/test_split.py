@@ -110,7 +110,7 @@ def test_the_classification_bootstrap_resamples_a_near_duplicate_pair_as_one_uni
 def test_the_timepoints_of_one_brats_2023_subject_share_a_split(tmp_path):
     """BraTS 2023 names scans BraTS-GLI-<subject>-<timepoint>: a subject scanned twice is one person, and split folder
     by folder its timepoints landed in train and test (5 of 20 subjects in a review's run)."""
-    from tasks.data.splitting import subject_of
+    from tasks.data.subjects import subject_of
 
     rng = np.random.default_rng(1)
     raw = tmp_path / "raw"

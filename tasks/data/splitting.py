@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import imagehash
@@ -24,20 +23,11 @@ from tasks import paths
 from tasks.config import SplitSettings
 from tasks.data.shards import read_manifest, read_shard
 from tasks.data.splits import SPLITS, write_split
+from tasks.data.subjects import subject_of
 from tasks.errors import SliceWiseError
 from tasks.io import write_text_atomic
 
 log = logging.getLogger(__name__)
-
-# BraTS 2023 and later name a scan BraTS-<cohort>-<subject>-<timepoint> (BraTS-GLI-00008-000, BraTS-GLI-00008-001):
-# the timepoints of one subject are one person, so they go to one split together.
-SUBJECT_TIMEPOINT = re.compile(r"^(BraTS-[A-Za-z]+-\d+)-\d+$")
-
-
-def subject_of(patient: str) -> str:
-    """The person a patient folder is of: its subject for a BraTS 2023-style name, else the folder itself."""
-    match = SUBJECT_TIMEPOINT.match(patient)
-    return match.group(1) if match else patient
 
 
 def split_sizes(n: int, cfg: SplitSettings, what: str = "patients or image groups",

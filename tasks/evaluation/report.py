@@ -30,6 +30,7 @@ from tasks.config import EvaluateSettings
 from tasks.data.regions import REGIONS
 from tasks.data import splitting
 from tasks.data.splits import read_split, split_rows
+from tasks.data.subjects import subject_of
 from tasks.evaluation import brats, metrics, plots
 from tasks.evaluation.scoring import MaskThresholdTally, SplitPredictions, choose_mask_threshold, predict_split
 from tasks.inference.predictor import TorchPredictor
@@ -128,7 +129,7 @@ def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -
     """What the classification bootstrap resamples, per slice: its BraTS subject, or its Kaggle image's near-duplicate
     group (pHash distance <= `max_distance`, as the split step groups them: copies of one scan, kept in one split).
     Resampled one by one, copies counted as independent patients and narrowed the interval."""
-    units = slices["patient"].astype(str).map(splitting.subject_of)  # a subject's timepoints: one person
+    units = slices["patient"].astype(str).map(subject_of)  # a subject's timepoints: one person
     kaggle = slices[slices["source"] == "kaggle"]
     if len(kaggle) > 1:
         pairs = splitting.near_duplicate_pairs(splitting.perceptual_hashes(processed, kaggle), max_distance)

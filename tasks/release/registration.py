@@ -32,6 +32,7 @@ import numpy as np
 from tasks import paths
 from tasks.config import Settings
 from tasks.data.splits import iter_test_slices, read_split, split_rows
+from tasks.data.subjects import subject_of
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import LEGACY_SLICE_SCORE, evaluated_slice_score
 from tasks.io import read_json, sha256_file
@@ -129,9 +130,10 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
         metadata = read_json(local / EXTRA_FILES / METADATA_FILE, default=None)
         if metadata is None:
             raise ValueError(f"no readable {METADATA_FILE}")
-        seen = set(read_json(local / EXTRA_FILES / SEEN_PATIENTS_FILE, default=[]))  # older versions: none known
+        seen = read_json(local / EXTRA_FILES / SEEN_PATIENTS_FILE, default=[])  # older versions: none known
+        seen_subjects = {subject_of(patient) for patient in seen}  # another timepoint of a person it has seen
         today = read_split("test", splits_dir)
-        test = [patient for patient in today if patient not in seen]
+        test = [patient for patient in today if subject_of(patient) not in seen_subjects]
         if not test:
             return None
         rows = split_rows(processed, test)

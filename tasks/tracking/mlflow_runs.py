@@ -7,11 +7,13 @@ again in each process:
 1. `SLICEWISE_PARENT_RUN_ID` when set: the Prefect flow opens the parent with `open_parent_run` and sets it.
 2. otherwise `reports/.mlflow_parent_run`, written by the first step of a pipeline run. It is reused while its
    key (tracking URI, experiment, git commit, uncommitted source diff, params hash) equals the current one AND
-   the run is still RUNNING, or FAILED by a step that failed. `register`, the last step, logs into the parent
-   itself and ends it (FINISHED, or FAILED when it fails), which removes the file: the next `dvc repro` opens a
-   new parent even with unchanged code. A failed step ends its own run and the parent FAILED (tag `failed_step`),
-   so no run is left RUNNING; rerunning it reopens the same parent. A parent left RUNNING by a pipeline run whose
-   code or params have since changed is ended as KILLED.
+   the run is still RUNNING, or FAILED by a step that failed, or FINISHED with the file still there (`register`
+   ended it but was cut off before removing the file: its rerun must find the version it made). `register`, the
+   last step, logs into the parent itself and ends it (FINISHED, or FAILED when it fails), which removes the file:
+   the next `dvc repro` opens a new parent even with unchanged code. A failed step ends its own run and the parent
+   FAILED (tag `failed_step`), so no run is left RUNNING; rerunning it reopens the same parent. A parent left
+   RUNNING by a pipeline run whose code or params have since changed is ended FINISHED when every step it holds
+   finished (register had nothing new to register), else KILLED.
 """
 
 from __future__ import annotations
