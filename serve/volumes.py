@@ -280,12 +280,13 @@ def read_volume(upload: VolumeUpload) -> tuple[np.ndarray, VolumeImage]:
     to_skip = probe.data_offset - len(head)
     while to_skip > 0 and (block := stream.read(min(CHUNK, to_skip))):
         to_skip -= len(block)
+    if to_skip > 0:  # a plain file shorter than its header was refused by probe_volume; this is a race
+        raise short_data(probe, probe.data_offset - to_skip)
     raw = bytearray(head[probe.data_offset:probe.data_offset + probe.data_bytes])  # grows only as the data arrives
-    while to_skip <= 0 and len(raw) < probe.data_bytes and (
-            block := stream.read(min(CHUNK, probe.data_bytes - len(raw)))):
+    while len(raw) < probe.data_bytes and (block := stream.read(min(CHUNK, probe.data_bytes - len(raw)))):
         raw += block
-    if len(raw) < probe.data_bytes:  # a plain file shorter than its header was refused by probe_volume; a race
-        raise short_data(probe, probe.data_offset - max(to_skip, 0) + len(raw))
+    if len(raw) < probe.data_bytes:
+        raise short_data(probe, probe.data_offset + len(raw))
     voxels = np.frombuffer(raw, dtype=probe.dtype, count=probe.voxels)
     volume = voxels.reshape(probe.shape, order="F").astype(np.float32)
     del voxels, raw

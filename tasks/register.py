@@ -28,12 +28,11 @@ def main(settings: Settings) -> dict:
         result = {"registered": False, "model_name": settings.registry.model_name, "version": None,
                   "promoted": False, "alias": None, "gate": decision.as_dict()["criteria"],
                   "reason": f"not registered (tracking.enabled is false); the gate alone says {decision.reason}"}
-    else:
-        with tracked_step(settings, "register") as tracker:  # the parent run: register ends it
-            result = register_release(settings, release, tracker, paths.PROCESSED, paths.SPLITS)
-            # written before the parent run ends: if this write fails, the rerun reopens the same run and finds
-            # its version, instead of registering the model again
-            write_json_atomic(result, paths.REGISTER_REPORT)
+        write_json_atomic(result, paths.REGISTER_REPORT)
         return result
-    write_json_atomic(result, paths.REGISTER_REPORT)
+    with tracked_step(settings, "register") as tracker:  # the parent run: register ends it
+        result = register_release(settings, release, tracker, paths.PROCESSED, paths.SPLITS)
+        # written before the parent run ends: if this write fails, the rerun reopens the same run and finds its
+        # version, instead of registering the model again
+        write_json_atomic(result, paths.REGISTER_REPORT)
     return result

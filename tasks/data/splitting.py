@@ -138,7 +138,8 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
     subjects = sorted(by_subject["patient"].unique())
     subject_splits = _stratified_split(subjects, tumour_burden_strata(by_subject, subjects),
                                        split_sizes(len(subjects), cfg, "BraTS patients", manifest_path), seed)
-    splits = {name: sorted(p for p in patients if subject_of(p) in set(ids)) for name, ids in subject_splits.items()}
+    split_of_subject = {subject: name for name, ids in subject_splits.items() for subject in ids}
+    splits = {name: sorted(p for p in patients if split_of_subject[subject_of(p)] == name) for name in subject_splits}
     pairs: list[tuple[str, str]] = []
     if len(kaggle):
         pairs = near_duplicate_pairs(perceptual_hashes(processed, kaggle), cfg.phash_max_distance)

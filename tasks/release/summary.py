@@ -58,14 +58,15 @@ def print_summary(console: Console | None = None) -> None:
             console.print(where)
 
     if decision := read_json(paths.REGISTER_REPORT, default=None):
-        if decision.get("registered", True):
+        registered = decision.get("registered", True)  # false with tracking.enabled false: no version to trace
+        if registered:
             verdict = "[green]PROMOTED to champion[/]" if decision.get("promoted") else "[yellow]not promoted[/]"
             console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: "
                           f"{verdict}")
-        else:  # tracking.enabled false: no version, no champion to trace
+        else:
             console.print("[yellow]not registered[/] (tracking.enabled is false)")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
-        if decision.get("registered", True):
+        if registered:
             console.print("lineage: .venv/bin/python -m tasks lineage champion")
 
 
