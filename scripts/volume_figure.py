@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tasks.data.brats_files import find_part  # noqa: E402
+from tasks.data.orientation import Orientation  # noqa: E402
 from tasks.data.preprocess import axial_slice  # noqa: E402
 from tasks.data.volumes import load_volume  # noqa: E402
 from tasks.evaluation.brats import evaluate_patient  # noqa: E402
@@ -64,8 +65,9 @@ def main() -> None:
                          **{f"uncertainty_{k}": round(v, 4) for k, v in scored["uncertainty"].items()}})
             print(json.dumps(rows[-1]))
             if args.figure and name == "tta_on" and not drawn:
-                flair = load_volume(find_part(args.raw / patient, modalities[0])).data
-                draw(args.figure, flair, scored["truth"], scored["prediction"], patient, flips)
+                flair = load_volume(find_part(args.raw / patient, modalities[0]))
+                draw(args.figure, Orientation.of(flair.affine), flair.data, scored["truth"], scored["prediction"],
+                     patient, flips)
                 drawn = True
     for name in ("tta_off", "tta_on"):
         chosen = [r for r in rows if r["tta"] == name]
@@ -74,12 +76,15 @@ def main() -> None:
         print(json.dumps({"mean": name, "n": len(chosen), **means}))
 
 
-def draw(path: Path, flair, truth, result, patient, flips) -> None:
+def draw(path: Path, shown: Orientation, flair, truth, result, patient, flips) -> None:
+    """The slice with the most tumour, in display orientation (anterior up), as the slice step cuts slices."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    flair, truth, label_map, uncertainty = (shown.display(a) for a in (flair, truth, result.label_map,
+                                                                       result.uncertainty))
     z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
     image = axial_slice(flair, z)
@@ -87,9 +92,9 @@ def draw(path: Path, flair, truth, result, patient, flips) -> None:
     axes[0].set_title(f"{patient}, FLAIR, slice {z}", fontsize=9)
     axes[0].axis("off")
     overlay(axes[1], image, axial_slice(truth, z), "truth (red NCR, green ED, yellow ET)")
-    overlay(axes[2], image, axial_slice(result.label_map, z), f"prediction ({', '.join(result.regions).upper()})")
+    overlay(axes[2], image, axial_slice(label_map, z), f"prediction ({', '.join(result.regions).upper()})")
     axes[3].imshow(image, cmap="gray")
-    heat = axes[3].imshow(np.ma.masked_less(axial_slice(result.uncertainty, z), 0.02), cmap="inferno", vmin=0, vmax=1)
+    heat = axes[3].imshow(np.ma.masked_less(axial_slice(uncertainty, z), 0.02), cmap="inferno", vmin=0, vmax=1)
     axes[3].set_title(f"uncertainty (entropy, bits), TTA flips {[list(f) for f in flips]}", fontsize=9)
     axes[3].axis("off")
     fig.colorbar(heat, ax=axes[3], fraction=0.046)

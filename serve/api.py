@@ -321,7 +321,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         check_same_grid(probed, main)
         spatial = main.header.voxels // main.header.channels
         need = sum(u.header.memory_bytes(model.image_size, first=u is main) for u in probed) \
-            + inference_bytes(model, main.header.shape[2]) + volume_output_bytes(model, spatial)
+            + inference_bytes(model, main.header.axial_shape[2]) + volume_output_bytes(model, spatial)
         held, kept = budget.acquire(need, main.header.name), 0
         try:
             uploads, image = {}, None

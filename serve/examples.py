@@ -22,6 +22,7 @@ from serve.inference import PreparedSlice, prepare_slice, slice_results
 from serve.model_source import ServedModel
 from serve.ood import score_slice
 from serve.uploads import UploadError, decode_slice
+from tasks.data.orientation import Orientation
 from tasks.data.preprocess import axial_slice, prepare_array_slice
 from tasks.data.regions import REGION_LABELS, UnknownLabels, to_brats2020_labels
 from tasks.data.volumes import spacing_mm
@@ -71,8 +72,10 @@ def thumbnail(folder: Path, example_id: str) -> str:
     tumour (the most brain without a truth)."""
     entry = next(e for e in read_index(folder) if e["id"] == example_id)
     if entry["kind"] == "volume":
-        volume = np.asarray(nib.load(folder / entry["files"]["flair"]).dataobj, dtype=np.float32)
-        where = np.asarray(nib.load(folder / entry["truth"]).dataobj) if entry.get("truth") else volume
+        image = nib.load(folder / entry["files"]["flair"])
+        shown = Orientation.of(image.affine)  # anterior up, as the volume's slice answers are
+        volume = shown.display(np.asarray(image.dataobj, dtype=np.float32))
+        where = shown.display(np.asarray(nib.load(folder / entry["truth"]).dataobj)) if entry.get("truth") else volume
         pixels = to_display(axial_slice(volume, int(np.argmax((where > 0).sum(axis=(0, 1))))))
     elif entry["file"].endswith(".npy"):
         pixels = to_display(np.load(folder / entry["file"])[0])
@@ -127,7 +130,7 @@ def with_volume_truth(result: dict, model: ServedModel, entry: dict) -> dict:
         return result
     image = nib.load(model.examples / entry["truth"])
     try:  # in the 2020 convention (ET 4) whichever release the example came from, as the predictions are
-        seg = to_brats2020_labels(np.asarray(image.dataobj))
+        seg = Orientation.of(image.affine).display(to_brats2020_labels(np.asarray(image.dataobj)))
     except UnknownLabels:
         return result
     voxel_mm3 = float(np.prod(spacing_mm(image.header)))

@@ -22,6 +22,7 @@ from serve.model_source import ServedModel
 from serve.ood import OodResult, score_slice, score_volume
 from serve.uploads import DecodedSlice, UploadError
 from serve.volumes import VolumeImage, nifti_bytes
+from tasks.data.orientation import Orientation
 from tasks.data.preprocess import photo_gray, prepare_array_slice, prepare_photo
 from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.data.volumes import spacing_mm
@@ -164,17 +165,21 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     answers, the whole-tumour mask, the label map and the uncertainty map as NIfTI, cm³ per region. `flips`: the
     TTA flips (NO_TTA = none), run batched by tasks/inference/volume.py."""
     volumes = model_channels(model, uploads, name)
-    flair = uploads["flair"]
+    # Sliced in display orientation (anterior up, whichever way the file stores its voxels), as the training slices
+    # were cut; the slice answers are numbered in that orientation, the NIfTI answers are on the file's own grid.
+    shown = Orientation.of(image.affine)
+    flair = shown.display(uploads["flair"])
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow → the 422 below
-        inputs = prepare_channels(volumes, model.image_size)
+        inputs = prepare_channels([None if v is None else shown.display(v) for v in volumes], model.image_size)
     _check_finite(inputs, name)
     ood = score_volume(flair, inputs[:, :1], ood_threshold)
-    result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs)
+    result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs,
+                            affine=image.affine)
     _check_finite(result.tumour_probability, name)
     _check_finite(result.slice_probability, name)
     spacing = list(spacing_mm(image.header))
-    pixel_mm2 = spacing[0] * spacing[1]
-    area_px = result.whole_tumour.sum(axis=(0, 1))
+    pixel_mm2 = float(np.prod(shown.display_spacing(spacing)[:2]))
+    area_px = result.slice_areas_px()
     display = to_display(inputs[:, 0]) if with_images else None
     slices = []
     for z, probability in enumerate(result.tumour_probability.tolist()):
@@ -189,7 +194,8 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     region_cm3 = result.region_volumes_cm3(spacing)
     return {
         "filename": name,
-        "shape": list(flair.shape),
+        "shape": list(uploads["flair"].shape),
+        "orientation": "".join(shown.stored_axes),
         "voxel_spacing_mm": spacing,
         "threshold": model.threshold,
         "max_tumor_probability": round(float(probabilities.max()), 6),

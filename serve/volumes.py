@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from serve.uploads import GZIP_MAGIC, MB, MIN_SIDE, NIFTI1_MAGICS, NIFTI2_MAGIC, UploadError
+from tasks.data.orientation import Orientation
 from tasks.data.volumes import spacing_mm
 
 HEADER_BYTES = {nib.Nifti1Image: 348, nib.Nifti2Image: 540}
@@ -64,6 +65,12 @@ class VolumeHeader:
         return math.prod(self.shape)  # Python ints: a forged NIfTI-2 shape must not wrap to a small or negative count
 
     @property
+    def axial_shape(self) -> tuple[int, int, int]:
+        """(X, Y, Z) in display orientation, Z the axial slices the volume is cut into (tasks/data/orientation.py:
+        the affine says which stored axis that is). Needs an affine `_check_affine` passed."""
+        return Orientation.of(self.image.affine).display_shape(self.shape[:3])
+
+    @property
     def channels(self) -> int:
         return self.shape[3] if len(self.shape) == 4 else 1
 
@@ -81,7 +88,7 @@ class VolumeHeader:
         (serve.inference.inference_bytes) come on top, once per request. A further modality of the same request
         (`first=False`) adds only what it keeps: its raw bytes, its float32 voxels and its prepared slices; its
         z-scored copy and masks are made after the first one's are gone (tasks/inference/volume.prepare_channels)."""
-        model_pixels = self.shape[2] * self.channels * image_size * image_size
+        model_pixels = self.axial_shape[2] * self.channels * image_size * image_size
         if not first:
             return self.data_bytes + 4 * self.voxels + 4 * model_pixels
         return self.data_bytes + BYTES_PER_VOXEL * self.voxels + BYTES_PER_MODEL_PIXEL * model_pixels
@@ -208,17 +215,19 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
         four_d = f", or one 4D (X, Y, Z, {channels}) volume of the model's modalities" if channels > 1 else ""
         raise UploadError(422, f"{name}: volume of shape {shape} has {len(shape)} dimensions; expected one 3D "
                                f"(X, Y, Z) volume{four_d}")
-    if min(shape[:2]) < MIN_SIDE or shape[2] < 1:
-        raise UploadError(422, f"{name}: volume of shape {shape} is too small (at least {MIN_SIDE}x{MIN_SIDE} "
-                               "pixels per axial slice)")
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise UploadError(422, f"{name}: voxels of type {dtype}; expected integers or floats")
     probe = VolumeHeader(name, gzipped, VolumeImage(image_class, header, affine), shape, dtype, offset)
+    _check_affine(probe)  # before the axial axes are read from it
+    axial = probe.axial_shape  # the slices are cut along the axial axis, whichever axis stores it
+    if min(axial[:2]) < MIN_SIDE or axial[2] < 1:
+        raise UploadError(422, f"{name}: volume of shape {shape} is too small (at least {MIN_SIDE}x{MIN_SIDE} "
+                               "pixels per axial slice)")
     if probe.voxels // probe.channels > max_voxels:
         raise UploadError(413, f"{name}: {'x'.join(map(str, shape[:3]))} = {probe.voxels // probe.channels:,} voxels; "
                                f"the limit is {max_voxels:,} (serve.max_voxels)")
-    if shape[2] > max_slices:
-        raise UploadError(413, f"{name}: {shape[2]} axial slices; the limit is {max_slices} (serve.max_slices)")
+    if axial[2] > max_slices:
+        raise UploadError(413, f"{name}: {axial[2]} axial slices; the limit is {max_slices} (serve.max_slices)")
     if offset + probe.data_bytes > size_limit_mb * MB:
         raise UploadError(413, f"{name}: the header declares {probe.data_bytes / MB:.1f} MB of voxel data; the limit "
                                f"is {size_limit_mb:g} MB once decompressed")
@@ -228,7 +237,6 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
     if not (np.isfinite(spacing).all() and (spacing > 0).all()):
         raise UploadError(422, f"{name}: invalid voxel spacing {spacing.tolist()} in the header (pixdim); the tumour "
                                "volume needs positive sizes in millimetres")
-    _check_affine(probe)
     if gzipped:  # count what the stream really inflates to, keeping none of it: a lie costs CPU, never memory
         _count_inflated(fileobj, probe, size_limit_mb)
         fileobj.seek(0)

@@ -22,6 +22,7 @@ SERVING_MAY_REACH = {
     "tasks.data", "tasks.data.preprocess",  # the slice step's preprocessing, numpy + Pillow only
     "tasks.data.regions",  # BraTS labels <-> WT/TC/ET regions, numpy only
     "tasks.data.volumes",  # reading a NIfTI and the one-grid rule uploads share with the slice step, nibabel
+    "tasks.data.orientation",  # turning a volume to the orientation slices are cut in, nibabel
     "tasks.data.gzip_nifti",  # how volumes inflates a .nii.gz: ISA-L, or the standard library (the API image)
     "tasks.inference", "tasks.inference.predictor", "tasks.inference.checkpoints",
     "tasks.inference.volume",  # whole-volume inference, TTA, uncertainty: what evaluation scores, numpy + Pillow + scipy

@@ -135,6 +135,41 @@ def test_volume_mask_restacked_on_the_input_grid(client):
     assert "image_png" not in body["slices"][0]
 
 
+def test_a_volume_stored_another_way_gets_the_same_slices_and_a_mask_on_its_own_grid(client):
+    """The same anatomy stored as LPS (BraTS) and as RAS (nibabel / MONAI canonical): the slice answers and pictures
+    are the same (display orientation, anterior up), and each mask NIfTI overlays its own file."""
+    from nibabel import orientations
+
+    volume, truth = brain_volume()
+    data, affine = nifti_bytes(volume, spacing=(1.0, 1.5, 2.0), compress=False)
+    lps = nib.Nifti1Image.from_bytes(data)
+
+    def stored(axes, image=lps):
+        return image.as_reoriented(orientations.ornt_transform(orientations.io_orientation(affine),
+                                                               orientations.axcodes2ornt(axes)))
+
+    ras, srp = stored(("R", "A", "S")), stored(("S", "R", "P"))  # srp: axial axis stored first, spacing permuted
+    answers = {}
+    for name, image in (("lps", lps), ("ras", ras), ("srp", srp)):
+        body = client.post("/v1/predict/volume?images=true",
+                           files={"file": (f"{name}.nii", image.to_bytes())}).json()
+        mask_image = nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(body["mask_nifti"])))
+        assert np.allclose(mask_image.affine, image.affine), name
+        answers[name] = (body, mask_image)
+    (lps_body, lps_mask), (ras_body, ras_mask) = answers["lps"], answers["ras"]
+    srp_body, srp_mask = answers["srp"]
+    assert [answers[n][0]["orientation"] for n in ("lps", "ras", "srp")] == ["LPS", "RAS", "SRP"]
+    np.testing.assert_array_equal(np.asarray(ras_mask.dataobj), np.asarray(lps_mask.dataobj)[::-1, ::-1])
+    lps_mask_as_srp = stored(("S", "R", "P"), nib.Nifti1Image(np.asarray(lps_mask.dataobj), affine))
+    np.testing.assert_array_equal(np.asarray(srp_mask.dataobj), np.asarray(lps_mask_as_srp.dataobj))
+    assert lps_body["tumor_slices"] == ras_body["tumor_slices"] == srp_body["tumor_slices"] == [4, 5, 6]
+    for a, b, c in zip(lps_body["slices"], ras_body["slices"], srp_body["slices"]):
+        for key in ("image_png", "mask_png", "tumor_area_px", "tumor_area_mm2"):  # mm²: the in-plane spacing turns
+            assert a[key] == b[key] == c[key], (a["slice"], key)
+    dice = 2 * (np.asarray(lps_mask.dataobj) * truth).sum() / (np.asarray(lps_mask.dataobj).sum() + truth.sum())
+    assert dice > 0.7
+
+
 def test_voxel_sizes_in_metres_or_microns_are_converted_to_millimetres(client):
     """pixdim is in the header's xyzt unit: the same voxels stated in metres are 1000× larger in each axis."""
     volume, _ = brain_volume()

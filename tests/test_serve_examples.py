@@ -75,6 +75,11 @@ def test_examples_list_and_predict(bundle, tmp_path):
         assert volume["shape"] == [48, 48, 12] and volume["truth_region_volumes_cm3"]["wt"] > 0
         truths = [s for s in volume["slices"] if s.get("truth_png")]
         assert truths and decode_png(truths[0]["truth_png"]).shape == (32, 32, 4)
+        # the truth overlay is turned as the slice pictures are (display orientation): it lies on the predicted mask
+        truth = np.stack([decode_png(s["truth_png"])[..., 3] > 0 for s in truths])
+        mask = np.stack([decode_png(s["mask_png"]) > 0 for s in truths])
+        flipped = truth[:, ::-1]
+        assert (truth & mask).sum() > 0.5 * truth.sum() > (flipped & mask).sum()
         assert volume["mask_nifti"] and volume["example"]["kind"] == "volume"
 
         missing = client.post("/v1/examples/nope/predict")

@@ -8,6 +8,7 @@ what its bytes are, not what it claims.
 from __future__ import annotations
 
 import gzip
+import io
 import threading
 import time
 import tracemalloc
@@ -91,6 +92,21 @@ def test_volumes_beyond_the_voxel_or_slice_limit_are_413_at_once(client, shape, 
     assert response.status_code == 413, response.text
     assert limit in response.json()["detail"]
     assert peak < 8 * MB
+
+
+def test_the_slice_limit_counts_the_axial_axis_whichever_axis_stores_it(client):
+    """8×5000×8 whose second stored axis runs inferior-superior: 5000 axial slices (it is sliced along that axis),
+    over serve.max_slices, though its third axis holds 8; and 8×8×5000 stored so holds 8 slices of 8×5000."""
+    superior_second = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])  # x R, y S, z A
+    data = forged_nifti_gz((8, 5000, 8), np.uint8, data_bytes=8 * 5000 * 8, affine=superior_second)
+    response = post_volume(client, data)
+    assert response.status_code == 413, response.text
+    assert "5000 axial slices" in response.json()["detail"] and "serve.max_slices" in response.json()["detail"]
+    from serve.volumes import probe_volume
+
+    upload = probe_volume(io.BytesIO(forged_nifti_gz((8, 8, 5000), np.uint8, data_bytes=8 * 8 * 5000,
+                                                     affine=superior_second)), "v.nii.gz", 64, 10**6, 512)
+    assert upload.header.axial_shape == (8, 5000, 8)
 
 
 def test_concurrent_volumes_share_the_memory_budget(files):

@@ -362,12 +362,14 @@ def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_p
     """slice_patient normalises only the slices it keeps, with the volume's brain statistics: the result must be the
     z-scored volume's slices, resized, to the bit (processed data must not change with the speed-up)."""
     from tasks.data import preprocess
+    from tasks.data.orientation import Orientation
     from tasks.data.slicing import SliceSpec, slice_patient
 
     write_patient(tmp_path, "P1", np.random.default_rng(5), parts=("flair", "t1", "seg"))
     shard = slice_patient(tmp_path / "P1", SliceSpec(("flair", "t1"), 32, 2, 0.05))
     for c, modality in enumerate(("flair", "t1")):
-        volume = np.asarray(nib.load(next((tmp_path / "P1").glob(f"*_{modality}.nii*"))).dataobj, dtype=np.float32)
+        image = nib.load(next((tmp_path / "P1").glob(f"*_{modality}.nii*")))
+        volume = Orientation.of(image.affine).display(np.asarray(image.dataobj, dtype=np.float32))
         whole = preprocess.zscore_volume(volume)
         for i, z in enumerate(shard.slice_index):
             expected = preprocess.resize_image(preprocess.axial_slice(whole, int(z)), 32).astype(np.float16)

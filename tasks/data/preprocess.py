@@ -16,12 +16,9 @@ RAW_INTENSITY_MODES = {"I", "I;16", "I;16B", "I;16L", "F"}
 
 
 def axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
-    """Axial slice `z` of an (X, Y, Z) volume, rotated by 90° as stored (the affine is not consulted).
-
-    For BraTS's LPS storage this shows the brain posterior up, patient's left on the right; a photo is usually
-    anterior up. README, "Known limit: slice orientation": reorienting changes every processed slice, so it waits for
-    a retraining with new seed sweeps.
-    """
+    """Axial slice `z` of an (X, Y, Z) volume in display orientation (LAS), rotated by 90°: anterior up, the patient's
+    right on the image's left, as a radiology viewer and a photo of a scan show it. A volume stored otherwise is
+    turned first (tasks/data/orientation.py: `Orientation.of(affine).display(volume)`)."""
     return np.rot90(volume[:, :, z])
 
 
@@ -166,7 +163,8 @@ def prepare_array_slice(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def prepare_volume_slices(volumes: list[np.ndarray], size: int) -> np.ndarray:
-    """Co-registered (X, Y, Z) modality volumes → (Z, C, size, size) float32, z-scored per volume.
+    """Co-registered (X, Y, Z) modality volumes in display orientation → (Z, C, size, size) float32, z-scored per
+    volume.
 
     The same normalisation the slice step applies, so a volume uploaded to the API matches training data.
     """

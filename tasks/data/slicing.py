@@ -1,9 +1,10 @@
 """Raw volumes and images → z-scored 2D axial slices in one shard per patient + a manifest (`slice`).
 
-BraTS: each modality volume is z-scored over its brain voxels, axial slices are taken every `slice_stride`
-slices, slices with (almost) no brain are dropped, and everything is resized to the profile's image size with
-its label map (nearest neighbour) in the BraTS 2020 convention, 0/1/2/4 (a 2023-style segmentation, enhancing
-tumour 3, is mapped per patient by tasks/data/regions.py; an unknown label set is rejected naming the labels).
+BraTS: each modality volume is turned to the display orientation (tasks/data/orientation.py: anterior up, whichever
+way it is stored), z-scored over its brain voxels, axial slices are taken every `slice_stride` slices, slices with
+(almost) no brain are dropped, and everything is resized to the profile's image size with its label map (nearest
+neighbour) in the BraTS 2020 convention, 0/1/2/4 (a 2023-style segmentation, enhancing tumour 3, is mapped per
+patient by tasks/data/regions.py; an unknown label set is rejected naming the labels).
 Kaggle images: grayscale of unknown sequence, same size and normalisation, in the FLAIR channel (channel 0) with
 the other channels all zero, label from their folder, one shard per class. Bad inputs are skipped and listed in
 rejected.csv (file, reason). Patients are processed in parallel, one volume set in memory per worker: by default on a local process
@@ -32,8 +33,9 @@ from rich.progress import Progress
 
 from tasks import paths
 from tasks.config import SliceSettings
-from tasks.data import brats_files, gzip_nifti, preprocess, regions, shards, volumes
+from tasks.data import brats_files, gzip_nifti, orientation, preprocess, regions, shards, volumes
 from tasks.data.file_digests import FileDigests, digest_record
+from tasks.data.orientation import Orientation
 from tasks.data.brats_files import IMAGE_SUFFIXES, find_part, nifti_extension
 from tasks.data.process_pool import process_pool
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
@@ -64,7 +66,7 @@ class SliceSpec:
         # every module that shapes a shard or its manifest rows: reading, preprocessing, labels, the shard format
         # and manifest rows, which file is which modality
         code = b"".join(code_identity(Path(mod.__file__))
-                        for mod in (preprocess, regions, volumes, gzip_nifti, shards, brats_files))
+                        for mod in (preprocess, regions, volumes, gzip_nifti, shards, brats_files, orientation))
         code += code_identity(Path(__file__))
         return hashlib.sha256(json.dumps(self.__dict__).encode() + code).hexdigest()[:16]
 
@@ -100,8 +102,14 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
         if not same_grid(volume.affine, first.affine):  # same shape, other place: its voxels are other anatomy
             raise SliceWiseError(f"{path.name} is not on {modality_paths[0].name}'s grid (their affines differ: "
                                  "shifted, flipped or resampled); co-register the modalities first", patient_dir)
-    volumes, seg, spacing = [v.data for v in loaded[:-1]], loaded[-1].data, first.spacing
-    labels = brats2020_labels(seg, seg_path)
+    # every array turned to the display orientation (views): whichever way a volume is stored, its slices show
+    # anterior up, the patient's right on the left (tasks/data/orientation.py)
+    try:
+        shown = Orientation.of(first.affine)
+    except ValueError as exc:
+        raise SliceWiseError(str(exc), modality_paths[0]) from exc
+    volumes, spacing = [shown.display(v.data) for v in loaded[:-1]], shown.display_spacing(first.spacing)
+    labels = shown.display(brats2020_labels(loaded[-1].data, seg_path))
 
     positive = [v > 0 for v in volumes]  # each modality's brain; the union is the brain the slices are kept by
     brain = functools.reduce(np.logical_or, positive)

@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from tasks.config import MODALITIES
 from tasks.data.gzip_nifti import write_nifti_gz
+from tasks.data.orientation import BRATS_AFFINE, Orientation
 from tasks.data.preprocess import axial_slice
 from tasks.data.process_pool import process_pool
 from tasks.data.synthetic_shapes import (BRATS_SHAPE, Anatomy, Pose, SmoothField, Template, Tumour, brain_region,
@@ -32,8 +33,6 @@ from tasks.io import staged_folder
 
 log = logging.getLogger(__name__)
 
-# BraTS 2020 stores LPS voxels at 1 mm with this affine (SRI24 space).
-BRATS_AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
 # Mean relative intensity of (CSF, grey matter, white matter): T1 WM > GM > CSF, T2 the reverse, FLAIR dark CSF.
 TISSUE = {"flair": (0.15, 0.66, 0.46), "t1": (0.30, 0.62, 0.88), "t1ce": (0.30, 0.62, 0.88), "t2": (1.00, 0.52, 0.36)}
 # Typical scanner units of a relative intensity of 1, per modality (BraTS intensities are not calibrated).
@@ -316,7 +315,9 @@ def kaggle_slice(rng: np.random.Generator, template: Template, with_tumour: bool
     values, seg, brain = render(patient, template, grid, (modality,))
     image = np.zeros(brain.shape, np.float32)
     image[brain] = values[modality]
-    head = _add_head(rng, axial_slice(image, 0), axial_slice(brain, 0), patient.contrasts[modality])
+    shown = Orientation.of(BRATS_AFFINE)  # anterior up, as a photo of a scan shows it (and as slicing shows volumes)
+    head = _add_head(rng, axial_slice(shown.display(image), 0), axial_slice(shown.display(brain), 0),
+                     patient.contrasts[modality])
     return head, int((seg > 0).sum())
 
 

@@ -119,11 +119,13 @@ def uncertainty_on_errors(uncertainty: np.ndarray, wrong: np.ndarray, brain: np.
 def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: Sequence[str], image_size: int,
                      flips: Sequence[Sequence[int]] = NO_TTA, threshold: float = MASK_THRESHOLD) -> dict:
     """One raw BraTS patient folder → its per-region scores and its uncertainty-on-errors figures."""
-    volumes = [load_volume(find_part(patient_dir, modality)).data for modality in modalities]
+    loaded = [load_volume(find_part(patient_dir, modality)) for modality in modalities]
+    volumes = [volume.data for volume in loaded]
     seg_path = find_part(patient_dir, "seg")
     truth_volume, spacing, _ = load_volume(seg_path, labels=True)  # as stored: a NaN label is an error, not 0
     truth = brats2020_labels(truth_volume, seg_path)  # mapped and checked as the slice step does
-    result = predict_volume(predictor, volumes, image_size, flips, threshold)
+    # sliced in display orientation, as the slice step cuts them; the answer comes back on the stored grid
+    result = predict_volume(predictor, volumes, image_size, flips, threshold, affine=loaded[0].affine)
     brain = brain_of(volumes)
     scores = region_scores(result.label_map, truth, spacing, result.regions)
     # a whole-tumour-only model labels all it finds 2: its errors are whole-tumour errors, not label mismatches

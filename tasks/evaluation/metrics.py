@@ -184,8 +184,9 @@ def segmentation_scores(predicted: np.ndarray, truth: np.ndarray, spacing: np.nd
 
 
 def pixel_spacing(shard_spacing: np.ndarray) -> tuple[float, float]:
-    """(row, column) pixel size in mm of a slice. Shards store the source's (x, y) spacing; the axial slice is
-    rotated by 90° for display (tasks/data/preprocess.axial_slice), so rows run along y and columns along x."""
+    """(row, column) pixel size in mm of a slice. Shards store the (x, y) spacing of the display-oriented volume
+    (tasks/data/orientation.py); the axial slice is rotated by 90° (tasks/data/preprocess.axial_slice), so rows run
+    along y and columns along x."""
     x, y = (float(s) for s in shard_spacing[:2])
     return y, x
 

@@ -3,15 +3,17 @@
 The one implementation of volume inference, used by serving (/v1/predict/volume) and by evaluation (BraTS-style
 scores on the test patients' raw volumes), so both see the same numbers.
 
-    inputs       each modality volume z-scored over its brain and cut into display-oriented axial slices of the
-                 model's size (tasks/data/preprocess.py's `prepare_volume_slices`, as the slice step does); a
-                 modality that is missing is an all-zero channel (what modality dropout trains the model for)
+    inputs       each modality volume turned to the display orientation (anterior up, whichever way it is stored:
+                 tasks/data/orientation.py), z-scored over its brain and cut into axial slices of the model's size
+                 (tasks/data/preprocess.py's `prepare_volume_slices`, as the slice step does); a modality that
+                 is missing is an all-zero channel (what modality dropout trains the model for)
     TTA          `flips` lists the flips to run, each a list of axes of the (N, C, H, W) slice batch (2 = up-down,
                  3 = left-right; [] = as is). The flipped copies of a chunk of slices are stacked into ONE
                  predictor run (not one pass per flip), flipped back, and their probabilities averaged.
-    native grid  the averaged region probabilities are resized back bilinearly, the 90° display rotation undone,
-                 then thresholded: masks, a 0/1/2/4 label map (`labels_from_regions`) and the uncertainty map
-                 have the input's voxel grid, so a NIfTI written with the input's affine overlays it.
+    native grid  the averaged region probabilities are resized back bilinearly, the 90° display rotation and the
+                 turn to display orientation undone, then thresholded: masks, a 0/1/2/4 label map
+                 (`labels_from_regions`) and the uncertainty map have the input's voxel grid, so a NIfTI written
+                 with the input's affine overlays it.
     clean-up     components the classifier does not confirm on their slices, and those much smaller than the largest,
                  are dropped from the masks (tasks/inference/postprocess.py).
     uncertainty  the binary entropy (bits, 0..1) of the TTA-averaged probability of each region, the largest over
@@ -20,7 +22,7 @@ scores on the test patients' raw volumes), so both see the same numbers.
                  brain (every modality 0, the background preprocessing zeroes) and the predicted tumour it is 0:
                  the model's faint probabilities there are no question anyone asked.
 
-Numpy, Pillow and scipy only (the predictor may be ONNX), so the slim serving image can import it.
+Numpy, Pillow, scipy and nibabel only (the predictor may be ONNX), so the slim serving image can import it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from tasks.data.orientation import Orientation
 from tasks.data.preprocess import prepare_volume_slices
 from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, clean_regions
@@ -61,10 +64,16 @@ class VolumePrediction:
     slice_masks: np.ndarray  # (Z, R, S, S) bool, thresholded and cleaned by the same rule on the model's grid
     flips: tuple[tuple[int, ...], ...]
     uncertainty_kind: str = UNCERTAINTY_KIND
+    orientation: Orientation | None = None  # how the input's grid was turned to slice it (None: as stored)
 
     @property
     def whole_tumour(self) -> np.ndarray:
         return self.masks[0]
+
+    def slice_areas_px(self) -> np.ndarray:
+        """(Z,) whole-tumour voxels of each axial slice, in the order of the slice answers (display orientation)."""
+        shown = self.whole_tumour if self.orientation is None else self.orientation.display(self.whole_tumour)
+        return shown.sum(axis=(0, 1))
 
     def region_volumes_cm3(self, spacing: Sequence[float]) -> dict[str, float]:
         """cm³ of each region the model predicts; `spacing` is the voxel size in mm."""
@@ -206,10 +215,17 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
                    flips: Sequence[Sequence[int]] = NO_TTA, threshold: float = MASK_THRESHOLD,
                    inputs: np.ndarray | None = None,
                    min_component_share: float = MIN_COMPONENT_SHARE,
-                   min_slice_evidence: float = MIN_SLICE_EVIDENCE) -> VolumePrediction:
+                   min_slice_evidence: float = MIN_SLICE_EVIDENCE,
+                   affine: np.ndarray | None = None) -> VolumePrediction:
     """Every axial slice of a volume (one (X, Y, Z) array per model channel, None where missing) → VolumePrediction.
 
-    `inputs` may pass the already prepared (Z, C, S, S) slices (serving prepares them first, for its OOD check)."""
+    `affine`: the volumes' voxel → world affine. They are sliced in display orientation (tasks/data/orientation.py,
+    as the slice step cuts training data), and the answers on the input's grid are turned back to the stored one.
+    None: the volumes are in display orientation already. `inputs` may pass the already prepared (Z, C, S, S) slices
+    of the display-oriented volumes (serving prepares them first, for its OOD check)."""
+    shown = Orientation.of(affine) if affine is not None else None
+    if shown is not None:
+        volumes = [None if v is None else shown.display(v) for v in volumes]
     if inputs is None:
         inputs = prepare_channels(volumes, image_size)
     shape = next(v for v in volumes if v is not None).shape[:3]
@@ -226,9 +242,13 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
                                             min_component_share, evidence, 0, min_slice_evidence), 0, 1)
     tumour_probability = scores_after_cleanup(prediction, slice_masks, threshold)
     quiet_outside_brain(uncertainty, brain_of(volumes), masks)
+    label_map = labels_from_regions(masks)
+    if shown is not None:  # back on the stored grid, as contiguous arrays (torch and MONAI refuse negative strides)
+        masks = np.ascontiguousarray(np.moveaxis(shown.stored(np.moveaxis(masks, 0, -1)), -1, 0))
+        label_map, uncertainty = (np.ascontiguousarray(shown.stored(a)) for a in (label_map, uncertainty))
     n_regions = len(masks)
     return VolumePrediction(
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),
-        masks=masks, label_map=labels_from_regions(masks), uncertainty=uncertainty,
+        masks=masks, label_map=label_map, uncertainty=uncertainty,
         tumour_probability=tumour_probability, slice_probability=prediction.region_probability,
-        slice_masks=slice_masks, flips=flips)
+        slice_masks=slice_masks, flips=flips, orientation=shown)
