@@ -245,6 +245,25 @@ def test_model_that_cannot_segment_is_never_champion_and_the_registry_says_why(p
     assert not gate["slice Dice"]["passed"] and gate["accuracy"]["passed"]
 
 
+def test_registering_the_same_model_again_creates_no_copy(project, tiny_settings):
+    """A rerun of register on an unchanged model (its code changed, or a setting that leaves the verdict) finds the
+    champion is this very release and creates no second version; a different verdict still registers one."""
+    settings = tracked(tiny_settings)
+    first = register.main(settings)
+    again = register.main(settings)
+    assert again["reused"] and again["version"] == first["version"] == alias_version("slicewise", "champion")
+    assert [str(v.version) for v in client().search_model_versions("name = 'slicewise'")] == ["1"]
+    assert json.loads(paths.REGISTER_REPORT.read_text()) == again
+    run = client().get_run(again["mlflow_run_id"])
+    assert run.data.tags["reused_version"] == "true" and run.data.tags["registered_version"] == "1"
+    assert run.info.status == "FINISHED"
+
+    write_metrics(project, accuracy=0.5, sensitivity=0.9)  # the same ONNX file, now below the gate: a challenger
+    rejected = register.main(settings)
+    assert not rejected.get("reused") and rejected["version"] == "2" and rejected["alias"] == "challenger"
+    assert alias_version("slicewise", "champion") == "1"
+
+
 def test_worse_challenger_never_displaces_a_better_champion(project, tiny_settings):
     settings = tracked(tiny_settings)
     write_metrics(project, accuracy=0.95, sensitivity=0.9)

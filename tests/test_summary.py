@@ -49,3 +49,16 @@ def test_summary_without_tracking_says_not_registered_and_offers_no_lineage(tmp_
     out = console.file.getvalue()
     assert "not registered (tracking.enabled is false)" in out and "[pass]" in out
     assert "version None" not in out and "lineage" not in out
+
+
+def test_summary_of_a_reused_version_says_no_new_version_was_made(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.REGISTER_REPORT.write_text(json.dumps({
+        "registered": True, "reused": True, "model_name": "slicewise", "version": "16", "promoted": True,
+        "alias": "champion", "reason": "promoted: accuracy 0.939 >= 0.850 [pass]"}))
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console)
+    out = console.file.getvalue()
+    assert "slicewise version 16 already holds this model" in out and "still champion, no new version" in out
+    assert "registered slicewise version 16" not in out and "lineage" in out

@@ -9,6 +9,8 @@
     5. verify it: download the version, its model.onnx must have the exported sha256 and give the same outputs
     6. move an alias: `champion` when the gate passed, `challenger` when not; end the parent run.
        A version that fails 5 or 6 is deleted, so no alias ever points at a broken version
+A release that the version holding its alias already is (same ONNX file, data and split hashes, same verdict: a rerun
+after a code change that left the model as it was) creates no new version; register.json says `reused`.
 Retries are idempotent: a version is created only after asking whether this run already registered this ONNX
 file (a retry after a lost response, or a rerun of an interrupted register, finds it). A register that fails or
 is interrupted removes the logged models it left in the run (and their local artifact folders), so nothing
@@ -402,8 +404,11 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
                              modalities=list(settings.slice.modalities), splits=split_summary(processed, splits_dir),
                              metrics=release.metrics, export_report=release.export_report, decision=decision,
                              tags=version_tags)
-    example = input_example(processed, splits_dir)
     alias = reg.alias if decision.promoted else reg.challenger_alias
+    holder = champion if alias == reg.alias else registry.by_alias(alias)
+    if holder is not None and already_registered(holder, version_tags):
+        return kept_version(settings, decision, holder, alias, tracker, release)
+    example = input_example(processed, splits_dir)
     logged = None
     try:
         with tempfile.TemporaryDirectory() as tmp:  # test-split examples the served model carries (serve/examples.py)
@@ -424,6 +429,32 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
             "reason": decision.reason, "gate": decision.as_dict()["criteria"], "mlflow_run_id": tracker.run_id,
             "model_uri": f"models:/{name}/{version}", "onnx_sha256": release.onnx_sha256,
             "tracking_uri": redact(tracking_uri())}
+
+
+# What makes a version this very release: the same ONNX file, judged on the same data and split, with the same verdict
+SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "promotion")
+
+
+def already_registered(version, tags: dict[str, str]) -> bool:
+    """Whether `version` (holding the alias this release would get) is this release already: a rerun of register on
+    an unchanged model (its code or a setting that does not change the verdict changed) then creates no copy."""
+    held = version.tags or {}
+    return all(tags.get(key) not in (None, provenance.UNKNOWN) and held.get(key) == tags[key]
+               for key in SAME_RELEASE_TAGS)
+
+
+def kept_version(settings: Settings, decision: GateDecision, version, alias: str, tracker: MlflowTracker,
+                 release: Release) -> dict:
+    """register.json for a release that a version already holds, with its alias: nothing logged, nothing created."""
+    name, number = settings.registry.model_name, str(version.version)
+    tracker.set_tags({"registered_version": number, "promotion": "promoted" if decision.promoted else "rejected",
+                      "reused_version": "true"})
+    log.info("register: %s version %s already holds this model (same ONNX file, data and split, same verdict) as "
+             "@%s; no new version", name, number, alias)
+    return {"registered": True, "reused": True, "model_name": name, "version": number, "promoted": decision.promoted,
+            "alias": alias, "reason": decision.reason, "gate": decision.as_dict()["criteria"],
+            "mlflow_run_id": tracker.run_id, "model_uri": f"models:/{name}/{number}",
+            "onnx_sha256": release.onnx_sha256, "tracking_uri": redact(tracking_uri())}
 
 
 def decide(settings: Settings, release: Release, champion: ChampionScore | None) -> GateDecision:

@@ -61,8 +61,13 @@ def print_summary(console: Console | None = None) -> None:
         registered = decision.get("registered", True)  # false with tracking.enabled false: no version to trace
         if registered:
             verdict = "[green]PROMOTED to champion[/]" if decision.get("promoted") else "[yellow]not promoted[/]"
-            console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: "
-                          f"{verdict}")
+            if decision.get("reused"):  # the version holding the alias already is this model: nothing new
+                verdict = "still champion" if decision.get("promoted") else "still challenger"
+                console.print(f"{decision.get('model_name', 'model')} version {decision.get('version')} already holds "
+                              f"this model (same ONNX file, data and split): {verdict}, no new version")
+            else:
+                console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: "
+                              f"{verdict}")
         else:
             console.print("[yellow]not registered[/] (tracking.enabled is false)")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
