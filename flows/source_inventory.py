@@ -4,13 +4,17 @@ DVC cannot see a folder outside the repository, so its `fetch` stage stays "up t
 appears under `data.brats_dir`. Instead of keeping a record of the source (a file that the two front doors
 would have to keep in step), this compares the source with data/raw itself: the files `fetch` would import
 now (same discovery, same seeded patient_fraction subset, same target names as tasks/data/local_import.py) against
-the files data/raw holds, by relative path and size. It is stateless, so it gives the same answer after a
-`dvc repro` as after a flow run. Sizes, not mtimes: `dvc checkout` restores files with new mtimes.
+the files data/raw holds, by relative path, size and time. It is stateless, so it gives the same answer after a
+`dvc repro` as after a flow run. A file counts as changed when its size differs or the source's copy is newer than
+the fetched one: `fetch` hard-links (same inode, same time) or copies (a later time), and `dvc checkout` restores
+files with later times still, so only an edit of the source after the fetch makes it newer: a corrected segmentation
+saved over the old one has the same size (an uncompressed .nii always does), and only its time tells.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from tasks import paths
 from tasks.config import Settings
@@ -20,25 +24,35 @@ from tasks.data.local_import import (choose_fraction, find_brats_patients, find_
 RAW_PARTS = ("brats", "kaggle")  # the only subfolders of data/raw that the local import writes
 
 
-def planned_raw_files(brats_dir: Path, kaggle_dir: Path | None, fraction: float, seed: int) -> dict[str, int]:
-    """Relative path under data/raw → size, for what `fetch` would import from the local folders right now."""
+class Stamp(NamedTuple):
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> "Stamp":
+        stat = path.stat()
+        return cls(stat.st_size, stat.st_mtime_ns)
+
+
+def planned_raw_files(brats_dir: Path, kaggle_dir: Path | None, fraction: float, seed: int) -> dict[str, Stamp]:
+    """Relative path under data/raw → size and time, for what `fetch` would import from the local folders now."""
     patients = labelled_patients(find_brats_patients(brats_dir))  # what import_brats imports
     planned = {}
     for patient in choose_fraction(sorted(patients), fraction, seed):
         for part, src in patients[patient].items():
-            planned[f"brats/{patient}/{patient}_{part}{nifti_extension(src)}"] = src.stat().st_size
+            planned[f"brats/{patient}/{patient}_{part}{nifti_extension(src)}"] = Stamp.of(src)
     if kaggle_dir is not None:
         for label, files in find_kaggle_images(kaggle_dir).items():
             by_name = {f.name: f for f in files}
             for name in choose_fraction(sorted(by_name), fraction, seed) if by_name else []:
-                planned[f"kaggle/{label}/{name}"] = by_name[name].stat().st_size
+                planned[f"kaggle/{label}/{name}"] = Stamp.of(by_name[name])
     return planned
 
 
-def fetched_raw_files(raw: Path = paths.RAW) -> dict[str, int]:
-    """Relative path under data/raw → size, for what the last fetch left there."""
+def fetched_raw_files(raw: Path = paths.RAW) -> dict[str, Stamp]:
+    """Relative path under data/raw → size and time, for what the last fetch left there."""
     return {
-        path.relative_to(raw).as_posix(): path.stat().st_size
+        path.relative_to(raw).as_posix(): Stamp.of(path)
         for part in RAW_PARTS
         for path in (raw / part).rglob("*")
         if path.is_file()
@@ -59,9 +73,10 @@ def local_source_drift(settings: Settings, raw: Path = paths.RAW) -> str | None:
     fetched = fetched_raw_files(raw)
     new = sorted(planned.keys() - fetched.keys())
     gone = sorted(fetched.keys() - planned.keys())
-    resized = sorted(k for k in planned.keys() & fetched.keys() if planned[k] != fetched[k])
-    if not (new or gone or resized):
+    changed = sorted(k for k in planned.keys() & fetched.keys()
+                     if planned[k].size != fetched[k].size or planned[k].mtime_ns > fetched[k].mtime_ns)
+    if not (new or gone or changed):
         return None
-    example = (new or gone or resized)[0]
+    example = (new or gone or changed)[0]
     return (f"local source folders changed since the last fetch: {len(new)} new, {len(gone)} removed, "
-            f"{len(resized)} resized file(s), e.g. {example}")
+            f"{len(changed)} changed file(s) (another size, or saved after the fetch), e.g. {example}")

@@ -256,6 +256,18 @@ def test_local_source_drift_compares_the_source_with_data_raw(tmp_path):
     assert drift and "5 new" in drift and "BraTS20_Training_004" in drift  # the patient's five NIfTI files
     (kaggle / "no" / "0 no.PNG").unlink()
     assert "1 removed" in local_source_drift(settings, raw)
+    os.link(raw / "kaggle" / "no" / "0 no.PNG", kaggle / "no" / "0 no.PNG")  # back as it was fetched
+    shutil.rmtree(source / "nested" / "BraTS20_Training_004")
+    assert local_source_drift(settings, raw) is None
+    # a corrected segmentation saved over the old one (a new file, as nibabel and most editors write): same size
+    seg = next((source / "nested" / "BraTS20_Training_002").glob("*_seg.nii*"))
+    corrected = seg.with_suffix(".tmp")
+    corrected.write_bytes(seg.read_bytes()[::-1])  # other bytes, the same size
+    stamp = (raw / "brats").stat().st_mtime_ns + 10**9
+    os.utime(corrected, ns=(stamp, stamp))
+    corrected.replace(seg)
+    drift = local_source_drift(settings, raw)
+    assert drift and "1 changed" in drift and "BraTS20_Training_002" in drift
     set_params({"data.source": "synthetic"}, params)
     assert local_source_drift(load_settings(params), raw) is None  # DVC's params cover the synthetic source
 
