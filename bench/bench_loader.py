@@ -55,7 +55,7 @@ def _patient(rng: np.random.Generator, slices: int) -> "Shard":
             masks[i] = ((yy - 0.45) ** 2 + (xx - 0.55) ** 2 < 0.01) & brain
     return Shard(images=images, masks=masks, has_mask=np.ones(slices, bool),
                  labels=masks.reshape(slices, -1).max(1).astype(np.uint8),
-                 slice_index=np.arange(slices, dtype=np.int16), spacing=np.full(2, 0.9375, np.float32))
+                 slice_index=np.arange(slices, dtype=np.int16), spacing=np.array([0.9375, 0.9375, 1.0], np.float32))
 
 
 def write_sets(root: Path, patients: int, slices: int, seed: int = 0,

@@ -56,7 +56,7 @@ def make_tiny_processed(root: Path, *, n_patients: int = 5, slices: int = 8, kag
         masks = np.stack([m for _, m in pairs])
         shard = Shard(images=np.stack([im for im, _ in pairs]), masks=masks, has_mask=np.ones(slices, dtype=bool),
                       labels=masks.reshape(slices, -1).max(1).astype(np.uint8),
-                      slice_index=np.arange(10, 10 + slices, dtype=np.int16), spacing=np.array([1.0, 1.0], np.float32))
+                      slice_index=np.arange(10, 10 + slices, dtype=np.int16), spacing=np.array([1.0, 1.0, 1.0], np.float32))
         write_shard(processed / "brats" / f"{patient}.npz", shard)
         rows += manifest_rows(patient, "brats", f"brats/{patient}.npz", shard)
         splits["val" if p == n_patients - 2 else "test" if p == n_patients - 1 else "train"].append(patient)
@@ -65,7 +65,7 @@ def make_tiny_processed(root: Path, *, n_patients: int = 5, slices: int = 8, kag
         n = kaggle_per_class
         shard = Shard(images=images, masks=np.zeros((n, size, size), np.uint8), has_mask=np.zeros(n, dtype=bool),
                       labels=np.full(n, label, np.uint8), slice_index=np.full(n, -1, np.int16),
-                      spacing=np.array([np.nan, np.nan], np.float32))
+                      spacing=np.full(3, np.nan, np.float32))
         write_shard(processed / "kaggle" / f"{name}.npz", shard)
         for row in manifest_rows("", "kaggle", f"kaggle/{name}.npz", shard):
             row["patient"] = f"kaggle_{name}_{row['row']}"

@@ -25,7 +25,7 @@ def _shard(rows: int, channels: int = 2, size: int = 16, seed: int = 0) -> Shard
     masks = rng.integers(0, 2, (rows, size, size)).astype(np.uint8)
     return Shard(images=rng.normal(size=(rows, channels, size, size)).astype(np.float16), masks=masks,
                  has_mask=np.ones(rows, bool), labels=masks.reshape(rows, -1).max(1).astype(np.uint8),
-                 slice_index=np.arange(rows, dtype=np.int16), spacing=np.ones(2, np.float32))
+                 slice_index=np.arange(rows, dtype=np.int16), spacing=np.ones(3, np.float32))
 
 
 def _processed(root, shards: int, rows: int, compress: bool, **shape) -> tuple:

@@ -135,9 +135,11 @@ def test_shapes_must_match():
 
 
 def test_spacing_of_rotated_slices_and_strided_volumes():
-    shard_spacing = np.array([0.8, 1.2], dtype=np.float32)  # source (x, y)
+    shard_spacing = np.array([0.8, 1.2, 2.5], dtype=np.float32)  # source (x, y) and the slice thickness
     assert metrics.pixel_spacing(shard_spacing) == pytest.approx((1.2, 0.8))  # rows run along y
-    assert metrics.volume_spacing(shard_spacing, stride=3) == pytest.approx((3.0, 1.2, 0.8))
+    assert metrics.volume_spacing(shard_spacing, stride=3) == pytest.approx((7.5, 1.2, 0.8))
+    legacy = np.array([0.8, 1.2], dtype=np.float32)  # a shard from before the thickness was recorded: 1 mm
+    assert metrics.volume_spacing(legacy, stride=3) == pytest.approx((3.0, 1.2, 0.8))
 
 
 def test_stack_volume_orders_slices_and_keeps_gaps():

@@ -37,7 +37,7 @@ def test_slices_good_patients_into_one_shard_each(tmp_path):
     assert shard.images.shape[1:] == (1, 32, 32) and shard.images.dtype == np.float16
     assert 0 not in shard.slice_index and 1 not in shard.slice_index  # brainless slices dropped
     assert shard.labels.sum() > 0 and (shard.labels == (shard.masks.reshape(len(shard), -1).max(1) > 0)).all()
-    np.testing.assert_allclose(shard.spacing, [40 / 32, 40 / 32])
+    np.testing.assert_allclose(shard.spacing, [40 / 32, 40 / 32, 1.0])
     brain = shard.images[:, 0][shard.images[:, 0] != 0].astype(np.float32)
     assert abs(brain.mean()) < 0.5 and 0.5 < brain.std() < 1.5  # z-scored over the brain
     kaggle = manifest[manifest["source"] == "kaggle"]
@@ -110,17 +110,18 @@ def test_a_modality_on_another_grid_is_rejected_by_name(tmp_path):
 
 
 def test_a_non_square_slice_gets_each_axis_own_pixel_size(tmp_path):
-    """A 40 x 30 slice at 1.0 x 2.0 mm stretched to 32 x 32: x pixels are 40/32 mm, y pixels 2 * 30/32 mm."""
+    """A 40 x 30 slice at 1.0 x 2.0 mm stretched to 32 x 32: x pixels are 40/32 mm, y pixels 2 * 30/32 mm; slices
+    3 mm thick keep their thickness."""
     raw, out = tmp_path / "raw", tmp_path / "out"
     rng = np.random.default_rng(0)
     folder = write_patient(raw / "brats", "BraTS20_Training_030", rng, shape=(40, 30, 12))
     for path in folder.iterdir():
         image = nib.load(path)
-        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), np.diag([1.0, 2.0, 1.0, 1.0])), path)
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), np.diag([1.0, 2.0, 3.0, 1.0])), path)
     write_kaggle(raw / "kaggle", rng, n_per_class=2)
     slice_dataset(raw, out, CFG, image_size=32, stride=1)
     spacing = read_shard(out / "brats" / "BraTS20_Training_030.npz").spacing
-    np.testing.assert_allclose(spacing, [40 / 32, 2.0 * 30 / 32], rtol=1e-6)
+    np.testing.assert_allclose(spacing, [40 / 32, 2.0 * 30 / 32, 3.0], rtol=1e-6)
 
 
 def test_grids_compare_in_millimetres_whatever_unit_the_header_uses():

@@ -6,7 +6,8 @@ A shard is an uncompressed `.npz` (`np.savez`: a zip of `.npy` members, stored, 
     has_mask     bool    (N,)          False for Kaggle images, whose masks are unknown
     labels       uint8   (N,)          1 = tumour present
     slice_index  int16   (N,)          axial index in the source volume (-1 for Kaggle images)
-    spacing      float32 (2,)          in-plane pixel spacing in mm after resizing
+    spacing      float32 (3,)          pixel spacing in mm after resizing (x, y) and the source's slice thickness (z),
+                                       of the display-oriented volume (NaN for Kaggle images; (2,) before 2026-12-02)
 One shard per patient keeps the number of files DVC hashes small; the manifest has one row per slice.
 
 Training streams its slices: `ShardRowReader` reads one row of `images` and `masks` in place (a stored member's
@@ -81,7 +82,7 @@ def shard_problem(path: Path, rows: int, channels: int, size: int) -> str | None
     except SliceWiseError as exc:
         return exc.reason.split(";")[0]
     expected = {"images": (rows, channels, size, size), "masks": (rows, size, size), "has_mask": (rows,),
-                "labels": (rows,), "slice_index": (rows,), "spacing": (2,)}
+                "labels": (rows,), "slice_index": (rows,), "spacing": (3,)}
     for name, shape in expected.items():
         if getattr(shard, name).shape != shape:
             return f"{name} has shape {getattr(shard, name).shape}, expected {shape}"

@@ -132,6 +132,7 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
                 images[i, c] = preprocess.resize_image(plane, size)
     masks = np.stack([preprocess.resize_labels(plane, size) for plane in preprocess.axial_slices(labels, keep)])
     # each axis resized from its own length to `size` (a non-square slice is stretched, not padded)
+    # (x, y) pixel sizes after resizing, and the slice thickness: a re-stacked volume's HD95 needs its real z spacing
     in_plane = np.array(spacing[:2], dtype=np.float32) * np.array([n / size for n in brain.shape[:2]], np.float32)
     return Shard(
         images=images,
@@ -139,7 +140,7 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
         has_mask=np.ones(len(keep), dtype=bool),
         labels=(masks.reshape(len(keep), -1).max(axis=1) > 0).astype(np.uint8),
         slice_index=np.array(keep, dtype=np.int16),
-        spacing=in_plane,
+        spacing=np.append(in_plane, np.float32(spacing[2])).astype(np.float32),
     )
 
 
@@ -187,7 +188,7 @@ def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) 
             has_mask=np.zeros(n, dtype=bool),
             labels=np.full(n, label, dtype=np.uint8),
             slice_index=np.full(n, -1, dtype=np.int16),
-            spacing=np.array([np.nan, np.nan], dtype=np.float32),  # photos have no known pixel size
+            spacing=np.full(3, np.nan, dtype=np.float32),  # photos have no known pixel size
         )
         shard_name = f"kaggle/{label_name}.npz"
         write_shard(out_dir / shard_name, shard)

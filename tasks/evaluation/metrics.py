@@ -26,8 +26,9 @@ from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_s
 from tasks.inference.predictor import MASK_THRESHOLD  # noqa: F401  (re-exported: the metrics' pixel rule)
 
 CALIBRATION_BINS = 10
-# BraTS volumes are resampled to 1 mm isotropic voxels, so one source slice is 1 mm thick and a volume re-stacked
-# from every `stride`-th slice has `stride` mm between its planes.
+# The slice thickness of a shard written before shards recorded it (2-element spacing): BraTS's, whose volumes are
+# resampled to 1 mm isotropic voxels. A volume re-stacked from every `stride`-th slice has stride x thickness between
+# its planes.
 SOURCE_SLICE_THICKNESS_MM = 1.0
 
 
@@ -210,8 +211,10 @@ def stack_volume(masks: np.ndarray, slice_index: np.ndarray, stride: int) -> np.
 
 
 def volume_spacing(shard_spacing: np.ndarray, stride: int) -> tuple[float, float, float]:
-    """(through-plane, row, column) voxel size in mm of a re-stacked volume."""
-    return (stride * SOURCE_SLICE_THICKNESS_MM, *pixel_spacing(shard_spacing))
+    """(through-plane, row, column) voxel size in mm of a re-stacked volume: the kept slices lie `stride` source
+    slices apart, each as thick as the shard records (1 mm for a shard that does not say)."""
+    thickness = float(shard_spacing[2]) if len(shard_spacing) > 2 else SOURCE_SLICE_THICKNESS_MM
+    return (stride * thickness, *pixel_spacing(shard_spacing))
 
 
 # --- bootstrap ----------------------------------------------------------------------------------------------------

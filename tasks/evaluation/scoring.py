@@ -44,7 +44,7 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
             take = shard_rows["row"].to_numpy()
             prediction = predictor.predict(shard.images[take])
             probability[shard_rows.index.to_numpy()] = prediction.tumour_probability
-            pixel_area[shard_rows.index.to_numpy()] = float(np.prod(shard.spacing))  # NaN for photos
+            pixel_area[shard_rows.index.to_numpy()] = float(np.prod(shard.spacing[:2]))  # NaN for photos
             if (segmentation or tally is not None) and shard.has_mask[take].all():
                 for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
                     at = shard_rows.index.get_indexer(rows_of_patient.index)
@@ -73,7 +73,7 @@ def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndar
     of each slice as its evidence; a single slice is scored as predicted).
 
     In-plane spacing comes from the shard; through-plane spacing is the slice stride (read from the slice
-    indices) x 1 mm, the BraTS voxel size, so HD95 of a volume sliced every 2nd slice is still in mm."""
+    indices) x the slice thickness the shard records, so HD95 of a volume sliced every 2nd slice is still in mm."""
     tumour = truth.reshape(len(truth), -1).any(axis=1)
     per_slice = {"dice": [], "iou": [], "hd95": []}
     if tumour.any():
