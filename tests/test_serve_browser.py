@@ -410,6 +410,7 @@ def test_patient_files_go_to_the_api_as_the_modalities_their_names_say(browser, 
     browser.find_element("id", "vol-file").send_keys(str(named["flair"]))
     visible(browser, "vol-result")
     assert browser.find_element("id", "vol-title").text.startswith("P_flair.nii.gz")
+    assert "shown anterior up" in browser.find_element("id", "vol-title").text
     note = browser.find_element("id", "vol-modalities")
     assert note.is_displayed() == (len(takes) > 1)
     if len(takes) > 1:

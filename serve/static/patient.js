@@ -39,8 +39,11 @@ async function render(result, title) {
   patient.result = result;
   patient.slices = result.slices;
   const hasLabels = await layers(result);
+  // the slices are cut in one orientation whatever the file's storage: say which, as a viewer's markers would
+  const shown = result.orientation ? ` · stored ${result.orientation}, shown anterior up, patient's right on the ` +
+    "left, slices inferior to superior" : "";
   $("vol-title").textContent = `${title} · ${result.shape.join(" × ")} voxels of ` +
-    `${result.voxel_spacing_mm.map((s) => s.toFixed(2)).join(" × ")} mm`;
+    `${result.voxel_spacing_mm.map((s) => s.toFixed(2)).join(" × ")} mm${shown}`;
   showWarning("vol-warning", result.warning);
   const missing = (result.modalities || {}).missing || [];
   $("vol-modalities").textContent = missing.length ?
