@@ -77,6 +77,8 @@ def decision_line(decision: dict) -> str:
     if decision.get("version") is None:
         return f"**{decision.get('model_name', 'slicewise')}**: not registered"
     verdict = "promoted to champion" if decision.get("promoted") else "not promoted"
+    if decision.get("reused"):  # the aliased version already was this model: nothing moved
+        verdict = "already held this model, " + ("still champion" if decision.get("promoted") else "still challenger")
     return f"**{decision.get('model_name', 'slicewise')} version {decision.get('version')}**: {verdict}"
 
 

@@ -4,11 +4,13 @@ DVC cannot see a folder outside the repository, so its `fetch` stage stays "up t
 appears under `data.brats_dir`. Instead of keeping a record of the source (a file that the two front doors
 would have to keep in step), this compares the source with data/raw itself: the files `fetch` would import
 now (same discovery, same seeded patient_fraction subset, same target names as tasks/data/local_import.py) against
-the files data/raw holds, by relative path, size and time. It is stateless, so it gives the same answer after a
-`dvc repro` as after a flow run. A file counts as changed when its size differs or the source's copy is newer than
-the fetched one: `fetch` hard-links (same inode, same time) or copies (a later time), and `dvc checkout` restores
-files with later times still, so only an edit of the source after the fetch makes it newer: a corrected segmentation
-saved over the old one has the same size (an uncompressed .nii always does), and only its time tells.
+the files data/raw holds, by relative path, size and modification time. It is stateless, so it gives the same answer
+after a `dvc repro` as after a flow run. A file counts as changed when its size differs or the source's copy is newer
+than the fetched one by more than MTIME_SLACK_NS: `fetch` hard-links (one inode, one time) or copies keeping the time
+(shutil.copy2, across file systems), and DVC's checkout writes later times still, so only an edit of the source after
+the fetch makes it newer: a corrected segmentation saved over the old one has the same size (an uncompressed .nii
+always does), and only its time tells. Not seen: a same-size file put back with an older time (`cp -p`, `rsync -a`).
+Modification times, not ctime: linking and unlinking (DVC relinks data/raw) move an inode's ctime.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from tasks.data.local_import import (choose_fraction, find_brats_patients, find_
                                      nifti_extension)
 
 RAW_PARTS = ("brats", "kaggle")  # the only subfolders of data/raw that the local import writes
+# A copy's time is the source's as the target file system keeps it: FAT and exFAT round to 2 s, which must not read
+# as "newer" forever after.
+MTIME_SLACK_NS = 2_000_000_000
 
 
 class Stamp(NamedTuple):
@@ -73,8 +78,8 @@ def local_source_drift(settings: Settings, raw: Path = paths.RAW) -> str | None:
     fetched = fetched_raw_files(raw)
     new = sorted(planned.keys() - fetched.keys())
     gone = sorted(fetched.keys() - planned.keys())
-    changed = sorted(k for k in planned.keys() & fetched.keys()
-                     if planned[k].size != fetched[k].size or planned[k].mtime_ns > fetched[k].mtime_ns)
+    changed = sorted(k for k in planned.keys() & fetched.keys() if planned[k].size != fetched[k].size
+                     or planned[k].mtime_ns > fetched[k].mtime_ns + MTIME_SLACK_NS)
     if not (new or gone or changed):
         return None
     example = (new or gone or changed)[0]

@@ -229,6 +229,13 @@ def test_metrics_rows_and_model_card_carry_intervals_and_decision():
     assert "**slicewise**: not registered" in artifacts.model_card_markdown(unregistered, None, None)
 
 
+def test_the_decision_line_of_a_reused_version_says_nothing_moved():
+    decision = {"model_name": "slicewise", "version": "16", "promoted": True}
+    assert artifacts.decision_line(decision) == "**slicewise version 16**: promoted to champion"
+    assert artifacts.decision_line(decision | {"reused": True}) == \
+        "**slicewise version 16**: already held this model, still champion"
+
+
 def test_metrics_rows_survive_a_null_interval():
     metrics = {"classification": {"accuracy": 0.91}, "segmentation": {"hd95": 30.0},
                "ci95": {"classification.accuracy": None, "segmentation.hd95": [None, 40.0]}}
@@ -259,11 +266,11 @@ def test_local_source_drift_compares_the_source_with_data_raw(tmp_path):
     os.link(raw / "kaggle" / "no" / "0 no.PNG", kaggle / "no" / "0 no.PNG")  # back as it was fetched
     shutil.rmtree(source / "nested" / "BraTS20_Training_004")
     assert local_source_drift(settings, raw) is None
-    # a corrected segmentation saved over the old one (a new file, as nibabel and most editors write): same size
+    # a corrected segmentation saved over the old one (through a temporary file, as many editors save): same size
     seg = next((source / "nested" / "BraTS20_Training_002").glob("*_seg.nii*"))
     corrected = seg.with_suffix(".tmp")
     corrected.write_bytes(seg.read_bytes()[::-1])  # other bytes, the same size
-    stamp = (raw / "brats").stat().st_mtime_ns + 10**9
+    stamp = (raw / "brats").stat().st_mtime_ns + 3 * 10**9  # saved after the fetch, beyond the 2 s slack
     os.utime(corrected, ns=(stamp, stamp))
     corrected.replace(seg)
     drift = local_source_drift(settings, raw)

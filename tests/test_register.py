@@ -247,21 +247,37 @@ def test_model_that_cannot_segment_is_never_champion_and_the_registry_says_why(p
 
 def test_registering_the_same_model_again_creates_no_copy(project, tiny_settings):
     """A rerun of register on an unchanged model (its code changed, or a setting that leaves the verdict) finds the
-    champion is this very release and creates no second version; a different verdict still registers one."""
+    champion is this very release and creates no second version; other figures or another verdict still register
+    one."""
     settings = tracked(tiny_settings)
     first = register.main(settings)
     again = register.main(settings)
     assert again["reused"] and again["version"] == first["version"] == alias_version("slicewise", "champion")
     assert [str(v.version) for v in client().search_model_versions("name = 'slicewise'")] == ["1"]
     assert json.loads(paths.REGISTER_REPORT.read_text()) == again
-    run = client().get_run(again["mlflow_run_id"])
+    assert again["mlflow_run_id"] == first["mlflow_run_id"]  # the run that holds the model, its card and reports
+    run = client().get_run(again["reused_by_run_id"])
     assert run.data.tags["reused_version"] == "true" and run.data.tags["registered_version"] == "1"
     assert run.info.status == "FINISHED"
 
-    write_metrics(project, accuracy=0.5, sensitivity=0.9)  # the same ONNX file, now below the gate: a challenger
+    write_metrics(project, accuracy=0.92, sensitivity=0.9)  # the same ONNX file, other figures: the tags would lie
+    refigured = register.main(settings)
+    assert not refigured.get("reused") and refigured["version"] == "2" == alias_version("slicewise", "champion")
+    write_metrics(project, accuracy=0.5, sensitivity=0.9)  # now below the gate: a challenger
     rejected = register.main(settings)
-    assert not rejected.get("reused") and rejected["version"] == "2" and rejected["alias"] == "challenger"
-    assert alias_version("slicewise", "champion") == "1"
+    assert not rejected.get("reused") and rejected["version"] == "3" and rejected["alias"] == "challenger"
+    assert alias_version("slicewise", "champion") == "2"
+
+
+def test_a_version_that_lost_its_files_is_not_kept_as_this_release(project, tiny_settings):
+    settings = tracked(tiny_settings)
+    register.main(settings)
+    stored = [p for p in project.rglob("model.onnx") if p.resolve() != paths.ONNX_MODEL.resolve()]
+    assert stored
+    for path in stored:  # the registered copy is gone (a pruned artifact store)
+        path.write_bytes(b"not a model")
+    result = register.main(settings)
+    assert not result.get("reused") and result["version"] == "2" == alias_version("slicewise", "champion")
 
 
 def test_worse_challenger_never_displaces_a_better_champion(project, tiny_settings):

@@ -391,6 +391,7 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         "promotion": "promoted" if decision.promoted else "rejected", "promotion_reason": decision.reason,
         "promotion_gate": json.dumps(decision.as_dict()["criteria"]),  # machine-readable: /model/info shows it
         "onnx_sha256": release.onnx_sha256, "mlflow_run_id": tracker.run_id,
+        "metrics_sha256": sha256_file(paths.METRICS),  # the figures the tags and the card show
         # .get: a metric missing from metrics.json fails its gate criterion (above), it must not crash the tags
         "test_accuracy": str((release.metrics.get("classification") or {}).get("accuracy")),
         "test_sensitivity": str((release.metrics.get("classification") or {}).get("sensitivity")),
@@ -406,9 +407,11 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
                              tags=version_tags)
     alias = reg.alias if decision.promoted else reg.challenger_alias
     holder = champion if alias == reg.alias else registry.by_alias(alias)
-    if holder is not None and already_registered(holder, version_tags):
-        return kept_version(settings, decision, holder, alias, tracker, release)
     example = input_example(processed, splits_dir)
+    # not this run's own version (a register cut off after its alias moved, rerun): that one it completes below
+    if holder is not None and holder.run_id != tracker.run_id and already_registered(holder, version_tags) \
+            and still_intact(registry, holder, release, example):
+        return kept_version(settings, decision, holder, alias, tracker, release)
     logged = None
     try:
         with tempfile.TemporaryDirectory() as tmp:  # test-split examples the served model carries (serve/examples.py)
@@ -431,8 +434,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
             "tracking_uri": redact(tracking_uri())}
 
 
-# What makes a version this very release: the same ONNX file, judged on the same data and split, with the same verdict
-SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "promotion")
+# What makes a version this very release: the same ONNX file, judged on the same data and split with the same figures
+# (metrics.json: its tags and model card show them), with the same verdict
+SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "metrics_sha256", "promotion")
 
 
 def already_registered(version, tags: dict[str, str]) -> bool:
@@ -443,18 +447,33 @@ def already_registered(version, tags: dict[str, str]) -> bool:
                for key in SAME_RELEASE_TAGS)
 
 
+def still_intact(registry: ModelRegistry, version, release: Release, example: np.ndarray) -> bool:
+    """Whether the version still holds this release's files and gives its outputs (registry.verify); when not (its
+    artifacts were lost), a new version is registered instead of keeping an alias on a broken one."""
+    try:
+        registry.verify(str(version.version), release.onnx_path, release.onnx_sha256, release.checkpoint_path, example)
+    except SliceWiseError as exc:
+        log.warning("register: version %s holds this release but failed verification (%s); registering it again",
+                    version.version, exc.reason)
+        return False
+    return True
+
+
 def kept_version(settings: Settings, decision: GateDecision, version, alias: str, tracker: MlflowTracker,
                  release: Release) -> dict:
-    """register.json for a release that a version already holds, with its alias: nothing logged, nothing created."""
+    """register.json for a release that a version already holds, with its alias: nothing logged, nothing created.
+    `mlflow_run_id` is the run that registered it (its model, card and reports are there); this run is
+    `reused_by_run_id`."""
     name, number = settings.registry.model_name, str(version.version)
     tracker.set_tags({"registered_version": number, "promotion": "promoted" if decision.promoted else "rejected",
                       "reused_version": "true"})
-    log.info("register: %s version %s already holds this model (same ONNX file, data and split, same verdict) as "
-             "@%s; no new version", name, number, alias)
+    log.info("register: %s version %s already holds this model (same ONNX file, data, split and figures, same "
+             "verdict) as @%s; no new version", name, number, alias)
     return {"registered": True, "reused": True, "model_name": name, "version": number, "promoted": decision.promoted,
             "alias": alias, "reason": decision.reason, "gate": decision.as_dict()["criteria"],
-            "mlflow_run_id": tracker.run_id, "model_uri": f"models:/{name}/{number}",
-            "onnx_sha256": release.onnx_sha256, "tracking_uri": redact(tracking_uri())}
+            "mlflow_run_id": version.run_id, "reused_by_run_id": tracker.run_id,
+            "model_uri": f"models:/{name}/{number}", "onnx_sha256": release.onnx_sha256,
+            "tracking_uri": redact(tracking_uri())}
 
 
 def decide(settings: Settings, release: Release, champion: ChampionScore | None) -> GateDecision:
