@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.memory import status_mib
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 128
 CONNECTION_MB = 1  # what one connection may hold outside the budget (README, "Uploads: bounded ...")
@@ -170,11 +172,9 @@ def serve(model: Path, params: Path, log: Path):
         proc.wait(timeout=30)
 
 
-def memory_mb(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def peak_mb(pid: int) -> float:
+    """The server's peak RSS (VmHWM) in MiB; NaN when it is gone."""
+    return status_mib(pid, "VmHWM", missing=float("nan"))
 
 
 def load(url: str, plans: list[list[tuple]]) -> dict:
@@ -225,17 +225,17 @@ def run(clients: int = 30, per_client: int = 10, bombs: int = 10, seed: int = 0)
                   "max_connections": serve_cfg.max_connections}
         plans = good_requests(clients, per_client)
         with serve(model, params, folder / "plain.log") as (url, pid):
-            report["idle_rss_mb"] = round(memory_mb(pid, "VmRSS"), 1)
+            report["idle_rss_mb"] = round(status_mib(pid, "VmRSS", missing=float("nan")), 1)
             # the bound the design promises (README, "The memory budget"): idle RSS + the budget + 1 MB a connection
             report["ceiling_mb"] = round(report["idle_rss_mb"] + serve_cfg.memory_budget_mb
                                          + CONNECTION_MB * serve_cfg.max_connections, 1)
-            report["plain"] = load(url, plans) | {"peak_rss_mb": round(memory_mb(pid, "VmHWM"), 1)}
+            report["plain"] = load(url, plans) | {"peak_rss_mb": round(peak_mb(pid), 1)}
         rng = random.Random(seed)
         for bomb in bomb_requests(bombs):  # each bomb takes the place of a good request of a random client
             plan = plans[rng.randrange(clients)]
             plan.insert(rng.randrange(len(plan) + 1), bomb)
         with serve(model, params, folder / "bombs.log") as (url, pid):
-            report["with_bombs"] = load(url, plans) | {"peak_rss_mb": round(memory_mb(pid, "VmHWM"), 1),
+            report["with_bombs"] = load(url, plans) | {"peak_rss_mb": round(peak_mb(pid), 1),
                                                       "bombs": bombs}
     plain, bombed = report["plain"], report["with_bombs"]
     report["ratios"] = {"peak_rss_bombs_over_plain": round(bombed["peak_rss_mb"] / plain["peak_rss_mb"], 2),

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.memory import status_mib
+
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SLICES_PER_S, GOAL_CORES = 2000, 16
 A100_IMAGES_PER_S = (1000, 1350)
@@ -75,17 +77,6 @@ def write_sets(root: Path, patients: int, slices: int, seed: int = 0,
     return sets
 
 
-def _peak_mib(pid: int | str = "self") -> float:
-    """VmHWM: the peak RSS of a process (Linux), in MiB; 0 where /proc is missing."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    if "VmHWM:" not in status:  # a process that has exited but not yet been reaped
-        return 0.0
-    return int(status.split("VmHWM:")[1].split()[0]) / 1024
-
-
 def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int) -> dict:
     """Slices/s through `training_loader` over `processed`, in this process (start it fresh: see `_measure_in`)."""
     import psutil
@@ -101,7 +92,7 @@ def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: 
     data = stream_slices(processed, patients, ("brats",), ShardRowReader(cache_mb * 2**20 // (workers + 1)))
     loader = training_loader(data, BATCH, torch.Generator().manual_seed(0), workers,
                              foreground_share=settings.train_seg.foreground_share, augment=settings.train.augment)
-    baseline_mib = _rss_mib()
+    baseline_mib = status_mib(field="VmRSS")
     batches_seen, count = iter(loader), 0
     processes = [psutil.Process()] + [psutil.Process(w.pid) for w in getattr(batches_seen, "_workers", [])]
     for i in range(warmup + batches):
@@ -121,8 +112,8 @@ def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: 
             "slices_per_cpu_second": round(count / cpu, 1),
             # What the training process itself spends per batch: with workers, what is left after they took the rest.
             "main_cpu_ms_per_batch": round(1000 * spent[0] / batches, 1),
-            "rss_before_loading_mib": round(baseline_mib), "main_peak_rss_mib": round(_peak_mib()),
-            "workers_peak_rss_mib": round(sum(_peak_mib(p.pid) for p in processes[1:])),
+            "rss_before_loading_mib": round(baseline_mib), "main_peak_rss_mib": round(status_mib()),
+            "workers_peak_rss_mib": round(sum(status_mib(p.pid) for p in processes[1:])),
             # A forked worker's RSS counts the parent's pages it shares; USS is what it holds alone.
             "workers_uss_mib": round(sum(p.memory_full_info().uss for p in processes[1:]) / 2**20)}
 
@@ -130,10 +121,6 @@ def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: 
 def _cpu_seconds(process) -> float:
     times = process.cpu_times()
     return times.user + times.system
-
-
-def _rss_mib() -> float:
-    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
 
 
 def _measure_in(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int) -> dict:
@@ -220,7 +207,7 @@ def stage_peak_rss(patient_counts: tuple[int, ...] = (3, 11), slices: int = 140)
                                      stderr=subprocess.PIPE, text=True)
             peak = 0.0
             while child.poll() is None:
-                peak = max(peak, _peak_mib(child.pid))
+                peak = max(peak, status_mib(child.pid))
                 time.sleep(0.2)
             if child.returncode != 0:
                 raise RuntimeError(child.stderr.read()[-3000:])

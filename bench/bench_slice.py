@@ -12,7 +12,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from bench.memory import status_mib
 from tasks import paths
 from tasks.config import load_settings
 from tasks.data.file_digests import FileDigests
@@ -62,9 +62,10 @@ def _timed_in_one_worker(patients: list[Path], spec: SliceSpec, parts: tuple[str
 
 
 def _peak_rss_mib(patient_dir: Path, spec: SliceSpec) -> float:
-    """Run in a fresh worker process: that process's peak RSS in MiB after slicing one patient."""
+    """Run in a fresh worker process: that process's peak RSS in MiB after slicing one patient (VmHWM: bench/memory.py
+    says why not ru_maxrss)."""
     slice_patient(patient_dir, spec)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return status_mib()
 
 
 def run(raw_brats: Path = paths.RAW_BRATS, max_patients: int = 6, profile: str | None = None) -> dict:
@@ -82,7 +83,7 @@ def run(raw_brats: Path = paths.RAW_BRATS, max_patients: int = 6, profile: str |
         load_s, slice_s = pool.submit(_timed_in_one_worker, patients, spec, parts).result()
     peaks = []
     for patient in patients:  # one fresh process per patient so each peak RSS is that patient's alone; spawned, not
-        # forked, so it does not count the pages of this process (torch, Prefect... when `make bench` runs it)
+        # forked, so it holds none of this process's modules (torch, Prefect... when `make bench` runs it)
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             peaks.append(pool.submit(_peak_rss_mib, patient, spec).result())
     report = {
