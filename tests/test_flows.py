@@ -270,9 +270,11 @@ def test_local_source_drift_compares_the_source_with_data_raw(tmp_path):
     seg = next((source / "nested" / "BraTS20_Training_002").glob("*_seg.nii*"))
     corrected = seg.with_suffix(".tmp")
     corrected.write_bytes(seg.read_bytes()[::-1])  # other bytes, the same size
-    stamp = (raw / "brats").stat().st_mtime_ns + 3 * 10**9  # saved after the fetch, beyond the 2 s slack
-    os.utime(corrected, ns=(stamp, stamp))
+    fetched = next((raw / "brats" / "BraTS20_Training_002").glob("*_seg.nii*")).stat().st_mtime_ns
+    os.utime(corrected, ns=(fetched + 10**9, fetched + 10**9))  # 1 s newer: within a FAT copy's 2 s rounding
     corrected.replace(seg)
+    assert local_source_drift(settings, raw) is None
+    os.utime(seg, ns=(fetched + 3 * 10**9, fetched + 3 * 10**9))  # saved after the fetch, beyond the slack
     drift = local_source_drift(settings, raw)
     assert drift and "1 changed" in drift and "BraTS20_Training_002" in drift
     set_params({"data.source": "synthetic"}, params)

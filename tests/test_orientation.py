@@ -121,3 +121,19 @@ def test_a_volume_whose_affine_names_no_axes_is_rejected_naming_the_file(tmp_pat
     with pytest.raises(SliceWiseError, match="degenerate affine") as error:
         slice_patient(folder, SliceSpec(("flair",), 32, 1, 0.05))
     assert str(error.value.path).endswith("P_flat_flair.nii.gz")
+
+
+def test_a_transposed_storage_puts_each_voxel_size_on_its_display_axis(tmp_path):
+    """0.8 mm across (x), 1.2 mm front to back (y), 2.5 mm slices (z), stored S, R, P: the shard's spacing is still
+    x, y, then the slice thickness, each resized axis scaled to the image size."""
+    volume, labels = display_phantom()
+    las = np.diag([-0.8, 1.2, 2.5, 1.0])
+    spacings = []
+    for axes in (("L", "A", "S"), ("S", "R", "P")):
+        folder = tmp_path / f"P_{''.join(axes)}"
+        folder.mkdir()
+        for part, data in (("flair", volume), ("seg", labels)):
+            nib.save(stored_as(nib.Nifti1Image(data, las), axes), folder / f"{folder.name}_{part}.nii.gz")
+        spacings.append(slice_patient(folder, SliceSpec(("flair",), 32, 1, 0.05)).spacing)
+    np.testing.assert_allclose(spacings[0], [0.8 * 40 / 32, 1.2 * 48 / 32, 2.5], rtol=1e-6)
+    np.testing.assert_array_equal(spacings[1], spacings[0])

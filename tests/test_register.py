@@ -267,6 +267,14 @@ def test_registering_the_same_model_again_creates_no_copy(project, tiny_settings
     rejected = register.main(settings)
     assert not rejected.get("reused") and rejected["version"] == "3" and rejected["alias"] == "challenger"
     assert alias_version("slicewise", "champion") == "2"
+    again = register.main(settings)  # the same rejected release: the challenger already is it
+    assert again["reused"] and again["version"] == "3" == alias_version("slicewise", "challenger")
+
+    write_metrics(project, accuracy=0.92, sensitivity=0.9)  # version 2's figures again, but on another split
+    test_list = paths.SPLITS / "test.txt"
+    test_list.write_text(test_list.read_text() + "\n")
+    resplit = register.main(settings)
+    assert not resplit.get("reused") and resplit["version"] == "4" == alias_version("slicewise", "champion")
 
 
 def test_a_version_that_lost_its_files_is_not_kept_as_this_release(project, tiny_settings):

@@ -168,6 +168,11 @@ def test_a_volume_stored_another_way_gets_the_same_slices_and_a_mask_on_its_own_
             assert a[key] == b[key] == c[key], (a["slice"], key)
     dice = 2 * (np.asarray(lps_mask.dataobj) * truth).sum() / (np.asarray(lps_mask.dataobj).sum() + truth.sum())
     assert dice > 0.7
+    # anterior up, the patient's right on the left: the box lies posterior (y 26-34 of 48, LPS) and on the patient's
+    # right (x 8-16 of 40), so in the slice picture it is in the lower half and on the left
+    rows, cols = np.nonzero(decode_png(lps_body["slices"][5]["mask_png"]) > 0)
+    side = decode_png(lps_body["slices"][5]["mask_png"]).shape[0]
+    assert rows.size and rows.min() >= side // 2 and cols.max() < side // 2
 
 
 def test_voxel_sizes_in_metres_or_microns_are_converted_to_millimetres(client):

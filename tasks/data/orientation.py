@@ -65,4 +65,3 @@ class Orientation:
         for stored_axis, (display_axis, _) in enumerate(self.to_display):
             out[int(display_axis)] = values[stored_axis]
         return out
-

@@ -5,7 +5,8 @@ A shard is an uncompressed `.npz` (`np.savez`: a zip of `.npy` members, stored, 
     masks        uint8   (N, H, W)     BraTS 2020 label map 0/1/2/4 (tasks/data/regions.py; all zeros for Kaggle)
     has_mask     bool    (N,)          False for Kaggle images, whose masks are unknown
     labels       uint8   (N,)          1 = tumour present
-    slice_index  int16   (N,)          axial index in the source volume (-1 for Kaggle images)
+    slice_index  int16   (N,)          axial index in the display-oriented volume, inferior to superior
+                                       (tasks/data/orientation.py; BraTS's own index) (-1 for Kaggle images)
     spacing      float32 (3,)          pixel spacing in mm after resizing (x, y) and the source's slice thickness (z),
                                        of the display-oriented volume (NaN for Kaggle images; (2,) before 2026-12-02)
 One shard per patient keeps the number of files DVC hashes small; the manifest has one row per slice.

@@ -9,8 +9,9 @@
     5. verify it: download the version, its model.onnx must have the exported sha256 and give the same outputs
     6. move an alias: `champion` when the gate passed, `challenger` when not; end the parent run.
        A version that fails 5 or 6 is deleted, so no alias ever points at a broken version
-A release that the version holding its alias already is (same ONNX file, data and split hashes, same verdict: a rerun
-after a code change that left the model as it was) creates no new version; register.json says `reused`.
+A release that the version holding its alias already is (same ONNX file, data and split hashes, same metrics.json,
+same verdict, its files verified: a rerun after a code change that left the model as it was) creates no new version;
+register.json says `reused`.
 Retries are idempotent: a version is created only after asking whether this run already registered this ONNX
 file (a retry after a lost response, or a rerun of an interrupted register, finds it). A register that fails or
 is interrupted removes the logged models it left in the run (and their local artifact folders), so nothing

@@ -64,7 +64,7 @@ def print_summary(console: Console | None = None) -> None:
             if decision.get("reused"):  # the version holding the alias already is this model: nothing new
                 verdict = "still champion" if decision.get("promoted") else "still challenger"
                 console.print(f"{decision.get('model_name', 'model')} version {decision.get('version')} already holds "
-                              f"this model (same ONNX file, data and split): {verdict}, no new version")
+                              f"this model (same ONNX file, data, split and figures): {verdict}, no new version")
             else:
                 console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: "
                               f"{verdict}")
