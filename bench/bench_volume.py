@@ -58,7 +58,7 @@ def brain_volumes(shape=SHAPE, seed: int = 0) -> list[np.ndarray]:
 
 
 def run(runs: int = 3, side: int = 256, flips=((), (3,)), base_channels: int | None = None) -> dict:
-    from tasks.data.orientation import BRATS_AFFINE
+    from tasks.data.orientation import BRATS_AFFINE, Orientation
     from tasks.inference.predictor import OnnxPredictor
     from tasks.inference.volume import NO_TTA, predict_volume
 
@@ -67,12 +67,12 @@ def run(runs: int = 3, side: int = 256, flips=((), (3,)), base_channels: int | N
         predictor = OnnxPredictor(untrained_regions_model(Path(tmp), side, base_channels),
                                   providers=["CPUExecutionProvider"], batch_size=SERVE_BATCH)
         # warm-up: onnxruntime's first run allocates
-        predict_volume(predictor, volumes, side, NO_TTA, affine=BRATS_AFFINE)
+        predict_volume(predictor, volumes, side, NO_TTA, orientation=Orientation.of(BRATS_AFFINE))
         times: dict[str, list[float]] = {"tta_off": [], "tta_on": []}
         for _ in range(runs):  # interleaved: both settings see the same load
             for name, chosen in (("tta_off", NO_TTA), ("tta_on", flips)):
                 started = time.perf_counter()
-                result = predict_volume(predictor, volumes, side, chosen, affine=BRATS_AFFINE)  # as served: LPS
+                result = predict_volume(predictor, volumes, side, chosen, orientation=Orientation.of(BRATS_AFFINE))  # as served: LPS
                 times[name].append(time.perf_counter() - started)
     p50 = {name: float(np.median(values)) for name, values in times.items()}
     return {

@@ -27,7 +27,8 @@ from tasks.data.preprocess import photo_gray, prepare_array_slice, prepare_photo
 from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.data.volumes import spacing_mm
 from tasks.inference.predictor import Prediction
-from tasks.inference.volume import NO_TTA, binary_entropy, predict_volume, prepare_channels, quiet_outside_brain
+from tasks.inference.volume import (NO_TTA, binary_entropy, in_display_orientation, predict_volume, prepare_channels,
+                                   quiet_outside_brain)
 
 
 # onnxruntime's workspace per input pixel of one batch element, per base channel of the U-Net: 64 MB for a batch of
@@ -170,11 +171,11 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     shown = Orientation.of(image.affine)
     flair = shown.display(uploads["flair"])
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow → the 422 below
-        inputs = prepare_channels([None if v is None else shown.display(v) for v in volumes], model.image_size)
+        inputs = prepare_channels(in_display_orientation(volumes, shown), model.image_size)
     _check_finite(inputs, name)
     ood = score_volume(flair, inputs[:, :1], ood_threshold)
     result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs,
-                            affine=image.affine)
+                            orientation=shown)
     _check_finite(result.tumour_probability, name)
     _check_finite(result.slice_probability, name)
     spacing = list(spacing_mm(image.header))

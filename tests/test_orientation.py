@@ -98,7 +98,8 @@ def test_volume_answers_come_back_on_the_stored_grid(axes):
     truth = stored_as(nib.Nifti1Image(labels, np.diag([-1.0, 1, 1, 1])), axes)
     data = np.asarray(image.dataobj).astype(np.float32)
     # channel 0 z-scored: brain ~ -0.5, marker ~ 1.5, tumour ~ 4; WT above 3
-    result = predict_volume(TorchPredictor(Bright(regions=1, levels=(3.0,))), [data], 48, affine=image.affine)
+    result = predict_volume(TorchPredictor(Bright(regions=1, levels=(3.0,))), [data], 48,
+                            orientation=Orientation.of(image.affine))
     assert result.masks.shape[1:] == data.shape and result.label_map.shape == data.shape
     np.testing.assert_array_equal(result.whole_tumour, np.asarray(truth.dataobj) > 0)
     assert result.masks.flags.c_contiguous and result.uncertainty.flags.c_contiguous

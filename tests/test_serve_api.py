@@ -138,15 +138,14 @@ def test_volume_mask_restacked_on_the_input_grid(client):
 def test_a_volume_stored_another_way_gets_the_same_slices_and_a_mask_on_its_own_grid(client):
     """The same anatomy stored as LPS (BraTS) and as RAS (nibabel / MONAI canonical): the slice answers and pictures
     are the same (display orientation, anterior up), and each mask NIfTI overlays its own file."""
-    from nibabel import orientations
+    from tests.test_orientation import stored_as
 
     volume, truth = brain_volume()
     data, affine = nifti_bytes(volume, spacing=(1.0, 1.5, 2.0), compress=False)
     lps = nib.Nifti1Image.from_bytes(data)
 
     def stored(axes, image=lps):
-        return image.as_reoriented(orientations.ornt_transform(orientations.io_orientation(affine),
-                                                               orientations.axcodes2ornt(axes)))
+        return stored_as(image, axes)
 
     ras, srp = stored(("R", "A", "S")), stored(("S", "R", "P"))  # srp: axial axis stored first, spacing permuted
     answers = {}

@@ -34,6 +34,7 @@ from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binar
 from sklearn.metrics import roc_auc_score
 
 from tasks.data.brats_files import find_part
+from tasks.data.orientation import Orientation
 from tasks.data.regions import REGIONS, regions_from_labels
 from tasks.data.volumes import brats2020_labels, load_volume
 from tasks.evaluation import metrics
@@ -125,7 +126,8 @@ def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: S
     truth_volume, spacing, _ = load_volume(seg_path, labels=True)  # as stored: a NaN label is an error, not 0
     truth = brats2020_labels(truth_volume, seg_path)  # mapped and checked as the slice step does
     # sliced in display orientation, as the slice step cuts them; the answer comes back on the stored grid
-    result = predict_volume(predictor, volumes, image_size, flips, threshold, affine=loaded[0].affine)
+    result = predict_volume(predictor, volumes, image_size, flips, threshold,
+                            orientation=Orientation.of(loaded[0].affine))
     brain = brain_of(volumes)
     scores = region_scores(result.label_map, truth, spacing, result.regions)
     # a whole-tumour-only model labels all it finds 2: its errors are whole-tumour errors, not label mismatches

@@ -211,21 +211,28 @@ def scores_after_cleanup(prediction: Prediction, slice_masks: np.ndarray, thresh
     return slice_probability(prediction.classifier_probability, kept, prediction.slice_score)
 
 
+def in_display_orientation(volumes: Sequence[np.ndarray | None],
+                           orientation: Orientation | None) -> list[np.ndarray | None]:
+    """The volumes (None: a missing modality) turned by `orientation` to display orientation, as views; as they are
+    for None."""
+    if orientation is None:
+        return list(volumes)
+    return [None if v is None else orientation.display(v) for v in volumes]
+
+
 def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | None], image_size: int,
                    flips: Sequence[Sequence[int]] = NO_TTA, threshold: float = MASK_THRESHOLD,
                    inputs: np.ndarray | None = None,
                    min_component_share: float = MIN_COMPONENT_SHARE,
                    min_slice_evidence: float = MIN_SLICE_EVIDENCE,
-                   affine: np.ndarray | None = None) -> VolumePrediction:
+                   orientation: Orientation | None = None) -> VolumePrediction:
     """Every axial slice of a volume (one (X, Y, Z) array per model channel, None where missing) → VolumePrediction.
 
-    `affine`: the volumes' voxel → world affine. They are sliced in display orientation (tasks/data/orientation.py,
-    as the slice step cuts training data), and the answers on the input's grid are turned back to the stored one.
-    None: the volumes are in display orientation already. `inputs` may pass the already prepared (Z, C, S, S) slices
-    of the display-oriented volumes (serving prepares them first, for its OOD check)."""
-    shown = Orientation.of(affine) if affine is not None else None
-    if shown is not None:
-        volumes = [None if v is None else shown.display(v) for v in volumes]
+    `orientation`: the volumes' (Orientation.of their affine). They are sliced in display orientation
+    (tasks/data/orientation.py, as the slice step cuts training data), and the answers on the input's grid are turned
+    back to the stored one. None: the volumes are in display orientation already. `inputs` may pass the already
+    prepared (Z, C, S, S) slices of the display-oriented volumes (serving prepares them first, for its OOD check)."""
+    volumes = in_display_orientation(volumes, orientation)
     if inputs is None:
         inputs = prepare_channels(volumes, image_size)
     shape = next(v for v in volumes if v is not None).shape[:3]
@@ -243,12 +250,12 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     tumour_probability = scores_after_cleanup(prediction, slice_masks, threshold)
     quiet_outside_brain(uncertainty, brain_of(volumes), masks)
     label_map = labels_from_regions(masks)
-    if shown is not None:  # back on the stored grid, as contiguous arrays (torch and MONAI refuse negative strides)
-        masks = np.ascontiguousarray(np.moveaxis(shown.stored(np.moveaxis(masks, 0, -1)), -1, 0))
-        label_map, uncertainty = (np.ascontiguousarray(shown.stored(a)) for a in (label_map, uncertainty))
+    if orientation is not None:  # back on the stored grid, contiguous (torch and MONAI refuse negative strides)
+        masks = np.ascontiguousarray(np.moveaxis(orientation.stored(np.moveaxis(masks, 0, -1)), -1, 0))
+        label_map, uncertainty = (np.ascontiguousarray(orientation.stored(a)) for a in (label_map, uncertainty))
     n_regions = len(masks)
     return VolumePrediction(
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),
         masks=masks, label_map=label_map, uncertainty=uncertainty,
         tumour_probability=tumour_probability, slice_probability=prediction.region_probability,
-        slice_masks=slice_masks, flips=flips, orientation=shown)
+        slice_masks=slice_masks, flips=flips, orientation=orientation)

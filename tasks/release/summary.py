@@ -59,15 +59,14 @@ def print_summary(console: Console | None = None) -> None:
 
     if decision := read_json(paths.REGISTER_REPORT, default=None):
         registered = decision.get("registered", True)  # false with tracking.enabled false: no version to trace
-        if registered:
+        if registered and decision.get("reused"):  # the version holding the alias already is this model: nothing new
+            verdict = "still champion" if decision.get("promoted") else "still challenger"
+            console.print(f"{decision.get('model_name', 'model')} version {decision.get('version')} already holds "
+                          f"this model (same ONNX file, data, split and figures): {verdict}, no new version")
+        elif registered:
             verdict = "[green]PROMOTED to champion[/]" if decision.get("promoted") else "[yellow]not promoted[/]"
-            if decision.get("reused"):  # the version holding the alias already is this model: nothing new
-                verdict = "still champion" if decision.get("promoted") else "still challenger"
-                console.print(f"{decision.get('model_name', 'model')} version {decision.get('version')} already holds "
-                              f"this model (same ONNX file, data, split and figures): {verdict}, no new version")
-            else:
-                console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: "
-                              f"{verdict}")
+            console.print(f"registered {decision.get('model_name', 'model')} version {decision.get('version')}: "
+                          f"{verdict}")
         else:
             console.print("[yellow]not registered[/] (tracking.enabled is false)")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
