@@ -39,7 +39,7 @@ def inside(folder: Path):
         os.chdir(previous)
 
 
-def run_all(skip: set[str]) -> dict:
+def run_all(skip: set[str], keep_seeds: Path | None = None) -> dict:
     from bench import bench_api, bench_gpu, bench_hostile, bench_loader, bench_seeds, bench_volume
 
     # Every recorded figure stays unless this run measures it again: the README cites experiments recorded by hand
@@ -55,7 +55,7 @@ def run_all(skip: set[str]) -> dict:
     merge_pipeline_figures(report, peer="peer" not in skip)
     if "seeds" not in skip:
         console.rule("quality across seeds: the quick pipeline as DVC experiments")
-        record_by_cpu(report, "seeds", bench_seeds.run())
+        record_by_cpu(report, "seeds", bench_seeds.run(keep=keep_seeds))
     if "api" not in skip:
         console.rule("API overhead over a bare onnxruntime call, 20 concurrent clients, start-up")
         report["api"] = bench_api.run()
@@ -109,7 +109,7 @@ def merge_pipeline_figures(report: dict, peer: bool) -> None:
     report |= figures
 
 
-def run_some(names: list[str]) -> dict:
+def run_some(names: list[str], keep_seeds: Path | None = None) -> dict:
     """Rerun some benchmarks and keep every other figure of the last full run."""
     from bench import bench_api, bench_hostile, bench_loader, bench_peer, bench_seeds, bench_volume
 
@@ -123,7 +123,7 @@ def run_some(names: list[str]) -> dict:
         merge_pipeline_figures(report, peer="peer" in names)
         report["pipeline_date"] = time.strftime("%Y-%m-%d")
     if "seeds" in names:
-        record_by_cpu(report, "seeds", bench_seeds.run())
+        record_by_cpu(report, "seeds", bench_seeds.run(keep=keep_seeds))
     if "peer" in names and "pipeline" not in names:
         record_by_cpu(report, "peer", bench_peer.run(REPO))
     if "loader" in names:
@@ -338,8 +338,11 @@ def main() -> None:
                         help="run only these (pipeline: the quick pipeline, slicing and export figures; peer: on this "
                              "project's own trained model, after `make run`) and "
                              "merge them into the existing reports/bench.json")
+    parser.add_argument("--keep-seeds", type=Path, metavar="DIR",
+                        help="build the seed sweep's project copy here and keep it: each seed stays a DVC experiment "
+                             "(`dvc exp apply seed-N` there brings back its checkpoints for validation-only studies)")
     args = parser.parse_args()
-    report = run_some(args.only) if args.only else run_all(set(args.skip))
+    report = run_some(args.only, args.keep_seeds) if args.only else run_all(set(args.skip), args.keep_seeds)
     swept = "seeds" in (args.only or []) or (not args.only and "seeds" not in args.skip)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=2))
