@@ -85,11 +85,17 @@ def test_figures(val, test) -> dict[str, float]:
             "photo_accuracy": float(((photo["probability"] >= threshold) == photo["label"].astype(bool)).mean())}
 
 
-def seed_report(project: Path, seed: int, rules: tuple[str, ...]) -> dict:
+def apply_experiment(project: Path, seed: int) -> None:
+    """Bring seed N's experiment (data, split, checkpoints) into `project`'s workspace."""
     done = subprocess.run([str(DVC), "exp", "apply", f"seed-{seed}"], cwd=project, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"dvc exp apply seed-{seed} failed in {project}:\n{done.stderr[-2000:]}")
+
+
+def seed_report(project: Path, seed: int, rules: tuple[str, ...]) -> dict:
     from tasks.inference.checkpoints import load_model
+
+    apply_experiment(project, seed)
 
     model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
     report = {}

@@ -120,3 +120,38 @@ def test_a_full_run_without_a_gpu_keeps_a_measured_gpu_figure_and_drops_the_part
     monkeypatch.setattr(bench_gpu, "run", lambda: {"measured": False, "reason": "no CUDA device"})
     report = bench_main.run_all({"api", "hostile", "loader", "peer", "seeds", "volume"})
     assert report["gpu"] == {"measured": True, "images_per_s": 1200} and "pipeline_date" not in report
+
+
+def test_the_seed_table_names_the_cpu_with_its_article():
+    from bench.__main__ import seeds_markdown
+
+    row = {"accuracy": 0.9, "sensitivity": 0.9, "slice_dice": 0.8, "volume_dice": 0.9, "hd95_mm": 20.0,
+           "tc_dice": 0.8, "et_dice": 0.7}
+    summary = {name: {"min": value, "median": value, "max": value} for name, value in row.items()}
+    base = {"seeds": [42], "per_seed": {"42": row}, "pipeline_seconds": {"42": 400.0},
+            "summary": summary | {"every_seed_meets_targets": True},
+            "targets": {"accuracy": 0.9, "slice_dice": 0.8, "volume_dice": 0.85}}
+    amd = seeds_markdown(base | {"cpu": {"model": "AMD EPYC", "bf16_autocast": True, "amx": False}})
+    intel = seeds_markdown(base | {"cpu": {"model": "Intel(R) Xeon(R) Processor", "bf16_autocast": True, "amx": True}})
+    assert "on an AMD EPYC (2 cores)" in amd
+    assert "on a Intel" not in intel and "on an Intel(R) Xeon(R) Processor (2 cores)" in intel
+
+
+def test_threshold_rule_candidates_pick_what_they_promise():
+    import numpy as np
+
+    from bench.bench_threshold_rule import RULES
+
+    # Youden's J is 0.9 at two cuts, 0.70 (no false positive, two tumours missed) and 0.52 (every tumour, two false
+    # positives): the first maximum is the higher cut
+    negatives = np.concatenate([np.linspace(0.05, 0.45, 18), [0.60, 0.62]])
+    positives = np.concatenate([[0.52, 0.56], np.linspace(0.70, 0.95, 18)])
+    labels, scores = np.array([0] * 20 + [1] * 20), np.concatenate([negatives, positives])
+    assert RULES["youden"](labels, scores) == 0.70
+    assert RULES["accuracy"](labels, scores) == 0.70  # balanced classes: accuracy and J agree
+    assert RULES["fixed"](labels, scores) == 0.5
+    # within one standard error of the best J (0.067 here) are 0.70, 0.62, 0.56 and 0.52: the one nearest 0.5 wins
+    assert RULES["youden_1se"](labels, scores) == 0.52
+    # with no stray scores every rule but the fixed one cuts between the classes
+    clean = np.concatenate([np.linspace(0.05, 0.45, 20), np.linspace(0.70, 0.95, 20)])
+    assert RULES["youden"](labels, clean) == RULES["youden_1se"](labels, clean) == 0.70
