@@ -96,7 +96,6 @@ def seed_report(project: Path, seed: int, rules: tuple[str, ...]) -> dict:
     from tasks.inference.checkpoints import load_model
 
     apply_experiment(project, seed)
-
     model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
     report = {}
     for rule in rules:

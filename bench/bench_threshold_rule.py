@@ -3,13 +3,13 @@
 Usage: .venv/bin/python -m bench.bench_threshold_rule --project DIR [--seeds 42 1 2 3 4]
 
 DIR is a project a seed sweep kept (`python -m bench --only seeds --keep-seeds DIR`). Each seed's shipped checkpoint
-scores its validation and test slices once (the shipped `evaluate.slice_score`); then each rule of RULES (the
-shipped `evaluate.threshold_rule` choices and candidates) is judged as `bench.bench_slice_score` judges slice
-scores: its threshold
-chosen on one random half of the validation patients and scored on the other half (a photo is its own patient),
-over many halvings. A threshold fitted to a handful of validation patients is noisy; this measures how well each
-rule's choice carries over to patients it did not see, without looking at test. The test figures at the threshold
-each rule picks on the whole validation split are printed beside, not chosen on.
+scores its validation and test slices once (the shipped `evaluate.slice_score`); then each rule of RULES (shipped
+`evaluate.threshold_rule` choices and candidates) is judged as `bench.bench_slice_score` judges slice scores: its
+threshold chosen on one random half of the validation patients and scored on the other half (a photo is its own
+patient), over many halvings, each half holding both classes. A threshold fitted to a handful of validation
+patients is noisy; this measures how well each rule's choice carries over to patients it did not see, without
+looking at test. The test figures at the threshold each rule picks on the whole validation split are printed
+beside, not chosen on.
 """
 
 from __future__ import annotations
