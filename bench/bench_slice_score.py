@@ -52,23 +52,40 @@ def roc_aucs(slices) -> dict[str, float]:
     return out
 
 
+def patient_halvings(slices, seed: int):
+    """(tune, score) row masks: HALVINGS random splits of the patients into two halves, each half once each way."""
+    rng = np.random.default_rng(seed)
+    patients = slices["patient"].unique()
+    for _ in range(HALVINGS):
+        first = set(rng.permutation(patients)[: len(patients) // 2])
+        chosen = slices["patient"].isin(first).to_numpy()
+        yield from ((chosen, ~chosen), (~chosen, chosen))
+
+
 def halved_accuracy(slices, seed: int) -> float:
     """Mean accuracy over random patient halvings: Youden's threshold from one half, scored on the other."""
     from tasks.evaluation.metrics import choose_threshold
 
-    rng = np.random.default_rng(seed)
-    patients = slices["patient"].unique()
+    labels, probability = slices["label"].to_numpy(), slices["probability"].to_numpy()
     scores = []
-    for _ in range(HALVINGS):
-        first = set(rng.permutation(patients)[: len(patients) // 2])
-        chosen = slices["patient"].isin(first).to_numpy()
-        for tune, score in ((chosen, ~chosen), (~chosen, chosen)):
-            labels, probability = slices["label"].to_numpy(), slices["probability"].to_numpy()
-            if len(np.unique(labels[tune])) < 2:
-                continue
-            threshold = choose_threshold(labels[tune], probability[tune], "youden")
-            scores.append(float(((probability[score] >= threshold) == labels[score].astype(bool)).mean()))
+    for tune, score in patient_halvings(slices, seed):
+        if len(np.unique(labels[tune])) < 2:
+            continue
+        threshold = choose_threshold(labels[tune], probability[tune], "youden")
+        scores.append(float(((probability[score] >= threshold) == labels[score].astype(bool)).mean()))
     return statistics.mean(scores)
+
+
+def kept_sweep_arguments(description: str) -> argparse.Namespace:
+    """--project (a kept seed sweep) and --seeds, the arguments of every study run on a kept sweep."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--project", type=Path, required=True,
+                        help="a project kept by a seed sweep (python -m bench --only seeds --keep-seeds DIR)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
+    args = parser.parse_args()
+    args.project = args.project.resolve()
+    sys.path.insert(0, str(REPO))
+    return args
 
 
 def test_figures(val, test) -> dict[str, float]:
@@ -106,17 +123,13 @@ def seed_report(project: Path, seed: int, rules: tuple[str, ...]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--project", type=Path, required=True, help="a project kept by bench.bench_seeds --keep")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
-    args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
+    args = kept_sweep_arguments(__doc__.splitlines()[0])
     from bench.bench_seeds import cpu_description
     from tasks.inference.predictor import SLICE_SCORES
 
     per_seed = {}
     for seed in args.seeds:
-        per_seed[str(seed)] = seed_report(args.project.resolve(), seed, SLICE_SCORES)
+        per_seed[str(seed)] = seed_report(args.project, seed, SLICE_SCORES)
         print(f"seed {seed}: " + json.dumps(per_seed[str(seed)]), flush=True)
     means = {rule: {part: {key: statistics.mean(s[rule][part][key] for s in per_seed.values())
                            for key in next(iter(per_seed.values()))[rule][part]}

@@ -14,15 +14,13 @@ beside, not chosen on.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from bench.bench_slice_score import HALVINGS, REPO, apply_experiment, split_probabilities
+from bench.bench_slice_score import apply_experiment, kept_sweep_arguments, patient_halvings, split_probabilities
 
 DEFAULT_CUT = 0.5
 
@@ -66,20 +64,15 @@ def halved_figures(slices, seed: int, rule: str) -> dict[str, float]:
     scored on the other."""
     from tasks.evaluation.metrics import classification_metrics
 
-    rng = np.random.default_rng(seed)
-    patients = slices["patient"].unique()
     labels, probability = slices["label"].to_numpy(), slices["probability"].to_numpy()
     figures: dict[str, list[float]] = {"accuracy": [], "sensitivity": [], "specificity": []}
-    for _ in range(HALVINGS):
-        first = set(rng.permutation(patients)[: len(patients) // 2])
-        chosen = slices["patient"].isin(first).to_numpy()
-        for tune, score in ((chosen, ~chosen), (~chosen, chosen)):
-            if len(np.unique(labels[tune])) < 2 or len(np.unique(labels[score])) < 2:
-                continue
-            threshold = RULES[rule](labels[tune], probability[tune])
-            scored = classification_metrics(labels[score], probability[score], threshold)
-            for key, values in figures.items():
-                values.append(scored[key])
+    for tune, score in patient_halvings(slices, seed):
+        if len(np.unique(labels[tune])) < 2 or len(np.unique(labels[score])) < 2:
+            continue
+        threshold = RULES[rule](labels[tune], probability[tune])
+        scored = classification_metrics(labels[score], probability[score], threshold)
+        for key, values in figures.items():
+            values.append(scored[key])
     return {key: statistics.mean(values) for key, values in figures.items()}
 
 
@@ -103,15 +96,11 @@ def seed_report(project: Path, seed: int, slice_score: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--project", type=Path, required=True, help="a project kept by a seed sweep")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
-    args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
+    args = kept_sweep_arguments(__doc__.splitlines()[0])
     from bench.bench_seeds import cpu_description
     from tasks.config import load_settings
 
-    project = args.project.resolve()
+    project = args.project
     slice_score = load_settings(project / "params.yaml").evaluate.slice_score
     per_seed = {}
     for seed in args.seeds:
