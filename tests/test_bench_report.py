@@ -155,3 +155,27 @@ def test_threshold_rule_candidates_pick_what_they_promise():
     # with no stray scores every rule but the fixed one cuts between the classes
     clean = np.concatenate([np.linspace(0.05, 0.45, 20), np.linspace(0.70, 0.95, 20)])
     assert RULES["youden"](labels, clean) == RULES["youden_1se"](labels, clean) == 0.70
+
+
+def test_mask_rule_study_pools_patients_and_keeps_the_default_cut_when_the_curve_is_flat():
+    import numpy as np
+
+    from bench.bench_mask_rule import one_error_nearest_default, pooled_table
+    from tasks.evaluation.scoring import MaskThresholdTally
+
+    def patient(slice_dice: list[float], volume_dice: float) -> MaskThresholdTally:
+        tally = MaskThresholdTally(candidates=(0.3, 0.5, 0.7))
+        for cut, bump in zip(tally.candidates, (0.0, 0.01, 0.02)):  # a curve rising gently towards 0.7
+            tally.slice_dice[cut] = [d + bump for d in slice_dice]
+            tally.volume_dice[cut] = [volume_dice + bump]
+        return tally
+
+    one, two = patient([0.8, 0.6], 0.9), patient([0.9], 0.6)
+    table = pooled_table([one, two])
+    assert np.allclose(table["slice_dice"], [0.7667, 0.7767, 0.7867], atol=1e-4)  # pooled over all 3 slices
+    assert np.allclose(table["volume_dice"], [0.75, 0.76, 0.77])  # over the 2 patients
+    per_patient = [pooled_table([one]), pooled_table([two])]
+    # the patients disagree by far more than the curve rises: 0.5, the untuned cut, is within one error of the best
+    assert one_error_nearest_default(table, per_patient) == 0.5
+    # patients that agree: the error is ~0 and the best cut stands
+    assert one_error_nearest_default(table, [pooled_table([one]), pooled_table([one])]) == 0.7
