@@ -49,10 +49,9 @@ def pooled_table(tallies: list) -> pd.DataFrame:
     })
 
 
-def untuned(table: pd.DataFrame) -> float:
-    from tasks.evaluation.metrics import MASK_THRESHOLD
-
-    return MASK_THRESHOLD
+def objective(table: pd.DataFrame) -> pd.Series:
+    """What evaluate's choice maximises (tasks/evaluation/scoring.py, choose_mask_threshold)."""
+    return (table["slice_dice"] + table["volume_dice"]) / 2
 
 
 def one_error_nearest_default(table: pd.DataFrame, per_patient: list[pd.DataFrame]) -> float:
@@ -60,34 +59,37 @@ def one_error_nearest_default(table: pd.DataFrame, per_patient: list[pd.DataFram
     0.5."""
     from tasks.evaluation.metrics import MASK_THRESHOLD
 
-    objective = (table["slice_dice"] + table["volume_dice"]) / 2
-    best = int(objective.idxmax())
-    at_best = [((p["slice_dice"] + p["volume_dice"]) / 2).iloc[best] for p in per_patient]
+    pooled = objective(table)
+    best = int(pooled.idxmax())
+    at_best = [objective(p).iloc[best] for p in per_patient]
     error = float(np.nanstd(at_best, ddof=1) / np.sqrt(len(at_best))) if len(at_best) > 1 else 0.0
-    near = table.loc[objective >= objective.iloc[best] - error - 1e-12, "threshold"].to_numpy()
+    near = table.loc[pooled >= pooled.iloc[best] - error - 1e-12, "threshold"].to_numpy()
     return float(near[np.argmin(np.abs(near - MASK_THRESHOLD))])
 
 
 def rules() -> dict:
+    """Rule name → cut from (the pooled table of the patients it may look at, their tables one by one)."""
+    from tasks.evaluation.metrics import MASK_THRESHOLD
     from tasks.evaluation.scoring import choose_mask_threshold
 
     return {"validation": lambda table, per_patient: choose_mask_threshold(table),
-            "fixed": lambda table, per_patient: untuned(table),
+            "fixed": lambda table, per_patient: MASK_THRESHOLD,
             "validation_1se": one_error_nearest_default}
 
 
-def halved_scores(tallies: list, seed: int) -> dict[str, dict[str, float]]:
-    """Per rule: mean slice Dice, volume Dice and their mean on the held-out halves, and the cuts it picked."""
+def halved_scores(tallies: list, per_patient: list[pd.DataFrame], seed: int) -> dict[str, dict[str, float]]:
+    """Per rule: mean slice Dice, volume Dice and their mean on the held-out halves, and the cuts it picked.
+    `per_patient`: `pooled_table([tally])` of each tally, made once."""
+    candidates = rules()
     patients = pd.DataFrame({"patient": range(len(tallies))})
     found: dict[str, dict[str, list[float]]] = {name: {"slice_dice": [], "volume_dice": [], "objective": [],
-                                                       "cut": []} for name in rules()}
+                                                       "cut": []} for name in candidates}
     for tune, score in patient_halvings(patients, seed):
-        tune_tallies = [t for t, chosen in zip(tallies, tune) if chosen]
         score_table = pooled_table([t for t, chosen in zip(tallies, score) if chosen]).set_index("threshold")
-        table = pooled_table(tune_tallies)
-        per_patient = [pooled_table([t]) for t in tune_tallies]
-        for name, rule in rules().items():
-            cut = rule(table, per_patient)
+        table = pooled_table([t for t, chosen in zip(tallies, tune) if chosen])
+        tune_tables = [p for p, chosen in zip(per_patient, tune) if chosen]
+        for name, rule in candidates.items():
+            cut = rule(table, tune_tables)
             row = score_table.loc[cut]
             if np.isnan(row["slice_dice"]):
                 continue  # a half without a tumour slice scores nothing
@@ -114,7 +116,7 @@ def seed_report(project: Path, seed: int) -> dict:
                   description="validation (mask cuts)", tally=tally)
     whole = pooled_table(tally.patients)
     per_patient = [pooled_table([t]) for t in tally.patients]
-    return {"patients": len(tally.patients), "halves": halved_scores(tally.patients, seed),
+    return {"patients": len(tally.patients), "halves": halved_scores(tally.patients, per_patient, seed),
             "whole_validation_cut": {name: rule(whole, per_patient) for name, rule in rules().items()}}
 
 

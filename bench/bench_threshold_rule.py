@@ -25,10 +25,13 @@ from bench.bench_slice_score import apply_experiment, kept_sweep_arguments, pati
 DEFAULT_CUT = 0.5
 
 
-def youden(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    from tasks.evaluation.metrics import choose_threshold
+def shipped(rule: str):
+    """An `evaluate.threshold_rule` as evaluate applies it (fixed: its default cut, 0.5)."""
+    def choose(labels: np.ndarray, probabilities: np.ndarray) -> float:
+        from tasks.evaluation.metrics import choose_threshold
 
-    return choose_threshold(labels, probabilities, "youden")
+        return choose_threshold(labels, probabilities, rule, fixed=DEFAULT_CUT)
+    return choose
 
 
 def best_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -55,7 +58,7 @@ def youden_one_error(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(cuts[np.argmin(np.abs(cuts - DEFAULT_CUT))])
 
 
-RULES = {"fixed": lambda labels, probabilities: DEFAULT_CUT, "youden": youden, "accuracy": best_accuracy,
+RULES = {"fixed": shipped("fixed"), "youden": shipped("youden"), "accuracy": best_accuracy,
          "youden_1se": youden_one_error}
 
 
