@@ -295,9 +295,9 @@ def seeds_markdown(seeds: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     regions = lambda row: (f"{row['tc_dice']:.3f} / {row['et_dice']:.3f}" if "tc_dice" in row else "–")  # noqa: E731
     for seed, row in seeds["per_seed"].items():
-        lines.append(f"| {seed} | {row['accuracy']:.3f} | {row['sensitivity']:.3f} | {row['slice_dice']:.3f} | "
-                     f"{row['volume_dice']:.3f} | {row['hd95_mm']:.1f} | {regions(row)} | "
-                     f"{seeds['pipeline_seconds'][str(seed)]:.0f} |")
+        lines.append(f"| {seed} | {with_interval(row, 'accuracy')} | {row['sensitivity']:.3f} | "
+                     f"{with_interval(row, 'slice_dice')} | {with_interval(row, 'volume_dice')} | "
+                     f"{row['hd95_mm']:.1f} | {regions(row)} | {seeds['pipeline_seconds'][str(seed)]:.0f} |")
     summary = seeds["summary"]
     cells = [f"{summary[k]['min']:.3f} / {summary[k]['median']:.3f} / {summary[k]['max']:.3f}"
              for k in ("accuracy", "sensitivity", "slice_dice", "volume_dice")]
@@ -308,7 +308,17 @@ def seeds_markdown(seeds: dict) -> str:
                  f"{hd['max']:.1f} | {tc_et} | |")
     verdict = "met" if summary["every_seed_meets_targets"] else "not met"
     lines += ["", f"Every seed meets the targets: **{verdict}**."]
+    if (within := summary.get("no_seed_interval_below_targets")) is not None:
+        lines[-1] += (" In brackets: each seed's 95 % interval (its test patients resampled). "
+                      + ("No seed's interval lies wholly below a target." if within
+                         else "At least one seed's interval lies wholly below a target."))
     return "\n".join(lines)
+
+
+def with_interval(row: dict, name: str) -> str:
+    """A seed's figure, with its 95 % interval when the sweep recorded one."""
+    interval = (row.get("ci95") or {}).get(name)
+    return f"{row[name]:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def replace_between(text: str, start: str, end: str, body: str) -> str | None:

@@ -5,7 +5,9 @@ Usage: .venv/bin/python -m bench.bench_seeds [--seeds 42 1 2 3 4] [--keep DIR]
 One figure from one run is an anecdote: training is seeded but bimodal (a narrow network can stay in "predict
 nothing"), and CPUs with and without native bf16 take different kernels. So quality is claimed from this sweep.
 Each seed is one `dvc exp run -S seed=N` in a throw-away copy of the project (the seed drives the synthetic data,
-the split, the initial weights and the batches), and the results are read back with `dvc exp show --json`.
+the split, the initial weights and the batches), and the results are read back with `dvc exp show --json`, each
+seed's 95 % intervals of the target figures from its experiment's commit (a miss inside its interval is within what
+resampling the seed's 7 test patients moves; one whose interval lies wholly below the target is a real one).
 Experiments run one after another in the copy's workspace: a queued experiment runs in a temporary clone that has
 no `.venv`, and two at once would fight over 2 cores. The CPU and whether bf16 autocast ran are recorded with
 the figures, since both change the trained weights.
@@ -40,6 +42,10 @@ FIGURES = (("accuracy", "classification", "accuracy"), ("sensitivity", "classifi
            # the pixel cut the masks were scored at (evaluate.mask_threshold: fixed, or chosen on validation)
            ("mask_threshold", "segmentation_threshold", "value"))
 TARGETS = {"accuracy": 0.90, "slice_dice": 0.80, "volume_dice": 0.85}
+# Each target figure's key in metrics.json's `ci95` (the patients-resampled bootstrap interval evaluate writes). A
+# seed's test split holds 7 patients: its interval says whether a miss is beyond what resampling them moves.
+INTERVAL_KEYS = {"accuracy": "classification.accuracy", "slice_dice": "segmentation.dice",
+                 "volume_dice": "segmentation_volume.dice"}
 
 
 def cpu_description() -> dict:
@@ -87,6 +93,31 @@ def figure(metrics: dict, section: str, key: str) -> float:
     return nested_value(metrics, f"{section}.{key}")
 
 
+def experiment_intervals(project: Path, seeds: tuple[int, ...]) -> dict[str, dict[str, list[float]]]:
+    """seed → {target figure: its 95 % interval}, read from each `seed-N` experiment's commit: `dvc exp show` leaves
+    out list values such as metrics.json's `ci95`. The newest experiment of that name when there are several; a seed
+    without one, or with an evaluate too old to write intervals, gets none."""
+    refs = subprocess.run(["git", "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps"],
+                          cwd=project, capture_output=True, text=True, check=True).stdout.split()
+    out = {}
+    for seed in seeds:
+        ref = next((r for r in refs if r.rsplit("/", 1)[-1] == f"seed-{seed}"), None)
+        shown = ref and subprocess.run(["git", "show", f"{ref}:reports/metrics.json"], cwd=project,
+                                       capture_output=True, text=True)
+        if not shown or shown.returncode != 0:
+            continue
+        ci95 = json.loads(shown.stdout).get("ci95") or {}
+        out[str(seed)] = {name: ci95[key] for name, key in INTERVAL_KEYS.items() if ci95.get(key)}
+    return out
+
+
+def interval_verdict(per_seed: dict[str, dict]) -> bool | None:
+    """True when no seed's 95 % interval of a target figure lies wholly below the target (its upper end reaches
+    it); None when no seed has intervals."""
+    bounds = [(name, interval) for row in per_seed.values() for name, interval in (row.get("ci95") or {}).items()]
+    return all(interval[1] >= TARGETS[name] for name, interval in bounds) if bounds else None
+
+
 def summarise(per_seed: dict[int, dict]) -> dict:
     """min / median / max of each figure over the seeds, and whether every seed met the targets."""
     summary = {}
@@ -122,19 +153,21 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
     show = subprocess.run([str(DVC), "exp", "show", "--json"], cwd=project, capture_output=True, text=True, check=True)
     by_name = experiment_metrics(json.loads(show.stdout))
     per_seed = {seed: by_name[f"seed-{seed}"] for seed in seeds}
+    intervals = experiment_intervals(project, seeds)
     if keep is None:
         subprocess.run(["rm", "-rf", str(folder)], check=False)
     cpu = cpu_description()
     if "train.amp_bf16=false" in overrides:
         cpu["bf16_autocast"] = False
+    rows = {str(seed): {name: figure(m, section, key) for name, section, key in FIGURES}
+            | ({"ci95": intervals[str(seed)]} if intervals.get(str(seed)) else {}) for seed, m in per_seed.items()}
     return {
         "cpu": cpu,
         "overrides": list(overrides),
         "seeds": list(seeds),
         "pipeline_seconds": {str(seed): s for seed, s in seconds.items()},  # str keys, as JSON gives them back
-        "per_seed": {str(seed): {name: figure(m, section, key) for name, section, key in FIGURES}
-                     for seed, m in per_seed.items()},
-        "summary": summarise(per_seed),
+        "per_seed": rows,
+        "summary": summarise(per_seed) | {"no_seed_interval_below_targets": interval_verdict(rows)},
         "targets": TARGETS,
     }
 

@@ -179,3 +179,78 @@ def test_mask_rule_study_pools_patients_and_keeps_the_default_cut_when_the_curve
     assert one_error_nearest_default(table, per_patient) == 0.5
     # patients that agree: the error is ~0 and the best cut stands
     assert one_error_nearest_default(table, [pooled_table([one]), pooled_table([one])]) == 0.7
+
+
+def git_experiment(project, name: str, ci95: dict, date: str) -> None:
+    """Commit a metrics.json with `ci95` and point a DVC-experiment-like ref `refs/exps/../<name>` at it."""
+    import subprocess
+
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date, "PATH": "/usr/bin:/bin"}
+    (project / "reports").mkdir(exist_ok=True)
+    (project / "reports" / "metrics.json").write_text(json.dumps({"classification": {"accuracy": 0.9}, "ci95": ci95}))
+    for args in (["add", "reports/metrics.json"], ["commit", "-q", "-m", name],
+                 ["update-ref", f"refs/exps/ab/{date[:10].replace('-', '')}/{name}", "HEAD"]):
+        subprocess.run(["git", *args], cwd=project, env=env, check=True)
+
+
+def test_each_seeds_intervals_come_from_its_newest_experiment_commit(tmp_path):
+    import subprocess
+
+    from bench.bench_seeds import experiment_intervals, interval_verdict
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    wide = {"classification.accuracy": [0.85, 0.93], "segmentation.dice": [0.79, 0.86],
+            "segmentation_volume.dice": [0.88, 0.95]}
+    git_experiment(tmp_path, "seed-3", wide | {"segmentation.dice": [0.5, 0.6]}, "2026-12-01T10:00:00+00:00")
+    git_experiment(tmp_path, "seed-3", wide, "2026-12-02T10:00:00+00:00")  # the sweep run again: this one counts
+    git_experiment(tmp_path, "seed-4", {"classification.accuracy": [0.80, 0.89]}, "2026-12-02T11:00:00+00:00")
+    intervals = experiment_intervals(tmp_path, (3, 4, 7))
+    assert intervals["3"] == {"accuracy": [0.85, 0.93], "slice_dice": [0.79, 0.86], "volume_dice": [0.88, 0.95]}
+    assert intervals["4"] == {"accuracy": [0.80, 0.89]} and "7" not in intervals  # seed 7 never ran
+    # seed 3 misses nothing beyond its interval; seed 4's accuracy interval ends below 0.90: a real miss
+    assert interval_verdict({"3": {"ci95": intervals["3"]}}) is True
+    assert interval_verdict({seed: {"ci95": ci} for seed, ci in intervals.items()}) is False
+    assert interval_verdict({"3": {"accuracy": 0.9}}) is None  # a sweep from before intervals were read
+
+
+def test_the_seed_table_shows_each_seeds_interval_and_says_whether_a_miss_is_beyond_it():
+    from bench.__main__ import seeds_markdown
+
+    row = {"accuracy": 0.872, "sensitivity": 0.9, "slice_dice": 0.85, "volume_dice": 0.9, "hd95_mm": 20.0,
+           "ci95": {"accuracy": [0.811, 0.915], "slice_dice": [0.83, 0.87]}}
+    summary = {name: {"min": row[name], "median": row[name], "max": row[name]}
+               for name in ("accuracy", "sensitivity", "slice_dice", "volume_dice", "hd95_mm")}
+    table = seeds_markdown({"cpu": {"model": "AMD EPYC", "bf16_autocast": True}, "seeds": [3],
+                            "per_seed": {"3": row}, "pipeline_seconds": {"3": 500.0},
+                            "summary": summary | {"every_seed_meets_targets": False,
+                                                  "no_seed_interval_below_targets": True},
+                            "targets": {"accuracy": 0.9, "slice_dice": 0.8, "volume_dice": 0.85}})
+    assert "| 3 | 0.872 [0.811, 0.915] | 0.900 | 0.850 [0.830, 0.870] | 0.900 | 20.0 |" in table
+    assert "**not met**" in table and "No seed's interval lies wholly below a target." in table
+
+
+def test_the_slice_score_study_fuses_the_kth_largest_pixel_as_evaluation_fuses_the_largest():
+    import numpy as np
+    import torch
+
+    from bench.bench_slice_score import RecordingPredictor, slice_scores
+    from models.unet import MultitaskUNet, UNetConfig
+    from tasks.inference.predictor import TorchPredictor
+
+    torch.manual_seed(0)
+    inner = TorchPredictor(MultitaskUNet(UNetConfig(in_channels=2, base_channels=4, depth=2)), slice_score="fused")
+    images = np.random.default_rng(0).normal(size=(5, 2, 16, 16)).astype(np.float32)
+    recorder = RecordingPredictor(inner, ((),), largest=3)
+    shipped = recorder.predict(images)
+    scores = slice_scores(recorder.classifier[0], recorder.top_pixels[0], (1, 3))
+    # k = 1 is `fused` itself, to the bit: the study's thresholds are evaluate's
+    assert np.array_equal(scores["fused"], shipped.tumour_probability)
+    third = np.sort(shipped.mask_probability.reshape(5, -1), axis=1)[:, -3]
+    assert np.array_equal(scores["fused_pixel_3"], ((shipped.classifier_probability + third) / 2).astype(np.float32))
+    assert np.array_equal(scores["classifier"], shipped.classifier_probability)
+    # with the left-right flip, each slice's answer is the mean of it and its mirror image's, flipped back
+    flipped = RecordingPredictor(inner, ((), (3,)), largest=1).predict(images)
+    mirror = inner.predict(images[..., ::-1].copy())
+    assert np.allclose(flipped.classifier_probability,
+                       (shipped.classifier_probability + mirror.classifier_probability) / 2, atol=1e-6)

@@ -12,7 +12,7 @@ from tasks.config import SliceSettings
 from tasks.data.shards import read_manifest, read_shard
 from tasks.data.slicing import slice_dataset
 from tasks.errors import SliceWiseError
-from tests.nifti_factory import SHAPE, write_kaggle, write_patient
+from tests.nifti_factory import write_kaggle, write_patient
 
 CFG = SliceSettings(modalities=("flair",), min_brain_fraction=0.05, workers=2)
 

@@ -36,7 +36,7 @@ from tasks.config import SliceSettings
 from tasks.data import brats_files, gzip_nifti, orientation, preprocess, regions, shards, volumes
 from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.orientation import Orientation
-from tasks.data.brats_files import IMAGE_SUFFIXES, find_part, nifti_extension
+from tasks.data.brats_files import IMAGE_SUFFIXES, find_part
 from tasks.data.process_pool import process_pool
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
 from tasks.data.volumes import brats2020_labels, load_volume, same_grid
