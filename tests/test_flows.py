@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -542,3 +543,29 @@ def test_mlflow_parent_run_is_opened_up_front_and_always_ended(tmp_path, monkeyp
                 "reason": "gate passed"}
     assert artifacts.registry_model_card(settings, decision) == "# slicewise\ncard"
     assert artifacts.registry_model_card(settings, {**decision, "version": "99"}) is None  # a warning, not a failure
+
+
+@flow(persist_result=False)
+def _read_twice_with_loader_workers(processed: str, patients: list[str]) -> list[int]:
+    import torch
+
+    from tasks.data.datasets import stream_slices, training_loader
+    from tasks.data.shards import ShardRowReader
+
+    data = stream_slices(Path(processed), patients, ("brats",), ShardRowReader(0))
+    loader = training_loader(data, 6, torch.Generator().manual_seed(7), num_workers=2)
+    batches = sum(1 for _ in range(2) for _ in loader)
+    workers = list(loader._iterator._workers)
+    loader._iterator._shutdown_workers()  # what the iterator's __del__ does at the end of a stage
+    return [batches, *(worker.exitcode for worker in workers)]
+
+
+def test_loader_workers_forked_inside_the_flow_exit_cleanly(prefect_server, tmp_path):
+    """The flow runs each step in its own process, beside Prefect's log and event services: a training loader's forked
+    workers inherited the exit hook of those services' threads and exited with code 1 (a failed epoch for a loader
+    made per epoch, a warning after each stage for the persistent one)."""
+    from tests.test_datasets import _processed
+
+    processed, patients = _processed(tmp_path, shards=2, rows=6, compress=False)
+    batches, *exit_codes = _read_twice_with_loader_workers(str(processed), patients)
+    assert batches == 2 * (12 // 6) and exit_codes == [0, 0]

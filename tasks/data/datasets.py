@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,7 +294,21 @@ def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, 
     elif part != (0, 1):
         sampler = BatchShares(sampler, part)
     return _TrainingLoader(data, batch_sampler=sampler, collate_fn=collate_slices, num_workers=num_workers,
-                           pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                           pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                           worker_init_fn=forget_parent_exit_hooks)
+
+
+def forget_parent_exit_hooks(worker_id: int) -> None:
+    """Drop, in a loader worker, the hooks its parent registered to run when the parent's threads shut down.
+
+    A forked worker inherits that list (`threading._register_atexit`) but none of the threads. Prefect's log and
+    event services register one that asserts its own thread's state, and the Prefect flow runs each step in its own
+    process: there every worker's exit raised it, so the worker exited with code 1 ("DataLoader worker exited
+    unexpectedly": a failed step for a loader made per epoch, a warning at the end of each stage for ours). The
+    worker has none of those threads to stop, so it has nothing to run."""
+    hooks = getattr(threading, "_threading_atexits", None)  # CPython's list behind _register_atexit (3.9+)
+    if hooks is not None:
+        hooks.clear()
 
 
 class _TrainingLoader(DataLoader):
