@@ -561,9 +561,9 @@ def _read_twice_with_loader_workers(processed: str, patients: list[str]) -> list
 
 
 def test_loader_workers_forked_inside_the_flow_exit_cleanly(prefect_server, tmp_path):
-    """The flow runs each step in its own process, beside Prefect's log and event services: a training loader's forked
-    workers inherited the exit hook of those services' threads and exited with code 1 (a failed epoch for a loader
-    made per epoch, a warning after each stage for the persistent one)."""
+    """The flow calls each step inside its own process, beside Prefect's log and event services: a training loader's
+    forked workers inherited the exit hook of those services' threads and exited with code 1 (a failed epoch for a
+    loader made per epoch, a warning after each stage for the persistent one)."""
     from tests.test_datasets import _processed
 
     processed, patients = _processed(tmp_path, shards=2, rows=6, compress=False)

@@ -302,10 +302,10 @@ def forget_parent_exit_hooks(worker_id: int) -> None:
     """Drop, in a loader worker, the hooks its parent registered to run when the parent's threads shut down.
 
     A forked worker inherits that list (`threading._register_atexit`) but none of the threads. Prefect's log and
-    event services register one that asserts its own thread's state, and the Prefect flow runs each step in its own
-    process: there every worker's exit raised it, so the worker exited with code 1 ("DataLoader worker exited
-    unexpectedly": a failed step for a loader made per epoch, a warning at the end of each stage for ours). The
-    worker has none of those threads to stop, so it has nothing to run."""
+    event services register one that asserts its own thread's state, and the Prefect flow calls the steps inside
+    the flow's process, beside those services: there every worker's exit raised it, so the worker exited with code 1
+    ("DataLoader worker exited unexpectedly": a failed step for a loader made per epoch, a warning at the end of each
+    stage for ours). The worker has none of those threads to stop, so it has nothing to run."""
     hooks = getattr(threading, "_threading_atexits", None)  # CPython's list behind _register_atexit (3.9+)
     if hooks is not None:
         hooks.clear()
