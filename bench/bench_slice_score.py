@@ -37,14 +37,20 @@ DVC = REPO / ".venv" / "bin" / "dvc"
 HALVINGS = 40
 
 
+def split_of(project: Path, split: str):
+    """The project's processed folder and the manifest rows of `split`."""
+    from tasks.data.splits import read_split, split_rows
+
+    processed = project / "data" / "processed"
+    return processed, split_rows(processed, read_split(split, project / "data" / "splits"))
+
+
 def split_probabilities(model, project: Path, split: str, rule: str):
     """One row per slice of `split` (manifest columns + probability) under `rule`."""
-    from tasks.data.splits import read_split, split_rows
     from tasks.evaluation.scoring import predict_split
     from tasks.inference.predictor import TorchPredictor
 
-    processed = project / "data" / "processed"
-    rows = split_rows(processed, read_split(split, project / "data" / "splits"))
+    processed, rows = split_of(project, split)
     return predict_split(TorchPredictor(model, slice_score=rule), processed, rows, segmentation=False,
                          description=f"{split} ({rule})").slices
 
@@ -71,14 +77,13 @@ class RecordingPredictor:
 def split_predictions(model, project: Path, split: str, flips, largest: int):
     """`split`'s `SplitPredictions` (masks cut at 0.5) and, in its rows' order, the classifier probabilities and the
     `largest` largest WT pixel probabilities of each slice."""
-    from tasks.data.splits import read_split, split_rows
     from tasks.evaluation.scoring import predict_split
     from tasks.inference.predictor import TorchPredictor
 
-    processed = project / "data" / "processed"
-    rows = split_rows(processed, read_split(split, project / "data" / "splits"))
+    processed, rows = split_of(project, split)
     recorder = RecordingPredictor(TorchPredictor(model, slice_score="fused"), flips, largest)
     predicted = predict_split(recorder, processed, rows, segmentation=True, description=f"{split} {flips}")
+    # the recorder saw the rows shard by shard, in predict_split's order (groupby shard, sort=False): put them back
     order = np.concatenate([group.index.to_numpy() for _, group in rows.groupby("shard", sort=False)])
     classifier, top = np.empty(len(rows), np.float32), np.empty((len(rows), largest), np.float32)
     classifier[order], top[order] = np.concatenate(recorder.classifier), np.concatenate(recorder.top_pixels)
@@ -163,16 +168,17 @@ def apply_experiment(project: Path, seed: int) -> None:
         raise SystemExit(f"dvc exp apply seed-{seed} failed in {project}:\n{done.stderr[-2000:]}")
 
 
-def seed_report(project: Path, seed: int, ranks: tuple[int, ...] = (1,), flip_sets=(("as is", ((),)),)) -> dict:
+def seed_report(project: Path, seed: int, ranks: tuple[int, ...] = (1,), flip_sets=None) -> dict:
+    """Every slice score of `ranks` under each of `flip_sets` ((name suffix, flips); default: the slices as they are)."""
     from tasks.inference.checkpoints import load_model
+    from tasks.inference.volume import NO_TTA
 
     apply_experiment(project, seed)
     model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
     report = {}
-    for label, flips in flip_sets:
+    for suffix, flips in flip_sets or (("", NO_TTA),):
         parts = {split: split_predictions(model, project, split, flips, max(ranks)) for split in ("val", "test")}
         scores = {split: slice_scores(classifier, top, ranks) for split, (_, classifier, top) in parts.items()}
-        suffix = "" if label == "as is" else f" + {label}"
         for rule in scores["val"]:
             val, test = (parts[split][0].slices.assign(probability=scores[split][rule]) for split in ("val", "test"))
             report[rule + suffix] = {"validation": roc_aucs(val) | {"acc_cv": halved_accuracy(val, seed)},
@@ -189,7 +195,9 @@ def main() -> None:
     from bench.bench_seeds import cpu_description
 
     ranks = tuple(sorted(set(args.pixel_ranks) | {1}))
-    flip_sets = (("as is", ((),)),) + ((("left-right flip TTA", ((), (3,))),) if args.flips else ())
+    from tasks.inference.volume import NO_TTA
+
+    flip_sets = (("", NO_TTA),) + (((" + left-right flip TTA", ((), (3,))),) if args.flips else ())
     per_seed = {}
     for seed in args.seeds:
         per_seed[str(seed)] = seed_report(args.project, seed, ranks, flip_sets)
