@@ -25,7 +25,7 @@ from bench.memory import status_mib
 from tasks import paths
 from tasks.config import load_settings
 from tasks.data.file_digests import FileDigests
-from tasks.data.process_pool import process_pool
+from tasks.data.process_pool import keep_freed_memory, process_pool
 from tasks.data.shards import write_shard
 from tasks.data.slicing import SliceSpec, find_part, patient_fingerprint, slice_dataset, slice_patient
 
@@ -63,20 +63,23 @@ def _timed_in_one_worker(patients: list[Path], spec: SliceSpec, parts: tuple[str
 
 def _peak_rss_mib(patient_dir: Path, spec: SliceSpec) -> float:
     """Run in a fresh worker process: that process's peak RSS in MiB after slicing one patient (VmHWM: bench/memory.py
-    says why not ru_maxrss)."""
+    says why not ru_maxrss), its malloc set up as the slice step's workers have it."""
+    keep_freed_memory()
     slice_patient(patient_dir, spec)
     return status_mib()
 
 
-def run(raw_brats: Path = paths.RAW_BRATS, max_patients: int = 6, profile: str | None = None) -> dict:
-    """`profile`: whose slicing spec (modalities, image size, stride) to time; the active one by default. The
-    synthetic volumes are full-size (240x240x155) whatever the profile, so the quick profile's data serves all."""
+def run(raw_brats: Path = paths.RAW_BRATS, max_patients: int = 6, profile: str | None = None,
+        image_size: int | None = None) -> dict:
+    """`profile`: whose slicing spec (modalities, image size, stride) to time; the active one by default; `image_size`
+    overrides its size. The synthetic volumes are full-size (240x240x155) whatever the profile, so the quick profile's
+    data serves all."""
     settings = load_settings()
     patients = sorted(p for p in raw_brats.glob("*") if p.is_dir())[:max_patients]
     if not patients:
         raise SystemExit(f"{raw_brats}: no patients; run `make run` first")
     chosen = settings.profiles[profile] if profile else settings.active
-    spec = SliceSpec(tuple(chosen.modalities), chosen.image_size, chosen.slice_stride,
+    spec = SliceSpec(tuple(chosen.modalities), image_size or chosen.image_size, chosen.slice_stride,
                      settings.slice.min_brain_fraction)
     parts = spec.modalities + ("seg",)
     with process_pool(1) as pool:
@@ -171,9 +174,12 @@ def main() -> None:
     parser.add_argument("--incremental", action="store_true",
                         help="what a rerun costs: nothing changed, one new patient, 369 unchanged patients recognised")
     parser.add_argument("--profile", choices=sorted(load_settings().profiles), help="time this profile's slicing spec (e.g. production: four modalities, "
-                                          "256², stride 1) instead of the active one's")
+                                          "240², stride 1) instead of the active one's")
+    parser.add_argument("--image-size", type=int, help="slice to this size instead of the profile's (e.g. 256 to "
+                                                          "compare with the production spec before 2026-12-03)")
     args = parser.parse_args()
-    report = incremental(args.raw_brats_dir) if args.incremental else run(args.raw_brats_dir, profile=args.profile)
+    report = (incremental(args.raw_brats_dir) if args.incremental
+              else run(args.raw_brats_dir, profile=args.profile, image_size=args.image_size))
     print(json.dumps(report, indent=2))
 
 

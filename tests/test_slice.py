@@ -2,6 +2,7 @@
 
 import gzip
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -650,19 +651,51 @@ def test_a_damaged_gzip_stream_is_an_unreadable_nifti_naming_the_file(tmp_path):
         assert error.value.path == str(path)
 
 
-def test_brain_statistics_are_those_of_the_voxels_gathered_in_place_to_the_bit():
-    """foreground_stats gathers the brain from its bounding box in C order: the values, their order and so the
-    float32 sums must be exactly those of indexing the Fortran-ordered volume nibabel returns."""
-    from tasks.data.preprocess import bounding_box, foreground_stats
+def test_brain_statistics_are_the_same_to_the_bit_however_the_volume_is_viewed():
+    """foreground_stats reads the brain in memory order and sums in float64: every view of one volume (the display
+    orientation's flips and transposes, the slicer's stack of axial planes) gives the same figures to the bit, so the
+    slice step and serving's whole-volume z-scoring agree; and they are the brain's float64 mean and std."""
+    from tasks.data.preprocess import axial_planes, foreground_stats
 
     rng = np.random.default_rng(11)
     volume = np.asfortranarray((rng.random((40, 36, 22)) * 900 + rng.normal(0, 50, (40, 36, 22))).astype(np.float32))
     brain = np.zeros(volume.shape, dtype=bool)
     brain[5:31, 8:30, 3:19] = rng.random((26, 22, 16)) > 0.2
-    values = volume[brain]
-    assert foreground_stats(volume, np.asfortranarray(brain)) == (float(values.mean()), float(values.std()))
-    assert bounding_box(brain) == (slice(5, 31), slice(8, 30), slice(3, 19))
-    assert foreground_stats(volume, np.zeros_like(brain)) is None and bounding_box(np.zeros_like(brain)) is None
+    stats = foreground_stats(volume, brain)
+    values = volume[brain].astype(np.float64)
+    assert stats == pytest.approx((values.mean(), values.std()), rel=1e-12, abs=0)
+    for view in (lambda a: a[::-1], lambda a: a[:, ::-1].transpose(1, 0, 2), axial_planes, lambda a: np.rot90(a, 2)):
+        assert foreground_stats(view(volume), view(brain)) == stats
+    assert foreground_stats(volume, np.zeros_like(brain)) is None
     single = np.zeros_like(brain)
     single[7, 9, 4] = True
     assert foreground_stats(volume, single) is None  # fewer than two voxels
+
+
+def _rss_kept_after_freeing(mib: int) -> float:
+    """MiB of resident memory this process still holds after filling and freeing a `mib` MiB array."""
+    def rss() -> float:
+        return int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                        if line.startswith("VmRSS:")).split()[1]) / 1024
+
+    before = rss()
+    np.ones(mib * 2**18, dtype=np.float32)
+    return rss() - before
+
+
+def test_slicing_workers_reuse_the_memory_they_free():
+    """A pool worker keeps what it frees, so a patient's large arrays do not fault their pages in again (glibc maps
+    arrays over 32 MiB from the kernel and unmaps them when freed): what a freed 48 MiB array leaves resident, in a
+    plain process and in a pool worker."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tasks.data.process_pool import keep_freed_memory, process_pool
+
+    with ProcessPoolExecutor(1) as plain:
+        if not plain.submit(keep_freed_memory).result() or not Path("/proc/self/status").exists():
+            pytest.skip("not glibc on Linux: malloc left as it is")
+    with ProcessPoolExecutor(1) as plain:
+        default = plain.submit(_rss_kept_after_freeing, 48).result()
+    with process_pool(1) as pool:
+        kept = pool.submit(_rss_kept_after_freeing, 48).result()
+    assert default < 8 and kept > 40, (default, kept)

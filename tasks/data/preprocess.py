@@ -22,9 +22,16 @@ def axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
     return np.rot90(volume[:, :, z])
 
 
+def axial_planes(volume: np.ndarray) -> np.ndarray:
+    """Every axial slice of an (X, Y, Z) volume as a (Z, H, W) view, plane z being `axial_slice(volume, z)`. Of a
+    Fortran-ordered volume (nibabel's) in display orientation each plane lies in one run of memory, so the planes are
+    read, masked or gathered in one sweep."""
+    return np.moveaxis(np.rot90(volume), -1, 0)
+
+
 def axial_slices(volume: np.ndarray, zs: list[int]) -> np.ndarray:
     """Axial slices `zs` of an (X, Y, Z) volume as one contiguous (len(zs), H, W) stack, each as `axial_slice`."""
-    return np.ascontiguousarray(np.moveaxis(np.rot90(volume[:, :, zs]), -1, 0))
+    return np.ascontiguousarray(axial_planes(volume)[zs])
 
 
 def zscore(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
@@ -35,39 +42,42 @@ def zscore(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
 def foreground_stats(image: np.ndarray, foreground: np.ndarray) -> tuple[float, float] | None:
     """Mean and standard deviation (1 when ~0) of the foreground voxels; None with fewer than two.
 
-    The voxels are gathered from the foreground's bounding box copied to C order. Boolean indexing yields them in C
-    order whatever the memory layout, so the values, their order and the float32 sums are the same to the bit; but
-    gathering them in place from nibabel's Fortran-ordered volumes took about 55 ms per 240×240×155 modality,
-    20–25 ms so.
+    Summed in float64, so the figures do not depend on the order the voxels are read in (float32 sums of a
+    volume's two million brain voxels did, in their last bits): the voxels are gathered in `image`'s memory order,
+    which reads a Fortran-ordered NIfTI volume in one sweep (7 ms per 240×240×155 modality, against 24 ms for
+    gathering them in C order).
     """
-    box = bounding_box(foreground)
-    if box is None:
-        return None
-    values = np.ascontiguousarray(image[box]).astype(np.float32, copy=False)[np.ascontiguousarray(foreground[box])]
+    flipped = tuple(axis for axis, stride in enumerate(image.strides) if stride < 0)
+    axes = np.argsort([-abs(stride) for stride in image.strides], kind="stable")
+    image, foreground = (np.flip(array, flipped).transpose(axes) for array in (image, foreground))
+    values = image[foreground]
     if values.size < 2:
         return None
-    std = float(values.std())
-    return float(values.mean()), (std if std > 1e-6 else 1.0)
+    std = float(values.std(dtype=np.float64))
+    return float(values.mean(dtype=np.float64)), (std if std > 1e-6 else 1.0)
 
 
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box (one slice per axis) holding every True of a boolean `mask`; None when it holds none."""
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box (one slice per axis) holding every True of a boolean `mask` (empty slices when it holds none)."""
     box = []
     for axis in range(mask.ndim):
         hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if not hits.size:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1) if hits.size else slice(0, 0))
     return tuple(box)
 
 
-def apply_zscore(image: np.ndarray, foreground: np.ndarray, stats: tuple[float, float] | None) -> np.ndarray:
+def apply_zscore(image: np.ndarray, foreground: np.ndarray, stats: tuple[float, float] | None,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """`image` z-scored with a volume's `foreground_stats`, background 0. Applied slice by slice it gives exactly
-    the slices of the z-scored volume, without computing the slices that are then dropped."""
+    the slices of the z-scored volume, without computing the slices that are then dropped. `out` (float32, may be
+    `image` itself) takes the result instead of a new array."""
     image = image.astype(np.float32, copy=False)
+    out = np.empty_like(image) if out is None else out
     if stats is None:
-        return np.zeros_like(image, dtype=np.float32)
-    out = (image - stats[0]) / stats[1]
+        out.fill(0.0)
+        return out
+    np.subtract(image, stats[0], out=out)
+    out /= stats[1]
     out[~foreground] = 0.0
     return out
 

@@ -4,10 +4,18 @@ A pool runs `workers` jobs side by side on about as many cores. Left alone, nump
 library) in each worker starts one thread per core and keeps it spinning after every call, so the workers' idle
 BLAS threads compete with the other workers' real work. Measured on 2 cores (synthetic Kaggle images, 2 workers):
 9.6 s with the default threads, 3.9 s single-threaded, 7.9 s in one process.
+
+Each worker also keeps the memory it frees (glibc's malloc, where there is one): a patient's volumes, planes and
+shard are arrays of 2–60 MB, which glibc otherwise maps from the kernel and hands back one by one, so every array of
+every patient paid its page faults again. Measured on 2 cores (AMD EPYC, production spec): slicing 0.44 s a patient
+before, 0.26–0.29 s after, and a bare nibabel load 0.30 s before, 0.15–0.17 s after. A worker's resident memory
+then stays at its peak, which one patient sets.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
@@ -20,7 +28,23 @@ def process_pool(workers: int, initializer: Callable[[], object] | None = None) 
     return ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(initializer,))
 
 
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's malloc reuse what it frees: no arrays mapped from the kernel (M_MMAP_MAX 0) and no heap
+    given back (M_TRIM_THRESHOLD at its maximum). False where the C library is not glibc (nothing changed)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def _start_worker(initializer: Callable[[], object] | None) -> None:
     threadpool_limits(limits=1)
+    keep_freed_memory()
     if initializer is not None:
         initializer()
