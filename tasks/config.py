@@ -339,6 +339,10 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> N
 
     path = Path(path)
     rt = YAML()
+    # the file as it was written, but for the values set: quotes kept (the cron string), null written as null (not as
+    # an empty value) and no line re-wrapped
+    rt.preserve_quotes, rt.width = True, 4096
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = rt.load(path.read_text())
     for dotted, value in updates.items():
         node = doc

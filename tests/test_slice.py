@@ -360,6 +360,22 @@ def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, up
         parse_assignments(["promotion.min_accuracy=[1"])
 
 
+def test_setting_parameters_rewrites_only_the_values_set(tmp_path):
+    """`tasks set` (and the flow, and make run PROFILE=...) edit params.yaml in place: every other line must stay as it
+    was written, quotes around the cron string, null values and the layout included."""
+    from tasks.config import set_params
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    original = (REPO / "params.yaml").read_text()
+    params.write_text(original)
+    set_params({"seed": 42, "data.brats_dir": None, "schedule.cron": "0 3 * * 1"}, params)
+    assert params.read_text() == original
+    set_params({"seed": 7, "schedule.cron": "15 4 * * 2"}, params)
+    changed = [(a, b) for a, b in zip(original.splitlines(), params.read_text().splitlines()) if a != b]
+    assert [b.split("#")[0].strip() for _, b in changed] == ["seed: 7", 'cron: "15 4 * * 2"'], changed
+
+
 def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_path):
     """slice_patient normalises only the slices it keeps, with the volume's brain statistics: the result must be the
     z-scored volume's slices, resized, to the bit (processed data must not change with the speed-up)."""
