@@ -1,4 +1,4 @@
-"""Training throughput on one CUDA GPU for a profile's model (default production: 32 base channels, depth 4, 256²
+"""Training throughput on one CUDA GPU for a profile's model (default production: 32 base channels, depth 4, 240²
 images) with the GPU switches of params.yaml: fp32 eager vs bf16 + channels_last vs bf16 + channels_last +
 torch.compile, measured side by side in one run, as images per second and ratios to fp32 eager.
 
