@@ -691,17 +691,14 @@ def test_brain_statistics_are_the_same_to_the_bit_however_the_volume_is_viewed()
 def _rss_kept_after_freeing(mib: int, keep: bool) -> float:
     """MiB of resident memory this process still holds after filling and freeing a `mib` MiB array (with glibc told to
     keep what it frees, when `keep`)."""
+    from bench.memory import status_mib
     from tasks.data.process_pool import keep_freed_memory
-
-    def rss() -> float:
-        return int(next(line for line in Path("/proc/self/status").read_text().splitlines()
-                        if line.startswith("VmRSS:")).split()[1]) / 1024
 
     if keep and not keep_freed_memory():
         return float("nan")
-    before = rss()
+    before = status_mib(field="VmRSS")
     np.ones(mib * 2**18, dtype=np.float32)
-    return rss() - before
+    return status_mib(field="VmRSS") - before
 
 
 def test_slicing_workers_reuse_the_memory_they_free():

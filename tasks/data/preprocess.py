@@ -29,11 +29,6 @@ def axial_planes(volume: np.ndarray) -> np.ndarray:
     return np.moveaxis(np.rot90(volume), -1, 0)
 
 
-def axial_slices(volume: np.ndarray, zs: list[int]) -> np.ndarray:
-    """Axial slices `zs` of an (X, Y, Z) volume as one contiguous (len(zs), H, W) stack, each as `axial_slice`."""
-    return np.ascontiguousarray(axial_planes(volume)[zs])
-
-
 def zscore(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """Z-score over the foreground (brain) voxels; background set to 0. Works for 2D slices and 3D volumes."""
     return apply_zscore(image, foreground, foreground_stats(image, foreground))

@@ -124,7 +124,7 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     # Outside the brain's box (its rows and columns in any plane) every value is 0: only the box is computed, about
     # 40 % of a BraTS plane. Stacks save per-slice numpy calls; bounding them bounds the memory they take.
     size = spec.image_size
-    box = (slice(None),) + preprocess.bounding_box(brain)[1:]
+    box = (slice(None),) + preprocess.bounding_box(brain.any(axis=0))
     resized = brain.shape[1:] != (size, size)
     images = np.zeros((len(keep), len(volumes), size, size), dtype=np.float16)
     for c, (modality, mask) in enumerate(zip(planes, positive)):
