@@ -168,10 +168,13 @@ def quality_rows(report: dict) -> list[tuple[str, str, str]]:
     out = []
     for family, found in quality_by_cpu(report).items():
         if peer := found.get("peer"):
+            runs = peer["peer"].get("runs", [])  # one peer run, no list, before the peer was trained per seed
+            spread = (f"; median of {len(runs)} peer runs, ratio {peer['dice_ratio_range'][0]:.2f}–"
+                      f"{peer['dice_ratio_range'][1]:.2f} over them") if len(runs) > 1 else ""
             out.append((f"quick slice Dice / equal-time MONAI BasicUNet, {family}",
                         f"{peer['dice_ratio_quick_over_peer']:.2f}×",
                         f"{peer['quick']['test_slice_dice']:.3f} vs {peer['peer']['test_slice_dice']:.3f} after "
-                        f"{peer['budget_seconds']:.0f} s of training each ({peer['peer']['epochs']} peer epochs)"))
+                        f"{peer['budget_seconds']:.0f} s of training each ({peer['peer']['epochs']} peer epochs{spread})"))
         if seeds := found.get("seeds"):
             summary, cpu = seeds["summary"], seeds["cpu"]
             bf16 = "bf16 autocast on" if cpu["bf16_autocast"] else "fp32 (no native bf16)"

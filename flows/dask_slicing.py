@@ -26,6 +26,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from tasks import paths
 from tasks import slice as slice_step
 from tasks.config import load_settings
+from tasks.data.process_pool import library_threads, prepare_worker
 from tasks.errors import SliceWiseError
 
 # Where the per-patient slicing jobs run. Not a params.yaml key: it changes where the work happens, never what
@@ -74,14 +75,22 @@ def run_job(job: Callable[..., Any], args: tuple, project_root: str, label: str)
         raise SliceWiseError(f"this Dask worker runs in {os.getcwd()}, not in the project folder: start the "
                              "workers there (PYTHONPATH=. dask worker ...), on a filesystem they share with the "
                              "flow", project_root)
-    get_run_logger().info("%s on %s (pid %d)", label, _worker_name(), os.getpid())
+    worker = _dask_worker()
+    # As the local process pool's workers do (tasks/data/process_pool.py): one BLAS/OpenMP thread, and the memory
+    # a patient's arrays free kept for the next patient instead of faulted in again. A Dask nanny limits the threads
+    # through the environment, but sets malloc to give freed memory back.
+    kept = prepare_worker() if worker is not None else False
+    get_run_logger().info("%s on %s (pid %d, BLAS/OpenMP threads %d, freed memory %s)", label,
+                          f"Dask worker {worker}" if worker else "the flow's own process", os.getpid(),
+                          library_threads(), "kept" if kept else "returned")
     return job(*args)
 
 
-def _worker_name() -> str:
+def _dask_worker() -> str | None:
+    """This Dask worker's address; None when not on a Dask worker (another task runner)."""
     try:
         from distributed import get_worker
 
-        return f"Dask worker {get_worker().address}"
-    except (ImportError, ValueError):  # not on a Dask worker (another task runner)
-        return "the flow's own process"
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None

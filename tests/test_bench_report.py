@@ -254,3 +254,20 @@ def test_the_slice_score_study_fuses_the_kth_largest_pixel_as_evaluation_fuses_t
     mirror = inner.predict(images[..., ::-1].copy())
     assert np.allclose(flipped.classifier_probability,
                        (shipped.classifier_probability + mirror.classifier_probability) / 2, atol=1e-6)
+
+
+def test_the_peer_ratio_uses_the_median_peer_run_and_reports_their_range():
+    from bench.bench_peer import peer_ratios, summarise_peer_runs
+
+    runs = [{"seed": s, "steps": 180, "epochs": e, "seconds": 300.0, "parameters": 1000, "test_slice_dice": d}
+            for s, e, d in ((42, 1.4, 0.80), (1, 1.5, 0.76), (2, 1.6, 0.84))]
+    summary = summarise_peer_runs(runs)
+    assert summary["test_slice_dice"] == 0.80 and summary["epochs"] == 1.5 and summary["runs"] == runs
+    ratios = peer_ratios(0.84, [r["test_slice_dice"] for r in runs])
+    assert ratios == {"dice_ratio_quick_over_peer": 1.05, "dice_ratio_range": [1.0, 1.105]}
+    assert peer_ratios(0.84, [0.0])["dice_ratio_quick_over_peer"] == float("inf")  # a peer that learnt nothing
+
+    report: dict = {}
+    record_by_cpu(report, "peer", peer("AMD EPYC 9R14", 1.05) | {"peer": summary, **ratios})
+    (row,) = quality_rows(report)
+    assert row[1] == "1.05×" and "median of 3 peer runs, ratio 1.00–1.10 over them" in row[2]

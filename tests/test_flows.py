@@ -453,7 +453,9 @@ def test_slicing_on_a_dask_cluster_gives_the_serial_result(project, prefect_serv
     sliced = {name: run.state.name for name, run in task_runs(subflow.state).items()}
     assert sliced == {f"slice BraTS20_Training_00{i}": "Completed" for i in (1, 2, 3)}
     on_workers = [line for line in flow_run_logs(subflow.state) if " on Dask worker tcp://" in line]
-    assert len(on_workers) == 3 and not any(f"(pid {os.getpid()})" in line for line in on_workers)
+    assert len(on_workers) == 3 and not any(f"(pid {os.getpid()}," in line for line in on_workers)
+    # each worker was prepared as the local pool's workers are: one numerical-library thread, freed memory kept
+    assert all("BLAS/OpenMP threads 1, freed memory kept)" in line for line in on_workers), on_workers
 
 
 @pytest.mark.slow

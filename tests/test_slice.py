@@ -226,6 +226,28 @@ def test_unchanged_raw_files_are_known_by_size_and_time_not_rehashed(tmp_path):
     assert third["resliced"] == 1 and third["patients"] == 3  # the touched patient's content is unchanged
 
 
+def test_a_file_rewritten_in_place_with_its_size_and_mtime_put_back_is_rehashed(tmp_path):
+    """`cp --preserve=timestamps` onto an existing file, `rsync -t --inplace`: same size, mtime and inode, new
+    content. Only the ctime, which utime() itself moves, gives it away."""
+    raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
+    slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    shard = out / "brats" / "BraTS20_Training_001.npz"
+    before = shard.read_bytes()
+    flair = raw / "brats" / "BraTS20_Training_001" / "BraTS20_Training_001_flair.nii.gz"
+    other = raw / "brats" / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz"
+    stat = flair.stat()
+    content = other.read_bytes()[: stat.st_size].ljust(stat.st_size, b"\0")  # another patient's bytes, same size
+    with flair.open("r+b") as fh:  # in place: the inode stays
+        fh.write(content)
+    os.utime(flair, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (flair.stat().st_size, flair.stat().st_mtime_ns, flair.stat().st_ino) == \
+        (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+    again = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert again["raw_files_hashed"] == 1 and again["resliced"] == 1
+    assert shard.read_bytes() != before
+
+
 def test_where_the_jobs_run_does_not_change_the_output(tmp_path):
     """Any JobMap (here: in this process, in reverse) gives the process pool's manifest and arrays."""
     raw = make_raw(tmp_path, n=3)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 
 def process_pool(workers: int, initializer: Callable[[], object] | None = None) -> ProcessPoolExecutor:
@@ -43,8 +44,22 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def _start_worker(initializer: Callable[[], object] | None) -> None:
+@functools.cache
+def prepare_worker() -> bool:
+    """Once per process, what a worker of these pools does first: numerical libraries on one thread each, freed
+    memory kept (returned: whether it is). Other runners' workers (a Dask cluster's, flows/dask_slicing.py) call it
+    before their first job."""
     threadpool_limits(limits=1)
-    keep_freed_memory()
+    return keep_freed_memory()
+
+
+def library_threads() -> int:
+    """The most threads any loaded numerical library (BLAS, OpenMP) of this process would start; 1 when none is
+    loaded."""
+    return max((int(pool.get("num_threads", 1)) for pool in threadpool_info()), default=1)
+
+
+def _start_worker(initializer: Callable[[], object] | None) -> None:
+    prepare_worker()
     if initializer is not None:
         initializer()
