@@ -214,7 +214,7 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
                     f"{inc['slice_all_seconds']:.1f} s; {inc['rerun_hashed_files']} raw files re-hashed on the rerun"))
         out.append((f"recognising {inc['fingerprinted_patients']} unchanged patients",
                     f"{inc['fingerprint_known_by_stat_seconds']:.2f} s",
-                    f"by size/mtime/inode; {inc['fingerprint_all_hashed_seconds']:.1f} s hashing every file"))
+                    f"by size/mtime/inode/ctime; {inc['fingerprint_all_hashed_seconds']:.1f} s hashing every file"))
     for name, result in report["export"].items():
         ms = result["latency"]
         out.append((f"onnxruntime speed-up over torch eager, batch 1 ({name})",
