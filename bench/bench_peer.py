@@ -120,7 +120,7 @@ def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int
 
 
 def summarise_peer_runs(runs: list[dict]) -> dict:
-    """The peer's figures: the median run's Dice (and epochs), each run beside it."""
+    """The peer's figures: the median Dice and the median epochs over its runs, each run beside them."""
     dice = [r["test_slice_dice"] for r in runs]
     return {"model": "monai BasicUNet (defaults)", "parameters": runs[0]["parameters"],
             "test_slice_dice": round(statistics.median(dice), 4),

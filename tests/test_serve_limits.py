@@ -109,6 +109,15 @@ def test_the_slice_limit_counts_the_axial_axis_whichever_axis_stores_it(client):
     assert upload.header.axial_shape == (8, 5000, 8)
 
 
+def wait_for_release(budget, seconds: float = 10) -> None:
+    """Wait until `budget` holds nothing (at most `seconds`). An answer's memory is released once its last piece is
+    handed to the connection (serve/api.py PacedAnswer), which the server's event loop may do just after the client
+    has read that piece."""
+    deadline = time.monotonic() + seconds
+    while budget.in_use and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_concurrent_volumes_share_the_memory_budget(files):
     """More volumes at once than the budget holds: they take turns (all 200), and the reservations in flight never
     exceed the budget; a volume that alone needs more than the budget is a 413 that names the setting."""
@@ -125,11 +134,7 @@ def test_concurrent_volumes_share_the_memory_budget(files):
             statuses = list(pool.map(send, range(6)))
         budget = app.state.budget
         assert statuses == [200] * 6
-        # An answer's memory is released once its last piece is handed to the connection (serve/api.py PacedAnswer),
-        # which the server's event loop may do just after the client has read that piece: give it a moment.
-        deadline = time.monotonic() + 10
-        while budget.in_use and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_release(budget)
         assert 0 < budget.peak <= budget.total and budget.in_use == 0
         big = forged_nifti_gz((256, 256, 64), np.float32, data_bytes=256 * 256 * 64 * 4)
         session = requests.Session()
@@ -323,9 +328,7 @@ def test_a_batch_keeps_its_prepared_slices_in_the_budget_while_the_rest_of_its_b
             answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert waiting >= 3 * SIZE * SIZE * 4  # three prepared (1, 32, 32) float32 inputs of the served model
-        deadline = time.monotonic() + 10
-        while budget.in_use and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_release(budget)
         assert budget.in_use == 0
 
 
@@ -369,9 +372,7 @@ def test_a_volume_answer_stays_in_the_budget_until_it_is_sent(files):
                 got += len(block)
         assert head.startswith(b"HTTP/1.1 200") and got == length
         assert held_while_unread > 0 and held_while_unread <= length, (held_while_unread, length, budget.peak)
-        deadline = time.monotonic() + 10
-        while budget.in_use and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for_release(budget)
         assert budget.in_use == 0
 
 

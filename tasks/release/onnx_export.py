@@ -271,7 +271,8 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
     model, checkpoint = load_model(checkpoint_path)
     # Parity runs every test slice through both engines on every core; only the latency figures are timed on
     # `latency_threads` (on one thread the parity pass took 17 s of this step's 34 s on 2 cores, quick profile).
-    cores, latency_threads = usable_cores(), cfg.latency_threads or usable_cores()
+    cores = usable_cores()
+    latency_threads = cfg.latency_threads or cores
     torch.set_num_threads(cores)
     for stale in (onnx_path, metadata_path):  # a failed export must not leave the previous model looking current
         stale.unlink(missing_ok=True)
