@@ -57,7 +57,8 @@ serve: setup
 	$(BIN)/python -m serve
 
 mlflow-ui: setup
-	$(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db --artifacts-destination ./mlartifacts \
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db \
+		--artifacts-destination ./mlartifacts \
 		--host 127.0.0.1 --port 5000
 
 prefect-ui: setup

@@ -171,6 +171,8 @@ def quality_rows(report: dict) -> list[tuple[str, str, str]]:
             runs = peer["peer"].get("runs", [])  # one peer run, no list, before the peer was trained per seed
             spread = (f"; median of {len(runs)} peer runs, ratio {peer['dice_ratio_range'][0]:.2f}–"
                       f"{peer['dice_ratio_range'][1]:.2f} over them") if len(runs) > 1 else ""
+            if (peer.get("budget_check") or {}).get("busy_during_training"):
+                spread += "; the machine was busy while the quick model trained, so the peer's budget is too long"
             out.append((f"quick slice Dice / equal-time MONAI BasicUNet, {family}",
                         f"{peer['dice_ratio_quick_over_peer']:.2f}×",
                         f"{peer['quick']['test_slice_dice']:.3f} vs {peer['peer']['test_slice_dice']:.3f} after "

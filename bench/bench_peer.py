@@ -7,7 +7,9 @@ BraTS training slices (shuffled, no augmentation, no schedule) for the wall-cloc
 training stages took (their per-epoch `seconds` in reports/training/*.csv). Both models are then scored by the
 evaluation's own code on the same test slices: mean Dice over the test slices with tumour (what metrics.json calls
 `segmentation.dice`). The ratio is quick model / peer. Run it in a project whose pipeline has run (`make run`) on a
-quiet machine: the budget is the time that run's training took.
+quiet machine: the budget is the time that run's training took. The training histories also record CPU seconds;
+when the training kept far fewer CPU seconds busy per wall second than the peer does now (`budget_check`), other work
+shared the machine while it trained, and the report says so.
 
 The peer is trained once per peer seed (default: three) and the ratio uses their median: one peer run under a
 wall-clock budget moved ±0.02 in Dice between two runs on the same machine (177 against 182 steps), as much as the
@@ -44,9 +46,29 @@ class SegmentationOnly(nn.Module):
         return {"seg": seg, "cls": seg.amax(dim=(1, 2, 3))}
 
 
-def training_seconds(history_dir: Path) -> float:
-    """Wall-clock seconds of the quick model's three training stages, from their per-epoch histories."""
-    return float(sum(pd.read_csv(history_dir / f"{stage}.csv")["seconds"].sum() for stage in ("seg", "cls", "joint")))
+def training_seconds(history_dir: Path) -> tuple[float, float | None]:
+    """Wall-clock and CPU seconds of the quick model's three training stages, from their per-epoch histories (CPU:
+    None for histories written before they recorded it)."""
+    histories = [pd.read_csv(history_dir / f"{stage}.csv") for stage in ("seg", "cls", "joint")]
+    wall = float(sum(h["seconds"].sum() for h in histories))
+    cpu = float(sum(h["cpu_seconds"].sum() for h in histories)) if all("cpu_seconds" in h for h in histories) else None
+    return wall, cpu
+
+
+# The training's CPU seconds per wall second below this share of the peer's: the machine was busy with other work
+# while the quick model trained, so its wall seconds, the peer's budget, were longer than the training needed.
+BUSY_SHARE = 0.8
+
+
+def budget_check(training_wall: float, training_cpu: float | None, peer_wall: float, peer_cpu: float) -> dict:
+    """Whether the budget came from a training run that had the machine to itself: its CPU seconds per wall second
+    (threads kept busy) against the peer's, measured now with the same number of threads. None: not recorded."""
+    peer_rate = peer_cpu / peer_wall if peer_wall > 0 else float("nan")
+    if training_cpu is None or training_wall <= 0:
+        return {"training_cpu_per_wall": None, "peer_cpu_per_wall": round(peer_rate, 2), "busy_during_training": None}
+    training_rate = training_cpu / training_wall
+    return {"training_cpu_per_wall": round(training_rate, 2), "peer_cpu_per_wall": round(peer_rate, 2),
+            "busy_during_training": bool(training_rate < BUSY_SHARE * peer_rate)}
 
 
 def train_peer(images: Tensor, masks: Tensor, seconds: float, seed: int) -> tuple[nn.Module, dict]:
@@ -58,7 +80,7 @@ def train_peer(images: Tensor, masks: Tensor, seconds: float, seed: int) -> tupl
     net = BasicUNet(spatial_dims=2, in_channels=images.shape[1], out_channels=1)
     optimizer, loss_fn = torch.optim.Adam(net.parameters(), lr=1e-3), DiceCELoss(sigmoid=True)
     generator = torch.Generator().manual_seed(seed)
-    steps, started = 0, time.perf_counter()
+    steps, started, cpu_started = 0, time.perf_counter(), time.process_time()
     net.train()
     while time.perf_counter() - started < seconds:
         for batch in torch.randperm(len(images), generator=generator).split(BATCH_SIZE):
@@ -69,9 +91,10 @@ def train_peer(images: Tensor, masks: Tensor, seconds: float, seed: int) -> tupl
             steps += 1
             if time.perf_counter() - started >= seconds:
                 break
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     return net.eval(), {"steps": steps, "epochs": round(steps * BATCH_SIZE / len(images), 2),
-                        "seconds": round(elapsed, 1), "parameters": sum(p.numel() for p in net.parameters())}
+                        "seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1),
+                        "parameters": sum(p.numel() for p in net.parameters())}
 
 
 def mean_test_slice_dice(model: nn.Module, processed: Path, splits: Path) -> float:
@@ -98,7 +121,7 @@ def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int
     try:
         settings = load_settings("params.yaml")
         processed, splits = Path("data/processed"), Path("data/splits")
-        budget = seconds if seconds is not None else training_seconds(Path("reports/training"))
+        budget, budget_cpu = (seconds, None) if seconds is not None else training_seconds(Path("reports/training"))
         seeds = peer_seeds or [settings.seed, *(s for s in EXTRA_PEER_SEEDS if s != settings.seed)]
         train = load_slices(processed, read_split("train", splits), ("brats",))
         runs = []
@@ -113,7 +136,8 @@ def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int
         os.chdir(previous)
     from bench.bench_seeds import cpu_description
 
-    return {"cpu": cpu_description(), "budget_seconds": round(budget, 1),
+    check = budget_check(budget, budget_cpu, sum(r["seconds"] for r in runs), sum(r["cpu_seconds"] for r in runs))
+    return {"cpu": cpu_description(), "budget_seconds": round(budget, 1), "budget_check": check,
             "peer": summarise_peer_runs(runs), "quick": {"parameters": sum(p.numel() for p in quick.parameters()),
                                                          "test_slice_dice": round(quick_dice, 4)},
             **peer_ratios(quick_dice, [r["test_slice_dice"] for r in runs])}
@@ -150,6 +174,11 @@ def main() -> None:
     print(f"slice Dice: quick {report['quick']['test_slice_dice']:.3f} vs peer {report['peer']['test_slice_dice']:.3f} "
           f"(median of {len(report['peer']['runs'])} runs) after {report['budget_seconds']:.0f} s each: ratio "
           f"{report['dice_ratio_quick_over_peer']:.2f} ({low:.2f}–{high:.2f} over the peer runs)")
+    check = report["budget_check"]
+    if check["busy_during_training"]:
+        print(f"WARNING: the quick model's training kept {check['training_cpu_per_wall']:.2f} CPU seconds busy per "
+              f"wall second, the peer {check['peer_cpu_per_wall']:.2f}: the machine was busy while the model trained, "
+              "so the peer's budget is too long. Measure both side by side: python -m bench --only pipeline peer")
 
 
 if __name__ == "__main__":

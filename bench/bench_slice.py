@@ -161,6 +161,7 @@ def _dvc_status_seconds(project: Path) -> dict:
     run = lambda *args: subprocess.run(args, cwd=project, capture_output=True, text=True, check=True)  # noqa: E731
     run("git", "init", "-q")
     run(dvc, "init", "-q")
+    run(dvc, "config", "core.analytics", "false")  # as the project's .dvc/config: no report per command
     run(dvc, "stage", "add", "-q", "-n", "slice", "-d", "brats", "true")
     repro_s, _ = _seconds(lambda: run(dvc, "repro", "-q"))
     status_s = min(_seconds(lambda: run(dvc, "status"))[0] for _ in range(2))

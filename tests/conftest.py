@@ -6,6 +6,7 @@ The data set mirrors the project layout under tmp_path (data/processed/, data/sp
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from tasks.config import Settings, load_settings
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
+# The repositories tests `dvc init` get DVC's default config, usage analytics on (the project's .dvc/config turns
+# them off): each dvc command there would leave a report in the temporary folder for a sender that cannot connect.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
 @dataclass(frozen=True)

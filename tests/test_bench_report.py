@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 from bench.__main__ import REPORT, markdown, quality_rows, record_by_cpu
 from bench.bench_seeds import cpu_family
 
@@ -271,3 +273,24 @@ def test_the_peer_ratio_uses_the_median_peer_run_and_reports_their_range():
     record_by_cpu(report, "peer", peer("AMD EPYC 9R14", 1.05) | {"peer": summary, **ratios})
     (row,) = quality_rows(report)
     assert row[1] == "1.05×" and "median of 3 peer runs, ratio 1.00–1.10 over them" in row[2]
+
+
+def test_a_peer_budget_from_a_training_on_a_busy_machine_is_flagged(tmp_path):
+    """The peer gets the training's wall seconds; when other work shared the machine, the training kept fewer CPU
+    seconds busy per wall second than the peer does alone, and the report and its README row say the budget is too
+    long. Histories from before the CPU column give no verdict rather than a wrong one."""
+    from bench.bench_peer import budget_check, training_seconds
+
+    for stage, cpu in (("seg", [60.0, 62.0]), ("cls", [20.0, 20.0]), ("joint", [50.0, 48.0])):
+        pd.DataFrame({"epoch": [1, 2], "seconds": [40.0, 40.0], "cpu_seconds": cpu}).to_csv(tmp_path / f"{stage}.csv")
+    wall, cpu = training_seconds(tmp_path)
+    assert (wall, cpu) == (240.0, 260.0)
+    busy = budget_check(wall, cpu, peer_wall=300.0, peer_cpu=570.0)  # 1.08 against the peer's 1.9
+    assert busy == {"training_cpu_per_wall": 1.08, "peer_cpu_per_wall": 1.9, "busy_during_training": True}
+    assert budget_check(wall, 1.8 * wall, 300.0, 570.0)["busy_during_training"] is False
+    assert budget_check(wall, None, 300.0, 570.0)["busy_during_training"] is None
+
+    report: dict = {}
+    record_by_cpu(report, "peer", peer("AMD EPYC 9R14", 1.05) | {"budget_check": busy})
+    (row,) = quality_rows(report)
+    assert "the machine was busy while the quick model trained" in row[2]

@@ -159,8 +159,10 @@ def test_champion_loads_back_and_matches_the_exported_file(project, tiny_setting
     images = np.random.default_rng(0).normal(size=(3, channels, size, size)).astype(np.float32)
     expected_seg, expected_cls = onnx_outputs(paths.ONNX_MODEL, images)
 
+    loaded = tmp_path / "loaded"  # without a dst_path MLflow downloads into a temporary folder it never removes
+    loaded.mkdir()
     with fluent_store():  # models:/ URIs resolve against the project's store
-        served = mlflow.pyfunc.load_model("models:/slicewise@champion").predict(images)
+        served = mlflow.pyfunc.load_model("models:/slicewise@champion", dst_path=str(loaded)).predict(images)
         info = mlflow.models.get_model_info("models:/slicewise@champion")
     np.testing.assert_array_equal(served["seg_logits"], expected_seg)
     np.testing.assert_array_equal(served["cls_logits"], expected_cls)
@@ -485,8 +487,10 @@ def test_register_against_a_real_mlflow_server(tmp_path, tiny_settings, monkeypa
         assert alias_version("slicewise", "champion") == "1"
         size = settings.active.image_size
         images = np.random.default_rng(1).normal(size=(2, settings.in_channels, size, size)).astype(np.float32)
+        loaded = tmp_path / "loaded"  # not MLflow's own temporary folder, which it never removes
+        loaded.mkdir()
         with fluent_store():
-            served = mlflow.pyfunc.load_model("models:/slicewise@champion").predict(images)
+            served = mlflow.pyfunc.load_model("models:/slicewise@champion", dst_path=str(loaded)).predict(images)
         np.testing.assert_array_equal(served["cls_logits"], onnx_outputs(paths.ONNX_MODEL, images)[1])
         # Artifacts went through the server into its --artifacts-destination, not into the project folder.
         assert list((server_dir / "artifacts").rglob("model.onnx")) and not (root / "mlartifacts").exists()

@@ -68,7 +68,8 @@ def test_register_step_on_an_mlflow_server_backed_by_postgres(tmp_path, tiny_set
                 export.main(settings)
                 result = register.main(settings)
                 mlflow.set_tracking_uri(uri)
-                champion = mlflow.onnx.load_model(f"models:/{name}@{alias}")
+                (tmp_path / "loaded").mkdir()  # not MLflow's own temporary folder, which it never removes
+                champion = mlflow.onnx.load_model(f"models:/{name}@{alias}", dst_path=str(tmp_path / "loaded"))
         finally:
             mlflow.set_tracking_uri(previous_uri)
         # The registry really lives in PostgreSQL.

@@ -56,8 +56,12 @@ def brats_dice(predicted: np.ndarray, truth: np.ndarray) -> float:
         return 1.0
     if not predicted.any() or not truth.any():
         return 0.0
-    y_pred = torch.from_numpy(predicted[None, None]).float()
-    return float(compute_dice(y_pred, torch.from_numpy(truth[None, None]).float(), include_background=True)[0, 0])
+    # Outside the box around both masks every voxel is true negative, which Dice ignores: on the box MONAI sums the
+    # same overlap and areas (exactly: counts below 2**24 in float32) as on the whole volume, in a fraction of the time.
+    predicted, truth = _crop_to_both(predicted, truth)
+    y_pred = torch.from_numpy(np.ascontiguousarray(predicted)[None, None]).float()
+    y_true = torch.from_numpy(np.ascontiguousarray(truth)[None, None]).float()
+    return float(compute_dice(y_pred, y_true, include_background=True)[0, 0])
 
 
 def surface_distances(source: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> np.ndarray:

@@ -62,6 +62,8 @@ RUNTIME_ONLY = ("patience", "min_epochs", "floor_margin", "device", "amp_bf16", 
 # Each stage's "nothing learned" value: a stage whose best validation value stays within train.floor_margin of it
 # is reported as stuck (a seg head predicting no tumour anywhere has val Dice 0; a guessing classifier ROC-AUC 0.5).
 FLOORS = {"seg": ("val_dice", 0.0), "cls": ("val_roc_auc", 0.5), "joint": ("val_dice", 0.0)}
+# The history columns that time an epoch rather than measure what it learned.
+TIMINGS = ("seconds", "cpu_seconds")
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
                 log.info("train_%s: early stop after epoch %d (no improvement for %d epochs)", plan.stage,
                          state.epoch, state.epochs_since_best)
                 break
-            epoch_started = time.perf_counter()
+            epoch_started, epoch_cpu_started = time.perf_counter(), time.process_time()
             # Dropout noise: seeded per epoch and process, so a resumed run draws what an uninterrupted one would,
             # and the processes of a DDP run draw different masks for their different samples.
             torch.manual_seed(_noise_seed(plan.seed, epoch, ranks.rank))
@@ -216,6 +218,9 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
             if "seg" in steps.loss_fn.heads and (epoch == plan.epochs or _stops_early(plan, state)):
                 row.update(steps.evaluate_flair_only(val_set))  # the stage's last epoch: what FLAIR alone costs
             row["seconds"] = round(time.perf_counter() - epoch_started, 2)  # with the validation passes
+            # CPU seconds of this process, all its threads: against the wall seconds, what says whether the epoch had
+            # the machine to itself (bench/bench_peer.py gives its peer these wall seconds). Loader workers not counted.
+            row["cpu_seconds"] = round(time.process_time() - epoch_cpu_started, 2)
             if ranks.is_main:
                 _save_epoch(plan, state, improved, model, optimizer, generator, run_key)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
@@ -321,8 +326,8 @@ def _save_epoch(plan, state: StageState, improved: bool, model, optimizer, gener
     """Write best.pt (if improved) before last.pt, so last.pt never points past best, then the history."""
     common = dict(model=model, model_config=plan.model, epoch=state.epoch, best_metric=state.best_metric,
                   metric_name=METRIC_NAME[plan.stage], params=plan.params(), stage=plan.stage)
-    if improved:  # without the epoch's wall seconds: same seed, machine and code give the same best.pt, byte for byte
-        metrics = {k: v for k, v in state.history[-1].items() if k != "seconds"}  # (and model.onnx, which names it)
+    if improved:  # without the epoch's timings: same seed, machine and code give the same best.pt, byte for byte
+        metrics = {k: v for k, v in state.history[-1].items() if k not in TIMINGS}  # (and model.onnx, which names it)
         save_checkpoint(plan.checkpoint_dir / "best.pt", optimizer=None, extra={"metrics": metrics}, **common)
     extra = {"run_key": run_key, "history": state.history, "epochs_since_best": state.epochs_since_best,
              "generator_state": generator.get_state()}
