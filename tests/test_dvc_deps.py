@@ -5,11 +5,14 @@ import is followed, at module level and inside functions (tests/import_graph.py)
 must lie under a code dep of the stage (a file, or a folder), unless it is plumbing listed below; and each code
 dep must be imported: a file dep reached, and every module of a folder dep reached (else an edit of a module the
 stage never runs would rerun it).
+
+Also: every output DVC does not cache is one git carries, so each commit and DVC experiment holds it.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -117,3 +120,26 @@ def test_no_stage_reruns_for_a_setting_that_only_says_how_mlflow_is_reached():
     for name, stage in STAGES.items():
         listed = {key for entry in stage.get("params", []) for key in ([entry] if isinstance(entry, str) else entry)}
         assert not listed & plumbing, (name, sorted(listed & plumbing))
+
+
+def uncached_outputs() -> dict[str, str]:
+    """{path: kind} of every output, metric and plot file that dvc.yaml declares with `cache: false`."""
+    found = {}
+    for stage in STAGES.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                if isinstance(entry, dict):
+                    found |= {path: kind for path, options in entry.items() if options.get("cache") is False}
+    return found
+
+
+def test_every_uncached_output_is_carried_by_git():
+    """DVC keeps no copy of a `cache: false` file, so git must: else a checkout of another commit, `dvc exp apply`
+    of an experiment or `dvc plots diff` across them finds the workspace's file of the last run, or none (the
+    training histories were ignored by git until 2026-12-03). The evaluate stage's plots folder is the exception: its
+    images stay out of git, and, uncached, they keep evaluate out of DVC's run cache (flows/dvc_stage.py)."""
+    uncached = uncached_outputs()
+    assert {"reports/training/seg.csv", "reports/metrics.json", "reports/register.json"} <= set(uncached)
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *uncached], cwd=REPO, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == ["reports/plots"]
