@@ -57,8 +57,10 @@ def _project(root: Path, settings) -> Path:
 
 def _run(command: list[str], cwd: Path) -> list[dict]:
     """Run the CLI in `cwd` on this repository's code; the JSON results it printed (one per process), by rank."""
+    scratch = cwd / "tmp"  # torchrun leaves its log folders (torchelastic_*) in the temporary folder: keep them here
+    scratch.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     decoder, text, results = json.JSONDecoder(), done.stdout.strip(), []
