@@ -169,8 +169,10 @@ def quality_rows(report: dict) -> list[tuple[str, str, str]]:
     for family, found in quality_by_cpu(report).items():
         if peer := found.get("peer"):
             runs = peer["peer"].get("runs", [])  # one peer run, no list, before the peer was trained per seed
-            spread = (f"; median of {len(runs)} peer runs, ratio {peer['dice_ratio_range'][0]:.2f}–"
-                      f"{peer['dice_ratio_range'][1]:.2f} over them") if len(runs) > 1 else ""
+            quick_models = len(peer["quick"].get("runs", [])) or 1  # several: quick models of other training seeds
+            spread = (f"; median of {len(runs)} peer runs" + (f" and of {quick_models} quick models" if quick_models > 1
+                      else "") + f", ratio {peer['dice_ratio_range'][0]:.2f}–{peer['dice_ratio_range'][1]:.2f} "
+                      "over them") if len(runs) > 1 else ""
             if (peer.get("budget_check") or {}).get("busy_during_training"):
                 spread += "; the machine was busy while the quick model trained, so the peer's budget is too long"
             out.append((f"quick slice Dice / equal-time MONAI BasicUNet, {family}",

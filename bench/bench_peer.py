@@ -1,6 +1,7 @@
 """An equal-time peer: what a user would write in an afternoon, trained for as long as SliceWise's quick model.
 
 Usage: .venv/bin/python -m bench.bench_peer [--project DIR] [--seconds S] [--peer-seeds N ...]
+                                             [--quick-checkpoints FILE ...]
 
 The peer is MONAI's `BasicUNet` with its default widths, Adam at 1e-3 and MONAI's `DiceCELoss`, trained on the same
 BraTS training slices (shuffled, no augmentation, no schedule) for the wall-clock seconds the quick profile's three
@@ -13,7 +14,10 @@ shared the machine while it trained, and the report says so.
 
 The peer is trained once per peer seed (default: three) and the ratio uses their median: one peer run under a
 wall-clock budget moved ±0.02 in Dice between two runs on the same machine (177 against 182 steps), as much as the
-ratio's margin. The range over the peer runs is reported beside it.
+ratio's margin. The range over the peer runs is reported beside it. The quick side is the project's joint best.pt,
+or, with `--quick-checkpoints`, several quick models trained on the same data with other training seeds (e.g. the
+DVC experiments of `dvc exp run -S seed=N` with fetch, slice and split frozen): then its median faces the peer's, so
+both sides' training noise counts alike.
 """
 
 from __future__ import annotations
@@ -109,8 +113,10 @@ def mean_test_slice_dice(model: nn.Module, processed: Path, splits: Path) -> flo
     return float(scores["dice"].mean())
 
 
-def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int] | None = None) -> dict:
-    """`peer_seeds`: one peer run each (default: the project's seed and EXTRA_PEER_SEEDS)."""
+def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int] | None = None,
+        quick_checkpoints: list[Path] | None = None) -> dict:
+    """`peer_seeds`: one peer run each (default: the project's seed and EXTRA_PEER_SEEDS); `quick_checkpoints`: the
+    quick models to score (default: the project's checkpoints/joint/best.pt)."""
     from tasks.config import load_settings
     from tasks.data.datasets import load_slices
     from tasks.data.splits import read_split
@@ -130,16 +136,22 @@ def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int
             runs.append({"seed": seed, **peer_run,
                          "test_slice_dice": round(mean_test_slice_dice(SegmentationOnly(peer), processed, splits), 4)})
             del peer
-        quick, _ = load_model(Path("checkpoints/joint/best.pt"))
-        quick_dice = mean_test_slice_dice(quick, processed, splits)
+        quick_runs = []
+        for checkpoint in quick_checkpoints or [Path("checkpoints/joint/best.pt")]:
+            quick, _ = load_model(checkpoint)
+            quick_runs.append({"checkpoint": str(checkpoint),
+                               "test_slice_dice": round(mean_test_slice_dice(quick, processed, splits), 4)})
     finally:
         os.chdir(previous)
     from bench.bench_seeds import cpu_description
 
     check = budget_check(budget, budget_cpu, sum(r["seconds"] for r in runs), sum(r["cpu_seconds"] for r in runs))
+    quick_dice = [r["test_slice_dice"] for r in quick_runs]
     return {"cpu": cpu_description(), "budget_seconds": round(budget, 1), "budget_check": check,
-            "peer": summarise_peer_runs(runs), "quick": {"parameters": sum(p.numel() for p in quick.parameters()),
-                                                         "test_slice_dice": round(quick_dice, 4)},
+            "peer": summarise_peer_runs(runs),
+            "quick": {"parameters": sum(p.numel() for p in quick.parameters()),
+                      "test_slice_dice": round(statistics.median(quick_dice), 4),
+                      **({"runs": quick_runs} if len(quick_runs) > 1 else {})},
             **peer_ratios(quick_dice, [r["test_slice_dice"] for r in runs])}
 
 
@@ -151,14 +163,16 @@ def summarise_peer_runs(runs: list[dict]) -> dict:
             "epochs": statistics.median(r["epochs"] for r in runs), "runs": runs}
 
 
-def peer_ratios(quick_dice: float, peer_dice: list[float]) -> dict:
-    """quick / median peer Dice, and its range over the peer runs (quick / best peer, quick / worst peer)."""
+def peer_ratios(quick_dice: float | list[float], peer_dice: list[float]) -> dict:
+    """Median quick / median peer Dice, and its range over the runs (worst quick / best peer, best quick / worst
+    peer). One quick model: quick / median peer, and quick / best peer to quick / worst peer."""
+    quick = [quick_dice] if isinstance(quick_dice, (int, float)) else list(quick_dice)
 
-    def ratio(peer: float) -> float:
-        return round(quick_dice / peer, 3) if peer > 0 else float("inf")
+    def ratio(ours: float, peer: float) -> float:
+        return round(ours / peer, 3) if peer > 0 else float("inf")
 
-    return {"dice_ratio_quick_over_peer": ratio(statistics.median(peer_dice)),
-            "dice_ratio_range": [ratio(max(peer_dice)), ratio(min(peer_dice))]}
+    return {"dice_ratio_quick_over_peer": ratio(statistics.median(quick), statistics.median(peer_dice)),
+            "dice_ratio_range": [ratio(min(quick), max(peer_dice)), ratio(max(quick), min(peer_dice))]}
 
 
 def main() -> None:
@@ -167,11 +181,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="training budget (default: the quick model's training time)")
     parser.add_argument("--peer-seeds", type=int, nargs="+", help="one peer run per seed (default: the project's "
                         f"seed, then {', '.join(map(str, EXTRA_PEER_SEEDS))})")
+    parser.add_argument("--quick-checkpoints", type=Path, nargs="+", help="quick models (joint best.pt files) trained "
+                        "on the project's data with other training seeds; their median faces the peer's "
+                        "(default: the project's own)")
     args = parser.parse_args()
-    report = run(args.project.resolve(), args.seconds, args.peer_seeds)
+    quick = [path.resolve() for path in args.quick_checkpoints] if args.quick_checkpoints else None
+    report = run(args.project.resolve(), args.seconds, args.peer_seeds, quick)
     print(json.dumps(report, indent=2))
     low, high = report["dice_ratio_range"]
-    print(f"slice Dice: quick {report['quick']['test_slice_dice']:.3f} vs peer {report['peer']['test_slice_dice']:.3f} "
+    models = f" (median of {len(report['quick']['runs'])} models)" if "runs" in report["quick"] else ""
+    print(f"slice Dice: quick {report['quick']['test_slice_dice']:.3f}{models} vs peer "
+          f"{report['peer']['test_slice_dice']:.3f} "
           f"(median of {len(report['peer']['runs'])} runs) after {report['budget_seconds']:.0f} s each: ratio "
           f"{report['dice_ratio_quick_over_peer']:.2f} ({low:.2f}–{high:.2f} over the peer runs)")
     check = report["budget_check"]
