@@ -88,6 +88,17 @@ def test_gate_criteria_and_boundaries():
     assert not gate.decide(gate_metrics(0.99, 0.99), True, champion=ChampionScore("3", None, "recorded")).promoted
 
 
+def test_a_rejection_never_reads_as_a_tie():
+    """A seed-sweep model scored accuracy 0.84989 on the AMX Xeon: at three decimals its reason read "0.850 < 0.850".
+    A failing comparison gets as many decimals as it takes to show the difference; a passing one keeps three."""
+    gate = make_gate()
+    assert "accuracy 0.8499 < 0.8500 [FAIL]" in gate.decide(gate_metrics(accuracy=0.8498896), True).reason
+    assert "accuracy 0.850 >= 0.850 [pass]" in gate.decide(gate_metrics(accuracy=0.85), True).reason
+    worse = make_gate(max_accuracy_drop=0.0).decide(gate_metrics(accuracy=0.91994), True,
+                                                    champion=ChampionScore("3", 0.92, "same test data"))
+    assert "accuracy vs champion v3 0.9199 < 0.9200 - 0.0000 (same test data) [FAIL]" in worse.reason
+
+
 def test_gate_rejects_a_model_that_cannot_segment_even_when_classification_passes():
     """The model of the bug report: accuracy 0.919 and sensitivity 0.846 pass, Dice 0.027 must not."""
     decision = make_gate().decide(gate_metrics(0.919, 0.846, dice=0.027, volume_dice=0.041), True)

@@ -79,7 +79,17 @@ def _at_least(name: str, value: float | None, minimum: float) -> Criterion:
     if value is None or not math.isfinite(value):  # missing, NaN or infinite: nothing shows it is good enough
         return Criterion(name, False, f"missing, needs >= {minimum:.3f}")
     passed = value >= minimum - EPSILON
-    return Criterion(name, passed, f"{value:.3f} {'>=' if passed else '<'} {minimum:.3f}")
+    digits = _digits(value, minimum, passed)
+    return Criterion(name, passed, f"{value:.{digits}f} {'>=' if passed else '<'} {minimum:.{digits}f}")
+
+
+def _digits(value: float, limit: float, passed: bool) -> int:
+    """Three decimals, or as many more as it takes for a failure to read as one: an accuracy of 0.84989 against 0.85
+    printed as "0.850 < 0.850" would hide why the model was rejected."""
+    digits = 3
+    while not passed and digits < 9 and f"{value:.{digits}f}" == f"{limit:.{digits}f}":
+        digits += 1
+    return digits
 
 
 def quality_values(metrics: dict, use_lower_bound: bool) -> dict[str, float | None]:
@@ -138,5 +148,7 @@ class PromotionGate:
         if accuracy is None:
             return Criterion(name, False, f"missing, champion {champion.accuracy:.3f} ({champion.basis})")
         passed = accuracy >= floor - EPSILON
-        return Criterion(name, passed, f"{accuracy:.3f} {'>=' if passed else '<'} {champion.accuracy:.3f} - "
-                                       f"{self.settings.max_accuracy_drop:.3f} ({champion.basis})")
+        digits = _digits(accuracy, floor, passed)
+        return Criterion(name, passed, f"{accuracy:.{digits}f} {'>=' if passed else '<'} "
+                                       f"{champion.accuracy:.{digits}f} - {self.settings.max_accuracy_drop:.{digits}f} "
+                                       f"({champion.basis})")
