@@ -175,6 +175,8 @@ def quality_rows(report: dict) -> list[tuple[str, str, str]]:
                       "over them") if len(runs) > 1 else ""
             if (peer.get("budget_check") or {}).get("busy_during_training"):
                 spread += "; the machine was busy while the quick model trained, so the peer's budget is too long"
+            if caveat := peer.get("caveat"):  # recorded by hand: what this one data set's ratio does not show
+                spread += f"; {caveat}"
             out.append((f"quick slice Dice / equal-time MONAI BasicUNet, {family}",
                         f"{peer['dice_ratio_quick_over_peer']:.2f}×",
                         f"{peer['quick']['test_slice_dice']:.3f} vs {peer['peer']['test_slice_dice']:.3f} after "

@@ -281,6 +281,9 @@ def test_the_peer_ratio_uses_the_median_peer_run_and_reports_their_range():
     record_by_cpu(report, "peer", several)
     (row,) = quality_rows(report)
     assert "median of 3 peer runs and of 3 quick models, ratio 0.98–1.16 over them" in row[2]
+    record_by_cpu(report, "peer", several | {"caveat": "0.94 on another data set"})
+    (row,) = quality_rows(report)
+    assert row[2].endswith("over them; 0.94 on another data set)")
 
 
 def test_a_peer_budget_from_a_training_on_a_busy_machine_is_flagged(tmp_path):
