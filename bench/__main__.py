@@ -169,10 +169,12 @@ def quality_rows(report: dict) -> list[tuple[str, str, str]]:
     for family, found in quality_by_cpu(report).items():
         if peer := found.get("peer"):
             runs = peer["peer"].get("runs", [])  # one peer run, no list, before the peer was trained per seed
-            quick_models = len(peer["quick"].get("runs", [])) or 1  # several: quick models of other training seeds
-            spread = (f"; median of {len(runs)} peer runs" + (f" and of {quick_models} quick models" if quick_models > 1
-                      else "") + f", ratio {peer['dice_ratio_range'][0]:.2f}–{peer['dice_ratio_range'][1]:.2f} "
-                      "over them") if len(runs) > 1 else ""
+            quick_models = len(peer["quick"].get("runs", []))  # several: quick models of other training seeds
+            spread = ""
+            if len(runs) > 1:
+                low, high = peer["dice_ratio_range"]
+                models = f" and of {quick_models} quick models" if quick_models > 1 else ""
+                spread = f"; median of {len(runs)} peer runs{models}, ratio {low:.2f}–{high:.2f} over them"
             if (peer.get("budget_check") or {}).get("busy_during_training"):
                 spread += "; the machine was busy while the quick model trained, so the peer's budget is too long"
             if caveat := peer.get("caveat"):  # recorded by hand: what this one data set's ratio does not show

@@ -101,14 +101,19 @@ def train_peer(images: Tensor, masks: Tensor, seconds: float, seed: int) -> tupl
                         "parameters": sum(p.numel() for p in net.parameters())}
 
 
-def mean_test_slice_dice(model: nn.Module, processed: Path, splits: Path) -> float:
-    """Mean Dice over the BraTS test slices with tumour, exactly as `evaluate` computes it."""
+def brats_test_rows(processed: Path, splits: Path) -> pd.DataFrame:
+    """The manifest rows of the BraTS test slices: read once, every model is scored on them."""
     from tasks.data.splits import read_split, split_rows
+
+    rows = split_rows(processed, read_split("test", splits))
+    return rows[rows["source"] == "brats"].reset_index(drop=True)
+
+
+def mean_test_slice_dice(model: nn.Module, processed: Path, rows: pd.DataFrame) -> float:
+    """Mean Dice over the test slices with tumour among `rows` (brats_test_rows), exactly as `evaluate` computes it."""
     from tasks.evaluation.scoring import predict_split
     from tasks.inference.predictor import TorchPredictor
 
-    rows = split_rows(processed, read_split("test", splits))
-    rows = rows[rows["source"] == "brats"].reset_index(drop=True)
     scores = predict_split(TorchPredictor(model), processed, rows, segmentation=True, description="scoring").slice_scores
     return float(scores["dice"].mean())
 
@@ -130,17 +135,18 @@ def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int
         budget, budget_cpu = (seconds, None) if seconds is not None else training_seconds(Path("reports/training"))
         seeds = peer_seeds or [settings.seed, *(s for s in EXTRA_PEER_SEEDS if s != settings.seed)]
         train = load_slices(processed, read_split("train", splits), ("brats",))
+        test_rows = brats_test_rows(processed, splits)
         runs = []
         for seed in seeds:
             peer, peer_run = train_peer(train.images, train.masks, budget, seed)
             runs.append({"seed": seed, **peer_run,
-                         "test_slice_dice": round(mean_test_slice_dice(SegmentationOnly(peer), processed, splits), 4)})
+                         "test_slice_dice": round(mean_test_slice_dice(SegmentationOnly(peer), processed, test_rows), 4)})
             del peer
         quick_runs = []
         for checkpoint in quick_checkpoints or [Path("checkpoints/joint/best.pt")]:
             quick, _ = load_model(checkpoint)
             quick_runs.append({"checkpoint": str(checkpoint),
-                               "test_slice_dice": round(mean_test_slice_dice(quick, processed, splits), 4)})
+                               "test_slice_dice": round(mean_test_slice_dice(quick, processed, test_rows), 4)})
     finally:
         os.chdir(previous)
     from bench.bench_seeds import cpu_description
