@@ -125,6 +125,7 @@ class SegStageSettings(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     tumour_slices_only: bool = False
     foreground_share: float = Field(0.33, ge=0, le=1)  # at least this share of each batch has tumour
+    dice_over: Literal["batch", "slice", "both"] = "batch"  # Dice pooled over the batch, per slice, or their mean
 
 
 class ClsStageSettings(_Section):
@@ -140,6 +141,7 @@ class JointStageSettings(_Section):
     cls_weight: float = Field(0.5, ge=0)
     kaggle_share: float | None = Field(0.5, gt=0, lt=1)
     foreground_share: float = Field(0.33, ge=0, le=1)  # of each batch's BraTS part, as in train_seg
+    dice_over: Literal["batch", "slice", "both"] = "batch"  # as in train_seg
     weight_decay: float = Field(1e-4, ge=0)
 
 

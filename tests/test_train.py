@@ -105,6 +105,34 @@ def test_stage_loss_is_monais_dice_ce_over_the_regions_plus_weighted_bce(tiny_se
         expected_dice + bce(only_et["seg"], regions).item(), rel=1e-4)
 
 
+def test_slice_dice_weighs_each_tumour_slice_alike_and_skips_slices_without_the_region(tiny_settings):
+    """`dice_over: slice`: per region, the mean Dice loss of the slices that have it (MONAI's DiceLoss with
+    batch=False, restricted to those slices), plus the same BCE as batch mode; mask-less samples add nothing."""
+    torch.manual_seed(0)
+    out = {"seg": torch.randn(5, 3, 16, 16) * 3, "cls": torch.randn(5)}
+    labels = torch.zeros(5, 1, 16, 16)
+    labels[0, 0, 2:12, 2:12] = 2  # a large oedema: WT only
+    labels[1, 0, 5:7, 5:7] = 4  # a small cap: WT, TC and ET
+    labels[3, 0, :8] = 1  # a mask-less (Kaggle) sample: its label map must not count
+    batch = {"image": torch.zeros(5, 1, 16, 16), "mask": labels, "has_mask": torch.tensor([True, True, True, False, True]),
+             "label": torch.tensor([1.0, 1, 0, 1, 0])}
+    regions = torch.from_numpy(regions_from_labels(labels[:, 0].numpy()).transpose(1, 0, 2, 3).astype(np.float32))
+    per_slice = DiceLoss(sigmoid=True, reduction="none")(out["seg"], regions)[..., 0, 0]  # (N, R)
+    expected_dice = torch.stack([per_slice[[0, 1], 0].mean(), per_slice[1, 1], per_slice[1, 2]]).mean()
+    masked = [0, 1, 2, 4]
+    expected = expected_dice + F.binary_cross_entropy_with_logits(out["seg"][masked], regions[masked])
+    seg = tiny_settings.train_seg.model_copy(update={"dice_over": "slice"})
+    torch.testing.assert_close(StageLoss("seg", seg)(out, batch), expected)
+    # a small cap missed entirely costs as much as a large tumour missed: not so with a batch Dice
+    miss = {"seg": torch.where(regions[:, :1] > 0, 20.0, -20.0), "cls": out["cls"]}  # WT alone
+    miss["seg"][1] = -20.0
+    slice_loss, batch_loss = (StageLoss("seg", params)(miss, batch).item() for params in (seg, tiny_settings.train_seg))
+    # the same BCE in both; Dice: one of two WT slices lost (0.5) against 4 of the 104 WT pixels (1 - 200 / 204)
+    assert slice_loss - batch_loss == pytest.approx(0.5 - (1 - 200 / 204), abs=1e-4)
+    both = StageLoss("seg", seg.model_copy(update={"dice_over": "both"}))(miss, batch).item()
+    assert both == pytest.approx((slice_loss + batch_loss) / 2, abs=1e-6)  # the same BCE, the mean of the Dice terms
+
+
 def test_modality_dropout_blanks_channels_but_never_all_that_carry_signal():
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(4000, 4, 2, 2)

@@ -32,6 +32,10 @@ class StageLoss:
     the batch, so slices without tumour do not each add an ill-defined Dice term, averaged over the regions, plus BCE
     over every pixel and region. (MONAI's DiceCELoss is this for one channel, but takes a softmax cross-entropy for
     several, which nested regions do not fit.)
+    `dice_over: slice` (a stage param) takes the Dice per slice instead: one Dice per slice and region that has the
+    region, averaged over those slices, so a slice with a small tumour cap weighs what a slice with a large tumour does,
+    as in the evaluation's mean Dice over the tumour slices (a batch Dice lets the large tumours drown the caps).
+    Slices without the region add no Dice term (their Dice is ill-defined); BCE alone covers them, as in batch mode.
     The targets are built from the batch's label maps (`region_targets`). Everything is computed from sums over the
     batch (overlaps, areas, BCE terms and their counts), because sums add up over the shares of a DDP run: the loss
     of a whole batch is `from_sums(sums(out, batch))` and equally `from_sums(sum of sums(out, share) over shares)`.
@@ -42,12 +46,14 @@ class StageLoss:
     def __init__(self, stage: str, params):
         self.heads = STAGE_HEADS[stage]
         self.cls_weight = getattr(params, "cls_weight", 1.0)
+        self.dice_over = getattr(params, "dice_over", "batch")
 
     def __call__(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
         return self.from_sums(self.sums(out, batch))
 
     def sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
-        """[cls BCE sum, cls samples, seg BCE sum, seg elements, overlap × R, predicted area × R, true area × R]."""
+        """[cls BCE sum, cls samples, seg BCE sum, seg elements, overlap × R, predicted area × R, true area × R,
+        slice Dice losses × R, slices × R] (the last two over the slices that have the region)."""
         zero = torch.zeros((), device=batch["image"].device)
         cls, seg = [zero] * 2, [zero] * 2
         if "cls" in out:
@@ -60,15 +66,30 @@ class StageLoss:
             probability = torch.sigmoid(logits) * weight
             bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * weight
             per_region = [(probability * truth).sum(dim=(0, 2, 3)), probability.sum(dim=(0, 2, 3)),
-                          truth.sum(dim=(0, 2, 3))]
+                          truth.sum(dim=(0, 2, 3)), *self._slice_dice(probability, truth)]
             seg = [bce.sum(), weight.sum() * logits[0].numel(), *torch.cat(per_region).unbind()]
         return torch.stack(cls + seg)
+
+    def _slice_dice(self, probability: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
+        """Per region: the sum of the Dice losses of the slices that have it, and how many slices that is."""
+        if self.dice_over == "batch":  # not computed when unused: the batch sums stay as they were, bit for bit
+            return torch.zeros(2, truth.shape[1], device=truth.device).unbind()
+        overlap, predicted, actual = [x.sum(dim=(2, 3)) for x in (probability * truth, probability, truth)]
+        present = actual > 0  # (N, R): the slices that have each region (never a mask-less one: its truth is 0)
+        losses = torch.where(present, self._dice_loss(overlap, predicted, actual), 0.0)
+        return losses.sum(0), present.to(losses.dtype).sum(0)
+
+    def _dice_loss(self, overlap: Tensor, predicted: Tensor, actual: Tensor) -> Tensor:
+        return 1 - (2 * overlap + self.SMOOTH) / (predicted + actual + self.SMOOTH)
 
     def from_sums(self, sums: Tensor) -> Tensor:
         cls_bce, samples, seg_bce, elements = sums[:4].unbind()
         loss = self.cls_weight * cls_bce / samples.clamp(min=1) if "cls" in self.heads else torch.zeros_like(cls_bce)
         if "seg" in self.heads:  # with no masked sample: 1 - SMOOTH / SMOOTH = 0 and 0 / 1, no segmentation term
-            overlap, predicted, actual = sums[4:].view(3, -1)
-            dice = 1 - (2 * overlap + self.SMOOTH) / (predicted + actual + self.SMOOTH)
+            overlap, predicted, actual, slice_dice, slices = sums[4:].view(5, -1)
+            by_slice = slice_dice / slices.clamp(min=1)  # a region no slice of the batch has: no Dice term
+            dice = {"slice": by_slice, "batch": self._dice_loss(overlap, predicted, actual)}.get(self.dice_over)
+            if dice is None:  # both: the batch Dice still charges false positives on slices without tumour
+                dice = (by_slice + self._dice_loss(overlap, predicted, actual)) / 2
             loss = loss + dice.mean() + seg_bce / elements.clamp(min=1)
         return loss
