@@ -36,6 +36,7 @@ class StageLoss:
     region, averaged over those slices, so a slice with a small tumour cap weighs what a slice with a large tumour does,
     as in the evaluation's mean Dice over the tumour slices (a batch Dice lets the large tumours drown the caps).
     Slices without the region add no Dice term (their Dice is ill-defined); BCE alone covers them, as in batch mode.
+    `dice_over: both` takes the mean of the two Dice terms.
     The targets are built from the batch's label maps (`region_targets`). Everything is computed from sums over the
     batch (overlaps, areas, BCE terms and their counts), because sums add up over the shares of a DDP run: the loss
     of a whole batch is `from_sums(sums(out, batch))` and equally `from_sums(sum of sums(out, share) over shares)`.
@@ -87,9 +88,9 @@ class StageLoss:
         loss = self.cls_weight * cls_bce / samples.clamp(min=1) if "cls" in self.heads else torch.zeros_like(cls_bce)
         if "seg" in self.heads:  # with no masked sample: 1 - SMOOTH / SMOOTH = 0 and 0 / 1, no segmentation term
             overlap, predicted, actual, slice_dice, slices = sums[4:].view(5, -1)
+            by_batch = self._dice_loss(overlap, predicted, actual)
             by_slice = slice_dice / slices.clamp(min=1)  # a region no slice of the batch has: no Dice term
-            dice = {"slice": by_slice, "batch": self._dice_loss(overlap, predicted, actual)}.get(self.dice_over)
-            if dice is None:  # both: the batch Dice still charges false positives on slices without tumour
-                dice = (by_slice + self._dice_loss(overlap, predicted, actual)) / 2
+            # both: the batch Dice still charges false positives on slices without tumour
+            dice = {"batch": by_batch, "slice": by_slice, "both": (by_batch + by_slice) / 2}[self.dice_over]
             loss = loss + dice.mean() + seg_bce / elements.clamp(min=1)
         return loss
