@@ -142,6 +142,8 @@ class JointStageSettings(_Section):
     kaggle_share: float | None = Field(0.5, gt=0, lt=1)
     foreground_share: float = Field(0.33, ge=0, le=1)  # of each batch's BraTS part, as in train_seg
     dice_over: Literal["batch", "slice", "both"] = "batch"  # as in train_seg
+    negative_photos_as_empty_masks: bool = False  # photos labelled "no tumour" train the seg head on an empty mask
+    peak_weight: float = Field(0.0, ge=0)  # weight of a BCE on each sample's largest WT logit against its label
     weight_decay: float = Field(1e-4, ge=0)
 
 

@@ -37,8 +37,10 @@ def test_shares_cover_the_global_batch_and_their_loss_sums_give_its_loss(tiny_se
     shares = [slice(*share_bounds(8, rank, 3)) for rank in range(3)]  # 8 samples over 3 processes: 2, 3, 3
     assert [s.stop - s.start for s in shares] == [2, 3, 3]
     assert torch.equal(torch.cat([batch["label"][s] for s in shares]), batch["label"])
-    for dice_over in ("batch", "slice", "both"):
-        loss = StageLoss("joint", tiny_settings.train_joint.model_copy(update={"dice_over": dice_over}))
+    options = [{"dice_over": over} for over in ("batch", "slice", "both")]
+    options += [{"negative_photos_as_empty_masks": True}, {"peak_weight": 0.5}]
+    for option in options:
+        loss = StageLoss("joint", tiny_settings.train_joint.model_copy(update=option))
         summed = sum(loss.sums({k: v[s] for k, v in out.items()}, {k: v[s] for k, v in batch.items()}) for s in shares)
         torch.testing.assert_close(loss.from_sums(summed), loss(out, batch))
 

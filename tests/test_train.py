@@ -133,6 +133,51 @@ def test_slice_dice_weighs_each_tumour_slice_alike_and_skips_slices_without_the_
     assert both == pytest.approx((slice_loss + batch_loss) / 2, abs=1e-6)  # the same BCE, the mean of the Dice terms
 
 
+def test_negative_photos_train_the_seg_head_on_an_empty_mask_and_tumour_photos_still_add_nothing(tiny_settings):
+    """`negative_photos_as_empty_masks`: a mask-less sample labelled 0 counts as a masked sample whose mask is empty
+    (BCE against zeros, its predicted area in the batch Dice); one labelled 1 stays out of the seg term."""
+    torch.manual_seed(0)
+    out = {"seg": torch.randn(4, 3, 16, 16) * 3, "cls": torch.randn(4)}
+    labels = torch.zeros(4, 1, 16, 16)
+    labels[0, 0, 2:12, 2:12] = 2  # a BraTS slice with oedema
+    batch = {"image": torch.zeros(4, 1, 16, 16), "mask": labels, "has_mask": torch.tensor([True, True, False, False]),
+             "label": torch.tensor([1.0, 0, 0, 1])}  # BraTS tumour, BraTS clear, photo "no", photo "yes"
+    regions = torch.from_numpy(regions_from_labels(labels[:, 0].numpy()).transpose(1, 0, 2, 3).astype(np.float32))
+    joint = tiny_settings.train_joint
+    on = StageLoss("joint", joint.model_copy(update={"negative_photos_as_empty_masks": True}))(out, batch)
+    counted = [0, 1, 2]
+    expected = (DiceLoss(sigmoid=True, batch=True)(out["seg"][counted], regions[counted])
+                + F.binary_cross_entropy_with_logits(out["seg"][counted], regions[counted])
+                + joint.cls_weight * F.binary_cross_entropy_with_logits(out["cls"], batch["label"]))
+    torch.testing.assert_close(on, expected)
+    off = StageLoss("joint", joint)(out, batch)
+    assert not torch.isclose(on, off)  # off (the default), the "no" photo is left out as before
+    # a seg head that fires on the whole "no" photo costs more with the option, and nothing without it
+    fired = {"seg": out["seg"].clone(), "cls": out["cls"]}
+    fired["seg"][2] = 20.0
+    assert StageLoss("joint", joint)(fired, batch) == pytest.approx(off.item())
+    assert StageLoss("joint", joint.model_copy(update={"negative_photos_as_empty_masks": True}))(fired, batch) > on + 1
+
+def test_peak_term_is_a_bce_of_each_samples_largest_wt_logit_against_its_label(tiny_settings):
+    """`peak_weight`: + weight × BCE(largest WT logit, label) over every sample, photos included; 0 adds nothing."""
+    torch.manual_seed(0)
+    out = {"seg": torch.randn(4, 3, 8, 8), "cls": torch.randn(4)}
+    batch = {"image": torch.zeros(4, 1, 8, 8), "mask": torch.zeros(4, 1, 8, 8),
+             "has_mask": torch.tensor([True, True, False, False]), "label": torch.tensor([1.0, 0, 0, 1])}
+    joint = tiny_settings.train_joint
+    base = StageLoss("joint", joint)(out, batch)
+    peaked = StageLoss("joint", joint.model_copy(update={"peak_weight": 0.5}))(out, batch)
+    largest = out["seg"][:, 0].flatten(1).max(1).values
+    torch.testing.assert_close(peaked - base, 0.5 * F.binary_cross_entropy_with_logits(largest, batch["label"]))
+    # one bright pixel on a tumour-free slice (sample 1) raises the term; the same pixel on a tumour photo lowers it
+    for sample, sign in ((1, 1), (3, -1)):
+        bright = {"seg": out["seg"].clone(), "cls": out["cls"]}
+        bright["seg"][sample, 0, 4, 4] = 8.0
+        moved = StageLoss("joint", joint.model_copy(update={"peak_weight": 0.5}))(bright, batch)
+        moved_base = StageLoss("joint", joint)(bright, batch)
+        assert sign * ((moved - moved_base) - (peaked - base)) > 0
+
+
 def test_modality_dropout_blanks_channels_but_never_all_that_carry_signal():
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(4000, 4, 2, 2)

@@ -37,6 +37,12 @@ class StageLoss:
     as in the evaluation's mean Dice over the tumour slices (a batch Dice lets the large tumours drown the caps).
     Slices without the region add no Dice term (their Dice is ill-defined); BCE alone covers them, as in batch mode.
     `dice_over: both` takes the mean of the two Dice terms.
+    `negative_photos_as_empty_masks` (train_joint) also gives the photos labelled "no tumour" a seg term against an
+    empty mask: their mask is known even without a drawing. Without it the seg head never sees a photo and fires on
+    whole brains in them, which the fused slice score then reads (README, "Recipes").
+    `peak_weight` (train_joint) adds peak_weight × BCE(largest WT logit of a sample, its label) over every sample,
+    photos included: the quantity the fused slice score reads (the largest pixel), trained on the slice labels as a
+    multiple-instance max-pooling does; a bright distractor on a tumour-free slice then costs what it costs the score.
     The targets are built from the batch's label maps (`region_targets`). Everything is computed from sums over the
     batch (overlaps, areas, BCE terms and their counts), because sums add up over the shares of a DDP run: the loss
     of a whole batch is `from_sums(sums(out, batch))` and equally `from_sums(sum of sums(out, share) over shares)`.
@@ -48,28 +54,39 @@ class StageLoss:
         self.heads = STAGE_HEADS[stage]
         self.cls_weight = getattr(params, "cls_weight", 1.0)
         self.dice_over = getattr(params, "dice_over", "batch")
+        self.negative_photos_as_empty_masks = getattr(params, "negative_photos_as_empty_masks", False)
+        self.peak_weight = getattr(params, "peak_weight", 0.0)
 
     def __call__(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
         return self.from_sums(self.sums(out, batch))
 
     def sums(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
-        """[cls BCE sum, cls samples, seg BCE sum, seg elements, overlap × R, predicted area × R, true area × R,
-        slice Dice losses × R, slices × R] (the last two over the slices that have the region)."""
+        """[cls BCE sum, cls samples, peak BCE sum, peak samples, seg BCE sum, seg elements, overlap × R,
+        predicted area × R, true area × R, slice Dice losses × R, slices × R] (the last two over the slices that have
+        the region)."""
         zero = torch.zeros((), device=batch["image"].device)
-        cls, seg = [zero] * 2, [zero] * 2
+        cls, seg, peak = [zero] * 2, [zero] * 2, [zero] * 2
+        if "seg" in out and self.peak_weight > 0:  # not computed when unused, as the slice Dice
+            # the largest WT logit of each sample against its label: every sample, photos too, has a known label
+            largest = out["seg"][:, 0].float().amax(dim=(1, 2))
+            peak = [F.binary_cross_entropy_with_logits(largest, batch["label"], reduction="sum"),
+                    torch.full((), float(len(largest)), device=zero.device)]
         if "cls" in out:
             cls = [F.binary_cross_entropy_with_logits(out["cls"].float(), batch["label"], reduction="sum"),
                    torch.full((), float(len(batch["label"])), device=zero.device)]
         if "seg" in out:  # samples without a mask (Kaggle) get weight 0: no segmentation term from them
             logits = out["seg"].float()
-            weight = batch["has_mask"].view(-1, 1, 1, 1).to(logits.dtype)
+            known = batch["has_mask"]
+            if self.negative_photos_as_empty_masks:  # a tumour-free photo's mask is known: empty (collated as zeros)
+                known = known | (batch["label"] == 0)
+            weight = known.view(-1, 1, 1, 1).to(logits.dtype)
             truth = region_targets(batch["mask"], logits.shape[1]) * weight
             probability = torch.sigmoid(logits) * weight
             bce = F.binary_cross_entropy_with_logits(logits, truth, reduction="none") * weight
             per_region = [(probability * truth).sum(dim=(0, 2, 3)), probability.sum(dim=(0, 2, 3)),
                           truth.sum(dim=(0, 2, 3)), *self._slice_dice(probability, truth)]
             seg = [bce.sum(), weight.sum() * logits[0].numel(), *torch.cat(per_region).unbind()]
-        return torch.stack(cls + seg)
+        return torch.stack(cls + peak + seg)
 
     def _slice_dice(self, probability: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
         """Per region: the sum of the Dice losses of the slices that have it, and how many slices that is."""
@@ -84,10 +101,12 @@ class StageLoss:
         return 1 - (2 * overlap + self.SMOOTH) / (predicted + actual + self.SMOOTH)
 
     def from_sums(self, sums: Tensor) -> Tensor:
-        cls_bce, samples, seg_bce, elements = sums[:4].unbind()
+        cls_bce, samples, peak_bce, peak_samples, seg_bce, elements = sums[:6].unbind()
         loss = self.cls_weight * cls_bce / samples.clamp(min=1) if "cls" in self.heads else torch.zeros_like(cls_bce)
+        if self.peak_weight > 0 and "seg" in self.heads:
+            loss = loss + self.peak_weight * peak_bce / peak_samples.clamp(min=1)
         if "seg" in self.heads:  # with no masked sample: 1 - SMOOTH / SMOOTH = 0 and 0 / 1, no segmentation term
-            overlap, predicted, actual, slice_dice, slices = sums[4:].view(5, -1)
+            overlap, predicted, actual, slice_dice, slices = sums[6:].view(5, -1)
             by_batch = self._dice_loss(overlap, predicted, actual)
             by_slice = slice_dice / slices.clamp(min=1)  # a region no slice of the batch has: no Dice term
             # both: the batch Dice still charges false positives on slices without tumour
