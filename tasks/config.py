@@ -118,6 +118,7 @@ class TrainSettings(_Section):
     pin_memory: bool = True
     threads: int = Field(0, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # > 0: validate and hand on an exponential moving average of the weights
 
 
 class SegStageSettings(_Section):

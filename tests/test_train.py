@@ -339,6 +339,22 @@ def test_loader_workers_change_nothing_that_is_learned(tmp_path, monkeypatch):
     assert digests[0, False][0] != digests[0, True][0] and digests[0, False][1] != digests[0, True][1]
 
 
+def kill_in_second_epoch(settings, monkeypatch) -> None:
+    """Run train_seg with `settings` in the current folder and kill it (KeyboardInterrupt) in its second epoch."""
+    real_epoch, calls = training_stage.StageRunner.train_epoch, []
+
+    def crash_in_second_epoch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_epoch(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(training_stage.StageRunner, "train_epoch", crash_in_second_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            train_seg.main(settings)
+
+
 def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one(tiny_data, tmp_path, tiny_settings,
                                                                                    monkeypatch):
     settings = with_epochs(tiny_settings, seg=3)
@@ -348,23 +364,63 @@ def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one
     expected = metrics_only(pd.read_csv(paths.history_file("seg")))
 
     monkeypatch.chdir(tiny_data.root)
-    real_epoch, calls = training_stage.StageRunner.train_epoch, []
-
-    def crash_in_second_epoch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real_epoch(self, *args, **kwargs)
-
-    monkeypatch.setattr(training_stage.StageRunner, "train_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_seg.main(settings)
+    kill_in_second_epoch(settings, monkeypatch)
     assert load_checkpoint(paths.last_checkpoint("seg"))["epoch"] == 1
-    monkeypatch.setattr(training_stage.StageRunner, "train_epoch", real_epoch)
 
     result = train_seg.main(settings)
     assert result["resumed_from_epoch"] == 1 and result["epochs_run"] == 3
     pd.testing.assert_frame_equal(metrics_only(pd.read_csv(paths.history_file("seg"))), expected)
+
+
+def test_ema_follows_each_step_and_is_what_validation_scores(tiny_settings):
+    """train.ema_decay d: the average starts as the first step's weights, then w_avg <- d * w_avg + (1 - d) * w after
+    each step (batch-norm statistics too); validation runs the average, not the model."""
+    decay = 0.8
+    cfg = tiny_settings.train.model_copy(update={"ema_decay": decay, "channels_last": False})
+    data = SliceSet(torch.randn(8, 1, 16, 16).half(), torch.zeros(8, 16, 16, dtype=torch.uint8),
+                    torch.ones(8, dtype=torch.bool), torch.zeros(8, dtype=torch.uint8))
+    model = place_model(MultitaskUNet(UNetConfig(1, 4, 2)), torch.device("cpu"), cfg)
+    runner = StageRunner(model, make_optimizer(model, "seg", tiny_settings.train_seg),
+                         StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"))
+    after = []
+    runner.optimizer.register_step_post_hook(lambda *_: after.append(
+        {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}))
+    runner.train_epoch(training_loader(data, 4, torch.Generator().manual_seed(0)), 1, 1, on_batch=lambda loss: None)
+    assert len(after) == 2
+    averaged = runner.handed_on.state_dict()
+    for name, first in after[0].items():
+        torch.testing.assert_close(averaged[name], decay * first + (1 - decay) * after[1][name])
+    assert runner.handed_on is not model
+    assert not torch.equal(averaged["encoder.levels.0.conv1.conv.weight"], model.encoder.levels[0].conv1.conv.weight)
+    seen = []
+    runner.handed_on.register_forward_pre_hook(lambda module, args: seen.append(1))
+    runner.evaluate(data)
+    assert seen  # validation ran the average
+    off = StageRunner(model, runner.optimizer, runner.loss_fn, "seg", tiny_settings.train, torch.device("cpu"))
+    assert off.ema is None and off.handed_on is model
+
+
+def test_with_ema_best_pt_holds_the_average_and_a_killed_run_resumes_it(tiny_data, tmp_path, tiny_settings,
+                                                                        monkeypatch):
+    settings = with_section(with_epochs(tiny_settings, seg=3), "train", ema_decay=0.5)
+    uninterrupted = make_tiny_processed(tmp_path / "uninterrupted")
+    monkeypatch.chdir(uninterrupted.root)
+    train_seg.main(settings)
+    expected = metrics_only(pd.read_csv(paths.history_file("seg")))
+    expected_best = sha256_file(paths.best_checkpoint("seg"))
+
+    monkeypatch.chdir(tiny_data.root)
+    kill_in_second_epoch(settings, monkeypatch)
+    # after epoch 1 (best so far, being the first): best.pt holds the average, last.pt the model and the average
+    last, best = load_checkpoint(paths.last_checkpoint("seg")), load_checkpoint(paths.best_checkpoint("seg"))
+    assert last["epoch"] == best["epoch"] == 1
+    average = {k.removeprefix("module."): v for k, v in last["extra"]["ema"].items() if k.startswith("module.")}
+    assert all(torch.equal(best["model"][k], average[k]) for k in best["model"])
+    assert any(not torch.equal(last["model"][k], average[k]) for k in last["model"])
+    assert train_seg.main(settings)["resumed_from_epoch"] == 1
+    # the validation metrics are the average's: equal only if the resumed run restored it
+    pd.testing.assert_frame_equal(metrics_only(pd.read_csv(paths.history_file("seg"))), expected)
+    assert sha256_file(paths.best_checkpoint("seg")) == expected_best
 
 
 def test_more_epochs_continue_a_constant_schedule_but_changed_params_start_fresh(in_project, tiny_settings):

@@ -117,6 +117,7 @@ class StageState:
     best_metric: float = -math.inf
     epochs_since_best: int = 0
     history: list[dict] = field(default_factory=list)
+    ema_state: dict | None = None  # the moving average of the weights (train.ema_decay > 0), as last.pt saved it
 
     def record(self, row: dict, metric: float) -> bool:
         """Add an epoch's metrics; whether its metric beat the best so far."""
@@ -193,6 +194,8 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
     # Wrapping in DDP (inside StageRunner) waits for every process: none writes last.pt before all have read it.
     steps = StageRunner(model, optimizer, StageLoss(plan.stage, plan.stage_params), plan.stage, plan.train, device,
                         ranks)
+    if steps.ema is not None and state.ema_state is not None:
+        steps.ema.load_state_dict(state.ema_state)
     loader = training_loader(train_set, plan.train.batch_size, generator, plan.train.num_workers,
                              getattr(plan.stage_params, "kaggle_share", None),
                              getattr(plan.stage_params, "foreground_share", 0.0),
@@ -222,7 +225,7 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
             # the machine to itself (bench/bench_peer.py gives its peer these wall seconds). Loader workers not counted.
             row["cpu_seconds"] = round(time.process_time() - epoch_cpu_started, 2)
             if ranks.is_main:
-                _save_epoch(plan, state, improved, model, optimizer, generator, run_key)
+                _save_epoch(plan, state, improved, steps, generator, run_key)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             progress.update(bar, metric=f"{metric_name} {state.best_metric:.4f} (best)")
     if ranks.is_main:
@@ -307,7 +310,8 @@ def _resume(plan: StagePlan, run_key: dict, model, optimizer, generator: torch.G
     optimizer.load_state_dict(checkpoint["optimizer"])
     generator.set_state(extra["generator_state"])
     log.info("train_%s: resuming after epoch %d from %s", plan.stage, checkpoint["epoch"], last)
-    return StageState(checkpoint["epoch"], checkpoint["best_metric"], extra["epochs_since_best"], extra["history"])
+    return StageState(checkpoint["epoch"], checkpoint["best_metric"], extra["epochs_since_best"], extra["history"],
+                      extra.get("ema"))
 
 
 def _trained_past_today_s_stop(plan: StagePlan, history: list[dict]) -> int | None:
@@ -322,16 +326,21 @@ def _trained_past_today_s_stop(plan: StagePlan, history: list[dict]) -> int | No
     return None
 
 
-def _save_epoch(plan, state: StageState, improved: bool, model, optimizer, generator, run_key) -> None:
-    """Write best.pt (if improved) before last.pt, so last.pt never points past best, then the history."""
-    common = dict(model=model, model_config=plan.model, epoch=state.epoch, best_metric=state.best_metric,
+def _save_epoch(plan, state: StageState, improved: bool, steps: StageRunner, generator, run_key) -> None:
+    """Write best.pt (if improved) before last.pt, so last.pt never points past best, then the history. best.pt holds
+    the weights validation scored (the moving average, with one); last.pt the model and optimizer that resume."""
+    common = dict(model_config=plan.model, epoch=state.epoch, best_metric=state.best_metric,
                   metric_name=METRIC_NAME[plan.stage], params=plan.params(), stage=plan.stage)
     if improved:  # without the epoch's timings: same seed, machine and code give the same best.pt, byte for byte
         metrics = {k: v for k, v in state.history[-1].items() if k not in TIMINGS}  # (and model.onnx, which names it)
-        save_checkpoint(plan.checkpoint_dir / "best.pt", optimizer=None, extra={"metrics": metrics}, **common)
+        save_checkpoint(plan.checkpoint_dir / "best.pt", model=steps.handed_on, optimizer=None,
+                        extra={"metrics": metrics}, **common)
     extra = {"run_key": run_key, "history": state.history, "epochs_since_best": state.epochs_since_best,
              "generator_state": generator.get_state()}
-    save_checkpoint(plan.checkpoint_dir / "last.pt", optimizer=optimizer, extra=extra, **common)
+    if steps.ema is not None:
+        extra["ema"] = steps.ema.state_dict()
+    save_checkpoint(plan.checkpoint_dir / "last.pt", model=steps.model, optimizer=steps.optimizer, extra=extra,
+                    **common)
     _write_history(plan.history_path, state.history)
 
 

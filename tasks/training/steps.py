@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from models.unet import MultitaskUNet
@@ -118,6 +119,10 @@ class StageRunner:
 
     With several processes (`ranks`), training steps run through DDP, and validation runs on rank 0, whose metrics
     every process then takes.
+    With `train.ema_decay` > 0 an exponential moving average of the weights (batch-norm statistics included) follows
+    every optimizer step, and it is what validation scores and what the stage hands on (`handed_on`): the average of
+    the last ~1 / (1 - decay) steps' weights rather than wherever the last step happened to land (Polyak averaging).
+    Every DDP process holds the same weights after a step, so each keeps the same average.
     """
 
     model: MultitaskUNet
@@ -129,12 +134,21 @@ class StageRunner:
     ranks: Ranks = Ranks()
     module: nn.Module = field(init=False)  # runs validation: the model, or its torch.compile'd version
     trainer: nn.Module = field(init=False)  # runs training steps: the same, wrapped in DDP across processes
+    ema: AveragedModel | None = field(init=False)  # the moving average of the weights, with train.ema_decay > 0
 
     def __post_init__(self):
         self.module = compiled(self.model, self.device, self.train_cfg)
         # torch.compile over DDP (not the reverse) lets the compiler split its graphs at DDP's gradient buckets.
         self.trainer = self.module if self.ranks.world == 1 else \
             compiled(self.ranks.wrap(self.model, self.device), self.device, self.train_cfg)
+        decay = self.train_cfg.ema_decay
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) \
+            if decay > 0 else None
+
+    @property
+    def handed_on(self) -> nn.Module:
+        """The weights validation scores and best.pt keeps: the moving average, or the model itself."""
+        return self.ema.module if self.ema is not None else self.model
 
     def train_epoch(self, loader: DataLoader, epoch: int, epochs: int, on_batch: Callable[[float], None]) -> float:
         """One pass over the training data (augmented by the loader: datasets.training_loader); returns the mean
@@ -157,6 +171,8 @@ class StageRunner:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             value = loss.item()  # one device sync per step
             if not math.isfinite(value):  # the global batch's loss: every DDP process sees it and stops at this step
                 self._diverged(f"the training loss became {value} at epoch {epoch}, step {i + 1} of {len(loader)}")
@@ -175,12 +191,16 @@ class StageRunner:
             f"are still those of the epochs before it, if any); lower train_{self.stage}'s learning rate or lengthen "
             "train.warmup_epochs, then run the stage again")
 
+    @property
+    def _validated(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.module
+
     def evaluate(self, data: SliceSet) -> dict[str, float]:
-        row = evaluate(self.module, data, self.loss_fn, self.train_cfg, self.device) if self.ranks.is_main else None
+        row = evaluate(self._validated, data, self.loss_fn, self.train_cfg, self.device) if self.ranks.is_main else None
         return self.ranks.from_main(row)
 
     def evaluate_flair_only(self, data: SliceSet) -> dict[str, float]:
-        row = flair_only_dice(self.module, data, self.train_cfg, self.device) if self.ranks.is_main else None
+        row = flair_only_dice(self._validated, data, self.train_cfg, self.device) if self.ranks.is_main else None
         return self.ranks.from_main(row)
 
 
