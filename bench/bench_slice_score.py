@@ -132,17 +132,22 @@ def halved_accuracy(slices, seed: int) -> float:
     return statistics.mean(scores)
 
 
-def kept_sweep_arguments(description: str, more=None) -> argparse.Namespace:
+def kept_sweep_arguments(description: str, more=None, or_workdir: bool = False) -> argparse.Namespace:
     """--project (a kept seed sweep) and --seeds, the arguments of every study run on a kept sweep; `more(parser)`
-    adds a study's own."""
+    adds a study's own. `or_workdir`: a validation sweep's folder (--workdir, one project per seed) instead."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--project", type=Path, required=True,
-                        help="a project kept by a seed sweep (python -m bench --only seeds --keep-seeds DIR)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--project", type=Path,
+                       help="a project kept by a seed sweep (python -m bench --only seeds --keep-seeds DIR)")
+    if or_workdir:
+        where.add_argument("--workdir", type=Path, help="a validation sweep's folder (bench.bench_val_sweep --workdir)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     if more is not None:
         more(parser)
     args = parser.parse_args()
-    args.project = args.project.resolve()
+    args.project = args.project.resolve() if args.project is not None else None
+    if or_workdir and args.workdir is not None:
+        args.workdir = args.workdir.resolve()
     sys.path.insert(0, str(REPO))
     return args
 

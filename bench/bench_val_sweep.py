@@ -7,7 +7,9 @@ The seed sweep (`bench.bench_seeds`) reports test figures, so it must not be wha
 what one is chosen on: per seed, a copy of the project whose fetch, slice and split ran once (kept in --workdir and
 reused by later calls), the given training stages rerun with the overrides, and the last stage's best checkpoint
 scored on that seed's validation split with evaluation's own code (`predict_split`): mean WT Dice over the tumour
-slices and over the re-stacked patient volumes, accuracy at 0.5 and ROC-AUC. Pooling five seeds' validation splits
+slices and over the re-stacked patient volumes, accuracy at 0.5, ROC-AUC, and the accuracy at a Youden threshold
+chosen on one random half of the validation patients and scored on the other (`accuracy_youden_halves`, the same 40
+halvings × 2 for every recipe of a seed: how well evaluate's threshold carries over to patients it was not chosen on). Pooling five seeds' validation splits
 (4 BraTS patients each on the quick profile) gives 20 patients instead of 4. Each call appends one JSON line to
 DIR/results.jsonl and prints it.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "bin" / "python"
 STAGE_CHECKPOINT = {"train_seg": "seg", "train_cls": "cls", "train_joint": "joint"}
+HALVING_SEED = 0  # the patient halvings of accuracy_youden_halves: the same for every recipe, seed and run
 
 
 def prepared_project(workdir: Path, seed: int, data_overrides: dict) -> Path:
@@ -54,6 +57,7 @@ def validation_scores(checkpoint: Path, project: Path) -> dict[str, float]:
     """The checkpoint on the project's validation split, scored as `evaluate` scores the test split."""
     from sklearn.metrics import roc_auc_score
 
+    from bench.bench_slice_score import halved_accuracy
     from tasks.data.splits import read_split, split_rows
     from tasks.evaluation.scoring import predict_split
     from tasks.inference.checkpoints import load_model
@@ -72,7 +76,8 @@ def validation_scores(checkpoint: Path, project: Path) -> dict[str, float]:
             "accuracy_at_0_5": float(((probability >= 0.5) == labels).mean()),
             "roc_auc": float(roc_auc_score(labels, probability)),
             "photo_accuracy_at_0_5": float(((probability[photo] >= 0.5) == labels[photo]).mean()),
-            "photo_roc_auc": float(roc_auc_score(labels[photo], probability[photo]))}
+            "photo_roc_auc": float(roc_auc_score(labels[photo], probability[photo])),
+            "accuracy_youden_halves": halved_accuracy(val.slices, HALVING_SEED)}
 
 
 def train(project: Path, stages: list[str], overrides: dict, name: str) -> float:

@@ -157,6 +157,15 @@ def test_threshold_rule_candidates_pick_what_they_promise():
     # with no stray scores every rule but the fixed one cuts between the classes
     clean = np.concatenate([np.linspace(0.05, 0.45, 20), np.linspace(0.70, 0.95, 20)])
     assert RULES["youden"](labels, clean) == RULES["youden_1se"](labels, clean) == 0.70
+    assert abs(RULES["midpoint"](labels, scores) - (0.70 + 0.5) / 2) < 1e-12
+    # bagging over patients: every resample of cleanly separated patients cuts at the lowest tumour score it holds
+    patients = np.repeat(np.arange(8), 5)  # 8 patients of 5 slices, 4 without tumour and 4 with
+    bagged = RULES["bootstrap_median"](labels, clean, patients)
+    assert bagged in set(clean[20:]) and 0.70 <= bagged <= 0.75
+    # a tumour patient scored low pulls the cut of every resample that holds him (1 - (7/8)^8, about 2 in 3): the median
+    weak = clean.copy()
+    weak[35:40] = 0.5
+    assert RULES["bootstrap_median"](labels, weak, patients) == 0.5
 
 
 def test_mask_rule_study_pools_patients_and_keeps_the_default_cut_when_the_curve_is_flat():
