@@ -9,9 +9,9 @@ reused by later calls), the given training stages rerun with the overrides, and 
 scored on that seed's validation split with evaluation's own code (`predict_split`): mean WT Dice over the tumour
 slices and over the re-stacked patient volumes, accuracy at 0.5, ROC-AUC, and the accuracy at a Youden threshold
 chosen on one random half of the validation patients and scored on the other (`accuracy_youden_halves`, the same 40
-halvings × 2 for every recipe of a seed: how well evaluate's threshold carries over to patients it was not chosen on). Pooling five seeds' validation splits
-(4 BraTS patients each on the quick profile) gives 20 patients instead of 4. Each call appends one JSON line to
-DIR/results.jsonl and prints it.
+halvings × 2 for every recipe of a seed: how well evaluate's threshold carries over to patients it was not chosen
+on). Pooling five seeds' validation splits (7 BraTS patients each on the 48-patient quick profile) gives 35 patients
+instead of 7. Each call appends one JSON line to DIR/results.jsonl and prints it.
 """
 
 from __future__ import annotations

@@ -196,7 +196,8 @@ class StageRunner:
         return self.ema.module if self.ema is not None else self.module
 
     def evaluate(self, data: SliceSet) -> dict[str, float]:
-        row = evaluate(self._validated, data, self.loss_fn, self.train_cfg, self.device) if self.ranks.is_main else None
+        row = (evaluate(self._validated, data, self.loss_fn, self.train_cfg, self.device) if self.ranks.is_main
+               else None)
         return self.ranks.from_main(row)
 
     def evaluate_flair_only(self, data: SliceSet) -> dict[str, float]:
