@@ -53,8 +53,9 @@ def prepared_project(workdir: Path, seed: int, data_overrides: dict) -> Path:
     return project
 
 
-def validation_scores(checkpoint: Path, project: Path) -> dict[str, float]:
-    """The checkpoint on the project's validation split, scored as `evaluate` scores the test split."""
+def validation_scores(checkpoint: Path, project: Path, patients: list[str] | None = None) -> dict[str, float]:
+    """The checkpoint on the project's validation split (or on `patients` of it), scored as `evaluate` scores the
+    test split."""
     from sklearn.metrics import roc_auc_score
 
     from bench.bench_slice_score import halved_accuracy
@@ -66,7 +67,7 @@ def validation_scores(checkpoint: Path, project: Path) -> dict[str, float]:
 
     processed = project / "data" / "processed"
     model, _ = load_model(checkpoint)
-    rows = split_rows(processed, read_split("val", project / "data" / "splits"))
+    rows = split_rows(processed, patients or read_split("val", project / "data" / "splits"))
     rule = load_settings(project / "params.yaml").evaluate.slice_score  # slices scored as evaluate scores them
     val = predict_split(TorchPredictor(model, slice_score=rule), processed, rows, segmentation=True,
                         description="validation")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from bench.__main__ import REPORT, markdown, quality_rows, record_by_cpu
 from bench.bench_seeds import cpu_family
@@ -314,3 +315,18 @@ def test_a_peer_budget_from_a_training_on_a_busy_machine_is_flagged(tmp_path):
     record_by_cpu(report, "peer", peer("AMD EPYC 9R14", 1.05) | {"budget_check": busy})
     (row,) = quality_rows(report)
     assert "the machine was busy while the quick model trained" in row[2]
+
+
+def test_data_recipes_are_compared_on_validation_patients_the_base_project_never_held():
+    from bench.bench_unseen_patients import unseen_validation_patients
+
+    base = {"train": ["BraTS20_Training_001", "BraTS20_Training_002", "no_01"],
+            "val": ["BraTS20_Training_003", "yes_07"], "test": ["BraTS20_Training_004"]}
+    other = {"train": ["BraTS20_Training_001", "BraTS20_Training_005", "no_01"],
+             "val": ["BraTS20_Training_003", "BraTS20_Training_004", "BraTS20_Training_006", "yes_07"],
+             "test": ["BraTS20_Training_002"]}
+    # 003 (base's validation) and 004 (base's test) were seen by the base project; 006 was not; the photo stays
+    assert unseen_validation_patients(base, other) == ["BraTS20_Training_006", "yes_07"]
+    other["train"].append("yes_07")
+    with pytest.raises(SystemExit, match="yes_07"):
+        unseen_validation_patients(base, other)
