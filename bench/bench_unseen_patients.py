@@ -23,15 +23,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def unseen_validation_patients(base_splits: dict[str, list[str]], other_splits: dict[str, list[str]]) -> list[str]:
-    """OTHER's validation patients for a fair comparison (see the module's docstring), in OTHER's order. Raises
-    when a photo of OTHER's validation split is in either training split (the photo splits differ)."""
+def unseen_validation_patients(base_splits: dict[str, list[str]], other_splits: dict[str, list[str]],
+                               photo_ids: set[str]) -> tuple[list[str], list[str]]:
+    """OTHER's validation BraTS patients and photos for a fair comparison (see the module's docstring), in OTHER's
+    order; `photo_ids` are the Kaggle images (the manifest's `source`). Raises when a photo of OTHER's validation
+    split is in either training split (the photo splits differ)."""
     base_all = {p for ids in base_splits.values() for p in ids}
-    photos = [p for p in other_splits["val"] if not p.startswith("BraTS")]
+    photos = [p for p in other_splits["val"] if p in photo_ids]
     trained = set(base_splits["train"]) | set(other_splits["train"])
     if crossing := [p for p in photos if p in trained]:
         raise SystemExit(f"validation photos {crossing[:3]} are in a training split: the photo splits differ")
-    return [p for p in other_splits["val"] if p.startswith("BraTS") and p not in base_all] + photos
+    return [p for p in other_splits["val"] if p not in photo_ids and p not in base_all], photos
 
 
 def main() -> None:
@@ -42,17 +44,21 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from bench.bench_val_sweep import validation_scores
+    from tasks import paths
+    from tasks.data.shards import read_manifest
     from tasks.data.splits import SPLITS, read_split
 
     per_seed = {}
     for seed in args.seeds:
         base, other = args.base / f"seed-{seed}", args.other / f"seed-{seed}"
         splits = [{name: read_split(name, project / "data" / "splits") for name in SPLITS} for project in (base, other)]
-        patients = unseen_validation_patients(*splits)
-        per_seed[seed] = {"brats_patients": sum(p.startswith("BraTS") for p in patients),
-                          "photos": sum(not p.startswith("BraTS") for p in patients)}
+        manifest = read_manifest(other / paths.MANIFEST)
+        photo_ids = set(manifest.loc[manifest["source"] == "kaggle", "patient"])
+        brats, photos = unseen_validation_patients(*splits, photo_ids)
+        per_seed[seed] = {"brats_patients": len(brats), "photos": len(photos)}
         for name, project in (("base", base), ("other", other)):
-            per_seed[seed][name] = validation_scores(project / "checkpoints" / "joint" / "best.pt", other, patients)
+            per_seed[seed][name] = validation_scores(project / "checkpoints" / "joint" / "best.pt", other,
+                                                     brats + photos)
         print(f"seed {seed}: {json.dumps(per_seed[seed])}", file=sys.stderr, flush=True)
     figures = per_seed[args.seeds[0]]["base"]
     means = {name: {key: statistics.mean(v[name][key] for v in per_seed.values()) for key in figures}

@@ -67,7 +67,9 @@ def validation_scores(checkpoint: Path, project: Path, patients: list[str] | Non
 
     processed = project / "data" / "processed"
     model, _ = load_model(checkpoint)
-    rows = split_rows(processed, patients or read_split("val", project / "data" / "splits"))
+    if patients is None:
+        patients = read_split("val", project / "data" / "splits")
+    rows = split_rows(processed, patients)
     rule = load_settings(project / "params.yaml").evaluate.slice_score  # slices scored as evaluate scores them
     val = predict_split(TorchPredictor(model, slice_score=rule), processed, rows, segmentation=True,
                         description="validation")

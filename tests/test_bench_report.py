@@ -326,7 +326,8 @@ def test_data_recipes_are_compared_on_validation_patients_the_base_project_never
              "val": ["BraTS20_Training_003", "BraTS20_Training_004", "BraTS20_Training_006", "yes_07"],
              "test": ["BraTS20_Training_002"]}
     # 003 (base's validation) and 004 (base's test) were seen by the base project; 006 was not; the photo stays
-    assert unseen_validation_patients(base, other) == ["BraTS20_Training_006", "yes_07"]
+    photos = {"no_01", "yes_07"}  # the manifest's Kaggle images
+    assert unseen_validation_patients(base, other, photos) == (["BraTS20_Training_006"], ["yes_07"])
     other["train"].append("yes_07")
     with pytest.raises(SystemExit, match="yes_07"):
-        unseen_validation_patients(base, other)
+        unseen_validation_patients(base, other, photos)
