@@ -56,7 +56,8 @@ def test_the_fixed_rule_keeps_its_threshold_whatever_validation_says():
         cfg = EvaluateSettings(threshold_rule="fixed", fixed_threshold=fixed, bootstrap=10)
         report = evaluation_report.build_report(val, test, cfg, seed=0)
         assert report["classification"]["threshold"] == fixed
-        assert report["classification_threshold"] == {"value": fixed, "rule": "fixed", "slice_score": "fused"}
+        assert report["classification_threshold"] == {"value": fixed, "rule": "fixed", "slice_score": "fused",
+                                                      "slices_in_volume": True}
     assert report["classification"]["confusion_matrix"] == [[10, 0], [5, 5]]  # 5 of the positives (0.70-0.90) < 0.8
     one_class = predictions(np.array([]), np.linspace(0.30, 0.50, 10))  # validation without a tumour-free slice
     report = evaluation_report.build_report(one_class, test, EvaluateSettings(bootstrap=10), seed=0)
@@ -82,7 +83,7 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
                                                  "segmentation_threshold", "classification_threshold"}
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
     assert written["classification_threshold"] == {"value": written["classification"]["threshold"], "rule": "youden",
-                                                   "slice_score": "fused"}
+                                                   "slice_score": "fused", "slices_in_volume": True}
     for section, keys in CONTRACT_KEYS.items():
         assert set(written[section]) == keys
     assert written["segmentation_regions"]["wt"] == {"dice": None, "hd95": None}  # no volume scored
@@ -231,7 +232,8 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data, tiny_settings, untrained_ch
 
     fused = TorchPredictor(load_model(paths.best_checkpoint("joint"))[0], slice_score="fused")
     scored = predict_split(fused, paths.PROCESSED, split_rows(paths.PROCESSED, read_split("test", paths.SPLITS)),
-                           segmentation=False).slices
+                           segmentation=False, in_volume=tiny_settings.evaluate.slices_in_volume,
+                           mask_threshold=written["segmentation_threshold"]["value"]).slices
     threshold = written["classification"]["threshold"]
     np.testing.assert_array_equal(confusion["predicted"].to_numpy(), scored["probability"].to_numpy() >= threshold)
     from sklearn.metrics import roc_auc_score
@@ -304,3 +306,126 @@ def test_mask_threshold_on_validation_keeps_the_tumour_and_drops_a_fainter_false
     at_06 = scoring.predict_split(EchoPredictor(), tmp_path, rows, segmentation=True, mask_threshold=0.6)
     assert at_05.volume_scores["dice"].iloc[0] == pytest.approx(2 / 3) and at_06.volume_scores["dice"].iloc[0] == 1.0
     assert scoring.choose_mask_threshold(table.assign(slice_dice=np.nan, volume_dice=np.nan)) == 0.5
+
+
+def _speck_patient_and_photo(folder) -> pd.DataFrame:
+    """A BraTS patient with a tumour on slices 1-3 (p = 0.9, classifier 0.95) and, on tumour-free slice 6, a speck
+    (p = 0.8) the classifier does not confirm (0.1); and a photo with the same speck. Channel 0 of each image is the
+    region probability the fake predictor echoes, channel 1 its classifier probability."""
+    from tasks.data.shards import Shard, write_shard
+
+    n, size = 8, 16
+    masks = np.zeros((n, size, size), np.uint8)
+    masks[1:4, 4:10, 4:10] = 2
+    images = np.full((n, 2, size, size), 0.05, np.float32)
+    images[:, 1] = 0.1
+    images[1:4, 0, 4:10, 4:10], images[1:4, 1] = 0.9, 0.95
+    images[6, 0, 12:14, 12:14] = 0.8
+    labels = masks.reshape(n, -1).any(1).astype(np.uint8)
+    write_shard(folder / "p1.npz", Shard(images.astype(np.float16), masks, np.ones(n, bool), labels,
+                                         np.arange(0, 2 * n, 2, dtype=np.int16), np.array([1.0, 1.0], np.float32)))
+    photo = images[6:7].astype(np.float16)
+    write_shard(folder / "photo.npz", Shard(photo, np.zeros((1, size, size), np.uint8), np.zeros(1, bool),
+                                            np.zeros(1, np.uint8), np.zeros(1, np.int16),
+                                            np.array([np.nan, np.nan], np.float32)))
+    return pd.DataFrame({"patient": ["p1"] * n + ["photo"], "source": ["brats"] * n + ["kaggle"],
+                         "shard": ["p1.npz"] * n + ["photo.npz"], "row": [*range(n), 0],
+                         "label": [*labels, 0], "tumour_area_px": [*(masks > 0).sum(axis=(1, 2)), 0]})
+
+
+class _EchoTwoHeads:
+    """Region probabilities from channel 0 of each image, the classifier's from channel 1; the fused slice score."""
+
+    def predict(self, batch):
+        from tasks.inference.predictor import Prediction
+
+        batch = np.asarray(batch, np.float32)
+        return Prediction(classifier_probability=batch[:, 1, 0, 0], region_probability=batch[:, :1],
+                          slice_score="fused")
+
+
+def test_slices_in_volume_drop_an_unconfirmed_speck_from_the_fused_score_but_not_from_a_photo(tmp_path):
+    """/v1/predict/volume's answer for a slice (tasks/inference/postprocess.py, scores_after_cleanup): the speck on
+    slice 6 spans one plane whose classifier says 0.1, so the clean-up drops it, and the slice's fused score reads the
+    pixels left: (0.1 + 0.05) / 2 instead of (0.1 + 0.8) / 2. The tumour's slices keep theirs; the photo, which
+    serving answers one image at a time, keeps its speck."""
+    rows = _speck_patient_and_photo(tmp_path)
+    alone = scoring.predict_split(_EchoTwoHeads(), tmp_path, rows, segmentation=True).slices["probability"]
+    in_volume = scoring.predict_split(_EchoTwoHeads(), tmp_path, rows, segmentation=True, in_volume=True)
+    scores = in_volume.slices["probability"]
+    assert alone[6] == pytest.approx(0.45, abs=1e-3) and scores[6] == pytest.approx(0.075, abs=1e-3)
+    assert scores[1:4].tolist() == pytest.approx([0.925] * 3, abs=1e-3) and scores[1:4].tolist() == alone[1:4].tolist()
+    assert scores[8] == alone[8] == pytest.approx(0.45, abs=1e-3)  # the photo
+    untouched = [0, 4, 5, 7]
+    assert scores[untouched].tolist() == alone[untouched].tolist()
+    # the same clean-up as the volume scores: at a cut above the speck nothing is dropped, and nothing changes
+    above = scoring.predict_split(_EchoTwoHeads(), tmp_path, rows, segmentation=False, in_volume=True,
+                                  mask_threshold=0.85).slices["probability"]
+    assert above[6] == pytest.approx(0.45, abs=1e-3)
+    assert in_volume.volume_scores["dice"].iloc[0] == 1.0  # the cleaned volume is the one the Dice scores
+
+
+class _BrightFlair:
+    """A stand-in for the trained model on the tiny data, which an untrained one is not (it answers 0.567 everywhere):
+    a pixel's tumour probability rises with its FLAIR intensity, a slice's classifier probability with its brightest
+    pixel. Synthetic tumours are bright on FLAIR, and so are the distractors the generator draws."""
+
+    def __init__(self, model, device="cpu", batch_size=32, slice_score="fused"):
+        self.model, self.batch_size, self.slice_score = model, batch_size, slice_score
+
+    def predict(self, images):
+        from tasks.inference.predictor import Prediction, sigmoid
+
+        flair = np.asarray(images, np.float32)[:, :1]
+        brightest = flair.reshape(len(flair), -1).max(axis=1)
+        return Prediction(classifier_probability=sigmoid(3 * (brightest - 3)), region_probability=sigmoid(2 * (flair - 2)),
+                          slice_score=self.slice_score)
+
+
+@pytest.mark.slow
+def test_evaluate_with_slices_in_volume_decides_on_the_volume_answers(tiny_data, tiny_settings, untrained_checkpoint,
+                                                                      monkeypatch):
+    """`evaluate.slices_in_volume`: the threshold is chosen on, and the test decisions are, the in-volume scores at
+    the mask threshold chosen on validation; metrics.json says so, and export hands it on to model.json."""
+    from tasks import paths
+    from tasks.data.splits import read_split, split_rows
+    from tasks.release.onnx_export import read_decisions
+
+    monkeypatch.chdir(tiny_data.root)
+    monkeypatch.setattr(evaluation_report, "TorchPredictor", _BrightFlair)
+    calls = []
+
+    def recorded(predictor, processed, rows, segmentation, **kwargs):
+        split = "test" if set(rows["patient"]) <= set(read_split("test", paths.SPLITS)) else "val"
+        calls.append((split, {"in_volume": False, "mask_threshold": None} | kwargs))
+        return scoring.predict_split(predictor, processed, rows, segmentation, **kwargs)
+
+    monkeypatch.setattr(evaluation_report, "predict_split", recorded)
+    paths.best_checkpoint("joint").parent.mkdir(parents=True)
+    shutil.copy(untrained_checkpoint, paths.best_checkpoint("joint"))
+    settings = tiny_settings.model_copy(update={"evaluate": tiny_settings.evaluate.model_copy(
+        update={"slices_in_volume": True, "mask_threshold": "validation"})})
+
+    evaluate.main(settings)
+
+    written = json.loads(paths.METRICS.read_text())
+    assert written["classification_threshold"]["slices_in_volume"] is True
+    assert read_decisions(paths.METRICS).slices_in_volume is True
+    cut = written["segmentation_threshold"]["value"]
+    scored = {in_volume: scoring.predict_split(
+        _BrightFlair(None), paths.PROCESSED, split_rows(paths.PROCESSED, read_split("test", paths.SPLITS)),
+        segmentation=False, mask_threshold=cut, in_volume=in_volume).slices["probability"].to_numpy()
+        for in_volume in (False, True)}
+    assert (scored[True] <= scored[False] + 1e-6).all()  # the clean-up only takes evidence away
+    assert (scored[True] < scored[False] - 1e-3).any()  # else this test could not tell the two apart
+    confusion = pd.read_csv(paths.PLOTS / "confusion.csv")
+    np.testing.assert_array_equal(confusion["predicted"].to_numpy(),
+                                  scored[True] >= written["classification"]["threshold"])
+    val = scoring.predict_split(_BrightFlair(None), paths.PROCESSED,
+                                split_rows(paths.PROCESSED, read_split("val", paths.SPLITS)), segmentation=False,
+                                mask_threshold=cut, in_volume=True).slices
+    assert written["classification"]["threshold"] == pytest.approx(
+        metrics.choose_threshold(val["label"].to_numpy(), val["probability"].to_numpy(), "youden"))
+    # the passes evaluate made: validation to choose the cut, validation again in volume at that cut, then test
+    assert [(split, call["in_volume"], call["mask_threshold"] if call["in_volume"] else None) for split, call in calls
+            ] == [("val", False, None), ("val", True, cut), ("test", True, cut)]

@@ -70,6 +70,11 @@ def test_card_says_what_the_threshold_applies_to():
             "probability in the slice >= 0.400") in fused
     assert "tumour when the classification head's probability >= 0.400" in card(
         {"classification": {"threshold": 0.4}, "classification_threshold": {"value": 0.4, "rule": "youden"}})
+    assert "volume clean-up" not in fused
+    in_volume = card({"classification": {"threshold": 0.4}, "classification_threshold": {
+        "value": 0.4, "rule": "youden", "slice_score": "fused", "slices_in_volume": True}})
+    assert ("probability in the slice (for the slices of a volume, as /v1/predict/volume answers them: without the "
+            "components the volume clean-up drops) >= 0.400") in in_volume
 
 
 def test_card_says_where_masks_are_cut():

@@ -207,7 +207,11 @@ def test_register_refuses_numbers_and_files_of_different_models(project, tiny_se
                                              "decision threshold in metrics.json (0.7)"),
         "evaluated again, other slice score": (lambda: paths.METRICS.write_text(json.dumps(evaluated | {
             "classification_threshold": {"value": 0.5, "rule": "youden", "slice_score": "fused"}})),
-            "metrics.json scored slices by 'fused', the exported model by 'classifier'"),
+            "metrics.json scored slices by 'fused' (in volume: False), the exported model by 'classifier'"),
+        "evaluated again, slices in their volume": (lambda: paths.METRICS.write_text(json.dumps(evaluated | {
+            "classification_threshold": {"value": 0.5, "rule": "youden", "slice_score": "classifier",
+                                         "slices_in_volume": True}})),
+            "by 'classifier' (in volume: True), the exported model by 'classifier' (in volume: False)"),
     }
     for case, (change, words) in cases.items():
         make_release_project(project, tiny_settings)
@@ -402,6 +406,31 @@ def test_a_champion_re_scored_on_part_of_the_test_split_meets_the_challenger_on_
     assert score.challenger_accuracy == pytest.approx(mine) and mine != pytest.approx(0.99)
     gate = PromotionGate.from_settings(settings.promotion)
     assert gate.decide(release.metrics, True, champion=score).criteria[-1].detail.startswith(f"{mine:.3f} ")
+
+
+def test_a_model_judged_in_volume_is_re_scored_in_volume(project, tiny_settings, monkeypatch):
+    """Re-scoring a champion applies the rule its threshold was chosen for: BraTS slices in their volume when its
+    model.json says `slices_in_volume`, at its own mask threshold; as predicted otherwise."""
+    from tasks.data.splits import split_rows
+    from tasks.evaluation import scoring
+    from tasks.release.registration import onnx_accuracy
+
+    write_metrics(project, accuracy=0.95, sensitivity=0.95)
+    export.main(tracked(tiny_settings))
+    metadata = json.loads(paths.EXPORT_METADATA.read_text())
+    assert metadata["slices_in_volume"] is False
+    rows = split_rows(paths.PROCESSED, read_split("test", paths.SPLITS))
+    calls, real = [], scoring.predict_split
+
+    def recorded(*args, **kwargs):
+        calls.append((kwargs["in_volume"], kwargs["mask_threshold"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "predict_split", recorded)
+    onnx_accuracy(paths.ONNX_MODEL, metadata, paths.PROCESSED, rows, "as predicted")
+    onnx_accuracy(paths.ONNX_MODEL, metadata | {"slices_in_volume": True, "mask_threshold": 0.6}, paths.PROCESSED,
+                  rows, "in volume")
+    assert calls == [(False, metadata["mask_threshold"]), (True, 0.6)]
 
 
 def test_unverifiable_version_is_removed_and_gets_no_alias(project, tiny_settings, monkeypatch):

@@ -72,7 +72,16 @@ def test_region_targets_are_regions_from_labels_on_the_batch():
     assert region_targets(labels)[:, 0].sum() > region_targets(labels)[:, 1].sum() > region_targets(labels)[:, 2].sum()
 
 
-def test_stage_loss_is_monais_dice_ce_over_the_regions_plus_weighted_bce(tiny_settings):
+@pytest.fixture
+def batch_dice_settings(tiny_settings):
+    """tiny_settings with the Dice term pooled over the batch in both stages (what these loss tests derive by hand;
+    params.yaml ships `dice_over: both`)."""
+    return tiny_settings.model_copy(update={
+        "train_seg": tiny_settings.train_seg.model_copy(update={"dice_over": "batch"}),
+        "train_joint": tiny_settings.train_joint.model_copy(update={"dice_over": "batch"})})
+
+
+def test_stage_loss_is_monais_dice_ce_over_the_regions_plus_weighted_bce(batch_dice_settings):
     """StageLoss computes from sums (so DDP shares add up), but is the loss MONAI and torch define: MONAI's DiceLoss
     plus torch's BCE over the WT, TC and ET channels (nnU-Net's DC_and_BCE_loss for regions; MONAI's DiceCELoss would
     apply a softmax cross-entropy to more than one channel), with targets from the label maps in the batch."""
@@ -84,11 +93,12 @@ def test_stage_loss_is_monais_dice_ce_over_the_regions_plus_weighted_bce(tiny_se
     regions = torch.from_numpy(regions_from_labels(labels[:, 0].numpy()).transpose(1, 0, 2, 3).astype(np.float32))
     bce, lam = F.binary_cross_entropy_with_logits, 0.5
     dice_ce = lambda logits, truth: DiceLoss(sigmoid=True, batch=True)(logits, truth) + bce(logits, truth)  # noqa: E731
-    joint = StageLoss("joint", tiny_settings.train_joint.model_copy(update={"cls_weight": lam}))
+    joint = StageLoss("joint", batch_dice_settings.train_joint.model_copy(update={"cls_weight": lam}))
     all_masked = batch | {"has_mask": torch.ones(6, dtype=torch.bool)}
-    torch.testing.assert_close(StageLoss("seg", tiny_settings.train_seg)(out, all_masked), dice_ce(out["seg"], regions))
+    torch.testing.assert_close(StageLoss("seg", batch_dice_settings.train_seg)(out, all_masked),
+                               dice_ce(out["seg"], regions))
     one = {"seg": out["seg"][:, :1], "cls": out["cls"]}  # one channel: exactly MONAI's DiceCELoss, as before
-    torch.testing.assert_close(StageLoss("seg", tiny_settings.train_seg)(one, all_masked),
+    torch.testing.assert_close(StageLoss("seg", batch_dice_settings.train_seg)(one, all_masked),
                                DiceCELoss(sigmoid=True, batch=True)(one["seg"], regions[:, :1]))
     torch.testing.assert_close(joint(out, batch),
                                dice_ce(out["seg"][:4], regions[:4]) + lam * bce(out["cls"], batch["label"]))
@@ -98,14 +108,14 @@ def test_stage_loss_is_monais_dice_ce_over_the_regions_plus_weighted_bce(tiny_se
     # an ET error costs what a WT error costs: each region is one Dice term of three, not a share of pooled pixels
     only_et = {"seg": torch.full((6, 3, 16, 16), 20.0), "cls": out["cls"]}
     only_et["seg"][:, 2] = -20.0
-    seg_loss = StageLoss("seg", tiny_settings.train_seg)
+    seg_loss = StageLoss("seg", batch_dice_settings.train_seg)
     wt_tc_dice = [2 * float(r.sum()) / (r.numel() + float(r.sum())) for r in (regions[:, 0], regions[:, 1])]
     expected_dice = (2 - sum(wt_tc_dice) + 1) / 3  # WT, TC predicted everywhere; ET nowhere: Dice 0
     assert seg_loss(only_et, all_masked).item() == pytest.approx(
         expected_dice + bce(only_et["seg"], regions).item(), rel=1e-4)
 
 
-def test_slice_dice_weighs_each_tumour_slice_alike_and_skips_slices_without_the_region(tiny_settings):
+def test_slice_dice_weighs_each_tumour_slice_alike_and_skips_slices_without_the_region(batch_dice_settings):
     """`dice_over: slice`: per region, the mean Dice loss of the slices that have it (MONAI's DiceLoss with
     batch=False, restricted to those slices), plus the same BCE as batch mode; mask-less samples add nothing."""
     torch.manual_seed(0)
@@ -121,19 +131,20 @@ def test_slice_dice_weighs_each_tumour_slice_alike_and_skips_slices_without_the_
     expected_dice = torch.stack([per_slice[[0, 1], 0].mean(), per_slice[1, 1], per_slice[1, 2]]).mean()
     masked = [0, 1, 2, 4]
     expected = expected_dice + F.binary_cross_entropy_with_logits(out["seg"][masked], regions[masked])
-    seg = tiny_settings.train_seg.model_copy(update={"dice_over": "slice"})
+    seg = batch_dice_settings.train_seg.model_copy(update={"dice_over": "slice"})
     torch.testing.assert_close(StageLoss("seg", seg)(out, batch), expected)
     # a small cap missed entirely costs as much as a large tumour missed: not so with a batch Dice
     miss = {"seg": torch.where(regions[:, :1] > 0, 20.0, -20.0), "cls": out["cls"]}  # WT alone
     miss["seg"][1] = -20.0
-    slice_loss, batch_loss = (StageLoss("seg", params)(miss, batch).item() for params in (seg, tiny_settings.train_seg))
+    slice_loss, batch_loss = (StageLoss("seg", params)(miss, batch).item()
+                              for params in (seg, batch_dice_settings.train_seg))
     # the same BCE in both; Dice: one of two WT slices lost (0.5) against 4 of the 104 WT pixels (1 - 200 / 204)
     assert slice_loss - batch_loss == pytest.approx(0.5 - (1 - 200 / 204), abs=1e-4)
     both = StageLoss("seg", seg.model_copy(update={"dice_over": "both"}))(miss, batch).item()
     assert both == pytest.approx((slice_loss + batch_loss) / 2, abs=1e-6)  # the same BCE, the mean of the Dice terms
 
 
-def test_negative_photos_train_the_seg_head_on_an_empty_mask_and_tumour_photos_still_add_nothing(tiny_settings):
+def test_negative_photos_train_the_seg_head_on_an_empty_mask_and_tumour_photos_still_add_nothing(batch_dice_settings):
     """`negative_photos_as_empty_masks`: a mask-less sample labelled 0 counts as a masked sample whose mask is empty
     (BCE against zeros, its predicted area in the batch Dice); one labelled 1 stays out of the seg term."""
     torch.manual_seed(0)
@@ -143,7 +154,7 @@ def test_negative_photos_train_the_seg_head_on_an_empty_mask_and_tumour_photos_s
     batch = {"image": torch.zeros(4, 1, 16, 16), "mask": labels, "has_mask": torch.tensor([True, True, False, False]),
              "label": torch.tensor([1.0, 0, 0, 1])}  # BraTS tumour, BraTS clear, photo "no", photo "yes"
     regions = torch.from_numpy(regions_from_labels(labels[:, 0].numpy()).transpose(1, 0, 2, 3).astype(np.float32))
-    joint = tiny_settings.train_joint
+    joint = batch_dice_settings.train_joint
     on = StageLoss("joint", joint.model_copy(update={"negative_photos_as_empty_masks": True}))(out, batch)
     counted = [0, 1, 2]
     expected = (DiceLoss(sigmoid=True, batch=True)(out["seg"][counted], regions[counted])

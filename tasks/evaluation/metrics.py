@@ -203,11 +203,17 @@ def stack_volume(masks: np.ndarray, slice_index: np.ndarray, stride: int) -> np.
     """Re-stack (n, H, W) slices into a (D, H, W) volume ordered by `slice_index`, one plane every `stride` source
     slices; the planes of slices that the slice step dropped (too little brain) stay empty, so distances between
     the kept planes stay true."""
-    slice_index = np.asarray(slice_index, dtype=np.int64)
-    position = np.rint((slice_index - slice_index.min()) / stride).astype(np.int64)
+    position = stack_positions(slice_index, stride)
     volume = np.zeros((int(position.max()) + 1, *masks.shape[1:]), dtype=masks.dtype)
     volume[position] = masks
     return volume
+
+
+def stack_positions(slice_index: np.ndarray, stride: int) -> np.ndarray:
+    """The plane of each slice in the volume `stack_volume` builds (so a re-stacked volume can be read back per
+    slice)."""
+    slice_index = np.asarray(slice_index, dtype=np.int64)
+    return np.rint((slice_index - slice_index.min()) / stride).astype(np.int64)
 
 
 def volume_spacing(shard_spacing: np.ndarray, stride: int) -> tuple[float, float, float]:

@@ -101,7 +101,7 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
     # what the threshold is applied to: export hands it to serving with the threshold (model.json `slice_score`)
     report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(val, cfg),
-                                           "slice_score": cfg.slice_score}
+                                           "slice_score": cfg.slice_score, "slices_in_volume": cfg.slices_in_volume}
     return _finite_or_null(report)
 
 
@@ -213,11 +213,17 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     predictor = TorchPredictor(model, device=device, slice_score=cfg.slice_score)
     val_rows = split_rows(where.processed, read_split("val", where.splits))
     tally = MaskThresholdTally() if cfg.mask_threshold == "validation" else None
+    fixed_cut = None if tally is not None else float(cfg.mask_threshold)
     val = predict_split(predictor, where.processed, val_rows, segmentation=False, description="validation (thresholds)",
-                        tally=tally)
+                        tally=tally, in_volume=cfg.slices_in_volume and fixed_cut is not None,
+                        mask_threshold=metrics.MASK_THRESHOLD if fixed_cut is None else fixed_cut)
     mask_threshold = mask_threshold_section(cfg, tally)
+    if cfg.slices_in_volume and fixed_cut is None:  # the clean-up cuts at the mask threshold this pass just chose
+        val = predict_split(predictor, where.processed, val_rows, segmentation=False, in_volume=True,
+                            description="validation (in volume)", mask_threshold=mask_threshold["value"])
     test = predict_split(predictor, where.processed, split_rows(where.processed, read_split("test", where.splits)),
-                         segmentation=True, description="test", mask_threshold=mask_threshold["value"])
+                         segmentation=True, description="test", mask_threshold=mask_threshold["value"],
+                         in_volume=cfg.slices_in_volume)
     region_scores, organisers = None, None
     if where.raw_brats is not None:
         with tempfile.TemporaryDirectory() as label_maps:

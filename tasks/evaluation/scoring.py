@@ -14,7 +14,8 @@ from rich.progress import Progress
 
 from tasks.data.shards import read_shard
 from tasks.evaluation import metrics
-from tasks.inference.postprocess import drop_stray_components
+from tasks.inference.postprocess import drop_stray_components, scores_after_cleanup
+from tasks.inference.predictor import Prediction
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,13 @@ class SplitPredictions:
 
 def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: bool,
                   description: str = "predicting", mask_threshold: float = metrics.MASK_THRESHOLD,
-                  tally: MaskThresholdTally | None = None) -> SplitPredictions:
+                  tally: MaskThresholdTally | None = None, in_volume: bool = False) -> SplitPredictions:
     """Predict every row, one shard at a time; with `segmentation`, score the masks of BraTS shards (a pixel is
     tumour when its probability >= `mask_threshold`); with `tally`, feed it every BraTS patient's mask probabilities
-    from the same predictions (so choosing a mask threshold on a split costs no second pass over it)."""
+    from the same predictions (so choosing a mask threshold on a split costs no second pass over it).
+
+    `in_volume`: a BraTS slice's tumour probability is the one /v1/predict/volume answers for it, read from its
+    patient's re-stacked, cleaned-up masks at `mask_threshold` (`scores_in_volume`); photos stay as predicted."""
     probability = np.empty(len(rows), dtype=np.float64)
     pixel_area = np.full(len(rows), np.nan)
     slice_scores, volume_scores = [], []
@@ -45,16 +49,26 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
             prediction = predictor.predict(shard.images[take])
             probability[shard_rows.index.to_numpy()] = prediction.tumour_probability
             pixel_area[shard_rows.index.to_numpy()] = float(np.prod(shard.spacing[:2]))  # NaN for photos
-            if (segmentation or tally is not None) and shard.has_mask[take].all():
+            scored = (segmentation or tally is not None) and shard.has_mask[take].all()
+            volumes = in_volume and (shard_rows["source"] == "brats").all()
+            if scored or volumes:
                 for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
                     at = shard_rows.index.get_indexer(rows_of_patient.index)
-                    truth, index = shard.masks[take[at]] > 0, shard.slice_index[take[at]]
+                    index = shard.slice_index[take[at]]
                     evidence = prediction.classifier_probability[at]  # the clean-up's, as serving's
+                    predicted = prediction.mask_probability[at] >= mask_threshold
+                    cleaned = (cleaned_volume(predicted, index, evidence) if volumes or (scored and segmentation)
+                               else None)
+                    if volumes:
+                        probability[rows_of_patient.index.to_numpy()] = scores_in_volume(
+                            prediction, at, cleaned, index, mask_threshold)
+                    if not scored:
+                        continue
+                    truth = shard.masks[take[at]] > 0
                     if tally is not None:
                         tally.add(prediction.mask_probability[at], truth, index, evidence)
                     if segmentation:
-                        scores = score_patient(prediction.mask_probability[at] >= mask_threshold, truth, index,
-                                               shard.spacing, evidence)
+                        scores = score_patient(predicted, truth, index, shard.spacing, evidence, cleaned)
                         slice_scores.append(scores[0].assign(patient=patient))
                         volume_scores.append(scores[1] | {"patient": patient})
             progress.advance(bar, len(shard_rows))
@@ -67,10 +81,12 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
 
 
 def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndarray,
-                  spacing: np.ndarray, slice_probability: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
+                  spacing: np.ndarray, slice_probability: np.ndarray | None = None,
+                  cleaned: np.ndarray | None = None) -> tuple[pd.DataFrame, dict]:
     """Per-slice scores of the slices whose truth has tumour, and the scores of the re-stacked volume, cleaned up as
     /v1/predict/volume cleans its volumes (tasks/inference/postprocess.py, with the classifier's `slice_probability`
-    of each slice as its evidence; a single slice is scored as predicted).
+    of each slice as its evidence; a single slice is scored as predicted). `cleaned`: that volume when the caller
+    has it already (`cleaned_volume` of the same arguments).
 
     In-plane spacing comes from the shard; through-plane spacing is the slice stride (read from the slice
     indices) x the slice thickness the shard records, so HD95 of a volume sliced every 2nd slice is still in mm."""
@@ -79,8 +95,10 @@ def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndar
     if tumour.any():
         per_slice = metrics.segmentation_scores(predicted[tumour], truth[tumour], metrics.pixel_spacing(spacing))
     order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
+    if cleaned is None:
+        cleaned = cleaned_volume(predicted, slice_index, slice_probability)
     volume = metrics.segmentation_scores(
-        cleaned_volume(predicted, slice_index, slice_probability)[None],
+        cleaned[None],
         metrics.stack_volume(truth[order], slice_index[order], stride)[None],
         metrics.volume_spacing(spacing, stride),
     )
@@ -94,6 +112,19 @@ def cleaned_volume(predicted: np.ndarray, slice_index: np.ndarray,
     classifier probability (0 on the planes the slice step dropped: nothing there to confirm)."""
     return drop_stray_components(stacked(predicted, slice_index),
                                  slice_probability=stacked(slice_probability, slice_index))
+
+
+def scores_in_volume(prediction: Prediction, at: np.ndarray, cleaned: np.ndarray, slice_index: np.ndarray,
+                     mask_threshold: float) -> np.ndarray:
+    """The tumour probabilities of one patient's slices (rows `at` of `prediction`) as /v1/predict/volume answers
+    them: a fused score reads its segmentation half without the components the volume clean-up dropped
+    (tasks/inference/postprocess.py, `scores_after_cleanup`), so a slice is not called tumour on the strength of a speck
+    that no neighbouring slice and no classifier confirms. `cleaned`: the re-stacked, cleaned volume of their masks
+    at `mask_threshold` (`cleaned_volume`)."""
+    kept = cleaned[metrics.stack_positions(slice_index, metrics.slice_step(slice_index))]
+    part = Prediction(classifier_probability=prediction.classifier_probability[at],
+                      region_probability=prediction.region_probability[at], slice_score=prediction.slice_score)
+    return scores_after_cleanup(part, kept[:, None], mask_threshold)
 
 
 def stacked(per_slice: np.ndarray | None, slice_index: np.ndarray) -> np.ndarray | None:

@@ -15,14 +15,18 @@ is at least `MIN_SLICE_EVIDENCE`; the size rule then runs among the confirmed on
 validation patients of five seeds, never on test (README, "Post-processing").
 
 Applied to whole volumes only: what /v1/predict/volume returns and what evaluation's volume scores score. A single
-slice has no neighbours to confirm anything, so slice predictions and the per-slice scores stay as the model gives
-them. Nested regions (TC, ET) are kept only inside the cleaned whole tumour.
+slice has no neighbours to confirm anything, so slice predictions and the per-slice Dice stay as the model gives
+them. Nested regions (TC, ET) are kept only inside the cleaned whole tumour. A volume's slice scores are read after
+the clean-up (`scores_after_cleanup`): the volume route's answers, and evaluation's BraTS slice scores
+(`evaluate.slices_in_volume`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+from tasks.inference import predictor
 
 # Chosen on validation (README, "Post-processing"); 0 turns the size rule off.
 MIN_COMPONENT_SHARE = 0.3
@@ -68,3 +72,15 @@ def clean_regions(masks: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
     masks = np.asarray(masks, dtype=bool)
     whole = drop_stray_components(masks[0], min_share, slice_probability, slice_axis, min_evidence)
     return np.concatenate([whole[None], masks[1:] & whole[None]])
+
+
+def scores_after_cleanup(prediction: predictor.Prediction, slice_masks: np.ndarray, threshold: float) -> np.ndarray:
+    """(Z,) slice scores of a cleaned volume: a fused score reads its segmentation half from the whole-tumour
+    probabilities without the components the clean-up dropped, so a slice is never called tumour on the strength
+    of a lesion the answer does not show. `slice_masks`: (Z, R, S, S) cleaned masks cut at `threshold`."""
+    whole_tumour = prediction.mask_probability
+    dropped = (whole_tumour >= threshold) & ~slice_masks[:, 0]
+    if not dropped.any():
+        return prediction.tumour_probability
+    kept = np.where(dropped, np.float32(0), whole_tumour)[:, None]
+    return predictor.slice_probability(prediction.classifier_probability, kept, prediction.slice_score)

@@ -35,6 +35,12 @@ def evaluated_slice_score(metrics: dict | None) -> str:
     return ((metrics or {}).get("classification_threshold") or {}).get("slice_score", LEGACY_SLICE_SCORE)
 
 
+def evaluated_in_volume(metrics: dict | None) -> bool:
+    """Whether a metrics.json scored its BraTS slices in their volume (`classification_threshold.slices_in_volume`,
+    `evaluate.slices_in_volume`; False for metrics written before it was recorded)."""
+    return bool(((metrics or {}).get("classification_threshold") or {}).get("slices_in_volume", False))
+
+
 def check_slice_score(rule: str) -> str:
     if rule not in SLICE_SCORES:
         raise ValueError(f"unknown slice score {rule!r}: expected one of {', '.join(SLICE_SCORES)}")

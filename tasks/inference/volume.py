@@ -37,8 +37,8 @@ from PIL import Image
 from tasks.data.orientation import Orientation
 from tasks.data.preprocess import prepare_volume_slices
 from tasks.data.regions import REGIONS, labels_from_regions
-from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, clean_regions
-from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD, Prediction, slice_probability
+from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, clean_regions, scores_after_cleanup
+from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD, Prediction
 
 UNCERTAINTY_KIND = "entropy"
 FLIP_AXES = (2, 3)  # the spatial axes of an (N, C, H, W) batch
@@ -197,18 +197,6 @@ def to_volume_grid(slice_probability: np.ndarray, shape: tuple[int, int, int],
             masks[r, z] = native >= threshold
             np.maximum(uncertainty[z], binary_entropy(native), out=uncertainty[z])
     return np.ascontiguousarray(np.moveaxis(masks, 1, -1)), np.ascontiguousarray(np.moveaxis(uncertainty, 0, -1))
-
-
-def scores_after_cleanup(prediction: Prediction, slice_masks: np.ndarray, threshold: float) -> np.ndarray:
-    """(Z,) slice scores of a cleaned volume: a fused score reads its segmentation half from the whole-tumour
-    probabilities without the components the clean-up dropped, so a slice is never called tumour on the strength
-    of a lesion the answer does not show. `slice_masks`: (Z, R, S, S) cleaned masks cut at `threshold`."""
-    whole_tumour = prediction.mask_probability
-    dropped = (whole_tumour >= threshold) & ~slice_masks[:, 0]
-    if not dropped.any():
-        return prediction.tumour_probability
-    kept = np.where(dropped, np.float32(0), whole_tumour)[:, None]
-    return slice_probability(prediction.classifier_probability, kept, prediction.slice_score)
 
 
 def in_display_orientation(volumes: Sequence[np.ndarray | None],

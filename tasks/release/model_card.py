@@ -131,6 +131,9 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
     decision_rule = metrics.get("classification_threshold") or {}
     threshold_origin = THRESHOLD_ORIGINS.get(decision_rule.get("rule"), "the threshold chosen on the validation split")
     score = SLICE_SCORE_WORDS.get(decision_rule.get("slice_score"), SLICE_SCORE_WORDS["classifier"])
+    if decision_rule.get("slices_in_volume") and decision_rule.get("slice_score") == "fused":
+        score += (" (for the slices of a volume, as /v1/predict/volume answers them: without the components the "
+                  "volume clean-up drops)")
     cut = metrics.get("segmentation_threshold", {"value": 0.5, "rule": "fixed"})
     cut_origin = "chosen on the validation split" if cut.get("rule") == "validation" else "fixed"
     synthetic = data_source == "synthetic"

@@ -31,7 +31,8 @@ from tasks.config import ExportSettings
 from tasks.data.splits import iter_test_slices
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import (LEGACY_SLICE_SCORE, MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT,
-                                       SLICE_SCORES, evaluated_slice_score, sigmoid, slice_probability)
+                                       SLICE_SCORES, evaluated_in_volume, evaluated_slice_score, sigmoid,
+                                       slice_probability)
 from tasks.io import atomic_write, read_json, sha256_file, usable_cores, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ def measure_latency(model: torch.nn.Module, session, sample: np.ndarray, runs: i
 
 
 def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, threshold: float, opset: int,
-                   mask_threshold: float = MASK_THRESHOLD, slice_score: str = LEGACY_SLICE_SCORE) -> dict:
+                   mask_threshold: float = MASK_THRESHOLD, slice_score: str = LEGACY_SLICE_SCORE,
+                   slices_in_volume: bool = False) -> dict:
     """The model card's machine-readable half (MONAI bundle metadata.json idea): everything serving needs."""
     from importlib.metadata import version  # not `import monai`: it loads every MONAI subpackage, 4 s for a string
 
@@ -222,6 +224,7 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
         "preprocessing": PREPROCESSING,
         "threshold": threshold,
         "slice_score": slice_score,  # what `threshold` applies to (tasks/inference/predictor.py, SLICE_SCORES)
+        "slices_in_volume": slices_in_volume,  # BraTS slices were judged as the volume route answers (after clean-up)
         "mask_threshold": mask_threshold,
         "model_config": checkpoint["model_config"],
         "checkpoint": {"stage": checkpoint.get("stage"), "epoch": checkpoint.get("epoch"),
@@ -238,6 +241,7 @@ class Decisions:
     threshold: float  # on each slice's tumour probability
     mask_threshold: float  # on each pixel's region probability
     slice_score: str  # what a slice's tumour probability is (SLICE_SCORES)
+    slices_in_volume: bool = False  # BraTS slices were scored after their volume's clean-up (evaluate.slices_in_volume)
 
 
 def read_decisions(metrics_path: Path) -> Decisions:
@@ -258,7 +262,7 @@ def read_decisions(metrics_path: Path) -> Decisions:
     if slice_score not in SLICE_SCORES:
         raise SliceWiseError(f"classification_threshold.slice_score {slice_score!r} is not one of "
                              f"{', '.join(SLICE_SCORES)}", metrics_path)
-    return Decisions(threshold, mask_threshold, slice_score)
+    return Decisions(threshold, mask_threshold, slice_score, evaluated_in_volume(metrics))
 
 
 def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
@@ -277,7 +281,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
     for stale in (onnx_path, metadata_path):  # a failed export must not leave the previous model looking current
         stale.unlink(missing_ok=True)
     metadata = model_metadata(checkpoint, modalities, image_size, decisions.threshold, cfg.opset,
-                              decisions.mask_threshold, decisions.slice_score)
+                              decisions.mask_threshold, decisions.slice_score, decisions.slices_in_volume)
     metadata["checkpoint"]["sha256"] = sha256_file(checkpoint_path)  # register checks it against best.pt
     test_slices = iter_test_slices(processed, splits_dir)
     sample = next(test_slices)  # the first shard: checked here, then the first of the parity run

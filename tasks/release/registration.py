@@ -37,7 +37,7 @@ from tasks.config import Settings
 from tasks.data.splits import iter_test_slices, read_split, split_rows
 from tasks.data.subjects import subject_of
 from tasks.errors import SliceWiseError
-from tasks.inference.predictor import LEGACY_SLICE_SCORE, evaluated_slice_score
+from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD, evaluated_in_volume, evaluated_slice_score
 from tasks.io import read_json, sha256_file
 from tasks.release.examples import bundle_examples
 from tasks.release.gate import ChampionScore, GateDecision, PromotionGate
@@ -103,11 +103,12 @@ def check_one_model(release: Release, metrics_path: Path) -> None:
         if a is not None and b is not None and not math.isclose(a, b):
             raise SliceWiseError(f"the {name} in metrics.json ({judged}) is not the exported model's ({shipped}): "
                                  "rerun the export step", release.metadata_path)
-    judged = evaluated_slice_score(release.metrics)
-    shipped = release.metadata.get("slice_score", LEGACY_SLICE_SCORE)
+    judged = evaluated_slice_score(release.metrics), evaluated_in_volume(release.metrics)
+    shipped = release.metadata.get("slice_score", LEGACY_SLICE_SCORE), bool(release.metadata.get("slices_in_volume"))
     if judged != shipped:
-        raise SliceWiseError(f"metrics.json scored slices by {judged!r}, the exported model by {shipped!r}: rerun the "
-                             "export step", release.metadata_path)
+        raise SliceWiseError(f"metrics.json scored slices by {judged[0]!r} (in volume: {judged[1]}), the exported "
+                             f"model by {shipped[0]!r} (in volume: {shipped[1]}): rerun the export step",
+                             release.metadata_path)
 
 
 def parity_detail(parity: dict) -> str:
@@ -154,13 +155,16 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
 
 
 def onnx_accuracy(onnx_path: Path, metadata: dict, processed: Path, rows, description: str) -> float:
-    """An exported model's slice accuracy on `rows` at its own threshold and slice score."""
+    """An exported model's slice accuracy on `rows` at its own threshold and slice score, its BraTS slices scored in
+    their volume when it was judged that way (model.json `slices_in_volume`, at its own mask threshold)."""
     from tasks.evaluation.scoring import predict_split
     from tasks.inference.predictor import OnnxPredictor
 
     predictor = OnnxPredictor(onnx_path, providers=["CPUExecutionProvider"],
                               slice_score=metadata.get("slice_score", LEGACY_SLICE_SCORE))  # its own rule
-    slices = predict_split(predictor, processed, rows, segmentation=False, description=description).slices
+    slices = predict_split(predictor, processed, rows, segmentation=False, description=description,
+                           in_volume=bool(metadata.get("slices_in_volume")),
+                           mask_threshold=float(metadata.get("mask_threshold", MASK_THRESHOLD))).slices
     decisions = slices["probability"].to_numpy() >= metadata["threshold"]
     return float((decisions == slices["label"].to_numpy().astype(bool)).mean())
 

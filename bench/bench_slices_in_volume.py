@@ -1,0 +1,91 @@
+"""BraTS slices scored alone or in their volume (`evaluate.slices_in_volume`), decided on validation.
+
+Usage: .venv/bin/python -m bench.bench_slices_in_volume --workdir DIR [--checkpoints CKPTS] [--seeds 42 1 2 3 4]
+       .venv/bin/python -m bench.bench_slices_in_volume --project DIR [--seeds ...]
+
+DIR is a validation sweep's folder (`bench.bench_val_sweep --workdir DIR`: one project per seed, its last recipe's
+checkpoints/joint/best.pt, or CKPTS/seed-N.pt when given) or a project a seed sweep kept (each seed's experiment
+applied in turn). Nothing is retrained: both rules score the same weights, with evaluation's own code
+(`predict_split`), the mask threshold chosen on validation as evaluate chooses it.
+
+  alone      each slice's fused score as the model gives it (the shipped rule)
+  in_volume  a BraTS slice's fused score read after its patient's volume clean-up (`scores_in_volume`), as
+             /v1/predict/volume answers it; photos as predicted
+
+Chosen on VALIDATION: ROC-AUC (all slices, BraTS, photos) and `acc_cv`, the accuracy at a Youden threshold chosen on
+one random half of the validation patients and scored on the other (40 halvings x 2). The test figures at the Youden
+threshold of the whole validation split, as evaluate chooses it, are printed beside them, not chosen on, with
+the test split's WT slice and volume Dice at the chosen mask threshold (the same under both rules).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from bench.bench_slice_score import (apply_experiment, halved_accuracy, kept_sweep_arguments, roc_aucs, split_of,
+                                     test_figures)
+
+RULES = {"alone": False, "in_volume": True}
+
+
+def chosen_mask_threshold(predictor, project: Path) -> float:
+    """The mask threshold evaluate would choose on the project's validation split (`mask_threshold: validation`)."""
+    from tasks.evaluation.scoring import MaskThresholdTally, choose_mask_threshold, predict_split
+
+    processed, rows = split_of(project, "val")
+    tally = MaskThresholdTally()
+    predict_split(predictor, processed, rows, segmentation=False, tally=tally, description="val (mask threshold)")
+    return choose_mask_threshold(tally.table())
+
+
+def seed_report(checkpoint: Path, project: Path, seed: int) -> dict:
+    """Each rule's validation and test figures for one checkpoint."""
+    from tasks.config import load_settings
+    from tasks.evaluation.scoring import predict_split
+    from tasks.inference.checkpoints import load_model
+    from tasks.inference.predictor import TorchPredictor
+
+    model, _ = load_model(checkpoint)
+    predictor = TorchPredictor(model, slice_score=load_settings(project / "params.yaml").evaluate.slice_score)
+    cut = chosen_mask_threshold(predictor, project)
+    report = {"mask_threshold": cut}
+    for rule, in_volume in RULES.items():
+        val, test = (predict_split(predictor, *split_of(project, split), segmentation=split == "test",
+                                   mask_threshold=cut, in_volume=in_volume, description=f"{split} ({rule})")
+                     for split in ("val", "test"))
+        report[rule] = {"validation": roc_aucs(val.slices) | {"acc_cv": halved_accuracy(val.slices, seed)},
+                        "test": test_figures(val.slices, test.slices)}
+    # the masks do not depend on the rule: the segmentation figures evaluate reports, for the record
+    report["test_segmentation"] = {"slice_dice": float(test.slice_scores["dice"].mean()),
+                                   "volume_dice": float(test.volume_scores["dice"].mean())}
+    return report
+
+
+def main() -> None:
+    def options(parser):
+        parser.add_argument("--checkpoints", type=Path, help="seed-N.pt per seed, instead of each project's own")
+
+    args = kept_sweep_arguments(__doc__.splitlines()[0], options, or_workdir=True)
+    from bench.bench_seeds import cpu_description
+
+    per_seed = {}
+    for seed in args.seeds:
+        if args.project is not None:
+            apply_experiment(args.project, seed)
+        project = args.project or args.workdir / f"seed-{seed}"
+        checkpoint = (args.checkpoints.resolve() / f"seed-{seed}.pt" if args.checkpoints
+                      else project / "checkpoints" / "joint" / "best.pt")
+        per_seed[str(seed)] = seed_report(checkpoint, project, seed)
+        print(f"seed {seed}: " + json.dumps(per_seed[str(seed)]), flush=True)
+    means = {rule: {part: {key: statistics.mean(s[rule][part][key] for s in per_seed.values())
+                           for key in next(iter(per_seed.values()))[rule][part]}
+                    for part in ("validation", "test")} for rule in RULES}
+    means["test_segmentation"] = {key: statistics.mean(s["test_segmentation"][key] for s in per_seed.values())
+                                  for key in ("slice_dice", "volume_dice")}
+    print(json.dumps({"cpu": cpu_description(), "seeds": args.seeds, "per_seed": per_seed, "means": means}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
