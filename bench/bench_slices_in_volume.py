@@ -30,33 +30,28 @@ from bench.bench_slice_score import (apply_experiment, halved_accuracy, kept_swe
 RULES = {"alone": False, "in_volume": True}
 
 
-def chosen_mask_threshold(predictor, project: Path) -> float:
-    """The mask threshold evaluate would choose on the project's validation split (`mask_threshold: validation`)."""
-    from tasks.evaluation.scoring import MaskThresholdTally, choose_mask_threshold, predict_split
-
-    processed, rows = split_of(project, "val")
-    tally = MaskThresholdTally()
-    predict_split(predictor, processed, rows, segmentation=False, tally=tally, description="val (mask threshold)")
-    return choose_mask_threshold(tally.table())
-
-
 def seed_report(checkpoint: Path, project: Path, seed: int) -> dict:
-    """Each rule's validation and test figures for one checkpoint."""
+    """Each rule's validation and test figures for one checkpoint. The slices-alone validation pass also fills the
+    tally the mask threshold is chosen from, as evaluate's first pass does."""
     from tasks.config import load_settings
-    from tasks.evaluation.scoring import predict_split
+    from tasks.evaluation.scoring import MaskThresholdTally, choose_mask_threshold, predict_split
     from tasks.inference.checkpoints import load_model
     from tasks.inference.predictor import TorchPredictor
 
     model, _ = load_model(checkpoint)
     predictor = TorchPredictor(model, slice_score=load_settings(project / "params.yaml").evaluate.slice_score)
-    cut = chosen_mask_threshold(predictor, project)
+    val_split, test_split = split_of(project, "val"), split_of(project, "test")
+    tally = MaskThresholdTally()
+    val = {"alone": predict_split(predictor, *val_split, segmentation=False, tally=tally, description="val (alone)")}
+    cut = choose_mask_threshold(tally.table())
+    val["in_volume"] = predict_split(predictor, *val_split, segmentation=False, mask_threshold=cut, in_volume=True,
+                                     description="val (in_volume)")
     report = {"mask_threshold": cut}
     for rule, in_volume in RULES.items():
-        val, test = (predict_split(predictor, *split_of(project, split), segmentation=split == "test",
-                                   mask_threshold=cut, in_volume=in_volume, description=f"{split} ({rule})")
-                     for split in ("val", "test"))
-        report[rule] = {"validation": roc_aucs(val.slices) | {"acc_cv": halved_accuracy(val.slices, seed)},
-                        "test": test_figures(val.slices, test.slices)}
+        test = predict_split(predictor, *test_split, segmentation=True, mask_threshold=cut, in_volume=in_volume,
+                             description=f"test ({rule})")
+        report[rule] = {"validation": roc_aucs(val[rule].slices) | {"acc_cv": halved_accuracy(val[rule].slices, seed)},
+                        "test": test_figures(val[rule].slices, test.slices)}
     # the masks do not depend on the rule: the segmentation figures evaluate reports, for the record
     report["test_segmentation"] = {"slice_dice": float(test.slice_scores["dice"].mean()),
                                    "volume_dice": float(test.volume_scores["dice"].mean())}

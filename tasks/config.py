@@ -159,8 +159,8 @@ class EvaluateSettings(_Section):
     # head's largest pixel probability (tasks/inference/predictor.py, SLICE_SCORES; README, "Evaluation").
     slice_score: Literal["classifier", "fused"] = "fused"
     # A BraTS slice's score as /v1/predict/volume answers it: the fused score read after the volume clean-up of its
-    # patient's re-stacked masks (tasks/evaluation/scoring.py, scores_in_volume; README, "Evaluation"). Photos, which
-    # reach serving one image at a time, are scored as predicted either way.
+    # patient's re-stacked masks (tasks/evaluation/scoring.py, scores_in_volume; README, "Post-processing"). Photos,
+    # which reach serving one image at a time, are scored as predicted either way.
     slices_in_volume: bool = True
     # Segmentation: a pixel is tumour when its probability >= this; "validation" picks it on the validation patients
     # (tasks/evaluation/scoring.py, choose_mask_threshold), as threshold_rule picks the classification threshold.

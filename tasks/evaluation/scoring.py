@@ -122,8 +122,8 @@ def scores_in_volume(prediction: Prediction, at: np.ndarray, cleaned: np.ndarray
     that no neighbouring slice and no classifier confirms. `cleaned`: the re-stacked, cleaned volume of their masks
     at `mask_threshold` (`cleaned_volume`)."""
     kept = cleaned[metrics.stack_positions(slice_index, metrics.slice_step(slice_index))]
-    part = Prediction(classifier_probability=prediction.classifier_probability[at],
-                      region_probability=prediction.region_probability[at], slice_score=prediction.slice_score)
+    part = Prediction(classifier_probability=prediction.classifier_probability[at],  # the whole tumour is all it reads
+                      region_probability=prediction.region_probability[at, :1], slice_score=prediction.slice_score)
     return scores_after_cleanup(part, kept[:, None], mask_threshold)
 
 
