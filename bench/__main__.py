@@ -40,7 +40,7 @@ def inside(folder: Path):
 
 
 def run_all(skip: set[str], keep_seeds: Path | None = None) -> dict:
-    from bench import bench_api, bench_gpu, bench_hostile, bench_loader, bench_seeds, bench_volume
+    from bench import bench_api, bench_hostile, bench_loader, bench_seeds, bench_volume
 
     # Every recorded figure stays unless this run measures it again: the README cites experiments recorded by hand
     # (variants, other CPUs' sweeps in by_cpu), which a full run does not repeat.
@@ -69,11 +69,20 @@ def run_all(skip: set[str], keep_seeds: Path | None = None) -> dict:
         console.rule("data path: production-size augmented batches through the training loader")
         report["loader"] = bench_loader.run()
     if "gpu" not in skip:
-        console.rule("GPU training throughput")
-        gpu = bench_gpu.run()
-        if gpu.get("measured") or not (report.get("gpu") or {}).get("measured"):  # no GPU here: keep one measured
-            report["gpu"] = gpu
+        measure_gpu(report)
     return report
+
+
+def measure_gpu(report: dict) -> None:
+    """The training step's throughput per GPU switch and the production profile's steps, on a CUDA machine; without
+    one, the figures a GPU machine recorded stay (README, "GPU switches")."""
+    from bench import bench_gpu, bench_gpu_stages
+
+    console.rule("GPU training throughput")
+    for key, run in (("gpu", bench_gpu.run), ("gpu_stages", bench_gpu_stages.run)):
+        measured = run()
+        if measured.get("measured") or not (report.get(key) or {}).get("measured"):
+            report[key] = measured
 
 
 def pipeline_figures(peer: bool) -> dict:
@@ -137,6 +146,8 @@ def run_some(names: list[str], keep_seeds: Path | None = None) -> dict:
         report["api"] = bench_api.run()
     if "hostile" in names:
         report["hostile"] = bench_hostile.run()
+    if "gpu" in names:
+        measure_gpu(report)
     return report
 
 
@@ -253,12 +264,55 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
     out += quality_rows(report)
     if loader := report.get("loader"):
         out += loader_rows(loader)
-    gpu = report.get("gpu") or {}
-    if gpu.get("measured"):
-        for name, ratio in gpu["ratios"].items():
-            out.append((f"GPU {name} ({gpu['device']})", f"{ratio:.2f}×", "training step throughput"))
-    else:
-        out.append(("GPU figures", "not measured", gpu.get("reason", "skipped")))
+    if loader := report.get("loader_16_cores"):
+        out += loader_16_core_rows(loader)
+    out += gpu_rows(report)
+    return out
+
+
+def gpu_rows(report: dict) -> list[tuple[str, str, str]]:
+    """bench.bench_gpu (one row per switch, per batch size measured) and bench.bench_gpu_stages."""
+    out = []
+    for key in ("gpu", "gpu_batch_32"):
+        gpu = report.get(key) or {}
+        if not gpu.get("measured"):
+            continue
+        for ratio_name, ratio in gpu["ratios"].items():
+            name = ratio_name.split(" / ")[0]
+            out.append((f"GPU training step, {ratio_name} (batch {gpu['batch_size']})", f"{ratio:.2f}×",
+                        f"{gpu['device']}, production model at {gpu['image_size']}²: {gpu['images_per_s'][name]:,.0f} "
+                        f"against {gpu['images_per_s']['fp32 eager']:,.0f} images/s through the loader "
+                        f"({gpu['loader_workers']} workers), {gpu['resident_images_per_s'][name]:,.0f} on batches "
+                        f"already on the GPU; GPU busy {gpu['gpu_utilisation_pct'][name]} % "
+                        f"({gpu.get('date', 'undated')})"))
+    stages = report.get("gpu_stages") or {}
+    if stages.get("measured") and "projection" in stages:
+        steps, projected = stages["steps"], stages["projection"]
+        busy = ", ".join(f"{step} {steps[step]['gpu_utilisation_pct']} %" for step in ("train_seg", "train_cls",
+                                                                                        "train_joint"))
+        out.append((f"production profile on {stages['production_patients']} patients, projected ({stages['device']})",
+                    f"{projected['total_minutes']:.0f} min",
+                    f"goal ≤ 30; from its real steps on {stages['patients']} patients ({stages['data']['slices']:,} "
+                    f"slices) on {stages['cpu_cores']} cores, steady epochs × {projected['scale']} "
+                    f"({stages['production_patients']}/{stages['patients']}) × the production epochs: "
+                    + ", ".join(f"{k} {v}" for k, v in projected["minutes"].items())
+                    + f" min; GPU busy {busy} ({stages.get('date', 'undated')})"))
+    if not out:
+        out.append(("GPU figures", "not measured", (report.get("gpu") or {}).get("reason", "skipped")))
+    return out
+
+
+def loader_16_core_rows(loader: dict) -> list[tuple[str, str, str]]:
+    """The loader's scaling on a 16-core machine (the GPU host): augmenting in workers, and reading only."""
+    out = []
+    for kind, what in (("stored", "augmenting in the loader"), ("read_only", "reading only (augment_on: device)")):
+        rates = {r["workers"]: r["slices_per_s"] for name, r in loader["runs"].items() if name.startswith(kind + "_")}
+        if len(rates) < 2:
+            continue
+        best = max(rates, key=rates.get)
+        out.append((f"loader on {loader['cpu_cores_here']} cores, {what}", f"{rates[best]:,.0f} slices/s",
+                    f"best of {', '.join(f'{w} workers {r:,.0f}' for w, r in sorted(rates.items()))} (goal 2,000; "
+                    f"4×256², batch 32; {loader.get('machine', '')}, {loader.get('date', 'undated')})"))
     return out
 
 
@@ -360,7 +414,7 @@ def main() -> None:
                         help="benchmarks to leave out")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README's table")
     parser.add_argument("--only", nargs="+",
-                        choices=["pipeline", "seeds", "peer", "loader", "volume", "api", "hostile"],
+                        choices=["pipeline", "seeds", "peer", "loader", "volume", "api", "hostile", "gpu"],
                         help="run only these (pipeline: the quick pipeline, slicing and export figures; peer: on this "
                              "project's own trained model, after `make run`) and "
                              "merge them into the existing reports/bench.json")

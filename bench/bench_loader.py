@@ -77,8 +77,9 @@ def write_sets(root: Path, patients: int, slices: int, seed: int = 0,
     return sets
 
 
-def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int) -> dict:
-    """Slices/s through `training_loader` over `processed`, in this process (start it fresh: see `_measure_in`)."""
+def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int, read_only: bool = False) -> dict:
+    """Slices/s through `training_loader` over `processed`, in this process (start it fresh: see `_measure_in`);
+    `read_only`: the loader of `train.augment_on: device`, which reads and leaves augmenting to the GPU."""
     import psutil
     import torch
 
@@ -91,7 +92,8 @@ def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: 
     patients = sorted(read_manifest(processed / "manifest.csv")["patient"].unique())
     data = stream_slices(processed, patients, ("brats",), ShardRowReader(cache_mb * 2**20 // (workers + 1)))
     loader = training_loader(data, BATCH, torch.Generator().manual_seed(0), workers,
-                             foreground_share=settings.train_seg.foreground_share, augment=settings.train.augment)
+                             foreground_share=settings.train_seg.foreground_share, augment=settings.train.augment,
+                             augment_on_device=read_only)
     baseline_mib = status_mib(field="VmRSS")
     batches_seen, count = iter(loader), 0
     processes = [psutil.Process()] + [psutil.Process(w.pid) for w in getattr(batches_seen, "_workers", [])]
@@ -123,16 +125,18 @@ def _cpu_seconds(process) -> float:
     return times.user + times.system
 
 
-def _measure_in(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int) -> dict:
+def _measure_in(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int,
+                read_only: bool = False) -> dict:
     """`measure` in a fresh interpreter, so its peak RSS is its own."""
     command = [sys.executable, "-m", "bench.bench_loader", "--measure", str(processed), "--workers", str(workers),
-               "--cache-mb", str(cache_mb), "--batches", str(batches), "--warmup", str(warmup)]
+               "--cache-mb", str(cache_mb), "--batches", str(batches), "--warmup", str(warmup)] \
+        + (["--read-only"] if read_only else [])
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  {processed.name:>10}, {workers} workers, cache {cache_mb:>4} MiB: {result['slices_per_s']:7.1f} slices/s "
+    print(f"  {processed.name:>10}{' read-only' if read_only else ''}, {workers} workers, cache {cache_mb:>4} MiB: {result['slices_per_s']:7.1f} slices/s "
           f"({result['slices_per_cpu_second']:6.1f} per CPU-second; main process {result['main_cpu_ms_per_batch']:.0f} "
           f"ms CPU per batch), peak RSS {result['main_peak_rss_mib']} MiB "
           f"({result['rss_before_loading_mib']} before loading); workers' USS {result['workers_uss_mib']} MiB",
@@ -140,21 +144,34 @@ def _measure_in(processed: Path, workers: int, cache_mb: int, batches: int, warm
     return result
 
 
-def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2) -> dict:
+def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2,
+        worker_counts: tuple[int, ...] = (0, 1, 2), compressed: bool = True,
+        read_only_counts: tuple[int, ...] = ()) -> dict:
+    """`worker_counts` (0 first) on the stored set; `compressed`: also the two compressed-set runs;
+    `read_only_counts`: the read-only loader of `train.augment_on: device` with these many workers. With more
+    workers each measurement takes more batches (`batches` per worker, at least), so that every worker's start-up
+    stays in the untimed warm-up and the timed part outlasts it."""
     from tasks.io import usable_cores
+
+    counts = sorted(set(worker_counts) | {0})
 
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         started = time.perf_counter()
-        sets = write_sets(Path(tmp), patients, slices)
+        sets = write_sets(Path(tmp), patients, slices, kinds=("stored", "compressed") if compressed else ("stored",))
         disk = {kind: {"mib": round(sum(p.stat().st_size for p in folder.rglob("*.npz")) / 2**20, 1),
                        "files": sum(1 for _ in folder.rglob("*.npz")) + 1} for kind, folder in sets.items()}
         print(f"wrote {patients} patients x {slices} slices of {CHANNELS}x{SIZE}² in {time.perf_counter() - started:.0f} s: "
               + ", ".join(f"{k} {v['mib']} MiB in {v['files']} files" for k, v in disk.items()), flush=True)
         small_cache = max(1, int(disk["stored"]["mib"] // 4))  # a quarter of the decompressed set
-        runs = {f"stored_{w}_workers": _measure_in(sets["stored"], w, 0, batches, warmup) for w in (0, 1, 2)}
-        runs["compressed_cache_fits"] = _measure_in(sets["compressed"], 0, int(disk["stored"]["mib"]) + 64,
-                                                    batches, warmup)
-        runs["compressed_cache_quarter"] = _measure_in(sets["compressed"], 0, small_cache, max(1, batches // 6), 0)
+        runs = {f"stored_{w}_workers": _measure_in(sets["stored"], w, 0, batches * max(1, w), warmup * max(1, w))
+                for w in counts}
+        for w in read_only_counts:
+            runs[f"read_only_{w}_workers"] = _measure_in(sets["stored"], w, 0, 4 * batches * max(1, w),
+                                                         warmup * max(1, w), read_only=True)
+        if compressed:
+            runs["compressed_cache_fits"] = _measure_in(sets["compressed"], 0, int(disk["stored"]["mib"]) + 64,
+                                                        batches, warmup)
+            runs["compressed_cache_quarter"] = _measure_in(sets["compressed"], 0, small_cache, max(1, batches // 6), 0)
     # Per core: slices per CPU-second of the one-process, one-thread loader, which a busy machine's other load
     # does not dilute as it dilutes the wall-clock rate.
     per_core = runs["stored_0_workers"]["slices_per_cpu_second"]
@@ -166,10 +183,11 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
         "runs": runs,
         "per_core_slices_per_s": per_core,
         "scaling": {f"{w}_workers_over_0": round(runs[f"stored_{w}_workers"]["slices_per_s"] / wall, 2)
-                    for w in (1, 2)},
+                    for w in counts if w},
         # Workers pay for moving batches between processes: project from their CPU-second rate, not the bare one.
-        "workers_slices_per_cpu_second": runs["stored_2_workers"]["slices_per_cpu_second"],
-        "projected_16_cores_slices_per_s": round(runs["stored_2_workers"]["slices_per_cpu_second"] * GOAL_CORES),
+        "workers_slices_per_cpu_second": runs[f"stored_{counts[-1]}_workers"]["slices_per_cpu_second"],
+        "projected_16_cores_slices_per_s": round(runs[f"stored_{counts[-1]}_workers"]["slices_per_cpu_second"]
+                                                 * GOAL_CORES),
         "goal_slices_per_s": GOAL_SLICES_PER_S,
         "a100_images_per_s": list(A100_IMAGES_PER_S),
         "cpu_cores_here": usable_cores(),
@@ -225,6 +243,11 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=140, help="slices per patient (BraTS keeps about 140)")
     parser.add_argument("--batches", type=int, default=12, help="timed batches per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (worker start-up)")
+    parser.add_argument("--worker-counts", default="0,1,2", help="loader workers to measure, comma-separated")
+    parser.add_argument("--no-compressed", action="store_true", help="skip the compressed-set runs")
+    parser.add_argument("--read-only-counts", default="", help="workers for the read-only loader (augment_on: "
+                        "device), comma-separated; none by default")
+    parser.add_argument("--read-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stage-rss", action="store_true",
                         help="instead: peak RSS of a real train_seg epoch on 3 and on 11 patients")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
@@ -232,12 +255,15 @@ def main() -> None:
     parser.add_argument("--cache-mb", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.workers, args.cache_mb, args.batches, args.warmup)))
+        print(json.dumps(measure(args.measure, args.workers, args.cache_mb, args.batches, args.warmup,
+                                 args.read_only)))
         return
     if args.stage_rss:
         print(json.dumps(stage_peak_rss()))
         return
-    report = run(args.patients, args.slices, args.batches, args.warmup)
+    report = run(args.patients, args.slices, args.batches, args.warmup,
+                 tuple(int(w) for w in args.worker_counts.split(",")), not args.no_compressed,
+                 tuple(int(w) for w in args.read_only_counts.split(",") if w))
     print(f"per core {report['per_core_slices_per_s']:.0f} slices per CPU-second ("
           f"{report['workers_slices_per_cpu_second']:.0f} with workers); x{GOAL_CORES} cores = "
           f"{report['projected_16_cores_slices_per_s']} (goal {GOAL_SLICES_PER_S}; one A100 trains on "

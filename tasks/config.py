@@ -111,6 +111,9 @@ class TrainSettings(_Section):
     warmup_epochs: float = Field(0.0, ge=0)  # linear LR warm-up, in epochs, at the start of each stage
     floor_margin: float = Field(0.05, ge=0, le=1)  # a metric within this of its floor after training is "stuck"
     augment: Augment = Augment()
+    # where training batches are augmented: in the loader (CPU workers), on the training device, or auto (the
+    # device when it is a GPU: the loader then only reads, README "GPU switches")
+    augment_on: Literal["auto", "loader", "device"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp_bf16: bool = True
     channels_last: bool = True

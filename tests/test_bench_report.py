@@ -117,12 +117,34 @@ def test_a_full_run_without_a_gpu_keeps_a_measured_gpu_figure_and_drops_the_part
     import bench.bench_gpu as bench_gpu
 
     report_file = tmp_path / "bench.json"
-    report_file.write_text(json.dumps({"gpu": {"measured": True, "images_per_s": 1200}, "pipeline_date": "2026-12-01"}))
+    report_file.write_text(json.dumps({"gpu": {"measured": True, "images_per_s": 1200}, "pipeline_date": "2026-12-01",
+                                       "gpu_stages": {"measured": True, "patients": 96}}))
     monkeypatch.setattr(bench_main, "REPORT", report_file)
     monkeypatch.setattr(bench_main, "merge_pipeline_figures", lambda report, peer: None)
     monkeypatch.setattr(bench_gpu, "run", lambda: {"measured": False, "reason": "no CUDA device"})
-    report = bench_main.run_all({"api", "hostile", "loader", "peer", "seeds", "volume"})
+    report = bench_main.run_all({"api", "hostile", "loader", "peer", "seeds", "volume"})  # the stages: no CUDA here
     assert report["gpu"] == {"measured": True, "images_per_s": 1200} and "pipeline_date" not in report
+    assert report["gpu_stages"] == {"measured": True, "patients": 96}
+
+
+def test_the_production_projection_scales_steady_epochs_and_adds_start_up_once(monkeypatch):
+    """bench.bench_gpu_stages: each stage's steady epoch (after the first) × 369 / patients × its production epochs,
+    plus its start-up and first-epoch warm-up once; fetch and slice scale with the patients, split does not."""
+    from bench import bench_gpu_stages
+
+    monkeypatch.setattr(bench_gpu_stages, "production_epochs", lambda: {"seg": 60, "cls": 20, "joint": 40})
+    steps = {"fetch": {"seconds": 12.3}, "slice": {"seconds": 3.0}, "split": {"seconds": 6.0},
+             "train_seg": {"seconds": 50.0, "epoch_seconds": [14.0, 10.0, 12.0]},
+             "train_cls": {"seconds": 20.0, "epoch_seconds": [8.0, 6.0]},
+             "train_joint": {"seconds": 30.0, "epoch_seconds": [9.0]}}
+    projected = bench_gpu_stages.projection({"patients": 123, "steps": steps})
+    scale = 369 / 123  # 3
+    assert projected["scale"] == 3.0
+    seg = (50 - 36 + (14 - 11)) + 11 * scale * 60  # fixed start-up 14 s + 3 s warm-up, median steady epoch 11 s
+    assert projected["minutes"]["train_seg"] == round(seg / 60, 1)
+    assert projected["minutes"]["train_cls"] == round((20 - 14 + 2 + 6 * scale * 20) / 60, 1)
+    assert projected["minutes"]["train_joint"] == round((21 + 9 * scale * 40) / 60, 1)  # one epoch: it is the steady one
+    assert projected["minutes"]["fetch"] == round(12.3 * scale / 60, 1) and projected["minutes"]["split"] == 0.1
 
 
 def test_the_seed_table_names_the_cpu_with_its_article():

@@ -115,11 +115,13 @@ AUGMENT = Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_d
 KEYS = ("image", "mask", "label", "has_mask")
 
 
-def _epochs(processed, patients, workers: int = 0, part: tuple[int, int] = (0, 1), augment=AUGMENT) -> tuple:
+def _epochs(processed, patients, workers: int = 0, part: tuple[int, int] = (0, 1), augment=AUGMENT,
+            on_device: bool = False) -> tuple:
     """Two epochs of augmented training batches (seed 7), and the run generator's state after them."""
     data = stream_slices(processed, patients, ("brats",), ShardRowReader(0))
     generator = torch.Generator().manual_seed(7)
-    loader = training_loader(data, 6, generator, num_workers=workers, foreground_share=0.5, augment=augment, part=part)
+    loader = training_loader(data, 6, generator, num_workers=workers, foreground_share=0.5, augment=augment, part=part,
+                             augment_on_device=on_device)
     return [batch for _ in range(2) for batch in loader], generator.get_state()
 
 
@@ -133,6 +135,22 @@ def test_same_seed_same_augmented_batches_with_or_without_workers(tmp_path):
     assert not torch.equal(plain[0]["image"], alone[0]["image"])  # augmentation did change the images
     channels_kept = torch.cat([b["image"] for b in alone]).flatten(2).ne(0).any(2).sum(1)
     assert (channels_kept == 1).any() and (channels_kept == 2).any()  # modality dropout thinned some samples
+
+
+def test_batches_read_for_augmenting_on_the_device_augment_there_exactly_as_in_the_loader(tmp_path):
+    """train.augment_on: device. The loader only reads (float16, untouched) and each batch carries its draws; applied
+    after the copy they give the loader-augmented batch sample for sample, modality dropout and a DDP share too."""
+    processed, patients = _processed(tmp_path, shards=3, rows=10, compress=False)
+    for workers, part in ((0, (0, 1)), (1, (1, 2))):
+        augmented, state = _epochs(processed, patients, workers, part)
+        read, read_state = _epochs(processed, patients, workers, part, on_device=True)
+        assert torch.equal(state, read_state) and len(read) == len(augmented)  # the same draws from the run's generator
+        assert read[0]["image"].dtype == torch.float16  # as stored: half the bytes to copy
+        assert not torch.equal(read[0]["image"].float(), augmented[0]["image"])  # the loader did not augment
+        for a, r in zip(augmented, read):
+            images, masks = r.pop("augment").apply(r["image"], r["mask"], AUGMENT)
+            assert torch.equal(images, a["image"]) and torch.equal(masks, a["mask"])
+            assert all(torch.equal(r[key], a[key]) for key in ("label", "has_mask"))
 
 
 def test_each_ddp_process_reads_its_share_of_the_batch_that_one_process_reads(tmp_path):

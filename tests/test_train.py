@@ -24,7 +24,8 @@ from tasks.inference.checkpoints import load_checkpoint, load_model, save_checkp
 from tasks.io import sha256_file
 from tasks.training import stage as training_stage
 from tasks.tracking.tracker import NullTracker
-from tasks.training.steps import StageLoss, StageRunner, make_optimizer, place_model, region_targets
+from tasks.training.steps import (StageLoss, StageRunner, augments_on_device, make_optimizer, place_model,
+                                  region_targets)
 from tests.conftest import (REPO, make_tiny_processed, shrink_settings, with_epochs,
                             with_section)
 
@@ -208,6 +209,37 @@ def test_modality_dropout_blanks_channels_but_never_all_that_carry_signal():
     assert draw_modality_dropout(len(images), 4, 0.0, generator) is None
     assert draw_modality_dropout(len(images), 1, 1.0, generator) is None  # one channel: nothing to drop
     assert torch.equal(generator.get_state(), before) and torch.equal(drop_modalities(images, None), images)
+
+
+def test_a_step_that_augments_on_the_device_trains_as_one_fed_augmented_batches(tiny_settings):
+    """train.augment_on: device hands the loader's reading-only batches to the step, which augments them after the
+    copy: the same weights as with the loader augmenting (here both on the CPU), where skipping it would differ."""
+    cfg = tiny_settings.train.model_copy(update={"channels_last": False, "augment": Augment(
+        flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_dropout=0.5)})
+    generator = torch.Generator().manual_seed(0)
+    masks = (torch.rand(24, 16, 16, generator=generator) > 0.8).to(torch.uint8)
+    data = SliceSet(torch.randn(24, 4, 16, 16, generator=generator).half(), masks, torch.ones(24, dtype=torch.bool),
+                    masks.flatten(1).amax(1))
+    weights = {}
+    for how, augment, on_device in (("loader", cfg.augment, False), ("device", cfg.augment, True),
+                                    ("not at all", None, False)):
+        torch.manual_seed(0)
+        model = place_model(MultitaskUNet(UNetConfig(4, 4, 2, seg_channels=3)), torch.device("cpu"), cfg)
+        runner = StageRunner(model, make_optimizer(model, "seg", tiny_settings.train_seg),
+                             StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"))
+        loader = training_loader(data, 8, torch.Generator().manual_seed(0), augment=augment,
+                                 augment_on_device=on_device)
+        runner.train_epoch(loader, 1, 1, on_batch=lambda loss: None)
+        weights[how] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.equal(weights["loader"], weights["device"])
+    assert not torch.equal(weights["loader"], weights["not at all"])
+
+
+def test_augment_on_auto_augments_on_a_gpu_and_in_the_loader_on_a_cpu(tiny_settings):
+    on = lambda where, device: augments_on_device(tiny_settings.train.model_copy(update={"augment_on": where}),
+                                                  torch.device(device))
+    assert on("auto", "cuda") and not on("auto", "cpu")
+    assert on("device", "cpu") and not on("loader", "cuda")
 
 
 def test_modality_dropout_reaches_training_batches_but_not_the_4_channel_inference_path(tiny_settings):

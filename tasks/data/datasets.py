@@ -7,7 +7,9 @@ A stage holds only the manifest's columns (shard, row, has_mask, label) in memor
 row when a batch is drawn (tasks/data/shards.py: ShardRowReader), so its memory does not grow with the data set.
 Training batches are augmented where they are read (`AugmentedSlices`), modality dropout included: in the DataLoader's
 worker processes when `train.num_workers` > 0, each batch with its own seed and dropout draws made in the main
-process, so a seeded run draws the same batches and augmentations with any number of workers. A DDP process reads only
+process, so a seeded run draws the same batches and augmentations with any number of workers. On a GPU the loader
+only reads (`augment_on_device`): each batch carries its seed and draws (`PendingAugment`) and the training step
+augments it after the copy, with the same draws; the CPU then has only reading to keep up with. A DDP process reads only
 its share of each global batch (`training_loader`'s `part`).
 Kaggle images have no mask: a sample's mask is `None` and `collate_slices` turns a batch of mixed samples into
 zero masks plus a `has_mask` flag, so losses can ignore the masks that are unknown.
@@ -62,10 +64,10 @@ class SliceSet(Dataset):
             "label": self.labels[i].float(),
         }
 
-    def batch(self, rows: list[int]) -> tuple[Tensor, Tensor]:
-        """Images float (n, C, H, W) and masks float (n, 1, H, W) of these rows, one tensor each."""
+    def batch(self, rows: list[int], dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """Images (n, C, H, W) and masks (n, 1, H, W) of these rows as `dtype`, one tensor each."""
         take = torch.as_tensor(rows, dtype=torch.long)
-        return self.images[take].float(), self.masks[take][:, None].float()
+        return self.images[take].to(dtype), self.masks[take][:, None].to(dtype)
 
     def subset(self, rows: np.ndarray | Tensor) -> "SliceSet":
         rows = torch.as_tensor(rows, dtype=torch.long)
@@ -95,14 +97,14 @@ class ShardSlices(Dataset):
             "label": self.labels[i].float(),
         }
 
-    def batch(self, rows: list[int]) -> tuple[Tensor, Tensor]:
-        """Images float (n, C, H, W) and masks float (n, 1, H, W) of these rows, read into one buffer each."""
+    def batch(self, rows: list[int], dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """Images (n, C, H, W) and masks (n, 1, H, W) of these rows as `dtype`, read into one buffer each."""
         images = np.empty((len(rows), *self.image_shape), np.float16)
         masks = np.empty((len(rows), *images.shape[2:]), np.uint8)
         for j, i in enumerate(rows):
             self.reader.row(self.processed / self.shard_names[self.shard_ids[i]], int(self.rows[i]),
                             out=(images[j], masks[j]))
-        return torch.from_numpy(images).float(), torch.from_numpy(masks)[:, None].float()
+        return torch.from_numpy(images).to(dtype), torch.from_numpy(masks)[:, None].to(dtype)
 
     def subset(self, rows: np.ndarray | Tensor) -> "ShardSlices":
         rows = torch.as_tensor(rows, dtype=torch.long)
@@ -129,6 +131,12 @@ def collate_slices(samples: list[dict]) -> dict[str, Tensor]:
         "has_mask": torch.tensor([s["mask"] is not None for s in samples]),
         "label": torch.stack([s["label"] for s in samples]),
     }
+
+
+def collate_pending(read: tuple[list[dict], PendingAugment]) -> dict:
+    """`collate_slices` of a batch read for augmentation on the device, with its `PendingAugment` under "augment"."""
+    samples, pending = read
+    return {**collate_slices(samples), "augment": pending}
 
 
 class ComposedBatches(Sampler[list[int]]):
@@ -216,6 +224,22 @@ class DrawnBatch:
     modality_draws: ModalityDraws | None
 
 
+@dataclass(frozen=True)
+class PendingAugment:
+    """What a batch read without augmentation still needs, applied where it trains (`augment_on_device`): its seed,
+    its share of the global batch and its modality-dropout draws, exactly what `AugmentedSlices` would have used."""
+
+    seed: int
+    part_of: tuple[int, int]
+    modality_draws: ModalityDraws | None
+
+    def apply(self, images: Tensor, masks: Tensor, cfg: Augment) -> tuple[Tensor, Tensor]:
+        """The augmented float images and masks, on the device they are on (the draws are made on the CPU)."""
+        images, masks = augment_batch(images.float(), masks.float(), cfg, torch.Generator().manual_seed(self.seed),
+                                      part_of=self.part_of)
+        return drop_modalities(images, self.modality_draws), masks
+
+
 class SeededBatches(Sampler[DrawnBatch]):
     """The batches of `batches`, each with its augmentation seed and modality-dropout draws, drawn after it from the
     same generator: the draws happen in the main process, whichever worker then reads and augments the batch."""
@@ -241,22 +265,28 @@ class AugmentedSlices(Dataset):
     the batch. With `part=(rank, world)` only that process's share of each batch is read and augmented (a DDP
     process), each sample exactly as a single process would have it."""
 
-    def __init__(self, data: ShardSlices | SliceSet, cfg: Augment, part: tuple[int, int] = (0, 1)):
-        self.data, self.cfg, self.part = data, cfg, part
+    def __init__(self, data: ShardSlices | SliceSet, cfg: Augment, part: tuple[int, int] = (0, 1),
+                 defer: bool = False):
+        self.data, self.cfg, self.part, self.defer = data, cfg, part, defer
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitems__(self, batch: DrawnBatch) -> list[dict]:
+    def __getitems__(self, batch: DrawnBatch) -> list[dict] | tuple[list[dict], PendingAugment]:
+        """The batch's samples, augmented; with `defer`, as stored (float16) with what augmenting them needs."""
         start, stop = share_bounds(len(batch.rows), *self.part)
         rows = batch.rows[start:stop]
-        images, masks = augment_batch(*self.data.batch(rows), self.cfg, torch.Generator().manual_seed(batch.seed),
-                                      part_of=(start, len(batch.rows)))
-        if batch.modality_draws is not None:
-            images = drop_modalities(images, batch.modality_draws.part(start, stop))
+        draws = batch.modality_draws.part(start, stop) if batch.modality_draws is not None else None
+        if self.defer:
+            images, masks = self.data.batch(rows, torch.float16)
+        else:
+            images, masks = augment_batch(*self.data.batch(rows), self.cfg, torch.Generator().manual_seed(batch.seed),
+                                          part_of=(start, len(batch.rows)))
+            images = drop_modalities(images, draws)
         has_mask, labels = self.data.has_mask[rows].tolist(), self.data.labels[rows].float()
-        return [{"image": images[j], "mask": masks[j] if has_mask[j] else None, "label": labels[j]}
-                for j in range(len(rows))]
+        samples = [{"image": images[j], "mask": masks[j] if has_mask[j] else None, "label": labels[j]}
+                   for j in range(len(rows))]
+        return (samples, PendingAugment(batch.seed, (start, len(batch.rows)), draws)) if self.defer else samples
 
 
 class BatchShares(Sampler[list[int]]):
@@ -277,10 +307,11 @@ class BatchShares(Sampler[list[int]]):
 def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,
                     kaggle_share: float | None = None, foreground_share: float = 0.0,
                     pin_memory: bool = False, augment: Augment | None = None,
-                    part: tuple[int, int] = (0, 1)) -> DataLoader:
+                    part: tuple[int, int] = (0, 1), augment_on_device: bool = False) -> DataLoader:
     """Training batches composed by `ComposedBatches` (Kaggle quota, foreground oversampling), augmented with
     `augment` (None: as stored; its `modality_dropout` included) where they are read: in `num_workers` worker
-    processes (kept across epochs), or in this one when 0.
+    processes (kept across epochs), or in this one when 0. `augment_on_device`: read only, float16, each batch with
+    its `PendingAugment` under "augment" for the training step to apply after the copy (the same draws).
 
     `part=(rank, world)`: every process draws the same global batches (`batch_size` samples) and reads only its
     share of each (DDP, tasks/training/distributed.py). `pin_memory` puts each batch in page-locked memory, so its
@@ -288,12 +319,14 @@ def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, 
     """
     sampler = ComposedBatches(data.has_mask, data.labels, batch_size, generator, kaggle_share, foreground_share,
                               warn=part[0] == 0)
+    collate = collate_slices
     if augment is not None:
-        data, sampler = (AugmentedSlices(data, augment, part),
+        data, sampler = (AugmentedSlices(data, augment, part, defer=augment_on_device),
                          SeededBatches(sampler, generator, data.image_shape[0], augment.modality_dropout))
+        collate = collate_pending if augment_on_device else collate_slices
     elif part != (0, 1):
         sampler = BatchShares(sampler, part)
-    return _TrainingLoader(data, batch_sampler=sampler, collate_fn=collate_slices, num_workers=num_workers,
+    return _TrainingLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                            pin_memory=pin_memory, persistent_workers=num_workers > 0,
                            worker_init_fn=forget_parent_exit_hooks)
 

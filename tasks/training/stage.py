@@ -49,16 +49,18 @@ from tasks.io import atomic_write, code_identity, sha256_file, usable_cores
 from tasks.tracking.provenance import flatten
 from tasks.tracking.tracker import NullTracker, Tracker, tracked_step
 from tasks.training.distributed import Ranks, launched_rank, training_processes
-from tasks.training.steps import StageLoss, StageRunner, make_optimizer, metric_of, pick_device, place_model
+from tasks.training.steps import (StageLoss, StageRunner, augments_on_device, make_optimizer, metric_of, pick_device,
+                                  place_model)
 
 log = logging.getLogger(__name__)
 
 PREVIOUS_STAGE = {"seg": None, "cls": "seg", "joint": "cls"}
 METRIC_NAME = {"seg": "val_dice", "cls": "val_roc_auc", "joint": "val_dice_accuracy_mean"}
-# Settings that change speed, not what is learned: a run may resume with different values.
-# dvc.yaml's training stages list the other train keys, and patience (it decides which epoch best.pt is from).
+# Settings that change speed, not what is learned: a run may resume with different values (augment_on moves the same
+# draws to another device). dvc.yaml's training stages list the other train keys, and patience (it decides which
+# epoch best.pt is from).
 RUNTIME_ONLY = ("patience", "min_epochs", "floor_margin", "device", "amp_bf16", "channels_last", "compile",
-                "pin_memory", "num_workers", "threads", "cache_mb")
+                "pin_memory", "num_workers", "threads", "cache_mb", "augment_on")
 # Each stage's "nothing learned" value: a stage whose best validation value stays within train.floor_margin of it
 # is reported as stuck (a seg head predicting no tumour anywhere has val Dice 0; a guessing classifier ROC-AUC 0.5).
 FLOORS = {"seg": ("val_dice", 0.0), "cls": ("val_roc_auc", 0.5), "joint": ("val_dice", 0.0)}
@@ -200,7 +202,7 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
                              getattr(plan.stage_params, "kaggle_share", None),
                              getattr(plan.stage_params, "foreground_share", 0.0),
                              pin_memory=plan.train.pin_memory and device.type == "cuda", augment=plan.train.augment,
-                             part=ranks.part)
+                             part=ranks.part, augment_on_device=augments_on_device(plan.train, device))
     metric_name = METRIC_NAME[plan.stage]
     with _progress(visible=ranks.is_main) as progress:
         bar = progress.add_task(f"train_{plan.stage}", total=max(plan.epochs - state.epoch, 0) * len(loader),

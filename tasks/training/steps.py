@@ -90,8 +90,15 @@ def set_train_mode(model: MultitaskUNet, stage: str) -> None:
     model.cls_head.train()
 
 
-def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def batch_to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device`; anything else (a batch's `PendingAugment`) as it is."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def augments_on_device(train_cfg: TrainSettings, device: torch.device) -> bool:
+    """`train.augment_on`: whether the training step augments batches after their copy to `device` (auto: on a GPU,
+    where the loader's CPU workers would otherwise set the pace) rather than the loader."""
+    return train_cfg.augment_on == "device" or (train_cfg.augment_on == "auto" and device.type == "cuda")
 
 
 def _layout(image: Tensor, channels_last: bool) -> Tensor:
@@ -162,7 +169,9 @@ class StageRunner:
                 group["lr"] = group["base_lr"] * factor
             # The loader gave this process its share of the global batch, augmented (modality dropout included)
             # as a single process's would be (training_loader's `part`).
-            batch = _to_device(batch, self.device)
+            batch = batch_to_device(batch, self.device)
+            if (pending := batch.pop("augment", None)) is not None:  # read only: augment here, with its own draws
+                batch["image"], batch["mask"] = pending.apply(batch["image"], batch["mask"], self.train_cfg.augment)
             size = len(batch["label"])
             with autocast(self.device, self.train_cfg):
                 out = self.trainer(_layout(batch["image"], self.train_cfg.channels_last), heads=self.loss_fn.heads)
@@ -251,7 +260,7 @@ def flair_only_dice(module: nn.Module, data: SliceSet, train_cfg: TrainSettings,
 
 def _validation_batches(data: SliceSet, train_cfg: TrainSettings, device: torch.device):
     loader = DataLoader(data, batch_size=train_cfg.batch_size * 2, shuffle=False, collate_fn=collate_slices)
-    return (_to_device(batch, device) for batch in loader)
+    return (batch_to_device(batch, device) for batch in loader)
 
 
 def _region_areas(seg_logits: Tensor, batch: dict[str, Tensor]) -> Tensor:

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU figures in one call on a lent GPU machine (README, "GPU figures"): the training step's throughput per
+# precision switch (bench.bench_gpu), the production profile's real steps on a share of its patients with the
+# projection to 369 (bench.bench_gpu_stages), and the loader's scaling with workers on that machine's cores
+# (bench.bench_loader). Runs under the machine's own python3 (PyTorch with CUDA); the packages it lacks travel as
+# wheels in .whl/ (pydantic and its parts, nibabel, nilearn, ImageHash, PyWavelets, isal). Logs to $OUT; the last
+# line of each log is its JSON report.
+set -u
+OUT=${OUT:-/tmp/slicewise-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+    python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"
+    echo "cpu cores: $(nproc)"
+} 2>&1 | tee "$OUT/machine.txt"
+step() {  # name, seconds allowed, command...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (at most $limit s)"
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    echo "== $name: exit $? after ${SECONDS} s in all"
+    grep -v '^{' "$OUT/$name.log" | tail -n 12
+}
+step gpu 120 python3 -m bench.bench_gpu --steps 60 --warmup 10
+step gpu_batch_32 120 python3 -m bench.bench_gpu --steps 40 --warmup 10 --batch-size 32
+step stages 240 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3
+step loader 90 python3 -m bench.bench_loader --patients 8 --batches 10 --worker-counts 0 --read-only-counts 0,1,2,4,8,15 --no-compressed
