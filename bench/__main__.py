@@ -285,6 +285,14 @@ def gpu_rows(report: dict) -> list[tuple[str, str, str]]:
                         f"({gpu['loader_workers']} workers), {gpu['resident_images_per_s'][name]:,.0f} on batches "
                         f"already on the GPU; GPU busy {gpu['gpu_utilisation_pct'][name]} % "
                         f"({gpu.get('date', 'undated')})"))
+    if (synced := report.get("gpu_read_losses") or {}).get("measured"):
+        grouped, each = "bf16 + channels_last", "bf16 + channels_last (loss read each step)"
+        rate, resident = synced["images_per_s"], synced["resident_images_per_s"]
+        out.append((f"GPU training step, losses read every 16 steps / every step (batch {synced['batch_size']})",
+                    f"{rate[grouped] / rate[each]:.2f}×",
+                    f"{synced['device']}, bf16 + channels_last, side by side: {rate[grouped]:,.0f} against "
+                    f"{rate[each]:,.0f} images/s through the loader, {resident[grouped]:,.0f} against "
+                    f"{resident[each]:,.0f} on batches already on the GPU ({synced.get('date', 'undated')})"))
     stages = report.get("gpu_stages") or {}
     if stages.get("measured") and "projection" in stages:
         steps, projected = stages["steps"], stages["projection"]

@@ -38,7 +38,11 @@ VARIANTS = {
     "fp32 eager": {"amp_bf16": False, "channels_last": False, "compile": False},
     "bf16 + channels_last": {"amp_bf16": True, "channels_last": True, "compile": False},
     "bf16 + channels_last + compile": {"amp_bf16": True, "channels_last": True, "compile": True},
+    "bf16 + channels_last (loss read each step)": {"amp_bf16": True, "channels_last": True, "compile": False},
 }
+# What a variant changes in the training step itself rather than in params.yaml: reading every step's loss back at
+# once, as the step did before 2026-12-04 (a device sync per step), against every StageRunner.read_losses_every.
+STEP_SETTINGS = {"bf16 + channels_last (loss read each step)": {"read_losses_every": 1}}
 BASELINE = "fp32 eager"
 
 
@@ -51,7 +55,7 @@ def random_slices(n: int, size: int, channels: int, seed: int = 0) -> SliceSet:
 
 
 def images_per_second(settings: Settings, train: TrainSettings, model_cfg: UNetConfig, data: SliceSet,
-                      warmup: SliceSet, device: torch.device) -> dict:
+                      warmup: SliceSet, device: torch.device, step_settings: dict | None = None) -> dict:
     """Seg-stage training throughput over `data` after one pass over `warmup` (compilation, allocator, cuDNN):
     images/s through the loader and on GPU-resident batches, the GPU's mean utilisation during each, the peak GPU
     memory in MiB and the seconds the warm-up pass took."""
@@ -60,6 +64,8 @@ def images_per_second(settings: Settings, train: TrainSettings, model_cfg: UNetC
     optimizer = make_optimizer(model, "seg", settings.train_seg)
     generator = torch.Generator().manual_seed(0)
     runner = StageRunner(model, optimizer, StageLoss("seg", settings.train_seg), "seg", train, device)
+    for name, value in (step_settings or {}).items():
+        setattr(runner, name, value)
     pin = train.pin_memory and device.type == "cuda"
     loaders = [training_loader(part, train.batch_size, generator, train.num_workers, pin_memory=pin,
                                augment=train.augment, augment_on_device=augments_on_device(train, device))
@@ -82,12 +88,13 @@ def images_per_second(settings: Settings, train: TrainSettings, model_cfg: UNetC
 
 def _timed_epoch(runner: StageRunner, batches, batch_size: int, device: torch.device) -> float:
     """Images/s of one training pass over `batches` (a loader or a list of batches)."""
-    steps_done: list[float] = []  # loss.item() per step syncs as training does, so each time is a finished step
+    steps_done: list[float] = []  # when each step's loss was read back: the GPU had finished that step
     runner.train_epoch(batches, 1, 1, on_batch=lambda loss: steps_done.append(time.perf_counter()))
     _synchronize(device)
-    # timed from the end of the first step: before it, the new loader starts its workers and fills their first
-    # prefetch, a fixed cost that would pull every variant's rate, and their ratios, towards the loader's
-    return (len(steps_done) - 1) * batch_size / (time.perf_counter() - steps_done[0])
+    # timed from the first read of losses (after `read_losses_every` steps): before it, the new loader starts its
+    # workers and fills their first prefetch, a fixed cost that would pull every variant's rate towards the loader's
+    first = min(runner.read_losses_every, len(steps_done)) - 1
+    return (len(steps_done) - 1 - first) * batch_size / (time.perf_counter() - steps_done[first])
 
 
 class UtilisationSampler:
@@ -127,7 +134,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def run(profile: str = "production", batch_size: int | None = None, steps: int = 40, warmup: int = 10,
-        device: str = "cuda") -> dict:
+        device: str = "cuda", variants: tuple[str, ...] | None = None) -> dict:
     """Images/s of each variant and their ratios to fp32 eager; {"measured": False, "reason": ...} without CUDA."""
     if device == "cuda" and not torch.cuda.is_available():
         return {"measured": False, "reason": "no CUDA device on this machine"}
@@ -136,9 +143,10 @@ def run(profile: str = "production", batch_size: int | None = None, steps: int =
     model_cfg = model_config_for(settings, profile)
     batch = batch_size or settings.train.batch_size
     # + 1 sample: more samples than one batch makes the loader drop the incomplete last batch, as in training.
-    # the timed profile's channels (the active profile may read other modalities); one more step than timed: the
-    # first one's end starts the clock
-    data = random_slices(batch * (steps + 1) + 1, size.image_size, model_cfg.in_channels, seed=1)
+    # the timed profile's channels (the active profile may read other modalities); `read_losses_every` more steps
+    # than timed: the first read of their losses starts the clock
+    data = random_slices(batch * (steps + StageRunner.read_losses_every) + 1, size.image_size, model_cfg.in_channels,
+                         seed=1)
     warm = random_slices(batch * warmup + 1, size.image_size, model_cfg.in_channels, seed=2)
     target = torch.device(device)
     report = {"measured": True, "device": torch.cuda.get_device_name(target) if target.type == "cuda" else "cpu",
@@ -149,10 +157,12 @@ def run(profile: str = "production", batch_size: int | None = None, steps: int =
               "loader_workers": 0, "augment_on": settings.train.augment_on,
               "augmented_on_device": augments_on_device(settings.train, target)}
     for name, switches in VARIANTS.items():
+        if variants and name not in variants and name != BASELINE:
+            continue
         # Augmentation runs in the loader's processes (CPU): one worker per spare core keeps the GPU fed.
         workers = settings.train.num_workers or max(1, usable_cores() - 1)
         train = settings.train.model_copy(update={**switches, "batch_size": batch, "num_workers": workers})
-        got = images_per_second(settings, train, model_cfg, data, warm, target)
+        got = images_per_second(settings, train, model_cfg, data, warm, target, STEP_SETTINGS.get(name))
         report["loader_workers"] = workers
         report["images_per_s"][name], report["peak_mib"][name] = round(got["loader"], 1), round(got["peak_mib"])
         report["resident_images_per_s"][name] = round(got["resident"], 1)
@@ -178,8 +188,11 @@ def main() -> dict:
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per variant")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (torch.compile compiles here)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: smoke test of this script")
+    parser.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all; "
+                        f"{BASELINE} always)")
     args = parser.parse_args()
-    report = run(args.profile, args.batch_size, args.steps, args.warmup, args.device)
+    report = run(args.profile, args.batch_size, args.steps, args.warmup, args.device,
+                 tuple(v.strip() for v in args.variants.split(",") if v.strip()) or None)
     if not report["measured"]:
         print(f"GPU benchmark skipped: {report['reason']}")
     else:

@@ -235,6 +235,30 @@ def test_a_step_that_augments_on_the_device_trains_as_one_fed_augmented_batches(
     assert not torch.equal(weights["loader"], weights["not at all"])
 
 
+def test_losses_read_back_in_groups_give_every_step_its_loss_in_order(tiny_settings):
+    """StageRunner reads its losses back every `read_losses_every` steps (one device sync for the group): the
+    progress callback still gets every step's loss in order, the last partial group too, and the epoch's mean
+    loss and weights are those of reading each step at once."""
+    cfg = tiny_settings.train.model_copy(update={"channels_last": False})
+    generator = torch.Generator().manual_seed(1)
+    masks = (torch.rand(44, 16, 16, generator=generator) > 0.8).to(torch.uint8)
+    data = SliceSet(torch.randn(44, 1, 16, 16, generator=generator).half(), masks, torch.ones(44, dtype=torch.bool),
+                    masks.flatten(1).amax(1))
+    seen, means, weights = {}, {}, {}
+    for every in (1, 3):
+        torch.manual_seed(0)
+        model = place_model(MultitaskUNet(UNetConfig(1, 4, 2, seg_channels=3)), torch.device("cpu"), cfg)
+        runner = StageRunner(model, make_optimizer(model, "seg", tiny_settings.train_seg),
+                             StageLoss("seg", tiny_settings.train_seg), "seg", cfg, torch.device("cpu"))
+        runner.read_losses_every = every
+        seen[every] = []
+        means[every] = runner.train_epoch(training_loader(data, 4, torch.Generator().manual_seed(0)), 1, 1,
+                                          on_batch=seen[every].append)
+        weights[every] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert len(seen[3]) == 11 and seen[3] == seen[1]  # 11 steps: three groups of 3 and the last 2
+    assert means[3] == means[1] and torch.equal(weights[3], weights[1])
+
+
 def test_augment_on_auto_augments_on_a_gpu_and_in_the_loader_on_a_cpu(tiny_settings):
     on = lambda where, device: augments_on_device(tiny_settings.train.model_copy(update={"augment_on": where}),
                                                   torch.device(device))

@@ -4,9 +4,11 @@ intensity jitter, with every mask moved by exactly the same transform as its ima
 Equivalent to a torchvision.transforms.v2 pipeline over (Image, tv_tensors.Mask) pairs, but one `grid_sample`
 call per batch instead of one transform per sample: the same randomness per sample, far less Python per step.
 Training applies it where batches are read (tasks/data/datasets.py: AugmentedSlices), in the DataLoader's worker
-processes when `train.num_workers` > 0. The random draws come from a CPU `torch.Generator` seeded per batch from
-the run's generator, so a seeded run (and a resumed one, which restores the generator) sees the same
-augmentations, with any number of workers.
+processes when `train.num_workers` > 0, or on the GPU after the copy (`train.augment_on`). The random draws come
+from a CPU `torch.Generator` seeded per batch from the run's generator, so a seeded run (and a resumed one, which
+restores the generator) sees the same augmentations, with any number of workers and on either device. On a GPU the
+draws travel in one page-locked, non-blocking copy (`to_device_async`): a copy from ordinary memory would wait for
+every queued kernel first, and the CPU could no longer run ahead of the GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tasks.config import Augment
+
+
+def to_device_async(tensor: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor on `device`: on CUDA through page-locked memory without a sync, elsewhere as it is."""
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor.to(device)
 
 
 def _uniform(n: int, half_width: float, generator: torch.Generator) -> Tensor:
@@ -58,8 +65,15 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
     n = images.shape[0]
     start, total = part_of or (0, n)
     part = slice(start, start + n)
+    # Every draw first, in this order, on the CPU; then one copy to the images' device.
+    draws = []
     if cfg.flip or cfg.rotate_degrees > 0:
-        theta = random_affines(total, cfg, generator)[part].to(images.device, images.dtype)
+        draws.append(random_affines(total, cfg, generator)[part].to(images.dtype).flatten(1))
+    if cfg.intensity_jitter > 0:
+        draws += [_uniform(total, cfg.intensity_jitter, generator)[part, None] for _ in ("scale", "shift")]
+    drawn = iter(to_device_async(torch.cat(draws, 1), images.device).unbind(1) if draws else ())
+    if cfg.flip or cfg.rotate_degrees > 0:
+        theta = torch.stack([next(drawn) for _ in range(6)], 1).view(n, 2, 3)
         grid = affine_grid(theta, *images.shape[2:])
         # Zero padding matches the z-scored background, which the slice step sets to 0.
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -67,8 +81,7 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
     else:
         images = images.clone()  # jittered in place below
     if cfg.intensity_jitter > 0:
-        scale = 1 + _uniform(total, cfg.intensity_jitter, generator)[part].to(images.device).view(n, 1, 1, 1)
-        shift = _uniform(total, cfg.intensity_jitter, generator)[part].to(images.device).view(n, 1, 1, 1)
+        scale, shift = 1 + next(drawn).view(n, 1, 1, 1), next(drawn).view(n, 1, 1, 1)
         # The background stays 0, as at inference; in place, as fresh temporaries cost more than the arithmetic.
         background = images == 0
         images.mul_(scale).add_(shift).masked_fill_(background, 0)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tasks.data.augment import to_device_async
+
 FLAIR_ONLY_SHARE = 0.5  # of the thinned samples
 
 
@@ -51,20 +53,21 @@ def draw_modality_dropout(n: int, channels: int, share: float, generator: torch.
 
 
 def modality_keep_mask(present: Tensor, draws: ModalityDraws) -> Tensor:
-    """(N, C) bool: which channels each sample keeps, given which hold any signal (`present`, (N, C) bool, CPU)."""
-    channels = present.shape[1]
-    subset, flair_only, thinned = (torch.from_numpy(a) for a in (draws.subset, draws.flair_only, draws.thinned))
-    keep = ((subset[:, None] >> torch.arange(channels)) & 1).bool()
-    keep[flair_only] = torch.arange(channels) == 0
-    keep[~thinned] = True
-    keep[~(keep & present).any(dim=1)] = True  # never blank every channel that carries signal
-    return keep
+    """(N, C) bool: which channels each sample keeps, given which hold any signal (`present`, (N, C) bool), on
+    `present`'s device. Computed there without reading anything back (no boolean indexing): on a GPU, no sync."""
+    channels, device = present.shape[1], present.device
+    subset, flair_only, thinned = (to_device_async(torch.from_numpy(a), device)
+                                   for a in (draws.subset, draws.flair_only, draws.thinned))
+    channel = torch.arange(channels, device=device)
+    keep = ((subset[:, None] >> channel) & 1).bool()
+    keep = torch.where(flair_only[:, None], channel == 0, keep)
+    keep = keep | ~thinned[:, None]
+    return keep | ~(keep & present).any(dim=1, keepdim=True)  # never blank every channel that carries signal
 
 
 def drop_modalities(images: Tensor, draws: ModalityDraws | None) -> Tensor:
     """Images (N, C, H, W) with the channels `draws` drop zeroed per sample; unchanged when `draws` is None."""
     if draws is None:
         return images
-    present = images.detach().flatten(2).ne(0).any(dim=2).cpu()
-    keep = modality_keep_mask(present, draws)
-    return images * keep.to(images.device, images.dtype)[:, :, None, None]
+    keep = modality_keep_mask(images.detach().flatten(2).ne(0).any(dim=2), draws)
+    return images * keep.to(images.dtype)[:, :, None, None]

@@ -81,7 +81,10 @@ def make_optimizer(model: MultitaskUNet, stage: str, params) -> torch.optim.Opti
         ]
     for group in groups:  # "base_lr" stays in the optimizer's state; "lr" follows the schedule
         group["lr"] = group["base_lr"]
-    return torch.optim.AdamW(groups, weight_decay=params.weight_decay)
+    # On CUDA the fused kernel: one launch per step instead of several per tensor group. Not on the CPU, where it
+    # would round differently from the update every recorded CPU model was trained with.
+    on_cuda = all(p.is_cuda for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, weight_decay=params.weight_decay, fused=on_cuda or None)
 
 
 def set_train_mode(model: MultitaskUNet, stage: str) -> None:
@@ -142,6 +145,9 @@ class StageRunner:
     module: nn.Module = field(init=False)  # runs validation: the model, or its torch.compile'd version
     trainer: nn.Module = field(init=False)  # runs training steps: the same, wrapped in DDP across processes
     ema: AveragedModel | None = field(init=False)  # the moving average of the weights, with train.ema_decay > 0
+    # Steps whose losses are read back together: each read waits for the GPU to finish every step queued before it,
+    # so one per step left the GPU idle while the CPU queued the next. Divergence is still caught at its own step.
+    read_losses_every: int = 16
 
     def __post_init__(self):
         self.module = compiled(self.model, self.device, self.train_cfg)
@@ -162,6 +168,7 @@ class StageRunner:
         training loss."""
         set_train_mode(self.model, self.stage)
         total, count = 0.0, 0
+        unread: list[tuple[int, Tensor, int]] = []  # (step, loss, samples) of the steps whose loss is not read yet
         for i, batch in enumerate(loader):
             factor = scheduled_lr_factor((epoch - 1 + i / len(loader)) / epochs, self.train_cfg.lr_schedule,
                                          self.train_cfg.warmup_epochs / epochs)
@@ -182,17 +189,30 @@ class StageRunner:
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-            value = loss.item()  # one device sync per step
-            if not math.isfinite(value):  # the global batch's loss: every DDP process sees it and stops at this step
-                self._diverged(f"the training loss became {value} at epoch {epoch}, step {i + 1} of {len(loader)}")
-            total, count = total + value * size, count + size
-            on_batch(value)
+            unread.append((i, loss.detach(), size))
+            if len(unread) == self.read_losses_every:
+                total, count = self._read_losses(unread, total, count, epoch, len(loader), on_batch)
+        total, count = self._read_losses(unread, total, count, epoch, len(loader), on_batch)
         # A step's loss is computed before its update: the last update of the epoch is checked on the weights, which
         # every DDP process holds alike, before validation and last.pt see them.
         state = [t for t in itertools.chain(self.model.parameters(), self.model.buffers()) if t.is_floating_point()]
         if not all(bool(torch.isfinite(t).all()) for t in state):  # weights and batch-norm statistics, as saved
             self._diverged(f"the weights became non-finite in the last step of epoch {epoch}")
         return total / max(count, 1)
+
+    def _read_losses(self, unread: list[tuple[int, Tensor, int]], total: float, count: int, epoch: int, steps: int,
+                     on_batch: Callable[[float], None]) -> tuple[float, int]:
+        """The running loss sum and sample count with the `unread` steps' losses added (one device sync for them
+        all), each passed to `on_batch` in order; a non-finite one stops the stage, naming its step. The global
+        batch's loss: every DDP process reads the same steps and stops at the same one."""
+        values = torch.stack([loss for _, loss, _ in unread]).tolist() if unread else []
+        for (i, _, size), value in zip(unread, values):
+            if not math.isfinite(value):
+                self._diverged(f"the training loss became {value} at epoch {epoch}, step {i + 1} of {steps}")
+            total, count = total + value * size, count + size
+            on_batch(value)
+        unread.clear()
+        return total, count
 
     def _diverged(self, what: str) -> None:
         raise SliceWiseError(
