@@ -43,7 +43,8 @@ def model_summary(model: ServedModel, role: str, aliases: list[str] | None = Non
             "registered_at_ms": card.get("registered_at_ms"), "metrics": card.get("metrics", {}),
             "gate": gate_verdict(tags), "lineage": {k: tags[k] for k in LINEAGE_TAGS if k in tags},
             "served": {"image_size": model.image_size, "modalities": list(model.modalities),
-                       "threshold": model.threshold, "slice_score": model.predictor.slice_score}}
+                       "threshold": model.threshold, "lone_slice_threshold": model.slice_threshold,
+                       "slice_score": model.predictor.slice_score}}
 
 
 def find_challenger(source) -> tuple[tuple | None, str | None]:

@@ -120,8 +120,8 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
         result = {
             "filename": item.name,
             "tumor_probability": round(probability, 6),
-            "has_tumor": decision(probability, model.threshold, item.ood, ood_threshold),
-            "threshold": model.threshold,
+            "has_tumor": decision(probability, model.slice_threshold, item.ood, ood_threshold),
+            "threshold": model.slice_threshold,
             # in the upload's pixels, as the volume route counts them: a model pixel covers (side / S)² of them
             "tumor_area_px": int(round(float(mask.sum()) * (item.side / mask.shape[-1]) ** 2)),
             "mask_png": png_base64(mask_pixels(mask)),

@@ -53,7 +53,7 @@ class ServedModel:
     image_size: int
     in_channels: int
     modalities: tuple[str, ...]
-    threshold: float
+    threshold: float  # for slices judged in their volume (/v1/predict/volume), as evaluation scored BraTS slices
     mask_threshold: float
     card: dict  # /model/info: name, version, alias, metrics, tags, source
     checkpoint: Path | None = None  # torch checkpoint (or bare state dict) for Grad-CAM
@@ -63,6 +63,13 @@ class ServedModel:
     examples: Path | None = None  # folder of the examples bundled with the model (index.json), None for an older one
     regions: tuple[str, ...] = ("wt",)  # what the segmentation head predicts (ONNX metadata `regions`)
     checkpoint_sha256: str | None = None  # of the checkpoint the ONNX model was exported from (its metadata)
+    lone_slice_threshold: float | None = None  # for a slice that arrives alone (/v1/predict); None: `threshold`
+
+    @property
+    def slice_threshold(self) -> float:
+        """The threshold for a slice scored alone: chosen on validation slices scored alone where the model was
+        evaluated in volumes (after the clean-up, whose threshold would judge a lone slice too readily)."""
+        return self.threshold if self.lone_slice_threshold is None else self.lone_slice_threshold
 
 
 def embedded_metadata(predictor: OnnxPredictor) -> dict:
@@ -114,6 +121,7 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
         mask_threshold=float(meta.get("mask_threshold", 0.5)), card=card, checkpoint=checkpoint,
         model_config=dict(meta.get("model_config") or {}), examples=examples, regions=served_regions(meta, predictor),
         checkpoint_sha256=(meta.get("checkpoint") or {}).get("sha256"),
+        lone_slice_threshold=float(meta["lone_slice_threshold"]) if "lone_slice_threshold" in meta else None,
     )
 
 

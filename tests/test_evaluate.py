@@ -57,7 +57,7 @@ def test_the_fixed_rule_keeps_its_threshold_whatever_validation_says():
         report = evaluation_report.build_report(val, test, cfg, seed=0)
         assert report["classification"]["threshold"] == fixed
         assert report["classification_threshold"] == {"value": fixed, "rule": "fixed", "slice_score": "fused",
-                                                      "slices_in_volume": True}
+                                                      "slices_in_volume": True, "lone_slice_value": fixed}
     assert report["classification"]["confusion_matrix"] == [[10, 0], [5, 5]]  # 5 of the positives (0.70-0.90) < 0.8
     one_class = predictions(np.array([]), np.linspace(0.30, 0.50, 10))  # validation without a tumour-free slice
     report = evaluation_report.build_report(one_class, test, EvaluateSettings(bootstrap=10), seed=0)
@@ -69,6 +69,19 @@ def test_target_sensitivity_rule_is_applied_to_validation():
     test = predictions(np.array([0.05, 0.2]), np.array([0.3, 0.9]))
     cfg = EvaluateSettings(threshold_rule="target_sensitivity", target_sensitivity=1.0, bootstrap=10)
     assert evaluation_report.build_report(val, test, cfg, seed=0)["classification"]["threshold"] == pytest.approx(0.1)
+
+
+def test_a_lone_slice_gets_the_rule_applied_to_validation_slices_scored_alone():
+    """Evaluation scores BraTS slices in their volume; a slice sent alone (/v1/predict) has no volume, so its
+    threshold is the same rule on the validation slices scored alone, recorded beside the volume one."""
+    in_volume = predictions(np.linspace(0.0, 0.4, 10), np.linspace(0.45, 0.9, 10))  # Youden: 0.45
+    alone = predictions(np.linspace(0.2, 0.7, 10), np.linspace(0.75, 0.95, 10))  # distractors score high: 0.75
+    test = predictions(np.array([0.05, 0.2]), np.array([0.6, 0.9]))
+    rule = evaluation_report.build_report(in_volume, test, EvaluateSettings(bootstrap=10), seed=0,
+                                          val_alone=alone)["classification_threshold"]
+    assert rule["value"] == pytest.approx(0.45) and rule["lone_slice_value"] == pytest.approx(0.75)
+    same = evaluation_report.build_report(in_volume, test, EvaluateSettings(bootstrap=10), seed=0)
+    assert same["classification_threshold"]["lone_slice_value"] == same["classification_threshold"]["value"]
 
 
 def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
@@ -83,7 +96,8 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
                                                  "segmentation_threshold", "classification_threshold"}
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
     assert written["classification_threshold"] == {"value": written["classification"]["threshold"], "rule": "youden",
-                                                   "slice_score": "fused", "slices_in_volume": True}
+                                                   "slice_score": "fused", "slices_in_volume": True,
+                                                   "lone_slice_value": written["classification"]["threshold"]}
     for section, keys in CONTRACT_KEYS.items():
         assert set(written[section]) == keys
     assert written["segmentation_regions"]["wt"] == {"dice": None, "hd95": None}  # no volume scored
@@ -426,6 +440,12 @@ def test_evaluate_with_slices_in_volume_decides_on_the_volume_answers(tiny_data,
                                 mask_threshold=cut, in_volume=True).slices
     assert written["classification"]["threshold"] == pytest.approx(
         metrics.choose_threshold(val["label"].to_numpy(), val["probability"].to_numpy(), "youden"))
+    val_alone = scoring.predict_split(_BrightFlair(None), paths.PROCESSED,
+                                      split_rows(paths.PROCESSED, read_split("val", paths.SPLITS)),
+                                      segmentation=False).slices
+    lone = metrics.choose_threshold(val_alone["label"].to_numpy(), val_alone["probability"].to_numpy(), "youden")
+    assert written["classification_threshold"]["lone_slice_value"] == pytest.approx(lone)
+    assert read_decisions(paths.METRICS).lone_slice_threshold == pytest.approx(lone)
     # the passes evaluate made: validation to choose the cut, validation again in volume at that cut, then test
     assert [(split, call["in_volume"], call["mask_threshold"] if call["in_volume"] else None) for split, call in calls
             ] == [("val", False, None), ("val", True, cut), ("test", True, cut)]

@@ -46,7 +46,11 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
     assert metadata["input"] == {"name": "image", "shape": ["batch", channels, size, size], "dtype": "float32"}
     assert [o["name"] for o in metadata["outputs"]] == ["seg_logits", "cls_logits"]
     assert metadata["outputs"][0]["shape"] == ["batch", 3, size, size]
-    assert metadata["threshold"] == json.loads(paths.METRICS.read_text())["classification"]["threshold"]
+    evaluated = json.loads(paths.METRICS.read_text())
+    assert metadata["threshold"] == evaluated["classification"]["threshold"]
+    # metrics without a lone-slice threshold (written before it was recorded): the evaluated threshold serves both
+    assert "lone_slice_value" not in evaluated.get("classification_threshold", {})
+    assert metadata["lone_slice_threshold"] == metadata["threshold"]
     assert metadata["modalities"] == list(tiny_settings.modalities)
     assert metadata["regions"] == ["wt", "tc", "et"]
     assert set(parity["mask_dice_per_region"]) == {"wt", "tc", "et"}

@@ -75,6 +75,10 @@ def test_card_says_what_the_threshold_applies_to():
         "value": 0.4, "rule": "youden", "slice_score": "fused", "slices_in_volume": True}})
     assert ("probability in the slice (for the slices of a volume, as /v1/predict/volume answers them: without the "
             "components the volume clean-up drops) >= 0.400") in in_volume
+    assert "sent alone" not in in_volume  # no lone-slice threshold recorded (or the same): nothing to add
+    lone = card({"classification": {"threshold": 0.4}, "classification_threshold": {
+        "value": 0.4, "rule": "youden", "slice_score": "fused", "slices_in_volume": True, "lone_slice_value": 0.7}})
+    assert "A slice sent alone (/v1/predict) has no volume to clean its mask up: it is judged at 0.700" in lone
 
 
 def test_card_says_where_masks_are_cut():

@@ -453,6 +453,30 @@ def test_reload_picks_up_a_replaced_model_file(tmp_path):
         assert client.get("/model/info").json()["served"]["threshold"] == 0.9
 
 
+def test_a_slice_sent_alone_is_judged_at_its_own_threshold_and_a_volume_at_the_evaluated_one(tmp_path):
+    """model.json's `threshold` was chosen on slices scored in their volume (after the clean-up), which a slice sent
+    alone never is: /v1/predict applies `lone_slice_threshold`, chosen on slices scored alone; the volume route keeps
+    `threshold`. A model without the key uses `threshold` for both."""
+    files = make_served_files(tmp_path)
+    meta = {"image_size": SIZE, "modalities": ["flair"], "threshold": 0.5, "lone_slice_threshold": 0.99995,
+            "mask_threshold": 0.5, "model_config": {"in_channels": 1, "base_channels": 4, "depth": 2}}
+    export_tiny_onnx(files.onnx, metadata=meta)
+    with local_client(file_app(files)) as client:
+        served = client.get("/model/info").json()["served"]
+        assert served["threshold"] == 0.5 and served["lone_slice_threshold"] == 0.99995
+        alone = client.post("/v1/predict", files={"file": ("s.png", png_bytes(brain_slice(tumour=True)))}).json()
+        assert alone["threshold"] == 0.99995 and 0.5 < alone["tumor_probability"] < 0.99995
+        assert alone["has_tumor"] is False  # at 0.5 it would be a tumour
+        volume = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(brain_volume()[0])[0])}).json()
+        assert volume["threshold"] == 0.5 and volume["has_tumor"] is True
+        assert [s["slice"] for s in volume["slices"] if s["has_tumor"]] == [4, 5, 6]
+    export_tiny_onnx(files.onnx, metadata={k: v for k, v in meta.items() if k != "lone_slice_threshold"})
+    with local_client(file_app(files)) as client:
+        assert client.get("/model/info").json()["served"]["lone_slice_threshold"] == 0.5
+        assert client.post("/v1/predict", files={"file": ("s.png", png_bytes(brain_slice(tumour=True)))}
+                           ).json()["has_tumor"] is True
+
+
 def test_the_model_says_what_its_threshold_applies_to(tmp_path):
     """model.json's `slice_score` is how evaluation scored slices; serving scores them the same way, and an older
     model without it is the classifier's."""

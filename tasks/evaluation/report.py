@@ -76,12 +76,14 @@ class VolumeInputs:
 
 def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSettings, seed: int,
                  region_scores: pd.DataFrame | None = None, mask_threshold: dict | None = None,
-                 units: pd.Series | None = None) -> dict:
+                 units: pd.Series | None = None, val_alone: SplitPredictions | None = None) -> dict:
     """metrics.json's content: the thresholds come from `val` only, every number from `test`. `region_scores`:
     one row per test patient volume (tasks/evaluation/brats.score_patients); None or empty → null regions.
-    `mask_threshold`: the `segmentation_threshold` section (mask_threshold_section); None → the fixed default."""
-    threshold = metrics.choose_threshold(val.slices["label"].to_numpy(), val.slices["probability"].to_numpy(),
-                                         cfg.threshold_rule, cfg.target_sensitivity, cfg.fixed_threshold)
+    `mask_threshold`: the `segmentation_threshold` section (mask_threshold_section); None → the fixed default.
+    `val_alone`: the validation slices each scored alone (None: `val` is); the same rule on them gives the
+    threshold for a slice that arrives alone (`lone_slice_value`), which serving's slice route applies."""
+    threshold = _chosen_threshold(val, cfg)
+    lone_threshold = threshold if val_alone is None else _chosen_threshold(val_alone, cfg)
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     seg, vol = test.slice_scores, test.volume_scores
     report = {
@@ -101,8 +103,14 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
     # what the threshold is applied to: export hands it to serving with the threshold (model.json `slice_score`)
     report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(val, cfg),
-                                           "slice_score": cfg.slice_score, "slices_in_volume": cfg.slices_in_volume}
+                                           "slice_score": cfg.slice_score, "slices_in_volume": cfg.slices_in_volume,
+                                           "lone_slice_value": lone_threshold}
     return _finite_or_null(report)
+
+
+def _chosen_threshold(val: SplitPredictions, cfg: EvaluateSettings) -> float:
+    return metrics.choose_threshold(val.slices["label"].to_numpy(), val.slices["probability"].to_numpy(),
+                                    cfg.threshold_rule, cfg.target_sensitivity, cfg.fixed_threshold)
 
 
 def threshold_origin(val: SplitPredictions, cfg: EvaluateSettings) -> str:
@@ -214,11 +222,13 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     val_rows = split_rows(where.processed, read_split("val", where.splits))
     tally = MaskThresholdTally() if cfg.mask_threshold == "validation" else None
     fixed_cut = None if tally is not None else float(cfg.mask_threshold)
-    val = predict_split(predictor, where.processed, val_rows, segmentation=False, description="validation (thresholds)",
-                        tally=tally, in_volume=cfg.slices_in_volume and fixed_cut is not None,
-                        mask_threshold=metrics.MASK_THRESHOLD if fixed_cut is None else fixed_cut)
+    # Each slice alone first (a lone slice's threshold, and the mask cut when it is chosen here), then in its
+    # volume at that cut when evaluation scores BraTS slices so.
+    val = val_alone = predict_split(predictor, where.processed, val_rows, segmentation=False, tally=tally,
+                                    description="validation (thresholds)",
+                                    mask_threshold=metrics.MASK_THRESHOLD if fixed_cut is None else fixed_cut)
     mask_threshold = mask_threshold_section(cfg, tally)
-    if cfg.slices_in_volume and fixed_cut is None:  # the clean-up cuts at the mask threshold this pass just chose
+    if cfg.slices_in_volume:
         val = predict_split(predictor, where.processed, val_rows, segmentation=False, in_volume=True,
                             description="validation (in volume)", mask_threshold=mask_threshold["value"])
     test = predict_split(predictor, where.processed, split_rows(where.processed, read_split("test", where.splits)),
@@ -236,7 +246,7 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
                 organisers = brats.organisers_report(Path(label_maps), regions)
     units = None if near_duplicate_distance is None else \
         resampling_units(test.slices, where.processed, near_duplicate_distance)
-    report = build_report(val, test, cfg, seed, region_scores, mask_threshold, units)
+    report = build_report(val, test, cfg, seed, region_scores, mask_threshold, units, val_alone)
     # which weights these numbers are about: register refuses to ship other ones under them
     report["model"] = {"checkpoint_sha256": sha256_file(checkpoint)}
     if organisers is not None:

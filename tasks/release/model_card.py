@@ -35,6 +35,15 @@ def split_summary(processed: Path, splits_dir: Path) -> dict[str, dict[str, int]
     return summary
 
 
+def _lone_slice_sentence(decision_rule: dict, threshold) -> list[str]:
+    """Where a slice that arrives alone (/v1/predict) is judged at a threshold of its own, the card says so."""
+    lone = decision_rule.get("lone_slice_value")
+    if lone is None or threshold is None or lone == threshold:
+        return []
+    return ["", f"A slice sent alone (/v1/predict) has no volume to clean its mask up: it is judged at {_fmt(lone)}, "
+                "the same rule's threshold on the validation slices each scored alone."]
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -142,6 +151,7 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         "Multitask 2D U-Net: whole-tumour segmentation of axial brain MRI slices and a tumour / no-tumour decision "
         f"per slice (tumour when {score} >= {_fmt(threshold)}, {threshold_origin}; "
         f"a pixel is tumour when its probability >= {_fmt(cut.get('value'))}, {cut_origin}).",
+        *_lone_slice_sentence(decision_rule, threshold),
         "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",
         "Splits are patient-level (no patient in two splits); near-duplicate Kaggle images stay in one split.",
         "", "## Test metrics", "", "Intervals: percentile bootstrap resampling patients.", "",

@@ -199,7 +199,7 @@ def measure_latency(model: torch.nn.Module, session, sample: np.ndarray, runs: i
 
 def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, threshold: float, opset: int,
                    mask_threshold: float = MASK_THRESHOLD, slice_score: str = LEGACY_SLICE_SCORE,
-                   slices_in_volume: bool = False) -> dict:
+                   slices_in_volume: bool = False, lone_slice_threshold: float | None = None) -> dict:
     """The model card's machine-readable half (MONAI bundle metadata.json idea): everything serving needs."""
     from importlib.metadata import version  # not `import monai`: it loads every MONAI subpackage, 4 s for a string
 
@@ -225,6 +225,8 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
         "threshold": threshold,
         "slice_score": slice_score,  # what `threshold` applies to (tasks/inference/predictor.py, SLICE_SCORES)
         "slices_in_volume": slices_in_volume,  # BraTS slices were judged as the volume route answers (after clean-up)
+        # for a slice that arrives alone (/v1/predict): the same rule on validation slices scored alone
+        "lone_slice_threshold": threshold if lone_slice_threshold is None else lone_slice_threshold,
         "mask_threshold": mask_threshold,
         "model_config": checkpoint["model_config"],
         "checkpoint": {"stage": checkpoint.get("stage"), "epoch": checkpoint.get("epoch"),
@@ -242,6 +244,7 @@ class Decisions:
     mask_threshold: float  # on each pixel's region probability
     slice_score: str  # what a slice's tumour probability is (SLICE_SCORES)
     slices_in_volume: bool = False  # BraTS slices were scored after their volume's clean-up (evaluate.slices_in_volume)
+    lone_slice_threshold: float | None = None  # for a slice scored alone; None: metrics from before it was recorded
 
 
 def read_decisions(metrics_path: Path) -> Decisions:
@@ -262,7 +265,12 @@ def read_decisions(metrics_path: Path) -> Decisions:
     if slice_score not in SLICE_SCORES:
         raise SliceWiseError(f"classification_threshold.slice_score {slice_score!r} is not one of "
                              f"{', '.join(SLICE_SCORES)}", metrics_path)
-    return Decisions(threshold, mask_threshold, slice_score, evaluated_in_volume(metrics))
+    lone = (metrics.get("classification_threshold") or {}).get("lone_slice_value")
+    try:
+        lone = None if lone is None else float(lone)
+    except (ValueError, TypeError) as exc:
+        raise SliceWiseError(f"unreadable classification_threshold.lone_slice_value ({exc})", metrics_path) from exc
+    return Decisions(threshold, mask_threshold, slice_score, evaluated_in_volume(metrics), lone)
 
 
 def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
@@ -281,7 +289,8 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
     for stale in (onnx_path, metadata_path):  # a failed export must not leave the previous model looking current
         stale.unlink(missing_ok=True)
     metadata = model_metadata(checkpoint, modalities, image_size, decisions.threshold, cfg.opset,
-                              decisions.mask_threshold, decisions.slice_score, decisions.slices_in_volume)
+                              decisions.mask_threshold, decisions.slice_score, decisions.slices_in_volume,
+                              decisions.lone_slice_threshold)
     metadata["checkpoint"]["sha256"] = sha256_file(checkpoint_path)  # register checks it against best.pt
     test_slices = iter_test_slices(processed, splits_dir)
     sample = next(test_slices)  # the first shard: checked here, then the first of the parity run
