@@ -56,8 +56,8 @@ def modality_keep_mask(present: Tensor, draws: ModalityDraws) -> Tensor:
     """(N, C) bool: which channels each sample keeps, given which hold any signal (`present`, (N, C) bool), on
     `present`'s device. Computed there without reading anything back (no boolean indexing): on a GPU, no sync."""
     channels, device = present.shape[1], present.device
-    subset, flair_only, thinned = (to_device_async(torch.from_numpy(a), device)
-                                   for a in (draws.subset, draws.flair_only, draws.thinned))
+    drawn = to_device_async(torch.from_numpy(np.stack([draws.subset, draws.flair_only, draws.thinned])), device)
+    subset, flair_only, thinned = drawn[0], drawn[1].bool(), drawn[2].bool()  # one copy for the three
     channel = torch.arange(channels, device=device)
     keep = ((subset[:, None] >> channel) & 1).bool()
     keep = torch.where(flair_only[:, None], channel == 0, keep)

@@ -246,7 +246,8 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
                 organisers = brats.organisers_report(Path(label_maps), regions)
     units = None if near_duplicate_distance is None else \
         resampling_units(test.slices, where.processed, near_duplicate_distance)
-    report = build_report(val, test, cfg, seed, region_scores, mask_threshold, units, val_alone)
+    report = build_report(val, test, cfg, seed, region_scores, mask_threshold, units,
+                          val_alone if cfg.slices_in_volume else None)
     # which weights these numbers are about: register refuses to ship other ones under them
     report["model"] = {"checkpoint_sha256": sha256_file(checkpoint)}
     if organisers is not None:
