@@ -10,6 +10,9 @@ quota, batch 32, drawing batches as a training stage does, with
     1, 2 workers                         the scaling that `train.num_workers` buys
     compressed, cache ≥ the set          what the old in-RAM format costs in memory
     compressed, cache < the set          what an LRU of decompressed shards does under random access
+    validation reads                     the validation pass's reads, every slice once in order: sample by sample
+                                         (as before 2026-12-04) against whole batches (`batches_in_order`), in one
+                                         process, then whole batches with the workers measured
 
 reporting slices/s (wall clock) and slices per CPU-second (main process + workers: a busy machine's other load does
 not dilute it), the peak RSS of the loading processes (VmHWM), bytes on disk and files. The rate per CPU-second
@@ -120,6 +123,37 @@ def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: 
             "workers_uss_mib": round(sum(p.memory_full_info().uss for p in processes[1:]) / 2**20)}
 
 
+def validation_reads(processed: Path, worker_counts: tuple[int, ...], passes: int = 3) -> dict:
+    """Slices/s of a validation pass's reads over `processed` (batches of 2 × BATCH, in order, as float32 tensors
+    for the model): each slice read alone and collated (the validation path before 2026-12-04) against whole
+    batches read into one buffer (`batches_in_order`), side by side in this process, one torch thread; then whole
+    batches with each worker count > 0. Best of `passes` passes after one untimed pass (the page cache)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tasks.data.datasets import batches_in_order, collate_slices, stream_slices
+    from tasks.data.shards import ShardRowReader, read_manifest
+
+    torch.set_num_threads(1)
+    patients = sorted(read_manifest(processed / "manifest.csv")["patient"].unique())
+    data = stream_slices(processed, patients, ("brats",), ShardRowReader(0))
+    ways = {"sample_by_sample": lambda: DataLoader(data, batch_size=2 * BATCH, collate_fn=collate_slices),
+            **{f"whole_batches_{w}_workers": (lambda w=w: batches_in_order(data, 2 * BATCH, w))
+               for w in sorted(set(worker_counts) | {0})}}
+    rates = {}
+    for name, loader in ways.items():
+        best = float("inf")
+        for attempt in range(passes + 1):
+            started = time.perf_counter()
+            for batch in loader():
+                batch["image"].float(), batch["mask"].float()  # what the consumer converts (on its device)
+            best = min(best, time.perf_counter() - started) if attempt else best
+        rates[name] = round(len(data) / best, 1)
+        print(f"  validation reads, {name.replace('_', ' ')}: {rates[name]:,.0f} slices/s", flush=True)
+    return {"slices": len(data), "batch_size": 2 * BATCH, "slices_per_s": rates,
+            "whole_over_sample_by_sample": round(rates["whole_batches_0_workers"] / rates["sample_by_sample"], 2)}
+
+
 def _cpu_seconds(process) -> float:
     times = process.cpu_times()
     return times.user + times.system
@@ -168,6 +202,7 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
         for w in read_only_counts:
             runs[f"read_only_{w}_workers"] = _measure_in(sets["stored"], w, 0, 4 * batches * max(1, w),
                                                          warmup * max(1, w), read_only=True)
+        validation = validation_reads(sets["stored"], tuple(w for w in counts if w))
         if compressed:
             runs["compressed_cache_fits"] = _measure_in(sets["compressed"], 0, int(disk["stored"]["mib"]) + 64,
                                                         batches, warmup)
@@ -181,6 +216,7 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
         "set": {"patients": patients, "slices": patients * slices, "shape": [CHANNELS, SIZE, SIZE],
                 "batch_size": BATCH, "disk": disk},
         "runs": runs,
+        "validation_reads": validation,
         "per_core_slices_per_s": per_core,
         "scaling": {f"{w}_workers_over_0": round(runs[f"stored_{w}_workers"]["slices_per_s"] / wall, 2)
                     for w in counts if w},

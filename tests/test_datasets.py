@@ -14,7 +14,8 @@ import torch
 
 from tasks import paths
 from tasks.config import Augment
-from tasks.data.datasets import ShardSlices, load_slices, stage_data, stream_slices, training_loader
+from tasks.data.datasets import (ShardSlices, batches_in_order, collate_slices, load_slices, stage_data, stream_slices,
+                                 training_loader)
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, ShardRowReader, manifest_rows, read_shard, write_shard
 from tasks.data.splits import read_split
 from tests.conftest import REPO
@@ -71,6 +72,23 @@ def test_streamed_slices_are_the_slices_held_in_memory(tiny_data):
         a, b = streamed[i], in_memory[i]
         assert torch.equal(a["image"], b["image"]) and a["label"] == b["label"]
         assert (a["mask"] is None and b["mask"] is None) or torch.equal(a["mask"], b["mask"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_read_whole_in_order_are_the_samples_read_one_by_one(tiny_data, workers):
+    """What validation reads (`batches_in_order`): float16 until the consumer converts it, and then the batches of
+    the per-sample reads collated, Kaggle images' unknown masks zero, with or without loader workers."""
+    data, _ = stage_data("joint", tiny_data.processed, tiny_data.splits, None, seed=0)
+    assert (~data.has_mask).any() and data.has_mask.any()
+    batches = list(batches_in_order(data, batch_size=5, num_workers=workers))
+    assert [len(b["label"]) for b in batches] == [5] * (len(data) // 5) + ([len(data) % 5] if len(data) % 5 else [])
+    rows = iter(range(len(data)))
+    for batch in batches:
+        assert batch["image"].dtype == torch.float16 and batch["mask"].dtype == torch.float16
+        expected = collate_slices([data[next(rows)] for _ in range(len(batch["label"]))])
+        assert torch.equal(batch["image"].float(), expected["image"])
+        assert torch.equal(batch["mask"].float(), expected["mask"])
+        assert torch.equal(batch["has_mask"], expected["has_mask"]) and torch.equal(batch["label"], expected["label"])
 
 
 def test_compressed_shards_stay_within_the_cache_while_a_larger_set_streams(tmp_path):

@@ -396,13 +396,16 @@ def test_loader_workers_change_nothing_that_is_learned(tmp_path, monkeypatch):
     four = with_epochs(shrink_settings(load_settings(REPO / "params.yaml"), modalities=("flair", "t1", "t1ce", "t2")),
                        cls=2)
     assert four.train.augment.modality_dropout > 0
-    digests = {}
+    digests, histories = {}, {}
     for workers, dropout in ((0, True), (2, True), (0, False)):
         augment = four.train.augment.model_copy(update={} if dropout else {"modality_dropout": 0.0})
         settings = with_section(four, "train", num_workers=workers, augment=augment)
         monkeypatch.chdir(make_tiny_processed(tmp_path / f"workers{workers}-{dropout}", channels=4).root)
         digests[workers, dropout] = tuple(step.main(settings)["weights_digest"] for step in (train_seg, train_cls))
+        histories[workers, dropout] = [metrics_only(pd.read_csv(paths.history_file(stage))) for stage in ("seg", "cls")]
     assert digests[0, True] == digests[2, True]
+    for alone, with_workers in zip(histories[0, True], histories[2, True]):  # validation read by the workers too
+        pd.testing.assert_frame_equal(alone, with_workers, check_exact=True)
     assert digests[0, False][0] != digests[0, True][0] and digests[0, False][1] != digests[0, True][1]
 
 

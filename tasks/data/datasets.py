@@ -133,6 +133,38 @@ def collate_slices(samples: list[dict]) -> dict[str, Tensor]:
     }
 
 
+class BatchReads(Dataset):
+    """`data` read a whole batch at a time (DataLoader's `__getitems__`): images float16 as stored, one buffer per
+    batch instead of a tensor per sample (about 3x the slices per second in one process, measured on the quick
+    profile's validation set), half the bytes of float32 to copy to a GPU. The batch is `collate_slices`'s, masks
+    float16 (the BraTS labels 0/1/2/4 exactly): the consumer converts both after the copy."""
+
+    def __init__(self, data: ShardSlices | SliceSet):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitems__(self, rows: list[int]) -> dict[str, Tensor]:
+        images, masks = self.data.batch(rows, torch.float16)
+        has_mask = self.data.has_mask[rows]
+        masks[~has_mask] = 0  # a Kaggle image's mask is unknown: zeros, as collate_slices gives it
+        return {"image": images, "mask": masks, "has_mask": has_mask, "label": self.data.labels[rows].float()}
+
+
+def batches_in_order(data: ShardSlices | SliceSet, batch_size: int, num_workers: int = 0,
+                     pin_memory: bool = False) -> DataLoader:
+    """Every sample of `data` once, in order, in batches read whole (`BatchReads`), by `num_workers` worker
+    processes while the consumer computes (0: in line): what validation reads. A fresh pass draws one number from
+    torch's global generator (a DataLoader's base seed), with any number of workers, as before workers existed."""
+    return DataLoader(BatchReads(data), batch_size=batch_size, shuffle=False, collate_fn=_already_collated,
+                      num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=forget_parent_exit_hooks)
+
+
+def _already_collated(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return batch
+
+
 def collate_pending(read: tuple[list[dict], PendingAugment]) -> dict:
     """`collate_slices` of a batch read for augmentation on the device, with its `PendingAugment` under "augment"."""
     samples, pending = read

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from models.unet import MultitaskUNet
 from tasks.config import TrainSettings
-from tasks.data.datasets import SliceSet, collate_slices
+from tasks.data.datasets import SliceSet, batches_in_order
 from tasks.data.regions import REGIONS
 from tasks.errors import SliceWiseError
 from tasks.training.distributed import Ranks
@@ -237,22 +237,26 @@ class StageRunner:
 @torch.no_grad()
 def evaluate(module: nn.Module, data: SliceSet, loss_fn: StageLoss, train_cfg: TrainSettings,
              device: torch.device) -> dict[str, float]:
-    """Validation loss and metrics of the heads this stage trains (no augmentation, eval mode)."""
+    """Validation loss and metrics of the heads this stage trains (no augmentation, eval mode).
+
+    Everything is summed where it is computed and read back once, after the last batch: a read per batch (a loss,
+    the areas, the probabilities) waited for the GPU each time, so it idled while the next batch was read."""
     module.eval()
-    total, probabilities, areas = 0.0, [], 0.0  # areas: (3, R) overlap, predicted and true area per region
+    total = torch.zeros((), dtype=torch.float64, device=device)  # the loss summed over the samples
+    probabilities, areas = [], None  # areas: (3, R) overlap, predicted and true area per region
     for batch in _validation_batches(data, train_cfg, device):
         with autocast(device, train_cfg):
             out = module(_layout(batch["image"], train_cfg.channels_last), heads=loss_fn.heads)
-        total += loss_fn(out, batch).item() * len(batch["label"])
+        total += loss_fn(out, batch).double() * len(batch["label"])
         if "seg" in out:
-            areas = areas + _region_areas(out["seg"], batch)
+            areas = _add(areas, _region_areas(out["seg"], batch))
         if "cls" in out:
-            probabilities.append(torch.sigmoid(out["cls"].float()).cpu())
-    row = {"val_loss": total / len(data)}
+            probabilities.append(torch.sigmoid(out["cls"].float()))
+    row = {"val_loss": total.item() / len(data)}
     if "seg" in loss_fn.heads:
         row.update(_region_dice(areas))
     if "cls" in loss_fn.heads:
-        row.update(_classification_metrics(torch.cat(probabilities).numpy(), data.labels.numpy()))
+        row.update(_classification_metrics(torch.cat(probabilities).cpu().numpy(), data.labels.numpy()))
     if loss_fn.heads == ("seg", "cls"):
         row["val_dice_accuracy_mean"] = (row["val_dice"] + row["val_accuracy"]) / 2
     return row
@@ -267,38 +271,52 @@ def flair_only_dice(module: nn.Module, data: SliceSet, train_cfg: TrainSettings,
     if data.image_shape[0] < 2:
         return {}
     module.eval()
-    areas = 0.0
+    areas = None
     for batch in _validation_batches(data, train_cfg, device):
         flair = batch["image"] * (torch.arange(batch["image"].shape[1], device=device) == 0).view(1, -1, 1, 1)
         with autocast(device, train_cfg):
             out = module(_layout(flair, train_cfg.channels_last), heads=("seg",))
-        areas = areas + _region_areas(out["seg"], batch)
-    if not isinstance(areas, Tensor):  # no masked validation slice
+        areas = _add(areas, _region_areas(out["seg"], batch))
+    if areas is None:  # no masked validation slice
         return {}
     return {f"{k}_flair_only": v for k, v in _region_dice(areas).items()}
 
 
 def _validation_batches(data: SliceSet, train_cfg: TrainSettings, device: torch.device):
-    loader = DataLoader(data, batch_size=train_cfg.batch_size * 2, shuffle=False, collate_fn=collate_slices)
-    return (batch_to_device(batch, device) for batch in loader)
+    """The validation set in order, read whole batches at a time by the training's loader workers
+    (`train.num_workers`; page-locked on CUDA), float16 until after the copy."""
+    on_cuda = device.type == "cuda"
+    loader = batches_in_order(data, train_cfg.batch_size * 2, train_cfg.num_workers,
+                              pin_memory=train_cfg.pin_memory and on_cuda)
+    for batch in loader:
+        batch = batch_to_device(batch, device)
+        yield {**batch, "image": batch["image"].float(), "mask": batch["mask"].float()}
+
+
+def _add(total: Tensor | None, part: Tensor) -> Tensor:
+    return part if total is None else total + part
 
 
 def _region_areas(seg_logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
-    """(3, R) float64 on the CPU: overlap, predicted and true area of each region over the batch's masked slices."""
-    pred = (seg_logits[batch["has_mask"]] > 0).float()
-    truth = region_targets(batch["mask"][batch["has_mask"]], pred.shape[1])
+    """(3, R) float64 on the batch's device: overlap, predicted and true area of each region over the batch's
+    masked slices. Weighted, not indexed: indexing by `has_mask` would wait for the GPU to say how many there are.
+    The sums count pixels, exact in float32 either way."""
+    known = batch["has_mask"].view(-1, 1, 1, 1).float()
+    pred = (seg_logits > 0).float() * known
+    truth = region_targets(batch["mask"], pred.shape[1]) * known
     dims = (0, 2, 3)
-    return torch.stack([(pred * truth).sum(dim=dims), pred.sum(dim=dims), truth.sum(dim=dims)]).double().cpu()
+    return torch.stack([(pred * truth).sum(dim=dims), pred.sum(dim=dims), truth.sum(dim=dims)]).double()
 
 
-def _region_dice(areas: Tensor | float) -> dict[str, float]:
+def _region_dice(areas: Tensor | None) -> dict[str, float]:
     """Pooled Dice per region: `val_dice` is the whole tumour (what early stopping, best.pt, the floors and earlier
     runs compare), `val_dice_tc` and `val_dice_et` the nested regions. Nothing predicted and nothing true: 1."""
-    if not isinstance(areas, Tensor):  # no masked validation slice
+    if areas is None:  # no validation batch
         return {"val_dice": 1.0}
     row = {}
     for name, (overlap, predicted, actual) in zip(REGIONS, areas.T.tolist()):
-        row["val_dice" if name == "wt" else f"val_dice_{name}"] = 2 * overlap / (predicted + actual) if predicted + actual else 1.0
+        dice = 2 * overlap / (predicted + actual) if predicted + actual else 1.0
+        row["val_dice" if name == "wt" else f"val_dice_{name}"] = dice
     return row
 
 
