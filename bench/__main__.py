@@ -266,6 +266,8 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
         out += loader_rows(loader)
     if loader := report.get("loader_16_cores"):
         out += loader_16_core_rows(loader)
+    if reads := (report.get("loader") or {}).get("validation_reads") or report.get("validation_reads"):
+        out.append(validation_read_row(reads))
     out += gpu_rows(report)
     return out
 
@@ -345,6 +347,18 @@ def loader_rows(loader: dict) -> list[tuple[str, str, str]]:
          f"stored, {disk['compressed']['mib']:.0f} MiB compressed); compressed with a cache of a quarter of the set: "
          f"{quarter['slices_per_s']:.1f} slices/s"),
     ]
+
+
+def validation_read_row(reads: dict) -> tuple[str, str, str]:
+    """The validation pass's reads (bench.bench_loader's `validation_reads`): whole batches against sample by sample."""
+    rates = reads["slices_per_s"]
+    workers = ", ".join(f"{name.split('_')[2]} workers {rate:,.0f}/s" for name, rate in rates.items()
+                        if name.startswith("whole_batches_") and not name.startswith("whole_batches_0_"))
+    return ("validation reads: whole batches / sample by sample (4×256², batches of "
+            f"{reads['batch_size']}, one process)", f"{reads['whole_over_sample_by_sample']:.2f}×",
+            f"{rates['whole_batches_0_workers']:,.0f} against {rates['sample_by_sample']:,.0f} slices/s over "
+            f"{reads['slices']} slices; whole batches through loader workers: {workers} (workers started per pass)"
+            + (f" ({reads['date']}, {reads['cpu']})" if reads.get("date") else ""))
 
 
 def markdown(report: dict) -> str:
