@@ -79,10 +79,18 @@ def measure_gpu(report: dict) -> None:
     from bench import bench_gpu, bench_gpu_stages
 
     console.rule("GPU training throughput")
-    for key, run in (("gpu", bench_gpu.run), ("gpu_stages", bench_gpu_stages.run)):
-        measured = run()
-        if measured.get("measured") or not (report.get(key) or {}).get("measured"):
-            report[key] = measured
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-stages-") as workdir:
+        runs = [("gpu", bench_gpu.run), ("gpu_stages", lambda: bench_gpu_stages.run(workdir=Path(workdir)))]
+        # then each variant's training stages on the same data (bench_gpu_stages.VARIANTS)
+        runs += [(f"gpu_stages_{name}", lambda overrides=overrides: bench_gpu_stages.run(
+            workdir=Path(workdir), overrides=overrides, training_only=True))
+            for name, overrides in bench_gpu_stages.VARIANTS.items()]
+        for key, run in runs:
+            if key.startswith("gpu_stages_") and not report.get("gpu_stages", {}).get("projection"):
+                continue  # no data to reuse: the default run did not get that far
+            measured = run()
+            if measured.get("measured") or not (report.get(key) or {}).get("measured"):
+                report[key] = measured
 
 
 def pipeline_figures(peer: bool) -> dict:
@@ -274,6 +282,8 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
 
 def gpu_rows(report: dict) -> list[tuple[str, str, str]]:
     """bench.bench_gpu (one row per switch, per batch size measured) and bench.bench_gpu_stages."""
+    from bench.bench_gpu_stages import VARIANTS
+
     out = []
     for key in ("gpu", "gpu_batch_32"):
         gpu = report.get(key) or {}
@@ -295,20 +305,29 @@ def gpu_rows(report: dict) -> list[tuple[str, str, str]]:
                     f"{synced['device']}, bf16 + channels_last, side by side: {rate[grouped]:,.0f} against "
                     f"{rate[each]:,.0f} images/s through the loader, {resident[grouped]:,.0f} against "
                     f"{resident[each]:,.0f} on batches already on the GPU ({synced.get('date', 'undated')})"))
-    stages = report.get("gpu_stages") or {}
+    for key in ("gpu_stages", *(f"gpu_stages_{name}" for name in VARIANTS)):
+        out += _stage_rows(report.get(key) or {})
+    if not out:
+        out.append(("GPU figures", "not measured", (report.get("gpu") or {}).get("reason", "skipped")))
+    return out
+
+
+def _stage_rows(stages: dict) -> list[tuple[str, str, str]]:
+    """bench.bench_gpu_stages's projection, with the variant's params when it ran one."""
+    out = []
     if stages.get("measured") and "projection" in stages:
         steps, projected = stages["steps"], stages["projection"]
         busy = ", ".join(f"{step} {steps[step]['gpu_utilisation_pct']} %" for step in ("train_seg", "train_cls",
                                                                                         "train_joint"))
-        out.append((f"production profile on {stages['production_patients']} patients, projected ({stages['device']})",
+        variant = ", ".join(f"{k}={v}" for k, v in (stages.get("overrides") or {}).items())
+        out.append((f"production profile on {stages['production_patients']} patients, projected ({stages['device']}"
+                    + (f"; {variant}" if variant else "") + ")",
                     f"{projected['total_minutes']:.0f} min",
                     f"goal ≤ 30; from its real steps on {stages['patients']} patients ({stages['data']['slices']:,} "
                     f"slices) on {stages['cpu_cores']} cores, steady epochs × {projected['scale']} "
                     f"({stages['production_patients']}/{stages['patients']}) × the production epochs: "
                     + ", ".join(f"{k} {v}" for k, v in projected["minutes"].items())
                     + f" min; GPU busy {busy} ({stages.get('date', 'undated')})"))
-    if not out:
-        out.append(("GPU figures", "not measured", (report.get("gpu") or {}).get("reason", "skipped")))
     return out
 
 

@@ -3,6 +3,7 @@
 projected to the production profile's 369 patients and its epochs.
 
     .venv/bin/python -m bench.bench_gpu_stages [--patients 96] [--epochs 3,2,3] [--workdir DIR] [--device cuda]
+                                               [--set train.batch_size=32 ...] [--training-only]
 
 Everything runs as `python -m tasks <step>` in a project folder of its own (params.yaml of this checkout with the
 production profile, `synthetic_patients` and `synthetic_kaggle_images` scaled by the same share, the given epochs,
@@ -10,6 +11,10 @@ tracking off, one loader worker per spare core), so nothing of this checkout's d
 The projection scales each stage's steady epoch (its epochs after the first, validation included) by 369 / patients
 and the production epochs, and adds the first epoch's extra cost once; fetch and slice scale by the share too
 (both are per patient). Without CUDA it says so and exits 0; `--device cpu` runs it anyway as a smoke test.
+`--set key=value` changes a params.yaml key of that project (dotted, as `python -m tasks set` takes it: a variant
+such as batch 32 compiled); `--training-only` with a `--workdir` that already holds the data (an earlier run's)
+times the three training stages alone, so a second variant in the same call does not fetch and slice again, and
+projects with the earlier run's data steps.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,11 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 PRODUCTION_PATIENTS = 369
 STEPS = ("fetch", "slice", "split", "train_seg", "train_cls", "train_joint")
 STAGES = {"train_seg": "seg", "train_cls": "cls", "train_joint": "joint"}
+TRAINING_SECTIONS = ("train", *STAGES)  # params.yaml sections only the training stages read
+# Variants `make bench` times after the default run, on its data: the fastest step measured (bench.bench_gpu: 2,400
+# images/s on resident batches against 1,529 at batch 16, H200, 2026-12-04). The learning rates stay as they are: a
+# time, not a recipe.
+VARIANTS = {"batch_32_compiled": {"train.batch_size": 32, "train.compile": True}}
 
 
-def project_params(patients: int, epochs: dict[str, int], device: str, cores: int, smoke: bool = False) -> dict:
+def project_params(patients: int, epochs: dict[str, int], device: str, cores: int, smoke: bool = False,
+                   overrides: dict[str, object] | None = None) -> dict:
     """params.yaml of this checkout, turned to the production profile on `patients` of its 369 patients (`smoke`:
-    with a tiny model on small, sparse slices, to check this script on a CPU in minutes)."""
+    with a tiny model on small, sparse slices, to check this script on a CPU in minutes), then `overrides`
+    ({"train.batch_size": 32, ...}) applied."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "production"
     production = params["profiles"]["production"]
@@ -49,7 +62,28 @@ def project_params(patients: int, epochs: dict[str, int], device: str, cores: in
     params["slice"]["workers"] = cores
     params["train"].update(device=device, min_epochs=1, num_workers=max(1, cores - 1))
     params["tracking"]["enabled"] = False
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split(".")
+        section = params
+        for name in parents:
+            if not isinstance(section.get(name), dict):
+                raise SystemExit(f"--set {key}: params.yaml has no section {name!r} there")
+            section = section[name]
+        if leaf not in section:
+            raise SystemExit(f"--set {key}: params.yaml has no key {leaf!r} there")
+        section[leaf] = value
     return params
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, object]:
+    """["train.batch_size=32", "train.compile=true"] -> {"train.batch_size": 32, "train.compile": True}."""
+    out = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {assignment!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def production_epochs() -> dict[str, int]:
@@ -57,7 +91,8 @@ def production_epochs() -> dict[str, int]:
 
 
 def run(patients: int = 96, epochs: dict[str, int] | None = None, workdir: Path | None = None,
-        device: str = "cuda", smoke: bool = False) -> dict:
+        device: str = "cuda", smoke: bool = False, overrides: dict[str, object] | None = None,
+        training_only: bool = False) -> dict:
     import torch
 
     from tasks.io import usable_cores
@@ -66,15 +101,21 @@ def run(patients: int = 96, epochs: dict[str, int] | None = None, workdir: Path 
         return {"measured": False, "reason": "no CUDA device on this machine"}
     epochs = epochs or {"seg": 3, "cls": 2, "joint": 3}
     cores = usable_cores()
+    earlier = _earlier_data_steps(workdir, overrides or {}) if training_only else None
     with tempfile.TemporaryDirectory(prefix="bench-gpu-stages-") as tmp:
         root = workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        (root / "params.yaml").write_text(yaml.safe_dump(project_params(patients, epochs, device, cores, smoke)))
+        params = project_params(patients, epochs, device, cores, smoke, overrides)
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
         report = {"measured": True, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                   "torch": torch.__version__, "cpu_cores": cores, "patients": patients,
-                  "production_patients": PRODUCTION_PATIENTS, "epochs": epochs, "steps": {}}
+                  "production_patients": PRODUCTION_PATIENTS, "epochs": epochs, "overrides": overrides or {},
+                  "batch_size": params["train"]["batch_size"], "steps": dict(earlier or {})}
         target = torch.device(device)
-        for step in STEPS:
+        if earlier:  # the earlier run's weights and histories would be resumed, not trained again
+            for folder in ("checkpoints", "reports/training"):
+                shutil.rmtree(root / folder, ignore_errors=True)
+        for step in STEPS[3:] if earlier else STEPS:
             started = time.perf_counter()
             with UtilisationSampler(target, interval=0.5) as busy:
                 done = subprocess.run([sys.executable, "-m", "tasks", step], cwd=root, capture_output=True, text=True,
@@ -90,7 +131,21 @@ def run(patients: int = 96, epochs: dict[str, int] | None = None, workdir: Path 
         for step, stage in STAGES.items():
             report["steps"][step]["epoch_seconds"] = epoch_seconds(root / "reports" / "training" / f"{stage}.csv")
     report["projection"] = projection(report)
+    if workdir is not None:
+        (workdir / "bench_gpu_stages.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _earlier_data_steps(workdir: Path | None, overrides: dict[str, object]) -> dict:
+    """The fetch, slice and split timings of the run that left its data in `workdir` (`--training-only`), whose
+    data only training keys may change."""
+    report = workdir / "bench_gpu_stages.json" if workdir else None
+    if report is None or not report.exists() or not (workdir / "data" / "splits").exists():
+        raise SystemExit("--training-only needs --workdir of an earlier run of this benchmark (its data and report)")
+    if other := [key for key in overrides if key.split(".")[0] not in TRAINING_SECTIONS]:
+        raise SystemExit(f"--training-only reuses the earlier run's data: --set only training keys, not {other}")
+    steps = json.loads(report.read_text())["steps"]
+    return {step: {**steps[step], "from_earlier_run": True} for step in STEPS[:3]}
 
 
 def _python_path() -> str:
@@ -137,9 +192,14 @@ def main() -> dict:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: smoke test of this script")
     parser.add_argument("--smoke", action="store_true", help="a tiny model on small slices: checks the script, "
                         "measures nothing worth keeping")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a params.yaml key of the benchmark's project, dotted (repeatable): a variant to time")
+    parser.add_argument("--training-only", action="store_true",
+                        help="with --workdir of an earlier run: time the training stages on its data")
     args = parser.parse_args()
     seg, cls, joint = (int(n) for n in args.epochs.split(","))
-    report = run(args.patients, {"seg": seg, "cls": cls, "joint": joint}, args.workdir, args.device, args.smoke)
+    report = run(args.patients, {"seg": seg, "cls": cls, "joint": joint}, args.workdir, args.device, args.smoke,
+                 parse_overrides(args.set), args.training_only)
     if not report["measured"]:
         print(f"GPU stages benchmark skipped: {report['reason']}")
     elif "projection" in report:

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The GPU figures in one call on a lent GPU machine (README, "GPU figures"): the training step's throughput per
+# The GPU figures on a lent GPU machine (README, "GPU figures"): the training step's throughput per
 # precision switch (bench.bench_gpu), the production profile's real steps on a share of its patients with the
 # projection to 369 (bench.bench_gpu_stages), and the loader's scaling with workers on that machine's cores
 # (bench.bench_loader). Runs under the machine's own python3 (PyTorch with CUDA); the packages it lacks travel as
 # wheels in .whl/ (pydantic and its parts, nibabel, nilearn, ImageHash, PyWavelets, isal). Logs to $OUT; the last
 # line of each log is its JSON report.
+#   bash bench/gpu_session.sh                     every step below, in order (about 11 minutes: two calls' worth)
+#   bash bench/gpu_session.sh stages stages_b32   only these steps (stages_b32 reuses the data stages left in
+#                                                 $PROJECT, /tmp/gpu-stages-project: run stages first, same call)
 set -u
 OUT=${OUT:-/tmp/slicewise-gpu}
 mkdir -p "$OUT"
@@ -20,9 +23,12 @@ fi
 'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"
     echo "cpu cores: $(nproc)"
 } 2>&1 | tee "$OUT/machine.txt"
+WANTED=" $* "
+PROJECT=${PROJECT:-/tmp/gpu-stages-project}
 step() {  # name, seconds allowed, command...
     local name=$1 limit=$2
     shift 2
+    [[ "$WANTED" == "  " || "$WANTED" == *" $name "* ]] || return 0
     echo "== $name (at most $limit s)"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     echo "== $name: exit $? after ${SECONDS} s in all"
@@ -30,5 +36,7 @@ step() {  # name, seconds allowed, command...
 }
 step gpu 120 python3 -m bench.bench_gpu --steps 60 --warmup 10
 step gpu_batch_32 120 python3 -m bench.bench_gpu --steps 40 --warmup 10 --batch-size 32
-step stages 240 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3
+step stages 240 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3 --workdir "$PROJECT"
+step stages_b32 300 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3 --workdir "$PROJECT" \
+    --training-only --set train.batch_size=32 --set train.compile=true
 step loader 90 python3 -m bench.bench_loader --patients 8 --batches 10 --worker-counts 0 --read-only-counts 0,1,2,4,8,15 --no-compressed

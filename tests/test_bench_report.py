@@ -147,6 +147,35 @@ def test_the_production_projection_scales_steady_epochs_and_adds_start_up_once(m
     assert projected["minutes"]["fetch"] == round(12.3 * scale / 60, 1) and projected["minutes"]["split"] == 0.1
 
 
+def test_a_gpu_stages_variant_sets_only_keys_params_has_and_its_row_names_them(tmp_path):
+    """bench.bench_gpu_stages --set: a dotted key of params.yaml (a typo is refused, not added), and a variant's
+    projection is its own README row, naming what it changed; --training-only refuses keys the data depends on."""
+    from bench import bench_gpu_stages
+    from bench.__main__ import gpu_rows
+
+    params = bench_gpu_stages.project_params(8, {"seg": 1, "cls": 1, "joint": 1}, "cpu", 2,
+                                             overrides=bench_gpu_stages.parse_overrides(
+                                                 ["train.batch_size=32", "train.compile=true"]))
+    assert params["train"]["batch_size"] == 32 and params["train"]["compile"] is True
+    with pytest.raises(SystemExit, match="batch_szie"):
+        bench_gpu_stages.project_params(8, {"seg": 1, "cls": 1, "joint": 1}, "cpu", 2,
+                                        overrides={"train.batch_szie": 32})
+    (tmp_path / "data" / "splits").mkdir(parents=True)
+    (tmp_path / "bench_gpu_stages.json").write_text(json.dumps({"steps": {s: {"seconds": 1.0} for s in
+                                                                           bench_gpu_stages.STEPS[:3]}}))
+    with pytest.raises(SystemExit, match="image_size"):
+        bench_gpu_stages.run(workdir=tmp_path, device="cpu", training_only=True,
+                             overrides={"profiles.production.image_size": 64})
+    stage = {"measured": True, "device": "NVIDIA H200", "cpu_cores": 16, "patients": 96, "production_patients": 369,
+             "data": {"slices": 12253}, "steps": {s: {"gpu_utilisation_pct": 50.0} for s in bench_gpu_stages.STAGES},
+             "projection": {"scale": 3.84, "minutes": {"train_seg": 10.0}, "total_minutes": 28.4}}
+    rows = gpu_rows({"gpu_stages": stage, "gpu_stages_batch_32_compiled":
+                     {**stage, "overrides": bench_gpu_stages.VARIANTS["batch_32_compiled"]}})
+    assert [row[0] for row in rows] == ["production profile on 369 patients, projected (NVIDIA H200)",
+                                        "production profile on 369 patients, projected (NVIDIA H200; "
+                                        "train.batch_size=32, train.compile=True)"]
+
+
 def test_the_seed_table_names_the_cpu_with_its_article():
     from bench.__main__ import seeds_markdown
 
