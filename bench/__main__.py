@@ -352,6 +352,7 @@ def loader_rows(loader: dict) -> list[tuple[str, str, str]]:
     scaling = ", ".join(f"{w} workers {runs[f'stored_{w}_workers']['slices_per_s']:.0f}/s "
                         f"({loader['scaling'][f'{w}_workers_over_0']:.2f}×)" for w in (1, 2))
     a100 = "–".join(f"{v:,}" for v in loader["a100_images_per_s"])
+    when = ", ".join(filter(None, [loader.get("date", "undated"), loader.get("cpu")]))
     return [
         ("loader: slices per CPU-second (4×256², batch 32, augmented)", f"{loader['per_core_slices_per_s']:.0f}",
          f"{loader['workers_slices_per_cpu_second']:.0f} with 2 workers; × 16 cores: "
@@ -359,7 +360,7 @@ def loader_rows(loader: dict) -> list[tuple[str, str, str]]:
          f"A100 trains on {a100}/s); training process CPU per batch {stored['main_cpu_ms_per_batch']:.0f} ms alone, "
          f"{runs['stored_2_workers']['main_cpu_ms_per_batch']:.0f} ms with 2 workers; wall clock 0 workers "
          f"{stored['slices_per_s']:.0f}/s, {scaling}, on {loader['cpu_cores_here']} cores at load "
-         f"{loader['load_average_1min']} ({loader.get('date', 'undated')})"),
+         f"{loader['load_average_1min']} ({when})"),
         ("loader memory: streamed / compressed in RAM", f"+{stored['main_peak_rss_mib'] - stored['rss_before_loading_mib']}"
          f" / +{fits['main_peak_rss_mib'] - fits['rss_before_loading_mib']} MiB",
          f"peak RSS over the process before loading, {loader['set']['slices']} slices ({disk['stored']['mib']:.0f} MiB "

@@ -174,8 +174,9 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
     started = time.perf_counter()
     torch.set_num_threads(plan.train.threads or max(1, usable_cores() // ranks.local_world))
     torch.manual_seed(plan.seed)
-    # Each loader process (the main one and every worker) has its own reader: they share the cache budget.
-    cache_bytes = plan.train.cache_mb * 2**20 // ((plan.train.num_workers + 1) * ranks.local_world)
+    # Each loader process has its own reader, and they share the cache budget: the main one, the training loader's
+    # workers (kept across epochs) and, during a validation pass, as many validation workers (steps.py).
+    cache_bytes = plan.train.cache_mb * 2**20 // ((2 * plan.train.num_workers + 1) * ranks.local_world)
     train_set, val_set = stage_data(plan.stage, plan.processed, plan.splits_dir, plan.stage_params, plan.seed,
                                     cache_bytes)
     _check_shapes(plan, train_set)
