@@ -135,9 +135,10 @@ def collate_slices(samples: list[dict]) -> dict[str, Tensor]:
 
 class BatchReads(Dataset):
     """`data` read a whole batch at a time (DataLoader's `__getitems__`): images float16 as stored, one buffer per
-    batch instead of a tensor per sample (about 3x the slices per second in one process, measured on the quick
-    profile's validation set), half the bytes of float32 to copy to a GPU. The batch is `collate_slices`'s, masks
-    float16 (the BraTS labels 0/1/2/4 exactly): the consumer converts both after the copy."""
+    batch instead of a tensor per sample (1.65-1.94x the slices per second in one process at 4x256^2, converted to
+    float32 included: bench.bench_loader's validation reads), half the bytes of float32 to copy to a GPU. The batch
+    is `collate_slices`'s, masks float16 (the BraTS labels 0/1/2/4 exactly): the consumer converts both after the
+    copy."""
 
     def __init__(self, data: ShardSlices | SliceSet):
         self.data = data

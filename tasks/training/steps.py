@@ -277,7 +277,7 @@ def flair_only_dice(module: nn.Module, data: SliceSet, train_cfg: TrainSettings,
         with autocast(device, train_cfg):
             out = module(_layout(flair, train_cfg.channels_last), heads=("seg",))
         areas = _add(areas, _region_areas(out["seg"], batch))
-    if areas is None:  # no masked validation slice
+    if areas is None:  # no validation batch
         return {}
     return {f"{k}_flair_only": v for k, v in _region_dice(areas).items()}
 
