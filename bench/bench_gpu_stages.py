@@ -1,6 +1,6 @@
 """The production profile's real steps on a GPU: fetch, slice and split synthetic production data for a share of the
-369 patients, then the three training stages for a few epochs each, timed per epoch, with the GPU's utilisation;
-projected to the production profile's 369 patients and its epochs.
+369 patients, the three training stages for a few epochs each, timed per epoch, with the GPU's utilisation, then
+evaluate, export and register; projected to the production profile's 369 patients and its epochs.
 
     .venv/bin/python -m bench.bench_gpu_stages [--patients 96] [--epochs 3,2,3] [--workdir DIR] [--device cuda]
                                                [--set train.batch_size=32 ...] [--training-only]
@@ -9,12 +9,13 @@ Everything runs as `python -m tasks <step>` in a project folder of its own (para
 production profile, `synthetic_patients` and `synthetic_kaggle_images` scaled by the same share, the given epochs,
 tracking off, one loader worker per spare core), so nothing of this checkout's data or checkpoints is touched.
 The projection scales each stage's steady epoch (its epochs after the first, validation included) by 369 / patients
-and the production epochs, and adds the first epoch's extra cost once; fetch and slice scale by the share too
-(both are per patient). Without CUDA it says so and exits 0; `--device cpu` runs it anyway as a smoke test.
+and the production epochs, and adds the first epoch's extra cost once; fetch, slice, evaluate and export scale by
+the share too (their work is per patient), split and register do not. Without CUDA it says so and exits 0;
+`--device cpu` runs it anyway as a smoke test.
 `--set key=value` changes a params.yaml key of that project (dotted, as `python -m tasks set` takes it: a variant
 such as batch 32 compiled); `--training-only` with a `--workdir` that already holds the data (an earlier run's)
 times the three training stages alone, so a second variant in the same call does not fetch and slice again, and
-projects with the earlier run's data steps.
+projects with the earlier run's other steps.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ from bench.bench_gpu import UtilisationSampler
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTION_PATIENTS = 369
-STEPS = ("fetch", "slice", "split", "train_seg", "train_cls", "train_joint")
+STEPS = ("fetch", "slice", "split", "train_seg", "train_cls", "train_joint", "evaluate", "export", "register")
 STAGES = {"train_seg": "seg", "train_cls": "cls", "train_joint": "joint"}
+# Steps whose work grows with the patients (the evaluated and exported test and validation splits are shares of
+# them): projected by 369 / patients, start-up included, so a little high. split and register are start-up, hashing
+# and bookkeeping: taken as measured.
+PER_PATIENT = ("fetch", "slice", "evaluate", "export")
 TRAINING_SECTIONS = ("train", *STAGES)  # params.yaml sections only the training stages read
 # Variants `make bench` times after the default run, on its data: the fastest step measured (bench.bench_gpu: 2,400
 # images/s on resident batches against 1,529 at batch 16, H200, 2026-12-04). The learning rates stay as they are: a
@@ -101,7 +106,7 @@ def run(patients: int = 96, epochs: dict[str, int] | None = None, workdir: Path 
         return {"measured": False, "reason": "no CUDA device on this machine"}
     epochs = epochs or {"seg": 3, "cls": 2, "joint": 3}
     cores = usable_cores()
-    earlier = _earlier_data_steps(workdir, overrides or {}) if training_only else None
+    earlier = _earlier_steps(workdir, overrides or {}) if training_only else None
     with tempfile.TemporaryDirectory(prefix="bench-gpu-stages-") as tmp:
         root = workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -115,7 +120,7 @@ def run(patients: int = 96, epochs: dict[str, int] | None = None, workdir: Path 
         if earlier:  # the earlier run's weights and histories would be resumed, not trained again
             for folder in ("checkpoints", "reports/training"):
                 shutil.rmtree(root / folder, ignore_errors=True)
-        for step in STEPS[3:] if earlier else STEPS:
+        for step in STAGES if earlier else STEPS:
             started = time.perf_counter()
             with UtilisationSampler(target, interval=0.5) as busy:
                 done = subprocess.run([sys.executable, "-m", "tasks", step], cwd=root, capture_output=True, text=True,
@@ -136,16 +141,16 @@ def run(patients: int = 96, epochs: dict[str, int] | None = None, workdir: Path 
     return report
 
 
-def _earlier_data_steps(workdir: Path | None, overrides: dict[str, object]) -> dict:
-    """The fetch, slice and split timings of the run that left its data in `workdir` (`--training-only`), whose
-    data only training keys may change."""
+def _earlier_steps(workdir: Path | None, overrides: dict[str, object]) -> dict:
+    """The timings of every step but the training stages from the run that left its data in `workdir`
+    (`--training-only`), whose data only training keys may change."""
     report = workdir / "bench_gpu_stages.json" if workdir else None
     if report is None or not report.exists() or not (workdir / "data" / "splits").exists():
         raise SystemExit("--training-only needs --workdir of an earlier run of this benchmark (its data and report)")
     if other := [key for key in overrides if key.split(".")[0] not in TRAINING_SECTIONS]:
         raise SystemExit(f"--training-only reuses the earlier run's data: --set only training keys, not {other}")
     steps = json.loads(report.read_text())["steps"]
-    return {step: {**steps[step], "from_earlier_run": True} for step in STEPS[:3]}
+    return {step: {**steps[step], "from_earlier_run": True} for step in STEPS if step not in STAGES and step in steps}
 
 
 def _python_path() -> str:
@@ -172,14 +177,15 @@ def projection(report: dict) -> dict:
     """Wall time of the production profile on 369 patients from these measured steps (see the module's text)."""
     scale = PRODUCTION_PATIENTS / report["patients"]
     epochs = production_epochs()
-    minutes = {step: report["steps"][step]["seconds"] * scale / 60 for step in ("fetch", "slice")}
-    minutes["split"] = report["steps"]["split"]["seconds"] / 60  # mostly start-up and hashing photos: not scaled
+    minutes = {step: report["steps"][step]["seconds"] * (scale if step in PER_PATIENT else 1) / 60
+               for step in STEPS if step not in STAGES and step in report["steps"]}  # a report from before a step
     for step, stage in STAGES.items():
         measured = report["steps"][step]
         per_epoch = measured["epoch_seconds"]
         steady = statistics.median(per_epoch[1:]) if len(per_epoch) > 1 else per_epoch[0]
         fixed = measured["seconds"] - sum(per_epoch) + (per_epoch[0] - steady)  # start-up + first-epoch warm-up
         minutes[step] = (fixed + steady * scale * epochs[stage]) / 60
+    minutes = {step: minutes[step] for step in STEPS if step in minutes}  # in pipeline order
     return {"scale": round(scale, 2), "production_epochs": epochs,
             "minutes": {k: round(v, 1) for k, v in minutes.items()}, "total_minutes": round(sum(minutes.values()), 1)}
 

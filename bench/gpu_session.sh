@@ -5,7 +5,7 @@
 # (bench.bench_loader). Runs under the machine's own python3 (PyTorch with CUDA); the packages it lacks travel as
 # wheels in .whl/ (pydantic and its parts, nibabel, nilearn, ImageHash, PyWavelets, isal). Logs to $OUT; the last
 # line of each log is its JSON report.
-#   bash bench/gpu_session.sh                     every step below, in order (about 11 minutes: two calls' worth)
+#   bash bench/gpu_session.sh                     every step below, in order (about 14 minutes: two calls' worth)
 #   bash bench/gpu_session.sh stages stages_b32   only these steps (stages_b32 reuses the data stages left in
 #                                                 $PROJECT, /tmp/gpu-stages-project: run stages first, same call)
 set -u
@@ -36,7 +36,7 @@ step() {  # name, seconds allowed, command...
 }
 step gpu 120 python3 -m bench.bench_gpu --steps 60 --warmup 10
 step gpu_batch_32 120 python3 -m bench.bench_gpu --steps 40 --warmup 10 --batch-size 32
-step stages 240 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3 --workdir "$PROJECT"
+step stages 420 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3 --workdir "$PROJECT"
 step stages_b32 300 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3 --workdir "$PROJECT" \
     --training-only --set train.batch_size=32 --set train.compile=true
 step loader 90 python3 -m bench.bench_loader --patients 8 --batches 10 --worker-counts 0 --read-only-counts 0,1,2,4,8,15 --no-compressed

@@ -129,14 +129,16 @@ def test_a_full_run_without_a_gpu_keeps_a_measured_gpu_figure_and_drops_the_part
 
 def test_the_production_projection_scales_steady_epochs_and_adds_start_up_once(monkeypatch):
     """bench.bench_gpu_stages: each stage's steady epoch (after the first) × 369 / patients × its production epochs,
-    plus its start-up and first-epoch warm-up once; fetch and slice scale with the patients, split does not."""
+    plus its start-up and first-epoch warm-up once; fetch, slice, evaluate and export scale with the patients, split
+    and register do not."""
     from bench import bench_gpu_stages
 
     monkeypatch.setattr(bench_gpu_stages, "production_epochs", lambda: {"seg": 60, "cls": 20, "joint": 40})
     steps = {"fetch": {"seconds": 12.3}, "slice": {"seconds": 3.0}, "split": {"seconds": 6.0},
              "train_seg": {"seconds": 50.0, "epoch_seconds": [14.0, 10.0, 12.0]},
              "train_cls": {"seconds": 20.0, "epoch_seconds": [8.0, 6.0]},
-             "train_joint": {"seconds": 30.0, "epoch_seconds": [9.0]}}
+             "train_joint": {"seconds": 30.0, "epoch_seconds": [9.0]},
+             "evaluate": {"seconds": 40.0}, "export": {"seconds": 20.0}, "register": {"seconds": 3.0}}
     projected = bench_gpu_stages.projection({"patients": 123, "steps": steps})
     scale = 369 / 123  # 3
     assert projected["scale"] == 3.0
@@ -145,6 +147,12 @@ def test_the_production_projection_scales_steady_epochs_and_adds_start_up_once(m
     assert projected["minutes"]["train_cls"] == round((20 - 14 + 2 + 6 * scale * 20) / 60, 1)
     assert projected["minutes"]["train_joint"] == round((21 + 9 * scale * 40) / 60, 1)  # one epoch: it is the steady one
     assert projected["minutes"]["fetch"] == round(12.3 * scale / 60, 1) and projected["minutes"]["split"] == 0.1
+    assert projected["minutes"]["evaluate"] == 2.0 and projected["minutes"]["export"] == 1.0  # the test split grows
+    assert projected["minutes"]["register"] == 0.1  # bookkeeping: as measured
+    assert list(projected["minutes"]) == list(bench_gpu_stages.STEPS)  # in pipeline order
+    del steps["evaluate"], steps["export"], steps["register"]  # a report from before they were timed
+    assert list(bench_gpu_stages.projection({"patients": 123, "steps": steps})["minutes"]) == \
+        list(bench_gpu_stages.STEPS[:6])
 
 
 def test_a_gpu_stages_variant_sets_only_keys_params_has_and_its_row_names_them(tmp_path):
