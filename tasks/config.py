@@ -181,6 +181,7 @@ class ExportSettings(_Section):
     opset: int = Field(17, ge=13)
     parity_atol: float = Field(1e-4, gt=0)
     parity_min_dice: float = Field(0.999, gt=0, le=1)
+    parity_max_slices: int = Field(1024, ge=0)
     latency_runs: int = Field(30, ge=3)
     latency_threads: int = Field(1, ge=0)
 

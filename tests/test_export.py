@@ -23,6 +23,32 @@ def project(tmp_path, tiny_settings, monkeypatch):
     return make_release_project(tmp_path, tiny_settings)
 
 
+def test_parity_checks_at_most_its_share_of_a_large_test_split_evenly_spaced(project, tiny_settings):
+    """export.parity_max_slices: a large test split is checked on that many slices, spread from its first slice to
+    its last (not the first few patients), and export.json and the model card say how many of how many."""
+    from tasks.data.splits import evenly_spaced, read_split, split_rows
+    from tasks.release.model_card import _export_section
+
+    rows = split_rows(paths.PROCESSED, read_split("test", paths.SPLITS))
+    most = len(rows) // 2
+    assert most > 1
+    chosen = evenly_spaced(rows, most)
+    positions = rows.index.get_indexer(chosen.index)
+    assert len(chosen) == most and list(positions) == sorted(set(positions))
+    assert positions[0] == 0 and positions[-1] == len(rows) - 1  # from the first slice to the last
+    assert np.diff(positions).max() <= -(-(len(rows) - 1) // (most - 1))  # no gap wider than even spacing gives
+    assert evenly_spaced(rows, 0) is rows and evenly_spaced(rows, len(rows)) is rows
+    assert sum(map(len, iter_test_slices(paths.PROCESSED, paths.SPLITS, most))) == most
+
+    settings = tiny_settings.model_copy(update={"export": tiny_settings.export.model_copy(
+        update={"parity_max_slices": most})})
+    export.main(settings)
+    report = json.loads(paths.EXPORT_REPORT.read_text())
+    assert report["parity"]["passed"] and report["parity"]["n_slices"] == most
+    assert report["parity"]["test_slices"] == len(rows)
+    assert f"on {most} (evenly spaced) of the {len(rows)} test slices" in _export_section(report)[0]
+
+
 def test_export_writes_checked_model_metadata_and_report(project, tiny_settings):
     result = export.main(tiny_settings)
 
@@ -35,7 +61,7 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
     assert parity["max_abs_diff"] <= tiny_settings.export.parity_atol
     assert parity["decision_mismatches"] == 0 and parity["mask_dice"] >= tiny_settings.export.parity_min_dice
     test_slices = sum(len(batch) for batch in iter_test_slices(paths.PROCESSED, paths.SPLITS))
-    assert parity["n_slices"] == test_slices > 0
+    assert parity["n_slices"] == parity["test_slices"] == test_slices > 0  # fewer than parity_max_slices: all
     for engine in ("onnxruntime", "torch_eager"):
         for batch in ("batch_1", "batch_8"):
             timing = report["latency"][engine][batch]

@@ -43,9 +43,18 @@ def split_rows(processed: Path, patients: list[str]) -> pd.DataFrame:
     return rows
 
 
-def iter_test_slices(processed: Path, splits_dir: Path) -> Iterator[np.ndarray]:
-    """The test split's slices (float32 NCHW), one shard at a time so memory stays bounded."""
-    rows = split_rows(processed, read_split("test", splits_dir))
+def evenly_spaced(rows: pd.DataFrame, most: int) -> pd.DataFrame:
+    """At most `most` of `rows`, evenly spaced in their order from the first to the last (so each patient's slices
+    get about their share), all of them when there are no more than that or `most` is 0."""
+    if most <= 0 or len(rows) <= most:
+        return rows
+    return rows.iloc[np.linspace(0, len(rows) - 1, most).round().astype(int)]
+
+
+def iter_test_slices(processed: Path, splits_dir: Path, most: int = 0) -> Iterator[np.ndarray]:
+    """The test split's slices (float32 NCHW), one shard at a time so memory stays bounded; at most `most` of them,
+    evenly spaced (`evenly_spaced`; 0: all)."""
+    rows = evenly_spaced(split_rows(processed, read_split("test", splits_dir)), most)
     for shard_name, shard_rows in rows.groupby("shard", sort=False):
         images = read_shard(processed / shard_name).images[shard_rows["row"].to_numpy()]
         yield np.ascontiguousarray(images, dtype=np.float32)

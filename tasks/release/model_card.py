@@ -104,7 +104,10 @@ def _data_section(splits: dict, profile: str, data_source: str, image_size: int,
 
 def _export_section(export_report: dict) -> list[str]:
     parity, latency = export_report["parity"], export_report.get("latency", {})
-    lines = [f"ONNX opset {export_report['onnx']['opset']}; parity with torch on {parity['n_slices']} test slices: "
+    checked = parity["n_slices"]
+    if parity.get("test_slices", checked) > checked:  # parity_max_slices of them, evenly spaced
+        checked = f"{checked} (evenly spaced) of the {parity['test_slices']}"
+    lines = [f"ONNX opset {export_report['onnx']['opset']}; parity with torch on {checked} test slices: "
              f"max |logit difference| {parity['max_abs_diff']:.2e}, {parity['decision_mismatches']} decision "
              f"mismatches, mask Dice {parity['mask_dice']:.5f}."]
     if latency:
