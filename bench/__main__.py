@@ -85,10 +85,11 @@ def measure_gpu(report: dict) -> None:
         runs += [(f"gpu_stages_{name}", lambda overrides=overrides: bench_gpu_stages.run(
             workdir=Path(workdir), overrides=overrides, training_only=True))
             for name, overrides in bench_gpu_stages.VARIANTS.items()]
+        fresh: dict[str, dict] = {}
         for key, run in runs:
-            if key.startswith("gpu_stages_") and not report.get("gpu_stages", {}).get("projection"):
-                continue  # no data to reuse: the default run did not get that far
-            measured = run()
+            if key.startswith("gpu_stages_") and "projection" not in fresh["gpu_stages"]:
+                continue  # no data of this run to reuse: its default run did not get that far (or had no GPU)
+            fresh[key] = measured = run()
             if measured.get("measured") or not (report.get(key) or {}).get("measured"):
                 report[key] = measured
 
