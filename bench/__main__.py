@@ -328,7 +328,10 @@ def _stage_rows(stages: dict) -> list[tuple[str, str, str]]:
                     f"slices) on {stages['cpu_cores']} cores, steady epochs × {projected['scale']} "
                     f"({stages['production_patients']}/{stages['patients']}) × the production epochs: "
                     + ", ".join(f"{k} {v}" for k, v in projected["minutes"].items())
-                    + f" min; GPU busy {busy} ({stages.get('date', 'undated')})"))
+                    + f" min; GPU busy {busy}"
+                    + (f"; {stages['failed']['step']} failed there, so from it on nothing is counted"
+                       if stages.get("failed") else "")
+                    + f" ({stages.get('date', 'undated')})"))
     return out
 
 

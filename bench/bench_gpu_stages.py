@@ -131,7 +131,10 @@ def run(patients: int = 96, epochs: dict[str, int] | None = None, workdir: Path 
             if done.returncode != 0:
                 report["failed"] = {"step": step, "stderr": done.stderr[-3000:]}
                 print(done.stderr[-3000:], flush=True)
-                return report
+                if STEPS.index(step) <= STEPS.index("train_joint"):
+                    return report
+                del report["steps"][step]  # evaluate, export or register: the training's projection still stands
+                break
         report["data"] = data_counts(root)
         for step, stage in STAGES.items():
             report["steps"][step]["epoch_seconds"] = epoch_seconds(root / "reports" / "training" / f"{stage}.csv")

@@ -3,8 +3,9 @@
 # precision switch (bench.bench_gpu), the production profile's real steps on a share of its patients with the
 # projection to 369 (bench.bench_gpu_stages), and the loader's scaling with workers on that machine's cores
 # (bench.bench_loader). Runs under the machine's own python3 (PyTorch with CUDA); the packages it lacks travel as
-# wheels in .whl/ (pydantic and its parts, nibabel, nilearn, ImageHash, PyWavelets, isal). Logs to $OUT; the last
-# line of each log is its JSON report.
+# wheels in .whl/ (pydantic and its parts, nibabel, nilearn, ImageHash, PyWavelets, isal, and monai for evaluate's
+# metrics; the machine's image has the rest, onnx and onnxruntime included). Logs to $OUT; the last line of each
+# log is its JSON report.
 #   bash bench/gpu_session.sh                     every step below, in order (about 14 minutes: two calls' worth)
 #   bash bench/gpu_session.sh stages stages_b32   only these steps (stages_b32 reuses the data stages left in
 #                                                 $PROJECT, /tmp/gpu-stages-project: run stages first, same call)

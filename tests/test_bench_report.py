@@ -182,6 +182,9 @@ def test_a_gpu_stages_variant_sets_only_keys_params_has_and_its_row_names_them(t
     assert [row[0] for row in rows] == ["production profile on 369 patients, projected (NVIDIA H200)",
                                         "production profile on 369 patients, projected (NVIDIA H200; "
                                         "train.batch_size=32, train.compile=True)"]
+    assert "failed" not in rows[0][2]
+    failed = gpu_rows({"gpu_stages": {**stage, "failed": {"step": "evaluate", "stderr": "No module named 'monai'"}}})
+    assert "evaluate failed there" in failed[0][2]  # a projection without the steps it could not run says so
 
 
 def test_the_seed_table_names_the_cpu_with_its_article():
