@@ -35,6 +35,8 @@ import pandas as pd
 import yaml
 
 from bench.bench_gpu import UtilisationSampler
+from tasks.config import parse_assignments
+from tasks.errors import SliceWiseError
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTION_PATIENTS = 369
@@ -78,17 +80,6 @@ def project_params(patients: int, epochs: dict[str, int], device: str, cores: in
             raise SystemExit(f"--set {key}: params.yaml has no key {leaf!r} there")
         section[leaf] = value
     return params
-
-
-def parse_overrides(assignments: list[str]) -> dict[str, object]:
-    """["train.batch_size=32", "train.compile=true"] -> {"train.batch_size": 32, "train.compile": True}."""
-    out = {}
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {assignment!r}: expected key=value")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def production_epochs() -> dict[str, int]:
@@ -207,8 +198,12 @@ def main() -> dict:
                         help="with --workdir of an earlier run: time the training stages on its data")
     args = parser.parse_args()
     seg, cls, joint = (int(n) for n in args.epochs.split(","))
+    try:
+        overrides = parse_assignments(args.set)  # as `python -m tasks set` and `dvc exp run -S` read them
+    except SliceWiseError as exc:
+        parser.error(str(exc))
     report = run(args.patients, {"seg": seg, "cls": cls, "joint": joint}, args.workdir, args.device, args.smoke,
-                 parse_overrides(args.set), args.training_only)
+                 overrides, args.training_only)
     if not report["measured"]:
         print(f"GPU stages benchmark skipped: {report['reason']}")
     elif "projection" in report:

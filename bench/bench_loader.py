@@ -196,7 +196,6 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
                        "files": sum(1 for _ in folder.rglob("*.npz")) + 1} for kind, folder in sets.items()}
         print(f"wrote {patients} patients x {slices} slices of {CHANNELS}x{SIZE}² in {time.perf_counter() - started:.0f} s: "
               + ", ".join(f"{k} {v['mib']} MiB in {v['files']} files" for k, v in disk.items()), flush=True)
-        small_cache = max(1, int(disk["stored"]["mib"] // 4))  # a quarter of the decompressed set
         runs = {f"stored_{w}_workers": _measure_in(sets["stored"], w, 0, batches * max(1, w), warmup * max(1, w))
                 for w in counts}
         for w in read_only_counts:
@@ -206,6 +205,7 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
         if compressed:
             runs["compressed_cache_fits"] = _measure_in(sets["compressed"], 0, int(disk["stored"]["mib"]) + 64,
                                                         batches, warmup)
+            small_cache = max(1, int(disk["stored"]["mib"] // 4))  # a quarter of the decompressed set
             runs["compressed_cache_quarter"] = _measure_in(sets["compressed"], 0, small_cache, max(1, batches // 6), 0)
     # Per core: slices per CPU-second of the one-process, one-thread loader, which a busy machine's other load
     # does not dilute as it dilutes the wall-clock rate.

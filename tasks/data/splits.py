@@ -54,7 +54,11 @@ def evenly_spaced(rows: pd.DataFrame, most: int) -> pd.DataFrame:
 def iter_test_slices(processed: Path, splits_dir: Path, most: int = 0) -> Iterator[np.ndarray]:
     """The test split's slices (float32 NCHW), one shard at a time so memory stays bounded; at most `most` of them,
     evenly spaced (`evenly_spaced`; 0: all)."""
-    rows = evenly_spaced(split_rows(processed, read_split("test", splits_dir)), most)
+    return iter_slices(processed, evenly_spaced(split_rows(processed, read_split("test", splits_dir)), most))
+
+
+def iter_slices(processed: Path, rows: pd.DataFrame) -> Iterator[np.ndarray]:
+    """The slices of these manifest rows (float32 NCHW), one shard at a time so memory stays bounded."""
     for shard_name, shard_rows in rows.groupby("shard", sort=False):
         images = read_shard(processed / shard_name).images[shard_rows["row"].to_numpy()]
         yield np.ascontiguousarray(images, dtype=np.float32)

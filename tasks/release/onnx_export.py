@@ -28,7 +28,7 @@ from rich.progress import Progress
 
 from tasks import paths
 from tasks.config import ExportSettings
-from tasks.data.splits import iter_test_slices, read_split, split_rows
+from tasks.data.splits import evenly_spaced, iter_slices, read_split, split_rows
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import (LEGACY_SLICE_SCORE, MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT,
                                        SLICE_SCORES, evaluated_in_volume, evaluated_slice_score, sigmoid,
@@ -294,7 +294,8 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
                               decisions.mask_threshold, decisions.slice_score, decisions.slices_in_volume,
                               decisions.lone_slice_threshold)
     metadata["checkpoint"]["sha256"] = sha256_file(checkpoint_path)  # register checks it against best.pt
-    test_slices = iter_test_slices(processed, splits_dir, cfg.parity_max_slices)
+    test_rows = split_rows(processed, read_split("test", splits_dir))
+    test_slices = iter_slices(processed, evenly_spaced(test_rows, cfg.parity_max_slices))
     sample = next(test_slices)  # the first shard: checked here, then the first of the parity run
     expected_shape = (checkpoint["model_config"]["in_channels"], image_size, image_size)
     if sample.shape[1:] != expected_shape:
@@ -306,7 +307,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
         session = ort_session(tmp, cores)
         parity = check_parity(model, session, itertools.chain([sample], test_slices), decisions.threshold, cfg,
                               decisions.mask_threshold, decisions.slice_score)
-        parity["test_slices"] = len(split_rows(processed, read_split("test", splits_dir)))  # n_slices of them
+        parity["test_slices"] = len(test_rows)  # n_slices of them
         report = {"onnx": {"path": str(onnx_path), "opset": cfg.opset, "size_bytes": tmp.stat().st_size,
                            "sha256": sha256_file(tmp), "checker": "passed"},
                   "parity": parity}
