@@ -231,6 +231,10 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data, tiny_settings, untrained_ch
                  "gradcam.png"):
         assert (paths.PLOTS / name).stat().st_size > 1000, name
     assert list(pd.read_csv(paths.PLOTS / "roc.csv").columns) == ["fpr", "tpr"]
+    patients = pd.read_csv(paths.PLOTS / "patients.csv")  # the rows the volume mean and the slice count come from
+    assert sorted(patients["patient"]) == sorted(brats["patient"].unique())
+    assert patients["volume_dice"].mean() == pytest.approx(written["segmentation_volume"]["dice"], abs=1e-5)
+    assert patients["tumour_slices"].sum() == written["segmentation"]["n_slices"]
     assert list(pd.read_csv(paths.PLOTS / "pr.csv").columns) == ["recall", "precision"]
     confusion = pd.read_csv(paths.PLOTS / "confusion.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == len(test_rows)
@@ -449,3 +453,22 @@ def test_evaluate_with_slices_in_volume_decides_on_the_volume_answers(tiny_data,
     # the passes evaluate made: validation to choose the cut, validation again in volume at that cut, then test
     assert [(split, call["in_volume"], call["mask_threshold"] if call["in_volume"] else None) for split, call in calls
             ] == [("val", False, None), ("val", True, cut), ("test", True, cut)]
+
+
+def test_the_per_patient_table_joins_slices_volumes_and_regions_one_row_per_patient():
+    from tasks.evaluation.report import per_patient_scores
+    from tasks.evaluation.scoring import SplitPredictions
+
+    slice_scores = pd.DataFrame({"patient": ["p1", "p1", "p2"], "slice_index": [3, 5, 4], "dice": [0.6, 0.8, 0.9],
+                                 "iou": [0.4, 0.7, 0.8], "hd95": [3.0, 2.0, 1.0]})
+    volume_scores = pd.DataFrame({"patient": ["p2", "p1", "p3"], "dice": [0.95, 0.7, 0.0], "iou": [0.9, 0.5, 0.0],
+                                  "hd95": [1.0, 4.0, 50.0]})  # p3: predicted tumour, has none on its slices
+    regions = pd.DataFrame({"patient": ["p1", "p2", "p3"], "wt_dice": [0.7, 0.9, 0.1], "tc_hd95": [2.0, 1.0, 9.0],
+                            "wt_uncertainty_wrong": [0.5, 0.4, 0.3]})
+    table = per_patient_scores(SplitPredictions(pd.DataFrame(), slice_scores, volume_scores), regions)
+    assert table["patient"].tolist() == ["p1", "p2", "p3"]
+    assert table["tumour_slices"].tolist() == [2, 1, 0]
+    assert table["slice_dice"].iloc[0] == pytest.approx(0.7) and np.isnan(table["slice_dice"].iloc[2])
+    assert table["volume_dice"].tolist() == [0.7, 0.95, 0.0] and table["wt_dice"].tolist() == [0.7, 0.9, 0.1]
+    assert "wt_uncertainty_wrong" not in table  # the scores, not the uncertainty columns
+    assert "wt_dice" not in per_patient_scores(SplitPredictions(pd.DataFrame(), slice_scores, volume_scores), None)

@@ -83,6 +83,12 @@ def calibration_plot(labels: np.ndarray, probabilities: np.ndarray, ece: float, 
     return [_save(fig, out_dir / "calibration.png"), _write_csv(frame, out_dir / "calibration.csv")]
 
 
+def patients_csv(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The per-patient scores (`report.per_patient_scores`) as reports/plots/patients.csv: which test patients pull
+    a mean down (dvc.yaml plots its volume Dice as sorted bars)."""
+    return [_write_csv(table, out_dir / "patients.csv")]
+
+
 def training_curves_plot(histories: dict[str, Path], out_dir: Path) -> list[Path]:
     """Loss and validation metrics per epoch of each training stage found (a missing history is skipped)."""
     found = {stage: pd.read_csv(path) for stage, path in histories.items() if path.exists()}

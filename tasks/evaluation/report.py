@@ -186,8 +186,23 @@ def _finite_or_null(value):
     return value
 
 
+def per_patient_scores(test: SplitPredictions, region_scores: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per BraTS test patient: its tumour slices and their mean Dice, its re-stacked volume's Dice and HD95,
+    and the native-volume region figures when they were scored. The means in metrics.json are over these rows (the
+    volume's) or over the slices (the slice Dice), so a low mean can be traced to the patients that make it."""
+    by_slice = test.slice_scores.groupby("patient", sort=False)["dice"].agg(tumour_slices="size", slice_dice="mean")
+    volumes = test.volume_scores.rename(columns={"dice": "volume_dice", "iou": "volume_iou", "hd95": "volume_hd95"})
+    table = volumes.merge(by_slice.reset_index(), on="patient", how="outer")
+    if region_scores is not None and len(region_scores):
+        regions = [c for c in region_scores if c == "patient" or c.endswith(("_dice", "_hd95"))]
+        table = table.merge(region_scores[regions], on="patient", how="outer")
+    table["tumour_slices"] = table["tumour_slices"].fillna(0).astype(int)
+    return table.sort_values("patient", ignore_index=True)
+
+
 def write_plots(test: SplitPredictions, report: dict, model, predictor, where: EvaluationPaths,
-                cfg: EvaluateSettings, seed: int, device: str = "cpu") -> tuple[list[Path], float]:
+                cfg: EvaluateSettings, seed: int, device: str = "cpu",
+                region_scores: pd.DataFrame | None = None) -> tuple[list[Path], float]:
     """Every figure and DVC plot file; returns the files written and the expected calibration error."""
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     cls, out_dir = report["classification"], where.plots
@@ -199,6 +214,7 @@ def write_plots(test: SplitPredictions, report: dict, model, predictor, where: E
         written += plots.pr_plot(labels, probability, cls["pr_auc"], out_dir)
         written += plots.calibration_plot(labels, probability, ece, out_dir)
     written += plots.training_curves_plot(where.histories, out_dir)
+    written += plots.patients_csv(per_patient_scores(test, region_scores), out_dir)
     written += plots.overlay_examples_plot(test.slices, where.processed, predictor, cfg.overlay_examples, out_dir,
                                            report["segmentation_threshold"]["value"])
     written += plots.gradcam_examples_plot(test.slices, where.processed, model, cfg.gradcam_examples, seed, out_dir,
@@ -253,7 +269,7 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     if organisers is not None:
         report["segmentation_regions_brats_evaluation"] = _finite_or_null(organisers)
     write_json_atomic(report, where.metrics)
-    written, ece = write_plots(test, report, model, predictor, where, cfg, seed, device)
+    written, ece = write_plots(test, report, model, predictor, where, cfg, seed, device, region_scores)
 
     tracker.log_metrics(flatten_metrics(report) | {"calibration.ece": ece})
     tracker.log_artifact(where.metrics)
