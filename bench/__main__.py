@@ -430,6 +430,40 @@ def seeds_markdown(seeds: dict) -> str:
     return "\n".join(lines)
 
 
+TARGET_FIGURES = ("accuracy", "slice_dice", "volume_dice")
+
+
+def sweeps_side_by_side(by_cpu: dict) -> str:
+    """The latest seed sweep of each CPU family, side by side: accuracy / slice Dice / volume Dice per seed, a figure
+    below its target in bold, and how many seed-target pairs each met. Trained weights depend on the CPU's kernels,
+    so the quality claim needs every family, not only the machine that swept last. Empty with fewer than two."""
+    sweeps = {family: found["seeds"] for family, found in by_cpu.items() if "seeds" in found}
+    if len(sweeps) < 2:
+        return ""
+    sweeps = dict(sorted(sweeps.items(), key=lambda item: item[1].get("date") or "", reverse=True))
+
+    def cell(sweep: dict, seed: str) -> str:
+        row = sweep["per_seed"].get(seed)
+        if row is None:
+            return "–"
+        return " / ".join(f"**{row[name]:.3f}**" if row[name] < sweep["targets"][name] else f"{row[name]:.3f}"
+                          for name in TARGET_FIGURES)
+
+    def met(sweep: dict) -> str:
+        pairs = [row[name] >= sweep["targets"][name] for row in sweep["per_seed"].values() for name in TARGET_FIGURES]
+        return f"{sum(pairs)} of {len(pairs)}"
+
+    header = [f"{family} ({sweep.get('date') or 'date not recorded'}, commit {sweep.get('commit') or 'not recorded'})"
+              for family, sweep in sweeps.items()]
+    seeds = list(dict.fromkeys(seed for sweep in sweeps.values() for seed in sweep["per_seed"]))
+    lines = ["The latest sweep on each CPU family, accuracy / slice Dice / volume Dice, below a target in bold (a "
+             "sweep from before a recipe change measured that earlier recipe: its date and commit say which):", "",
+             f"| seed | {' | '.join(header)} |", "|---" * (len(header) + 1) + "|"]
+    lines += [f"| {seed} | {' | '.join(cell(sweep, seed) for sweep in sweeps.values())} |" for seed in seeds]
+    lines.append(f"| pairs met | {' | '.join(met(sweep) for sweep in sweeps.values())} |")
+    return "\n".join(lines)
+
+
 def with_interval(row: dict, name: str) -> str:
     """A seed's figure, with its 95 % interval when the sweep recorded one."""
     interval = (row.get("ci95") or {}).get(name)
@@ -443,12 +477,14 @@ def replace_between(text: str, start: str, end: str, body: str) -> str | None:
     return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
-def update_readme(table: str, seeds: dict | None = None) -> bool:
+def update_readme(table: str, seeds: dict | None = None, by_cpu: dict | None = None) -> bool:
+    """The benchmark table, and with `seeds` the seed block: the latest sweep, then every CPU family's (`by_cpu`)."""
     text = replace_between(README.read_text(), TABLE_START, TABLE_END, table)
     if text is None:
         return False
     if seeds:
-        text = replace_between(text, SEEDS_START, SEEDS_END, seeds_markdown(seeds)) or text
+        block = "\n\n".join(part for part in (seeds_markdown(seeds), sweeps_side_by_side(by_cpu or {})) if part)
+        text = replace_between(text, SEEDS_START, SEEDS_END, block) or text
     README.write_text(text)
     return True
 
@@ -471,7 +507,7 @@ def main() -> None:
     report = run_some(args.only, args.keep_seeds) if args.only else run_all(set(args.skip), args.keep_seeds)
     swept = "seeds" in (args.only or []) or (not args.only and "seeds" not in args.skip)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps(report, indent=2))
+    REPORT.write_text(json.dumps(report, indent=2) + "\n")
     table = Table(title=f"SliceWise benchmarks ({REPORT.relative_to(REPO)})")
     for column in ("figure", "measured", "detail"):
         table.add_column(column)
@@ -479,7 +515,8 @@ def main() -> None:
         table.add_row(*row)
     console.print(table)
     # the README's seed table is rewritten only by a run that swept the seeds (another run has nothing new for it)
-    if not args.no_readme and update_readme(markdown(report), report.get("seeds") if swept else None):
+    if not args.no_readme and update_readme(markdown(report), report.get("seeds") if swept else None,
+                                               report.get("by_cpu")):
         console.print(f"README.md table updated between {TABLE_START} and {TABLE_END}")
 
 

@@ -163,6 +163,8 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
             | ({"ci95": intervals[str(seed)]} if intervals.get(str(seed)) else {}) for seed, m in per_seed.items()}
     return {
         "cpu": cpu,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": source_commit(),
         "overrides": list(overrides),
         "seeds": list(seeds),
         "pipeline_seconds": {str(seed): s for seed, s in seconds.items()},  # str keys, as JSON gives them back
@@ -170,6 +172,12 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
         "summary": summarise(per_seed) | {"no_seed_interval_below_targets": interval_verdict(rows)},
         "targets": TARGETS,
     }
+
+
+def source_commit() -> str:
+    """The commit the sweep's project copy was made from ("-dirty": with uncommitted changes in it)."""
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:

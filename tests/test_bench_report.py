@@ -394,3 +394,31 @@ def test_data_recipes_are_compared_on_validation_patients_the_base_project_never
     other["train"].append("yes_07")
     with pytest.raises(SystemExit, match="yes_07"):
         unseen_validation_patients(base, other, photos)
+
+
+def test_every_cpu_familys_latest_sweep_stands_side_by_side_with_its_misses_in_bold():
+    from bench.__main__ import sweeps_side_by_side
+
+    targets = {"accuracy": 0.9, "slice_dice": 0.8, "volume_dice": 0.85}
+
+    def sweep(date: str, commit: str, slice_dice: float) -> dict:
+        row = {"accuracy": 0.93, "slice_dice": slice_dice, "volume_dice": 0.9}
+        return {"date": date, "commit": commit, "targets": targets, "per_seed": {"42": row, "4": dict(row)}}
+
+    by_cpu = {"Intel Xeon with AMX": {"seeds": sweep("2026-12-04", "c30071e", 0.86)},
+              "AMD EPYC": {"seeds": sweep("2026-12-05", "abc1234", 0.77), "peer": {}},
+              "Intel Xeon": {"peer": {}}}  # a family with a peer run only has no sweep to show
+    table = sweeps_side_by_side(by_cpu)
+    header = "| seed | AMD EPYC (2026-12-05, commit abc1234) | Intel Xeon with AMX (2026-12-04, commit c30071e) |"
+    assert header in table  # newest first, each with the date and commit it measured
+    assert "| 42 | 0.930 / **0.770** / 0.900 | 0.930 / 0.860 / 0.900 |" in table
+    assert "| pairs met | 4 of 6 | 6 of 6 |" in table
+    assert sweeps_side_by_side({"AMD EPYC": {"seeds": sweep("2026-12-05", "abc1234", 0.77)}}) == ""  # one: no table
+
+
+def test_a_seed_sweep_names_the_commit_it_measured():
+    import re
+
+    from bench.bench_seeds import source_commit
+
+    assert re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", source_commit())  # the sweep's README column names it
