@@ -430,13 +430,12 @@ def seeds_markdown(seeds: dict) -> str:
     return "\n".join(lines)
 
 
-TARGET_FIGURES = ("accuracy", "slice_dice", "volume_dice")
-
-
 def sweeps_side_by_side(by_cpu: dict) -> str:
     """The latest seed sweep of each CPU family, side by side: accuracy / slice Dice / volume Dice per seed, a figure
     below its target in bold, and how many seed-target pairs each met. Trained weights depend on the CPU's kernels,
     so the quality claim needs every family, not only the machine that swept last. Empty with fewer than two."""
+    from bench.bench_seeds import TARGETS
+
     sweeps = {family: found["seeds"] for family, found in by_cpu.items() if "seeds" in found}
     if len(sweeps) < 2:
         return ""
@@ -447,10 +446,10 @@ def sweeps_side_by_side(by_cpu: dict) -> str:
         if row is None:
             return "–"
         return " / ".join(f"**{row[name]:.3f}**" if row[name] < sweep["targets"][name] else f"{row[name]:.3f}"
-                          for name in TARGET_FIGURES)
+                          for name in TARGETS)
 
     def met(sweep: dict) -> str:
-        pairs = [row[name] >= sweep["targets"][name] for row in sweep["per_seed"].values() for name in TARGET_FIGURES]
+        pairs = [row[name] >= sweep["targets"][name] for row in sweep["per_seed"].values() for name in TARGETS]
         return f"{sum(pairs)} of {len(pairs)}"
 
     header = [f"{family} ({sweep.get('date') or 'date not recorded'}, commit {sweep.get('commit') or 'not recorded'})"

@@ -175,9 +175,11 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
 
 
 def source_commit() -> str:
-    """The commit the sweep's project copy was made from ("-dirty": with uncommitted changes in it)."""
-    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
+    """The commit the sweep's project copy was made from, short, "-dirty" when its source files had uncommitted
+    changes (the provenance every MLflow run records)."""
+    from tasks.tracking.provenance import git_commit, git_dirty
+
+    return git_commit()[:7] + ("-dirty" if git_dirty() == "true" else "")
 
 
 def main() -> None:

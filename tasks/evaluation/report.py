@@ -194,8 +194,9 @@ def per_patient_scores(test: SplitPredictions, region_scores: pd.DataFrame | Non
     volumes = test.volume_scores.rename(columns={"dice": "volume_dice", "iou": "volume_iou", "hd95": "volume_hd95"})
     table = volumes.merge(by_slice.reset_index(), on="patient", how="outer")
     if region_scores is not None and len(region_scores):
-        regions = [c for c in region_scores if c == "patient" or c.endswith(("_dice", "_hd95"))]
-        table = table.merge(region_scores[regions], on="patient", how="outer")
+        scores = [f"{region}_{name}" for region in REGIONS for name in brats.REGION_METRICS]
+        table = table.merge(region_scores[["patient", *(c for c in scores if c in region_scores)]], on="patient",
+                            how="outer")
     table["tumour_slices"] = table["tumour_slices"].fillna(0).astype(int)
     return table.sort_values("patient", ignore_index=True)
 
