@@ -383,6 +383,23 @@ def test_slices_in_volume_drop_an_unconfirmed_speck_from_the_fused_score_but_not
     assert in_volume.volume_scores["dice"].iloc[0] == 1.0  # the cleaned volume is the one the Dice scores
 
 
+def test_one_pass_records_each_cuts_in_volume_scores_as_a_second_pass_gives_them(tmp_path):
+    """evaluate predicts validation once: `InVolumeCandidates` keeps every cut's in-volume scores from that pass.
+    Read at a cut, they equal a pass made in volume at that cut (the speck dropped at 0.5, kept at 0.85); the photo
+    keeps its own score, and a cut never recorded is refused rather than guessed."""
+    rows = _speck_patient_and_photo(tmp_path)
+    candidates = scoring.InVolumeCandidates(len(rows), (0.5, 0.85))
+    alone = scoring.predict_split(_EchoTwoHeads(), tmp_path, rows, segmentation=False, candidates=candidates)
+    assert alone.slices["probability"][6] == pytest.approx(0.45, abs=1e-3)  # the pass itself stays slice by slice
+    for cut in (0.5, 0.85):
+        second = scoring.predict_split(_EchoTwoHeads(), tmp_path, rows, segmentation=False, in_volume=True,
+                                       mask_threshold=cut).slices["probability"].to_numpy()
+        np.testing.assert_array_equal(candidates.at(alone, cut).slices["probability"].to_numpy(), second)
+    assert candidates.at(alone, 0.5).slices["probability"][6] == pytest.approx(0.075, abs=1e-3)
+    assert candidates.at(alone, 0.5).slices["probability"][8] == alone.slices["probability"][8]  # the photo
+    with pytest.raises(ValueError, match="0.6"):
+        candidates.at(alone, 0.6)
+
 class _BrightFlair:
     """A stand-in for the trained model on the tiny data, which an untrained one is not (it answers 0.567 everywhere):
     a pixel's tumour probability rises with its FLAIR intensity, a slice's classifier probability with its brightest
@@ -450,9 +467,11 @@ def test_evaluate_with_slices_in_volume_decides_on_the_volume_answers(tiny_data,
     lone = metrics.choose_threshold(val_alone["label"].to_numpy(), val_alone["probability"].to_numpy(), "youden")
     assert written["classification_threshold"]["lone_slice_value"] == pytest.approx(lone)
     assert read_decisions(paths.METRICS).lone_slice_threshold == pytest.approx(lone)
-    # the passes evaluate made: validation to choose the cut, validation again in volume at that cut, then test
+    # the passes evaluate made: validation once (the cut, and every cut's in-volume scores, which the threshold above
+    # equals a second pass's at the chosen cut), then test in volume at that cut
     assert [(split, call["in_volume"], call["mask_threshold"] if call["in_volume"] else None) for split, call in calls
-            ] == [("val", False, None), ("val", True, cut), ("test", True, cut)]
+            ] == [("val", False, None), ("test", True, cut)]
+    assert calls[0][1]["candidates"] is not None
 
 
 def test_the_per_patient_table_joins_slices_volumes_and_regions_one_row_per_patient():

@@ -32,7 +32,8 @@ from tasks.data import splitting
 from tasks.data.splits import read_split, split_rows
 from tasks.data.subjects import subject_of
 from tasks.evaluation import brats, metrics, plots
-from tasks.evaluation.scoring import MaskThresholdTally, SplitPredictions, choose_mask_threshold, predict_split
+from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
+                                      predict_split)
 from tasks.inference.predictor import TorchPredictor
 from tasks.io import nested_value, sha256_file, write_json_atomic
 from tasks.tracking.tracker import NullTracker, Tracker
@@ -239,15 +240,16 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     val_rows = split_rows(where.processed, read_split("val", where.splits))
     tally = MaskThresholdTally() if cfg.mask_threshold == "validation" else None
     fixed_cut = None if tally is not None else float(cfg.mask_threshold)
-    # Each slice alone first (a lone slice's threshold, and the mask cut when it is chosen here), then in its
-    # volume at that cut when evaluation scores BraTS slices so.
+    # One pass over validation: each slice alone (a lone slice's threshold, and the mask cut when it is chosen here),
+    # and, when evaluation scores BraTS slices in their volume, their in-volume scores at every cut it may choose.
+    cuts = (fixed_cut,) if tally is None else (*tally.candidates, metrics.MASK_THRESHOLD)
+    candidates = InVolumeCandidates(len(val_rows), cuts) if cfg.slices_in_volume else None
     val = val_alone = predict_split(predictor, where.processed, val_rows, segmentation=False, tally=tally,
-                                    description="validation (thresholds)",
+                                    description="validation", candidates=candidates,
                                     mask_threshold=metrics.MASK_THRESHOLD if fixed_cut is None else fixed_cut)
     mask_threshold = mask_threshold_section(cfg, tally)
-    if cfg.slices_in_volume:
-        val = predict_split(predictor, where.processed, val_rows, segmentation=False, in_volume=True,
-                            description="validation (in volume)", mask_threshold=mask_threshold["value"])
+    if candidates is not None:
+        val = candidates.at(val_alone, mask_threshold["value"])
     test = predict_split(predictor, where.processed, split_rows(where.processed, read_split("test", where.splits)),
                          segmentation=True, description="test", mask_threshold=mask_threshold["value"],
                          in_volume=cfg.slices_in_volume)

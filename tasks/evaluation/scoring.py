@@ -30,13 +30,16 @@ class SplitPredictions:
 
 def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: bool,
                   description: str = "predicting", mask_threshold: float = metrics.MASK_THRESHOLD,
-                  tally: MaskThresholdTally | None = None, in_volume: bool = False) -> SplitPredictions:
+                  tally: MaskThresholdTally | None = None, in_volume: bool = False,
+                  candidates: InVolumeCandidates | None = None) -> SplitPredictions:
     """Predict every row, one shard at a time; with `segmentation`, score the masks of BraTS shards (a pixel is
     tumour when its probability >= `mask_threshold`); with `tally`, feed it every BraTS patient's mask probabilities
     from the same predictions (so choosing a mask threshold on a split costs no second pass over it).
 
     `in_volume`: a BraTS slice's tumour probability is the one /v1/predict/volume answers for it, read from its
-    patient's re-stacked, cleaned-up masks at `mask_threshold` (`scores_in_volume`); photos stay as predicted."""
+    patient's re-stacked, cleaned-up masks at `mask_threshold` (`scores_in_volume`); photos stay as predicted.
+    `candidates`: also record those in-volume probabilities at each of its cuts (so the cut can be chosen after this
+    pass, and the split's in-volume scores at it read without predicting the split again)."""
     probability = np.empty(len(rows), dtype=np.float64)
     pixel_area = np.full(len(rows), np.nan)
     slice_scores, volume_scores = [], []
@@ -50,8 +53,9 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
             probability[shard_rows.index.to_numpy()] = prediction.tumour_probability
             pixel_area[shard_rows.index.to_numpy()] = float(np.prod(shard.spacing[:2]))  # NaN for photos
             scored = (segmentation or tally is not None) and shard.has_mask[take].all()
-            volumes = in_volume and (shard_rows["source"] == "brats").all()
-            if scored or volumes:
+            brats = (shard_rows["source"] == "brats").all()
+            volumes = in_volume and brats
+            if scored or volumes or (candidates is not None and brats):
                 for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):
                     at = shard_rows.index.get_indexer(rows_of_patient.index)
                     index = shard.slice_index[take[at]]
@@ -59,6 +63,8 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
                     predicted = prediction.mask_probability[at] >= mask_threshold
                     cleaned = (cleaned_volume(predicted, index, evidence) if volumes or (scored and segmentation)
                                else None)
+                    if candidates is not None and brats:
+                        candidates.add(prediction, at, index, rows_of_patient.index.to_numpy())
                     if volumes:
                         probability[rows_of_patient.index.to_numpy()] = scores_in_volume(
                             prediction, at, cleaned, index, mask_threshold)
@@ -125,6 +131,33 @@ def scores_in_volume(prediction: Prediction, at: np.ndarray, cleaned: np.ndarray
     part = Prediction(classifier_probability=prediction.classifier_probability[at],  # the whole tumour is all it reads
                       region_probability=prediction.region_probability[at, :1], slice_score=prediction.slice_score)
     return scores_after_cleanup(part, kept[:, None], mask_threshold)
+
+
+class InVolumeCandidates:
+    """Each candidate mask cut's in-volume tumour probability of every BraTS slice of one split (`scores_in_volume`
+    at that cut), recorded by the pass that predicts the split (`predict_split(..., candidates=...)`): evaluation
+    chooses its cut on validation from that pass, then reads the validation's in-volume scores at the chosen cut
+    here instead of predicting the split a second time (a third of evaluation's slice predictions)."""
+
+    def __init__(self, n_rows: int, cuts: tuple[float, ...]):
+        self.probability = {float(t): np.full(n_rows, np.nan) for t in cuts}
+
+    def add(self, prediction: Prediction, at: np.ndarray, slice_index: np.ndarray, rows: np.ndarray) -> None:
+        """One patient's slices: rows `at` of the shard's `prediction`, at positions `rows` of the split."""
+        evidence = prediction.classifier_probability[at]
+        for cut, probability in self.probability.items():
+            cleaned = cleaned_volume(prediction.mask_probability[at] >= cut, slice_index, evidence)
+            probability[rows] = scores_in_volume(prediction, at, cleaned, slice_index, cut)
+
+    def at(self, split: SplitPredictions, cut: float) -> SplitPredictions:
+        """`split` (the pass that fed this) with its BraTS slices' probabilities read in volume at `cut`: what
+        `predict_split(..., in_volume=True, mask_threshold=cut)` gives. Photos keep their own."""
+        if float(cut) not in self.probability:
+            raise ValueError(f"mask cut {cut} was not among the recorded candidates {sorted(self.probability)}")
+        recorded = self.probability[float(cut)]
+        probability = np.where(np.isnan(recorded), split.slices["probability"].to_numpy(), recorded)
+        return SplitPredictions(split.slices.assign(probability=probability), split.slice_scores,
+                                split.volume_scores)
 
 
 def stacked(per_slice: np.ndarray | None, slice_index: np.ndarray) -> np.ndarray | None:
