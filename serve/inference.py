@@ -26,6 +26,7 @@ from tasks.data.orientation import Orientation
 from tasks.data.preprocess import photo_gray, prepare_array_slice, prepare_photo
 from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.data.volumes import spacing_mm
+from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, Component
 from tasks.inference.predictor import Prediction
 from tasks.inference.volume import (NO_TTA, binary_entropy, in_display_orientation, predict_volume, prepare_channels,
                                    quiet_outside_brain)
@@ -221,7 +222,27 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         "uncertainty_nifti": nifti_b64(result.uncertainty, image),
         "uncertainty_nifti_filename": output_filename(name, "uncertainty"),
         "uncertainty": result.uncertainty_summary(),
+        "cleanup": cleanup_summary(result.components, spacing),
     }
+
+
+# The components listed one by one in an answer, largest first; the rest are counted (a noisy volume has hundreds of
+# one-voxel specks, and what a reader checks is the large ones).
+LISTED_COMPONENTS = 20
+
+
+def cleanup_summary(components: Sequence[Component], spacing: Sequence[float]) -> dict:
+    """What the volume clean-up did (tasks/inference/postprocess.py): its rule, and each whole-tumour component with
+    its size, slices, classifier evidence and why it was kept or dropped. A dropped lesion is then visible in the
+    answer, not only by its absence from the mask."""
+    voxel_cm3 = float(np.prod(np.asarray(spacing[:3], dtype=np.float64))) / 1000.0
+    dropped = [c for c in components if not c.kept]
+    return {"min_component_share": MIN_COMPONENT_SHARE, "min_slice_evidence": MIN_SLICE_EVIDENCE,
+            "kept": len(components) - len(dropped), "dropped": len(dropped),
+            "dropped_cm3": round(sum(c.voxels for c in dropped) * voxel_cm3, 4),
+            "components": [c.as_dict() | {"volume_cm3": round(c.voxels * voxel_cm3, 4)}
+                           for c in components[:LISTED_COMPONENTS]],
+            "components_not_listed": max(0, len(components) - LISTED_COMPONENTS)}
 
 
 def slice_images(display: np.ndarray, region_probability: np.ndarray, masks: np.ndarray,

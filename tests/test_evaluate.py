@@ -282,6 +282,9 @@ def test_evaluate_scores_the_raw_test_volumes_per_region(tiny_data, tiny_setting
     assert "wt" in regions and set(regions) <= {"wt", "tc", "et"}
     assert 0.0 <= regions["wt"]["dice"] <= 1.0 and regions["wt"]["hd95"] >= 0.0
     assert written["volume_uncertainty"]["n_patients"] == 1  # the one test patient whose raw volume is on disk
+    row = pd.read_csv(paths.PLOTS / "patients.csv").set_index("patient").loc[patient]
+    assert row["wt_dice"] == pytest.approx(regions["wt"]["dice"])  # its native-volume scores, and beside them ...
+    assert 0 <= row["cleanup_largest_dropped_voxels"] <= row["cleanup_dropped_voxels"]  # ... what its clean-up took
     assert patient in paths.SPLITS.joinpath("test.txt").read_text().split()
 
 
@@ -483,11 +486,13 @@ def test_the_per_patient_table_joins_slices_volumes_and_regions_one_row_per_pati
     volume_scores = pd.DataFrame({"patient": ["p2", "p1", "p3"], "dice": [0.95, 0.7, 0.0], "iou": [0.9, 0.5, 0.0],
                                   "hd95": [1.0, 4.0, 50.0]})  # p3: predicted tumour, has none on its slices
     regions = pd.DataFrame({"patient": ["p1", "p2", "p3"], "wt_dice": [0.7, 0.9, 0.1], "tc_hd95": [2.0, 1.0, 9.0],
-                            "wt_uncertainty_wrong": [0.5, 0.4, 0.3]})
+                            "wt_uncertainty_wrong": [0.5, 0.4, 0.3], "cleanup_dropped_voxels": [0, 12, 1995],
+                            "cleanup_largest_dropped_voxels": [0, 10, 1995]})
     table = per_patient_scores(SplitPredictions(pd.DataFrame(), slice_scores, volume_scores), regions)
     assert table["patient"].tolist() == ["p1", "p2", "p3"]
     assert table["tumour_slices"].tolist() == [2, 1, 0]
     assert table["slice_dice"].iloc[0] == pytest.approx(0.7) and np.isnan(table["slice_dice"].iloc[2])
     assert table["volume_dice"].tolist() == [0.7, 0.95, 0.0] and table["wt_dice"].tolist() == [0.7, 0.9, 0.1]
     assert "wt_uncertainty_wrong" not in table  # the scores, not the uncertainty columns
+    assert table["cleanup_largest_dropped_voxels"].tolist() == [0, 10, 1995]  # what the clean-up took, per patient
     assert "wt_dice" not in per_patient_scores(SplitPredictions(pd.DataFrame(), slice_scores, volume_scores), None)

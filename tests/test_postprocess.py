@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tasks.evaluation.scoring import score_patient
-from tasks.inference.postprocess import clean_regions, drop_stray_components
+from tasks.inference.postprocess import cleaned_components, clean_regions, drop_stray_components
 
 
 def _volume_with(*boxes: tuple[slice, slice, slice]) -> np.ndarray:
@@ -109,3 +109,30 @@ def test_evaluation_volumes_use_the_classifier_as_evidence_on_the_restacked_plan
     _, vetoed = score_patient(predicted[shuffled], truth[shuffled], slice_index[shuffled], np.ones(3),
                               evidence[shuffled])
     assert sized["dice"] == 0.0 and vetoed["dice"] == 1.0
+
+
+def test_each_component_says_what_the_clean_up_did_with_it_and_why():
+    """The reasons /v1/predict/volume reports: unconfirmed, too small beside the largest confirmed, kept; largest
+    first, with the planes each spans (offset by the box around the mask) and its median evidence."""
+    speck_on_false_lesion_planes = (slice(12, 13), slice(2, 4), slice(2, 4))  # 4 voxels on plane 12
+    mask = _volume_with(SMALL_TUMOUR, FALSE_LESION, speck_on_false_lesion_planes, SPECK)
+    cleaned, components = cleaned_components(mask, slice_probability=_evidence(range(2, 6)))
+    np.testing.assert_array_equal(cleaned, drop_stray_components(mask, slice_probability=_evidence(range(2, 6))))
+    assert [(c.voxels, c.planes, c.kept) for c in components] == [
+        (800, (10, 17), False), (196, (2, 5), True), (4, (2, 2), False), (4, (12, 12), False)]
+    assert components[0].evidence == 0.2 and components[0].reason.startswith("dropped: classifier evidence 0.20 < 0.50")
+    assert components[1].reason == "kept: classifier evidence 0.95 >= 0.50"
+    assert components[2].evidence == 0.95  # the speck on the tumour's plane is confirmed, then too small
+    assert components[2].reason == "dropped: 4 voxels < 0.30 x 196 (the largest confirmed)"
+    assert components[1].as_dict() == {"voxels": 196, "slices": [2, 5], "evidence": 0.95, "kept": True,
+                                       "reason": "kept: classifier evidence 0.95 >= 0.50"}
+
+
+def test_without_a_veto_components_have_no_evidence_and_the_size_rule_alone_decides():
+    _, components = cleaned_components(_volume_with(LESION, SPECK), min_share=0.3)
+    assert [(c.voxels, c.evidence, c.kept) for c in components] == [(1000, None, True), (4, None, False)]
+    assert components[0].reason == "kept"
+    # no rule at all: every component listed, every one kept; an empty mask has none
+    _, components = cleaned_components(_volume_with(LESION, SPECK), min_share=0)
+    assert [c.kept for c in components] == [True, True]
+    assert cleaned_components(np.zeros((4, 4, 4), dtype=bool))[1] == ()

@@ -288,6 +288,14 @@ def test_volume_answer_has_label_map_uncertainty_and_regions_with_the_input_affi
     summary = body["uncertainty"]
     assert summary["kind"] == "entropy" and summary["tta_flips"] == [[]]
     assert 0 <= summary["mean"] <= 1 and 0 < summary["p95"] <= 1 and summary["mean_in_tumour"] > summary["mean"]
+    # the clean-up's account: the kept components make up the whole-tumour mask it returned, in cm³ and voxels
+    cleanup = body["cleanup"]
+    kept = [c for c in cleanup["components"] if c["kept"]]
+    assert cleanup["kept"] == len(kept) >= 1 and cleanup["components_not_listed"] == 0
+    assert sum(c["voxels"] for c in kept) == (label_map > 0).sum()
+    assert sum(c["volume_cm3"] for c in kept) == pytest.approx(body["region_volumes_cm3"]["wt"], abs=1e-3)
+    assert cleanup["dropped"] == len(cleanup["components"]) - len(kept)
+    assert all(0 <= c["slices"][0] <= c["slices"][1] < volume.shape[2] for c in cleanup["components"])
 
 
 @pytest.fixture(scope="module")

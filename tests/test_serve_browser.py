@@ -243,7 +243,9 @@ def with_region_fields(answer: dict) -> dict:
                      "uncertainty": {"kind": "entropy", "mean": 0.1, "mean_in_tumour": 0.2, "p95": 0.3}}
 
 
-def test_patient_viewer_shows_regions_and_uncertainty_when_the_answer_has_them(browser, server):
+def open_volume_example_answering(browser, server, change) -> dict:
+    """Opens the example patient with the route's real answer as `change(answer)` returns it (the page's fetch of it
+    is answered with that), so the viewer can be shown fields a trained model would give."""
     import json
     import urllib.request
 
@@ -252,12 +254,18 @@ def test_patient_viewer_shows_regions_and_uncertainty_when_the_answer_has_them(b
     listing = json.load(urllib.request.urlopen(f"{server}/v1/examples", timeout=60))
     volume = next(e for e in listing["examples"] if e["kind"] == "volume")
     request = urllib.request.Request(f"{server}/v1/examples/{volume['id']}/predict?images=true", method="POST")
-    answer = with_region_fields(json.load(urllib.request.urlopen(request, timeout=300)))
-    browser.execute_script(  # the page gets the richer answer the volume route gives once it predicts regions
+    answer = change(json.load(urllib.request.urlopen(request, timeout=300)))
+    browser.execute_script(
         "const answer = arguments[0], real = window.fetch;"
         "window.fetch = (url, options) => String(url).includes('/v1/examples/volume') ?"
         "  Promise.resolve(new Response(JSON.stringify(answer), {status: 200})) : real(url, options);", answer)
     example.click()
+    return answer
+
+
+def test_patient_viewer_shows_regions_and_uncertainty_when_the_answer_has_them(browser, server):
+    # the page gets the richer answer the volume route gives once it predicts regions
+    open_volume_example_answering(browser, server, with_region_fields)
     visible(browser, "vol-unc-toggle")
     regions = browser.find_element("id", "vol-regions").text
     assert "tumour core (TC)" in regions and "1.50 cm³" in regions and "0.25 cm³" in regions
@@ -270,23 +278,32 @@ def test_patient_viewer_shows_regions_and_uncertainty_when_the_answer_has_them(b
     assert canvas_sum(browser, "vol-canvas") != before  # the uncertainty heat map is drawn over the slice
 
 
+def test_patient_viewer_shows_what_the_clean_up_dropped_and_goes_to_its_slices(browser, server):
+    """A lesion the volume clean-up removed is named under the volumes, with its slices as a link to them."""
+    def dropped_one(answer: dict) -> dict:
+        assert "cleanup" in answer  # the route's own field; its figures are made up here to have something dropped
+        last = len(answer["slices"]) - 1
+        return answer | {"cleanup": {
+            "min_component_share": 0.3, "min_slice_evidence": 0.5, "kept": 1, "dropped": 2, "dropped_cm3": 2.5,
+            "components_not_listed": 0, "components": [
+                {"voxels": 8545, "slices": [0, 3], "evidence": 0.67, "kept": True, "reason": "kept",
+                 "volume_cm3": 8.545},
+                {"voxels": 1995, "slices": [last - 2, last], "evidence": 1.0, "kept": False,
+                 "reason": "dropped: 1,995 voxels < 0.30 x 8,545 (the largest confirmed)", "volume_cm3": 2.0}]}}
+
+    last = len(open_volume_example_answering(browser, server, dropped_one)["slices"]) - 1
+    note = visible(browser, "vol-cleanup").text
+    assert "kept 1 component and dropped 2 (2.50 cm³ in all)" in note
+    assert f"2.00 cm³ on slices {last - 2}–{last}" in note and "1,995 voxels < 0.30 x 8,545" in note
+    browser.find_element("id", "vol-dropped-go").click()
+    assert browser.find_element("id", "vol-slider").get_attribute("value") == str(last - 2)
+    assert browser.find_element("id", "vol-slice-label").text.startswith(f"{last - 2} / {last}")
+
+
 def test_a_whole_tumour_model_is_drawn_as_the_whole_tumour_not_as_oedema(browser, server):
     """A 1-region model's label map calls all it finds oedema (2): the viewer showed it so, under a legend of labels
     that model cannot predict. Its answer now draws the whole tumour, with that legend."""
-    import json
-    import urllib.request
-
-    open_page(browser, server, "patient")
-    example = visible(browser, "vol-example")
-    listing = json.load(urllib.request.urlopen(f"{server}/v1/examples", timeout=60))
-    volume = next(e for e in listing["examples"] if e["kind"] == "volume")
-    request = urllib.request.Request(f"{server}/v1/examples/{volume['id']}/predict?images=true", method="POST")
-    answer = with_region_fields(json.load(urllib.request.urlopen(request, timeout=300))) | {"regions": ["wt"]}
-    browser.execute_script(
-        "const answer = arguments[0], real = window.fetch;"
-        "window.fetch = (url, options) => String(url).includes('/v1/examples/volume') ?"
-        "  Promise.resolve(new Response(JSON.stringify(answer), {status: 200})) : real(url, options);", answer)
-    example.click()
+    open_volume_example_answering(browser, server, lambda answer: with_region_fields(answer) | {"regions": ["wt"]})
     visible(browser, "vol-result")
     legend = browser.find_element("id", "vol-legend").text
     assert "whole tumour (predicted)" in legend and "enhancing" not in legend and "oedema" not in legend

@@ -180,6 +180,10 @@ def test_predict_volume_drops_a_speck_far_smaller_than_the_tumour():
     assert not cleaned.whole_tumour[20, 20, 4] and cleaned.whole_tumour[4:14, 4:14, 1:7].all()
     raw = predict_volume(predictor, [volume], image_size=24, min_component_share=0)
     assert raw.whole_tumour[20, 20, 4]
+    # ... and the answer says so: the tumour kept, the speck on slice 4 dropped for its size
+    assert [(c.voxels, c.planes, c.kept) for c in cleaned.components] == [(600, (1, 6), True), (1, (4, 4), False)]
+    assert cleaned.components[1].reason.startswith("dropped: 1 voxel < 0.30 x 600")
+    assert [c.kept for c in raw.components] == [True, True]
     # the slice overlays (model grid, display orientation) follow the same rule: only the speck's pixel goes
     speck = np.zeros((24, 24), dtype=bool)
     speck[20, 20] = True

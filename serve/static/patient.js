@@ -57,6 +57,7 @@ async function render(result, title) {
     .map(([colour, name]) => `<span><i style="background:${colour}"></i>${esc(name)}</span>`).join("") +
     (patient.truth.some(Boolean) ? "<span><i class=\"outline\"></i>truth: outline in the label's colour</span>" : "");
   regionTable(result);
+  cleanupNote(result.cleanup);
   $("vol-summary").textContent = `${result.tumor_slices.length} of ${result.slices.length} slices with tumour · ` +
     `max probability ${fmt(result.max_tumor_probability)} · OOD score ${fmt(result.ood_score, 2)}`;
   const labels = result.label_map_nifti ? [result.label_map_nifti, result.label_map_nifti_filename] :
@@ -90,6 +91,22 @@ function regionTable(result) {
     return `<tr><th scope="row">${REGION_NAMES[r]} (${r.toUpperCase()})</th>${cell}` +
       (truth ? `<td>${fmt(truth[r], 2)} cm³</td>` : "") + "</tr>";
   }).join("");
+}
+
+// What the volume clean-up dropped, so a lesion it removed is seen, not only missed: the count and volume, and the
+// largest dropped component with its slices (a button to go there), evidence and reason.
+function cleanupNote(cleanup) {
+  const note = $("vol-cleanup");
+  show("vol-cleanup", Boolean(cleanup && cleanup.dropped));
+  if (!cleanup || !cleanup.dropped) return;
+  const largest = cleanup.components.find((c) => !c.kept);
+  const [first, last] = largest ? largest.slices : [0, 0];
+  note.innerHTML = `Clean-up kept ${cleanup.kept} component${cleanup.kept === 1 ? "" : "s"} and dropped ` +
+    `${cleanup.dropped} (${fmt(cleanup.dropped_cm3, 2)} cm³ in all).` + (largest ?
+    ` Largest dropped: ${fmt(largest.volume_cm3, 2)} cm³ on <button type="button" class="link" id="vol-dropped-go">` +
+    `slices ${first}–${last}</button>, ${esc(largest.reason)}.` : "");
+  const go = $("vol-dropped-go");
+  if (go) go.addEventListener("click", () => { $("vol-slider").value = first; drawSlice(); });
 }
 
 function drawSlice() {

@@ -41,6 +41,7 @@ from tasks.evaluation import metrics
 from tasks.errors import SliceWiseError
 from tasks.evaluation.brats_reference import VENV, reference_python, reference_scores
 from tasks.inference.predictor import MASK_THRESHOLD
+from tasks.inference.postprocess import Component
 from tasks.inference.volume import NO_TTA, SlicePredictor, brain_of, predict_volume
 
 log = logging.getLogger(__name__)
@@ -157,11 +158,23 @@ def score_patients(predictor: SlicePredictor, raw_brats: Path, patients: Sequenc
             for region, values in scored["regions"].items():
                 row |= {f"{region}_{name}": value for name, value in values.items()}
             row |= {f"uncertainty_{name}": value for name, value in scored["uncertainty"].items()}
+            row |= cleanup_columns(scored["prediction"].components)
             rows.append(row)
             if keep_label_maps is not None:
                 write_label_maps(keep_label_maps, patient, scored)
             progress.advance(bar)
     return pd.DataFrame(rows)
+
+
+# What the volume clean-up dropped from a patient's whole tumour (native grid): in the per-patient table, a low volume
+# Dice beside a large dropped component says the clean-up, not the segmentation, lost the tumour (README,
+# "Post-processing").
+CLEANUP_COLUMNS = ("cleanup_dropped_voxels", "cleanup_largest_dropped_voxels")
+
+
+def cleanup_columns(components: Sequence[Component]) -> dict[str, int]:
+    dropped = [c.voxels for c in components if not c.kept]
+    return dict(zip(CLEANUP_COLUMNS, (sum(dropped), max(dropped, default=0))))
 
 
 def write_label_maps(folder: Path, patient: str, scored: dict) -> None:

@@ -189,13 +189,14 @@ def _finite_or_null(value):
 
 def per_patient_scores(test: SplitPredictions, region_scores: pd.DataFrame | None) -> pd.DataFrame:
     """One row per BraTS test patient: its tumour slices and their mean Dice, its re-stacked volume's Dice and HD95,
-    and the native-volume region figures when they were scored. The means in metrics.json are over these rows (the
-    volume's) or over the slices (the slice Dice), so a low mean can be traced to the patients that make it."""
+    and, when the native volumes were scored, their region figures and what the clean-up dropped. The means in
+    metrics.json are over these rows (the volume's) or over the slices (the slice Dice), so a low mean can be traced
+    to the patients that make it."""
     by_slice = test.slice_scores.groupby("patient", sort=False)["dice"].agg(tumour_slices="size", slice_dice="mean")
     volumes = test.volume_scores.rename(columns={"dice": "volume_dice", "iou": "volume_iou", "hd95": "volume_hd95"})
     table = volumes.merge(by_slice.reset_index(), on="patient", how="outer")
     if region_scores is not None and len(region_scores):
-        scores = [f"{region}_{name}" for region in REGIONS for name in brats.REGION_METRICS]
+        scores = [*(f"{region}_{name}" for region in REGIONS for name in brats.REGION_METRICS), *brats.CLEANUP_COLUMNS]
         table = table.merge(region_scores[["patient", *(c for c in scores if c in region_scores)]], on="patient",
                             how="outer")
     table["tumour_slices"] = table["tumour_slices"].fillna(0).astype(int)

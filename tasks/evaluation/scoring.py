@@ -53,7 +53,7 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
             probability[shard_rows.index.to_numpy()] = prediction.tumour_probability
             pixel_area[shard_rows.index.to_numpy()] = float(np.prod(shard.spacing[:2]))  # NaN for photos
             scored = (segmentation or tally is not None) and shard.has_mask[take].all()
-            brats = (shard_rows["source"] == "brats").all()
+            brats = (in_volume or candidates is not None) and (shard_rows["source"] == "brats").all()
             volumes = in_volume and brats
             if scored or volumes or (candidates is not None and brats):
                 for patient, rows_of_patient in shard_rows.groupby("patient", sort=False):

@@ -23,6 +23,8 @@ the clean-up (`scores_after_cleanup`): the volume route's answers, and evaluatio
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -35,6 +37,23 @@ MIN_COMPONENT_SHARE = 0.3
 MIN_SLICE_EVIDENCE = 0.5
 
 
+@dataclass(frozen=True)
+class Component:
+    """One face-connected component of a predicted mask and what the clean-up did with it: what
+    /v1/predict/volume reports, so a reader sees a dropped lesion instead of only its absence."""
+
+    voxels: int
+    planes: tuple[int, int]  # first and last plane it spans along the slice axis (inclusive)
+    evidence: float | None  # median classifier tumour probability over those planes (None: no veto)
+    kept: bool
+    reason: str  # why it was kept or dropped, with the numbers and limits
+
+    def as_dict(self) -> dict:
+        return {"voxels": self.voxels, "slices": list(self.planes),
+                "evidence": None if self.evidence is None else round(self.evidence, 4), "kept": self.kept,
+                "reason": self.reason}
+
+
 def drop_stray_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
                           slice_probability: np.ndarray | None = None, slice_axis: int = 0,
                           min_evidence: float = MIN_SLICE_EVIDENCE) -> np.ndarray:
@@ -43,25 +62,54 @@ def drop_stray_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHA
     `slice_probability`: the classifier's tumour probability of each plane along `slice_axis` (None: no veto). A
     component whose median over the planes it spans is below `min_evidence` goes; of the rest, those smaller than
     `min_share` x the largest go."""
+    return cleaned_components(mask, min_share, slice_probability, slice_axis, min_evidence, explain=False)[0]
+
+
+def cleaned_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
+                       slice_probability: np.ndarray | None = None, slice_axis: int = 0,
+                       min_evidence: float = MIN_SLICE_EVIDENCE,
+                       explain: bool = True) -> tuple[np.ndarray, tuple[Component, ...]]:
+    """`drop_stray_components`'s mask, and (with `explain`) every component's `Component`, largest first."""
     mask = np.asarray(mask, dtype=bool)
     veto = slice_probability is not None and min_evidence > 0
-    if not mask.any() or (min_share <= 0 and not veto):
-        return mask
+    if not mask.any() or (min_share <= 0 and not veto and not explain):
+        return mask, ()
     # A tumour fills a few % of a 240x240x155 volume: label only the box around everything predicted.
     box = ndimage.find_objects(mask.view(np.uint8))[0]
     labels, count = ndimage.label(mask[box])
     keep = np.ones(count + 1, dtype=bool)
     keep[0] = False
+    extents = ndimage.find_objects(labels) if veto or explain else []
+    evidence = None
     if veto:
-        evidence = np.asarray(slice_probability, dtype=np.float64)[box[slice_axis]]
+        per_plane = np.asarray(slice_probability, dtype=np.float64)[box[slice_axis]]
         # A face-connected component spans an unbroken run of planes: its bounding box's run along the axis.
-        keep[1:] = [np.median(evidence[extent[slice_axis]]) >= min_evidence for extent in ndimage.find_objects(labels)]
+        evidence = np.array([np.median(per_plane[extent[slice_axis]]) for extent in extents])
+        keep[1:] = evidence >= min_evidence
+    confirmed = keep.copy()
+    sizes = np.bincount(labels.ravel(), minlength=count + 1) if min_share > 0 or explain else None
+    largest = 0
     if min_share > 0 and keep.any():
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        keep &= sizes >= min_share * sizes[keep].max()
+        largest = int(sizes[keep].max())
+        keep &= sizes >= min_share * largest
     out = np.zeros_like(mask)
     out[box] = keep[labels]
-    return out
+    if not explain:
+        return out, ()
+    start = box[slice_axis].start
+    components = []
+    for label, extent in enumerate(extents, start=1):
+        seen = None if evidence is None else float(evidence[label - 1])
+        if not confirmed[label]:
+            reason = f"dropped: classifier evidence {seen:.2f} < {min_evidence:.2f} over its slices"
+        elif not keep[label]:
+            voxels = f"{sizes[label]:,} voxel" + ("" if sizes[label] == 1 else "s")
+            reason = f"dropped: {voxels} < {min_share:.2f} x {largest:,} (the largest confirmed)"
+        else:
+            reason = "kept" + ("" if seen is None else f": classifier evidence {seen:.2f} >= {min_evidence:.2f}")
+        planes = (start + extent[slice_axis].start, start + extent[slice_axis].stop - 1)
+        components.append(Component(int(sizes[label]), planes, seen, bool(keep[label]), reason))
+    return out, tuple(sorted(components, key=lambda c: (-c.voxels, c.planes)))
 
 
 def clean_regions(masks: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
@@ -69,9 +117,17 @@ def clean_regions(masks: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
                   min_evidence: float = MIN_SLICE_EVIDENCE) -> np.ndarray:
     """(R, ...) region masks, whole tumour first → the whole tumour cleaned (`drop_stray_components`; `slice_axis`
     counts the axes of one region's mask), every other region kept inside it."""
+    return clean_regions_explained(masks, min_share, slice_probability, slice_axis, min_evidence, explain=False)[0]
+
+
+def clean_regions_explained(masks: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
+                            slice_probability: np.ndarray | None = None, slice_axis: int = 0,
+                            min_evidence: float = MIN_SLICE_EVIDENCE,
+                            explain: bool = True) -> tuple[np.ndarray, tuple[Component, ...]]:
+    """`clean_regions`' masks and the whole tumour's components (`cleaned_components`)."""
     masks = np.asarray(masks, dtype=bool)
-    whole = drop_stray_components(masks[0], min_share, slice_probability, slice_axis, min_evidence)
-    return np.concatenate([whole[None], masks[1:] & whole[None]])
+    whole, components = cleaned_components(masks[0], min_share, slice_probability, slice_axis, min_evidence, explain)
+    return np.concatenate([whole[None], masks[1:] & whole[None]]), components
 
 
 def scores_after_cleanup(prediction: predictor.Prediction, slice_masks: np.ndarray, threshold: float) -> np.ndarray:

@@ -15,7 +15,7 @@ scores on the test patients' raw volumes), so both see the same numbers.
                  (`labels_from_regions`) and the uncertainty map have the input's voxel grid, so a NIfTI written
                  with the input's affine overlays it.
     clean-up     components the classifier does not confirm on their slices, and those much smaller than the largest,
-                 are dropped from the masks (tasks/inference/postprocess.py).
+                 are dropped from the masks (tasks/inference/postprocess.py); `components` says which, and why.
     uncertainty  the binary entropy (bits, 0..1) of the TTA-averaged probability of each region, the largest over
                  the regions, per voxel ("entropy": the predictive entropy; with TTA it grows where the flips
                  disagree, without TTA it is the model's own doubt). 0 = certain, 1 = a coin flip. Outside the
@@ -37,7 +37,8 @@ from PIL import Image
 from tasks.data.orientation import Orientation
 from tasks.data.preprocess import prepare_volume_slices
 from tasks.data.regions import REGIONS, labels_from_regions
-from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, clean_regions, scores_after_cleanup
+from tasks.inference.postprocess import (MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, Component, clean_regions,
+                                         clean_regions_explained, scores_after_cleanup)
 from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD, Prediction
 
 UNCERTAINTY_KIND = "entropy"
@@ -65,6 +66,9 @@ class VolumePrediction:
     flips: tuple[tuple[int, ...], ...]
     uncertainty_kind: str = UNCERTAINTY_KIND
     orientation: Orientation | None = None  # how the input's grid was turned to slice it (None: as stored)
+    # the whole tumour's connected components, largest first, and what the clean-up did with each (voxels of the
+    # input's grid; `planes` are axial slice numbers, as the slice answers count them)
+    components: tuple[Component, ...] = ()
 
     @property
     def whole_tumour(self) -> np.ndarray:
@@ -230,7 +234,8 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     # The classifier's slice probabilities are the clean-up's evidence (tasks/inference/postprocess.py): the classifier
     # alone, even when the slice decision is fused, so a false lesion cannot vouch for itself.
     evidence = prediction.classifier_probability
-    masks = clean_regions(masks, min_component_share, evidence, slice_axis=2, min_evidence=min_slice_evidence)
+    masks, components = clean_regions_explained(masks, min_component_share, evidence, slice_axis=2,
+                                                min_evidence=min_slice_evidence)
     # The model-grid masks (the slice overlays a client draws) are cleaned by the same rule, so an overlay never shows
     # a component the returned volume dropped. (R, Z, S, S): Z is a spatial axis like the others here.
     slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
@@ -246,4 +251,4 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),
         masks=masks, label_map=label_map, uncertainty=uncertainty,
         tumour_probability=tumour_probability, slice_probability=prediction.region_probability,
-        slice_masks=slice_masks, flips=flips, orientation=orientation)
+        slice_masks=slice_masks, flips=flips, orientation=orientation, components=components)
