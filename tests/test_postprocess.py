@@ -120,12 +120,12 @@ def test_each_component_says_what_the_clean_up_did_with_it_and_why():
     np.testing.assert_array_equal(cleaned, drop_stray_components(mask, slice_probability=_evidence(range(2, 6))))
     assert [(c.voxels, c.planes, c.kept) for c in components] == [
         (800, (10, 17), False), (196, (2, 5), True), (4, (2, 2), False), (4, (12, 12), False)]
-    assert components[0].evidence == 0.2 and components[0].reason.startswith("dropped: classifier evidence 0.20 < 0.50")
-    assert components[1].reason == "kept: classifier evidence 0.95 >= 0.50"
+    assert components[0].evidence == 0.2 and components[0].reason.startswith("dropped: classifier evidence 0.20 < 0.70")
+    assert components[1].reason == "kept: classifier evidence 0.95 >= 0.70"
     assert components[2].evidence == 0.95  # the speck on the tumour's plane is confirmed, then too small
     assert components[2].reason == "dropped: 4 voxels < 0.30 x 196 (the largest confirmed)"
     assert components[1].as_dict() == {"voxels": 196, "slices": [2, 5], "evidence": 0.95, "kept": True,
-                                       "reason": "kept: classifier evidence 0.95 >= 0.50"}
+                                       "reason": "kept: classifier evidence 0.95 >= 0.70"}
 
 
 def test_without_a_veto_components_have_no_evidence_and_the_size_rule_alone_decides():
