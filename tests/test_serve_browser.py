@@ -197,12 +197,15 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
                            "s.dispatchEvent(new Event('input'));", z)  # back to the most likely tumour slice
     assert browser.find_element("id", "vol-slice-label").text == label
     # The tiny test volume's slices can draw alike under an untrained model's overlays; the overlays themselves
-    # must reach the canvas: hiding the prediction changes what it shows. (On the most likely tumour slice: a
-    # trained model predicts nothing on the volume's first slice, an untrained one something everywhere.)
+    # must reach the canvas: showing the uncertainty changes what it shows. (The untrained model's classifier, about
+    # 0.57 everywhere, confirms no component under the clean-up's veto, so its answer has no mask to hide; its
+    # doubt, on a slice through the brain, is drawn.)
+    browser.execute_script("const s = document.getElementById('vol-slider'); s.value = arguments[0];"
+                           "s.dispatchEvent(new Event('input'));", n_slices // 2)
     drawn = canvas_sum(browser, "vol-canvas")
-    browser.find_element("id", "vol-show-pred").click()
+    browser.find_element("id", "vol-show-unc").click()
     assert canvas_sum(browser, "vol-canvas") != drawn
-    browser.find_element("id", "vol-show-pred").click()
+    browser.find_element("id", "vol-show-unc").click()
     browser.execute_script("document.getElementById('vol-result').scrollIntoView()")
     shots(browser, "patient")
 
