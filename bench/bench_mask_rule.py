@@ -32,10 +32,10 @@ class PerPatientTally:
         self.new_tally = MaskThresholdTally
         self.patients: list = []
 
-    def add(self, *args, **kwargs) -> None:
+    def add(self, *args, **kwargs) -> dict:
         tally = self.new_tally()
-        tally.add(*args, **kwargs)
         self.patients.append(tally)
+        return tally.add(*args, **kwargs)
 
 
 def pooled_table(tallies: list) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from tasks.data.orientation import Orientation
 from tasks.data.preprocess import axial_slice, prepare_array_slice
 from tasks.data.regions import REGION_LABELS, UnknownLabels, to_brats2020_labels
 from tasks.data.volumes import spacing_mm
+from tasks.inference.volume import voxel_volume_cm3
 
 INDEX_FILE = "index.json"  # written by tasks/release/examples.py
 THUMBNAIL = 96
@@ -133,9 +134,9 @@ def with_volume_truth(result: dict, model: ServedModel, entry: dict) -> dict:
         seg = Orientation.of(image.affine).display(to_brats2020_labels(np.asarray(image.dataobj)))
     except UnknownLabels:
         return result
-    voxel_mm3 = float(np.prod(spacing_mm(image.header)))
+    voxel_cm3 = voxel_volume_cm3(spacing_mm(image.header))
     result["truth_region_volumes_cm3"] = {
-        region: round(float(np.isin(seg, labels).sum()) * voxel_mm3 / 1000.0, 4)
+        region: round(float(np.isin(seg, labels).sum()) * voxel_cm3, 4)
         for region, labels in REGION_LABELS.items()}
     size = model.image_size
     for item in result.get("slices", []):

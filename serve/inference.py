@@ -29,7 +29,7 @@ from tasks.data.volumes import spacing_mm
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, Component
 from tasks.inference.predictor import Prediction
 from tasks.inference.volume import (NO_TTA, binary_entropy, in_display_orientation, predict_volume, prepare_channels,
-                                   quiet_outside_brain)
+                                   quiet_outside_brain, voxel_volume_cm3)
 
 
 # onnxruntime's workspace per input pixel of one batch element, per base channel of the U-Net: 64 MB for a batch of
@@ -235,7 +235,7 @@ def cleanup_summary(components: Sequence[Component], spacing: Sequence[float]) -
     """What the volume clean-up did (tasks/inference/postprocess.py): its rule, and each whole-tumour component with
     its size, slices, classifier evidence and why it was kept or dropped. A dropped lesion is then visible in the
     answer, not only by its absence from the mask."""
-    voxel_cm3 = float(np.prod(np.asarray(spacing[:3], dtype=np.float64))) / 1000.0
+    voxel_cm3 = voxel_volume_cm3(spacing)
     dropped = [c for c in components if not c.kept]
     return {"min_component_share": MIN_COMPONENT_SHARE, "min_slice_evidence": MIN_SLICE_EVIDENCE,
             "kept": len(components) - len(dropped), "dropped": len(dropped),

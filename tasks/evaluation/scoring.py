@@ -63,16 +63,17 @@ def predict_split(predictor, processed: Path, rows: pd.DataFrame, segmentation: 
                     predicted = prediction.mask_probability[at] >= mask_threshold
                     cleaned = (cleaned_volume(predicted, index, evidence) if volumes or (scored and segmentation)
                                else None)
+                    truth = shard.masks[take[at]] > 0 if scored else None
+                    # the tally's cleaned volume at each of its cuts, which the candidates read too
+                    cleaned_at = (tally.add(prediction.mask_probability[at], truth, index, evidence)
+                                  if scored and tally is not None else {})
                     if candidates is not None and brats:
-                        candidates.add(prediction, at, index, rows_of_patient.index.to_numpy())
+                        candidates.add(prediction, at, index, rows_of_patient.index.to_numpy(), cleaned_at)
                     if volumes:
                         probability[rows_of_patient.index.to_numpy()] = scores_in_volume(
                             prediction, at, cleaned, index, mask_threshold)
                     if not scored:
                         continue
-                    truth = shard.masks[take[at]] > 0
-                    if tally is not None:
-                        tally.add(prediction.mask_probability[at], truth, index, evidence)
                     if segmentation:
                         scores = score_patient(predicted, truth, index, shard.spacing, evidence, cleaned)
                         slice_scores.append(scores[0].assign(patient=patient))
@@ -142,11 +143,17 @@ class InVolumeCandidates:
     def __init__(self, n_rows: int, cuts: tuple[float, ...]):
         self.probability = {float(t): np.full(n_rows, np.nan) for t in cuts}
 
-    def add(self, prediction: Prediction, at: np.ndarray, slice_index: np.ndarray, rows: np.ndarray) -> None:
-        """One patient's slices: rows `at` of the shard's `prediction`, at positions `rows` of the split."""
+    def add(self, prediction: Prediction, at: np.ndarray, slice_index: np.ndarray, rows: np.ndarray,
+            cleaned_at: dict[float, np.ndarray] | None = None) -> None:
+        """One patient's slices: rows `at` of the shard's `prediction`, at positions `rows` of the split.
+        `cleaned_at`: its re-stacked, cleaned volumes at some cuts already (`MaskThresholdTally.add`'s); the
+        others are cleaned here."""
         evidence = prediction.classifier_probability[at]
+        cleaned_at = cleaned_at or {}
         for cut, probability in self.probability.items():
-            cleaned = cleaned_volume(prediction.mask_probability[at] >= cut, slice_index, evidence)
+            cleaned = cleaned_at.get(cut)
+            if cleaned is None:
+                cleaned = cleaned_volume(prediction.mask_probability[at] >= cut, slice_index, evidence)
             probability[rows] = scores_in_volume(prediction, at, cleaned, slice_index, cut)
 
     def at(self, split: SplitPredictions, cut: float) -> SplitPredictions:
@@ -182,17 +189,20 @@ class MaskThresholdTally:
         self.volume_dice: dict[float, list[float]] = {t: [] for t in candidates}
 
     def add(self, probability: np.ndarray, truth: np.ndarray, slice_index: np.ndarray,
-            slice_probability: np.ndarray | None = None) -> None:
+            slice_probability: np.ndarray | None = None) -> dict[float, np.ndarray]:
         """One patient's (N, H, W) mask probabilities, boolean truth, slice indices and the classifier's (N,) slice
-        tumour probabilities (the clean-up's evidence; None: size rule alone)."""
+        tumour probabilities (the clean-up's evidence; None: size rule alone). Returns its re-stacked, cleaned
+        volume at each candidate (what `cleaned_volume` gives at that cut)."""
         tumour = truth.reshape(len(truth), -1).any(axis=1)
         true_volume = stacked(truth, slice_index)
         probability_volume, evidence = stacked(probability, slice_index), stacked(slice_probability, slice_index)
+        cleaned = {}
         for t in self.candidates:  # stacked once; each candidate only cuts and cleans
             predicted = probability >= t
             self.slice_dice[t] += [_dice(p, q) for p, q in zip(predicted[tumour], truth[tumour])]
-            volume = drop_stray_components(probability_volume >= t, slice_probability=evidence)
-            self.volume_dice[t].append(_dice(volume, true_volume))
+            cleaned[t] = drop_stray_components(probability_volume >= t, slice_probability=evidence)
+            self.volume_dice[t].append(_dice(cleaned[t], true_volume))
+        return cleaned
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame({"threshold": list(self.candidates),

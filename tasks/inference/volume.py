@@ -81,7 +81,7 @@ class VolumePrediction:
 
     def region_volumes_cm3(self, spacing: Sequence[float]) -> dict[str, float]:
         """cm³ of each region the model predicts; `spacing` is the voxel size in mm."""
-        voxel_cm3 = float(np.prod(np.asarray(spacing[:3], dtype=np.float64))) / 1000.0
+        voxel_cm3 = voxel_volume_cm3(spacing)
         return {region: float(mask.sum()) * voxel_cm3 for region, mask in zip(self.regions, self.masks)}
 
     def uncertainty_summary(self, decimals: int = 6) -> dict:
@@ -95,6 +95,11 @@ class VolumePrediction:
                 "mean_in_tumour": round(float(inside.mean()), decimals) if inside.size else 0.0,
                 "p95": round(float(np.percentile(doubtful, 95)), decimals) if doubtful.size else 0.0,
                 "tta_flips": [list(f) for f in self.flips]}
+
+
+def voxel_volume_cm3(spacing: Sequence[float]) -> float:
+    """cm³ of one voxel of `spacing` (mm; the first three axes)."""
+    return float(np.prod(np.asarray(spacing[:3], dtype=np.float64))) / 1000.0
 
 
 def check_flips(flips: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
