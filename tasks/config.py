@@ -130,6 +130,9 @@ class SegStageSettings(_Section):
     tumour_slices_only: bool = False
     foreground_share: float = Field(0.33, ge=0, le=1)  # at least this share of each batch has tumour
     dice_over: Literal["batch", "slice", "both"] = "batch"  # Dice pooled over the batch, per slice, or their mean
+    # Side of the square window around the brain that each training sample is cut to, as a share of the slice's
+    # side (1: whole slices); tasks/data/augment.py, README "Recipes".
+    crop: float = Field(1.0, gt=0, le=1)
 
 
 class ClsStageSettings(_Section):

@@ -211,3 +211,104 @@ def test_affine_grid_is_torchs_affine_grid():
     theta[:, :, 2] = torch.rand(5, 2)  # a translation too
     expected = torch.nn.functional.affine_grid(theta, [5, 1, 12, 20], align_corners=False)
     torch.testing.assert_close(affine_grid(theta, 12, 20), expected)
+
+
+def _brain_slices(n: int = 4, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float slices whose brain (non-zero pixels) is a rectangle off the middle, and a tumour mask inside it."""
+    rng = np.random.default_rng(seed)
+    images, masks = torch.zeros(n, 2, size, size), torch.zeros(n, 1, size, size)
+    for k in range(n):
+        top, left = rng.integers(0, size // 4, 2)
+        images[k, :, top:top + size // 2, left:left + size // 2] = torch.from_numpy(rng.normal(size=(2, size // 2,
+                                                                                                     size // 2)))
+        masks[k, 0, top + 2:top + 6, left + 3:left + 8] = 1
+    return images, masks
+
+
+def test_crop_windows_are_centred_on_the_brain_and_stay_in_the_image():
+    from tasks.data.augment import brain_crop_centres
+
+    images, _ = _brain_slices()
+    images[3] = 0  # a slice without brain: the window is the image's middle
+    centres = brain_crop_centres(images, 24, torch.zeros(4, 2))
+    brain = (images != 0).any(1)
+    for k in range(3):
+        rows, cols = torch.nonzero(brain[k].any(1))[:, 0], torch.nonzero(brain[k].any(0))[:, 0]
+        expected = [float(cols.min() + cols.max()) / 2, float(rows.min() + rows.max()) / 2]
+        assert centres[k].tolist() == pytest.approx([min(max(e, 11.5), 19.5) for e in expected])
+    assert centres[3].tolist() == [15.5, 15.5]
+    moved = brain_crop_centres(images, 24, torch.ones(4, 2))  # a quarter of the room (8 px) = 2 px, then clamped
+    assert torch.all(moved - centres <= 2) and torch.all(moved <= 19.5) and torch.all(moved >= 11.5)
+    assert torch.equal(moved[3], torch.tensor([17.5, 17.5]))
+
+
+def test_a_crop_without_rotation_is_the_window_of_pixels_itself():
+    from tasks.data.augment import affine_grid, crop_affines
+
+    images, _ = _brain_slices(n=2)
+    identity = torch.eye(2, 3).expand(2, 2, 3)
+    centres = torch.tensor([[11.5, 14.5], [19.5, 11.5]])  # whole pixels: windows from (0, 3) and (8, 0)
+    grid = affine_grid(crop_affines(identity, centres, (32, 32), 24), 24, 24)
+    window = torch.nn.functional.grid_sample(images, grid, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(window[0], images[0, :, 3:27, 0:24])
+    torch.testing.assert_close(window[1], images[1, :, 0:24, 8:32])
+
+
+def test_cropped_batches_keep_each_tumour_and_mask_with_its_image(tmp_path):
+    from tasks.data.augment import augment_batch
+
+    images, masks = _brain_slices(n=6)
+    plain = Augment(flip=False, rotate_degrees=0, intensity_jitter=0, modality_dropout=0)
+    cut, cut_masks = augment_batch(images, masks, plain, torch.Generator().manual_seed(0), crop=24)
+    assert cut.shape == (6, 2, 24, 24) and cut_masks.shape == (6, 1, 24, 24)
+    # the 16-pixel brain fits the 24-pixel window wherever the jitter moves it: nothing of brain or tumour is lost
+    assert torch.equal(cut_masks.sum((1, 2, 3)), masks.sum((1, 2, 3)))
+    brain_pixels = (cut != 0).sum((1, 2, 3))  # a window moved by part of a pixel blurs the brain's edge by one pixel
+    assert torch.all(brain_pixels >= 2 * 16 * 16) and torch.all(brain_pixels <= 2 * 17 * 17)
+    assert set(cut_masks.unique().tolist()) == {0.0, 1.0}
+    again = augment_batch(images, masks, plain, torch.Generator().manual_seed(0), crop=24)
+    assert torch.equal(again[0], cut) and torch.equal(again[1], cut_masks)  # seeded: the same windows
+    whole = augment_batch(images, masks, AUGMENT, torch.Generator().manual_seed(0))
+    no_smaller = augment_batch(images, masks, AUGMENT, torch.Generator().manual_seed(0), crop=32)
+    assert all(torch.equal(a, b) for a, b in zip(whole, no_smaller))  # a window the size of the slice is no crop
+    rotated, rotated_masks = augment_batch(images, masks, AUGMENT, torch.Generator().manual_seed(0), crop=24)
+    assert rotated.shape[2:] == (24, 24) and not torch.equal(rotated_masks, cut_masks)
+
+
+def test_the_loader_and_the_device_crop_the_same_windows(tmp_path):
+    processed, patients = _processed(tmp_path, shards=2, rows=6, compress=False, size=32)
+    data = stream_slices(processed, patients, ("brats",), ShardRowReader(0))
+    batches = {}
+    for on_device in (False, True):
+        loader = training_loader(data, 4, torch.Generator().manual_seed(7), foreground_share=0.5, augment=AUGMENT,
+                                 augment_on_device=on_device, crop=16)
+        batches[on_device] = list(loader)
+    for a, r in zip(batches[False], batches[True]):
+        assert a["image"].shape[2:] == (16, 16) and r["image"].shape[2:] == (32, 32)
+        images, masks = r.pop("augment").apply(r["image"], r["mask"], AUGMENT)
+        assert torch.equal(images, a["image"]) and torch.equal(masks, a["mask"])
+
+
+@pytest.mark.parametrize("share, size, side", [(0.75, 128, 96), (0.75, 240, 176), (0.75, 192, 144), (1.0, 128, None),
+                                               (0.99, 128, 120), (0.07, 128, 8)])
+def test_the_crop_share_becomes_a_side_the_model_takes(share, size, side):
+    from tasks.config import SegStageSettings
+    from tasks.training.stage import StagePlan, crop_side
+    from models.unet import UNetConfig
+
+    plan = mock.Mock(spec=StagePlan, stage="seg", stage_params=SegStageSettings(crop=share),
+                     model=UNetConfig(in_channels=4, base_channels=8, depth=4))
+    assert crop_side(plan, (size, size)) == side
+
+
+def test_a_crop_too_small_for_the_model_is_a_clear_error():
+    from tasks.config import SegStageSettings
+    from tasks.errors import SliceWiseError
+    from tasks.training.stage import StagePlan, crop_side
+    from models.unet import UNetConfig
+
+    plan = mock.Mock(spec=StagePlan, stage="seg", stage_params=SegStageSettings(crop=0.05),
+                     model=UNetConfig(in_channels=4, base_channels=8, depth=4))
+    with pytest.raises(SliceWiseError, match="train_seg.crop 0.05 of 128 pixels") as error:
+        crop_side(plan, (128, 128))
+    assert "params.yaml" in str(error.value)

@@ -265,11 +265,12 @@ class PendingAugment:
     seed: int
     part_of: tuple[int, int]
     modality_draws: ModalityDraws | None
+    crop: int | None = None
 
     def apply(self, images: Tensor, masks: Tensor, cfg: Augment) -> tuple[Tensor, Tensor]:
         """The augmented float images and masks, on the device they are on (the draws are made on the CPU)."""
         images, masks = augment_batch(images.float(), masks.float(), cfg, torch.Generator().manual_seed(self.seed),
-                                      part_of=self.part_of)
+                                      part_of=self.part_of, crop=self.crop)
         return drop_modalities(images, self.modality_draws), masks
 
 
@@ -296,11 +297,12 @@ class AugmentedSlices(Dataset):
     """Training samples read and augmented a whole batch at a time (DataLoader's `__getitems__`) with the batch's
     seed, then thinned by its modality-dropout draws: the same samples whether the main process or a worker reads
     the batch. With `part=(rank, world)` only that process's share of each batch is read and augmented (a DDP
-    process), each sample exactly as a single process would have it."""
+    process), each sample exactly as a single process would have it. `crop`: the side of the windows training
+    sees instead of whole slices (`augment_batch`)."""
 
     def __init__(self, data: ShardSlices | SliceSet, cfg: Augment, part: tuple[int, int] = (0, 1),
-                 defer: bool = False):
-        self.data, self.cfg, self.part, self.defer = data, cfg, part, defer
+                 defer: bool = False, crop: int | None = None):
+        self.data, self.cfg, self.part, self.defer, self.crop = data, cfg, part, defer, crop
 
     def __len__(self) -> int:
         return len(self.data)
@@ -314,12 +316,13 @@ class AugmentedSlices(Dataset):
             images, masks = self.data.batch(rows, torch.float16)
         else:
             images, masks = augment_batch(*self.data.batch(rows), self.cfg, torch.Generator().manual_seed(batch.seed),
-                                          part_of=(start, len(batch.rows)))
+                                          part_of=(start, len(batch.rows)), crop=self.crop)
             images = drop_modalities(images, draws)
         has_mask, labels = self.data.has_mask[rows].tolist(), self.data.labels[rows].float()
         samples = [{"image": images[j], "mask": masks[j] if has_mask[j] else None, "label": labels[j]}
                    for j in range(len(rows))]
-        return (samples, PendingAugment(batch.seed, (start, len(batch.rows)), draws)) if self.defer else samples
+        return (samples, PendingAugment(batch.seed, (start, len(batch.rows)), draws, self.crop)) if self.defer \
+            else samples
 
 
 class BatchShares(Sampler[list[int]]):
@@ -340,7 +343,8 @@ class BatchShares(Sampler[list[int]]):
 def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,
                     kaggle_share: float | None = None, foreground_share: float = 0.0,
                     pin_memory: bool = False, augment: Augment | None = None,
-                    part: tuple[int, int] = (0, 1), augment_on_device: bool = False) -> DataLoader:
+                    part: tuple[int, int] = (0, 1), augment_on_device: bool = False,
+                    crop: int | None = None) -> DataLoader:
     """Training batches composed by `ComposedBatches` (Kaggle quota, foreground oversampling), augmented with
     `augment` (None: as stored; its `modality_dropout` included) where they are read: in `num_workers` worker
     processes (kept across epochs), or in this one when 0. `augment_on_device`: read only, float16, each batch with
@@ -348,13 +352,14 @@ def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, 
 
     `part=(rank, world)`: every process draws the same global batches (`batch_size` samples) and reads only its
     share of each (DDP, tasks/training/distributed.py). `pin_memory` puts each batch in page-locked memory, so its
-    copy to a GPU can overlap compute (CUDA only).
+    copy to a GPU can overlap compute (CUDA only). `crop`: augmented batches are crop x crop windows around each
+    slice's brain (`train_seg.crop`; tasks/data/augment.py).
     """
     sampler = ComposedBatches(data.has_mask, data.labels, batch_size, generator, kaggle_share, foreground_share,
                               warn=part[0] == 0)
     collate = collate_slices
     if augment is not None:
-        data, sampler = (AugmentedSlices(data, augment, part, defer=augment_on_device),
+        data, sampler = (AugmentedSlices(data, augment, part, defer=augment_on_device, crop=crop),
                          SeededBatches(sampler, generator, data.image_shape[0], augment.modality_dropout))
         collate = collate_pending if augment_on_device else collate_slices
     elif part != (0, 1):

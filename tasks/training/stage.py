@@ -203,7 +203,8 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
                              getattr(plan.stage_params, "kaggle_share", None),
                              getattr(plan.stage_params, "foreground_share", 0.0),
                              pin_memory=plan.train.pin_memory and device.type == "cuda", augment=plan.train.augment,
-                             part=ranks.part, augment_on_device=augments_on_device(plan.train, device))
+                             part=ranks.part, augment_on_device=augments_on_device(plan.train, device),
+                             crop=crop_side(plan, train_set.image_shape[1:]))
     metric_name = METRIC_NAME[plan.stage]
     with _progress(visible=ranks.is_main) as progress:
         bar = progress.add_task(f"train_{plan.stage}", total=max(plan.epochs - state.epoch, 0) * len(loader),
@@ -277,6 +278,20 @@ def _check_shapes(plan: StagePlan, data: ShardSlices) -> None:
     if height % multiple or width % multiple:
         raise SliceWiseError(f"image size {height}x{width} is not a multiple of {multiple}, as model depth "
                              f"{plan.model.depth} needs", paths.PARAMS)
+
+
+def crop_side(plan: StagePlan, image_size: tuple[int, int]) -> int | None:
+    """The side of the training windows (`train_seg.crop` of the slices' shorter side, down to a size the model
+    takes), or None for whole slices."""
+    share = getattr(plan.stage_params, "crop", 1.0)
+    multiple = plan.model.size_multiple
+    side = int(min(image_size) * share) // multiple * multiple
+    if share >= 1 or side >= min(image_size):
+        return None
+    if side < multiple:
+        raise SliceWiseError(f"train_{plan.stage}.crop {share} of {min(image_size)} pixels leaves no window of at "
+                             f"least {multiple} pixels (model depth {plan.model.depth})", paths.PARAMS)
+    return side
 
 
 def _initial_model(plan: StagePlan) -> MultitaskUNet:
