@@ -287,9 +287,9 @@ def test_patient_viewer_shows_what_the_clean_up_dropped_and_goes_to_its_slices(b
         assert "cleanup" in answer  # the route's own field; its figures are made up here to have something dropped
         last = len(answer["slices"]) - 1
         return answer | {"cleanup": {
-            "min_component_share": 0.3, "min_slice_evidence": 0.5, "kept": 1, "dropped": 2, "dropped_cm3": 2.5,
+            "min_component_share": 0.3, "min_slice_evidence": 0.7, "kept": 1, "dropped": 2, "dropped_cm3": 2.5,
             "components_not_listed": 0, "components": [
-                {"voxels": 8545, "slices": [0, 3], "evidence": 0.67, "kept": True, "reason": "kept",
+                {"voxels": 8545, "slices": [0, 3], "evidence": 0.91, "kept": True, "reason": "kept",
                  "volume_cm3": 8.545},
                 {"voxels": 1995, "slices": [last - 2, last], "evidence": 1.0, "kept": False,
                  "reason": "dropped: 1,995 voxels < 0.30 x 8,545 (the largest confirmed)", "volume_cm3": 2.0}]}}
