@@ -292,23 +292,25 @@ def test_the_loader_and_the_device_crop_the_same_windows(tmp_path):
 @pytest.mark.parametrize("share, size, side", [(0.75, 128, 96), (0.75, 240, 176), (0.75, 192, 144), (1.0, 128, None),
                                                (0.99, 128, 120), (0.07, 128, 8)])
 def test_the_crop_share_becomes_a_side_the_model_takes(share, size, side):
-    from tasks.config import SegStageSettings
-    from tasks.training.stage import StagePlan, crop_side
-    from models.unet import UNetConfig
+    from tasks.training.stage import crop_side
 
-    plan = mock.Mock(spec=StagePlan, stage="seg", stage_params=SegStageSettings(crop=share),
+    assert crop_side(_seg_plan(share), (size, size)) == side
+
+
+def _seg_plan(crop: float):
+    """A `train_seg` plan with `crop` and a depth-4 model (sizes in multiples of 8)."""
+    from models.unet import UNetConfig
+    from tasks.config import SegStageSettings
+    from tasks.training.stage import StagePlan
+
+    return mock.Mock(spec=StagePlan, stage="seg", stage_params=SegStageSettings(crop=crop),
                      model=UNetConfig(in_channels=4, base_channels=8, depth=4))
-    assert crop_side(plan, (size, size)) == side
 
 
 def test_a_crop_too_small_for_the_model_is_a_clear_error():
-    from tasks.config import SegStageSettings
     from tasks.errors import SliceWiseError
-    from tasks.training.stage import StagePlan, crop_side
-    from models.unet import UNetConfig
+    from tasks.training.stage import crop_side
 
-    plan = mock.Mock(spec=StagePlan, stage="seg", stage_params=SegStageSettings(crop=0.05),
-                     model=UNetConfig(in_channels=4, base_channels=8, depth=4))
     with pytest.raises(SliceWiseError, match="train_seg.crop 0.05 of 128 pixels") as error:
-        crop_side(plan, (128, 128))
+        crop_side(_seg_plan(0.05), (128, 128))
     assert "params.yaml" in str(error.value)
