@@ -365,12 +365,28 @@ def loader_rows(loader: dict) -> list[tuple[str, str, str]]:
          f"{runs['stored_2_workers']['main_cpu_ms_per_batch']:.0f} ms with 2 workers; wall clock 0 workers "
          f"{stored['slices_per_s']:.0f}/s, {scaling}, on {loader['cpu_cores_here']} cores at load "
          f"{loader['load_average_1min']} ({when})"),
+        *_crop_loader_rows(loader),
         ("loader memory: streamed / compressed in RAM", f"+{stored['main_peak_rss_mib'] - stored['rss_before_loading_mib']}"
          f" / +{fits['main_peak_rss_mib'] - fits['rss_before_loading_mib']} MiB",
          f"peak RSS over the process before loading, {loader['set']['slices']} slices ({disk['stored']['mib']:.0f} MiB "
          f"stored, {disk['compressed']['mib']:.0f} MiB compressed); compressed with a cache of a quarter of the set: "
          f"{quarter['slices_per_s']:.1f} slices/s"),
     ]
+
+
+def _crop_loader_rows(loader: dict) -> list[tuple[str, str, str]]:
+    """train_seg's loader (windows around the brain) against whole slices, when the run measured it."""
+    if "crop_side" not in loader:
+        return []
+    runs, side = loader["runs"], loader["crop_side"]
+    whole, crop = runs["stored_0_workers"], runs["stored_0_workers_crop"]
+    scaling = ", ".join(f"{w} workers {runs[f'stored_{w}_workers_crop']['slices_per_s']:.0f}/s "
+                        f"({ratio:.2f}×)" for w, ratio in ((k.split("_")[0], v) for k, v in loader["crop_scaling"].items()))
+    return [(f"loader: train_seg's {side}² windows / whole slices (slices per CPU-second, augmented)",
+             f"{loader['crop_per_core_slices_per_s'] / loader['per_core_slices_per_s']:.2f}×",
+             f"{crop['slices_per_cpu_second']:.0f} against {whole['slices_per_cpu_second']:.0f} per CPU-second, one "
+             f"process, side by side; × 16 cores: {round(16 * crop['slices_per_cpu_second']):,}/s; wall clock "
+             f"0 workers {crop['slices_per_s']:.0f}/s, {scaling}")]
 
 
 def validation_read_row(reads: dict) -> tuple[str, str, str]:

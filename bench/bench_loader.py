@@ -8,6 +8,8 @@ quota, batch 32, drawing batches as a training stage does, with
 
     0 workers and one torch thread      slices/s per CPU core (read + augment + collate in one process)
     1, 2 workers                         the scaling that `train.num_workers` buys
+    the same with train_seg's windows    the warm-up's loader: each sample cut to a window around its brain
+                                         (`train_seg.crop` of the side, 192² of 256² at 0.75) by the same pass
     compressed, cache ≥ the set          what the old in-RAM format costs in memory
     compressed, cache < the set          what an LRU of decompressed shards does under random access
     validation reads                     the validation pass's reads, every slice once in order: sample by sample
@@ -80,9 +82,11 @@ def write_sets(root: Path, patients: int, slices: int, seed: int = 0,
     return sets
 
 
-def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int, read_only: bool = False) -> dict:
+def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int, read_only: bool = False,
+            crop: int | None = None) -> dict:
     """Slices/s through `training_loader` over `processed`, in this process (start it fresh: see `_measure_in`);
-    `read_only`: the loader of `train.augment_on: device`, which reads and leaves augmenting to the GPU."""
+    `read_only`: the loader of `train.augment_on: device`, which reads and leaves augmenting to the GPU; `crop`:
+    batches of crop x crop windows around each brain, as train_seg's loader makes them."""
     import psutil
     import torch
 
@@ -96,7 +100,7 @@ def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: 
     data = stream_slices(processed, patients, ("brats",), ShardRowReader(cache_mb * 2**20 // (workers + 1)))
     loader = training_loader(data, BATCH, torch.Generator().manual_seed(0), workers,
                              foreground_share=settings.train_seg.foreground_share, augment=settings.train.augment,
-                             augment_on_device=read_only)
+                             augment_on_device=read_only, crop=crop)
     baseline_mib = status_mib(field="VmRSS")
     batches_seen, count = iter(loader), 0
     processes = [psutil.Process()] + [psutil.Process(w.pid) for w in getattr(batches_seen, "_workers", [])]
@@ -160,17 +164,18 @@ def _cpu_seconds(process) -> float:
 
 
 def _measure_in(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int,
-                read_only: bool = False) -> dict:
+                read_only: bool = False, crop: int | None = None) -> dict:
     """`measure` in a fresh interpreter, so its peak RSS is its own."""
     command = [sys.executable, "-m", "bench.bench_loader", "--measure", str(processed), "--workers", str(workers),
                "--cache-mb", str(cache_mb), "--batches", str(batches), "--warmup", str(warmup)] \
-        + (["--read-only"] if read_only else [])
+        + (["--read-only"] if read_only else []) + (["--crop", str(crop)] if crop else [])
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  {processed.name:>10}{' read-only' if read_only else ''}, {workers} workers, cache {cache_mb:>4} MiB: {result['slices_per_s']:7.1f} slices/s "
+    kind = " read-only" if read_only else f" {crop}² windows" if crop else ""
+    print(f"  {processed.name:>10}{kind}, {workers} workers, cache {cache_mb:>4} MiB: {result['slices_per_s']:7.1f} slices/s "
           f"({result['slices_per_cpu_second']:6.1f} per CPU-second; main process {result['main_cpu_ms_per_batch']:.0f} "
           f"ms CPU per batch), peak RSS {result['main_peak_rss_mib']} MiB "
           f"({result['rss_before_loading_mib']} before loading); workers' USS {result['workers_uss_mib']} MiB",
@@ -198,6 +203,9 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
               + ", ".join(f"{k} {v['mib']} MiB in {v['files']} files" for k, v in disk.items()), flush=True)
         runs = {f"stored_{w}_workers": _measure_in(sets["stored"], w, 0, batches * max(1, w), warmup * max(1, w))
                 for w in counts}
+        if crop := warm_up_window():
+            runs |= {f"stored_{w}_workers_crop": _measure_in(sets["stored"], w, 0, batches * max(1, w),
+                                                             warmup * max(1, w), crop=crop) for w in counts}
         for w in read_only_counts:
             runs[f"read_only_{w}_workers"] = _measure_in(sets["stored"], w, 0, 4 * batches * max(1, w),
                                                          warmup * max(1, w), read_only=True)
@@ -222,6 +230,11 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
                     for w in counts if w},
         # Workers pay for moving batches between processes: project from their CPU-second rate, not the bare one.
         "workers_slices_per_cpu_second": runs[f"stored_{counts[-1]}_workers"]["slices_per_cpu_second"],
+        # train_seg's loader (windows around the brain), when params.yaml crops: the same figures for it
+        **({"crop_side": crop, "crop_per_core_slices_per_s": runs["stored_0_workers_crop"]["slices_per_cpu_second"],
+            "crop_scaling": {f"{w}_workers_over_0": round(runs[f"stored_{w}_workers_crop"]["slices_per_s"]
+                                                          / runs["stored_0_workers_crop"]["slices_per_s"], 2)
+                             for w in counts if w}} if crop else {}),
         "projected_16_cores_slices_per_s": round(runs[f"stored_{counts[-1]}_workers"]["slices_per_cpu_second"]
                                                  * GOAL_CORES),
         "goal_slices_per_s": GOAL_SLICES_PER_S,
@@ -229,6 +242,21 @@ def run(patients: int = 4, slices: int = 140, batches: int = 12, warmup: int = 2
         "cpu_cores_here": usable_cores(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
+
+
+def warm_up_window() -> int | None:
+    """The side of train_seg's windows on these SIZE² slices (params.yaml's `train_seg.crop`, rounded as the stage
+    rounds it for the production model), or None when it trains on whole slices."""
+    from types import SimpleNamespace
+
+    from tasks.config import load_settings
+    from tasks.inference.checkpoints import model_config_for
+    from tasks.training.stage import crop_side
+
+    settings = load_settings(REPO / "params.yaml")
+    plan = SimpleNamespace(stage="seg", stage_params=settings.train_seg,
+                           model=model_config_for(settings, "production"))
+    return crop_side(plan, (SIZE, SIZE))
 
 
 def stage_peak_rss(patient_counts: tuple[int, ...] = (3, 11), slices: int = 140) -> dict:
@@ -289,10 +317,11 @@ def main() -> None:
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--cache-mb", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--crop", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, args.workers, args.cache_mb, args.batches, args.warmup,
-                                 args.read_only)))
+                                 args.read_only, args.crop)))
         return
     if args.stage_rss:
         print(json.dumps(stage_peak_rss()))

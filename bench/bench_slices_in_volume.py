@@ -27,14 +27,15 @@ from pathlib import Path
 from bench.bench_slice_score import (apply_experiment, halved_accuracy, kept_sweep_arguments, roc_aucs, split_of,
                                      test_figures)
 
-RULES = {"alone": False, "in_volume": True}
+RULES = ("alone", "in_volume")
 
 
 def seed_report(checkpoint: Path, project: Path, seed: int) -> dict:
-    """Each rule's validation and test figures for one checkpoint. The slices-alone validation pass also fills the
-    tally the mask threshold is chosen from, as evaluate's first pass does."""
+    """Each rule's validation and test figures for one checkpoint, from one prediction pass per split, as evaluate
+    makes them: the validation pass fills the tally the mask threshold is chosen from and records every candidate
+    cut's in-volume scores (`InVolumeCandidates`), and the test pass records them at the chosen cut."""
     from tasks.config import load_settings
-    from tasks.evaluation.scoring import MaskThresholdTally, choose_mask_threshold, predict_split
+    from tasks.evaluation.scoring import InVolumeCandidates, MaskThresholdTally, choose_mask_threshold, predict_split
     from tasks.inference.checkpoints import load_model
     from tasks.inference.predictor import TorchPredictor
 
@@ -42,19 +43,22 @@ def seed_report(checkpoint: Path, project: Path, seed: int) -> dict:
     predictor = TorchPredictor(model, slice_score=load_settings(project / "params.yaml").evaluate.slice_score)
     val_split, test_split = split_of(project, "val"), split_of(project, "test")
     tally = MaskThresholdTally()
-    val = {"alone": predict_split(predictor, *val_split, segmentation=False, tally=tally, description="val (alone)")}
+    val_candidates = InVolumeCandidates(len(val_split[1]), tally.candidates)
+    val_alone = predict_split(predictor, *val_split, segmentation=False, tally=tally, candidates=val_candidates,
+                              description="validation")
     cut = choose_mask_threshold(tally.table())
-    val["in_volume"] = predict_split(predictor, *val_split, segmentation=False, mask_threshold=cut, in_volume=True,
-                                     description="val (in_volume)")
+    test_candidates = InVolumeCandidates(len(test_split[1]), (cut,))
+    test_alone = predict_split(predictor, *test_split, segmentation=True, mask_threshold=cut,
+                               candidates=test_candidates, description="test")
+    val = {"alone": val_alone, "in_volume": val_candidates.at(val_alone, cut)}
+    test = {"alone": test_alone, "in_volume": test_candidates.at(test_alone, cut)}
     report = {"mask_threshold": cut}
-    for rule, in_volume in RULES.items():
-        test = predict_split(predictor, *test_split, segmentation=True, mask_threshold=cut, in_volume=in_volume,
-                             description=f"test ({rule})")
+    for rule in RULES:
         report[rule] = {"validation": roc_aucs(val[rule].slices) | {"acc_cv": halved_accuracy(val[rule].slices, seed)},
-                        "test": test_figures(val[rule].slices, test.slices)}
+                        "test": test_figures(val[rule].slices, test[rule].slices)}
     # the masks do not depend on the rule: the segmentation figures evaluate reports, for the record
-    report["test_segmentation"] = {"slice_dice": float(test.slice_scores["dice"].mean()),
-                                   "volume_dice": float(test.volume_scores["dice"].mean())}
+    report["test_segmentation"] = {"slice_dice": float(test_alone.slice_scores["dice"].mean()),
+                                   "volume_dice": float(test_alone.volume_scores["dice"].mean())}
     return report
 
 

@@ -256,7 +256,9 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
 
     @app.post("/v1/predict/batch", openapi_extra=multipart_body(
         "files", "up to serve.max_batch_files slices", many=True))
-    async def predict_batch(request: Request) -> Response:
+    async def predict_batch(request: Request, gradcam: bool = Query(False, description="add a Grad-CAM overlay of "
+                                                                                       "each slice's classification")
+                            ) -> Response:
         model = served_model()
         items: list[PreparedSlice] = []
         held = 0  # the prepared inputs wait for the rest of the body (up to serve.body_timeout_seconds): budgeted
@@ -272,7 +274,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
 
         try:
             await read_file_parts(request, "files", cfg.max_batch_files, cfg.max_slice_mb, "batch", on_file)
-            return await run_in_threadpool(predicted, model, items, False, False, held)
+            return await run_in_threadpool(predicted, model, items, gradcam, False, held)
         finally:
             budget.release(held)
 

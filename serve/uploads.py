@@ -132,6 +132,9 @@ def _check_npy_header(data: bytes, name: str, max_side: int) -> None:
     if len(shape) not in (2, 3):
         raise UploadError(422, f"{name}: array of shape {shape} has {len(shape)} dimensions; expected a 2D slice "
                                "(H, W) or (C, H, W) with one channel per modality")
+    if len(shape) == 3 and shape[-1] <= 4 and min(shape[:2]) >= MIN_SIDE:  # (H, W, C), as image libraries order it
+        raise UploadError(422, f"{name}: array of shape {shape} looks channels-last (H, W, C); send (C, H, W), one "
+                               "channel per modality first")
     _check_side(shape[-2], shape[-1], max_side, name)
     declared, held = math.prod(shape) * dtype.itemsize, len(data) - stream.tell()
     if declared > held:
@@ -179,7 +182,10 @@ def slice_memory_bytes(head: bytes, size: int, name: str, max_side: int) -> int:
             version = np.lib.format.read_magic(stream)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
                 np.lib.format.read_array_header_2_0
-            shape = tuple(int(s) for s in read_header(stream)[0])
+            shape, _, dtype = read_header(stream)
+            shape = tuple(int(s) for s in shape)
+            if math.prod(shape) * dtype.itemsize > size:  # more than the file holds: decode_slice refuses it unread
+                return size
             channels, height, width = (1, *shape) if len(shape) == 2 else shape if len(shape) == 3 else (1, 1, 1)
         else:
             with Image.open(io.BytesIO(head)) as image:

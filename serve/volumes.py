@@ -28,6 +28,9 @@ from tasks.data.volumes import spacing_mm
 
 HEADER_BYTES = {nib.Nifti1Image: 348, nib.Nifti2Image: 540}
 CHUNK = 1 * MB  # read and inflate this much at a time
+# A voxel side an MRI volume can have, in mm: NIfTI-2's float64 sizes beyond these made the voxel volume overflow
+# (1e103 mm a side: inf cm3, then NaN for an empty region) or vanish, and nothing sensible was left to report.
+MIN_SPACING_MM, MAX_SPACING_MM = 1e-3, 1e3
 INFLATE_INPUT = 64 * 1024  # compressed bytes handed to zlib at once
 HEADER_MEMBERS = 16  # gzip members allowed before the header is read and says how much data follows
 MIN_MEMBER_BYTES = 4096  # allowed members: one per this many declared bytes (bgzip's hold about 64 KB each), + 2
@@ -192,6 +195,9 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
     fileobj.seek(0)
     stream = _Inflater(fileobj, gzipped, name)
     head = stream.read(HEADER_BYTES[nib.Nifti2Image])
+    if stream.in_member and stream.ended and len(head) < HEADER_BYTES[nib.Nifti1Image]:  # cut off mid-member
+        raise UploadError(422, f"{name}: truncated gzip stream: it ends {len(head)} bytes into the data, before a "
+                               "NIfTI header could be read")
     if head[4:8] == NIFTI2_MAGIC:
         image_class = nib.Nifti2Image
     elif head[344:348] in NIFTI1_MAGICS:
@@ -234,9 +240,9 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
     if not gzipped and size < offset + probe.data_bytes:
         raise short_data(probe, size)
     spacing = np.asarray(spacing_mm(header), dtype=np.float64)
-    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
-        raise UploadError(422, f"{name}: invalid voxel spacing {spacing.tolist()} in the header (pixdim); the tumour "
-                               "volume needs positive sizes in millimetres")
+    if not (np.isfinite(spacing).all() and ((spacing >= MIN_SPACING_MM) & (spacing <= MAX_SPACING_MM)).all()):
+        raise UploadError(422, f"{name}: invalid voxel spacing {spacing.tolist()} mm in the header (pixdim); the "
+                               f"tumour volume needs voxel sizes from {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} mm")
     if gzipped:  # count what the stream really inflates to, keeping none of it: a lie costs CPU, never memory
         _count_inflated(fileobj, probe, size_limit_mb)
         fileobj.seek(0)
@@ -263,7 +269,16 @@ def _check_affine(probe: VolumeHeader) -> None:
     before inference, not when the answer is written."""
     affine = probe.image.affine
     linear = affine[:3, :3]
-    if not np.isfinite(affine).all() or abs(float(np.linalg.det(linear))) < 1e-12:
+    with np.errstate(over="ignore", invalid="ignore"):  # NIfTI-2's float64 entries can overflow the determinant
+        determinant = abs(float(np.linalg.det(linear))) if np.isfinite(affine).all() else math.nan
+    degenerate = not (1e-12 <= determinant < math.inf)
+    if not degenerate:
+        try:  # the slicing reads its axes from it; squares of entries near 1e155 overflow there
+            with np.errstate(over="ignore", invalid="ignore"):
+                Orientation.of(affine)
+        except ValueError:
+            degenerate = True
+    if degenerate:
         raise UploadError(422, f"{probe.name}: degenerate affine in the header (sform/qform: "
                                f"{np.array2string(linear, precision=3).replace(chr(10), ' ')}); the voxel-to-world "
                                "mapping must be finite and invertible")

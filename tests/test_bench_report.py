@@ -422,3 +422,33 @@ def test_a_seed_sweep_names_the_commit_it_measured():
     from bench.bench_seeds import source_commit
 
     assert re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", source_commit())  # the sweep's README column names it
+
+
+def test_the_loader_row_for_train_seg_windows_sizes_them_as_the_stage_does_and_compares_side_by_side():
+    from bench.__main__ import loader_rows
+    from bench.bench_loader import SIZE, warm_up_window
+    from tasks.config import load_settings
+
+    share = load_settings(REPORT.parents[1] / "params.yaml").train_seg.crop
+    side = warm_up_window()
+    # the production model's multiple of 8 (depth 4), rounded down from params.yaml's share of the 256² slices
+    assert side is None if share >= 1 else side == int(SIZE * share) // 8 * 8
+
+    run = {"slices_per_s": 200.0, "slices_per_cpu_second": 200.0, "main_cpu_ms_per_batch": 150.0,
+           "main_peak_rss_mib": 700, "rss_before_loading_mib": 600}
+    runs = {f"stored_{w}_workers": run for w in (0, 1, 2)} | {
+        "compressed_cache_fits": run, "compressed_cache_quarter": run,
+        **{f"stored_{w}_workers_crop": run | {"slices_per_s": 100.0 * (w + 4), "slices_per_cpu_second": 400.0}
+           for w in (0, 1, 2)}}
+    loader = {"runs": runs, "set": {"slices": 560, "disk": {"stored": {"mib": 315}, "compressed": {"mib": 88}}},
+              "per_core_slices_per_s": 200.0, "workers_slices_per_cpu_second": 180.0,
+              "projected_16_cores_slices_per_s": 2880, "goal_slices_per_s": 2000, "a100_images_per_s": [1000, 1350],
+              "scaling": {"1_workers_over_0": 1.0, "2_workers_over_0": 1.0}, "cpu_cores_here": 2,
+              "load_average_1min": 0.5, "crop_side": 192, "crop_per_core_slices_per_s": 400.0,
+              "crop_scaling": {"1_workers_over_0": 1.25, "2_workers_over_0": 1.5}}
+    crop_rows = [row for row in loader_rows(loader) if "windows" in row[0]]
+    assert [row[1] for row in crop_rows] == ["2.00×"]
+    assert "192²" in crop_rows[0][0] and "0 workers 400/s, 1 workers 500/s (1.25×), 2 workers 600/s" in crop_rows[0][2]
+    # a run from before the windows (or with train_seg.crop: 1) has no such row
+    whole = {k: v for k, v in loader.items() if not k.startswith("crop")}
+    assert not [row for row in loader_rows(whole) if "windows" in row[0]]

@@ -254,6 +254,18 @@ def test_a_crop_without_rotation_is_the_window_of_pixels_itself():
     torch.testing.assert_close(window[1], images[1, :, 0:24, 8:32])
 
 
+def test_a_window_wider_than_a_slice_s_shorter_side_is_refused_not_cut_outside_it():
+    from tasks.config import Augment
+    from tasks.data.augment import augment_batch
+
+    images = torch.ones(2, 1, 12, 24)
+    with pytest.raises(ValueError, match="16x16 window does not fit"):
+        augment_batch(images, torch.zeros(2, 1, 12, 24), Augment(), torch.Generator().manual_seed(0), crop=16)
+    # as wide as the longer side too: no crop at all, the batch keeps its shape
+    out, _ = augment_batch(images, torch.zeros(2, 1, 12, 24), Augment(), torch.Generator().manual_seed(0), crop=24)
+    assert out.shape == images.shape
+
+
 def test_cropped_batches_keep_each_tumour_and_mask_with_its_image(tmp_path):
     from tasks.data.augment import augment_batch
 

@@ -85,6 +85,14 @@ def test_gradcam_overlay_on_request(client):
     assert np.ptp(overlay[..., 0].astype(int) - overlay[..., 2].astype(int)) > 0  # coloured, not gray
 
 
+def test_a_batch_gives_each_slice_its_own_gradcam_overlay_on_request(client):
+    files = [("files", (f"s{i}.png", png_bytes(np.rot90(brain_slice(), i).copy()))) for i in range(2)]
+    with_cam = client.post("/v1/predict/batch", files=files, params={"gradcam": "true"}).json()
+    overlays = [decode_png(body["gradcam_png"]) for body in with_cam]
+    assert [o.shape for o in overlays] == [(SIZE, SIZE, 3)] * 2 and not np.array_equal(*overlays)
+    assert all("gradcam_png" not in body for body in client.post("/v1/predict/batch", files=files).json())
+
+
 def test_gradcam_without_checkpoint_is_a_409(files):
     no_checkpoint = type(files)(files.onnx, files.onnx.with_name("missing.pt"), files.metrics)
     with local_client(file_app(no_checkpoint)) as client:
@@ -548,6 +556,7 @@ BAD_SLICES = [
     ("1d npy", npy_bytes(np.zeros(100, np.float32)), 422, "dimensions"),
     ("4d npy", npy_bytes(np.zeros((1, 1, 32, 32), np.float32)), 422, "dimensions"),
     ("wrong channels", npy_bytes(np.zeros((3, 32, 32), np.float32)), 422, "channel"),
+    ("channels last", npy_bytes(np.zeros((64, 64, 4), np.float32)), 422, "send (C, H, W)"),
     ("complex npy", npy_bytes(np.zeros((32, 32), np.complex64)), 422, "dtype"),
     ("nan npy", npy_bytes(np.full((32, 32), np.nan, np.float32)), 422, "NaN"),
     ("tiny image", png_bytes(np.zeros((4, 4), np.uint8)), 422, "too small"),

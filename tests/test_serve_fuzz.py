@@ -101,3 +101,34 @@ def test_nifti_volumes_of_any_shape(client, array, zooms, codes):
     struct.pack_into("<2h", data, QFORM_CODE_OFFSET, *codes)
     response = client.post("/v1/predict/volume", files={"file": ("v.nii", bytes(data))})
     assert_no_server_error(response)
+
+
+def nifti2_bytes(affine: np.ndarray, zooms: tuple[float, float, float]) -> bytes:
+    """A NIfTI-2 volume with this sform and these voxel sizes, as written (no qform: nibabel cannot decompose some)."""
+    image = nib.Nifti2Image(np.random.default_rng(0).random((32, 32, 4), dtype=np.float32), np.eye(4))
+    image.set_qform(None, code=0)
+    image.set_sform(affine, code=1)
+    image.header.set_zooms(zooms)
+    return image.to_bytes()
+
+
+@pytest.mark.parametrize("affine_scale, zoom", [(1.0, 1e103), (1e103, 1e103), (1e200, 1.0), (1e-200, 1.0),
+                                                (1.0, 1e-200)])
+def test_nifti2_float64_extremes_in_spacing_and_affine_are_a_clear_422(client, affine_scale, zoom):
+    # NIfTI-2 stores pixdim and the affine as float64: finite sizes whose products overflow (1e103³ mm³ per voxel),
+    # or an affine whose orientation cannot be read (squaring 1e200), were once answered with a 500
+    data = nifti2_bytes(np.diag([affine_scale] * 3 + [1.0]), (zoom,) * 3)
+    response = client.post("/v1/predict/volume", files={"file": ("v.nii", data)})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("v.nii: ")
+
+
+@FUZZ
+@given(exponents=st.lists(st.floats(-320, 308), min_size=4, max_size=4),
+       shear=st.floats(allow_nan=True, allow_infinity=True))
+def test_nifti2_volumes_with_any_float64_geometry(client, exponents, shear):
+    affine = np.diag([*(10.0 ** e for e in exponents[:3]), 1.0])
+    affine[0, 1] = shear
+    zoom = 10.0 ** exponents[3]
+    response = client.post("/v1/predict/volume", files={"file": ("v.nii", nifti2_bytes(affine, (zoom, 1.0, 1.0)))})
+    assert_no_server_error(response)

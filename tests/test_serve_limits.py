@@ -73,6 +73,17 @@ def test_the_bomb_of_the_report_is_refused_by_its_header(client):
     assert peak < 8 * MB
 
 
+@pytest.mark.parametrize("cut", [2, 20, 60])  # of 107 bytes
+def test_a_nii_gz_cut_off_inside_its_header_is_called_truncated(client, cut):
+    whole = gzip.compress(nib.Nifti1Image(np.ones((32, 32, 4), np.float32), np.eye(4)).to_bytes())
+    response = post_volume(client, whole[:cut], "cut.nii.gz")
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("cut.nii.gz: truncated gzip stream")
+    # a complete gzip of something else is still not a NIfTI volume
+    other = post_volume(client, gzip.compress(b"not a volume" * 10), "other.nii.gz")
+    assert other.status_code == 415, other.text
+
+
 def test_truncated_data_of_a_plain_nifti_is_refused_before_reading(client):
     raw = nib.Nifti1Image(np.ones((64, 64, 32), np.float32), np.eye(4)).to_bytes()
     response, peak = traced_peak(lambda: post_volume(client, raw[:4000], "short.nii"))
@@ -439,7 +450,8 @@ def npy_with_header(header: str, payload: bytes = b"\0" * 64) -> bytes:
     ("{'descr': '<f8', 'fortran_order': False, 'shape': (10000000000, 8), }", 413),  # 596 GiB declared
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 64, 64), }", 422),  # 16 KB declared, 64 bytes held
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (64, 64),", 422),  # the dict is not closed
-    ("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 64, 64), }", 413),  # channels: beyond the budget
+    # channels beyond the memory budget, in a file that cannot hold them: a forged file (422), not a large one (413)
+    ("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 64, 64), }", 422),
 ])
 def test_an_npy_header_is_judged_before_numpy_allocates_it(client, header, expected):
     response = client.post("/v1/predict", files={"file": ("forged.npy", npy_with_header(header))})

@@ -1,5 +1,6 @@
 """Training-time augmentation applied to a whole batch at once: random left-right flips, small rotations and
-intensity jitter, with every mask moved by exactly the same transform as its image.
+intensity jitter, with every mask moved by exactly the same transform as its image, and (for the segmentation
+warm-up, `train_seg.crop`) a window around each slice's brain cut by the same resampling.
 
 Equivalent to a torchvision.transforms.v2 pipeline over (Image, tv_tensors.Mask) pairs, but one `grid_sample`
 call per batch instead of one transform per sample: the same randomness per sample, far less Python per step.
@@ -68,6 +69,8 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
     start, total = part_of or (0, n)
     part = slice(start, start + n)
     crop = crop if crop is not None and crop < max(images.shape[2:]) else None
+    if crop is not None and crop > min(images.shape[2:]):  # the clamp in brain_crop_centres needs it to fit
+        raise ValueError(f"a {crop}x{crop} window does not fit {tuple(images.shape[2:])} slices")
     moves = cfg.flip or cfg.rotate_degrees > 0 or crop is not None
     # Every draw first, in this order, on the CPU; then one copy to the images' device. The crop's draws come
     # last, so that runs without a crop draw exactly what they drew before crops existed.
