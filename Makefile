@@ -18,10 +18,12 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 # A venv whose python has no pip is one `python3 -m venv` left half made (Debian without python3-venv): made anew.
-$(STAMP): requirements.txt
+# No prerequisite: the stamp's name carries requirements.txt's hash, so new content makes a new stamp, while a
+# checkout that only touched the file's time does not reinstall.
+$(STAMP):
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 		echo "$(PYTHON) -m venv failed: on Debian/Ubuntu install python3-venv, then run make again" >&2; exit 1; }; }
-	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
+	$(BIN)/python -m pip install --disable-pip-version-check -q $$(grep -E '^(pip|setuptools)==' requirements.txt)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 	@echo "dependencies installed into $(VENV)"
@@ -37,7 +39,9 @@ run: setup
 test: setup brats-env
 	@scripts/install_services.sh
 	@scripts/install_browser.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@# pytest's exit 5 is "no test collected" (a PYTEST_ARGS selection that matched none): said, not failed
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] || exit $$rc; \
+		echo "pytest collected no tests for PYTEST_ARGS='$(PYTEST_ARGS)' (exit 5)"; }
 
 # The organisers' BraTS evaluation (brats-evaluation, panoptica) needs pandas<3; the project pins pandas 3, so it gets
 # its own virtualenv, used only to cross-check our region metrics (tests/test_brats_eval.py, and evaluate when present).
@@ -46,7 +50,7 @@ BRATS_STAMP := $(BRATS_VENV)/.installed-$(shell cat requirements-brats.txt 2>/de
 
 brats-env: $(BRATS_STAMP)
 
-$(BRATS_STAMP): requirements-brats.txt
+$(BRATS_STAMP):
 	@$(BRATS_VENV)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(BRATS_VENV); \
 		$(PYTHON) -m venv $(BRATS_VENV) || { rm -rf $(BRATS_VENV); echo "$(PYTHON) -m venv failed" >&2; exit 1; }; }
 	$(BRATS_VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements-brats.txt
@@ -74,9 +78,13 @@ bench: setup
 
 # Regenerate the pinned lock from requirements.in (run on a machine like CI's). A package installed from a local
 # file or URL would freeze as `name @ file:///...`, which no other machine can install: refused.
+CUDA_WHEELS := ^((nvidia-|cuda-)[^=]+==[^;]+|triton==[^;]+)$$
 lock: setup
 	$(BIN)/python -m pip install -q -r requirements.in
-	$(BIN)/python -m pip freeze --exclude-editable > requirements.txt.new
+	@# --all: pip and setuptools too (torch needs setuptools, and a fresh venv's own would be whatever it came with);
+	@# CUDA wheels only where torch itself asks for them (Linux), so the lock installs elsewhere too
+	$(BIN)/python -m pip freeze --all --exclude-editable | sed -E 's/$(CUDA_WHEELS)/\1; platform_system == "Linux"/' \
+		> requirements.txt.new
 	@if grep -n ' @ ' requirements.txt.new; then rm -f requirements.txt.new; echo "make lock: the lines above point \
 		at local files or URLs; reinstall those packages from the registry first" >&2; exit 1; fi
 	mv requirements.txt.new requirements.txt

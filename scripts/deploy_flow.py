@@ -49,6 +49,7 @@ def deploy_from_source(
         work_pool_name=work_pool,
         schedules=[Cron(cron, timezone=timezone)] if cron else None,
         parameters=parameters or {},
+        concurrency_limit=1,  # as flows/deploy.py: runs share data/ and dvc.lock (tasks/run_lock.py refuses a second)
     )
     deployment_id = str(deployment.apply())
     logger.info("deployed %s/%s to work pool %s (schedule: %s)", source_flow.name, name, work_pool, cron or "none")

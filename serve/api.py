@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from serve.budget import MemoryBudget
 from serve.compare import comparison, gate_verdict
 from serve.examples import find_example, listing, predict_slice_example, volume_uploads, with_volume_truth
-from serve.guards import BodySizeLimit, HostOriginGuard, admin_router, admin_token
+from serve.guards import BodySizeLimit, HostOriginGuard, SecurityHeaders, admin_router, admin_token
 from serve.holder import ModelHolder
 from serve.inference import (PreparedSlice, inference_bytes, prepare_slice, slice_results, volume_output_bytes,
                              volume_result)
@@ -178,6 +178,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
     app.state.budget = budget
     app.add_middleware(BodySizeLimit, limits=body_limits(cfg), default=FORM_OVERHEAD)
     app.add_middleware(HostOriginGuard, bind_host=bind_host, allowed_hosts=cfg.allowed_hosts)
+    app.add_middleware(SecurityHeaders)  # added last, so outermost: the guards' own refusals carry the headers too
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:

@@ -9,6 +9,8 @@
   must come from the page the API serves itself (Origin = the Host it was sent to) or from one of
   `serve.allowed_hosts` (403), so another site, or another program's page on another localhost port, cannot make a
   visitor's browser post to the API.
+- `SecurityHeaders`: every answer says `nosniff` and may not be framed by another site (clickjacking); the web UI's
+  pages also carry a Content-Security-Policy that lets them run only the UI's own scripts and reach only this server.
 - `admin_router`: `POST /model/reload` and any later state-changing route. With `SLICEWISE_ADMIN_TOKEN` set they
   require `Authorization: Bearer <token>` (401); without it they exist only on a server bound to localhost.
 """
@@ -112,6 +114,42 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+# The UI loads its scripts and styles from /static, draws the API's base64 PNGs (data:) and the CSV it builds (blob:),
+# and sets colours in style attributes (the legend): nothing else, so nothing else is allowed. Not on FastAPI's /docs,
+# whose page is an inline script over a CDN's Swagger UI.
+UI_CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+                              "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"))
+
+
+def is_ui_path(path: str) -> bool:
+    return path == "/" or path.startswith("/static/")
+
+
+class SecurityHeaders:
+    """ASGI middleware: SECURITY_HEADERS on every answer, and the UI's Content-Security-Policy on its pages."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        extra = list(SECURITY_HEADERS)
+        if is_ui_path(scope["path"]):
+            extra.append((b"content-security-policy", UI_CONTENT_SECURITY_POLICY.encode()))
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                   *((k, v) for k, v in extra if k not in present)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class HostOriginGuard:

@@ -317,6 +317,46 @@ def test_worse_challenger_never_displaces_a_better_champion(project, tiny_settin
     assert alias_version("slicewise", "champion") == "1"
 
 
+def test_a_split_redone_by_hand_after_dvc_is_not_taken_for_the_champions_test_data(project, tiny_settings):
+    """dvc.lock says what DVC last recorded: `python -m tasks split` run by hand afterwards leaves its hashes as they
+    were. The files on disk decide too (the data_fingerprint tag), so the champion is re-scored, not compared by
+    figures from another test split."""
+    import yaml
+
+    lock = {"schema": "2.0", "stages": {stage: {"cmd": "x", "outs": [{"path": out, "hash": "md5", "md5": md5}]}
+                                        for stage, out, md5 in (("slice", "data/processed", "bbb222.dir"),
+                                                                ("split", "data/splits", "ccc333.dir"))}}
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock))
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.95, sensitivity=0.9)
+    assert register.main(settings)["promoted"]
+    champion = client().get_model_version("slicewise", alias_version("slicewise", "champion"))
+    assert champion.tags["splits_hash"] == "ccc333" and len(champion.tags["data_fingerprint"]) == 16
+
+    test, train = read_split("test", paths.SPLITS), read_split("train", paths.SPLITS)
+    (paths.SPLITS / "test.txt").write_text("\n".join([*test, train[0]]) + "\n")  # by hand: dvc.lock unchanged
+    (paths.SPLITS / "train.txt").write_text("\n".join(train[1:]) + "\n")
+    write_metrics(project, accuracy=0.90, sensitivity=0.9)
+    result = register.main(settings)
+    assert "(same test data)" not in result["reason"]
+    assert "re-scored" in result["reason"] or "test patients new to the champion" in result["reason"], result["reason"]
+
+
+def test_a_champion_whose_model_cannot_be_loaded_does_not_stop_a_new_registration(project, tiny_settings):
+    """Re-scoring needs the champion's ONNX file; one onnxruntime refuses (InvalidProtobuf is no OSError or
+    ValueError) once aborted register. Its recorded figures stand in, marked as from other test data."""
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.95, sensitivity=0.9)
+    assert register.main(settings)["promoted"]
+    for path in project.rglob("model.onnx"):
+        if path.resolve() != paths.ONNX_MODEL.resolve():
+            path.write_bytes(b"not a model")  # the registered copy, damaged in the store
+    (paths.SPLITS / "test.txt").write_text((paths.SPLITS / "test.txt").read_text() + "\n")  # other test data
+    write_metrics(project, accuracy=0.90, sensitivity=0.9)
+    result = register.main(settings)
+    assert result["registered"] and "(recorded on other test data)" in result["reason"], result["reason"]
+
+
 def test_a_champion_without_a_readable_accuracy_tag_is_rescored_not_trusted(project, tiny_settings):
     """A hand-aliased or foreign champion whose test_accuracy tag is missing or not a number: re-scored on this test
     split, instead of blocking every challenger ("accuracy unknown") or crashing register."""

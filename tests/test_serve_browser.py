@@ -53,6 +53,7 @@ def browser(tmp_path_factory):
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")  # a fresh profile
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for the policy's refusals
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     try:
         yield driver
@@ -169,6 +170,26 @@ def test_an_example_runs_in_one_click(browser, server, shots):
     wait(browser, lambda d: "photograph" in d.find_element("id", "slice-title").text)
     assert "out of distribution" in browser.find_element("id", "slice-decision").text
     assert "colour image" in browser.find_element("id", "slice-warning").text
+
+
+def test_the_content_security_policy_refuses_nothing_the_ui_does(browser, server):
+    """Every view at work under the served policy (serve/guards.py): the console records no refusal."""
+    browser.get_log("browser")  # what earlier tests left
+    open_page(browser, server)
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
+    visible(browser, "slice-result")
+    open_page(browser, server, "patient")
+    visible(browser, "vol-example").click()
+    visible(browser, "vol-result")  # canvases, data: PNGs and the legend's style attributes
+    open_page(browser, server, "model")
+    visible(browser, "model-content")
+    refused = [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+    assert not refused, refused
+    # the policy is really in force: an inline script is refused
+    browser.execute_script("const s = document.createElement('script'); s.textContent = 'window.ran = 1;';"
+                           "document.body.appendChild(s);")
+    assert browser.execute_script("return window.ran === undefined")
 
 
 def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
@@ -372,6 +393,14 @@ def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots,
     header, row = csv.splitlines()
     assert header.startswith("filename,tumor_probability,has_tumor")
     assert row.startswith('"\'=HYPERLINK(""http://x"").png","0.25","false"'), row
+    # a batch that fails leaves no table: the rows above (and their CSV) would read as the new files' answers
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is text, not a PNG")
+    browser.find_element("id", "batch-files").send_keys(str(bad))
+    visible(browser, "batch-error")
+    assert "unsupported file type" in browser.find_element("id", "batch-error").text
+    assert not browser.find_element("id", "batch-table").is_displayed()
+    assert not browser.find_element("id", "batch-csv").is_enabled()
 
 
 def test_model_tab_explains_the_champion(browser, server, project, shots):

@@ -265,3 +265,21 @@ def test_a_localhost_server_refuses_foreign_host_names(files):
     for base in ("http://localhost:8000", "http://127.0.0.1:8000", "http://[::1]:8000"):
         with local_client(file_app(files, bind_host="127.0.0.1"), base_url=base) as client:
             assert client.get("/model/info").status_code == 200, base
+
+
+def test_answers_carry_security_headers_and_the_ui_its_content_security_policy(files):
+    """nosniff and no framing by another site on every answer (refusals included); the UI's pages may run only the
+    UI's own scripts (no inline ones, no other origin) and be framed by nobody; FastAPI's /docs keeps its CDN page."""
+    with local_client(file_app(files, bind_host="127.0.0.1")) as client:
+        answers = {path: client.get(path) for path in ("/", "/static/app.js", "/healthz", "/docs")}
+        answers["refused"] = client.get("/healthz", headers={"host": "attacker.example"})
+    assert answers["refused"].status_code == 400
+    for name, answer in answers.items():
+        assert answer.headers["x-content-type-options"] == "nosniff", name
+        assert answer.headers["x-frame-options"] == "DENY", name
+    for name in ("/", "/static/app.js"):
+        policy = answers[name].headers["content-security-policy"]
+        assert "script-src" not in policy and "default-src 'self'" in policy, policy  # scripts: this origin only
+        assert "frame-ancestors 'none'" in policy and "'unsafe-eval'" not in policy
+    assert "content-security-policy" not in answers["/healthz"].headers
+    assert "content-security-policy" not in answers["/docs"].headers

@@ -1,6 +1,6 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
 import { $, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage, openView, outline, pct,
-  pngSrc, postFiles, show, showWarning, tinted } from "./common.js";
+  pickAgain, pngSrc, postFiles, show, showWarning, tinted } from "./common.js";
 import { setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
@@ -161,7 +161,7 @@ async function runSliceExample(example) {
   if (!ok) show("slice-result", false);
 }
 
-$("slice-file").addEventListener("change", predictSliceFile);
+pickAgain($("slice-file"), predictSliceFile);
 $("slice-gradcam").addEventListener("change", () =>
   (lastSliceExample ? runSliceExample(lastSliceExample) : predictSliceFile()));
 for (const id of ["slice-opacity", "slice-show-pred", "slice-show-truth"]) $(id).addEventListener("input", drawSlice);

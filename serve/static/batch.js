@@ -1,5 +1,5 @@
 // Batch: many slices → a sortable table with thumbnails and the OOD flag, and the same rows as CSV.
-import { $, busy, decisionText, fmt, pct, pngSrc, postFiles, show } from "./common.js";
+import { $, busy, decisionText, fmt, pct, pickAgain, pngSrc, postFiles, show } from "./common.js";
 
 const batch = { rows: [], key: "tumor_probability", descending: true, limit: 50 };
 const CSV_COLUMNS = ["filename", "tumor_probability", "has_tumor", "threshold", "tumor_area_px", "ood_score",
@@ -48,20 +48,29 @@ function renderBatch() {
   show("batch-table", true);
 }
 
+// A batch that failed leaves no table behind: the previous batch's rows (and their CSV) would read as this one's.
+function clearBatch() {
+  batch.rows = [];
+  show("batch-table", false);
+  $("batch-csv").disabled = true;
+}
+
 async function predictBatch() {
   const files = Array.from($("batch-files").files);
   if (!files.length) return;
   const limit = Number($("batch-limit").textContent) || batch.limit;
   if (files.length > limit) {
+    clearBatch();
     $("batch-error").textContent = `${files.length} files: at most ${limit} per batch`;
     show("batch-error", true);
     return;
   }
-  await busy("batch", async () => {
+  const ok = await busy("batch", async () => {
     batch.rows = await postFiles("/v1/predict/batch", "files", files);
     renderBatch();
     $("batch-csv").disabled = false;
   });
+  if (!ok) clearBatch();
 }
 
 // A text cell a spreadsheet would run as a formula (a file named "=HYPERLINK(...).png") gets a leading quote, as
@@ -96,6 +105,6 @@ export function setupBatch() {
       renderBatch();
     });
   }
-  $("batch-files").addEventListener("change", predictBatch);
+  pickAgain($("batch-files"), predictBatch);
   $("batch-csv").addEventListener("click", downloadCsv);
 }

@@ -30,6 +30,14 @@ export function postFiles(url, field, files) {
 }
 
 export function show(id, visible) { $(id).hidden = !visible; }
+
+// Run `handler` on each file choice, the same file again included: a browser fires no "change" for a file that is
+// already chosen, so after a failure (a 503 while the champion loads, a dropped connection) picking it again did
+// nothing. The choice is forgotten as the picker opens; until then `input.files` still holds it for re-runs.
+export function pickAgain(input, handler) {
+  input.addEventListener("click", () => { input.value = ""; });
+  input.addEventListener("change", handler);
+}
 export function showError(prefix, error) {
   $(prefix + "-error").textContent = error ? String(error.message || error) : "";
   show(prefix + "-error", Boolean(error));

@@ -1,6 +1,6 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice probability plot.
-import { $, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, show, showWarning,
+import { $, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, pickAgain, show, showWarning,
   tinted } from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
@@ -195,7 +195,7 @@ async function predictVolumeFile() {
 }
 
 export function setupPatient() {
-  $("vol-file").addEventListener("change", predictVolumeFile);
+  pickAgain($("vol-file"), predictVolumeFile);
   for (const id of ["vol-slider", "vol-opacity", "vol-show-pred", "vol-show-truth", "vol-show-unc"]) {
     $(id).addEventListener("input", drawSlice);
   }

@@ -169,6 +169,11 @@ def onnx_accuracy(onnx_path: Path, metadata: dict, processed: Path, rows, descri
     return float((decisions == slices["label"].to_numpy().astype(bool)).mean())
 
 
+# A champion's recorded figures count as measured on this test data only when all of these match: DVC's recorded
+# hashes, and what is on disk (data_fingerprint: a step run by hand after `dvc repro` leaves dvc.lock stale).
+SAME_DATA_TAGS = ("data_hash", "splits_hash", "data_fingerprint")
+
+
 def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str], processed: Path,
                    splits_dir: Path, challenger: Release | None = None) -> ChampionScore:
     """The champion's test accuracy, as comparable with the challenger's as possible:
@@ -177,14 +182,15 @@ def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str],
     else (its input does not fit the current data, e.g. another image size) the recorded one, marked as such."""
     tags, version = champion.tags, str(champion.version)
     recorded = _finite_number(tags.get("test_accuracy"))
-    same_data = all(tags.get(k) == v and v != provenance.UNKNOWN for k, v in data_tags.items()
-                    if k in ("data_hash", "splits_hash"))
+    same_data = all(tags.get(k) == data_tags.get(k) not in (None, provenance.UNKNOWN) for k in SAME_DATA_TAGS)
     if same_data and recorded is not None:
         return ChampionScore(version, recorded, "same test data")
     try:
         rescored = rescore_champion(registry, version, processed, splits_dir, challenger)
-    except (OSError, KeyError, ValueError) as exc:  # an old or foreign version without our metadata
-        log.warning("register: cannot re-score champion v%s (%s)", version, exc)
+    except Exception as exc:  # noqa: BLE001 - an old or foreign version without our metadata, an ONNX file
+        # onnxruntime refuses, artifacts the store lost: the champion's own record is then all there is to compare,
+        # and it must not stop this model from being registered
+        log.warning("register: cannot re-score champion v%s (%s: %s)", version, type(exc).__name__, exc)
         rescored = None
     if rescored is None:
         return ChampionScore(version, recorded, "recorded on other test data")
@@ -386,7 +392,7 @@ def register_release(settings: Settings, release: Release, tracker: MlflowTracke
 def _register_release(settings: Settings, release: Release, tracker: MlflowTracker, processed: Path,
                       splits_dir: Path) -> dict:
     name, cfg, reg = settings.registry.model_name, settings.tracking, settings.registry
-    tags = provenance.run_tags(settings)
+    tags = provenance.run_tags(settings) | {"data_fingerprint": provenance.data_fingerprint(processed, splits_dir)}
     registry = ModelRegistry(cfg, name, tracker.client)
     champion = registry.by_alias(reg.alias)
     score = champion_score(registry, champion, tags, processed, splits_dir, release) if champion is not None \

@@ -153,6 +153,18 @@ def data_hashes(lock_path: Path = DVC_LOCK, manifest: Path = paths.MANIFEST,
     return hashes
 
 
+def data_fingerprint(processed: Path = paths.PROCESSED, splits_dir: Path = paths.SPLITS) -> str:
+    """sha256 (16 hex) of what is on disk now: the manifest (every slice row), the slice step's per-patient
+    fingerprints (each patient's raw file digests and slicing spec) and the split lists. dvc.lock's hashes say what
+    DVC last recorded, which a step run by hand afterwards (`python -m tasks split`) leaves stale; register compares
+    this too before it takes a champion's recorded figures as measured on the same test data."""
+    digest = hashlib.sha256()
+    for path in [processed / paths.MANIFEST.name, processed / paths.FINGERPRINTS.name,
+                 *(splits_dir / f"{name}.txt" for name in ("train", "val", "test"))]:
+        digest.update(path.name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"-") + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def prefect_flow_run_id() -> str | None:
     """The Prefect flow run driving this process, if any (env from a Prefect worker, or the in-process runtime)."""
     # Set by our flow (flows/lineage.py) for its steps, or by a Prefect worker for the flow's own process.
