@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -43,11 +44,15 @@ def build_app(args: argparse.Namespace):
     from serve.model_source import FileSource, RegistrySource
 
     settings = load_settings(args.params)
-    cfg = settings.serve
-    if args.poll_seconds is not None:
-        cfg = cfg.model_copy(update={"poll_seconds": args.poll_seconds})
-    if args.host:
-        cfg = cfg.model_copy(update={"host": args.host})
+    # the command line's values validated as params.yaml's are (a port of 70000 was a traceback from bind())
+    overrides = {key: value for key, value in (("poll_seconds", args.poll_seconds), ("host", args.host),
+                                               ("port", args.port)) if value is not None and value != ""}
+    try:
+        cfg = type(settings.serve).model_validate(settings.serve.model_dump() | overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(str(part) for part in e['loc']).replace('_', '-')}: {e['msg']}"
+                             for e in exc.errors())
+        raise SliceWiseError(f"invalid option: {problems}") from exc
     if args.model_file:
         source = FileSource(args.model_file, args.checkpoint, args.metrics)
     else:
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from serve.server import uvicorn_options
 
-    uvicorn.run(app, host=cfg.host, port=args.port or cfg.port, log_level=args.log_level, log_config=None,
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=args.log_level, log_config=None,
                 **uvicorn_options(cfg))
     return 0
 

@@ -68,7 +68,8 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
 
 
 @app.command("lineage")
-def lineage_command(ref: Optional[str] = typer.Argument("champion", help="a version number or an alias")) -> None:
+def lineage_command(ref: Optional[str] = typer.Argument(None, help="a version number or an alias (default: "
+                                                                    "registry.alias, the served one)")) -> None:
     """Print registry version → MLflow run → git commit → data/params hashes → ONNX sha256 → Prefect run."""
     try:
         from tasks.release.lineage import print_lineage

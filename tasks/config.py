@@ -6,6 +6,7 @@ are rejected so that a typo in params.yaml fails loudly instead of silently usin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,7 +20,9 @@ MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a NaN passes every `ge`/`le` bound (its comparisons are all false), and split.val: .nan
+    # reached the split step as a traceback
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSettings(_Section):
@@ -64,6 +67,16 @@ class ProfileSettings(_Section):
     @model_validator(mode="after")
     def _known_modalities(self) -> "ProfileSettings":
         _check_modalities(self.modalities, "profiles.<name>.modalities")
+        return self
+
+    @model_validator(mode="after")
+    def _size_fits_the_model(self) -> "ProfileSettings":
+        """Checked here, not first at train_seg after a whole slicing run: the U-Net halves the image depth - 1
+        times (models/unet.py's size_multiple)."""
+        multiple = 2 ** (self.model.depth - 1)
+        if self.image_size % multiple:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of {multiple}, as model depth "
+                             f"{self.model.depth} needs")
         return self
 
 
@@ -207,9 +220,21 @@ class PromotionSettings(_Section):
 
 
 class RegistrySettings(_Section):
-    model_name: str = "slicewise"
+    model_name: str = Field("slicewise", min_length=1)
     alias: str = "champion"
     challenger_alias: str = "challenger"
+
+    @model_validator(mode="after")
+    def _usable_aliases(self) -> "RegistrySettings":
+        """MLflow refuses an empty alias, `latest` and `v<number>` (version references), which would fail only at
+        register, after training; and one alias for both would hand a model the gate rejected the served one's."""
+        for key, alias in (("alias", self.alias), ("challenger_alias", self.challenger_alias)):
+            if not alias.strip() or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+                raise ValueError(f"registry.{key} {alias!r}: MLflow reserves empty aliases, 'latest' and v<number>")
+        if self.alias == self.challenger_alias:
+            raise ValueError(f"registry.alias and registry.challenger_alias are both {self.alias!r}: a model the gate "
+                             "rejected would become the served one")
+        return self
 
 
 class ScheduleSettings(_Section):
@@ -283,6 +308,11 @@ class _ModelSettings(_Section):
     def _profile_exists(self) -> "_ModelSettings":
         if self.profile not in self.profiles:
             raise ValueError(f"profile {self.profile!r} is not one of profiles: {sorted(self.profiles)}")
+        active, multiple = self.active, 2 ** (self.active.model.depth - 1)
+        if self.train_seg.crop < 1 and int(active.image_size * self.train_seg.crop) < multiple:
+            raise ValueError(f"train_seg.crop {self.train_seg.crop} of profile {self.profile}'s {active.image_size} "
+                             f"pixels leaves no window of at least {multiple} pixels (model depth "
+                             f"{active.model.depth})")
         return self
 
     @property
@@ -315,17 +345,26 @@ def load_settings(path: Path | str = paths.PARAMS) -> Settings:
     """Read and validate params.yaml; a bad file raises SliceWiseError naming the file and the reason."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise SliceWiseError("parameters file not found", path) from exc
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, another encoding
+        raise SliceWiseError(f"cannot read the parameters ({type(exc).__name__}: {exc})", path) from exc
     except yaml.YAMLError as exc:
-        raise SliceWiseError(f"not valid YAML: {exc}", path) from exc
+        raise SliceWiseError(f"not valid YAML: {yaml_problem(exc)}", path) from exc
     try:
         return Settings.model_validate(raw or {})
     except ValidationError as exc:
         problems = "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
                              + e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise SliceWiseError(f"invalid parameters: {problems}", path) from exc
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (line and column, 1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}{where}"
 
 
 def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
@@ -359,7 +398,14 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> N
     # an empty value) and no line re-wrapped
     rt.preserve_quotes, rt.width = True, 4096
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-    doc = rt.load(path.read_text())
+    try:
+        doc = rt.load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SliceWiseError("parameters file not found", path) from exc
+    except Exception as exc:  # noqa: BLE001 - YAML errors, an unreadable file; ruamel refuses a key given twice too
+        raise SliceWiseError(f"cannot update the parameters: {yaml_problem(exc)}", path) from exc
+    if not isinstance(doc, dict):
+        raise SliceWiseError("the parameters file holds no mapping of keys", path)
     for dotted, value in updates.items():
         node = doc
         *parents, leaf = dotted.split(".")

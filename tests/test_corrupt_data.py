@@ -116,3 +116,98 @@ def test_dvc_lock_never_records_a_damaged_shard(tmp_path):
     status = dvc(project, "status")
     assert "up to date" in status.stdout, status.stdout  # and dvc.lock describes exactly these files
     assert os.path.getsize(shard) > 2000
+
+
+# ---------------------------------------------------------------- review 2026-12-05: inputs that stopped the step
+
+
+def broken_png(path) -> None:
+    """A 300x300 grey PNG whose second IDAT chunk's type is overwritten: Pillow raises SyntaxError while loading."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)).save(
+        buffer, "PNG", compress_level=0)
+    data = bytearray(buffer.getvalue())
+    idats = [i for i in range(len(data)) if data[i:i + 4] == b"IDAT"]
+    if len(idats) < 2:  # one chunk: split it in two so that a second one exists
+        start = idats[0] - 4
+        length = struct.unpack(">I", data[start:start + 4])[0]
+        payload = bytes(data[idats[0] + 4:idats[0] + 4 + length])
+        half = length // 2
+        import zlib
+
+        def chunk(kind, body):
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        data = data[:start] + chunk(b"IDAT", payload[:half]) + chunk(b"IDAT", payload[half:]) \
+            + data[idats[0] + 8 + length:]
+        idats = [i for i in range(len(data)) if data[i:i + 4] == b"IDAT"]
+    data[idats[1]:idats[1] + 4] = b"\xc4^\x85\xf2"
+    path.write_bytes(bytes(data))
+
+
+def test_photos_that_stopped_the_slice_step_are_rejected_rows(tmp_path):
+    """A PNG Pillow fails with SyntaxError, an 8 x 100,000 strip (padded to a square: 37 GB), a name in bytes that
+    are not UTF-8: each a rejected.csv row naming it, and the other images are sliced."""
+    from PIL import Image
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    broken_png(raw / "kaggle" / "yes" / "broken.png")
+    Image.fromarray(np.zeros((8, 100_000), np.uint8)).save(raw / "kaggle" / "yes" / "strip.png")
+    undecodable = os.fsdecode(b"Y\xe9.jpg")
+    Image.fromarray(np.zeros((60, 60), np.uint8)).save(raw / "kaggle" / "no" / undecodable, "JPEG")
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+
+    assert result["kaggle_images"] == 6
+    rejected = (out / "rejected.csv").read_text(encoding="utf-8")
+    assert "broken.png" in rejected and "SyntaxError" in rejected
+    assert "strip.png" in rejected and "at most 4096 a side" in rejected
+    assert "Y\\xe9.jpg" in rejected and "not valid UTF-8" in rejected
+
+
+def test_a_patient_folder_named_in_bytes_that_are_not_utf8_is_a_rejected_row(tmp_path):
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    (raw / "brats" / "BraTS20_Training_002").rename(raw / "brats" / os.fsdecode(b"BraTS20_Training_0\xe902"))
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 2
+    assert "BraTS20_Training_0\\xe902" in (out / "rejected.csv").read_text(encoding="utf-8")
+
+
+def test_a_modality_without_positive_intensity_rejects_its_patient(tmp_path):
+    """An all-NaN (or already standardised, all-negative) FLAIR would have become a blank channel without a word."""
+    import nibabel as nib
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    flair = raw / "brats" / "BraTS20_Training_003" / "BraTS20_Training_003_flair.nii.gz"
+    image = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.full(image.shape, np.nan, np.float32), image.affine), flair)
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 2
+    rejected = (out / "rejected.csv").read_text()
+    assert "BraTS20_Training_003_flair.nii.gz" in rejected and "no voxel has a positive intensity" in rejected
+
+
+def test_a_slice_run_that_fails_halfway_leaves_no_manifest_and_the_next_reuses_what_was_done(tmp_path, monkeypatch):
+    """The Kaggle shards are rewritten in place: a run that failed after that left the old manifest naming rows of
+    the old shards, and `split` ran on it. Now no manifest means no complete run, and the next run still reuses the
+    BraTS shards that did not change."""
+    from tasks.data import slicing
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    slice_dataset(raw, out, CFG, image_size=32, stride=1)
+
+    def failing_write(path, rows, columns):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(slicing, "_write_table", failing_write)
+    with pytest.raises(OSError):
+        slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert not (out / "manifest.csv").exists()
+    monkeypatch.undo()
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["resliced"] == 0 and (out / "manifest.csv").exists()
+    assert not (out / slicing.PREVIOUS_MANIFEST).exists()

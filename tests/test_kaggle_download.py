@@ -68,6 +68,34 @@ def test_safe_archive_extracts(tmp_path):
     assert (tmp_path / "out" / "brain_tumor_dataset" / "yes" / "Y1.jpg").exists()
 
 
+def damaged_archive(path, how: str) -> None:
+    """A zip whose member cannot be read: deflate data overwritten, an encrypted flag, or Deflate64 (method 9)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("brain_tumor_dataset/yes/Y1.jpg", bytes(range(256)) * 64)
+    data = bytearray(path.read_bytes())
+    header = 30 + len("brain_tumor_dataset/yes/Y1.jpg")  # the local header, then the compressed data
+    central = data.rindex(b"PK\x01\x02")
+    if how == "deflate":
+        data[header:header + 16] = b"\xff" * 16
+    elif how == "encrypted":
+        data[6] |= 1  # general purpose flag bit 0, in the local and the central header
+        data[central + 8] |= 1
+    else:
+        data[8], data[central + 10] = 9, 9  # compression method: Deflate64
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["deflate", "encrypted", "deflate64"])
+def test_an_archive_zipfile_cannot_read_is_one_error_that_says_to_download_again(tmp_path, how):
+    """zlib.error, RuntimeError and NotImplementedError were tracebacks, and the archive, kept as complete, made every
+    rerun repeat them."""
+    archive = tmp_path / "damaged.zip"
+    damaged_archive(archive, how)
+    with pytest.raises(SliceWiseError, match="not a usable zip archive .*delete it to download again") as error:
+        safe_extract(archive, tmp_path / "out")
+    assert str(archive) in str(error.value)
+
+
 def test_a_new_version_of_the_archive_is_extracted_again_into_a_fresh_folder(tmp_path):
     """Kaggle downloads a data set's new version over the same .zip: the old extraction's marker must not keep the
     old files, and none of them may mix with the new version's."""

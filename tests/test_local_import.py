@@ -109,6 +109,21 @@ def test_one_patient_name_in_two_folders_is_an_error_naming_both(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-imported
 
 
+def test_a_patients_copy_under_another_folder_name_is_an_error_naming_both(tmp_path):
+    """"BraTS20_Training_003 (copy)" holds BraTS20_Training_003's files: imported, the split put the patient in train
+    and the copy in test."""
+    import shutil
+
+    rng = np.random.default_rng(6)
+    for i in (1, 2, 3):
+        write_patient(tmp_path / "src", f"BraTS20_Training_00{i}", rng, parts=("flair", "seg"))
+    shutil.copytree(tmp_path / "src" / "BraTS20_Training_003", tmp_path / "src" / "BraTS20_Training_003 (copy)")
+    with pytest.raises(SliceWiseError, match="two folders hold patient BraTS20_Training_003's files") as error:
+        import_brats(tmp_path / "src", tmp_path / "out")
+    assert "(copy)" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_holding_several_patients_files_is_an_error_naming_it(tmp_path):
     """All patients' files in one folder, or another patient's segmentation strayed into a folder missing its own:
     the folder would import as one patient built from several. An error names the folder and two of the files."""

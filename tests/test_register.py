@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from tasks import export, paths, register
 from tasks.data.splits import read_split
-from tasks.config import PromotionSettings
+from tasks.config import PromotionSettings, load_settings
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_model
 from tasks.release.gate import ChampionScore, PromotionGate
@@ -539,6 +539,25 @@ def test_lineage_prints_the_chain(project, tiny_settings):
         assert expected in text
     with pytest.raises(SliceWiseError, match="no version or alias '7'"):
         print_lineage(settings, "7", console)
+
+
+def test_lineage_without_a_reference_follows_the_configured_alias(project, tiny_settings):
+    """`python -m tasks lineage` with no argument: the version `registry.alias` names (it was "champion" whatever
+    params.yaml said, so a store serving `production` answered "no version or alias 'champion'")."""
+    from typer.testing import CliRunner
+
+    from tasks.__main__ import app
+
+    import yaml
+
+    settings = tracked(tiny_settings)
+    settings = settings.model_copy(update={"registry": settings.registry.model_copy(update={"alias": "production"})})
+    paths.PARAMS.write_text(yaml.safe_dump(settings.model_dump(mode="json")))  # what the command reads
+    assert load_settings().registry.alias == "production"
+    assert register.main(settings)["alias"] == "production"
+    answer = CliRunner().invoke(app, ["lineage"])
+    assert answer.exit_code == 0, answer.output
+    assert "version 1" in answer.output and "@production" in answer.output
 
 
 @pytest.mark.slow

@@ -66,3 +66,19 @@ def test_twenty_concurrent_clients_get_no_errors(server):
     assert len(results) == CLIENTS * REQUESTS_PER_CLIENT
     assert all(status == 200 for status, _ in results), sorted({status for status, _ in results})
     assert all(correct is True for _, correct in results)  # no answer mixed up between concurrent requests
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--port", "70000"], "--port: Input should be less than or equal to 65535"),
+    (["--port", "-1"], "--port: Input should be greater than or equal to 1"),
+    (["--poll-seconds", "nan"], "--poll-seconds: Input should be a finite number"),
+    (["--poll-seconds", "-5"], "--poll-seconds: Input should be greater than or equal to 0"),
+])
+def test_command_line_values_are_checked_as_params_yaml_s_are(argv, words, capfd):
+    """A port of 70000 was a traceback from bind(); --poll-seconds skipped validation altogether."""
+    from serve.__main__ import main
+    from tests.conftest import REPO
+
+    assert main([*argv, "--params", str(REPO / "params.yaml")]) != 0
+    out = "".join(capfd.readouterr())  # the module's rich console holds the process's own stdout
+    assert "error: invalid option" in out and words in out and "Traceback" not in out

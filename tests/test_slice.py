@@ -365,6 +365,14 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
     ({"profile.x": 1}, "profile holds a value, not keys"),
     ({"data.source.x": 1}, "holds a value, not keys"),
     ({"slice.modalities": 3}, "slice.modalities is set from profiles.<name>.modalities"),
+    # review 2026-12-05: each of these passed, to fail later (a traceback in split, train_seg after slicing, register)
+    ({"split.val": float("nan"), "split.train": float("nan")}, "split.train: Input should be a finite number"),
+    ({"train_seg.lr": float("inf")}, "train_seg.lr: Input should be a finite number"),
+    ({"profiles.quick.image_size": 100}, "image_size 100 is not a multiple of 8, as model depth 4 needs"),
+    ({"train_seg.crop": 0.01}, "train_seg.crop 0.01 of profile quick's 128 pixels leaves no window"),
+    ({"registry.challenger_alias": "champion"}, "a model the gate rejected would become the served one"),
+    ({"registry.alias": "v3"}, "MLflow reserves empty aliases, 'latest' and v<number>"),
+    ({"registry.alias": "latest"}, "MLflow reserves"),
 ])
 def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, updates, words):
     """Wrong types reached a validator that raised TypeError (a traceback); `tasks set` left params.yaml.tmp."""
@@ -380,6 +388,31 @@ def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, up
     assert params.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
     with pytest.raises(SliceWiseError, match="not valid YAML"):
         parse_assignments(["promotion.min_accuracy=[1"])
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("seed: [42\n", "expected ',' or ']'"),  # a YAML error: one line, with where
+    ("seed: 1\nseed: 2\n", 'duplicate key "seed"'),  # PyYAML keeps the last; the round-trip writer refuses it
+    ("", "holds no mapping of keys"),
+])
+def test_setting_parameters_in_a_file_that_cannot_be_updated_names_it_and_the_reason(tmp_path, text, words):
+    from tasks.config import set_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(text)
+    with pytest.raises(SliceWiseError) as error:
+        set_params({"seed": 7}, params)
+    assert str(error.value).startswith(f"{params}: ") and words in str(error.value), str(error.value)
+    assert "\n" not in str(error.value) and params.read_text() == text
+
+
+def test_a_parameters_path_that_is_no_readable_file_is_one_line(tmp_path):
+    from tasks.config import load_settings
+
+    (tmp_path / "latin1.yaml").write_bytes("seed: 1  # caf\xe9\n".encode("latin-1"))
+    for path, words in ((tmp_path, "IsADirectoryError"), (tmp_path / "latin1.yaml", "UnicodeDecodeError")):
+        with pytest.raises(SliceWiseError, match=f"cannot read the parameters \\({words}"):
+            load_settings(path)
 
 
 def test_setting_parameters_rewrites_only_the_values_set(tmp_path):

@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from tasks.errors import CredentialsError, SliceWiseError
@@ -89,8 +90,11 @@ def safe_extract(archive: Path, target: Path, max_members: int = MAX_ARCHIVE_MEM
             check_extracted_size(archive, target, members, max_members, max_bytes)
             zf.extractall(target)
             return len(members)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-        raise SliceWiseError(f"not a valid zip archive ({exc}); delete it to download again", archive) from exc
+    # zlib.error: damaged deflate data; RuntimeError: an encrypted member; NotImplementedError: a compression method
+    # (Deflate64) zipfile cannot read. The archive is kept as complete, so a rerun would only repeat the traceback.
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError) as exc:
+        raise SliceWiseError(f"not a usable zip archive ({type(exc).__name__}: {exc}); delete it to download again",
+                             archive) from exc
 
 
 def check_extracted_size(archive: Path, target: Path, members: list[zipfile.ZipInfo], max_members: int,

@@ -102,6 +102,7 @@ def find_brats_patients(root: Path, files: list[Path] | None = None) -> dict[str
     patients: dict[str, dict[str, Path]] = {}
     folders: dict[str, Path] = {}
     named: dict[Path, dict[str, Path]] = {}  # folder → {patient id in a file name: one such file}
+    folder_of_id: dict[str, Path] = {}  # patient id in file names → the folder holding them
     for path in walk_files(root) if files is None else files:
         if (part := classify_brats_file(path)) is None:
             continue
@@ -110,6 +111,11 @@ def find_brats_patients(root: Path, files: list[Path] | None = None) -> dict[str
             raise SliceWiseError(f"two folders hold patient {name}: {folders[name]} and {path.parent}; keep one "
                                  "(or rename one folder)", root)
         if (patient_id := patient_id_of(path)) is not None:
+            # a copy under another folder name ("BraTS20_Training_003 (copy)") is the same person twice: the split
+            # could put one in train and the other in test
+            if folder_of_id.setdefault(patient_id, path.parent) != path.parent:
+                raise SliceWiseError(f"two folders hold patient {patient_id}'s files: {folder_of_id[patient_id]} and "
+                                     f"{path.parent}; keep one", root)
             ids = named.setdefault(path.parent, {})
             ids.setdefault(patient_id, path)
             if len(ids) > 1:

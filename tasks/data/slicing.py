@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from rich.progress import Progress
 
 from tasks import paths
@@ -51,6 +51,27 @@ FINGERPRINTS = paths.FINGERPRINTS.name
 JobMap = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
 
 SLICES_PER_STACK = 16  # kept slices z-scored in one numpy call
+# A photo is padded to a square of its longer side before resizing: 8 x 1,000,000 pixels asked for 3.6 TiB. Serving
+# refuses sides over serve.max_image_side (4096 by default) alike.
+MAX_PHOTO_SIDE = 4096
+NOT_UTF8 = "file name is not valid UTF-8 (the manifest and rejected.csv are UTF-8 text); rename it"
+# The manifest marks a complete run; while a run rewrites shards in place it is moved here, so that a run that fails
+# halfway leaves no manifest naming rows the shards no longer hold (the next run still reads it to reuse shards).
+PREVIOUS_MANIFEST = ".manifest.previous.csv"
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a file name is text UTF-8 can write: os.listdir gives undecodable bytes as lone surrogates."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def shown(path: Path | str) -> str:
+    """`path` as UTF-8 text, undecodable bytes as \\xNN escapes (for rejected.csv)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,10 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
 
     planes = [preprocess.axial_planes(v) for v in volumes]  # (Z, H, W) views: each plane in one run of memory
     positive = [p > 0 for p in planes]  # each modality's brain; the union is the brain the slices are kept by
+    for path, mask in zip(modality_paths, positive):
+        if not mask.any():  # it would become a blank channel, the model's "missing modality", without a word
+            raise SliceWiseError("no voxel has a positive intensity (all zero, negative or NaN): an empty or already "
+                                 "standardised volume; the slice step z-scores raw intensities itself", path)
     brain = functools.reduce(np.logical_or, positive)
     fraction = np.count_nonzero(brain, axis=(1, 2)) / brain[0].size
     keep = [z for z in range(0, len(brain), spec.stride) if fraction[z] >= spec.min_brain_fraction]
@@ -178,15 +203,21 @@ def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) 
         stems = Counter(p.stem for p in files)
         images, patients = [], []
         for path in files:
+            if not is_utf8(path.name):
+                rejected.append({"file": shown(path), "reason": NOT_UTF8})
+                continue
             try:
                 with Image.open(path) as image:
-                    if min(image.size) < preprocess.MIN_SIDE:
+                    if min(image.size) < preprocess.MIN_SIDE or max(image.size) > MAX_PHOTO_SIDE:
                         rejected.append({"file": str(path), "reason": f"image of {image.width}x{image.height} "
-                                                                      f"pixels (at least {preprocess.MIN_SIDE})"})
+                                                                      f"pixels (at least {preprocess.MIN_SIDE} and at "
+                                                                      f"most {MAX_PHOTO_SIDE} a side)"})
                         continue
                     images.append(preprocess.prepare_image(image, size))
                 patients.append(f"kaggle_{label_name}_{path.stem if stems[path.stem] == 1 else path.name}")
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            except MemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types (SyntaxError for a PNG)
                 rejected.append({"file": str(path), "reason": f"unreadable image ({type(exc).__name__}: {exc})"})
         if not images:
             continue
@@ -228,7 +259,9 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     here, in job order, so the output is the same whichever JobMap ran the jobs.
     """
     spec = SliceSpec(tuple(cfg.modalities), image_size, stride, cfg.min_brain_fraction)
-    patient_dirs = sorted(p for p in (raw_dir / "brats").glob("*") if p.is_dir())
+    all_dirs = sorted(p for p in (raw_dir / "brats").glob("*") if p.is_dir())
+    patient_dirs = [p for p in all_dirs if is_utf8(p.name)]  # a patient's name is its id in the manifest
+    misnamed = [{"file": shown(p), "reason": NOT_UTF8} for p in all_dirs if not is_utf8(p.name)]
     if not patient_dirs:
         raise SliceWiseError("no BraTS patient folders to slice (run the fetch step first)", raw_dir / "brats")
 
@@ -236,7 +269,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     spec_digest = spec.digest()  # hashes the slicing code: once, not once per patient
     digests = FileDigests(digest_record(out_dir))
     fingerprints = {p.name: patient_fingerprint(p, spec_digest, digests) for p in patient_dirs}
-    rows, rejected, todo, damaged = [], [], [], []
+    rows, rejected, todo, damaged = [], misnamed, [], []
     for patient_dir in patient_dirs:
         name, shard_path = patient_dir.name, out_dir / "brats" / f"{patient_dir.name}.npz"
         if previous["fingerprints"].get(name) == fingerprints[name] and shard_path.exists() and name in previous["rows"]:
@@ -250,6 +283,9 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     log.info("slicing %d patients (%d unchanged and reused, %d damaged shards replaced; %d raw files hashed, the "
              "others known by size and time)", len(todo), len(patient_dirs) - len(todo), len(damaged), digests.hashed)
 
+    manifest = out_dir / paths.MANIFEST.name
+    if manifest.exists():  # the Kaggle shards (always) and the resliced ones are rewritten in place below
+        manifest.replace(out_dir / PREVIOUS_MANIFEST)
     if todo and previous["fingerprints"]:
         # The jobs overwrite shards in place: first forget their old fingerprints, so a run killed halfway never
         # leaves a new shard under a fingerprint that a later run (with the old settings back) would trust.
@@ -274,12 +310,13 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     kaggle_rows, kaggle_rejected = slice_kaggle(raw_dir / "kaggle", out_dir, image_size, len(spec.modalities))
     rejected.extend(kaggle_rejected)
     if not any(r["source"] == "brats" for r in rows):
-        _write_table(out_dir / paths.REJECTED.name, rejected, ["file", "reason"])
+        _write_rejected(out_dir, rejected)
         raise SliceWiseError(f"no usable BraTS patient ({len(rejected)} rejected, see {paths.REJECTED})", raw_dir)
     _remove_stale_shards(out_dir, {r["shard"] for r in rows + kaggle_rows})
-    _write_table(out_dir / paths.MANIFEST.name, rows + kaggle_rows, MANIFEST_COLUMNS)
-    _write_table(out_dir / paths.REJECTED.name, rejected, ["file", "reason"])
+    _write_table(manifest, rows + kaggle_rows, MANIFEST_COLUMNS)  # the marker of a complete run: before the
+    _write_rejected(out_dir, rejected)  # fingerprints, which make later runs trust its shards
     write_text_atomic(json.dumps(fingerprints, indent=1, sort_keys=True), out_dir / FINGERPRINTS)
+    (out_dir / PREVIOUS_MANIFEST).unlink(missing_ok=True)
     digests.save()
     brats = [r for r in rows if r["source"] == "brats"]
     return {
@@ -297,6 +334,8 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
 def _previous_state(out_dir: Path) -> dict:
     """Fingerprints and manifest rows of the last completed run (empty when there is none)."""
     fp_file, manifest = out_dir / FINGERPRINTS, out_dir / paths.MANIFEST.name
+    if not manifest.exists():  # a run that failed halfway moved it aside: its rows still say what was reusable
+        manifest = out_dir / PREVIOUS_MANIFEST
     if not (fp_file.exists() and manifest.exists()):
         return {"fingerprints": {}, "rows": {}}
     table = read_manifest(manifest)
@@ -311,6 +350,12 @@ def _remove_stale_shards(out_dir: Path, keep: set[str]) -> None:
     for shard in out_dir.rglob("*.npz"):
         if shard.relative_to(out_dir).as_posix() not in keep:
             shard.unlink()
+
+
+def _write_rejected(out_dir: Path, rejected: list[dict]) -> None:
+    """rejected.csv; a file named in undecodable bytes (a file inside a patient's folder) shown with escapes."""
+    _write_table(out_dir / paths.REJECTED.name, [{**row, "file": shown(row["file"])} for row in rejected],
+                 ["file", "reason"])
 
 
 def _write_table(path: Path, rows: list[dict], columns: list[str]) -> None:

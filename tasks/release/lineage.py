@@ -44,7 +44,7 @@ def _tag(tags: dict, key: str) -> str:
     return tags.get(key, "[dim]unknown[/]")
 
 
-def print_lineage(settings: Settings, ref: str | None = "champion", console: Console | None = None) -> dict:
+def print_lineage(settings: Settings, ref: str | None = None, console: Console | None = None) -> dict:
     console = console or Console()
     info = lineage(settings, ref or settings.registry.alias)
     tags, run = info["tags"], info["run"]
