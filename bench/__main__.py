@@ -519,6 +519,10 @@ def main() -> None:
                         help="build the seed sweep's project copy here and keep it: each seed stays a DVC experiment "
                              "(`dvc exp apply seed-N` there brings back its checkpoints for validation-only studies)")
     args = parser.parse_args()
+    if args.only and args.skip:  # said, not silently ignored
+        parser.error("--skip applies to a full run; with --only, name just the benchmarks to run")
+    if args.keep_seeds and ("seeds" not in args.only if args.only else "seeds" in args.skip):
+        parser.error("--keep-seeds keeps the seed sweep's project, and this run does not sweep the seeds")
     report = run_some(args.only, args.keep_seeds) if args.only else run_all(set(args.skip), args.keep_seeds)
     swept = "seeds" in (args.only or []) or (not args.only and "seeds" not in args.skip)
     REPORT.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,23 @@ def _require_project_root() -> None:
         _fail(f"run this from the project root (no params.yaml and dvc.yaml in {Path.cwd()})")
 
 
+def _check_parameters(updates: dict[str, str]) -> None:
+    """params.yaml with the command's values, validated on a copy before any flow starts: a bad one (`--profile
+    huge`) was one line under a hundred of Prefect's log lines and tracebacks."""
+    import shutil
+    import tempfile
+
+    from tasks.config import load_settings, set_params
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / paths.PARAMS.name
+        shutil.copy(paths.PARAMS, trial)
+        try:
+            set_params(updates, trial) if updates else load_settings(trial)
+        except SliceWiseError as exc:
+            _fail(f"{paths.PARAMS}: {exc.reason}", exc.exit_code)
+
+
 @app.command()
 def run(
     profile: Optional[str] = typer.Option(None, help="quick | baseline | production (written into params.yaml)"),
@@ -72,8 +89,11 @@ def run(
         _fail("--dask-address needs --slice-runner dask")
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.pipeline import slicewise_pipeline
+    from flows.pipeline import parameter_updates, slicewise_pipeline
 
+    values = dict(profile=profile, data_source=data_source.value if data_source else None,
+                  brats_dir=str(brats_dir) if brats_dir else None, kaggle_dir=str(kaggle_dir) if kaggle_dir else None)
+    _check_parameters(parameter_updates(**values))
     # Without a configured server, report to `make prefect-ui`'s when it is up (the run shows in its UI),
     # else Prefect starts a throw-away server for this run alone.
     configured = PREFECT_API_URL.value()
@@ -82,11 +102,8 @@ def run(
               "against a throw-away server")
     api_url = configured or (LOCAL_PREFECT_API if _server_up(LOCAL_PREFECT_API) else None)
     with temporary_settings({PREFECT_API_URL: api_url} if api_url else {}):
-        state = slicewise_pipeline(
-            profile=profile, data_source=data_source.value if data_source else None,
-            brats_dir=str(brats_dir) if brats_dir else None, kaggle_dir=str(kaggle_dir) if kaggle_dir else None,
-            slice_runner=slice_runner.value, dask_address=dask_address, return_state=True,
-        )
+        state = slicewise_pipeline(**values, slice_runner=slice_runner.value, dask_address=dask_address,
+                                   return_state=True)
     if not state.is_completed():
         _fail(state.message or "the flow run failed")
     table = Table(title="SliceWise flow run")

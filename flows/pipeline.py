@@ -121,11 +121,19 @@ def warn_about_stages_without_task(stages: list[str]) -> None:
                                  sorted(unknown))
 
 
+# The flow's parameters that are params.yaml keys.
+PARAMETER_KEYS = {"profile": "profile", "data_source": "data.source", "brats_dir": "data.brats_dir",
+                  "kaggle_dir": "data.kaggle_dir"}
+
+
+def parameter_updates(**values: str | None) -> dict[str, str]:
+    """The params.yaml updates the given flow parameters make (None: left as it is)."""
+    return {PARAMETER_KEYS[name]: value for name, value in values.items() if value is not None}
+
+
 def apply_parameters(**values: str | None) -> Settings:
     """Write the given flow parameters into params.yaml first, as `dvc exp run -S` would, so DVC sees them."""
-    keys = {"profile": "profile", "data_source": "data.source", "brats_dir": "data.brats_dir",
-            "kaggle_dir": "data.kaggle_dir"}
-    updates = {keys[name]: value for name, value in values.items() if value is not None}
+    updates = parameter_updates(**values)
     if updates:
         set_params(updates)
         get_run_logger().info("params.yaml updated: %s", updates)

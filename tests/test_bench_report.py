@@ -452,3 +452,17 @@ def test_the_loader_row_for_train_seg_windows_sizes_them_as_the_stage_does_and_c
     # a run from before the windows (or with train_seg.crop: 1) has no such row
     whole = {k: v for k, v in loader.items() if not k.startswith("crop")}
     assert not [row for row in loader_rows(whole) if "windows" in row[0]]
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--only", "loader", "--skip", "api"], "--skip applies to a full run"),
+    (["--only", "loader", "--keep-seeds", "kept"], "this run does not sweep the seeds"),
+    (["--skip", "seeds", "--keep-seeds", "kept"], "this run does not sweep the seeds"),
+])
+def test_options_a_bench_run_would_ignore_are_refused(argv, words):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPORT.parents[1], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and words in done.stderr, done.stderr

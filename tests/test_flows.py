@@ -458,6 +458,30 @@ def test_slicing_on_a_dask_cluster_gives_the_serial_result(project, prefect_serv
     assert all("BLAS/OpenMP threads 1, freed memory kept)" in line for line in on_workers), on_workers
 
 
+def test_a_bad_flow_parameter_is_refused_before_any_flow_starts(tmp_path, monkeypatch):
+    """`flows run --profile huge` started a throw-away Prefect server and ran the flow, whose first task failed:
+    the one line came after about a hundred log lines and three tracebacks. params.yaml is left as it was."""
+    import io
+    import shutil
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import flows.__main__ as cli
+
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=300))
+    monkeypatch.setattr(cli, "_server_up", lambda url: pytest.fail("the flow was started"))
+    before = (tmp_path / "params.yaml").read_text()
+    result = CliRunner().invoke(cli.app, ["run", "--profile", "huge"])
+    printed = cli.console.file.getvalue()
+    assert result.exit_code == 1 and "Traceback" not in result.output + printed
+    assert "params.yaml: invalid parameters: profile 'huge' is not one of profiles" in printed
+    assert (tmp_path / "params.yaml").read_text() == before
+
+
 @pytest.mark.slow
 def test_user_error_in_fetch_fails_at_once_and_commits_nothing(project, tmp_path, prefect_server):
     state, _ = run_flow(data_source="local", brats_dir=str(tmp_path / "missing"))

@@ -62,3 +62,23 @@ def test_summary_of_a_reused_version_says_no_new_version_was_made(tmp_path, monk
     out = console.file.getvalue()
     assert "slicewise version 16 already holds this model" in out and "still champion, no new version" in out
     assert "registered slicewise version 16" not in out and "lineage" in out
+
+
+def test_summary_before_any_run_says_how_to_make_one(tmp_path, monkeypatch):
+    """An empty results table and exit 0 told a new user nothing."""
+    monkeypatch.chdir(tmp_path)
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console)
+    out = console.file.getvalue()
+    assert "no pipeline output here yet" in out and "make run" in out and "SliceWise results" not in out
+
+
+def test_summary_points_lineage_at_the_version_this_run_registered(tmp_path, monkeypatch):
+    """A rejected version is no champion: `lineage champion` showed another model than the one just registered."""
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.REGISTER_REPORT.write_text(json.dumps({"model_name": "slicewise", "version": "7", "promoted": False,
+                                                 "alias": "challenger", "reason": "rejected"}))
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console)
+    assert "lineage: .venv/bin/python -m tasks lineage 7" in console.file.getvalue()

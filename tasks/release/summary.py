@@ -27,12 +27,15 @@ OUTPUTS = [
 
 def print_summary(console: Console | None = None) -> None:
     console = console or Console()
+    found = [(label, path) for label, path in OUTPUTS if path.exists()]
+    if not found and not paths.REGISTER_REPORT.exists():
+        console.print("no pipeline output here yet: run `make run` (or `.venv/bin/dvc repro`) in the project root")
+        return
     table = Table(title="SliceWise results", show_header=True)
     table.add_column("what")
     table.add_column("where")
-    for label, path in OUTPUTS:
-        if path.exists():
-            table.add_row(label, str(path))
+    for label, path in found:
+        table.add_row(label, str(path))
     console.print(table)
 
     if metrics := read_json(paths.METRICS, default=None):
@@ -70,8 +73,8 @@ def print_summary(console: Console | None = None) -> None:
         else:
             console.print("[yellow]not registered[/] (tracking.enabled is false)")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
-        if registered:
-            console.print("lineage: .venv/bin/python -m tasks lineage champion")
+        if registered:  # the version this run registered, whichever alias it got
+            console.print(f"lineage: .venv/bin/python -m tasks lineage {decision.get('version')}")
 
 
 def area_bin_title(name: str) -> str:
