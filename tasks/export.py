@@ -1,4 +1,5 @@
-"""`export`: the joint model to ONNX, checked for parity with torch on every test slice, with latency figures.
+"""`export`: the joint model to ONNX, checked for parity with torch on the test slices (at most
+`export.parity_max_slices`, evenly spaced), with latency figures.
 
     exports/model.onnx   input "image" (batch, C, H, W) float32 → "seg_logits" (batch, R, H, W), one map per region
                          (WT, TC, ET), "cls_logits" (batch,)

@@ -272,10 +272,26 @@ def test_export_hands_the_slice_score_evaluation_used_to_serving(project, tiny_s
     embedded = {p.key: p.value for p in onnx.load(str(paths.ONNX_MODEL)).metadata_props}
     assert json.loads(embedded["slicewise"])["slice_score"] == "fused"
     assert json.loads(paths.EXPORT_REPORT.read_text())["parity"]["slice_score"] == "fused"
+    # model.json says in words what the threshold applies to, and the words are what the code computes: someone
+    # scoring the file alone took sigmoid(cls_logits) for it (38 of 445 test slices decided otherwise)
+    metadata = json.loads(paths.EXPORT_METADATA.read_text())
+    assert "(sigmoid(cls_logits) + the largest sigmoid(seg_logits[:, 0]) over the slice's pixels) / 2" \
+        in metadata["decision_rule"] and "lone_slice_threshold" in metadata["decision_rule"]
+    import onnxruntime as ort
+
+    from tasks.inference.predictor import OnnxPredictor
+
+    images = np.random.default_rng(0).standard_normal((5, *metadata["input"]["shape"][1:])).astype(np.float32)
+    seg, cls = ort.InferenceSession(str(paths.ONNX_MODEL)).run(["seg_logits", "cls_logits"], {"image": images})
+    by_the_words = (1 / (1 + np.exp(-cls)) + (1 / (1 + np.exp(-seg[:, 0]))).max(axis=(1, 2))) / 2
+    by_the_code = OnnxPredictor(paths.ONNX_MODEL, slice_score="fused").predict(images).tumour_probability
+    np.testing.assert_allclose(by_the_words, by_the_code, rtol=1e-5)
 
     metrics_path.write_text(json.dumps(report))  # written before the slice score was recorded: the classifier's
     export.main(tiny_settings)
     assert json.loads(paths.EXPORT_METADATA.read_text())["slice_score"] == "classifier"
+    assert json.loads(paths.EXPORT_METADATA.read_text())["decision_rule"].startswith(
+        "tumour_probability = sigmoid(cls_logits);")
 
 
 def test_parity_compares_fused_decisions(project, tiny_settings):

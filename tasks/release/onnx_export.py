@@ -1,4 +1,5 @@
-"""A model to ONNX, checked for parity with torch on every test slice, with latency figures (`export`).
+"""A model to ONNX, checked for parity with torch on the test slices (at most `export.parity_max_slices`, evenly
+spaced), with latency figures (`export`).
 
     exports/model.onnx   input "image" (batch, C, H, W) float32 → "seg_logits" (batch, R, H, W: WT, TC, ET),
                          "cls_logits" (batch,)
@@ -52,11 +53,26 @@ PREPROCESSING = (
     "voxels of each volume, axial slice np.rot90(volume[:, :, z]) (anterior up, the patient's right on the "
     "left), bilinear resize. 2D slices are taken as shown (anterior up). 2D images (PNG/JPEG): grayscale, zero-padded to a square, bilinear resize, z-score over "
     "pixels above 5 % of the maximum. Implemented in tasks/data/preprocess.py (prepare_volume_slices, "
-    "prepare_photo, prepare_array_slice). Outputs are logits: apply a sigmoid; a slice has a tumour when its "
-    "probability >= threshold; seg_logits has one channel per region in `regions` (wt: labels 1, 2, 4; tc: 1, 4; "
+    "prepare_photo, prepare_array_slice). Outputs are logits: apply a sigmoid; whether a slice has a tumour: "
+    "`decision_rule`; seg_logits has one channel per region in `regions` (wt: labels 1, 2, 4; tc: 1, 4; "
     "et: 4), a pixel is in a region when its probability >= mask_threshold; tasks/data/regions.py "
     "labels_from_regions turns the regions into BraTS labels 0/1/2/4."
 )
+def decision_rule(slice_score: str, slices_in_volume: bool) -> str:
+    """How a slice's tumour probability is made and which threshold it must reach, in words (model.json)."""
+    made = ("tumour_probability = (sigmoid(cls_logits) + the largest sigmoid(seg_logits[:, 0]) over the slice's "
+            "pixels) / 2, the classifier's and the whole-tumour map's evidence together" if slice_score == "fused"
+            else "tumour_probability = sigmoid(cls_logits)")
+    if slices_in_volume and slice_score == "fused":
+        where = ("a slice judged alone has a tumour when tumour_probability >= lone_slice_threshold; a slice of a "
+                 "volume, when it is >= threshold, its whole-tumour map read after the volume's clean-up "
+                 "(components without support dropped: tasks/inference/postprocess.py)")
+    else:
+        where = ("a slice has a tumour when tumour_probability >= threshold (lone_slice_threshold for a slice "
+                 "judged alone)")
+    return f"{made}; {where}. Implemented in tasks/inference/predictor.py (slice_probability)."
+
+
 REGION_MEANING = {"wt": "whole tumour (labels 1, 2, 4)", "tc": "tumour core (labels 1, 4)",
                   "et": "enhancing tumour (label 4)"}
 REGION_ORDER = ("wt", "tc", "et")  # tasks/data/regions.py REGIONS, the seg_logits channels in order
@@ -216,7 +232,9 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
         "outputs": [
             {"name": ONNX_SEG_OUTPUT, "shape": ["batch", len(regions), image_size, image_size], "activation": "sigmoid",
              "meaning": "logit per pixel of each region: " + "; ".join(f"{r}: {REGION_MEANING[r]}" for r in regions)},
-            {"name": ONNX_CLS_OUTPUT, "shape": ["batch"], "activation": "sigmoid", "meaning": "tumour logit per slice"},
+            {"name": ONNX_CLS_OUTPUT, "shape": ["batch"], "activation": "sigmoid",
+             "meaning": "the classification head's tumour logit per slice (what `decision_rule` thresholds is made "
+                        "from it and, with a fused slice score, from seg_logits too)"},
         ],
         "image_size": image_size,
         "modalities": list(modalities),
@@ -224,6 +242,9 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
         "preprocessing": PREPROCESSING,
         "threshold": threshold,
         "slice_score": slice_score,  # what `threshold` applies to (tasks/inference/predictor.py, SLICE_SCORES)
+        # the same in words, for whoever scores the file without SliceWise's code: a user reading "sigmoid(cls_logits)
+        # >= threshold" from the outputs alone disagreed with the reported figures on 38 of 445 test slices
+        "decision_rule": decision_rule(slice_score, slices_in_volume),
         "slices_in_volume": slices_in_volume,  # BraTS slices were judged as the volume route answers (after clean-up)
         # for a slice that arrives alone (/v1/predict): the same rule on validation slices scored alone
         "lone_slice_threshold": threshold if lone_slice_threshold is None else lone_slice_threshold,
