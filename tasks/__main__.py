@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -87,7 +88,18 @@ def summary_command() -> None:
     print_summary()
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (`timeout`, `docker stop`, Kubernetes, a cancelled Prefect run, torchrun stopping its workers) as
+    SystemExit(143): the step's MLflow run then ends KILLED and its locks are released, where the process used to
+    vanish with its run left RUNNING."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def main() -> None:
+    _exit_on_sigterm()
     install_log_redaction()
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     app()

@@ -234,3 +234,41 @@ def test_git_commit_outside_a_repository_is_the_one_the_image_was_built_from(mon
     assert provenance.git_commit() == "0123abc"
     monkeypatch.setenv("SLICEWISE_GIT_COMMIT", "unknown")  # the build's default when no commit was given
     assert provenance.git_commit() == provenance.UNKNOWN
+
+
+def test_a_step_stopped_by_sigterm_ends_its_runs_killed_and_its_next_attempt_goes_on(store, tiny_settings):
+    """SIGTERM (timeout, docker stop, a cancelled flow) had no handler: the process vanished and its runs stayed
+    RUNNING. `python -m tasks` now turns it into SystemExit, which the step's tracked block ends KILLED."""
+    import os
+    import signal
+
+    from tasks.__main__ import _exit_on_sigterm
+    from tasks.tracking.tracker import tracked_step
+
+    settings = tracked(tiny_settings)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        _exit_on_sigterm()
+        with pytest.raises(SystemExit) as stopped, tracked_step(settings, "train_seg") as tracker:
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert client().get_run(tracker.run_id).info.status == "KILLED"
+    parent = client().get_run(tracker.parent_run_id)
+    assert parent.info.status == "KILLED" and parent.data.tags["failed_step"] == "train_seg"
+    again = MlflowTracker.for_step(settings, "train_seg")
+    assert again.parent_run_id == tracker.parent_run_id  # the pipeline run goes on
+    assert client().get_run(tracker.parent_run_id).info.status == "RUNNING"
+
+
+def test_a_run_left_running_by_a_killed_process_is_ended_when_its_step_runs_again(store, tiny_settings):
+    """SIGKILL cannot be caught: the step's next attempt ends the run it left RUNNING (the pipeline lock lets one
+    run work in a project at a time), and leaves the other steps' runs alone."""
+    settings = tracked(tiny_settings)
+    killed = MlflowTracker.for_step(settings, "train_seg")  # never closed: its process was SIGKILLed
+    other = MlflowTracker.for_step(settings, "train_cls")  # another step, still running
+    again = MlflowTracker.for_step(settings, "train_seg")
+    assert again.parent_run_id == killed.parent_run_id and again.run_id != killed.run_id
+    assert client().get_run(killed.run_id).info.status == "KILLED"
+    assert client().get_run(other.run_id).info.status == client().get_run(again.run_id).info.status == "RUNNING"

@@ -518,6 +518,39 @@ def test_the_cosine_schedule_starts_fresh_for_other_epochs(in_project, tiny_sett
     assert train_seg.main(with_epochs(warm, seg=2))["resumed_from_epoch"] == 0
 
 
+def test_a_best_pt_left_by_another_run_is_never_resumed_under_this_runs_last_pt(in_project, tiny_settings,
+                                                                                   monkeypatch):
+    """A fresh run that died between writing best.pt and last.pt (disk full: last.pt also holds the optimizer) left
+    its best.pt beside the earlier run's last.pt; going back to the earlier params resumed that last.pt and kept the
+    other run's best.pt as its result."""
+    train_seg.main(tiny_settings)
+    mine = sha256_file(paths.best_checkpoint("seg"))
+    other = with_section(tiny_settings, "train_seg", lr=1e-6)
+
+    def full_disk_for_last_pt(path, **kwargs):
+        if path.name == "last.pt":
+            raise OSError(28, "No space left on device")
+        return save_checkpoint(path, **kwargs)
+
+    with monkeypatch.context() as patched, pytest.raises(OSError):  # (undo() would also undo in_project's chdir)
+        patched.setattr(training_stage, "save_checkpoint", full_disk_for_last_pt)
+        train_seg.main(other)
+    assert load_checkpoint(paths.best_checkpoint("seg"))["params"]["train_seg"]["lr"] == 1e-6  # the other run's
+    result = train_seg.main(tiny_settings)
+    assert result["resumed_from_epoch"] == 0  # not "resumed", with the other run's best.pt as its own
+    assert sha256_file(paths.best_checkpoint("seg")) == mine
+
+
+def test_a_stage_refuses_a_previous_checkpoint_trained_on_other_data(in_project, tiny_settings):
+    """Steps run by hand: train_seg on one data set, then the data resliced or resplit, then train_cls started
+    from the old seg weights without a word."""
+    train_seg.main(tiny_settings)
+    test_list = paths.SPLITS / "test.txt"
+    test_list.write_text(test_list.read_text() + "\n")  # another split, as far as any fingerprint can tell
+    with pytest.raises(SliceWiseError, match="train_seg's checkpoint was trained on other processed data or splits"):
+        train_cls.main(tiny_settings)
+
+
 def test_changed_training_code_starts_fresh(in_project, tiny_settings, monkeypatch):
     """DVC reruns a training stage when its code changes; resuming last.pt would then train no epoch and keep the
     old code's weights under the new code's dvc.lock."""

@@ -11,7 +11,8 @@ again in each process:
    ended it but was cut off before removing the file: its rerun must find the version it made). `register`, the
    last step, logs into the parent itself and ends it (FINISHED, or FAILED when it fails), which removes the file:
    the next `dvc repro` opens a new parent even with unchanged code. A failed step ends its own run and the parent
-   FAILED (tag `failed_step`), so no run is left RUNNING; rerunning it reopens the same parent. A parent left
+   FAILED (tag `failed_step`), an interrupted one (Ctrl-C, SIGTERM) KILLED, so no run is left RUNNING; rerunning it
+   reopens the same parent, and ends KILLED a run of the step that a SIGKILLed process left RUNNING. A parent left
    RUNNING by a pipeline run whose code or params have since changed is ended FINISHED when every step it holds
    finished (register had nothing new to register), else KILLED.
 """
@@ -125,7 +126,7 @@ def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Map
         # FINISHED with its pointer still here: `register` ended it but was cut off before forgetting the pointer
         # (killed, or its last write failed). Its rerun must come back to this run, where it finds the version it
         # made, or it would register the same model again under a new parent.
-        if status in ("RUNNING", "FAILED", "FINISHED") and pointer.get("key") == key:
+        if status in ("RUNNING", "FAILED", "KILLED", "FINISHED") and pointer.get("key") == key:
             if status != "RUNNING":  # a step failed, or register was cut off, and is run again: the run goes on
                 retrying(cfg, "reopen parent run", client.update_run, pointer["run_id"], "RUNNING")
             return pointer["run_id"]
@@ -148,6 +149,19 @@ def close_parent_run(settings: Settings, run_id: str, status: str = "FAILED") ->
     client = make_client(settings.tracking)
     retrying(settings.tracking, "end parent run", client.set_terminated, run_id, status)
     _forget_pointer(run_id)
+
+
+def end_abandoned_runs(client, cfg: TrackingSettings, experiment_id: str, parent_id: str, step: str) -> None:
+    """End KILLED the runs of `step` under `parent_id` still RUNNING: the pipeline lock (tasks/run_lock.py) lets one
+    run work in a project at a time, so such a run's process is gone without closing it (SIGKILL, a power cut), and
+    the step's new run takes over."""
+    abandoned = retrying(cfg, "find abandoned runs", client.search_runs, [experiment_id],
+                         filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.step = '{step}' "
+                                       "and attributes.status = 'RUNNING'")
+    for run in abandoned:
+        log.warning("MLflow: run %s of %s was left RUNNING by a process that is gone; ending it KILLED",
+                    run.info.run_id, step)
+        retrying(cfg, "end abandoned run", client.set_terminated, run.info.run_id, "KILLED")
 
 
 class MlflowTracker:
@@ -173,6 +187,7 @@ class MlflowTracker:
         if step in PARENT_STEPS:
             tracker = parent
         else:
+            end_abandoned_runs(client, cfg, experiment_id, parent_id, step)
             run = retrying(cfg, "create run", client.create_run, experiment_id, run_name=step,
                            tags={**tags, MLFLOW_PARENT_RUN_ID: parent_id, "step": step})
             tracker = cls(client, run.info.run_id, cfg, parent_run_id=parent_id)
@@ -213,7 +228,7 @@ class MlflowTracker:
         """End the run. A failed step's run ends FAILED and so does its pipeline's parent run (tagged with the
         step), which the step's next attempt reopens (resolve_parent_run). Ending a failed run is best effort: its
         error must not hide the step's own error."""
-        runs = [self.run_id] if status != "FAILED" or self.parent_run_id is None else [self.run_id, self.parent_run_id]
+        runs = [self.run_id] if status == "FINISHED" or self.parent_run_id is None else [self.run_id, self.parent_run_id]
         for run_id in runs:
             try:
                 if run_id == self.parent_run_id:

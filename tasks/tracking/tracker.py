@@ -51,10 +51,14 @@ def make_tracker(settings, step: str) -> Tracker:
 @contextmanager
 def tracked_step(settings, step: str, enabled: bool = True) -> Iterator[Tracker]:
     """The step's tracker run for the block (NullTracker when not `enabled`): ended FINISHED when the block
-    completes, FAILED when it raises, and the error goes on."""
+    completes, KILLED when the process is being stopped (Ctrl-C, or SIGTERM, which `python -m tasks` turns into
+    SystemExit), FAILED when it raises anything else; the error goes on."""
     tracker = make_tracker(settings, step) if enabled else NullTracker()
     try:
         yield tracker
+    except (KeyboardInterrupt, SystemExit):
+        tracker.close("KILLED")
+        raise
     except BaseException:
         tracker.close("FAILED")
         raise

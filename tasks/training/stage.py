@@ -302,6 +302,10 @@ def _initial_model(plan: StagePlan) -> MultitaskUNet:
         if model_config_of(previous) != plan.model:
             raise SliceWiseError(f"model settings differ from those of {previous['stage']} "
                                  f"({model_config_of(previous)}); rerun train_{previous['stage']}", plan.init_checkpoint)
+        trained_on = (previous.get("extra") or {}).get("run_key", {}).get("data")
+        if trained_on is not None and trained_on != data_fingerprint(plan.processed, plan.splits_dir):
+            raise SliceWiseError(f"train_{previous['stage']}'s checkpoint was trained on other processed data or "
+                                 f"splits than today's; rerun train_{previous['stage']} first", plan.init_checkpoint)
         load_weights(model, previous, plan.init_checkpoint)
     return model
 
@@ -320,6 +324,9 @@ def _resume(plan: StagePlan, run_key: dict, model, optimizer, generator: torch.G
         log.info("train_%s: params, data, code or starting checkpoint changed since %s; starting fresh", plan.stage,
                  last)
         return StageState()
+    if _run_key_of(best) != run_key:  # a run that died between writing best.pt and last.pt: best.pt is another run's
+        log.warning("train_%s: %s is not from the run %s resumes; starting fresh", plan.stage, best, last)
+        return StageState()
     if (overrun := _trained_past_today_s_stop(plan, extra["history"])) is not None:
         log.info("train_%s: %s ran %d epochs, where today's epochs, patience and min_epochs stop after %d; starting "
                  "fresh", plan.stage, last, checkpoint["epoch"], overrun)
@@ -330,6 +337,14 @@ def _resume(plan: StagePlan, run_key: dict, model, optimizer, generator: torch.G
     log.info("train_%s: resuming after epoch %d from %s", plan.stage, checkpoint["epoch"], last)
     return StageState(checkpoint["epoch"], checkpoint["best_metric"], extra["epochs_since_best"], extra["history"],
                       extra.get("ema"))
+
+
+def _run_key_of(checkpoint_path: Path) -> dict | None:
+    """The run key a best.pt was written under (None: unreadable, or written before best.pt recorded it)."""
+    try:
+        return load_checkpoint(checkpoint_path)["extra"].get("run_key")
+    except SliceWiseError:
+        return None
 
 
 def _trained_past_today_s_stop(plan: StagePlan, history: list[dict]) -> int | None:
@@ -351,8 +366,9 @@ def _save_epoch(plan, state: StageState, improved: bool, steps: StageRunner, gen
                   metric_name=METRIC_NAME[plan.stage], params=plan.params(), stage=plan.stage)
     if improved:  # without the epoch's timings: same seed, machine and code give the same best.pt, byte for byte
         metrics = {k: v for k, v in state.history[-1].items() if k not in TIMINGS}  # (and model.onnx, which names it)
+        # the run key: which run wrote it (a resume checks it, and so does the next stage for its data)
         save_checkpoint(plan.checkpoint_dir / "best.pt", model=steps.handed_on, optimizer=None,
-                        extra={"metrics": metrics}, **common)
+                        extra={"metrics": metrics, "run_key": run_key}, **common)
     extra = {"run_key": run_key, "history": state.history, "epochs_since_best": state.epochs_since_best,
              "generator_state": generator.get_state()}
     if steps.ema is not None:
