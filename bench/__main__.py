@@ -380,8 +380,9 @@ def _crop_loader_rows(loader: dict) -> list[tuple[str, str, str]]:
         return []
     runs, side = loader["runs"], loader["crop_side"]
     whole, crop = runs["stored_0_workers"], runs["stored_0_workers_crop"]
-    scaling = ", ".join(f"{w} workers {runs[f'stored_{w}_workers_crop']['slices_per_s']:.0f}/s "
-                        f"({ratio:.2f}×)" for w, ratio in ((k.split("_")[0], v) for k, v in loader["crop_scaling"].items()))
+    ratios = ((key.split("_")[0], ratio) for key, ratio in loader["crop_scaling"].items())
+    scaling = ", ".join(f"{w} workers {runs[f'stored_{w}_workers_crop']['slices_per_s']:.0f}/s ({ratio:.2f}×)"
+                        for w, ratio in ratios)
     return [(f"loader: train_seg's {side}² windows / whole slices (slices per CPU-second, augmented)",
              f"{loader['crop_per_core_slices_per_s'] / loader['per_core_slices_per_s']:.2f}×",
              f"{crop['slices_per_cpu_second']:.0f} against {whole['slices_per_cpu_second']:.0f} per CPU-second, one "

@@ -175,7 +175,8 @@ def _measure_in(processed: Path, workers: int, cache_mb: int, batches: int, warm
         raise RuntimeError(done.stderr[-3000:])
     result = json.loads(done.stdout.strip().splitlines()[-1])
     kind = " read-only" if read_only else f" {crop}² windows" if crop else ""
-    print(f"  {processed.name:>10}{kind}, {workers} workers, cache {cache_mb:>4} MiB: {result['slices_per_s']:7.1f} slices/s "
+    print(f"  {processed.name:>10}{kind}, {workers} workers, cache {cache_mb:>4} MiB: "
+          f"{result['slices_per_s']:7.1f} slices/s "
           f"({result['slices_per_cpu_second']:6.1f} per CPU-second; main process {result['main_cpu_ms_per_batch']:.0f} "
           f"ms CPU per batch), peak RSS {result['main_peak_rss_mib']} MiB "
           f"({result['rss_before_loading_mib']} before loading); workers' USS {result['workers_uss_mib']} MiB",

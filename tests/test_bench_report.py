@@ -448,7 +448,8 @@ def test_the_loader_row_for_train_seg_windows_sizes_them_as_the_stage_does_and_c
               "crop_scaling": {"1_workers_over_0": 1.25, "2_workers_over_0": 1.5}}
     crop_rows = [row for row in loader_rows(loader) if "windows" in row[0]]
     assert [row[1] for row in crop_rows] == ["2.00×"]
-    assert "192²" in crop_rows[0][0] and "0 workers 400/s, 1 workers 500/s (1.25×), 2 workers 600/s" in crop_rows[0][2]
+    assert "192²" in crop_rows[0][0]
+    assert "0 workers 400/s, 1 workers 500/s (1.25×), 2 workers 600/s" in crop_rows[0][2]
     # a run from before the windows (or with train_seg.crop: 1) has no such row
     whole = {k: v for k, v in loader.items() if not k.startswith("crop")}
     assert not [row for row in loader_rows(whole) if "windows" in row[0]]

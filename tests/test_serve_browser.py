@@ -184,7 +184,8 @@ def test_the_content_security_policy_refuses_nothing_the_ui_does(browser, server
     visible(browser, "vol-result")  # canvases, data: PNGs and the legend's style attributes
     open_page(browser, server, "model")
     visible(browser, "model-content")
-    refused = [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+    refused = [entry["message"] for entry in browser.get_log("browser")
+               if "Content Security Policy" in entry["message"]]
     assert not refused, refused
     # the policy is really in force: an inline script is refused
     browser.execute_script("const s = document.createElement('script'); s.textContent = 'window.ran = 1;';"

@@ -228,7 +228,8 @@ class MlflowTracker:
         """End the run. A failed step's run ends FAILED and so does its pipeline's parent run (tagged with the
         step), which the step's next attempt reopens (resolve_parent_run). Ending a failed run is best effort: its
         error must not hide the step's own error."""
-        runs = [self.run_id] if status == "FINISHED" or self.parent_run_id is None else [self.run_id, self.parent_run_id]
+        ended_with_parent = status != "FINISHED" and self.parent_run_id is not None
+        runs = [self.run_id, self.parent_run_id] if ended_with_parent else [self.run_id]
         for run_id in runs:
             try:
                 if run_id == self.parent_run_id:
