@@ -98,11 +98,13 @@ def pipeline_figures(peer: bool) -> dict:
     """The figures measured in a throw-away copy of the project: the quick pipeline from scratch, then slicing,
     export and (with `peer`) the equal-time peer on what it built."""
     from bench import bench_export, bench_peer, bench_pipeline, bench_slice
+    from bench.bench_seeds import cpu_description
 
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         console.rule("quick pipeline, no-op dvc repro, cached Prefect flow")
-        report["pipeline"] = bench_pipeline.run(keep=Path(tmp) / "project")
+        # the CPU with the seconds: the same pipeline takes 305 s on one 2-core machine and 359 s on another
+        report["pipeline"] = bench_pipeline.run(keep=Path(tmp) / "project") | {"cpu": cpu_description()}
         project = Path(report["pipeline"].pop("project"))
         with inside(project):
             console.rule("slicing versus a bare nibabel load")
@@ -215,14 +217,23 @@ def quality_rows(report: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def pipeline_cpu(pipe: dict) -> str | None:
+    """The CPU family the pipeline rows were measured on (None for figures recorded before they named it)."""
+    from bench.bench_seeds import cpu_family
+
+    cpu = pipe.get("cpu")
+    return cpu_family(cpu["model"], cpu.get("amx", False)) if cpu else None
+
+
 def rows(report: dict) -> list[tuple[str, str, str]]:
     """(figure, measured, meaning) for the README table."""
     pipe, prefect = report["pipeline"], report["pipeline"]["prefect"]
     stages = ", ".join(f"{k} {v:.0f}" for k, v in pipe["stage_seconds"].items())
+    on_cpu = f", {pipe_cpu}" if (pipe_cpu := pipeline_cpu(pipe)) else ""
     out = [
         ("quick pipeline, from scratch", f"{pipe['pipeline_seconds']:.0f} s", f"`dvc repro` stage by stage: {stages}"
-         + (f" (this row to the export rows: `--only pipeline` on {report['pipeline_date']})"
-            if "pipeline_date" in report else "")),
+         + (f" (this row to the export rows: `--only pipeline` on {report['pipeline_date']}{on_cpu})"
+            if "pipeline_date" in report else f" ({pipe_cpu})" if pipe_cpu else "")),
         ("no-op `dvc repro`", f"{pipe['noop_dvc_repro_seconds']:.1f} s", "everything up to date"),
         ("cached Prefect flow / bare flow", f"{prefect['cached_over_bare_ratio']:.2f}×",
          f"{prefect['cached_flow_seconds']:.2f} s for the 9 Cached stages vs {prefect['bare_flow_seconds']:.2f} s "

@@ -467,3 +467,19 @@ def test_options_a_bench_run_would_ignore_are_refused(argv, words):
     done = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPORT.parents[1], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and words in done.stderr, done.stderr
+
+
+def test_the_pipeline_row_names_the_cpu_its_seconds_were_measured_on():
+    from bench.__main__ import rows
+
+    report = json.loads(REPORT.read_text())
+    report["pipeline"]["cpu"] = {"model": "AMD EPYC 9R14 96-Core Processor", "amx": False}
+    (row,) = [detail for label, _, detail in rows(report) if label == "quick pipeline, from scratch"]
+    assert "AMD EPYC" in row
+    report["pipeline"]["cpu"] = {"model": "Intel(R) Xeon(R) Processor", "amx": True}
+    report.pop("pipeline_date", None)
+    (row,) = [detail for label, _, detail in rows(report) if label == "quick pipeline, from scratch"]
+    assert row.endswith("(Intel Xeon with AMX)")
+    del report["pipeline"]["cpu"]  # recorded before the rows named their CPU: no CPU, no error
+    (row,) = [detail for label, _, detail in rows(report) if label == "quick pipeline, from scratch"]
+    assert "Xeon" not in row and "EPYC" not in row
