@@ -334,6 +334,32 @@ def test_mask_threshold_on_validation_keeps_the_tumour_and_drops_a_fainter_false
     assert scoring.choose_mask_threshold(table.assign(slice_dice=np.nan, volume_dice=np.nan)) == 0.5
 
 
+def test_a_mask_cut_that_validation_could_not_choose_says_so(tmp_path, caplog):
+    """A validation split without a tumour slice leaves nothing to choose the pixel cut on: metrics.json said
+    "validation" beside the default 0.5 all the same."""
+    from tasks.data.shards import Shard, write_shard
+    from tasks.inference.predictor import Prediction
+
+    n, size = 4, 16
+    masks = np.zeros((n, size, size), np.uint8)  # a patient with no tumour anywhere
+    write_shard(tmp_path / "p1.npz", Shard(np.full((n, 1, size, size), 0.3, np.float16), masks, np.ones(n, bool),
+                                           np.zeros(n, np.uint8), np.arange(n, dtype=np.int16),
+                                           np.array([1.0, 1.0], np.float32)))
+    rows = pd.DataFrame({"patient": "p1", "shard": "p1.npz", "row": np.arange(n), "label": False, "tumour_area_px": 0})
+
+    class EchoPredictor:
+        def predict(self, batch):
+            batch = np.asarray(batch, np.float32)
+            return Prediction(classifier_probability=np.full(len(batch), 0.9, np.float32), region_probability=batch)
+
+    tally = scoring.MaskThresholdTally()
+    scoring.predict_split(EchoPredictor(), tmp_path, rows, segmentation=True, tally=tally)
+    with caplog.at_level("WARNING"):
+        section = evaluation_report.mask_threshold_section(EvaluateSettings(mask_threshold="validation"), tally)
+    assert section["value"] == 0.5 and section["rule"] == evaluation_report.MASK_THRESHOLD_FALLBACK
+    assert "no validation slice has tumour" in caplog.text
+
+
 def _speck_patient_and_photo(folder) -> pd.DataFrame:
     """A BraTS patient with a tumour on slices 1-3 (p = 0.9, classifier 0.95) and, on tumour-free slice 6, a speck
     (p = 0.8) the classifier does not confirm (0.1); and a photo with the same speck. Channel 0 of each image is the

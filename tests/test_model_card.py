@@ -85,3 +85,6 @@ def test_card_says_where_masks_are_cut():
     assert "a pixel is tumour when its probability >= 0.500, fixed" in card({"classification": {"threshold": 0.5}})
     chosen = card({"classification": {"threshold": 0.5}, "segmentation_threshold": {"value": 0.65, "rule": "validation"}})
     assert "a pixel is tumour when its probability >= 0.650, chosen on the validation split" in chosen
+    fallback = card({"classification": {"threshold": 0.5},
+                     "segmentation_threshold": {"value": 0.5, "rule": "fallback: no validation slice has tumour"}})
+    assert "a pixel is tumour when its probability >= 0.500, 0.5 by default: no validation slice has tumour" in fallback

@@ -39,6 +39,7 @@ from tasks.io import nested_value, sha256_file, write_json_atomic
 from tasks.tracking.tracker import NullTracker, Tracker
 
 log = logging.getLogger(__name__)
+MASK_THRESHOLD_FALLBACK = "fallback: no validation slice has tumour"
 
 CLASSIFICATION_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 CI_KEYS = tuple(f"classification.{k}" for k in CLASSIFICATION_KEYS) + (
@@ -130,7 +131,13 @@ def mask_threshold_section(cfg: EvaluateSettings, validation: MaskThresholdTally
     if cfg.mask_threshold != "validation":
         return {"value": float(cfg.mask_threshold), "rule": "fixed"}
     table = validation.table()
-    return {"value": choose_mask_threshold(table), "rule": "validation",
+    rule = "validation"
+    if table["slice_dice"].isna().all():
+        # no tumour slice, so no candidate has a figure to choose on: the 0.5 that comes back is the default, and
+        # metrics.json and the model card say so
+        rule = MASK_THRESHOLD_FALLBACK
+        log.warning("evaluate: %s; pixels are cut at the default %.2f", rule, metrics.MASK_THRESHOLD)
+    return {"value": choose_mask_threshold(table), "rule": rule,
             "validation": table.round(4).to_dict(orient="records")}
 
 

@@ -126,6 +126,9 @@ THRESHOLD_ORIGINS = {
     "fixed": "a fixed threshold (evaluate.threshold_rule: fixed)",
     "fallback: the validation split holds one class only": "0.5 by default: the validation split holds one class only",
 }
+# metrics.json's segmentation_threshold.rule → how the card says the pixel cut came about
+CUT_ORIGINS = {"validation": "chosen on the validation split",
+               "fallback: no validation slice has tumour": "0.5 by default: no validation slice has tumour"}
 # metrics.json's classification_threshold.slice_score: what the probability is (older metrics: the classifier's)
 SLICE_SCORE_WORDS = {
     "classifier": "the classification head's probability",
@@ -147,7 +150,7 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         score += (" (for the slices of a volume, as /v1/predict/volume answers them: without the components the "
                   "volume clean-up drops)")
     cut = metrics.get("segmentation_threshold", {"value": 0.5, "rule": "fixed"})
-    cut_origin = "chosen on the validation split" if cut.get("rule") == "validation" else "fixed"
+    cut_origin = CUT_ORIGINS.get(cut.get("rule"), "fixed")
     synthetic = data_source == "synthetic"
     lines = [
         title, "",
