@@ -175,7 +175,8 @@ def peer_ratios(quick_dice: float | list[float], peer_dice: list[float]) -> dict
     quick = [quick_dice] if isinstance(quick_dice, (int, float)) else list(quick_dice)
 
     def ratio(ours: float, peer: float) -> float:
-        return round(ours / peer, 3) if peer > 0 else float("inf")
+        # four digits: the README shows two, and rounding twice turned 1.1347 into 1.135 into "1.14"
+        return round(ours / peer, 4) if peer > 0 else float("inf")
 
     return {"dice_ratio_quick_over_peer": ratio(statistics.median(quick), statistics.median(peer_dice)),
             "dice_ratio_range": [ratio(min(quick), max(peer_dice)), ratio(max(quick), min(peer_dice))]}
