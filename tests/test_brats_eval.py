@@ -227,3 +227,13 @@ def test_organisers_check_without_its_environment_stops_before_any_work(tmp_path
     assert not (tmp_path / "metrics.json").exists()
     with pytest.raises(SliceWiseError, match="checkpoint not found"):  # switched off, the call goes on to the weights
         evaluate_checkpoint(tmp_path / "absent.pt", where, EvaluateSettings(organisers_check=False), seed=0)
+
+
+def test_an_uncertainty_mean_over_fewer_patients_says_over_how_many():
+    """A patient with no wrong voxel has no AUROC: the mean of the others was shown beside n_patients of all."""
+    scores = pd.DataFrame({"patient": ["a", "b", "c"], "uncertainty_auroc": [0.9, np.nan, np.nan],
+                           "uncertainty_mean_on_errors": [0.5, 0.6, 0.7], "uncertainty_mean_on_correct": [0.1] * 3})
+    _, _, uncertainty = brats.regions_report(scores, n_resamples=10, seed=0)
+    assert uncertainty["n_patients"] == 3 and uncertainty["auroc"] == pytest.approx(0.9)
+    assert uncertainty["auroc_n_patients"] == 1
+    assert "mean_on_errors_n_patients" not in uncertainty  # defined for every patient: n_patients says it

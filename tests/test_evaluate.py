@@ -287,10 +287,40 @@ def test_evaluate_scores_the_raw_test_volumes_per_region(tiny_data, tiny_setting
     assert "wt" in regions and set(regions) <= {"wt", "tc", "et"}
     assert 0.0 <= regions["wt"]["dice"] <= 1.0 and regions["wt"]["hd95"] >= 0.0
     assert written["volume_uncertainty"]["n_patients"] == 1  # the one test patient whose raw volume is on disk
+    assert "segmentation_regions_coverage" not in written  # every BraTS test patient was scored
     row = pd.read_csv(paths.PLOTS / "patients.csv").set_index("patient").loc[patient]
     assert row["wt_dice"] == pytest.approx(regions["wt"]["dice"])  # its native-volume scores, and beside them ...
     assert 0 <= row["cleanup_largest_dropped_voxels"] <= row["cleanup_dropped_voxels"]  # ... what its clean-up took
     assert patient in paths.SPLITS.joinpath("test.txt").read_text().split()
+
+
+@pytest.mark.slow
+def test_a_test_patient_without_raw_volumes_is_named_not_silently_left_out(tiny_data, tiny_settings,
+                                                                          untrained_checkpoint, monkeypatch, caplog):
+    """The WT/TC/ET means skipped a BraTS test patient whose raw folder was missing without a word, and read as the
+    whole split's."""
+    from tasks import paths
+    from tests.ui_factory import add_raw_test_patient
+
+    monkeypatch.chdir(tiny_data.root)
+    patient = add_raw_test_patient(tiny_data.root)
+    manifest = pd.read_csv(paths.PROCESSED / "manifest.csv")
+    val = paths.SPLITS.joinpath("val.txt").read_text().split()
+    moved = next(p for p in val if p in set(manifest.loc[manifest["source"] == "brats", "patient"]))
+    paths.SPLITS.joinpath("val.txt").write_text("\n".join(p for p in val if p != moved) + "\n")
+    with paths.SPLITS.joinpath("test.txt").open("a") as test_list:  # a second BraTS test patient, no raw folder
+        test_list.write(f"{moved}\n")
+    paths.best_checkpoint("joint").parent.mkdir(parents=True)
+    shutil.copy(untrained_checkpoint, paths.best_checkpoint("joint"))
+
+    with caplog.at_level("WARNING"):
+        evaluate.main(tiny_settings)
+
+    written = json.loads(paths.METRICS.read_text())
+    assert written["volume_uncertainty"]["n_patients"] == 1 and patient != moved
+    assert written["segmentation_regions_coverage"] == {"n_patients": 1, "of_brats_test_patients": 2,
+                                                        "missing_patients": [moved]}
+    assert "have no raw folder under" in caplog.text and moved in caplog.text
 
 
 def test_mask_threshold_on_validation_keeps_the_tumour_and_drops_a_fainter_false_lesion(tmp_path):

@@ -148,6 +148,30 @@ def test_parity_counts_flipped_decisions(project, tiny_settings):
     assert parity["decision_mismatches"] >= 1 and parity["max_abs_diff_cls"] == pytest.approx(1e-3, rel=1e-2)
 
 
+def test_parity_counts_a_decision_flipped_at_the_lone_slice_threshold(project, tiny_settings):
+    """Serving judges a slice sent alone at lone_slice_threshold: parity compared decisions at `threshold` only, so
+    a flip there passed as "0 decision mismatches"."""
+    from tasks.inference.checkpoints import load_model
+
+    model, _ = load_model(paths.best_checkpoint("joint"))
+    batch = next(iter_test_slices(paths.PROCESSED, paths.SPLITS))
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(batch))["cls"].numpy()
+
+    class ShiftedSession:
+        def run(self, names, feeds):
+            with torch.inference_mode():
+                out = model(torch.from_numpy(feeds["image"]))
+            return [out["seg"].numpy(), out["cls"].numpy() - 1e-4]
+
+    at_a_slice = float(1 / (1 + np.exp(-logits[0])))
+    lenient = tiny_settings.export.model_copy(update={"parity_atol": 1e-3})  # the logits are close enough
+    alone = onnx_export.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, lenient,
+                                     lone_slice_threshold=at_a_slice)
+    assert alone["decision_mismatches"] >= 1 and not alone["passed"]
+    assert onnx_export.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, lenient)["decision_mismatches"] == 0
+
+
 def test_parity_fails_when_onnxruntime_answers_nan(project, tiny_settings):
     """NaN logits compare as "no difference" under max() and give empty masks and "no tumour" on both sides."""
     from tasks.inference.checkpoints import load_model

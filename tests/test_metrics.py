@@ -41,11 +41,24 @@ def test_threshold_is_inclusive():
     assert m["confusion_matrix"] == [[1, 0], [0, 1]]
 
 
-def test_single_class_gives_no_nan_ratios_and_undefined_auc():
+def test_a_ratio_with_nothing_to_count_is_undefined_not_zero():
+    """No tumour in the split: its sensitivity was written as 0.0, a measured miss of every tumour, and the gate
+    said "sensitivity 0.000 < 0.800" while the same report's interval for it was null."""
     m = metrics.classification_metrics(np.zeros(4, dtype=int), np.array([0.1, 0.2, 0.7, 0.3]), threshold=0.5)
-    assert m["sensitivity"] == 0.0 and m["precision"] == 0.0 and m["f1"] == 0.0
+    assert math.isnan(m["sensitivity"]) and m["precision"] == 0.0 and m["f1"] == 0.0  # one slice called, wrongly
     assert m["specificity"] == pytest.approx(3 / 4)
     assert math.isnan(m["roc_auc"])
+    calls_nothing = metrics.classification_metrics(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.3, 0.4]), 0.9)
+    assert math.isnan(calls_nothing["precision"]) and calls_nothing["f1"] == 0.0 and calls_nothing["sensitivity"] == 0.0
+    only_tumour = metrics.classification_metrics(np.ones(3, dtype=int), np.array([0.9, 0.8, 0.2]), 0.5)
+    assert math.isnan(only_tumour["specificity"]) and only_tumour["sensitivity"] == pytest.approx(2 / 3)
+    # the fast bootstrap statistic agrees with the point estimate on every one of these
+    for labels, scores in ((np.zeros(4, int), np.array([0.1, 0.2, 0.7, 0.3])), (np.array([1, 1, 0, 0]), np.array(
+            [0.1, 0.2, 0.3, 0.4]))):
+        point = metrics.classification_metrics(labels, scores, 0.5)
+        weighted = metrics.classification_statistic(labels, scores, 0.5)(np.ones(len(labels)))
+        for key in ("sensitivity", "specificity", "precision", "f1"):
+            assert point[key] == pytest.approx(weighted[key], nan_ok=True), key
 
 
 def test_youden_threshold_separates_perfectly_separable_scores():
@@ -186,6 +199,13 @@ def test_bootstrap_ci_contains_estimate_and_is_reproducible():
     lo, hi = first["dice"]
     assert lo < values.mean() < hi
     assert hi - lo < 0.2
+
+
+def test_one_patient_gives_no_interval_rather_than_a_certain_one():
+    groups = np.array(["a"] * 6)  # one test patient: every resample is that patient again
+    statistic = metrics.weighted_mean_statistic({"dice": np.linspace(0.6, 0.8, 6)})
+    assert metrics.bootstrap_ci(groups, statistic, n_resamples=50, seed=0) == {}
+    assert set(metrics.bootstrap_ci(np.array(["a"] * 3 + ["b"] * 3), statistic, n_resamples=50, seed=0)) == {"dice"}
 
 
 def test_classification_bootstrap_skips_undefined_resamples():

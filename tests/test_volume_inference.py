@@ -251,3 +251,22 @@ def test_volume_grid_is_each_slice_resized_back_and_laid_out_x_y_z():
         for r in range(3):
             np.testing.assert_array_equal(masks[r, :, :, z], native[r] >= 0.4)
         np.testing.assert_array_equal(uncertainty[:, :, z], np.max([binary_entropy(n) for n in native], axis=0))
+
+
+def test_a_volume_without_predicted_tumour_has_no_uncertainty_inside_it():
+    """mean_in_tumour was 0.0 when nothing was predicted: a perfectly certain tumour that is not there."""
+    from dataclasses import replace
+
+    from tasks.inference.volume import VolumePrediction
+
+    z = 3
+    empty = VolumePrediction(regions=("wt",), masks=np.zeros((1, 4, 4, z), bool),
+                             label_map=np.zeros((4, 4, z), np.uint8), uncertainty=np.full((4, 4, z), 0.3, np.float32),
+                             tumour_probability=np.zeros(z, np.float32),
+                             slice_probability=np.zeros((z, 1, 4, 4), np.float32),
+                             slice_masks=np.zeros((z, 1, 4, 4), bool), flips=((),))
+    summary = empty.uncertainty_summary()
+    assert summary["mean_in_tumour"] is None and summary["mean"] == pytest.approx(0.3)
+    masks = empty.masks.copy()
+    masks[0, 1, 1, 1] = True
+    assert replace(empty, masks=masks).uncertainty_summary()["mean_in_tumour"] == pytest.approx(0.3)

@@ -145,10 +145,15 @@ def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: S
 def score_patients(predictor: SlicePredictor, raw_brats: Path, patients: Sequence[str], modalities: Sequence[str],
                    image_size: int, flips: Sequence[Sequence[int]] = NO_TTA,
                    keep_label_maps: Path | None = None, threshold: float = MASK_THRESHOLD) -> pd.DataFrame:
-    """One row per BraTS patient of `patients` found under `raw_brats` (others, e.g. Kaggle images, are skipped):
-    patient, <region>_dice, <region>_hd95, uncertainty columns. With `keep_label_maps`, each patient's predicted
-    and true label maps are written there as NIfTI (for the organisers' package)."""
+    """One row per BraTS patient of `patients` found under `raw_brats`: patient, <region>_dice, <region>_hd95,
+    uncertainty columns. A patient without a folder there is skipped with a warning naming it (pass BraTS patients
+    only: the region figures are then over fewer patients than the split holds, and metrics.json lists who is
+    missing). With `keep_label_maps`, each patient's predicted and true label maps are written there as NIfTI (for
+    the organisers' package)."""
     found = [p for p in patients if (raw_brats / p).is_dir()]
+    if missing := [p for p in patients if p not in found]:
+        log.warning("evaluate: %d of %d test patients have no raw folder under %s, so the WT/TC/ET figures leave "
+                    "them out: %s", len(missing), len(patients), raw_brats, ", ".join(missing))
     rows = []
     with Progress(transient=True) as progress:
         bar = progress.add_task("test volumes (BraTS regions)", total=len(found))
@@ -203,8 +208,10 @@ def regions_report(scores: pd.DataFrame, n_resamples: int, seed: int) -> tuple[d
     uncertainty = {"kind": "entropy", "n_patients": int(len(scores))}
     for name in ("mean_on_errors", "mean_on_correct", "auroc"):
         column = f"uncertainty_{name}"
-        uncertainty[name] = float(np.nanmean(scores[column])) if column in scores and scores[column].notna().any() \
-            else None
+        defined = int(scores[column].notna().sum()) if column in scores else 0
+        uncertainty[name] = float(np.nanmean(scores[column])) if defined else None
+        if 0 < defined < len(scores):  # e.g. a patient with no wrong voxel has no AUROC: say over how many it is
+            uncertainty[f"{name}_n_patients"] = defined
     return section, intervals, uncertainty
 
 

@@ -70,23 +70,25 @@ def classification_metrics(
     labels: np.ndarray, probabilities: np.ndarray, threshold: float, sample_weight: np.ndarray | None = None
 ) -> dict:
     """Accuracy, sensitivity, specificity, precision, F1, ROC-AUC, PR-AUC and the confusion matrix
-    [[tn, fp], [fn, tp]] at `threshold`. Ratios with a zero denominator are 0 (sklearn's zero_division=0)."""
+    [[tn, fp], [fn, tp]] at `threshold`. A ratio with nothing to count (the sensitivity of a split without tumour,
+    the precision of a model that calls nothing) is NaN, null in metrics.json, as the bootstrap statistic and the
+    per-source figures have it: a 0.0 there read as a measured miss. F1 = 2tp / (2tp + fp + fn) is 0 when tumours
+    were all missed."""
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predicted = (probabilities >= threshold).astype(int)
     (tn, fp), (fn, tp) = confusion_matrix(labels, predicted, labels=[0, 1], sample_weight=sample_weight)
-    sensitivity, precision = _ratio(tp, tp + fn), _ratio(tp, tp + fp)
     # ROC-AUC and PR-AUC are undefined with one class only (NaN here, null in metrics.json)
     auc, ap = np.nan, np.nan
     if len(np.unique(labels)) == 2:
         auc = float(roc_auc_score(labels, probabilities, sample_weight=sample_weight))
         ap = float(average_precision_score(labels, probabilities, sample_weight=sample_weight))
     return {
-        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
-        "sensitivity": sensitivity,
-        "specificity": _ratio(tn, tn + fp),
-        "precision": precision,
-        "f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
+        "accuracy": _ratio_or_nan(tp + tn, tp + tn + fp + fn),
+        "sensitivity": _ratio_or_nan(tp, tp + fn),
+        "specificity": _ratio_or_nan(tn, tn + fp),
+        "precision": _ratio_or_nan(tp, tp + fp),
+        "f1": _ratio_or_nan(2 * tp, 2 * tp + fp + fn),
         "roc_auc": auc,
         "pr_auc": ap,
         "threshold": float(threshold),
@@ -127,10 +129,6 @@ def subgroup_metrics(slices: pd.DataFrame, threshold: float) -> dict[str, dict]:
             name = f"{low:g}_to_{high:g}_mm2" if np.isfinite(high) else f"over_{low:g}_mm2"
             by_area[name] = {"n": int(at.sum()), "sensitivity": _ratio_or_nan(int((predicted & at).sum()), at.sum())}
     return {"classification_by_source": by_source, "sensitivity_by_tumour_area": by_area}
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return float(numerator / denominator) if denominator > 0 else 0.0
 
 
 def _ratio_or_nan(numerator: float, denominator: float) -> float:
@@ -238,11 +236,12 @@ def bootstrap_ci(
     `groups[i]` is the patient of item i. Each resample draws as many patients as there are, with replacement;
     `statistic` receives one weight per item (how often its patient was drawn, 0 when not drawn) so that it can
     evaluate weighted metrics without copying data. Resamples where a value is undefined (NaN) are skipped for
-    that value. Same seed, same intervals.
+    that value. Same seed, same intervals. Fewer than two patients give no interval: resampling one patient always
+    draws the same data, and its zero-width "interval" would read as certainty (and pass a lower-bound gate).
     """
     _, codes = np.unique(np.asarray(groups), return_inverse=True)
     n_groups = int(codes.max()) + 1 if len(codes) else 0
-    if n_groups == 0:
+    if n_groups < 2:
         return {}
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = defaultdict(list)

@@ -261,16 +261,22 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     test = predict_split(predictor, where.processed, split_rows(where.processed, read_split("test", where.splits)),
                          segmentation=True, description="test", mask_threshold=mask_threshold["value"],
                          in_volume=cfg.slices_in_volume)
-    region_scores, organisers = None, None
+    region_scores, organisers, unscored = None, None, []
+    in_brats = set(test.slices.loc[test.slices["source"] == "brats", "patient"])
+    brats_test = [p for p in read_split("test", where.splits) if p in in_brats]  # the split's order, Kaggle left out
     if where.raw_brats is not None:
         with tempfile.TemporaryDirectory() as label_maps:
-            region_scores = brats.score_patients(predictor, where.raw_brats, read_split("test", where.splits),
+            region_scores = brats.score_patients(predictor, where.raw_brats, brats_test,
                                                  volume_inputs.modalities, volume_inputs.image_size,
                                                  keep_label_maps=Path(label_maps) if cfg.organisers_check else None,
                                                  threshold=mask_threshold["value"])
+            unscored = sorted(set(brats_test) - set(region_scores.get("patient", [])))
             if cfg.organisers_check and len(region_scores):
                 regions = [r for r in REGIONS if f"{r}_dice" in region_scores]
                 organisers = brats.organisers_report(Path(label_maps), regions)
+    if cfg.organisers_check and organisers is None and brats_test:
+        log.warning("evaluate: evaluate.organisers_check is true, but no test volume was on disk to check (%s)",
+                    where.raw_brats or "no raw BraTS folder")
     units = None if near_duplicate_distance is None else \
         resampling_units(test.slices, where.processed, near_duplicate_distance)
     report = build_report(val, test, cfg, seed, region_scores, mask_threshold, units,
@@ -279,6 +285,11 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     report["model"] = {"checkpoint_sha256": sha256_file(checkpoint)}
     if organisers is not None:
         report["segmentation_regions_brats_evaluation"] = _finite_or_null(organisers)
+    if unscored and region_scores is not None and len(region_scores):
+        # the WT/TC/ET means above are over fewer patients than the split's: how many, and who is not in them
+        report["segmentation_regions_coverage"] = {"n_patients": int(len(region_scores)),
+                                                   "of_brats_test_patients": len(brats_test),
+                                                   "missing_patients": unscored}
     write_json_atomic(report, where.metrics)
     written, ece = write_plots(test, report, model, predictor, where, cfg, seed, device, region_scores)
 

@@ -86,13 +86,14 @@ class VolumePrediction:
 
     def uncertainty_summary(self, decimals: int = 6) -> dict:
         """Mean over the volume, mean inside the predicted whole tumour, 95th percentile (of the brain's voxels
-        with any doubt: most of a volume is certain background)."""
+        with any doubt: most of a volume is certain background). With no predicted tumour the mean inside it is
+        None: a 0.0 there read as a tumour the model was sure of."""
         u = self.uncertainty
         inside = u[self.whole_tumour]
         doubtful = u[u > 1e-3]
         return {"kind": self.uncertainty_kind,
                 "mean": round(float(u.mean()), decimals) if u.size else 0.0,
-                "mean_in_tumour": round(float(inside.mean()), decimals) if inside.size else 0.0,
+                "mean_in_tumour": round(float(inside.mean()), decimals) if inside.size else None,
                 "p95": round(float(np.percentile(doubtful, 95)), decimals) if doubtful.size else 0.0,
                 "tta_flips": [list(f) for f in self.flips]}
 

@@ -125,9 +125,11 @@ def ort_session(path: Path, threads: int):
 
 def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], threshold: float,
                  cfg: ExportSettings, mask_threshold: float = MASK_THRESHOLD,
-                 slice_score: str = LEGACY_SLICE_SCORE) -> dict:
-    """Compare torch and onnxruntime logits, tumour decisions (`threshold` on the `slice_score` of each slice) and
-    masks on every slice of `shards`."""
+                 slice_score: str = LEGACY_SLICE_SCORE, lone_slice_threshold: float | None = None) -> dict:
+    """Compare torch and onnxruntime logits, tumour decisions and masks on every slice of `shards`. A decision is
+    `threshold` on the `slice_score` of each slice, and `lone_slice_threshold` too when it differs (what serving
+    judges a slice sent alone by): a slice counts once as a mismatch when either decision differs."""
+    thresholds = [threshold] + ([lone_slice_threshold] if lone_slice_threshold not in (None, threshold) else [])
     max_seg = max_cls = 0.0
     n = mismatches = 0
     overlap = area_torch = area_onnx = 0  # per region channel (numpy arrays once the first batch is in)
@@ -145,7 +147,7 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                 prob_t, prob_o = sigmoid(seg_t), sigmoid(seg_o)
                 score_t = slice_probability(sigmoid(cls_t).reshape(-1), prob_t, slice_score)
                 score_o = slice_probability(sigmoid(cls_o).reshape(-1), prob_o, slice_score)
-                mismatches += int(((score_t >= threshold) != (score_o >= threshold)).sum())
+                mismatches += int(np.any([(score_t >= cut) != (score_o >= cut) for cut in thresholds], axis=0).sum())
                 mask_t, mask_o = prob_t >= mask_threshold, prob_o >= mask_threshold
                 overlap = overlap + (mask_t & mask_o).sum(axis=(0, 2, 3))  # every region channel, each on its own
                 area_torch, area_onnx = area_torch + mask_t.sum(axis=(0, 2, 3)), area_onnx + mask_o.sum(axis=(0, 2, 3))
@@ -327,7 +329,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
         check_onnx(tmp, metadata)
         session = ort_session(tmp, cores)
         parity = check_parity(model, session, itertools.chain([sample], test_slices), decisions.threshold, cfg,
-                              decisions.mask_threshold, decisions.slice_score)
+                              decisions.mask_threshold, decisions.slice_score, decisions.lone_slice_threshold)
         parity["test_slices"] = len(test_rows)  # n_slices of them
         report = {"onnx": {"path": str(onnx_path), "opset": cfg.opset, "size_bytes": tmp.stat().st_size,
                            "sha256": sha256_file(tmp), "checker": "passed"},
