@@ -21,6 +21,7 @@ from tasks.data.splits import read_split
 from tasks.config import PromotionSettings, load_settings
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_model
+from tasks.io import sha256_file
 from tasks.release.gate import ChampionScore, PromotionGate
 from tasks.release.lineage import print_lineage
 from tasks.release.registry import ModelRegistry
@@ -140,6 +141,7 @@ def test_good_model_becomes_champion_with_tags_card_and_artifacts(project, tiny_
 
     assert result["promoted"] and result["alias"] == "champion" and result["version"] == "1"
     assert json.loads(paths.REGISTER_REPORT.read_text()) == result
+    assert result["metrics_sha256"] == sha256_file(paths.METRICS)  # which figures the decision is about
     version = client().get_model_version("slicewise", "1")
     assert set(CONTRACT_TAGS) <= set(version.tags)
     assert version.tags["promotion"] == "promoted"

@@ -82,3 +82,30 @@ def test_summary_points_lineage_at_the_version_this_run_registered(tmp_path, mon
     console = Console(file=io.StringIO(), width=200)
     print_summary(console)
     assert "lineage: .venv/bin/python -m tasks lineage 7" in console.file.getvalue()
+
+
+def test_summary_flags_a_decision_made_on_other_files_than_those_on_disk(tmp_path, monkeypatch):
+    """evaluate run by hand after register: the summary printed the new figures beside the old verdict and "same ONNX
+    file, data, split and figures"."""
+    from tasks.io import sha256_file
+
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.METRICS.write_text(json.dumps({"classification": {"accuracy": 0.964}}))
+    decision = {"registered": True, "reused": True, "model_name": "slicewise", "version": "5", "promoted": True,
+                "reason": "promoted: accuracy 0.964 >= 0.850 [pass]", "metrics_sha256": sha256_file(paths.METRICS)}
+    paths.REGISTER_REPORT.write_text(json.dumps(decision))
+
+    def printed() -> str:
+        console = Console(file=io.StringIO(), width=200)
+        print_summary(console)
+        return console.file.getvalue()
+
+    assert "another" not in printed()  # the decision is about these very figures
+    paths.METRICS.write_text(json.dumps({"classification": {"accuracy": 0.960}}))  # evaluate ran again
+    assert "the decision below was made on another metrics.json than the one on disk now" in printed()
+    paths.ONNX_MODEL.parent.mkdir(parents=True)
+    paths.ONNX_MODEL.write_bytes(b"another model")
+    paths.REGISTER_REPORT.write_text(json.dumps(decision | {"metrics_sha256": sha256_file(paths.METRICS),
+                                                            "onnx_sha256": "0" * 64}))
+    assert "made on another ONNX model" in printed()

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tasks import paths
-from tasks.io import nested_value, read_json
+from tasks.io import nested_value, read_json, sha256_file
 
 OUTPUTS = [
     ("raw data", paths.RAW),
@@ -61,6 +61,9 @@ def print_summary(console: Console | None = None) -> None:
             console.print(where)
 
     if decision := read_json(paths.REGISTER_REPORT, default=None):
+        if stale := stale_decision(decision):
+            console.print(f"[yellow]the decision below was made on another {stale} than the one on disk now (a step "
+                          "ran again after register): run register again (`.venv/bin/dvc repro`)[/]")
         registered = decision.get("registered", True)  # false with tracking.enabled false: no version to trace
         if registered and decision.get("reused"):  # the version holding the alias already is this model: nothing new
             verdict = "still champion" if decision.get("promoted") else "still challenger"
@@ -75,6 +78,17 @@ def print_summary(console: Console | None = None) -> None:
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
         if registered:  # the version this run registered, whichever alias it got
             console.print(f"lineage: .venv/bin/python -m tasks lineage {decision.get('version')}")
+
+
+def stale_decision(decision: dict) -> str | None:
+    """Which file register decided on has changed since ("ONNX model", "metrics.json"), or None. A step run by hand
+    after register (`python -m tasks evaluate`) left the summary printing the old verdict beside the new figures."""
+    for label, key, path in (("ONNX model", "onnx_sha256", paths.ONNX_MODEL), ("metrics.json", "metrics_sha256",
+                                                                             paths.METRICS)):
+        recorded = decision.get(key)
+        if recorded and path.exists() and sha256_file(path) != recorded:
+            return label
+    return None
 
 
 def area_bin_title(name: str) -> str:
