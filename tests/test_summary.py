@@ -36,6 +36,23 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     assert "version 3: not promoted" in out and "volume Dice 0.600 < 0.700 [FAIL]" in out
 
 
+def test_an_undefined_headline_figure_reads_n_a_not_left_out(tmp_path, monkeypatch):
+    """A test split without tumour has no sensitivity (null): the row vanished, as if never measured."""
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.METRICS.write_text(json.dumps({"classification": {"accuracy": 0.9, "sensitivity": None},
+                                         "segmentation_regions": {"wt": {"dice": 0.8, "hd95": 3.0},
+                                                                  "tc": {"dice": None, "hd95": None}}}))
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console)
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in console.file.getvalue().splitlines()
+             if line.count("│") >= 3]
+    shown = {row[0]: row[1] for row in cells}
+    assert shown["classification.sensitivity"] == "n/a" and shown["classification.accuracy"] == "0.900"
+    assert shown["segmentation_regions.tc.dice"] == "n/a"  # a whole-tumour model: TC is not predicted
+    assert "classification.specificity" not in shown  # not in metrics.json at all: no row
+
+
 def test_summary_without_tracking_says_not_registered_and_offers_no_lineage(tmp_path, monkeypatch):
     """tracking.enabled false: register.json has no version; "version None: not promoted" and a lineage command for
     a champion that may not exist told the user nothing true."""

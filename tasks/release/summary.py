@@ -50,12 +50,13 @@ def print_summary(console: Console | None = None) -> None:
         rows += [(f"segmentation_regions.{region}", key) for region in metrics.get("segmentation_regions", {})
                  for key in ("dice", "hd95")]
         for section, key in rows:
-            value = nested_value(metrics, f"{section}.{key}")
-            if value is None:
-                continue
+            holder = nested_value(metrics, section)
+            if not isinstance(holder, dict) or key not in holder:
+                continue  # not measured by this evaluation (e.g. no raw volumes, no regions)
+            value = nested_value(metrics, f"{section}.{key}")  # null: undefined, e.g. a sensitivity with no tumour
             lo_hi = ci.get(f"{section}.{key}")
             interval = f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else ""
-            headline.add_row(f"{section}.{key}", f"{value:.3f}", interval)
+            headline.add_row(f"{section}.{key}", "n/a" if value is None else f"{value:.3f}", interval)
         console.print(headline)
         if where := _where_it_errs(metrics):
             console.print(where)
