@@ -285,8 +285,9 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     report["model"] = {"checkpoint_sha256": sha256_file(checkpoint)}
     if organisers is not None:
         report["segmentation_regions_brats_evaluation"] = _finite_or_null(organisers)
-    if unscored and region_scores is not None and len(region_scores):
-        # the WT/TC/ET means above are over fewer patients than the split's: how many, and who is not in them
+    if unscored and region_scores is not None:
+        # the WT/TC/ET means above (null with none scored) are over fewer patients than the split's: how many, and
+        # who is not in them
         report["segmentation_regions_coverage"] = {"n_patients": int(len(region_scores)),
                                                    "of_brats_test_patients": len(brats_test),
                                                    "missing_patients": unscored}
