@@ -36,6 +36,12 @@ class ModelSize(_Section):
     depth: int = Field(3, ge=2, le=6)
     norm: Literal["batch", "instance"] = "batch"
 
+    @property
+    def size_multiple(self) -> int:
+        """What an image side must be a multiple of: the U-Net halves it depth - 1 times (models/unet.py's
+        UNetConfig.size_multiple, which this module cannot import without torch)."""
+        return 2 ** (self.depth - 1)
+
 
 class Epochs(_Section):
     seg: int = Field(3, ge=1)
@@ -71,9 +77,8 @@ class ProfileSettings(_Section):
 
     @model_validator(mode="after")
     def _size_fits_the_model(self) -> "ProfileSettings":
-        """Checked here, not first at train_seg after a whole slicing run: the U-Net halves the image depth - 1
-        times (models/unet.py's size_multiple)."""
-        multiple = 2 ** (self.model.depth - 1)
+        """Checked here, not first at train_seg after a whole slicing run."""
+        multiple = self.model.size_multiple
         if self.image_size % multiple:
             raise ValueError(f"image_size {self.image_size} is not a multiple of {multiple}, as model depth "
                              f"{self.model.depth} needs")
@@ -308,7 +313,7 @@ class _ModelSettings(_Section):
     def _profile_exists(self) -> "_ModelSettings":
         if self.profile not in self.profiles:
             raise ValueError(f"profile {self.profile!r} is not one of profiles: {sorted(self.profiles)}")
-        active, multiple = self.active, 2 ** (self.active.model.depth - 1)
+        active, multiple = self.active, self.active.model.size_multiple
         if self.train_seg.crop < 1 and int(active.image_size * self.train_seg.crop) < multiple:
             raise ValueError(f"train_seg.crop {self.train_seg.crop} of profile {self.profile}'s {active.image_size} "
                              f"pixels leaves no window of at least {multiple} pixels (model depth "

@@ -157,7 +157,12 @@ def data_fingerprint(processed: Path = paths.PROCESSED, splits_dir: Path = paths
     """sha256 (16 hex) of what is on disk now: the manifest (every slice row), the slice step's per-patient
     fingerprints (each patient's raw file digests and slicing spec) and the split lists. dvc.lock's hashes say what
     DVC last recorded, which a step run by hand afterwards (`python -m tasks split`) leaves stale; register compares
-    this too before it takes a champion's recorded figures as measured on the same test data."""
+    this too before it takes a champion's recorded figures as measured on the same test data.
+
+    tasks/data/datasets.data_fingerprint hashes the same files and the shards too, for training's resume key. It is
+    not called here: it would bring torch and the training data code into register's start-up and DVC dependencies
+    for a registry tag, and moving it somewhere lighter changes the training code digest that every checkpoint
+    records (so every stage would retrain)."""
     digest = hashlib.sha256()
     for path in [processed / paths.MANIFEST.name, processed / paths.FINGERPRINTS.name,
                  *(splits_dir / f"{name}.txt" for name in ("train", "val", "test"))]:
