@@ -36,7 +36,7 @@ from bench.memory import status_mib
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 128
-CONNECTION_MB = 1  # what one connection may hold outside the budget (README, "Uploads: bounded ...")
+CONNECTION_MB = 1  # what one connection may hold outside the budget (docs/security.md, "Uploads")
 REQUEST_TIMEOUT_S = 300
 MiB = 1024 * 1024
 
@@ -226,7 +226,8 @@ def run(clients: int = 30, per_client: int = 10, bombs: int = 10, seed: int = 0)
         plans = good_requests(clients, per_client)
         with serve(model, params, folder / "plain.log") as (url, pid):
             report["idle_rss_mb"] = round(status_mib(pid, "VmRSS", missing=float("nan")), 1)
-            # the bound the design promises (README, "The memory budget"): idle RSS + the budget + 1 MB a connection
+            # the bound the design promises (docs/security.md, "The memory budget"): idle RSS + the budget
+            # + 1 MB a connection
             report["ceiling_mb"] = round(report["idle_rss_mb"] + serve_cfg.memory_budget_mb
                                          + CONNECTION_MB * serve_cfg.max_connections, 1)
             report["plain"] = load(url, plans) | {"peak_rss_mb": round(peak_mb(pid), 1)}

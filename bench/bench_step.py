@@ -4,7 +4,7 @@ bf16 autocast or fp32, channels_last or NCHW, on this machine's CPU (or CUDA whe
 Usage: .venv/bin/python -m bench.bench_step [--widths 8 12 16] [--size 128] [--batch 16] [--channels 1] [--steps 20]
 
 Why it exists: the price of a wider quick model is its step time, which does not follow the parameter count
-(README, "Recipes"). Synthetic inputs; the segmentation head only, as in `train_seg`.
+(docs/recipes.md). Synthetic inputs; the segmentation head only, as in `train_seg`.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def validation_scores(checkpoint: Path, project: Path, patients: list[str] | Non
     val = predict_split(TorchPredictor(model, slice_score=rule), processed, rows, segmentation=True,
                         description="validation")
     labels, probability = val.slices["label"].to_numpy(), val.slices["probability"].to_numpy()
-    photo = (val.slices["source"] == "kaggle").to_numpy()  # where the classifier errs most (README, "Quality")
+    photo = (val.slices["source"] == "kaggle").to_numpy()  # where the classifier errs most (docs/quality.md)
     return {"slice_dice": float(val.slice_scores["dice"].mean()), "volume_dice": float(val.volume_scores["dice"].mean()),
             "accuracy_at_0_5": float(((probability >= 0.5) == labels).mean()),
             "roc_auc": float(roc_auc_score(labels, probability)),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures on a lent GPU machine (README, "GPU figures"): the training step's throughput per
+# The GPU figures on a lent GPU machine (docs/training.md, "GPU switches"): the training step's throughput per
 # precision switch (bench.bench_gpu), the production profile's real steps on a share of its patients with the
 # projection to 369 (bench.bench_gpu_stages), and the loader's scaling with workers on that machine's cores
 # (bench.bench_loader). Runs under the machine's own python3 (PyTorch with CUDA); the packages it lacks travel as

@@ -1,5 +1,5 @@
-"""The README's volume figure and figures: a served ONNX model on raw BraTS test patients, as /v1/predict/volume and
-evaluate run it (tasks/inference/volume.py), with and without flip TTA.
+"""The volume figure of docs/quality.md, and figures: a served ONNX model on raw BraTS test patients, as
+/v1/predict/volume and evaluate run it (tasks/inference/volume.py), with and without flip TTA.
 
 Usage: .venv/bin/python scripts/volume_figure.py --model exports/model.onnx --raw data/raw/brats \
            --patients BraTS20_Training_006 ... [--figure docs/volume-uncertainty.png] [--flips "[[], [3]]"]

@@ -130,7 +130,7 @@ class TrainSettings(_Section):
     floor_margin: float = Field(0.05, ge=0, le=1)  # a metric within this of its floor after training is "stuck"
     augment: Augment = Augment()
     # where training batches are augmented: in the loader (CPU workers), on the training device, or auto (the
-    # device when it is a GPU: the loader then only reads, README "GPU switches")
+    # device when it is a GPU: the loader then only reads, docs/training.md, "GPU switches")
     augment_on: Literal["auto", "loader", "device"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp_bf16: bool = True
@@ -143,13 +143,13 @@ class TrainSettings(_Section):
 
 
 class SegStageSettings(_Section):
-    lr: float = Field(2e-3, gt=0)  # as params.yaml (README: 5e-4 left the logits too timid)
+    lr: float = Field(2e-3, gt=0)  # as params.yaml (docs/training.md: 5e-4 left the logits too timid)
     weight_decay: float = Field(1e-4, ge=0)
     tumour_slices_only: bool = False
     foreground_share: float = Field(0.33, ge=0, le=1)  # at least this share of each batch has tumour
     dice_over: Literal["batch", "slice", "both"] = "batch"  # Dice pooled over the batch, per slice, or their mean
     # Side of the square window around the brain that each training sample is cut to, as a share of the slice's
-    # side (1: whole slices); tasks/data/augment.py, README "Recipes".
+    # side (1: whole slices); tasks/data/augment.py, docs/recipes.md.
     crop: float = Field(1.0, gt=0, le=1)
 
 
@@ -183,8 +183,8 @@ class EvaluateSettings(_Section):
     # head's largest pixel probability (tasks/inference/predictor.py, SLICE_SCORES; README, "Evaluation").
     slice_score: Literal["classifier", "fused"] = "fused"
     # A BraTS slice's score as /v1/predict/volume answers it: the fused score read after the volume clean-up of its
-    # patient's re-stacked masks (tasks/evaluation/scoring.py, scores_in_volume; README, "Post-processing"). Photos,
-    # which reach serving one image at a time, are scored as predicted either way.
+    # patient's re-stacked masks (tasks/evaluation/scoring.py, scores_in_volume; docs/recipes.md, "Post-processing").
+    # Photos, which reach serving one image at a time, are scored as predicted either way.
     slices_in_volume: bool = True
     # Segmentation: a pixel is tumour when its probability >= this; "validation" picks it on the validation patients
     # (tasks/evaluation/scoring.py, choose_mask_threshold), as threshold_rule picks the classification threshold.

@@ -61,7 +61,7 @@ def test_evaluation_cleans_the_volume_but_scores_each_slice_as_predicted():
     assert slices["dice"].min() < 1.0  # the slice itself keeps its speck
 
 
-# The seed-4 failure (README, "Post-processing"): a false lesion larger than a small true tumour, on slices the
+# The seed-4 failure (docs/recipes.md, "Post-processing"): a false lesion larger than a small true tumour, on slices the
 # classifier calls tumour-free. Size alone keeps the false one and drops the tumour.
 SMALL_TUMOUR = (slice(2, 6), slice(5, 12), slice(5, 12))  # 196 voxels on planes 2-5
 FALSE_LESION = (slice(10, 18), slice(16, 26), slice(16, 26))  # 800 voxels on planes 10-17

@@ -333,7 +333,7 @@ def test_modalities_come_from_the_profile_and_keep_flair_first(tmp_path):
 
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text())
-    assert load_settings(params).slice.modalities == ("flair", "t1", "t1ce", "t2")  # quick: all four (README, "Recipes")
+    assert load_settings(params).slice.modalities == ("flair", "t1", "t1ce", "t2")  # quick: all four (docs/recipes.md)
     set_params({"profiles.quick.modalities": ["flair"]}, params)
     assert load_settings(params).slice.modalities == ("flair",) and load_settings(params).in_channels == 1
     set_params({"profile": "baseline"}, params)

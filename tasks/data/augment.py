@@ -110,7 +110,7 @@ def brain_crop_centres(images: Tensor, crop: int, jitter: Tensor) -> Tensor:
 
     nnU-Net crops every case to its non-zero region before it cuts patches: the background outside the brain
     (exactly 0 after the slice step) teaches the network nothing that the brain's own edge does not. A window
-    three quarters of the slice's side still holds the whole brain on almost every slice (README, "Recipes"), at a
+    three quarters of the slice's side still holds the whole brain on almost every slice (docs/recipes.md), at a
     bit more than half the compute per sample."""
     height, width = images.shape[2:]
     brain = (images != 0).any(1)

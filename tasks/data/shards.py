@@ -15,7 +15,7 @@ Training streams its slices: `ShardRowReader` reads one row of `images` and `mas
 array lies at a fixed offset in the file, so row i is one `pread`), and holds nothing else in memory; the OS page
 cache, which no process's RSS counts, keeps hot shards. Shards written compressed (`compress=True`, or by an older
 version of the slice step) are read too: each member is decompressed whole, once, into an LRU cache bounded by
-`cache_bytes` (`train.cache_mb`). The README's "Streaming training data" section has the measurements behind it.
+`cache_bytes` (`train.cache_mb`). docs/scale.md, "Streaming training data", has the measurements behind it.
 """
 
 from __future__ import annotations

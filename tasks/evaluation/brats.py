@@ -172,7 +172,7 @@ def score_patients(predictor: SlicePredictor, raw_brats: Path, patients: Sequenc
 
 
 # What the volume clean-up dropped from a patient's whole tumour (native grid): in the per-patient table, a low volume
-# Dice beside a large dropped component says the clean-up, not the segmentation, lost the tumour (README,
+# Dice beside a large dropped component says the clean-up, not the segmentation, lost the tumour (docs/recipes.md,
 # "Post-processing").
 CLEANUP_COLUMNS = ("cleanup_dropped_voxels", "cleanup_largest_dropped_voxels")
 

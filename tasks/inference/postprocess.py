@@ -12,7 +12,7 @@ The network's other head knows better: on the slices a false lesion spans, the c
 (measured: a median tumour probability of 0.21-0.28 there, 0.95 and above on the true tumour's slices). So a
 component is kept only when the median, over the axial slices it spans, of the classifier's slice tumour probability
 is at least `MIN_SLICE_EVIDENCE`; the size rule then runs among the confirmed ones. Both values were chosen on the
-validation patients of five seeds, never on test (README, "Post-processing").
+validation patients of five seeds, never on test (docs/recipes.md, "Post-processing").
 
 Applied to whole volumes only: what /v1/predict/volume returns and what evaluation's volume scores score. A single
 slice has no neighbours to confirm anything, so slice predictions and the per-slice Dice stay as the model gives
@@ -30,11 +30,11 @@ from scipy import ndimage
 
 from tasks.inference import predictor
 
-# Chosen on validation (README, "Post-processing"); 0 turns the size rule off.
+# Chosen on validation (docs/recipes.md, "Post-processing"); 0 turns the size rule off.
 MIN_COMPONENT_SHARE = 0.3
-# Chosen on validation (README, "Post-processing"; 0.5 until 2026-12-04): on ten AMD models' validation patients every
-# false lesion of 300+ voxels had a median evidence of 0.50-0.55 and every true tumour component 0.85-1.00; 0.7 is the
-# middle of that gap. It needs no operating threshold. 0 turns the classifier's veto off.
+# Chosen on validation (docs/recipes.md, "Post-processing"; 0.5 until 2026-12-04): on ten AMD models' validation
+# patients every false lesion of 300+ voxels had a median evidence of 0.50-0.55 and every true tumour component
+# 0.85-1.00; 0.7 is the middle of that gap. It needs no operating threshold. 0 turns the classifier's veto off.
 MIN_SLICE_EVIDENCE = 0.7
 
 

@@ -39,7 +39,7 @@ class StageLoss:
     `dice_over: both` takes the mean of the two Dice terms.
     `negative_photos_as_empty_masks` (train_joint) also gives the photos labelled "no tumour" a seg term against an
     empty mask: their mask is known even without a drawing. Without it the seg head never sees a photo and fires on
-    whole brains in them, which the fused slice score then reads (README, "Recipes").
+    whole brains in them, which the fused slice score then reads (docs/recipes.md).
     `peak_weight` (train_joint) adds peak_weight × BCE(largest WT logit of a sample, its label) over every sample,
     photos included: the quantity the fused slice score reads (the largest pixel), trained on the slice labels as a
     multiple-instance max-pooling does; a bright distractor on a tumour-free slice then costs what it costs the score.
