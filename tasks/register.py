@@ -15,7 +15,8 @@ from __future__ import annotations
 from tasks import paths
 from tasks.config import Settings
 from tasks.io import sha256_file, write_json_atomic
-from tasks.release.registration import decide, read_release, register_release
+from tasks.release.registration import decide, register_release
+from tasks.release.release_files import read_release
 from tasks.tracking.tracker import tracked_step
 
 

@@ -411,7 +411,7 @@ def test_a_champion_is_never_re_scored_on_patients_it_was_trained_or_tuned_on(pr
     (paths.SPLITS / "test.txt").write_text("\n".join(train) + "\n")  # a redrawn split: its training patients in test
     (paths.SPLITS / "train.txt").write_text("\n".join(test) + "\n")
     from tasks.evaluation import scoring
-    from tasks.release.registration import champion_score
+    from tasks.release.champion import champion_score
 
     def never(*args, **kwargs):  # nothing is left to re-score on: predicting anything would be the bug
         raise AssertionError("the champion was re-scored on patients it has seen")
@@ -427,7 +427,8 @@ def test_a_champion_re_scored_on_part_of_the_test_split_meets_the_challenger_on_
     """Re-scored without the patients it has seen, the champion was compared with the challenger's metrics.json
     accuracy over the whole test split: two populations. The challenger is now scored on the champion's slices."""
     from tasks.data.splits import split_rows
-    from tasks.release.registration import champion_score, onnx_accuracy, read_release
+    from tasks.release.champion import champion_score, onnx_accuracy
+    from tasks.release.release_files import read_release
 
     settings = tracked(tiny_settings)
     write_metrics(project, accuracy=0.95, sensitivity=0.95)
@@ -455,7 +456,7 @@ def test_a_model_judged_in_volume_is_re_scored_in_volume(project, tiny_settings,
     model.json says `slices_in_volume`, at its own mask threshold; as predicted otherwise."""
     from tasks.data.splits import split_rows
     from tasks.evaluation import scoring
-    from tasks.release.registration import onnx_accuracy
+    from tasks.release.champion import onnx_accuracy
 
     write_metrics(project, accuracy=0.95, sensitivity=0.95)
     export.main(tracked(tiny_settings))

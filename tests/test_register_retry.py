@@ -37,7 +37,8 @@ def tiny_onnx(path: Path, k: float) -> Path:
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
-    from tasks.release import registration
+    from tasks.release import versions
+    from tasks.release.release_files import Release
     from tasks.release.registry import ModelRegistry
     from tasks.tracking.mlflow_runs import MlflowTracker
     from tasks.tracking.store import fluent_store, make_client
@@ -52,27 +53,26 @@ def store(tmp_path, monkeypatch):
 
     def attempt(run_id: str, k: float):
         onnx_path = tiny_onnx(tmp_path / f"m{k}.onnx", k)
-        release = registration.Release(onnx_path, tmp_path / "best.pt", tmp_path / "model.json", {}, {}, {},
-                                       sha256_file(onnx_path))
+        release = Release(onnx_path, tmp_path / "best.pt", tmp_path / "model.json", {}, {}, {}, sha256_file(onnx_path))
         tracker = MlflowTracker(client, run_id, cfg)
         tags = {"onnx_sha256": release.onnx_sha256, "mlflow_run_id": run_id}
         with fluent_store():
-            logged = registration.log_model(release, example, tracker, "# slicewise\ncard")
-            version = registration.create_verified_version(registry, logged.model_uri, tags, "# slicewise\ncard",
-                                                           release, example, "champion")
+            logged = versions.log_model(release, example, tracker, "# slicewise\ncard")
+            version = versions.create_verified_version(registry, logged.model_uri, tags, "# slicewise\ncard",
+                                                       release, example, "champion")
         return version, tracker, release
 
     run = lambda: client.create_run(experiment).info.run_id  # noqa: E731
-    return registration, registry, attempt, run, example
+    return versions, registry, attempt, run, example
 
 
 def test_a_retry_that_fails_to_log_keeps_the_champions_model(store, tmp_path):
-    registration, registry, attempt, run, _ = store
+    versions, registry, attempt, run, _ = store
     attempt(run(), 1.0)
     version, tracker, _ = attempt(run(), 2.0)  # attempt 1 of a pipeline run: promoted, then something later failed
     assert registry.by_alias("champion").version == int(version)
     # attempt 2 fails while logging: what register's cleanup does then
-    registration.discard_logged_models(tracker, None, keep=registration.registered_model_ids(registry))
+    versions.discard_logged_models(tracker, None, keep=versions.registered_model_ids(registry))
     champion = registry.by_alias("champion")
     assert champion.version == int(version)
     downloaded = registry.download(str(champion.version), tmp_path / "download")
@@ -80,7 +80,7 @@ def test_a_retry_that_fails_to_log_keeps_the_champions_model(store, tmp_path):
 
 
 def test_a_retry_that_fails_to_verify_keeps_the_version_holding_the_alias(store):
-    registration, registry, attempt, run, example = store
+    versions, registry, attempt, run, example = store
     attempt(run(), 1.0)
     pipeline_run = run()
     version, _, release = attempt(pipeline_run, 2.0)
@@ -90,16 +90,16 @@ def test_a_retry_that_fails_to_verify_keeps_the_version_holding_the_alias(store)
 
     registry.verify = failing_verify  # attempt 2 finds the same version (same run, same ONNX) and cannot verify it
     with pytest.raises(SliceWiseError):
-        registration.create_verified_version(registry, "models:/whatever", {"onnx_sha256": release.onnx_sha256,
-                                             "mlflow_run_id": pipeline_run}, "# slicewise\ncard", release, example,
-                                             "champion")
+        versions.create_verified_version(registry, "models:/whatever", {"onnx_sha256": release.onnx_sha256,
+                                         "mlflow_run_id": pipeline_run}, "# slicewise\ncard", release, example,
+                                         "champion")
     assert registry.by_alias("champion").version == int(version)
 
 
 def test_when_the_store_cannot_say_what_is_registered_only_the_known_model_goes(store, tmp_path):
     """A store that fails mid-cleanup: nothing found by search is deleted, and no artifact folder is removed
     whose model the store did not let go."""
-    registration, registry, attempt, run, _ = store
+    versions, registry, attempt, run, _ = store
     version, tracker, _ = attempt(run(), 1.0)
 
     class Flaky:  # the registry's and the run's client, with the deletes and the lookups failing
@@ -112,8 +112,8 @@ def test_when_the_store_cannot_say_what_is_registered_only_the_known_model_goes(
             return getattr(self.client, name)
 
     registry.client = tracker.client = Flaky(tracker.client)
-    assert registration.registered_model_ids(registry) is None and registration._holds_alias(registry, version)
-    registration.discard_logged_models(tracker, None, keep=registration.registered_model_ids(registry))
+    assert versions.registered_model_ids(registry) is None and versions._holds_alias(registry, version)
+    versions.discard_logged_models(tracker, None, keep=versions.registered_model_ids(registry))
     registry.client = tracker.client = tracker.client.client
     downloaded = registry.download(version, tmp_path / "download")
     assert any(p.suffix == ".onnx" for p in downloaded.rglob("*"))

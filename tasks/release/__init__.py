@@ -2,7 +2,10 @@
 
     onnx_export.py   the model to ONNX, checked for parity with torch, with latency figures (export)
     registry.py      the one registry client: versions by number or alias, downloads, verification
-    registration.py  gate, log, register, verify and alias a new version (register)
+    registration.py  gate, log, register, verify and alias a new version (register), over:
+    release_files.py   what a release is, read from the files the earlier steps wrote, checked to be one model
+    champion.py        the champion's accuracy, comparable with the new model's
+    versions.py        the logged model and its registry version: created once, verified, removed on failure
     gate.py          the promotion gate: pure logic on numbers
     model_card.py    the markdown model card of a registry version
     lineage.py       `python -m tasks lineage`: version → run → commit → data → ONNX → Prefect run

@@ -39,7 +39,7 @@ class Criterion:
 
 @dataclass(frozen=True)
 class ChampionScore:
-    """The current champion's accuracy, measured as comparably as possible (see registration.champion_score)."""
+    """The current champion's accuracy, measured as comparably as possible (see champion.champion_score)."""
 
     version: str
     accuracy: float | None

@@ -1,0 +1,101 @@
+"""The current champion's test accuracy, as comparable with a new model's as the data allow (`champion_score`):
+recorded when it was tested on the same data, else re-scored with its own ONNX file on the patients of today's test
+split that it has never seen."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from tasks.data.splits import read_split, split_rows
+from tasks.data.subjects import subject_of
+from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD
+from tasks.io import read_json
+from tasks.release.gate import ChampionScore
+from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, SEEN_PATIENTS_FILE, ModelRegistry
+from tasks.release.release_files import Release, finite_number
+from tasks.tracking import provenance
+
+log = logging.getLogger(__name__)
+
+
+def rescore_champion(registry: ModelRegistry, version: str, processed: Path, splits_dir: Path,
+                     challenger: Release | None = None) -> tuple[float, list[str], float | None] | None:
+    """The champion's accuracy on the current test split at its own threshold, leaving out the patients it was
+    trained or tuned on (a split redrawn after patients were added can put them in today's test split, where it
+    would shine), the patients it was scored on, and, when that is part of the split only, `challenger`'s accuracy
+    on the same slices (its metrics.json figure covers the whole split: another population). None if its input does
+    not fit or no test patient is new to it."""
+    from tasks.data.shards import read_shard
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = registry.download(version, Path(tmp))
+        metadata = read_json(local / EXTRA_FILES / METADATA_FILE, default=None)
+        if metadata is None:
+            raise ValueError(f"no readable {METADATA_FILE}")
+        seen = read_json(local / EXTRA_FILES / SEEN_PATIENTS_FILE, default=[])  # older versions: none known
+        seen_subjects = {subject_of(patient) for patient in seen}  # another timepoint of a person it has seen
+        today = read_split("test", splits_dir)
+        test = [patient for patient in today if subject_of(patient) not in seen_subjects]
+        if not test:
+            return None
+        rows = split_rows(processed, test)
+        image_shape = list(read_shard(processed / rows["shard"].iloc[0]).images.shape[1:])
+        if metadata["input"]["shape"][1:] != image_shape:
+            return None
+        accuracy = onnx_accuracy(local / ONNX_FILE, metadata, processed, rows, "re-scoring champion")
+    if len(test) == len(today):
+        return accuracy, test, None
+    log.info("register: re-scoring champion v%s and this model without the %d test patients the champion was "
+             "trained or tuned on", version, len(today) - len(test))
+    mine = onnx_accuracy(challenger.onnx_path, challenger.metadata, processed, rows, "scoring this model alike") \
+        if challenger is not None else None
+    return accuracy, test, mine
+
+
+def onnx_accuracy(onnx_path: Path, metadata: dict, processed: Path, rows, description: str) -> float:
+    """An exported model's slice accuracy on `rows` at its own threshold and slice score, its BraTS slices scored in
+    their volume when it was judged that way (model.json `slices_in_volume`, at its own mask threshold)."""
+    from tasks.evaluation.scoring import predict_split
+    from tasks.inference.predictor import OnnxPredictor
+
+    predictor = OnnxPredictor(onnx_path, providers=["CPUExecutionProvider"],
+                              slice_score=metadata.get("slice_score", LEGACY_SLICE_SCORE))  # its own rule
+    slices = predict_split(predictor, processed, rows, segmentation=False, description=description,
+                           in_volume=bool(metadata.get("slices_in_volume")),
+                           mask_threshold=float(metadata.get("mask_threshold", MASK_THRESHOLD))).slices
+    decisions = slices["probability"].to_numpy() >= metadata["threshold"]
+    return float((decisions == slices["label"].to_numpy().astype(bool)).mean())
+
+
+# A champion's recorded figures count as measured on this test data only when all of these match: DVC's recorded
+# hashes, and what is on disk (data_fingerprint: a step run by hand after `dvc repro` leaves dvc.lock stale).
+SAME_DATA_TAGS = ("data_hash", "splits_hash", "data_fingerprint")
+
+
+def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str], processed: Path,
+                   splits_dir: Path, challenger: Release | None = None) -> ChampionScore:
+    """The champion's test accuracy, as comparable with the challenger's as possible:
+    recorded when it was tested on the same data (same data and split hashes), else re-scored on this test split
+    (on its patients new to the champion, with `challenger` scored on the same slices when that leaves some out),
+    else (its input does not fit the current data, e.g. another image size) the recorded one, marked as such."""
+    tags, version = champion.tags, str(champion.version)
+    recorded = finite_number(tags.get("test_accuracy"))
+    same_data = all(tags.get(k) == data_tags.get(k) not in (None, provenance.UNKNOWN) for k in SAME_DATA_TAGS)
+    if same_data and recorded is not None:
+        return ChampionScore(version, recorded, "same test data")
+    try:
+        rescored = rescore_champion(registry, version, processed, splits_dir, challenger)
+    except Exception as exc:  # noqa: BLE001 - an old or foreign version without our metadata, an ONNX file
+        # onnxruntime refuses, artifacts the store lost: the champion's own record is then all there is to compare,
+        # and it must not stop this model from being registered
+        log.warning("register: cannot re-score champion v%s (%s: %s)", version, type(exc).__name__, exc)
+        rescored = None
+    if rescored is None:
+        return ChampionScore(version, recorded, "recorded on other test data")
+    accuracy, patients, mine = rescored
+    if mine is None:
+        return ChampionScore(version, accuracy, "re-scored on this test split")
+    return ChampionScore(version, accuracy, f"both scored on the {len(patients)} test patients new to the champion",
+                         challenger_accuracy=mine)

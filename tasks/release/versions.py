@@ -1,0 +1,196 @@
+"""A release as MLflow objects: the logged ONNX model and the registry version made from it, created once per
+run and file, verified, and removed again when anything fails on the way (tasks/release/registration.py drives it)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from tasks import paths
+from tasks.data.splits import iter_test_slices
+from tasks.errors import SliceWiseError
+from tasks.release.registry import ModelRegistry
+from tasks.release.release_files import Release
+from tasks.tracking.mlflow_runs import MlflowTracker
+from tasks.tracking.store import check_store_present, retrying
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"  # name of the logged model; its extra_files/ hold best.pt and model.json
+
+
+def model_signature(channels: int, size: int, regions: int):
+    """The ONNX model's tensors: `regions` segmentation channels (WT, TC, ET; one for a whole-tumour model)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    f32 = np.dtype(np.float32)
+    return ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, channels, size, size), "image")]),
+        outputs=Schema([TensorSpec(f32, (-1, regions, size, size), "seg_logits"),
+                        TensorSpec(f32, (-1,), "cls_logits")]))
+
+
+def input_example(processed: Path, splits_dir: Path) -> np.ndarray:
+    return next(iter_test_slices(processed, splits_dir))[:1]
+
+
+def serving_requirements() -> list[str]:
+    """The pinned packages that run the model. Listing them also spares MLflow from inferring them (a subprocess
+    that loads the model: most of the time `register` took)."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("onnx", "onnxruntime", "numpy")]
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    model_id: str
+    model_uri: str
+    artifact_location: str
+
+
+def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, card: str,
+              examples: Path | None = None, seen_patients: Path | None = None) -> LoggedModel:
+    """Log the ONNX flavour (+ best.pt, model.json, the bundled examples, the patients it has seen) and the reports
+    into the parent run."""
+    import mlflow
+    import mlflow.onnx
+    import onnx
+
+    _, channels, size, _ = example.shape
+    with tempfile.TemporaryDirectory() as tmp:
+        card_path = Path(tmp) / "model_card.md"
+        card_path.write_text(card)
+        with mlflow.start_run(run_id=tracker.run_id):
+            info = mlflow.onnx.log_model(
+                onnx.load(str(release.onnx_path)), name=MODEL_ARTIFACT,
+                signature=model_signature(channels, size, len(release.metadata.get("regions", ["wt"]))),
+                input_example=example, metadata=release.metadata, save_as_external_data=False,
+                onnx_execution_providers=["CPUExecutionProvider"], pip_requirements=serving_requirements(),
+                extra_files=[str(release.checkpoint_path.resolve()), str(release.metadata_path.resolve())]
+                + [str(extra.resolve()) for extra in (examples, seen_patients) if extra is not None])
+        # leaving mlflow.start_run's block ended the parent run FINISHED, in the middle of register: it runs on
+        retrying(tracker.cfg, "reopen parent run", tracker.client.update_run, tracker.run_id, "RUNNING")
+        logged = LoggedModel(info.model_id, info.model_uri,
+                             retrying(tracker.cfg, "get logged model", tracker.client.get_logged_model,
+                                      info.model_id).artifact_location)
+        for path, folder in ((card_path, None), (paths.METRICS, "reports"), (paths.EXPORT_REPORT, "reports")):
+            tracker.log_artifact(path, folder)
+    return logged
+
+
+def find_or_create_version(registry: ModelRegistry, model_uri: str, tags: dict, run_id: str) -> str:
+    """The version of this run for this ONNX file when an earlier attempt created one (its answer lost, or the
+    attempt interrupted before verifying it), else a new one: so a retry never registers the model twice."""
+    import mlflow
+
+    versions = registry.client.search_model_versions(f"name = '{registry.model_name}' and run_id = '{run_id}'")
+    mine = [v for v in versions if (v.tags or {}).get("onnx_sha256") == tags["onnx_sha256"]]
+    if mine:
+        version = max(mine, key=lambda v: int(v.version))
+        log.warning("register: version %s of this run already holds this model (an earlier attempt created it); "
+                    "completing it instead of creating another", version.version)
+        return str(version.version)
+    return str(mlflow.register_model(model_uri, registry.model_name, tags=tags).version)
+
+
+def discard_logged_models(tracker: MlflowTracker, known: LoggedModel | None, search: bool = True,
+                          keep: frozenset[str] | None = frozenset()) -> None:
+    """Remove what a failed register logged: the run's logged models (the known one, and with `search` any whose
+    creation answer was lost) and their local artifact folders, except those in `keep`: the models behind
+    registered versions (a retried register must never delete the champion an earlier attempt promoted). `keep`
+    None means the store could not say which those are: then only the known model goes. Best effort: the store may
+    be why it failed, and a folder is only removed once the store has let its model go."""
+    client, models = tracker.client, {}
+    if known is not None:
+        models[known.model_id] = known.artifact_location
+    if search and keep is not None:
+        models |= _logged_models_of_run(tracker)
+    for model_id, location in models.items():
+        if keep and model_id in keep:
+            log.info("register: kept logged model %s, which a registered version uses", model_id)
+            continue
+        try:
+            client.delete_logged_model(model_id)
+        except Exception as exc:
+            log.warning("register: could not delete logged model %s (%s)", model_id, type(exc).__name__)
+            if not _store_lost():  # the store may still list it (the champion?): its files stay with it
+                continue
+        if location and location.startswith("file:"):
+            folder = Path(unquote(urlparse(location).path))
+            folder = folder.parent if folder.parent.name == model_id else folder  # .../models/<id>/artifacts
+            shutil.rmtree(folder, ignore_errors=True)
+        log.info("register: removed logged model %s", model_id)
+
+
+def _store_lost() -> bool:
+    """The local store file that this process used is gone: no version can point at the files left behind."""
+    try:
+        check_store_present("register clean-up")
+    except SliceWiseError:
+        return True
+    return False
+
+
+def _holds_alias(registry: ModelRegistry, version: str) -> bool:
+    """Whether the version holds an alias; True when the store cannot say (keeping a version errs safe, deleting
+    the champion's would not)."""
+    try:
+        return bool(registry.client.get_model_version(registry.model_name, version).aliases)
+    except Exception:
+        return True
+
+
+def registered_model_ids(registry: ModelRegistry) -> frozenset[str] | None:
+    """The logged models behind the registered versions (champion, challenger, any other); None when the store
+    cannot say."""
+    try:
+        versions = registry.client.search_model_versions(f"name = '{registry.model_name}'")
+    except Exception:
+        return None
+    return frozenset(v.model_id or v.source.rsplit("/", 1)[-1] for v in versions)
+
+
+def _logged_models_of_run(tracker: MlflowTracker) -> dict[str, str]:
+    client = tracker.client
+    try:
+        experiment_id = client.get_run(tracker.run_id).info.experiment_id
+        found = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{tracker.run_id}'")
+    except Exception as exc:  # the store is gone or unreachable: remove what we know of
+        log.warning("register: cannot list the logged models of run %s (%s)", tracker.run_id, type(exc).__name__)
+        return {}
+    return {m.model_id: m.artifact_location for m in found}
+
+
+def create_verified_version(registry: ModelRegistry, model_uri: str, tags: dict, card: str, release: Release,
+                            example: np.ndarray, alias: str) -> str:
+    """Register, describe, verify, then point the alias at it. A version that fails any of it is deleted before
+    the error is raised, so no version stays behind half-registered (without artifact, card or its alias)."""
+    import mlflow
+
+    client, cfg, model_name = registry.client, registry.cfg, registry.model_name
+    version = retrying(cfg, "register model", find_or_create_version, registry, model_uri, tags, tags["mlflow_run_id"])
+    try:
+        retrying(cfg, "describe version", client.update_model_version, model_name, version,
+                 description=card.replace(f"# {model_name}\n", f"# {model_name} version {version}\n", 1))
+        registry.verify(version, release.onnx_path, release.onnx_sha256, release.checkpoint_path, example)
+        retrying(cfg, "set alias", client.set_registered_model_alias, model_name, alias, version)
+    except BaseException as exc:  # an interrupt too: no half-registered version stays behind
+        kept = _holds_alias(registry, version)  # an earlier attempt completed it (a retried register): keep it
+        if not kept:
+            try:
+                client.delete_model_version(model_name, version)
+            except Exception as cleanup:  # the store is gone too: the version has no alias, say so
+                log.error("register: could not delete unverified version %s: %s", version, type(cleanup).__name__)
+        if isinstance(exc, (SliceWiseError, KeyboardInterrupt, SystemExit)):
+            raise
+        what = "it keeps the alias an earlier attempt gave it" if kept else "it was removed"
+        raise SliceWiseError(f"registering version {version} failed and {what}: {exc}", model_uri) from exc
+    return version
