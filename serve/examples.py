@@ -101,8 +101,8 @@ def prepared_example(model: ServedModel, entry: dict, folder: Path, ood_threshol
     side = max(array.shape[1:])
     if array.shape[1:] != (model.image_size, model.image_size):
         array = prepare_array_slice(array, model.image_size)
-    # Processed slices are z-scored per volume, not per slice: judged as displayed, not as raw intensities.
-    ood = score_slice(to_display(array[0]).astype(np.float32), array, None, None, ood_threshold)
+    # judged as an uploaded NPY of the same values is (serve/inference.py): the same bytes, the same verdict
+    ood = score_slice(to_display(array[0]).astype(np.float32), array, None, array, ood_threshold)
     return PreparedSlice(entry["id"], np.ascontiguousarray(array), ood, side)
 
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from tasks.data.preprocess import MIN_SIDE, RAW_INTENSITY_MODES
 
@@ -83,6 +83,8 @@ def decode_image(data: bytes, name: str, max_side: int) -> DecodedSlice:
         image.load()
     except UploadError:
         raise
+    except UnidentifiedImageError as exc:  # its message names the in-memory buffer, which means nothing to a client
+        raise UploadError(422, f"{name}: undecodable image (Pillow recognises no PNG or JPEG in its bytes)") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
         raise UploadError(422, f"{name}: undecodable image ({exc})") from exc
     # A camera's MPO JPEG holds the picture and a preview or second view: the first frame is the picture.

@@ -219,8 +219,9 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
         shape = shape[:3]
     if not (len(shape) == 3 or (len(shape) == 4 and channels > 1 and shape[3] == channels)):
         four_d = f", or one 4D (X, Y, Z, {channels}) volume of the model's modalities" if channels > 1 else ""
-        raise UploadError(422, f"{name}: volume of shape {shape} has {len(shape)} dimensions; expected one 3D "
-                               f"(X, Y, Z) volume{four_d}")
+        what = (f"holds {shape[3]} volumes where the model takes {channels}" if len(shape) == 4 and channels > 1
+                else f"has {len(shape)} dimensions")  # a 4D file of the wrong channel count: say that, not the rank
+        raise UploadError(422, f"{name}: volume of shape {shape} {what}; expected one 3D (X, Y, Z) volume{four_d}")
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise UploadError(422, f"{name}: voxels of type {dtype}; expected integers or floats")
     probe = VolumeHeader(name, gzipped, VolumeImage(image_class, header, affine), shape, dtype, offset)

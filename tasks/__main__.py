@@ -63,9 +63,12 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
     """Change params.yaml (comments kept), e.g. `set profile=baseline data.source=local`."""
     try:
         with pipeline_lock("python -m tasks set"):  # a running flow reloads params.yaml at every step
-            set_params(parse_assignments(assignments))
+            updates = parse_assignments(assignments)
+            set_params(updates)
     except SliceWiseError as exc:
         _fail(exc)
+    for key, value in updates.items():  # what landed, as YAML reads it back (a number stays a number)
+        typer.echo(f"params.yaml: {key} = {value!r}")
 
 
 @app.command("lineage")

@@ -79,6 +79,16 @@ def test_a_retry_that_fails_to_log_keeps_the_champions_model(store, tmp_path):
     assert any(p.suffix == ".onnx" for p in downloaded.rglob("*"))  # its files are all still there
 
 
+def test_asking_for_a_version_that_does_not_exist_lists_those_that_do(store):
+    _, registry, attempt, run, _ = store
+    with pytest.raises(SliceWiseError, match="run the pipeline"):  # nothing registered yet: how to make one
+        registry.resolve("champion")
+    attempt(run(), 1.0)
+    attempt(run(), 2.0)
+    with pytest.raises(SliceWiseError, match=r"no version or alias '99'.*it has versions 1, 2 \(aliases: champion → 2\)"):
+        registry.resolve("99")
+
+
 def test_a_retry_that_fails_to_verify_keeps_the_version_holding_the_alias(store):
     versions, registry, attempt, run, example = store
     attempt(run(), 1.0)

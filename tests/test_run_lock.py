@@ -69,3 +69,12 @@ def test_params_are_not_changed_under_a_running_flow(tmp_path, monkeypatch):
                               env={"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin"})
     assert done.returncode != 0 and "Prefect flow run abcd" in done.stderr
     assert (tmp_path / "params.yaml").read_text() == "profile: quick\n"
+
+
+def test_set_says_what_landed(tmp_path):
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    done = subprocess.run([sys.executable, "-m", "tasks", "set", "train.batch_size=32", "profile=baseline"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["params.yaml: train.batch_size = 32", "params.yaml: profile = 'baseline'"]

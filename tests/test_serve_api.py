@@ -371,6 +371,10 @@ def test_flair_alone_and_4d_upload_for_a_four_modality_model(regions_client):
     labels = decode_nifti(four_d["label_map_nifti"])
     assert labels.shape == stacked.shape[:3] and np.allclose(labels.affine, affine)
     assert four_d["region_volumes_cm3"]["et"] > 0 and four_d["modalities"]["missing"] == []
+    three = regions_client.post("/v1/predict/volume", files={"file": ("three.nii.gz", nifti_bytes(
+        stacked[..., :3])[0])})  # a 4D file of the wrong channel count is named as such, not as the wrong rank
+    assert three.status_code == 422 and "three.nii.gz" in three.json()["detail"]
+    assert "holds 3 volumes where the model takes 4" in three.json()["detail"]
 
 
 def test_four_volumes_reserve_more_of_the_memory_budget_than_one(regions_client):
@@ -551,6 +555,7 @@ BAD_SLICES = [
     ("empty", b"", 422, "empty"),
     ("truncated png", png_bytes(brain_slice())[:60], 422, "undecodable"),
     ("corrupt jpeg", b"\xff\xd8\xff\xe0" + b"\x00" * 200, 422, "undecodable"),
+    ("png magic, no png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2, 422, "no PNG or JPEG"),
     ("corrupt npy", b"\x93NUMPY\x01\x00garbage", 422, "undecodable"),
     ("pickled npy", npy_bytes(np.array([{"a": 1}], dtype=object)), 422, "dtype object"),  # refused by its header
     ("1d npy", npy_bytes(np.zeros(100, np.float32)), 422, "dimensions"),
@@ -571,6 +576,7 @@ def test_bad_slices_are_4xx_with_a_reason(client, data, status, words):
         response = client.post(route, files={field: ("upload.bin", data)})
         assert response.status_code == status, response.text
         assert words.lower() in response.json()["detail"].lower()
+        assert "object at 0x" not in response.json()["detail"]  # no Python internals in what a client reads
 
 
 def test_slice_over_the_size_limit_is_413(files):

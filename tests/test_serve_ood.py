@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve.ood import colour_score
+from serve.ood import colour_score, intensity_score
 from tests.serve_factory import (brain_slice, brain_volume, file_app, jpeg_bytes, local_client, make_served_files,
     nifti_bytes, npy_bytes, png_bytes)
 
@@ -75,6 +75,40 @@ def test_photographs_are_flagged(client, photo, reason):
 @pytest.mark.parametrize("value", [0, 128])
 def test_blank_images_are_flagged(client, value):
     assert_flagged(answer(client, png_bytes(np.full((64, 64), value, np.uint8))), "blank")
+
+
+def volume_normalised(mean: float, sd: float) -> np.ndarray:
+    """A brain slice whose brain has this mean and SD after z-scoring, as preprocessing leaves a slice near the top
+    or bottom of the head (it z-scores the brain over the whole volume); zero around the brain."""
+    raw = brain_slice(size=64, tumour=True).astype(np.float32)
+    brain = raw > 0
+    own = np.where(brain, (raw - raw[brain].mean()) / raw[brain].std(), 0)
+    return np.where(brain, own * sd + mean, 0).astype(np.float32)
+
+
+@pytest.mark.parametrize(("mean", "sd"), [(-0.9, 0.32), (-0.5, 1.28), (-0.3, 0.5)])
+def test_a_slice_normalised_with_its_volume_passes(client, mean, sd):
+    """The extremes of the quick profile's training slices (brain mean -0.91 to 0.76, SD 0.32 to 1.28), as an NPY
+    cut from data/processed: in distribution, as the same values bundled as an example are."""
+    channel = volume_normalised(mean, sd)
+    assert (channel < 0).mean() > 0.01  # more negatives than a magnitude may have: only the normalisation passes it
+    assert_in_distribution(answer(client, npy_bytes(channel)))
+
+
+def test_each_channel_is_judged_alone_and_a_missing_one_is_not_judged():
+    normalised = [volume_normalised(-0.9, 0.32), volume_normalised(0.5, 1.2)]
+    assert intensity_score(np.stack([normalised[0], np.zeros_like(normalised[0]), normalised[1]]))[0] == 0.0
+    offset = normalised[1] * 300  # one channel in scanner units with negatives: a spread of hundreds
+    assert intensity_score(np.stack([normalised[0], offset]))[0] == 1.0
+    # a volume is judged whole: its brain is z-scored as one
+    assert intensity_score(np.stack(normalised), per_channel=False)[0] == 0.0
+
+
+@pytest.mark.parametrize("transform", [lambda s: s.astype(np.float32) - 1000.0,  # negative magnitudes, no background
+                                       lambda s: (s.astype(np.float32) / s.max()) * 2 - 1,  # [-1, 1]: background -1
+                                       lambda s: np.where(s > 0, s.astype(np.float32) * -3.0, 0)])  # negated, zeros kept
+def test_intensities_that_are_not_magnitudes_nor_normalised_are_flagged(client, transform):
+    assert_flagged(answer(client, npy_bytes(transform(brain_slice(size=64)))), "intensity range")
 
 
 def test_wrong_intensity_range_is_flagged(client):

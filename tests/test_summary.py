@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 from rich.console import Console
 
@@ -29,7 +30,8 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     console = Console(file=io.StringIO(), width=200)
     print_summary(console)
     out = console.file.getvalue()
-    assert "segmentation_regions.wt.dice │ 0.812" in out and "segmentation_regions.tc.hd95 │ 30.000" in out
+    assert re.search(r"segmentation_regions\.wt\.dice +│ 0\.812", out)
+    assert re.search(r"segmentation_regions\.tc\.hd95 \(mm\) +│ 30\.000", out)  # a distance says its unit
     assert "[0.250, 0.625]" in out and "segmentation_regions.et" not in out
     assert "kaggle accuracy 0.771, sensitivity 0.588 (35 slices)" in out
     assert "0–100 mm² 0.25 (12)" in out and "2000" not in out  # an empty size bin is left out

@@ -298,9 +298,10 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     tracker.log_artifact(where.metrics)
     for path in written:
         tracker.log_artifact(path, "plots")
+    dice = report["segmentation"]["dice"]  # None: no test slice has tumour
     log.info("evaluate: threshold %.3f, accuracy %.3f, slice Dice %s (mask threshold %.2f, %s), ECE %.3f",
              report["classification"]["threshold"], report["classification"]["accuracy"],
-             report["segmentation"]["dice"], mask_threshold["value"], mask_threshold["rule"], ece)
+             "n/a" if dice is None else f"{dice:.3f}", mask_threshold["value"], mask_threshold["rule"], ece)
     return report | {"calibration_ece": ece}
 
 

@@ -81,7 +81,19 @@ class ModelRegistry:
             return retrying(self.cfg, "get alias", self.client.get_model_version_by_alias, self.model_name, ref)
         except MlflowException as exc:
             raise SliceWiseError(f"model {self.model_name!r} has no version or alias {ref!r} ({exc.error_code}); "
-                                 "run the pipeline (make run) to register one", tracking_uri()) from exc
+                                 f"{self._what_exists()}", tracking_uri()) from exc
+
+    def _what_exists(self) -> str:
+        """The versions and aliases a user can ask for instead, or how to make one."""
+        try:
+            numbers = sorted(int(v.version) for v in self.client.search_model_versions(f"name = '{self.model_name}'"))
+            aliases = self.client.get_registered_model(self.model_name).aliases if numbers else {}
+        except Exception:  # noqa: BLE001 - a hint only: the error above stands either way
+            numbers, aliases = [], {}
+        if not numbers:
+            return "run the pipeline (make run) to register one"
+        named = ", ".join(f"{alias} → {version}" for alias, version in sorted(aliases.items()))
+        return f"it has versions {', '.join(map(str, numbers))}" + (f" (aliases: {named})" if named else "")
 
     def download(self, version: str, dst: Path) -> Path:
         """The files of a version (model.onnx, extra_files/...) downloaded into `dst`; returns their folder."""

@@ -56,7 +56,8 @@ def print_summary(console: Console | None = None) -> None:
             value = nested_value(metrics, f"{section}.{key}")  # null: undefined, e.g. a sensitivity with no tumour
             lo_hi = ci.get(f"{section}.{key}")
             interval = f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else ""
-            headline.add_row(f"{section}.{key}", "n/a" if value is None else f"{value:.3f}", interval)
+            unit = " (mm)" if key == "hd95" else ""
+            headline.add_row(f"{section}.{key}{unit}", "n/a" if value is None else f"{value:.3f}", interval)
         console.print(headline)
         if where := _where_it_errs(metrics):
             console.print(where)
