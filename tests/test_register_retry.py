@@ -85,7 +85,8 @@ def test_asking_for_a_version_that_does_not_exist_lists_those_that_do(store):
         registry.resolve("champion")
     attempt(run(), 1.0)
     attempt(run(), 2.0)
-    with pytest.raises(SliceWiseError, match=r"no version or alias '99'.*it has versions 1, 2 \(aliases: champion → 2\)"):
+    listed = r"no version or alias '99'.*it has versions 1, 2 \(aliases: champion → 2\)"
+    with pytest.raises(SliceWiseError, match=listed):
         registry.resolve("99")
 
 

@@ -106,7 +106,7 @@ def test_each_channel_is_judged_alone_and_a_missing_one_is_not_judged():
 
 @pytest.mark.parametrize("transform", [lambda s: s.astype(np.float32) - 1000.0,  # negative magnitudes, no background
                                        lambda s: (s.astype(np.float32) / s.max()) * 2 - 1,  # [-1, 1]: background -1
-                                       lambda s: np.where(s > 0, s.astype(np.float32) * -3.0, 0)])  # negated, zeros kept
+                                       lambda s: np.where(s > 0, s.astype(np.float32) * -3.0, 0)])  # negated
 def test_intensities_that_are_not_magnitudes_nor_normalised_are_flagged(client, transform):
     assert_flagged(answer(client, npy_bytes(transform(brain_slice(size=64)))), "intensity range")
 
