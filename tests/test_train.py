@@ -619,6 +619,15 @@ def test_early_stopping_never_ends_a_stage_before_the_minimum_epochs(in_project,
     assert len(pd.read_csv(paths.history_file("seg"))) == min_epochs
 
 
+def test_each_epoch_says_how_it_went_in_the_log(in_project, tiny_settings, caplog):
+    with caplog.at_level("INFO", logger="tasks.training.stage"):
+        result = train_seg.main(with_epochs(tiny_settings, seg=2))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train_seg: epoch ")]
+    assert [line.split(",")[0] for line in lines] == ["train_seg: epoch 1/2", "train_seg: epoch 2/2"]
+    assert result["epochs_run"] == 2 and "val_dice" in lines[0] and lines[0].endswith(" s")
+    assert " (best)" in lines[0]  # the first epoch is the best so far
+
+
 def test_a_stage_stuck_at_its_floor_says_so_in_log_result_and_tracker(in_project, tiny_settings, monkeypatch, caplog):
     """A seg head that predicts no tumour anywhere (val Dice 0) must be reported, not pass silently."""
     initial = training_stage._initial_model

@@ -232,6 +232,10 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
                 _save_epoch(plan, state, improved, steps, generator, run_key)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             progress.update(bar, metric=f"{metric_name} {state.best_metric:.4f} (best)")
+            if ranks.is_main:  # the bar is drawn on a terminal only; `make run > log` and CI logs get this line
+                log.info("train_%s: epoch %d/%d, train loss %.4f, %s %.4f%s, %.1f s", plan.stage, epoch, plan.epochs,
+                         train_loss, metric_name, metric_of(plan.stage, row), " (best)" if improved else "",
+                         row["seconds"])
     if ranks.is_main:
         _write_history(plan.history_path, state.history)
     stuck = stuck_at_floor(plan.stage, state.history, plan.train.floor_margin)
