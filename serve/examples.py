@@ -101,7 +101,8 @@ def prepared_example(model: ServedModel, entry: dict, folder: Path, ood_threshol
     side = max(array.shape[1:])
     if array.shape[1:] != (model.image_size, model.image_size):
         array = prepare_array_slice(array, model.image_size)
-    # judged as an uploaded NPY of the same values is (serve/inference.py): the same bytes, the same verdict
+    # judged as an uploaded NPY of the same values is (serve/inference.py): at the model's size, the same bytes get
+    # the same verdict (resized, the array is z-scored again per slice). to_display keeps the zero background.
     ood = score_slice(to_display(array[0]).astype(np.float32), array, None, array, ood_threshold)
     return PreparedSlice(entry["id"], np.ascontiguousarray(array), ood, side)
 

@@ -102,16 +102,18 @@ ZSCORED_SD = (0.2, 2.0)
 ZSCORED_MIN_BACKGROUND = 0.05  # share of exact zeros around the brain
 
 
-def intensity_score(raw: np.ndarray | None, per_channel: bool = True) -> tuple[float, str]:
+def intensity_score(raw: np.ndarray | None) -> tuple[float, str]:
     """Raw intensities (NPY, NIfTI) are magnitudes: many negative values mean a wrong range, unless the input was
-    already normalised the way preprocessing does it. `raw`: a slice's (C, H, W) values, each channel judged on its
-    own (a missing modality is all zeros), or with `per_channel` False a whole volume, judged as one."""
+    already normalised the way preprocessing does it. `raw`: one array per channel along its first axis, each
+    judged on its own (a missing modality, all zeros, is not judged): a slice's (C, H, W), or a volume as (1, X, Y, Z),
+    whose brain is z-scored as one."""
     if raw is None:
         return 0.0, ""
     negative = float((raw < 0).mean())
     if negative <= 0.01:
         return 0.0, ""
-    if all(_looks_zscored(unit) for unit in (raw if per_channel else [raw]) if unit.any()):
+    present = [channel for channel in raw if channel.any()]
+    if all(_looks_zscored(channel) for channel in present):
         return 0.0, ""
     return _ramp(negative, 0.01, 0.05), f"wrong intensity range ({negative:.0%} negative values; MRI is non-negative)"
 
@@ -120,7 +122,9 @@ def _looks_zscored(values: np.ndarray) -> bool:
     brain = values[values != 0]
     if brain.size < 2 or 1 - brain.size / values.size < ZSCORED_MIN_BACKGROUND:
         return False
-    return abs(float(brain.mean())) <= ZSCORED_MAX_MEAN and ZSCORED_SD[0] <= float(brain.std()) <= ZSCORED_SD[1]
+    # float64: float32 statistics of finite values near its limits overflow
+    mean, sd = float(brain.mean(dtype=np.float64)), float(brain.std(dtype=np.float64))
+    return abs(mean) <= ZSCORED_MAX_MEAN and ZSCORED_SD[0] <= sd <= ZSCORED_SD[1]
 
 
 def outlier_score(model_input: np.ndarray) -> tuple[float, str]:
@@ -157,6 +161,6 @@ def score_volume(volume: np.ndarray, model_input: np.ndarray, threshold: float) 
     return combine({
         "blank": blank_score(volume.reshape(volume.shape[0], -1), True),
         "border": border_score(fullest, True),
-        "intensity": intensity_score(volume, per_channel=False),
+        "intensity": intensity_score(volume[None]),
         "outliers": outlier_score(model_input),
     }, threshold)

@@ -9,7 +9,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ def run_step(step: str, params: Path = paths.PARAMS) -> dict:
     return importlib.import_module(f"tasks.{step}").main(settings)
 
 
-def _fail(exc: SliceWiseError) -> None:
+def _fail(exc: SliceWiseError) -> NoReturn:
     console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # "[flair, t1]" is text
     raise typer.Exit(exc.exit_code)
 
@@ -65,10 +65,25 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
         with pipeline_lock("python -m tasks set"):  # a running flow reloads params.yaml at every step
             updates = parse_assignments(assignments)
             set_params(updates)
+            landed = _read_back(paths.PARAMS, list(updates))
     except SliceWiseError as exc:
         _fail(exc)
-    for key, value in updates.items():  # what landed, as YAML reads it back (a number stays a number)
-        typer.echo(f"params.yaml: {key} = {value!r}")
+    for key, value in landed.items():
+        typer.echo(f"params.yaml: {key} = {json.dumps(value)}")
+
+
+def _read_back(params: Path, keys: list[str]) -> dict[str, object]:
+    """Each dotted key's value as params.yaml now holds it: what landed, not what was typed."""
+    import yaml
+
+    document = yaml.safe_load(params.read_text())
+    landed = {}
+    for key in keys:
+        value = document
+        for part in key.split("."):
+            value = value[part]
+        landed[key] = value
+    return landed
 
 
 @app.command("lineage")

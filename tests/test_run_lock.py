@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tasks.config import load_settings
 from tasks.errors import SliceWiseError
 from tasks.run_lock import LOCK_FILE, pipeline_lock
 from tests.project_copy import ROOT
@@ -73,8 +74,11 @@ def test_params_are_not_changed_under_a_running_flow(tmp_path, monkeypatch):
 
 def test_set_says_what_landed(tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    done = subprocess.run([sys.executable, "-m", "tasks", "set", "train.batch_size=32", "profile=baseline"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, "-m", "tasks", "set", "train.batch_size=32", "profile=baseline",
+                           "evaluate.organisers_check=true"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["params.yaml: train.batch_size = 32", "params.yaml: profile = 'baseline'"]
+    assert done.stdout.splitlines() == ["params.yaml: train.batch_size = 32", 'params.yaml: profile = "baseline"',
+                                        "params.yaml: evaluate.organisers_check = true"]  # as the file now holds them
+    settings = load_settings(tmp_path / "params.yaml")
+    assert (settings.train.batch_size, settings.profile, settings.evaluate.organisers_check) == (32, "baseline", True)

@@ -77,7 +77,7 @@ def test_blank_images_are_flagged(client, value):
     assert_flagged(answer(client, png_bytes(np.full((64, 64), value, np.uint8))), "blank")
 
 
-def volume_normalised(mean: float, sd: float) -> np.ndarray:
+def slice_normalised_with_volume(mean: float, sd: float) -> np.ndarray:
     """A brain slice whose brain has this mean and SD after z-scoring, as preprocessing leaves a slice near the top
     or bottom of the head (it z-scores the brain over the whole volume); zero around the brain."""
     raw = brain_slice(size=64, tumour=True).astype(np.float32)
@@ -90,18 +90,19 @@ def volume_normalised(mean: float, sd: float) -> np.ndarray:
 def test_a_slice_normalised_with_its_volume_passes(client, mean, sd):
     """The extremes of the quick profile's training slices (brain mean -0.91 to 0.76, SD 0.32 to 1.28), as an NPY
     cut from data/processed: in distribution, as the same values bundled as an example are."""
-    channel = volume_normalised(mean, sd)
+    channel = slice_normalised_with_volume(mean, sd)
     assert (channel < 0).mean() > 0.01  # more negatives than a magnitude may have: only the normalisation passes it
     assert_in_distribution(answer(client, npy_bytes(channel)))
 
 
 def test_each_channel_is_judged_alone_and_a_missing_one_is_not_judged():
-    normalised = [volume_normalised(-0.9, 0.32), volume_normalised(0.5, 1.2)]
+    normalised = [slice_normalised_with_volume(-0.9, 0.32), slice_normalised_with_volume(0.5, 1.2)]
     assert intensity_score(np.stack([normalised[0], np.zeros_like(normalised[0]), normalised[1]]))[0] == 0.0
     offset = normalised[1] * 300  # one channel in scanner units with negatives: a spread of hundreds
     assert intensity_score(np.stack([normalised[0], offset]))[0] == 1.0
-    # a volume is judged whole: its brain is z-scored as one
-    assert intensity_score(np.stack(normalised), per_channel=False)[0] == 0.0
+    # a volume is judged whole, its brain z-scored as one: two halves that each fail alone pass together
+    halves = np.stack([slice_normalised_with_volume(1.7, 1.0), slice_normalised_with_volume(-1.7, 1.0)])
+    assert intensity_score(halves)[0] == 1.0 and intensity_score(halves[None])[0] == 0.0
 
 
 @pytest.mark.parametrize("transform", [lambda s: s.astype(np.float32) - 1000.0,  # negative magnitudes, no background

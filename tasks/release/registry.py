@@ -89,11 +89,13 @@ class ModelRegistry:
             numbers = sorted(int(v.version) for v in self.client.search_model_versions(f"name = '{self.model_name}'"))
             aliases = self.client.get_registered_model(self.model_name).aliases if numbers else {}
         except Exception:  # noqa: BLE001 - a hint only: the error above stands either way
-            numbers, aliases = [], {}
+            return "the registry could not list its versions"
         if not numbers:
             return "run the pipeline (make run) to register one"
+        shown = ", ".join(map(str, numbers[-10:]))  # the latest ten: a long-lived registry has hundreds
         named = ", ".join(f"{alias} → {version}" for alias, version in sorted(aliases.items()))
-        return f"it has versions {', '.join(map(str, numbers))}" + (f" (aliases: {named})" if named else "")
+        return (f"it has versions {'…, ' if len(numbers) > 10 else ''}{shown}"
+                + (f" (aliases: {named})" if named else ""))
 
     def download(self, version: str, dst: Path) -> Path:
         """The files of a version (model.onnx, extra_files/...) downloaded into `dst`; returns their folder."""
