@@ -69,7 +69,7 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
     except SliceWiseError as exc:
         _fail(exc)
     for key, value in landed.items():
-        typer.echo(f"params.yaml: {key} = {json.dumps(value)}")
+        typer.echo(f"params.yaml: {key} = {json.dumps(value, default=str)}")
 
 
 def _read_back(params: Path, keys: list[str]) -> dict[str, object]:
