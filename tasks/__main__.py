@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -19,6 +20,7 @@ from rich.markup import escape
 from tasks import STEPS, paths
 from tasks.config import load_settings, parse_assignments, set_params
 from tasks.errors import SliceWiseError
+from tasks.io import nested_value
 from tasks.redaction import install_log_redaction, redact
 from tasks.run_lock import pipeline_lock
 
@@ -65,25 +67,12 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
         with pipeline_lock("python -m tasks set"):  # a running flow reloads params.yaml at every step
             updates = parse_assignments(assignments)
             set_params(updates)
-            landed = _read_back(paths.PARAMS, list(updates))
+            document = yaml.safe_load(paths.PARAMS.read_text())  # what landed, not what was typed
+            landed = {key: nested_value(document, key) for key in updates}
     except SliceWiseError as exc:
         _fail(exc)
     for key, value in landed.items():
         typer.echo(f"params.yaml: {key} = {json.dumps(value, default=str)}")
-
-
-def _read_back(params: Path, keys: list[str]) -> dict[str, object]:
-    """Each dotted key's value as params.yaml now holds it: what landed, not what was typed."""
-    import yaml
-
-    document = yaml.safe_load(params.read_text())
-    landed = {}
-    for key in keys:
-        value = document
-        for part in key.split("."):
-            value = value[part]
-        landed[key] = value
-    return landed
 
 
 @app.command("lineage")

@@ -148,8 +148,8 @@ def score_patients(predictor: SlicePredictor, raw_brats: Path, patients: Sequenc
     """One row per BraTS patient of `patients` found under `raw_brats`: patient, <region>_dice, <region>_hd95,
     uncertainty columns. A patient without a folder there is skipped with a warning naming it (pass BraTS patients
     only: the region figures are then over fewer patients than the split holds, and evaluate's metrics.json lists
-    who is missing, in segmentation_regions_coverage). With `keep_label_maps`, each patient's predicted and true label maps are written there as NIfTI (for
-    the organisers' package)."""
+    who is missing, in segmentation_regions_coverage). With `keep_label_maps`, each patient's predicted and true
+    label maps are written there as NIfTI (for the organisers' package)."""
     found = [p for p in patients if (raw_brats / p).is_dir()]
     if missing := [p for p in patients if p not in found]:
         log.warning("evaluate: %d of %d test patients have no raw folder under %s, so the WT/TC/ET figures leave "
