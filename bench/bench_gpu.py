@@ -26,7 +26,8 @@ import torch
 
 from models.unet import MultitaskUNet, UNetConfig
 from tasks.config import Settings, TrainSettings, load_settings
-from tasks.data.datasets import SliceSet, training_loader
+from tasks.data.datasets import SliceSet
+from tasks.data.loaders import training_loader
 from tasks.inference.checkpoints import model_config_for
 from tasks.io import usable_cores
 from tasks.training.steps import (StageLoss, StageRunner, augments_on_device, batch_to_device, make_optimizer,

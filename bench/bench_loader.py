@@ -91,7 +91,8 @@ def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: 
     import torch
 
     from tasks.config import load_settings
-    from tasks.data.datasets import stream_slices, training_loader
+    from tasks.data.datasets import stream_slices
+    from tasks.data.loaders import training_loader
     from tasks.data.shards import ShardRowReader, read_manifest
 
     torch.set_num_threads(1)  # one core for the main process; each worker is one more (DataLoader sets 1 thread)
@@ -135,7 +136,8 @@ def validation_reads(processed: Path, worker_counts: tuple[int, ...], passes: in
     import torch
     from torch.utils.data import DataLoader
 
-    from tasks.data.datasets import batches_in_order, collate_slices, stream_slices
+    from tasks.data.datasets import collate_slices, stream_slices
+    from tasks.data.loaders import batches_in_order
     from tasks.data.shards import ShardRowReader, read_manifest
 
     torch.set_num_threads(1)

@@ -8,8 +8,13 @@
     budget.py        the memory budget the requests in flight share
     ood.py           out-of-distribution guard: a warning and a score instead of a confident answer
     inference.py     preprocessing (tasks/data/preprocess.py) → OnnxPredictor → JSON answers
+    images.py        arrays → base64 PNG for the answers (input, mask, Grad-CAM overlay)
     explain.py       Grad-CAM on the torch checkpoint, built on first use
+    examples.py      the example inputs bundled with the model: listing, prediction, truth
+    compare.py       the champion's gate verdict, and the champion beside the latest challenger
     guards.py        body size, Host/Origin checks, the token of state-changing routes
     server.py        uvicorn with header/body deadlines and a connection cap
     api.py           FastAPI routes; static/ holds the web UI
+    openapi.py       the upload routes' multipart bodies, described for /docs
+    responses.py     JSON answers, validation errors as one sentence, large answers paced to the client
 """

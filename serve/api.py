@@ -14,8 +14,6 @@ than it is granted:
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Callable
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -36,6 +34,8 @@ from serve.inference import (PreparedSlice, inference_bytes, prepare_slice, slic
                              volume_result)
 from serve.model_source import ModelSource, ServedModel
 from serve.multipart import FilePart, close_parts, read_file_parts
+from serve.openapi import VOLUME_FIELDS, multipart_body, volume_body
+from serve.responses import PacedAnswer, json_response, validation_detail
 from serve.uploads import HEAD_BYTES, MB, UploadError, decode_slice, slice_memory_bytes
 from serve.volumes import VolumeUpload, probe_volume, read_volume
 from tasks.config import ServeSettings
@@ -47,9 +47,6 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 FORM_OVERHEAD = 1 * MB  # multipart boundaries and headers around the files
 VOLUME_ROUTE = "/v1/predict/volume"
-# The volume route's fields: `file` (a FLAIR volume, or a 4D volume of the model's modalities), or the modalities
-# one file each (FLAIR required; a modality not sent is a zero channel).
-VOLUME_FIELDS = ("file", "flair", "t1", "t1ce", "t2")
 LIMITS = ("max_slice_mb", "max_volume_mb", "max_voxels", "max_slices", "max_batch_files", "max_image_side",
           "memory_budget_mb")  # shown by /model/info
 
@@ -62,26 +59,6 @@ def body_limits(cfg: ServeSettings) -> dict[str, int]:
     }
 
 
-def multipart_body(field: str, description: str, many: bool = False) -> dict:
-    """The OpenAPI description of a multipart upload (the routes read their bodies themselves)."""
-    binary = {"type": "string", "format": "binary"}
-    schema = {"type": "object", "required": [field], "properties": {
-        field: {"type": "array", "items": binary, "description": description} if many else
-        {**binary, "description": description}}}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
-
-
-def volume_body() -> dict:
-    """The OpenAPI description of the volume route's multipart upload."""
-    binary = {"type": "string", "format": "binary"}
-    properties = {"file": {**binary, "description": ".nii or .nii.gz: FLAIR, or one 4D volume of the model's "
-                                                    "modalities in its order"}}
-    properties |= {m: {**binary, "description": f"{m.upper()} volume (instead of `file`; FLAIR required)"}
-                   for m in VOLUME_FIELDS[1:]}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "properties": properties}}}}}
-
-
 def check_same_grid(uploads: list[VolumeUpload], main: VolumeUpload) -> None:
     """Modalities sent as separate files must share the main one's grid: same spatial shape and affine."""
     reference = affine_mm(main.header.image.header, main.header.image.affine)
@@ -91,54 +68,6 @@ def check_same_grid(uploads: list[VolumeUpload], main: VolumeUpload) -> None:
             raise UploadError(422, f"{upload.header.name}: shape {list(shape)} and affine differ from "
                                    f"{main.header.name}'s {list(main.header.shape[:3])}; the modalities must be "
                                    "co-registered on one grid")
-
-
-def validation_detail(exc: RequestValidationError) -> str:
-    """FastAPI's list of validation errors as one sentence a person can act on."""
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        if error.get("type") == "missing" and error.get("loc", ("",))[0] == "body":
-            problems.append(f"missing multipart field '{where}' (send the upload as multipart/form-data)")
-        else:
-            problems.append(f"{where}: {error.get('msg', 'invalid')}")
-    return "; ".join(problems) or "invalid request"
-
-
-def json_response(content) -> Response:
-    # Plain json.dumps: faster than FastAPI's encoder walk for answers holding long base64 strings.
-    return Response(json.dumps(content, allow_nan=False), media_type="application/json")
-
-
-SEND_CHUNK = 1 * MB
-
-
-class PacedAnswer(StreamingResponse):
-    """A finished response's body sent in pieces, `done` called once the last one is handed to the connection or
-    the client has failed to read it all within `deadline` seconds (then the connection is dropped). Sent whole, the
-    body would sit in the connection's write buffer after the handler returned, outside any budget; in pieces, each
-    next piece waits until the client has read enough (uvicorn's flow control), so what `done` releases is truly
-    sent, and a client that never reads holds it no longer than the deadline."""
-
-    def __init__(self, response: Response, done: Callable[[], None], deadline: float):
-        body = response.body
-
-        async def pieces():
-            for start in range(0, len(body), SEND_CHUNK):
-                yield body[start:start + SEND_CHUNK]
-
-        super().__init__(pieces(), status_code=response.status_code, media_type=response.media_type,
-                         headers={"content-length": str(len(body))})
-        self.done, self.deadline = done, deadline
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await asyncio.wait_for(super().__call__(scope, receive, send), self.deadline)
-        except TimeoutError:  # uvicorn closes a connection whose response the app left unfinished
-            log.warning("a volume answer was not read within %g s (serve.answer_timeout_seconds); connection dropped",
-                        self.deadline)
-        finally:
-            self.done()
 
 
 def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> dict:

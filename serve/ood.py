@@ -33,7 +33,8 @@ class OodResult:
         if not self.is_ood(threshold):
             return None
         return (f"out of distribution (score {self.score:.2f} >= {threshold:g}): " + "; ".join(self.reasons)
-                + ". The model was trained on brain MRI slices; no tumour decision is given for this input.")
+                + ". The model was trained on brain MRI slices; no tumour decision is given for this input, and its "
+                "tumour areas and volumes are not measurements to rely on.")
 
 
 def _ramp(value: float, start: float, full: float) -> float:

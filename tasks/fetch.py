@@ -8,7 +8,6 @@ The result is built next to data/raw and swapped in at the end, so a killed fetc
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from tasks import paths
 from tasks.config import DataSettings, ProfileSettings, Settings
 from tasks.errors import SliceWiseError
 from tasks.io import staged_folder
-
-log = logging.getLogger(__name__)
 
 
 def fetch_raw(
@@ -56,5 +53,4 @@ def main(settings: Settings) -> dict:
         settings.data, settings.active, settings.seed, paths.RAW, paths.DOWNLOADS, workers=settings.slice.workers
     )
     result["seconds"] = round(time.perf_counter() - started, 1)
-    log.info("fetch: %s", result)
     return result

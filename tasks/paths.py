@@ -59,3 +59,11 @@ def last_checkpoint(stage: str) -> Path:
 def history_file(stage: str) -> Path:
     """Per-epoch metrics of a stage, declared as DVC plots."""
     return REPORTS / "training" / f"{stage}.csv"
+
+
+def data_identity_files(processed: Path = PROCESSED, splits_dir: Path = SPLITS) -> list[Path]:
+    """The small files that say which slices a model learns and is tested on: the manifest (every slice row), the slice
+    step's per-patient fingerprints (raw file digests, slicing spec) and the three split lists. Training's resume key
+    and the registry's data tag both hash them (tasks/data/datasets.py, tasks/tracking/provenance.py)."""
+    return [processed / MANIFEST.name, processed / FINGERPRINTS.name,
+            *(splits_dir / f"{name}.txt" for name in ("train", "val", "test"))]

@@ -11,14 +11,11 @@ The work is tasks/data/slicing.py's; `map_jobs` lets the Prefect flow run the pe
 
 from __future__ import annotations
 
-import logging
 import time
 
 from tasks import paths
 from tasks.config import Settings
 from tasks.data.slicing import JobMap, slice_dataset
-
-log = logging.getLogger(__name__)
 
 
 def main(settings: Settings, map_jobs: JobMap | None = None) -> dict:
@@ -27,5 +24,4 @@ def main(settings: Settings, map_jobs: JobMap | None = None) -> dict:
     result = slice_dataset(paths.RAW, paths.PROCESSED, cfg, settings.active.image_size,
                            settings.active.slice_stride, map_jobs)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    log.info("slice: %s", result)
     return result

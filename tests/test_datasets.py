@@ -14,8 +14,8 @@ import torch
 
 from tasks import paths
 from tasks.config import Augment
-from tasks.data.datasets import (ShardSlices, batches_in_order, collate_slices, load_slices, stage_data, stream_slices,
-                                 training_loader)
+from tasks.data.datasets import ShardSlices, collate_slices, load_slices, stage_data, stream_slices
+from tasks.data.loaders import batches_in_order, training_loader
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, ShardRowReader, manifest_rows, read_shard, write_shard
 from tasks.data.splits import read_split
 from tests.conftest import REPO

@@ -15,7 +15,7 @@ import yaml
 
 from models.unet import MultitaskUNet
 from tasks import paths, train_cls, train_seg
-from tasks.data.datasets import share_bounds
+from tasks.data.batch_sampling import share_bounds
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, model_config_for, weights_digest
 from tasks.training.distributed import Ranks

@@ -411,7 +411,7 @@ def test_new_local_patient_triggers_fetch_and_reslices_only_it(project, tmp_path
     assert outcomes["slice"]["result"]["patients"] == 4
     assert lock_stages(project)["fetch"]["params"]["params.yaml"]["data"]["source"] == "local"
     assert clean(project)  # a flow run from scratch leaves DVC with nothing to do
-    assert any(line.startswith("fetch: {'source': 'local'") for line in flow_run_logs(state))  # the step's own log
+    assert any(line.startswith("imported 4 of 4 BraTS patients") for line in flow_run_logs(state))  # the step's own log
 
     write_patient(source / "brats", "BraTS20_Training_005", rng)
     assert clean(project)  # DVC alone cannot see the new folder ...
@@ -575,7 +575,8 @@ def test_mlflow_parent_run_is_opened_up_front_and_always_ended(tmp_path, monkeyp
 def _read_twice_with_loader_workers(processed: str, patients: list[str]) -> list[int]:
     import torch
 
-    from tasks.data.datasets import stream_slices, training_loader
+    from tasks.data.datasets import stream_slices
+    from tasks.data.loaders import training_loader
     from tasks.data.shards import ShardRowReader
 
     data = stream_slices(Path(processed), patients, ("brats",), ShardRowReader(0))

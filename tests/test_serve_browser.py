@@ -170,6 +170,7 @@ def test_an_example_runs_in_one_click(browser, server, shots):
     wait(browser, lambda d: "photograph" in d.find_element("id", "slice-title").text)
     assert "out of distribution" in browser.find_element("id", "slice-decision").text
     assert "colour image" in browser.find_element("id", "slice-warning").text
+    assert "px (unreliable: out of distribution)" in browser.find_element("id", "slice-details").text
 
 
 def test_the_content_security_policy_refuses_nothing_the_ui_does(browser, server):
@@ -303,6 +304,25 @@ def test_patient_viewer_shows_regions_and_uncertainty_when_the_answer_has_them(b
     assert canvas_sum(browser, "vol-canvas") != before  # the uncertainty heat map is drawn over the slice
 
 
+def test_patient_viewer_marks_the_volumes_of_an_out_of_distribution_answer_unreliable(browser, server):
+    """An answer without a decision (the input is out of distribution) still carries its volumes: the viewer shows
+    them marked, next to the warning, so that a number the model was never trained to give is not read as a
+    measurement."""
+    def out_of_distribution(answer: dict) -> dict:
+        answer = with_region_fields(answer)
+        warning = "out of distribution (score 0.90 >= 0.5): intensities unlike an MRI volume's"
+        return answer | {"has_tumor": None, "warning": warning, "tumor_slices": [],
+                         "slices": [item | {"has_tumor": None} for item in answer["slices"]]}
+
+    answer = open_volume_example_answering(browser, server, out_of_distribution)
+    assert "out of distribution" in visible(browser, "vol-warning").text
+    cells = by_css(browser, "#vol-regions td[id^='vol-volume-']")
+    assert cells and all("unreliable" in c.get_attribute("class")
+                         and c.text.endswith("(unreliable: out of distribution)") for c in cells)
+    assert f"{answer['region_volumes_cm3']['tc']:.2f} cm³" in browser.find_element("id", "vol-regions").text
+    assert browser.find_element("id", "vol-slice-label").text.endswith("mm² (unreliable)")
+
+
 def test_patient_viewer_shows_what_the_clean_up_dropped_and_goes_to_its_slices(browser, server):
     """A lesion the volume clean-up removed is named under the volumes, with its slices as a link to them."""
     def dropped_one(answer: dict) -> dict:
@@ -381,6 +401,8 @@ def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots,
     assert all(src.startswith("data:image/png") for src in thumbnails)
     ood = [r for r in rows if "out of distribution" in r.text]
     assert [r.find_element("css selector", "td.name").text for r in ood] == ["holiday.png"]
+    assert ood[0].find_element("css selector", "td.unreliable").text.endswith("(unreliable)")  # its area, marked
+    assert not [r for r in rows if r not in ood and r.find_elements("css selector", "td.unreliable")]
     by_css(browser, "#batch-table th[data-key='filename'] button")[0].click()
     names = [r.find_element("css selector", "td.name").text for r in by_css(browser, "#batch-table tbody tr")]
     assert names in (sorted(names), sorted(names, reverse=True))

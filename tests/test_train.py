@@ -16,7 +16,9 @@ from models.unet import MultitaskUNet, UNetConfig
 from tasks import paths, train_cls, train_joint, train_seg
 from tasks.config import Augment, TrainSettings, load_settings
 from tasks.data.augment import augment_batch
-from tasks.data.datasets import ComposedBatches, SliceSet, collate_slices, stage_data, training_loader
+from tasks.data.batch_sampling import ComposedBatches
+from tasks.data.datasets import SliceSet, collate_slices, stage_data
+from tasks.data.loaders import training_loader
 from tasks.data.modality_dropout import draw_modality_dropout, drop_modalities
 from tasks.data.regions import regions_from_labels
 from tasks.errors import SliceWiseError
@@ -24,8 +26,8 @@ from tasks.inference.checkpoints import load_checkpoint, load_model, save_checkp
 from tasks.io import sha256_file
 from tasks.training import stage as training_stage
 from tasks.tracking.tracker import NullTracker
-from tasks.training.steps import (StageLoss, StageRunner, augments_on_device, make_optimizer, place_model,
-                                  region_targets)
+from tasks.training.steps import (StageLoss, StageRunner, augments_on_device, followed_metric, make_optimizer,
+                                  metric_of, place_model, region_targets)
 from tests.conftest import (REPO, make_tiny_processed, shrink_settings, with_epochs,
                             with_section)
 
@@ -631,12 +633,22 @@ def test_each_epoch_says_how_it_went_in_the_log(in_project, tiny_settings, caplo
     assert " (best)" in lines[0]  # the first epoch is the best so far
 
 
+def test_a_one_class_validation_set_names_the_metric_the_classifier_stage_follows():
+    """ROC-AUC is undefined when the validation slices are all of one class: cls follows accuracy then, and its log
+    line, progress bar and checkpoint must name accuracy, not print accuracy under ROC-AUC's name."""
+    one_class = {"val_accuracy": 0.75, "val_roc_auc": math.nan, "val_dice": 0.4, "val_dice_accuracy_mean": 0.6}
+    assert followed_metric("cls", one_class) == "val_accuracy" and metric_of("cls", one_class) == 0.75
+    both = {**one_class, "val_roc_auc": 0.9}
+    assert followed_metric("cls", both) == "val_roc_auc" and metric_of("cls", both) == 0.9
+    assert [followed_metric(stage, one_class) for stage in ("seg", "joint")] == ["val_dice", "val_dice_accuracy_mean"]
+
+
 def test_a_stage_stuck_at_its_floor_says_so_in_log_result_and_tracker(in_project, tiny_settings, monkeypatch, caplog):
     """A seg head that predicts no tumour anywhere (val Dice 0) must be reported, not pass silently."""
     initial = training_stage._initial_model
 
-    def predicts_nothing(plan):
-        model = initial(plan)
+    def predicts_nothing(plan, data):
+        model = initial(plan, data)
         torch.nn.init.constant_(model.seg_decoder.out.conv.conv.bias, -50.0)  # every pixel far below 0.5
         return model
 
@@ -847,10 +859,10 @@ def test_a_diverged_loss_stops_the_stage_with_its_epoch_and_keeps_the_last_good_
 def test_a_foreground_quota_the_training_set_cannot_fill_is_said(tumour_slices, words, caplog):
     labels = torch.zeros(200, dtype=torch.uint8)
     labels[:tumour_slices] = 1
-    with caplog.at_level("WARNING", logger="tasks.data.datasets"):
+    with caplog.at_level("WARNING", logger="tasks.data.batch_sampling"):
         ComposedBatches(torch.ones(200, dtype=torch.bool), labels, 16, torch.Generator().manual_seed(0),
                         foreground_share=0.33)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "tasks.data.datasets"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tasks.data.batch_sampling"]
     assert (words in warnings[0]) if words else not warnings, warnings
 
 

@@ -1,6 +1,6 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
 import { $, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage, openView, outline, pct,
-  pickAgain, pngSrc, postFiles, show, showWarning, tinted } from "./common.js";
+  pickAgain, pngSrc, postFiles, show, showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
 import { setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
@@ -122,7 +122,8 @@ async function showSlice(result, title) {
   const [text, style] = decisionText(result);
   $("slice-decision").textContent = text;
   $("slice-decision").className = "badge " + style;
-  $("slice-details").textContent = `threshold ${fmt(result.threshold)} · tumour area ${result.tumor_area_px} px · ` +
+  $("slice-details").textContent = `threshold ${fmt(result.threshold)} · tumour area ${result.tumor_area_px} px` +
+    `${withheld(result) ? UNRELIABLE : ""} · ` +
     `OOD score ${fmt(result.ood_score, 2)}`;
   showWarning("slice-warning", result.warning);
   show("slice-truth-toggle", Boolean(slice.truth));

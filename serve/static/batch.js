@@ -1,11 +1,11 @@
 // Batch: many slices → a sortable table with thumbnails and the OOD flag, and the same rows as CSV.
-import { $, busy, decisionText, fmt, pct, pickAgain, pngSrc, postFiles, show } from "./common.js";
+import { $, busy, decisionText, fmt, pct, pickAgain, pngSrc, postFiles, show, withheld } from "./common.js";
 
 const batch = { rows: [], key: "tumor_probability", descending: true, limit: 50 };
 const CSV_COLUMNS = ["filename", "tumor_probability", "has_tumor", "threshold", "tumor_area_px", "ood_score",
   "out_of_distribution", "warning"];
 
-const isOod = (row) => row.has_tumor === null;
+const isOod = withheld;
 
 function cell(content, className = "") {
   const td = document.createElement("td");
@@ -34,8 +34,8 @@ function renderBatch() {
     const ood = document.createElement("span");
     ood.className = isOod(row) ? "flag ood" : "flag";
     ood.textContent = isOod(row) ? `⚠ ${fmt(row.ood_score, 2)} out of distribution` : fmt(row.ood_score, 2);
-    tr.append(cell(thumb), cell(row.filename, "name"), cell(pct(row.tumor_probability)), cell(badge),
-      cell(String(row.tumor_area_px)), cell(ood));
+    const area = isOod(row) ? cell(`${row.tumor_area_px} (unreliable)`, "unreliable") : cell(String(row.tumor_area_px));
+    tr.append(cell(thumb), cell(row.filename, "name"), cell(pct(row.tumor_probability)), cell(badge), area, cell(ood));
     if (row.warning) tr.title = row.warning;
     if (isOod(row)) tr.classList.add("ood-row");
     return tr;

@@ -64,6 +64,11 @@ export function decisionText(result) {
   return result.has_tumor ? ["tumour", "tumour"] : ["no tumour", "clear"];
 }
 
+// An answer whose decision was withheld (out of distribution) still carries its areas and volumes: shown, but marked,
+// so a figure from an input the model was not trained for is never read as a measurement.
+export const withheld = (result) => result.has_tumor === null;
+export const UNRELIABLE = " (unreliable: out of distribution)";
+
 export function pngSrc(base64) { return "data:image/png;base64," + base64; }
 
 export function loadImage(base64) {

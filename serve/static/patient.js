@@ -1,7 +1,7 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice probability plot.
 import { $, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, pickAgain, show, showWarning,
-  tinted } from "./common.js";
+  tinted, UNRELIABLE, withheld } from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
 const MODALITY_NAMES = { flair: "FLAIR", t1: "T1", t1ce: "T1ce", t2: "T2" };
@@ -87,6 +87,7 @@ function regionTable(result) {
   $("vol-regions").querySelector("tbody").innerHTML = shown.map((r) => {
     const value = predicted[r];
     const cell = value === null || value === undefined ? "<td class=\"muted\">not predicted</td>" :
+      withheld(result) ? `<td id="vol-volume-${r}" class="unreliable">${fmt(value, 2)} cm³${UNRELIABLE}</td>` :
       `<td id="vol-volume-${r}">${fmt(value, 2)} cm³</td>`;
     return `<tr><th scope="row">${REGION_NAMES[r]} (${r.toUpperCase()})</th>${cell}` +
       (truth ? `<td>${fmt(truth[r], 2)} cm³</td>` : "") + "</tr>";
@@ -119,7 +120,8 @@ function drawSlice() {
     { image: $("vol-show-pred").checked ? patient.pred[z] : null, opacity },
     { image: $("vol-show-truth").checked ? patient.truth[z] : null, opacity: 1 },
   ]);
-  const area = s.tumor_area_mm2 === undefined ? "" : ` · ${s.tumor_area_mm2.toFixed(0)} mm²`;
+  const area = s.tumor_area_mm2 === undefined ? "" :
+    ` · ${s.tumor_area_mm2.toFixed(0)} mm²${withheld(patient.result) ? " (unreliable)" : ""}`;
   $("vol-slice-label").textContent = `${z} / ${patient.slices.length - 1} · p = ${s.tumor_probability.toFixed(3)}${area}`;
   drawPlot(z);
 }

@@ -4,7 +4,7 @@ warm-up, `train_seg.crop`) a window around each slice's brain cut by the same re
 
 Equivalent to a torchvision.transforms.v2 pipeline over (Image, tv_tensors.Mask) pairs, but one `grid_sample`
 call per batch instead of one transform per sample: the same randomness per sample, far less Python per step.
-Training applies it where batches are read (tasks/data/datasets.py: AugmentedSlices), in the DataLoader's worker
+Training applies it where batches are read (tasks/data/loaders.py: AugmentedSlices), in the DataLoader's worker
 processes when `train.num_workers` > 0, or on the GPU after the copy (`train.augment_on`). The random draws come
 from a CPU `torch.Generator` seeded per batch from the run's generator, so a seeded run (and a resumed one, which
 restores the generator) sees the same augmentations, with any number of workers and on either device. On a GPU the

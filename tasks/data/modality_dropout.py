@@ -9,9 +9,9 @@ signal (a Kaggle image holds channel 0 only) leaves it as it was. Training only:
 and serving never call this, so the 4-channel inference path is the plain network.
 
 The draws (`draw_modality_dropout`) are made for a whole batch in the main process, from the run's generator, right
-after the batch and its augmentation seed (tasks/data/datasets.py: SeededBatches); they are applied where the batch
-is read and augmented (`drop_modalities`), in a loader worker or not. So a seeded run drops the same channels with any
-number of workers, and a DDP process applies to its share of the global batch exactly what one process would.
+after the batch and its augmentation seed (tasks/data/batch_sampling.py: SeededBatches); they are applied where the
+batch is read and augmented (`drop_modalities`), in a loader worker or not. So a seeded run drops the same channels
+with any number of workers, and a DDP process applies to its share of the global batch exactly what one process would.
 """
 
 from __future__ import annotations

@@ -159,13 +159,11 @@ def data_fingerprint(processed: Path = paths.PROCESSED, splits_dir: Path = paths
     DVC last recorded, which a step run by hand afterwards (`python -m tasks split`) leaves stale; register compares
     this too before it takes a champion's recorded figures as measured on the same test data.
 
-    tasks/data/datasets.data_fingerprint hashes the same files and the shards too, for training's resume key. It is
-    not called here: it would bring torch and the training data code into register's start-up and DVC dependencies
-    for a registry tag, and moving it somewhere lighter changes the training code digest that every checkpoint
-    records (so every stage would retrain)."""
+    tasks/data/datasets.data_fingerprint hashes the same files (paths.data_identity_files) and the shards too, for
+    training's resume key; it is not called here, as it would bring torch and the training data code into register's
+    start-up and DVC dependencies for a registry tag. This one's bytes stay as registered champions were tagged."""
     digest = hashlib.sha256()
-    for path in [processed / paths.MANIFEST.name, processed / paths.FINGERPRINTS.name,
-                 *(splits_dir / f"{name}.txt" for name in ("train", "val", "test"))]:
+    for path in paths.data_identity_files(processed, splits_dir):
         digest.update(path.name.encode() + b"\0" + (path.read_bytes() if path.exists() else b"-") + b"\0")
     return digest.hexdigest()[:16]
 

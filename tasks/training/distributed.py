@@ -54,7 +54,7 @@ class Ranks:
 
     @property
     def part(self) -> tuple[int, int]:
-        """(rank, world): which share of each global batch this process reads (datasets.training_loader's `part`)."""
+        """(rank, world): which share of each global batch this process reads (loaders.training_loader's `part`)."""
         return self.rank, self.world
 
     def sum(self, tensor: Tensor) -> Tensor:

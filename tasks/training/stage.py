@@ -41,7 +41,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from models.unet import MultitaskUNet, UNetConfig
 from tasks import paths
 from tasks.config import ClsStageSettings, JointStageSettings, SegStageSettings, Settings, TrainSettings
-from tasks.data.datasets import ShardSlices, data_fingerprint, stage_data, training_loader
+from tasks.data.datasets import ShardSlices, data_fingerprint, stage_data
+from tasks.data.loaders import training_loader
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import (architecture_digest, load_checkpoint, load_weights, model_config_for,
                                          model_config_of, save_checkpoint, weights_digest)
@@ -49,13 +50,12 @@ from tasks.io import atomic_write, code_identity, sha256_file, usable_cores
 from tasks.tracking.provenance import flatten
 from tasks.tracking.tracker import NullTracker, Tracker, tracked_step
 from tasks.training.distributed import Ranks, launched_rank, training_processes
-from tasks.training.steps import (StageLoss, StageRunner, augments_on_device, make_optimizer, metric_of, pick_device,
-                                  place_model)
+from tasks.training.steps import (FOLLOWED_METRIC, StageLoss, StageRunner, augments_on_device, followed_metric,
+                                  make_optimizer, metric_of, pick_device, place_model)
 
 log = logging.getLogger(__name__)
 
 PREVIOUS_STAGE = {"seg": None, "cls": "seg", "joint": "cls"}
-METRIC_NAME = {"seg": "val_dice", "cls": "val_roc_auc", "joint": "val_dice_accuracy_mean"}
 # Settings that change speed, not what is learned: a run may resume with different values (augment_on moves the same
 # draws to another device). dvc.yaml's training stages list the other train keys, and patience (it decides which
 # epoch best.pt is from).
@@ -94,18 +94,18 @@ class StagePlan:
             "model": asdict(self.model),
         }
 
-    def run_key(self) -> dict:
+    def run_key(self, data: str) -> dict:
         """What must match for last.pt to be resumed: params minus runtime switches, data, start, the training code.
 
         The planned epochs count unless the learning rate does not depend on them: under the cosine schedule it
         does, and so does the warm-up's last bit of rounding (a fraction of the planned epochs); with a constant
-        schedule and no warm-up, more epochs continue a finished run exactly as a fresh run would go. train_stage
-        adds the model's architecture."""
+        schedule and no warm-up, more epochs continue a finished run exactly as a fresh run would go. `data`: the
+        processed data's fingerprint (datasets.data_fingerprint). train_stage adds the model's architecture."""
         key = self.params()
         if self.train.lr_schedule == "constant" and self.train.warmup_epochs == 0:
             key.pop("epochs")
         key["train"] = {k: v for k, v in key["train"].items() if k not in RUNTIME_ONLY}
-        key["data"] = data_fingerprint(self.processed, self.splits_dir)
+        key["data"] = data
         key["init"] = _file_digest(self.init_checkpoint) if self.init_checkpoint else None
         key["code"] = training_code_digest()
         return key
@@ -134,9 +134,10 @@ class StageState:
 
 # The modules whose code decides what a stage learns (dvc.yaml lists them as the stages' deps): DVC reruns a stage
 # when one changes, and then last.pt is another code's run, which must not be resumed (it would train no epoch).
-TRAINING_CODE = ("models.unet", "tasks.data.datasets", "tasks.data.augment", "tasks.data.modality_dropout",
-                 "tasks.data.regions", "tasks.data.shards", "tasks.data.splits", "tasks.inference.checkpoints",
-                 "tasks.training.distributed", "tasks.training.loss", "tasks.training.steps", "tasks.training.stage")
+TRAINING_CODE = ("models.unet", "tasks.data.datasets", "tasks.data.batch_sampling", "tasks.data.loaders",
+                 "tasks.data.augment", "tasks.data.modality_dropout", "tasks.data.regions", "tasks.data.shards",
+                 "tasks.data.splits", "tasks.inference.checkpoints", "tasks.training.distributed",
+                 "tasks.training.loss", "tasks.training.steps", "tasks.training.stage")
 
 
 def training_code_digest() -> str:
@@ -182,10 +183,11 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
     _check_shapes(plan, train_set)
     ranks.check_batch(plan.train.batch_size, len(train_set))
 
-    model = place_model(_initial_model(plan), device, plan.train)
+    data = data_fingerprint(plan.processed, plan.splits_dir)  # hashed once: the resume key and the start check
+    model = place_model(_initial_model(plan, data), device, plan.train)
     optimizer = make_optimizer(model, plan.stage, plan.stage_params)
     generator = torch.Generator().manual_seed(plan.seed)
-    run_key = {**plan.run_key(), "architecture": architecture_digest(model)}
+    run_key = {**plan.run_key(data), "architecture": architecture_digest(model)}
     state = _resume(plan, run_key, model, optimizer, generator)
     if state.epoch == 0:
         # Starting fresh: dvc.yaml keeps best.pt between runs (persist) so that a killed run can resume, so a best.pt
@@ -205,7 +207,7 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
                              pin_memory=plan.train.pin_memory and device.type == "cuda", augment=plan.train.augment,
                              part=ranks.part, augment_on_device=augments_on_device(plan.train, device),
                              crop=crop_side(plan, train_set.image_shape[1:]))
-    metric_name = METRIC_NAME[plan.stage]
+    metric_name = FOLLOWED_METRIC[plan.stage]  # until a validation row says which one it is (followed_metric)
     with _progress(visible=ranks.is_main) as progress:
         bar = progress.add_task(f"train_{plan.stage}", total=max(plan.epochs - state.epoch, 0) * len(loader),
                                 loss=math.nan, metric=f"{metric_name} -")
@@ -221,7 +223,8 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
             train_loss = steps.train_epoch(loader, epoch, plan.epochs,
                                            on_batch=lambda loss: progress.update(bar, advance=1, loss=loss))
             row = {"epoch": epoch, "train_loss": train_loss, **steps.evaluate(val_set)}
-            improved = state.record(row, metric_of(plan.stage, row))
+            metric_name, metric = followed_metric(plan.stage, row), metric_of(plan.stage, row)
+            improved = state.record(row, metric)
             if "seg" in steps.loss_fn.heads and (epoch == plan.epochs or _stops_early(plan, state)):
                 row.update(steps.evaluate_flair_only(val_set))  # the stage's last epoch: what FLAIR alone costs
             row["seconds"] = round(time.perf_counter() - epoch_started, 2)  # with the validation passes
@@ -229,12 +232,12 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
             # the machine to itself (bench/bench_peer.py gives its peer these wall seconds). Loader workers not counted.
             row["cpu_seconds"] = round(time.process_time() - epoch_cpu_started, 2)
             if ranks.is_main:
-                _save_epoch(plan, state, improved, steps, generator, run_key)
+                _save_epoch(plan, state, improved, steps, generator, run_key, metric_name)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             progress.update(bar, metric=f"{metric_name} {state.best_metric:.4f} (best)")
             if ranks.is_main:  # the bar is drawn on a terminal only; `make run > log` and CI logs get this line
                 log.info("train_%s: epoch %d/%d, train loss %.4f, %s %.4f%s, %.1f s", plan.stage, epoch, plan.epochs,
-                         train_loss, metric_name, metric_of(plan.stage, row), " (best)" if improved else "",
+                         train_loss, metric_name, metric, " (best)" if improved else "",
                          row["seconds"])
     if ranks.is_main:
         _write_history(plan.history_path, state.history)
@@ -298,8 +301,9 @@ def crop_side(plan: StagePlan, image_size: tuple[int, int]) -> int | None:
     return side
 
 
-def _initial_model(plan: StagePlan) -> MultitaskUNet:
-    """Seeded fresh weights for seg; the previous stage's best weights for cls and joint."""
+def _initial_model(plan: StagePlan, data: str) -> MultitaskUNet:
+    """Seeded fresh weights for seg; the previous stage's best weights for cls and joint, which must have been trained
+    on the same processed data and splits (`data`, their fingerprint)."""
     model = MultitaskUNet(plan.model)
     if plan.init_checkpoint is not None:
         previous = load_checkpoint(plan.init_checkpoint)
@@ -307,7 +311,7 @@ def _initial_model(plan: StagePlan) -> MultitaskUNet:
             raise SliceWiseError(f"model settings differ from those of {previous['stage']} "
                                  f"({model_config_of(previous)}); rerun train_{previous['stage']}", plan.init_checkpoint)
         trained_on = (previous.get("extra") or {}).get("run_key", {}).get("data")
-        if trained_on is not None and trained_on != data_fingerprint(plan.processed, plan.splits_dir):
+        if trained_on is not None and trained_on != data:
             raise SliceWiseError(f"train_{previous['stage']}'s checkpoint was trained on other processed data or "
                                  f"splits than today's; rerun train_{previous['stage']} first", plan.init_checkpoint)
         load_weights(model, previous, plan.init_checkpoint)
@@ -363,11 +367,12 @@ def _trained_past_today_s_stop(plan: StagePlan, history: list[dict]) -> int | No
     return None
 
 
-def _save_epoch(plan, state: StageState, improved: bool, steps: StageRunner, generator, run_key) -> None:
+def _save_epoch(plan, state: StageState, improved: bool, steps: StageRunner, generator, run_key,
+                metric_name: str) -> None:
     """Write best.pt (if improved) before last.pt, so last.pt never points past best, then the history. best.pt holds
     the weights validation scored (the moving average, with one); last.pt the model and optimizer that resume."""
     common = dict(model_config=plan.model, epoch=state.epoch, best_metric=state.best_metric,
-                  metric_name=METRIC_NAME[plan.stage], params=plan.params(), stage=plan.stage)
+                  metric_name=metric_name, params=plan.params(), stage=plan.stage)
     if improved:  # without the epoch's timings: same seed, machine and code give the same best.pt, byte for byte
         metrics = {k: v for k, v in state.history[-1].items() if k not in TIMINGS}  # (and model.onnx, which names it)
         # the run key: which run wrote it (a resume checks it, and so does the next stage for its data)

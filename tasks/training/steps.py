@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from models.unet import MultitaskUNet
 from tasks.config import TrainSettings
-from tasks.data.datasets import SliceSet, batches_in_order
+from tasks.data.datasets import SliceSet
+from tasks.data.loaders import batches_in_order
 from tasks.data.regions import REGIONS
 from tasks.errors import SliceWiseError
 from tasks.training.distributed import Ranks
@@ -164,7 +165,7 @@ class StageRunner:
         return self.ema.module if self.ema is not None else self.model
 
     def train_epoch(self, loader: DataLoader, epoch: int, epochs: int, on_batch: Callable[[float], None]) -> float:
-        """One pass over the training data (augmented by the loader: datasets.training_loader); returns the mean
+        """One pass over the training data (augmented by the loader: loaders.training_loader); returns the mean
         training loss."""
         set_train_mode(self.model, self.stage)
         total, count = 0.0, 0
@@ -328,10 +329,17 @@ def _classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> di
     }
 
 
+# The validation number each stage's early stopping and best.pt follow.
+FOLLOWED_METRIC = {"seg": "val_dice", "cls": "val_roc_auc", "joint": "val_dice_accuracy_mean"}
+
+
+def followed_metric(stage: str, row: dict[str, float]) -> str:
+    """Which of a validation row's numbers the stage follows: its own (FOLLOWED_METRIC), except ROC-AUC, undefined on
+    a one-class validation set, where `cls` follows accuracy; the logs and the progress bar name this one."""
+    name = FOLLOWED_METRIC[stage]
+    return "val_accuracy" if name == "val_roc_auc" and math.isnan(row[name]) else name
+
+
 def metric_of(stage: str, row: dict[str, float]) -> float:
-    """The number early stopping and best.pt follow (ROC-AUC is undefined on a one-class val set: accuracy)."""
-    if stage == "seg":
-        return row["val_dice"]
-    if stage == "cls":
-        return row["val_accuracy"] if math.isnan(row["val_roc_auc"]) else row["val_roc_auc"]
-    return row["val_dice_accuracy_mean"]
+    """The number early stopping and best.pt follow (`followed_metric`'s)."""
+    return row[followed_metric(stage, row)]
