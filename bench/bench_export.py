@@ -4,7 +4,7 @@ against the 1.5x target.
 Usage: .venv/bin/python -m bench.bench_export [--profiles quick baseline production] [--threads 1 0] [--runs 50]
 Uses checkpoints/joint/best.pt for the active profile when it exists, otherwise a seeded untrained model of each
 profile's size (latency does not depend on the weights). --threads 0 means every core this process may use.
-Timing is tasks/release/onnx_export.py's own `measure_latency`, so the numbers compare with reports/export.json.
+Timing is tasks/release/onnx_checks.py's own `measure_latency`, so the numbers compare with reports/export.json.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from tasks import paths
 from tasks.config import load_settings
 from tasks.inference.checkpoints import model_config_for
 from tasks.io import usable_cores
-from tasks.release.onnx_export import export_onnx, measure_latency, ort_session
+from tasks.release.onnx_checks import measure_latency, ort_session
+from tasks.release.onnx_export import export_onnx
 
 TARGET_SPEEDUP = 1.5
 

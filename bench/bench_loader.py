@@ -254,7 +254,7 @@ def warm_up_window() -> int | None:
 
     from tasks.config import load_settings
     from tasks.inference.checkpoints import model_config_for
-    from tasks.training.stage import crop_side
+    from tasks.training.plan import crop_side
 
     settings = load_settings(REPO / "params.yaml")
     plan = SimpleNamespace(stage="seg", stage_params=settings.train_seg,

@@ -23,7 +23,8 @@ from tasks.config import Settings, load_settings
 from tasks.data.datasets import load_slices
 from tasks.data.splits import read_split
 from tasks.inference.checkpoints import load_model
-from tasks.training.stage import PREVIOUS_STAGE, plan_stage, train_stage
+from tasks.training.plan import PREVIOUS_STAGE, plan_stage
+from tasks.training.stage import train_stage
 from tasks.training.steps import StageLoss, evaluate
 
 QUICK_BUDGET_S = 120.0

@@ -5,6 +5,7 @@
     multipart.py     upload bodies read part by part, with the count and size limits applied as they stream
     uploads.py       uploaded slices → arrays, every bad upload a 4xx naming the problem
     volumes.py       uploaded NIfTI volumes, judged by their header before anything is allocated
+    inflate.py       gzip uploads inflated as they are read, member by member, within bounds
     budget.py        the memory budget the requests in flight share
     ood.py           out-of-distribution guard: a warning and a score instead of a confident answer
     inference.py     preprocessing (tasks/data/preprocess.py) → OnnxPredictor → JSON answers

@@ -15,26 +15,22 @@ from __future__ import annotations
 import gzip
 import io
 import math
-import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
 
+from serve.inflate import CHUNK, Inflater
 from serve.uploads import GZIP_MAGIC, MB, MIN_SIDE, NIFTI1_MAGICS, NIFTI2_MAGIC, UploadError
 from tasks.data.orientation import Orientation
 from tasks.data.volumes import spacing_mm
 
 HEADER_BYTES = {nib.Nifti1Image: 348, nib.Nifti2Image: 540}
-CHUNK = 1 * MB  # read and inflate this much at a time
 # A voxel side an MRI volume can have, in mm: NIfTI-2's float64 sizes beyond these made the voxel volume overflow
 # (1e103 mm a side: inf cm3, then NaN for an empty region) or vanish, and nothing sensible was left to report.
 MIN_SPACING_MM, MAX_SPACING_MM = 1e-3, 1e3
-INFLATE_INPUT = 64 * 1024  # compressed bytes handed to zlib at once
-HEADER_MEMBERS = 16  # gzip members allowed before the header is read and says how much data follows
 MIN_MEMBER_BYTES = 4096  # allowed members: one per this many declared bytes (bgzip's hold about 64 KB each), + 2
-GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads the gzip format
 # Bytes per voxel held while a volume is decoded and predicted, besides its raw data: the float32 volume, the
 # z-scored copy, the foreground masks and the uint8 result mask. And per pixel of the model-sized slices: the
 # (Z, C, S, S) input, the seg probabilities and the per-slice buffers. Measured on the quick model (peak RSS of a
@@ -97,85 +93,12 @@ class VolumeHeader:
         return self.data_bytes + BYTES_PER_VOXEL * self.voxels + BYTES_PER_MODEL_PIXEL * model_pixels
 
 
-class _Inflater:
-    """The upload's bytes, decompressed on the way when it is gzip (every member of a multi-member file).
-
-    zlib gets the compressed bytes INFLATE_INPUT at a time and the position in them is an offset, so the end of a
-    member copies at most that much (zlib's `unused_data`), whatever the member's size. A real .nii.gz has one member
-    (bgzip writes one per 64 KB of data); more than `max_members` is a 422: thousands of empty members would
-    otherwise cost seconds of CPU per MB while inflating nothing."""
-
-    def __init__(self, fileobj: BinaryIO, gzipped: bool, name: str, max_members: int = HEADER_MEMBERS):
-        self.fileobj, self.gzipped, self.name, self.max_members = fileobj, gzipped, name, max_members
-        self.inflater = zlib.decompressobj(wbits=GZIP_WBITS)
-        self.buffer, self.pos = b"", 0  # compressed bytes read; those before `pos` are inflated
-        self.members = 0  # members inflated to their end
-        self.input_done = False
-        self.in_member = False  # inside a gzip member whose end has not been seen
-        self.ended = False  # nothing more to read: end of input, or bytes after the last member that are no gzip
-
-    def read(self, n: int) -> bytes:
-        """Up to `n` bytes (fewer only at the end of the data)."""
-        if not self.gzipped:
-            return self.fileobj.read(n)
-        out, wanted = [], n
-        while wanted > 0 and not self.ended:
-            if self.pos == len(self.buffer) and not self._refill():
-                self.ended = True
-                break
-            piece = memoryview(self.buffer)[self.pos : self.pos + INFLATE_INPUT]
-            try:
-                data = self.inflater.decompress(piece, min(wanted, CHUNK))
-            except zlib.error as exc:
-                raise UploadError(422, f"{self.name}: undecodable gzip data ({exc})") from exc
-            self.in_member = True
-            if self.inflater.eof:  # the end of a member: another may follow (unconsumed_tail may be stale now)
-                self.pos += len(piece) - len(self.inflater.unused_data)
-                self._next_member()
-            else:
-                self.pos += len(piece) - len(self.inflater.unconsumed_tail)
-            out.append(data)
-            wanted -= len(data)
-        return b"".join(out)
-
-    def _next_member(self) -> None:
-        self.members += 1
-        self.inflater, self.in_member = zlib.decompressobj(wbits=GZIP_WBITS), False
-        while len(self.buffer) - self.pos < len(GZIP_MAGIC) and self._refill():
-            pass
-        self.ended = not self.buffer.startswith(GZIP_MAGIC, self.pos)  # trailing bytes are ignored, as by gzip(1)
-        if not self.ended and self.members >= self.max_members:
-            raise UploadError(422, f"{self.name}: more than {self.max_members:,} gzip members for the data its header "
-                                   "declares (a .nii.gz has one; bgzip writes one per 64 KB)")
-
-    def _refill(self) -> bool:
-        block = b"" if self.input_done else self.fileobj.read(CHUNK)
-        self.input_done = not block
-        if block:
-            self.buffer, self.pos = self.buffer[self.pos :] + block, 0
-        return bool(block)
-
-    def drain(self, limit: int) -> None:
-        """Inflate the rest without keeping it, so that each member's checksum is checked: a corrupt or truncated
-        stream is a 422, more than `limit` further bytes a 413."""
-        if not self.gzipped:
-            return
-        left = limit
-        while block := self.read(min(CHUNK, max(left, 0) + 1)):
-            left -= len(block)
-            if left < 0:
-                raise UploadError(413, f"{self.name}: more data than the header declares, beyond the limit once "
-                                       "decompressed")
-        if self.in_member:
-            raise UploadError(422, f"{self.name}: truncated gzip data")
-
-
 @dataclass
 class VolumeUpload:
     """A probed upload: its judged header, and the stream positioned after the bytes read so far."""
 
     header: VolumeHeader
-    stream: _Inflater
+    stream: Inflater
     head: bytes  # the (decompressed) bytes already read: the header and perhaps the first voxels
 
 
@@ -193,7 +116,7 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
         raise UploadError(422, f"{name}: the file is empty")
     gzipped = fileobj.read(2) == GZIP_MAGIC
     fileobj.seek(0)
-    stream = _Inflater(fileobj, gzipped, name)
+    stream = Inflater(fileobj, gzipped, name)
     head = stream.read(HEADER_BYTES[nib.Nifti2Image])
     if stream.in_member and stream.ended and len(head) < HEADER_BYTES[nib.Nifti1Image]:  # cut off mid-member
         raise UploadError(422, f"{name}: truncated gzip stream: it ends {len(head)} bytes into the data, before a "
@@ -247,7 +170,7 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
     if gzipped:  # count what the stream really inflates to, keeping none of it: a lie costs CPU, never memory
         _count_inflated(fileobj, probe, size_limit_mb)
         fileobj.seek(0)
-        stream = _Inflater(fileobj, gzipped, name, probe.max_gzip_members)
+        stream = Inflater(fileobj, gzipped, name, probe.max_gzip_members)
         head = stream.read(len(head))
     return VolumeUpload(probe, stream, head)
 
@@ -256,7 +179,7 @@ def _count_inflated(fileobj: BinaryIO, probe: VolumeHeader, size_limit_mb: float
     """Inflate the whole upload, keeping nothing: fewer bytes than the header declares is a 422, a corrupt or
     truncated member too (every member's checksum is checked), more than the limit a 413."""
     fileobj.seek(0)
-    stream = _Inflater(fileobj, True, probe.name, probe.max_gzip_members)
+    stream = Inflater(fileobj, True, probe.name, probe.max_gzip_members)
     need, got = probe.data_offset + probe.data_bytes, 0
     while got < need and (block := stream.read(min(CHUNK, need - got))):
         got += len(block)

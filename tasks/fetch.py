@@ -24,7 +24,8 @@ def fetch_raw(
     with staged_folder(out_dir, out_dir.with_name(out_dir.name + ".partial")) as staging:
         brats_out, kaggle_out = staging / "brats", staging / "kaggle"
         if data.source == "synthetic":
-            from tasks.data.synthetic import generate_brats, generate_kaggle
+            from tasks.data.synthetic import generate_brats
+            from tasks.data.synthetic_photos import generate_kaggle
 
             n_patients = len(generate_brats(brats_out, profile.synthetic_patients, seed, workers=workers))
             kaggle_counts = generate_kaggle(kaggle_out, profile.synthetic_kaggle_images, seed, workers=workers)

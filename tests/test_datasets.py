@@ -1,4 +1,4 @@
-"""Streaming training data (tasks/data/datasets.py, tasks/data/shards.py): rows read in place, a bounded cache for
+"""Streaming training data (tasks/data/datasets.py, loaders.py, shards.py): rows read in place, a bounded cache for
 compressed shards, memory that does not grow with the data, and the same augmented batches with any number of
 loader workers."""
 
@@ -304,7 +304,7 @@ def test_the_loader_and_the_device_crop_the_same_windows(tmp_path):
 @pytest.mark.parametrize("share, size, side", [(0.75, 128, 96), (0.75, 240, 176), (0.75, 192, 144), (1.0, 128, None),
                                                (0.99, 128, 120), (0.07, 128, 8)])
 def test_the_crop_share_becomes_a_side_the_model_takes(share, size, side):
-    from tasks.training.stage import crop_side
+    from tasks.training.plan import crop_side
 
     assert crop_side(_seg_plan(share), (size, size)) == side
 
@@ -313,7 +313,7 @@ def _seg_plan(crop: float):
     """A `train_seg` plan with `crop` and a depth-4 model (sizes in multiples of 8)."""
     from models.unet import UNetConfig
     from tasks.config import SegStageSettings
-    from tasks.training.stage import StagePlan
+    from tasks.training.plan import StagePlan
 
     return mock.Mock(spec=StagePlan, stage="seg", stage_params=SegStageSettings(crop=crop),
                      model=UNetConfig(in_channels=4, base_channels=8, depth=4))
@@ -321,7 +321,7 @@ def _seg_plan(crop: float):
 
 def test_a_crop_too_small_for_the_model_is_a_clear_error():
     from tasks.errors import SliceWiseError
-    from tasks.training.stage import crop_side
+    from tasks.training.plan import crop_side
 
     with pytest.raises(SliceWiseError, match="train_seg.crop 0.05 of 128 pixels") as error:
         crop_side(_seg_plan(0.05), (128, 128))

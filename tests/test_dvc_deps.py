@@ -104,7 +104,7 @@ def test_every_params_key_of_a_stage_exists_in_params_yaml(stage, profile):
 @pytest.mark.parametrize("stage", ["train_seg", "train_cls", "train_joint"])
 def test_a_training_stage_keeps_both_checkpoints_between_runs_so_a_killed_run_resumes(stage):
     """`dvc repro` (and the flow's clear_or_restore) delete a stage's outputs before rerunning it, except those marked
-    persist; resuming needs last.pt and best.pt (tasks/training/stage.py _resume), so both must persist."""
+    persist; resuming needs last.pt and best.pt (tasks/training/resume.py resume_state), so both must persist."""
     outs = {next(iter(out)) if isinstance(out, dict) else out: out for out in STAGES[stage]["outs"]}
     folder = stage.removeprefix("train_")
     for name in ("best.pt", "last.pt"):

@@ -12,7 +12,7 @@ from tasks.data.splits import iter_test_slices
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import OnnxPredictor, TorchPredictor
 from tasks.io import sha256_file
-from tasks.release import onnx_export
+from tasks.release import onnx_checks, onnx_export
 
 from tests.release_factory import make_release_project, write_metrics
 
@@ -143,7 +143,7 @@ def test_parity_counts_flipped_decisions(project, tiny_settings):
             return [out["seg"].numpy(), out["cls"].numpy() - 1e-3]
 
     threshold = float(1 / (1 + np.exp(-logits[0])))
-    parity = onnx_export.check_parity(model, ShiftedSession(), iter([batch]), threshold, tiny_settings.export)
+    parity = onnx_checks.check_parity(model, ShiftedSession(), iter([batch]), threshold, tiny_settings.export)
     assert not parity["passed"]
     assert parity["decision_mismatches"] >= 1 and parity["max_abs_diff_cls"] == pytest.approx(1e-3, rel=1e-2)
 
@@ -166,10 +166,10 @@ def test_parity_counts_a_decision_flipped_at_the_lone_slice_threshold(project, t
 
     at_a_slice = float(1 / (1 + np.exp(-logits[0])))
     lenient = tiny_settings.export.model_copy(update={"parity_atol": 1e-3})  # the logits are close enough
-    alone = onnx_export.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, lenient,
+    alone = onnx_checks.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, lenient,
                                      lone_slice_threshold=at_a_slice)
     assert alone["decision_mismatches"] >= 1 and not alone["passed"]
-    assert onnx_export.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, lenient)["decision_mismatches"] == 0
+    assert onnx_checks.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, lenient)["decision_mismatches"] == 0
 
 
 def test_parity_fails_when_onnxruntime_answers_nan(project, tiny_settings):
@@ -185,7 +185,7 @@ def test_parity_fails_when_onnxruntime_answers_nan(project, tiny_settings):
                 out = model(torch.from_numpy(feeds["image"]))
             return [np.full_like(out["seg"].numpy(), np.nan), np.full_like(out["cls"].numpy(), np.nan)]
 
-    parity = onnx_export.check_parity(model, NanSession(), iter([batch]), 0.5, tiny_settings.export)
+    parity = onnx_checks.check_parity(model, NanSession(), iter([batch]), 0.5, tiny_settings.export)
     assert not parity["passed"] and parity["max_abs_diff"] == float("inf")
 
 
@@ -214,7 +214,7 @@ def test_parity_checks_every_region_channel_on_its_own(project, tiny_settings):
                     "cls": out["cls"]}
 
     cfg = tiny_settings.export.model_copy(update={"parity_atol": 1e3})  # only the masks decide here
-    parity = onnx_export.check_parity(TorchEmptyEt(), WrongEtSession(), iter([batch]), 0.5, cfg)
+    parity = onnx_checks.check_parity(TorchEmptyEt(), WrongEtSession(), iter([batch]), 0.5, cfg)
     assert parity["mask_dice_per_region"]["et"] == 0.0 and parity["mask_dice_per_region"]["wt"] > 0.99
     assert parity["mask_dice"] == 0.0 and not parity["passed"]
 
@@ -259,7 +259,7 @@ def test_export_norms_keep_onnxruntime_close_to_float64(tmp_path):
     path = tmp_path / "norm.onnx"
     torch.onnx.export(with_export_norms(model), (images,), str(path), opset_version=17, dynamo=False,
                       input_names=["image"])
-    (onnx_out,) = onnx_export.ort_session(path, threads=1).run(None, {"image": images.numpy()})
+    (onnx_out,) = onnx_checks.ort_session(path, threads=1).run(None, {"image": images.numpy()})
     with torch.no_grad():
         reference = model.double()(images.double()).numpy()
     assert np.abs(onnx_out - reference).max() <= 1e-5
@@ -339,7 +339,7 @@ def test_parity_compares_fused_decisions(project, tiny_settings):
     at = int(np.argmin(np.abs(largest - 0.5)))  # a slice whose largest pixel is not saturated: the shift moves it
     assert 0.01 < largest[at] < 0.99
     threshold = float(slice_probability(sigmoid(cls).reshape(-1), sigmoid(seg), "fused")[at])
-    fused = onnx_export.check_parity(model, SegShiftedSession(), iter([batch]), threshold, tiny_settings.export,
+    fused = onnx_checks.check_parity(model, SegShiftedSession(), iter([batch]), threshold, tiny_settings.export,
                                      slice_score="fused")
-    plain = onnx_export.check_parity(model, SegShiftedSession(), iter([batch]), threshold, tiny_settings.export)
+    plain = onnx_checks.check_parity(model, SegShiftedSession(), iter([batch]), threshold, tiny_settings.export)
     assert fused["decision_mismatches"] >= 1 and plain["decision_mismatches"] == 0

@@ -122,8 +122,8 @@ def test_the_slice_limit_counts_the_axial_axis_whichever_axis_stores_it(client):
 
 def wait_for_release(budget, seconds: float = 10) -> None:
     """Wait until `budget` holds nothing (at most `seconds`). An answer's memory is released once its last piece is
-    handed to the connection (serve/responses.py PacedAnswer), which the server's event loop may do just after the client
-    has read that piece."""
+    handed to the connection (serve/responses.py PacedAnswer), which the server's event loop may do just after the
+    client has read that piece."""
     deadline = time.monotonic() + seconds
     while budget.in_use and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -45,7 +45,7 @@ def skimage_photo(name: str) -> np.ndarray:
 
 @pytest.mark.slow
 def test_synthetic_kaggle_like_mri_photos_pass(client, tmp_path):
-    from tasks.data.synthetic import generate_kaggle
+    from tasks.data.synthetic_photos import generate_kaggle
 
     generate_kaggle(tmp_path, n_per_class=3, seed=11)  # JPEG/PNG, RGB/RGBA/gray, tinted: the project's own data
     photos = sorted(p for p in tmp_path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))

@@ -572,7 +572,7 @@ def test_a_photo_whose_exif_cannot_be_rewritten_is_still_turned_upright_and_slic
     from PIL import Image
 
     from tasks.data.preprocess import prepare_photo
-    from tasks.data.slicing import slice_kaggle
+    from tasks.data.photo_slicing import slice_kaggle
 
     upright = np.zeros((60, 40), np.uint8)
     upright[5:25, 5:35] = 220

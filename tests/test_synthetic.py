@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from tasks.data import synthetic
+from tasks.data import synthetic, synthetic_photos
 from tasks.data.synthetic_shapes import BRATS_SHAPE, load_template, sample_pose, sample_tumour
 
 SEED = 11
@@ -168,7 +168,7 @@ def test_tumours_vary_in_size_and_location():
 
 
 def test_kaggle_images(tmp_path):
-    counts = synthetic.generate_kaggle(tmp_path, n_per_class=8, seed=SEED)
+    counts = synthetic_photos.generate_kaggle(tmp_path, n_per_class=8, seed=SEED)
     assert counts == {"yes": 8, "no": 8}
     files = {folder: sorted((tmp_path / folder).iterdir()) for folder in ("yes", "no")}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["no", "yes"]
@@ -182,7 +182,7 @@ def test_kaggle_images(tmp_path):
     assert all(re.fullmatch(r"Y\d+\.(jpg|JPG|jpeg|png)", p.name) for p in files["yes"])
     assert all(re.search(r"(?i)\bno?\b|^No?\d", p.name) for p in files["no"])
     again = tmp_path / "again"
-    synthetic.generate_kaggle(again, n_per_class=8, seed=SEED, workers=2)  # parallel writes the same bytes
+    synthetic_photos.generate_kaggle(again, n_per_class=8, seed=SEED, workers=2)  # parallel writes the same bytes
     for folder, paths in files.items():
         assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in sorted((again / folder).iterdir())]
 
@@ -191,8 +191,8 @@ def test_kaggle_yes_slices_cut_through_the_tumour():
     template = load_template()
     rng = np.random.default_rng(SEED)
     for _ in range(4):
-        yes, tumour_px = synthetic.kaggle_slice(rng, template, with_tumour=True)
-        no, no_tumour_px = synthetic.kaggle_slice(rng, template, with_tumour=False)
+        yes, tumour_px = synthetic_photos.kaggle_slice(rng, template, with_tumour=True)
+        no, no_tumour_px = synthetic_photos.kaggle_slice(rng, template, with_tumour=False)
         assert tumour_px > 150 and no_tumour_px == 0
         for head in (yes, no):
             assert head.shape == (240, 240) and (head > 0).mean() > 0.2  # a whole head, scalp included

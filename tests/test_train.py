@@ -24,6 +24,8 @@ from tasks.data.regions import regions_from_labels
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, load_model, save_checkpoint
 from tasks.io import sha256_file
+from tasks.training import plan as training_plan
+from tasks.training import resume as training_resume
 from tasks.training import stage as training_stage
 from tasks.tracking.tracker import NullTracker
 from tasks.training.steps import (StageLoss, StageRunner, augments_on_device, followed_metric, make_optimizer,
@@ -33,7 +35,7 @@ from tests.conftest import (REPO, make_tiny_processed, shrink_settings, with_epo
 
 
 def metrics_only(history: pd.DataFrame) -> pd.DataFrame:
-    return history.drop(columns=list(training_stage.TIMINGS))
+    return history.drop(columns=list(training_resume.TIMINGS))
 
 
 @pytest.fixture
@@ -354,7 +356,7 @@ def test_three_stages_write_checkpoints_and_history(in_project, tiny_settings):
         assert paths.last_checkpoint(stage).exists() and not list(paths.checkpoint_dir(stage).glob("*.tmp"))
         # each epoch timed in wall and CPU seconds (the peer benchmark's busy-machine check), neither kept in best.pt
         assert (history["seconds"] > 0).all() and (history["cpu_seconds"] > 0).all()
-        assert not set(training_stage.TIMINGS) & set(best["extra"]["metrics"])
+        assert not set(training_resume.TIMINGS) & set(best["extra"]["metrics"])
     assert {"val_dice", "val_accuracy", "val_roc_auc"} <= set(pd.read_csv(paths.history_file("joint")).columns)
 
 
@@ -535,7 +537,7 @@ def test_a_best_pt_left_by_another_run_is_never_resumed_under_this_runs_last_pt(
         return save_checkpoint(path, **kwargs)
 
     with monkeypatch.context() as patched, pytest.raises(OSError):  # (undo() would also undo in_project's chdir)
-        patched.setattr(training_stage, "save_checkpoint", full_disk_for_last_pt)
+        patched.setattr(training_resume, "save_checkpoint", full_disk_for_last_pt)
         train_seg.main(other)
     assert load_checkpoint(paths.best_checkpoint("seg"))["params"]["train_seg"]["lr"] == 1e-6  # the other run's
     result = train_seg.main(tiny_settings)
@@ -558,7 +560,7 @@ def test_changed_training_code_starts_fresh(in_project, tiny_settings, monkeypat
     old code's weights under the new code's dvc.lock."""
     train_seg.main(tiny_settings)
     assert train_seg.main(tiny_settings)["resumed_from_epoch"] == 1  # same code: nothing left to train
-    monkeypatch.setattr(training_stage, "training_code_digest", lambda: "edited-loss-py")
+    monkeypatch.setattr(training_plan, "training_code_digest", lambda: "edited-loss-py")
     result = train_seg.main(tiny_settings)
     assert result["resumed_from_epoch"] == 0 and result["epochs_run"] == 1
 
@@ -573,7 +575,7 @@ def test_code_identity_ignores_comments_but_not_code(tmp_path):
     code = tmp_path / "c.py"
     code.write_text('"""Doc."""\n\ndef f(x):\n    return x + 2\n')
     assert code_identity(base) == code_identity(comment) != code_identity(code)
-    assert len(training_stage.training_code_digest()) == 16
+    assert len(training_plan.training_code_digest()) == 16
 
 
 def test_less_patience_than_a_finished_run_had_starts_fresh_and_more_continues(in_project, tiny_settings):
@@ -741,7 +743,7 @@ def test_the_best_metric_is_the_one_best_pt_scored():
     """A gain under the 1e-6 tolerance is no improvement, so it must not raise best_metric either: it ratcheted
     up, the state described a best epoch that best.pt does not hold, and gains adding up past the tolerance were
     never counted (0.5, 0.5000008, 0.5000016: the third beats best.pt's 0.5 by 1.6e-6)."""
-    from tasks.training.stage import StageState
+    from tasks.training.resume import StageState
 
     state = StageState()
     assert [state.record({"epoch": 1}, 0.5), state.record({"epoch": 2}, 0.5000008)] == [True, False]
@@ -813,7 +815,7 @@ def test_dvc_reruns_training_for_the_train_keys_that_change_what_is_learned():
     patience and min_epochs are both: a run may resume with another value, but they decide which epoch best.pt
     holds."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    expected = {f"train.{key}" for key in TrainSettings.model_fields if key not in training_stage.RUNTIME_ONLY}
+    expected = {f"train.{key}" for key in TrainSettings.model_fields if key not in training_plan.RUNTIME_ONLY}
     for stage in ("train_seg", "train_cls", "train_joint"):
         listed = {p for p in stages[stage]["params"] if isinstance(p, str) and p.startswith("train.")}
         assert listed == expected | {"train.patience", "train.min_epochs"}, stage

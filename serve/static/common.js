@@ -59,15 +59,15 @@ export async function busy(prefix, work) {
   }
 }
 
-export function decisionText(result) {
-  if (result.has_tumor === null) return ["uncertain: out of distribution", "uncertain"];
-  return result.has_tumor ? ["tumour", "tumour"] : ["no tumour", "clear"];
-}
-
 // An answer whose decision was withheld (out of distribution) still carries its areas and volumes: shown, but marked,
 // so a figure from an input the model was not trained for is never read as a measurement.
 export const withheld = (result) => result.has_tumor === null;
 export const UNRELIABLE = " (unreliable: out of distribution)";
+
+export function decisionText(result) {
+  if (withheld(result)) return ["uncertain: out of distribution", "uncertain"];
+  return result.has_tumor ? ["tumour", "tumour"] : ["no tumour", "clear"];
+}
 
 export function pngSrc(base64) { return "data:image/png;base64," + base64; }
 

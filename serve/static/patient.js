@@ -102,8 +102,9 @@ function cleanupNote(cleanup) {
   if (!cleanup || !cleanup.dropped) return;
   const largest = cleanup.components.find((c) => !c.kept);
   const [first, last] = largest ? largest.slices : [0, 0];
+  const unreliable = withheld(patient.result) ? UNRELIABLE : "";
   note.innerHTML = `Clean-up kept ${cleanup.kept} component${cleanup.kept === 1 ? "" : "s"} and dropped ` +
-    `${cleanup.dropped} (${fmt(cleanup.dropped_cm3, 2)} cm³ in all).` + (largest ?
+    `${cleanup.dropped} (${fmt(cleanup.dropped_cm3, 2)} cm³ in all${unreliable}).` + (largest ?
     ` Largest dropped: ${fmt(largest.volume_cm3, 2)} cm³ on <button type="button" class="link" id="vol-dropped-go">` +
     `slices ${first}–${last}</button>, ${esc(largest.reason)}.` : "");
   const go = $("vol-dropped-go");

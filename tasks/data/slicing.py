@@ -5,11 +5,11 @@ way it is stored), z-scored over its brain voxels, axial slices are taken every 
 (almost) no brain are dropped, and everything is resized to the profile's image size with its label map (nearest
 neighbour) in the BraTS 2020 convention, 0/1/2/4 (a 2023-style segmentation, enhancing tumour 3, is mapped per
 patient by tasks/data/regions.py; an unknown label set is rejected naming the labels).
-Kaggle images: grayscale of unknown sequence, same size and normalisation, in the FLAIR channel (channel 0) with
-the other channels all zero, label from their folder, one shard per class. Bad inputs are skipped and listed in
-rejected.csv (file, reason). Patients are processed in parallel, one volume set in memory per worker: by default on a local process
-pool; the caller may pass another `map_jobs` (the Prefect flow's Dask cluster, flows/dask_slicing.py), which
-changes where the per-patient jobs run, never what they produce.
+Kaggle images (tasks/data/photo_slicing.py): grayscale of unknown sequence, same size and normalisation, in the
+FLAIR channel (channel 0) with the other channels all zero, label from their folder, one shard per class. Bad inputs
+are skipped and listed in rejected.csv (file, reason). Patients are processed in parallel, one volume set in memory
+per worker: by default on a local process pool; the caller may pass another `map_jobs` (the Prefect flow's Dask
+cluster, flows/dask_slicing.py), which changes where the per-patient jobs run, never what they produce.
 
 data/processed is a persistent DVC output: a patient whose files and slicing parameters are unchanged
 keeps its shard (matched by a fingerprint), so new patients are sliced without redoing the old ones.
@@ -21,14 +21,12 @@ import functools
 import hashlib
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from rich.progress import Progress
 
 from tasks import paths
@@ -36,7 +34,8 @@ from tasks.config import SliceSettings
 from tasks.data import brats_files, gzip_nifti, orientation, preprocess, regions, shards, volumes
 from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.orientation import Orientation
-from tasks.data.brats_files import IMAGE_SUFFIXES, find_part
+from tasks.data.brats_files import NOT_UTF8, find_part, is_utf8, shown
+from tasks.data.photo_slicing import slice_kaggle
 from tasks.data.process_pool import process_pool
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
 from tasks.data.volumes import brats2020_labels, load_volume, same_grid
@@ -51,27 +50,9 @@ FINGERPRINTS = paths.FINGERPRINTS.name
 JobMap = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
 
 SLICES_PER_STACK = 16  # kept slices z-scored in one numpy call
-# A photo is padded to a square of its longer side before resizing: 8 x 1,000,000 pixels asked for 3.6 TiB. Serving
-# refuses sides over serve.max_image_side (4096 by default) alike.
-MAX_PHOTO_SIDE = 4096
-NOT_UTF8 = "file name is not valid UTF-8 (the manifest and rejected.csv are UTF-8 text); rename it"
 # The manifest marks a complete run; while a run rewrites shards in place it is moved here, so that a run that fails
 # halfway leaves no manifest naming rows the shards no longer hold (the next run still reads it to reuse shards).
 PREVIOUS_MANIFEST = ".manifest.previous.csv"
-
-
-def is_utf8(name: str) -> bool:
-    """Whether a file name is text UTF-8 can write: os.listdir gives undecodable bytes as lone surrogates."""
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def shown(path: Path | str) -> str:
-    """`path` as UTF-8 text, undecodable bytes as \\xNN escapes (for rejected.csv)."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -188,56 +169,6 @@ def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> 
         return patient_dir.name, {"file": exc.path or str(patient_dir), "reason": exc.reason}
     write_shard(shard_path, shard)
     return patient_dir.name, manifest_rows(patient_dir.name, "brats", shard_path.relative_to(shard_path.parents[1]).as_posix(), shard)
-
-
-def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) -> tuple[list[dict], list[dict]]:
-    """Kaggle yes/no images → one shard per class; returns (manifest rows, rejected rows).
-
-    An image of unknown sequence fills channel 0 (FLAIR's, see config.MODALITIES' order), the other `channels - 1`
-    are all zero: a missing modality, as the model learns it through modality dropout."""
-    rows, rejected = [], []
-    for label_name, label in (("yes", 1), ("no", 0)):
-        files = sorted(p for p in (kaggle_dir / label_name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        # An image is its own patient, named by its stem; two files of one stem (Y1.jpg, Y1.png) keep their
-        # suffixes, or they would share one id and the near-duplicate check would see only one of them.
-        stems = Counter(p.stem for p in files)
-        images, patients = [], []
-        for path in files:
-            if not is_utf8(path.name):
-                rejected.append({"file": shown(path), "reason": NOT_UTF8})
-                continue
-            try:
-                with Image.open(path) as image:
-                    if min(image.size) < preprocess.MIN_SIDE or max(image.size) > MAX_PHOTO_SIDE:
-                        rejected.append({"file": str(path), "reason": f"image of {image.width}x{image.height} "
-                                                                      f"pixels (at least {preprocess.MIN_SIDE} and at "
-                                                                      f"most {MAX_PHOTO_SIDE} a side)"})
-                        continue
-                    images.append(preprocess.prepare_image(image, size))
-                patients.append(f"kaggle_{label_name}_{path.stem if stems[path.stem] == 1 else path.name}")
-            except MemoryError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types (SyntaxError for a PNG)
-                rejected.append({"file": str(path), "reason": f"unreadable image ({type(exc).__name__}: {exc})"})
-        if not images:
-            continue
-        n = len(images)
-        stacked = np.zeros((len(images), channels, size, size), dtype=np.float16)
-        stacked[:, :1] = np.stack(images)
-        shard = Shard(
-            images=stacked,
-            masks=np.zeros((n, size, size), dtype=np.uint8),
-            has_mask=np.zeros(n, dtype=bool),
-            labels=np.full(n, label, dtype=np.uint8),
-            slice_index=np.full(n, -1, dtype=np.int16),
-            spacing=np.full(3, np.nan, dtype=np.float32),  # photos have no known pixel size
-        )
-        shard_name = f"kaggle/{label_name}.npz"
-        write_shard(out_dir / shard_name, shard)
-        for row in manifest_rows("", "kaggle", shard_name, shard):
-            row["patient"] = patients[row["row"]]
-            rows.append(row)
-    return rows, rejected
 
 
 def map_on_processes(workers: int) -> JobMap:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 # Output names given by the ONNX export helper; fallback is the order of outputs (seg first, then cls).
+ONNX_INPUT = "image"  # (batch, C, H, W) float32
 ONNX_SEG_OUTPUT = "seg_logits"
 ONNX_CLS_OUTPUT = "cls_logits"
 # A pixel is tumour when its probability is >= this (evaluation, export's parity check and serving alike).

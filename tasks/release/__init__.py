@@ -1,6 +1,8 @@
 """Release: ONNX export, the model registry, the promotion gate, the model card, lineage and the summary.
 
-    onnx_export.py   the model to ONNX, checked for parity with torch, with latency figures (export)
+    onnx_export.py   the model to ONNX, checked for parity with torch, with latency figures (export), over:
+    onnx_checks.py     parity with torch on the test slices, latency of both engines
+    examples.py      the example inputs bundled with a registered model for the UI
     registry.py      the one registry client: versions by number or alias, downloads, verification
     registration.py  gate, log, register, verify and alias a new version (register), over:
     release_files.py   what a release is, read from the files the earlier steps wrote, checked to be one model

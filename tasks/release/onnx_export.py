@@ -8,7 +8,8 @@ spaced), with latency figures (`export`).
     reports/export.json  parity (max |logit difference|, decision mismatches, mask Dice per region) and latency (p50/p95 per
                          slice at batch 1 and 8, onnxruntime and torch eager, measured interleaved in one run)
 The model is written to a temporary file and renamed only after `onnx.checker` and the parity check pass, and a
-previous export is removed first, so a failed export never leaves an exports/model.onnx that looks valid.
+previous export is removed first, so a failed export never leaves an exports/model.onnx that looks valid. The parity
+and latency checks are tasks/release/onnx_checks.py's.
 """
 
 from __future__ import annotations
@@ -17,32 +18,23 @@ import itertools
 import json
 import logging
 import platform
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import torch
-from rich.progress import Progress
 
-from tasks import paths
 from tasks.config import ExportSettings
+from tasks.data.regions import REGIONS
 from tasks.data.splits import evenly_spaced, iter_slices, read_split, split_rows
 from tasks.errors import SliceWiseError
-from tasks.inference.predictor import (LEGACY_SLICE_SCORE, MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_SEG_OUTPUT,
-                                       SLICE_SCORES, evaluated_in_volume, evaluated_slice_score, sigmoid,
-                                       slice_probability)
+from tasks.inference.predictor import (LEGACY_SLICE_SCORE, MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_INPUT,
+                                       ONNX_SEG_OUTPUT, SLICE_SCORES, evaluated_in_volume, evaluated_slice_score)
 from tasks.io import atomic_write, read_json, sha256_file, usable_cores, write_json_atomic
+from tasks.release.onnx_checks import check_parity, measure_latency, ort_session
 
 log = logging.getLogger(__name__)
 
-ONNX_INPUT = "image"
-LATENCY_BATCHES = (1, 8)
-WARMUP_RUNS = 2  # per block
-LATENCY_ROUNDS = 3
-PARITY_BATCH = 16
 # Embedded in model.onnx and model.json: an edit changes the exported file's sha256, and with it the identity of
 # every version registered after it (the 3-region head changed it anyway).
 PREPROCESSING = (
@@ -75,7 +67,6 @@ def decision_rule(slice_score: str, slices_in_volume: bool) -> str:
 
 REGION_MEANING = {"wt": "whole tumour (labels 1, 2, 4)", "tc": "tumour core (labels 1, 4)",
                   "et": "enhancing tumour (label 4)"}
-REGION_ORDER = ("wt", "tc", "et")  # tasks/data/regions.py REGIONS, the seg_logits channels in order
 
 
 def export_onnx(model: torch.nn.Module, path: Path, in_channels: int, image_size: int, opset: int) -> None:
@@ -111,110 +102,6 @@ def check_onnx(path: Path, metadata: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def ort_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    # Idle worker threads sleep instead of spinning: spinning steals the CPU from torch while it is being timed
-    # and from other processes on a shared machine, for no gain at these model sizes.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], threshold: float,
-                 cfg: ExportSettings, mask_threshold: float = MASK_THRESHOLD,
-                 slice_score: str = LEGACY_SLICE_SCORE, lone_slice_threshold: float | None = None) -> dict:
-    """Compare torch and onnxruntime logits, tumour decisions and masks on every slice of `shards`. A decision is
-    `threshold` on the `slice_score` of each slice, and `lone_slice_threshold` too when it differs (what serving
-    judges a slice sent alone by): a slice counts once as a mismatch when either decision differs."""
-    thresholds = [threshold] + ([lone_slice_threshold] if lone_slice_threshold not in (None, threshold) else [])
-    max_seg = max_cls = 0.0
-    n = mismatches = 0
-    overlap = area_torch = area_onnx = 0  # per region channel (numpy arrays once the first batch is in)
-    with Progress(transient=True) as progress, torch.inference_mode():
-        bar = progress.add_task("parity: torch vs onnxruntime", total=None)
-        for images in shards:
-            for start in range(0, len(images), PARITY_BATCH):
-                batch = images[start : start + PARITY_BATCH]
-                out = model(torch.from_numpy(batch))
-                seg_t, cls_t = out["seg"].numpy(), out["cls"].numpy()
-                seg_o, cls_o = session.run([ONNX_SEG_OUTPUT, ONNX_CLS_OUTPUT], {ONNX_INPUT: batch})
-                # A NaN difference is infinite (max(0.0, nan) is 0.0): non-finite logits on either side fail parity.
-                max_seg = max(max_seg, _largest_difference(seg_t, seg_o))
-                max_cls = max(max_cls, _largest_difference(cls_t, cls_o.reshape(cls_t.shape)))
-                prob_t, prob_o = sigmoid(seg_t), sigmoid(seg_o)
-                score_t = slice_probability(sigmoid(cls_t).reshape(-1), prob_t, slice_score)
-                score_o = slice_probability(sigmoid(cls_o).reshape(-1), prob_o, slice_score)
-                mismatches += int(np.any([(score_t >= cut) != (score_o >= cut) for cut in thresholds], axis=0).sum())
-                mask_t, mask_o = prob_t >= mask_threshold, prob_o >= mask_threshold
-                overlap = overlap + (mask_t & mask_o).sum(axis=(0, 2, 3))  # every region channel, each on its own
-                area_torch, area_onnx = area_torch + mask_t.sum(axis=(0, 2, 3)), area_onnx + mask_o.sum(axis=(0, 2, 3))
-                n += len(batch)
-                progress.advance(bar, len(batch))
-    if n == 0:
-        raise SliceWiseError("the test split has no slices to check parity on", paths.SPLITS)
-    region_dice = [1.0 if t + o == 0 else 2 * float(v) / float(t + o) for v, t, o in zip(overlap, area_torch, area_onnx)]
-    dice = min(region_dice)  # every region channel must agree, not just their pooled pixels
-    max_diff = max(max_seg, max_cls)
-    passed = max_diff <= cfg.parity_atol and mismatches == 0 and dice >= cfg.parity_min_dice
-    return {"passed": passed, "n_slices": n, "max_abs_diff": max_diff, "max_abs_diff_seg": max_seg,
-            "max_abs_diff_cls": max_cls, "atol": cfg.parity_atol, "decision_mismatches": mismatches,
-            "threshold": threshold, "slice_score": slice_score, "mask_threshold": mask_threshold, "mask_dice": dice,
-            "mask_dice_per_region": dict(zip(REGION_ORDER, region_dice)) if len(region_dice) > 1 else {"wt": dice},
-            "min_mask_dice": cfg.parity_min_dice}
-
-
-def _largest_difference(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b|; infinity when either holds a NaN or an infinity (they can never be "close")."""
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("inf")
-    return float(np.abs(a - b).max()) if a.size else 0.0
-
-
-def _percentiles_ms(seconds: list[float], batch: int) -> dict:
-    per_slice = np.asarray(seconds) * 1000 / batch
-    return {"p50_ms": round(float(np.percentile(per_slice, 50)), 4),
-            "p95_ms": round(float(np.percentile(per_slice, 95)), 4)}
-
-
-def _time_block(engine, warmup: int, runs: int) -> list[float]:
-    for _ in range(warmup):
-        engine()
-    seconds = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        engine()
-        seconds.append(time.perf_counter() - started)
-    return seconds
-
-
-def measure_latency(model: torch.nn.Module, session, sample: np.ndarray, runs: int) -> dict:
-    """Per-slice latency of onnxruntime and torch eager (CPU, fp32) on the same input in the same process.
-
-    The engines alternate in blocks (LATENCY_ROUNDS each), not run by run: switching after every run would let one
-    engine's sleeping worker threads slow the other down, while blocks still share any drift in machine load.
-    """
-    latency: dict[str, dict] = {"onnxruntime": {}, "torch_eager": {}}
-    speedup = {}
-    for batch in LATENCY_BATCHES:
-        x = np.ascontiguousarray(np.resize(sample, (batch, *sample.shape[1:])), dtype=np.float32)
-        x_torch = torch.from_numpy(x)
-        engines = {"onnxruntime": lambda: session.run(None, {ONNX_INPUT: x}), "torch_eager": lambda: model(x_torch)}
-        times: dict[str, list[float]] = {name: [] for name in engines}
-        with torch.inference_mode():
-            for round_ in range(LATENCY_ROUNDS):
-                block = runs // LATENCY_ROUNDS + (round_ < runs % LATENCY_ROUNDS)
-                for name, engine in engines.items():
-                    times[name] += _time_block(engine, WARMUP_RUNS, block)
-        for name in engines:
-            latency[name][f"batch_{batch}"] = _percentiles_ms(times[name], batch)
-        speedup[f"batch_{batch}"] = round(latency["torch_eager"][f"batch_{batch}"]["p50_ms"]
-                                          / latency["onnxruntime"][f"batch_{batch}"]["p50_ms"], 3)
-    return {"latency": latency, "speedup_p50": speedup}
-
-
 def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, threshold: float, opset: int,
                    mask_threshold: float = MASK_THRESHOLD, slice_score: str = LEGACY_SLICE_SCORE,
                    slices_in_volume: bool = False, lone_slice_threshold: float | None = None) -> dict:
@@ -225,7 +112,7 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
     import onnxruntime
 
     channels = checkpoint["model_config"]["in_channels"]
-    regions = list(REGION_ORDER[: checkpoint["model_config"].get("seg_channels", 1)])
+    regions = list(REGIONS[: checkpoint["model_config"].get("seg_channels", 1)])  # the seg_logits channels, in order
     return {
         "name": "slicewise-multitask-unet",
         "format": "onnx",
