@@ -645,6 +645,29 @@ def test_a_one_class_validation_set_names_the_metric_the_classifier_stage_follow
     assert [followed_metric(stage, one_class) for stage in ("seg", "joint")] == ["val_dice", "val_dice_accuracy_mean"]
 
 
+def test_a_cls_stage_on_a_one_class_validation_set_says_it_follows_accuracy_also_when_resumed(in_project, tiny_settings,
+                                                                                             monkeypatch, caplog):
+    """With ROC-AUC undefined (one class in the validation set) the stage follows accuracy; its log lines, its result
+    and best.pt name accuracy, and so does a rerun that resumes with nothing left to train."""
+    from tasks.training import steps
+
+    train_seg.main(tiny_settings)
+    one_class = steps._classification_metrics
+
+    def roc_undefined(probabilities, labels):
+        return {**one_class(probabilities, labels), "val_roc_auc": math.nan}
+
+    monkeypatch.setattr(steps, "_classification_metrics", roc_undefined)
+    with caplog.at_level("INFO", logger="tasks.training.stage"):
+        result = train_cls.main(tiny_settings)
+    assert result["metric"] == "val_accuracy"
+    assert load_checkpoint(paths.best_checkpoint("cls"))["metric_name"] == "val_accuracy"
+    lines = {r.getMessage() for r in caplog.records if r.getMessage().startswith("train_cls: epoch ")}
+    assert lines and all("val_accuracy" in line and "val_roc_auc" not in line for line in lines)
+    resumed = train_cls.main(tiny_settings)
+    assert resumed["resumed_from_epoch"] == resumed["epochs_run"] and resumed["metric"] == "val_accuracy"
+
+
 def test_a_stage_stuck_at_its_floor_says_so_in_log_result_and_tracker(in_project, tiny_settings, monkeypatch, caplog):
     """A seg head that predicts no tumour anywhere (val Dice 0) must be reported, not pass silently."""
     initial = training_stage._initial_model
