@@ -30,8 +30,9 @@ from tasks.data.datasets import SliceSet
 from tasks.data.loaders import training_loader
 from tasks.inference.checkpoints import model_config_for
 from tasks.io import usable_cores
-from tasks.training.steps import (StageLoss, StageRunner, augments_on_device, batch_to_device, make_optimizer,
-                                  place_model)
+from tasks.training.device import augments_on_device, batch_to_device, place_model
+from tasks.training.optimizer import make_optimizer
+from tasks.training.steps import StageLoss, StageRunner
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> the train switches it sets; pin_memory stays as params.yaml has it in all three.

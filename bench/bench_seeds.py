@@ -54,7 +54,7 @@ def cpu_description() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                  platform.processor() or platform.machine())
     flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    from tasks.training.steps import native_cpu_bf16
+    from tasks.training.device import native_cpu_bf16
 
     return {"model": model, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "bf16_autocast": native_cpu_bf16()}

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from models.unet import MultitaskUNet, UNetConfig
-from tasks.training.steps import native_cpu_bf16
+from tasks.training.device import native_cpu_bf16
 
 
 def step_ms(width: int, bf16: bool, channels_last: bool, size: int, batch: int, channels: int, steps: int,

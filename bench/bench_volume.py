@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (240, 240, 155)
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-SERVE_BATCH = 8  # serve/model_source.py's batch
+SERVE_BATCH = 8  # serve/served_model.py's batch
 
 
 def untrained_regions_model(folder: Path, side: int, base_channels: int | None = None) -> Path:

@@ -1,6 +1,7 @@
 """SliceWise serving: REST API and web UI for the registry's champion (`python -m serve`, `make serve`).
 
     model_source.py  where the model comes from: the MLflow champion (cached by version) or an ONNX file
+    served_model.py  the model served: ONNX predictor, input size, modalities, thresholds, from its metadata
     holder.py        the model served right now; polling and reload swap it without a restart
     multipart.py     upload bodies read part by part, with the count and size limits applied as they stream
     uploads.py       uploaded slices → arrays, every bad upload a 4xx naming the problem

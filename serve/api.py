@@ -32,7 +32,8 @@ from serve.guards import BodySizeLimit, HostOriginGuard, SecurityHeaders, admin_
 from serve.holder import ModelHolder
 from serve.inference import (PreparedSlice, inference_bytes, prepare_slice, slice_results, volume_output_bytes,
                              volume_result)
-from serve.model_source import ModelSource, ServedModel
+from serve.model_source import ModelSource
+from serve.served_model import ServedModel
 from serve.multipart import FilePart, close_parts, read_file_parts
 from serve.openapi import VOLUME_FIELDS, multipart_body, volume_body
 from serve.responses import PacedAnswer, json_response, validation_detail

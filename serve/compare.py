@@ -10,7 +10,7 @@ import logging
 
 from serve.examples import entries, prepared_example, public, truth_mask_png
 from serve.inference import slice_results
-from serve.model_source import ServedModel
+from serve.served_model import ServedModel
 from serve.uploads import UploadError
 from tasks.errors import SliceWiseError
 from tasks.redaction import redact

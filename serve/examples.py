@@ -19,7 +19,7 @@ from PIL import Image
 
 from serve.images import label_overlay, png_base64, to_display
 from serve.inference import PreparedSlice, prepare_slice, slice_results
-from serve.model_source import ServedModel
+from serve.served_model import ServedModel
 from serve.ood import score_slice
 from serve.uploads import UploadError, decode_slice
 from tasks.data.orientation import Orientation

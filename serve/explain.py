@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.model_source import ServedModel
+from serve.served_model import ServedModel
 from serve.uploads import UploadError
 from tasks.io import sha256_file
 

@@ -11,7 +11,8 @@ import logging
 import threading
 import time
 
-from serve.model_source import ModelSource, ServedModel
+from serve.model_source import ModelSource
+from serve.served_model import ServedModel
 from tasks.errors import SliceWiseError
 from tasks.redaction import redact
 

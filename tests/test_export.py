@@ -276,7 +276,7 @@ def test_export_cuts_masks_at_the_threshold_evaluation_chose(project, tiny_setti
     metrics_path.write_text(json.dumps(report | {"segmentation_threshold": {"value": 0.7, "rule": "validation"}}))
     export.main(tiny_settings)
     metadata = json.loads(paths.EXPORT_METADATA.read_text())
-    assert metadata["mask_threshold"] == 0.7  # what serving cuts its masks at (serve/model_source.py)
+    assert metadata["mask_threshold"] == 0.7  # what serving cuts its masks at (serve/served_model.py)
     assert json.loads(paths.EXPORT_REPORT.read_text())["parity"]["mask_threshold"] == 0.7
 
 

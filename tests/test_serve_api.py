@@ -500,7 +500,7 @@ def test_a_slice_sent_alone_is_judged_at_its_own_threshold_and_a_volume_at_the_e
 def test_the_model_says_what_its_threshold_applies_to(tmp_path):
     """model.json's `slice_score` is how evaluation scored slices; serving scores them the same way, and an older
     model without it is the classifier's."""
-    from serve.model_source import load_served_model
+    from serve.served_model import load_served_model
     from tasks.errors import SliceWiseError
 
     meta = {"image_size": SIZE, "modalities": ["flair"], "threshold": 0.5, "mask_threshold": 0.5,

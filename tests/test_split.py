@@ -95,7 +95,7 @@ def test_two_kaggle_files_of_one_stem_are_two_images_with_two_ids(tmp_path):
 def test_the_classification_bootstrap_resamples_a_near_duplicate_pair_as_one_unit(processed):
     """The split keeps copies of one scan together; evaluation's bootstrap must resample them together too, or two
     copies count as two independent patients and the interval comes out narrower than the data allow."""
-    from tasks.evaluation.report import resampling_units
+    from tasks.evaluation.intervals import resampling_units
 
     slices = read_manifest(processed / "manifest.csv")
     units = resampling_units(slices, processed, max_distance=4)

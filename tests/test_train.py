@@ -28,8 +28,9 @@ from tasks.training import plan as training_plan
 from tasks.training import resume as training_resume
 from tasks.training import stage as training_stage
 from tasks.tracking.tracker import NullTracker
-from tasks.training.steps import (StageLoss, StageRunner, augments_on_device, followed_metric, make_optimizer,
-                                  metric_of, place_model, region_targets)
+from tasks.training.device import augments_on_device, place_model
+from tasks.training.optimizer import make_optimizer
+from tasks.training.steps import StageLoss, StageRunner, followed_metric, metric_of, region_targets
 from tests.conftest import (REPO, make_tiny_processed, shrink_settings, with_epochs,
                             with_section)
 

@@ -8,7 +8,7 @@
                     uncertainty is higher on the wrong voxels (`volume_uncertainty`)
     subgroups       accuracy, sensitivity, specificity per source (BraTS slices, Kaggle images), and the share of
                     BraTS tumour slices detected per tumour-area bin (where the classifier loses tumours)
-    ci95            percentile bootstrap resampling patients (a Kaggle image is its own patient)
+    ci95            percentile bootstrap resampling patients (a Kaggle image is its own patient; intervals.py)
     segmentation_threshold  the pixel threshold every mask above was cut at: `evaluate.mask_threshold`, or chosen on
                     the validation patients (with the table it was chosen from)
 Slices are predicted one shard at a time, so memory stays bounded by the largest shard. The report is written
@@ -28,10 +28,9 @@ import pandas as pd
 from tasks import paths
 from tasks.config import EvaluateSettings
 from tasks.data.regions import REGIONS
-from tasks.data import splitting
 from tasks.data.splits import read_split, split_rows
-from tasks.data.subjects import subject_of
 from tasks.evaluation import brats, metrics, plots
+from tasks.evaluation.intervals import confidence_intervals, resampling_units
 from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
                                       predict_split)
 from tasks.inference.predictor import TorchPredictor
@@ -139,44 +138,6 @@ def mask_threshold_section(cfg: EvaluateSettings, validation: MaskThresholdTally
         log.warning("evaluate: %s; pixels are cut at the default %.2f", rule, metrics.MASK_THRESHOLD)
     return {"value": choose_mask_threshold(table), "rule": rule,
             "validation": table.round(4).to_dict(orient="records")}
-
-
-def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -> pd.Series:
-    """What the classification bootstrap resamples, per slice: its BraTS subject, or its Kaggle image's near-duplicate
-    group (pHash distance <= `max_distance`, as the split step groups them: copies of one scan, kept in one split).
-    Resampled one by one, copies counted as independent patients and narrowed the interval."""
-    units = slices["patient"].astype(str).map(subject_of)  # a subject's timepoints: one person
-    kaggle = slices[slices["source"] == "kaggle"]
-    if len(kaggle) > 1:
-        pairs = splitting.near_duplicate_pairs(splitting.perceptual_hashes(processed, kaggle), max_distance)
-        group_of = {image: group[0] for group in splitting.near_duplicate_groups(kaggle["patient"].tolist(), pairs)
-                    for image in group}
-        units = units.where(slices["source"] != "kaggle", slices["patient"].map(group_of))
-    return units
-
-
-def confidence_intervals(test: SplitPredictions, threshold: float, n_resamples: int, seed: int,
-                         units: pd.Series | None = None) -> dict:
-    """Bootstrap 95 % intervals resampling patients: all test patients for classification (a Kaggle image is its
-    own patient, near-duplicates one together when `units` says so: `resampling_units`), the BraTS patients with
-    tumour slices for the per-slice and per-volume segmentation scores."""
-    labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
-    seg, vol = test.slice_scores, test.volume_scores
-    families = [
-        ("classification", test.slices["patient"] if units is None else units,
-         metrics.classification_statistic(labels, probability, threshold)),
-        ("segmentation", seg["patient"], _means_of(seg, ("dice", "iou", "hd95"))),
-        ("segmentation_volume", vol["patient"], _means_of(vol, ("dice", "hd95"))),
-    ]
-    intervals = {}
-    for prefix, groups, statistic in families:
-        ci = metrics.bootstrap_ci(groups.to_numpy(), statistic, n_resamples, seed)
-        intervals |= {f"{prefix}.{name}": bounds for name, bounds in ci.items()}
-    return intervals
-
-
-def _means_of(scores: pd.DataFrame, columns: tuple[str, ...]):
-    return metrics.weighted_mean_statistic({name: scores[name].to_numpy(dtype=float) for name in columns})
 
 
 def _mean(values: pd.Series) -> float:

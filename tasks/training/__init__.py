@@ -4,6 +4,8 @@
     plan.py         what a stage will do, from the settings, and the run key a checkpoint must match to resume
     resume.py       the state between epochs: best.pt / last.pt written, read back, early stopping
     loss.py         each stage's loss, from sums that split across DDP processes, and the region targets
-    steps.py        one epoch's pieces: device, trained parameters, losses, validation metrics
+    steps.py        one epoch's pieces: training steps, validation passes and their metrics
+    device.py       where a stage computes: device, memory layout, bf16 autocast, compile, the batches' copy
+    optimizer.py    what each stage trains and at which LR: AdamW groups, frozen parts, warm-up and cosine decay
     distributed.py  several processes under torchrun (DDP) taking the steps one process would
 """

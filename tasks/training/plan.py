@@ -72,8 +72,8 @@ class StagePlan:
 TRAINING_CODE = ("models.unet", "tasks.data.datasets", "tasks.data.batch_sampling", "tasks.data.loaders",
                  "tasks.data.augment", "tasks.data.modality_dropout", "tasks.data.regions", "tasks.data.shards",
                  "tasks.data.splits", "tasks.inference.checkpoints", "tasks.training.distributed",
-                 "tasks.training.loss", "tasks.training.steps", "tasks.training.plan", "tasks.training.resume",
-                 "tasks.training.stage")
+                 "tasks.training.device", "tasks.training.optimizer", "tasks.training.loss", "tasks.training.steps",
+                 "tasks.training.plan", "tasks.training.resume", "tasks.training.stage")
 
 
 def training_code_digest() -> str:

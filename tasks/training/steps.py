@@ -1,4 +1,6 @@
-"""The pieces of one training epoch: device, which parameters each stage trains, losses, validation metrics.
+"""The pieces of one training epoch: the training steps, the validation passes and their metrics, what a stage
+follows. Where they run is tasks/training/device.py's; what each stage trains, and at which LR,
+tasks/training/optimizer.py's.
 
 Under `torchrun` (see tasks/training/distributed.py) every process draws the same global batch and its augmentation,
 and reads and augments only its share; the loss is computed from sums that add up over the shares, so the averaged
@@ -25,103 +27,10 @@ from tasks.data.datasets import SliceSet
 from tasks.data.loaders import batches_in_order
 from tasks.data.regions import REGIONS
 from tasks.errors import SliceWiseError
+from tasks.training.device import autocast, batch_to_device, compiled, in_layout
 from tasks.training.distributed import Ranks
 from tasks.training.loss import StageLoss, region_targets
-
-
-def pick_device(choice: str) -> torch.device:
-    """`auto` → cuda, then mps, then cpu; an explicit choice that this machine lacks is an error."""
-    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    if choice == "auto":
-        return torch.device(next(name for name in ("cuda", "mps", "cpu") if available[name]))
-    if not available[choice]:
-        raise SliceWiseError(f"train.device is {choice!r} but no {choice} device is available (use auto or cpu)")
-    return torch.device(choice)
-
-
-def place_model(model: MultitaskUNet, device: torch.device, train_cfg) -> MultitaskUNet:
-    model = model.to(device)
-    # NHWC helps oneDNN's CPU convolutions as much as CUDA's tensor cores.
-    if train_cfg.channels_last and device.type in ("cuda", "cpu"):
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def compiled(module: nn.Module, device: torch.device, train_cfg) -> nn.Module:
-    """The module torch.compile'd on CUDA when asked (`train.compile`), else the module itself."""
-    return torch.compile(module) if train_cfg.compile and device.type == "cuda" else module
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16); emulated bf16 would be slower than fp32."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def autocast(device: torch.device, train_cfg):
-    """bf16 autocast on CUDA, and on CPUs with native bf16 (about 1.7x faster steps there)."""
-    enabled = train_cfg.amp_bf16 and (device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16()))
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def make_optimizer(model: MultitaskUNet, stage: str, params) -> torch.optim.Optimizer:
-    """AdamW over what the stage trains, the rest frozen (seg: the unused head; cls: encoder and decoder);
-    joint gives the encoder a lower LR. DDP needs the freezing: it expects a gradient for every trainable weight."""
-    trained = {"seg": (model.encoder, model.seg_decoder), "cls": (model.cls_head,), "joint": (model,)}[stage]
-    model.requires_grad_(False)
-    for part in trained:
-        part.requires_grad_(True)
-    if stage == "seg":
-        groups = [{"params": [*model.encoder.parameters(), *model.seg_decoder.parameters()], "base_lr": params.lr}]
-    elif stage == "cls":
-        groups = [{"params": list(model.cls_head.parameters()), "base_lr": params.lr}]
-    else:
-        groups = [
-            {"params": list(model.encoder.parameters()), "base_lr": params.encoder_lr},
-            {"params": [*model.seg_decoder.parameters(), *model.cls_head.parameters()], "base_lr": params.head_lr},
-        ]
-    for group in groups:  # "base_lr" stays in the optimizer's state; "lr" follows the schedule
-        group["lr"] = group["base_lr"]
-    # On CUDA the fused kernel: one launch per step instead of several per tensor group. Not on the CPU, where it
-    # would round differently from the update every recorded CPU model was trained with.
-    on_cuda = all(p.is_cuda for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, weight_decay=params.weight_decay, fused=on_cuda or None)
-
-
-def set_train_mode(model: MultitaskUNet, stage: str) -> None:
-    """cls keeps the frozen parts in eval mode, so no normalisation statistic of theirs moves either."""
-    model.train(stage != "cls")
-    model.cls_head.train()
-
-
-def batch_to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's tensors on `device`; anything else (a batch's `PendingAugment`) as it is."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
-
-
-def augments_on_device(train_cfg: TrainSettings, device: torch.device) -> bool:
-    """`train.augment_on`: whether the training step augments batches after their copy to `device` (auto: on a GPU,
-    where the loader's CPU workers would otherwise set the pace) rather than the loader."""
-    return train_cfg.augment_on == "device" or (train_cfg.augment_on == "auto" and device.type == "cuda")
-
-
-def _layout(image: Tensor, channels_last: bool) -> Tensor:
-    """NHWC when `train.channels_last` (the model's weights are NHWC too, see place_model)."""
-    return image.contiguous(memory_format=torch.channels_last) if channels_last else image
-
-
-def scheduled_lr_factor(progress: float, schedule: str, warmup: float = 0.0) -> float:
-    """Cosine decay from 1 to 5 % over the stage's planned epochs, or constant, after a linear warm-up over the
-    first `warmup` of them (all fractions of the stage). A function of progress only, so a resumed run follows
-    the same curve.
-
-    Why the warm-up: Adam's first steps at full LR push a freshly initialised, narrow network with batch norm into
-    "predict background everywhere", where the Dice gradient vanishes; measured on the quick profile (seed 42,
-    AMD EPYC): val Dice 0.000 for 4 epochs at LR 1e-3 without warm-up, and 0.54 at LR 3e-4."""
-    ramp = min(1.0, (progress + 1e-9) / warmup) if warmup > 0 else 1.0
-    if schedule == "constant":
-        return ramp
-    return ramp * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+from tasks.training.optimizer import scheduled_lr_factor, set_train_mode
 
 
 @dataclass
@@ -182,7 +91,7 @@ class StageRunner:
                 batch["image"], batch["mask"] = pending.apply(batch["image"], batch["mask"], self.train_cfg.augment)
             size = len(batch["label"])
             with autocast(self.device, self.train_cfg):
-                out = self.trainer(_layout(batch["image"], self.train_cfg.channels_last), heads=self.loss_fn.heads)
+                out = self.trainer(in_layout(batch["image"], self.train_cfg.channels_last), heads=self.loss_fn.heads)
             # The global batch's loss in every process: DDP's average of their gradients is the whole batch's.
             loss = self.loss_fn.from_sums(self.ranks.sum(self.loss_fn.sums(out, batch)))
             self.optimizer.zero_grad(set_to_none=True)
@@ -247,7 +156,7 @@ def evaluate(module: nn.Module, data: SliceSet, loss_fn: StageLoss, train_cfg: T
     probabilities, areas = [], None  # areas: (3, R) overlap, predicted and true area per region
     for batch in _validation_batches(data, train_cfg, device):
         with autocast(device, train_cfg):
-            out = module(_layout(batch["image"], train_cfg.channels_last), heads=loss_fn.heads)
+            out = module(in_layout(batch["image"], train_cfg.channels_last), heads=loss_fn.heads)
         total += loss_fn(out, batch).double() * len(batch["label"])
         if "seg" in out:
             areas = _add(areas, _region_areas(out["seg"], batch))
@@ -276,7 +185,7 @@ def flair_only_dice(module: nn.Module, data: SliceSet, train_cfg: TrainSettings,
     for batch in _validation_batches(data, train_cfg, device):
         flair = batch["image"] * (torch.arange(batch["image"].shape[1], device=device) == 0).view(1, -1, 1, 1)
         with autocast(device, train_cfg):
-            out = module(_layout(flair, train_cfg.channels_last), heads=("seg",))
+            out = module(in_layout(flair, train_cfg.channels_last), heads=("seg",))
         areas = _add(areas, _region_areas(out["seg"], batch))
     if areas is None:  # no validation batch
         return {}

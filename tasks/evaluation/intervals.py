@@ -1,0 +1,52 @@
+"""Bootstrap 95 % confidence intervals of the test figures, resampling patients (`confidence_intervals`): every test
+patient for classification, with a Kaggle image's near-duplicates as one (`resampling_units`), and the BraTS patients
+with tumour for the per-slice and per-volume segmentation scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.data import splitting
+from tasks.data.subjects import subject_of
+from tasks.evaluation import metrics
+from tasks.evaluation.scoring import SplitPredictions
+
+
+def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -> pd.Series:
+    """What the classification bootstrap resamples, per slice: its BraTS subject, or its Kaggle image's near-duplicate
+    group (pHash distance <= `max_distance`, as the split step groups them: copies of one scan, kept in one split).
+    Resampled one by one, copies counted as independent patients and narrowed the interval."""
+    units = slices["patient"].astype(str).map(subject_of)  # a subject's timepoints: one person
+    kaggle = slices[slices["source"] == "kaggle"]
+    if len(kaggle) > 1:
+        pairs = splitting.near_duplicate_pairs(splitting.perceptual_hashes(processed, kaggle), max_distance)
+        group_of = {image: group[0] for group in splitting.near_duplicate_groups(kaggle["patient"].tolist(), pairs)
+                    for image in group}
+        units = units.where(slices["source"] != "kaggle", slices["patient"].map(group_of))
+    return units
+
+
+def confidence_intervals(test: SplitPredictions, threshold: float, n_resamples: int, seed: int,
+                         units: pd.Series | None = None) -> dict:
+    """Bootstrap 95 % intervals resampling patients: all test patients for classification (a Kaggle image is its
+    own patient, near-duplicates one together when `units` says so: `resampling_units`), the BraTS patients with
+    tumour slices for the per-slice and per-volume segmentation scores."""
+    labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
+    seg, vol = test.slice_scores, test.volume_scores
+    families = [
+        ("classification", test.slices["patient"] if units is None else units,
+         metrics.classification_statistic(labels, probability, threshold)),
+        ("segmentation", seg["patient"], _means_of(seg, ("dice", "iou", "hd95"))),
+        ("segmentation_volume", vol["patient"], _means_of(vol, ("dice", "hd95"))),
+    ]
+    intervals = {}
+    for prefix, groups, statistic in families:
+        ci = metrics.bootstrap_ci(groups.to_numpy(), statistic, n_resamples, seed)
+        intervals |= {f"{prefix}.{name}": bounds for name, bounds in ci.items()}
+    return intervals
+
+
+def _means_of(scores: pd.DataFrame, columns: tuple[str, ...]):
+    return metrics.weighted_mean_statistic({name: scores[name].to_numpy(dtype=float) for name in columns})
