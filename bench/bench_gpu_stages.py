@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from bench.bench_gpu import UtilisationSampler
-from tasks.config import parse_assignments
+from tasks.params_edit import parse_assignments
 from tasks.errors import SliceWiseError
 
 REPO = Path(__file__).resolve().parents[1]

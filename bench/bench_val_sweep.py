@@ -44,7 +44,7 @@ def prepared_project(workdir: Path, seed: int, data_overrides: dict) -> Path:
     project.mkdir(parents=True)
     copy_project(project, tiny=False, seed=seed)  # tracking off
     if data_overrides:
-        from tasks.config import set_params
+        from tasks.params_edit import set_params
 
         set_params(data_overrides, project / "params.yaml")
     done = dvc(project, "repro", "split")
@@ -85,7 +85,7 @@ def validation_scores(checkpoint: Path, project: Path, patients: list[str] | Non
 
 def train(project: Path, stages: list[str], overrides: dict, name: str) -> float:
     """Run the stages in the project with params.yaml + overrides; wall seconds."""
-    from tasks.config import set_params
+    from tasks.params_edit import set_params
 
     params = project / f"params-{name}.yaml"
     shutil.copy(project / "params.yaml", params)
@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/slicewise-val-sweep"))
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from tasks.config import parse_assignments
+    from tasks.params_edit import parse_assignments
 
     overrides, data_overrides = parse_assignments(args.overrides), parse_assignments(args.data_overrides)
 

@@ -61,7 +61,8 @@ def _check_parameters(updates: dict[str, str]) -> None:
     import shutil
     import tempfile
 
-    from tasks.config import load_settings, set_params
+    from tasks.config import load_settings
+    from tasks.params_edit import set_params
 
     with tempfile.TemporaryDirectory() as tmp:
         trial = Path(tmp) / paths.PARAMS.name

@@ -22,7 +22,8 @@ from flows.dask_slicing import SliceRunner, slice_on_dask
 from flows.source_inventory import local_source_drift
 from flows.stage_task import StepRun, forward_step_logs, stage_task
 from tasks import paths
-from tasks.config import Settings, load_settings, set_params
+from tasks.config import Settings, load_settings
+from tasks.params_edit import set_params
 from tasks.redaction import redact
 from tasks.run_lock import pipeline_lock
 from tasks.tracking import provenance

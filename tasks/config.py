@@ -1,7 +1,8 @@
 """params.yaml, parsed in exactly one place into typed, validated settings.
 
 Every other module receives the part it needs (`settings.slice`, `settings.active`, ...). Unknown keys
-are rejected so that a typo in params.yaml fails loudly instead of silently using a default.
+are rejected so that a typo in params.yaml fails loudly instead of silently using a default. Edits to the file
+(`python -m tasks set`) are tasks/params_edit.py's, validated here before they land.
 """
 
 from __future__ import annotations
@@ -370,65 +371,3 @@ def yaml_problem(exc: Exception) -> str:
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}{where}"
-
-
-def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
-    """`["train.lr=0.001", "profiles.quick.modalities=[flair,t2]"]` → dotted keys to YAML-typed values, as
-    `dvc exp run -S` reads them; an item without `=` is a SliceWiseError naming it."""
-    import yaml
-
-    updates = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SliceWiseError(f"expected KEY=VALUE, got {item!r}")
-        try:
-            updates[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise SliceWiseError(f"{item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return updates
-
-
-def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> None:
-    """Write dotted-key updates into params.yaml keeping its comments, as `dvc exp run -S` would.
-
-    Used to switch profile or data source so that DVC sees the change and reruns what depends on it.
-    The result is validated before it replaces the file, so a bad value never lands.
-    """
-    from ruamel.yaml import YAML  # DVC's own YAML library: round-trips comments
-
-    path = Path(path)
-    rt = YAML()
-    # the file as it was written, but for the values set: quotes kept (the cron string), null written as null (not as
-    # an empty value) and no line re-wrapped
-    rt.preserve_quotes, rt.width = True, 4096
-    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-    try:
-        doc = rt.load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise SliceWiseError("parameters file not found", path) from exc
-    except Exception as exc:  # noqa: BLE001 - YAML errors, an unreadable file; ruamel refuses a key given twice too
-        raise SliceWiseError(f"cannot update the parameters: {yaml_problem(exc)}", path) from exc
-    if not isinstance(doc, dict):
-        raise SliceWiseError("the parameters file holds no mapping of keys", path)
-    for dotted, value in updates.items():
-        node = doc
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            if not isinstance(node, dict) or key not in node:
-                raise SliceWiseError(f"unknown key {dotted!r}: no {key!r} there", path)
-            node = node[key]
-        if not isinstance(node, dict):  # e.g. `profile.x=1`: `profile` holds a value, not keys
-            raise SliceWiseError(f"unknown key {dotted!r}: {'.'.join(parents)} holds a value, not keys", path)
-        node[leaf] = value
-    tmp = path.with_suffix(".yaml.tmp")
-    try:
-        with tmp.open("w") as fh:
-            rt.dump(doc, fh)
-        try:
-            load_settings(tmp)
-        except SliceWiseError as exc:  # name the file the user edits, not the temporary copy
-            raise SliceWiseError(exc.reason, path) from exc
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a bad value never lands, and leaves no params.yaml.tmp behind

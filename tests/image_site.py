@@ -89,7 +89,7 @@ def requirement_closure(requirements_file: Path) -> set[str]:
 # Imported lazily by shared task modules on paths serving never takes.
 NOT_ON_SERVING_PATHS = {
     "prefect": "tasks.tracking.provenance asks Prefect for the flow run id only when Prefect already runs the code",
-    "ruamel": "tasks.config.set_params rewrites params.yaml, a CLI path",
+    "ruamel": "tasks.params_edit.set_params rewrites params.yaml, a CLI path",
 }
 
 

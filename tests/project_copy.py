@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tasks.config import set_params
+from tasks.params_edit import set_params
 
 ROOT = Path(__file__).resolve().parents[1]
 # Enough data for every stage to be meaningful, small enough for seconds per stage on 2 cores.

@@ -160,7 +160,7 @@ def test_a_gpu_stages_variant_sets_only_keys_params_has_and_its_row_names_them(t
     projection is its own README row, naming what it changed; --training-only refuses keys the data depends on."""
     from bench import bench_gpu_stages
     from bench.__main__ import gpu_rows
-    from tasks.config import parse_assignments
+    from tasks.params_edit import parse_assignments
 
     params = bench_gpu_stages.project_params(8, {"seg": 1, "cls": 1, "joint": 1}, "cpu", 2,
                                              overrides=parse_assignments(["train.batch_size=32",

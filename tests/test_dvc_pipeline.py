@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tasks.config import set_params
+from tasks.params_edit import set_params
 from tests.project_copy import copy_project, dvc
 
 pytestmark = pytest.mark.slow

@@ -328,7 +328,8 @@ def test_four_modalities_are_four_channels_and_kaggle_images_fill_the_flair_chan
 
 
 def test_modalities_come_from_the_profile_and_keep_flair_first(tmp_path):
-    from tasks.config import load_settings, set_params
+    from tasks.config import load_settings
+    from tasks.params_edit import set_params
     from tests.conftest import REPO
 
     params = tmp_path / "params.yaml"
@@ -348,7 +349,7 @@ def test_modalities_come_from_the_profile_and_keep_flair_first(tmp_path):
 
 
 def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
-    from tasks.config import parse_assignments
+    from tasks.params_edit import parse_assignments
 
     parsed = parse_assignments(["profiles.quick.modalities=[flair,t2]", "train.lr=0.002", "seed=7", "data.brats_dir=a=b"])
     assert parsed == {"profiles.quick.modalities": ["flair", "t2"], "train.lr": 0.002, "seed": 7,
@@ -376,7 +377,7 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
 ])
 def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, updates, words):
     """Wrong types reached a validator that raised TypeError (a traceback); `tasks set` left params.yaml.tmp."""
-    from tasks.config import parse_assignments, set_params
+    from tasks.params_edit import parse_assignments, set_params
     from tests.conftest import REPO
 
     params = tmp_path / "params.yaml"
@@ -396,7 +397,7 @@ def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, up
     ("", "holds no mapping of keys"),
 ])
 def test_setting_parameters_in_a_file_that_cannot_be_updated_names_it_and_the_reason(tmp_path, text, words):
-    from tasks.config import set_params
+    from tasks.params_edit import set_params
 
     params = tmp_path / "params.yaml"
     params.write_text(text)
@@ -418,7 +419,7 @@ def test_a_parameters_path_that_is_no_readable_file_is_one_line(tmp_path):
 def test_setting_parameters_rewrites_only_the_values_set(tmp_path):
     """`tasks set` (and the flow, and make run PROFILE=...) edit params.yaml in place: every other line must stay as it
     was written, quotes around the cron string, null values and the layout included."""
-    from tasks.config import set_params
+    from tasks.params_edit import set_params
     from tests.conftest import REPO
 
     params = tmp_path / "params.yaml"
