@@ -35,8 +35,8 @@ import pandas as pd
 import yaml
 
 from bench.bench_gpu import UtilisationSampler
-from tasks.params_edit import parse_assignments
 from tasks.errors import SliceWiseError
+from tasks.params_edit import parse_assignments
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTION_PATIENTS = 369

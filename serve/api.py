@@ -33,10 +33,10 @@ from serve.holder import ModelHolder
 from serve.inference import (PreparedSlice, inference_bytes, prepare_slice, slice_results, volume_output_bytes,
                              volume_result)
 from serve.model_source import ModelSource
-from serve.served_model import ServedModel
 from serve.multipart import FilePart, close_parts, read_file_parts
 from serve.openapi import VOLUME_FIELDS, multipart_body, volume_body
 from serve.responses import PacedAnswer, json_response, validation_detail
+from serve.served_model import ServedModel
 from serve.uploads import HEAD_BYTES, MB, UploadError, decode_slice, slice_memory_bytes
 from serve.volumes import VolumeUpload, probe_volume, read_volume
 from tasks.config import ServeSettings

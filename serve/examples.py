@@ -19,8 +19,8 @@ from PIL import Image
 
 from serve.images import label_overlay, png_base64, to_display
 from serve.inference import PreparedSlice, prepare_slice, slice_results
-from serve.served_model import ServedModel
 from serve.ood import score_slice
+from serve.served_model import ServedModel
 from serve.uploads import UploadError, decode_slice
 from tasks.data.orientation import Orientation
 from tasks.data.preprocess import axial_slice, prepare_array_slice

@@ -18,8 +18,8 @@ import numpy as np
 
 from serve.explain import gradcam_for
 from serve.images import gradcam_overlay, label_overlay, mask_pixels, png_base64, to_display, uncertainty_overlay
-from serve.served_model import ServedModel
 from serve.ood import OodResult, score_slice, score_volume
+from serve.served_model import ServedModel
 from serve.uploads import DecodedSlice, UploadError
 from serve.volumes import VolumeImage, nifti_bytes
 from tasks.data.orientation import Orientation

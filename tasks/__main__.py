@@ -19,9 +19,9 @@ from rich.markup import escape
 
 from tasks import STEPS, paths
 from tasks.config import load_settings
-from tasks.params_edit import parse_assignments, set_params
 from tasks.errors import SliceWiseError
 from tasks.io import nested_value
+from tasks.params_edit import parse_assignments, set_params
 from tasks.redaction import install_log_redaction, redact
 from tasks.run_lock import pipeline_lock
 

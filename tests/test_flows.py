@@ -32,9 +32,9 @@ from flows.source_inventory import local_source_drift
 from flows.stage_task import worth_retrying
 from tasks import STEPS
 from tasks.config import load_settings
-from tasks.params_edit import set_params
 from tasks.data.local_import import import_brats, import_kaggle
 from tasks.errors import CredentialsError, SliceWiseError
+from tasks.params_edit import set_params
 from tests.nifti_factory import write_kaggle, write_patient
 from tests.project_copy import ROOT, copy_project, dvc
 

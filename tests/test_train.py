@@ -24,10 +24,10 @@ from tasks.data.regions import regions_from_labels
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, load_model, save_checkpoint
 from tasks.io import sha256_file
+from tasks.tracking.tracker import NullTracker
 from tasks.training import plan as training_plan
 from tasks.training import resume as training_resume
 from tasks.training import stage as training_stage
-from tasks.tracking.tracker import NullTracker
 from tasks.training.device import augments_on_device, place_model
 from tasks.training.optimizer import make_optimizer
 from tasks.training.steps import StageLoss, StageRunner, followed_metric, metric_of, region_targets

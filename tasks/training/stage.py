@@ -44,11 +44,11 @@ from tasks.inference.checkpoints import (architecture_digest, load_checkpoint, l
 from tasks.io import usable_cores
 from tasks.tracking.provenance import flatten
 from tasks.tracking.tracker import NullTracker, Tracker, tracked_step
+from tasks.training.device import augments_on_device, pick_device, place_model
 from tasks.training.distributed import Ranks, launched_rank, training_processes
+from tasks.training.optimizer import make_optimizer
 from tasks.training.plan import PREVIOUS_STAGE, StagePlan, crop_side, plan_stage
 from tasks.training.resume import resume_state, save_epoch, stops_early, write_history
-from tasks.training.device import augments_on_device, pick_device, place_model
-from tasks.training.optimizer import make_optimizer
 from tasks.training.steps import FOLLOWED_METRIC, StageLoss, StageRunner, followed_metric, metric_of
 
 log = logging.getLogger(__name__)
