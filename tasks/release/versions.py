@@ -173,8 +173,6 @@ def create_verified_version(registry: ModelRegistry, model_uri: str, tags: dict,
                             example: np.ndarray, alias: str) -> str:
     """Register, describe, verify, then point the alias at it. A version that fails any of it is deleted before
     the error is raised, so no version stays behind half-registered (without artifact, card or its alias)."""
-    import mlflow
-
     client, cfg, model_name = registry.client, registry.cfg, registry.model_name
     version = retrying(cfg, "register model", find_or_create_version, registry, model_uri, tags, tags["mlflow_run_id"])
     try:
