@@ -31,6 +31,8 @@ $(STAMP):
 # `make run PROFILE=baseline` switches the profile in params.yaml first; DVC then reruns what depends on it.
 run: setup
 	@if [ -n "$(PROFILE)" ]; then $(BIN)/python -m tasks set profile=$(PROFILE); fi
+	@# params.yaml checked before DVC, which removes a stage's outputs before the stage itself could refuse a value
+	@$(BIN)/python -m tasks check
 	$(BIN)/dvc repro
 	@$(BIN)/python -m tasks summary
 

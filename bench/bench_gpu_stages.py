@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 
 from bench.bench_gpu import UtilisationSampler
+from tasks import paths
 from tasks.errors import SliceWiseError
 from tasks.params_edit import parse_assignments
 
@@ -164,7 +165,8 @@ def data_counts(root: Path) -> dict:
 
 
 def epoch_seconds(history: Path) -> list[float]:
-    return [float(s) for s in pd.read_csv(history)["seconds"]]
+    """The seconds of each epoch of the stage whose history is `history` (its timings file beside it)."""
+    return [float(s) for s in pd.read_csv(paths.timings_beside(history))["seconds"]]
 
 
 def projection(report: dict) -> dict:

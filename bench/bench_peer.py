@@ -50,10 +50,16 @@ class SegmentationOnly(nn.Module):
         return {"seg": seg, "cls": seg.amax(dim=(1, 2, 3))}
 
 
+def stage_timings(history_dir: Path, stage: str) -> pd.DataFrame:
+    """A stage's seconds per epoch: its timings file, or the history itself (which held them before 2026-12-05)."""
+    timings = history_dir / f"{stage}_timings.csv"
+    return pd.read_csv(timings if timings.exists() else history_dir / f"{stage}.csv")
+
+
 def training_seconds(history_dir: Path) -> tuple[float, float | None]:
     """Wall-clock and CPU seconds of the quick model's three training stages, from their per-epoch histories (CPU:
     None for histories written before they recorded it)."""
-    histories = [pd.read_csv(history_dir / f"{stage}.csv") for stage in ("seg", "cls", "joint")]
+    histories = [stage_timings(history_dir, stage) for stage in ("seg", "cls", "joint")]
     wall = float(sum(h["seconds"].sum() for h in histories))
     cpu = float(sum(h["cpu_seconds"].sum() for h in histories)) if all("cpu_seconds" in h for h in histories) else None
     return wall, cpu

@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 from tasks import paths
 from tasks.config import Settings
-from tasks.data.local_import import (choose_fraction, find_brats_patients, find_kaggle_images, labelled_patients,
-                                     nifti_extension)
+from tasks.data.local_import import (brats_import_plan, find_brats_patients, find_kaggle_images, kaggle_import_plan,
+                                     labelled_patients)
 
 RAW_PARTS = ("brats", "kaggle")  # the only subfolders of data/raw that the local import writes
 # A copy's time is the source's as the target file system keeps it: FAT and exFAT round to 2 s, which must not read
@@ -42,15 +42,10 @@ class Stamp(NamedTuple):
 def planned_raw_files(brats_dir: Path, kaggle_dir: Path | None, fraction: float, seed: int) -> dict[str, Stamp]:
     """Relative path under data/raw → size and time, for what `fetch` would import from the local folders now."""
     patients = labelled_patients(find_brats_patients(brats_dir))  # what import_brats imports
-    planned = {}
-    for patient in choose_fraction(sorted(patients), fraction, seed):
-        for part, src in patients[patient].items():
-            planned[f"brats/{patient}/{patient}_{part}{nifti_extension(src)}"] = Stamp.of(src)
+    planned = {f"brats/{target}": Stamp.of(src) for target, src in brats_import_plan(patients, fraction, seed).items()}
     if kaggle_dir is not None:
-        for label, files in find_kaggle_images(kaggle_dir).items():
-            by_name = {f.name: f for f in files}
-            for name in choose_fraction(sorted(by_name), fraction, seed) if by_name else []:
-                planned[f"kaggle/{label}/{name}"] = Stamp.of(by_name[name])
+        plan = kaggle_import_plan(find_kaggle_images(kaggle_dir), fraction, seed)
+        planned |= {f"kaggle/{target}": Stamp.of(src) for target, src in plan.items()}
     return planned
 
 

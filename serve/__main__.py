@@ -54,6 +54,9 @@ def build_app(args: argparse.Namespace):
                              for e in exc.errors())
         raise SliceWiseError(f"invalid option: {problems}") from exc
     if args.model_file:
+        if not args.model_file.is_file():  # a typo: said now, not as a server answering 503 to every request
+            raise SliceWiseError("no such ONNX file (export one with `make run`, or name an existing file)",
+                                 args.model_file)
         source = FileSource(args.model_file, args.checkpoint, args.metrics)
     else:
         source = RegistrySource(settings.registry, settings.tracking, paths.SERVE_CACHE)

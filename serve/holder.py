@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from serve.model_source import ModelSource
+from serve.model_source import FileSource, ModelSource
 from serve.served_model import ServedModel
 from tasks.errors import SliceWiseError
 from tasks.redaction import redact
@@ -104,7 +104,9 @@ class ModelHolder:
         if self.model is not None:
             log.warning("%s no longer names a model; stopped serving %s", self.source.description, self.key)
         self.model, self.key = None, None
-        self.detail = f"no model: {self.source.description} does not exist; {NO_MODEL_HINT}"
+        hint = "export it again (`make run`), or point --model-file at an existing ONNX file" \
+            if isinstance(self.source, FileSource) else NO_MODEL_HINT  # a file it was given, gone since
+        self.detail = f"no model: {self.source.description} does not exist; {hint}"
         log.warning(self.detail)
         return {"changed": False, "key": None}
 

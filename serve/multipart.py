@@ -82,6 +82,9 @@ class _Reader:
         # One of our fields is a file whatever its disposition says of a name: `filename*=UTF-8''...` alone (RFC
         # 5987, older urllib3), or no filename at all (curl -F 'file=<scan.png'); only other fields are skipped.
         if name not in self.field_names:
+            if filename := _filename(options, self.disposition):  # a file the route would drop without a word
+                raise UploadError(422, f"{filename}: sent as field '{name}', which this route does not take; send it "
+                                       f"as '{self.shown}'")
             self.others += 1
             if self.others > MAX_OTHER_PARTS:
                 raise UploadError(413, f"too many form fields besides '{self.shown}' (at most {MAX_OTHER_PARTS})")

@@ -128,7 +128,10 @@ def _check_npy_header(data: bytes, name: str, max_side: int) -> None:
         read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
         shape, _, dtype = read_header(stream)
     except Exception as exc:  # numpy raises ValueError, and tokenize or syntax errors for a damaged header dict
-        raise UploadError(422, f"{name}: undecodable NPY file ({type(exc).__name__}: {exc})") from exc
+        # ast.literal_eval's "malformed node or string: <ast.Call object at 0x...>" says nothing to a client
+        reason = "its header holds an expression where numpy expects plain values" if "malformed node" in str(exc) \
+            else f"{type(exc).__name__}: {exc}"
+        raise UploadError(422, f"{name}: undecodable NPY file ({reason})") from exc
     if dtype.kind not in "biuf":
         raise UploadError(422, f"{name}: array of dtype {dtype}; expected numbers (integer or float)")
     if len(shape) not in (2, 3):

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -68,12 +67,23 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
         with pipeline_lock("python -m tasks set"):  # a running flow reloads params.yaml at every step
             updates = parse_assignments(assignments)
             set_params(updates)
-            document = yaml.safe_load(paths.PARAMS.read_text())  # what landed, not what was typed
+            document = load_settings().model_dump(mode="json")  # what landed, as the steps will read it
             landed = {key: nested_value(document, key) for key in updates}
     except SliceWiseError as exc:
         _fail(exc)
     for key, value in landed.items():
         typer.echo(f"params.yaml: {key} = {json.dumps(value, default=str)}")
+
+
+@app.command("check")
+def check_command(params: Path = typer.Option(paths.PARAMS, help="parameters file")) -> None:
+    """Validate params.yaml as every step reads it. `make run` checks first: `dvc repro` removes a stage's outputs
+    before it runs the stage, so a mistake found by the step itself has cost them already."""
+    try:
+        settings = load_settings(params)
+    except SliceWiseError as exc:
+        _fail(exc)
+    typer.echo(f"{params}: valid (profile {settings.profile}, data source {settings.data.source})")
 
 
 @app.command("lineage")

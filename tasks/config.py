@@ -8,6 +8,8 @@ are rejected so that a typo in params.yaml fails loudly instead of silently usin
 from __future__ import annotations
 
 import re
+import zoneinfo
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,14 +24,27 @@ MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 class _Section(BaseModel):
     # allow_inf_nan=False: a NaN passes every `ge`/`le` bound (its comparisons are all false), and split.val: .nan
-    # reached the split step as a traceback
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # reached the split step as a traceback. strict=True: no conversion of one type into another (`seed: true` was
+    # taken as seed 1, `epochs.seg: true` as one epoch, `seed: "42"` as 42 while DVC saw a changed parameter);
+    # YAML's lists and strings stay welcome where a tuple or a path is meant (LISTS, PATH).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+
+LISTS = PATH = Field(strict=False)  # YAML has no tuples or paths: a list, a string
 
 
 class DataSettings(_Section):
     source: Literal["synthetic", "local", "kaggle"] = "synthetic"
-    brats_dir: Path | None = None
-    kaggle_dir: Path | None = None
+    brats_dir: Annotated[Path | None, PATH] = None
+    kaggle_dir: Annotated[Path | None, PATH] = None
+
+    @model_validator(mode="after")
+    def _local_needs_a_folder(self) -> "DataSettings":
+        """Checked when params.yaml is read, not by fetch: DVC removes data/raw before it runs a changed fetch."""
+        if self.source == "local" and self.brats_dir is None:
+            raise ValueError("data.source is 'local' but data.brats_dir is not set; set both in one go: tasks set "
+                             "data.source=local data.brats_dir=/path/to/BraTS2020_TrainingData")
+        return self
 
 
 class ModelSize(_Section):
@@ -62,7 +77,7 @@ def _check_modalities(modalities: tuple[str, ...], key: str) -> tuple[str, ...]:
 class ProfileSettings(_Section):
     # Input channels, one per modality, each z-scored over the brain. A single-channel image (Kaggle, an uploaded
     # slice, a FLAIR-only volume) is the FLAIR channel with the others all zero (see train.augment.modality_dropout).
-    modalities: tuple[str, ...] = ("flair",)
+    modalities: Annotated[tuple[str, ...], LISTS] = ("flair",)
     synthetic_patients: int = Field(48, ge=3)
     synthetic_kaggle_images: int = Field(120, ge=2)
     patient_fraction: float = Field(1.0, gt=0, le=1)
@@ -89,7 +104,7 @@ class ProfileSettings(_Section):
 class SliceSettings(_Section):
     # Not a params.yaml key: filled in from the active profile's `modalities` (see _ModelSettings), so the slice
     # step receives everything it needs in one object.
-    modalities: tuple[str, ...] = ("flair",)
+    modalities: Annotated[tuple[str, ...], LISTS] = ("flair",)
     min_brain_fraction: float = Field(0.05, ge=0, lt=1)
     workers: int = Field(2, ge=1)
 
@@ -234,6 +249,8 @@ class RegistrySettings(_Section):
     def _usable_aliases(self) -> "RegistrySettings":
         """MLflow refuses an empty alias, `latest` and `v<number>` (version references), which would fail only at
         register, after training; and one alias for both would hand a model the gate rejected the served one's."""
+        if set(self.model_name) & set("/:"):  # MLflow's own rule, met first at register otherwise
+            raise ValueError(f"registry.model_name {self.model_name!r}: MLflow model names cannot contain '/' or ':'")
         for key, alias in (("alias", self.alias), ("challenger_alias", self.challenger_alias)):
             if not alias.strip() or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
                 raise ValueError(f"registry.{key} {alias!r}: MLflow reserves empty aliases, 'latest' and v<number>")
@@ -246,6 +263,22 @@ class RegistrySettings(_Section):
 class ScheduleSettings(_Section):
     cron: str = "0 3 * * 1"
     timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _a_schedule(self) -> "ScheduleSettings":
+        """Refused when params.yaml is read, not first by `flows serve`. Prefect parses its crons with cronsim; an
+        environment without Prefect (the API image) has nothing to schedule and skips the check."""
+        try:
+            from cronsim import CronSim, CronSimError
+        except ImportError:
+            return self
+        try:
+            CronSim(self.cron, datetime.now())
+        except CronSimError as exc:
+            raise ValueError(f"schedule.cron {self.cron!r} is not a cron expression ({exc})") from exc
+        if self.timezone not in zoneinfo.available_timezones() | {"UTC"}:
+            raise ValueError(f"schedule.timezone {self.timezone!r} is not an IANA time zone (e.g. UTC, Europe/Paris)")
+        return self
 
 
 class ServeSettings(_Section):
@@ -264,17 +297,19 @@ class ServeSettings(_Section):
     answer_timeout_seconds: float = Field(120, gt=0)  # a volume answer must be read within this (else: closed)
     keep_alive_seconds: float = Field(5, gt=0)  # an idle keep-alive connection is closed after this
     max_connections: int = Field(64, ge=1)  # connections or requests in flight beyond this get a 503
-    allowed_hosts: tuple[str, ...] = ()  # Host/Origin names accepted besides localhost and the bind address
+    # Host/Origin names accepted besides localhost and the bind address
+    allowed_hosts: Annotated[tuple[str, ...], LISTS] = ()
     poll_seconds: float = Field(30, ge=0)
     ood_threshold: float = Field(0.5, gt=0, le=1)
-    tta_flips: tuple[tuple[Literal[2, 3], ...], ...] = ((), (3,))  # /v1/predict/volume?tta=true (volume.py)
+    # the flips of /v1/predict/volume?tta=true (tasks/inference/volume.py)
+    tta_flips: Annotated[tuple[Annotated[tuple[Literal[2, 3], ...], LISTS], ...], LISTS] = ((), (3,))
 
 
 class _ModelSettings(_Section):
     """What making the model reads, fetch to export, with the profile that sizes it."""
 
     profile: str = "quick"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's and scikit-learn's seeds are unsigned 32-bit
     data: DataSettings = DataSettings()
     profiles: dict[str, ProfileSettings]
     slice: SliceSettings = SliceSettings()

@@ -50,12 +50,17 @@ def write_json_atomic(data: Any, path: Path) -> None:
 @contextmanager
 def staged_folder(final: Path, staging: Path | None = None) -> Iterator[Path]:
     """An empty staging folder (default: `.tmp-<name>` beside `final`) for the block to fill; when the block
-    succeeds it replaces `final`, a previous `final` being removed first."""
+    succeeds it replaces `final`, a previous `final` being removed first. When it fails, `final` stays as it was
+    and the staging folder goes (a killed process leaves it to the next run, which empties it first)."""
     final = Path(final)
     staging = staging or final.with_name(f".tmp-{final.name}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    yield staging
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
 

@@ -59,7 +59,7 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> N
             node = node[key]
         if not isinstance(node, dict):  # e.g. `profile.x=1`: `profile` holds a value, not keys
             raise SliceWiseError(f"unknown key {dotted!r}: {'.'.join(parents)} holds a value, not keys", path)
-        node[leaf] = value
+        _put(node, leaf, _as_written(value))
     tmp = path.with_suffix(".yaml.tmp")
     try:
         with tmp.open("w") as fh:
@@ -71,3 +71,29 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> N
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)  # a bad value never lands, and leaves no params.yaml.tmp behind
+
+
+def _put(node: dict, key: str, value: object) -> None:
+    """`node[key] = value`, except that a mapping set over a mapping changes only the keys it names:
+    `profiles.quick.model={depth: 3}` keeps base_channels as params.yaml has it, where replacing the block fell back
+    to the code's defaults, which are not params.yaml's."""
+    if isinstance(value, dict) and isinstance(node.get(key), dict):
+        for inner, inner_value in value.items():
+            _put(node[key], inner, inner_value)
+    else:
+        node[key] = value
+
+
+def _as_written(value: object) -> object:
+    """`value` as it must be written for params.yaml's readers to read it back: ruamel writes YAML 1.2, where `no`,
+    `on` or `1e3` unquoted are strings, but PyYAML (tasks/config.py, DVC) reads YAML 1.1, where they are a bool or a
+    number; such a string, and any other that would not read back as itself, is written in quotes."""
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    if isinstance(value, str) and yaml.safe_load(value) != value:
+        return DoubleQuotedScalarString(value)
+    if isinstance(value, dict):
+        return {key: _as_written(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_as_written(inner) for inner in value]
+    return value

@@ -61,6 +61,15 @@ def history_file(stage: str) -> Path:
     return REPORTS / "training" / f"{stage}.csv"
 
 
+def timings_file(stage: str) -> Path:
+    """What each epoch of a stage took (wall and CPU seconds), kept beside its history (tasks/training/resume.py)."""
+    return timings_beside(history_file(stage))
+
+
+def timings_beside(history: Path) -> Path:
+    return history.with_name(f"{history.stem}_timings.csv")
+
+
 def data_identity_files(processed: Path = PROCESSED, splits_dir: Path = SPLITS) -> list[Path]:
     """The small files that say which slices a model learns and is tested on: the manifest (every slice row), the slice
     step's per-patient fingerprints (raw file digests, slicing spec) and the three split lists. Training's resume key

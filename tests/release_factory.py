@@ -16,13 +16,15 @@ from models.unet import MultitaskUNet
 from tasks import paths
 from tasks.config import Settings
 from tasks.inference.checkpoints import model_config_for, save_checkpoint
+from tasks.io import sha256_file
 
 from tests.conftest import make_tiny_processed
 
 
 def write_metrics(root: Path, accuracy: float, sensitivity: float, threshold: float = 0.5, dice: float = 0.81,
                   volume_dice: float = 0.86) -> Path:
-    """reports/metrics.json in the contract's shape with the given headline scores."""
+    """reports/metrics.json in the contract's shape with the given headline scores, about the joint checkpoint
+    under `root` when there is one."""
     n = 40
     tp = round(sensitivity * 20)
     tn = round(accuracy * n) - tp
@@ -37,6 +39,9 @@ def write_metrics(root: Path, accuracy: float, sensitivity: float, threshold: fl
                  "segmentation.dice": [dice - 0.1, min(dice + 0.1, 1.0)],
                  "segmentation_volume.dice": [volume_dice - 0.05, min(volume_dice + 0.05, 1.0)]},
     }
+    checkpoint = root / paths.best_checkpoint("joint")
+    if checkpoint.exists():  # the weights evaluated, as the evaluate step records them (register checks it)
+        report["model"] = {"checkpoint_sha256": sha256_file(checkpoint)}
     path = root / paths.METRICS
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report))

@@ -187,6 +187,17 @@ def test_regions_report_shape_intervals_and_null_regions():
     assert uncertainty["mean_on_errors"] > uncertainty["mean_on_correct"]
 
 
+def test_region_intervals_resample_a_subjects_timepoints_together():
+    """Two timepoints of one BraTS 2023 subject are one person: a bootstrap over one person gives no interval, while
+    two people give one."""
+    scores = pd.DataFrame({"wt_dice": [0.8, 0.6], "wt_hd95": [3.0, 5.0]})
+    one_subject = scores.assign(patient=["BraTS-GLI-00008-000", "BraTS-GLI-00008-001"])
+    two_subjects = scores.assign(patient=["BraTS-GLI-00008-000", "BraTS-GLI-00009-000"])
+    assert brats.regions_report(one_subject, 50, seed=0)[1]["segmentation_regions.wt.dice"] is None
+    lo, hi = brats.regions_report(two_subjects, 50, seed=0)[1]["segmentation_regions.wt.dice"]
+    assert lo < hi
+
+
 def test_uncertainty_on_errors_auroc():
     uncertainty = np.array([0.9, 0.8, 0.1, 0.2, 0.05, 0.7])
     wrong = np.array([True, True, False, False, False, False])

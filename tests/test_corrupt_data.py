@@ -7,8 +7,10 @@ Reproduced as reported: `truncate -s` on a shard of data/processed, then `slice`
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -175,6 +177,82 @@ def test_a_patient_folder_named_in_bytes_that_are_not_utf8_is_a_rejected_row(tmp
     result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
     assert result["patients"] == 2
     assert "BraTS20_Training_0\\xe902" in (out / "rejected.csv").read_text(encoding="utf-8")
+
+
+def test_a_patient_folder_whose_name_holds_a_line_break_is_a_rejected_row(tmp_path):
+    """`BraTS20_Training_007\nBraTS20_Training_001` would become two lines of a split list, the second another
+    patient's name: that patient would then be in two sets."""
+    from tasks.data.splits import read_split, write_split
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    for i, brk in enumerate(("\n", "\r", "\u2028")):
+        write_patient(raw / "brats", f"BraTS20_Training_00{7 + i}{brk}BraTS20_Training_001", np.random.default_rng(i))
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 3
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert set(rejected["reason"]) == {"file name holds a line break (the split lists hold one name per line); "
+                                       "rename it"}
+    assert sorted(Path(f).name for f in rejected["file"]) == [  # one row each, the break shown as an escape
+        f"BraTS20_Training_00{7 + i}{brk}BraTS20_Training_001" for i, brk in enumerate(("\\n", "\\r", "\\u2028"))]
+    patients = set(pd.read_csv(out / "manifest.csv")["patient"])
+    (tmp_path / "splits").mkdir()
+    write_split("train", sorted(patients), tmp_path / "splits")
+    assert read_split("train", tmp_path / "splits") == sorted(patients)
+
+
+def test_photos_that_are_not_jpeg_or_png_or_are_blank_are_rejected_rows(tmp_path):
+    """A float TIFF named .jpg carried NaN pixels into the shard; a BMP, a GIF or an all-black image went in as a
+    photo. Each is a rejected row naming it; real JPEG and PNG photos (any colour mode) are sliced."""
+    from PIL import Image
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    nan = np.full((60, 60), np.nan, np.float32)
+    nan[:30] = 1.0
+    Image.fromarray(nan, mode="F").save(raw / "kaggle" / "yes" / "float_nan.jpg", "TIFF")
+    grey = np.random.default_rng(1).integers(0, 255, (60, 60), dtype=np.uint8)
+    Image.fromarray(grey).save(raw / "kaggle" / "yes" / "bitmap.png", "BMP")
+    Image.fromarray(grey).save(raw / "kaggle" / "no" / "anim.png", "GIF")
+    Image.fromarray(np.zeros((60, 60), np.uint8)).save(raw / "kaggle" / "no" / "black.jpg", "JPEG")
+    Image.fromarray(np.zeros((60, 60), np.uint16)).save(raw / "kaggle" / "no" / "zero16.png", "PNG")
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+
+    assert result["kaggle_images"] == 6  # write_kaggle's three per class
+    reasons = dict(pd.read_csv(out / "rejected.csv").assign(file=lambda t: t["file"].map(lambda f: Path(f).name))
+                   .itertuples(index=False))
+    assert reasons == {"float_nan.jpg": "a TIFF image; only JPEG and PNG are taken, whatever the file's name",
+                       "bitmap.png": "a BMP image; only JPEG and PNG are taken, whatever the file's name",
+                       "anim.png": "a GIF image; only JPEG and PNG are taken, whatever the file's name",
+                       "black.jpg": "blank image (every pixel has one value)",
+                       "zero16.png": "blank image (every pixel has one value)"}
+    assert np.isfinite(read_shard(out / "kaggle" / "yes.npz").images.astype(np.float32)).all()
+
+
+def test_a_damaged_affine_or_a_huge_label_is_named_for_what_it_is(tmp_path):
+    """A NaN sform was reported as the file being "not on its own grid"; a label of 1e30 as the label
+    -9223372036854775808, with numpy's cast warnings on the console."""
+    import warnings
+
+    import nibabel as nib
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    flair = raw / "brats" / "BraTS20_Training_001" / "BraTS20_Training_001_flair.nii.gz"
+    image = nib.load(flair)
+    affine = image.affine.copy()
+    affine[0, 3] = np.nan
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), affine), flair)
+    seg = raw / "brats" / "BraTS20_Training_002" / "BraTS20_Training_002_seg.nii.gz"
+    image = nib.load(seg)
+    labels = np.asanyarray(image.dataobj).astype(np.float64)
+    labels[0, 0, 0] = 1e30
+    nib.save(nib.Nifti1Image(labels, image.affine), seg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 1
+    reasons = dict(pd.read_csv(out / "rejected.csv").assign(file=lambda t: t["file"].map(lambda f: Path(f).name))
+                   .itertuples(index=False))
+    assert "holds NaN or infinite values: a damaged header" in reasons["BraTS20_Training_001_flair.nii.gz"]
+    assert reasons["BraTS20_Training_002_seg.nii.gz"] == "segmentation holds values as large as 1e+30: not a label map"
 
 
 def test_a_modality_without_positive_intensity_rejects_its_patient(tmp_path):

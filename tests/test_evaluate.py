@@ -186,6 +186,26 @@ def test_bootstrap_intervals_are_seeded():
     assert first != evaluation_report.build_report(val, test, cfg, seed=6)["ci95"]
 
 
+def test_segmentation_intervals_resample_a_subjects_timepoints_together():
+    """The per-slice and per-volume Dice intervals resample people: two timepoints of one subject give no interval
+    (one person), the same scores from two subjects do."""
+    from tasks.evaluation.intervals import confidence_intervals
+
+    def split_of(patients: list[str]) -> scoring.SplitPredictions:
+        slices = pd.DataFrame({"patient": patients * 2, "label": [1, 1, 0, 0], "probability": [0.9, 0.8, 0.2, 0.1]})
+        slice_scores = pd.DataFrame({"patient": patients * 2, "slice_index": [0, 0, 1, 1],
+                                     "dice": [0.9, 0.5, 0.8, 0.4], "iou": [0.8, 0.3, 0.7, 0.2],
+                                     "hd95": [2.0, 9.0, 3.0, 8.0]})
+        volume_scores = pd.DataFrame({"patient": patients, "dice": [0.85, 0.45], "iou": [0.7, 0.3],
+                                      "hd95": [2.5, 8.5]})
+        return scoring.SplitPredictions(slices, slice_scores, volume_scores)
+
+    one = confidence_intervals(split_of(["BraTS-GLI-00008-000", "BraTS-GLI-00008-001"]), 0.5, 50, seed=0)
+    two = confidence_intervals(split_of(["BraTS-GLI-00008-000", "BraTS-GLI-00009-000"]), 0.5, 50, seed=0)
+    for key in ("segmentation.dice", "segmentation_volume.dice"):
+        assert key not in one and two[key][0] < two[key][1]
+
+
 def test_no_tumour_slice_gives_null_not_nan():
     val = predictions(np.array([0.1, 0.2]), np.array([0.8, 0.9]))
     test = predictions(np.array([0.1, 0.3]), np.array([0.7, 0.6]))  # no segmentation scores at all
@@ -266,6 +286,21 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data, tiny_settings, untrained_ch
            (("fused", scored), ("classifier", classifier))}
     assert written["classification"]["roc_auc"] == pytest.approx(auc["fused"])
     assert abs(auc["fused"] - auc["classifier"]) > 1e-6  # else this test could not tell the two apart
+
+    # A run stopped while plotting (here: Grad-CAM fails) leaves the last run's metrics.json, and no half file.
+    before = paths.METRICS.read_bytes()
+    paths.METRICS.write_bytes(before.replace(b'"classification"', b'"classification" ', 1))  # the last run's mark
+    last_run = paths.METRICS.read_bytes()
+
+    def plotting_fails(*args, **kwargs):
+        raise RuntimeError("stopped while plotting")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluation_report.plots, "gradcam_examples_plot", plotting_fails)
+        with pytest.raises(RuntimeError, match="stopped while plotting"):
+            evaluate.main(tiny_settings)
+    assert paths.METRICS.read_bytes() == last_run
+    assert not list(paths.PLOTS.glob("*.tmp")) and not list(paths.METRICS.parent.glob("*.tmp"))
 
 
 @pytest.mark.slow

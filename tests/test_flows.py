@@ -173,19 +173,31 @@ def test_deployment_uses_the_cron_in_params(tmp_path):
 
 
 def test_a_cron_prefect_refuses_is_one_error_naming_the_key(tmp_path, monkeypatch):
-    """`tasks set` takes any string; Prefect refused "0 3 * *" with a pydantic traceback from inside `flows serve`.
-    Now the deployment says which key and why, and `flows serve` stops on it before serving."""
+    """Prefect refused "0 3 * *" with a pydantic traceback from inside `flows serve`. Now params.yaml refuses it when
+    it is read (`tasks set` too, leaving the file as it was), and the deployment, should such settings reach it
+    another way, says which key and why before serving."""
     from flows.deploy import retraining_schedule
+    from tasks.config import ScheduleSettings
 
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
-    set_params({"schedule.cron": "0 3 * *"}, params)
+    with pytest.raises(SliceWiseError, match=r"schedule.cron '0 3 \* \*' is not a cron expression"):
+        set_params({"schedule.cron": "0 3 * *"}, params)
+    for zone in ("Mars/Olympus", "Europe"):  # no such zone; a folder of zones
+        with pytest.raises(SliceWiseError, match=f"schedule.timezone '{zone}' is not an IANA time zone"):
+            set_params({"schedule.timezone": zone}, params)
+    assert params.read_text() == (ROOT / "params.yaml").read_text()
+
+    def with_schedule(**schedule):  # past the validation, as a hand-built Settings would be
+        settings = load_settings(params)
+        return settings.model_copy(update={"schedule": ScheduleSettings.model_construct(**{
+            "cron": "0 3 * * 1", "timezone": "UTC", **schedule})})
+
     with pytest.raises(SliceWiseError, match=r"schedule.cron '0 3 \* \*'.*not a schedule Prefect accepts"):
-        build_deployment(load_settings(params))
+        build_deployment(with_schedule(cron="0 3 * *"))
     for zone in ("Mars/Olympus", "Europe"):  # no such zone; a folder of zones (IsADirectoryError, an OSError)
-        set_params({"schedule.cron": "0 3 * * 1", "schedule.timezone": zone}, params)
         with pytest.raises(SliceWiseError, match=zone):
-            retraining_schedule(load_settings(params))
+            retraining_schedule(with_schedule(timezone=zone))
 
 
 def test_flows_cli_errors_are_one_line_with_their_brackets_and_a_down_server_is_named(tmp_path, monkeypatch):

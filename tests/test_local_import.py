@@ -214,3 +214,74 @@ def test_import_kaggle_takes_yes_no_folders_any_case(tmp_path):
     counts = import_kaggle(tmp_path / "archive", tmp_path / "out")
     assert counts == {"yes": 3, "no": 3}
     assert not (tmp_path / "out" / "yes" / "notes.txt").exists()
+
+
+def test_a_link_out_of_the_source_folder_must_hold_what_its_name_says(tmp_path):
+    """A link in a downloaded archive can point at any file of the machine: one to a secret, named like a NIfTI or a
+    photo, is refused naming the link, and nothing is imported; a link to a real volume elsewhere still imports."""
+    rng = np.random.default_rng(8)
+    secret = tmp_path / "home" / ".kaggle" / "kaggle.json"
+    secret.parent.mkdir(parents=True)
+    secret.write_text('{"username": "u", "key": "not-for-dvc"}')
+    elsewhere = write_patient(tmp_path / "elsewhere", "BraTS20_Training_004", rng)
+    patient = write_patient(tmp_path / "src", "BraTS20_Training_004", rng)
+    for file in patient.iterdir():  # a data set assembled from links to another folder: imports
+        file.unlink()
+        file.symlink_to(elsewhere / file.name)
+    assert import_brats(tmp_path / "src", tmp_path / "out") == 1
+    (patient / "BraTS20_Training_004_t2.nii.gz").unlink()
+    (patient / "BraTS20_Training_004_t2.nii.gz").symlink_to(secret)
+    with pytest.raises(SliceWiseError, match=r"is a link to .*kaggle\.json, outside .* not a \.nii\.gz file") as error:
+        import_brats(tmp_path / "src", tmp_path / "out2")
+    assert error.value.path.endswith("BraTS20_Training_004_t2.nii.gz")
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").rglob("*t2*"))
+
+    kaggle = write_kaggle(tmp_path / "photos", rng)
+    (kaggle / "yes" / "Y9.jpg").symlink_to(secret)
+    with pytest.raises(SliceWiseError, match="not a .jpg file"):
+        import_kaggle(kaggle, tmp_path / "kaggle_out")
+
+
+def test_two_files_for_one_part_of_a_patient_are_an_error_naming_both(tmp_path):
+    """`x_flair.nii` beside `x_flair.nii.gz` (a `gunzip -k`, or another scan copied in): one would be taken without a
+    word."""
+    rng = np.random.default_rng(9)
+    write_patient(tmp_path / "src", "BraTS20_Training_119", rng)
+    write_patient(tmp_path / "other", "BraTS20_Training_119", rng, ext=".nii", parts=("flair",))
+    os.replace(tmp_path / "other" / "BraTS20_Training_119" / "BraTS20_Training_119_flair.nii",
+               tmp_path / "src" / "BraTS20_Training_119" / "BraTS20_Training_119_flair.nii")
+    with pytest.raises(SliceWiseError, match="two flair files for patient BraTS20_Training_119: "
+                                             "BraTS20_Training_119_flair.nii and BraTS20_Training_119_flair.nii.gz"):
+        find_brats_patients(tmp_path / "src")
+
+
+def test_kaggle_folders_left_out_are_named_in_a_warning(tmp_path, caplog):
+    """Only the first yes/ and no/ folders are imported (the Kaggle download holds every image twice); the other
+    yes/no folders, and folders inside the chosen ones, are named with their image counts."""
+    rng = np.random.default_rng(10)
+    write_kaggle(tmp_path / "src" / "a", rng)
+    write_kaggle(tmp_path / "src" / "b", rng, n_per_class=2)
+    write_kaggle(tmp_path / "src" / "a" / "yes" / "batch2", rng, n_per_class=1)
+    with caplog.at_level("WARNING"):
+        assert import_kaggle(tmp_path / "src", tmp_path / "out") == {"yes": 3, "no": 3}
+    left_out = caplog.text.split("left out", 1)[1]
+    for folder, count in (("b/yes", 2), ("b/no", 2), ("a/yes/batch2/yes", 1), ("a/yes/batch2/no", 1)):
+        assert f"{tmp_path / 'src' / folder} ({count} images)" in left_out
+
+
+def test_a_failed_fetch_keeps_the_last_raw_data_and_leaves_no_partial_folder(tmp_path):
+    from tasks.config import load_settings
+    from tasks.fetch import fetch_raw
+
+    rng = np.random.default_rng(11)
+    write_patient(tmp_path / "src", "BraTS20_Training_001", rng)
+    write_patient(tmp_path / "src" / "copy", "BraTS20_Training_001", rng)  # one patient in two folders: refused
+    settings = load_settings()
+    data = settings.data.model_copy(update={"source": "local", "brats_dir": str(tmp_path / "src")})
+    raw = tmp_path / "data" / "raw"
+    (raw / "brats").mkdir(parents=True)
+    (raw / "brats" / "kept.txt").write_text("the last fetch's")
+    with pytest.raises(SliceWiseError, match="two folders hold patient BraTS20_Training_001"):
+        fetch_raw(data, settings.active, 0, raw, tmp_path / "downloads")
+    assert (raw / "brats" / "kept.txt").read_text() == "the last fetch's"
+    assert sorted(p.name for p in raw.parent.iterdir()) == ["raw"]  # no raw.partial beside it

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import socket
 import sys
 import time
@@ -202,9 +203,20 @@ def test_register_refuses_numbers_and_files_of_different_models(project, tiny_se
     settings = tracked(tiny_settings)
     evaluated = json.loads(paths.METRICS.read_text())
     cases = {
-        "retrained after export": (lambda: write_checkpoint(project, settings, seed=5), "rerun the export step"),
+        "retrained after evaluate and export": (lambda: write_checkpoint(project, settings, seed=5),
+                                                "evaluated other weights than checkpoints/joint/best.pt; rerun the "
+                                                "evaluate step"),
+        "retrained and evaluated after export": (lambda: (write_checkpoint(project, settings, seed=5),
+                                                          write_metrics(project, 0.9, 0.9)),
+                                                 "exported from other weights than checkpoints/joint/best.pt; rerun "
+                                                 "the export step"),
         "evaluated other weights": (lambda: paths.METRICS.write_text(json.dumps(
             evaluated | {"model": {"checkpoint_sha256": "0" * 64}})), "rerun the evaluate step"),
+        "metrics.json that names no weights": (lambda: paths.METRICS.write_text(json.dumps(
+            {k: v for k, v in evaluated.items() if k != "model"})), "names no evaluated weights"),
+        "model.json that names no weights": (lambda: paths.EXPORT_METADATA.write_text(json.dumps(
+            {k: v for k, v in json.loads(paths.EXPORT_METADATA.read_text()).items() if k != "checkpoint"})),
+            "model.onnx names no source weights"),
         "evaluated again, other threshold": (lambda: write_metrics(project, 0.9, 0.9, threshold=0.7),
                                              "decision threshold in metrics.json (0.7)"),
         "evaluated again, other slice score": (lambda: paths.METRICS.write_text(json.dumps(evaluated | {
@@ -296,13 +308,17 @@ def test_registering_the_same_model_again_creates_no_copy(project, tiny_settings
     assert not resplit.get("reused") and resplit["version"] == "4" == alias_version("slicewise", "champion")
 
 
-def test_a_version_that_lost_its_files_is_not_kept_as_this_release(project, tiny_settings):
+@pytest.mark.parametrize("loss", ["overwritten", "folder removed"])
+def test_a_version_that_lost_its_files_is_not_kept_as_this_release(project, tiny_settings, loss):
     settings = tracked(tiny_settings)
     register.main(settings)
     stored = [p for p in project.rglob("model.onnx") if p.resolve() != paths.ONNX_MODEL.resolve()]
     assert stored
-    for path in stored:  # the registered copy is gone (a pruned artifact store)
-        path.write_bytes(b"not a model")
+    for path in stored:  # the registered copy is damaged or gone (a pruned artifact store)
+        if loss == "overwritten":
+            path.write_bytes(b"not a model")
+        else:
+            shutil.rmtree(path.parent)
     result = register.main(settings)
     assert not result.get("reused") and result["version"] == "2" == alias_version("slicewise", "champion")
 
@@ -679,3 +695,65 @@ def test_a_store_lost_during_register_is_one_clear_error(project, tiny_settings,
     assert len(lines) < 40, "\n".join(lines[:80])
     assert "Traceback" not in caplog.text + err
     assert model_folders(project) == []
+
+
+def test_a_store_that_does_not_answer_fails_the_step_rather_than_the_gate_guessing(project, tiny_settings,
+                                                                                    monkeypatch):
+    """A store that stops answering for one call, while re-scoring the champion (other test data) or verifying the
+    version holding this release: the step fails saying so, instead of the gate comparing with the champion's figure
+    from other test data, or a second copy of an intact version being registered."""
+    from tasks.release.registry import ModelRegistry
+    from tasks.tracking.store import StoreUnreachable
+
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.95, sensitivity=0.9)
+    first = register.main(settings)
+    download = ModelRegistry.download
+
+    def once_unreachable(self, *args, **kwargs):
+        if not calls:
+            calls.append(1)
+            raise StoreUnreachable("MLflow download model failed after 3 attempt(s): connection refused")
+        return download(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelRegistry, "download", once_unreachable)
+        calls = []
+        with pytest.raises(StoreUnreachable):  # the same release again: the version holding it is not verified
+            register.main(settings)
+        (paths.SPLITS / "test.txt").write_text((paths.SPLITS / "test.txt").read_text() + "\n")  # other test data
+        write_metrics(project, accuracy=0.90, sensitivity=0.9)
+        calls = []
+        with pytest.raises(StoreUnreachable):  # the champion is not re-scored
+            register.main(settings)
+    assert [v.version for v in client().search_model_versions("name='slicewise'")] == [int(first["version"])]
+
+
+def test_a_copy_of_an_image_the_champion_has_seen_is_not_new_to_it(project, tiny_settings, monkeypatch):
+    """A redrawn split can put a copy of an image the champion trained on (another file of the same scan) in today's
+    test split: it was re-scored as new, and the champion looked better than it is. Copies within the split's pHash
+    distance are left out, as the split step keeps them with their original."""
+    from tasks.data.shards import read_manifest, read_shard, write_shard
+    from tasks.release import champion as champion_module
+    from tasks.release.champion import champion_score
+
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.95, sensitivity=0.95)
+    assert register.main(settings)["promoted"]
+    kaggle = read_manifest(paths.MANIFEST).query("source == 'kaggle'")
+    seen = set(read_split("train", paths.SPLITS) + read_split("val", paths.SPLITS))
+    test = read_split("test", paths.SPLITS)
+    copy = kaggle[kaggle["patient"].isin(test)].iloc[0]
+    original = kaggle[kaggle["patient"].isin(seen)].iloc[0]
+    shard = read_shard(paths.PROCESSED / copy["shard"])
+    shard.images[copy["row"]] = read_shard(paths.PROCESSED / original["shard"]).images[original["row"]]
+    write_shard(paths.PROCESSED / copy["shard"], shard)
+
+    scored = []
+    monkeypatch.setattr(champion_module, "onnx_accuracy",
+                        lambda path, metadata, processed, rows, description: scored.append(set(rows["patient"])) or 0.9)
+    registry = ModelRegistry.existing(settings.tracking, settings.registry.model_name)
+    champion_score(registry, registry.by_alias("champion"), {"data_hash": "other", "splits_hash": "other"},
+                   paths.PROCESSED, paths.SPLITS, near_duplicate_distance=settings.split.phash_max_distance)
+    assert copy["patient"] not in scored[0] and original["patient"] not in scored[0]
+    assert champion_module.copies_of_seen(paths.PROCESSED, test, seen, 4) == {copy["patient"]}

@@ -377,6 +377,20 @@ def test_flair_alone_and_4d_upload_for_a_four_modality_model(regions_client):
     assert "holds 3 volumes where the model takes 4" in three.json()["detail"]
 
 
+def test_a_volume_under_a_field_the_route_does_not_take_is_named_not_dropped(regions_client):
+    """BraTS 2023's names (t1n, t1c, t2w) or a seg file beside a FLAIR were dropped with a 200 answered from the
+    FLAIR alone; each is now a 422 naming the file and the fields the route takes."""
+    volume = nifti_bytes(modality_volumes()["flair"][0])[0]
+    for field in ("t1n", "seg"):
+        response = regions_client.post("/v1/predict/volume", files={"flair": ("p_flair.nii.gz", volume),
+                                                                    field: (f"p_{field}.nii.gz", volume)})
+        assert response.status_code == 422
+        assert response.json()["detail"] == (f"p_{field}.nii.gz: sent as field '{field}', which this route does not "
+                                             "take; send it as 'file', 'flair', 't1', 't1ce', 't2'")
+    wrong_field = regions_client.post("/v1/predict", files={"image": ("a.png", png_bytes(brain_slice()))})
+    assert wrong_field.status_code == 422 and "a.png: sent as field 'image'" in wrong_field.json()["detail"]
+
+
 def test_four_volumes_reserve_more_of_the_memory_budget_than_one(regions_client):
     volume = nifti_bytes(modality_volumes()["flair"][0])[0]
     budget = regions_client.app.state.budget

@@ -459,6 +459,14 @@ def test_an_npy_header_is_judged_before_numpy_allocates_it(client, header, expec
     assert response.json()["detail"].startswith("forged.npy: ")
 
 
+def test_an_npy_header_holding_code_is_refused_in_words_not_a_python_repr(client):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': __import__('os').getpid(), }"
+    response = client.post("/v1/predict", files={"file": ("code.npy", npy_with_header(header))})
+    assert response.status_code == 422
+    assert response.json()["detail"] == ("code.npy: undecodable NPY file (its header holds an expression where numpy "
+                                         "expects plain values)")
+
+
 def nifti2_header(shape: tuple[int, ...]) -> bytes:
     """A NIfTI-2 header (540 bytes + 4 of 'no extensions') declaring `shape` int16, with no voxel data."""
     header = nib.Nifti2Header()

@@ -82,3 +82,14 @@ def test_command_line_values_are_checked_as_params_yaml_s_are(argv, words, capfd
     assert main([*argv, "--params", str(REPO / "params.yaml")]) != 0
     out = "".join(capfd.readouterr())  # the module's rich console holds the process's own stdout
     assert "error: invalid option" in out and words in out and "Traceback" not in out
+
+
+def test_a_model_file_that_does_not_exist_stops_the_server_before_it_starts(tmp_path, capfd):
+    """It started and answered every request with a 503 whose hint was to pass --model-file, the flag given."""
+    from serve.__main__ import main
+    from tests.conftest import REPO
+
+    missing = tmp_path / "exports" / "modle.onnx"
+    assert main(["--model-file", str(missing), "--params", str(REPO / "params.yaml"), "--port", "1"]) == 1
+    out = "".join(capfd.readouterr())
+    assert f"error: {missing}: no such ONNX file" in out and "Traceback" not in out

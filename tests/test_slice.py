@@ -374,6 +374,16 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
     ({"registry.challenger_alias": "champion"}, "a model the gate rejected would become the served one"),
     ({"registry.alias": "v3"}, "MLflow reserves empty aliases, 'latest' and v<number>"),
     ({"registry.alias": "latest"}, "MLflow reserves"),
+    # review 2026-12-05 (a fresh user): taken as seed 1, one epoch, or a local source with nothing to import, which
+    # DVC then ran after deleting data/raw
+    ({"seed": True}, "seed: Input should be a valid integer"),
+    ({"seed": "42"}, "seed: Input should be a valid integer"),
+    ({"seed": -5}, "seed: Input should be greater than or equal to 0"),
+    ({"profiles.quick.epochs.seg": True}, "profiles.quick.epochs.seg: Input should be a valid integer"),
+    ({"train.augment.flip": 1}, "train.augment.flip: Input should be a valid boolean"),
+    ({"serve.port": "8001"}, "serve.port: Input should be a valid integer"),
+    ({"data.source": "local"}, "data.source is 'local' but data.brats_dir is not set"),
+    ({"registry.model_name": "a/b"}, "MLflow model names cannot contain '/' or ':'"),
 ])
 def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, updates, words):
     """Wrong types reached a validator that raised TypeError (a traceback); `tasks set` left params.yaml.tmp."""
@@ -430,6 +440,42 @@ def test_setting_parameters_rewrites_only_the_values_set(tmp_path):
     set_params({"seed": 7, "schedule.cron": "15 4 * * 2"}, params)
     changed = [(a, b) for a, b in zip(original.splitlines(), params.read_text().splitlines()) if a != b]
     assert [b.split("#")[0].strip() for _, b in changed] == ["seed: 7", 'cron: "15 4 * * 2"'], changed
+
+
+def test_tasks_check_validates_params_yaml_before_dvc_would_remove_outputs(tmp_path):
+    """`make run` runs `tasks check` before `dvc repro`: a hand-edited `split.test: 0.25` cost data/splits (DVC
+    removes a stage's outputs before running it), then the step refused the value."""
+    from typer.testing import CliRunner
+
+    import tasks.__main__ as cli
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    good = CliRunner().invoke(cli.app, ["check", "--params", str(params)])
+    assert good.exit_code == 0 and "valid (profile quick" in good.output
+    params.write_text(params.read_text().replace("  test: 0.15", "  test: 0.25", 1))
+    bad = CliRunner().invoke(cli.app, ["check", "--params", str(params)])
+    assert bad.exit_code == 1 and "split.train + split.val + split.test must be positive and sum to 1" in bad.output
+    assert "tasks check" in (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("dvc repro", 1)[0]
+
+
+def test_setting_a_mapping_changes_only_its_keys_and_strings_read_back_as_strings(tmp_path):
+    """`profiles.quick.model={depth: 3}` replaced the block: base_channels fell back to the code's default (8, where
+    params.yaml says 16). And `registry.alias='no'` was written unquoted, which YAML 1.1 (PyYAML, DVC) reads as
+    false."""
+    from tasks.config import load_settings
+    from tasks.params_edit import parse_assignments, set_params
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    before = load_settings(params)
+    set_params(parse_assignments(["profiles.quick.model={depth: 3}", "profiles.quick.image_size=96",
+                                  "registry.alias='no'", "tracking.experiment='1e3'"]), params)
+    after = load_settings(params)
+    assert after.active.model == before.active.model.model_copy(update={"depth": 3})
+    assert (after.registry.alias, after.tracking.experiment) == ("no", "1e3")
 
 
 def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_path):
@@ -721,6 +767,69 @@ def test_a_damaged_gzip_stream_is_an_unreadable_nifti_naming_the_file(tmp_path):
         with pytest.raises(SliceWiseError, match="unreadable NIfTI") as error:
             load_volume(path)
         assert error.value.path == str(path)
+
+
+@pytest.mark.parametrize("name, shape, words", [
+    ("over_limit.nii.gz", (1500, 1500, 700), "more than the 134,217,728 a volume may have"),
+    ("over_limit.nii", (1500, 1500, 700), "more than the 134,217,728 a volume may have"),
+    ("short.nii.gz", (400, 400, 400), "the file inflates to"),
+])
+def test_a_header_declaring_more_than_its_file_holds_is_refused_before_allocating(tmp_path, name, shape, words):
+    """A few bytes whose header declares gigabytes: refused, naming the file, without allocating what it declares
+    (a 73-byte file declaring 1500x1500x700 float32 once took 6.2 GB)."""
+    import tracemalloc
+
+    from tasks.data.volumes import load_volume
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    forged = header.binaryblock + b"\0" * 4 + b"\1" * 1024  # the header, its extension flag, a kilobyte of voxels
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(forged) if name.endswith(".gz") else forged)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SliceWiseError, match=words) as error:
+            load_volume(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert error.value.path == str(path)
+    assert peak < 64 * 2**20
+
+
+def test_nibabels_warnings_are_printed_once_through_the_log(tmp_path):
+    """nibabel's own stderr handler printed each of its warnings a second time, beside the step's log line."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    image = nib.Nifti1Image(np.ones((8, 8, 4), np.int16), np.eye(4))
+    image.header["pixdim"][1:4] = 0  # nibabel warns, through its logger, when it reads such a header
+    nib.save(image, tmp_path / "P_flair.nii.gz")
+    script = ("import logging, sys; logging.basicConfig(format='LOG %(message)s'); "
+              "from tasks.data.volumes import load_volume; load_volume(__import__('pathlib').Path(sys.argv[1]))")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "P_flair.nii.gz")], capture_output=True,
+                         text=True, cwd=REPO, check=True)
+    lines = [line for line in run.stderr.splitlines() if "pixdim" in line]
+    assert len(lines) == 1 and lines[0].startswith("LOG "), run.stderr
+
+
+def _die_on_the_second(patient: Path) -> str:
+    if patient.name == "P2":
+        os._exit(9)  # as the kernel's OOM killer ends a process: no exception, no clean-up
+    return patient.name
+
+
+def test_a_slicing_process_killed_from_outside_is_an_error_naming_the_patient():
+    from tasks.data.slicing import map_on_processes
+
+    results = map_on_processes(1)(_die_on_the_second, [(Path("raw/P1"),), (Path("raw/P2"),), (Path("raw/P3"),)])
+    assert next(results) == "P1"
+    with pytest.raises(SliceWiseError, match="a slicing process died while slicing P2 ") as error:
+        next(results)
+    assert error.value.path == str(Path("raw/P2"))
 
 
 def test_brain_statistics_are_the_same_to_the_bit_however_the_volume_is_viewed():

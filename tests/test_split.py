@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from tasks.config import SliceSettings, SplitSettings
-from tasks.data.slicing import slice_dataset
 from tasks.data.shards import read_manifest
+from tasks.data.slicing import slice_dataset
 from tasks.data.splitting import (check_no_leakage, near_duplicate_pairs, perceptual_hashes, split_dataset,
                                   split_sizes)
 from tasks.errors import SliceWiseError
@@ -90,6 +90,28 @@ def test_two_kaggle_files_of_one_stem_are_two_images_with_two_ids(tmp_path):
     kaggle = read_manifest(out / "manifest.csv").query("source == 'kaggle'")
     pairs = near_duplicate_pairs(perceptual_hashes(out, kaggle), 4)
     assert ("kaggle_yes_Y1.jpg", "kaggle_yes_Y1.png") in pairs
+
+
+def test_a_resized_or_brightened_copy_is_a_near_duplicate_within_the_distance_not_only_an_exact_one(tmp_path):
+    """Copies of one scan in the Kaggle set are rarely byte copies: another size, another brightness. Their hashes
+    differ from the original's (the tolerance is what finds them), and they land in one split with it."""
+    def add_copies(kaggle):
+        with Image.open(kaggle / "yes" / "Y0.jpg") as original:
+            grey = np.asarray(original.convert("L"), dtype=np.int16)
+            original.resize((original.width * 3 // 2, original.height * 3 // 2), Image.BILINEAR).save(
+                kaggle / "yes" / "Y0 large.jpg", quality=90)
+        Image.fromarray(np.clip(grey + 20, 0, 255).astype(np.uint8)).save(kaggle / "yes" / "Y0 bright.png")
+
+    out = sliced(tmp_path, 10, 6, add_copies)
+    kaggle = read_manifest(out / "manifest.csv").query("source == 'kaggle'")
+    hashes = perceptual_hashes(out, kaggle)
+    copies = ("kaggle_yes_Y0 large", "kaggle_yes_Y0 bright")
+    distances = [bin(hashes["kaggle_yes_Y0"] ^ hashes[copy]).count("1") for copy in copies]
+    assert max(distances) > 0 and max(distances) <= SplitSettings().phash_max_distance, distances
+    split_dataset(out, tmp_path / "splits", SplitSettings(), seed=42)
+    split_of = {p: n for n in ("train", "val", "test")
+                for p in (tmp_path / "splits" / f"{n}.txt").read_text().splitlines()}
+    assert split_of["kaggle_yes_Y0"] == split_of[copies[0]] == split_of[copies[1]]
 
 
 def test_the_classification_bootstrap_resamples_a_near_duplicate_pair_as_one_unit(processed):

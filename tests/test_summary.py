@@ -70,9 +70,16 @@ def test_summary_without_tracking_says_not_registered_and_offers_no_lineage(tmp_
     assert "version None" not in out and "lineage" not in out
 
 
+def ran_here() -> None:
+    """The checkout has run the pipeline: it has an exported model (a fresh clone has only the committed reports)."""
+    paths.ONNX_MODEL.parent.mkdir(parents=True)
+    paths.ONNX_MODEL.write_bytes(b"a model")
+
+
 def test_summary_of_a_reused_version_says_no_new_version_was_made(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     paths.REPORTS.mkdir()
+    ran_here()
     paths.REGISTER_REPORT.write_text(json.dumps({
         "registered": True, "reused": True, "model_name": "slicewise", "version": "16", "promoted": True,
         "alias": "champion", "reason": "promoted: accuracy 0.939 >= 0.850 [pass]"}))
@@ -96,6 +103,7 @@ def test_summary_points_lineage_at_the_version_this_run_registered(tmp_path, mon
     """A rejected version is no champion: `lineage champion` showed another model than the one just registered."""
     monkeypatch.chdir(tmp_path)
     paths.REPORTS.mkdir()
+    ran_here()
     paths.REGISTER_REPORT.write_text(json.dumps({"model_name": "slicewise", "version": "7", "promoted": False,
                                                  "alias": "challenger", "reason": "rejected"}))
     console = Console(file=io.StringIO(), width=200)
@@ -128,3 +136,19 @@ def test_summary_flags_a_decision_made_on_other_files_than_those_on_disk(tmp_pat
     paths.REGISTER_REPORT.write_text(json.dumps(decision | {"metrics_sha256": sha256_file(paths.METRICS),
                                                             "onnx_sha256": "0" * 64}))
     assert "made on another ONNX model" in printed()
+
+
+def test_a_fresh_clone_shows_the_committed_record_as_such_and_no_lineage_it_cannot_follow(tmp_path, monkeypatch):
+    """git carries reports/: a fresh clone printed "slicewise version 6 already holds this model ... still champion"
+    and a lineage command answered by "no MLflow store yet"."""
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.METRICS.write_text(json.dumps({"classification": {"accuracy": 0.96}}))
+    paths.REGISTER_REPORT.write_text(json.dumps({
+        "registered": True, "reused": True, "model_name": "slicewise", "version": "6", "promoted": True,
+        "alias": "champion", "reason": "promoted: accuracy 0.960 >= 0.850 [pass]"}))
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console)
+    out = console.file.getvalue()
+    assert "nothing has run in this checkout yet" in out and "`make run` reproduces it here" in out
+    assert "0.960" in out and "lineage" not in out

@@ -127,6 +127,27 @@ def test_a_complete_pipeline_run_that_registered_nothing_ends_finished_not_kille
     assert client().get_run(tracker.parent_run_id).info.status == "FINISHED"
 
 
+def test_a_pipeline_run_that_ends_before_register_leaves_no_run_running(store, tiny_settings, monkeypatch):
+    """`dvc repro` reran evaluate, which came out the same, so export and register (which ends the parent) did not
+    run: the parent stayed RUNNING with nothing left to end it. Each finished step now leaves it FINISHED, the next
+    step reopens it, and a flow's parent (from the environment) is left to the flow."""
+    settings = tracked(tiny_settings)
+    seg = MlflowTracker.for_step(settings, "train_seg")
+    assert client().get_run(seg.parent_run_id).info.status == "RUNNING"
+    seg.close()
+    assert client().get_run(seg.parent_run_id).info.status == "FINISHED"
+    evaluate = MlflowTracker.for_step(settings, "evaluate")
+    assert evaluate.parent_run_id == seg.parent_run_id  # the same pipeline run, reopened
+    assert client().get_run(seg.parent_run_id).info.status == "RUNNING"
+    evaluate.close()
+    assert client().get_run(seg.parent_run_id).info.status == "FINISHED"
+
+    flow_parent = open_parent_run(settings)
+    monkeypatch.setenv(PARENT_RUN_ENV, flow_parent)
+    MlflowTracker.for_step(settings, "train_cls").close()
+    assert client().get_run(flow_parent).info.status == "RUNNING"
+
+
 def test_a_failed_register_is_rerun_in_the_same_pipeline_run(store, tiny_settings):
     """`dvc repro` after a failed register: the rerun goes on in the parent run that holds the step runs."""
     settings = tracked(tiny_settings)

@@ -1,7 +1,7 @@
 """The names of files in the raw layout (data/raw/brats/<patient>/<patient>_<part>.nii[.gz], data/raw/kaggle/...):
 which file of a patient folder is which part. The slice step, evaluation and the release's examples read the raw
 layout through these; the slicer's code identity covers this module (not the whole importer), so an edit to how a
-download is imported does not reslice every patient. File names become text here too (`is_utf8`, `shown`): the
+download is imported does not reslice every patient. File names become text here too (`name_problem`, `shown`): the
 manifest and rejected.csv are UTF-8.
 """
 
@@ -15,6 +15,8 @@ from tasks.errors import SliceWiseError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 _NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
 NOT_UTF8 = "file name is not valid UTF-8 (the manifest and rejected.csv are UTF-8 text); rename it"
+LINE_BREAK = "file name holds a line break (the split lists hold one name per line); rename it"
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits at
 
 
 def nifti_extension(path: Path) -> str:
@@ -41,6 +43,17 @@ def is_utf8(name: str) -> bool:
         return False
 
 
+def name_problem(name: str) -> str | None:
+    """Why a file name cannot name a patient or an image (it becomes an id in the manifest and a line in the split
+    lists), or None. A line break (any that str.splitlines knows) would split one id into two lines: another
+    patient's name, which the split would then put in two sets."""
+    if not is_utf8(name):
+        return NOT_UTF8
+    return None if name.splitlines() == [name] else LINE_BREAK
+
+
 def shown(path: Path | str) -> str:
-    """`path` as UTF-8 text, undecodable bytes as \\xNN escapes (for rejected.csv)."""
-    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """`path` as one line of UTF-8 text, undecodable bytes as \\xNN escapes and line breaks as \\n, \\r, ...
+    (rejected.csv: a bare \\r would split its row in two)."""
+    text = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c.encode("unicode_escape").decode("ascii") if c in LINE_BREAKS else c for c in text)

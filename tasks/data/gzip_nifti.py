@@ -12,13 +12,12 @@ fingerprints: every refetch then changed `data/raw`'s hash and retrained the mod
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 from pathlib import Path
 
 import nibabel as nib
-
-import gzip
 
 try:
     from isal import igzip as gzip_codec
@@ -26,23 +25,48 @@ except ImportError:  # an environment without the wheel reads the same format wi
     gzip_codec = gzip
 
 log = logging.getLogger(__name__)
+# nibabel gives its logger a stderr handler of its own, so each of its warnings ("pixdim[1,2,3] should be non-zero")
+# printed twice: raw, and again through the step's log handler. Through ours alone.
+logging.getLogger("nibabel.global").handlers.clear()
 
 # A single-file NIfTI's first four bytes, sizeof_hdr, say which version it is (in the file's byte order).
 NIFTI_BY_HEADER_SIZE = {348: nib.Nifti1Image, 540: nib.Nifti2Image}
 COMPRESS_LEVEL = 1  # what nibabel writes .nii.gz with: the volumes are noisy, higher levels gain little
+# The most voxels a volume may declare: a reader allocates what the header declares before it finds out whether the
+# file holds it (a 73-byte .nii.gz declaring 1500x1500x700 float32 took 6.2 GB). BraTS's 240x240x155 is 8.9 M; 512^3
+# (134 M, 0.5 GB as float32 in each slicing worker) leaves room for any brain MRI.
+MAX_VOXELS = 512**3
+INFLATE_CHUNK = 16 * 2**20  # bytes per read (a read allocates what it asks for): memory follows what the stream holds
+
+
+class DeclaredSizeError(ValueError):
+    """A header that declares more voxels than MAX_VOXELS, or more bytes than its file holds: refused before the
+    declared size is allocated."""
 
 
 def read_nifti(path: Path) -> nib.spatialimages.SpatialImage:
-    """`nib.load(path)`, except that a single-file .nii.gz is inflated in large reads and parsed from memory.
+    """`nib.load(path)`, except that a single-file .nii.gz is inflated in bounded reads and parsed from memory, and
+    that a header declaring more than MAX_VOXELS voxels, or more than its file holds, is refused first.
 
-    Never stricter than nib.load: a file the fast path does not take as it is (a header it does not recognise,
-    bytes after the gzip stream, a damaged stream) goes to nib.load, whose verdict and error stand."""
+    Otherwise never stricter than nib.load: a file the fast path does not take as it is (a header it does not
+    recognise, bytes after the gzip stream, a damaged stream) goes to nib.load, whose verdict and error stand."""
     if path.name.lower().endswith(".nii.gz"):
         try:
             return _read_single_file(path)
+        except DeclaredSizeError:
+            raise
         except Exception as exc:  # noqa: BLE001 (nib.load below decides, and reports, what this path did not take)
             log.debug("%s: read by nib.load (%s: %s)", path, type(exc).__name__, exc)
-    return nib.load(path)
+    image = nib.load(path)  # the header only: the voxels are read when asked for
+    check_declared_voxels(image.header)
+    return image
+
+
+def check_declared_voxels(header) -> None:
+    shape = header.get_data_shape()
+    if (voxels := math.prod(shape)) > MAX_VOXELS:
+        raise DeclaredSizeError(f"the header declares {voxels:,} voxels ({' x '.join(map(str, shape))}), more than "
+                                f"the {MAX_VOXELS:,} a volume may have")
 
 
 def _read_single_file(path: Path) -> nib.spatialimages.SpatialImage:
@@ -56,12 +80,22 @@ def _read_single_file(path: Path) -> nib.spatialimages.SpatialImage:
         if image_class is None:
             raise ValueError(f"{path.name}: not a single-file NIfTI header")
         header = image_class.header_class(head[:image_class.header_class.sizeof_hdr], check=False)
+        check_declared_voxels(header)
         data_bytes = math.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
         wanted = int(header.get_data_offset()) + data_bytes
-        raw = head + stream.read(max(wanted - len(head), 0))
-    if len(raw) < wanted:
-        raise ValueError(f"{path.name}: {len(raw)} bytes, the header declares {wanted}")
+        raw = head + _read_at_most(stream, wanted - len(head))
+    if len(raw) < wanted:  # nib.load would allocate the declared size before saying the same
+        raise DeclaredSizeError(f"the header declares {wanted:,} bytes, the file inflates to {len(raw):,}")
     return image_class.from_bytes(raw)
+
+
+def _read_at_most(stream, size: int) -> bytes:
+    """Up to `size` bytes of `stream`, read in INFLATE_CHUNK pieces (one read of `size` allocates all of it)."""
+    parts, left = [], size
+    while left > 0 and (part := stream.read(min(INFLATE_CHUNK, left))):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def write_nifti_gz(image: nib.Nifti1Image, path: Path) -> None:

@@ -124,8 +124,12 @@ def find_brats_patients(root: Path, files: list[Path] | None = None) -> dict[str
                                      f"{second.name}); put each patient's files in a folder of its own",
                                      path.parent)
         parts = patients.setdefault(name, {})
-        # Prefer a regular `_seg` file over an odd name, and never let a second copy overwrite the first.
-        if part not in parts or (part == "seg" and _PART_PATTERNS[-1][1].search(path.name)):
+        if part in parts and patient_id_of(parts[part]) is not None and patient_id_of(path) is not None:
+            # `x_flair.nii` beside `x_flair.nii.gz` (a `gunzip -k`, or another scan copied in): which is the patient?
+            raise SliceWiseError(f"two {part} files for patient {name}: {parts[part].name} and {path.name}; keep one",
+                                 path.parent)
+        # Prefer a regular `_seg` file over an odd name (patient 355's), and never let an odd one replace it.
+        if part not in parts or (part == "seg" and patient_id_of(path) is not None):
             parts[part] = path
     return patients
 
@@ -149,20 +153,57 @@ def unextracted_archives(files: list[Path]) -> list[Path]:
 
 
 def find_kaggle_images(root: Path) -> dict[str, list[Path]]:
-    """{'yes': [...], 'no': [...]} from the first folders named yes/no (any case) under `root`. Other files in them
-    (not JPEG/PNG) are listed in a warning, not silently left out."""
+    """{'yes': [...], 'no': [...]} from the first folders named yes/no (any case) under `root`, in path order: the
+    Kaggle download holds its images twice (`yes/` and `brain_tumor_dataset/yes/`), and both copies would count each
+    scan twice. What is left out is named in warnings, never dropped silently: other yes/no folders with images,
+    folders inside the chosen ones, and files in them that are not JPEG/PNG."""
     found: dict[str, list[Path]] = {"yes": [], "no": []}
+    chosen: dict[str, Path] = {}
     skipped: list[Path] = []
-    for folder in sorted({p.parent for p in walk_files(root)}):
+    images_in = {}  # folder → its image files
+    for path in walk_files(root):
+        images_in.setdefault(path.parent, []).append(path)
+    for folder in sorted(images_in):
         label = folder.name.lower()
-        if label in found and not found[label]:
-            files = sorted(p for p in folder.iterdir() if p.is_file() and not is_shadow(p))
-            found[label] = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-            skipped += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        if label in found and label not in chosen and any(p.suffix.lower() in IMAGE_SUFFIXES
+                                                          for p in images_in[folder]):
+            chosen[label] = folder
+            found[label] = [p for p in images_in[folder] if p.suffix.lower() in IMAGE_SUFFIXES]
+            skipped += [p for p in images_in[folder] if p.suffix.lower() not in IMAGE_SUFFIXES]
+    left_out = sorted(folder for folder, files in images_in.items() if folder not in chosen.values()
+                      and (folder.name.lower() in found or any(c in folder.parents for c in chosen.values()))
+                      and any(p.suffix.lower() in IMAGE_SUFFIXES for p in files))
+    if left_out:
+        log.warning("imported only the first yes/ and no/ folders (%s); left out %d other folder(s) with images: %s",
+                    ", ".join(str(f) for f in chosen.values()), len(left_out),
+                    ", ".join(f"{f} ({sum(p.suffix.lower() in IMAGE_SUFFIXES for p in images_in[f])} images)"
+                              for f in left_out[:10]) + (", ..." if len(left_out) > 10 else ""))
     if skipped:
         log.warning("left out %d file(s) in the yes/no folders that are not JPEG or PNG images: %s", len(skipped),
                     ", ".join(str(p) for p in skipped[:10]) + (", ..." if len(skipped) > 10 else ""))
     return found
+
+
+# What a file of each kind starts with (a .nii: sizeof_hdr, NIfTI-1 or -2, in either byte order)
+MAGIC = {".nii.gz": (b"\x1f\x8b",),
+         ".nii": tuple(size.to_bytes(4, order) for size in (348, 540) for order in ("little", "big")),
+         ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",), ".png": (b"\x89PNG\r\n\x1a\n",)}
+
+
+def check_link(src: Path, source: Path) -> None:
+    """A file that is a link to somewhere outside the source folder must hold what its name says. A link in a
+    downloaded archive can point at any file of this machine (~/.kaggle/kaggle.json, ~/.ssh/...), which data/raw
+    would take in and DVC version and push; a data set assembled from links to another folder still imports."""
+    real = Path(os.path.realpath(src))
+    if real.is_relative_to(os.path.realpath(source)):
+        return
+    kind = nifti_extension(src) or src.suffix.lower()
+    with open(real, "rb") as head:
+        start = head.read(8)
+    if not any(start.startswith(magic) for magic in MAGIC.get(kind, ())):
+        raise SliceWiseError(f"is a link to {real}, outside {source}, and that file is not a {kind} file; refused (a "
+                             "link in a downloaded archive can point at any file on this machine): remove the link",
+                             src)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -209,12 +250,32 @@ def import_brats(source: Path, out_dir: Path, fraction: float = 1.0, seed: int =
         raise SliceWiseError(f"none of the {found} BraTS patient folders under this folder holds a segmentation "
                              "(*_seg.nii[.gz]): unlabelled cases (a validation or test set?) cannot be trained on",
                              source)
-    chosen = choose_fraction(sorted(patients), fraction, seed)
-    for patient in chosen:
-        for part, src in patients[patient].items():
-            link_or_copy(src, out_dir / patient / f"{patient}_{part}{nifti_extension(src)}")
-    log.info("imported %d of %d BraTS patients from %s", len(chosen), len(patients), source)
-    return len(chosen)
+    plan = brats_import_plan(patients, fraction, seed)
+    for target, src in plan.items():
+        check_link(src, source)
+        link_or_copy(src, out_dir / target)
+    chosen = len({target.split("/")[0] for target in plan})
+    log.info("imported %d of %d BraTS patients from %s", chosen, len(patients), source)
+    return chosen
+
+
+def brats_import_plan(patients: dict[str, dict[str, Path]], fraction: float, seed: int) -> dict[str, Path]:
+    """What import_brats writes: `<patient>/<patient>_<part><ext>` (under data/raw/brats) → its source file, for the
+    seeded `fraction` of the labelled `patients` (find_brats_patients). The flow's data-change trigger plans with it
+    too (flows/source_inventory.py), so the two never disagree on a name."""
+    return {f"{patient}/{patient}_{part}{nifti_extension(src)}": src
+            for patient in choose_fraction(sorted(patients), fraction, seed)
+            for part, src in patients[patient].items()}
+
+
+def kaggle_import_plan(images: dict[str, list[Path]], fraction: float, seed: int) -> dict[str, Path]:
+    """What import_kaggle writes: `<yes|no>/<image name>` (under data/raw/kaggle) → its source file, for the seeded
+    `fraction` of each class of `images` (find_kaggle_images)."""
+    plan = {}
+    for label, files in images.items():
+        by_name = {f.name: f for f in files}
+        plan |= {f"{label}/{name}": by_name[name] for name in choose_fraction(sorted(by_name), fraction, seed)}
+    return plan
 
 
 def import_kaggle(source: Path, out_dir: Path, fraction: float = 1.0, seed: int = 0) -> dict[str, int]:
@@ -223,12 +284,10 @@ def import_kaggle(source: Path, out_dir: Path, fraction: float = 1.0, seed: int 
     images = find_kaggle_images(source)
     if not any(images.values()):
         raise SliceWiseError("no yes/ or no/ folder with JPEG/PNG images found under this folder", source)
-    counts = {}
-    for label, files in images.items():
-        by_name = {f.name: f for f in files}
-        chosen = choose_fraction(sorted(by_name), fraction, seed)
-        for name in chosen:
-            link_or_copy(by_name[name], out_dir / label / name)
-        counts[label] = len(chosen)
+    plan = kaggle_import_plan(images, fraction, seed)
+    for target, src in plan.items():
+        check_link(src, source)
+        link_or_copy(src, out_dir / target)
+    counts = {label: sum(target.startswith(f"{label}/") for target in plan) for label in images}
     log.info("imported Kaggle images %s from %s", counts, source)
     return counts

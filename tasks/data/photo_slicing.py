@@ -1,7 +1,8 @@
 """Kaggle yes/no photos → one shard per class (`slice_kaggle`, called by the slice step, tasks/data/slicing.py).
 
 A photo of unknown sequence fills channel 0 (FLAIR's), the other channels are all zero, as a missing modality; its
-label is its folder's. A photo that cannot be read, or is too small or too large, is listed in rejected.csv.
+label is its folder's. A photo that cannot be read, is not JPEG or PNG, is too small or too large, or is blank is
+listed in rejected.csv.
 """
 
 from __future__ import annotations
@@ -13,12 +14,28 @@ import numpy as np
 from PIL import Image
 
 from tasks.data import preprocess
-from tasks.data.brats_files import IMAGE_SUFFIXES, NOT_UTF8, is_utf8, shown
+from tasks.data.brats_files import IMAGE_SUFFIXES, name_problem, shown
 from tasks.data.shards import Shard, manifest_rows, write_shard
 
 # A photo is padded to a square of its longer side before resizing: 8 x 1,000,000 pixels asked for 3.6 TiB. Serving
 # refuses sides over serve.max_image_side (4096 by default) alike.
 MAX_PHOTO_SIDE = 4096
+PHOTO_FORMATS = {"JPEG", "PNG"}  # as Pillow names what it decoded
+
+
+def _photo_problem(image: Image.Image) -> str | None:
+    """Why a photo is not taken, or None: only JPEG and PNG content (what the data set holds and /v1/predict takes;
+    a TIFF named .jpg can carry NaN floats), a side within bounds, and not one flat colour (a blank image would be
+    labelled "tumour" or "no tumour" with nothing to show; an all-zero modality is rejected in slicing alike)."""
+    if image.format not in PHOTO_FORMATS:
+        return f"a {image.format or 'unknown'} image; only JPEG and PNG are taken, whatever the file's name"
+    if min(image.size) < preprocess.MIN_SIDE or max(image.size) > MAX_PHOTO_SIDE:
+        return (f"image of {image.width}x{image.height} pixels (at least {preprocess.MIN_SIDE} and at most "
+                f"{MAX_PHOTO_SIDE} a side)")
+    extrema = image.getextrema()  # (lo, hi), or one pair per band
+    if all(lo == hi for lo, hi in (extrema if isinstance(extrema[0], tuple) else [extrema])):
+        return "blank image (every pixel has one value)"
+    return None
 
 
 def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) -> tuple[list[dict], list[dict]]:
@@ -34,15 +51,13 @@ def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) 
         stems = Counter(p.stem for p in files)
         images, patients = [], []
         for path in files:
-            if not is_utf8(path.name):
-                rejected.append({"file": shown(path), "reason": NOT_UTF8})
+            if problem := name_problem(path.name):
+                rejected.append({"file": shown(path), "reason": problem})
                 continue
             try:
                 with Image.open(path) as image:
-                    if min(image.size) < preprocess.MIN_SIDE or max(image.size) > MAX_PHOTO_SIDE:
-                        rejected.append({"file": str(path), "reason": f"image of {image.width}x{image.height} "
-                                                                      f"pixels (at least {preprocess.MIN_SIDE} and at "
-                                                                      f"most {MAX_PHOTO_SIDE} a side)"})
+                    if problem := _photo_problem(image):
+                        rejected.append({"file": str(path), "reason": problem})
                         continue
                     images.append(preprocess.prepare_image(image, size))
                 patients.append(f"kaggle_{label_name}_{path.stem if stems[path.stem] == 1 else path.name}")

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -32,9 +33,9 @@ from rich.progress import Progress
 from tasks import paths
 from tasks.config import SliceSettings
 from tasks.data import brats_files, gzip_nifti, orientation, preprocess, regions, shards, volumes
+from tasks.data.brats_files import find_part, name_problem, shown
 from tasks.data.file_digests import FileDigests, digest_record
 from tasks.data.orientation import Orientation
-from tasks.data.brats_files import NOT_UTF8, find_part, is_utf8, shown
 from tasks.data.photo_slicing import slice_kaggle
 from tasks.data.process_pool import process_pool
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, manifest_rows, read_manifest, shard_problem, write_shard
@@ -168,7 +169,8 @@ def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> 
     except SliceWiseError as exc:
         return patient_dir.name, {"file": exc.path or str(patient_dir), "reason": exc.reason}
     write_shard(shard_path, shard)
-    return patient_dir.name, manifest_rows(patient_dir.name, "brats", shard_path.relative_to(shard_path.parents[1]).as_posix(), shard)
+    shard_name = shard_path.relative_to(shard_path.parents[1]).as_posix()
+    return patient_dir.name, manifest_rows(patient_dir.name, "brats", shard_name, shard)
 
 
 def map_on_processes(workers: int) -> JobMap:
@@ -176,7 +178,14 @@ def map_on_processes(workers: int) -> JobMap:
 
     def map_jobs(fn: Callable[..., Any], jobs: list[tuple]) -> Iterable[Any]:
         with process_pool(workers) as pool:
-            yield from pool.map(fn, *zip(*jobs))
+            results = pool.map(fn, *zip(*jobs))
+            for job in jobs:
+                try:
+                    yield next(results)
+                except BrokenProcessPool as exc:  # a worker killed from outside: the kernel's OOM killer, most often
+                    raise SliceWiseError(f"a slicing process died while slicing {Path(job[0]).name} or a patient "
+                                         "beside it (killed by the system: out of memory?); the shards of unchanged "
+                                         "patients are kept: run the step again", job[0]) from exc
 
     return map_jobs
 
@@ -191,8 +200,8 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     """
     spec = SliceSpec(tuple(cfg.modalities), image_size, stride, cfg.min_brain_fraction)
     all_dirs = sorted(p for p in (raw_dir / "brats").glob("*") if p.is_dir())
-    patient_dirs = [p for p in all_dirs if is_utf8(p.name)]  # a patient's name is its id in the manifest
-    misnamed = [{"file": shown(p), "reason": NOT_UTF8} for p in all_dirs if not is_utf8(p.name)]
+    patient_dirs = [p for p in all_dirs if name_problem(p.name) is None]  # a patient's name is its manifest id
+    misnamed = [{"file": shown(p), "reason": name_problem(p.name)} for p in all_dirs if name_problem(p.name)]
     if not patient_dirs:
         raise SliceWiseError("no BraTS patient folders to slice (run the fetch step first)", raw_dir / "brats")
 
@@ -203,7 +212,8 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     rows, rejected, todo, damaged = [], misnamed, [], []
     for patient_dir in patient_dirs:
         name, shard_path = patient_dir.name, out_dir / "brats" / f"{patient_dir.name}.npz"
-        if previous["fingerprints"].get(name) == fingerprints[name] and shard_path.exists() and name in previous["rows"]:
+        unchanged = previous["fingerprints"].get(name) == fingerprints[name]
+        if unchanged and shard_path.exists() and name in previous["rows"]:
             problem = shard_problem(shard_path, len(previous["rows"][name]), len(spec.modalities), spec.image_size)
             if problem is None:
                 rows.extend(previous["rows"][name])  # unchanged since the last run, and intact: keep its shard

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from tasks.data import regions
-from tasks.data.gzip_nifti import read_nifti
+from tasks.data.gzip_nifti import DeclaredSizeError, read_nifti
 from tasks.errors import SliceWiseError
 
 
@@ -71,6 +71,8 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
             data = np.asanyarray(image.dataobj)
         else:
             data = np.asarray(image.dataobj, dtype=np.float32)
+    except DeclaredSizeError as exc:
+        raise SliceWiseError(f"{exc}; a damaged or forged header", path) from exc
     except Exception as exc:  # nibabel, gzip, zlib and ISA-L raise many types for damaged files
         raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
     if data.ndim == 4 and data.shape[3] == 1:  # a 3D volume stored with a trailing time axis of one
@@ -84,7 +86,11 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
         if np.isinf(data).any():  # it would pass as brain (> 0) and make every z-score NaN
             raise SliceWiseError(f"the volume holds {int(np.isinf(data).sum()):,} infinite values", path)
         data = np.nan_to_num(data, nan=0.0)  # NaN: outside the brain, as 0 is (it never counted as brain)
-    return Volume(data, spacing_mm(image.header), affine_mm(image.header, image.affine))
+    affine = affine_mm(image.header, image.affine)
+    if not np.isfinite(affine).all():  # NaN never equals itself: every grid comparison would blame another file
+        raise SliceWiseError("the header's voxel-to-world transform (its sform or qform) holds NaN or infinite "
+                             "values: a damaged header", path)
+    return Volume(data, spacing_mm(image.header), affine)
 
 
 def _unscaled(image) -> bool:
@@ -97,10 +103,15 @@ def brats2020_labels(seg: np.ndarray, seg_path: Path) -> np.ndarray:
     if np.issubdtype(seg.dtype, np.integer):
         codes = seg  # stored as integers (load_volume(..., labels=True)): nothing to check before mapping
     else:
-        codes = seg.astype(np.int16)  # label maps are small integers: one cast and one comparison (np.round cost more)
+        # label maps are small integers: one cast and one comparison (np.round cost more); a value beyond int16 casts
+        # to garbage, which the comparison catches
+        with np.errstate(invalid="ignore"):
+            codes = seg.astype(np.int16)
         if not np.array_equal(codes, seg):
             if not np.array_equal(seg, np.round(seg)):
                 raise SliceWiseError("segmentation holds non-integer values (resampled with interpolation?)", seg_path)
+            if (largest := float(np.abs(seg).max())) >= 2**31:  # int64's cast would overflow, and no label is near
+                raise SliceWiseError(f"segmentation holds values as large as {largest:g}: not a label map", seg_path)
             codes = seg.astype(np.int64)  # integers beyond int16: reported below as unknown labels
     try:
         return regions.to_brats2020_labels(codes)

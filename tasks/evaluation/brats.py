@@ -36,9 +36,10 @@ from sklearn.metrics import roc_auc_score
 from tasks.data.brats_files import find_part
 from tasks.data.orientation import Orientation
 from tasks.data.regions import REGIONS, regions_from_labels
+from tasks.data.subjects import subjects
 from tasks.data.volumes import brats2020_labels, load_volume
-from tasks.evaluation import metrics
 from tasks.errors import SliceWiseError
+from tasks.evaluation import metrics
 from tasks.evaluation.brats_reference import VENV, reference_python, reference_scores
 from tasks.inference.predictor import MASK_THRESHOLD
 from tasks.inference.postprocess import Component
@@ -193,7 +194,8 @@ def write_label_maps(folder: Path, patient: str, scored: dict) -> None:
 
 def regions_report(scores: pd.DataFrame, n_resamples: int, seed: int) -> tuple[dict, dict, dict]:
     """(segmentation_regions, their ci95 entries, the uncertainty summary) for metrics.json. A region the model
-    does not predict is null; intervals resample patients (tasks/evaluation/metrics.bootstrap_ci)."""
+    does not predict is null; intervals resample subjects (tasks/evaluation/metrics.bootstrap_ci; a subject's timepoints
+    together)."""
     section, intervals = {}, {}
     for region in REGIONS:
         columns = [f"{region}_{name}" for name in REGION_METRICS]
@@ -203,7 +205,7 @@ def regions_report(scores: pd.DataFrame, n_resamples: int, seed: int) -> tuple[d
         section[region] = {name: float(scores[f"{region}_{name}"].mean()) for name in REGION_METRICS}
         statistic = metrics.weighted_mean_statistic({name: scores[f"{region}_{name}"].to_numpy(dtype=float)
                                                      for name in REGION_METRICS})
-        ci = metrics.bootstrap_ci(scores["patient"].to_numpy(), statistic, n_resamples, seed)
+        ci = metrics.bootstrap_ci(subjects(scores["patient"]).to_numpy(), statistic, n_resamples, seed)
         intervals |= {f"segmentation_regions.{region}.{name}": ci.get(name) for name in REGION_METRICS}
     uncertainty = {"kind": "entropy", "n_patients": int(len(scores))}
     for name in ("mean_on_errors", "mean_on_correct", "auroc"):

@@ -1,6 +1,7 @@
 """Bootstrap 95 % confidence intervals of the test figures, resampling patients (`confidence_intervals`): every test
 patient for classification, with a Kaggle image's near-duplicates as one (`resampling_units`), and the BraTS patients
-with tumour for the per-slice and per-volume segmentation scores."""
+with tumour for the per-slice and per-volume segmentation scores. A subject's timepoints (BraTS 2023 names) are
+resampled together everywhere: they are one person, as the split keeps them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.data import splitting
-from tasks.data.subjects import subject_of
+from tasks.data.subjects import subjects
 from tasks.evaluation import metrics
 from tasks.evaluation.scoring import SplitPredictions
 
@@ -18,7 +19,7 @@ def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -
     """What the classification bootstrap resamples, per slice: its BraTS subject, or its Kaggle image's near-duplicate
     group (pHash distance <= `max_distance`, as the split step groups them: copies of one scan, kept in one split).
     Resampled one by one, copies counted as independent patients and narrowed the interval."""
-    units = slices["patient"].astype(str).map(subject_of)  # a subject's timepoints: one person
+    units = subjects(slices["patient"])
     kaggle = slices[slices["source"] == "kaggle"]
     if len(kaggle) > 1:
         pairs = splitting.near_duplicate_pairs(splitting.perceptual_hashes(processed, kaggle), max_distance)
@@ -38,8 +39,8 @@ def confidence_intervals(test: SplitPredictions, threshold: float, n_resamples: 
     families = [
         ("classification", test.slices["patient"] if units is None else units,
          metrics.classification_statistic(labels, probability, threshold)),
-        ("segmentation", seg["patient"], _means_of(seg, ("dice", "iou", "hd95"))),
-        ("segmentation_volume", vol["patient"], _means_of(vol, ("dice", "hd95"))),
+        ("segmentation", subjects(seg["patient"]), _means_of(seg, ("dice", "iou", "hd95"))),
+        ("segmentation_volume", subjects(vol["patient"]), _means_of(vol, ("dice", "hd95"))),
     ]
     intervals = {}
     for prefix, groups, statistic in families:

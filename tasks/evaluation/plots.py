@@ -20,18 +20,20 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from tasks.data.shards import read_shard  # noqa: E402
 from tasks.evaluation.metrics import CALIBRATION_BINS, MASK_THRESHOLD  # noqa: E402
+from tasks.io import atomic_write  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    """The figure as `path` (its suffix names the format), written whole or not at all."""
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, float_format="%.6g")
+    with atomic_write(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
     return path
 
 

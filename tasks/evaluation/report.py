@@ -252,8 +252,8 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
         report["segmentation_regions_coverage"] = {"n_patients": int(len(region_scores)),
                                                    "of_brats_test_patients": len(brats_test),
                                                    "missing_patients": unscored}
-    write_json_atomic(report, where.metrics)
     written, ece = write_plots(test, report, model, predictor, where, cfg, seed, device, region_scores)
+    write_json_atomic(report, where.metrics)  # last: a run stopped while plotting leaves the last run's metrics.json
 
     tracker.log_metrics(flatten_metrics(report) | {"calibration.ece": ece})
     tracker.log_artifact(where.metrics)

@@ -8,6 +8,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from tasks import paths
 from tasks.data.splits import read_split, split_rows
 from tasks.data.subjects import subject_of
 from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD
@@ -16,17 +17,20 @@ from tasks.release.gate import ChampionScore
 from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, SEEN_PATIENTS_FILE, ModelRegistry
 from tasks.release.release_files import Release, finite_number
 from tasks.tracking import provenance
+from tasks.tracking.store import StoreUnreachable
 
 log = logging.getLogger(__name__)
 
 
 def rescore_champion(registry: ModelRegistry, version: str, processed: Path, splits_dir: Path,
-                     challenger: Release | None = None) -> tuple[float, list[str], float | None] | None:
+                     challenger: Release | None = None, near_duplicate_distance: int | None = None,
+                     ) -> tuple[float, list[str], float | None] | None:
     """The champion's accuracy on the current test split at its own threshold, leaving out the patients it was
     trained or tuned on (a split redrawn after patients were added can put them in today's test split, where it
-    would shine), the patients it was scored on, and, when that is part of the split only, `challenger`'s accuracy
-    on the same slices (its metrics.json figure covers the whole split: another population). None if its input does
-    not fit or no test patient is new to it."""
+    would shine) and, with `near_duplicate_distance`, the Kaggle images that are copies of images it has seen (as the
+    split groups them); the patients it was scored on; and, when that is part of the split only, `challenger`'s
+    accuracy on the same slices (its metrics.json figure covers the whole split: another population). None if its
+    input does not fit or no test patient is new to it."""
     from tasks.data.shards import read_shard
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,6 +42,9 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
         seen_subjects = {subject_of(patient) for patient in seen}  # another timepoint of a person it has seen
         today = read_split("test", splits_dir)
         test = [patient for patient in today if subject_of(patient) not in seen_subjects]
+        if near_duplicate_distance is not None:
+            copies = copies_of_seen(processed, test, set(seen), near_duplicate_distance)
+            test = [patient for patient in test if patient not in copies]
         if not test:
             return None
         rows = split_rows(processed, test)
@@ -52,6 +59,20 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
     mine = onnx_accuracy(challenger.onnx_path, challenger.metadata, processed, rows, "scoring this model alike") \
         if challenger is not None else None
     return accuracy, test, mine
+
+
+def copies_of_seen(processed: Path, candidates: list[str], seen: set[str], max_distance: int) -> set[str]:
+    """The Kaggle images among `candidates` within `max_distance` (pHash, as the split step groups them) of an image
+    in `seen`: another copy of a scan the champion trained on is no new patient to it."""
+    from tasks.data.shards import read_manifest
+    from tasks.data.splitting import near_duplicate_pairs, perceptual_hashes
+
+    manifest = read_manifest(processed / paths.MANIFEST.name)
+    kaggle = manifest[(manifest["source"] == "kaggle") & manifest["patient"].isin({*candidates, *seen})]
+    if kaggle.empty or kaggle["patient"].isin(seen).sum() == 0:
+        return set()
+    pairs = near_duplicate_pairs(perceptual_hashes(processed, kaggle), max_distance)
+    return {b for a, b in pairs if a in seen and b not in seen} | {a for a, b in pairs if b in seen and a not in seen}
 
 
 def onnx_accuracy(onnx_path: Path, metadata: dict, processed: Path, rows, description: str) -> float:
@@ -75,7 +96,8 @@ SAME_DATA_TAGS = ("data_hash", "splits_hash", "data_fingerprint")
 
 
 def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str], processed: Path,
-                   splits_dir: Path, challenger: Release | None = None) -> ChampionScore:
+                   splits_dir: Path, challenger: Release | None = None,
+                   near_duplicate_distance: int | None = None) -> ChampionScore:
     """The champion's test accuracy, as comparable with the challenger's as possible:
     recorded when it was tested on the same data (same data and split hashes), else re-scored on this test split
     (on its patients new to the champion, with `challenger` scored on the same slices when that leaves some out),
@@ -86,7 +108,9 @@ def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str],
     if same_data and recorded is not None:
         return ChampionScore(version, recorded, "same test data")
     try:
-        rescored = rescore_champion(registry, version, processed, splits_dir, challenger)
+        rescored = rescore_champion(registry, version, processed, splits_dir, challenger, near_duplicate_distance)
+    except StoreUnreachable:  # a store that does not answer now: the step fails (and is retried), rather than the
+        raise  # gate comparing with a figure from other test data
     except Exception as exc:  # noqa: BLE001 - an old or foreign version without our metadata, an ONNX file
         # onnxruntime refuses, artifacts the store lost: the champion's own record is then all there is to compare,
         # and it must not stop this model from being registered

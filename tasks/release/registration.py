@@ -34,6 +34,7 @@ from tasks.data.splits import read_split
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import evaluated_slice_score
 from tasks.io import sha256_file
+from tasks.redaction import redact
 from tasks.release.champion import champion_score
 from tasks.release.examples import bundle_examples
 from tasks.release.gate import ChampionScore, GateDecision, PromotionGate
@@ -44,8 +45,7 @@ from tasks.release.versions import (create_verified_version, discard_logged_mode
                                     registered_model_ids)
 from tasks.tracking import provenance
 from tasks.tracking.mlflow_runs import MlflowTracker
-from tasks.redaction import redact
-from tasks.tracking.store import fluent_store, retrying, tracking_uri
+from tasks.tracking.store import StoreUnreachable, fluent_store, retrying, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     tags = provenance.run_tags(settings) | {"data_fingerprint": provenance.data_fingerprint(processed, splits_dir)}
     registry = ModelRegistry(cfg, name, tracker.client)
     champion = registry.by_alias(reg.alias)
-    score = champion_score(registry, champion, tags, processed, splits_dir, release) if champion is not None \
-        else None
+    score = champion_score(registry, champion, tags, processed, splits_dir, release,
+                           settings.split.phash_max_distance) if champion is not None else None
     decision = decide(settings, release, score)
     version_tags = tags | {
         "promotion": "promoted" if decision.promoted else "rejected", "promotion_reason": decision.reason,
@@ -131,6 +131,8 @@ def still_intact(registry: ModelRegistry, version, release: Release, example: np
     artifacts were lost), a new version is registered instead of keeping an alias on a broken one."""
     try:
         registry.verify(str(version.version), release.onnx_path, release.onnx_sha256, release.checkpoint_path, example)
+    except StoreUnreachable:  # no answer is no verdict: a second copy of an intact version would be registered
+        raise
     except SliceWiseError as exc:
         log.warning("register: version %s holds this release but failed verification (%s); registering it again",
                     version.version, exc.reason)
@@ -158,4 +160,4 @@ def kept_version(settings: Settings, decision: GateDecision, version, alias: str
 def decide(settings: Settings, release: Release, champion: ChampionScore | None) -> GateDecision:
     parity = release.export_report.get("parity", {})
     return PromotionGate.from_settings(settings.promotion).decide(
-        release.metrics, bool(parity.get("passed")), parity_detail(parity), champion)
+        release.metrics, parity.get("passed") is True, parity_detail(parity), champion)  # "false" is no pass

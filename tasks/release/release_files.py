@@ -48,14 +48,18 @@ def check_one_model(release: Release, metrics_path: Path) -> None:
     A step run by hand out of order (evaluate again after export, or train again after evaluate) would otherwise
     promote one model on another's numbers."""
     weights = sha256_file(release.checkpoint_path)
+    # Both steps always record the weights they saw; a file without the record (hand-made, or written before it
+    # existed) cannot show it is about these weights, so it is refused like one about others.
     evaluated = (release.metrics.get("model") or {}).get("checkpoint_sha256")
-    if evaluated is not None and evaluated != weights:
-        raise SliceWiseError(f"metrics.json evaluated other weights than {release.checkpoint_path}; rerun the "
-                             "evaluate step (then export)", metrics_path)
+    if evaluated != weights:
+        said = "names no evaluated weights" if evaluated is None else "evaluated other weights than"
+        raise SliceWiseError(f"metrics.json {said} {release.checkpoint_path}; rerun the evaluate step (then export)",
+                             metrics_path)
     exported = (release.metadata.get("checkpoint") or {}).get("sha256")
-    if exported is not None and exported != weights:
-        raise SliceWiseError(f"model.onnx was exported from other weights than {release.checkpoint_path}; rerun the "
-                             "export step", release.metadata_path)
+    if exported != weights:
+        said = "names no source weights" if exported is None else "was exported from other weights than"
+        raise SliceWiseError(f"model.onnx {said} {release.checkpoint_path}; rerun the export step",
+                             release.metadata_path)
     pairs = {"decision threshold": ((release.metrics.get("classification") or {}).get("threshold"),
                                     release.metadata.get("threshold")),
              "mask threshold": ((release.metrics.get("segmentation_threshold") or {}).get("value"),

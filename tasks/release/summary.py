@@ -31,6 +31,12 @@ def print_summary(console: Console | None = None) -> None:
     if not found and not paths.REGISTER_REPORT.exists():
         console.print("no pipeline output here yet: run `make run` (or `.venv/bin/dvc repro`) in the project root")
         return
+    # git carries reports/ (metrics.json, register.json): a fresh clone has the record of the run they come from,
+    # but no data, model or registry of its own
+    ran_here = any(path.exists() for path in (paths.RAW, paths.CHECKPOINTS, paths.ONNX_MODEL))
+    if not ran_here:
+        console.print("[yellow]nothing has run in this checkout yet:[/] below is the record committed with the code "
+                      "(reports/), from the run that made it; `make run` reproduces it here")
     table = Table(title="SliceWise results", show_header=True)
     table.add_column("what")
     table.add_column("where")
@@ -59,6 +65,9 @@ def print_summary(console: Console | None = None) -> None:
             unit = " (mm)" if key == "hd95" else ""
             headline.add_row(f"{section}.{key}{unit}", "n/a" if value is None else f"{value:.3f}", interval)
         console.print(headline)
+        if nested_value(metrics, "segmentation.hd95") is not None:  # why it reads so far above the volume's
+            console.print("segmentation.hd95 is per tumour slice: one predicted empty counts as the image's diagonal "
+                          "(README, Evaluation); the volume and region HD95 are the re-stacked 3D ones")
         if where := _where_it_errs(metrics):
             console.print(where)
 
@@ -78,7 +87,8 @@ def print_summary(console: Console | None = None) -> None:
         else:
             console.print("[yellow]not registered[/] (tracking.enabled is false)")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
-        if registered:  # the version this run registered, whichever alias it got
+        if registered and ran_here:  # the version this run registered, whichever alias it got (a committed
+            # record's version is in the registry of the machine that made it)
             console.print(f"lineage: .venv/bin/python -m tasks lineage {decision.get('version')}")
 
 

@@ -11,7 +11,8 @@ again in each process:
    ended it but was cut off before removing the file: its rerun must find the version it made). `register`, the
    last step, logs into the parent itself and ends it (FINISHED, or FAILED when it fails), which removes the file:
    the next `dvc repro` opens a new parent even with unchanged code. A failed step ends its own run and the parent
-   FAILED (tag `failed_step`), an interrupted one (Ctrl-C, SIGTERM) KILLED, so no run is left RUNNING; rerunning it
+   FAILED (tag `failed_step`), an interrupted one (Ctrl-C, SIGTERM) KILLED, so no run is left RUNNING; a step that
+   finishes leaves the parent FINISHED as far as the pipeline run went (the next step reopens it); rerunning it
    reopens the same parent, and ends KILLED a run of the step that a SIGKILLed process left RUNNING. A parent left
    RUNNING by a pipeline run whose code or params have since changed is ended FINISHED when every step it holds
    finished (register had nothing new to register), else KILLED.
@@ -243,3 +244,9 @@ class MlflowTracker:
                 break
         if self.parent_run_id is None and status == "FINISHED":  # a failed register's rerun must find its run
             _forget_pointer(self.run_id)
+        elif status == "FINISHED" and os.environ.get(PARENT_RUN_ENV) != self.parent_run_id:
+            # Under `dvc repro` the parent is FINISHED as far as the pipeline run went: when the stages after this
+            # one are up to date (evaluate came out the same, so export and register did not run), no step would
+            # end it, and it stayed RUNNING. The next step reopens it (resolve_parent_run), register ends it for
+            # good. A flow's parent (from the environment) is the flow's to end.
+            retrying(self.cfg, "end parent run", self.client.set_terminated, self.parent_run_id, "FINISHED")

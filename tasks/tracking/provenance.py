@@ -28,9 +28,9 @@ FLOW_RUN_ENV = "SLICEWISE_PREFECT_FLOW_RUN_ID"  # set by flows/lineage.py for th
 SOURCE_PATHSPEC = (":(glob)**/*.py", "params.yaml", "dvc.yaml", "requirements.txt")
 # dvc.lock outs that identify the data, tag name -> (stage, out path).
 DATA_OUTS = {
-    "data_raw_hash": ("fetch", "data/raw"),
-    "data_hash": ("slice", "data/processed"),
-    "splits_hash": ("split", "data/splits"),
+    "data_raw_hash": ("fetch", paths.RAW.as_posix()),
+    "data_hash": ("slice", paths.PROCESSED.as_posix()),
+    "splits_hash": ("split", paths.SPLITS.as_posix()),
 }
 
 

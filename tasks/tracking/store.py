@@ -124,6 +124,11 @@ def check_store_present(what: str) -> None:
                              "or rerun the step to start a new store", uri)
 
 
+class StoreUnreachable(SliceWiseError):
+    """`retrying` gave up on a transient error: the store did not answer, which says nothing about what it holds.
+    A caller that falls back on "the version is broken" or "the figures are lost" lets this one through."""
+
+
 def retrying(cfg: TrackingSettings, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call fn with exponential backoff on transient errors; give up with a SliceWiseError naming the store."""
     for attempt in range(1, cfg.max_attempts + 1):
@@ -135,7 +140,7 @@ def retrying(cfg: TrackingSettings, what: str, fn: Callable[..., T], *args: Any,
                 raise
             if attempt == cfg.max_attempts:
                 detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                raise SliceWiseError(
+                raise StoreUnreachable(
                     f"MLflow {what} failed after {attempt} attempt(s): {detail}. Is the tracking store reachable? "
                     "Start it with `make mlflow-ui`, unset MLFLOW_TRACKING_URI to use sqlite:///mlflow.db, "
                     "or set tracking.enabled: false", tracking_uri()) from exc

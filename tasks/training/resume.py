@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from tasks import paths
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, save_checkpoint
 from tasks.io import atomic_write
@@ -121,5 +122,12 @@ def save_epoch(plan, state: StageState, improved: bool, steps: StageRunner, gene
 
 
 def write_history(path: Path, history: list[dict]) -> None:
+    """What each epoch learned at `path`, and what it took (TIMINGS) in a file beside it (paths.timings_beside): the
+    history is then the same bytes whenever the training is (a resumed run's timings differ), so `evaluate`, which
+    plots it and so depends on it, is not run again for the same model."""
+    frame = pd.DataFrame(history)
+    timings = [column for column in TIMINGS if column in frame]
     with atomic_write(path) as tmp:
-        pd.DataFrame(history).to_csv(tmp, index=False, float_format="%.6g")
+        frame.drop(columns=timings).to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_write(paths.timings_beside(path)) as tmp:
+        frame[["epoch", *timings]].to_csv(tmp, index=False, float_format="%.6g")
