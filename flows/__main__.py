@@ -42,6 +42,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _server_up(api_url: str) -> bool:
+    if not api_url.startswith(("http://", "https://")):  # urlopen's ValueError was a traceback
+        _fail(f"PREFECT_API_URL={api_url} must start with http:// or https:// (e.g. {LOCAL_PREFECT_API})")
     try:
         urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=5).close()
     except OSError:
@@ -68,9 +70,18 @@ def _check_parameters(updates: dict[str, str]) -> None:
         trial = Path(tmp) / paths.PARAMS.name
         shutil.copy(paths.PARAMS, trial)
         try:
-            set_params(updates, trial) if updates else load_settings(trial)
+            if updates:
+                set_params(updates, trial)
+            settings = load_settings(trial)
         except SliceWiseError as exc:
             _fail(f"{paths.PARAMS}: {exc.reason}", exc.exit_code)
+    if settings.data.source == "local":  # a missing folder: said now, not after data/raw was removed
+        from tasks.data.local_import import check_source_folders
+
+        try:
+            check_source_folders(settings.data.brats_dir, settings.data.kaggle_dir)
+        except SliceWiseError as exc:
+            _fail(str(exc), exc.exit_code)
 
 
 @app.command()
@@ -146,7 +157,41 @@ def serve() -> None:
         serve_deployment(settings)
 
 
+class KnownFailuresInOneLine:
+    """A log record factory that drops the traceback of a failure already said in one line. Prefect logs a failed
+    task or flow run with its traceback (to its own console handler, whatever this CLI's logging is), so a step's
+    SliceWiseError, or the flow's StepFailed naming the step, came out as two full tracebacks above the one red
+    line `flows run` prints. Any other exception keeps its traceback: that one is a bug to read."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def __call__(self, *args, **kwargs) -> logging.LogRecord:
+        record = self.factory(*args, **kwargs)
+        if record.exc_info and said_in_one_line(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return record
+
+
+def said_in_one_line(exc: BaseException | None) -> bool:
+    from flows.pipeline import StepFailed
+
+    while exc is not None:
+        if isinstance(exc, (SliceWiseError, StepFailed)):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def install_log_factories() -> None:
+    """Failures in one line, then credentials masked (tasks/redaction.py), in every record of this process."""
+    from tasks.redaction import install_beneath_redaction
+
+    install_beneath_redaction(KnownFailuresInOneLine)  # the redaction masks the tracebacks left, it cannot tell them
+
+
 def main() -> None:
+    install_log_factories()
     handler = RichHandler(console=console, show_path=False)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API request otherwise

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
 from tasks import paths
+from tasks.errors import SliceWiseError
 from tasks.tracking.provenance import DVC_LOCK
 
 DVC_YAML = paths.ROOT / "dvc.yaml"
@@ -34,6 +38,33 @@ def _repo():
     from dvc.repo import Repo  # imported on use: DVC takes a second to import
 
     return Repo(str(paths.ROOT))
+
+
+# How long the flow waits for DVC's repository lock, which any DVC command holds while it runs (`dvc status` in a
+# terminal, an editor's DVC extension). DVC's own gives up after 3 s: a step that had run for an hour then failed
+# to record itself, and ran again on the next flow run. Never forever: a `dvc repro` holds it for the whole pipeline.
+LOCK_WAIT_SECONDS = 120
+
+
+@contextmanager
+def _locked(repo) -> Iterator[None]:
+    from dvc.lock import LockError
+
+    wait_seconds = LOCK_WAIT_SECONDS
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            repo.lock.lock()  # tries for about 3 s
+            break
+        except LockError as exc:
+            if time.monotonic() >= deadline:
+                raise SliceWiseError(f"another DVC command has held the repository's lock for over {wait_seconds:g} "
+                                     "s; let it finish and run the flow again (a finished step's outputs are "
+                                     "recorded then, or rebuilt)", ".dvc/tmp/lock") from exc
+    try:
+        yield
+    finally:
+        repo.lock.unlock()
 
 
 def pipeline_stages(dvc_yaml: Path = DVC_YAML) -> list[str]:
@@ -103,7 +134,7 @@ def clear_or_restore(stage: str, use_run_cache: bool = True) -> bool:
     """
     from dvc.stage.cache import RunCacheNotFoundError
 
-    with _repo() as repo, repo.lock:
+    with _repo() as repo, _locked(repo):
         (stage_obj,) = repo.stage.collect(stage)
         stage_obj.remove_outs(ignore_remove=False, force=False)
         if not use_run_cache:
@@ -124,7 +155,7 @@ def commit_stage(stage: str) -> str:
     folder). Restoring such a stage from the run cache would skip what it does besides its files (register
     registers a model and moves the champion alias), so `dvc repro` never records it, and neither may the flow.
     """
-    with _repo() as repo, repo.lock, repo.scm_context:
+    with _repo() as repo, _locked(repo), repo.scm_context:
         (stage_obj,) = repo.stage.collect(stage)
         uncached = any(not out.use_cache for out in stage_obj.outs if not (out.is_metric or out.is_plot))
         stage_obj.save(run_cache=not uncached)

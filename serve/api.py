@@ -166,10 +166,11 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                     cfg.poll_seconds)
     else:
         @admin.post("/model/reload")
-        def reload() -> dict:
-            """Check the registry now (the poller does it every `serve.poll_seconds`) and load a changed champion."""
+        def reload() -> JSONResponse:
+            """Check the registry now (the poller does it every `serve.poll_seconds`) and load a changed champion.
+            A check that failed is a 503 (a script must not read "changed: false" as "nothing new")."""
             result = holder.refresh()
-            return {**result, "detail": holder.detail}
+            return JSONResponse({**result, "detail": holder.detail}, status_code=503 if "error" in result else 200)
 
         app.include_router(admin)
 

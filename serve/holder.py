@@ -101,11 +101,18 @@ class ModelHolder:
         return f"serving {what}"
 
     def _no_model(self) -> dict:
+        if self.model is not None and isinstance(self.source, FileSource):
+            # `dvc repro` (and the flow) remove exports/model.onnx before export writes the new one: the model
+            # loaded from it stays served until a file is there again (a registry alias removed stops it, below)
+            self.detail = (f"{self._serving_detail()}; {self.source.description} is gone (being exported again?): "
+                           "still serving the model loaded from it")
+            log.warning(self.detail)
+            return {"changed": False, "key": self.key}
         if self.model is not None:
             log.warning("%s no longer names a model; stopped serving %s", self.source.description, self.key)
         self.model, self.key = None, None
         hint = "export it again (`make run`), or point --model-file at an existing ONNX file" \
-            if isinstance(self.source, FileSource) else NO_MODEL_HINT  # a file it was given, gone since
+            if isinstance(self.source, FileSource) else NO_MODEL_HINT
         self.detail = f"no model: {self.source.description} does not exist; {hint}"
         log.warning(self.detail)
         return {"changed": False, "key": None}

@@ -201,8 +201,9 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         "voxel_spacing_mm": spacing,
         "threshold": model.threshold,
         "max_tumor_probability": round(float(probabilities.max()), 6),
-        "has_tumor": decision(float(probabilities.max()), model.threshold, ood, ood_threshold),
-        "tumor_slices": [s["slice"] for s in slices if s["has_tumor"]],
+        "has_tumor": (has_tumor := decision(float(probabilities.max()), model.threshold, ood, ood_threshold)),
+        # withheld with the decision: "no slice with tumour" would read as a clean scan
+        "tumor_slices": None if has_tumor is None else [s["slice"] for s in slices if s["has_tumor"]],
         "tumor_volume_cm3": round(region_cm3[result.regions[0]], 4),
         "ood_score": ood.score,
         "ood_checks": ood.checks,

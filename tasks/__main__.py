@@ -81,6 +81,10 @@ def check_command(params: Path = typer.Option(paths.PARAMS, help="parameters fil
     before it runs the stage, so a mistake found by the step itself has cost them already."""
     try:
         settings = load_settings(params)
+        if settings.data.source == "local":
+            from tasks.data.local_import import check_source_folders
+
+            check_source_folders(settings.data.brats_dir, settings.data.kaggle_dir)
     except SliceWiseError as exc:
         _fail(exc)
     typer.echo(f"{params}: valid (profile {settings.profile}, data source {settings.data.source})")

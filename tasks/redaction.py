@@ -74,3 +74,12 @@ def install_log_redaction() -> None:
     current = logging.getLogRecordFactory()
     if not isinstance(current, _RedactedRecords):
         logging.setLogRecordFactory(_RedactedRecords(current))
+
+
+def install_beneath_redaction(wrapper: type) -> None:
+    """Install `wrapper(factory)` as a log record factory that sees each record before the redaction does (which then
+    masks what it leaves), however early the redaction was installed; idempotent."""
+    install_log_redaction()
+    redacted = logging.getLogRecordFactory()
+    if isinstance(redacted, _RedactedRecords) and not isinstance(redacted.factory, wrapper):
+        redacted.factory = wrapper(redacted.factory)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -226,6 +227,65 @@ def test_flows_cli_errors_are_one_line_with_their_brackets_and_a_down_server_is_
     assert result.exit_code == 1 and "no Prefect server answers at PREFECT_API_URL=http://127.0.0.1:9/api" in printed
 
 
+def test_failures_said_in_one_line_lose_their_traceback_in_the_log_others_keep_it(monkeypatch):
+    """Prefect logs a failed task or flow run with its traceback, to a console handler of its own: a step's
+    SliceWiseError came out as two tracebacks above the one red line. The CLI's record factory drops them for
+    failures already said in words (a SliceWiseError, StepFailed, or one caused by them), and keeps any other."""
+    import logging
+
+    import flows.__main__ as cli
+    from flows.pipeline import StepFailed
+
+    from tasks.redaction import install_log_redaction
+
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.LogRecord)  # restored after the test
+    install_log_redaction()  # as a step's MLflow client may have done before: ours goes beneath it all the same
+    cli.install_log_factories()
+    cli.install_log_factories()  # idempotent
+
+    def record_of(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            return logging.getLogger("prefect.task_runs").makeRecord(
+                "prefect.task_runs", logging.ERROR, __file__, 1, "Task run failed", (), sys.exc_info())
+
+    def caused(exc: BaseException, cause: BaseException) -> BaseException:
+        exc.__cause__ = cause
+        return exc
+
+    for said in (SliceWiseError("data.brats_dir is not a folder", "/nope"), StepFailed("fetch failed"),
+                 caused(RuntimeError("task failed"), SliceWiseError("no such file"))):
+        record = record_of(said)
+        assert record.exc_info is None and not record.exc_text
+    bug = record_of(KeyError("unexpected"))
+    assert "Traceback" in (bug.exc_text or "") and "KeyError" in bug.exc_text
+
+
+def test_flows_run_refuses_a_missing_source_folder_or_a_bad_api_url_before_anything_runs(tmp_path, monkeypatch):
+    """A local source whose folder is missing was found by fetch, after the flow had removed data/raw; a
+    PREFECT_API_URL without a scheme was urlopen's ValueError, as a traceback."""
+    import io
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import flows.__main__ as cli
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=300))
+    before = (ROOT / "params.yaml").read_text()
+    result = CliRunner().invoke(cli.app, ["run", "--data-source", "local", "--brats-dir", str(tmp_path / "nope")])
+    said = cli.console.file.getvalue()
+    assert result.exit_code == 1 and f"{tmp_path / 'nope'}: data.brats_dir is not a folder" in said
+    assert (ROOT / "params.yaml").read_text() == before
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: "localhost:4200/api"}):
+        result = CliRunner().invoke(cli.app, ["run"])
+    assert result.exit_code == 1 and "must start with http:// or https://" in cli.console.file.getvalue()
+
+
 def test_metrics_rows_and_model_card_carry_intervals_and_decision():
     metrics = {"classification": {"accuracy": 0.91, "sensitivity": 0.8, "confusion_matrix": [[5, 1], [2, 7]], "n": 15},
                "segmentation": {"dice": 0.72}, "segmentation_volume": {"dice": 0.75, "n_patients": 2},
@@ -349,6 +409,37 @@ def test_the_flow_keeps_register_like_stages_out_of_dvcs_run_cache(tmp_path, mon
     assert len(entries()) == 1  # no entry for announce
     assert set(yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]) == {"make", "announce"}
     assert dvc(tmp_path, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_the_flow_waits_for_dvcs_lock_to_record_a_step_and_says_so_when_it_gives_up(tmp_path, monkeypatch):
+    """Any DVC command holds the repository's lock while it runs; DVC's own wait gives up after 3 s, so a step that
+    had just finished failed to record itself in dvc.lock (and ran again on the next flow run)."""
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    assert dvc(tmp_path, "init", "-q").returncode == 0
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "make": {"cmd": "echo made > made.txt", "deps": ["source.txt"], "outs": ["made.txt"]}}}))
+    (tmp_path / "source.txt").write_text("source\n")
+    (tmp_path / "made.txt").write_text("made\n")
+
+    def hold_lock(seconds: float) -> subprocess.Popen:
+        holder = subprocess.Popen([sys.executable, "-c", "import sys, time, zc.lockfile; "
+                                   "lock = zc.lockfile.LockFile('.dvc/tmp/lock'); print('held', flush=True); "
+                                   "time.sleep(float(sys.argv[1]))", str(seconds)], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        return holder
+
+    holder = hold_lock(5)  # longer than DVC's own 3 s
+    dvc_stage.commit_stage("make")
+    holder.wait()
+    assert "make" in yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    monkeypatch.setattr(dvc_stage, "LOCK_WAIT_SECONDS", 1)
+    holder = hold_lock(8)
+    try:
+        with pytest.raises(SliceWiseError, match="another DVC command has held the repository's lock for over 1 s"):
+            dvc_stage.commit_stage("make")
+    finally:
+        holder.kill()
 
 
 @pytest.mark.slow
@@ -511,7 +602,8 @@ def test_cli_reports_the_failed_step_in_one_line(project, tmp_path, prefect_serv
 
     from flows.__main__ import app
 
-    result = CliRunner().invoke(app, ["run", "--data-source", "local", "--brats-dir", str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()  # a folder (a missing one is refused before the flow starts): no BraTS files in it
+    result = CliRunner().invoke(app, ["run", "--data-source", "local", "--brats-dir", str(tmp_path / "empty")])
     assert result.exit_code == 1
     assert "step 'fetch' failed" in result.output and "Traceback" not in result.output
     assert load_settings(project / "params.yaml").data.source == "local"  # the option went into params.yaml

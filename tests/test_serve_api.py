@@ -487,6 +487,37 @@ def test_reload_picks_up_a_replaced_model_file(tmp_path):
         assert client.get("/model/info").json()["served"]["threshold"] == 0.9
 
 
+def test_a_model_file_removed_while_it_is_exported_again_is_still_served(tmp_path):
+    """`dvc repro` removes exports/model.onnx before export writes the new one: a server started with --model-file
+    answered 503 for the whole export (and until the next one, when it failed)."""
+    files = make_served_files(tmp_path)
+    with local_client(file_app(files)) as client:
+        files.onnx.unlink()
+        assert client.post("/model/reload").json()["changed"] is False
+        assert "is gone (being exported again?): still serving" in client.get("/healthz").json()["detail"]
+        assert predict(client, png_bytes(brain_slice())).status_code == 200
+        export_tiny_onnx(files.onnx, threshold=0.9)
+        assert client.post("/model/reload").json()["changed"] is True
+        assert client.get("/model/info").json()["served"]["threshold"] == 0.9
+
+
+def test_a_reload_whose_check_failed_is_a_503_and_the_loaded_model_stays(tmp_path, monkeypatch):
+    """It answered 200 {"changed": false, "error": ...}: a script registering a model and asking for a reload read
+    "nothing changed" while the store was down."""
+    files = make_served_files(tmp_path)
+    with local_client(file_app(files)) as client:
+        source = client.app.state.holder.source
+
+        def store_down():
+            raise ConnectionError("the registry did not answer")
+
+        monkeypatch.setattr(source, "current_key", store_down)
+        response = client.post("/model/reload")
+        assert response.status_code == 503 and response.json()["changed"] is False
+        assert "the registry did not answer" in response.json()["detail"]
+        assert predict(client, png_bytes(brain_slice())).status_code == 200  # still serving what was loaded
+
+
 def test_a_slice_sent_alone_is_judged_at_its_own_threshold_and_a_volume_at_the_evaluated_one(tmp_path):
     """model.json's `threshold` was chosen on slices scored in their volume (after the clean-up), which a slice sent
     alone never is: /v1/predict applies `lone_slice_threshold`, chosen on slices scored alone; the volume route keeps

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,27 @@ def test_an_example_runs_in_one_click(browser, server, shots):
     assert "px (unreliable: out of distribution)" in browser.find_element("id", "slice-details").text
 
 
+def test_a_slow_answer_to_an_earlier_choice_never_replaces_the_newer_one(browser, server):
+    """Each view's requests ran side by side: the first to finish hid the busy note, and a slow answer to an earlier
+    choice then replaced the newer one on screen (an example, then another: the first one's answer shown last)."""
+    open_page(browser, server)
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    browser.execute_script(  # the first prediction's answer is held back 2 s, as a slow Grad-CAM or a large file
+        "const real = window.fetch; let first = true;"
+        "window.fetch = (url, options) => {"
+        "  const answer = real(url, options);"
+        "  if (!String(url).includes('/predict') || !first) return answer;"
+        "  first = false; return answer.then((r) => new Promise((done) => setTimeout(() => done(r), 2000)));"
+        "};")
+    next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
+    browser.find_element("id", "tab-examples").click()
+    next(b for b in by_css(browser, "#examples-gallery .example") if "photograph" in b.text).click()
+    wait(browser, lambda d: "photograph" in d.find_element("id", "slice-title").text)
+    time.sleep(3)  # the held-back answer has arrived by now
+    assert "photograph" in browser.find_element("id", "slice-title").text
+    assert not browser.find_element("id", "slice-busy").is_displayed()
+
+
 def test_the_content_security_policy_refuses_nothing_the_ui_does(browser, server):
     """Every view at work under the served policy (serve/guards.py): the console records no refusal."""
     browser.get_log("browser")  # what earlier tests left
@@ -311,7 +333,7 @@ def test_patient_viewer_marks_the_volumes_of_an_out_of_distribution_answer_unrel
     def out_of_distribution(answer: dict) -> dict:
         answer = with_region_fields(answer)
         warning = "out of distribution (score 0.90 >= 0.5): intensities unlike an MRI volume's"
-        return answer | {"has_tumor": None, "warning": warning, "tumor_slices": [],
+        return answer | {"has_tumor": None, "warning": warning, "tumor_slices": None,
                          "slices": [item | {"has_tumor": None} for item in answer["slices"]]}
 
     answer = open_volume_example_answering(browser, server, out_of_distribution)
@@ -321,6 +343,7 @@ def test_patient_viewer_marks_the_volumes_of_an_out_of_distribution_answer_unrel
                          and c.text.endswith("(unreliable: out of distribution)") for c in cells)
     assert f"{answer['region_volumes_cm3']['tc']:.2f} cm³" in browser.find_element("id", "vol-regions").text
     assert browser.find_element("id", "vol-slice-label").text.endswith("mm² (unreliable)")
+    assert visible(browser, "vol-summary").text.startswith("decision withheld (out of distribution) · ")
 
 
 def test_patient_viewer_shows_what_the_clean_up_dropped_and_goes_to_its_slices(browser, server):
@@ -377,7 +400,6 @@ def test_the_page_follows_a_new_champion_without_a_reload(browser, server):
     asked = browser.execute_script("return window.asked")
     browser.execute_script("window.asked = []; document.dispatchEvent(new Event('visibilitychange'));")
     wait(browser, lambda d: any(u.endswith("/model/info") for u in d.execute_script("return window.asked")))
-    import time
 
     time.sleep(1)  # what the page would do after that answer: nothing, the model is the same
     assert not any(u.endswith("/v1/examples") for u in browser.execute_script("return window.asked")), asked

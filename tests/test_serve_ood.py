@@ -122,12 +122,13 @@ def test_flagged_volume_has_no_decisions(client):
     body = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(-volume)[0])}).json()
     assert body["ood_score"] >= THRESHOLD and "intensity range" in body["warning"]
     assert body["has_tumor"] is None and all(s["has_tumor"] is None for s in body["slices"])
+    assert body["tumor_slices"] is None  # withheld too: [] read as "no slice with tumour", a clean scan
 
 
 def test_normal_volume_is_not_flagged(client):
     volume, _ = brain_volume()
     body = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(volume)[0])}).json()
-    assert body["warning"] is None and body["has_tumor"] is True
+    assert body["warning"] is None and body["has_tumor"] is True and body["tumor_slices"]
 
 
 def test_a_tint_is_not_colour():

@@ -148,18 +148,18 @@ async function predictSliceFile() {
   const file = $("slice-file").files[0];
   if (!file) return;
   lastSliceExample = null;
-  const ok = await busy("slice", async () =>
-    showSlice(await postFiles(`/v1/predict?gradcam=${$("slice-gradcam").checked}`, "file", [file]), file.name));
-  if (!ok) show("slice-result", false);
+  const ok = await busy("slice", () => postFiles(`/v1/predict?gradcam=${$("slice-gradcam").checked}`, "file", [file]),
+    (result) => showSlice(result, file.name));
+  if (ok === false) show("slice-result", false);
 }
 
 async function runSliceExample(example) {
   openView("slice");
   lastSliceExample = example;
   const url = `/v1/examples/${encodeURIComponent(example.id)}/predict?gradcam=${$("slice-gradcam").checked}`;
-  const ok = await busy("slice", async () =>
-    showSlice(await api(url, { method: "POST" }), "example: " + example.title));
-  if (!ok) show("slice-result", false);
+  const ok = await busy("slice", () => api(url, { method: "POST" }),
+    (result) => showSlice(result, "example: " + example.title));
+  if (ok === false) show("slice-result", false);
 }
 
 pickAgain($("slice-file"), predictSliceFile);

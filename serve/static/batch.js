@@ -65,12 +65,12 @@ async function predictBatch() {
     show("batch-error", true);
     return;
   }
-  const ok = await busy("batch", async () => {
-    batch.rows = await postFiles("/v1/predict/batch", "files", files);
+  const ok = await busy("batch", () => postFiles("/v1/predict/batch", "files", files), (rows) => {
+    batch.rows = rows;
     renderBatch();
     $("batch-csv").disabled = false;
   });
-  if (!ok) clearBatch();
+  if (ok === false) clearBatch();
 }
 
 // A text cell a spreadsheet would run as a formula (a file named "=HYPERLINK(...).png") gets a leading quote, as

@@ -44,18 +44,29 @@ export function showError(prefix, error) {
 }
 export function showWarning(id, warning) { $(id).textContent = warning || ""; show(id, Boolean(warning)); }
 
-// Runs `work` with the view's busy note shown and its error box filled on failure; returns whether it worked.
-export async function busy(prefix, work) {
+// Each view's latest request. Requests of a view run side by side, and a slow answer to an earlier choice (Grad-CAM
+// ticked, then unticked; file X, then file Y) must not replace the newer one's answer or error, nor hide its busy note.
+const latest = {};
+
+// Runs `request` with the view's busy note shown, then `render(answer, isLatest)` unless a newer request of the view
+// was made meanwhile (a render that awaits checks `isLatest()` before it changes what is shown); a failure fills the
+// error box. Returns true when rendered, false when it failed, null when a newer request took over the view.
+export async function busy(prefix, request, render = () => {}) {
+  const ticket = (latest[prefix] = (latest[prefix] || 0) + 1);
+  const isLatest = () => latest[prefix] === ticket;
   showError(prefix, null);
   show(prefix + "-busy", true);
   try {
-    await work();
-    return true;
+    const answer = await request();
+    if (!isLatest()) return null;
+    await render(answer, isLatest);
+    return isLatest() ? true : null;
   } catch (error) {
+    if (!isLatest()) return null;
     showError(prefix, error);
     return false;
   } finally {
-    show(prefix + "-busy", false);
+    if (isLatest()) show(prefix + "-busy", false);
   }
 }
 

@@ -21,24 +21,27 @@ function blobUrl(base64, type = "application/gzip") {
 }
 
 async function layers(result) {
+  // The decoded images of every slice, built apart: the volume shown stays whole (its images, slices and links)
+  // until the new one is ready, which takes seconds for 155 slices of four images.
   const all = (field, then = (x) => x) => Promise.all(result.slices.map(async (s) => then(await loadImage(s[field]))));
   // the label overlay and its legend for a model of the three BraTS regions; a whole-tumour model's label map calls
   // everything it finds oedema (2), so its mask is drawn as the whole tumour instead
   const hasLabels = (result.regions || []).length > 1 && result.slices.some((s) => s.labels_png);
-  patient.base = await all("image_png");
-  patient.pred = hasLabels ? await all("labels_png") : await all("mask_png", (m) => tinted(m, PRED_RGB));
-  patient.truth = await all("truth_png", (t) => outline(t));
-  patient.unc = await all("uncertainty_png");
-  return hasLabels;
+  return {
+    hasLabels,
+    base: await all("image_png"),
+    pred: hasLabels ? await all("labels_png") : await all("mask_png", (m) => tinted(m, PRED_RGB)),
+    truth: await all("truth_png", (t) => outline(t)),
+    unc: await all("uncertainty_png"),
+  };
 }
 
-async function render(result, title) {
+async function render(result, title, isLatest = () => true) {
   if (!result.slices.length || !result.slices[0].image_png) throw new Error("the answer holds no slice images");
+  const { hasLabels, base, pred, truth, unc } = await layers(result);
+  if (!isLatest()) return;  // a newer volume was asked for meanwhile: it, not this one, replaces what is shown
   patient.urls.forEach((url) => URL.revokeObjectURL(url));
-  patient.urls = [];
-  patient.result = result;
-  patient.slices = result.slices;
-  const hasLabels = await layers(result);
+  Object.assign(patient, { result, slices: result.slices, base, pred, truth, unc, urls: [] });
   // the slices are cut in one orientation whatever the file's storage: say which, as a viewer's markers would
   const shown = result.orientation ? ` · stored ${result.orientation}, shown anterior up, patient's right on the ` +
     "left, slices inferior to superior" : "";
@@ -58,8 +61,11 @@ async function render(result, title) {
     (patient.truth.some(Boolean) ? "<span><i class=\"outline\"></i>truth: outline in the label's colour</span>" : "");
   regionTable(result);
   cleanupNote(result.cleanup);
-  $("vol-summary").textContent = `${result.tumor_slices.length} of ${result.slices.length} slices with tumour · ` +
-    `max probability ${fmt(result.max_tumor_probability)} · OOD score ${fmt(result.ood_score, 2)}`;
+  // no decision for an out-of-distribution volume: "0 of N slices with tumour" would read as a clean scan
+  const found = result.tumor_slices === null ? "decision withheld (out of distribution)" :
+    `${result.tumor_slices.length} of ${result.slices.length} slices with tumour`;
+  $("vol-summary").textContent = `${found} · max probability ${fmt(result.max_tumor_probability)} · ` +
+    `OOD score ${fmt(result.ood_score, 2)}`;
   const labels = result.label_map_nifti ? [result.label_map_nifti, result.label_map_nifti_filename] :
     [result.mask_nifti, result.mask_nifti_filename];
   $("vol-labels-link").href = blobUrl(labels[0]);
@@ -156,10 +162,10 @@ function step(delta) {
 
 export async function openVolumeExample(example) {
   openView("patient");
-  const ok = await busy("vol", async () => render(
-    await api(`/v1/examples/${encodeURIComponent(example.id)}/predict?images=true`, { method: "POST" }),
-    "example: " + example.title));
-  if (!ok) show("vol-result", false);
+  const ok = await busy("vol",
+    () => api(`/v1/examples/${encodeURIComponent(example.id)}/predict?images=true`, { method: "POST" }),
+    (result, isLatest) => render(result, "example: " + example.title, isLatest));
+  if (ok === false) show("vol-result", false);
 }
 
 // One file goes as `file` (FLAIR, or a 4D volume of the model's modalities) unless its BraTS name says another
@@ -192,9 +198,9 @@ async function predictVolumeFile() {
   const files = [...$("vol-file").files];
   if (!files.length) return;
   const title = files.length === 1 ? files[0].name : files.map((f) => f.name).join(" + ");
-  const ok = await busy("vol", async () => render(
-    await api("/v1/predict/volume?images=true", { method: "POST", body: volumeForm(files) }), title));
-  if (!ok) show("vol-result", false);
+  const ok = await busy("vol", () => api("/v1/predict/volume?images=true", { method: "POST", body: volumeForm(files) }),
+    (result, isLatest) => render(result, title, isLatest));
+  if (ok === false) show("vol-result", false);
 }
 
 export function setupPatient() {

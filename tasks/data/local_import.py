@@ -233,6 +233,14 @@ def _uniform(seed: int, name: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def check_source_folders(brats_dir: Path | None, kaggle_dir: Path | None) -> None:
+    """The folders `data.source: local` imports from exist: said by `tasks check` (make run) and `flows run` before
+    the pipeline starts, since DVC (and the flow alike) remove data/raw before they run a changed fetch."""
+    for key, folder in (("data.brats_dir", brats_dir), ("data.kaggle_dir", kaggle_dir)):
+        if folder is not None and not Path(folder).expanduser().is_dir():
+            raise SliceWiseError(f"{key} is not a folder", folder)
+
+
 def import_brats(source: Path, out_dir: Path, fraction: float = 1.0, seed: int = 0) -> int:
     if not source.is_dir():
         raise SliceWiseError("data.brats_dir is not a folder", source)
