@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -266,19 +265,23 @@ class ScheduleSettings(_Section):
 
     @model_validator(mode="after")
     def _a_schedule(self) -> "ScheduleSettings":
-        """Refused when params.yaml is read, not first by `flows serve`. Prefect parses its crons with cronsim; an
-        environment without Prefect (the API image) has nothing to schedule and skips the check."""
-        try:
-            from cronsim import CronSim, CronSimError
-        except ImportError:
-            return self
-        try:
-            CronSim(self.cron, datetime.now())
-        except CronSimError as exc:
-            raise ValueError(f"schedule.cron {self.cron!r} is not a cron expression ({exc})") from exc
-        if self.timezone not in zoneinfo.available_timezones() | {"UTC"}:
+        """The plain mistakes, refused when params.yaml is read rather than first by `flows serve`: a cron with the
+        wrong number of fields or characters no cron has, a time zone the tz database does not know. Prefect's own
+        parser (flows/deploy.py) still has the last word, and this check never refuses what it takes (its macros,
+        a seconds field), whichever packages are installed."""
+        fields = self.cron.split()
+        if self.cron.strip().lower() not in CRON_MACROS and not (
+                5 <= len(fields) <= 6 and all(CRON_FIELD.fullmatch(field) for field in fields)):
+            raise ValueError(f"schedule.cron {self.cron!r} is not a cron expression: five fields (minute hour day "
+                             "month weekday), e.g. '0 3 * * 1' for Mondays 03:00, or @daily, @weekly, ...")
+        zones = zoneinfo.available_timezones()  # empty without a tz database: nothing to check against
+        if zones and self.timezone not in zones | {"UTC"}:
             raise ValueError(f"schedule.timezone {self.timezone!r} is not an IANA time zone (e.g. UTC, Europe/Paris)")
         return self
+
+
+CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?#-]+")  # numbers, names (mon, jan), ranges, lists, steps, L W # ?
 
 
 class ServeSettings(_Section):
@@ -382,11 +385,27 @@ class Settings(_ModelSettings):
     serve: ServeSettings = ServeSettings()
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 (and DVC's ruamel) read them: `5e-4` and `1e-05` are numbers.
+    YAML 1.1 wants a dot in a float, so they came as strings, which the strict settings refuse (and `tasks set`
+    writes a small float as 1e-05)."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def read_yaml(text: str):
+    """params.yaml's YAML (or a `tasks set` value) as the settings read it."""
+    return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_settings(path: Path | str = paths.PARAMS) -> Settings:
     """Read and validate params.yaml; a bad file raises SliceWiseError naming the file and the reason."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise SliceWiseError("parameters file not found", path) from exc
     except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, another encoding

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from tasks import paths
-from tasks.config import load_settings, yaml_problem
+from tasks.config import load_settings, read_yaml, yaml_problem
 from tasks.errors import SliceWiseError
 
 
@@ -22,7 +22,7 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
         if not sep or not key:
             raise SliceWiseError(f"expected KEY=VALUE, got {item!r}")
         try:
-            updates[key] = yaml.safe_load(value)
+            updates[key] = read_yaml(value)
         except yaml.YAMLError as exc:
             raise SliceWiseError(f"{item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from exc
     return updates
@@ -85,15 +85,22 @@ def _put(node: dict, key: str, value: object) -> None:
 
 
 def _as_written(value: object) -> object:
-    """`value` as it must be written for params.yaml's readers to read it back: ruamel writes YAML 1.2, where `no`,
-    `on` or `1e3` unquoted are strings, but PyYAML (tasks/config.py, DVC) reads YAML 1.1, where they are a bool or a
-    number; such a string, and any other that would not read back as itself, is written in quotes."""
+    """`value` as it must be written for params.yaml's readers to read it back. ruamel writes YAML 1.2, where `no` or
+    `on` unquoted are strings, but the settings read YAML 1.1 (PyYAML), where they are bools: such a string, and any
+    other that would not read back as itself (`*/5 * * * *` does not parse at all), is written in quotes."""
     from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-    if isinstance(value, str) and yaml.safe_load(value) != value:
+    if isinstance(value, str) and not _reads_back(value):
         return DoubleQuotedScalarString(value)
     if isinstance(value, dict):
         return {key: _as_written(inner) for key, inner in value.items()}
     if isinstance(value, list):
         return [_as_written(inner) for inner in value]
     return value
+
+
+def _reads_back(text: str) -> bool:
+    try:
+        return read_yaml(text) == text
+    except yaml.YAMLError:
+        return False

@@ -63,9 +63,8 @@ for module in modules:
 print(json.dumps(failed))
 """
 GRADCAM_ONLY = "torch,monai"
-# Imported where the API image does without them: tasks/data/gzip_nifti.py falls back to the standard library's gzip;
-# tasks/config.py checks schedule.cron with Prefect's parser (cronsim) where Prefect is installed, to schedule with.
-NOT_IN_API_IMAGE = "isal,cronsim"
+# Imported where the API image does without it: tasks/data/gzip_nifti.py falls back to the standard library's gzip.
+NOT_IN_API_IMAGE = "isal"
 
 
 def requirement_closure(requirements_file: Path) -> set[str]:

@@ -214,9 +214,11 @@ def test_photos_that_are_not_jpeg_or_png_or_are_blank_are_rejected_rows(tmp_path
     Image.fromarray(grey).save(raw / "kaggle" / "no" / "anim.png", "GIF")
     Image.fromarray(np.zeros((60, 60), np.uint8)).save(raw / "kaggle" / "no" / "black.jpg", "JPEG")
     Image.fromarray(np.zeros((60, 60), np.uint16)).save(raw / "kaggle" / "no" / "zero16.png", "PNG")
+    camera = Image.fromarray(grey)  # a camera's multi-picture JPEG (MPO): taken, as /v1/predict takes it
+    camera.save(raw / "kaggle" / "yes" / "camera.jpg", "MPO", save_all=True, append_images=[camera])
     result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
 
-    assert result["kaggle_images"] == 6  # write_kaggle's three per class
+    assert result["kaggle_images"] == 7  # write_kaggle's three per class, and the camera's
     reasons = dict(pd.read_csv(out / "rejected.csv").assign(file=lambda t: t["file"].map(lambda f: Path(f).name))
                    .itertuples(index=False))
     assert reasons == {"float_nan.jpg": "a TIFF image; only JPEG and PNG are taken, whatever the file's name",

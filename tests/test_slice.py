@@ -478,6 +478,24 @@ def test_setting_a_mapping_changes_only_its_keys_and_strings_read_back_as_string
     assert (after.registry.alias, after.tracking.experiment) == ("no", "1e3")
 
 
+def test_small_floats_and_crons_with_yaml_syntax_are_set_and_read_back(tmp_path):
+    """Under strict types, `lr: 5e-4` (a string to YAML 1.1, a float to DVC's YAML 1.2) was refused, so was every float
+    `tasks set` writes as 1e-05; and a quoted `*/5 * * * *` made `tasks set` fail with a YAML traceback."""
+    from tasks.config import load_settings
+    from tasks.params_edit import parse_assignments, set_params
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("  lr: 0.002 ", "  lr: 5e-4  ", 1))
+    assert load_settings(params).train_seg.lr == 5e-4
+    set_params(parse_assignments(["train_seg.weight_decay=0.00001", 'schedule.cron="*/5 * * * *"']), params)
+    settings = load_settings(params)
+    assert settings.train_seg.weight_decay == 1e-5 and settings.schedule.cron == "*/5 * * * *"
+    for cron in ("@weekly", "0 0 1 jan mon", "0 30 3 * * 1"):  # a macro, names, a seconds field: Prefect takes them
+        set_params({"schedule.cron": cron}, params)
+        assert load_settings(params).schedule.cron == cron
+
+
 def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_path):
     """slice_patient normalises only the slices it keeps, with the volume's brain statistics: the result must be the
     z-scored volume's slices, resized, to the bit (processed data must not change with the speed-up)."""

@@ -20,7 +20,7 @@ from tasks.data.shards import Shard, manifest_rows, write_shard
 # A photo is padded to a square of its longer side before resizing: 8 x 1,000,000 pixels asked for 3.6 TiB. Serving
 # refuses sides over serve.max_image_side (4096 by default) alike.
 MAX_PHOTO_SIDE = 4096
-PHOTO_FORMATS = {"JPEG", "PNG"}  # as Pillow names what it decoded
+PHOTO_FORMATS = {"JPEG", "MPO", "PNG"}  # as Pillow names what it decoded (MPO: a camera's multi-picture JPEG)
 
 
 def _photo_problem(image: Image.Image) -> str | None:

@@ -54,16 +54,16 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
         accuracy = onnx_accuracy(local / ONNX_FILE, metadata, processed, rows, "re-scoring champion")
     if len(test) == len(today):
         return accuracy, test, None
-    log.info("register: re-scoring champion v%s and this model without the %d test patients the champion was "
-             "trained or tuned on", version, len(today) - len(test))
+    log.info("register: re-scoring champion v%s and this model without the %d test patients the champion has seen "
+             "(trained or tuned on, or copies of their images)", version, len(today) - len(test))
     mine = onnx_accuracy(challenger.onnx_path, challenger.metadata, processed, rows, "scoring this model alike") \
         if challenger is not None else None
     return accuracy, test, mine
 
 
 def copies_of_seen(processed: Path, candidates: list[str], seen: set[str], max_distance: int) -> set[str]:
-    """The Kaggle images among `candidates` within `max_distance` (pHash, as the split step groups them) of an image
-    in `seen`: another copy of a scan the champion trained on is no new patient to it."""
+    """The Kaggle images among `candidates` within `max_distance` (pHash, the split step's measure) of an image in
+    `seen`: another copy of a scan the champion trained on is no new patient to it."""
     from tasks.data.shards import read_manifest
     from tasks.data.splitting import near_duplicate_pairs, perceptual_hashes
 

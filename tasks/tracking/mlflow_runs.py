@@ -12,10 +12,11 @@ again in each process:
    last step, logs into the parent itself and ends it (FINISHED, or FAILED when it fails), which removes the file:
    the next `dvc repro` opens a new parent even with unchanged code. A failed step ends its own run and the parent
    FAILED (tag `failed_step`), an interrupted one (Ctrl-C, SIGTERM) KILLED, so no run is left RUNNING; a step that
-   finishes leaves the parent FINISHED as far as the pipeline run went (the next step reopens it); rerunning it
-   reopens the same parent, and ends KILLED a run of the step that a SIGKILLed process left RUNNING. A parent left
-   RUNNING by a pipeline run whose code or params have since changed is ended FINISHED when every step it holds
-   finished (register had nothing new to register), else KILLED.
+   finishes leaves the parent FINISHED as far as the pipeline run went (the next step reopens it; so a pipeline
+   run whose later stages were up to date, or never ran, shows FINISHED with the steps it holds); rerunning a failed
+   step reopens the same parent, and ends KILLED a run of the step that a SIGKILLed process left RUNNING. A parent
+   left RUNNING (its step's process killed) by a pipeline run whose code or params have since changed is ended
+   FINISHED when every step it holds finished, else KILLED.
 """
 
 from __future__ import annotations
