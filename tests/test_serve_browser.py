@@ -466,6 +466,21 @@ def test_model_tab_explains_the_champion(browser, server, project, shots):
     shots(browser, "model-compare")
 
 
+def test_the_model_tab_shows_the_champions_verdict_when_the_comparison_fails(browser, server):
+    """The tab asked for /model/info and /model/compare together: a busy server's 503 on the costly comparison hid the
+    champion's gate verdict, lineage and card as well."""
+    open_page(browser, server, "examples")
+    browser.execute_script(
+        "const real = window.fetch;"
+        "window.fetch = (url, options) => String(url).endsWith('/model/compare') ?"
+        "  Promise.resolve(new Response(JSON.stringify({detail: 'server busy'}), {status: 503})) : real(url, options);")
+    browser.find_element("id", "tab-model").click()
+    visible(browser, "model-content")
+    assert browser.find_element("id", "gate-badge").text == "promoted"
+    wait(browser, lambda d: "could not be loaded (503: server busy)" in d.find_element("id", "compare-detail").text)
+    assert not browser.find_element("id", "model-error").is_displayed()
+
+
 def test_an_upload_with_grad_cam_and_an_api_error_shown_as_a_message(browser, server, tmp_path):
     good, bad = tmp_path / "slice.png", tmp_path / "notes.png"
     good.write_bytes(png_bytes(brain_slice(size=128)))

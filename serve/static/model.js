@@ -135,12 +135,25 @@ async function compareExamples(compare) {
 }
 
 async function load() {
-  const [info, compare] = await Promise.all([api("/model/info"), api("/model/compare")]);
+  // the comparison is the costly part (the challenger's model, the examples predicted twice): when it fails (a busy
+  // server's 503, a registry that does not answer) the champion's own verdict, lineage and card are still shown
+  const comparing = api("/model/compare").then((compare) => ({ compare }), (error) => ({ error }));
+  const info = await api("/model/info");
   gateSection(info);
   lineageSection(info);
   $("model-card").innerHTML = info.description ? markdown(info.description) :
     "<p class=\"small\">No model card: the model is served from a file, not from the registry.</p>";
   show("model-content", true);
+  const { compare, error } = await comparing;
+  if (error) {
+    $("compare-detail").textContent = `The comparison with the challenger could not be loaded (${error.message}); ` +
+      "open this tab again to retry.";
+    $("compare-table").querySelector("thead").innerHTML = "";
+    $("compare-table").querySelector("tbody").innerHTML = "";
+    $("compare-examples").replaceChildren();
+    loaded = null;  // the next visit asks again
+    return;
+  }
   await compareSection(compare);
 }
 
