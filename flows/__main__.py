@@ -174,10 +174,11 @@ class KnownFailuresInOneLine:
 
 
 def said_in_one_line(exc: BaseException | None) -> bool:
-    from flows.pipeline import StepFailed
-
+    # StepFailed as flows.pipeline defines it, when that is loaded: no import from inside a log call
+    pipeline = sys.modules.get("flows.pipeline")
+    known = (SliceWiseError, pipeline.StepFailed) if pipeline is not None else (SliceWiseError,)
     while exc is not None:
-        if isinstance(exc, (SliceWiseError, StepFailed)):
+        if isinstance(exc, known):
             return True
         exc = exc.__cause__
     return False

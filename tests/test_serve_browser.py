@@ -258,6 +258,9 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
     shots(browser, "patient-narrow")
     for view in ("patient", "examples", "slice", "batch", "model"):
         browser.find_element("id", f"tab-{view}").click()
+        if view == "model":  # its content loaded (the card's sha256 in <code> once ran 226 px past a 420 px window)
+            visible(browser, "model-content")
+            wait(browser, lambda d: len(by_css(d, "#compare-examples canvas")) >= 2)
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), view
 
 
