@@ -12,6 +12,13 @@ from tasks import paths
 from tasks.release.summary import print_summary
 
 
+def printed_summary() -> str:
+    """What `tasks summary` prints in the current folder, on a wide console."""
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console)
+    return console.file.getvalue()
+
+
 def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     paths.REPORTS.mkdir()
@@ -27,9 +34,7 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     }))
     paths.REGISTER_REPORT.write_text(json.dumps({"model_name": "slicewise", "version": 3, "promoted": False,
                                                  "reason": "rejected: volume Dice 0.600 < 0.700 [FAIL]"}))
-    console = Console(file=io.StringIO(), width=200)
-    print_summary(console)
-    out = console.file.getvalue()
+    out = printed_summary()
     assert re.search(r"segmentation_regions\.wt\.dice +│ 0\.812", out)
     assert re.search(r"segmentation_regions\.tc\.hd95 \(mm\) +│ 30\.000", out)  # a distance says its unit
     assert "[0.250, 0.625]" in out and "segmentation_regions.et" not in out
@@ -45,9 +50,7 @@ def test_an_undefined_headline_figure_reads_n_a_not_left_out(tmp_path, monkeypat
     paths.METRICS.write_text(json.dumps({"classification": {"accuracy": 0.9, "sensitivity": None},
                                          "segmentation_regions": {"wt": {"dice": 0.8, "hd95": 3.0},
                                                                   "tc": {"dice": None, "hd95": None}}}))
-    console = Console(file=io.StringIO(), width=200)
-    print_summary(console)
-    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in console.file.getvalue().splitlines()
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in printed_summary().splitlines()
              if line.count("│") >= 3]
     shown = {row[0]: row[1] for row in cells}
     assert shown["classification.sensitivity"] == "n/a" and shown["classification.accuracy"] == "0.900"
@@ -63,9 +66,7 @@ def test_summary_without_tracking_says_not_registered_and_offers_no_lineage(tmp_
     paths.REGISTER_REPORT.write_text(json.dumps({
         "registered": False, "model_name": "slicewise", "version": None, "promoted": False,
         "reason": "not registered (tracking.enabled is false); the gate alone says promoted: accuracy 0.9 [pass]"}))
-    console = Console(file=io.StringIO(), width=200)
-    print_summary(console)
-    out = console.file.getvalue()
+    out = printed_summary()
     assert "not registered (tracking.enabled is false)" in out and "[pass]" in out
     assert "version None" not in out and "lineage" not in out
 
@@ -83,9 +84,7 @@ def test_summary_of_a_reused_version_says_no_new_version_was_made(tmp_path, monk
     paths.REGISTER_REPORT.write_text(json.dumps({
         "registered": True, "reused": True, "model_name": "slicewise", "version": "16", "promoted": True,
         "alias": "champion", "reason": "promoted: accuracy 0.939 >= 0.850 [pass]"}))
-    console = Console(file=io.StringIO(), width=200)
-    print_summary(console)
-    out = console.file.getvalue()
+    out = printed_summary()
     assert "slicewise version 16 already holds this model" in out and "still champion, no new version" in out
     assert "registered slicewise version 16" not in out and "lineage" in out
 
@@ -93,9 +92,7 @@ def test_summary_of_a_reused_version_says_no_new_version_was_made(tmp_path, monk
 def test_summary_before_any_run_says_how_to_make_one(tmp_path, monkeypatch):
     """An empty results table and exit 0 told a new user nothing."""
     monkeypatch.chdir(tmp_path)
-    console = Console(file=io.StringIO(), width=200)
-    print_summary(console)
-    out = console.file.getvalue()
+    out = printed_summary()
     assert "no pipeline output here yet" in out and "make run" in out and "SliceWise results" not in out
 
 
@@ -106,9 +103,7 @@ def test_summary_points_lineage_at_the_version_this_run_registered(tmp_path, mon
     ran_here()
     paths.REGISTER_REPORT.write_text(json.dumps({"model_name": "slicewise", "version": "7", "promoted": False,
                                                  "alias": "challenger", "reason": "rejected"}))
-    console = Console(file=io.StringIO(), width=200)
-    print_summary(console)
-    assert "lineage: .venv/bin/python -m tasks lineage 7" in console.file.getvalue()
+    assert "lineage: .venv/bin/python -m tasks lineage 7" in printed_summary()
 
 
 def test_summary_flags_a_decision_made_on_other_files_than_those_on_disk(tmp_path, monkeypatch):
@@ -123,19 +118,14 @@ def test_summary_flags_a_decision_made_on_other_files_than_those_on_disk(tmp_pat
                 "reason": "promoted: accuracy 0.964 >= 0.850 [pass]", "metrics_sha256": sha256_file(paths.METRICS)}
     paths.REGISTER_REPORT.write_text(json.dumps(decision))
 
-    def printed() -> str:
-        console = Console(file=io.StringIO(), width=200)
-        print_summary(console)
-        return console.file.getvalue()
-
-    assert "another" not in printed()  # the decision is about these very figures
+    assert "another" not in printed_summary()  # the decision is about these very figures
     paths.METRICS.write_text(json.dumps({"classification": {"accuracy": 0.960}}))  # evaluate ran again
-    assert "the decision below was made on another metrics.json than the one on disk now" in printed()
+    assert "the decision below was made on another metrics.json than the one on disk now" in printed_summary()
     paths.ONNX_MODEL.parent.mkdir(parents=True)
     paths.ONNX_MODEL.write_bytes(b"another model")
     paths.REGISTER_REPORT.write_text(json.dumps(decision | {"metrics_sha256": sha256_file(paths.METRICS),
                                                             "onnx_sha256": "0" * 64}))
-    assert "made on another ONNX model" in printed()
+    assert "made on another ONNX model" in printed_summary()
 
 
 def test_a_fresh_clone_shows_the_committed_record_as_such_and_no_lineage_it_cannot_follow(tmp_path, monkeypatch):
@@ -147,8 +137,6 @@ def test_a_fresh_clone_shows_the_committed_record_as_such_and_no_lineage_it_cann
     paths.REGISTER_REPORT.write_text(json.dumps({
         "registered": True, "reused": True, "model_name": "slicewise", "version": "6", "promoted": True,
         "alias": "champion", "reason": "promoted: accuracy 0.960 >= 0.850 [pass]"}))
-    console = Console(file=io.StringIO(), width=200)
-    print_summary(console)
-    out = console.file.getvalue()
+    out = printed_summary()
     assert "nothing has run in this checkout yet" in out and "`make run` reproduces it here" in out
     assert "0.960" in out and "lineage" not in out
