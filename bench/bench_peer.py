@@ -33,6 +33,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from tasks import paths
+
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 16
 EXTRA_PEER_SEEDS = (1, 2)  # trained after the project's own seed, as the seed sweep's first seeds
@@ -52,8 +54,8 @@ class SegmentationOnly(nn.Module):
 
 def stage_timings(history_dir: Path, stage: str) -> pd.DataFrame:
     """A stage's seconds per epoch: its timings file, or the history itself (which held them before 2026-12-05)."""
-    timings = history_dir / f"{stage}_timings.csv"
-    return pd.read_csv(timings if timings.exists() else history_dir / f"{stage}.csv")
+    history = history_dir / f"{stage}.csv"
+    return pd.read_csv(timings if (timings := paths.timings_beside(history)).exists() else history)
 
 
 def training_seconds(history_dir: Path) -> tuple[float, float | None]:

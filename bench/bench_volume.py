@@ -23,7 +23,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (240, 240, 155)
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-SERVE_BATCH = 8  # serve/served_model.py's batch
 
 
 def untrained_regions_model(folder: Path, side: int, base_channels: int | None = None) -> Path:
@@ -58,6 +57,7 @@ def brain_volumes(shape=SHAPE, seed: int = 0) -> list[np.ndarray]:
 
 
 def run(runs: int = 3, side: int = 256, flips=((), (3,)), base_channels: int | None = None) -> dict:
+    from serve.served_model import SERVE_BATCH
     from tasks.data.orientation import BRATS_AFFINE, Orientation
     from tasks.inference.predictor import OnnxPredictor
     from tasks.inference.volume import NO_TTA, predict_volume

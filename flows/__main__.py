@@ -70,18 +70,15 @@ def _check_parameters(updates: dict[str, str]) -> None:
         trial = Path(tmp) / paths.PARAMS.name
         shutil.copy(paths.PARAMS, trial)
         try:
-            if updates:
-                set_params(updates, trial)
-            settings = load_settings(trial)
+            settings = set_params(updates, trial) if updates else load_settings(trial)
         except SliceWiseError as exc:
             _fail(f"{paths.PARAMS}: {exc.reason}", exc.exit_code)
-    if settings.data.source == "local":  # a missing folder: said now, not after data/raw was removed
-        from tasks.data.local_import import check_source_folders
+    from tasks.data.local_import import check_source_folders
 
-        try:
-            check_source_folders(settings.data.brats_dir, settings.data.kaggle_dir)
-        except SliceWiseError as exc:
-            _fail(str(exc), exc.exit_code)
+    try:
+        check_source_folders(settings.data)  # a missing folder: said now, not after data/raw was removed
+    except SliceWiseError as exc:
+        _fail(str(exc), exc.exit_code)
 
 
 @app.command()

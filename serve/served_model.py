@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.data.regions import REGIONS
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import LEGACY_SLICE_SCORE, OnnxPredictor, check_slice_score, evaluated_slice_score
 from tasks.io import read_json
@@ -106,4 +107,4 @@ def served_regions(meta: dict, predictor: OnnxPredictor) -> tuple[str, ...]:
         return tuple(str(r) for r in meta["regions"])
     seg = next((o for o in predictor.session.get_outputs() if o.name == predictor.output_names[0]), None)
     channels = seg.shape[1] if seg is not None and len(seg.shape) > 1 else None
-    return ("wt", "tc", "et") if channels == 3 else ("wt",)
+    return REGIONS if channels == len(REGIONS) else REGIONS[:1]

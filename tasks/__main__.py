@@ -66,8 +66,7 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
     try:
         with pipeline_lock("python -m tasks set"):  # a running flow reloads params.yaml at every step
             updates = parse_assignments(assignments)
-            set_params(updates)
-            document = load_settings().model_dump(mode="json")  # what landed, as the steps will read it
+            document = set_params(updates).model_dump(mode="json")  # what landed, as the steps will read it
             landed = {key: nested_value(document, key) for key in updates}
     except SliceWiseError as exc:
         _fail(exc)
@@ -80,11 +79,10 @@ def check_command(params: Path = typer.Option(paths.PARAMS, help="parameters fil
     """Validate params.yaml as every step reads it. `make run` checks first: `dvc repro` removes a stage's outputs
     before it runs the stage, so a mistake found by the step itself has cost them already."""
     try:
-        settings = load_settings(params)
-        if settings.data.source == "local":
-            from tasks.data.local_import import check_source_folders
+        from tasks.data.local_import import check_source_folders
 
-            check_source_folders(settings.data.brats_dir, settings.data.kaggle_dir)
+        settings = load_settings(params)
+        check_source_folders(settings.data)
     except SliceWiseError as exc:
         _fail(exc)
     typer.echo(f"{params}: valid (profile {settings.profile}, data source {settings.data.source})")

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from tasks import paths
-from tasks.config import load_settings, read_yaml, yaml_problem
+from tasks.config import Settings, load_settings, read_yaml, yaml_problem
 from tasks.errors import SliceWiseError
 
 
@@ -28,7 +28,7 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
     return updates
 
 
-def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> None:
+def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> Settings:
     """Write dotted-key updates into params.yaml keeping its comments, as `dvc exp run -S` would.
 
     Used to switch profile or data source so that DVC sees the change and reruns what depends on it.
@@ -65,12 +65,13 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> N
         with tmp.open("w") as fh:
             rt.dump(doc, fh)
         try:
-            load_settings(tmp)
+            settings = load_settings(tmp)
         except SliceWiseError as exc:  # name the file the user edits, not the temporary copy
             raise SliceWiseError(exc.reason, path) from exc
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)  # a bad value never lands, and leaves no params.yaml.tmp behind
+    return settings
 
 
 def _put(node: dict, key: str, value: object) -> None:

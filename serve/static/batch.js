@@ -5,8 +5,6 @@ const batch = { rows: [], key: "tumor_probability", descending: true, limit: 50 
 const CSV_COLUMNS = ["filename", "tumor_probability", "has_tumor", "threshold", "tumor_area_px", "ood_score",
   "out_of_distribution", "warning"];
 
-const isOod = withheld;
-
 function cell(content, className = "") {
   const td = document.createElement("td");
   if (content instanceof Node) td.appendChild(content); else td.textContent = content;
@@ -32,12 +30,12 @@ function renderBatch() {
     badge.className = "badge small-badge " + style;
     badge.textContent = decision;
     const ood = document.createElement("span");
-    ood.className = isOod(row) ? "flag ood" : "flag";
-    ood.textContent = isOod(row) ? `⚠ ${fmt(row.ood_score, 2)} out of distribution` : fmt(row.ood_score, 2);
-    const area = isOod(row) ? cell(`${row.tumor_area_px} (unreliable)`, "unreliable") : cell(String(row.tumor_area_px));
+    ood.className = withheld(row) ? "flag ood" : "flag";
+    ood.textContent = withheld(row) ? `⚠ ${fmt(row.ood_score, 2)} out of distribution` : fmt(row.ood_score, 2);
+    const area = withheld(row) ? cell(`${row.tumor_area_px} (unreliable)`, "unreliable") : cell(String(row.tumor_area_px));
     tr.append(cell(thumb), cell(row.filename, "name"), cell(pct(row.tumor_probability)), cell(badge), area, cell(ood));
     if (row.warning) tr.title = row.warning;
-    if (isOod(row)) tr.classList.add("ood-row");
+    if (withheld(row)) tr.classList.add("ood-row");
     return tr;
   }));
   for (const th of $("batch-table").querySelectorAll("th[data-key]")) {
@@ -85,7 +83,7 @@ function csvCell(value) {
 
 export function batchCsv(rows) {
   const lines = [CSV_COLUMNS.join(","), ...rows.map((row) =>
-    CSV_COLUMNS.map((c) => csvCell(c === "out_of_distribution" ? isOod(row) : row[c])).join(","))];
+    CSV_COLUMNS.map((c) => csvCell(c === "out_of_distribution" ? withheld(row) : row[c])).join(","))];
   return lines.join("\n") + "\n";
 }
 

@@ -233,10 +233,13 @@ def _uniform(seed: int, name: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def check_source_folders(brats_dir: Path | None, kaggle_dir: Path | None) -> None:
-    """The folders `data.source: local` imports from exist: said by `tasks check` (make run) and `flows run` before
-    the pipeline starts, since DVC (and the flow alike) remove data/raw before they run a changed fetch."""
-    for key, folder in (("data.brats_dir", brats_dir), ("data.kaggle_dir", kaggle_dir)):
+def check_source_folders(data) -> None:
+    """With `data.source: local` (`data`: settings.data), the folders it imports from exist: said by `tasks check`
+    (make run) and `flows run` before the pipeline starts, since DVC (and the flow alike) remove data/raw before they
+    run a changed fetch."""
+    if data.source != "local":
+        return
+    for key, folder in (("data.brats_dir", data.brats_dir), ("data.kaggle_dir", data.kaggle_dir)):
         if folder is not None and not Path(folder).expanduser().is_dir():
             raise SliceWiseError(f"{key} is not a folder", folder)
 
