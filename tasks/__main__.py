@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -26,15 +27,33 @@ from tasks.run_lock import pipeline_lock
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
 console = Console(stderr=True)
+DVC_STAGE_ENV = "DVC_STAGE"
 
 def run_step(step: str, params: Path = paths.PARAMS) -> dict:
     """Run one step (`tasks/<step>.py`'s `main`) with the parsed params; the entry point the Prefect flow uses too."""
-    settings = load_settings(params)
+    try:
+        settings = load_settings(params)
+    except SliceWiseError as exc:
+        raise StepParamsError(exc.reason, exc.path) from exc
     return importlib.import_module(f"tasks.{step}").main(settings)
 
 
-def _fail(exc: SliceWiseError) -> NoReturn:
+class StepParamsError(SliceWiseError):
+    """params.yaml refused by a step before it started."""
+
+
+def removed_outputs_hint(stage: str) -> str:
+    """Said after a params error under `dvc repro`: DVC removed the stage's outputs before it started the step,
+    which then refused the params (`make run` checks them first; a direct `dvc repro` does not)."""
+    return (f"DVC removed the outputs of stage {stage} before this check (all but those dvc.yaml marks persist). "
+            f"After fixing params.yaml, `dvc repro` makes them again; the last ones come back now with "
+            f"`dvc checkout {stage}` (files in DVC's cache) and `git checkout -- <path>` (its committed reports).")
+
+
+def _fail(exc: SliceWiseError, hint: str | None = None) -> NoReturn:
     console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # "[flair, t1]" is text
+    if hint:
+        console.print(escape(hint), highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -43,6 +62,9 @@ def _make_step_command(step: str):
         try:
             with pipeline_lock(f"python -m tasks {step}"):
                 result = run_step(step, params)
+        except StepParamsError as exc:
+            stage = os.environ.get(DVC_STAGE_ENV)  # set by DVC for the commands it runs
+            _fail(exc, removed_outputs_hint(stage) if stage else None)
         except SliceWiseError as exc:
             _fail(exc)
         except Exception as exc:  # a bug or a raw library error: its traceback, with store passwords masked

@@ -460,6 +460,25 @@ def test_tasks_check_validates_params_yaml_before_dvc_would_remove_outputs(tmp_p
     assert "tasks check" in (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("dvc repro", 1)[0]
 
 
+def test_a_step_under_dvc_that_refuses_params_says_how_to_get_its_removed_outputs_back(tmp_path, monkeypatch):
+    """A direct `dvc repro` after a bad hand edit: DVC has removed the stage's outputs before the step refuses the
+    value. The step names the stage and the two ways back; outside DVC (no DVC_STAGE) it says only the error."""
+    from typer.testing import CliRunner
+
+    import tasks.__main__ as cli
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("  bootstrap: 1000", "  bootstrap: many", 1))
+    alone = CliRunner().invoke(cli.app, ["evaluate", "--params", str(params)])
+    assert alone.exit_code == 1 and "evaluate.bootstrap" in alone.output and "DVC removed" not in alone.output
+    monkeypatch.setenv("DVC_STAGE", "evaluate")
+    under_dvc = CliRunner().invoke(cli.app, ["evaluate", "--params", str(params)])
+    assert under_dvc.exit_code == 1 and "evaluate.bootstrap" in under_dvc.output
+    assert "DVC removed the outputs of stage evaluate" in under_dvc.output
+    assert "`dvc checkout evaluate`" in under_dvc.output and "git checkout" in under_dvc.output
+
+
 def test_setting_a_mapping_changes_only_its_keys_and_strings_read_back_as_strings(tmp_path):
     """`profiles.quick.model={depth: 3}` replaced the block: base_channels fell back to the code's default (8, where
     params.yaml says 16). And `registry.alias='no'` was written unquoted, which YAML 1.1 (PyYAML, DVC) reads as
