@@ -143,7 +143,7 @@ def test_per_item_spacing():
 
 
 def test_shapes_must_match():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"prediction \(1, 4, 4\) and truth \(1, 4, 5\) differ in shape"):
         metrics.segmentation_scores(np.zeros((1, 4, 4)), np.zeros((1, 4, 5)), (1, 1))
 
 

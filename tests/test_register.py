@@ -276,6 +276,26 @@ def test_model_that_cannot_segment_is_never_champion_and_the_registry_says_why(p
     assert not gate["slice Dice"]["passed"] and gate["accuracy"]["passed"]
 
 
+@pytest.mark.parametrize("parity", [{"passed": False}, {"passed": "true"}, None], ids=["failed", "a-string", "missing"])
+def test_a_model_whose_onnx_parity_did_not_pass_is_never_champion(project, tiny_settings, parity):
+    """register reads export's verdict from reports/export.json: only a JSON `true` passes (a string is not a
+    verdict, and a report without one proves nothing)."""
+    settings = tracked(tiny_settings)
+    report = json.loads(paths.EXPORT_REPORT.read_text())
+    assert report["parity"]["passed"] is True  # as export wrote it: the only change is the one made here
+    if parity is None:
+        del report["parity"]
+    else:
+        report["parity"] |= parity
+    paths.EXPORT_REPORT.write_text(json.dumps(report))
+    result = register.main(settings)
+    assert not result["promoted"] and result["alias"] == "challenger"
+    assert re.search(r"onnx parity .*\[FAIL\]", result["reason"]), result["reason"]
+    assert {c["name"]: c["passed"] for c in result["gate"]}["onnx parity"] is False
+    if parity is None:
+        assert "no parity result in the export report" in result["reason"]
+
+
 def test_registering_the_same_model_again_creates_no_copy(project, tiny_settings):
     """A rerun of register on an unchanged model (its code changed, or a setting that leaves the verdict) finds the
     champion is this very release and creates no second version; other figures or another verdict still register
@@ -429,12 +449,12 @@ def test_a_champion_is_never_re_scored_on_patients_it_was_trained_or_tuned_on(pr
     from tasks.evaluation import scoring
     from tasks.release.champion import champion_score
 
-    def never(*args, **kwargs):  # nothing is left to re-score on: predicting anything would be the bug
-        raise AssertionError("the champion was re-scored on patients it has seen")
-
-    monkeypatch.setattr(scoring, "predict_split", never)
+    predicted = []  # recorded, not raised: champion_score falls back to the recorded figure on any error
+    real_predict = scoring.predict_split
+    monkeypatch.setattr(scoring, "predict_split", lambda *a, **k: predicted.append(a) or real_predict(*a, **k))
     score = champion_score(registry, registry.by_alias("champion"), {"data_hash": "other", "splits_hash": "other"},
                            paths.PROCESSED, paths.SPLITS)
+    assert predicted == []  # nothing is left to re-score on: predicting anything would be the bug
     assert score.basis == "recorded on other test data" and score.accuracy == pytest.approx(0.95)
 
 

@@ -100,11 +100,18 @@ def test_a_retry_that_fails_to_verify_keeps_the_version_holding_the_alias(store)
         raise SliceWiseError("download failed after 3 attempt(s)")
 
     registry.verify = failing_verify  # attempt 2 finds the same version (same run, same ONNX) and cannot verify it
-    with pytest.raises(SliceWiseError):
+    deleted = []
+    real_delete = registry.client.delete_model_version
+    registry.client.delete_model_version = lambda *a, **k: deleted.append(a) or real_delete(*a, **k)
+    with pytest.raises(SliceWiseError, match="download failed after 3 attempt"):
         versions.create_verified_version(registry, "models:/whatever", {"onnx_sha256": release.onnx_sha256,
                                          "mlflow_run_id": pipeline_run}, "# slicewise\ncard", release, example,
                                          "champion")
+    # the version found was attempt 1's own (no new one made, and so none deleted), and it keeps the alias
+    assert deleted == []
     assert registry.by_alias("champion").version == int(version)
+    listed = registry.client.search_model_versions(f"name = '{registry.model_name}'")
+    assert sorted(int(v.version) for v in listed) == [1, 2]
 
 
 def test_when_the_store_cannot_say_what_is_registered_only_the_known_model_goes(store, tmp_path):

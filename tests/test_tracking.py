@@ -15,7 +15,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from tasks import paths
 from tasks.errors import SliceWiseError
-from tasks.tracking import provenance
+from tasks.tracking import provenance, store as store_module
 from tasks.tracking.mlflow_runs import PARENT_RUN_ENV, MlflowTracker, close_parent_run, open_parent_run
 from tasks.tracking.store import retrying, tracking_uri
 from tasks.tracking.tracker import NullTracker, make_tracker
@@ -199,19 +199,22 @@ def test_disabled_tracking_gives_null_tracker(store, tiny_settings):
     assert not (store / "mlflow.db").exists()
 
 
-def test_retrying_backs_off_on_transient_errors_only(tiny_settings):
-    cfg = tiny_settings.tracking.model_copy(update={"max_attempts": 3, "backoff_seconds": 0.01})
-    calls = []
+def test_retrying_backs_off_on_transient_errors_only(tiny_settings, monkeypatch):
+    cfg = tiny_settings.tracking.model_copy(update={"max_attempts": 4, "backoff_seconds": 0.01})
+    calls, delays = [], []
+    # the delays the retry asks for, not wall-clock gaps (which a scheduling hiccup can stretch or squeeze)
+    monkeypatch.setattr(store_module.time, "sleep", delays.append)
 
     def flaky():
-        calls.append(time.monotonic())
-        if len(calls) < 3:
+        calls.append(1)
+        if len(calls) < 4:
             raise MlflowException("database is locked")  # INTERNAL_ERROR: worth another try
         return "ok"
 
-    assert retrying(cfg, "flaky call", flaky) == "ok" and len(calls) == 3
-    assert calls[2] - calls[1] >= calls[1] - calls[0] >= 0.01  # exponential backoff
+    assert retrying(cfg, "flaky call", flaky) == "ok" and len(calls) == 4
+    assert delays == [0.01, 0.02, 0.04]  # exponential backoff: backoff_seconds * 2**k
     calls.clear()
+    delays.clear()
 
     def missing():
         calls.append(1)
@@ -220,8 +223,10 @@ def test_retrying_backs_off_on_transient_errors_only(tiny_settings):
     with pytest.raises(MlflowException):
         retrying(cfg, "missing", missing)
     assert len(calls) == 1
-    with pytest.raises(SliceWiseError, match="failed after 3 attempt"):
+    assert delays == []  # a permanent error is not retried, so never waited on
+    with pytest.raises(SliceWiseError, match="failed after 4 attempt"):
         retrying(cfg, "broken", lambda: (_ for _ in ()).throw(ConnectionError("refused")))
+    assert delays == [0.01, 0.02, 0.04]  # no sleep after the last attempt
 
 
 def test_unreachable_server_fails_a_training_step_quickly(store, tiny_settings, monkeypatch):

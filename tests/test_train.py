@@ -357,6 +357,8 @@ def test_three_stages_write_checkpoints_and_history(in_project, tiny_settings):
         best = load_checkpoint(paths.best_checkpoint(stage))
         assert best["stage"] == stage and best["metric_name"] == result["metric"]
         assert math.isclose(best["best_metric"], history[result["metric"]].max(), abs_tol=1e-4)
+        # the weights of the best epoch (the first of equals), not of the last one
+        assert best["epoch"] == int(history["epoch"][history[result["metric"]].idxmax()])
         assert paths.last_checkpoint(stage).exists() and not list(paths.checkpoint_dir(stage).glob("*.tmp"))
         # each epoch timed in wall and CPU seconds (the peer benchmark's busy-machine check), in a file of their own:
         # neither in the history (evaluate depends on it: a resumed run's other timings reran evaluate) nor best.pt
@@ -628,6 +630,8 @@ def test_early_stopping_never_ends_a_stage_before_the_minimum_epochs(in_project,
     result = train_seg.main(with_epochs(frozen_seg(tiny_settings, min_epochs), seg=6))
     assert result["epochs_run"] == min_epochs  # no improvement after epoch 1, so it stops right at the minimum
     assert len(pd.read_csv(paths.history_file("seg"))) == min_epochs
+    assert load_checkpoint(paths.best_checkpoint("seg"))["epoch"] == 1  # the last epochs never beat it
+    assert load_checkpoint(paths.last_checkpoint("seg"))["epoch"] == min_epochs
 
 
 def test_each_epoch_says_how_it_went_in_the_log(in_project, tiny_settings, caplog):
