@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -179,18 +178,31 @@ def test_a_slow_answer_to_an_earlier_choice_never_replaces_the_newer_one(browser
     choice then replaced the newer one on screen (an example, then another: the first one's answer shown last)."""
     open_page(browser, server)
     wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
-    browser.execute_script(  # the first prediction's answer is held back 2 s, as a slow Grad-CAM or a large file
-        "const real = window.fetch; let first = true;"
+    browser.execute_script(  # the first prediction's answer is held back, as a slow Grad-CAM or a large file's, until
+        # the test lets it through; `heldDone` is set once the page has read it and its handling (every image a
+        # render of it would decode included: `pendingImages`, counted below) has had the chance to run
+        "const real = window.fetch; let first = true; window.heldDone = false;"
+        "let release; const released = new Promise((go) => { release = go; }); window.releaseHeld = () => release();"
         "window.fetch = (url, options) => {"
         "  const answer = real(url, options);"
         "  if (!String(url).includes('/predict') || !first) return answer;"
-        "  first = false; return answer.then((r) => new Promise((done) => setTimeout(() => done(r), 2000)));"
-        "};")
+        "  first = false;"
+        "  return answer.then((r) => released.then(() => {"
+        "    const text = r.text.bind(r);"
+        "    r.text = () => text().then((body) => { setTimeout(() => { window.heldDone = true; }, 0); return body; });"
+        "    return r; }));"
+        "};"
+        "window.pendingImages = 0; const RealImage = window.Image;"
+        "window.Image = function (...size) { const image = new RealImage(...size); window.pendingImages += 1;"
+        "  const loaded = () => setTimeout(() => { window.pendingImages -= 1; }, 0);"  # after the page's own handler
+        "  image.addEventListener('load', loaded, {once: true}); image.addEventListener('error', loaded, {once: true});"
+        "  return image; };")
     next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
     browser.find_element("id", "tab-examples").click()
     next(b for b in by_css(browser, "#examples-gallery .example") if "photograph" in b.text).click()
     wait(browser, lambda d: "photograph" in d.find_element("id", "slice-title").text)
-    time.sleep(3)  # the held-back answer has arrived by now
+    browser.execute_script("window.releaseHeld()")  # the earlier choice's answer arrives last
+    wait(browser, lambda d: d.execute_script("return window.heldDone && window.pendingImages === 0"))
     assert "photograph" in browser.find_element("id", "slice-title").text
     assert not browser.find_element("id", "slice-busy").is_displayed()
 
@@ -394,17 +406,22 @@ def test_the_page_follows_a_new_champion_without_a_reload(browser, server):
         "  const info = await answer.json();"
         "  info.version = '999'; info.tags = {...(info.tags || {}), onnx_sha256: 'new'}; info.source = 'registry';"
         "  info.alias = info.alias || 'champion';"
-        "  return new Response(JSON.stringify(info), {status: 200}); };"
+        "  const changed = new Response(JSON.stringify(info), {status: 200}), text = changed.text.bind(changed);"
+        # once the page has read the answer, and every step it takes on it without waiting has run: a task later
+        "  changed.text = () => text().then((body) => { setTimeout(() => { window.infoHandled = true; }, 0);"
+        "    return body; });"
+        "  return changed; };"
         "document.dispatchEvent(new Event('visibilitychange'));")
     header = "return (document.getElementById('model-version') || {}).textContent || ''"  # rewritten in place
     wait(browser, lambda d: "v999" in d.execute_script(header))
     assert browser.execute_script(header) != shown
     wait(browser, lambda d: any(u.endswith("/v1/examples") for u in d.execute_script("return window.asked")))
     asked = browser.execute_script("return window.asked")
-    browser.execute_script("window.asked = []; document.dispatchEvent(new Event('visibilitychange'));")
-    wait(browser, lambda d: any(u.endswith("/model/info") for u in d.execute_script("return window.asked")))
-
-    time.sleep(1)  # what the page would do after that answer: nothing, the model is the same
+    browser.execute_script("window.asked = []; window.infoHandled = false;"
+                           "document.dispatchEvent(new Event('visibilitychange'));")
+    wait(browser, lambda d: d.execute_script("return window.infoHandled"))  # the same model's answer, handled
+    assert any(u.endswith("/model/info") for u in browser.execute_script("return window.asked"))
+    # what the page did after that answer: nothing, the model is the same
     assert not any(u.endswith("/v1/examples") for u in browser.execute_script("return window.asked")), asked
 
 

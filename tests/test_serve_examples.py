@@ -109,14 +109,29 @@ def test_registered_champion_carries_examples_and_compares_with_the_challenger(t
             ids = [e["id"] for e in client.get("/v1/examples").json()["examples"]]
             assert f"volume-{project['patient']}" in ids and "ood-photo" in ids
             compare = client.get("/model/compare").json()
+            slices = [r for r in compare["examples"] if r["id"] != "ood-photo"]
+            # the champion's column is what the served champion answers for each example ...
+            champion_says = {r["id"]: client.post(f"/v1/examples/{r['id']}/predict").json()["tumor_probability"]
+                             for r in slices}
+        # ... and the challenger's is what the challenger's own exported model answers for the same example (on the
+        # examples bundled with the champion, which the comparison uses)
+        examples = next((root / paths.SERVE_CACHE / settings.registry.model_name).glob("v1-*")) / "examples"
+        with local_client(create_app(FileSource(project["challenger_onnx"], examples=examples), cfg)) as client:
+            challenger_says = {r["id"]: client.post(f"/v1/examples/{r['id']}/predict").json()["tumor_probability"]
+                               for r in slices}
+    assert len(slices) >= 2
+    for row in slices:
+        assert row["champion"]["tumor_probability"] == pytest.approx(champion_says[row["id"]], abs=1e-6), row["id"]
+        assert row["challenger"]["tumor_probability"] == pytest.approx(challenger_says[row["id"]], abs=1e-6), row["id"]
+        # two models that answer apart: a comparison running one model for both columns fails one of the lines above
+        assert abs(champion_says[row["id"]] - challenger_says[row["id"]]) > 0.05, row["id"]
     assert compare["champion"]["version"] == "1" and compare["challenger"]["version"] == "2"
     assert compare["challenger"]["aliases"] == ["challenger"] and compare["challenger"]["gate"]["verdict"] == "rejected"
     assert "sensitivity 0.500 < 0.800 [FAIL]" in compare["challenger"]["gate"]["reason"]
     assert compare["champion"]["lineage"]["onnx_sha256"] == project["champion"]["onnx_sha256"]
     assert compare["champion"]["metrics"]["ci95"]["classification.accuracy"][0] < 0.9
-    rows = compare["examples"]
-    assert rows and all("tumor_probability" in r["champion"] and "tumor_probability" in r["challenger"]
-                        for r in rows if r["id"] != "ood-photo")
+    assert compare["challenger"]["lineage"]["onnx_sha256"] == project["challenger"]["onnx_sha256"]
+    assert project["challenger"]["onnx_sha256"] != project["champion"]["onnx_sha256"]
 
 
 def test_the_page_loads_only_its_own_assets(tmp_path):

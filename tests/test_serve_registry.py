@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -143,6 +145,40 @@ def test_a_new_champion_is_picked_up_without_restart(registry, tmp_path):
         MlflowClient(registry["uri"]).set_registered_model_alias("slicewise", "champion", registry["first_version"])
         assert client.post("/model/reload").json()["key"].startswith(f"v{registry['first_version']}-")
         assert client.get("/model/info").json()["version"] == registry["first_version"]
+
+
+def test_a_broken_new_champion_does_not_stop_serving_the_current_one(registry, tmp_path):
+    """serve/holder.py: a champion whose model file cannot be loaded is a failed check (503 on /model/reload, the
+    reason on /healthz), and the model already loaded goes on answering."""
+    from mlflow import MlflowClient
+
+    name = "slicewise-broken-next"  # its own registered model: the module's "slicewise" champion stays as it is
+    first = register_version(registry["uri"], export_tiny_onnx(tmp_path / "first" / "v1.onnx"), model_name=name)
+    with local_client(app_for(source(registry, tmp_path, model_name=name))) as client:
+        assert client.get("/healthz").json()["version"] == first
+        png = png_bytes(brain_slice())
+        before = client.post("/v1/predict", files={"file": ("a.png", png)})
+        assert before.status_code == 200 and before.json()["has_tumor"] is True
+
+        broken = register_version(registry["uri"], export_tiny_onnx(tmp_path / "next" / "v2.onnx", threshold=0.8),
+                                  model_name=name)
+        stored = MlflowClient(registry["uri"]).get_model_version_download_uri(name, broken)
+        onnx_file = next((p for p in Path(urlsplit(stored).path).rglob("*.onnx")), None)
+        assert onnx_file is not None, stored
+        onnx_file.write_bytes(b"\x00garbage, not an ONNX graph" * 64)  # the registry's copy of v2, damaged
+
+        reload = client.post("/model/reload")
+        assert reload.status_code == 503, reload.text
+        assert "cannot load the ONNX model" in reload.json()["error"]
+        assert reload.json()["key"].startswith(f"v{first}-")  # still the first version
+        health = client.get("/healthz").json()
+        assert health["model_loaded"] is True and health["version"] == first
+        assert f"serving models:/{name}/{first}" in health["detail"] and "failed" in health["detail"]
+        after = client.post("/v1/predict", files={"file": ("a.png", png)})
+        assert after.status_code == 200
+        assert after.json()["tumor_probability"] == pytest.approx(before.json()["tumor_probability"])
+        info = client.get("/model/info").json()
+        assert info["version"] == first and info["served"]["threshold"] == 0.5  # not v2's 0.8
 
 
 def test_no_champion_is_said_clearly(registry, tmp_path):

@@ -15,7 +15,8 @@ from tasks import export, paths, register
 from tasks.config import Settings
 from tasks.data.splits import read_split
 from tests.nifti_factory import write_patient
-from tests.release_factory import fresh_mlflow_store, make_release_project, tracked, write_metrics
+from tests.release_factory import (fresh_mlflow_store, make_release_project, tracked, write_checkpoint,
+                                   write_metrics)
 
 VOLUME_SHAPE = (48, 48, 12)
 
@@ -40,17 +41,27 @@ def inside(root: Path) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = uri
 
 
+CHALLENGER_SEED, CHALLENGER_CLS_BIAS = 1, -4.0
+
+
 def registered_project(root: Path, settings: Settings) -> dict:
-    """Champion v1 (passes the gate), challenger v2 (sensitivity 0.5: rejected); call inside(root)."""
+    """Champion v1 (passes the gate), challenger v2 (sensitivity 0.5: rejected); call inside(root).
+
+    The challenger is another model, not the champion's file registered again: a checkpoint of another seed whose
+    classifier leans to "no tumour" (cls bias CHALLENGER_CLS_BIAS), exported on its own, so what a route answers for
+    "the challenger" can be told from the champion's answer. Its ONNX file stays at paths.ONNX_MODEL (exported last)."""
     settings = tracked(settings)
     make_release_project(root, settings)
     patient = add_raw_test_patient(root)
     fresh_mlflow_store(root)
     export.main(settings)
     champion = register.main(settings)
-    write_metrics(root, accuracy=0.9, sensitivity=0.5)
+    write_checkpoint(root, settings, seed=CHALLENGER_SEED, cls_bias=CHALLENGER_CLS_BIAS)
+    write_metrics(root, accuracy=0.9, sensitivity=0.5)  # after the checkpoint: it names the weights evaluated
+    export.main(settings)
     challenger = register.main(settings)
-    return {"settings": settings, "patient": patient, "champion": champion, "challenger": challenger}
+    return {"settings": settings, "patient": patient, "champion": champion, "challenger": challenger,
+            "challenger_onnx": root / paths.ONNX_MODEL}
 
 
 def registered_copy(source: Path, root: Path, settings: Settings) -> dict:
