@@ -73,10 +73,10 @@ def _check_parameters(updates: dict[str, str]) -> None:
             settings = set_params(updates, trial) if updates else load_settings(trial)
         except SliceWiseError as exc:
             _fail(f"{paths.PARAMS}: {exc.reason}", exc.exit_code)
-    from tasks.data.local_import import check_source_folders
+    from tasks.preflight import check_prerequisites
 
     try:
-        check_source_folders(settings.data)  # a missing folder: said now, not after data/raw was removed
+        check_prerequisites(settings)  # a missing folder or environment: said now, not after outputs were removed
     except SliceWiseError as exc:
         _fail(str(exc), exc.exit_code)
 

@@ -101,10 +101,10 @@ def check_command(params: Path = typer.Option(paths.PARAMS, help="parameters fil
     """Validate params.yaml as every step reads it. `make run` checks first: `dvc repro` removes a stage's outputs
     before it runs the stage, so a mistake found by the step itself has cost them already."""
     try:
-        from tasks.data.local_import import check_source_folders
+        from tasks.preflight import check_prerequisites
 
         settings = load_settings(params)
-        check_source_folders(settings.data)
+        check_prerequisites(settings)
     except SliceWiseError as exc:
         _fail(exc)
     typer.echo(f"{params}: valid (profile {settings.profile}, data source {settings.data.source})")

@@ -246,13 +246,18 @@ class RegistrySettings(_Section):
 
     @model_validator(mode="after")
     def _usable_aliases(self) -> "RegistrySettings":
-        """MLflow refuses an empty alias, `latest` and `v<number>` (version references), which would fail only at
-        register, after training; and one alias for both would hand a model the gate rejected the served one's."""
-        if set(self.model_name) & set("/:"):  # MLflow's own rule, met first at register otherwise
-            raise ValueError(f"registry.model_name {self.model_name!r}: MLflow model names cannot contain '/' or ':'")
+        """MLflow's rules for names and aliases (mlflow.utils.validation, not imported here: it loads MLflow), which
+        would otherwise fail only at register, after training; and one alias for both would hand a model the gate
+        rejected the served one's."""
+        if set(self.model_name) & set("/:") or self.model_name == "." or self.model_name.startswith(".."):
+            raise ValueError(f"registry.model_name {self.model_name!r}: MLflow model names cannot contain '/' or ':', "
+                             "nor be '.' or start with '..'")
         for key, alias in (("alias", self.alias), ("challenger_alias", self.challenger_alias)):
             if not alias.strip() or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
                 raise ValueError(f"registry.{key} {alias!r}: MLflow reserves empty aliases, 'latest' and v<number>")
+            if not re.fullmatch(r"[\w\-]{1,255}", alias):
+                raise ValueError(f"registry.{key} {alias!r}: MLflow aliases hold only letters, digits, '_' and '-' "
+                                 "(at most 255)")
         if self.alias == self.challenger_alias:
             raise ValueError(f"registry.alias and registry.challenger_alias are both {self.alias!r}: a model the gate "
                              "rejected would become the served one")

@@ -384,6 +384,10 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
     ({"serve.port": "8001"}, "serve.port: Input should be a valid integer"),
     ({"data.source": "local"}, "data.source is 'local' but data.brats_dir is not set"),
     ({"registry.model_name": "a/b"}, "MLflow model names cannot contain '/' or ':'"),
+    # review 2026-12-05 (the two front doors): refused by MLflow at register, after evaluate had run
+    ({"registry.alias": "prod.v2"}, "MLflow aliases hold only letters, digits, '_' and '-'"),
+    ({"registry.challenger_alias": "next model"}, "MLflow aliases hold only letters, digits, '_' and '-'"),
+    ({"registry.model_name": ".."}, "nor be '.' or start with '..'"),
 ])
 def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, updates, words):
     """Wrong types reached a validator that raised TypeError (a traceback); `tasks set` left params.yaml.tmp."""
@@ -458,6 +462,27 @@ def test_tasks_check_validates_params_yaml_before_dvc_would_remove_outputs(tmp_p
     bad = CliRunner().invoke(cli.app, ["check", "--params", str(params)])
     assert bad.exit_code == 1 and "split.train + split.val + split.test must be positive and sum to 1" in bad.output
     assert "tasks check" in (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("dvc repro", 1)[0]
+
+
+def test_check_says_a_missing_organisers_environment_before_dvc_removes_evaluates_reports(tmp_path, monkeypatch):
+    """`evaluate.organisers_check: true` without .venv-brats: evaluate said so, after DVC (or the flow) had removed
+    metrics.json and the plots. `tasks check` (make run) says it first; the flow's own check is the same function."""
+    from typer.testing import CliRunner
+
+    import tasks.__main__ as cli
+    from tasks.evaluation import brats_reference
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("organisers_check: false", "organisers_check: true"))
+    monkeypatch.setattr(brats_reference, "VENV", tmp_path / "no-venv")
+    missing = CliRunner().invoke(cli.app, ["check", "--params", str(params)])
+    assert missing.exit_code == 1 and "run `make brats-env`" in missing.output, missing.output
+    (tmp_path / "no-venv" / "bin").mkdir(parents=True)
+    (tmp_path / "no-venv" / "bin" / "python").touch()
+    present = CliRunner().invoke(cli.app, ["check", "--params", str(params)])
+    assert present.exit_code == 0 and "valid (profile quick" in present.output, present.output
+    assert "check_prerequisites(settings)" in (REPO / "flows" / "__main__.py").read_text()
 
 
 def test_a_step_under_dvc_that_refuses_params_says_how_to_get_its_removed_outputs_back(tmp_path, monkeypatch):

@@ -38,9 +38,8 @@ from tasks.data.orientation import Orientation
 from tasks.data.regions import REGIONS, regions_from_labels
 from tasks.data.subjects import subjects
 from tasks.data.volumes import brats2020_labels, load_volume
-from tasks.errors import SliceWiseError
 from tasks.evaluation import metrics
-from tasks.evaluation.brats_reference import VENV, reference_python, reference_scores
+from tasks.evaluation.brats_reference import reference_scores, required_reference_python
 from tasks.inference.predictor import MASK_THRESHOLD
 from tasks.inference.postprocess import Component
 from tasks.inference.volume import NO_TTA, SlicePredictor, brain_of, predict_volume
@@ -217,19 +216,10 @@ def regions_report(scores: pd.DataFrame, n_resamples: int, seed: int) -> tuple[d
     return section, intervals, uncertainty
 
 
-def organisers_python() -> Path:
-    """The brats-evaluation environment's python; a SliceWiseError naming the fix when it was never built."""
-    python = reference_python()
-    if python is None:
-        raise SliceWiseError("evaluate.organisers_check is true but the organisers' brats-evaluation environment is "
-                             "missing: run `make brats-env` (or set evaluate.organisers_check: false)", VENV)
-    return python
-
-
 def organisers_report(label_maps: Path, regions: Sequence[str]) -> dict:
     """The organisers' package's means over the patients whose label maps `score_patients` kept: global Dice, HD95
     and NSD, lesion-wise Dice, HD95 and NSD per region (`evaluate.organisers_check`; needs .venv-brats)."""
-    python = organisers_python()
+    python = required_reference_python()
     per_case = reference_scores(label_maps, python)
     out: dict = {"available": True, "package": "brats-evaluation (panoptica, gli config)",
                  "n_patients": len(per_case)}

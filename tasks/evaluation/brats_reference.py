@@ -27,10 +27,22 @@ KEYS = {"dice": "global_bin_dsc", "hd95": "global_bin_hd95", "nsd": "global_bin_
 TIMEOUT_SECONDS = 900
 
 
-def reference_python(venv: Path = VENV) -> Path | None:
-    """The brats-evaluation environment's python, None when it has not been created."""
-    python = venv / "bin" / "python"
+def reference_python(venv: Path | None = None) -> Path | None:
+    """The brats-evaluation environment's python (in `venv`, by default VENV), None when it has not been created."""
+    python = (venv or VENV) / "bin" / "python"
     return python if python.exists() else None
+
+
+def required_reference_python() -> Path:
+    """The brats-evaluation environment's python, for `evaluate.organisers_check`; a SliceWiseError naming the fix when
+    it was never built."""
+    from tasks.errors import SliceWiseError  # here: this file also runs as a script in .venv-brats, without `tasks`
+
+    python = reference_python()
+    if python is None:
+        raise SliceWiseError("evaluate.organisers_check is true but the organisers' brats-evaluation environment is "
+                             "missing: run `make brats-env` (or set evaluate.organisers_check: false)", VENV)
+    return python
 
 
 def reference_scores(folder: Path, python: Path) -> dict[str, dict[str, dict[str, float | None]]]:

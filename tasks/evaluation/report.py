@@ -30,6 +30,7 @@ from tasks.config import EvaluateSettings
 from tasks.data.regions import REGIONS
 from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
+from tasks.evaluation.brats_reference import required_reference_python
 from tasks.evaluation.intervals import confidence_intervals, resampling_units
 from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
                                       predict_split)
@@ -203,7 +204,7 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     from tasks.inference.checkpoints import load_model
 
     if cfg.organisers_check and where.raw_brats is not None:
-        brats.organisers_python()  # missing: said now, not after the minutes of scoring before it is needed
+        required_reference_python()  # missing: said now, not after the minutes of scoring before it is needed
     model, _ = load_model(checkpoint, map_location=device)
     predictor = TorchPredictor(model, device=device, slice_score=cfg.slice_score)
     val_rows = split_rows(where.processed, read_split("val", where.splits))

@@ -1,0 +1,18 @@
+"""What a run needs besides valid parameters, checked by `tasks check` (which `make run` runs before `dvc repro`)
+and by `flows run` before the pipeline starts: DVC and the flow remove a changed stage's outputs before its step
+runs, so a prerequisite the step itself finds missing has cost them already (data/raw for fetch; metrics.json and
+the plots for evaluate)."""
+
+from __future__ import annotations
+
+from tasks.config import Settings
+
+
+def check_prerequisites(settings: Settings) -> None:
+    """A SliceWiseError naming what is missing: the local source folders, the organisers' evaluation environment."""
+    from tasks.data.local_import import check_source_folders
+    from tasks.evaluation.brats_reference import required_reference_python
+
+    check_source_folders(settings.data)
+    if settings.evaluate.organisers_check:
+        required_reference_python()
