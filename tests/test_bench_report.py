@@ -488,3 +488,28 @@ def test_the_pipeline_row_names_the_cpu_its_seconds_were_measured_on():
     del report["pipeline"]["cpu"]  # recorded before the rows named their CPU: no CPU, no error
     (row,) = [detail for label, _, detail in rows(report) if label == "quick pipeline, from scratch"]
     assert "Xeon" not in row and "EPYC" not in row
+
+
+def test_the_peer_learns_the_whole_tumour_not_the_label_codes(monkeypatch):
+    """The shards hold BraTS label codes (0, 1, 2, 4). Given as sigmoid targets, 2 and 4 made a loss without a floor
+    (-150 at a logit of 100), which held the peer back and inflated every ratio measured before 2026-12-05."""
+    import monai.losses
+    import torch
+
+    from bench.bench_peer import train_peer
+
+    targets = []
+
+    class Recording(monai.losses.DiceCELoss):
+        def forward(self, prediction, target):
+            targets.append(target.detach().clone())
+            return super().forward(prediction, target)
+
+    monkeypatch.setattr(monai.losses, "DiceCELoss", Recording)
+    images = torch.randn(4, 1, 32, 32)
+    masks = torch.zeros(4, 32, 32, dtype=torch.uint8)
+    masks[:, 4:8, 4:8], masks[:, 8:10, 8:10], masks[:, 2, 2] = 4, 2, 1
+    _, run = train_peer(images, masks, seconds=0.3, seed=0)  # the budget is checked after each step
+    assert run["steps"] >= 1 and len(targets) == run["steps"]
+    for target in targets:  # each step's batch is the whole set (4 < 16): every tumour pixel, once, as a 1
+        assert set(target.unique().tolist()) == {0.0, 1.0} and int(target.sum()) == int((masks > 0).sum())
