@@ -233,6 +233,7 @@ class TrackingSettings(_Section):
 class PromotionSettings(_Section):
     min_accuracy: float = Field(0.85, ge=0, le=1)
     min_sensitivity: float = Field(0.80, ge=0, le=1)
+    min_specificity: float = Field(0.80, ge=0, le=1)  # the other error: "tumour" for every slice
     min_dice: float = Field(0.70, ge=0, le=1)  # whole tumour, per tumour slice (segmentation.dice)
     min_volume_dice: float = Field(0.70, ge=0, le=1)  # whole tumour, per re-stacked patient volume
     use_lower_bound: bool = False  # compare the 95 % bootstrap interval's lower bound, not the point estimate

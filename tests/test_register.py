@@ -61,18 +61,20 @@ def onnx_outputs(path: Path, images: np.ndarray) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})
 
 
-def gate_metrics(accuracy=0.9, sensitivity=0.9, dice=0.8, volume_dice=0.85, lower=None) -> dict:
+def gate_metrics(accuracy=0.9, sensitivity=0.9, dice=0.8, volume_dice=0.85, lower=None, specificity=0.9) -> dict:
     """A metrics.json with these point estimates; `lower` sets every interval's lower bound."""
-    metrics = {"classification": {"accuracy": accuracy, "sensitivity": sensitivity},
+    metrics = {"classification": {"accuracy": accuracy, "sensitivity": sensitivity, "specificity": specificity},
                "segmentation": {"dice": dice}, "segmentation_volume": {"dice": volume_dice}}
     if lower is not None:
         metrics["ci95"] = {key: [lower, 1.0] for key in ("classification.accuracy", "classification.sensitivity",
-                                                         "segmentation.dice", "segmentation_volume.dice")}
+                                                         "classification.specificity", "segmentation.dice",
+                                                         "segmentation_volume.dice")}
     return metrics
 
 
 def make_gate(**changes) -> PromotionGate:
-    base = dict(min_accuracy=0.85, min_sensitivity=0.80, min_dice=0.70, min_volume_dice=0.70, max_accuracy_drop=0.02)
+    base = dict(min_accuracy=0.85, min_sensitivity=0.80, min_specificity=0.80, min_dice=0.70, min_volume_dice=0.70,
+                max_accuracy_drop=0.02)
     return PromotionGate(PromotionSettings(**(base | changes)))
 
 
@@ -111,6 +113,16 @@ def test_gate_rejects_a_model_that_cannot_segment_even_when_classification_passe
     assert not make_gate().decide(gate_metrics(dice=float("nan")), True).promoted  # NaN is no evidence
     only_volume = make_gate().decide(gate_metrics(volume_dice=0.5), True)
     assert not only_volume.promoted and "volume Dice 0.500 < 0.700 [FAIL]" in only_volume.reason
+
+
+def test_a_model_that_calls_every_slice_tumour_is_never_champion():
+    """On a test split that is 90 % tumour slices, "tumour" for every slice scores accuracy 0.90 and sensitivity 1.0:
+    both pass. Its specificity, 0.0, does not; and a missing specificity fails like any missing figure."""
+    always = make_gate().decide(gate_metrics(accuracy=0.90, sensitivity=1.0, specificity=0.0), True)
+    assert not always.promoted and "specificity 0.000 < 0.800 [FAIL]" in always.reason
+    assert "accuracy 0.900 >= 0.850 [pass]" in always.reason and "sensitivity 1.000 >= 0.800 [pass]" in always.reason
+    assert not make_gate().decide(gate_metrics(specificity=None), True).promoted
+    assert make_gate().decide(gate_metrics(specificity=0.80), True).promoted  # inclusive, as every threshold
 
 
 def test_gate_on_interval_lower_bounds():

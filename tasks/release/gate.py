@@ -4,12 +4,14 @@ All of these must hold (thresholds in params.yaml `promotion:`), so both heads a
 classifies well but cannot segment is never champion.
     accuracy      >= promotion.min_accuracy                     (test split, from reports/metrics.json)
     sensitivity   >= promotion.min_sensitivity
+    specificity   >= promotion.min_specificity       (a model that calls every slice "tumour" passes accuracy and
+                                                     sensitivity on a test split that is mostly tumour)
     slice Dice    >= promotion.min_dice          whole tumour (WT), mean over the test slices with tumour
     volume Dice   >= promotion.min_volume_dice   whole tumour (WT), mean over the re-stacked test patient volumes
 (WT is the first of the segmentation head's regions WT, TC, ET: metrics `segmentation` and `segmentation_volume`.)
     parity        ONNX and torch agreed (reports/export.json)
     vs champion   accuracy >= champion's accuracy - promotion.max_accuracy_drop   (only when a champion exists)
-With promotion.use_lower_bound the four quality criteria compare the lower end of the metric's 95 % bootstrap
+With promotion.use_lower_bound the five quality criteria compare the lower end of the metric's 95 % bootstrap
 interval (patients resampled) instead of the point estimate. A missing metric fails its criterion.
 Pure logic on numbers: release/registration.py gathers them and moves the aliases. The reason names every criterion with
 its value and limit, so a registry version's `promotion_reason` tag says exactly why it was or was not promoted.
@@ -71,6 +73,7 @@ class GateDecision:
 # (criterion name, metrics.json section, key, PromotionSettings field with the minimum)
 QUALITY_CRITERIA = (("accuracy", "classification", "accuracy", "min_accuracy"),
                     ("sensitivity", "classification", "sensitivity", "min_sensitivity"),
+                    ("specificity", "classification", "specificity", "min_specificity"),
                     ("slice Dice", "segmentation", "dice", "min_dice"),
                     ("volume Dice", "segmentation_volume", "dice", "min_volume_dice"))
 
