@@ -339,6 +339,14 @@ def test_registering_the_same_model_again_creates_no_copy(project, tiny_settings
     resplit = register.main(settings)
     assert not resplit.get("reused") and resplit["version"] == "4" == alias_version("slicewise", "champion")
 
+    # the same release and verdict under another gate (a stricter limit; a criterion added in code alike): its
+    # reason and card must show the limits it was judged by, so it is a new version, and a rerun reuses that one
+    stricter = settings.model_copy(update={"promotion": settings.promotion.model_copy(update={"min_dice": 0.75})})
+    regated = register.main(stricter)
+    assert not regated.get("reused") and regated["version"] == "5" == alias_version("slicewise", "champion")
+    assert "slice Dice 0.810 >= 0.750 [pass]" in client().get_model_version("slicewise", "5").tags["promotion_reason"]
+    assert register.main(stricter)["reused"]
+
 
 @pytest.mark.parametrize("loss", ["overwritten", "folder removed"])
 def test_a_version_that_lost_its_files_is_not_kept_as_this_release(project, tiny_settings, loss):

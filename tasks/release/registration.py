@@ -21,6 +21,7 @@ With tracking.enabled false nothing is registered; the gate still runs and repor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -37,7 +38,7 @@ from tasks.io import sha256_file
 from tasks.redaction import redact
 from tasks.release.champion import champion_score
 from tasks.release.examples import bundle_examples
-from tasks.release.gate import ChampionScore, GateDecision, PromotionGate
+from tasks.release.gate import QUALITY_CRITERIA, ChampionScore, GateDecision, PromotionGate
 from tasks.release.model_card import render_model_card, split_summary
 from tasks.release.registry import SEEN_PATIENTS_FILE, ModelRegistry
 from tasks.release.release_files import Release, parity_detail
@@ -71,6 +72,7 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         "promotion_gate": json.dumps(decision.as_dict()["criteria"]),  # machine-readable: /model/info shows it
         "onnx_sha256": release.onnx_sha256, "mlflow_run_id": tracker.run_id,
         "metrics_sha256": sha256_file(paths.METRICS),  # the figures the tags and the card show
+        "gate_settings_sha256": gate_settings_digest(settings),  # the criteria and limits the verdict is under
         # .get: a metric missing from metrics.json fails its gate criterion (above), it must not crash the tags
         "test_accuracy": str((release.metrics.get("classification") or {}).get("accuracy")),
         "test_sensitivity": str((release.metrics.get("classification") or {}).get("sensitivity")),
@@ -114,8 +116,15 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
 
 
 # What makes a version this very release: the same ONNX file, judged on the same data and split with the same figures
-# (metrics.json: its tags and model card show them), with the same verdict
-SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "metrics_sha256", "promotion")
+# (metrics.json: its tags and model card show them), with the same verdict under the same gate (a new criterion or
+# limit is another judgement: its reason and card must say it, so it is a new version)
+SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "metrics_sha256", "promotion", "gate_settings_sha256")
+
+
+def gate_settings_digest(settings: Settings) -> str:
+    """The promotion settings' digest, with the gate's criteria (a criterion added in code is a new gate too)."""
+    gate = {"promotion": settings.promotion.model_dump(mode="json"), "criteria": [c[0] for c in QUALITY_CRITERIA]}
+    return hashlib.sha256(json.dumps(gate, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def already_registered(version, tags: dict[str, str]) -> bool:
