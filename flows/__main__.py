@@ -149,7 +149,7 @@ def serve() -> None:
         _fail(str(exc), exc.exit_code)
     console.print(f"serving slicewise-pipeline/{DEPLOYMENT_NAME} on {api_url}, cron {settings.schedule.cron!r} "
                   f"({settings.schedule.timezone}); trigger it now with "
-                  f"`PREFECT_API_URL={api_url} prefect deployment run 'slicewise-pipeline/{DEPLOYMENT_NAME}'`")
+                  f"`PREFECT_API_URL={api_url} .venv/bin/prefect deployment run 'slicewise-pipeline/{DEPLOYMENT_NAME}'`")
     with temporary_settings({PREFECT_API_URL: api_url}):
         serve_deployment(settings)
 

@@ -3,7 +3,7 @@
 #   1. creates the process work pool if it does not exist yet,
 #   2. deploys the pipeline flow from this checkout onto it (cron from params.yaml's `schedule`),
 #   3. runs `prefect worker start` in the foreground; each run executes in a new process from the checkout.
-# Trigger a run:  prefect deployment run slicewise-pipeline/worker
+# Trigger a run:  PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/prefect deployment run slicewise-pipeline/worker
 #
 # Environment:
 #   PREFECT_API_URL            the Prefect server (default http://127.0.0.1:4200/api, as `make prefect-ui` starts)

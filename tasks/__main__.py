@@ -29,24 +29,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pi
 console = Console(stderr=True)
 DVC_STAGE_ENV = "DVC_STAGE"
 
+
 def run_step(step: str, params: Path = paths.PARAMS) -> dict:
     """Run one step (`tasks/<step>.py`'s `main`) with the parsed params; the entry point the Prefect flow uses too."""
-    try:
-        settings = load_settings(params)
-    except SliceWiseError as exc:
-        raise StepParamsError(exc.reason, exc.path) from exc
+    settings = load_settings(params)
     return importlib.import_module(f"tasks.{step}").main(settings)
 
 
-class StepParamsError(SliceWiseError):
-    """params.yaml refused by a step before it started."""
-
-
 def removed_outputs_hint(stage: str) -> str:
-    """Said after a params error under `dvc repro`: DVC removed the stage's outputs before it started the step,
-    which then refused the params (`make run` checks them first; a direct `dvc repro` does not)."""
-    return (f"DVC removed the outputs of stage {stage} before this check (all but those dvc.yaml marks persist). "
-            f"After fixing params.yaml, `dvc repro` makes them again; the last ones come back now with "
+    """Said after a step run by `dvc repro` failed on something the user can fix (a value in params.yaml, a missing
+    folder): DVC removed the stage's outputs before it started the step (`make run` checks what it can first; a
+    direct `dvc repro` does not)."""
+    return (f"DVC removed the outputs of stage {stage} before running it (all but those dvc.yaml marks persist). "
+            f"After fixing the cause, `dvc repro` makes them again; the last ones come back now with "
             f"`dvc checkout {stage}` (files in DVC's cache) and `git checkout -- <path>` (its committed reports).")
 
 
@@ -62,11 +57,9 @@ def _make_step_command(step: str):
         try:
             with pipeline_lock(f"python -m tasks {step}"):
                 result = run_step(step, params)
-        except StepParamsError as exc:
+        except SliceWiseError as exc:
             stage = os.environ.get(DVC_STAGE_ENV)  # set by DVC for the commands it runs
             _fail(exc, removed_outputs_hint(stage) if stage else None)
-        except SliceWiseError as exc:
-            _fail(exc)
         except Exception as exc:  # a bug or a raw library error: its traceback, with store passwords masked
             console.print(redact("".join(traceback.format_exception(exc))), highlight=False, soft_wrap=True,
                           markup=False)

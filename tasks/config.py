@@ -250,9 +250,10 @@ class RegistrySettings(_Section):
         """MLflow's rules for names and aliases (mlflow.utils.validation, not imported here: it loads MLflow), which
         would otherwise fail only at register, after training; and one alias for both would hand a model the gate
         rejected the served one's."""
-        if set(self.model_name) & set("/:") or self.model_name == "." or self.model_name.startswith(".."):
-            raise ValueError(f"registry.model_name {self.model_name!r}: MLflow model names cannot contain '/' or ':', "
-                             "nor be '.' or start with '..'")
+        name = self.model_name
+        if not name.strip() or set(name) & set("/:") or name == "." or name.startswith(".."):
+            raise ValueError(f"registry.model_name {name!r}: MLflow model names cannot be blank, contain '/' or ':', "
+                             "be '.' or start with '..'")
         for key, alias in (("alias", self.alias), ("challenger_alias", self.challenger_alias)):
             if not alias.strip() or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
                 raise ValueError(f"registry.{key} {alias!r}: MLflow reserves empty aliases, 'latest' and v<number>")

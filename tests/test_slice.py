@@ -387,7 +387,8 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
     # review 2026-12-05 (the two front doors): refused by MLflow at register, after evaluate had run
     ({"registry.alias": "prod.v2"}, "MLflow aliases hold only letters, digits, '_' and '-'"),
     ({"registry.challenger_alias": "next model"}, "MLflow aliases hold only letters, digits, '_' and '-'"),
-    ({"registry.model_name": ".."}, "nor be '.' or start with '..'"),
+    ({"registry.model_name": ".."}, "be '.' or start with '..'"),
+    ({"registry.model_name": "  "}, "MLflow model names cannot be blank"),
 ])
 def test_bad_parameters_are_one_line_naming_params_yaml_and_the_key(tmp_path, updates, words):
     """Wrong types reached a validator that raised TypeError (a traceback); `tasks set` left params.yaml.tmp."""
@@ -482,10 +483,19 @@ def test_check_says_a_missing_organisers_environment_before_dvc_removes_evaluate
     (tmp_path / "no-venv" / "bin" / "python").touch()
     present = CliRunner().invoke(cli.app, ["check", "--params", str(params)])
     assert present.exit_code == 0 and "valid (profile quick" in present.output, present.output
-    assert "check_prerequisites(settings)" in (REPO / "flows" / "__main__.py").read_text()
+
+    import typer
+
+    from flows.__main__ import _check_parameters  # `flows run`'s check, before any flow starts
+
+    monkeypatch.chdir(REPO)
+    _check_parameters({"evaluate.organisers_check": True})  # the environment is there (above): passes
+    (tmp_path / "no-venv" / "bin" / "python").unlink()
+    with pytest.raises(typer.Exit):
+        _check_parameters({"evaluate.organisers_check": True})
 
 
-def test_a_step_under_dvc_that_refuses_params_says_how_to_get_its_removed_outputs_back(tmp_path, monkeypatch):
+def test_a_step_under_dvc_that_fails_says_how_to_get_its_removed_outputs_back(tmp_path, monkeypatch):
     """A direct `dvc repro` after a bad hand edit: DVC has removed the stage's outputs before the step refuses the
     value. The step names the stage and the two ways back; outside DVC (no DVC_STAGE) it says only the error."""
     from typer.testing import CliRunner

@@ -10,7 +10,8 @@
     6. move an alias: `champion` when the gate passed, `challenger` when not; end the parent run.
        A version that fails 5 or 6 is deleted, so no alias ever points at a broken version
 A release that the version holding its alias already is (same ONNX file, data and split hashes, same metrics.json,
-same verdict, its files verified: a rerun after a code change that left the model as it was) creates no new version;
+same verdict under the same gate settings, its files verified: a rerun after a code change that left the model as it
+was) creates no new version;
 register.json says `reused`.
 Retries are idempotent: a version is created only after asking whether this run already registered this ONNX
 file (a retry after a lost response, or a rerun of an interrupted register, finds it). A register that fails or
@@ -122,8 +123,10 @@ SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "metrics_sha256"
 
 
 def gate_settings_digest(settings: Settings) -> str:
-    """The promotion settings' digest, with the gate's criteria (a criterion added in code is a new gate too)."""
-    gate = {"promotion": settings.promotion.model_dump(mode="json"), "criteria": [c[0] for c in QUALITY_CRITERIA]}
+    """The digest of what the verdict is judged by: the promotion settings, the gate's criteria (one added in code is a
+    new gate too) and the parity limits the reason shows."""
+    gate = {"promotion": settings.promotion.model_dump(mode="json"), "criteria": [c[0] for c in QUALITY_CRITERIA],
+            "parity": [settings.export.parity_atol, settings.export.parity_min_dice]}
     return hashlib.sha256(json.dumps(gate, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -157,7 +160,7 @@ def kept_version(settings: Settings, decision: GateDecision, version, alias: str
     name, number = settings.registry.model_name, str(version.version)
     tracker.set_tags({"registered_version": number, "promotion": "promoted" if decision.promoted else "rejected",
                       "reused_version": "true"})
-    log.info("register: %s version %s already holds this model (same ONNX file, data, split and figures, same "
+    log.info("register: %s version %s already holds this model (same ONNX file, data, split and figures, same gate and "
              "verdict) as @%s; no new version", name, number, alias)
     return {"registered": True, "reused": True, "model_name": name, "version": number, "promoted": decision.promoted,
             "alias": alias, "reason": decision.reason, "gate": decision.as_dict()["criteria"],
