@@ -73,7 +73,7 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         "promotion_gate": json.dumps(decision.as_dict()["criteria"]),  # machine-readable: /model/info shows it
         "onnx_sha256": release.onnx_sha256, "mlflow_run_id": tracker.run_id,
         "metrics_sha256": sha256_file(paths.METRICS),  # the figures the tags and the card show
-        "gate_settings_sha256": gate_settings_digest(settings),  # the criteria and limits the verdict is under
+        "gate_settings_sha256": gate_settings_digest(settings, release),  # the criteria and limits of the verdict
         # .get: a metric missing from metrics.json fails its gate criterion (above), it must not crash the tags
         "test_accuracy": str((release.metrics.get("classification") or {}).get("accuracy")),
         "test_sensitivity": str((release.metrics.get("classification") or {}).get("sensitivity")),
@@ -122,11 +122,12 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
 SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "metrics_sha256", "promotion", "gate_settings_sha256")
 
 
-def gate_settings_digest(settings: Settings) -> str:
+def gate_settings_digest(settings: Settings, release: Release) -> str:
     """The digest of what the verdict is judged by: the promotion settings, the gate's criteria (one added in code is a
-    new gate too) and the parity limits the reason shows."""
+    new gate too) and the parity limits the reason shows (parity_detail: the export report's own)."""
+    parity = release.export_report.get("parity", {})
     gate = {"promotion": settings.promotion.model_dump(mode="json"), "criteria": [c[0] for c in QUALITY_CRITERIA],
-            "parity": [settings.export.parity_atol, settings.export.parity_min_dice]}
+            "parity": [parity.get("atol"), parity.get("min_mask_dice")]}
     return hashlib.sha256(json.dumps(gate, sort_keys=True).encode()).hexdigest()[:16]
 
 
