@@ -11,6 +11,10 @@ mask and is scored by the whole-tumour Dice against the truth (BraTS's rule for 
 100+ voxels is listed too: its size, its classifier evidence (median, 75th percentile and maximum over its slices),
 and whether it touches the truth (a false lesion does not). `--split test` is for a check after a rule was chosen,
 never for choosing one.
+
+Every synthetic patient has a tumour, so a split cannot show what a rule costs on a brain without one. `--healthy N`
+renders N tumour-free patients (the synthetic generator without its tumour, from a data seed no split uses) and
+counts, per rule and model, the volumes left with any predicted tumour: a false-positive volume.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DVC = REPO / ".venv" / "bin" / "dvc"
 LISTED_VOXELS = 100  # components at least this large are listed with their evidence
+HEALTHY_DATA_SEED = 9001  # no split is drawn from it: the seeds swept are 42, 1-4, 101-105, 201-205
 
 
 def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
@@ -38,38 +43,43 @@ def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     def shipped(mask, evidence):
         return postprocess.drop_stray_components(mask, slice_probability=evidence, slice_axis=2)
 
-    def veto_alone(mask, evidence):  # the rule until 2026-12-05: no fallback when nothing is confirmed
-        return postprocess.drop_stray_components(mask, slice_probability=evidence, slice_axis=2, fallback_evidence=0)
-
     def size_only(mask, evidence):
         return postprocess.drop_stray_components(mask, slice_probability=None)
 
     def with_fallback(floor: float):
-        return lambda mask, evidence: postprocess.drop_stray_components(mask, slice_probability=evidence,
-                                                                        slice_axis=2, fallback_evidence=floor)
+        """As shipped, but a volume the veto would empty keeps the components at `floor` or more (then the size
+        rule): the veto only chooses between lesions."""
+        def rule(mask, evidence):
+            cleaned = shipped(mask, evidence)
+            if cleaned.any() or not mask.any():
+                return cleaned
+            return postprocess.drop_stray_components(mask, slice_probability=evidence, slice_axis=2,
+                                                     min_evidence=floor)
+        return rule
 
     def veto_at(threshold: float):
         return lambda mask, evidence: postprocess.drop_stray_components(mask, slice_probability=evidence,
                                                                         slice_axis=2, min_evidence=threshold)
 
     def quantile_veto(q: float, threshold: float):
-        """As until 2026-12-05 (no fallback), but a component's evidence is the q-th percentile over its planes instead of the median."""
+        """As shipped, but a component's evidence is the q-th percentile over its planes instead of the median."""
         def rule(mask, evidence):
             labels, count = ndimage.label(mask)
             if not count:
                 return mask
             extents = ndimage.find_objects(labels)
             keep = np.zeros(count + 1, dtype=bool)
-            keep[1:] = [np.percentile(evidence[e[2]], q) >= threshold for e in extents]  # no fallback
+            keep[1:] = [np.percentile(evidence[e[2]], q) >= threshold for e in extents]
             sizes = np.bincount(labels.ravel(), minlength=count + 1)
             if keep.any():
                 keep &= sizes >= postprocess.MIN_COMPONENT_SHARE * sizes[keep].max()
             return keep[labels]
         return rule
 
-    return {"median >= 0.7 (until 2026-12-05)": veto_alone, "size rule only": size_only,
-            "veto 0.5": veto_at(0.5), "shipped: median >= 0.7, else >= 0.5": shipped,
-            "median >= 0.7, else >= 0.3": with_fallback(0.3),
+    return {"median >= 0.7 (shipped)": shipped, "size rule only": size_only, "veto 0.5": veto_at(0.5),
+            "median >= 0.7, else >= 0.5": with_fallback(0.5), "median >= 0.7, else >= 0.3": with_fallback(0.3),
+            "median >= 0.7, else >= 0.1": with_fallback(0.1),
+            "median >= 0.7, else the size rule": with_fallback(1e-12),
             "p75 >= 0.7": quantile_veto(75, 0.7), "p75 >= 0.8": quantile_veto(75, 0.8)}
 
 
@@ -79,25 +89,77 @@ def apply_experiment(project: Path, name: str) -> None:
         raise SystemExit(f"dvc exp apply {name} failed in {project}:\n{done.stderr[-2000:]}")
 
 
+def project_model(project: Path):
+    """The project's settings, its joint model as evaluate predicts with it, and the mask cut its evaluate chose."""
+    from tasks.config import load_settings
+    from tasks.inference.checkpoints import load_model
+    from tasks.inference.predictor import TorchPredictor
+
+    settings = load_settings(project / "params.yaml")
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
+    return (settings, TorchPredictor(model, slice_score=settings.evaluate.slice_score),
+            float(metrics["segmentation_threshold"]["value"]))
+
+
+def whole_tumour(predictor, volumes: list[np.ndarray], image_size: int, cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """Display-oriented volumes → the whole-tumour mask on their grid before any clean-up, and the classifier's
+    probability of each axial plane (the clean-up's evidence)."""
+    from tasks.inference.volume import prepare_channels, predict_slices_tta, to_volume_grid
+
+    prediction = predict_slices_tta(predictor, prepare_channels(volumes, image_size))
+    masks, _ = to_volume_grid(prediction.region_probability, volumes[0].shape[:3], cut)
+    return masks[0], prediction.classifier_probability.astype(np.float64)
+
+
+def healthy_volumes(count: int, data_seed: int = HEALTHY_DATA_SEED) -> list[list[np.ndarray]]:
+    """`count` tumour-free synthetic patients, each as its four display-oriented modality volumes."""
+    from tasks.config import MODALITIES
+    from tasks.data.orientation import BRATS_AFFINE, Orientation
+    from tasks.data.synthetic import load_template, patient_grid, render
+    from tasks.data.synthetic_shapes import BRATS_SHAPE
+
+    orientation, out = Orientation.of(BRATS_AFFINE), []
+    for index in range(1, count + 1):
+        patient, region, grid = patient_grid(data_seed, index)
+        patient.tumour = None  # the same person, without the tumour (and without its mass effect)
+        values, _, brain = render(patient, load_template(), grid)
+        volumes = []
+        for modality in MODALITIES:
+            full = np.zeros(BRATS_SHAPE, np.int16)
+            full[region][brain] = np.clip(np.rint(values[modality]), 1, np.iinfo(np.int16).max)
+            volumes.append(orientation.display(full))
+        out.append(volumes)
+    return out
+
+
+def healthy_rows(project: Path, volumes: list[list[np.ndarray]]) -> list[dict]:
+    """Per tumour-free volume: the voxels each rule leaves (any is a false-positive volume)."""
+    settings, predictor, cut = project_model(project)
+    if tuple(settings.slice.modalities) != ("flair", "t1", "t1ce", "t2"):
+        raise SystemExit(f"{project}: --healthy renders all four modalities; this model reads {settings.slice.modalities}")
+    rows = []
+    for index, channels in enumerate(volumes, start=1):
+        mask, evidence = whole_tumour(predictor, channels, settings.active.image_size, cut)
+        rows.append({"volume": index, "predicted_voxels": int(mask.sum()),
+                     "kept_voxels": {name: int(rule(mask, evidence).sum()) for name, rule in rules().items()}})
+    print("  healthy: " + ", ".join(f"{name} {sum(r['kept_voxels'][name] > 0 for r in rows)}" for name in rules()),
+          flush=True)
+    return rows
+
+
 def patient_rows(project: Path, split: str) -> list[dict]:
     """Each BraTS patient of `split`: the Dice of every rule and the listed components."""
     from scipy import ndimage
 
-    from tasks.config import load_settings
     from tasks.data.brats_files import find_part
     from tasks.data.orientation import Orientation
     from tasks.data.splits import read_split
     from tasks.data.volumes import brats2020_labels, load_volume
     from tasks.evaluation.brats import brats_dice
-    from tasks.inference.checkpoints import load_model
-    from tasks.inference.predictor import TorchPredictor
-    from tasks.inference.volume import in_display_orientation, prepare_channels, predict_slices_tta, to_volume_grid
+    from tasks.inference.volume import in_display_orientation
 
-    settings = load_settings(project / "params.yaml")
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    cut = float(metrics["segmentation_threshold"]["value"])
-    model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
-    predictor = TorchPredictor(model, slice_score=settings.evaluate.slice_score)
+    settings, predictor, cut = project_model(project)
     raw = project / "data" / "raw" / "brats"
     candidates = rules()
     rows = []
@@ -110,9 +172,7 @@ def patient_rows(project: Path, split: str) -> list[dict]:
         volumes = in_display_orientation([v.data for v in loaded], orientation)
         seg_path = find_part(folder, "seg")
         truth = orientation.display(brats2020_labels(load_volume(seg_path, labels=True)[0], seg_path)) > 0
-        prediction = predict_slices_tta(predictor, prepare_channels(volumes, settings.active.image_size))
-        masks, _ = to_volume_grid(prediction.region_probability, volumes[0].shape[:3], cut)
-        mask, evidence = masks[0], prediction.classifier_probability.astype(np.float64)
+        mask, evidence = whole_tumour(predictor, volumes, settings.active.image_size, cut)
         labels, count = ndimage.label(mask)
         components = []
         for label, extent in enumerate(ndimage.find_objects(labels), start=1):
@@ -139,11 +199,13 @@ def main() -> None:
     parser.add_argument("--experiments", nargs="+", help="default: every experiment of each project")
     parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/slicewise-cleanup-rules.jsonl"))
+    parser.add_argument("--healthy", type=int, default=0, help="tumour-free synthetic volumes to score too")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     if args.split == "test":
         print("scoring TEST patients: a check of a rule already chosen, not a way to choose one", file=sys.stderr)
-    per_model = {}
+    per_model, healthy = {}, {}
+    healthy_inputs = healthy_volumes(args.healthy) if args.healthy else []
     for project in args.project:
         names = args.experiments or [line.split("[")[1].rstrip("]") for line in subprocess.run(
             [str(DVC), "exp", "list"], cwd=project, capture_output=True, text=True, check=True).stdout.splitlines()
@@ -151,15 +213,22 @@ def main() -> None:
         for name in names:
             apply_experiment(project, name)
             print(f"{project.name} {name}:", flush=True)
-            rows = patient_rows(project, args.split)
-            per_model[f"{project.name}/{name}"] = rows
+            per_model[f"{project.name}/{name}"] = patient_rows(project, args.split)
+            if healthy_inputs:
+                healthy[f"{project.name}/{name}"] = healthy_rows(project, healthy_inputs)
     names = list(rules())
     dice = {name: [row["dice"][name] for rows in per_model.values() for row in rows] for name in names}
     summary = {name: {"mean": round(float(np.mean(values)), 4), "min": round(float(np.min(values)), 4),
                       "below_0_5": int(sum(v < 0.5 for v in values)), "patients": len(values)}
                for name, values in dice.items()}
+    if healthy:
+        for name in names:
+            kept = [row["kept_voxels"][name] for rows in healthy.values() for row in rows]
+            summary[name] |= {"healthy_false_positive_volumes": int(sum(k > 0 for k in kept)),
+                              "healthy_volumes": len(kept), "healthy_kept_voxels_max": int(max(kept))}
     with args.out.open("a") as out:
-        out.write(json.dumps({"split": args.split, "summary": summary, "per_model": per_model}) + "\n")
+        out.write(json.dumps({"split": args.split, "summary": summary, "per_model": per_model,
+                              "healthy": healthy}) + "\n")
     print(json.dumps(summary, indent=2))
 
 

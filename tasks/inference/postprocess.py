@@ -14,10 +14,6 @@ component is kept only when the median, over the axial slices it spans, of the c
 is at least `MIN_SLICE_EVIDENCE`; the size rule then runs among the confirmed ones. Both values were chosen on the
 validation patients of five seeds, never on test (docs/recipes.md, "Post-processing").
 
-The veto is there to choose between lesions, not to empty a volume the classifier is unsure of: when no component
-reaches `MIN_SLICE_EVIDENCE`, those with at least the classifier's even odds (`FALLBACK_SLICE_EVIDENCE`) count as
-confirmed. A small, faint tumour (median evidence 0.56 on a fresh seed's test patient) was otherwise deleted whole.
-
 Applied to whole volumes only: what /v1/predict/volume returns and what evaluation's volume scores score. A single
 slice has no neighbours to confirm anything, so slice predictions and the per-slice Dice stay as the model gives
 them. Nested regions (TC, ET) are kept only inside the cleaned whole tumour. A volume's slice scores are read after
@@ -39,10 +35,10 @@ MIN_COMPONENT_SHARE = 0.3
 # Chosen on validation (docs/recipes.md, "Post-processing"; 0.5 until 2026-12-04): on ten AMD models' validation
 # patients every false lesion of 300+ voxels had a median evidence of 0.50-0.55 and every true tumour component
 # 0.85-1.00; 0.7 is the middle of that gap. It needs no operating threshold. 0 turns the classifier's veto off.
+# Its known cost: a faint tumour the classifier doubts (0.51-0.56 on two fresh seeds' test patients) goes whole. A lower
+# floor for volumes it would empty was measured and not adopted: it left false tumours on 56 instead of 38 of 100
+# tumour-free synthetic brains (docs/recipes.md, "When the veto deletes a real tumour").
 MIN_SLICE_EVIDENCE = 0.7
-# When no component reaches MIN_SLICE_EVIDENCE: the classifier's even odds, not a tuned value (2026-12-05; on 70
-# validation patients of ten models no volume had nothing confirmed, so the figures there are the same). 0: off.
-FALLBACK_SLICE_EVIDENCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -64,21 +60,19 @@ class Component:
 
 def drop_stray_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
                           slice_probability: np.ndarray | None = None, slice_axis: int = 0,
-                          min_evidence: float = MIN_SLICE_EVIDENCE,
-                          fallback_evidence: float = FALLBACK_SLICE_EVIDENCE) -> np.ndarray:
+                          min_evidence: float = MIN_SLICE_EVIDENCE) -> np.ndarray:
     """A boolean mask without its unconfirmed and its small face-connected components.
 
     `slice_probability`: the classifier's tumour probability of each plane along `slice_axis` (None: no veto). A
-    component whose median over the planes it spans is below `min_evidence` goes (below `fallback_evidence` when
-    no component reaches `min_evidence`); of the rest, those smaller than `min_share` x the largest go."""
-    return cleaned_components(mask, min_share, slice_probability, slice_axis, min_evidence, explain=False,
-                              fallback_evidence=fallback_evidence)[0]
+    component whose median over the planes it spans is below `min_evidence` goes; of the rest, those smaller than
+    `min_share` x the largest go."""
+    return cleaned_components(mask, min_share, slice_probability, slice_axis, min_evidence, explain=False)[0]
 
 
 def cleaned_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
                        slice_probability: np.ndarray | None = None, slice_axis: int = 0,
-                       min_evidence: float = MIN_SLICE_EVIDENCE, explain: bool = True,
-                       fallback_evidence: float = FALLBACK_SLICE_EVIDENCE) -> tuple[np.ndarray, tuple[Component, ...]]:
+                       min_evidence: float = MIN_SLICE_EVIDENCE,
+                       explain: bool = True) -> tuple[np.ndarray, tuple[Component, ...]]:
     """`drop_stray_components`'s mask, and (with `explain`) every component's `Component`, largest first."""
     mask = np.asarray(mask, dtype=bool)
     veto = slice_probability is not None and min_evidence > 0
@@ -90,16 +84,12 @@ def cleaned_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
     keep = np.ones(count + 1, dtype=bool)
     keep[0] = False
     extents = ndimage.find_objects(labels) if veto or explain else []
-    evidence, fallback = None, False
+    evidence = None
     if veto:
         per_plane = np.asarray(slice_probability, dtype=np.float64)[box[slice_axis]]
         # A face-connected component spans an unbroken run of planes: its bounding box's run along the axis.
         evidence = np.array([np.median(per_plane[extent[slice_axis]]) for extent in extents])
         keep[1:] = evidence >= min_evidence
-        # nothing confirmed: the veto would empty the volume, so even odds from the classifier are enough
-        fallback = not keep.any() and fallback_evidence > 0
-        if fallback:
-            keep[1:] = evidence >= fallback_evidence
     confirmed = keep.copy()
     sizes = np.bincount(labels.ravel(), minlength=count + 1) if min_share > 0 or explain else None
     largest = 0
@@ -115,17 +105,12 @@ def cleaned_components(mask: np.ndarray, min_share: float = MIN_COMPONENT_SHARE,
     for label, extent in enumerate(extents, start=1):
         seen = None if evidence is None else float(evidence[label - 1])
         if not confirmed[label]:
-            limit = (f"{fallback_evidence:.2f} (no component reached {min_evidence:.2f})" if fallback
-                     else f"{min_evidence:.2f}")
-            reason = f"dropped: classifier evidence {seen:.2f} < {limit} over its slices"
+            reason = f"dropped: classifier evidence {seen:.2f} < {min_evidence:.2f} over its slices"
         elif not keep[label]:
             voxels = f"{sizes[label]:,} voxel" + ("" if sizes[label] == 1 else "s")
             reason = f"dropped: {voxels} < {min_share:.2f} x {largest:,} (the largest confirmed)"
         else:
-            reason = "kept"
-            if seen is not None:
-                reason += (f": classifier evidence {seen:.2f} >= {fallback_evidence:.2f}, no component reached "
-                           f"{min_evidence:.2f}" if fallback else f": classifier evidence {seen:.2f} >= {min_evidence:.2f}")
+            reason = "kept" + ("" if seen is None else f": classifier evidence {seen:.2f} >= {min_evidence:.2f}")
         planes = (start + extent[slice_axis].start, start + extent[slice_axis].stop - 1)
         components.append(Component(int(sizes[label]), planes, seen, bool(keep[label]), reason))
     return out, tuple(sorted(components, key=lambda c: (-c.voxels, c.planes)))

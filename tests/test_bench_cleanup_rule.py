@@ -1,0 +1,67 @@
+"""The clean-up rule study (bench/bench_cleanup_rule.py): its rules do what their names say, and its tumour-free
+volumes have no tumour."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.bench_cleanup_rule import healthy_volumes, rules
+
+TUMOUR = (slice(2, 8), slice(4, 10), slice(4, 10))  # (X, Y, Z): planes 4-9 along the slice axis (the last)
+FALSE_LESION = (slice(14, 24), slice(14, 24), slice(12, 20))  # 800 voxels on planes 12-19; the tumour 216
+
+
+def _mask(*boxes) -> np.ndarray:
+    mask = np.zeros((28, 28, 20), dtype=bool)
+    for box in boxes:
+        mask[box] = True
+    return mask
+
+
+def _evidence(planes: range, value: float, low: float = 0.1) -> np.ndarray:
+    evidence = np.full(20, low)
+    evidence[list(planes)] = value
+    return evidence
+
+
+def test_a_lone_faint_tumour_is_deleted_by_the_shipped_veto_and_kept_by_a_floor():
+    candidates, mask = rules(), _mask(TUMOUR)
+    faint = _evidence(range(4, 10), 0.56)
+    assert not candidates["median >= 0.7 (shipped)"](mask, faint).any()
+    np.testing.assert_array_equal(candidates["median >= 0.7, else >= 0.5"](mask, faint), mask)
+    assert not candidates["median >= 0.7, else >= 0.5"](mask, _evidence(range(4, 10), 0.45)).any()
+    np.testing.assert_array_equal(candidates["median >= 0.7, else the size rule"](mask, _evidence(range(4, 10), 0.01)),
+                                  mask)
+
+
+def test_a_floor_never_keeps_a_lesion_beside_a_confirmed_tumour():
+    evidence = _evidence(range(4, 10), 0.95)
+    evidence[12:20] = 0.6
+    both = _mask(TUMOUR, FALSE_LESION)
+    for name in ("median >= 0.7 (shipped)", "median >= 0.7, else >= 0.5", "median >= 0.7, else the size rule"):
+        np.testing.assert_array_equal(rules()[name](both, evidence), _mask(TUMOUR))
+    # the size rule alone keeps the larger false lesion and drops the tumour (0.27 of its size)
+    np.testing.assert_array_equal(rules()["size rule only"](both, evidence), _mask(FALSE_LESION))
+
+
+def test_the_percentile_rules_read_the_upper_quarter_of_a_components_planes():
+    mask = _mask(TUMOUR)
+    evidence = _evidence(range(4, 10), 0.2)
+    evidence[7:10] = 0.9  # half its planes confident: median 0.55, 75th percentile 0.9
+    np.testing.assert_array_equal(rules()["p75 >= 0.8"](mask, evidence), mask)
+    assert not rules()["median >= 0.7 (shipped)"](mask, evidence).any()
+
+
+def test_healthy_volumes_are_the_patients_without_their_tumour():
+    from tasks.data.orientation import BRATS_AFFINE, Orientation
+    from tasks.data.synthetic import synthesize_patient
+
+    (volumes,) = healthy_volumes(1, data_seed=3)
+    assert len(volumes) == 4 and {v.shape for v in volumes} == {volumes[0].shape}
+    with_tumour, labels = synthesize_patient(3, 1)
+    flair = Orientation.of(BRATS_AFFINE).display(with_tumour["flair"])
+    assert labels.any()  # the same patient drawn with its tumour has one ...
+    brain = flair > 0
+    assert (volumes[0] > 0).sum() > 0.5 * brain.sum()  # ... and the tumour-free one is the same brain ...
+    tumour = Orientation.of(BRATS_AFFINE).display(labels) > 0
+    assert not np.array_equal(volumes[0][tumour], flair[tumour])  # ... without the tumour's intensities
