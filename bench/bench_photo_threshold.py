@@ -1,0 +1,106 @@
+"""Should the Kaggle-style photos get a decision threshold of their own? Scored on kept seed sweeps.
+
+Usage: .venv/bin/python -m bench.bench_photo_threshold --project DIR [--project DIR ...] [--out results.json]
+
+A project is a copy kept by `python -m bench --only seeds --keep-seeds DIR`; each of its DVC experiments is one
+trained quick model. Per model, the photos of the validation and the test split are scored with the fused slice score
+(as evaluate and serving score them), and three thresholds are compared:
+    evaluate   `classification_threshold.value` of its metrics.json: chosen on the validation slices with the BraTS
+               slices scored in their volume; evaluate judges every test input at it, photos included
+    lone       `classification_threshold.lone_slice_value`: chosen on the validation slices each scored alone;
+               serving's slice route (/v1/predict) applies it to every upload, photos included
+    own        Youden's threshold on the validation photos alone
+The choice is made on VALIDATION: the accuracy of `own` (chosen on one random half of the validation photos, each
+photo its own unit, HALVINGS halvings) against `lone` on the other half. The test accuracies are reported beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DVC = REPO / ".venv" / "bin" / "dvc"
+
+
+def experiments(project: Path) -> list[str]:
+    listed = subprocess.run([str(DVC), "exp", "list"], cwd=project, capture_output=True, text=True, check=True).stdout
+    return [line.split("[")[1].rstrip("]") for line in listed.splitlines() if "[" in line]
+
+
+def photo_scores(project: Path) -> dict:
+    """The applied experiment's photos of both splits: labels and fused probabilities, and its two thresholds."""
+    from bench.bench_slice_score import split_probabilities
+    from tasks.inference.checkpoints import load_model
+
+    decision = json.loads((project / "reports" / "metrics.json").read_text())["classification_threshold"]
+    model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
+    out = {"evaluate": decision["value"], "lone": decision.get("lone_slice_value", decision["value"])}
+    for split in ("val", "test"):
+        slices = split_probabilities(model, project, split, "fused")
+        photos = slices[slices["source"] == "kaggle"]
+        out[split] = {"labels": photos["label"].astype(int).tolist(), "p": photos["probability"].tolist()}
+    return out
+
+
+def compare(scores: dict) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    from bench.bench_slice_score import patient_halvings
+    from tasks.evaluation.metrics import choose_threshold
+
+    def accuracy(p, labels, threshold) -> float:
+        return float(((p >= threshold) == labels.astype(bool)).mean())
+
+    val_labels, val_p = np.array(scores["val"]["labels"]), np.array(scores["val"]["p"])
+    test_labels, test_p = np.array(scores["test"]["labels"]), np.array(scores["test"]["p"])
+    units = pd.DataFrame({"patient": [f"photo-{i}" for i in range(len(val_labels))]})
+    own, lone = [], []
+    for tune, score in patient_halvings(units, 0):
+        if len(np.unique(val_labels[tune])) < 2:
+            continue
+        own.append(accuracy(val_p[score], val_labels[score], choose_threshold(val_labels[tune], val_p[tune], "youden")))
+        lone.append(accuracy(val_p[score], val_labels[score], scores["lone"]))
+    own_threshold = choose_threshold(val_labels, val_p, "youden")
+    return {"val_photos": len(val_labels), "test_photos": len(test_labels),
+            "val_roc_auc": float(roc_auc_score(val_labels, val_p)),
+            "test_roc_auc": float(roc_auc_score(test_labels, test_p)),
+            "val_halves_accuracy_own": statistics.mean(own), "val_halves_accuracy_lone": statistics.mean(lone),
+            "test_accuracy_evaluate": accuracy(test_p, test_labels, scores["evaluate"]),
+            "test_accuracy_lone": accuracy(test_p, test_labels, scores["lone"]),
+            "test_accuracy_own": accuracy(test_p, test_labels, own_threshold)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", type=Path, action="append", required=True)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/slicewise-photo-threshold.json"))
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    per_model = {}
+    for project in (p.resolve() for p in args.project):
+        for name in experiments(project):
+            subprocess.run([str(DVC), "exp", "apply", name], cwd=project, check=True, capture_output=True)
+            per_model[f"{project.name}/{name}"] = compare(photo_scores(project))
+            print(project.name, name, {k: round(v, 3) for k, v in per_model[f"{project.name}/{name}"].items()},
+                  flush=True)
+    keys = next(iter(per_model.values())).keys()
+    summary = {key: statistics.mean(row[key] for row in per_model.values()) for key in keys}
+    summary["val_roc_auc_range"] = [min(r["val_roc_auc"] for r in per_model.values()),
+                                    max(r["val_roc_auc"] for r in per_model.values())]
+    summary["own_beats_lone_on_validation"] = sum(row["val_halves_accuracy_own"] > row["val_halves_accuracy_lone"]
+                                                  for row in per_model.values())
+    summary["models"] = len(per_model)
+    args.out.write_text(json.dumps({"summary": summary, "per_model": per_model}, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""The photo threshold study (bench/bench_photo_threshold.py) scores each threshold on the photos it names."""
+
+from __future__ import annotations
+
+from bench.bench_photo_threshold import compare
+
+
+def test_each_threshold_is_scored_on_the_test_photos_and_the_own_one_comes_from_validation():
+    # validation photos separate perfectly at 0.8; at evaluate's 0.3 every test photo is called tumour
+    scores = {"evaluate": 0.3, "lone": 0.6,
+              "val": {"labels": [0, 0, 0, 0, 1, 1, 1, 1], "p": [0.1, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95]},
+              "test": {"labels": [0, 0, 1, 1], "p": [0.4, 0.65, 0.85, 0.9]}}
+    result = compare(scores)
+    assert result["test_accuracy_evaluate"] == 0.5  # 0.4 and 0.65 called tumour
+    assert result["test_accuracy_lone"] == 0.75  # 0.65 called tumour
+    assert result["test_accuracy_own"] == 1.0  # Youden on the validation photos: 0.8
+    assert result["val_roc_auc"] == 1.0 and result["test_roc_auc"] == 1.0
+    # validation halves: the lone threshold misses 0.6 and 0.7 whichever half they fall in
+    assert result["val_halves_accuracy_lone"] < 1.0
+    assert result["val_photos"] == 8 and result["test_photos"] == 4
+    assert 0.0 <= result["val_halves_accuracy_own"] <= 1.0
+
