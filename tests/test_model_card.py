@@ -88,3 +88,18 @@ def test_card_says_where_masks_are_cut():
     fallback = card({"classification": {"threshold": 0.5},
                      "segmentation_threshold": {"value": 0.5, "rule": "fallback: no validation slice has tumour"}})
     assert "a pixel is tumour when its probability >= 0.500, 0.5 by default: no validation slice has tumour" in fallback
+
+
+def test_card_says_what_no_tumour_free_brain_in_the_data_means():
+    text = card({"classification": {"threshold": 0.5}})
+    assert "**Every training and test patient has a tumour**" in text
+    assert "can delete a faint tumour whole" in text and "a volume answer can still show one" in text
+
+
+def test_card_says_photos_are_served_at_another_threshold_only_when_they_are():
+    served_apart = card({"classification": {"threshold": 0.6},
+                         "classification_threshold": {"value": 0.6, "lone_slice_value": 0.68}})
+    assert "figures above are at 0.600; /v1/predict judges an uploaded image at 0.680" in served_apart
+    same = card({"classification": {"threshold": 0.6},
+                 "classification_threshold": {"value": 0.6, "lone_slice_value": 0.6}})
+    assert "/v1/predict judges an uploaded image" not in same

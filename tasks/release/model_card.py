@@ -44,6 +44,16 @@ def _lone_slice_sentence(decision_rule: dict, threshold) -> list[str]:
                 "the same rule's threshold on the validation slices each scored alone."]
 
 
+def _photo_threshold_caveat(decision_rule: dict, threshold) -> list[str]:
+    """The photos' figures are at the volume rule's threshold, but a photo always arrives alone: served, it is judged
+    at the lone slice threshold (docs/quality.md, "A gap between evaluation and serving")."""
+    lone = decision_rule.get("lone_slice_value")
+    if lone is None or threshold is None or lone == threshold:
+        return []
+    return [f"- The Kaggle-style images' figures above are at {_fmt(threshold)}; /v1/predict judges an uploaded image "
+            f"at {_fmt(lone)} (the lone slice threshold), so its answers on photos can differ from those figures."]
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -186,7 +196,12 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         f"probability over the slices it spans is below {MIN_SLICE_EVIDENCE}, and so is one smaller than "
         f"{MIN_COMPONENT_SHARE} x the largest kept (a second lesion smaller than that is deleted too); single slices "
         "are returned as predicted.",
+        "- **Every training and test patient has a tumour** (as in BraTS): the clean-up above can delete a faint "
+        "tumour whole when the classifier doubts its slices, and on a brain without a tumour a volume answer can "
+        "still show one (both measured on synthetic brains: docs/recipes.md, \"When the veto deletes a real "
+        "tumour\").",
         "- Small test split: see the width of the 95 % intervals before trusting a difference between versions.",
         "- Kaggle-style images have no masks: segmentation metrics come from BraTS-style patients only.",
+        *_photo_threshold_caveat(decision_rule, threshold),
     ]
     return "\n".join(lines) + "\n"
