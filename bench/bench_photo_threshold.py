@@ -4,14 +4,15 @@ Usage: .venv/bin/python -m bench.bench_photo_threshold --project DIR [--project 
 
 A project is a copy kept by `python -m bench --only seeds --keep-seeds DIR`; each of its DVC experiments is one
 trained quick model. Per model, the photos of the validation and the test split are scored with the fused slice score
-(as evaluate and serving score them), and three thresholds are compared:
+(with the slice score its evaluate used), and three thresholds are compared:
     evaluate   `classification_threshold.value` of its metrics.json: chosen on the validation slices with the BraTS
                slices scored in their volume; evaluate judges every test input at it, photos included
     lone       `classification_threshold.lone_slice_value`: chosen on the validation slices each scored alone;
                serving's slice route (/v1/predict) applies it to every upload, photos included
     own        Youden's threshold on the validation photos alone
 The choice is made on VALIDATION: the accuracy of `own` (chosen on one random half of the validation photos, each
-photo its own unit, HALVINGS halvings) against `lone` on the other half. The test accuracies are reported beside.
+photo its own unit, bench_slice_score's HALVINGS halvings) against `lone` on the other half, and `lone` against
+`evaluate` on all of them. The test accuracies are reported beside.
 """
 
 from __future__ import annotations
@@ -38,13 +39,17 @@ def experiments(project: Path) -> list[str]:
 def photo_scores(project: Path) -> dict:
     """The applied experiment's photos of both splits: labels and fused probabilities, and its two thresholds."""
     from bench.bench_slice_score import split_probabilities
+    from tasks.config import load_settings
     from tasks.inference.checkpoints import load_model
 
     decision = json.loads((project / "reports" / "metrics.json").read_text())["classification_threshold"]
+    if "lone_slice_value" not in decision:
+        raise SystemExit(f"{project}: its metrics.json has no lone_slice_value (an evaluate from before it existed)")
     model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
-    out = {"evaluate": decision["value"], "lone": decision.get("lone_slice_value", decision["value"])}
+    out = {"evaluate": decision["value"], "lone": decision["lone_slice_value"]}
+    rule = load_settings(project / "params.yaml").evaluate.slice_score  # scored as its evaluate scored them
     for split in ("val", "test"):
-        slices = split_probabilities(model, project, split, "fused")
+        slices = split_probabilities(model, project, split, rule)
         photos = slices[slices["source"] == "kaggle"]
         out[split] = {"labels": photos["label"].astype(int).tolist(), "p": photos["probability"].tolist()}
     return out
@@ -72,6 +77,8 @@ def compare(scores: dict) -> dict[str, float]:
     return {"val_photos": len(val_labels), "test_photos": len(test_labels),
             "val_roc_auc": float(roc_auc_score(val_labels, val_p)),
             "test_roc_auc": float(roc_auc_score(test_labels, test_p)),
+            "val_accuracy_evaluate": accuracy(val_p, val_labels, scores["evaluate"]),
+            "val_accuracy_lone": accuracy(val_p, val_labels, scores["lone"]),
             "val_halves_accuracy_own": statistics.mean(own), "val_halves_accuracy_lone": statistics.mean(lone),
             "test_accuracy_evaluate": accuracy(test_p, test_labels, scores["evaluate"]),
             "test_accuracy_lone": accuracy(test_p, test_labels, scores["lone"]),
@@ -97,6 +104,10 @@ def main() -> None:
                                     max(r["val_roc_auc"] for r in per_model.values())]
     summary["own_beats_lone_on_validation"] = sum(row["val_halves_accuracy_own"] > row["val_halves_accuracy_lone"]
                                                   for row in per_model.values())
+    summary["lone_beats_evaluate_on_validation"] = sum(row["val_accuracy_lone"] > row["val_accuracy_evaluate"]
+                                                       for row in per_model.values())
+    summary["lone_below_evaluate_on_validation"] = sum(row["val_accuracy_lone"] < row["val_accuracy_evaluate"]
+                                                       for row in per_model.values())
     summary["models"] = len(per_model)
     args.out.write_text(json.dumps({"summary": summary, "per_model": per_model}, indent=1) + "\n")
     print(json.dumps(summary, indent=1))

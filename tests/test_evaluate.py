@@ -57,7 +57,8 @@ def test_the_fixed_rule_keeps_its_threshold_whatever_validation_says():
         report = evaluation_report.build_report(val, test, cfg, seed=0)
         assert report["classification"]["threshold"] == fixed
         assert report["classification_threshold"] == {"value": fixed, "rule": "fixed", "slice_score": "fused",
-                                                      "slices_in_volume": True, "lone_slice_value": fixed}
+                                                      "slices_in_volume": True, "lone_slice_value": fixed,
+                                                      "photos_at": "lone_slice_value"}
     assert report["classification"]["confusion_matrix"] == [[10, 0], [5, 5]]  # 5 of the positives (0.70-0.90) < 0.8
     one_class = predictions(np.array([]), np.linspace(0.30, 0.50, 10))  # validation without a tumour-free slice
     report = evaluation_report.build_report(one_class, test, EvaluateSettings(bootstrap=10), seed=0)
@@ -84,6 +85,22 @@ def test_a_lone_slice_gets_the_rule_applied_to_validation_slices_scored_alone():
     assert same["classification_threshold"]["lone_slice_value"] == same["classification_threshold"]["value"]
 
 
+def test_photos_are_judged_at_the_lone_slice_threshold_as_serving_decides_them():
+    """A photo always reaches serving alone (the slice route, at the lone slice threshold): evaluation judges it
+    there, and the BraTS slices at the volume rule's threshold. Two inputs between the thresholds tell them apart."""
+    in_volume = predictions(np.linspace(0.0, 0.4, 10), np.linspace(0.45, 0.9, 10))  # Youden: 0.45
+    alone = predictions(np.linspace(0.2, 0.7, 10), np.linspace(0.75, 0.95, 10))  # 0.75
+    test = predictions(np.array([0.6, 0.6]), np.array([0.9, 0.9]), n_patients=2)
+    test.slices.loc[[0, 2], "source"] = "kaggle"  # one tumour-free photo at 0.6, one photo with tumour at 0.9
+    report = evaluation_report.build_report(in_volume, test, EvaluateSettings(bootstrap=10), seed=0, val_alone=alone)
+    # the tumour-free photo at 0.6 is below 0.75: right; the BraTS slice at 0.6 is above 0.45: a false positive
+    assert report["classification"]["confusion_matrix"] == [[1, 1], [0, 2]]
+    assert report["classification"]["threshold"] == pytest.approx(0.45)
+    assert report["classification_by_source"]["kaggle"]["specificity"] == 1.0
+    assert report["classification_by_source"]["brats"]["specificity"] == 0.0
+    assert report["classification_threshold"]["photos_at"] == "lone_slice_value"
+
+
 def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     rng = np.random.default_rng(3)
     val = predictions(rng.uniform(0, 0.6, 30), rng.uniform(0.4, 1, 30))
@@ -97,7 +114,8 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
     assert written["classification_threshold"] == {"value": written["classification"]["threshold"], "rule": "youden",
                                                    "slice_score": "fused", "slices_in_volume": True,
-                                                   "lone_slice_value": written["classification"]["threshold"]}
+                                                   "lone_slice_value": written["classification"]["threshold"],
+                                                   "photos_at": "lone_slice_value"}
     for section, keys in CONTRACT_KEYS.items():
         assert set(written[section]) == keys
     assert written["segmentation_regions"]["wt"] == {"dice": None, "hd95": None}  # no volume scored

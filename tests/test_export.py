@@ -77,6 +77,7 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
     # metrics without a lone-slice threshold (written before it was recorded): the evaluated threshold serves both
     assert "lone_slice_value" not in evaluated.get("classification_threshold", {})
     assert metadata["lone_slice_threshold"] == metadata["threshold"]
+    assert metadata["photos_judged_alone"] is False  # ... and every input was judged at it
     assert metadata["modalities"] == list(tiny_settings.modalities)
     assert metadata["regions"] == ["wt", "tc", "et"]
     assert set(parity["mask_dice_per_region"]) == {"wt", "tc", "et"}
@@ -343,3 +344,17 @@ def test_parity_compares_fused_decisions(project, tiny_settings):
                                      slice_score="fused")
     plain = onnx_checks.check_parity(model, SegShiftedSession(), iter([batch]), threshold, tiny_settings.export)
     assert fused["decision_mismatches"] >= 1 and plain["decision_mismatches"] == 0
+
+
+def test_export_says_whether_evaluation_judged_the_photos_at_the_lone_slice_threshold(project, tiny_settings):
+    """A champion is re-scored the way it was judged (tasks/release/champion.py): model.json carries it."""
+    metrics_path = write_metrics(project, 0.9, 0.9)
+    report = json.loads(metrics_path.read_text())
+    rule = {"value": 0.5, "rule": "youden", "slice_score": "fused", "lone_slice_value": 0.7}
+    metrics_path.write_text(json.dumps(report | {"classification_threshold": rule | {"photos_at": "lone_slice_value"}}))
+    assert onnx_export.read_decisions(metrics_path).photos_alone is True
+    export.main(tiny_settings)
+    metadata = json.loads(paths.EXPORT_METADATA.read_text())
+    assert metadata["photos_judged_alone"] is True and metadata["lone_slice_threshold"] == 0.7
+    metrics_path.write_text(json.dumps(report | {"classification_threshold": rule}))  # before photos_at was recorded
+    assert onnx_export.read_decisions(metrics_path).photos_alone is False

@@ -96,10 +96,16 @@ def test_card_says_what_no_tumour_free_brain_in_the_data_means():
     assert "can delete a faint tumour whole" in text and "a volume answer can still show one" in text
 
 
-def test_card_says_photos_are_served_at_another_threshold_only_when_they_are():
+def test_card_says_photos_are_served_at_another_threshold_only_when_their_figures_are_not():
     served_apart = card({"classification": {"threshold": 0.6},
                          "classification_threshold": {"value": 0.6, "lone_slice_value": 0.68}})
     assert "figures above are at 0.600; /v1/predict judges an uploaded image at 0.680" in served_apart
     same = card({"classification": {"threshold": 0.6},
                  "classification_threshold": {"value": 0.6, "lone_slice_value": 0.6}})
     assert "/v1/predict judges an uploaded image" not in same
+    judged_as_served = card({"classification": {"threshold": 0.6},
+                             "classification_threshold": {"value": 0.6, "lone_slice_value": 0.68,
+                                                          "photos_at": "lone_slice_value"}})
+    assert "/v1/predict judges an uploaded image" not in judged_as_served
+    assert "Kaggle-style images always arrive alone, and their figures below are at that threshold too" in \
+        judged_as_served

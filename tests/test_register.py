@@ -233,11 +233,18 @@ def test_register_refuses_numbers_and_files_of_different_models(project, tiny_se
                                              "decision threshold in metrics.json (0.7)"),
         "evaluated again, other slice score": (lambda: paths.METRICS.write_text(json.dumps(evaluated | {
             "classification_threshold": {"value": 0.5, "rule": "youden", "slice_score": "fused"}})),
-            "metrics.json scored slices by 'fused' (in volume: False), the exported model by 'classifier'"),
+            "metrics.json scored slices by 'fused' (in volume: False; photos at the lone slice threshold: False), "
+            "the exported model by 'classifier'"),
         "evaluated again, slices in their volume": (lambda: paths.METRICS.write_text(json.dumps(evaluated | {
             "classification_threshold": {"value": 0.5, "rule": "youden", "slice_score": "classifier",
                                          "slices_in_volume": True}})),
-            "by 'classifier' (in volume: True), the exported model by 'classifier' (in volume: False)"),
+            "by 'classifier' (in volume: True; photos at the lone slice threshold: False), the exported model by "
+            "'classifier' (in volume: False;"),
+        "evaluated again, photos at the lone slice threshold": (lambda: paths.METRICS.write_text(json.dumps(
+            evaluated | {"classification_threshold": {"value": 0.5, "rule": "youden", "slice_score": "classifier",
+                                                      "photos_at": "lone_slice_value"}})),
+            "photos at the lone slice threshold: True), the exported model by 'classifier' (in volume: False; photos "
+            "at the lone slice threshold: False)"),
     }
     for case, (change, words) in cases.items():
         make_release_project(project, tiny_settings)
@@ -530,6 +537,26 @@ def test_a_model_judged_in_volume_is_re_scored_in_volume(project, tiny_settings,
     onnx_accuracy(paths.ONNX_MODEL, metadata | {"slices_in_volume": True, "mask_threshold": 0.6}, paths.PROCESSED,
                   rows, "in volume")
     assert calls == [(False, metadata["mask_threshold"]), (True, 0.6)]
+
+
+def test_a_model_whose_photos_were_judged_alone_is_re_scored_so(project, tiny_settings, monkeypatch):
+    """A champion whose photos were judged at its lone slice threshold (model.json `photos_judged_alone`) is
+    re-scored the same way: its photos at that threshold, its BraTS slices at `threshold`."""
+    from types import SimpleNamespace
+
+    from tasks.evaluation import scoring
+    from tasks.release.champion import onnx_accuracy
+
+    write_metrics(project, accuracy=0.95, sensitivity=0.95)
+    export.main(tracked(tiny_settings))
+    metadata = json.loads(paths.EXPORT_METADATA.read_text()) | {"threshold": 0.5, "lone_slice_threshold": 0.8}
+    slices = pd.DataFrame({"source": ["kaggle", "kaggle", "brats", "brats"], "label": [0, 1, 0, 1],
+                           "probability": [0.7, 0.9, 0.3, 0.6]})
+    monkeypatch.setattr(scoring, "predict_split", lambda *args, **kwargs: SimpleNamespace(slices=slices))
+    # at 0.5 for all, the tumour-free photo at 0.7 is a false positive; at its lone 0.8 it is right
+    assert onnx_accuracy(paths.ONNX_MODEL, metadata, paths.PROCESSED, None, "as before") == 0.75
+    assert onnx_accuracy(paths.ONNX_MODEL, metadata | {"photos_judged_alone": True}, paths.PROCESSED, None,
+                         "photos alone") == 1.0
 
 
 def test_unverifiable_version_is_removed_and_gets_no_alias(project, tiny_settings, monkeypatch):

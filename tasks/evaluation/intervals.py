@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tasks.data import splitting
@@ -29,7 +30,7 @@ def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -
     return units
 
 
-def confidence_intervals(test: SplitPredictions, threshold: float, n_resamples: int, seed: int,
+def confidence_intervals(test: SplitPredictions, threshold: float | np.ndarray, n_resamples: int, seed: int,
                          units: pd.Series | None = None) -> dict:
     """Bootstrap 95 % intervals resampling patients: all test patients for classification (a Kaggle image is its
     own patient, near-duplicates one together when `units` says so: `resampling_units`), the BraTS patients with

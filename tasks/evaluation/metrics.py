@@ -67,16 +67,18 @@ def choose_threshold(
 
 
 def classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, threshold: float, sample_weight: np.ndarray | None = None
+    labels: np.ndarray, probabilities: np.ndarray, threshold: float, sample_weight: np.ndarray | None = None,
+    at: np.ndarray | None = None,
 ) -> dict:
     """Accuracy, sensitivity, specificity, precision, F1, ROC-AUC, PR-AUC and the confusion matrix
-    [[tn, fp], [fn, tp]] at `threshold`. A ratio with nothing to count (the sensitivity of a split without tumour,
-    the precision of a model that calls nothing) is NaN, null in metrics.json, as the bootstrap statistic and the
-    per-source figures have it: a 0.0 there read as a measured miss. F1 = 2tp / (2tp + fp + fn) is 0 when tumours
-    were all missed."""
+    [[tn, fp], [fn, tp]] at `threshold` (or, given `at`, each input at its own threshold:
+    tasks.inference.predictor.decision_thresholds; `threshold` is then the one recorded). A ratio with nothing to
+    count (the sensitivity of a split without tumour, the precision of a model that calls nothing) is NaN, null in
+    metrics.json, as the bootstrap statistic and the per-source figures have it: a 0.0 there read as a measured
+    miss. F1 = 2tp / (2tp + fp + fn) is 0 when tumours were all missed."""
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    predicted = (probabilities >= threshold).astype(int)
+    predicted = (probabilities >= (threshold if at is None else at)).astype(int)
     (tn, fp), (fn, tp) = confusion_matrix(labels, predicted, labels=[0, 1], sample_weight=sample_weight)
     # ROC-AUC and PR-AUC are undefined with one class only (NaN here, null in metrics.json)
     auc, ap = np.nan, np.nan
@@ -102,9 +104,10 @@ def classification_metrics(
 TUMOUR_AREA_BINS_MM2 = (0.0, 100.0, 500.0, 2000.0, float("inf"))
 
 
-def subgroup_metrics(slices: pd.DataFrame, threshold: float) -> dict[str, dict]:
-    """Where the classifier is right and wrong, at `threshold`: per source (BraTS slices, Kaggle images) the counts,
-    accuracy, sensitivity and specificity; per tumour-area bin of the BraTS tumour slices the share detected.
+def subgroup_metrics(slices: pd.DataFrame, threshold: float | np.ndarray) -> dict[str, dict]:
+    """Where the classifier is right and wrong, at `threshold` (one, or one per slice): per source (BraTS slices,
+    Kaggle images) the counts, accuracy, sensitivity and specificity; per tumour-area bin of the BraTS tumour slices
+    the share detected.
 
     `slices` needs label, probability, source and, for the area bins, tumour_area_mm2."""
     probability = slices["probability"].to_numpy()
@@ -278,7 +281,7 @@ class WeightedClassification:
     step-wise average precision, both over distinct scores as in scikit-learn, so ties are handled alike.
     """
 
-    def __init__(self, labels: np.ndarray, probabilities: np.ndarray, threshold: float):
+    def __init__(self, labels: np.ndarray, probabilities: np.ndarray, threshold: float | np.ndarray):
         labels = np.asarray(labels).astype(bool)
         probabilities = np.asarray(probabilities, dtype=np.float64)
         predicted = probabilities >= threshold
@@ -313,6 +316,8 @@ class WeightedClassification:
         return {"roc_auc": float(np.trapezoid(tpr, fpr)), "pr_auc": float(np.sum(np.diff(tpr) * precision))}
 
 
-def classification_statistic(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> Callable:
-    """A bootstrap statistic: the classification metrics at a FIXED threshold (chosen once on validation)."""
+def classification_statistic(labels: np.ndarray, probabilities: np.ndarray,
+                             threshold: float | np.ndarray) -> Callable:
+    """A bootstrap statistic: the classification metrics at a FIXED threshold (chosen once on validation; or one
+    per input, `tasks.inference.predictor.decision_thresholds`)."""
     return WeightedClassification(labels, probabilities, threshold)

@@ -34,7 +34,7 @@ from tasks.evaluation.brats_reference import required_reference_python
 from tasks.evaluation.intervals import confidence_intervals, resampling_units
 from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
                                       predict_split)
-from tasks.inference.predictor import TorchPredictor
+from tasks.inference.predictor import TorchPredictor, decision_thresholds
 from tasks.io import nested_value, sha256_file, write_json_atomic
 from tasks.tracking.tracker import NullTracker, Tracker
 
@@ -83,30 +83,35 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     one row per test patient volume (tasks/evaluation/brats.score_patients); None or empty → null regions.
     `mask_threshold`: the `segmentation_threshold` section (mask_threshold_section); None → the fixed default.
     `val_alone`: the validation slices each scored alone (None: `val` is); the same rule on them gives the
-    threshold for a slice that arrives alone (`lone_slice_value`), which serving's slice route applies."""
+    threshold for a slice that arrives alone (`lone_slice_value`), which serving's slice route applies, and which
+    the test photos are therefore judged at (they always arrive alone; `decision_thresholds`)."""
     threshold = _chosen_threshold(val, cfg)
     lone_threshold = threshold if val_alone is None else _chosen_threshold(val_alone, cfg)
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
+    # each test input at the threshold serving decides it at: a photo always arrives alone (the slice route)
+    at = decision_thresholds(test.slices["source"], threshold, lone_threshold)
     seg, vol = test.slice_scores, test.volume_scores
     report = {
-        "classification": metrics.classification_metrics(labels, probability, threshold),
+        "classification": metrics.classification_metrics(labels, probability, threshold, at=at),
         "segmentation": {"dice": _mean(seg["dice"]), "iou": _mean(seg["iou"]), "hd95": _mean(seg["hd95"]),
                          "n_slices": int(len(seg))},
         "segmentation_volume": {"dice": _mean(vol["dice"]), "hd95": _mean(vol["hd95"]), "n_patients": int(len(vol))},
     }
-    report |= metrics.subgroup_metrics(test.slices, threshold)
+    report |= metrics.subgroup_metrics(test.slices, at)
     regions, region_intervals, uncertainty = brats.regions_report(
         region_scores if region_scores is not None else pd.DataFrame(), cfg.bootstrap, seed)
     report["segmentation_regions"] = regions
     report["volume_uncertainty"] = uncertainty
-    intervals = confidence_intervals(test, threshold, cfg.bootstrap, seed, units) | region_intervals
+    intervals = confidence_intervals(test, at, cfg.bootstrap, seed, units) | region_intervals
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
     # what the threshold is applied to: export hands it to serving with the threshold (model.json `slice_score`)
     report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(val, cfg),
                                            "slice_score": cfg.slice_score, "slices_in_volume": cfg.slices_in_volume,
-                                           "lone_slice_value": lone_threshold}
+                                           "lone_slice_value": lone_threshold,
+                                           # the photos' decisions above were made at the lone slice threshold
+                                           "photos_at": "lone_slice_value"}
     return _finite_or_null(report)
 
 
@@ -179,8 +184,9 @@ def write_plots(test: SplitPredictions, report: dict, model, predictor, where: E
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     cls, out_dir = report["classification"], where.plots
     ece = metrics.expected_calibration_error(labels, probability)
-    written = plots.confusion_plot(labels, probability >= cls["threshold"], cls["confusion_matrix"],
-                                   cls["threshold"], out_dir)
+    at = decision_thresholds(test.slices["source"], cls["threshold"],
+                                     report["classification_threshold"]["lone_slice_value"])
+    written = plots.confusion_plot(labels, probability >= at, cls["confusion_matrix"], cls["threshold"], out_dir)
     if len(np.unique(labels)) == 2:  # ROC, PR and calibration need both classes
         written += plots.roc_plot(labels, probability, cls["roc_auc"], out_dir)
         written += plots.pr_plot(labels, probability, cls["pr_auc"], out_dir)

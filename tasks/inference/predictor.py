@@ -42,6 +42,26 @@ def evaluated_in_volume(metrics: dict | None) -> bool:
     return bool(((metrics or {}).get("classification_threshold") or {}).get("slices_in_volume", False))
 
 
+# The photos (Kaggle-style images) reach serving one at a time, through the slice route, which judges every upload at
+# the lone slice threshold; BraTS slices come in volumes, judged at the volume rule's threshold.
+ALONE_SOURCES = ("kaggle",)
+
+
+def decision_thresholds(sources, threshold: float, lone_threshold: float | None) -> np.ndarray:
+    """Per input, the threshold serving decides it at: `lone_threshold` for a source that always arrives alone
+    (ALONE_SOURCES), `threshold` for the others; `threshold` for all when there is no lone threshold."""
+    sources = np.asarray(sources)
+    if lone_threshold is None:
+        return np.full(len(sources), float(threshold))
+    return np.where(np.isin(sources, ALONE_SOURCES), float(lone_threshold), float(threshold))
+
+
+def evaluated_photos_alone(metrics: dict | None) -> bool:
+    """Whether a metrics.json judged its photos at the lone slice threshold, as serving decides them
+    (`classification_threshold.photos_at`; False for metrics written before, which judged every input at `value`)."""
+    return ((metrics or {}).get("classification_threshold") or {}).get("photos_at") == "lone_slice_value"
+
+
 def check_slice_score(rule: str) -> str:
     if rule not in SLICE_SCORES:
         raise ValueError(f"unknown slice score {rule!r}: expected one of {', '.join(SLICE_SCORES)}")

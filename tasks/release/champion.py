@@ -11,7 +11,7 @@ from pathlib import Path
 from tasks import paths
 from tasks.data.splits import read_split, split_rows
 from tasks.data.subjects import subject_of
-from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD
+from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD, decision_thresholds
 from tasks.io import read_json
 from tasks.release.gate import ChampionScore
 from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, SEEN_PATIENTS_FILE, ModelRegistry
@@ -77,7 +77,8 @@ def copies_of_seen(processed: Path, candidates: list[str], seen: set[str], max_d
 
 def onnx_accuracy(onnx_path: Path, metadata: dict, processed: Path, rows, description: str) -> float:
     """An exported model's slice accuracy on `rows` at its own threshold and slice score, its BraTS slices scored in
-    their volume when it was judged that way (model.json `slices_in_volume`, at its own mask threshold)."""
+    their volume when it was judged that way (model.json `slices_in_volume`, at its own mask threshold), its photos at
+    its lone slice threshold when they were (`photos_judged_alone`)."""
     from tasks.evaluation.scoring import predict_split
     from tasks.inference.predictor import OnnxPredictor
 
@@ -86,7 +87,8 @@ def onnx_accuracy(onnx_path: Path, metadata: dict, processed: Path, rows, descri
     slices = predict_split(predictor, processed, rows, segmentation=False, description=description,
                            in_volume=bool(metadata.get("slices_in_volume")),
                            mask_threshold=float(metadata.get("mask_threshold", MASK_THRESHOLD))).slices
-    decisions = slices["probability"].to_numpy() >= metadata["threshold"]
+    lone = metadata.get("lone_slice_threshold") if metadata.get("photos_judged_alone") else None
+    decisions = slices["probability"].to_numpy() >= decision_thresholds(slices["source"], metadata["threshold"], lone)
     return float((decisions == slices["label"].to_numpy().astype(bool)).mean())
 
 

@@ -40,15 +40,17 @@ def _lone_slice_sentence(decision_rule: dict, threshold) -> list[str]:
     lone = decision_rule.get("lone_slice_value")
     if lone is None or threshold is None or lone == threshold:
         return []
+    photos = (" The Kaggle-style images always arrive alone, and their figures below are at that threshold too."
+              if decision_rule.get("photos_at") == "lone_slice_value" else "")
     return ["", f"A slice sent alone (/v1/predict) has no volume to clean its mask up: it is judged at {_fmt(lone)}, "
-                "the same rule's threshold on the validation slices each scored alone."]
+                "the same rule's threshold on the validation slices each scored alone." + photos]
 
 
 def _photo_threshold_caveat(decision_rule: dict, threshold) -> list[str]:
-    """The photos' figures are at the volume rule's threshold, but a photo always arrives alone: served, it is judged
-    at the lone slice threshold (docs/quality.md, "A gap between evaluation and serving")."""
+    """Metrics written before photos were judged at the lone slice threshold (`photos_at`) have their figures at the
+    volume rule's threshold, but a photo always arrives alone and is served at the lone one: the card says so."""
     lone = decision_rule.get("lone_slice_value")
-    if lone is None or threshold is None or lone == threshold:
+    if lone is None or threshold is None or lone == threshold or decision_rule.get("photos_at") == "lone_slice_value":
         return []
     return [f"- The Kaggle-style images' figures above are at {_fmt(threshold)}; /v1/predict judges an uploaded image "
             f"at {_fmt(lone)} (the lone slice threshold), so its answers on photos can differ from those figures."]

@@ -29,7 +29,8 @@ from tasks.data.regions import REGIONS
 from tasks.data.splits import evenly_spaced, iter_slices, read_split, split_rows
 from tasks.errors import SliceWiseError
 from tasks.inference.predictor import (LEGACY_SLICE_SCORE, MASK_THRESHOLD, ONNX_CLS_OUTPUT, ONNX_INPUT,
-                                       ONNX_SEG_OUTPUT, SLICE_SCORES, evaluated_in_volume, evaluated_slice_score)
+                                       ONNX_SEG_OUTPUT, SLICE_SCORES, evaluated_in_volume, evaluated_photos_alone,
+                                       evaluated_slice_score)
 from tasks.io import atomic_write, read_json, sha256_file, usable_cores, write_json_atomic
 from tasks.release.onnx_checks import check_parity, measure_latency, ort_session
 
@@ -104,7 +105,8 @@ def check_onnx(path: Path, metadata: dict) -> None:
 
 def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, threshold: float, opset: int,
                    mask_threshold: float = MASK_THRESHOLD, slice_score: str = LEGACY_SLICE_SCORE,
-                   slices_in_volume: bool = False, lone_slice_threshold: float | None = None) -> dict:
+                   slices_in_volume: bool = False, lone_slice_threshold: float | None = None,
+                   photos_judged_alone: bool = False) -> dict:
     """The model card's machine-readable half (MONAI bundle metadata.json idea): everything serving needs."""
     from importlib.metadata import version  # not `import monai`: it loads every MONAI subpackage, 4 s for a string
 
@@ -137,6 +139,8 @@ def model_metadata(checkpoint: dict, modalities: list[str], image_size: int, thr
         "slices_in_volume": slices_in_volume,  # BraTS slices were judged as the volume route answers (after clean-up)
         # for a slice that arrives alone (/v1/predict): the same rule on validation slices scored alone
         "lone_slice_threshold": threshold if lone_slice_threshold is None else lone_slice_threshold,
+        # the photos were judged at lone_slice_threshold, as the slice route decides them (a champion is re-scored so)
+        "photos_judged_alone": photos_judged_alone,
         "mask_threshold": mask_threshold,
         "model_config": checkpoint["model_config"],
         "checkpoint": {"stage": checkpoint.get("stage"), "epoch": checkpoint.get("epoch"),
@@ -155,6 +159,7 @@ class Decisions:
     slice_score: str  # what a slice's tumour probability is (SLICE_SCORES)
     slices_in_volume: bool = False  # BraTS slices were scored after their volume's clean-up (evaluate.slices_in_volume)
     lone_slice_threshold: float | None = None  # for a slice scored alone; None: metrics from before it was recorded
+    photos_alone: bool = False  # the photos were judged at lone_slice_threshold (classification_threshold.photos_at)
 
 
 def read_decisions(metrics_path: Path) -> Decisions:
@@ -180,7 +185,8 @@ def read_decisions(metrics_path: Path) -> Decisions:
         lone = None if lone is None else float(lone)
     except (ValueError, TypeError) as exc:
         raise SliceWiseError(f"unreadable classification_threshold.lone_slice_value ({exc})", metrics_path) from exc
-    return Decisions(threshold, mask_threshold, slice_score, evaluated_in_volume(metrics), lone)
+    return Decisions(threshold, mask_threshold, slice_score, evaluated_in_volume(metrics), lone,
+                     evaluated_photos_alone(metrics))
 
 
 def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
@@ -202,7 +208,7 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
         stale.unlink(missing_ok=True)
     metadata = model_metadata(checkpoint, modalities, image_size, decisions.threshold, cfg.opset,
                               decisions.mask_threshold, decisions.slice_score, decisions.slices_in_volume,
-                              decisions.lone_slice_threshold)
+                              decisions.lone_slice_threshold, decisions.photos_alone)
     metadata["checkpoint"]["sha256"] = sha256_file(checkpoint_path)  # register checks it against best.pt
     test_rows = split_rows(processed, read_split("test", splits_dir))
     test_slices = iter_slices(processed, evenly_spaced(test_rows, cfg.parity_max_slices))

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.errors import SliceWiseError
-from tasks.inference.predictor import LEGACY_SLICE_SCORE, evaluated_in_volume, evaluated_slice_score
+from tasks.inference.predictor import (LEGACY_SLICE_SCORE, evaluated_in_volume, evaluated_photos_alone,
+                                      evaluated_slice_score)
 from tasks.io import read_json, sha256_file
 
 
@@ -69,11 +70,14 @@ def check_one_model(release: Release, metrics_path: Path) -> None:
         if a is not None and b is not None and not math.isclose(a, b):
             raise SliceWiseError(f"the {name} in metrics.json ({judged}) is not the exported model's ({shipped}): "
                                  "rerun the export step", release.metadata_path)
-    judged = evaluated_slice_score(release.metrics), evaluated_in_volume(release.metrics)
-    shipped = release.metadata.get("slice_score", LEGACY_SLICE_SCORE), bool(release.metadata.get("slices_in_volume"))
+    judged = (evaluated_slice_score(release.metrics), evaluated_in_volume(release.metrics),
+              evaluated_photos_alone(release.metrics))
+    shipped = (release.metadata.get("slice_score", LEGACY_SLICE_SCORE), bool(release.metadata.get("slices_in_volume")),
+               bool(release.metadata.get("photos_judged_alone")))
     if judged != shipped:
-        raise SliceWiseError(f"metrics.json scored slices by {judged[0]!r} (in volume: {judged[1]}), the exported "
-                             f"model by {shipped[0]!r} (in volume: {shipped[1]}): rerun the export step",
+        raise SliceWiseError(f"metrics.json scored slices by {judged[0]!r} (in volume: {judged[1]}; photos at the "
+                             f"lone slice threshold: {judged[2]}), the exported model by {shipped[0]!r} (in volume: "
+                             f"{shipped[1]}; photos at the lone slice threshold: {shipped[2]}): rerun the export step",
                              release.metadata_path)
 
 
