@@ -1,7 +1,7 @@
 """Compare volume clean-up rules (tasks/inference/postprocess.py) on the VALIDATION patients of kept seed sweeps.
 
 Usage: .venv/bin/python -m bench.bench_cleanup_rule --project DIR [--project DIR ...] [--experiments seed-42 ...]
-       [--split val] [--out results.jsonl]
+       [--split val] [--healthy N] [--out results.jsonl]
 
 A project is a copy kept by `python -m bench --only seeds --keep-seeds DIR`; each of its DVC experiments
 (`dvc exp apply seed-N` brings back its data and checkpoints) is one trained quick model. For every BraTS patient of
@@ -79,8 +79,15 @@ def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     return {"median >= 0.7 (shipped)": shipped, "size rule only": size_only, "veto 0.5": veto_at(0.5),
             "median >= 0.7, else >= 0.5": with_fallback(0.5), "median >= 0.7, else >= 0.3": with_fallback(0.3),
             "median >= 0.7, else >= 0.1": with_fallback(0.1),
+            # a floor no component misses (a sigmoid probability is never 0 here): the size rule alone decides
             "median >= 0.7, else the size rule": with_fallback(1e-12),
             "p75 >= 0.7": quantile_veto(75, 0.7), "p75 >= 0.8": quantile_veto(75, 0.8)}
+
+
+def experiments(project: Path) -> list[str]:
+    """The names of a kept sweep's DVC experiments (seed-N), as `dvc exp list` gives them."""
+    listed = subprocess.run([str(DVC), "exp", "list"], cwd=project, capture_output=True, text=True, check=True).stdout
+    return [line.split("[")[1].rstrip("]") for line in listed.splitlines() if "[" in line]
 
 
 def apply_experiment(project: Path, name: str) -> None:
@@ -137,13 +144,14 @@ def healthy_rows(project: Path, volumes: list[list[np.ndarray]]) -> list[dict]:
     """Per tumour-free volume: the voxels each rule leaves (any is a false-positive volume)."""
     settings, predictor, cut = project_model(project)
     if tuple(settings.slice.modalities) != ("flair", "t1", "t1ce", "t2"):
-        raise SystemExit(f"{project}: --healthy renders all four modalities; this model reads {settings.slice.modalities}")
-    rows = []
+        raise SystemExit(f"{project}: --healthy renders all four modalities; this model reads "
+                         f"{settings.slice.modalities}")
+    candidates, rows = rules(), []
     for index, channels in enumerate(volumes, start=1):
         mask, evidence = whole_tumour(predictor, channels, settings.active.image_size, cut)
         rows.append({"volume": index, "predicted_voxels": int(mask.sum()),
-                     "kept_voxels": {name: int(rule(mask, evidence).sum()) for name, rule in rules().items()}})
-    print("  healthy: " + ", ".join(f"{name} {sum(r['kept_voxels'][name] > 0 for r in rows)}" for name in rules()),
+                     "kept_voxels": {name: int(rule(mask, evidence).sum()) for name, rule in candidates.items()}})
+    print("  healthy: " + ", ".join(f"{name} {sum(r['kept_voxels'][name] > 0 for r in rows)}" for name in candidates),
           flush=True)
     return rows
 
@@ -207,22 +215,19 @@ def main() -> None:
     per_model, healthy = {}, {}
     healthy_inputs = healthy_volumes(args.healthy) if args.healthy else []
     for project in args.project:
-        names = args.experiments or [line.split("[")[1].rstrip("]") for line in subprocess.run(
-            [str(DVC), "exp", "list"], cwd=project, capture_output=True, text=True, check=True).stdout.splitlines()
-            if "[" in line]
-        for name in names:
+        for name in args.experiments or experiments(project):
             apply_experiment(project, name)
             print(f"{project.name} {name}:", flush=True)
             per_model[f"{project.name}/{name}"] = patient_rows(project, args.split)
             if healthy_inputs:
                 healthy[f"{project.name}/{name}"] = healthy_rows(project, healthy_inputs)
-    names = list(rules())
-    dice = {name: [row["dice"][name] for rows in per_model.values() for row in rows] for name in names}
+    rule_names = list(rules())
+    dice = {name: [row["dice"][name] for rows in per_model.values() for row in rows] for name in rule_names}
     summary = {name: {"mean": round(float(np.mean(values)), 4), "min": round(float(np.min(values)), 4),
                       "below_0_5": int(sum(v < 0.5 for v in values)), "patients": len(values)}
                for name, values in dice.items()}
     if healthy:
-        for name in names:
+        for name in rule_names:
             kept = [row["kept_voxels"][name] for rows in healthy.values() for row in rows]
             summary[name] |= {"healthy_false_positive_volumes": int(sum(k > 0 for k in kept)),
                               "healthy_volumes": len(kept), "healthy_kept_voxels_max": int(max(kept))}

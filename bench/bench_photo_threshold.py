@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,12 +27,6 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-DVC = REPO / ".venv" / "bin" / "dvc"
-
-
-def experiments(project: Path) -> list[str]:
-    listed = subprocess.run([str(DVC), "exp", "list"], cwd=project, capture_output=True, text=True, check=True).stdout
-    return [line.split("[")[1].rstrip("]") for line in listed.splitlines() if "[" in line]
 
 
 def photo_scores(project: Path) -> dict:
@@ -73,6 +66,8 @@ def compare(scores: dict) -> dict[str, float]:
             continue
         own.append(accuracy(val_p[score], val_labels[score], choose_threshold(val_labels[tune], val_p[tune], "youden")))
         lone.append(accuracy(val_p[score], val_labels[score], scores["lone"]))
+    if not own:
+        raise ValueError("no halving of the validation photos has both classes in its tuning half")
     own_threshold = choose_threshold(val_labels, val_p, "youden")
     return {"val_photos": len(val_labels), "test_photos": len(test_labels),
             "val_roc_auc": float(roc_auc_score(val_labels, val_p)),
@@ -92,9 +87,11 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     per_model = {}
+    from bench.bench_cleanup_rule import apply_experiment, experiments
+
     for project in (p.resolve() for p in args.project):
         for name in experiments(project):
-            subprocess.run([str(DVC), "exp", "apply", name], cwd=project, check=True, capture_output=True)
+            apply_experiment(project, name)
             per_model[f"{project.name}/{name}"] = compare(photo_scores(project))
             print(project.name, name, {k: round(v, 3) for k, v in per_model[f"{project.name}/{name}"].items()},
                   flush=True)

@@ -109,3 +109,9 @@ def test_card_says_photos_are_served_at_another_threshold_only_when_their_figure
     assert "/v1/predict judges an uploaded image" not in judged_as_served
     assert "Kaggle-style images always arrive alone, and their figures below are at that threshold too" in \
         judged_as_served
+    subgroups = {"classification_by_source": {"kaggle": {"n": 2, "positives": 1, "accuracy": 1.0,
+                                                         "sensitivity": 1.0, "specificity": 1.0}}}
+    assert "errs (test split, each input at the threshold serving applies to it)" in card(
+        {"classification": {"threshold": 0.6}, **subgroups,
+         "classification_threshold": {"value": 0.6, "lone_slice_value": 0.68, "photos_at": "lone_slice_value"}})
+    assert "errs (test split, same threshold)" in card({"classification": {"threshold": 0.6}, **subgroups})

@@ -92,7 +92,9 @@ def _subgroups_section(metrics: dict) -> list[str]:
     by_source, by_area = metrics.get("classification_by_source") or {}, metrics.get("sensitivity_by_tumour_area") or {}
     if not by_source:
         return []
-    lines = ["", "Where the classifier errs (test split, same threshold):", "",
+    alone = ((metrics.get("classification_threshold") or {}).get("photos_at") == "lone_slice_value")
+    judged = "each input at the threshold serving applies to it" if alone else "same threshold"
+    lines = ["", f"Where the classifier errs (test split, {judged}):", "",
              "| source | slices | with tumour | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|"]
     for source, m in by_source.items():
         lines.append(f"| {source} | {m['n']} | {m['positives']} | {_fmt(m['accuracy'])} | {_fmt(m['sensitivity'])} "
