@@ -3,12 +3,13 @@
 Usage: .venv/bin/python -m bench.bench_photo_threshold --project DIR [--project DIR ...] [--out results.json]
 
 A project is a copy kept by `python -m bench --only seeds --keep-seeds DIR`; each of its DVC experiments is one
-trained quick model. Per model, the photos of the validation and the test split are scored with the fused slice score
-(with the slice score its evaluate used), and three thresholds are compared:
+trained quick model. Per model, the photos of the validation and the test split are scored with the slice score its
+evaluate used, and three thresholds are compared:
     evaluate   `classification_threshold.value` of its metrics.json: chosen on the validation slices with the BraTS
-               slices scored in their volume; evaluate judges every test input at it, photos included
+               slices scored in their volume (what evaluate judged the test photos at before `photos_at` existed)
     lone       `classification_threshold.lone_slice_value`: chosen on the validation slices each scored alone;
-               serving's slice route (/v1/predict) applies it to every upload, photos included
+               serving's slice route (/v1/predict) applies it to every upload, photos included, and evaluation judges
+               the test photos at it since 2026-12-05 (`classification_threshold.photos_at`)
     own        Youden's threshold on the validation photos alone
 The choice is made on VALIDATION: the accuracy of `own` (chosen on one random half of the validation photos, each
 photo its own unit, bench_slice_score's HALVINGS halvings) against `lone` on the other half, and `lone` against

@@ -160,7 +160,10 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
     if "train.amp_bf16=false" in overrides:
         cpu["bf16_autocast"] = False
     rows = {str(seed): {name: figure(m, section, key) for name, section, key in FIGURES}
-            | ({"ci95": intervals[str(seed)]} if intervals.get(str(seed)) else {}) for seed, m in per_seed.items()}
+            | ({"ci95": intervals[str(seed)]} if intervals.get(str(seed)) else {})
+            # how the photos were judged: sweeps before 2026-12-05 judged them at the in-volume threshold
+            | {"photos_at": figure(m, "classification_threshold", "photos_at") or "value"}
+            for seed, m in per_seed.items()}
     return {
         "cpu": cpu,
         "date": time.strftime("%Y-%m-%d"),

@@ -153,7 +153,8 @@ def kept_sweep_arguments(description: str, more=None, or_workdir: bool = False) 
 
 
 def test_figures(val, test) -> dict[str, float]:
-    """Accuracy and sensitivity on test at the threshold evaluate would choose (Youden on the whole validation)."""
+    """Accuracy and sensitivity on test at Youden's threshold on the whole validation, one threshold for every input
+    (evaluate, since 2026-12-05, judges the photos at the lone-slice threshold instead)."""
     from tasks.evaluation.metrics import choose_threshold, classification_metrics
 
     threshold = choose_threshold(val["label"].to_numpy(), val["probability"].to_numpy(), "youden")

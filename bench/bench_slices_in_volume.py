@@ -14,7 +14,8 @@ applied in turn). Nothing is retrained: both rules score the same weights, with 
 
 Chosen on VALIDATION: ROC-AUC (all slices, BraTS, photos) and `acc_cv`, the accuracy at a Youden threshold chosen on
 one random half of the validation patients and scored on the other (40 halvings x 2). The test figures at the Youden
-threshold of the whole validation split, as evaluate chooses it, are printed beside them, not chosen on, with
+threshold of the whole validation split (one for every input; evaluate judges photos at the lone-slice threshold
+since 2026-12-05) are printed beside them, not chosen on, with
 the test split's WT slice and volume Dice at the chosen mask threshold (the same under both rules).
 """
 

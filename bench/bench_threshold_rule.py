@@ -104,6 +104,7 @@ def halved_figures(slices, seed: int, rule: str) -> dict[str, float]:
 
 
 def test_figures(val, test, rule: str) -> dict[str, float]:
+    """The test figures at the rule's threshold, one for every input (photos included)."""
     from tasks.evaluation.metrics import classification_metrics
 
     threshold = RULES[rule](val["label"].to_numpy(), val["probability"].to_numpy(), val["patient"].to_numpy())

@@ -247,3 +247,20 @@ def test_the_fixed_rule_ignores_the_scores():
     labels, probs = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.6, 0.7])
     assert metrics.choose_threshold(labels, probs, "fixed", fixed=0.42) == 0.42
     assert metrics.choose_threshold(np.ones(3), np.array([0.2, 0.4, 0.9]), "fixed", fixed=0.42) == 0.42
+
+
+def test_per_input_thresholds_agree_between_the_bootstrap_statistic_and_the_metrics():
+    """Evaluation judges photos at another threshold than BraTS slices (tasks.inference.predictor.
+    decision_thresholds): the bootstrap statistic must decide each input at its own, as classification_metrics does."""
+    rng = np.random.default_rng(4)
+    labels, probs = rng.integers(0, 2, 60), rng.uniform(0, 1, 60)
+    at = np.where(np.arange(60) % 5 == 0, 0.8, 0.4)  # every fifth input at a threshold of its own
+    weights = rng.integers(0, 3, 60).astype(float)
+    fast = metrics.classification_statistic(labels, probs, at)(weights)
+    reference = metrics.classification_metrics(labels, probs, 0.4, sample_weight=weights, at=at)
+    for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc"):
+        assert fast[key] == pytest.approx(reference[key]), key
+    # and the per-input thresholds decide: one threshold for all gives other counts
+    assert reference["confusion_matrix"] != metrics.classification_metrics(labels, probs, 0.4,
+                                                                           sample_weight=weights)["confusion_matrix"]
+    assert reference["threshold"] == 0.4

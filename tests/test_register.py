@@ -240,6 +240,10 @@ def test_register_refuses_numbers_and_files_of_different_models(project, tiny_se
                                          "slices_in_volume": True}})),
             "by 'classifier' (in volume: True; photos at the lone slice threshold: False), the exported model by "
             "'classifier' (in volume: False;"),
+        "evaluated again, other lone slice threshold": (lambda: paths.METRICS.write_text(json.dumps(
+            evaluated | {"classification_threshold": {"value": 0.5, "rule": "youden", "slice_score": "classifier",
+                                                      "lone_slice_value": 0.9}})),
+            "lone slice threshold in metrics.json (0.9)"),
         "evaluated again, photos at the lone slice threshold": (lambda: paths.METRICS.write_text(json.dumps(
             evaluated | {"classification_threshold": {"value": 0.5, "rule": "youden", "slice_score": "classifier",
                                                       "photos_at": "lone_slice_value"}})),

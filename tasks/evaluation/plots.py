@@ -59,7 +59,7 @@ def pr_plot(labels: np.ndarray, probabilities: np.ndarray, ap: float | None, out
 
 
 def confusion_plot(labels: np.ndarray, predicted: np.ndarray, matrix: list[list[int]], threshold: float,
-                   out_dir: Path) -> list[Path]:
+                   out_dir: Path, photo_threshold: float | None = None) -> list[Path]:
     """Counts [[tn, fp], [fn, tp]] as a heat map, and one row per slice for DVC's `confusion` template."""
     matrix_array = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(4, 3.6))
@@ -69,7 +69,9 @@ def confusion_plot(labels: np.ndarray, predicted: np.ndarray, matrix: list[list[
         ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=13)
     names = ["no tumour", "tumour"]
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=names, yticklabels=names,
-           xlabel="predicted", ylabel="actual", title=f"Confusion matrix, test split (threshold {threshold:.2f})")
+           xlabel="predicted", ylabel="actual",
+           title=f"Confusion matrix, test split (threshold {threshold:.2f}"
+                 + ("" if photo_threshold in (None, threshold) else f"; photos {photo_threshold:.2f}") + ")")
     frame = pd.DataFrame({"actual": np.asarray(labels, dtype=int), "predicted": np.asarray(predicted, dtype=int)})
     return [_save(fig, out_dir / "confusion.png"), _write_csv(frame, out_dir / "confusion.csv")]
 

@@ -184,9 +184,10 @@ def write_plots(test: SplitPredictions, report: dict, model, predictor, where: E
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     cls, out_dir = report["classification"], where.plots
     ece = metrics.expected_calibration_error(labels, probability)
-    at = decision_thresholds(test.slices["source"], cls["threshold"],
-                                     report["classification_threshold"]["lone_slice_value"])
-    written = plots.confusion_plot(labels, probability >= at, cls["confusion_matrix"], cls["threshold"], out_dir)
+    lone = report["classification_threshold"]["lone_slice_value"]
+    at = decision_thresholds(test.slices["source"], cls["threshold"], lone)
+    written = plots.confusion_plot(labels, probability >= at, cls["confusion_matrix"], cls["threshold"], out_dir,
+                                   photo_threshold=lone)
     if len(np.unique(labels)) == 2:  # ROC, PR and calibration need both classes
         written += plots.roc_plot(labels, probability, cls["roc_auc"], out_dir)
         written += plots.pr_plot(labels, probability, cls["pr_auc"], out_dir)
@@ -267,8 +268,9 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     for path in written:
         tracker.log_artifact(path, "plots")
     dice = report["segmentation"]["dice"]  # None: no test slice has tumour
-    log.info("evaluate: threshold %.3f, accuracy %.3f, slice Dice %s (mask threshold %.2f, %s), ECE %.3f",
-             report["classification"]["threshold"], report["classification"]["accuracy"],
+    log.info("evaluate: threshold %.3f (a slice or photo alone %.3f), accuracy %.3f, slice Dice %s (mask threshold "
+             "%.2f, %s), ECE %.3f", report["classification"]["threshold"],
+             report["classification_threshold"]["lone_slice_value"], report["classification"]["accuracy"],
              "n/a" if dice is None else f"{dice:.3f}", mask_threshold["value"], mask_threshold["rule"], ece)
     return report | {"calibration_ece": ece}
 

@@ -64,7 +64,10 @@ def check_one_model(release: Release, metrics_path: Path) -> None:
     pairs = {"decision threshold": ((release.metrics.get("classification") or {}).get("threshold"),
                                     release.metadata.get("threshold")),
              "mask threshold": ((release.metrics.get("segmentation_threshold") or {}).get("value"),
-                                release.metadata.get("mask_threshold"))}
+                                release.metadata.get("mask_threshold")),
+             # the photos' figures are at it, and /v1/predict decides at it
+             "lone slice threshold": ((release.metrics.get("classification_threshold") or {}).get("lone_slice_value"),
+                                      release.metadata.get("lone_slice_threshold"))}
     for name, (judged, shipped) in pairs.items():
         a, b = finite_number(judged), finite_number(shipped)
         if a is not None and b is not None and not math.isclose(a, b):
