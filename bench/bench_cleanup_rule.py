@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -29,7 +28,6 @@ from typing import Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DVC = REPO / ".venv" / "bin" / "dvc"
 LISTED_VOXELS = 100  # components at least this large are listed with their evidence
 HEALTHY_DATA_SEED = 9001  # no split is drawn from it: the seeds swept are 42, 1-4, 101-105, 201-205
 
@@ -84,18 +82,6 @@ def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
             "p75 >= 0.7": quantile_veto(75, 0.7), "p75 >= 0.8": quantile_veto(75, 0.8)}
 
 
-def experiments(project: Path) -> list[str]:
-    """The names of a kept sweep's DVC experiments (seed-N), as `dvc exp list` gives them."""
-    listed = subprocess.run([str(DVC), "exp", "list"], cwd=project, capture_output=True, text=True, check=True).stdout
-    return [line.split("[")[1].rstrip("]") for line in listed.splitlines() if "[" in line]
-
-
-def apply_experiment(project: Path, name: str) -> None:
-    done = subprocess.run([str(DVC), "exp", "apply", name], cwd=project, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"dvc exp apply {name} failed in {project}:\n{done.stderr[-2000:]}")
-
-
 def project_model(project: Path):
     """The project's settings, its joint model as evaluate predicts with it, and the mask cut its evaluate chose."""
     from tasks.config import load_settings
@@ -123,20 +109,12 @@ def healthy_volumes(count: int, data_seed: int = HEALTHY_DATA_SEED) -> list[list
     """`count` tumour-free synthetic patients, each as its four display-oriented modality volumes."""
     from tasks.config import MODALITIES
     from tasks.data.orientation import BRATS_AFFINE, Orientation
-    from tasks.data.synthetic import load_template, patient_grid, render
-    from tasks.data.synthetic_shapes import BRATS_SHAPE
+    from tasks.data.synthetic import synthesize_patient
 
     orientation, out = Orientation.of(BRATS_AFFINE), []
     for index in range(1, count + 1):
-        patient, region, grid = patient_grid(data_seed, index)
-        patient.tumour = None  # the same person, without the tumour (and without its mass effect)
-        values, _, brain = render(patient, load_template(), grid)
-        volumes = []
-        for modality in MODALITIES:
-            full = np.zeros(BRATS_SHAPE, np.int16)
-            full[region][brain] = np.clip(np.rint(values[modality]), 1, np.iinfo(np.int16).max)
-            volumes.append(orientation.display(full))
-        out.append(volumes)
+        volumes, _ = synthesize_patient(data_seed, index, with_tumour=False)
+        out.append([orientation.display(volumes[modality]) for modality in MODALITIES])
     return out
 
 
@@ -212,6 +190,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     if args.split == "test":
         print("scoring TEST patients: a check of a rule already chosen, not a way to choose one", file=sys.stderr)
+    from bench.bench_slice_score import apply_experiment, experiments
+
     per_model, healthy = {}, {}
     healthy_inputs = healthy_volumes(args.healthy) if args.healthy else []
     for project in args.project:

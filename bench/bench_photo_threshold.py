@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     per_model = {}
-    from bench.bench_cleanup_rule import apply_experiment, experiments
+    from bench.bench_slice_score import apply_experiment, experiments
 
     for project in (p.resolve() for p in args.project):
         for name in experiments(project):

@@ -167,11 +167,18 @@ def test_figures(val, test) -> dict[str, float]:
             "photo_accuracy": float(((photo["probability"] >= threshold) == photo["label"].astype(bool)).mean())}
 
 
-def apply_experiment(project: Path, seed: int) -> None:
-    """Bring seed N's experiment (data, split, checkpoints) into `project`'s workspace."""
-    done = subprocess.run([str(DVC), "exp", "apply", f"seed-{seed}"], cwd=project, capture_output=True, text=True)
+def apply_experiment(project: Path, seed: int | str) -> None:
+    """Bring seed N's experiment, or the one named so (data, split, checkpoints), into `project`'s workspace."""
+    name = seed if isinstance(seed, str) else f"seed-{seed}"
+    done = subprocess.run([str(DVC), "exp", "apply", name], cwd=project, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"dvc exp apply seed-{seed} failed in {project}:\n{done.stderr[-2000:]}")
+        raise SystemExit(f"dvc exp apply {name} failed in {project}:\n{done.stderr[-2000:]}")
+
+
+def experiments(project: Path) -> list[str]:
+    """The names of a kept sweep's DVC experiments (seed-N), as `dvc exp list` gives them."""
+    listed = subprocess.run([str(DVC), "exp", "list"], cwd=project, capture_output=True, text=True, check=True).stdout
+    return [line.split("[")[1].rstrip("]") for line in listed.splitlines() if "[" in line]
 
 
 def seed_report(project: Path, seed: int, ranks: tuple[int, ...] = (1,), flip_sets=None) -> dict:

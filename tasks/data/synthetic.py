@@ -203,9 +203,12 @@ def patient_grid(seed: int, index: int) -> tuple[Patient, tuple[slice, ...], tup
     return patient, region, tuple(np.arange(s.start, s.stop, dtype=np.float32) for s in region)
 
 
-def synthesize_patient(seed: int, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Full 240x240x155 volumes of patient `index`: int16 modalities (0 outside the brain) and uint8 labels."""
+def synthesize_patient(seed: int, index: int, with_tumour: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Full 240x240x155 volumes of patient `index`: int16 modalities (0 outside the brain) and uint8 labels.
+    `with_tumour=False`: the same person without the tumour (and its mass effect), every other draw kept."""
     patient, region, grid = patient_grid(seed, index)
+    if not with_tumour:
+        patient.tumour = None
     values, seg, brain = render(patient, load_template(), grid)
     volumes = {}
     for modality, vector in values.items():
