@@ -124,16 +124,23 @@ def run(patients: int = 96, epochs: dict[str, int] | None = None, workdir: Path 
                 report["failed"] = {"step": step, "stderr": done.stderr[-3000:]}
                 print(done.stderr[-3000:], flush=True)
                 if STEPS.index(step) <= STEPS.index("train_joint"):
+                    _save(report, workdir)
                     return report
                 del report["steps"][step]  # evaluate, export or register: the training's projection still stands
                 break
+            if step in STAGES:
+                history = root / "reports" / "training" / f"{STAGES[step]}.csv"
+                report["steps"][step]["epoch_seconds"] = epoch_seconds(history)
+            _save(report, workdir)  # a run stopped at its time limit keeps what it measured, and its data stays usable
         report["data"] = data_counts(root)
-        for step, stage in STAGES.items():
-            report["steps"][step]["epoch_seconds"] = epoch_seconds(root / "reports" / "training" / f"{stage}.csv")
     report["projection"] = projection(report)
+    _save(report, workdir)
+    return report
+
+
+def _save(report: dict, workdir: Path | None) -> None:
     if workdir is not None:
         (workdir / "bench_gpu_stages.json").write_text(json.dumps(report, indent=2))
-    return report
 
 
 def _earlier_steps(workdir: Path | None, overrides: dict[str, object]) -> dict:

@@ -7,8 +7,10 @@
 # metrics; the machine's image has the rest, onnx and onnxruntime included). Logs to $OUT; the last line of each
 # log is its JSON report.
 #   bash bench/gpu_session.sh                     every step below, in order (about 14 minutes: two calls' worth)
-#   bash bench/gpu_session.sh stages stages_b32   only these steps (stages_b32 reuses the data stages left in
-#                                                 $PROJECT, /tmp/gpu-stages-project: run stages first, same call)
+#   bash bench/gpu_session.sh stages stages_b32   only these steps (stages_b32 and stages_b64 reuse the data stages
+#                                                 left in $PROJECT, /tmp/gpu-stages-project: run stages first, same
+#                                                 call)
+#   LIMITS="stages=310 stages_b32=145" bash ...  a step's seconds allowed, changed for this call
 set -u
 OUT=${OUT:-/tmp/slicewise-gpu}
 mkdir -p "$OUT"
@@ -27,17 +29,22 @@ fi
 WANTED=" $* "
 PROJECT=${PROJECT:-/tmp/gpu-stages-project}
 step() {  # name, seconds allowed, command...
-    local name=$1 limit=$2
+    local name=$1 limit=$2 given
     shift 2
+    for given in ${LIMITS:-}; do [[ $given != "$name="* ]] || limit=${given#*=}; done
     [[ "$WANTED" == "  " || "$WANTED" == *" $name "* ]] || return 0
     echo "== $name (at most $limit s)"
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     echo "== $name: exit $? after ${SECONDS} s in all"
     grep -v '^{' "$OUT/$name.log" | tail -n 12
+    # a stages step stopped at its limit prints no report: the one it kept after each finished step comes back
+    [[ $name != stages* || ! -f "$PROJECT/bench_gpu_stages.json" ]] || cp "$PROJECT/bench_gpu_stages.json" "$OUT/$name.json"
 }
 step gpu 120 python3 -m bench.bench_gpu --steps 60 --warmup 10
 step gpu_batch_32 120 python3 -m bench.bench_gpu --steps 40 --warmup 10 --batch-size 32
 step stages 420 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3 --workdir "$PROJECT"
 step stages_b32 300 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3 --workdir "$PROJECT" \
     --training-only --set train.batch_size=32 --set train.compile=true
+step stages_b64 300 python3 -m bench.bench_gpu_stages --patients 96 --epochs 3,2,3 --workdir "$PROJECT" \
+    --training-only --set train.batch_size=64 --set train.compile=true
 step loader 90 python3 -m bench.bench_loader --patients 8 --batches 10 --worker-counts 0 --read-only-counts 0,1,2,4,8,15 --no-compressed

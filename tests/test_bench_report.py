@@ -189,6 +189,38 @@ def test_a_gpu_stages_variant_sets_only_keys_params_has_and_its_row_names_them(t
     assert "evaluate failed there" in failed[0][2]  # a projection without the steps it could not run says so
 
 
+def test_a_gpu_stages_run_stopped_midway_keeps_what_it_measured(tmp_path, monkeypatch):
+    """bench.bench_gpu_stages writes its report after every step, so a run its time limit stops (the device call's
+    limit, or gpu_session.sh's) leaves the finished steps, their epochs included, for the projection and for a
+    --training-only variant on the same data."""
+    import subprocess
+    from pathlib import Path
+
+    from bench import bench_gpu_stages
+    from tasks import paths
+
+    ran = []
+
+    def fake_step(command, cwd, **_):
+        step = command[-1]
+        if step == "train_cls":
+            raise KeyboardInterrupt  # what the time limit's signal does to the benchmark between two steps
+        ran.append(step)
+        if step in bench_gpu_stages.STAGES:
+            history = Path(cwd) / "reports" / "training" / f"{bench_gpu_stages.STAGES[step]}.csv"
+            history.parent.mkdir(parents=True, exist_ok=True)
+            history.write_text("epoch\n1\n2\n")
+            paths.timings_beside(history).write_text("epoch,seconds\n1,5.5\n2,4.0\n")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(bench_gpu_stages.subprocess, "run", fake_step)
+    with pytest.raises(KeyboardInterrupt):
+        bench_gpu_stages.run(patients=4, workdir=tmp_path, device="cpu", smoke=True)
+    kept = json.loads((tmp_path / "bench_gpu_stages.json").read_text())
+    assert ran == ["fetch", "slice", "split", "train_seg"]
+    assert list(kept["steps"]) == ran and kept["steps"]["train_seg"]["epoch_seconds"] == [5.5, 4.0]
+
+
 def test_the_seed_table_names_the_cpu_with_its_article():
     from bench.__main__ import seeds_markdown
 
