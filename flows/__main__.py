@@ -103,6 +103,7 @@ def run(
     values = dict(profile=profile, data_source=data_source.value if data_source else None,
                   brats_dir=str(brats_dir) if brats_dir else None, kaggle_dir=str(kaggle_dir) if kaggle_dir else None)
     _check_parameters(parameter_updates(**values))
+    install_console_filter()
     # Without a configured server, report to `make prefect-ui`'s when it is up (the run shows in its UI),
     # else Prefect starts a throw-away server for this run alone.
     configured = PREFECT_API_URL.value()
@@ -114,7 +115,10 @@ def run(
         state = slicewise_pipeline(**values, slice_runner=slice_runner.value, dask_address=dask_address,
                                    return_state=True)
     if not state.is_completed():
-        _fail(state.message or "the flow run failed")
+        error = state.result(raise_on_failure=False)
+        # StepFailed already names the step and its error: Prefect's "Flow run encountered an exception: StepFailed:"
+        # in front of it adds nothing
+        _fail(str(error) if isinstance(error, BaseException) and said_in_one_line(error) else (state.message or "the flow run failed"))
     table = Table(title="SliceWise flow run")
     table.add_column("stage")
     table.add_column("state")
@@ -167,7 +171,50 @@ class KnownFailuresInOneLine:
         record = self.factory(*args, **kwargs)
         if record.exc_info and said_in_one_line(record.exc_info[1]):
             record.exc_info, record.exc_text = None, None
+            record.said_in_one_line = True  # ConsoleSaysFailuresOnce drops the line itself from the console
         return record
+
+
+class ConsoleSaysFailuresOnce(logging.Filter):
+    """On `flows run`'s console only: Prefect's own lines about a task or flow run that failed with a failure said
+    in one line ("Finished in state Failed(...)", "Encountered exception during execution"), and the flow's
+    "step ... failed" record, since the CLI ends with that very line in red. A failed step was said five times, each
+    wrapped over several lines. The Prefect UI keeps every record: its log handler is not filtered."""
+
+    RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.RUN_LOGGERS):
+            return True
+        if getattr(record, "said_in_one_line", False) or (record.exc_info and said_in_one_line(record.exc_info[1])):
+            return False  # marked by KnownFailuresInOneLine, or a record made before it was installed
+        message = record.getMessage()
+        return not (message.startswith("Finished in state Failed(") and names_a_failure_said_in_one_line(message))
+
+
+def names_a_failure_said_in_one_line(message: str) -> bool:
+    """A run state's message ("... encountered an exception SliceWiseError: ...") names a failure's class."""
+    return any(f" {name}: " in message for name in _failure_class_names())
+
+
+def _failure_class_names() -> set[str]:
+    pending, names = [SliceWiseError], {"StepFailed"}
+    while pending:
+        cls = pending.pop()
+        names.add(cls.__name__)
+        pending.extend(cls.__subclasses__())
+    return names
+
+
+def install_console_filter() -> None:
+    """ConsoleSaysFailuresOnce on every handler of the root logger but Prefect's API handler (the UI's), once
+    Prefect has set up its logging (importing the flow does), which replaces the handlers main() installed."""
+    from prefect.logging.handlers import APILogHandler
+
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, APILogHandler) and not any(
+                isinstance(f, ConsoleSaysFailuresOnce) for f in handler.filters):
+            handler.addFilter(ConsoleSaysFailuresOnce())
 
 
 def said_in_one_line(exc: BaseException | None) -> bool:

@@ -78,9 +78,7 @@ def pipeline_run(settings: Settings, flow_run_id: str, work_pending: bool) -> It
 def open_parent(settings: Settings) -> str:
     from tasks.tracking.mlflow_runs import open_parent_run
 
-    run_id = open_parent_run(settings)
-    log.info("MLflow parent run %s", run_id)
-    return run_id
+    return open_parent_run(settings)  # which logs "MLflow: parent run <id> (<name>)", in the UI too
 
 
 def end_parent_if_running(settings: Settings, run_id: str, status: str) -> None:

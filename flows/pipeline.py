@@ -98,7 +98,8 @@ def run_stage(stage, run: StepRun | None = None, status: dvc_stage.PipelineStatu
     error = state.result(raise_on_failure=False)
     # redacted: a raw MLflow or requests error carries the store URI with its password (tasks/redaction.py)
     why = redact(f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message)
-    get_run_logger().error("step %r failed: %s", stage.name, why)
+    # for the Prefect UI; `flows run` prints it once, as its last line (flows/__main__.py, ConsoleSaysFailuresOnce)
+    get_run_logger().error("step %r failed: %s", stage.name, why, extra={"said_in_one_line": True})
     raise StepFailed(f"step {stage.name!r} failed: {why}")
 
 

@@ -227,6 +227,42 @@ def test_flows_cli_errors_are_one_line_with_their_brackets_and_a_down_server_is_
     assert result.exit_code == 1 and "no Prefect server answers at PREFECT_API_URL=http://127.0.0.1:9/api" in printed
 
 
+def test_the_console_drops_prefects_lines_about_a_failure_the_cli_says_itself():
+    """`flows run` ends with the failed step in one red line; Prefect's task and flow run lines repeating it (and the
+    flow's own record of it) stay off the console, everything else passes."""
+    import logging
+
+    from flows.__main__ import ConsoleSaysFailuresOnce
+    from flows.pipeline import StepFailed
+
+    def record(logger: str, message: str, **extra) -> logging.LogRecord:
+        made = logging.getLogger(logger).makeRecord(logger, logging.ERROR, __file__, 1, message, (), None)
+        made.__dict__.update(extra)
+        return made
+
+    console = ConsoleSaysFailuresOnce()
+    dropped = [record("prefect.task_runs", "Finished in state Failed('Task run encountered an exception "
+                                           "SliceWiseError: /data: no BraTS NIfTI files')"),
+               record("prefect.task_runs", "Finished in state Failed('Task run encountered an exception "
+                                           "CredentialsError: Kaggle refused the credentials')"),  # a subclass
+               record("prefect.flow_runs", "Finished in state Failed('Flow run encountered an exception: "
+                                           "StepFailed: step 'fetch' failed: ...')"),
+               record("prefect.flow_runs", "step 'fetch' failed: ...", said_in_one_line=True)]
+    kept = [record("prefect.task_runs", "Finished in state Failed('Task run encountered an exception KeyError: "
+                                        "'dice'')"),  # a bug: its traceback and lines stay
+            record("prefect.task_runs", "Finished in state Completed()"),
+            record("prefect.flow_runs", "fetch: running (changed deps: params.yaml)"),
+            record("tasks.fetch", "Finished in state Failed(' SliceWiseError: ')")]  # not a run logger's
+    try:
+        raise StepFailed("step 'fetch' failed: ...")
+    except StepFailed:  # Prefect's "Encountered exception during execution", made before the CLI's record factory
+        dropped.append(logging.getLogger("prefect.flow_runs").makeRecord(
+            "prefect.flow_runs", logging.ERROR, __file__, 1, "Encountered exception during execution", (),
+            sys.exc_info()))
+    assert [console.filter(r) for r in dropped] == [False] * len(dropped)
+    assert [console.filter(r) for r in kept] == [True] * len(kept)
+
+
 def test_failures_said_in_one_line_lose_their_traceback_in_the_log_others_keep_it(monkeypatch):
     """Prefect logs a failed task or flow run with its traceback, to a console handler of its own: a step's
     SliceWiseError came out as two tracebacks above the one red line. The CLI's record factory drops them for
@@ -598,14 +634,32 @@ def test_user_error_in_fetch_fails_at_once_and_commits_nothing(project, tmp_path
 
 @pytest.mark.slow
 def test_cli_reports_the_failed_step_in_one_line(project, tmp_path, prefect_server):
+    import io
+    import logging
+
     from typer.testing import CliRunner
 
-    from flows.__main__ import app
+    from flows.__main__ import ConsoleSaysFailuresOnce, app
 
     (tmp_path / "empty").mkdir()  # a folder (a missing one is refused before the flow starts): no BraTS files in it
-    result = CliRunner().invoke(app, ["run", "--data-source", "local", "--brats-dir", str(tmp_path / "empty")])
+    console = logging.StreamHandler(io.StringIO())  # a console beside Prefect's: `run` filters every one but the UI's
+    logging.getLogger().addHandler(console)
+    try:
+        result = CliRunner().invoke(app, ["run", "--data-source", "local", "--brats-dir", str(tmp_path / "empty")])
+    finally:  # the filter `run` put on the console handlers is for that command alone
+        logging.getLogger().removeHandler(console)
+        for handler in logging.getLogger().handlers:
+            for installed in [f for f in handler.filters if isinstance(f, ConsoleSaysFailuresOnce)]:
+                handler.removeFilter(installed)
     assert result.exit_code == 1
     assert "step 'fetch' failed" in result.output and "Traceback" not in result.output
+    # said once, in the last line: not again by Prefect's task and flow run lines or the flow's own record (it was
+    # five times). The console still shows the run's other lines.
+    logged = console.stream.getvalue()
+    assert "fetch: running" in logged
+    printed = " ".join((result.output + logged).split())
+    assert printed.count("found under this folder") == 1, printed
+    assert "error: step 'fetch' failed: SliceWiseError:" in printed
     assert load_settings(project / "params.yaml").data.source == "local"  # the option went into params.yaml
 
 
