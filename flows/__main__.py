@@ -176,10 +176,13 @@ class KnownFailuresInOneLine:
 
 
 class ConsoleSaysFailuresOnce(logging.Filter):
-    """On `flows run`'s console only: Prefect's own lines about a task or flow run that failed with a failure said
-    in one line ("Finished in state Failed(...)", "Encountered exception during execution"), and the flow's
-    "step ... failed" record, since the CLI ends with that very line in red. A failed step was said five times, each
-    wrapped over several lines. The Prefect UI keeps every record: its log handler is not filtered."""
+    """On `flows run`'s console only, Prefect's lines that repeat what is said anyway: about a task or flow run that
+    failed with a failure said in one line ("Finished in state Failed(...)", "Encountered exception during
+    execution"), and the flow's "step ... failed" record, since the CLI ends with that very line in red (a failed
+    step was said five times, each wrapped over several lines); and a stage task's "Finished in state Cached(...)"
+    or "Completed(...)", four wrapped lines under the task's own "fetch: up to date with dvc.lock (...)" or "done,
+    recorded in dvc.lock (...)", before the table of all stages. The Prefect UI keeps every record: its log handler
+    is not filtered."""
 
     RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
@@ -189,6 +192,9 @@ class ConsoleSaysFailuresOnce(logging.Filter):
         if getattr(record, "said_in_one_line", False) or (record.exc_info and said_in_one_line(record.exc_info[1])):
             return False  # marked by KnownFailuresInOneLine, or a record made before it was installed
         message = record.getMessage()
+        if record.name.startswith("prefect.task_runs") and message.startswith(("Finished in state Cached(",
+                                                                                "Finished in state Completed(")):
+            return False
         return not (message.startswith("Finished in state Failed(") and names_a_failure_said_in_one_line(message))
 
 

@@ -229,7 +229,8 @@ def test_flows_cli_errors_are_one_line_with_their_brackets_and_a_down_server_is_
 
 def test_the_console_drops_prefects_lines_about_a_failure_the_cli_says_itself():
     """`flows run` ends with the failed step in one red line; Prefect's task and flow run lines repeating it (and the
-    flow's own record of it) stay off the console, everything else passes."""
+    flow's own record of it) stay off the console, and so do a stage task's Cached and Completed lines; everything
+    else passes."""
     import logging
 
     from flows.__main__ import ConsoleSaysFailuresOnce
@@ -247,10 +248,13 @@ def test_the_console_drops_prefects_lines_about_a_failure_the_cli_says_itself():
                                            "CredentialsError: Kaggle refused the credentials')"),  # a subclass
                record("prefect.flow_runs", "Finished in state Failed('Flow run encountered an exception: "
                                            "StepFailed: step 'fetch' failed: ...')"),
-               record("prefect.flow_runs", "step 'fetch' failed: ...", said_in_one_line=True)]
+               record("prefect.flow_runs", "step 'fetch' failed: ...", said_in_one_line=True),
+               # a stage task's own line said it, and the table of stages says it again
+               record("prefect.task_runs", "Finished in state Cached('up to date with dvc.lock entry sha256:ab')"),
+               record("prefect.task_runs", "Finished in state Completed('ran (no dvc.lock entry yet); ...')")]
     kept = [record("prefect.task_runs", "Finished in state Failed('Task run encountered an exception KeyError: "
                                         "'dice'')"),  # a bug: its traceback and lines stay
-            record("prefect.task_runs", "Finished in state Completed()"),
+            record("prefect.flow_runs", "Finished in state Completed()"),  # the flow run's end
             record("prefect.flow_runs", "fetch: running (changed deps: params.yaml)"),
             record("tasks.fetch", "Finished in state Failed(' SliceWiseError: ')")]  # not a run logger's
     try:
