@@ -330,6 +330,8 @@ def test_registering_the_same_model_again_creates_no_copy(project, tiny_settings
     assert [str(v.version) for v in client().search_model_versions("name = 'slicewise'")] == ["1"]
     assert json.loads(paths.REGISTER_REPORT.read_text()) == again
     assert again["mlflow_run_id"] == first["mlflow_run_id"]  # the run that holds the model, its card and reports
+    # the project's own store, as every clone names it: reports/register.json is committed
+    assert first["tracking_uri"] == again["tracking_uri"] == "sqlite:///mlflow.db" != tracking_uri()
     run = client().get_run(again["reused_by_run_id"])
     assert run.data.tags["reused_version"] == "true" and run.data.tags["registered_version"] == "1"
     assert run.info.status == "FINISHED"

@@ -45,6 +45,16 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri())
 
 
+def test_a_report_names_the_projects_store_as_every_clone_does(tmp_path, monkeypatch):
+    """store.portable_uri: a SQLite store inside the project is recorded relative to it; any other as it is."""
+    monkeypatch.chdir(tmp_path)
+    assert store_module.portable_uri(f"sqlite:///{tmp_path / 'mlflow.db'}") == "sqlite:///mlflow.db"
+    assert store_module.portable_uri(f"sqlite:///{tmp_path / 'stores' / 'a.db'}") == "sqlite:///stores/a.db"
+    elsewhere = f"sqlite:///{tmp_path.parent / 'shared.db'}"
+    assert store_module.portable_uri(elsewhere) == elsewhere
+    assert store_module.portable_uri("http://mlflow:5000") == "http://mlflow:5000"
+
+
 def test_steps_share_one_parent_with_tagged_child_runs(store, tiny_settings):
     settings = tracked(tiny_settings)
     train = make_tracker(settings, "train_seg")

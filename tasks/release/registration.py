@@ -47,7 +47,7 @@ from tasks.release.versions import (create_verified_version, discard_logged_mode
                                     registered_model_ids)
 from tasks.tracking import provenance
 from tasks.tracking.mlflow_runs import MlflowTracker
-from tasks.tracking.store import StoreUnreachable, fluent_store, retrying, tracking_uri
+from tasks.tracking.store import StoreUnreachable, fluent_store, portable_uri, retrying, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     return {"registered": True, "model_name": name, "version": version, "promoted": decision.promoted, "alias": alias,
             "reason": decision.reason, "gate": decision.as_dict()["criteria"], "mlflow_run_id": tracker.run_id,
             "model_uri": f"models:/{name}/{version}", "onnx_sha256": release.onnx_sha256,
-            "tracking_uri": redact(tracking_uri())}
+            "tracking_uri": redact(portable_uri(tracking_uri()))}
 
 
 # What makes a version this very release: the same ONNX file, judged on the same data and split with the same figures
@@ -167,7 +167,7 @@ def kept_version(settings: Settings, decision: GateDecision, version, alias: str
             "alias": alias, "reason": decision.reason, "gate": decision.as_dict()["criteria"],
             "mlflow_run_id": version.run_id, "reused_by_run_id": tracker.run_id,
             "model_uri": f"models:/{name}/{number}", "onnx_sha256": release.onnx_sha256,
-            "tracking_uri": redact(tracking_uri())}
+            "tracking_uri": redact(portable_uri(tracking_uri()))}
 
 
 def decide(settings: Settings, release: Release, champion: ChampionScore | None) -> GateDecision:

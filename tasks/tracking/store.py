@@ -38,6 +38,18 @@ def _absolute(uri: str) -> str:
     return uri
 
 
+def portable_uri(uri: str) -> str:
+    """sqlite:////abs/project/mlflow.db → sqlite:///mlflow.db for a store inside the project (the working
+    directory): what a committed report records, so it names the same store in every clone; others as they are."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix + "/"):
+        try:
+            return prefix + str(Path(uri[len(prefix):]).relative_to(Path.cwd().resolve()))
+        except ValueError:  # a database outside the project
+            pass
+    return uri
+
+
 def tracking_uri() -> str:
     return _absolute(os.environ.get("MLFLOW_TRACKING_URI") or paths.MLFLOW_DB_URI)
 
