@@ -27,7 +27,8 @@ def fetch_raw(
             from tasks.data.synthetic import generate_brats
             from tasks.data.synthetic_photos import generate_kaggle
 
-            n_patients = len(generate_brats(brats_out, profile.synthetic_patients, seed, workers=workers))
+            n_patients = len(generate_brats(brats_out, profile.synthetic_patients, seed, workers=workers,
+                                            tumour_free=profile.synthetic_tumour_free_patients))
             kaggle_counts = generate_kaggle(kaggle_out, profile.synthetic_kaggle_images, seed, workers=workers)
         else:
             brats_dir, kaggle_dir = _source_folders(data, downloads)

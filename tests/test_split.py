@@ -205,3 +205,35 @@ def test_brats_splits_keep_the_share_of_each_tumour_burden_tercile(tmp_path):
             for band in range(3):
                 count = sum(band_of[p] == band for p in ids)
                 assert abs(count - len(ids) / 3) < 1, (seed, name, band, count, len(ids))
+
+
+def test_patients_without_a_tumour_train_only_and_leave_the_other_splits_as_they_were(tmp_path):
+    """synthetic_tumour_free_patients: brains without a tumour (an all-zero seg) join the training split and no
+    other, and the patients with a tumour split exactly as they do without them (validation and test unchanged)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tasks.data.shards import MANIFEST_COLUMNS
+
+    def manifest(n_tumour: int, n_free: int) -> Path:
+        rows = [{"patient": f"BraTS20_Training_{i + 1:03d}", "source": "brats", "shard": "s.npz", "row": row,
+                 "slice_index": row, "label": int(i < n_tumour), "tumour_area_px": (100 + i) if i < n_tumour else 0,
+                 "has_mask": True} for i in range(n_tumour + n_free) for row in range(2)]
+        folder = tmp_path / f"processed-{n_tumour}-{n_free}"
+        folder.mkdir(exist_ok=True)
+        pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(folder / "manifest.csv", index=False)
+        return folder
+
+    def lists(folder: Path, seed: int) -> dict[str, list[str]]:
+        out = folder.with_name(f"{folder.name}-splits-{seed}")
+        split_dataset(folder, out, SplitSettings(), seed=seed)
+        return {name: (out / f"{name}.txt").read_text().split() for name in ("train", "val", "test")}
+
+    free = {f"BraTS20_Training_{i:03d}" for i in range(21, 26)}
+    for seed in (42, 1):
+        without, with_free = lists(manifest(20, 0), seed), lists(manifest(20, 5), seed)
+        assert with_free["val"] == without["val"] and with_free["test"] == without["test"]
+        assert set(with_free["train"]) == set(without["train"]) | free
+    with pytest.raises(SliceWiseError, match="BraTS patients with a tumour"):
+        lists(manifest(2, 4), 42)  # too few to split: the tumour-free ones cannot stand in for them

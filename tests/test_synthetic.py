@@ -139,6 +139,20 @@ def test_serial_and_parallel_runs_are_identical(brats, tmp_path):
     assert written == gzip.compress(gzip.decompress(written), 1, mtime=0)  # zlib's deterministic stream
 
 
+def test_tumour_free_patients_come_after_the_others_which_stay_as_they_were(brats, tmp_path):
+    """generate_brats(..., tumour_free=1): one more brain, with an all-zero seg and no tumour contrast, after the
+    patients with a tumour, which are the same files as without it."""
+    _, folders, _ = brats
+    more = synthetic.generate_brats(tmp_path, n_patients=1, seed=SEED, tumour_free=1)
+    assert [f.name for f in more] == [f.name for f in folders]  # BraTS20_Training_001, _002
+    for kind in KINDS:
+        name = f"{folders[0].name}_{kind}.nii.gz"
+        assert (more[0] / name).read_bytes() == (folders[0] / name).read_bytes(), name
+    healthy, same_person = load_patient(more[1]), synthetic.synthesize_patient(SEED, 2, with_tumour=False)
+    assert not healthy["seg"].any() and healthy["flair"].any()
+    np.testing.assert_array_equal(healthy["flair"], same_person[0]["flair"])
+
+
 def test_interrupted_write_leaves_no_complete_looking_patient(tmp_path, monkeypatch):
     volumes = {m: np.ones((4, 4, 4), np.int16) for m in synthetic.MODALITIES}
     saved = []

@@ -135,9 +135,16 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
 
     patients = sorted(brats["patient"].unique())
     by_subject = brats.assign(patient=brats["patient"].map(subject_of))  # BraTS 2020 names: each its own subject
-    subjects = sorted(by_subject["patient"].unique())
+    burden = by_subject.groupby("patient")["tumour_area_px"].sum()
+    # A subject without any tumour (synthetic_tumour_free_patients; BraTS has none) trains only: validation and test
+    # keep the patients, and the figures, they would have without it, and their Dice means count no empty volume.
+    subjects, tumour_free = sorted(burden.index[burden > 0]), sorted(burden.index[burden == 0])
     subject_splits = _stratified_split(subjects, tumour_burden_strata(by_subject, subjects),
-                                       split_sizes(len(subjects), cfg, "BraTS patients", manifest_path), seed)
+                                       split_sizes(len(subjects), cfg, "BraTS patients with a tumour", manifest_path),
+                                       seed)
+    subject_splits["train"] = sorted(subject_splits["train"] + tumour_free)
+    if tumour_free:
+        log.info("split: %d BraTS patients without a tumour go to the training split only", len(tumour_free))
     split_of_subject = {subject: name for name, ids in subject_splits.items() for subject in ids}
     splits = {name: sorted(p for p in patients if split_of_subject[subject_of(p)] == name) for name in subject_splits}
     pairs: list[tuple[str, str]] = []

@@ -234,33 +234,36 @@ def write_patient(out_dir: Path, name: str, volumes: dict[str, np.ndarray], labe
     return final
 
 
-def _generate_one(out_dir: Path, seed: int, index: int) -> Path:
-    volumes, labels = synthesize_patient(seed, index)
+def _generate_one(out_dir: Path, seed: int, index: int, with_tumour: bool = True) -> Path:
+    volumes, labels = synthesize_patient(seed, index, with_tumour)
     return write_patient(out_dir, PATIENT_ID.format(index), volumes, labels)
 
 
-def generate_brats(out_dir: Path, n_patients: int, seed: int, workers: int = 1) -> list[Path]:
-    """Writes out_dir/BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii.gz (NNN = 001..).
+def generate_brats(out_dir: Path, n_patients: int, seed: int, workers: int = 1, tumour_free: int = 0) -> list[Path]:
+    """Writes out_dir/BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii.gz (NNN = 001..):
+    `n_patients` with a tumour, then `tumour_free` more without one (an all-zero seg).
 
-    Returns the patient folders in order. Output depends only on (seed, patient number), not on `workers`.
+    Returns the patient folders in order. Output depends only on (seed, patient number), not on `workers`, so the
+    first `n_patients` are the same whatever `tumour_free` is.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    indices = range(1, n_patients + 1)
-    log.info("generating %d synthetic BraTS patients in %s (%d workers)", n_patients, out_dir, workers)
+    indices = range(1, n_patients + tumour_free + 1)
+    log.info("generating %d synthetic BraTS patients (%d of them without a tumour) in %s (%d workers)",
+             len(indices), tumour_free, out_dir, workers)
     with Progress(transient=True) as progress:
-        task = progress.add_task("synthetic BraTS patients", total=n_patients)
+        task = progress.add_task("synthetic BraTS patients", total=len(indices))
         load_template()  # once here: forked workers inherit it
         if workers <= 1:
             paths = []
             for i in indices:
-                paths.append(_generate_one(out_dir, seed, i))
+                paths.append(_generate_one(out_dir, seed, i, i <= n_patients))
                 progress.advance(task)
         else:
             with process_pool(workers, initializer=load_template) as pool:
-                futures = [pool.submit(_generate_one, out_dir, seed, i) for i in indices]
+                futures = [pool.submit(_generate_one, out_dir, seed, i, i <= n_patients) for i in indices]
                 for future in futures:
                     future.result()
                     progress.advance(task)
