@@ -38,7 +38,8 @@ step() {  # name, seconds allowed, command...
     echo "== $name: exit $? after ${SECONDS} s in all"
     grep -v '^{' "$OUT/$name.log" | tail -n 12
     # a stages step stopped at its limit prints no report: the one it kept after each finished step comes back
-    [[ $name != stages* || ! -f "$PROJECT/bench_gpu_stages.json" ]] || cp "$PROJECT/bench_gpu_stages.json" "$OUT/$name.json"
+    local kept="$PROJECT/bench_gpu_stages.json"
+    [[ $name != stages* || ! -f "$kept" ]] || cp "$kept" "$OUT/$name.json"
 }
 step gpu 120 python3 -m bench.bench_gpu --steps 60 --warmup 10
 step gpu_batch_32 120 python3 -m bench.bench_gpu --steps 40 --warmup 10 --batch-size 32

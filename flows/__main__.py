@@ -118,7 +118,8 @@ def run(
         error = state.result(raise_on_failure=False)
         # StepFailed already names the step and its error: Prefect's "Flow run encountered an exception: StepFailed:"
         # in front of it adds nothing
-        _fail(str(error) if isinstance(error, BaseException) and said_in_one_line(error) else (state.message or "the flow run failed"))
+        said = isinstance(error, BaseException) and said_in_one_line(error)
+        _fail(str(error) if said else (state.message or "the flow run failed"))
     table = Table(title="SliceWise flow run")
     table.add_column("stage")
     table.add_column("state")
