@@ -78,9 +78,9 @@ class ProfileSettings(_Section):
     # slice, a FLAIR-only volume) is the FLAIR channel with the others all zero (see train.augment.modality_dropout).
     modalities: Annotated[tuple[str, ...], LISTS] = ("flair",)
     synthetic_patients: int = Field(48, ge=3)
-    # Synthetic brains without a tumour, after the patients above: BraTS has none, and a model that never saw one
-    # painted false tumours on 38 of 100 (docs/quality.md). They go to the training split only (tasks/data/
-    # splitting.py), so validation and test, and every figure on them, hold the same patients as without them.
+    # Synthetic brains without a tumour, after the patients above: BraTS has none. They go to the training split only
+    # (tasks/data/splitting.py), so validation and test, and every figure on them, hold the same patients as without
+    # them. 8 of them did not lower the false tumours on tumour-free brains (docs/recipes.md): 0 in every profile.
     synthetic_tumour_free_patients: int = Field(0, ge=0)
     synthetic_kaggle_images: int = Field(120, ge=2)
     patient_fraction: float = Field(1.0, gt=0, le=1)
