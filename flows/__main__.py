@@ -215,9 +215,12 @@ def _failure_class_names() -> set[str]:
 
 def install_console_filter() -> None:
     """ConsoleSaysFailuresOnce on every handler of the root logger but Prefect's API handler (the UI's), once
-    Prefect has set up its logging (importing the flow does), which replaces the handlers main() installed."""
+    Prefect has set up its logging (importing the flow does), which replaces the handlers main() installed; with the
+    record factories it reads the marks of (main() installs them too; `run` called another way needs them here: the
+    credential redaction alone turns a record's exception into text, which no filter can tell)."""
     from prefect.logging.handlers import APILogHandler
 
+    install_log_factories()
     for handler in logging.getLogger().handlers:
         if not isinstance(handler, APILogHandler) and not any(
                 isinstance(f, ConsoleSaysFailuresOnce) for f in handler.filters):

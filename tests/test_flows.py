@@ -227,7 +227,7 @@ def test_flows_cli_errors_are_one_line_with_their_brackets_and_a_down_server_is_
     assert result.exit_code == 1 and "no Prefect server answers at PREFECT_API_URL=http://127.0.0.1:9/api" in printed
 
 
-def test_the_console_drops_prefects_lines_about_a_failure_the_cli_says_itself():
+def test_the_console_drops_prefects_lines_about_a_failure_the_cli_says_itself(monkeypatch):
     """`flows run` ends with the failed step in one red line; Prefect's task and flow run lines repeating it (and the
     flow's own record of it) stay off the console, and so do a stage task's Cached and Completed lines; everything
     else passes."""
@@ -235,6 +235,9 @@ def test_the_console_drops_prefects_lines_about_a_failure_the_cli_says_itself():
 
     from flows.__main__ import ConsoleSaysFailuresOnce
     from flows.pipeline import StepFailed
+
+    # records as Prefect makes them, whatever factories earlier tests left (the redaction turns exceptions into text)
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.LogRecord)
 
     def record(logger: str, message: str, **extra) -> logging.LogRecord:
         made = logging.getLogger(logger).makeRecord(logger, logging.ERROR, __file__, 1, message, (), None)
@@ -637,13 +640,19 @@ def test_user_error_in_fetch_fails_at_once_and_commits_nothing(project, tmp_path
 
 
 @pytest.mark.slow
-def test_cli_reports_the_failed_step_in_one_line(project, tmp_path, prefect_server):
+def test_cli_reports_the_failed_step_in_one_line(project, tmp_path, prefect_server, monkeypatch):
     import io
     import logging
 
     from typer.testing import CliRunner
 
     from flows.__main__ import ConsoleSaysFailuresOnce, app
+    from tasks.redaction import install_log_redaction
+
+    # as a full test session leaves it: the redaction, which turns a record's exception into text, already installed;
+    # `run` puts its own factory beneath it. Both go again after the test.
+    monkeypatch.setattr(logging, "_logRecordFactory", logging.getLogRecordFactory())
+    install_log_redaction()
 
     (tmp_path / "empty").mkdir()  # a folder (a missing one is refused before the flow starts): no BraTS files in it
     console = logging.StreamHandler(io.StringIO())  # a console beside Prefect's: `run` filters every one but the UI's
