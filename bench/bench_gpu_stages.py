@@ -37,6 +37,7 @@ import yaml
 from bench.bench_gpu import UtilisationSampler
 from tasks import paths
 from tasks.errors import SliceWiseError
+from tasks.io import write_text_atomic
 from tasks.params_edit import parse_assignments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,8 +140,8 @@ def run(patients: int = 96, epochs: dict[str, int] | None = None, workdir: Path 
 
 
 def _save(report: dict, workdir: Path | None) -> None:
-    if workdir is not None:
-        (workdir / "bench_gpu_stages.json").write_text(json.dumps(report, indent=2))
+    if workdir is not None:  # atomic: the run may be stopped at any moment, this one included
+        write_text_atomic(json.dumps(report, indent=2), workdir / "bench_gpu_stages.json")
 
 
 def _earlier_steps(workdir: Path | None, overrides: dict[str, object]) -> dict:

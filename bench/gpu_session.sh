@@ -6,7 +6,7 @@
 # wheels in .whl/ (pydantic and its parts, nibabel, nilearn, ImageHash, PyWavelets, isal, and monai for evaluate's
 # metrics; the machine's image has the rest, onnx and onnxruntime included). Logs to $OUT; the last line of each
 # log is its JSON report.
-#   bash bench/gpu_session.sh                     every step below, in order (about 14 minutes: two calls' worth)
+#   bash bench/gpu_session.sh                     every step below, in order (at most 23 minutes: three calls' worth)
 #   bash bench/gpu_session.sh stages stages_b32   only these steps (stages_b32 and stages_b64 reuse the data stages
 #                                                 left in $PROJECT, /tmp/gpu-stages-project: run stages first, same
 #                                                 call)
@@ -34,12 +34,16 @@ step() {  # name, seconds allowed, command...
     for given in ${LIMITS:-}; do [[ $given != "$name="* ]] || limit=${given#*=}; done
     [[ "$WANTED" == "  " || "$WANTED" == *" $name "* ]] || return 0
     echo "== $name (at most $limit s)"
+    local started
+    started=$(mktemp)  # a stages step's report counts only if written after this
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     echo "== $name: exit $? after ${SECONDS} s in all"
     grep -v '^{' "$OUT/$name.log" | tail -n 12
-    # a stages step stopped at its limit prints no report: the one it kept after each finished step comes back
+    # a stages step stopped at its limit prints no report: the one it kept after each finished step comes back,
+    # if this step wrote it (not one left by the step before)
     local kept="$PROJECT/bench_gpu_stages.json"
-    [[ $name != stages* || ! -f "$kept" ]] || cp "$kept" "$OUT/$name.json"
+    [[ $name != stages* || ! "$kept" -nt "$started" ]] || cp "$kept" "$OUT/$name.json"
+    rm -f "$started"
 }
 step gpu 120 python3 -m bench.bench_gpu --steps 60 --warmup 10
 step gpu_batch_32 120 python3 -m bench.bench_gpu --steps 40 --warmup 10 --batch-size 32

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 import urllib.request
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -103,7 +104,6 @@ def run(
     values = dict(profile=profile, data_source=data_source.value if data_source else None,
                   brats_dir=str(brats_dir) if brats_dir else None, kaggle_dir=str(kaggle_dir) if kaggle_dir else None)
     _check_parameters(parameter_updates(**values))
-    install_console_filter()
     # Without a configured server, report to `make prefect-ui`'s when it is up (the run shows in its UI),
     # else Prefect starts a throw-away server for this run alone.
     configured = PREFECT_API_URL.value()
@@ -111,7 +111,7 @@ def run(
         _fail(f"no Prefect server answers at PREFECT_API_URL={configured}; start it, or unset PREFECT_API_URL to run "
               "against a throw-away server")
     api_url = configured or (LOCAL_PREFECT_API if _server_up(LOCAL_PREFECT_API) else None)
-    with temporary_settings({PREFECT_API_URL: api_url} if api_url else {}):
+    with temporary_settings({PREFECT_API_URL: api_url} if api_url else {}), console_says_failures_once():
         state = slicewise_pipeline(**values, slice_runner=slice_runner.value, dask_address=dask_address,
                                    return_state=True)
     if not state.is_completed():
@@ -180,10 +180,10 @@ class ConsoleSaysFailuresOnce(logging.Filter):
     """On `flows run`'s console only, Prefect's lines that repeat what is said anyway: about a task or flow run that
     failed with a failure said in one line ("Finished in state Failed(...)", "Encountered exception during
     execution"), and the flow's "step ... failed" record, since the CLI ends with that very line in red (a failed
-    step was said five times, each wrapped over several lines); and a stage task's "Finished in state Cached(...)"
-    or "Completed(...)", four wrapped lines under the task's own "fetch: up to date with dvc.lock (...)" or "done,
-    recorded in dvc.lock (...)", before the table of all stages. The Prefect UI keeps every record: its log handler
-    is not filtered."""
+    step was said five times, each wrapped over several lines); and every task run's "Finished in state Cached(...)"
+    or "Completed(...)": a stage task logs its own line ("fetch: up to date with dvc.lock (...)", "done, recorded in
+    dvc.lock (...)") and the CLI ends with a table of the stages, and the Dask runner's per-patient tasks would add
+    one such line per patient. The Prefect UI keeps every record: its log handler is not filtered."""
 
     RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
@@ -213,18 +213,26 @@ def _failure_class_names() -> set[str]:
     return names
 
 
-def install_console_filter() -> None:
-    """ConsoleSaysFailuresOnce on every handler of the root logger but Prefect's API handler (the UI's), once
-    Prefect has set up its logging (importing the flow does), which replaces the handlers main() installed; with the
-    record factories it reads the marks of (main() installs them too; `run` called another way needs them here: the
-    credential redaction alone turns a record's exception into text, which no filter can tell)."""
+@contextmanager
+def console_says_failures_once() -> Iterator[None]:
+    """ConsoleSaysFailuresOnce on the root logger's console handlers (every one but Prefect's API handler, the UI's)
+    for the block, with KnownFailuresInOneLine, whose marks it reads, beneath the credential redaction: main()
+    installs that factory too, but `run` may be called without main() (tests, another CLI), and the redaction alone
+    turns a record's exception into text that no filter can tell. Both are taken off again afterwards."""
     from prefect.logging.handlers import APILogHandler
 
+    factory = logging.getLogRecordFactory()
     install_log_factories()
-    for handler in logging.getLogger().handlers:
-        if not isinstance(handler, APILogHandler) and not any(
-                isinstance(f, ConsoleSaysFailuresOnce) for f in handler.filters):
-            handler.addFilter(ConsoleSaysFailuresOnce())
+    handlers = [h for h in logging.getLogger().handlers if not isinstance(h, APILogHandler)]
+    console = ConsoleSaysFailuresOnce()
+    for handler in handlers:
+        handler.addFilter(console)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(console)
+        logging.setLogRecordFactory(factory)
 
 
 def said_in_one_line(exc: BaseException | None) -> bool:

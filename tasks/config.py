@@ -80,7 +80,8 @@ class ProfileSettings(_Section):
     synthetic_patients: int = Field(48, ge=3)
     # Synthetic brains without a tumour, after the patients above: BraTS has none. They go to the training split only
     # (tasks/data/splitting.py), so validation and test, and every figure on them, hold the same patients as without
-    # them. 8 of them did not lower the false tumours on tumour-free brains (docs/recipes.md): 0 in every profile.
+    # them. 8 of them left false tumours on 17 instead of 18 of 50 tumour-free brains (docs/recipes.md): 0 in every
+    # profile. The synthetic source only: local and Kaggle data are what the folders hold.
     synthetic_tumour_free_patients: int = Field(0, ge=0)
     synthetic_kaggle_images: int = Field(120, ge=2)
     patient_fraction: float = Field(1.0, gt=0, le=1)

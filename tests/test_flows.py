@@ -657,13 +657,14 @@ def test_cli_reports_the_failed_step_in_one_line(project, tmp_path, prefect_serv
     (tmp_path / "empty").mkdir()  # a folder (a missing one is refused before the flow starts): no BraTS files in it
     console = logging.StreamHandler(io.StringIO())  # a console beside Prefect's: `run` filters every one but the UI's
     logging.getLogger().addHandler(console)
+    factory = logging.getLogRecordFactory()
     try:
         result = CliRunner().invoke(app, ["run", "--data-source", "local", "--brats-dir", str(tmp_path / "empty")])
-    finally:  # the filter `run` put on the console handlers is for that command alone
+    finally:
         logging.getLogger().removeHandler(console)
-        for handler in logging.getLogger().handlers:
-            for installed in [f for f in handler.filters if isinstance(f, ConsoleSaysFailuresOnce)]:
-                handler.removeFilter(installed)
+    # the filter and the record factory were for that command alone
+    assert not any(isinstance(f, ConsoleSaysFailuresOnce) for h in logging.getLogger().handlers for f in h.filters)
+    assert not console.filters and logging.getLogRecordFactory() is factory
     assert result.exit_code == 1
     assert "step 'fetch' failed" in result.output and "Traceback" not in result.output
     # said once, in the last line: not again by Prefect's task and flow run lines or the flow's own record (it was

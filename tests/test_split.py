@@ -1,5 +1,7 @@
 """Patient-level, seeded, stratified splits with leakage checks."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -235,5 +237,9 @@ def test_patients_without_a_tumour_train_only_and_leave_the_other_splits_as_they
         without, with_free = lists(manifest(20, 0), seed), lists(manifest(20, 5), seed)
         assert with_free["val"] == without["val"] and with_free["test"] == without["test"]
         assert set(with_free["train"]) == set(without["train"]) | free
-    with pytest.raises(SliceWiseError, match="BraTS patients with a tumour"):
-        lists(manifest(2, 4), 42)  # too few to split: the tumour-free ones cannot stand in for them
+    summary = json.loads((tmp_path / "processed-20-5-splits-1" / "summary.json").read_text())
+    assert summary["train"]["tumour_free_brats_patients"] == 5
+    assert "tumour_free_brats_patients" not in (tmp_path / "processed-20-0-splits-1" / "summary.json").read_text()
+    for n_tumour in (2, 0):  # too few to split (none at all included): the tumour-free ones cannot stand in for them
+        with pytest.raises(SliceWiseError, match="BraTS patients with a tumour"):
+            lists(manifest(n_tumour, 4), 42)

@@ -139,9 +139,8 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
     # A subject without any tumour (synthetic_tumour_free_patients; BraTS has none) trains only: validation and test
     # keep the patients, and the figures, they would have without it, and their Dice means count no empty volume.
     subjects, tumour_free = sorted(burden.index[burden > 0]), sorted(burden.index[burden == 0])
-    subject_splits = _stratified_split(subjects, tumour_burden_strata(by_subject, subjects),
-                                       split_sizes(len(subjects), cfg, "BraTS patients with a tumour", manifest_path),
-                                       seed)
+    sizes = split_sizes(len(subjects), cfg, "BraTS patients with a tumour", manifest_path)  # before the strata need 1+
+    subject_splits = _stratified_split(subjects, tumour_burden_strata(by_subject, subjects), sizes, seed)
     subject_splits["train"] = sorted(subject_splits["train"] + tumour_free)
     if tumour_free:
         log.info("split: %d BraTS patients without a tumour go to the training split only", len(tumour_free))
@@ -157,6 +156,8 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
     for name in SPLITS:
         write_split(name, splits[name], out_dir)
     summary = _summary(manifest, splits, len(pairs))
+    if tumour_free:  # only then: a split without them writes what it wrote before the rule
+        summary["train"]["tumour_free_brats_patients"] = len(tumour_free)
     write_text_atomic(json.dumps(summary, indent=2), out_dir / "summary.json")
     return summary
 
