@@ -1,7 +1,7 @@
 """Compare volume clean-up rules (tasks/inference/postprocess.py) on the VALIDATION patients of kept seed sweeps.
 
 Usage: .venv/bin/python -m bench.bench_cleanup_rule --project DIR [--project DIR ...] [--experiments seed-42 ...]
-       [--split val] [--healthy N] [--out results.jsonl]
+       [--split val] [--healthy N [--no-bias-field]] [--out results.jsonl]
 
 A project is a copy kept by `python -m bench --only seeds --keep-seeds DIR`; each of its DVC experiments
 (`dvc exp apply seed-N` brings back its data and checkpoints) is one trained quick model. For every BraTS patient of
@@ -14,7 +14,9 @@ never for choosing one.
 
 Every synthetic patient has a tumour, so a split cannot show what a rule costs on a brain without one. `--healthy N`
 renders N tumour-free patients (the synthetic generator without its tumour, from a data seed no split uses) and
-counts, per rule and model, the volumes left with any predicted tumour: a false-positive volume.
+counts, per rule and model, the volumes left with any predicted tumour: a false-positive volume. `--no-bias-field`
+renders the same brains without their smooth intensity inhomogeneity, every other draw kept: the false tumours that
+go with it are the bias fields' (`tumour_free_training_amx` in reports/bench.json).
 """
 
 from __future__ import annotations
@@ -105,15 +107,17 @@ def whole_tumour(predictor, volumes: list[np.ndarray], image_size: int, cut: flo
     return masks[0], prediction.classifier_probability.astype(np.float64)
 
 
-def healthy_volumes(count: int, data_seed: int = HEALTHY_DATA_SEED) -> list[list[np.ndarray]]:
-    """`count` tumour-free synthetic patients, each as its four display-oriented modality volumes."""
+def healthy_volumes(count: int, data_seed: int = HEALTHY_DATA_SEED,
+                    bias_fields: bool = True) -> list[list[np.ndarray]]:
+    """`count` tumour-free synthetic patients, each as its four display-oriented modality volumes (`bias_fields`:
+    see synthesize_patient)."""
     from tasks.config import MODALITIES
     from tasks.data.orientation import BRATS_AFFINE, Orientation
     from tasks.data.synthetic import synthesize_patient
 
     orientation, out = Orientation.of(BRATS_AFFINE), []
     for index in range(1, count + 1):
-        volumes, _ = synthesize_patient(data_seed, index, with_tumour=False)
+        volumes, _ = synthesize_patient(data_seed, index, with_tumour=False, bias_fields=bias_fields)
         out.append([orientation.display(volumes[modality]) for modality in MODALITIES])
     return out
 
@@ -186,6 +190,8 @@ def main() -> None:
     parser.add_argument("--split", default="val", choices=["val", "test"])
     parser.add_argument("--out", type=Path, default=Path("/tmp/slicewise-cleanup-rules.jsonl"))
     parser.add_argument("--healthy", type=int, default=0, help="tumour-free synthetic volumes to score too")
+    parser.add_argument("--no-bias-field", action="store_true",
+                        help="render those volumes without their bias fields: how many false tumours the fields cause")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     if args.split == "test":
@@ -193,7 +199,7 @@ def main() -> None:
     from bench.bench_slice_score import apply_experiment, experiments
 
     per_model, healthy = {}, {}
-    healthy_inputs = healthy_volumes(args.healthy) if args.healthy else []
+    healthy_inputs = healthy_volumes(args.healthy, bias_fields=not args.no_bias_field) if args.healthy else []
     for project in args.project:
         for name in args.experiments or experiments(project):
             apply_experiment(project, name)

@@ -153,6 +153,22 @@ def test_tumour_free_patients_come_after_the_others_which_stay_as_they_were(brat
     np.testing.assert_array_equal(healthy["flair"], same_person[0]["flair"])
 
 
+def test_without_bias_fields_the_same_brain_keeps_its_labels_and_loses_only_the_inhomogeneity():
+    """synthesize_patient(bias_fields=False) (bench.bench_cleanup_rule --no-bias-field): the same brain and labels;
+    the intensities change by a smooth factor, so their ratio varies slowly across the brain, not voxel to voxel."""
+    volumes, labels = synthetic.synthesize_patient(SEED, 1)
+    flat, flat_labels = synthetic.synthesize_patient(SEED, 1, bias_fields=False)
+    np.testing.assert_array_equal(flat_labels, labels)
+    brain = volumes["flair"] > 0
+    np.testing.assert_array_equal(flat["flair"] > 0, brain)
+    ratio = np.zeros(brain.shape, np.float32)
+    ratio[brain] = volumes["flair"][brain] / flat["flair"][brain]
+    assert not np.array_equal(flat["flair"], volumes["flair"]) and np.ptp(ratio[brain]) > 0.1  # the field is there
+    centre = tuple(s // 2 for s in brain.shape)
+    neighbours = ratio[centre[0] - 1:centre[0] + 2, centre[1] - 1:centre[1] + 2, centre[2]]
+    assert np.ptp(neighbours[neighbours > 0]) < 0.05  # smooth: neighbouring voxels share it (noise aside)
+
+
 def test_interrupted_write_leaves_no_complete_looking_patient(tmp_path, monkeypatch):
     volumes = {m: np.ones((4, 4, 4), np.int16) for m in synthetic.MODALITIES}
     saved = []

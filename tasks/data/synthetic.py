@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -203,12 +203,16 @@ def patient_grid(seed: int, index: int) -> tuple[Patient, tuple[slice, ...], tup
     return patient, region, tuple(np.arange(s.start, s.stop, dtype=np.float32) for s in region)
 
 
-def synthesize_patient(seed: int, index: int, with_tumour: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def synthesize_patient(seed: int, index: int, with_tumour: bool = True,
+                       bias_fields: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Full 240x240x155 volumes of patient `index`: int16 modalities (0 outside the brain) and uint8 labels.
-    `with_tumour=False`: the same person without the tumour (and its mass effect), every other draw kept."""
+    `with_tumour=False`: the same person without the tumour (and its mass effect), every other draw kept;
+    `bias_fields=False`: without the smooth intensity inhomogeneity (a study of what fools a model, not data)."""
     patient, region, grid = patient_grid(seed, index)
     if not with_tumour:
         patient.tumour = None
+    if not bias_fields:
+        patient.contrasts = {m: replace(c, bias=0.0) for m, c in patient.contrasts.items()}
     values, seg, brain = render(patient, load_template(), grid)
     volumes = {}
     for modality, vector in values.items():
