@@ -138,6 +138,9 @@ class Augment(_Section):
     # Share of training samples with some input channels blanked (zeroed); no effect with one channel.
     # See tasks/data/modality_dropout.py.
     modality_dropout: float = Field(0.25, ge=0, le=1)
+    # Strength of a smooth multiplicative bias field per sample and channel (0: none; 0.3 scales a region by up to
+    # ~1.35x). See tasks/data/augment.py, apply_bias_fields.
+    bias_field: float = Field(0.0, ge=0, le=1)
 
 
 class TrainSettings(_Section):

@@ -2,6 +2,7 @@
 compressed shards, memory that does not grow with the data, and the same augmented batches with any number of
 loader workers."""
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -129,7 +130,8 @@ def test_streaming_a_set_keeps_memory_flat(tmp_path):
     assert data_mb > 90 and streamed_mb < 16 and held_mb > 0.8 * data_mb, (data_mb, streamed_mb, held_mb)
 
 
-AUGMENT = Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_dropout=0.5)
+# every augmentation on, so that the loader, its workers, a DDP share and the device must agree on all of them
+AUGMENT = Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_dropout=0.5, bias_field=0.3)
 KEYS = ("image", "mask", "label", "has_mask")
 
 
@@ -326,3 +328,33 @@ def test_a_crop_too_small_for_the_model_is_a_clear_error():
     with pytest.raises(SliceWiseError, match="train_seg.crop 0.05 of 128 pixels") as error:
         crop_side(_seg_plan(0.05), (128, 128))
     assert "params.yaml" in str(error.value)
+
+
+def test_bias_fields_scale_each_brain_smoothly_about_its_darkest_pixel_and_move_nothing_else():
+    from tasks.data.augment import augment_batch
+
+    images, masks = _brain_slices(n=6)
+    images[5, 1] = 0  # a channel blanked (as modality dropout does) stays blank
+    plain = Augment(flip=False, rotate_degrees=0, intensity_jitter=0, modality_dropout=0)
+    biased, biased_masks = augment_batch(images, masks, plain.model_copy(update={"bias_field": 0.3}),
+                                         torch.Generator().manual_seed(0))
+    brain = images != 0
+    assert torch.equal(biased_masks, masks) and torch.equal(biased != 0, brain)  # background 0, brain kept
+    darkest = torch.where(brain, images, torch.inf).amin((2, 3), keepdim=True)
+    ratio = torch.where(brain, (biased - darkest) / (images - darkest), torch.nan)
+    seen = ratio[brain & (images > darkest + 0.5)]  # pixels far enough from the pivot for a ratio to be exact
+    assert seen.min() >= math.exp(-0.3 * 1.2) and seen.max() <= math.exp(0.3 * 1.2)  # bicubic overshoots a little
+    assert (seen.max() - seen.min()) > 0.1  # a field, not a constant
+    assert torch.equal(torch.where(brain, biased, torch.inf).amin((2, 3), keepdim=True)[brain.any((2, 3), True)],
+                       darkest[brain.any((2, 3), True)])  # the pivot itself stays
+    # smooth: neighbouring pixels' factors differ far less than the field's range
+    steps = (ratio[..., 1:] - ratio[..., :-1]).abs()
+    assert steps[~steps.isnan()].max() < 0.05
+    # the field's draws come after every other draw: rotation, jitter and crop are the ones a run without it gets
+    moving = Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_dropout=0)
+    for crop in (None, 24):
+        without = augment_batch(images, masks, moving, torch.Generator().manual_seed(3), crop=crop)
+        with_field = augment_batch(images, masks, moving.model_copy(update={"bias_field": 0.3}),
+                                   torch.Generator().manual_seed(3), crop=crop)
+        assert torch.equal(with_field[1], without[1]) and torch.equal(with_field[0] != 0, without[0] != 0)
+        assert not torch.equal(with_field[0], without[0])

@@ -1,5 +1,5 @@
-"""Training-time augmentation applied to a whole batch at once: random left-right flips, small rotations and
-intensity jitter, with every mask moved by exactly the same transform as its image, and (for the segmentation
+"""Training-time augmentation applied to a whole batch at once: random left-right flips, small rotations, smooth
+bias fields (`train.augment.bias_field`) and intensity jitter, with every mask moved by exactly the same transform as its image, and (for the segmentation
 warm-up, `train_seg.crop`) a window around each slice's brain cut by the same resampling.
 
 Equivalent to a torchvision.transforms.v2 pipeline over (Image, tv_tensors.Mask) pairs, but one `grid_sample`
@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tasks.config import Augment
+
+BIAS_GRID = 3  # control points per side of a bias field: a field with one bump or dip at most across the slice
 
 
 def to_device_async(tensor: Tensor, device: torch.device) -> Tensor:
@@ -73,7 +75,7 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
         raise ValueError(f"a {crop}x{crop} window does not fit {tuple(images.shape[2:])} slices")
     moves = cfg.flip or cfg.rotate_degrees > 0 or crop is not None
     # Every draw first, in this order, on the CPU; then one copy to the images' device. The crop's draws come
-    # last, so that runs without a crop draw exactly what they drew before crops existed.
+    # after the others, so that runs without a crop draw exactly what they drew before crops existed.
     draws = []
     if moves:
         draws.append(random_affines(total, cfg, generator)[part].to(images.dtype).flatten(1))
@@ -81,12 +83,18 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
         draws += [_uniform(total, cfg.intensity_jitter, generator)[part, None] for _ in ("scale", "shift")]
     if crop is not None:
         draws.append(_uniform(2 * total, 1.0, generator).view(total, 2)[part].to(images.dtype))
-    columns = list(to_device_async(torch.cat(draws, 1), images.device).unbind(1)) if draws else []
+    bias_columns = images.shape[1] * BIAS_GRID**2 if cfg.bias_field > 0 else 0  # per sample
+    if bias_columns:  # after the crop's, for the same reason
+        draws.append(_uniform(total * bias_columns, 1.0, generator).view(total, -1)[part].to(images.dtype))
+    drawn = to_device_async(torch.cat(draws, 1), images.device) if draws else None
+    columns = list(drawn.unbind(1)) if draws else []
     if moves:
         theta = torch.stack(columns[:6], 1).view(n, 2, 3)
         size = tuple(images.shape[2:])
         if crop is not None:
-            theta = crop_affines(theta, brain_crop_centres(images, crop, torch.stack(columns[-2:], 1)), size, crop)
+            at = 6 + (2 if cfg.intensity_jitter > 0 else 0)  # the crop's two columns, after the jitter's
+            centres = brain_crop_centres(images, crop, torch.stack(columns[at:at + 2], 1))
+            theta = crop_affines(theta, centres, size, crop)
             size = (crop, crop)
         grid = affine_grid(theta, *size)
         # Zero padding matches the z-scored background, which the slice step sets to 0.
@@ -94,6 +102,8 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
         masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     else:
         images = images.clone()  # jittered in place below
+    if bias_columns:
+        images = apply_bias_fields(images, drawn[:, -bias_columns:], cfg.bias_field)
     if cfg.intensity_jitter > 0:
         first = 6 if moves else 0
         scale, shift = 1 + columns[first].view(n, 1, 1, 1), columns[first + 1].view(n, 1, 1, 1)
@@ -101,6 +111,24 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
         background = images == 0
         images.mul_(scale).add_(shift).masked_fill_(background, 0)
     return images, masks
+
+
+def apply_bias_fields(images: Tensor, controls: Tensor, strength: float) -> Tensor:
+    """`images` (N, C, H, W) under a smooth multiplicative field per sample and channel, as a scanner's receive-coil
+    inhomogeneity brightens one side of a brain and darkens another: exp(strength x a bicubic surface through a
+    BIAS_GRID x BIAS_GRID grid of `controls` in [-1, 1]), so at `strength` 0.3 a region is scaled by up to ~1.35x.
+
+    A bias field multiplies the scanner's intensities, not z-scores; a z-scored slice no longer knows where zero
+    signal lies, and its darkest brain pixel is the nearest thing it has, so intensities are scaled about that pixel
+    (kept as it is). The background stays 0. The synthetic generator draws such fields (tasks/data/synthetic.py),
+    and one is what made a model paint a tumour on a tumour-free brain (docs/recipes.md)."""
+    n, channels, height, width = images.shape
+    grid = controls.reshape(n, channels, BIAS_GRID, BIAS_GRID)
+    field = torch.exp(strength * F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=True))
+    brain = images != 0
+    darkest = torch.where(brain, images, torch.inf).amin((2, 3), keepdim=True)
+    darkest = torch.where(torch.isfinite(darkest), darkest, 0)  # a blank channel (modality dropout): nothing to scale
+    return ((images - darkest) * field + darkest).masked_fill_(~brain, 0)
 
 
 def brain_crop_centres(images: Tensor, crop: int, jitter: Tensor) -> Tensor:
