@@ -141,6 +141,7 @@ class Augment(_Section):
     # Strength of a smooth multiplicative bias field per sample and channel (0: none; 0.3 scales a region by up to
     # ~1.35x). See tasks/data/augment.py, apply_bias_fields.
     bias_field: float = Field(0.0, ge=0, le=1)
+    bias_field_share: float = Field(1.0, ge=0, le=1)  # share of samples given a field (the others keep theirs flat)
 
 
 class TrainSettings(_Section):

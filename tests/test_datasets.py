@@ -358,3 +358,17 @@ def test_bias_fields_scale_each_brain_smoothly_about_its_darkest_pixel_and_move_
                                    torch.Generator().manual_seed(3), crop=crop)
         assert torch.equal(with_field[1], without[1]) and torch.equal(with_field[0] != 0, without[0] != 0)
         assert not torch.equal(with_field[0], without[0])
+
+
+def test_a_bias_field_share_spares_the_other_samples():
+    from tasks.data.augment import augment_batch
+
+    images, masks = _brain_slices(n=16)
+    plain = Augment(flip=False, rotate_degrees=0, intensity_jitter=0, modality_dropout=0)
+    half = augment_batch(images, masks, plain.model_copy(update={"bias_field": 0.3, "bias_field_share": 0.5}),
+                         torch.Generator().manual_seed(1))[0]
+    changed = ~torch.isclose(half, images, atol=1e-5).flatten(1).all(1)
+    assert 0 < int(changed.sum()) < 16  # some samples got a field, the others none
+    spared = augment_batch(images, masks, plain.model_copy(update={"bias_field": 0.3, "bias_field_share": 0.0}),
+                           torch.Generator().manual_seed(1))[0]
+    assert torch.allclose(spared, images, atol=1e-5)

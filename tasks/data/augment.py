@@ -85,7 +85,11 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
         draws.append(_uniform(2 * total, 1.0, generator).view(total, 2)[part].to(images.dtype))
     bias_columns = images.shape[1] * BIAS_GRID**2 if cfg.bias_field > 0 else 0  # per sample
     if bias_columns:  # after the crop's, for the same reason
-        draws.append(_uniform(total * bias_columns, 1.0, generator).view(total, -1)[part].to(images.dtype))
+        controls = _uniform(total * bias_columns, 1.0, generator).view(total, -1)
+        if cfg.bias_field_share < 1:  # drawn only then: a run giving every sample a field draws what it drew before
+            spared = torch.rand(total, generator=generator) >= cfg.bias_field_share
+            controls[spared] = 0  # a flat field, exp(0) = 1
+        draws.append(controls[part].to(images.dtype))
     drawn = to_device_async(torch.cat(draws, 1), images.device) if draws else None
     columns = list(drawn.unbind(1)) if draws else []
     if moves:
