@@ -1,6 +1,7 @@
 """Training-time augmentation applied to a whole batch at once: random left-right flips, small rotations, smooth
-bias fields (`train.augment.bias_field`) and intensity jitter, with every mask moved by exactly the same transform as its image, and (for the segmentation
-warm-up, `train_seg.crop`) a window around each slice's brain cut by the same resampling.
+bias fields (`train.augment.bias_field`, 0 by default) and intensity jitter, with every mask moved by exactly the same
+transform as its image, and (for the segmentation warm-up, `train_seg.crop`) a window around each slice's brain cut
+by the same resampling.
 
 Equivalent to a torchvision.transforms.v2 pipeline over (Image, tv_tensors.Mask) pairs, but one `grid_sample`
 call per batch instead of one transform per sample: the same randomness per sample, far less Python per step.
@@ -131,7 +132,7 @@ def apply_bias_fields(images: Tensor, controls: Tensor, strength: float) -> Tens
     field = torch.exp(strength * F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=True))
     brain = images != 0
     darkest = torch.where(brain, images, torch.inf).amin((2, 3), keepdim=True)
-    darkest = torch.where(torch.isfinite(darkest), darkest, 0)  # a blank channel (modality dropout): nothing to scale
+    darkest = torch.where(torch.isfinite(darkest), darkest, 0)  # a blank channel (a missing modality): nothing to do
     return ((images - darkest) * field + darkest).masked_fill_(~brain, 0)
 
 
