@@ -76,30 +76,30 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
         raise ValueError(f"a {crop}x{crop} window does not fit {tuple(images.shape[2:])} slices")
     moves = cfg.flip or cfg.rotate_degrees > 0 or crop is not None
     # Every draw first, in this order, on the CPU; then one copy to the images' device. The crop's draws come
-    # after the others, so that runs without a crop draw exactly what they drew before crops existed.
-    draws = []
+    # after the others, so that runs without a crop draw exactly what they drew before crops existed; the bias
+    # fields' after the crop's, for the same reason.
+    draws: dict[str, Tensor] = {}  # name -> (N, columns), in the order drawn
     if moves:
-        draws.append(random_affines(total, cfg, generator)[part].to(images.dtype).flatten(1))
+        draws["affine"] = random_affines(total, cfg, generator)[part].to(images.dtype).flatten(1)
     if cfg.intensity_jitter > 0:
-        draws += [_uniform(total, cfg.intensity_jitter, generator)[part, None] for _ in ("scale", "shift")]
+        for name in ("scale", "shift"):
+            draws[name] = _uniform(total, cfg.intensity_jitter, generator)[part, None]
     if crop is not None:
-        draws.append(_uniform(2 * total, 1.0, generator).view(total, 2)[part].to(images.dtype))
-    bias_columns = images.shape[1] * BIAS_GRID**2 if cfg.bias_field > 0 else 0  # per sample
-    if bias_columns:  # after the crop's, for the same reason
-        controls = _uniform(total * bias_columns, 1.0, generator).view(total, -1)
+        draws["crop"] = _uniform(2 * total, 1.0, generator).view(total, 2)[part].to(images.dtype)
+    if cfg.bias_field > 0:
+        controls = _uniform(total * images.shape[1] * BIAS_GRID**2, 1.0, generator).view(total, -1)
         if cfg.bias_field_share < 1:  # drawn only then: a run giving every sample a field draws what it drew before
             spared = torch.rand(total, generator=generator) >= cfg.bias_field_share
             controls[spared] = 0  # a flat field, exp(0) = 1
-        draws.append(controls[part].to(images.dtype))
-    drawn = to_device_async(torch.cat(draws, 1), images.device) if draws else None
-    columns = list(drawn.unbind(1)) if draws else []
+        draws["bias"] = controls[part].to(images.dtype)
+    if draws:
+        copied = to_device_async(torch.cat(list(draws.values()), 1), images.device)
+        draws = dict(zip(draws, copied.split([d.shape[1] for d in draws.values()], 1)))
     if moves:
-        theta = torch.stack(columns[:6], 1).view(n, 2, 3)
+        theta = draws["affine"].reshape(n, 2, 3)
         size = tuple(images.shape[2:])
         if crop is not None:
-            at = 6 + (2 if cfg.intensity_jitter > 0 else 0)  # the crop's two columns, after the jitter's
-            centres = brain_crop_centres(images, crop, torch.stack(columns[at:at + 2], 1))
-            theta = crop_affines(theta, centres, size, crop)
+            theta = crop_affines(theta, brain_crop_centres(images, crop, draws["crop"]), size, crop)
             size = (crop, crop)
         grid = affine_grid(theta, *size)
         # Zero padding matches the z-scored background, which the slice step sets to 0.
@@ -107,11 +107,10 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
         masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     else:
         images = images.clone()  # jittered in place below
-    if bias_columns:
-        images = apply_bias_fields(images, drawn[:, -bias_columns:], cfg.bias_field)
+    if "bias" in draws:
+        images = apply_bias_fields(images, draws["bias"], cfg.bias_field)
     if cfg.intensity_jitter > 0:
-        first = 6 if moves else 0
-        scale, shift = 1 + columns[first].view(n, 1, 1, 1), columns[first + 1].view(n, 1, 1, 1)
+        scale, shift = 1 + draws["scale"].reshape(n, 1, 1, 1), draws["shift"].reshape(n, 1, 1, 1)
         # The background stays 0, as at inference; in place, as fresh temporaries cost more than the arithmetic.
         background = images == 0
         images.mul_(scale).add_(shift).masked_fill_(background, 0)
