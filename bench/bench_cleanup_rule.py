@@ -7,10 +7,11 @@ A project is a copy kept by `python -m bench --only seeds --keep-seeds DIR`; eac
 (`dvc exp apply seed-N` brings back its data and checkpoints) is one trained quick model. For every BraTS patient of
 the chosen split, the joint model predicts the raw volume once, as /v1/predict/volume does (every axial slice, the
 mask cut evaluate chose on validation, native grid), with no clean-up; each rule below then cleans the whole-tumour
-mask and is scored by the whole-tumour Dice against the truth (BraTS's rule for empty masks). Every component of
-100+ voxels is listed too: its size, its classifier evidence (median, 75th percentile and maximum over its slices),
-and whether it touches the truth (a false lesion does not). `--split test` is for a check after a rule was chosen,
-never for choosing one.
+mask (reading the other regions too: the core rules ask whether the head paints a tumour core inside a component)
+and is scored by the whole-tumour Dice against the truth (BraTS's rule for empty masks). Every component of 100+
+voxels is listed too: its size, its classifier evidence (median, 75th percentile and maximum over its slices), the
+tumour-core and enhancing voxels inside it, and whether it touches the truth (a false lesion does not). `--split
+test` is for a check after a rule was chosen, never for choosing one.
 
 Every synthetic patient has a tumour, so a split cannot show what a rule costs on a brain without one. `--healthy N`
 renders N tumour-free patients (the synthetic generator without its tumour, from a data seed no split uses) and
@@ -35,10 +36,14 @@ HEALTHY_DATA_SEED = 9001  # no split is drawn from it: the seeds swept are 42, 1
 
 
 def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
-    """Rule name → (whole-tumour mask (X, Y, Z), classifier probability per axial plane (Z,)) → cleaned mask."""
+    """Rule name → (region masks (R, X, Y, Z), whole tumour first, classifier probability per axial plane (Z,)) →
+    cleaned whole-tumour mask."""
     from scipy import ndimage
 
     from tasks.inference import postprocess
+
+    def whole_only(rule):
+        return lambda masks, evidence: rule(masks[0], evidence)
 
     def shipped(mask, evidence):
         return postprocess.drop_stray_components(mask, slice_probability=evidence, slice_axis=2)
@@ -76,12 +81,37 @@ def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
             return keep[labels]
         return rule
 
-    return {"median >= 0.7 (shipped)": shipped, "size rule only": size_only, "veto 0.5": veto_at(0.5),
-            "median >= 0.7, else >= 0.5": with_fallback(0.5), "median >= 0.7, else >= 0.3": with_fallback(0.3),
-            "median >= 0.7, else >= 0.1": with_fallback(0.1),
-            # a floor no component misses (a sigmoid probability is never 0 here): the size rule alone decides
-            "median >= 0.7, else the size rule": with_fallback(1e-12),
-            "p75 >= 0.7": quantile_veto(75, 0.7), "p75 >= 0.8": quantile_veto(75, 0.8)}
+    def core_confirms(min_core: int = 0, min_core_share: float = 0.0, floor: float = 0.0):
+        """As shipped, but a component the classifier doubts (median < 0.7, >= `floor`) is confirmed all the same
+        when the segmentation head paints at least `min_core` tumour-core (TC) voxels, and at least `min_core_share`
+        of its own voxels, inside it: the white-matter hyperintensities and bright grey matter that fool the head
+        look like oedema, which has no core."""
+        def rule(masks, evidence):
+            mask = masks[0]
+            labels, count = ndimage.label(mask)
+            if not count:
+                return mask
+            extents = ndimage.find_objects(labels)
+            sizes = np.bincount(labels.ravel(), minlength=count + 1)
+            cores = np.bincount(labels[masks[1]], minlength=count + 1)
+            median = np.array([np.median(evidence[e[2]]) for e in extents])
+            keep = np.zeros(count + 1, dtype=bool)
+            keep[1:] = (median >= postprocess.MIN_SLICE_EVIDENCE) | (
+                (median >= floor) & (cores[1:] >= max(min_core, 1)) & (cores[1:] >= min_core_share * sizes[1:]))
+            if keep.any():
+                keep &= sizes >= postprocess.MIN_COMPONENT_SHARE * sizes[keep].max()
+            return keep[labels]
+        return rule
+
+    whole = {"median >= 0.7 (shipped)": shipped, "size rule only": size_only, "veto 0.5": veto_at(0.5),
+             "median >= 0.7, else >= 0.5": with_fallback(0.5),
+             # a floor no component misses (a sigmoid probability is never 0 here): the size rule alone decides
+             "median >= 0.7, else the size rule": with_fallback(1e-12),
+             "p75 >= 0.8": quantile_veto(75, 0.8)}
+    return ({name: whole_only(rule) for name, rule in whole.items()}
+            | {f"median >= 0.7 or TC >= {n}": core_confirms(n) for n in (1, 100, 300, 1000)}
+            | {f"median >= 0.7 or TC share >= {s}": core_confirms(1, s) for s in (0.05, 0.1, 0.2)}
+            | {"median >= 0.7 or (>= 0.5 and TC >= 100)": core_confirms(100, floor=0.5)})
 
 
 def project_model(project: Path):
@@ -97,14 +127,37 @@ def project_model(project: Path):
             float(metrics["segmentation_threshold"]["value"]))
 
 
-def whole_tumour(predictor, volumes: list[np.ndarray], image_size: int, cut: float) -> tuple[np.ndarray, np.ndarray]:
-    """Display-oriented volumes → the whole-tumour mask on their grid before any clean-up, and the classifier's
-    probability of each axial plane (the clean-up's evidence)."""
+def region_masks(predictor, volumes: list[np.ndarray], image_size: int, cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """Display-oriented volumes → the region masks (R, X, Y, Z), whole tumour first, on their grid before any
+    clean-up, and the classifier's probability of each axial plane (the clean-up's evidence)."""
     from tasks.inference.volume import prepare_channels, predict_slices_tta, to_volume_grid
 
     prediction = predict_slices_tta(predictor, prepare_channels(volumes, image_size))
     masks, _ = to_volume_grid(prediction.region_probability, volumes[0].shape[:3], cut)
-    return masks[0], prediction.classifier_probability.astype(np.float64)
+    if len(masks) < 2:
+        raise SystemExit("the core rules need a model that predicts the tumour core (three regions)")
+    return masks, prediction.classifier_probability.astype(np.float64)
+
+
+def listed_components(masks: np.ndarray, evidence: np.ndarray, truth: np.ndarray | None = None) -> list[dict]:
+    """Every whole-tumour component of LISTED_VOXELS or more, largest first: its size, its classifier evidence
+    (median, 75th percentile and maximum over its planes), the tumour-core (TC) and enhancing (ET) voxels the head
+    paints inside it and, with `truth`, whether it touches the true tumour (a false lesion does not)."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(masks[0])
+    components = []
+    for label, extent in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[extent] == label
+        if (voxels := int(inside.sum())) < LISTED_VOXELS:
+            continue
+        planes = evidence[extent[2]]
+        components.append({"voxels": voxels, "median": round(float(np.median(planes)), 3),
+                           "p75": round(float(np.percentile(planes, 75)), 3), "max": round(float(planes.max()), 3),
+                           "tc_voxels": int(masks[1][extent][inside].sum()),
+                           "et_voxels": int(masks[2][extent][inside].sum()) if len(masks) > 2 else None}
+                          | ({} if truth is None else {"on_truth": bool(truth[extent][inside].any())}))
+    return sorted(components, key=lambda c: -c["voxels"])
 
 
 def healthy_volumes(count: int, data_seed: int = HEALTHY_DATA_SEED,
@@ -130,9 +183,10 @@ def healthy_rows(project: Path, volumes: list[list[np.ndarray]]) -> list[dict]:
                          f"{settings.slice.modalities}")
     candidates, rows = rules(), []
     for index, channels in enumerate(volumes, start=1):
-        mask, evidence = whole_tumour(predictor, channels, settings.active.image_size, cut)
-        rows.append({"volume": index, "predicted_voxels": int(mask.sum()),
-                     "kept_voxels": {name: int(rule(mask, evidence).sum()) for name, rule in candidates.items()}})
+        masks, evidence = region_masks(predictor, channels, settings.active.image_size, cut)
+        rows.append({"volume": index, "predicted_voxels": int(masks[0].sum()),
+                     "kept_voxels": {name: int(rule(masks, evidence).sum()) for name, rule in candidates.items()},
+                     "components": listed_components(masks, evidence)})
     print("  healthy: " + ", ".join(f"{name} {sum(r['kept_voxels'][name] > 0 for r in rows)}" for name in candidates),
           flush=True)
     return rows
@@ -140,8 +194,6 @@ def healthy_rows(project: Path, volumes: list[list[np.ndarray]]) -> list[dict]:
 
 def patient_rows(project: Path, split: str) -> list[dict]:
     """Each BraTS patient of `split`: the Dice of every rule and the listed components."""
-    from scipy import ndimage
-
     from tasks.data.brats_files import find_part
     from tasks.data.orientation import Orientation
     from tasks.data.splits import read_split
@@ -162,22 +214,11 @@ def patient_rows(project: Path, split: str) -> list[dict]:
         volumes = in_display_orientation([v.data for v in loaded], orientation)
         seg_path = find_part(folder, "seg")
         truth = orientation.display(brats2020_labels(load_volume(seg_path, labels=True)[0], seg_path)) > 0
-        mask, evidence = whole_tumour(predictor, volumes, settings.active.image_size, cut)
-        labels, count = ndimage.label(mask)
-        components = []
-        for label, extent in enumerate(ndimage.find_objects(labels), start=1):
-            voxels = int((labels[extent] == label).sum())
-            if voxels < LISTED_VOXELS:
-                continue
-            planes = evidence[extent[2]]
-            components.append({"voxels": voxels, "median": round(float(np.median(planes)), 3),
-                               "p75": round(float(np.percentile(planes, 75)), 3),
-                               "max": round(float(planes.max()), 3),
-                               "on_truth": bool(truth[extent][labels[extent] == label].any())})
+        masks, evidence = region_masks(predictor, volumes, settings.active.image_size, cut)
         rows.append({"patient": patient, "truth_voxels": int(truth.sum()),
-                     "dice": {name: round(brats_dice(rule(mask, evidence), truth), 4)
+                     "dice": {name: round(brats_dice(rule(masks, evidence), truth), 4)
                               for name, rule in candidates.items()},
-                     "components": sorted(components, key=lambda c: -c["voxels"])})
+                     "components": listed_components(masks, evidence, truth)})
         print(f"  {patient}: " + ", ".join(f"{v:.3f}" for v in rows[-1]["dice"].values())
               + f"; components {rows[-1]['components']}", flush=True)
     return rows

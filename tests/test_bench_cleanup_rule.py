@@ -27,11 +27,11 @@ def _evidence(planes: range, value: float, low: float = 0.1) -> np.ndarray:
 def test_a_lone_faint_tumour_is_deleted_by_the_shipped_veto_and_kept_by_a_floor():
     candidates, mask = rules(), _mask(TUMOUR)
     faint = _evidence(range(4, 10), 0.56)
-    assert not candidates["median >= 0.7 (shipped)"](mask, faint).any()
-    np.testing.assert_array_equal(candidates["median >= 0.7, else >= 0.5"](mask, faint), mask)
-    assert not candidates["median >= 0.7, else >= 0.5"](mask, _evidence(range(4, 10), 0.45)).any()
-    np.testing.assert_array_equal(candidates["median >= 0.7, else the size rule"](mask, _evidence(range(4, 10), 0.01)),
-                                  mask)
+    assert not candidates["median >= 0.7 (shipped)"](mask[None], faint).any()
+    np.testing.assert_array_equal(candidates["median >= 0.7, else >= 0.5"](mask[None], faint), mask)
+    assert not candidates["median >= 0.7, else >= 0.5"](mask[None], _evidence(range(4, 10), 0.45)).any()
+    np.testing.assert_array_equal(
+        candidates["median >= 0.7, else the size rule"](mask[None], _evidence(range(4, 10), 0.01)), mask)
 
 
 def test_a_floor_never_keeps_a_lesion_beside_a_confirmed_tumour():
@@ -39,20 +39,40 @@ def test_a_floor_never_keeps_a_lesion_beside_a_confirmed_tumour():
     evidence[12:20] = 0.6
     both = _mask(TUMOUR, FALSE_LESION)
     for name in ("median >= 0.7 (shipped)", "median >= 0.7, else >= 0.5", "median >= 0.7, else the size rule"):
-        np.testing.assert_array_equal(rules()[name](both, evidence), _mask(TUMOUR))
+        np.testing.assert_array_equal(rules()[name](both[None], evidence), _mask(TUMOUR))
     # the size rule alone keeps the larger false lesion and drops the tumour (0.27 of its size)
-    np.testing.assert_array_equal(rules()["size rule only"](both, evidence), _mask(FALSE_LESION))
+    np.testing.assert_array_equal(rules()["size rule only"](both[None], evidence), _mask(FALSE_LESION))
 
 
 def test_the_percentile_rules_read_the_upper_quarter_of_a_components_planes():
     mask = _mask(TUMOUR)
     evidence = _evidence(range(4, 10), 0.2)
     evidence[7:10] = 0.9  # half its planes confident: median 0.55, 75th percentile 0.9
-    np.testing.assert_array_equal(rules()["p75 >= 0.8"](mask, evidence), mask)
-    assert not rules()["median >= 0.7 (shipped)"](mask, evidence).any()
+    np.testing.assert_array_equal(rules()["p75 >= 0.8"](mask[None], evidence), mask)
+    assert not rules()["median >= 0.7 (shipped)"](mask[None], evidence).any()
     one_confident_plane = _evidence(range(4, 10), 0.2)
     one_confident_plane[9] = 0.9  # its maximum is 0.9, its 75th percentile 0.2
-    assert not rules()["p75 >= 0.8"](mask, one_confident_plane).any()
+    assert not rules()["p75 >= 0.8"](mask[None], one_confident_plane).any()
+
+
+def test_the_core_rules_let_a_tumour_core_confirm_a_doubted_component():
+    """Each rule gets every region mask, whole tumour first: the tumour core (the second) may vouch for a component
+    the classifier doubts, by its voxel count or by its share of the component."""
+    mask = _mask(TUMOUR)  # 216 voxels
+    core = _mask((slice(3, 7), slice(5, 9), slice(5, 9)))  # 64 voxels inside it: 30 %
+    doubted = _evidence(range(4, 10), 0.4)
+    regions = np.stack([mask, core])
+    candidates = rules()
+    assert not candidates["median >= 0.7 (shipped)"](regions, doubted).any()
+    np.testing.assert_array_equal(candidates["median >= 0.7 or TC >= 1"](regions, doubted), mask)
+    assert not candidates["median >= 0.7 or TC >= 100"](regions, doubted).any()  # 64 core voxels
+    np.testing.assert_array_equal(candidates["median >= 0.7 or TC share >= 0.2"](regions, doubted), mask)
+    assert not candidates["median >= 0.7 or TC >= 1"](np.stack([mask, np.zeros_like(mask)]), doubted).any()  # no core
+    # the evidence floor: at 0.4 below it, at 0.55 above it, with >= 100 core voxels
+    big_core = np.stack([mask, _mask((slice(3, 8), slice(5, 10), slice(5, 10)))])  # 125 core voxels
+    assert not candidates["median >= 0.7 or (>= 0.5 and TC >= 100)"](big_core, doubted).any()
+    np.testing.assert_array_equal(
+        candidates["median >= 0.7 or (>= 0.5 and TC >= 100)"](big_core, _evidence(range(4, 10), 0.55)), mask)
 
 
 def test_healthy_volumes_are_the_patients_without_their_tumour():
