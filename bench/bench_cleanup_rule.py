@@ -66,49 +66,45 @@ def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
         return lambda mask, evidence: postprocess.drop_stray_components(mask, slice_probability=evidence,
                                                                         slice_axis=2, min_evidence=threshold)
 
+    def confirm_then_size(masks, evidence, confirm):
+        """Keep the whole tumour's components that `confirm` accepts, then apply the shipped size rule among them.
+        `confirm(planes, voxels, core_voxels)`: each component's evidence over its planes, its size and the tumour-core
+        voxels inside it (0 for a whole-tumour-only model) → which to keep."""
+        labels, count = ndimage.label(masks[0])
+        if not count:
+            return masks[0]
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        cores = (np.bincount(labels[masks[1]], minlength=count + 1) if len(masks) > 1
+                 else np.zeros(count + 1, dtype=np.int64))
+        keep = np.zeros(count + 1, dtype=bool)
+        keep[1:] = confirm([evidence[e[2]] for e in ndimage.find_objects(labels)], sizes[1:], cores[1:])
+        if keep.any():
+            keep &= sizes >= postprocess.MIN_COMPONENT_SHARE * sizes[keep].max()
+        return keep[labels]
+
     def quantile_veto(q: float, threshold: float):
         """As shipped, but a component's evidence is the q-th percentile over its planes instead of the median."""
-        def rule(mask, evidence):
-            labels, count = ndimage.label(mask)
-            if not count:
-                return mask
-            extents = ndimage.find_objects(labels)
-            keep = np.zeros(count + 1, dtype=bool)
-            keep[1:] = [np.percentile(evidence[e[2]], q) >= threshold for e in extents]
-            sizes = np.bincount(labels.ravel(), minlength=count + 1)
-            if keep.any():
-                keep &= sizes >= postprocess.MIN_COMPONENT_SHARE * sizes[keep].max()
-            return keep[labels]
-        return rule
+        return lambda masks, evidence: confirm_then_size(
+            masks, evidence, lambda planes, _, __: np.array([np.percentile(p, q) >= threshold for p in planes]))
 
     def core_confirms(min_core: int = 0, min_core_share: float = 0.0, floor: float = 0.0):
         """As shipped, but a component the classifier doubts (median < 0.7, >= `floor`) is confirmed all the same
         when the segmentation head paints at least `min_core` tumour-core (TC) voxels, and at least `min_core_share`
         of its own voxels, inside it: the white-matter hyperintensities and bright grey matter that fool the head
         look like oedema, which has no core."""
-        def rule(masks, evidence):
-            mask = masks[0]
-            labels, count = ndimage.label(mask)
-            if not count:
-                return mask
-            extents = ndimage.find_objects(labels)
-            sizes = np.bincount(labels.ravel(), minlength=count + 1)
-            cores = np.bincount(labels[masks[1]], minlength=count + 1)
-            median = np.array([np.median(evidence[e[2]]) for e in extents])
-            keep = np.zeros(count + 1, dtype=bool)
-            keep[1:] = (median >= postprocess.MIN_SLICE_EVIDENCE) | (
-                (median >= floor) & (cores[1:] >= max(min_core, 1)) & (cores[1:] >= min_core_share * sizes[1:]))
-            if keep.any():
-                keep &= sizes >= postprocess.MIN_COMPONENT_SHARE * sizes[keep].max()
-            return keep[labels]
-        return rule
+        def confirm(planes, sizes, cores):
+            median = np.array([np.median(p) for p in planes])
+            return (median >= postprocess.MIN_SLICE_EVIDENCE) | (
+                (median >= floor) & (cores >= max(min_core, 1)) & (cores >= min_core_share * sizes))
+        return lambda masks, evidence: confirm_then_size(masks, evidence, confirm)
 
     whole = {"median >= 0.7 (shipped)": shipped, "size rule only": size_only, "veto 0.5": veto_at(0.5),
-             "median >= 0.7, else >= 0.5": with_fallback(0.5),
+             "median >= 0.7, else >= 0.5": with_fallback(0.5), "median >= 0.7, else >= 0.3": with_fallback(0.3),
+             "median >= 0.7, else >= 0.1": with_fallback(0.1),
              # a floor no component misses (a sigmoid probability is never 0 here): the size rule alone decides
-             "median >= 0.7, else the size rule": with_fallback(1e-12),
-             "p75 >= 0.8": quantile_veto(75, 0.8)}
+             "median >= 0.7, else the size rule": with_fallback(1e-12)}
     return ({name: whole_only(rule) for name, rule in whole.items()}
+            | {"p75 >= 0.7": quantile_veto(75, 0.7), "p75 >= 0.8": quantile_veto(75, 0.8)}
             | {f"median >= 0.7 or TC >= {n}": core_confirms(n) for n in (1, 100, 300, 1000)}
             | {f"median >= 0.7 or TC share >= {s}": core_confirms(1, s) for s in (0.05, 0.1, 0.2)}
             | {"median >= 0.7 or (>= 0.5 and TC >= 100)": core_confirms(100, floor=0.5)})
@@ -128,14 +124,13 @@ def project_model(project: Path):
 
 
 def region_masks(predictor, volumes: list[np.ndarray], image_size: int, cut: float) -> tuple[np.ndarray, np.ndarray]:
-    """Display-oriented volumes → the region masks (R, X, Y, Z), whole tumour first, on their grid before any
-    clean-up, and the classifier's probability of each axial plane (the clean-up's evidence)."""
+    """Display-oriented volumes → the region masks (R, X, Y, Z), whole tumour first (R = 1 for a model of the whole
+    tumour alone), on their grid before any clean-up, and the classifier's probability of each axial plane (the
+    clean-up's evidence)."""
     from tasks.inference.volume import prepare_channels, predict_slices_tta, to_volume_grid
 
     prediction = predict_slices_tta(predictor, prepare_channels(volumes, image_size))
     masks, _ = to_volume_grid(prediction.region_probability, volumes[0].shape[:3], cut)
-    if len(masks) < 2:
-        raise SystemExit("the core rules need a model that predicts the tumour core (three regions)")
     return masks, prediction.classifier_probability.astype(np.float64)
 
 
@@ -154,7 +149,8 @@ def listed_components(masks: np.ndarray, evidence: np.ndarray, truth: np.ndarray
         planes = evidence[extent[2]]
         components.append({"voxels": voxels, "median": round(float(np.median(planes)), 3),
                            "p75": round(float(np.percentile(planes, 75)), 3), "max": round(float(planes.max()), 3),
-                           "tc_voxels": int(masks[1][extent][inside].sum()),
+                           # None: a whole-tumour-only model paints no core
+                           "tc_voxels": int(masks[1][extent][inside].sum()) if len(masks) > 1 else None,
                            "et_voxels": int(masks[2][extent][inside].sum()) if len(masks) > 2 else None}
                           | ({} if truth is None else {"on_truth": bool(truth[extent][inside].any())}))
     return sorted(components, key=lambda c: -c["voxels"])

@@ -68,6 +68,9 @@ def test_the_core_rules_let_a_tumour_core_confirm_a_doubted_component():
     assert not candidates["median >= 0.7 or TC >= 100"](regions, doubted).any()  # 64 core voxels
     np.testing.assert_array_equal(candidates["median >= 0.7 or TC share >= 0.2"](regions, doubted), mask)
     assert not candidates["median >= 0.7 or TC >= 1"](np.stack([mask, np.zeros_like(mask)]), doubted).any()  # no core
+    assert not candidates["median >= 0.7 or TC >= 1"](mask[None], doubted).any()  # a whole-tumour-only model: none
+    np.testing.assert_array_equal(candidates["median >= 0.7 or TC >= 1"](mask[None], _evidence(range(4, 10), 0.9)),
+                                  mask)
     # the evidence floor: at 0.4 below it, at 0.55 above it, with >= 100 core voxels
     big_core = np.stack([mask, _mask((slice(3, 8), slice(5, 10), slice(5, 10)))])  # 125 core voxels
     assert not candidates["median >= 0.7 or (>= 0.5 and TC >= 100)"](big_core, doubted).any()
