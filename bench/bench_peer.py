@@ -26,6 +26,7 @@ both sides' training noise counts alike.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -40,8 +41,15 @@ from tasks import paths
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 16
-EXTRA_PEER_SEEDS = (1, 2)  # trained after the project's own seed, as the seed sweep's first seeds
+PEER_RUNS = 3  # peer runs by default: the project's seed, then the first of 1, 2, 3, ... that differ from it
 
+
+
+def default_peer_seeds(project_seed: int, runs: int = PEER_RUNS) -> list[int]:
+    """The project's seed, then the seed sweep's first seeds (1, 2, 3, ...) other than it: `runs` peer runs whatever
+    the project's seed (a project of seed 1 once got two, its own and 2, and their median was their mean)."""
+    others = (s for s in itertools.count(1) if s != project_seed)
+    return [project_seed, *itertools.islice(others, runs - 1)]
 
 class SegmentationOnly(nn.Module):
     """A plain segmentation network in the predictor's two-head shape (its tumour score: the largest pixel logit)."""
@@ -132,7 +140,7 @@ def mean_test_slice_dice(model: nn.Module, processed: Path, rows: pd.DataFrame) 
 
 def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int] | None = None,
         quick_checkpoints: list[Path] | None = None) -> dict:
-    """`peer_seeds`: one peer run each (default: the project's seed and EXTRA_PEER_SEEDS); `quick_checkpoints`: the
+    """`peer_seeds`: one peer run each (default: `default_peer_seeds`); `quick_checkpoints`: the
     quick models to score (default: the project's checkpoints/joint/best.pt)."""
     from tasks.config import load_settings
     from tasks.data.datasets import load_slices
@@ -145,7 +153,7 @@ def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int
         settings = load_settings("params.yaml")
         processed, splits = Path("data/processed"), Path("data/splits")
         budget, budget_cpu = (seconds, None) if seconds is not None else training_seconds(Path("reports/training"))
-        seeds = peer_seeds or [settings.seed, *(s for s in EXTRA_PEER_SEEDS if s != settings.seed)]
+        seeds = peer_seeds or default_peer_seeds(settings.seed)
         train = load_slices(processed, read_split("train", splits), ("brats",))
         test_rows = brats_test_rows(processed, splits)
         runs = []
@@ -199,7 +207,7 @@ def main() -> None:
     parser.add_argument("--project", type=Path, default=REPO, help="a project whose pipeline has run")
     parser.add_argument("--seconds", type=float, help="training budget (default: the quick model's training time)")
     parser.add_argument("--peer-seeds", type=int, nargs="+", help="one peer run per seed (default: the project's "
-                        f"seed, then {', '.join(map(str, EXTRA_PEER_SEEDS))})")
+                        f"seed, then the first {PEER_RUNS - 1} of 1, 2, 3, ... other than it)")
     parser.add_argument("--quick-checkpoints", type=Path, nargs="+", help="quick models (joint best.pt files) trained "
                         "on the project's data with other training seeds; their median faces the peer's "
                         "(default: the project's own)")

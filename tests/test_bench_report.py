@@ -392,6 +392,17 @@ def test_the_peer_ratio_uses_the_median_peer_run_and_reports_their_range():
     assert row[2].endswith("over them; 0.94 on another data set)")
 
 
+def test_the_peer_runs_three_times_by_default_whatever_the_projects_seed():
+    """The project's seed first, then the first others of 1, 2, 3, ...: a project of seed 1 or 2 once got two runs
+    (its own seed and the other), and the "median" of two was their mean."""
+    from bench.bench_peer import default_peer_seeds
+
+    assert default_peer_seeds(42) == [42, 1, 2] and default_peer_seeds(4) == [4, 1, 2]  # as the recorded runs had
+    assert default_peer_seeds(1) == [1, 2, 3] and default_peer_seeds(2) == [2, 1, 3]
+    assert default_peer_seeds(3) == [3, 1, 2]
+    assert default_peer_seeds(7, runs=1) == [7]
+
+
 def test_a_peer_budget_from_a_training_on_a_busy_machine_is_flagged(tmp_path):
     """The peer gets the training's wall seconds; when other work shared the machine, the training kept fewer CPU
     seconds busy per wall second than the peer does alone, and the report and its README row say the budget is too
