@@ -175,6 +175,9 @@ class SegStageSettings(_Section):
     # Side of the square window around the brain that each training sample is cut to, as a share of the slice's
     # side (1: whole slices); tasks/data/augment.py, docs/recipes.md.
     crop: float = Field(1.0, gt=0, le=1)
+    # This stage's bias-field strength instead of train.augment.bias_field (None: that one). The later stages also
+    # train the classifier, whose evidence the volume clean-up reads; docs/recipes.md.
+    bias_field: float | None = Field(None, ge=0, le=1)
 
 
 class ClsStageSettings(_Section):

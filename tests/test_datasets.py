@@ -19,7 +19,7 @@ from tasks.data.datasets import ShardSlices, collate_slices, load_slices, stage_
 from tasks.data.loaders import batches_in_order, training_loader
 from tasks.data.shards import MANIFEST_COLUMNS, Shard, ShardRowReader, manifest_rows, read_shard, write_shard
 from tasks.data.splits import read_split
-from tests.conftest import REPO
+from tests.conftest import REPO, with_section
 
 
 def _shard(rows: int, channels: int = 2, size: int = 16, seed: int = 0) -> Shard:
@@ -319,6 +319,20 @@ def _seg_plan(crop: float):
 
     return mock.Mock(spec=StagePlan, stage="seg", stage_params=SegStageSettings(crop=crop),
                      model=UNetConfig(in_channels=4, base_channels=8, depth=4))
+
+
+@pytest.mark.parametrize("own, expected_seg", [(None, 0.15), (0.3, 0.3), (0.0, 0.0)])
+def test_train_seg_may_set_its_own_bias_field_and_the_later_stages_keep_the_shared_one(tiny_settings, own,
+                                                                                      expected_seg):
+    from tasks.training.plan import plan_stage, stage_augment
+
+    shared = tiny_settings.train.augment.model_copy(update={"bias_field": 0.15})
+    settings = with_section(with_section(tiny_settings, "train", augment=shared), "train_seg", bias_field=own)
+    strengths = {stage: stage_augment(plan_stage(settings, stage)).bias_field for stage in ("seg", "cls", "joint")}
+    assert strengths == {"seg": expected_seg, "cls": 0.15, "joint": 0.15}
+    # nothing else of the shared augmentation moves
+    seg = stage_augment(plan_stage(settings, "seg"))
+    assert seg.model_dump(exclude={"bias_field"}) == shared.model_dump(exclude={"bias_field"})
 
 
 def test_a_crop_too_small_for_the_model_is_a_clear_error():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from models.unet import UNetConfig
 from tasks import paths
-from tasks.config import ClsStageSettings, JointStageSettings, SegStageSettings, Settings, TrainSettings
+from tasks.config import Augment, ClsStageSettings, JointStageSettings, SegStageSettings, Settings, TrainSettings
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import model_config_for
 from tasks.io import code_identity, sha256_file
@@ -97,6 +97,13 @@ def plan_stage(settings: Settings, stage: str) -> StagePlan:
         history_path=paths.history_file(stage),
         init_checkpoint=paths.best_checkpoint(previous) if previous else None,
     )
+
+
+def stage_augment(plan: StagePlan) -> Augment:
+    """The augmentation this stage's training batches get: train.augment, with the stage's own bias-field strength
+    where it sets one (`train_seg.bias_field`)."""
+    own = getattr(plan.stage_params, "bias_field", None)
+    return plan.train.augment if own is None else plan.train.augment.model_copy(update={"bias_field": own})
 
 
 def crop_side(plan: StagePlan, image_size: tuple[int, int]) -> int | None:

@@ -47,7 +47,7 @@ from tasks.tracking.tracker import NullTracker, Tracker, tracked_step
 from tasks.training.device import augments_on_device, pick_device, place_model
 from tasks.training.distributed import Ranks, launched_rank, training_processes
 from tasks.training.optimizer import make_optimizer
-from tasks.training.plan import PREVIOUS_STAGE, StagePlan, crop_side, plan_stage
+from tasks.training.plan import PREVIOUS_STAGE, StagePlan, crop_side, plan_stage, stage_augment
 from tasks.training.resume import resume_state, save_epoch, stops_early, write_history
 from tasks.training.steps import FOLLOWED_METRIC, StageLoss, StageRunner, followed_metric, metric_of
 
@@ -99,7 +99,7 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
     loader = training_loader(train_set, plan.train.batch_size, generator, plan.train.num_workers,
                              getattr(plan.stage_params, "kaggle_share", None),
                              getattr(plan.stage_params, "foreground_share", 0.0),
-                             pin_memory=plan.train.pin_memory and device.type == "cuda", augment=plan.train.augment,
+                             pin_memory=plan.train.pin_memory and device.type == "cuda", augment=stage_augment(plan),
                              part=ranks.part, augment_on_device=augments_on_device(plan.train, device),
                              crop=crop_side(plan, train_set.image_shape[1:]))
     # what the last validation row followed (a resumed run's too), the stage's own before any
