@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import re
 import statistics
@@ -93,10 +94,10 @@ def figure(metrics: dict, section: str, key: str) -> float:
     return nested_value(metrics, f"{section}.{key}")
 
 
-def experiment_intervals(project: Path, seeds: tuple[int, ...]) -> dict[str, dict[str, list[float]]]:
-    """seed → {target figure: its 95 % interval}, read from each `seed-N` experiment's commit: `dvc exp show` leaves
-    out list values such as metrics.json's `ci95`. The newest experiment of that name when there are several; a seed
-    without one, or with an evaluate too old to write intervals, gets none."""
+def committed_reports(project: Path, seeds: tuple[int, ...]) -> dict[str, dict]:
+    """seed → its `seed-N` experiment's reports/metrics.json, read from the experiment's commit: `dvc exp show`
+    leaves out list values such as `ci95` and the mask cut's validation table. The newest experiment of that name
+    when there are several; a seed without one is left out."""
     refs = subprocess.run(["git", "for-each-ref", "--sort=-committerdate", "--format=%(refname)", "refs/exps"],
                           cwd=project, capture_output=True, text=True, check=True).stdout.split()
     out = {}
@@ -104,11 +105,28 @@ def experiment_intervals(project: Path, seeds: tuple[int, ...]) -> dict[str, dic
         ref = next((r for r in refs if r.rsplit("/", 1)[-1] == f"seed-{seed}"), None)
         shown = ref and subprocess.run(["git", "show", f"{ref}:reports/metrics.json"], cwd=project,
                                        capture_output=True, text=True)
-        if not shown or shown.returncode != 0:
-            continue
-        ci95 = json.loads(shown.stdout).get("ci95") or {}
-        out[str(seed)] = {name: ci95[key] for name, key in INTERVAL_KEYS.items() if ci95.get(key)}
+        if shown and shown.returncode == 0:
+            out[str(seed)] = json.loads(shown.stdout)
     return out
+
+
+def experiment_intervals(reports: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
+    """seed → {target figure: its 95 % interval} from `committed_reports`; a seed whose evaluate was too old to
+    write intervals gets none."""
+    out = {}
+    for seed, metrics in reports.items():
+        ci95 = metrics.get("ci95") or {}
+        out[seed] = {name: ci95[key] for name, key in INTERVAL_KEYS.items() if ci95.get(key)}
+    return out
+
+
+def validation_at_cut(metrics: dict) -> dict[str, float]:
+    """The validation patients' slice and re-stacked volume Dice at the mask cut evaluate chose on them (its
+    `segmentation_threshold.validation` table): what a recipe is chosen on, the test figures being reported only.
+    {} when the cut was fixed rather than chosen."""
+    section = metrics.get("segmentation_threshold") or {}
+    row = next((r for r in section.get("validation") or [] if math.isclose(r["threshold"], section["value"])), None)
+    return {"val_slice_dice": row["slice_dice"], "val_volume_dice": row["volume_dice"]} if row else {}
 
 
 def interval_verdict(per_seed: dict[str, dict]) -> bool | None:
@@ -153,7 +171,8 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
     show = subprocess.run([str(DVC), "exp", "show", "--json"], cwd=project, capture_output=True, text=True, check=True)
     by_name = experiment_metrics(json.loads(show.stdout))
     per_seed = {seed: by_name[f"seed-{seed}"] for seed in seeds}
-    intervals = experiment_intervals(project, seeds)
+    reports = committed_reports(project, seeds)
+    intervals = experiment_intervals(reports)
     if keep is None:
         subprocess.run(["rm", "-rf", str(folder)], check=False)
     cpu = cpu_description()
@@ -161,6 +180,7 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
         cpu["bf16_autocast"] = False
     rows = {str(seed): {name: figure(m, section, key) for name, section, key in FIGURES}
             | ({"ci95": intervals[str(seed)]} if intervals.get(str(seed)) else {})
+            | validation_at_cut(reports.get(str(seed), {}))
             # how the photos were judged: sweeps before 2026-12-05 judged them at the in-volume threshold
             | {"photos_at": figure(m, "classification_threshold", "photos_at") or "value"}
             for seed, m in per_seed.items()}

@@ -305,7 +305,7 @@ def git_experiment(project, name: str, ci95: dict, date: str) -> None:
 def test_each_seeds_intervals_come_from_its_newest_experiment_commit(tmp_path):
     import subprocess
 
-    from bench.bench_seeds import experiment_intervals, interval_verdict
+    from bench.bench_seeds import committed_reports, experiment_intervals, interval_verdict
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     wide = {"classification.accuracy": [0.85, 0.93], "segmentation.dice": [0.79, 0.86],
@@ -313,13 +313,25 @@ def test_each_seeds_intervals_come_from_its_newest_experiment_commit(tmp_path):
     git_experiment(tmp_path, "seed-3", wide | {"segmentation.dice": [0.5, 0.6]}, "2026-12-01T10:00:00+00:00")
     git_experiment(tmp_path, "seed-3", wide, "2026-12-02T10:00:00+00:00")  # the sweep run again: this one counts
     git_experiment(tmp_path, "seed-4", {"classification.accuracy": [0.80, 0.89]}, "2026-12-02T11:00:00+00:00")
-    intervals = experiment_intervals(tmp_path, (3, 4, 7))
+    intervals = experiment_intervals(committed_reports(tmp_path, (3, 4, 7)))
     assert intervals["3"] == {"accuracy": [0.85, 0.93], "slice_dice": [0.79, 0.86], "volume_dice": [0.88, 0.95]}
     assert intervals["4"] == {"accuracy": [0.80, 0.89]} and "7" not in intervals  # seed 7 never ran
     # seed 3 misses nothing beyond its interval; seed 4's accuracy interval ends below 0.90: a real miss
     assert interval_verdict({"3": {"ci95": intervals["3"]}}) is True
     assert interval_verdict({seed: {"ci95": ci} for seed, ci in intervals.items()}) is False
     assert interval_verdict({"3": {"accuracy": 0.9}}) is None  # a sweep from before intervals were read
+
+
+def test_a_seeds_validation_figures_are_those_at_the_mask_cut_evaluate_chose():
+    from bench.bench_seeds import validation_at_cut
+
+    table = [{"threshold": 0.5, "slice_dice": 0.81, "volume_dice": 0.90},
+             {"threshold": 0.75, "slice_dice": 0.86, "volume_dice": 0.93}]
+    chosen = {"segmentation_threshold": {"value": 0.75, "rule": "validation", "validation": table}}
+    assert validation_at_cut(chosen) == {"val_slice_dice": 0.86, "val_volume_dice": 0.93}
+    # a fixed cut has no validation table: no figure rather than a made-up one
+    assert validation_at_cut({"segmentation_threshold": {"value": 0.5, "rule": "fixed"}}) == {}
+    assert validation_at_cut({}) == {}
 
 
 def test_the_seed_table_shows_each_seeds_interval_and_says_whether_a_miss_is_beyond_it():
