@@ -44,6 +44,7 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
     judges a slice sent alone by): a slice counts once as a mismatch when either decision differs."""
     thresholds = [threshold] + ([lone_slice_threshold] if lone_slice_threshold not in (None, threshold) else [])
     max_seg = max_cls = 0.0
+    tolerance_used = 0.0  # the largest |difference| / (atol + rtol x |torch logit|): at most 1 passes
     n = mismatches = 0
     overlap = area_torch = area_onnx = 0  # per region channel (numpy arrays once the first batch is in)
     with Progress(transient=True) as progress, torch.inference_mode():
@@ -57,6 +58,8 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                 # A NaN difference is infinite (max(0.0, nan) is 0.0): non-finite logits on either side fail parity.
                 max_seg = max(max_seg, _largest_difference(seg_t, seg_o))
                 max_cls = max(max_cls, _largest_difference(cls_t, cls_o.reshape(cls_t.shape)))
+                tolerance_used = max(tolerance_used, _tolerance_used(seg_t, seg_o, cfg),
+                                     _tolerance_used(cls_t, cls_o.reshape(cls_t.shape), cfg))
                 prob_t, prob_o = sigmoid(seg_t), sigmoid(seg_o)
                 score_t = slice_probability(sigmoid(cls_t).reshape(-1), prob_t, slice_score)
                 score_o = slice_probability(sigmoid(cls_o).reshape(-1), prob_o, slice_score)
@@ -71,12 +74,24 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
     region_dice = [1.0 if t + o == 0 else 2 * float(v) / float(t + o) for v, t, o in zip(overlap, area_torch, area_onnx)]
     dice = min(region_dice)  # every region channel must agree, not just their pooled pixels
     max_diff = max(max_seg, max_cls)
-    passed = max_diff <= cfg.parity_atol and mismatches == 0 and dice >= cfg.parity_min_dice
+    passed = tolerance_used <= 1 and mismatches == 0 and dice >= cfg.parity_min_dice
     return {"passed": passed, "n_slices": n, "max_abs_diff": max_diff, "max_abs_diff_seg": max_seg,
-            "max_abs_diff_cls": max_cls, "atol": cfg.parity_atol, "decision_mismatches": mismatches,
+            "max_abs_diff_cls": max_cls, "atol": cfg.parity_atol, "rtol": cfg.parity_rtol,
+            "tolerance_used": tolerance_used, "decision_mismatches": mismatches,
             "threshold": threshold, "slice_score": slice_score, "mask_threshold": mask_threshold, "mask_dice": dice,
             "mask_dice_per_region": dict(zip(REGIONS, region_dice)) if len(region_dice) > 1 else {"wt": dice},
             "min_mask_dice": cfg.parity_min_dice}
+
+
+def _tolerance_used(torch_logits: np.ndarray, onnx_logits: np.ndarray, cfg: ExportSettings) -> float:
+    """The largest share of its allowance (atol + rtol x |torch logit|) that any logit's difference takes; infinity
+    when either side is not finite."""
+    if not (np.isfinite(torch_logits).all() and np.isfinite(onnx_logits).all()):
+        return float("inf")
+    if not torch_logits.size:
+        return 0.0
+    allowed = cfg.parity_atol + cfg.parity_rtol * np.abs(torch_logits)
+    return float((np.abs(torch_logits - onnx_logits) / allowed).max())
 
 
 def _largest_difference(a: np.ndarray, b: np.ndarray) -> float:

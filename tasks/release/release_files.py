@@ -88,7 +88,9 @@ def parity_detail(parity: dict) -> str:
     """The numbers behind the parity verdict, with their limits."""
     if "max_abs_diff" not in parity:
         return "no parity result in the export report"
-    return (f"max |logit diff| {parity['max_abs_diff']:.1e} (limit {parity['atol']:.0e}), "
+    limit = f"atol {parity['atol']:.0e}" + (f" + rtol {parity['rtol']:.0e} x |logit|, {parity['tolerance_used']:.2f} "
+                                            "of it used" if "tolerance_used" in parity else "")
+    return (f"max |logit diff| {parity['max_abs_diff']:.1e} (limit {limit}), "
             f"{parity['decision_mismatches']} decision mismatches, mask Dice {parity['mask_dice']:.4f} "
             f"(min {parity['min_mask_dice']})")
 
