@@ -127,7 +127,7 @@ def gate_settings_digest(settings: Settings, release: Release) -> str:
     new gate too) and the parity limits the reason shows (parity_detail: the export report's own)."""
     parity = release.export_report.get("parity", {})
     gate = {"promotion": settings.promotion.model_dump(mode="json"), "criteria": [c[0] for c in QUALITY_CRITERIA],
-            "parity": [parity.get("atol"), parity.get("min_mask_dice")]}
+            "parity": [parity.get("atol"), parity.get("rtol"), parity.get("min_mask_dice")]}
     return hashlib.sha256(json.dumps(gate, sort_keys=True).encode()).hexdigest()[:16]
 
 
