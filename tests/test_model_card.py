@@ -115,3 +115,13 @@ def test_card_says_photos_are_served_at_another_threshold_only_when_their_figure
         {"classification": {"threshold": 0.6}, **subgroups,
          "classification_threshold": {"value": 0.6, "lone_slice_value": 0.68, "photos_at": "lone_slice_value"}})
     assert "errs (test split, same threshold)" in card({"classification": {"threshold": 0.6}, **subgroups})
+
+
+def test_card_says_how_much_of_the_parity_tolerance_the_logits_used():
+    parity = EXPORT["parity"] | {"max_abs_diff": 1.9e-5, "atol": 1e-4, "rtol": 1e-4, "tolerance_used": 0.1}
+    text = render_model_card(model_name="slicewise", version="3", profile="quick", data_source="synthetic",
+                             image_size=128, modalities=["flair"], splits={}, metrics={"classification": {}},
+                             export_report=EXPORT | {"parity": parity},
+                             decision=SimpleNamespace(promoted=True, criteria=["ok"]), tags={})
+    assert "max |logit difference| 1.90e-05 (0.10 of what atol 1e-04 + rtol 1e-04 x |logit| allows)" in text
+    assert "of what atol" not in card({"classification": {}})  # an export report from before rtol: no such claim

@@ -125,8 +125,10 @@ def _export_section(export_report: dict) -> list[str]:
         checked = parity["n_slices"]
         if parity.get("test_slices", checked) > checked:  # parity_max_slices of them, evenly spaced
             checked = f"{checked} (evenly spaced) of the {parity['test_slices']}"
+        used = (f" ({parity['tolerance_used']:.2f} of what atol {parity['atol']:.0e} + rtol {parity['rtol']:.0e} x "
+                "|logit| allows)" if "tolerance_used" in parity else "")
         lines = [f"{opset}; parity with torch on {checked} test slices: max |logit difference| "
-                 f"{parity['max_abs_diff']:.2e}, {parity['decision_mismatches']} decision mismatches, mask Dice "
+                 f"{parity['max_abs_diff']:.2e}{used}, {parity['decision_mismatches']} decision mismatches, mask Dice "
                  f"{parity['mask_dice']:.5f}."]
     if latency:
         lines += ["", "| engine (CPU) | batch 1 p50 / p95 ms | batch 8 p50 / p95 ms per slice |", "|---|---|---|"]
