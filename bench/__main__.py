@@ -442,15 +442,18 @@ def seeds_markdown(seeds: dict) -> str:
                      f"{with_interval(row, 'slice_dice')} | {with_interval(row, 'volume_dice')} | "
                      f"{row['hd95_mm']:.1f} | {regions(row)} | {seeds['pipeline_seconds'][str(seed)]:.0f} |")
     summary = seeds["summary"]
-    cells = [f"{summary[k]['min']:.3f} / {summary[k]['median']:.3f} / {summary[k]['max']:.3f}"
-             for k in ("accuracy", "sensitivity", "slice_dice", "volume_dice")]
-    hd = summary["hd95_mm"]
-    tc_et = (f"{summary['tc_dice']['median']:.3f} / {summary['et_dice']['median']:.3f} (medians)"
-             if "tc_dice" in summary else "–")
-    lines.append(f"| min / median / max | {' | '.join(cells)} | {hd['min']:.1f} / {hd['median']:.1f} / "
-                 f"{hd['max']:.1f} | {tc_et} | |")
+    if "accuracy" in summary:  # at least one seed's pipeline finished
+        cells = [f"{summary[k]['min']:.3f} / {summary[k]['median']:.3f} / {summary[k]['max']:.3f}"
+                 for k in ("accuracy", "sensitivity", "slice_dice", "volume_dice")]
+        hd = summary["hd95_mm"]
+        tc_et = (f"{summary['tc_dice']['median']:.3f} / {summary['et_dice']['median']:.3f} (medians)"
+                 if "tc_dice" in summary else "–")
+        lines.append(f"| min / median / max | {' | '.join(cells)} | {hd['min']:.1f} / {hd['median']:.1f} / "
+                     f"{hd['max']:.1f} | {tc_et} | |")
     verdict = "met" if summary["every_seed_meets_targets"] else "not met"
     lines += ["", f"Every seed meets the targets: **{verdict}**."]
+    for seed, reason in (seeds.get("failed_seeds") or {}).items():
+        lines[-1] += f" Seed {seed}'s pipeline failed, so it has no model: `{reason}`."
     if (within := summary.get("no_seed_interval_below_targets")) is not None:
         lines[-1] += (" In brackets: each seed's 95 % interval (its test patients resampled). "
                       + ("No seed's interval lies wholly below a target." if within
@@ -472,17 +475,19 @@ def sweeps_side_by_side(by_cpu: dict) -> str:
     def cell(sweep: dict, seed: str) -> str:
         row = sweep["per_seed"].get(seed)
         if row is None:
-            return "–"
+            return "**pipeline failed**" if seed in (sweep.get("failed_seeds") or {}) else "–"
         return " / ".join(f"**{row[name]:.3f}**" if row[name] < sweep["targets"][name] else f"{row[name]:.3f}"
                           for name in TARGETS)
 
     def met(sweep: dict) -> str:
         pairs = [row[name] >= sweep["targets"][name] for row in sweep["per_seed"].values() for name in TARGETS]
+        pairs += [False] * len(TARGETS) * len(sweep.get("failed_seeds") or {})  # no model meets no target
         return f"{sum(pairs)} of {len(pairs)}"
 
     header = [f"{family} ({sweep.get('date') or 'date not recorded'}, commit {sweep.get('commit') or 'not recorded'})"
               for family, sweep in sweeps.items()]
-    seeds = list(dict.fromkeys(seed for sweep in sweeps.values() for seed in sweep["per_seed"]))
+    seeds = list(dict.fromkeys(seed for sweep in sweeps.values()
+                               for seed in [*sweep["per_seed"], *(sweep.get("failed_seeds") or {})]))
     lines = ["The latest sweep on each CPU family, accuracy / slice Dice / volume Dice, below a target in bold (a "
              "sweep from before a recipe change measured that earlier recipe: its date and commit say which):", "",
              f"| seed | {' | '.join(header)} |", "|---" * (len(header) + 1) + "|"]

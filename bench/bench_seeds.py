@@ -158,19 +158,10 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
     folder = keep or Path(tempfile.mkdtemp(prefix="bench-seeds-"))
     folder.mkdir(parents=True, exist_ok=True)
     project = copy_project(folder, tiny=False)  # tracking off: register only runs the gate
-    seconds = {}
-    for seed in seeds:
-        started = time.perf_counter()
-        sets = [arg for item in (f"seed={seed}", *overrides) for arg in ("-S", item)]
-        done = subprocess.run([str(DVC), "exp", "run", *sets, "-n", f"seed-{seed}"], cwd=project,
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"dvc exp run for seed {seed} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        seconds[seed] = round(time.perf_counter() - started, 1)
-        print(f"seed {seed}: {seconds[seed]} s", flush=True)
+    seconds, failed = run_experiments(project, seeds, overrides)
     show = subprocess.run([str(DVC), "exp", "show", "--json"], cwd=project, capture_output=True, text=True, check=True)
     by_name = experiment_metrics(json.loads(show.stdout))
-    per_seed = {seed: by_name[f"seed-{seed}"] for seed in seeds}
+    per_seed = {seed: by_name[f"seed-{seed}"] for seed in seeds if seed not in failed}
     reports = committed_reports(project, seeds)
     intervals = experiment_intervals(reports)
     if keep is None:
@@ -192,9 +183,40 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
         "seeds": list(seeds),
         "pipeline_seconds": {str(seed): s for seed, s in seconds.items()},  # str keys, as JSON gives them back
         "per_seed": rows,
-        "summary": summarise(per_seed) | {"no_seed_interval_below_targets": interval_verdict(rows)},
+        # a seed whose pipeline failed has no model, so it meets no target; the others are reported all the same
+        "failed_seeds": {str(seed): reason for seed, reason in failed.items()},
+        "summary": summarise(per_seed) | {"no_seed_interval_below_targets": interval_verdict(rows)}
+        | ({"every_seed_meets_targets": False} if failed else {}),
         "targets": TARGETS,
     }
+
+
+def run_experiments(project: Path, seeds: tuple[int, ...], overrides: tuple[str, ...],
+                    dvc: Path = DVC) -> tuple[dict[int, float], dict[int, str]]:
+    """One `dvc exp run` per seed, one after another: (seed → seconds of those that finished, seed → why the others
+    failed). A failed seed does not stop the sweep: the seeds before and after it still count."""
+    seconds, failed = {}, {}
+    for seed in seeds:
+        started = time.perf_counter()
+        sets = [arg for item in (f"seed={seed}", *overrides) for arg in ("-S", item)]
+        done = subprocess.run([str(dvc), "exp", "run", *sets, "-n", f"seed-{seed}"], cwd=project,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            failed[seed] = failure_reason(done.stdout + "\n" + done.stderr)
+            print(f"seed {seed}: failed: {failed[seed]}", file=sys.stderr, flush=True)
+            continue
+        seconds[seed] = round(time.perf_counter() - started, 1)
+        print(f"seed {seed}: {seconds[seed]} s", flush=True)
+    return seconds, failed
+
+
+def failure_reason(output: str) -> str:
+    """The line of a failed run's output that says why: the step's own error (`error: <file>: <reason>`, as the
+    CLI prints a SliceWiseError) before DVC's summary of it, else DVC's, else the last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    step = [line for line in lines if line.startswith("error:")]
+    dvc = [line for line in lines if line.startswith("ERROR:")]
+    return (step or dvc or lines or ["no output"])[-1]
 
 
 def source_commit() -> str:
@@ -214,6 +236,8 @@ def main() -> None:
     args = parser.parse_args()
     report = run(tuple(args.seeds), args.keep, tuple(args.overrides))
     print(json.dumps(report, indent=2))
+    if report["failed_seeds"]:
+        raise SystemExit(f"the pipeline failed for seed(s) {', '.join(report['failed_seeds'])}; the others are above")
 
 
 if __name__ == "__main__":

@@ -476,6 +476,40 @@ def test_every_cpu_familys_latest_sweep_stands_side_by_side_with_its_misses_in_b
     assert sweeps_side_by_side({"AMD EPYC": {"seeds": sweep("2026-12-05", "abc1234", 0.77)}}) == ""  # one: no table
 
 
+def test_a_failed_seed_does_not_stop_the_sweep_and_is_reported_with_its_reason(tmp_path):
+    import os
+
+    from bench.bench_seeds import run_experiments
+
+    fake_dvc = tmp_path / "dvc"  # fails the way export did on a seed: the step's error line, then DVC's summary
+    fake_dvc.write_text("#!/bin/sh\n"
+                        "case \"$*\" in *'seed=4 '*) echo 'error: checkpoints/joint/best.pt: ONNX parity failed' >&2;"
+                        " echo \"ERROR: failed to reproduce 'export'\" >&2; exit 1;; esac\n"
+                        "echo \"$*\" >> ran.txt\n")
+    os.chmod(fake_dvc, 0o755)
+    seconds, failed = run_experiments(tmp_path, (42, 4, 1), ("train_seg.bias_field=0.3",), dvc=fake_dvc)
+    assert set(seconds) == {42, 1} and failed == {4: "error: checkpoints/joint/best.pt: ONNX parity failed"}
+    ran = (tmp_path / "ran.txt").read_text().splitlines()  # the seed after the failed one still ran
+    assert ran == [f"exp run -S seed={s} -S train_seg.bias_field=0.3 -n seed-{s}" for s in (42, 1)]
+
+
+def test_a_failed_seed_counts_as_three_missed_targets_in_the_tables():
+    from bench.__main__ import seeds_markdown, sweeps_side_by_side
+
+    targets = {"accuracy": 0.9, "slice_dice": 0.8, "volume_dice": 0.85}
+    row = {"accuracy": 0.93, "sensitivity": 0.9, "slice_dice": 0.86, "volume_dice": 0.9, "hd95_mm": 20.0}
+    summary = {name: {"min": row[name], "median": row[name], "max": row[name]} for name in row}
+    sweep = {"cpu": {"model": "AMD EPYC", "bf16_autocast": True}, "date": "2026-12-06", "commit": "abc1234",
+             "targets": targets, "seeds": [42, 4], "per_seed": {"42": row}, "pipeline_seconds": {"42": 300.0},
+             "failed_seeds": {"4": "error: ONNX parity failed"},
+             "summary": summary | {"every_seed_meets_targets": False}}
+    table = seeds_markdown(sweep)
+    assert "**not met**" in table and "Seed 4's pipeline failed, so it has no model: `error: ONNX parity failed`" in table
+    side = sweeps_side_by_side({"AMD EPYC": {"seeds": sweep}, "Intel Xeon with AMX": {"seeds": sweep | {
+        "failed_seeds": {}, "date": "2026-12-05"}}})
+    assert "| 4 | **pipeline failed** | – |" in side and "| pairs met | 3 of 6 | 3 of 3 |" in side
+
+
 def test_a_seed_sweep_names_the_commit_it_measured():
     import re
 
