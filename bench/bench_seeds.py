@@ -9,7 +9,8 @@ the split, the initial weights and the batches), and the results are read back w
 seed's 95 % intervals of the target figures from its experiment's commit (a miss inside its interval is within what
 resampling the seed's 7 test patients moves; one whose interval lies wholly below the target is a real one).
 Experiments run one after another in the copy's workspace: a queued experiment runs in a temporary clone that has
-no `.venv`, and two at once would fight over 2 cores. The CPU and whether bf16 autocast ran are recorded with
+no `.venv`, and two at once would fight over 2 cores. A seed whose pipeline fails is reported with its step's error
+(`failed_seeds`), the sweep goes on, and the command exits non-zero after printing the report. The CPU and whether bf16 autocast ran are recorded with
 the figures, since both change the trained weights.
 """
 
