@@ -10,8 +10,8 @@ seed's 95 % intervals of the target figures from its experiment's commit (a miss
 resampling the seed's 7 test patients moves; one whose interval lies wholly below the target is a real one).
 Experiments run one after another in the copy's workspace: a queued experiment runs in a temporary clone that has
 no `.venv`, and two at once would fight over 2 cores. A seed whose pipeline fails is reported with its step's error
-(`failed_seeds`), the sweep goes on, and the command exits non-zero after printing the report. The CPU and whether bf16 autocast ran are recorded with
-the figures, since both change the trained weights.
+(`failed_seeds`), the sweep goes on, and the command exits non-zero after printing the report. The CPU and whether
+bf16 autocast ran are recorded with the figures, since both change the trained weights.
 """
 
 from __future__ import annotations
