@@ -159,6 +159,7 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
     folder = keep or Path(tempfile.mkdtemp(prefix="bench-seeds-"))
     folder.mkdir(parents=True, exist_ok=True)
     project = copy_project(folder, tiny=False)  # tracking off: register only runs the gate
+    commit = source_commit()  # what the copy holds: the checkout may move on during an hour-long sweep
     seconds, failed = run_experiments(project, seeds, overrides)
     show = subprocess.run([str(DVC), "exp", "show", "--json"], cwd=project, capture_output=True, text=True, check=True)
     by_name = experiment_metrics(json.loads(show.stdout))
@@ -179,7 +180,7 @@ def run(seeds: tuple[int, ...] = DEFAULT_SEEDS, keep: Path | None = None, overri
     return {
         "cpu": cpu,
         "date": time.strftime("%Y-%m-%d"),
-        "commit": source_commit(),
+        "commit": commit,
         "overrides": list(overrides),
         "seeds": list(seeds),
         "pipeline_seconds": {str(seed): s for seed, s in seconds.items()},  # str keys, as JSON gives them back
