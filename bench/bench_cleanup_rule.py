@@ -98,6 +98,23 @@ def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
                 (median >= floor) & (cores >= max(min_core, 1)) & (cores >= min_core_share * sizes))
         return lambda masks, evidence: confirm_then_size(masks, evidence, confirm)
 
+    def voxel_weighted_veto(threshold: float):
+        """As shipped, but each plane's evidence counts by the component's voxels in it: a tumour's caps, thin and
+        doubted by the classifier, no longer outvote its body, which the classifier confirms."""
+        def rule(masks, evidence):
+            labels, count = ndimage.label(masks[0])
+            if not count:
+                return masks[0]
+            sizes = np.bincount(labels.ravel(), minlength=count + 1)
+            keep = np.zeros(count + 1, dtype=bool)
+            for label, extent in enumerate(ndimage.find_objects(labels), start=1):
+                per_plane = (labels[extent] == label).sum(axis=(0, 1))
+                keep[label] = weighted_median(evidence[extent[2]], per_plane) >= threshold
+            if keep.any():
+                keep &= sizes >= postprocess.MIN_COMPONENT_SHARE * sizes[keep].max()
+            return keep[labels]
+        return rule
+
     whole = {"median >= 0.7 (shipped)": shipped, "size rule only": size_only, "veto 0.5": veto_at(0.5),
              "median >= 0.7, else >= 0.5": with_fallback(0.5), "median >= 0.7, else >= 0.3": with_fallback(0.3),
              "median >= 0.7, else >= 0.1": with_fallback(0.1),
@@ -107,7 +124,19 @@ def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
             | {"p75 >= 0.7": quantile_veto(75, 0.7), "p75 >= 0.8": quantile_veto(75, 0.8)}
             | {f"median >= 0.7 or TC >= {n}": core_confirms(n) for n in (1, 100, 300, 1000)}
             | {f"median >= 0.7 or TC share >= {s}": core_confirms(1, s) for s in (0.05, 0.1, 0.2)}
-            | {"median >= 0.7 or (>= 0.5 and TC >= 100)": core_confirms(100, floor=0.5)})
+            | {"median >= 0.7 or (>= 0.5 and TC >= 100)": core_confirms(100, floor=0.5)}
+            | {"voxel-weighted median >= 0.7": voxel_weighted_veto(0.7)})
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below which half of the total weight lies; at an exact tie the mean of the two values around it, so
+    equal weights give numpy's median (the shipped rule's)."""
+    order = np.argsort(values, kind="stable")
+    ranked, cumulative = values[order], np.cumsum(weights[order])
+    i = int(np.searchsorted(cumulative, cumulative[-1] / 2))
+    if cumulative[i] * 2 == cumulative[-1] and i + 1 < len(ranked):
+        return float((ranked[i] + ranked[i + 1]) / 2)
+    return float(ranked[i])
 
 
 def project_model(project: Path):

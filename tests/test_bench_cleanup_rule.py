@@ -55,6 +55,20 @@ def test_the_percentile_rules_read_the_upper_quarter_of_a_components_planes():
     assert not rules()["p75 >= 0.8"](mask[None], one_confident_plane).any()
 
 
+def test_the_voxel_weighted_veto_lets_a_tumours_body_outvote_its_thin_doubted_caps():
+    mask = np.zeros((28, 28, 20), dtype=bool)
+    mask[2:12, 4:14, 7:10] = True  # the body: 100 voxels on each of planes 7-9
+    mask[6:8, 8:10, 3:7] = True  # thin caps: 4 voxels on each of planes 3-6 and 10-13
+    mask[6:8, 8:10, 10:14] = True
+    evidence = _evidence(range(3, 14), 0.3)
+    evidence[7:10] = 0.95  # the classifier confirms the body's planes only: 3 of 11, median 0.3
+    assert not rules()["median >= 0.7 (shipped)"](mask[None], evidence).any()
+    np.testing.assert_array_equal(rules()["voxel-weighted median >= 0.7"](mask[None], evidence), mask)
+    # a component as thick on its doubted planes as on its confirmed ones is still dropped
+    slab = _mask((slice(2, 8), slice(4, 10), slice(3, 14)))
+    assert not rules()["voxel-weighted median >= 0.7"](slab[None], evidence).any()
+
+
 def test_the_core_rules_let_a_tumour_core_confirm_a_doubted_component():
     """Each rule gets every region mask, whole tumour first: the tumour core (the second) may vouch for a component
     the classifier doubts, by its voxel count or by its share of the component."""
