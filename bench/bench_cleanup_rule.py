@@ -66,18 +66,24 @@ def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
         return lambda mask, evidence: postprocess.drop_stray_components(mask, slice_probability=evidence,
                                                                         slice_axis=2, min_evidence=threshold)
 
-    def confirm_then_size(masks, evidence, confirm):
+    def confirm_then_size(masks, evidence, confirm, plane_weights: bool = False):
         """Keep the whole tumour's components that `confirm` accepts, then apply the shipped size rule among them.
         `confirm(planes, voxels, core_voxels)`: each component's evidence over its planes, its size and the tumour-core
-        voxels inside it (0 for a whole-tumour-only model) → which to keep."""
+        voxels inside it (0 for a whole-tumour-only model) → which to keep. `plane_weights`: each component's entry
+        in `planes` is (evidence, its voxels in each of those planes) instead."""
         labels, count = ndimage.label(masks[0])
         if not count:
             return masks[0]
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
         cores = (np.bincount(labels[masks[1]], minlength=count + 1) if len(masks) > 1
                  else np.zeros(count + 1, dtype=np.int64))
+        extents = ndimage.find_objects(labels)
+        planes = [evidence[e[2]] for e in extents]
+        if plane_weights:
+            planes = [(p, (labels[e] == label).sum(axis=(0, 1)))
+                      for label, (p, e) in enumerate(zip(planes, extents), start=1)]
         keep = np.zeros(count + 1, dtype=bool)
-        keep[1:] = confirm([evidence[e[2]] for e in ndimage.find_objects(labels)], sizes[1:], cores[1:])
+        keep[1:] = confirm(planes, sizes[1:], cores[1:])
         if keep.any():
             keep &= sizes >= postprocess.MIN_COMPONENT_SHARE * sizes[keep].max()
         return keep[labels]
@@ -101,19 +107,9 @@ def rules() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
     def voxel_weighted_veto(threshold: float):
         """As shipped, but each plane's evidence counts by the component's voxels in it: a tumour's caps, thin and
         doubted by the classifier, no longer outvote its body, which the classifier confirms."""
-        def rule(masks, evidence):
-            labels, count = ndimage.label(masks[0])
-            if not count:
-                return masks[0]
-            sizes = np.bincount(labels.ravel(), minlength=count + 1)
-            keep = np.zeros(count + 1, dtype=bool)
-            for label, extent in enumerate(ndimage.find_objects(labels), start=1):
-                per_plane = (labels[extent] == label).sum(axis=(0, 1))
-                keep[label] = weighted_median(evidence[extent[2]], per_plane) >= threshold
-            if keep.any():
-                keep &= sizes >= postprocess.MIN_COMPONENT_SHARE * sizes[keep].max()
-            return keep[labels]
-        return rule
+        return lambda masks, evidence: confirm_then_size(
+            masks, evidence, lambda planes, _, __: np.array([weighted_median(p, w) >= threshold for p, w in planes]),
+            plane_weights=True)
 
     whole = {"median >= 0.7 (shipped)": shipped, "size rule only": size_only, "veto 0.5": veto_at(0.5),
              "median >= 0.7, else >= 0.5": with_fallback(0.5), "median >= 0.7, else >= 0.3": with_fallback(0.3),

@@ -56,10 +56,10 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                 seg_t, cls_t = out["seg"].numpy(), out["cls"].numpy()
                 seg_o, cls_o = session.run([ONNX_SEG_OUTPUT, ONNX_CLS_OUTPUT], {ONNX_INPUT: batch})
                 # A NaN difference is infinite (max(0.0, nan) is 0.0): non-finite logits on either side fail parity.
-                max_seg = max(max_seg, _largest_difference(seg_t, seg_o))
-                max_cls = max(max_cls, _largest_difference(cls_t, cls_o.reshape(cls_t.shape)))
-                tolerance_used = max(tolerance_used, _tolerance_used(seg_t, seg_o, cfg),
-                                     _tolerance_used(cls_t, cls_o.reshape(cls_t.shape), cfg))
+                seg_diff, seg_used = _differences(seg_t, seg_o, cfg)
+                cls_diff, cls_used = _differences(cls_t, cls_o.reshape(cls_t.shape), cfg)
+                max_seg, max_cls = max(max_seg, seg_diff), max(max_cls, cls_diff)
+                tolerance_used = max(tolerance_used, seg_used, cls_used)
                 prob_t, prob_o = sigmoid(seg_t), sigmoid(seg_o)
                 score_t = slice_probability(sigmoid(cls_t).reshape(-1), prob_t, slice_score)
                 score_o = slice_probability(sigmoid(cls_o).reshape(-1), prob_o, slice_score)
@@ -83,22 +83,16 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
             "min_mask_dice": cfg.parity_min_dice}
 
 
-def _tolerance_used(torch_logits: np.ndarray, onnx_logits: np.ndarray, cfg: ExportSettings) -> float:
-    """The largest share of its allowance (atol + rtol x |torch logit|) that any logit's difference takes; infinity
-    when either side is not finite."""
+def _differences(torch_logits: np.ndarray, onnx_logits: np.ndarray, cfg: ExportSettings) -> tuple[float, float]:
+    """(max |difference|, the largest share of its allowance atol + rtol x |torch logit| that any logit's difference
+    takes); both infinite when either side holds a NaN or an infinity (they can never be "close")."""
     if not (np.isfinite(torch_logits).all() and np.isfinite(onnx_logits).all()):
-        return float("inf")
+        return float("inf"), float("inf")
     if not torch_logits.size:
-        return 0.0
+        return 0.0, 0.0
+    difference = np.abs(torch_logits - onnx_logits)
     allowed = cfg.parity_atol + cfg.parity_rtol * np.abs(torch_logits)
-    return float((np.abs(torch_logits - onnx_logits) / allowed).max())
-
-
-def _largest_difference(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b|; infinity when either holds a NaN or an infinity (they can never be "close")."""
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("inf")
-    return float(np.abs(a - b).max()) if a.size else 0.0
+    return float(difference.max()), float((difference / allowed).max())
 
 
 def _percentiles_ms(seconds: list[float], batch: int) -> dict:
