@@ -166,11 +166,38 @@ def test_parity_counts_a_decision_flipped_at_the_lone_slice_threshold(project, t
             return [out["seg"].numpy(), out["cls"].numpy() - 1e-4]
 
     at_a_slice = float(1 / (1 + np.exp(-logits[0])))
-    lenient = tiny_settings.export.model_copy(update={"parity_atol": 1e-3})  # the logits are close enough
-    alone = onnx_checks.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, lenient,
+    strict = tiny_settings.export.model_copy(update={"parity_atol": 1e-5, "parity_min_dice": 0.0})  # 1e-4 is too far
+    alone = onnx_checks.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, strict,
                                      lone_slice_threshold=at_a_slice)
     assert alone["decision_mismatches"] >= 1 and not alone["passed"]
-    assert onnx_checks.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, lenient)["decision_mismatches"] == 0
+    assert onnx_checks.check_parity(model, ShiftedSession(), iter([batch]), 1e-9, strict)["decision_mismatches"] == 0
+
+
+def test_parity_reports_a_decision_flipped_within_rounding_of_the_cut_as_a_tie(project, tiny_settings):
+    """A slice whose score sits at the cut flips with any rounding: when the logits agree within their tolerance,
+    the flip is a tie (reported) and the export passes; the same flip with logits beyond the tolerance fails."""
+    from tasks.inference.checkpoints import load_model
+
+    model, _ = load_model(paths.best_checkpoint("joint"))
+    batch = next(iter_test_slices(paths.PROCESSED, paths.SPLITS))
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(batch))["cls"].numpy()
+
+    def session_lower_by(amount: float):
+        class Session:  # onnxruntime stand-in whose classification logits are `amount` lower
+            def run(self, names, feeds):
+                with torch.inference_mode():
+                    out = model(torch.from_numpy(feeds["image"]))
+                return [out["seg"].numpy(), out["cls"].numpy() - amount]
+        return Session()
+
+    at_a_slice = float(1 / (1 + np.exp(-logits[0])))  # slice 0's torch score: exactly at the cut
+    cfg = tiny_settings.export
+    rounding = cfg.parity_atol / 2  # within the tolerance
+    tie = onnx_checks.check_parity(model, session_lower_by(rounding), iter([batch]), at_a_slice, cfg)
+    assert tie["decision_ties"] >= 1 and tie["decision_mismatches"] == 0 and tie["passed"]
+    beyond = onnx_checks.check_parity(model, session_lower_by(20 * cfg.parity_atol), iter([batch]), at_a_slice, cfg)
+    assert beyond["decision_mismatches"] >= 1 and beyond["decision_ties"] == 0 and not beyond["passed"]
 
 
 def test_parity_fails_when_onnxruntime_answers_nan(project, tiny_settings):

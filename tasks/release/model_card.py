@@ -12,6 +12,7 @@ from pathlib import Path
 from tasks.data.splits import read_split, split_rows
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE
 from tasks.io import nested_value
+from tasks.release.release_files import ties_note
 from tasks.release.summary import area_bin_title
 
 METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
@@ -128,8 +129,8 @@ def _export_section(export_report: dict) -> list[str]:
         used = (f" ({parity['tolerance_used']:.2f} of what atol {parity['atol']:.0e} + rtol {parity['rtol']:.0e} x "
                 "|logit| allows)" if "tolerance_used" in parity else "")
         lines = [f"{opset}; parity with torch on {checked} test slices: max |logit difference| "
-                 f"{parity['max_abs_diff']:.2e}{used}, {parity['decision_mismatches']} decision mismatches, mask Dice "
-                 f"{parity['mask_dice']:.5f}."]
+                 f"{parity['max_abs_diff']:.2e}{used}, {parity['decision_mismatches']} decision mismatches{ties_note(parity)}, "
+                 f"mask Dice {parity['mask_dice']:.5f}."]
     if latency:
         lines += ["", "| engine (CPU) | batch 1 p50 / p95 ms | batch 8 p50 / p95 ms per slice |", "|---|---|---|"]
         for engine, batches in latency.items():

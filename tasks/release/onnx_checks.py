@@ -41,11 +41,15 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                  slice_score: str = LEGACY_SLICE_SCORE, lone_slice_threshold: float | None = None) -> dict:
     """Compare torch and onnxruntime logits, tumour decisions and masks on every slice of `shards`. A decision is
     `threshold` on the `slice_score` of each slice, and `lone_slice_threshold` too when it differs (what serving
-    judges a slice sent alone by): a slice counts once as a mismatch when either decision differs."""
+    judges a slice sent alone by): a slice counts once when either decision differs. A differing decision is a tie,
+    not a mismatch, when the logits' own tolerance cannot settle it: the torch logits moved by up to atol + rtol x
+    |logit| each way give scores on both sides of the cut, and onnxruntime's score lies between them. Such a slice's score lies within float32 rounding of the
+    cut, where either engine may land: counting it could fail a sound export at random, as the absolute logit limit
+    alone once did (docs/benchmarks.md). Ties are reported, not failed."""
     thresholds = [threshold] + ([lone_slice_threshold] if lone_slice_threshold not in (None, threshold) else [])
     max_seg = max_cls = 0.0
     tolerance_used = 0.0  # the largest |difference| / (atol + rtol x |torch logit|): at most 1 passes
-    n = mismatches = 0
+    n = mismatches = ties = 0
     overlap = area_torch = area_onnx = 0  # per region channel (numpy arrays once the first batch is in)
     with Progress(transient=True) as progress, torch.inference_mode():
         bar = progress.add_task("parity: torch vs onnxruntime", total=None)
@@ -63,7 +67,14 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                 prob_t, prob_o = sigmoid(seg_t), sigmoid(seg_o)
                 score_t = slice_probability(sigmoid(cls_t).reshape(-1), prob_t, slice_score)
                 score_o = slice_probability(sigmoid(cls_o).reshape(-1), prob_o, slice_score)
-                mismatches += int(np.any([(score_t >= cut) != (score_o >= cut) for cut in thresholds], axis=0).sum())
+                low, high = (slice_probability(sigmoid(cls_t + shift(cls_t, cfg, sign)).reshape(-1),
+                                               sigmoid(seg_t + shift(seg_t, cfg, sign)), slice_score)
+                             for sign in (-1, 1))  # the score is monotone in every logit
+                flipped = np.any([(score_t >= cut) != (score_o >= cut) for cut in thresholds], axis=0)
+                unsettled = np.any([(low >= cut) != (high >= cut) for cut in thresholds], axis=0)
+                tie = flipped & unsettled & (low <= score_o) & (score_o <= high)  # onnxruntime's within reach too
+                mismatches += int((flipped & ~tie).sum())
+                ties += int(tie.sum())
                 mask_t, mask_o = prob_t >= mask_threshold, prob_o >= mask_threshold
                 overlap = overlap + (mask_t & mask_o).sum(axis=(0, 2, 3))  # every region channel, each on its own
                 area_torch, area_onnx = area_torch + mask_t.sum(axis=(0, 2, 3)), area_onnx + mask_o.sum(axis=(0, 2, 3))
@@ -77,7 +88,7 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
     passed = tolerance_used <= 1 and mismatches == 0 and dice >= cfg.parity_min_dice
     return {"passed": passed, "n_slices": n, "max_abs_diff": max_diff, "max_abs_diff_seg": max_seg,
             "max_abs_diff_cls": max_cls, "atol": cfg.parity_atol, "rtol": cfg.parity_rtol,
-            "tolerance_used": tolerance_used, "decision_mismatches": mismatches,
+            "tolerance_used": tolerance_used, "decision_mismatches": mismatches, "decision_ties": ties,
             "threshold": threshold, "slice_score": slice_score, "mask_threshold": mask_threshold, "mask_dice": dice,
             "mask_dice_per_region": dict(zip(REGIONS, region_dice)) if len(region_dice) > 1 else {"wt": dice},
             "min_mask_dice": cfg.parity_min_dice}
@@ -93,6 +104,11 @@ def _differences(torch_logits: np.ndarray, onnx_logits: np.ndarray, cfg: ExportS
     difference = np.abs(torch_logits - onnx_logits)
     allowed = cfg.parity_atol + cfg.parity_rtol * np.abs(torch_logits)
     return float(difference.max()), float((difference / allowed).max())
+
+
+def shift(logits: np.ndarray, cfg: ExportSettings, sign: int) -> np.ndarray:
+    """The most each logit may move within the parity tolerance, signed: sign x (atol + rtol x |logit|)."""
+    return (sign * (cfg.parity_atol + cfg.parity_rtol * np.abs(logits))).astype(np.float32)
 
 
 def _percentiles_ms(seconds: list[float], batch: int) -> dict:

@@ -84,6 +84,12 @@ def check_one_model(release: Release, metrics_path: Path) -> None:
                              release.metadata_path)
 
 
+def ties_note(parity: dict) -> str:
+    """The parity line's note on decision ties (tasks/release/onnx_checks.py); empty when there were none."""
+    ties = parity.get("decision_ties", 0)
+    return f" ({ties} more within rounding of the cut)" if ties else ""
+
+
 def parity_detail(parity: dict) -> str:
     """The numbers behind the parity verdict, with their limits."""
     if "max_abs_diff" not in parity:
@@ -91,7 +97,8 @@ def parity_detail(parity: dict) -> str:
     limit = f"atol {parity['atol']:.0e}" + (f" + rtol {parity['rtol']:.0e} x |logit|, {parity['tolerance_used']:.2f} "
                                             "of it used" if "tolerance_used" in parity else "")
     return (f"max |logit diff| {parity['max_abs_diff']:.1e} (limit {limit}), "
-            f"{parity['decision_mismatches']} decision mismatches, mask Dice {parity['mask_dice']:.4f} "
+            f"{parity['decision_mismatches']} decision mismatches{ties_note(parity)}, "
+            f"mask Dice {parity['mask_dice']:.4f} "
             f"(min {parity['min_mask_dice']})")
 
 
