@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from serve.budget import MemoryBudget
-from serve.compare import comparison, gate_verdict
+from serve.compare import comparison, find_challenger, gate_verdict
 from serve.examples import find_example, listing, predict_slice_example, volume_uploads, with_volume_truth
 from serve.guards import BodySizeLimit, HostOriginGuard, SecurityHeaders, admin_router, admin_token
 from serve.holder import ModelHolder
@@ -308,8 +308,11 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         """The champion beside the latest challenger: metrics with intervals, gate verdicts, lineage, and the
         champion's example slices predicted by both."""
         model = served_model()
-        with budget.reserve(2 * inference_bytes(model, 1), "model comparison"):
-            return json_response(comparison(model, holder.source, cfg.ood_threshold, cfg.max_slice_mb,
+        # The registry first, holding no budget: a slow store must not keep uploads waiting for memory it never uses.
+        found, detail = find_challenger(holder.source)
+        need = inference_bytes(model, 1) + (inference_bytes(found[1], 1) if found else 0)  # each model's own size
+        with budget.reserve(need, "model comparison"):
+            return json_response(comparison(model, found, detail, cfg.ood_threshold, cfg.max_slice_mb,
                                             cfg.max_image_side))
 
     @app.get("/", include_in_schema=False)

@@ -74,9 +74,10 @@ def predicted_by(model: ServedModel, entry: dict, folder, ood_threshold: float, 
     return {key: result[key] for key in SHOWN} | {"image_png": result["image_png"]}
 
 
-def comparison(champion: ServedModel, source, ood_threshold: float, max_slice_mb: float, max_side: int) -> dict:
-    """The champion and the latest challenger side by side, and the champion's slice examples predicted by both."""
-    found, detail = find_challenger(source)
+def comparison(champion: ServedModel, found: tuple | None, detail: str | None, ood_threshold: float,
+               max_slice_mb: float, max_side: int) -> dict:
+    """The champion and the challenger `find_challenger` found (None: `detail` says why) side by side, and the
+    champion's slice examples predicted by both."""
     challenger = found[1] if found else None
     rows = []
     for entry in entries(champion):

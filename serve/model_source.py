@@ -214,18 +214,27 @@ class RegistrySource:
         return max(others, key=lambda v: int(v.version)) if others else None
 
     def challenger(self) -> tuple[object, ServedModel] | None:
-        """(registry version, loaded model) of the challenger, downloaded into the cache once."""
-        version = self.challenger_version()
-        if version is None:
-            return None
-        key = version_key(version)
-        with self._challenger_lock:
+        """(registry version, loaded model) of the challenger, downloaded into the cache once.
+
+        One request at a time asks the registry: another one meanwhile is told so at once (a SliceWiseError) instead
+        of waiting. /model/compare needs no login, so with a store that hangs (each call up to
+        tracking.max_attempts x request_timeout_seconds) every waiting request would hold a server thread."""
+        if not self._challenger_lock.acquire(blocking=False):
+            raise SliceWiseError("another request is asking the registry for the challenger; try again shortly",
+                                 self.uri)
+        try:
+            version = self.challenger_version()
+            if version is None:
+                return None
+            key = version_key(version)
             if key not in self._challengers:
                 folder = self.cache_dir / key
                 if not (folder / CARD_FILE).is_file():
                     self._download_version(version, folder)
                 self._challengers = {key: self._load_folder(folder)}  # keep only the latest one in memory
             return version, self._challengers[key]
+        finally:
+            self._challenger_lock.release()
 
 
 def version_key(version) -> str:

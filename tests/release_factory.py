@@ -37,7 +37,13 @@ def write_metrics(root: Path, accuracy: float, sensitivity: float, threshold: fl
         "ci95": {"classification.accuracy": [accuracy - 0.05, min(accuracy + 0.05, 1.0)],
                  "classification.sensitivity": [sensitivity - 0.1, min(sensitivity + 0.1, 1.0)],
                  "segmentation.dice": [dice - 0.1, min(dice + 0.1, 1.0)],
-                 "segmentation_volume.dice": [volume_dice - 0.05, min(volume_dice + 0.05, 1.0)]},
+                 "segmentation_volume.dice": [volume_dice - 0.05, min(volume_dice + 0.05, 1.0)],
+                 "classification_by_source.brats.accuracy": [accuracy - 0.05, min(accuracy + 0.05, 1.0)],
+                 "classification_by_source.kaggle.accuracy": [0.55, 0.95]},
+        # the photos alone, as evaluate writes them: a handful of the inputs, with a wide interval
+        "classification_by_source": {
+            "brats": {"n": 32, "positives": 16, "accuracy": accuracy, "sensitivity": sensitivity, "specificity": 0.9},
+            "kaggle": {"n": 8, "positives": 4, "accuracy": 0.75, "sensitivity": 0.75, "specificity": 0.75}},
     }
     checkpoint = root / paths.best_checkpoint("joint")
     if checkpoint.exists():  # the weights evaluated, as the evaluate step records them (register checks it)

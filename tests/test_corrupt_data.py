@@ -216,6 +216,12 @@ def test_photos_that_are_not_jpeg_or_png_or_are_blank_are_rejected_rows(tmp_path
     Image.fromarray(np.zeros((60, 60), np.uint16)).save(raw / "kaggle" / "no" / "zero16.png", "PNG")
     camera = Image.fromarray(grey)  # a camera's multi-picture JPEG (MPO): taken, as /v1/predict takes it
     camera.save(raw / "kaggle" / "yes" / "camera.jpg", "MPO", save_all=True, append_images=[camera])
+    # blank once shown, though their stored bands vary: fully transparent (laid on black), and a palette of one colour
+    rgba = np.dstack([np.stack([grey] * 3, axis=-1), np.zeros((60, 60), np.uint8)])
+    Image.fromarray(rgba, mode="RGBA").save(raw / "kaggle" / "yes" / "transparent.png", "PNG")
+    palette = Image.fromarray((grey % 4).astype(np.uint8), mode="P")
+    palette.putpalette([0, 0, 0] * 256)  # every entry black
+    palette.save(raw / "kaggle" / "yes" / "palette_black.png", "PNG")
     result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
 
     assert result["kaggle_images"] == 7  # write_kaggle's three per class, and the camera's
@@ -225,7 +231,11 @@ def test_photos_that_are_not_jpeg_or_png_or_are_blank_are_rejected_rows(tmp_path
                        "bitmap.png": "a BMP image; only JPEG and PNG are taken, whatever the file's name",
                        "anim.png": "a GIF image; only JPEG and PNG are taken, whatever the file's name",
                        "black.jpg": "blank image (every pixel has one value)",
-                       "zero16.png": "blank image (every pixel has one value)"}
+                       "zero16.png": "blank image (every pixel has one value)",
+                       "transparent.png": "blank image (one value everywhere once its transparency and palette are "
+                                          "applied)",
+                       "palette_black.png": "blank image (one value everywhere once its transparency and palette are "
+                                            "applied)"}
     assert np.isfinite(read_shard(out / "kaggle" / "yes.npz").images.astype(np.float32)).all()
 
 

@@ -129,6 +129,31 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     assert not list(tmp_path.glob("reports/*.tmp"))
 
 
+def test_each_source_gets_its_own_interval_and_a_poor_one_is_not_hidden_by_the_pooled_figure():
+    """Photos a few dozen among hundreds of MRI slices: the pooled accuracy and its interval stay high while the photos
+    are near chance. Each source's accuracy has its own interval, resampling only that source's patients/images."""
+    rng = np.random.default_rng(5)
+    val = predictions(rng.uniform(0, 0.4, 40), rng.uniform(0.6, 1, 40))
+    mri = predictions(rng.uniform(0, 0.4, 200), rng.uniform(0.6, 1, 200), n_patients=10).slices
+    photo_labels = np.r_[np.zeros(20, int), np.ones(20, int)]
+    photos = pd.DataFrame({"patient": [f"img{i}" for i in range(40)], "source": "kaggle", "label": photo_labels,
+                           "probability": rng.uniform(0, 1, 40)})  # a coin toss
+    slices = pd.concat([mri, photos], ignore_index=True)
+    test = scoring.SplitPredictions(slices, pd.DataFrame(columns=["patient", "dice", "iou", "hd95", "slice_index"]),
+                                    pd.DataFrame(columns=["patient", "dice", "iou", "hd95"]))
+    report = evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=200), seed=0)
+    ci = report["ci95"]
+    kaggle = report["classification_by_source"]["kaggle"]["accuracy"]
+    lo, hi = ci["classification_by_source.kaggle.accuracy"]
+    assert lo <= kaggle <= hi and hi < 0.85 < ci["classification.accuracy"][0]  # the pooled interval hides it
+    assert ci["classification_by_source.brats.accuracy"][0] > 0.9 and hi - lo > 0.15  # 40 photos: a wide interval
+    assert set(ci) >= {f"classification_by_source.{s}.{m}" for s in ("brats", "kaggle")
+                       for m in ("accuracy", "sensitivity", "specificity")}
+    brats_only = evaluation_report.build_report(val, predictions(rng.uniform(0, 0.4, 20), rng.uniform(0.6, 1, 20)),
+                                                EvaluateSettings(bootstrap=50), seed=0)
+    assert brats_only["ci95"]["classification_by_source.kaggle.accuracy"] is None  # no photo: no interval, key kept
+
+
 def test_subgroups_say_where_the_classifier_errs():
     """Per source and per tumour size, at the validation threshold: a model that misses the small tumours and the
     Kaggle tumours must show it there, whatever its overall accuracy."""

@@ -18,6 +18,11 @@ def test_classify_brats_file_handles_real_quirks(tmp_path):
         "BraTS20_Training_001_t2.nii.gz": "t2",
         "BraTS20_Training_001_seg.nii": "seg",
         "W39_1998.09.19_Segm.nii": "seg",  # patient 355
+        "W39_1998.09.19_Segm.nii.gz": "seg",
+        # "seg" elsewhere in a name is not a label file: a model's prediction saved beside a validation case became
+        # its ground truth, and a re-downloaded copy of 355's file was taken in place of it
+        "BraTS20_Validation_001_segmentation_pred.nii": None,
+        "W39_1998.09.19_Segm (1).nii": None,
         "name_mapping.csv": None,
         "survival_info.csv": None,
     }
@@ -252,6 +257,17 @@ def test_two_files_for_one_part_of_a_patient_are_an_error_naming_both(tmp_path):
                tmp_path / "src" / "BraTS20_Training_119" / "BraTS20_Training_119_flair.nii")
     with pytest.raises(SliceWiseError, match="two flair files for patient BraTS20_Training_119: "
                                              "BraTS20_Training_119_flair.nii and BraTS20_Training_119_flair.nii.gz"):
+        find_brats_patients(tmp_path / "src")
+
+
+def test_two_odd_label_files_for_one_patient_are_an_error_naming_both(tmp_path):
+    """Two regular seg files were an error; two of patient 355's odd name (`.nii` and `.nii.gz`) were one taken
+    without a word, the other ignored."""
+    rng = np.random.default_rng(10)
+    write_patient(tmp_path / "src", "BraTS20_Training_355", rng, ext=".nii", seg_name="W39_1998.09.19_Segm.nii")
+    folder = tmp_path / "src" / "BraTS20_Training_355"
+    (folder / "W39_1998.09.19_Segm.nii.gz").write_bytes((folder / "W39_1998.09.19_Segm.nii").read_bytes())
+    with pytest.raises(SliceWiseError, match="two seg files for patient BraTS20_Training_355: W39_1998.09.19_Segm"):
         find_brats_patients(tmp_path / "src")
 
 

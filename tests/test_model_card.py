@@ -36,6 +36,15 @@ def test_card_without_regions_or_organisers_still_renders():
     assert "segmentation_regions.wt.dice | n/a" in text and "brats-evaluation" not in text
 
 
+def test_card_renders_when_metrics_json_lacks_a_section_or_holds_null():
+    """A missing or null section fails its gate criterion (gate.py); the card rendered before the gate and crashed
+    `register` with a KeyError / AttributeError traceback instead."""
+    for metrics in ({}, {"classification": None}, {"classification": {"threshold": 0.5}, "ci95": None},
+                    {"classification": {"threshold": 0.5}, "segmentation_threshold": None}):
+        text = card(metrics)
+        assert "| classification.accuracy | n/a | n/a |" in text and "probability >= 0.5" in text
+
+
 def test_card_shows_where_the_classifier_errs():
     metrics = {"classification": {"threshold": 0.5},
                "classification_by_source": {"brats": {"n": 248, "positives": 126, "accuracy": 0.903,
@@ -46,6 +55,8 @@ def test_card_shows_where_the_classifier_errs():
                                               "over_2000_mm2": {"n": 0, "sensitivity": 0.0}}}
     text = card(metrics)
     assert "| kaggle | 35 | 17 | 0.771 | 0.588 | 0.944 |" in text
+    with_intervals = card(metrics | {"ci95": {"classification_by_source.kaggle.accuracy": [0.629, 0.914]}})
+    assert "| kaggle | 35 | 17 | 0.771 [0.629, 0.914] | 0.588 | 0.944 |" in with_intervals  # the photos' own interval
     assert "| 0–100 mm² | 12 | 0.250 |" in text and "| ≥ 2000 mm² | 0 | n/a |" in text
 
 
@@ -111,10 +122,10 @@ def test_card_says_photos_are_served_at_another_threshold_only_when_their_figure
         judged_as_served
     subgroups = {"classification_by_source": {"kaggle": {"n": 2, "positives": 1, "accuracy": 1.0,
                                                          "sensitivity": 1.0, "specificity": 1.0}}}
-    assert "errs (test split, each input at the threshold serving applies to it)" in card(
+    assert "errs (test split, each input at the threshold serving applies to it;" in card(
         {"classification": {"threshold": 0.6}, **subgroups,
          "classification_threshold": {"value": 0.6, "lone_slice_value": 0.68, "photos_at": "lone_slice_value"}})
-    assert "errs (test split, same threshold)" in card({"classification": {"threshold": 0.6}, **subgroups})
+    assert "errs (test split, same threshold;" in card({"classification": {"threshold": 0.6}, **subgroups})
 
 
 def test_card_says_how_much_of_the_parity_tolerance_the_logits_used():

@@ -479,6 +479,10 @@ def test_model_tab_explains_the_champion(browser, server, project, shots):
     assert project["champion"]["onnx_sha256"] in lineage and "git commit" in lineage and "params hash" in lineage
     compare = browser.find_element("id", "compare-table").text
     assert f"challenger v{project['challenger']['version']}" in compare and "accuracy" in compare and "[" in compare
+    # each source's accuracy on its own row, with its interval: the photos are not hidden in the pooled figure
+    photos = next(r for r in by_css(browser, "#compare-table tbody tr") if r.text.startswith("accuracy, photos"))
+    assert "[" in photos.text and "accuracy, MRI slices" in compare
+    assert "photo accuracy" in browser.find_element("id", "model-info").text
     assert "FAIL" in browser.find_element("id", "compare-detail").text  # why the challenger lost
     assert "Promotion gate" in browser.find_element("id", "model-card").text
     shots(browser, "model")

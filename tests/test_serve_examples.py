@@ -162,3 +162,51 @@ def test_a_volume_example_sends_every_modality_the_model_takes(tmp_path):
     assert [field for field, _, _ in volume_uploads(entry, tmp_path, ("flair",))] == ["flair"]
     flair_only_bundle = {"files": {"flair": "p_flair.nii.gz"}}  # a bundle made for a FLAIR model, served by a 4-channel one
     assert [f for f, _, _ in volume_uploads(flair_only_bundle, tmp_path, ("flair", "t1", "t1ce", "t2"))] == ["flair"]
+
+
+def test_the_comparison_asks_the_registry_before_it_holds_any_memory_budget(tmp_path):
+    """/model/compare needs no login: with a store that hangs, every request held its share of the budget (and a
+    thread) while it waited, so cheap GETs kept uploads waiting. The registry is asked first, with nothing reserved."""
+    from serve.model_source import FileSource
+
+    files = make_served_files(tmp_path)
+    seen = {}
+
+    class SlowRegistry(FileSource):
+        def challenger(self):
+            seen["budget_in_use"] = app.state.budget.in_use  # what this request holds while the store is asked
+            return None
+
+    cfg = load_settings(REPO / "params.yaml").serve.model_copy(update={"poll_seconds": 0})
+    app = create_app(SlowRegistry(files.onnx, files.checkpoint, files.metrics), cfg)
+    with local_client(app) as client:
+        compare = client.get("/model/compare").json()
+    assert seen == {"budget_in_use": 0} and compare["challenger"] is None
+    assert "no version besides the champion" in compare["detail"]
+
+
+def test_one_request_at_a_time_asks_the_registry_for_the_challenger(tmp_path, tiny_settings):
+    """A second /model/compare while the first waits on the store is told so at once instead of waiting too."""
+    import threading
+
+    from tasks.errors import SliceWiseError
+
+    source = RegistrySource(tiny_settings.registry, tiny_settings.tracking, tmp_path / "cache")
+    asking, answer = threading.Event(), threading.Event()
+
+    def hung_store():
+        asking.set()
+        answer.wait(10)
+        return None
+
+    source.challenger_version = hung_store
+    first = threading.Thread(target=source.challenger)
+    first.start()
+    try:
+        assert asking.wait(10)
+        with pytest.raises(SliceWiseError, match="another request is asking the registry"):
+            source.challenger()
+    finally:
+        answer.set()
+        first.join(10)
+    assert source.challenger() is None  # the lookup is free again once the first one ends

@@ -53,8 +53,11 @@ async function loadModelInfo() {
     const seg = (info.metrics || {}).segmentation || {};
     const metric = (label, value) => (value === undefined ? "" : `<span class="metric">${label} <b>${fmt(value)}</b></span>`);
     const gate = info.gate ? `<span class="metric">gate <b class="verdict-${esc(info.gate.verdict)}">${esc(info.gate.verdict)}</b></span>` : "";
+    const photos = (((info.metrics || {}).classification_by_source || {}).kaggle || {});
     box.innerHTML = `model <b id="model-version">${esc(name)}</b>` + metric("accuracy", cls.accuracy) +
-      metric("sensitivity", cls.sensitivity) + metric("Dice", seg.dice) + gate;
+      metric("sensitivity", cls.sensitivity) + metric("Dice", seg.dice) +
+      // the photos' own figure: a few dozen of the test inputs, easily hidden by the pooled accuracy
+      (photos.n ? metric(`photo accuracy (${photos.n})`, photos.accuracy) : "") + gate;
     box.title = info.detail || "";
   } catch (error) {
     state.info = null;

@@ -7,6 +7,9 @@ const LINEAGE = [["git_commit", "git commit"], ["git_dirty", "uncommitted change
   ["prefect_flow_run_id", "Prefect flow run"], ["mlflow_run_id", "MLflow run"], ["onnx_sha256", "ONNX sha256"]];
 const METRICS = [["classification.accuracy", "accuracy"], ["classification.sensitivity", "sensitivity"],
   ["classification.specificity", "specificity"], ["classification.roc_auc", "ROC AUC"],
+  // each source alone: the photos are a few dozen of the test inputs, and the pooled accuracy hides how they fare
+  ["classification_by_source.brats.accuracy", "accuracy, MRI slices"],
+  ["classification_by_source.kaggle.accuracy", "accuracy, photos"],
   ["segmentation.dice", "slice Dice (WT)"], ["segmentation.hd95", "slice HD95 (mm)", true],
   ["segmentation_volume.dice", "volume Dice (WT)"], ["segmentation_regions.wt.dice", "Dice WT"],
   ["segmentation_regions.tc.dice", "Dice TC"], ["segmentation_regions.et.dice", "Dice ET"]];

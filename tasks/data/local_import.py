@@ -31,7 +31,9 @@ PART_NAMES = {"flair": ("flair", "t2f"), "t1ce": ("t1ce", "t1c"), "t1": ("t1", "
               "seg": ("seg",)}
 _PART_PATTERNS = [(part, re.compile(rf"[-_](?:{'|'.join(names)})\.nii(\.gz)?$", re.IGNORECASE))
                   for part, names in PART_NAMES.items()]
-_ODD_SEG = re.compile(r"seg", re.IGNORECASE)  # e.g. BraTS20_Training_355's `W39_1998.09.19_Segm.nii`
+# BraTS20_Training_355's label file, `W39_1998.09.19_Segm.nii`: the one known odd name. Not "seg" anywhere in a name:
+# a prediction saved beside a validation case (`..._segmentation_pred.nii`) became its ground truth.
+_ODD_SEG = re.compile(r"_segm\.nii(\.gz)?$", re.IGNORECASE)
 
 
 def classify_brats_file(path: Path) -> str | None:
@@ -124,12 +126,13 @@ def find_brats_patients(root: Path, files: list[Path] | None = None) -> dict[str
                                      f"{second.name}); put each patient's files in a folder of its own",
                                      path.parent)
         parts = patients.setdefault(name, {})
-        if part in parts and patient_id_of(parts[part]) is not None and patient_id_of(path) is not None:
+        regular = patient_id_of(path) is not None
+        if part in parts and (patient_id_of(parts[part]) is not None) == regular:  # two regular, or two odd names
             # `x_flair.nii` beside `x_flair.nii.gz` (a `gunzip -k`, or another scan copied in): which is the patient?
             raise SliceWiseError(f"two {part} files for patient {name}: {parts[part].name} and {path.name}; keep one",
                                  path.parent)
         # Prefer a regular `_seg` file over an odd name (patient 355's), and never let an odd one replace it.
-        if part not in parts or (part == "seg" and patient_id_of(path) is not None):
+        if part not in parts or (part == "seg" and regular):
             parts[part] = path
     return patients
 

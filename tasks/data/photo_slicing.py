@@ -59,7 +59,14 @@ def slice_kaggle(kaggle_dir: Path, out_dir: Path, size: int, channels: int = 1) 
                     if problem := _photo_problem(image):
                         rejected.append({"file": str(path), "reason": problem})
                         continue
-                    images.append(preprocess.prepare_image(image, size))
+                    prepared = preprocess.prepare_image(image, size)
+                    # blank as it is sliced: the stored bands above can differ while the picture is one colour (a
+                    # fully transparent PNG laid on black, a palette whose entries are all one colour)
+                    if not np.ptp(prepared):
+                        rejected.append({"file": str(path), "reason": "blank image (one value everywhere once its "
+                                                                      "transparency and palette are applied)"})
+                        continue
+                    images.append(prepared)
                 patients.append(f"kaggle_{label_name}_{path.stem if stems[path.stem] == 1 else path.name}")
             except MemoryError:
                 raise

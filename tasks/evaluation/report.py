@@ -31,7 +31,7 @@ from tasks.data.regions import REGIONS
 from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
 from tasks.evaluation.brats_reference import required_reference_python
-from tasks.evaluation.intervals import confidence_intervals, resampling_units
+from tasks.evaluation.intervals import SOURCE_CI_METRICS, SOURCES, confidence_intervals, resampling_units
 from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
                                       predict_split)
 from tasks.inference.predictor import TorchPredictor, decision_thresholds
@@ -45,7 +45,8 @@ CLASSIFICATION_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f
 CI_KEYS = tuple(f"classification.{k}" for k in CLASSIFICATION_KEYS) + (
     "segmentation.dice", "segmentation.iou", "segmentation.hd95",
     "segmentation_volume.dice", "segmentation_volume.hd95",
-) + tuple(f"segmentation_regions.{region}.{name}" for region in REGIONS for name in brats.REGION_METRICS)
+) + tuple(f"segmentation_regions.{region}.{name}" for region in REGIONS for name in brats.REGION_METRICS) + tuple(
+    f"classification_by_source.{source}.{name}" for source in SOURCES for name in SOURCE_CI_METRICS)
 HEADLINE = ("classification.accuracy", "classification.sensitivity", "classification.specificity",
             "classification.roc_auc", "segmentation.dice", "segmentation.hd95", "segmentation_volume.dice",
             "segmentation_regions.wt.dice", "segmentation_regions.tc.dice", "segmentation_regions.et.dice")

@@ -63,13 +63,17 @@ def _fmt(value) -> str:
 
 def _metrics_table(metrics: dict) -> list[str]:
     lines = ["| metric | value | 95 % CI |", "|---|---|---|"]
-    intervals = metrics.get("ci95", {})
+    intervals = metrics.get("ci95") or {}
     for section, name in METRIC_ROWS:
         value = nested_value(metrics, f"{section}.{name}")  # segmentation_regions.<region>.<metric> is nested
         interval = intervals.get(f"{section}.{name}")
         shown = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "n/a"
         lines.append(f"| {section}.{name} | {_fmt(value)} | {shown} |")
     return lines
+
+
+def _with_interval(value, interval) -> str:
+    return _fmt(value) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and value is not None else "")
 
 
 def _organisers_section(metrics: dict) -> list[str]:
@@ -95,11 +99,13 @@ def _subgroups_section(metrics: dict) -> list[str]:
         return []
     alone = ((metrics.get("classification_threshold") or {}).get("photos_at") == "lone_slice_value")
     judged = "each input at the threshold serving applies to it" if alone else "same threshold"
-    lines = ["", f"Where the classifier errs (test split, {judged}):", "",
+    lines = ["", f"Where the classifier errs (test split, {judged}; an interval resamples that source alone):", "",
              "| source | slices | with tumour | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|"]
+    intervals = metrics.get("ci95") or {}
     for source, m in by_source.items():
-        lines.append(f"| {source} | {m['n']} | {m['positives']} | {_fmt(m['accuracy'])} | {_fmt(m['sensitivity'])} "
-                     f"| {_fmt(m['specificity'])} |")
+        cells = [_with_interval(m.get(name), intervals.get(f"classification_by_source.{source}.{name}"))
+                 for name in ("accuracy", "sensitivity", "specificity")]
+        lines.append(f"| {source} | {m['n']} | {m['positives']} | {' | '.join(cells)} |")
     if by_area:
         lines += ["", "| BraTS tumour slices by tumour area | slices | detected |", "|---|---|---|"]
         for name, m in by_area.items():
@@ -163,14 +169,15 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
                       tags: dict[str, str]) -> str:
     """Markdown model card; `decision` is a gate.GateDecision."""
     title = f"# {model_name}" + (f" version {version}" if version else "")
-    threshold = metrics["classification"].get("threshold")
+    # a section missing or null fails its gate criterion (gate.py); the card says n/a instead of crashing
+    threshold = (metrics.get("classification") or {}).get("threshold")
     decision_rule = metrics.get("classification_threshold") or {}
     threshold_origin = THRESHOLD_ORIGINS.get(decision_rule.get("rule"), "the threshold chosen on the validation split")
     score = SLICE_SCORE_WORDS.get(decision_rule.get("slice_score"), SLICE_SCORE_WORDS["classifier"])
     if decision_rule.get("slices_in_volume") and decision_rule.get("slice_score") == "fused":
         score += (" (for the slices of a volume, as /v1/predict/volume answers them: without the components the "
                   "volume clean-up drops)")
-    cut = metrics.get("segmentation_threshold", {"value": 0.5, "rule": "fixed"})
+    cut = metrics.get("segmentation_threshold") or {"value": 0.5, "rule": "fixed"}
     cut_origin = CUT_ORIGINS.get(cut.get("rule"), "fixed")
     synthetic = data_source == "synthetic"
     lines = [
