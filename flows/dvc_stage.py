@@ -46,6 +46,12 @@ def _repo():
 LOCK_WAIT_SECONDS = 120
 
 
+def _lock_held_too_long(wait_seconds: float) -> SliceWiseError:
+    return SliceWiseError(f"another DVC command has held the repository's lock for over {wait_seconds:g} s; let it "
+                          "finish and run the flow again (a finished step's outputs are recorded then, or rebuilt)",
+                          ".dvc/tmp/lock")
+
+
 @contextmanager
 def _locked(repo) -> Iterator[None]:
     from dvc.lock import LockError
@@ -58,13 +64,27 @@ def _locked(repo) -> Iterator[None]:
             break
         except LockError as exc:
             if time.monotonic() >= deadline:
-                raise SliceWiseError(f"another DVC command has held the repository's lock for over {wait_seconds:g} "
-                                     "s; let it finish and run the flow again (a finished step's outputs are "
-                                     "recorded then, or rebuilt)", ".dvc/tmp/lock") from exc
+                raise _lock_held_too_long(wait_seconds) from exc
     try:
         yield
     finally:
         repo.lock.unlock()
+
+
+def _status(repo, **kwargs) -> dict:
+    """`repo.status(**kwargs)`, waiting up to LOCK_WAIT_SECONDS for the lock as `_locked` does: status takes the lock
+    itself (so it cannot run under `_locked`), and DVC's own 3 s failed a flow at its next stage when a `dvc status`
+    was typed in a terminal meanwhile."""
+    from dvc.lock import LockError
+
+    wait_seconds = LOCK_WAIT_SECONDS
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return repo.status(**kwargs)
+        except LockError as exc:
+            if time.monotonic() >= deadline:
+                raise _lock_held_too_long(wait_seconds) from exc
 
 
 def pipeline_stages(dvc_yaml: Path = DVC_YAML) -> list[str]:
@@ -79,13 +99,13 @@ def stage_changes(stage: str) -> list:
     ["changed command"] for a stage that never ran, [{"changed outs": {"data/splits": "deleted"}}].
     """
     with _repo() as repo:
-        return repo.status(targets=[stage]).get(stage, [])
+        return _status(repo, targets=[stage]).get(stage, [])
 
 
 def stale_stages() -> dict[str, list]:
     """Every stage DVC finds changed, as `dvc status` lists them (empty when the whole pipeline is fresh)."""
     with _repo() as repo:
-        return repo.status()
+        return _status(repo)
 
 
 class PipelineStatus:
@@ -103,7 +123,7 @@ class PipelineStatus:
     def read(cls) -> PipelineStatus:
         """One `Repo`, one status call for all stages, one parse of dvc.yaml and of dvc.lock."""
         with _repo() as repo:
-            stale = repo.status()
+            stale = _status(repo)
         return cls(pipeline_stages(), stale, lock_entries())
 
     @property

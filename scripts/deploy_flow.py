@@ -57,11 +57,14 @@ def deploy_from_source(
 
 
 def schedule_from_params(params: Path) -> tuple[str, str]:
-    """The retraining cron and its timezone from params.yaml's `schedule` section (parsed by tasks.config)."""
+    """The retraining cron and its timezone from params.yaml's `schedule` section (parsed by tasks.config), checked
+    as `flows serve` checks them (a cron or time zone Prefect would take here and fail on later is refused now)."""
+    from flows.deploy import retraining_schedule
     from tasks.config import load_settings
 
-    schedule = load_settings(params).schedule
-    return schedule.cron, schedule.timezone
+    settings = load_settings(params)
+    retraining_schedule(settings)
+    return settings.schedule.cron, settings.schedule.timezone
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -76,7 +79,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--no-schedule", action="store_true", help="deploy without the params.yaml cron")
     args = parser.parse_args(argv)
 
-    cron, timezone = (None, "UTC") if args.no_schedule else schedule_from_params(args.params)
+    from tasks.errors import SliceWiseError
+
+    try:
+        cron, timezone = (None, "UTC") if args.no_schedule else schedule_from_params(args.params)
+    except SliceWiseError as exc:  # a bad params.yaml: one line naming it (`make worker` runs this), not a traceback
+        raise SystemExit(f"error: {exc}") from None
     return deploy_from_source(args.source, args.entrypoint, args.name, args.pool, cron=cron, timezone=timezone)
 
 

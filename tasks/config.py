@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -370,6 +371,26 @@ class _ModelSettings(_Section):
                              "set it there")
         return {**raw, "slice": {**section, "modalities": wanted}}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _active_profile_complete(cls, raw):
+        """The active profile names every key of its block: dvc.yaml's stages read them from params.yaml themselves
+        (`profiles.${profile}.image_size`, ...), and DVC refuses a missing one, after `dvc repro` has removed the
+        stage's outputs (data/raw). The defaults here would have let `tasks check` pass such a file."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("profiles"), dict):
+            return raw
+        name = raw.get("profile", "quick")
+        profile = raw["profiles"].get(name) if isinstance(name, str) else None
+        if not isinstance(profile, dict):
+            return raw  # the field validators say what is wrong
+        epochs = profile.get("epochs")
+        missing = [key for key in ProfileSettings.model_fields if key not in profile]
+        missing += [f"epochs.{key}" for key in Epochs.model_fields if isinstance(epochs, dict) and key not in epochs]
+        if missing:
+            raise ValueError(f"profiles.{name} lacks {', '.join(missing)}: dvc.yaml's stages read every key of the "
+                             "active profile from params.yaml, so each profile lists them all (as profiles.quick does)")
+        return raw
+
     @model_validator(mode="after")
     def _profile_exists(self) -> "_ModelSettings":
         if self.profile not in self.profiles:
@@ -410,7 +431,18 @@ class Settings(_ModelSettings):
 class _ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading floats as YAML 1.2 (and DVC's ruamel) read them: `5e-4` and `1e-05` are numbers.
     YAML 1.1 wants a dot in a float, so they came as strings, which the strict settings refuse (and `tasks set`
-    writes a small float as 1e-05)."""
+    writes a small float as 1e-05). A key twice in one mapping is an error, as DVC and `tasks set` (ruamel) make it:
+    PyYAML kept the last value, so `tasks check` passed a file the pipeline then refused."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:  # an unhashable key: the base class says so
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _ParamsLoader.add_implicit_resolver(

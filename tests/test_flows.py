@@ -476,11 +476,18 @@ def test_the_flow_waits_for_dvcs_lock_to_record_a_step_and_says_so_when_it_gives
     dvc_stage.commit_stage("make")
     holder.wait()
     assert "make" in yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    # asking whether a stage is fresh waits alike (a `dvc status` typed meanwhile failed the flow at its next stage)
+    (tmp_path / "source.txt").write_text("changed\n")
+    holder = hold_lock(5)
+    assert dvc_stage.stage_changes("make") and dvc_stage.PipelineStatus.read().stale
+    holder.wait()
     monkeypatch.setattr(dvc_stage, "LOCK_WAIT_SECONDS", 1)
     holder = hold_lock(8)
     try:
         with pytest.raises(SliceWiseError, match="another DVC command has held the repository's lock for over 1 s"):
             dvc_stage.commit_stage("make")
+        with pytest.raises(SliceWiseError, match="another DVC command has held the repository's lock for over 1 s"):
+            dvc_stage.stage_changes("make")
     finally:
         holder.kill()
 

@@ -388,6 +388,37 @@ def test_worse_challenger_never_displaces_a_better_champion(project, tiny_settin
     assert alias_version("slicewise", "champion") == "1"
 
 
+def test_a_register_cut_off_after_moving_the_alias_keeps_its_verdict_when_run_again(project, tiny_settings,
+                                                                                      monkeypatch):
+    """Cut off after @champion moved to its new version, register ran again in the same pipeline run: it found that
+    version as the champion, judged it against itself ("vs champion v2" on v2's card) while its tags named v1."""
+    from tasks.tracking.mlflow_runs import MlflowTracker
+
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.90, sensitivity=0.9)
+    assert register.main(settings)["version"] == "1"
+    write_metrics(project, accuracy=0.95, sensitivity=0.9)
+    real_set_tags = MlflowTracker.set_tags
+
+    def cut_off_after_the_alias_moved(self, tags):
+        if "registered_version" in tags:
+            raise KeyboardInterrupt
+        return real_set_tags(self, tags)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowTracker, "set_tags", cut_off_after_the_alias_moved)
+        with pytest.raises(KeyboardInterrupt):
+            register.main(settings)
+    assert alias_version("slicewise", "champion") == "2"
+    again = register.main(settings)
+    assert again["version"] == "2" and again["promoted"]
+    assert "accuracy vs champion v1 0.950 >= 0.900" in again["reason"] and "champion v2" not in again["reason"]
+    version = client().get_model_version("slicewise", "2")
+    assert "champion v1" in version.description and "champion v2" not in version.description
+    assert version.tags["promotion_reason"] == again["reason"]  # its tags and the answer agree
+    assert [str(v.version) for v in client().search_model_versions("name='slicewise'")] == ["2", "1"]
+
+
 def test_a_split_redone_by_hand_after_dvc_is_not_taken_for_the_champions_test_data(project, tiny_settings):
     """dvc.lock says what DVC last recorded: `python -m tasks split` run by hand afterwards leaves its hashes as they
     were. The files on disk decide too (the data_fingerprint tag), so the champion is re-scored, not compared by

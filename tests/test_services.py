@@ -260,3 +260,17 @@ def test_worker_on_process_pool_runs_a_deployment(tmp_path):
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert pipeline["entrypoint"] == "flows.pipeline.slicewise_pipeline"
     assert [s["schedule"]["cron"] for s in pipeline["schedules"]] == [schedule.cron]
+
+
+def test_deploying_the_worker_with_a_schedule_prefect_refuses_is_one_line_naming_the_key(tmp_path):
+    """`make worker` deploys through scripts/deploy_flow.py, which built the schedule itself: a cron Prefect refuses
+    ended in a traceback (flows serve's check, retraining_schedule, gives one line)."""
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace('cron: "0 3 * * 1"', 'cron: "0 3 * * 9"'))
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "deploy_flow.py"), "--params", str(params)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line
+    assert "schedule.cron '0 3 * * 9'" in done.stderr and "is not a schedule Prefect accepts" in done.stderr

@@ -39,7 +39,7 @@ from tasks.io import sha256_file
 from tasks.redaction import redact
 from tasks.release.champion import champion_score
 from tasks.release.examples import bundle_examples
-from tasks.release.gate import QUALITY_CRITERIA, ChampionScore, GateDecision, PromotionGate
+from tasks.release.gate import QUALITY_CRITERIA, ChampionScore, Criterion, GateDecision, PromotionGate
 from tasks.release.model_card import render_model_card, split_summary
 from tasks.release.registry import SEEN_PATIENTS_FILE, ModelRegistry
 from tasks.release.release_files import Release, parity_detail
@@ -65,6 +65,11 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     tags = provenance.run_tags(settings) | {"data_fingerprint": provenance.data_fingerprint(processed, splits_dir)}
     registry = ModelRegistry(cfg, name, tracker.client)
     champion = registry.by_alias(reg.alias)
+    if champion is not None and (recorded := recorded_own_decision(champion, tracker, release)) is not None:
+        # This pipeline run's own register, cut off after it moved the alias, run again: its verdict was judged
+        # against the champion before it and is in its tags. Judging again would compare the version with itself
+        # and rewrite its card to say so, while its tags still named the earlier champion.
+        return kept_version(settings, recorded, champion, reg.alias, tracker, release)
     score = champion_score(registry, champion, tags, processed, splits_dir, release,
                            settings.split.phash_max_distance) if champion is not None else None
     decision = decide(settings, release, score)
@@ -151,6 +156,20 @@ def still_intact(registry: ModelRegistry, version, release: Release, example: np
                     version.version, exc.reason)
         return False
     return True
+
+
+def recorded_own_decision(version, tracker: MlflowTracker, release: Release) -> GateDecision | None:
+    """The gate's verdict recorded on `version` when it is this run's registration of this very release (same run,
+    ONNX file and figures); None otherwise, or when its tags hold no readable verdict."""
+    held = version.tags or {}
+    if version.run_id != tracker.run_id or held.get("onnx_sha256") != release.onnx_sha256 \
+            or held.get("metrics_sha256") != sha256_file(paths.METRICS):
+        return None
+    try:
+        criteria = json.loads(held.get("promotion_gate", ""))
+        return GateDecision(tuple(Criterion(str(c["name"]), bool(c["passed"]), str(c["detail"])) for c in criteria))
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def kept_version(settings: Settings, decision: GateDecision, version, alias: str, tracker: MlflowTracker,
