@@ -26,7 +26,7 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
         "classification": {"accuracy": 0.9125},
         "segmentation": {"dice": 0.75},
         "segmentation_regions": {"wt": {"dice": 0.8125, "hd95": 12.5}, "tc": {"dice": 0.4375, "hd95": 30.0}},
-        "ci95": {"segmentation_regions.tc.dice": [0.25, 0.625]},
+        "ci95": {"segmentation_regions.tc.dice": [0.25, 0.625], "classification_by_source.kaggle.accuracy": [0.6, 0.9]},
         "classification_by_source": {"kaggle": {"n": 35, "positives": 17, "accuracy": 0.771, "sensitivity": 0.588,
                                                 "specificity": 0.944}},
         "sensitivity_by_tumour_area": {"0_to_100_mm2": {"n": 12, "sensitivity": 0.25},
@@ -38,7 +38,7 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     assert re.search(r"segmentation_regions\.wt\.dice +│ 0\.812", out)
     assert re.search(r"segmentation_regions\.tc\.hd95 \(mm\) +│ 30\.000", out)  # a distance says its unit
     assert "[0.250, 0.625]" in out and "segmentation_regions.et" not in out
-    assert "kaggle accuracy 0.771, sensitivity 0.588 (35 slices)" in out
+    assert "kaggle accuracy 0.771 [0.600, 0.900], sensitivity 0.588 (35 slices)" in out  # the photos' own interval
     assert "0–100 mm² 0.25 (12)" in out and "2000" not in out  # an empty size bin is left out
     assert "version 3: not promoted" in out and "volume Dice 0.600 < 0.700 [FAIL]" in out
 

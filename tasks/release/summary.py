@@ -121,9 +121,15 @@ def _where_it_errs(metrics: dict) -> str:
     by_area = metrics.get("sensitivity_by_tumour_area") or {}
     lines = []
     if by_source:
+        intervals = metrics.get("ci95") or {}
+
+        def accuracy(source: str, value) -> str:  # with the source's own interval, when evaluate wrote one
+            ci = intervals.get(f"classification_by_source.{source}.accuracy")
+            return _share(value, 3) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and value is not None else "")
+
         lines.append("classifier by source: " + "; ".join(
-            f"{source} accuracy {_share(m['accuracy'], 3)}, sensitivity {_share(m['sensitivity'], 3)} ({m['n']} slices)"
-            for source, m in by_source.items()))
+            f"{source} accuracy {accuracy(source, m['accuracy'])}, sensitivity {_share(m['sensitivity'], 3)} "
+            f"({m['n']} slices)" for source, m in by_source.items()))
     if by_area:
         lines.append("BraTS tumour slices detected, by tumour area: " + "; ".join(
             f"{area_bin_title(name)} {_share(m['sensitivity'], 2)} "
