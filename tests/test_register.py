@@ -664,6 +664,38 @@ def test_lineage_prints_the_chain(project, tiny_settings):
         print_lineage(settings, "7", console)
 
 
+def test_lineage_names_the_run_that_trained_the_weights_when_another_run_registered_them(project, tiny_settings):
+    """DVC reruns `register` alone after a promotion setting changes: that pipeline run holds no training, and
+    lineage showed its run and commit as the model's origin. The version names its checkpoint's sha256, and so does
+    the training run that handed it on: lineage follows it there."""
+    from rich.console import Console
+
+    from tasks.tracking.provenance import CHECKPOINT_TAG
+
+    settings = tracked(tiny_settings)
+    checkpoint = sha256_file(paths.best_checkpoint("joint"))
+    experiment = client().get_experiment_by_name("slicewise") or \
+        client().get_experiment(client().create_experiment("slicewise"))
+    earlier = client().create_run(experiment.experiment_id, run_name="pipeline-quick-earlier",
+                                  tags={"slicewise.role": "pipeline"})
+    trained = client().create_run(experiment.experiment_id, run_name="train_joint", tags={
+        "step": "train_joint", "mlflow.parentRunId": earlier.info.run_id, "git_commit": "1234abcd" * 5,
+        CHECKPOINT_TAG: checkpoint})
+    result = register.main(settings)  # a later pipeline run that only registers
+    assert client().get_model_version("slicewise", result["version"]).tags[CHECKPOINT_TAG] == checkpoint
+
+    console = Console(record=True, width=400)
+    info = print_lineage(settings, "champion", console)
+    assert info["trained"] == {"run_id": trained.info.run_id, "pipeline_run_id": earlier.info.run_id,
+                               "git_commit": "1234abcd" * 5, "git_dirty": None}
+    text = console.export_text()
+    assert f"weights trained by train_joint run {trained.info.run_id} of pipeline run {earlier.info.run_id}" in text
+    assert "git commit " + "1234abcd" * 5 in text
+    # a training run of other weights is no origin of this version
+    client().set_tag(trained.info.run_id, CHECKPOINT_TAG, "0" * 64)
+    assert print_lineage(settings, "champion", Console(record=True, width=400))["trained"] is None
+
+
 def test_lineage_without_a_reference_follows_the_configured_alias(project, tiny_settings):
     """`python -m tasks lineage` with no argument: the version `registry.alias` names (it was "champion" whatever
     params.yaml said, so a store serving `production` answered "no version or alias 'champion'")."""

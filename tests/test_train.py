@@ -701,6 +701,8 @@ def test_a_stage_stuck_at_its_floor_says_so_in_log_result_and_tracker(in_project
         result = training_stage.train_stage(plan, Recorder())
     assert result["stuck_at_floor"] and "val_dice 0.0000 after 2 epochs" in result["stuck_at_floor"]
     assert "STUCK AT ITS FLOOR" in caplog.text and tags["stuck_at_floor"] == "true"
+    # the weights handed on, by their sha256: what a registry version shipping them names too (tasks lineage)
+    assert tags["checkpoint_sha256"] == sha256_file(plan.checkpoint_dir / "best.pt")
     assert training_stage.stuck_at_floor("seg", [{"val_dice": 0.01}, {"val_dice": 0.3}], 0.05) is None
     assert training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.52}], 0.05)  # a guessing classifier
     assert training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.9}], 0.05) is None

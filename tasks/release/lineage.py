@@ -13,6 +13,7 @@ from rich.tree import Tree
 from tasks.config import Settings
 from tasks.release.registry import ModelRegistry
 from tasks.redaction import redact
+from tasks.tracking.provenance import CHECKPOINT_TAG
 from tasks.tracking.store import retrying, tracking_uri
 
 
@@ -37,7 +38,31 @@ def lineage(settings: Settings, ref: str) -> dict:
         except MlflowException as exc:  # a deleted run: the version's tags still tell the story
             run_info["status"] = f"not found ({exc.error_code})"
     return {"model_name": version.name, "version": str(version.version), "aliases": list(version.aliases or []),
-            "run": run_info, "tags": tags}
+            "run": run_info, "tags": tags, "trained": trained_by(client, cfg, version, tags.get(CHECKPOINT_TAG))}
+
+
+def trained_by(client, cfg, version, checkpoint_sha256: str | None) -> dict | None:
+    """The `train_joint` step run that first handed on the version's checkpoint (tagged with its sha256), with its
+    pipeline run and commit. A pipeline run that only re-registered a model (DVC reran `register` alone, after a
+    promotion setting changed) holds no training: this names where the weights came from. None when no run says so
+    (tracking was off, the run was deleted, or the version predates the tag)."""
+    from mlflow.exceptions import MlflowException
+
+    if not checkpoint_sha256:
+        return None
+    try:
+        run = retrying(cfg, "get run", client.get_run, version.run_id) if version.run_id else None
+        experiments = [run.info.experiment_id] if run else [e.experiment_id for e in client.search_experiments()]
+        found = retrying(cfg, "find training run", client.search_runs, experiments,
+                         filter_string=f"tags.{CHECKPOINT_TAG} = '{checkpoint_sha256}' and tags.step = 'train_joint'",
+                         order_by=["attributes.start_time ASC"], max_results=1)
+    except MlflowException:
+        return None
+    if not found:
+        return None
+    tags = found[0].data.tags
+    return {"run_id": found[0].info.run_id, "pipeline_run_id": tags.get("mlflow.parentRunId"),
+            "git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty")}
 
 
 def _tag(tags: dict, key: str) -> str:
@@ -57,6 +82,10 @@ def print_lineage(settings: Settings, ref: str | None = None, console: Console |
     node = root.add(f"MLflow run [cyan]{run.get('run_id')}[/] {run.get('name', '')} ({run.get('status', '?')})")
     if run.get("steps"):
         node.add("step runs: " + ", ".join(run["steps"]))
+    if (trained := info["trained"]) and trained["pipeline_run_id"] != run.get("run_id"):  # trained elsewhere
+        node.add(f"weights trained by train_joint run [cyan]{trained['run_id']}[/] of pipeline run "
+                 f"[cyan]{trained['pipeline_run_id']}[/], git commit [cyan]{trained['git_commit'] or 'unknown'}[/]"
+                 + (" [red](uncommitted changes)[/]" if trained["git_dirty"] == "true" else ""))
     dirty = tags.get("git_dirty")
     node = node.add(f"git commit [cyan]{_tag(tags, 'git_commit')}[/]"
                     + (" [red](uncommitted changes)[/]" if dirty == "true" else ""))

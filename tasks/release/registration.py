@@ -77,6 +77,8 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         "promotion": "promoted" if decision.promoted else "rejected", "promotion_reason": decision.reason,
         "promotion_gate": json.dumps(decision.as_dict()["criteria"]),  # machine-readable: /model/info shows it
         "onnx_sha256": release.onnx_sha256, "mlflow_run_id": tracker.run_id,
+        # the weights shipped: lineage finds the training run that tagged the same (this run may only re-register)
+        provenance.CHECKPOINT_TAG: sha256_file(release.checkpoint_path),
         "metrics_sha256": sha256_file(paths.METRICS),  # the figures the tags and the card show
         "gate_settings_sha256": gate_settings_digest(settings, release),  # the criteria and limits of the verdict
         # .get: a metric missing from metrics.json fails its gate criterion (above), it must not crash the tags

@@ -22,6 +22,9 @@ from tasks import paths
 
 UNKNOWN = "unknown"
 DVC_LOCK = paths.ROOT / "dvc.lock"
+# The tag naming a checkpoint by its sha256: on the training step run that wrote it and on the registry version
+# that ships it, which links the two in `tasks lineage`.
+CHECKPOINT_TAG = "checkpoint_sha256"
 FLOW_RUN_ENV = "SLICEWISE_PREFECT_FLOW_RUN_ID"  # set by flows/lineage.py for the steps it runs
 # Source files whose uncommitted edits make a run "dirty". dvc.lock and the DVC metrics files are left out:
 # DVC rewrites them while the pipeline runs, and the pipeline must not look dirty halfway through.

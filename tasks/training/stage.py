@@ -41,8 +41,8 @@ from tasks.data.loaders import training_loader
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import (architecture_digest, load_checkpoint, load_weights, model_config_of,
                                          weights_digest)
-from tasks.io import usable_cores
-from tasks.tracking.provenance import flatten
+from tasks.io import sha256_file, usable_cores
+from tasks.tracking.provenance import CHECKPOINT_TAG, flatten
 from tasks.tracking.tracker import NullTracker, Tracker, tracked_step
 from tasks.training.device import augments_on_device, pick_device, place_model
 from tasks.training.distributed import Ranks, launched_rank, training_processes
@@ -143,6 +143,9 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
         tracker.set_tags({"stuck_at_floor": "true", "stuck_reason": stuck})
     tracker.log_artifact(plan.history_path, "training")
     tracker.log_artifact(plan.checkpoint_dir / "best.pt", f"checkpoints/{plan.stage}")
+    # what the weights this run hands on are: a registry version names its checkpoint's sha256 too, so lineage finds
+    # the run that trained it even when a later pipeline run only re-registered it (tasks/release/lineage.py)
+    tracker.set_tags({CHECKPOINT_TAG: sha256_file(plan.checkpoint_dir / "best.pt")})
     return {
         "stage": plan.stage,
         "metric": metric_name,
