@@ -24,7 +24,8 @@ export function markdown(text) {
   let table = null;
   let list = null;
   const flush = () => {
-    if (table) out.push(`<table class="compact">${table.join("")}</table>`);
+    // in a box of its own that scrolls sideways: a table with intervals in its cells outgrows a narrow window
+    if (table) out.push(`<div class="table-wrap"><table class="compact">${table.join("")}</table></div>`);
     if (list) out.push(`<ul>${list.join("")}</ul>`);
     table = list = null;
   };
