@@ -140,3 +140,8 @@ def test_a_fresh_clone_shows_the_committed_record_as_such_and_no_lineage_it_cann
     out = printed_summary()
     assert "nothing has run in this checkout yet" in out and "`make run` reproduces it here" in out
     assert "0.960" in out and "lineage" not in out
+    # the first stages ran here (data/raw), export not yet: the registry decision is still the committed record
+    paths.RAW.mkdir(parents=True)
+    out = printed_summary()
+    assert "nothing has run in this checkout yet" not in out and "lineage" not in out
+    assert "no model exported in this checkout yet: the decision below is the record committed" in out

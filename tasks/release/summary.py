@@ -72,6 +72,12 @@ def print_summary(console: Console | None = None) -> None:
             console.print(where)
 
     if decision := read_json(paths.REGISTER_REPORT, default=None):
+        # the decision is this checkout's once it has exported a model: before that (a fresh clone, or one whose
+        # pipeline stopped before export), register.json is the committed record, its version in another registry
+        decided_here = paths.ONNX_MODEL.exists()
+        if ran_here and not decided_here:
+            console.print("[yellow]no model exported in this checkout yet: the decision below is the record committed "
+                          "with the code, its version in the registry of the run that made it[/]")
         if stale := stale_decision(decision):
             console.print(f"[yellow]the decision below was made on another {stale} than the one on disk now (a step "
                           "ran again after register): run register again (`.venv/bin/dvc repro`)[/]")
@@ -87,7 +93,7 @@ def print_summary(console: Console | None = None) -> None:
         else:
             console.print("[yellow]not registered[/] (tracking.enabled is false)")
         console.print(f"reason: {escape(str(decision.get('reason')))}")  # "[pass]" is text, not markup
-        if registered and ran_here:  # the version this run registered, whichever alias it got (a committed
+        if registered and decided_here:  # the version this run registered, whichever alias it got (a committed
             # record's version is in the registry of the machine that made it)
             console.print(f"lineage: .venv/bin/python -m tasks lineage {decision.get('version')}")
 
