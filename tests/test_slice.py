@@ -158,6 +158,40 @@ def test_rerun_reslices_only_new_patients(tmp_path):
     assert slice_dataset(raw, out, CFG, image_size=24, stride=1)["resliced"] == 3  # a changed spec redoes all
 
 
+def test_a_rejected_patient_unchanged_since_is_rejected_again_without_reading_it(tmp_path, monkeypatch, caplog):
+    """Its fingerprint was dropped, so every run loaded all its volumes again only to reject it again; one whose files
+    change is judged anew."""
+    from tasks.data import slicing
+
+    raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
+    rng = np.random.default_rng(11)
+    write_patient(raw / "brats", "BraTS20_Training_011", rng, parts=("t1", "t2", "seg"))  # no FLAIR: rejected
+    first = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    rejected_csv = (out / "rejected.csv").read_bytes()
+    assert first["rejected"] == 1 and b"missing modality flair" in rejected_csv
+
+    judged = []
+    real_job = slicing._slice_patient_job
+
+    def counting_job(patient_dir, *args):
+        judged.append(patient_dir.name)
+        return real_job(patient_dir, *args)
+
+    def in_process(fn, jobs):  # the jobs here, so that the count above sees them
+        return (fn(*job) for job in jobs)
+
+    monkeypatch.setattr(slicing, "_slice_patient_job", counting_job)
+    with caplog.at_level("INFO"):
+        again = slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=in_process)
+    assert judged == [] and again["resliced"] == 0 and again["rejected"] == 1
+    assert (out / "rejected.csv").read_bytes() == rejected_csv  # the same row, in the same place
+    assert "slicing 0 patients (2 unchanged and reused" in caplog.text
+    assert "1 patient(s) rejected last time and unchanged since" in caplog.text
+    write_patient(raw / "brats", "BraTS20_Training_011", rng, parts=("flair", "t1", "t2", "seg"))  # FLAIR added
+    fixed = slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=in_process)
+    assert judged == ["BraTS20_Training_011"] and fixed["rejected"] == 0 and fixed["patients"] == 3
+
+
 def test_a_run_killed_halfway_leaves_no_shard_a_later_run_would_trust(tmp_path):
     """Slice with T1, start again with T2 and kill it after one patient, go back to T1: every shard must hold T1
     again (the killed run's new shard must not pass under the old fingerprint)."""

@@ -46,6 +46,9 @@ from tasks.io import atomic_write, code_identity, write_text_atomic
 log = logging.getLogger(__name__)
 
 FINGERPRINTS = paths.FINGERPRINTS.name
+# Patients rejected by the last complete run, with the fingerprint they had then and their rejected.csv row: one still
+# unchanged is rejected again without reading its volumes (it was loaded whole on every run, only to be rejected).
+REJECTED_FINGERPRINTS = "rejected_fingerprints.json"
 
 # Runs fn(*args) for every args tuple of jobs, wherever it likes; yields the results in the order of jobs.
 JobMap = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
@@ -210,8 +213,12 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     digests = FileDigests(digest_record(out_dir))
     fingerprints = {p.name: patient_fingerprint(p, spec_digest, digests) for p in patient_dirs}
     rows, rejected, todo, damaged = [], misnamed, [], []
+    rejections: dict[str, dict] = {}  # patient → its fingerprint and rejected.csv row (REJECTED_FINGERPRINTS)
     for patient_dir in patient_dirs:
         name, shard_path = patient_dir.name, out_dir / "brats" / f"{patient_dir.name}.npz"
+        if (before := previous["rejections"].get(name)) and before.get("fingerprint") == fingerprints[name]:
+            rejections[name] = before  # rejected last time, and nothing it is judged on has changed since
+            continue
         unchanged = previous["fingerprints"].get(name) == fingerprints[name]
         if unchanged and shard_path.exists() and name in previous["rows"]:
             problem = shard_problem(shard_path, len(previous["rows"][name]), len(spec.modalities), spec.image_size)
@@ -222,7 +229,11 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
             damaged.append(str(shard_path))
         todo.append((patient_dir, shard_path))
     log.info("slicing %d patients (%d unchanged and reused, %d damaged shards replaced; %d raw files hashed, the "
-             "others known by size and time)", len(todo), len(patient_dirs) - len(todo), len(damaged), digests.hashed)
+             "others known by size and time)", len(todo), len(patient_dirs) - len(todo) - len(rejections), len(damaged),
+             digests.hashed)
+    if rejections:
+        log.info("%d patient(s) rejected last time and unchanged since: in rejected.csv again, not read",
+                 len(rejections))
 
     manifest = out_dir / paths.MANIFEST.name
     if manifest.exists():  # the Kaggle shards (always) and the resliced ones are rewritten in place below
@@ -238,15 +249,18 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
         bar = progress.add_task("slicing patients", total=len(todo))
         for name, outcome in map_jobs(_slice_patient_job, [(d, s, spec) for d, s in todo]):
             if isinstance(outcome, dict):
-                rejected.append(outcome)
-                fingerprints.pop(name)
+                rejections[name] = {"fingerprint": fingerprints[name], "row": outcome}
             else:
                 rows.extend(outcome)
             progress.advance(bar)
 
     # Patients in folder order, whichever were reused: an incremental run writes the manifest a fresh one writes
-    # (training draws its batches in manifest order, so the order is part of what the model learns from).
+    # (training draws its batches in manifest order, so the order is part of what the model learns from), and
+    # rejected.csv lists the rejected ones in that order too.
     position = {d.name: i for i, d in enumerate(patient_dirs)}
+    for name in sorted(rejections, key=position.get):
+        rejected.append(rejections[name]["row"])
+        fingerprints.pop(name)  # the accepted patients' fingerprints: what makes a later run trust a shard
     rows.sort(key=lambda row: position[row["patient"]])
     kaggle_rows, kaggle_rejected = slice_kaggle(raw_dir / "kaggle", out_dir, image_size, len(spec.modalities))
     rejected.extend(kaggle_rejected)
@@ -257,6 +271,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     _write_table(manifest, rows + kaggle_rows, MANIFEST_COLUMNS)  # the marker of a complete run: before the
     _write_rejected(out_dir, rejected)  # fingerprints, which make later runs trust its shards
     write_text_atomic(json.dumps(fingerprints, indent=1, sort_keys=True), out_dir / FINGERPRINTS)
+    write_text_atomic(json.dumps(rejections, indent=1, sort_keys=True), out_dir / REJECTED_FINGERPRINTS)
     (out_dir / PREVIOUS_MANIFEST).unlink(missing_ok=True)
     digests.save()
     brats = [r for r in rows if r["source"] == "brats"]
@@ -278,12 +293,14 @@ def _previous_state(out_dir: Path) -> dict:
     if not manifest.exists():  # a run that failed halfway moved it aside: its rows still say what was reusable
         manifest = out_dir / PREVIOUS_MANIFEST
     if not (fp_file.exists() and manifest.exists()):
-        return {"fingerprints": {}, "rows": {}}
+        return {"fingerprints": {}, "rows": {}, "rejections": {}}
     table = read_manifest(manifest)
     table = table[table["source"] == "brats"]
+    rejections = out_dir / REJECTED_FINGERPRINTS
     return {
         "fingerprints": json.loads(fp_file.read_text()),
         "rows": {p: g.to_dict("records") for p, g in table.groupby("patient")},
+        "rejections": json.loads(rejections.read_text()) if rejections.exists() else {},
     }
 
 
