@@ -144,8 +144,10 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
     tracker.log_artifact(plan.history_path, "training")
     tracker.log_artifact(plan.checkpoint_dir / "best.pt", f"checkpoints/{plan.stage}")
     # what the weights this run hands on are: a registry version names its checkpoint's sha256 too, so lineage finds
-    # the run that trained it even when a later pipeline run only re-registered it (tasks/release/lineage.py)
-    tracker.set_tags({CHECKPOINT_TAG: sha256_file(plan.checkpoint_dir / "best.pt")})
+    # the run that trained it even when a later pipeline run only re-registered it (tasks/release/lineage.py). Only
+    # the main process writes best.pt, and a run whose metric never improved has none.
+    if ranks.is_main and (best := plan.checkpoint_dir / "best.pt").exists():
+        tracker.set_tags({CHECKPOINT_TAG: sha256_file(best)})
     return {
         "stage": plan.stage,
         "metric": metric_name,
