@@ -158,6 +158,27 @@ def test_a_pipeline_run_that_ends_before_register_leaves_no_run_running(store, t
     assert client().get_run(flow_parent).info.status == "RUNNING"
 
 
+def test_a_step_that_already_finished_in_the_parent_begins_a_new_pipeline_run(store, tiny_settings):
+    """Only register forgets the pointer: a `dvc repro` after one that ended before register (same code and params,
+    new data or a forced step) put its steps into the earlier, finished pipeline run, which then held two runs of a
+    step (and lineage, listing step names once, hid it). A step that FINISHED there already means a new run began;
+    a failed attempt's rerun still goes on in the same one."""
+    settings = tracked(tiny_settings)
+    first = MlflowTracker.for_step(settings, "export")
+    first.close()
+    failed = MlflowTracker.for_step(settings, "evaluate")
+    failed.close("FAILED")
+    retried = MlflowTracker.for_step(settings, "evaluate")  # a failed step's rerun: the same pipeline run
+    assert retried.parent_run_id == first.parent_run_id
+    retried.close()
+    again = MlflowTracker.for_step(settings, "export")  # export finished there already: a new pipeline run
+    assert again.parent_run_id != first.parent_run_id
+    assert json.loads(paths.MLFLOW_PARENT_RUN.read_text())["run_id"] == again.parent_run_id
+    steps = client().search_runs([client().get_experiment_by_name(settings.tracking.experiment).experiment_id],
+                                 f"tags.mlflow.parentRunId = '{first.parent_run_id}' and tags.step = 'export'")
+    assert len(steps) == 1 and client().get_run(first.parent_run_id).info.status == "FINISHED"
+
+
 def test_a_failed_register_is_rerun_in_the_same_pipeline_run(store, tiny_settings):
     """`dvc repro` after a failed register: the rerun goes on in the parent run that holds the step runs."""
     settings = tracked(tiny_settings)

@@ -114,8 +114,13 @@ def end_stale_parent(client, cfg: TrackingSettings, experiment_id: str, run_id: 
     retrying(cfg, "end stale parent run", client.set_terminated, run_id, "FINISHED" if finished else "KILLED")
 
 
-def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Mapping[str, str]) -> str:
-    """The parent run of the current pipeline run: from the environment, the pointer file, or a new one."""
+def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Mapping[str, str],
+                       step: str | None = None) -> str:
+    """The parent run of the current pipeline run: from the environment, the pointer file, or a new one.
+
+    A pipeline run holds each step once (a failed or killed attempt and its rerun aside): when `step` already has a
+    FINISHED run under the pointer's parent, a new pipeline run has begun (a `dvc repro` after one that ended before
+    register, with the same code and params: new data, a step forced), and it gets a parent of its own."""
     cfg = settings.tracking
     if run_id := os.environ.get(PARENT_RUN_ENV):
         if _run_status(client, cfg, run_id) is None:
@@ -128,15 +133,26 @@ def resolve_parent_run(client, settings: Settings, experiment_id: str, tags: Map
         # FINISHED with its pointer still here: `register` ended it but was cut off before forgetting the pointer
         # (killed, or its last write failed). Its rerun must come back to this run, where it finds the version it
         # made, or it would register the same model again under a new parent.
-        if status in ("RUNNING", "FAILED", "KILLED", "FINISHED") and pointer.get("key") == key:
+        same_run = status in ("RUNNING", "FAILED", "KILLED", "FINISHED") and pointer.get("key") == key
+        if same_run and not (step and _finished_before(client, cfg, experiment_id, pointer["run_id"], step)):
             if status != "RUNNING":  # a step failed, or register was cut off, and is run again: the run goes on
                 retrying(cfg, "reopen parent run", client.update_run, pointer["run_id"], "RUNNING")
             return pointer["run_id"]
-        if status == "RUNNING":  # a pipeline run whose code or params have changed since: it will never finish
+        if status == "RUNNING":  # its pipeline run will never go on: its code or params changed, or a new one began
             end_stale_parent(client, cfg, experiment_id, pointer["run_id"])
     run_id = _create_parent(client, settings, experiment_id, tags)
     _write_pointer(run_id, key)
     return run_id
+
+
+def _finished_before(client, cfg: TrackingSettings, experiment_id: str, parent_id: str, step: str) -> bool:
+    """Whether `parent_id` already holds a FINISHED run of `step` (register, which logs into the parent, never does)."""
+    if step in PARENT_STEPS:
+        return False
+    runs = retrying(cfg, "list step runs", client.search_runs, [experiment_id],
+                    f"tags.mlflow.parentRunId = '{parent_id}' and tags.step = '{step}' and attributes.status = 'FINISHED'",
+                    max_results=1)
+    return bool(runs)
 
 
 def open_parent_run(settings: Settings) -> str:
@@ -183,7 +199,7 @@ class MlflowTracker:
         client = make_client(cfg)
         experiment_id = ensure_experiment(client, cfg, cfg.experiment)
         tags = provenance.run_tags(settings)
-        parent_id = resolve_parent_run(client, settings, experiment_id, tags)
+        parent_id = resolve_parent_run(client, settings, experiment_id, tags, step)
         parent = cls(client, parent_id, cfg)
         parent.set_tags(tags)  # the data hash may have become known since the parent was opened
         if step in PARENT_STEPS:
