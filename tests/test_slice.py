@@ -474,6 +474,28 @@ def test_a_key_twice_in_params_yaml_is_refused_where_it_is_read_as_dvc_refuses_i
         load_settings(nested)
 
 
+def test_an_active_profile_lacking_a_key_dvc_reads_is_refused_before_dvc_removes_anything(tmp_path):
+    """dvc.yaml's stages read `profiles.${profile}.<key>` from params.yaml themselves: a new profile with a few keys
+    passed `tasks check` (the settings' defaults filled the rest), and `dvc repro` then removed data/raw before DVC
+    refused the missing keys. `tasks set` refuses to write such a profile; one that is not active may stay partial."""
+    from tasks.config import load_settings
+    from tasks.params_edit import set_params
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    before = params.read_text()
+    with pytest.raises(SliceWiseError, match=r"profiles\.tiny lacks synthetic_patients, .*slice_stride, model, epochs"):
+        set_params({"profiles.tiny": {"modalities": ["flair"], "image_size": 64}, "profile": "tiny"}, params)
+    assert params.read_text() == before
+    set_params({"profiles.tiny": {"modalities": ["flair"], "image_size": 64}}, params)  # not the active one: kept
+    assert load_settings(params).profile == "quick"
+    no_joint = tmp_path / "no_joint.yaml"
+    no_joint.write_text(before.replace("epochs: {seg: 4, cls: 4, joint: 2}", "epochs: {seg: 4, cls: 4}"))
+    with pytest.raises(SliceWiseError, match=r"profiles\.quick lacks epochs\.joint"):
+        load_settings(no_joint)
+
+
 def test_a_parameters_path_that_is_no_readable_file_is_one_line(tmp_path):
     from tasks.config import load_settings
 
