@@ -135,8 +135,8 @@ def _export_section(export_report: dict) -> list[str]:
         used = (f" ({parity['tolerance_used']:.2f} of what atol {parity['atol']:.0e} + rtol {parity['rtol']:.0e} x "
                 "|logit| allows)" if "tolerance_used" in parity else "")
         lines = [f"{opset}; parity with torch on {checked} test slices: max |logit difference| "
-                 f"{parity['max_abs_diff']:.2e}{used}, {parity['decision_mismatches']} decision mismatches{ties_note(parity)}, "
-                 f"mask Dice {parity['mask_dice']:.5f}."]
+                 f"{parity['max_abs_diff']:.2e}{used}, {parity['decision_mismatches']} decision mismatches"
+                 f"{ties_note(parity)}, mask Dice {parity['mask_dice']:.5f}."]
     if latency:
         lines += ["", "| engine (CPU) | batch 1 p50 / p95 ms | batch 8 p50 / p95 ms per slice |", "|---|---|---|"]
         for engine, batches in latency.items():

@@ -43,9 +43,9 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
     `threshold` on the `slice_score` of each slice, and `lone_slice_threshold` too when it differs (what serving
     judges a slice sent alone by): a slice counts once when either decision differs. A differing decision is a tie,
     not a mismatch, when the logits' own tolerance cannot settle it: the torch logits moved by up to atol + rtol x
-    |logit| each way give scores on both sides of the cut, and onnxruntime's score lies between them. Such a slice's score lies within float32 rounding of the
-    cut, where either engine may land: counting it could fail a sound export at random, as the absolute logit limit
-    alone once did (docs/benchmarks.md). Ties are reported, not failed."""
+    |logit| each way give scores on both sides of the cut, and onnxruntime's score lies between them. Such a slice's
+    score lies within float32 rounding of the cut, where either engine may land: counting it could fail a sound
+    export at random, as the absolute logit limit alone once did (README, "Release"). Ties are reported, not failed."""
     thresholds = [threshold] + ([lone_slice_threshold] if lone_slice_threshold not in (None, threshold) else [])
     max_seg = max_cls = 0.0
     tolerance_used = 0.0  # the largest |difference| / (atol + rtol x |torch logit|): at most 1 passes
@@ -67,8 +67,8 @@ def check_parity(model: torch.nn.Module, session, shards: Iterator[np.ndarray], 
                 prob_t, prob_o = sigmoid(seg_t), sigmoid(seg_o)
                 score_t = slice_probability(sigmoid(cls_t).reshape(-1), prob_t, slice_score)
                 score_o = slice_probability(sigmoid(cls_o).reshape(-1), prob_o, slice_score)
-                low, high = (slice_probability(sigmoid(cls_t + shift(cls_t, cfg, sign)).reshape(-1),
-                                               sigmoid(seg_t + shift(seg_t, cfg, sign)), slice_score)
+                low, high = (slice_probability(sigmoid(cls_t + _shift(cls_t, cfg, sign)).reshape(-1),
+                                               sigmoid(seg_t + _shift(seg_t, cfg, sign)), slice_score)
                              for sign in (-1, 1))  # the score is monotone in every logit
                 flipped = np.any([(score_t >= cut) != (score_o >= cut) for cut in thresholds], axis=0)
                 unsettled = np.any([(low >= cut) != (high >= cut) for cut in thresholds], axis=0)
@@ -106,7 +106,7 @@ def _differences(torch_logits: np.ndarray, onnx_logits: np.ndarray, cfg: ExportS
     return float(difference.max()), float((difference / allowed).max())
 
 
-def shift(logits: np.ndarray, cfg: ExportSettings, sign: int) -> np.ndarray:
+def _shift(logits: np.ndarray, cfg: ExportSettings, sign: int) -> np.ndarray:
     """The most each logit may move within the parity tolerance, signed: sign x (atol + rtol x |logit|)."""
     return (sign * (cfg.parity_atol + cfg.parity_rtol * np.abs(logits))).astype(np.float32)
 

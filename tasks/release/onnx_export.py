@@ -233,8 +233,8 @@ def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metri
                 f"ONNX parity failed on {parity['n_slices']} test slices: max |logit difference| "
                 f"{parity['max_abs_diff']:.2e}, {parity['tolerance_used']:.2f}x what atol {cfg.parity_atol:.0e} + "
                 f"rtol {cfg.parity_rtol:.0e} x |logit| allows (at most 1), {parity['decision_mismatches']} "
-                f"tumour decisions differ beyond rounding at the cut, mask Dice {parity['mask_dice']:.5f} (needs >= {cfg.parity_min_dice}); "
-                "no model exported", checkpoint_path)
+                f"tumour decisions differ beyond rounding at the cut, mask Dice {parity['mask_dice']:.5f} (needs >= "
+                f"{cfg.parity_min_dice}); no model exported", checkpoint_path)
         if latency_threads != cores:
             torch.set_num_threads(latency_threads)
             session = ort_session(tmp, latency_threads)

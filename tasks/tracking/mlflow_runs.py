@@ -150,8 +150,8 @@ def _finished_before(client, cfg: TrackingSettings, experiment_id: str, parent_i
     if step in PARENT_STEPS:
         return False
     runs = retrying(cfg, "list step runs", client.search_runs, [experiment_id],
-                    f"tags.mlflow.parentRunId = '{parent_id}' and tags.step = '{step}' and attributes.status = 'FINISHED'",
-                    max_results=1)
+                    f"tags.mlflow.parentRunId = '{parent_id}' and tags.step = '{step}' "
+                    "and attributes.status = 'FINISHED'", max_results=1)
     return bool(runs)
 
 
