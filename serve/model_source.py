@@ -36,6 +36,9 @@ MODEL_DIR = "model"  # the MLflow model folder as downloaded: the .onnx with any
 METRICS_FILE = "metrics.json"
 EXAMPLES_DIR = "examples"  # examples.zip of the registered model, unpacked (serve/examples.py reads it)
 CARD_FILE = "card.json"  # written last: a version folder without it is incomplete and ignored
+# How long a /model/compare request waits for another one's registry lookup of the challenger: a healthy store answers
+# in well under a second, a hung one takes tracking.max_attempts x request_timeout_seconds (about 33 s)
+CHALLENGER_WAIT_SECONDS = 5.0
 DOWNLOAD_LOCK = ".download.lock"  # in the cache folder: one download at a time, whichever process
 
 
@@ -93,6 +96,7 @@ class RegistrySource:
         self.description = f"models:/{registry.model_name}@{registry.alias} in {self.uri}"
         self._challengers: dict[str, ServedModel] = {}  # loaded challengers by cache key (a few at most)
         self._challenger_lock = threading.Lock()
+        self._last_challenger: tuple[object, ServedModel] | None = None  # what the last lookup found
 
     # ------------------------------------------------------------ the cache (no MLflow import: fast start-up)
 
@@ -216,15 +220,19 @@ class RegistrySource:
     def challenger(self) -> tuple[object, ServedModel] | None:
         """(registry version, loaded model) of the challenger, downloaded into the cache once.
 
-        One request at a time asks the registry: another one meanwhile is told so at once (a SliceWiseError) instead
-        of waiting. /model/compare needs no login, so with a store that hangs (each call up to
-        tracking.max_attempts x request_timeout_seconds) every waiting request would hold a server thread."""
-        if not self._challenger_lock.acquire(blocking=False):
+        One request at a time asks the registry; another one meanwhile waits up to CHALLENGER_WAIT_SECONDS (a healthy
+        store answers well within it), then gets the challenger the last lookup found, or a SliceWiseError saying a
+        lookup is under way. /model/compare needs no login: with a store that hangs (each call up to
+        tracking.max_attempts x request_timeout_seconds) every request waiting on it would hold a server thread."""
+        if not self._challenger_lock.acquire(timeout=CHALLENGER_WAIT_SECONDS):
+            if self._last_challenger is not None:
+                return self._last_challenger
             raise SliceWiseError("another request is asking the registry for the challenger; try again shortly",
                                  self.uri)
         try:
             version = self.challenger_version()
             if version is None:
+                self._last_challenger = None
                 return None
             key = version_key(version)
             if key not in self._challengers:
@@ -232,7 +240,8 @@ class RegistrySource:
                 if not (folder / CARD_FILE).is_file():
                     self._download_version(version, folder)
                 self._challengers = {key: self._load_folder(folder)}  # keep only the latest one in memory
-            return version, self._challengers[key]
+            self._last_challenger = (version, self._challengers[key])
+            return self._last_challenger
         finally:
             self._challenger_lock.release()
 

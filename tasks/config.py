@@ -437,6 +437,8 @@ class _ParamsLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given beside it override, as in DVC
+                continue
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, Hashable) and key in seen:  # an unhashable key: the base class says so
                 raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,

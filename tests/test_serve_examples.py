@@ -185,28 +185,45 @@ def test_the_comparison_asks_the_registry_before_it_holds_any_memory_budget(tmp_
     assert "no version besides the champion" in compare["detail"]
 
 
-def test_one_request_at_a_time_asks_the_registry_for_the_challenger(tmp_path, tiny_settings):
-    """A second /model/compare while the first waits on the store is told so at once instead of waiting too."""
+def test_one_request_at_a_time_asks_the_registry_for_the_challenger(tmp_path, tiny_settings, monkeypatch):
+    """Requests behind a lookup wait for it (a healthy store answers at once); behind one that hangs, they stop
+    waiting after CHALLENGER_WAIT_SECONDS, with the challenger the last lookup found, or saying a lookup is under
+    way, instead of each holding a server thread for as long as the store hangs."""
     import threading
 
+    from serve import model_source
     from tasks.errors import SliceWiseError
 
+    monkeypatch.setattr(model_source, "CHALLENGER_WAIT_SECONDS", 0.5)
     source = RegistrySource(tiny_settings.registry, tiny_settings.tracking, tmp_path / "cache")
     asking, answer = threading.Event(), threading.Event()
+    found = ("v7", "a loaded model")
 
-    def hung_store():
-        asking.set()
-        answer.wait(10)
-        return None
+    def store(seconds: float):
+        def lookup():
+            asking.set()
+            answer.wait(seconds)
+            return None
+        return lookup
 
-    source.challenger_version = hung_store
-    first = threading.Thread(target=source.challenger)
-    first.start()
-    try:
+    def ask_in_background():
+        thread = threading.Thread(target=source.challenger)
+        thread.start()
         assert asking.wait(10)
+        return thread
+
+    source.challenger_version = store(0.2)  # a healthy store: the request behind it waits and gets the answer
+    first = ask_in_background()
+    assert source.challenger() is None
+    first.join(10)
+    asking.clear()
+    source.challenger_version = store(10)  # a store that hangs, and no lookup has found anything yet
+    first = ask_in_background()
+    try:
         with pytest.raises(SliceWiseError, match="another request is asking the registry"):
             source.challenger()
+        source._last_challenger = found  # as a lookup before the store hung would have left it
+        assert source.challenger() == found  # the last answer, after a bounded wait
     finally:
         answer.set()
         first.join(10)
-    assert source.challenger() is None  # the lookup is free again once the first one ends

@@ -472,6 +472,11 @@ def test_a_key_twice_in_params_yaml_is_refused_where_it_is_read_as_dvc_refuses_i
     nested.write_text("train:\n  patience: 3\n  patience: 4\n")
     with pytest.raises(SliceWiseError, match="found duplicate key 'patience' at line 3"):
         load_settings(nested)
+    # a YAML merge key is no duplicate, and a key beside it overrides the merged one (DVC reads it so too)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text((REPO / "params.yaml").read_text().replace("  baseline:\n", "  baseline:\n    <<: *quick\n", 1)
+                      .replace("  quick:\n", "  quick: &quick\n", 1))
+    assert "<<: *quick" in merged.read_text() and load_settings(merged).profiles["baseline"].image_size == 192
 
 
 def test_an_active_profile_lacking_a_key_dvc_reads_is_refused_before_dvc_removes_anything(tmp_path):

@@ -69,7 +69,7 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         # This pipeline run's own register, cut off after it moved the alias, run again: its verdict was judged
         # against the champion before it and is in its tags. Judging again would compare the version with itself
         # and rewrite its card to say so, while its tags still named the earlier champion.
-        return kept_version(settings, recorded, champion, reg.alias, tracker, release)
+        return kept_version(settings, recorded, champion, reg.alias, tracker, release, reused=False)
     score = champion_score(registry, champion, tags, processed, splits_dir, release,
                            settings.split.phash_max_distance) if champion is not None else None
     decision = decide(settings, release, score)
@@ -175,20 +175,25 @@ def recorded_own_decision(version, tracker: MlflowTracker, release: Release) -> 
 
 
 def kept_version(settings: Settings, decision: GateDecision, version, alias: str, tracker: MlflowTracker,
-                 release: Release) -> dict:
+                 release: Release, reused: bool = True) -> dict:
     """register.json for a release that a version already holds, with its alias: nothing logged, nothing created.
     `mlflow_run_id` is the run that registered it (its model, card and reports are there); this run is
-    `reused_by_run_id`."""
+    `reused_by_run_id`. `reused=False`: the version is this run's own, registered by an attempt cut off after it moved
+    the alias; this attempt completes it (a new version, not a reused one)."""
     name, number = settings.registry.model_name, str(version.version)
-    tracker.set_tags({"registered_version": number, "promotion": "promoted" if decision.promoted else "rejected",
-                      "reused_version": "true"})
-    log.info("register: %s version %s already holds this model (same ONNX file, data, split and figures, same gate and "
-             "verdict) as @%s; no new version", name, number, alias)
-    return {"registered": True, "reused": True, "model_name": name, "version": number, "promoted": decision.promoted,
-            "alias": alias, "reason": decision.reason, "gate": decision.as_dict()["criteria"],
-            "mlflow_run_id": version.run_id, "reused_by_run_id": tracker.run_id,
-            "model_uri": f"models:/{name}/{number}", "onnx_sha256": release.onnx_sha256,
-            "tracking_uri": redact(portable_uri(tracking_uri()))}
+    tracker.set_tags({"registered_version": number, "promotion": "promoted" if decision.promoted else "rejected"}
+                     | ({"reused_version": "true"} if reused else {}))
+    if reused:
+        log.info("register: %s version %s already holds this model (same ONNX file, data, split and figures, same gate "
+                 "and verdict) as @%s; no new version", name, number, alias)
+    else:
+        log.info("register: %s version %s -> @%s, registered by this run's attempt that was cut off (%s)", name,
+                 number, alias, decision.reason)
+    result = {"registered": True, "model_name": name, "version": number, "promoted": decision.promoted,
+              "alias": alias, "reason": decision.reason, "gate": decision.as_dict()["criteria"],
+              "mlflow_run_id": version.run_id, "model_uri": f"models:/{name}/{number}",
+              "onnx_sha256": release.onnx_sha256, "tracking_uri": redact(portable_uri(tracking_uri()))}
+    return result | ({"reused": True, "reused_by_run_id": tracker.run_id} if reused else {})
 
 
 def decide(settings: Settings, release: Release, champion: ChampionScore | None) -> GateDecision:
