@@ -46,25 +46,26 @@ def _repo():
 LOCK_WAIT_SECONDS = 120
 
 
-def _lock_held_too_long(wait_seconds: float) -> SliceWiseError:
-    return SliceWiseError(f"another DVC command has held the repository's lock for over {wait_seconds:g} s; let it "
-                          "finish and run the flow again (a finished step's outputs are recorded then, or rebuilt)",
-                          ".dvc/tmp/lock")
-
-
-@contextmanager
-def _locked(repo) -> Iterator[None]:
+def _waiting_for_lock(attempt):
+    """`attempt()` (a DVC call that takes the repository lock, trying for about 3 s), again and again while another
+    DVC command holds the lock, for up to LOCK_WAIT_SECONDS; then one line naming the lock."""
     from dvc.lock import LockError
 
     wait_seconds = LOCK_WAIT_SECONDS
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            repo.lock.lock()  # tries for about 3 s
-            break
+            return attempt()
         except LockError as exc:
             if time.monotonic() >= deadline:
-                raise _lock_held_too_long(wait_seconds) from exc
+                raise SliceWiseError(f"another DVC command has held the repository's lock for over {wait_seconds:g} "
+                                     "s; let it finish and run the flow again (a finished step's outputs are "
+                                     "recorded then, or rebuilt)", ".dvc/tmp/lock") from exc
+
+
+@contextmanager
+def _locked(repo) -> Iterator[None]:
+    _waiting_for_lock(repo.lock.lock)
     try:
         yield
     finally:
@@ -72,19 +73,9 @@ def _locked(repo) -> Iterator[None]:
 
 
 def _status(repo, **kwargs) -> dict:
-    """`repo.status(**kwargs)`, waiting up to LOCK_WAIT_SECONDS for the lock as `_locked` does: status takes the lock
-    itself (so it cannot run under `_locked`), and DVC's own 3 s failed a flow at its next stage when a `dvc status`
-    was typed in a terminal meanwhile."""
-    from dvc.lock import LockError
-
-    wait_seconds = LOCK_WAIT_SECONDS
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            return repo.status(**kwargs)
-        except LockError as exc:
-            if time.monotonic() >= deadline:
-                raise _lock_held_too_long(wait_seconds) from exc
+    """`repo.status(**kwargs)`, waiting for the lock as `_locked` does: status takes the lock itself (so it cannot run
+    under `_locked`), and DVC's own 3 s failed a flow at its next stage when a `dvc status` was typed meanwhile."""
+    return _waiting_for_lock(lambda: repo.status(**kwargs))
 
 
 def pipeline_stages(dvc_yaml: Path = DVC_YAML) -> list[str]:

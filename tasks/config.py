@@ -331,6 +331,18 @@ class ServeSettings(_Section):
     tta_flips: Annotated[tuple[Annotated[tuple[Literal[2, 3], ...], LISTS], ...], LISTS] = ((), (3,))
 
 
+def _raw_active_profile(raw) -> tuple[str, dict] | None:
+    """(name, block) of the active profile as params.yaml gives it; None where it is not there as a mapping (the field
+    validators then say what is wrong)."""
+    if not isinstance(raw, dict):
+        return None
+    profiles, name = raw.get("profiles") or {}, raw.get("profile", "quick")
+    if not (isinstance(profiles, dict) and isinstance(name, str)):
+        return None
+    profile = profiles.get(name)
+    return (name, profile) if isinstance(profile, dict) else None
+
+
 class _ModelSettings(_Section):
     """What making the model reads, fetch to export, with the profile that sizes it."""
 
@@ -352,14 +364,11 @@ class _ModelSettings(_Section):
     def _modalities_from_profile(cls, raw):
         """`slice.modalities` is the active profile's `modalities` (each profile lists its own input channels).
         Set it there, not under `slice:`."""
-        if not isinstance(raw, dict):
-            return raw
-        section, profiles, name = raw.get("slice") or {}, raw.get("profiles") or {}, raw.get("profile", "quick")
-        if not (isinstance(section, dict) and isinstance(profiles, dict) and isinstance(name, str)):
+        active = _raw_active_profile(raw)
+        section = raw.get("slice") or {} if active else None
+        if active is None or not isinstance(section, dict):
             return raw  # the field validators name what is wrong (a TypeError here would be a traceback)
-        profile = profiles.get(name)
-        if not isinstance(profile, dict):
-            return raw
+        name, profile = active
         modalities = profile.get("modalities", ("flair",))
         if not isinstance(modalities, (list, tuple)):
             raise ValueError(f"profiles.{name}.modalities must be a list, e.g. [flair, t1, t1ce, t2]; got "
@@ -377,12 +386,9 @@ class _ModelSettings(_Section):
         """The active profile names every key of its block: dvc.yaml's stages read them from params.yaml themselves
         (`profiles.${profile}.image_size`, ...), and DVC refuses a missing one, after `dvc repro` has removed the
         stage's outputs (data/raw). The defaults here would have let `tasks check` pass such a file."""
-        if not isinstance(raw, dict) or not isinstance(raw.get("profiles"), dict):
-            return raw
-        name = raw.get("profile", "quick")
-        profile = raw["profiles"].get(name) if isinstance(name, str) else None
-        if not isinstance(profile, dict):
+        if (active := _raw_active_profile(raw)) is None:
             return raw  # the field validators say what is wrong
+        name, profile = active
         epochs = profile.get("epochs")
         missing = [key for key in ProfileSettings.model_fields if key not in profile]
         missing += [f"epochs.{key}" for key in Epochs.model_fields if isinstance(epochs, dict) and key not in epochs]

@@ -13,7 +13,7 @@ from tasks.data.splits import read_split, split_rows
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE
 from tasks.io import nested_value
 from tasks.release.release_files import ties_note
-from tasks.release.summary import area_bin_title
+from tasks.release.summary import area_bin_title, interval_text
 
 METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
                ("classification", "precision"), ("classification", "f1"), ("classification", "roc_auc"),
@@ -72,10 +72,6 @@ def _metrics_table(metrics: dict) -> list[str]:
     return lines
 
 
-def _with_interval(value, interval) -> str:
-    return _fmt(value) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and value is not None else "")
-
-
 def _organisers_section(metrics: dict) -> list[str]:
     """The organisers' package's figures (global and lesion-wise), when evaluate could run it."""
     organisers = metrics.get("segmentation_regions_brats_evaluation") or {}
@@ -103,8 +99,8 @@ def _subgroups_section(metrics: dict) -> list[str]:
              "| source | slices | with tumour | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|"]
     intervals = metrics.get("ci95") or {}
     for source, m in by_source.items():
-        cells = [_with_interval(m.get(name), intervals.get(f"classification_by_source.{source}.{name}"))
-                 for name in ("accuracy", "sensitivity", "specificity")]
+        cells = [_fmt(value) + interval_text(value, intervals.get(f"classification_by_source.{source}.{name}"))
+                 for name, value in ((name, m.get(name)) for name in ("accuracy", "sensitivity", "specificity"))]
         lines.append(f"| {source} | {m['n']} | {m['positives']} | {' | '.join(cells)} |")
     if by_area:
         lines += ["", "| BraTS tumour slices by tumour area | slices | detected |", "|---|---|---|"]

@@ -65,7 +65,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     tags = provenance.run_tags(settings) | {"data_fingerprint": provenance.data_fingerprint(processed, splits_dir)}
     registry = ModelRegistry(cfg, name, tracker.client)
     champion = registry.by_alias(reg.alias)
-    if champion is not None and (recorded := recorded_own_decision(champion, tracker, release)) is not None:
+    metrics_sha256 = sha256_file(paths.METRICS)  # the figures the tags and the card show
+    if champion is not None and \
+            (recorded := recorded_own_decision(champion, tracker, release, metrics_sha256)) is not None:
         # This pipeline run's own register, cut off after it moved the alias, run again: its verdict was judged
         # against the champion before it and is in its tags. Judging again would compare the version with itself
         # and rewrite its card to say so, while its tags still named the earlier champion.
@@ -77,9 +79,10 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         "promotion": "promoted" if decision.promoted else "rejected", "promotion_reason": decision.reason,
         "promotion_gate": json.dumps(decision.as_dict()["criteria"]),  # machine-readable: /model/info shows it
         "onnx_sha256": release.onnx_sha256, "mlflow_run_id": tracker.run_id,
-        # the weights shipped: lineage finds the training run that tagged the same (this run may only re-register)
-        provenance.CHECKPOINT_TAG: sha256_file(release.checkpoint_path),
-        "metrics_sha256": sha256_file(paths.METRICS),  # the figures the tags and the card show
+        # the weights shipped (read_release checked metrics.json names them): lineage finds the training run that
+        # tagged the same (this run may only re-register)
+        provenance.CHECKPOINT_TAG: release.metrics["model"]["checkpoint_sha256"],
+        "metrics_sha256": metrics_sha256,
         "gate_settings_sha256": gate_settings_digest(settings, release),  # the criteria and limits of the verdict
         # .get: a metric missing from metrics.json fails its gate criterion (above), it must not crash the tags
         "test_accuracy": str((release.metrics.get("classification") or {}).get("accuracy")),
@@ -160,12 +163,13 @@ def still_intact(registry: ModelRegistry, version, release: Release, example: np
     return True
 
 
-def recorded_own_decision(version, tracker: MlflowTracker, release: Release) -> GateDecision | None:
+def recorded_own_decision(version, tracker: MlflowTracker, release: Release,
+                          metrics_sha256: str) -> GateDecision | None:
     """The gate's verdict recorded on `version` when it is this run's registration of this very release (same run,
     ONNX file and figures); None otherwise, or when its tags hold no readable verdict."""
     held = version.tags or {}
     if version.run_id != tracker.run_id or held.get("onnx_sha256") != release.onnx_sha256 \
-            or held.get("metrics_sha256") != sha256_file(paths.METRICS):
+            or held.get("metrics_sha256") != metrics_sha256:
         return None
     try:
         criteria = json.loads(held.get("promotion_gate", ""))

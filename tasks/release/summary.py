@@ -121,6 +121,11 @@ def _share(value: float | None, decimals: int) -> str:
     return "n/a" if value is None else f"{value:.{decimals}f}"
 
 
+def interval_text(value, interval) -> str:
+    """The 95 % interval to print after a figure, " [lo, hi]"; empty without an interval or a figure."""
+    return f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and value is not None else ""
+
+
 def _where_it_errs(metrics: dict) -> str:
     """One line per subgroup family: accuracy and sensitivity per source, tumour slices detected by size."""
     by_source = metrics.get("classification_by_source") or {}
@@ -130,8 +135,7 @@ def _where_it_errs(metrics: dict) -> str:
         intervals = metrics.get("ci95") or {}
 
         def accuracy(source: str, value) -> str:  # with the source's own interval, when evaluate wrote one
-            ci = intervals.get(f"classification_by_source.{source}.accuracy")
-            return _share(value, 3) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and value is not None else "")
+            return _share(value, 3) + interval_text(value, intervals.get(f"classification_by_source.{source}.accuracy"))
 
         lines.append("classifier by source: " + "; ".join(
             f"{source} accuracy {accuracy(source, m['accuracy'])}, sensitivity {_share(m['sensitivity'], 3)} "
