@@ -61,9 +61,13 @@ def schedule_from_params(params: Path) -> tuple[str, str]:
     as `flows serve` checks them (a cron or time zone Prefect would take here and fail on later is refused now)."""
     from flows.deploy import retraining_schedule
     from tasks.config import load_settings
+    from tasks.errors import SliceWiseError
 
     settings = load_settings(params)
-    retraining_schedule(settings)
+    try:
+        retraining_schedule(settings)
+    except SliceWiseError as exc:  # it names the project's params.yaml, which it checks by default; this is `params`
+        raise SliceWiseError(exc.reason, params) from exc
     return settings.schedule.cron, settings.schedule.timezone
 
 

@@ -215,7 +215,10 @@ class RegistrySource:
             return version
         others = [v for v in registry.client.search_model_versions(f"name = '{self.registry.model_name}'")
                   if champion is None or v.version != champion.version]
-        return max(others, key=lambda v: int(v.version)) if others else None
+        if not others:
+            return None
+        # read again by number: a search answers without the versions' aliases (MLflow 3), which the page shows
+        return registry.resolve(str(max(int(v.version) for v in others)))
 
     def challenger(self) -> tuple[object, ServedModel] | None:
         """(registry version, loaded model) of the challenger, downloaded into the cache once.

@@ -339,6 +339,11 @@ def test_registering_the_same_model_again_creates_no_copy(project, tiny_settings
     write_metrics(project, accuracy=0.92, sensitivity=0.9)  # the same ONNX file, other figures: the tags would lie
     refigured = register.main(settings)
     assert not refigured.get("reused") and refigured["version"] == "2" == alias_version("slicewise", "champion")
+    assert "vs champion v1" in refigured["reason"]
+    # rerun, it keeps the verdict as version 2 was judged, against version 1, not against itself
+    kept = register.main(settings)
+    assert kept["reused"] and kept["version"] == "2" and kept["reason"] == refigured["reason"]
+    assert kept["gate"] == refigured["gate"] and "vs champion v2" not in kept["reason"]
     write_metrics(project, accuracy=0.5, sensitivity=0.9)  # now below the gate: a challenger
     rejected = register.main(settings)
     assert not rejected.get("reused") and rejected["version"] == "3" and rejected["alias"] == "challenger"

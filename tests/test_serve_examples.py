@@ -227,3 +227,21 @@ def test_one_request_at_a_time_asks_the_registry_for_the_challenger(tmp_path, ti
     finally:
         answer.set()
         first.join(10)
+
+
+def test_a_challenger_found_by_search_shows_its_aliases(tmp_path, tiny_settings, monkeypatch):
+    """Without a challenger alias the comparison takes the newest version other than the champion, found by a search,
+    which answers without aliases in MLflow 3: the page showed none where the version had one (a hand-set alias)."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient()
+    name = tiny_settings.registry.model_name
+    client.create_registered_model(name)
+    for _ in range(3):
+        client.create_model_version(name, source=(tmp_path / "model").as_uri())
+    client.set_registered_model_alias(name, tiny_settings.registry.alias, "3")
+    client.set_registered_model_alias(name, "staging", "2")
+    source = RegistrySource(tiny_settings.registry, tiny_settings.tracking, tmp_path / "cache")
+    found = source.challenger_version()
+    assert str(found.version) == "2" and list(found.aliases) == ["staging"]

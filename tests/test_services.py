@@ -274,3 +274,4 @@ def test_deploying_the_worker_with_a_schedule_prefect_refuses_is_one_line_naming
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line
     assert "schedule.cron '0 3 * * 9'" in done.stderr and "is not a schedule Prefect accepts" in done.stderr
+    assert done.stderr.startswith(f"error: {params}: ")  # the file it read, not the project's params.yaml

@@ -103,7 +103,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
     # not this run's own version (a register cut off after its alias moved, rerun): that one it completes below
     if holder is not None and holder.run_id != tracker.run_id and already_registered(holder, version_tags) \
             and still_intact(registry, holder, release, example):
-        return kept_version(settings, decision, holder, alias, tracker, release)
+        # the same verdict (already_registered compares it), in the words of its registration: judged again now, the
+        # champion criterion would compare the version holding the alias with itself ("vs champion v6" on v6)
+        return kept_version(settings, recorded_decision(holder) or decision, holder, alias, tracker, release)
     logged = None
     try:
         with tempfile.TemporaryDirectory() as tmp:  # test-split examples the served model carries (serve/examples.py)
@@ -171,6 +173,12 @@ def recorded_own_decision(version, tracker: MlflowTracker, release: Release,
     if version.run_id != tracker.run_id or held.get("onnx_sha256") != release.onnx_sha256 \
             or held.get("metrics_sha256") != metrics_sha256:
         return None
+    return recorded_decision(version)
+
+
+def recorded_decision(version) -> GateDecision | None:
+    """The gate's verdict in `version`'s tags, as its registration judged it; None when they hold no readable one."""
+    held = version.tags or {}
     try:
         criteria = json.loads(held.get("promotion_gate", ""))
         return GateDecision(tuple(Criterion(str(c["name"]), bool(c["passed"]), str(c["detail"])) for c in criteria))
