@@ -47,9 +47,11 @@ class DataSettings(_Section):
         return self
 
 
+# The defaults below are params.yaml's values (the quick profile's, for a profile), so a key deleted from params.yaml
+# falls back to the recipe it shows, not to an older one (tests/test_slice.py checks that they agree).
 class ModelSize(_Section):
-    base_channels: int = Field(8, ge=2)
-    depth: int = Field(3, ge=2, le=6)
+    base_channels: int = Field(16, ge=2)
+    depth: int = Field(4, ge=2, le=6)
     norm: Literal["batch", "instance"] = "batch"
 
     @property
@@ -60,7 +62,7 @@ class ModelSize(_Section):
 
 
 class Epochs(_Section):
-    seg: int = Field(3, ge=1)
+    seg: int = Field(4, ge=1)
     cls: int = Field(4, ge=1)
     joint: int = Field(2, ge=1)
 
@@ -77,7 +79,7 @@ def _check_modalities(modalities: tuple[str, ...], key: str) -> tuple[str, ...]:
 class ProfileSettings(_Section):
     # Input channels, one per modality, each z-scored over the brain. A single-channel image (Kaggle, an uploaded
     # slice, a FLAIR-only volume) is the FLAIR channel with the others all zero (see train.augment.modality_dropout).
-    modalities: Annotated[tuple[str, ...], LISTS] = ("flair",)
+    modalities: Annotated[tuple[str, ...], LISTS] = MODALITIES
     synthetic_patients: int = Field(48, ge=3)
     # Synthetic brains without a tumour, after the patients above: BraTS has none. They go to the training split only
     # (tasks/data/splitting.py), so validation and test, and every figure on them, hold the same patients as without
@@ -150,8 +152,8 @@ class TrainSettings(_Section):
     num_workers: int = Field(0, ge=0)
     cache_mb: int = Field(256, ge=0)  # decompressed compressed shards kept per stage, shared by its loader processes
     patience: int = Field(3, ge=1)
-    min_epochs: int = Field(1, ge=1)  # early stopping never ends a stage before this many epochs
-    warmup_epochs: float = Field(0.0, ge=0)  # linear LR warm-up, in epochs, at the start of each stage
+    min_epochs: int = Field(4, ge=1)  # early stopping never ends a stage before this many epochs
+    warmup_epochs: float = Field(0.5, ge=0)  # linear LR warm-up, in epochs, at the start of each stage
     floor_margin: float = Field(0.05, ge=0, le=1)  # a metric within this of its floor after training is "stuck"
     augment: Augment = Augment()
     # where training batches are augmented: in the loader (CPU workers), on the training device, or auto (the
@@ -172,10 +174,10 @@ class SegStageSettings(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     tumour_slices_only: bool = False
     foreground_share: float = Field(0.33, ge=0, le=1)  # at least this share of each batch has tumour
-    dice_over: Literal["batch", "slice", "both"] = "batch"  # Dice pooled over the batch, per slice, or their mean
+    dice_over: Literal["batch", "slice", "both"] = "both"  # Dice pooled over the batch, per slice, or their mean
     # Side of the square window around the brain that each training sample is cut to, as a share of the slice's
     # side (1: whole slices); tasks/data/augment.py, docs/recipes.md.
-    crop: float = Field(1.0, gt=0, le=1)
+    crop: float = Field(0.75, gt=0, le=1)
     # This stage's bias-field strength instead of train.augment.bias_field (None: that one). The later stages also
     # train the classifier, whose evidence the volume clean-up reads; docs/recipes.md.
     bias_field: float | None = Field(None, ge=0, le=1)
@@ -194,7 +196,7 @@ class JointStageSettings(_Section):
     cls_weight: float = Field(0.5, ge=0)
     kaggle_share: float | None = Field(0.5, gt=0, lt=1)
     foreground_share: float = Field(0.33, ge=0, le=1)  # of each batch's BraTS part, as in train_seg
-    dice_over: Literal["batch", "slice", "both"] = "batch"  # as in train_seg
+    dice_over: Literal["batch", "slice", "both"] = "both"  # as in train_seg
     negative_photos_as_empty_masks: bool = False  # photos labelled "no tumour" train the seg head on an empty mask
     peak_weight: float = Field(0.0, ge=0)  # weight of a BCE on each sample's largest WT logit against its label
     weight_decay: float = Field(1e-4, ge=0)
@@ -216,7 +218,7 @@ class EvaluateSettings(_Section):
     slices_in_volume: bool = True
     # Segmentation: a pixel is tumour when its probability >= this; "validation" picks it on the validation patients
     # (tasks/evaluation/scoring.py, choose_mask_threshold), as threshold_rule picks the classification threshold.
-    mask_threshold: Annotated[float, Field(gt=0, lt=1)] | Literal["validation"] = 0.5
+    mask_threshold: Annotated[float, Field(gt=0, lt=1)] | Literal["validation"] = "validation"
     bootstrap: int = Field(1000, ge=10)
     # The organisers' package (brats-evaluation, in .venv-brats: `make brats-env`) scores the test volumes beside our
     # region metrics. A declared switch, not "when the environment happens to exist": metrics.json must follow from

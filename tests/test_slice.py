@@ -456,6 +456,31 @@ def test_setting_parameters_in_a_file_that_cannot_be_updated_names_it_and_the_re
     assert "\n" not in str(error.value) and params.read_text() == text
 
 
+def test_a_key_left_out_of_params_yaml_falls_back_to_the_value_params_yaml_shows():
+    """The code's defaults are params.yaml's values (a profile's: the quick profile's), so deleting a key falls back to
+    the recipe the file shows; it fell back to an older one (Dice over the batch, a 0.5 mask cut, one minimum epoch,
+    whole slices, an 8-wide FLAIR-only model), and `tasks check` passed."""
+    import yaml
+
+    from tasks.config import ProfileSettings, Settings
+    from tests.conftest import REPO
+
+    def leaves(value, key=""):
+        if not isinstance(value, dict):
+            return {key: list(value) if isinstance(value, (list, tuple)) else value}
+        return {k: v for name, item in value.items() for k, v in leaves(item, f"{key}.{name}" if key else name).items()}
+
+    written = yaml.safe_load((REPO / "params.yaml").read_text())
+    profile = leaves(written.pop("profiles")["quick"])
+    defaults = {name: field.get_default(call_default_factory=True) for name, field in Settings.model_fields.items()}
+    defaults = leaves({name: d.model_dump(mode="json") if hasattr(d, "model_dump") else d for name, d in defaults.items()})
+    differ = {key: (value, defaults.get(key, "no default")) for key, value in leaves(written).items()
+              if defaults.get(key, "no default") != value}
+    differ |= {f"profiles.quick.{key}": (value, default) for key, value in profile.items()
+               if (default := leaves(ProfileSettings().model_dump(mode="json")).get(key)) != value}
+    assert not differ, differ
+
+
 def test_a_key_twice_in_params_yaml_is_refused_where_it_is_read_as_dvc_refuses_it(tmp_path):
     """PyYAML kept the last value, so `tasks check` (and the flow's check) passed a file that DVC and `tasks set`
     refuse: the flow then died in DVC with a long traceback naming neither the key nor the line."""
