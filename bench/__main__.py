@@ -488,8 +488,8 @@ def sweeps_side_by_side(by_cpu: dict) -> str:
               for family, sweep in sweeps.items()]
     seeds = list(dict.fromkeys(seed for sweep in sweeps.values()
                                for seed in [*sweep["per_seed"], *(sweep.get("failed_seeds") or {})]))
-    lines = ["The sweep recorded for each CPU family (`by_cpu` in `reports/bench.json`; other runs of these seeds, e.g. "
-             "the AMD EPYC's of 2026-12-06, are in docs/quality.md), accuracy / slice Dice / volume Dice, below a "
+    lines = ["The sweep recorded for each CPU family (`by_cpu` in `reports/bench.json`; other runs of these seeds, "
+             "e.g. the AMD EPYC's of 2026-12-06, are in docs/quality.md), accuracy / slice Dice / volume Dice, below a "
              "target in bold (a sweep from before a recipe change measured that earlier recipe: its date and commit "
              "say which):", "",
              f"| seed | {' | '.join(header)} |", "|---" * (len(header) + 1) + "|"]

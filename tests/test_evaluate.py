@@ -229,13 +229,15 @@ def test_bootstrap_intervals_are_seeded():
     assert first != evaluation_report.build_report(val, test, cfg, seed=6)["ci95"]
 
 
-def test_segmentation_intervals_resample_a_subjects_timepoints_together():
-    """The per-slice and per-volume Dice intervals resample people: two timepoints of one subject give no interval
-    (one person), the same scores from two subjects do."""
+def test_intervals_resample_a_subjects_timepoints_together():
+    """Every interval resamples people: two timepoints of one subject give no interval (one person), the same scores
+    from two subjects do. Classification did so only when evaluate passed its resampling units; without them it
+    counted the timepoints as two people (an interval of zero width, which the gate's lower bound takes as certain)."""
     from tasks.evaluation.intervals import confidence_intervals
 
     def split_of(patients: list[str]) -> scoring.SplitPredictions:
-        slices = pd.DataFrame({"patient": patients * 2, "label": [1, 1, 0, 0], "probability": [0.9, 0.8, 0.2, 0.1]})
+        slices = pd.DataFrame({"patient": patients * 2, "source": "brats", "label": [1, 1, 0, 0],
+                               "probability": [0.9, 0.4, 0.2, 0.6]})
         slice_scores = pd.DataFrame({"patient": patients * 2, "slice_index": [0, 0, 1, 1],
                                      "dice": [0.9, 0.5, 0.8, 0.4], "iou": [0.8, 0.3, 0.7, 0.2],
                                      "hd95": [2.0, 9.0, 3.0, 8.0]})
@@ -245,7 +247,8 @@ def test_segmentation_intervals_resample_a_subjects_timepoints_together():
 
     one = confidence_intervals(split_of(["BraTS-GLI-00008-000", "BraTS-GLI-00008-001"]), 0.5, 50, seed=0)
     two = confidence_intervals(split_of(["BraTS-GLI-00008-000", "BraTS-GLI-00009-000"]), 0.5, 50, seed=0)
-    for key in ("segmentation.dice", "segmentation_volume.dice"):
+    for key in ("segmentation.dice", "segmentation_volume.dice", "classification.accuracy",
+                "classification_by_source.brats.accuracy"):
         assert key not in one and two[key][0] < two[key][1]
 
 

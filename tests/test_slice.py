@@ -473,7 +473,8 @@ def test_a_key_left_out_of_params_yaml_falls_back_to_the_value_params_yaml_shows
     written = yaml.safe_load((REPO / "params.yaml").read_text())
     profile = leaves(written.pop("profiles")["quick"])
     defaults = {name: field.get_default(call_default_factory=True) for name, field in Settings.model_fields.items()}
-    defaults = leaves({name: d.model_dump(mode="json") if hasattr(d, "model_dump") else d for name, d in defaults.items()})
+    defaults = leaves({name: d.model_dump(mode="json") if hasattr(d, "model_dump") else d
+                       for name, d in defaults.items()})
     differ = {key: (value, defaults.get(key, "no default")) for key, value in leaves(written).items()
               if defaults.get(key, "no default") != value}
     differ |= {f"profiles.quick.{key}": (value, default) for key, value in profile.items()

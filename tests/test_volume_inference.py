@@ -58,10 +58,14 @@ def asymmetric_volume(shape=(20, 24, 6), seed=0):
     return volume.astype(np.float32)
 
 
-def test_identity_tta_equals_no_tta_on_a_three_region_unet(unet3):
+def test_a_repeated_flip_counts_once_and_no_tta_is_the_predictors_own_answer(unet3):
+    """A flip listed twice is one view, not a double weight (check_flips merges them), so [[], []] is no TTA; and
+    with no TTA each slice's probabilities are what the predictor gives for it. (The averaging of distinct views is what
+    test_flips_are_undone_for_a_model_that_is_not_flip_equivariant checks.)"""
     volumes = [asymmetric_volume(seed=s) for s in range(4)]
     predictor = TorchPredictor(unet3, batch_size=4)
     plain = predict_volume(predictor, volumes, 16)
+    assert check_flips([[], [], [3, 3], [3]]) == ((), (3,))
     identity = predict_volume(predictor, volumes, 16, flips=[[], []])
     np.testing.assert_array_equal(identity.slice_probability, plain.slice_probability)
     np.testing.assert_array_equal(identity.label_map, plain.label_map)

@@ -1,7 +1,8 @@
 """Bootstrap 95 % confidence intervals of the test figures, resampling patients (`confidence_intervals`): every test
-patient for classification, with a Kaggle image's near-duplicates as one (`resampling_units`), and the BraTS patients
-with tumour for the per-slice and per-volume segmentation scores. A subject's timepoints (BraTS 2023 names) are
-resampled together everywhere: they are one person, as the split keeps them."""
+patient for classification, with a Kaggle image's near-duplicates as one (`resampling_units`), the BraTS patients
+with tumour slices for the per-slice segmentation scores and every BraTS test patient for the per-volume ones. A
+subject's timepoints (BraTS 2023 names) are resampled together everywhere: they are one person, as the split keeps
+them."""
 
 from __future__ import annotations
 
@@ -38,11 +39,11 @@ def confidence_intervals(test: SplitPredictions, threshold: float | np.ndarray, 
                          units: pd.Series | None = None) -> dict:
     """Bootstrap 95 % intervals resampling patients: all test patients for classification (a Kaggle image is its
     own patient, near-duplicates one together when `units` says so: `resampling_units`), each source's inputs alone
-    for its accuracy, sensitivity and specificity, the BraTS patients with tumour slices for the per-slice and
-    per-volume segmentation scores."""
+    for its accuracy, sensitivity and specificity, the BraTS patients with tumour slices for the per-slice segmentation
+    scores and every BraTS test patient for the per-volume ones (one without a tumour scores 1 or 0)."""
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     seg, vol = test.slice_scores, test.volume_scores
-    groups_all = test.slices["patient"] if units is None else units
+    groups_all = subjects(test.slices["patient"]) if units is None else units
     families = [
         ("classification", groups_all, metrics.classification_statistic(labels, probability, threshold)),
         ("segmentation", subjects(seg["patient"]), _means_of(seg, ("dice", "iou", "hd95"))),
