@@ -168,7 +168,7 @@ def test_batches_read_for_augmenting_on_the_device_augment_there_exactly_as_in_t
         assert read[0]["image"].dtype == torch.float16  # as stored: half the bytes to copy
         assert not torch.equal(read[0]["image"].float(), augmented[0]["image"])  # the loader did not augment
         for a, r in zip(augmented, read):
-            images, masks = r.pop("augment").apply(r["image"], r["mask"], AUGMENT)
+            images, masks = r.pop("augment").apply(r["image"], r["mask"])
             assert torch.equal(images, a["image"]) and torch.equal(masks, a["mask"])
             assert all(torch.equal(r[key], a[key]) for key in ("label", "has_mask"))
 
@@ -299,7 +299,7 @@ def test_the_loader_and_the_device_crop_the_same_windows(tmp_path):
         batches[on_device] = list(loader)
     for a, r in zip(batches[False], batches[True]):
         assert a["image"].shape[2:] == (16, 16) and r["image"].shape[2:] == (32, 32)
-        images, masks = r.pop("augment").apply(r["image"], r["mask"], AUGMENT)
+        images, masks = r.pop("augment").apply(r["image"], r["mask"])
         assert torch.equal(images, a["image"]) and torch.equal(masks, a["mask"])
 
 
@@ -386,3 +386,30 @@ def test_a_bias_field_share_spares_the_other_samples():
     spared = augment_batch(images, masks, plain.model_copy(update={"bias_field": 0.3, "bias_field_share": 0.0}),
                            torch.Generator().manual_seed(1))[0]
     assert torch.allclose(spared, images, atol=1e-5)
+
+
+def test_a_train_split_without_tumour_slices_says_so_when_only_tumour_slices_train(tmp_path, tiny_settings):
+    """train_seg.tumour_slices_only with no tumour slice left in the train split: the error said there were no BraTS
+    slices at all, where the split had them."""
+    import pandas as pd
+
+    from tasks.data.datasets import stage_data
+    from tasks.data.shards import Shard, read_shard, write_shard
+    from tasks.errors import SliceWiseError
+    from tests.conftest import make_tiny_processed
+
+    data = make_tiny_processed(tmp_path)
+    manifest = pd.read_csv(data.processed / "manifest.csv")
+    for patient in [p for p in (data.splits / "train.txt").read_text().split() if p.startswith("BraTS")]:
+        path = data.processed / "brats" / f"{patient}.npz"
+        shard = read_shard(path)
+        write_shard(path, Shard(shard.images, np.zeros_like(shard.masks), shard.has_mask,
+                                np.zeros_like(shard.labels), shard.slice_index, shard.spacing))
+        manifest.loc[manifest.patient == patient, ["label", "tumour_area_px"]] = 0
+    manifest.to_csv(data.processed / "manifest.csv", index=False)
+    params = tiny_settings.train_seg.model_copy(update={"tumour_slices_only": True})
+    with pytest.raises(SliceWiseError, match=r"no tumour slices in the train split for stage seg "
+                                             r"\(train_seg.tumour_slices_only is true\)"):
+        stage_data("seg", data.processed, data.splits, params, seed=0)
+    train, _ = stage_data("seg", data.processed, data.splits, tiny_settings.train_seg, seed=0)
+    assert len(train) > 0 and not bool((train.labels == 1).any())  # the BraTS slices are there, none with tumour

@@ -221,16 +221,19 @@ def test_modality_dropout_blanks_channels_but_never_all_that_carry_signal():
 
 def test_a_step_that_augments_on_the_device_trains_as_one_fed_augmented_batches(tiny_settings):
     """train.augment_on: device hands the loader's reading-only batches to the step, which augments them after the
-    copy: the same weights as with the loader augmenting (here both on the CPU), where skipping it would differ."""
+    copy: the same weights as with the loader augmenting (here both on the CPU), where skipping it would differ.
+    With the stage's own settings (a train_seg.bias_field over the shared train.augment's), which the step applied
+    the shared ones instead of: a GPU trained another recipe than a CPU from the same params."""
     cfg = tiny_settings.train.model_copy(update={"channels_last": False, "augment": Augment(
         flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_dropout=0.5)})
+    stage_augment = cfg.augment.model_copy(update={"bias_field": 0.3})  # as stage_augment(plan) gives it
     generator = torch.Generator().manual_seed(0)
     masks = (torch.rand(24, 16, 16, generator=generator) > 0.8).to(torch.uint8)
     data = SliceSet(torch.randn(24, 4, 16, 16, generator=generator).half(), masks, torch.ones(24, dtype=torch.bool),
                     masks.flatten(1).amax(1))
     weights = {}
-    for how, augment, on_device in (("loader", cfg.augment, False), ("device", cfg.augment, True),
-                                    ("not at all", None, False)):
+    for how, augment, on_device in (("loader", stage_augment, False), ("device", stage_augment, True),
+                                    ("not at all", None, False), ("shared settings", cfg.augment, False)):
         torch.manual_seed(0)
         model = place_model(MultitaskUNet(UNetConfig(4, 4, 2, seg_channels=3)), torch.device("cpu"), cfg)
         runner = StageRunner(model, make_optimizer(model, "seg", tiny_settings.train_seg),
@@ -241,6 +244,7 @@ def test_a_step_that_augments_on_the_device_trains_as_one_fed_augmented_batches(
         weights[how] = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert torch.equal(weights["loader"], weights["device"])
     assert not torch.equal(weights["loader"], weights["not at all"])
+    assert not torch.equal(weights["loader"], weights["shared settings"])  # the stage's field does change training
 
 
 def test_losses_read_back_in_groups_give_every_step_its_loss_in_order(tiny_settings):
@@ -706,6 +710,10 @@ def test_a_stage_stuck_at_its_floor_says_so_in_log_result_and_tracker(in_project
     assert training_stage.stuck_at_floor("seg", [{"val_dice": 0.01}, {"val_dice": 0.3}], 0.05) is None
     assert training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.52}], 0.05)  # a guessing classifier
     assert training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.9}], 0.05) is None
+    assert "within 0.05 of its floor 0.5" in training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.52}], 0.05)
+    # an inverted classifier is not "within" the margin: it was reported as if it were
+    inverted = training_stage.stuck_at_floor("cls", [{"val_roc_auc": 0.2}], 0.05)
+    assert "below its floor 0.5" in inverted and "within" not in inverted
 
 
 @pytest.mark.parametrize("min_epochs, patience, rows_run", [(9, 3, 3), (2, 0, 2)])

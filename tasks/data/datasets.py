@@ -180,7 +180,10 @@ def stage_data(stage: str, processed: Path, splits_dir: Path, stage_params, seed
         train = _drop_brats_share(train, 1 - stage_params.brats_fraction, seed)
     for name, part in (("train", train), ("val", val)):
         if len(part) == 0:
-            raise SliceWiseError(f"no {'/'.join(sources)} slices in the {name} split for stage {stage}", splits_dir)
+            only_tumour = name == "train" and stage == "seg" and stage_params.tumour_slices_only
+            raise SliceWiseError(f"no {'tumour' if only_tumour else '/'.join(sources)} slices in the {name} split "
+                                 f"for stage {stage}" + (" (train_seg.tumour_slices_only is true)" if only_tumour
+                                                         else ""), splits_dir)
     return train, val
 
 

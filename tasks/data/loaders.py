@@ -67,17 +67,19 @@ def collate_pending(read: tuple[list[dict], PendingAugment]) -> dict:
 @dataclass(frozen=True)
 class PendingAugment:
     """What a batch read without augmentation still needs, applied where it trains (`augment_on_device`): its seed,
-    its share of the global batch and its modality-dropout draws, exactly what `AugmentedSlices` would have used."""
+    its share of the global batch, its modality-dropout draws and the stage's augmentation settings (a stage's own
+    bias field among them: stage_augment), exactly what `AugmentedSlices` would have used."""
 
     seed: int
     part_of: tuple[int, int]
     modality_draws: ModalityDraws | None
+    cfg: Augment
     crop: int | None = None
 
-    def apply(self, images: Tensor, masks: Tensor, cfg: Augment) -> tuple[Tensor, Tensor]:
+    def apply(self, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         """The augmented float images and masks, on the device they are on (the draws are made on the CPU)."""
-        images, masks = augment_batch(images.float(), masks.float(), cfg, torch.Generator().manual_seed(self.seed),
-                                      part_of=self.part_of, crop=self.crop)
+        images, masks = augment_batch(images.float(), masks.float(), self.cfg,
+                                      torch.Generator().manual_seed(self.seed), part_of=self.part_of, crop=self.crop)
         return drop_modalities(images, self.modality_draws), masks
 
 
@@ -109,8 +111,9 @@ class AugmentedSlices(Dataset):
         has_mask, labels = self.data.has_mask[rows].tolist(), self.data.labels[rows].float()
         samples = [{"image": images[j], "mask": masks[j] if has_mask[j] else None, "label": labels[j]}
                    for j in range(len(rows))]
-        return (samples, PendingAugment(batch.seed, (start, len(batch.rows)), draws, self.crop)) if self.defer \
-            else samples
+        if not self.defer:
+            return samples
+        return samples, PendingAugment(batch.seed, (start, len(batch.rows)), draws, self.cfg, self.crop)
 
 
 def training_loader(data: Dataset, batch_size: int, generator: torch.Generator, num_workers: int = 0,

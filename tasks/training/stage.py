@@ -166,9 +166,11 @@ def stuck_at_floor(stage: str, history: list[dict], margin: float) -> str | None
     """Why the stage learned nothing (its floor metric never rose more than `margin` above the floor), or None."""
     name, floor = FLOORS[stage]
     values = [row[name] for row in history if not math.isnan(row.get(name, math.nan))]
-    if not values or max(values) > floor + margin:
+    if not values or (best := max(values)) > floor + margin:
         return None
-    return (f"best {name} {max(values):.4f} after {len(values)} epochs is within {margin} of its floor {floor}; "
+    where = f"within {margin} of its floor {floor}" if best >= floor else \
+        f"below its floor {floor} (ranked the wrong way round)"  # e.g. a ROC-AUC under 0.5
+    return (f"best {name} {best:.4f} after {len(values)} epochs is {where}; "
             f"this model learned nothing on that head and the promotion gate will reject it")
 
 

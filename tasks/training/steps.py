@@ -88,7 +88,7 @@ class StageRunner:
             # as a single process's would be (training_loader's `part`).
             batch = batch_to_device(batch, self.device)
             if (pending := batch.pop("augment", None)) is not None:  # read only: augment here, with its own draws
-                batch["image"], batch["mask"] = pending.apply(batch["image"], batch["mask"], self.train_cfg.augment)
+                batch["image"], batch["mask"] = pending.apply(batch["image"], batch["mask"])
             size = len(batch["label"])
             with autocast(self.device, self.train_cfg):
                 out = self.trainer(in_layout(batch["image"], self.train_cfg.channels_last), heads=self.loss_fn.heads)
