@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -211,9 +212,15 @@ def quality_rows(report: dict) -> list[tuple[str, str, str]]:
             for name, label in (("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
                                 ("slice_dice", "slice Dice"), ("volume_dice", "volume Dice"),
                                 ("hd95_mm", "HD95 per slice (mm)")):
-                s = summary[name]
-                out.append((f"quick, {len(seeds['seeds'])} seeds, {family}: {label} min / median / max",
-                            f"{s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}", f"{cpu['model']}, {bf16}"))
+                if name not in summary:  # no seed's pipeline finished: nothing to show but that
+                    continue
+                s, failed = summary[name], sorted(seeds.get("failed_seeds") or {})
+                ran = len(seeds["seeds"]) - len(failed)
+                counted = f"{ran} of {len(seeds['seeds'])} seeds" if failed else f"{ran} seeds"
+                out.append((f"quick, {counted}, {family}: {label} min / median / max",
+                            f"{s['min']:.3f} / {s['median']:.3f} / {s['max']:.3f}", f"{cpu['model']}, {bf16}"
+                            + (f"; seed {', '.join(map(str, failed))}'s pipeline failed (no model, not in these "
+                               "figures)" if failed else "")))
     return out
 
 
@@ -350,7 +357,8 @@ def loader_16_core_rows(loader: dict) -> list[tuple[str, str, str]]:
     """The loader's scaling on a 16-core machine (the GPU host): augmenting in workers, and reading only."""
     out = []
     for kind, what in (("stored", "augmenting in the loader"), ("read_only", "reading only (augment_on: device)")):
-        rates = {r["workers"]: r["slices_per_s"] for name, r in loader["runs"].items() if name.startswith(kind + "_")}
+        rates = {r["workers"]: r["slices_per_s"] for name, r in loader["runs"].items()
+                 if re.fullmatch(rf"{kind}_\d+_workers", name)}  # not the `_crop` runs: other slices
         if len(rates) < 2:
             continue
         best = max(rates, key=rates.get)
@@ -391,13 +399,17 @@ def _crop_loader_rows(loader: dict) -> list[tuple[str, str, str]]:
         return []
     runs, side = loader["runs"], loader["crop_side"]
     whole, crop = runs["stored_0_workers"], runs["stored_0_workers_crop"]
+    # projected over 16 cores from the rate per CPU-second WITH workers, as the whole slices' row is (bench_loader:
+    # moving batches between processes costs; the bare rate overstated it 1.7x)
+    most = max(int(name.split("_")[1]) for name in runs if re.fullmatch(r"stored_\d+_workers_crop", name))
+    projected = round(16 * runs[f"stored_{most}_workers_crop"]["slices_per_cpu_second"])
     ratios = ((key.split("_")[0], ratio) for key, ratio in loader["crop_scaling"].items())
     scaling = ", ".join(f"{w} workers {runs[f'stored_{w}_workers_crop']['slices_per_s']:.0f}/s ({ratio:.2f}×)"
                         for w, ratio in ratios)
     return [(f"loader: train_seg's {side}² windows / whole slices (slices per CPU-second, augmented)",
              f"{loader['crop_per_core_slices_per_s'] / loader['per_core_slices_per_s']:.2f}×",
              f"{crop['slices_per_cpu_second']:.0f} against {whole['slices_per_cpu_second']:.0f} per CPU-second, one "
-             f"process, side by side; × 16 cores: {round(16 * crop['slices_per_cpu_second']):,}/s; wall clock "
+             f"process, side by side; × 16 cores ({most} workers' rate per CPU-second): {projected:,}/s; wall clock "
              f"0 workers {crop['slices_per_s']:.0f}/s, {scaling}")]
 
 

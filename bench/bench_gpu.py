@@ -93,9 +93,11 @@ def _timed_epoch(runner: StageRunner, batches, batch_size: int, device: torch.de
     steps_done: list[float] = []  # when each step's loss was read back: the GPU had finished that step
     runner.train_epoch(batches, 1, 1, on_batch=lambda loss: steps_done.append(time.perf_counter()))
     _synchronize(device)
-    # timed from the first read of losses (after `read_losses_every` steps): before it, the new loader starts its
-    # workers and fills their first prefetch, a fixed cost that would pull every variant's rate towards the loader's
-    first = min(runner.read_losses_every, len(steps_done)) - 1
+    # timed from the end of the same step in every variant (the default `read_losses_every`, when the default reads
+    # its first losses): before it, the new loader starts its workers and fills their first prefetch, a fixed cost
+    # that would pull every variant's rate towards the loader's. Timed from each variant's own first read, one reading
+    # every step had that cost inside its span and the other not (a bias towards reading in groups).
+    first = min(StageRunner.read_losses_every, len(steps_done)) - 1
     return (len(steps_done) - 1 - first) * batch_size / (time.perf_counter() - steps_done[first])
 
 

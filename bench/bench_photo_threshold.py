@@ -11,9 +11,11 @@ evaluate used, and three thresholds are compared:
                serving's slice route (/v1/predict) applies it to every upload, photos included, and evaluation judges
                the test photos at it since 2026-12-05 (`classification_threshold.photos_at`)
     own        Youden's threshold on the validation photos alone
-The choice is made on VALIDATION: the accuracy of `own` (chosen on one random half of the validation photos, each
-photo its own unit, bench_slice_score's HALVINGS halvings) against `lone` on the other half, and `lone` against
-`evaluate` on all of them. The test accuracies are reported beside.
+The choice is made on VALIDATION: on each of bench_slice_score's HALVINGS halvings of the validation photos (each
+photo its own unit), `own` chosen on one half and `lone` chosen again by evaluate's rule on the validation MRI
+slices with that same half of the photos, both scored on the other half; and `lone` against `evaluate` on all of
+them. The test accuracies are reported beside. (Until 2026-12-06 the halves were scored at the recorded `lone`,
+which evaluate had chosen on every validation photo, the scored half included: a comparison tilted towards it.)
 """
 
 from __future__ import annotations
@@ -40,12 +42,17 @@ def photo_scores(project: Path) -> dict:
     if "lone_slice_value" not in decision:
         raise SystemExit(f"{project}: its metrics.json has no lone_slice_value (an evaluate from before it existed)")
     model, _ = load_model(project / "checkpoints" / "joint" / "best.pt")
-    out = {"evaluate": decision["value"], "lone": decision["lone_slice_value"]}
-    rule = load_settings(project / "params.yaml").evaluate.slice_score  # scored as its evaluate scored them
+    cfg = load_settings(project / "params.yaml").evaluate
+    out = {"evaluate": decision["value"], "lone": decision["lone_slice_value"],
+           "rule": {"rule": cfg.threshold_rule, "target_sensitivity": cfg.target_sensitivity,
+                    "fixed": cfg.fixed_threshold}}
     for split in ("val", "test"):
-        slices = split_probabilities(model, project, split, rule)
+        slices = split_probabilities(model, project, split, cfg.slice_score)  # each alone, as evaluate's lone rule
         photos = slices[slices["source"] == "kaggle"]
         out[split] = {"labels": photos["label"].astype(int).tolist(), "p": photos["probability"].tolist()}
+        if split == "val":  # the MRI slices the lone threshold is chosen on with the photos
+            mri = slices[slices["source"] != "kaggle"]
+            out["val_mri"] = {"labels": mri["label"].astype(int).tolist(), "p": mri["probability"].tolist()}
     return out
 
 
@@ -60,13 +67,19 @@ def compare(scores: dict) -> dict[str, float]:
 
     val_labels, val_p = np.array(scores["val"]["labels"]), np.array(scores["val"]["p"])
     test_labels, test_p = np.array(scores["test"]["labels"]), np.array(scores["test"]["p"])
+    mri_labels, mri_p = np.array(scores["val_mri"]["labels"]), np.array(scores["val_mri"]["p"])
+    rule = scores["rule"]
     units = pd.DataFrame({"patient": [f"photo-{i}" for i in range(len(val_labels))]})
     own, lone = [], []
     for tune, score in patient_halvings(units, 0):
         if len(np.unique(val_labels[tune])) < 2:
             continue
         own.append(accuracy(val_p[score], val_labels[score], choose_threshold(val_labels[tune], val_p[tune], "youden")))
-        lone.append(accuracy(val_p[score], val_labels[score], scores["lone"]))
+        # chosen as evaluate chooses it, on what it would have seen: the MRI slices and the tuning half's photos
+        lone_here = choose_threshold(np.concatenate([mri_labels, val_labels[tune]]),
+                                     np.concatenate([mri_p, val_p[tune]]), rule["rule"],
+                                     rule["target_sensitivity"], rule["fixed"])
+        lone.append(accuracy(val_p[score], val_labels[score], lone_here))
     if not own:
         raise ValueError("no halving of the validation photos has both classes in its tuning half")
     own_threshold = choose_threshold(val_labels, val_p, "youden")

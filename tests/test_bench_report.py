@@ -494,7 +494,7 @@ def test_a_failed_seed_does_not_stop_the_sweep_and_is_reported_with_its_reason(t
 
 
 def test_a_failed_seed_counts_as_three_missed_targets_in_the_tables():
-    from bench.__main__ import seeds_markdown, sweeps_side_by_side
+    from bench.__main__ import quality_rows, seeds_markdown, sweeps_side_by_side
 
     targets = {"accuracy": 0.9, "slice_dice": 0.8, "volume_dice": 0.85}
     row = {"accuracy": 0.93, "sensitivity": 0.9, "slice_dice": 0.86, "volume_dice": 0.9, "hd95_mm": 20.0}
@@ -508,6 +508,13 @@ def test_a_failed_seed_counts_as_three_missed_targets_in_the_tables():
     side = sweeps_side_by_side({"AMD EPYC": {"seeds": sweep}, "Intel Xeon with AMX": {"seeds": sweep | {
         "failed_seeds": {}, "date": "2026-12-05"}}})
     assert "| 4 | **pipeline failed** | – |" in side and "| pairs met | 3 of 6 | 3 of 3 |" in side
+    # the benchmark table's rows say the figures are of the seeds that finished, and which one did not
+    rows = [row for row in quality_rows({"by_cpu": {"AMD EPYC": {"seeds": sweep}}}) if row[0].startswith("quick, ")]
+    assert rows and all(row[0].startswith("quick, 1 of 2 seeds, AMD EPYC") for row in rows)
+    assert all("seed 4's pipeline failed" in row[2] for row in rows)
+    nothing_ran = sweep | {"per_seed": {}, "summary": {"every_seed_meets_targets": False}}
+    assert not [row for row in quality_rows({"by_cpu": {"AMD EPYC": {"seeds": nothing_ran}}})
+                if row[0].startswith("quick, ")]
 
 
 def test_a_seed_sweep_names_the_commit_it_measured():
@@ -532,7 +539,7 @@ def test_the_loader_row_for_train_seg_windows_sizes_them_as_the_stage_does_and_c
            "main_peak_rss_mib": 700, "rss_before_loading_mib": 600}
     runs = {f"stored_{w}_workers": run for w in (0, 1, 2)} | {
         "compressed_cache_fits": run, "compressed_cache_quarter": run,
-        **{f"stored_{w}_workers_crop": run | {"slices_per_s": 100.0 * (w + 4), "slices_per_cpu_second": 400.0}
+        **{f"stored_{w}_workers_crop": run | {"slices_per_s": 100.0 * (w + 4), "slices_per_cpu_second": 400.0 - 60 * w}
            for w in (0, 1, 2)}}
     loader = {"runs": runs, "set": {"slices": 560, "disk": {"stored": {"mib": 315}, "compressed": {"mib": 88}}},
               "per_core_slices_per_s": 200.0, "workers_slices_per_cpu_second": 180.0,
@@ -544,6 +551,9 @@ def test_the_loader_row_for_train_seg_windows_sizes_them_as_the_stage_does_and_c
     assert [row[1] for row in crop_rows] == ["2.00×"]
     assert "192²" in crop_rows[0][0]
     assert "0 workers 400/s, 1 workers 500/s (1.25×), 2 workers 600/s" in crop_rows[0][2]
+    # projected over 16 cores from the rate with workers (280 per CPU-second), as the whole slices' row is: the
+    # bare one-process rate (400) overstated it
+    assert "× 16 cores (2 workers' rate per CPU-second): 4,480/s" in crop_rows[0][2]
     # a run from before the windows (or with train_seg.crop: 1) has no such row
     whole = {k: v for k, v in loader.items() if not k.startswith("crop")}
     assert not [row for row in loader_rows(whole) if "windows" in row[0]]
