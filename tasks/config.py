@@ -145,6 +145,9 @@ class Augment(_Section):
     # ~1.35x). See tasks/data/augment.py, apply_bias_fields.
     bias_field: float = Field(0.0, ge=0, le=1)
     bias_field_share: float = Field(1.0, ge=0, le=1)  # share of samples given a field (the others keep theirs flat)
+    # Share of samples shown as a photo of unknown sequence is: one of their channels, drawn uniformly, moved to
+    # channel 0 (where a photo goes), the others blank. See tasks/data/augment.py, as_photos; docs/recipes.md.
+    photo_like: float = Field(0.0, ge=0, le=1)
 
 
 class TrainSettings(_Section):
@@ -188,6 +191,7 @@ class ClsStageSettings(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     brats_fraction: float = Field(1.0, ge=0, le=1)
     kaggle_share: float | None = Field(0.5, gt=0, lt=1)
+    photo_like: float | None = Field(None, ge=0, le=1)  # this stage's train.augment.photo_like (None: the shared)
 
 
 class JointStageSettings(_Section):
@@ -199,6 +203,7 @@ class JointStageSettings(_Section):
     dice_over: Literal["batch", "slice", "both"] = "both"  # as in train_seg
     negative_photos_as_empty_masks: bool = False  # photos labelled "no tumour" train the seg head on an empty mask
     peak_weight: float = Field(0.0, ge=0)  # weight of a BCE on each sample's largest WT logit against its label
+    photo_like: float | None = Field(None, ge=0, le=1)  # as in train_cls
     weight_decay: float = Field(1e-4, ge=0)
 
 

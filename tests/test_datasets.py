@@ -335,6 +335,40 @@ def test_train_seg_may_set_its_own_bias_field_and_the_later_stages_keep_the_shar
     assert seg.model_dump(exclude={"bias_field"}) == shared.model_dump(exclude={"bias_field"})
 
 
+def test_photo_like_samples_show_one_drawn_channel_in_channel_0_and_the_stages_may_set_their_own_share(
+        tiny_settings):
+    """train.augment.photo_like: a share of the samples become what a photo is to the model (one sequence in channel
+    0, the others blank), each with a channel drawn uniformly; masks and the other samples are untouched, a sample
+    whose drawn channel is blank (a photo already) stays as it is, and at 0 nothing is drawn at all."""
+    from tasks.data.augment import augment_batch
+    from tasks.training.plan import plan_stage, stage_augment
+
+    images, masks = _brain_slices(n=32)
+    images = torch.cat([images, images.flip(3) * 0.5], 1)  # four channels, each its own picture
+    images[30, 1:] = 0  # a photo: channel 0 only
+    images[31, 2] = 0  # a missing modality
+    plain = Augment(flip=False, rotate_degrees=0, intensity_jitter=0, modality_dropout=0)
+    shown, shown_masks = augment_batch(images, masks, plain.model_copy(update={"photo_like": 0.5}),
+                                       torch.Generator().manual_seed(2))
+    assert torch.equal(shown_masks, masks)
+    changed = [i for i in range(32) if not torch.equal(shown[i], images[i])]
+    assert 4 < len(changed) < 28  # about half
+    for i in changed:
+        assert not shown[i, 1:].any()  # the others blank
+        assert any(torch.equal(shown[i, 0], images[i, c]) for c in range(4))  # one of its own channels
+    assert torch.equal(shown[30], images[30])
+    assert len({next(c for c in range(4) if torch.equal(shown[i, 0], images[i, c])) for i in changed}) > 1
+    # at 0 the draws are those of a run without the key
+    moving = Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_dropout=0)
+    assert torch.equal(augment_batch(images, masks, moving, torch.Generator().manual_seed(3))[0],
+                       augment_batch(images, masks, moving.model_copy(update={"photo_like": 0.0}),
+                                     torch.Generator().manual_seed(3))[0])
+    # train_cls and train_joint may set their own share; train_seg has no such key and keeps the shared one
+    settings = with_section(with_section(tiny_settings, "train_cls", photo_like=0.4), "train_joint", photo_like=0.2)
+    shares = {stage: stage_augment(plan_stage(settings, stage)).photo_like for stage in ("seg", "cls", "joint")}
+    assert shares == {"seg": tiny_settings.train.augment.photo_like, "cls": 0.4, "joint": 0.2}
+
+
 def test_a_crop_too_small_for_the_model_is_a_clear_error():
     from tasks.errors import SliceWiseError
     from tasks.training.plan import crop_side

@@ -92,6 +92,10 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
             spared = torch.rand(total, generator=generator) >= cfg.bias_field_share
             controls[spared] = 0  # a flat field, exp(0) = 1
         draws["bias"] = controls[part].to(images.dtype)
+    if cfg.photo_like > 0 and images.shape[1] > 1:  # last again: runs without it draw what they drew before
+        shown = (torch.rand(total, generator=generator) < cfg.photo_like).to(images.dtype)
+        channel = torch.randint(0, images.shape[1], (total,), generator=generator).to(images.dtype)
+        draws["photo"] = torch.stack([shown, channel], 1)[part]
     if draws:
         copied = to_device_async(torch.cat(list(draws.values()), 1), images.device)
         draws = dict(zip(draws, copied.split([d.shape[1] for d in draws.values()], 1)))
@@ -114,7 +118,23 @@ def augment_batch(images: Tensor, masks: Tensor, cfg: Augment, generator: torch.
         # The background stays 0, as at inference; in place, as fresh temporaries cost more than the arithmetic.
         background = images == 0
         images.mul_(scale).add_(shift).masked_fill_(background, 0)
+    if "photo" in draws:
+        images = as_photos(images, draws["photo"][:, 0] > 0.5, draws["photo"][:, 1].long())
     return images, masks
+
+
+def as_photos(images: Tensor, shown: Tensor, channel: Tensor) -> Tensor:
+    """`images` (N, C, H, W) with each `shown` sample's `channel` in channel 0 and its other channels blank: what a
+    photo of unknown sequence is to the model (tasks/data/photo_slicing.py: channel 0, FLAIR's, the rest zero).
+
+    A FLAIR-trained channel 0 otherwise meets T2 and T1ce photos only in the few hundred photos of the training
+    split; every MRI slice can be shown that way, with its mask and label unchanged. A sample whose drawn channel
+    is blank (a photo, a missing modality) stays as it is. On the images' device, without reading anything back."""
+    picked = images[torch.arange(images.shape[0], device=images.device), channel]  # (N, H, W)
+    shown = shown & picked.flatten(1).ne(0).any(1)
+    photos = torch.zeros_like(images)
+    photos[:, 0] = picked
+    return torch.where(shown[:, None, None, None], photos, images)
 
 
 def apply_bias_fields(images: Tensor, controls: Tensor, strength: float) -> Tensor:

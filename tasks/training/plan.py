@@ -99,11 +99,14 @@ def plan_stage(settings: Settings, stage: str) -> StagePlan:
     )
 
 
+STAGE_AUGMENT_KEYS = ("bias_field", "photo_like")  # train.augment keys a stage's section may set for itself
+
+
 def stage_augment(plan: StagePlan) -> Augment:
-    """The augmentation this stage's training batches get: train.augment, with the stage's own bias-field strength
-    where it sets one (`train_seg.bias_field`)."""
-    own = getattr(plan.stage_params, "bias_field", None)
-    return plan.train.augment if own is None else plan.train.augment.model_copy(update={"bias_field": own})
+    """The augmentation this stage's training batches get: train.augment, with the stage's own value of each
+    STAGE_AUGMENT_KEYS key where it sets one (`train_seg.bias_field`, `train_cls.photo_like`, ...)."""
+    own = {key: value for key in STAGE_AUGMENT_KEYS if (value := getattr(plan.stage_params, key, None)) is not None}
+    return plan.train.augment.model_copy(update=own) if own else plan.train.augment
 
 
 def crop_side(plan: StagePlan, image_size: tuple[int, int]) -> int | None:
