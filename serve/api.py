@@ -23,6 +23,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from nibabel import aff2axcodes
 from starlette.concurrency import run_in_threadpool
 
 from serve.budget import MemoryBudget
@@ -65,10 +66,15 @@ def check_same_grid(uploads: list[VolumeUpload], main: VolumeUpload) -> None:
     reference = affine_mm(main.header.image.header, main.header.image.affine)
     for upload in uploads:
         image, shape = upload.header.image, upload.header.shape[:3]
-        if shape != main.header.shape[:3] or not same_grid(affine_mm(image.header, image.affine), reference):
-            raise UploadError(422, f"{upload.header.name}: shape {list(shape)} and affine differ from "
-                                   f"{main.header.name}'s {list(main.header.shape[:3])}; the modalities must be "
-                                   "co-registered on one grid")
+        if shape != main.header.shape[:3]:
+            raise UploadError(422, f"{upload.header.name}: shape {list(shape)} differs from {main.header.name}'s "
+                                   f"{list(main.header.shape[:3])}; the modalities must be co-registered on one grid")
+        if not same_grid(affine := affine_mm(image.header, image.affine), reference):
+            # the shapes agree: say what does not (another orientation, voxel size or position), not "shape and affine"
+            raise UploadError(422, f"{upload.header.name}: same shape, but another affine than {main.header.name}'s "
+                                   f"(orientation {''.join(aff2axcodes(affine))} against "
+                                   f"{''.join(aff2axcodes(reference))}, voxel size or position); the modalities "
+                                   "must be co-registered on one grid")
 
 
 def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> dict:

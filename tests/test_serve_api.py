@@ -436,6 +436,19 @@ def test_bad_modality_uploads_are_422(regions_client, files, words):
     assert response.status_code == 422 and words in response.json()["detail"].lower(), response.text
 
 
+def test_modalities_of_one_shape_on_another_affine_are_told_so_not_that_their_shapes_differ(regions_client):
+    """A RAS-stored FLAIR with an LPS-stored T1 of the same shape said "shape [..] and affine differ from .. [..]",
+    two identical shapes; it names the orientations now."""
+    volume, _ = brain_volume()
+    flair = nifti_bytes(volume)[0]
+    t1 = gzip.compress(nib.Nifti1Image(volume, np.diag([1.0, 1.5, 2.0, 1.0])).to_bytes())  # RAS, the other LPS
+    response = regions_client.post("/v1/predict/volume", files={"flair": ("f.nii.gz", flair),
+                                                                 "t1": ("t.nii.gz", t1)})
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and "same shape, but another affine" in detail, detail
+    assert "orientation RAS against LPS" in detail and "co-registered" in detail
+
+
 def test_a_cameras_mpo_jpeg_is_its_first_picture_and_an_animation_is_refused(client):
     picture = Image.fromarray(brain_slice()).convert("RGB")
     preview = Image.fromarray(np.zeros((32, 32), np.uint8)).convert("RGB")

@@ -532,6 +532,46 @@ def test_an_upload_with_grad_cam_and_an_api_error_shown_as_a_message(browser, se
     assert browser.find_element("id", "slice-title").text.startswith("example: tumour")
 
 
+def test_a_mask_under_a_no_tumour_decision_starts_hidden_and_is_explained(browser, server, tmp_path):
+    """A photo the model calls "no tumour" could come back with the segmentation head's mask over the whole brain,
+    drawn filled in red as if a tumour was found; the page hides it and says why (the decision is the answer)."""
+    good = tmp_path / "slice.png"
+    good.write_bytes(png_bytes(brain_slice(size=128)))
+    open_page(browser, server, "slice")
+    browser.find_element("id", "slice-file").send_keys(str(good))  # the stand-in model: tumour, with its mask
+    visible(browser, "slice-result")
+    assert browser.find_element("id", "slice-show-pred").is_selected()
+    assert not browser.find_element("id", "slice-mask-note").is_displayed()
+    browser.execute_script(  # the same answer with the decision a tumour-free photo gets
+        "const real = window.fetch; window.fetch = async (url, options) => {"
+        "  const answer = await real(url, options);"
+        "  if (!String(url).startsWith('/v1/predict?')) return answer;"
+        "  const body = await answer.json(); body.has_tumor = false;"
+        "  return new Response(JSON.stringify(body), {status: 200}); };")
+    again = tmp_path / "photo.png"  # another file: choosing the same one again fires no change
+    again.write_bytes(good.read_bytes())
+    browser.find_element("id", "slice-file").send_keys(str(again))
+    wait(browser, lambda d: d.find_element("id", "slice-title").text == "photo.png")
+    note = visible(browser, "slice-mask-note")
+    assert "The decision is no tumour, yet the segmentation head marks" in note.text
+    assert not browser.find_element("id", "slice-show-pred").is_selected()
+    assert browser.find_element("id", "slice-decision").text == "no tumour"
+
+
+def test_the_grad_cam_box_re_runs_the_upload_after_the_file_picker_was_cancelled(browser, server, tmp_path):
+    """Opening the picker clears it (so the same file can be chosen again); cancelled, it stays empty, and ticking
+    Grad-CAM then did nothing at all."""
+    good = tmp_path / "slice.png"
+    good.write_bytes(png_bytes(brain_slice(size=128)))
+    open_page(browser, server, "slice")
+    browser.find_element("id", "slice-file").send_keys(str(good))
+    visible(browser, "slice-result")
+    browser.execute_script("document.getElementById('slice-file').value = '';")  # what a cancelled picker leaves
+    browser.find_element("id", "slice-gradcam").click()
+    visible(browser, "slice-gradcam-figure")
+    assert browser.find_element("id", "slice-title").text == "slice.png"
+
+
 def test_patient_files_go_to_the_api_as_the_modalities_their_names_say(browser, server, project, tmp_path):
     patient, takes = project["patient"], project["settings"].modalities  # FLAIR alone, or four (a trained export)
     flair = project["root"] / paths.RAW_BRATS / patient / f"{patient}_flair.nii.gz"
@@ -572,6 +612,17 @@ def test_patient_files_go_to_the_api_as_the_modalities_their_names_say(browser, 
     else:
         visible(browser, "vol-result")
         assert not browser.find_element("id", "vol-modalities").is_displayed()
+
+    seg = tmp_path / "P_seg.nii.gz"  # a whole BraTS folder chosen at once: its label map is left out, and said so
+    shutil.copyfile(flair, seg)
+    open_page(browser, server, "patient")
+    browser.find_element("id", "vol-file").send_keys(f"{named['flair']}\n{seg}")
+    visible(browser, "vol-result")
+    assert "P_flair.nii.gz (P_seg.nii.gz left out: a label map, not an image)" in browser.find_element(
+        "id", "vol-title").text
+    open_page(browser, server, "patient")  # the label map alone is no image to predict on
+    browser.find_element("id", "vol-file").send_keys(str(seg))
+    assert "P_seg.nii.gz: a segmentation (label map), not an image" in visible(browser, "vol-error").text
 
     open_page(browser, server, "patient")  # names that say no modality: refused before anything is sent
     other = tmp_path / "scan.nii.gz"

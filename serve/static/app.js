@@ -129,6 +129,14 @@ async function showSlice(result, title) {
     `${withheld(result) ? UNRELIABLE : ""} · ` +
     `OOD score ${fmt(result.ood_score, 2)}`;
   showWarning("slice-warning", result.warning);
+  // The decision and the mask are two answers (README, Serving). Under a "no tumour" decision a mask is at most a
+  // candidate too faint for it, and on a photo, whose masks never trained the model, it can cover the whole brain:
+  // drawn filled in red by default it read as a found tumour. It starts hidden, and the page says why.
+  const maskAgainstDecision = result.has_tumor === false && result.tumor_area_px > 0;
+  $("slice-show-pred").checked = !maskAgainstDecision;
+  showWarning("slice-mask-note", maskAgainstDecision ? `The decision is no tumour, yet the segmentation head marks ` +
+    `${result.tumor_area_px} px (hidden; tick "predicted" to see them): a candidate too faint for the decision, or, ` +
+    "on a photo, whose masks the model never trained on, nothing at all. The decision is the answer." : "");
   show("slice-truth-toggle", Boolean(slice.truth));
   if (result.gradcam_png) $("slice-gradcam-image").src = pngSrc(result.gradcam_png);
   show("slice-gradcam-figure", Boolean(result.gradcam_png));
@@ -145,12 +153,14 @@ function drawSlice() {
   ]);
 }
 
-let lastSliceExample = null;  // what the Grad-CAM box re-runs: the example shown last, or else the chosen file
+let lastSliceExample = null;  // what the Grad-CAM box re-runs: the example shown last, or else the file shown last
+let lastSliceFile = null;  // kept: opening the file picker clears the input (pickAgain), cancelling leaves it empty
 
 async function predictSliceFile() {
-  const file = $("slice-file").files[0];
+  const file = $("slice-file").files[0] || lastSliceFile;
   if (!file) return;
   lastSliceExample = null;
+  lastSliceFile = file;
   const ok = await busy("slice", () => postFiles(`/v1/predict?gradcam=${$("slice-gradcam").checked}`, "file", [file]),
     (result) => showSlice(result, file.name));
   if (ok === false) show("slice-result", false);

@@ -32,7 +32,10 @@ function renderBatch() {
     const ood = document.createElement("span");
     ood.className = withheld(row) ? "flag ood" : "flag";
     ood.textContent = withheld(row) ? `⚠ ${fmt(row.ood_score, 2)} out of distribution` : fmt(row.ood_score, 2);
-    const area = withheld(row) ? cell(`${row.tumor_area_px} (unreliable)`, "unreliable") : cell(String(row.tumor_area_px));
+    // a mask under a "no tumour" decision is not a found tumour (the slice view says why: the decision is the answer)
+    const area = withheld(row) ? cell(`${row.tumor_area_px} (unreliable)`, "unreliable")
+      : row.has_tumor === false && row.tumor_area_px > 0 ? cell(`${row.tumor_area_px} (no tumour decided)`, "unreliable")
+        : cell(String(row.tumor_area_px));
     tr.append(cell(thumb), cell(row.filename, "name"), cell(pct(row.tumor_probability)), cell(badge), area, cell(ood));
     if (row.warning) tr.title = row.warning;
     if (withheld(row)) tr.classList.add("ood-row");

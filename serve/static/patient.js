@@ -9,6 +9,7 @@ const MODALITY_NAMES = { flair: "FLAIR", t1: "T1", t1ce: "T1ce", t2: "T2" };
 // <patient>-t2f, -t1n, -t1c, -t2w), as tasks/data/local_import.py PART_NAMES reads them; t1ce before t1, or "_t1ce"
 // would read as T1.
 const MODALITY_SUFFIX = /[-_](flair|t1ce|t1|t2|t2f|t1c|t1n|t2w)\.nii(\.gz)?$/i;
+const LABEL_MAP_SUFFIX = /[-_]seg\.nii(\.gz)?$/i;  // a BraTS folder's segmentation: a label map, not an image
 const BRATS_2023_NAMES = { t2f: "flair", t1c: "t1ce", t1n: "t1", t2w: "t2" };
 const LABEL_LEGEND = [["#e62828", "necrotic core (1)"], ["#28c846", "oedema (2)"], ["#fadc28", "enhancing (4)"]];
 const patient = { result: null, slices: [], base: [], pred: [], truth: [], unc: [], urls: [] };
@@ -175,6 +176,10 @@ export async function openVolumeExample(example) {
 // only the page reads names.
 function volumeForm(files) {
   const form = new FormData();
+  if (files.length === 1 && LABEL_MAP_SUFFIX.test(files[0].name)) {
+    throw new Error(`${files[0].name}: a segmentation (label map), not an image; choose the patient's FLAIR, or its ` +
+      "modality files together");
+  }
   if (files.length === 1) {
     const match = MODALITY_SUFFIX.exec(files[0].name);
     const name = match ? BRATS_2023_NAMES[match[1].toLowerCase()] || match[1].toLowerCase() : "flair";
@@ -194,10 +199,18 @@ function volumeForm(files) {
   return form;
 }
 
+// A whole BraTS patient folder chosen at once holds its segmentation too: left out (the answer is the model's own),
+// and said so in the title, rather than refused as a file that names no modality.
+function imageFiles(files) {
+  const images = files.length > 1 ? files.filter((f) => !LABEL_MAP_SUFFIX.test(f.name)) : files;
+  const left = files.filter((f) => !images.includes(f)).map((f) => f.name);
+  return [images, left.length ? ` (${left.join(", ")} left out: a label map, not an image)` : ""];
+}
+
 async function predictVolumeFile() {
-  const files = [...$("vol-file").files];
+  const [files, leftOut] = imageFiles([...$("vol-file").files]);
   if (!files.length) return;
-  const title = files.length === 1 ? files[0].name : files.map((f) => f.name).join(" + ");
+  const title = (files.length === 1 ? files[0].name : files.map((f) => f.name).join(" + ")) + leftOut;
   const ok = await busy("vol", () => api("/v1/predict/volume?images=true", { method: "POST", body: volumeForm(files) }),
     (result, isLatest) => render(result, title, isLatest));
   if (ok === false) show("vol-result", false);
