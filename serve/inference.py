@@ -137,6 +137,13 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
     return results
 
 
+def display_aspect(shown: Orientation, shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """Height over width, in mm, of an axial slice as shown (tasks/data/preprocess.axial_slice: display axis 1 runs
+    down the image, display axis 0 across it)."""
+    size, mm = shown.display_shape(shape[:3]), shown.display_spacing(spacing[:3])
+    return round(size[1] * mm[1] / (size[0] * mm[0]), 6)
+
+
 def volume_output_bytes(model: ServedModel, voxels: int) -> int:
     """Memory the answer's maps hold on the input's grid beyond what the decoded volume's estimate counts: the
     region masks and the uncertainty map."""
@@ -199,6 +206,9 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         "shape": list(uploads["flair"].shape),
         "orientation": "".join(shown.stored_axes),
         "voxel_spacing_mm": spacing,
+        # height / width in mm of a displayed axial slice: the slice images are square (each axis resized from its
+        # own length, as the slice step cuts training slices), so a viewer restores the proportions with this
+        "display_aspect": display_aspect(shown, uploads["flair"].shape, spacing),
         "threshold": model.threshold,
         "max_tumor_probability": round(float(probabilities.max()), 6),
         "has_tumor": (has_tumor := decision(float(probabilities.max()), model.threshold, ood, ood_threshold)),

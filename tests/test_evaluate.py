@@ -439,7 +439,8 @@ def test_mask_threshold_on_validation_keeps_the_tumour_and_drops_a_fainter_false
 
     section = evaluation_report.mask_threshold_section(EvaluateSettings(mask_threshold="validation"), tally)
     assert section["value"] == 0.6 and section["rule"] == "validation" and len(section["validation"]) == 13
-    assert evaluation_report.mask_threshold_section(EvaluateSettings(), None) == {"value": 0.5, "rule": "fixed"}
+    assert evaluation_report.mask_threshold_section(EvaluateSettings(mask_threshold=0.5), None) == {
+        "value": 0.5, "rule": "fixed"}
     at_06 = scoring.predict_split(EchoPredictor(), tmp_path, rows, segmentation=True, mask_threshold=0.6)
     assert at_05.volume_scores["dice"].iloc[0] == pytest.approx(2 / 3) and at_06.volume_scores["dice"].iloc[0] == 1.0
     assert scoring.choose_mask_threshold(table.assign(slice_dice=np.nan, volume_dice=np.nan)) == 0.5

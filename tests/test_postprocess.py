@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tasks.evaluation.scoring import score_patient
 from tasks.inference.postprocess import cleaned_components, clean_regions, drop_stray_components
@@ -136,3 +137,28 @@ def test_without_a_veto_components_have_no_evidence_and_the_size_rule_alone_deci
     _, components = cleaned_components(_volume_with(LESION, SPECK), min_share=0)
     assert [c.kept for c in components] == [True, True]
     assert cleaned_components(np.zeros((4, 4, 4), dtype=bool))[1] == ()
+
+
+def test_a_dropped_component_leaves_the_fused_score_with_its_fringe_under_the_cut():
+    """A slice whose only lesion the clean-up dropped was still called tumour by a pixel just under the mask cut at the
+    lesion's edge: (0.52 + 0.73) / 2 = 0.63 over a 0.60 threshold, with no mask on it (a review, 2026-12-06). The
+    fringe connected to a dropped component goes with it; a kept component's fringe and a faint spot apart from
+    any component stay."""
+    from tasks.inference.postprocess import scores_after_cleanup
+    from tasks.inference.predictor import Prediction
+
+    z, size, cut = 4, 12, 0.75
+    probability = np.full((z, 1, size, size), 0.05, np.float32)
+    probability[1, 0, 2:5, 2:5] = 0.9  # a lesion the clean-up dropped (slice 1)...
+    probability[1, 0, 5, 3] = 0.73  # ... and its fringe under the cut
+    probability[1, 0, 10, 10] = 0.6  # a faint spot of its own, touching nothing
+    probability[2, 0, 6:9, 6:9] = 0.95  # a kept lesion (slice 2) with its fringe
+    probability[2, 0, 9, 7] = 0.74
+    kept = np.zeros((z, 1, size, size), bool)
+    kept[2, 0, 6:9, 6:9] = True
+    prediction = Prediction(classifier_probability=np.full(z, 0.52, np.float32), region_probability=probability,
+                            slice_score="fused")
+    scores = scores_after_cleanup(prediction, kept, cut)
+    assert scores[1] == pytest.approx((0.52 + 0.6) / 2)  # the dropped lesion's fringe gone; the lone spot stays
+    assert scores[2] == pytest.approx((0.52 + 0.95) / 2)
+    assert scores[0] == pytest.approx((0.52 + 0.05) / 2)

@@ -436,6 +436,15 @@ def test_bad_modality_uploads_are_422(regions_client, files, words):
     assert response.status_code == 422 and words in response.json()["detail"].lower(), response.text
 
 
+def test_a_volume_answer_gives_the_shown_slices_proportions_in_mm(regions_client):
+    """The slice images are square whatever the volume's in-plane shape (resized per axis, as training slices are),
+    so the viewer drew a 40 x 48 volume of 1 x 1.5 mm voxels as a square; the answer says its height over width."""
+    volume, _ = brain_volume(shape=(40, 48, 8), tumour_box=((8, 16), (26, 34), (4, 7)))
+    answer = regions_client.post("/v1/predict/volume", files={"flair": ("f.nii.gz", nifti_bytes(volume)[0])}).json()
+    assert answer["shape"][:2] == [40, 48] and answer["voxel_spacing_mm"][:2] == [1.0, 1.5]
+    assert answer["display_aspect"] == pytest.approx(48 * 1.5 / (40 * 1.0))  # rows: y (anterior up), columns: x
+
+
 def test_modalities_of_one_shape_on_another_affine_are_told_so_not_that_their_shapes_differ(regions_client):
     """A RAS-stored FLAIR with an LPS-stored T1 of the same shape said "shape [..] and affine differ from .. [..]",
     two identical shapes; it names the orientations now."""

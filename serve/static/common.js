@@ -134,17 +134,22 @@ export function outline(image, rgb = null) {
 }
 
 // The slice and its layers ([{image, opacity}], null images skipped), scaled to the canvas without smoothing.
-export function drawLayers(canvas, base, layers) {
+// `aspect`: the picture's height over width in mm (a volume answer's display_aspect): its square images are drawn in
+// a centred box of those proportions, so a non-square slice is not shown stretched to a square.
+export function drawLayers(canvas, base, layers, aspect = 1) {
   const ctx = canvas.getContext("2d");
   ctx.imageSmoothingEnabled = false;
   ctx.globalAlpha = 1;
   ctx.fillStyle = "#000";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
-  if (base) ctx.drawImage(base, 0, 0, canvas.width, canvas.height);
+  const a = aspect > 0 && Number.isFinite(aspect) ? aspect : 1;
+  const [w, h] = a >= 1 ? [canvas.width / a, canvas.height] : [canvas.width, canvas.height * a];
+  const [x, y] = [(canvas.width - w) / 2, (canvas.height - h) / 2];
+  if (base) ctx.drawImage(base, x, y, w, h);
   for (const { image, opacity } of layers) {
     if (!image || opacity <= 0) continue;
     ctx.globalAlpha = opacity;
-    ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
+    ctx.drawImage(image, x, y, w, h);
   }
   ctx.globalAlpha = 1;
 }

@@ -127,7 +127,7 @@ function drawSlice() {
     { image: $("vol-show-unc").checked ? patient.unc[z] : null, opacity },
     { image: $("vol-show-pred").checked ? patient.pred[z] : null, opacity },
     { image: $("vol-show-truth").checked ? patient.truth[z] : null, opacity: 1 },
-  ]);
+  ], patient.result.display_aspect);
   const area = s.tumor_area_mm2 === undefined ? "" :
     ` · ${s.tumor_area_mm2.toFixed(0)} mm²${withheld(patient.result) ? " (unreliable)" : ""}`;
   $("vol-slice-label").textContent = `${z} / ${patient.slices.length - 1} · p = ${s.tumor_probability.toFixed(3)}${area}`;

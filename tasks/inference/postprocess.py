@@ -134,13 +134,26 @@ def clean_regions_explained(masks: np.ndarray, min_share: float = MIN_COMPONENT_
     return np.concatenate([whole[None], masks[1:] & whole[None]]), components
 
 
+# A dropped component's soft edge: the pixels under the mask cut but at least this share of it that connect to the
+# component (hysteresis, as an edge detector links its weak edges to strong ones).
+FRINGE_SHARE = 0.5
+
+
 def scores_after_cleanup(prediction: predictor.Prediction, slice_masks: np.ndarray, threshold: float) -> np.ndarray:
     """(Z,) slice scores of a cleaned volume: a fused score reads its segmentation half from the whole-tumour
     probabilities without the components the clean-up dropped, so a slice is never called tumour on the strength
-    of a lesion the answer does not show. `slice_masks`: (Z, R, S, S) cleaned masks cut at `threshold`."""
+    of a lesion the answer does not show. `slice_masks`: (Z, R, S, S) cleaned masks cut at `threshold`.
+
+    A component is dropped with its fringe (`FRINGE_SHARE`): its pixels at the cut were zeroed but not those just
+    under it, and a fringe pixel at 0.73 under a 0.75 cut lifted a slice's fused score over the decision threshold
+    (0.52 from the classifier: (0.52 + 0.73) / 2 = 0.63 > 0.60) with no mask on it at all (a review, 2026-12-06)."""
     whole_tumour = prediction.mask_probability
-    dropped = (whole_tumour >= threshold) & ~slice_masks[:, 0]
+    kept_mask = slice_masks[:, 0]
+    dropped = (whole_tumour >= threshold) & ~kept_mask
     if not dropped.any():
         return prediction.tumour_probability
-    kept = np.where(dropped, np.float32(0), whole_tumour)[:, None]
+    soft, _ = ndimage.label(whole_tumour >= FRINGE_SHARE * threshold)  # face-connected, in 3D as the components are
+    touched = np.unique(soft[dropped])
+    gone = np.isin(soft, touched[touched > 0]) & ~kept_mask
+    kept = np.where(gone, np.float32(0), whole_tumour)[:, None]
     return predictor.slice_probability(prediction.classifier_probability, kept, prediction.slice_score)
