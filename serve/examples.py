@@ -32,6 +32,16 @@ INDEX_FILE = "index.json"  # written by tasks/release/examples.py
 THUMBNAIL = 96
 NO_EXAMPLES = ("this model was registered before examples were bundled with models, so it carries none; upload a "
                "file of your own, or register a new version (make run) to get them")
+# A model served from a file (`python -m serve --model-file`) has no registry version to carry them: saying it was
+# registered too early was false, and asked for a make run that changes nothing.
+NO_EXAMPLES_FROM_FILE = ("a model served from a file (--model-file) carries no examples: they are bundled with the "
+                         "registry's versions; upload a file of your own, or serve the registry's champion (make "
+                         "serve) to get them")
+
+
+def no_examples(model: ServedModel) -> str:
+    """Why `model` offers no examples, by where it was served from."""
+    return NO_EXAMPLES_FROM_FILE if model.card.get("source") == "file" else NO_EXAMPLES
 
 
 @functools.lru_cache(maxsize=8)
@@ -50,7 +60,7 @@ def find_example(model: ServedModel, example_id: str) -> dict:
     for entry in entries(model):
         if entry["id"] == example_id:
             return entry
-    known = ", ".join(e["id"] for e in entries(model)) or "none: " + NO_EXAMPLES
+    known = ", ".join(e["id"] for e in entries(model)) or "none: " + no_examples(model)
     raise UploadError(404, f"no example {example_id!r} with the served model (examples: {known})")
 
 
@@ -64,7 +74,7 @@ def listing(model: ServedModel) -> dict:
     """GET /v1/examples: each example with a thumbnail; `detail` says why there are none."""
     found = entries(model)
     items = [public(e) | {"thumbnail_png": thumbnail(model.examples, e["id"])} for e in found]
-    return {"version": model.card.get("version"), "examples": items, "detail": None if items else NO_EXAMPLES}
+    return {"version": model.card.get("version"), "examples": items, "detail": None if items else no_examples(model)}
 
 
 @functools.lru_cache(maxsize=64)

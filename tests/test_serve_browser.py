@@ -397,6 +397,9 @@ def test_the_page_follows_a_new_champion_without_a_reload(browser, server):
     model) and the Model tab followed it only on a reload, describing the old model beside the new one's answers."""
     open_page(browser, server, "examples")
     wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
+    visible(browser, "slice-result")  # an answer of the model served now, on screen when it changes
+    browser.find_element("id", "tab-examples").click()
     shown = browser.find_element("id", "model-version").text
     browser.execute_script(  # from now on /model/info names another version; count what the page asks for again
         "window.asked = []; const real = window.fetch;"
@@ -417,6 +420,10 @@ def test_the_page_follows_a_new_champion_without_a_reload(browser, server):
     assert browser.execute_script(header) != shown
     wait(browser, lambda d: any(u.endswith("/v1/examples") for u in d.execute_script("return window.asked")))
     asked = browser.execute_script("return window.asked")
+    # the old model's answer is gone, and the view says why (it stayed, and read as the new model's)
+    assert not browser.find_element("id", "slice-result").is_displayed()
+    assert "The served model changed since this result" in browser.execute_script(
+        "return document.getElementById('slice-error').textContent")
     browser.execute_script("window.asked = []; window.infoHandled = false;"
                            "document.dispatchEvent(new Event('visibilitychange'));")
     wait(browser, lambda d: d.execute_script("return window.infoHandled"))  # the same model's answer, handled

@@ -87,12 +87,19 @@ def test_examples_list_and_predict(bundle, tmp_path):
 
 
 def test_a_model_without_examples_says_so(tmp_path):
+    """Why there are none depends on where the model comes from: a file served with --model-file has no registry
+    version to carry them (it was told it had been registered too early, and to run make run)."""
+    from serve.examples import no_examples
+
     with local_client(file_app(make_served_files(tmp_path))) as client:
         listing = client.get("/v1/examples").json()
-        assert listing["examples"] == [] and "registered before examples" in listing["detail"]
-        assert "registered before examples" in client.post("/v1/examples/slice-1-tumour/predict").json()["detail"]
+        assert listing["examples"] == [] and "served from a file (--model-file)" in listing["detail"]
+        assert "served from a file" in client.post("/v1/examples/slice-1-tumour/predict").json()["detail"]
+        assert "registered before" not in listing["detail"]
         compare = client.get("/model/compare").json()
         assert compare["challenger"] is None and "file" in compare["detail"]
+    registry_model = type("Served", (), {"card": {"source": "registry"}})()
+    assert "registered before examples were bundled" in no_examples(registry_model)
 
 
 def test_registered_champion_carries_examples_and_compares_with_the_challenger(tmp_path, tiny_settings):

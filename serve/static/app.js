@@ -1,7 +1,7 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
 import { $, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage, openView, outline, pct,
   pickAgain, pngSrc, postFiles, show, showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
-import { setupBatch } from "./batch.js";
+import { clearBatch, setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
 
@@ -73,9 +73,23 @@ async function watchModel() {
   await loadModelInfo();
   if (state.identity === before) return;
   forgetModelView();
+  answeredByThePreviousModel();
   $("examples-error").hidden = true;
   await loadExamples();
   if (location.hash === "#model") loadModelView();
+}
+
+// Results on screen were answered by the model served before: left as they were, they read as this one's (and its
+// Grad-CAM box asked the new model for an example of the old one). They go, and each view says why.
+function answeredByThePreviousModel() {
+  for (const view of ["slice", "vol", "batch"]) {
+    const shown = view === "batch" ? !$("batch-table").hidden : !$(`${view}-result`).hidden;
+    if (!shown) continue;
+    if (view === "batch") clearBatch(); else show(`${view}-result`, false);
+    $(`${view}-error`).textContent = "The served model changed since this result: run it again for the new model's answer.";
+    show(`${view}-error`, true);
+  }
+  lastSliceExample = null;
 }
 
 // ---------------------------------------------------------------- examples gallery

@@ -50,7 +50,7 @@ function renderBatch() {
 }
 
 // A batch that failed leaves no table behind: the previous batch's rows (and their CSV) would read as this one's.
-function clearBatch() {
+export function clearBatch() {
   batch.rows = [];
   show("batch-table", false);
   $("batch-csv").disabled = true;

@@ -123,7 +123,7 @@ async function compareExamples(compare) {
   const box = $("compare-examples");
   box.replaceChildren();
   if (!compare.examples.length) {
-    box.innerHTML = "<p class=\"small\">No example slices: this champion was registered before examples were bundled.</p>";
+    box.innerHTML = "<p class=\"small\">No example slices: the served champion carries none (the Examples tab says why).</p>";
     return;
   }
   for (const row of compare.examples) {
