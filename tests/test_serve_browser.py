@@ -154,6 +154,8 @@ def test_an_example_runs_in_one_click(browser, server, shots):
     tumour = next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text)
     tumour.click()
     visible(browser, "slice-result")
+    # the example's button is hidden with its view: focus goes to the opened view's tab, not back to the page's start
+    assert browser.execute_script("return document.activeElement.id") == "tab-slice"
     assert browser.find_element("id", "slice-title").text.startswith("example: tumour")
     assert browser.find_element("id", "slice-probability").text.endswith("%")
     decisions = {"tumour", "no tumour", "uncertain: out of distribution"}

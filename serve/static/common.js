@@ -155,7 +155,13 @@ export function drawLayers(canvas, base, layers, aspect = 1) {
 }
 
 // Switch to a view (the tab's click handler, set up in app.js).
-export function openView(view) { $("tab-" + view).click(); }
+// Opened from a control inside another view (an example's button), which is hidden then: focus goes to the view's tab,
+// where a keyboard user goes on into it, instead of falling back to the page's start.
+export function openView(view) {
+  const tab = $("tab-" + view);
+  tab.click();
+  tab.focus();
+}
 
 export const PRED_RGB = [230, 40, 40];
 export const TRUTH_RGB = [40, 220, 90];
