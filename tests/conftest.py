@@ -84,6 +84,21 @@ def make_tiny_processed(root: Path, *, n_patients: int = 5, slices: int = 8, kag
     return TinyData(root, processed, splits_dir, manifest)
 
 
+def strip_tumours(data, patients: list[str]) -> None:
+    """Make the BraTS `patients` of a make_tiny_processed data set tumour-free: empty masks, labels 0, in their shards
+    and the manifest."""
+    from tasks.data.shards import Shard, read_shard, write_shard
+
+    manifest = pd.read_csv(data.processed / "manifest.csv")
+    for patient in patients:
+        path = data.processed / "brats" / f"{patient}.npz"
+        shard = read_shard(path)
+        write_shard(path, Shard(shard.images, np.zeros_like(shard.masks), shard.has_mask,
+                                np.zeros_like(shard.labels), shard.slice_index, shard.spacing))
+        manifest.loc[manifest.patient == patient, ["label", "tumour_area_px"]] = 0
+    manifest.to_csv(data.processed / "manifest.csv", index=False)
+
+
 def shrink_settings(settings: Settings, **profile_updates) -> Settings:
     """The given settings on CPU, tiny model, one epoch per stage, 32-pixel images, no tracking, FLAIR only.
 

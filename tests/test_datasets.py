@@ -425,22 +425,12 @@ def test_a_bias_field_share_spares_the_other_samples():
 def test_a_train_split_without_tumour_slices_says_so_when_only_tumour_slices_train(tmp_path, tiny_settings):
     """train_seg.tumour_slices_only with no tumour slice left in the train split: the error said there were no BraTS
     slices at all, where the split had them."""
-    import pandas as pd
-
     from tasks.data.datasets import stage_data
-    from tasks.data.shards import Shard, read_shard, write_shard
     from tasks.errors import SliceWiseError
-    from tests.conftest import make_tiny_processed
+    from tests.conftest import make_tiny_processed, strip_tumours
 
     data = make_tiny_processed(tmp_path)
-    manifest = pd.read_csv(data.processed / "manifest.csv")
-    for patient in [p for p in (data.splits / "train.txt").read_text().split() if p.startswith("BraTS")]:
-        path = data.processed / "brats" / f"{patient}.npz"
-        shard = read_shard(path)
-        write_shard(path, Shard(shard.images, np.zeros_like(shard.masks), shard.has_mask,
-                                np.zeros_like(shard.labels), shard.slice_index, shard.spacing))
-        manifest.loc[manifest.patient == patient, ["label", "tumour_area_px"]] = 0
-    manifest.to_csv(data.processed / "manifest.csv", index=False)
+    strip_tumours(data, [p for p in (data.splits / "train.txt").read_text().split() if p.startswith("BraTS")])
     params = tiny_settings.train_seg.model_copy(update={"tumour_slices_only": True})
     with pytest.raises(SliceWiseError, match=r"no tumour slices in the train split for stage seg "
                                              r"\(train_seg.tumour_slices_only is true\)"):

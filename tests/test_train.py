@@ -938,3 +938,18 @@ def test_weights_poisoned_by_an_epochs_last_step_are_caught_before_they_are_save
     with pytest.raises(SliceWiseError, match="the weights became non-finite in the last step of epoch 2"):
         train_seg.main(with_epochs(tiny_settings, seg=3))
     assert calls == [1, 2] and load_checkpoint(paths.last_checkpoint("seg"))["epoch"] == 1
+
+
+def test_a_validation_split_without_tumour_says_its_dice_says_nothing(tmp_path, tiny_settings, monkeypatch, caplog):
+    """Local data whose validation patients have no tumour: the pooled validation Dice is 0 for any false pixel, and
+    the stage ended "stuck at its floor" with no hint why; it warns at its start."""
+    import logging
+
+    from tests.conftest import strip_tumours
+
+    data = make_tiny_processed(tmp_path)
+    strip_tumours(data, [p for p in (data.splits / "val.txt").read_text().split() if p.startswith("BraTS")])
+    monkeypatch.chdir(data.root)
+    with caplog.at_level(logging.WARNING):
+        train_seg.main(with_epochs(tiny_settings, seg=1))
+    assert "the validation split holds no MRI slice with tumour" in caplog.text

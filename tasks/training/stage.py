@@ -77,6 +77,11 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
                                     cache_bytes)
     _check_shapes(plan, train_set)
     ranks.check_batch(plan.train.batch_size, len(train_set))
+    if plan.stage in ("seg", "joint") and not bool((val_set.labels[val_set.has_mask] == 1).any()) and ranks.rank == 0:
+        # validation Dice pooled over no tumour is 0 for any false pixel: early stopping and best.pt would follow a
+        # meaningless number, and the stage end "stuck at its floor" without saying why
+        log.warning("%s: the validation split holds no MRI slice with tumour, so its Dice says nothing; the stage "
+                    "picks its best epoch by it anyway (local data without tumours in the val patients?)", plan.stage)
 
     data = data_fingerprint(plan.processed, plan.splits_dir)  # hashed once: the resume key and the start check
     model = place_model(_initial_model(plan, data), device, plan.train)
