@@ -358,15 +358,22 @@ def test_photo_like_samples_show_one_drawn_channel_in_channel_0_and_the_stages_m
         assert any(torch.equal(shown[i, 0], images[i, c]) for c in range(4))  # one of its own channels
     assert torch.equal(shown[30], images[30])
     assert len({next(c for c in range(4) if torch.equal(shown[i, 0], images[i, c])) for i in changed}) > 1
-    # at 0 the draws are those of a run without the key
-    moving = Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_dropout=0)
-    assert torch.equal(augment_batch(images, masks, moving, torch.Generator().manual_seed(3))[0],
-                       augment_batch(images, masks, moving.model_copy(update={"photo_like": 0.0}),
-                                     torch.Generator().manual_seed(3))[0])
+    # its draws come last: the flips, rotations, jitter and fields of a run without it are the ones a run with it
+    # makes (the samples not shown as photos come out the same)
+    moving = Augment(flip=True, rotate_degrees=20, intensity_jitter=0.2, modality_dropout=0, bias_field=0.2)
+    without = augment_batch(images, masks, moving, torch.Generator().manual_seed(3))
+    with_photos = augment_batch(images, masks, moving.model_copy(update={"photo_like": 0.5}),
+                                torch.Generator().manual_seed(3))
+    assert torch.equal(with_photos[1], without[1])
+    same = [i for i in range(32) if torch.equal(with_photos[0][i], without[0][i])]
+    assert 4 < len(same) < 32  # the others were shown as photos
+    for i in set(range(32)) - set(same):
+        assert not with_photos[0][i, 1:].any()
     # train_cls and train_joint may set their own share; train_seg has no such key and keeps the shared one
-    settings = with_section(with_section(tiny_settings, "train_cls", photo_like=0.4), "train_joint", photo_like=0.2)
-    shares = {stage: stage_augment(plan_stage(settings, stage)).photo_like for stage in ("seg", "cls", "joint")}
-    assert shares == {"seg": tiny_settings.train.augment.photo_like, "cls": 0.4, "joint": 0.2}
+    settings = with_section(with_section(tiny_settings, "train_cls", photo_like=0.4), "train_joint", photo_like=0.0)
+    shared = with_section(settings, "train", augment=settings.train.augment.model_copy(update={"photo_like": 0.3}))
+    shares = {stage: stage_augment(plan_stage(shared, stage)).photo_like for stage in ("seg", "cls", "joint")}
+    assert shares == {"seg": 0.3, "cls": 0.4, "joint": 0.0}  # a stage's own 0 is 0, not "the shared one"
 
 
 def test_a_crop_too_small_for_the_model_is_a_clear_error():

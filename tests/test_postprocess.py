@@ -162,3 +162,29 @@ def test_a_dropped_component_leaves_the_fused_score_with_its_fringe_under_the_cu
     assert scores[1] == pytest.approx((0.52 + 0.6) / 2)  # the dropped lesion's fringe gone; the lone spot stays
     assert scores[2] == pytest.approx((0.52 + 0.95) / 2)
     assert scores[0] == pytest.approx((0.52 + 0.05) / 2)
+
+
+def test_a_dropped_speck_bridged_to_a_kept_lesion_leaves_the_lesions_edge_slices_their_scores():
+    """A kept lesion whose edge slice holds only its fringe (0.70 under a 0.75 cut): that slice's score must not
+    depend on whether a dropped speck happens to touch the lesion's soft edge (it flipped from 0.61 to 0.285, a
+    review, 2026-12-06)."""
+    from tasks.inference.postprocess import scores_after_cleanup
+    from tasks.inference.predictor import Prediction
+
+    z, size, cut = 5, 12, 0.75
+    base = np.full((z, 1, size, size), 0.05, np.float32)
+    base[1:3, 0, 3:7, 3:7] = 0.95  # the kept lesion, slices 1-2 ...
+    base[3, 0, 3:7, 3:7] = 0.70  # ... and its edge slice, under the cut
+    base[2, 0, 3:7, 9] = 0.9  # a speck the clean-up dropped
+    kept = np.zeros((z, 1, size, size), bool)
+    kept[1:3, 0, 3:7, 3:7] = True
+    scores = {}
+    for how in ("apart", "bridged"):
+        probability = base.copy()
+        if how == "bridged":
+            probability[2, 0, 3:7, 7:9] = 0.45  # soft pixels joining the speck to the lesion
+        prediction = Prediction(classifier_probability=np.full(z, 0.52, np.float32), region_probability=probability,
+                                slice_score="fused")
+        scores[how] = scores_after_cleanup(prediction, kept, cut)
+    assert scores["apart"][3] == scores["bridged"][3] == pytest.approx((0.52 + 0.70) / 2)
+    assert scores["apart"][2] == scores["bridged"][2] == pytest.approx((0.52 + 0.95) / 2)

@@ -434,6 +434,27 @@ def test_the_page_follows_a_new_champion_without_a_reload(browser, server):
     assert not any(u.endswith("/v1/examples") for u in browser.execute_script("return window.asked")), asked
 
 
+def test_a_failed_model_poll_is_no_new_model_and_leaves_the_results(browser, server):
+    """/model/info failing once (a network blip, a laptop waking) read as a model change: the results went, with a
+    false "the served model changed", and again when the same model answered."""
+    open_page(browser, server, "examples")
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
+    visible(browser, "slice-result")
+    browser.execute_script(
+        "window.failNext = true; const real = window.fetch;"
+        "window.fetch = (url, options) => {"
+        "  if (String(url).endsWith('/model/info') && window.failNext) {"
+        "    window.failNext = false; return Promise.reject(new TypeError('network down')); }"
+        "  return real(url, options); };"
+        "document.dispatchEvent(new Event('visibilitychange'));")
+    wait(browser, lambda d: d.execute_script("return Boolean(document.getElementById('model-unavailable'))"))
+    browser.execute_script("document.dispatchEvent(new Event('visibilitychange'));")  # the same model answers
+    wait(browser, lambda d: d.execute_script("return Boolean(document.getElementById('model-version'))"))
+    assert browser.find_element("id", "slice-result").is_displayed()
+    assert not browser.find_element("id", "slice-error").is_displayed()
+
+
 def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots, tmp_path):
     from tasks.release.examples import colour_photo
 
@@ -539,6 +560,8 @@ def test_an_upload_with_grad_cam_and_an_api_error_shown_as_a_message(browser, se
     browser.find_element("id", "slice-gradcam").click()  # on: the same example, explained
     visible(browser, "slice-gradcam-figure")
     assert browser.find_element("id", "slice-title").text.startswith("example: tumour")
+    # the view was open already: focus stays on the box (it jumped to the tab)
+    assert browser.execute_script("return document.activeElement.id") == "slice-gradcam"
 
 
 def test_a_mask_under_a_no_tumour_decision_starts_hidden_and_is_explained(browser, server, tmp_path):

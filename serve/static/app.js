@@ -47,6 +47,7 @@ async function loadModelInfo() {
     const info = await api("/model/info");
     state.info = info;
     state.identity = identity(info);
+    if (state.lastServed === undefined) state.lastServed = state.identity;  // the first model this page saw
     $("batch-limit").textContent = (info.limits || {}).max_batch_files ?? 50;
     const name = info.source === "registry" ? `${info.name} v${info.version} (${info.alias})` : `file ${info.name}`;
     const cls = (info.metrics || {}).classification || {};
@@ -73,7 +74,12 @@ async function watchModel() {
   await loadModelInfo();
   if (state.identity === before) return;
   forgetModelView();
-  answeredByThePreviousModel();
+  // A failed poll ("none") is no new model: results go only when one served model replaced another (a network
+  // blip, or a laptop waking, cleared them as "changed" and again when the same model answered).
+  if (state.identity !== "none") {
+    if (state.identity !== state.lastServed) answeredByThePreviousModel();
+    state.lastServed = state.identity;
+  }
   $("examples-error").hidden = true;
   await loadExamples();
   if (location.hash === "#model") loadModelView();
@@ -183,6 +189,7 @@ async function predictSliceFile() {
 async function runSliceExample(example) {
   openView("slice");
   lastSliceExample = example;
+  lastSliceFile = null;  // what is shown now is the example: the Grad-CAM box must not fall back to an older upload
   const url = `/v1/examples/${encodeURIComponent(example.id)}/predict?gradcam=${$("slice-gradcam").checked}`;
   const ok = await busy("slice", () => api(url, { method: "POST" }),
     (result) => showSlice(result, "example: " + example.title));

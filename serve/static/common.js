@@ -156,11 +156,13 @@ export function drawLayers(canvas, base, layers, aspect = 1) {
 
 // Switch to a view (the tab's click handler, set up in app.js).
 // Opened from a control inside another view (an example's button), which is hidden then: focus goes to the view's tab,
-// where a keyboard user goes on into it, instead of falling back to the page's start.
+// where a keyboard user goes on into it, instead of falling back to the page's start. A view already open keeps the
+// focus where it is (the Grad-CAM box that re-ran its example).
 export function openView(view) {
   const tab = $("tab-" + view);
+  const wasOpen = tab.getAttribute("aria-selected") === "true";
   tab.click();
-  tab.focus();
+  if (!wasOpen) tab.focus();
 }
 
 export const PRED_RGB = [230, 40, 40];

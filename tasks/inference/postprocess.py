@@ -154,6 +154,9 @@ def scores_after_cleanup(prediction: predictor.Prediction, slice_masks: np.ndarr
         return prediction.tumour_probability
     soft, _ = ndimage.label(whole_tumour >= FRINGE_SHARE * threshold)  # face-connected, in 3D as the components are
     touched = np.unique(soft[dropped])
-    gone = np.isin(soft, touched[touched > 0]) & ~kept_mask
+    # a soft region that also holds a kept component is that lesion's edge too: left as it is (its dropped pixels
+    # themselves still go), or a speck bridged to a kept lesion would take the lesion's edge slices with it
+    shared = np.unique(soft[kept_mask])
+    gone = (np.isin(soft, np.setdiff1d(touched[touched > 0], shared)) | dropped) & ~kept_mask
     kept = np.where(gone, np.float32(0), whole_tumour)[:, None]
     return predictor.slice_probability(prediction.classifier_probability, kept, prediction.slice_score)
