@@ -23,7 +23,6 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from nibabel import aff2axcodes
 from starlette.concurrency import run_in_threadpool
 
 from serve.budget import MemoryBudget
@@ -41,6 +40,7 @@ from serve.served_model import ServedModel
 from serve.uploads import HEAD_BYTES, MB, UploadError, decode_slice, slice_memory_bytes
 from serve.volumes import VolumeUpload, probe_volume, read_volume
 from tasks.config import ServeSettings
+from tasks.data.orientation import Orientation
 from tasks.data.volumes import affine_mm, same_grid
 from tasks.inference.volume import NO_TTA
 
@@ -72,9 +72,13 @@ def check_same_grid(uploads: list[VolumeUpload], main: VolumeUpload) -> None:
         if not same_grid(affine := affine_mm(image.header, image.affine), reference):
             # the shapes agree: say what does not (another orientation, voxel size or position), not "shape and affine"
             raise UploadError(422, f"{upload.header.name}: same shape, but another affine than {main.header.name}'s "
-                                   f"(orientation {''.join(aff2axcodes(affine))} against "
-                                   f"{''.join(aff2axcodes(reference))}, voxel size or position); the modalities "
-                                   "must be co-registered on one grid")
+                                   f"(orientation {axis_codes(affine)} against {axis_codes(reference)}, voxel "
+                                   "size or position); the modalities must be co-registered on one grid")
+
+
+def axis_codes(affine) -> str:
+    """The stored axes' codes, e.g. "LPS" (each upload's affine was checked to name three when it was probed)."""
+    return "".join(Orientation.of(affine).stored_axes)
 
 
 def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> dict:

@@ -181,9 +181,9 @@ def stage_data(stage: str, processed: Path, splits_dir: Path, stage_params, seed
     for name, part in (("train", train), ("val", val)):
         if len(part) == 0:
             only_tumour = name == "train" and stage == "seg" and stage_params.tumour_slices_only
-            raise SliceWiseError(f"no {'tumour' if only_tumour else '/'.join(sources)} slices in the {name} split "
-                                 f"for stage {stage}" + (" (train_seg.tumour_slices_only is true)" if only_tumour
-                                                         else ""), splits_dir)
+            what, why = (("tumour", " (train_seg.tumour_slices_only is true)") if only_tumour
+                         else ("/".join(sources), ""))
+            raise SliceWiseError(f"no {what} slices in the {name} split for stage {stage}{why}", splits_dir)
     return train, val
 
 
