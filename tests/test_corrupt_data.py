@@ -301,3 +301,96 @@ def test_a_slice_run_that_fails_halfway_leaves_no_manifest_and_the_next_reuses_w
     result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
     assert result["resliced"] == 0 and (out / "manifest.csv").exists()
     assert not (out / slicing.PREVIOUS_MANIFEST).exists()
+
+
+def _rewrite(path, data=None, zooms=None) -> None:
+    import nibabel as nib
+
+    image = nib.load(path)
+    header = image.header.copy()
+    if zooms is not None:
+        header["pixdim"][1:4] = zooms  # the sform, the affine the grids are compared by, stays valid
+    data = np.asanyarray(image.dataobj) if data is None else data
+    header.set_data_dtype(data.dtype)
+    nib.save(nib.Nifti1Image(data, None, header), path)  # no affine given: the header is saved as it is
+
+
+def test_a_voxel_size_that_is_not_a_positive_finite_number_rejects_its_patient(tmp_path):
+    """NaN pixdim beside a valid sform was sliced with spacing [nan nan nan], and evaluate failed on it after
+    training ("data must be finite")."""
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    for name, zooms in (("002", (np.nan, np.nan, np.nan)), ("003", (1.0, np.inf, 1.0))):
+        folder = raw / "brats" / f"BraTS20_Training_{name}"
+        for path in folder.iterdir():
+            _rewrite(path, zooms=zooms)
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 1
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert rejected["reason"].str.contains("voxel size \\(pixdim\\) is .*not a positive finite size").sum() == 2
+
+
+def test_an_already_standardised_volume_is_rejected_not_sliced_with_half_its_brain(tmp_path):
+    """A z-scored FLAIR passed: its brain (the voxels > 0) lost every voxel below the mean, with nothing in
+    rejected.csv."""
+    import nibabel as nib
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    flair = raw / "brats" / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz"
+    data = np.asarray(nib.load(flair).dataobj, dtype=np.float32)
+    brain = data > 0
+    data[brain] = (data[brain] - data[brain].mean()) / data[brain].std()
+    _rewrite(flair, data=data)
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 2
+    reason = pd.read_csv(out / "rejected.csv").set_index("file")["reason"][str(flair)]
+    assert "voxels are negative" in reason and "already standardised" in reason
+
+
+def test_one_patient_that_breaks_slicing_in_a_way_no_check_foresaw_is_a_rejected_row(tmp_path, monkeypatch):
+    """A 12x12x33000 volume raised a bare OverflowError naming no patient, and the whole step failed."""
+    from tasks.data import slicing
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    original = slicing.slice_patient
+
+    def slice_or_fail(patient_dir, spec):
+        if patient_dir.name.endswith("002"):
+            raise OverflowError("Python integer 32768 out of bounds for int16")
+        return original(patient_dir, spec)
+
+    monkeypatch.setattr(slicing, "slice_patient", slice_or_fail)
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 2
+    row = pd.read_csv(out / "rejected.csv").iloc[0]
+    assert row["file"].endswith("BraTS20_Training_002")
+    assert row["reason"] == "unexpected error while slicing (OverflowError: Python integer 32768 out of bounds for int16)"
+
+
+def test_a_volume_longer_than_slice_numbers_can_count_is_named(tmp_path):
+    from tasks.data.volumes import load_volume
+
+    import nibabel as nib
+
+    path = tmp_path / "long_flair.nii"  # NIfTI-2: NIfTI-1 stores each axis's length in an int16
+    nib.save(nib.Nifti2Image(np.ones((4, 4, 33_000), np.int16), np.eye(4)), path)
+    with pytest.raises(SliceWiseError, match=r"shape \(4, 4, 33000\): an axis longer than 32,767 voxels"):
+        load_volume(path)
+
+
+def test_patient_folders_named_like_missing_values_are_names(tmp_path):
+    """Patients NA, None, null: pandas read them back from the manifest as NaN, and split failed with
+    "'<' not supported between instances of 'str' and 'float'"."""
+    from tasks.config import SplitSettings
+    from tasks.data.splitting import split_dataset
+
+    rng = np.random.default_rng(3)
+    raw, out = tmp_path / "raw", tmp_path / "processed"
+    names = ["NA", "None", "null", "nan", "P1", "P2", "P3", "P4"]
+    for name in names:
+        write_patient(raw / "brats", name, rng)
+    write_kaggle(raw / "kaggle", rng)
+    slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    split_dataset(out, tmp_path / "splits", SplitSettings(), seed=0)
+    listed = sorted(line for name in ("train", "val", "test")
+                    for line in (tmp_path / "splits" / f"{name}.txt").read_text().split() if not line.startswith("kaggle"))
+    assert [n for n in listed if n in names] == sorted(names)

@@ -234,3 +234,15 @@ def test_fetch_cli_network_failure_prints_one_line(tmp_path):
     assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr
     assert "from Kaggle failed (network error: NameResolutionError" in errors[0]
     assert "run the step again" in errors[0] and "k3y-value" not in proc.stderr
+
+
+@pytest.mark.parametrize("members", [("a", "a/b_flair.nii.gz"), ("x" * 300 + ".jpg",)])
+def test_an_archive_this_file_system_cannot_hold_is_one_error_naming_it(tmp_path, members):
+    """A file where a folder must go, or a member name over 255 bytes, was a NotADirectoryError or OSError traceback."""
+    archive = tmp_path / "odd.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in members:
+            zf.writestr(name, "x")
+    with pytest.raises(SliceWiseError, match="cannot be extracted here") as error:
+        safe_extract(archive, tmp_path / "out")
+    assert error.value.path == str(archive)

@@ -301,3 +301,78 @@ def test_a_failed_fetch_keeps_the_last_raw_data_and_leaves_no_partial_folder(tmp
         fetch_raw(data, settings.active, 0, raw, tmp_path / "downloads")
     assert (raw / "brats" / "kept.txt").read_text() == "the last fetch's"
     assert sorted(p.name for p in raw.parent.iterdir()) == ["raw"]  # no raw.partial beside it
+
+
+def test_a_source_folder_inside_the_pipelines_data_is_refused_before_anything_is_deleted(tmp_path, monkeypatch):
+    """data.brats_dir=data/raw/brats passed `tasks check`, and fetch, which replaces data/raw whole, deleted the
+    source's files it did not import (a validation case, a CSV; with a patient fraction, training patients)."""
+    from types import SimpleNamespace
+
+    from tasks.data.local_import import check_source_folders
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(21)
+    inside = tmp_path / "data" / "raw" / "brats"
+    write_patient(inside, "BraTS20_Training_001", rng)
+    (inside / "survival_info.csv").write_text("id,age\n")
+    before = sorted(p.relative_to(tmp_path) for p in inside.rglob("*"))
+    for brats_dir, words in (("data/raw/brats", "lies inside data/raw/"), (".", "holds the pipeline's own data/raw/"),
+                             (str(tmp_path / "data"), "holds the pipeline's own data/raw/")):
+        with pytest.raises(SliceWiseError, match=words) as error:
+            check_source_folders(SimpleNamespace(source="local", brats_dir=brats_dir, kaggle_dir=None))
+        assert error.value.path == brats_dir
+        with pytest.raises(SliceWiseError, match=words):
+            import_brats(tmp_path / brats_dir, tmp_path / "out")
+    assert sorted(p.relative_to(tmp_path) for p in inside.rglob("*")) == before
+    outside = tmp_path / "downloads_elsewhere"
+    write_patient(outside, "BraTS20_Training_001", rng)
+    check_source_folders(SimpleNamespace(source="local", brats_dir=str(outside), kaggle_dir=None))
+
+
+def test_tasks_check_refuses_source_folders_that_fetch_would_find_empty(tmp_path):
+    """A brats_dir holding only an archive passed `tasks check`; `dvc repro` then removed data/raw before fetch said
+    "no BraTS NIfTI files". The check now finds what fetch would, and says the same."""
+    from types import SimpleNamespace
+
+    from tasks.data.local_import import check_source_folders
+
+    (tmp_path / "brats").mkdir()
+    (tmp_path / "brats" / "archive.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    (tmp_path / "photos" / "misc").mkdir(parents=True)
+    write_patient(tmp_path / "labelled", "BraTS20_Training_001", np.random.default_rng(22))
+    with pytest.raises(SliceWiseError, match=r"no BraTS NIfTI files .* \(extract its archives first\)"):
+        check_source_folders(SimpleNamespace(source="local", brats_dir=str(tmp_path / "brats"), kaggle_dir=None))
+    with pytest.raises(SliceWiseError, match="no yes/ or no/ folder with JPEG/PNG images"):
+        check_source_folders(SimpleNamespace(source="local", brats_dir=str(tmp_path / "labelled"),
+                                             kaggle_dir=str(tmp_path / "photos")))
+    unlabelled = tmp_path / "validation"
+    write_patient(unlabelled, "BraTS20_Validation_001", np.random.default_rng(23), parts=("flair", "t1"))
+    with pytest.raises(SliceWiseError, match="holds a segmentation"):
+        check_source_folders(SimpleNamespace(source="local", brats_dir=str(unlabelled), kaggle_dir=None))
+
+
+def test_one_patient_under_names_that_differ_in_case_only_is_an_error_naming_both(tmp_path):
+    """backup/brats20_training_001/ beside BraTS20_Training_001/ was imported as a sixth patient: byte-identical
+    volumes in train and in val."""
+    import shutil
+
+    rng = np.random.default_rng(24)
+    for i in (1, 2):
+        write_patient(tmp_path / "src", f"BraTS20_Training_00{i}", rng)
+    copy = tmp_path / "src" / "backup" / "brats20_training_001"
+    copy.mkdir(parents=True)
+    for path in (tmp_path / "src" / "BraTS20_Training_001").iterdir():
+        shutil.copy(path, copy / path.name.lower())
+    with pytest.raises(SliceWiseError, match="two folders hold patient") as error:
+        import_brats(tmp_path / "src", tmp_path / "out")
+    assert "brats20_training_001" in str(error.value) and "BraTS20_Training_001" in str(error.value)
+
+
+def test_a_source_file_that_cannot_be_written_under_its_name_is_an_error_naming_it(tmp_path):
+    """A 245-character patient folder name printed a traceback ("File name too long") instead of one line."""
+    name = "P" * 245  # its files are named as usual; the import names them <folder>/<folder>_<part>.nii.gz
+    folder = write_patient(tmp_path / "src", "BraTS20_Training_001", np.random.default_rng(25), parts=("flair", "seg"))
+    folder.rename(folder.with_name(name))
+    with pytest.raises(SliceWiseError, match="cannot be imported as .*File name too long") as error:
+        import_brats(tmp_path / "src", tmp_path / "out")
+    assert name in str(error.value.path)

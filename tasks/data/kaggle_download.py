@@ -95,6 +95,8 @@ def safe_extract(archive: Path, target: Path, max_members: int = MAX_ARCHIVE_MEM
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError) as exc:
         raise SliceWiseError(f"not a usable zip archive ({type(exc).__name__}: {exc}); delete it to download again",
                              archive) from exc
+    except OSError as exc:  # a member this file system cannot hold: a name too long, a file where a folder must go
+        raise SliceWiseError(f"cannot be extracted here ({type(exc).__name__}: {exc})", archive) from exc
 
 
 def check_extracted_size(archive: Path, target: Path, members: list[zipfile.ZipInfo], max_members: int,

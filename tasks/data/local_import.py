@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from tasks.data.brats_files import IMAGE_SUFFIXES, find_part, nifti_extension  # noqa: F401  (re-exported)
+from tasks import paths
 from tasks.errors import SliceWiseError
 
 log = logging.getLogger(__name__)
@@ -102,24 +103,26 @@ def find_brats_patients(root: Path, files: list[Path] | None = None) -> dict[str
     the folder is the patient, and its parts must be one person's.
     `files`: `walk_files(root)`, when the caller has it already."""
     patients: dict[str, dict[str, Path]] = {}
-    folders: dict[str, Path] = {}
-    named: dict[Path, dict[str, Path]] = {}  # folder → {patient id in a file name: one such file}
-    folder_of_id: dict[str, Path] = {}  # patient id in file names → the folder holding them
+    folders: dict[str, Path] = {}  # folder name, case folded → the folder
+    named: dict[Path, dict[str, Path]] = {}  # folder → {patient id in a file name, case folded: one such file}
+    folder_of_id: dict[str, Path] = {}  # patient id in file names, case folded → the folder holding them
     for path in walk_files(root) if files is None else files:
         if (part := classify_brats_file(path)) is None:
             continue
         name = path.parent.name
-        if folders.setdefault(name, path.parent) != path.parent:
-            raise SliceWiseError(f"two folders hold patient {name}: {folders[name]} and {path.parent}; keep one "
-                                 "(or rename one folder)", root)
+        # names compared without case: BraTS20_Training_001 and brats20_training_001 are one patient (a copy), and
+        # the split could put one in train and the other in test
+        if folders.setdefault(name.casefold(), path.parent) != path.parent:
+            raise SliceWiseError(f"two folders hold patient {name}: {folders[name.casefold()]} and {path.parent}; "
+                                 "keep one (or rename one folder)", root)
         if (patient_id := patient_id_of(path)) is not None:
             # a copy under another folder name ("BraTS20_Training_003 (copy)") is the same person twice: the split
             # could put one in train and the other in test
-            if folder_of_id.setdefault(patient_id, path.parent) != path.parent:
-                raise SliceWiseError(f"two folders hold patient {patient_id}'s files: {folder_of_id[patient_id]} and "
-                                     f"{path.parent}; keep one", root)
+            if folder_of_id.setdefault(patient_id.casefold(), path.parent) != path.parent:
+                raise SliceWiseError(f"two folders hold patient {patient_id}'s files: "
+                                     f"{folder_of_id[patient_id.casefold()]} and {path.parent}; keep one", root)
             ids = named.setdefault(path.parent, {})
-            ids.setdefault(patient_id, path)
+            ids.setdefault(patient_id.casefold(), path)
             if len(ids) > 1:
                 first, second = list(ids.values())[:2]
                 raise SliceWiseError(f"this folder holds files of more than one patient ({first.name}, "
@@ -211,12 +214,16 @@ def check_link(src: Path, source: Path) -> None:
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link when possible (no extra disk for data/raw itself; DVC's cache still keeps a copy), copy otherwise."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     src = Path(os.path.realpath(src))  # a symlinked file: its target (os.link would link the link itself)
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    except OSError as exc:  # unreadable, or a name this file system cannot hold (too long)
+        raise SliceWiseError(f"cannot be imported as {dst} ({type(exc).__name__}: {exc.strerror or exc})",
+                             src) from exc
 
 
 def choose_fraction(names: list[str], fraction: float, seed: int) -> list[str]:
@@ -236,20 +243,44 @@ def _uniform(seed: int, name: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+# The pipeline's own folders: fetch replaces data/raw whole, and DVC removes a stage's outputs before it reruns the
+# stage, so a source inside one would be deleted by the very run that reads it.
+PIPELINE_FOLDERS = (paths.RAW, paths.PROCESSED, paths.SPLITS, paths.CHECKPOINTS, paths.REPORTS, paths.EXPORTS)
+
+
 def check_source_folders(data) -> None:
-    """With `data.source: local` (`data`: settings.data), the folders it imports from exist: said by `tasks check`
-    (make run) and `flows run` before the pipeline starts, since DVC (and the flow alike) remove data/raw before they
-    run a changed fetch."""
+    """With `data.source: local` (`data`: settings.data), the folders it imports from exist, lie outside the
+    pipeline's own folders and hold what fetch would import: said by `tasks check` (make run) and `flows run` before
+    the pipeline starts, since DVC (and the flow alike) remove data/raw before they run a changed fetch."""
     if data.source != "local":
         return
     for key, folder in (("data.brats_dir", data.brats_dir), ("data.kaggle_dir", data.kaggle_dir)):
-        if folder is not None and not Path(folder).expanduser().is_dir():
-            raise SliceWiseError(f"{key} is not a folder", folder)
+        if folder is not None:
+            check_source_folder(key, Path(folder).expanduser())
+    if data.brats_dir is not None:
+        labelled_brats_patients(Path(data.brats_dir).expanduser())
+    if data.kaggle_dir is not None:
+        kaggle_images(Path(data.kaggle_dir).expanduser())
 
 
-def import_brats(source: Path, out_dir: Path, fraction: float = 1.0, seed: int = 0) -> int:
-    if not source.is_dir():
-        raise SliceWiseError("data.brats_dir is not a folder", source)
+def check_source_folder(key: str, folder: Path) -> None:
+    """`folder` (params key `key`) is a folder, neither inside nor holding one of the pipeline's own folders."""
+    if not folder.is_dir():
+        raise SliceWiseError(f"{key} is not a folder", folder)
+    real = Path(os.path.realpath(folder))
+    for owned in PIPELINE_FOLDERS:
+        owned_real = Path(os.path.realpath(owned))
+        if real.is_relative_to(owned_real):
+            raise SliceWiseError(f"{key} lies inside {owned.as_posix()}/, which the pipeline empties and refills when "
+                                 "it runs (the files it does not import would be deleted); move the data elsewhere, "
+                                 "e.g. beside the project", folder)
+        if owned_real.is_relative_to(real):
+            raise SliceWiseError(f"{key} holds the pipeline's own {owned.as_posix()}/; point it at the folder with the "
+                                 "downloaded data itself", folder)
+
+
+def labelled_brats_patients(source: Path) -> dict[str, dict[str, Path]]:
+    """`find_brats_patients` of `source`, keeping those with a segmentation; a SliceWiseError when none is left."""
     files = walk_files(source)  # one walk of a folder that may hold thousands of files
     patients = find_brats_patients(source, files)
     if archives := unextracted_archives(files):
@@ -264,6 +295,12 @@ def import_brats(source: Path, out_dir: Path, fraction: float = 1.0, seed: int =
         raise SliceWiseError(f"none of the {found} BraTS patient folders under this folder holds a segmentation "
                              "(*_seg.nii[.gz]): unlabelled cases (a validation or test set?) cannot be trained on",
                              source)
+    return patients
+
+
+def import_brats(source: Path, out_dir: Path, fraction: float = 1.0, seed: int = 0) -> int:
+    check_source_folder("data.brats_dir", source)
+    patients = labelled_brats_patients(source)
     plan = brats_import_plan(patients, fraction, seed)
     for target, src in plan.items():
         check_link(src, source)
@@ -292,12 +329,17 @@ def kaggle_import_plan(images: dict[str, list[Path]], fraction: float, seed: int
     return plan
 
 
-def import_kaggle(source: Path, out_dir: Path, fraction: float = 1.0, seed: int = 0) -> dict[str, int]:
-    if not source.is_dir():
-        raise SliceWiseError("data.kaggle_dir is not a folder", source)
+def kaggle_images(source: Path) -> dict[str, list[Path]]:
+    """`find_kaggle_images` of `source`; a SliceWiseError when it finds none."""
     images = find_kaggle_images(source)
     if not any(images.values()):
         raise SliceWiseError("no yes/ or no/ folder with JPEG/PNG images found under this folder", source)
+    return images
+
+
+def import_kaggle(source: Path, out_dir: Path, fraction: float = 1.0, seed: int = 0) -> dict[str, int]:
+    check_source_folder("data.kaggle_dir", source)
+    images = kaggle_images(source)
     plan = kaggle_import_plan(images, fraction, seed)
     for target, src in plan.items():
         check_link(src, source)

@@ -107,7 +107,8 @@ def manifest_rows(patient: str, source: str, shard_name: str, shard: Shard) -> l
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"patient": str, "source": str, "shard": str})
+    # keep_default_na=False: a patient folder named NA, None or null is a name, not a missing value
+    return pd.read_csv(path, dtype={"patient": str, "source": str, "shard": str}, keep_default_na=False)
 
 
 ROW_ARRAYS = ("images", "masks")  # what training reads per slice; the rest comes from the manifest

@@ -54,6 +54,9 @@ REJECTED_FINGERPRINTS = "rejected_fingerprints.json"
 JobMap = Callable[[Callable[..., Any], list[tuple]], Iterable[Any]]
 
 SLICES_PER_STACK = 16  # kept slices z-scored in one numpy call
+# Raw MRI intensities are not negative (BraTS stores them >= 0); a volume with more than this share of its non-zero
+# voxels below 0 was standardised before (a z-scored one: about half).
+MAX_NEGATIVE_SHARE = 0.05
 # The manifest marks a complete run; while a run rewrites shards in place it is moved here, so that a run that fails
 # halfway leaves no manifest naming rows the shards no longer hold (the next run still reads it to reuse shards).
 PREVIOUS_MANIFEST = ".manifest.previous.csv"
@@ -119,10 +122,18 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
 
     planes = [preprocess.axial_planes(v) for v in volumes]  # (Z, H, W) views: each plane in one run of memory
     positive = [p > 0 for p in planes]  # each modality's brain; the union is the brain the slices are kept by
-    for path, mask in zip(modality_paths, positive):
+    for path, plane, mask in zip(modality_paths, planes, positive):
         if not mask.any():  # it would become a blank channel, the model's "missing modality", without a word
             raise SliceWiseError("no voxel has a positive intensity (all zero, negative or NaN): an empty or already "
                                  "standardised volume; the slice step z-scores raw intensities itself", path)
+        negative = np.count_nonzero(plane < 0)
+        if negative > MAX_NEGATIVE_SHARE * (negative + np.count_nonzero(mask)):
+            # the brain is the voxels > 0: a z-scored or [-1, 1]-scaled volume would lose its darker half to the
+            # background, silently
+            raise SliceWiseError(f"{negative:,} voxels are negative ({negative / (negative + mask.sum()):.0%} of the "
+                                 "non-zero ones): an already standardised volume (z-scored or scaled to [-1, 1]); "
+                                 "the slice step needs raw intensities, with 0 outside the brain, and z-scores them "
+                                 "itself", path)
     brain = functools.reduce(np.logical_or, positive)
     fraction = np.count_nonzero(brain, axis=(1, 2)) / brain[0].size
     keep = [z for z in range(0, len(brain), spec.stride) if fraction[z] >= spec.min_brain_fraction]
@@ -171,6 +182,10 @@ def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> 
         shard = slice_patient(patient_dir, spec)
     except SliceWiseError as exc:
         return patient_dir.name, {"file": exc.path or str(patient_dir), "reason": exc.reason}
+    except Exception as exc:  # noqa: BLE001  an input no check foresaw: this patient is rejected, the others go on
+        log.exception("slicing %s failed", patient_dir)
+        return patient_dir.name, {"file": str(patient_dir), "reason": f"unexpected error while slicing "
+                                                                      f"({type(exc).__name__}: {exc})"}
     write_shard(shard_path, shard)
     shard_name = shard_path.relative_to(shard_path.parents[1]).as_posix()
     return patient_dir.name, manifest_rows(patient_dir.name, "brats", shard_name, shard)

@@ -21,6 +21,10 @@ from tasks.errors import SliceWiseError
 GRID_TOLERANCE = 1e-3
 
 
+# An MRI axis has hundreds of voxels; slice numbers are stored as int16 (tasks/data/shards.py).
+MAX_AXIS_VOXELS = 32_767
+
+
 class Volume(NamedTuple):
     data: np.ndarray
     spacing: tuple[float, ...]
@@ -90,7 +94,14 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
     if not np.isfinite(affine).all():  # NaN never equals itself: every grid comparison would blame another file
         raise SliceWiseError("the header's voxel-to-world transform (its sform or qform) holds NaN or infinite "
                              "values: a damaged header", path)
-    return Volume(data, spacing_mm(image.header), affine)
+    spacing = spacing_mm(image.header)
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:  # HD95 in mm would fail (NaN) or lie, steps later
+        raise SliceWiseError(f"the header's voxel size (pixdim) is {tuple(round(v, 4) for v in spacing)}: not a "
+                             "positive finite size; a damaged header", path)
+    if max(data.shape) > MAX_AXIS_VOXELS:
+        raise SliceWiseError(f"shape {data.shape}: an axis longer than {MAX_AXIS_VOXELS:,} voxels is no MRI volume "
+                             "(a damaged or forged header)", path)
+    return Volume(data, spacing, affine)
 
 
 def _unscaled(image) -> bool:
