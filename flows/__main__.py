@@ -64,6 +64,7 @@ def _check_parameters(updates: dict[str, str]) -> None:
     import shutil
     import tempfile
 
+    from flows.pipeline import folders_without_local_source
     from tasks.config import load_settings
     from tasks.params_edit import set_params
 
@@ -71,9 +72,12 @@ def _check_parameters(updates: dict[str, str]) -> None:
         trial = Path(tmp) / paths.PARAMS.name
         shutil.copy(paths.PARAMS, trial)
         try:
+            source = load_settings(trial).data.source
             settings = set_params(updates, trial) if updates else load_settings(trial)
         except SliceWiseError as exc:
             _fail(f"{paths.PARAMS}: {exc.reason}", exc.exit_code)
+    if why := folders_without_local_source(updates, source):
+        _fail(why)
     from tasks.preflight import check_prerequisites
 
     try:

@@ -4,7 +4,8 @@
 
 Each task is one DVC stage (flows/stage_task.py): DVC says whether it is stale, the step runs in-process
 only then, and its result is committed to dvc.lock, so `dvc repro` and this flow never disagree about what
-is up to date. Only `fetch` and `register` talk to the network, so only they retry.
+is up to date. `fetch` and `register` talk to the network whatever the MLflow store, so they retry (the other steps'
+MLflow calls retry on their own, tasks/tracking/store.py).
 
 `slice_runner="dask"` runs the slice step's per-patient jobs on a Dask cluster (flows/dask_slicing.py).
 """
@@ -25,6 +26,7 @@ from tasks import paths
 from tasks.config import Settings, load_settings
 from tasks.params_edit import set_params
 from tasks.redaction import redact
+from tasks.release.store_moved import registered_elsewhere
 from tasks.run_lock import pipeline_lock
 from tasks.tracking import provenance
 
@@ -44,7 +46,7 @@ train_cls = stage_task("train_cls", timeout_seconds=4 * HOUR)
 train_joint = stage_task("train_joint", timeout_seconds=8 * HOUR)
 evaluate = stage_task("evaluate", timeout_seconds=1 * HOUR)
 export = stage_task("export", timeout_seconds=30 * MINUTE)
-register = stage_task("register", timeout_seconds=20 * MINUTE, network=True)
+register = stage_task("register", timeout_seconds=20 * MINUTE, network=True, force_check=registered_elsewhere)
 STAGE_TASKS = (fetch, slice_, split, train_seg, train_cls, train_joint, evaluate, export, register)
 
 
@@ -113,8 +115,9 @@ def step_runs_for(slice_runner: SliceRunner, dask_address: str | None) -> dict[s
 
 
 def something_to_do(status: dvc_stage.PipelineStatus, settings: Settings) -> bool:
-    """Whether any stage will run (DVC finds one stale, or the local source changed); else all are Cached."""
-    return bool(status.stale) or _source_drift(settings) is not None
+    """Whether any stage will run (DVC finds one stale, the local source changed, or the MLflow store did); else all
+    are Cached."""
+    return bool(status.stale) or _source_drift(settings) is not None or registered_elsewhere() is not None
 
 
 def warn_about_stages_without_task(stages: list[str]) -> None:
@@ -133,9 +136,22 @@ def parameter_updates(**values: str | None) -> dict[str, str]:
     return {PARAMETER_KEYS[name]: value for name, value in values.items() if value is not None}
 
 
+def folders_without_local_source(updates: dict[str, str], source: str) -> str | None:
+    """Why a source folder given with another data source than `local` is refused, or None. Written into params.yaml
+    it was never read, yet it changed fetch's params: the run regenerated the synthetic data and said nothing."""
+    given = [key for key in ("data.brats_dir", "data.kaggle_dir") if key in updates]
+    source = updates.get("data.source", source)
+    if given and source != "local":
+        return (f"{' and '.join(given)} given with data source {source!r}: source folders are read only by the "
+                "local source (add --data-source local, the flow parameter data_source='local')")
+    return None
+
+
 def apply_parameters(**values: str | None) -> Settings:
     """Write the given flow parameters into params.yaml first, as `dvc exp run -S` would, so DVC sees them."""
     updates = parameter_updates(**values)
+    if why := folders_without_local_source(updates, load_settings(paths.PARAMS).data.source):
+        raise ValueError(why)
     if updates:
         set_params(updates)
         get_run_logger().info("params.yaml updated: %s", updates)

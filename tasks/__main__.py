@@ -115,6 +115,17 @@ def lineage_command(ref: Optional[str] = typer.Argument(None, help="a version nu
         _fail(exc)
 
 
+@app.command("store-check")
+def store_check_command() -> None:
+    """Exit 1, saying why, when reports/register.json registered the model in another MLflow store than the one in
+    use now (MLFLOW_TRACKING_URI changed, which DVC cannot see): `make run` then runs `register` again."""
+    from tasks.release.store_moved import registered_elsewhere
+
+    if reason := registered_elsewhere():
+        typer.echo(f"{reason}: registering there")
+        raise typer.Exit(1)
+
+
 @app.command("summary")
 def summary_command() -> None:
     """Print where the results are, the headline metrics with their intervals and the promotion decision."""

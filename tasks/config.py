@@ -490,7 +490,11 @@ def load_settings(path: Path | str = paths.PARAMS) -> Settings:
 
 
 def yaml_problem(exc: Exception) -> str:
-    """A YAML error in one line: what is wrong and where (line and column, 1-based)."""
+    """A YAML error in one line: what is wrong and where (line and column, 1-based), and where the construct it broke
+    began: an unclosed `[` or quote is found lines later, at the next thing that cannot belong to it."""
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}{where}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    began = (f" ({context} at line {start.line + 1}, column {start.column + 1})"
+             if context and start is not None and (mark is None or start.line != mark.line) else "")
+    return f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}{where}{began}"

@@ -661,12 +661,18 @@ def test_cli_reports_the_failed_step_in_one_line(project, tmp_path, prefect_serv
     monkeypatch.setattr(logging, "_logRecordFactory", logging.getLogRecordFactory())
     install_log_redaction()
 
-    (tmp_path / "empty").mkdir()  # a folder (a missing one is refused before the flow starts): no BraTS files in it
+    # a folder that passes the check before the flow (a missing or empty one is refused there), with a file fetch
+    # refuses: a link out of the folder to something that is no NIfTI
+    patient = write_patient(tmp_path / "source", "BraTS20_Training_001", np.random.default_rng(3))
+    flair = patient / "BraTS20_Training_001_flair.nii.gz"
+    flair.unlink()
+    (tmp_path / "notes.txt").write_text("not an image")
+    flair.symlink_to(tmp_path / "notes.txt")
     console = logging.StreamHandler(io.StringIO())  # a console beside Prefect's: `run` filters every one but the UI's
     logging.getLogger().addHandler(console)
     factory = logging.getLogRecordFactory()
     try:
-        result = CliRunner().invoke(app, ["run", "--data-source", "local", "--brats-dir", str(tmp_path / "empty")])
+        result = CliRunner().invoke(app, ["run", "--data-source", "local", "--brats-dir", str(tmp_path / "source")])
     finally:
         logging.getLogger().removeHandler(console)
     # the filter and the record factory were for that command alone
@@ -679,7 +685,7 @@ def test_cli_reports_the_failed_step_in_one_line(project, tmp_path, prefect_serv
     logged = console.stream.getvalue()
     assert "fetch: running" in logged
     printed = " ".join((result.output + logged).split())
-    assert printed.count("found under this folder") == 1, printed
+    assert printed.count("and that file is not a .nii.gz file; refused") == 1, printed
     assert "error: step 'fetch' failed: SliceWiseError:" in printed
     assert load_settings(project / "params.yaml").data.source == "local"  # the option went into params.yaml
 
@@ -776,3 +782,31 @@ def test_loader_workers_forked_inside_the_flow_exit_cleanly(prefect_server, tmp_
     processed, patients = _processed(tmp_path, shards=2, rows=6, compress=False)
     batches, *exit_codes = _read_twice_with_loader_workers(str(processed), patients)
     assert batches == 2 * (12 // 6) and exit_codes == [0, 0]
+
+
+def test_a_source_folder_given_without_the_local_source_is_refused_before_anything_changes(tmp_path, monkeypatch):
+    """`flows run --brats-dir /x` with `source: synthetic` wrote the folder into params.yaml, never read it, and
+    reran fetch on synthetic data (52 s), ending "Completed"."""
+    import io
+    import shutil
+
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import flows.__main__ as cli
+    from flows.pipeline import apply_parameters
+
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / "brats").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=300))
+    monkeypatch.setattr(cli, "_server_up", lambda url: pytest.fail("the flow was started"))
+    before = (tmp_path / "params.yaml").read_text()
+    result = CliRunner().invoke(cli.app, ["run", "--brats-dir", str(tmp_path / "brats")])
+    assert result.exit_code == 1
+    assert ("data.brats_dir given with data source 'synthetic': source folders are read only by the local source"
+            in cli.console.file.getvalue())
+    with pytest.raises(ValueError, match="data.kaggle_dir given with data source 'kaggle'"):  # a deployment's run
+        apply_parameters(data_source="kaggle", kaggle_dir=str(tmp_path))
+    assert (tmp_path / "params.yaml").read_text() == before

@@ -671,7 +671,8 @@ def test_lineage_prints_the_chain(project, tiny_settings):
         print_lineage(settings, "7", console)
 
 
-def test_lineage_names_the_run_that_trained_the_weights_when_another_run_registered_them(project, tiny_settings):
+def test_lineage_names_the_run_that_trained_the_weights_when_another_run_registered_them(project, tiny_settings,
+                                                                                        monkeypatch):
     """DVC reruns `register` alone after a promotion setting changes: that pipeline run holds no training, and
     lineage showed its run and commit as the model's origin. The version names its checkpoint's sha256, and so does
     the training run that handed it on: lineage follows it there."""
@@ -698,6 +699,22 @@ def test_lineage_names_the_run_that_trained_the_weights_when_another_run_registe
     text = console.export_text()
     assert f"weights trained by train_joint run {trained.info.run_id} of pipeline run {earlier.info.run_id}" in text
     assert "git commit " + "1234abcd" * 5 in text
+    # the registering run deleted for good (`mlflow gc`): the training run is still found, in any experiment
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    real_get_run = MlflowClient.get_run
+
+    def get_run(self, run_id):
+        if run_id == result["mlflow_run_id"]:
+            raise MlflowException(f"Run '{run_id}' not found", error_code=RESOURCE_DOES_NOT_EXIST)
+        return real_get_run(self, run_id)
+
+    monkeypatch.setattr(MlflowClient, "get_run", get_run)
+    assert print_lineage(settings, "champion", Console(record=True, width=400))["trained"]["run_id"] == \
+        trained.info.run_id
+    monkeypatch.setattr(MlflowClient, "get_run", real_get_run)
     # a training run of other weights is no origin of this version
     client().set_tag(trained.info.run_id, CHECKPOINT_TAG, "0" * 64)
     assert print_lineage(settings, "champion", Console(record=True, width=400))["trained"] is None

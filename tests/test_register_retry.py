@@ -135,3 +135,21 @@ def test_when_the_store_cannot_say_what_is_registered_only_the_known_model_goes(
     registry.client = tracker.client = tracker.client.client
     downloaded = registry.download(version, tmp_path / "download")
     assert any(p.suffix == ".onnx" for p in downloaded.rglob("*"))
+
+
+def test_a_retry_judged_otherwise_gets_a_version_of_its_own(store):
+    """Attempt 1 registered v as rejected (@challenger) and failed after; the champion changed; attempt 2 passed
+    the gate and reused v, its tags still "rejected": both aliases on one version, the served model's card saying
+    it was refused."""
+    versions, registry, attempt, run, example = store
+    pipeline_run = run()
+    first, _, release = attempt(pipeline_run, 2.0)
+    base = {"onnx_sha256": release.onnx_sha256, "mlflow_run_id": pipeline_run}
+    registry.client.set_model_version_tag(registry.model_name, first, "promotion", "rejected")
+    same_verdict = versions.find_or_create_version(registry, "models:/unused", base | {"promotion": "rejected"},
+                                                   pipeline_run)
+    assert same_verdict == first  # the same release: completed, not registered twice
+    logged = registry.client.get_model_version(registry.model_name, first).source
+    other = versions.find_or_create_version(registry, logged, base | {"promotion": "promoted"}, pipeline_run)
+    assert other != first
+    assert registry.client.get_model_version(registry.model_name, other).tags["promotion"] == "promoted"

@@ -1061,3 +1061,19 @@ def test_slicing_workers_reuse_the_memory_they_free():
     if kept != kept:  # NaN
         pytest.skip("not glibc: malloc left as it is")
     assert default < 8 and kept > 40, (default, kept)
+
+
+def test_a_yaml_error_names_the_line_where_the_broken_construct_began(tmp_path):
+    """`seed: [42` on line 5 was reported at line 7, and `seed: "42` 78 lines away: where PyYAML gave up, not where
+    the unclosed bracket or quote is."""
+    from tasks.config import load_settings
+
+    params = tmp_path / "params.yaml"
+    for text, began in (("profile: quick\n\n\n\nseed: [42\nsplit:\n  train: 0.7\n",
+                         "while parsing a flow sequence at line 5, column 7"),
+                        ('profile: quick\nseed: "42\nsplit:\n  train: 0.7\n\n\n',
+                         "while scanning a quoted scalar at line 2, column 7")):
+        params.write_text(text)
+        with pytest.raises(SliceWiseError, match="not valid YAML") as error:
+            load_settings(params)
+        assert began in str(error.value), str(error.value)

@@ -145,3 +145,58 @@ def test_a_fresh_clone_shows_the_committed_record_as_such_and_no_lineage_it_cann
     out = printed_summary()
     assert "nothing has run in this checkout yet" not in out and "lineage" not in out
     assert "no model exported in this checkout yet: the decision below is the record committed" in out
+
+
+def test_a_hand_edited_figure_that_is_no_number_is_shown_as_such_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.METRICS.write_text(json.dumps({"classification": {"accuracy": "0.97", "sensitivity": 0.9},
+                                         "ci95": {"classification.sensitivity": [0.8, "x"]}}))
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in printed_summary().splitlines()
+             if line.count("│") >= 3]
+    shown = {row[0]: row[1:] for row in cells}
+    assert shown["classification.accuracy"][0] == "not a number: '0.97'"
+    assert shown["classification.sensitivity"] == ["0.900", "[0.800, not a number: 'x']"]
+
+
+def test_a_registration_in_another_store_is_said_and_make_run_registers_again(tmp_path, monkeypatch):
+    """After `export MLFLOW_TRACKING_URI=...` DVC found register up to date: the summary said "mlflow.db" and
+    "registered version 12: PROMOTED", and the new store had no model at all."""
+    import subprocess
+    import sys
+
+    from tasks.release.store_moved import registered_elsewhere
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    paths.REPORTS.mkdir()
+    paths.REGISTER_REPORT.write_text(json.dumps({"registered": True, "model_name": "slicewise", "version": "12",
+                                                 "promoted": True, "reason": "promoted",
+                                                 "tracking_uri": "sqlite:///mlflow.db"}))
+    store_check = [sys.executable, "-m", "tasks", "store-check"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    assert registered_elsewhere() is None and "registers it there" not in printed_summary()
+    assert subprocess.run(store_check, env=env, capture_output=True, text=True).returncode == 0
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://u:secret@db:5432/mlflow")
+    moved = registered_elsewhere()
+    assert moved == (f"{paths.REGISTER_REPORT} records version 12 in sqlite:///mlflow.db; the MLflow store is now "
+                     "postgresql://u:***@db:5432/mlflow")
+    out = printed_summary()
+    assert "postgresql://u:***@db:5432/mlflow" in out and "secret" not in out
+    assert moved + ": `make run` registers it there too" in " ".join(out.split())
+    checked = subprocess.run(store_check, env=env | {"MLFLOW_TRACKING_URI": "postgresql://u:secret@db:5432/mlflow"},
+                             capture_output=True, text=True)
+    assert checked.returncode == 1 and checked.stdout.strip() == moved + ": registering there"
+    # make run asks after `dvc repro`, and reruns register alone when the store moved
+    run_target = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "tasks store-check || $(BIN)/dvc repro --force --single-item register" in run_target
+    assert run_target.index("dvc repro\n") < run_target.index("store-check") < run_target.index("tasks summary")
+    # and so does the flow: its register task is forced by the same check
+    import inspect
+
+    from flows.pipeline import register
+
+    assert inspect.getclosurevars(register.fn).nonlocals["force_check"] is registered_elsewhere

@@ -329,3 +329,19 @@ def test_a_run_left_running_by_a_killed_process_is_ended_when_its_step_runs_agai
     assert again.parent_run_id == killed.parent_run_id and again.run_id != killed.run_id
     assert client().get_run(killed.run_id).info.status == "KILLED"
     assert client().get_run(other.run_id).info.status == client().get_run(again.run_id).info.status == "RUNNING"
+
+
+def test_a_database_store_that_is_down_is_one_error_without_its_password(monkeypatch):
+    """A PostgreSQL store that did not answer gave a 200-line OperationalError traceback: MlflowClient connects to a
+    database when it is created, outside the retry loop that turns failures into one line."""
+    from mlflow.store.db import utils as db_utils
+
+    from tasks.config import TrackingSettings
+    from tasks.tracking.store import StoreUnreachable, make_client
+
+    monkeypatch.setattr(db_utils, "MAX_RETRY_COUNT", 1)  # MLflow's own engine retries (about 2 min): not tested here
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql+psycopg2://u:secretpw@127.0.0.1:9/db")
+    with pytest.raises(StoreUnreachable, match="MLflow connection failed after 1 attempt.*Is the tracking store "
+                                               "reachable") as error:
+        make_client(TrackingSettings(max_attempts=3, backoff_seconds=0))
+    assert "secretpw" not in str(error.value) and "u:***@127.0.0.1:9" in str(error.value)

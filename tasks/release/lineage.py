@@ -50,8 +50,13 @@ def trained_by(client, cfg, version, checkpoint_sha256: str | None) -> dict | No
 
     if not checkpoint_sha256:
         return None
+    run = None
+    if version.run_id:
+        try:
+            run = retrying(cfg, "get run", client.get_run, version.run_id)
+        except MlflowException:  # the registering run was deleted: the training run may still be there
+            run = None
     try:
-        run = retrying(cfg, "get run", client.get_run, version.run_id) if version.run_id else None
         experiments = [run.info.experiment_id] if run else [e.experiment_id for e in client.search_experiments()]
         found = retrying(cfg, "find training run", client.search_runs, experiments,
                          filter_string=f"tags.{CHECKPOINT_TAG} = '{checkpoint_sha256}' and tags.step = 'train_joint'",

@@ -43,8 +43,8 @@ from tasks.release.gate import QUALITY_CRITERIA, ChampionScore, Criterion, GateD
 from tasks.release.model_card import render_model_card, split_summary
 from tasks.release.registry import SEEN_PATIENTS_FILE, ModelRegistry
 from tasks.release.release_files import Release, parity_detail
-from tasks.release.versions import (create_verified_version, discard_logged_models, input_example, log_model,
-                                    registered_model_ids)
+from tasks.release.versions import (SAME_RELEASE_TAGS, create_verified_version, discard_logged_models, input_example,
+                                    log_model, registered_model_ids)
 from tasks.tracking import provenance
 from tasks.tracking.mlflow_runs import MlflowTracker
 from tasks.tracking.store import StoreUnreachable, fluent_store, portable_uri, retrying, tracking_uri
@@ -127,11 +127,6 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
             "model_uri": f"models:/{name}/{version}", "onnx_sha256": release.onnx_sha256,
             "tracking_uri": redact(portable_uri(tracking_uri()))}
 
-
-# What makes a version this very release: the same ONNX file, judged on the same data and split with the same figures
-# (metrics.json: its tags and model card show them), with the same verdict under the same gate (a new criterion or
-# limit is another judgement: its reason and card must say it, so it is a new version)
-SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "metrics_sha256", "promotion", "gate_settings_sha256")
 
 
 def gate_settings_digest(settings: Settings, release: Release) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -10,6 +9,9 @@ from rich.table import Table
 
 from tasks import paths
 from tasks.io import nested_value, read_json, sha256_file
+from tasks.redaction import redact
+from tasks.release.store_moved import registered_elsewhere
+from tasks.tracking.store import portable_uri, tracking_uri
 
 OUTPUTS = [
     ("raw data", paths.RAW),
@@ -21,7 +23,6 @@ OUTPUTS = [
     ("plots", paths.PLOTS),
     ("ONNX model", paths.ONNX_MODEL),
     ("export report", paths.EXPORT_REPORT),
-    ("MLflow store", Path("mlflow.db")),
 ]
 
 
@@ -42,6 +43,7 @@ def print_summary(console: Console | None = None) -> None:
     table.add_column("where")
     for label, path in found:
         table.add_row(label, str(path))
+    table.add_row("MLflow store", redact(portable_uri(tracking_uri())))  # MLFLOW_TRACKING_URI's, when set
     console.print(table)
 
     if metrics := read_json(paths.METRICS, default=None):
@@ -61,9 +63,10 @@ def print_summary(console: Console | None = None) -> None:
                 continue  # not measured by this evaluation (e.g. no raw volumes, no regions)
             value = nested_value(metrics, f"{section}.{key}")  # null: undefined, e.g. a sensitivity with no tumour
             lo_hi = ci.get(f"{section}.{key}")
-            interval = f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else ""
+            interval = f"[{_figure(lo_hi[0])}, {_figure(lo_hi[1])}]" if isinstance(lo_hi, list) and len(lo_hi) == 2 \
+                else ""
             unit = " (mm)" if key == "hd95" else ""
-            headline.add_row(f"{section}.{key}{unit}", "n/a" if value is None else f"{value:.3f}", interval)
+            headline.add_row(f"{section}.{key}{unit}", _figure(value), interval)
         console.print(headline)
         if nested_value(metrics, "segmentation.hd95") is not None:  # why it reads so far above the volume's
             console.print("segmentation.hd95 is per tumour slice: one predicted empty counts as the image's diagonal "
@@ -81,6 +84,8 @@ def print_summary(console: Console | None = None) -> None:
         if stale := stale_decision(decision):
             console.print(f"[yellow]the decision below was made on another {stale} than the one on disk now (a step "
                           "ran again after register): run register again (`.venv/bin/dvc repro`)[/]")
+        if elsewhere := registered_elsewhere():
+            console.print(f"[yellow]{escape(elsewhere)}: `make run` registers it there too[/]")
         registered = decision.get("registered", True)  # false with tracking.enabled false: no version to trace
         if registered and decision.get("reused"):  # the version holding the alias already is this model: nothing new
             verdict = "still champion" if decision.get("promoted") else "still challenger"
@@ -96,6 +101,14 @@ def print_summary(console: Console | None = None) -> None:
         if registered and decided_here:  # the version this run registered, whichever alias it got (a committed
             # record's version is in the registry of the machine that made it)
             console.print(f"lineage: .venv/bin/python -m tasks lineage {decision.get('version')}")
+
+
+def _figure(value) -> str:
+    """A metric as the table shows it: 3 decimals; "n/a" for null (undefined) and for anything not a number (a
+    hand-edited metrics.json)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.3f}"
+    return "n/a" if value is None else f"not a number: {escape(repr(value))}"
 
 
 def stale_decision(decision: dict) -> str | None:

@@ -86,13 +86,21 @@ def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, car
     return logged
 
 
+# What makes a version this very release: the same ONNX file, judged on the same data and split with the same figures
+# (metrics.json: its tags and model card show them), with the same verdict under the same gate (a new criterion or
+# limit is another judgement: its reason and card must say it, so it is a new version)
+SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "metrics_sha256", "promotion", "gate_settings_sha256")
+
+
 def find_or_create_version(registry: ModelRegistry, model_uri: str, tags: dict, run_id: str) -> str:
-    """The version of this run for this ONNX file when an earlier attempt created one (its answer lost, or the
-    attempt interrupted before verifying it), else a new one: so a retry never registers the model twice."""
+    """The version of this run for this release when an earlier attempt created one (its answer lost, or the
+    attempt interrupted before verifying it), else a new one: so a retry never registers the model twice. The
+    verdict is part of the release: a retry judged otherwise (the champion changed between the attempts) gets a
+    version of its own, so no alias lands on a version whose tags and card say the opposite."""
     import mlflow
 
     versions = registry.client.search_model_versions(f"name = '{registry.model_name}' and run_id = '{run_id}'")
-    mine = [v for v in versions if (v.tags or {}).get("onnx_sha256") == tags["onnx_sha256"]]
+    mine = [v for v in versions if all((v.tags or {}).get(key) == tags.get(key) for key in SAME_RELEASE_TAGS)]
     if mine:
         version = max(mine, key=lambda v: int(v.version))
         log.warning("register: version %s of this run already holds this model (an earlier attempt created it); "

@@ -164,10 +164,13 @@ def retrying(cfg: TrackingSettings, what: str, fn: Callable[..., T], *args: Any,
 
 
 def make_client(cfg: TrackingSettings):
-    """An MlflowClient on the project's store (tracking and registry alike); makes no request yet."""
+    """An MlflowClient on the project's store (tracking and registry alike). An HTTP store is first asked later; a
+    database store (sqlite, PostgreSQL) is connected to here, so this is retried like any request."""
     from mlflow import MlflowClient
 
     install_log_redaction()  # MLflow's own log lines and errors may quote the store's URI
     quiet_store_errors()
     configure_http(cfg)
-    return MlflowClient(tracking_uri=tracking_uri(), registry_uri=registry_uri())
+    # one attempt of ours: MLflow already retries creating a database engine, with its own backoff (about 2 min)
+    once = cfg.model_copy(update={"max_attempts": 1})
+    return retrying(once, "connection", MlflowClient, tracking_uri=tracking_uri(), registry_uri=registry_uri())
