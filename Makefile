@@ -61,8 +61,9 @@ $(BRATS_STAMP):
 	@rm -f $(BRATS_VENV)/.installed-* && touch $@
 	@echo "brats-evaluation installed into $(BRATS_VENV)"
 
+# MALLOC_ARENA_MAX=2: glibc would keep each request thread's freed memory in a pool of its own (docs/security.md)
 serve: setup
-	$(BIN)/python -m serve
+	MALLOC_ARENA_MAX=2 $(BIN)/python -m serve
 
 mlflow-ui: setup
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db \

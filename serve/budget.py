@@ -4,12 +4,14 @@ An upload's cost is known from its header before anything is decoded (image side
 a request reserves that many bytes for as long as it holds the arrays, waits its turn when the budget is taken
 (at most `serve.queue_seconds`, then 503), and is refused outright (413) when it alone would exceed the budget.
 So however many uploads arrive at once, and whatever their headers claim, the arrays of the requests in flight
-never add up to more than `serve.memory_budget_mb`.
+never add up to more than `serve.memory_budget_mb`. Waiting requests are served in arrival order: a large one is
+not overtaken by the small ones that arrive after it (under steady small traffic a volume waited 31 s, then 503).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -23,6 +25,7 @@ class MemoryBudget:
         self.in_use = 0
         self.peak = 0  # the most ever reserved at once (tests and benchmarks read it)
         self._free = threading.Condition()
+        self._waiting: deque[object] = deque()  # one ticket per request waiting, in arrival order
 
     def acquire(self, nbytes: int, what: str) -> int:
         """Take `nbytes` of the budget (413 when more than the whole budget, 503 after waiting `wait_seconds` in
@@ -32,10 +35,17 @@ class MemoryBudget:
             raise UploadError(413, f"{what}: processing it needs about {nbytes / MB:.0f} MB of memory; this server "
                                    f"allows {self.total / MB:.0f} MB for all requests in flight (serve.memory_budget_mb)")
         with self._free:
-            if not self._free.wait_for(lambda: self.in_use + nbytes <= self.total, timeout=self.wait_seconds):
-                raise UploadError(503, f"{what}: the server is busy with other uploads; try again in a moment")
-            self.in_use += nbytes
-            self.peak = max(self.peak, self.in_use)
+            ticket = object()
+            self._waiting.append(ticket)
+            try:
+                if not self._free.wait_for(lambda: self._waiting[0] is ticket and self.in_use + nbytes <= self.total,
+                                           timeout=self.wait_seconds):
+                    raise UploadError(503, f"{what}: the server is busy with other uploads; try again in a moment")
+                self.in_use += nbytes
+                self.peak = max(self.peak, self.in_use)
+            finally:  # served or given up: the next in line may go
+                self._waiting.remove(ticket)
+                self._free.notify_all()
         return nbytes
 
     def release(self, nbytes: int) -> None:

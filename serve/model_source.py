@@ -61,7 +61,7 @@ class FileSource:
         self.checkpoint = checkpoint
         self.metrics_path = metrics_path
         self.examples = examples  # a folder with index.json (tasks/release/examples.py), for tests and demos
-        self.description = f"file {self.onnx_path}"
+        self.description = f"file {self.onnx_path.name}"  # a client reads it (503s): no server path
 
     def cached(self) -> None:
         return None
@@ -84,16 +84,26 @@ class FileSource:
                                  read_optional_json(self.onnx_path.with_suffix(".json")), self.examples)
 
 
+def public_store(uri: str) -> str:
+    """A store's URI as clients may read it: a local database or folder by its file name alone (sqlite:///mlflow.db,
+    not the server's path to it); a server's URI (credentials already redacted) as it is."""
+    for scheme in ("sqlite:///", "file://"):
+        if uri.startswith(scheme):
+            return scheme + Path(uri.removeprefix(scheme)).name
+    return uri
+
+
 class RegistrySource:
     """`models:/<name>@<alias>` from the MLflow registry, every version cached under `cache_dir`."""
 
     def __init__(self, registry: RegistrySettings, tracking: TrackingSettings, cache_dir: Path):
         self.registry = registry
         self.tracking = tracking
-        self.uri = redact(tracking_uri())  # what the cache, /healthz and /model/info may show: no credentials
+        self.uri = redact(tracking_uri())  # the cache's key: no credentials
+        self.shown_uri = public_store(self.uri)  # what /healthz, /model/info and errors show: no server path either
         self.cache_dir = Path(cache_dir) / registry.model_name
         self.pointer = self.cache_dir / f"{registry.alias}.json"
-        self.description = f"models:/{registry.model_name}@{registry.alias} in {self.uri}"
+        self.description = f"models:/{registry.model_name}@{registry.alias} in {self.shown_uri}"
         self._challengers: dict[str, ServedModel] = {}  # loaded challengers by cache key (a few at most)
         self._challenger_lock = threading.Lock()
         self._last_challenger: tuple[object, ServedModel] | None = None  # what the last lookup found
@@ -147,7 +157,7 @@ class RegistrySource:
         version = self.champion_version()
         if version is None or version_key(version) != key:
             raise SliceWiseError(f"the champion changed while loading {key}; the next poll picks up the new one",
-                                 self.uri)
+                                 self.shown_uri)
         self._download_version(version, folder)
 
     def _download_version(self, version, folder: Path) -> None:
@@ -171,7 +181,7 @@ class RegistrySource:
             files = {kind: first_file(staging, MODEL_DIR, pattern)
                      for kind, pattern in (("onnx", "*.onnx"), ("checkpoint", "*.pt"), ("metadata", METADATA_FILE))}
             if files["onnx"] is None:
-                raise SliceWiseError(f"registry version {version.version} holds no .onnx file", self.uri)
+                raise SliceWiseError(f"registry version {version.version} holds no .onnx file", self.shown_uri)
             examples = first_file(staging, MODEL_DIR, EXAMPLES_ARCHIVE)
             if examples is not None:
                 with zipfile.ZipFile(staging / examples) as archive:  # our own artifact; names are flat
@@ -197,7 +207,7 @@ class RegistrySource:
         return {"metrics": found}
 
     def _card(self, version, run_files: dict[str, str]) -> dict:
-        return {"source": "registry", "tracking_uri": self.uri, "name": self.registry.model_name,
+        return {"source": "registry", "tracking_uri": self.shown_uri, "name": self.registry.model_name,
                 "version": str(version.version), "alias": self.registry.alias, "run_id": version.run_id,
                 "registered_at_ms": version.creation_timestamp, "description": version.description or "",
                 "tags": dict(version.tags or {}), "artifacts": run_files}
@@ -231,7 +241,7 @@ class RegistrySource:
             if self._last_challenger is not None:
                 return self._last_challenger
             raise SliceWiseError("another request is asking the registry for the challenger; try again shortly",
-                                 self.uri)
+                                 self.shown_uri)
         try:
             version = self.challenger_version()
             if version is None:

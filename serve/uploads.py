@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,9 +84,13 @@ def decode_image(data: bytes, name: str, max_side: int) -> DecodedSlice:
         image.load()
     except UploadError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, met in open() before the side check: same answer
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise UploadError(413, f"{name}: {size}; the limit is {max_side} pixels per side") from exc
     except UnidentifiedImageError as exc:  # its message names the in-memory buffer, which means nothing to a client
         raise UploadError(422, f"{name}: undecodable image (Pillow recognises no PNG or JPEG in its bytes)") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UploadError(422, f"{name}: undecodable image ({exc})") from exc
     # A camera's MPO JPEG holds the picture and a preview or second view: the first frame is the picture.
     if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":

@@ -38,6 +38,10 @@ MIN_MEMBER_BYTES = 4096  # allowed members: one per this many declared bytes (bg
 # (serve/inference.py) was 1.3–1.8× the measured peak, never below it.
 BYTES_PER_VOXEL = 12
 BYTES_PER_MODEL_PIXEL = 24
+# Per pixel of one native axial plane: each slice's probabilities are resized to the input grid and turned into a mask
+# and an entropy there (tasks/inference/volume.to_volume_grid), about eight float32 temporaries of the plane's size.
+# Nothing for a BraTS plane (2 MB at 240²), but a 4096² single-slice volume peaked 256 MB above its estimate without it.
+BYTES_PER_PLANE_PIXEL = 40
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,9 @@ class VolumeHeader:
         model_pixels = self.axial_shape[2] * self.channels * image_size * image_size
         if not first:
             return self.data_bytes + 4 * self.voxels + 4 * model_pixels
-        return self.data_bytes + BYTES_PER_VOXEL * self.voxels + BYTES_PER_MODEL_PIXEL * model_pixels
+        plane_pixels = self.axial_shape[0] * self.axial_shape[1]
+        return (self.data_bytes + BYTES_PER_VOXEL * self.voxels + BYTES_PER_MODEL_PIXEL * model_pixels
+                + BYTES_PER_PLANE_PIXEL * plane_pixels)
 
 
 @dataclass
@@ -158,6 +164,9 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
                                f"the limit is {max_voxels:,} (serve.max_voxels)")
     if axial[2] > max_slices:
         raise UploadError(413, f"{name}: {axial[2]} axial slices; the limit is {max_slices} (serve.max_slices)")
+    if offset > size_limit_mb * MB:  # no voxel data lies that far into a volume within the limit: a damaged header
+        raise UploadError(422, f"{name}: the header puts the voxel data at byte {offset:,} (vox_offset), beyond "
+                               f"the {size_limit_mb:g} MB a volume may have")
     if offset + probe.data_bytes > size_limit_mb * MB:
         raise UploadError(413, f"{name}: the header declares {probe.data_bytes / MB:.1f} MB of voxel data; the limit "
                                f"is {size_limit_mb:g} MB once decompressed")

@@ -550,3 +550,50 @@ def test_bytes_before_vox_offset_are_read_past_not_held(gzipped):
         tracemalloc.stop()
     np.testing.assert_array_equal(read, volume)
     assert peak < offset / 4, f"read_volume held {peak:,} bytes for {volume.nbytes:,} bytes of voxels"
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height grayscale pixels and holds none: what Image.open reads."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [10_000, 14_000])
+def test_an_image_over_the_side_limit_is_413_whichever_check_meets_it_first(client, side):
+    """14000x14000 (216 bytes) met Pillow's own bomb check first: a 422 calling a valid header "undecodable",
+    where 10000x10000 got the documented 413."""
+    response = client.post("/v1/predict", files={"file": ("huge.png", _png_header_only(side, side))})
+    assert response.status_code == 413, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("huge.png: ") and detail.endswith("the limit is 4096 pixels per side")
+    if side == 14_000:
+        assert "196,000,000 pixels" in detail
+
+
+def test_the_volume_estimate_covers_the_native_plane_temporaries():
+    """A 4096x4096x1 volume reserved 353 MB and peaked 256 MB above it: each slice's probabilities are resized to the
+    input's plane and turned into a mask and an entropy there, temporaries the estimate did not count."""
+    from serve.volumes import BYTES_PER_PLANE_PIXEL
+    from tasks.inference.volume import to_volume_grid
+
+    side = 2048
+    probability = np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)
+    _, peak = traced_peak(lambda: to_volume_grid(probability, (side, side, 1)))
+    assert peak <= BYTES_PER_PLANE_PIXEL * side * side, peak / (side * side)
+
+
+def test_a_voxel_offset_beyond_any_allowed_volume_is_named_for_what_it_is(client):
+    """vox_offset = 1e30 said "the header declares 0.3 MB of voxel data; the limit is 300 MB once decompressed"."""
+    image = nib.Nifti1Image(np.ones((64, 64, 20), np.float32), np.eye(4))
+    raw = bytearray(image.to_bytes())
+    raw[108:112] = np.float32(1e30).tobytes()  # vox_offset, a float32 at byte 108 of a NIfTI-1 header
+    response = post_volume(client, bytes(raw), "voxoff_huge.nii")
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("voxoff_huge.nii: the header puts the voxel data at byte ") and "(vox_offset)" in detail

@@ -188,6 +188,12 @@ def test_no_champion_is_said_clearly(registry, tmp_path):
         assert "models:/never-registered@champion" in health["detail"] and "make run" in health["detail"]
         info = client.get("/model/info")
         assert info.status_code == 503 and "no model" in info.json()["detail"]
+        # the store by its file name: the server's path to it is nothing a client should read
+        predicted = client.post("/v1/predict", files={"file": ("a.png", png_bytes(brain_slice()))})
+        for said in (health["detail"], info.json()["detail"], predicted.json()["detail"]):
+            assert "in sqlite:///mlflow.db does not exist" in said and str(registry["root"]) not in said
+    with local_client(app_for(source(registry, tmp_path))) as client:
+        assert client.get("/model/info").json()["tracking_uri"] == "sqlite:///mlflow.db"
 
 
 def test_serves_what_the_register_step_registered(tmp_path, tiny_settings, monkeypatch):
