@@ -7,7 +7,8 @@
   (tasks.tracking.mlflow_runs.open_parent_run) and exported as `SLICEWISE_PARENT_RUN_ID`, so every step's child
   run hangs under it. `register` ends the parent itself; if the flow fails first, or `register` did not run
   (it was Cached, or is not in dvc.yaml yet), the parent is ended here (FAILED / FINISHED) so none stays
-  RUNNING. A run where everything is Cached opens no parent at all: it trained nothing.
+  RUNNING. A run where everything is Cached opens no parent at all: it trained nothing. Nor does one whose stale
+  stages all came back from DVC's run cache: the parent, opened up front, is deleted again when no step ran under it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 from tasks.config import Settings
@@ -23,7 +25,6 @@ from tasks.tracking.mlflow_runs import PARENT_RUN_ENV
 from tasks.tracking.provenance import FLOW_RUN_ENV
 
 log = logging.getLogger(__name__)
-
 
 
 def flow_run_tags(settings: Settings) -> list[str]:
@@ -60,19 +61,47 @@ def _env(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = previous
 
 
+@dataclass
+class ParentRun:
+    """The flow run's MLflow parent run: `run_id` None when none was opened, or when it was deleted at the end
+    because no step ran under it."""
+
+    run_id: str | None
+
+
 @contextmanager
-def pipeline_run(settings: Settings, flow_run_id: str, work_pending: bool) -> Iterator[str | None]:
-    """The block in which the stages run; yields the MLflow parent run id (None when none was opened)."""
-    parent = open_parent(settings) if work_pending and settings.tracking.enabled else None
-    with _env(FLOW_RUN_ENV, flow_run_id), _env(PARENT_RUN_ENV, parent):
+def pipeline_run(settings: Settings, flow_run_id: str, work_pending: bool) -> Iterator[ParentRun]:
+    """The block in which the stages run; yields the MLflow parent run."""
+    parent = ParentRun(open_parent(settings) if work_pending and settings.tracking.enabled else None)
+    with _env(FLOW_RUN_ENV, flow_run_id), _env(PARENT_RUN_ENV, parent.run_id):
         try:
             yield parent
         except BaseException:
-            if parent:
-                end_parent_if_running(settings, parent, "FAILED")
+            if parent.run_id:
+                end_parent_if_running(settings, parent.run_id, "FAILED")
             raise
-    if parent:
-        end_parent_if_running(settings, parent, "FINISHED")
+    if parent.run_id:
+        if delete_if_empty(settings, parent.run_id):
+            parent.run_id = None
+        else:
+            end_parent_if_running(settings, parent.run_id, "FINISHED")
+
+
+def delete_if_empty(settings: Settings, run_id: str) -> bool:
+    """Delete the parent when no step ran under it (still RUNNING, so register did not end it, and no child run):
+    every stale stage was restored from DVC's run cache. True when it was deleted."""
+    from tasks.tracking.store import make_client, retrying
+
+    client = make_client(settings.tracking)
+    run = retrying(settings.tracking, "get run", client.get_run, run_id)
+    children = retrying(settings.tracking, "find step runs", client.search_runs, [run.info.experiment_id],
+                        filter_string=f"tags.mlflow.parentRunId = '{run_id}'", max_results=1)
+    if run.info.status != "RUNNING" or children:
+        return False
+    retrying(settings.tracking, "delete empty parent run", client.delete_run, run_id)
+    log.info("MLflow: deleted parent run %s: no step ran under it (the stale stages came from DVC's run cache)",
+             run_id)
+    return True
 
 
 def open_parent(settings: Settings) -> str:

@@ -85,10 +85,10 @@ def _run_pipeline(step_runs: dict[str, StepRun], profile: str | None, data_sourc
         warn_about_stages_without_task(status.stages)
 
         outcomes, pending = {}, something_to_do(status, settings)
-        with lineage.pipeline_run(settings, flow_run.id, work_pending=pending) as parent_run_id:
+        with lineage.pipeline_run(settings, flow_run.id, work_pending=pending) as parent:
             for stage in STAGE_TASKS:
                 outcomes[stage.name] = run_stage(stage, step_runs.get(stage.name), status)
-        artifacts.publish(settings, parent_run_id)
+        artifacts.publish(settings, parent.run_id)
     return outcomes
 
 

@@ -737,15 +737,22 @@ def test_mlflow_parent_run_is_opened_up_front_and_always_ended(tmp_path, monkeyp
     settings = load_settings(ROOT / "params.yaml")
     settings = settings.model_copy(update={"tracking": settings.tracking.model_copy(update={"enabled": True})})
 
-    with lineage.pipeline_run(settings, "flow-run-1", work_pending=True) as parent:
+    with lineage.pipeline_run(settings, "flow-run-1", work_pending=True) as opened:
+        parent = opened.run_id
         assert os.environ[lineage.PARENT_RUN_ENV] == parent and os.environ[lineage.FLOW_RUN_ENV] == "flow-run-1"
+        run = MlflowClient(uri).get_run(parent)
+        MlflowClient(uri).create_run(run.info.experiment_id, tags={"mlflow.parentRunId": parent})  # a step ran
     assert MlflowClient(uri).get_run(parent).info.status == "FINISHED"  # register was not there to end it
     with pytest.raises(RuntimeError), lineage.pipeline_run(settings, "flow-run-2", work_pending=True) as failed:
         raise RuntimeError("train_seg failed")
-    assert MlflowClient(uri).get_run(failed).info.status == "FAILED"
+    assert MlflowClient(uri).get_run(failed.run_id).info.status == "FAILED"
     assert lineage.PARENT_RUN_ENV not in os.environ and lineage.FLOW_RUN_ENV not in os.environ
     with lineage.pipeline_run(settings, "flow-run-3", work_pending=False) as none:
-        assert none is None  # everything Cached: no empty parent run
+        assert none.run_id is None  # everything Cached: no empty parent run
+    # stale stages that all came back from DVC's run cache: the parent opened up front held nothing, and goes
+    with lineage.pipeline_run(settings, "flow-run-4", work_pending=True) as restored:
+        empty = restored.run_id
+    assert restored.run_id is None and MlflowClient(uri).get_run(empty).info.lifecycle_stage == "deleted"
 
     # The flow run's model card is the registry version's own description when MLflow has it.
     client = MlflowClient(uri)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-
 from serve.budget import MemoryBudget
 from serve.uploads import UploadError
 
