@@ -24,7 +24,9 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
         try:
             updates[key] = read_yaml(value)
         except yaml.YAMLError as exc:
-            raise SliceWiseError(f"{item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from exc
+            # a cron (`*/5 * * * *`: `*` starts an alias) or `@daily` (`@` is reserved) is text YAML cannot read bare
+            hint = (f"; quote a text value: {key}='\"{value}\"'" if value[:1] in "*@&!%`|>" or ": " in value else "")
+            raise SliceWiseError(f"{item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}){hint}") from exc
     return updates
 
 

@@ -1077,3 +1077,14 @@ def test_a_yaml_error_names_the_line_where_the_broken_construct_began(tmp_path):
         with pytest.raises(SliceWiseError, match="not valid YAML") as error:
             load_settings(params)
         assert began in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("value", ["*/5 * * * *", "@daily"])
+def test_a_bare_cron_in_tasks_set_is_told_to_be_quoted(value):
+    """`tasks set schedule.cron=*/5 * * * *` said only "not valid YAML (while scanning an alias)"."""
+    from tasks.params_edit import parse_assignments
+
+    with pytest.raises(SliceWiseError, match="not valid YAML") as error:
+        parse_assignments([f"schedule.cron={value}"])
+    assert str(error.value).endswith(f"""quote a text value: schedule.cron='"{value}"'""")
+    assert parse_assignments([f'schedule.cron="{value}"']) == {"schedule.cron": value}
