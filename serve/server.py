@@ -115,6 +115,11 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline, self._phase = None, None
         if self.transport.is_closing():
             return
+        if phase == "body" and self.flow.read_paused:
+            # uvicorn stopped reading because the app has not taken what arrived (a batch decodes each file before
+            # it reads on): the server is the slow one, not the client. The client gets its full time again.
+            self._arm(phase, seconds)
+            return
         detail = f"the request {phase} did not arrive within {seconds:g} s"
         log.warning("closing the connection of %s: %s", self._client(), detail)
         if self.cycle is None or self.cycle.response_started is False:

@@ -315,3 +315,22 @@ def test_answers_carry_security_headers_and_the_ui_its_content_security_policy(f
         assert "frame-ancestors 'none'" in policy and "'unsafe-eval'" not in policy
     assert "content-security-policy" not in answers["/healthz"].headers
     assert "content-security-policy" not in answers["/docs"].headers
+
+
+def test_a_batch_sent_in_full_is_not_timed_out_while_the_server_decodes_it(files):
+    """40 PNGs of 2048²: curl had handed the whole body to the socket at once, but the batch route decodes each file
+    before it reads on, so the bytes waited in the socket buffers and the body deadline answered 408 "did not
+    arrive". Time the server spends not reading is the server's, not the client's."""
+    import numpy as np
+    import requests
+
+    rng = np.random.default_rng(0)
+    pixels = np.clip(brain_slice(2048).astype(int) + rng.integers(0, 30, (2048, 2048)), 0, 255).astype(np.uint8)
+    png = png_bytes(pixels)  # about 3 MB: the body is about 120 MB, decoded file by file
+    with served_in_thread(file_app(files), cfg(body_timeout_seconds=1.0)) as url:
+        started = time.monotonic()
+        response = requests.post(url + "/v1/predict/batch", files=[("files", (f"s{i}.png", png)) for i in range(40)],
+                                 timeout=120)
+        took = time.monotonic() - started
+    assert response.status_code == 200, response.text[:200]
+    assert len(response.json()) == 40 and took > 1.0  # it did take longer than the body deadline
