@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Callable
 
+import anyio
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -97,6 +98,9 @@ def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> d
     }
 
 
+SPARE_THREADS = 8  # worker threads beyond one per allowed request: the page, its static files, /model/info
+
+
 def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = None,
                token: str | None = None) -> FastAPI:
     """The app serving `source`. `bind_host` (default `serve.host`) decides the Host check and whether the
@@ -108,6 +112,11 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # A request waiting for its share of the memory budget waits in a worker thread. With anyio's default 40
+        # threads, 40 such waits stalled every other route, the page itself (GET / took 14.6 s): as many threads as
+        # the requests serve.max_connections lets in, and some over for the page and its files.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, cfg.max_connections + SPARE_THREADS)
         holder.start(cfg.poll_seconds)
         yield
         holder.stop()

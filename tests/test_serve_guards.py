@@ -334,3 +334,32 @@ def test_a_batch_sent_in_full_is_not_timed_out_while_the_server_decodes_it(files
         took = time.monotonic() - started
     assert response.status_code == 200, response.text[:200]
     assert len(response.json()) == 40 and took > 1.0  # it did take longer than the body deadline
+
+
+def test_the_page_answers_while_many_requests_wait_for_memory(files):
+    """42 volume uploads waiting for the memory budget each held one of anyio's 40 worker threads: GET / took 14.6 s.
+    The server has a thread for every request it lets in, and some over."""
+    import threading
+
+    import requests
+
+    app = file_app(files)
+    with served_in_thread(app, cfg(queue_seconds=20, max_connections=64)) as url:
+        budget = app.state.budget
+        held = budget.acquire(budget.total, "the test")  # every upload below waits for memory
+        png = png_bytes(brain_slice(128))
+        waiting = [threading.Thread(target=lambda: requests.post(url + "/v1/predict", files={"file": ("a.png", png)},
+                                                                  timeout=60)) for _ in range(45)]
+        for thread in waiting:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(budget._waiting) < 45 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(budget._waiting) == 45  # all parked, each in a worker thread
+        started = time.monotonic()
+        page = requests.get(url + "/", timeout=30)
+        took = time.monotonic() - started
+        budget.release(held)
+        for thread in waiting:
+            thread.join(60)
+    assert page.status_code == 200 and took < 2, took
