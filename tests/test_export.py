@@ -1,6 +1,7 @@
 """`export`: a valid ONNX file with both heads and a dynamic batch, parity with torch, and no file on failure."""
 
 import json
+import os
 
 import numpy as np
 import onnx
@@ -50,7 +51,14 @@ def test_parity_checks_at_most_its_share_of_a_large_test_split_evenly_spaced(pro
 
 
 def test_export_writes_checked_model_metadata_and_report(project, tiny_settings):
-    result = export.main(tiny_settings)
+    threads = torch.get_num_threads()  # 1 in tests (conftest): as a flow process has it, every core
+    assert tiny_settings.export.latency_threads == 1 < os.cpu_count()  # so that the timing changes it
+    torch.set_num_threads(os.cpu_count())
+    try:
+        result = export.main(tiny_settings)
+        assert torch.get_num_threads() == os.cpu_count()  # the flow's next steps (in this process) keep every core
+    finally:
+        torch.set_num_threads(threads)
 
     onnx.checker.check_model(str(paths.ONNX_MODEL), full_check=True)
     report = json.loads(paths.EXPORT_REPORT.read_text())

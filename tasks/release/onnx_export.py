@@ -192,7 +192,20 @@ def read_decisions(metrics_path: Path) -> Decisions:
 def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
                  metadata_path: Path, report_path: Path, cfg: ExportSettings, modalities: list[str],
                  image_size: int) -> dict:
-    """Export, check, verify parity, measure latency; returns the content of reports/export.json."""
+    """Export, check, verify parity, measure latency; returns the content of reports/export.json. Torch's thread
+    count is given back as it was: a Prefect flow runs every step in one process, and the next flow run of a long-lived
+    `flows serve` evaluated on the one thread the latency figures took."""
+    threads = torch.get_num_threads()
+    try:
+        return _export_model(checkpoint_path, processed, splits_dir, metrics_path, onnx_path, metadata_path,
+                             report_path, cfg, modalities, image_size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
+                  metadata_path: Path, report_path: Path, cfg: ExportSettings, modalities: list[str],
+                  image_size: int) -> dict:
     from tasks.inference.checkpoints import load_model
 
     decisions = read_decisions(metrics_path)
