@@ -19,8 +19,8 @@ import re
 import shutil
 from pathlib import Path
 
-from tasks.data.brats_files import IMAGE_SUFFIXES, find_part, nifti_extension  # noqa: F401  (re-exported)
 from tasks import paths
+from tasks.data.brats_files import IMAGE_SUFFIXES, find_part, nifti_extension  # noqa: F401  (re-exported)
 from tasks.errors import SliceWiseError
 
 log = logging.getLogger(__name__)

@@ -126,12 +126,14 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
         if not mask.any():  # it would become a blank channel, the model's "missing modality", without a word
             raise SliceWiseError("no voxel has a positive intensity (all zero, negative or NaN): an empty or already "
                                  "standardised volume; the slice step z-scores raw intensities itself", path)
-        negative = np.count_nonzero(plane < 0)
-        if negative > MAX_NEGATIVE_SHARE * (negative + np.count_nonzero(mask)):
+        # min() first: a raw volume (none below 0) costs one pass without a temporary
+        negative = np.count_nonzero(plane < 0) if plane.min() < 0 else 0
+        nonzero = negative + np.count_nonzero(mask)
+        if negative > MAX_NEGATIVE_SHARE * nonzero:
             # the brain is the voxels > 0: a z-scored or [-1, 1]-scaled volume would lose its darker half to the
             # background, silently
-            raise SliceWiseError(f"{negative:,} voxels are negative ({negative / (negative + mask.sum()):.0%} of the "
-                                 "non-zero ones): an already standardised volume (z-scored or scaled to [-1, 1]); "
+            raise SliceWiseError(f"{negative:,} voxels are negative ({negative / nonzero:.0%} of the non-zero "
+                                 "ones): an already standardised volume (z-scored or scaled to [-1, 1]); "
                                  "the slice step needs raw intensities, with 0 outside the brain, and z-scores them "
                                  "itself", path)
     brain = functools.reduce(np.logical_or, positive)

@@ -165,7 +165,8 @@ def retrying(cfg: TrackingSettings, what: str, fn: Callable[..., T], *args: Any,
 
 def make_client(cfg: TrackingSettings):
     """An MlflowClient on the project's store (tracking and registry alike). An HTTP store is first asked later; a
-    database store (sqlite, PostgreSQL) is connected to here, so this is retried like any request."""
+    database store (sqlite, PostgreSQL) is connected to here, so a store that is down fails here, in one line
+    (StoreUnreachable) as any request does."""
     from mlflow import MlflowClient
 
     install_log_redaction()  # MLflow's own log lines and errors may quote the store's URI
