@@ -204,13 +204,14 @@ def test_patient_folders_linked_in_are_found_and_archives_are_named(tmp_path, ca
     assert not (imported / "BraTS20_Training_011_t2.nii.gz").exists()  # a dangling link is no file: t2 missing
 
 
-def test_a_fraction_of_a_kaggle_folder_with_only_one_class(tmp_path):
+def test_a_fraction_of_a_kaggle_folder_with_only_one_class(tmp_path, caplog):
     write_kaggle(tmp_path / "archive", np.random.default_rng(3))
     for image in (tmp_path / "archive" / "no").iterdir():
         image.unlink()
     (tmp_path / "archive" / "no").rmdir()
     counts = import_kaggle(tmp_path / "archive", tmp_path / "out", fraction=0.5, seed=1)
     assert counts["no"] == 0 and counts["yes"] >= 1
+    assert "no no/ folder with JPEG/PNG images: the classifier gets photos of one class only" in caplog.text  # said
 
 
 def test_import_kaggle_takes_yes_no_folders_any_case(tmp_path):

@@ -334,6 +334,9 @@ def kaggle_images(source: Path) -> dict[str, list[Path]]:
     images = find_kaggle_images(source)
     if not any(images.values()):
         raise SliceWiseError("no yes/ or no/ folder with JPEG/PNG images found under this folder", source)
+    if missing := [label for label, files in images.items() if not files]:
+        log.warning("%s: no %s/ folder with JPEG/PNG images: the classifier gets photos of one class only, and the "
+                    "photos' sensitivity or specificity cannot be measured", source, missing[0])
     return images
 
 
