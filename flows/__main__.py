@@ -72,11 +72,10 @@ def _check_parameters(updates: dict[str, str]) -> None:
         trial = Path(tmp) / paths.PARAMS.name
         shutil.copy(paths.PARAMS, trial)
         try:
-            source = load_settings(trial).data.source
             settings = set_params(updates, trial) if updates else load_settings(trial)
         except SliceWiseError as exc:
             _fail(f"{paths.PARAMS}: {exc.reason}", exc.exit_code)
-    if why := folders_without_local_source(updates, source):
+    if why := folders_without_local_source(updates, settings.data.source):  # the source with the updates applied
         _fail(why)
     from tasks.preflight import check_prerequisites
 

@@ -7,8 +7,9 @@
   (tasks.tracking.mlflow_runs.open_parent_run) and exported as `SLICEWISE_PARENT_RUN_ID`, so every step's child
   run hangs under it. `register` ends the parent itself; if the flow fails first, or `register` did not run
   (it was Cached, or is not in dvc.yaml yet), the parent is ended here (FAILED / FINISHED) so none stays
-  RUNNING. A run where everything is Cached opens no parent at all: it trained nothing. Nor does one whose stale
-  stages all came back from DVC's run cache: the parent, opened up front, is deleted again when no step ran under it.
+  RUNNING. A run where everything is Cached opens no parent at all: it trained nothing. Nor, in the end, does one
+  where no step logged under it (its stale stages came back from DVC's run cache, or only the data steps ran, which
+  log nothing to MLflow): the parent, opened up front, is deleted again.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def pipeline_run(settings: Settings, flow_run_id: str, work_pending: bool) -> It
 
 
 def delete_if_empty(settings: Settings, run_id: str) -> bool:
-    """Delete the parent when no step ran under it (still RUNNING, so register did not end it, and no child run):
-    every stale stage was restored from DVC's run cache. True when it was deleted."""
+    """Delete the parent when no step logged under it (still RUNNING, so register did not end it, and no child
+    run): every stale stage was restored from DVC's run cache, or only the data steps ran. True when deleted."""
     from tasks.tracking.store import make_client, retrying
 
     client = make_client(settings.tracking)
@@ -99,8 +100,7 @@ def delete_if_empty(settings: Settings, run_id: str) -> bool:
     if run.info.status != "RUNNING" or children:
         return False
     retrying(settings.tracking, "delete empty parent run", client.delete_run, run_id)
-    log.info("MLflow: deleted parent run %s: no step ran under it (the stale stages came from DVC's run cache)",
-             run_id)
+    log.info("MLflow: deleted parent run %s: no step logged under it", run_id)
     return True
 
 

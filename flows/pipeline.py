@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
+import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -150,7 +151,9 @@ def folders_without_local_source(updates: dict[str, str], source: str) -> str | 
 def apply_parameters(**values: str | None) -> Settings:
     """Write the given flow parameters into params.yaml first, as `dvc exp run -S` would, so DVC sees them."""
     updates = parameter_updates(**values)
-    if why := folders_without_local_source(updates, load_settings(paths.PARAMS).data.source):
+    # the source as params.yaml states it, unvalidated: the updates may be what makes the file valid
+    stated = yaml.safe_load(paths.PARAMS.read_text(encoding="utf-8")) or {}
+    if why := folders_without_local_source(updates, (stated.get("data") or {}).get("source", "synthetic")):
         raise ValueError(why)
     if updates:
         set_params(updates)

@@ -143,12 +143,13 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             raise HTTPException(503, holder.detail)
         return model
 
-    def prepared(part: FilePart, model: ServedModel) -> PreparedSlice:
-        """One uploaded slice, decoded and prepared within its share of the memory budget (a worker thread)."""
+    def prepared(part: FilePart, model: ServedModel, holding: bool = False) -> PreparedSlice:
+        """One uploaded slice, decoded and prepared within its share of the memory budget (a worker thread).
+        `holding`: the request holds part of the budget already (a batch's earlier files)."""
         name = part.filename or part.field
         part.file.seek(0)
         need = slice_memory_bytes(part.file.read(HEAD_BYTES), part.size, name, cfg.max_image_side)
-        with budget.reserve(need, name):
+        with budget.reserve(need, name, holding):
             decoded = decode_slice(part.read(), name, cfg.max_slice_mb, cfg.max_image_side)
             return prepare_slice(decoded, model, name, cfg.ood_threshold)
 
@@ -158,7 +159,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         `inputs_held`: what the caller already holds of the budget for the prepared inputs, which the estimate
         counts too."""
         need = inference_bytes(model, len(items)) * (2 if gradcam else 1)
-        with budget.reserve(max(need - inputs_held, 0), items[0].name):
+        with budget.reserve(max(need - inputs_held, 0), items[0].name, holding=inputs_held > 0):
             results = slice_results(model, items, cfg.ood_threshold, gradcam)
             return json_response(results[0] if one else results)
 
@@ -218,8 +219,9 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             nonlocal held
             try:
                 name = part.filename or part.field
-                held += await run_in_threadpool(budget.acquire, model.in_channels * model.image_size ** 2 * 4, name)
-                items.append(await run_in_threadpool(prepared, part, model))
+                held += await run_in_threadpool(budget.acquire, model.in_channels * model.image_size ** 2 * 4, name,
+                                                held > 0)
+                items.append(await run_in_threadpool(prepared, part, model, held > 0))
             finally:
                 close_parts([part])
 

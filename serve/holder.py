@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from serve.model_source import FileSource, ModelSource
+from serve.model_source import FileSource, ModelSource, public_text
 from serve.served_model import ServedModel
 from tasks.errors import SliceWiseError
 from tasks.redaction import redact
@@ -119,7 +119,8 @@ class ModelHolder:
 
     def _unreachable(self, exc: Exception) -> dict:
         # Store errors may quote the store's URI, credentials and all: /healthz shows this to anyone.
-        reason = redact(str(exc) if isinstance(exc, SliceWiseError) else f"{type(exc).__name__}: {exc}")
+        # ... and the server's paths: clients read it too
+        reason = public_text(redact(str(exc) if isinstance(exc, SliceWiseError) else f"{type(exc).__name__}: {exc}"))
         if self.model is None:
             self.detail = f"no model: {reason}; {NO_MODEL_HINT}"
         else:

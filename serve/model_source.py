@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -78,7 +79,7 @@ class FileSource:
         checkpoint = self.checkpoint if self.checkpoint and self.checkpoint.is_file() else None
         if checkpoint is None:
             log.info("no torch checkpoint at %s: Grad-CAM is unavailable (pass --checkpoint)", self.checkpoint)
-        card = {"source": "file", "path": str(self.onnx_path), "name": self.onnx_path.name, "version": None,
+        card = {"source": "file", "path": self.onnx_path.name, "name": self.onnx_path.name, "version": None,
                 "alias": None, "tags": {"onnx_sha256": sha256_file(self.onnx_path)}}
         return load_served_model(self.onnx_path, card, checkpoint, read_optional_json(self.metrics_path),
                                  read_optional_json(self.onnx_path.with_suffix(".json")), self.examples)
@@ -91,6 +92,18 @@ def public_store(uri: str) -> str:
         if uri.startswith(scheme):
             return scheme + Path(uri.removeprefix(scheme)).name
     return uri
+
+
+# An absolute path on this server (not the path of a URL: no letter, colon or slash before it) and its last part;
+# and a local database's URI, whose path follows the slashes of its scheme.
+_SERVER_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/:;,()'\"]+/)+([^\s/:;,()'\"]+)")
+_LOCAL_STORE = re.compile(r"(sqlite:///|file://)/(?:[^\s/:;,()'\"]+/)*([^\s/:;,()'\"]+)")
+
+
+def public_text(text: str) -> str:
+    """A message for clients: every absolute path on this server shortened to its last part (a store error says
+    sqlite:////srv/project/mlflow.db, a file error /srv/project/exports/model.onnx)."""
+    return _SERVER_PATH.sub(r"\1", _LOCAL_STORE.sub(r"\1\2", text))
 
 
 class RegistrySource:
@@ -121,7 +134,8 @@ class RegistrySource:
         return pointer["key"], self._load_folder(folder)
 
     def _load_folder(self, folder: Path) -> ServedModel:
-        card = read_optional_json(folder / CARD_FILE)
+        # the store as clients may read it (a card cached before 2026-12-06 holds the server's path to it)
+        card = read_optional_json(folder / CARD_FILE) | {"tracking_uri": self.shown_uri}
         files = {kind: folder / name for kind, name in card.get("files", {}).items() if name}
         examples = folder / EXAMPLES_DIR
         return load_served_model(files["onnx"], card, files.get("checkpoint"),

@@ -38,6 +38,9 @@ def head_bytes(request: h11.Request) -> int:
     return line + sum(len(name) + len(value) + len(b": \r\n") for name, value in request.headers) + 2
 
 
+PAUSED_CHECK_SECONDS = 1.0  # how often an expired body deadline looks again while the app is not reading
+
+
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request's headers and one for its body."""
 
@@ -117,8 +120,10 @@ class GuardedH11Protocol(H11Protocol):
             return
         if phase == "body" and self.flow.read_paused:
             # uvicorn stopped reading because the app has not taken what arrived (a batch decodes each file before
-            # it reads on): the server is the slow one, not the client. The client gets its full time again.
-            self._arm(phase, seconds)
+            # it reads on): the server is the slow one, not the client, whose clock stops meanwhile. Looked at
+            # again each PAUSED_CHECK_SECONDS: once reading resumes, the deadline falls within that much.
+            self._deadline = self.loop.call_later(PAUSED_CHECK_SECONDS, self._expired, phase, seconds)
+            self._phase = phase
             return
         detail = f"the request {phase} did not arrive within {seconds:g} s"
         log.warning("closing the connection of %s: %s", self._client(), detail)

@@ -817,3 +817,21 @@ def test_a_source_folder_given_without_the_local_source_is_refused_before_anythi
     with pytest.raises(ValueError, match="data.kaggle_dir given with data source 'kaggle'"):  # a deployment's run
         apply_parameters(data_source="kaggle", kaggle_dir=str(tmp_path))
     assert (tmp_path / "params.yaml").read_text() == before
+
+
+def test_the_folder_that_makes_params_valid_is_accepted(tmp_path, monkeypatch):
+    """params.yaml with `source: local` and no brats_dir: `flows run --brats-dir DIR`, which fixes it, was refused
+    with the very error it fixes ("data.brats_dir is not set"): the source was read before the updates."""
+    import shutil
+
+    import flows.__main__ as cli
+
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    text = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("  source: synthetic", "  source: local", 1))
+    with pytest.raises(SliceWiseError, match="data.brats_dir is not set"):
+        load_settings(tmp_path / "params.yaml")
+    write_patient(tmp_path / "source", "BraTS20_Training_001", np.random.default_rng(4))
+    cli._check_parameters({"data.brats_dir": str(tmp_path / "source")})  # no SystemExit: accepted

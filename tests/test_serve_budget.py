@@ -64,3 +64,29 @@ def test_the_served_process_limits_glibcs_arenas_as_the_memory_bound_assumes():
     serve_target = (REPO / "Makefile").read_text().split("\nserve:", 1)[1].split("\n\n", 1)[0]
     assert "MALLOC_ARENA_MAX=2 $(BIN)/python -m serve" in serve_target
     assert "MALLOC_ARENA_MAX=2" in (REPO / "docker" / "Dockerfile.api").read_text().split("\nENV PATH", 1)[1]
+
+
+def test_a_request_holding_part_of_the_budget_does_not_queue_behind_one_waiting_for_it():
+    """A batch holding 30 asked for more (its next file, its inference) and queued behind a volume waiting for 80:
+    neither could go on until the queue timed out, and the volume got a 503 it would not have got before."""
+    budget = MemoryBudget(100, wait_seconds=3)
+    batch = budget.acquire(30, "batch")
+    outcome = {}
+
+    def volume():
+        try:
+            budget.acquire(80, "volume")
+            outcome["volume"] = time.monotonic()
+        except UploadError as exc:
+            outcome["volume"] = exc.status_code
+
+    waiting = threading.Thread(target=volume)
+    waiting.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert budget.acquire(0, "batch inference") == 0  # nothing to take: at once
+    more = budget.acquire(20, "batch, next file", holding=True)  # 30 + 20 fits: past the line, at once
+    assert time.monotonic() - started < 0.5
+    budget.release(batch + more)  # the batch is done
+    waiting.join(5)
+    assert isinstance(outcome["volume"], float) and outcome["volume"] - started < 1

@@ -240,3 +240,18 @@ def test_serves_what_the_register_step_registered(tmp_path, tiny_settings, monke
     side = tiny_settings.active.image_size
     assert body["tumor_area_px"] == round(int((exported.mask_probability[0] >= 0.5).sum()) * (48 / side) ** 2)
     assert np.isfinite(body["ood_score"])
+
+
+def test_no_server_path_reaches_a_client(tmp_path, monkeypatch):
+    """With no MLflow store yet, /healthz said "no model: sqlite:////srv/.../mlflow.db: no MLflow store yet"; a model
+    served from a file showed its full path in /healthz and /model/info."""
+    from tests.serve_factory import file_app, make_served_files
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    with local_client(app_for(source({}, tmp_path))) as client:
+        detail = client.get("/healthz").json()["detail"]
+    assert detail.startswith("no model: sqlite:///mlflow.db") and str(tmp_path) not in detail
+    served = make_served_files(tmp_path / "files")
+    with local_client(file_app(served)) as client:
+        said = json.dumps([client.get("/healthz").json(), client.get("/model/info").json()])
+    assert "model.onnx" in said and str(tmp_path) not in said
