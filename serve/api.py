@@ -98,6 +98,18 @@ def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> d
     }
 
 
+MODEL_HEADER = "X-SliceWise-Model"
+
+
+def answered_by(model: ServedModel, response: Response) -> Response:
+    """`response` with a header naming the model that computed it (`slicewise/11`, or the served file's name): the
+    champion may change between two requests, and the JSON does not say which one answered."""
+    card = model.card
+    response.headers[MODEL_HEADER] = (f"{card['name']}/{card['version']}" if card.get("source") == "registry"
+                                      else f"file {card.get('name')}")
+    return response
+
+
 SPARE_THREADS = 8  # worker threads beyond one per allowed request: the page, its static files, /model/info
 
 
@@ -161,7 +173,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         need = inference_bytes(model, len(items)) * (2 if gradcam else 1)
         with budget.reserve(max(need - inputs_held, 0), items[0].name, holding=inputs_held > 0):
             results = slice_results(model, items, cfg.ood_threshold, gradcam)
-            return json_response(results[0] if one else results)
+            return answered_by(model, json_response(results[0] if one else results))
 
     # HEAD: what many load balancers' health checks send. `async`: it runs on the event loop, never queued behind
     # volume requests that hold every worker thread while they wait for the memory budget (a probe would time out
@@ -290,8 +302,8 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                 else:
                     uploads["flair" if part.field == "file" else part.field] = volume
             flips = cfg.tta_flips if tta else NO_TTA
-            response = finish(volume_result(uploads, image, model, main.header.name, cfg.ood_threshold,
-                                            with_images, flips))
+            answer = volume_result(uploads, image, model, main.header.name, cfg.ood_threshold, with_images, flips)
+            response = answered_by(model, finish(answer))
             kept = min(len(response.body), held)  # what stays in memory until it is sent
             return response, kept
         finally:
@@ -321,8 +333,9 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
 
     def predicted_example(model: ServedModel, entry: dict, gradcam: bool = False) -> Response:
         with budget.reserve(inference_bytes(model, 1) * (2 if gradcam else 1), entry["id"]):
-            return json_response(predict_slice_example(model, entry, cfg.ood_threshold, cfg.max_slice_mb,
-                                                       cfg.max_image_side, gradcam))
+            answer = predict_slice_example(model, entry, cfg.ood_threshold, cfg.max_slice_mb, cfg.max_image_side,
+                                           gradcam)
+            return answered_by(model, json_response(answer))
 
     @app.get("/model/compare")
     def compare() -> Response:

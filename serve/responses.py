@@ -50,8 +50,11 @@ class PacedAnswer(StreamingResponse):
             for start in range(0, len(body), SEND_CHUNK):
                 yield body[start:start + SEND_CHUNK]
 
+        # the response's own headers (which model answered) go with it; its length is the body's
+        headers = {key: value for key, value in response.headers.items() if key not in ("content-length",
+                                                                                       "content-type")}
         super().__init__(pieces(), status_code=response.status_code, media_type=response.media_type,
-                         headers={"content-length": str(len(body))})
+                         headers=headers | {"content-length": str(len(body))})
         self.done, self.deadline = done, deadline
 
     async def __call__(self, scope, receive, send) -> None:

@@ -387,7 +387,8 @@ def test_one_patient_that_breaks_slicing_in_a_way_no_check_foresaw_is_a_rejected
     assert result["patients"] == 2
     row = pd.read_csv(out / "rejected.csv").iloc[0]
     assert row["file"].endswith("BraTS20_Training_002")
-    assert row["reason"] == "unexpected error while slicing (OverflowError: Python integer 32768 out of bounds for int16)"
+    assert row["reason"] == ("unexpected error while slicing (OverflowError: Python integer 32768 out of bounds "
+                             "for int16)")
 
 
 def test_a_volume_longer_than_slice_numbers_can_count_is_named(tmp_path):
@@ -416,7 +417,8 @@ def test_patient_folders_named_like_missing_values_are_names(tmp_path):
     slice_dataset(raw, out, CFG, image_size=32, stride=1)
     split_dataset(out, tmp_path / "splits", SplitSettings(), seed=0)
     listed = sorted(line for name in ("train", "val", "test")
-                    for line in (tmp_path / "splits" / f"{name}.txt").read_text().split() if not line.startswith("kaggle"))
+                    for line in (tmp_path / "splits" / f"{name}.txt").read_text().split()
+                    if not line.startswith("kaggle"))
     assert [n for n in listed if n in names] == sorted(names)
 
 

@@ -737,3 +737,14 @@ def test_uncertainty_png_is_blank_outside_the_brain_as_the_uncertainty_nifti_is(
     assert (alpha[:, : SIZE // 2] > 0).all() and (alpha[:4, -4:] > 0).all()
     outside = ~brain & ~masks[0]
     assert (alpha[outside] == 0).all()
+
+
+def test_every_prediction_names_the_model_that_answered(client, files):
+    """The champion may change between two requests; the JSON did not say which model computed it."""
+    slice_png = png_bytes(brain_slice())
+    answers = [client.post("/v1/predict", files={"file": ("a.png", slice_png)}),
+               client.post("/v1/predict/batch", files=[("files", (name, slice_png)) for name in ("a.png", "b.png")]),
+               client.post("/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(brain_volume()[0])[0])})]
+    for response in answers:
+        assert response.status_code == 200, response.text[:200]
+        assert response.headers["X-SliceWise-Model"] == f"file {files.onnx.name}"

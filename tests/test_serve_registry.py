@@ -63,6 +63,8 @@ def test_champion_served_with_card_and_cached_by_version(registry, tmp_path):
         body = client.post("/v1/predict", files={"file": ("a.png", png_bytes(brain_slice()))},
                            params={"gradcam": "true"}).json()
         assert body["has_tumor"] is True and body["gradcam_png"]  # the checkpoint came from the registry too
+        answered = client.post("/v1/predict", files={"file": ("a.png", png_bytes(brain_slice()))})
+        assert answered.headers["X-SliceWise-Model"] == f"slicewise/{registry['first_version']}"  # which model
     folders = [p for p in src.cache_dir.iterdir() if p.is_dir()]
     assert len(folders) == 1 and folders[0].name.startswith(f"v{registry['first_version']}-")
     assert {p.name for p in folders[0].iterdir()} == {MODEL_DIR, METRICS_FILE, CARD_FILE}
