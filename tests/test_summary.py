@@ -174,6 +174,7 @@ def test_a_registration_in_another_store_is_said_and_make_run_registers_again(tm
     paths.REGISTER_REPORT.write_text(json.dumps({"registered": True, "model_name": "slicewise", "version": "12",
                                                  "promoted": True, "reason": "promoted",
                                                  "tracking_uri": "sqlite:///mlflow.db"}))
+    (tmp_path / "mlflow.db").write_bytes(b"")  # the store the record names is there
     store_check = [sys.executable, "-m", "tasks", "store-check"]
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -200,3 +201,10 @@ def test_a_registration_in_another_store_is_said_and_make_run_registers_again(tm
     from flows.pipeline import register
 
     assert inspect.getclosurevars(register.fn).nonlocals["force_check"] is registered_elsewhere
+    # the same address, its database deleted (to start afresh): the model goes into the new one
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "mlflow.db").unlink()
+    assert registered_elsewhere() == f"{paths.REGISTER_REPORT} records version 12 in sqlite:///mlflow.db, which no " \
+                                     "longer exists"
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    assert registered_elsewhere() is None

@@ -1,4 +1,5 @@
-"""Whether the last registration (reports/register.json) went to the MLflow store in use now.
+"""Whether the last registration (reports/register.json) went to the MLflow store in use now, and that store is
+still there (a local database deleted to start afresh is no store).
 
 The store is chosen by MLFLOW_TRACKING_URI, an environment variable that no DVC stage can list as a dependency: after
 `export MLFLOW_TRACKING_URI=postgresql://...` DVC found `register` up to date, and nothing was ever registered in the
@@ -24,4 +25,7 @@ def registered_elsewhere(report: Path = paths.REGISTER_REPORT) -> str | None:
     recorded, current = decision.get("tracking_uri"), redact(portable_uri(tracking_uri()))
     if recorded and recorded != current:
         return f"{report} records version {decision.get('version')} in {recorded}; the MLflow store is now {current}"
+    local = tracking_uri().removeprefix("sqlite:///") if tracking_uri().startswith("sqlite:///") else None
+    if local and ":memory:" not in local and not Path(local).exists():  # the same address, its file deleted
+        return f"{report} records version {decision.get('version')} in {current}, which no longer exists"
     return None
