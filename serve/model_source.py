@@ -85,15 +85,6 @@ class FileSource:
                                  read_optional_json(self.onnx_path.with_suffix(".json")), self.examples)
 
 
-def public_store(uri: str) -> str:
-    """A store's URI as clients may read it: a local database or folder by its file name alone (sqlite:///mlflow.db,
-    not the server's path to it); a server's URI (credentials already redacted) as it is."""
-    for scheme in ("sqlite:///", "file://"):
-        if uri.startswith(scheme):
-            return scheme + Path(uri.removeprefix(scheme)).name
-    return uri
-
-
 # An absolute path on this server (not the path of a URL: no letter, colon or slash before it) and its last part;
 # and a local database's URI, whose path follows the slashes of its scheme.
 _SERVER_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/:;,()'\"]+/)+([^\s/:;,()'\"]+)")
@@ -101,8 +92,9 @@ _LOCAL_STORE = re.compile(r"(sqlite:///|file://)/(?:[^\s/:;,()'\"]+/)*([^\s/:;,(
 
 
 def public_text(text: str) -> str:
-    """A message for clients: every absolute path on this server shortened to its last part (a store error says
-    sqlite:////srv/project/mlflow.db, a file error /srv/project/exports/model.onnx)."""
+    """A message (or a store's URI) for clients: every absolute path on this server shortened to its last part (a
+    store error says sqlite:////srv/project/mlflow.db, a file error /srv/project/exports/model.onnx); a server's URI
+    (credentials already redacted) stays as it is."""
     return _SERVER_PATH.sub(r"\1", _LOCAL_STORE.sub(r"\1\2", text))
 
 
@@ -113,7 +105,7 @@ class RegistrySource:
         self.registry = registry
         self.tracking = tracking
         self.uri = redact(tracking_uri())  # the cache's key: no credentials
-        self.shown_uri = public_store(self.uri)  # what /healthz, /model/info and errors show: no server path either
+        self.shown_uri = public_text(self.uri)  # what /healthz, /model/info and errors show: no server path either
         self.cache_dir = Path(cache_dir) / registry.model_name
         self.pointer = self.cache_dir / f"{registry.alias}.json"
         self.description = f"models:/{registry.model_name}@{registry.alias} in {self.shown_uri}"

@@ -17,7 +17,7 @@ import numpy as np
 from tasks.config import TrackingSettings
 from tasks.errors import SliceWiseError
 from tasks.io import read_json, sha256_file
-from tasks.tracking.store import fluent_store, make_client, retrying, tracking_uri
+from tasks.tracking.store import fluent_store, make_client, retrying, sqlite_file, tracking_uri
 
 ONNX_FILE = "model.onnx"
 EXTRA_FILES = "extra_files"
@@ -56,7 +56,7 @@ class ModelRegistry:
     def existing(cls, cfg: TrackingSettings, model_name: str) -> "ModelRegistry":
         """The registry of a store that exists: asking a local store that does not would create it empty."""
         uri = tracking_uri()
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        if (path := sqlite_file(uri)) is not None and not path.exists():
             raise SliceWiseError("no MLflow store yet; run the pipeline (make run) first", uri)
         return cls(cfg, model_name)
 

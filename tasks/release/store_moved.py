@@ -14,18 +14,19 @@ from pathlib import Path
 from tasks import paths
 from tasks.io import read_json
 from tasks.redaction import redact
-from tasks.tracking.store import portable_uri, tracking_uri
+from tasks.tracking.store import portable_uri, sqlite_file, tracking_uri
 
 
-def registered_elsewhere(report: Path = paths.REGISTER_REPORT) -> str | None:
-    """Why `register` must run again for the current store, or None (same store, nothing registered, no record)."""
-    decision = read_json(report, default=None)
+def registered_elsewhere(report: Path = paths.REGISTER_REPORT, decision: dict | None = None) -> str | None:
+    """Why `register` must run again for the current store, or None (same store, nothing registered, no record).
+    `decision`: the report's content, when the caller has read it already."""
+    decision = read_json(report, default=None) if decision is None else decision
     if not isinstance(decision, dict) or not decision.get("registered"):
         return None
-    recorded, current = decision.get("tracking_uri"), redact(portable_uri(tracking_uri()))
+    uri = tracking_uri()
+    recorded, current = decision.get("tracking_uri"), redact(portable_uri(uri))
     if recorded and recorded != current:
         return f"{report} records version {decision.get('version')} in {recorded}; the MLflow store is now {current}"
-    local = tracking_uri().removeprefix("sqlite:///") if tracking_uri().startswith("sqlite:///") else None
-    if local and ":memory:" not in local and not Path(local).exists():  # the same address, its file deleted
+    if (local := sqlite_file(uri)) is not None and not local.exists():  # the same address, its file deleted
         return f"{report} records version {decision.get('version')} in {current}, which no longer exists"
     return None

@@ -84,7 +84,7 @@ def print_summary(console: Console | None = None) -> None:
         if stale := stale_decision(decision):
             console.print(f"[yellow]the decision below was made on another {stale} than the one on disk now (a step "
                           "ran again after register): run register again (`.venv/bin/dvc repro`)[/]")
-        if elsewhere := registered_elsewhere():
+        if elsewhere := registered_elsewhere(decision=decision):
             console.print(f"[yellow]{escape(elsewhere)}: `make run` registers it there too[/]")
         registered = decision.get("registered", True)  # false with tracking.enabled false: no version to trace
         if registered and decision.get("reused"):  # the version holding the alias already is this model: nothing new

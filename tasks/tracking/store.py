@@ -122,13 +122,18 @@ def is_transient(exc: BaseException) -> bool:
 _SEEN_STORES: set[Path] = set()  # local store files this process has seen: one that vanishes was lost, not new
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a local sqlite store's URI; None for any other store (and an in-memory one)."""
+    prefix = "sqlite:///"
+    return Path(uri.removeprefix(prefix)) if uri.startswith(prefix) and ":memory:" not in uri else None
+
+
 def check_store_present(what: str) -> None:
     """A local sqlite store that existed and is gone (deleted or moved while a step ran) is a SliceWiseError:
     asking MLflow again would create an empty store in its place, and retries would only add noise."""
     uri = tracking_uri()
-    if not uri.startswith("sqlite:///"):
+    if (path := sqlite_file(uri)) is None:
         return
-    path = Path(uri.removeprefix("sqlite:///"))
     if path.exists():
         _SEEN_STORES.add(path)
     elif path in _SEEN_STORES:
