@@ -38,7 +38,8 @@ from serve.multipart import FilePart, close_parts, read_file_parts
 from serve.openapi import VOLUME_FIELDS, multipart_body, volume_body
 from serve.responses import PacedAnswer, json_response, validation_detail
 from serve.served_model import ServedModel
-from serve.uploads import HEAD_BYTES, MB, UploadError, decode_slice, slice_memory_bytes
+from serve.uploads import (FILE_FAULTS, HEAD_BYTES, MB, FileFault, UploadError, batch_refusal, decode_slice,
+                           slice_memory_bytes)
 from serve.volumes import VolumeUpload, probe_volume, read_volume
 from tasks.config import ServeSettings
 from tasks.data.orientation import Orientation
@@ -165,15 +166,18 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
             decoded = decode_slice(part.read(), name, cfg.max_slice_mb, cfg.max_image_side)
             return prepare_slice(decoded, model, name, cfg.ood_threshold)
 
-    def predicted(model: ServedModel, items: list[PreparedSlice], gradcam: bool = False, one: bool = False,
-                  inputs_held: int = 0) -> Response:
-        """Inference on prepared slices and its JSON answer, within a share of the memory budget (a worker thread).
+    def predicted(model: ServedModel, items: list[PreparedSlice | FileFault], gradcam: bool = False,
+                  one: bool = False, inputs_held: int = 0) -> Response:
+        """Inference on prepared slices and its JSON answer, within a share of the memory budget (a worker thread):
+        one answer per item, in order, a file that could not be read answering with its error.
         `inputs_held`: what the caller already holds of the budget for the prepared inputs, which the estimate
         counts too."""
-        need = inference_bytes(model, len(items)) * (2 if gradcam else 1)
-        with budget.reserve(max(need - inputs_held, 0), items[0].name, holding=inputs_held > 0):
-            results = slice_results(model, items, cfg.ood_threshold, gradcam)
-            return answered_by(model, json_response(results[0] if one else results))
+        slices = [item for item in items if isinstance(item, PreparedSlice)]
+        need = inference_bytes(model, len(slices)) * (2 if gradcam else 1)
+        with budget.reserve(max(need - inputs_held, 0), slices[0].name, holding=inputs_held > 0):
+            results = iter(slice_results(model, slices, cfg.ood_threshold, gradcam))
+            answers = [next(results) if isinstance(item, PreparedSlice) else item.answer() for item in items]
+            return answered_by(model, json_response(answers[0] if one else answers))
 
     # HEAD: what many load balancers' health checks send. `async`: it runs on the event loop, never queued behind
     # volume requests that hold every worker thread while they wait for the memory budget (a probe would time out
@@ -223,22 +227,31 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
     async def predict_batch(request: Request, gradcam: bool = Query(False, description="add a Grad-CAM overlay of "
                                                                                        "each slice's classification")
                             ) -> Response:
+        """One answer per file, in upload order. A file that cannot be read (413, 415, 422) answers in its place
+        with `{"filename", "error", "status"}` and the others are still predicted; when none can be read the
+        request fails with that reason."""
         model = served_model()
-        items: list[PreparedSlice] = []
+        items: list[PreparedSlice | FileFault] = []
         held = 0  # the prepared inputs wait for the rest of the body (up to serve.body_timeout_seconds): budgeted
 
         async def on_file(part: FilePart) -> None:  # decoded while the next file streams in
             nonlocal held
+            name = part.filename or part.field
             try:
-                name = part.filename or part.field
                 held += await run_in_threadpool(budget.acquire, model.in_channels * model.image_size ** 2 * 4, name,
                                                 held > 0)
                 items.append(await run_in_threadpool(prepared, part, model, held > 0))
+            except UploadError as exc:  # one unreadable file answers in its place; the others are still predicted
+                if exc.status_code not in FILE_FAULTS:
+                    raise
+                items.append(FileFault(name, exc.status_code, exc.detail))
             finally:
                 close_parts([part])
 
         try:
             await read_file_parts(request, "files", cfg.max_batch_files, cfg.max_slice_mb, "batch", on_file)
+            if not any(isinstance(item, PreparedSlice) for item in items):
+                raise batch_refusal(items)
             return await run_in_threadpool(predicted, model, items, gradcam, False, held)
         finally:
             budget.release(held)

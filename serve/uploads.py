@@ -36,6 +36,32 @@ class UploadError(Exception):
         self.detail = detail
 
 
+# What one file of a batch can get wrong without spoiling the others: unreadable (422), unsupported (415) or too
+# large an image (413). The body's own limits, a busy server (503) and timeouts still end the whole request.
+FILE_FAULTS = (413, 415, 422)
+
+
+@dataclass(frozen=True)
+class FileFault:
+    """One batch file that could not be read: it answers in its place in the list, the other files are predicted."""
+    name: str
+    status_code: int
+    detail: str
+
+    def answer(self) -> dict:
+        return {"filename": self.name, "error": self.detail, "status": self.status_code}
+
+
+def batch_refusal(faults: list[FileFault]) -> UploadError:
+    """No file of a batch could be read: one error for the request, naming each file (each detail starts with its
+    file's name), with their common status or else 422."""
+    statuses = {fault.status_code for fault in faults}
+    if len(faults) == 1:
+        return UploadError(faults[0].status_code, faults[0].detail)
+    return UploadError(statuses.pop() if len(statuses) == 1 else 422, f"none of the {len(faults)} files could be "
+                       "read: " + "; ".join(fault.detail for fault in faults))
+
+
 @dataclass(frozen=True)
 class DecodedSlice:
     kind: str  # "photo" (PNG/JPEG) or "array" (NPY, 16-bit PNG)

@@ -488,11 +488,28 @@ def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots,
     header, row = csv.splitlines()
     assert header.startswith("filename,tumor_probability,has_tumor")
     assert row.startswith('"\'=HYPERLINK(""http://x"").png","0.25","false"'), row
-    # a batch that fails leaves no table: the rows above (and their CSV) would read as the new files' answers
+    # one file the server cannot read answers in its own row, with its reason; the other file is predicted
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"this is text, not a PNG")
+    clear_files = "document.getElementById('batch-files').value = ''"  # as a click on the picker does
+    browser.execute_script(clear_files)
+    browser.find_element("id", "batch-files").send_keys(f"{files[0]}\n{bad}")
+    wait(browser, lambda d: len(by_css(d, "#batch-table tbody tr")) == 2)
+    failed = by_css(browser, "#batch-table tbody tr.error-row")
+    assert len(failed) == 1 and failed[0].find_element("css selector", "td.name").text == "notes.png"
+    assert "unsupported file type" in failed[0].find_element("css selector", "td.file-error").text
+    assert by_css(browser, "#batch-table tbody tr:not(.error-row) img.thumb")
+    assert "1 of 2 files could not be read" in browser.find_element("id", "batch-failed").text
+    assert not browser.find_element("id", "batch-error").is_displayed()
+    shots(browser, "batch_with_an_unreadable_file")
+    csv = browser.execute_script("return import('/static/batch.js').then((m) => m.batchCsv(arguments[0]));",
+                                 [{"filename": "notes.png", "error": "notes.png: unsupported file type", "status": 415}])
+    assert csv.splitlines()[0].endswith(",error") and csv.splitlines()[1].endswith('"notes.png: unsupported file type"')
+    # a batch that fails leaves no table: the rows above (and their CSV) would read as the new files' answers
+    browser.execute_script(clear_files)
     browser.find_element("id", "batch-files").send_keys(str(bad))
     visible(browser, "batch-error")
+    assert not browser.find_element("id", "batch-failed").is_displayed()
     assert "unsupported file type" in browser.find_element("id", "batch-error").text
     assert not browser.find_element("id", "batch-table").is_displayed()
     assert not browser.find_element("id", "batch-csv").is_enabled()

@@ -234,10 +234,40 @@ def test_a_corrupt_second_gzip_member_is_a_422(client):
     assert response.status_code == 422 and "gzip" in response.json()["detail"]
 
 
-def test_unsupported_file_in_a_batch_names_the_file(client):
-    uploads = [("files", ("good.png", png_bytes(brain_slice()))), ("files", ("notes.txt", b"just some text"))]
-    response = client.post("/v1/predict/batch", files=uploads)
-    assert response.status_code == 415 and response.json()["detail"].startswith("notes.txt: unsupported file type")
+def test_a_bad_file_in_a_batch_answers_in_its_place_and_the_others_are_predicted(files):
+    """Bad input loses nothing already done: 2 good slices of 4 are answered, each failure names its file."""
+    good = png_bytes(brain_slice())
+    uploads = [("files", ("a.png", good)), ("files", ("notes.txt", b"just some text")),
+               ("files", ("b.png", good)), ("files", ("cut.png", good[:60]))]
+    with local_client(file_app(files)) as client:
+        response = client.post("/v1/predict/batch", files=uploads)
+        alone = client.post("/v1/predict", files={"file": ("a.png", good)}).json()
+        budget = client.app.state.budget
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert [a["filename"] for a in answers] == ["a.png", "notes.txt", "b.png", "cut.png"]
+    assert answers[1]["status"] == 415 and answers[1]["error"].startswith("notes.txt: unsupported file type")
+    assert answers[3]["status"] == 422 and answers[3]["error"].startswith("cut.png: ")
+    assert "tumor_probability" not in answers[1] and "error" not in answers[0]
+    assert answers[0]["tumor_probability"] == answers[2]["tumor_probability"] == alone["tumor_probability"]
+    assert budget.in_use == 0  # what the bad files took of the budget is given back with the rest
+
+
+def test_a_batch_whose_files_all_fail_is_refused_naming_each(client):
+    one = client.post("/v1/predict/batch", files=[("files", ("notes.txt", b"text"))])
+    assert one.status_code == 415 and one.json()["detail"].startswith("notes.txt: unsupported file type")
+    same = client.post("/v1/predict/batch", files=[("files", (n, b"text")) for n in ("a.txt", "b.txt")])
+    assert same.status_code == 415 and "none of the 2 files" in same.json()["detail"]
+    mixed = client.post("/v1/predict/batch", files=[("files", ("a.txt", b"text")), ("files", ("e.png", b""))])
+    detail = mixed.json()["detail"]
+    assert mixed.status_code == 422 and "a.txt: unsupported" in detail and "e.png: the file is empty" in detail
+
+
+def test_a_batch_over_the_body_limits_still_fails_as_a_whole(files):
+    with local_client(file_app(files, max_slice_mb=0.01)) as client:  # a 16 kB file over the 10 kB file limit
+        uploads = [("files", ("a.png", png_bytes(brain_slice()))), ("files", ("big.npy", b"\x93NUMPY" * 3000))]
+        response = client.post("/v1/predict/batch", files=uploads)
+    assert response.status_code == 413, response.text
 
 
 # ---------------------------------------------------------------- finding 6: batch limits hold while the body streams

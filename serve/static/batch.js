@@ -3,7 +3,8 @@ import { $, busy, decisionText, fmt, pct, pickAgain, pngSrc, postFiles, show, wi
 
 const batch = { rows: [], key: "tumor_probability", descending: true, limit: 50 };
 const CSV_COLUMNS = ["filename", "tumor_probability", "has_tumor", "threshold", "tumor_area_px", "ood_score",
-  "out_of_distribution", "warning"];
+  "out_of_distribution", "warning", "error"];
+const COLUMNS = 6;  // of the table: a file that could not be read spans the five after its name with the reason
 
 function cell(content, className = "") {
   const td = document.createElement("td");
@@ -14,13 +15,22 @@ function cell(content, className = "") {
 
 function renderBatch() {
   const { key, descending } = batch;
-  const value = (row) => (row[key] === null ? -1 : row[key]);
+  const value = (row) => row[key] ?? -1;  // a withheld decision (null) or a file not read (no value) sorts lowest
   const rows = [...batch.rows].sort((a, b) => {
     const order = value(a) < value(b) ? -1 : value(a) > value(b) ? 1 : 0;
     return descending ? -order : order;
   });
   $("batch-table").querySelector("tbody").replaceChildren(...rows.map((row) => {
     const tr = document.createElement("tr");
+    if (row.error) {  // a file the server could not read: its reason, in its row (the others were predicted)
+      const reason = cell(row.error, "file-error");
+      reason.colSpan = COLUMNS - 2;
+      const mark = cell("✕");
+      mark.setAttribute("aria-label", "not read");
+      tr.append(mark, cell(row.filename, "name"), reason);
+      tr.classList.add("error-row");
+      return tr;
+    }
     const thumb = document.createElement("img");
     thumb.className = "thumb";
     thumb.alt = `slice ${row.filename}`;
@@ -53,6 +63,7 @@ function renderBatch() {
 export function clearBatch() {
   batch.rows = [];
   show("batch-table", false);
+  show("batch-failed", false);
   $("batch-csv").disabled = true;
 }
 
@@ -70,6 +81,10 @@ async function predictBatch() {
     batch.rows = rows;
     renderBatch();
     $("batch-csv").disabled = false;
+    const failed = rows.filter((row) => row.error).length;
+    $("batch-failed").textContent = failed ? `${failed} of ${rows.length} files could not be read: the reasons are in `
+      + "their rows; the other files were predicted." : "";
+    show("batch-failed", failed > 0);
   });
   if (ok === false) clearBatch();
 }
