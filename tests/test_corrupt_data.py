@@ -443,3 +443,21 @@ def test_an_unforeseen_error_is_not_remembered_and_running_out_of_memory_fails_t
     failure["error"] = MemoryError()
     with pytest.raises(MemoryError):
         slice_dataset(raw, tmp_path / "fresh", CFG, image_size=32, stride=1)
+
+
+def test_a_binary_tumour_mask_rejects_its_patient_and_one_without_enhancing_tumour_is_sliced(tmp_path):
+    """A 0/1 mask fits the BraTS label set as necrosis alone: it trained the tumour core on whole tumours."""
+    import nibabel as nib
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    for number, relabel in (("001", lambda seg: (seg > 0).astype(np.uint8)), ("002", lambda seg: np.where(seg == 4, 1, seg))):
+        seg = raw / "brats" / f"BraTS20_Training_{number}" / f"BraTS20_Training_{number}_seg.nii.gz"
+        image = nib.load(seg)
+        labels = relabel(np.asanyarray(image.dataobj))
+        assert labels.any()
+        nib.save(nib.Nifti1Image(labels.astype(np.uint8), image.affine), seg)
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 2  # 002 (necrosis and oedema, no enhancing part: as some BraTS gliomas) is sliced
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert [Path(f).name for f in rejected["file"]] == ["BraTS20_Training_001_seg.nii.gz"]
+    assert "label 1 only: a binary tumour mask?" in rejected["reason"].iloc[0]

@@ -125,7 +125,15 @@ def brats2020_labels(seg: np.ndarray, seg_path: Path) -> np.ndarray:
                 raise SliceWiseError(f"segmentation holds values as large as {largest:g}: not a label map", seg_path)
             codes = seg.astype(np.int64)  # integers beyond int16: reported below as unknown labels
     try:
-        return regions.to_brats2020_labels(codes)
+        labels = regions.to_brats2020_labels(codes)
     except regions.UnknownLabels as exc:
         raise SliceWiseError(f"unknown segmentation labels {exc.found}: neither BraTS 2017-2021 (0, 1, 2, 4) nor "
                              "BraTS 2023+ (0, 1, 2, 3)", seg_path) from exc
+    if regions.label_set(labels) == {0, 1}:
+        # a binary tumour mask (0/1, as many other data sets store one) fits the BraTS label set, as necrosis alone:
+        # it would teach the tumour-core region the whole tumour and the enhancing region nothing. A BraTS glioma
+        # always has oedema (label 2) around its core
+        raise SliceWiseError("the segmentation holds label 1 only: a binary tumour mask? BraTS labels necrosis 1, "
+                             "oedema 2 and enhancing tumour 4 (3 from 2023), and every BraTS tumour has oedema; a "
+                             "binary mask cannot train the tumour-core and enhancing regions", seg_path)
+    return labels
