@@ -24,7 +24,7 @@ import numpy as np
 from serve.inflate import CHUNK, Inflater
 from serve.uploads import GZIP_MAGIC, MB, MIN_SIDE, NIFTI1_MAGICS, NIFTI2_MAGIC, UploadError
 from tasks.data.orientation import Orientation
-from tasks.data.volumes import spacing_mm
+from tasks.data.volumes import spacing_mm, voxel_size_conflict
 
 HEADER_BYTES = {nib.Nifti1Image: 348, nib.Nifti2Image: 540}
 # A voxel side an MRI volume can have, in mm: NIfTI-2's float64 sizes beyond these made the voxel volume overflow
@@ -176,6 +176,8 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
     if not (np.isfinite(spacing).all() and ((spacing >= MIN_SPACING_MM) & (spacing <= MAX_SPACING_MM)).all()):
         raise UploadError(422, f"{name}: invalid voxel spacing {spacing.tolist()} mm in the header (pixdim); the "
                                f"tumour volume needs voxel sizes from {MIN_SPACING_MM:g} to {MAX_SPACING_MM:g} mm")
+    if conflict := voxel_size_conflict(header, probe.image.affine):  # the cm³ would be off by their ratio
+        raise UploadError(422, f"{name}: {conflict}")
     if gzipped:  # count what the stream really inflates to, keeping none of it: a lie costs CPU, never memory
         _count_inflated(fileobj, probe, size_limit_mb)
         fileobj.seek(0)

@@ -461,3 +461,17 @@ def test_a_binary_tumour_mask_rejects_its_patient_and_one_without_enhancing_tumo
     rejected = pd.read_csv(out / "rejected.csv")
     assert [Path(f).name for f in rejected["file"]] == ["BraTS20_Training_001_seg.nii.gz"]
     assert "label 1 only: a binary tumour mask?" in rejected["reason"].iloc[0]
+
+
+def test_a_pixdim_that_disagrees_with_the_sform_rejects_its_patient_and_rounding_passes(tmp_path):
+    """HD95 and volumes use pixdim, the grid checks the sform: 2 mm in one and 1 mm in the other was sliced."""
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    for name, zooms in (("002", (1.0, 1.0, 2.0)), ("003", (1.004, 1.0, 0.997))):  # the sform says 1 mm
+        for path in (raw / "brats" / f"BraTS20_Training_{name}").iterdir():
+            _rewrite(path, zooms=zooms)
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 2
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert rejected["file"].map(lambda f: Path(f).parent.name).tolist() == ["BraTS20_Training_002"]
+    assert rejected["reason"].iloc[0].startswith("the header's voxel size (pixdim) is 1 x 1 x 2 mm but its "
+                                                 "voxel-to-world transform (sform) puts voxels 1 x 1 x 1 mm apart")

@@ -607,6 +607,13 @@ def nifti_with_shape(shape) -> bytes:
     return nib.Nifti1Image(np.ones(shape, dtype=np.float32), np.eye(4)).to_bytes()
 
 
+def nifti_with_two_voxel_sizes() -> bytes:
+    """pixdim says 1 mm, the sform 2 mm apart: the tumour's cm³ would be off by 8x, whichever was wrong."""
+    image = nib.Nifti1Image(np.ones((32, 32, 8), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    image.header.set_zooms((1.0, 1.0, 1.0))
+    return image.to_bytes()
+
+
 def tiff_bytes() -> bytes:
     from PIL import Image
 
@@ -702,6 +709,8 @@ BAD_VOLUMES = [
     ("4d", nifti_with_shape((16, 16, 4, 3)), 422, "dimensions"),
     ("truncated nifti", nifti_with_shape((32, 32, 8))[:2000], 422, "undecodable"),
     ("inf", nib.Nifti1Image(np.full((16, 16, 4), np.inf, np.float32), np.eye(4)).to_bytes(), 422, "infinite"),
+    ("two voxel sizes", nifti_with_two_voxel_sizes(), 422, "v.nii.gz: the header's voxel size (pixdim) is 1 x 1 x 1 "
+                                                           "mm but its voxel-to-world transform (sform) puts voxels 2 x 2 x 2 mm apart"),
 ]
 
 

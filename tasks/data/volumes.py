@@ -58,6 +58,27 @@ def affine_mm(header, affine: np.ndarray) -> np.ndarray:
     return scaled
 
 
+# pixdim and the sform state the voxel size twice; float32 rounding and resampling tools agree far closer than this
+VOXEL_SIZE_TOLERANCE = 0.01
+
+
+def voxel_size_conflict(header, affine: np.ndarray) -> str | None:
+    """Why the header's two voxel sizes cannot both be true, or None: pixdim (which distances and volumes use) against
+    the spacing of the voxel-to-world transform's columns (nibabel builds a qform-only affine from pixdim itself, so
+    only an sform can disagree). `affine`: the image's, finite."""
+    stated = np.asarray(spacing_mm(header))
+    implied = np.linalg.norm(affine_mm(header, affine)[:3, :3], axis=0)
+    if not (implied > 0).all() or np.allclose(implied, stated, rtol=VOXEL_SIZE_TOLERANCE, atol=0):
+        return None  # agreeing, or a degenerate transform, which the orientation check names as such
+    return (f"the header's voxel size (pixdim) is {_mm(stated)} mm but its voxel-to-world transform (sform) puts "
+            f"voxels {_mm(implied)} mm apart: one was changed without the other, and distances (HD95) and volumes "
+            "would be wrong; fix the header (nibabel: set_zooms or set_sform)")
+
+
+def _mm(sizes: np.ndarray) -> str:
+    return " x ".join(f"{v:.4g}" for v in sizes)
+
+
 def same_grid(affine: np.ndarray, other: np.ndarray) -> bool:
     return bool(np.allclose(affine, other, atol=GRID_TOLERANCE))
 
@@ -98,6 +119,8 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
     if not all(np.isfinite(spacing)) or min(spacing) <= 0:  # HD95 in mm would fail (NaN) or lie, steps later
         raise SliceWiseError(f"the header's voxel size (pixdim) is {tuple(round(v, 4) for v in spacing)}: not a "
                              "positive finite size; a damaged header", path)
+    if conflict := voxel_size_conflict(image.header, image.affine):
+        raise SliceWiseError(conflict, path)
     if max(data.shape) > MAX_AXIS_VOXELS:
         raise SliceWiseError(f"shape {data.shape}: an axis longer than {MAX_AXIS_VOXELS:,} voxels is no MRI volume "
                              "(a damaged or forged header)", path)
