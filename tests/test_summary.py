@@ -208,3 +208,26 @@ def test_a_registration_in_another_store_is_said_and_make_run_registers_again(tm
                                      "longer exists"
     (tmp_path / "mlflow.db").write_bytes(b"")
     assert registered_elsewhere() is None
+
+
+def test_one_store_written_another_way_is_the_same_store(tmp_path, monkeypatch):
+    """A trailing slash, localhost for 127.0.0.1 or a default port written out forced one needless register."""
+    from tasks.release.store_moved import registered_elsewhere, same_store
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    assert same_store("http://127.0.0.1:5000", "http://localhost:5000/")
+    assert same_store("postgresql://u:***@DB/mlflow", "postgresql+psycopg2://u:***@db:5432/mlflow/")
+    assert same_store("sqlite:///mlflow.db", f"sqlite:///{tmp_path}/./mlflow.db")
+    assert not same_store("http://127.0.0.1:5000", "http://127.0.0.1:5001")
+    assert not same_store("http://mlflow-a:5000", "http://mlflow-b:5000")
+    assert not same_store("postgresql://u:***@db/mlflow", "postgresql://u:***@db/mlflow_staging")
+    assert not same_store("sqlite:///mlflow.db", "sqlite:///other.db")
+    assert not same_store("http://host:bad", "http://host:5000")
+    paths.REPORTS.mkdir()
+    paths.REGISTER_REPORT.write_text(json.dumps({"registered": True, "version": "3",
+                                                 "tracking_uri": "http://127.0.0.1:5000"}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://localhost:5000/")
+    assert registered_elsewhere() is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+    assert "records version 3 in http://127.0.0.1:5000; the MLflow store is now" in registered_elsewhere()

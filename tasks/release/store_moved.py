@@ -10,6 +10,7 @@ when it answers (its version reuse keeps that from registering a model twice in 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tasks import paths
 from tasks.io import read_json
@@ -25,8 +26,34 @@ def registered_elsewhere(report: Path = paths.REGISTER_REPORT, decision: dict | 
         return None
     uri = tracking_uri()
     recorded, current = decision.get("tracking_uri"), redact(portable_uri(uri))
-    if recorded and recorded != current:
+    if recorded and not same_store(recorded, current):
         return f"{report} records version {decision.get('version')} in {recorded}; the MLflow store is now {current}"
     if (local := sqlite_file(uri)) is not None and not local.exists():  # the same address, its file deleted
         return f"{report} records version {decision.get('version')} in {current}, which no longer exists"
     return None
+
+
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def same_store(recorded: str, current: str) -> bool:
+    """Whether two tracking URIs (both redacted) name one store: a local database by its file, a server whatever
+    the spelling of its address (a trailing slash, `localhost` for 127.0.0.1, a default port written out, a
+    SQLAlchemy driver), each of which had forced one needless `register`."""
+    if recorded == current:
+        return True
+    if (mine := sqlite_file(recorded)) is not None and (theirs := sqlite_file(current)) is not None:
+        return mine.resolve() == theirs.resolve()  # relative paths, as portable_uri records them, from here
+    return _address(recorded) == _address(current)
+
+
+def _address(uri: str) -> tuple:
+    try:
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower().split("+")[0]  # postgresql+psycopg2: the same database as postgresql
+        host = (parts.hostname or "").lower()
+        return (scheme, parts.username, "loopback" if host in LOOPBACK else host,
+                parts.port or DEFAULT_PORTS.get(scheme), parts.path.rstrip("/"), parts.query)
+    except ValueError:  # an unparseable port: only the same text is the same store
+        return (uri,)
