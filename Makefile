@@ -65,8 +65,11 @@ $(BRATS_STAMP):
 serve: setup
 	MALLOC_ARENA_MAX=2 $(BIN)/python -m serve
 
+# The store the pipeline uses: MLFLOW_TRACKING_URI when set (a database URI is served here; a server is one already)
 mlflow-ui: setup
-	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow server --backend-store-uri sqlite:///mlflow.db \
+	@case "$${MLFLOW_TRACKING_URI:-}" in http://*|https://*) \
+		echo "MLFLOW_TRACKING_URI is a tracking server already: open $$MLFLOW_TRACKING_URI"; exit 0;; esac; \
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow server --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
 		--artifacts-destination ./mlartifacts \
 		--host 127.0.0.1 --port 5000
 

@@ -47,7 +47,14 @@ def pipeline_times(project: Path) -> dict:
 
 
 def flow_ratio() -> dict:
-    """Run inside a project whose pipeline is up to date: cached flow run versus nine no-op tasks."""
+    """Run inside a project whose pipeline is up to date: cached flow run versus nine no-op tasks. A stale project is
+    refused before the flow starts: its run would be the whole pipeline, training included, in that project."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        if stale := repo.status():
+            raise SystemExit(f"the pipeline is not up to date here ({', '.join(stale)} changed): run `make run` "
+                             "first; --flow-ratio times a flow that finds every stage cached")
     from prefect import flow, task
     from prefect.testing.utilities import prefect_test_harness
 

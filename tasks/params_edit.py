@@ -21,6 +21,8 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SliceWiseError(f"expected KEY=VALUE, got {item!r}")
+        if key in updates:  # the last would win without a word, as a key twice in params.yaml is refused
+            raise SliceWiseError(f"{key} is given twice ({key}={updates[key]!r} and {item!r}): give it once")
         try:
             updates[key] = read_yaml(value)
         except yaml.YAMLError as exc:

@@ -29,11 +29,13 @@ def test_card_shows_the_three_regions_with_intervals_and_the_organisers_figures(
     assert "| segmentation_regions.tc.hd95 | 9.250 | n/a |" in text
     assert "| segmentation_regions.et.dice | n/a | n/a |" in text
     assert "| WT | 0.870 | 5.400 | 0.900 | 0.700 | 40.000 | 0.600 |" in text
+    assert "U-Net: whole-tumour, tumour-core and enhancing-tumour segmentation of axial" in text  # not "whole-tumour"
 
 
 def test_card_without_regions_or_organisers_still_renders():
     text = card({"classification": {"threshold": 0.5}})
     assert "segmentation_regions.wt.dice | n/a" in text and "brats-evaluation" not in text
+    assert "U-Net: whole-tumour segmentation of axial" in text
 
 
 def test_card_renders_when_metrics_json_lacks_a_section_or_holds_null():

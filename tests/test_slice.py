@@ -390,6 +390,8 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
                       "data.brats_dir": "a=b"}
     with pytest.raises(SliceWiseError, match="expected KEY=VALUE, got 'seed'"):
         parse_assignments(["seed"])
+    with pytest.raises(SliceWiseError, match="seed is given twice \\(seed=1 and 'seed=2'\\): give it once"):
+        parse_assignments(["seed=1", "seed=2"])  # the 1 was dropped without a word
 
 
 @pytest.mark.parametrize(("updates", "words"), [

@@ -160,6 +160,13 @@ SLICE_SCORE_WORDS = {
 }
 
 
+def _segmented(metrics: dict) -> str:
+    """What the seg head delineates: the three BraTS regions, or (an older one-output model) the whole tumour."""
+    regions = metrics.get("segmentation_regions") or {}
+    return ("whole-tumour, tumour-core and enhancing-tumour" if regions.get("tc") and regions.get("et")
+            else "whole-tumour")
+
+
 def render_model_card(*, model_name: str, version: str | None, profile: str, data_source: str, image_size: int,
                       modalities: list[str], splits: dict, metrics: dict, export_report: dict, decision,
                       tags: dict[str, str]) -> str:
@@ -178,7 +185,7 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
     synthetic = data_source == "synthetic"
     lines = [
         title, "",
-        "Multitask 2D U-Net: whole-tumour segmentation of axial brain MRI slices and a tumour / no-tumour decision "
+        f"Multitask 2D U-Net: {_segmented(metrics)} segmentation of axial brain MRI slices and a tumour / no-tumour decision "
         f"per slice (tumour when {score} >= {_fmt(threshold)}, {threshold_origin}; "
         f"a pixel is tumour when its probability >= {_fmt(cut.get('value'))}, {cut_origin}).",
         *_lone_slice_sentence(decision_rule, threshold),
