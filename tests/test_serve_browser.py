@@ -157,7 +157,7 @@ def test_an_example_runs_in_one_click(browser, server, shots):
     # the example's button is hidden with its view: focus goes to the opened view's tab, not back to the page's start
     assert browser.execute_script("return document.activeElement.id") == "tab-slice"
     assert browser.find_element("id", "slice-title").text.startswith("example: tumour")
-    assert browser.find_element("id", "slice-probability").text.endswith("%")
+    assert "%" in browser.find_element("id", "slice-probability").text
     decisions = {"tumour", "no tumour", "uncertain: out of distribution"}
     assert browser.find_element("id", "slice-decision").text in decisions
     assert browser.find_element("id", "slice-truth-toggle").is_displayed()  # the test split's truth comes along
@@ -173,6 +173,15 @@ def test_an_example_runs_in_one_click(browser, server, shots):
     assert "out of distribution" in browser.find_element("id", "slice-decision").text
     assert "colour image" in browser.find_element("id", "slice-warning").text
     assert "px (unreliable: out of distribution)" in browser.find_element("id", "slice-details").text
+    # no decision, so no measurement: the probability is greyed and marked, the mask hidden with a note saying why
+    probability = browser.find_element("id", "slice-probability")
+    assert probability.text.endswith("% (unreliable)") and "unreliable" in probability.get_attribute("class")
+    area = int(browser.find_element("id", "slice-details").text.split("tumour area ")[1].split(" px")[0])
+    assert browser.find_element("id", "slice-show-pred").is_selected() == (area == 0)
+    if area:
+        assert "out of distribution, so there is no decision" in visible(browser, "slice-mask-note").text
+    assert "unreliable" in browser.find_element("id", "slice-gradcam-caption").get_attribute("textContent")
+    shots(browser, "slice_out_of_distribution")
 
 
 def test_a_slow_answer_to_an_earlier_choice_never_replaces_the_newer_one(browser, server):
@@ -276,6 +285,9 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
             visible(browser, "model-content")
             wait(browser, lambda d: len(by_css(d, "#compare-examples canvas")) >= 2)
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), view
+    browser.set_window_size(375, 800)  # a phone: every tab in sight (the nav scrolled sideways, Model off-screen)
+    assert browser.execute_script("return [...document.querySelectorAll('nav .tab')].every((t) => "
+                                  "t.getBoundingClientRect().right <= window.innerWidth)")
 
 
 def with_region_fields(answer: dict) -> dict:
@@ -475,6 +487,9 @@ def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots,
     assert [r.find_element("css selector", "td.name").text for r in ood] == ["holiday.png"]
     assert ood[0].find_element("css selector", "td.unreliable").text.endswith("(unreliable)")  # its area, marked
     assert not [r for r in rows if r not in ood and r.find_elements("css selector", "td.unreliable")]
+    by_css(browser, "#batch-table th[data-key='tumor_area_px'] button")[0].click()  # largest found tumours first
+    decided = [r.find_element("css selector", ".badge").text == "tumour" for r in by_css(browser, "#batch-table tbody tr")]
+    assert decided == sorted(decided, reverse=True), decided  # an area under no tumour decision never leads
     by_css(browser, "#batch-table th[data-key='filename'] button")[0].click()
     names = [r.find_element("css selector", "td.name").text for r in by_css(browser, "#batch-table tbody tr")]
     assert names in (sorted(names), sorted(names, reverse=True))
@@ -678,3 +693,16 @@ def test_patient_files_go_to_the_api_as_the_modalities_their_names_say(browser, 
     shutil.copyfile(flair, other)
     browser.find_element("id", "vol-file").send_keys(f"{named['flair']}\n{other}")
     assert "scan.nii.gz: with several files" in visible(browser, "vol-error").text
+
+    # two patients' files on one grid (every BraTS volume is 240x240x155): the server would predict them as one brain
+    elsewhere = tmp_path / "Q_t1.nii.gz"
+    shutil.copyfile(flair, elsewhere)
+    for chosen, words in (((named["flair"], elsewhere), "P_flair.nii.gz, Q_t1.nii.gz: these files name 2 different "
+                                                          "patients"),
+                          ((named["flair"], brats_2023["t2f"]), "two FLAIR files chosen"),
+                          ((named["t1"], named["t2"]), "no FLAIR among P_t1.nii.gz, P_t2.nii.gz: choose the "
+                                                       "patient's FLAIR too")):
+        open_page(browser, server, "patient")
+        browser.find_element("id", "vol-file").send_keys("\n".join(map(str, chosen)))
+        assert words in visible(browser, "vol-error").text
+        assert not browser.find_element("id", "vol-result").is_displayed()

@@ -139,7 +139,12 @@ async function showSlice(result, title) {
   slice.pred = tinted(await loadImage(result.mask_png), PRED_RGB);
   slice.truth = result.truth_png ? outline(await loadImage(result.truth_png), TRUTH_RGB) : null;
   $("slice-title").textContent = title;
-  $("slice-probability").textContent = pct(result.tumor_probability);
+  // Out of distribution, the decision is withheld: its probability is no measurement either, so it is shown greyed
+  // and marked, not as the big red figure a found tumour gets.
+  const unreliable = withheld(result);
+  $("slice-probability").textContent = pct(result.tumor_probability) + (unreliable ? " (unreliable)" : "");
+  $("slice-probability").classList.toggle("unreliable", unreliable);
+  $("slice-bar").parentElement.classList.toggle("unreliable", unreliable);
   $("slice-bar").style.width = (100 * result.tumor_probability).toFixed(1) + "%";
   $("slice-threshold-mark").style.left = (100 * result.threshold).toFixed(1) + "%";
   const [text, style] = decisionText(result);
@@ -153,10 +158,16 @@ async function showSlice(result, title) {
   // candidate too faint for it, and on a photo, whose masks never trained the model, it can cover the whole brain:
   // drawn filled in red by default it read as a found tumour. It starts hidden, and the page says why.
   const maskAgainstDecision = result.has_tumor === false && result.tumor_area_px > 0;
-  $("slice-show-pred").checked = !maskAgainstDecision;
+  const maskWithoutDecision = unreliable && result.tumor_area_px > 0;  // an input the model was not trained for
+  $("slice-show-pred").checked = !maskAgainstDecision && !maskWithoutDecision;
   showWarning("slice-mask-note", maskAgainstDecision ? `The decision is no tumour, yet the segmentation head marks ` +
     `${result.tumor_area_px} px (hidden; tick "predicted" to see them): a candidate too faint for the decision, or, ` +
-    "on a photo, whose masks the model never trained on, nothing at all. The decision is the answer." : "");
+    "on a photo, whose masks the model never trained on, nothing at all. The decision is the answer."
+    : maskWithoutDecision ? `The input is out of distribution, so there is no decision; the segmentation head's ` +
+    `${result.tumor_area_px} px are hidden (tick "predicted" to see them) and, like the probability, say nothing ` +
+    "reliable about a tumour." : "");
+  $("slice-gradcam-caption").textContent = "Grad-CAM of the classification" +
+    (unreliable ? " (out of distribution: what it highlights is unreliable too)" : "");
   show("slice-truth-toggle", Boolean(slice.truth));
   if (result.gradcam_png) $("slice-gradcam-image").src = pngSrc(result.gradcam_png);
   show("slice-gradcam-figure", Boolean(result.gradcam_png));

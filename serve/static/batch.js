@@ -15,7 +15,10 @@ function cell(content, className = "") {
 
 function renderBatch() {
   const { key, descending } = batch;
-  const value = (row) => row[key] ?? -1;  // a withheld decision (null) or a file not read (no value) sorts lowest
+  // A file not read sorts last, then a withheld decision (null); an area under no "tumour" decision (withheld, or a
+  // candidate too faint for it) below every area the model decided was a tumour, so the largest found come first.
+  const value = (row) => (row.error ? -Infinity
+    : key === "tumor_area_px" && row.has_tumor !== true ? row[key] - 1e9 : row[key] ?? -1);
   const rows = [...batch.rows].sort((a, b) => {
     const order = value(a) < value(b) ? -1 : value(a) > value(b) ? 1 : 0;
     return descending ? -order : order;

@@ -171,9 +171,9 @@ export async function openVolumeExample(example) {
 
 // One file goes as `file` (FLAIR, or a 4D volume of the model's modalities) unless its BraTS name says another
 // modality: then it goes under that name, and the API says FLAIR is missing, rather than predict on T1ce data as if
-// it were FLAIR. Several go one field per modality, told apart by their BraTS names. A missing FLAIR or a modality
-// sent twice is the API's to refuse (its message is shown); only a name that says no modality is refused here, since
-// only the page reads names.
+// it were FLAIR. Several go one field per modality, told apart by their BraTS names; the names also tell a missing
+// FLAIR, a modality chosen twice and files of two patients apart, which are refused here in the user's words (the
+// API refuses the first two as well, in its fields' terms).
 function volumeForm(files) {
   const form = new FormData();
   if (files.length === 1 && LABEL_MAP_SUFFIX.test(files[0].name)) {
@@ -186,6 +186,8 @@ function volumeForm(files) {
     form.append(name === "flair" ? "file" : name, files[0], files[0].name);
     return form;
   }
+  const chosen = {};  // modality → its file, patient → one of its files
+  const patients = {};
   for (const file of files) {
     const match = MODALITY_SUFFIX.exec(file.name);
     if (!match) {
@@ -193,8 +195,25 @@ function volumeForm(files) {
         "<patient>_flair / _t1 / _t1ce / _t2 .nii.gz (or 2023's -t2f / -t1n / -t1c / -t2w), so the viewer " +
         "knows which modality it holds");
     }
-    const name = match[1].toLowerCase();
-    form.append(BRATS_2023_NAMES[name] || name, file, file.name);
+    const name = BRATS_2023_NAMES[match[1].toLowerCase()] || match[1].toLowerCase();
+    if (chosen[name]) {
+      throw new Error(`two ${name.toUpperCase()} files chosen (${chosen[name].name}, ${file.name}): choose one ` +
+        "patient's files, one per modality");
+    }
+    chosen[name] = file;
+    patients[file.name.slice(0, match.index).toLowerCase()] = file.name;
+    form.append(name, file, file.name);
+  }
+  // The server cannot tell two patients' volumes apart when they share a grid (every BraTS volume does): their
+  // channels would be predicted as one brain, and its volumes read as that patient's. The names can tell.
+  const named = Object.values(patients);
+  if (named.length > 1) {
+    throw new Error(`${named.join(", ")}: these files name ${named.length} different patients; choose one ` +
+      "patient's modality files");
+  }
+  if (!chosen.flair) {
+    throw new Error(`no FLAIR among ${files.map((f) => f.name).join(", ")}: choose the patient's FLAIR too (the ` +
+      "other modalities are optional)");
   }
   return form;
 }
