@@ -68,8 +68,8 @@ def test_empty_region_rule():
     assert brats.brats_dice(full, empty) == 0.0 and brats.brats_hd95(full, empty, (1, 1, 1)) == 373.13
     assert brats.brats_dice(empty, full) == 0.0 and brats.brats_hd95(empty, full, (1, 1, 1)) == 373.13
     scores = brats.region_scores(hand_made_cases()["missed_et"][0], hand_made_cases()["missed_et"][1], (1, 1, 1))
-    assert scores["et"] == {"dice": 0.0, "hd95": 373.13}
-    assert brats.region_scores(*hand_made_cases()["core_only"])["et"] == {"dice": 1.0, "hd95": 0.0}
+    assert scores["et"] == {"dice": 0.0, "hd95": 373.13, "present": True}
+    assert brats.region_scores(*hand_made_cases()["core_only"])["et"] == {"dice": 1.0, "hd95": 0.0, "present": False}
 
 
 @pytest.mark.parametrize("case", ["shifted", "perfect", "missed_et", "spurious_et"])
@@ -109,7 +109,7 @@ def test_global_dice_and_hd95_agree_with_the_organisers_package(tmp_path):
         for region in ("wt", "tc", "et"):
             reference = theirs[case][region]
             if reference["dice"] is None:  # empty in both: the package says NaN, BraTS' rule says 1 and 0
-                assert ours[case][region] == {"dice": 1.0, "hd95": 0.0}
+                assert ours[case][region] == {"dice": 1.0, "hd95": 0.0, "present": False}
                 continue
             assert ours[case][region]["dice"] == pytest.approx(reference["dice"], abs=1e-3), (case, region)
             assert ours[case][region]["hd95"] == pytest.approx(reference["hd95"], abs=1e-3), (case, region)
@@ -149,7 +149,7 @@ def test_score_patients_on_raw_volumes_2020_and_2023_conventions(tmp_path):
     scores = brats.score_patients(TorchPredictor(Bright(levels)), tmp_path, ["BraTS20_Training_001", "BraTS23_002",
                                                                        "kaggle_no_1"], ["flair"], 32)
     assert scores["patient"].tolist() == ["BraTS20_Training_001", "BraTS23_002"]  # the Kaggle image is skipped
-    first, second = scores.drop(columns="patient").to_numpy()
+    first, second = scores.drop(columns="patient").to_numpy(dtype=float)
     np.testing.assert_allclose(first, second)  # ET = 3 (2023) scores as ET = 4 (2020)
     assert {"wt_dice", "tc_dice", "et_dice", "wt_hd95", "uncertainty_auroc"} <= set(scores.columns)
     assert (scores[["wt_dice", "tc_dice", "et_dice"]] > 0.5).all().all()
@@ -176,15 +176,27 @@ def test_a_whole_tumour_models_errors_are_whole_tumour_errors(tmp_path):
 
 def test_regions_report_shape_intervals_and_null_regions():
     scores = pd.DataFrame({"patient": ["a", "b", "c"], "wt_dice": [0.8, 0.9, 0.7], "wt_hd95": [3.0, 2.0, 5.0],
-                           "uncertainty_mean_on_errors": [0.5, 0.6, 0.4],
+                           "wt_present": [True, True, True], "uncertainty_mean_on_errors": [0.5, 0.6, 0.4],
                            "uncertainty_mean_on_correct": [0.01, 0.02, 0.01], "uncertainty_auroc": [0.9, 0.8, np.nan]})
     section, intervals, uncertainty = brats.regions_report(scores, 200, seed=0)
-    assert section["wt"] == {"dice": pytest.approx(0.8), "hd95": pytest.approx(10 / 3)}
+    assert section["wt"] == {"dice": pytest.approx(0.8), "hd95": pytest.approx(10 / 3), "n_present": 3}
     assert section["tc"] == {"dice": None, "hd95": None} and section["et"] == {"dice": None, "hd95": None}
     lo, hi = intervals["segmentation_regions.wt.dice"]
     assert lo <= 0.8 <= hi and lo >= 0.7 - 1e-9 and hi <= 0.9 + 1e-9
     assert uncertainty["auroc"] == pytest.approx(0.85)
     assert uncertainty["mean_on_errors"] > uncertainty["mean_on_correct"]
+
+
+def test_a_region_present_in_fewer_than_two_patients_says_so_and_has_no_interval():
+    """ET absent from two of three truths scores 1 (or 0) there by the BraTS rule: its mean and a [1, 1]-like
+    interval read as a delineation measured, when one patient had the region at all."""
+    scores = pd.DataFrame({"patient": ["a", "b", "c"], "wt_dice": [0.8, 0.9, 0.7], "wt_hd95": [3.0, 2.0, 5.0],
+                           "wt_present": [True] * 3, "et_dice": [1.0, 1.0, 0.6], "et_hd95": [0.0, 0.0, 4.0],
+                           "et_present": [False, False, True]})
+    section, intervals, _ = brats.regions_report(scores, 100, seed=0)
+    assert section["et"]["n_present"] == 1 and section["et"]["dice"] == pytest.approx(2.6 / 3)
+    assert intervals["segmentation_regions.et.dice"] is None and intervals["segmentation_regions.et.hd95"] is None
+    assert intervals["segmentation_regions.wt.dice"] is not None
 
 
 def test_region_intervals_resample_a_subjects_timepoints_together():

@@ -110,7 +110,8 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     write_json_atomic(evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=100), seed=1), path)
     written = json.loads(path.read_text())
     assert set(written) == set(CONTRACT_KEYS) | {"ci95", "classification_by_source", "sensitivity_by_tumour_area",
-                                                 "segmentation_threshold", "classification_threshold"}
+                                                 "segmentation_threshold", "classification_threshold",
+                                                 "segmentation_misses", "segmentation_regions_present"}
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
     assert written["classification_threshold"] == {"value": written["classification"]["threshold"], "rule": "youden",
                                                    "slice_score": "fused", "slices_in_volume": True,
@@ -639,3 +640,29 @@ def test_the_per_patient_table_joins_slices_volumes_and_regions_one_row_per_pati
     assert "wt_uncertainty_wrong" not in table  # the scores, not the uncertainty columns
     assert table["cleanup_largest_dropped_voxels"].tolist() == [0, 10, 1995]  # what the clean-up took, per patient
     assert "wt_dice" not in per_patient_scores(SplitPredictions(pd.DataFrame(), slice_scores, volume_scores), None)
+
+
+def test_a_perfect_specificity_over_a_few_patients_gets_an_honest_interval_not_a_certain_one():
+    """0 false positives in 7 patients: every resample said 1.0, and [1.0, 1.0] read as certainty."""
+    val = predictions(np.linspace(0.05, 0.25, 14), np.linspace(0.6, 0.9, 14), n_patients=7)
+    test = predictions(np.linspace(0.05, 0.3, 28), np.r_[np.linspace(0.6, 0.9, 26), 0.1, 0.2], n_patients=7)
+    report = evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=200), seed=0)
+    assert report["classification"]["specificity"] == 1.0
+    lo, hi = report["ci95"]["classification.specificity"]
+    assert hi == 1.0 and lo == pytest.approx(metrics.wilson_interval(1.0, 7)[0])
+    lo, hi = report["ci95"]["classification.sensitivity"]  # an ordinary one stays the bootstrap's
+    assert lo < report["classification"]["sensitivity"] < hi
+
+
+def test_missed_tumour_slices_are_counted_apart_from_the_boundary_error():
+    """A tumour slice with nothing predicted scores the image diagonal: 7 such slices were half of a mean HD95."""
+    val = predictions(np.linspace(0.05, 0.25, 10), np.linspace(0.6, 0.9, 10))
+    test = predictions(np.linspace(0.05, 0.25, 10), np.linspace(0.6, 0.9, 10), seg_dice=[0.8, 0.9, 0.0, 0.85])
+    hd95 = np.array([2.0, 4.0, 181.0, 6.0])
+    test = scoring.SplitPredictions(test.slices, test.slice_scores.assign(hd95=hd95, detected=[True, True, False,
+                                                                                                  True]),
+                                    test.volume_scores)
+    report = evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=20), seed=0)
+    assert report["segmentation"]["hd95"] == pytest.approx(hd95.mean())  # the contract's figure, as it was
+    assert report["segmentation_misses"] == {"n_slices_missed": 1, "hd95_over_found": pytest.approx(4.0),
+                                             "hd95_median": pytest.approx(5.0)}

@@ -264,3 +264,29 @@ def test_per_input_thresholds_agree_between_the_bootstrap_statistic_and_the_metr
     assert reference["confusion_matrix"] != metrics.classification_metrics(labels, probs, 0.4,
                                                                            sample_weight=weights)["confusion_matrix"]
     assert reference["threshold"] == 0.4
+
+
+def test_a_stratified_bootstrap_keeps_each_strata_count_of_patients():
+    """The test split always holds its 7 BraTS patients and its photo groups: pooled, a resample held 0 to 18 of the
+    patients, a variance the design does not have."""
+    groups = np.array(["a", "a", "b", "c", "x", "y", "z", "w"])
+    strata = np.array(["brats"] * 4 + ["kaggle"] * 4)
+    seen = []
+
+    def record(weights):
+        seen.append(weights.copy())
+        return {"x": float(weights[:4].sum())}
+
+    metrics.bootstrap_ci(groups, record, n_resamples=100, seed=0, strata=strata)
+    for weights in seen:
+        assert weights[[0, 2, 3]].sum() == 3 and weights[4:].sum() == 4  # 3 BraTS patients, 4 photo groups each time
+        assert weights[0] == weights[1]  # a patient's slices together, as before
+    with pytest.raises(ValueError, match="lies in two strata"):
+        metrics.bootstrap_ci(np.array(["a", "a", "b"]), record, 10, 0, strata=np.array(["brats", "kaggle", "brats"]))
+
+
+def test_wilson_interval_is_honest_about_a_few_patients():
+    assert metrics.wilson_interval(1.0, 7) == [pytest.approx(0.6457, abs=1e-4), 1.0]
+    lo, hi = metrics.wilson_interval(0.5, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    assert metrics.wilson_interval(0.0, 43)[0] == 0.0

@@ -107,7 +107,8 @@ def region_scores(predicted_labels: np.ndarray, truth_labels: np.ndarray, spacin
     for i, region in enumerate(REGIONS):
         if region in regions:
             out[region] = {"dice": brats_dice(predicted[i], truth[i]),
-                           "hd95": brats_hd95(predicted[i], truth[i], spacing)}
+                           "hd95": brats_hd95(predicted[i], truth[i], spacing),
+                           "present": bool(truth[i].any())}  # absent: Dice 1 or 0 by the BraTS rule, no overlap
     return out
 
 
@@ -202,6 +203,12 @@ def regions_report(scores: pd.DataFrame, n_resamples: int, seed: int) -> tuple[d
             section[region] = {"dice": None, "hd95": None}
             continue
         section[region] = {name: float(scores[f"{region}_{name}"].mean()) for name in REGION_METRICS}
+        # how many patients have the region at all: in the others it scores 1 (or 0) by the BraTS rule, which says
+        # nothing of how well it is delineated; in fewer than two the interval would only repeat that rule
+        present = scores.get(f"{region}_present")
+        if present is not None and present.sum() < 2:
+            intervals |= {f"segmentation_regions.{region}.{name}": None for name in REGION_METRICS}
+            continue
         statistic = metrics.weighted_mean_statistic({name: scores[f"{region}_{name}"].to_numpy(dtype=float)
                                                      for name in REGION_METRICS})
         ci = metrics.bootstrap_ci(subjects(scores["patient"]).to_numpy(), statistic, n_resamples, seed)
@@ -214,6 +221,13 @@ def regions_report(scores: pd.DataFrame, n_resamples: int, seed: int) -> tuple[d
         if 0 < defined < len(scores):  # e.g. a patient with no wrong voxel has no AUROC: say over how many it is
             uncertainty[f"{name}_n_patients"] = defined
     return section, intervals, uncertainty
+
+
+def regions_present(scores: pd.DataFrame) -> dict[str, int | None]:
+    """In how many test patients' truth each region exists (metrics.json `segmentation_regions_present`): where it
+    does not, its Dice and HD95 are the BraTS rule's 1 / 0 or 0 / 373.13, not a delineation measured."""
+    return {region: int(scores[f"{region}_present"].sum()) if f"{region}_present" in scores else None
+            for region in REGIONS}
 
 
 def organisers_report(label_maps: Path, regions: Sequence[str]) -> dict:

@@ -38,12 +38,15 @@ def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -
 def confidence_intervals(test: SplitPredictions, threshold: float | np.ndarray, n_resamples: int, seed: int,
                          units: pd.Series | None = None) -> dict:
     """Bootstrap 95 % intervals resampling patients: all test patients for classification (a Kaggle image is its
-    own patient, near-duplicates one together when `units` says so: `resampling_units`), each source's inputs alone
-    for its accuracy, sensitivity and specificity, the BraTS patients with tumour slices for the per-slice segmentation
-    scores and every BraTS test patient for the per-volume ones (one without a tumour scores 1 or 0)."""
+    own patient, near-duplicates one together when `units` says so: `resampling_units`; each source's within it),
+    each source's inputs alone for its accuracy, sensitivity and specificity, the BraTS patients with tumour slices
+    for the per-slice segmentation scores and every BraTS test patient for the per-volume ones (one without a
+    tumour scores 1 or 0). An accuracy, sensitivity or specificity of exactly 1 or 0, which every resample repeats,
+    gets the Wilson interval over its units instead of a zero-width one."""
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     seg, vol = test.slice_scores, test.volume_scores
     groups_all = subjects(test.slices["patient"]) if units is None else units
+    sources = test.slices["source"].to_numpy() if "source" in test.slices else None
     families = [
         ("classification", groups_all, metrics.classification_statistic(labels, probability, threshold)),
         ("segmentation", subjects(seg["patient"]), _means_of(seg, ("dice", "iou", "hd95"))),
@@ -60,9 +63,24 @@ def confidence_intervals(test: SplitPredictions, threshold: float | np.ndarray, 
                              _only(statistic, SOURCE_CI_METRICS)))
     intervals = {}
     for prefix, groups, statistic in families:
-        ci = metrics.bootstrap_ci(groups.to_numpy(), statistic, n_resamples, seed)
-        intervals |= {f"{prefix}.{name}": bounds for name, bounds in ci.items()}
+        # the pooled figures resample each source's units within it: the split's mix of sources is fixed
+        ci = metrics.bootstrap_ci(groups.to_numpy(), statistic, n_resamples, seed,
+                                  strata=sources if prefix == "classification" else None)
+        point = statistic(np.ones(len(groups)))
+        for name, bounds in ci.items():
+            if name in SOURCE_CI_METRICS and bounds[0] == bounds[1] and point.get(name) in (0.0, 1.0):
+                # no error at all (or no success): every resample agrees, and a zero-width interval would read as
+                # certainty from a few patients (and pass promotion.use_lower_bound as such)
+                bounds = metrics.wilson_interval(point[name], _units_counted(name, groups, test.slices["label"]))
+            intervals[f"{prefix}.{name}"] = bounds
     return intervals
+
+
+def _units_counted(name: str, groups: pd.Series, labels: pd.Series) -> int:
+    """How many resampled units a proportion is taken over: those with a tumour input (sensitivity), with a
+    tumour-free one (specificity), all (accuracy). `groups` is indexed as the slices it covers."""
+    wanted = {"sensitivity": 1, "specificity": 0}.get(name)
+    return int(groups.nunique() if wanted is None else groups[labels.loc[groups.index] == wanted].nunique())
 
 
 def _only(statistic, names: tuple[str, ...]):

@@ -24,7 +24,7 @@ class SplitPredictions:
     scores per tumour slice and per BraTS patient volume (empty for the validation split)."""
 
     slices: pd.DataFrame  # manifest columns + probability + tumour_area_mm2 (NaN for photos)
-    slice_scores: pd.DataFrame  # patient, slice_index, dice, iou, hd95
+    slice_scores: pd.DataFrame  # patient, slice_index, dice, iou, hd95, detected (anything predicted)
     volume_scores: pd.DataFrame  # patient, dice, iou, hd95
 
 
@@ -101,6 +101,9 @@ def score_patient(predicted: np.ndarray, truth: np.ndarray, slice_index: np.ndar
     per_slice = {"dice": [], "iou": [], "hd95": []}
     if tumour.any():
         per_slice = metrics.segmentation_scores(predicted[tumour], truth[tumour], metrics.pixel_spacing(spacing))
+    # a tumour slice the model marked nothing on: its HD95 is the image diagonal (module docstring of metrics.py),
+    # which the report counts apart so that a few misses do not pass for poor boundaries
+    per_slice["detected"] = predicted[tumour].any(axis=tuple(range(1, predicted.ndim)))
     order, stride = np.argsort(slice_index), metrics.slice_step(slice_index)
     if cleaned is None:
         cleaned = cleaned_volume(predicted, slice_index, slice_probability)
