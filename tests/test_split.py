@@ -9,7 +9,7 @@ from PIL import Image
 from tasks.config import SliceSettings, SplitSettings
 from tasks.data.shards import read_manifest
 from tasks.data.slicing import slice_dataset
-from tasks.data.splitting import (check_no_leakage, near_duplicate_pairs, perceptual_hashes, split_dataset,
+from tasks.data.splitting import (check_no_leakage, kaggle_near_duplicates, near_duplicate_pairs, perceptual_hashes, split_dataset,
                                   split_sizes)
 from tasks.errors import SliceWiseError
 from tests.nifti_factory import write_kaggle, write_patient
@@ -102,6 +102,7 @@ def test_a_resized_or_brightened_copy_is_a_near_duplicate_within_the_distance_no
             grey = np.asarray(original.convert("L"), dtype=np.int16)
             original.resize((original.width * 3 // 2, original.height * 3 // 2), Image.BILINEAR).save(
                 kaggle / "yes" / "Y0 large.jpg", quality=90)
+            original.transpose(Image.FLIP_LEFT_RIGHT).save(kaggle / "yes" / "Y0 mirrored.jpg", quality=60)
         Image.fromarray(np.clip(grey + 20, 0, 255).astype(np.uint8)).save(kaggle / "yes" / "Y0 bright.png")
 
     out = sliced(tmp_path, 10, 6, add_copies)
@@ -114,6 +115,12 @@ def test_a_resized_or_brightened_copy_is_a_near_duplicate_within_the_distance_no
     split_of = {p: n for n in ("train", "val", "test")
                 for p in (tmp_path / "splits" / f"{n}.txt").read_text().splitlines()}
     assert split_of["kaggle_yes_Y0"] == split_of[copies[0]] == split_of[copies[1]]
+    # flipped left-right (and re-saved): far apart as it is, one scan once mirrored, kept in the same split
+    mirrored = "kaggle_yes_Y0 mirrored"
+    assert bin(hashes["kaggle_yes_Y0"] ^ hashes[mirrored]).count("1") > SplitSettings().phash_max_distance
+    pairs = kaggle_near_duplicates(out, kaggle, SplitSettings().phash_max_distance)
+    assert {"kaggle_yes_Y0", mirrored} in [set(pair) for pair in pairs]
+    assert split_of[mirrored] == split_of["kaggle_yes_Y0"]
 
 
 def test_the_classification_bootstrap_resamples_a_near_duplicate_pair_as_one_unit(processed):

@@ -213,6 +213,8 @@ def test_modality_dropout_blanks_channels_but_never_all_that_carry_signal():
     assert flair_only.sum() > 0.4 * thinned.sum()  # the single-channel case serving sees most
     assert four[thinned].sum(0).min() > 0 and (four.sum(1) == 2).any() and (four.sum(1) == 3).any()
     torch.testing.assert_close(dropped[kept[:, :, None, None].expand_as(images)], images[kept[:, :, None, None].expand_as(images)])
+    draws = draw_modality_dropout(len(images), 4, 0.5, generator)  # a thinned sample always loses a channel:
+    assert set(draws.subset.tolist()) == set(range(1, 15))  # never the subset of all four (1 in 15 of them, before)
     before = generator.get_state()
     assert draw_modality_dropout(len(images), 4, 0.0, generator) is None
     assert draw_modality_dropout(len(images), 1, 1.0, generator) is None  # one channel: nothing to drop

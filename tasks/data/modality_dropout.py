@@ -4,7 +4,7 @@ single-channel images (Kaggle images, uploaded slices, FLAIR-only volumes).
 A missing modality is an all-zero channel: z-scored inputs are 0 on the background, and serving fills every
 modality it was not given with zeros. With probability `share` (train.augment.modality_dropout) a sample is
 thinned: half of those keep the FLAIR channel (channel 0) alone, the single-channel case serving sees most, and the
-other half keep a uniformly drawn non-empty subset of their channels. A draw that would leave a sample without any
+other half keep a uniformly drawn non-empty subset of their channels that is not all of them. A draw that would leave a sample without any
 signal (a Kaggle image holds channel 0 only) leaves it as it was. Training only: validation, evaluation, export
 and serving never call this, so the 4-channel inference path is the plain network.
 
@@ -48,7 +48,9 @@ def draw_modality_dropout(n: int, channels: int, share: float, generator: torch.
         return None
     thinned = torch.rand(n, generator=generator) < share
     flair_only = torch.rand(n, generator=generator) < FLAIR_ONLY_SHARE
-    subset = torch.randint(1, 2**channels, (n,), generator=generator)  # a non-empty subset of the channels, as bits
+    # a non-empty subset of the channels, as bits, never all of them: a thinned sample always loses one (drawing all
+    # had left 1 in 15 of them whole, so fewer samples lost a channel than `share` says)
+    subset = torch.randint(1, 2**channels - 1, (n,), generator=generator)
     return ModalityDraws(thinned.numpy(), flair_only.numpy(), subset.numpy())
 
 

@@ -60,13 +60,14 @@ def tumour_burden_strata(manifest: pd.DataFrame, patients: list[str]) -> list[in
     return pd.qcut(burden.rank(method="first"), q=min(3, len(patients)), labels=False).astype(int).tolist()
 
 
-def perceptual_hashes(processed: Path, kaggle: pd.DataFrame) -> dict[str, int]:
-    """64-bit pHash of each processed Kaggle image, as an integer."""
+def perceptual_hashes(processed: Path, kaggle: pd.DataFrame, mirrored: bool = False) -> dict[str, int]:
+    """64-bit pHash of each processed Kaggle image, as an integer; `mirrored`: of the image flipped left-right."""
     hashes = {}
     for shard_name, rows in kaggle.groupby("shard"):
         images = read_shard(processed / shard_name).images
         for patient, row in zip(rows["patient"], rows["row"]):
             image = images[row, 0].astype(np.float32)
+            image = image[:, ::-1] if mirrored else image
             span = float(image.max() - image.min()) or 1.0
             pixels = ((image - image.min()) / span * 255).astype(np.uint8)
             bits = imagehash.phash(Image.fromarray(pixels)).hash.flatten()
@@ -74,15 +75,33 @@ def perceptual_hashes(processed: Path, kaggle: pd.DataFrame) -> dict[str, int]:
     return hashes
 
 
-def near_duplicate_pairs(hashes: dict[str, int], max_distance: int) -> list[tuple[str, str]]:
+def near_duplicate_pairs(hashes: dict[str, int], max_distance: int,
+                         mirrored: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """Pairs of images whose hashes lie within `max_distance` bits; with `mirrored` (the hashes of the flipped
+    images), also a pair one of which is the other flipped left-right."""
     names = list(hashes)
     values = np.array([hashes[n] for n in names], dtype=np.uint64)
+    flipped = np.array([mirrored[n] for n in names], dtype=np.uint64) if mirrored is not None else None
     pairs = []
     for i in range(len(names) - 1):
-        xor = np.bitwise_xor(values[i], values[i + 1 :])
-        distance = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+        distance = _bits_apart(values[i], values[i + 1:])
+        if flipped is not None:
+            distance = np.minimum(distance, _bits_apart(values[i], flipped[i + 1:]))
         pairs.extend((names[i], names[i + 1 + j]) for j in np.flatnonzero(distance <= max_distance))
     return pairs
+
+
+def _bits_apart(value: np.uint64, others: np.ndarray) -> np.ndarray:
+    return np.unpackbits(np.bitwise_xor(value, others).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def kaggle_near_duplicates(processed: Path, kaggle: pd.DataFrame, max_distance: int) -> list[tuple[str, str]]:
+    """Pairs of Kaggle images that are copies of one scan, as the split step keeps them together (and evaluation's
+    bootstrap and the champion's re-scoring read them): pHash within `max_distance` bits, the second image as it is
+    or mirrored (the Kaggle set holds re-saved, resized and flipped copies; re-saved at JPEG quality 60 or resized to
+    0.6, a copy lay up to 6 bits away, flipped 32)."""
+    return near_duplicate_pairs(perceptual_hashes(processed, kaggle), max_distance,
+                                mirrored=perceptual_hashes(processed, kaggle, mirrored=True))
 
 
 def near_duplicate_groups(images: list[str], pairs: list[tuple[str, str]]) -> list[list[str]]:
@@ -148,7 +167,7 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
     splits = {name: sorted(p for p in patients if split_of_subject[subject_of(p)] == name) for name in subject_splits}
     pairs: list[tuple[str, str]] = []
     if len(kaggle):
-        pairs = near_duplicate_pairs(perceptual_hashes(processed, kaggle), cfg.phash_max_distance)
+        pairs = kaggle_near_duplicates(processed, kaggle, cfg.phash_max_distance)
         for name, ids in split_kaggle(kaggle, pairs, cfg, seed, manifest_path).items():
             splits[name] = splits[name] + ids
     check_no_leakage(splits, pairs)

@@ -28,7 +28,7 @@ def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -
     units = subjects(slices["patient"])
     kaggle = slices[slices["source"] == "kaggle"]
     if len(kaggle) > 1:
-        pairs = splitting.near_duplicate_pairs(splitting.perceptual_hashes(processed, kaggle), max_distance)
+        pairs = splitting.kaggle_near_duplicates(processed, kaggle, max_distance)
         group_of = {image: group[0] for group in splitting.near_duplicate_groups(kaggle["patient"].tolist(), pairs)
                     for image in group}
         units = units.where(slices["source"] != "kaggle", slices["patient"].map(group_of))

@@ -65,13 +65,13 @@ def copies_of_seen(processed: Path, candidates: list[str], seen: set[str], max_d
     """The Kaggle images among `candidates` within `max_distance` (pHash, the split step's measure) of an image in
     `seen`: another copy of a scan the champion trained on is no new patient to it."""
     from tasks.data.shards import read_manifest
-    from tasks.data.splitting import near_duplicate_pairs, perceptual_hashes
+    from tasks.data.splitting import kaggle_near_duplicates
 
     manifest = read_manifest(processed / paths.MANIFEST.name)
     kaggle = manifest[(manifest["source"] == "kaggle") & manifest["patient"].isin({*candidates, *seen})]
     if kaggle.empty or kaggle["patient"].isin(seen).sum() == 0:
         return set()
-    pairs = near_duplicate_pairs(perceptual_hashes(processed, kaggle), max_distance)
+    pairs = kaggle_near_duplicates(processed, kaggle, max_distance)
     return {b for a, b in pairs if a in seen and b not in seen} | {a for a, b in pairs if b in seen and a not in seen}
 
 
