@@ -446,6 +446,30 @@ def test_the_page_follows_a_new_champion_without_a_reload(browser, server):
     assert not any(u.endswith("/v1/examples") for u in browser.execute_script("return window.asked")), asked
 
 
+def test_an_answer_from_a_new_champion_updates_the_header_at_once_and_stays(browser, server):
+    """After a swap the new model answered under the old one's name in the header, until the minute's poll, which then
+    removed that fresh answer as "changed since this result"."""
+    open_page(browser, server, "examples")
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    browser.execute_script(  # from now on the server serves "version 999": its answers and /model/info say so
+        "const real = window.fetch;"
+        "window.fetch = async (url, options) => { const answer = await real(url, options);"
+        "  if (String(url).endsWith('/model/info')) { const info = await answer.json();"
+        "    info.version = '999'; info.tags = {...(info.tags || {}), onnx_sha256: 'new'}; info.source = 'registry';"
+        "    return new Response(JSON.stringify(info), {status: 200}); }"
+        "  const model = answer.headers.get('X-SliceWise-Model');"
+        "  if (!model) return answer;"
+        "  const headers = new Headers(answer.headers);"
+        "  headers.set('X-SliceWise-Model', model.split('/')[0] + '/999');"
+        "  return new Response(await answer.text(), {status: answer.status, headers}); };")
+    next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
+    visible(browser, "slice-result")
+    header = "return (document.getElementById('model-version') || {}).textContent || ''"
+    wait(browser, lambda d: "v999" in d.execute_script(header))  # at once: no poll, no visibility change
+    assert browser.find_element("id", "slice-result").is_displayed()  # the new model's own answer stays
+    assert not browser.find_element("id", "slice-error").is_displayed()
+
+
 def test_a_failed_model_poll_is_no_new_model_and_leaves_the_results(browser, server):
     """/model/info failing once (a network blip, a laptop waking) read as a model change: the results went, with a
     false "the served model changed", and again when the same model answered."""

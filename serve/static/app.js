@@ -1,6 +1,6 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
-import { $, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage, openView, outline, pct,
-  pickAgain, pngSrc, postFiles, show, showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
+import { $, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage, onAnsweredBy, openView,
+  outline, pct, pickAgain, pngSrc, postFiles, show, showWarning, shownBy, tinted, UNRELIABLE, withheld } from "./common.js";
 import { clearBatch, setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
@@ -40,6 +40,8 @@ window.addEventListener("hashchange", () => {
 // ---------------------------------------------------------------- header: the served model
 // Which model is served: the server swaps in a new champion while the page stays open (serve.poll_seconds).
 const identity = (info) => (info ? `${info.name}|${info.version}|${(info.tags || {}).onnx_sha256 || ""}` : "none");
+// How a prediction's X-SliceWise-Model header names the served model (serve/api.py answered_by).
+const servedTag = (info) => (info ? (info.source === "registry" ? `${info.name}/${info.version}` : `file ${info.name}`) : null);
 
 async function loadModelInfo() {
   const box = $("model-info");
@@ -72,25 +74,32 @@ async function loadModelInfo() {
 async function watchModel() {
   const before = state.identity;
   await loadModelInfo();
-  if (state.identity === before) return;
-  forgetModelView();
   // A failed poll ("none") is no new model: results go only when one served model replaced another (a network
   // blip, or a laptop waking, cleared them as "changed" and again when the same model answered).
   if (state.identity !== "none") {
-    if (state.identity !== state.lastServed) answeredByThePreviousModel();
+    answeredByAnotherModel(state.identity !== state.lastServed);
     state.lastServed = state.identity;
   }
+  if (state.identity === before) return;
+  forgetModelView();
   $("examples-error").hidden = true;
   await loadExamples();
   if (location.hash === "#model") loadModelView();
 }
 
-// Results on screen were answered by the model served before: left as they were, they read as this one's (and its
-// Grad-CAM box asked the new model for an example of the old one). They go, and each view says why.
-function answeredByThePreviousModel() {
+// A prediction answered by a model the header does not name: the champion changed meanwhile (or a request in flight
+// was answered by the one before). The header is asked again now, not at the next minute's poll.
+onAnsweredBy((model) => { if (state.info && model !== servedTag(state.info)) watchModel(); });
+
+// Results on screen answered by another model than the one served now: left as they were, they read as this one's
+// (and its Grad-CAM box asked the new model for an example of the old one). They go, and each view says why; a
+// result the served model itself answered stays (it was cleared as stale right after the swap that made it).
+// `changed`: the served model is new to the page, which is all an answer without its model's name can go by.
+function answeredByAnotherModel(changed) {
+  const now = servedTag(state.info);
   for (const view of ["slice", "vol", "batch"]) {
     const shown = view === "batch" ? !$("batch-table").hidden : !$(`${view}-result`).hidden;
-    if (!shown) continue;
+    if (!shown || (shownBy[view] ? shownBy[view] === now : !changed)) continue;
     if (view === "batch") clearBatch(); else show(`${view}-result`, false);
     $(`${view}-error`).textContent = "The served model changed since this result: run it again for the new model's answer.";
     show(`${view}-error`, true);

@@ -20,8 +20,20 @@ export async function api(url, options = {}) {
     throw new Error(`${response.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
   }
   if (body === null) throw new Error(`the server answered ${url} with something that is not JSON`);
+  // Which model computed a prediction (the champion can change between two requests): kept with the answer, not
+  // in its JSON, and told to whoever watches (the header shows the served model; a newer one is news).
+  const model = response.headers.get("X-SliceWise-Model");
+  if (model && typeof body === "object") {
+    Object.defineProperty(body, "answeredBy", { value: model, enumerable: false });
+    for (const listener of modelListeners) listener(model);
+  }
   return body;
 }
+
+const modelListeners = [];
+export function onAnsweredBy(listener) { modelListeners.push(listener); }
+// The model that answered what each view shows ("slice", "vol", "batch"), as the API named it.
+export const shownBy = {};
 
 export function postFiles(url, field, files) {
   const form = new FormData();
@@ -59,6 +71,7 @@ export async function busy(prefix, request, render = () => {}) {
   try {
     const answer = await request();
     if (!isLatest()) return null;
+    shownBy[prefix] = answer?.answeredBy;
     await render(answer, isLatest);
     return isLatest() ? true : null;
   } catch (error) {
