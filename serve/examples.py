@@ -114,7 +114,7 @@ def prepared_example(model: ServedModel, entry: dict, folder: Path, ood_threshol
     # judged as an uploaded NPY of the same values is (serve/inference.py): at the model's size, the same bytes get
     # the same verdict (resized, the array is z-scored again per slice). to_display keeps the zero background.
     ood = score_slice(to_display(array[0]).astype(np.float32), array, None, array, ood_threshold)
-    return PreparedSlice(entry["id"], np.ascontiguousarray(array), ood, side)
+    return PreparedSlice(entry["id"], np.ascontiguousarray(array), ood, side, model.in_channels)
 
 
 def truth_mask_png(folder: Path, entry: dict, size: int) -> str | None:

@@ -60,6 +60,7 @@ class PreparedSlice:
     model_input: np.ndarray  # (C, S, S) float32, as the model's training data
     ood: OodResult
     side: int  # the upload's longer side: zero-padded to side x side, then resized to S x S
+    channels_sent: int = 1  # 1 (FLAIR's channel; the others zero) or every modality the model takes
 
 
 def prepare_slice(decoded: DecodedSlice, model: ServedModel, name: str, ood_threshold: float) -> PreparedSlice:
@@ -77,7 +78,7 @@ def prepare_slice(decoded: DecodedSlice, model: ServedModel, name: str, ood_thre
     _check_finite(model_input, name)
     ood = score_slice(gray, model_input, decoded.rgb, decoded.array, ood_threshold)
     return PreparedSlice(name, np.ascontiguousarray(in_flair_channel(model_input, model.in_channels)), ood,
-                         max(gray.shape[-2:]))
+                         max(gray.shape[-2:]), len(model_input))
 
 
 def in_flair_channel(model_input: np.ndarray, channels: int) -> np.ndarray:
@@ -130,6 +131,9 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
             "ood_score": item.ood.score,
             "ood_checks": item.ood.checks,
             "warning": item.ood.warning(ood_threshold),
+            # as the volume route says it: a modality not sent was an all-zero channel (FLAIR alone, for an image)
+            "modalities": {"sent": list(model.modalities[:item.channels_sent]),
+                           "missing": list(model.modalities[item.channels_sent:])},
         }
         if heatmaps is not None:
             result["gradcam_png"] = png_base64(gradcam_overlay(display, heatmaps[i]))

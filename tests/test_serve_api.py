@@ -421,6 +421,11 @@ def test_volume_tta_flag_runs_the_configured_flips(regions_client):
 def test_single_channel_slice_goes_to_the_flair_channel_of_a_four_modality_model(regions_client):
     body = regions_client.post("/v1/predict", files={"file": ("s.png", png_bytes(brain_slice()))}).json()
     assert body["has_tumor"] is True and body["tumor_area_px"] > 0
+    # said in the answer, as the volume route says it: the Slice view warned of nothing
+    assert body["modalities"] == {"sent": ["flair"], "missing": ["t1", "t1ce", "t2"]}
+    four = np.stack([brain_slice().astype(np.float32)] * 4)
+    answer = regions_client.post("/v1/predict", files={"file": ("s.npy", npy_bytes(four))}).json()
+    assert answer["modalities"] == {"sent": ["flair", "t1", "t1ce", "t2"], "missing": []}
 
 
 @pytest.mark.parametrize(("files", "words"), [

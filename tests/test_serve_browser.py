@@ -181,6 +181,12 @@ def test_an_example_runs_in_one_click(browser, server, shots):
     if area:
         assert "out of distribution, so there is no decision" in visible(browser, "slice-mask-note").text
     assert "unreliable" in browser.find_element("id", "slice-gradcam-caption").get_attribute("textContent")
+    # a photo reaches a multi-modality model as FLAIR alone: said, as the Patient view says it of a FLAIR volume
+    takes = browser.execute_script("return fetch('/model/info').then((r) => r.json()).then((i) => i.served.modalities)")
+    note = browser.find_element("id", "slice-modalities")
+    assert note.is_displayed() == (len(takes) > 1)
+    if len(takes) > 1:
+        assert note.text.startswith("Predicted from one channel, read as FLAIR")
     shots(browser, "slice_out_of_distribution")
 
 

@@ -1,6 +1,6 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
-import { $, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage, onAnsweredBy, openView,
-  outline, pct, pickAgain, pngSrc, postFiles, show, showWarning, shownBy, tinted, UNRELIABLE, withheld } from "./common.js";
+import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage,
+  onAnsweredBy, openView, outline, pct, pickAgain, pngSrc, postFiles, show, showWarning, shownBy, tinted, UNRELIABLE, withheld } from "./common.js";
 import { clearBatch, setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
@@ -163,6 +163,12 @@ async function showSlice(result, title) {
     `${withheld(result) ? UNRELIABLE : ""} · ` +
     `OOD score ${fmt(result.ood_score, 2)}`;
   showWarning("slice-warning", result.warning);
+  // A photo or a one-channel slice reaches a multi-modality model as FLAIR alone, the other channels zero: said as
+  // the Patient view says it of a FLAIR-only volume (the prediction differs from the full one)
+  const missing = (result.modalities || {}).missing || [];
+  showWarning("slice-modalities", missing.length ? `Predicted from one channel, read as FLAIR: this model also reads ` +
+    `${missing.map((m) => MODALITY_NAMES[m] || m).join(", ")}, each an all-zero channel here. An NPY of every ` +
+    "modality, (C, H, W) in the model's order, gives the full prediction." : "");
   // The decision and the mask are two answers (README, Serving). Under a "no tumour" decision a mask is at most a
   // candidate too faint for it, and on a photo, whose masks never trained the model, it can cover the whole brain:
   // drawn filled in red by default it read as a found tumour. It starts hidden, and the page says why.

@@ -3,6 +3,7 @@ export const $ = (id) => document.getElementById(id);
 export const pct = (p) => (100 * p).toFixed(1) + " %";
 export const esc = (text) => String(text ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 export const fmt = (value, digits = 3) => (typeof value === "number" ? value.toFixed(digits) : "n/a");
+export const MODALITY_NAMES = { flair: "FLAIR", t1: "T1", t1ce: "T1ce", t2: "T2" };
 
 // JSON from the API, or an Error whose message says what went wrong (the API's `detail`, else the status).
 export async function api(url, options = {}) {

@@ -1,10 +1,9 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice probability plot.
-import { $, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, pickAgain, show, showWarning,
-  tinted, UNRELIABLE, withheld } from "./common.js";
+import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, pickAgain, show,
+  showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
-const MODALITY_NAMES = { flair: "FLAIR", t1: "T1", t1ce: "T1ce", t2: "T2" };
 // BraTS names each modality's file <patient>_<modality>.nii[.gz] (2020: flair, t1, t1ce, t2; 2023:
 // <patient>-t2f, -t1n, -t1c, -t2w), as tasks/data/local_import.py PART_NAMES reads them; t1ce before t1, or "_t1ce"
 // would read as T1.
