@@ -571,6 +571,10 @@ def test_model_tab_explains_the_champion(browser, server, project, shots):
     assert project["champion"]["onnx_sha256"] in lineage and "git commit" in lineage and "params hash" in lineage
     compare = browser.find_element("id", "compare-table").text
     assert f"challenger v{project['challenger']['version']}" in compare and "accuracy" in compare and "[" in compare
+    labels = browser.execute_script(  # a file has no version; a version without the alias is no turned-down challenger
+        "return import('/static/model.js').then((m) => [m.servedLabel({source: 'file', name: 'model.onnx'}),"
+        " m.otherLabel({version: '10', aliases: []}), m.otherLabel({version: '12', aliases: ['challenger']})]);")
+    assert labels == ["served file model.onnx", "v10 (newest other version)", "challenger v12"]
     # each source's accuracy on its own row, with its interval: the photos are not hidden in the pooled figure
     photos = next(r for r in by_css(browser, "#compare-table tbody tr") if r.text.startswith("accuracy, photos"))
     assert "[" in photos.text and "accuracy, MRI slices" in compare

@@ -59,7 +59,14 @@ function gateSection(info) {
   $("gate-table").querySelector("tbody").innerHTML = (gate ? gate.criteria : []).map((c) =>
     `<tr class="${c.passed ? "pass" : "fail"}"><th scope="row">${esc(c.name)}</th>` +
     `<td>${c.passed ? "✔ pass" : "✘ fail"}</td><td>${esc(c.detail)}</td></tr>`).join("");
+  show("gate-table", Boolean(gate && gate.criteria.length));  // no header row over nothing (a file has no gate)
 }
+
+// What the served model and the one beside it are: a file has no version; a version without the challenger alias
+// is only the newest other one (often the previous champion), not a challenger the gate turned down.
+export const servedLabel = (model) => (model.source === "registry" ? `champion v${model.version}` : `served file ${model.name}`);
+export const otherLabel = (model) => ((model.aliases || []).length ? `challenger v${model.version}`
+  : `v${model.version} (newest other version)`);
 
 function lineageSection(info) {
   const tags = info.tags || {};
@@ -83,11 +90,12 @@ function metricCell(metrics, key, lowerIsBetter, other) {
 function compareSection(compare) {
   const { champion, challenger } = compare;
   $("compare-detail").textContent = compare.detail ||
-    `Champion v${champion.version} against challenger v${challenger.version} ` +
-    `(${challenger.gate ? challenger.gate.reason : "registered without the gate"}). ` +
+    `${servedLabel(champion)} against ${otherLabel(challenger)}` +
+    ((challenger.aliases || []).length ? "" : ", which holds no challenger alias") +
+    ` (${challenger.gate ? challenger.gate.reason : "registered without the gate"}). ` +
     "Bold is better; intervals are 95 % bootstrap intervals.";
-  const head = `<tr><th>metric (test split)</th><th>champion v${esc(champion.version ?? "")}</th>` +
-    (challenger ? `<th>challenger v${esc(challenger.version)}</th>` : "") + "</tr>";
+  const head = `<tr><th>metric (test split)</th><th>${esc(servedLabel(champion))}</th>` +
+    (challenger ? `<th>${esc(otherLabel(challenger))}</th>` : "") + "</tr>";
   const rows = METRICS.filter(([key]) => typeof get(champion.metrics, key) === "number" ||
     (challenger && typeof get(challenger.metrics, key) === "number"))
     .map(([key, label, lower]) => `<tr><th scope="row">${esc(label)}</th>` +
@@ -123,7 +131,7 @@ async function compareExamples(compare) {
   const box = $("compare-examples");
   box.replaceChildren();
   if (!compare.examples.length) {
-    box.innerHTML = "<p class=\"small\">No example slices: the served champion carries none (the Examples tab says why).</p>";
+    box.innerHTML = "<p class=\"small\">No example slices: the served model carries none (the Examples tab says why).</p>";
     return;
   }
   for (const row of compare.examples) {
