@@ -245,6 +245,16 @@ def test_the_content_security_policy_refuses_nothing_the_ui_does(browser, server
     assert browser.execute_script("return window.ran === undefined")
 
 
+def test_the_skip_link_moves_the_focus_and_keeps_the_open_view(browser, server):
+    """It set the hash to #main, which holds the open view: a reload then opened Examples, not the view the user was on."""
+    open_page(browser, server, "patient")
+    browser.find_element("css selector", "a.skip").send_keys("\n")  # followed with the keyboard, as it is meant to
+    assert browser.execute_script("return document.activeElement.id") == "main"
+    assert browser.execute_script("return location.hash") == "#patient"
+    browser.refresh()
+    wait(browser, lambda d: d.find_element("id", "view-patient").is_displayed())
+
+
 def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
     from selenium.webdriver.common.keys import Keys
 
@@ -259,6 +269,12 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
     assert "cm³" in browser.find_element("id", "vol-regions").text
     assert browser.find_element("id", "vol-labels-link").get_attribute("href").startswith("blob:")
 
+    opening = browser.execute_script(  # the tumour's middle, not the first slice at probability 1 (its lower edge)
+        "return import('/static/patient.js').then((m) => [m.openingSlice([{slice: 0, tumor_probability: 1, "
+        "tumor_area_mm2: 40}, {slice: 1, tumor_probability: 1, tumor_area_mm2: 90}, {slice: 2, tumor_probability: "
+        "0.9, tumor_area_mm2: 60}]).slice, m.openingSlice([{slice: 0, tumor_probability: 0.2}, {slice: 1, "
+        "tumor_probability: 0.4}]).slice]);")
+    assert opening == [1, 1]
     shown, label = canvas_sum(browser, "vol-canvas"), browser.find_element("id", "vol-slice-label").text
     z = int(slider.get_attribute("value"))
     canvas = browser.find_element("id", "vol-canvas")

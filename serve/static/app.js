@@ -227,6 +227,13 @@ $("slice-gradcam").addEventListener("change", () =>
   (lastSliceExample ? runSliceExample(lastSliceExample) : predictSliceFile()));
 for (const id of ["slice-opacity", "slice-show-pred", "slice-show-truth"]) $(id).addEventListener("input", drawSlice);
 
+// The skip link moves the focus to the content without changing the hash: the hash holds the open view, and
+// "#main" made a reload open the Examples tab instead of the view the user was on.
+document.querySelector("a.skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  $("main").focus();
+});
+
 // ---------------------------------------------------------------- start
 setupPatient();
 setupBatch();

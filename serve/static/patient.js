@@ -76,9 +76,8 @@ async function render(result, title, isLatest = () => true) {
     $("vol-unc-link").href = blobUrl(result.uncertainty_nifti);
     $("vol-unc-link").download = result.uncertainty_nifti_filename;
   }
-  const best = result.slices.reduce((a, b) => (b.tumor_probability > a.tumor_probability ? b : a));
   $("vol-slider").max = result.slices.length - 1;
-  $("vol-slider").value = best.slice;
+  $("vol-slider").value = openingSlice(result.slices).slice;
   show("vol-result", true);
   drawSlice();
 }
@@ -173,6 +172,16 @@ export async function openVolumeExample(example) {
 // it were FLAIR. Several go one field per modality, told apart by their BraTS names; the names also tell a missing
 // FLAIR, a modality chosen twice and files of two patients apart, which are refused here in the user's words (the
 // API refuses the first two as well, in its fields' terms).
+// The slice the viewer opens on: where the tumour is largest. Many slices reach a probability of 1.000, and the
+// first of them is the tumour's lower edge; by area (then probability, for a volume without any mask) it is its middle.
+export function openingSlice(slices) {
+  const size = (s) => [s.tumor_area_mm2 ?? 0, s.tumor_probability];
+  return slices.reduce((a, b) => {
+    const [areaA, pA] = size(a), [areaB, pB] = size(b);
+    return areaB > areaA || (areaB === areaA && pB > pA) ? b : a;
+  });
+}
+
 function volumeForm(files) {
   const form = new FormData();
   if (files.length === 1 && LABEL_MAP_SUFFIX.test(files[0].name)) {
