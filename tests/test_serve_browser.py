@@ -276,6 +276,7 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
         "tumor_probability: 0.4}]).slice]);")
     assert opening == [1, 1]
     shown, label = canvas_sum(browser, "vol-canvas"), browser.find_element("id", "vol-slice-label").text
+    assert slider.get_attribute("aria-valuetext") == f"slice {label}"  # a screen reader hears the figures too
     z = int(slider.get_attribute("value"))
     canvas = browser.find_element("id", "vol-canvas")
     canvas.send_keys(Keys.ARROW_DOWN if z > 0 else Keys.ARROW_UP)  # the keyboard scrolls the volume

@@ -129,6 +129,8 @@ function drawSlice() {
   const area = s.tumor_area_mm2 === undefined ? "" :
     ` · ${s.tumor_area_mm2.toFixed(0)} mm²${withheld(patient.result) ? " (unreliable)" : ""}`;
   $("vol-slice-label").textContent = `${z} / ${patient.slices.length - 1} · p = ${s.tumor_probability.toFixed(3)}${area}`;
+  // what a screen reader says of the slider: the slice and its figures, not the bare number
+  $("vol-slider").setAttribute("aria-valuetext", `slice ${$("vol-slice-label").textContent}`);
   drawPlot(z);
 }
 
