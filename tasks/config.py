@@ -125,7 +125,7 @@ class SplitSettings(_Section):
     train: float = 0.70
     val: float = 0.15
     test: float = 0.15
-    phash_max_distance: int = Field(8, ge=0)
+    phash_max_distance: int = Field(6, ge=0)
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> "SplitSettings":

@@ -468,7 +468,7 @@ def test_a_champion_without_a_readable_accuracy_tag_is_rescored_not_trusted(proj
     """A hand-aliased or foreign champion whose test_accuracy tag is missing or not a number: re-scored on this test
     split, instead of blocking every challenger ("accuracy unknown") or crashing register."""
     settings = tracked(tiny_settings)
-    # the tiny test brains lie within the default 8 pHash bits of each other: as copies of the champion's training
+    # the tiny test brains lie within the default 6 pHash bits of each other: as copies of the champion's training
     # photos they would be left out of its re-scoring, which is another test's case
     settings = settings.model_copy(update={"split": settings.split.model_copy(update={"phash_max_distance": 4})})
     write_metrics(project, accuracy=0.9, sensitivity=0.9)
