@@ -100,6 +100,10 @@ def check_command(params: Path = typer.Option(paths.PARAMS, help="parameters fil
         check_prerequisites(settings)
     except SliceWiseError as exc:
         _fail(exc)
+    from tasks.release.store_moved import artifacts_elsewhere
+
+    if warning := artifacts_elsewhere():
+        typer.secho(f"warning: {warning}", err=True, fg="yellow")
     typer.echo(f"{params}: valid (profile {settings.profile}, data source {settings.data.source})")
 
 

@@ -231,3 +231,41 @@ def test_one_store_written_another_way_is_the_same_store(tmp_path, monkeypatch):
     assert registered_elsewhere() is None
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
     assert "records version 3 in http://127.0.0.1:5000; the MLflow store is now" in registered_elsewhere()
+
+
+def test_a_project_copied_with_its_store_is_told_where_its_artifacts_live(tmp_path, monkeypatch):
+    """MLflow records each experiment's artifact folder as an absolute path: a copied project kept writing into the
+    original's mlartifacts/, and once that was gone its registered models could not be loaded. `tasks check` says so."""
+    import shutil
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from tasks.release.store_moved import artifacts_elsewhere
+    from tests.conftest import REPO
+    from tests.release_factory import fresh_mlflow_store
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    fresh_mlflow_store(original)
+    monkeypatch.chdir(original)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client = MlflowClient(f"sqlite:///{original / 'mlflow.db'}")
+    experiment = client.create_experiment("slicewise", artifact_location=(original / "mlartifacts" / "slicewise").as_uri())
+    assert artifacts_elsewhere() is None  # no run yet: nothing lives anywhere
+    client.create_run(experiment)
+    (original / "mlartifacts" / "slicewise").mkdir(parents=True)
+    assert artifacts_elsewhere() is None  # its own folder
+    shutil.copytree(original, copy)
+    monkeypatch.chdir(copy)
+    assert "outside this project" in artifacts_elsewhere() and str(original / "mlartifacts") in artifacts_elsewhere()
+    shutil.rmtree(original)
+    assert "which no longer exists: the project was copied or moved" in artifacts_elsewhere()
+    shutil.copy(REPO / "params.yaml", copy / "params.yaml")
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    checked = subprocess.run([sys.executable, "-m", "tasks", "check"], cwd=copy, env=env, capture_output=True, text=True)
+    assert checked.returncode == 0 and "warning: mlflow.db keeps its artifacts in" in " ".join(checked.stderr.split())
+    (copy / "mlflow.db").unlink()  # `rm mlflow.db`, as it says: nothing more to say
+    assert artifacts_elsewhere() is None

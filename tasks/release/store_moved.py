@@ -9,8 +9,10 @@ when it answers (its version reuse keeps that from registering a model twice in 
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from tasks import paths
 from tasks.io import read_json
@@ -57,3 +59,31 @@ def _address(uri: str) -> tuple:
                 parts.port or DEFAULT_PORTS.get(scheme), parts.path.rstrip("/"), parts.query)
     except ValueError:  # an unparseable port: only the same text is the same store
         return (uri,)
+
+
+def artifacts_elsewhere() -> str | None:
+    """Why the local store's artifacts are not this project's, or None. MLflow records each experiment's artifact
+    folder as an absolute path: a project copied or moved with its mlflow.db keeps writing into the old folder (or
+    recreates it), and once that is gone the registered models cannot be loaded. Read with sqlite alone, quickly,
+    before `make run` (MLflow's import takes seconds)."""
+    store = sqlite_file(tracking_uri())
+    if store is None or not store.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+            locations = [row[0] for row in db.execute(  # the experiments holding runs (not MLflow's empty Default)
+                "select distinct e.artifact_location from experiments e join runs r on r.experiment_id = "
+                "e.experiment_id where e.lifecycle_stage = 'active'")]
+    except sqlite3.Error:  # not an MLflow store yet (or another schema): MLflow says so when it is used
+        return None
+    here = Path.cwd().resolve()
+    for location in locations:
+        if not location or not location.startswith(("file://", "/")):
+            continue  # a server's mlflow-artifacts:, an object store: not a folder of this machine
+        folder = Path(unquote(urlsplit(location).path) if location.startswith("file://") else location)
+        if not folder.resolve().is_relative_to(here):
+            state = "which no longer exists" if not folder.exists() else "outside this project"
+            return (f"{store.name} keeps its artifacts in {folder}, {state}: the project was copied or moved with "
+                    "its MLflow store, so its runs and models live (or lived) in the other project's folder. "
+                    f"`rm {store.name}` starts a fresh store here (the next `make run` registers the model again)")
+    return None
