@@ -179,7 +179,8 @@ def test_regions_report_shape_intervals_and_null_regions():
                            "wt_present": [True, True, True], "uncertainty_mean_on_errors": [0.5, 0.6, 0.4],
                            "uncertainty_mean_on_correct": [0.01, 0.02, 0.01], "uncertainty_auroc": [0.9, 0.8, np.nan]})
     section, intervals, uncertainty = brats.regions_report(scores, 200, seed=0)
-    assert section["wt"] == {"dice": pytest.approx(0.8), "hd95": pytest.approx(10 / 3), "n_present": 3}
+    assert section["wt"] == {"dice": pytest.approx(0.8), "hd95": pytest.approx(10 / 3)}
+    assert brats.regions_present(scores) == {"wt": 3, "tc": None, "et": None}
     assert section["tc"] == {"dice": None, "hd95": None} and section["et"] == {"dice": None, "hd95": None}
     lo, hi = intervals["segmentation_regions.wt.dice"]
     assert lo <= 0.8 <= hi and lo >= 0.7 - 1e-9 and hi <= 0.9 + 1e-9
@@ -194,7 +195,7 @@ def test_a_region_present_in_fewer_than_two_patients_says_so_and_has_no_interval
                            "wt_present": [True] * 3, "et_dice": [1.0, 1.0, 0.6], "et_hd95": [0.0, 0.0, 4.0],
                            "et_present": [False, False, True]})
     section, intervals, _ = brats.regions_report(scores, 100, seed=0)
-    assert section["et"]["n_present"] == 1 and section["et"]["dice"] == pytest.approx(2.6 / 3)
+    assert brats.regions_present(scores)["et"] == 1 and section["et"]["dice"] == pytest.approx(2.6 / 3)
     assert intervals["segmentation_regions.et.dice"] is None and intervals["segmentation_regions.et.hd95"] is None
     assert intervals["segmentation_regions.wt.dice"] is not None
 
