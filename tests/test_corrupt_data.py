@@ -450,7 +450,8 @@ def test_a_binary_tumour_mask_rejects_its_patient_and_one_without_enhancing_tumo
     import nibabel as nib
 
     raw, out = make_raw(tmp_path), tmp_path / "processed"
-    for number, relabel in (("001", lambda seg: (seg > 0).astype(np.uint8)), ("002", lambda seg: np.where(seg == 4, 1, seg))):
+    binary, without_enhancing = (lambda seg: (seg > 0).astype(np.uint8)), (lambda seg: np.where(seg == 4, 1, seg))
+    for number, relabel in (("001", binary), ("002", without_enhancing)):
         seg = raw / "brats" / f"BraTS20_Training_{number}" / f"BraTS20_Training_{number}_seg.nii.gz"
         image = nib.load(seg)
         labels = relabel(np.asanyarray(image.dataobj))

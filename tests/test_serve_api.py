@@ -714,8 +714,9 @@ BAD_VOLUMES = [
     ("4d", nifti_with_shape((16, 16, 4, 3)), 422, "dimensions"),
     ("truncated nifti", nifti_with_shape((32, 32, 8))[:2000], 422, "undecodable"),
     ("inf", nib.Nifti1Image(np.full((16, 16, 4), np.inf, np.float32), np.eye(4)).to_bytes(), 422, "infinite"),
-    ("two voxel sizes", nifti_with_two_voxel_sizes(), 422, "v.nii.gz: the header's voxel size (pixdim) is 1 x 1 x 1 "
-                                                           "mm but its voxel-to-world transform (sform) puts voxels 2 x 2 x 2 mm apart"),
+    ("two voxel sizes", nifti_with_two_voxel_sizes(), 422,
+     "v.nii.gz: the header's voxel size (pixdim) is 1 x 1 x 1 mm but its voxel-to-world transform (sform) puts "
+     "voxels 2 x 2 x 2 mm apart"),
 ]
 
 

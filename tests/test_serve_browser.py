@@ -246,7 +246,8 @@ def test_the_content_security_policy_refuses_nothing_the_ui_does(browser, server
 
 
 def test_the_skip_link_moves_the_focus_and_keeps_the_open_view(browser, server):
-    """It set the hash to #main, which holds the open view: a reload then opened Examples, not the view the user was on."""
+    """It set the hash to #main, which holds the open view: a reload then opened Examples, not the view the user
+    was on."""
     open_page(browser, server, "patient")
     browser.find_element("css selector", "a.skip").send_keys("\n")  # followed with the keyboard, as it is meant to
     assert browser.execute_script("return document.activeElement.id") == "main"
@@ -535,7 +536,8 @@ def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots,
     assert ood[0].find_element("css selector", "td.unreliable").text.endswith("(unreliable)")  # its area, marked
     assert not [r for r in rows if r not in ood and r.find_elements("css selector", "td.unreliable")]
     by_css(browser, "#batch-table th[data-key='tumor_area_px'] button")[0].click()  # largest found tumours first
-    decided = [r.find_element("css selector", ".badge").text == "tumour" for r in by_css(browser, "#batch-table tbody tr")]
+    decided = [r.find_element("css selector", ".badge").text == "tumour"
+               for r in by_css(browser, "#batch-table tbody tr")]
     assert decided == sorted(decided, reverse=True), decided  # an area under no tumour decision never leads
     by_css(browser, "#batch-table th[data-key='filename'] button")[0].click()
     names = [r.find_element("css selector", "td.name").text for r in by_css(browser, "#batch-table tbody tr")]
@@ -564,8 +566,8 @@ def test_batch_table_sorts_and_flags_out_of_distribution(browser, server, shots,
     assert "1 of 2 files could not be read" in browser.find_element("id", "batch-failed").text
     assert not browser.find_element("id", "batch-error").is_displayed()
     shots(browser, "batch_with_an_unreadable_file")
-    csv = browser.execute_script("return import('/static/batch.js').then((m) => m.batchCsv(arguments[0]));",
-                                 [{"filename": "notes.png", "error": "notes.png: unsupported file type", "status": 415}])
+    failure = {"filename": "notes.png", "error": "notes.png: unsupported file type", "status": 415}
+    csv = browser.execute_script("return import('/static/batch.js').then((m) => m.batchCsv(arguments[0]));", [failure])
     assert csv.splitlines()[0].endswith(",error") and csv.splitlines()[1].endswith('"notes.png: unsupported file type"')
     # a batch that fails leaves no table: the rows above (and their CSV) would read as the new files' answers
     browser.execute_script(clear_files)

@@ -9,8 +9,8 @@ from PIL import Image
 from tasks.config import SliceSettings, SplitSettings
 from tasks.data.shards import read_manifest
 from tasks.data.slicing import slice_dataset
-from tasks.data.splitting import (check_no_leakage, kaggle_near_duplicates, near_duplicate_pairs, perceptual_hashes, split_dataset,
-                                  split_sizes)
+from tasks.data.splitting import (check_no_leakage, kaggle_near_duplicates, near_duplicate_pairs, perceptual_hashes,
+                                  split_dataset, split_sizes)
 from tasks.errors import SliceWiseError
 from tests.nifti_factory import write_kaggle, write_patient
 

@@ -252,10 +252,11 @@ def test_a_project_copied_with_its_store_is_told_where_its_artifacts_live(tmp_pa
     monkeypatch.chdir(original)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     client = MlflowClient(f"sqlite:///{original / 'mlflow.db'}")
-    experiment = client.create_experiment("slicewise", artifact_location=(original / "mlartifacts" / "slicewise").as_uri())
+    folder = original / "mlartifacts" / "slicewise"
+    experiment = client.create_experiment("slicewise", artifact_location=folder.as_uri())
     assert artifacts_elsewhere() is None  # no run yet: nothing lives anywhere
     client.create_run(experiment)
-    (original / "mlartifacts" / "slicewise").mkdir(parents=True)
+    folder.mkdir(parents=True)
     assert artifacts_elsewhere() is None  # its own folder
     shutil.copytree(original, copy)
     monkeypatch.chdir(copy)
@@ -265,7 +266,8 @@ def test_a_project_copied_with_its_store_is_told_where_its_artifacts_live(tmp_pa
     shutil.copy(REPO / "params.yaml", copy / "params.yaml")
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
-    checked = subprocess.run([sys.executable, "-m", "tasks", "check"], cwd=copy, env=env, capture_output=True, text=True)
+    checked = subprocess.run([sys.executable, "-m", "tasks", "check"], cwd=copy, env=env, capture_output=True,
+                             text=True)
     assert checked.returncode == 0 and "warning: mlflow.db keeps its artifacts in" in " ".join(checked.stderr.split())
     (copy / "mlflow.db").unlink()  # `rm mlflow.db`, as it says: nothing more to say
     assert artifacts_elsewhere() is None

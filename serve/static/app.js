@@ -1,6 +1,7 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
 import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage,
-  onAnsweredBy, openView, outline, pct, pickAgain, pngSrc, postFiles, show, showWarning, shownBy, tinted, UNRELIABLE, withheld } from "./common.js";
+  onAnsweredBy, openView, outline, pct, pickAgain, pngSrc, postFiles, show, showWarning, shownBy, tinted, UNRELIABLE,
+  withheld } from "./common.js";
 import { clearBatch, setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
@@ -41,7 +42,8 @@ window.addEventListener("hashchange", () => {
 // Which model is served: the server swaps in a new champion while the page stays open (serve.poll_seconds).
 const identity = (info) => (info ? `${info.name}|${info.version}|${(info.tags || {}).onnx_sha256 || ""}` : "none");
 // How a prediction's X-SliceWise-Model header names the served model (serve/api.py answered_by).
-const servedTag = (info) => (info ? (info.source === "registry" ? `${info.name}/${info.version}` : `file ${info.name}`) : null);
+const servedTag = (info) => (!info ? null
+  : info.source === "registry" ? `${info.name}/${info.version}` : `file ${info.name}`);
 
 async function loadModelInfo() {
   const box = $("model-info");

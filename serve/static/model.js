@@ -64,7 +64,8 @@ function gateSection(info) {
 
 // What the served model and the one beside it are: a file has no version; a version without the challenger alias
 // is only the newest other one (often the previous champion), not a challenger the gate turned down.
-export const servedLabel = (model) => (model.source === "registry" ? `champion v${model.version}` : `served file ${model.name}`);
+export const servedLabel = (model) => (model.source === "registry" ? `champion v${model.version}`
+  : `served file ${model.name}`);
 export const otherLabel = (model) => ((model.aliases || []).length ? `challenger v${model.version}`
   : `v${model.version} (newest other version)`);
 
@@ -131,7 +132,8 @@ async function compareExamples(compare) {
   const box = $("compare-examples");
   box.replaceChildren();
   if (!compare.examples.length) {
-    box.innerHTML = "<p class=\"small\">No example slices: the served model carries none (the Examples tab says why).</p>";
+    box.innerHTML = "<p class=\"small\">No example slices: the served model carries none (the Examples tab says " +
+      "why).</p>";
     return;
   }
   for (const row of compare.examples) {

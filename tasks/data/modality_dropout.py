@@ -1,11 +1,11 @@
 """Modality dropout: training samples lose some input channels, so one network serves 4-channel volumes and
 single-channel images (Kaggle images, uploaded slices, FLAIR-only volumes).
 
-A missing modality is an all-zero channel: z-scored inputs are 0 on the background, and serving fills every
-modality it was not given with zeros. With probability `share` (train.augment.modality_dropout) a sample is
-thinned: half of those keep the FLAIR channel (channel 0) alone, the single-channel case serving sees most, and the
-other half keep a uniformly drawn non-empty subset of their channels that is not all of them. A draw that would leave a sample without any
-signal (a Kaggle image holds channel 0 only) leaves it as it was. Training only: validation, evaluation, export
+A missing modality is an all-zero channel: z-scored inputs are 0 on the background, and serving fills every modality
+it was not given with zeros. With probability `share` (train.augment.modality_dropout) a sample is thinned: half of
+those keep the FLAIR channel (channel 0) alone, the single-channel case serving sees most, and the other half keep a
+uniformly drawn non-empty subset of their channels that is not all of them. A draw that would leave a sample without
+any signal (a Kaggle image holds channel 0 only) leaves it as it was. Training only: validation, evaluation, export
 and serving never call this, so the 4-channel inference path is the plain network.
 
 The draws (`draw_modality_dropout`) are made for a whole batch in the main process, from the run's generator, right

@@ -185,7 +185,8 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
     synthetic = data_source == "synthetic"
     lines = [
         title, "",
-        f"Multitask 2D U-Net: {_segmented(metrics)} segmentation of axial brain MRI slices and a tumour / no-tumour decision "
+        f"Multitask 2D U-Net: {_segmented(metrics)} segmentation of axial brain MRI slices and a tumour / no-tumour "
+        "decision "
         f"per slice (tumour when {score} >= {_fmt(threshold)}, {threshold_origin}; "
         f"a pixel is tumour when its probability >= {_fmt(cut.get('value'))}, {cut_origin}).",
         *_lone_slice_sentence(decision_rule, threshold),
