@@ -261,6 +261,9 @@ def test_a_project_copied_with_its_store_is_told_where_its_artifacts_live(tmp_pa
     shutil.copytree(original, copy)
     monkeypatch.chdir(copy)
     assert "outside this project" in artifacts_elsewhere() and str(original / "mlartifacts") in artifacts_elsewhere()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{original / 'mlflow.db'}")  # a store kept elsewhere on purpose
+    assert artifacts_elsewhere() is None
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     shutil.rmtree(original)
     assert "which no longer exists: the project was copied or moved" in artifacts_elsewhere()
     shutil.copy(REPO / "params.yaml", copy / "params.yaml")

@@ -239,15 +239,15 @@ def bootstrap_ci(
 ) -> dict[str, list[float]]:
     """Percentile bootstrap interval of each value `statistic` returns, resampling GROUPS (patients).
 
-    `strata[i]` (optional) is the stratum of item i (its source): each resample then draws within each stratum as
-    many of its patients as it has, since the test split's mix is fixed by design (7 BraTS patients and 36 photo
-    groups always; pooled, a resample held anything from 0 to 18 BraTS patients, a variance the design does not have).
-
     `groups[i]` is the patient of item i. Each resample draws as many patients as there are, with replacement;
     `statistic` receives one weight per item (how often its patient was drawn, 0 when not drawn) so that it can
     evaluate weighted metrics without copying data. Resamples where a value is undefined (NaN) are skipped for
     that value. Same seed, same intervals. Fewer than two patients give no interval: resampling one patient always
     draws the same data, and its zero-width "interval" would read as certainty (and pass a lower-bound gate).
+
+    `strata[i]` (optional) is the stratum of item i (its source): each resample then draws within each stratum as
+    many of its patients as it has, since the test split's mix is fixed by design (7 BraTS patients and 36 photo
+    groups always; pooled, a resample held anything from 0 to 18 BraTS patients, a variance the design does not have).
     """
     _, codes = np.unique(np.asarray(groups), return_inverse=True)
     n_groups = int(codes.max()) + 1 if len(codes) else 0

@@ -186,8 +186,7 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
     lines = [
         title, "",
         f"Multitask 2D U-Net: {_segmented(metrics)} segmentation of axial brain MRI slices and a tumour / no-tumour "
-        "decision "
-        f"per slice (tumour when {score} >= {_fmt(threshold)}, {threshold_origin}; "
+        f"decision per slice (tumour when {score} >= {_fmt(threshold)}, {threshold_origin}; "
         f"a pixel is tumour when its probability >= {_fmt(cut.get('value'))}, {cut_origin}).",
         *_lone_slice_sentence(decision_rule, threshold),
         "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",

@@ -66,17 +66,16 @@ def artifacts_elsewhere() -> str | None:
     folder as an absolute path: a project copied or moved with its mlflow.db keeps writing into the old folder (or
     recreates it), and once that is gone the registered models cannot be loaded. Read with sqlite alone, quickly,
     before `make run` (MLflow's import takes seconds)."""
-    store = sqlite_file(tracking_uri())
-    if store is None or not store.is_file():
-        return None
+    store, here = sqlite_file(tracking_uri()), Path.cwd().resolve()
+    if store is None or not store.is_file() or not store.resolve().is_relative_to(here):
+        return None  # a store kept elsewhere on purpose (MLFLOW_TRACKING_URI) may keep its artifacts anywhere
     try:
-        with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        with closing(sqlite3.connect(store.resolve().as_uri() + "?mode=ro", uri=True)) as db:
             locations = [row[0] for row in db.execute(  # the experiments holding runs (not MLflow's empty Default)
                 "select distinct e.artifact_location from experiments e join runs r on r.experiment_id = "
                 "e.experiment_id where e.lifecycle_stage = 'active'")]
     except sqlite3.Error:  # not an MLflow store yet (or another schema): MLflow says so when it is used
         return None
-    here = Path.cwd().resolve()
     for location in locations:
         if not location or not location.startswith(("file://", "/")):
             continue  # a server's mlflow-artifacts:, an object store: not a folder of this machine
