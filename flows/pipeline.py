@@ -15,7 +15,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
-import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -25,7 +24,7 @@ from flows.source_inventory import local_source_drift
 from flows.stage_task import StepRun, forward_step_logs, stage_task
 from tasks import paths
 from tasks.config import Settings, load_settings
-from tasks.params_edit import set_params
+from tasks.params_edit import set_params, stated_data_source
 from tasks.redaction import redact
 from tasks.release.store_moved import registered_elsewhere
 from tasks.run_lock import pipeline_lock
@@ -151,9 +150,7 @@ def folders_without_local_source(updates: dict[str, str], source: str) -> str | 
 def apply_parameters(**values: str | None) -> Settings:
     """Write the given flow parameters into params.yaml first, as `dvc exp run -S` would, so DVC sees them."""
     updates = parameter_updates(**values)
-    # the source as params.yaml states it, unvalidated: the updates may be what makes the file valid
-    stated = yaml.safe_load(paths.PARAMS.read_text(encoding="utf-8")) or {}
-    if why := folders_without_local_source(updates, (stated.get("data") or {}).get("source", "synthetic")):
+    if why := folders_without_local_source(updates, stated_data_source()):
         raise ValueError(why)
     if updates:
         set_params(updates)

@@ -62,16 +62,21 @@ def tumour_burden_strata(manifest: pd.DataFrame, patients: list[str]) -> list[in
 
 def perceptual_hashes(processed: Path, kaggle: pd.DataFrame, mirrored: bool = False) -> dict[str, int]:
     """64-bit pHash of each processed Kaggle image, as an integer; `mirrored`: of the image flipped left-right."""
-    hashes = {}
+    return _hashes(processed, kaggle, (mirrored,))[0]
+
+
+def _hashes(processed: Path, kaggle: pd.DataFrame, mirrorings: tuple[bool, ...]) -> list[dict[str, int]]:
+    """One {image: pHash} per entry of `mirrorings` (as it is, flipped left-right), each shard read once."""
+    hashes: list[dict[str, int]] = [{} for _ in mirrorings]
     for shard_name, rows in kaggle.groupby("shard"):
         images = read_shard(processed / shard_name).images
         for patient, row in zip(rows["patient"], rows["row"]):
             image = images[row, 0].astype(np.float32)
-            image = image[:, ::-1] if mirrored else image
             span = float(image.max() - image.min()) or 1.0
             pixels = ((image - image.min()) / span * 255).astype(np.uint8)
-            bits = imagehash.phash(Image.fromarray(pixels)).hash.flatten()
-            hashes[patient] = int("".join("1" if b else "0" for b in bits), 2)
+            for found, mirrored in zip(hashes, mirrorings):
+                bits = imagehash.phash(Image.fromarray(pixels[:, ::-1] if mirrored else pixels)).hash.flatten()
+                found[patient] = int("".join("1" if b else "0" for b in bits), 2)
     return hashes
 
 
@@ -100,8 +105,8 @@ def kaggle_near_duplicates(processed: Path, kaggle: pd.DataFrame, max_distance: 
     bootstrap and the champion's re-scoring read them): pHash within `max_distance` bits, the second image as it is
     or mirrored (the Kaggle set holds re-saved, resized and flipped copies; re-saved at JPEG quality 60 or resized to
     0.6, a copy lay up to 6 bits away, flipped 32)."""
-    return near_duplicate_pairs(perceptual_hashes(processed, kaggle), max_distance,
-                                mirrored=perceptual_hashes(processed, kaggle, mirrored=True))
+    plain, mirrored = _hashes(processed, kaggle, (False, True))
+    return near_duplicate_pairs(plain, max_distance, mirrored=mirrored)
 
 
 def near_duplicate_groups(images: list[str], pairs: list[tuple[str, str]]) -> list[list[str]]:

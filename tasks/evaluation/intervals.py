@@ -66,12 +66,14 @@ def confidence_intervals(test: SplitPredictions, threshold: float | np.ndarray, 
         # the pooled figures resample each source's units within it: the split's mix of sources is fixed
         ci = metrics.bootstrap_ci(groups.to_numpy(), statistic, n_resamples, seed,
                                   strata=sources if prefix == "classification" else None)
-        point = statistic(np.ones(len(groups)))
+        point = None  # the figures themselves, computed only when an interval came out degenerate
         for name, bounds in ci.items():
-            if name in SOURCE_CI_METRICS and bounds[0] == bounds[1] and point.get(name) in (0.0, 1.0):
-                # no error at all (or no success): every resample agrees, and a zero-width interval would read as
-                # certainty from a few patients (and pass promotion.use_lower_bound as such)
-                bounds = metrics.wilson_interval(point[name], _units_counted(name, groups, test.slices["label"]))
+            if name in SOURCE_CI_METRICS and bounds[0] == bounds[1]:
+                point = point or statistic(np.ones(len(groups)))
+                if point.get(name) in (0.0, 1.0):
+                    # no error at all (or no success): every resample agrees, and a zero-width interval would read
+                    # as certainty from a few patients (and pass promotion.use_lower_bound as such)
+                    bounds = metrics.wilson_interval(point[name], _units_counted(name, groups, test.slices["label"]))
             intervals[f"{prefix}.{name}"] = bounds
     return intervals
 

@@ -128,7 +128,6 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
             "tracking_uri": redact(portable_uri(tracking_uri()))}
 
 
-
 def gate_settings_digest(settings: Settings, release: Release) -> str:
     """The digest of what the verdict is judged by: the promotion settings, the gate's criteria (one added in code is a
     new gate too) and the parity limits the reason shows (parity_detail: the export report's own)."""
