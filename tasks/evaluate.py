@@ -4,7 +4,7 @@
     segmentation    Dice, IoU, HD95 (mm) per BraTS test slice whose ground truth has tumour
     volume          Dice, HD95 (mm) per BraTS test patient, slices re-stacked by slice_index
     regions         WT, TC, ET Dice and HD95 per BraTS test patient, raw volume at native resolution (BraTS rules)
-    ci95            percentile bootstrap resampling patients (a Kaggle image is its own patient)
+    ci95            BCa bootstrap resampling patients, widened for few (a Kaggle image is its own patient)
 Writes reports/metrics.json (the contract's shape, DVC metrics) and the figures with their DVC plot files in
 reports/plots/; logs both to the step's tracker run. The work is tasks/evaluation/'s.
 """

@@ -111,7 +111,9 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     written = json.loads(path.read_text())
     assert set(written) == set(CONTRACT_KEYS) | {"ci95", "classification_by_source", "sensitivity_by_tumour_area",
                                                  "segmentation_threshold", "classification_threshold",
-                                                 "segmentation_misses", "segmentation_regions_present"}
+                                                 "segmentation_misses", "segmentation_regions_present",
+                                                 "ci95_method"}
+    assert written["ci95_method"] == {"interval": "bca", "level": 0.95, "resampled": "patients", "resamples": 100}
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
     assert written["classification_threshold"] == {"value": written["classification"]["threshold"], "rule": "youden",
                                                    "slice_score": "fused", "slices_in_volume": True,
@@ -216,6 +218,7 @@ def test_region_scores_land_in_metrics_json_with_intervals():
     assert report["volume_uncertainty"]["auroc"] == pytest.approx(0.875)
     flat = evaluation_report.flatten_metrics(report)
     assert flat["segmentation_regions.et.hd95"] == report["segmentation_regions"]["et"]["hd95"]
+    assert not any(name.startswith("ci95_method") for name in flat)  # how intervals were made is no metric
     assert evaluation_report.headline(report)["segmentation_regions.tc.dice"]["value"] == pytest.approx(
         regions["tc_dice"].mean())
 

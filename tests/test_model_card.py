@@ -38,6 +38,14 @@ def test_card_without_regions_or_organisers_still_renders():
     assert "U-Net: whole-tumour segmentation of axial" in text
 
 
+def test_card_names_how_its_intervals_were_computed():
+    bca = card({"classification": {"threshold": 0.5}, "ci95_method": {"interval": "bca", "level": 0.95}})
+    assert "95 % BCa bootstrap resampling patients, its tails widened for few patients" in bca
+    # a metrics.json from before the BCa intervals: they were percentile intervals, and the card says so
+    older = card({"classification": {"threshold": 0.5}})
+    assert "Intervals: percentile bootstrap resampling patients." in older and "BCa" not in older
+
+
 def test_card_renders_when_metrics_json_lacks_a_section_or_holds_null():
     """A missing or null section fails its gate criterion (gate.py); the card rendered before the gate and crashed
     `register` with a KeyError / AttributeError traceback instead."""

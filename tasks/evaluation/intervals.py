@@ -1,8 +1,8 @@
-"""Bootstrap 95 % confidence intervals of the test figures, resampling patients (`confidence_intervals`): every test
-patient for classification, with a Kaggle image's near-duplicates as one (`resampling_units`), the BraTS patients
-with tumour slices for the per-slice segmentation scores and every BraTS test patient for the per-volume ones. A
-subject's timepoints (BraTS 2023 names) are resampled together everywhere: they are one person, as the split keeps
-them."""
+"""Bootstrap 95 % confidence intervals of the test figures, resampling patients (`confidence_intervals`; BCa with its
+tails widened for few patients: metrics.bootstrap_ci): every test patient for classification, with a Kaggle image's
+near-duplicates as one (`resampling_units`), the BraTS patients with tumour slices for the per-slice segmentation
+scores and every BraTS test patient for the per-volume ones. A subject's timepoints (BraTS 2023 names) are resampled
+together everywhere: they are one person, as the split keeps them."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tasks.evaluation import metrics
 from tasks.evaluation.scoring import SplitPredictions
 
 
+CI_METHOD = "bca"  # metrics.bootstrap_ci's bias-corrected and accelerated interval, widened for few patients
 SOURCES = ("brats", "kaggle")  # the test inputs' sources: MRI slices and photos
 SOURCE_CI_METRICS = ("accuracy", "sensitivity", "specificity")
 
@@ -65,7 +66,7 @@ def confidence_intervals(test: SplitPredictions, threshold: float | np.ndarray, 
     for prefix, groups, statistic in families:
         # the pooled figures resample each source's units within it: the split's mix of sources is fixed
         ci = metrics.bootstrap_ci(groups.to_numpy(), statistic, n_resamples, seed,
-                                  strata=sources if prefix == "classification" else None)
+                                  strata=sources if prefix == "classification" else None, method=CI_METHOD)
         point = None  # the figures themselves, computed only when an interval came out degenerate
         for name, bounds in ci.items():
             if name in SOURCE_CI_METRICS and bounds[0] == bounds[1]:

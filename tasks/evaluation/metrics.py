@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
+from scipy import stats
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
 from tasks.inference.predictor import MASK_THRESHOLD  # noqa: F401  (re-exported: the metrics' pixel rule)
@@ -236,14 +237,21 @@ def bootstrap_ci(
     seed: int,
     level: float = 0.95,
     strata: np.ndarray | None = None,
+    method: Literal["bca", "percentile"] = "bca",
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap interval of each value `statistic` returns, resampling GROUPS (patients).
+    """Bootstrap interval of each value `statistic` returns, resampling GROUPS (patients).
 
     `groups[i]` is the patient of item i. Each resample draws as many patients as there are, with replacement;
     `statistic` receives one weight per item (how often its patient was drawn, 0 when not drawn) so that it can
     evaluate weighted metrics without copying data. Resamples where a value is undefined (NaN) are skipped for
     that value. Same seed, same intervals. Fewer than two patients give no interval: resampling one patient always
     draws the same data, and its zero-width "interval" would read as certainty (and pass a lower-bound gate).
+
+    `method="bca"` (evaluate's): the bias-corrected and accelerated interval (Efron 1987; the acceleration from the
+    leave-one-patient-out jackknife), read at tails widened for few patients as Hesterberg's expanded percentile
+    interval does (`small_sample_tail`). A test split of 7 patients is where the plain percentile interval is
+    narrowest: over 400 draws of 7 patients' skewed Dice it held the true mean 72.5 % of the time, this one 83 %
+    (bench/bench_intervals.py; README, "Evaluation"). `method="percentile"`: the plain percentile interval, for that comparison.
 
     `strata[i]` (optional) is the stratum of item i (its source): each resample then draws within each stratum as
     many of its patients as it has, since the test split's mix is fixed by design (7 BraTS patients and 36 photo
@@ -262,14 +270,68 @@ def bootstrap_ci(
             drawn += np.bincount(pool[rng.integers(0, len(pool), len(pool))], minlength=n_groups)
         for name, value in statistic(drawn[codes].astype(np.float64)).items():
             samples[name].append(value)
-    alpha = (1 - level) / 2 * 100
+    tail = (1 - level) / 2
+    if method == "percentile":
+        return {name: bounds for name, values in samples.items()
+                if (bounds := _read_at(np.asarray(values, dtype=np.float64), tail, 1 - tail))}
+    # the smallest stratum's patients set the widening: the one the interval knows least about (7 BraTS patients);
+    # a stratum of one patient is drawn whole every time, so it adds no spread to widen
+    if sizes := [len(pool) for pool in pools if len(pool) > 1]:
+        tail = small_sample_tail(tail, min(sizes))
+    estimate = statistic(np.ones(len(codes)))
+    jackknife = [statistic((codes != group).astype(np.float64)) for group in range(n_groups)]
     intervals = {}
     for name, values in samples.items():
         values = np.asarray(values, dtype=np.float64)
-        values = values[np.isfinite(values)]
-        if len(values):
-            intervals[name] = [float(np.percentile(values, alpha)), float(np.percentile(values, 100 - alpha))]
+        leave_one_out = np.array([row.get(name, np.nan) for row in jackknife], dtype=np.float64)
+        if bounds := _bca_bounds(values, estimate.get(name, np.nan), leave_one_out, tail):
+            intervals[name] = bounds
     return intervals
+
+
+def small_sample_tail(tail: float, n: int) -> float:
+    """The tail probability at which to read a bootstrap distribution of `n` patients (Hesterberg 2015, "expanded
+    percentile interval"): its spread is the sample's divided by sqrt(n / (n - 1)), and the normal quantile should
+    have been Student's t with n - 1 degrees of freedom. For 7 patients the 2.5 % tail becomes 0.4 %."""
+    t = float(stats.t.ppf(tail, n - 1))
+    return NormalDist().cdf(math.sqrt(n / (n - 1)) * t)
+
+
+def _bca_bounds(values: np.ndarray, estimate: float, leave_one_out: np.ndarray, tail: float) -> list[float] | None:
+    """The BCa interval of one value from its resamples, its estimate and its leave-one-patient-out values.
+
+    The bias correction z0 says where the estimate sits in its resamples; the acceleration a, from the jackknife's
+    skewness, how the spread changes with the value. Where either cannot be had (an estimate outside every
+    resample, undefined without some patient), the tails are read as they are (a = 0, or the percentile interval)."""
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    below = (np.sum(values < estimate) + 0.5 * np.sum(values == estimate)) / len(values)
+    if not math.isfinite(estimate) or not 0 < below < 1:
+        return _read_at(values, tail, 1 - tail)
+    normal = NormalDist()
+    z0 = normal.inv_cdf(below)
+    jack = leave_one_out[np.isfinite(leave_one_out)]
+    spread = jack.mean() - jack if len(jack) > 1 else np.zeros(0)
+    squares = float(np.sum(spread**2))
+    acceleration = float(np.sum(spread**3)) / (6 * squares**1.5) if squares > 0 else 0.0
+
+    def adjusted(q: float) -> float:
+        if not 0 < q < 1:  # two or three patients: the widened tail is the extreme resample itself
+            return q
+        z = z0 + normal.inv_cdf(q)
+        denominator = 1 - acceleration * z
+        return normal.cdf(z0 + z / denominator) if denominator > 0 else float(q > 0.5)
+
+    return _read_at(values, adjusted(tail), adjusted(1 - tail))
+
+
+def _read_at(values: np.ndarray, low: float, high: float) -> list[float] | None:
+    """The finite `values`' quantiles at probabilities `low` and `high` (numpy's linear interpolation)."""
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    return [float(np.quantile(values, min(max(low, 0.0), 1.0))), float(np.quantile(values, min(max(high, 0.0), 1.0)))]
 
 
 def _group_pools(codes: np.ndarray, strata: np.ndarray, n_groups: int) -> list[np.ndarray]:

@@ -8,7 +8,8 @@
                     uncertainty is higher on the wrong voxels (`volume_uncertainty`)
     subgroups       accuracy, sensitivity, specificity per source (BraTS slices, Kaggle images), and the share of
                     BraTS tumour slices detected per tumour-area bin (where the classifier loses tumours)
-    ci95            percentile bootstrap resampling patients (a Kaggle image is its own patient; intervals.py)
+    ci95            bootstrap resampling patients (a Kaggle image is its own patient; intervals.py): BCa, its tails
+                    widened for few patients (metrics.bootstrap_ci); `ci95_method` says so
     segmentation_threshold  the pixel threshold every mask above was cut at: `evaluate.mask_threshold`, or chosen on
                     the validation patients (with the table it was chosen from)
 Slices are predicted one shard at a time, so memory stays bounded by the largest shard. The report is written
@@ -31,7 +32,7 @@ from tasks.data.regions import REGIONS
 from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
 from tasks.evaluation.brats_reference import required_reference_python
-from tasks.evaluation.intervals import SOURCE_CI_METRICS, SOURCES, confidence_intervals, resampling_units
+from tasks.evaluation.intervals import CI_METHOD, SOURCE_CI_METRICS, SOURCES, confidence_intervals, resampling_units
 from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
                                       predict_split)
 from tasks.inference.predictor import TorchPredictor, decision_thresholds
@@ -109,6 +110,8 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     intervals = confidence_intervals(test, at, cfg.bootstrap, seed, units) | region_intervals
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
+    # how they were computed: the model card says it, and a metrics.json without it had percentile intervals
+    report["ci95_method"] = {"interval": CI_METHOD, "level": 0.95, "resampled": "patients", "resamples": cfg.bootstrap}
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
     # what the threshold is applied to: export hands it to serving with the threshold (model.json `slice_score`)
     report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(val, cfg),
@@ -292,6 +295,8 @@ def flatten_metrics(report: dict) -> dict[str, float]:
     """Numeric leaves as dotted names (ci95 bounds as `ci95.<metric>.lo/.hi`); lists and nulls are left out."""
     flat = {}
     for section, values in report.items():
+        if section == "ci95_method":  # how the intervals were made (level, resamples): settings, not figures
+            continue
         for name, value in values.items():
             if section == "ci95" and value is not None:
                 flat[f"ci95.{name}.lo"], flat[f"ci95.{name}.hi"] = value

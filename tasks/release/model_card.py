@@ -47,6 +47,14 @@ def _lone_slice_sentence(decision_rule: dict, threshold) -> list[str]:
                 "the same rule's threshold on the validation slices each scored alone." + photos]
 
 
+def _intervals_sentence(metrics: dict) -> str:
+    """How the 95 % intervals were computed: metrics.json says since it had BCa intervals; before, percentile ones."""
+    if (metrics.get("ci95_method") or {}).get("interval") == "bca":
+        return ("Intervals: 95 % BCa bootstrap resampling patients, its tails widened for few patients; with a few "
+                "test patients they still cover less than 95 % (README, \"Evaluation\").")
+    return "Intervals: percentile bootstrap resampling patients."
+
+
 def _photo_threshold_caveat(decision_rule: dict, threshold) -> list[str]:
     """Metrics written before photos were judged at the lone slice threshold (`photos_at`) have their figures at the
     volume rule's threshold, but a photo always arrives alone and is served at the lone one: the card says so."""
@@ -191,7 +199,7 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         *_lone_slice_sentence(decision_rule, threshold),
         "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",
         "Splits are patient-level (no patient in two splits); near-duplicate Kaggle images stay in one split.",
-        "", "## Test metrics", "", "Intervals: percentile bootstrap resampling patients.", "",
+        "", "## Test metrics", "", _intervals_sentence(metrics), "",
         *_metrics_table(metrics), *_subgroups_section(metrics), *_organisers_section(metrics), "",
         "## Export", "", *_export_section(export_report), "",
         "## Promotion gate", "", f"**{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}**", "",
