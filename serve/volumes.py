@@ -24,7 +24,7 @@ import numpy as np
 from serve.inflate import CHUNK, Inflater
 from serve.uploads import GZIP_MAGIC, MB, MIN_SIDE, NIFTI1_MAGICS, NIFTI2_MAGIC, UploadError
 from tasks.data.orientation import Orientation
-from tasks.data.volumes import spacing_mm, voxel_size_conflict
+from tasks.data.volumes import header_rank_fault, spacing_mm, voxel_size_conflict
 
 HEADER_BYTES = {nib.Nifti1Image: 348, nib.Nifti2Image: 540}
 # A voxel side an MRI volume can have, in mm: NIfTI-2's float64 sizes beyond these made the voxel volume overflow
@@ -134,6 +134,8 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
     else:
         raise UploadError(415, f"{name}: not a NIfTI volume (.nii or .nii.gz); slices go to /v1/predict")
     n = HEADER_BYTES[image_class]
+    if fault := header_rank_fault(head[:n]):
+        raise UploadError(422, f"{name}: {fault}")
     try:  # the bytes of the header alone, with "no extensions" after it: nothing is read beyond them
         header = image_class.header_class.from_fileobj(io.BytesIO(head[:n] + b"\0\0\0\0"))
         shape = tuple(int(s) for s in header.get_data_shape())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 import threading
 import time
 import tracemalloc
@@ -177,6 +178,31 @@ def test_a_slice_waits_for_the_budget_then_gets_a_503(files):
 
 def nan_qform() -> dict:
     return {"qform_code": 1, "sform_code": 0, "quatern_b": np.nan}
+
+
+@pytest.mark.parametrize("rank", [9, -3, 0])
+def test_a_header_whose_dim0_is_out_of_range_is_named_not_read_byte_swapped(client, rank):
+    """nibabel takes a dim[0] outside 0-7 for a byte-swapped header and fails on another field; the answer names
+    dim[0] (0 too: a volume of no dimensions)."""
+    data = bytearray(gzip.decompress(forged_nifti_gz((32, 32, 6), data_bytes=32 * 32 * 6 * 4)))
+    data[40:42] = struct.pack("<h", rank)
+    response = post_volume(client, gzip.compress(bytes(data)), "rank.nii.gz")
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (f"rank.nii.gz: the header's dim[0] (how many dimensions the volume has) is "
+                                         f"{rank}; NIfTI allows 1 to 7")
+
+
+def test_a_big_endian_header_is_still_read():
+    from serve.volumes import probe_volume
+
+    header = nib.Nifti1Header(endianness=">")
+    header.set_data_shape((32, 32, 6))
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    body = header.binaryblock + b"\0" * 4 + bytes(32 * 32 * 6 * 2)
+    upload = probe_volume(io.BytesIO(body), "big.nii", 10, 10**6, 512)
+    assert upload.header.shape == (32, 32, 6)
 
 
 @pytest.mark.parametrize("changes", [

@@ -948,6 +948,27 @@ def test_a_damaged_gzip_stream_is_an_unreadable_nifti_naming_the_file(tmp_path):
         assert error.value.path == str(path)
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_dim0_out_of_range_is_named_not_read_byte_swapped(tmp_path, suffix):
+    """nibabel takes a dim[0] outside 0-7 for a byte-swapped header and then fails on another field ("vox offset");
+    the rejection names dim[0] and the file."""
+    import gzip
+    import struct
+
+    from tasks.data.volumes import load_volume
+
+    path = tmp_path / f"P_flair{suffix}"
+    nib.save(nib.Nifti1Image(np.ones((6, 6, 4), np.int16), np.eye(4)), tmp_path / "plain.nii")
+    data = bytearray((tmp_path / "plain.nii").read_bytes())
+    data[40:42] = struct.pack("<h", 9)
+    path.write_bytes(gzip.compress(bytes(data)) if suffix == ".nii.gz" else bytes(data))
+    with pytest.raises(SliceWiseError) as error:
+        load_volume(path)
+    assert str(error.value).endswith(f"P_flair{suffix}: the header's dim[0] (how many dimensions the volume has) is 9; "
+                                     "NIfTI allows 1 to 7")
+    assert error.value.path == str(path)
+
+
 @pytest.mark.parametrize("name, shape, words", [
     ("over_limit.nii.gz", (1500, 1500, 700), "more than the 134,217,728 a volume may have"),
     ("over_limit.nii", (1500, 1500, 700), "more than the 134,217,728 a volume may have"),

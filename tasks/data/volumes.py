@@ -5,6 +5,9 @@ Shared by the slice step and the evaluation of whole volumes, which must read a 
 
 from __future__ import annotations
 
+import gzip
+import struct
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -96,9 +99,12 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
             data = np.asanyarray(image.dataobj)
         else:
             data = np.asarray(image.dataobj, dtype=np.float32)
-    except DeclaredSizeError as exc:
-        raise SliceWiseError(f"{exc}; a damaged or forged header", path) from exc
     except Exception as exc:  # nibabel, gzip, zlib and ISA-L raise many types for damaged files
+        # a dim[0] out of range first: nibabel then reads the header byte-swapped and its words name another field
+        if fault := header_rank_fault(_first_bytes(path)):
+            raise SliceWiseError(fault, path) from exc
+        if isinstance(exc, DeclaredSizeError):
+            raise SliceWiseError(f"{exc}; a damaged or forged header", path) from exc
         raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
     if data.ndim == 4 and data.shape[3] == 1:  # a 3D volume stored with a trailing time axis of one
         data = data[..., 0]
@@ -125,6 +131,34 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
         raise SliceWiseError(f"shape {data.shape}: an axis longer than {MAX_AXIS_VOXELS:,} voxels is no MRI volume "
                              "(a damaged or forged header)", path)
     return Volume(data, spacing, affine)
+
+
+def header_rank_fault(head: bytes) -> str | None:
+    """What is wrong with a NIfTI header's dim[0] (its number of dimensions) when it lies outside NIfTI's 1-7; else
+    None. `head`: the header's first bytes (348 of NIfTI-1, 540 of NIfTI-2).
+
+    nibabel tells a header's byte order by whether dim[0] lies in 0-7, so a dim[0] of 9 makes it read the whole header
+    byte-swapped and fail on some other field ("vox offset 0 too low"). sizeof_hdr (348 or 540) tells the order
+    without that ambiguity; a sizeof_hdr that is neither in either order is left to nibabel's message."""
+    for size, dim_format, dim_at in ((348, "h", 40), (540, "q", 16)):
+        for order in "<>":
+            if len(head) >= dim_at + 8 and struct.unpack_from(order + "i", head, 0)[0] == size:
+                rank = struct.unpack_from(order + dim_format, head, dim_at)[0]
+                if 1 <= rank <= 7:
+                    return None
+                return f"the header's dim[0] (how many dimensions the volume has) is {rank}; NIfTI allows 1 to 7"
+    return None
+
+
+def _first_bytes(path: Path, count: int = 540) -> bytes:
+    """A file's first `count` bytes, inflated when it is gzip; nothing when even that cannot be read."""
+    try:
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as stream:
+            return stream.read(count)
+    except (OSError, EOFError, zlib.error):
+        return b""
 
 
 def _unscaled(image) -> bool:
