@@ -54,7 +54,8 @@ def coverage(population, n_patients: int, trials: int, resamples: int, seed: int
             low, high = bootstrap_ci(np.arange(n_patients), statistic, resamples, trial, method=method)["dice"]
             held[method] += low <= true_mean <= high
             widths[method].append(high - low)
-    return {method: {"coverage": round(held[method] / trials, 3), "mean_width": round(float(np.mean(widths[method])), 4)}
+    return {method: {"coverage": round(held[method] / trials, 3),
+                     "mean_width": round(float(np.mean(widths[method])), 4)}
             for method in METHODS} | {"true_mean": round(true_mean, 4)}
 
 

@@ -261,7 +261,8 @@ def test_few_patients_widen_the_tails_as_students_t_does():
 
 def test_widened_bca_intervals_hold_a_skewed_mean_more_often_at_seven_patients():
     """What bench/bench_intervals.py measures, smaller: 7 patients' skewed Dice (one in ten a failure), 120 trials
-    on the same draws; over 400 trials the percentile interval held the mean 72.5 % of the time, the widened BCa 83 %."""
+    on the same draws; over 400 trials the percentile interval held the mean 72.5 % of the time, the widened BCa
+    83 %."""
     from bench.bench_intervals import coverage, skewed
 
     row = coverage(skewed, 7, trials=120, resamples=300, seed=0)

@@ -251,7 +251,8 @@ def bootstrap_ci(
     leave-one-patient-out jackknife), read at tails widened for few patients as Hesterberg's expanded percentile
     interval does (`small_sample_tail`). A test split of 7 patients is where the plain percentile interval is
     narrowest: over 400 draws of 7 patients' skewed Dice it held the true mean 72.5 % of the time, this one 83 %
-    (bench/bench_intervals.py; README, "Evaluation"). `method="percentile"`: the plain percentile interval, for that comparison.
+    (bench/bench_intervals.py; README, "Evaluation"). `method="percentile"`: the plain percentile interval, for that
+    comparison.
 
     `strata[i]` (optional) is the stratum of item i (its source): each resample then draws within each stratum as
     many of its patients as it has, since the test split's mix is fixed by design (7 BraTS patients and 36 photo
@@ -317,7 +318,7 @@ def _bca_bounds(values: np.ndarray, estimate: float, leave_one_out: np.ndarray, 
     acceleration = float(np.sum(spread**3)) / (6 * squares**1.5) if squares > 0 else 0.0
 
     def adjusted(q: float) -> float:
-        if not 0 < q < 1:  # two or three patients: the widened tail is the extreme resample itself
+        if not 0 < q < 1:  # two patients: the widened tail rounds to 0 or 1, the extreme resample itself
             return q
         z = z0 + normal.inv_cdf(q)
         denominator = 1 - acceleration * z
