@@ -93,6 +93,41 @@ def test_register_step_on_an_mlflow_server_backed_by_postgres(tmp_path, tiny_set
         np.testing.assert_array_equal(served, expected)
 
 
+def test_a_server_started_afresh_at_the_same_address_no_longer_holds_the_registered_version(tmp_path, monkeypatch):
+    """`make run` asks after DVC whether the store still holds the version register.json records: an MLflow server
+    started again on an empty database at the same address does not, and `register` must run again. A server that
+    does not answer is not judged (the step that next needs it says so)."""
+    from mlflow import MlflowClient
+
+    from tasks.release.store_moved import registered_elsewhere, version_gone
+
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    paths.REPORTS.mkdir()
+    paths.REGISTER_REPORT.write_text(json.dumps({"registered": True, "model_name": "slicewise", "version": "1",
+                                                 "tracking_uri": uri}))
+
+    def server(database: str):
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / database}",
+               "--artifacts-destination", str(tmp_path / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]  # fmt: skip
+        return running(cmd, tmp_path / "mlflow.log", lambda: http_ok(f"{uri}/health"), env=service_env(), timeout=240)
+
+    with server("first.db"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.create_registered_model("slicewise")
+        run = client.create_run(client.create_experiment("registered")).info.run_id
+        client.create_model_version("slicewise", source=f"runs:/{run}/model", run_id=run)
+        assert not version_gone(uri, "slicewise", "1") and registered_elsewhere() is None
+        assert version_gone(uri, "slicewise", "2")
+    assert not version_gone(uri, "slicewise", "1")  # nobody answers: not judged
+    with server("second.db"):  # the same address, an empty store
+        assert registered_elsewhere() == (f"{paths.REGISTER_REPORT} records version 1 of 'slicewise' in {uri}, "
+                                          "which no longer holds it")
+
+
 # ---------------------------------------------------------------- DVC remote on an S3-compatible server
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 from rich.console import Console
 
@@ -174,7 +175,7 @@ def test_a_registration_in_another_store_is_said_and_make_run_registers_again(tm
     paths.REGISTER_REPORT.write_text(json.dumps({"registered": True, "model_name": "slicewise", "version": "12",
                                                  "promoted": True, "reason": "promoted",
                                                  "tracking_uri": "sqlite:///mlflow.db"}))
-    (tmp_path / "mlflow.db").write_bytes(b"")  # the store the record names is there
+    client = store_holding(tmp_path / "mlflow.db", "slicewise", versions=12)  # the store the record names, holding it
     store_check = [sys.executable, "-m", "tasks", "store-check"]
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -201,13 +202,31 @@ def test_a_registration_in_another_store_is_said_and_make_run_registers_again(tm
     from flows.pipeline import register
 
     assert inspect.getclosurevars(register.fn).nonlocals["force_check"] is registered_elsewhere
-    # the same address, its database deleted (to start afresh): the model goes into the new one
+    # the same address, emptied: the model deleted by hand, the database made afresh, or deleted
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    gone = (f"{paths.REGISTER_REPORT} records version 12 of 'slicewise' in sqlite:///mlflow.db, which no longer "
+            "holds it")
+    client.delete_model_version("slicewise", "12")
+    assert registered_elsewhere() == gone
+    checked = subprocess.run(store_check, env=env, capture_output=True, text=True)
+    assert checked.returncode == 1 and checked.stdout.strip() == gone + ": registering there"
     (tmp_path / "mlflow.db").unlink()
     assert registered_elsewhere() == f"{paths.REGISTER_REPORT} records version 12 in sqlite:///mlflow.db, which no " \
                                      "longer exists"
-    (tmp_path / "mlflow.db").write_bytes(b"")
-    assert registered_elsewhere() is None
+    (tmp_path / "mlflow.db").write_bytes(b"")  # a new, empty database at the old address holds no version either
+    assert registered_elsewhere() == gone
+
+
+def store_holding(database: Path, name: str, versions: int):
+    """A real MLflow store (sqlite) in which model `name` has versions 1..`versions`; its client."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{database}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(name)
+    for _ in range(versions):
+        client.create_model_version(name, source=str(database.parent))
+    return client
 
 
 def test_one_store_written_another_way_is_the_same_store(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Whether the last registration (reports/register.json) went to the MLflow store in use now, and that store is
-still there (a local database deleted to start afresh is no store).
+still there and still holds it (a local database deleted to start afresh is no store; a server started afresh at the
+same address, or a model deleted by hand, no longer holds the version).
 
 The store is chosen by MLFLOW_TRACKING_URI, an environment variable that no DVC stage can list as a dependency: after
 `export MLFLOW_TRACKING_URI=postgresql://...` DVC found `register` up to date, and nothing was ever registered in the
@@ -32,7 +33,45 @@ def registered_elsewhere(report: Path = paths.REGISTER_REPORT, decision: dict | 
         return f"{report} records version {decision.get('version')} in {recorded}; the MLflow store is now {current}"
     if (local := sqlite_file(uri)) is not None and not local.exists():  # the same address, its file deleted
         return f"{report} records version {decision.get('version')} in {current}, which no longer exists"
+    if version_gone(uri, str(decision.get("model_name") or ""), str(decision.get("version") or "")):
+        # the same address, emptied: a server started afresh, a database recreated, the model deleted by hand
+        return (f"{report} records version {decision.get('version')} of {decision.get('model_name')!r} in {current}, "
+                "which no longer holds it")
     return None
+
+
+def version_gone(uri: str, model_name: str, version: str) -> bool:
+    """Whether the store at `uri` answers that it holds no version `version` of `model_name`. False when it holds it,
+    and when it cannot say (unreachable: the step that next needs it says so, in its own words). A local database is
+    read with sqlite alone (MLflow's import takes seconds on every `make run`); another store is asked through
+    MLflow, once."""
+    if not model_name or not version.isdigit():
+        return False  # a record without them (written by hand, or by an older register) is not judged
+    if (local := sqlite_file(uri)) is not None:
+        try:
+            with closing(sqlite3.connect(local.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+                # MLflow keeps a deleted version's row, marked with this stage
+                held = db.execute("select count(*) from model_versions where name = ? and version = ? and "
+                                  "current_stage != 'Deleted_Internal'", (model_name, int(version))).fetchone()[0]
+        except sqlite3.OperationalError as exc:  # a database without MLflow's tables (made afresh) holds no version
+            return "no such table" in str(exc)
+        except sqlite3.Error:
+            return False
+        return held == 0
+    from mlflow.exceptions import MlflowException
+
+    from tasks.config import TrackingSettings, load_settings
+    from tasks.release.registry import NOT_FOUND, ModelRegistry
+
+    # params.yaml's timeouts when there is one (the summary may be asked anywhere)
+    tracking = load_settings().tracking if paths.PARAMS.exists() else TrackingSettings()
+    try:
+        ModelRegistry(tracking, model_name).client.get_model_version(model_name, version)
+    except MlflowException as exc:
+        return exc.error_code in NOT_FOUND
+    except Exception:  # noqa: BLE001 - unreachable or refused: not this check's to judge
+        return False
+    return False
 
 
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
