@@ -91,13 +91,16 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
 
 @app.command("check")
 def check_command(params: Path = typer.Option(paths.PARAMS, help="parameters file")) -> None:
-    """Validate params.yaml as every step reads it. `make run` checks first: `dvc repro` removes a stage's outputs
-    before it runs the stage, so a mistake found by the step itself has cost them already."""
+    """Validate params.yaml as every step reads it, and that no other pipeline run holds the project. `make run` checks
+    first: `dvc repro` removes a stage's outputs before it runs the stage, so a mistake found by the step itself (or
+    a flow run's lock that refuses it) has cost them already."""
     try:
         from tasks.preflight import check_prerequisites
 
         settings = load_settings(params)
         check_prerequisites(settings)
+        with pipeline_lock("python -m tasks check"):  # taken and given back: only whether a run holds it now
+            pass
     except SliceWiseError as exc:
         _fail(exc)
     from tasks.release.store_moved import artifacts_elsewhere

@@ -52,6 +52,24 @@ def test_a_dvc_step_is_refused_while_a_flow_run_holds_the_project(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE, "params.yaml"]
 
 
+def test_make_runs_check_refuses_before_dvc_clears_any_output_while_a_flow_run_holds_the_project(tmp_path,
+                                                                                                      monkeypatch):
+    """`dvc repro` clears a stale stage's outputs before the stage's command can be refused by the lock (a flow run's
+    register.json was lost so): `make run` asks `tasks check` first, and it is refused while the project is held."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    check = [sys.executable, "-m", "tasks", "check"]
+    env = {"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin"}
+    with pipeline_lock("Prefect flow run abcd"):
+        refused = subprocess.run(check, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 1
+    assert "another pipeline run is working in this project (Prefect flow run abcd" in refused.stderr
+    free = subprocess.run(check, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert free.returncode == 0 and "valid (profile quick" in free.stdout
+    run_target = (ROOT / "Makefile").read_text().split("\nrun:", 1)[1]
+    assert run_target.index("tasks check") < run_target.index("dvc repro")
+
+
 def test_a_project_folder_that_cannot_hold_the_lock_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / LOCK_FILE).mkdir()  # something that cannot be opened as the lock file, whoever runs this
