@@ -202,6 +202,21 @@ def test_patient_folders_linked_in_are_found_and_archives_are_named(tmp_path, ca
     imported = tmp_path / "out" / "BraTS20_Training_011"
     assert all(not p.is_symlink() and p.is_file() for p in imported.iterdir())  # the files, not links to them
     assert not (imported / "BraTS20_Training_011_t2.nii.gz").exists()  # a dangling link is no file: t2 missing
+    # ... but it is said, naming the link and why it is no file (the patient is rejected for a "missing modality")
+    assert ("BraTS20_Training_011_t2.nii.gz: a symbolic link to /nonexistent/t2, which does not exist"
+            in caplog.text)
+
+
+def test_a_looping_link_named_as_a_modality_is_left_out_and_said(tmp_path, caplog):
+    rng = np.random.default_rng(7)
+    patient = write_patient(tmp_path / "src", "BraTS20_Training_012", rng)
+    flair = patient / "BraTS20_Training_012_flair.nii.gz"
+    flair.unlink()
+    flair.symlink_to(flair.name)  # points at itself
+    with caplog.at_level("WARNING"):
+        assert import_brats(tmp_path / "src", tmp_path / "out") == 1
+    assert not (tmp_path / "out" / "BraTS20_Training_012" / flair.name).exists()
+    assert f"left out {flair}: a symbolic link that loops (it leads back to itself)" in caplog.text
 
 
 def test_a_fraction_of_a_kaggle_folder_with_only_one_class(tmp_path, caplog):

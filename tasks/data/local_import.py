@@ -12,6 +12,7 @@ with a reason in rejected.csv, so the user sees every problem in one place.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -82,7 +83,25 @@ def walk_files(root: Path) -> list[Path]:
         seen.add(real)
         found += [Path(folder) / name for name in files]
     # a dangling link is no file (rglob + is_file() skipped it too); a link to a file counts as that file
-    return sorted(p for p in found if not is_shadow(p.relative_to(root)) and p.is_file())
+    kept = [p for p in found if not is_shadow(p.relative_to(root))]
+    for path in kept:
+        if path.is_symlink() and not path.is_file():
+            # left out, but said: the patient is then rejected for a "missing modality" whose file the user can see
+            log.warning("left out %s: %s", path, _broken_link(path))
+    return sorted(p for p in kept if p.is_file())
+
+
+def _broken_link(path: Path) -> str:
+    """Why the symbolic link `path` leads to no file: a loop, a target that is gone, or one that is no file."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link that loops (it leads back to itself)"
+        if isinstance(exc, FileNotFoundError):
+            return f"a symbolic link to {os.readlink(path)}, which does not exist"
+        return f"a symbolic link that cannot be followed ({exc.strerror or exc})"
+    return f"a symbolic link to {os.readlink(path)}, which is no file"
 
 
 def patient_id_of(path: Path) -> str | None:
