@@ -598,6 +598,9 @@ def test_model_tab_explains_the_champion(browser, server, project, shots):
     photos = next(r for r in by_css(browser, "#compare-table tbody tr") if r.text.startswith("accuracy, photos"))
     assert "[" in photos.text and "accuracy, MRI slices" in compare
     assert "photo accuracy" in browser.find_element("id", "model-info").text
+    # the champion was trained and tested on generated data: the header says so beside its figures
+    assert project["settings"].data.source == "synthetic"
+    assert browser.find_element("id", "model-data").text == "on synthetic test data"
     assert "FAIL" in browser.find_element("id", "compare-detail").text  # why the challenger lost
     assert "Promotion gate" in browser.find_element("id", "model-card").text
     shots(browser, "model")

@@ -4,6 +4,7 @@ GET /v1/examples, POST /v1/examples/{id}/predict, GET /model/compare."""
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -38,6 +39,8 @@ def test_bundle_holds_test_split_slices_a_photo_and_a_test_volume(bundle):
     test = set(read_split("test", bundle["root"] / paths.SPLITS))
     slices = [e for e in index if e["kind"] == "slice" and e["patient"]]
     assert {e["expected"] for e in slices} == {"tumour", "clear"}
+    # a tumour example's title gives the truth's area, named as such (the answer shows the predicted one beside it)
+    assert all(re.match(r"tumour \(truth: \d+ px\) · ", e["title"]) for e in slices if e["expected"] == "tumour")
     assert all(e["patient"] in test for e in slices)  # never a training or validation patient
     assert [e["patient"] for e in index if e["kind"] == "volume"] == [bundle["patient"]]
     assert any(e["expected"] == "out of distribution" for e in index)

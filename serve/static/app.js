@@ -59,10 +59,15 @@ async function loadModelInfo() {
     const metric = (label, value) => (value === undefined ? "" : `<span class="metric">${label} <b>${fmt(value)}</b></span>`);
     const gate = info.gate ? `<span class="metric">gate <b class="verdict-${esc(info.gate.verdict)}">${esc(info.gate.verdict)}</b></span>` : "";
     const photos = (((info.metrics || {}).classification_by_source || {}).kaggle || {});
+    // figures measured on the data the project generates say nothing of real scans: said beside them, not only in
+    // the model card
+    const synthetic = (info.tags || {}).data_source === "synthetic"
+      ? '<span class="metric" id="model-data" title="test figures measured on the synthetic BraTS-like data the ' +
+        'project generates, not on real scans">on synthetic test data</span>' : "";
     box.innerHTML = `model <b id="model-version">${esc(name)}</b>` + metric("accuracy", cls.accuracy) +
       metric("sensitivity", cls.sensitivity) + metric("Dice", seg.dice) +
       // the photos' own figure: a few dozen of the test inputs, easily hidden by the pooled accuracy
-      (photos.n ? metric(`photo accuracy (${photos.n})`, photos.accuracy) : "") + gate;
+      (photos.n ? metric(`photo accuracy (${photos.n})`, photos.accuracy) : "") + synthetic + gate;
     box.title = info.detail || "";
   } catch (error) {
     state.info = null;

@@ -86,7 +86,8 @@ def write_slice_examples(rows: pd.DataFrame, processed: Path, out: Path) -> list
             truth = f"{example_id}_truth.png"
             Image.fromarray((shard.masks[row.row] > 0).astype(np.uint8) * 255).save(out / truth)
         where = f"{row.patient}, slice {row.slice_index}" if row.slice_index >= 0 else row.patient
-        title = (f"tumour ({row.tumour_area_px} px)" if row.label == 1 else "no tumour") + f" · {where}"
+        # the truth's area, named as such: the answer shows the predicted area beside it
+        title = (f"tumour (truth: {row.tumour_area_px} px)" if row.label == 1 else "no tumour") + f" · {where}"
         entries.append({"id": example_id, "kind": "slice", "title": title, "file": f"{example_id}.npy",
                         "truth": truth, "patient": row.patient, "slice_index": int(row.slice_index),
                         "label": int(row.label), "expected": kind})
