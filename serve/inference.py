@@ -202,6 +202,9 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         if display is not None:
             item |= slice_images(display[z], result.slice_probability[z], result.slice_masks[z],
                                  brain=np.any(inputs[z] != 0, axis=0))
+            if result.slice_dropped is not None and result.slice_dropped[z].any():
+                # where the clean-up removed a lesion: only on the slices that had one (most have none)
+                item["dropped_png"] = png_base64(mask_pixels(result.slice_dropped[z]))
         slices.append(item)
     probabilities = result.tumour_probability
     region_cm3 = result.region_volumes_cm3(spacing)

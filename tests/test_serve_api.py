@@ -306,6 +306,21 @@ def test_volume_answer_has_label_map_uncertainty_and_regions_with_the_input_affi
     assert all(0 <= c["slices"][0] <= c["slices"][1] < volume.shape[2] for c in cleanup["components"])
 
 
+def test_a_volume_answer_shows_where_the_clean_up_dropped_a_lesion(client):
+    """A speck far smaller than the tumour is dropped from the masks; the slice that held it carries its pixels as
+    `dropped_png` with the slice images (the viewer draws them apart), and no other slice does."""
+    volume, _ = brain_volume()
+    volume[30:33, 10:13, 5] = 900  # a 9-voxel speck on slice 5, far from the tumour (192 voxels, slices 4-6)
+    upload = {"file": ("speck.nii.gz", nifti_bytes(volume)[0])}
+    body = client.post("/v1/predict/volume?images=true", files=upload).json()
+    dropped = [c for c in body["cleanup"]["components"] if not c["kept"]]
+    assert [c["slices"] for c in dropped] == [[5, 5]] and "voxels < 0.30 x" in dropped[0]["reason"]  # for its size
+    assert [s["slice"] for s in body["slices"] if "dropped_png" in s] == [5]
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["slices"][5]["dropped_png"]))))
+    kept = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["slices"][5]["mask_png"]))))
+    assert (shown > 0).any() and not ((shown > 0) & (kept > 0)).any()  # the speck's pixels, none of the tumour's
+
+
 @pytest.fixture(scope="module")
 def regions_client(tmp_path_factory):
     folder = tmp_path_factory.mktemp("regions")

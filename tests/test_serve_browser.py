@@ -404,6 +404,7 @@ def test_patient_viewer_shows_what_the_clean_up_dropped_and_goes_to_its_slices(b
     def dropped_one(answer: dict) -> dict:
         assert "cleanup" in answer  # the route's own field; its figures are made up here to have something dropped
         last = len(answer["slices"]) - 1
+        answer["slices"][last - 1]["dropped_png"] = answer["slices"][last - 1]["image_png"]  # any non-empty picture
         return answer | {"cleanup": {
             "min_component_share": 0.3, "min_slice_evidence": 0.7, "kept": 1, "dropped": 2, "dropped_cm3": 2.5,
             "components_not_listed": 0, "components": [
@@ -419,6 +420,15 @@ def test_patient_viewer_shows_what_the_clean_up_dropped_and_goes_to_its_slices(b
     browser.find_element("id", "vol-dropped-go").click()
     assert browser.find_element("id", "vol-slider").get_attribute("value") == str(last - 2)
     assert browser.find_element("id", "vol-slice-label").text.startswith(f"{last - 2} / {last}")
+    # where it was is drawn apart, in a colour of its own, under a toggle and a legend entry
+    assert visible(browser, "vol-dropped-toggle").text == "dropped by the clean-up"
+    assert "dropped by the clean-up" in browser.find_element("id", "vol-legend").text
+    drawn = "return document.getElementById('vol-canvas').toDataURL()"
+    browser.execute_script(f"const s = document.getElementById('vol-slider'); s.value = {last - 1};"
+                           "s.dispatchEvent(new Event('input'))")
+    with_dropped = browser.execute_script(drawn)
+    browser.find_element("id", "vol-show-dropped").click()
+    assert browser.execute_script(drawn) != with_dropped
 
 
 def test_a_whole_tumour_model_is_drawn_as_the_whole_tumour_not_as_oedema(browser, server):

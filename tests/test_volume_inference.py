@@ -193,6 +193,11 @@ def test_predict_volume_drops_a_speck_far_smaller_than_the_tumour():
     speck[20, 20] = True
     np.testing.assert_array_equal(raw.slice_masks[4, 0] & ~cleaned.slice_masks[4, 0], np.rot90(speck))
     np.testing.assert_array_equal(cleaned.slice_masks[:, 0], raw.slice_masks[:, 0] & ~np.rot90(speck)[None])
+    # and where the dropped speck was is kept apart, for a viewer to show it: that pixel on slice 4, nothing else
+    expected = np.zeros_like(cleaned.slice_dropped)
+    expected[4] = np.rot90(speck)
+    np.testing.assert_array_equal(cleaned.slice_dropped, expected)
+    assert not raw.slice_dropped.any()  # nothing dropped without the clean-up
     np.testing.assert_array_equal(raw.whole_tumour & ~truth, np.zeros_like(truth))
 
 

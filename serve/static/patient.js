@@ -11,7 +11,9 @@ const MODALITY_SUFFIX = /[-_](flair|t1ce|t1|t2|t2f|t1c|t1n|t2w)\.nii(\.gz)?$/i;
 const LABEL_MAP_SUFFIX = /[-_]seg\.nii(\.gz)?$/i;  // a BraTS folder's segmentation: a label map, not an image
 const BRATS_2023_NAMES = { t2f: "flair", t1c: "t1ce", t1n: "t1", t2w: "t2" };
 const LABEL_LEGEND = [["#e62828", "necrotic core (1)"], ["#28c846", "oedema (2)"], ["#fadc28", "enhancing (4)"]];
-const patient = { result: null, slices: [], base: [], pred: [], truth: [], unc: [], urls: [] };
+// what the volume clean-up removed: a colour none of the labels or the truth outline uses
+const DROPPED_RGB = [70, 150, 255];
+const patient = { result: null, slices: [], base: [], pred: [], truth: [], unc: [], dropped: [], urls: [] };
 
 function blobUrl(base64, type = "application/gzip") {
   const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
@@ -33,15 +35,16 @@ async function layers(result) {
     pred: hasLabels ? await all("labels_png") : await all("mask_png", (m) => tinted(m, PRED_RGB)),
     truth: await all("truth_png", (t) => outline(t)),
     unc: await all("uncertainty_png"),
+    dropped: await all("dropped_png", (m) => tinted(m, DROPPED_RGB)),  // only slices the clean-up took a lesion from
   };
 }
 
 async function render(result, title, isLatest = () => true) {
   if (!result.slices.length || !result.slices[0].image_png) throw new Error("the answer holds no slice images");
-  const { hasLabels, base, pred, truth, unc } = await layers(result);
+  const { hasLabels, base, pred, truth, unc, dropped } = await layers(result);
   if (!isLatest()) return;  // a newer volume was asked for meanwhile: it, not this one, replaces what is shown
   patient.urls.forEach((url) => URL.revokeObjectURL(url));
-  Object.assign(patient, { result, slices: result.slices, base, pred, truth, unc, urls: [] });
+  Object.assign(patient, { result, slices: result.slices, base, pred, truth, unc, dropped, urls: [] });
   // the slices are cut in one orientation whatever the file's storage: say which, as a viewer's markers would
   const shown = result.orientation ? ` · stored ${result.orientation}, shown anterior up, patient's right on the ` +
     "left, slices inferior to superior" : "";
@@ -56,7 +59,10 @@ async function render(result, title, isLatest = () => true) {
   show("vol-modalities", missing.length > 0);
   show("vol-truth-toggle", patient.truth.some(Boolean));
   show("vol-unc-toggle", patient.unc.some(Boolean));
+  show("vol-dropped-toggle", patient.dropped.some(Boolean));
+  const droppedLegend = patient.dropped.some(Boolean) ? [[`rgb(${DROPPED_RGB})`, "dropped by the clean-up"]] : [];
   $("vol-legend").innerHTML = (hasLabels ? LABEL_LEGEND : [["#e62828", "whole tumour (predicted)"]])
+    .concat(droppedLegend)
     .map(([colour, name]) => `<span><i style="background:${colour}"></i>${esc(name)}</span>`).join("") +
     (patient.truth.some(Boolean) ? "<span><i class=\"outline\"></i>truth: outline in the label's colour</span>" : "");
   regionTable(result);
@@ -124,6 +130,7 @@ function drawSlice() {
   drawLayers($("vol-canvas"), patient.base[z], [
     { image: $("vol-show-unc").checked ? patient.unc[z] : null, opacity },
     { image: $("vol-show-pred").checked ? patient.pred[z] : null, opacity },
+    { image: $("vol-show-dropped").checked ? patient.dropped[z] : null, opacity },
     { image: $("vol-show-truth").checked ? patient.truth[z] : null, opacity: 1 },
   ], patient.result.display_aspect);
   const area = s.tumor_area_mm2 === undefined ? "" :
@@ -247,7 +254,8 @@ async function predictVolumeFile() {
 
 export function setupPatient() {
   pickAgain($("vol-file"), predictVolumeFile);
-  for (const id of ["vol-slider", "vol-opacity", "vol-show-pred", "vol-show-truth", "vol-show-unc"]) {
+  for (const id of ["vol-slider", "vol-opacity", "vol-show-pred", "vol-show-truth", "vol-show-unc",
+    "vol-show-dropped"]) {
     $(id).addEventListener("input", drawSlice);
   }
   $("vol-canvas").addEventListener("keydown", (event) => {

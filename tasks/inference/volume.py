@@ -15,7 +15,8 @@ scores on the test patients' raw volumes), so both see the same numbers.
                  (`labels_from_regions`) and the uncertainty map have the input's voxel grid, so a NIfTI written
                  with the input's affine overlays it.
     clean-up     components the classifier does not confirm on their slices, and those much smaller than the largest,
-                 are dropped from the masks (tasks/inference/postprocess.py); `components` says which, and why.
+                 are dropped from the masks (tasks/inference/postprocess.py); `components` says which, and why, and
+                 `slice_dropped` where their pixels were on the model's slices.
     uncertainty  the binary entropy (bits, 0..1) of the TTA-averaged probability of each region, the largest over
                  the regions, per voxel ("entropy": the predictive entropy; with TTA it grows where the flips
                  disagree, without TTA it is the model's own doubt). 0 = certain, 1 = a coin flip. Outside the
@@ -69,6 +70,9 @@ class VolumePrediction:
     # the whole tumour's connected components, largest first, and what the clean-up did with each (voxels of the
     # input's grid; `planes` are axial slice numbers, as the slice answers count them)
     components: tuple[Component, ...] = ()
+    # (Z, S, S) bool on the model's slices: the whole-tumour pixels the clean-up removed (at or above the mask
+    # threshold, not in `slice_masks`), so a viewer can show a dropped lesion where it was; None: not computed
+    slice_dropped: np.ndarray | None = None
 
     @property
     def whole_tumour(self) -> np.ndarray:
@@ -247,6 +251,7 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
                                             min_component_share, evidence, 0, min_slice_evidence), 0, 1)
     tumour_probability = scores_after_cleanup(prediction, slice_masks, threshold)
+    slice_dropped = (prediction.region_probability[:, 0] >= threshold) & ~slice_masks[:, 0]
     quiet_outside_brain(uncertainty, brain_of(volumes), masks)
     label_map = labels_from_regions(masks)
     if orientation is not None:  # back on the stored grid, contiguous (torch and MONAI refuse negative strides)
@@ -257,4 +262,5 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
         regions=REGIONS[:n_regions] if n_regions in (1, len(REGIONS)) else tuple(f"r{i}" for i in range(n_regions)),
         masks=masks, label_map=label_map, uncertainty=uncertainty,
         tumour_probability=tumour_probability, slice_probability=prediction.region_probability,
-        slice_masks=slice_masks, flips=flips, orientation=orientation, components=components)
+        slice_masks=slice_masks, flips=flips, orientation=orientation, components=components,
+        slice_dropped=slice_dropped)
