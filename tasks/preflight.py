@@ -13,6 +13,6 @@ def check_prerequisites(settings: Settings) -> None:
     from tasks.data.local_import import check_source_folders
     from tasks.evaluation.brats_reference import required_reference_python
 
-    check_source_folders(settings.data)
+    check_source_folders(settings.data, warn=False)  # fetch warns when it imports; this runs at every make run
     if settings.evaluate.organisers_check:
         required_reference_python()

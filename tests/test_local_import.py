@@ -367,6 +367,33 @@ def test_tasks_check_refuses_source_folders_that_fetch_would_find_empty(tmp_path
         check_source_folders(SimpleNamespace(source="local", brats_dir=str(unlabelled), kaggle_dir=None))
 
 
+def test_tasks_check_leaves_fetchs_warnings_to_fetch(tmp_path, caplog):
+    """`make run` runs `tasks check` every time: what fetch warns of when it imports (an archive not extracted) was
+    said again at each run, fetch or no fetch. The check says errors only; fetch still warns."""
+    from types import SimpleNamespace
+
+    from tasks.config import load_settings
+    from tasks.data.local_import import check_source_folders
+    from tasks.preflight import check_prerequisites
+    from tests.conftest import REPO
+
+    write_patient(tmp_path / "brats", "BraTS20_Training_001", np.random.default_rng(24))
+    (tmp_path / "brats" / "more.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    settings = load_settings(REPO / "params.yaml")
+    settings = settings.model_copy(update={"data": settings.data.model_copy(
+        update={"source": "local", "brats_dir": str(tmp_path / "brats")})})
+    with caplog.at_level("WARNING"):
+        check_prerequisites(settings)
+    assert "not extracted" not in caplog.text
+    with caplog.at_level("WARNING"):
+        import_brats(tmp_path / "brats", tmp_path / "out")
+    assert "more.zip" in caplog.text and "not extracted" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # the check asked directly still warns by default
+        check_source_folders(SimpleNamespace(source="local", brats_dir=str(tmp_path / "brats"), kaggle_dir=None))
+    assert "not extracted" in caplog.text
+
+
 def test_one_patient_under_names_that_differ_in_case_only_is_an_error_naming_both(tmp_path):
     """backup/brats20_training_001/ beside BraTS20_Training_001/ was imported as a sixth patient: byte-identical
     volumes in train and in val."""

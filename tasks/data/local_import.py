@@ -267,19 +267,27 @@ def _uniform(seed: int, name: str) -> float:
 PIPELINE_FOLDERS = (paths.RAW, paths.PROCESSED, paths.SPLITS, paths.CHECKPOINTS, paths.REPORTS, paths.EXPORTS)
 
 
-def check_source_folders(data) -> None:
+def check_source_folders(data, warn: bool = True) -> None:
     """With `data.source: local` (`data`: settings.data), the folders it imports from exist, lie outside the
     pipeline's own folders and hold what fetch would import: said by `tasks check` (make run) and `flows run` before
-    the pipeline starts, since DVC (and the flow alike) remove data/raw before they run a changed fetch."""
+    the pipeline starts, since DVC (and the flow alike) remove data/raw before they run a changed fetch.
+    `warn=False`: errors only; what fetch warns of when it imports (archives not extracted, cases without labels,
+    links to nothing) is left to it, instead of being said again at every `make run`."""
     if data.source != "local":
         return
-    for key, folder in (("data.brats_dir", data.brats_dir), ("data.kaggle_dir", data.kaggle_dir)):
-        if folder is not None:
-            check_source_folder(key, Path(folder).expanduser())
-    if data.brats_dir is not None:
-        labelled_brats_patients(Path(data.brats_dir).expanduser())
-    if data.kaggle_dir is not None:
-        kaggle_images(Path(data.kaggle_dir).expanduser())
+    previous = log.level
+    if not warn:
+        log.setLevel(logging.ERROR)
+    try:
+        for key, folder in (("data.brats_dir", data.brats_dir), ("data.kaggle_dir", data.kaggle_dir)):
+            if folder is not None:
+                check_source_folder(key, Path(folder).expanduser())
+        if data.brats_dir is not None:
+            labelled_brats_patients(Path(data.brats_dir).expanduser())
+        if data.kaggle_dir is not None:
+            kaggle_images(Path(data.kaggle_dir).expanduser())
+    finally:
+        log.setLevel(previous)
 
 
 def check_source_folder(key: str, folder: Path) -> None:
