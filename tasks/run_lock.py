@@ -47,6 +47,9 @@ def pipeline_lock(holder: str) -> Iterator[None]:
             other = handle.read().strip() or "another process"
             raise SliceWiseError(f"another pipeline run is working in this project ({other}); wait for it to end: "
                                  "two at once would overwrite each other's outputs", path) from None
+        except OSError as exc:  # e.g. ENOLCK: a file system without locks (some NFS mounts)
+            raise SliceWiseError(f"cannot lock the pipeline lock file ({exc.strerror or exc}); the project folder "
+                                 "must be on a file system with file locks", path) from exc
         handle.seek(0)
         handle.truncate()
         handle.write(f"{holder}, pid {os.getpid()}\n")

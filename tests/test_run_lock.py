@@ -79,6 +79,21 @@ def test_a_project_folder_that_cannot_hold_the_lock_is_named(tmp_path, monkeypat
     assert LOCK_FILE in str(refused.value)
 
 
+def test_a_file_system_without_locks_is_named_not_a_traceback(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(SliceWiseError, match=r"cannot lock the pipeline lock file \(No locks available\)") as refused:
+        with pipeline_lock("python -m tasks check"):
+            pass
+    assert LOCK_FILE in str(refused.value)
+
+
 def test_params_are_not_changed_under_a_running_flow(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("profile: quick\n")

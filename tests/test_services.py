@@ -80,6 +80,12 @@ def test_register_step_on_an_mlflow_server_backed_by_postgres(tmp_path, tiny_set
             cur.execute("SELECT key, value FROM model_version_tags WHERE name = %s", (name,))
             tags = dict(cur.fetchall())
         conn.close()
+        # store-check reads the database itself (tasks/release/store_moved.py): this release is held there
+        from tasks.release.store_moved import version_gone
+
+        assert not version_gone(pg.url("mlflow"), name, str(result["version"]), result["onnx_sha256"])
+        assert version_gone(pg.url("mlflow"), name, str(result["version"]), "another model's")
+        assert version_gone(pg.url("mlflow"), name, str(int(result["version"]) + 1))
 
     assert result["promoted"] and result["alias"] == alias, result
     assert aliases == {alias: int(result["version"])}

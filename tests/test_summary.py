@@ -217,6 +217,37 @@ def test_a_registration_in_another_store_is_said_and_make_run_registers_again(tm
     assert registered_elsewhere() == gone
 
 
+def test_the_version_held_must_be_this_release_and_is_looked_for_in_the_registry_store(tmp_path, monkeypatch):
+    """A store made afresh may hold another model under the recorded number: the ONNX file's sha256 tells them apart.
+    A registry kept apart from the tracking store (MLFLOW_REGISTRY_URI) is where the version is looked for. A row
+    without a stage is a version like any other, and a database that does not answer is not judged."""
+    import sqlite3
+
+    from tasks.release.store_moved import registered_elsewhere, version_gone
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    client = store_holding(tmp_path / "mlflow.db", "slicewise", versions=2)
+    client.set_model_version_tag("slicewise", "2", "onnx_sha256", "abc")
+    uri = "sqlite:///mlflow.db"
+    assert not version_gone(uri, "slicewise", "2", "abc") and not version_gone(uri, "slicewise", "2")
+    assert version_gone(uri, "slicewise", "2", "another model's")
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("update model_versions set current_stage = NULL where version = 2")
+    assert not version_gone(uri, "slicewise", "2", "abc")
+    assert not version_gone("postgresql://u:secret@127.0.0.1:9/mlflow", "slicewise", "2")  # nobody there
+    # the registry in a store of its own: the tracking store holds no version, and that is not "gone"
+    paths.REPORTS.mkdir()
+    paths.REGISTER_REPORT.write_text(json.dumps({"registered": True, "model_name": "slicewise", "version": "1",
+                                                 "tracking_uri": "sqlite:///tracking.db"}))
+    (tmp_path / "tracking.db").write_bytes(b"")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///tracking.db")
+    assert registered_elsewhere() is not None  # the registry is the tracking store: empty
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    assert registered_elsewhere() is None
+
+
 def store_holding(database: Path, name: str, versions: int):
     """A real MLflow store (sqlite) in which model `name` has versions 1..`versions`; its client."""
     from mlflow import MlflowClient

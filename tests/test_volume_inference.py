@@ -1,5 +1,7 @@
 """Volume inference (tasks/inference/volume.py): TTA, the flips undone, the native grid, regions and uncertainty."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -199,6 +201,27 @@ def test_predict_volume_drops_a_speck_far_smaller_than_the_tumour():
     np.testing.assert_array_equal(cleaned.slice_dropped, expected)
     assert not raw.slice_dropped.any()  # nothing dropped without the clean-up
     np.testing.assert_array_equal(raw.whole_tumour & ~truth, np.zeros_like(truth))
+
+
+def test_the_dropped_overlay_follows_the_components_the_answer_lists(monkeypatch):
+    """The overlays are cleaned on the model's grid and the volume on the input's, whose connectivity can differ
+    (a one-pixel gap there may be bridged here): a speck the returned volume kept, and `components` lists as kept,
+    is not drawn as dropped."""
+    import tasks.inference.volume as volume_module
+
+    volume = np.full((24, 24, 8), 100.0, dtype=np.float32)
+    volume[4:14, 4:14, 1:7] = 400.0
+    volume[20, 20, 4] = 400.0
+    explained = volume_module.clean_regions_explained
+
+    def native_keeps_everything(masks, *args, **kwargs):
+        kept, components = explained(masks, *args, **kwargs)
+        return masks, tuple(replace(c, kept=True, reason="kept") for c in components)
+
+    monkeypatch.setattr(volume_module, "clean_regions_explained", native_keeps_everything)
+    result = predict_volume(TorchPredictor(Bright(regions=1, levels=(1.0,))), [volume], image_size=24)
+    assert all(c.kept for c in result.components) and result.whole_tumour[20, 20, 4]
+    assert not result.slice_masks[4, 0].all() and not result.slice_dropped.any()
 
 
 class SecondChannelSays(torch.nn.Module):

@@ -230,6 +230,15 @@ def volume_spacing(shard_spacing: np.ndarray, stride: int) -> tuple[float, float
 # --- bootstrap ----------------------------------------------------------------------------------------------------
 
 
+# A BCa bound is read at least this many resamples in from either end of the bootstrap distribution: further out it
+# is Monte-Carlo noise (read at the 1st of 1,000 resamples, a 7-patient lower bound moved by 0.1 between seeds).
+MIN_TAIL_RESAMPLES = 20
+# `n_resamples` is raised until the widened tail holds MIN_TAIL_RESAMPLES x this many resamples: room for BCa's
+# adjustment, which reads a skewed value's far tail further out still
+TAIL_HEADROOM = 4
+MAX_RESAMPLES = 20_000  # what the widened tails of very few patients may raise `n_resamples` to
+
+
 def bootstrap_ci(
     groups: np.ndarray,
     statistic: Callable[[np.ndarray], Mapping[str, float]],
@@ -248,11 +257,14 @@ def bootstrap_ci(
     draws the same data, and its zero-width "interval" would read as certainty (and pass a lower-bound gate).
 
     `method="bca"` (evaluate's): the bias-corrected and accelerated interval (Efron 1987; the acceleration from the
-    leave-one-patient-out jackknife), read at tails widened for few patients as Hesterberg's expanded percentile
-    interval does (`small_sample_tail`). A test split of 7 patients is where the plain percentile interval is
-    narrowest: over 400 draws of 7 patients' skewed Dice it held the true mean 72.5 % of the time, this one 83 %
-    (bench/bench_intervals.py; README, "Evaluation"). `method="percentile"`: the plain percentile interval, for that
-    comparison.
+    leave-one-patient-out jackknife, per stratum as scipy's multi-sample BCa takes it), read at tails widened for few
+    patients as Hesterberg's expanded percentile interval does (`small_sample_tail`; with strata, at the
+    Welch-Satterthwaite degrees of freedom of their jackknife variances). So that those tails hold resamples enough,
+    `n_resamples` is raised until each widened tail holds MIN_TAIL_RESAMPLES of them (4,878 for 7 patients), and a
+    bound is never read further out than that. A test split of 7 patients is where the plain percentile interval is
+    narrowest: over 400 draws of 7 patients' skewed Dice it held the true mean 72.5 % of the time, this one 82.5 %
+    (bench/bench_intervals.py; README, "Evaluation"). `method="percentile"`: the plain percentile interval over
+    `n_resamples`, for that comparison.
 
     `strata[i]` (optional) is the stratum of item i (its source): each resample then draws within each stratum as
     many of its patients as it has, since the test split's mix is fixed by design (7 BraTS patients and 36 photo
@@ -264,6 +276,11 @@ def bootstrap_ci(
         return {}
     rng = np.random.default_rng(seed)
     pools = [np.arange(n_groups)] if strata is None else _group_pools(codes, np.asarray(strata), n_groups)
+    tail = (1 - level) / 2
+    # a stratum of one patient is drawn whole every time: it adds no spread, to widen or to resample for
+    if method == "bca" and (sizes := [len(pool) for pool in pools if len(pool) > 1]):
+        needed = math.ceil(TAIL_HEADROOM * MIN_TAIL_RESAMPLES / max(small_sample_tail(tail, min(sizes)), 1e-12))
+        n_resamples = max(n_resamples, min(needed, MAX_RESAMPLES))
     samples: dict[str, list[float]] = defaultdict(list)
     for _ in range(n_resamples):
         drawn = np.zeros(n_groups, dtype=np.int64)
@@ -271,26 +288,22 @@ def bootstrap_ci(
             drawn += np.bincount(pool[rng.integers(0, len(pool), len(pool))], minlength=n_groups)
         for name, value in statistic(drawn[codes].astype(np.float64)).items():
             samples[name].append(value)
-    tail = (1 - level) / 2
     if method == "percentile":
         return {name: bounds for name, values in samples.items()
                 if (bounds := _read_at(np.asarray(values, dtype=np.float64), tail, 1 - tail))}
-    # the smallest stratum's patients set the widening: the one the interval knows least about (7 BraTS patients);
-    # a stratum of one patient is drawn whole every time, so it adds no spread to widen
-    if sizes := [len(pool) for pool in pools if len(pool) > 1]:
-        tail = small_sample_tail(tail, min(sizes))
     estimate = statistic(np.ones(len(codes)))
     jackknife = [statistic((codes != group).astype(np.float64)) for group in range(n_groups)]
     intervals = {}
     for name, values in samples.items():
-        values = np.asarray(values, dtype=np.float64)
         leave_one_out = np.array([row.get(name, np.nan) for row in jackknife], dtype=np.float64)
-        if bounds := _bca_bounds(values, estimate.get(name, np.nan), leave_one_out, tail):
+        bounds = _bca_bounds(np.asarray(values, dtype=np.float64), estimate.get(name, np.nan),
+                             [leave_one_out[pool] for pool in pools], tail)
+        if bounds:
             intervals[name] = bounds
     return intervals
 
 
-def small_sample_tail(tail: float, n: int) -> float:
+def small_sample_tail(tail: float, n: float) -> float:
     """The tail probability at which to read a bootstrap distribution of `n` patients (Hesterberg 2015, "expanded
     percentile interval"): its spread is the sample's divided by sqrt(n / (n - 1)), and the normal quantile should
     have been Student's t with n - 1 degrees of freedom. For 7 patients the 2.5 % tail becomes 0.4 %."""
@@ -298,33 +311,53 @@ def small_sample_tail(tail: float, n: int) -> float:
     return NormalDist().cdf(math.sqrt(n / (n - 1)) * t)
 
 
-def _bca_bounds(values: np.ndarray, estimate: float, leave_one_out: np.ndarray, tail: float) -> list[float] | None:
-    """The BCa interval of one value from its resamples, its estimate and its leave-one-patient-out values.
+def _bca_bounds(values: np.ndarray, estimate: float, leave_one_out: list[np.ndarray],
+                tail: float) -> list[float] | None:
+    """The BCa interval of one value from its resamples, its estimate and its leave-one-patient-out values, one array
+    per stratum.
 
     The bias correction z0 says where the estimate sits in its resamples; the acceleration a, from the jackknife's
-    skewness, how the spread changes with the value. Where either cannot be had (an estimate outside every
-    resample, undefined without some patient), the tails are read as they are (a = 0, or the percentile interval)."""
+    skewness, how the spread changes with the value: each stratum's jackknife about its own mean, as scipy's
+    multi-sample BCa (Efron & Tibshirani eq. 15.36), so the gap between two sources is no skew. The tails are widened
+    for the strata's Welch-Satterthwaite degrees of freedom. Where z0 cannot be had (an estimate outside every
+    resample, or undefined), the widened tails are read as they are."""
     values = values[np.isfinite(values)]
     if not len(values):
         return None
+    numerator = denominator = 0.0
+    spreads = []  # (jackknife variance, patients) of each stratum
+    for jack in leave_one_out:
+        jack = jack[np.isfinite(jack)]
+        n = len(jack)
+        if n < 2:
+            continue
+        u = (n - 1) * (jack.mean() - jack)
+        numerator += float(np.sum(u**3)) / n**3
+        denominator += float(np.sum(u**2)) / n**2
+        spreads.append((float(np.sum(u**2)) / (n * (n - 1)), n))
+    total = sum(v for v, _ in spreads)
+    if total > 0:
+        freedom = total**2 / sum(v**2 / (n - 1) for v, n in spreads if v > 0)
+        tail = small_sample_tail(tail, freedom + 1)
+    elif spreads:  # every patient left out gives the same value: the smallest stratum's widening
+        tail = small_sample_tail(tail, min(n for _, n in spreads))
+    # never further out than MIN_TAIL_RESAMPLES resamples from either end
+    floor = min(MIN_TAIL_RESAMPLES / len(values), 0.5)
     below = (np.sum(values < estimate) + 0.5 * np.sum(values == estimate)) / len(values)
     if not math.isfinite(estimate) or not 0 < below < 1:
-        return _read_at(values, tail, 1 - tail)
+        return _read_at(values, max(tail, floor), min(1 - tail, 1 - floor))
     normal = NormalDist()
     z0 = normal.inv_cdf(below)
-    jack = leave_one_out[np.isfinite(leave_one_out)]
-    spread = jack.mean() - jack if len(jack) > 1 else np.zeros(0)
-    squares = float(np.sum(spread**2))
-    acceleration = float(np.sum(spread**3)) / (6 * squares**1.5) if squares > 0 else 0.0
+    acceleration = numerator / (6 * denominator**1.5) if denominator > 0 else 0.0
 
     def adjusted(q: float) -> float:
-        if not 0 < q < 1:  # two patients: the widened tail rounds to 0 or 1, the extreme resample itself
+        if not 0 < q < 1:  # two patients: the widened upper tail rounds to 1 (and the lower one nearly to 0)
             return q
         z = z0 + normal.inv_cdf(q)
         denominator = 1 - acceleration * z
         return normal.cdf(z0 + z / denominator) if denominator > 0 else float(q > 0.5)
 
-    return _read_at(values, adjusted(tail), adjusted(1 - tail))
+    return _read_at(values, max(adjusted(tail), floor), min(adjusted(1 - tail), 1 - floor))
 
 
 def _read_at(values: np.ndarray, low: float, high: float) -> list[float] | None:

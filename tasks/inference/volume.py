@@ -71,7 +71,8 @@ class VolumePrediction:
     # input's grid; `planes` are axial slice numbers, as the slice answers count them)
     components: tuple[Component, ...] = ()
     # (Z, S, S) bool on the model's slices: the whole-tumour pixels the clean-up removed (at or above the mask
-    # threshold, not in `slice_masks`), so a viewer can show a dropped lesion where it was; None: not computed
+    # threshold, not in `slice_masks`) on the slices of a component it dropped, so a viewer can show a dropped lesion
+    # where it was; None: not computed
     slice_dropped: np.ndarray | None = None
 
     @property
@@ -251,7 +252,14 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
                                             min_component_share, evidence, 0, min_slice_evidence), 0, 1)
     tumour_probability = scores_after_cleanup(prediction, slice_masks, threshold)
+    # What the overlays lost to the clean-up, on the slices of a component the native-grid clean-up dropped (the one
+    # `components` lists): the two grids' connectivity can differ, and a speck the returned volume kept is no drop.
     slice_dropped = (prediction.region_probability[:, 0] >= threshold) & ~slice_masks[:, 0]
+    dropped_planes = np.zeros(len(slice_dropped), dtype=bool)
+    for component in components:
+        if not component.kept:
+            dropped_planes[component.planes[0]:component.planes[1] + 1] = True
+    slice_dropped &= dropped_planes[:, None, None]
     quiet_outside_brain(uncertainty, brain_of(volumes), masks)
     label_map = labels_from_regions(masks)
     if orientation is not None:  # back on the stored grid, contiguous (torch and MONAI refuse negative strides)

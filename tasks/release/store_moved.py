@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from tasks import paths
 from tasks.io import read_json
 from tasks.redaction import redact
-from tasks.tracking.store import portable_uri, sqlite_file, tracking_uri
+from tasks.tracking.store import portable_uri, registry_uri, sqlite_file, tracking_uri
 
 
 def registered_elsewhere(report: Path = paths.REGISTER_REPORT, decision: dict | None = None) -> str | None:
@@ -33,31 +33,48 @@ def registered_elsewhere(report: Path = paths.REGISTER_REPORT, decision: dict | 
         return f"{report} records version {decision.get('version')} in {recorded}; the MLflow store is now {current}"
     if (local := sqlite_file(uri)) is not None and not local.exists():  # the same address, its file deleted
         return f"{report} records version {decision.get('version')} in {current}, which no longer exists"
-    if version_gone(uri, str(decision.get("model_name") or ""), str(decision.get("version") or "")):
+    if version_gone(registry_uri(), str(decision.get("model_name") or ""), str(decision.get("version") or ""),
+                    decision.get("onnx_sha256")):
         # the same address, emptied: a server started afresh, a database recreated, the model deleted by hand
         return (f"{report} records version {decision.get('version')} of {decision.get('model_name')!r} in {current}, "
                 "which no longer holds it")
     return None
 
 
-def version_gone(uri: str, model_name: str, version: str) -> bool:
-    """Whether the store at `uri` answers that it holds no version `version` of `model_name`. False when it holds it,
-    and when it cannot say (unreachable: the step that next needs it says so, in its own words). A local database is
-    read with sqlite alone (MLflow's import takes seconds on every `make run`); another store is asked through
-    MLflow, once."""
+# Whether a registry database holds a version (a deleted one keeps its row, marked Deleted_Internal; an older row may
+# have no stage) with the ONNX file the record names (:sha None: any).
+HELD_SQL = ("select count(*) from model_versions v where v.name = :name and v.version = :version and "
+            "coalesce(v.current_stage, '') != 'Deleted_Internal' and (:sha is null or exists (select 1 from "
+            "model_version_tags t where t.name = v.name and t.version = v.version and t.key = 'onnx_sha256' and "
+            "t.value = :sha))")
+DATABASE_TIMEOUT_SECONDS = 5  # a database store that does not answer in this is not judged
+
+
+def version_gone(uri: str, model_name: str, version: str, onnx_sha256: str | None = None) -> bool:
+    """Whether the registry at `uri` answers that it holds no version `version` of `model_name` (with the ONNX file
+    `onnx_sha256`, when given: a store made afresh may hold another model under that number). False when it holds
+    it, and when it cannot say: unreachable, or not a store this can read (the step that next needs it says so, in
+    its own words). A database is read with SQL alone, with a short timeout (MLflow's import takes seconds, and its
+    engine retries an unreachable database for about two minutes); a server is asked once through MLflow."""
     if not model_name or not version.isdigit():
         return False  # a record without them (written by hand, or by an older register) is not judged
+    query = {"name": model_name, "version": int(version), "sha": onnx_sha256 or None}
     if (local := sqlite_file(uri)) is not None:
         try:
-            with closing(sqlite3.connect(local.resolve().as_uri() + "?mode=ro", uri=True)) as db:
-                # MLflow keeps a deleted version's row, marked with this stage
-                held = db.execute("select count(*) from model_versions where name = ? and version = ? and "
-                                  "current_stage != 'Deleted_Internal'", (model_name, int(version))).fetchone()[0]
+            with closing(sqlite3.connect(local.resolve().as_uri() + "?mode=ro", uri=True,
+                                         timeout=DATABASE_TIMEOUT_SECONDS)) as db:
+                held = db.execute(HELD_SQL, query).fetchone()[0]
         except sqlite3.OperationalError as exc:  # a database without MLflow's tables (made afresh) holds no version
             return "no such table" in str(exc)
         except sqlite3.Error:
             return False
         return held == 0
+    if urlsplit(uri).scheme.lower() in ("http", "https"):
+        return _server_lacks(model_name, version, onnx_sha256)
+    return _database_lacks(uri, query)
+
+
+def _server_lacks(model_name: str, version: str, onnx_sha256: str | None) -> bool:
     from mlflow.exceptions import MlflowException
 
     from tasks.config import TrackingSettings, load_settings
@@ -66,12 +83,32 @@ def version_gone(uri: str, model_name: str, version: str) -> bool:
     # params.yaml's timeouts when there is one (the summary may be asked anywhere)
     tracking = load_settings().tracking if paths.PARAMS.exists() else TrackingSettings()
     try:
-        ModelRegistry(tracking, model_name).client.get_model_version(model_name, version)
+        held = ModelRegistry(tracking, model_name).client.get_model_version(model_name, version)
     except MlflowException as exc:
         return exc.error_code in NOT_FOUND
     except Exception:  # noqa: BLE001 - unreachable or refused: not this check's to judge
         return False
-    return False
+    return bool(onnx_sha256) and held.tags.get("onnx_sha256") not in (None, onnx_sha256)
+
+
+def _database_lacks(uri: str, query: dict) -> bool:
+    """HELD_SQL on a PostgreSQL or MySQL store through SQLAlchemy (MLflow's own dependency), with a connect timeout
+    and no retries."""
+    scheme = urlsplit(uri).scheme.lower().split("+")[0]
+    if scheme not in ("postgresql", "mysql"):
+        return False  # another database: not judged
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": DATABASE_TIMEOUT_SECONDS},
+                                          poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as connection:
+            held = connection.execute(sqlalchemy.text(HELD_SQL), query).scalar()
+    except sqlalchemy.exc.ProgrammingError:  # no model_versions table: a database made afresh holds no version
+        return True
+    except Exception:  # noqa: BLE001 - unreachable, refused, no driver: not this check's to judge
+        return False
+    return held == 0
 
 
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
