@@ -113,7 +113,8 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
                                                  "segmentation_threshold", "classification_threshold",
                                                  "segmentation_misses", "segmentation_regions_present",
                                                  "ci95_method"}
-    assert written["ci95_method"] == {"interval": "bca", "level": 0.95, "resampled": "patients", "resamples": 100}
+    assert written["ci95_method"] == {"interval": "bca", "level": 0.95, "resampled": "patients",
+                                      "min_resamples": 100}
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
     assert written["classification_threshold"] == {"value": written["classification"]["threshold"], "rule": "youden",
                                                    "slice_score": "fused", "slices_in_volume": True,

@@ -111,7 +111,9 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
     # how they were computed: the model card says it, and a metrics.json without it had percentile intervals
-    report["ci95_method"] = {"interval": CI_METHOD, "level": 0.95, "resampled": "patients", "resamples": cfg.bootstrap}
+    # (`evaluate.bootstrap` resamples at least: bootstrap_ci raises them for few patients' widened tails)
+    report["ci95_method"] = {"interval": CI_METHOD, "level": 0.95, "resampled": "patients",
+                             "min_resamples": cfg.bootstrap}
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
     # what the threshold is applied to: export hands it to serving with the threshold (model.json `slice_score`)
     report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(val, cfg),
