@@ -260,11 +260,11 @@ def bootstrap_ci(
     leave-one-patient-out jackknife, per stratum as scipy's multi-sample BCa takes it), read at tails widened for few
     patients as Hesterberg's expanded percentile interval does (`small_sample_tail`; with strata, at the
     Welch-Satterthwaite degrees of freedom of their jackknife variances). So that those tails hold resamples enough,
-    `n_resamples` is raised until each widened tail holds MIN_TAIL_RESAMPLES of them (4,878 for 7 patients), and a
-    bound is never read further out than that. A test split of 7 patients is where the plain percentile interval is
-    narrowest: over 400 draws of 7 patients' skewed Dice it held the true mean 72.5 % of the time, this one 82.5 %
-    (bench/bench_intervals.py; README, "Evaluation"). `method="percentile"`: the plain percentile interval over
-    `n_resamples`, for that comparison.
+    `n_resamples` is raised until each widened tail holds TAIL_HEADROOM x MIN_TAIL_RESAMPLES of them (19,512 for 7
+    patients), and a bound is never read further out than MIN_TAIL_RESAMPLES from either end. A test split of 7
+    patients is where the plain percentile interval is narrowest: over 400 draws of 7 patients' skewed Dice it held
+    the true mean 72.5 % of the time, this one 82.5 % (bench/bench_intervals.py; README, "Evaluation").
+    `method="percentile"`: the plain percentile interval over `n_resamples`, for that comparison.
 
     `strata[i]` (optional) is the stratum of item i (its source): each resample then draws within each stratum as
     many of its patients as it has, since the test split's mix is fixed by design (7 BraTS patients and 36 photo
@@ -354,8 +354,8 @@ def _bca_bounds(values: np.ndarray, estimate: float, leave_one_out: list[np.ndar
         if not 0 < q < 1:  # two patients: the widened upper tail rounds to 1 (and the lower one nearly to 0)
             return q
         z = z0 + normal.inv_cdf(q)
-        denominator = 1 - acceleration * z
-        return normal.cdf(z0 + z / denominator) if denominator > 0 else float(q > 0.5)
+        scale = 1 - acceleration * z
+        return normal.cdf(z0 + z / scale) if scale > 0 else float(q > 0.5)
 
     return _read_at(values, max(adjusted(tail), floor), min(adjusted(1 - tail), 1 - floor))
 
