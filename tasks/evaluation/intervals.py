@@ -17,7 +17,6 @@ from tasks.evaluation import metrics
 from tasks.evaluation.scoring import SplitPredictions
 
 
-CI_METHOD = "bca"  # metrics.bootstrap_ci's bias-corrected and accelerated interval, widened for few patients
 SOURCES = ("brats", "kaggle")  # the test inputs' sources: MRI slices and photos
 SOURCE_CI_METRICS = ("accuracy", "sensitivity", "specificity")
 
@@ -66,7 +65,7 @@ def confidence_intervals(test: SplitPredictions, threshold: float | np.ndarray, 
     for prefix, groups, statistic in families:
         # the pooled figures resample each source's units within it: the split's mix of sources is fixed
         ci = metrics.bootstrap_ci(groups.to_numpy(), statistic, n_resamples, seed,
-                                  strata=sources if prefix == "classification" else None, method=CI_METHOD)
+                                  strata=sources if prefix == "classification" else None)
         point = None  # the figures themselves, computed only when an interval came out degenerate
         for name, bounds in ci.items():
             if name in SOURCE_CI_METRICS and bounds[0] == bounds[1]:

@@ -237,6 +237,9 @@ MIN_TAIL_RESAMPLES = 20
 # adjustment, which reads a skewed value's far tail further out still
 TAIL_HEADROOM = 4
 MAX_RESAMPLES = 20_000  # what the widened tails of very few patients may raise `n_resamples` to
+# How every interval of evaluate is read (BCa, widened for few patients): `bootstrap_ci`'s default, which metrics.json
+# states in `ci95_method`; "percentile" only for the comparison in bench/bench_intervals.py
+INTERVAL_METHOD: Literal["bca", "percentile"] = "bca"
 
 
 def bootstrap_ci(
@@ -246,7 +249,7 @@ def bootstrap_ci(
     seed: int,
     level: float = 0.95,
     strata: np.ndarray | None = None,
-    method: Literal["bca", "percentile"] = "bca",
+    method: Literal["bca", "percentile"] = INTERVAL_METHOD,
 ) -> dict[str, list[float]]:
     """Bootstrap interval of each value `statistic` returns, resampling GROUPS (patients).
 

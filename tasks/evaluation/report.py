@@ -32,7 +32,7 @@ from tasks.data.regions import REGIONS
 from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
 from tasks.evaluation.brats_reference import required_reference_python
-from tasks.evaluation.intervals import CI_METHOD, SOURCE_CI_METRICS, SOURCES, confidence_intervals, resampling_units
+from tasks.evaluation.intervals import SOURCE_CI_METRICS, SOURCES, confidence_intervals, resampling_units
 from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
                                       predict_split)
 from tasks.inference.predictor import TorchPredictor, decision_thresholds
@@ -112,7 +112,7 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
     # how they were computed: the model card says it, and a metrics.json without it had percentile intervals
     # (`evaluate.bootstrap` resamples at least: bootstrap_ci raises them for few patients' widened tails)
-    report["ci95_method"] = {"interval": CI_METHOD, "level": 0.95, "resampled": "patients",
+    report["ci95_method"] = {"interval": metrics.INTERVAL_METHOD, "level": 0.95, "resampled": "patients",
                              "min_resamples": cfg.bootstrap}
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
     # what the threshold is applied to: export hands it to serving with the threshold (model.json `slice_score`)
