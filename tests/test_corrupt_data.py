@@ -445,6 +445,28 @@ def test_an_unforeseen_error_is_not_remembered_and_running_out_of_memory_fails_t
         slice_dataset(raw, tmp_path / "fresh", CFG, image_size=32, stride=1)
 
 
+def test_a_named_problem_is_remembered_whatever_its_wording(tmp_path, monkeypatch):
+    """Whether a rejection is remembered was read from its reason's first words: a check of ours whose reason began
+    like the unforeseen errors' ("unexpected error while slicing") was forgotten, its patient read at every run."""
+    from tasks.data import slicing
+
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    original, read = slicing.slice_patient, []
+
+    def slice_or_refuse(patient_dir, spec):
+        read.append(patient_dir.name)
+        if patient_dir.name.endswith("002"):
+            raise SliceWiseError(f"{slicing.UNEXPECTED} header extension (a check of ours)", patient_dir)
+        return original(patient_dir, spec)
+
+    monkeypatch.setattr(slicing, "slice_patient", slice_or_refuse)
+    in_process = lambda fn, jobs: (fn(*job) for job in jobs)  # noqa: E731 - the jobs here, where `read` sees them
+    assert slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=in_process)["patients"] == 2
+    read.clear()
+    again = slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=in_process)
+    assert read == [] and again["rejected"] == 1  # unchanged since: rejected again without reading it
+
+
 def test_a_binary_tumour_mask_rejects_its_patient_and_one_without_enhancing_tumour_is_sliced(tmp_path):
     """A 0/1 mask fits the BraTS label set as necrosis alone: it trained the tumour core on whole tumours."""
     import nibabel as nib

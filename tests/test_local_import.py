@@ -394,6 +394,34 @@ def test_tasks_check_leaves_fetchs_warnings_to_fetch(tmp_path, caplog):
     assert "not extracted" in caplog.text
 
 
+def test_a_quiet_check_silences_its_own_warnings_only(tmp_path, caplog, monkeypatch):
+    """check_source_folders(warn=False) lowered the module logger's level for the call: a fetch importing in
+    another thread at that moment lost its warnings too. Now only the check's own thread is quiet."""
+    import threading
+    from types import SimpleNamespace
+
+    from tasks.data import local_import
+
+    original = local_import.labelled_brats_patients
+
+    def with_a_fetch_beside(source):
+        elsewhere = threading.Thread(target=local_import.log.warning, args=("fetch, in another thread",))
+        elsewhere.start()
+        elsewhere.join()
+        return original(source)
+
+    monkeypatch.setattr(local_import, "labelled_brats_patients", with_a_fetch_beside)
+    write_patient(tmp_path / "brats", "BraTS20_Training_001", np.random.default_rng(25))
+    (tmp_path / "brats" / "more.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    with caplog.at_level("WARNING"):
+        local_import.check_source_folders(SimpleNamespace(source="local", brats_dir=str(tmp_path / "brats"),
+                                                          kaggle_dir=None), warn=False)
+    assert "fetch, in another thread" in caplog.text and "not extracted" not in caplog.text
+    with caplog.at_level("WARNING"):  # quiet no longer once the check is over
+        local_import.log.warning("after the check")
+    assert "after the check" in caplog.text
+
+
 def test_one_patient_under_names_that_differ_in_case_only_is_an_error_naming_both(tmp_path):
     """backup/brats20_training_001/ beside BraTS20_Training_001/ was imported as a sixth patient: byte-identical
     volumes in train and in val."""

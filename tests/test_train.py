@@ -463,7 +463,8 @@ def test_killed_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one
 
 def test_ema_follows_each_step_and_is_what_validation_scores(tiny_settings):
     """train.ema_decay d: the average starts as the first step's weights, then w_avg <- d * w_avg + (1 - d) * w after
-    each step (batch-norm statistics too); validation runs the average, not the model."""
+    each step (batch-norm statistics too; its step counters follow the model: they were averaged and truncated, 1
+    after two steps); validation runs the average, not the model."""
     decay = 0.8
     cfg = tiny_settings.train.model_copy(update={"ema_decay": decay, "channels_last": False})
     data = SliceSet(torch.randn(8, 1, 16, 16).half(), torch.zeros(8, 16, 16, dtype=torch.uint8),
@@ -479,6 +480,10 @@ def test_ema_follows_each_step_and_is_what_validation_scores(tiny_settings):
     averaged = runner.handed_on.state_dict()
     for name, first in after[0].items():
         torch.testing.assert_close(averaged[name], decay * first + (1 - decay) * after[1][name])
+    counters = [k for k, v in model.state_dict().items() if not v.is_floating_point()]
+    counted = {k: (averaged[k].item(), model.state_dict()[k].item()) for k in counters}
+    assert all(mean == model_count for mean, model_count in counted.values())  # counts, as the model's
+    assert counted["encoder.levels.0.norm1.num_batches_tracked"] == (2, 2)
     assert runner.handed_on is not model
     assert not torch.equal(averaged["encoder.levels.0.conv1.conv.weight"], model.encoder.levels[0].conv1.conv.weight)
     seen = []

@@ -12,6 +12,7 @@ with a reason in rejected.csv, so the user sees every problem in one place.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import hashlib
 import logging
@@ -25,6 +26,17 @@ from tasks.data.brats_files import IMAGE_SUFFIXES, find_part, nifti_extension  #
 from tasks.errors import SliceWiseError
 
 log = logging.getLogger(__name__)
+# Set while check_source_folders(warn=False) runs: its own warnings are dropped, in its own thread or task only (the
+# logger's level is shared: lowering it silenced a fetch importing at the same time in another thread).
+_checking_quietly = contextvars.ContextVar("checking_quietly", default=False)
+
+
+class _QuietWhileChecking(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not _checking_quietly.get()
+
+
+log.addFilter(_QuietWhileChecking())
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 # Each part's names: BraTS 2017-2021 (`_flair`), then BraTS 2023+ (`-t2f`); the name must end right before the
@@ -275,9 +287,7 @@ def check_source_folders(data, warn: bool = True) -> None:
     links to nothing) is left to it, instead of being said again at every `make run`."""
     if data.source != "local":
         return
-    previous = log.level
-    if not warn:
-        log.setLevel(logging.ERROR)
+    quiet = _checking_quietly.set(not warn)
     try:
         for key, folder in (("data.brats_dir", data.brats_dir), ("data.kaggle_dir", data.kaggle_dir)):
             if folder is not None:
@@ -287,7 +297,7 @@ def check_source_folders(data, warn: bool = True) -> None:
         if data.kaggle_dir is not None:
             kaggle_images(Path(data.kaggle_dir).expanduser())
     finally:
-        log.setLevel(previous)
+        _checking_quietly.reset(quiet)
 
 
 def check_source_folder(key: str, folder: Path) -> None:

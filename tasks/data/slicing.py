@@ -180,17 +180,28 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     )
 
 
-def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> tuple[str, list[dict] | dict]:
-    """Worker: slice one patient and write its shard; returns manifest rows, or a rejected.csv row."""
+@dataclass(frozen=True)
+class Rejection:
+    """A patient the slice step leaves out: its rejected.csv row, and whether a check of ours named the problem (a
+    property of the files, remembered until they change) or not (an error no check foresaw may be this run's: a file
+    being written, a disk hiccup; the next run reads the patient again)."""
+
+    row: dict
+    named: bool
+
+
+def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> tuple[str, list[dict] | Rejection]:
+    """Worker: slice one patient and write its shard; returns manifest rows, or why it is rejected."""
     try:
         shard = slice_patient(patient_dir, spec)
     except SliceWiseError as exc:
-        return patient_dir.name, {"file": exc.path or str(patient_dir), "reason": exc.reason}
+        return patient_dir.name, Rejection({"file": exc.path or str(patient_dir), "reason": exc.reason}, named=True)
     except MemoryError:  # this machine's state, not the patient's: the step fails, and the next run tries again
         raise
     except Exception as exc:  # noqa: BLE001  an input no check foresaw: this patient is rejected, the others go on
         log.exception("slicing %s failed", patient_dir)
-        return patient_dir.name, {"file": str(patient_dir), "reason": f"{UNEXPECTED} ({type(exc).__name__}: {exc})"}
+        reason = f"{UNEXPECTED} ({type(exc).__name__}: {exc})"
+        return patient_dir.name, Rejection({"file": str(patient_dir), "reason": reason}, named=False)
     write_shard(shard_path, shard)
     shard_name = shard_path.relative_to(shard_path.parents[1]).as_posix()
     return patient_dir.name, manifest_rows(patient_dir.name, "brats", shard_name, shard)
@@ -268,11 +279,8 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     with Progress() as progress:
         bar = progress.add_task("slicing patients", total=len(todo))
         for name, outcome in map_jobs(_slice_patient_job, [(d, s, spec) for d, s in todo]):
-            if isinstance(outcome, dict):
-                # an error no check foresaw may be this run's (a file being written, a disk hiccup): not remembered,
-                # so the next run reads the patient again
-                known = not outcome["reason"].startswith(UNEXPECTED)
-                rejections[name] = {"fingerprint": fingerprints[name] if known else None, "row": outcome}
+            if isinstance(outcome, Rejection):
+                rejections[name] = {"fingerprint": fingerprints[name] if outcome.named else None, "row": outcome.row}
             else:
                 rows.extend(outcome)
             progress.advance(bar)

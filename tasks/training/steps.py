@@ -33,6 +33,22 @@ from tasks.training.loss import StageLoss, region_targets
 from tasks.training.optimizer import scheduled_lr_factor, set_train_mode
 
 
+def moving_average_of_weights(decay: float) -> Callable:
+    """torch's EMA update for the floating-point tensors; counters (batch norm's `num_batches_tracked`) are counts, not
+    weights, and follow the model: torch's own update averaged them too, truncated to an integer at each step."""
+    average = get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[Tensor], current: list[Tensor], steps: Tensor) -> None:
+        # AveragedModel hands over one device's tensors of one dtype at a time
+        if averaged[0].is_floating_point() or averaged[0].is_complex():
+            average(averaged, current, steps)
+        else:
+            for counter, count in zip(averaged, current):
+                counter.copy_(count)
+
+    return update
+
+
 @dataclass
 class StageRunner:
     """A stage's model, optimizer and loss on one device: runs training epochs and validation passes.
@@ -65,7 +81,7 @@ class StageRunner:
         self.trainer = self.module if self.ranks.world == 1 else \
             compiled(self.ranks.wrap(self.model, self.device), self.device, self.train_cfg)
         decay = self.train_cfg.ema_decay
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) \
+        self.ema = AveragedModel(self.model, multi_avg_fn=moving_average_of_weights(decay), use_buffers=True) \
             if decay > 0 else None
 
     @property
