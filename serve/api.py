@@ -37,7 +37,7 @@ from serve.model_source import ModelSource
 from serve.multipart import FilePart, close_parts, read_file_parts
 from serve.openapi import VOLUME_FIELDS, multipart_body, volume_body
 from serve.responses import PacedAnswer, json_response, validation_detail
-from serve.served_model import ServedModel
+from serve.served_model import ServedModel, photo_refusal
 from serve.uploads import (FILE_FAULTS, HEAD_BYTES, MB, FileFault, UploadError, batch_refusal, decode_slice,
                            slice_memory_bytes)
 from serve.volumes import VolumeUpload, probe_volume, read_volume
@@ -94,9 +94,19 @@ def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> d
                    "mask_threshold": model.mask_threshold, "gradcam_checkpoint": model.checkpoint is not None},
         "limits": {key: getattr(cfg, key) for key in LIMITS},
         "ood_threshold": cfg.ood_threshold,
+        "photo_decisions": photo_decisions(model, cfg.min_photo_accuracy),
         "detail": holder.detail,
         "last_check": holder.last_check,
     }
+
+
+def photo_decisions(model: ServedModel, min_accuracy: float | None) -> dict:
+    """Whether photos (8-bit PNG/JPEG) get a tumour decision from this model, and the figures that settle it."""
+    record = model.photos
+    refusal = photo_refusal(record, min_accuracy)
+    return {"given": refusal is None, "reason": refusal, "min_accuracy": min_accuracy,
+            "test_accuracy": record.accuracy if record else None, "test_photos": record.photos if record else 0,
+            "ci95": list(record.ci95) if record and record.ci95 else None}
 
 
 MODEL_HEADER = "X-SliceWise-Model"
@@ -175,7 +185,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         slices = [item for item in items if isinstance(item, PreparedSlice)]
         need = inference_bytes(model, len(slices)) * (2 if gradcam else 1)
         with budget.reserve(max(need - inputs_held, 0), slices[0].name, holding=inputs_held > 0):
-            results = iter(slice_results(model, slices, cfg.ood_threshold, gradcam))
+            results = iter(slice_results(model, slices, cfg.ood_threshold, cfg.min_photo_accuracy, gradcam))
             answers = [next(results) if isinstance(item, PreparedSlice) else item.answer() for item in items]
             return answered_by(model, json_response(answers[0] if one else answers))
 
@@ -346,8 +356,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
 
     def predicted_example(model: ServedModel, entry: dict, gradcam: bool = False) -> Response:
         with budget.reserve(inference_bytes(model, 1) * (2 if gradcam else 1), entry["id"]):
-            answer = predict_slice_example(model, entry, cfg.ood_threshold, cfg.max_slice_mb, cfg.max_image_side,
-                                           gradcam)
+            answer = predict_slice_example(model, entry, cfg, gradcam)
             return answered_by(model, json_response(answer))
 
     @app.get("/model/compare")
@@ -359,8 +368,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         found, detail = find_challenger(holder.source)
         need = inference_bytes(model, 1) + (inference_bytes(found[1], 1) if found else 0)  # each model's own size
         with budget.reserve(need, "model comparison"):
-            return json_response(comparison(model, found, detail, cfg.ood_threshold, cfg.max_slice_mb,
-                                            cfg.max_image_side))
+            return json_response(comparison(model, found, detail, cfg))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -12,6 +12,7 @@ from serve.examples import entries, prepared_example, public, truth_mask_png
 from serve.inference import slice_results
 from serve.served_model import ServedModel
 from serve.uploads import UploadError
+from tasks.config import ServeSettings
 from tasks.errors import SliceWiseError
 from tasks.redaction import redact
 
@@ -64,18 +65,16 @@ def find_challenger(source) -> tuple[tuple | None, str | None]:
     return found, None
 
 
-def predicted_by(model: ServedModel, entry: dict, folder, ood_threshold: float, max_slice_mb: float,
-                 max_side: int) -> dict:
+def predicted_by(model: ServedModel, entry: dict, folder, cfg: ServeSettings) -> dict:
     try:
-        item = prepared_example(model, entry, folder, ood_threshold, max_slice_mb, max_side)
-        result = slice_results(model, [item], ood_threshold)[0]
+        item = prepared_example(model, entry, folder, cfg.ood_threshold, cfg.max_slice_mb, cfg.max_image_side)
+        result = slice_results(model, [item], cfg.ood_threshold, cfg.min_photo_accuracy)[0]
     except UploadError as exc:  # e.g. a challenger that takes other channels than the examples have
         return {"error": exc.detail}
     return {key: result[key] for key in SHOWN} | {"image_png": result["image_png"]}
 
 
-def comparison(champion: ServedModel, found: tuple | None, detail: str | None, ood_threshold: float,
-               max_slice_mb: float, max_side: int) -> dict:
+def comparison(champion: ServedModel, found: tuple | None, detail: str | None, cfg: ServeSettings) -> dict:
     """The champion and the challenger `find_challenger` found (None: `detail` says why) side by side, and the
     champion's slice examples predicted by both."""
     challenger = found[1] if found else None
@@ -86,7 +85,7 @@ def comparison(champion: ServedModel, found: tuple | None, detail: str | None, o
         row = public(entry) | {"truth_png": truth_mask_png(champion.examples, entry, champion.image_size)}
         for role, model in (("champion", champion), ("challenger", challenger)):
             if model is not None:
-                row[role] = predicted_by(model, entry, champion.examples, ood_threshold, max_slice_mb, max_side)
+                row[role] = predicted_by(model, entry, champion.examples, cfg)
         rows.append(row)
     return {"champion": model_summary(champion, "champion"),
             "challenger": model_summary(challenger, "challenger", list(found[0].aliases or [])) if found else None,

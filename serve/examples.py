@@ -22,6 +22,7 @@ from serve.inference import PreparedSlice, prepare_slice, slice_results
 from serve.ood import score_slice
 from serve.served_model import ServedModel
 from serve.uploads import UploadError, decode_slice
+from tasks.config import ServeSettings
 from tasks.data.orientation import Orientation
 from tasks.data.preprocess import axial_slice, prepare_array_slice
 from tasks.data.regions import REGION_LABELS, UnknownLabels, to_brats2020_labels
@@ -125,12 +126,11 @@ def truth_mask_png(folder: Path, entry: dict, size: int) -> str | None:
     return png_base64(np.asarray(mask.resize((size, size), Image.NEAREST)))
 
 
-def predict_slice_example(model: ServedModel, entry: dict, ood_threshold: float, max_slice_mb: float,
-                          max_side: int, gradcam: bool = False) -> dict:
+def predict_slice_example(model: ServedModel, entry: dict, cfg: ServeSettings, gradcam: bool = False) -> dict:
     """The /v1/predict answer for a slice example (with its Grad-CAM overlay on request), with `truth_png` (when
     known) and `example`."""
-    item = prepared_example(model, entry, model.examples, ood_threshold, max_slice_mb, max_side)
-    result = slice_results(model, [item], ood_threshold, gradcam)[0]
+    item = prepared_example(model, entry, model.examples, cfg.ood_threshold, cfg.max_slice_mb, cfg.max_image_side)
+    result = slice_results(model, [item], cfg.ood_threshold, cfg.min_photo_accuracy, gradcam)[0]
     return result | {"truth_png": truth_mask_png(model.examples, entry, model.image_size), "example": public(entry)}
 
 

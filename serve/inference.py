@@ -19,7 +19,7 @@ import numpy as np
 from serve.explain import gradcam_for
 from serve.images import gradcam_overlay, label_overlay, mask_pixels, png_base64, to_display, uncertainty_overlay
 from serve.ood import OodResult, score_slice, score_volume
-from serve.served_model import ServedModel
+from serve.served_model import ServedModel, photo_refusal
 from serve.uploads import DecodedSlice, UploadError
 from serve.volumes import VolumeImage, nifti_bytes
 from tasks.data.orientation import Orientation
@@ -61,6 +61,7 @@ class PreparedSlice:
     ood: OodResult
     side: int  # the upload's longer side: zero-padded to side x side, then resized to S x S
     channels_sent: int = 1  # 1 (FLAIR's channel; the others zero) or every modality the model takes
+    photo: bool = False  # an 8-bit PNG/JPEG, prepared as the Kaggle-style photos were (serve.min_photo_accuracy)
 
 
 def prepare_slice(decoded: DecodedSlice, model: ServedModel, name: str, ood_threshold: float) -> PreparedSlice:
@@ -78,7 +79,7 @@ def prepare_slice(decoded: DecodedSlice, model: ServedModel, name: str, ood_thre
     _check_finite(model_input, name)
     ood = score_slice(gray, model_input, decoded.rgb, decoded.array, ood_threshold)
     return PreparedSlice(name, np.ascontiguousarray(in_flair_channel(model_input, model.in_channels)), ood,
-                         max(gray.shape[-2:]), len(model_input))
+                         max(gray.shape[-2:]), len(model_input), photo=decoded.kind == "photo")
 
 
 def in_flair_channel(model_input: np.ndarray, channels: int) -> np.ndarray:
@@ -108,8 +109,11 @@ def decision(probability: float, threshold: float, ood: OodResult, ood_threshold
 
 
 def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_threshold: float,
-                  gradcam: bool = False) -> list[dict]:
-    """Predict several prepared slices in one batch; one answer per slice, in order."""
+                  min_photo_accuracy: float | None, gradcam: bool = False) -> list[dict]:
+    """Predict several prepared slices in one batch; one answer per slice, in order. A decision is withheld (null,
+    `withheld` and `warning` say why) for an input out of distribution, and for a photo when the model's accuracy on
+    its test photos is below `min_photo_accuracy` (serve/served_model.py, `photo_refusal`)."""
+    photo_refusal_reason = photo_refusal(model.photos, min_photo_accuracy)
     inputs = np.stack([p.model_input for p in prepared])
     explainer = gradcam_for(model) if gradcam else None  # before predicting: a 409 should cost nothing
     prediction = predict(model, inputs, ", ".join(p.name for p in prepared[:3]))
@@ -119,10 +123,13 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
         probability = float(prediction.tumour_probability[i])
         mask = prediction.mask_probability[i] >= model.mask_threshold
         display = to_display(item.model_input[0])
+        out_of_distribution = item.ood.is_ood(ood_threshold)
+        refused = photo_refusal_reason if item.photo and not out_of_distribution else None
         result = {
             "filename": item.name,
             "tumor_probability": round(probability, 6),
-            "has_tumor": decision(probability, model.slice_threshold, item.ood, ood_threshold),
+            "has_tumor": None if refused else decision(probability, model.slice_threshold, item.ood, ood_threshold),
+            "withheld": "out_of_distribution" if out_of_distribution else "photo_accuracy" if refused else None,
             "threshold": model.slice_threshold,
             # in the upload's pixels, as the volume route counts them: a model pixel covers (side / S)² of them
             "tumor_area_px": int(round(float(mask.sum()) * (item.side / mask.shape[-1]) ** 2)),
@@ -130,7 +137,7 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
             "image_png": png_base64(display),
             "ood_score": item.ood.score,
             "ood_checks": item.ood.checks,
-            "warning": item.ood.warning(ood_threshold),
+            "warning": item.ood.warning(ood_threshold) or refused,
             # as the volume route says it: a modality not sent was an all-zero channel (FLAIR alone, for an image)
             "modalities": {"sent": list(model.modalities[:item.channels_sent]),
                            "missing": list(model.modalities[item.channels_sent:])},

@@ -42,10 +42,51 @@ class ServedModel:
     lone_slice_threshold: float | None = None  # for a slice that arrives alone (/v1/predict); None: `threshold`
 
     @property
+    def photos(self) -> PhotoRecord | None:
+        """How the model scored its test photos (None: it was not tested on any)."""
+        return photo_record(self.card.get("metrics") or {})
+
+    @property
     def slice_threshold(self) -> float:
         """The threshold for a slice scored alone: chosen on validation slices scored alone where the model was
         evaluated in volumes (after the clean-up, whose threshold would judge a lone slice too readily)."""
         return self.threshold if self.lone_slice_threshold is None else self.lone_slice_threshold
+
+
+@dataclass(frozen=True)
+class PhotoRecord:
+    """How the model scored the test split's photos (metrics.json: classification_by_source.kaggle and its ci95)."""
+
+    accuracy: float
+    photos: int
+    ci95: tuple[float, float] | None
+
+
+def photo_record(metrics: dict) -> PhotoRecord | None:
+    """The model's test figures on photos; None when it was not tested on any (no Kaggle-style test split, or no
+    metrics.json)."""
+    found = (metrics.get("classification_by_source") or {}).get("kaggle") or {}
+    if not found.get("n") or not isinstance(found.get("accuracy"), (int, float)):
+        return None
+    bounds = (metrics.get("ci95") or {}).get("classification_by_source.kaggle.accuracy")
+    return PhotoRecord(float(found["accuracy"]), int(found["n"]), tuple(bounds) if bounds else None)
+
+
+def photo_refusal(record: PhotoRecord | None, min_accuracy: float | None) -> str | None:
+    """Why a photo gets no tumour decision from this model, or None when it gets one (`serve.min_photo_accuracy`).
+    On the synthetic data the quick model decides BraTS slices at about 0.97 and photos near 0.6: a yes or no at
+    that accuracy reads as a finding it is not."""
+    if min_accuracy is None:
+        return None
+    if record is None:
+        return ("no decision for a photo: this model was not tested on photos (its test split held none), and "
+                f"serve.min_photo_accuracy asks for {min_accuracy:g}")
+    if record.accuracy >= min_accuracy:
+        return None
+    interval = f" (95 % interval {record.ci95[0]:.2f}-{record.ci95[1]:.2f})" if record.ci95 else ""
+    return (f"no decision for a photo: this model's accuracy on its {record.photos} test photos is "
+            f"{record.accuracy:.2f}{interval}, below serve.min_photo_accuracy {min_accuracy:g}. The probability and "
+            "the mask are shown, not a yes or no; an MRI slice as NPY or 16-bit PNG, or the whole volume, is decided")
 
 
 def embedded_metadata(predictor: OnnxPredictor) -> dict:

@@ -334,6 +334,9 @@ class ServeSettings(_Section):
     allowed_hosts: Annotated[tuple[str, ...], LISTS] = ()
     poll_seconds: float = Field(30, ge=0)
     ood_threshold: float = Field(0.5, gt=0, le=1)
+    # a photo (8-bit PNG/JPEG) gets a decision only from a model whose test photos scored at least this accuracy
+    # (metrics.json's classification_by_source.kaggle); null: always
+    min_photo_accuracy: float | None = Field(0.85, ge=0, le=1)
     # the flips of /v1/predict/volume?tta=true (tasks/inference/volume.py)
     tta_flips: Annotated[tuple[Annotated[tuple[Literal[2, 3], ...], LISTS], ...], LISTS] = ((), (3,))
 

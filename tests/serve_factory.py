@@ -112,9 +112,14 @@ def write_gradcam_checkpoint(path: Path, channels: int = 1) -> Path:
                            best_metric=0.5, metric_name="val_score", params={}, stage="joint")
 
 
-def write_metrics(path: Path, accuracy: float = 0.91, sensitivity: float = 0.88) -> Path:
+def write_metrics(path: Path, accuracy: float = 0.91, sensitivity: float = 0.88,
+                  photo_accuracy: float | None = 0.9) -> Path:
+    """A metrics.json as evaluate writes it; `photo_accuracy`: on 20 test photos (serve.min_photo_accuracy reads it),
+    None: no test photos."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    by_source = {"kaggle": {"n": 20, "positives": 10, "accuracy": photo_accuracy}} if photo_accuracy is not None else {}
     path.write_text(json.dumps({
+        "classification_by_source": by_source,
         "classification": {"accuracy": accuracy, "sensitivity": sensitivity, "specificity": 0.93, "roc_auc": 0.95,
                            "threshold": THRESHOLD},
         "segmentation": {"dice": 0.74, "iou": 0.6, "hd95": 4.2, "n_slices": 12},

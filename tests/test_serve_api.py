@@ -67,6 +67,63 @@ def test_predict_finds_the_bright_disc_in_every_format(client, encode):
     assert "gradcam_png" not in body
 
 
+def photo_client(folder, photo_accuracy: float | None, ci95: list[float] | None = None, **serve_overrides):
+    """A client of the tiny model whose metrics.json records `photo_accuracy` on 20 test photos (None: none), with
+    its interval `ci95`."""
+    metrics = write_metrics(folder / "metrics.json", photo_accuracy=photo_accuracy)
+    if ci95:
+        metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {
+            "ci95": {"classification_by_source.kaggle.accuracy": ci95}}))
+    files = ServedFiles(export_tiny_onnx(folder / "model.onnx"), folder / "none.pt", metrics)
+    return local_client(file_app(files, **serve_overrides))
+
+
+def test_a_photo_gets_no_decision_from_a_model_whose_test_photos_scored_below_the_bar(tmp_path):
+    """The quick model decides BraTS slices at about 0.97 and photos near 0.6: a yes or no on a photo read as a
+    finding it is not. Below serve.min_photo_accuracy (0.85) a photo's decision is withheld, with the figures; the
+    same slice as NPY (raw intensities, as the MRI slices were scored) is still decided."""
+    with photo_client(tmp_path, 0.6, ci95=[0.42, 0.78]) as client:
+        photo = predict(client, png_bytes(brain_slice(tumour=True))).json()
+        assert photo["has_tumor"] is None and photo["withheld"] == "photo_accuracy"
+        assert photo["tumor_probability"] > 0.9 and photo["tumor_area_px"] > 0  # shown, not decided
+        assert "accuracy on its 20 test photos is 0.60 (95 % interval 0.42-0.78)" in photo["warning"]
+        assert "below serve.min_photo_accuracy 0.85" in photo["warning"]
+        array = predict(client, npy_bytes(brain_slice(tumour=True).astype(np.float32) * 7), "slice.npy").json()
+        assert array["has_tumor"] is True and array["withheld"] is None and array["warning"] is None
+        rows = client.post("/v1/predict/batch", files=[
+            ("files", ("a.jpg", jpeg_bytes(brain_slice(tumour=False)))),
+            ("files", ("b.npy", npy_bytes(brain_slice(tumour=False).astype(np.float32) * 7)))]).json()
+        assert [(r["has_tumor"], r["withheld"]) for r in rows] == [(None, "photo_accuracy"), (False, None)]
+        info = client.get("/model/info").json()["photo_decisions"]
+        assert info == {"given": False, "reason": photo["warning"], "min_accuracy": 0.85, "test_accuracy": 0.6,
+                        "test_photos": 20, "ci95": [0.42, 0.78]}
+
+
+def test_photo_decisions_follow_the_bar_and_a_model_never_tested_on_photos(tmp_path):
+    """At or above the bar a photo is decided; with no test photo at all it is not (nothing says how the model
+    fares on them); `min_photo_accuracy: null` decides every photo, as before the rule."""
+    png = png_bytes(brain_slice(tumour=True))
+    with photo_client(tmp_path / "good", 0.85) as client:
+        assert predict(client, png).json()["has_tumor"] is True
+        assert client.get("/model/info").json()["photo_decisions"]["given"] is True
+    with photo_client(tmp_path / "untested", None) as client:
+        body = predict(client, png).json()
+        assert body["has_tumor"] is None and "was not tested on photos" in body["warning"]
+        assert client.get("/model/info").json()["photo_decisions"]["test_photos"] == 0
+    with photo_client(tmp_path / "off", 0.5, min_photo_accuracy=None) as client:
+        assert predict(client, png).json()["has_tumor"] is True
+
+
+def test_an_out_of_distribution_photo_says_so_before_the_photo_rule(tmp_path):
+    """Both reasons would withhold a colour holiday photo; the one the user must hear is that it is no MRI."""
+    from tasks.release.examples import colour_photo
+
+    with photo_client(tmp_path, 0.6) as client:
+        body = predict(client, png_bytes(colour_photo())).json()
+    assert body["has_tumor"] is None and body["withheld"] == "out_of_distribution"
+    assert body["warning"].startswith("out of distribution")
+
+
 def test_predict_mask_lies_where_the_tumour_is(client):
     body = predict(client, png_bytes(brain_slice(size=SIZE, tumour=True, centre=(0.35, 0.65)))).json()
     rows, cols = np.nonzero(decode_png(body["mask_png"]) > 127)

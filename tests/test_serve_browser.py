@@ -74,14 +74,20 @@ def project(tmp_path_factory):
         yield registered | {"root": root}
 
 
+def serving(project, **serve_overrides):
+    """The project's champion behind a real server (a context manager yielding its URL)."""
+    settings = project["settings"]
+    cfg = settings.serve.model_copy(update={"poll_seconds": 0, **serve_overrides})
+    app = create_app(RegistrySource(settings.registry, settings.tracking, project["root"] / paths.SERVE_CACHE), cfg)
+    return served_in_thread(app, cfg)
+
+
 @pytest.fixture(scope="module")
 def server(project):
-    settings = project["settings"]
-    cfg = settings.serve.model_copy(update={"poll_seconds": 0})
-    with inside(project["root"]):
-        app = create_app(RegistrySource(settings.registry, settings.tracking, project["root"] / paths.SERVE_CACHE), cfg)
-        with served_in_thread(app, cfg) as url:
-            yield url
+    # The uploads here are PNG stand-ins for MRI slices, and the project's model scored its test photos at 0.75: at
+    # serve.min_photo_accuracy (0.85) none would be decided. The rule has its own server and test below.
+    with inside(project["root"]), serving(project, min_photo_accuracy=None) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -686,6 +692,44 @@ def test_a_mask_under_a_no_tumour_decision_starts_hidden_and_is_explained(browse
     assert "The decision is no tumour, yet the segmentation head marks" in note.text
     assert not browser.find_element("id", "slice-show-pred").is_selected()
     assert browser.find_element("id", "slice-decision").text == "no tumour"
+
+
+def test_a_photo_from_a_model_that_fails_on_photos_shows_no_decision_and_says_why(browser, project, tmp_path):
+    """At serve.min_photo_accuracy (0.85) the project's model, 0.75 on its test photos, decides no photo: the header
+    says so before any upload, and the slice view and the batch table show "no decision: photo", not the
+    out-of-distribution marks a holiday photo gets."""
+    from tasks.release.examples import colour_photo
+
+    photo, holiday = tmp_path / "slice.png", tmp_path / "holiday.png"
+    photo.write_bytes(png_bytes(brain_slice(size=128)))
+    holiday.write_bytes(png_bytes(colour_photo()))
+    with inside(project["root"]), serving(project) as url:
+        open_page(browser, url, "slice")
+        header = browser.find_element("id", "model-photo-decisions")
+        assert header.text == "no decisions on photos" and "test photos is 0.75" in header.get_attribute("title")
+        browser.find_element("id", "slice-file").send_keys(str(photo))
+        visible(browser, "slice-result")
+        assert browser.find_element("id", "slice-decision").text == "no decision: photo"
+        assert "no decision for a photo" in visible(browser, "slice-warning").text
+        assert "This model gives no decision on photos" in visible(browser, "slice-mask-note").text
+        assert not browser.find_element("id", "slice-show-pred").is_selected()  # the mask, hidden: no finding
+        assert "(no decision on photos)" in browser.find_element("id", "slice-details").text
+        open_page(browser, url, "batch")
+        browser.find_element("id", "batch-files").send_keys(f"{photo}\n{holiday}")
+        visible(browser, "batch-table")
+        rows = {r.find_element("css selector", "td.name").text: r for r in by_css(browser, "#batch-table tbody tr")}
+        assert rows["slice.png"].find_element("css selector", ".badge").text == "no decision: photo"
+        assert rows["slice.png"].find_element("css selector", "td.unreliable").text.endswith("(no decision on photos)")
+        assert "out of distribution" not in rows["slice.png"].text and "out of distribution" in rows["holiday.png"].text
+        csv = browser.execute_async_script(  # the CSV keeps the two reasons apart too
+            "const done = arguments[arguments.length - 1];"
+            "import('/static/batch.js').then((m) => done(m.batchCsv([{filename: 'slice.png', has_tumor: null, "
+            "withheld: 'photo_accuracy'}])));")
+        header, row = csv.splitlines()
+        assert dict(zip(header.split(","), row.split(","))) == {
+            "filename": '"slice.png"', "tumor_probability": "", "has_tumor": "", "threshold": "", "tumor_area_px": "",
+            "ood_score": "", "out_of_distribution": '"false"', "withheld": '"photo_accuracy"', "warning": "",
+            "error": ""}
 
 
 def test_the_grad_cam_box_re_runs_the_upload_after_the_file_picker_was_cancelled(browser, server, tmp_path):

@@ -155,7 +155,8 @@ def test_a_broken_new_champion_does_not_stop_serving_the_current_one(registry, t
     from mlflow import MlflowClient
 
     name = "slicewise-broken-next"  # its own registered model: the module's "slicewise" champion stays as it is
-    first = register_version(registry["uri"], export_tiny_onnx(tmp_path / "first" / "v1.onnx"), model_name=name)
+    first = register_version(registry["uri"], export_tiny_onnx(tmp_path / "first" / "v1.onnx"), model_name=name,
+                             metrics=write_metrics(tmp_path / "first" / "metrics.json"))
     with local_client(app_for(source(registry, tmp_path, model_name=name))) as client:
         assert client.get("/healthz").json()["version"] == first
         png = png_bytes(brain_slice())

@@ -1,7 +1,7 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
 import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage,
-  onAnsweredBy, openView, outline, pct, pickAgain, pngSrc, postFiles, show, showWarning, shownBy, tinted, UNRELIABLE,
-  withheld } from "./common.js";
+  onAnsweredBy, openView, outline, pct, photoWithheld, pickAgain, pngSrc, postFiles, show, showWarning, shownBy, tinted,
+  unreliableNote, withheld } from "./common.js";
 import { clearBatch, setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
@@ -64,10 +64,14 @@ async function loadModelInfo() {
     const synthetic = (info.tags || {}).data_source === "synthetic"
       ? '<span class="metric" id="model-data" title="test figures measured on the synthetic BraTS-like data the ' +
         'project generates, not on real scans">on synthetic test data</span>' : "";
+    // photos get no decision from a model below serve.min_photo_accuracy on its test photos: said before any upload
+    const photoDecisions = info.photo_decisions && !info.photo_decisions.given
+      ? `<span class="metric" id="model-photo-decisions" title="${esc(info.photo_decisions.reason || "")}">` +
+        "no decisions on photos</span>" : "";
     box.innerHTML = `model <b id="model-version">${esc(name)}</b>` + metric("accuracy", cls.accuracy) +
       metric("sensitivity", cls.sensitivity) + metric("Dice", seg.dice) +
       // the photos' own figure: a few dozen of the test inputs, easily hidden by the pooled accuracy
-      (photos.n ? metric(`photo accuracy (${photos.n})`, photos.accuracy) : "") + synthetic + gate;
+      (photos.n ? metric(`photo accuracy (${photos.n})`, photos.accuracy) : "") + photoDecisions + synthetic + gate;
     box.title = info.detail || "";
   } catch (error) {
     state.info = null;
@@ -167,7 +171,7 @@ async function showSlice(result, title) {
   $("slice-decision").textContent = text;
   $("slice-decision").className = "badge " + style;
   $("slice-details").textContent = `threshold ${fmt(result.threshold)} · tumour area ${result.tumor_area_px} px` +
-    `${withheld(result) ? UNRELIABLE : ""} · ` +
+    `${withheld(result) ? unreliableNote(result) : ""} · ` +
     `OOD score ${fmt(result.ood_score, 2)}`;
   showWarning("slice-warning", result.warning);
   // A photo or a one-channel slice reaches a multi-modality model as FLAIR alone, the other channels zero: said as
@@ -185,11 +189,13 @@ async function showSlice(result, title) {
   showWarning("slice-mask-note", maskAgainstDecision ? `The decision is no tumour, yet the segmentation head marks ` +
     `${result.tumor_area_px} px (hidden; tick "predicted" to see them): a candidate too faint for the decision, or, ` +
     "on a photo, whose masks the model never trained on, nothing at all. The decision is the answer."
-    : maskWithoutDecision ? `The input is out of distribution, so there is no decision; the segmentation head's ` +
+    : maskWithoutDecision ? `${photoWithheld(result) ? "This model gives no decision on photos (the warning " +
+    "above says why)" : "The input is out of distribution, so there is no decision"}; the segmentation head's ` +
     `${result.tumor_area_px} px are hidden (tick "predicted" to see them) and, like the probability, say nothing ` +
     "reliable about a tumour." : "");
-  $("slice-gradcam-caption").textContent = "Grad-CAM of the classification" +
-    (unreliable ? " (out of distribution: what it highlights is unreliable too)" : "");
+  $("slice-gradcam-caption").textContent = "Grad-CAM of the classification" + (!unreliable ? ""
+    : photoWithheld(result) ? " (no decision on photos: what it highlights is unreliable too)"
+      : " (out of distribution: what it highlights is unreliable too)");
   show("slice-truth-toggle", Boolean(slice.truth));
   if (result.gradcam_png) $("slice-gradcam-image").src = pngSrc(result.gradcam_png);
   show("slice-gradcam-figure", Boolean(result.gradcam_png));

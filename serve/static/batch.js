@@ -1,9 +1,10 @@
 // Batch: many slices → a sortable table with thumbnails and the OOD flag, and the same rows as CSV.
-import { $, busy, decisionText, fmt, pct, pickAgain, pngSrc, postFiles, show, withheld } from "./common.js";
+import { $, busy, decisionText, fmt, outOfDistribution, pct, PHOTO_UNDECIDED, photoWithheld, pickAgain, pngSrc,
+  postFiles, show, withheld } from "./common.js";
 
 const batch = { rows: [], key: "tumor_probability", descending: true, limit: 50 };
 const CSV_COLUMNS = ["filename", "tumor_probability", "has_tumor", "threshold", "tumor_area_px", "ood_score",
-  "out_of_distribution", "warning", "error"];
+  "out_of_distribution", "withheld", "warning", "error"];
 const COLUMNS = 6;  // of the table: a file that could not be read spans the five after its name with the reason
 
 function cell(content, className = "") {
@@ -43,10 +44,12 @@ function renderBatch() {
     badge.className = "badge small-badge " + style;
     badge.textContent = decision;
     const ood = document.createElement("span");
-    ood.className = withheld(row) ? "flag ood" : "flag";
-    ood.textContent = withheld(row) ? `⚠ ${fmt(row.ood_score, 2)} out of distribution` : fmt(row.ood_score, 2);
+    ood.className = outOfDistribution(row) ? "flag ood" : "flag";
+    const oodScore = fmt(row.ood_score, 2);
+    ood.textContent = outOfDistribution(row) ? `⚠ ${oodScore} out of distribution` : oodScore;
     // a mask under a "no tumour" decision is not a found tumour (the slice view says why: the decision is the answer)
-    const area = withheld(row) ? cell(`${row.tumor_area_px} (unreliable)`, "unreliable")
+    const area = withheld(row) ? cell(`${row.tumor_area_px}${photoWithheld(row) ? PHOTO_UNDECIDED : " (unreliable)"}`,
+      "unreliable")
       : row.has_tumor === false && row.tumor_area_px > 0 ? cell(`${row.tumor_area_px} (no tumour decided)`, "unreliable")
         : cell(String(row.tumor_area_px));
     tr.append(cell(thumb), cell(row.filename, "name"), cell(pct(row.tumor_probability)), cell(badge), area, cell(ood));
@@ -104,7 +107,7 @@ function csvCell(value) {
 
 export function batchCsv(rows) {
   const lines = [CSV_COLUMNS.join(","), ...rows.map((row) =>
-    CSV_COLUMNS.map((c) => csvCell(c === "out_of_distribution" ? withheld(row) : row[c])).join(","))];
+    CSV_COLUMNS.map((c) => csvCell(c === "out_of_distribution" ? outOfDistribution(row) : row[c])).join(","))];
   return lines.join("\n") + "\n";
 }
 

@@ -84,12 +84,19 @@ export async function busy(prefix, request, render = () => {}) {
   }
 }
 
-// An answer whose decision was withheld (out of distribution) still carries its areas and volumes: shown, but marked,
-// so a figure from an input the model was not trained for is never read as a measurement.
+// An answer whose decision was withheld still carries its areas and volumes: shown, but marked, so a figure from an
+// input the model was not trained for is never read as a measurement. Withheld for one of two reasons (`withheld`):
+// the input is out of distribution, or it is a photo and the model's test photos scored below
+// serve.min_photo_accuracy (its `warning` gives the figures).
 export const withheld = (result) => result.has_tumor === null;
+export const photoWithheld = (result) => withheld(result) && result.withheld === "photo_accuracy";
+export const outOfDistribution = (result) => withheld(result) && !photoWithheld(result);
 export const UNRELIABLE = " (unreliable: out of distribution)";
+export const PHOTO_UNDECIDED = " (no decision on photos)";
+export const unreliableNote = (result) => (photoWithheld(result) ? PHOTO_UNDECIDED : UNRELIABLE);
 
 export function decisionText(result) {
+  if (photoWithheld(result)) return ["no decision: photo", "uncertain"];
   if (withheld(result)) return ["uncertain: out of distribution", "uncertain"];
   return result.has_tumor ? ["tumour", "tumour"] : ["no tumour", "clear"];
 }
