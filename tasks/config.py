@@ -33,10 +33,20 @@ class _Section(BaseModel):
 LISTS = PATH = Field(strict=False)  # YAML has no tuples or paths: a list, a string
 
 
+class KaggleVersions(_Section):
+    """Which version of each Kaggle data set `data.source: kaggle` downloads. None: the latest when fetch runs; fetch
+    records the number it got (data/raw/kaggle_versions.json), and `tasks check` says when Kaggle has a newer one,
+    which DVC cannot see (nothing it hashes changes when a data set gets a new version)."""
+
+    brats: int | None = Field(None, ge=1)
+    images: int | None = Field(None, ge=1)
+
+
 class DataSettings(_Section):
     source: Literal["synthetic", "local", "kaggle"] = "synthetic"
     brats_dir: Annotated[Path | None, PATH] = None
     kaggle_dir: Annotated[Path | None, PATH] = None
+    kaggle_versions: KaggleVersions = Field(default_factory=KaggleVersions)
 
     @model_validator(mode="after")
     def _local_needs_a_folder(self) -> "DataSettings":

@@ -11,6 +11,7 @@ PARAMS = ROOT / "params.yaml"
 
 RAW = ROOT / "data" / "raw"
 RAW_BRATS = RAW / "brats"
+KAGGLE_VERSIONS = RAW / "kaggle_versions.json"  # which Kaggle data set versions data/raw holds (data.source: kaggle)
 DOWNLOADS = ROOT / "data" / "downloads"  # Kaggle archives, kept outside data/raw so a rerun can resume them
 
 PROCESSED = ROOT / "data" / "processed"

@@ -179,13 +179,19 @@ class KaggleApi:
     def authenticate(self):
         pass
 
+    def dataset_status(self, dataset, **kwargs):  # asked first, for the latest version's number
+        unreachable("/api/v1/datasets/status/" + dataset)
+
     def dataset_download_files(self, dataset, **kwargs):
-        # what requests raises without a network: a ConnectionError wrapping urllib3's retries and DNS failure
-        pool = urllib3.HTTPSConnectionPool("api.kaggle.com", 443)
-        reason = urllib3.exceptions.NameResolutionError(
-            "api.kaggle.com", None, OSError(-3, "Temporary failure in name resolution"))
-        raise requests.exceptions.ConnectionError(
-            urllib3.exceptions.MaxRetryError(pool, "/api/v1/datasets/download/" + dataset, reason))
+        unreachable("/api/v1/datasets/download/" + dataset)
+
+
+def unreachable(url):
+    # what requests raises without a network: a ConnectionError wrapping urllib3's retries and DNS failure
+    pool = urllib3.HTTPSConnectionPool("api.kaggle.com", 443)
+    reason = urllib3.exceptions.NameResolutionError(
+        "api.kaggle.com", None, OSError(-3, "Temporary failure in name resolution"))
+    raise requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(pool, url, reason))
 '''
 
 
@@ -246,3 +252,167 @@ def test_an_archive_this_file_system_cannot_hold_is_one_error_naming_it(tmp_path
     with pytest.raises(SliceWiseError, match="cannot be extracted here") as error:
         safe_extract(archive, tmp_path / "out")
     assert error.value.path == str(archive)
+
+
+# ---------------------------------------------------------------- data set versions
+
+FAKE_VERSIONED_KAGGLE = '''
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+
+def _log(*parts):
+    with open(os.environ["FAKE_KAGGLE_LOG"], "a") as log:
+        log.write(" ".join(parts) + "\\n")
+
+
+class KaggleApi:
+    """Kaggle as far as fetch uses it: the latest version is FAKE_KAGGLE_LATEST, and version N of a data set is
+    FAKE_KAGGLE_ARCHIVES/<name>-v<N>.zip."""
+
+    def authenticate(self):
+        pass
+
+    def dataset_status(self, dataset, format=None):
+        assert format == "json(current_version_number)", format
+        time.sleep(float(os.environ.get("FAKE_KAGGLE_SLEEP", "0")))
+        _log("status", dataset)
+        return json.dumps({"current_version_number": int(os.environ["FAKE_KAGGLE_LATEST"])})
+
+    def dataset_download_files(self, dataset, path=None, force=False, quiet=True, unzip=False):
+        owner, name, version = dataset.split("/")
+        _log("download", dataset)
+        shutil.copyfile(Path(os.environ["FAKE_KAGGLE_ARCHIVES"]) / f"{name}-v{version}.zip", Path(path) / f"{name}.zip")
+'''
+
+
+@pytest.fixture
+def versioned_kaggle(tmp_path, monkeypatch):
+    """The fake versioned Kaggle on sys.path, credentials set; returns (archives folder, log file)."""
+    root = tmp_path / "fake"
+    fake_kaggle_package(root)
+    (root / "kaggle" / "api" / "kaggle_api_extended.py").write_text(FAKE_VERSIONED_KAGGLE)
+    monkeypatch.syspath_prepend(str(root))
+    for name in [m for m in sys.modules if m == "kaggle" or m.startswith("kaggle.")]:
+        monkeypatch.delitem(sys.modules, name)
+    archives, log = tmp_path / "archives", tmp_path / "kaggle.log"
+    archives.mkdir()
+    log.write_text("")
+    monkeypatch.setenv("FAKE_KAGGLE_ARCHIVES", str(archives))
+    monkeypatch.setenv("FAKE_KAGGLE_LOG", str(log))
+    monkeypatch.setenv("FAKE_KAGGLE_LATEST", "3")
+    monkeypatch.setenv("KAGGLE_USERNAME", "me")
+    monkeypatch.setenv("KAGGLE_KEY", "k3y")
+    return archives, log
+
+
+def test_the_latest_version_or_a_pinned_one_each_lands_in_a_folder_of_its_own(tmp_path, versioned_kaggle):
+    """An unpinned fetch took whatever Kaggle served and recorded no version, and every version went to one
+    <name>.zip, which kaggle judges by date alone: a pinned older version would have passed for the newer archive."""
+    from tasks.data.kaggle_download import BRATS_DATASET, download_dataset
+
+    archives, log = versioned_kaggle
+    name = BRATS_DATASET.split("/")[1]
+    for version in (2, 3):
+        with zipfile.ZipFile(archives / f"{name}-v{version}.zip", "w") as zf:
+            zf.writestr("VERSION.txt", str(version))
+    latest, version = download_dataset(BRATS_DATASET, tmp_path / "downloads")
+    assert version == 3 and (latest / "VERSION.txt").read_text() == "3"
+    pinned, version = download_dataset(BRATS_DATASET, tmp_path / "downloads", version=2)
+    assert version == 2 and (pinned / "VERSION.txt").read_text() == "2"
+    assert (latest / "VERSION.txt").read_text() == "3"  # each version's files stay its own
+    assert log.read_text().splitlines() == [f"status {BRATS_DATASET}", f"download {BRATS_DATASET}/3",
+                                            f"download {BRATS_DATASET}/2"]  # a pin asks no status
+
+
+def test_fetch_records_the_versions_and_the_check_names_a_newer_one(tmp_path, versioned_kaggle, monkeypatch):
+    """A data set's new version on Kaggle changed nothing DVC hashes, so `dvc repro` never saw it and the next fetch,
+    whenever a change made one run, took it silently. Fetch now records the versions in data/raw, and `tasks check`
+    (run by make run) names a newer one and how to pin either."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from tasks import paths
+    from tasks.config import KaggleVersions, load_settings
+    from tasks.data.kaggle_download import BRATS_DATASET, KAGGLE_IMAGES_DATASET, newer_versions
+    from tasks.fetch import fetch_raw
+    from tests.conftest import REPO
+    from tests.nifti_factory import write_patient
+
+    archives, log = versioned_kaggle
+    source = tmp_path / "source"
+    write_patient(source / "MICCAI_BraTS2020_TrainingData", "BraTS20_Training_001", np.random.default_rng(1))
+    for label in ("yes", "no"):
+        (source / "photos" / label).mkdir(parents=True)
+        Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64), dtype=np.uint8)).save(
+            source / "photos" / label / "Y1.jpg")
+    for dataset, folder in ((BRATS_DATASET, "MICCAI_BraTS2020_TrainingData"), (KAGGLE_IMAGES_DATASET, "photos")):
+        with zipfile.ZipFile(archives / f"{dataset.split('/')[1]}-v3.zip", "w") as zf:
+            for file in (source / folder).rglob("*"):
+                if file.is_file():
+                    zf.write(file, file.relative_to(source).as_posix())
+    settings = load_settings(REPO / "params.yaml")
+    data = settings.data.model_copy(update={"source": "kaggle"})
+    result = fetch_raw(data, settings.active, 0, tmp_path / "raw", tmp_path / "downloads")
+    recorded = json.loads((tmp_path / "raw" / paths.KAGGLE_VERSIONS.name).read_text())
+    assert recorded == result["kaggle_versions"] == {"brats": {"dataset": BRATS_DATASET, "version": 3},
+                                                      "images": {"dataset": KAGGLE_IMAGES_DATASET, "version": 3}}
+    assert result["brats_patients"] == 1 and (tmp_path / "raw" / "brats" / "BraTS20_Training_001").is_dir()
+
+    recorded_file = tmp_path / "raw" / paths.KAGGLE_VERSIONS.name
+    assert newer_versions(KaggleVersions(), recorded_file) == []  # still the latest
+    monkeypatch.setenv("FAKE_KAGGLE_LATEST", "4")
+    said = newer_versions(KaggleVersions(), recorded_file)
+    assert len(said) == 2 and said[0].startswith(f"Kaggle has version 4 of {BRATS_DATASET}; data/raw holds version 3")
+    assert "tasks set data.kaggle_versions.brats=4" in said[0] and "data.kaggle_versions.images=4" in said[1]
+    asked = log.read_text().count("status")
+    assert newer_versions(KaggleVersions(brats=3, images=3), recorded_file) == []  # pinned: Kaggle not asked
+    assert log.read_text().count("status") == asked
+
+
+def test_the_version_check_never_holds_up_a_run(tmp_path, versioned_kaggle, monkeypatch):
+    """No credentials, or a Kaggle that does not answer: one line saying the versions were not checked."""
+    import json
+
+    from tasks.config import KaggleVersions
+    from tasks.data.kaggle_download import BRATS_DATASET, newer_versions
+
+    recorded = tmp_path / "kaggle_versions.json"
+    recorded.write_text(json.dumps({"brats": {"dataset": BRATS_DATASET, "version": 1}}))
+    monkeypatch.setenv("FAKE_KAGGLE_SLEEP", "5")
+    assert newer_versions(KaggleVersions(), recorded, timeout=0.5) == [
+        "Kaggle's data set versions were not checked (no answer within 0.5 s)"]
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert newer_versions(KaggleVersions(), recorded) == [
+        "Kaggle's data set versions were not checked: no Kaggle credentials"]
+    assert newer_versions(KaggleVersions(), tmp_path / "none.json") == []  # nothing fetched from Kaggle yet
+
+
+def test_tasks_check_prints_the_newer_version(tmp_path, versioned_kaggle):
+    """What `make run` shows before `dvc repro`: the line, as a warning, and the check still passes."""
+    import json
+    import os
+    from pathlib import Path
+
+    from tasks.data.kaggle_download import KAGGLE_IMAGES_DATASET
+
+    repo = Path(__file__).parents[1]
+    params = tmp_path / "params.yaml"
+    params.write_text((repo / "params.yaml").read_text().replace("source: synthetic", "source: kaggle"))
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "kaggle_versions.json").write_text(json.dumps(
+        {"images": {"dataset": KAGGLE_IMAGES_DATASET, "version": 1}}))
+    env = {key: os.environ[key] for key in ("FAKE_KAGGLE_LOG", "FAKE_KAGGLE_LATEST", "KAGGLE_USERNAME", "KAGGLE_KEY")}
+    env |= {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tmp_path / 'fake'}:{repo}",
+            "COLUMNS": "400"}
+    proc = subprocess.run([sys.executable, "-m", "tasks", "check", "--params", str(params)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert f"warning: Kaggle has version 3 of {KAGGLE_IMAGES_DATASET}; data/raw holds version 1" in proc.stderr
+    assert "valid (profile quick, data source kaggle)" in proc.stdout

@@ -6,15 +6,18 @@ check has passed. The key is never logged: only *where* credentials were found i
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import stat
+import threading
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from tasks.errors import CredentialsError, SliceWiseError
+from tasks.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -120,23 +123,85 @@ def _size(nbytes: int) -> str:
     return f"{nbytes / 1024**3:.1f} GB" if nbytes >= 1024**3 else f"{nbytes / 1024**2:.1f} MB"
 
 
-def download_dataset(dataset: str, downloads: Path) -> Path:
-    """Download (or resume) one Kaggle data set archive into `downloads`; returns the extracted folder."""
-    source = credentials_source()
-    log.info("downloading %s (credentials from %s)", dataset, source)
-    downloads.mkdir(parents=True, exist_ok=True)
-    try:
-        from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: authenticates at import
+def download_dataset(dataset: str, downloads: Path, version: int | None = None) -> tuple[Path, int]:
+    """Download (or resume) version `version` of one Kaggle data set (None: its latest) into
+    `downloads/<name>/v<version>/`; returns the extracted folder and the version it holds.
 
-        api = KaggleApi()
-        api.authenticate()
+    Each version has a folder of its own: kaggle judges an archive already there by its date alone, so a newer
+    archive of another version under the same name would pass for the one asked for."""
+    source = credentials_source()
+    try:
+        api = _kaggle_api()
+        if version is None:
+            version = current_version(api, dataset)
+        log.info("downloading %s version %d (credentials from %s)", dataset, version, source)
+        folder = downloads / dataset.split("/")[1] / f"v{version}"
+        folder.mkdir(parents=True, exist_ok=True)
         # force=False: kaggle skips a complete archive and resumes a partial one (it keeps a .kaggle-partial marker).
-        api.dataset_download_files(dataset, path=str(downloads), force=False, quiet=False, unzip=False)
+        api.dataset_download_files(f"{dataset}/{version}", path=str(folder), force=False, quiet=False, unzip=False)
     except SliceWiseError:
         raise
     except (Exception, SystemExit) as exc:  # requests, urllib3, the Kaggle SDK (which may call exit())
-        raise download_failure(dataset, source, exc) from exc
-    return extracted_archive(downloads / f"{dataset.split('/')[1]}.zip")
+        raise download_failure(dataset if version is None else f"{dataset} version {version}", source, exc) from exc
+    return extracted_archive(folder / f"{dataset.split('/')[1]}.zip"), version
+
+
+def _kaggle_api():
+    from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: authenticates at import
+
+    api = KaggleApi()
+    api.authenticate()
+    return api
+
+
+def current_version(api, dataset: str) -> int:
+    """The number of the data set's latest version, as Kaggle reports it now."""
+    answer = json.loads(api.dataset_status(dataset, format="json(current_version_number)"))
+    return int(answer["current_version_number"])
+
+
+def newer_versions(pinned, recorded_file: Path, timeout: float = 10.0) -> list[str]:
+    """One line per data set fetched at its latest (`pinned`, data.kaggle_versions, says None) for which Kaggle now
+    has a newer version than `recorded_file` (data/raw/kaggle_versions.json) says data/raw holds. Kaggle is asked
+    once, for at most `timeout` seconds; credentials missing, no network or no answer in time: one line saying the
+    versions were not checked (the run goes on: it does not need Kaggle unless fetch runs)."""
+    recorded = read_json(recorded_file, default={})
+    unpinned = {key: entry for key, entry in recorded.items()
+                if getattr(pinned, key, None) is None and isinstance(entry, dict) and "version" in entry}
+    if not unpinned:
+        return []
+    try:
+        credentials_source()
+    except CredentialsError:
+        return ["Kaggle's data set versions were not checked: no Kaggle credentials"]
+    found: dict[str, int] = {}
+    failure: list[BaseException] = []
+
+    def ask() -> None:  # in a thread of its own: the SDK sets no timeout, and an unanswered call must not stop the run
+        try:
+            api = _kaggle_api()
+            for key, entry in unpinned.items():
+                found[key] = current_version(api, entry["dataset"])
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the SDK's and requests' own types, and exit()
+            failure.append(exc)
+
+    asking = threading.Thread(target=ask, name="kaggle-versions", daemon=True)
+    asking.start()
+    asking.join(timeout)
+    if asking.is_alive() or failure:
+        why = f"no answer within {timeout:g} s" if asking.is_alive() else root_cause_line(failure[0])
+        return [f"Kaggle's data set versions were not checked ({why})"]
+    return [f"Kaggle has version {found[key]} of {entry['dataset']}; data/raw holds version {entry['version']}, "
+            f"and dvc repro will not fetch the new one by itself: pin it (python -m tasks set "
+            f"data.kaggle_versions.{key}={found[key]}) to rebuild from it, or pin {entry['version']} to keep this one"
+            for key, entry in unpinned.items() if found[key] > int(entry["version"])]
+
+
+def root_cause_line(exc: BaseException) -> str:
+    """`exc`'s innermost cause in one line: its type and the first line of its message."""
+    cause = root_cause(exc)
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:200]}" if lines else type(cause).__name__
 
 
 def extracted_archive(archive: Path) -> Path:
@@ -187,9 +252,7 @@ def download_failure(dataset: str, source: str, exc: BaseException) -> SliceWise
                                 "the data set's rules on its Kaggle page")
     if status == 404:
         return SliceWiseError(f"Kaggle has no data set {dataset} (HTTP 404)")
-    cause = root_cause(exc)
-    lines = str(cause).strip().splitlines()
-    detail = f"{type(cause).__name__}: {lines[0][:200]}" if lines else type(cause).__name__
+    detail = root_cause_line(exc)
     where = f"HTTP {status}" if status else "network error"
     return SliceWiseError(f"downloading {dataset} from Kaggle failed ({where}: {detail}). Check the internet "
                           "connection (and HTTPS_PROXY behind a proxy), then run the step again: the partial "
