@@ -128,7 +128,10 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
         predictor.slice_score = check_slice_score(rule)
     except ValueError as exc:
         raise SliceWiseError(f"the model's slice score: {exc}", onnx_path) from exc
-    card = {**card, "metrics": metrics or card.get("metrics") or {},
+    tags = dict(card.get("tags") or {})
+    if meta.get("data_source"):  # a file's own word for it (the registry tags it too): "on synthetic test data"
+        tags.setdefault("data_source", str(meta["data_source"]))
+    card = {**card, "tags": tags, "metrics": metrics or card.get("metrics") or {},
             "model": {k: meta[k] for k in ("name", "opset", "image_size", "modalities", "regions", "model_config",
                                                "versions")
                       if k in meta}}

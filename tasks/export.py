@@ -24,7 +24,7 @@ def main(settings: Settings) -> dict:
         report = export_model(
             paths.best_checkpoint(EXPORTED_STAGE), paths.PROCESSED, paths.SPLITS, paths.METRICS, paths.ONNX_MODEL,
             paths.EXPORT_METADATA, paths.EXPORT_REPORT, settings.export, list(settings.modalities),
-            settings.active.image_size,
+            settings.active.image_size, data_source=settings.data.source,
         )
         log_export(tracker, settings.export, report)
     return {"onnx": str(paths.ONNX_MODEL), "sha256": report["onnx"]["sha256"],

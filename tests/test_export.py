@@ -66,6 +66,9 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
     parity = report["parity"]
     assert parity["passed"] and result["parity"]["passed"]
     assert metadata["checkpoint"]["sha256"] == sha256_file(paths.best_checkpoint("joint"))  # what register checks
+    assert metadata["data_source"] == tiny_settings.data.source == "synthetic"  # a served file says so too
+    embedded = json.loads(onnx.load(str(paths.ONNX_MODEL)).metadata_props[0].value)
+    assert embedded["data_source"] == "synthetic"
     assert parity["max_abs_diff"] <= tiny_settings.export.parity_atol
     assert parity["decision_mismatches"] == 0 and parity["mask_dice"] >= tiny_settings.export.parity_min_dice
     test_slices = sum(len(batch) for batch in iter_test_slices(paths.PROCESSED, paths.SPLITS))

@@ -114,6 +114,18 @@ def test_photo_decisions_follow_the_bar_and_a_model_never_tested_on_photos(tmp_p
         assert predict(client, png).json()["has_tumor"] is True
 
 
+def test_a_file_served_model_says_what_data_its_figures_come_from(tmp_path):
+    """The web UI's "on synthetic test data" reads the data_source tag, which only a registry version had: a model
+    served from its file never showed it. The export step now embeds it in the file."""
+    metadata = {"image_size": SIZE, "modalities": ["flair"], "threshold": 0.5, "data_source": "synthetic",
+                "model_config": {"in_channels": 1, "base_channels": 4, "depth": 2}}
+    files = ServedFiles(export_tiny_onnx(tmp_path / "model.onnx", metadata=metadata), tmp_path / "none.pt",
+                        write_metrics(tmp_path / "metrics.json"))
+    with local_client(file_app(files)) as client:
+        tags = client.get("/model/info").json()["tags"]
+    assert tags["data_source"] == "synthetic" and len(tags["onnx_sha256"]) == 64
+
+
 def test_an_out_of_distribution_photo_says_so_before_the_photo_rule(tmp_path):
     """Both reasons would withhold a colour holiday photo; the one the user must hear is that it is no MRI."""
     from tasks.release.examples import colour_photo

@@ -191,21 +191,22 @@ def read_decisions(metrics_path: Path) -> Decisions:
 
 def export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
                  metadata_path: Path, report_path: Path, cfg: ExportSettings, modalities: list[str],
-                 image_size: int) -> dict:
+                 image_size: int, data_source: str | None = None) -> dict:
     """Export, check, verify parity, measure latency; returns the content of reports/export.json. Torch's thread
     count is given back as it was: a Prefect flow runs every step in one process, and the next flow run of a long-lived
-    `flows serve` evaluated on the one thread the latency figures took."""
+    `flows serve` evaluated on the one thread the latency figures took. `data_source` (data.source) goes into the
+    metadata: what the model was trained and tested on, which the file alone then says."""
     threads = torch.get_num_threads()
     try:
         return _export_model(checkpoint_path, processed, splits_dir, metrics_path, onnx_path, metadata_path,
-                             report_path, cfg, modalities, image_size)
+                             report_path, cfg, modalities, image_size, data_source)
     finally:
         torch.set_num_threads(threads)
 
 
 def _export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metrics_path: Path, onnx_path: Path,
                   metadata_path: Path, report_path: Path, cfg: ExportSettings, modalities: list[str],
-                  image_size: int) -> dict:
+                  image_size: int, data_source: str | None) -> dict:
     from tasks.inference.checkpoints import load_model
 
     decisions = read_decisions(metrics_path)
@@ -223,6 +224,8 @@ def _export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metr
                               decisions.mask_threshold, decisions.slice_score, decisions.slices_in_volume,
                               decisions.lone_slice_threshold, decisions.photos_alone)
     metadata["checkpoint"]["sha256"] = sha256_file(checkpoint_path)  # register checks it against best.pt
+    if data_source is not None:  # a served file's figures are then said to be synthetic ones, as a registry tag says
+        metadata["data_source"] = data_source
     test_rows = split_rows(processed, read_split("test", splits_dir))
     test_slices = iter_slices(processed, evenly_spaced(test_rows, cfg.parity_max_slices))
     sample = next(test_slices)  # the first shard: checked here, then the first of the parity run
