@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 # As the model card lists them (tasks/release/model_card.py), which serving must not import.
 LINEAGE_TAGS = ("git_commit", "git_dirty", "data_hash", "data_raw_hash", "splits_hash", "params_hash", "onnx_sha256",
                 "mlflow_run_id", "prefect_flow_run_id")
-SHOWN = ("tumor_probability", "has_tumor", "tumor_area_px", "mask_png", "warning")
+SHOWN = ("tumor_probability", "has_tumor", "withheld", "tumor_area_px", "mask_png", "warning")
 
 
 def gate_verdict(tags: dict) -> dict | None:

@@ -5,6 +5,7 @@ Where the file comes from, the registry or a path, is serve/model_source.py's.""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,20 @@ class PhotoRecord:
 
 
 def photo_record(metrics: dict) -> PhotoRecord | None:
-    """The model's test figures on photos; None when it was not tested on any (no Kaggle-style test split, or no
-    metrics.json)."""
+    """The model's test figures on photos; None when none is known (its test split held no photo, or no metrics.json
+    came with the model)."""
     found = (metrics.get("classification_by_source") or {}).get("kaggle") or {}
-    if not found.get("n") or not isinstance(found.get("accuracy"), (int, float)):
+    accuracy = found.get("accuracy")
+    if not found.get("n") or not _finite(accuracy):
         return None
     bounds = (metrics.get("ci95") or {}).get("classification_by_source.kaggle.accuracy")
-    return PhotoRecord(float(found["accuracy"]), int(found["n"]), tuple(bounds) if bounds else None)
+    interval = (float(bounds[0]), float(bounds[1])) if isinstance(bounds, list) and len(bounds) == 2 and all(
+        _finite(b) for b in bounds) else None
+    return PhotoRecord(float(accuracy), int(found["n"]), interval)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def photo_refusal(record: PhotoRecord | None, min_accuracy: float | None) -> str | None:
@@ -79,13 +87,14 @@ def photo_refusal(record: PhotoRecord | None, min_accuracy: float | None) -> str
     if min_accuracy is None:
         return None
     if record is None:
-        return ("no decision for a photo: this model was not tested on photos (its test split held none), and "
-                f"serve.min_photo_accuracy asks for {min_accuracy:g}")
+        return ("no decision for a photo: how this model fares on photos is not known (its test split held none, or "
+                f"no metrics.json came with it), and serve.min_photo_accuracy asks for {min_accuracy:g}")
     if record.accuracy >= min_accuracy:
         return None
     interval = f" (95 % interval {record.ci95[0]:.2f}-{record.ci95[1]:.2f})" if record.ci95 else ""
+    # three decimals: at two, 28 of 33 (0.848) read "0.85, below 0.85"
     return (f"no decision for a photo: this model's accuracy on its {record.photos} test photos is "
-            f"{record.accuracy:.2f}{interval}, below serve.min_photo_accuracy {min_accuracy:g}. The probability and "
+            f"{record.accuracy:.3f}{interval}, below serve.min_photo_accuracy {min_accuracy:g}. The probability and "
             "the mask are shown, not a yes or no; an MRI slice as NPY or 16-bit PNG, or the whole volume, is decided")
 
 

@@ -86,7 +86,7 @@ def test_a_photo_gets_no_decision_from_a_model_whose_test_photos_scored_below_th
         photo = predict(client, png_bytes(brain_slice(tumour=True))).json()
         assert photo["has_tumor"] is None and photo["withheld"] == "photo_accuracy"
         assert photo["tumor_probability"] > 0.9 and photo["tumor_area_px"] > 0  # shown, not decided
-        assert "accuracy on its 20 test photos is 0.60 (95 % interval 0.42-0.78)" in photo["warning"]
+        assert "accuracy on its 20 test photos is 0.600 (95 % interval 0.42-0.78)" in photo["warning"]
         assert "below serve.min_photo_accuracy 0.85" in photo["warning"]
         array = predict(client, npy_bytes(brain_slice(tumour=True).astype(np.float32) * 7), "slice.npy").json()
         assert array["has_tumor"] is True and array["withheld"] is None and array["warning"] is None
@@ -108,7 +108,7 @@ def test_photo_decisions_follow_the_bar_and_a_model_never_tested_on_photos(tmp_p
         assert client.get("/model/info").json()["photo_decisions"]["given"] is True
     with photo_client(tmp_path / "untested", None) as client:
         body = predict(client, png).json()
-        assert body["has_tumor"] is None and "was not tested on photos" in body["warning"]
+        assert body["has_tumor"] is None and "how this model fares on photos is not known" in body["warning"]
         assert client.get("/model/info").json()["photo_decisions"]["test_photos"] == 0
     with photo_client(tmp_path / "off", 0.5, min_photo_accuracy=None) as client:
         assert predict(client, png).json()["has_tumor"] is True
@@ -124,6 +124,19 @@ def test_a_file_served_model_says_what_data_its_figures_come_from(tmp_path):
     with local_client(file_app(files)) as client:
         tags = client.get("/model/info").json()["tags"]
     assert tags["data_source"] == "synthetic" and len(tags["onnx_sha256"]) == 64
+
+
+def test_photo_figures_read_with_care():
+    """A NaN accuracy (a hand-made metrics.json) was taken as a figure and /model/info answered 500 (JSON has no
+    NaN); at two decimals 28 of 33 photos (0.848) read "0.85, below serve.min_photo_accuracy 0.85"."""
+    from serve.served_model import photo_record, photo_refusal
+
+    kaggle = {"n": 33, "accuracy": 28 / 33}
+    assert photo_record({"classification_by_source": {"kaggle": kaggle | {"accuracy": float("nan")}}}) is None
+    record = photo_record({"classification_by_source": {"kaggle": kaggle},
+                           "ci95": {"classification_by_source.kaggle.accuracy": [0.7, float("inf")]}})
+    assert record.ci95 is None  # an interval with a bound that is no number is left out, not printed
+    assert "is 0.848, below serve.min_photo_accuracy 0.85" in photo_refusal(record, 0.85)
 
 
 def test_an_out_of_distribution_photo_says_so_before_the_photo_rule(tmp_path):

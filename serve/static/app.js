@@ -159,8 +159,8 @@ async function showSlice(result, title) {
   slice.pred = tinted(await loadImage(result.mask_png), PRED_RGB);
   slice.truth = result.truth_png ? outline(await loadImage(result.truth_png), TRUTH_RGB) : null;
   $("slice-title").textContent = title;
-  // Out of distribution, the decision is withheld: its probability is no measurement either, so it is shown greyed
-  // and marked, not as the big red figure a found tumour gets.
+  // A withheld decision (out of distribution, or a photo for a model that fails on photos): its probability is no
+  // measurement either, so it is shown greyed and marked, not as the big red figure a found tumour gets.
   const unreliable = withheld(result);
   $("slice-probability").textContent = pct(result.tumor_probability) + (unreliable ? " (unreliable)" : "");
   $("slice-probability").classList.toggle("unreliable", unreliable);

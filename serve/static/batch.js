@@ -54,7 +54,7 @@ function renderBatch() {
         : cell(String(row.tumor_area_px));
     tr.append(cell(thumb), cell(row.filename, "name"), cell(pct(row.tumor_probability)), cell(badge), area, cell(ood));
     if (row.warning) tr.title = row.warning;
-    if (withheld(row)) tr.classList.add("ood-row");
+    if (outOfDistribution(row)) tr.classList.add("ood-row");
     return tr;
   }));
   for (const th of $("batch-table").querySelectorAll("th[data-key]")) {
