@@ -309,23 +309,32 @@ def versioned_kaggle(tmp_path, monkeypatch):
     return archives, log
 
 
-def test_the_latest_version_or_a_pinned_one_each_lands_in_a_folder_of_its_own(tmp_path, versioned_kaggle):
+def test_the_latest_version_or_a_pinned_one_each_lands_in_a_folder_of_its_own(tmp_path, versioned_kaggle,
+                                                                               monkeypatch):
     """An unpinned fetch took whatever Kaggle served and recorded no version, and every version went to one
     <name>.zip, which kaggle judges by date alone: a pinned older version would have passed for the newer archive."""
     from tasks.data.kaggle_download import BRATS_DATASET, download_dataset
 
     archives, log = versioned_kaggle
-    name = BRATS_DATASET.split("/")[1]
+    name, downloads = BRATS_DATASET.split("/")[1], tmp_path / "downloads"
     for version in (2, 3):
         with zipfile.ZipFile(archives / f"{name}-v{version}.zip", "w") as zf:
             zf.writestr("VERSION.txt", str(version))
-    latest, version = download_dataset(BRATS_DATASET, tmp_path / "downloads")
+    (downloads / name).mkdir(parents=True)  # an earlier SliceWise's unversioned download, extracted
+    (downloads / name / ".extracted").write_text("1:2")
+    (downloads / f"{name}.zip").write_bytes(b"PK")
+    latest, version = download_dataset(BRATS_DATASET, downloads)
     assert version == 3 and (latest / "VERSION.txt").read_text() == "3"
-    pinned, version = download_dataset(BRATS_DATASET, tmp_path / "downloads", version=2)
+    assert not (downloads / name).exists() and not (downloads / f"{name}.zip").exists()  # its version unknown
+    pinned, version = download_dataset(BRATS_DATASET, downloads, version=2)
     assert version == 2 and (pinned / "VERSION.txt").read_text() == "2"
-    assert (latest / "VERSION.txt").read_text() == "3"  # each version's files stay its own
+    # one version extracted at a time (BraTS unpacks to tens of GB); the other keeps its archive
+    assert not latest.exists() and (downloads / f"{name}-v3" / f"{name}.zip").is_file()
     assert log.read_text().splitlines() == [f"status {BRATS_DATASET}", f"download {BRATS_DATASET}/3",
                                             f"download {BRATS_DATASET}/2"]  # a pin asks no status
+    monkeypatch.setenv("FAKE_KAGGLE_LATEST", "0")  # what the SDK reads from an answer without the field
+    with pytest.raises(SliceWiseError, match=f"Kaggle reported no version of {BRATS_DATASET}"):
+        download_dataset(BRATS_DATASET, downloads)
 
 
 def test_fetch_records_the_versions_and_the_check_names_a_newer_one(tmp_path, versioned_kaggle, monkeypatch):

@@ -125,17 +125,20 @@ def _size(nbytes: int) -> str:
 
 def download_dataset(dataset: str, downloads: Path, version: int | None = None) -> tuple[Path, int]:
     """Download (or resume) version `version` of one Kaggle data set (None: its latest) into
-    `downloads/<name>/v<version>/`; returns the extracted folder and the version it holds.
+    `downloads/<name>-v<version>/`; returns the extracted folder and the version it holds.
 
     Each version has a folder of its own: kaggle judges an archive already there by its date alone, so a newer
-    archive of another version under the same name would pass for the one asked for."""
+    archive of another version under the same name would pass for the one asked for. Only one version stays
+    extracted (the BraTS archive unpacks to tens of GB); the others keep their archives, so going back to one costs
+    an extraction, not a download."""
     source = credentials_source()
+    name = dataset.split("/")[1]
     try:
         api = _kaggle_api()
         if version is None:
             version = current_version(api, dataset)
         log.info("downloading %s version %d (credentials from %s)", dataset, version, source)
-        folder = downloads / dataset.split("/")[1] / f"v{version}"
+        folder = downloads / f"{name}-v{version}"
         folder.mkdir(parents=True, exist_ok=True)
         # force=False: kaggle skips a complete archive and resumes a partial one (it keeps a .kaggle-partial marker).
         api.dataset_download_files(f"{dataset}/{version}", path=str(folder), force=False, quiet=False, unzip=False)
@@ -143,7 +146,25 @@ def download_dataset(dataset: str, downloads: Path, version: int | None = None) 
         raise
     except (Exception, SystemExit) as exc:  # requests, urllib3, the Kaggle SDK (which may call exit())
         raise download_failure(dataset if version is None else f"{dataset} version {version}", source, exc) from exc
-    return extracted_archive(folder / f"{dataset.split('/')[1]}.zip"), version
+    extracted = extracted_archive(folder / f"{name}.zip")
+    _drop_other_extractions(downloads, name, keep=folder)
+    return extracted, version
+
+
+def _drop_other_extractions(downloads: Path, name: str, keep: Path) -> None:
+    """Remove the extracted files of the data set's other versions (their archives stay), and the unversioned
+    download an earlier SliceWise kept as downloads/<name>.zip and downloads/<name>/ (which version it held is not
+    known). Files fetch linked into data/raw stay whole: a hard link keeps the data."""
+    for other in sorted(downloads.glob(f"{name}-v*")):
+        if other != keep and (other / name).is_dir():
+            log.info("removing %s (version %s's extracted files; its archive stays)", other / name,
+                     other.name.rsplit("-v", 1)[-1])
+            shutil.rmtree(other / name)
+    legacy = downloads / name
+    if (legacy / ".extracted").exists():
+        log.info("removing %s and %s.zip: an earlier download whose version is not known", legacy, legacy)
+        shutil.rmtree(legacy)
+        (downloads / f"{name}.zip").unlink(missing_ok=True)
 
 
 def _kaggle_api():
@@ -157,7 +178,12 @@ def _kaggle_api():
 def current_version(api, dataset: str) -> int:
     """The number of the data set's latest version, as Kaggle reports it now."""
     answer = json.loads(api.dataset_status(dataset, format="json(current_version_number)"))
-    return int(answer["current_version_number"])
+    version = answer.get("current_version_number")
+    # the SDK reads a field the answer lacks as 0: never a version (they count from 1)
+    if not isinstance(version, int) or version < 1:
+        raise SliceWiseError(f"Kaggle reported no version of {dataset} ({answer}); pin one in "
+                             "data.kaggle_versions, as its page lists them")
+    return version
 
 
 def newer_versions(pinned, recorded_file: Path, timeout: float = 10.0) -> list[str]:
@@ -206,7 +232,7 @@ def root_cause_line(exc: BaseException) -> str:
 
 def extracted_archive(archive: Path) -> Path:
     """The folder `archive` is extracted in, next to it; extracted again, into a fresh folder, when the archive is
-    not the one extracted last (Kaggle downloads a new version of a data set over the same .zip)."""
+    not the one extracted last (a download resumed or replaced in place)."""
     extracted = archive.with_suffix("")
     done_marker = extracted / ".extracted"
     info = archive.stat()
