@@ -694,7 +694,7 @@ def test_a_mask_under_a_no_tumour_decision_starts_hidden_and_is_explained(browse
     assert browser.find_element("id", "slice-decision").text == "no tumour"
 
 
-def test_a_photo_from_a_model_that_fails_on_photos_shows_no_decision_and_says_why(browser, project, tmp_path):
+def test_a_photo_from_a_model_that_fails_on_photos_shows_no_decision_and_says_why(browser, project, shots, tmp_path):
     """At serve.min_photo_accuracy (0.85) the project's model, 0.75 on its test photos, decides no photo: the header
     says so before any upload, and the slice view and the batch table show "no decision: photo", not the
     out-of-distribution marks a holiday photo gets."""
@@ -714,6 +714,7 @@ def test_a_photo_from_a_model_that_fails_on_photos_shows_no_decision_and_says_wh
         assert "This model gives no decision on photos" in visible(browser, "slice-mask-note").text
         assert not browser.find_element("id", "slice-show-pred").is_selected()  # the mask, hidden: no finding
         assert "(no decision on photos)" in browser.find_element("id", "slice-details").text
+        shots(browser, "slice-photo-withheld")
         open_page(browser, url, "batch")
         browser.find_element("id", "batch-files").send_keys(f"{photo}\n{holiday}")
         visible(browser, "batch-table")
