@@ -77,12 +77,14 @@ def _check_parameters(updates: dict[str, str]) -> None:
             _fail(f"{paths.PARAMS}: {exc.reason}", exc.exit_code)
     if why := folders_without_local_source(updates, settings.data.source):  # the source with the updates applied
         _fail(why)
-    from tasks.preflight import check_prerequisites
+    from tasks.preflight import check_prerequisites, run_warnings
 
     try:
         check_prerequisites(settings)  # a missing folder or environment: said now, not after outputs were removed
     except SliceWiseError as exc:
         _fail(str(exc), exc.exit_code)
+    for warning in run_warnings(settings):  # as `tasks check` says them before make run
+        typer.secho(f"warning: {warning}", err=True, fg="yellow")
 
 
 @app.command()

@@ -103,15 +103,10 @@ def check_command(params: Path = typer.Option(paths.PARAMS, help="parameters fil
             pass
     except SliceWiseError as exc:
         _fail(exc)
-    from tasks.release.store_moved import artifacts_elsewhere
+    from tasks.preflight import run_warnings
 
-    if warning := artifacts_elsewhere():
+    for warning in run_warnings(settings):
         typer.secho(f"warning: {warning}", err=True, fg="yellow")
-    if settings.data.source == "kaggle":
-        from tasks.data.kaggle_download import newer_versions
-
-        for warning in newer_versions(settings.data.kaggle_versions, paths.KAGGLE_VERSIONS):
-            typer.secho(f"warning: {warning}", err=True, fg="yellow")
     typer.echo(f"{params}: valid (profile {settings.profile}, data source {settings.data.source})")
 
 

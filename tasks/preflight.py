@@ -5,6 +5,7 @@ the plots for evaluate)."""
 
 from __future__ import annotations
 
+from tasks import paths
 from tasks.config import Settings
 
 
@@ -16,3 +17,16 @@ def check_prerequisites(settings: Settings) -> None:
     check_source_folders(settings.data, warn=False)  # fetch warns when it imports; this runs at every make run
     if settings.evaluate.organisers_check:
         required_reference_python()
+
+
+def run_warnings(settings: Settings) -> list[str]:
+    """What a run should know but need not stop for, said by both front doors before they start: an MLflow store
+    whose artifacts lie in another project's folder, a newer version of a Kaggle data set than data/raw holds."""
+    from tasks.release.store_moved import artifacts_elsewhere
+
+    warnings = [moved] if (moved := artifacts_elsewhere()) else []
+    if settings.data.source == "kaggle":
+        from tasks.data.kaggle_download import newer_versions
+
+        warnings += newer_versions(settings.data.kaggle_versions, paths.KAGGLE_VERSIONS)
+    return warnings

@@ -425,3 +425,25 @@ def test_tasks_check_prints_the_newer_version(tmp_path, versioned_kaggle):
     assert proc.returncode == 0, proc.stderr
     assert f"warning: Kaggle has version 3 of {KAGGLE_IMAGES_DATASET}; data/raw holds version 1" in proc.stderr
     assert "valid (profile quick, data source kaggle)" in proc.stdout
+
+
+def test_flows_run_says_it_too(tmp_path, versioned_kaggle, monkeypatch, capsys):
+    """The two front doors check alike: `flows run` said nothing of a newer version `tasks check` warned of."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import flows.__main__ as cli
+    from tasks.data.kaggle_download import BRATS_DATASET
+
+    repo = Path(__file__).parents[1]
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(repo / name, tmp_path / name)
+    params = tmp_path / "params.yaml"
+    params.write_text(params.read_text().replace("source: synthetic", "source: kaggle"))
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "kaggle_versions.json").write_text(json.dumps(
+        {"brats": {"dataset": BRATS_DATASET, "version": 2}}))
+    monkeypatch.chdir(tmp_path)
+    cli._check_parameters({})
+    assert f"warning: Kaggle has version 3 of {BRATS_DATASET}; data/raw holds version 2" in capsys.readouterr().err
