@@ -670,6 +670,12 @@ def test_lineage_prints_the_chain(project, tiny_settings):
     for expected in ("version 1", "@champion", result["mlflow_run_id"], commit, result["onnx_sha256"],
                      info["tags"]["data_hash"], info["tags"]["params_hash"], "0.850 [pass]"):
         assert expected in text
+    assert "Kaggle data sets" not in text  # synthetic data: no version to name
+    from mlflow import MlflowClient  # what a version built from Kaggle data carries (tasks/tracking/provenance.py)
+
+    MlflowClient().set_model_version_tag(settings.registry.model_name, "1", "kaggle_versions", "a/brats: v3")
+    print_lineage(settings, "champion", console)
+    assert "Kaggle data sets a/brats: v3" in console.export_text()
     with pytest.raises(SliceWiseError, match="no version or alias '7'"):
         print_lineage(settings, "7", console)
 

@@ -345,3 +345,22 @@ def test_a_database_store_that_is_down_is_one_error_without_its_password(monkeyp
                                                "reachable") as error:
         make_client(TrackingSettings(max_attempts=3, backoff_seconds=0))
     assert "secretpw" not in str(error.value) and "u:***@127.0.0.1:9" in str(error.value)
+
+
+def test_a_kaggle_run_is_tagged_with_the_data_set_versions_it_was_built_from(tmp_path, monkeypatch, tiny_settings):
+    """The data hash said that Kaggle data changed, not to which version: the tags now name them (tasks lineage
+    prints them), read from what fetch recorded in data/raw."""
+    import json
+
+    from tasks import paths
+    from tasks.tracking import provenance
+
+    monkeypatch.chdir(tmp_path)
+    paths.KAGGLE_VERSIONS.parent.mkdir(parents=True)
+    paths.KAGGLE_VERSIONS.write_text(json.dumps({"brats": {"dataset": "a/brats", "version": 3},
+                                                 "images": {"dataset": "b/photos", "version": 1}}))
+    kaggle = tiny_settings.model_copy(update={"data": tiny_settings.data.model_copy(update={"source": "kaggle"})})
+    assert provenance.run_tags(kaggle)["kaggle_versions"] == "a/brats: v3, b/photos: v1"
+    assert "kaggle_versions" not in provenance.run_tags(tiny_settings)  # synthetic: no Kaggle version to name
+    paths.KAGGLE_VERSIONS.write_text("{not json")
+    assert "kaggle_versions" not in provenance.run_tags(kaggle)  # a damaged record names nothing, and fails nothing

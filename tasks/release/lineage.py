@@ -96,6 +96,8 @@ def print_lineage(settings: Settings, ref: str | None = None, console: Console |
                     + (" [red](uncommitted changes)[/]" if dirty == "true" else ""))
     node = node.add(f"data hash [cyan]{_tag(tags, 'data_hash')}[/]  splits [cyan]{_tag(tags, 'splits_hash')}[/]  "
                     f"params hash [cyan]{_tag(tags, 'params_hash')}[/]  profile {_tag(tags, 'profile')}")
+    if versions := tags.get("kaggle_versions"):  # data.source: kaggle
+        node.add(f"Kaggle data sets {escape(versions)}")
     node = node.add(f"ONNX sha256 [cyan]{_tag(tags, 'onnx_sha256')}[/]")
     if flow_run := tags.get("prefect_flow_run_id"):
         node.add(f"Prefect flow run [cyan]{flow_run}[/]")

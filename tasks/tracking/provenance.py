@@ -186,10 +186,24 @@ def prefect_flow_run_id() -> str | None:
         return None
 
 
+def kaggle_versions(recorded: Path = paths.KAGGLE_VERSIONS) -> str | None:
+    """Which Kaggle data set versions data/raw holds, as fetch recorded them ("awsaf49/brats20-...: v3, ..."); the
+    data hash says that the data changed, this says to what."""
+    try:
+        entries = json.loads(recorded.read_text())
+    except (OSError, ValueError):
+        return None
+    shown = [f"{e['dataset']}: v{e['version']}" for e in entries.values()
+             if isinstance(e, dict) and "dataset" in e and "version" in e] if isinstance(entries, dict) else []
+    return ", ".join(shown) or None
+
+
 def run_tags(settings) -> dict[str, str]:
     """Tags every MLflow run and registry version of this pipeline run carries."""
     tags = {"git_commit": git_commit(), "git_dirty": git_dirty(), "profile": settings.profile,
             "data_source": settings.data.source, "params_hash": params_hash(settings), **data_hashes()}
+    if settings.data.source == "kaggle" and (versions := kaggle_versions()):
+        tags["kaggle_versions"] = versions
     if flow_run_id := prefect_flow_run_id():
         tags["prefect_flow_run_id"] = flow_run_id
     return tags
