@@ -37,7 +37,8 @@ from serve.model_source import ModelSource
 from serve.multipart import FilePart, close_parts, read_file_parts
 from serve.openapi import VOLUME_FIELDS, multipart_body, volume_body
 from serve.responses import PacedAnswer, json_response, validation_detail
-from serve.served_model import ServedModel, photo_refusal
+from serve.served_model import ServedModel
+from tasks.inference.photo_decisions import photo_refusal
 from serve.uploads import (FILE_FAULTS, HEAD_BYTES, MB, FileFault, UploadError, batch_refusal, decode_slice,
                            slice_memory_bytes)
 from serve.volumes import VolumeUpload, probe_volume, read_volume

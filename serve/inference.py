@@ -19,13 +19,14 @@ import numpy as np
 from serve.explain import gradcam_for
 from serve.images import gradcam_overlay, label_overlay, mask_pixels, png_base64, to_display, uncertainty_overlay
 from serve.ood import OodResult, score_slice, score_volume
-from serve.served_model import ServedModel, photo_refusal
+from serve.served_model import ServedModel
 from serve.uploads import DecodedSlice, UploadError
 from serve.volumes import VolumeImage, nifti_bytes
 from tasks.data.orientation import Orientation
 from tasks.data.preprocess import photo_gray, prepare_array_slice, prepare_photo
 from tasks.data.regions import REGIONS, labels_from_regions
 from tasks.data.volumes import spacing_mm
+from tasks.inference.photo_decisions import photo_refusal
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, Component
 from tasks.inference.predictor import Prediction
 from tasks.inference.volume import (NO_TTA, binary_entropy, in_display_orientation, predict_volume, prepare_channels,
@@ -112,7 +113,7 @@ def slice_results(model: ServedModel, prepared: list[PreparedSlice], ood_thresho
                   min_photo_accuracy: float | None, gradcam: bool = False) -> list[dict]:
     """Predict several prepared slices in one batch; one answer per slice, in order. A decision is withheld (null,
     `withheld` and `warning` say why) for an input out of distribution, and for a photo when the model's accuracy on
-    its test photos is below `min_photo_accuracy` (serve/served_model.py, `photo_refusal`)."""
+    its test photos is below `min_photo_accuracy` (tasks/inference/photo_decisions.py)."""
     photo_refusal_reason = photo_refusal(model.photos, min_photo_accuracy)
     inputs = np.stack([p.model_input for p in prepared])
     explainer = gradcam_for(model) if gradcam else None  # before predicting: a 409 should cost nothing

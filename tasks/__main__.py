@@ -138,7 +138,11 @@ def summary_command() -> None:
     """Print where the results are, the headline metrics with their intervals and the promotion decision."""
     from tasks.release.summary import print_summary
 
-    print_summary()
+    try:
+        min_photo_accuracy = load_settings().serve.min_photo_accuracy
+    except SliceWiseError:  # the summary of what is on disk needs no valid params.yaml
+        min_photo_accuracy = None
+    print_summary(min_photo_accuracy=min_photo_accuracy)
 
 
 def _exit_on_sigterm() -> None:

@@ -10,11 +10,18 @@ from tasks.config import Settings
 
 
 def check_prerequisites(settings: Settings) -> None:
-    """A SliceWiseError naming what is missing: the local source folders, the organisers' evaluation environment."""
+    """A SliceWiseError naming what is missing: the local source folders, Kaggle credentials where fetch must download,
+    the organisers' evaluation environment."""
     from tasks.data.local_import import check_source_folders
     from tasks.evaluation.brats_reference import required_reference_python
 
     check_source_folders(settings.data, warn=False)  # fetch warns when it imports; this runs at every make run
+    if settings.data.source == "kaggle" and not paths.KAGGLE_VERSIONS.exists():
+        from tasks.data.kaggle_download import credentials_source
+
+        # data/raw holds no Kaggle fetch, so fetch must download, and DVC removes data/raw first: no credentials is
+        # said now. Over a Kaggle fetch (or one `dvc pull` brought) fetch may not run at all: run_warnings says it.
+        credentials_source()
     if settings.evaluate.organisers_check:
         required_reference_python()
 

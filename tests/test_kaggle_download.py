@@ -399,7 +399,7 @@ def test_the_version_check_never_holds_up_a_run(tmp_path, versioned_kaggle, monk
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert newer_versions(KaggleVersions(), recorded) == [
-        "Kaggle's data set versions were not checked: no Kaggle credentials"]
+        "Kaggle's data set versions were not checked: no Kaggle credentials (a fetch that has to run again will fail)"]
     assert newer_versions(KaggleVersions(), tmp_path / "none.json") == []  # nothing fetched from Kaggle yet
 
 
@@ -447,3 +447,32 @@ def test_flows_run_says_it_too(tmp_path, versioned_kaggle, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cli._check_parameters({})
     assert f"warning: Kaggle has version 3 of {BRATS_DATASET}; data/raw holds version 2" in capsys.readouterr().err
+
+
+def test_tasks_check_refuses_a_kaggle_source_without_credentials_before_dvc_removes_data_raw(tmp_path, monkeypatch):
+    """`tasks set data.source=kaggle` without credentials: the check said "valid", then DVC removed data/raw and fetch
+    failed. Over a Kaggle fetch already there (fetch may not run at all) it is a warning, not a refusal."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from tasks.config import load_settings
+    from tasks.preflight import check_prerequisites, run_warnings
+
+    repo = Path(__file__).parents[1]
+    shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
+    params = tmp_path / "params.yaml"
+    params.write_text(params.read_text().replace("source: synthetic", "source: kaggle"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(params)
+    with pytest.raises(CredentialsError, match="Kaggle credentials not found"):
+        check_prerequisites(settings)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "kaggle_versions.json").write_text(json.dumps(
+        {"brats": {"dataset": "a/b", "version": 1}}))
+    check_prerequisites(settings)  # a Kaggle fetch is there: no refusal
+    assert run_warnings(settings) == [
+        "Kaggle's data set versions were not checked: no Kaggle credentials (a fetch that has to run again will fail)"]

@@ -129,7 +129,7 @@ def test_a_file_served_model_says_what_data_its_figures_come_from(tmp_path):
 def test_photo_figures_read_with_care():
     """A NaN accuracy (a hand-made metrics.json) was taken as a figure and /model/info answered 500 (JSON has no
     NaN); at two decimals 28 of 33 photos (0.848) read "0.85, below serve.min_photo_accuracy 0.85"."""
-    from serve.served_model import photo_record, photo_refusal
+    from tasks.inference.photo_decisions import photo_record, photo_refusal
 
     kaggle = {"n": 33, "accuracy": 28 / 33}
     assert photo_record({"classification_by_source": {"kaggle": kaggle | {"accuracy": float("nan")}}}) is None

@@ -44,6 +44,24 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     assert "version 3: not promoted" in out and "volume Dice 0.600 < 0.700 [FAIL]" in out
 
 
+def test_summary_says_when_the_served_model_will_decide_no_photo(tmp_path, monkeypatch):
+    """A fresh clone's model scores its test photos at 0.629, below serve.min_photo_accuracy: its served answers to
+    photos carry no decision, which nothing said until a photo was sent."""
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.METRICS.write_text(json.dumps({"classification": {"accuracy": 0.944}, "classification_by_source": {
+        "kaggle": {"n": 35, "positives": 17, "accuracy": 22 / 35, "sensitivity": 0.765}}}))
+
+    def summary(min_photo_accuracy):
+        console = Console(file=io.StringIO(), width=200)
+        print_summary(console, min_photo_accuracy=min_photo_accuracy)
+        return console.file.getvalue()
+
+    assert ("served, this model gives photos (8-bit PNG/JPEG) no tumour decision: accuracy 0.629 on 35 test photos, "
+            "below serve.min_photo_accuracy 0.85") in summary(0.85)
+    assert "no tumour decision" not in summary(0.6) and "no tumour decision" not in summary(None)
+
+
 def test_an_undefined_headline_figure_reads_n_a_not_left_out(tmp_path, monkeypatch):
     """A test split without tumour has no sensitivity (null): the row vanished, as if never measured."""
     monkeypatch.chdir(tmp_path)

@@ -199,7 +199,8 @@ def newer_versions(pinned, recorded_file: Path, timeout: float = 10.0) -> list[s
     try:
         credentials_source()
     except CredentialsError:
-        return ["Kaggle's data set versions were not checked: no Kaggle credentials"]
+        return ["Kaggle's data set versions were not checked: no Kaggle credentials (a fetch that has to run "
+                "again will fail)"]
     found: dict[str, int] = {}
     failure: list[BaseException] = []
 

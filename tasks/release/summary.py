@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tasks import paths
+from tasks.inference.photo_decisions import photo_record, photo_refusal
 from tasks.io import nested_value, read_json, sha256_file
 from tasks.redaction import redact
 from tasks.release.store_moved import registered_elsewhere
@@ -25,7 +26,8 @@ OUTPUTS = [
 ]
 
 
-def print_summary(console: Console | None = None) -> None:
+def print_summary(console: Console | None = None, min_photo_accuracy: float | None = None) -> None:
+    """`min_photo_accuracy` (serve.min_photo_accuracy): says when the model, served, will decide no photo."""
     console = console or Console()
     found = [(label, path) for label, path in OUTPUTS if path.exists()]
     if not found and not paths.REGISTER_REPORT.exists():
@@ -72,6 +74,11 @@ def print_summary(console: Console | None = None) -> None:
                           "(README, Evaluation); the volume and region HD95 are the re-stacked 3D ones")
         if where := _where_it_errs(metrics):
             console.print(where)
+        if photo_refusal(record := photo_record(metrics), min_photo_accuracy):  # before anyone sends one
+            known = (f"accuracy {record.accuracy:.3f} on {record.photos} test photos" if record
+                     else "its figures on photos are not known")
+            console.print(f"[yellow]served, this model gives photos (8-bit PNG/JPEG) no tumour decision:[/] {known}, "
+                          f"below serve.min_photo_accuracy {min_photo_accuracy:g} (README, Serving)")
 
     if decision := read_json(paths.REGISTER_REPORT, default=None):
         # the decision is this checkout's once it has exported a model: before that (a fresh clone, or one whose

@@ -1,0 +1,52 @@
+"""Whether a photo (an 8-bit PNG or JPEG, read as the Kaggle-style photos were) gets a tumour decision from a model:
+only when its test photos scored at least `serve.min_photo_accuracy` (metrics.json: classification_by_source.kaggle).
+Serving applies it to every answer; the pipeline's summary says it before anything is served."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PhotoRecord:
+    """How the model scored the test split's photos (metrics.json: classification_by_source.kaggle and its ci95)."""
+
+    accuracy: float
+    photos: int
+    ci95: tuple[float, float] | None
+
+
+def photo_record(metrics: dict) -> PhotoRecord | None:
+    """The model's test figures on photos; None when none is known (its test split held no photo, or no metrics.json
+    came with the model)."""
+    found = (metrics.get("classification_by_source") or {}).get("kaggle") or {}
+    accuracy = found.get("accuracy")
+    if not found.get("n") or not _finite(accuracy):
+        return None
+    bounds = (metrics.get("ci95") or {}).get("classification_by_source.kaggle.accuracy")
+    interval = (float(bounds[0]), float(bounds[1])) if isinstance(bounds, list) and len(bounds) == 2 and all(
+        _finite(b) for b in bounds) else None
+    return PhotoRecord(float(accuracy), int(found["n"]), interval)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def photo_refusal(record: PhotoRecord | None, min_accuracy: float | None) -> str | None:
+    """Why a photo gets no tumour decision from this model, or None when it gets one (`serve.min_photo_accuracy`).
+    On the synthetic data the quick model decides BraTS slices at about 0.97 and photos near 0.6: a yes or no at
+    that accuracy reads as a finding it is not."""
+    if min_accuracy is None:
+        return None
+    if record is None:
+        return ("no decision for a photo: how this model fares on photos is not known (its test split held none, or "
+                f"no metrics.json came with it), and serve.min_photo_accuracy asks for {min_accuracy:g}")
+    if record.accuracy >= min_accuracy:
+        return None
+    interval = f" (95 % interval {record.ci95[0]:.2f}-{record.ci95[1]:.2f})" if record.ci95 else ""
+    # three decimals: at two, 28 of 33 (0.848) read "0.85, below 0.85"
+    return (f"no decision for a photo: this model's accuracy on its {record.photos} test photos is "
+            f"{record.accuracy:.3f}{interval}, below serve.min_photo_accuracy {min_accuracy:g}. The probability and "
+            "the mask are shown, not a yes or no; an MRI slice as NPY or 16-bit PNG, or the whole volume, is decided")
