@@ -87,6 +87,11 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
         _fail(exc)
     for key, value in landed.items():
         typer.echo(f"params.yaml: {key} = {json.dumps(value, default=str)}")
+    source = nested_value(document, "data.source")
+    if source != "kaggle" and any(key.startswith("data.kaggle_versions") for key in updates):
+        # one section of DVC params (fetch reads `data` whole): it reruns fetch, to the same data
+        typer.secho(f"note: data.kaggle_versions is read only with data.source kaggle (this one is {source}); "
+                    "DVC still counts it as a changed fetch parameter", err=True, fg="yellow")
 
 
 @app.command("check")

@@ -115,3 +115,16 @@ def test_set_says_what_landed(tmp_path):
                                         "params.yaml: evaluate.organisers_check = true"]  # as the file now holds them
     settings = load_settings(tmp_path / "params.yaml")
     assert (settings.train.batch_size, settings.profile, settings.evaluate.organisers_check) == (32, "baseline", True)
+
+
+def test_set_notes_a_kaggle_version_pinned_under_another_source(tmp_path):
+    """data.kaggle_versions under the synthetic source does nothing but rerun fetch (DVC reads `data` whole): said."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    env = {"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "tasks", "set", "data.kaggle_versions.brats=3"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and done.stdout == "params.yaml: data.kaggle_versions.brats = 3\n"
+    assert "note: data.kaggle_versions is read only with data.source kaggle (this one is synthetic)" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "tasks", "set", "data.source=kaggle", "data.kaggle_versions.images=2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and "note:" not in done.stderr
