@@ -38,13 +38,13 @@ from serve.multipart import FilePart, close_parts, read_file_parts
 from serve.openapi import VOLUME_FIELDS, multipart_body, volume_body
 from serve.responses import PacedAnswer, json_response, validation_detail
 from serve.served_model import ServedModel
-from tasks.inference.photo_decisions import photo_refusal
 from serve.uploads import (FILE_FAULTS, HEAD_BYTES, MB, FileFault, UploadError, batch_refusal, decode_slice,
                            slice_memory_bytes)
 from serve.volumes import VolumeUpload, probe_volume, read_volume
 from tasks.config import ServeSettings
 from tasks.data.orientation import Orientation
 from tasks.data.volumes import affine_mm, same_grid
+from tasks.inference.photo_decisions import photo_refusal
 from tasks.inference.volume import NO_TTA
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ class ServedModel:
 
     @property
     def photos(self) -> PhotoRecord | None:
-        """How the model scored its test photos (None: it was not tested on any)."""
+        """How the model scored its test photos (None: not known, tasks/inference/photo_decisions.py)."""
         return photo_record(self.card.get("metrics") or {})
 
     @property

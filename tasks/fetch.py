@@ -41,7 +41,7 @@ def fetch_raw(
             if versions:  # which versions data/raw holds: `tasks check` compares them with Kaggle's latest
                 write_text_atomic(json.dumps(versions, indent=2), staging / paths.KAGGLE_VERSIONS.name)
     result = {"source": data.source, "brats_patients": n_patients, "kaggle_images": kaggle_counts}
-    return result | {"kaggle_versions": versions} if versions else result
+    return (result | {"kaggle_versions": versions}) if versions else result
 
 
 def _source_folders(data: DataSettings, downloads: Path) -> tuple[Path, Path | None, dict]:
