@@ -26,7 +26,8 @@ def main(settings: Settings) -> dict:
     with tracked_step(settings, "evaluate") as tracker:
         report = evaluate_checkpoint(paths.best_checkpoint(EVALUATED_STAGE), EvaluationPaths.of_project(),
                                      settings.evaluate, settings.seed, tracker, device,
-                                     VolumeInputs(tuple(settings.slice.modalities), settings.active.image_size),
+                                     VolumeInputs(tuple(settings.slice.modalities), settings.active.image_size,
+                                                  settings.seed if settings.data.source == "synthetic" else None),
                                      settings.split.phash_max_distance)
     return {"metrics": str(paths.METRICS), "threshold": report["classification"]["threshold"],
             "calibration_ece": round(report["calibration_ece"], 4), "headline": headline(report)}

@@ -672,3 +672,36 @@ def test_missed_tumour_slices_are_counted_apart_from_the_boundary_error():
     assert report["segmentation"]["hd95"] == pytest.approx(hd95.mean())  # the contract's figure, as it was
     assert report["segmentation_misses"] == {"n_slices_missed": 1, "hd95_over_found": pytest.approx(4.0),
                                              "hd95_median": pytest.approx(5.0)}
+
+
+class FlairAbove:
+    """A stand-in model whose answer on a brain is known: every region is where FLAIR's z-score exceeds `level`, and a
+    slice is tumour where any pixel is."""
+
+    batch_size = 64
+
+    def __init__(self, level: float):
+        self.level = level
+
+    def predict(self, images):
+        from tasks.inference.predictor import Prediction
+
+        painted = (images[:, :1] > self.level).astype(np.float32)
+        return Prediction(classifier_probability=painted.reshape(len(images), -1).max(axis=1),
+                          region_probability=np.repeat(painted, 3, axis=1))
+
+
+def test_the_test_patients_without_their_tumour_show_what_a_healthy_brain_gets():
+    """BraTS has no tumour-free brain, so no figure said what the volume answer calls one. The test patients'
+    tumour-free twins (the generator's same people, every other draw kept) now go through the volume clean-up."""
+    from tasks.evaluation.tumour_free import tumour_free_twins
+
+    patients = ["BraTS20_Training_001", "kaggle_yes_Y1"]  # a photo has no twin
+    modalities = ("flair", "t1", "t1ce", "t2")
+    quiet = tumour_free_twins(FlairAbove(1e9), patients, 42, modalities, 32, 0.5, 0.5)
+    assert quiet["n"] == 1 and quiet["with_predicted_tumour"] == quiet["called_tumour"] == 0
+    assert quiet["predicted_voxels_max"] == 0
+    everywhere = tumour_free_twins(FlairAbove(-1e9), patients, 42, modalities, 32, 0.5, 0.5)  # the whole grid
+    assert everywhere["with_predicted_tumour"] == everywhere["called_tumour"] == 1
+    assert everywhere["predicted_voxels_max"] == 240 * 240 * 155
+    assert tumour_free_twins(FlairAbove(0.0), ["BraTS-GLI-00001-000"], 42, modalities, 32, 0.5, 0.5) is None

@@ -146,3 +146,12 @@ def test_card_says_how_much_of_the_parity_tolerance_the_logits_used():
                              decision=SimpleNamespace(promoted=True, criteria=["ok"]), tags={})
     assert "max |logit difference| 1.90e-05 (0.10 of what atol 1e-04 + rtol 1e-04 x |logit| allows)" in text
     assert "of what atol" not in card({"classification": {}})  # an export report from before rtol: no such claim
+
+
+def test_card_says_what_the_model_paints_on_its_test_patients_without_their_tumour():
+    free = {"n": 7, "with_predicted_tumour": 2, "called_tumour": 1, "predicted_voxels_max": 4357,
+            "predicted_voxels_median": 0.0}
+    text = card({"classification": {"threshold": 0.5}, "tumour_free_volumes": free})
+    assert ("This model, on its 7 test patients rendered again without their tumour: 2 left with a predicted tumour "
+            "(up to 4,357 voxels), 1 called tumour by the volume decision.") in text
+    assert "rendered again without their tumour" not in card({"classification": {"threshold": 0.5}})  # real data

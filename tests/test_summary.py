@@ -60,6 +60,11 @@ def test_summary_says_when_the_served_model_will_decide_no_photo(tmp_path, monke
     assert ("served, this model gives photos (8-bit PNG/JPEG) no tumour decision: accuracy 0.629 on 35 test photos, "
             "below serve.min_photo_accuracy 0.85") in summary(0.85)
     assert "no tumour decision" not in summary(0.6) and "no tumour decision" not in summary(None)
+    assert "tumour-free brains" not in summary(0.85)  # not measured (real data): nothing said
+    paths.METRICS.write_text(json.dumps({"classification": {"accuracy": 0.944}, "tumour_free_volumes": {
+        "n": 7, "with_predicted_tumour": 2, "called_tumour": 1, "predicted_voxels_max": 4357}}))
+    assert ("tumour-free brains (the 7 test patients rendered again without their tumour): 2 left with a predicted "
+            "tumour (up to 4,357 voxels), 1 called tumour") in summary(0.85)
 
 
 def test_an_undefined_headline_figure_reads_n_a_not_left_out(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ from tasks.evaluation.brats_reference import required_reference_python
 from tasks.evaluation.intervals import SOURCE_CI_METRICS, SOURCES, confidence_intervals, resampling_units
 from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
                                       predict_split)
+from tasks.evaluation.tumour_free import tumour_free_twins
 from tasks.inference.predictor import TorchPredictor, decision_thresholds
 from tasks.io import nested_value, sha256_file, write_json_atomic
 from tasks.tracking.tracker import NullTracker, Tracker
@@ -76,6 +77,9 @@ class VolumeInputs:
 
     modalities: tuple[str, ...] = ("flair",)
     image_size: int = 128
+    # the data set's seed when the raw volumes are the synthetic generator's (data.source synthetic): the test
+    # patients are then rendered again without their tumour (tasks/evaluation/tumour_free.py); None: real data
+    synthetic_seed: int | None = None
 
 
 def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSettings, seed: int,
@@ -268,6 +272,12 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
         resampling_units(test.slices, where.processed, near_duplicate_distance)
     report = build_report(val, test, cfg, seed, region_scores, mask_threshold, units,
                           val_alone if cfg.slices_in_volume else None)
+    if volume_inputs.synthetic_seed is not None and region_scores is not None:  # the generator's test patients
+        twins = tumour_free_twins(predictor, list(region_scores.get("patient", [])), volume_inputs.synthetic_seed,
+                                  volume_inputs.modalities, volume_inputs.image_size, mask_threshold["value"],
+                                  report["classification"]["threshold"])
+        if twins is not None:
+            report["tumour_free_volumes"] = twins
     # which weights these numbers are about: register refuses to ship other ones under them
     report["model"] = {"checkpoint_sha256": sha256_file(checkpoint)}
     if organisers is not None:

@@ -65,6 +65,16 @@ def _photo_threshold_caveat(decision_rule: dict, threshold) -> list[str]:
             f"at {_fmt(lone)} (the lone slice threshold), so its answers on photos can differ from those figures."]
 
 
+def tumour_free_sentence(metrics: dict) -> str:
+    """What this model paints on its test patients without their tumour (synthetic data; '' when not measured)."""
+    free = metrics.get("tumour_free_volumes")
+    if not free:
+        return ""
+    return (f" This model, on its {free['n']} test patients rendered again without their tumour: "
+            f"{free['with_predicted_tumour']} left with a predicted tumour (up to {free['predicted_voxels_max']:,} "
+            f"voxels), {free['called_tumour']} called tumour by the volume decision.")
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -224,7 +234,7 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         "- **Every training and test patient has a tumour** (as in BraTS): the clean-up above can delete a faint "
         "tumour whole when the classifier doubts its slices, and on a brain without a tumour a volume answer can "
         "still show one (both measured on synthetic brains: docs/recipes.md, \"When the veto deletes a real "
-        "tumour\").",
+        "tumour\")." + tumour_free_sentence(metrics),
         "- Small test split: see the width of the 95 % intervals before trusting a difference between versions.",
         "- Kaggle-style images have no masks: segmentation metrics come from BraTS-style patients only.",
         *_photo_threshold_caveat(decision_rule, threshold),

@@ -74,6 +74,10 @@ def print_summary(console: Console | None = None, min_photo_accuracy: float | No
                           "(README, Evaluation); the volume and region HD95 are the re-stacked 3D ones")
         if where := _where_it_errs(metrics):
             console.print(where)
+        if free := metrics.get("tumour_free_volumes"):  # no split holds a brain without a tumour
+            console.print(f"tumour-free brains (the {free['n']} test patients rendered again without their tumour): "
+                          f"{free['with_predicted_tumour']} left with a predicted tumour (up to "
+                          f"{free['predicted_voxels_max']:,} voxels), {free['called_tumour']} called tumour")
         if photo_refusal(record := photo_record(metrics), min_photo_accuracy):  # before anyone sends one
             known = (f"accuracy {record.accuracy:.3f} on {record.photos} test photos" if record
                      else "its figures on photos are not known")
