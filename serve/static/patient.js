@@ -1,7 +1,7 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice probability plot.
-import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, pickAgain, show,
-  showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
+import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, pickAgain, served,
+  show, showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
 // BraTS names each modality's file <patient>_<modality>.nii[.gz] (2020: flair, t1, t1ce, t2; 2023:
@@ -57,6 +57,13 @@ async function render(result, title, isLatest = () => true) {
     "them, and a modality not sent is an all-zero channel, which costs the tumour core and the enhancing tumour " +
     "most. Select every modality file at once for the full prediction." : "";
   show("vol-modalities", missing.length > 0);
+  // BraTS has no healthy brain: what this model paints on its test patients without their tumour (metrics.json's
+  // tumour_free_volumes, synthetic data only) is said beside a tumour it finds here
+  const free = ((served.info || {}).metrics || {}).tumour_free_volumes;
+  showWarning("vol-healthy-note", free && free.with_predicted_tumour > 0 && result.has_tumor === true ?
+    `On its ${free.n} test patients rendered again without their tumour, this model still found a tumour in ` +
+    `${free.with_predicted_tumour} (up to ${free.predicted_voxels_max} voxels; ${free.called_tumour} called ` +
+    "tumour): a small finding here may be no tumour at all. Read it with the slice scores and the clean-up list." : "");
   show("vol-truth-toggle", patient.truth.some(Boolean));
   show("vol-unc-toggle", patient.unc.some(Boolean));
   show("vol-dropped-toggle", patient.dropped.some(Boolean));
