@@ -13,7 +13,7 @@ from tasks.data.splits import read_split, split_rows
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE
 from tasks.io import nested_value
 from tasks.release.release_files import ties_note
-from tasks.release.summary import area_bin_title, interval_text
+from tasks.release.summary import area_bin_title, interval_text, tumour_free_counts
 
 METRIC_ROWS = [("classification", "accuracy"), ("classification", "sensitivity"), ("classification", "specificity"),
                ("classification", "precision"), ("classification", "f1"), ("classification", "roc_auc"),
@@ -71,8 +71,7 @@ def tumour_free_sentence(metrics: dict) -> str:
     if not free:
         return ""
     return (f" This model, on its {free['n']} test patients rendered again without their tumour: "
-            f"{free['with_predicted_tumour']} left with a predicted tumour (up to {free['predicted_voxels_max']:,} "
-            f"voxels), {free['called_tumour']} called tumour by the volume decision.")
+            f"{tumour_free_counts(free)} by the volume decision.")
 
 
 def _fmt(value) -> str:

@@ -76,8 +76,7 @@ def print_summary(console: Console | None = None, min_photo_accuracy: float | No
             console.print(where)
         if free := metrics.get("tumour_free_volumes"):  # no split holds a brain without a tumour
             console.print(f"tumour-free brains (the {free['n']} test patients rendered again without their tumour): "
-                          f"{free['with_predicted_tumour']} left with a predicted tumour (up to "
-                          f"{free['predicted_voxels_max']:,} voxels), {free['called_tumour']} called tumour")
+                          f"{tumour_free_counts(free)}")
         if photo_refusal(record := photo_record(metrics), min_photo_accuracy):  # before anyone sends one
             known = (f"accuracy {record.accuracy:.3f} on {record.photos} test photos" if record
                      else "its figures on photos are not known")
@@ -147,6 +146,12 @@ def _share(value: float | None, decimals: int) -> str:
 def interval_text(value, interval) -> str:
     """The 95 % interval to print after a figure, " [lo, hi]"; empty without an interval or a figure."""
     return f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and value is not None else ""
+
+
+def tumour_free_counts(free: dict) -> str:
+    """metrics.json's tumour_free_volumes in words, as the summary and the model card give it."""
+    return (f"{free['with_predicted_tumour']} left with a predicted tumour (up to {free['predicted_voxels_max']:,} "
+            f"voxels), {free['called_tumour']} called tumour")
 
 
 def _where_it_errs(metrics: dict) -> str:
