@@ -29,6 +29,7 @@ from tasks.data.volumes import spacing_mm
 from tasks.inference.photo_decisions import photo_refusal
 from tasks.inference.postprocess import MIN_COMPONENT_SHARE, MIN_SLICE_EVIDENCE, Component
 from tasks.inference.predictor import Prediction
+from tasks.inference.tumour_free_reference import tumour_free_reference
 from tasks.inference.volume import (NO_TTA, binary_entropy, in_display_orientation, predict_volume, prepare_channels,
                                    quiet_outside_brain, voxel_volume_cm3)
 
@@ -216,6 +217,8 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         slices.append(item)
     probabilities = result.tumour_probability
     region_cm3 = result.region_volumes_cm3(spacing)
+    has_tumor = decision(float(probabilities.max()), model.threshold, ood, ood_threshold)
+    whole_tumour_cm3 = round(region_cm3[result.regions[0]], 4)
     return {
         "filename": name,
         "shape": list(uploads["flair"].shape),
@@ -226,10 +229,12 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         "display_aspect": display_aspect(shown, uploads["flair"].shape, spacing),
         "threshold": model.threshold,
         "max_tumor_probability": round(float(probabilities.max()), 6),
-        "has_tumor": (has_tumor := decision(float(probabilities.max()), model.threshold, ood, ood_threshold)),
+        "has_tumor": has_tumor,
         # withheld with the decision: "no slice with tumour" would read as a clean scan
         "tumor_slices": None if has_tumor is None else [s["slice"] for s in slices if s["has_tumor"]],
-        "tumor_volume_cm3": round(region_cm3[result.regions[0]], 4),
+        "tumor_volume_cm3": whole_tumour_cm3,
+        # BraTS has no healthy brain: what this model paints on brains without a tumour, beside what it found here
+        "tumour_free_reference": tumour_free_reference(model.card.get("metrics") or {}, whole_tumour_cm3, has_tumor),
         "ood_score": ood.score,
         "ood_checks": ood.checks,
         "warning": ood.warning(ood_threshold),

@@ -403,6 +403,42 @@ def test_a_volume_answer_shows_where_the_clean_up_dropped_a_lesion(client):
     assert (shown > 0).any() and not ((shown > 0) & (kept > 0)).any()  # the speck's pixels, none of the tumour's
 
 
+def tumour_free_client(folder, largest_voxels: int | None):
+    """A client of the tiny model whose metrics.json measured its 7 tumour-free twins: 2 left with a tumour, the
+    largest `largest_voxels` (1 mm voxels), 2 called tumour; None: no such measurement (real data, older models)."""
+    metrics = write_metrics(folder / "metrics.json")
+    if largest_voxels is not None:
+        metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {"tumour_free_volumes": {
+            "n": 7, "with_predicted_tumour": 2, "called_tumour": 2, "predicted_voxels_max": largest_voxels}}))
+    return local_client(file_app(ServedFiles(export_tiny_onnx(folder / "model.onnx"), folder / "none.pt", metrics)))
+
+
+def test_a_volume_answer_puts_its_tumour_beside_what_the_model_paints_on_brains_without_one(tmp_path):
+    """BraTS has no healthy brain: a volume answer's tumour read as a finding, whatever the same model paints on a
+    brain without one. The answer now carries evaluate's tumour-free twins (`tumour_free_reference`), and says when
+    its own whole tumour is no larger than the largest false one among them."""
+    volume, _ = brain_volume()
+    upload = {"file": ("patient.nii.gz", nifti_bytes(volume)[0])}
+    answers = {}
+    for name, largest in (("none", None), ("small", 10), ("large", 10 ** 6)):
+        with tumour_free_client(tmp_path / name, largest) as client:
+            answers[name] = client.post("/v1/predict/volume", files=upload).json()
+    found = answers["none"]["tumor_volume_cm3"]
+    assert found > 0 and answers["none"]["has_tumor"] is True
+    assert answers["none"]["tumour_free_reference"] is None  # nothing measured: nothing claimed
+    small, large = answers["small"]["tumour_free_reference"], answers["large"]["tumour_free_reference"]
+    assert (small["largest_cm3"], large["largest_cm3"]) == (0.01, 1000.0)  # the twins' 1 mm voxels
+    assert small["finding_within"] is False and f"this whole tumour ({found:g} cm³) is larger" in small["note"]
+    assert large["finding_within"] is True and large["note"].startswith("No larger than a false tumour")
+    assert "left a tumour in 2 (the largest 1000 cm³), and its decision called 2 of them tumour" in large["note"]
+    with tumour_free_client(tmp_path / "empty", 10 ** 6) as client:  # a brain where the model finds nothing
+        empty, truth = brain_volume()
+        empty[truth.astype(bool)] = 300  # the tumour box as brain
+        body = client.post("/v1/predict/volume", files={"file": ("empty.nii.gz", nifti_bytes(empty)[0])}).json()
+    assert body["tumor_volume_cm3"] == 0 and body["has_tumor"] is False
+    assert body["tumour_free_reference"]["finding_within"] is None and body["tumour_free_reference"]["note"] is None
+
+
 @pytest.fixture(scope="module")
 def regions_client(tmp_path_factory):
     folder = tmp_path_factory.mktemp("regions")

@@ -407,26 +407,22 @@ def test_patient_viewer_marks_the_volumes_of_an_out_of_distribution_answer_unrel
 
 def test_patient_viewer_says_what_the_model_finds_on_brains_without_a_tumour(browser, server):
     """BraTS has no healthy brain, and a volume answer's tumour read as a finding whatever the model paints on brains
-    without one. The viewer now says, beside a tumour found, what metrics.json measured on the test patients rendered
-    again without their tumour (tumour_free_volumes)."""
-    free = {"n": 7, "with_predicted_tumour": 2, "called_tumour": 2, "predicted_voxels_max": 763}
+    without one. The viewer says, beside a tumour found, what the answer's `tumour_free_reference` says of it (the
+    test patients rendered again without their tumour), and nothing when there is nothing to qualify."""
+    note = ("No larger than a false tumour: this whole tumour (0.5 cm³) is within what the model paints on brains "
+            "without one; on its 7 test patients rendered again without their tumour (synthetic data), ...")
 
-    def with_the_figure(found: bool):
-        def change(answer: dict) -> dict:  # /model/info as a synthetic-data model's, which the header read
-            browser.execute_async_script(
-                "const done = arguments[arguments.length - 1], free = arguments[0];"
-                "import('/static/common.js').then((m) => { m.served.info.metrics.tumour_free_volumes = free; "
-                "done(); });", free)
-            return answer | {"has_tumor": found, "tumor_slices": [0] if found else []}
+    def with_the_note(text: str | None):
+        def change(answer: dict) -> dict:
+            assert "tumour_free_reference" in answer  # the route's own field; its note is made up here
+            return answer | {"tumour_free_reference": {"patients": 7, "finding_within": text is not None,
+                                                       "note": text}}
         return change
 
-    open_volume_example_answering(browser, server, with_the_figure(True))
-    note = visible(browser, "vol-healthy-note")
-    assert note.text.startswith("On its 7 test patients rendered again without their tumour, this model still found a "
-                                "tumour in 2 (up to 763 voxels; 2 called tumour)")
-    open_volume_example_answering(browser, server, with_the_figure(False))
-    assert visible(browser, "vol-summary").text.startswith("0 of ")
-    assert not browser.find_element("id", "vol-healthy-note").is_displayed()  # no tumour found: nothing to qualify
+    open_volume_example_answering(browser, server, with_the_note(note))
+    assert visible(browser, "vol-healthy-note").text == note
+    open_volume_example_answering(browser, server, with_the_note(None))
+    assert not browser.find_element("id", "vol-healthy-note").is_displayed()
 
 
 def test_patient_viewer_shows_what_the_clean_up_dropped_and_goes_to_its_slices(browser, server):

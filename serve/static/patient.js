@@ -57,13 +57,9 @@ async function render(result, title, isLatest = () => true) {
     "them, and a modality not sent is an all-zero channel, which costs the tumour core and the enhancing tumour " +
     "most. Select every modality file at once for the full prediction." : "";
   show("vol-modalities", missing.length > 0);
-  // BraTS has no healthy brain: what this model paints on its test patients without their tumour (metrics.json's
-  // tumour_free_volumes, synthetic data only) is said beside a tumour it finds here
-  const free = ((served.info || {}).metrics || {}).tumour_free_volumes;
-  showWarning("vol-healthy-note", free && free.with_predicted_tumour > 0 && result.has_tumor === true ?
-    `On its ${free.n} test patients rendered again without their tumour, this model still found a tumour in ` +
-    `${free.with_predicted_tumour} (up to ${free.predicted_voxels_max} voxels; ${free.called_tumour} called ` +
-    "tumour): a small finding here may be no tumour at all. Read it with the slice scores and the clean-up list." : "");
+  // BraTS has no healthy brain: the answer puts a tumour found here beside what this model paints on its test
+  // patients rendered again without their tumour (tumour_free_reference; tasks/inference/tumour_free_reference.py)
+  showWarning("vol-healthy-note", (result.tumour_free_reference || {}).note || "");
   show("vol-truth-toggle", patient.truth.some(Boolean));
   show("vol-unc-toggle", patient.unc.some(Boolean));
   show("vol-dropped-toggle", patient.dropped.some(Boolean));

@@ -1,0 +1,60 @@
+"""A volume answer's tumour beside what the same model paints on brains that have none.
+
+BraTS holds no healthy brain, so evaluate measures it on the synthetic test patients rendered again without their
+tumour (metrics.json's `tumour_free_volumes`, tasks/evaluation/tumour_free.py). Every /v1/predict/volume answer
+carries that figure with its own finding: a whole tumour no larger than the largest the model left on a tumour-free
+twin is a finding this model also makes where there is nothing to find. Serving and the web UI's patient viewer
+both read it from here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tasks.data.orientation import BRATS_AFFINE
+from tasks.inference.volume import voxel_volume_cm3
+
+# The twins are rendered on BraTS's grid (1 mm voxels), so their voxel counts convert to cm³ exactly
+TWIN_VOXEL_CM3 = voxel_volume_cm3(np.linalg.norm(BRATS_AFFINE[:3, :3], axis=0))
+
+
+def tumour_free_reference(metrics: dict, found_cm3: float, has_tumor: bool | None) -> dict | None:
+    """The answer's `tumour_free_reference`: the twins' figures, whether this finding (`found_cm3` of whole tumour
+    after the clean-up; `has_tumor`: the volume's decision) is no larger than the largest false tumour among them,
+    and a note to read with it. None when the model's metrics hold no such figure (real data, or a model evaluated
+    before 2026-12-06)."""
+    free = metrics.get("tumour_free_volumes")
+    if not isinstance(free, dict) or not _count(free.get("n")):
+        return None
+    n, painted, called = _count(free["n"]), _count(free.get("with_predicted_tumour")), _count(free.get("called_tumour"))
+    largest = round(_count(free.get("predicted_voxels_max")) * TWIN_VOXEL_CM3, 4)
+    found = found_cm3 > 0
+    within = painted > 0 and found and found_cm3 <= largest
+    return {"patients": n, "with_predicted_tumour": painted, "called_tumour": called, "largest_cm3": largest,
+            "finding_within": within if found else None,
+            "note": _note(n, painted, called, largest, found_cm3, within) if found or has_tumor else None}
+
+
+def _note(n: int, painted: int, called: int, largest: float, found_cm3: float, within: bool) -> str | None:
+    left = f"left a tumour in {painted} (the largest {largest:g} cm³)" if painted else "left a tumour in none"
+    measured = (f"on its {n} test patients rendered again without their tumour (synthetic data), this model {left}, "
+                f"and its decision called {called} of them tumour")
+    if within:
+        return (f"No larger than a false tumour: this whole tumour ({found_cm3:g} cm³) is within what the model "
+                f"paints on brains without one; {measured}. It may be no tumour at all: read it with the slice "
+                "scores and the clean-up list.")
+    if painted or called:
+        if found_cm3 <= 0:
+            return f"For comparison, {measured}; here the decision says tumour with no tumour painted."
+        larger = f"; this whole tumour ({found_cm3:g} cm³) is larger than the largest of those" if painted else ""
+        return f"For comparison, {measured}{larger}."
+    return None
+
+
+def _count(value) -> int:
+    """A count from metrics.json (a hand-made one may hold anything): 0 unless a finite non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return 0
+    return int(value)
