@@ -160,10 +160,21 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, terminate)
 
 
+def configure_logging() -> None:
+    """Rich's columns on a terminal; elsewhere (`make run > log`, CI) one plain line per record, as Rich wraps a
+    non-terminal at 80 columns and pads each line to them."""
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
+
+
 def main() -> None:
     _exit_on_sigterm()
     install_log_redaction()
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    configure_logging()
     app()
 
 

@@ -9,6 +9,8 @@ are where URIs leak.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 from tasks.errors import SliceWiseError
 from tasks.redaction import redact
+from tests.conftest import REPO
 
 PASSWORD = "Pw-d0nt-leak-7f3a9"
 
@@ -170,3 +173,15 @@ def test_a_raw_library_error_in_a_step_prints_its_traceback_without_the_password
     assert result.exit_code == 1
     assert "Traceback" in result.output and "RuntimeError" in result.output and "failing_step" in result.output
     assert "Hunter2Secret" not in result.output and "alice:***@mlflow.example" in result.output
+
+
+def test_a_step_off_a_terminal_logs_one_unwrapped_line_per_record():
+    """`make run > log` and CI logs: Rich wrapped each record at 80 columns and padded it; off a terminal the steps
+    log plain lines (still redacted), on one line however long."""
+    script = ("import logging, sys; from tasks.__main__ import configure_logging; from tasks.redaction import "
+              "install_log_redaction; install_log_redaction(); configure_logging(); "
+              "logging.getLogger('tasks.x').warning('word ' * 40 + 'postgresql://u:hunter2@db/mlflow')")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    err = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stderr
+    assert len(err.splitlines()) == 1 and err.rstrip("\n") == err.rstrip()  # one line, no padding
+    assert "WARNING" in err and "word " * 40 in err and "hunter2" not in err

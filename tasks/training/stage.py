@@ -136,7 +136,7 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
                 save_epoch(plan, state, improved, steps, generator, run_key, metric_name)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             progress.update(bar, metric=f"{metric_name} {state.best_metric:.4f} (best)")
-            if ranks.is_main:  # the bar is drawn on a terminal only; `make run > log` and CI logs get this line
+            if ranks.is_main:  # the bar is drawn on a terminal only (_progress); logs get this line
                 log.info("train_%s: epoch %d/%d, train loss %.4f, %s %.4f%s, %.1f s", plan.stage, epoch, plan.epochs,
                          train_loss, metric_name, metric, " (best)" if improved else "",
                          row["seconds"])
@@ -209,9 +209,12 @@ def _initial_model(plan: StagePlan, data: str) -> MultitaskUNet:
 
 
 def _progress(visible: bool) -> Progress:
+    """The stage's bar, on a terminal only: elsewhere (`make run > log`, CI) Rich would draw it once at the end, cut at
+    80 columns, and the epoch lines the stage logs say more."""
+    console = Console(stderr=True)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[metric]}"),
-                    TimeElapsedColumn(), console=Console(stderr=True), disable=not visible)
+                    TimeElapsedColumn(), console=console, disable=not (visible and console.is_terminal))
 
 
 def _noise_seed(seed: int, epoch: int, rank: int) -> int:
