@@ -38,7 +38,7 @@ def head_bytes(request: h11.Request) -> int:
     return line + sum(len(name) + len(value) + len(b": \r\n") for name, value in request.headers) + 2
 
 
-PAUSED_CHECK_SECONDS = 1.0  # how often an expired body deadline looks again while the app is not reading
+MIN_RECHECK_SECONDS = 0.05  # the least a body deadline held up by the app waits before it looks again
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -50,9 +50,34 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+        self._armed_at, self._paused_before = 0.0, 0.0
+        self._paused_seconds, self._paused_at = 0.0, None
         super().connection_made(transport)
         self.conn.next_event = self._head_within_limit(self.conn.next_event)
+        self._time_reading_pauses()
         self._arm("headers", self.header_timeout)
+
+    def _time_reading_pauses(self) -> None:
+        """Keep count of the time uvicorn does not read because the app has not taken what arrived (a batch decodes
+        each file before it reads on): that time is the server's, and the body deadline leaves it out."""
+        flow, pause, resume = self.flow, self.flow.pause_reading, self.flow.resume_reading
+
+        def paused() -> None:
+            if not flow.read_paused:
+                self._paused_at = self.loop.time()
+            pause()
+
+        def resumed() -> None:
+            if flow.read_paused and self._paused_at is not None:
+                self._paused_seconds += self.loop.time() - self._paused_at
+                self._paused_at = None
+            resume()
+
+        flow.pause_reading, flow.resume_reading = paused, resumed
+
+    def _paused_total(self) -> float:
+        ongoing = self.loop.time() - self._paused_at if self._paused_at is not None else 0.0
+        return self._paused_seconds + ongoing
 
     def _head_within_limit(self, next_event):
         """h11's `next_event`, answering 431 for a request head beyond MAX_HEADER_BYTES. h11's own limit only holds a
@@ -107,7 +132,12 @@ class GuardedH11Protocol(H11Protocol):
     def _arm(self, phase: str, seconds: float) -> None:
         self._disarm()
         self._phase = phase
+        self._armed_at, self._paused_before = self.loop.time(), self._paused_total()
         self._deadline = self.loop.call_later(seconds, self._expired, phase, seconds)
+
+    def _client_seconds(self) -> float:
+        """The time since the deadline was armed, less the time reading was paused for the app meanwhile."""
+        return self.loop.time() - self._armed_at - (self._paused_total() - self._paused_before)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -118,11 +148,11 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline, self._phase = None, None
         if self.transport.is_closing():
             return
-        if phase == "body" and self.flow.read_paused:
-            # uvicorn stopped reading because the app has not taken what arrived (a batch decodes each file before
-            # it reads on): the server is the slow one, not the client, whose clock stops meanwhile. Looked at
-            # again each PAUSED_CHECK_SECONDS: once reading resumes, the deadline falls within that much.
-            self._deadline = self.loop.call_later(PAUSED_CHECK_SECONDS, self._expired, phase, seconds)
+        if phase == "body" and (left := seconds - self._client_seconds()) > 0:
+            # the app held up reading meanwhile (a batch decodes each file before it reads on): the server was the
+            # slow one then, not the client, whose clock stood still. A check at the moment reading happened to be
+            # paused was not enough: a batch of large files alternates, and a check in between answered 408.
+            self._deadline = self.loop.call_later(max(left, MIN_RECHECK_SECONDS), self._expired, phase, seconds)
             self._phase = phase
             return
         detail = f"the request {phase} did not arrive within {seconds:g} s"
