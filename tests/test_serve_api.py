@@ -409,7 +409,8 @@ def tumour_free_client(folder, largest_voxels: int | None):
     metrics = write_metrics(folder / "metrics.json")
     if largest_voxels is not None:
         metrics.write_text(json.dumps(json.loads(metrics.read_text()) | {"tumour_free_volumes": {
-            "n": 7, "with_predicted_tumour": 2, "called_tumour": 2, "predicted_voxels_max": largest_voxels}}))
+            "n": 7, "with_predicted_tumour": 2, "with_predicted_tumour_ci95": [0.082, 0.641], "called_tumour": 2,
+            "predicted_voxels_max": largest_voxels}}))
     return local_client(file_app(ServedFiles(export_tiny_onnx(folder / "model.onnx"), folder / "none.pt", metrics)))
 
 
@@ -428,9 +429,11 @@ def test_a_volume_answer_puts_its_tumour_beside_what_the_model_paints_on_brains_
     assert answers["none"]["tumour_free_reference"] is None  # nothing measured: nothing claimed
     small, large = answers["small"]["tumour_free_reference"], answers["large"]["tumour_free_reference"]
     assert (small["largest_cm3"], large["largest_cm3"]) == (0.01, 1000.0)  # the twins' 1 mm voxels
-    assert small["finding_within"] is False and f"this whole tumour ({found:g} cm³) is larger" in small["note"]
+    assert small["finding_within"] is False and f"This whole tumour ({found:g} cm³) is larger than those, but 7 " \
+        "brains do not bound how large a false one can be" in small["note"]  # no all-clear from a few brains
     assert large["finding_within"] is True and large["note"].startswith("No larger than a false tumour")
-    assert "left a tumour in 2 (the largest 1000 cm³), and its decision called 2 of them tumour" in large["note"]
+    assert "left a false tumour in 2 (29 %, 95 % interval 8-64 %; the largest 1000 cm³), and its decision called 2 " \
+        "of them tumour" in large["note"] and large["with_predicted_tumour_ci95"] == [0.082, 0.641]
     with tumour_free_client(tmp_path / "empty", 10 ** 6) as client:  # a brain where the model finds nothing
         empty, truth = brain_volume()
         empty[truth.astype(bool)] = 300  # the tumour box as brain
