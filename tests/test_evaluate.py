@@ -701,7 +701,8 @@ def test_the_test_patients_without_their_tumour_show_what_a_healthy_brain_gets()
     quiet = tumour_free_twins(FlairAbove(1e9), patients, 42, modalities, 32, 0.5, 0.5)
     assert quiet["n"] == 1 and quiet["with_predicted_tumour"] == quiet["called_tumour"] == 0
     assert quiet["predicted_voxels_max"] == 0
-    assert quiet["with_predicted_tumour_ci95"][0] == 0 and 0.75 < quiet["with_predicted_tumour_ci95"][1] < 0.85  # 0 of 1
+    low, high = quiet["with_predicted_tumour_ci95"]
+    assert low == 0 and 0.75 < high < 0.85  # 0 of 1 brain: anything up to about 79 %
     everywhere = tumour_free_twins(FlairAbove(-1e9), patients, 42, modalities, 32, 0.5, 0.5)  # the whole grid
     assert everywhere["with_predicted_tumour"] == everywhere["called_tumour"] == 1
     assert everywhere["predicted_voxels_max"] == 240 * 240 * 155
