@@ -6,9 +6,10 @@ evaluate measures what the model paints on its test patients rendered again with
 `tumour_free_volumes`: 7 brains on the quick profile), and every /v1/predict/volume answer sets its tumour beside the
 largest of those (`tumour_free_reference`). This renders `--brains` more tumour-free people of the project's synthetic
 data seed, patient numbers from `--first` on (default: the first past the data set, which holds 1 to its patient
-count: no split or training step saw them), runs each through evaluate's inference and clean-up (`tasks/evaluation/tumour_free.py`) with the committed
-joint checkpoint, its mask cut and decision threshold from reports/metrics.json, and counts the brains left with a
-false tumour, those the volume decision calls tumour, and the false tumours the reference calls no larger than one.
+count: no split or training step saw them), runs each through evaluate's inference and clean-up
+(`tasks/evaluation/tumour_free.py`) with the committed joint checkpoint, its mask cut and decision threshold from
+reports/metrics.json, and counts the brains left with a false tumour, those the volume decision calls tumour (with
+the specificity's Wilson interval), and the false tumours the reference calls no larger than one.
 `--record KEY` also writes the result into reports/bench.json under KEY.
 """
 
