@@ -111,7 +111,12 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # arms uvicorn's keep-alive timer for the idle time until the next request
-        self._disarm()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            # uvicorn has just parsed a pipelined request from what was buffered: no new byte may come to arm its
+            # body deadline in data_received, and uvicorn cancelled the keep-alive timer on seeing it
+            self._arm("body", self.body_timeout)
+        else:
+            self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

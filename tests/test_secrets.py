@@ -181,7 +181,9 @@ def test_a_step_off_a_terminal_logs_one_unwrapped_line_per_record():
     script = ("import logging, sys; from tasks.__main__ import configure_logging; from tasks.redaction import "
               "install_log_redaction; install_log_redaction(); configure_logging(); "
               "logging.getLogger('tasks.x').warning('word ' * 40 + 'postgresql://u:hunter2@db/mlflow')")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Rich takes FORCE_COLOR or TTY_COMPATIBLE=1 as a terminal, whatever stderr is: a CI may set them
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    env["PYTHONPATH"] = str(REPO)
     err = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stderr
     assert len(err.splitlines()) == 1 and err.rstrip("\n") == err.rstrip()  # one line, no padding
     assert "WARNING" in err and "word " * 40 in err and "hunter2" not in err

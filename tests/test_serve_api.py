@@ -539,6 +539,25 @@ def test_four_volumes_reserve_more_of_the_memory_budget_than_one(regions_client)
     assert four.status_code == 200 and budget.peak > one > 0 and budget.in_use == 0
 
 
+def test_the_tumour_free_reference_claims_nothing_it_cannot():
+    """Found by a review: no false tumour on 7 brains read as `finding_within: false` (larger than any false one),
+    and an out-of-distribution volume, whose decision is withheld, was compared with brains drawn like the training
+    data. Both now get no verdict; the first still gets the figures, with their interval."""
+    from tasks.inference.tumour_free_reference import tumour_free_reference
+
+    clean = {"n": 7, "with_predicted_tumour": 0, "called_tumour": 0, "predicted_voxels_max": 0,
+             "with_predicted_tumour_ci95": [0.0, 0.354]}
+    none_painted = tumour_free_reference({"tumour_free_volumes": clean}, 5.0, True)
+    assert none_painted["finding_within"] is None
+    assert "left a false tumour in none (95 % interval 0-35 %)" in none_painted["note"]
+    painted = clean | {"with_predicted_tumour": 2, "predicted_voxels_max": 763}
+    withheld = tumour_free_reference({"tumour_free_volumes": painted}, 0.5, None)
+    assert withheld["finding_within"] is None and withheld["note"] is None
+    assert tumour_free_reference({"tumour_free_volumes": painted}, 0.5, True)["finding_within"] is True
+    odd = painted | {"n": float("nan")}  # a hand-made metrics.json
+    assert tumour_free_reference({"tumour_free_volumes": odd}, 0.5, True) is None
+
+
 def test_volume_tta_flag_runs_the_configured_flips(regions_client):
     volume = nifti_bytes(modality_volumes()["flair"][0])[0]
     plain = regions_client.post("/v1/predict/volume", files={"flair": ("f.nii.gz", volume)},

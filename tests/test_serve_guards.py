@@ -101,6 +101,19 @@ def test_a_body_trickling_in_is_cut_off(strict_server):
     assert answer.startswith(b"HTTP/1.1 408") or answer == b""
 
 
+def test_a_pipelined_request_whose_body_stops_is_cut_off(strict_server):
+    """A second request sent in the same write as the first (HTTP/1.1 pipelining) is parsed from what is buffered
+    once the first is answered, where no new byte arrives to start its body deadline: with a silent client it held
+    the connection, and its slot, for good (found by a review, 2026-12-07)."""
+    with connect(strict_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                     b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+        data, elapsed = read_until_closed(sock, 8)
+    assert data.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in data
+    assert b"the request body did not arrive within 1.5 s" in data and elapsed < 5
+
+
 def healthz_status(url: str) -> bytes:
     """The status line of GET /healthz on a fresh connection."""
     with connect(url) as sock:

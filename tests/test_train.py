@@ -375,9 +375,11 @@ def test_three_stages_write_checkpoints_and_history(in_project, tiny_settings):
     assert {"val_dice", "val_accuracy", "val_roc_auc"} <= set(pd.read_csv(paths.history_file("joint")).columns)
 
 
-def test_a_stage_draws_its_bar_on_a_terminal_only(in_project, tiny_settings, capsys):
+def test_a_stage_draws_its_bar_on_a_terminal_only(in_project, tiny_settings, capsys, monkeypatch):
     """Off a terminal (`make run > log`, CI) Rich drew the finished bar once, cut at 80 columns
     (`train_joint ━━━━━ 276/2…`); the epoch lines the stage logs say it all there."""
+    for forcing in ("FORCE_COLOR", "TTY_COMPATIBLE"):  # Rich takes either as a terminal: a CI may set them
+        monkeypatch.delenv(forcing, raising=False)
     train_seg.main(with_epochs(tiny_settings, seg=1, cls=1, joint=1))
     err = capsys.readouterr().err
     assert "━" not in err and "train_seg" not in err

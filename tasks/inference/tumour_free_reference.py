@@ -22,21 +22,24 @@ TWIN_VOXEL_CM3 = voxel_volume_cm3(np.linalg.norm(BRATS_AFFINE[:3, :3], axis=0))
 
 def tumour_free_reference(metrics: dict, found_cm3: float, has_tumor: bool | None) -> dict | None:
     """The answer's `tumour_free_reference`: the twins' figures, whether this finding (`found_cm3` of whole tumour
-    after the clean-up; `has_tumor`: the volume's decision) is no larger than the largest false tumour among them,
-    and a note to read with it. None when the model's metrics hold no such figure (real data, or a model evaluated
-    before 2026-12-06)."""
+    after the clean-up; `has_tumor`: the volume's decision, None when withheld) is no larger than the largest false
+    tumour among them (None: nothing painted here or on the twins, or the decision withheld), and a note to read
+    with a tumour found. None when the model's metrics hold no such figure (real data, or a model evaluated before
+    2026-12-06)."""
     free = metrics.get("tumour_free_volumes")
     if not isinstance(free, dict) or not _count(free.get("n")):
         return None
     n, painted, called = _count(free["n"]), _count(free.get("with_predicted_tumour")), _count(free.get("called_tumour"))
     largest = round(_count(free.get("predicted_voxels_max")) * TWIN_VOXEL_CM3, 4)
     interval = _share_interval(free.get("with_predicted_tumour_ci95"))
+    # out of distribution (decision withheld): brains drawn like the training data say nothing of such an input
+    comparable = has_tumor is not None
     found = found_cm3 > 0
-    within = painted > 0 and found and found_cm3 <= largest
-    measured = _measured(n, painted, called, largest, interval)
+    within = found_cm3 <= largest if comparable and found and painted else None
+    note = _note(_measured(n, painted, called, largest, interval), n, painted, found_cm3, within) \
+        if comparable and (found or has_tumor) else None
     return {"patients": n, "with_predicted_tumour": painted, "with_predicted_tumour_ci95": interval,
-            "called_tumour": called, "largest_cm3": largest, "finding_within": within if found else None,
-            "note": _note(measured, n, painted, called, found_cm3, within) if found or has_tumor else None}
+            "called_tumour": called, "largest_cm3": largest, "finding_within": within, "note": note}
 
 
 def _measured(n: int, painted: int, called: int, largest: float, interval: list[float] | None) -> str:
@@ -47,13 +50,11 @@ def _measured(n: int, painted: int, called: int, largest: float, interval: list[
             f"and its decision called {called} of them tumour")
 
 
-def _note(measured: str, n: int, painted: int, called: int, found_cm3: float, within: bool) -> str | None:
+def _note(measured: str, n: int, painted: int, found_cm3: float, within: bool | None) -> str:
     if within:
         return (f"No larger than a false tumour: this whole tumour ({found_cm3:g} cm³) is within what the model "
                 f"paints on brains without one; {measured}. It may be no tumour at all: read it with the slice "
                 "scores and the clean-up list.")
-    if not (painted or called):
-        return None
     if found_cm3 <= 0:
         return f"For comparison, {measured}; here the decision says tumour with no tumour painted."
     # the largest of a few brains bounds nothing: on 20 more (bench.bench_tumour_free) the committed quick model's
