@@ -12,12 +12,12 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
 from tasks import paths
 from tasks.errors import SliceWiseError
+from tasks.log_output import log_handler
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline through Prefect.")
 console = Console(stderr=True)
@@ -260,8 +260,7 @@ def install_log_factories() -> None:
 
 def main() -> None:
     install_log_factories()
-    handler = RichHandler(console=console, show_path=False)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[log_handler(console)])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API request otherwise
     app()
 

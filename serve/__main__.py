@@ -13,12 +13,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 
 from tasks import paths
 from tasks.config import load_settings
 from tasks.errors import SliceWiseError
+from tasks.log_output import log_handler
 from tasks.redaction import install_log_redaction
 
 console = Console(stderr=True)
@@ -66,8 +66,7 @@ def build_app(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     install_log_redaction()  # a tracking URI's password never reaches the log
-    logging.basicConfig(level=args.log_level.upper(), format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
+    logging.basicConfig(level=args.log_level.upper(), format="%(message)s", handlers=[log_handler(console)])
     try:
         app, cfg = build_app(args)
     except SliceWiseError as exc:

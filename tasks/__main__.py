@@ -14,13 +14,13 @@ from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.markup import escape
 
 from tasks import STEPS, paths
 from tasks.config import load_settings
 from tasks.errors import SliceWiseError
 from tasks.io import nested_value
+from tasks.log_output import log_handler
 from tasks.params_edit import parse_assignments, set_params
 from tasks.redaction import install_log_redaction, redact
 from tasks.run_lock import pipeline_lock
@@ -161,14 +161,7 @@ def _exit_on_sigterm() -> None:
 
 
 def configure_logging() -> None:
-    """Rich's columns on a terminal; elsewhere (`make run > log`, CI) one plain line per record, as Rich wraps a
-    non-terminal at 80 columns and pads each line to them."""
-    if console.is_terminal:
-        handler: logging.Handler = RichHandler(console=console, show_path=False)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[log_handler(console)])
 
 
 def main() -> None:

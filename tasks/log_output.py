@@ -1,0 +1,22 @@
+"""Where the entry points' log records go (`python -m tasks`, `python -m flows`, `python -m serve`).
+
+On a terminal, Rich's columns (time, level, message). Elsewhere (`make run > log`, CI, a service's log file) one
+plain line per record: Rich wraps a non-terminal at 80 columns and pads every line to them, which cuts a record
+into pieces a reader, or grep, has to put back together.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+
+def log_handler(console: Console) -> logging.Handler:
+    """The handler for `console`'s stream: Rich's on a terminal, plain lines elsewhere."""
+    if console.is_terminal:
+        return RichHandler(console=console, show_path=False)
+    handler = logging.StreamHandler(console.file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    return handler
