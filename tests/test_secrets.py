@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,10 @@ def test_the_server_process_never_logs_or_answers_the_password(tmp_path):
         reload = session.post(f"http://127.0.0.1:{port}/model/reload", timeout=60).text
     assert "***@127.0.0.1" in health
     assert not leaks([health, reload, log.read_text()], [tmp_path]), log.read_text()[-3000:]
+    # a log file is no terminal: one plain line per record (tasks/log_output.py), not Rich's 80 padded columns
+    lines = log.read_text().splitlines()
+    assert any(re.match(r"\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) ", line) for line in lines)
+    assert not [line for line in lines if line != line.rstrip()]
 
 
 def test_a_raw_library_error_in_a_step_prints_its_traceback_without_the_password(monkeypatch):
