@@ -43,9 +43,12 @@ def tumour_free_reference(metrics: dict, found_cm3: float, has_tumor: bool | Non
 
 
 def _measured(n: int, painted: int, called: int, largest: float, interval: list[float] | None) -> str:
-    share = f"95 % interval {interval[0] * 100:.0f}-{interval[1] * 100:.0f} %" if interval else ""
-    left = (f"left a false tumour in {painted} ({painted / n * 100:.0f} %{', ' + share if share else ''}; the largest "
-            f"{largest:g} cm³)") if painted else f"left a false tumour in none{f' ({share})' if share else ''}"
+    share = f"95 % interval {interval[0] * 100:.0f}-{interval[1] * 100:.0f} %" if interval else None
+    if painted:
+        detail = ", ".join(filter(None, [f"{painted / n * 100:.0f} %", share]))
+        left = f"left a false tumour in {painted} ({detail}; the largest {largest:g} cm³)"
+    else:
+        left = "left a false tumour in none" + (f" ({share})" if share else "")
     return (f"on its {n} test patients rendered again without their tumour (synthetic data), this model {left}, "
             f"and its decision called {called} of them tumour")
 
