@@ -154,4 +154,8 @@ def test_card_says_what_the_model_paints_on_its_test_patients_without_their_tumo
     text = card({"classification": {"threshold": 0.5}, "tumour_free_volumes": free})
     assert ("This model, on its 7 test patients rendered again without their tumour: 2 left with a predicted tumour "
             "(up to 4,357 voxels), 1 called tumour by the volume decision.") in text
+    # seven brains say little: the share's interval, where evaluate wrote it (since 2026-12-07)
+    with_interval = card({"classification": {"threshold": 0.5},
+                          "tumour_free_volumes": free | {"with_predicted_tumour_ci95": [0.082, 0.641]}})
+    assert "2 left with a predicted tumour (up to 4,357 voxels; 8-64 % of such brains, 95 % interval)" in with_interval
     assert "rendered again without their tumour" not in card({"classification": {"threshold": 0.5}})  # real data

@@ -149,9 +149,13 @@ def interval_text(value, interval) -> str:
 
 
 def tumour_free_counts(free: dict) -> str:
-    """metrics.json's tumour_free_volumes in words, as the summary and the model card give it."""
+    """metrics.json's tumour_free_volumes in words, as the summary and the model card give it: with the share's
+    interval when evaluate wrote one (a few brains: 2 of 7 is 8-64 % of such brains)."""
+    bounds = free.get("with_predicted_tumour_ci95")
+    share = f"; {bounds[0] * 100:.0f}-{bounds[1] * 100:.0f} % of such brains, 95 % interval" \
+        if isinstance(bounds, list) and len(bounds) == 2 else ""
     return (f"{free['with_predicted_tumour']} left with a predicted tumour (up to {free['predicted_voxels_max']:,} "
-            f"voxels), {free['called_tumour']} called tumour")
+            f"voxels{share}), {free['called_tumour']} called tumour")
 
 
 def _where_it_errs(metrics: dict) -> str:
