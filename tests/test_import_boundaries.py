@@ -28,6 +28,7 @@ SERVING_MAY_REACH = {
     "tasks.inference.volume",  # whole-volume inference, TTA, uncertainty: what evaluation scores, numpy + Pillow + scipy
     "tasks.inference.postprocess",  # the clean-up of a predicted volume, scipy
     "tasks.inference.photo_decisions",  # whether a photo gets a decision (serve.min_photo_accuracy), plain Python
+    "tasks.inference.recorded_figures",  # numbers read back from metrics.json, plain Python
     "tasks.log_output",  # where `python -m serve` writes its log records (rich)
     "tasks.inference.tumour_free_reference",  # a volume's tumour beside the model's tumour-free twins (numpy)
     "tasks.inference.gradcam",  # Grad-CAM, built on first use where torch is installed

@@ -1,7 +1,7 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
 import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage,
-  onAnsweredBy, openView, outline, pct, photoWithheld, pickAgain, pngSrc, postFiles, served, show, showWarning, shownBy,
-  tinted, unreliableNote, withheld } from "./common.js";
+  onAnsweredBy, openView, outline, pct, photoWithheld, pickAgain, pngSrc, postFiles, show, showWarning, shownBy, tinted,
+  unreliableNote, withheld } from "./common.js";
 import { clearBatch, setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
@@ -49,7 +49,7 @@ async function loadModelInfo() {
   const box = $("model-info");
   try {
     const info = await api("/model/info");
-    state.info = served.info = info;
+    state.info = info;
     state.identity = identity(info);
     if (state.lastServed === undefined) state.lastServed = state.identity;  // the first model this page saw
     $("batch-limit").textContent = (info.limits || {}).max_batch_files ?? 50;
@@ -74,7 +74,7 @@ async function loadModelInfo() {
       (photos.n ? metric(`photo accuracy (${photos.n})`, photos.accuracy) : "") + photoDecisions + synthetic + gate;
     box.title = info.detail || "";
   } catch (error) {
-    state.info = served.info = null;
+    state.info = null;
     state.identity = identity(null);
     box.innerHTML = `<span class="none" id="model-unavailable">no model served: ${esc(error.message)}</span>`;
   }

@@ -55,9 +55,6 @@ export function showError(prefix, error) {
   $(prefix + "-error").textContent = error ? String(error.message || error) : "";
   show(prefix + "-error", Boolean(error));
 }
-// /model/info as the header last read it (app.js): what the views say of the served model beside an answer
-export const served = { info: null };
-
 export function showWarning(id, warning) { $(id).textContent = warning || ""; show(id, Boolean(warning)); }
 
 // Each view's latest request. Requests of a view run side by side, and a slow answer to an earlier choice (Grad-CAM

@@ -1,7 +1,7 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice probability plot.
-import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, pickAgain, served,
-  show, showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
+import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, pickAgain, show,
+  showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
 // BraTS names each modality's file <patient>_<modality>.nii[.gz] (2020: flair, t1, t1ce, t2; 2023:

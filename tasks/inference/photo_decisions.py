@@ -4,8 +4,9 @@ Serving applies it to every answer; the pipeline's summary says it before anythi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from tasks.inference.recorded_figures import finite, finite_interval
 
 
 @dataclass(frozen=True)
@@ -22,16 +23,10 @@ def photo_record(metrics: dict) -> PhotoRecord | None:
     came with the model)."""
     found = (metrics.get("classification_by_source") or {}).get("kaggle") or {}
     accuracy = found.get("accuracy")
-    if not found.get("n") or not _finite(accuracy):
+    if not found.get("n") or not finite(accuracy):
         return None
-    bounds = (metrics.get("ci95") or {}).get("classification_by_source.kaggle.accuracy")
-    interval = (float(bounds[0]), float(bounds[1])) if isinstance(bounds, list) and len(bounds) == 2 and all(
-        _finite(b) for b in bounds) else None
+    interval = finite_interval((metrics.get("ci95") or {}).get("classification_by_source.kaggle.accuracy"))
     return PhotoRecord(float(accuracy), int(found["n"]), interval)
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def photo_refusal(record: PhotoRecord | None, min_accuracy: float | None) -> str | None:

@@ -9,11 +9,10 @@ both read it from here.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from tasks.data.orientation import BRATS_AFFINE
+from tasks.inference.recorded_figures import finite, finite_interval, percent_range
 from tasks.inference.volume import voxel_volume_cm3
 
 # The twins are rendered on BraTS's grid (1 mm voxels), so their voxel counts convert to cm³ exactly
@@ -43,7 +42,7 @@ def tumour_free_reference(metrics: dict, found_cm3: float, has_tumor: bool | Non
 
 
 def _measured(n: int, painted: int, called: int, largest: float, interval: list[float] | None) -> str:
-    share = f"95 % interval {interval[0] * 100:.0f}-{interval[1] * 100:.0f} %" if interval else None
+    share = f"95 % interval {percent_range(interval)}" if interval else None
     if painted:
         detail = ", ".join(filter(None, [f"{painted / n * 100:.0f} %", share]))
         left = f"left a false tumour in {painted} ({detail}; the largest {largest:g} cm³)"
@@ -69,14 +68,10 @@ def _note(measured: str, n: int, painted: int, found_cm3: float, within: bool | 
 
 def _share_interval(bounds) -> list[float] | None:
     """metrics.json's interval of the share of tumour-free brains given a false tumour, when it holds a valid one."""
-    if isinstance(bounds, list) and len(bounds) == 2 and all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b <= 1 for b in bounds):
-        return [float(bounds[0]), float(bounds[1])]
-    return None
+    interval = finite_interval(bounds)
+    return list(interval) if interval and all(0 <= b <= 1 for b in interval) else None
 
 
 def _count(value) -> int:
-    """A count from metrics.json (a hand-made one may hold anything): 0 unless a finite non-negative number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        return 0
-    return int(value)
+    """A count from metrics.json: 0 unless a finite non-negative number."""
+    return int(value) if finite(value) and value >= 0 else 0

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from tasks import paths
 from tasks.inference.photo_decisions import photo_record, photo_refusal
+from tasks.inference.recorded_figures import finite_interval, percent_range
 from tasks.io import nested_value, read_json, sha256_file
 from tasks.redaction import redact
 from tasks.release.store_moved import registered_elsewhere
@@ -151,9 +152,8 @@ def interval_text(value, interval) -> str:
 def tumour_free_counts(free: dict) -> str:
     """metrics.json's tumour_free_volumes in words, as the summary and the model card give it: with the share's
     interval when evaluate wrote one (a few brains: 2 of 7 is 8-64 % of such brains)."""
-    bounds = free.get("with_predicted_tumour_ci95")
-    share = f"; {bounds[0] * 100:.0f}-{bounds[1] * 100:.0f} % of such brains, 95 % interval" \
-        if isinstance(bounds, list) and len(bounds) == 2 else ""
+    bounds = finite_interval(free.get("with_predicted_tumour_ci95"))
+    share = f"; {percent_range(bounds)} of such brains, 95 % interval" if bounds else ""
     return (f"{free['with_predicted_tumour']} left with a predicted tumour (up to {free['predicted_voxels_max']:,} "
             f"voxels{share}), {free['called_tumour']} called tumour")
 
