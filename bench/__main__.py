@@ -167,23 +167,23 @@ def record_by_cpu(report: dict, kind: str, result: dict) -> None:
     """`result` of a seed sweep or peer run ("seeds", "peer") as the latest one, and as the latest of this CPU family
     in `by_cpu`: trained weights depend on the CPU's kernels (README, "Quality across seeds and CPUs"), so the table
     keeps one of each family instead of letting the last machine overwrite the others."""
-    from bench.bench_seeds import cpu_family
+    from bench.bench_seeds import family_of
 
     report[kind] = result
     if not result.get("overrides"):  # a variant of the recipe (e.g. fp32) is not the recipe's figure
         cpu = result["cpu"]
-        report.setdefault("by_cpu", {}).setdefault(cpu_family(cpu["model"], cpu.get("amx", False)), {})[kind] = result
+        report.setdefault("by_cpu", {}).setdefault(family_of(cpu), {})[kind] = result
 
 
 def quality_by_cpu(report: dict) -> dict[str, dict]:
     """CPU family → {"seeds": ..., "peer": ...}; a report from before `by_cpu` counts as its sweep's CPU."""
-    from bench.bench_seeds import cpu_family
+    from bench.bench_seeds import family_of
 
     if "by_cpu" in report:
         return report["by_cpu"]
     found = {kind: report[kind] for kind in ("seeds", "peer") if kind in report}
     cpu = (found.get("seeds") or found.get("peer") or {}).get("cpu", {})
-    return {cpu_family(cpu.get("model", "this machine"), cpu.get("amx", False)): found} if found else {}
+    return {family_of(cpu): found} if found else {}
 
 
 def quality_rows(report: dict) -> list[tuple[str, str, str]]:
@@ -226,10 +226,10 @@ def quality_rows(report: dict) -> list[tuple[str, str, str]]:
 
 def pipeline_cpu(pipe: dict) -> str | None:
     """The CPU family the pipeline rows were measured on (None for figures recorded before they named it)."""
-    from bench.bench_seeds import cpu_family
+    from bench.bench_seeds import family_of
 
     cpu = pipe.get("cpu")
-    return cpu_family(cpu["model"], cpu.get("amx", False)) if cpu else None
+    return family_of(cpu) if cpu else None
 
 
 def rows(report: dict) -> list[tuple[str, str, str]]:

@@ -62,15 +62,22 @@ def cpu_description() -> dict:
             "bf16_autocast": native_cpu_bf16()}
 
 
-def cpu_family(model: str, amx: bool = False) -> str:
+def cpu_family(model: str, amx: bool = False, native_bf16: bool = True) -> str:
     """The vendor and product line of a CPU model name ("AMD EPYC 9R14 96-Core Processor" → "AMD EPYC",
     "Intel(R) Xeon(R) Platinum 8488C" → "Intel Xeon"), "with AMX" when it has AMX tiles (bf16 matrix multiplies
-    take other kernels there): what the README's table keeps one sweep of each."""
+    take other kernels there) and "without bf16" when it has neither AMX nor AVX512-BF16 (training runs in fp32):
+    what the README's table keeps one sweep of each."""
     family = next((family for line, family in KNOWN_CPU_LINES.items() if line in model.lower()), None)
     if family is None:  # however the vendor capitalises it
         words = re.sub(r"\((R|TM)\)", "", model, flags=re.IGNORECASE).split()
         family = " ".join(words[:2]) if words else "unknown CPU"
-    return f"{family} with AMX" if amx else family
+    return f"{family} with AMX" if amx else family if native_bf16 else f"{family} without bf16"
+
+
+def family_of(cpu: dict) -> str:
+    """`cpu_family` of a recorded `cpu_description`; a record from before it named AVX512-BF16 was made on a CPU
+    that had it (every sweep then ran bf16 autocast)."""
+    return cpu_family(cpu.get("model", "this machine"), cpu.get("amx", False), cpu.get("avx512_bf16", True))
 
 
 KNOWN_CPU_LINES = {"epyc": "AMD EPYC", "xeon": "Intel Xeon", "ryzen": "AMD Ryzen", "core(tm)": "Intel Core"}

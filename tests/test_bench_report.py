@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.__main__ import REPORT, markdown, quality_rows, record_by_cpu
-from bench.bench_seeds import cpu_family
+from bench.bench_seeds import cpu_family, family_of
 
 
 def sweep(model: str, slice_dice_min: float, overrides: tuple[str, ...] = ()) -> dict:
@@ -33,6 +33,15 @@ def test_cpu_family_groups_model_names_by_vendor_and_line():
     assert cpu_family("Ampere Altra Q80-30") == "Ampere Altra"
     # AMX tiles send bf16 matrix multiplies through other kernels: a sweep there is another machine's figure
     assert cpu_family("Intel(R) Xeon(R) Processor", amx=True) == "Intel Xeon with AMX"
+    # neither AMX nor AVX512-BF16: training runs in fp32, another kernel path again
+    assert cpu_family("Intel(R) Xeon(R) Processor", native_bf16=False) == "Intel Xeon without bf16"
+
+
+def test_a_record_names_its_family_by_its_bf16_hardware():
+    ice_lake = {"model": "Intel(R) Xeon(R) Processor", "amx": False, "avx512_bf16": False}
+    assert family_of(ice_lake) == "Intel Xeon without bf16"
+    assert family_of(ice_lake | {"avx512_bf16": True}) == "Intel Xeon"
+    assert family_of({"model": "AMD EPYC 9R14"}) == "AMD EPYC"  # recorded before the flag was: bf16 hardware
 
 
 def test_a_sweep_on_another_cpu_family_keeps_the_first_one():
