@@ -17,7 +17,7 @@ from rich.table import Table
 
 from tasks import paths
 from tasks.errors import SliceWiseError
-from tasks.log_output import log_handler
+from tasks.log_output import log_handler, report_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline through Prefect.")
 console = Console(stderr=True)
@@ -132,10 +132,11 @@ def run(
     table.add_column("why it ran")
     for stage, outcome in state.result().items():
         table.add_row(stage, outcome["state"], outcome.get("lock_sha256", "")[:12], outcome.get("reason", ""))
-    Console().print(table)
+    console = report_console()
+    console.print(table)
     from tasks.release.summary import print_summary
 
-    print_summary()
+    print_summary(console)
 
 
 @app.command()

@@ -20,7 +20,7 @@ from tasks import STEPS, paths
 from tasks.config import load_settings
 from tasks.errors import SliceWiseError
 from tasks.io import nested_value
-from tasks.log_output import log_handler
+from tasks.log_output import log_handler, report_console
 from tasks.params_edit import parse_assignments, set_params
 from tasks.redaction import install_log_redaction, redact
 from tasks.run_lock import pipeline_lock
@@ -122,7 +122,7 @@ def lineage_command(ref: Optional[str] = typer.Argument(None, help="a version nu
     try:
         from tasks.release.lineage import print_lineage
 
-        print_lineage(load_settings(), ref)
+        print_lineage(load_settings(), ref, console=report_console())
     except SliceWiseError as exc:
         _fail(exc)
 
@@ -147,7 +147,7 @@ def summary_command() -> None:
         min_photo_accuracy = load_settings().serve.min_photo_accuracy
     except SliceWiseError:  # the summary of what is on disk needs no valid params.yaml
         min_photo_accuracy = None
-    print_summary(min_photo_accuracy=min_photo_accuracy)
+    print_summary(report_console(), min_photo_accuracy=min_photo_accuracy)
 
 
 def _exit_on_sigterm() -> None:

@@ -2,7 +2,8 @@
 
 On a terminal, Rich's columns (time, level, message). Elsewhere (`make run > log`, CI, a service's log file) one
 plain line per record: Rich wraps a non-terminal at 80 columns and pads every line to them, which cuts a record
-into pieces a reader, or grep, has to put back together.
+into pieces a reader, or grep, has to put back together. What the commands print for a reader (`tasks summary`,
+`tasks lineage`, the flow's table) goes through `report_console` for the same reason.
 """
 
 from __future__ import annotations
@@ -11,6 +12,17 @@ import logging
 
 from rich.console import Console
 from rich.logging import RichHandler
+
+
+# Off a terminal there is no window to fit: a table is drawn as wide as its cells, up to this many columns
+REPORT_WIDTH = 1000
+
+
+def report_console() -> Console:
+    """A console for printed reports: Rich's own on a terminal; elsewhere one whose sentences stay one line each
+    (no wrapping) and whose tables are as wide as their cells, not cut to 80 columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=REPORT_WIDTH, soft_wrap=True)
 
 
 def log_handler(console: Console) -> logging.Handler:

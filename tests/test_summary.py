@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -347,3 +350,20 @@ def test_a_project_copied_with_its_store_is_told_where_its_artifacts_live(tmp_pa
     assert checked.returncode == 0 and "warning: mlflow.db keeps its artifacts in" in " ".join(checked.stderr.split())
     (copy / "mlflow.db").unlink()  # `rm mlflow.db`, as it says: nothing more to say
     assert artifacts_elsewhere() is None
+
+
+def test_the_summary_off_a_terminal_keeps_each_sentence_on_one_line(tmp_path):
+    """`make run > log` and CI: Rich wrapped the summary at 80 columns off a terminal, so the gate's reason (one
+    sentence listing every criterion) came out in pieces; `tasks summary` now prints it on one line."""
+    (tmp_path / "reports").mkdir()
+    reason = "; ".join(f"criterion {n} {0.9 + n / 100:.3f} >= 0.850 [pass]" for n in range(8))
+    (tmp_path / "reports" / "register.json").write_text(json.dumps(
+        {"model_name": "slicewise", "version": 3, "promoted": False, "reason": reason}))
+    (tmp_path / "reports" / "metrics.json").write_text(json.dumps({"classification": {"accuracy": 0.9125}}))
+    # Rich takes FORCE_COLOR or TTY_COMPATIBLE=1 as a terminal, whatever stdout is: a CI may set them
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-m", "tasks", "summary"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert len(reason) > 200 and any(line.endswith(reason) for line in out.splitlines())
+    assert all(line == line.rstrip() for line in out.splitlines())  # no padding to a width
