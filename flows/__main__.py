@@ -132,11 +132,11 @@ def run(
     table.add_column("why it ran")
     for stage, outcome in state.result().items():
         table.add_row(stage, outcome["state"], outcome.get("lock_sha256", "")[:12], outcome.get("reason", ""))
-    console = report_console()
-    console.print(table)
+    report = report_console()  # stdout, for the reader; `console` (stderr) carries the log
+    report.print(table)
     from tasks.release.summary import print_summary
 
-    print_summary(console)
+    print_summary(report)
 
 
 @app.command()
