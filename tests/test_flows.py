@@ -835,3 +835,31 @@ def test_the_folder_that_makes_params_valid_is_accepted(tmp_path, monkeypatch):
         load_settings(tmp_path / "params.yaml")
     write_patient(tmp_path / "source", "BraTS20_Training_001", np.random.default_rng(4))
     cli._check_parameters({"data.brats_dir": str(tmp_path / "source")})  # no SystemExit: accepted
+
+
+def test_a_finished_flow_run_prints_its_table_and_the_summary_unwrapped_off_a_terminal(tmp_path, monkeypatch):
+    """After a run, `flows run` prints each stage's state and why it ran, then make run's summary. Off a terminal
+    (a log file, CI) Rich cut the table's "why it ran" cells and the summary's sentences at 80 columns."""
+    from prefect.settings import temporary_settings
+    from prefect.states import Completed
+    from typer.testing import CliRunner
+
+    import flows.__main__ as cli
+    import flows.pipeline
+
+    why = "deps changed: tasks/train_seg.py, tasks/training/stage.py, params.yaml (train_seg.epochs 3 → 4)"
+    outcomes = {"fetch": {"state": "Cached", "lock_sha256": "ab" * 32, "reason": "dvc.lock up to date"},
+                "train_seg": {"state": "Completed", "lock_sha256": "cd" * 32, "reason": why}}
+    monkeypatch.chdir(tmp_path)  # nothing has run here: the summary says how to make a run
+    for forcing in ("FORCE_COLOR", "TTY_COMPATIBLE"):  # Rich takes either as a terminal: a CI may set them
+        monkeypatch.delenv(forcing, raising=False)
+    monkeypatch.setattr(cli, "_require_project_root", lambda: None)
+    monkeypatch.setattr(cli, "_check_parameters", lambda updates: None)
+    monkeypatch.setattr(cli, "_server_up", lambda url: False)
+    monkeypatch.setattr(flows.pipeline, "slicewise_pipeline", lambda **kwargs: Completed(data=outcomes))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no server configured: nothing to reach
+        result = CliRunner().invoke(cli.app, ["run"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any("train_seg" in line and "Completed" in line and line.rstrip(" │").endswith(why) for line in lines)
+    assert any("no pipeline output here yet" in line and line.endswith("in the project root") for line in lines)
