@@ -12,7 +12,9 @@ Also: every output DVC does not cache is one git carries, so each commit and DVC
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -145,3 +147,78 @@ def test_every_uncached_output_is_carried_by_git():
     asked = [form for path in uncached for form in (path, f"{path}/")]
     answer = subprocess.run(["git", "check-ignore", "--no-index", *asked], cwd=REPO, capture_output=True, text=True)
     assert {path.rstrip("/") for path in answer.stdout.split()} == {"reports/plots"}
+
+
+def stage_output_paths() -> list[str]:
+    """Every path a stage writes (outs, metrics and plots), cached or not."""
+    return [next(iter(entry)) if isinstance(entry, dict) else entry
+            for stage in STAGES.values() for kind in ("outs", "metrics", "plots") for entry in stage.get(kind, [])]
+
+
+def is_written_by_a_stage(path: str, outputs: list[str]) -> bool:
+    return any(path == out or path.startswith(out.rstrip("/") + "/") for out in outputs)
+
+
+def project_files(dest: Path) -> Path:
+    """The project's files as git sees them (tracked and new, not ignored; tests and docs aside) copied to `dest`:
+    what a fresh clone holds, without the workspace's data and checkpoints, and without the lock a running
+    `dvc repro` holds on the workspace."""
+    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in names:
+        if (REPO / name).is_file() and not name.startswith(("tests/", "docs/")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)  # DVC reads .gitignore through git
+    return dest
+
+
+def lock_drift(status: dict) -> list[str]:
+    """From `Repo.status()`, what says the committed results were not made by the committed project: a source dep
+    (code, models) or a params key changed since the lock was written, or a report that git carries (an uncached
+    output) differing from the one the lock records. Data, checkpoints and other cached outputs are left out: a
+    fresh clone has none, and a workspace may hold another machine's."""
+    outputs = stage_output_paths()
+    carried = {path for path in uncached_outputs() if path != "reports/plots"}
+    drift = []
+    for stage, changes in status.items():
+        for change in changes:
+            if not isinstance(change, dict):  # "changed command", "always changed": the stage's definition moved
+                drift.append(f"{stage}: {change}")
+                continue
+            for path, state in change.get("changed deps", {}).items():
+                if isinstance(state, dict):  # params.yaml: {key: "modified" | "new" | "deleted"}
+                    drift += [f"{stage}: param {key} {how}" for key, how in state.items()]
+                elif not is_written_by_a_stage(path, outputs):
+                    drift.append(f"{stage}: dep {path} {state}")
+            drift += [f"{stage}: report {path} {state}" for path, state in change.get("changed outs", {}).items()
+                      if path in carried and state != "deleted"]
+    return drift
+
+
+def test_lock_drift_names_changed_code_params_and_carried_reports_and_nothing_else():
+    status = {
+        "train_seg": [{"changed deps": {"data/processed": "deleted", "tasks/training": "modified",
+                                        "params.yaml": {"seed": "modified"}}},
+                      {"changed outs": {"checkpoints/seg/best.pt": "not in cache"}}],
+        "evaluate": [{"changed deps": {"checkpoints/joint/best.pt": "modified", "data/raw/brats": "deleted"}},
+                     {"changed outs": {"reports/metrics.json": "modified", "reports/plots": "deleted"}}],
+        "register": ["changed command"],
+    }
+    assert lock_drift(status) == ["train_seg: dep tasks/training modified", "train_seg: param seed modified",
+                                  "evaluate: report reports/metrics.json modified", "register: changed command"]
+
+
+def test_the_committed_lock_was_made_by_the_committed_code_params_and_reports(tmp_path, monkeypatch):
+    """dvc.lock and the reports git carries (metrics.json, the training histories) claim to come from this commit's
+    code and params: `dvc status` in a fresh clone must find no code or param changed since. Code edited after the
+    last `make run` (it happened: the lock and metrics.json came from a run before two later edits of
+    tasks/evaluation and tasks/tracking) leaves results that nothing in the commit can reproduce. The fix is a
+    `make run`, committing dvc.lock and reports/ with the code."""
+    from dvc.repo import Repo
+
+    monkeypatch.chdir(project_files(tmp_path))  # stages named as in `dvc status` there: "evaluate", not a path
+    with Repo(".") as repo:
+        drift = lock_drift(repo.status())
+    assert not drift, "dvc.lock is not from this commit's project; run `make run` and commit dvc.lock and reports/: " \
+        + "; ".join(drift)
