@@ -61,26 +61,11 @@ def _require_project_root() -> None:
 def _check_parameters(updates: dict[str, str]) -> None:
     """params.yaml with the command's values, validated on a copy before any flow starts: a bad one (`--profile
     huge`) was one line under a hundred of Prefect's log lines and tracebacks."""
-    import shutil
-    import tempfile
-
-    from flows.pipeline import folders_without_local_source
-    from tasks.config import load_settings
-    from tasks.params_edit import set_params
-
-    with tempfile.TemporaryDirectory() as tmp:
-        trial = Path(tmp) / paths.PARAMS.name
-        shutil.copy(paths.PARAMS, trial)
-        try:
-            settings = set_params(updates, trial) if updates else load_settings(trial)
-        except SliceWiseError as exc:
-            _fail(f"{paths.PARAMS}: {exc.reason}", exc.exit_code)
-    if why := folders_without_local_source(updates, settings.data.source):  # the source with the updates applied
-        _fail(why)
-    from tasks.preflight import check_prerequisites, run_warnings
+    from flows.pipeline import checked_settings
+    from tasks.preflight import run_warnings
 
     try:
-        check_prerequisites(settings)  # a missing folder or environment: said now, not after outputs were removed
+        settings = checked_settings(updates)  # said now, not after outputs were removed
     except SliceWiseError as exc:
         _fail(str(exc), exc.exit_code)
     for warning in run_warnings(settings):  # as `tasks check` says them before make run

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +24,7 @@ from typing import Iterator
 import yaml
 
 from tasks import paths
-from tasks.errors import SliceWiseError
+from tasks.run_lock import waiting_for_dvc_lock
 from tasks.tracking.provenance import DVC_LOCK
 
 DVC_YAML = paths.ROOT / "dvc.yaml"
@@ -42,25 +41,15 @@ def _repo():
 
 # How long the flow waits for DVC's repository lock, which any DVC command holds while it runs (`dvc status` in a
 # terminal, an editor's DVC extension). DVC's own gives up after 3 s: a step that had run for an hour then failed
-# to record itself, and ran again on the next flow run. Never forever: a `dvc repro` holds it for the whole pipeline.
+# to record itself, and ran again on the next flow run. Never forever: a hung DVC command would hold it forever.
 LOCK_WAIT_SECONDS = 120
 
 
 def _waiting_for_lock(attempt):
-    """`attempt()` (a DVC call that takes the repository lock, trying for about 3 s), again and again while another
-    DVC command holds the lock, for up to LOCK_WAIT_SECONDS; then one line naming the lock."""
-    from dvc.lock import LockError
-
-    wait_seconds = LOCK_WAIT_SECONDS
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            return attempt()
-        except LockError as exc:
-            if time.monotonic() >= deadline:
-                raise SliceWiseError(f"another DVC command has held the repository's lock for over {wait_seconds:g} "
-                                     "s; let it finish and run the flow again (a finished step's outputs are "
-                                     "recorded then, or rebuilt)", ".dvc/tmp/lock") from exc
+    """`attempt()` (a DVC call that takes the repository lock), waiting up to LOCK_WAIT_SECONDS for another DVC
+    command to give the lock up (tasks/run_lock.py)."""
+    return waiting_for_dvc_lock(attempt, LOCK_WAIT_SECONDS, "run the flow again (a finished step's outputs are "
+                                "recorded then, or rebuilt)")
 
 
 @contextmanager
@@ -107,15 +96,19 @@ class PipelineStatus:
     for that stage alone, because a stage that ran changes what its downstream stages depend on.
     """
 
-    def __init__(self, stages: list[str], stale: dict[str, list], lock: dict[str, dict]):
+    def __init__(self, stages: list[str], stale: dict[str, list], lock: dict[str, dict],
+                 code: dict[str, str] | None = None):
         self.stages, self._stale, self._lock, self.current = stages, stale, lock, True
+        self.code = code if code is not None else code_digests()
 
     @classmethod
     def read(cls) -> PipelineStatus:
-        """One `Repo`, one status call for all stages, one parse of dvc.yaml and of dvc.lock."""
+        """One `Repo`, one status call for all stages, one parse of dvc.yaml and of dvc.lock; and the code as it is
+        now (`code_edited`)."""
+        code = code_digests()
         with _repo() as repo:
             stale = _status(repo)
-        return cls(pipeline_stages(), stale, lock_entries())
+        return cls(pipeline_stages(), stale, lock_entries(), code)
 
     @property
     def stale(self) -> dict[str, list]:
@@ -134,6 +127,36 @@ class PipelineStatus:
 
     def fingerprint(self, stage: str) -> str:
         return entry_fingerprint(self.lock_entry(stage))
+
+    def code_edited(self, stage: str) -> list[str]:
+        """The stage's code files (its dvc.yaml deps under CODE_FOLDERS) that differ on disk from when this snapshot
+        was read. A step runs in the flow's process with the modules it has imported, while DVC records the files
+        as they are when the stage is committed: an edit made meanwhile would be recorded as code the step ran."""
+        deps = stage_code_deps(stage)
+        now = code_digests()
+        return sorted(path for path in now.keys() | self.code.keys()
+                      if now.get(path) != self.code.get(path) and _under(path, deps))
+
+
+# Where a step's code lives: dvc.yaml lists the files and folders of these a stage imports as its deps.
+CODE_FOLDERS = ("tasks", "models")
+
+
+def code_digests(root: Path = paths.ROOT) -> dict[str, str]:
+    """sha256 of every Python file under CODE_FOLDERS, by its path from `root` (about 150 files: milliseconds)."""
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for folder in CODE_FOLDERS for path in sorted((root / folder).rglob("*.py"))}
+
+
+def stage_code_deps(stage: str, dvc_yaml: Path = DVC_YAML) -> list[str]:
+    """The stage's deps in dvc.yaml that are code: files and folders under CODE_FOLDERS."""
+    deps = (((_load_yaml(dvc_yaml) or {}).get("stages") or {}).get(stage) or {}).get("deps") or []
+    names = [dep if isinstance(dep, str) else next(iter(dep)) for dep in deps]
+    return [name for name in names if name.split("/")[0] in CODE_FOLDERS]
+
+
+def _under(path: str, deps: list[str]) -> bool:
+    return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
 
 
 def clear_or_restore(stage: str, use_run_cache: bool = True) -> bool:

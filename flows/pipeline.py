@@ -12,7 +12,10 @@ MLflow calls retry on their own, tasks/tracking/store.py).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -24,10 +27,12 @@ from flows.source_inventory import local_source_drift
 from flows.stage_task import StepRun, forward_step_logs, stage_task
 from tasks import paths
 from tasks.config import Settings, load_settings
-from tasks.params_edit import set_params, stated_data_source
+from tasks.errors import SliceWiseError
+from tasks.params_edit import set_params
+from tasks.preflight import check_prerequisites, run_warnings
 from tasks.redaction import redact
 from tasks.release.store_moved import registered_elsewhere
-from tasks.run_lock import pipeline_lock
+from tasks.run_lock import dvc_lock_for_params, pipeline_lock
 from tasks.tracking import provenance
 
 MINUTE, HOUR = 60, 3600
@@ -147,12 +152,34 @@ def folders_without_local_source(updates: dict[str, str], source: str) -> str | 
     return None
 
 
+def checked_settings(updates: dict[str, str]) -> Settings:
+    """The settings params.yaml gives with `updates`, checked on a copy as `make run` checks them (`tasks check`): a
+    bad value, a source folder no other source than `local` reads, a missing source folder or environment, Kaggle
+    credentials where fetch must download. A SliceWiseError says which, before params.yaml changes and before any
+    stage's outputs are removed (a missing local folder was found by fetch after the flow had deleted data/raw)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / paths.PARAMS.name
+        shutil.copy(paths.PARAMS, trial)
+        try:
+            settings = set_params(updates, trial) if updates else load_settings(trial)
+        except SliceWiseError as exc:  # named as params.yaml, not as the copy
+            error = SliceWiseError(exc.reason, paths.PARAMS)
+            error.exit_code = exc.exit_code
+            raise error from None
+    if why := folders_without_local_source(updates, settings.data.source):  # the source with the updates applied
+        raise SliceWiseError(why, paths.PARAMS)
+    check_prerequisites(settings)
+    return settings
+
+
 def apply_parameters(**values: str | None) -> Settings:
-    """Write the given flow parameters into params.yaml first, as `dvc exp run -S` would, so DVC sees them."""
+    """Write the given flow parameters into params.yaml first, as `dvc exp run -S` would, so DVC sees them; checked
+    first (`checked_settings`), since a run from the UI, a deployment or a schedule has had no `flows run` check."""
     updates = parameter_updates(**values)
-    if why := folders_without_local_source(updates, stated_data_source()):
-        raise ValueError(why)
+    for warning in run_warnings(checked_settings(updates)):  # as `tasks check` says them before make run
+        get_run_logger().warning(warning)
     if updates:
-        set_params(updates)
+        with dvc_lock_for_params():  # not while `dvc repro` records a stage, reading params.yaml (tasks/run_lock.py)
+            set_params(updates)
         get_run_logger().info("params.yaml updated: %s", updates)
     return load_settings(paths.PARAMS)

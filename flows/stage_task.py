@@ -129,6 +129,10 @@ def run_if_stale(stage: str, force_check: ForceCheck | None = None, run: StepRun
     logger.info("%s: running (%s)", stage, reason)
     # Raises on failure: nothing below runs, so dvc.lock keeps the last good entry.
     result = run() if run else run_step(stage)
+    if edited := status.code_edited(stage):
+        raise SliceWiseError(f"{', '.join(edited)} changed while this flow ran: the {stage} step ran the code it had "
+                             "loaded before, so dvc.lock does not record it as this code's result (the stage stays "
+                             "stale); run the flow again", dvc_stage.DVC_LOCK)
     fingerprint = dvc_stage.commit_stage(stage)
     logger.info("%s: done, recorded in dvc.lock (%s)", stage, fingerprint[:12])
     return Completed(message=f"ran ({reason}); dvc.lock entry sha256:{fingerprint}",

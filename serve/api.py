@@ -114,12 +114,18 @@ MODEL_HEADER = "X-SliceWise-Model"
 
 
 def answered_by(model: ServedModel, response: Response) -> Response:
-    """`response` with a header naming the model that computed it (`slicewise/11`, or the served file's name): the
-    champion may change between two requests, and the JSON does not say which one answered."""
+    """`response` with a header naming the model that computed it (`slicewise/11`, or the served file's name and the
+    start of its sha256: a file replaced by a new export keeps its name): the champion may change between two
+    requests, and the JSON does not say which one answered."""
     card = model.card
     response.headers[MODEL_HEADER] = (f"{card['name']}/{card['version']}" if card.get("source") == "registry"
-                                      else f"file {card.get('name')}")
+                                      else f"file {card.get('name')}@{file_digest_prefix(card)}")
     return response
+
+
+def file_digest_prefix(card: dict) -> str:
+    """What names one served file's content in the model header (the web UI's servedTag builds the same)."""
+    return str((card.get("tags") or {}).get("onnx_sha256", ""))[:12]
 
 
 SPARE_THREADS = 8  # worker threads beyond one per allowed request: the page, its static files, /model/info

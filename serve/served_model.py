@@ -5,6 +5,7 @@ Where the file comes from, the registry or a path, is serve/model_source.py's.""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,10 @@ from tasks.data.regions import REGIONS
 from tasks.errors import SliceWiseError
 from tasks.inference.photo_decisions import PhotoRecord, photo_record
 from tasks.inference.predictor import LEGACY_SLICE_SCORE, OnnxPredictor, check_slice_score, evaluated_slice_score
+from tasks.inference.recorded_figures import finite
 from tasks.io import read_json
+
+log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5
 # Slices per onnxruntime run: a volume's slices go through in batches of this many. Smaller than evaluation's 32:
@@ -80,6 +84,7 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
     except Exception as exc:  # onnxruntime raises its own types for a broken or foreign file
         raise SliceWiseError(f"cannot load the ONNX model ({type(exc).__name__}: {exc})", onnx_path) from exc
     meta = embedded_metadata(predictor) or sidecar_metadata or {}
+    metrics = metrics_of_this_model(metrics, meta, onnx_path)
     shape = predictor.session.get_inputs()[0].shape
     image_size = meta.get("image_size") or (shape[-1] if isinstance(shape[-1], int) else None)
     if not image_size:
@@ -103,11 +108,42 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
     return ServedModel(
         predictor=predictor, image_size=int(image_size), in_channels=int(in_channels),
         modalities=tuple(meta.get("modalities", ["flair"] * int(in_channels))), threshold=float(threshold),
-        mask_threshold=float(meta.get("mask_threshold", 0.5)), card=card, checkpoint=checkpoint,
+        mask_threshold=float(meta.get("mask_threshold", recorded_cut(metrics, meta))), card=card, checkpoint=checkpoint,
         model_config=dict(meta.get("model_config") or {}), examples=examples, regions=served_regions(meta, predictor),
         checkpoint_sha256=(meta.get("checkpoint") or {}).get("sha256"),
-        lone_slice_threshold=float(meta["lone_slice_threshold"]) if "lone_slice_threshold" in meta else None,
+        lone_slice_threshold=lone_threshold(metrics, meta),
     )
+
+
+def metrics_of_this_model(metrics: dict | None, meta: dict, onnx_path: Path) -> dict | None:
+    """`metrics` when they are this export's evaluation, else None. metrics.json names the checkpoint it scored
+    (`model.checkpoint_sha256`), the export the one it was made from (`checkpoint.sha256`). `--model-file` with the
+    default `--metrics reports/metrics.json` paired an export with a later evaluation of another model: the card, the
+    photo decision and the volume route's tumour-free reference then spoke for that one."""
+    scored = ((metrics or {}).get("model") or {}).get("checkpoint_sha256")
+    exported = (meta.get("checkpoint") or {}).get("sha256")
+    if scored and exported and scored != exported:
+        log.warning("%s: the metrics given scored checkpoint %s, this model was exported from %s: its figures are not "
+                    "served", onnx_path.name, str(scored)[:12], str(exported)[:12])
+        return None
+    return metrics
+
+
+def recorded_cut(metrics: dict | None, meta: dict) -> float:
+    """The mask threshold of a model whose metadata gives none: for an export without metadata (its decision
+    threshold comes from metrics.json too), the cut its evaluation chose; else 0.5, what exports before the cut was
+    recorded were evaluated with."""
+    value = ((metrics or {}).get("segmentation_threshold") or {}).get("value")
+    return float(value) if "threshold" not in meta and finite(value) and 0 < value < 1 else 0.5
+
+
+def lone_threshold(metrics: dict | None, meta: dict) -> float | None:
+    """The threshold for a slice that arrives alone: the metadata's, or, for an export without metadata, its
+    evaluation's (`classification_threshold.lone_slice_value`); None: the one threshold for every input."""
+    if "lone_slice_threshold" in meta:
+        return float(meta["lone_slice_threshold"])
+    value = ((metrics or {}).get("classification_threshold") or {}).get("lone_slice_value")
+    return float(value) if "threshold" not in meta and finite(value) else None
 
 
 def served_regions(meta: dict, predictor: OnnxPredictor) -> tuple[str, ...]:

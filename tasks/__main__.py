@@ -23,7 +23,7 @@ from tasks.io import nested_value
 from tasks.log_output import log_handler, report_console
 from tasks.params_edit import parse_assignments, set_params
 from tasks.redaction import install_log_redaction, redact
-from tasks.run_lock import pipeline_lock
+from tasks.run_lock import dvc_lock_for_params, pipeline_lock
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
 console = Console(stderr=True)
@@ -81,7 +81,8 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
     try:
         with pipeline_lock("python -m tasks set"):  # a running flow reloads params.yaml at every step
             updates = parse_assignments(assignments)
-            document = set_params(updates).model_dump(mode="json")  # what landed, as the steps will read it
+            with dvc_lock_for_params():  # nor while `dvc repro` records a stage with params.yaml's values
+                document = set_params(updates).model_dump(mode="json")  # what landed, as the steps will read it
             landed = {key: nested_value(document, key) for key in updates}
     except SliceWiseError as exc:
         _fail(exc)

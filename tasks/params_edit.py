@@ -32,13 +32,6 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
     return updates
 
 
-def stated_data_source(path: Path | str = paths.PARAMS) -> str:
-    """The data source params.yaml states, read as the settings read YAML but not validated: the updates about to be
-    written may be what makes the file valid."""
-    stated = read_yaml(Path(path).read_text(encoding="utf-8")) or {}
-    return (stated.get("data") or {}).get("source", "synthetic")
-
-
 def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> Settings:
     """Write dotted-key updates into params.yaml keeping its comments, as `dvc exp run -S` would.
 

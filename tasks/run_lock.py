@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from tasks import paths
 from tasks.errors import SliceWiseError
 
 LOCK_FILE = ".slicewise.lock"
+# How long a write of params.yaml waits for DVC's repository lock, which any DVC command holds while it runs
+# (`dvc status` in a terminal, an editor's DVC extension, `dvc repro` recording a stage). DVC's own gives up after 3 s.
+DVC_LOCK_WAIT_SECONDS = 120
+T = TypeVar("T")
 
 
 @contextmanager
@@ -55,3 +60,37 @@ def pipeline_lock(holder: str) -> Iterator[None]:
         handle.write(f"{holder}, pid {os.getpid()}\n")
         handle.flush()
         yield
+
+
+def waiting_for_dvc_lock(attempt: Callable[[], T], wait_seconds: float, then: str) -> T:
+    """`attempt()` (a DVC call that takes the repository lock, trying for about 3 s), again and again while another
+    DVC command holds the lock, for up to `wait_seconds`; then one line naming the lock and saying `then`."""
+    from dvc.lock import LockError
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return attempt()
+        except LockError as exc:
+            if time.monotonic() >= deadline:
+                raise SliceWiseError(f"another DVC command has held the repository's lock for over {wait_seconds:g} "
+                                     f"s; let it finish and {then}", ".dvc/tmp/lock") from exc
+
+
+@contextmanager
+def dvc_lock_for_params() -> Iterator[None]:
+    """DVC's own repository lock, held while params.yaml is rewritten. `dvc repro` gives it up only while a stage's
+    command runs, and takes it back to record the stage, reading params.yaml then: a write in that moment (a flow
+    started from the UI, `tasks set` in another terminal) would be recorded as the values the stage ran with. A
+    folder that is no DVC project has no such lock."""
+    if not (paths.ROOT / ".dvc").is_dir():
+        yield
+        return
+    from dvc.repo import Repo  # imported on use: DVC takes a second to import
+
+    with Repo(str(paths.ROOT)) as repo:
+        waiting_for_dvc_lock(repo.lock.lock, DVC_LOCK_WAIT_SECONDS, "set the parameters again")
+        try:
+            yield
+        finally:
+            repo.lock.unlock()

@@ -441,8 +441,9 @@ def test_an_unforeseen_error_is_not_remembered_and_running_out_of_memory_fails_t
     failure["error"] = None  # whatever it was has gone: the patient is read again, not taken as rejected
     assert slice_dataset(raw, out, CFG, image_size=32, stride=1)["patients"] == 3
     failure["error"] = MemoryError()
-    with pytest.raises(MemoryError):
+    with pytest.raises(SliceWiseError, match="out of memory while slicing this patient") as error:
         slice_dataset(raw, tmp_path / "fresh", CFG, image_size=32, stride=1)
+    assert error.value.path.endswith("002")
 
 
 def test_a_named_problem_is_remembered_whatever_its_wording(tmp_path, monkeypatch):

@@ -222,3 +222,20 @@ def test_the_committed_lock_was_made_by_the_committed_code_params_and_reports(tm
         drift = lock_drift(repo.status())
     assert not drift, "dvc.lock is not from this commit's project; run `make run` and commit dvc.lock and reports/: " \
         + "; ".join(drift)
+
+
+def test_bytecode_beside_the_code_changes_no_stage(tmp_path, monkeypatch):
+    """Python writes __pycache__ folders beside the modules it imports (unless PYTHONDONTWRITEBYTECODE is set), and
+    DVC hashed them with the folder deps (tasks/evaluation, tasks/training, ...): a `make run` recorded a lock that no
+    checkout matches, so every stage from such a folder on looked changed in a fresh clone."""
+    from dvc.repo import Repo
+
+    monkeypatch.chdir(project_files(tmp_path))
+    with Repo(".") as repo:
+        before = lock_drift(repo.status())
+    for folder in ("tasks/evaluation", "tasks/training", "tasks/tracking", "models"):
+        (tmp_path / folder / "__pycache__").mkdir()
+        (tmp_path / folder / "__pycache__" / "module.cpython-311.pyc").write_bytes(b"\xa7\r\r\n bytecode")
+    (tmp_path / "tasks" / "evaluation" / "report.pyc").write_bytes(b"\xa7\r\r\n bytecode")
+    with Repo(".") as repo:
+        assert lock_drift(repo.status()) == before

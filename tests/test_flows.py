@@ -454,6 +454,22 @@ def test_the_flow_keeps_register_like_stages_out_of_dvcs_run_cache(tmp_path, mon
     assert dvc(tmp_path, "status").stdout.strip() == "Data and pipelines are up to date."
 
 
+def test_a_stage_names_its_code_edited_since_the_flow_read_the_pipeline(tmp_path, monkeypatch):
+    """What `code_edited` compares: the stage's code deps in dvc.yaml (files and folders), file by file."""
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    for folder in ("tasks", "models"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    monkeypatch.chdir(tmp_path)
+    status = dvc_stage.PipelineStatus(["split", "train_seg"], {}, {})
+    assert status.code_edited("train_seg") == [] and status.code_edited("split") == []
+
+    stage_module = tmp_path / "tasks" / "training" / "stage.py"
+    stage_module.write_text(stage_module.read_text() + "\n# edited\n")  # under train_seg's folder dep tasks/training
+    (tmp_path / "models" / "extra.py").write_text("WIDTH = 2\n")  # a new file in the models folder dep
+    assert status.code_edited("train_seg") == ["models/extra.py", "tasks/training/stage.py"]
+    assert status.code_edited("split") == []  # neither is split's code
+
+
 def test_the_flow_waits_for_dvcs_lock_to_record_a_step_and_says_so_when_it_gives_up(tmp_path, monkeypatch):
     """Any DVC command holds the repository's lock while it runs; DVC's own wait gives up after 3 s, so a step that
     had just finished failed to record itself in dvc.lock (and ran again on the next flow run)."""
@@ -529,6 +545,25 @@ def test_flow_agrees_with_dvc_repro_in_both_directions(project, prefect_server, 
         tags = client.read_flow_run(failed.state_details.flow_run_id).tags
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout
     assert {"profile:quick", "source:synthetic", f"git:{commit[:12]}"} <= set(tags)
+
+    # 2b. Its code edited while the step runs (in the flow's process, with the modules it had loaded): the flow fails
+    # naming the file, and dvc.lock keeps the old entry instead of recording the edit as what the step ran.
+    splitting = project / "tasks" / "data" / "splitting.py"
+    code = splitting.read_text()
+    import tasks.split
+
+    real_split = tasks.split.main
+
+    def split_while_edited(settings):
+        splitting.write_text(code + "\n# edited while the step ran\n")
+        return real_split(settings)
+
+    with monkeypatch.context() as patch:
+        patch.setattr("tasks.split.main", split_while_edited)
+        edited, _ = run_flow()
+    splitting.write_text(code)
+    assert edited.is_failed() and "tasks/data/splitting.py changed while this flow ran" in edited.message
+    assert lock_stages(project)["split"]["params"]["params.yaml"]["split"]["val"] == 0.15
 
     # 3. A changed split parameter reruns split only; afterwards DVC finds everything up to date ...
     state, outcomes = run_flow()
@@ -637,13 +672,15 @@ def test_a_bad_flow_parameter_is_refused_before_any_flow_starts(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_user_error_in_fetch_fails_at_once_and_commits_nothing(project, tmp_path, prefect_server):
+def test_a_missing_source_folder_fails_the_flow_before_any_stage_and_commits_nothing(project, tmp_path,
+                                                                                     prefect_server):
+    """Checked as `flows run` checks it, however the flow was started (here: called, as a deployment calls it)."""
+    params = (project / "params.yaml").read_text()
     state, _ = run_flow(data_source="local", brats_dir=str(tmp_path / "missing"))
     assert state.is_failed()
-    assert "step 'fetch' failed" in state.message and "data.brats_dir is not a folder" in state.message
-    assert task_runs(state)["fetch"].run_count == 1  # a user error is not retried
-    assert "slice" not in task_runs(state)  # nothing after the failed step ran
-    assert not (project / "dvc.lock").exists()
+    assert "data.brats_dir is not a folder" in state.message
+    assert task_runs(state) == {}  # refused before fetch would have removed data/raw
+    assert not (project / "dvc.lock").exists() and (project / "params.yaml").read_text() == params
 
 
 @pytest.mark.slow
@@ -814,9 +851,37 @@ def test_a_source_folder_given_without_the_local_source_is_refused_before_anythi
     assert result.exit_code == 1
     assert ("data.brats_dir given with data source 'synthetic': source folders are read only by the local source"
             in cli.console.file.getvalue())
-    with pytest.raises(ValueError, match="data.kaggle_dir given with data source 'kaggle'"):  # a deployment's run
-        apply_parameters(data_source="kaggle", kaggle_dir=str(tmp_path))
+    with pytest.raises(SliceWiseError, match="data.kaggle_dir given with data source 'kaggle'") as error:
+        apply_parameters(data_source="kaggle", kaggle_dir=str(tmp_path))  # a deployment's run
+    assert error.value.path == "params.yaml"
     assert (tmp_path / "params.yaml").read_text() == before
+
+
+def test_a_deployment_run_is_checked_as_flows_run_is_before_params_yaml_changes(tmp_path, monkeypatch):
+    """A run from the Prefect UI or a schedule calls the flow without `flows run`'s checks: with a local source
+    whose folder is missing (or one inside data/raw), params.yaml was rewritten, the flow removed data/raw as
+    fetch's stale output, and only then did fetch say the folder was missing."""
+    import logging
+
+    import flows.pipeline
+    from flows.pipeline import apply_parameters
+
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(flows.pipeline, "get_run_logger", lambda: logging.getLogger("flow"))  # no flow run here
+    before = (tmp_path / "params.yaml").read_text()
+    with pytest.raises(SliceWiseError, match="brats_dir") as error:
+        apply_parameters(data_source="local", brats_dir=str(tmp_path / "not-there"))
+    assert "not-there" in str(error.value)
+    (tmp_path / "data" / "raw" / "brats").mkdir(parents=True)  # a source folder inside fetch's own output
+    write_patient(tmp_path / "data" / "raw" / "brats", "BraTS20_Training_001", np.random.default_rng(4))
+    with pytest.raises(SliceWiseError, match="data/raw"):
+        apply_parameters(data_source="local", brats_dir=str(tmp_path / "data" / "raw" / "brats"))
+    assert (tmp_path / "params.yaml").read_text() == before
+    write_patient(tmp_path / "source", "BraTS20_Training_001", np.random.default_rng(4))
+    settings = apply_parameters(data_source="local", brats_dir=str(tmp_path / "source"))  # a good one is written
+    assert settings.data.source == "local" and "source: local" in (tmp_path / "params.yaml").read_text()
 
 
 def test_the_folder_that_makes_params_valid_is_accepted(tmp_path, monkeypatch):

@@ -447,3 +447,22 @@ def test_a_source_file_that_cannot_be_written_under_its_name_is_an_error_naming_
     with pytest.raises(SliceWiseError, match="cannot be imported as .*File name too long") as error:
         import_brats(tmp_path / "src", tmp_path / "out")
     assert name in str(error.value.path)
+
+
+def test_two_source_files_imported_under_one_name_never_write_into_the_first_ones_source(tmp_path):
+    """On a file system that ignores case, `Y1.jpg` and `y1.JPG` import under one name. The fallback for a failed
+    hard link copied the second file over the first one's link, which wrote through it into the user's own file."""
+    from tasks.data.local_import import link_or_copy
+
+    source = tmp_path / "source"
+    source.mkdir()
+    first, second = source / "Y1.jpg", source / "y1.JPG"
+    first.write_bytes(b"\xff\xd8\xff first scan")
+    second.write_bytes(b"\xff\xd8\xff second scan")
+    target = tmp_path / "raw" / "yes" / "Y1.jpg"
+    link_or_copy(first, target)
+
+    with pytest.raises(SliceWiseError, match="another file of the source folder was imported under that name") as e:
+        link_or_copy(second, target)  # as a case-insensitive file system would see the same name
+    assert e.value.path == str(second)
+    assert first.read_bytes() == b"\xff\xd8\xff first scan" and target.read_bytes() == first.read_bytes()

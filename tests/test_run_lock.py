@@ -128,3 +128,28 @@ def test_set_notes_a_kaggle_version_pinned_under_another_source(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tasks", "set", "data.source=kaggle", "data.kaggle_versions.images=2"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0 and "note:" not in done.stderr
+
+
+def test_set_waits_while_dvc_holds_its_lock_to_record_a_stage(tmp_path):
+    """`dvc repro` gives its repository lock up only while a stage's command runs, and takes it back to record the
+    stage with params.yaml's values as it reads them then: `tasks set` in that moment rewrote them under it."""
+    import time
+
+    from dvc.repo import Repo
+
+    params = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(params)
+    subprocess.run([str(ROOT / ".venv" / "bin" / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    with Repo(str(tmp_path)) as repo:
+        repo.lock.lock()  # as `dvc repro` holds it while it records a stage
+        try:
+            setting = subprocess.Popen([sys.executable, "-m", "tasks", "set", "profile=baseline"], cwd=tmp_path,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       env={"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin"})
+            time.sleep(6)  # past DVC's own 3 s try
+            assert setting.poll() is None and (tmp_path / "params.yaml").read_text() == params
+        finally:
+            repo.lock.unlock()
+    _, err = setting.communicate(timeout=120)
+    assert setting.returncode == 0, err
+    assert load_settings(tmp_path / "params.yaml").profile == "baseline"

@@ -137,6 +137,18 @@ def test_photo_figures_read_with_care():
                            "ci95": {"classification_by_source.kaggle.accuracy": [0.7, float("inf")]}})
     assert record.ci95 is None  # an interval with a bound that is no number is left out, not printed
     assert "is 0.848, below serve.min_photo_accuracy 0.85" in photo_refusal(record, 0.85)
+    # Other shapes a hand-made file may hold: read as not known, never an error (every slice answer reads them, so
+    # `n: "35 photos"` made each /v1/predict and /model/info a 500)
+    for odd in ({"classification_by_source": {"kaggle": kaggle | {"n": "35 photos"}}},
+                {"classification_by_source": {"kaggle": kaggle | {"n": True}}},
+                {"classification_by_source": {"kaggle": kaggle | {"n": 0.5}}},
+                {"classification_by_source": {"kaggle": [kaggle]}},
+                {"classification_by_source": "kaggle"},
+                ["not", "an", "object"]):
+        assert photo_record(odd) is None, odd
+    listed = photo_record({"classification_by_source": {"kaggle": kaggle},
+                           "ci95": [["classification_by_source.kaggle.accuracy", [0.7, 0.9]]]})
+    assert listed.photos == 33 and listed.ci95 is None
 
 
 def test_an_out_of_distribution_photo_says_so_before_the_photo_rule(tmp_path):
@@ -724,6 +736,40 @@ def test_a_slice_sent_alone_is_judged_at_its_own_threshold_and_a_volume_at_the_e
                            ).json()["has_tumor"] is True
 
 
+def test_an_export_without_metadata_takes_every_threshold_from_its_evaluation(tmp_path):
+    """The decision threshold and its rule came from metrics.json, the mask cut did not: it stayed 0.5 where
+    evaluation had cut the masks at its validation choice (0.65 on today's quick model)."""
+    from serve.served_model import load_served_model
+
+    bare = export_tiny_onnx(tmp_path / "bare.onnx", metadata={})
+    metrics = {"classification": {"threshold": 0.4},
+               "classification_threshold": {"value": 0.4, "slice_score": "fused", "lone_slice_value": 0.7},
+               "segmentation_threshold": {"value": 0.65, "rule": "validation"}}
+    served = load_served_model(bare, {}, metrics=metrics)
+    assert (served.threshold, served.mask_threshold, served.lone_slice_threshold) == (0.4, 0.65, 0.7)
+    meta = {"image_size": SIZE, "modalities": ["flair"], "threshold": 0.5, "model_config": {"in_channels": 1}}
+    older = load_served_model(export_tiny_onnx(tmp_path / "older.onnx", metadata=meta), {}, metrics=metrics)
+    assert (older.threshold, older.mask_threshold, older.lone_slice_threshold) == (0.5, 0.5, None)  # its own word
+
+
+def test_metrics_of_another_model_are_not_served_as_this_ones(tmp_path, caplog):
+    """`--model-file` reads `--metrics` (reports/metrics.json by default) whatever export it serves: an export paired
+    with a later evaluation of another checkpoint showed that one's figures, and decided photos by them."""
+    from serve.served_model import load_served_model
+
+    meta = {"image_size": SIZE, "modalities": ["flair"], "threshold": 0.5, "mask_threshold": 0.5,
+            "model_config": {"in_channels": 1}, "checkpoint": {"sha256": "a" * 64}}
+    onnx = export_tiny_onnx(tmp_path / "model.onnx", metadata=meta)
+    figures = {"classification": {"accuracy": 0.93}, "model": {"checkpoint_sha256": "a" * 64},
+               "classification_by_source": {"kaggle": {"n": 35, "accuracy": 0.9}}}
+    own = load_served_model(onnx, {}, metrics=figures)
+    assert own.card["metrics"]["classification"]["accuracy"] == 0.93 and own.photos is not None
+    with caplog.at_level("WARNING"):
+        other = load_served_model(onnx, {}, metrics={**figures, "model": {"checkpoint_sha256": "b" * 64}})
+    assert other.card["metrics"] == {} and other.photos is None
+    assert "scored checkpoint bbbbbbbbbbbb, this model was exported from aaaaaaaaaaaa" in caplog.text
+
+
 def test_the_model_says_what_its_threshold_applies_to(tmp_path):
     """model.json's `slice_score` is how evaluation scored slices; serving scores them the same way, and an older
     model without it is the classifier's."""
@@ -910,11 +956,14 @@ def test_uncertainty_png_is_blank_outside_the_brain_as_the_uncertainty_nifti_is(
 
 
 def test_every_prediction_names_the_model_that_answered(client, files):
-    """The champion may change between two requests; the JSON did not say which model computed it."""
+    """The champion may change between two requests; the JSON did not say which model computed it. A served file is
+    named with its content too: an export replaced by a newer one keeps its name."""
+    from tasks.io import sha256_file
+
     slice_png = png_bytes(brain_slice())
     answers = [client.post("/v1/predict", files={"file": ("a.png", slice_png)}),
                client.post("/v1/predict/batch", files=[("files", (name, slice_png)) for name in ("a.png", "b.png")]),
                client.post("/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(brain_volume()[0])[0])})]
     for response in answers:
         assert response.status_code == 200, response.text[:200]
-        assert response.headers["X-SliceWise-Model"] == f"file {files.onnx.name}"
+        assert response.headers["X-SliceWise-Model"] == f"file {files.onnx.name}@{sha256_file(files.onnx)[:12]}"

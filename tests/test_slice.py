@@ -1,6 +1,7 @@
 """Slicing real (tiny) NIfTI folders: good patients become shards, bad ones are listed with a reason."""
 
 import gzip
+import json
 import os
 from pathlib import Path
 
@@ -177,9 +178,6 @@ def test_a_rejected_patient_unchanged_since_is_rejected_again_without_reading_it
         judged.append(patient_dir.name)
         return real_job(patient_dir, *args)
 
-    def in_process(fn, jobs):  # the jobs here, so that the count above sees them
-        return (fn(*job) for job in jobs)
-
     monkeypatch.setattr(slicing, "_slice_patient_job", counting_job)
     with caplog.at_level("INFO"):
         again = slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=in_process)
@@ -216,6 +214,115 @@ def test_a_run_killed_halfway_leaves_no_shard_a_later_run_would_trust(tmp_path):
                                       err_msg=shard.name)
     for name in ("manifest.csv", "fingerprints.json"):  # what a fresh run writes, rows in the same order
         assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+
+
+def in_process(fn, jobs):
+    """A JobMap that runs the jobs here, one after another (monkeypatched functions apply to them)."""
+    return (fn(*job) for job in jobs)
+
+
+def killed_after_two(fn, jobs):
+    """A JobMap whose run is killed (Ctrl-C, the OOM killer) after its first two jobs."""
+    yield fn(*jobs[0])
+    yield fn(*jobs[1])
+    raise KeyboardInterrupt
+
+
+def test_a_run_killed_halfway_keeps_the_patients_it_finished(tmp_path):
+    """A first run of three patients killed after two (the OOM killer, Ctrl-C): the next run slices the third alone,
+    and ends with what one uninterrupted run writes. Before, fingerprints and manifest were written only at the end,
+    so every patient of the killed run was sliced again (all 369, when the first run of a real data set died)."""
+    from tasks.data import slicing
+
+    raw, out = make_raw(tmp_path, n=3), tmp_path / "processed"
+
+    with pytest.raises(KeyboardInterrupt):
+        slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=killed_after_two)
+    assert not (out / "manifest.csv").exists()  # no complete run yet
+    kept = {name: (out / "brats" / f"{name}.npz").stat().st_mtime_ns
+            for name in ("BraTS20_Training_001", "BraTS20_Training_002")}
+    sliced = []
+
+    def counting_job(patient_dir, *args):
+        sliced.append(patient_dir.name)
+        return slicing._slice_patient_job(patient_dir, *args)
+
+    again = slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=lambda fn, jobs: in_process(counting_job,
+                                                                                                       jobs))
+    assert sliced == ["BraTS20_Training_003"] and again["resliced"] == 1 and again["patients"] == 3
+    assert {name: (out / "brats" / f"{name}.npz").stat().st_mtime_ns for name in kept} == kept
+    assert not (out / slicing.JOURNAL).exists()  # a complete run has it all in manifest and fingerprints
+    fresh = tmp_path / "fresh"
+    slice_dataset(raw, fresh, CFG, image_size=32, stride=1)
+    for name in ("manifest.csv", "fingerprints.json", "rejected.csv"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+
+
+def test_a_journal_line_cut_short_by_a_kill_costs_that_patient_only(tmp_path):
+    from tasks.data import slicing
+
+    raw, out = make_raw(tmp_path, n=3), tmp_path / "processed"
+
+    with pytest.raises(KeyboardInterrupt):
+        slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=killed_after_two)
+    journal = out / slicing.JOURNAL
+    lines = journal.read_text().splitlines()
+    journal.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed while writing the second line
+
+    assert slice_dataset(raw, out, CFG, image_size=32, stride=1)["resliced"] == 2
+
+
+def test_running_out_of_memory_on_a_patient_is_not_remembered_as_a_damaged_file(tmp_path, monkeypatch):
+    """A MemoryError while reading was reported as "unreadable NIfTI (MemoryError ...)", a property of the files, so
+    every later run rejected the patient unread until its files changed. Memory short fails the step (what was sliced
+    is kept), and the next run reads the patient again."""
+    from tasks.data import volumes
+
+    raw, out = make_raw(tmp_path, n=3), tmp_path / "processed"
+    real_read = volumes.read_nifti
+
+    def short_of_memory_on_the_second(path):
+        if "BraTS20_Training_002" in path.name:
+            raise MemoryError("Unable to allocate 34.1 MiB for an array")
+        return real_read(path)
+
+    monkeypatch.setattr(volumes, "read_nifti", short_of_memory_on_the_second)
+    with pytest.raises(MemoryError):
+        slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=in_process)
+    monkeypatch.setattr(volumes, "read_nifti", real_read)
+    again = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert again["rejected"] == 0 and again["patients"] == 3 and again["resliced"] == 2  # 001 was kept
+
+
+def test_a_disk_error_rejects_the_patient_for_this_run_only(tmp_path, monkeypatch):
+    import errno
+
+    from tasks.data import volumes
+
+    raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
+    real_read = volumes.read_nifti
+
+    def failing_disk(path):
+        if "BraTS20_Training_002" in path.name:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(volumes, "read_nifti", failing_disk)
+    first = slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=in_process)
+    assert first["rejected"] == 1 and b"Input/output error" in (out / "rejected.csv").read_bytes()
+    monkeypatch.setattr(volumes, "read_nifti", real_read)
+    again = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert again["rejected"] == 0 and again["patients"] == 2 and again["resliced"] == 1
+
+
+def test_a_damaged_file_is_still_remembered_as_damaged(tmp_path):
+    """The other side of the two tests above: a file that is no NIfTI stays a property of the patient's files."""
+    raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
+    flair = next((raw / "brats" / "BraTS20_Training_002").glob("*flair*"))
+    flair.write_bytes(b"<html>not found</html>")
+    slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert "BraTS20_Training_002" in json.loads((out / "rejected_fingerprints.json").read_text())
+    assert json.loads((out / "rejected_fingerprints.json").read_text())["BraTS20_Training_002"]["fingerprint"]
 
 
 def test_training_resume_key_sees_resliced_intensities_of_the_same_size(tmp_path):
@@ -1028,6 +1135,23 @@ def test_a_slicing_process_killed_from_outside_is_an_error_naming_the_patient():
     results = map_on_processes(1)(_die_on_the_second, [(Path("raw/P1"),), (Path("raw/P2"),), (Path("raw/P3"),)])
     assert next(results) == "P1"
     with pytest.raises(SliceWiseError, match="a slicing process died while slicing P2 ") as error:
+        next(results)
+    assert error.value.path == str(Path("raw/P2"))
+
+
+def _out_of_memory_on_the_second(patient: Path) -> str:
+    if patient.name == "P2":
+        raise MemoryError("Unable to allocate 34.1 MiB for an array")
+    return patient.name
+
+
+def test_running_out_of_memory_in_a_slicing_process_is_an_error_naming_the_patient():
+    from tasks.data.slicing import map_on_processes
+
+    results = map_on_processes(1)(_out_of_memory_on_the_second, [(Path("raw/P1"),), (Path("raw/P2"),)])
+    assert next(results) == "P1"
+    with pytest.raises(SliceWiseError, match="out of memory while slicing this patient; the patients sliced so far "
+                                             "are kept") as error:
         next(results)
     assert error.value.path == str(Path("raw/P2"))
 

@@ -620,6 +620,43 @@ def test_less_patience_than_a_finished_run_had_starts_fresh_and_more_continues(i
     assert result["resumed_from_epoch"] == 2 and result["epochs_run"] == 4
 
 
+def test_a_continued_run_writes_the_history_a_fresh_run_writes(tmp_path, monkeypatch):
+    """The FLAIR-only pass fills the last row of a run. A run stopped early (patience 1) and continued with more
+    patience kept those figures on its old last epoch too, so its history (a DVC plot, a dep of evaluate) was not the
+    one a fresh run with today's settings writes."""
+    monkeypatch.chdir(make_tiny_processed(tmp_path, channels=4).root)  # FLAIR alone means something with 4 channels
+    four = shrink_settings(load_settings(REPO / "params.yaml"), modalities=("flair", "t1", "t1ce", "t2"))
+    patient = with_epochs(with_section(frozen_seg(four, min_epochs=1), "train", patience=3), seg=4)
+    train_seg.main(with_section(patient, "train", patience=1))  # stops after epoch 2
+    assert train_seg.main(patient)["resumed_from_epoch"] == 2
+    continued = pd.read_csv(paths.history_file("seg"))
+    for checkpoint in ("best.pt", "last.pt"):
+        (paths.checkpoint_dir("seg") / checkpoint).unlink()
+    assert train_seg.main(patient)["resumed_from_epoch"] == 0
+    fresh = pd.read_csv(paths.history_file("seg"))
+    flair_only = [column for column in fresh.columns if column.endswith("_flair_only")]
+    assert flair_only and fresh[flair_only].notna().all(axis=1).tolist() == [False, False, False, True]
+    pd.testing.assert_frame_equal(continued, fresh)
+
+
+def test_a_resumed_optimizer_keeps_the_fused_choice_of_the_device_it_resumes_on(tiny_settings):
+    """`make_optimizer` takes fused AdamW on CUDA only: on the CPU it would round differently from the update every
+    recorded CPU model was trained with. `load_state_dict` brought the saved run's choice back with the rest, so a
+    last.pt written on a GPU went on fused on a CPU (and a CPU one unfused on a GPU)."""
+    model = MultitaskUNet(UNetConfig(in_channels=1, base_channels=4, depth=2))
+    saved = make_optimizer(model, "seg", tiny_settings.train_seg)
+    for group in saved.param_groups:
+        group["fused"] = True  # as on CUDA (the fused kernel runs on the CPU too)
+    model(torch.randn(2, 1, 16, 16))["seg"].mean().backward()
+    saved.step()
+
+    resumed = make_optimizer(model, "seg", tiny_settings.train_seg)
+    training_resume.restore_optimizer(resumed, saved.state_dict())
+    assert [group["fused"] for group in resumed.param_groups] == [None]
+    assert resumed.state_dict()["state"][0]["step"] == 1  # the saved state came along
+    resumed.step()
+
+
 def test_a_fresh_start_never_leaves_an_earlier_runs_best_checkpoint_as_its_own(in_project, tiny_settings,
                                                                                monkeypatch):
     """dvc.yaml persists best.pt (resuming needs it), so a run that starts fresh must remove the earlier one: with a

@@ -43,7 +43,8 @@ window.addEventListener("hashchange", () => {
 const identity = (info) => (info ? `${info.name}|${info.version}|${(info.tags || {}).onnx_sha256 || ""}` : "none");
 // How a prediction's X-SliceWise-Model header names the served model (serve/api.py answered_by).
 const servedTag = (info) => (!info ? null
-  : info.source === "registry" ? `${info.name}/${info.version}` : `file ${info.name}`);
+  : info.source === "registry" ? `${info.name}/${info.version}`
+    : `file ${info.name}@${((info.tags || {}).onnx_sha256 || "").slice(0, 12)}`);
 
 async function loadModelInfo() {
   const box = $("model-info");

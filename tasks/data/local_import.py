@@ -250,7 +250,13 @@ def link_or_copy(src: Path, dst: Path) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(src, dst)
-        except OSError:
+        except FileExistsError:
+            # Two source files under one name here (a file system that ignores case: Y1.jpg and y1.JPG). Copying
+            # over it would write through its hard link into the first file's source: the user's own data.
+            raise SliceWiseError(f"cannot be imported as {dst}: another file of the source folder was imported "
+                                 "under that name already (this file system does not tell their names apart); "
+                                 "rename one of them", src) from None
+        except OSError:  # another file system, or one without hard links
             shutil.copy2(src, dst)
     except OSError as exc:  # unreadable, or a name this file system cannot hold (too long)
         raise SliceWiseError(f"cannot be imported as {dst} ({type(exc).__name__}: {exc.strerror or exc})",

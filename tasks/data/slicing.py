@@ -61,6 +61,10 @@ UNEXPECTED = "unexpected error while slicing"  # a rejected row's reason when no
 # The manifest marks a complete run; while a run rewrites shards in place it is moved here, so that a run that fails
 # halfway leaves no manifest naming rows the shards no longer hold (the next run still reads it to reuse shards).
 PREVIOUS_MANIFEST = ".manifest.previous.csv"
+# The patients a run has finished, one JSON line each (name, fingerprint, manifest rows) appended as each job ends:
+# a run killed halfway (the OOM killer, Ctrl-C) keeps them, and the next run reuses their shards as it reuses those of
+# a complete run. The run that completes has them in its manifest and fingerprints, and removes the file.
+JOURNAL = ".sliced.partial.jsonl"
 
 
 @dataclass(frozen=True)
@@ -218,8 +222,11 @@ def map_on_processes(workers: int) -> JobMap:
                     yield next(results)
                 except BrokenProcessPool as exc:  # a worker killed from outside: the kernel's OOM killer, most often
                     raise SliceWiseError(f"a slicing process died while slicing {Path(job[0]).name} or a patient "
-                                         "beside it (killed by the system: out of memory?); the shards of unchanged "
-                                         "patients are kept: run the step again", job[0]) from exc
+                                         "beside it (killed by the system: out of memory?); the patients sliced so "
+                                         "far are kept: run the step again", job[0]) from exc
+                except MemoryError as exc:
+                    raise SliceWiseError("out of memory while slicing this patient; the patients sliced so far are "
+                                         "kept: run the step again (fewer `slice.workers` need less)", job[0]) from exc
 
     return map_jobs
 
@@ -283,6 +290,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
                 rejections[name] = {"fingerprint": fingerprints[name] if outcome.named else None, "row": outcome.row}
             else:
                 rows.extend(outcome)
+                _record_finished(out_dir, name, fingerprints[name], outcome)
             progress.advance(bar)
 
     # Patients in folder order, whichever were reused: an incremental run writes the manifest a fresh one writes
@@ -303,6 +311,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     _write_rejected(out_dir, rejected)  # fingerprints, which make later runs trust its shards
     write_text_atomic(json.dumps(fingerprints, indent=1, sort_keys=True), out_dir / FINGERPRINTS)
     write_text_atomic(json.dumps(rejections, indent=1, sort_keys=True), out_dir / REJECTED_FINGERPRINTS)
+    (out_dir / JOURNAL).unlink(missing_ok=True)
     (out_dir / PREVIOUS_MANIFEST).unlink(missing_ok=True)
     digests.save()
     brats = [r for r in rows if r["source"] == "brats"]
@@ -319,20 +328,46 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
 
 
 def _previous_state(out_dir: Path) -> dict:
-    """Fingerprints and manifest rows of the last completed run (empty when there is none)."""
+    """Fingerprints and manifest rows of the last completed run (empty when there is none), and of the patients
+    finished since by runs that did not complete (JOURNAL)."""
     fp_file, manifest = out_dir / FINGERPRINTS, out_dir / paths.MANIFEST.name
     if not manifest.exists():  # a run that failed halfway moved it aside: its rows still say what was reusable
         manifest = out_dir / PREVIOUS_MANIFEST
-    if not (fp_file.exists() and manifest.exists()):
-        return {"fingerprints": {}, "rows": {}, "rejections": {}}
-    table = read_manifest(manifest)
-    table = table[table["source"] == "brats"]
-    rejections = out_dir / REJECTED_FINGERPRINTS
-    return {
-        "fingerprints": json.loads(fp_file.read_text()),
-        "rows": {p: g.to_dict("records") for p, g in table.groupby("patient")},
-        "rejections": json.loads(rejections.read_text()) if rejections.exists() else {},
-    }
+    state: dict = {"fingerprints": {}, "rows": {}, "rejections": {}}
+    if fp_file.exists() and manifest.exists():
+        table = read_manifest(manifest)
+        table = table[table["source"] == "brats"]
+        rejections = out_dir / REJECTED_FINGERPRINTS
+        state = {
+            "fingerprints": json.loads(fp_file.read_text()),
+            "rows": {p: g.to_dict("records") for p, g in table.groupby("patient")},
+            "rejections": json.loads(rejections.read_text()) if rejections.exists() else {},
+        }
+    for name, (fingerprint, rows) in _finished_before(out_dir).items():
+        state["fingerprints"][name], state["rows"][name] = fingerprint, rows
+    return state
+
+
+def _record_finished(out_dir: Path, name: str, fingerprint: str, rows: list[dict]) -> None:
+    """Appends a finished patient to JOURNAL; flushed, so a run killed after this line keeps the patient."""
+    with (out_dir / JOURNAL).open("a", encoding="utf-8") as journal:
+        journal.write(json.dumps({"patient": name, "fingerprint": fingerprint, "rows": rows}) + "\n")
+
+
+def _finished_before(out_dir: Path) -> dict[str, tuple[str, list[dict]]]:
+    """{patient: (fingerprint, manifest rows)} of JOURNAL, the last line of a patient counting; a line cut short by
+    a kill (the last one) is left out: that patient is sliced again."""
+    journal = out_dir / JOURNAL
+    if not journal.exists():
+        return {}
+    finished = {}
+    for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+            finished[entry["patient"]] = (entry["fingerprint"], entry["rows"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return finished
 
 
 def _remove_stale_shards(out_dir: Path, keep: set[str]) -> None:

@@ -5,13 +5,13 @@ Shared by the slice step and the evaluation of whole volumes, which must read a 
 
 from __future__ import annotations
 
+import errno
 import gzip
 import struct
 import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-import nibabel as nib
 import numpy as np
 
 from tasks.data import regions
@@ -86,6 +86,11 @@ def same_grid(affine: np.ndarray, other: np.ndarray) -> bool:
     return bool(np.allclose(affine, other, atol=GRID_TOLERANCE))
 
 
+# Errors of the machine rather than of a file (a disk or network file system failing, memory short): a patient that
+# meets one is not remembered as damaged, so the next run reads it again.
+MACHINE_ERRNOS = {errno.EIO, errno.ENOMEM, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR, errno.ENOSPC}
+
+
 def load_volume(path: Path, labels: bool = False) -> Volume:
     """Voxel data, spacing and affine; truncated or corrupt files raise SliceWiseError naming the file.
 
@@ -99,13 +104,14 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
             data = np.asanyarray(image.dataobj)
         else:
             data = np.asarray(image.dataobj, dtype=np.float32)
+    except MemoryError:  # this machine's state, not the file's: the step fails, and the next run reads it again
+        raise
+    except OSError as exc:
+        if exc.errno in MACHINE_ERRNOS:  # likewise: the patient is left out of this run only (slicing.Rejection)
+            raise
+        raise _unreadable(path, exc) from exc
     except Exception as exc:  # nibabel, gzip, zlib and ISA-L raise many types for damaged files
-        # a dim[0] out of range first: nibabel then reads the header byte-swapped and its words name another field
-        if fault := header_rank_fault(_first_bytes(path)):
-            raise SliceWiseError(fault, path) from exc
-        if isinstance(exc, DeclaredSizeError):
-            raise SliceWiseError(f"{exc}; a damaged or forged header", path) from exc
-        raise SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path) from exc
+        raise _unreadable(path, exc) from exc
     if data.ndim == 4 and data.shape[3] == 1:  # a 3D volume stored with a trailing time axis of one
         data = data[..., 0]
     if data.ndim != 3:
@@ -131,6 +137,17 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
         raise SliceWiseError(f"shape {data.shape}: an axis longer than {MAX_AXIS_VOXELS:,} voxels is no MRI volume "
                              "(a damaged or forged header)", path)
     return Volume(data, spacing, affine)
+
+
+def _unreadable(path: Path, exc: Exception) -> SliceWiseError:
+    """The error a damaged file raises, as the slice step reports it (a property of the file: remembered until it
+    changes)."""
+    # a dim[0] out of range first: nibabel then reads the header byte-swapped and its words name another field
+    if fault := header_rank_fault(_first_bytes(path)):
+        return SliceWiseError(fault, path)
+    if isinstance(exc, DeclaredSizeError):
+        return SliceWiseError(f"{exc}; a damaged or forged header", path)
+    return SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path)
 
 
 def header_rank_fault(head: bytes) -> str | None:

@@ -21,12 +21,19 @@ class PhotoRecord:
 def photo_record(metrics: dict) -> PhotoRecord | None:
     """The model's test figures on photos; None when none is known (its test split held no photo, or no metrics.json
     came with the model)."""
-    found = (metrics.get("classification_by_source") or {}).get("kaggle") or {}
-    accuracy = found.get("accuracy")
-    if not found.get("n") or not finite(accuracy):
+    # a hand-made file may hold anything: what is not as evaluate writes it reads as not known, never as an error
+    # (every slice answer and /model/info read this)
+    by_source = metrics.get("classification_by_source") if isinstance(metrics, dict) else None
+    found = by_source.get("kaggle") if isinstance(by_source, dict) else None
+    if not isinstance(found, dict):
         return None
-    interval = finite_interval((metrics.get("ci95") or {}).get("classification_by_source.kaggle.accuracy"))
-    return PhotoRecord(float(accuracy), int(found["n"]), interval)
+    accuracy, photos = found.get("accuracy"), found.get("n")
+    if not (finite(accuracy) and finite(photos) and photos >= 1 and float(photos).is_integer()):
+        return None
+    intervals = metrics.get("ci95")
+    interval = finite_interval(intervals.get("classification_by_source.kaggle.accuracy")) \
+        if isinstance(intervals, dict) else None
+    return PhotoRecord(float(accuracy), int(photos), interval)
 
 
 def photo_refusal(record: PhotoRecord | None, min_accuracy: float | None) -> str | None:

@@ -74,11 +74,21 @@ def resume_state(plan: StagePlan, run_key: dict, model, optimizer, generator: to
                  "fresh", plan.stage, last, checkpoint["epoch"], overrun)
         return StageState()
     model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    restore_optimizer(optimizer, checkpoint["optimizer"])
     generator.set_state(extra["generator_state"])
     log.info("train_%s: resuming after epoch %d from %s", plan.stage, checkpoint["epoch"], last)
     return StageState(checkpoint["epoch"], checkpoint["best_metric"], extra["epochs_since_best"], extra["history"],
                       extra.get("ema"))
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """`optimizer.load_state_dict(saved)`, keeping the fused choice `make_optimizer` made for this run's device. The
+    device is no part of the run key (a last.pt from a GPU may resume on a CPU), and load_state_dict brings the saved
+    run's choice back with the rest: a GPU's fused AdamW, which rounds differently on the CPU. Set before loading, so
+    the state is placed as the kernel it goes to needs it."""
+    chosen = [group.get("fused") for group in optimizer.param_groups]
+    groups = [{**group, "fused": fused} for group, fused in zip(saved["param_groups"], chosen)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
 
 
 def _run_key_of(checkpoint_path: Path) -> dict | None:

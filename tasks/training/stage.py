@@ -49,7 +49,7 @@ from tasks.training.distributed import Ranks, launched_rank, training_processes
 from tasks.training.optimizer import make_optimizer
 from tasks.training.plan import PREVIOUS_STAGE, StagePlan, crop_side, plan_stage, stage_augment
 from tasks.training.resume import resume_state, save_epoch, stops_early, write_history
-from tasks.training.steps import FOLLOWED_METRIC, StageLoss, StageRunner, followed_metric, metric_of
+from tasks.training.steps import FLAIR_ONLY, FOLLOWED_METRIC, StageLoss, StageRunner, followed_metric, metric_of
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
         # of an earlier run must go now, or an epoch-1 metric that never improves (NaN) would leave it as this run's.
         (plan.checkpoint_dir / "best.pt").unlink(missing_ok=True)
     first_epoch = state.epoch + 1
+    if state.history and first_epoch <= plan.epochs and not stops_early(plan, state):
+        # continued: the FLAIR-only figures go on a run's last epoch, which is still to come (a fresh run has them once)
+        state.history[-1] = {k: v for k, v in state.history[-1].items() if not k.endswith(FLAIR_ONLY)}
     tracker.log_params(flatten(plan.params()))
 
     # Wrapping in DDP (inside StageRunner) waits for every process: none writes last.pt before all have read it.

@@ -188,6 +188,9 @@ def evaluate(module: nn.Module, data: SliceSet, loss_fn: StageLoss, train_cfg: T
     return row
 
 
+FLAIR_ONLY = "_flair_only"  # the suffix of the history's FLAIR-only figures, filled on a stage's last epoch
+
+
 @torch.no_grad()
 def flair_only_dice(module: nn.Module, data: SliceSet, train_cfg: TrainSettings,
                     device: torch.device) -> dict[str, float]:
@@ -205,7 +208,7 @@ def flair_only_dice(module: nn.Module, data: SliceSet, train_cfg: TrainSettings,
         areas = _add(areas, _region_areas(out["seg"], batch))
     if areas is None:  # no validation batch
         return {}
-    return {f"{k}_flair_only": v for k, v in _region_dice(areas).items()}
+    return {f"{k}{FLAIR_ONLY}": v for k, v in _region_dice(areas).items()}
 
 
 def _validation_batches(data: SliceSet, train_cfg: TrainSettings, device: torch.device):
