@@ -26,8 +26,11 @@ if ! "$python" -m prefect work-pool inspect "$pool" >/dev/null 2>&1; then
   "$python" -m prefect work-pool create "$pool" --type process
 fi
 
-# the schedule from the params.yaml its runs read: the source's, not this checkout's when SLICEWISE_FLOW_SOURCE is another
-deploy_args=(--pool "$pool" --source "$source_dir" --params "$source_dir/params.yaml")
+# The cron from the params.yaml the runs read: the source's (SLICEWISE_FLOW_SOURCE) when it has one, this checkout's
+# otherwise (a source holding another flow alone).
+params="$source_dir/params.yaml"
+[[ -f "$params" ]] || params="$repo_root/params.yaml"
+deploy_args=(--pool "$pool" --source "$source_dir" --params "$params")
 [[ -n "${SLICEWISE_FLOW_ENTRYPOINT:-}" ]] && deploy_args+=(--entrypoint "$SLICEWISE_FLOW_ENTRYPOINT")
 [[ -n "${SLICEWISE_DEPLOYMENT:-}" ]] && deploy_args+=(--name "$SLICEWISE_DEPLOYMENT")
 [[ "${SLICEWISE_SCHEDULE:-params}" == "none" ]] && deploy_args+=(--no-schedule)

@@ -249,6 +249,10 @@ def wait_for_final_state(api_url: str, flow_run_id: str, worker, log: Path, time
 def test_worker_on_process_pool_runs_a_deployment(tmp_path):
     source = tmp_path / "flow-source"
     write_tiny_project(source)
+    # the source's own params.yaml gives the deployment its cron: its runs read that one, not this checkout's
+    source_cron = "0 4 * * 2"
+    (source / "params.yaml").write_text((REPO / paths.PARAMS).read_text().replace('cron: "0 3 * * 1"',
+                                                                                f'cron: "{source_cron}"'))
     port, health_port = free_port(), free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     prefect_home = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -292,7 +296,8 @@ def test_worker_on_process_pool_runs_a_deployment(tmp_path):
     assert pool["type"] == "process"
     assert deployment["work_pool_name"] == "slicewise-pool"
     schedule = load_settings(REPO / paths.PARAMS).schedule
-    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [schedule.cron]
+    assert schedule.cron != source_cron and load_settings(source / "params.yaml").schedule.cron == source_cron
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == [source_cron]
     assert final["state"]["type"] == "COMPLETED", log_tail(worker_log)
     # The flow ran in a process of its own, started by the worker in the deployment's source directory.
     flow_pid = int((source / "ran-by-worker.txt").read_text())
