@@ -532,6 +532,27 @@ def test_a_champion_is_never_re_scored_on_patients_it_was_trained_or_tuned_on(pr
     assert score.basis == "recorded on other test data" and score.accuracy == pytest.approx(0.95)
 
 
+def test_a_champion_reading_other_sequences_is_not_re_scored_on_this_data(project, tiny_settings):
+    """Re-scoring checked the champion's channel count and image size only: one trained on FLAIR would have been
+    scored on a challenger's T2 slices (one channel each), lost, and let any challenger pass."""
+    from types import SimpleNamespace
+
+    from tasks.release.champion import champion_score
+
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.95, sensitivity=0.95)
+    assert register.main(settings)["promoted"]
+    registry = ModelRegistry.existing(settings.tracking, settings.registry.model_name)
+    champion, other_data = registry.by_alias("champion"), {"data_hash": "other", "splits_hash": "other"}
+    assert tuple(settings.active.modalities) == ("flair",)
+    same = SimpleNamespace(metadata={"modalities": ["flair"]}, onnx_path=None)
+    other = SimpleNamespace(metadata={"modalities": ["t2"]}, onnx_path=None)
+    assert champion_score(registry, champion, other_data, paths.PROCESSED, paths.SPLITS, same).basis == \
+        "re-scored on this test split"
+    score = champion_score(registry, champion, other_data, paths.PROCESSED, paths.SPLITS, other)
+    assert score.basis == "recorded on other test data" and score.accuracy == pytest.approx(0.95)
+
+
 def test_a_champion_re_scored_on_part_of_the_test_split_meets_the_challenger_on_the_same_slices(project,
                                                                                                    tiny_settings):
     """Re-scored without the patients it has seen, the champion was compared with the challenger's metrics.json

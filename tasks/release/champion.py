@@ -30,7 +30,8 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
     would shine) and, with `near_duplicate_distance`, the Kaggle images that are copies of images it has seen (as the
     split groups them); the patients it was scored on; and, when that is part of the split only, `challenger`'s
     accuracy on the same slices (its metrics.json figure covers the whole split: another population). None if its
-    input does not fit or no test patient is new to it."""
+    input does not fit (another size or channel count, or other sequences than `challenger` reads) or no test
+    patient is new to it."""
     from tasks.data.shards import read_shard
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,6 +39,8 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
         metadata = read_json(local / EXTRA_FILES / METADATA_FILE, default=None)
         if metadata is None:
             raise ValueError(f"no readable {METADATA_FILE}")
+        if challenger is not None and other_sequences(metadata, challenger.metadata):
+            return None
         seen = read_json(local / EXTRA_FILES / SEEN_PATIENTS_FILE, default=[])  # older versions: none known
         seen_subjects = {subject_of(patient) for patient in seen}  # another timepoint of a person it has seen
         today = read_split("test", splits_dir)
@@ -59,6 +62,14 @@ def rescore_champion(registry: ModelRegistry, version: str, processed: Path, spl
     mine = onnx_accuracy(challenger.onnx_path, challenger.metadata, processed, rows, "scoring this model alike") \
         if challenger is not None else None
     return accuracy, test, mine
+
+
+def other_sequences(champion: dict, challenger: dict) -> bool:
+    """Whether the two models read other MRI sequences (model.json `modalities`): the same number of channels can hold
+    other ones (FLAIR and T2 against FLAIR and T1ce), and the champion scored on inputs it never saw would lose to
+    anything. Unknown for either (an older export): not taken as other."""
+    mine, theirs = champion.get("modalities"), challenger.get("modalities")
+    return bool(mine) and bool(theirs) and list(mine) != list(theirs)
 
 
 def copies_of_seen(processed: Path, candidates: list[str], seen: set[str], max_distance: int) -> set[str]:
