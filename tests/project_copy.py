@@ -31,15 +31,7 @@ def copy_project(dest: Path, stages: list[str] | None = None, tiny: bool = True,
     `stages` keeps only those DVC stages, for tests of part of the pipeline; `tiny=False` keeps the profiles
     as params.yaml has them (benchmarks).
     """
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-        check=True,
-    ).stdout.split("\n")
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file() and not name.startswith(("tests/", "docs/", "dvc.lock")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
+    copy_project_files(dest, leave_out=("tests/", "docs/", "dvc.lock"))
     (dest / ".venv").symlink_to(ROOT / ".venv")
     if stages is not None:
         import yaml
@@ -53,6 +45,17 @@ def copy_project(dest: Path, stages: list[str] | None = None, tiny: bool = True,
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
     subprocess.run(git + ["commit", "-qm", "copy"], cwd=dest, check=True)
     return dest
+
+
+def copy_project_files(dest: Path, leave_out: tuple[str, ...]) -> None:
+    """The project's files as git sees them (tracked and new, not ignored), but those whose path starts with one of
+    `leave_out`, copied to `dest`: what a clone of the working tree holds."""
+    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in names:
+        if (ROOT / name).is_file() and not name.startswith(leave_out):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
 
 
 def dvc(dest: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ Also: every output DVC does not cache is one git carries, so each commit and DVC
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from tests.import_graph import REPO, PROJECT_PACKAGES, is_docstring_only, module_file, modules_under, reachable
+from tests.project_copy import copy_project_files
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
@@ -163,12 +163,7 @@ def project_files(dest: Path) -> Path:
     """The project's files as git sees them (tracked and new, not ignored; tests and docs aside) copied to `dest`:
     what a fresh clone holds, without the workspace's data and checkpoints, and without the lock a running
     `dvc repro` holds on the workspace."""
-    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    for name in names:
-        if (REPO / name).is_file() and not name.startswith(("tests/", "docs/")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
+    copy_project_files(dest, leave_out=("tests/", "docs/"))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)  # DVC reads .gitignore through git
     return dest
 
