@@ -40,7 +40,8 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
     """
     from ruamel.yaml import YAML  # DVC's own YAML library: round-trips comments
 
-    path = Path(path)
+    # the file itself: a params.yaml that is a link (the Docker worker keeps it on a volume) stays a link to it
+    path = Path(path).resolve()
     rt = YAML()
     # the file as it was written, but for the values set: quotes kept (the cron string), null written as null (not as
     # an empty value) and no line re-wrapped

@@ -69,6 +69,74 @@ def test_compose_file_is_valid_for_compose():
         assert result.returncode == 0, result.stderr
 
 
+def rendered_services(*files: Path, env_file: Path = ENV_EXAMPLE, **env: str) -> dict:
+    """The services as compose resolves them (interpolated from `env_file`, then `env`, which wins as a shell's)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "COMPOSE_", "PREFECT_", "KAGGLE_"))}
+    args = [*compose_command(), "--env-file", str(env_file)] + [arg for f in files for arg in ("-f", str(f))]
+    done = subprocess.run([*args, "config"], capture_output=True, text=True, env=base | env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)["services"]
+
+
+def test_the_worker_keeps_its_dvc_lock_params_and_dvc_cache_across_containers():
+    """The worker's dvc.lock, params.yaml and .dvc/cache lived in the container's own layer: a recreated container
+    (up --build, down + up) rebuilt everything from fetch and forgot what a Prefect UI run had set."""
+    mounts = {volume["target"]: volume for volume in rendered_services(COMPOSE)["worker"]["volumes"]}
+    for target in ("/app/state", "/app/.dvc/cache"):
+        assert mounts[target]["type"] == "volume", target
+    runs = " ".join(rest for ins, rest in stages(DOCKER / "Dockerfile.train")[-1][1] if ins == "RUN")
+    for name in ("dvc.lock", "params.yaml"):
+        assert f"ln -s state/{name} /app/{name}" in runs and f"/app/{name} " in runs.split("mv ", 1)[1], name
+    assert "/app/.dvc/cache" in runs.split("chown", 1)[1]  # the non-root worker writes the volume
+
+
+def test_a_project_whose_dvc_lock_and_params_are_links_stays_linked_through_dvc_and_tasks_set(tmp_path):
+    """The image's layout: DVC writes dvc.lock through its link, and `tasks set` wrote params.yaml by replacing the
+    link with a file (the UI's change then stayed in the container layer, not the volume)."""
+    from tests.project_copy import copy_project
+
+    project = copy_project(tmp_path / "app", stages=["fetch"])
+    (project / "state").mkdir()
+    (project / "params.yaml").rename(project / "state" / "params.yaml")
+    (project / "params.yaml").symlink_to("state/params.yaml")
+    dvc, python = project / ".venv" / "bin" / "dvc", project / ".venv" / "bin" / "python"
+    subprocess.run([str(dvc), "repro", "-q"], cwd=project, check=True, capture_output=True, timeout=300)
+    (project / "dvc.lock").rename(project / "state" / "dvc.lock")
+    (project / "dvc.lock").symlink_to("state/dvc.lock")
+    subprocess.run([str(python), "-m", "tasks", "set", "seed=7"], cwd=project, check=True, capture_output=True,
+                   timeout=120)
+    assert (project / "params.yaml").is_symlink() and "\nseed: 7" in (project / "state" / "params.yaml").read_text()
+    subprocess.run([str(dvc), "repro", "-q"], cwd=project, check=True, capture_output=True, timeout=300)
+    assert (project / "dvc.lock").is_symlink() and "seed: 7" in (project / "state" / "dvc.lock").read_text()
+    status = subprocess.run([str(dvc), "status"], cwd=project, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+
+
+def test_the_worker_takes_a_kaggle_api_token_and_local_data_folders(tmp_path):
+    worker = rendered_services(COMPOSE, KAGGLE_API_TOKEN="tok")["worker"]
+    assert worker["environment"]["KAGGLE_API_TOKEN"] == "tok"
+    override = DOCKER / "compose.local-data.yaml"
+    (tmp_path / "brats").mkdir()
+    (tmp_path / "kaggle").mkdir()
+    worker = rendered_services(COMPOSE, override, BRATS_DIR=str(tmp_path / "brats"),
+                               KAGGLE_DIR=str(tmp_path / "kaggle"))["worker"]
+    mounts = {volume["target"]: volume for volume in worker["volumes"]}
+    assert mounts["/input/brats"]["source"] == str(tmp_path / "brats") and mounts["/input/brats"]["read_only"]
+    assert mounts["/input/kaggle"]["read_only"]
+    args = [*compose_command(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "-f", str(override), "config"]
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k not in ("BRATS_DIR", "KAGGLE_DIR")})
+    assert refused.returncode != 0 and "BRATS_DIR" in refused.stderr
+
+
+def test_the_prefect_ui_finds_its_api_on_the_published_port(tmp_path):
+    env_file = tmp_path / "no-ui-url.env"
+    env_file.write_text("".join(line + "\n" for line in ENV_EXAMPLE.read_text().splitlines()
+                                if not line.startswith("PREFECT_UI_API_URL=")))  # fmt: skip
+    server = rendered_services(COMPOSE, env_file=env_file, PREFECT_PORT="4300")["prefect-server"]
+    assert server["environment"]["PREFECT_UI_API_URL"] == "http://localhost:4300/api"
+
+
 def test_compose_refuses_to_start_without_the_database_password(tmp_path):
     env_file = tmp_path / "incomplete.env"
     env_file.write_text("".join(line + "\n" for line in ENV_EXAMPLE.read_text().splitlines()

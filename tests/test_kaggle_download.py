@@ -274,7 +274,10 @@ class KaggleApi:
     FAKE_KAGGLE_ARCHIVES/<name>-v<N>.zip."""
 
     def authenticate(self):
-        pass
+        # as the SDK: a variable that is set, even empty, wins over kaggle.json; a login it refuses is exit(1)
+        _log("auth", os.environ.get("KAGGLE_USERNAME", "<from kaggle.json>"))
+        if os.environ.get("FAKE_KAGGLE_REFUSE"):
+            exit(1)
 
     def dataset_status(self, dataset, format=None):
         assert format == "json(current_version_number)", format
@@ -285,6 +288,8 @@ class KaggleApi:
     def dataset_download_files(self, dataset, path=None, force=False, quiet=True, unzip=False):
         owner, name, version = dataset.split("/")
         _log("download", dataset)
+        if os.environ.get("FAKE_KAGGLE_DISK_FULL"):
+            raise OSError(28, "No space left on device", str(Path(path) / f"{name}.zip"))
         shutil.copyfile(Path(os.environ["FAKE_KAGGLE_ARCHIVES"]) / f"{name}-v{version}.zip", Path(path) / f"{name}.zip")
 '''
 
@@ -330,8 +335,8 @@ def test_the_latest_version_or_a_pinned_one_each_lands_in_a_folder_of_its_own(tm
     assert version == 2 and (pinned / "VERSION.txt").read_text() == "2"
     # one version extracted at a time (BraTS unpacks to tens of GB); the other keeps its archive
     assert not latest.exists() and (downloads / f"{name}-v3" / f"{name}.zip").is_file()
-    assert log.read_text().splitlines() == [f"status {BRATS_DATASET}", f"download {BRATS_DATASET}/3",
-                                            f"download {BRATS_DATASET}/2"]  # a pin asks no status
+    assert [line for line in log.read_text().splitlines() if not line.startswith("auth")] == [
+        f"status {BRATS_DATASET}", f"download {BRATS_DATASET}/3", f"download {BRATS_DATASET}/2"]  # a pin asks no status
     monkeypatch.setenv("FAKE_KAGGLE_LATEST", "0")  # what the SDK reads from an answer without the field
     with pytest.raises(SliceWiseError, match=f"Kaggle reported no version of {BRATS_DATASET}"):
         download_dataset(BRATS_DATASET, downloads)
@@ -476,3 +481,91 @@ def test_tasks_check_refuses_a_kaggle_source_without_credentials_before_dvc_remo
     check_prerequisites(settings)  # a Kaggle fetch is there: no refusal
     assert run_warnings(settings) == [
         "Kaggle's data set versions were not checked: no Kaggle credentials (a fetch that has to run again will fail)"]
+
+
+def _version_archives(archives, name, versions=(2, 3)):
+    for version in versions:
+        with zipfile.ZipFile(archives / f"{name}-v{version}.zip", "w") as zf:
+            zf.writestr(f"{name}/VERSION.txt", str(version))
+
+
+def test_a_pinned_version_already_extracted_needs_neither_kaggle_nor_credentials(tmp_path, versioned_kaggle,
+                                                                                  monkeypatch):
+    """A rerun of fetch (a new seed or profile) with the pinned version already here asked Kaggle first: offline, or
+    without credentials, it failed on a download it did not need."""
+    from tasks.data.kaggle_download import BRATS_DATASET, download_dataset
+
+    archives, log = versioned_kaggle
+    name, downloads = BRATS_DATASET.split("/")[1], tmp_path / "downloads"
+    _version_archives(archives, name)
+    first, _ = download_dataset(BRATS_DATASET, downloads, version=2)
+    asked = log.read_text()
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    again, version = download_dataset(BRATS_DATASET, downloads, version=2)
+    assert (again, version) == (first, 2) and log.read_text() == asked
+    # an extraction that does not match its archive (replaced since) is not taken as done: Kaggle is asked
+    (downloads / f"{name}-v2" / f"{name}.zip").write_bytes((archives / f"{name}-v3.zip").read_bytes())
+    with pytest.raises(CredentialsError):
+        download_dataset(BRATS_DATASET, downloads, version=2)
+
+
+def test_another_version_is_extracted_only_after_the_old_extraction_is_gone(tmp_path, versioned_kaggle, monkeypatch):
+    """The new version was extracted beside the old one, so a data set of tens of GB needed room for both, and the
+    free-space check refused for lack of room that the step itself was about to free."""
+    from tasks.data import kaggle_download
+    from tasks.data.kaggle_download import BRATS_DATASET, download_dataset
+
+    archives, _ = versioned_kaggle
+    name, downloads = BRATS_DATASET.split("/")[1], tmp_path / "downloads"
+    _version_archives(archives, name)
+    old, _ = download_dataset(BRATS_DATASET, downloads, version=3)
+    present_while_extracting = []
+    real = kaggle_download.safe_extract
+    monkeypatch.setattr(kaggle_download, "safe_extract",
+                        lambda archive, target: present_while_extracting.append(old.exists()) or real(archive, target))
+    new, _ = download_dataset(BRATS_DATASET, downloads, version=2)
+    assert present_while_extracting == [False] and (new / name / "VERSION.txt").read_text() == "2"
+    assert (downloads / f"{name}-v3" / f"{name}.zip").is_file()  # its archive stays
+
+
+def test_empty_kaggle_variables_leave_kaggle_json_in_charge(tmp_path, versioned_kaggle, monkeypatch):
+    """docker compose sets KAGGLE_USERNAME= and KAGGLE_KEY= when docker/.env leaves them blank; the SDK then took ""
+    over kaggle.json's values, while fetch said it used kaggle.json."""
+    from tasks.data.kaggle_download import BRATS_DATASET, download_dataset
+
+    archives, log = versioned_kaggle
+    name = BRATS_DATASET.split("/")[1]
+    _version_archives(archives, name)
+    (tmp_path / "home" / ".kaggle").mkdir(parents=True)
+    (tmp_path / "home" / ".kaggle" / "kaggle.json").write_text('{"username": "me", "key": "k"}')
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_USERNAME", "")
+    monkeypatch.setenv("KAGGLE_KEY", "")
+    download_dataset(BRATS_DATASET, tmp_path / "downloads", version=2)
+    assert log.read_text().splitlines()[0] == "auth <from kaggle.json>"
+
+
+def test_a_refused_login_is_a_credentials_error_naming_their_source(tmp_path, versioned_kaggle, monkeypatch):
+    """The SDK exits when its login fails (an expired token): that read as 'network error: SystemExit: 1. Check the
+    internet connection'."""
+    from tasks.data.kaggle_download import BRATS_DATASET, download_dataset
+
+    monkeypatch.setenv("FAKE_KAGGLE_REFUSE", "1")
+    with pytest.raises(CredentialsError) as error:
+        download_dataset(BRATS_DATASET, tmp_path / "downloads", version=2)
+    message = str(error.value)
+    assert "did not accept the credentials from environment (KAGGLE_USERNAME/KAGGLE_KEY)" in message
+    assert "network" not in message and "k3y" not in message
+
+
+def test_a_full_disk_during_the_download_is_said_so_not_a_network_error(tmp_path, versioned_kaggle, monkeypatch):
+    from tasks.data.kaggle_download import BRATS_DATASET, download_dataset
+
+    monkeypatch.setenv("FAKE_KAGGLE_DISK_FULL", "1")
+    with pytest.raises(SliceWiseError) as error:
+        download_dataset(BRATS_DATASET, tmp_path / "downloads", version=2)
+    message = str(error.value)
+    assert "the disk refused the write (ENOSPC: No space left on device)" in message and "network" not in message
+    assert error.value.path.endswith("-v2/brats20-dataset-training-validation.zip")

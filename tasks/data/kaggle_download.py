@@ -6,6 +6,7 @@ check has passed. The key is never logged: only *where* credentials were found i
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ KAGGLE_IMAGES_DATASET = "navoneel/brain-mri-images-for-brain-tumor-detection"
 MAX_ARCHIVE_MEMBERS = 100_000
 MAX_EXTRACTED_BYTES = 128 * 1024**3
 FREE_DISK_MARGIN = 1024**3  # left free on the target's disk after extracting
+# A write the disk refused (full, over quota, read-only): not the network, and retrying will not help
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 CREDENTIALS_HELP = (
     "Kaggle credentials not found: save an API token (Kaggle → Settings → API) to ~/.kaggle/access_token, or "
@@ -131,10 +134,16 @@ def download_dataset(dataset: str, downloads: Path, version: int | None = None) 
     archive of another version under the same name would pass for the one asked for. Only one version stays
     extracted (the BraTS archive unpacks to tens of GB); the others keep their archives, so going back to one costs
     an extraction, not a download."""
-    source = credentials_source()
     name = dataset.split("/")[1]
+    if version is not None and (extracted := _current_extraction(downloads / f"{name}-v{version}" / f"{name}.zip")):
+        # A pinned version already here, whole: nothing to ask Kaggle (offline, or without credentials, a change of
+        # seed or profile that reruns fetch must not fail on a download it does not need)
+        log.info("%s version %d is already downloaded and extracted in %s", dataset, version, extracted)
+        _drop_other_extractions(downloads, name, keep=extracted.parent)
+        return extracted, version
+    source = credentials_source()
     try:
-        api = _kaggle_api()
+        api = _kaggle_api(source)
         if version is None:
             version = current_version(api, dataset)
         log.info("downloading %s version %d (credentials from %s)", dataset, version, source)
@@ -146,9 +155,10 @@ def download_dataset(dataset: str, downloads: Path, version: int | None = None) 
         raise
     except (Exception, SystemExit) as exc:  # requests, urllib3, the Kaggle SDK (which may call exit())
         raise download_failure(dataset if version is None else f"{dataset} version {version}", source, exc) from exc
-    extracted = extracted_archive(folder / f"{name}.zip")
+    # the other versions' files go first: a data set of tens of GB should not need room for two extractions (their
+    # archives stay, and data/raw's hard links keep what fetch linked from them)
     _drop_other_extractions(downloads, name, keep=folder)
-    return extracted, version
+    return extracted_archive(folder / f"{name}.zip"), version
 
 
 def _drop_other_extractions(downloads: Path, name: str, keep: Path) -> None:
@@ -167,11 +177,25 @@ def _drop_other_extractions(downloads: Path, name: str, keep: Path) -> None:
         (downloads / f"{name}.zip").unlink(missing_ok=True)
 
 
-def _kaggle_api():
+# The variables the kaggle package reads; one set but empty still overrides kaggle.json's value with ""
+# (docker compose passes KAGGLE_USERNAME= when docker/.env leaves it blank)
+KAGGLE_VARIABLES = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR")
+
+
+def _kaggle_api(source: str):
+    """The authenticated API. The SDK calls exit() when its login fails (an expired or revoked token): that is a
+    credentials error naming where they came from (`source`), not a network one."""
+    for variable in KAGGLE_VARIABLES:
+        if os.environ.get(variable) == "":
+            del os.environ[variable]
     from kaggle.api.kaggle_api_extended import KaggleApi  # lazy: authenticates at import
 
     api = KaggleApi()
-    api.authenticate()
+    try:
+        api.authenticate()
+    except SystemExit as exc:
+        raise CredentialsError(f"Kaggle did not accept the credentials from {source} (an expired or revoked API "
+                               "token?): create a new one (Kaggle → Settings → API) and run the step again") from exc
     return api
 
 
@@ -197,7 +221,7 @@ def newer_versions(pinned, recorded_file: Path, timeout: float = 10.0) -> list[s
     if not unpinned:
         return []
     try:
-        credentials_source()
+        source = credentials_source()
     except CredentialsError:
         return ["Kaggle's data set versions were not checked: no Kaggle credentials (a fetch that has to run "
                 "again will fail)"]
@@ -206,7 +230,7 @@ def newer_versions(pinned, recorded_file: Path, timeout: float = 10.0) -> list[s
 
     def ask() -> None:  # in a thread of its own: the SDK sets no timeout, and an unanswered call must not stop the run
         try:
-            api = _kaggle_api()
+            api = _kaggle_api(source)
             for key, entry in unpinned.items():
                 found[key] = current_version(api, entry["dataset"])
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - the SDK's and requests' own types, and exit()
@@ -234,18 +258,9 @@ def root_cause_line(exc: BaseException) -> str:
 def extracted_archive(archive: Path) -> Path:
     """The folder `archive` is extracted in, next to it; extracted again, into a fresh folder, when the archive is
     not the one extracted last (a download resumed or replaced in place)."""
+    if current := _current_extraction(archive):
+        return current
     extracted = archive.with_suffix("")
-    done_marker = extracted / ".extracted"
-    info = archive.stat()
-    identity = f"{info.st_size}:{info.st_mtime_ns}"
-    if done_marker.exists():
-        recorded = done_marker.read_text()
-        # an empty marker is an older version's: it stands when the archive is older than the extraction
-        if recorded == identity:
-            return extracted
-        if not recorded and info.st_mtime_ns <= done_marker.stat().st_mtime_ns:
-            done_marker.write_text(identity)
-            return extracted
     # The old version's files go first: they must not mix with the new one's, and a data set of tens of GB
     # should not need room for two extractions (the archive stays, so nothing is lost if this one fails).
     shutil.rmtree(extracted, ignore_errors=True)
@@ -253,8 +268,30 @@ def extracted_archive(archive: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     safe_extract(archive, staging)
     staging.rename(extracted)
-    done_marker.write_text(identity)
+    (extracted / ".extracted").write_text(_identity(archive))
     return extracted
+
+
+def _identity(archive: Path) -> str:
+    info = archive.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+def _current_extraction(archive: Path) -> Path | None:
+    """The folder `archive` was extracted into when that extraction is of this very archive (its size and time
+    recorded in the folder's .extracted marker, written once the extraction was whole), else None."""
+    extracted = archive.with_suffix("")
+    done_marker = extracted / ".extracted"
+    if not (archive.is_file() and done_marker.is_file()):
+        return None
+    recorded, identity = done_marker.read_text(), _identity(archive)
+    if recorded == identity:
+        return extracted
+    # an empty marker is an older version's: it stands when the archive is older than the extraction
+    if not recorded and archive.stat().st_mtime_ns <= done_marker.stat().st_mtime_ns:
+        done_marker.write_text(identity)
+        return extracted
+    return None
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -279,6 +316,12 @@ def download_failure(dataset: str, source: str, exc: BaseException) -> SliceWise
                                 "the data set's rules on its Kaggle page")
     if status == 404:
         return SliceWiseError(f"Kaggle has no data set {dataset} (HTTP 404)")
+    cause = root_cause(exc)
+    if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
+        return SliceWiseError(f"downloading {dataset} from Kaggle stopped: the disk refused the write "
+                              f"({errno.errorcode.get(cause.errno, cause.errno)}: {cause.strerror}); free space (or "
+                              "make it writable) and run the step again: the partial download resumes",
+                              cause.filename or None)
     detail = root_cause_line(exc)
     where = f"HTTP {status}" if status else "network error"
     return SliceWiseError(f"downloading {dataset} from Kaggle failed ({where}: {detail}). Check the internet "
