@@ -190,11 +190,11 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     # Sliced in display orientation (anterior up, whichever way the file stores its voxels), as the training slices
     # were cut; the slice answers are numbered in that orientation, the NIfTI answers are on the file's own grid.
     shown = Orientation.of(image.affine)
-    flair = shown.display(uploads["flair"])
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow → the 422 below
         inputs = prepare_channels(in_display_orientation(volumes, shown), model.image_size)
     _check_finite(inputs, name)
-    ood = score_volume(flair, inputs[:, :1], ood_threshold)
+    ood = score_volume({modality: shown.display(volume) for modality, volume in uploads.items()}, inputs[:, :1],
+                       ood_threshold)
     result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs,
                             orientation=shown)
     _check_finite(result.tumour_probability, name)

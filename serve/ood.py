@@ -119,6 +119,34 @@ def intensity_score(raw: np.ndarray | None) -> tuple[float, str]:
     return _ramp(negative, 0.01, 0.05), f"wrong intensity range ({negative:.0%} negative values; MRI is non-negative)"
 
 
+# Skull-stripped scans, as BraTS ships them and preprocessing reads them, hold exact zeros outside the brain
+# (tasks/data/preprocess.py z-scores the non-zero voxels as the brain): a BraTS volume is about 85 % zeros, a mid-brain
+# slice over half, and a volume cropped to the brain's box about half (an ellipsoid fills ~52 % of its box).
+BACKGROUND_SHARE = (0.05, 0.30)  # share of exact zeros: at most the first, certainly none; from the second on, enough
+
+
+def background_score(raw: np.ndarray | list[np.ndarray] | None, names: tuple[str, ...] = ()) -> tuple[float, str]:
+    """An array (NPY, NIfTI) with almost no exact zeros has no background the model can tell from the brain: an
+    offset added to every voxel, an inverted scale, a scan with its skull. Preprocessing then z-scores the air with
+    the brain and the model sees an image unlike any it was trained on (a whole brain painted as tumour, or nothing).
+    `raw`: one array per channel (along its first axis, or a list), each judged on its own (a missing one, all
+    zeros, is not); `names` name them in the reason."""
+    if raw is None:
+        return 0.0, ""
+    worst, reason = 0.0, ""
+    for index, channel in enumerate(raw):
+        if not channel.any():
+            continue
+        share = float((channel == 0).mean())
+        score = _ramp(BACKGROUND_SHARE[1] - share, 0.0, BACKGROUND_SHARE[1] - BACKGROUND_SHARE[0])
+        if score > worst or not reason:
+            which = f"{names[index]}: " if index < len(names) else ""
+            worst, reason = max(worst, score), (
+                f"{which}no empty background around the brain ({share:.1%} of the values are 0; the model reads "
+                "skull-stripped scans, zero outside the brain: an offset, an inverted scale or a skull breaks that)")
+    return worst, reason
+
+
 def _looks_zscored(values: np.ndarray) -> bool:
     brain = values[values != 0]
     if brain.size < 2 or 1 - brain.size / values.size < ZSCORED_MIN_BACKGROUND:
@@ -151,17 +179,22 @@ def score_slice(gray: np.ndarray, model_input: np.ndarray, rgb: np.ndarray | Non
         "colour": colour_score(rgb),
         "border": border_score(gray, raw is not None),
         "intensity": intensity_score(raw),
+        "background": background_score(raw),
         "outliers": outlier_score(model_input),
     }, threshold)
 
 
-def score_volume(volume: np.ndarray, model_input: np.ndarray, threshold: float) -> OodResult:
-    """A whole (X, Y, Z) volume; the border check looks at the axial slice with the most foreground."""
-    fg_per_slice = (volume > 0).sum(axis=(0, 1))
-    fullest = volume[:, :, int(np.argmax(fg_per_slice))]
-    return combine({
-        "blank": blank_score(volume.reshape(volume.shape[0], -1), True),
-        "border": border_score(fullest, True),
-        "intensity": intensity_score(volume[None]),
-        "outliers": outlier_score(model_input),
-    }, threshold)
+def score_volume(volumes: dict[str, np.ndarray], model_input: np.ndarray, threshold: float) -> OodResult:
+    """Whole (X, Y, Z) volumes, one per uploaded modality (FLAIR first), each judged on its own: the model reads
+    every one. The blank and border checks look at FLAIR, the border at its axial slice with the most brain."""
+    flair = volumes["flair"]
+    fg_per_slice = (flair != 0).sum(axis=(0, 1))
+    fullest = flair[:, :, int(np.argmax(fg_per_slice))]
+    checks = {"blank": blank_score(flair.reshape(flair.shape[0], -1), True), "border": border_score(fullest, True)}
+    intensity = [intensity_score(volume[None]) for volume in volumes.values()]
+    worst = max(range(len(intensity)), key=lambda i: intensity[i][0])
+    name = list(volumes)[worst]
+    checks["intensity"] = (intensity[worst][0], f"{name}: {intensity[worst][1]}" if intensity[worst][1] else "")
+    checks["background"] = background_score(list(volumes.values()), tuple(volumes))
+    checks["outliers"] = outlier_score(model_input)
+    return combine(checks, threshold)

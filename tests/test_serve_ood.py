@@ -131,6 +131,41 @@ def test_normal_volume_is_not_flagged(client):
     assert body["warning"] is None and body["has_tumor"] is True and body["tumor_slices"]
 
 
+@pytest.mark.parametrize("how", ["offset", "inverted"])
+def test_a_volume_without_an_empty_background_gets_no_decision(client, how):
+    """An offset (+100 on every voxel) or an inverted FLAIR went through the guard with a score of 0: the offset one
+    came back as a whole tumour larger than a brain, the inverted one as "no tumour", both confidently. The border
+    check looked at the fullest axial slice by voxels above 0, which every slice then was."""
+    volume, _ = brain_volume()
+    bad = volume.astype(np.float32) + 100 if how == "offset" else volume.max() - volume.astype(np.float32)
+    body = client.post("/v1/predict/volume", files={"file": ("v.nii.gz", nifti_bytes(bad)[0])}).json()
+    assert body["ood_checks"]["background"] == 1.0 and "flair: no empty background" in body["warning"]
+    assert body["has_tumor"] is None and body["tumor_slices"] is None
+
+
+def test_an_npy_slice_with_an_offset_gets_no_decision(client):
+    shifted = brain_slice(size=64).astype(np.float32) + 100
+    assert_flagged(answer(client, npy_bytes(shifted)), "no empty background")
+    assert_in_distribution(answer(client, npy_bytes(brain_slice(size=64).astype(np.float32))))
+
+
+def test_every_modality_of_a_volume_is_judged_not_only_flair(tmp_path_factory):
+    """Only FLAIR was checked: a T1 with an offset went into a four-channel model unremarked."""
+    from tests.serve_factory import ServedFiles, export_regions_onnx, write_metrics
+
+    folder = tmp_path_factory.mktemp("ood4")
+    files = ServedFiles(export_regions_onnx(folder / "model.onnx"), folder / "none.pt", write_metrics(folder / "m.json"))
+    volume, _ = brain_volume()
+    good = nifti_bytes(volume)[0]
+    with local_client(file_app(files, ood_threshold=THRESHOLD)) as four:
+        sent = {"flair": good, "t1": nifti_bytes(volume.astype(np.float32) + 50)[0], "t2": good}
+        body = four.post("/v1/predict/volume", files={m: (f"p_{m}.nii.gz", data) for m, data in sent.items()}).json()
+        assert "t1: no empty background" in body["warning"] and body["has_tumor"] is None
+        sent["t1"] = good
+        body = four.post("/v1/predict/volume", files={m: (f"p_{m}.nii.gz", data) for m, data in sent.items()}).json()
+        assert body["warning"] is None and body["ood_checks"]["background"] == 0.0
+
+
 def test_a_tint_is_not_colour():
     gray = np.repeat(brain_slice(size=64)[..., None], 3, axis=2).astype(np.float32)
     tinted = (gray * np.array([1.0, 0.85, 0.8])).astype(np.uint8)
