@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from serve.budget import MemoryBudget
 from serve.compare import comparison, find_challenger, gate_verdict
 from serve.examples import find_example, listing, predict_slice_example, volume_uploads, with_volume_truth
+from serve.explain import gradcam_unavailable
 from serve.guards import BodySizeLimit, HostOriginGuard, SecurityHeaders, admin_router, admin_token
 from serve.holder import ModelHolder
 from serve.inference import (PreparedSlice, inference_bytes, prepare_slice, slice_results, volume_output_bytes,
@@ -85,6 +86,7 @@ def axis_codes(affine) -> str:
 
 
 def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> dict:
+    gradcam_reason = gradcam_unavailable(model)  # a checkpoint of another run, or no torch: `gradcam=true` is a 409
     return {
         **model.card,
         "gate": gate_verdict(model.card.get("tags", {})),
@@ -92,7 +94,8 @@ def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> d
                    "modalities": list(model.modalities), "regions": list(model.regions),
                    "threshold": model.threshold, "lone_slice_threshold": model.slice_threshold,
                    "slice_score": model.predictor.slice_score,
-                   "mask_threshold": model.mask_threshold, "gradcam_checkpoint": model.checkpoint is not None},
+                   "mask_threshold": model.mask_threshold, "gradcam_checkpoint": gradcam_reason is None,
+                   "gradcam_unavailable": gradcam_reason},
         "limits": {key: getattr(cfg, key) for key in LIMITS},
         "ood_threshold": cfg.ood_threshold,
         "photo_decisions": photo_decisions(model, cfg.min_photo_accuracy),

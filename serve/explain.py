@@ -8,6 +8,7 @@ checkpoint the API answers `gradcam=true` with a 409 that says which of the two 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from pathlib import Path
@@ -58,29 +59,39 @@ def load_torch_model(checkpoint: Path, model_config: dict):
     return model.eval()
 
 
-def gradcam_for(model: ServedModel) -> GradCam:
-    """The served model's Grad-CAM, built once; UploadError(409) when this installation or model cannot."""
+def gradcam_unavailable(model: ServedModel) -> str | None:
+    """Why Grad-CAM cannot explain the served model, or None when it can as far as is known before building it
+    (/model/info says it; `gradcam=true` answers a 409 with it). The checkpoint's digest is compared once."""
     if model.gradcam is not None:
-        return model.gradcam
+        return None
     if model.gradcam_error:
-        raise UploadError(409, model.gradcam_error)
+        return model.gradcam_error
     if model.checkpoint is None:
-        raise UploadError(409, "Grad-CAM is not available: the served model has no torch checkpoint (the registry "
-                               "version logged none; with --model-file pass --checkpoint)")
-    try:
-        import torch  # noqa: F401
-    except ImportError as exc:
-        raise UploadError(409, "Grad-CAM is not available: this installation has no torch (slim API image)") from exc
+        return ("Grad-CAM is not available: the served model has no torch checkpoint (the registry version logged "
+                "none; with --model-file pass --checkpoint)")
+    if importlib.util.find_spec("torch") is None:
+        return "Grad-CAM is not available: this installation has no torch (slim API image)"
     with _build_lock:
-        if model.gradcam is None:
-            if model.checkpoint_sha256 and sha256_file(model.checkpoint) != model.checkpoint_sha256:
+        if model.gradcam_error is None and model.checkpoint_sha256 and not model.checkpoint_checked:
+            if sha256_file(model.checkpoint) != model.checkpoint_sha256:
                 # e.g. train_joint reran and export has not yet, or --checkpoint names another run's weights: the
                 # maps would explain another network than the one whose probabilities the answer gives
                 model.gradcam_error = (f"Grad-CAM is not available: {model.checkpoint.name} is not the checkpoint the "
                                        f"served ONNX model was exported from (sha256 {model.checkpoint_sha256[:12]}); "
                                        "export again, or pass --checkpoint with that model's weights")
                 log.warning("%s (%s)", model.gradcam_error, model.checkpoint)
-                raise UploadError(409, model.gradcam_error)
+            model.checkpoint_checked = True
+    return model.gradcam_error
+
+
+def gradcam_for(model: ServedModel) -> GradCam:
+    """The served model's Grad-CAM, built once; UploadError(409) when this installation or model cannot."""
+    if model.gradcam is not None:
+        return model.gradcam
+    if reason := gradcam_unavailable(model):
+        raise UploadError(409, reason)
+    with _build_lock:
+        if model.gradcam is None:
             try:
                 model.gradcam = GradCam(model.checkpoint, model.model_config)
             except Exception as exc:  # a checkpoint that does not fit the model: say so, keep serving predictions

@@ -175,7 +175,9 @@ class HostOriginGuard:
             headers = dict(scope.get("headers") or [])
             host_header = headers.get(b"host", b"").decode("latin-1")
             host = hostname(host_header)
-            if not self._serves(host):
+            # no Host at all: an HTTP/1.0 request (a load balancer's health check), never a browser, whose requests
+            # always name one; rebinding, which this check stops, needs a browser
+            if host_header and not self._serves(host):
                 return await self._refuse(400, f"Host {host!r} is not served here: add it to serve.allowed_hosts",
                                           scope, receive, send)
             origin = headers.get(b"origin")

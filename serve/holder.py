@@ -122,7 +122,9 @@ class ModelHolder:
         # ... and the server's paths: clients read it too
         reason = public_text(redact(str(exc) if isinstance(exc, SliceWiseError) else f"{type(exc).__name__}: {exc}"))
         if self.model is None:
-            self.detail = f"no model: {reason}; {NO_MODEL_HINT}"
+            hint = "point --model-file at the ONNX file `make run` exports (exports/model.onnx)" \
+                if isinstance(self.source, FileSource) else NO_MODEL_HINT  # a file that is not a model: no registry
+            self.detail = f"no model: {reason}; {hint}"
         else:
             self.detail = f"{self._serving_detail()}; the last check of {self.source.description} failed: {reason}"
         log.warning(self.detail)

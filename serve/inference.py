@@ -173,6 +173,13 @@ def model_channels(model: ServedModel, uploads: dict[str, np.ndarray], name: str
     if unused:
         raise UploadError(422, f"{name}: the served model takes {', '.join(model.modalities)}; it has no channel "
                                f"for {', '.join(unused)}")
+    for modality, volume in uploads.items():
+        # preprocessing takes the voxels above 0 as the brain: without one, the channel is all zero, which is how the
+        # model reads a modality not sent, while the answer would have listed it as sent
+        if modality != "flair" and not (volume > 0).any():
+            raise UploadError(422, f"{name}: the {modality} volume holds no voxel above 0 (a value that is not a "
+                                   "number reads as 0): the model would read it as missing; leave it out to send it "
+                                   "as missing")
     shapes = {m: v.shape for m, v in uploads.items()}
     if len(set(shapes.values())) > 1:
         raise UploadError(422, f"{name}: the modality volumes differ in shape ({shapes}); they must be co-registered "

@@ -41,6 +41,7 @@ class ServedModel:
     model_config: dict = field(default_factory=dict)  # UNetConfig fields, for a bare state dict
     gradcam: Any = field(default=None, repr=False)  # serve.explain.GradCam, built on first use
     gradcam_error: str | None = None  # why Grad-CAM could not be built, so it is not retried per request
+    checkpoint_checked: bool = False  # the checkpoint's sha256 was compared with checkpoint_sha256 (serve.explain)
     examples: Path | None = None  # folder of the examples bundled with the model (index.json), None for an older one
     regions: tuple[str, ...] = ("wt",)  # what the segmentation head predicts (ONNX metadata `regions`)
     checkpoint_sha256: str | None = None  # of the checkpoint the ONNX model was exported from (its metadata)

@@ -87,7 +87,7 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
     except SliceWiseError as exc:
         _fail(exc)
     for key, value in landed.items():
-        typer.echo(f"params.yaml: {key} = {json.dumps(value, default=str)}")
+        typer.echo(f"params.yaml: {key} = {json.dumps(value, default=str, ensure_ascii=False)}")
     source = nested_value(document, "data.source")
     if source != "kaggle" and any(key.startswith("data.kaggle_versions") for key in updates):
         # one section of DVC params (fetch reads `data` whole): it reruns fetch, to the same data
@@ -135,7 +135,7 @@ def store_check_command() -> None:
     from tasks.release.store_moved import registered_elsewhere
 
     if reason := registered_elsewhere():
-        typer.echo(f"{reason}: registering there")
+        typer.echo(f"{reason}: `make run` registers it there (it runs `dvc repro --force --single-item register`)")
         raise typer.Exit(1)
 
 

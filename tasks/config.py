@@ -243,8 +243,13 @@ class EvaluateSettings(_Section):
     overlay_examples: int = Field(8, ge=1)
 
 
+# The newest opset torch's TorchScript exporter (dynamo=False, tasks/release/onnx_export.py) writes: a higher one
+# failed in export, after DVC had removed the model (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+MAX_ONNX_OPSET = 20
+
+
 class ExportSettings(_Section):
-    opset: int = Field(17, ge=13)
+    opset: int = Field(17, ge=13, le=MAX_ONNX_OPSET)
     # torch and onnxruntime logits must agree within parity_atol + parity_rtol x |torch logit| (numpy's isclose): the
     # engines sum in other orders, so float32 rounding grows with a logit's size (2e-5 of it seen on a quick model).
     parity_atol: float = Field(1e-4, gt=0)
@@ -307,13 +312,22 @@ class ScheduleSettings(_Section):
     def _a_schedule(self) -> "ScheduleSettings":
         """The plain mistakes, refused when params.yaml is read rather than first by `flows serve`: a cron with the
         wrong number of fields or characters no cron has, a time zone the tz database does not know. Prefect's own
-        parser (flows/deploy.py) still has the last word, and this check never refuses what it takes (its macros,
-        a seconds field), whichever packages are installed."""
+        parser (flows/deploy.py) still has the last word; this check refuses a number out of its field's range and a
+        sixth field (seconds, which Prefect reads last and other crons first), and takes its macros."""
         fields = self.cron.split()
         if self.cron.strip().lower() not in CRON_MACROS and not (
-                5 <= len(fields) <= 6 and all(CRON_FIELD.fullmatch(field) for field in fields)):
+                len(fields) == 5 and all(CRON_FIELD.fullmatch(field) for field in fields)):
+            # six fields too: Prefect reads a sixth as seconds, where another cron's first is, so "0 0 3 * * 1"
+            # (Mondays 03:00 there) ran on the 3rd of each month
             raise ValueError(f"schedule.cron {self.cron!r} is not a cron expression: five fields (minute hour day "
                              "month weekday), e.g. '0 3 * * 1' for Mondays 03:00, or @daily, @weekly, ...")
+        for field, (name, low, high) in zip(fields, CRON_RANGES):
+            for part in field.split(","):
+                base, _, step = part.partition("/")
+                numbers = [int(n) for n in re.findall(r"\d+", base)]
+                if any(not low <= n <= high for n in numbers) or (step and not (step.isdigit() and int(step) >= 1)):
+                    raise ValueError(f"schedule.cron {self.cron!r}: {part!r} is outside the {name} field's "
+                                     f"{low}-{high}; e.g. '0 3 * * 1' for Mondays 03:00")
         zones = zoneinfo.available_timezones()  # empty without a tz database: nothing to check against
         if zones and self.timezone not in zones | {"UTC"}:
             raise ValueError(f"schedule.timezone {self.timezone!r} is not an IANA time zone (e.g. UTC, Europe/Paris)")
@@ -322,6 +336,8 @@ class ScheduleSettings(_Section):
 
 CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?#-]+")  # numbers, names (mon, jan), ranges, lists, steps, L W # ?
+CRON_RANGES = (("minute", 0, 59), ("hour", 0, 23), ("day of the month", 1, 31), ("month", 1, 12),
+               ("weekday", 0, 7))  # 0 and 7: Sunday; a weekday's `#n` (its n-th in the month) stays within them
 
 
 class ServeSettings(_Section):

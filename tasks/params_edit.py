@@ -21,8 +21,12 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SliceWiseError(f"expected KEY=VALUE, got {item!r}")
-        if key in updates:  # the last would win without a word, as a key twice in params.yaml is refused
-            raise SliceWiseError(f"{key} is given twice ({key}={updates[key]!r} and {item!r}): give it once")
+        # the last would win without a word, as a key twice in params.yaml is refused; `a.b={c: 1}` and `a.b.c=2`
+        # name one key twice too
+        for earlier in updates:
+            if key == earlier or key.startswith(f"{earlier}.") or earlier.startswith(f"{key}."):
+                raise SliceWiseError(f"{key if key == earlier else f'{earlier} and {key}'} given twice "
+                                     f"({earlier}={updates[earlier]!r} and {item!r}): give it once")
         try:
             updates[key] = read_yaml(value)
         except yaml.YAMLError as exc:
@@ -73,10 +77,39 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
             settings = load_settings(tmp)
         except SliceWiseError as exc:  # name the file the user edits, not the temporary copy
             raise SliceWiseError(exc.reason, path) from exc
+        _refuse_changes_beyond(updates, path, tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)  # a bad value never lands, and leaves no params.yaml.tmp behind
     return settings
+
+
+def _refuse_changes_beyond(updates: dict[str, object], before: Path, after: Path) -> None:
+    """Refuse an edit that changes a key it does not name: a part of params.yaml shared through a YAML anchor and alias
+    (`quick: &q`, `model: *q`) or a merge key (`<<: *q`) is one node, so setting it in one place set it in all."""
+    old, new = _dotted_values(yaml.safe_load(before.read_text(encoding="utf-8"))), \
+        _dotted_values(yaml.safe_load(after.read_text(encoding="utf-8")))
+    named = tuple(updates)
+    beyond = sorted(key for key in old.keys() | new.keys() if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+                    and not any(key == name or key.startswith(f"{name}.") for name in named))
+    if beyond:
+        raise SliceWiseError(f"setting {', '.join(named)} would also change {', '.join(beyond[:5])}"
+                             f"{' and more' if len(beyond) > 5 else ''}: params.yaml shares that part through a YAML "
+                             "anchor (&) and alias (*) or a merge key (<<); write it out in full where it should "
+                             "differ, then set it", before)
+
+
+_ABSENT = object()
+
+
+def _dotted_values(document: object, prefix: str = "") -> dict[str, object]:
+    """Every leaf of a parsed YAML document under its dotted key (lists are leaves)."""
+    if not isinstance(document, dict):
+        return {prefix: document}
+    leaves: dict[str, object] = {}
+    for key, value in document.items():
+        leaves |= _dotted_values(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}")
+    return leaves
 
 
 def _put(node: dict, key: str, value: object) -> None:

@@ -251,6 +251,13 @@ def test_organisers_check_without_its_environment_stops_before_any_work(tmp_path
     assert not (tmp_path / "metrics.json").exists()
     with pytest.raises(SliceWiseError, match="checkpoint not found"):  # switched off, the call goes on to the weights
         evaluate_checkpoint(tmp_path / "absent.pt", where, EvaluateSettings(organisers_check=False), seed=0)
+    # review 2026-12-07: a venv whose install failed (python there, no packages) passed `tasks check` as ready
+    (tmp_path / ".venv-brats" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv-brats" / "bin" / "python").write_text("")
+    with pytest.raises(SliceWiseError, match="its install did not finish: run `make brats-env`"):
+        evaluate_checkpoint(tmp_path / "absent.pt", where, EvaluateSettings(organisers_check=True), seed=0)
+    (tmp_path / ".venv-brats" / ".installed-0123456789abcdef").write_text("")  # what make writes after pip succeeded
+    assert reference_python() == Path(".venv-brats/bin/python")
 
 
 def test_an_uncertainty_mean_over_fewer_patients_says_over_how_many():

@@ -207,8 +207,14 @@ def test_gradcam_from_a_checkpoint_the_model_was_not_exported_from_is_a_409(file
         onnx_path = export_tiny_onnx(tmp_path / sha[:4] / "model.onnx",
                                      metadata=metadata | {"checkpoint": {"sha256": sha}})
         with local_client(file_app(ServedFiles(onnx_path, files.checkpoint, files.metrics))) as client:
+            # /model/info says so before anyone asks (it said "gradcam_checkpoint": true for any checkpoint)
+            served = client.get("/model/info").json()["served"]
+            assert served["gradcam_checkpoint"] is (expected == 200)
+            assert (served["gradcam_unavailable"] is None) is (expected == 200)
             response = predict(client, png_bytes(brain_slice()), gradcam="true")
             assert response.status_code == expected, response.text
+            if expected == 409:
+                assert served["gradcam_unavailable"] == response.json()["detail"]
             if expected == 409:
                 assert "not the checkpoint the served ONNX model was exported from" in response.json()["detail"]
                 assert predict(client, png_bytes(brain_slice())).status_code == 200
@@ -804,6 +810,15 @@ def test_missing_model_file_is_reported_not_served(tmp_path):
         assert health["status"] == "ok" and health["model_loaded"] is False and "no model" in health["detail"]
         response = predict(client, png_bytes(brain_slice()))
         assert response.status_code == 503 and "--model-file" in response.json()["detail"]
+
+
+def test_a_model_file_that_is_no_model_gets_a_hint_about_the_file_not_the_registry(tmp_path):
+    """Review 2026-12-07: `--model-file README.md` answered every request "train and register one (`make run`)"."""
+    files = make_served_files(tmp_path)
+    files.onnx.write_text("# not a model\n")
+    with local_client(file_app(files)) as client:
+        detail = client.get("/healthz").json()["detail"]
+        assert "no model" in detail and "point --model-file at the ONNX file" in detail and "register" not in detail
 
 
 # ---------------------------------------------------------------- bad input: a 4xx that names the problem

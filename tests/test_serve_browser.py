@@ -530,6 +530,51 @@ def test_an_answer_from_a_new_champion_updates_the_header_at_once_and_stays(brow
     assert not browser.find_element("id", "slice-error").is_displayed()
 
 
+def test_a_refused_request_asks_at_once_which_model_is_served(browser, server):
+    """Review 2026-12-07: after a restart on another model, an example of the old one was a 404 and the header went on
+    naming the old model (and listing its examples) until the minute's poll, as error answers name no model."""
+    open_page(browser, server, "examples")
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    browser.execute_script(  # from now on /model/info names version 999; count how often it is asked
+        "window.infoAsked = 0; const real = window.fetch;"
+        "window.fetch = async (url, options) => { const answer = await real(url, options);"
+        "  if (!String(url).endsWith('/model/info')) return answer;"
+        "  window.infoAsked += 1; const info = await answer.json();"
+        "  info.version = '999'; info.tags = {...(info.tags || {}), onnx_sha256: 'new'}; info.source = 'registry';"
+        "  return new Response(JSON.stringify(info), {status: 200}); };"
+        "import('/static/common.js').then((m) => m.api('/v1/examples/no-such-example').catch((e) => {"
+        "  window.refusal = e.message; }));")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # at once, not at the minute's poll (which a slow machine's WAIT_SECONDS could reach)
+    WebDriverWait(browser, 10).until(lambda d: "v999" in d.execute_script(
+        "return (document.getElementById('model-version') || {}).textContent || ''"))
+    assert browser.execute_script("return window.refusal").startswith("404")
+    assert browser.execute_script("return window.infoAsked") >= 1
+
+
+def test_an_earlier_answer_is_dimmed_while_the_next_one_loads_and_tiny_volumes_are_not_zero(browser, server):
+    """Review 2026-12-07: the previous file's full answer stayed on screen, undimmed, beside the new file's name and
+    "predicting…"; a kept 0.004 cm³ lesion read "0.00 cm³"; the Model tab drew masks the Slice view hides."""
+    open_page(browser, server, "slice")
+    state = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('/static/common.js').then(async (m) => {"
+        "  let release; const held = new Promise((go) => { release = go; });"
+        "  const result = document.getElementById('slice-result');"
+        "  const running = m.busy('slice', () => held);"
+        "  const during = [result.classList.contains('stale'), result.getAttribute('aria-busy')];"
+        "  release({}); await running;"
+        "  done({during, after: [result.classList.contains('stale'), result.getAttribute('aria-busy')],"
+        "        small: [m.fmtSmall(0.004), m.fmtSmall(0), m.fmtSmall(1.234)],"
+        "        hidden: [m.maskHidden({has_tumor: false, tumor_area_px: 5}),"
+        "                 m.maskHidden({has_tumor: null, tumor_area_px: 5}),"
+        "                 m.maskHidden({has_tumor: true, tumor_area_px: 5})]}); });")
+    assert state["during"] == [True, "true"] and state["after"] == [False, None]
+    assert state["small"] == ["< 0.01", "0.00", "1.23"]
+    assert state["hidden"] == [True, True, False]
+
+
 def test_a_failed_model_poll_is_no_new_model_and_leaves_the_results(browser, server):
     """/model/info failing once (a network blip, a laptop waking) read as a model change: the results went, with a
     false "the served model changed", and again when the same model answered."""
@@ -740,7 +785,10 @@ def test_a_photo_from_a_model_that_fails_on_photos_shows_no_decision_and_says_wh
         visible(browser, "batch-table")
         rows = {r.find_element("css selector", "td.name").text: r for r in by_css(browser, "#batch-table tbody tr")}
         assert rows["slice.png"].find_element("css selector", ".badge").text == "no decision: photo"
-        assert rows["slice.png"].find_element("css selector", "td.unreliable").text.endswith("(no decision on photos)")
+        # its score and its area both marked (review 2026-12-07: the score read as a measurement), the OOD one's too
+        marked = [c.text for c in rows["slice.png"].find_elements("css selector", "td.unreliable")]
+        assert len(marked) == 2 and all(text.endswith("(no decision on photos)") for text in marked), marked
+        assert rows["holiday.png"].find_elements("css selector", "td.unreliable")[0].text.endswith("% (unreliable)")
         assert "out of distribution" not in rows["slice.png"].text and "out of distribution" in rows["holiday.png"].text
         csv = browser.execute_async_script(  # the CSV keeps the two reasons apart too
             "const done = arguments[arguments.length - 1];"

@@ -137,3 +137,38 @@ def test_nifti2_volumes_with_any_float64_geometry(client, exponents, shear):
     zoom = 10.0 ** exponents[3]
     response = client.post("/v1/predict/volume", files={"file": ("v.nii", nifti2_bytes(affine, (zoom, 1.0, 1.0)))})
     assert_no_server_error(response)
+
+
+def test_a_voxel_size_of_zero_is_refused_not_read_as_one_millimetre(client):
+    """Review 2026-12-07: nibabel's checked header turns pixdim 0 into 1, so a volume of unknown voxel size was
+    answered in cm³ of 1 mm voxels, and its output NIfTI files said 1 mm too."""
+    header = nib.Nifti1Header()
+    volume = np.random.default_rng(0).random((32, 32, 4), dtype=np.float32)
+    header.set_data_shape(volume.shape)
+    header.set_data_dtype(np.float32)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(None, code=0)
+    header["pixdim"][1:4] = 0
+    header["vox_offset"] = 352
+    response = client.post("/v1/predict/volume", files={"file": ("v.nii", header.binaryblock + bytes(4)
+                                                                 + volume.tobytes(order="F"))})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("v.nii: invalid voxel spacing [0.0, 0.0, 0.0] mm")
+
+
+def test_a_sheared_volume_is_refused_with_the_volume_its_voxels_hold(client):
+    """Review 2026-12-07: a shear keeps each axis' spacing (the column norms) but not the voxel's volume: the answer
+    gave 54.14 cm³ for a 48.43 cm³ tumour."""
+    volume = np.random.default_rng(0).random((32, 32, 4), dtype=np.float32)
+    affine = np.array([[1.0, 0.5, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+    header = nib.Nifti2Header()
+    header.set_data_shape(volume.shape)
+    header.set_data_dtype(np.float32)
+    header.set_qform(None, code=0)
+    header.set_sform(affine, code=1)
+    header.set_zooms(tuple(np.linalg.norm(affine[:3, :3], axis=0)))
+    header["vox_offset"] = 544
+    response = client.post("/v1/predict/volume", files={"file": ("v.nii", header.binaryblock + bytes(4)
+                                                                 + volume.tobytes(order="F"))})
+    assert response.status_code == 422, response.text
+    assert "shears the voxels: each holds 1 mm³, not the 1.118 of its sides" in response.json()["detail"]

@@ -267,6 +267,37 @@ def test_a_server_bound_to_all_interfaces_answers_on_its_addresses(files):
         assert client.get("/healthz").status_code == 400
 
 
+def test_a_request_without_a_host_header_is_answered(files):
+    """Review 2026-12-07: HAProxy's default health check (`option httpchk`) is HTTP/1.0 without a Host header; it was
+    refused with "Host None is not served here", so such a balancer marked the server down. A browser always sends
+    Host (and DNS rebinding needs a browser); a wrong Host is still refused."""
+    import asyncio
+
+    from serve.guards import HostOriginGuard
+
+    def status_of(headers: list[tuple[bytes, bytes]]) -> int:
+        sent = []
+
+        async def app(scope, receive, send):
+            sent.append(200)
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                sent.append(message["status"])
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        guard = HostOriginGuard(app, bind_host="0.0.0.0", allowed_hosts=("mri.example.org",))
+        scope = {"type": "http", "method": "GET", "path": "/healthz", "headers": headers, "http_version": "1.0"}
+        asyncio.run(guard(scope, receive, send))
+        return sent[0]
+
+    assert status_of([]) == 200
+    assert status_of([(b"host", b"mri.example.org")]) == 200
+    assert status_of([(b"host", b"attacker.example")]) == 400
+
+
 def test_health_is_answered_on_the_event_loop_not_behind_busy_worker_threads(files):
     """Volume requests waiting for the memory budget hold worker threads; a liveness probe queued behind them would
     time out and get a busy server restarted. /healthz must be a coroutine (FastAPI runs a plain def in a thread)."""

@@ -166,6 +166,34 @@ def test_every_modality_of_a_volume_is_judged_not_only_flair(tmp_path_factory):
         assert body["warning"] is None and body["ood_checks"]["background"] == 0.0
 
 
+@pytest.mark.parametrize("how", ["not a number", "negative", "zero"])
+def test_a_modality_with_nothing_the_model_can_read_is_refused_not_listed_as_sent(tmp_path_factory, how):
+    """Review 2026-12-07: an all-NaN, all-negative or all-zero T1 was read as a zero channel (a modality not sent), and
+    the answer listed it under `modalities.sent`, with no warning."""
+    from tests.serve_factory import ServedFiles, export_regions_onnx, write_metrics
+
+    folder = tmp_path_factory.mktemp("empty-t1")
+    files = ServedFiles(export_regions_onnx(folder / "model.onnx"), folder / "none.pt", write_metrics(folder / "m.json"))
+    volume, _ = brain_volume()
+    t1 = {"not a number": np.full(volume.shape, np.nan, np.float32), "negative": -volume.astype(np.float32),
+          "zero": np.zeros(volume.shape, np.float32)}[how]
+    with local_client(file_app(files, ood_threshold=THRESHOLD)) as four:
+        sent = {"flair": nifti_bytes(volume)[0], "t1": nifti_bytes(t1)[0]}
+        response = four.post("/v1/predict/volume", files={m: (f"p_{m}.nii.gz", data) for m, data in sent.items()})
+        assert response.status_code == 422, response.text
+        assert "the t1 volume holds no voxel above 0" in response.json()["detail"]
+
+
+def test_a_volume_in_tiny_units_is_read_as_the_same_volume():
+    """Review 2026-12-07: standard deviations under an absolute 1e-6 counted as flat, so a FLAIR stored at 1e-8 of its
+    scale came back as "no tumour" (its z-scores all zero)."""
+    from tasks.data.preprocess import zscore_volume
+
+    volume = brain_volume()[0].astype(np.float64)
+    assert np.allclose(zscore_volume(volume * 1e-8), zscore_volume(volume), atol=1e-4)
+    assert not zscore_volume(np.where(volume > 0, 5.0, 0.0)).any()  # a truly flat brain stays flat, not NaN
+
+
 def test_a_tint_is_not_colour():
     gray = np.repeat(brain_slice(size=64)[..., None], 3, axis=2).astype(np.float32)
     tinted = (gray * np.array([1.0, 0.85, 0.8])).astype(np.uint8)

@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -497,8 +498,37 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
                       "data.brats_dir": "a=b"}
     with pytest.raises(SliceWiseError, match="expected KEY=VALUE, got 'seed'"):
         parse_assignments(["seed"])
-    with pytest.raises(SliceWiseError, match="seed is given twice \\(seed=1 and 'seed=2'\\): give it once"):
+    with pytest.raises(SliceWiseError, match="seed given twice \\(seed=1 and 'seed=2'\\): give it once"):
         parse_assignments(["seed=1", "seed=2"])  # the 1 was dropped without a word
+    # review 2026-12-07: one key named twice through a mapping and its dotted path; the last won without a word
+    with pytest.raises(SliceWiseError, match="profiles.quick.model and profiles.quick.model.depth given twice"):
+        parse_assignments(["profiles.quick.model={depth: 3}", "profiles.quick.model.depth=5"])
+    assert parse_assignments(["train.lr=1", "train.lr_schedule=constant"])  # a common prefix is not the same key
+
+
+def test_tasks_set_refuses_an_edit_that_an_anchor_or_merge_key_would_carry_to_another_key(tmp_path):
+    """Review 2026-12-07: with `baseline: {<<: *q}` setting profiles.baseline.epochs.seg changed the quick profile's
+    too (ruamel edits the one shared node), while saying only that the baseline key was set."""
+    import yaml
+
+    from tasks.params_edit import set_params
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    document = yaml.safe_load(text)
+    assert document["profiles"]["quick"]["epochs"]["seg"] != 25
+    shared = text.replace("  quick:\n", "  quick: &q\n", 1)
+    start, end = shared.index("  baseline:\n"), shared.index("  production:\n")
+    params.write_text(shared[:start] + "  baseline:\n    <<: *q\n    image_size: 192\n" + shared[end:])
+    before = params.read_bytes()
+    with pytest.raises(SliceWiseError, match="would also change profiles.quick.epochs.seg") as error:
+        set_params({"profiles.baseline.epochs.seg": 25}, params)
+    assert "anchor" in error.value.reason and params.read_bytes() == before
+    with pytest.raises(SliceWiseError, match="would also change profiles.baseline.epochs.seg"):
+        set_params({"profiles.quick.epochs.seg": 5}, params)  # the anchor's own key: the merge would follow it
+    set_params({"profiles.baseline.image_size": 160}, params)  # a key baseline has of its own: no other changes
+    assert yaml.safe_load(params.read_text())["profiles"]["baseline"]["image_size"] == 160
 
 
 @pytest.mark.parametrize(("updates", "words"), [
@@ -695,6 +725,9 @@ def test_check_says_a_missing_organisers_environment_before_dvc_removes_evaluate
     assert missing.exit_code == 1 and "run `make brats-env`" in missing.output, missing.output
     (tmp_path / "no-venv" / "bin").mkdir(parents=True)
     (tmp_path / "no-venv" / "bin" / "python").touch()
+    unfinished = CliRunner().invoke(cli.app, ["check", "--params", str(params)])  # make brats-env's pip failed
+    assert unfinished.exit_code == 1 and "its install did not finish" in unfinished.output, unfinished.output
+    (tmp_path / "no-venv" / ".installed-0123456789abcdef").touch()
     present = CliRunner().invoke(cli.app, ["check", "--params", str(params)])
     assert present.exit_code == 0 and "valid (profile quick" in present.output, present.output
 
@@ -759,9 +792,34 @@ def test_small_floats_and_crons_with_yaml_syntax_are_set_and_read_back(tmp_path)
     set_params(parse_assignments(["train_seg.weight_decay=0.00001", 'schedule.cron="*/5 * * * *"']), params)
     settings = load_settings(params)
     assert settings.train_seg.weight_decay == 1e-5 and settings.schedule.cron == "*/5 * * * *"
-    for cron in ("@weekly", "0 0 1 jan mon", "0 30 3 * * 1"):  # a macro, names, a seconds field: Prefect takes them
+    for cron in ("@weekly", "0 0 1 jan mon", "0 3 * jan,jul 5#3", "0-59/15 0-23 1-31 1-12 0-7"):  # Prefect takes them
         set_params({"schedule.cron": cron}, params)
         assert load_settings(params).schedule.cron == cron
+    # review 2026-12-07: a sixth field is seconds to Prefect and the first field to other crons ("0 0 3 * * 1", Mondays
+    # 03:00 there, ran on each month's 3rd), and numbers out of their field's range passed until `flows serve`
+    for cron, words in [("0 0 3 * * 1", "five fields"), ("99 99 99 99 99", "'99' is outside the minute field's 0-59"),
+                        ("0 24 * * *", "'24' is outside the hour field's 0-23"),
+                        ("*/0 * * * *", "'*/0' is outside the minute field's"),
+                        ("0 3 0 * *", "outside the day of the month field's 1-31")]:
+        with pytest.raises(SliceWiseError, match=re.escape(words)):
+            set_params({"schedule.cron": cron}, params)
+
+
+def test_an_opset_the_exporter_cannot_write_is_refused_when_params_yaml_is_read(tmp_path):
+    """Review 2026-12-07: export.opset 24 passed `tasks check`; export then failed with a traceback after DVC had
+    removed the model. The bound is the TorchScript exporter's own newest opset (export runs it with dynamo=False)."""
+    import torch.onnx._constants as onnx_constants
+
+    from tasks.config import MAX_ONNX_OPSET
+    from tasks.params_edit import set_params
+    from tests.conftest import REPO
+
+    assert MAX_ONNX_OPSET == onnx_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    with pytest.raises(SliceWiseError, match=f"export.opset: Input should be less than or equal to {MAX_ONNX_OPSET}"):
+        set_params({"export.opset": MAX_ONNX_OPSET + 1}, params)
+    assert set_params({"export.opset": MAX_ONNX_OPSET}, params).export.opset == MAX_ONNX_OPSET
 
 
 def test_slicing_zscores_each_kept_slice_exactly_as_the_whole_volume_would(tmp_path):

@@ -16,6 +16,10 @@ from tasks import paths
 from tasks.release.summary import print_summary
 
 
+# what `tasks store-check` adds to the reason: run alone it registers nothing (it said "registering there")
+STORE_CHECK_ADVICE = ": `make run` registers it there (it runs `dvc repro --force --single-item register`)"
+
+
 def printed_summary() -> str:
     """What `tasks summary` prints in the current folder, on a wide console."""
     console = Console(file=io.StringIO(), width=200)
@@ -217,7 +221,7 @@ def test_a_registration_in_another_store_is_said_and_make_run_registers_again(tm
     assert moved + ": `make run` registers it there too" in " ".join(out.split())
     checked = subprocess.run(store_check, env=env | {"MLFLOW_TRACKING_URI": "postgresql://u:secret@db:5432/mlflow"},
                              capture_output=True, text=True)
-    assert checked.returncode == 1 and checked.stdout.strip() == moved + ": registering there"
+    assert checked.returncode == 1 and checked.stdout.strip() == moved + STORE_CHECK_ADVICE
     # make run asks after `dvc repro`, and reruns register alone when the store moved
     run_target = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
     assert "tasks store-check || $(BIN)/dvc repro --force --single-item register" in run_target
@@ -235,7 +239,7 @@ def test_a_registration_in_another_store_is_said_and_make_run_registers_again(tm
     client.delete_model_version("slicewise", "12")
     assert registered_elsewhere() == gone
     checked = subprocess.run(store_check, env=env, capture_output=True, text=True)
-    assert checked.returncode == 1 and checked.stdout.strip() == gone + ": registering there"
+    assert checked.returncode == 1 and checked.stdout.strip() == gone + STORE_CHECK_ADVICE
     (tmp_path / "mlflow.db").unlink()
     assert registered_elsewhere() == f"{paths.REGISTER_REPORT} records version 12 in sqlite:///mlflow.db, which no " \
                                      "longer exists"
@@ -367,3 +371,26 @@ def test_the_summary_off_a_terminal_keeps_each_sentence_on_one_line(tmp_path):
                          text=True, check=True).stdout
     assert len(reason) > 200 and any(line.endswith(reason) for line in out.splitlines())
     assert all(line == line.rstrip() for line in out.splitlines())  # no padding to a width
+
+
+def test_a_report_that_is_not_a_json_object_is_said_not_a_traceback(tmp_path, monkeypatch):
+    """Review 2026-12-07: a metrics.json or register.json holding `[1]` (damaged, or edited by hand) crashed the
+    summary with an AttributeError."""
+    monkeypatch.chdir(tmp_path)
+    paths.REPORTS.mkdir()
+    paths.METRICS.write_text("[1]")
+    paths.REGISTER_REPORT.write_text('"promoted"')
+    out = " ".join(printed_summary().split())
+    assert "reports/metrics.json holds no report (a JSON list, not an object)" in out
+    assert "reports/register.json holds no report (a JSON str, not an object)" in out
+
+
+def test_a_sqlite_store_with_options_is_the_same_file():
+    """Review 2026-12-07: `sqlite:///mlflow.db?timeout=10` named the file `mlflow.db?timeout=10`, another store than
+    `sqlite:///mlflow.db`, so every `make run` ran register again."""
+    from tasks.release.store_moved import same_store
+    from tasks.tracking.store import sqlite_file
+
+    assert sqlite_file("sqlite:///mlflow.db?timeout=10") == Path("mlflow.db")
+    assert same_store("sqlite:///mlflow.db", "sqlite:///mlflow.db?timeout=10")
+    assert not same_store("sqlite:///mlflow.db", "sqlite:///other.db?timeout=10")

@@ -1,7 +1,7 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
 import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage,
-  onAnsweredBy, openView, outline, pct, photoWithheld, pickAgain, pngSrc, postFiles, show, showWarning, shownBy, tinted,
-  unreliableNote, withheld } from "./common.js";
+  maskHidden, onAnsweredBy, onRefused, openView, outline, pct, photoWithheld, pickAgain, pngSrc, postFiles, show,
+  showWarning, shownBy, tinted, unreliableNote, withheld } from "./common.js";
 import { clearBatch, setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
@@ -101,7 +101,15 @@ async function watchModel() {
 
 // A prediction answered by a model the header does not name: the champion changed meanwhile (or a request in flight
 // was answered by the one before). The header is asked again now, not at the next minute's poll.
-onAnsweredBy((model) => { if (state.info && model !== servedTag(state.info)) watchModel(); });
+onAnsweredBy((model) => { if (state.info && model !== servedTag(state.info)) watchModelOnce(); });
+// A refusal (an example the served model lacks, no model loaded) names no model: the header is asked again too, or
+// the page went on naming the old model and listing its examples until the minute's poll.
+onRefused(() => watchModelOnce());
+let watching = null;  // one question at a time: /model/info refused while asking must not ask again, and again
+function watchModelOnce() {
+  if (!watching) watching = watchModel().finally(() => { watching = null; });
+  return watching;
+}
 
 // Results on screen answered by another model than the one served now: left as they were, they read as this one's
 // (and its Grad-CAM box asked the new model for an example of the old one). They go, and each view says why; a
@@ -171,7 +179,7 @@ async function showSlice(result, title) {
   const [text, style] = decisionText(result);
   $("slice-decision").textContent = text;
   $("slice-decision").className = "badge " + style;
-  $("slice-details").textContent = `threshold ${fmt(result.threshold)} · tumour area ${result.tumor_area_px} px` +
+  $("slice-details").textContent = `threshold ${pct(result.threshold)} · tumour area ${result.tumor_area_px} px` +
     `${withheld(result) ? unreliableNote(result) : ""} · ` +
     `OOD score ${fmt(result.ood_score, 2)}`;
   showWarning("slice-warning", result.warning);
@@ -186,13 +194,13 @@ async function showSlice(result, title) {
   // drawn filled in red by default it read as a found tumour. It starts hidden, and the page says why.
   const maskAgainstDecision = result.has_tumor === false && result.tumor_area_px > 0;
   const maskWithoutDecision = unreliable && result.tumor_area_px > 0;  // an input the model was not trained for
-  $("slice-show-pred").checked = !maskAgainstDecision && !maskWithoutDecision;
+  $("slice-show-pred").checked = !maskHidden(result);
   showWarning("slice-mask-note", maskAgainstDecision ? `The decision is no tumour, yet the segmentation head marks ` +
     `${result.tumor_area_px} px (hidden; tick "predicted" to see them): a candidate too faint for the decision, or, ` +
     "on a photo, whose masks the model never trained on, nothing at all. The decision is the answer."
     : maskWithoutDecision ? `${photoWithheld(result) ? "This model gives no decision on photos (the warning " +
     "above says why)" : "The input is out of distribution, so there is no decision"}; the segmentation head's ` +
-    `${result.tumor_area_px} px are hidden (tick "predicted" to see them) and, like the probability, say nothing ` +
+    `${result.tumor_area_px} px are hidden (tick "predicted" to see them) and, like the score, say nothing ` +
     "reliable about a tumour." : "");
   $("slice-gradcam-caption").textContent = "Grad-CAM of the classification" + (!unreliable ? ""
     : photoWithheld(result) ? " (no decision on photos: what it highlights is unreliable too)"

@@ -52,7 +52,11 @@ function renderBatch() {
       "unreliable")
       : row.has_tumor === false && row.tumor_area_px > 0 ? cell(`${row.tumor_area_px} (no tumour decided)`, "unreliable")
         : cell(String(row.tumor_area_px));
-    tr.append(cell(thumb), cell(row.filename, "name"), cell(pct(row.tumor_probability)), cell(badge), area, cell(ood));
+    // a withheld decision's score is no measurement either: marked as its area is (the slice view greys it too)
+    const score = withheld(row)
+      ? cell(`${pct(row.tumor_probability)}${photoWithheld(row) ? PHOTO_UNDECIDED : " (unreliable)"}`, "unreliable")
+      : cell(pct(row.tumor_probability));
+    tr.append(cell(thumb), cell(row.filename, "name"), score, cell(badge), area, cell(ood));
     if (row.warning) tr.title = row.warning;
     if (outOfDistribution(row)) tr.classList.add("ood-row");
     return tr;

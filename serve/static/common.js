@@ -17,6 +17,9 @@ export async function api(url, options = {}) {
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch { body = null; }
   if (!response.ok) {
+    // refused for the model's sake (an example it lacks, no model loaded yet, a checkpoint that does not fit): maybe
+    // the first sign that another model is served now, as error answers name none; whoever watches asks which
+    if ([404, 409, 503].includes(response.status)) for (const listener of refusalListeners) listener(response.status);
     const detail = body && body.detail !== undefined ? body.detail : text.slice(0, 200) || response.statusText;
     throw new Error(`${response.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
   }
@@ -33,6 +36,11 @@ export async function api(url, options = {}) {
 
 const modelListeners = [];
 export function onAnsweredBy(listener) { modelListeners.push(listener); }
+const refusalListeners = [];
+export function onRefused(listener) { refusalListeners.push(listener); }
+// A figure shown with `digits` decimals that would read 0.00 although it is not zero: "< 0.01" instead.
+export const fmtSmall = (value, digits = 2) => (typeof value === "number" && value > 0 && value < 10 ** -digits
+  ? `< ${(10 ** -digits).toFixed(digits)}` : fmt(value, digits));
 // The model that answered what each view shows ("slice", "vol", "batch"), as the API named it.
 export const shownBy = {};
 
@@ -67,8 +75,12 @@ const latest = {};
 export async function busy(prefix, request, render = () => {}) {
   const ticket = (latest[prefix] = (latest[prefix] || 0) + 1);
   const isLatest = () => latest[prefix] === ticket;
+  // the answer on screen is the previous request's until this one's lands: dimmed, not read as this file's
+  const shown = $(prefix + "-result") || $(prefix + "-table");
   showError(prefix, null);
   show(prefix + "-busy", true);
+  shown?.classList.add("stale");
+  shown?.setAttribute("aria-busy", "true");
   try {
     const answer = await request();
     if (!isLatest()) return null;
@@ -80,7 +92,11 @@ export async function busy(prefix, request, render = () => {}) {
     showError(prefix, error);
     return false;
   } finally {
-    if (isLatest()) show(prefix + "-busy", false);
+    if (isLatest()) {
+      show(prefix + "-busy", false);
+      shown?.classList.remove("stale");
+      shown?.removeAttribute("aria-busy");
+    }
   }
 }
 
@@ -94,6 +110,9 @@ export const outOfDistribution = (result) => withheld(result) && !photoWithheld(
 export const UNRELIABLE = " (unreliable: out of distribution)";
 export const PHOTO_UNDECIDED = " (no decision on photos)";
 export const unreliableNote = (result) => (photoWithheld(result) ? PHOTO_UNDECIDED : UNRELIABLE);
+// A mask drawn filled in red reads as a found tumour: under a "no tumour" decision it is at most a candidate too faint
+// for it, and without a decision (withheld) it says nothing reliable. Every view starts it hidden and says why.
+export const maskHidden = (result) => (result.has_tumor === false || withheld(result)) && result.tumor_area_px > 0;
 
 export function decisionText(result) {
   if (photoWithheld(result)) return ["no decision: photo", "uncertain"];

@@ -1,6 +1,7 @@
 // Why this model: the champion's gate verdict with every criterion, its lineage, the champion beside the latest
 // challenger (metrics with 95 % intervals, the same example slices predicted by both) and its model card.
-import { $, PRED_RGB, TRUTH_RGB, api, decisionText, drawLayers, esc, fmt, loadImage, outline, show, tinted } from "./common.js";
+import { $, PRED_RGB, TRUTH_RGB, api, decisionText, drawLayers, esc, fmt, loadImage, maskHidden, outline, show,
+  tinted } from "./common.js";
 
 const LINEAGE = [["git_commit", "git commit"], ["git_dirty", "uncommitted changes"], ["data_hash", "data hash"],
   ["data_raw_hash", "raw data hash"], ["splits_hash", "splits hash"], ["params_hash", "params hash"],
@@ -107,7 +108,7 @@ function compareSection(compare) {
   return compareExamples(compare);
 }
 
-async function panel(row, role) {
+async function panel(row, role, label) {
   const answer = row[role];
   const figure = document.createElement("figure");
   if (!answer) return figure;
@@ -115,13 +116,16 @@ async function panel(row, role) {
   canvas.width = canvas.height = 160;
   const caption = document.createElement("figcaption");
   if (answer.error) {
-    caption.textContent = `${role}: ${answer.error}`;
+    caption.textContent = `${label}: ${answer.error}`;
   } else {
     const base = await loadImage(answer.image_png);
     const truth = row.truth_png ? outline(await loadImage(row.truth_png), TRUTH_RGB) : null;
-    drawLayers(canvas, base, [{ image: tinted(await loadImage(answer.mask_png), PRED_RGB), opacity: 0.55 },
-      { image: truth, opacity: 1 }]);
-    caption.textContent = `${role}: p = ${fmt(answer.tumor_probability)} · ${decisionText(answer)[0]}`;
+    // as the slice view: a mask under "no tumour", or without a decision, is not drawn as a found tumour
+    const hidden = maskHidden(answer);
+    drawLayers(canvas, base, [{ image: hidden ? null : tinted(await loadImage(answer.mask_png), PRED_RGB),
+      opacity: 0.55 }, { image: truth, opacity: 1 }]);
+    caption.textContent = `${label}: score ${fmt(answer.tumor_probability)} · ${decisionText(answer)[0]}` +
+      (hidden ? ` · its ${answer.tumor_area_px} px mask not drawn` : "");
     figure.appendChild(canvas);
   }
   figure.appendChild(caption);
@@ -142,7 +146,8 @@ async function compareExamples(compare) {
     item.innerHTML = `<div class="subtitle">${esc(row.title)}${row.truth ? " · truth outlined in green" : ""}</div>`;
     const figures = document.createElement("div");
     figures.className = "pair";
-    figures.append(await panel(row, "champion"), await panel(row, "challenger"));
+    figures.append(await panel(row, "champion", servedLabel(compare.champion)),
+      await panel(row, "challenger", compare.challenger ? otherLabel(compare.challenger) : "challenger"));
     item.appendChild(figures);
     box.appendChild(item);
   }
@@ -153,6 +158,7 @@ async function load() {
   // server's 503, a registry that does not answer) the champion's own verdict, lineage and card are still shown
   const comparing = api("/model/compare").then((compare) => ({ compare }), (error) => ({ error }));
   const info = await api("/model/info");
+  show("model-busy", false);
   gateSection(info);
   lineageSection(info);
   $("model-card").innerHTML = info.description ? markdown(info.description) :
@@ -179,7 +185,9 @@ export function forgetModelView() {
 export function loadModelView() {
   if (!loaded) {
     $("model-error").hidden = true;
+    show("model-busy", $("model-content").hidden);  // the first load only: a reload keeps what is shown meanwhile
     loaded = load().catch((error) => {
+      show("model-busy", false);
       loaded = null;  // try again next time the tab opens
       $("model-error").textContent = "the model's details could not be loaded: " + error.message;
       show("model-error", true);

@@ -1,7 +1,7 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice probability plot.
-import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, loadImage, openView, outline, pickAgain, show,
-  showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
+import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, fmtSmall, loadImage, openView, outline,
+  pickAgain, show, showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
 // BraTS names each modality's file <patient>_<modality>.nii[.gz] (2020: flair, t1, t1ce, t2; 2023:
@@ -101,8 +101,8 @@ function regionTable(result) {
   $("vol-regions").querySelector("tbody").innerHTML = shown.map((r) => {
     const value = predicted[r];
     const cell = value === null || value === undefined ? "<td class=\"muted\">not predicted</td>" :
-      withheld(result) ? `<td id="vol-volume-${r}" class="unreliable">${fmt(value, 2)} cm³${UNRELIABLE}</td>` :
-      `<td id="vol-volume-${r}">${fmt(value, 2)} cm³</td>`;
+      withheld(result) ? `<td id="vol-volume-${r}" class="unreliable">${fmtSmall(value)} cm³${UNRELIABLE}</td>` :
+      `<td id="vol-volume-${r}">${fmtSmall(value)} cm³</td>`;
     return `<tr><th scope="row">${REGION_NAMES[r]} (${r.toUpperCase()})</th>${cell}` +
       (truth ? `<td>${fmt(truth[r], 2)} cm³</td>` : "") + "</tr>";
   }).join("");

@@ -35,7 +35,7 @@ def zscore(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
 
 
 def foreground_stats(image: np.ndarray, foreground: np.ndarray) -> tuple[float, float] | None:
-    """Mean and standard deviation (1 when ~0) of the foreground voxels; None with fewer than two.
+    """Mean and standard deviation (1 when ~0 beside the mean) of the foreground voxels; None with fewer than two.
 
     Summed in float64, so the figures do not depend on the order the voxels are read in (float32 sums of a
     volume's two million brain voxels did, in their last bits): the voxels are gathered in `image`'s memory order,
@@ -48,8 +48,9 @@ def foreground_stats(image: np.ndarray, foreground: np.ndarray) -> tuple[float, 
     values = image[foreground]
     if values.size < 2:
         return None
-    std = float(values.std(dtype=np.float64))
-    return float(values.mean(dtype=np.float64)), (std if std > 1e-6 else 1.0)
+    mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+    # flat only relative to its own level: an absolute floor flattened a whole volume stored in tiny units (1e-8 x)
+    return mean, (std if std > 1e-6 * abs(mean) and std > 0 else 1.0)
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:

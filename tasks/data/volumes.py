@@ -70,12 +70,20 @@ def voxel_size_conflict(header, affine: np.ndarray) -> str | None:
     the spacing of the voxel-to-world transform's columns (nibabel builds a qform-only affine from pixdim itself, so
     only an sform can disagree). `affine`: the image's, finite."""
     stated = np.asarray(spacing_mm(header))
-    implied = np.linalg.norm(affine_mm(header, affine)[:3, :3], axis=0)
-    if not (implied > 0).all() or np.allclose(implied, stated, rtol=VOXEL_SIZE_TOLERANCE, atol=0):
-        return None  # agreeing, or a degenerate transform, which the orientation check names as such
-    return (f"the header's voxel size (pixdim) is {_mm(stated)} mm but its voxel-to-world transform (sform) puts "
-            f"voxels {_mm(implied)} mm apart: one was changed without the other, and distances (HD95) and volumes "
-            "would be wrong; fix the header (nibabel: set_zooms or set_sform)")
+    linear = affine_mm(header, affine)[:3, :3]
+    implied = np.linalg.norm(linear, axis=0)
+    if not (implied > 0).all():
+        return None  # a degenerate transform, which the orientation check names as such
+    if not np.allclose(implied, stated, rtol=VOXEL_SIZE_TOLERANCE, atol=0):
+        return (f"the header's voxel size (pixdim) is {_mm(stated)} mm but its voxel-to-world transform (sform) puts "
+                f"voxels {_mm(implied)} mm apart: one was changed without the other, and distances (HD95) and volumes "
+                "would be wrong; fix the header (nibabel: set_zooms or set_sform)")
+    held, product = abs(float(np.linalg.det(linear))), float(np.prod(implied))
+    if abs(held - product) > VOXEL_SIZE_TOLERANCE * product:  # a rotation keeps it; a shear does not
+        return (f"the voxel-to-world transform shears the voxels: each holds {held:.4g} mm³, not the {product:.4g} "
+                f"of its sides ({_mm(implied)} mm), so volumes would be off by {product / held:.3g}x and its slices "
+                "are not planes of the head; resample it to an unsheared grid")
+    return None
 
 
 def _mm(sizes: np.ndarray) -> str:

@@ -28,9 +28,12 @@ TIMEOUT_SECONDS = 900
 
 
 def reference_python(venv: Path | None = None) -> Path | None:
-    """The brats-evaluation environment's python (in `venv`, by default VENV), None when it has not been created."""
-    python = (venv or VENV) / "bin" / "python"
-    return python if python.exists() else None
+    """The brats-evaluation environment's python (in `venv`, by default VENV), None when it has not been created or
+    its install never finished: `make brats-env` writes its `.installed-*` stamp only after pip succeeded, and a venv
+    left without packages passed as ready, to fail in evaluate after DVC had removed metrics.json."""
+    venv = venv or VENV
+    python = venv / "bin" / "python"
+    return python if python.exists() and any(venv.glob(".installed-*")) else None
 
 
 def required_reference_python() -> Path:
@@ -41,7 +44,8 @@ def required_reference_python() -> Path:
     python = reference_python()
     if python is None:
         raise SliceWiseError("evaluate.organisers_check is true but the organisers' brats-evaluation environment is "
-                             "missing: run `make brats-env` (or set evaluate.organisers_check: false)", VENV)
+                             "missing or its install did not finish: run `make brats-env` (or set "
+                             "evaluate.organisers_check: false)", VENV)
     return python
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -27,6 +29,17 @@ OUTPUTS = [
 ]
 
 
+def _report(path: Path, console: Console) -> dict | None:
+    """A report's content, or None (said on the console) when it is not a JSON object: a hand-edited or damaged file
+    was a traceback here."""
+    report = read_json(path, default=None)
+    if report is None or isinstance(report, dict):
+        return report
+    console.print(f"[yellow]{path} holds no report (a JSON {type(report).__name__}, not an object): run the step that "
+                  "writes it again[/]")
+    return None
+
+
 def print_summary(console: Console | None = None, min_photo_accuracy: float | None = None) -> None:
     """`min_photo_accuracy` (serve.min_photo_accuracy): says when the model, served, will decide no photo."""
     console = console or Console()
@@ -48,7 +61,7 @@ def print_summary(console: Console | None = None, min_photo_accuracy: float | No
     table.add_row("MLflow store", redact(portable_uri(tracking_uri())))  # MLFLOW_TRACKING_URI's, when set
     console.print(table)
 
-    if metrics := read_json(paths.METRICS, default=None):
+    if metrics := _report(paths.METRICS, console):
         ci = metrics.get("ci95", {})
         headline = Table(title="Test split (95 % CI, patients resampled)")
         for column in ("metric", "value", "95 % CI"):
@@ -84,7 +97,7 @@ def print_summary(console: Console | None = None, min_photo_accuracy: float | No
             console.print(f"[yellow]served, this model gives photos (8-bit PNG/JPEG) no tumour decision:[/] {known}, "
                           f"below serve.min_photo_accuracy {min_photo_accuracy:g} (README, Serving)")
 
-    if decision := read_json(paths.REGISTER_REPORT, default=None):
+    if decision := _report(paths.REGISTER_REPORT, console):
         # the decision is this checkout's once it has exported a model: before that (a fresh clone, or one whose
         # pipeline stopped before export), register.json is the committed record, its version in another registry
         decided_here = paths.ONNX_MODEL.exists()

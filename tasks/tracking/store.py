@@ -125,7 +125,9 @@ _SEEN_STORES: set[Path] = set()  # local store files this process has seen: one 
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a local sqlite store's URI; None for any other store (and an in-memory one)."""
     prefix = "sqlite:///"
-    return Path(uri.removeprefix(prefix)) if uri.startswith(prefix) and ":memory:" not in uri else None
+    # SQLAlchemy's options (`?timeout=10`) are no part of the file's name
+    return Path(uri.removeprefix(prefix).split("?", 1)[0]) if uri.startswith(prefix) and ":memory:" not in uri \
+        else None
 
 
 def check_store_present(what: str) -> None:
