@@ -89,6 +89,10 @@ def set_command(assignments: list[str] = typer.Argument(..., help="dotted KEY=VA
     for key, value in landed.items():
         typer.echo(f"params.yaml: {key} = {json.dumps(value, default=str, ensure_ascii=False)}")
     source = nested_value(document, "data.source")
+    if source != "local" and any(key in ("data.brats_dir", "data.kaggle_dir") for key in updates):
+        # `flows run --brats-dir` refuses this; here the folder may come first and the source next
+        typer.secho(f"note: data.brats_dir and data.kaggle_dir are read only with data.source local (this one is "
+                    f"{source}); DVC still counts them as changed fetch parameters", err=True, fg="yellow")
     if source != "kaggle" and any(key.startswith("data.kaggle_versions") for key in updates):
         # one section of DVC params (fetch reads `data` whole): it reruns fetch, to the same data
         typer.secho(f"note: data.kaggle_versions is read only with data.source kaggle (this one is {source}); "

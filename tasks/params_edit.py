@@ -4,6 +4,7 @@ write it. Reading params.yaml is tasks/config.py's alone."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
@@ -78,6 +79,7 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
         except SliceWiseError as exc:  # name the file the user edits, not the temporary copy
             raise SliceWiseError(exc.reason, path) from exc
         _refuse_changes_beyond(updates, path, tmp)
+        shutil.copymode(path, tmp)  # a params.yaml kept private (0640) stays so
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)  # a bad value never lands, and leaves no params.yaml.tmp behind

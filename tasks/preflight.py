@@ -11,7 +11,7 @@ from tasks.config import Settings
 
 def check_prerequisites(settings: Settings) -> None:
     """A SliceWiseError naming what is missing: the local source folders, Kaggle credentials where fetch must download,
-    the organisers' evaluation environment."""
+    the organisers' evaluation environment, the device `train.device` names."""
     from tasks.data.local_import import check_source_folders
     from tasks.evaluation.brats_reference import required_reference_python
 
@@ -24,6 +24,10 @@ def check_prerequisites(settings: Settings) -> None:
         credentials_source()
     if settings.evaluate.organisers_check:
         required_reference_python()
+    if settings.train.device not in ("auto", "cpu"):  # the training steps refuse it, after DVC removed their reports
+        from tasks.training.device import pick_device
+
+        pick_device(settings.train.device)
 
 
 def run_warnings(settings: Settings) -> list[str]:

@@ -130,6 +130,22 @@ def test_set_notes_a_kaggle_version_pinned_under_another_source(tmp_path):
     assert done.returncode == 0 and "note:" not in done.stderr
 
 
+def test_set_notes_a_local_folder_under_another_source_and_keeps_text_and_file_mode(tmp_path):
+    """Review 2026-12-07: data.brats_dir under the synthetic source was taken without a word (`flows run --brats-dir`
+    refuses it); a non-ASCII value was echoed as \\u escapes; a params.yaml kept at 0640 came back 0644."""
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    params.chmod(0o640)
+    env = {"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin", "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-m", "tasks", "set", "data.brats_dir=/scans", "tracking.experiment=ëxpé"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "note: data.brats_dir and data.kaggle_dir are read only with data.source local (this one is synthetic)" \
+        in done.stderr
+    assert 'params.yaml: tracking.experiment = "ëxpé"' in done.stdout
+    assert params.stat().st_mode & 0o777 == 0o640
+
+
 def test_set_waits_while_dvc_holds_its_lock_to_record_a_stage(tmp_path):
     """`dvc repro` gives its repository lock up only while a stage's command runs, and takes it back to record the
     stage with params.yaml's values as it reads them then: `tasks set` in that moment rewrote them under it."""

@@ -709,6 +709,24 @@ def test_tasks_check_validates_params_yaml_before_dvc_would_remove_outputs(tmp_p
     assert "tasks check" in (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("dvc repro", 1)[0]
 
 
+def test_check_refuses_a_training_device_this_machine_lacks(tmp_path):
+    """Review 2026-12-07: `train.device: cuda` on a machine without CUDA passed `tasks check`; the training step
+    refused it, after DVC had removed its reports."""
+    import torch
+    from typer.testing import CliRunner
+
+    import tasks.__main__ as cli
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("  device: auto ", "  device: cuda ", 1))
+    checked = CliRunner().invoke(cli.app, ["check", "--params", str(params)])
+    if torch.cuda.is_available():
+        assert checked.exit_code == 0, checked.output
+    else:
+        assert checked.exit_code == 1 and "train.device is 'cuda' but no cuda device is available" in checked.output
+
+
 def test_check_says_a_missing_organisers_environment_before_dvc_removes_evaluates_reports(tmp_path, monkeypatch):
     """`evaluate.organisers_check: true` without .venv-brats: evaluate said so, after DVC (or the flow) had removed
     metrics.json and the plots. `tasks check` (make run) says it first; the flow's own check is the same function."""
