@@ -181,7 +181,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         `holding`: the request holds part of the budget already (a batch's earlier files)."""
         name = part.filename or part.field
         part.file.seek(0)
-        need = slice_memory_bytes(part.file.read(HEAD_BYTES), part.size, name, cfg.max_image_side)
+        need = slice_memory_bytes(part.file.read(HEAD_BYTES), part.size, name, cfg.max_image_side, part.file)
         with budget.reserve(need, name, holding):
             decoded = decode_slice(part.read(), name, cfg.max_slice_mb, cfg.max_image_side)
             return prepare_slice(decoded, model, name, cfg.ood_threshold)

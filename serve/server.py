@@ -89,6 +89,7 @@ class GuardedH11Protocol(H11Protocol):
                 event = next_event()
             except h11.RemoteProtocolError as exc:
                 if exc.error_status_hint != 431:  # h11's "Receive buffer too long": a head still incomplete
+                    self._protocol_error = str(exc)  # uvicorn answers it 400 (send_400_response, below)
                     raise
                 return self._refuse_head()
             if isinstance(event, h11.Request) and head_bytes(event) > MAX_HEADER_BYTES:
@@ -104,6 +105,17 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.write(closing_response(431, "Request Header Fields Too Large", detail))
             self.transport.close()
         return h11.NEED_DATA  # uvicorn's event loop stops here; the connection is closing
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's 400 for a request h11 cannot parse (a negative Content-Length, an unknown Transfer-Encoding, a
+        garbled request line) was plain text; every other error of this API is JSON with a `detail` saying why."""
+        why = getattr(self, "_protocol_error", "") or "unreadable"
+        body = json.dumps({"detail": f"malformed HTTP request: {why}"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

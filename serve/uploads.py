@@ -12,6 +12,7 @@ import io
 import math
 import re
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -206,9 +207,43 @@ BYTES_PER_SQUARE_PIXEL = 8
 HEAD_BYTES = 64 * 1024  # where PNG, JPEG and NPY headers say how large the image is
 
 
-def slice_memory_bytes(head: bytes, size: int, name: str, max_side: int) -> int:
+# JPEG's start-of-frame markers, which carry the image's size (DHT, JPG and DAC share the range and do not)
+JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_MAX_SEGMENTS = 512  # walked before the frame header; a camera photo has a dozen
+
+
+def jpeg_dimensions(fileobj: BinaryIO) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, found by walking its segments from the start, each skipped by its
+    length: metadata (EXIF, an ICC profile, a thumbnail) can put the frame header far beyond HEAD_BYTES. None when it
+    is not found within JPEG_MAX_SEGMENTS segments."""
+    fileobj.seek(0)
+    if fileobj.read(2) != b"\xff\xd8":
+        return None
+    for _ in range(JPEG_MAX_SEGMENTS):
+        if fileobj.read(1) != b"\xff":
+            return None
+        marker = fileobj.read(1)
+        while marker == b"\xff":  # fill bytes before a marker
+            marker = fileobj.read(1)
+        if not marker or marker[0] == 0xD9:
+            return None
+        if 0xD0 <= marker[0] <= 0xD7 or marker[0] == 0x01:  # markers without a segment
+            continue
+        length = fileobj.read(2)
+        if len(length) < 2 or (segment := int.from_bytes(length, "big")) < 2:
+            return None
+        if marker[0] in JPEG_FRAME_MARKERS:
+            frame = fileobj.read(5)
+            return (int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big")) if len(frame) == 5 else None
+        fileobj.seek(segment - 2, io.SEEK_CUR)
+    return None
+
+
+def slice_memory_bytes(head: bytes, size: int, name: str, max_side: int,
+                       fileobj: BinaryIO | None = None) -> int:
     """What decoding and preparing a slice of `size` bytes will hold in memory, judged from its first bytes
-    (`head`, HEAD_BYTES of them) alone; the largest slice allowed when they do not tell."""
+    (`head`, HEAD_BYTES of them), or for a JPEG whose frame header lies beyond them from its segments in `fileobj`;
+    the largest slice allowed when they do not tell."""
     if not head:
         return 0  # empty: decode_slice says so
     kind = sniff_slice_type(head, name)
@@ -229,7 +264,8 @@ def slice_memory_bytes(head: bytes, size: int, name: str, max_side: int) -> int:
     except Exception:  # noqa: BLE001 - the header is not within `head`, or damaged (decode_slice answers that)
         if size <= len(head):
             return size
-        channels, height, width = 0, max_side, max_side
+        found = jpeg_dimensions(fileobj) if fileobj is not None and head.startswith(b"\xff\xd8") else None
+        channels, (width, height) = 0, found or (max_side, max_side)
     height, width = min(height, max_side), min(width, max_side)  # larger ones are refused before decoding
     side = max(height, width)
     if channels == 0:  # a photo

@@ -201,6 +201,24 @@ def test_a_request_head_over_16_kb_is_a_431_however_it_arrives(strict_server, ho
     assert b"HTTP/1.1 431 " in answer and b'"detail": "the request line and headers exceed 16 KB"' in answer
 
 
+POST_HEAD = b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+
+@pytest.mark.parametrize("request_bytes", [POST_HEAD + b"Content-Length: -5\r\n\r\n",
+                                           POST_HEAD + b"Transfer-Encoding: gzip\r\n\r\n", b"GARBAGE\r\n\r\n"])
+def test_a_request_http_cannot_parse_is_a_json_400(strict_server, request_bytes):
+    """Review 2026-12-07: uvicorn answered these `400 text/plain "Invalid HTTP request received."`; every error of
+    the API is JSON with a `detail` (docs/CONTRACT.md)."""
+    import json
+
+    with connect(strict_server) as sock:
+        sock.sendall(request_bytes)
+        answer, _ = read_until_closed(sock, 5)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), answer[:300]
+    assert json.loads(body)["detail"].startswith("malformed HTTP request: ")
+
+
 def test_heads_under_16_kb_add_up_to_nothing_on_a_kept_alive_connection(strict_server):
     """Each request's head is judged alone: 30 heads of about 1 KB on one connection (bare-LF line ends, which h11
     accepts, for half of them) are all answered."""

@@ -653,3 +653,23 @@ def test_a_voxel_offset_beyond_any_allowed_volume_is_named_for_what_it_is(client
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert detail.startswith("voxoff_huge.nii: the header puts the voxel data at byte ") and "(vox_offset)" in detail
+
+
+def test_a_jpeg_with_large_metadata_reserves_for_its_own_size_not_the_largest_allowed():
+    """Review 2026-12-07: a 512² camera JPEG with 64 KB of metadata (an ICC profile, EXIF) before its frame header was
+    judged as 4096² (448 MB instead of 7 MB of the budget): four such photos filled a 2 GB budget."""
+    import io
+
+    from PIL import Image
+
+    from serve.uploads import HEAD_BYTES, jpeg_dimensions, slice_memory_bytes
+
+    buffer = io.BytesIO()
+    Image.fromarray(brain_slice(size=512)).save(buffer, format="JPEG", icc_profile=bytes(70_000))
+    data = buffer.getvalue()
+    assert data.index(b"\xff\xc0") > HEAD_BYTES  # the frame header lies beyond the head
+    assert jpeg_dimensions(io.BytesIO(data)) == (512, 512)
+    judged = slice_memory_bytes(data[:HEAD_BYTES], len(data), "p.jpg", 4096, io.BytesIO(data))
+    largest = slice_memory_bytes(data[:HEAD_BYTES], len(data), "p.jpg", 4096)  # without the file: the old judgement
+    assert judged < 20 * 1024**2 < 400 * 1024**2 < largest
+    assert jpeg_dimensions(io.BytesIO(b"\xff\xd8\xff\xe1\x00")) is None  # cut short: not judged, no error
