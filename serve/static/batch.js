@@ -1,6 +1,6 @@
 // Batch: many slices → a sortable table with thumbnails and the OOD flag, and the same rows as CSV.
-import { $, busy, decisionText, fmt, outOfDistribution, pct, PHOTO_UNDECIDED, photoWithheld, pickAgain, pngSrc,
-  postFiles, show, withheld } from "./common.js";
+import { $, busy, decisionText, fmt, forThisPage, outOfDistribution, pct, PHOTO_UNDECIDED, photoWithheld, pickAgain,
+  pngSrc, postFiles, show, withheld } from "./common.js";
 
 const batch = { rows: [], key: "tumor_probability", descending: true, limit: 50 };
 const CSV_COLUMNS = ["filename", "tumor_probability", "has_tumor", "threshold", "tumor_area_px", "ood_score",
@@ -27,7 +27,7 @@ function renderBatch() {
   $("batch-table").querySelector("tbody").replaceChildren(...rows.map((row) => {
     const tr = document.createElement("tr");
     if (row.error) {  // a file the server could not read: its reason, in its row (the others were predicted)
-      const reason = cell(row.error, "file-error");
+      const reason = cell(forThisPage(row.error), "file-error");
       reason.colSpan = COLUMNS - 2;
       const mark = cell("✕");
       mark.setAttribute("aria-label", "not read");
@@ -111,7 +111,9 @@ function csvCell(value) {
 
 export function batchCsv(rows) {
   const lines = [CSV_COLUMNS.join(","), ...rows.map((row) =>
-    CSV_COLUMNS.map((c) => csvCell(c === "out_of_distribution" ? outOfDistribution(row) : row[c])).join(","))];
+    // a file that could not be read was judged by nothing: no "false" in its out_of_distribution column
+    CSV_COLUMNS.map((c) => csvCell(c !== "out_of_distribution" ? row[c] : row.error ? undefined : outOfDistribution(row)))
+      .join(","))];
   return lines.join("\n") + "\n";
 }
 

@@ -59,8 +59,10 @@ export function pickAgain(input, handler) {
   input.addEventListener("click", () => { input.value = ""; });
   input.addEventListener("change", handler);
 }
+// The API speaks to programs ("use /v1/predict/volume"); on this page that route is the Patient tab.
+export const forThisPage = (message) => String(message).replace("use /v1/predict/volume", "open it in the Patient tab");
 export function showError(prefix, error) {
-  $(prefix + "-error").textContent = error ? String(error.message || error) : "";
+  $(prefix + "-error").textContent = error ? forThisPage(error.message || error) : "";
   show(prefix + "-error", Boolean(error));
 }
 export function showWarning(id, warning) { $(id).textContent = warning || ""; show(id, Boolean(warning)); }
