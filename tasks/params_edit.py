@@ -32,8 +32,12 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
             updates[key] = read_yaml(value)
         except yaml.YAMLError as exc:
             # a cron (`*/5 * * * *`: `*` starts an alias) or `@daily` (`@` is reserved) is text YAML cannot read bare
-            hint = (f"; quote a text value: {key}='\"{value}\"'" if value[:1] in "*@&!%`|>" or ": " in value else "")
-            raise SliceWiseError(f"{item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}){hint}") from exc
+            text = value[:1] in "*@&!%`|>" or (": " in value and value[:1] not in "{[")  # a mapping is no text
+            hint = f"; quote a text value: {key}='\"{value}\"'" if text else ""
+            # the problem itself ("found duplicate key"), not only its context ("while constructing a mapping")
+            why = "; ".join(part for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part) \
+                or str(exc).splitlines()[0]
+            raise SliceWiseError(f"{item!r}: the value is not valid YAML ({why}){hint}") from exc
     return updates
 
 

@@ -504,6 +504,10 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
     with pytest.raises(SliceWiseError, match="profiles.quick.model and profiles.quick.model.depth given twice"):
         parse_assignments(["profiles.quick.model={depth: 3}", "profiles.quick.model.depth=5"])
     assert parse_assignments(["train.lr=1", "train.lr_schedule=constant"])  # a common prefix is not the same key
+    # a mapping with a key twice: the problem named, and no advice to quote it as text (a text is no mapping)
+    with pytest.raises(SliceWiseError, match="found duplicate key 'depth'") as error:
+        parse_assignments(["profiles.quick.model={depth: 3, depth: 5}"])
+    assert "quote" not in str(error.value)
 
 
 def test_tasks_set_refuses_an_edit_that_an_anchor_or_merge_key_would_carry_to_another_key(tmp_path):
