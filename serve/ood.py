@@ -185,7 +185,7 @@ def score_slice(gray: np.ndarray, model_input: np.ndarray, rgb: np.ndarray | Non
 
 
 def score_volume(volumes: dict[str, np.ndarray], model_input: np.ndarray, threshold: float) -> OodResult:
-    """Whole (X, Y, Z) volumes, one per uploaded modality (FLAIR first), each judged on its own: the model reads
+    """Whole (X, Y, Z) volumes, one per uploaded modality (FLAIR among them), each judged on its own: the model reads
     every one. The blank and border checks look at FLAIR, the border at its axial slice with the most brain."""
     flair = volumes["flair"]
     fg_per_slice = (flair != 0).sum(axis=(0, 1))
