@@ -57,6 +57,7 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
     rt.preserve_quotes, rt.width = True, 4096
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     try:
+        crlf = b"\r\n" in path.read_bytes()  # Windows line ends are read as \n and written back as they were
         doc = rt.load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise SliceWiseError("parameters file not found", path) from exc
@@ -76,7 +77,7 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
         _put(node, leaf, _as_written(value))
     tmp = path.with_suffix(".yaml.tmp")
     try:
-        with tmp.open("w") as fh:
+        with tmp.open("w", newline="\r\n" if crlf else None) as fh:
             rt.dump(doc, fh)
         try:
             settings = load_settings(tmp)
@@ -125,8 +126,18 @@ def _put(node: dict, key: str, value: object) -> None:
     if isinstance(value, dict) and isinstance(node.get(key), dict):
         for inner, inner_value in value.items():
             _put(node[key], inner, inner_value)
+    elif isinstance(value, list) and _flow_style(node.get(key)):
+        from ruamel.yaml.comments import CommentedSeq
+
+        flow = CommentedSeq(value)  # `[flair, t2]` stays on its line, as it was written, not a block of `- ` lines
+        flow.fa.set_flow_style()
+        node[key] = flow
     else:
         node[key] = value
+
+
+def _flow_style(node: object) -> bool:
+    return bool(getattr(getattr(node, "fa", None), "flow_style", lambda: False)())
 
 
 def _as_written(value: object) -> object:

@@ -827,6 +827,25 @@ def test_small_floats_and_crons_with_yaml_syntax_are_set_and_read_back(tmp_path)
             set_params({"schedule.cron": cron}, params)
 
 
+def test_tasks_set_keeps_a_flow_list_on_its_line_and_windows_line_ends(tmp_path):
+    """Review 2026-12-07: `profiles.quick.modalities=[flair, t2]` came back as a block of `- ` lines, and a params.yaml
+    with CRLF line ends was rewritten with LF throughout."""
+    from tasks.config import load_settings
+    from tasks.params_edit import set_params
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    params.write_text(text)
+    set_params({"profiles.quick.modalities": ["flair", "t2"]}, params)
+    changed = [line for line in params.read_text().splitlines() if line not in text.splitlines()]
+    assert len(changed) == 1 and changed[0].strip().startswith("modalities: [flair, t2]  ") and "#" in changed[0]
+    params.write_bytes(text.replace("\n", "\r\n").encode())
+    set_params({"seed": 7}, params)
+    raw = params.read_bytes()
+    assert raw.count(b"\r\n") == raw.count(b"\n") == text.count("\n") and load_settings(params).seed == 7
+
+
 def test_an_opset_the_exporter_cannot_write_is_refused_when_params_yaml_is_read(tmp_path):
     """Review 2026-12-07: export.opset 24 passed `tasks check`; export then failed with a traceback after DVC had
     removed the model. The bound is the TorchScript exporter's own newest opset (export runs it with dynamo=False)."""
