@@ -116,7 +116,10 @@ def decode_image(data: bytes, name: str, max_side: int) -> DecodedSlice:
         size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
         raise UploadError(413, f"{name}: {size}; the limit is {max_side} pixels per side") from exc
     except UnidentifiedImageError as exc:  # its message names the in-memory buffer, which means nothing to a client
-        raise UploadError(422, f"{name}: undecodable image (Pillow recognises no PNG or JPEG in its bytes)") from exc
+        what = "PNG" if data.startswith(PNG_MAGIC) else "JPEG" if data.startswith(JPEG_MAGIC) else None
+        why = (f"it starts as a {what}, but its header is damaged (a checksum or a field Pillow cannot read)" if what
+               else "Pillow recognises no PNG or JPEG in its bytes")
+        raise UploadError(422, f"{name}: undecodable image ({why})") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UploadError(422, f"{name}: undecodable image ({exc})") from exc
     # A camera's MPO JPEG holds the picture and a preview or second view: the first frame is the picture.

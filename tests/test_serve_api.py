@@ -850,7 +850,10 @@ BAD_SLICES = [
     ("empty", b"", 422, "empty"),
     ("truncated png", png_bytes(brain_slice())[:60], 422, "undecodable"),
     ("corrupt jpeg", b"\xff\xd8\xff\xe0" + b"\x00" * 200, 422, "undecodable"),
-    ("png magic, no png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2, 422, "no PNG or JPEG"),
+    ("png magic, no png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2, 422, "starts as a PNG, but its header"),
+    # review 2026-12-07: a PNG whose header checksum is wrong was "Pillow recognises no PNG or JPEG in its bytes"
+    ("png, bad header checksum", png_bytes(brain_slice())[:29] + bytes(4) + png_bytes(brain_slice())[33:], 422,
+     "starts as a PNG, but its header is damaged"),
     ("corrupt npy", b"\x93NUMPY\x01\x00garbage", 422, "undecodable"),
     ("pickled npy", npy_bytes(np.array([{"a": 1}], dtype=object)), 422, "dtype object"),  # refused by its header
     ("1d npy", npy_bytes(np.zeros(100, np.float32)), 422, "dimensions"),
