@@ -220,8 +220,9 @@ def _check_affine(probe: VolumeHeader) -> None:
         except ValueError:
             degenerate = True
     if degenerate:
+        # the whole 3x4 mapping: a NaN offset (qoffset, srow's last column) is what is wrong as often as the 3x3 part
         raise UploadError(422, f"{probe.name}: degenerate affine in the header (sform/qform: "
-                               f"{np.array2string(linear, precision=3).replace(chr(10), ' ')}); the voxel-to-world "
+                               f"{np.array2string(affine[:3], precision=3).replace(chr(10), ' ')}); the voxel-to-world "
                                "mapping must be finite and invertible")
     try:
         nifti_bytes(np.zeros((1, 1, 1), np.uint8), probe.image)  # the writer accepts this header

@@ -209,7 +209,8 @@ def test_a_big_endian_header_is_still_read():
     {"srow_x": [np.nan, 0, 0, 0]},                                              # NaN sform
     {"srow_x": [0, 0, 0, 0], "srow_y": [0, 0, 0, 0], "srow_z": [0, 0, 0, 0]},  # all-zero sform
     nan_qform(),                                                               # NaN qform
-], ids=["nan-sform", "zero-sform", "nan-qform"])
+    {"srow_x": [1, 0, 0, np.nan], "srow_y": [0, 1, 0, 0], "srow_z": [0, 0, 1, 0]},  # NaN offset only
+], ids=["nan-sform", "zero-sform", "nan-qform", "nan-offset"])
 def test_degenerate_affine_is_422_before_inference(files, changes):
     shape = (32, 32, 6)
     data = forged_nifti_gz(shape, data_bytes=32 * 32 * 6 * 4, header_changes=changes)
@@ -225,6 +226,8 @@ def test_degenerate_affine_is_422_before_inference(files, changes):
             predictor.predict = original
     assert response.status_code == 422, response.text
     assert "tilted.nii.gz" in response.json()["detail"] and "affine" in response.json()["detail"]
+    if "srow_z" in changes and np.isnan(changes["srow_x"][3]):  # the NaN shown, not only the finite 3x3 part
+        assert "nan" in response.json()["detail"]  # review 2026-12-07
     assert calls == []  # refused before any inference ran
 
 
