@@ -164,6 +164,9 @@ def _feed(parser: MultipartParser, chunk: bytes | None) -> None:
     except UploadError:
         raise
     except Exception as exc:  # python-multipart's parse errors
+        if "header size" in str(exc).lower():  # the part's name and file name are in the header it could not read
+            raise UploadError(422, f"a part's header line is over {MAX_HEADER_BYTES // 1024} KB (a file name that "
+                                   f"long?); shorten the file name ({exc})") from exc
         raise UploadError(422, f"malformed multipart body ({exc})") from exc
 
 

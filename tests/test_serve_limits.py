@@ -676,3 +676,11 @@ def test_a_jpeg_with_large_metadata_reserves_for_its_own_size_not_the_largest_al
     largest = slice_memory_bytes(data[:HEAD_BYTES], len(data), "p.jpg", 4096)  # without the file: the old judgement
     assert judged < 20 * 1024**2 < 400 * 1024**2 < largest
     assert jpeg_dimensions(io.BytesIO(b"\xff\xd8\xff\xe1\x00")) is None  # cut short: not judged, no error
+
+
+def test_a_file_name_over_the_part_header_limit_is_said_so(client):
+    """Review 2026-12-07: a file name of 9 KB was "malformed multipart body (Maximum header size exceeded)", naming
+    neither the part nor what to change."""
+    response = client.post("/v1/predict", files={"file": ("x" * 9000 + ".png", png_bytes(brain_slice()))})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("a part's header line is over 8 KB (a file name that long?)")
