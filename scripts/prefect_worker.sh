@@ -22,6 +22,8 @@ python="${SLICEWISE_PYTHON:-python}"
 pool="${SLICEWISE_WORK_POOL:-slicewise-pool}"
 source_dir="${SLICEWISE_FLOW_SOURCE:-$repo_root}"
 
+"$repo_root/scripts/seed_state.sh" "$repo_root"  # the worker image's state volume (nothing to do elsewhere)
+
 if ! "$python" -m prefect work-pool inspect "$pool" >/dev/null 2>&1; then
   "$python" -m prefect work-pool create "$pool" --type process
 fi

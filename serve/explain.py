@@ -72,16 +72,21 @@ def gradcam_unavailable(model: ServedModel) -> str | None:
     if importlib.util.find_spec("torch") is None:
         return "Grad-CAM is not available: this installation has no torch (slim API image)"
     with _build_lock:
-        if model.gradcam_error is None and model.checkpoint_sha256 and not model.checkpoint_checked:
-            if sha256_file(model.checkpoint) != model.checkpoint_sha256:
-                # e.g. train_joint reran and export has not yet, or --checkpoint names another run's weights: the
-                # maps would explain another network than the one whose probabilities the answer gives
-                model.gradcam_error = (f"Grad-CAM is not available: {model.checkpoint.name} is not the checkpoint the "
-                                       f"served ONNX model was exported from (sha256 {model.checkpoint_sha256[:12]}); "
-                                       "export again, or pass --checkpoint with that model's weights")
-                log.warning("%s (%s)", model.gradcam_error, model.checkpoint)
+        if model.gradcam_error is None and not model.checkpoint_checked:
+            _check_checkpoint(model)
             model.checkpoint_checked = True
     return model.gradcam_error
+
+
+def _check_checkpoint(model: ServedModel) -> None:
+    """Set `gradcam_error` when the checkpoint is not the one the ONNX model was exported from (its metadata's
+    sha256): e.g. train_joint reran and export has not yet, or --checkpoint names another run's weights, and the maps
+    would explain another network than the one whose probabilities the answer gives."""
+    if model.checkpoint_sha256 and sha256_file(model.checkpoint) != model.checkpoint_sha256:
+        model.gradcam_error = (f"Grad-CAM is not available: {model.checkpoint.name} is not the checkpoint the "
+                               f"served ONNX model was exported from (sha256 {model.checkpoint_sha256[:12]}); "
+                               "export again, or pass --checkpoint with that model's weights")
+        log.warning("%s (%s)", model.gradcam_error, model.checkpoint)
 
 
 def gradcam_for(model: ServedModel) -> GradCam:
@@ -90,8 +95,15 @@ def gradcam_for(model: ServedModel) -> GradCam:
         return model.gradcam
     if reason := gradcam_unavailable(model):
         raise UploadError(409, reason)
+    try:
+        import torch  # noqa: F401  (find_spec found it; a broken install fails here, said as such)
+    except ImportError as exc:
+        raise UploadError(409, f"Grad-CAM is not available: torch cannot be imported ({exc})") from exc
     with _build_lock:
         if model.gradcam is None:
+            _check_checkpoint(model)  # again as it is read: the file may have been rewritten since /model/info asked
+            if model.gradcam_error:
+                raise UploadError(409, model.gradcam_error)
             try:
                 model.gradcam = GradCam(model.checkpoint, model.model_config)
             except Exception as exc:  # a checkpoint that does not fit the model: say so, keep serving predictions

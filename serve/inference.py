@@ -173,18 +173,19 @@ def model_channels(model: ServedModel, uploads: dict[str, np.ndarray], name: str
     if unused:
         raise UploadError(422, f"{name}: the served model takes {', '.join(model.modalities)}; it has no channel "
                                f"for {', '.join(unused)}")
-    for modality, volume in uploads.items():
-        # preprocessing takes the voxels above 0 as the brain: without one, the channel is all zero, which is how the
-        # model reads a modality not sent, while the answer would have listed it as sent
-        if modality != "flair" and not (volume > 0).any():
-            raise UploadError(422, f"{name}: the {modality} volume holds no voxel above 0 (a value that is not a "
-                                   "number reads as 0): the model would read it as missing; leave it out to send it "
-                                   "as missing")
     shapes = {m: v.shape for m, v in uploads.items()}
     if len(set(shapes.values())) > 1:
         raise UploadError(422, f"{name}: the modality volumes differ in shape ({shapes}); they must be co-registered "
                                "on one grid")
-    return [uploads.get(modality) for modality in model.modalities]
+    # preprocessing takes the voxels above 0 as the brain: a modality without one (all zero, as a 4D file's missing
+    # channel is; all negative; all NaN, read as 0) is an all-zero channel, which is how the model reads one not sent
+    return [volume if (volume := uploads.get(modality)) is not None and (modality == "flair" or (volume > 0).any())
+            else None for modality in model.modalities]
+
+
+def empty_modalities(uploads: dict[str, np.ndarray]) -> list[str]:
+    """The modalities sent with no voxel above 0 (FLAIR aside: the guard's blank check judges it)."""
+    return [m for m, volume in uploads.items() if m != "flair" and not (volume > 0).any()]
 
 
 def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: ServedModel, name: str,
@@ -200,8 +201,9 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow → the 422 below
         inputs = prepare_channels(in_display_orientation(volumes, shown), model.image_size)
     _check_finite(inputs, name)
-    ood = score_volume({modality: shown.display(volume) for modality, volume in uploads.items()}, inputs[:, :1],
-                       ood_threshold)
+    empty = empty_modalities(uploads)  # read as missing; the guard judges what the model reads
+    judged = {modality: shown.display(volume) for modality, volume in uploads.items() if modality not in empty}
+    ood = score_volume(judged, inputs[:, :1], ood_threshold)
     result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs,
                             orientation=shown)
     _check_finite(result.tumour_probability, name)
@@ -251,7 +253,8 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         # Which channels were real and which were zero-filled: the model reads a missing modality as all-zero, and
         # FLAIR alone costs most on the tumour core and the enhancing tumour (README, "Modalities and regions").
         "modalities": {"sent": [m for m, v in zip(model.modalities, volumes) if v is not None],
-                       "missing": [m for m, v in zip(model.modalities, volumes) if v is None]},
+                       "missing": [m for m, v in zip(model.modalities, volumes) if v is None],
+                       "empty": empty},  # sent, but with no voxel above 0: read as missing (listed there too)
         "regions": list(model.regions),
         "region_volumes_cm3": {region: (round(region_cm3[region], 4) if region in region_cm3 else None)
                                for region in REGIONS},

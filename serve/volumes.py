@@ -174,10 +174,12 @@ def probe_volume(fileobj: BinaryIO, name: str, size_limit_mb: float, max_voxels:
                                f"is {size_limit_mb:g} MB once decompressed")
     if not gzipped and size < offset + probe.data_bytes:
         raise short_data(probe, size)
-    # nibabel's checked header reads a voxel size of 0 as 1 mm; the file's own value decides here
-    unchecked = image_class.header_class.from_fileobj(io.BytesIO(head[:n] + b"\0\0\0\0"), check=False)
     spacing = np.asarray(spacing_mm(header), dtype=np.float64)
-    if (np.asarray(unchecked["pixdim"][1:4], dtype=np.float64) == 0).any():
+    # nibabel's checked header reads a voxel size of 0 as 1 mm. Without an sform nothing else says how large a voxel
+    # is (the qform is built from those sizes): the file's own 0 decides then. With one, the sform's spacing is checked
+    # against that 1 mm below (voxel_size_conflict), as the slice step reads such a file.
+    unchecked = image_class.header_class.from_fileobj(io.BytesIO(head[:n] + b"\0\0\0\0"), check=False)
+    if int(header["sform_code"]) == 0 and (np.asarray(unchecked["pixdim"][1:4], dtype=np.float64) == 0).any():
         spacing = np.asarray(spacing_mm(unchecked), dtype=np.float64)
     if not (np.isfinite(spacing).all() and ((spacing >= MIN_SPACING_MM) & (spacing <= MAX_SPACING_MM)).all()):
         raise UploadError(422, f"{name}: invalid voxel spacing {spacing.tolist()} mm in the header (pixdim); the "

@@ -49,8 +49,9 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
     """
     from ruamel.yaml import YAML  # DVC's own YAML library: round-trips comments
 
-    # the file itself: a params.yaml that is a link (the Docker worker keeps it on a volume) stays a link to it
-    path = Path(path).resolve()
+    # the file itself: a params.yaml that is a link (the Docker worker keeps it on a volume) stays a link to it;
+    # errors name the path as given
+    shown, path = Path(path), Path(path).resolve()
     rt = YAML()
     # the file as it was written, but for the values set: quotes kept (the cron string), null written as null (not as
     # an empty value) and no line re-wrapped
@@ -60,20 +61,20 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
         crlf = b"\r\n" in path.read_bytes()  # Windows line ends are read as \n and written back as they were
         doc = rt.load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise SliceWiseError("parameters file not found", path) from exc
+        raise SliceWiseError("parameters file not found", shown) from exc
     except Exception as exc:  # noqa: BLE001 - YAML errors, an unreadable file; ruamel refuses a key given twice too
-        raise SliceWiseError(f"cannot update the parameters: {yaml_problem(exc)}", path) from exc
+        raise SliceWiseError(f"cannot update the parameters: {yaml_problem(exc)}", shown) from exc
     if not isinstance(doc, dict):
-        raise SliceWiseError("the parameters file holds no mapping of keys", path)
+        raise SliceWiseError("the parameters file holds no mapping of keys", shown)
     for dotted, value in updates.items():
         node = doc
         *parents, leaf = dotted.split(".")
         for key in parents:
             if not isinstance(node, dict) or key not in node:
-                raise SliceWiseError(f"unknown key {dotted!r}: no {key!r} there", path)
+                raise SliceWiseError(f"unknown key {dotted!r}: no {key!r} there", shown)
             node = node[key]
         if not isinstance(node, dict):  # e.g. `profile.x=1`: `profile` holds a value, not keys
-            raise SliceWiseError(f"unknown key {dotted!r}: {'.'.join(parents)} holds a value, not keys", path)
+            raise SliceWiseError(f"unknown key {dotted!r}: {'.'.join(parents)} holds a value, not keys", shown)
         _put(node, leaf, _as_written(value))
     tmp = path.with_suffix(".yaml.tmp")
     try:
@@ -82,8 +83,8 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
         try:
             settings = load_settings(tmp)
         except SliceWiseError as exc:  # name the file the user edits, not the temporary copy
-            raise SliceWiseError(exc.reason, path) from exc
-        _refuse_changes_beyond(updates, path, tmp)
+            raise SliceWiseError(exc.reason, shown) from exc
+        _refuse_changes_beyond(updates, path, tmp, shown)
         shutil.copymode(path, tmp)  # a params.yaml kept private (0640) stays so
         tmp.replace(path)
     finally:
@@ -91,7 +92,7 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
     return settings
 
 
-def _refuse_changes_beyond(updates: dict[str, object], before: Path, after: Path) -> None:
+def _refuse_changes_beyond(updates: dict[str, object], before: Path, after: Path, shown: Path) -> None:
     """Refuse an edit that changes a key it does not name: a part of params.yaml shared through a YAML anchor and alias
     (`quick: &q`, `model: *q`) or a merge key (`<<: *q`) is one node, so setting it in one place set it in all."""
     old, new = _dotted_values(yaml.safe_load(before.read_text(encoding="utf-8"))), \
@@ -103,7 +104,7 @@ def _refuse_changes_beyond(updates: dict[str, object], before: Path, after: Path
         raise SliceWiseError(f"setting {', '.join(named)} would also change {', '.join(beyond[:5])}"
                              f"{' and more' if len(beyond) > 5 else ''}: params.yaml shares that part through a YAML "
                              "anchor (&) and alias (*) or a merge key (<<); write it out in full where it should "
-                             "differ, then set it", before)
+                             "differ, then set it", shown)
 
 
 _ABSENT = object()

@@ -112,6 +112,26 @@ def test_a_project_whose_dvc_lock_and_params_are_links_stays_linked_through_dvc_
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
 
 
+def test_an_empty_state_mount_is_seeded_from_the_image_and_a_written_one_kept(tmp_path):
+    """Review 2026-12-07: a bind mount or a Kubernetes volume at /app/state starts empty (only a named volume is filled
+    from the image), so the links to dvc.lock and params.yaml pointed at nothing and every step failed."""
+    dockerfile = (DOCKER / "Dockerfile.train").read_text()
+    assert "cp /app/dvc.lock /app/params.yaml /app/.state-seed/" in dockerfile
+    assert "scripts/seed_state.sh" in (REPO / "scripts" / "prefect_worker.sh").read_text()
+    (tmp_path / ".state-seed").mkdir()
+    (tmp_path / ".state-seed" / "dvc.lock").write_text("image lock\n")
+    (tmp_path / ".state-seed" / "params.yaml").write_text("image params\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "params.yaml").write_text("set from the Prefect UI\n")
+    (tmp_path / "params.yaml").symlink_to("state/params.yaml")
+    (tmp_path / "dvc.lock").symlink_to("state/dvc.lock")
+    assert not (tmp_path / "dvc.lock").exists()  # dangling, as on an empty mount
+    subprocess.run([str(REPO / "scripts" / "seed_state.sh"), str(tmp_path)], check=True, timeout=30)
+    assert (tmp_path / "dvc.lock").read_text() == "image lock\n"
+    assert (tmp_path / "params.yaml").read_text() == "set from the Prefect UI\n"  # never over what a run wrote
+    assert subprocess.run([str(REPO / "scripts" / "seed_state.sh"), str(REPO)], timeout=30).returncode == 0
+
+
 def test_the_worker_takes_a_kaggle_api_token_and_local_data_folders(tmp_path):
     worker = rendered_services(COMPOSE, KAGGLE_API_TOKEN="tok")["worker"]
     assert worker["environment"]["KAGGLE_API_TOKEN"] == "tok"
@@ -130,11 +150,11 @@ def test_the_worker_takes_a_kaggle_api_token_and_local_data_folders(tmp_path):
 
 
 def test_the_prefect_ui_finds_its_api_on_the_published_port(tmp_path):
-    env_file = tmp_path / "no-ui-url.env"
-    env_file.write_text("".join(line + "\n" for line in ENV_EXAMPLE.read_text().splitlines()
-                                if not line.startswith("PREFECT_UI_API_URL=")))  # fmt: skip
-    server = rendered_services(COMPOSE, env_file=env_file, PREFECT_PORT="4300")["prefect-server"]
+    """With docker/.env as the example writes it (a review found that its fixed 4200 made the compose default moot)."""
+    server = rendered_services(COMPOSE, PREFECT_PORT="4300")["prefect-server"]
     assert server["environment"]["PREFECT_UI_API_URL"] == "http://localhost:4300/api"
+    chosen = rendered_services(COMPOSE, PREFECT_UI_API_URL="http://mri.example.org:4200/api")["prefect-server"]
+    assert chosen["environment"]["PREFECT_UI_API_URL"] == "http://mri.example.org:4200/api"
 
 
 def test_compose_refuses_to_start_without_the_database_password(tmp_path):

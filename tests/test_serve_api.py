@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -218,6 +219,25 @@ def test_gradcam_from_a_checkpoint_the_model_was_not_exported_from_is_a_409(file
             if expected == 409:
                 assert "not the checkpoint the served ONNX model was exported from" in response.json()["detail"]
                 assert predict(client, png_bytes(brain_slice())).status_code == 200
+
+
+def test_a_checkpoint_rewritten_after_model_info_asked_is_still_refused_for_grad_cam(files, tmp_path):
+    """Review 2026-12-07: the digest was compared once, when /model/info first asked (the UI asks at page load); a
+    checkpoint rewritten after that (train_joint reran) was then loaded for Grad-CAM without the 409."""
+    import shutil
+
+    from tasks.io import sha256_file
+
+    checkpoint = shutil.copy(files.checkpoint, tmp_path / "best.pt")
+    metadata = {"image_size": SIZE, "modalities": ["flair"], "threshold": 0.5, "mask_threshold": 0.5,
+                "model_config": {"in_channels": 1, "base_channels": 4, "depth": 2},
+                "checkpoint": {"sha256": sha256_file(checkpoint)}}
+    onnx_path = export_tiny_onnx(tmp_path / "model.onnx", metadata=metadata)
+    with local_client(file_app(ServedFiles(onnx_path, Path(checkpoint), files.metrics))) as client:
+        assert client.get("/model/info").json()["served"]["gradcam_checkpoint"] is True
+        Path(checkpoint).write_bytes(Path(checkpoint).read_bytes() + b"rewritten")
+        response = predict(client, png_bytes(brain_slice()), gradcam="true")
+        assert response.status_code == 409 and "not the checkpoint" in response.json()["detail"]
 
 
 def test_batch_answers_each_file_in_order(client):

@@ -154,6 +154,12 @@ def test_a_voxel_size_of_zero_is_refused_not_read_as_one_millimetre(client):
                                                                  + volume.tobytes(order="F"))})
     assert response.status_code == 422, response.text
     assert response.json()["detail"].startswith("v.nii: invalid voxel spacing [0.0, 0.0, 0.0] mm")
+    # with an sform, that transform says how large the voxels are (1 mm here, as the slice step reads the file too)
+    header.set_sform(np.eye(4), code=1)
+    header["pixdim"][1:4] = 0
+    accepted = client.post("/v1/predict/volume", files={"file": ("v.nii", header.binaryblock + bytes(4)
+                                                                 + volume.tobytes(order="F"))})
+    assert accepted.status_code == 200 and accepted.json()["voxel_spacing_mm"] == [1.0, 1.0, 1.0], accepted.text
 
 
 def test_a_sheared_volume_is_refused_with_the_volume_its_voxels_hold(client):

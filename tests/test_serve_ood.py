@@ -166,22 +166,27 @@ def test_every_modality_of_a_volume_is_judged_not_only_flair(tmp_path_factory):
         assert body["warning"] is None and body["ood_checks"]["background"] == 0.0
 
 
-@pytest.mark.parametrize("how", ["not a number", "negative", "zero"])
-def test_a_modality_with_nothing_the_model_can_read_is_refused_not_listed_as_sent(tmp_path_factory, how):
+@pytest.mark.parametrize("how", ["not a number", "negative", "zero", "4D zero channel"])
+def test_a_modality_with_nothing_the_model_can_read_is_listed_as_missing_not_sent(tmp_path_factory, how):
     """Review 2026-12-07: an all-NaN, all-negative or all-zero T1 was read as a zero channel (a modality not sent), and
-    the answer listed it under `modalities.sent`, with no warning."""
+    the answer listed it under `modalities.sent`; a 4D file's missing channel, all zero as the README asks, is one."""
     from tests.serve_factory import ServedFiles, export_regions_onnx, write_metrics
 
     folder = tmp_path_factory.mktemp("empty-t1")
     files = ServedFiles(export_regions_onnx(folder / "model.onnx"), folder / "none.pt", write_metrics(folder / "m.json"))
     volume, _ = brain_volume()
-    t1 = {"not a number": np.full(volume.shape, np.nan, np.float32), "negative": -volume.astype(np.float32),
-          "zero": np.zeros(volume.shape, np.float32)}[how]
-    with local_client(file_app(files, ood_threshold=THRESHOLD)) as four:
-        sent = {"flair": nifti_bytes(volume)[0], "t1": nifti_bytes(t1)[0]}
-        response = four.post("/v1/predict/volume", files={m: (f"p_{m}.nii.gz", data) for m, data in sent.items()})
-        assert response.status_code == 422, response.text
-        assert "the t1 volume holds no voxel above 0" in response.json()["detail"]
+    t1 = {"not a number": np.full(volume.shape, np.nan, np.float32), "negative": -volume.astype(np.float32)}.get(
+        how, np.zeros(volume.shape, np.float32))
+    if how == "4D zero channel":
+        four = np.stack([volume, t1.astype(volume.dtype), volume, volume], axis=-1)
+        sent = {"file": ("p.nii.gz", nifti_bytes(four)[0])}
+    else:
+        sent = {"flair": ("p_flair.nii.gz", nifti_bytes(volume)[0]), "t1": ("p_t1.nii.gz", nifti_bytes(t1)[0])}
+    with local_client(file_app(files, ood_threshold=THRESHOLD)) as client:
+        body = client.post("/v1/predict/volume", files=sent).json()
+    assert "t1" in body["modalities"]["missing"] and "t1" not in body["modalities"]["sent"], body["modalities"]
+    assert body["modalities"]["empty"] == ["t1"]
+    assert body["warning"] is None and body["has_tumor"] is True  # what the model reads is in distribution
 
 
 def test_a_volume_in_tiny_units_is_read_as_the_same_volume():

@@ -533,6 +533,11 @@ def test_tasks_set_refuses_an_edit_that_an_anchor_or_merge_key_would_carry_to_an
         set_params({"profiles.quick.epochs.seg": 5}, params)  # the anchor's own key: the merge would follow it
     set_params({"profiles.baseline.image_size": 160}, params)  # a key baseline has of its own: no other changes
     assert yaml.safe_load(params.read_text())["profiles"]["baseline"]["image_size"] == 160
+    link = tmp_path / "link.yaml"  # a link (the Docker worker's params.yaml): errors name it as given, not its target
+    link.symlink_to(params)
+    with pytest.raises(SliceWiseError) as error:
+        set_params({"seed": -1}, link)
+    assert error.value.path == str(link) and link.is_symlink()
 
 
 @pytest.mark.parametrize(("updates", "words"), [

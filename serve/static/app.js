@@ -263,5 +263,5 @@ const initial = tabs.find((t) => "#" + t.dataset.view === location.hash) || tabs
 selectTab(initial);
 loadModelInfo();
 loadExamples();
-setInterval(watchModel, 60_000);
-document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") watchModel(); });
+setInterval(watchModelOnce, 60_000);
+document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") watchModelOnce(); });
