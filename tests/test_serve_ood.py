@@ -149,12 +149,16 @@ def test_an_npy_slice_with_an_offset_gets_no_decision(client):
     assert_in_distribution(answer(client, npy_bytes(brain_slice(size=64).astype(np.float32))))
 
 
-def test_every_modality_of_a_volume_is_judged_not_only_flair(tmp_path_factory):
-    """Only FLAIR was checked: a T1 with an offset went into a four-channel model unremarked."""
+def four_modality_files(folder):
+    """A four-modality, three-region model served from files (tests/serve_factory.py's BrightRegionsNet)."""
     from tests.serve_factory import ServedFiles, export_regions_onnx, write_metrics
 
-    folder = tmp_path_factory.mktemp("ood4")
-    files = ServedFiles(export_regions_onnx(folder / "model.onnx"), folder / "none.pt", write_metrics(folder / "m.json"))
+    return ServedFiles(export_regions_onnx(folder / "model.onnx"), folder / "none.pt", write_metrics(folder / "m.json"))
+
+
+def test_every_modality_of_a_volume_is_judged_not_only_flair(tmp_path_factory):
+    """Only FLAIR was checked: a T1 with an offset went into a four-channel model unremarked."""
+    files = four_modality_files(tmp_path_factory.mktemp("ood4"))
     volume, _ = brain_volume()
     good = nifti_bytes(volume)[0]
     with local_client(file_app(files, ood_threshold=THRESHOLD)) as four:
@@ -170,10 +174,7 @@ def test_every_modality_of_a_volume_is_judged_not_only_flair(tmp_path_factory):
 def test_a_modality_with_nothing_the_model_can_read_is_listed_as_missing_not_sent(tmp_path_factory, how):
     """Review 2026-12-07: an all-NaN, all-negative or all-zero T1 was read as a zero channel (a modality not sent), and
     the answer listed it under `modalities.sent`; a 4D file's missing channel, all zero as the README asks, is one."""
-    from tests.serve_factory import ServedFiles, export_regions_onnx, write_metrics
-
-    folder = tmp_path_factory.mktemp("empty-t1")
-    files = ServedFiles(export_regions_onnx(folder / "model.onnx"), folder / "none.pt", write_metrics(folder / "m.json"))
+    files = four_modality_files(tmp_path_factory.mktemp("empty-t1"))
     volume, _ = brain_volume()
     t1 = {"not a number": np.full(volume.shape, np.nan, np.float32), "negative": -volume.astype(np.float32)}.get(
         how, np.zeros(volume.shape, np.float32))

@@ -112,8 +112,8 @@ function csvCell(value) {
 export function batchCsv(rows) {
   const lines = [CSV_COLUMNS.join(","), ...rows.map((row) =>
     // a file that could not be read was judged by nothing: no "false" in its out_of_distribution column
-    CSV_COLUMNS.map((c) => csvCell(c !== "out_of_distribution" ? row[c] : row.error ? undefined : outOfDistribution(row)))
-      .join(","))];
+    CSV_COLUMNS.map((c) => csvCell(c !== "out_of_distribution" ? row[c]
+      : row.error ? undefined : outOfDistribution(row))).join(","))];
   return lines.join("\n") + "\n";
 }
 
