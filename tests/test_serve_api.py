@@ -515,7 +515,7 @@ def test_four_modality_upload_gives_three_regions_and_their_cm3(regions_client):
         uploads[modality] = (f"p_{modality}.nii.gz", data)
     body = regions_client.post("/v1/predict/volume", files=uploads).json()
     assert body["regions"] == ["wt", "tc", "et"] and body["filename"] == "p_flair.nii.gz"
-    assert body["modalities"] == {"sent": ["flair", "t1", "t1ce", "t2"], "missing": []}
+    assert body["modalities"] == {"sent": ["flair", "t1", "t1ce", "t2"], "missing": [], "empty": []}
     labels = decode_nifti(body["label_map_nifti"])
     assert np.allclose(labels.affine, affine)
     label_map = np.asarray(labels.dataobj)
@@ -538,7 +538,7 @@ def test_flair_alone_and_4d_upload_for_a_four_modality_model(regions_client):
         "file": ("f.nii.gz", nifti_bytes(volumes["flair"][0])[0])}).json()
     assert flair_only["region_volumes_cm3"]["wt"] > 0  # T1 and T1ce are zero channels: no core, no ET
     assert flair_only["region_volumes_cm3"]["tc"] == 0 and flair_only["region_volumes_cm3"]["et"] == 0
-    assert flair_only["modalities"] == {"sent": ["flair"], "missing": ["t1", "t1ce", "t2"]}
+    assert flair_only["modalities"] == {"sent": ["flair"], "missing": ["t1", "t1ce", "t2"], "empty": []}
     stacked = np.stack([volumes[m][0] for m in ("flair", "t1", "t1ce", "t2")], axis=-1)
     data, affine = nifti_bytes(stacked, spacing=(1.0, 1.5, 2.0))
     four_d = regions_client.post("/v1/predict/volume", files={"file": ("all.nii.gz", data)}).json()
