@@ -1,5 +1,5 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
-// scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice probability plot.
+// scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice score plot.
 import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, fmtSmall, loadImage, openView, outline,
   pickAgain, show, showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
 
@@ -73,7 +73,7 @@ async function render(result, title, isLatest = () => true) {
   // no decision for an out-of-distribution volume: "0 of N slices with tumour" would read as a clean scan
   const found = result.tumor_slices === null ? "decision withheld (out of distribution)" :
     `${result.tumor_slices.length} of ${result.slices.length} slices with tumour`;
-  $("vol-summary").textContent = `${found} · max probability ${fmt(result.max_tumor_probability)} · ` +
+  $("vol-summary").textContent = `${found} · max score ${fmt(result.max_tumor_probability)} · ` +
     `OOD score ${fmt(result.ood_score, 2)}`;
   const labels = result.label_map_nifti ? [result.label_map_nifti, result.label_map_nifti_filename] :
     [result.mask_nifti, result.mask_nifti_filename];
@@ -138,7 +138,7 @@ function drawSlice() {
   ], patient.result.display_aspect);
   const area = s.tumor_area_mm2 === undefined ? "" :
     ` · ${s.tumor_area_mm2.toFixed(0)} mm²${withheld(patient.result) ? " (unreliable)" : ""}`;
-  $("vol-slice-label").textContent = `${z} / ${patient.slices.length - 1} · p = ${s.tumor_probability.toFixed(3)}${area}`;
+  $("vol-slice-label").textContent = `${z} / ${patient.slices.length - 1} · score ${s.tumor_probability.toFixed(3)}${area}`;
   // what a screen reader says of the slider: the slice and its figures, not the bare number
   $("vol-slider").setAttribute("aria-valuetext", `slice ${$("vol-slice-label").textContent}`);
   drawPlot(z);
@@ -158,7 +158,7 @@ function drawPlot(current) {
     <line class="axis" x1="${left}" y1="${plotY(0)}" x2="${w - right}" y2="${plotY(0)}"/>
     <line class="axis" x1="${left}" y1="${plotY(0)}" x2="${left}" y2="${plotY(1)}"/>
     <text x="2" y="${plotY(1) + 8}">1.0</text><text x="2" y="${plotY(0)}">0.0</text>
-    <text x="${w / 2 - 60}" y="${h - 2}">tumour probability per slice</text>
+    <text x="${w / 2 - 60}" y="${h - 2}">tumour score per slice</text>
     <line class="threshold" x1="${left}" y1="${plotY(threshold)}" x2="${w - right}" y2="${plotY(threshold)}"/>
     ${truthTicks.join("")}
     <polyline class="line" points="${points.join(" ")}"/>
