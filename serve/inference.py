@@ -183,10 +183,6 @@ def model_channels(model: ServedModel, uploads: dict[str, np.ndarray], name: str
             else None for modality in model.modalities]
 
 
-def empty_modalities(uploads: dict[str, np.ndarray]) -> list[str]:
-    """The modalities sent with no voxel above 0 (FLAIR aside: the guard's blank check judges it)."""
-    return [m for m, volume in uploads.items() if m != "flair" and not (volume > 0).any()]
-
 
 def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: ServedModel, name: str,
                   ood_threshold: float, with_images: bool = False,
@@ -201,7 +197,8 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow → the 422 below
         inputs = prepare_channels(in_display_orientation(volumes, shown), model.image_size)
     _check_finite(inputs, name)
-    empty = empty_modalities(uploads)  # read as missing; the guard judges what the model reads
+    # sent with no voxel above 0, so read as missing (model_channels); the guard judges what the model reads
+    empty = [m for m, volume in zip(model.modalities, volumes) if volume is None and m in uploads]
     judged = {modality: shown.display(volume) for modality, volume in uploads.items() if modality not in empty}
     ood = score_volume(judged, inputs[:, :1], ood_threshold)
     result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs,

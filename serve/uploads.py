@@ -210,36 +210,16 @@ BYTES_PER_SQUARE_PIXEL = 8
 HEAD_BYTES = 64 * 1024  # where PNG, JPEG and NPY headers say how large the image is
 
 
-# JPEG's start-of-frame markers, which carry the image's size (DHT, JPG and DAC share the range and do not)
-JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-JPEG_MAX_SEGMENTS = 512  # walked before the frame header; a camera photo has a dozen
-
-
 def jpeg_dimensions(fileobj: BinaryIO) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header, found by walking its segments from the start, each skipped by its
-    length: metadata (EXIF, an ICC profile, a thumbnail) can put the frame header far beyond HEAD_BYTES. None when it
-    is not found within JPEG_MAX_SEGMENTS segments."""
+    """(width, height) of a JPEG whose frame header lies beyond HEAD_BYTES (metadata: EXIF, an ICC profile, a
+    thumbnail), read by Pillow from the whole file: it walks the segments to the frame header without decoding a
+    pixel. None when it cannot tell."""
     fileobj.seek(0)
-    if fileobj.read(2) != b"\xff\xd8":
+    try:
+        with Image.open(fileobj) as image:
+            return image.size if image.format in ("JPEG", "MPO") else None
+    except Exception:  # noqa: BLE001 - damaged or cut short: not judged here (decode_slice answers that)
         return None
-    for _ in range(JPEG_MAX_SEGMENTS):
-        if fileobj.read(1) != b"\xff":
-            return None
-        marker = fileobj.read(1)
-        while marker == b"\xff":  # fill bytes before a marker
-            marker = fileobj.read(1)
-        if not marker or marker[0] == 0xD9:
-            return None
-        if 0xD0 <= marker[0] <= 0xD7 or marker[0] == 0x01:  # markers without a segment
-            continue
-        length = fileobj.read(2)
-        if len(length) < 2 or (segment := int.from_bytes(length, "big")) < 2:
-            return None
-        if marker[0] in JPEG_FRAME_MARKERS:
-            frame = fileobj.read(5)
-            return (int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big")) if len(frame) == 5 else None
-        fileobj.seek(segment - 2, io.SEEK_CUR)
-    return None
 
 
 def slice_memory_bytes(head: bytes, size: int, name: str, max_side: int,

