@@ -76,7 +76,7 @@ def run_all(skip: set[str], keep_seeds: Path | None = None) -> dict:
 
 def measure_gpu(report: dict) -> None:
     """The training step's throughput per GPU switch and the production profile's steps, on a CUDA machine; without
-    one, the figures a GPU machine recorded stay (README, "GPU switches")."""
+    one, the figures a GPU machine recorded stay (docs/training.md, "GPU switches")."""
     from bench import bench_gpu, bench_gpu_stages
 
     console.rule("GPU training throughput")

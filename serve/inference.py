@@ -248,7 +248,7 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         "mask_nifti": nifti_b64(result.whole_tumour.astype(np.uint8), image),
         "mask_nifti_filename": output_filename(name, "mask"),
         # Which channels were real and which were zero-filled: the model reads a missing modality as all-zero, and
-        # FLAIR alone costs most on the tumour core and the enhancing tumour (README, "Modalities and regions").
+        # FLAIR alone costs most on the tumour core and the enhancing tumour (docs/model.md, "Modalities and regions").
         "modalities": {"sent": [m for m, v in zip(model.modalities, volumes) if v is not None],
                        "missing": [m for m, v in zip(model.modalities, volumes) if v is None],
                        "empty": empty},  # sent, but with no voxel above 0: read as missing (listed there too)

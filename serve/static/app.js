@@ -189,7 +189,7 @@ async function showSlice(result, title) {
   showWarning("slice-modalities", missing.length ? `Predicted from one channel, read as FLAIR: this model also reads ` +
     `${missing.map((m) => MODALITY_NAMES[m] || m).join(", ")}, each an all-zero channel here. An NPY of every ` +
     "modality, (C, H, W) in the model's order, gives the full prediction." : "");
-  // The decision and the mask are two answers (README, Serving). Under a "no tumour" decision a mask is at most a
+  // The decision and the mask are two answers (docs/serving.md). Under a "no tumour" decision a mask is at most a
   // candidate too faint for it, and on a photo, whose masks never trained the model, it can cover the whole brain:
   // drawn filled in red by default it read as a found tumour. It starts hidden, and the page says why.
   const maskAgainstDecision = result.has_tumor === false && result.tumor_area_px > 0;
