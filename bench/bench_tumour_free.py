@@ -32,7 +32,7 @@ def run(brains: int, first: int | None = None) -> dict:
     from tasks.evaluation.metrics import wilson_interval
     from tasks.evaluation.tumour_free import tumour_free_findings
     from tasks.inference.checkpoints import load_model
-    from tasks.inference.predictor import TorchPredictor
+    from tasks.inference.predictor import TorchPredictor, evaluated_in_volume
     from tasks.inference.tumour_free_reference import TWIN_VOXEL_CM3, tumour_free_reference
     from tasks.io import sha256_file
 
@@ -53,7 +53,8 @@ def run(brains: int, first: int | None = None) -> dict:
     started = time.perf_counter()
     findings = tumour_free_findings(predictor, range(first, first + brains), settings.seed,
                                     settings.slice.modalities, settings.active.image_size,
-                                    metrics["segmentation_threshold"]["value"], threshold)
+                                    metrics["segmentation_threshold"]["value"], threshold,
+                                    evaluated_in_volume(metrics))  # as metrics.json's threshold was chosen
     seconds = time.perf_counter() - started
     found_cm3 = [round(voxels * TWIN_VOXEL_CM3, 4) for voxels, _ in findings]
     references = [tumour_free_reference(metrics, cm3, called) for cm3, (_, called) in zip(found_cm3, findings)]

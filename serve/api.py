@@ -93,7 +93,7 @@ def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> d
         "served": {"image_size": model.image_size, "in_channels": model.in_channels,
                    "modalities": list(model.modalities), "regions": list(model.regions),
                    "threshold": model.threshold, "lone_slice_threshold": model.slice_threshold,
-                   "slice_score": model.predictor.slice_score,
+                   "slice_score": model.predictor.slice_score, "slices_in_volume": model.slices_in_volume,
                    "mask_threshold": model.mask_threshold, "gradcam_checkpoint": gradcam_reason is None,
                    "gradcam_unavailable": gradcam_reason},
         "limits": {key: getattr(cfg, key) for key in LIMITS},

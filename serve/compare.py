@@ -45,7 +45,7 @@ def model_summary(model: ServedModel, role: str, aliases: list[str] | None = Non
             "gate": gate_verdict(tags), "lineage": {k: tags[k] for k in LINEAGE_TAGS if k in tags},
             "served": {"image_size": model.image_size, "modalities": list(model.modalities),
                        "threshold": model.threshold, "lone_slice_threshold": model.slice_threshold,
-                       "slice_score": model.predictor.slice_score}}
+                       "slice_score": model.predictor.slice_score, "slices_in_volume": model.slices_in_volume}}
 
 
 def find_challenger(source) -> tuple[tuple | None, str | None]:

@@ -202,7 +202,7 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     judged = {modality: shown.display(volume) for modality, volume in uploads.items() if modality not in empty}
     ood = score_volume(judged, inputs[:, :1], ood_threshold)
     result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs,
-                            orientation=shown)
+                            orientation=shown, slices_in_volume=model.slices_in_volume)
     _check_finite(result.tumour_probability, name)
     _check_finite(result.slice_probability, name)
     spacing = list(spacing_mm(image.header))

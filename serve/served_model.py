@@ -13,7 +13,8 @@ from typing import Any
 from tasks.data.regions import REGIONS
 from tasks.errors import SliceWiseError
 from tasks.inference.photo_decisions import PhotoRecord, photo_record
-from tasks.inference.predictor import LEGACY_SLICE_SCORE, OnnxPredictor, check_slice_score, evaluated_slice_score
+from tasks.inference.predictor import (LEGACY_SLICE_SCORE, OnnxPredictor, check_slice_score, evaluated_in_volume,
+                                      evaluated_slice_score)
 from tasks.inference.recorded_figures import finite
 from tasks.io import read_json
 
@@ -46,6 +47,9 @@ class ServedModel:
     regions: tuple[str, ...] = ("wt",)  # what the segmentation head predicts (ONNX metadata `regions`)
     checkpoint_sha256: str | None = None  # of the checkpoint the ONNX model was exported from (its metadata)
     lone_slice_threshold: float | None = None  # for a slice that arrives alone (/v1/predict); None: `threshold`
+    # a volume's slices are scored after its clean-up, as evaluation scored the BraTS slices the threshold was chosen on
+    # (evaluate.slices_in_volume); False: each slice's own score (a model evaluated on slices alone, or before the key)
+    slices_in_volume: bool = False
 
     @property
     def photos(self) -> PhotoRecord | None:
@@ -113,6 +117,7 @@ def load_served_model(onnx_path: Path, card: dict, checkpoint: Path | None = Non
         model_config=dict(meta.get("model_config") or {}), examples=examples, regions=served_regions(meta, predictor),
         checkpoint_sha256=(meta.get("checkpoint") or {}).get("sha256"),
         lone_slice_threshold=lone_threshold(metrics, meta),
+        slices_in_volume=bool(meta.get("slices_in_volume")) if "threshold" in meta else evaluated_in_volume(metrics),
     )
 
 

@@ -822,6 +822,42 @@ def test_the_model_says_what_its_threshold_applies_to(tmp_path):
         assert client.get("/model/info").json()["served"]["slice_score"] == "fused"
 
 
+def test_a_volume_is_scored_as_the_model_was_evaluated_in_volume_or_alone(tmp_path, monkeypatch):
+    """The volume route reads its slice scores after the clean-up only for a model whose evaluation scored its BraTS
+    slices that way (model.json `slices_in_volume`, else metrics.json's record); a model judged on slices alone, or one
+    from before the key, gets each slice's own score, the one its threshold was chosen on."""
+    import serve.inference as serve_inference
+    from serve.served_model import load_served_model
+
+    meta = {"image_size": SIZE, "modalities": ["flair"], "threshold": 0.5, "mask_threshold": 0.5,
+            "model_config": {"in_channels": 1, "base_channels": 4, "depth": 2}}
+    in_volume = load_served_model(export_tiny_onnx(tmp_path / "v.onnx", metadata=meta | {"slices_in_volume": True}), {})
+    alone = load_served_model(export_tiny_onnx(tmp_path / "a.onnx", metadata=meta | {"slices_in_volume": False}), {})
+    older = load_served_model(export_tiny_onnx(tmp_path / "o.onnx", metadata=meta), {})
+    assert (in_volume.slices_in_volume, alone.slices_in_volume, older.slices_in_volume) == (True, False, False)
+    bare = export_tiny_onnx(tmp_path / "bare.onnx", metadata={})
+    recorded = {"classification": {"threshold": 0.4},
+                "classification_threshold": {"value": 0.4, "slices_in_volume": True}}
+    assert load_served_model(bare, {}, metrics=recorded).slices_in_volume is True
+    asked = []
+    real = serve_inference.predict_volume
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["slices_in_volume"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serve_inference, "predict_volume", recording)
+    upload = {"file": ("patient.nii.gz", nifti_bytes(brain_volume()[0])[0])}
+    for flag in (True, False):
+        (tmp_path / str(flag)).mkdir()
+        files = make_served_files(tmp_path / str(flag))
+        export_tiny_onnx(files.onnx, metadata=meta | {"slices_in_volume": flag})
+        with local_client(file_app(files)) as client:
+            assert client.get("/model/info").json()["served"]["slices_in_volume"] is flag
+            assert client.post("/v1/predict/volume", files=upload).status_code == 200
+    assert asked == [True, False]
+
+
 def test_missing_model_file_is_reported_not_served(tmp_path):
     files = make_served_files(tmp_path)
     files.onnx.unlink()

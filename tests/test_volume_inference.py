@@ -271,6 +271,26 @@ def test_a_fused_slice_score_does_not_let_a_false_lesion_vouch_for_itself():
     assert tta.slice_score == "fused"
 
 
+def test_a_model_judged_on_slices_alone_gets_each_slices_own_score_in_a_volume():
+    """A model evaluated with `evaluate.slices_in_volume: false` had its threshold chosen on each slice's own score:
+    its volume answers (slices_in_volume=False) read those scores, the dropped lesion's slices included, while the
+    masks are cleaned as for any model."""
+    seg = np.full((24, 24, 12), 100.0, dtype=np.float32)
+    seg[3:8, 3:8, 1:4] = 400.0
+    seg[12:22, 12:22, 6:11] = 400.0  # the false lesion the classifier does not confirm
+    evidence = np.full_like(seg, 100.0)
+    evidence[:, :, 1:4] = 400.0
+    predictor = TorchPredictor(SecondChannelSays(), slice_score="fused")
+    after = predict_volume(predictor, [seg, evidence], image_size=24)
+    alone = predict_volume(predictor, [seg, evidence], image_size=24, slices_in_volume=False)
+    own = predict_slices_tta(predictor, prepare_channels([seg, evidence], 24)).tumour_probability
+    np.testing.assert_array_equal(alone.tumour_probability, own)
+    assert alone.tumour_probability[6:11].min() > after.tumour_probability[6:11].max() + 0.4  # the lesion's own pixels
+    np.testing.assert_array_equal(alone.masks, after.masks)
+    np.testing.assert_array_equal(alone.slice_masks, after.slice_masks)
+    assert alone.whole_tumour.sum() == 75  # the lesion is dropped from the answer's masks all the same
+
+
 def test_volume_grid_is_each_slice_resized_back_and_laid_out_x_y_z():
     """to_volume_grid fills z-major buffers and lays them out once: the result must be, voxel for voxel, each slice
     brought back by slice_to_grid, thresholded, and the largest entropy over the regions, in C order (X, Y, Z)."""

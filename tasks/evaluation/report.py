@@ -275,7 +275,7 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     if volume_inputs.synthetic_seed is not None and region_scores is not None:  # the generator's test patients
         twins = tumour_free_twins(predictor, list(region_scores.get("patient", [])), volume_inputs.synthetic_seed,
                                   volume_inputs.modalities, volume_inputs.image_size, mask_threshold["value"],
-                                  report["classification"]["threshold"])
+                                  report["classification"]["threshold"], cfg.slices_in_volume)
         if twins is not None:
             report["tumour_free_volumes"] = twins
     # which weights these numbers are about: register refuses to ship other ones under them

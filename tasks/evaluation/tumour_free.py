@@ -22,15 +22,18 @@ SYNTHETIC_PATIENT = re.compile(r"BraTS20_Training_(\d{3,})$")
 
 
 def tumour_free_twins(predictor: SlicePredictor, patients: Sequence[str], data_seed: int, modalities: Sequence[str],
-                      image_size: int, mask_threshold: float, threshold: float) -> dict | None:
+                      image_size: int, mask_threshold: float, threshold: float,
+                      slices_in_volume: bool = True) -> dict | None:
     """metrics.json's `tumour_free_volumes`: of the `patients` (synthetic test patients of data set `data_seed`),
     rendered without their tumour, how many the model leaves with a predicted whole tumour after the clean-up, and how
     many the volume decision (a slice's tumour probability at `threshold`, as /v1/predict/volume decides) calls
-    tumour. None when no patient is a synthetic one."""
+    tumour; `slices_in_volume` as evaluation scored the slices (evaluate.slices_in_volume). None when no patient is a
+    synthetic one."""
     numbers = [int(found.group(1)) for patient in patients if (found := SYNTHETIC_PATIENT.match(patient))]
     if not numbers:
         return None
-    findings = tumour_free_findings(predictor, numbers, data_seed, modalities, image_size, mask_threshold, threshold)
+    findings = tumour_free_findings(predictor, numbers, data_seed, modalities, image_size, mask_threshold, threshold,
+                                    slices_in_volume)
     voxels = [v for v, _ in findings]
     painted = int(sum(v > 0 for v in voxels))
     return {"n": len(numbers), "with_predicted_tumour": painted,
@@ -42,7 +45,8 @@ def tumour_free_twins(predictor: SlicePredictor, patients: Sequence[str], data_s
 
 
 def tumour_free_findings(predictor: SlicePredictor, numbers: Sequence[int], data_seed: int, modalities: Sequence[str],
-                         image_size: int, mask_threshold: float, threshold: float) -> list[tuple[int, bool]]:
+                         image_size: int, mask_threshold: float, threshold: float,
+                         slices_in_volume: bool = True) -> list[tuple[int, bool]]:
     """Per synthetic patient `numbers` of data set `data_seed`, rendered without its tumour: the whole-tumour voxels
     the volume route's inference and clean-up leave (1 mm voxels, BraTS's grid), and whether the volume decision at
     `threshold` calls it tumour."""
@@ -53,6 +57,6 @@ def tumour_free_findings(predictor: SlicePredictor, numbers: Sequence[int], data
     for number in numbers:
         volumes, _ = synthesize_patient(data_seed, number, with_tumour=False)
         result = predict_volume(predictor, [volumes[m] for m in modalities], image_size, NO_TTA, mask_threshold,
-                                orientation=Orientation.of(BRATS_AFFINE))
+                                orientation=Orientation.of(BRATS_AFFINE), slices_in_volume=slices_in_volume)
         findings.append((int(result.masks[0].sum()), bool(result.tumour_probability.max() >= threshold)))
     return findings

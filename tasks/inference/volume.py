@@ -228,13 +228,16 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
                    inputs: np.ndarray | None = None,
                    min_component_share: float = MIN_COMPONENT_SHARE,
                    min_slice_evidence: float = MIN_SLICE_EVIDENCE,
-                   orientation: Orientation | None = None) -> VolumePrediction:
+                   orientation: Orientation | None = None, slices_in_volume: bool = True) -> VolumePrediction:
     """Every axial slice of a volume (one (X, Y, Z) array per model channel, None where missing) → VolumePrediction.
 
     `orientation`: the volumes' (Orientation.of their affine). They are sliced in display orientation
     (tasks/data/orientation.py, as the slice step cuts training data), and the answers on the input's grid are turned
     back to the stored one. None: the volumes are in display orientation already. `inputs` may pass the already
-    prepared (Z, C, S, S) slices of the display-oriented volumes (serving prepares them first, for its OOD check)."""
+    prepared (Z, C, S, S) slices of the display-oriented volumes (serving prepares them first, for its OOD check).
+    `slices_in_volume`: each slice's `tumour_probability` is read after the clean-up, as evaluation scores BraTS slices
+    by default; False: the model's own score of each slice, as a model evaluated with `evaluate.slices_in_volume: false`
+    was judged (its threshold was chosen on those scores)."""
     volumes = in_display_orientation(volumes, orientation)
     if inputs is None:
         inputs = prepare_channels(volumes, image_size)
@@ -251,7 +254,8 @@ def predict_volume(predictor: SlicePredictor, volumes: Sequence[np.ndarray | Non
     # a component the returned volume dropped. (R, Z, S, S): Z is a spatial axis like the others here.
     slice_masks = np.moveaxis(clean_regions(np.moveaxis(prediction.region_probability >= threshold, 1, 0),
                                             min_component_share, evidence, 0, min_slice_evidence), 0, 1)
-    tumour_probability = scores_after_cleanup(prediction, slice_masks, threshold)
+    tumour_probability = scores_after_cleanup(prediction, slice_masks, threshold) if slices_in_volume \
+        else prediction.tumour_probability
     # What the overlays lost to the clean-up, on the slices of a component the native-grid clean-up dropped (the one
     # `components` lists): the two grids' connectivity can differ, and a speck the returned volume kept is no drop.
     slice_dropped = (prediction.region_probability[:, 0] >= threshold) & ~slice_masks[:, 0]

@@ -51,7 +51,7 @@ def _intervals_sentence(metrics: dict) -> str:
     """How the 95 % intervals were computed: metrics.json says since it had BCa intervals; before, percentile ones."""
     if (metrics.get("ci95_method") or {}).get("interval") == "bca":
         return ("Intervals: 95 % BCa bootstrap resampling patients, its tails widened for few patients; with a few "
-                "test patients they still cover less than 95 % (README, \"Evaluation\").")
+                "test patients they still cover less than 95 % (docs/evaluation.md).")
     return "Intervals: percentile bootstrap resampling patients."
 
 

@@ -85,7 +85,7 @@ def print_summary(console: Console | None = None, min_photo_accuracy: float | No
         console.print(headline)
         if nested_value(metrics, "segmentation.hd95") is not None:  # why it reads so far above the volume's
             console.print("segmentation.hd95 is per tumour slice: one predicted empty counts as the image's diagonal "
-                          "(README, Evaluation); the volume and region HD95 are the re-stacked 3D ones")
+                          "(docs/evaluation.md); the volume and region HD95 are the re-stacked 3D ones")
         if where := _where_it_errs(metrics):
             console.print(where)
         if free := metrics.get("tumour_free_volumes"):  # no split holds a brain without a tumour
@@ -95,7 +95,7 @@ def print_summary(console: Console | None = None, min_photo_accuracy: float | No
             known = (f"accuracy {record.accuracy:.3f} on {record.photos} test photos" if record
                      else "its figures on photos are not known")
             console.print(f"[yellow]served, this model gives photos (8-bit PNG/JPEG) no tumour decision:[/] {known}, "
-                          f"below serve.min_photo_accuracy {min_photo_accuracy:g} (README, Serving)")
+                          f"below serve.min_photo_accuracy {min_photo_accuracy:g} (docs/serving.md)")
 
     if decision := _report(paths.REGISTER_REPORT, console):
         # the decision is this checkout's once it has exported a model: before that (a fresh clone, or one whose
