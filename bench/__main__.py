@@ -463,7 +463,7 @@ def seeds_markdown(seeds: dict) -> str:
         lines.append(f"| min / median / max | {' | '.join(cells)} | {hd['min']:.1f} / {hd['median']:.1f} / "
                      f"{hd['max']:.1f} | {tc_et} | |")
     verdict = "met" if summary["every_seed_meets_targets"] else "not met"
-    lines += ["", f"Every seed meets the targets: **{verdict}**."]
+    lines += ["", f"Every seed meeting every target: **{verdict}**."]
     for seed, reason in (seeds.get("failed_seeds") or {}).items():
         lines[-1] += f" Seed {seed}'s pipeline failed, so it has no model: `{reason}`."
     if (within := summary.get("no_seed_interval_below_targets")) is not None:
