@@ -32,7 +32,7 @@ def run(brains: int, first: int | None = None) -> dict:
     from tasks.evaluation.metrics import wilson_interval
     from tasks.evaluation.tumour_free import tumour_free_findings
     from tasks.inference.checkpoints import load_model
-    from tasks.inference.predictor import TorchPredictor, evaluated_in_volume
+    from tasks.inference.predictor import TorchPredictor, evaluated_in_volume, evaluated_slice_score
     from tasks.inference.tumour_free_reference import TWIN_VOXEL_CM3, tumour_free_reference
     from tasks.io import sha256_file
 
@@ -49,7 +49,7 @@ def run(brains: int, first: int | None = None) -> dict:
                          "run `make run` first")
     threshold = metrics["classification_threshold"]["value"]
     model, _ = load_model(paths.best_checkpoint("joint"))
-    predictor = TorchPredictor(model, slice_score=settings.evaluate.slice_score)
+    predictor = TorchPredictor(model, slice_score=evaluated_slice_score(metrics))  # both rules as metrics.json's
     started = time.perf_counter()
     findings = tumour_free_findings(predictor, range(first, first + brains), settings.seed,
                                     settings.slice.modalities, settings.active.image_size,

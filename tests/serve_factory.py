@@ -93,7 +93,8 @@ def export_tiny_onnx(path: Path, size: int = SIZE, channels: int = 1, metadata: 
                       dynamic_axes={n: {0: "batch"} for n in ("image", "seg_logits", "cls_logits")})
     if metadata is None:
         metadata = {"image_size": size, "modalities": ["flair"] * channels, "threshold": threshold,
-                    "mask_threshold": 0.5, "model_config": {"in_channels": channels, "base_channels": 4, "depth": 2}}
+                    "mask_threshold": 0.5, "model_config": {"in_channels": channels, "base_channels": 4, "depth": 2},
+                    "slices_in_volume": True}  # as export writes it for a model evaluated by default
     if metadata:
         proto = onnx.load(str(path))
         onnx.helper.set_model_props(proto, {"slicewise": json.dumps(metadata)})

@@ -293,8 +293,10 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data, tiny_settings, untrained_ch
     # test). Slices read in their volume: test_evaluate_with_slices_in_volume_decides_on_the_volume_answers.
     tiny_settings = tiny_settings.model_copy(update={"evaluate": tiny_settings.evaluate.model_copy(
         update={"slices_in_volume": False})})
+    twins = record_twins(monkeypatch)
 
     result = evaluate.main(tiny_settings)
+    assert twins == [False]  # the twins' volume decisions read each slice's own score, as the threshold was chosen
 
     written = json.loads(paths.METRICS.read_text())
     test_ids = set(paths.SPLITS.joinpath("test.txt").read_text().split())
@@ -571,6 +573,18 @@ class _BrightFlair:
 
 
 @pytest.mark.slow
+def record_twins(monkeypatch) -> list[bool]:
+    """How evaluate asks for the tumour-free twins: each call's `slices_in_volume`, the real function still run."""
+    asked, real = [], evaluation_report.tumour_free_twins
+
+    def recording(*args, **kwargs):
+        asked.append(args[7] if len(args) > 7 else kwargs["slices_in_volume"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation_report, "tumour_free_twins", recording)
+    return asked
+
+
 def test_evaluate_with_slices_in_volume_decides_on_the_volume_answers(tiny_data, tiny_settings, untrained_checkpoint,
                                                                       monkeypatch):
     """`evaluate.slices_in_volume`: the threshold is chosen on, and the test decisions are, the in-volume scores at
@@ -589,12 +603,15 @@ def test_evaluate_with_slices_in_volume_decides_on_the_volume_answers(tiny_data,
         return scoring.predict_split(predictor, processed, rows, segmentation, **kwargs)
 
     monkeypatch.setattr(evaluation_report, "predict_split", recorded)
+    twins = record_twins(monkeypatch)
     paths.best_checkpoint("joint").parent.mkdir(parents=True)
     shutil.copy(untrained_checkpoint, paths.best_checkpoint("joint"))
     settings = tiny_settings.model_copy(update={"evaluate": tiny_settings.evaluate.model_copy(
         update={"slices_in_volume": True, "mask_threshold": "validation"})})
 
     evaluate.main(settings)
+
+    assert twins == [True]  # the tumour-free twins are decided as the test slices are: in their volume
 
     written = json.loads(paths.METRICS.read_text())
     assert written["classification_threshold"]["slices_in_volume"] is True

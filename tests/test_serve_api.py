@@ -839,6 +839,7 @@ def test_a_volume_is_scored_as_the_model_was_evaluated_in_volume_or_alone(tmp_pa
     recorded = {"classification": {"threshold": 0.4},
                 "classification_threshold": {"value": 0.4, "slices_in_volume": True}}
     assert load_served_model(bare, {}, metrics=recorded).slices_in_volume is True
+    assert load_served_model(bare, {}, metrics={"classification": {"threshold": 0.4}}).slices_in_volume is False
     asked = []
     real = serve_inference.predict_volume
 

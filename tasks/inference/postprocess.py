@@ -17,8 +17,8 @@ validation patients of five seeds, never on test (docs/recipes.md, "Post-process
 Applied to whole volumes only: what /v1/predict/volume returns and what evaluation's volume scores score. A single
 slice has no neighbours to confirm anything, so slice predictions and the per-slice Dice stay as the model gives
 them. Nested regions (TC, ET) are kept only inside the cleaned whole tumour. A volume's slice scores are read after
-the clean-up (`scores_after_cleanup`): the volume route's answers, and evaluation's BraTS slice scores
-(`evaluate.slices_in_volume`).
+the clean-up (`scores_after_cleanup`) where the model was evaluated that way (`evaluate.slices_in_volume`, the
+default): evaluation's BraTS slice scores, and the volume route's answers for such a model.
 """
 
 from __future__ import annotations
