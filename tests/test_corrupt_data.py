@@ -59,13 +59,16 @@ def test_a_shard_that_loads_but_has_the_wrong_shape_is_sliced_again(tmp_path):
     raw, out = make_raw(tmp_path, n=2), tmp_path / "processed"
     slice_dataset(raw, out, CFG, image_size=32, stride=1)
     shard = out / "brats" / "BraTS20_Training_002.npz"
+    original = read_shard(shard)
     other = read_shard(out / "brats" / "BraTS20_Training_001.npz")
     fewer = type(other)(**{k: (v[:3] if k != "spacing" else v) for k, v in other.__dict__.items()})
     write_shard(shard, fewer)  # a valid file, but not what the manifest says is there
     assert "expected" in shard_problem(shard, len(read_shard(out / "brats" / "BraTS20_Training_001.npz")) + 1, 1, 32)
 
     result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
-    assert result["damaged_shards"] == [str(shard)] and len(read_shard(shard)) != 3
+    assert result["damaged_shards"] == [str(shard)]
+    np.testing.assert_array_equal(read_shard(shard).images, original.images)  # sliced again: the patient's own slices
+    np.testing.assert_array_equal(read_shard(shard).masks, original.masks)
 
 
 def test_an_altered_byte_inside_a_shard_is_found(tmp_path):

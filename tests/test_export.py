@@ -93,7 +93,7 @@ def test_export_writes_checked_model_metadata_and_report(project, tiny_settings)
     assert metadata["regions"] == ["wt", "tc", "et"]
     assert set(parity["mask_dice_per_region"]) == {"wt", "tc", "et"}
     assert "tasks/data/preprocess.py" in metadata["preprocessing"] and "tasks/preprocess.py" not in metadata["preprocessing"]
-    assert metadata["onnx_sha256"] == report["onnx"]["sha256"] == result["sha256"]
+    assert metadata["onnx_sha256"] == report["onnx"]["sha256"] == result["sha256"] == sha256_file(paths.ONNX_MODEL)
     embedded = {p.key: p.value for p in onnx.load(str(paths.ONNX_MODEL)).metadata_props}
     assert json.loads(embedded["slicewise"])["threshold"] == metadata["threshold"]
     assert json.loads(embedded["slicewise"])["regions"] == ["wt", "tc", "et"]

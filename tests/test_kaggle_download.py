@@ -58,6 +58,7 @@ def test_symlink_member_is_refused(tmp_path):
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(SliceWiseError, match="symbolic link"):
         safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # refused before writing
 
 
 def test_safe_archive_extracts(tmp_path):

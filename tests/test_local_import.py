@@ -230,10 +230,14 @@ def test_a_fraction_of_a_kaggle_folder_with_only_one_class(tmp_path, caplog):
 
 
 def test_import_kaggle_takes_yes_no_folders_any_case(tmp_path):
-    write_kaggle(tmp_path / "archive" / "brain_tumor_dataset", np.random.default_rng(2))
-    (tmp_path / "archive" / "brain_tumor_dataset" / "yes" / "notes.txt").write_text("x")
+    source = tmp_path / "archive" / "brain_tumor_dataset"
+    write_kaggle(source, np.random.default_rng(2))
+    (source / "yes" / "notes.txt").write_text("x")
+    (source / "yes").rename(source / "Yes")  # as a download may spell them
+    (source / "no").rename(source / "NO")
     counts = import_kaggle(tmp_path / "archive", tmp_path / "out")
     assert counts == {"yes": 3, "no": 3}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["no", "yes"]
     assert not (tmp_path / "out" / "yes" / "notes.txt").exists()
 
 

@@ -292,7 +292,9 @@ def test_the_percentile_method_is_the_plain_percentile_of_the_resamples():
 
 def test_few_patients_widen_the_tails_as_students_t_does():
     # 7 patients: the 2.5 % tail is read at about 0.4 %; many patients: at 2.5 % again
-    assert metrics.small_sample_tail(0.025, 7) == pytest.approx(0.0041, abs=1e-4)
+    tails = [metrics.small_sample_tail(0.025, n) for n in (3, 7, 30, 1000)]
+    assert tails == sorted(tails) and all(t < 0.025 for t in tails)  # wider the fewer the patients, never narrower
+    assert tails[0] < 0.002 and 0.003 < tails[1] < 0.005  # 3 patients: far out; 7: about 0.4 %
     assert metrics.small_sample_tail(0.025, 10_000) == pytest.approx(0.025, abs=1e-4)
     values = np.random.default_rng(2).beta(20, 3, 7)
     statistic = metrics.weighted_mean_statistic({"dice": values})

@@ -688,6 +688,11 @@ def test_lineage_prints_the_chain(project, tiny_settings):
     info = print_lineage(settings, "champion", console)
     text = console.export_text()
     assert info["version"] == "1" and info["run"]["run_id"] == result["mlflow_run_id"]
+    from tasks.tracking import provenance
+
+    # the chain's hashes are this project's, not whatever the version happens to carry
+    assert info["tags"]["params_hash"] == provenance.params_hash(settings)
+    assert info["tags"]["data_hash"] == provenance.data_hashes()["data_hash"] != ""
     for expected in ("version 1", "@champion", result["mlflow_run_id"], commit, result["onnx_sha256"],
                      info["tags"]["data_hash"], info["tags"]["params_hash"], "0.850 [pass]"):
         assert expected in text
@@ -945,5 +950,6 @@ def test_a_copy_of_an_image_the_champion_has_seen_is_not_new_to_it(project, tiny
     registry = ModelRegistry.existing(settings.tracking, settings.registry.model_name)
     champion_score(registry, registry.by_alias("champion"), {"data_hash": "other", "splits_hash": "other"},
                    paths.PROCESSED, paths.SPLITS, near_duplicate_distance=settings.split.phash_max_distance)
-    assert copy["patient"] not in scored[0] and original["patient"] not in scored[0]
+    # every test patient but the copy was scored (the original, seen, never could be: it is not in the test split)
+    assert scored[0] == set(test) - {copy["patient"]}
     assert champion_module.copies_of_seen(paths.PROCESSED, test, seen, 4) == {copy["patient"]}

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from fastapi.testclient import TestClient
 
+from tasks.io import sha256_file
 from tests.serve_factory import (SIZE, ServedFiles, brain_slice, brain_volume, decode_png, export_regions_onnx,
     export_tiny_onnx, file_app, jpeg_bytes, local_client, make_served_files, nifti_bytes, npy_bytes, png_bytes,
     write_metrics)
@@ -52,7 +53,7 @@ def test_model_info_shows_metrics_threshold_and_lineage(client, files):
     assert info["source"] == "file" and info["name"] == files.onnx.name
     assert info["metrics"]["classification"]["accuracy"] == pytest.approx(0.91)
     assert info["served"]["image_size"] == SIZE and info["served"]["threshold"] == 0.5
-    assert len(info["tags"]["onnx_sha256"]) == 64
+    assert info["tags"]["onnx_sha256"] == sha256_file(files.onnx)  # the file served, not any 64 characters
 
 
 @pytest.mark.parametrize("encode", [png_bytes, jpeg_bytes, lambda a: npy_bytes(a.astype(np.float32) * 7)],
@@ -124,7 +125,7 @@ def test_a_file_served_model_says_what_data_its_figures_come_from(tmp_path):
                         write_metrics(tmp_path / "metrics.json"))
     with local_client(file_app(files)) as client:
         tags = client.get("/model/info").json()["tags"]
-    assert tags["data_source"] == "synthetic" and len(tags["onnx_sha256"]) == 64
+    assert tags["data_source"] == "synthetic" and tags["onnx_sha256"] == sha256_file(files.onnx)
 
 
 def test_photo_figures_read_with_care():
@@ -692,8 +693,12 @@ def test_volume_uncompressed_with_slice_images(client):
 def test_web_ui_and_its_assets_are_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "SliceWise" in page.text
-    for asset in ("/static/app.js", "/static/style.css"):
-        assert client.get(asset).status_code == 200
+    from tests.conftest import REPO
+
+    for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        response = client.get(f"/static/{asset}")
+        assert response.status_code == 200 and kind in response.headers["content-type"]
+        assert response.text == (REPO / "serve" / "static" / asset).read_text()  # the file itself, whole
 
 
 def test_reload_picks_up_a_replaced_model_file(tmp_path):

@@ -56,7 +56,7 @@ def test_a_request_that_gives_up_lets_the_next_in_line_go():
     assert isinstance(outcomes["small"], float) and budget.in_use == 100  # then the small one went
 
 
-def test_the_served_process_limits_glibcs_arenas_as_the_memory_bound_assumes():
+def test_make_serve_and_the_api_image_start_the_server_with_two_glibc_arenas():
     """20 concurrent 4096² PNGs took a server to 3,041 MB against the 2,228 MB bound docs/security.md promises: glibc
     kept each thread's freed memory in its own arena. 1,637 MB with MALLOC_ARENA_MAX=2."""
     from tests.conftest import REPO

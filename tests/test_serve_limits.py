@@ -86,9 +86,10 @@ def test_a_nii_gz_cut_off_inside_its_header_is_called_truncated(client, cut):
 
 
 def test_truncated_data_of_a_plain_nifti_is_refused_before_reading(client):
-    raw = nib.Nifti1Image(np.ones((64, 64, 32), np.float32), np.eye(4)).to_bytes()
+    raw = nib.Nifti1Image(np.ones((256, 256, 64), np.float32), np.eye(4)).to_bytes()  # its header declares 16 MB
     response, peak = traced_peak(lambda: post_volume(client, raw[:4000], "short.nii"))
     assert response.status_code == 422 and "truncated or forged" in response.json()["detail"]
+    assert peak < 4 * MB  # nothing of the declared size was allocated
 
 
 # ---------------------------------------------------------------- finding 2: voxels and slices are limited
@@ -193,16 +194,19 @@ def test_a_header_whose_dim0_is_out_of_range_is_named_not_read_byte_swapped(clie
 
 
 def test_a_big_endian_header_is_still_read():
-    from serve.volumes import probe_volume
+    from serve.volumes import probe_volume, read_volume
 
     header = nib.Nifti1Header(endianness=">")
     header.set_data_shape((32, 32, 6))
     header.set_data_dtype(np.int16)
     header.set_sform(np.eye(4), code=1)
     header["vox_offset"] = 352
-    body = header.binaryblock + b"\0" * 4 + bytes(32 * 32 * 6 * 2)
+    data = (np.arange(32 * 32 * 6) % 1000).astype(">i2").reshape((32, 32, 6), order="F")  # no byte-symmetric value
+    body = header.binaryblock + b"\0" * 4 + data.tobytes(order="F")
     upload = probe_volume(io.BytesIO(body), "big.nii", 10, 10**6, 512)
     assert upload.header.shape == (32, 32, 6)
+    volume, _ = read_volume(upload)
+    np.testing.assert_array_equal(volume, data.astype(np.float32))  # read in its own byte order
 
 
 @pytest.mark.parametrize("changes", [
@@ -250,8 +254,13 @@ BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b00030000000000000000
 def test_a_small_bgzip_volume_with_its_end_of_file_member_is_accepted(client):
     volume = np.zeros((16, 16, 3), np.uint8)  # 768 bytes of data: one data member, then bgzip's empty one
     volume[4:12, 4:12] = 200
-    response = post_volume(client, gzip.compress(nib.Nifti1Image(volume, np.eye(4)).to_bytes()) + BGZF_EOF)
+    packed = gzip.compress(nib.Nifti1Image(volume, np.eye(4)).to_bytes())
+    response = post_volume(client, packed + BGZF_EOF)
     assert response.status_code == 200, response.text
+    plain = post_volume(client, packed).json()  # the same volume without the empty member: the same answer
+    answer = response.json()
+    assert (answer["tumor_slices"], answer["tumor_volume_cm3"]) == (plain["tumor_slices"], plain["tumor_volume_cm3"])
+    assert answer["ood_score"] == plain["ood_score"]
 
 
 def test_a_corrupt_second_gzip_member_is_a_422(client):

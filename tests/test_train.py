@@ -383,6 +383,11 @@ def test_a_stage_draws_its_bar_on_a_terminal_only(in_project, tiny_settings, cap
     train_seg.main(with_epochs(tiny_settings, seg=1, cls=1, joint=1))
     err = capsys.readouterr().err
     assert "━" not in err and "train_seg" not in err
+    from tasks.training.stage import _progress
+
+    assert _progress(True).disable  # no terminal here
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # on a terminal the bar is drawn, by the process that shows it
+    assert not _progress(True).disable and _progress(False).disable
 
 
 def test_frozen_encoder_and_decoder_are_unchanged_by_train_cls(in_project, tiny_settings):
@@ -869,13 +874,16 @@ def test_loading_refuses_pickled_code_and_names_missing_files(tmp_path):
     torch.save({"model": argparse.Namespace(x=1)}, hostile)  # any class outside the allow-list
     with pytest.raises(SliceWiseError, match="unreadable checkpoint"):
         load_checkpoint(hostile)
-    with pytest.raises(SliceWiseError, match="not found"):
+    with pytest.raises(SliceWiseError, match="not found") as missing:
         load_model(tmp_path / "missing.pt")
+    assert str(missing.value.path) == str(tmp_path / "missing.pt")  # the error names the file
 
 
 def test_cls_before_seg_is_a_clear_error(in_project, tiny_settings):
-    with pytest.raises(SliceWiseError, match="checkpoint"):
+    with pytest.raises(SliceWiseError, match=r"checkpoint not found \(run the training stage that writes it first\)") \
+            as error:
         train_cls.main(tiny_settings)
+    assert str(error.value.path).endswith("checkpoints/seg/best.pt")
 
 
 def test_image_size_must_suit_the_model_depth(tmp_path, tiny_settings, monkeypatch):

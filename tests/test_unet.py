@@ -57,8 +57,10 @@ def test_gradcam_layer_is_the_bottleneck_the_classifier_pools():
     layer = dict(model.named_modules())[model.gradcam_layer]
     seen = []
     layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    model(torch.randn(2, 1, 32, 32), heads=("cls",))
+    cls = model(torch.randn(2, 1, 32, 32), heads=("cls",))["cls"]
     assert seen[0].shape == (2, 16, 8, 8)  # base 4 × 2², at 32 / 2²
+    gradient, = torch.autograd.grad(cls.sum(), seen[0])
+    assert gradient.abs().sum() > 0  # the classifier's score is made from that layer (Grad-CAM needs its gradient)
 
 
 def test_a_few_steps_overfit_one_batch():
