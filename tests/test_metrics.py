@@ -335,8 +335,11 @@ def test_classification_bootstrap_skips_undefined_resamples():
 
 def test_a_classifier_that_calls_nothing_has_f1_zero_not_undefined():
     """Tumours present, none called: precision is undefined, but F1 = 2tp / (2tp + fp + fn) = 0 is not."""
-    values = metrics.classification_statistic(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.3, 0.4]), 0.9)(np.ones(4))
-    assert np.isnan(values["precision"]) and values["f1"] == 0.0 and values["sensitivity"] == 0.0
+    statistic = metrics.classification_statistic(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.3, 0.4]), 0.9)
+    for weights in (np.ones(4), np.array([0.0, 2, 1, 1])):  # the point value, and a resample that drew one tumour twice
+        values = statistic(weights)
+        assert np.isnan(values["precision"]) and values["f1"] == 0.0 and values["sensitivity"] == 0.0
+        assert values["specificity"] == 1.0
 
 
 def test_slice_step_is_read_from_the_indices():

@@ -1,6 +1,7 @@
 """The three training stages on a tiny processed set: resume, determinism, freezing, checkpoints, collate, augment."""
 
 import argparse
+import importlib
 import math
 
 import numpy as np
@@ -600,17 +601,22 @@ def test_changed_training_code_starts_fresh(in_project, tiny_settings, monkeypat
     assert result["resumed_from_epoch"] == 0 and result["epochs_run"] == 1
 
 
-def test_code_identity_ignores_comments_but_not_code(tmp_path):
-    from tasks.io import code_identity
+def test_the_training_code_digest_follows_each_module_that_decides_what_is_learned(monkeypatch):
+    """code_identity itself (comments and docstrings do not count) is tested with the slicer's
+    (test_slice.py); here: the digest a run resumes by covers every module of TRAINING_CODE, each on its own."""
+    digest = training_plan.training_code_digest()
+    assert digest == training_plan.training_code_digest() and len(digest) == 16  # stable between calls
+    real = training_plan.code_identity
+    for module in training_plan.TRAINING_CODE:
+        edited = importlib.import_module(module).__file__
 
-    base = tmp_path / "a.py"
-    base.write_text('"""Doc."""\n\ndef f(x):\n    return x + 1  # one\n')
-    comment = tmp_path / "b.py"
-    comment.write_text('"""Other doc."""\n\ndef f(x):\n    # why\n    return x + 1\n')
-    code = tmp_path / "c.py"
-    code.write_text('"""Doc."""\n\ndef f(x):\n    return x + 2\n')
-    assert code_identity(base) == code_identity(comment) != code_identity(code)
-    assert len(training_plan.training_code_digest()) == 16
+        def one_module_edited(path, edited=edited):
+            return real(path) + (b"edit" if str(path) == edited else b"")
+
+        monkeypatch.setattr(training_plan, "code_identity", one_module_edited)
+        assert training_plan.training_code_digest() != digest, module
+    monkeypatch.setattr(training_plan, "code_identity", real)
+    assert training_plan.training_code_digest() == digest
 
 
 def test_less_patience_than_a_finished_run_had_starts_fresh_and_more_continues(in_project, tiny_settings):
@@ -933,7 +939,8 @@ def test_the_profile_chooses_the_norm_the_stage_trains(tiny_settings, norm, laye
         update={"model": tiny_settings.active.model.model_copy(update={"norm": norm})})
     settings = tiny_settings.model_copy(update={"profiles": {**tiny_settings.profiles, tiny_settings.profile: profile}})
     plan = training_stage.plan_stage(settings, "seg")
-    norms = {type(m) for m in MultitaskUNet(plan.model).modules() if "Norm" in type(m).__name__}
+    trained = training_stage._initial_model(plan, "")  # the model the stage builds and trains, not one built here
+    norms = {type(m) for m in trained.modules() if "Norm" in type(m).__name__}
     assert norms == {layer}
 
 
