@@ -952,9 +952,18 @@ def test_image_over_the_side_limit_is_413(files):
 
 
 def test_body_larger_than_the_route_allows_is_refused_before_parsing(files):
+    import tracemalloc
+
+    body = b"\x00" * (8 * 1024 * 1024)
     with local_client(file_app(files, max_slice_mb=0.01)) as client:
-        response = predict(client, b"\x00" * (2 * 1024 * 1024))
+        tracemalloc.start()
+        try:
+            response = predict(client, body)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
         assert response.status_code == 413 and "request body" in response.json()["detail"]
+    assert peak < 2 * 1024 * 1024  # the 8 MB body was never held whole, let alone parsed
 
 
 def test_chunked_body_is_counted_as_it_arrives(files):
