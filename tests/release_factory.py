@@ -69,7 +69,8 @@ def write_checkpoint(root: Path, settings: Settings, seed: int = 0, cls_bias: fl
 def make_release_project(root: Path, settings: Settings, accuracy: float = 0.9, sensitivity: float = 0.9,
                          seed: int = 0) -> Path:
     """Processed data + splits, a joint checkpoint and metrics.json under `root` (the project root for a test)."""
-    make_tiny_processed(root, n_patients=3, slices=4, kaggle_per_class=4, size=settings.active.image_size)
+    make_tiny_processed(root, n_patients=3, slices=4, kaggle_per_class=4, size=settings.active.image_size,
+                        channels=len(settings.slice.modalities))
     write_checkpoint(root, settings, seed)
     write_metrics(root, accuracy, sensitivity)
     return root

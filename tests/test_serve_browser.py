@@ -90,6 +90,23 @@ def server(project):
         yield url
 
 
+@pytest.fixture
+def four_project(tmp_path_factory):
+    """A tiny project whose model reads all four modalities, as the quick profile's does: the UI's notes about
+    modalities a model did not get, and four files sent as four fields, run whatever SLICEWISE_UI_PROJECT says.
+    For one test at a time: the store is the working folder's, which `inside` changes."""
+    root = tmp_path_factory.mktemp("four")
+    settings = shrink_settings(load_settings(REPO / "params.yaml"), modalities=("flair", "t1", "t1ce", "t2"))
+    with inside(root):
+        yield registered_project(root, settings) | {"root": root}
+
+
+@pytest.fixture
+def four_server(four_project):
+    with inside(four_project["root"]), serving(four_project, min_photo_accuracy=None) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory):
     """Saves a screenshot of the page; returns its path."""
@@ -820,7 +837,23 @@ def test_the_grad_cam_box_re_runs_the_upload_after_the_file_picker_was_cancelled
 
 
 def test_patient_files_go_to_the_api_as_the_modalities_their_names_say(browser, server, project, tmp_path):
-    patient, takes = project["patient"], project["settings"].modalities  # FLAIR alone, or four (a trained export)
+    patient_files_by_name(browser, server, project, tmp_path)
+
+
+def test_a_four_modality_model_says_what_it_did_not_get_and_takes_four_files(browser, four_server, four_project,
+                                                                               tmp_path):
+    assert four_project["settings"].slice.modalities == ("flair", "t1", "t1ce", "t2")
+    open_page(browser, four_server)  # a photo example reaches it as FLAIR alone, and the Slice view says so
+    wait(browser, lambda d: any("photograph" in b.text for b in by_css(d, "#examples-gallery .example")))
+    next(b for b in by_css(browser, "#examples-gallery .example") if "photograph" in b.text).click()
+    wait(browser, lambda d: "photograph" in d.find_element("id", "slice-title").text)
+    assert visible(browser, "slice-modalities").text.startswith("Predicted from one channel, read as FLAIR")
+    patient_files_by_name(browser, four_server, four_project, tmp_path)
+
+
+def patient_files_by_name(browser, server, project, tmp_path):
+    """The Patient view's file choices reach the API as the modalities their names say, for `project`'s model."""
+    patient, takes = project["patient"], project["settings"].modalities  # FLAIR alone, or four
     flair = project["root"] / paths.RAW_BRATS / patient / f"{patient}_flair.nii.gz"
     named = {m: tmp_path / f"P_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")}
     for path in named.values():

@@ -21,10 +21,11 @@ from tests.release_factory import (fresh_mlflow_store, make_release_project, tra
 VOLUME_SHAPE = (48, 48, 12)
 
 
-def add_raw_test_patient(root: Path) -> str:
-    """The first test patient's raw FLAIR and segmentation (labels 1/2/4) under data/raw/brats/."""
+def add_raw_test_patient(root: Path, modalities: tuple[str, ...] = ("flair",)) -> str:
+    """The first test patient's raw volumes of `modalities` and segmentation (labels 1/2/4) under data/raw/brats/."""
     patient = read_split("test", root / paths.SPLITS)[0]
-    write_patient(root / paths.RAW_BRATS, patient, np.random.default_rng(3), parts=("flair", "seg"), shape=VOLUME_SHAPE)
+    write_patient(root / paths.RAW_BRATS, patient, np.random.default_rng(3), parts=(*modalities, "seg"),
+                  shape=VOLUME_SHAPE)
     return patient
 
 
@@ -52,7 +53,7 @@ def registered_project(root: Path, settings: Settings) -> dict:
     "the challenger" can be told from the champion's answer. Its ONNX file stays at paths.ONNX_MODEL (exported last)."""
     settings = tracked(settings)
     make_release_project(root, settings)
-    patient = add_raw_test_patient(root)
+    patient = add_raw_test_patient(root, tuple(settings.slice.modalities))
     fresh_mlflow_store(root)
     export.main(settings)
     champion = register.main(settings)
