@@ -234,6 +234,9 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         # own length, as the slice step cuts training slices), so a viewer restores the proportions with this
         "display_aspect": display_aspect(shown, uploads["flair"].shape, spacing),
         "threshold": model.threshold,
+        # which score the threshold judged: read after the clean-up (a slice is then never "tumour" on a dropped
+        # component's pixels), or each slice's own, as the model was evaluated (ServedModel.slices_in_volume)
+        "scores_after_cleanup": model.slices_in_volume,
         "max_tumor_probability": round(float(probabilities.max()), 6),
         "has_tumor": has_tumor,
         # withheld with the decision: "no slice with tumour" would read as a clean scan

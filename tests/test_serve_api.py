@@ -860,7 +860,8 @@ def test_a_volume_is_scored_as_the_model_was_evaluated_in_volume_or_alone(tmp_pa
         export_tiny_onnx(files.onnx, metadata=meta | {"slices_in_volume": flag})
         with local_client(file_app(files)) as client:
             assert client.get("/model/info").json()["served"]["slices_in_volume"] is flag
-            assert client.post("/v1/predict/volume", files=upload).status_code == 200
+            answer = client.post("/v1/predict/volume", files=upload)
+            assert answer.status_code == 200 and answer.json()["scores_after_cleanup"] is flag  # the answer says which
     assert asked == [True, False]
 
 
