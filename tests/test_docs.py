@@ -14,9 +14,14 @@ DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
+def without_fences(text: str) -> str:
+    """The text outside fenced code blocks, where a `#` line is a comment, not a heading."""
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
 def without_code(text: str) -> str:
     """The text outside fenced code blocks and inline code spans, where a bracket is not a link."""
-    return re.sub(r"`[^`\n]*`", "", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+    return re.sub(r"`[^`\n]*`", "", without_fences(text))
 
 
 def github_anchor(heading: str) -> str:
@@ -29,7 +34,7 @@ def anchors(path: Path) -> set[str]:
     """Every anchor of `path`'s headings; a repeated heading gets -1, -2, ... as on GitHub."""
     seen: Counter[str] = Counter()
     found = set()
-    for line in re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M).splitlines():
+    for line in without_fences(path.read_text()).splitlines():
         if re.match(r"#{1,6} ", line):
             anchor = github_anchor(line)
             found.add(anchor if not seen[anchor] else f"{anchor}-{seen[anchor]}")
