@@ -183,7 +183,6 @@ def model_channels(model: ServedModel, uploads: dict[str, np.ndarray], name: str
             else None for modality in model.modalities]
 
 
-
 def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: ServedModel, name: str,
                   ood_threshold: float, with_images: bool = False,
                   flips: Sequence[Sequence[int]] = NO_TTA) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +135,17 @@ def with_epochs(settings: Settings, **epochs: int) -> Settings:
 def with_section(settings: Settings, section: str, **updates) -> Settings:
     """The settings with some keys of one section changed, e.g. with_section(s, "train", patience=1)."""
     return settings.model_copy(update={section: getattr(settings, section).model_copy(update=updates)})
+
+
+def traced_peak(call) -> tuple[object, int]:
+    """(call's result, the most memory traced at once while it ran)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.fixture(autouse=True, scope="session")

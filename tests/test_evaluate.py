@@ -575,10 +575,14 @@ class _BrightFlair:
 @pytest.mark.slow
 def record_twins(monkeypatch) -> list[bool]:
     """How evaluate asks for the tumour-free twins: each call's `slices_in_volume`, the real function still run."""
+    import inspect
+
     asked, real = [], evaluation_report.tumour_free_twins
 
     def recording(*args, **kwargs):
-        asked.append(args[7] if len(args) > 7 else kwargs["slices_in_volume"])
+        called = inspect.signature(real).bind(*args, **kwargs)
+        called.apply_defaults()
+        asked.append(called.arguments["slices_in_volume"])
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluation_report, "tumour_free_twins", recording)

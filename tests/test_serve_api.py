@@ -953,16 +953,11 @@ def test_image_over_the_side_limit_is_413(files):
 
 
 def test_body_larger_than_the_route_allows_is_refused_before_parsing(files):
-    import tracemalloc
+    from tests.conftest import traced_peak
 
     body = b"\x00" * (8 * 1024 * 1024)
     with local_client(file_app(files, max_slice_mb=0.01)) as client:
-        tracemalloc.start()
-        try:
-            response = predict(client, body)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        response, peak = traced_peak(lambda: predict(client, body))
         assert response.status_code == 413 and "request body" in response.json()["detail"]
     assert peak < 2 * 1024 * 1024  # the 8 MB body was never held whole, let alone parsed
 

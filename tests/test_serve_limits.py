@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import requests
 
+from tests.conftest import traced_peak
 from tests.serve_factory import (SIZE, brain_slice, brain_volume, file_app, forged_nifti_gz, local_client, make_served_files,
     nifti_bytes, png_bytes, served_in_thread)
 
@@ -39,17 +40,6 @@ def client(files):
 
 def post_volume(client, data: bytes, name: str = "v.nii.gz"):
     return client.post("/v1/predict/volume", files={"file": (name, data)})
-
-
-def traced_peak(call) -> tuple[object, int]:
-    """(call's result, the most memory traced at once while it ran)."""
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        result = call()
-        return result, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 # ---------------------------------------------------------------- finding 1: the header does not decide the allocation

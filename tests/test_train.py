@@ -615,7 +615,7 @@ def test_the_training_code_digest_follows_each_module_that_decides_what_is_learn
 
         monkeypatch.setattr(training_plan, "code_identity", one_module_edited)
         assert training_plan.training_code_digest() != digest, module
-    monkeypatch.setattr(training_plan, "code_identity", real)
+    monkeypatch.undo()
     assert training_plan.training_code_digest() == digest
 
 
