@@ -97,6 +97,24 @@ def test_an_archive_zipfile_cannot_read_is_one_error_that_says_to_download_again
     assert str(archive) in str(error.value)
 
 
+def test_an_archive_that_fails_to_extract_leaves_no_part_extraction_behind(tmp_path):
+    """The error says to download again; what was extracted before it (many GB of BraTS) was left beside the zip."""
+    from tasks.data.kaggle_download import extracted_archive
+
+    archive = tmp_path / "brain-mri.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:  # one good member extracted before a bad one
+        zf.writestr("brain_tumor_dataset/no/N1.jpg", bytes(range(256)) * 64)
+        zf.writestr("brain_tumor_dataset/yes/Y1.jpg", bytes(range(256)) * 64)
+        second = zf.getinfo("brain_tumor_dataset/yes/Y1.jpg")
+    data = bytearray(archive.read_bytes())
+    start = second.header_offset + 30 + len(second.filename)
+    data[start:start + 16] = b"\xff" * 16
+    archive.write_bytes(bytes(data))
+    with pytest.raises(SliceWiseError, match="not a usable zip archive"):
+        extracted_archive(archive)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["brain-mri.zip"]
+
+
 def test_a_new_version_of_the_archive_is_extracted_again_into_a_fresh_folder(tmp_path):
     """Kaggle downloads a data set's new version over the same .zip: the old extraction's marker must not keep the
     old files, and none of them may mix with the new version's."""

@@ -207,6 +207,39 @@ def test_patient_folders_linked_in_are_found_and_archives_are_named(tmp_path, ca
             in caplog.text)
 
 
+class _ListedBackwards:
+    """os.scandir listing a folder's entries in reverse name order: a file system whose order is another disk's."""
+
+    def __init__(self, path, real=os.scandir):
+        with real(path) as entries:
+            self._entries = iter(sorted(entries, key=lambda entry: entry.name, reverse=True))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._entries)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("listing", ["sorted", "backwards"])
+def test_a_patient_reached_through_a_link_too_is_named_by_its_own_folder(tmp_path, monkeypatch, listing):
+    """os.walk kept whichever path it listed first, so a link `latest` beside the patient's folder named the patient
+    `latest` on a disk that lists it first: another id, another split."""
+    rng = np.random.default_rng(8)
+    for i in range(3):
+        write_patient(tmp_path / "src" / "site", f"BraTS20_Training_{i:03d}", rng)
+    (tmp_path / "src" / "latest").symlink_to(tmp_path / "src" / "site" / "BraTS20_Training_001")
+    if listing == "backwards":
+        monkeypatch.setattr(os, "scandir", _ListedBackwards)
+    assert sorted(find_brats_patients(tmp_path / "src")) == [f"BraTS20_Training_{i:03d}" for i in range(3)]
+
+
 def test_a_looping_link_named_as_a_modality_is_left_out_and_said(tmp_path, caplog):
     rng = np.random.default_rng(7)
     patient = write_patient(tmp_path / "src", "BraTS20_Training_012", rng)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import SliceSettings
+from tasks.config import SliceSettings, load_settings
 from tasks.data.shards import read_manifest, read_shard
 from tasks.data.slicing import slice_dataset
 from tasks.errors import SliceWiseError
@@ -295,7 +295,13 @@ def test_running_out_of_memory_on_a_patient_is_not_remembered_as_a_damaged_file(
     assert again["rejected"] == 0 and again["patients"] == 3 and again["resliced"] == 2  # 001 was kept
 
 
-def test_a_disk_error_rejects_the_patient_for_this_run_only(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("error", "words", "pool"), [("EIO", "Input/output error", False),
+                                                       ("ESTALE", "Stale file handle", True)])
+def test_a_disk_error_fails_the_step_naming_the_file_and_keeps_the_patients_sliced(tmp_path, monkeypatch, error, words,
+                                                                                   pool):
+    """A rejection would have let the step succeed without the patient, and `dvc repro` would never have read it
+    again (nothing it hashes changed): the step fails, and its next run slices that patient alone. Through the default
+    process pool too (forked: the failing reader is the workers' as well), the error crossing it with its words."""
     import errno
 
     from tasks.data import volumes
@@ -305,15 +311,17 @@ def test_a_disk_error_rejects_the_patient_for_this_run_only(tmp_path, monkeypatc
 
     def failing_disk(path):
         if "BraTS20_Training_002" in path.name:
-            raise OSError(errno.EIO, "Input/output error", str(path))
+            raise OSError(getattr(errno, error), words, str(path))
         return real_read(path)
 
     monkeypatch.setattr(volumes, "read_nifti", failing_disk)
-    first = slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=in_process)
-    assert first["rejected"] == 1 and b"Input/output error" in (out / "rejected.csv").read_bytes()
+    with pytest.raises(SliceWiseError, match=f"{words}.*not of its files.*run the step again") as failed:
+        slice_dataset(raw, out, CFG, image_size=32, stride=1, map_jobs=None if pool else in_process)
+    assert "BraTS20_Training_002" in str(failed.value)
+    assert not (out / "rejected.csv").exists() or words.encode() not in (out / "rejected.csv").read_bytes()
     monkeypatch.setattr(volumes, "read_nifti", real_read)
     again = slice_dataset(raw, out, CFG, image_size=32, stride=1)
-    assert again["rejected"] == 0 and again["patients"] == 2 and again["resliced"] == 1
+    assert again["rejected"] == 0 and again["patients"] == 2 and again["resliced"] == 1  # 001 was kept
 
 
 def test_a_damaged_file_is_still_remembered_as_damaged(tmp_path):
@@ -441,8 +449,11 @@ def test_shards_hold_brats2020_label_maps_and_the_manifest_the_whole_tumour_area
 
 def test_a_brats2023_segmentation_is_mapped_and_an_unknown_label_set_rejected(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "processed"
-    for i in (1, 2, 3):  # three copies of the same patient
-        write_patient(raw / "brats", f"BraTS20_Training_00{i}", np.random.default_rng(7))
+    for i in (1, 2, 3):  # three copies of the same patient, each FLAIR a little brighter (one scan twice is refused)
+        folder = write_patient(raw / "brats", f"BraTS20_Training_00{i}", np.random.default_rng(7))
+        flair = folder / f"BraTS20_Training_00{i}_flair.nii.gz"
+        image = nib.load(flair)
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * i, image.affine), flair)
     _relabel(raw / "brats" / "BraTS20_Training_002", {4: 3})  # BraTS 2023+: enhancing tumour is 3
     _relabel(raw / "brats" / "BraTS20_Training_003", {2: 5})  # no BraTS release uses 5
     result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
@@ -505,9 +516,71 @@ def test_key_value_assignments_are_typed_as_yaml_and_a_bare_word_is_refused():
         parse_assignments(["profiles.quick.model={depth: 3}", "profiles.quick.model.depth=5"])
     assert parse_assignments(["train.lr=1", "train.lr_schedule=constant"])  # a common prefix is not the same key
     # a mapping with a key twice: the problem named, and no advice to quote it as text (a text is no mapping)
-    with pytest.raises(SliceWiseError, match="found duplicate key 'depth'") as error:
+    with pytest.raises(SliceWiseError, match='found duplicate key "depth"') as error:
         parse_assignments(["profiles.quick.model={depth: 3, depth: 5}"])
     assert "quote" not in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["042", "08", "0o17", "0x1F", "1:30", "+.5", "-.5E+3", ".5", "5e-4", "1e-05", "on",
+                                   "off", "yes", "no", "y", "True", "null", "~", "", ".inf", "1_000", "2026-12-07"])
+def test_params_yaml_values_are_read_as_dvc_reads_them(value):
+    """Review 2026-12-07: the settings read YAML 1.1 (PyYAML), DVC YAML 1.2 (ruamel): `seed: 042` ran every stage with
+    seed 34 while dvc.lock recorded 42 and `dvc status` saw nothing; `on` was a bool to one and text to the other."""
+    from dvc.utils.serialize import parse_yaml
+
+    from tasks.config import read_yaml
+
+    ours, dvc = read_yaml(f"key: {value}\n")["key"], parse_yaml(f"key: {value}\n", "params.yaml")["key"]
+    assert type(ours) is type(dvc) and (ours == dvc or ours != ours and dvc != dvc), (ours, dvc)
+
+
+def test_a_leading_zero_seed_is_the_seed_dvc_records(tmp_path):
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text(re.sub(r"(?m)^seed: .*$", "seed: 042", (REPO / "params.yaml").read_text()))
+    assert load_settings(params).seed == 42  # YAML 1.1: octal, 34
+    params.write_text(params.read_text().replace("amp_bf16: true", "amp_bf16: on", 1))
+    with pytest.raises(SliceWiseError, match="train.amp_bf16: Input should be a valid boolean"):
+        load_settings(params)  # to DVC the text "on": refused, as any text for a switch
+
+
+def test_tasks_check_refuses_a_key_dvc_reads_that_params_yaml_lacks(tmp_path):
+    """Review 2026-12-07: a deleted key is valid to the settings (its default), but DVC refuses the stage after
+    removing its outputs: `seed` deleted cost data/raw, `promotion` reports/register.json."""
+    from typer.testing import CliRunner
+
+    from tasks.__main__ import app
+    from tasks.preflight import check_params_dvc_reads
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    full = (REPO / "params.yaml").read_text()
+    params.write_text(full)
+    check_params_dvc_reads(params)
+    kept, inside = [], False  # params.yaml without `seed` and without the `promotion:` block
+    for line in full.splitlines(keepends=True):
+        inside = line.startswith("promotion:") or inside and line.startswith(" ")
+        kept += [] if inside or line.startswith("seed:") else [line]
+    params.write_text("".join(kept))
+    assert load_settings(params).seed == 42  # valid to the settings: their defaults
+    with pytest.raises(SliceWiseError, match=r"lacks seed \(read by fetch, split, train_seg") as error:
+        check_params_dvc_reads(params)
+    assert "promotion (read by register)" in str(error.value) and error.value.path == str(params)
+    result = CliRunner().invoke(app, ["check", "--params", str(params)])
+    assert result.exit_code == 1 and "lacks seed" in result.output
+
+
+def test_tasks_set_refuses_a_value_that_holds_itself_in_one_line(tmp_path):
+    """`tasks set 'seed=&a [*a]'` was a RecursionError traceback."""
+    from tasks.params_edit import parse_assignments, set_params
+    from tests.conftest import REPO
+
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    with pytest.raises(SliceWiseError, match="seed: a value that holds itself"):
+        set_params(parse_assignments(["seed=&a [*a]"]), params)
+    assert params.read_text() == (REPO / "params.yaml").read_text()
 
 
 def test_tasks_set_refuses_an_edit_that_an_anchor_or_merge_key_would_carry_to_another_key(tmp_path):
@@ -984,6 +1057,31 @@ def test_a_photos_exif_orientation_is_applied_before_it_is_prepared(tmp_path):
     assert np.abs(np.rot90(from_exif, axes=(1, 2)) - expected).max() > 1  # and not left sideways
 
 
+def test_a_16_bit_png_is_turned_upright_as_its_exif_says_in_slicing_and_in_serving():
+    """Review 2026-12-07: the raw-intensity path (16-bit and float PNGs) skipped the EXIF orientation that 8-bit photos
+    get, so /v1/predict decided on the slice sideways (an 8-bit copy of it was turned and withheld)."""
+    import io
+
+    from PIL import Image
+
+    from serve.uploads import decode_image
+    from tasks.data.preprocess import prepare_image
+
+    upright = np.zeros((60, 40), np.uint16)
+    upright[5:25, 5:35] = 52000  # asymmetric, so a wrong rotation shows
+    upright[30:55, 15:25] = 21000
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    sideways, plain = io.BytesIO(), io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1))).save(sideways, format="PNG", exif=exif.tobytes())
+    Image.fromarray(upright).save(plain, format="PNG")
+    with Image.open(io.BytesIO(sideways.getvalue())) as turned, Image.open(io.BytesIO(plain.getvalue())) as shown:
+        assert turned.mode == shown.mode == "I;16"
+        np.testing.assert_array_equal(prepare_image(turned, 32), prepare_image(shown, 32))
+    served = decode_image(sideways.getvalue(), "sideways.png", 4096).array
+    assert served.shape == (1, 60, 40) and np.array_equal(served[0], upright.astype(np.float32))
+
+
 def damaged_exif_jpeg(picture: np.ndarray, orientation: int = 6) -> bytes:
     """A JPEG whose EXIF block has an Orientation and one tag of the wrong type (Make's entry renamed to 0x0152,
     a SHORT tag, still typed ASCII): Pillow reads the orientation, but writing the block back raises."""
@@ -1157,6 +1255,78 @@ def test_a_damaged_gzip_stream_is_an_unreadable_nifti_naming_the_file(tmp_path):
         with pytest.raises(SliceWiseError, match="unreadable NIfTI") as error:
             load_volume(path)
         assert error.value.path == str(path)
+
+
+def test_a_bit_changed_inside_a_gzipped_nifti_fails_its_checksum_and_is_named(tmp_path):
+    """A reader that stops at the voxels never reaches the gzip trailer, so a flipped bit changed voxels without a
+    word (25 of 30 random flips in a BraTS-size file); every flip is now an error naming the file, most of them by the
+    stream's checksum."""
+    import random
+
+    from tasks.data.volumes import load_volume
+
+    path = tmp_path / "P_flair.nii.gz"
+    data = np.random.default_rng(5).integers(0, 1000, size=(40, 40, 20)).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    whole, draw, by_checksum = path.read_bytes(), random.Random(5), 0
+    for _ in range(20):
+        damaged = bytearray(whole)
+        damaged[draw.randrange(400, len(whole) - 8)] ^= 1 << draw.randrange(8)
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(SliceWiseError) as error:
+            load_volume(path)
+        assert error.value.path == str(path)
+        by_checksum += "the gzip stream is damaged (CRC check failed" in error.value.reason
+    assert by_checksum >= 10  # the others break the deflate stream itself: "unreadable NIfTI"
+    path.write_bytes(whole)
+    assert np.array_equal(load_volume(path).data, data)
+
+
+def test_a_patient_copied_under_another_name_stops_the_step_before_anything_is_sliced(tmp_path):
+    """Renamed through and through (folder and files), a copy names nothing the import could match: the split would
+    have put one person in train and in test. Two patients with the same (empty) label map are two patients."""
+    import shutil
+
+    raw, out = make_raw(tmp_path, n=3), tmp_path / "processed"
+    brats = raw / "brats"
+    shutil.copyfile(brats / "BraTS20_Training_001" / "BraTS20_Training_001_seg.nii.gz",
+                    brats / "BraTS20_Training_002" / "BraTS20_Training_002_seg.nii.gz")
+    assert slice_dataset(raw, out, CFG, image_size=32, stride=1)["patients"] == 3
+    copy = brats / "BraTS2021_00001"
+    shutil.copytree(brats / "BraTS20_Training_001", copy)
+    for file in copy.iterdir():
+        file.rename(file.with_name(file.name.replace("BraTS20_Training_001", "BraTS2021_00001")))
+    manifest_before = (out / "manifest.csv").read_bytes()
+    with pytest.raises(SliceWiseError, match="the same file, byte for byte, as ") as error:
+        slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert error.value.path in (str(brats / "BraTS20_Training_001"), str(copy))  # the folder found second
+    assert all(name in str(error.value) for name in ("BraTS20_Training_001_flair.nii.gz", "BraTS2021_00001_flair.nii.gz"))
+    assert (out / "manifest.csv").read_bytes() == manifest_before  # nothing touched
+
+
+def test_a_modality_with_one_value_throughout_its_brain_rejects_its_patient(tmp_path):
+    """A brain mask or a placeholder saved as a modality z-scores to an all-zero channel, the model's "missing
+    modality": rejected with its reason, as an all-zero volume is."""
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    flair = raw / "brats" / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz"
+    image = nib.load(flair)
+    nib.save(nib.Nifti1Image((np.asarray(image.dataobj) > 0).astype(np.int16) * 7, image.affine), flair)
+    result = slice_dataset(raw, out, CFG, image_size=32, stride=1)
+    assert result["patients"] == 2
+    rejected = pd.read_csv(out / "rejected.csv")
+    assert rejected["file"].tolist() == [str(flair)]
+    assert "every brain voxel has the same value" in rejected["reason"].iloc[0]
+
+
+def test_a_segmentation_saved_without_orientation_is_named_for_that_not_for_its_grid(tmp_path):
+    """Same shape and voxels, no qform or sform: co-registering is not the fix, so the reason says what is."""
+    raw, out = make_raw(tmp_path), tmp_path / "processed"
+    seg = raw / "brats" / "BraTS20_Training_003" / "BraTS20_Training_003_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(seg).dataobj), None), seg)
+    assert slice_dataset(raw, out, CFG, image_size=32, stride=1)["patients"] == 2
+    reason = pd.read_csv(out / "rejected.csv")["reason"].iloc[0]
+    assert reason.startswith("BraTS20_Training_003_seg.nii.gz's header states no orientation")
+    assert "co-register" not in reason
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])

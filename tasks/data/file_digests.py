@@ -37,7 +37,7 @@ class FileDigests:
     def sha1(self, file: Path) -> str:
         stat, key = file.stat(), str(file.resolve())
         fresh = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns]
-        known = self._known.get(key)
+        known = self._seen.get(key) or self._known.get(key)  # seen: hashed (or recognised) earlier in this run
         if known is None or known[:-1] != fresh:
             with file.open("rb") as fh:
                 known = [*fresh, hashlib.file_digest(fh, "sha1").hexdigest()]

@@ -37,11 +37,25 @@ COMPRESS_LEVEL = 1  # what nibabel writes .nii.gz with: the volumes are noisy, h
 # (134 M, 0.5 GB as float32 in each slicing worker) leaves room for any brain MRI.
 MAX_VOXELS = 512**3
 INFLATE_CHUNK = 16 * 2**20  # bytes per read (a read allocates what it asks for): memory follows what the stream holds
+# gzip checks its CRC and length only at the stream's end, which a reader that stops at the voxels never reaches: a
+# flipped bit then changes voxels without a word (25 of 30 random flips in a BraTS-size file, 2026-12-07). So the
+# stream is read on to its end, up to this many bytes after the voxels (a NIfTI file has none; a long tail is let be,
+# as nibabel lets it be, rather than inflated whole).
+MAX_TAIL = 64 * 2**20
+TAIL_CHUNK = 2**20
+# What gzip (and ISA-L) raise at a stream's end when its bytes are not what was written; bytes after the stream that
+# are not gzip are another error, which nibabel accepts too.
+DAMAGED_STREAM = ("CRC check failed", "Incorrect length of data produced")
 
 
 class DeclaredSizeError(ValueError):
     """A header that declares more voxels than MAX_VOXELS, or more bytes than its file holds: refused before the
     declared size is allocated."""
+
+
+class DamagedStreamError(ValueError):
+    """A gzip stream whose checksum or length does not match what it inflates to: bytes changed after it was written
+    (nib.load, which never reads that far, would return the changed voxels)."""
 
 
 def read_nifti(path: Path) -> nib.spatialimages.SpatialImage:
@@ -53,7 +67,7 @@ def read_nifti(path: Path) -> nib.spatialimages.SpatialImage:
     if path.name.lower().endswith(".nii.gz"):
         try:
             return _read_single_file(path)
-        except DeclaredSizeError:
+        except (DeclaredSizeError, DamagedStreamError):
             raise
         except Exception as exc:  # noqa: BLE001 (nib.load below decides, and reports, what this path did not take)
             log.debug("%s: read by nib.load (%s: %s)", path, type(exc).__name__, exc)
@@ -71,22 +85,43 @@ def check_declared_voxels(header) -> None:
 
 def _read_single_file(path: Path) -> nib.spatialimages.SpatialImage:
     """Header, extensions and the voxels the header declares, nothing after them: a small file with a long tail
-    is not inflated whole (nibabel stops there too)."""
-    with gzip_codec.open(path, "rb") as stream:
-        head = stream.read(540)
-        image_class = next((NIFTI_BY_HEADER_SIZE[size] for size in (int.from_bytes(head[:4], "little"),
-                                                                     int.from_bytes(head[:4], "big"))
-                            if size in NIFTI_BY_HEADER_SIZE), None)
-        if image_class is None:
-            raise ValueError(f"{path.name}: not a single-file NIfTI header")
-        header = image_class.header_class(head[:image_class.header_class.sizeof_hdr], check=False)
-        check_declared_voxels(header)
-        data_bytes = math.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
-        wanted = int(header.get_data_offset()) + data_bytes
-        raw = head + _read_at_most(stream, wanted - len(head))
+    is not inflated whole (nibabel stops there too). The stream's checksum is checked all the same (MAX_TAIL)."""
+    try:
+        with gzip_codec.open(path, "rb") as stream:
+            head = stream.read(540)
+            image_class = next((NIFTI_BY_HEADER_SIZE[size] for size in (int.from_bytes(head[:4], "little"),
+                                                                         int.from_bytes(head[:4], "big"))
+                                if size in NIFTI_BY_HEADER_SIZE), None)
+            if image_class is None:
+                raise ValueError(f"{path.name}: not a single-file NIfTI header")
+            header = image_class.header_class(head[:image_class.header_class.sizeof_hdr], check=False)
+            check_declared_voxels(header)
+            data_bytes = math.prod(header.get_data_shape()) * header.get_data_dtype().itemsize
+            wanted = int(header.get_data_offset()) + data_bytes
+            raw = head + _read_at_most(stream, wanted - len(head))
+            if len(raw) == wanted:
+                _read_on_to_the_end(stream)
+    except (OSError, EOFError) as exc:  # gzip checks at the stream's end, wherever the read that reaches it stops
+        if any(sign in str(exc) for sign in DAMAGED_STREAM):
+            raise DamagedStreamError(f"the gzip stream is damaged ({exc}): its bytes changed after it was written; "
+                                     "download or copy the file again") from exc
+        raise
     if len(raw) < wanted:  # nib.load would allocate the declared size before saying the same
         raise DeclaredSizeError(f"the header declares {wanted:,} bytes, the file inflates to {len(raw):,}")
     return image_class.from_bytes(raw)
+
+
+def _read_on_to_the_end(stream) -> None:
+    """Reads on to the end of the gzip stream, at most MAX_TAIL bytes, so that gzip compares its checksum and length;
+    bytes after the stream that are no gzip are left as nibabel leaves them."""
+    try:
+        for _ in range(MAX_TAIL // TAIL_CHUNK):
+            if len(stream.read(TAIL_CHUNK)) < TAIL_CHUNK:
+                return
+    except (OSError, EOFError) as exc:
+        if any(sign in str(exc) for sign in DAMAGED_STREAM):
+            raise
+        log.debug("bytes after the gzip stream left unread (%s: %s)", type(exc).__name__, exc)
 
 
 def _read_at_most(stream, size: int) -> bytes:

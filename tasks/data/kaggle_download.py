@@ -266,7 +266,11 @@ def extracted_archive(archive: Path) -> Path:
     shutil.rmtree(extracted, ignore_errors=True)
     staging = extracted.with_name(extracted.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    safe_extract(archive, staging)
+    try:
+        safe_extract(archive, staging)
+    except BaseException:  # a damaged archive or Ctrl-C: its part-extraction (many GB for BraTS) is no use to anyone
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     staging.rename(extracted)
     (extracted / ".extracted").write_text(_identity(archive))
     return extracted

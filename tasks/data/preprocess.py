@@ -151,9 +151,10 @@ def prepare_photo(image: Image.Image, size: int) -> np.ndarray:
 
 def prepare_image(image: Image.Image, size: int) -> np.ndarray:
     """A 2D image file's picture → (1, size, size): a 16-bit or float one as raw intensities (prepare_array_slice,
-    as serving reads such a PNG: 8 bits would flatten it), any other as a photo (prepare_photo)."""
+    as serving reads such a PNG: 8 bits would flatten it), any other as a photo (prepare_photo); either upright, as
+    its EXIF orientation says."""
     if image.mode in RAW_INTENSITY_MODES:
-        return prepare_array_slice(np.asarray(image, dtype=np.float32), size)
+        return prepare_array_slice(np.asarray(upright(image), dtype=np.float32), size)
     return prepare_photo(image, size)
 
 

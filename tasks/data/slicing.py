@@ -103,6 +103,27 @@ def patient_fingerprint(patient_dir: Path, spec_digest: str, digests: FileDigest
     return hashlib.sha256(json.dumps([stats, spec_digest]).encode()).hexdigest()[:16]
 
 
+def check_one_patient_per_scan(patient_dirs: list[Path], modalities: tuple[str, ...], digests: FileDigests) -> None:
+    """Refuses two patient folders holding the same scan, byte for byte, before anything is sliced.
+
+    The import refuses a patient's second folder by its names (tasks/data/local_import.py), but a copy renamed through
+    and through (a BraTS 2020 patient filed again as a 2021 one) names none of them: the split would put one person in
+    train and in test. The digests are the fingerprints' own, so this reads no file again. The segmentations are left
+    out: two tumour-free patients may well have the same empty label map."""
+    first_holder: dict[str, Path] = {}
+    for patient_dir in patient_dirs:
+        for modality in modalities:
+            try:
+                path = find_part(patient_dir, modality)
+            except SliceWiseError:  # a missing modality: that patient's own rejection, when it is sliced
+                continue
+            other = first_holder.setdefault(digests.sha1(path), path)
+            if other.parent != patient_dir:
+                raise SliceWiseError(f"{path.name} is the same file, byte for byte, as {other}: one scan under two "
+                                     "patient names, which the split could put in train and in test; keep one of the "
+                                     "two folders", patient_dir)
+
+
 def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     """One BraTS patient folder → a Shard of its brain-containing axial slices."""
     modality_paths = [find_part(patient_dir, modality) for modality in spec.modalities]
@@ -114,6 +135,12 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
             raise SliceWiseError(f"shape mismatch: {name} {volume.data.shape} vs {spec.modalities[0]} "
                                  f"{first.data.shape}", patient_dir)
         if not same_grid(volume.affine, first.affine):  # same shape, other place: its voxels are other anatomy
+            if volume.oriented != first.oriented:  # co-registering is not the fix: the header lost its transform
+                unstated = path if not volume.oriented else modality_paths[0]
+                raise SliceWiseError(f"{unstated.name}'s header states no orientation (qform_code and sform_code are "
+                                     "0) while the other files' headers do, so its grid cannot be matched to theirs; "
+                                     "write their voxel-to-world transform into it (nibabel: set_sform, code 1)",
+                                     patient_dir)
             raise SliceWiseError(f"{path.name} is not on {modality_paths[0].name}'s grid (their affines differ: "
                                  "shifted, flipped or resampled); co-register the modalities first", patient_dir)
     # every array turned to the display orientation (views): whichever way a volume is stored, its slices show
@@ -156,8 +183,12 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
     box = (slice(None),) + preprocess.bounding_box(brain.any(axis=0))
     resized = brain.shape[1:] != (size, size)
     images = np.zeros((len(keep), len(volumes), size, size), dtype=np.float16)
-    for c, (modality, mask) in enumerate(zip(planes, positive)):
+    for c, (path, modality, mask) in enumerate(zip(modality_paths, planes, positive)):
         stats = preprocess.foreground_stats(modality, mask)
+        # a flat brain's deviation reads as 1 (foreground_stats): only then are its voxels compared (60 ms a volume)
+        if stats is None or stats[1] == 1.0 and (values := modality[mask]).max() == values.min():
+            raise SliceWiseError("every brain voxel has the same value: a mask or a placeholder, not an MRI volume; "
+                                 "z-scored, it would become a blank channel, the model's \"missing modality\"", path)
         for start in range(0, len(keep), SLICES_PER_STACK):
             zs = keep[start:start + SLICES_PER_STACK]
             inside = modality[box][zs]  # a copy of the box alone, z-scored in place
@@ -188,7 +219,7 @@ def slice_patient(patient_dir: Path, spec: SliceSpec) -> Shard:
 class Rejection:
     """A patient the slice step leaves out: its rejected.csv row, and whether a check of ours named the problem (a
     property of the files, remembered until they change) or not (an error no check foresaw may be this run's: a file
-    being written, a disk hiccup; the next run reads the patient again)."""
+    being written; the next run reads the patient again). A disk's error is neither: the step fails instead."""
 
     row: dict
     named: bool
@@ -203,6 +234,12 @@ def _slice_patient_job(patient_dir: Path, shard_path: Path, spec: SliceSpec) -> 
     except MemoryError:  # this machine's state, not the patient's: the step fails, and the next run tries again
         raise
     except Exception as exc:  # noqa: BLE001  an input no check foresaw: this patient is rejected, the others go on
+        if isinstance(exc, OSError) and exc.errno in volumes.MACHINE_ERRNOS:
+            # The disk's or the network file system's error, not the patient's: rejecting the patient would let the
+            # step succeed without it, and `dvc repro` would then never read it again (nothing it hashes changed).
+            raise SliceWiseError(f"reading this patient failed ({exc.strerror or exc}): an error of the disk or file "
+                                 "system, not of its files; the patients sliced so far are kept: run the step again",
+                                 exc.filename or patient_dir) from exc
         log.exception("slicing %s failed", patient_dir)
         reason = f"{UNEXPECTED} ({type(exc).__name__}: {exc})"
         return patient_dir.name, Rejection({"file": str(patient_dir), "reason": reason}, named=False)
@@ -250,6 +287,7 @@ def slice_dataset(raw_dir: Path, out_dir: Path, cfg: SliceSettings, image_size: 
     spec_digest = spec.digest()  # hashes the slicing code: once, not once per patient
     digests = FileDigests(digest_record(out_dir))
     fingerprints = {p.name: patient_fingerprint(p, spec_digest, digests) for p in patient_dirs}
+    check_one_patient_per_scan(patient_dirs, spec.modalities, digests)
     rows, rejected, todo, damaged = [], misnamed, [], []
     rejections: dict[str, dict] = {}  # patient → its fingerprint and rejected.csv row (REJECTED_FINGERPRINTS)
     for patient_dir in patient_dirs:

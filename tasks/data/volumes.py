@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tasks.data import regions
-from tasks.data.gzip_nifti import DeclaredSizeError, read_nifti
+from tasks.data.gzip_nifti import DamagedStreamError, DeclaredSizeError, read_nifti
 from tasks.errors import SliceWiseError
 
 
@@ -32,6 +32,9 @@ class Volume(NamedTuple):
     data: np.ndarray
     spacing: tuple[float, ...]
     affine: np.ndarray  # voxel → world (mm): which grid the voxels lie on
+    # whether the header states where the voxels lie (a qform or sform code above 0); without, nibabel makes the
+    # affine up from the voxel size alone, and it differs from a stated one though the voxels may be the same grid
+    oriented: bool = True
 
 
 # NIfTI's xyzt_units: the unit pixdim is in. "unknown" (0) is read as millimetres, as every tool does.
@@ -95,7 +98,7 @@ def same_grid(affine: np.ndarray, other: np.ndarray) -> bool:
 
 
 # Errors of the machine rather than of a file (a disk or network file system failing, memory short): a patient that
-# meets one is not remembered as damaged, so the next run reads it again.
+# meets one is not remembered as damaged; the slice step fails instead, so the next run reads it again.
 MACHINE_ERRNOS = {errno.EIO, errno.ENOMEM, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR, errno.ENOSPC}
 
 
@@ -115,7 +118,7 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
     except MemoryError:  # this machine's state, not the file's: the step fails, and the next run reads it again
         raise
     except OSError as exc:
-        if exc.errno in MACHINE_ERRNOS:  # likewise: the patient is left out of this run only (slicing.Rejection)
+        if exc.errno in MACHINE_ERRNOS:  # likewise: the slice step fails, and its next run reads it again
             raise
         raise _unreadable(path, exc) from exc
     except Exception as exc:  # nibabel, gzip, zlib and ISA-L raise many types for damaged files
@@ -144,7 +147,12 @@ def load_volume(path: Path, labels: bool = False) -> Volume:
     if max(data.shape) > MAX_AXIS_VOXELS:
         raise SliceWiseError(f"shape {data.shape}: an axis longer than {MAX_AXIS_VOXELS:,} voxels is no MRI volume "
                              "(a damaged or forged header)", path)
-    return Volume(data, spacing, affine)
+    return Volume(data, spacing, affine, oriented=states_orientation(image.header))
+
+
+def states_orientation(header) -> bool:
+    """Whether a NIfTI header has a qform or an sform (its code above 0)."""
+    return any(int(header.get(field, 0)) > 0 for field in ("qform_code", "sform_code"))
 
 
 def _unreadable(path: Path, exc: Exception) -> SliceWiseError:
@@ -155,6 +163,8 @@ def _unreadable(path: Path, exc: Exception) -> SliceWiseError:
         return SliceWiseError(fault, path)
     if isinstance(exc, DeclaredSizeError):
         return SliceWiseError(f"{exc}; a damaged or forged header", path)
+    if isinstance(exc, DamagedStreamError):
+        return SliceWiseError(str(exc), path)
     return SliceWiseError(f"unreadable NIfTI ({type(exc).__name__}: {exc})", path)
 
 

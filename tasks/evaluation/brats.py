@@ -129,7 +129,8 @@ def evaluate_patient(predictor: SlicePredictor, patient_dir: Path, modalities: S
     loaded = [load_volume(find_part(patient_dir, modality)) for modality in modalities]
     volumes = [volume.data for volume in loaded]
     seg_path = find_part(patient_dir, "seg")
-    truth_volume, spacing, _ = load_volume(seg_path, labels=True)  # as stored: a NaN label is an error, not 0
+    stored = load_volume(seg_path, labels=True)  # as stored: a NaN label is an error, not 0
+    truth_volume, spacing = stored.data, stored.spacing
     truth = brats2020_labels(truth_volume, seg_path)  # mapped and checked as the slice step does
     # sliced in display orientation, as the slice step cuts them; the answer comes back on the stored grid
     result = predict_volume(predictor, volumes, image_size, flips, threshold,
