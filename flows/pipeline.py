@@ -29,7 +29,7 @@ from tasks import paths
 from tasks.config import Settings, load_settings
 from tasks.errors import SliceWiseError
 from tasks.params_edit import set_params
-from tasks.preflight import check_prerequisites, run_warnings
+from tasks.preflight import check_params_dvc_reads, check_prerequisites, run_warnings
 from tasks.redaction import redact
 from tasks.release.store_moved import registered_elsewhere
 from tasks.run_lock import dvc_lock_for_params, pipeline_lock
@@ -162,6 +162,7 @@ def checked_settings(updates: dict[str, str]) -> Settings:
         shutil.copy(paths.PARAMS, trial)
         try:
             settings = set_params(updates, trial) if updates else load_settings(trial)
+            check_params_dvc_reads(trial)
         except SliceWiseError as exc:  # named as params.yaml, not as the copy
             error = SliceWiseError(exc.reason, paths.PARAMS)
             error.exit_code = exc.exit_code

@@ -105,9 +105,10 @@ def check_command(params: Path = typer.Option(paths.PARAMS, help="parameters fil
     first: `dvc repro` removes a stage's outputs before it runs the stage, so a mistake found by the step itself (or
     a flow run's lock that refuses it) has cost them already."""
     try:
-        from tasks.preflight import check_prerequisites
+        from tasks.preflight import check_params_dvc_reads, check_prerequisites
 
         settings = load_settings(params)
+        check_params_dvc_reads(params)
         check_prerequisites(settings)
         with pipeline_lock("python -m tasks check"):  # taken and given back: only whether a run holds it now
             pass

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
+import ruamel.yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks import paths
@@ -470,33 +469,17 @@ class Settings(_ModelSettings):
     serve: ServeSettings = ServeSettings()
 
 
-class _ParamsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading floats as YAML 1.2 (and DVC's ruamel) read them: `5e-4` and `1e-05` are numbers.
-    YAML 1.1 wants a dot in a float, so they came as strings, which the strict settings refuse (and `tasks set`
-    writes a small float as 1e-05). A key twice in one mapping is an error, as DVC and `tasks set` (ruamel) make it:
-    PyYAML kept the last value, so `tasks check` passed a file the pipeline then refused."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given beside it override, as in DVC
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, Hashable) and key in seen:  # an unhashable key: the base class says so
-                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
-                                                        f"found duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-_ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+# What read_yaml raises for text that is no YAML (ruamel's, with PyYAML's marks: problem, context, problem_mark)
+YAMLError = ruamel.yaml.YAMLError
 
 
 def read_yaml(text: str):
-    """params.yaml's YAML (or a `tasks set` value) as the settings read it."""
-    return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    """params.yaml's YAML (or a `tasks set` value) as DVC reads it: with DVC's own library and schema (ruamel.yaml,
+    YAML 1.2), so that the settings and DVC never read one value two ways. PyYAML reads YAML 1.1, where `seed: 042` is
+    octal 34 while DVC reads 42 (every stage ran with seed 34, dvc.lock recorded 42, and `dvc status` saw no change),
+    `on` and `yes` are bools (to DVC the text "on"), `1:30` is 90 (text) and `+.5` is text (0.5). A key twice in one
+    mapping is an error, as DVC makes it."""
+    return ruamel.yaml.YAML(typ="safe").load(text)
 
 
 def load_settings(path: Path | str = paths.PARAMS) -> Settings:
@@ -508,7 +491,7 @@ def load_settings(path: Path | str = paths.PARAMS) -> Settings:
         raise SliceWiseError("parameters file not found", path) from exc
     except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, another encoding
         raise SliceWiseError(f"cannot read the parameters ({type(exc).__name__}: {exc})", path) from exc
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         raise SliceWiseError(f"not valid YAML: {yaml_problem(exc)}", path) from exc
     try:
         return Settings.model_validate(raw or {})

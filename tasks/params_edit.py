@@ -7,10 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import yaml
-
 from tasks import paths
-from tasks.config import Settings, load_settings, read_yaml, yaml_problem
+from tasks.config import Settings, YAMLError, load_settings, read_yaml, yaml_problem
 from tasks.errors import SliceWiseError
 
 
@@ -30,7 +28,7 @@ def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, object]:
                                      f"({earlier}={updates[earlier]!r} and {item!r}): give it once")
         try:
             updates[key] = read_yaml(value)
-        except yaml.YAMLError as exc:
+        except YAMLError as exc:
             # a cron (`*/5 * * * *`: `*` starts an alias) or `@daily` (`@` is reserved) is text YAML cannot read bare
             text = value[:1] in "*@&!%`|>" or (": " in value and value[:1] not in "{[")  # a mapping is no text
             hint = f"; quote a text value: {key}='\"{value}\"'" if text else ""
@@ -77,7 +75,11 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
             node = node[key]
         if not isinstance(node, dict):  # e.g. `profile.x=1`: `profile` holds a value, not keys
             raise SliceWiseError(f"unknown key {dotted!r}: {'.'.join(parents)} holds a value, not keys", shown)
-        _put(node, leaf, _as_written(value))
+        try:
+            written = _as_written(value)
+        except SliceWiseError as exc:
+            raise SliceWiseError(f"{dotted}: {exc.reason}", shown) from exc
+        _put(node, leaf, written)
     tmp = path.with_suffix(".yaml.tmp")
     try:
         with tmp.open("w", newline="\r\n" if crlf else None) as fh:
@@ -97,7 +99,7 @@ def set_params(updates: dict[str, object], path: Path | str = paths.PARAMS) -> S
 def _refuse_changes_beyond(updates: dict[str, object], before: str, after: Path, shown: Path) -> None:
     """Refuse an edit that changes a key it does not name: a part of params.yaml shared through a YAML anchor and alias
     (`quick: &q`, `model: *q`) or a merge key (`<<: *q`) is one node, so setting it in one place set it in all."""
-    old, new = _dotted_values(yaml.safe_load(before)), _dotted_values(yaml.safe_load(after.read_text(encoding="utf-8")))
+    old, new = _dotted_values(read_yaml(before)), _dotted_values(read_yaml(after.read_text(encoding="utf-8")))
     named = tuple(updates)
     beyond = sorted(key for key in old.keys() | new.keys() if old.get(key, _ABSENT) != new.get(key, _ABSENT)
                     and not any(key == name or key.startswith(f"{name}.") for name in named))
@@ -142,23 +144,28 @@ def _flow_style(node: object) -> bool:
     return bool(getattr(getattr(node, "fa", None), "flow_style", lambda: False)())
 
 
-def _as_written(value: object) -> object:
-    """`value` as it must be written for params.yaml's readers to read it back. ruamel writes YAML 1.2, where `no` or
-    `on` unquoted are strings, but the settings read YAML 1.1 (PyYAML), where they are bools: such a string, and any
-    other that would not read back as itself (`*/5 * * * *` does not parse at all), is written in quotes."""
+def _as_written(value: object, within: tuple[int, ...] = ()) -> object:
+    """`value` as it must be written for params.yaml's readers to read it back: a string that would not read back as
+    itself (`*/5 * * * *` does not parse at all; `null` would read as nothing) is written in quotes. A value that
+    holds itself (`&a [*a]`) cannot be written at all: a SliceWiseError, not a RecursionError."""
     from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
+    if isinstance(value, (dict, list)):
+        if id(value) in within:
+            raise SliceWiseError("a value that holds itself (a YAML alias inside its own anchor) cannot be written to "
+                                 "params.yaml")
+        within += (id(value),)
     if isinstance(value, str) and not _reads_back(value):
         return DoubleQuotedScalarString(value)
     if isinstance(value, dict):
-        return {key: _as_written(inner) for key, inner in value.items()}
+        return {key: _as_written(inner, within) for key, inner in value.items()}
     if isinstance(value, list):
-        return [_as_written(inner) for inner in value]
+        return [_as_written(inner, within) for inner in value]
     return value
 
 
 def _reads_back(text: str) -> bool:
     try:
         return read_yaml(text) == text
-    except yaml.YAMLError:
+    except YAMLError:
         return False

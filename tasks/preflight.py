@@ -5,8 +5,40 @@ the plots for evaluate)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tasks import paths
-from tasks.config import Settings
+from tasks.config import Settings, read_yaml
+from tasks.errors import SliceWiseError
+
+DVC_YAML = paths.ROOT / "dvc.yaml"
+
+
+def check_params_dvc_reads(params: Path = paths.PARAMS, dvc_yaml: Path = DVC_YAML) -> None:
+    """A SliceWiseError naming every key dvc.yaml's stages read that `params` lacks.
+
+    The settings give a deleted key its default, so the file is valid to them; DVC refuses a stage whose listed key
+    is missing, and only after `dvc repro` (or the flow) has removed that stage's outputs: deleting `seed` cost
+    data/raw, `promotion` reports/register.json. `profiles.${profile}.x` follows the file's `profile`, as in DVC."""
+    raw = read_yaml(params.read_text(encoding="utf-8")) or {}
+    missing: dict[str, list[str]] = {}
+    for stage, entry in (read_yaml(dvc_yaml.read_text(encoding="utf-8")).get("stages") or {}).items():
+        for key in entry.get("params") or []:
+            if isinstance(key, str) and _lacks(raw, key.replace("${profile}", str(raw.get("profile")))):
+                missing.setdefault(key.replace("${profile}", str(raw.get("profile"))), []).append(stage)
+    if missing:
+        keys = "; ".join(f"{key} (read by {', '.join(stages)})" for key, stages in missing.items())
+        raise SliceWiseError(f"lacks {keys}: DVC refuses a stage whose key is missing, after it has removed the "
+                             "stage's outputs; put the key back (its value in git: git show HEAD:params.yaml)", params)
+
+
+def _lacks(raw: dict, dotted: str) -> bool:
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return True
+        node = node[part]
+    return False
 
 
 def check_prerequisites(settings: Settings) -> None:
