@@ -153,3 +153,37 @@ def test_a_retry_judged_otherwise_gets_a_version_of_its_own(store):
     other = versions.find_or_create_version(registry, logged, base | {"promotion": "promoted"}, pipeline_run)
     assert other != first
     assert registry.client.get_model_version(registry.model_name, other).tags["promotion"] == "promoted"
+
+
+def test_a_version_left_without_an_alias_by_a_killed_register_is_completed_by_the_next_run(store, tmp_path):
+    """A register killed (SIGKILL) between creating its version and moving the alias, rerun under a new parent run (a
+    code change, or the other front door): the version found by run alone stayed behind, tagged "promoted", never
+    verified, and a second version of the same release took the alias."""
+    from tasks.tracking.mlflow_runs import MlflowTracker
+    from tasks.tracking.store import fluent_store
+
+    versions, registry, attempt, run, example = store
+    attempt(run(), 1.0)  # an earlier champion
+    killed_run, rerun = run(), run()
+    onnx_path = tiny_onnx(tmp_path / "m2.onnx", 2.0)
+    sha = sha256_file(onnx_path)
+    from tasks.release.release_files import Release
+
+    release = Release(onnx_path, tmp_path / "best.pt", tmp_path / "model.json", {}, {}, {}, sha)
+    release_tags = {"onnx_sha256": sha, "promotion": "promoted", "data_hash": "d1"}
+    with fluent_store():
+        logged = versions.log_model(release, example, MlflowTracker(registry.client, killed_run, registry.cfg), "# c")
+        left = versions.find_or_create_version(registry, logged.model_uri, release_tags | {"mlflow_run_id": killed_run},
+                                               killed_run)  # ... and killed here: no description, no alias
+        again = versions.log_model(release, example, MlflowTracker(registry.client, rerun, registry.cfg), "# c")
+        version = versions.create_verified_version(registry, again.model_uri, release_tags | {"mlflow_run_id": rerun},
+                                                   "# slicewise\ncard", release, example, "champion")
+    assert version == left
+    assert registry.by_alias("champion").version == int(left)
+    assert registry.client.get_model_version(registry.model_name, left).tags["mlflow_run_id"] == rerun
+    assert len(registry.client.search_model_versions(f"name = '{registry.model_name}'")) == 2  # v1 and this one
+    # another data set is another release: a version of its own, whatever the alias-less one holds
+    registry.client.delete_registered_model_alias(registry.model_name, "champion")
+    with fluent_store():
+        other = versions.find_or_create_version(registry, again.model_uri, release_tags | {"data_hash": "d2"}, rerun)
+    assert other not in (left, "1")

@@ -14,9 +14,10 @@ same verdict under the same gate settings, its files verified: a rerun after a c
 was) creates no new version;
 register.json says `reused`.
 Retries are idempotent: a version is created only after asking whether this run already registered this ONNX
-file (a retry after a lost response, or a rerun of an interrupted register, finds it). A register that fails or
-is interrupted removes the logged models it left in the run (and their local artifact folders), so nothing
-half-registered stays behind; a store lost meanwhile gives one error line, not MLflow's tracebacks.
+file (a retry after a lost response, or a rerun of an interrupted register, finds it), or any run left a version of
+this release without an alias (a register killed before it moved one, rerun under a new parent run). A register
+that fails or is interrupted removes the logged models it left in the run (and their local artifact folders), so
+nothing half-registered stays behind; a store lost meanwhile gives one error line, not MLflow's tracebacks.
 With tracking.enabled false nothing is registered; the gate still runs and reports/register.json says so.
 """
 

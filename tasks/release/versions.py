@@ -93,18 +93,33 @@ SAME_RELEASE_TAGS = ("onnx_sha256", "data_hash", "splits_hash", "metrics_sha256"
 
 
 def find_or_create_version(registry: ModelRegistry, model_uri: str, tags: dict, run_id: str) -> str:
-    """The version of this run for this release when an earlier attempt created one (its answer lost, or the
-    attempt interrupted before verifying it), else a new one: so a retry never registers the model twice. The
-    verdict is part of the release: a retry judged otherwise (the champion changed between the attempts) gets a
-    version of its own, so no alias lands on a version whose tags and card say the opposite."""
+    """The version of this release when an earlier attempt created one (its answer lost, or the attempt interrupted
+    before verifying it), else a new one: so a retry never registers the model twice. The verdict is part of the
+    release: a retry judged otherwise (the champion changed between the attempts) gets a version of its own, so no
+    alias lands on a version whose tags and card say the opposite.
+
+    First this run's own versions; then, from any run, a version of this release that holds no alias: a register
+    killed (SIGKILL, power) between creating its version and moving the alias, rerun under a new parent run (a code
+    or params change, or the other front door). It was left tagged with its verdict but never verified, and a new
+    version beside it made two of one release; it is completed instead, and takes this attempt's tags."""
     import mlflow
 
+    def same_release(version) -> bool:
+        return all((version.tags or {}).get(key) == tags.get(key) for key in SAME_RELEASE_TAGS)
+
     versions = registry.client.search_model_versions(f"name = '{registry.model_name}' and run_id = '{run_id}'")
-    mine = [v for v in versions if all((v.tags or {}).get(key) == tags.get(key) for key in SAME_RELEASE_TAGS)]
-    if mine:
+    if mine := [v for v in versions if same_release(v)]:
         version = max(mine, key=lambda v: int(v.version))
         log.warning("register: version %s of this run already holds this model (an earlier attempt created it); "
                     "completing it instead of creating another", version.version)
+        return str(version.version)
+    everyone = registry.client.search_model_versions(f"name = '{registry.model_name}'")
+    if left := [v for v in everyone if same_release(v) and not getattr(v, "aliases", None)]:
+        version = max(left, key=lambda v: int(v.version))
+        log.warning("register: version %s (run %s) holds this release without an alias (a register stopped before "
+                    "it moved one); completing it instead of creating another", version.version, version.run_id)
+        for key, value in tags.items():  # the judgement and lineage of this attempt, which completes it
+            registry.client.set_model_version_tag(registry.model_name, version.version, key, value)
         return str(version.version)
     return str(mlflow.register_model(model_uri, registry.model_name, tags=tags).version)
 
