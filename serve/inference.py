@@ -196,9 +196,12 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # overflow → the 422 below
         inputs = prepare_channels(in_display_orientation(volumes, shown), model.image_size)
     _check_finite(inputs, name)
-    # sent with no voxel above 0, so read as missing (model_channels); the guard judges what the model reads
-    empty = [m for m, volume in zip(model.modalities, volumes) if volume is None and m in uploads]
-    judged = {modality: shown.display(volume) for modality, volume in uploads.items() if modality not in empty}
+    # sent with no voxel above 0, so read as missing (model_channels); the guard judges what the model reads. A blank
+    # FLAIR stays in (the answer's grid is its), and the guard calls it a blank image; it is listed as empty too
+    unread = [m for m, volume in zip(model.modalities, volumes) if volume is None and m in uploads]
+    judged = {modality: shown.display(volume) for modality, volume in uploads.items() if modality not in unread}
+    empty = [m for m, volume in zip(model.modalities, volumes)
+             if m in unread or m == "flair" and volume is not None and not (volume > 0).any()]
     ood = score_volume(judged, inputs[:, :1], ood_threshold)
     result = predict_volume(model.predictor, volumes, model.image_size, flips, model.mask_threshold, inputs,
                             orientation=shown, slices_in_volume=model.slices_in_volume)
@@ -251,8 +254,8 @@ def volume_result(uploads: dict[str, np.ndarray], image: VolumeImage, model: Ser
         "mask_nifti_filename": output_filename(name, "mask"),
         # Which channels were real and which were zero-filled: the model reads a missing modality as all-zero, and
         # FLAIR alone costs most on the tumour core and the enhancing tumour (docs/model.md, "Modalities and regions").
-        "modalities": {"sent": [m for m, v in zip(model.modalities, volumes) if v is not None],
-                       "missing": [m for m, v in zip(model.modalities, volumes) if v is None],
+        "modalities": {"sent": [m for m, v in zip(model.modalities, volumes) if v is not None and m not in empty],
+                       "missing": [m for m, v in zip(model.modalities, volumes) if v is None or m in empty],
                        "empty": empty},  # sent, but with no voxel above 0: read as missing (listed there too)
         "regions": list(model.regions),
         "region_volumes_cm3": {region: (round(region_cm3[region], 4) if region in region_cm3 else None)

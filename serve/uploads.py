@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tasks.data.preprocess import MIN_SIDE, RAW_INTENSITY_MODES
+from tasks.data.preprocess import MIN_SIDE, RAW_INTENSITY_MODES, upright
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -125,8 +125,8 @@ def decode_image(data: bytes, name: str, max_side: int) -> DecodedSlice:
     # A camera's MPO JPEG holds the picture and a preview or second view: the first frame is the picture.
     if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
         raise UploadError(422, f"{name}: an animated/multi-frame image; send one slice per file")
-    if image.mode in RAW_INTENSITY_MODES:
-        return DecodedSlice("array", None, _as_array(np.asarray(image), name, max_side), None)
+    if image.mode in RAW_INTENSITY_MODES:  # upright, as a photo is (photo_gray): a viewer shows it so
+        return DecodedSlice("array", None, _as_array(np.asarray(upright(image)), name, max_side), None)
     # A grayscale file cannot be a colour photograph: no colour check (it costs ~2.5 ms per 256² slice).
     rgb = None if image.mode in GRAYSCALE_MODES else np.asarray(image.convert("RGB"))
     return DecodedSlice("photo", image, None, rgb)

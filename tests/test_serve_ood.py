@@ -185,6 +185,20 @@ def test_a_modality_with_nothing_the_model_can_read_is_listed_as_missing_not_sen
     assert body["warning"] is None and body["has_tumor"] is True  # what the model reads is in distribution
 
 
+@pytest.mark.parametrize("how", ["zero", "not a number"])
+def test_a_flair_with_nothing_the_model_can_read_is_listed_as_empty_and_gets_no_decision(tmp_path_factory, how):
+    """Review 2026-12-07: a blank FLAIR stays in (the answer's grid is its), so it was listed as sent, never as empty,
+    unlike a blank T1; the guard withheld the decision all the same."""
+    files = four_modality_files(tmp_path_factory.mktemp("empty-flair"))
+    volume, _ = brain_volume()
+    blank = np.zeros(volume.shape, np.float32) if how == "zero" else np.full(volume.shape, np.nan, np.float32)
+    sent = {"flair": ("p_flair.nii.gz", nifti_bytes(blank)[0]), "t1": ("p_t1.nii.gz", nifti_bytes(volume)[0])}
+    with local_client(file_app(files, ood_threshold=THRESHOLD)) as client:
+        body = client.post("/v1/predict/volume", files=sent).json()
+    assert body["modalities"] == {"sent": ["t1"], "missing": ["flair", "t1ce", "t2"], "empty": ["flair"]}
+    assert body["has_tumor"] is None and body["warning"]
+
+
 def test_a_volume_in_tiny_units_is_read_as_the_same_volume():
     """Review 2026-12-07: standard deviations under an absolute 1e-6 counted as flat, so a FLAIR stored at 1e-8 of its
     scale came back as "no tumour" (its z-scores all zero)."""
