@@ -101,6 +101,25 @@ def test_photos_are_judged_at_the_lone_slice_threshold_as_serving_decides_them()
     assert report["classification_threshold"]["photos_at"] == "lone_slice_value"
 
 
+def test_the_in_volume_threshold_is_chosen_on_the_validation_inputs_it_judges_not_on_the_photos():
+    """Review 2026-12-07: the photos, scored alone and judged at the lone threshold, were part of the validation rows
+    the in-volume threshold was chosen on, and moved it: here from the BraTS slices' 0.8 to 0.95, every tumour slice
+    then missed."""
+    val = predictions(np.full(10, 0.4), np.full(10, 0.8), n_patients=2)
+    photos = predictions(np.full(10, 0.85), np.full(10, 0.95), n_patients=2)
+    photos.slices["source"] = "kaggle"
+    val = scoring.SplitPredictions(pd.concat([val.slices, photos.slices], ignore_index=True), val.slice_scores,
+                                   val.volume_scores)
+    test = predictions(np.array([0.4, 0.4]), np.array([0.8, 0.8]), n_patients=2)
+    report = evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=10), seed=0, val_alone=val)
+    assert report["classification_threshold"]["value"] == pytest.approx(0.8)
+    assert report["classification"]["sensitivity"] == 1.0
+    assert report["classification_threshold"]["lone_slice_value"] == pytest.approx(0.95)  # every input scored alone
+    # a model scored on slices alone has one threshold for every input: the photos count there
+    assert evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=10), seed=0)[
+        "classification_threshold"]["value"] == pytest.approx(0.95)
+
+
 def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     rng = np.random.default_rng(3)
     val = predictions(rng.uniform(0, 0.6, 30), rng.uniform(0.4, 1, 30))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from tasks.evaluation.intervals import SOURCE_CI_METRICS, SOURCES, confidence_in
 from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
                                       predict_split)
 from tasks.evaluation.tumour_free import tumour_free_twins
-from tasks.inference.predictor import TorchPredictor, decision_thresholds
+from tasks.inference.predictor import ALONE_SOURCES, TorchPredictor, decision_thresholds
 from tasks.io import nested_value, sha256_file, write_json_atomic
 from tasks.tracking.tracker import NullTracker, Tracker
 
@@ -91,7 +91,11 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     `val_alone`: the validation slices each scored alone (None: `val` is); the same rule on them gives the
     threshold for a slice that arrives alone (`lone_slice_value`), which serving's slice route applies, and which
     the test photos are therefore judged at (they always arrive alone; `decision_thresholds`)."""
-    threshold = _chosen_threshold(val, cfg)
+    # Each threshold is chosen on the validation inputs it will judge: the in-volume one on those that arrive in a
+    # volume (the photos, judged at the lone one, had moved it: review 2026-12-07), the lone one on every input scored
+    # alone (serving's slice route takes BraTS slices and photos alike)
+    judged = val if val_alone is None else in_volume_inputs(val)
+    threshold = _chosen_threshold(judged, cfg)
     lone_threshold = threshold if val_alone is None else _chosen_threshold(val_alone, cfg)
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     # each test input at the threshold serving decides it at: a photo always arrives alone (the slice route)
@@ -120,12 +124,17 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
                              "min_resamples": cfg.bootstrap}
     report["segmentation_threshold"] = mask_threshold or {"value": metrics.MASK_THRESHOLD, "rule": "fixed"}
     # what the threshold is applied to: export hands it to serving with the threshold (model.json `slice_score`)
-    report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(val, cfg),
+    report["classification_threshold"] = {"value": threshold, "rule": threshold_origin(judged, cfg),
                                            "slice_score": cfg.slice_score, "slices_in_volume": cfg.slices_in_volume,
                                            "lone_slice_value": lone_threshold,
                                            # the photos' decisions above were made at the lone slice threshold
                                            "photos_at": "lone_slice_value"}
     return _finite_or_null(report)
+
+
+def in_volume_inputs(split: SplitPredictions) -> SplitPredictions:
+    """The split's inputs that reach serving in a volume (every source but ALONE_SOURCES: the BraTS slices)."""
+    return replace(split, slices=split.slices[~split.slices["source"].isin(ALONE_SOURCES)])
 
 
 def _chosen_threshold(val: SplitPredictions, cfg: EvaluateSettings) -> float:
