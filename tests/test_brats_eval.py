@@ -268,3 +268,16 @@ def test_an_uncertainty_mean_over_fewer_patients_says_over_how_many():
     assert uncertainty["n_patients"] == 3 and uncertainty["auroc"] == pytest.approx(0.9)
     assert uncertainty["auroc_n_patients"] == 1
     assert "mean_on_errors_n_patients" not in uncertainty  # defined for every patient: n_patients says it
+
+
+def test_the_organisers_means_say_how_many_patients_they_are_over(monkeypatch, tmp_path):
+    """Review 2026-12-07: the package gives no figure where a region is empty in truth and prediction alike (our report
+    counts the BraTS rule's 1 / 0), so its mean was over fewer patients than the `n_patients` beside it said."""
+    from tasks.evaluation import brats
+
+    monkeypatch.setattr(brats, "required_reference_python", lambda: Path("python"))
+    monkeypatch.setattr(brats, "reference_scores", lambda folder, python: {
+        "p1": {"et": {"dice": 0.5, "hd95": 10.0}}, "p2": {"et": {"dice": None, "hd95": None}}})
+    report = brats.organisers_report(tmp_path, ["et"])
+    assert report["n_patients"] == 2 and report["et"]["dice"] == 0.5
+    assert report["et"]["n_scored"] == {"dice": 1, "hd95": 1}

@@ -23,12 +23,13 @@ def test_card_shows_the_three_regions_with_intervals_and_the_organisers_figures(
                "segmentation_regions_brats_evaluation": {"available": True, "n_patients": 4,
                                                          "wt": {"dice": 0.87, "hd95": 5.4, "nsd": 0.9,
                                                                 "lesion_dice": 0.7, "lesion_hd95": 40.0,
-                                                                "lesion_nsd": 0.6}}}
+                                                                "lesion_nsd": 0.6, "n_scored": {"dice": 3}}}}
     text = card(metrics)
     assert "| segmentation_regions.wt.dice | 0.876 | [0.810, 0.920] |" in text
     assert "| segmentation_regions.tc.hd95 | 9.250 | n/a |" in text
     assert "| segmentation_regions.et.dice | n/a | n/a |" in text
-    assert "| WT | 0.870 | 5.400 | 0.900 | 0.700 | 40.000 | 0.600 |" in text
+    assert "| WT | 3 | 0.870 | 5.400 | 0.900 | 0.700 | 40.000 | 0.600 |" in text  # 3 of the 4 patients scored
+    assert "it scored of 4" in text
     assert "U-Net: whole-tumour, tumour-core and enhancing-tumour segmentation of axial" in text  # not "whole-tumour"
 
 

@@ -233,7 +233,10 @@ def regions_present(scores: pd.DataFrame) -> dict[str, int | None]:
 
 def organisers_report(label_maps: Path, regions: Sequence[str]) -> dict:
     """The organisers' package's means over the patients whose label maps `score_patients` kept: global Dice, HD95
-    and NSD, lesion-wise Dice, HD95 and NSD per region (`evaluate.organisers_check`; needs .venv-brats)."""
+    and NSD, lesion-wise Dice, HD95 and NSD per region (`evaluate.organisers_check`; needs .venv-brats).
+
+    The package gives no figure (NaN) where a region is empty in both the truth and the prediction, where our own
+    report counts the BraTS rule's 1 / 0: each mean is over the patients with a figure, `n_scored` says how many."""
     python = required_reference_python()
     per_case = reference_scores(label_maps, python)
     out: dict = {"available": True, "package": "brats-evaluation (panoptica, gli config)",
@@ -241,5 +244,6 @@ def organisers_report(label_maps: Path, regions: Sequence[str]) -> dict:
     for region in regions:
         values = pd.DataFrame([case[region] for case in per_case.values()], dtype=float)
         out[region] = {name: (float(values[name].mean()) if values[name].notna().any() else None)
-                       for name in values.columns} if len(values) else None
+                       for name in values.columns} | {"n_scored": values.notna().sum().astype(int).to_dict()} \
+            if len(values) else None
     return out

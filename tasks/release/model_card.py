@@ -94,14 +94,16 @@ def _organisers_section(metrics: dict) -> list[str]:
     organisers = metrics.get("segmentation_regions_brats_evaluation") or {}
     if not organisers.get("available"):
         return []
-    lines = ["", "BraTS organisers' `brats-evaluation` (panoptica, gli config) on the same label maps, mean over "
-             f"{organisers.get('n_patients')} test patients:", "",
-             "| region | Dice | HD95 mm | NSD | lesion-wise Dice | lesion-wise HD95 mm | lesion-wise NSD |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["", "BraTS organisers' `brats-evaluation` (panoptica, gli config) on the same label maps, mean over the "
+             f"test patients it scored of {organisers.get('n_patients')} (none where a region is empty in truth and "
+             "prediction alike):", "",
+             "| region | patients scored | Dice | HD95 mm | NSD | lesion-wise Dice | lesion-wise HD95 mm | lesion-wise NSD |",
+             "|---|---|---|---|---|---|---|---|"]
     for region in ("wt", "tc", "et"):
         if values := organisers.get(region):
             cells = [_fmt(values.get(k)) for k in ("dice", "hd95", "nsd", "lesion_dice", "lesion_hd95", "lesion_nsd")]
-            lines.append(f"| {region.upper()} | " + " | ".join(cells) + " |")
+            scored = (values.get("n_scored") or {}).get("dice", "n/a")
+            lines.append(f"| {region.upper()} | {scored} | " + " | ".join(cells) + " |")
     return lines
 
 
