@@ -20,6 +20,8 @@ def check_params_dvc_reads(params: Path = paths.PARAMS, dvc_yaml: Path = DVC_YAM
     The settings give a deleted key its default, so the file is valid to them; DVC refuses a stage whose listed key
     is missing, and only after `dvc repro` (or the flow) has removed that stage's outputs: deleting `seed` cost
     data/raw, `promotion` reports/register.json. `profiles.${profile}.x` follows the file's `profile`, as in DVC."""
+    if not dvc_yaml.is_file():  # a folder DVC does not run in (`tasks check --params` on a copy elsewhere)
+        return
     raw = read_yaml(params.read_text(encoding="utf-8")) or {}
     missing: dict[str, list[str]] = {}
     for stage, entry in (read_yaml(dvc_yaml.read_text(encoding="utf-8")).get("stages") or {}).items():

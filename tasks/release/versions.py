@@ -114,7 +114,8 @@ def find_or_create_version(registry: ModelRegistry, model_uri: str, tags: dict, 
                     "completing it instead of creating another", version.version)
         return str(version.version)
     everyone = registry.client.search_model_versions(f"name = '{registry.model_name}'")
-    if left := [v for v in everyone if same_release(v) and not getattr(v, "aliases", None)]:
+    # search_model_versions leaves `aliases` empty: get_model_version fills it (_holds_alias: True when unsure)
+    if left := [v for v in everyone if same_release(v) and not _holds_alias(registry, str(v.version))]:
         version = max(left, key=lambda v: int(v.version))
         log.warning("register: version %s (run %s) holds this release without an alias (a register stopped before "
                     "it moved one); completing it instead of creating another", version.version, version.run_id)
