@@ -22,6 +22,9 @@ from tasks.log_output import log_handler, report_console
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline through Prefect.")
 console = Console(stderr=True)
 LOCAL_PREFECT_API = "http://127.0.0.1:4200/api"  # what `make prefect-ui` starts
+# Prefect waits 20 s for its throw-away server, which takes about 15 s to start on 2 idle cores: a first run (a fresh
+# PREFECT_HOME migrates its database) beside other work timed out with a traceback. Longer, unless the user set it.
+EPHEMERAL_STARTUP_SECONDS = 120
 
 
 class DataSource(str, Enum):
@@ -87,7 +90,9 @@ def run(
     _require_project_root()
     if dask_address and slice_runner is not SliceRunner.dask:
         _fail("--dask-address needs --slice-runner dask")
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    import os
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
     from flows.pipeline import parameter_updates, slicewise_pipeline
 
@@ -101,9 +106,20 @@ def run(
         _fail(f"no Prefect server answers at PREFECT_API_URL={configured}; start it, or unset PREFECT_API_URL to run "
               "against a throw-away server")
     api_url = configured or (LOCAL_PREFECT_API if _server_up(LOCAL_PREFECT_API) else None)
-    with temporary_settings({PREFECT_API_URL: api_url} if api_url else {}), console_says_failures_once():
-        state = slicewise_pipeline(**values, slice_runner=slice_runner.value, dask_address=dask_address,
-                                   return_state=True)
+    run_settings = {PREFECT_API_URL: api_url} if api_url else {}
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        run_settings[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = EPHEMERAL_STARTUP_SECONDS
+    with temporary_settings(run_settings), console_says_failures_once():
+        try:
+            state = slicewise_pipeline(**values, slice_runner=slice_runner.value, dask_address=dask_address,
+                                       return_state=True)
+        except RuntimeError as exc:
+            if "ephemeral Prefect API server" not in str(exc):
+                raise
+            _fail(f"Prefect's throw-away server did not start within "
+                  f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()} s ({str(exc).splitlines()[0][:200]}); "
+                  "start one that stays (`make prefect-ui`), or give it longer "
+                  "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         # StepFailed already names the step and its error: Prefect's "Flow run encountered an exception: StepFailed:"
@@ -128,7 +144,9 @@ def run(
 def serve() -> None:
     """Serve the `slicewise-weekly` deployment (cron from params.yaml) until Ctrl-C."""
     _require_project_root()
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    import os
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
     from flows.deploy import DEPLOYMENT_NAME, retraining_schedule, serve as serve_deployment
     from tasks.config import load_settings

@@ -25,9 +25,10 @@ def check_params_dvc_reads(params: Path = paths.PARAMS, dvc_yaml: Path = DVC_YAM
     raw = read_yaml(params.read_text(encoding="utf-8")) or {}
     missing: dict[str, list[str]] = {}
     for stage, entry in (read_yaml(dvc_yaml.read_text(encoding="utf-8")).get("stages") or {}).items():
-        for key in entry.get("params") or []:
-            if isinstance(key, str) and _lacks(raw, key.replace("${profile}", str(raw.get("profile")))):
-                missing.setdefault(key.replace("${profile}", str(raw.get("profile"))), []).append(stage)
+        for listed in entry.get("params") or []:  # a key, or {file: [keys]} for another file than params.yaml
+            key = listed.replace("${profile}", str(raw.get("profile"))) if isinstance(listed, str) else None
+            if key is not None and _lacks(raw, key):
+                missing.setdefault(key, []).append(stage)
     if missing:
         keys = "; ".join(f"{key} (read by {', '.join(stages)})" for key, stages in missing.items())
         raise SliceWiseError(f"lacks {keys}: DVC refuses a stage whose key is missing, after it has removed the "

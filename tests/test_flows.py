@@ -227,6 +227,40 @@ def test_flows_cli_errors_are_one_line_with_their_brackets_and_a_down_server_is_
     assert result.exit_code == 1 and "no Prefect server answers at PREFECT_API_URL=http://127.0.0.1:9/api" in printed
 
 
+def test_a_throw_away_server_that_starts_slowly_gets_longer_and_one_that_never_starts_is_one_line(monkeypatch):
+    """Review 2026-12-07: a first `flows run` (fresh PREFECT_HOME) beside other work timed out after Prefect's 20 s
+    for its throw-away server, with a page of traceback. It now waits EPHEMERAL_STARTUP_SECONDS unless told otherwise,
+    and a server that never answers is one line saying what to do."""
+    import io
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    import flows.__main__ as cli
+    import flows.pipeline
+
+    waited = []
+
+    def slow_server(**_):
+        waited.append(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server. stdout: ...")
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=300))
+    monkeypatch.setattr(cli, "_server_up", lambda url: False)
+    monkeypatch.setattr(flows.pipeline, "slicewise_pipeline", slow_server)
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = CliRunner().invoke(cli.app, ["run"])
+        monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "30")
+        CliRunner().invoke(cli.app, ["run"])
+    printed = " ".join(cli.console.file.getvalue().split())
+    assert result.exit_code == 1 and "Traceback" not in printed
+    assert f"throw-away server did not start within {cli.EPHEMERAL_STARTUP_SECONDS} s" in printed
+    assert waited == [cli.EPHEMERAL_STARTUP_SECONDS, 30]  # a value the user set stands
+
+
 def test_the_console_drops_prefects_lines_about_a_failure_the_cli_says_itself(monkeypatch):
     """`flows run` ends with the failed step in one red line; Prefect's task and flow run lines repeating it (and the
     flow's own record of it) stay off the console, and so do a stage task's Cached and Completed lines; everything
