@@ -144,9 +144,7 @@ def run(
 def serve() -> None:
     """Serve the `slicewise-weekly` deployment (cron from params.yaml) until Ctrl-C."""
     _require_project_root()
-    import os
-
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.deploy import DEPLOYMENT_NAME, retraining_schedule, serve as serve_deployment
     from tasks.config import load_settings

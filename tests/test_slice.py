@@ -705,7 +705,8 @@ def test_a_key_left_out_of_params_yaml_falls_back_to_the_value_params_yaml_shows
 
 def test_a_key_twice_in_params_yaml_is_refused_where_it_is_read_as_dvc_refuses_it(tmp_path):
     """PyYAML kept the last value, so `tasks check` (and the flow's check) passed a file that DVC and `tasks set`
-    refuse (read with DVC's own ruamel now, the file is refused in its words): the flow then died in DVC with a long traceback naming neither the key nor the line."""
+    refuse: the flow then died in DVC with a long traceback naming neither the key nor the line. Read with DVC's own
+    ruamel now, the file is refused in ruamel's words."""
     from tasks.config import load_settings
     from tests.conftest import REPO
 
@@ -1300,7 +1301,8 @@ def test_a_patient_copied_under_another_name_stops_the_step_before_anything_is_s
     with pytest.raises(SliceWiseError, match="the same file, byte for byte, as ") as error:
         slice_dataset(raw, out, CFG, image_size=32, stride=1)
     assert error.value.path in (str(brats / "BraTS20_Training_001"), str(copy))  # the folder found second
-    assert all(name in str(error.value) for name in ("BraTS20_Training_001_flair.nii.gz", "BraTS2021_00001_flair.nii.gz"))
+    named = ("BraTS20_Training_001_flair.nii.gz", "BraTS2021_00001_flair.nii.gz")
+    assert all(name in str(error.value) for name in named)
     assert (out / "manifest.csv").read_bytes() == manifest_before  # nothing touched
 
 

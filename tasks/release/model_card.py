@@ -97,7 +97,8 @@ def _organisers_section(metrics: dict) -> list[str]:
     lines = ["", "BraTS organisers' `brats-evaluation` (panoptica, gli config) on the same label maps, mean over the "
              f"test patients it scored of {organisers.get('n_patients')} (none where a region is empty in truth and "
              "prediction alike):", "",
-             "| region | patients scored | Dice | HD95 mm | NSD | lesion-wise Dice | lesion-wise HD95 mm | lesion-wise NSD |",
+             "| region | patients scored | Dice | HD95 mm | NSD | lesion-wise Dice | lesion-wise HD95 mm "
+             "| lesion-wise NSD |",
              "|---|---|---|---|---|---|---|---|"]
     for region in ("wt", "tc", "et"):
         if values := organisers.get(region):
