@@ -263,7 +263,7 @@ def bootstrap_ci(
     leave-one-patient-out jackknife, per stratum as scipy's multi-sample BCa takes it), read at tails widened for few
     patients as Hesterberg's expanded percentile interval does (`small_sample_tail`; with strata, at the
     Welch-Satterthwaite degrees of freedom of their jackknife variances). So that those tails hold resamples enough,
-    `n_resamples` is raised until each widened tail holds TAIL_HEADROOM x MIN_TAIL_RESAMPLES of them (19,512 for 7
+    `n_resamples` is raised until each widened tail holds TAIL_HEADROOM x MIN_TAIL_RESAMPLES of them (19,469 for 7
     patients), and a bound is never read further out than MIN_TAIL_RESAMPLES from either end. A test split of 7
     patients is where the plain percentile interval is narrowest: over 400 draws of 7 patients' skewed Dice it held
     the true mean 72.5 % of the time, this one 82.5 % (bench/bench_intervals.py; README, "Evaluation").
