@@ -90,19 +90,19 @@ def walk_files(root: Path) -> list[Path]:
     A folder reached both by its own path and through a link is taken by its own path: the real folders are walked
     first, the links after them in sorted order. (os.walk following links kept whichever path it listed first, so a
     link `latest` beside `BraTS20_Training_001` named the patient `latest` on one disk and not on another.)"""
-    found, seen, links = [], set(), []
-    tops = [root]
-    while tops:
-        for folder, subfolders, files in os.walk(tops.pop(0), onerror=_unreadable_folder):
-            real = os.path.realpath(folder)
-            if real in seen:
-                subfolders[:] = []
-                continue
-            seen.add(real)
-            links += [Path(folder) / name for name in subfolders if os.path.islink(os.path.join(folder, name))]
-            found += [Path(folder) / name for name in files]
-        if not tops:
-            tops, links = sorted(links), []
+    found, seen, tops = [], set(), [root]
+    while tops:  # a round of walks without following links; the links they pass, sorted, are the next round's tops
+        links = []
+        for top in tops:
+            for folder, subfolders, files in os.walk(top, onerror=_unreadable_folder):
+                real = os.path.realpath(folder)
+                if real in seen:
+                    subfolders[:] = []
+                    continue
+                seen.add(real)
+                links += [Path(folder) / name for name in subfolders if os.path.islink(os.path.join(folder, name))]
+                found += [Path(folder) / name for name in files]
+        tops = sorted(links)
     # a dangling link is no file (rglob + is_file() skipped it too); a link to a file counts as that file
     kept = [p for p in found if not is_shadow(p.relative_to(root))]
     for path in kept:

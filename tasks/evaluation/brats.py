@@ -243,7 +243,10 @@ def organisers_report(label_maps: Path, regions: Sequence[str]) -> dict:
                  "n_patients": len(per_case)}
     for region in regions:
         values = pd.DataFrame([case[region] for case in per_case.values()], dtype=float)
+        if not len(values):
+            out[region] = None
+            continue
         out[region] = {name: (float(values[name].mean()) if values[name].notna().any() else None)
-                       for name in values.columns} | {"n_scored": values.notna().sum().astype(int).to_dict()} \
-            if len(values) else None
+                       for name in values.columns}
+        out[region]["n_scored"] = values.notna().sum().astype(int).to_dict()
     return out
