@@ -65,6 +65,16 @@ def body_limits(cfg: ServeSettings) -> dict[str, int]:
     }
 
 
+def body_limits_said(cfg: ServeSettings) -> dict[str, str]:
+    """What each route of body_limits takes, in the settings' terms (the 413's words)."""
+    return {
+        "/v1/predict": f"one file of at most {cfg.max_slice_mb:g} MB (serve.max_slice_mb)",
+        "/v1/predict/batch": f"at most {cfg.max_batch_files} files of {cfg.max_slice_mb:g} MB each "
+                             "(serve.max_batch_files, serve.max_slice_mb)",
+        VOLUME_ROUTE: f"volumes of at most {cfg.max_volume_mb:g} MB in all (serve.max_volume_mb)",
+    }
+
+
 def check_same_grid(uploads: list[VolumeUpload], main: VolumeUpload) -> None:
     """Modalities sent as separate files must share the main one's grid: same spatial shape and affine."""
     reference = affine_mm(main.header.image.header, main.header.image.affine)
@@ -158,7 +168,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                   lifespan=lifespan)
     app.state.holder = holder
     app.state.budget = budget
-    app.add_middleware(BodySizeLimit, limits=body_limits(cfg), default=FORM_OVERHEAD)
+    app.add_middleware(BodySizeLimit, limits=body_limits(cfg), default=FORM_OVERHEAD, takes=body_limits_said(cfg))
     app.add_middleware(HostOriginGuard, bind_host=bind_host, allowed_hosts=cfg.allowed_hosts)
     app.add_middleware(SecurityHeaders)  # added last, so outermost: the guards' own refusals carry the headers too
 

@@ -77,8 +77,13 @@ def origin_netloc(origin: str) -> str | None:
         return None
 
 
-def too_large(size: int, limit: int) -> str:
-    return f"request body of {size / MB:.1f} MB exceeds this route's limit of {limit / MB:.1f} MB"
+def too_large(size: int, limit: int, takes: str | None = None) -> str:
+    """The 413 answer's words. `takes`: what the route takes, in its settings' terms (its limit adds the form's
+    overhead to them, so the body's limit alone read "11.0 MB exceeds this route's limit of 11.0 MB" of a 10 MB
+    rule)."""
+    if takes:
+        return f"request body of {size / MB:.2f} MB is more than this route takes: {takes}"
+    return f"request body of {size / MB:.2f} MB exceeds this route's limit of {limit / MB:.2f} MB"
 
 
 class BodySizeLimit:
@@ -88,19 +93,21 @@ class BodySizeLimit:
     client that lies), and FastAPI turns the HTTPException raised while reading into the 413 answer.
     """
 
-    def __init__(self, app, limits: dict[str, int], default: int):
+    def __init__(self, app, limits: dict[str, int], default: int, takes: dict[str, str] | None = None):
         self.app = app
         self.limits = limits
         self.default = default
+        self.takes = takes or {}  # route → what it takes, said in a refusal
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.limits.get(scope["path"].rstrip("/") or "/", self.default)
+        route = scope["path"].rstrip("/") or "/"
+        limit, takes = self.limits.get(route, self.default), self.takes.get(route)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"").decode("latin-1")
         if declared.isdigit() and int(declared) > limit:
-            response = JSONResponse({"detail": too_large(int(declared), limit)}, status_code=413)
+            response = JSONResponse({"detail": too_large(int(declared), limit, takes)}, status_code=413)
             return await response(scope, receive, send)
         received = 0
 
@@ -110,7 +117,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise HTTPException(413, too_large(received, limit))
+                    raise HTTPException(413, too_large(received, limit, takes))
             return message
 
         await self.app(scope, counting_receive, send)

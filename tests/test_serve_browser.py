@@ -472,6 +472,11 @@ def test_patient_viewer_shows_what_the_clean_up_dropped_and_goes_to_its_slices(b
     with_dropped = browser.execute_script(drawn)
     browser.find_element("id", "vol-show-dropped").click()
     assert browser.execute_script(drawn) != with_dropped
+    # review 2026-12-07: without a decision the dropped total was marked unreliable, the largest dropped one not
+    open_volume_example_answering(browser, server, lambda answer: dropped_one(answer) | {"has_tumor": None})
+    note = visible(browser, "vol-cleanup").text
+    assert "2.50 cm³ in all (unreliable: out of distribution)" in note
+    assert f"2.00 cm³ (unreliable: out of distribution) on slices {last - 2}–{last}" in note
 
 
 def test_a_whole_tumour_model_is_drawn_as_the_whole_tumour_not_as_oedema(browser, server):
@@ -922,3 +927,112 @@ def patient_files_by_name(browser, server, project, tmp_path):
         browser.find_element("id", "vol-file").send_keys("\n".join(map(str, chosen)))
         assert words in visible(browser, "vol-error").text
         assert not browser.find_element("id", "vol-result").is_displayed()
+
+
+def test_patient_viewer_hides_a_mask_without_a_decision_and_says_why(browser, server):
+    """Review 2026-12-07: the Patient view drew a withheld (out-of-distribution) volume's mask filled in red, its
+    "predicted" box ticked and no word, where the Slice view hides it and says why."""
+    def deciding(has_tumor: bool | None):
+        def change(answer: dict) -> dict:  # the stand-in model's answer, with a mask of 2.5 cm³ and this decision
+            return answer | {"has_tumor": has_tumor, "tumor_volume_cm3": 2.5, "warning": "out of distribution (0.9)"
+                             if has_tumor is None else None, "slices": [item | {"has_tumor": has_tumor}
+                                                                        for item in answer["slices"]]}
+        return change
+
+    open_volume_example_answering(browser, server, deciding(None))
+    note = visible(browser, "vol-mask-note")
+    assert "out of distribution, so there is no decision" in note.text and "2.50 cm³ are hidden" in note.text
+    assert not browser.find_element("id", "vol-show-pred").is_selected()
+    open_volume_example_answering(browser, server, deciding(False))
+    assert "The decision is no tumour, yet the segmentation head marks" in visible(browser, "vol-mask-note").text
+    assert not browser.find_element("id", "vol-show-pred").is_selected()
+    open_volume_example_answering(browser, server, deciding(True))  # a tumour found: shown, no note
+    visible(browser, "vol-result")
+    assert browser.find_element("id", "vol-show-pred").is_selected()
+    assert not browser.find_element("id", "vol-mask-note").is_displayed()
+
+
+def test_the_patient_tab_says_what_to_do_with_a_slice_or_a_lone_modality_in_its_words(browser, server, tmp_path):
+    """Review 2026-12-07: a PNG in the Patient tab was told "slices go to /v1/predict", and a lone T1ce file the
+    API's "send `file` ... or `flair`": routes and form fields, not what to do on this page."""
+    photo, t1ce = tmp_path / "y1.png", tmp_path / "BraTS20_Training_001_t1ce.nii.gz"
+    photo.write_bytes(png_bytes(brain_slice(size=128)))
+    t1ce.write_bytes(b"not read: refused by its name")
+    open_page(browser, server, "patient")
+    browser.find_element("id", "vol-file").send_keys(str(photo))
+    error = visible(browser, "vol-error").text
+    assert "open a slice in the Slice tab" in error and "/v1/predict" not in error
+    browser.execute_script("document.getElementById('vol-file').value = ''")
+    browser.find_element("id", "vol-file").send_keys(str(t1ce))
+    wait(browser, lambda d: "no FLAIR among" in d.find_element("id", "vol-error").text)
+    error = browser.find_element("id", "vol-error").text
+    assert "choose the patient's FLAIR too" in error and "`file`" not in error
+
+
+def test_unreadable_files_sort_last_in_the_batch_table_whichever_way_it_is_sorted(browser, server, tmp_path):
+    """Review 2026-12-07: a file the server could not read sorted first on every ascending sort (the file column's
+    first click among them), and names compared against it in no order at all."""
+    names = ["b_slice.png", "aa_notes.png", "c_slice.png", "a_slice.png"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"this is text, not a PNG" if "notes" in name
+                                      else png_bytes(brain_slice(size=128)))
+    open_page(browser, server, "batch")
+    browser.find_element("id", "batch-files").send_keys("\n".join(str(tmp_path / n) for n in names))
+    wait(browser, lambda d: len(by_css(d, "#batch-table tbody tr")) == 4)
+    rows = lambda: [r.find_element("css selector", "td.name").text for r in by_css(browser, "#batch-table tbody tr")]
+    for key, clicks in (("filename", 1), ("filename", 1), ("ood_score", 1), ("ood_score", 1), ("has_tumor", 2)):
+        for _ in range(clicks):
+            by_css(browser, f"#batch-table th[data-key='{key}'] button")[0].click()
+        assert rows()[-1] == "aa_notes.png", (key, rows())
+    by_css(browser, "#batch-table th[data-key='filename'] button")[0].click()
+    order = browser.find_element("css selector", "#batch-table th[data-key='filename']").get_attribute("aria-sort")
+    expected = sorted(n for n in names if "notes" not in n)
+    assert rows()[:3] == (expected if order == "ascending" else expected[::-1])
+
+
+def test_a_score_next_to_its_threshold_is_shown_with_the_decimals_that_tell_them_apart(browser, server):
+    """Review 2026-12-07: a score of 0.7681 under a threshold of 0.7684 read "76.8 %" and "threshold 76.8 %" beside
+    "no tumour"."""
+    open_page(browser, server, "slice")
+    apart = browser.execute_script("return import('/static/common.js').then((m) => "
+                                   "[m.pctApart(0.7681, 0.7684), m.pctApart(0.25, 0.5), m.pctApart(0.5, 0.5)]);")
+    assert apart == [["76.81 %", "76.84 %"], ["25.0 %", "50.0 %"], ["50.0 %", "50.0 %"]]
+
+
+def test_a_slice_over_the_size_limit_is_named_with_the_rule_it_broke(browser, server, tmp_path):
+    """Review 2026-12-07: an 11 MB file got "413: request body of 11.0 MB exceeds this route's limit of 11.0 MB",
+    naming neither the file nor the 10 MB per-file rule (the size guard refuses before any file is read)."""
+    big = tmp_path / "big.png"
+    big.write_bytes(os.urandom(11 * 1024 * 1024))
+    open_page(browser, server, "slice")
+    browser.find_element("id", "slice-file").send_keys(str(big))
+    error = visible(browser, "slice-error").text
+    assert error.startswith("413: big.png: request body of 11.") and "one file of at most" in error
+    assert "(serve.max_slice_mb)" in error, error
+
+
+def test_an_answer_whose_images_decode_late_never_replaces_the_newer_one_shown(browser, server):
+    """Review 2026-12-07: the Slice view decoded an answer's images after it arrived without asking again whether it
+    was still the view's latest; an earlier example whose images decoded last replaced the newer one on screen."""
+    open_page(browser, server)
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    browser.execute_script(  # while `holdImages`, an image's source is kept back until the test lets it through
+        "window.holdImages = true; window.heldImages = []; window.pendingImages = 0; const RealImage = window.Image;"
+        "const setSource = Object.getOwnPropertyDescriptor(HTMLImageElement.prototype, 'src').set;"
+        "window.Image = function (...size) { const image = new RealImage(...size);"
+        "  const done = () => setTimeout(() => { window.pendingImages -= 1; }, 0);"  # after the page's own handler
+        "  image.addEventListener('load', done); image.addEventListener('error', done);"
+        "  Object.defineProperty(image, 'src', { set(value) { window.pendingImages += 1;"
+        "    if (window.holdImages) window.heldImages.push(() => setSource.call(image, value));"
+        "    else setSource.call(image, value); } });"
+        "  return image; };")
+    next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
+    wait(browser, lambda d: d.execute_script("return window.heldImages.length > 0"))  # its answer is decoding
+    browser.execute_script("window.holdImages = false")
+    browser.find_element("id", "tab-examples").click()
+    next(b for b in by_css(browser, "#examples-gallery .example") if "photograph" in b.text).click()
+    wait(browser, lambda d: "photograph" in d.find_element("id", "slice-title").text)
+    browser.execute_script("window.heldImages.forEach((go) => go())")  # the earlier answer's images decode last
+    wait(browser, lambda d: d.execute_script("return window.pendingImages === 0"))
+    assert "photograph" in browser.find_element("id", "slice-title").text
+    assert not browser.find_element("id", "slice-busy").is_displayed()

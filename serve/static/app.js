@@ -1,6 +1,6 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
 import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage,
-  maskHidden, onAnsweredBy, onRefused, openView, outline, pct, photoWithheld, pickAgain, pngSrc, postFiles, show,
+  maskHidden, onAnsweredBy, onRefused, openView, outline, pctApart, photoWithheld, pickAgain, pngSrc, postFiles, show,
   showWarning, shownBy, tinted, unreliableNote, withheld } from "./common.js";
 import { clearBatch, setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
@@ -163,15 +163,19 @@ function exampleCard(example) {
 // ---------------------------------------------------------------- one slice (upload or example)
 const slice = { base: null, pred: null, truth: null };
 
-async function showSlice(result, title) {
-  slice.base = await loadImage(result.image_png);
-  slice.pred = tinted(await loadImage(result.mask_png), PRED_RGB);
-  slice.truth = result.truth_png ? outline(await loadImage(result.truth_png), TRUTH_RGB) : null;
+async function showSlice(result, title, isLatest = () => true) {
+  const [base, mask, truth] = await Promise.all([result.image_png, result.mask_png, result.truth_png].map(loadImage));
+  // a newer answer of this view may have been shown while these decoded: it stays (as the Patient view's render)
+  if (!isLatest()) return;
+  slice.base = base;
+  slice.pred = tinted(mask, PRED_RGB);
+  slice.truth = truth ? outline(truth, TRUTH_RGB) : null;
   $("slice-title").textContent = title;
   // A withheld decision (out of distribution, or a photo for a model that fails on photos): its probability is no
   // measurement either, so it is shown greyed and marked, not as the big red figure a found tumour gets.
   const unreliable = withheld(result);
-  $("slice-probability").textContent = pct(result.tumor_probability) + (unreliable ? " (unreliable)" : "");
+  const [score, threshold] = pctApart(result.tumor_probability, result.threshold);
+  $("slice-probability").textContent = score + (unreliable ? " (unreliable)" : "");
   $("slice-probability").classList.toggle("unreliable", unreliable);
   $("slice-bar").parentElement.classList.toggle("unreliable", unreliable);
   $("slice-bar").style.width = (100 * result.tumor_probability).toFixed(1) + "%";
@@ -179,7 +183,7 @@ async function showSlice(result, title) {
   const [text, style] = decisionText(result);
   $("slice-decision").textContent = text;
   $("slice-decision").className = "badge " + style;
-  $("slice-details").textContent = `threshold ${pct(result.threshold)} · tumour area ${result.tumor_area_px} px` +
+  $("slice-details").textContent = `threshold ${threshold} · tumour area ${result.tumor_area_px} px` +
     `${withheld(result) ? unreliableNote(result) : ""} · ` +
     `OOD score ${fmt(result.ood_score, 2)}`;
   showWarning("slice-warning", result.warning);
@@ -230,7 +234,7 @@ async function predictSliceFile() {
   lastSliceExample = null;
   lastSliceFile = file;
   const ok = await busy("slice", () => postFiles(`/v1/predict?gradcam=${$("slice-gradcam").checked}`, "file", [file]),
-    (result) => showSlice(result, file.name));
+    (result, isLatest) => showSlice(result, file.name, isLatest));
   if (ok === false) show("slice-result", false);
 }
 
@@ -240,7 +244,7 @@ async function runSliceExample(example) {
   lastSliceFile = null;  // what is shown now is the example: the Grad-CAM box must not fall back to an older upload
   const url = `/v1/examples/${encodeURIComponent(example.id)}/predict?gradcam=${$("slice-gradcam").checked}`;
   const ok = await busy("slice", () => api(url, { method: "POST" }),
-    (result) => showSlice(result, "example: " + example.title));
+    (result, isLatest) => showSlice(result, "example: " + example.title, isLatest));
   if (ok === false) show("slice-result", false);
 }
 

@@ -16,12 +16,16 @@ function cell(content, className = "") {
 
 function renderBatch() {
   const { key, descending } = batch;
-  // A file not read sorts last, then a withheld decision (null); an area under no "tumour" decision (withheld, or a
-  // candidate too faint for it) below every area the model decided was a tumour, so the largest found come first.
-  const value = (row) => (row.error ? -Infinity
-    : key === "tumor_area_px" && row.has_tumor !== true ? row[key] - 1e9 : row[key] ?? -1);
+  // A file not read sorts last, then a value that is missing (a withheld decision's null), in either direction; an
+  // area under no "tumour" decision (withheld, or a candidate too faint for it) below every area the model decided
+  // was a tumour, so the largest found come first. Names compare as text, in the reader's collation.
+  const value = (row) => (key === "tumor_area_px" && row.has_tumor !== true ? row[key] - 1e9 : row[key]);
+  const last = (row) => (row.error ? 2 : value(row) === null || value(row) === undefined ? 1 : 0);
   const rows = [...batch.rows].sort((a, b) => {
-    const order = value(a) < value(b) ? -1 : value(a) > value(b) ? 1 : 0;
+    if (last(a) !== last(b)) return last(a) - last(b);
+    if (last(a)) return 0;
+    const [x, y] = [value(a), value(b)];
+    const order = typeof x === "string" ? x.localeCompare(y) : x < y ? -1 : x > y ? 1 : 0;
     return descending ? -order : order;
   });
   $("batch-table").querySelector("tbody").replaceChildren(...rows.map((row) => {

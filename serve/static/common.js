@@ -1,6 +1,13 @@
 // Shared helpers of the web UI: the API client (every error becomes a readable message), images and overlays.
 export const $ = (id) => document.getElementById(id);
-export const pct = (p) => (100 * p).toFixed(1) + " %";
+export const pct = (p, digits = 1) => (100 * p).toFixed(digits) + " %";
+// A score and its threshold as percentages with the decimals that tell them apart (up to 4): 0.7681 against 0.7684
+// read "76.8 %" twice, beside a "no tumour" decision.
+export function pctApart(score, threshold) {
+  let digits = 1;
+  while (digits < 4 && score !== threshold && pct(score, digits) === pct(threshold, digits)) digits += 1;
+  return [pct(score, digits), pct(threshold, digits)];
+}
 export const esc = (text) => String(text ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 export const fmt = (value, digits = 3) => (typeof value === "number" ? value.toFixed(digits) : "n/a");
 export const MODALITY_NAMES = { flair: "FLAIR", t1: "T1", t1ce: "T1ce", t2: "T2" };
@@ -44,10 +51,16 @@ export const fmtSmall = (value, digits = 2) => (typeof value === "number" && val
 // The model that answered what each view shows ("slice", "vol", "batch"), as the API named it.
 export const shownBy = {};
 
-export function postFiles(url, field, files) {
+export async function postFiles(url, field, files) {
   const form = new FormData();
   for (const file of files) form.append(field, file, file.name);
-  return api(url, { method: "POST", body: form });
+  try {
+    return await api(url, { method: "POST", body: form });
+  } catch (error) {
+    // the size guard refuses a body before any file in it is read, so its answer names none: one file is named here
+    if (files.length !== 1 || !error.message.startsWith("413: request body")) throw error;
+    throw new Error(`413: ${files[0].name}: ${error.message.slice(5)}`);
+  }
 }
 
 export function show(id, visible) { $(id).hidden = !visible; }
@@ -59,8 +72,10 @@ export function pickAgain(input, handler) {
   input.addEventListener("click", () => { input.value = ""; });
   input.addEventListener("change", handler);
 }
-// The API speaks to programs ("use /v1/predict/volume"); on this page that route is the Patient tab.
-export const forThisPage = (message) => String(message).replace("use /v1/predict/volume", "open it in the Patient tab");
+// The API speaks to programs ("use /v1/predict/volume"); on this page that route is the Patient tab, and
+// /v1/predict the Slice tab.
+export const forThisPage = (message) => String(message).replace("use /v1/predict/volume", "open it in the Patient tab")
+  .replace("slices go to /v1/predict", "open a slice in the Slice tab");
 export function showError(prefix, error) {
   $(prefix + "-error").textContent = error ? forThisPage(error.message || error) : "";
   show(prefix + "-error", Boolean(error));
@@ -115,6 +130,9 @@ export const unreliableNote = (result) => (photoWithheld(result) ? PHOTO_UNDECID
 // A mask drawn filled in red reads as a found tumour: under a "no tumour" decision it is at most a candidate too faint
 // for it, and without a decision (withheld) it says nothing reliable. Every view starts it hidden and says why.
 export const maskHidden = (result) => (result.has_tumor === false || withheld(result)) && result.tumor_area_px > 0;
+// the same for a volume answer, whose mask is measured in cm³
+export const volumeMaskHidden = (result) => (result.has_tumor === false || withheld(result)) &&
+  result.tumor_volume_cm3 > 0;
 
 export function decisionText(result) {
   if (photoWithheld(result)) return ["no decision: photo", "uncertain"];

@@ -1,7 +1,7 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice score plot.
 import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, fmtSmall, loadImage, openView, outline,
-  pickAgain, show, showWarning, tinted, UNRELIABLE, withheld } from "./common.js";
+  pickAgain, show, showWarning, tinted, UNRELIABLE, volumeMaskHidden, withheld } from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
 // BraTS names each modality's file <patient>_<modality>.nii[.gz] (2020: flair, t1, t1ce, t2; 2023:
@@ -70,6 +70,7 @@ async function render(result, title, isLatest = () => true) {
     (patient.truth.some(Boolean) ? "<span><i class=\"outline\"></i>truth: outline in the label's colour</span>" : "");
   regionTable(result);
   cleanupNote(result.cleanup);
+  maskNote(result);
   // no decision for an out-of-distribution volume: "0 of N slices with tumour" would read as a clean scan
   const found = result.tumor_slices === null ? "decision withheld (out of distribution)" :
     `${result.tumor_slices.length} of ${result.slices.length} slices with tumour`;
@@ -89,6 +90,18 @@ async function render(result, title, isLatest = () => true) {
   $("vol-slider").value = openingSlice(result.slices).slice;
   show("vol-result", true);
   drawSlice();
+}
+
+// As the Slice view does: a mask under a "no tumour" or withheld decision starts hidden, and the page says why (a
+// filled red mask reads as a found tumour); every other answer starts with it shown, whatever the last one did.
+function maskNote(result) {
+  const hidden = volumeMaskHidden(result);
+  $("vol-show-pred").checked = !hidden;
+  const cm3 = `${fmtSmall(result.tumor_volume_cm3)} cm³`;
+  showWarning("vol-mask-note", !hidden ? "" : withheld(result) ? "The volume is out of distribution, so there is " +
+    `no decision; the segmentation head's ${cm3} are hidden (tick "predicted" to see them) and, like the scores, ` +
+    "say nothing reliable about a tumour." : `The decision is no tumour, yet the segmentation head marks ${cm3} ` +
+    "(hidden; tick \"predicted\" to see them): a candidate too faint for the decision. The decision is the answer.");
 }
 
 function regionTable(result) {
@@ -119,7 +132,7 @@ function cleanupNote(cleanup) {
   const unreliable = withheld(patient.result) ? UNRELIABLE : "";
   note.innerHTML = `Clean-up kept ${cleanup.kept} component${cleanup.kept === 1 ? "" : "s"} and dropped ` +
     `${cleanup.dropped} (${fmt(cleanup.dropped_cm3, 2)} cm³ in all${unreliable}).` + (largest ?
-    ` Largest dropped: ${fmt(largest.volume_cm3, 2)} cm³ on <button type="button" class="link" id="vol-dropped-go">` +
+    ` Largest dropped: ${fmt(largest.volume_cm3, 2)} cm³${unreliable} on <button type="button" class="link" id="vol-dropped-go">` +
     `slices ${first}–${last}</button>, ${esc(largest.reason)}.` : "");
   const go = $("vol-dropped-go");
   if (go) go.addEventListener("click", () => { $("vol-slider").value = first; drawSlice(); });
@@ -179,11 +192,6 @@ export async function openVolumeExample(example) {
   if (ok === false) show("vol-result", false);
 }
 
-// One file goes as `file` (FLAIR, or a 4D volume of the model's modalities) unless its BraTS name says another
-// modality: then it goes under that name, and the API says FLAIR is missing, rather than predict on T1ce data as if
-// it were FLAIR. Several go one field per modality, told apart by their BraTS names; the names also tell a missing
-// FLAIR, a modality chosen twice and files of two patients apart, which are refused here in the user's words (the
-// API refuses the first two as well, in its fields' terms).
 // The slice the viewer opens on: where the tumour is largest. Many slices reach a probability of 1.000, and the
 // first of them is the tumour's lower edge; by area (then probability, for a volume without any mask) it is its middle.
 export function openingSlice(slices) {
@@ -194,6 +202,11 @@ export function openingSlice(slices) {
   });
 }
 
+// One file goes as `file` (FLAIR, or a 4D volume of the model's modalities) unless its BraTS name says another
+// modality: then it is refused here (FLAIR is missing), rather than predicted on as if T1ce data were FLAIR.
+// Several go one field per modality, told apart by their BraTS names; the names also tell a missing
+// FLAIR, a modality chosen twice and files of two patients apart, which are refused here in the user's words (the
+// API refuses the first two as well, in its fields' terms).
 function volumeForm(files) {
   const form = new FormData();
   if (files.length === 1 && LABEL_MAP_SUFFIX.test(files[0].name)) {
@@ -203,7 +216,8 @@ function volumeForm(files) {
   if (files.length === 1) {
     const match = MODALITY_SUFFIX.exec(files[0].name);
     const name = match ? BRATS_2023_NAMES[match[1].toLowerCase()] || match[1].toLowerCase() : "flair";
-    form.append(name === "flair" ? "file" : name, files[0], files[0].name);
+    if (name !== "flair") throw noFlair(files);  // the API would say so in its fields' terms
+    form.append("file", files[0], files[0].name);
     return form;
   }
   const chosen = {};  // modality → its file, patient → one of its files
@@ -231,12 +245,12 @@ function volumeForm(files) {
     throw new Error(`${named.join(", ")}: these files name ${named.length} different patients; choose one ` +
       "patient's modality files");
   }
-  if (!chosen.flair) {
-    throw new Error(`no FLAIR among ${files.map((f) => f.name).join(", ")}: choose the patient's FLAIR too (the ` +
-      "other modalities are optional)");
-  }
+  if (!chosen.flair) throw noFlair(files);
   return form;
 }
+
+const noFlair = (files) => new Error(`no FLAIR among ${files.map((f) => f.name).join(", ")}: choose the patient's ` +
+  "FLAIR too (the other modalities are optional)");
 
 // A whole BraTS patient folder chosen at once holds its segmentation too: left out (the answer is the model's own),
 // and said so in the title, rather than refused as a file that names no modality.
