@@ -46,10 +46,8 @@ def run_all(skip: set[str], keep_seeds: Path | None = None) -> dict:
     # Every recorded figure stays unless this run measures it again: the README cites experiments recorded by hand
     # (variants, other CPUs' sweeps in by_cpu), which a full run does not repeat.
     previous = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    report: dict = previous | {"machine": {"cpus": os.cpu_count(),
-                                           "processor": platform.processor() or platform.machine(),
-                                           "python": platform.python_version()},
-                               "date": time.strftime("%Y-%m-%d"), "by_cpu": previous.get("by_cpu", {})}
+    report: dict = previous | {"machine": this_machine(), "date": time.strftime("%Y-%m-%d"),
+                               "by_cpu": previous.get("by_cpu", {})}
     report.pop("pipeline_date", None)  # the pipeline rows are measured again below, by this full run
     # a partial run's date stays only for what this full run skips (slicing is part of the pipeline rows)
     report["rerun_dates"] = {name: day for name, day in report.get("rerun_dates", {}).items() if name in skip}
@@ -59,24 +57,40 @@ def run_all(skip: set[str], keep_seeds: Path | None = None) -> dict:
         record_by_cpu(report, "seeds", bench_seeds.run(keep=keep_seeds))
     if "api" not in skip:
         console.rule("API overhead over a bare onnxruntime call, 20 concurrent clients, start-up")
-        report["api"] = bench_api.run()
+        report["api"] = measured_here(bench_api.run())
     if "volume" not in skip:
         console.rule("volume inference: 155 slices of 4x256², ONNX on CPU, TTA off and on")
-        report["volume"] = bench_volume.run()
+        report["volume"] = measured_here(bench_volume.run())
     if "hostile" not in skip:
         console.rule("hostile load: 30 clients x 10 mixed requests, then with bomb uploads mixed in")
-        report["hostile"] = bench_hostile.run()
+        report["hostile"] = measured_here(bench_hostile.run())
     if "loader" not in skip:
         console.rule("data path: production-size augmented batches through the training loader")
-        report["loader"] = bench_loader.run()
+        report["loader"] = measured_here(bench_loader.run())
     if "gpu" not in skip:
         measure_gpu(report)
     return report
 
 
-def measure_gpu(report: dict) -> None:
+def this_machine() -> dict:
+    """The report header's machine: core count, the CPU's model name (platform.processor() is '' on Linux, and the
+    header read "x86_64"), Python."""
+    from bench.bench_seeds import cpu_description
+
+    return {"cpus": os.cpu_count(), "processor": cpu_description()["model"], "python": platform.python_version()}
+
+
+def measured_here(result: dict) -> dict:
+    """A benchmark's result with the CPU and the date it was measured on: `--only` reruns one under the header of
+    another run, whose machine it need not be (an API row was rerun on a CPU no file named)."""
+    from bench.bench_seeds import cpu_description
+
+    return result | {"cpu": cpu_description()["model"], "date": time.strftime("%Y-%m-%d")}
+
+
+def measure_gpu(report: dict) -> bool:
     """The training step's throughput per GPU switch and the production profile's steps, on a CUDA machine; without
-    one, the figures a GPU machine recorded stay (docs/training.md, "GPU switches")."""
+    one, the figures a GPU machine recorded stay (docs/training.md, "GPU switches"). Whether any figure was replaced."""
     from bench import bench_gpu, bench_gpu_stages
 
     console.rule("GPU training throughput")
@@ -87,12 +101,15 @@ def measure_gpu(report: dict) -> None:
             workdir=Path(workdir), overrides=overrides, training_only=True))
             for name, overrides in bench_gpu_stages.VARIANTS.items()]
         fresh: dict[str, dict] = {}
+        replaced = False
         for key, run in runs:
             if key.startswith("gpu_stages_") and "projection" not in fresh["gpu_stages"]:
                 continue  # no data of this run to reuse: its default run did not get that far (or had no GPU)
             fresh[key] = measured = run()
             if measured.get("measured") or not (report.get(key) or {}).get("measured"):
                 report[key] = measured
+                replaced = replaced or bool(measured.get("measured"))
+    return replaced
 
 
 def pipeline_figures(peer: bool) -> dict:
@@ -138,11 +155,9 @@ def run_some(names: list[str], keep_seeds: Path | None = None) -> dict:
     from bench import bench_api, bench_hostile, bench_loader, bench_peer, bench_seeds, bench_volume
 
     report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
-    report.setdefault("machine", {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                                  "python": platform.python_version()})
+    report.setdefault("machine", this_machine())
     report.setdefault("date", time.strftime("%Y-%m-%d"))
-    for name in names:  # what this partial run measured, and when (the header's date is the last full run's)
-        report.setdefault("rerun_dates", {})[name] = time.strftime("%Y-%m-%d")
+    measured = set(names)
     if "pipeline" in names:  # with peer too, the peer gets the from-scratch run's training time (a quiet machine's)
         merge_pipeline_figures(report, peer="peer" in names)
         report["pipeline_date"] = time.strftime("%Y-%m-%d")
@@ -151,15 +166,17 @@ def run_some(names: list[str], keep_seeds: Path | None = None) -> dict:
     if "peer" in names and "pipeline" not in names:
         record_by_cpu(report, "peer", bench_peer.run(REPO))
     if "loader" in names:
-        report["loader"] = bench_loader.run()
+        report["loader"] = measured_here(bench_loader.run())
     if "volume" in names:
-        report["volume"] = bench_volume.run()
+        report["volume"] = measured_here(bench_volume.run())
     if "api" in names:
-        report["api"] = bench_api.run()
+        report["api"] = measured_here(bench_api.run())
     if "hostile" in names:
-        report["hostile"] = bench_hostile.run()
-    if "gpu" in names:
-        measure_gpu(report)
+        report["hostile"] = measured_here(bench_hostile.run())
+    if "gpu" in names and not measure_gpu(report):
+        measured.discard("gpu")  # no CUDA here: the recorded GPU figures stay, and so does their date
+    for name in measured:  # what this partial run measured, and when (the header's date is the last full run's)
+        report.setdefault("rerun_dates", {})[name] = time.strftime("%Y-%m-%d")
     return report
 
 
@@ -209,6 +226,12 @@ def quality_rows(report: dict) -> list[tuple[str, str, str]]:
         if seeds := found.get("seeds"):
             summary, cpu = seeds["summary"], seeds["cpu"]
             bf16 = "bf16 autocast on" if cpu["bf16_autocast"] else "fp32 (no native bf16)"
+            if "accuracy" not in summary:  # no seed's pipeline finished: the family's rows would just vanish
+                failed = seeds.get("failed_seeds") or {}
+                out.append((f"quick, 0 of {len(seeds['seeds'])} seeds, {family}", "every pipeline failed",
+                            f"{cpu['model']}, {bf16}; " + "; ".join(f"seed {seed}: {why}"
+                                                                    for seed, why in sorted(failed.items()))))
+                continue
             for name, label in (("accuracy", "accuracy"), ("sensitivity", "sensitivity"),
                                 ("slice_dice", "slice Dice"), ("volume_dice", "volume Dice"),
                                 ("hd95_mm", "HD95 per slice (mm)")):
@@ -271,7 +294,7 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
         lat, conc = api["latency"], api["concurrency"]
         out.append(("API p50 / bare onnxruntime p50 (256² slice)", f"{api['p50_ratio_api_over_bare']:.2f}×",
                     f"{lat['api']['p50_ms']:.1f} ms vs {lat['bare_onnxruntime']['p50_ms']:.1f} ms; "
-                    f"{conc['clients']} clients: {conc['errors']} errors in {conc['requests']} requests"))
+                    f"{conc['clients']} clients: {conc['errors']} errors in {conc['requests']} requests{_where(api)}"))
         if start := api.get("startup"):
             out.append(("API start-up, champion cached", f"{start['registry_cached_start_s']:.1f} s",
                         f"first start (download) {start['registry_first_start_s']:.1f} s"))
@@ -282,12 +305,12 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
                     f"batch {volume['batch']}, {volume['runs']} runs"))
         out.append(("volume inference, TTA on / TTA off", f"{volume['tta_on_over_off_ratio']:.2f}×",
                     f"flips {volume['tta_flips']} in one batched run per chunk; p50 {p50['tta_on']:.1f} s vs "
-                    f"{p50['tta_off']:.1f} s" + (f"; {volume['note']}" if volume.get("note") else "")))
+                    f"{p50['tta_off']:.1f} s" + (f"; {volume['note']}" if volume.get("note") else "") + _where(volume)))
     if hostile := report.get("hostile"):
         plain, bombs = hostile["plain"], hostile["with_bombs"]
         out.append(("hostile load: peak RSS with bombs / without", f"{hostile['ratios']['peak_rss_bombs_over_plain']:.2f}×",
                     f"{bombs['peak_rss_mb']:.0f} vs {plain['peak_rss_mb']:.0f} MB; p95 {bombs['p95_ms'] / 1000:.1f} s vs "
-                    f"{plain['p95_ms'] / 1000:.1f} s; errors {bombs['errors']} / {plain['errors']}"))
+                    f"{plain['p95_ms'] / 1000:.1f} s; errors {bombs['errors']} / {plain['errors']}{_where(hostile)}"))
     out += quality_rows(report)
     if loader := report.get("loader"):
         out += loader_rows(loader)
@@ -297,6 +320,12 @@ def rows(report: dict) -> list[tuple[str, str, str]]:
         out.append(validation_read_row(reads))
     out += gpu_rows(report)
     return out
+
+
+def _where(result: dict) -> str:
+    """' (date, CPU)' of a result that recorded them (measured_here), else nothing."""
+    found = ", ".join(filter(None, [result.get("date"), result.get("cpu")]))
+    return f" ({found})" if found else ""
 
 
 def gpu_rows(report: dict) -> list[tuple[str, str, str]]:

@@ -82,6 +82,16 @@ def write_sets(root: Path, patients: int, slices: int, seed: int = 0,
     return sets
 
 
+def long_epoch(loader, batches: int) -> None:
+    """Make `loader`'s epochs at least `batches` batches long (its ComposedBatches, under any sampler that wraps it)."""
+    from tasks.data.batch_sampling import ComposedBatches
+
+    sampler = loader.batch_sampler
+    while not isinstance(sampler, ComposedBatches):
+        sampler = sampler.batches
+    sampler.batches = max(sampler.batches, batches)
+
+
 def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: int, read_only: bool = False,
             crop: int | None = None) -> dict:
     """Slices/s through `training_loader` over `processed`, in this process (start it fresh: see `_measure_in`);
@@ -102,8 +112,12 @@ def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: 
     loader = training_loader(data, BATCH, torch.Generator().manual_seed(0), workers,
                              foreground_share=settings.train_seg.foreground_share, augment=settings.train.augment,
                              augment_on_device=read_only, crop=crop)
+    # One epoch outlasts the timed window: the small synthetic set's own epoch ended every 17-35 batches, and each end
+    # drains the workers' prefetch, which the 0-worker side never pays (8 workers lost about a fifth so); a production
+    # epoch is thousands of batches. The pools are walked endlessly, so a longer epoch only draws more of them.
+    long_epoch(loader, warmup + batches)
     baseline_mib = status_mib(field="VmRSS")
-    batches_seen, count = iter(loader), 0
+    batches_seen, count, epoch_ends = iter(loader), 0, 0
     processes = [psutil.Process()] + [psutil.Process(w.pid) for w in getattr(batches_seen, "_workers", [])]
     for i in range(warmup + batches):
         if i == warmup:
@@ -111,13 +125,14 @@ def measure(processed: Path, workers: int, cache_mb: int, batches: int, warmup: 
         try:
             batch = next(batches_seen)
         except StopIteration:
-            batches_seen = iter(loader)
+            batches_seen, epoch_ends = iter(loader), epoch_ends + 1
             batch = next(batches_seen)
         count += len(batch["label"]) if i >= warmup else 0
     seconds = time.perf_counter() - started
     spent = [_cpu_seconds(p) - before for p, before in zip(processes, cpu_started)]
     cpu = sum(spent)
-    return {"workers": workers, "cache_mb": cache_mb, "slices": count, "seconds": round(seconds, 2),
+    return {"workers": workers, "cache_mb": cache_mb, "slices": count, "epoch_ends": epoch_ends,
+            "seconds": round(seconds, 2),
             "slices_per_s": round(count / seconds, 1), "cpu_seconds": round(cpu, 2),
             "slices_per_cpu_second": round(count / cpu, 1),
             # What the training process itself spends per batch: with workers, what is left after they took the rest.

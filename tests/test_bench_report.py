@@ -521,9 +521,33 @@ def test_a_failed_seed_counts_as_three_missed_targets_in_the_tables():
     rows = [row for row in quality_rows({"by_cpu": {"AMD EPYC": {"seeds": sweep}}}) if row[0].startswith("quick, ")]
     assert rows and all(row[0].startswith("quick, 1 of 2 seeds, AMD EPYC") for row in rows)
     assert all("seed 4's pipeline failed" in row[2] for row in rows)
-    nothing_ran = sweep | {"per_seed": {}, "summary": {"every_seed_meets_targets": False}}
-    assert not [row for row in quality_rows({"by_cpu": {"AMD EPYC": {"seeds": nothing_ran}}})
-                if row[0].startswith("quick, ")]
+    # review 2026-12-07: a sweep in which no seed's pipeline finished took its CPU family's rows away without a word
+    nothing_ran = sweep | {"per_seed": {}, "summary": {"every_seed_meets_targets": False},
+                           "failed_seeds": {"4": "error: ONNX parity failed", "42": "error: disk full"}}
+    rows = [row for row in quality_rows({"by_cpu": {"AMD EPYC": {"seeds": nothing_ran}}}) if row[0].startswith("quick, ")]
+    assert rows == [("quick, 0 of 2 seeds, AMD EPYC", "every pipeline failed", "AMD EPYC, bf16 autocast on; seed 4: "
+                     "error: ONNX parity failed; seed 42: error: disk full")]
+
+
+def test_a_partial_rerun_records_the_cpu_and_date_of_what_it_measured_and_only_of_that(monkeypatch, tmp_path):
+    """Review 2026-12-07: `--only gpu` without CUDA dated the GPU figures it kept today; a rerun API row named no
+    CPU (under the header of another run, which read "x86_64": platform.processor() is empty on Linux)."""
+    import bench.__main__ as bench_main
+    import bench.bench_api as bench_api
+    import bench.bench_gpu as bench_gpu
+    from bench.bench_seeds import cpu_description
+
+    report_file = tmp_path / "bench.json"
+    kept = {"measured": True, "images_per_s": 1200, "date": "2026-12-04"}
+    report_file.write_text(json.dumps({"gpu": kept, "rerun_dates": {"gpu": "2026-12-04"}}))
+    monkeypatch.setattr(bench_main, "REPORT", report_file)
+    monkeypatch.setattr(bench_gpu, "run", lambda: {"measured": False, "reason": "no CUDA device"})
+    monkeypatch.setattr(bench_api, "run", lambda: {"p50_ratio_api_over_bare": 1.1})
+    report = bench_main.run_some(["gpu", "api"])
+    assert report["gpu"] == kept and report["rerun_dates"]["gpu"] == "2026-12-04"
+    model = cpu_description()["model"]
+    assert report["api"]["cpu"] == model and report["rerun_dates"]["api"] == report["api"]["date"]
+    assert report["machine"]["processor"] == model != "x86_64"
 
 
 def test_a_seed_sweep_names_the_commit_it_measured():
@@ -621,3 +645,27 @@ def test_the_peer_learns_the_whole_tumour_not_the_label_codes(monkeypatch):
     assert run["steps"] >= 1 and len(targets) == run["steps"]
     for target in targets:  # each step's batch is the whole set (4 < 16): every tumour pixel, once, as a 1
         assert set(target.unique().tolist()) == {0.0, 1.0} and int(target.sum()) == int((masks > 0).sum())
+
+
+def test_the_loaders_timed_window_never_crosses_an_epoch_end(tmp_path):
+    """Review 2026-12-07: the synthetic set's epochs were 17-35 batches, so a window of 320 batches (8 workers)
+    crossed about nine epoch ends, each draining the workers' prefetch, which the 0-worker side never paid."""
+    from bench.bench_loader import BATCH, measure, write_sets
+
+    sets = write_sets(tmp_path, patients=2, slices=20, kinds=("stored",))  # 40 slices: one batch an epoch
+    result = measure(sets["stored"], workers=0, cache_mb=0, batches=3, warmup=1)
+    assert result["epoch_ends"] == 0 and result["slices"] == 3 * BATCH
+
+
+def test_the_layout_comparison_runs_each_layout_first_and_last_alike():
+    """Review 2026-12-07: NHWC always ran first, paying the cold page cache and lazy imports alone, and the totals were
+    set against a 120 s budget no target states."""
+    import inspect
+
+    import bench.bench_train as bench_train
+
+    order = bench_train.layout_order(True, True)
+    assert sorted(order) == [False, False, True, True] and order == order[::-1]
+    assert bench_train.layout_order(False, False) == [False]
+    assert bench_train.mean_total([{"total": 100.0}, {"total": 110.0}]) == 105.0
+    assert "budget" not in inspect.getsource(bench_train).lower()
