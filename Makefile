@@ -19,13 +19,15 @@ setup: $(STAMP)
 
 # A venv whose python has no pip is one `python3 -m venv` left half made (Debian without python3-venv): made anew.
 # No prerequisite: the stamp's name carries requirements.txt's hash, so new content makes a new stamp, while a
-# checkout that only touched the file's time does not reinstall.
+# checkout that only touched the file's time does not reinstall. The old stamps go before pip starts: an install that
+# fails half way leaves a venv no stamp vouches for, which a checkout of the old pins would otherwise have taken as is.
 $(STAMP):
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 		echo "$(PYTHON) -m venv failed: on Debian/Ubuntu install python3-venv, then run make again" >&2; exit 1; }; }
+	@rm -f $(VENV)/.installed-*
 	$(BIN)/python -m pip install --disable-pip-version-check -q $$(grep -E '^(pip|setuptools)==' requirements.txt)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
-	@rm -f $(VENV)/.installed-* && touch $@
+	@touch $@
 	@echo "dependencies installed into $(VENV)"
 
 # `make run PROFILE=baseline` switches the profile in params.yaml first; DVC then reruns what depends on it.
@@ -57,8 +59,9 @@ brats-env: $(BRATS_STAMP)
 $(BRATS_STAMP):
 	@$(BRATS_VENV)/bin/python -m pip --version >/dev/null 2>&1 || { rm -rf $(BRATS_VENV); \
 		$(PYTHON) -m venv $(BRATS_VENV) || { rm -rf $(BRATS_VENV); echo "$(PYTHON) -m venv failed" >&2; exit 1; }; }
+	@rm -f $(BRATS_VENV)/.installed-*
 	$(BRATS_VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements-brats.txt
-	@rm -f $(BRATS_VENV)/.installed-* && touch $@
+	@touch $@
 	@echo "brats-evaluation installed into $(BRATS_VENV)"
 
 # MALLOC_ARENA_MAX=2: glibc would keep each request thread's freed memory in a pool of its own (docs/security.md)
@@ -69,12 +72,12 @@ serve: setup
 mlflow-ui: setup
 	@case "$${MLFLOW_TRACKING_URI:-}" in http://*|https://*) \
 		echo "MLFLOW_TRACKING_URI is a tracking server already: open $$MLFLOW_TRACKING_URI"; exit 0;; esac; \
-	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/mlflow server --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} $(BIN)/mlflow server --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
 		--artifacts-destination ./mlartifacts \
 		--host 127.0.0.1 --port 5000
 
 prefect-ui: setup
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+	PREFECT_SERVER_ANALYTICS_ENABLED=$${PREFECT_SERVER_ANALYTICS_ENABLED:-false} $(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 # A Prefect worker on the process pool `slicewise-pool` (created when missing) running the pipeline deployment
 # `slicewise-pipeline/worker`; needs a Prefect server (`make prefect-ui`, or PREFECT_API_URL).

@@ -21,6 +21,12 @@ export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
 python="${SLICEWISE_PYTHON:-python}"
 pool="${SLICEWISE_WORK_POOL:-slicewise-pool}"
 source_dir="${SLICEWISE_FLOW_SOURCE:-$repo_root}"
+schedule="${SLICEWISE_SCHEDULE:-params}"
+# said before anything is created: "off" or "false" deployed the weekly cron, quietly
+if [[ "$schedule" != params && "$schedule" != none ]]; then
+  echo "error: SLICEWISE_SCHEDULE=$schedule: use params (the cron of params.yaml's schedule) or none" >&2
+  exit 2
+fi
 
 "$repo_root/scripts/seed_state.sh" "$repo_root"  # the worker image's state volume (nothing to do elsewhere)
 
@@ -35,7 +41,7 @@ params="$source_dir/params.yaml"
 deploy_args=(--pool "$pool" --source "$source_dir" --params "$params")
 [[ -n "${SLICEWISE_FLOW_ENTRYPOINT:-}" ]] && deploy_args+=(--entrypoint "$SLICEWISE_FLOW_ENTRYPOINT")
 [[ -n "${SLICEWISE_DEPLOYMENT:-}" ]] && deploy_args+=(--name "$SLICEWISE_DEPLOYMENT")
-[[ "${SLICEWISE_SCHEDULE:-params}" == "none" ]] && deploy_args+=(--no-schedule)
+[[ "$schedule" == none ]] && deploy_args+=(--no-schedule)
 # The repository root on the path: the deploy script reads the schedule through tasks.config.
 PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}" "$python" "$repo_root/scripts/deploy_flow.py" "${deploy_args[@]}"
 

@@ -327,12 +327,44 @@ class ScheduleSettings(_Section):
                 if any(not low <= n <= high for n in numbers) or (step and not (step.isdigit() and int(step) >= 1)):
                     raise ValueError(f"schedule.cron {self.cron!r}: {part!r} is outside the {name} field's "
                                      f"{low}-{high}; e.g. '0 3 * * 1' for Mondays 03:00")
+        if len(fields) == 5 and (never := _days_that_never_come(fields[2], fields[3])):
+            # Prefect's parser takes these and its scheduler then fails on every loop, quietly: no run, ever (with a
+            # weekday beside the day too, though cron reads the two as either one)
+            raise ValueError(f"schedule.cron {self.cron!r} never fires: {never}; e.g. '0 3 * * 1' for Mondays 03:00")
         zones = zoneinfo.available_timezones()  # empty without a tz database: nothing to check against
         if zones and self.timezone not in zones | {"UTC"}:
             raise ValueError(f"schedule.timezone {self.timezone!r} is not an IANA time zone (e.g. UTC, Europe/Paris)")
         return self
 
 
+def _days_that_never_come(days: str, months: str) -> str | None:
+    """Why a cron's day-of-month and month fields name no date that exists (day 31 of February, of April), or None.
+    None too for what this does not read (L, W, #, names other than months'): Prefect has the last word there."""
+    day_set, month_set = _cron_values(days, 1, 31), _cron_values(months, 1, 12, MONTH_NAMES)
+    if not day_set or not month_set or any(day <= MONTH_DAYS[month] for day in day_set for month in month_set):
+        return None
+    names = ", ".join(MONTH_NAMES[month - 1].title() for month in sorted(month_set))
+    return f"no month of {names} has day {', '.join(map(str, sorted(day_set)))}"
+
+
+def _cron_values(field: str, low: int, high: int, names: tuple[str, ...] = ()) -> set[int] | None:
+    """The numbers a cron field names (lists, ranges, steps, *), or None for anything else."""
+    values: set[int] = set()
+    for part in field.lower().split(","):
+        base, _, step = part.partition("/")
+        bounds = [names.index(n) + 1 if n in names else int(n) if n.isdigit() else None for n in base.split("-")]
+        if base == "*":
+            bounds = [low, high]
+        elif step and len(bounds) == 1:
+            bounds = [bounds[0], high]  # 5/10: from 5, every 10
+        if None in bounds or len(bounds) > 2 or (step and not step.isdigit()):
+            return None
+        values.update(range(bounds[0], bounds[-1] + 1, int(step or 1)))
+    return values
+
+
+MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+MONTH_DAYS = dict(zip(range(1, 13), (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)))  # 29 February: leap years
 CRON_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?#-]+")  # numbers, names (mon, jan), ranges, lists, steps, L W # ?
 CRON_RANGES = (("minute", 0, 59), ("hour", 0, 23), ("day of the month", 1, 31), ("month", 1, 12),
@@ -441,6 +473,14 @@ class _ModelSettings(_Section):
             raise ValueError(f"train_seg.crop {self.train_seg.crop} of profile {self.profile}'s {active.image_size} "
                              f"pixels leaves no window of at least {multiple} pixels (model depth "
                              f"{active.model.depth})")
+        # train.warmup_epochs serves all three stages: one as long as a stage kept that stage under its learning
+        # rate throughout (3 of a 2-epoch train_joint peaked at 18 % of it), without a word
+        short = [f"{stage} ({n} epochs)" for stage, n in active.epochs.model_dump().items()
+                 if self.train.warmup_epochs >= n]
+        if self.train.warmup_epochs > 0 and short:
+            raise ValueError(f"train.warmup_epochs {self.train.warmup_epochs:g} is not shorter than profile "
+                             f"{self.profile}'s {', '.join(short)}: the learning rate would still be warming "
+                             "up when the stage ends; shorten the warm-up or lengthen the stage")
         return self
 
     @property

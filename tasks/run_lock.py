@@ -9,7 +9,9 @@ during a flow run is refused only after that; the flow does not hold DVC's own l
 (`python -m tasks check` takes the lock and gives it back), so only a bare `dvc repro` meets that limit.
 
 An advisory `flock` on a file in the project folder: released by the kernel when its holder exits, however it exits,
-so a killed run never leaves it stale.
+so a killed run never leaves it stale. A flock belongs to the open file, which a forked child shares: the data steps'
+process pools fork their workers while the lock is held, and after a `kill -9` of the step those idle orphans kept
+the project locked, naming a dead pid. So a child forked while the lock is held lets go of its copy at once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,20 @@ LOCK_FILE = ".slicewise.lock"
 # (`dvc status` in a terminal, an editor's DVC extension, `dvc repro` recording a stage). DVC's own gives up after 3 s.
 DVC_LOCK_WAIT_SECONDS = 120
 T = TypeVar("T")
+_held: list[int] = []  # the descriptor of the lock this process holds (empty when none)
+
+
+def _let_go_in_child() -> None:
+    """In a child just forked: point the inherited lock descriptor at /dev/null, so the lock is released when its
+    holder ends even if the child lives on. Not closed: the number stays taken, and nothing else can land on it."""
+    for fd in _held:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, fd, inheritable=False)
+        os.close(devnull)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 @contextmanager
@@ -59,7 +75,11 @@ def pipeline_lock(holder: str) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{holder}, pid {os.getpid()}\n")
         handle.flush()
-        yield
+        _held.append(handle.fileno())
+        try:
+            yield
+        finally:
+            _held.remove(handle.fileno())
 
 
 def waiting_for_dvc_lock(attempt: Callable[[], T], wait_seconds: float, then: str) -> T:

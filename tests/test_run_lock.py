@@ -3,8 +3,10 @@ naming the run that holds the project, and nothing it would have written is touc
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +171,77 @@ def test_set_waits_while_dvc_holds_its_lock_to_record_a_stage(tmp_path):
     _, err = setting.communicate(timeout=120)
     assert setting.returncode == 0, err
     assert load_settings(tmp_path / "params.yaml").profile == "baseline"
+
+
+
+KILLED_HOLDER = """
+import os, signal, sys, time
+from tasks.data.process_pool import process_pool
+from tasks.run_lock import pipeline_lock
+
+with pipeline_lock("python -m tasks slice"):
+    if sys.argv[1] == "pool":  # forked while the lock is held, as fetch's and slice's workers are
+        pool = process_pool(2)
+        children = {pool.submit(os.getpid).result() for _ in range(8)}
+    elif (child := os.fork()) == 0:  # a child that lives on after its parent, whatever it is
+        time.sleep(60)
+        os._exit(0)
+    else:
+        children = {child}
+    print(*sorted(children), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer's way: no clean-up runs
+"""
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _killed_holder(tmp_path: Path, children: str) -> list[int]:
+    """Runs KILLED_HOLDER in `tmp_path`; the pids of the children it left (its output goes to files: a pipe would
+    wait for the children, which inherit it)."""
+    out, err = tmp_path / "children.txt", tmp_path / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        holder = subprocess.run([sys.executable, "-c", KILLED_HOLDER, children], cwd=tmp_path, stdout=stdout,
+                                stderr=stderr, timeout=120,
+                                env={"PYTHONPATH": str(ROOT.resolve()), "PATH": "/usr/bin:/bin"})
+    assert holder.returncode == -9, err.read_text()
+    return [int(pid) for pid in out.read_text().split()]
+
+
+def test_a_killed_runs_forked_children_do_not_keep_the_project_locked(tmp_path, monkeypatch):
+    """A flock belongs to the open file, which a forked child shares: after a `kill -9` of fetch or slice their pool
+    workers kept the project locked ("another pipeline run ... pid <dead>") for as long as they lived."""
+    monkeypatch.chdir(tmp_path)
+    [child] = _killed_holder(tmp_path, "fork")
+    try:
+        assert _alive(child)
+        with pipeline_lock("python -m tasks check"):
+            pass
+        assert _alive(child)  # the lock was free while the killed run's child still lived
+    finally:
+        os.kill(child, 9)
+
+
+def test_a_killed_steps_pool_workers_end_with_it(tmp_path, monkeypatch):
+    """Idle pool workers wait on a queue their siblings also hold: after a `kill -9` of their step they lived on,
+    each with a patient's worth of memory, until killed by hand."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    workers = _killed_holder(tmp_path, "pool")
+    assert workers
+    try:
+        deadline = time.monotonic() + 30
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_alive, workers)), "the killed step's pool workers outlived it"
+        with pipeline_lock("python -m tasks check"):
+            pass
+    finally:
+        for pid in filter(_alive, workers):
+            os.kill(pid, 9)

@@ -128,6 +128,10 @@ def test_a_server_started_afresh_at_the_same_address_no_longer_holds_the_registe
         client.create_model_version("slicewise", source=f"runs:/{run}/model", run_id=run)
         assert not version_gone(uri, "slicewise", "1") and registered_elsewhere() is None
         assert version_gone(uri, "slicewise", "2")
+        # review 2026-12-07: a params.yaml mid-edit (`tasks check`'s to judge) made this a traceback
+        paths.PARAMS.write_text("seed: [\n")
+        assert registered_elsewhere() is None
+        paths.PARAMS.unlink()
     assert not version_gone(uri, "slicewise", "1")  # nobody answers: not judged
     with server("second.db"):  # the same address, an empty store
         assert registered_elsewhere() == (f"{paths.REGISTER_REPORT} records version 1 of 'slicewise' in {uri}, "
@@ -306,6 +310,23 @@ def test_worker_on_process_pool_runs_a_deployment(tmp_path):
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert pipeline["entrypoint"] == "flows.pipeline.slicewise_pipeline"
     assert [s["schedule"]["cron"] for s in pipeline["schedules"]] == [schedule.cron]
+
+
+def test_the_worker_refuses_a_schedule_switch_it_does_not_know_before_it_creates_anything(tmp_path):
+    """Review 2026-12-07: SLICEWISE_SCHEDULE takes `params` or `none`; "off" deployed the weekly cron, quietly."""
+    from tests.conftest import REPO
+
+    calls = tmp_path / "calls.log"
+    python = tmp_path / "python"  # a stand-in interpreter: any call of it is recorded, none must happen
+    python.write_text(f"#!/bin/bash\necho \"$@\" >> {calls}\n")
+    python.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "SLICEWISE_PYTHON": str(python), "SLICEWISE_FLOW_SOURCE": str(tmp_path)}
+    for value in ("off", "false", "Params"):
+        done = subprocess.run([str(REPO / "scripts" / "prefect_worker.sh")], env={**env, "SLICEWISE_SCHEDULE": value},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and done.stderr.strip() == (
+            f"error: SLICEWISE_SCHEDULE={value}: use params (the cron of params.yaml's schedule) or none")
+    assert not calls.exists()
 
 
 def test_deploying_the_worker_with_a_schedule_prefect_refuses_is_one_line_naming_the_key(tmp_path):

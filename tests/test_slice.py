@@ -904,6 +904,21 @@ def test_small_floats_and_crons_with_yaml_syntax_are_set_and_read_back(tmp_path)
                         ("0 3 0 * *", "outside the day of the month field's 1-31")]:
         with pytest.raises(SliceWiseError, match=re.escape(words)):
             set_params({"schedule.cron": cron}, params)
+    # review 2026-12-07: a day no month of the cron has passed every check, and Prefect's scheduler then failed on
+    # it at every loop, quietly: the retraining never ran. Prefect's own date search is the reference here.
+    from prefect._vendor.croniter import CroniterBadDateError, croniter
+
+    for cron, words in [("0 3 31 2 *", "never fires: no month of Feb has day 31"),
+                        ("0 0 30,31 feb *", "no month of Feb has day 30, 31"),
+                        ("0 0 31 4-6/2 *", "no month of Apr, Jun has day 31"), ("0 3 31 2 1", "of Feb has day 31")]:
+        with pytest.raises(CroniterBadDateError):
+            croniter(cron).get_next()
+        with pytest.raises(SliceWiseError, match=re.escape(words)):
+            set_params({"schedule.cron": cron}, params)
+    for cron in ("0 3 29 2 *", "0 3 31 */2 *", "0 3 31 jan-dec *", "0 3 L 2 *"):  # 29 February comes in leap years
+        croniter(cron).get_next()
+        set_params({"schedule.cron": cron}, params)
+        assert load_settings(params).schedule.cron == cron
 
 
 def test_tasks_set_keeps_a_flow_list_on_its_line_and_windows_line_ends(tmp_path):
@@ -1511,3 +1526,31 @@ def test_a_bare_cron_in_tasks_set_is_told_to_be_quoted(value):
         parse_assignments([f"schedule.cron={value}"])
     assert str(error.value).endswith(f"""quote a text value: schedule.cron='"{value}"'""")
     assert parse_assignments([f'schedule.cron="{value}"']) == {"schedule.cron": value}
+
+
+def test_an_install_that_failed_half_way_is_redone_when_the_old_pins_come_back(tmp_path):
+    """Review 2026-12-07: the old stamp was removed only after a successful install, so after new pins failed half
+    way (the venv holding some of each), going back to the old requirements.txt (a checkout, a bisect) skipped the
+    install: "Nothing to be done" on a mixed venv. A stand-in pip records each install and fails on `broken`."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import REPO
+
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    pip = tmp_path / ".venv" / "bin" / "python"
+    pip.write_text('#!/bin/bash\n[ "$3" = --version ] && exit 0\necho "$@" >> installs.log\n'
+                   '! grep -q broken requirements.txt 2>/dev/null || [[ "$*" != *"-r requirements.txt"* ]]\n')
+    pip.chmod(0o755)
+
+    def setup(requirements: str) -> subprocess.CompletedProcess:
+        (tmp_path / "requirements.txt").write_text(requirements)
+        return subprocess.run(["make", "setup"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert setup("numpy==2.0\n").returncode == 0
+    assert setup("numpy==2.0\n").stdout.startswith("make: Nothing to be done")
+    assert setup("numpy==2.1\nbroken==1\n").returncode != 0  # half installed
+    back = setup("numpy==2.0\n")
+    assert back.returncode == 0 and "dependencies installed" in back.stdout, back.stdout + back.stderr
+    assert (tmp_path / "installs.log").read_text().count("-r requirements.txt") == 3

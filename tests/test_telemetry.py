@@ -53,3 +53,27 @@ def test_entry_points_start_mlflow_and_prefect_without_telemetry():
     opted_in = subprocess.run([sys.executable, "-c", probe, "tasks.__main__"], cwd=ROOT, capture_output=True,
                               text=True, timeout=180, env=user_environment(PREFECT_SERVER_ANALYTICS_ENABLED="true"))
     assert opted_in.stdout.split()[1] == "True", opted_in.stderr[-2000:]
+
+
+def test_the_servers_make_starts_keep_telemetry_off_unless_the_user_turns_it_on(tmp_path):
+    """Review 2026-12-07: `make mlflow-ui` and `make prefect-ui` set the switches on the command line, over what the
+    user exported, so the docs' way back (`PREFECT_SERVER_ANALYTICS_ENABLED=true make prefect-ui`) did nothing.
+    Stand-in servers print the switch they were started with."""
+    import shutil
+
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    for tool, switch in (("mlflow", "MLFLOW_DISABLE_TELEMETRY"), ("prefect", "PREFECT_SERVER_ANALYTICS_ENABLED")):
+        (tmp_path / ".venv" / "bin" / tool).write_text(f'#!/bin/bash\necho "{switch}=${switch}"\n')
+        (tmp_path / ".venv" / "bin" / tool).chmod(0o755)
+
+    def started(target: str, **switches: str) -> str:  # -o setup: the venv is not installed here
+        done = subprocess.run(["make", "-s", "-o", "setup", target], cwd=tmp_path, capture_output=True, text=True,
+                              env=user_environment(**switches), timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert started("mlflow-ui") == "MLFLOW_DISABLE_TELEMETRY=true"
+    assert started("mlflow-ui", MLFLOW_DISABLE_TELEMETRY="false") == "MLFLOW_DISABLE_TELEMETRY=false"
+    assert started("prefect-ui") == "PREFECT_SERVER_ANALYTICS_ENABLED=false"
+    assert started("prefect-ui", PREFECT_SERVER_ANALYTICS_ENABLED="true") == "PREFECT_SERVER_ANALYTICS_ENABLED=true"

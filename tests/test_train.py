@@ -840,6 +840,19 @@ def test_a_kaggle_share_never_rounds_a_source_out_of_the_batches(share, expected
     assert ("holds both sources" in caplog.text) == (share != 0.5)
 
 
+def test_a_batch_of_one_draws_the_kaggle_images_at_their_natural_rate(caplog):
+    """Review 2026-12-07: no share of a batch of one holds both sources, and round(0.5 x 1) is 0: train_cls at batch
+    size 1 never drew a Kaggle image, silently."""
+    has_mask = torch.tensor([True] * 300 + [False] * 100)
+    labels = torch.tensor([1] * 30 + [0] * 270 + [1] * 50 + [0] * 50, dtype=torch.uint8)
+    with caplog.at_level("WARNING"):
+        batches = list(ComposedBatches(has_mask, labels, 1, torch.Generator().manual_seed(3), kaggle_share=0.5))
+    assert len(batches) == 400 and all(len(batch) == 1 for batch in batches)
+    kaggle = sum(1 for [i] in batches if not has_mask[i])
+    assert 60 <= kaggle <= 140  # a quarter of the samples: 100 expected
+    assert "a batch of 1 cannot hold both sources" in caplog.text
+
+
 def test_the_foreground_quota_is_not_pushed_up_by_floating_point():
     """0.28 x 25 is 7.000000000000001 in floating point: the ceiling took 8 tumour slices for a quota of 7."""
     labels = torch.tensor([1] * 100 + [0] * 300, dtype=torch.uint8)
@@ -1022,3 +1035,23 @@ def test_a_validation_split_without_tumour_says_its_dice_says_nothing(tmp_path, 
     with caplog.at_level(logging.WARNING):
         train_seg.main(with_epochs(tiny_settings, seg=1))
     assert "the validation split holds no MRI slice with tumour" in caplog.text
+
+
+def test_a_warm_up_as_long_as_a_stage_is_refused_naming_the_stages_it_would_outlast(tmp_path):
+    """Review 2026-12-07: train.warmup_epochs serves all three stages; 3 suits a 4-epoch train_seg but kept the
+    2-epoch train_joint under 18 % of its learning rate throughout, and nothing said so."""
+    from tasks.params_edit import set_params
+    from tasks.training.optimizer import scheduled_lr_factor
+    from tests.conftest import REPO
+
+    # what such a stage would get: its highest learning-rate factor over 2 epochs of a 3-epoch warm-up
+    assert max(scheduled_lr_factor(step / 100, "cosine", 3 / 2) for step in range(100)) < 0.2
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text())
+    with pytest.raises(SliceWiseError, match=r"train.warmup_epochs 3 is not shorter than profile quick's joint "
+                                             r"\(2 epochs\): the learning rate would still be warming up"):
+        set_params({"train.warmup_epochs": 3}, params)
+    with pytest.raises(SliceWiseError, match=r"seg \(4 epochs\), cls \(4 epochs\), joint \(2 epochs\)"):
+        set_params({"train.warmup_epochs": 4}, params)
+    set_params({"train.warmup_epochs": 1.5}, params)
+    assert load_settings(params).train.warmup_epochs == 1.5

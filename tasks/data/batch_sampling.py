@@ -44,6 +44,11 @@ class ComposedBatches(Sampler[list[int]]):
         kaggle, brats = torch.nonzero(~has_mask).flatten(), torch.nonzero(has_mask).flatten()
         foreground = torch.nonzero(has_mask & (labels == 1)).flatten()
         quota = kaggle_share is not None and len(kaggle) > 0 and len(brats) > 0
+        if quota and self.batch_size == 1:  # no share of one sample holds both: round(0.5) left the Kaggle images out
+            quota = False
+            if warn:
+                log.warning("kaggle_share %.3f: a batch of 1 cannot hold both sources; its sample is drawn from all "
+                            "of them, the Kaggle images at their natural rate", kaggle_share)
         n_kaggle = kaggle_quota(kaggle_share, self.batch_size, warn) if quota else 0
         # rounded before the ceiling: 0.28 * 25 is 7.000000000000001 in floating point, and must give 7, not 8
         n_foreground = math.ceil(round(foreground_share * (self.batch_size - n_kaggle), 9)) if len(foreground) else 0

@@ -17,6 +17,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
@@ -61,5 +64,18 @@ def library_threads() -> int:
 
 def _start_worker(initializer: Callable[[], object] | None) -> None:
     prepare_worker()
+    _exit_with_parent(os.getppid())
     if initializer is not None:
         initializer()
+
+
+def _exit_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
+    """End this worker once its parent is gone. A pool's idle workers wait on a queue whose other end their siblings
+    also hold, so after a `kill -9` of the step (the OOM killer's way) they never noticed, and each kept its peak
+    memory, a patient's worth, until someone killed them by hand."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -78,10 +78,15 @@ def _server_lacks(model_name: str, version: str, onnx_sha256: str | None) -> boo
     from mlflow.exceptions import MlflowException
 
     from tasks.config import TrackingSettings, load_settings
+    from tasks.errors import SliceWiseError
     from tasks.release.registry import NOT_FOUND, ModelRegistry
 
-    # params.yaml's timeouts when there is one (the summary may be asked anywhere)
-    tracking = load_settings().tracking if paths.PARAMS.exists() else TrackingSettings()
+    # params.yaml's timeouts when it has valid ones (the summary may be asked anywhere, and a params.yaml being edited
+    # is `tasks check`'s to judge: it was a traceback here)
+    try:
+        tracking = load_settings().tracking
+    except SliceWiseError:
+        tracking = TrackingSettings()
     try:
         held = ModelRegistry(tracking, model_name).client.get_model_version(model_name, version)
     except MlflowException as exc:
