@@ -698,6 +698,28 @@ def test_a_perfect_specificity_over_a_few_patients_gets_an_honest_interval_not_a
     assert hi == 1.0 and lo == pytest.approx(metrics.wilson_interval(1.0, 7)[0])
     lo, hi = report["ci95"]["classification.sensitivity"]  # an ordinary one stays the bootstrap's
     assert lo < report["classification"]["sensitivity"] < hi
+    # review 2026-12-07: the fallback covered these three alone; precision (no false positive either) kept [1, 1]
+    assert report["classification"]["precision"] == 1.0
+    assert report["ci95"]["classification.precision"] == [pytest.approx(metrics.wilson_interval(1.0, 7)[0]), 1.0]
+    assert report["ci95_degenerate"] == []
+
+
+def test_an_interval_every_resample_agrees_on_is_named_and_marked_on_the_model_card():
+    """Review 2026-12-07: a perfect ROC-AUC or Dice over a few patients came out [1.0, 1.0] (an AUC's as
+    [0.9999999999999999, 1.0]) with nothing to say it measures no uncertainty; no Wilson interval exists for them."""
+    from tasks.release.model_card import DEGENERATE_NOTE, _metrics_table
+
+    val = predictions(np.linspace(0.05, 0.25, 14), np.linspace(0.6, 0.9, 14), n_patients=7)
+    test = predictions(np.linspace(0.05, 0.3, 28), np.linspace(0.6, 0.9, 28), seg_dice=[1.0] * 14, n_patients=7)
+    report = evaluation_report.build_report(val, test, EvaluateSettings(bootstrap=200), seed=0)
+    assert report["classification"]["roc_auc"] == 1.0 and report["segmentation"]["dice"] == 1.0
+    alike = set(report["ci95_degenerate"])
+    assert {"classification.roc_auc", "classification.pr_auc", "segmentation.dice"} <= alike
+    assert not alike & {"classification.accuracy", "classification.precision"}  # Wilson's instead
+    rows = {row.split(" | ")[0].strip("| "): row for row in _metrics_table(report)}
+    assert DEGENERATE_NOTE in rows["classification.roc_auc"] and DEGENERATE_NOTE not in rows["classification.accuracy"]
+    flat = evaluation_report.flatten_metrics(report)  # what MLflow logs: the list of names is no figure
+    assert flat["ci95.classification.roc_auc.lo"] == pytest.approx(1.0) and not any("degenerate" in k for k in flat)
 
 
 def test_missed_tumour_slices_are_counted_apart_from_the_boundary_error():

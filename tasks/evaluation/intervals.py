@@ -19,6 +19,8 @@ from tasks.evaluation.scoring import SplitPredictions
 
 SOURCES = ("brats", "kaggle")  # the test inputs' sources: MRI slices and photos
 SOURCE_CI_METRICS = ("accuracy", "sensitivity", "specificity")
+# Proportions over the resampled units, which get the Wilson interval when every resample agrees on 0 or 1
+WILSON_METRICS = (*SOURCE_CI_METRICS, "precision")
 
 
 def resampling_units(slices: pd.DataFrame, processed: Path, max_distance: int) -> pd.Series:
@@ -41,8 +43,9 @@ def confidence_intervals(test: SplitPredictions, threshold: float | np.ndarray, 
     own patient, near-duplicates one together when `units` says so: `resampling_units`; each source's within it),
     each source's inputs alone for its accuracy, sensitivity and specificity, the BraTS patients with tumour slices
     for the per-slice segmentation scores and every BraTS test patient for the per-volume ones (one without a
-    tumour scores 1 or 0). An accuracy, sensitivity or specificity of exactly 1 or 0, which every resample repeats,
-    gets the Wilson interval over its units instead of a zero-width one."""
+    tumour scores 1 or 0). An accuracy, sensitivity, specificity or precision of exactly 1 or 0, which every resample
+    repeats, gets the Wilson interval over its units instead of a zero-width one (`degenerate` names what else
+    every resample agreed on)."""
     labels, probability = test.slices["label"].to_numpy(), test.slices["probability"].to_numpy()
     seg, vol = test.slice_scores, test.volume_scores
     groups_all = subjects(test.slices["patient"]) if units is None else units
@@ -68,21 +71,33 @@ def confidence_intervals(test: SplitPredictions, threshold: float | np.ndarray, 
                                   strata=sources if prefix == "classification" else None)
         point = None  # the figures themselves, computed only when an interval came out degenerate
         for name, bounds in ci.items():
-            if name in SOURCE_CI_METRICS and bounds[0] == bounds[1]:
+            if name in WILSON_METRICS and degenerate(bounds):
                 point = point or statistic(np.ones(len(groups)))
                 if point.get(name) in (0.0, 1.0):
                     # no error at all (or no success): every resample agrees, and a zero-width interval would read
                     # as certainty from a few patients (and pass promotion.use_lower_bound as such)
-                    bounds = metrics.wilson_interval(point[name], _units_counted(name, groups, test.slices["label"]))
+                    called = pd.Series(probability >= cuts, index=test.slices.index)
+                    bounds = metrics.wilson_interval(point[name], _units_counted(name, groups, test.slices["label"],
+                                                                                 called))
             intervals[f"{prefix}.{name}"] = bounds
     return intervals
 
 
-def _units_counted(name: str, groups: pd.Series, labels: pd.Series) -> int:
+def degenerate(bounds) -> bool:
+    """Whether an interval has no width: every resample gave the same figure (to rounding: the AUCs' came out
+    [0.9999999999999999, 1.0]), which says nothing of the uncertainty of a few patients' figure."""
+    return bounds is not None and all(map(np.isfinite, bounds)) and bounds[1] - bounds[0] <= DEGENERATE_WIDTH
+
+
+DEGENERATE_WIDTH = 1e-9
+
+
+def _units_counted(name: str, groups: pd.Series, labels: pd.Series, called: pd.Series) -> int:
     """How many resampled units a proportion is taken over: those with a tumour input (sensitivity), with a
-    tumour-free one (specificity), all (accuracy). `groups` is indexed as the slices it covers."""
-    wanted = {"sensitivity": 1, "specificity": 0}.get(name)
-    return int(groups.nunique() if wanted is None else groups[labels.loc[groups.index] == wanted].nunique())
+    tumour-free one (specificity), with an input called tumour (precision), all (accuracy). `groups` is indexed as
+    the slices it covers; `called`: each slice's decision."""
+    within = {"sensitivity": labels == 1, "specificity": labels == 0, "precision": called}.get(name)
+    return int(groups.nunique() if within is None else groups[within.loc[groups.index]].nunique())
 
 
 def _only(statistic, names: tuple[str, ...]):

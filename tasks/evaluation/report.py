@@ -9,7 +9,8 @@
     subgroups       accuracy, sensitivity, specificity per source (BraTS slices, Kaggle images), and the share of
                     BraTS tumour slices detected per tumour-area bin (where the classifier loses tumours)
     ci95            bootstrap resampling patients (a Kaggle image is its own patient; intervals.py): BCa, its tails
-                    widened for few patients (metrics.bootstrap_ci); `ci95_method` says so
+                    widened for few patients (metrics.bootstrap_ci); `ci95_method` says so, and
+                    `ci95_degenerate` names the intervals every resample agreed on (no width)
     segmentation_threshold  the pixel threshold every mask above was cut at: `evaluate.mask_threshold`, or chosen on
                     the validation patients (with the table it was chosen from)
 Slices are predicted one shard at a time, so memory stays bounded by the largest shard. The report is written
@@ -32,7 +33,8 @@ from tasks.data.regions import REGIONS
 from tasks.data.splits import read_split, split_rows
 from tasks.evaluation import brats, metrics, plots
 from tasks.evaluation.brats_reference import required_reference_python
-from tasks.evaluation.intervals import SOURCE_CI_METRICS, SOURCES, confidence_intervals, resampling_units
+from tasks.evaluation.intervals import (SOURCE_CI_METRICS, SOURCES, confidence_intervals, degenerate,
+                                        resampling_units)
 from tasks.evaluation.scoring import (InVolumeCandidates, MaskThresholdTally, SplitPredictions, choose_mask_threshold,
                                       predict_split)
 from tasks.evaluation.tumour_free import tumour_free_twins
@@ -118,6 +120,9 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     intervals = confidence_intervals(test, at, cfg.bootstrap, seed, units) | region_intervals
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
     report["ci95"] = {key: intervals.get(key) for key in CI_KEYS}
+    # what every resample agreed on (a precision of 1 gets Wilson's instead; a Dice, an AUC or an HD95 has no such
+    # interval): the model card marks them, as a zero-width interval would read as certainty from a few patients
+    report["ci95_degenerate"] = sorted(key for key, bounds in report["ci95"].items() if degenerate(bounds))
     # how they were computed: the model card says it, and a metrics.json without it had percentile intervals
     # (`evaluate.bootstrap` resamples at least: bootstrap_ci raises them for few patients' widened tails)
     report["ci95_method"] = {"interval": metrics.INTERVAL_METHOD, "level": 0.95, "resampled": "patients",
@@ -316,7 +321,7 @@ def flatten_metrics(report: dict) -> dict[str, float]:
     """Numeric leaves as dotted names (ci95 bounds as `ci95.<metric>.lo/.hi`); lists and nulls are left out."""
     flat = {}
     for section, values in report.items():
-        if section == "ci95_method":  # how the intervals were made (level, resamples): settings, not figures
+        if section == "ci95_method" or not isinstance(values, dict):  # settings, not figures; a list of names
             continue
         for name, value in values.items():
             if section == "ci95" and value is not None:

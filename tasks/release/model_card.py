@@ -80,13 +80,18 @@ def _fmt(value) -> str:
 
 def _metrics_table(metrics: dict) -> list[str]:
     lines = ["| metric | value | 95 % CI |", "|---|---|---|"]
-    intervals = metrics.get("ci95") or {}
+    intervals, alike = metrics.get("ci95") or {}, set(metrics.get("ci95_degenerate") or ())
     for section, name in METRIC_ROWS:
         value = nested_value(metrics, f"{section}.{name}")  # segmentation_regions.<region>.<metric> is nested
         interval = intervals.get(f"{section}.{name}")
         shown = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "n/a"
+        if f"{section}.{name}" in alike:  # a zero-width interval would read as certainty from a few patients
+            shown += f" {DEGENERATE_NOTE}"
         lines.append(f"| {section}.{name} | {_fmt(value)} | {shown} |")
     return lines
+
+
+DEGENERATE_NOTE = "(every resample alike: no measure of its uncertainty)"
 
 
 def _organisers_section(metrics: dict) -> list[str]:

@@ -80,6 +80,8 @@ def print_summary(console: Console | None = None, min_photo_accuracy: float | No
             lo_hi = ci.get(f"{section}.{key}")
             interval = f"[{_figure(lo_hi[0])}, {_figure(lo_hi[1])}]" if isinstance(lo_hi, list) and len(lo_hi) == 2 \
                 else ""
+            if interval and f"{section}.{key}" in (metrics.get("ci95_degenerate") or ()):
+                interval += " every resample alike"  # no width: not certainty, a few patients all scoring alike
             unit = " (mm)" if key == "hd95" else ""
             headline.add_row(f"{section}.{key}{unit}", _figure(value), interval)
         console.print(headline)
