@@ -385,7 +385,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         champion's example slices predicted by both."""
         model = served_model()
         # The registry first, holding no budget: a slow store must not keep uploads waiting for memory it never uses.
-        found, detail = find_challenger(holder.source)
+        found, detail = find_challenger(holder.source, model.card.get("version"))
         need = inference_bytes(model, 1) + (inference_bytes(found[1], 1) if found else 0)  # each model's own size
         with budget.reserve(need, "model comparison"):
             return json_response(comparison(model, found, detail, cfg))

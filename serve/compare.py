@@ -48,13 +48,14 @@ def model_summary(model: ServedModel, role: str, aliases: list[str] | None = Non
                        "slice_score": model.predictor.slice_score, "slices_in_volume": model.slices_in_volume}}
 
 
-def find_challenger(source) -> tuple[tuple | None, str | None]:
-    """((registry version, model) or None, why there is none)."""
+def find_challenger(source, served: str | None = None) -> tuple[tuple | None, str | None]:
+    """((registry version, model) or None, why there is none); `served`: the served model's version, which is not
+    its own challenger."""
     challenger = getattr(source, "challenger", None)
     if challenger is None:
         return None, "the model is served from a file, not from the registry: there is no challenger to compare"
     try:
-        found = challenger()
+        found = challenger(served)
     except (SliceWiseError, OSError) as exc:
         return None, f"the challenger could not be loaded: {redact(str(exc))}"
     except Exception as exc:  # the store's own errors: the comparison is optional, the page must still answer

@@ -2,7 +2,9 @@
 
 Requests read `holder.model` once and use that object to the end, so a swap mid-request is harmless: the old
 model finishes the requests it started. A poller thread (every `serve.poll_seconds`) and `POST /model/reload`
-both call `refresh()`, which asks the source for the current key and loads only when it changed.
+both call `refresh()`, which asks the source for the current key and loads only when it changed. A key that failed
+to load is tried again by the poller only every FAILED_RETRY_SECONDS (a broken champion was downloaded whole at every
+poll: about 42 MB a minute for as long as its alias stayed), and at once by `POST /model/reload`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tasks.redaction import redact
 
 log = logging.getLogger(__name__)
 
+FAILED_RETRY_SECONDS = 600.0
 NO_MODEL_HINT = ("train and register one (`make run`), or serve an exported file: "
                  "`python -m serve --model-file exports/model.onnx`")
 
@@ -30,6 +33,7 @@ class ModelHolder:
         self.detail = "starting"
         self.last_check: float | None = None
         self._refresh_lock = threading.Lock()
+        self._failed: tuple[str, float] | None = None  # (key that failed to load, when the poller may try it again)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -62,12 +66,13 @@ class ModelHolder:
         if self._stop.wait(first_delay):
             return
         while True:
-            self.refresh()
+            self.refresh(retry_failed=False)
             if every <= 0 or self._stop.wait(every):
                 return
 
-    def refresh(self) -> dict:
-        """Ask the source which model is current; load it when it differs from the served one."""
+    def refresh(self, retry_failed: bool = True) -> dict:
+        """Ask the source which model is current; load it when it differs from the served one. `retry_failed`
+        False (the poller): a key that failed to load is not loaded again before its retry time."""
         with self._refresh_lock:
             self.last_check = time.time()
             try:
@@ -79,10 +84,14 @@ class ModelHolder:
             if key == self.key and self.model is not None:
                 self.detail = self._serving_detail()
                 return {"changed": False, "key": key}
+            if not retry_failed and self._failed and self._failed[0] == key and time.monotonic() < self._failed[1]:
+                return {"changed": False, "key": self.key, "failed": key}  # /healthz still says why it failed
             try:
                 model = self.source.load(key)
             except Exception as exc:  # a broken download or model file must not stop serving the current one
+                self._failed = (key, time.monotonic() + FAILED_RETRY_SECONDS)
                 return self._unreachable(exc)
+            self._failed = None
             previous = self.key
             self._swap(key, model, how="" if previous is None else f"(replacing {previous})")
             return {"changed": True, "key": key, "previous": previous}

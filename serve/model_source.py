@@ -41,6 +41,9 @@ CARD_FILE = "card.json"  # written last: a version folder without it is incomple
 # in well under a second, a hung one takes tracking.max_attempts x request_timeout_seconds (about 33 s)
 CHALLENGER_WAIT_SECONDS = 5.0
 DOWNLOAD_LOCK = ".download.lock"  # in the cache folder: one download at a time, whichever process
+# Versions kept in the cache besides the served one, the one served before and the challenger: another worker process
+# of the server may still serve an older one for a poll's time
+KEPT_VERSIONS = 3
 
 
 class ModelSource(Protocol):
@@ -129,6 +132,14 @@ class RegistrySource:
         # the store as clients may read it (a card cached before 2026-12-06 holds the server's path to it)
         card = read_optional_json(folder / CARD_FILE) | {"tracking_uri": self.shown_uri}
         files = {kind: folder / name for kind, name in card.get("files", {}).items() if name}
+        # The weights must be the ones the version's card, metrics and gate verdict are about: another version's
+        # model.onnx copied over this one's artifact was served under this version's name and figures.
+        tagged = str((card.get("tags") or {}).get("onnx_sha256", ""))
+        checked = re.fullmatch(r"[0-9a-f]{64}", tagged) and "onnx" in files
+        if checked and (found := sha256_file(files["onnx"])) != tagged:
+            raise SliceWiseError(f"version {card.get('version')}'s ONNX file has sha256 {found[:12]}…, not the "
+                                 f"{tagged[:12]}… its registry tag onnx_sha256 names: not this version's model",
+                                 files["onnx"])
         examples = folder / EXAMPLES_DIR
         return load_served_model(files["onnx"], card, files.get("checkpoint"),
                                  read_optional_json(folder / METRICS_FILE), read_optional_json(files.get("metadata")),
@@ -155,9 +166,47 @@ class RegistrySource:
         folder = self.cache_dir / key
         if not (folder / CARD_FILE).is_file():
             self._download(key, folder)
-        model = self._load_folder(folder)
+            model = self._load_folder(folder)
+        else:
+            self._refresh_card(key, folder)
+            try:
+                model = self._load_folder(folder)
+            except SliceWiseError as exc:
+                # cached before downloads were checked, or damaged on disk since: fetched once more, not kept for good
+                log.warning("%s: %s; downloading it again", key, exc)
+                shutil.rmtree(folder, ignore_errors=True)
+                self._download(key, folder)
+                model = self._load_folder(folder)
+        previous = read_optional_json(self.pointer).get("key")
         self._remember(key)
+        self.prune(keep={key, previous, *self._challengers})
         return model
+
+    def _refresh_card(self, key: str, folder: Path) -> None:
+        """The registry's tags and description of a version cached earlier (as a challenger, or served before): the
+        register step rewrites a version's tags when it completes a killed run's, and its card is set after the
+        version is made, so /model/info showed the copy taken when the version was first cached."""
+        version = self.champion_version()
+        if version is None or version_key(version) != key:
+            return  # the alias moved meanwhile: the caller's load serves the folder, the next poll the new one
+        card = read_optional_json(folder / CARD_FILE)
+        fresh = {"tags": dict(version.tags or {}), "description": version.description or ""}
+        if {k: card.get(k) for k in fresh} != fresh:
+            write_text_atomic(json.dumps(card | fresh, indent=2, default=str), folder / CARD_FILE)
+
+    def prune(self, keep: set) -> None:
+        """Remove the cached versions beyond the KEPT_VERSIONS newest, except those in `keep` (served, served before,
+        the challenger). Every champion and every challenger /model/compare touched stayed, about 31 MB each for
+        the quick model, with nothing ever removing one. Under the download lock: never a folder being written."""
+        with open(self.cache_dir / DOWNLOAD_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            versions = sorted((f for f in self.cache_dir.iterdir() if f.is_dir() and (f / CARD_FILE).is_file()),
+                              key=lambda f: (f / CARD_FILE).stat().st_mtime, reverse=True)
+            for folder in versions[KEPT_VERSIONS:]:
+                if folder.name not in keep:
+                    log.info("removing %s from the model cache (not served, not among the %d newest)", folder.name,
+                             KEPT_VERSIONS)
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def _download(self, key: str, folder: Path) -> None:
         version = self.champion_version()
@@ -195,6 +244,9 @@ class RegistrySource:
             run_files = self._fetch_run_artifacts(version.run_id, staging)
             card = self._card(version, run_files) | {"files": files}
             (staging / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+            # loaded once before it is kept (its weights checked against the registry's tag): the card marks a
+            # folder complete, and a truncated model kept so was never fetched again
+            self._load_folder(staging)
             shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an interrupted download
             os.replace(staging, folder)
         finally:
@@ -221,35 +273,40 @@ class RegistrySource:
 
     # ------------------------------------------------------------ the challenger (GET /model/compare)
 
-    def challenger_version(self):
+    def challenger_version(self, served: str | None = None):
         """The version `registry.challenger_alias` points at (the latest the gate rejected), else the newest
-        version other than the champion (e.g. the previous champion); None when the champion is all there is."""
+        version other than the champion (e.g. the previous champion); None when the champion is all there is.
+        `served`: the version this server answers with, which is the champion column whatever the alias says now
+        (a champion that failed to load, an alias moved since the last poll): never its own challenger."""
         registry = self._registry()
-        champion = registry.by_alias(self.registry.alias)
+        if served is None:
+            champion = registry.by_alias(self.registry.alias)
+            served = None if champion is None else str(champion.version)
         version = registry.by_alias(self.registry.challenger_alias)
-        if version is not None and (champion is None or version.version != champion.version):
+        if version is not None and str(version.version) != served:
             return version
         others = [v for v in registry.client.search_model_versions(f"name = '{self.registry.model_name}'")
-                  if champion is None or v.version != champion.version]
+                  if str(v.version) != served]
         if not others:
             return None
         # read again by number: a search answers without the versions' aliases (MLflow 3), which the page shows
         return registry.resolve(str(max(int(v.version) for v in others)))
 
-    def challenger(self) -> tuple[object, ServedModel] | None:
+    def challenger(self, served: str | None = None) -> tuple[object, ServedModel] | None:
         """(registry version, loaded model) of the challenger, downloaded into the cache once.
 
         One request at a time asks the registry; another one meanwhile waits up to CHALLENGER_WAIT_SECONDS (a healthy
         store answers well within it), then gets the challenger the last lookup found, or a SliceWiseError saying a
         lookup is under way. /model/compare needs no login: with a store that hangs (each call up to
-        tracking.max_attempts x request_timeout_seconds) every request waiting on it would hold a server thread."""
+        tracking.max_attempts x request_timeout_seconds) every request waiting on it would hold a server thread.
+        `served`: the served model's version (challenger_version)."""
         if not self._challenger_lock.acquire(timeout=CHALLENGER_WAIT_SECONDS):
             if self._last_challenger is not None:
                 return self._last_challenger
             raise SliceWiseError("another request is asking the registry for the challenger; try again shortly",
                                  self.shown_uri)
         try:
-            version = self.challenger_version()
+            version = self.challenger_version(served)
             if version is None:
                 self._last_challenger = None
                 return None

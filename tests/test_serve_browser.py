@@ -874,9 +874,9 @@ def patient_files_by_name(browser, server, project, tmp_path):
     if len(takes) > 1:
         assert note.text.startswith("Predicted without T1, T1ce, T2")
 
-    open_page(browser, server, "patient")  # one file named as another modality: sent as that one, never as FLAIR
-    browser.find_element("id", "vol-file").send_keys(str(named["t1ce"]))
-    assert "no FLAIR volume among ['t1ce']" in visible(browser, "vol-error").text
+    open_page(browser, server, "patient")  # one file named as another modality: never predicted as FLAIR, and
+    browser.find_element("id", "vol-file").send_keys(str(named["t1ce"]))  # said in the page's words (2026-12-07)
+    assert "no FLAIR among P_t1ce.nii.gz: choose the patient's FLAIR too" in visible(browser, "vol-error").text
 
     open_page(browser, server, "patient")  # four files in one selection: one field per modality, by name
     browser.find_element("id", "vol-file").send_keys("\n".join(str(p) for p in named.values()))

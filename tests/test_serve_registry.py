@@ -258,3 +258,140 @@ def test_no_server_path_reaches_a_client(tmp_path, monkeypatch):
     with local_client(file_app(served)) as client:
         said = json.dumps([client.get("/healthz").json(), client.get("/model/info").json()])
     assert "model.onnx" in said and str(tmp_path) not in said
+
+
+def test_a_champion_file_that_is_not_its_tags_or_is_damaged_is_never_served_nor_kept(registry, tmp_path):
+    """Review 2026-12-07: another version's model.onnx copied over this version's artifact was served under this
+    version's name, card and gate verdict; a truncated artifact was cached as complete and never fetched again, even
+    once the store was mended. The file is checked against its onnx_sha256 tag and loaded before it is kept."""
+    from mlflow import MlflowClient
+
+    from tasks.io import sha256_file
+
+    name, uri = "slicewise-checked", registry["uri"]
+    first = register_version(uri, export_tiny_onnx(tmp_path / "a" / "v1.onnx"), model_name=name,
+                             metrics=write_metrics(tmp_path / "a" / "metrics.json"))
+    other = register_version(uri, export_tiny_onnx(tmp_path / "b" / "v2.onnx", threshold=0.8), model_name=name,
+                             alias=None)
+    client = MlflowClient(uri)
+
+    def stored_onnx(version: str) -> Path:
+        return next(Path(urlsplit(client.get_model_version_download_uri(name, version)).path).rglob("*.onnx"))
+
+    for version in (first, other):  # as the register step tags them: the stored file's digest
+        client.set_model_version_tag(name, version, "onnx_sha256", sha256_file(stored_onnx(version)))
+    src = source(registry, tmp_path, model_name=name)
+    key, good = src.current_key(), stored_onnx(first).read_bytes()
+    stored_onnx(first).write_bytes(stored_onnx(other).read_bytes())  # another version's weights under v1's name
+    with pytest.raises(SliceWiseError, match="its registry tag onnx_sha256 names: not this version's model"):
+        src.load(key)
+    assert not (src.cache_dir / key).exists()
+    stored_onnx(first).write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(SliceWiseError):
+        src.load(key)
+    assert not (src.cache_dir / key).exists()  # nothing kept as complete
+    stored_onnx(first).write_bytes(good)  # the store mended: the next load fetches it
+    model = src.load(key)
+    assert model.card["version"] == first and model.threshold == pytest.approx(0.5)
+    cached = src.cache_dir / key / model.card["files"]["onnx"]
+    cached.write_bytes(b"\x00damaged on disk since")  # or cached before downloads were checked
+    assert src.load(key).card["version"] == first and sha256_file(cached) == sha256_file(stored_onnx(first))
+
+
+def test_the_comparison_never_sets_the_served_model_against_itself(registry, tmp_path):
+    """Review 2026-12-07: the comparison's champion column is the model served, but its challenger was any version
+    other than the registry's champion: after the alias moved (before the next poll), or to a champion that failed
+    to load, the served model was compared with itself."""
+    from mlflow import MlflowClient
+
+    name, uri = "slicewise-compared", registry["uri"]
+    first = register_version(uri, export_tiny_onnx(tmp_path / "a" / "v1.onnx"), model_name=name,
+                             metrics=write_metrics(tmp_path / "a" / "metrics.json"))
+    second = register_version(uri, export_tiny_onnx(tmp_path / "b" / "v2.onnx", threshold=0.8), model_name=name,
+                              alias=None, metrics=write_metrics(tmp_path / "b" / "metrics.json"))
+    with local_client(app_for(source(registry, tmp_path, model_name=name))) as client:  # no polling: v1 stays
+        assert client.get("/model/compare").json()["challenger"]["version"] == second
+        MlflowClient(uri).set_registered_model_alias(name, "champion", second)
+        compare = client.get("/model/compare").json()
+        assert client.get("/healthz").json()["version"] == first
+    assert compare["champion"]["version"] == first and compare["challenger"]["version"] == second
+
+
+def test_a_champion_that_fails_to_load_is_not_fetched_again_at_every_poll(monkeypatch):
+    """Review 2026-12-07: a broken champion was downloaded whole at every poll (21 MB each time, about 42 MB a minute
+    at the default poll for as long as its alias stayed); the poller now waits FAILED_RETRY_SECONDS before trying
+    that key again, POST /model/reload tries at once, and a new key is tried at once too."""
+    from serve import holder as holder_module
+
+    class BrokenStore:
+        description = "a store whose champion does not load"
+        key, loads = "v3-broken", []
+
+        def cached(self):
+            return None
+
+        def current_key(self):
+            return self.key
+
+        def load(self, key):
+            self.loads.append(key)
+            raise SliceWiseError("cannot load the ONNX model (truncated)")
+
+    store = BrokenStore()
+    holder = ModelHolder(store)
+    for _ in range(3):
+        holder.refresh(retry_failed=False)  # the poller
+    assert store.loads == ["v3-broken"] and "cannot load the ONNX model" in holder.detail
+    holder.refresh()  # POST /model/reload
+    assert store.loads == ["v3-broken"] * 2
+    monkeypatch.setattr(holder_module, "FAILED_RETRY_SECONDS", 0.0)
+    holder.refresh()  # fails again, now with no wait before the next try
+    holder.refresh(retry_failed=False)
+    assert store.loads == ["v3-broken"] * 4
+    monkeypatch.setattr(holder_module, "FAILED_RETRY_SECONDS", 600.0)
+    holder.refresh(retry_failed=False)
+    store.key = "v4-next"  # the alias moved on: tried at once
+    holder.refresh(retry_failed=False)
+    assert store.loads == ["v3-broken"] * 5 + ["v4-next"]
+
+
+def test_the_model_cache_keeps_a_few_versions_not_every_one_ever_served(registry, tmp_path):
+    """Review 2026-12-07: every champion and every challenger /model/compare touched stayed in the cache (about 31
+    MB each for the quick model), and nothing ever removed one."""
+    import os
+
+    from serve import model_source
+
+    src = source(registry, tmp_path)
+    key = src.current_key()
+    src.load(key)
+    for age, old in enumerate(("v90-aaaa", "v91-bbbb", "v92-cccc", "v93-dddd", "v94-eeee"), start=1):
+        (src.cache_dir / old).mkdir()
+        (src.cache_dir / old / CARD_FILE).write_text("{}")
+        os.utime(src.cache_dir / old / CARD_FILE, (time.time() - 100 * age,) * 2)  # v90 the newest of them
+    (src.cache_dir / ".download-x").mkdir()  # a download in progress
+    src.prune(keep={key, "v94-eeee"})
+    left = {p.name for p in src.cache_dir.iterdir() if p.is_dir()}
+    assert left == {key, "v90-aaaa", "v91-bbbb", "v94-eeee", ".download-x"}, left  # 3 newest, and those kept
+    assert model_source.KEPT_VERSIONS == 3
+    assert src.load(key).card["version"] == registry["first_version"]  # a load prunes too, never what it serves
+    assert {p.name for p in src.cache_dir.iterdir() if p.is_dir()} == {key, "v90-aaaa", "v91-bbbb", ".download-x"}
+
+
+def test_a_version_cached_earlier_is_served_with_the_registrys_tags_of_now(registry, tmp_path):
+    """Review 2026-12-07: a version cached before (as a challenger, or served before) kept the tags and card it had
+    then; the register step rewrites a version's tags when it completes a killed run's, and sets its card after."""
+    from mlflow import MlflowClient
+
+    name, uri = "slicewise-retagged", registry["uri"]
+    first = register_version(uri, export_tiny_onnx(tmp_path / "a" / "v1.onnx"), model_name=name,
+                             metrics=write_metrics(tmp_path / "a" / "metrics.json"))
+    src = source(registry, tmp_path, model_name=name)
+    key = src.current_key()
+    assert src.load(key).card["tags"]["promotion"] == "promoted"  # cached now
+    client = MlflowClient(uri)
+    client.set_model_version_tag(name, first, "promotion_reason", "promoted: retagged by a completed register")
+    client.update_model_version(name, first, description="the card written after the version was made")
+    model = src.load(key)  # from the cache, as a swap back to it loads it
+    assert model.card["tags"]["promotion_reason"] == "promoted: retagged by a completed register"
+    assert model.card["description"] == "the card written after the version was made"
