@@ -72,12 +72,13 @@ serve: setup
 mlflow-ui: setup
 	@case "$${MLFLOW_TRACKING_URI:-}" in http://*|https://*) \
 		echo "MLFLOW_TRACKING_URI is a tracking server already: open $$MLFLOW_TRACKING_URI"; exit 0;; esac; \
-	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} $(BIN)/mlflow server --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
-		--artifacts-destination ./mlartifacts \
+	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} $(BIN)/mlflow server \
+		--backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --artifacts-destination ./mlartifacts \
 		--host 127.0.0.1 --port 5000
 
 prefect-ui: setup
-	PREFECT_SERVER_ANALYTICS_ENABLED=$${PREFECT_SERVER_ANALYTICS_ENABLED:-false} $(BIN)/prefect server start --host 127.0.0.1 --port 4200
+	PREFECT_SERVER_ANALYTICS_ENABLED=$${PREFECT_SERVER_ANALYTICS_ENABLED:-false} \
+		$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 # A Prefect worker on the process pool `slicewise-pool` (created when missing) running the pipeline deployment
 # `slicewise-pipeline/worker`; needs a Prefect server (`make prefect-ui`, or PREFECT_API_URL).

@@ -34,11 +34,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from bench.memory import status_mib
+
+if TYPE_CHECKING:
+    from tasks.data.shards import Shard
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SLICES_PER_S, GOAL_CORES = 2000, 16

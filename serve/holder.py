@@ -20,7 +20,7 @@ from tasks.redaction import redact
 
 log = logging.getLogger(__name__)
 
-FAILED_RETRY_SECONDS = 600.0
+FAILED_RETRY_SECONDS = 300.0  # a broken champion's download again: ten polls at the default 30 s
 NO_MODEL_HINT = ("train and register one (`make run`), or serve an exported file: "
                  "`python -m serve --model-file exports/model.onnx`")
 

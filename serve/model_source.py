@@ -185,8 +185,14 @@ class RegistrySource:
     def _refresh_card(self, key: str, folder: Path) -> None:
         """The registry's tags and description of a version cached earlier (as a challenger, or served before): the
         register step rewrites a version's tags when it completes a killed run's, and its card is set after the
-        version is made, so /model/info showed the copy taken when the version was first cached."""
-        version = self.champion_version()
+        version is made, so /model/info showed the copy taken when the version was first cached. A store that fails
+        here leaves the cached card: the files are what is served, and a swap must not wait for their description."""
+        try:
+            version = self.champion_version()
+        except Exception as exc:  # noqa: BLE001 - the store's own errors, as current_key's
+            log.warning("%s: the registry's tags could not be read again (%s); serving the cached card", key,
+                        redact(f"{type(exc).__name__}: {exc}"))
+            return
         if version is None or version_key(version) != key:
             return  # the alias moved meanwhile: the caller's load serves the folder, the next poll the new one
         card = read_optional_json(folder / CARD_FILE)

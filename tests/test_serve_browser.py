@@ -237,12 +237,25 @@ def test_a_slow_answer_to_an_earlier_choice_never_replaces_the_newer_one(browser
         "  const loaded = () => setTimeout(() => { window.pendingImages -= 1; }, 0);"  # after the page's own handler
         "  image.addEventListener('load', loaded, {once: true}); image.addEventListener('error', loaded, {once: true});"
         "  return image; };")
+    choose_the_tumour_then_the_photograph(browser)
+    # the earlier choice's answer arrives last
+    the_photograph_stays_shown(browser, "window.releaseHeld()", "window.heldDone && window.pendingImages === 0")
+
+
+def choose_the_tumour_then_the_photograph(browser, between=lambda: None) -> None:
+    """Two examples chosen one after the other (`between` runs after the first): the photograph is shown."""
     next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
+    between()
     browser.find_element("id", "tab-examples").click()
     next(b for b in by_css(browser, "#examples-gallery .example") if "photograph" in b.text).click()
     wait(browser, lambda d: "photograph" in d.find_element("id", "slice-title").text)
-    browser.execute_script("window.releaseHeld()")  # the earlier choice's answer arrives last
-    wait(browser, lambda d: d.execute_script("return window.heldDone && window.pendingImages === 0"))
+
+
+def the_photograph_stays_shown(browser, release: str, settled: str) -> None:
+    """After `release` lets through what the page held back of the first choice and `settled` holds (JavaScript),
+    the newer choice is still the one shown, and nothing is busy."""
+    browser.execute_script(release)
+    wait(browser, lambda d: d.execute_script(f"return {settled}"))
     assert "photograph" in browser.find_element("id", "slice-title").text
     assert not browser.find_element("id", "slice-busy").is_displayed()
 
@@ -299,7 +312,7 @@ def test_patient_viewer_scrolls_with_overlays(browser, server, shots):
         "0.9, tumor_area_mm2: 60}]).slice, m.openingSlice([{slice: 0, tumor_probability: 0.2}, {slice: 1, "
         "tumor_probability: 0.4}]).slice]);")
     assert opening == [1, 1]
-    shown, label = canvas_sum(browser, "vol-canvas"), browser.find_element("id", "vol-slice-label").text
+    label = browser.find_element("id", "vol-slice-label").text
     assert slider.get_attribute("aria-valuetext") == f"slice {label}"  # a screen reader hears the figures too
     z = int(slider.get_attribute("value"))
     canvas = browser.find_element("id", "vol-canvas")
@@ -1026,13 +1039,10 @@ def test_an_answer_whose_images_decode_late_never_replaces_the_newer_one_shown(b
         "    if (window.holdImages) window.heldImages.push(() => setSource.call(image, value));"
         "    else setSource.call(image, value); } });"
         "  return image; };")
-    next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
-    wait(browser, lambda d: d.execute_script("return window.heldImages.length > 0"))  # its answer is decoding
-    browser.execute_script("window.holdImages = false")
-    browser.find_element("id", "tab-examples").click()
-    next(b for b in by_css(browser, "#examples-gallery .example") if "photograph" in b.text).click()
-    wait(browser, lambda d: "photograph" in d.find_element("id", "slice-title").text)
-    browser.execute_script("window.heldImages.forEach((go) => go())")  # the earlier answer's images decode last
-    wait(browser, lambda d: d.execute_script("return window.pendingImages === 0"))
-    assert "photograph" in browser.find_element("id", "slice-title").text
-    assert not browser.find_element("id", "slice-busy").is_displayed()
+    def its_images_held():  # the first answer arrived and is decoding; the second one's images load at once
+        wait(browser, lambda d: d.execute_script("return window.heldImages.length > 0"))
+        browser.execute_script("window.holdImages = false")
+
+    choose_the_tumour_then_the_photograph(browser, its_images_held)
+    # the earlier answer's images decode last
+    the_photograph_stays_shown(browser, "window.heldImages.forEach((go) => go())", "window.pendingImages === 0")

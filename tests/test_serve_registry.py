@@ -348,7 +348,7 @@ def test_a_champion_that_fails_to_load_is_not_fetched_again_at_every_poll(monkey
     holder.refresh()  # fails again, now with no wait before the next try
     holder.refresh(retry_failed=False)
     assert store.loads == ["v3-broken"] * 4
-    monkeypatch.setattr(holder_module, "FAILED_RETRY_SECONDS", 600.0)
+    monkeypatch.setattr(holder_module, "FAILED_RETRY_SECONDS", 300.0)
     holder.refresh(retry_failed=False)
     store.key = "v4-next"  # the alias moved on: tried at once
     holder.refresh(retry_failed=False)
