@@ -395,3 +395,9 @@ def test_a_version_cached_earlier_is_served_with_the_registrys_tags_of_now(regis
     model = src.load(key)  # from the cache, as a swap back to it loads it
     assert model.card["tags"]["promotion_reason"] == "promoted: retagged by a completed register"
     assert model.card["description"] == "the card written after the version was made"
+
+    def store_gone():
+        raise ConnectionError("the store went away between the poll and the load")
+
+    src.champion_version = store_gone  # the files are what is served: the cached card stays, the swap goes on
+    assert src.load(key).card["description"] == "the card written after the version was made"
