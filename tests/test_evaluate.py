@@ -131,7 +131,7 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     assert set(written) == set(CONTRACT_KEYS) | {"ci95", "classification_by_source", "sensitivity_by_tumour_area",
                                                  "segmentation_threshold", "classification_threshold",
                                                  "segmentation_misses", "segmentation_regions_present",
-                                                 "ci95_method"}
+                                                 "ci95_method", "ci95_degenerate"}
     assert written["ci95_method"] == {"interval": "bca", "level": 0.95, "resampled": "patients",
                                       "min_resamples": 100}
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
