@@ -68,8 +68,9 @@ def test_the_servers_make_starts_keep_telemetry_off_unless_the_user_turns_it_on(
         (tmp_path / ".venv" / "bin" / tool).chmod(0o755)
 
     def started(target: str, **switches: str) -> str:  # -o setup: the venv is not installed here
-        done = subprocess.run(["make", "-s", "-o", "setup", target], cwd=tmp_path, capture_output=True, text=True,
-                              env=user_environment(**switches), timeout=60)
+        env = {k: v for k, v in user_environment(**switches).items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        done = subprocess.run(["make", "-s", "--no-print-directory", "-o", "setup", target], cwd=tmp_path,
+                              capture_output=True, text=True, env=env, timeout=60)  # a make of its own
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
