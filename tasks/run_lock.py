@@ -50,8 +50,10 @@ os.register_at_fork(after_in_child=_let_go_in_child)
 def pipeline_lock(holder: str) -> Iterator[None]:
     """Hold the project's pipeline lock as `holder` (what a refused run is told); SliceWiseError when taken.
 
-    Under `torchrun` the processes of one stage are one run: rank 0 holds the lock for all of them."""
-    if os.environ.get("RANK", "0") != "0":
+    Under `torchrun` the processes of one stage are one run: rank 0 holds the lock for all of them. Only a process of
+    such a run (WORLD_SIZE > 1, as the training steps read it) is let through: a shell that merely has RANK set (a
+    cluster's environment) skipped the lock while its step trained alone."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0":
         yield
         return
     path = paths.ROOT / LOCK_FILE
