@@ -185,6 +185,28 @@ def test_kaggle_splits_keep_the_share_of_positives_of_the_whole_set():
             assert abs(n_positive - share * len(ids)) < 1, (seed, name, n_positive, len(ids))
 
 
+def test_a_split_too_small_to_stratify_says_so_and_names_a_class_missing_from_validation_or_test(caplog):
+    """Review 2026-12-07: with 30 yes and 3 no photos the stratified cut fell back to a random one without a word,
+    and the test split held no tumour-free photo: its photo figures (and serving's photo decisions) of one class."""
+    import pandas as pd
+
+    from tasks.data.splitting import split_kaggle
+
+    images = [f"kaggle_{'yes' if i < 30 else 'no'}_{i}" for i in range(33)]
+    kaggle = pd.DataFrame({"patient": images, "label": [int(i < 30) for i in range(33)]})
+    with caplog.at_level("WARNING"):
+        splits = split_kaggle(kaggle, [], SplitSettings(), 42)
+    assert "Kaggle image groups (1 of stratum 0, " in caplog.text and "this cut is random" in caplog.text
+    one_class = [name for name in ("val", "test") if len({int(i.split("_")[-1]) < 30 for i in splits[name]}) < 2]
+    assert one_class  # what the fallback gave here, and now says
+    for name in one_class:
+        assert f"the {name} split holds no tumour-free Kaggle image" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # enough of each class: stratified, nothing to say
+        split_kaggle(pd.DataFrame({"patient": images, "label": [i % 2 for i in range(33)]}), [], SplitSettings(), 42)
+    assert "split:" not in caplog.text
+
+
 def test_brats_splits_keep_the_share_of_each_tumour_burden_tercile(tmp_path):
     """Patients whose tumour burdens fall in three clear bands (small, medium, large): the split is stratified by
     burden tercile, so each split holds each band's share of its patients, within one patient. A random split of

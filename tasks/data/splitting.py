@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import imagehash
@@ -40,13 +41,18 @@ def split_sizes(n: int, cfg: SplitSettings, what: str = "patients or image group
     return n_train, n_val, n_test
 
 
-def _stratified_split(ids: list[str], strata: list, sizes: tuple[int, int, int], seed: int) -> dict[str, list[str]]:
-    """Seeded split into the given sizes, stratified when every stratum is large enough, random otherwise."""
+def _stratified_split(ids: list[str], strata: list, sizes: tuple[int, int, int], seed: int,
+                      what: str = "patients") -> dict[str, list[str]]:
+    """Seeded split into the given sizes, stratified when every stratum is large enough, random otherwise (said:
+    it fell back without a word, and a class could then miss from validation or test)."""
 
     def cut(items, labels, test_size):
         try:
             return train_test_split(items, labels, test_size=test_size, random_state=seed, stratify=labels)
         except ValueError:  # a stratum too small for the requested sizes
+            counts = ", ".join(f"{n} of stratum {k}" for k, n in sorted(Counter(labels).items()))
+            log.warning("split: %s (%s) are too few to stratify a cut of %s; this cut is random", what, counts,
+                        test_size)
             return train_test_split(items, labels, test_size=test_size, random_state=seed)
 
     train, rest, _, rest_strata = cut(ids, strata, sizes[1] + sizes[2])
@@ -126,9 +132,16 @@ def split_kaggle(kaggle: pd.DataFrame, pairs: list[tuple[str, str]], cfg: SplitS
     strata = [round(np.mean([label_of[m] for m in s])) for s in subsets]
     what = (f"Kaggle image groups ({len(kaggle)} images; near-duplicates, pHash distance <= "
             f"{cfg.phash_max_distance}, form one group)")
-    by_key = _stratified_split(keys, strata, split_sizes(len(keys), cfg, what, where), seed)
+    by_key = _stratified_split(keys, strata, split_sizes(len(keys), cfg, what, where), seed, "Kaggle image groups")
     members = dict(zip(keys, subsets))
-    return {name: sorted(m for k in ks for m in members[k]) for name, ks in by_key.items()}
+    splits = {name: sorted(m for k in ks for m in members[k]) for name, ks in by_key.items()}
+    for name in ("val", "test"):  # the photos' own figures (and serving's photo decisions) need both classes there
+        held = {label_of[m] for m in splits[name]}
+        if len(held) < 2:
+            missing = "tumour" if 1 not in held else "tumour-free"
+            log.warning("split: the %s split holds no %s Kaggle image (%d images in it): its photo figures are of one "
+                        "class", name, missing, len(splits[name]))
+    return splits
 
 
 def check_no_leakage(splits: dict[str, list[str]], pairs: list[tuple[str, str]]) -> None:
@@ -164,7 +177,8 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
     # keep the patients, and the figures, they would have without it, and their Dice means count no empty volume.
     subjects, tumour_free = sorted(burden.index[burden > 0]), sorted(burden.index[burden == 0])
     sizes = split_sizes(len(subjects), cfg, "BraTS patients with a tumour", manifest_path)  # before the strata need 1+
-    subject_splits = _stratified_split(subjects, tumour_burden_strata(by_subject, subjects), sizes, seed)
+    subject_splits = _stratified_split(subjects, tumour_burden_strata(by_subject, subjects), sizes, seed,
+                                       "BraTS patients by tumour-burden tercile")
     subject_splits["train"] = sorted(subject_splits["train"] + tumour_free)
     if tumour_free:
         log.info("split: %d BraTS patients without a tumour go to the training split only", len(tumour_free))
