@@ -162,6 +162,11 @@ def test_the_timepoints_of_one_brats_2023_subject_share_a_split(tmp_path):
             assert split_of[patient] == split_of[subject_of(patient) + "-000"], (seed, patient)
     assert subject_of("BraTS-GLI-00008-001") == "BraTS-GLI-00008" and subject_of("BraTS20_Training_008") == \
         "BraTS20_Training_008"
+    # review 2026-12-07: a cohort of two parts (BraTS 2024's MEN-RT) and a lower-cased folder were subjects of their own
+    assert subject_of("BraTS-MEN-RT-0001-1") == subject_of("BraTS-MEN-RT-0001-0") == "BraTS-MEN-RT-0001"
+    assert subject_of("brats-gli-00008-002") == "BraTS-GLI-00008" != subject_of("BraTS-GLI-00009-000")
+    with pytest.raises(SliceWiseError, match="timepoints of one subject"):
+        check_no_leakage({"train": ["BraTS-MEN-RT-0001-0"], "val": [], "test": ["brats-men-rt-0001-1"]}, [])
     with pytest.raises(SliceWiseError, match="timepoints of one subject"):
         check_no_leakage({"train": ["BraTS-GLI-00008-000"], "val": [], "test": ["BraTS-GLI-00008-001"]}, [])
 
