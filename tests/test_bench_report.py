@@ -524,7 +524,8 @@ def test_a_failed_seed_counts_as_three_missed_targets_in_the_tables():
     # review 2026-12-07: a sweep in which no seed's pipeline finished took its CPU family's rows away without a word
     nothing_ran = sweep | {"per_seed": {}, "summary": {"every_seed_meets_targets": False},
                            "failed_seeds": {"4": "error: ONNX parity failed", "42": "error: disk full"}}
-    rows = [row for row in quality_rows({"by_cpu": {"AMD EPYC": {"seeds": nothing_ran}}}) if row[0].startswith("quick, ")]
+    rows = [row for row in quality_rows({"by_cpu": {"AMD EPYC": {"seeds": nothing_ran}}})
+            if row[0].startswith("quick, ")]
     assert rows == [("quick, 0 of 2 seeds, AMD EPYC", "every pipeline failed", "AMD EPYC, bf16 autocast on; seed 4: "
                      "error: ONNX parity failed; seed 42: error: disk full")]
 

@@ -132,7 +132,8 @@ function cleanupNote(cleanup) {
   const unreliable = withheld(patient.result) ? UNRELIABLE : "";
   note.innerHTML = `Clean-up kept ${cleanup.kept} component${cleanup.kept === 1 ? "" : "s"} and dropped ` +
     `${cleanup.dropped} (${fmt(cleanup.dropped_cm3, 2)} cm³ in all${unreliable}).` + (largest ?
-    ` Largest dropped: ${fmt(largest.volume_cm3, 2)} cm³${unreliable} on <button type="button" class="link" id="vol-dropped-go">` +
+    ` Largest dropped: ${fmt(largest.volume_cm3, 2)} cm³${unreliable} on ` +
+    `<button type="button" class="link" id="vol-dropped-go">` +
     `slices ${first}–${last}</button>, ${esc(largest.reason)}.` : "");
   const go = $("vol-dropped-go");
   if (go) go.addEventListener("click", () => { $("vol-slider").value = first; drawSlice(); });
