@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import urllib.request
 from contextlib import contextmanager
@@ -90,8 +91,6 @@ def run(
     _require_project_root()
     if dask_address and slice_runner is not SliceRunner.dask:
         _fail("--dask-address needs --slice-runner dask")
-    import os
-
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
     from flows.pipeline import parameter_updates, slicewise_pipeline

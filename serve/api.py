@@ -57,21 +57,16 @@ LIMITS = ("max_slice_mb", "max_volume_mb", "max_voxels", "max_slices", "max_batc
           "memory_budget_mb")  # shown by /model/info
 
 
-def body_limits(cfg: ServeSettings) -> dict[str, int]:
+def body_limits(cfg: ServeSettings) -> dict[str, tuple[int, str]]:
+    """Each upload route's body limit in bytes, and what it takes in the settings' terms (the 413's words)."""
     return {
-        "/v1/predict": int(cfg.max_slice_mb * MB + FORM_OVERHEAD),
-        "/v1/predict/batch": int(cfg.max_slice_mb * MB * cfg.max_batch_files + FORM_OVERHEAD),
-        VOLUME_ROUTE: int(cfg.max_volume_mb * MB + FORM_OVERHEAD),
-    }
-
-
-def body_limits_said(cfg: ServeSettings) -> dict[str, str]:
-    """What each route of body_limits takes, in the settings' terms (the 413's words)."""
-    return {
-        "/v1/predict": f"one file of at most {cfg.max_slice_mb:g} MB (serve.max_slice_mb)",
-        "/v1/predict/batch": f"at most {cfg.max_batch_files} files of {cfg.max_slice_mb:g} MB each "
-                             "(serve.max_batch_files, serve.max_slice_mb)",
-        VOLUME_ROUTE: f"volumes of at most {cfg.max_volume_mb:g} MB in all (serve.max_volume_mb)",
+        "/v1/predict": (int(cfg.max_slice_mb * MB + FORM_OVERHEAD),
+                        f"one file of at most {cfg.max_slice_mb:g} MB (serve.max_slice_mb)"),
+        "/v1/predict/batch": (int(cfg.max_slice_mb * MB * cfg.max_batch_files + FORM_OVERHEAD),
+                              f"at most {cfg.max_batch_files} files of {cfg.max_slice_mb:g} MB each "
+                              "(serve.max_batch_files, serve.max_slice_mb)"),
+        VOLUME_ROUTE: (int(cfg.max_volume_mb * MB + FORM_OVERHEAD),
+                       f"volumes of at most {cfg.max_volume_mb:g} MB in all (serve.max_volume_mb)"),
     }
 
 
@@ -168,7 +163,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
                   lifespan=lifespan)
     app.state.holder = holder
     app.state.budget = budget
-    app.add_middleware(BodySizeLimit, limits=body_limits(cfg), default=FORM_OVERHEAD, takes=body_limits_said(cfg))
+    app.add_middleware(BodySizeLimit, limits=body_limits(cfg), default=FORM_OVERHEAD)
     app.add_middleware(HostOriginGuard, bind_host=bind_host, allowed_hosts=cfg.allowed_hosts)
     app.add_middleware(SecurityHeaders)  # added last, so outermost: the guards' own refusals carry the headers too
 

@@ -93,17 +93,16 @@ class BodySizeLimit:
     client that lies), and FastAPI turns the HTTPException raised while reading into the 413 answer.
     """
 
-    def __init__(self, app, limits: dict[str, int], default: int, takes: dict[str, str] | None = None):
+    def __init__(self, app, limits: dict[str, tuple[int, str | None]], default: int):
         self.app = app
-        self.limits = limits
+        self.limits = limits  # route → (bytes, what it takes, said in a refusal)
         self.default = default
-        self.takes = takes or {}  # route → what it takes, said in a refusal
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route = scope["path"].rstrip("/") or "/"
-        limit, takes = self.limits.get(route, self.default), self.takes.get(route)
+        limit, takes = self.limits.get(route, (self.default, None))
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"").decode("latin-1")
         if declared.isdigit() and int(declared) > limit:

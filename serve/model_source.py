@@ -20,8 +20,9 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 from serve.served_model import ServedModel, load_served_model, read_optional_json
 from tasks.config import RegistrySettings, TrackingSettings
@@ -204,8 +205,7 @@ class RegistrySource:
         """Remove the cached versions beyond the KEPT_VERSIONS newest, except those in `keep` (served, served before,
         the challenger). Every champion and every challenger /model/compare touched stayed, about 31 MB each for
         the quick model, with nothing ever removing one. Under the download lock: never a folder being written."""
-        with open(self.cache_dir / DOWNLOAD_LOCK, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._download_lock():
             versions = sorted((f for f in self.cache_dir.iterdir() if f.is_dir() and (f / CARD_FILE).is_file()),
                               key=lambda f: (f / CARD_FILE).stat().st_mtime, reverse=True)
             for folder in versions[KEPT_VERSIONS:]:
@@ -228,10 +228,16 @@ class RegistrySource:
         and /model/compare can want the same version at once (the challenger just promoted), and so can the
         workers of one server at start-up. The later one finds it done instead of replacing a folder in use."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.cache_dir / DOWNLOAD_LOCK, "a") as lock:  # each call its own open file: flock works between
-            fcntl.flock(lock, fcntl.LOCK_EX)  # threads too; released when the file closes
+        with self._download_lock():
             if not (folder / CARD_FILE).is_file():
                 self._download_into(version, folder)
+
+    @contextmanager
+    def _download_lock(self) -> Iterator[None]:
+        """The cache folder's lock for writing or removing version folders, across threads and processes."""
+        with open(self.cache_dir / DOWNLOAD_LOCK, "a") as lock:  # each call its own open file: flock works between
+            fcntl.flock(lock, fcntl.LOCK_EX)  # threads too; released when the file closes
+            yield
 
     def _download_into(self, version, folder: Path) -> None:
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))

@@ -137,6 +137,12 @@ def with_section(settings: Settings, section: str, **updates) -> Settings:
     return settings.model_copy(update={section: getattr(settings, section).model_copy(update=updates)})
 
 
+def own_make(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a make of its own, not a sub-make of `make test`'s: its MAKEFLAGS would reach the inner make, which
+    then prints "Entering directory" around what a test reads."""
+    return {k: v for k, v in env.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
+
 def traced_peak(call) -> tuple[object, int]:
     """(call's result, the most memory traced at once while it ran)."""
     tracemalloc.start()

@@ -1535,7 +1535,7 @@ def test_an_install_that_failed_half_way_is_redone_when_the_old_pins_come_back(t
     import shutil
     import subprocess
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, own_make
 
     shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
@@ -1546,10 +1546,8 @@ def test_an_install_that_failed_half_way_is_redone_when_the_old_pins_come_back(t
 
     def setup(requirements: str) -> subprocess.CompletedProcess:
         (tmp_path / "requirements.txt").write_text(requirements)
-        # a make of its own, not a sub-make of `make test`'s (whose MAKEFLAGS would reach it)
-        alone = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
         return subprocess.run(["make", "--no-print-directory", "setup"], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=60, env=alone)
+                              timeout=60, env=own_make(dict(os.environ)))
 
     assert setup("numpy==2.0\n").returncode == 0
     assert "Nothing to be done for 'setup'" in setup("numpy==2.0\n").stdout

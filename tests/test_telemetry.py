@@ -61,6 +61,8 @@ def test_the_servers_make_starts_keep_telemetry_off_unless_the_user_turns_it_on(
     Stand-in servers print the switch they were started with."""
     import shutil
 
+    from tests.conftest import own_make
+
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     for tool, switch in (("mlflow", "MLFLOW_DISABLE_TELEMETRY"), ("prefect", "PREFECT_SERVER_ANALYTICS_ENABLED")):
@@ -68,9 +70,8 @@ def test_the_servers_make_starts_keep_telemetry_off_unless_the_user_turns_it_on(
         (tmp_path / ".venv" / "bin" / tool).chmod(0o755)
 
     def started(target: str, **switches: str) -> str:  # -o setup: the venv is not installed here
-        env = {k: v for k, v in user_environment(**switches).items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
         done = subprocess.run(["make", "-s", "--no-print-directory", "-o", "setup", target], cwd=tmp_path,
-                              capture_output=True, text=True, env=env, timeout=60)  # a make of its own
+                              capture_output=True, text=True, env=own_make(user_environment(**switches)), timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
