@@ -7,11 +7,12 @@ The peer is MONAI's `BasicUNet` with its default widths, Adam at 1e-3 and MONAI'
 BraTS training slices (shuffled, no augmentation, no schedule, fp32, its last weights) to the whole tumour (labels
 1, 2 and 4; until 2026-12-05 it was given the label codes themselves as targets, 2 and 4 included, which no sigmoid
 reaches: a loss without a floor that held it back, so the ratios measured before are too high) for the wall-clock
-seconds the quick profile's three training stages took (their per-epoch `seconds` in reports/training/*.csv). Both models are then scored by the
-evaluation's own code on the same test slices: mean Dice over the test slices with tumour (what metrics.json calls
-`segmentation.dice`), except that both models' masks are cut at 0.5 with no clean-up (evaluate's cut is chosen on
-validation: 0.75 for the make run model, hence 0.869 here against its 0.866). The ratio is quick model / peer. Run it in a project whose pipeline has run (`make run`) on a
-quiet machine: the budget is the time that run's training took. The training histories also record CPU seconds;
+seconds the quick profile's three training stages took (their per-epoch `seconds` in reports/training/*.csv;
+timings that name another machine than this one are refused: git or `dvc pull` may have brought them). Both models
+are then scored by the evaluation's own code on the same test slices: mean Dice over the test slices with tumour
+(what metrics.json calls `segmentation.dice`), except that both models' masks are cut at 0.5 with no clean-up
+(evaluate's cut is chosen on validation: 0.75 for the make run model, hence 0.869 here against its 0.866). The ratio
+is quick model / peer. Run it in a project whose pipeline has run (`make run`) on a quiet machine: the budget is the time that run's training took. The training histories also record CPU seconds;
 when the training kept far fewer CPU seconds busy per wall second than the peer does now (`budget_check`), other work
 shared the machine while it trained, and the report says so.
 
@@ -76,6 +77,31 @@ def training_seconds(history_dir: Path) -> tuple[float, float | None]:
     wall = float(sum(h["seconds"].sum() for h in histories))
     cpu = float(sum(h["cpu_seconds"].sum() for h in histories)) if all("cpu_seconds" in h for h in histories) else None
     return wall, cpu
+
+
+def training_machines(history_dir: Path) -> set[str]:
+    """The machines that trained the three stages, as their timings recorded them (empty for timings written before
+    they named one, 2026-12-07)."""
+    found = set()
+    for stage in ("seg", "cls", "joint"):
+        timings = stage_timings(history_dir, stage)
+        if "machine" in timings:
+            found.update(timings["machine"].dropna().astype(str))
+    return found
+
+
+def foreign_budget(recorded: set[str], here: str) -> str | None:
+    """Why the recorded training seconds are no budget on this machine (another CPU or GPU trained them: `dvc pull`
+    or git brought its timings), or None. The device and model are compared, not the thread count."""
+    def device(description: str) -> str:
+        return description.rsplit(", ", 1)[0] if description.endswith(" threads") else description
+
+    others = sorted(m for m in recorded if device(m) != device(here))
+    if not others:
+        return None
+    return (f"the quick model's training seconds were measured on {'; '.join(others)}, not on this machine "
+            f"({here}): train it here first (`dvc repro --force train_seg train_cls train_joint`, or python -m bench "
+            "--only pipeline peer), or give the budget with --seconds")
 
 
 # The training's CPU seconds per wall second below this share of the peer's: the machine was busy with other work
@@ -146,13 +172,18 @@ def run(project: Path = REPO, seconds: float | None = None, peer_seeds: list[int
     from tasks.data.datasets import load_slices
     from tasks.data.splits import read_split
     from tasks.inference.checkpoints import load_model
+    from tasks.training.device import machine_description
 
     previous = Path.cwd()
     os.chdir(project)
     try:
         settings = load_settings("params.yaml")
         processed, splits = Path("data/processed"), Path("data/splits")
-        budget, budget_cpu = (seconds, None) if seconds is not None else training_seconds(Path("reports/training"))
+        history_dir = Path("reports/training")
+        if seconds is None and (why := foreign_budget(training_machines(history_dir),
+                                                      machine_description(torch.device("cpu")))):
+            raise SystemExit(f"bench_peer: {why}")
+        budget, budget_cpu = (seconds, None) if seconds is not None else training_seconds(history_dir)
         seeds = peer_seeds or default_peer_seeds(settings.seed)
         train = load_slices(processed, read_split("train", splits), ("brats",))
         test_rows = brats_test_rows(processed, splits)

@@ -90,7 +90,7 @@ def axis_codes(affine) -> str:
     return "".join(Orientation.of(affine).stored_axes)
 
 
-def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> dict:
+def model_info(model: ServedModel, detail: str, last_check: float | None, cfg: ServeSettings) -> dict:
     gradcam_reason = gradcam_unavailable(model)  # a checkpoint of another run, or no torch: `gradcam=true` is a 409
     return {
         **model.card,
@@ -104,8 +104,8 @@ def model_info(holder: ModelHolder, model: ServedModel, cfg: ServeSettings) -> d
         "limits": {key: getattr(cfg, key) for key in LIMITS},
         "ood_threshold": cfg.ood_threshold,
         "photo_decisions": photo_decisions(model, cfg.min_photo_accuracy),
-        "detail": holder.detail,
-        "last_check": holder.last_check,
+        "detail": detail,
+        "last_check": last_check,
     }
 
 
@@ -175,11 +175,14 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
 
-    def served_model() -> ServedModel:
-        model = holder.model  # read once: a concurrent swap must not change the model mid-request
+    def served_model_and_detail() -> tuple[ServedModel, str]:
+        model, detail = holder.view()  # read once: a concurrent swap must not change the model mid-request
         if model is None:
-            raise HTTPException(503, holder.detail)
-        return model
+            raise HTTPException(503, detail)
+        return model, detail
+
+    def served_model() -> ServedModel:
+        return served_model_and_detail()[0]
 
     def prepared(part: FilePart, model: ServedModel, holding: bool = False) -> PreparedSlice:
         """One uploaded slice, decoded and prepared within its share of the memory budget (a worker thread).
@@ -210,15 +213,16 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict:
         """Liveness: the process answers. `model_loaded` and `detail` say what it serves (or why nothing)."""
-        model = holder.model  # read once: a reload may swap it meanwhile
+        model, detail = holder.view()  # read once: a reload may swap it meanwhile
         card = model.card if model else {}
-        return {"status": "ok", "model_loaded": model is not None, "detail": holder.detail,
+        return {"status": "ok", "model_loaded": model is not None, "detail": detail,
                 "version": card.get("version")}
 
     @app.get("/model/info")
     def info() -> dict:
         """Name, version, alias, metrics and lineage tags of the model being served."""
-        return model_info(holder, served_model(), cfg)
+        model, detail = served_model_and_detail()  # the pair as one: a swap between two reads would mix them
+        return model_info(model, detail, holder.last_check, cfg)
 
     admin = admin_router(token, bind_host)
     if admin is None:
@@ -383,7 +387,7 @@ def create_app(source: ModelSource, cfg: ServeSettings, bind_host: str | None = 
         found, detail = find_challenger(holder.source, model.card.get("version"))
         need = inference_bytes(model, 1) + (inference_bytes(found[1], 1) if found else 0)  # each model's own size
         with budget.reserve(need, "model comparison"):
-            return json_response(comparison(model, found, detail, cfg))
+            return answered_by(model, json_response(comparison(model, found, detail, cfg)))
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

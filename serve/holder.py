@@ -28,14 +28,31 @@ NO_MODEL_HINT = ("train and register one (`make run`), or serve an exported file
 class ModelHolder:
     def __init__(self, source: ModelSource):
         self.source = source
-        self.model: ServedModel | None = None
+        # The model and the words about it change together, in one assignment: a reader of both (/model/info)
+        # must never pair the new model with the old detail or the reverse
+        self._view: tuple[ServedModel | None, str] = (None, "starting")
         self.key: str | None = None
-        self.detail = "starting"
         self.last_check: float | None = None
         self._refresh_lock = threading.Lock()
         self._failed: tuple[str, float] | None = None  # (key that failed to load, when the poller may try it again)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def model(self) -> ServedModel | None:
+        return self._view[0]
+
+    @property
+    def detail(self) -> str:
+        return self._view[1]
+
+    @detail.setter
+    def detail(self, text: str) -> None:
+        self._view = (self._view[0], text)
+
+    def view(self) -> tuple[ServedModel | None, str]:
+        """The served model and its detail, as one pair."""
+        return self._view
 
     def start(self, poll_seconds: float) -> None:
         """Serve the cached champion at once when there is one, and check the source in the background;
@@ -97,12 +114,13 @@ class ModelHolder:
             return {"changed": True, "key": key, "previous": previous}
 
     def _swap(self, key: str, model: ServedModel, how: str) -> None:
-        self.model, self.key = model, key
-        self.detail = self._serving_detail()
+        self.key = key
+        self._view = (model, self._serving_detail(model))
         log.info("%s %s", self.detail, how)
 
-    def _serving_detail(self) -> str:
-        card = self.model.card if self.model else {}
+    def _serving_detail(self, model: ServedModel | None = None) -> str:
+        model = model if model is not None else self.model
+        card = model.card if model else {}
         if card.get("source") == "registry":
             what = f"models:/{card['name']}/{card['version']} ({card['alias']})"
         else:
@@ -119,10 +137,10 @@ class ModelHolder:
             return {"changed": False, "key": self.key}
         if self.model is not None:
             log.warning("%s no longer names a model; stopped serving %s", self.source.description, self.key)
-        self.model, self.key = None, None
         hint = "export it again (`make run`), or point --model-file at an existing ONNX file" \
             if isinstance(self.source, FileSource) else NO_MODEL_HINT
-        self.detail = f"no model: {self.source.description} does not exist; {hint}"
+        self.key = None
+        self._view = (None, f"no model: {self.source.description} does not exist; {hint}")
         log.warning(self.detail)
         return {"changed": False, "key": None}
 

@@ -449,6 +449,26 @@ def test_a_peer_budget_from_a_training_on_a_busy_machine_is_flagged(tmp_path):
     assert "the machine was busy while the quick model trained" in row[2]
 
 
+def test_a_peer_budget_measured_on_another_machine_is_refused(tmp_path):
+    """The peer's budget is the training's wall seconds in reports/training, which git or `dvc pull` may have brought
+    from another CPU (an AMX Xeon trains the quick model in 172 s, this Xeon without bf16 in 368 s): such a budget is
+    refused by name, not measured against. Timings from before they named a machine give no verdict."""
+    from bench.bench_peer import foreign_budget, training_machines
+
+    here = "cpu Intel(R) Xeon(R) Processor @ 2.80GHz, 2 threads"
+    for stage in ("seg", "cls", "joint"):
+        pd.DataFrame({"epoch": [1], "seconds": [40.0], "cpu_seconds": [70.0]}).to_csv(tmp_path / f"{stage}_timings.csv")
+    assert training_machines(tmp_path) == set() and foreign_budget(set(), here) is None
+    machines = {"seg": here, "cls": here, "joint": "cpu AMD EPYC 9R14 96-Core Processor, 2 threads"}
+    for stage, machine in machines.items():
+        pd.DataFrame({"epoch": [1], "seconds": [40.0], "cpu_seconds": [70.0], "machine": [machine]}).to_csv(
+            tmp_path / f"{stage}_timings.csv")
+    assert training_machines(tmp_path) == set(machines.values())
+    why = foreign_budget(training_machines(tmp_path), here)
+    assert "AMD EPYC 9R14" in why and "--seconds" in why and "Intel" not in why.split("not on this machine")[0]
+    assert foreign_budget({here.replace("2 threads", "16 threads")}, here) is None  # threads alone: same machine
+
+
 def test_data_recipes_are_compared_on_validation_patients_the_base_project_never_held():
     from bench.bench_unseen_patients import unseen_validation_patients
 

@@ -194,8 +194,12 @@ def test_subgroups_say_where_the_classifier_errs():
     assert kaggle["sensitivity"] == pytest.approx(0.5) and kaggle["specificity"] == 1.0
     by_area = groups["sensitivity_by_tumour_area"]
     assert list(by_area) == ["0_to_100_mm2", "100_to_500_mm2", "500_to_2000_mm2", "over_2000_mm2"]
-    assert by_area["0_to_100_mm2"] == {"n": 2, "sensitivity": 0.0}
-    assert by_area["500_to_2000_mm2"] == {"n": 2, "sensitivity": 1.0}
+    # each bin's share with a Wilson interval over its slices, and how many patients they come from (none named here)
+    assert by_area["0_to_100_mm2"] == {"n": 2, "sensitivity": 0.0, "patients": None,
+                                       "ci95_slices": metrics.wilson_interval(0.0, 2)}
+    assert by_area["500_to_2000_mm2"]["n"] == 2 and by_area["500_to_2000_mm2"]["sensitivity"] == 1.0
+    with_patients = metrics.subgroup_metrics(slices.assign(patient=["p1"] * 4 + ["p2"] * 4 + ["k"] * 4), 0.5)
+    assert with_patients["sensitivity_by_tumour_area"]["0_to_100_mm2"]["patients"] == 1  # both slices are p1's
     assert sum(b["n"] for b in by_area.values()) == 6  # Kaggle tumours have no area: not binned
 
 
@@ -326,6 +330,9 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data, tiny_settings, untrained_ch
     assert written["segmentation_volume"]["n_patients"] == brats["patient"].nunique()
     assert result["headline"]["classification.accuracy"]["value"] == written["classification"]["accuracy"]
     assert written["model"]["checkpoint_sha256"] == sha256_file(paths.best_checkpoint("joint"))  # what register checks
+    # how far the score is from a probability, in metrics.json too: the model card says it
+    assert written["calibration"]["ece"] == pytest.approx(result["calibration_ece"], abs=1e-4)
+    assert written["calibration"]["bins"] == 10
     for name in ("roc.png", "pr.png", "confusion.png", "calibration.png", "training_curves.png", "overlays.png",
                  "gradcam.png"):
         assert (paths.PLOTS / name).stat().st_size > 1000, name
@@ -765,7 +772,9 @@ def test_the_test_patients_without_their_tumour_show_what_a_healthy_brain_gets()
     assert quiet["predicted_voxels_max"] == 0
     low, high = quiet["with_predicted_tumour_ci95"]
     assert low == 0 and 0.75 < high < 0.85  # 0 of 1 brain: anything up to about 79 %
+    assert quiet["called_tumour_ci95"] == [low, high]  # the model card's specificity per brain reads it
     everywhere = tumour_free_twins(FlairAbove(-1e9), patients, 42, modalities, 32, 0.5, 0.5)  # the whole grid
     assert everywhere["with_predicted_tumour"] == everywhere["called_tumour"] == 1
+    assert everywhere["called_tumour_ci95"][1] == 1.0
     assert everywhere["predicted_voxels_max"] == 240 * 240 * 155
     assert tumour_free_twins(FlairAbove(0.0), ["BraTS-GLI-00001-000"], 42, modalities, 32, 0.5, 0.5) is None

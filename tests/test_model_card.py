@@ -88,15 +88,15 @@ def test_card_says_how_the_decision_threshold_came_about():
 def test_card_says_what_the_threshold_applies_to():
     fused = card({"classification": {"threshold": 0.4},
                   "classification_threshold": {"value": 0.4, "rule": "youden", "slice_score": "fused"}})
-    assert ("tumour when the mean of the classification head's probability and the segmentation head's largest pixel "
-            "probability in the slice >= 0.400") in fused
+    assert ("tumour when the tumour score (the mean of the classification head's probability and the segmentation "
+            "head's largest pixel probability in the slice: a score, not a calibrated probability) >= 0.400") in fused
     assert "tumour when the classification head's probability >= 0.400" in card(
         {"classification": {"threshold": 0.4}, "classification_threshold": {"value": 0.4, "rule": "youden"}})
     assert "volume clean-up" not in fused
     in_volume = card({"classification": {"threshold": 0.4}, "classification_threshold": {
         "value": 0.4, "rule": "youden", "slice_score": "fused", "slices_in_volume": True}})
-    assert ("probability in the slice (for the slices of a volume, as /v1/predict/volume answers them: without the "
-            "components the volume clean-up drops) >= 0.400") in in_volume
+    assert ("not a calibrated probability) (for the slices of a volume, as /v1/predict/volume answers them: without "
+            "the components the volume clean-up drops) >= 0.400") in in_volume
     assert "sent alone" not in in_volume  # no lone-slice threshold recorded (or the same): nothing to add
     lone = card({"classification": {"threshold": 0.4}, "classification_threshold": {
         "value": 0.4, "rule": "youden", "slice_score": "fused", "slices_in_volume": True, "lone_slice_value": 0.7}})
@@ -114,7 +114,7 @@ def test_card_says_where_masks_are_cut():
 
 def test_card_says_what_no_tumour_free_brain_in_the_data_means():
     text = card({"classification": {"threshold": 0.5}})
-    assert "**Every training and test patient has a tumour**" in text
+    assert "**Every BraTS-like patient, in training and in test, has a tumour**" in text
     assert "can delete a faint tumour whole" in text and "a volume answer can still show one" in text
 
 
@@ -160,3 +160,40 @@ def test_card_says_what_the_model_paints_on_its_test_patients_without_their_tumo
                           "tumour_free_volumes": free | {"with_predicted_tumour_ci95": [0.082, 0.641]}})
     assert "2 left with a predicted tumour (up to 4,357 voxels; 8-64 % of such brains, 95 % interval)" in with_interval
     assert "rendered again without their tumour" not in card({"classification": {"threshold": 0.5}})  # real data
+
+
+def test_card_says_what_its_figures_are_computed_over_and_what_they_cannot_claim():
+    """A review of the release's claims (2026-12-07): the gate's specificity 0.982 read as the model's, while the
+    volume decision called 3 of 7 tumour-free brains tumour; the score read as a probability; one seed's figures, an
+    HD95 without its unit or misses, detection rates on 12 slices without an interval; a photo counted as a patient;
+    no out-of-scope use, no ethical considerations, and a registration from a dirty tree not said to be one."""
+    metrics = {"classification": {"threshold": 0.566},
+               "classification_threshold": {"value": 0.566, "rule": "youden", "slice_score": "fused"},
+               "tumour_free_volumes": {"n": 7, "with_predicted_tumour": 3, "called_tumour": 3,
+                                       "called_tumour_ci95": [0.158, 0.75], "predicted_voxels_max": 2606,
+                                       "predicted_voxels_median": 0.0},
+               "segmentation_misses": {"n_slices_missed": 7, "hd95_over_found": 11.8, "hd95_median": 4.17},
+               "calibration": {"ece": 0.0514, "bins": 10},
+               "classification_by_source": {"brats": {"n": 409, "positives": 204, "accuracy": 0.98,
+                                                      "sensitivity": 0.961, "specificity": 0.99}},
+               "sensitivity_by_tumour_area": {"0_to_100_mm2": {"n": 12, "sensitivity": 1 / 3, "patients": 3,
+                                                               "ci95_slices": [0.138, 0.609]}}}
+    splits = {"train": {"patients": 201, "brats_patients": 34, "slices": 2000, "tumour_slices": 900},
+              "test": {"patients": 25, "brats_patients": 7, "slices": 444, "tumour_slices": 221}}
+    text = render_model_card(model_name="slicewise", version="8", profile="quick", data_source="synthetic",
+                             image_size=128, modalities=["flair"], splits=splits, metrics=metrics,
+                             export_report=EXPORT, decision=SimpleNamespace(promoted=True, criteria=["ok"]),
+                             tags={"git_commit": "abc", "git_dirty": "true"}, seed=42)
+    assert "a specificity per brain of 0.57 (95 % Wilson interval 0.25–0.84)" in text
+    assert "**The promotion gate does not test this**" in text
+    assert "the slices of 7 brain volumes and 18 photos" in text and "not over brains without a tumour" in text
+    assert "a score, not a calibrated probability" in text
+    assert "expected calibration error on the test inputs is 0.051" in text
+    assert "the 7 tumour slices with no predicted mask count as the image's diagonal" in text
+    assert "| 0–100 mm² | 12 (3) | 0.333 [0.138, 0.609] |" in text
+    assert "| split | brains + photos | of which BraTS-like volumes (synthetic) |" in text
+    assert "One training run (seed 42)" in text and "not a blind estimate" in text
+    assert "Out of scope: any clinical use; screening" in text and "## Ethical considerations" in text
+    assert "uncommitted changes" in text
+    clean = card({"classification": {"threshold": 0.5}})  # no tumour-free figure, no dirty tree: said so, or nothing
+    assert "## Tumour-free brains\n\nNot measured" in clean and "uncommitted" not in clean

@@ -188,3 +188,24 @@ def test_a_dropped_speck_bridged_to_a_kept_lesion_leaves_the_lesions_edge_slices
         scores[how] = scores_after_cleanup(prediction, kept, cut)
     assert scores["apart"][3] == scores["bridged"][3] == pytest.approx((0.52 + 0.70) / 2)
     assert scores["apart"][2] == scores["bridged"][2] == pytest.approx((0.52 + 0.95) / 2)
+
+
+@pytest.mark.parametrize("slice_index", [[0, 2, 1, 3], [0, 2, 3]], ids=["rows out of axial order", "a plane dropped"])
+def test_a_dropped_lesions_fringe_is_found_in_the_head_not_in_the_shards_row_order(slice_index):
+    """The fringe rule labels 3D components: evaluation stacked one patient's slices in the shard's row order, so a
+    shard whose rows were not in axial order, or a plane the slice step dropped, joined a dropped lesion (z 0) with a
+    faint spot two planes away (z 2) that touches nothing, and took that spot's score with it."""
+    from tasks.evaluation.scoring import scores_in_volume
+    from tasks.inference.predictor import Prediction
+
+    slice_index = np.array(slice_index)
+    size, cut, plane = 8, 0.75, {z: row for row, z in enumerate(slice_index)}
+    probability = np.full((len(slice_index), 1, size, size), 0.05, np.float32)
+    probability[plane[0], 0, 2:5, 2:5] = 0.9  # a lesion the clean-up dropped, on plane 0
+    probability[plane[2], 0, 3, 3] = 0.6  # a faint spot of its own, two planes up, in line with the lesion
+    prediction = Prediction(classifier_probability=np.full(len(slice_index), 0.5, np.float32),
+                            region_probability=probability, slice_score="fused")
+    cleaned = np.zeros((int(slice_index.max()) + 1, size, size), bool)  # everything dropped
+    scores = scores_in_volume(prediction, np.arange(len(slice_index)), cleaned, slice_index, cut)
+    assert scores[plane[2]] == pytest.approx((0.5 + 0.6) / 2)  # the spot's own score stays
+    assert scores[plane[0]] == pytest.approx((0.5 + 0.05) / 2)  # the dropped lesion and its fringe go

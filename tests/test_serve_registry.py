@@ -310,11 +310,38 @@ def test_the_comparison_never_sets_the_served_model_against_itself(registry, tmp
     second = register_version(uri, export_tiny_onnx(tmp_path / "b" / "v2.onnx", threshold=0.8), model_name=name,
                               alias=None, metrics=write_metrics(tmp_path / "b" / "metrics.json"))
     with local_client(app_for(source(registry, tmp_path, model_name=name))) as client:  # no polling: v1 stays
-        assert client.get("/model/compare").json()["challenger"]["version"] == second
+        answer = client.get("/model/compare")
+        assert answer.json()["challenger"]["version"] == second
+        assert answer.headers["X-SliceWise-Model"] == f"{name}/{first}"  # which model answered, as every route says
         MlflowClient(uri).set_registered_model_alias(name, "champion", second)
         compare = client.get("/model/compare").json()
         assert client.get("/healthz").json()["version"] == first
     assert compare["champion"]["version"] == first and compare["challenger"]["version"] == second
+
+
+def test_model_info_never_pairs_one_model_with_another_models_detail(registry, tmp_path, monkeypatch):
+    """/model/info read the served model, then the holder's detail: a swap in between paired the old model's card
+    with the new one's "serving ..." line. A holder whose detail changes the moment its model is read shows it."""
+    import serve.api
+
+    class SwappedAfterEachRead(ModelHolder):
+        reads = 0
+
+        @property
+        def model(self):
+            model = super().model
+            if model is not None:
+                SwappedAfterEachRead.reads += 1
+                self.detail = "serving models:/slicewise/999 (champion)"  # what a swap right now would write
+            return model
+
+    monkeypatch.setattr(serve.api, "ModelHolder", SwappedAfterEachRead)
+    with local_client(app_for(source(registry, tmp_path))) as client:
+        reads_before = SwappedAfterEachRead.reads
+        info = client.get("/model/info").json()
+        health = client.get("/healthz").json()
+    assert info["detail"] == f"serving models:/slicewise/{info['version']} (champion)"
+    assert health["detail"] == info["detail"] and SwappedAfterEachRead.reads == reads_before
 
 
 def test_a_champion_that_fails_to_load_is_not_fetched_again_at_every_poll(monkeypatch):

@@ -372,6 +372,7 @@ def test_three_stages_write_checkpoints_and_history(in_project, tiny_settings):
         timings = pd.read_csv(paths.timings_file(stage))
         assert list(timings["epoch"]) == [1, 2]
         assert (timings["seconds"] > 0).all() and (timings["cpu_seconds"] > 0).all()
+        assert timings["machine"].str.match(r"cpu .+, \d+ threads$").all()  # what measured them (bench_peer checks)
         assert not set(training_resume.TIMINGS) & (set(best["extra"]["metrics"]) | set(history.columns))
     assert {"val_dice", "val_accuracy", "val_roc_auc"} <= set(pd.read_csv(paths.history_file("joint")).columns)
 

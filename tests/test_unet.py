@@ -52,7 +52,7 @@ def test_width_and_depth_are_configurable():
     assert len(deep.encoder.levels) == 4 and len(deep.seg_decoder.ups) == 3
 
 
-def test_gradcam_layer_is_the_bottleneck_the_classifier_pools():
+def test_gradcam_layer_is_the_bottleneck_the_classifier_head_reads():
     model = MultitaskUNet(UNetConfig(1, 4, 3)).eval()
     layer = dict(model.named_modules())[model.gradcam_layer]
     seen = []

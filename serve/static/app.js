@@ -1,5 +1,5 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
-import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, api, busy, decisionText, drawLayers, esc, fmt, loadImage,
+import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, announce, api, busy, decisionText, drawLayers, esc, fmt, loadImage,
   maskHidden, onAnsweredBy, onRefused, openView, outline, pctApart, photoWithheld, pickAgain, pngSrc, postFiles, show,
   showWarning, shownBy, tinted, unreliableNote, withheld } from "./common.js";
 import { clearBatch, setupBatch } from "./batch.js";
@@ -35,7 +35,11 @@ for (const tab of tabs) {
 
 window.addEventListener("hashchange", () => {
   const tab = tabs.find((t) => "#" + t.dataset.view === location.hash);
-  if (tab && !tab.classList.contains("active")) selectTab(tab);
+  if (!tab || tab.classList.contains("active")) return;
+  // A link inside a view (a hint's "examples") hides the view that holds the focus: without a new place the focus
+  // fell back to the page's start. It goes to the new view's tab, as openView does.
+  const focusInView = Boolean(document.activeElement && document.activeElement.closest(".view"));
+  selectTab(tab, focusInView);
 });
 
 // ---------------------------------------------------------------- header: the served model
@@ -69,16 +73,24 @@ async function loadModelInfo() {
     const photoDecisions = info.photo_decisions && !info.photo_decisions.given
       ? `<span class="metric" id="model-photo-decisions" title="${esc(info.photo_decisions.reason || "")}">` +
         "no decisions on photos</span>" : "";
-    box.innerHTML = `model <b id="model-version">${esc(name)}</b>` + metric("accuracy", cls.accuracy) +
+    setHeader(`model <b id="model-version">${esc(name)}</b>` + metric("accuracy", cls.accuracy) +
       metric("sensitivity", cls.sensitivity) + metric("Dice", seg.dice) +
       // the photos' own figure: a few dozen of the test inputs, easily hidden by the pooled accuracy
-      (photos.n ? metric(`photo accuracy (${photos.n})`, photos.accuracy) : "") + photoDecisions + synthetic + gate;
+      (photos.n ? metric(`photo accuracy (${photos.n})`, photos.accuracy) : "") + photoDecisions + synthetic + gate);
     box.title = info.detail || "";
   } catch (error) {
     state.info = null;
     state.identity = identity(null);
-    box.innerHTML = `<span class="none" id="model-unavailable">no model served: ${esc(error.message)}</span>`;
+    setHeader(`<span class="none" id="model-unavailable">no model served: ${esc(error.message)}</span>`);
   }
+}
+
+// The header is rewritten only when its words change: the minute's poll rewrote it with the same model, which a
+// screen reader (or a selection of its text) took as new content every minute.
+function setHeader(html) {
+  if (html === state.header) return;
+  state.header = html;
+  $("model-info").innerHTML = html;
 }
 
 // Asked again every minute and when the page comes back into view: a new model refreshes the header, the examples
@@ -170,6 +182,8 @@ async function showSlice(result, title, isLatest = () => true) {
   slice.base = base;
   slice.pred = tinted(mask, PRED_RGB);
   slice.truth = truth ? outline(truth, TRUTH_RGB) : null;
+  slice.title = title;
+  slice.hasMask = result.tumor_area_px > 0;
   $("slice-title").textContent = title;
   // A withheld decision (out of distribution, or a photo for a model that fails on photos): its probability is no
   // measurement either, so it is shown greyed and marked, not as the big red figure a found tumour gets.
@@ -181,6 +195,7 @@ async function showSlice(result, title, isLatest = () => true) {
   $("slice-bar").style.width = (100 * result.tumor_probability).toFixed(1) + "%";
   $("slice-threshold-mark").style.left = (100 * result.threshold).toFixed(1) + "%";
   const [text, style] = decisionText(result);
+  slice.decision = text;
   $("slice-decision").textContent = text;
   $("slice-decision").className = "badge " + style;
   $("slice-details").textContent = `threshold ${threshold} · tumour area ${result.tumor_area_px} px` +
@@ -206,7 +221,9 @@ async function showSlice(result, title, isLatest = () => true) {
     "above says why)" : "The input is out of distribution, so there is no decision"}; the segmentation head's ` +
     `${result.tumor_area_px} px are hidden (tick "predicted" to see them) and, like the score, say nothing ` +
     "reliable about a tumour." : "");
-  $("slice-gradcam-caption").textContent = "Grad-CAM of the classification" + (!unreliable ? ""
+  // Each map is scaled to its own peak, so a slice without a tumour shows a hottest spot too (a review, 2026-12-07)
+  $("slice-gradcam-caption").textContent = "Grad-CAM of the classification" + (!unreliable
+    ? ", scaled to this slice's own peak: where the score came from, not whether there is a tumour"
     : photoWithheld(result) ? " (no decision on photos: what it highlights is unreliable too)"
       : " (out of distribution: what it highlights is unreliable too)");
   show("slice-truth-toggle", Boolean(slice.truth));
@@ -214,15 +231,23 @@ async function showSlice(result, title, isLatest = () => true) {
   show("slice-gradcam-figure", Boolean(result.gradcam_png));
   show("slice-result", true);
   drawSlice();
+  announce("slice-said",
+    `${title}: ${text}, score ${score}${unreliable ? " (unreliable)" : ""}, threshold ${threshold}`);
 }
 
 function drawSlice() {
   if (!slice.base) return;
   const opacity = $("slice-opacity").value / 100;
+  const [pred, truth] = [$("slice-show-pred").checked, $("slice-show-truth").checked && slice.truth];
   drawLayers($("slice-canvas"), slice.base, [
-    { image: $("slice-show-pred").checked ? slice.pred : null, opacity },
-    { image: $("slice-show-truth").checked ? slice.truth : null, opacity: 1 },
+    { image: pred ? slice.pred : null, opacity },
+    { image: truth ? slice.truth : null, opacity: 1 },
   ]);
+  // the picture's name says what is drawn on it now (a fixed "with the predicted tumour" was read on a "no tumour")
+  const mask = !slice.hasMask ? "no predicted tumour" : pred ? "the predicted tumour filled in red"
+    : "the predicted tumour hidden";
+  $("slice-canvas").setAttribute("aria-label", `${slice.title}, decision ${slice.decision}: ${mask}` +
+    (truth ? ", the truth outlined in green" : ""));
 }
 
 let lastSliceExample = null;  // what the Grad-CAM box re-runs: the example shown last, or else the file shown last

@@ -1,6 +1,6 @@
 // Batch: many slices → a sortable table with thumbnails and the OOD flag, and the same rows as CSV.
-import { $, busy, decisionText, fmt, forThisPage, outOfDistribution, pct, PHOTO_UNDECIDED, photoWithheld, pickAgain,
-  pngSrc, postFiles, show, withheld } from "./common.js";
+import { $, announce, busy, decisionText, fmt, forThisPage, outOfDistribution, pct, PHOTO_UNDECIDED, photoWithheld,
+  pickAgain, pngSrc, postFiles, show, withheld } from "./common.js";
 
 const batch = { rows: [], key: "tumor_probability", descending: true, limit: 50 };
 const CSV_COLUMNS = ["filename", "tumor_probability", "has_tumor", "threshold", "tumor_area_px", "ood_score",
@@ -99,6 +99,9 @@ async function predictBatch() {
     $("batch-failed").textContent = failed ? `${failed} of ${rows.length} files could not be read: the reasons are in `
       + "their rows; the other files were predicted." : "";
     show("batch-failed", failed > 0);
+    const tumour = rows.filter((row) => row.has_tumor === true).length;
+    // the files not read are said by #batch-failed, a status region of its own
+    announce("batch-said", `${rows.length - failed} of ${rows.length} files predicted, ${tumour} with tumour`);
   });
   if (ok === false) clearBatch();
 }

@@ -65,6 +65,27 @@ export async function postFiles(url, field, files) {
 
 export function show(id, visible) { $(id).hidden = !visible; }
 
+// What a screen reader says when an answer arrives: each view's status region (always present, visually hidden; a
+// live region inside a container that starts hidden is not announced). Emptied first and filled a moment later, so
+// the same words again (the same file predicted twice) are news too.
+export function announce(id, text) {
+  const box = $(id);
+  box.textContent = "";
+  setTimeout(() => { box.textContent = text; }, 100);
+}
+
+// "3, 5, 6, 7, 9" → "3, 5–7, 9": slice numbers as a person reads them.
+export function ranges(numbers) {
+  const parts = [];
+  for (let i = 0; i < numbers.length; i++) {
+    let j = i;
+    while (j + 1 < numbers.length && numbers[j + 1] === numbers[j] + 1) j++;
+    parts.push(j > i ? `${numbers[i]}–${numbers[j]}` : `${numbers[i]}`);
+    i = j;
+  }
+  return parts.join(", ");
+}
+
 // Run `handler` on each file choice, the same file again included: a browser fires no "change" for a file that is
 // already chosen, so after a failure (a 503 while the champion loads, a dropped connection) picking it again did
 // nothing. The choice is forgotten as the picker opens; until then `input.files` still holds it for re-runs.
@@ -167,6 +188,28 @@ export function tinted(maskImage, rgb) {
   const [canvas, ctx, pixels] = pixelsOf(maskImage);
   const d = pixels.data;
   for (let i = 0; i < d.length; i += 4) d.set(d[i] > 127 ? [...rgb, 255] : [0, 0, 0, 0], i);
+  ctx.putImageData(pixels, 0, 0);
+  return canvas;
+}
+
+// A coloured layer without the pixels whose colour is nearest one of `hidden` (indices into `palette`, the layer's
+// colours as [r, g, b]): nearest, not equal, since a canvas stores semi-transparent colours premultiplied and reads
+// them back a unit or two off. Lets each label be shown alone (the BraTS red and green read alike to a colour-blind
+// eye).
+export function withoutColours(image, palette, hidden) {
+  if (!image || !hidden.length) return image;
+  const [canvas, ctx, pixels] = pixelsOf(image);
+  const d = pixels.data;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] === 0) continue;
+    let nearest = 0;
+    let best = Infinity;
+    palette.forEach(([r, g, b], k) => {
+      const distance = (d[i] - r) ** 2 + (d[i + 1] - g) ** 2 + (d[i + 2] - b) ** 2;
+      if (distance < best) [best, nearest] = [distance, k];
+    });
+    if (hidden.includes(nearest)) d[i + 3] = 0;
+  }
   ctx.putImageData(pixels, 0, 0);
   return canvas;
 }

@@ -11,9 +11,12 @@ const METRICS = [["classification.accuracy", "accuracy"], ["classification.sensi
   // each source alone: the photos are a few dozen of the test inputs, and the pooled accuracy hides how they fare
   ["classification_by_source.brats.accuracy", "accuracy, MRI slices"],
   ["classification_by_source.kaggle.accuracy", "accuracy, photos"],
-  ["segmentation.dice", "slice Dice (WT)"], ["segmentation.hd95", "slice HD95 (mm)", true],
-  ["segmentation_volume.dice", "volume Dice (WT)"], ["segmentation_regions.wt.dice", "Dice WT"],
-  ["segmentation_regions.tc.dice", "Dice TC"], ["segmentation_regions.et.dice", "Dice ET"]];
+  // three whole-tumour Dice figures, each said for what it is averaged over (docs/evaluation.md)
+  ["segmentation.dice", "slice Dice (WT, mean over tumour slices)"], ["segmentation.hd95", "slice HD95 (mm)", true],
+  ["segmentation_volume.dice", "volume Dice (WT, slices re-stacked per patient)"],
+  ["segmentation_regions.wt.dice", "Dice WT (per patient, native grid)"],
+  ["segmentation_regions.tc.dice", "Dice TC (per patient, native grid)"],
+  ["segmentation_regions.et.dice", "Dice ET (per patient, native grid)"]];
 let loaded = null;
 
 const get = (object, path) => path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), object);
@@ -79,15 +82,22 @@ function lineageSection(info) {
     `<tr><th scope="row">${esc(label)}</th><td><code class="hash">${value ? esc(value) : "—"}</code></td></tr>`).join("");
 }
 
-function metricCell(metrics, key, lowerIsBetter, other) {
+// A figure is bold only when it is better beyond doubt: both models scored on one test split (the same splits_hash)
+// and their 95 % intervals apart. Any difference was bold, on 7 test patients where most intervals overlap, and
+// between versions scored on different patients (a review of the model card's claims, 2026-12-07).
+const intervalOf = (metrics, key) => (get(metrics, "ci95") ? metrics.ci95[key] : undefined);
+function metricCell(metrics, key, lowerIsBetter, other, comparable) {
   const value = get(metrics, key);
   if (typeof value !== "number") return "<td class=\"muted\">—</td>";
-  const ci = get(metrics, "ci95") ? metrics.ci95[key] : undefined;
+  const ci = intervalOf(metrics, key);
   const interval = ci ? ` <span class="ci">[${fmt(ci[0])}, ${fmt(ci[1])}]</span>` : "";
-  const otherValue = get(other, key);
-  const better = typeof otherValue === "number" && (lowerIsBetter ? value < otherValue : value > otherValue);
+  const theirs = comparable ? intervalOf(other, key) : undefined;
+  const better = Boolean(ci && theirs) && (lowerIsBetter ? ci[1] < theirs[0] : ci[0] > theirs[1]);
   return `<td class="${better ? "better" : ""}">${fmt(value)}${interval}</td>`;
 }
+
+const sameSplit = (a, b) => Boolean(a && b && (a.lineage || {}).splits_hash &&
+  (a.lineage || {}).splits_hash === (b.lineage || {}).splits_hash);
 
 function compareSection(compare) {
   const { champion, challenger } = compare;
@@ -95,14 +105,17 @@ function compareSection(compare) {
     `${servedLabel(champion)} against ${otherLabel(challenger)}` +
     ((challenger.aliases || []).length ? "" : ", which holds no challenger alias") +
     ` (${challenger.gate ? challenger.gate.reason : "registered without the gate"}). ` +
-    "Bold is better; intervals are 95 % bootstrap intervals.";
+    (sameSplit(champion, challenger) ? "Bold: better, its 95 % bootstrap interval apart from the other's; most " +
+      "differences on a few test patients are within the intervals' noise."
+      : "They were scored on different test splits (splits_hash), so their figures do not compare; none is bold.");
   const head = `<tr><th>metric (test split)</th><th>${esc(servedLabel(champion))}</th>` +
     (challenger ? `<th>${esc(otherLabel(challenger))}</th>` : "") + "</tr>";
   const rows = METRICS.filter(([key]) => typeof get(champion.metrics, key) === "number" ||
     (challenger && typeof get(challenger.metrics, key) === "number"))
     .map(([key, label, lower]) => `<tr><th scope="row">${esc(label)}</th>` +
-      metricCell(champion.metrics, key, lower, challenger && challenger.metrics) +
-      (challenger ? metricCell(challenger.metrics, key, lower, champion.metrics) : "") + "</tr>");
+      metricCell(champion.metrics, key, lower, challenger && challenger.metrics, sameSplit(champion, challenger)) +
+      (challenger ? metricCell(challenger.metrics, key, lower, champion.metrics, sameSplit(champion, challenger)) : "")
+      + "</tr>");
   $("compare-table").querySelector("thead").innerHTML = head;
   $("compare-table").querySelector("tbody").innerHTML = rows.join("");
   return compareExamples(compare);

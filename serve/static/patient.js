@@ -1,7 +1,8 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice score plot.
-import { $, MODALITY_NAMES, PRED_RGB, api, busy, drawLayers, esc, fmt, fmtSmall, loadImage, openView, outline,
-  pickAgain, show, showWarning, tinted, UNRELIABLE, volumeMaskHidden, withheld } from "./common.js";
+import { $, MODALITY_NAMES, PRED_RGB, announce, api, busy, drawLayers, esc, fmt, fmtSmall, loadImage, openView,
+  outline, pickAgain, ranges, show, showWarning, tinted, UNRELIABLE, volumeMaskHidden, withheld, withoutColours }
+  from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
 // BraTS names each modality's file <patient>_<modality>.nii[.gz] (2020: flair, t1, t1ce, t2; 2023:
@@ -10,7 +11,9 @@ const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tum
 const MODALITY_SUFFIX = /[-_](flair|t1ce|t1|t2|t2f|t1c|t1n|t2w)\.nii(\.gz)?$/i;
 const LABEL_MAP_SUFFIX = /[-_]seg\.nii(\.gz)?$/i;  // a BraTS folder's segmentation: a label map, not an image
 const BRATS_2023_NAMES = { t2f: "flair", t1c: "t1ce", t1n: "t1", t2w: "t2" };
+// serve/images.py LABEL_COLOURS: the label overlay's colours (and the truth outline's), each with a box of its own
 const LABEL_LEGEND = [["#e62828", "necrotic core (1)"], ["#28c846", "oedema (2)"], ["#fadc28", "enhancing (4)"]];
+const LABEL_RGB = LABEL_LEGEND.map(([hex]) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)));
 // what the volume clean-up removed: a colour none of the labels or the truth outline uses
 const DROPPED_RGB = [70, 150, 255];
 const patient = { result: null, slices: [], base: [], pred: [], truth: [], unc: [], dropped: [], urls: [] };
@@ -64,10 +67,15 @@ async function render(result, title, isLatest = () => true) {
   show("vol-unc-toggle", patient.unc.some(Boolean));
   show("vol-dropped-toggle", patient.dropped.some(Boolean));
   const droppedLegend = patient.dropped.some(Boolean) ? [[`rgb(${DROPPED_RGB})`, "dropped by the clean-up"]] : [];
-  $("vol-legend").innerHTML = (hasLabels ? LABEL_LEGEND : [["#e62828", "whole tumour (predicted)"]])
-    .concat(droppedLegend)
-    .map(([colour, name]) => `<span><i style="background:${colour}"></i>${esc(name)}</span>`).join("") +
+  const key = ([colour, name]) => `<span><i style="background:${colour}"></i>${esc(name)}</span>`;
+  // each label can be shown alone: the BraTS red and green (necrotic core, oedema) read alike to a red-green
+  // colour-blind eye, which then tells them apart by ticking one off
+  const labelKeys = LABEL_LEGEND.map(([colour, name], i) => `<label><input type="checkbox" class="region-toggle" ` +
+    `data-label="${i}" checked> <i style="background:${colour}"></i>${esc(name)}</label>`);
+  $("vol-legend").innerHTML = (hasLabels ? labelKeys.join("") : key(["#e62828", "whole tumour (predicted)"])) +
+    droppedLegend.map(key).join("") +
     (patient.truth.some(Boolean) ? "<span><i class=\"outline\"></i>truth: outline in the label's colour</span>" : "");
+  for (const box of $("vol-legend").querySelectorAll(".region-toggle")) box.addEventListener("input", drawSlice);
   regionTable(result);
   cleanupNote(result.cleanup);
   maskNote(result);
@@ -76,6 +84,7 @@ async function render(result, title, isLatest = () => true) {
     `${result.tumor_slices.length} of ${result.slices.length} slices with tumour`;
   $("vol-summary").textContent = `${found} · max score ${fmt(result.max_tumor_probability)} · ` +
     `OOD score ${fmt(result.ood_score, 2)}`;
+  plotSummary(result);
   const labels = result.label_map_nifti ? [result.label_map_nifti, result.label_map_nifti_filename] :
     [result.mask_nifti, result.mask_nifti_filename];
   $("vol-labels-link").href = blobUrl(labels[0]);
@@ -90,6 +99,24 @@ async function render(result, title, isLatest = () => true) {
   $("vol-slider").value = openingSlice(result.slices).slice;
   show("vol-result", true);
   drawSlice();
+  announce("vol-said", `${title}: ${$("vol-summary").textContent}`);
+}
+
+// The score plot in words, for whoever cannot see or point at it: which slices reach the threshold, the highest
+// score (a button goes there) and where the truth has tumour. The plot itself is hidden from screen readers; the
+// slider is the keyboard's way along the slices.
+function plotSummary(result) {
+  const { slices, threshold } = result;
+  const above = slices.filter((s) => s.tumor_probability >= threshold).map((s) => s.slice);
+  const peak = slices.reduce((a, b) => (b.tumor_probability > a.tumor_probability ? b : a));
+  const truth = slices.filter((s, i) => patient.truth[i]).map((s) => s.slice);
+  show("vol-plot-truth-key", truth.length > 0);
+  $("vol-plot-summary").innerHTML = `Score at or above the threshold (${fmt(threshold)}) on ` +
+    (above.length ? `${above.length} slice${above.length === 1 ? "" : "s"}: ${ranges(above)}` : "no slice") +
+    `${withheld(result) ? UNRELIABLE : ""}; highest ${fmt(peak.tumor_probability)} on ` +
+    `<button type="button" class="link" id="vol-peak-go">slice ${peak.slice}</button>` +
+    (truth.length ? `; tumour in the truth on slices ${ranges(truth)}` : "") + ".";
+  $("vol-peak-go").addEventListener("click", () => { $("vol-slider").value = peak.slice; drawSlice(); });
 }
 
 // As the Slice view does: a mask under a "no tumour" or withheld decision starts hidden, and the page says why (a
@@ -144,11 +171,16 @@ function drawSlice() {
   const z = Number($("vol-slider").value);
   const s = patient.slices[z];
   const opacity = $("vol-opacity").value / 100;
+  // the labels ticked off in the legend are left out of the prediction and the truth outline alike
+  const hidden = [...$("vol-legend").querySelectorAll(".region-toggle")].filter((box) => !box.checked)
+    .map((box) => Number(box.dataset.label));
+  const pred = $("vol-show-pred").checked ? patient.pred[z] : null;
+  const truth = $("vol-show-truth").checked ? patient.truth[z] : null;
   drawLayers($("vol-canvas"), patient.base[z], [
     { image: $("vol-show-unc").checked ? patient.unc[z] : null, opacity },
-    { image: $("vol-show-pred").checked ? patient.pred[z] : null, opacity },
+    { image: withoutColours(pred, LABEL_RGB, hidden), opacity },
     { image: $("vol-show-dropped").checked ? patient.dropped[z] : null, opacity },
-    { image: $("vol-show-truth").checked ? patient.truth[z] : null, opacity: 1 },
+    { image: withoutColours(truth, LABEL_RGB, hidden), opacity: 1 },
   ], patient.result.display_aspect);
   const area = s.tumor_area_mm2 === undefined ? "" :
     ` · ${s.tumor_area_mm2.toFixed(0)} mm²${withheld(patient.result) ? " (unreliable)" : ""}`;
@@ -183,6 +215,14 @@ function step(delta) {
   const slider = $("vol-slider");
   slider.value = Math.min(Math.max(Number(slider.value) + delta, 0), Number(slider.max));
   drawSlice();
+}
+
+// The slice reached with the keys on the image, said once the keys rest: the image's name cannot change while it
+// has the focus, and a word at every step of a held key would queue dozens.
+let sayTimer = null;
+function saySliceSoon() {
+  clearTimeout(sayTimer);
+  sayTimer = setTimeout(() => { $("vol-slice-said").textContent = `slice ${$("vol-slice-label").textContent}`; }, 400);
 }
 
 export async function openVolumeExample(example) {
@@ -286,6 +326,7 @@ export function setupPatient() {
     } else {
       return;
     }
+    saySliceSoon();
     event.preventDefault();
   });
   $("vol-canvas").addEventListener("wheel", (event) => {

@@ -48,6 +48,11 @@ TAIL_CHUNK = 2**20
 DAMAGED_STREAM = ("CRC check failed", "Incorrect length of data produced")
 
 
+def damaged_stream(exc: Exception) -> bool:
+    """Whether gzip's error says the stream's bytes changed (DAMAGED_STREAM), not that something else followed it."""
+    return any(sign in str(exc) for sign in DAMAGED_STREAM)
+
+
 class DeclaredSizeError(ValueError):
     """A header that declares more voxels than MAX_VOXELS, or more bytes than its file holds: refused before the
     declared size is allocated."""
@@ -102,7 +107,7 @@ def _read_single_file(path: Path) -> nib.spatialimages.SpatialImage:
             if len(raw) == wanted:
                 _read_on_to_the_end(stream)
     except (OSError, EOFError) as exc:  # gzip checks at the stream's end, wherever the read that reaches it stops
-        if any(sign in str(exc) for sign in DAMAGED_STREAM):
+        if damaged_stream(exc):
             raise DamagedStreamError(f"the gzip stream is damaged ({exc}): its bytes changed after it was written; "
                                      "download or copy the file again") from exc
         raise
@@ -119,7 +124,7 @@ def _read_on_to_the_end(stream) -> None:
             if len(stream.read(TAIL_CHUNK)) < TAIL_CHUNK:
                 return
     except (OSError, EOFError) as exc:
-        if any(sign in str(exc) for sign in DAMAGED_STREAM):
+        if damaged_stream(exc):
             raise
         log.debug("bytes after the gzip stream left unread (%s: %s)", type(exc).__name__, exc)
 

@@ -133,7 +133,11 @@ def subgroup_metrics(slices: pd.DataFrame, threshold: float | np.ndarray) -> dic
         for low, high in zip(TUMOUR_AREA_BINS_MM2[:-1], TUMOUR_AREA_BINS_MM2[1:]):
             at = tumour & (area >= low) & (area < high)
             name = f"{low:g}_to_{high:g}_mm2" if np.isfinite(high) else f"over_{low:g}_mm2"
-            by_area[name] = {"n": int(at.sum()), "sensitivity": _ratio_or_nan(int((predicted & at).sum()), at.sum())}
+            share = _ratio_or_nan(int((predicted & at).sum()), at.sum())
+            # Wilson over slices, which come a few dozen from each patient: a floor of the uncertainty, not all of it
+            by_area[name] = {"n": int(at.sum()), "sensitivity": share,
+                             "patients": int(slices.loc[at, "patient"].nunique()) if "patient" in slices else None,
+                             "ci95_slices": wilson_interval(share, int(at.sum())) if at.any() else None}
     return {"classification_by_source": by_source, "sensitivity_by_tumour_area": by_area}
 
 

@@ -303,6 +303,8 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
                                                    "of_brats_test_patients": len(brats_test),
                                                    "missing_patients": unscored}
     written, ece = write_plots(test, report, model, predictor, where, cfg, seed, device, region_scores)
+    # how far the tumour score is from a probability (it is a mean of two heads' figures): the model card says it
+    report["calibration"] = {"ece": ece, "bins": metrics.CALIBRATION_BINS, "over": "every test input's tumour score"}
     write_json_atomic(report, where.metrics)  # last: a run stopped while plotting leaves the last run's metrics.json
 
     tracker.log_metrics(flatten_metrics(report) | {"calibration.ece": ece})

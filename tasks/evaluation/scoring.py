@@ -130,11 +130,16 @@ def scores_in_volume(prediction: Prediction, at: np.ndarray, cleaned: np.ndarray
     them: a fused score reads its segmentation half without the components the volume clean-up dropped
     (tasks/inference/postprocess.py, `scores_after_cleanup`), so a slice is not called tumour on the strength of a speck
     that no neighbouring slice and no classifier confirms. `cleaned`: the re-stacked, cleaned volume of their masks
-    at `mask_threshold` (`cleaned_volume`)."""
-    kept = cleaned[metrics.stack_positions(slice_index, metrics.slice_step(slice_index))]
-    part = Prediction(classifier_probability=prediction.classifier_probability[at],  # the whole tumour is all it reads
-                      region_probability=prediction.region_probability[at, :1], slice_score=prediction.slice_score)
-    return scores_after_cleanup(part, kept[:, None], mask_threshold)
+    at `mask_threshold` (`cleaned_volume`).
+
+    The clean-up's fringe is a 3D component, so the scores are computed on the re-stacked volume (planes the slice
+    step dropped stay empty there) and read back per slice: stacked in row order, slices that are not neighbours in
+    the head would have been joined, and a shard's rows out of axial order would have joined the wrong ones."""
+    planes = metrics.stack_positions(slice_index, metrics.slice_step(slice_index))
+    volume = Prediction(classifier_probability=stacked(prediction.classifier_probability[at], slice_index),
+                        region_probability=stacked(prediction.region_probability[at, :1], slice_index),  # the whole
+                        slice_score=prediction.slice_score)  # tumour is all it reads
+    return scores_after_cleanup(volume, cleaned[:, None], mask_threshold)[planes]
 
 
 class InVolumeCandidates:

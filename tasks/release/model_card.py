@@ -50,9 +50,51 @@ def _lone_slice_sentence(decision_rule: dict, threshold) -> list[str]:
 def _intervals_sentence(metrics: dict) -> str:
     """How the 95 % intervals were computed: metrics.json says since it had BCa intervals; before, percentile ones."""
     if (metrics.get("ci95_method") or {}).get("interval") == "bca":
-        return ("Intervals: 95 % BCa bootstrap resampling patients, its tails widened for few patients; with a few "
-                "test patients they still cover less than 95 % (docs/evaluation.md).")
+        return ("Intervals: 95 % BCa bootstrap resampling patients, its tails widened for few patients (a proportion "
+                "every resample agrees on, and the shares of tumour-free brains, get Wilson's interval instead); with "
+                "a few test patients they still cover less than 95 % (docs/evaluation.md).")
     return "Intervals: percentile bootstrap resampling patients."
+
+
+def _populations_note(metrics: dict, splits: dict) -> list[str]:
+    """What the headline figures are computed over: a reader took the slice specificity for a specificity per brain,
+    and an HD95 without its unit and its misses for a boundary error (a review of the card's claims, 2026-12-07)."""
+    test = splits.get("test") or {}
+    brains = test.get("brats_patients")
+    inputs = ("the BraTS-style slices and the photos" if brains is None else
+              f"the slices of {brains} brain volumes and {test['patients'] - brains} photos")
+    lines = ["", f"`classification.*` pool every test input: {inputs} (each source alone below). Every brain volume "
+             "has a tumour somewhere, so the specificity is over the tumour-free slices of tumour-bearing brains and "
+             "the tumour-free photos, not over brains without a tumour (see *Tumour-free brains*)."]
+    misses = metrics.get("segmentation_misses") or {}
+    if misses.get("n_slices_missed") is not None:
+        lines.append(f"`segmentation.hd95` is in mm, per tumour slice; the {misses['n_slices_missed']} tumour slices "
+                     f"with no predicted mask count as the image's diagonal (over the slices found it is "
+                     f"{_fmt(misses.get('hd95_over_found'))} mm, median {_fmt(misses.get('hd95_median'))} mm). "
+                     "The volume and region HD95 are 3D, in mm.")
+    if (ece := (metrics.get("calibration") or {}).get("ece")) is not None:
+        lines.append(f"Calibration: the tumour score's expected calibration error on the test inputs is {ece:.3f} "
+                     f"({metrics['calibration'].get('bins')} equal-width bins); read a score as a ranking, not as the "
+                     "chance of a tumour.")
+    return lines
+
+
+def _tumour_free_section(metrics: dict) -> list[str]:
+    """Brains without a tumour, which no split holds (BraTS has none): what the volume decision says of the test
+    patients rendered again without their tumour, as a specificity per brain. The gate does not test it."""
+    free = metrics.get("tumour_free_volumes")
+    if not free:
+        return ["", "## Tumour-free brains", "",
+                "Not measured: no split holds a brain without a tumour (BraTS has none); on synthetic data evaluate "
+                "renders the test patients again without their tumour, which this evaluation did not. The gate does "
+                "not test it."]
+    n, called = free["n"], free["called_tumour"]
+    bounds = free.get("called_tumour_ci95")
+    interval = (f" (95 % Wilson interval {1 - bounds[1]:.2f}–{1 - bounds[0]:.2f})" if bounds else "")
+    return ["", "## Tumour-free brains", "",
+            f"The {n} test patients rendered again without their tumour (synthetic): the volume decision calls "
+            f"{called} of them tumour, a specificity per brain of {(n - called) / n:.2f}{interval}; "
+            f"{tumour_free_counts(free)}. **The promotion gate does not test this**: its specificity is over slices."]
 
 
 def _photo_threshold_caveat(decision_rule: dict, threshold) -> list[str]:
@@ -128,17 +170,23 @@ def _subgroups_section(metrics: dict) -> list[str]:
                  for name, value in ((name, m.get(name)) for name in ("accuracy", "sensitivity", "specificity"))]
         lines.append(f"| {source} | {m['n']} | {m['positives']} | {' | '.join(cells)} |")
     if by_area:
-        lines += ["", "| BraTS tumour slices by tumour area | slices | detected |", "|---|---|---|"]
+        lines += ["", "| BraTS tumour slices by tumour area | slices (patients) | detected (95 % Wilson over slices) |",
+                  "|---|---|---|"]
         for name, m in by_area.items():
-            lines.append(f"| {area_bin_title(name)} | {m['n']} "
-                         f"| {_fmt(m['sensitivity']) if m['n'] else 'n/a'} |")
+            patients = f" ({m['patients']})" if m.get("patients") is not None else ""
+            detected = _fmt(m["sensitivity"]) + interval_text(m["sensitivity"], m.get("ci95_slices")) if m["n"] \
+                else "n/a"
+            lines.append(f"| {area_bin_title(name)} | {m['n']}{patients} | {detected} |")
+        lines += ["", "The slices of one patient are not independent: these intervals are narrower than the truth."]
     return lines
 
 
 def _data_section(splits: dict, profile: str, data_source: str, image_size: int, modalities: list[str]) -> list[str]:
+    # a photo is its own "patient" to the split: the column says both, and synthetic volumes are not BraTS's own
+    volumes = "BraTS-like volumes (synthetic)" if data_source == "synthetic" else "BraTS volumes"
     lines = [f"Profile `{profile}`, data source `{data_source}`, {image_size}x{image_size} slices, "
              f"modalities {', '.join(modalities)}.", "",
-             "| split | patients | of which BraTS | slices | tumour slices |", "|---|---|---|---|---|"]
+             f"| split | brains + photos | of which {volumes} | slices | tumour slices |", "|---|---|---|---|---|"]
     for name, s in splits.items():
         lines.append(f"| {name} | {s['patients']} | {s['brats_patients']} | {s['slices']} | {s['tumour_slices']} |")
     return lines
@@ -180,8 +228,8 @@ CUT_ORIGINS = {"validation": "chosen on the validation split",
 # metrics.json's classification_threshold.slice_score: what the probability is (older metrics: the classifier's)
 SLICE_SCORE_WORDS = {
     "classifier": "the classification head's probability",
-    "fused": "the mean of the classification head's probability and the segmentation head's largest pixel "
-             "probability in the slice",
+    "fused": "the tumour score (the mean of the classification head's probability and the segmentation head's largest "
+             "pixel probability in the slice: a score, not a calibrated probability)",
 }
 
 
@@ -192,9 +240,17 @@ def _segmented(metrics: dict) -> str:
             else "whole-tumour")
 
 
+def _lineage_section(tags: dict[str, str]) -> list[str]:
+    lines = [f"- {key}: `{tags[key]}`" for key in LINEAGE_TAGS if key in tags]
+    if tags.get("git_dirty") == "true":
+        lines.append("- The working tree had uncommitted changes when this version was registered: its commit alone "
+                     "does not rebuild it.")
+    return lines
+
+
 def render_model_card(*, model_name: str, version: str | None, profile: str, data_source: str, image_size: int,
                       modalities: list[str], splits: dict, metrics: dict, export_report: dict, decision,
-                      tags: dict[str, str]) -> str:
+                      tags: dict[str, str], seed: int | None = None) -> str:
     """Markdown model card; `decision` is a gate.GateDecision."""
     title = f"# {model_name}" + (f" version {version}" if version else "")
     # a section missing or null fails its gate criterion (gate.py); the card says n/a instead of crashing
@@ -214,18 +270,40 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         f"decision per slice (tumour when {score} >= {_fmt(threshold)}, {threshold_origin}; "
         f"a pixel is tumour when its probability >= {_fmt(cut.get('value'))}, {cut_origin}).",
         *_lone_slice_sentence(decision_rule, threshold),
+        "", "## Model details", "",
+        f"One training run{f' (seed {seed})' if seed is not None else ''} of the SliceWise pipeline's `{profile}` "
+        "profile: three stages (segmentation warm-up, classification head on the frozen encoder, joint "
+        "fine-tuning). Another seed, or another CPU, trains other weights and other figures: the spread over "
+        "five seeds is in the README (*Quality across seeds and CPUs*). The recipe was chosen with earlier test "
+        "figures in view (docs/quality.md), so these test patients are not a blind estimate.",
         "", "## Data", "", *_data_section(splits, profile, data_source, image_size, modalities), "",
         "Splits are patient-level (no patient in two splits); near-duplicate Kaggle images stay in one split.",
         "", "## Test metrics", "", _intervals_sentence(metrics), "",
-        *_metrics_table(metrics), *_subgroups_section(metrics), *_organisers_section(metrics), "",
+        *_metrics_table(metrics), *_populations_note(metrics, splits), *_subgroups_section(metrics),
+        *_organisers_section(metrics), *_tumour_free_section(metrics), "",
         "## Export", "", *_export_section(export_report), "",
         "## Promotion gate", "", f"**{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}**", "",
         *[f"- {criterion}" for criterion in decision.criteria], "",
-        "## Lineage", "", *[f"- {key}: `{tags[key]}`" for key in LINEAGE_TAGS if key in tags], "",
+        "## Lineage", "", *_lineage_section(tags), "",
         "## Intended use", "",
         "Research and teaching: a worked example of a reproducible MRI pipeline (data versioning, tracking, "
-        "registry, serving). Input: skull-stripped axial MRI slices preprocessed as described in the model's "
-        "metadata (model.json).", "",
+        "registry, serving). Input: skull-stripped axial MRI volumes (or their slices) of the modalities above, "
+        "preprocessed as described in the model's metadata (model.json).", "",
+        "Out of scope: any clinical use; screening (the model has seen no brain without a tumour, and it calls "
+        "tumour on brains without one: *Tumour-free brains*); real scans when it was trained on synthetic data; "
+        "other tumour types than glioma, post-operative scans, other planes than axial. Photos of scans "
+        "(8-bit PNG/JPEG) are served without a decision when this model's test accuracy on photos is below the "
+        "server's `serve.min_photo_accuracy`. A lone MRI slice (/v1/predict) is judged without its volume: the "
+        "BraTS figures above are for slices judged within their volume, and no test figure is measured for lone "
+        "MRI slices. "
+        "The server's out-of-distribution flag is a set of hand-written checks (serve/ood.py), not evaluated "
+        "against real out-of-distribution scans.", "",
+        "## Ethical considerations", "",
+        ("Synthetic data holds no person's information. " if synthetic else "")
+        + "A model trained on BraTS inherits its population: adult gliomas, pre-operative multi-parametric MRI from "
+        "a few dozen institutions; how it fares on other ages, scanners and populations is unmeasured. A wrong "
+        "\"no tumour\" can delay care and a wrong \"tumour\" can cause harm too: the figures above are not "
+        "evidence for either use.", "",
         "## Limitations", "",
         "- **Not a medical device.** Not validated clinically; must not be used for diagnosis or treatment decisions.",
         ("- **Trained and tested on synthetic data** (the default `data.source: synthetic`): generated BraTS-like "
@@ -238,10 +316,10 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         f"probability over the slices it spans is below {MIN_SLICE_EVIDENCE}, and so is one smaller than "
         f"{MIN_COMPONENT_SHARE} x the largest kept (a second lesion smaller than that is deleted too); single slices "
         "are returned as predicted.",
-        "- **Every training and test patient has a tumour** (as in BraTS): the clean-up above can delete a faint "
-        "tumour whole when the classifier doubts its slices, and on a brain without a tumour a volume answer can "
-        "still show one (both measured on synthetic brains: docs/recipes.md, \"When the veto deletes a real "
-        "tumour\")." + tumour_free_sentence(metrics),
+        "- **Every BraTS-like patient, in training and in test, has a tumour** (as in BraTS): the clean-up above "
+        "can delete a faint tumour whole when the classifier doubts its slices, and on a brain without a tumour a "
+        "volume answer can still show one (both measured on synthetic brains: docs/recipes.md, \"When the veto "
+        "deletes a real tumour\")." + tumour_free_sentence(metrics),
         "- Small test split: see the width of the 95 % intervals before trusting a difference between versions.",
         "- Kaggle-style images have no masks: segmentation metrics come from BraTS-style patients only.",
         *_photo_threshold_caveat(decision_rule, threshold),

@@ -213,7 +213,7 @@ def _export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metr
     model, checkpoint = load_model(checkpoint_path)
     # Parity runs the test slices through both engines on every core; only the latency figures are timed on
     # `latency_threads` (on one thread the parity pass took 17 s of this step's 34 s on 2 cores, quick profile).
-    # At most `parity_max_slices` of them, evenly spaced: the quick profile's 445 are all checked; a production test
+    # At most `parity_max_slices` of them, evenly spaced: the quick profile's 444 are all checked; a production test
     # split (about 55 patients, 7,700 slices) would cost minutes in two CPU engines for no more certainty.
     cores = usable_cores()
     latency_threads = cfg.latency_threads or cores

@@ -97,7 +97,7 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
                              data_source=settings.data.source, image_size=settings.active.image_size,
                              modalities=list(settings.slice.modalities), splits=split_summary(processed, splits_dir),
                              metrics=release.metrics, export_report=release.export_report, decision=decision,
-                             tags=version_tags)
+                             tags=version_tags, seed=settings.seed)
     alias = reg.alias if decision.promoted else reg.challenger_alias
     holder = champion if alias == reg.alias else registry.by_alias(alias)
     example = input_example(processed, splits_dir)

@@ -3,6 +3,9 @@ batches' copy to the device (augmented there or in the loader)."""
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -38,6 +41,18 @@ def native_cpu_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16); emulated bf16 would be slower than fp32."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def machine_description(device: torch.device) -> str:
+    """What computed an epoch, as its timings record it: the GPU's name, or the CPU's model and the threads torch
+    uses. A time measured on one machine is no budget for another (bench/bench_peer.py compares them)."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    return f"{device.type} {model}, {torch.get_num_threads()} threads"
 
 
 def autocast(device: torch.device, train_cfg):

@@ -22,8 +22,8 @@ from tasks.training.steps import StageRunner, metric_of
 
 log = logging.getLogger(__name__)
 
-# The history columns that time an epoch rather than measure what it learned.
-TIMINGS = ("seconds", "cpu_seconds")
+# The history columns that say what an epoch took and where (the machine), rather than what it learned.
+TIMINGS = ("seconds", "cpu_seconds", "machine")
 
 
 @dataclass

@@ -44,7 +44,7 @@ from tasks.inference.checkpoints import (architecture_digest, load_checkpoint, l
 from tasks.io import sha256_file, usable_cores
 from tasks.tracking.provenance import CHECKPOINT_TAG, flatten
 from tasks.tracking.tracker import NullTracker, Tracker, tracked_step
-from tasks.training.device import augments_on_device, pick_device, place_model
+from tasks.training.device import augments_on_device, machine_description, pick_device, place_model
 from tasks.training.distributed import Ranks, launched_rank, training_processes
 from tasks.training.optimizer import make_optimizer
 from tasks.training.plan import PREVIOUS_STAGE, StagePlan, crop_side, plan_stage, stage_augment
@@ -98,6 +98,8 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
         # continued: the FLAIR-only figures go on a run's last epoch, which is still to come (a fresh run has them once)
         state.history[-1] = {k: v for k, v in state.history[-1].items() if not k.endswith(FLAIR_ONLY)}
     tracker.log_params(flatten(plan.params()))
+    machine = machine_description(device)
+    tracker.set_tags({"machine": machine})
 
     # Wrapping in DDP (inside StageRunner) waits for every process: none writes last.pt before all have read it.
     steps = StageRunner(model, optimizer, StageLoss(plan.stage, plan.stage_params), plan.stage, plan.train, device,
@@ -135,9 +137,10 @@ def _train(plan: StagePlan, tracker: Tracker, ranks: Ranks, device: torch.device
             # CPU seconds of this process, all its threads: against the wall seconds, what says whether the epoch had
             # the machine to itself (bench/bench_peer.py gives its peer these wall seconds). Loader workers not counted.
             row["cpu_seconds"] = round(time.process_time() - epoch_cpu_started, 2)
+            row["machine"] = machine
             if ranks.is_main:
                 save_epoch(plan, state, improved, steps, generator, run_key, metric_name)
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            tracker.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "machine")}, step=epoch)
             progress.update(bar, metric=f"{metric_name} {state.best_metric:.4f} (best)")
             if ranks.is_main:  # the bar is drawn on a terminal only (_progress); logs get this line
                 log.info("train_%s: epoch %d/%d, train loss %.4f, %s %.4f%s, %.1f s", plan.stage, epoch, plan.epochs,
