@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 # As the model card lists them (tasks/release/model_card.py), which serving must not import.
 LINEAGE_TAGS = ("git_commit", "git_dirty", "data_hash", "data_raw_hash", "splits_hash", "params_hash", "onnx_sha256",
                 "mlflow_run_id", "prefect_flow_run_id")
+# What makes two versions' test figures comparable, as the gate judges it (tasks/release/champion.py SAME_DATA_TAGS):
+# one split list of different data (another fetch or slice) is other test data.
+TEST_DATA_TAGS = ("data_hash", "splits_hash", "data_fingerprint")
 SHOWN = ("tumor_probability", "has_tumor", "withheld", "tumor_area_px", "mask_png", "warning")
 
 
@@ -43,6 +46,7 @@ def model_summary(model: ServedModel, role: str, aliases: list[str] | None = Non
             "aliases": aliases if aliases is not None else [a for a in (card.get("alias"),) if a],
             "registered_at_ms": card.get("registered_at_ms"), "metrics": card.get("metrics", {}),
             "gate": gate_verdict(tags), "lineage": {k: tags[k] for k in LINEAGE_TAGS if k in tags},
+            "test_data": {k: tags.get(k) for k in TEST_DATA_TAGS},
             "served": {"image_size": model.image_size, "modalities": list(model.modalities),
                        "threshold": model.threshold, "lone_slice_threshold": model.slice_threshold,
                        "slice_score": model.predictor.slice_score, "slices_in_volume": model.slices_in_volume}}

@@ -194,6 +194,7 @@ def test_card_says_what_its_figures_are_computed_over_and_what_they_cannot_claim
     assert "| split | brains + photos | of which BraTS-like volumes (synthetic) |" in text
     assert "One training run (seed 42)" in text and "not a blind estimate" in text
     assert "Out of scope: any clinical use; screening" in text and "## Ethical considerations" in text
+    assert "trained on no tumour-free brain volume, only on photos of tumour-free brains" in text  # photos are brains
     assert "uncommitted changes" in text
     clean = card({"classification": {"threshold": 0.5}})  # no tumour-free figure, no dirty tree: said so, or nothing
     assert "## Tumour-free brains\n\nNot measured" in clean and "uncommitted" not in clean

@@ -335,6 +335,13 @@ def test_registering_the_same_model_again_creates_no_copy(project, tiny_settings
     run = client().get_run(again["reused_by_run_id"])
     assert run.data.tags["reused_version"] == "true" and run.data.tags["registered_version"] == "1"
     assert run.info.status == "FINISHED"
+    # a kept version's card in this code's words: a card with a false sentence was kept until another model came
+    card = client().get_model_version("slicewise", "1").description
+    assert "## Promotion gate" in card
+    client().update_model_version("slicewise", "1", description="an earlier card, whose words are now false")
+    rewritten = register.main(settings)
+    assert rewritten["reused"] and rewritten["version"] == "1"
+    assert client().get_model_version("slicewise", "1").description == card
 
     write_metrics(project, accuracy=0.92, sensitivity=0.9)  # the same ONNX file, other figures: the tags would lie
     refigured = register.main(settings)

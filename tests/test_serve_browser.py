@@ -1103,7 +1103,15 @@ def test_answers_are_announced_and_each_picture_says_what_it_shows(browser, serv
     browser.find_element("id", "batch-files").send_keys("\n".join(str(p) for p in files))
     visible(browser, "batch-table")
     wait(browser, lambda d: d.find_element("id", "batch-said").get_attribute("textContent").startswith(
-        "2 of 2 files predicted, "))
+        "2 of 2 files predicted: "))
+    # each decision counted, the withheld ones apart: "0 with tumour" over undecided files read as clear slices
+    import re
+
+    said = re.fullmatch(r"2 of 2 files predicted: (\d+) tumour, (\d+) no tumour, (\d+) without a decision",
+                        browser.find_element("id", "batch-said").get_attribute("textContent"))
+    badges = [b.text for b in by_css(browser, "#batch-table tbody .badge")]
+    assert said and [int(n) for n in said.groups()] == [badges.count("tumour"), badges.count("no tumour"),
+                                                        len(badges) - badges.count("tumour") - badges.count("no tumour")]
     by_css(browser, "#batch-table th[data-key='filename'] button")[0].click()
     sorted_header = by_css(browser, "#batch-table th[data-key='filename']")[0]
     assert sorted_header.get_attribute("aria-sort") in ("ascending", "descending")
@@ -1160,6 +1168,9 @@ def test_the_score_plot_is_told_in_words_and_each_label_can_be_shown_alone(brows
                            "s.dispatchEvent(new Event('input'));")
     browser.find_element("id", "vol-peak-go").click()
     assert browser.find_element("id", "vol-slider").get_attribute("value") == str(peak["slice"])
+    # the button moves the picture out of sight of a screen reader: the slice it went to is said
+    wait(browser, lambda d: d.find_element("id", "vol-slice-said").get_attribute("textContent").startswith(
+        f"slice {peak['slice']} /"))
 
     # the slice with the square, its mask shown: ticking off enhancing (all of it) changes the picture, ticking off
     # the necrotic core (none of it) does not
@@ -1197,6 +1208,39 @@ def test_a_hints_link_to_another_view_keeps_the_keyboards_place(browser, server)
     ring = browser.execute_script("return getComputedStyle(document.activeElement).outlineColor")
     for background in ("rgb(255, 255, 255)", "rgb(245, 246, 248)", "rgb(238, 241, 246)"):  # panel, page, headers
         assert contrast(ring, background) >= 3, (ring, background)
+    # the skip link, the first Tab of the page, sits over the dark header, where the blue ring was 2.73:1
+    open_page(browser, server, "slice")
+    browser.find_element("css selector", "body").send_keys(Keys.TAB)
+    assert browser.execute_script("return document.activeElement.className") == "skip"
+    ring = browser.execute_script("return getComputedStyle(document.activeElement).outlineColor")
+    header = browser.execute_script("return getComputedStyle(document.querySelector('header')).backgroundColor")
+    assert contrast(ring, header) >= 3, (ring, header)
+
+
+def test_an_empty_truth_is_not_said_to_be_outlined(browser, server):
+    """A tumour-free example's truth is a mask of zeros: the picture's name said "the truth outlined in green" over no
+    outline, beside a toggle with nothing to toggle (a review, 2026-12-07)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(buffer, format="PNG")
+    empty = base64.b64encode(buffer.getvalue()).decode()
+    open_page(browser, server)
+    wait(browser, lambda d: len(by_css(d, "#examples-gallery .example")) >= 3)
+    browser.execute_script(  # the tumour example's own answer, with an empty truth
+        "const empty = arguments[0], real = window.fetch;"
+        "window.fetch = (url, options) => String(url).includes('/v1/examples/slice-') ?"
+        "  real(url, options).then((r) => r.json()).then((answer) =>"
+        "    new Response(JSON.stringify({...answer, truth_png: empty}), {status: 200})) : real(url, options);", empty)
+    next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
+    visible(browser, "slice-result")
+    wait(browser, lambda d: "no tumour in the truth" in d.find_element("id", "slice-canvas").get_attribute("aria-label"))
+    assert "outlined" not in browser.find_element("id", "slice-canvas").get_attribute("aria-label")
+    assert not browser.find_element("id", "slice-truth-toggle").is_displayed()
 
 
 def test_the_comparison_bolds_a_figure_only_when_it_is_better_beyond_its_interval(browser, server):
@@ -1207,11 +1251,12 @@ def test_the_comparison_bolds_a_figure_only_when_it_is_better_beyond_its_interva
 
     real = json.load(urllib.request.urlopen(f"{server}/model/compare", timeout=120))
     champion, challenger = real["champion"], real["challenger"]
+    assert set(champion["test_data"]) == {"data_hash", "splits_hash", "data_fingerprint"}  # what the gate compares
     for model, accuracy, dice in ((champion, [0.90, 0.95], [0.70, 0.90]), (challenger, [0.70, 0.80], [0.65, 0.85])):
         model["metrics"]["classification"]["accuracy"] = sum(accuracy) / 2
         model["metrics"]["segmentation"]["dice"] = sum(dice) / 2
         model["metrics"]["ci95"] = {"classification.accuracy": accuracy, "segmentation.dice": dice}
-        model["lineage"]["splits_hash"] = "one-split"
+        model["test_data"] = {"data_hash": "d1", "splits_hash": "s1", "data_fingerprint": "f1"}
 
     def bold_rows(answer: dict) -> list[str]:
         open_page(browser, server, "examples")
@@ -1226,6 +1271,7 @@ def test_the_comparison_bolds_a_figure_only_when_it_is_better_beyond_its_interva
 
     assert bold_rows(real) == ["accuracy"]  # apart: bold; the Dice figures' intervals overlap: neither
     assert "interval apart" in browser.find_element("id", "compare-detail").text
-    challenger["lineage"]["splits_hash"] = "another-split"
-    assert bold_rows(real) == []
-    assert "different test splits" in browser.find_element("id", "compare-detail").text
+    for tag in ("splits_hash", "data_hash"):  # another split list, or the same list over other data: no comparison
+        challenger["test_data"] = champion["test_data"] | {tag: "other"}
+        assert bold_rows(real) == [], tag
+        assert "not scored on the same test data" in browser.find_element("id", "compare-detail").text

@@ -1,7 +1,7 @@
 // SliceWise web UI: five views over the REST API. Plain ES modules, no build step, nothing fetched from elsewhere.
-import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, announce, api, busy, decisionText, drawLayers, esc, fmt, loadImage,
-  maskHidden, onAnsweredBy, onRefused, openView, outline, pctApart, photoWithheld, pickAgain, pngSrc, postFiles, show,
-  showWarning, shownBy, tinted, unreliableNote, withheld } from "./common.js";
+import { $, MODALITY_NAMES, PRED_RGB, TRUTH_RGB, announce, anyPixel, api, busy, decisionText, drawLayers, esc, fmt,
+  loadImage, maskHidden, onAnsweredBy, onRefused, openView, outline, pctApart, photoWithheld, pickAgain, pngSrc,
+  postFiles, show, showWarning, shownBy, tinted, unreliableNote, withheld } from "./common.js";
 import { clearBatch, setupBatch } from "./batch.js";
 import { forgetModelView, loadModelView } from "./model.js";
 import { openVolumeExample, setupPatient } from "./patient.js";
@@ -181,7 +181,9 @@ async function showSlice(result, title, isLatest = () => true) {
   if (!isLatest()) return;
   slice.base = base;
   slice.pred = tinted(mask, PRED_RGB);
-  slice.truth = truth ? outline(truth, TRUTH_RGB) : null;
+  // a truth with no tumour has nothing to outline: no toggle, and the picture's name says so
+  slice.truthEmpty = Boolean(truth) && !anyPixel(truth);
+  slice.truth = truth && !slice.truthEmpty ? outline(truth, TRUTH_RGB) : null;
   slice.title = title;
   slice.hasMask = result.tumor_area_px > 0;
   $("slice-title").textContent = title;
@@ -247,7 +249,7 @@ function drawSlice() {
   const mask = !slice.hasMask ? "no predicted tumour" : pred ? "the predicted tumour filled in red"
     : "the predicted tumour hidden";
   $("slice-canvas").setAttribute("aria-label", `${slice.title}, decision ${slice.decision}: ${mask}` +
-    (truth ? ", the truth outlined in green" : ""));
+    (truth ? ", the truth outlined in green" : slice.truthEmpty ? ", no tumour in the truth" : ""));
 }
 
 let lastSliceExample = null;  // what the Grad-CAM box re-runs: the example shown last, or else the file shown last

@@ -99,9 +99,11 @@ async function predictBatch() {
     $("batch-failed").textContent = failed ? `${failed} of ${rows.length} files could not be read: the reasons are in `
       + "their rows; the other files were predicted." : "";
     show("batch-failed", failed > 0);
-    const tumour = rows.filter((row) => row.has_tumor === true).length;
-    // the files not read are said by #batch-failed, a status region of its own
-    announce("batch-said", `${rows.length - failed} of ${rows.length} files predicted, ${tumour} with tumour`);
+    // every decision counted apart, the withheld ones too: "0 with tumour" over three undecided files read as three
+    // clear slices; the files not read are said by #batch-failed, a status region of its own
+    const count = (value) => rows.filter((row) => !row.error && row.has_tumor === value).length;
+    announce("batch-said", `${rows.length - failed} of ${rows.length} files predicted: ${count(true)} tumour, ` +
+      `${count(false)} no tumour, ${count(null)} without a decision`);
   });
   if (ok === false) clearBatch();
 }

@@ -182,6 +182,14 @@ function pixelsOf(image) {
   return [canvas, ctx, ctx.getImageData(0, 0, canvas.width, canvas.height)];
 }
 
+// Whether a mask PNG (0/255) marks any pixel: an example's truth of a tumour-free slice is a mask of zeros.
+export function anyPixel(maskImage) {
+  if (!maskImage) return false;
+  const d = pixelsOf(maskImage)[2].data;
+  for (let i = 0; i < d.length; i += 4) if (d[i] > 127) return true;
+  return false;
+}
+
 // A binary mask PNG (0/255) as a coloured, transparent-elsewhere layer.
 export function tinted(maskImage, rgb) {
   if (!maskImage) return null;

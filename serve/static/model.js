@@ -1,7 +1,7 @@
 // Why this model: the champion's gate verdict with every criterion, its lineage, the champion beside the latest
 // challenger (metrics with 95 % intervals, the same example slices predicted by both) and its model card.
-import { $, PRED_RGB, TRUTH_RGB, api, decisionText, drawLayers, esc, fmt, loadImage, maskHidden, outline, show,
-  tinted } from "./common.js";
+import { $, PRED_RGB, TRUTH_RGB, anyPixel, api, decisionText, drawLayers, esc, fmt, loadImage, maskHidden, outline,
+  show, tinted } from "./common.js";
 
 const LINEAGE = [["git_commit", "git commit"], ["git_dirty", "uncommitted changes"], ["data_hash", "data hash"],
   ["data_raw_hash", "raw data hash"], ["splits_hash", "splits hash"], ["params_hash", "params hash"],
@@ -96,8 +96,10 @@ function metricCell(metrics, key, lowerIsBetter, other, comparable) {
   return `<td class="${better ? "better" : ""}">${fmt(value)}${interval}</td>`;
 }
 
-const sameSplit = (a, b) => Boolean(a && b && (a.lineage || {}).splits_hash &&
-  (a.lineage || {}).splits_hash === (b.lineage || {}).splits_hash);
+// Scored on the same test data: every tag the gate compares (serve/compare.py TEST_DATA_TAGS) known and equal. One
+// split list over other data (another fetch or slice: data_hash) is other test patients' slices.
+const sameSplit = (a, b) => Boolean(a && b && a.test_data && b.test_data) &&
+  Object.keys(a.test_data).every((k) => a.test_data[k] && a.test_data[k] === b.test_data[k]);
 
 function compareSection(compare) {
   const { champion, challenger } = compare;
@@ -107,7 +109,8 @@ function compareSection(compare) {
     ` (${challenger.gate ? challenger.gate.reason : "registered without the gate"}). ` +
     (sameSplit(champion, challenger) ? "Bold: better, its 95 % bootstrap interval apart from the other's; most " +
       "differences on a few test patients are within the intervals' noise."
-      : "They were scored on different test splits (splits_hash), so their figures do not compare; none is bold.");
+      : "They were not scored on the same test data (their data_hash, splits_hash or data_fingerprint differ), so " +
+        "their figures do not compare; none is bold.");
   const head = `<tr><th>metric (test split)</th><th>${esc(servedLabel(champion))}</th>` +
     (challenger ? `<th>${esc(otherLabel(challenger))}</th>` : "") + "</tr>";
   const rows = METRICS.filter(([key]) => typeof get(champion.metrics, key) === "number" ||
@@ -156,7 +159,10 @@ async function compareExamples(compare) {
   for (const row of compare.examples) {
     const item = document.createElement("div");
     item.className = "compare-row";
-    item.innerHTML = `<div class="subtitle">${esc(row.title)}${row.truth ? " · truth outlined in green" : ""}</div>`;
+    // a tumour-free example's truth is a mask of zeros: nothing is outlined, and the line says so
+    const truthShown = row.truth_png ? (anyPixel(await loadImage(row.truth_png)) ? " · truth outlined in green"
+      : " · no tumour in the truth") : "";
+    item.innerHTML = `<div class="subtitle">${esc(row.title)}${truthShown}</div>`;
     const figures = document.createElement("div");
     figures.className = "pair";
     figures.append(await panel(row, "champion", servedLabel(compare.champion)),

@@ -115,8 +115,12 @@ function plotSummary(result) {
     (above.length ? `${above.length} slice${above.length === 1 ? "" : "s"}: ${ranges(above)}` : "no slice") +
     `${withheld(result) ? UNRELIABLE : ""}; highest ${fmt(peak.tumor_probability)} on ` +
     `<button type="button" class="link" id="vol-peak-go">slice ${peak.slice}</button>` +
-    (truth.length ? `; tumour in the truth on slices ${ranges(truth)}` : "") + ".";
-  $("vol-peak-go").addEventListener("click", () => { $("vol-slider").value = peak.slice; drawSlice(); });
+    (truth.length ? `; tumour in the truth on slice${truth.length === 1 ? "" : "s"} ${ranges(truth)}` : "") + ".";
+  $("vol-peak-go").addEventListener("click", () => {
+    $("vol-slider").value = peak.slice;
+    drawSlice();
+    saySliceSoon();
+  });
 }
 
 // As the Slice view does: a mask under a "no tumour" or withheld decision starts hidden, and the page says why (a
@@ -163,7 +167,7 @@ function cleanupNote(cleanup) {
     `<button type="button" class="link" id="vol-dropped-go">` +
     `slices ${first}–${last}</button>, ${esc(largest.reason)}.` : "");
   const go = $("vol-dropped-go");
-  if (go) go.addEventListener("click", () => { $("vol-slider").value = first; drawSlice(); });
+  if (go) go.addEventListener("click", () => { $("vol-slider").value = first; drawSlice(); saySliceSoon(); });
 }
 
 function drawSlice() {

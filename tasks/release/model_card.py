@@ -85,9 +85,9 @@ def _tumour_free_section(metrics: dict) -> list[str]:
     free = metrics.get("tumour_free_volumes")
     if not free:
         return ["", "## Tumour-free brains", "",
-                "Not measured: no split holds a brain without a tumour (BraTS has none); on synthetic data evaluate "
-                "renders the test patients again without their tumour, which this evaluation did not. The gate does "
-                "not test it."]
+                "Not measured: no split holds a brain volume without a tumour (BraTS has none); on synthetic data "
+                "evaluate renders the test patients again without their tumour, which this evaluation did not. The "
+                "gate does not test it."]
     n, called = free["n"], free["called_tumour"]
     bounds = free.get("called_tumour_ci95")
     interval = (f" (95 % Wilson interval {1 - bounds[1]:.2f}–{1 - bounds[0]:.2f})" if bounds else "")
@@ -289,19 +289,19 @@ def render_model_card(*, model_name: str, version: str | None, profile: str, dat
         "Research and teaching: a worked example of a reproducible MRI pipeline (data versioning, tracking, "
         "registry, serving). Input: skull-stripped axial MRI volumes (or their slices) of the modalities above, "
         "preprocessed as described in the model's metadata (model.json).", "",
-        "Out of scope: any clinical use; screening (the model has seen no brain without a tumour, and it calls "
-        "tumour on brains without one: *Tumour-free brains*); real scans when it was trained on synthetic data; "
-        "other tumour types than glioma, post-operative scans, other planes than axial. Photos of scans "
-        "(8-bit PNG/JPEG) are served without a decision when this model's test accuracy on photos is below the "
-        "server's `serve.min_photo_accuracy`. A lone MRI slice (/v1/predict) is judged without its volume: the "
-        "BraTS figures above are for slices judged within their volume, and no test figure is measured for lone "
-        "MRI slices. "
-        "The server's out-of-distribution flag is a set of hand-written checks (serve/ood.py), not evaluated "
-        "against real out-of-distribution scans.", "",
+        "Out of scope: any clinical use; screening (the model trained on no tumour-free brain volume, only on "
+        "photos of tumour-free brains, and it calls tumour on brains without one: *Tumour-free brains*); real "
+        "scans when it was trained on synthetic data; other tumour types than glioma, post-operative scans, other "
+        "planes than axial. Photos of scans (8-bit PNG/JPEG) are served without a decision when this model's test "
+        "accuracy on photos is below the server's `serve.min_photo_accuracy`. A lone MRI slice (/v1/predict) is "
+        "judged without its volume: the BraTS figures above are for slices judged within their volume, and no test "
+        "figure is measured for lone MRI slices. The server's out-of-distribution flag is a set of hand-written "
+        "checks (serve/ood.py), not evaluated against real out-of-distribution scans.", "",
         "## Ethical considerations", "",
-        ("Synthetic data holds no person's information. " if synthetic else "")
-        + "A model trained on BraTS inherits its population: adult gliomas, pre-operative multi-parametric MRI from "
-        "a few dozen institutions; how it fares on other ages, scanners and populations is unmeasured. A wrong "
+        ("Synthetic data holds no person's information; it imitates BraTS 2020's adult gliomas. " if synthetic else "")
+        + "A model trained on BraTS inherits the population of the cohort it was given (BraTS 2020: adult gliomas, "
+        "pre-operative multi-parametric MRI from a few dozen institutions; later BraTS cohorts hold other tumours "
+        "and timepoints); how it fares beyond that cohort's ages, scanners and populations is unmeasured. A wrong "
         "\"no tumour\" can delay care and a wrong \"tumour\" can cause harm too: the figures above are not "
         "evidence for either use.", "",
         "## Limitations", "",

@@ -93,11 +93,16 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         "threshold": str((release.metrics.get("classification") or {}).get("threshold")),
         "slice_score": evaluated_slice_score(release.metrics),  # what the threshold applies to
     }
-    card = render_model_card(model_name=name, version=None, profile=settings.profile,
-                             data_source=settings.data.source, image_size=settings.active.image_size,
-                             modalities=list(settings.slice.modalities), splits=split_summary(processed, splits_dir),
-                             metrics=release.metrics, export_report=release.export_report, decision=decision,
-                             tags=version_tags, seed=settings.seed)
+    splits = split_summary(processed, splits_dir)
+
+    def card_of(verdict: GateDecision, card_tags: dict[str, str]) -> str:
+        return render_model_card(model_name=name, version=None, profile=settings.profile,
+                                 data_source=settings.data.source, image_size=settings.active.image_size,
+                                 modalities=list(settings.slice.modalities), splits=splits, metrics=release.metrics,
+                                 export_report=release.export_report, decision=verdict, tags=card_tags,
+                                 seed=settings.seed)
+
+    card = card_of(decision, version_tags)
     alias = reg.alias if decision.promoted else reg.challenger_alias
     holder = champion if alias == reg.alias else registry.by_alias(alias)
     example = input_example(processed, splits_dir)
@@ -106,7 +111,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
             and still_intact(registry, holder, release, example):
         # the same verdict (already_registered compares it), in the words of its registration: judged again now, the
         # champion criterion would compare the version holding the alias with itself ("vs champion v6" on v6)
-        return kept_version(settings, recorded_decision(holder) or decision, holder, alias, tracker, release)
+        kept = recorded_decision(holder) or decision
+        rewrite_card(registry, holder, card_of(kept, dict(holder.tags or {})))
+        return kept_version(settings, kept, holder, alias, tracker, release)
     logged = None
     try:
         with tempfile.TemporaryDirectory() as tmp:  # test-split examples the served model carries (serve/examples.py)
@@ -169,6 +176,19 @@ def recorded_own_decision(version, tracker: MlflowTracker, release: Release,
             or held.get("metrics_sha256") != metrics_sha256:
         return None
     return recorded_decision(version)
+
+
+def rewrite_card(registry: ModelRegistry, version, card: str) -> None:
+    """A kept version's card in today's words: the same release (files, figures, tags, verdict) keeps its version,
+    but a card that said something false (v9's "the model has seen no brain without a tumour", while its training
+    split holds photos of tumour-free brains) was kept with it until another model was registered. The description
+    is the card the registry, /model/info and the web UI show; the run's logged model_card.md stays as written."""
+    if (version.description or "") == card:
+        return
+    retrying(registry.cfg, "update card", registry.client.update_model_version, registry.model_name,
+             str(version.version), description=card)
+    log.info("register: %s version %s keeps its files, figures and verdict; its model card is rewritten in this "
+             "code's words", registry.model_name, version.version)
 
 
 def recorded_decision(version) -> GateDecision | None:
