@@ -12,9 +12,10 @@ timings that name another machine than this one are refused: git or `dvc pull` m
 are then scored by the evaluation's own code on the same test slices: mean Dice over the test slices with tumour
 (what metrics.json calls `segmentation.dice`), except that both models' masks are cut at 0.5 with no clean-up
 (evaluate's cut is chosen on validation: 0.75 for the make run model, hence 0.869 here against its 0.866). The ratio
-is quick model / peer. Run it in a project whose pipeline has run (`make run`) on a quiet machine: the budget is the time that run's training took. The training histories also record CPU seconds;
-when the training kept far fewer CPU seconds busy per wall second than the peer does now (`budget_check`), other work
-shared the machine while it trained, and the report says so.
+is quick model / peer. Run it in a project whose pipeline has run (`make run`) on a quiet machine: the budget is the
+time that run's training took. The training histories also record CPU seconds; when the training kept far fewer CPU
+seconds busy per wall second than the peer does now (`budget_check`), other work shared the machine while it trained,
+and the report says so.
 
 The peer is trained once per peer seed (default: three) and the ratio uses their median: one peer run under a
 wall-clock budget moved ±0.02 in Dice between two runs on the same machine (177 against 182 steps), as much as the

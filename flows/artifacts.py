@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+from pathlib import Path
 
 from tasks import paths
 from tasks.config import Settings
@@ -61,16 +63,29 @@ def model_card_markdown(decision: dict | None, model: dict | None, metrics: dict
 
 
 def registry_model_card(settings: Settings, decision: dict | None) -> str | None:
-    """The model card `register` wrote as the registry version's description; None when there is none to read."""
+    """The model card `register` wrote: whole, as its run's model_card.md, or else the registry version's description
+    (which holds at most MLflow's 5,000 characters of it); None when there is none to read."""
     if not (decision and decision.get("registered") and settings.tracking.enabled):
         return None
     try:
         client = make_client(settings.tracking)
-        return client.get_model_version(decision["model_name"], str(decision["version"])).description or None
+        version = client.get_model_version(decision["model_name"], str(decision["version"]))
+        return whole_card(client, version.run_id) or version.description or None
     except Exception as exc:  # the card is a convenience: an unreachable registry must not fail a finished run
         log.warning("model card of %s version %s not read from MLflow: %s", decision.get("model_name"),
                     decision.get("version"), exc)
         return None
+
+
+def whole_card(client, run_id: str | None) -> str | None:
+    """The run's model_card.md (a run that logged none, or that cannot be read: None)."""
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(client.download_artifacts(run_id, "model_card.md", tmp)).read_text()
+        except Exception:  # noqa: BLE001 - no such artifact: the description stands in
+            return None
 
 
 def decision_line(decision: dict) -> str:

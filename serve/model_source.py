@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # the MLflow model folder as downloaded: the .onnx with any external-data files beside it
 METRICS_FILE = "metrics.json"
+# The whole model card, as the register step logs it in its run (tasks/release/versions.py CARD_FILE): a version's
+# description holds at most MLflow's 5,000 characters of it
+MODEL_CARD_FILE = "model_card.md"
 EXAMPLES_DIR = "examples"  # examples.zip of the registered model, unpacked (serve/examples.py reads it)
 CARD_FILE = "card.json"  # written last: a version folder without it is incomplete and ignored
 # How long a /model/compare request waits for another one's registry lookup of the challenger: a healthy store answers
@@ -199,6 +202,12 @@ class RegistrySource:
         card = read_optional_json(folder / CARD_FILE)
         fresh = {"tags": dict(version.tags or {}), "description": version.description or ""}
         if {k: card.get(k) for k in fresh} != fresh:
+            if fresh["description"] != card.get("description"):  # the card was rewritten: its whole text too
+                try:
+                    fresh["model_card"] = self._whole_card(version.run_id)
+                except Exception as exc:  # noqa: BLE001 - as above: the cached text stays
+                    log.warning("%s: the whole model card could not be read again (%s)", key,
+                                redact(f"{type(exc).__name__}: {exc}"))
             write_text_atomic(json.dumps(card | fresh, indent=2, default=str), folder / CARD_FILE)
 
     def prune(self, keep: set) -> None:
@@ -276,10 +285,20 @@ class RegistrySource:
         shutil.rmtree(staging / "run", ignore_errors=True)
         return {"metrics": found}
 
+    def _whole_card(self, run_id: str | None) -> str | None:
+        """The registering run's model_card.md, the card whole (the description may be cut to MLflow's limit); None
+        when the run logged none."""
+        if not run_id:
+            return None
+        with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
+            downloaded = self._registry().download_run_file(run_id, MODEL_CARD_FILE, Path(tmp))
+            return downloaded[1].read_text() if downloaded else None
+
     def _card(self, version, run_files: dict[str, str]) -> dict:
         return {"source": "registry", "tracking_uri": self.shown_uri, "name": self.registry.model_name,
                 "version": str(version.version), "alias": self.registry.alias, "run_id": version.run_id,
                 "registered_at_ms": version.creation_timestamp, "description": version.description or "",
+                "model_card": self._whole_card(version.run_id),
                 "tags": dict(version.tags or {}), "artifacts": run_files}
 
 

@@ -833,6 +833,9 @@ def test_mlflow_parent_run_is_opened_up_front_and_always_ended(tmp_path, monkeyp
                 "reason": "gate passed"}
     assert artifacts.registry_model_card(settings, decision) == "# slicewise\ncard"
     assert artifacts.registry_model_card(settings, {**decision, "version": "99"}) is None  # a warning, not a failure
+    # the whole card, when the registering run logged it: the description holds at most 5,000 characters of it
+    client.log_text(parent, "# slicewise\nthe whole card", "model_card.md")
+    assert artifacts.registry_model_card(settings, decision) == "# slicewise\nthe whole card"
 
 
 @flow(persist_result=False)

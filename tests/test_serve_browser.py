@@ -1110,8 +1110,8 @@ def test_answers_are_announced_and_each_picture_says_what_it_shows(browser, serv
     said = re.fullmatch(r"2 of 2 files predicted: (\d+) tumour, (\d+) no tumour, (\d+) without a decision",
                         browser.find_element("id", "batch-said").get_attribute("textContent"))
     badges = [b.text for b in by_css(browser, "#batch-table tbody .badge")]
-    assert said and [int(n) for n in said.groups()] == [badges.count("tumour"), badges.count("no tumour"),
-                                                        len(badges) - badges.count("tumour") - badges.count("no tumour")]
+    decided = [badges.count("tumour"), badges.count("no tumour")]
+    assert said and [int(n) for n in said.groups()] == [*decided, len(badges) - sum(decided)]
     by_css(browser, "#batch-table th[data-key='filename'] button")[0].click()
     sorted_header = by_css(browser, "#batch-table th[data-key='filename']")[0]
     assert sorted_header.get_attribute("aria-sort") in ("ascending", "descending")
@@ -1238,7 +1238,8 @@ def test_an_empty_truth_is_not_said_to_be_outlined(browser, server):
         "    new Response(JSON.stringify({...answer, truth_png: empty}), {status: 200})) : real(url, options);", empty)
     next(b for b in by_css(browser, "#examples-gallery .example") if "expected: tumour" in b.text).click()
     visible(browser, "slice-result")
-    wait(browser, lambda d: "no tumour in the truth" in d.find_element("id", "slice-canvas").get_attribute("aria-label"))
+    canvas = browser.find_element("id", "slice-canvas")
+    wait(browser, lambda d: "no tumour in the truth" in canvas.get_attribute("aria-label"))
     assert "outlined" not in browser.find_element("id", "slice-canvas").get_attribute("aria-label")
     assert not browser.find_element("id", "slice-truth-toggle").is_displayed()
 
@@ -1275,3 +1276,20 @@ def test_the_comparison_bolds_a_figure_only_when_it_is_better_beyond_its_interva
         challenger["test_data"] = champion["test_data"] | {tag: "other"}
         assert bold_rows(real) == [], tag
         assert "not scored on the same test data" in browser.find_element("id", "compare-detail").text
+
+
+def test_the_model_tab_says_what_the_gate_does_not_test(browser, server):
+    """The gate's specificity is over slices of brains that all have a tumour; the Model tab showed it beside the
+    verdict with nothing on the tumour-free brains the volume decision calls tumour (a review of the release's claims,
+    2026-12-07)."""
+    open_page(browser, server, "examples")
+    browser.execute_script(
+        "const real = window.fetch;"
+        "window.fetch = (url, options) => !String(url).endsWith('/model/info') ? real(url, options) :"
+        "  real(url, options).then((r) => r.json()).then((info) => new Response(JSON.stringify({...info, metrics: "
+        "  {...info.metrics, tumour_free_volumes: {n: 7, called_tumour: 3, called_tumour_ci95: [0.158, 0.75]}}}),"
+        "  {status: 200}));")
+    browser.find_element("id", "tab-model").click()
+    note = visible(browser, "gate-untested")
+    assert note.text.startswith("Not tested by the gate: brains without a tumour.")
+    assert "called 3 tumour, a specificity per brain of 0.57 (95 % interval 0.25–0.84)" in note.text

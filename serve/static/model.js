@@ -64,6 +64,23 @@ function gateSection(info) {
     `<tr class="${c.passed ? "pass" : "fail"}"><th scope="row">${esc(c.name)}</th>` +
     `<td>${c.passed ? "✔ pass" : "✘ fail"}</td><td>${esc(c.detail)}</td></tr>`).join("");
   show("gate-table", Boolean(gate && gate.criteria.length));  // no header row over nothing (a file has no gate)
+  untestedSection(info.metrics || {});
+}
+
+// What the gate does not test, beside its verdict: its specificity is over slices of brains that all have a tumour,
+// while on the test patients rendered without their tumour the volume decision calls some tumour (a review of the
+// release's claims, 2026-12-07: the card's 0.982 read as the model's specificity, with 3 of 7 such brains called
+// tumour).
+function untestedSection(metrics) {
+  const free = metrics.tumour_free_volumes;
+  show("gate-untested", Boolean(free && free.n));
+  if (!free || !free.n) return;
+  const bounds = free.called_tumour_ci95;
+  const interval = bounds ? ` (95 % interval ${fmt(1 - bounds[1], 2)}–${fmt(1 - bounds[0], 2)})` : "";
+  $("gate-untested").textContent = "Not tested by the gate: brains without a tumour. On the " +
+    `${free.n} test patients rendered again without their tumour, the volume decision called ${free.called_tumour} ` +
+    `tumour, a specificity per brain of ${fmt((free.n - free.called_tumour) / free.n, 2)}${interval}; the gate's ` +
+    "specificity is over the tumour-free slices of brains that all have a tumour.";
 }
 
 // What the served model and the one beside it are: a file has no version; a version without the challenger alias
@@ -82,8 +99,8 @@ function lineageSection(info) {
     `<tr><th scope="row">${esc(label)}</th><td><code class="hash">${value ? esc(value) : "—"}</code></td></tr>`).join("");
 }
 
-// A figure is bold only when it is better beyond doubt: both models scored on one test split (the same splits_hash)
-// and their 95 % intervals apart. Any difference was bold, on 7 test patients where most intervals overlap, and
+// A figure is bold only when it is better beyond doubt: both models scored on the same test data (sameTestData) and
+// their 95 % intervals apart. Any difference was bold, on 7 test patients where most intervals overlap, and
 // between versions scored on different patients (a review of the model card's claims, 2026-12-07).
 const intervalOf = (metrics, key) => (get(metrics, "ci95") ? metrics.ci95[key] : undefined);
 function metricCell(metrics, key, lowerIsBetter, other, comparable) {
@@ -98,16 +115,17 @@ function metricCell(metrics, key, lowerIsBetter, other, comparable) {
 
 // Scored on the same test data: every tag the gate compares (serve/compare.py TEST_DATA_TAGS) known and equal. One
 // split list over other data (another fetch or slice: data_hash) is other test patients' slices.
-const sameSplit = (a, b) => Boolean(a && b && a.test_data && b.test_data) &&
+const sameTestData = (a, b) => Boolean(a && b && a.test_data && b.test_data) &&
   Object.keys(a.test_data).every((k) => a.test_data[k] && a.test_data[k] === b.test_data[k]);
 
 function compareSection(compare) {
   const { champion, challenger } = compare;
+  const comparable = sameTestData(champion, challenger);
   $("compare-detail").textContent = compare.detail ||
     `${servedLabel(champion)} against ${otherLabel(challenger)}` +
     ((challenger.aliases || []).length ? "" : ", which holds no challenger alias") +
     ` (${challenger.gate ? challenger.gate.reason : "registered without the gate"}). ` +
-    (sameSplit(champion, challenger) ? "Bold: better, its 95 % bootstrap interval apart from the other's; most " +
+    (comparable ? "Bold: better, its 95 % bootstrap interval apart from the other's; most " +
       "differences on a few test patients are within the intervals' noise."
       : "They were not scored on the same test data (their data_hash, splits_hash or data_fingerprint differ), so " +
         "their figures do not compare; none is bold.");
@@ -116,9 +134,8 @@ function compareSection(compare) {
   const rows = METRICS.filter(([key]) => typeof get(champion.metrics, key) === "number" ||
     (challenger && typeof get(challenger.metrics, key) === "number"))
     .map(([key, label, lower]) => `<tr><th scope="row">${esc(label)}</th>` +
-      metricCell(champion.metrics, key, lower, challenger && challenger.metrics, sameSplit(champion, challenger)) +
-      (challenger ? metricCell(challenger.metrics, key, lower, champion.metrics, sameSplit(champion, challenger)) : "")
-      + "</tr>");
+      metricCell(champion.metrics, key, lower, challenger && challenger.metrics, comparable) +
+      (challenger ? metricCell(challenger.metrics, key, lower, champion.metrics, comparable) : "") + "</tr>");
   $("compare-table").querySelector("thead").innerHTML = head;
   $("compare-table").querySelector("tbody").innerHTML = rows.join("");
   return compareExamples(compare);
@@ -180,7 +197,9 @@ async function load() {
   show("model-busy", false);
   gateSection(info);
   lineageSection(info);
-  $("model-card").innerHTML = info.description ? markdown(info.description) :
+  // the whole card from the registering run; the version's description holds at most MLflow's 5,000 characters
+  const card = info.model_card || info.description;
+  $("model-card").innerHTML = card ? markdown(card) :
     "<p class=\"small\">No model card: the model is served from a file, not from the registry.</p>";
   show("model-content", true);
   const { compare, error } = await comparing;

@@ -136,9 +136,10 @@ def scores_in_volume(prediction: Prediction, at: np.ndarray, cleaned: np.ndarray
     step dropped stay empty there) and read back per slice: stacked in row order, slices that are not neighbours in
     the head would have been joined, and a shard's rows out of axial order would have joined the wrong ones."""
     planes = metrics.stack_positions(slice_index, metrics.slice_step(slice_index))
+    # the whole tumour (the first region) is all the fused score reads
     volume = Prediction(classifier_probability=stacked(prediction.classifier_probability[at], slice_index),
-                        region_probability=stacked(prediction.region_probability[at, :1], slice_index),  # the whole
-                        slice_score=prediction.slice_score)  # tumour is all it reads
+                        region_probability=stacked(prediction.region_probability[at, :1], slice_index),
+                        slice_score=prediction.slice_score)
     return scores_after_cleanup(volume, cleaned[:, None], mask_threshold)[planes]
 
 

@@ -39,8 +39,8 @@ def tumour_free_twins(predictor: SlicePredictor, patients: Sequence[str], data_s
     return {"n": len(numbers), "with_predicted_tumour": painted,
             # a share from a few brains: 2 of 7 is anything from 8 % to 64 %
             "with_predicted_tumour_ci95": wilson_interval(painted / len(numbers), len(numbers)),
-            "called_tumour": (called := int(sum(called for _, called in findings))),
-            "called_tumour_ci95": wilson_interval(called / len(numbers), len(numbers)),
+            "called_tumour": (called_tumour := int(sum(called for _, called in findings))),
+            "called_tumour_ci95": wilson_interval(called_tumour / len(numbers), len(numbers)),
             "predicted_voxels_max": int(max(voxels)),
             "predicted_voxels_median": float(np.median(voxels)),
             "what": "the test patients rendered again without their tumour (synthetic data), after the clean-up"}

@@ -44,8 +44,8 @@ from tasks.release.gate import QUALITY_CRITERIA, ChampionScore, Criterion, GateD
 from tasks.release.model_card import render_model_card, split_summary
 from tasks.release.registry import SEEN_PATIENTS_FILE, ModelRegistry
 from tasks.release.release_files import Release, parity_detail
-from tasks.release.versions import (SAME_RELEASE_TAGS, create_verified_version, discard_logged_models, input_example,
-                                    log_model, registered_model_ids)
+from tasks.release.versions import (CARD_FILE, SAME_RELEASE_TAGS, create_verified_version, discard_logged_models,
+                                    input_example, log_model, registered_model_ids, version_description)
 from tasks.tracking import provenance
 from tasks.tracking.mlflow_runs import MlflowTracker
 from tasks.tracking.store import StoreUnreachable, fluent_store, portable_uri, retrying, tracking_uri
@@ -181,12 +181,16 @@ def recorded_own_decision(version, tracker: MlflowTracker, release: Release,
 def rewrite_card(registry: ModelRegistry, version, card: str) -> None:
     """A kept version's card in today's words: the same release (files, figures, tags, verdict) keeps its version,
     but a card that said something false (v9's "the model has seen no brain without a tumour", while its training
-    split holds photos of tumour-free brains) was kept with it until another model was registered. The description
-    is the card the registry, /model/info and the web UI show; the run's logged model_card.md stays as written."""
-    if (version.description or "") == card:
+    split holds photos of tumour-free brains) was kept with it until another model was registered. Both places the
+    card lives are rewritten: the version's description and the registering run's `model_card.md`, which serving
+    shows whole."""
+    described = version_description(card, registry.model_name, str(version.version))
+    if (version.description or "") == described:
         return
+    if version.run_id:
+        retrying(registry.cfg, "log card", registry.client.log_text, version.run_id, card, CARD_FILE)
     retrying(registry.cfg, "update card", registry.client.update_model_version, registry.model_name,
-             str(version.version), description=card)
+             str(version.version), description=described)
     log.info("register: %s version %s keeps its files, figures and verdict; its model card is rewritten in this "
              "code's words", registry.model_name, version.version)
 

@@ -4,6 +4,7 @@ run and file, verified, and removed again when anything fails on the way (tasks/
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -56,6 +57,31 @@ class LoggedModel:
     artifact_location: str
 
 
+CARD_FILE = "model_card.md"  # the whole card, logged in the registering run (serving shows it from there)
+# MLflow keeps a version's description in a column of 5,000 characters: VARCHAR(5000) on PostgreSQL and MySQL, which
+# refused a longer card and with it the registration (SQLite does not enforce it; the quick model's card had 6,100).
+DESCRIPTION_LIMIT = 5000
+
+
+def version_description(card: str, model_name: str, version: str) -> str:
+    """The card as version `version`'s description: titled with its version and, when longer than MLflow keeps, cut
+    after its last whole section that fits, with a line naming the sections left out and the file that has them."""
+    titled = card.replace(f"# {model_name}\n", f"# {model_name} version {version}\n", 1)
+    if len(titled) <= DESCRIPTION_LIMIT:
+        return titled
+    sections = re.split(r"\n(?=## )", titled)
+    kept, left_out = [sections[0][:DESCRIPTION_LIMIT // 2]], []
+    for section in sections[1:]:
+        (left_out if left_out else kept).append(section)
+        if not left_out and len("\n".join(kept)) > DESCRIPTION_LIMIT - 400:  # room for the closing line
+            left_out.append(kept.pop())
+    names = ", ".join(section.splitlines()[0].removeprefix("## ") for section in left_out)
+    described = ("\n".join(kept).rstrip() + f"\n\n*Cut to the {DESCRIPTION_LIMIT:,} characters MLflow keeps. The "
+                 f"whole card, with {names}, is `{CARD_FILE}` in this version's MLflow run; the web UI's Model tab "
+                 "shows it.*\n")
+    return described[:DESCRIPTION_LIMIT]  # a first section longer than half the limit could still overrun it
+
+
 def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, card: str,
               examples: Path | None = None, seen_patients: Path | None = None) -> LoggedModel:
     """Log the ONNX flavour (+ best.pt, model.json, the bundled examples, the patients it has seen) and the reports
@@ -66,7 +92,7 @@ def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, car
 
     _, channels, size, _ = example.shape
     with tempfile.TemporaryDirectory() as tmp:
-        card_path = Path(tmp) / "model_card.md"
+        card_path = Path(tmp) / CARD_FILE
         card_path.write_text(card)
         with mlflow.start_run(run_id=tracker.run_id):
             info = mlflow.onnx.log_model(
@@ -201,7 +227,7 @@ def create_verified_version(registry: ModelRegistry, model_uri: str, tags: dict,
     version = retrying(cfg, "register model", find_or_create_version, registry, model_uri, tags, tags["mlflow_run_id"])
     try:
         retrying(cfg, "describe version", client.update_model_version, model_name, version,
-                 description=card.replace(f"# {model_name}\n", f"# {model_name} version {version}\n", 1))
+                 description=version_description(card, model_name, version))
         registry.verify(version, release.onnx_path, release.onnx_sha256, release.checkpoint_path, example)
         retrying(cfg, "set alias", client.set_registered_model_alias, model_name, alias, version)
     except BaseException as exc:  # an interrupt too: no half-registered version stays behind
