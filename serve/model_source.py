@@ -204,7 +204,7 @@ class RegistrySource:
         if {k: card.get(k) for k in fresh} != fresh:
             if fresh["description"] != card.get("description"):  # the card was rewritten: its whole text too
                 try:
-                    fresh["model_card"] = self._whole_card(version.run_id)
+                    fresh["model_card"] = self._whole_card(version)
                 except Exception as exc:  # noqa: BLE001 - as above: the cached text stays
                     log.warning("%s: the whole model card could not be read again (%s)", key,
                                 redact(f"{type(exc).__name__}: {exc}"))
@@ -285,20 +285,24 @@ class RegistrySource:
         shutil.rmtree(staging / "run", ignore_errors=True)
         return {"metrics": found}
 
-    def _whole_card(self, run_id: str | None) -> str | None:
-        """The registering run's model_card.md, the card whole (the description may be cut to MLflow's limit); None
-        when the run logged none."""
-        if not run_id:
+    def _whole_card(self, version) -> str | None:
+        """The registering run's model_card.md, the card whole (the description may be cut to MLflow's limit), titled
+        with its version as the description is (it was logged before the version existed); None when the run logged
+        none."""
+        if not version.run_id:
             return None
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
-            downloaded = self._registry().download_run_file(run_id, MODEL_CARD_FILE, Path(tmp))
-            return downloaded[1].read_text() if downloaded else None
+            downloaded = self._registry().download_run_file(version.run_id, MODEL_CARD_FILE, Path(tmp))
+            if downloaded is None:
+                return None
+            name = self.registry.model_name
+            return downloaded[1].read_text().replace(f"# {name}\n", f"# {name} version {version.version}\n", 1)
 
     def _card(self, version, run_files: dict[str, str]) -> dict:
         return {"source": "registry", "tracking_uri": self.shown_uri, "name": self.registry.model_name,
                 "version": str(version.version), "alias": self.registry.alias, "run_id": version.run_id,
                 "registered_at_ms": version.creation_timestamp, "description": version.description or "",
-                "model_card": self._whole_card(version.run_id),
+                "model_card": self._whole_card(version),
                 "tags": dict(version.tags or {}), "artifacts": run_files}
 
 

@@ -397,7 +397,8 @@ def test_a_card_longer_than_mlflow_keeps_registers_and_is_served_whole(project, 
     whole = Path(client().download_artifacts(result["mlflow_run_id"], "model_card.md")).read_text()
     assert whole.endswith(notes) and whole.startswith("# slicewise\n")
     source = RegistrySource(settings.registry, settings.tracking, project / "cache")
-    assert source.load(source.current_key()).card["model_card"] == whole  # what the Model tab shows
+    shown = source.load(source.current_key()).card["model_card"]  # what the Model tab shows, titled as the description
+    assert shown == whole.replace("# slicewise\n", f"# slicewise version {result['version']}\n", 1)
 
 
 @pytest.mark.parametrize("loss", ["overwritten", "folder removed"])
