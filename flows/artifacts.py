@@ -17,6 +17,7 @@ from tasks import paths
 from tasks.config import Settings
 from tasks.io import read_json
 from tasks.redaction import redact
+from tasks.release.registry import CARD_FILE, ModelRegistry
 from tasks.tracking.store import is_local_store, make_client, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -68,24 +69,26 @@ def registry_model_card(settings: Settings, decision: dict | None) -> str | None
     if not (decision and decision.get("registered") and settings.tracking.enabled):
         return None
     try:
-        client = make_client(settings.tracking)
-        version = client.get_model_version(decision["model_name"], str(decision["version"]))
-        return whole_card(client, version.run_id) or version.description or None
+        registry = ModelRegistry(settings.tracking, decision["model_name"], make_client(settings.tracking))
+        version = registry.client.get_model_version(decision["model_name"], str(decision["version"]))
+        return whole_card(registry, version.run_id) or version.description or None
     except Exception as exc:  # the card is a convenience: an unreachable registry must not fail a finished run
         log.warning("model card of %s version %s not read from MLflow: %s", decision.get("model_name"),
                     decision.get("version"), exc)
         return None
 
 
-def whole_card(client, run_id: str | None) -> str | None:
-    """The run's model_card.md (a run that logged none, or that cannot be read: None)."""
+def whole_card(registry: ModelRegistry, run_id: str | None) -> str | None:
+    """The run's model_card.md (None for a run that logged none, or whose artifacts cannot be read: the description
+    stands in)."""
     if not run_id:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            return Path(client.download_artifacts(run_id, "model_card.md", tmp)).read_text()
-        except Exception:  # noqa: BLE001 - no such artifact: the description stands in
+            downloaded = registry.download_run_file(run_id, CARD_FILE, Path(tmp))
+        except Exception:  # noqa: BLE001 - the artifact store alone failing: the description stands in
             return None
+        return downloaded[1].read_text() if downloaded else None
 
 
 def decision_line(decision: dict) -> str:

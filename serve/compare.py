@@ -15,15 +15,13 @@ from serve.uploads import UploadError
 from tasks.config import ServeSettings
 from tasks.errors import SliceWiseError
 from tasks.redaction import redact
+from tasks.release.registry import SAME_DATA_TAGS  # the Model tab compares figures on the test data the gate would
 
 log = logging.getLogger(__name__)
 
 # As the model card lists them (tasks/release/model_card.py), which serving must not import.
 LINEAGE_TAGS = ("git_commit", "git_dirty", "data_hash", "data_raw_hash", "splits_hash", "params_hash", "onnx_sha256",
                 "mlflow_run_id", "prefect_flow_run_id")
-# What makes two versions' test figures comparable, as the gate judges it (tasks/release/champion.py SAME_DATA_TAGS):
-# one split list of different data (another fetch or slice) is other test data.
-TEST_DATA_TAGS = ("data_hash", "splits_hash", "data_fingerprint")
 SHOWN = ("tumor_probability", "has_tumor", "withheld", "tumor_area_px", "mask_png", "warning")
 
 
@@ -46,7 +44,7 @@ def model_summary(model: ServedModel, role: str, aliases: list[str] | None = Non
             "aliases": aliases if aliases is not None else [a for a in (card.get("alias"),) if a],
             "registered_at_ms": card.get("registered_at_ms"), "metrics": card.get("metrics", {}),
             "gate": gate_verdict(tags), "lineage": {k: tags[k] for k in LINEAGE_TAGS if k in tags},
-            "test_data": {k: tags.get(k) for k in TEST_DATA_TAGS},
+            "test_data": {k: tags.get(k) for k in SAME_DATA_TAGS},
             "served": {"image_size": model.image_size, "modalities": list(model.modalities),
                        "threshold": model.threshold, "lone_slice_threshold": model.slice_threshold,
                        "slice_score": model.predictor.slice_score, "slices_in_volume": model.slices_in_volume}}

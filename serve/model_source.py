@@ -29,16 +29,14 @@ from tasks.config import RegistrySettings, TrackingSettings
 from tasks.errors import SliceWiseError
 from tasks.io import sha256_file, write_text_atomic
 from tasks.redaction import redact
-from tasks.release.registry import EXAMPLES_ARCHIVE, METADATA_FILE, ModelRegistry
+from tasks.release.registry import CARD_FILE as MODEL_CARD_FILE  # the whole card; CARD_FILE here is card.json
+from tasks.release.registry import EXAMPLES_ARCHIVE, METADATA_FILE, ModelRegistry, versioned_title
 from tasks.tracking.store import tracking_uri
 
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"  # the MLflow model folder as downloaded: the .onnx with any external-data files beside it
 METRICS_FILE = "metrics.json"
-# The whole model card, as the register step logs it in its run (tasks/release/versions.py CARD_FILE): a version's
-# description holds at most MLflow's 5,000 characters of it
-MODEL_CARD_FILE = "model_card.md"
 EXAMPLES_DIR = "examples"  # examples.zip of the registered model, unpacked (serve/examples.py reads it)
 CARD_FILE = "card.json"  # written last: a version folder without it is incomplete and ignored
 # How long a /model/compare request waits for another one's registry lookup of the challenger: a healthy store answers
@@ -295,8 +293,7 @@ class RegistrySource:
             downloaded = self._registry().download_run_file(version.run_id, MODEL_CARD_FILE, Path(tmp))
             if downloaded is None:
                 return None
-            name = self.registry.model_name
-            return downloaded[1].read_text().replace(f"# {name}\n", f"# {name} version {version.version}\n", 1)
+            return versioned_title(downloaded[1].read_text(), self.registry.model_name, version.version)
 
     def _card(self, version, run_files: dict[str, str]) -> dict:
         return {"source": "registry", "tracking_uri": self.shown_uri, "name": self.registry.model_name,

@@ -141,7 +141,7 @@ function compareSection(compare) {
   return compareExamples(compare);
 }
 
-async function panel(row, role, label) {
+async function panel(row, role, label, truth) {
   const answer = row[role];
   const figure = document.createElement("figure");
   if (!answer) return figure;
@@ -152,7 +152,6 @@ async function panel(row, role, label) {
     caption.textContent = `${label}: ${answer.error}`;
   } else {
     const base = await loadImage(answer.image_png);
-    const truth = row.truth_png ? outline(await loadImage(row.truth_png), TRUTH_RGB) : null;
     // as the slice view: a mask under "no tumour", or without a decision, is not drawn as a found tumour
     const hidden = maskHidden(answer);
     drawLayers(canvas, base, [{ image: hidden ? null : tinted(await loadImage(answer.mask_png), PRED_RGB),
@@ -176,14 +175,16 @@ async function compareExamples(compare) {
   for (const row of compare.examples) {
     const item = document.createElement("div");
     item.className = "compare-row";
-    // a tumour-free example's truth is a mask of zeros: nothing is outlined, and the line says so
-    const truthShown = row.truth_png ? (anyPixel(await loadImage(row.truth_png)) ? " · truth outlined in green"
-      : " · no tumour in the truth") : "";
+    // decoded and outlined once for both panels; a tumour-free example's truth is a mask of zeros: nothing is
+    // outlined, and the line says so
+    const truthMask = row.truth_png ? await loadImage(row.truth_png) : null;
+    const truth = truthMask && anyPixel(truthMask) ? outline(truthMask, TRUTH_RGB) : null;
+    const truthShown = !truthMask ? "" : truth ? " · truth outlined in green" : " · no tumour in the truth";
     item.innerHTML = `<div class="subtitle">${esc(row.title)}${truthShown}</div>`;
     const figures = document.createElement("div");
     figures.className = "pair";
-    figures.append(await panel(row, "champion", servedLabel(compare.champion)),
-      await panel(row, "challenger", compare.challenger ? otherLabel(compare.challenger) : "challenger"));
+    figures.append(await panel(row, "champion", servedLabel(compare.champion), truth),
+      await panel(row, "challenger", compare.challenger ? otherLabel(compare.challenger) : "challenger", truth));
     item.appendChild(figures);
     box.appendChild(item);
   }

@@ -16,7 +16,8 @@ const LABEL_LEGEND = [["#e62828", "necrotic core (1)"], ["#28c846", "oedema (2)"
 const LABEL_RGB = LABEL_LEGEND.map(([hex]) => [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)));
 // what the volume clean-up removed: a colour none of the labels or the truth outline uses
 const DROPPED_RGB = [70, 150, 255];
-const patient = { result: null, slices: [], base: [], pred: [], truth: [], unc: [], dropped: [], urls: [] };
+const patient = { result: null, slices: [], base: [], pred: [], truth: [], unc: [], dropped: [], urls: [],
+  filtered: new Map() };
 
 function blobUrl(base64, type = "application/gzip") {
   const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
@@ -47,7 +48,8 @@ async function render(result, title, isLatest = () => true) {
   const { hasLabels, base, pred, truth, unc, dropped } = await layers(result);
   if (!isLatest()) return;  // a newer volume was asked for meanwhile: it, not this one, replaces what is shown
   patient.urls.forEach((url) => URL.revokeObjectURL(url));
-  Object.assign(patient, { result, slices: result.slices, base, pred, truth, unc, dropped, urls: [] });
+  Object.assign(patient, { result, slices: result.slices, base, pred, truth, unc, dropped, urls: [],
+    filtered: new Map() });
   // the slices are cut in one orientation whatever the file's storage: say which, as a viewer's markers would
   const shown = result.orientation ? ` · stored ${result.orientation}, shown anterior up, patient's right on the ` +
     "left, slices inferior to superior" : "";
@@ -116,11 +118,7 @@ function plotSummary(result) {
     `${withheld(result) ? UNRELIABLE : ""}; highest ${fmt(peak.tumor_probability)} on ` +
     `<button type="button" class="link" id="vol-peak-go">slice ${peak.slice}</button>` +
     (truth.length ? `; tumour in the truth on slice${truth.length === 1 ? "" : "s"} ${ranges(truth)}` : "") + ".";
-  $("vol-peak-go").addEventListener("click", () => {
-    $("vol-slider").value = peak.slice;
-    drawSlice();
-    saySliceSoon();
-  });
+  $("vol-peak-go").addEventListener("click", () => goToSlice(peak.slice));
 }
 
 // As the Slice view does: a mask under a "no tumour" or withheld decision starts hidden, and the page says why (a
@@ -167,7 +165,17 @@ function cleanupNote(cleanup) {
     `<button type="button" class="link" id="vol-dropped-go">` +
     `slices ${first}–${last}</button>, ${esc(largest.reason)}.` : "");
   const go = $("vol-dropped-go");
-  if (go) go.addEventListener("click", () => { $("vol-slider").value = first; drawSlice(); saySliceSoon(); });
+  if (go) go.addEventListener("click", () => goToSlice(first));
+}
+
+// Slice `z` of a label layer ("pred" or "truth") without the `hidden` labels: a pixel loop, kept per slice, layer and
+// choice of labels, so scrolling, held keys and the opacity slider redraw without it (render() starts afresh).
+function labelsShown(layer, z, hidden) {
+  const image = patient[layer][z];
+  if (!hidden.length || !image) return image;
+  const key = `${layer}:${z}:${hidden}`;
+  if (!patient.filtered.has(key)) patient.filtered.set(key, withoutColours(image, LABEL_RGB, hidden));
+  return patient.filtered.get(key);
 }
 
 function drawSlice() {
@@ -178,13 +186,11 @@ function drawSlice() {
   // the labels ticked off in the legend are left out of the prediction and the truth outline alike
   const hidden = [...$("vol-legend").querySelectorAll(".region-toggle")].filter((box) => !box.checked)
     .map((box) => Number(box.dataset.label));
-  const pred = $("vol-show-pred").checked ? patient.pred[z] : null;
-  const truth = $("vol-show-truth").checked ? patient.truth[z] : null;
   drawLayers($("vol-canvas"), patient.base[z], [
     { image: $("vol-show-unc").checked ? patient.unc[z] : null, opacity },
-    { image: withoutColours(pred, LABEL_RGB, hidden), opacity },
+    { image: $("vol-show-pred").checked ? labelsShown("pred", z, hidden) : null, opacity },
     { image: $("vol-show-dropped").checked ? patient.dropped[z] : null, opacity },
-    { image: withoutColours(truth, LABEL_RGB, hidden), opacity: 1 },
+    { image: $("vol-show-truth").checked ? labelsShown("truth", z, hidden) : null, opacity: 1 },
   ], patient.result.display_aspect);
   const area = s.tumor_area_mm2 === undefined ? "" :
     ` · ${s.tumor_area_mm2.toFixed(0)} mm²${withheld(patient.result) ? " (unreliable)" : ""}`;
@@ -219,6 +225,13 @@ function step(delta) {
   const slider = $("vol-slider");
   slider.value = Math.min(Math.max(Number(slider.value) + delta, 0), Number(slider.max));
   drawSlice();
+}
+
+// A button or a key that moves the picture to slice `z`: drawn, and said (the focus stays where it was).
+function goToSlice(z) {
+  $("vol-slider").value = z;
+  drawSlice();
+  saySliceSoon();
 }
 
 // The slice reached with the keys on the image, said once the keys rest: the image's name cannot change while it
@@ -323,14 +336,13 @@ export function setupPatient() {
   $("vol-canvas").addEventListener("keydown", (event) => {
     const delta = { ArrowUp: 1, ArrowRight: 1, ArrowDown: -1, ArrowLeft: -1, PageUp: 10, PageDown: -10 }[event.key];
     if (event.key === "Home" || event.key === "End") {
-      $("vol-slider").value = event.key === "Home" ? 0 : $("vol-slider").max;
-      drawSlice();
+      goToSlice(event.key === "Home" ? 0 : $("vol-slider").max);
     } else if (delta !== undefined) {
       step(delta);
+      saySliceSoon();
     } else {
       return;
     }
-    saySliceSoon();
     event.preventDefault();
   });
   $("vol-canvas").addEventListener("wheel", (event) => {

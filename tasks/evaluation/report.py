@@ -307,7 +307,7 @@ def evaluate_checkpoint(checkpoint: Path, where: EvaluationPaths, cfg: EvaluateS
     report["calibration"] = {"ece": ece, "bins": metrics.CALIBRATION_BINS, "over": "every test input's tumour score"}
     write_json_atomic(report, where.metrics)  # last: a run stopped while plotting leaves the last run's metrics.json
 
-    tracker.log_metrics(flatten_metrics(report) | {"calibration.ece": ece})
+    tracker.log_metrics(flatten_metrics(report))  # calibration.ece among them
     tracker.log_artifact(where.metrics)
     for path in written:
         tracker.log_artifact(path, "plots")

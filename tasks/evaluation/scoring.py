@@ -135,11 +135,22 @@ def scores_in_volume(prediction: Prediction, at: np.ndarray, cleaned: np.ndarray
     The clean-up's fringe is a 3D component, so the scores are computed on the re-stacked volume (planes the slice
     step dropped stay empty there) and read back per slice: stacked in row order, slices that are not neighbours in
     the head would have been joined, and a shard's rows out of axial order would have joined the wrong ones."""
+    return volume_scores_after_cleanup(*patient_volume(prediction, at, slice_index), cleaned, mask_threshold)
+
+
+def patient_volume(prediction: Prediction, at: np.ndarray, slice_index: np.ndarray) -> tuple[Prediction, np.ndarray]:
+    """One patient's prediction (rows `at`) re-stacked by `slice_index`, whole tumour only (all the fused score
+    reads), and each slice's plane in it: what `volume_scores_after_cleanup` reads, stacked once for every cut."""
     planes = metrics.stack_positions(slice_index, metrics.slice_step(slice_index))
-    # the whole tumour (the first region) is all the fused score reads
     volume = Prediction(classifier_probability=stacked(prediction.classifier_probability[at], slice_index),
                         region_probability=stacked(prediction.region_probability[at, :1], slice_index),
                         slice_score=prediction.slice_score)
+    return volume, planes
+
+
+def volume_scores_after_cleanup(volume: Prediction, planes: np.ndarray, cleaned: np.ndarray,
+                                mask_threshold: float) -> np.ndarray:
+    """`scores_in_volume` on a `patient_volume`: each slice's score read back from its plane."""
     return scores_after_cleanup(volume, cleaned[:, None], mask_threshold)[planes]
 
 
@@ -159,11 +170,12 @@ class InVolumeCandidates:
         others are cleaned here."""
         evidence = prediction.classifier_probability[at]
         cleaned_at = cleaned_at or {}
+        volume, planes = patient_volume(prediction, at, slice_index)  # the same for every cut
         for cut, probability in self.probability.items():
             cleaned = cleaned_at.get(cut)
             if cleaned is None:
                 cleaned = cleaned_volume(prediction.mask_probability[at] >= cut, slice_index, evidence)
-            probability[rows] = scores_in_volume(prediction, at, cleaned, slice_index, cut)
+            probability[rows] = volume_scores_after_cleanup(volume, planes, cleaned, cut)
 
     def at(self, split: SplitPredictions, cut: float) -> SplitPredictions:
         """`split` (the pass that fed this) with its BraTS slices' probabilities read in volume at `cut`: what

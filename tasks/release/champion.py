@@ -14,7 +14,8 @@ from tasks.data.subjects import subject_of
 from tasks.inference.predictor import LEGACY_SLICE_SCORE, MASK_THRESHOLD, decision_thresholds
 from tasks.io import read_json
 from tasks.release.gate import ChampionScore
-from tasks.release.registry import EXTRA_FILES, METADATA_FILE, ONNX_FILE, SEEN_PATIENTS_FILE, ModelRegistry
+from tasks.release.registry import (EXTRA_FILES, METADATA_FILE, ONNX_FILE, SAME_DATA_TAGS, SEEN_PATIENTS_FILE,
+                                    ModelRegistry)
 from tasks.release.release_files import Release, finite_number
 from tasks.tracking import provenance
 from tasks.tracking.store import StoreUnreachable
@@ -101,11 +102,6 @@ def onnx_accuracy(onnx_path: Path, metadata: dict, processed: Path, rows, descri
     lone = metadata.get("lone_slice_threshold") if metadata.get("photos_judged_alone") else None
     decisions = slices["probability"].to_numpy() >= decision_thresholds(slices["source"], metadata["threshold"], lone)
     return float((decisions == slices["label"].to_numpy().astype(bool)).mean())
-
-
-# A champion's recorded figures count as measured on this test data only when all of these match: DVC's recorded
-# hashes, and what is on disk (data_fingerprint: a step run by hand after `dvc repro` leaves dvc.lock stale).
-SAME_DATA_TAGS = ("data_hash", "splits_hash", "data_fingerprint")
 
 
 def champion_score(registry: ModelRegistry, champion, data_tags: dict[str, str], processed: Path,

@@ -42,9 +42,9 @@ from tasks.release.champion import champion_score
 from tasks.release.examples import bundle_examples
 from tasks.release.gate import QUALITY_CRITERIA, ChampionScore, Criterion, GateDecision, PromotionGate
 from tasks.release.model_card import render_model_card, split_summary
-from tasks.release.registry import SEEN_PATIENTS_FILE, ModelRegistry
+from tasks.release.registry import CARD_FILE, SEEN_PATIENTS_FILE, ModelRegistry
 from tasks.release.release_files import Release, parity_detail
-from tasks.release.versions import (CARD_FILE, SAME_RELEASE_TAGS, create_verified_version, discard_logged_models,
+from tasks.release.versions import (SAME_RELEASE_TAGS, create_verified_version, discard_logged_models,
                                     input_example, log_model, registered_model_ids, version_description)
 from tasks.tracking import provenance
 from tasks.tracking.mlflow_runs import MlflowTracker
@@ -102,7 +102,6 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
                                  export_report=release.export_report, decision=verdict, tags=card_tags,
                                  seed=settings.seed)
 
-    card = card_of(decision, version_tags)
     alias = reg.alias if decision.promoted else reg.challenger_alias
     holder = champion if alias == reg.alias else registry.by_alias(alias)
     example = input_example(processed, splits_dir)
@@ -112,8 +111,9 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         # the same verdict (already_registered compares it), in the words of its registration: judged again now, the
         # champion criterion would compare the version holding the alias with itself ("vs champion v6" on v6)
         kept = recorded_decision(holder) or decision
-        rewrite_card(registry, holder, card_of(kept, dict(holder.tags or {})))
+        rewrite_card(registry, holder, card_of(kept, holder.tags or {}))
         return kept_version(settings, kept, holder, alias, tracker, release)
+    card = card_of(decision, version_tags)
     logged = None
     try:
         with tempfile.TemporaryDirectory() as tmp:  # test-split examples the served model carries (serve/examples.py)

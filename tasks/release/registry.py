@@ -25,6 +25,18 @@ CHECKPOINT_FILE = "best.pt"
 METADATA_FILE = "model.json"
 EXAMPLES_ARCHIVE = "examples.zip"  # example inputs (tasks/release/examples.py), served with the model
 SEEN_PATIENTS_FILE = "seen_patients.json"  # the patients the model was trained and tuned on (train + val splits)
+CARD_FILE = "model_card.md"  # the whole card, logged in the registering run (serving and the flow show it from there)
+# A version's figures count as measured on this test data only when all of these match: DVC's recorded hashes, and
+# what is on disk (data_fingerprint: a step run by hand after `dvc repro` leaves dvc.lock stale). The gate re-scores a
+# champion otherwise (tasks/release/champion.py), and the Model tab compares figures only then (serve/compare.py).
+SAME_DATA_TAGS = ("data_hash", "splits_hash", "data_fingerprint")
+
+
+def versioned_title(card: str, model_name: str, version) -> str:
+    """The card titled with its version: it is written, and logged as CARD_FILE, before the version exists."""
+    return card.replace(f"# {model_name}\n", f"# {model_name} version {version}\n", 1)
+
+
 # What MLflow answers when a model, version or alias does not exist (yet).
 NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 # Run artifacts are searched this many folders deep.

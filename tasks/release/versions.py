@@ -16,7 +16,7 @@ import numpy as np
 from tasks import paths
 from tasks.data.splits import iter_test_slices
 from tasks.errors import SliceWiseError
-from tasks.release.registry import ModelRegistry
+from tasks.release.registry import CARD_FILE, ModelRegistry, versioned_title
 from tasks.release.release_files import Release
 from tasks.tracking.mlflow_runs import MlflowTracker
 from tasks.tracking.store import check_store_present, retrying
@@ -57,7 +57,6 @@ class LoggedModel:
     artifact_location: str
 
 
-CARD_FILE = "model_card.md"  # the whole card, logged in the registering run (serving shows it from there)
 # MLflow keeps a version's description in a column of 5,000 characters: VARCHAR(5000) on PostgreSQL and MySQL, which
 # refused a longer card and with it the registration (SQLite does not enforce it; the quick model's card had 6,100).
 DESCRIPTION_LIMIT = 5000
@@ -66,15 +65,14 @@ DESCRIPTION_LIMIT = 5000
 def version_description(card: str, model_name: str, version: str) -> str:
     """The card as version `version`'s description: titled with its version and, when longer than MLflow keeps, cut
     after its last whole section that fits, with a line naming the sections left out and the file that has them."""
-    titled = card.replace(f"# {model_name}\n", f"# {model_name} version {version}\n", 1)
+    titled = versioned_title(card, model_name, version)
     if len(titled) <= DESCRIPTION_LIMIT:
         return titled
     sections = re.split(r"\n(?=## )", titled)
     kept, left_out = [sections[0][:DESCRIPTION_LIMIT // 2]], []
-    for section in sections[1:]:
-        (left_out if left_out else kept).append(section)
-        if not left_out and len("\n".join(kept)) > DESCRIPTION_LIMIT - 400:  # room for the closing line
-            left_out.append(kept.pop())
+    for section in sections[1:]:  # room for the closing line: 400 characters
+        fits = not left_out and len("\n".join([*kept, section])) <= DESCRIPTION_LIMIT - 400
+        (kept if fits else left_out).append(section)
     names = ", ".join(section.splitlines()[0].removeprefix("## ") for section in left_out)
     described = ("\n".join(kept).rstrip() + f"\n\n*Cut to the {DESCRIPTION_LIMIT:,} characters MLflow keeps. The "
                  f"whole card, with {names}, is `{CARD_FILE}` in this version's MLflow run; the web UI's Model tab "
