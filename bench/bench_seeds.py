@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import re
 import statistics
 import subprocess
@@ -52,12 +51,9 @@ INTERVAL_KEYS = {"accuracy": "classification.accuracy", "slice_dice": "segmentat
 
 def cpu_description() -> dict:
     """Model name and the bf16-relevant features of this CPU (they decide which kernels training takes)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    from tasks.training.device import native_cpu_bf16
+    from tasks.training.device import cpu_model_and_flags, native_cpu_bf16
 
+    model, flags = cpu_model_and_flags()
     return {"model": model, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "bf16_autocast": native_cpu_bf16()}
 

@@ -211,8 +211,13 @@ class RegistrySource:
     def prune(self, keep: set) -> None:
         """Remove the cached versions beyond the KEPT_VERSIONS newest, except those in `keep` (served, served before,
         the challenger). Every champion and every challenger /model/compare touched stayed, about 31 MB each for
-        the quick model, with nothing ever removing one. Under the download lock: never a folder being written."""
-        with self._download_lock():
+        the quick model, with nothing ever removing one. Under the download lock: never a folder being written. A
+        lock held elsewhere (a challenger's download) skips this prune rather than wait for it: a champion's swap once
+        waited for another version's download to end; the next load prunes."""
+        with self._download_lock(wait=False) as held:
+            if not held:
+                log.info("model cache not pruned now: a download holds it")
+                return
             versions = sorted((f for f in self.cache_dir.iterdir() if f.is_dir() and (f / CARD_FILE).is_file()),
                               key=lambda f: (f / CARD_FILE).stat().st_mtime, reverse=True)
             for folder in versions[KEPT_VERSIONS:]:
@@ -235,16 +240,21 @@ class RegistrySource:
         and /model/compare can want the same version at once (the challenger just promoted), and so can the
         workers of one server at start-up. The later one finds it done instead of replacing a folder in use."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with self._download_lock():
+        with self._download_lock(wait=True):
             if not (folder / CARD_FILE).is_file():
                 self._download_into(version, folder)
 
     @contextmanager
-    def _download_lock(self) -> Iterator[None]:
-        """The cache folder's lock for writing or removing version folders, across threads and processes."""
+    def _download_lock(self, wait: bool) -> Iterator[bool]:
+        """The cache folder's lock for writing or removing version folders, across threads and processes: yields
+        whether it is held (always, when `wait`; otherwise only if nobody else held it)."""
         with open(self.cache_dir / DOWNLOAD_LOCK, "a") as lock:  # each call its own open file: flock works between
-            fcntl.flock(lock, fcntl.LOCK_EX)  # threads too; released when the file closes
-            yield
+            try:  # threads too; released when the file closes
+                fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
 
     def _download_into(self, version, folder: Path) -> None:
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))

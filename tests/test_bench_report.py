@@ -6,6 +6,7 @@ Quality depends on the CPU's kernels, so a sweep on one machine must not erase a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -569,6 +570,19 @@ def test_a_partial_rerun_records_the_cpu_and_date_of_what_it_measured_and_only_o
     model = cpu_description()["model"]
     assert report["api"]["cpu"] == model and report["rerun_dates"]["api"] == report["api"]["date"]
     assert report["machine"]["processor"] == model != "x86_64"
+
+
+def test_the_sweeps_and_the_epoch_timings_name_a_cpu_alike():
+    """bench_peer compares the machine an epoch's timings name with this one: the sweeps' CPU record and the timings'
+    machine are read by one function, so the same CPU is never two names."""
+    import torch
+
+    from bench.bench_seeds import cpu_description
+    from tasks.training.device import machine_description
+
+    cpu = cpu_description()
+    assert machine_description(torch.device("cpu")) == f"cpu {cpu['model']}, {torch.get_num_threads()} threads"
+    assert cpu["model"] and cpu["model"] != "x86_64" or not Path("/proc/cpuinfo").exists()
 
 
 def test_a_seed_sweep_names_the_commit_it_measured():

@@ -18,7 +18,7 @@ from tasks import paths, train_cls, train_seg
 from tasks.data.batch_sampling import share_bounds
 from tasks.errors import SliceWiseError
 from tasks.inference.checkpoints import load_checkpoint, model_config_for, weights_digest
-from tasks.training.distributed import Ranks
+from tasks.training.distributed import Ranks, launched_rank
 from tasks.training.steps import StageLoss
 from tests.conftest import REPO, make_tiny_processed, with_epochs, with_section
 
@@ -26,6 +26,18 @@ from tests.conftest import REPO, make_tiny_processed, with_epochs, with_section
 # measured: 1.0e-7, float rounding of sums taken in another order.
 TOLERANCE = 1e-4
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def test_rank_without_a_world_is_a_single_process_run(monkeypatch):
+    """A stage tracks its MLflow run on rank 0 only. RANK set without WORLD_SIZE > 1 (a cluster shell's environment)
+    trains in one process, which must track its run: it was rank 3 and ran untracked."""
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launched_rank() == 0
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launched_rank() == 0
+    monkeypatch.setenv("WORLD_SIZE", "4")  # torchrun's processes: each its own rank
+    assert launched_rank() == 3
 
 
 def test_shares_cover_the_global_batch_and_their_loss_sums_give_its_loss(tiny_settings):

@@ -611,10 +611,14 @@ def test_an_earlier_answer_is_dimmed_while_the_next_one_loads_and_tiny_volumes_a
         "        small: [m.fmtSmall(0.004), m.fmtSmall(0), m.fmtSmall(1.234)],"
         "        hidden: [m.maskHidden({has_tumor: false, tumor_area_px: 5}),"
         "                 m.maskHidden({has_tumor: null, tumor_area_px: 5}),"
-        "                 m.maskHidden({has_tumor: true, tumor_area_px: 5})]}); });")
+        "                 m.maskHidden({has_tumor: true, tumor_area_px: 5}),"
+        "                 m.maskHidden({has_tumor: false, tumor_area_px: 0}),"  # a volume answer measures in cm³
+        "                 m.maskHidden({has_tumor: false, tumor_volume_cm3: 0.004}),"
+        "                 m.maskHidden({has_tumor: true, tumor_volume_cm3: 0.004}),"
+        "                 m.maskHidden({has_tumor: false, tumor_volume_cm3: 0})]}); });")
     assert state["during"] == [True, "true"] and state["after"] == [False, None]
     assert state["small"] == ["< 0.01", "0.00", "1.23"]
-    assert state["hidden"] == [True, True, False]
+    assert state["hidden"] == [True, True, False, False, True, False, False]
 
 
 def test_a_failed_model_poll_is_no_new_model_and_leaves_the_results(browser, server):

@@ -4,6 +4,7 @@ versions logged as the register step logs them, and the champion changed under a
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -403,6 +404,35 @@ def test_the_model_cache_keeps_a_few_versions_not_every_one_ever_served(registry
     assert model_source.KEPT_VERSIONS == 3
     assert src.load(key).card["version"] == registry["first_version"]  # a load prunes too, never what it serves
     assert {p.name for p in src.cache_dir.iterdir() if p.is_dir()} == {key, "v90-aaaa", "v91-bbbb", ".download-x"}
+
+
+def test_a_prune_never_waits_for_a_download_it_skips_until_the_next_load(registry, tmp_path):
+    """Review 2026-12-07: a champion's load prunes the cache under the download lock, and so waited for a challenger's
+    download (another thread or worker) to end before the new champion was served. It now skips that prune."""
+    import fcntl
+    import os
+
+    from serve.model_source import DOWNLOAD_LOCK
+
+    src = source(registry, tmp_path)
+    key = src.current_key()
+    src.load(key)
+    old = [f"v9{i}-aaaa" for i in range(4)]
+    for age, name in enumerate(old, start=1):
+        (src.cache_dir / name).mkdir()
+        (src.cache_dir / name / CARD_FILE).write_text("{}")
+        os.utime(src.cache_dir / name / CARD_FILE, (time.time() - 100 * age,) * 2)
+    served = []
+    with open(src.cache_dir / DOWNLOAD_LOCK, "a") as other:  # another process's download holds the lock
+        fcntl.flock(other, fcntl.LOCK_EX)
+        loading = threading.Thread(target=lambda: served.append(src.load(key)), daemon=True)
+        loading.start()
+        loading.join(timeout=60)  # a load takes about a second; one that waits for the lock never ends while held
+        assert not loading.is_alive(), "the champion's load waited for another download's lock"
+        assert served[0].card["version"] == registry["first_version"]
+        assert {p.name for p in src.cache_dir.iterdir() if p.is_dir()} == {key, *old}  # and nothing pruned
+    src.load(key)  # the lock is free: the next load prunes
+    assert {p.name for p in src.cache_dir.iterdir() if p.is_dir()} == {key, *old[:2]}
 
 
 def test_a_version_cached_earlier_is_served_with_the_registrys_tags_of_now(registry, tmp_path):

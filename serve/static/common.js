@@ -150,10 +150,9 @@ export const PHOTO_UNDECIDED = " (no decision on photos)";
 export const unreliableNote = (result) => (photoWithheld(result) ? PHOTO_UNDECIDED : UNRELIABLE);
 // A mask drawn filled in red reads as a found tumour: under a "no tumour" decision it is at most a candidate too faint
 // for it, and without a decision (withheld) it says nothing reliable. Every view starts it hidden and says why.
-export const maskHidden = (result) => (result.has_tumor === false || withheld(result)) && result.tumor_area_px > 0;
-// the same for a volume answer, whose mask is measured in cm³
-export const volumeMaskHidden = (result) => (result.has_tumor === false || withheld(result)) &&
-  result.tumor_volume_cm3 > 0;
+// A slice answer measures its mask in pixels, a volume answer in cm³.
+export const maskHidden = (result) => (result.has_tumor === false || withheld(result)) &&
+  (result.tumor_area_px ?? result.tumor_volume_cm3) > 0;
 
 export function decisionText(result) {
   if (photoWithheld(result)) return ["no decision: photo", "uncertain"];

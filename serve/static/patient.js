@@ -1,7 +1,7 @@
 // Patient viewer: the axial slices of a volume with overlays (prediction filled, truth outlined, uncertainty heat),
 // scrolled with the slider, the arrow keys or the wheel; per-region volumes and the per-slice score plot.
 import { $, MODALITY_NAMES, PRED_RGB, announce, api, busy, drawLayers, esc, fmt, fmtSmall, loadImage, openView,
-  outline, pickAgain, ranges, show, showWarning, tinted, UNRELIABLE, volumeMaskHidden, withheld, withoutColours }
+  outline, pickAgain, ranges, show, showWarning, tinted, UNRELIABLE, maskHidden, withheld, withoutColours }
   from "./common.js";
 
 const REGION_NAMES = { wt: "whole tumour", tc: "tumour core", et: "enhancing tumour" };
@@ -124,7 +124,7 @@ function plotSummary(result) {
 // As the Slice view does: a mask under a "no tumour" or withheld decision starts hidden, and the page says why (a
 // filled red mask reads as a found tumour); every other answer starts with it shown, whatever the last one did.
 function maskNote(result) {
-  const hidden = volumeMaskHidden(result);
+  const hidden = maskHidden(result);
   $("vol-show-pred").checked = !hidden;
   const cm3 = `${fmtSmall(result.tumor_volume_cm3)} cm³`;
   showWarning("vol-mask-note", !hidden ? "" : withheld(result) ? "The volume is out of distribution, so there is " +

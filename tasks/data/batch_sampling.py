@@ -71,9 +71,10 @@ class ComposedBatches(Sampler[list[int]]):
 def kaggle_quota(kaggle_share: float, batch_size: int, warn: bool = True) -> int:
     """Kaggle images per batch for `kaggle_share`: rounded, but never 0 or the whole batch while the batch can hold
     both sources. Rounded alone, a small share dropped the Kaggle images from every batch (fewer than at their
-    natural rate) and a large one dropped the BraTS slices, and with them every mask of train_joint's batches."""
+    natural rate) and a large one dropped the BraTS slices, and with them every mask of train_joint's batches.
+    `batch_size` is at least 2: a batch of 1 holds no quota (ComposedBatches draws its sample from every source)."""
     wanted = round(kaggle_share * batch_size)
-    n = min(max(wanted, 1), batch_size - 1) if batch_size > 1 else wanted
+    n = min(max(wanted, 1), batch_size - 1)
     if warn and n != wanted:
         log.warning("kaggle_share %.3f of a batch of %d rounds to %d Kaggle images; taking %d so that each batch "
                     "holds both sources", kaggle_share, batch_size, wanted, n)

@@ -48,11 +48,17 @@ def machine_description(device: torch.device) -> str:
     uses. A time measured on one machine is no budget for another (bench/bench_peer.py compares them)."""
     if device.type == "cuda":
         return f"cuda {torch.cuda.get_device_name(device)}"
+    return f"{device.type} {cpu_model_and_flags()[0]}, {torch.get_num_threads()} threads"
+
+
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """This CPU's model name and feature flags, from /proc/cpuinfo (the platform's names and no flags elsewhere)."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
                  platform.processor() or platform.machine())
-    return f"{device.type} {model}, {torch.get_num_threads()} threads"
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    return model, flags
 
 
 def autocast(device: torch.device, train_cfg):

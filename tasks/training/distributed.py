@@ -101,7 +101,11 @@ class _SumOverRanks(torch.autograd.Function):
 
 
 def launched_rank() -> int:
-    """The rank torchrun gave this process (0 without torchrun), known before the process group exists."""
+    """The rank torchrun gave this process (0 without torchrun), known before the process group exists. RANK alone
+    (a cluster shell's environment) is no torchrun process: without WORLD_SIZE > 1 the step trains in one process,
+    as training_processes decides, and that process is rank 0 (it once ran untracked with RANK=3 set)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return 0
     return int(os.environ.get("RANK", "0"))
 
 
