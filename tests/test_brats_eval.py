@@ -181,6 +181,7 @@ def test_regions_report_shape_intervals_and_null_regions():
     section, intervals, uncertainty = brats.regions_report(scores, 200, seed=0)
     assert section["wt"] == {"dice": pytest.approx(0.8), "hd95": pytest.approx(10 / 3)}
     assert brats.regions_present(scores) == {"wt": 3, "tc": None, "et": None}
+    assert brats.regions_lowest(scores) == {"wt": {"patient": "c", "dice": pytest.approx(0.7)}, "tc": None, "et": None}
     assert section["tc"] == {"dice": None, "hd95": None} and section["et"] == {"dice": None, "hd95": None}
     lo, hi = intervals["segmentation_regions.wt.dice"]
     assert lo <= 0.8 <= hi and lo >= 0.7 - 1e-9 and hi <= 0.9 + 1e-9

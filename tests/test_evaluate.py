@@ -131,7 +131,7 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     assert set(written) == set(CONTRACT_KEYS) | {"ci95", "classification_by_source", "sensitivity_by_tumour_area",
                                                  "segmentation_threshold", "classification_threshold",
                                                  "segmentation_misses", "segmentation_regions_present",
-                                                 "ci95_method", "ci95_degenerate"}
+                                                 "segmentation_regions_lowest", "ci95_method", "ci95_degenerate"}
     assert written["ci95_method"] == {"interval": "bca", "level": 0.95, "resampled": "patients",
                                       "min_resamples": 100}
     assert written["segmentation_threshold"] == {"value": 0.5, "rule": "fixed"}
@@ -142,6 +142,7 @@ def test_metrics_json_has_exactly_the_contract_keys(tmp_path):
     for section, keys in CONTRACT_KEYS.items():
         assert set(written[section]) == keys
     assert written["segmentation_regions"]["wt"] == {"dice": None, "hd95": None}  # no volume scored
+    assert written["segmentation_regions_lowest"] == {"wt": None, "tc": None, "et": None}
     cm = written["classification"]["confusion_matrix"]
     assert np.array(cm).shape == (2, 2) and sum(map(sum, cm)) == written["classification"]["n"] == 80
     assert written["segmentation"]["n_slices"] == 24 and written["segmentation_volume"]["n_patients"] == 8

@@ -33,6 +33,18 @@ def test_card_shows_the_three_regions_with_intervals_and_the_organisers_figures(
     assert "U-Net: whole-tumour, tumour-core and enhancing-tumour segmentation of axial" in text  # not "whole-tumour"
 
 
+def test_card_names_the_patient_behind_each_regions_lowest_dice():
+    """Review 2026-12-07: a TC Dice of 0.845 had the interval [0.459, 0.954] because one of seven test patients scored
+    0.261, and the card did not say so."""
+    text = card({"classification": {"threshold": 0.5},
+                 "segmentation_regions_lowest": {"wt": {"patient": "BraTS20_Training_039", "dice": 0.9027},
+                                                 "tc": {"patient": "BraTS20_Training_038", "dice": 0.2607},
+                                                 "et": None}})
+    assert ("The lowest test patient by region Dice: WT BraTS20_Training_039 (0.903); TC BraTS20_Training_038 "
+            "(0.261); every patient's figures") in text
+    assert "The lowest test patient" not in card({"classification": {"threshold": 0.5}})
+
+
 def test_card_without_regions_or_organisers_still_renders():
     text = card({"classification": {"threshold": 0.5}})
     assert "segmentation_regions.wt.dice | n/a" in text and "brats-evaluation" not in text

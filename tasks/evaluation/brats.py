@@ -231,6 +231,19 @@ def regions_present(scores: pd.DataFrame) -> dict[str, int | None]:
             for region in REGIONS}
 
 
+def regions_lowest(scores: pd.DataFrame) -> dict[str, dict | None]:
+    """The test patient with the lowest Dice in each region (metrics.json `segmentation_regions_lowest`): with a few
+    test patients one failure sets a mean's interval (a TC Dice of 0.845 over seven patients had [0.459, 0.954]
+    because one of them scored 0.261), and the model card names it."""
+    lowest: dict[str, dict | None] = {}
+    for region in REGIONS:
+        column = f"{region}_dice"
+        values = scores[column].dropna() if column in scores else pd.Series(dtype=float)
+        lowest[region] = None if values.empty else {"patient": str(scores.loc[values.idxmin(), "patient"]),
+                                                    "dice": float(values.min())}
+    return lowest
+
+
 def organisers_report(label_maps: Path, regions: Sequence[str]) -> dict:
     """The organisers' package's means over the patients whose label maps `score_patients` kept: global Dice, HD95
     and NSD, lesion-wise Dice, HD95 and NSD per region (`evaluate.organisers_check`; needs .venv-brats).

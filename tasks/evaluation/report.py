@@ -116,6 +116,8 @@ def build_report(val: SplitPredictions, test: SplitPredictions, cfg: EvaluateSet
     report["segmentation_regions"] = regions
     report["segmentation_regions_present"] = brats.regions_present(
         region_scores if region_scores is not None else pd.DataFrame())
+    report["segmentation_regions_lowest"] = brats.regions_lowest(
+        region_scores if region_scores is not None else pd.DataFrame())
     report["volume_uncertainty"] = uncertainty
     intervals = confidence_intervals(test, at, cfg.bootstrap, seed, units) | region_intervals
     # Every metric keeps its key; an interval that cannot be computed (no tumour slice at all) is null.
