@@ -74,9 +74,10 @@ def _populations_note(metrics: dict, splits: dict) -> list[str]:
                      "The volume and region HD95 are 3D, in mm.")
     lowest = {region: worst for region, worst in (metrics.get("segmentation_regions_lowest") or {}).items() if worst}
     if lowest:  # with a few patients one failure sets a mean's interval: the reader is told which
-        named = "; ".join(f"{region.upper()} {worst['patient']} ({worst['dice']:.3f})" for region, worst in lowest.items())
-        lines.append(f"The lowest test patient by region Dice: {named}; every patient's figures are in the evaluation's "
-                     "reports/plots/patients.csv.")
+        named = "; ".join(f"{region.upper()} {worst['patient']} ({worst['dice']:.3f})"
+                          for region, worst in lowest.items())
+        lines.append(f"The lowest test patient by region Dice: {named}; every patient's figures are in the "
+                     "evaluation's reports/plots/patients.csv.")
     if (ece := (metrics.get("calibration") or {}).get("ece")) is not None:
         lines.append(f"Calibration: the tumour score's expected calibration error on the test inputs is {ece:.3f} "
                      f"({metrics['calibration'].get('bins')} equal-width bins); read a score as a ranking, not as the "
