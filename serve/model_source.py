@@ -218,6 +218,7 @@ class RegistrySource:
             if not held:
                 log.info("model cache not pruned now: a download holds it")
                 return
+            self._remove_dead_downloads()
             versions = sorted((f for f in self.cache_dir.iterdir() if f.is_dir() and (f / CARD_FILE).is_file()),
                               key=lambda f: (f / CARD_FILE).stat().st_mtime, reverse=True)
             for folder in versions[KEPT_VERSIONS:]:
@@ -241,8 +242,16 @@ class RegistrySource:
         workers of one server at start-up. The later one finds it done instead of replacing a folder in use."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with self._download_lock(wait=True):
+            self._remove_dead_downloads()
             if not (folder / CARD_FILE).is_file():
                 self._download_into(version, folder)
+
+    def _remove_dead_downloads(self) -> None:
+        """Staging folders of downloads killed outright (a server restarted while starting up, out of memory): a whole
+        model each, which nothing removed. Called with the download lock held, so no download is alive."""
+        for dead in self.cache_dir.glob(".download-*"):
+            log.info("removing %s from the model cache (a download that never finished)", dead.name)
+            shutil.rmtree(dead, ignore_errors=True)
 
     @contextmanager
     def _download_lock(self, wait: bool) -> Iterator[bool]:

@@ -300,6 +300,21 @@ def test_export_needs_metrics(project, tiny_settings):
     assert export.main(tiny_settings)["parity"]["passed"]
 
 
+def test_export_refuses_a_metrics_json_about_other_weights(project, tiny_settings):
+    """Review 2026-12-07: an evaluate killed after train_joint ran again leaves the previous model's metrics.json (as it
+    should), and export shipped the new weights with that evaluation's thresholds, without a word."""
+    metrics_path = write_metrics(project, 0.9, 0.9)
+    report = json.loads(metrics_path.read_text())
+    for other in ({"checkpoint_sha256": "0" * 64}, {}):  # other weights, or none named
+        metrics_path.write_text(json.dumps(report | {"model": other}))
+        with pytest.raises(SliceWiseError, match="rerun the evaluate step") as refused:
+            export.main(tiny_settings)
+        assert "metrics.json" in str(refused.value) and not paths.ONNX_MODEL.exists()
+    metrics_path.write_text(json.dumps(report))
+    export.main(tiny_settings)
+    assert json.loads(paths.EXPORT_METADATA.read_text())["checkpoint"]["sha256"] == report["model"]["checkpoint_sha256"]
+
+
 def test_export_refuses_slices_of_another_size(project, tiny_settings):
     profile = tiny_settings.active.model_copy(update={"image_size": 64})
     bigger = tiny_settings.model_copy(update={"profiles": {tiny_settings.profile: profile}})

@@ -905,6 +905,31 @@ def test_an_interrupted_register_removes_what_it_logged(project, tiny_settings, 
     assert not paths.REGISTER_REPORT.exists()
 
 
+def test_a_model_logged_by_a_register_killed_outright_goes_when_it_runs_again(project, tiny_settings, monkeypatch):
+    """Review 2026-12-07: a register SIGKILLed after logging its model left that model (and its files, about 31 MB for
+    the quick model) in the run for good: no handler of its own could remove it, and the rerun only removed its own."""
+    from tasks.release import registration
+
+    settings = tracked(tiny_settings)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # a kill: the model is logged, and nothing of the attempt cleans up
+        patch.setattr(registration, "discard_logged_models", lambda *args, **kwargs: None)
+        patch.setattr(registration, "create_verified_version", killed)
+        with pytest.raises(KeyboardInterrupt):
+            register.main(settings)
+    runs = client().search_runs([client().get_experiment_by_name("slicewise").experiment_id])
+    run = next(r for r in runs if r.data.tags.get("slicewise.role") == "pipeline")
+    assert len(logged_models_of(run.info.run_id)) == 1 and len(model_folders(project)) == 1  # the kill's leftover
+    result = register.main(settings)
+    assert result["mlflow_run_id"] == run.info.run_id and result["version"] == "1"
+    kept = logged_models_of(run.info.run_id)
+    assert len(kept) == 1 and client().get_model_version("slicewise", "1").source.endswith(kept[0].model_id)
+    assert [p.name for p in model_folders(project)] == [kept[0].model_id]
+
+
 def test_a_store_lost_during_register_is_one_clear_error(project, tiny_settings, monkeypatch, capfd, caplog):
     """The tracking store is deleted while register runs: one error naming the store, a few lines of log (not
     MLflow's tracebacks for every retry), and no logged model left behind in mlartifacts/."""

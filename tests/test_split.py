@@ -56,6 +56,32 @@ def test_split_is_seeded(processed, tmp_path):
     assert read(tmp_path / "a") != read(tmp_path / "c")
 
 
+def test_a_split_killed_after_one_list_leaves_the_old_lists_together(processed, tmp_path, monkeypatch):
+    """Review 2026-12-07: killed after writing train.txt, the split step left a new train list beside the old val and
+    test lists, and a stage run by hand then trained on test patients."""
+    from tasks.data import splitting
+
+    out = tmp_path / "splits"
+    split_dataset(processed, out, SplitSettings(), seed=1)
+    before = {f.name: f.read_text() for f in out.iterdir()}
+    written = []
+
+    def killed_after_the_first(name, patients, folder):
+        if written:
+            raise KeyboardInterrupt  # as a kill between two lists
+        written.append(name)
+        real_write_split(name, patients, folder)
+
+    real_write_split = splitting.write_split
+    monkeypatch.setattr(splitting, "write_split", killed_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        split_dataset(processed, out, SplitSettings(), seed=2)
+    assert {f.name: f.read_text() for f in out.iterdir()} == before  # the old lists, all of them, and nothing else
+    monkeypatch.setattr(splitting, "write_split", real_write_split)
+    split_dataset(processed, out, SplitSettings(), seed=2)
+    assert (out / "train.txt").read_text() != before["train.txt"] and not list(tmp_path.glob(".tmp-*"))
+
+
 def test_leakage_is_detected():
     with pytest.raises(SliceWiseError, match="in both"):
         check_no_leakage({"train": ["p1", "p2"], "val": ["p2"], "test": []}, [])

@@ -26,7 +26,7 @@ from tasks.data.shards import read_manifest, read_shard
 from tasks.data.splits import SPLITS, write_split
 from tasks.data.subjects import subject_of
 from tasks.errors import SliceWiseError
-from tasks.io import write_text_atomic
+from tasks.io import staged_folder, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +191,15 @@ def split_dataset(processed: Path, out_dir: Path, cfg: SplitSettings, seed: int)
             splits[name] = splits[name] + ids
     check_no_leakage(splits, pairs)
 
-    for name in SPLITS:
-        write_split(name, splits[name], out_dir)
     summary = _summary(manifest, splits, len(pairs))
     if tumour_free:  # only then: a split without them writes what it wrote before the rule
         summary["train"]["tumour_free_brats_patients"] = len(tumour_free)
-    write_text_atomic(json.dumps(summary, indent=2), out_dir / "summary.json")
+    # The lists replace the old ones together: a step killed after writing one list (a new train.txt beside the old
+    # test.txt) left patients in two splits, which a stage run by hand then trained on and scored.
+    with staged_folder(out_dir) as staging:
+        for name in SPLITS:
+            write_split(name, splits[name], staging)
+        write_text_atomic(json.dumps(summary, indent=2), staging / "summary.json")
     return summary
 
 

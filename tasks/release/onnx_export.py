@@ -33,6 +33,7 @@ from tasks.inference.predictor import (LEGACY_SLICE_SCORE, MASK_THRESHOLD, ONNX_
                                        evaluated_slice_score)
 from tasks.io import atomic_write, read_json, sha256_file, usable_cores, write_json_atomic
 from tasks.release.onnx_checks import check_parity, measure_latency, ort_session
+from tasks.release.release_files import check_evaluated_weights
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,7 @@ def _export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metr
     from tasks.inference.checkpoints import load_model
 
     decisions = read_decisions(metrics_path)
+    weights = check_evaluated_weights(read_json(metrics_path, "evaluate"), checkpoint_path, metrics_path)
     model, checkpoint = load_model(checkpoint_path)
     # Parity runs the test slices through both engines on every core; only the latency figures are timed on
     # `latency_threads` (on one thread the parity pass took 17 s of this step's 34 s on 2 cores, quick profile).
@@ -223,7 +225,7 @@ def _export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metr
     metadata = model_metadata(checkpoint, modalities, image_size, decisions.threshold, cfg.opset,
                               decisions.mask_threshold, decisions.slice_score, decisions.slices_in_volume,
                               decisions.lone_slice_threshold, decisions.photos_alone)
-    metadata["checkpoint"]["sha256"] = sha256_file(checkpoint_path)  # register checks it against best.pt
+    metadata["checkpoint"]["sha256"] = weights  # register checks it against best.pt
     if data_source is not None:  # a served file's figures are then said to be synthetic ones, as a registry tag says
         metadata["data_source"] = data_source
     test_rows = split_rows(processed, read_split("test", splits_dir))

@@ -126,8 +126,11 @@ def _register_release(settings: Settings, release: Release, tracker: MlflowTrack
         discard_logged_models(tracker, logged, keep=registered_model_ids(registry))
         raise
     registered = retrying(cfg, "read version", registry.client.get_model_version, name, version)
-    if registered.source != logged.model_uri:  # an earlier attempt's model was completed instead
-        discard_logged_models(tracker, logged, search=False, keep=registered_model_ids(registry))
+    # The run's logged models that no version uses go: this attempt's when an earlier attempt's version was completed
+    # instead, and any that an attempt killed outright (SIGKILL, out of memory) logged, as no handler of its own ran.
+    # The store unable to say which models versions use (keep None): only a known unused model goes.
+    unused = logged if registered.source != logged.model_uri else None
+    discard_logged_models(tracker, unused, keep=registered_model_ids(registry))
     tracker.set_tags({"registered_version": version, "promotion": version_tags["promotion"]})
     log.info("register: %s version %s -> @%s (%s)", name, version, alias, decision.reason)
     return {"registered": True, "model_name": name, "version": version, "promoted": decision.promoted, "alias": alias,

@@ -44,18 +44,26 @@ def read_release(onnx_path: Path, metadata_path: Path, checkpoint_path: Path, me
     return release
 
 
+def check_evaluated_weights(metrics: dict, checkpoint_path: Path, metrics_path: Path) -> str:
+    """The checkpoint's sha256, once metrics.json shows it evaluated these very weights. Evaluate and export always
+    record the weights they saw; a file without the record (hand-made, or written before it existed) cannot show it
+    is about these weights, so it is refused like one about others. Export asks it too: an evaluate killed after
+    train_joint ran again leaves the previous model's metrics.json, whose thresholds export shipped with the new
+    weights (register refused the pair, but `serve --model-file` served it)."""
+    weights = sha256_file(checkpoint_path)
+    evaluated = (metrics.get("model") or {}).get("checkpoint_sha256")
+    if evaluated != weights:
+        said = "names no evaluated weights" if evaluated is None else "evaluated other weights than"
+        raise SliceWiseError(f"metrics.json {said} {checkpoint_path}; rerun the evaluate step (then export)",
+                             metrics_path)
+    return weights
+
+
 def check_one_model(release: Release, metrics_path: Path) -> None:
     """The gate judges metrics.json and the registry ships model.onnx and best.pt: all three must be one model.
     A step run by hand out of order (evaluate again after export, or train again after evaluate) would otherwise
     promote one model on another's numbers."""
-    weights = sha256_file(release.checkpoint_path)
-    # Both steps always record the weights they saw; a file without the record (hand-made, or written before it
-    # existed) cannot show it is about these weights, so it is refused like one about others.
-    evaluated = (release.metrics.get("model") or {}).get("checkpoint_sha256")
-    if evaluated != weights:
-        said = "names no evaluated weights" if evaluated is None else "evaluated other weights than"
-        raise SliceWiseError(f"metrics.json {said} {release.checkpoint_path}; rerun the evaluate step (then export)",
-                             metrics_path)
+    weights = check_evaluated_weights(release.metrics, release.checkpoint_path, metrics_path)
     exported = (release.metadata.get("checkpoint") or {}).get("sha256")
     if exported != weights:
         said = "names no source weights" if exported is None else "was exported from other weights than"
