@@ -62,9 +62,9 @@ def _require_project_root() -> None:
         _fail(f"run this from the project root (no params.yaml and dvc.yaml in {Path.cwd()})")
 
 
-def _check_parameters(updates: dict[str, str]) -> None:
+def _check_parameters(updates: dict[str, str]):
     """params.yaml with the command's values, validated on a copy before any flow starts: a bad one (`--profile
-    huge`) was one line under a hundred of Prefect's log lines and tracebacks."""
+    huge`) was one line under a hundred of Prefect's log lines and tracebacks. Returns those settings."""
     from flows.pipeline import checked_settings
     from tasks.preflight import run_warnings
 
@@ -74,6 +74,7 @@ def _check_parameters(updates: dict[str, str]) -> None:
         _fail(str(exc), exc.exit_code)
     for warning in run_warnings(settings):  # as `tasks check` says them before make run
         typer.secho(f"warning: {warning}", err=True, fg="yellow")
+    return settings
 
 
 @app.command()
@@ -97,7 +98,7 @@ def run(
 
     values = dict(profile=profile, data_source=data_source.value if data_source else None,
                   brats_dir=str(brats_dir) if brats_dir else None, kaggle_dir=str(kaggle_dir) if kaggle_dir else None)
-    _check_parameters(parameter_updates(**values))
+    settings = _check_parameters(parameter_updates(**values))
     # Without a configured server, report to `make prefect-ui`'s when it is up (the run shows in its UI),
     # else Prefect starts a throw-away server for this run alone.
     configured = PREFECT_API_URL.value()
@@ -136,7 +137,8 @@ def run(
     report.print(table)
     from tasks.release.summary import print_summary
 
-    print_summary(report)
+    # the same summary as make run's, with its word on the photos the served model will not decide (review 2026-12-07)
+    print_summary(report, min_photo_accuracy=settings.serve.min_photo_accuracy)
 
 
 @app.command()

@@ -21,8 +21,8 @@ from tasks.redaction import redact
 log = logging.getLogger(__name__)
 
 FAILED_RETRY_SECONDS = 300.0  # a broken champion's download again: ten polls at the default 30 s
-NO_MODEL_HINT = ("train and register one (`make run`), or serve an exported file: "
-                 "`python -m serve --model-file exports/model.onnx`")
+FILE_HINT = "serve an exported file: `python -m serve --model-file exports/model.onnx`"
+NO_MODEL_HINT = f"train and register one (`make run`), or {FILE_HINT}"
 
 
 class ModelHolder:
@@ -151,6 +151,8 @@ class ModelHolder:
         if self.model is None:
             hint = "point --model-file at the ONNX file `make run` exports (exports/model.onnx)" \
                 if isinstance(self.source, FileSource) else NO_MODEL_HINT  # a file that is not a model: no registry
+            if "(make run)" in reason and hint == NO_MODEL_HINT:  # "no MLflow store yet; run the pipeline (make run)"
+                hint = f"or {FILE_HINT}"
             self.detail = f"no model: {reason}; {hint}"
         else:
             self.detail = f"{self._serving_detail()}; the last check of {self.source.description} failed: {reason}"

@@ -956,7 +956,7 @@ def test_a_finished_flow_run_prints_its_table_and_the_summary_unwrapped_off_a_te
     for forcing in ("FORCE_COLOR", "TTY_COMPATIBLE"):  # Rich takes either as a terminal: a CI may set them
         monkeypatch.delenv(forcing, raising=False)
     monkeypatch.setattr(cli, "_require_project_root", lambda: None)
-    monkeypatch.setattr(cli, "_check_parameters", lambda updates: None)
+    monkeypatch.setattr(cli, "_check_parameters", lambda updates: load_settings(ROOT / "params.yaml"))
     monkeypatch.setattr(cli, "_server_up", lambda url: False)
     monkeypatch.setattr(flows.pipeline, "slicewise_pipeline", lambda **kwargs: Completed(data=outcomes))
     with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no server configured: nothing to reach
@@ -965,3 +965,28 @@ def test_a_finished_flow_run_prints_its_table_and_the_summary_unwrapped_off_a_te
     lines = result.output.splitlines()
     assert any("train_seg" in line and "Completed" in line and line.rstrip(" │").endswith(why) for line in lines)
     assert any("no pipeline output here yet" in line and line.endswith("in the project root") for line in lines)
+
+
+def test_the_flows_summary_says_what_make_runs_says_of_the_photos(tmp_path, monkeypatch):
+    """Review 2026-12-07: `flows run` printed make run's summary without its line on the photos the served model
+    will not decide (print_summary says it only when given serve.min_photo_accuracy, which the flow did not give)."""
+    from prefect.settings import temporary_settings
+    from prefect.states import Completed
+    from typer.testing import CliRunner
+
+    import flows.__main__ as cli
+    import flows.pipeline
+    from tasks.release import summary
+
+    settings = load_settings(ROOT / "params.yaml")
+    asked = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_require_project_root", lambda: None)
+    monkeypatch.setattr(cli, "_check_parameters", lambda updates: settings)
+    monkeypatch.setattr(cli, "_server_up", lambda url: False)
+    monkeypatch.setattr(flows.pipeline, "slicewise_pipeline", lambda **kwargs: Completed(data={}))
+    monkeypatch.setattr(summary, "print_summary", lambda console, **kwargs: asked.append(kwargs))
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = CliRunner().invoke(cli.app, ["run"])
+    assert result.exit_code == 0, result.output
+    assert asked == [{"min_photo_accuracy": settings.serve.min_photo_accuracy}]

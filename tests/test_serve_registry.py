@@ -255,6 +255,8 @@ def test_no_server_path_reaches_a_client(tmp_path, monkeypatch):
     with local_client(app_for(source({}, tmp_path))) as client:
         detail = client.get("/healthz").json()["detail"]
     assert detail.startswith("no model: sqlite:///mlflow.db") and str(tmp_path) not in detail
+    assert detail.count("make run") == 1, detail  # review 2026-12-07: the store's advice and the hint both said it
+    assert detail.endswith("or serve an exported file: `python -m serve --model-file exports/model.onnx`")
     served = make_served_files(tmp_path / "files")
     with local_client(file_app(served)) as client:
         said = json.dumps([client.get("/healthz").json(), client.get("/model/info").json()])
