@@ -226,3 +226,17 @@ def test_a_card_longer_than_mlflow_keeps_is_cut_at_a_section_and_names_the_rest(
     assert "## Part 0" in described and "## Part 1" in described and "## Part 2" not in described
     assert f"with Part 2, Part 3, Part 4, Part 5, Part 6, Part 7, is `{CARD_FILE}` in this version's MLflow run" \
         in described
+
+
+def test_a_section_too_long_for_the_description_keeps_its_first_paragraphs():
+    """Version 10's first card: one line added to Test metrics (3,037 characters) made it too long for what was left,
+    and the description, cut at whole sections, held no test figure at all."""
+    from tasks.release.versions import DESCRIPTION_LIMIT, version_description
+
+    table = "| metric | value |\n|---|---|\n" + "\n".join(f"| metric {i} | 0.9 |" for i in range(60))  # ~1,200
+    card = ("# slicewise\n\nThe rule.\n\n## Data\n\n" + "data " * 500 + "\n\n## Test metrics\n\nIntervals.\n\n"
+            + table + "\n\n" + "A note. " * 300 + "\n\n## Promotion gate\n\n**PROMOTED**\n")
+    described = version_description(card, "slicewise", "10")
+    assert len(described) <= DESCRIPTION_LIMIT and "| metric 59 | 0.9 |" in described  # the whole table
+    assert "A note." not in described and "**PROMOTED**" not in described
+    assert "The whole card, with the rest of Test metrics, Promotion gate, is" in described

@@ -930,6 +930,30 @@ def test_a_model_logged_by_a_register_killed_outright_goes_when_it_runs_again(pr
     assert [p.name for p in model_folders(project)] == [kept[0].model_id]
 
 
+def test_a_version_left_half_made_by_a_killed_register_goes_when_another_release_registers(project, tiny_settings):
+    """Review 2026-12-07: a register SIGKILLed after creating its version (tagged "promoted", never described, verified
+    nor given an alias) was completed only by the same release; a new release left it for good. One whose register
+    still runs, or any version with a description, stays."""
+    settings = tracked(tiny_settings)
+    write_metrics(project, accuracy=0.95, sensitivity=0.9)
+    assert register.main(settings)["version"] == "1"
+    source = client().get_model_version("slicewise", "1").source
+    experiment = client().get_experiment_by_name("slicewise").experiment_id
+    left = {}
+    for status in ("KILLED", "RUNNING"):
+        run = client().create_run(experiment)
+        version = client().create_model_version("slicewise", source, run_id=run.info.run_id,
+                                                tags={"onnx_sha256": "f" * 64, "promotion": "promoted"})
+        if status != "RUNNING":
+            client().set_terminated(run.info.run_id, status)
+        left[status] = str(version.version)
+    write_metrics(project, accuracy=0.96, sensitivity=0.9)  # another release
+    result = register.main(settings)
+    versions = {str(v.version) for v in client().search_model_versions("name='slicewise'")}
+    assert left["KILLED"] not in versions and {"1", left["RUNNING"], result["version"]} <= versions
+    assert result["promoted"] and alias_version("slicewise", "champion") == result["version"]
+
+
 def test_a_store_lost_during_register_is_one_clear_error(project, tiny_settings, monkeypatch, capfd, caplog):
     """The tracking store is deleted while register runs: one error naming the store, a few lines of log (not
     MLflow's tracebacks for every retry), and no logged model left behind in mlartifacts/."""

@@ -64,20 +64,38 @@ DESCRIPTION_LIMIT = 5000
 
 def version_description(card: str, model_name: str, version: str) -> str:
     """The card as version `version`'s description: titled with its version and, when longer than MLflow keeps, cut
-    after its last whole section that fits, with a line naming the sections left out and the file that has them."""
+    after its last whole section that fits, or within the next one after its last whole paragraph that fits (its
+    table before its notes), with a line naming what is left out and the file that has it. Cut at whole sections
+    only, one line added to Test metrics left the description without any test figure (version 10's first card)."""
     titled = versioned_title(card, model_name, version)
     if len(titled) <= DESCRIPTION_LIMIT:
         return titled
     sections = re.split(r"\n(?=## )", titled)
     kept, left_out = [sections[0][:DESCRIPTION_LIMIT // 2]], []
-    for section in sections[1:]:  # room for the closing line: 400 characters
-        fits = not left_out and len("\n".join([*kept, section])) <= DESCRIPTION_LIMIT - 400
-        (kept if fits else left_out).append(section)
-    names = ", ".join(section.splitlines()[0].removeprefix("## ") for section in left_out)
+    for section in sections[1:]:
+        name = section.splitlines()[0].removeprefix("## ")
+        room = DESCRIPTION_LIMIT - 400 - len("\n".join(kept)) - 1  # 400 characters for the closing line
+        if not left_out and len(section) <= room:
+            kept.append(section)
+        elif not left_out and (head := _leading_paragraphs(section, room)):
+            kept.append(head)
+            left_out.append(f"the rest of {name}")
+        else:
+            left_out.append(name)
+    names = ", ".join(left_out)
     described = ("\n".join(kept).rstrip() + f"\n\n*Cut to the {DESCRIPTION_LIMIT:,} characters MLflow keeps. The "
                  f"whole card, with {names}, is `{CARD_FILE}` in this version's MLflow run; the web UI's Model tab "
                  "shows it.*\n")
     return described[:DESCRIPTION_LIMIT]  # a first section longer than half the limit could still overrun it
+
+
+def _leading_paragraphs(section: str, room: int) -> str:
+    """The section's heading and as many of its first paragraphs as fit in `room` characters; "" when not one does."""
+    paragraphs = section.split("\n\n")
+    kept = 1
+    while kept < len(paragraphs) and len("\n\n".join(paragraphs[:kept + 1])) <= room:
+        kept += 1
+    return "\n\n".join(paragraphs[:kept]) if kept > 1 else ""
 
 
 def log_model(release: Release, example: np.ndarray, tracker: MlflowTracker, card: str,
@@ -146,7 +164,27 @@ def find_or_create_version(registry: ModelRegistry, model_uri: str, tags: dict, 
         for key, value in tags.items():  # the judgement and lineage of this attempt, which completes it
             registry.client.set_model_version_tag(registry.model_name, version.version, key, value)
         return str(version.version)
+    _remove_abandoned_versions(registry, everyone)
     return str(mlflow.register_model(model_uri, registry.model_name, tags=tags).version)
+
+
+def _remove_abandoned_versions(registry: ModelRegistry, versions) -> None:
+    """Versions a register killed outright left half-made, of another release than this one: created and tagged
+    with their verdict ("promoted"), but never described, verified nor given an alias, by a run that ended killed or
+    failed. Only the same release completed such a version; another one left it for good, a "promoted" version that
+    nothing serves, which /model/compare could take for the challenger. A register still running (its run RUNNING)
+    or a version any other tool made (no onnx_sha256 tag, or a description) is left alone."""
+    for version in versions:
+        if version.description or not (version.tags or {}).get("onnx_sha256") or not version.run_id:
+            continue
+        try:
+            status = registry.client.get_run(version.run_id).info.status
+        except Exception:  # noqa: BLE001 - unknown: kept
+            continue
+        if status in ("KILLED", "FAILED") and not _holds_alias(registry, str(version.version)):
+            log.warning("register: removing version %s, left half-registered by run %s (%s): never described, "
+                        "verified nor given an alias", version.version, version.run_id, status.lower())
+            registry.client.delete_model_version(registry.model_name, str(version.version))
 
 
 def discard_logged_models(tracker: MlflowTracker, known: LoggedModel | None, search: bool = True,
