@@ -9,7 +9,7 @@ import urllib.request
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.table import Table
 from tasks import paths
 from tasks.errors import SliceWiseError
 from tasks.log_output import log_handler, report_console
+
+if TYPE_CHECKING:  # for the annotation only: this module imports the pipeline lazily, in its commands
+    from tasks.config import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline through Prefect.")
 console = Console(stderr=True)
@@ -62,7 +65,7 @@ def _require_project_root() -> None:
         _fail(f"run this from the project root (no params.yaml and dvc.yaml in {Path.cwd()})")
 
 
-def _check_parameters(updates: dict[str, str]):
+def _check_parameters(updates: dict[str, str]) -> Settings:
     """params.yaml with the command's values, validated on a copy before any flow starts: a bad one (`--profile
     huge`) was one line under a hundred of Prefect's log lines and tracebacks. Returns those settings."""
     from flows.pipeline import checked_settings

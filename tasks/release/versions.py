@@ -184,7 +184,10 @@ def _remove_abandoned_versions(registry: ModelRegistry, versions) -> None:
         if status in ("KILLED", "FAILED") and not _holds_alias(registry, str(version.version)):
             log.warning("register: removing version %s, left half-registered by run %s (%s): never described, "
                         "verified nor given an alias", version.version, version.run_id, status.lower())
-            registry.client.delete_model_version(registry.model_name, str(version.version))
+            try:  # best effort, as every clean-up here: the registration itself comes next
+                registry.client.delete_model_version(registry.model_name, str(version.version))
+            except Exception as exc:  # noqa: BLE001 - the store's own errors
+                log.warning("register: could not remove version %s (%s)", version.version, type(exc).__name__)
 
 
 def discard_logged_models(tracker: MlflowTracker, known: LoggedModel | None, search: bool = True,
