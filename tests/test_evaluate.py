@@ -172,7 +172,12 @@ def test_each_source_gets_its_own_interval_and_a_poor_one_is_not_hidden_by_the_p
     assert lo <= kaggle <= hi and hi < 0.85 < ci["classification.accuracy"][0]  # the pooled interval hides it
     assert ci["classification_by_source.brats.accuracy"][0] > 0.9 and hi - lo > 0.15  # 40 photos: a wide interval
     assert set(ci) >= {f"classification_by_source.{s}.{m}" for s in ("brats", "kaggle")
-                       for m in ("accuracy", "sensitivity", "specificity")}
+                       for m in ("accuracy", "sensitivity", "specificity", "roc_auc")}
+    # the ranking too (review 2026-12-07): the pooled ROC-AUC stays high, the coin-tossed photos' own is near chance
+    photo_auc, (auc_lo, auc_hi) = report["classification_by_source"]["kaggle"]["roc_auc"], \
+        ci["classification_by_source.kaggle.roc_auc"]
+    assert auc_lo <= photo_auc <= auc_hi < 0.85 < report["classification"]["roc_auc"]
+    assert report["classification_by_source"]["brats"]["roc_auc"] == 1.0  # the MRI slices are separated perfectly
     brats_only = evaluation_report.build_report(val, predictions(rng.uniform(0, 0.4, 20), rng.uniform(0.6, 1, 20)),
                                                 EvaluateSettings(bootstrap=50), seed=0)
     assert brats_only["ci95"]["classification_by_source.kaggle.accuracy"] is None  # no photo: no interval, key kept

@@ -73,11 +73,12 @@ def test_card_shows_where_the_classifier_errs():
                "classification_by_source": {"brats": {"n": 248, "positives": 126, "accuracy": 0.903,
                                                       "sensitivity": 0.85, "specificity": 0.9},
                                             "kaggle": {"n": 35, "positives": 17, "accuracy": 0.771,
-                                                       "sensitivity": 0.588, "specificity": 0.944}},
+                                                       "sensitivity": 0.588, "specificity": 0.944, "roc_auc": 0.712}},
                "sensitivity_by_tumour_area": {"0_to_100_mm2": {"n": 12, "sensitivity": 0.25},
                                               "over_2000_mm2": {"n": 0, "sensitivity": 0.0}}}
     text = card(metrics)
-    assert "| kaggle | 35 | 17 | 0.771 | 0.588 | 0.944 |" in text
+    assert "| kaggle | 35 | 17 | 0.771 | 0.588 | 0.944 | 0.712 |" in text
+    assert "| brats | 248 | 126 | 0.903 | 0.850 | 0.900 | n/a |" in text  # a record written before it had one
     with_intervals = card(metrics | {"ci95": {"classification_by_source.kaggle.accuracy": [0.629, 0.914]}})
     assert "| kaggle | 35 | 17 | 0.771 [0.629, 0.914] | 0.588 | 0.944 |" in with_intervals  # the photos' own interval
     assert "| 0–100 mm² | 12 | 0.250 |" in text and "| ≥ 2000 mm² | 0 | n/a |" in text

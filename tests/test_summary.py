@@ -36,7 +36,9 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
         "segmentation_regions": {"wt": {"dice": 0.8125, "hd95": 12.5}, "tc": {"dice": 0.4375, "hd95": 30.0}},
         "ci95": {"segmentation_regions.tc.dice": [0.25, 0.625], "classification_by_source.kaggle.accuracy": [0.6, 0.9]},
         "classification_by_source": {"kaggle": {"n": 35, "positives": 17, "accuracy": 0.771, "sensitivity": 0.588,
-                                                "specificity": 0.944}},
+                                                "specificity": 0.944, "roc_auc": 0.7125},
+                                     "brats": {"n": 409, "positives": 204, "accuracy": 0.98, "sensitivity": 0.961,
+                                               "specificity": 1.0}},  # written before it had a ROC-AUC
         "sensitivity_by_tumour_area": {"0_to_100_mm2": {"n": 12, "sensitivity": 0.25},
                                        "over_2000_mm2": {"n": 0, "sensitivity": 0.0}},
     }))
@@ -46,7 +48,9 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     assert re.search(r"segmentation_regions\.wt\.dice +│ 0\.812", out)
     assert re.search(r"segmentation_regions\.tc\.hd95 \(mm\) +│ 30\.000", out)  # a distance says its unit
     assert "[0.250, 0.625]" in out and "segmentation_regions.et" not in out
-    assert "kaggle accuracy 0.771 [0.600, 0.900], sensitivity 0.588 (35 slices)" in out  # the photos' own interval
+    # the photos' own interval, and their own ranking (the pooled ROC-AUC mixes two scores)
+    assert "kaggle accuracy 0.771 [0.600, 0.900], sensitivity 0.588, ROC-AUC 0.713 (35 slices)" in out
+    assert "brats accuracy 0.980, sensitivity 0.961 (409 slices)" in out
     assert "0–100 mm² 0.25 (12)" in out and "2000" not in out  # an empty size bin is left out
     assert "version 3: not promoted" in out and "volume Dice 0.600 < 0.700 [FAIL]" in out
 

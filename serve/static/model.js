@@ -11,6 +11,7 @@ const METRICS = [["classification.accuracy", "accuracy"], ["classification.sensi
   // each source alone: the photos are a few dozen of the test inputs, and the pooled accuracy hides how they fare
   ["classification_by_source.brats.accuracy", "accuracy, MRI slices"],
   ["classification_by_source.kaggle.accuracy", "accuracy, photos"],
+  ["classification_by_source.kaggle.roc_auc", "ROC AUC, photos"],
   // three whole-tumour Dice figures, each said for what it is averaged over (docs/evaluation.md)
   ["segmentation.dice", "slice Dice (WT, mean over tumour slices)"], ["segmentation.hd95", "slice HD95 (mm)", true],
   ["segmentation_volume.dice", "volume Dice (WT, slices re-stacked per patient)"],

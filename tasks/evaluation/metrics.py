@@ -125,7 +125,10 @@ def subgroup_metrics(slices: pd.DataFrame, threshold: float | np.ndarray) -> dic
         by_source[source] = {"n": int(at.sum()), "positives": positives,
                              "accuracy": _ratio_or_nan(int((predicted[at] == labels[at]).sum()), int(at.sum())),
                              "sensitivity": _ratio_or_nan(int((predicted[at] & labels[at]).sum()), positives),
-                             "specificity": _ratio_or_nan(int((~predicted[at] & ~labels[at]).sum()), negatives)}
+                             "specificity": _ratio_or_nan(int((~predicted[at] & ~labels[at]).sum()), negatives),
+                             # the source's own ranking: the pooled ROC-AUC mixes slices and photos scored two ways
+                             "roc_auc": float(roc_auc_score(labels[at], probability[at]))
+                             if positives and negatives else np.nan}
     by_area = {}
     if "tumour_area_mm2" in slices:
         area = slices["tumour_area_mm2"].to_numpy(dtype=float)

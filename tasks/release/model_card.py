@@ -65,7 +65,9 @@ def _populations_note(metrics: dict, splits: dict) -> list[str]:
               f"the slices of {brains} brain volumes and {test['patients'] - brains} photos")
     lines = ["", f"`classification.*` pool every test input: {inputs} (each source alone below). Every brain volume "
              "has a tumour somewhere, so the specificity is over the tumour-free slices of tumour-bearing brains and "
-             "the tumour-free photos, not over brains without a tumour (see *Tumour-free brains*)."]
+             "the tumour-free photos, not over brains without a tumour (see *Tumour-free brains*). The pooled ROC-AUC "
+             "ranks slices scored within their volume together with photos scored alone, two scores: each source's "
+             "own is below."]
     misses = metrics.get("segmentation_misses") or {}
     if misses.get("n_slices_missed") is not None:
         lines.append(f"`segmentation.hd95` is in mm, per tumour slice; the {misses['n_slices_missed']} tumour slices "
@@ -169,11 +171,13 @@ def _subgroups_section(metrics: dict) -> list[str]:
     alone = ((metrics.get("classification_threshold") or {}).get("photos_at") == "lone_slice_value")
     judged = "each input at the threshold serving applies to it" if alone else "same threshold"
     lines = ["", f"Where the classifier errs (test split, {judged}; an interval resamples that source alone):", "",
-             "| source | slices | with tumour | accuracy | sensitivity | specificity |", "|---|---|---|---|---|---|"]
+             "| source | slices | with tumour | accuracy | sensitivity | specificity | ROC-AUC |",
+             "|---|---|---|---|---|---|---|"]
     intervals = metrics.get("ci95") or {}
     for source, m in by_source.items():
         cells = [_fmt(value) + interval_text(value, intervals.get(f"classification_by_source.{source}.{name}"))
-                 for name, value in ((name, m.get(name)) for name in ("accuracy", "sensitivity", "specificity"))]
+                 for name, value in ((name, m.get(name))
+                                     for name in ("accuracy", "sensitivity", "specificity", "roc_auc"))]
         lines.append(f"| {source} | {m['n']} | {m['positives']} | {' | '.join(cells)} |")
     if by_area:
         lines += ["", "| BraTS tumour slices by tumour area | slices (patients) | detected (95 % Wilson over slices) |",

@@ -185,8 +185,9 @@ def _where_it_errs(metrics: dict) -> str:
             return _share(value, 3) + interval_text(value, intervals.get(f"classification_by_source.{source}.accuracy"))
 
         lines.append("classifier by source: " + "; ".join(
-            f"{source} accuracy {accuracy(source, m['accuracy'])}, sensitivity {_share(m['sensitivity'], 3)} "
-            f"({m['n']} slices)" for source, m in by_source.items()))
+            f"{source} accuracy {accuracy(source, m['accuracy'])}, sensitivity {_share(m['sensitivity'], 3)}"
+            + (f", ROC-AUC {_share(m['roc_auc'], 3)}" if m.get("roc_auc") is not None else "")
+            + f" ({m['n']} slices)" for source, m in by_source.items()))
     if by_area:
         lines.append("BraTS tumour slices detected, by tumour area: " + "; ".join(
             f"{area_bin_title(name)} {_share(m['sensitivity'], 2)} "
