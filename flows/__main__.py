@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import urllib.request
 from contextlib import contextmanager
@@ -110,6 +111,10 @@ def run(
               "against a throw-away server")
     api_url = configured or (LOCAL_PREFECT_API if _server_up(LOCAL_PREFECT_API) else None)
     run_settings = {PREFECT_API_URL: api_url} if api_url else {}
+    if not api_url:  # Prefect's throw-away server, out of reach of the terminal's Ctrl-C (flows/throwaway_server.py)
+        from flows.throwaway_server import use_server_in_its_own_session
+
+        use_server_in_its_own_session()
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
         run_settings[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = EPHEMERAL_STARTUP_SECONDS
     with temporary_settings(run_settings), console_says_failures_once():
@@ -264,7 +269,18 @@ def install_log_factories() -> None:
     install_beneath_redaction(KnownFailuresInOneLine)  # the redaction masks the tracebacks left, it cannot tell them
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (`kill`, `timeout`, a container stopping) as SystemExit(143), as `python -m tasks` takes it: Prefect's
+    own handler sent the signal again with the default action, and the process vanished without stopping its
+    throw-away server (left running, 230 MB) or marking its run."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def main() -> None:
+    _exit_on_sigterm()
     install_log_factories()
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[log_handler(console)])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API request otherwise

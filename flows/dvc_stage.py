@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -159,6 +161,31 @@ def _under(path: str, deps: list[str]) -> bool:
     return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back, then delivered, around a write of dvc.lock: DVC rewrites the file in place, and
+    a flow run stopped while it wrote left it empty or cut in the middle of a line (review 2026-12-07), after which
+    neither `dvc` nor the flow could start. Meanwhile a signal is only noted; once the file is whole, the first one
+    noted is raised again under the handlers of before (Prefect's, or the default). Python runs signal handlers in the
+    main thread only, where the flow runs its steps: elsewhere nothing can be held, and nothing is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    before = {held: signal.getsignal(held) for held in (signal.SIGINT, signal.SIGTERM)}
+    for held, handler in before.items():
+        if handler is not None:  # None: a handler not set from Python, which cannot be set back
+            signal.signal(held, lambda signum, frame: noted.append(signum))
+    try:
+        yield
+    finally:
+        for held, handler in before.items():
+            if handler is not None:
+                signal.signal(held, handler)
+        if noted:
+            signal.raise_signal(noted[0])
+
+
 def clear_or_restore(stage: str, use_run_cache: bool = True) -> bool:
     """What `dvc repro` does before running a stale stage; True when the run is not needed after all.
 
@@ -174,7 +201,7 @@ def clear_or_restore(stage: str, use_run_cache: bool = True) -> bool:
         if not use_run_cache:
             return False
         try:
-            repo.stage_cache.restore(stage_obj)
+            repo.stage_cache.restore(stage_obj)  # outputs only: a cut restore is outputs DVC finds changed
         except RunCacheNotFoundError:
             return False
         return True
@@ -192,9 +219,10 @@ def commit_stage(stage: str) -> str:
     with _repo() as repo, _locked(repo), repo.scm_context:
         (stage_obj,) = repo.stage.collect(stage)
         uncached = any(not out.use_cache for out in stage_obj.outs if not (out.is_metric or out.is_plot))
-        stage_obj.save(run_cache=not uncached)
-        stage_obj.commit()
-        stage_obj.dvcfile.dump_stages([stage_obj], update_pipeline=False)
+        with signals_held():
+            stage_obj.save(run_cache=not uncached)
+            stage_obj.commit()
+            stage_obj.dvcfile.dump_stages([stage_obj], update_pipeline=False)
     return lock_fingerprint(stage)
 
 

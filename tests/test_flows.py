@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -488,6 +489,40 @@ def test_the_flow_keeps_register_like_stages_out_of_dvcs_run_cache(tmp_path, mon
     assert dvc(tmp_path, "status").stdout.strip() == "Data and pipelines are up to date."
 
 
+def test_a_signal_while_the_flow_records_a_stage_waits_until_dvc_lock_is_whole(tmp_path, monkeypatch):
+    """Review 2026-12-07: a SIGTERM (or Ctrl-C) that reached the flow while DVC rewrote dvc.lock in place left the file
+    empty or cut mid-line, and neither `dvc` nor the flow could start again. The signal now takes effect after."""
+    import signal
+
+    from dvc.utils.serialize import _yaml
+
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    assert dvc(tmp_path, "init", "-q").returncode == 0
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "make": {"cmd": "echo made > made.txt", "deps": ["source.txt"], "outs": ["made.txt"]}}}))
+    (tmp_path / "source.txt").write_text("source\n")
+    (tmp_path / "made.txt").write_text("made\n")
+    real_dump = _yaml._dump
+
+    def terminated_while_writing(data, stream):  # the file is open and empty: the worst moment
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_dump(data, stream)
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    monkeypatch.setattr(_yaml, "_dump", terminated_while_writing)
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with pytest.raises(SystemExit):
+            dvc_stage.commit_stage("make")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "make" in yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]  # whole, then the signal
+    assert dvc(tmp_path, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
 def test_a_stage_names_its_code_edited_since_the_flow_read_the_pipeline(tmp_path, monkeypatch):
     """What `code_edited` compares: the stage's code deps in dvc.yaml (files and folders), file by file."""
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
@@ -650,6 +685,53 @@ def test_new_local_patient_triggers_fetch_and_reslices_only_it(project, tmp_path
 
     state, outcomes = run_flow()  # nothing changed: a scheduled run finds everything Cached
     assert states_of(outcomes) == dict.fromkeys(DATA_STAGES, "Cached")
+
+
+def _processes_with(marker: str) -> list[int]:
+    """The pids whose environment holds `marker` (a PREFECT_HOME of a test's own)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_flow_run_at_once_and_its_throw_away_server_with_it(project, tmp_path):
+    """Review 2026-12-07: Ctrl-C (SIGINT to the terminal's process group, as `timeout` sends its signal) also stopped
+    Prefect's throw-away server, a child in the same group; the flow then retried the dead API for about four minutes
+    and printed some 400 lines before it exited with 1. SIGTERM to the flow alone left the server running."""
+    import signal
+
+    home = f"PREFECT_HOME={tmp_path / 'prefect-home'}"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PREFECT_API_URL", None)
+    for signum, to_group, code in ((signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)):
+        (project / "data").exists() and shutil.rmtree(project / "data")  # fetch has work to do
+        log = tmp_path / f"flow-{signum}.log"
+        with open(log, "w") as out:
+            flow_run = subprocess.Popen([sys.executable, "-m", "flows", "run"], cwd=project, env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)  # a terminal's group
+            deadline = time.monotonic() + 240
+            while "fetch: running" not in log.read_text() and flow_run.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            assert _processes_with(home), "no throw-away server was started"
+            (os.killpg if to_group else os.kill)(flow_run.pid, signum)
+            try:
+                returned = flow_run.wait(timeout=90)  # it took about four minutes
+            finally:
+                flow_run.kill()
+        said = log.read_text()
+        assert returned == code, said[-3000:]
+        assert len(said.splitlines()) < 100, said[-3000:]  # not 400 lines of retries against a dead API
+        deadline = time.monotonic() + 15
+        while _processes_with(home) and time.monotonic() < deadline:  # the server stops on the flow's way out
+            time.sleep(0.5)
+        assert not _processes_with(home), f"a server was left running after {signum!r}"
 
 
 @pytest.mark.slow

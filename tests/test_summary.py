@@ -55,6 +55,19 @@ def test_summary_prints_region_figures_with_intervals_and_the_gate_reason(tmp_pa
     assert "version 3: not promoted" in out and "volume Dice 0.600 < 0.700 [FAIL]" in out
 
 
+def test_summary_says_how_many_inputs_the_slice_step_set_aside(tmp_path, monkeypatch):
+    """Review 2026-12-07: a truncated NIfTI was set aside by the slice step, and `flows run` ended without a word of it
+    (only `dvc repro` printed the step's JSON). Both front doors end with this summary."""
+    monkeypatch.chdir(tmp_path)
+    paths.REJECTED.parent.mkdir(parents=True)
+    paths.REJECTED.write_text('file,reason\nbrats/P1/P1_t2.nii.gz,"EOFError: Compressed file ended\nbefore the end"\n'
+                              "kaggle/yes/Y9.jpg,not an image\n")
+    out = " ".join(printed_summary().split())
+    assert "the slice step set 2 input file(s) aside" in out and "data/processed/rejected.csv names each" in out
+    paths.REJECTED.write_text("file,reason\n")
+    assert "set aside" not in printed_summary()
+
+
 def test_summary_says_when_the_served_model_will_decide_no_photo(tmp_path, monkeypatch):
     """A fresh clone's model scores its test photos at 0.629, below serve.min_photo_accuracy: its served answers to
     photos carry no decision, which nothing said until a photo was sent."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from rich.console import Console
@@ -60,6 +61,9 @@ def print_summary(console: Console | None = None, min_photo_accuracy: float | No
         table.add_row(label, str(path))
     table.add_row("MLflow store", redact(portable_uri(tracking_uri())))  # MLFLOW_TRACKING_URI's, when set
     console.print(table)
+    if set_aside := _rejected_inputs():  # said at the end of both front doors' runs: the flow's said nothing of them
+        console.print(f"[yellow]the slice step set {set_aside} input file(s) aside[/] (unreadable, or not a brain "
+                      f"MRI it can use): {paths.REJECTED} names each and why; the rest of the data was used")
 
     if metrics := _report(paths.METRICS, console):
         ci = metrics.get("ci95", {})
@@ -151,6 +155,15 @@ def area_bin_title(name: str) -> str:
     """A tumour-area bin's key in metrics.json (`100_to_500_mm2`, `over_2000_mm2`) as people read it; the model card
     titles its table rows with it too. Here, not there: the run summary must not import what the card needs."""
     return name.replace("_to_", "–").replace("_mm2", " mm²").replace("over_", "≥ ")
+
+
+def _rejected_inputs() -> int:
+    """How many input files data/processed/rejected.csv lists (0 when there is none, or it cannot be read)."""
+    try:
+        with open(paths.REJECTED, newline="") as listed:
+            return sum(1 for _ in csv.DictReader(listed))  # a reason may hold a line break
+    except (OSError, csv.Error):
+        return 0
 
 
 def _share(value: float | None, decimals: int) -> str:
