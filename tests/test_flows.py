@@ -489,6 +489,17 @@ def test_the_flow_keeps_register_like_stages_out_of_dvcs_run_cache(tmp_path, mon
     assert dvc(tmp_path, "status").stdout.strip() == "Data and pipelines are up to date."
 
 
+def one_stage_project(root: Path, monkeypatch) -> None:
+    """A git + DVC project in `root` (the working directory) with one stage, `make`, whose output is there to record."""
+    monkeypatch.chdir(root)
+    subprocess.run(["git", "init", "-q"], check=True)
+    assert dvc(root, "init", "-q").returncode == 0
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "make": {"cmd": "echo made > made.txt", "deps": ["source.txt"], "outs": ["made.txt"]}}}))
+    (root / "source.txt").write_text("source\n")
+    (root / "made.txt").write_text("made\n")
+
+
 def test_a_signal_while_the_flow_records_a_stage_waits_until_dvc_lock_is_whole(tmp_path, monkeypatch):
     """Review 2026-12-07: a SIGTERM (or Ctrl-C) that reached the flow while DVC rewrote dvc.lock in place left the file
     empty or cut mid-line, and neither `dvc` nor the flow could start again. The signal now takes effect after."""
@@ -496,13 +507,7 @@ def test_a_signal_while_the_flow_records_a_stage_waits_until_dvc_lock_is_whole(t
 
     from dvc.utils.serialize import _yaml
 
-    monkeypatch.chdir(tmp_path)
-    subprocess.run(["git", "init", "-q"], check=True)
-    assert dvc(tmp_path, "init", "-q").returncode == 0
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "make": {"cmd": "echo made > made.txt", "deps": ["source.txt"], "outs": ["made.txt"]}}}))
-    (tmp_path / "source.txt").write_text("source\n")
-    (tmp_path / "made.txt").write_text("made\n")
+    one_stage_project(tmp_path, monkeypatch)
     real_dump = _yaml._dump
 
     def terminated_while_writing(data, stream):  # the file is open and empty: the worst moment
@@ -542,13 +547,7 @@ def test_a_stage_names_its_code_edited_since_the_flow_read_the_pipeline(tmp_path
 def test_the_flow_waits_for_dvcs_lock_to_record_a_step_and_says_so_when_it_gives_up(tmp_path, monkeypatch):
     """Any DVC command holds the repository's lock while it runs; DVC's own wait gives up after 3 s, so a step that
     had just finished failed to record itself in dvc.lock (and ran again on the next flow run)."""
-    monkeypatch.chdir(tmp_path)
-    subprocess.run(["git", "init", "-q"], check=True)
-    assert dvc(tmp_path, "init", "-q").returncode == 0
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "make": {"cmd": "echo made > made.txt", "deps": ["source.txt"], "outs": ["made.txt"]}}}))
-    (tmp_path / "source.txt").write_text("source\n")
-    (tmp_path / "made.txt").write_text("made\n")
+    one_stage_project(tmp_path, monkeypatch)
 
     def hold_lock(seconds: float) -> subprocess.Popen:
         holder = subprocess.Popen([sys.executable, "-c", "import sys, time, zc.lockfile; "
