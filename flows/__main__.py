@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import urllib.request
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from rich.table import Table
 from tasks import paths
 from tasks.errors import SliceWiseError
 from tasks.log_output import log_handler, report_console
+from tasks.termination import exit_on_sigterm
 
 if TYPE_CHECKING:  # for the annotation only: this module imports the pipeline lazily, in its commands
     from tasks.config import Settings
@@ -269,18 +269,8 @@ def install_log_factories() -> None:
     install_beneath_redaction(KnownFailuresInOneLine)  # the redaction masks the tracebacks left, it cannot tell them
 
 
-def _exit_on_sigterm() -> None:
-    """SIGTERM (`kill`, `timeout`, a container stopping) as SystemExit(143), as `python -m tasks` takes it: Prefect's
-    own handler sent the signal again with the default action, and the process vanished without stopping its
-    throw-away server (left running, 230 MB) or marking its run."""
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-
-
 def main() -> None:
-    _exit_on_sigterm()
+    exit_on_sigterm()
     install_log_factories()
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[log_handler(console)])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API request otherwise

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
-from pathlib import Path
 
 from tasks import paths
 from tasks.config import Settings
 from tasks.io import read_json
 from tasks.redaction import redact
-from tasks.release.registry import CARD_FILE, ModelRegistry
+from tasks.release.registry import ModelRegistry
 from tasks.tracking.store import is_local_store, make_client, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -81,14 +79,10 @@ def registry_model_card(settings: Settings, decision: dict | None) -> str | None
 def whole_card(registry: ModelRegistry, run_id: str | None) -> str | None:
     """The run's model_card.md (None for a run that logged none, or whose artifacts cannot be read: the description
     stands in)."""
-    if not run_id:
+    try:
+        return registry.run_card(run_id)
+    except Exception:  # noqa: BLE001 - the artifact store alone failing: the description stands in
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            downloaded = registry.download_run_file(run_id, CARD_FILE, Path(tmp))
-        except Exception:  # noqa: BLE001 - the artifact store alone failing: the description stands in
-            return None
-        return downloaded[1].read_text() if downloaded else None
 
 
 def decision_line(decision: dict) -> str:

@@ -29,7 +29,6 @@ from tasks.config import RegistrySettings, TrackingSettings
 from tasks.errors import SliceWiseError
 from tasks.io import sha256_file, write_text_atomic
 from tasks.redaction import redact
-from tasks.release.registry import CARD_FILE as MODEL_CARD_FILE  # the whole card; CARD_FILE here is card.json
 from tasks.release.registry import EXAMPLES_ARCHIVE, METADATA_FILE, ModelRegistry, versioned_title
 from tasks.tracking.store import tracking_uri
 
@@ -306,13 +305,8 @@ class RegistrySource:
         """The registering run's model_card.md, the card whole (the description may be cut to MLflow's limit), titled
         with its version as the description is (it was logged before the version existed); None when the run logged
         none."""
-        if not version.run_id:
-            return None
-        with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
-            downloaded = self._registry().download_run_file(version.run_id, MODEL_CARD_FILE, Path(tmp))
-            if downloaded is None:
-                return None
-            return versioned_title(downloaded[1].read_text(), self.registry.model_name, version.version)
+        card = self._registry().run_card(version.run_id, scratch=self.cache_dir)
+        return None if card is None else versioned_title(card, self.registry.model_name, version.version)
 
     def _card(self, version, run_files: dict[str, str]) -> dict:
         return {"source": "registry", "tracking_uri": self.shown_uri, "name": self.registry.model_name,

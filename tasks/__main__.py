@@ -6,7 +6,6 @@ import importlib
 import json
 import logging
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -24,6 +23,7 @@ from tasks.log_output import log_handler, report_console
 from tasks.params_edit import parse_assignments, set_params
 from tasks.redaction import install_log_redaction, redact
 from tasks.run_lock import dvc_lock_for_params, pipeline_lock
+from tasks.termination import exit_on_sigterm
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
 console = Console(stderr=True)
@@ -156,22 +156,12 @@ def summary_command() -> None:
     print_summary(report_console(), min_photo_accuracy=min_photo_accuracy)
 
 
-def _exit_on_sigterm() -> None:
-    """SIGTERM (`timeout`, `docker stop`, Kubernetes, a cancelled Prefect run, torchrun stopping its workers) as
-    SystemExit(143): the step's MLflow run then ends KILLED and its locks are released, where the process used to
-    vanish with its run left RUNNING."""
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-
-
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[log_handler(console)])
 
 
 def main() -> None:
-    _exit_on_sigterm()
+    exit_on_sigterm()
     install_log_redaction()
     configure_logging()
     app()

@@ -299,13 +299,13 @@ def test_a_step_stopped_by_sigterm_ends_its_runs_killed_and_its_next_attempt_goe
     import os
     import signal
 
-    from tasks.__main__ import _exit_on_sigterm
+    from tasks.termination import exit_on_sigterm
     from tasks.tracking.tracker import tracked_step
 
     settings = tracked(tiny_settings)
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        _exit_on_sigterm()
+        exit_on_sigterm()
         with pytest.raises(SystemExit) as stopped, tracked_step(settings, "train_seg") as tracker:
             os.kill(os.getpid(), signal.SIGTERM)
     finally:

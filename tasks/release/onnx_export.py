@@ -164,9 +164,14 @@ class Decisions:
 
 
 def read_decisions(metrics_path: Path) -> Decisions:
+    """The decisions of metrics.json at `metrics_path` (`decisions_of`)."""
+    return decisions_of(read_json(metrics_path, "evaluate"), metrics_path)
+
+
+def decisions_of(metrics: dict, metrics_path: Path) -> Decisions:
     """The decision threshold, the mask threshold and the slice score evaluation used (0.5 for metrics written
-    before the mask threshold was recorded, the classifier alone for those written before the slice score was)."""
-    metrics = read_json(metrics_path, "evaluate")
+    before the mask threshold was recorded, the classifier alone for those written before the slice score was);
+    `metrics_path` names the file in errors."""
     try:
         threshold = float(metrics["classification"]["threshold"])
     except (ValueError, KeyError, TypeError) as exc:
@@ -210,8 +215,9 @@ def _export_model(checkpoint_path: Path, processed: Path, splits_dir: Path, metr
                   image_size: int, data_source: str | None) -> dict:
     from tasks.inference.checkpoints import load_model
 
-    decisions = read_decisions(metrics_path)
-    weights = check_evaluated_weights(read_json(metrics_path, "evaluate"), checkpoint_path, metrics_path)
+    metrics = read_json(metrics_path, "evaluate")
+    decisions = decisions_of(metrics, metrics_path)
+    weights = check_evaluated_weights(metrics, checkpoint_path, metrics_path)
     model, checkpoint = load_model(checkpoint_path)
     # Parity runs the test slices through both engines on every core; only the latency figures are timed on
     # `latency_threads` (on one thread the parity pass took 17 s of this step's 34 s on 2 cores, quick profile).

@@ -161,6 +161,15 @@ class ModelRegistry:
                                                     tracking_uri=tracking_uri())
         return found, Path(local)
 
+    def run_card(self, run_id: str | None, scratch: Path | None = None) -> str | None:
+        """The registering run's whole model card (CARD_FILE) as text, downloaded through a temporary folder under
+        `scratch` (the system's by default); None without a run, or for a run that logged none."""
+        if not run_id:
+            return None
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            downloaded = self.download_run_file(run_id, CARD_FILE, Path(tmp))
+            return downloaded[1].read_text() if downloaded else None
+
 
 def find_artifact(client, run_id: str, filename: str) -> str | None:
     """The shallowest artifact path of the run named `filename` (searched ARTIFACT_SEARCH_DEPTH folders deep)."""
