@@ -725,7 +725,9 @@ def test_ctrl_c_stops_a_flow_run_at_once_and_its_throw_away_server_with_it(proje
             finally:
                 flow_run.kill()
         said = log.read_text()
-        assert returned == code, said[-3000:]
+        # an exit with 128 + N, or death by the signal itself (Python re-raises an uncaught KeyboardInterrupt as
+        # SIGINT: Popen says -2, a shell 130), depending on where the interrupt lands; both are the signal's answer
+        assert returned in (code, -signum), said[-3000:]
         assert len(said.splitlines()) < 100, said[-3000:]  # not 400 lines of retries against a dead API
         deadline = time.monotonic() + 15
         while _processes_with(home) and time.monotonic() < deadline:  # the server stops on the flow's way out
