@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import sys
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import yaml
 
 from tasks import paths
+from tasks.errors import SliceWiseError
 from tasks.run_lock import waiting_for_dvc_lock
 from tasks.tracking.provenance import DVC_LOCK
 
@@ -67,6 +70,36 @@ def _status(repo, **kwargs) -> dict:
     """`repo.status(**kwargs)`, waiting for the lock as `_locked` does: status takes the lock itself (so it cannot run
     under `_locked`), and DVC's own 3 s failed a flow at its next stage when a `dvc status` was typed meanwhile."""
     return _waiting_for_lock(lambda: repo.status(**kwargs))
+
+
+@contextmanager
+def outputs_held() -> Iterator[None]:
+    """Every output of the pipeline write-locked in DVC's own read/write lock (.dvc/tmp/rwlock) while a flow runs.
+
+    `dvc repro` takes that lock for a stage's deps and outs before it clears the outputs of a stale stage, and
+    refuses a path another live process has locked ("'data/raw' is busy, it is being blocked by: (PID n): python
+    -m flows run"). Without it, a `dvc repro` started during a flow run deleted the outputs the flow was writing
+    before the step's command met the pipeline lock (tasks/run_lock.py). `dvc commit` and `dvc status` (which reads
+    every stage under that lock, as while `dvc repro` runs a stage) are refused the same way; `dvc metrics show`
+    takes no such lock. Held under the name DVC gives this process (its command line), as DVC's lock on its own
+    calls, so the flow's own DVC calls (its status and commits) pass. No kernel lock: DVC drops an entry whose
+    process has died."""
+    from dvc.lock import LockError
+    from dvc.rwlock import rwlock
+
+    with _repo() as repo:
+        outs = [out.fs_path for stage in repo.index.stages for out in stage.outs]
+        tmp_dir, fs, hardlink = repo.tmp_dir, repo.fs, repo.config["core"].get("hardlink_lock", False)
+    os.makedirs(tmp_dir, exist_ok=True)
+    held = ExitStack()
+    try:
+        held.enter_context(rwlock(tmp_dir, fs, " ".join(sys.argv), [], outs, hardlink))
+    except LockError as exc:  # a `dvc repro` in the middle of a stage, a `dvc checkout` of the outputs
+        busy, blocker = (str(exc).splitlines() + [""])[:2]
+        raise SliceWiseError(f"a DVC command is working on the pipeline's outputs; let it finish and run the flow "
+                             f"again ({busy} {blocker.strip()})", ".dvc/tmp/rwlock") from exc
+    with held:
+        yield
 
 
 def pipeline_stages(dvc_yaml: Path = DVC_YAML) -> list[str]:

@@ -77,7 +77,8 @@ def slicewise_pipeline(
     forward_step_logs()
     step_runs = step_runs_for(slice_runner, dask_address)
     # before params.yaml changes: a run already working in this project (a flow, or a `dvc repro` step) is told
-    with pipeline_lock(f"Prefect flow run {flow_run.id}"):
+    # and DVC's own lock on every output: a `dvc repro` started meanwhile is refused before it clears any of them
+    with pipeline_lock(f"Prefect flow run {flow_run.id}"), dvc_stage.outputs_held():
         return _run_pipeline(step_runs, profile, data_source, brats_dir, kaggle_dir)
 
 

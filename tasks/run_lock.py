@@ -3,10 +3,11 @@ params.yaml and dvc.lock, and two at once would overwrite each other's outputs.
 
 Each step run through the CLI (what dvc.yaml calls) holds the lock while it runs, and so does `python -m tasks set`;
 a flow run holds it from start to end (its steps run in its own process). A second run asking for it fails at once
-with a message naming the holder, instead of waiting hours or interleaving. One limit: `dvc repro` clears a stale
-stage's outputs (or restores them from its run cache) before it starts the stage's command, so a `dvc repro` started
-during a flow run is refused only after that; the flow does not hold DVC's own lock for hours. `make run` asks first
-(`python -m tasks check` takes the lock and gives it back), so only a bare `dvc repro` meets that limit.
+with a message naming the holder, instead of waiting hours or interleaving. `dvc repro` clears a stale stage's
+outputs (or restores them from its run cache) before it starts the stage's command, so this lock alone refused a
+`dvc repro` started during a flow run only after that: a flow run also holds DVC's read/write lock on every output
+(flows/dvc_stage.py, `outputs_held`), which `dvc repro` meets first. `make run` asks first too (`python -m tasks check`
+takes the lock and gives it back).
 
 An advisory `flock` on a file in the project folder: released by the kernel when its holder exits, however it exits,
 so a killed run never leaves it stale. A flock belongs to the open file, which a forked child shares: the data steps'

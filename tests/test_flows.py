@@ -500,6 +500,57 @@ def one_stage_project(root: Path, monkeypatch) -> None:
     (root / "made.txt").write_text("made\n")
 
 
+@pytest.mark.slow
+def test_a_dvc_repro_during_a_flow_run_is_refused_before_it_clears_an_output(project, prefect_server, monkeypatch):
+    """Noticed 2026-12-07: `dvc repro` clears a stale stage's outputs before the stage's command meets the pipeline
+    lock, so one started while the flow had written split's lists, not yet recorded, deleted them, and the flow's
+    commit failed. The flow now holds DVC's own lock on every output: the `dvc repro` is refused at its first stage,
+    naming the flow's process, and touches nothing."""
+    import flows.stage_task as stage_task
+
+    real_step, seen = stage_task.run_step, {}
+
+    def step_then_dvc_repro(stage: str) -> dict:
+        result = real_step(stage)
+        if stage == "split":  # written, not yet recorded in dvc.lock: what a `dvc repro` would find stale and clear
+            seen["lists"] = sorted(p.name for p in (project / "data" / "splits").iterdir())
+            seen["repro"] = dvc(project, "repro", timeout=300)
+            seen["after"] = sorted(p.name for p in (project / "data" / "splits").iterdir())
+        return result
+
+    monkeypatch.setattr(stage_task, "run_step", step_then_dvc_repro)
+    state, outcomes = run_flow()
+    said = seen["repro"].stdout + seen["repro"].stderr
+    assert seen["repro"].returncode != 0, said
+    assert "is busy, it is being blocked by" in said and f"(PID {os.getpid()})" in said, said
+    assert "another pipeline run" not in said  # refused by DVC's lock, before the step's command could start
+    assert seen["lists"] and seen["after"] == seen["lists"]
+    assert state.is_completed(), state.message
+    assert states_of(outcomes) == dict.fromkeys(DATA_STAGES, "Completed") and clean(project)
+    rwlock = json.loads((project / ".dvc" / "tmp" / "rwlock").read_text())
+    assert not rwlock.get("write") and not rwlock.get("read")  # given back at the flow's end
+    assert dvc(project, "repro").returncode == 0  # and a `dvc repro` after the flow runs
+
+
+def test_a_flow_waits_for_no_dvc_command_that_holds_an_output(project):
+    """A flow started while `dvc repro` is in the middle of a stage (DVC's lock on that stage's outputs) is refused
+    in one line naming the lock and the DVC command, before it changes params.yaml or any output."""
+    from dvc.repo import Repo
+    from dvc.rwlock import rwlock
+
+    with Repo(str(project)) as repo:
+        (out,) = [out.fs_path for stage in repo.index.stages if stage.name == "split" for out in stage.outs]
+        tmp_dir, fs = repo.tmp_dir, repo.fs
+    os.makedirs(tmp_dir, exist_ok=True)
+    with rwlock(tmp_dir, fs, "dvc repro", [], [out], False):  # as `dvc repro` holds it while split's command runs
+        refused = r"working on the pipeline's outputs; .*data/splits' is busy, it is being blocked by: \(PID \d+\): dvc"
+        with pytest.raises(SliceWiseError, match=refused):
+            with dvc_stage.outputs_held():
+                pytest.fail("the flow held outputs DVC was writing")
+    with dvc_stage.outputs_held():  # free again once DVC gave it up
+        pass
+
+
 def test_a_signal_while_the_flow_records_a_stage_waits_until_dvc_lock_is_whole(tmp_path, monkeypatch):
     """Review 2026-12-07: a SIGTERM (or Ctrl-C) that reached the flow while DVC rewrote dvc.lock in place left the file
     empty or cut mid-line, and neither `dvc` nor the flow could start again. The signal now takes effect after."""
