@@ -96,8 +96,9 @@ def outputs_held() -> Iterator[None]:
         held.enter_context(rwlock(tmp_dir, fs, " ".join(sys.argv), [], outs, hardlink))
     except LockError as exc:  # a `dvc repro` in the middle of a stage, a `dvc checkout` of the outputs
         busy, blocker = (str(exc).splitlines() + [""])[:2]
-        raise SliceWiseError(f"a DVC command is working on the pipeline's outputs; let it finish and run the flow "
-                             f"again ({busy} {blocker.strip()})", ".dvc/tmp/rwlock") from exc
+        raise SliceWiseError(f"a DVC command is working on the pipeline's outputs ({busy} {blocker.strip()}); let it "
+                             "finish and run the flow again (no such process running: remove the file)",
+                             ".dvc/tmp/rwlock") from exc
     with held:
         yield
 

@@ -23,7 +23,7 @@ from tasks.log_output import log_handler, report_console
 from tasks.params_edit import parse_assignments, set_params
 from tasks.redaction import install_log_redaction, redact
 from tasks.run_lock import dvc_lock_for_params, pipeline_lock
-from tasks.termination import exit_on_sigterm
+from tasks.termination import exit_on_sigterm, stop_signal_exit_code, stop_signal_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
 console = Console(stderr=True)
@@ -52,18 +52,28 @@ def _fail(exc: SliceWiseError, hint: str | None = None) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
+def _exit_if_stopped(exc: BaseException) -> None:
+    """A step stopped by SIGTERM or Ctrl-C exits with the signal's status, whatever its exception became on its way
+    out (tasks/termination.py: inside an import it is an ImportError)."""
+    if (code := stop_signal_exit_code()) is not None:
+        console.print(redact(f"stopped by {stop_signal_name()} ({type(exc).__name__}: {exc})"), highlight=False,
+                      soft_wrap=True, markup=False)
+        raise typer.Exit(code) from None
+
+
 def _make_step_command(step: str):
     def command(params: Path = typer.Option(paths.PARAMS, help="parameters file")) -> None:
         try:
             with pipeline_lock(f"python -m tasks {step}"):
                 result = run_step(step, params)
-        except SliceWiseError as exc:
+        except Exception as exc:
+            _exit_if_stopped(exc)
+            if not isinstance(exc, SliceWiseError):  # a bug or a raw library error: its traceback, passwords masked
+                console.print(redact("".join(traceback.format_exception(exc))), highlight=False, soft_wrap=True,
+                              markup=False)
+                raise typer.Exit(1) from None
             stage = os.environ.get(DVC_STAGE_ENV)  # set by DVC for the commands it runs
             _fail(exc, removed_outputs_hint(stage) if stage else None)
-        except Exception as exc:  # a bug or a raw library error: its traceback, with store passwords masked
-            console.print(redact("".join(traceback.format_exception(exc))), highlight=False, soft_wrap=True,
-                          markup=False)
-            raise typer.Exit(1) from None
         if result:
             typer.echo(json.dumps(result, indent=2, default=str))
 

@@ -543,7 +543,7 @@ def test_a_flow_waits_for_no_dvc_command_that_holds_an_output(project):
         tmp_dir, fs = repo.tmp_dir, repo.fs
     os.makedirs(tmp_dir, exist_ok=True)
     with rwlock(tmp_dir, fs, "dvc repro", [], [out], False):  # as `dvc repro` holds it while split's command runs
-        refused = r"working on the pipeline's outputs; .*data/splits' is busy, it is being blocked by: \(PID \d+\): dvc"
+        refused = r"working on the pipeline's outputs \(.*data/splits' is busy, it is being blocked by: \(PID \d+\): dvc"
         with pytest.raises(SliceWiseError, match=refused):
             with dvc_stage.outputs_held():
                 pytest.fail("the flow held outputs DVC was writing")
@@ -759,7 +759,9 @@ def test_ctrl_c_stops_a_flow_run_at_once_and_its_throw_away_server_with_it(proje
     home = f"PREFECT_HOME={tmp_path / 'prefect-home'}"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PREFECT_API_URL", None)
-    for signum, to_group, code in ((signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)):
+    # SIGKILL: nothing of the flow runs on its way out, and the server lived on, 230 MB (noticed 2026-12-07)
+    for signum, to_group, code in ((signal.SIGINT, True, 130), (signal.SIGTERM, False, 143),
+                                   (signal.SIGKILL, False, 137)):
         (project / "data").exists() and shutil.rmtree(project / "data")  # fetch has work to do
         log = tmp_path / f"flow-{signum}.log"
         with open(log, "w") as out:
@@ -780,7 +782,7 @@ def test_ctrl_c_stops_a_flow_run_at_once_and_its_throw_away_server_with_it(proje
         # SIGINT: Popen says -2, a shell 130), depending on where the interrupt lands; both are the signal's answer
         assert returned in (code, -signum), said[-3000:]
         assert len(said.splitlines()) < 100, said[-3000:]  # not 400 lines of retries against a dead API
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while _processes_with(home) and time.monotonic() < deadline:  # the server stops on the flow's way out
             time.sleep(0.5)
         assert not _processes_with(home), f"a server was left running after {signum!r}"
