@@ -19,7 +19,7 @@ from rich.table import Table
 from tasks import paths
 from tasks.errors import SliceWiseError
 from tasks.log_output import log_handler, report_console
-from tasks.termination import exit_on_sigterm, stop_signal_exit_code, stop_signal_name
+from tasks.termination import exit_on_sigterm, stop_signal
 
 if TYPE_CHECKING:  # for the annotation only: this module imports the pipeline lazily, in its commands
     from tasks.config import Settings
@@ -129,9 +129,9 @@ def run(
                   "start one that stays (`make prefect-ui`), or give it longer "
                   "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
     if not state.is_completed():
-        if (code := stop_signal_exit_code()) is not None:  # whatever its exception became (termination.py)
-            _fail(f"stopped by {stop_signal_name()} ({state.message})", code)
         error = state.result(raise_on_failure=False)
+        if (stopped := stop_signal(error if isinstance(error, BaseException) else None)) is not None:
+            _fail(f"stopped by {stopped.name} ({state.message})", 128 + stopped)  # whatever its exception became
         # StepFailed already names the step and its error: Prefect's "Flow run encountered an exception: StepFailed:"
         # in front of it adds nothing
         said = isinstance(error, BaseException) and said_in_one_line(error)

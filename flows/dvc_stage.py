@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -85,22 +86,50 @@ def outputs_held() -> Iterator[None]:
     calls, so the flow's own DVC calls (its status and commits) pass. No kernel lock: DVC drops an entry whose
     process has died."""
     from dvc.lock import LockError
-    from dvc.rwlock import rwlock
+    from dvc.rwlock import _edit_rwlock, rwlock
 
-    with _repo() as repo:
+    info = {"pid": os.getpid(), "cmd": " ".join(sys.argv)}  # what DVC's `rwlocked` names this process's own calls
+    held = ExitStack()
+    # Taken under DVC's repository lock, waited for as the flow's other DVC calls wait: `dvc status`, `commit` and
+    # `checkout` hold their entries only while they hold that lock (a `dvc status` typed at that moment refused the
+    # flow), so only a `dvc repro` whose stage's command runs can refuse it. Signals held: DVC rewrites the file in
+    # place.
+    with _repo() as repo, _locked(repo), signals_held():
         outs = [out.fs_path for stage in repo.index.stages for out in stage.outs]
         tmp_dir, fs, hardlink = repo.tmp_dir, repo.fs, repo.config["core"].get("hardlink_lock", False)
-    os.makedirs(tmp_dir, exist_ok=True)
-    held = ExitStack()
+        os.makedirs(tmp_dir, exist_ok=True)
+        with _edit_rwlock(tmp_dir, fs, hardlink) as entries:  # DVC's own editing of the file (pinned, requirements.txt)
+            _drop_entries_of(entries, info)
+        try:
+            held.enter_context(rwlock(tmp_dir, fs, info["cmd"], [], outs, hardlink))
+        except LockError as exc:  # a `dvc repro` in the middle of a stage
+            busy, blocker = (str(exc).splitlines() + [""])[:2]
+            raise SliceWiseError(f"a DVC command is working on the pipeline's outputs ({busy} {blocker.strip()}); "
+                                 "let it finish and run the flow again (no such process running: remove the file)",
+                                 ".dvc/tmp/rwlock") from exc
     try:
-        held.enter_context(rwlock(tmp_dir, fs, " ".join(sys.argv), [], outs, hardlink))
-    except LockError as exc:  # a `dvc repro` in the middle of a stage, a `dvc checkout` of the outputs
-        busy, blocker = (str(exc).splitlines() + [""])[:2]
-        raise SliceWiseError(f"a DVC command is working on the pipeline's outputs ({busy} {blocker.strip()}); let it "
-                             "finish and run the flow again (no such process running: remove the file)",
-                             ".dvc/tmp/rwlock") from exc
-    with held:
         yield
+    finally:
+        with signals_held():  # a second Ctrl-C while DVC rewrote the file left it cut, and every dvc command failed
+            try:
+                held.close()
+            except AssertionError:  # DVC's release asserts its entries are there: the file was removed or edited
+                logging.getLogger(__name__).warning("DVC's lock file .dvc/tmp/rwlock lost this flow's entries "
+                                                    "during the run (removed or edited by hand?): nothing to release")
+
+
+def _drop_entries_of(entries: dict, info: dict) -> None:
+    """Remove the entries that name this process (its pid and command line) from the rwlock file's content. This
+    process holds none yet, so they were left by a run killed outright that had the same pid (a container's flow
+    gets the same one at each start): DVC takes such an entry for this process's own, never releases it, and after
+    the flow a `dvc repro` met it as long as any process had that pid."""
+    for path in [path for path, holder in entries["write"].items() if holder == info]:
+        del entries["write"][path]
+    for path, readers in list(entries["read"].items()):
+        if kept := [reader for reader in readers if reader != info]:
+            entries["read"][path] = kept
+        else:
+            del entries["read"][path]
 
 
 def pipeline_stages(dvc_yaml: Path = DVC_YAML) -> list[str]:

@@ -108,7 +108,8 @@ def run_stage(stage, run: StepRun | None = None, status: dvc_stage.PipelineStatu
     why = redact(f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else state.message)
     # for the Prefect UI; `flows run` prints it once, as its last line (flows/__main__.py, ConsoleSaysFailuresOnce)
     get_run_logger().error("step %r failed: %s", stage.name, why, extra={"said_in_one_line": True})
-    raise StepFailed(f"step {stage.name!r} failed: {why}")
+    # chained: a stop signal behind the error (tasks/termination.py) gives `flows run` its exit status
+    raise StepFailed(f"step {stage.name!r} failed: {why}") from (error if isinstance(error, BaseException) else None)
 
 
 def step_runs_for(slice_runner: SliceRunner, dask_address: str | None) -> dict[str, StepRun]:

@@ -15,6 +15,7 @@ differs. Prefect is pinned (requirements.txt), and tests/test_flows.py starts on
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from functools import partial
@@ -33,8 +34,11 @@ class ServerInItsOwnSession(prefect_server.SubprocessASGIServer):
             server = super()._run_uvicorn_command()
         finally:
             prefect_server.subprocess = subprocess
-        # kept for the process's life: its end of the pipe, closed, would stop the server
-        self.watcher = stopped_when_this_process_ends(server.pid)
+        try:  # kept for the process's life: its end of the pipe, closed, would stop the server
+            self.watcher = stopped_when_this_process_ends(server.pid)
+        except OSError as exc:  # no process to be had (memory, process limits): the server runs on, unwatched
+            logging.getLogger(__name__).warning("no watcher for Prefect's throw-away server (%s): a flow killed "
+                                                "outright would leave it running", exc)
         return server
 
 

@@ -23,7 +23,7 @@ from tasks.log_output import log_handler, report_console
 from tasks.params_edit import parse_assignments, set_params
 from tasks.redaction import install_log_redaction, redact
 from tasks.run_lock import dvc_lock_for_params, pipeline_lock
-from tasks.termination import exit_on_sigterm, stop_signal_exit_code, stop_signal_name
+from tasks.termination import exit_on_sigterm, stop_signal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SliceWise pipeline steps.")
 console = Console(stderr=True)
@@ -55,10 +55,10 @@ def _fail(exc: SliceWiseError, hint: str | None = None) -> NoReturn:
 def _exit_if_stopped(exc: BaseException) -> None:
     """A step stopped by SIGTERM or Ctrl-C exits with the signal's status, whatever its exception became on its way
     out (tasks/termination.py: inside an import it is an ImportError)."""
-    if (code := stop_signal_exit_code()) is not None:
-        console.print(redact(f"stopped by {stop_signal_name()} ({type(exc).__name__}: {exc})"), highlight=False,
+    if (stopped := stop_signal(exc)) is not None:
+        console.print(redact(f"stopped by {stopped.name} ({type(exc).__name__}: {exc})"), highlight=False,
                       soft_wrap=True, markup=False)
-        raise typer.Exit(code) from None
+        raise typer.Exit(128 + stopped) from None
 
 
 def _make_step_command(step: str):

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -543,12 +544,55 @@ def test_a_flow_waits_for_no_dvc_command_that_holds_an_output(project):
         tmp_dir, fs = repo.tmp_dir, repo.fs
     os.makedirs(tmp_dir, exist_ok=True)
     with rwlock(tmp_dir, fs, "dvc repro", [], [out], False):  # as `dvc repro` holds it while split's command runs
-        refused = r"working on the pipeline's outputs \(.*data/splits' is busy, it is being blocked by: \(PID \d+\): dvc"
+        refused = r"working on the pipeline's outputs \(.*data/splits' is busy, it is being blocked by: \(PID \d+\)"
         with pytest.raises(SliceWiseError, match=refused):
             with dvc_stage.outputs_held():
                 pytest.fail("the flow held outputs DVC was writing")
     with dvc_stage.outputs_held():  # free again once DVC gave it up
         pass
+
+
+def test_a_dvc_status_under_way_when_a_flow_starts_is_waited_for(project):
+    """`dvc status` holds read entries on each stage's files while it checks it (review 2026-12-08: one typed as a
+    flow started refused the flow). It holds them under DVC's repository lock, which the flow waits for."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time
+        from dvc.repo import Repo
+        from dvc.rwlock import rwlock
+        with Repo(".") as repo:
+            (out,) = [o.fs_path for stage in repo.index.stages if stage.name == "split" for o in stage.outs]
+            repo.lock.lock()
+            with rwlock(repo.tmp_dir, repo.fs, "dvc status", [out], [], False):
+                print("held", flush=True)
+                time.sleep(4)
+            open("released", "w").close()
+            repo.lock.unlock()
+    """)], cwd=project, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with dvc_stage.outputs_held():  # waited for, not refused
+            assert (project / "released").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_flows_lock_on_the_outputs_is_given_back_whatever_the_file_held(project, caplog):
+    """Review 2026-12-08: entries a run killed outright left under this process's pid and command line (a container's
+    flow gets the same pid at each start) were taken by DVC for this run's own and never given back; and a lock file
+    removed during the run made the flow's end a bare AssertionError."""
+    rwlock_file = project / ".dvc" / "tmp" / "rwlock"
+    rwlock_file.parent.mkdir(parents=True, exist_ok=True)
+    twin = {"pid": os.getpid(), "cmd": " ".join(sys.argv)}
+    out = str((project / "data" / "splits").resolve())
+    rwlock_file.write_text(json.dumps({"write": {out: twin}, "read": {out: [twin]}}))
+    with dvc_stage.outputs_held():
+        pass
+    left = json.loads(rwlock_file.read_text())
+    assert not left.get("write") and not left.get("read"), left
+    with dvc_stage.outputs_held():
+        rwlock_file.unlink()
+    assert "lost this flow's entries" in caplog.text
 
 
 def test_a_signal_while_the_flow_records_a_stage_waits_until_dvc_lock_is_whole(tmp_path, monkeypatch):
@@ -735,6 +779,43 @@ def test_new_local_patient_triggers_fetch_and_reslices_only_it(project, tmp_path
 
     state, outcomes = run_flow()  # nothing changed: a scheduled run finds everything Cached
     assert states_of(outcomes) == dict.fromkeys(DATA_STAGES, "Cached")
+
+
+@pytest.mark.slow
+def test_a_step_stopped_by_sigterm_inside_an_import_fails_the_flow_with_the_signal_behind_it(prefect_server, tmp_path):
+    """While a flow runs, Prefect answers SIGTERM with its own handler (TerminationSignal), so the entry point's
+    handler notes nothing (review 2026-12-08); inside the import of a compiled module the signal's exception becomes
+    "ImportError: initialization failed", and `flows run` exited with 1. A real flow, in a process of its own: the
+    signal is found behind the flow's failure, from which `flows run` takes its exit status."""
+    script = tmp_path / "stopped.py"
+    script.write_text(textwrap.dedent("""
+        import os, signal, time
+        from prefect import flow, task
+        from flows.pipeline import run_stage
+        from tasks.termination import exit_on_sigterm, stop_signal
+
+        @task(name="fetch")
+        def fetch(run=None, status=None):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            except BaseException as exc:  # what CPython makes of it inside a compiled module's import
+                raise ImportError("initialization failed") from exc
+
+        @flow
+        def pipeline():
+            return run_stage(fetch)
+
+        exit_on_sigterm()  # as `python -m flows` starts
+        state = pipeline(return_state=True)
+        found = stop_signal(state.result(raise_on_failure=False))
+        print("state", state.type.value, "signal", found.name if found else None)
+    """))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT.resolve()),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "state FAILED signal SIGTERM" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
 
 
 def _processes_with(marker: str) -> list[int]:

@@ -69,6 +69,27 @@ def test_a_step_that_fails_without_a_signal_still_shows_its_traceback(stop_signa
     assert result.exit_code == 1 and "Traceback" in cli.console.file.getvalue()
 
 
+def test_a_stop_signal_is_found_behind_the_exception_it_became():
+    """While a flow runs, Prefect answers SIGTERM with a handler of its own (TerminationSignal), which notes nothing
+    here (review 2026-12-08): the signal is read from the failure's causes."""
+    from prefect.exceptions import TerminationSignal
+
+    from flows.pipeline import StepFailed
+
+    def chain(*exceptions: BaseException) -> BaseException:
+        for cause, effect in zip(exceptions, exceptions[1:]):
+            effect.__cause__ = cause
+        return exceptions[-1]
+
+    failed = StepFailed("step 'fetch' failed: ImportError: initialization failed")
+    assert termination.stop_signal(chain(TerminationSignal(signal.SIGTERM), ImportError("x"), failed)) == signal.SIGTERM
+    assert termination.stop_signal(chain(KeyboardInterrupt(), ImportError("x"))) == signal.SIGINT
+    assert termination.stop_signal(chain(SystemExit(143), ImportError("x"))) == signal.SIGTERM
+    assert termination.stop_signal(chain(SystemExit(1), ImportError("x"))) is None  # an exit, not a signal
+    assert termination.stop_signal(chain(ValueError("a bug"), ImportError("x"))) is None
+    assert termination.stop_signal(None) is None
+
+
 @pytest.mark.parametrize(("signum", "status"), STOPS)
 def test_a_flow_whose_step_was_stopped_inside_an_import_exits_with_the_signals_status(signum, status, stop_signals,
                                                                                        monkeypatch):
