@@ -472,7 +472,9 @@ def seeds_markdown(seeds: dict) -> str:
     precision = ("fp32 (no native bf16: neither AMX nor AVX512-BF16)" if not cpu["bf16_autocast"]
                  else "bf16 autocast (AMX)" if cpu.get("amx") else "bf16 autocast (AVX512-BF16, no AMX)")
     article = "an" if cpu["model"][:1].upper() in "AEIOU" else "a"
-    lines = [f"Measured by `python -m bench.bench_seeds` on {article} {cpu['model']} (2 cores), {precision}; targets: "
+    family = f", family/model {cpu['family_model']}" if cpu.get("family_model") else ""  # recorded since 2026-12-08
+    lines = [f"Measured by `python -m bench.bench_seeds` on {article} {cpu['model']} (2 cores{family}), {precision}; "
+             "targets: "
              f"accuracy ≥ {seeds['targets']['accuracy']}, slice Dice ≥ {seeds['targets']['slice_dice']}, volume Dice ≥ "
              f"{seeds['targets']['volume_dice']} on every seed.", "",
              "| seed | accuracy | sensitivity | slice Dice (WT) | volume Dice (WT) | HD95 per slice (mm) | TC / ET Dice "

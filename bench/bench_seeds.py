@@ -55,7 +55,19 @@ def cpu_description() -> dict:
 
     model, flags = cpu_model_and_flags()
     return {"model": model, "amx": "amx_tile" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "bf16_autocast": native_cpu_bf16()}
+            "bf16_autocast": native_cpu_bf16(), "family_model": cpu_family_model()}
+
+
+def cpu_family_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """"family/model" as /proc/cpuinfo numbers this CPU (None elsewhere). A hypervisor may pass on a bare "AMD EPYC"
+    as the model name, which two EPYC generations shared whose kernels train the same seed to other weights (seed 4's
+    volume Dice 0.905 on one, 0.849 on the other, from the same commit: docs/quality.md, 2026-12-08)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        key, _, value = line.partition(":")
+        if key.strip() in ("cpu family", "model"):
+            fields.setdefault(key.strip(), value.strip())
+    return f"{fields['cpu family']}/{fields['model']}" if len(fields) == 2 else None
 
 
 def cpu_family(model: str, amx: bool = False, native_bf16: bool = True) -> str:

@@ -244,6 +244,21 @@ def test_the_seed_table_names_the_cpu_with_its_article():
     intel = seeds_markdown(base | {"cpu": {"model": "Intel(R) Xeon(R) Processor", "bf16_autocast": True, "amx": True}})
     assert "on an AMD EPYC (2 cores)" in amd
     assert "on a Intel" not in intel and "on an Intel(R) Xeon(R) Processor (2 cores)" in intel
+    zen5 = seeds_markdown(base | {"cpu": {"model": "AMD EPYC", "bf16_autocast": True, "amx": False,
+                                          "family_model": "26/2"}})
+    assert "on an AMD EPYC (2 cores, family/model 26/2)" in zen5
+
+
+def test_the_cpu_is_recorded_with_its_family_and_model_numbers(tmp_path):
+    """A hypervisor may name two EPYC generations just "AMD EPYC", and their kernels train a seed to other weights
+    (2026-12-08): a sweep records /proc/cpuinfo's numbers too."""
+    from bench.bench_seeds import cpu_family_model
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                       "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\n")
+    assert cpu_family_model(cpuinfo) == "26/2"
+    assert cpu_family_model(tmp_path / "missing") is None  # no /proc/cpuinfo (another OS): not recorded
 
 
 def test_threshold_rule_candidates_pick_what_they_promise():
