@@ -78,8 +78,8 @@ def outputs_held() -> Iterator[None]:
     """Every output of the pipeline write-locked in DVC's own read/write lock (.dvc/tmp/rwlock) while a flow runs.
 
     `dvc repro` takes that lock for a stage's deps and outs before it clears the outputs of a stale stage, and
-    refuses a path another live process has locked ("'data/raw' is busy, it is being blocked by: (PID n): python
-    -m flows run"). Without it, a `dvc repro` started during a flow run deleted the outputs the flow was writing
+    refuses a path another live process has locked ("'data/raw' is busy, it is being blocked by: (PID n):
+    …/flows/__main__.py run"). Without it, a `dvc repro` started during a flow run deleted the outputs the flow was writing
     before the step's command met the pipeline lock (tasks/run_lock.py). `dvc commit` and `dvc status` (which reads
     every stage under that lock, as while `dvc repro` runs a stage) are refused the same way; `dvc metrics show`
     takes no such lock. Held under the name DVC gives this process (its command line), as DVC's lock on its own
