@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -232,11 +233,22 @@ def write_tiny_project(source: Path) -> None:
         (source / relative).write_text(text)
 
 
-def api(url: str, payload: dict | None = None) -> dict:
+# What Prefect's own client retries (prefect/client/base.py): its server answers 503 for errors a client may retry
+# (SQLite's "database is locked" while its scheduler writes), which failed this test's bare request once in CI.
+RETRIED_STATUSES = {429, 502, 503}
+
+
+def api(url: str, payload: dict | None = None, attempts: int = 5) -> dict:
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRIED_STATUSES or attempt == attempts - 1:
+                raise
+            time.sleep(2**attempt)
 
 
 def wait_for_final_state(api_url: str, flow_run_id: str, worker, log: Path, timeout: float = 150) -> dict:
