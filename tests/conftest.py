@@ -208,3 +208,19 @@ def untrained_checkpoint(tmp_path, tiny_settings) -> Path:
     cfg = model_config_for(tiny_settings)
     return save_checkpoint(tmp_path / "untrained.pt", model=MultitaskUNet(cfg), optimizer=None, model_config=cfg, epoch=0,
                            best_metric=0.0, metric_name="none", params={}, stage="joint")
+
+
+@pytest.fixture
+def stop_signals(monkeypatch):
+    """The entry points' signal handlers (tasks/termination.py) in this process for one test, nothing noted yet; then
+    the handlers of before, and nothing the test's signals noted left for the tests after it."""
+    import signal
+
+    from tasks import termination
+
+    before = {signum: signal.getsignal(signum) for signum in termination.STOP_SIGNALS}
+    monkeypatch.setattr(termination, "_received", [])
+    termination.exit_on_sigterm()
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)

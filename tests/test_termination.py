@@ -20,17 +20,6 @@ from tests.project_copy import ROOT
 STOPS = [(signal.SIGTERM, 143), (signal.SIGINT, 130)]
 
 
-@pytest.fixture
-def stop_signals(monkeypatch):
-    """The entry points' handlers in this process for one test, nothing noted yet; then the handlers of before."""
-    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    monkeypatch.setattr(termination, "_received", [])
-    termination.exit_on_sigterm()
-    yield
-    for signum, handler in before.items():
-        signal.signal(signum, handler)
-
-
 def stopped_inside_an_import(signum: int) -> None:
     """The signal arrives while a compiled module initialises: its exception comes out as an ImportError."""
     try:

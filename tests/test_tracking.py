@@ -293,23 +293,18 @@ def test_git_commit_outside_a_repository_is_the_one_the_image_was_built_from(mon
     assert provenance.git_commit() == provenance.UNKNOWN
 
 
-def test_a_step_stopped_by_sigterm_ends_its_runs_killed_and_its_next_attempt_goes_on(store, tiny_settings):
+def test_a_step_stopped_by_sigterm_ends_its_runs_killed_and_its_next_attempt_goes_on(store, tiny_settings,
+                                                                                        stop_signals):
     """SIGTERM (timeout, docker stop, a cancelled flow) had no handler: the process vanished and its runs stayed
     RUNNING. `python -m tasks` now turns it into SystemExit, which the step's tracked block ends KILLED."""
     import os
     import signal
 
-    from tasks.termination import exit_on_sigterm
     from tasks.tracking.tracker import tracked_step
 
     settings = tracked(tiny_settings)
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        exit_on_sigterm()
-        with pytest.raises(SystemExit) as stopped, tracked_step(settings, "train_seg") as tracker:
-            os.kill(os.getpid(), signal.SIGTERM)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(SystemExit) as stopped, tracked_step(settings, "train_seg") as tracker:
+        os.kill(os.getpid(), signal.SIGTERM)
     assert stopped.value.code == 128 + signal.SIGTERM
     assert client().get_run(tracker.run_id).info.status == "KILLED"
     parent = client().get_run(tracker.parent_run_id)
